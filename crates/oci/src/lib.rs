@@ -1,0 +1,20 @@
+//! An OCI distribution (registry v2) client: image references, authentication (Basic, Bearer
+//! challenges, ECR-style Basic tokens, docker `config.json`), manifests kept byte-exact, blob
+//! streaming with digest verification, resumable and chunked uploads, retries with backoff.
+//! It knows nothing of AWS.
+
+pub mod auth;
+pub mod client;
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod reference;
+pub mod transfer;
+
+pub use auth::{Credential, CredentialStore};
+pub use client::{ClientConfig, RegistryClient, RetryPolicy, UploadSession};
+pub use digest::Digest;
+pub use error::{Error, Result};
+pub use manifest::{Manifest, ManifestContent};
+pub use reference::{Reference, Repository};
+pub use transfer::{copy_blob, BlobOutcome, BlobRef, ProgressFn};

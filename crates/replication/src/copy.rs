@@ -1,0 +1,301 @@
+//! Copying one image (a manifest, or an index with every child) between repositories.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use oci::manifest::is_foreign_layer;
+use oci::{BlobOutcome, BlobRef, Digest, Manifest, ManifestContent, Reference, RegistryClient};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Index nesting deeper than this is refused (real images use one level).
+const MAX_DEPTH: usize = 8;
+
+/// Receives progress of an image copy (for progress bars). Every method has a no-op default.
+pub trait CopyProgress: Send + Sync {
+    /// The blobs to transfer are known: how many and their total size (present ones included).
+    fn planned(&self, _blobs: usize, _bytes: u64) {}
+    /// Some bytes were streamed to the target, or a blob was found present (its whole size).
+    fn advanced(&self, _bytes: u64) {}
+}
+
+/// How an image is copied.
+#[derive(Clone)]
+pub struct CopyOptions {
+    /// Blobs copied at once (default 8).
+    pub parallel_blobs: usize,
+    /// Progress receiver, if any.
+    pub progress: Option<Arc<dyn CopyProgress>>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            parallel_blobs: 8,
+            progress: None,
+        }
+    }
+}
+
+/// What copying one image did.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyReport {
+    /// Source reference as given.
+    pub source: String,
+    /// Target reference as given.
+    pub target: String,
+    /// Digest of the top-level manifest (the same in source and target).
+    pub digest: String,
+    /// Media type of the top-level manifest.
+    pub media_type: String,
+    /// The target already had this digest under this tag: nothing was written.
+    pub already_present: bool,
+    /// Manifests written (children of an index and the top one).
+    pub manifests_put: usize,
+    /// Blobs streamed from the source.
+    pub blobs_copied: usize,
+    /// Blobs linked by a cross-repository mount.
+    pub blobs_mounted: usize,
+    /// Blobs the target already had.
+    pub blobs_skipped: usize,
+    /// Foreign (non-distributable) layers left where they are, reference kept.
+    pub foreign_layers: usize,
+    /// Bytes streamed.
+    pub bytes_copied: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Copies the image `from` (tag or digest) to `to` (tag, digest or both). Blobs first (in
+/// parallel, streamed), then child manifests by digest, then the top manifest under its tag, so a
+/// tag never points at an incomplete image. An image already in the target does nothing.
+#[tracing::instrument(skip(source, target, options), fields(from = %from, to = %to))]
+pub async fn copy_image(
+    source: &RegistryClient,
+    from: &Reference,
+    target: &RegistryClient,
+    to: &Reference,
+    options: &CopyOptions,
+) -> Result<CopyReport> {
+    let started = Instant::now();
+    let image = from.to_string();
+    let oci_err = |source: oci::Error| Error::Registry {
+        image: image.clone(),
+        source,
+    };
+    let top = source.get_manifest(from).await.map_err(oci_err)?;
+    if let Some(pinned) = &to.digest {
+        if *pinned != top.digest {
+            return Err(Error::PinnedDigestDiffers {
+                target: to.to_string(),
+                pinned: pinned.to_string(),
+                source_ref: from.to_string(),
+                actual: top.digest.to_string(),
+            });
+        }
+    }
+    let mut report = CopyReport {
+        source: from.to_string(),
+        target: to.to_string(),
+        digest: top.digest.to_string(),
+        media_type: top.media_type.clone(),
+        already_present: false,
+        manifests_put: 0,
+        blobs_copied: 0,
+        blobs_mounted: 0,
+        blobs_skipped: 0,
+        foreign_layers: 0,
+        bytes_copied: 0,
+        seconds: 0.0,
+    };
+    if is_present(target, to, &top.digest).await.map_err(oci_err)? {
+        report.already_present = true;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    let walked = walk(source, from, top.clone()).await?;
+    report.foreign_layers = walked.foreign_layers;
+    if let Some(p) = &options.progress {
+        p.planned(
+            walked.blobs.len(),
+            walked.blobs.values().map(|b| b.size).sum(),
+        );
+    }
+
+    let progress_fn: Option<oci::ProgressFn> = options.progress.clone().map(|p| {
+        let f: oci::ProgressFn = Arc::new(move |n| p.advanced(n));
+        f
+    });
+    let outcomes: Vec<(BlobOutcome, u64)> = futures::stream::iter(walked.blobs.values())
+        .map(|blob| {
+            let progress_fn = progress_fn.clone();
+            async move {
+                let outcome = oci::copy_blob(
+                    source,
+                    &from.repository,
+                    target,
+                    &to.repository,
+                    blob,
+                    progress_fn.clone(),
+                )
+                .await?;
+                if outcome != BlobOutcome::Copied {
+                    if let Some(p) = &progress_fn {
+                        p(blob.size);
+                    }
+                }
+                Ok::<_, oci::Error>((outcome, blob.size))
+            }
+        })
+        .buffer_unordered(options.parallel_blobs.max(1))
+        .try_collect()
+        .await
+        .map_err(oci_err)?;
+    for (outcome, size) in outcomes {
+        match outcome {
+            BlobOutcome::Copied => {
+                report.blobs_copied += 1;
+                report.bytes_copied += size;
+            }
+            BlobOutcome::Mounted => report.blobs_mounted += 1,
+            BlobOutcome::Present => report.blobs_skipped += 1,
+        }
+    }
+
+    // Children (deepest first) by digest; the top manifest last, under its tag.
+    for child in walked.children.iter().rev() {
+        let child_ref = to_digest_ref(to, &child.digest);
+        if target
+            .head_manifest(&child_ref)
+            .await
+            .map_err(oci_err)?
+            .is_none()
+        {
+            target
+                .put_manifest(&to.repository, child.digest.as_str(), child)
+                .await
+                .map_err(oci_err)?;
+            report.manifests_put += 1;
+        }
+    }
+    let top_reference = to.tag.clone().unwrap_or_else(|| top.digest.to_string());
+    target
+        .put_manifest(&to.repository, &top_reference, &top)
+        .await
+        .map_err(oci_err)?;
+    report.manifests_put += 1;
+
+    let check = Reference {
+        repository: to.repository.clone(),
+        tag: Some(top_reference),
+        digest: None,
+    };
+    let stored = target.head_manifest(&check).await.map_err(oci_err)?;
+    match stored {
+        Some(head) if head.digest == top.digest => {}
+        other => {
+            return Err(Error::VerificationFailed {
+                target: check.to_string(),
+                expected: top.digest.to_string(),
+                actual: other
+                    .map(|h| h.digest.to_string())
+                    .unwrap_or_else(|| "nothing".into()),
+            })
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn to_digest_ref(to: &Reference, digest: &Digest) -> Reference {
+    Reference {
+        repository: to.repository.clone(),
+        tag: None,
+        digest: Some(digest.clone()),
+    }
+}
+
+/// The target has the digest, and (when a tag is asked for) the tag points at it.
+async fn is_present(target: &RegistryClient, to: &Reference, digest: &Digest) -> oci::Result<bool> {
+    if target
+        .head_manifest(&to_digest_ref(to, digest))
+        .await?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    match &to.tag {
+        None => Ok(true),
+        Some(tag) => Ok(target
+            .head_manifest(&to.with_tag(tag))
+            .await?
+            .is_some_and(|h| h.digest == *digest)),
+    }
+}
+
+/// The child manifests of an image in discovery order (a parent before its children) and its
+/// unique blobs.
+struct Walked {
+    children: Vec<Manifest>,
+    blobs: BTreeMap<Digest, BlobRef>,
+    foreign_layers: usize,
+}
+
+async fn walk(source: &RegistryClient, from: &Reference, top: Manifest) -> Result<Walked> {
+    let image = from.to_string();
+    let oci_err = |source: oci::Error| Error::Registry {
+        image: image.clone(),
+        source,
+    };
+    let mut walked = Walked {
+        children: Vec::new(),
+        blobs: BTreeMap::new(),
+        foreign_layers: 0,
+    };
+    let mut pending = vec![(top, 0usize)];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((manifest, depth)) = pending.pop() {
+        if depth > MAX_DEPTH {
+            return Err(Error::TooDeep {
+                image: image.clone(),
+                limit: MAX_DEPTH,
+            });
+        }
+        let url = format!("{}@{}", from.repository, manifest.digest);
+        match manifest.content(&url).map_err(oci_err)? {
+            ManifestContent::Index { manifests } => {
+                for child in manifests {
+                    let digest = Digest::parse(child.digest().as_ref()).map_err(oci_err)?;
+                    if !seen.insert(digest.clone()) {
+                        continue;
+                    }
+                    let child_ref = from.with_digest(digest);
+                    let fetched = source.get_manifest(&child_ref).await.map_err(oci_err)?;
+                    pending.push((fetched, depth + 1));
+                }
+            }
+            ManifestContent::Image { config, layers } => {
+                for descriptor in std::iter::once(config.as_ref()).chain(layers.iter()) {
+                    if is_foreign_layer(descriptor.media_type().as_ref()) {
+                        walked.foreign_layers += 1;
+                        continue;
+                    }
+                    let digest = Digest::parse(descriptor.digest().as_ref()).map_err(oci_err)?;
+                    walked.blobs.entry(digest.clone()).or_insert(BlobRef {
+                        digest,
+                        size: descriptor.size(),
+                    });
+                }
+            }
+        }
+        if depth > 0 {
+            walked.children.push(manifest);
+        }
+    }
+    Ok(walked)
+}

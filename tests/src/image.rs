@@ -1,0 +1,465 @@
+//! Test images made by the tests: deterministic pseudo-random layers, Docker v2 and OCI
+//! manifests, OCI indexes; pushed with a minimal client written here (raw HTTP), independent of
+//! the crate under test.
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+/// OCI image manifest media type.
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// OCI index media type.
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker v2 manifest media type.
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// `sha256:<hex>` of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so large layers need not be stored.
+pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut gen = Generator::new(seed);
+    while out.len() < len {
+        let chunk = gen.next_block();
+        let take = (len - out.len()).min(chunk.len());
+        out.extend_from_slice(&chunk[..take]);
+    }
+    out
+}
+
+struct Generator(u64);
+
+impl Generator {
+    fn new(seed: u64) -> Self {
+        Generator(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next_block(&mut self) -> [u8; 8192] {
+        let mut block = [0u8; 8192];
+        for word in block.chunks_exact_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            word.copy_from_slice(&self.0.to_le_bytes());
+        }
+        block
+    }
+}
+
+/// A blob's content: in memory, or generated on the fly (for GiB-sized layers).
+#[derive(Clone, Debug)]
+pub enum BlobData {
+    /// Bytes held in memory.
+    Bytes(Bytes),
+    /// `size` pseudo-random bytes from `seed`, never held whole.
+    Generated {
+        /// Generator seed.
+        seed: u64,
+        /// Length.
+        size: u64,
+    },
+}
+
+impl BlobData {
+    /// Length in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            BlobData::Bytes(b) => b.len() as u64,
+            BlobData::Generated { size, .. } => *size,
+        }
+    }
+
+    /// The content as a stream of 1 MiB chunks.
+    pub fn stream(&self) -> futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> {
+        match self.clone() {
+            BlobData::Bytes(b) => futures::stream::once(async move { Ok(b) }).boxed(),
+            BlobData::Generated { seed, size } => {
+                let mut gen = Generator::new(seed);
+                let mut left = size;
+                futures::stream::poll_fn(move |_| {
+                    if left == 0 {
+                        return std::task::Poll::Ready(None);
+                    }
+                    let mut chunk = Vec::with_capacity(1 << 20);
+                    while chunk.len() < (1 << 20) && (chunk.len() as u64) < left {
+                        let block = gen.next_block();
+                        let take = ((left - chunk.len() as u64).min(block.len() as u64)) as usize;
+                        chunk.extend_from_slice(&block[..take]);
+                    }
+                    left -= chunk.len() as u64;
+                    std::task::Poll::Ready(Some(Ok(Bytes::from(chunk))))
+                })
+                .boxed()
+            }
+        }
+    }
+
+    /// The digest, computed by streaming.
+    pub fn digest(&self) -> String {
+        match self {
+            BlobData::Bytes(b) => sha256(b),
+            BlobData::Generated { seed, size } => {
+                let mut gen = Generator::new(*seed);
+                let mut hasher = Sha256::new();
+                let mut left = *size;
+                while left > 0 {
+                    let block = gen.next_block();
+                    let take = left.min(block.len() as u64) as usize;
+                    hasher.update(&block[..take]);
+                    left -= take as u64;
+                }
+                format!("sha256:{}", hex::encode(hasher.finalize()))
+            }
+        }
+    }
+}
+
+/// A blob with its digest.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Content.
+    pub data: BlobData,
+}
+
+impl Blob {
+    /// A blob from bytes.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        let data = BlobData::Bytes(bytes.into());
+        Blob {
+            digest: data.digest(),
+            data,
+        }
+    }
+
+    /// A generated blob of `size` bytes.
+    pub fn generated(seed: u64, size: u64) -> Self {
+        let data = BlobData::Generated { seed, size };
+        Blob {
+            digest: data.digest(),
+            data,
+        }
+    }
+}
+
+/// A manifest (image or index) with everything it needs.
+#[derive(Clone, Debug)]
+pub struct TestImage {
+    /// Manifest bytes as pushed.
+    pub manifest: Bytes,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest.
+    pub digest: String,
+    /// Blobs (config and layers), unique by digest, foreign layers excluded.
+    pub blobs: Vec<Blob>,
+    /// Child images of an index.
+    pub children: Vec<TestImage>,
+}
+
+/// Manifest flavour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Docker image manifest v2 schema 2.
+    Docker,
+    /// OCI image manifest.
+    Oci,
+}
+
+/// Builds an image manifest.
+pub struct ImageBuilder {
+    format: Format,
+    layers: Vec<(Blob, Option<String>)>,
+    arch: String,
+    annotation: Option<String>,
+}
+
+impl ImageBuilder {
+    /// A new image of this format.
+    pub fn new(format: Format) -> Self {
+        ImageBuilder {
+            format,
+            layers: Vec::new(),
+            arch: "amd64".into(),
+            annotation: None,
+        }
+    }
+
+    /// Adds a pseudo-random layer of `size` bytes.
+    pub fn layer(mut self, seed: u64, size: usize) -> Self {
+        self.layers
+            .push((Blob::from_bytes(pseudo_random(seed, size)), None));
+        self
+    }
+
+    /// Adds a generated layer (never held in memory).
+    pub fn big_layer(mut self, seed: u64, size: u64) -> Self {
+        self.layers.push((Blob::generated(seed, size), None));
+        self
+    }
+
+    /// Adds a zero-byte layer.
+    pub fn empty_layer(mut self) -> Self {
+        self.layers.push((Blob::from_bytes(Vec::new()), None));
+        self
+    }
+
+    /// Adds the previous layer again (same digest twice in one manifest).
+    pub fn repeat_last_layer(mut self) -> Self {
+        let last = self.layers.last().expect("a layer to repeat").clone();
+        self.layers.push(last);
+        self
+    }
+
+    /// Adds a foreign (non-distributable) layer that is not pushed, only referenced by URL.
+    pub fn foreign_layer(mut self, seed: u64, size: usize) -> Self {
+        let blob = Blob::from_bytes(pseudo_random(seed, size));
+        self.layers.push((
+            blob,
+            Some("https://foreign.example.com/layer.tar.gz".into()),
+        ));
+        self
+    }
+
+    /// Sets the platform architecture written in the config.
+    pub fn arch(mut self, arch: &str) -> Self {
+        self.arch = arch.to_string();
+        self
+    }
+
+    /// Adds an annotation so otherwise equal images get distinct digests.
+    pub fn annotation(mut self, text: &str) -> Self {
+        self.annotation = Some(text.to_string());
+        self
+    }
+
+    /// The manifest, config and blobs.
+    pub fn build(self) -> TestImage {
+        let (manifest_type, config_type, layer_type, foreign_type) = match self.format {
+            Format::Docker => (
+                DOCKER_MANIFEST,
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+            ),
+            Format::Oci => (
+                OCI_MANIFEST,
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            ),
+        };
+        let config = json!({
+            "architecture": self.arch,
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": self.layers.iter().map(|(b, _)| b.digest.clone()).collect::<Vec<_>>()},
+        });
+        let config = Blob::from_bytes(serde_json::to_vec(&config).unwrap());
+        let layers: Vec<_> = self
+            .layers
+            .iter()
+            .map(|(b, url)| match url {
+                Some(url) => json!({"mediaType": foreign_type, "size": b.data.size(), "digest": b.digest, "urls": [url]}),
+                None => json!({"mediaType": layer_type, "size": b.data.size(), "digest": b.digest}),
+            })
+            .collect();
+        let mut manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": manifest_type,
+            "config": {"mediaType": config_type, "size": config.data.size(), "digest": config.digest},
+            "layers": layers,
+        });
+        if let Some(a) = self.annotation {
+            manifest["annotations"] = json!({"org.example.note": a});
+        }
+        let bytes = Bytes::from(serde_json::to_vec_pretty(&manifest).unwrap());
+        let mut blobs = vec![config];
+        for (blob, url) in self.layers {
+            if url.is_none() && !blobs.iter().any(|b| b.digest == blob.digest) {
+                blobs.push(blob);
+            }
+        }
+        TestImage {
+            digest: sha256(&bytes),
+            manifest: bytes,
+            media_type: manifest_type.to_string(),
+            blobs,
+            children: Vec::new(),
+        }
+    }
+}
+
+/// An OCI index over the given images, one platform each (architecture from position).
+pub fn index(children: Vec<TestImage>) -> TestImage {
+    let archs = ["amd64", "arm64", "ppc64le", "s390x", "riscv64", "386"];
+    let manifests: Vec<_> = children
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"mediaType": c.media_type, "size": c.manifest.len(), "digest": c.digest,
+                   "platform": {"architecture": archs[i % archs.len()], "os": "linux"}})
+        })
+        .collect();
+    let bytes = Bytes::from(
+        serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+        )
+        .unwrap(),
+    );
+    TestImage {
+        digest: sha256(&bytes),
+        manifest: bytes,
+        media_type: OCI_INDEX.to_string(),
+        blobs: Vec::new(),
+        children,
+    }
+}
+
+/// A 4-platform OCI index of small images (distinct layers per platform).
+pub fn multi_arch(seed: u64, layers: usize, layer_size: usize) -> TestImage {
+    let children = ["amd64", "arm64", "ppc64le", "s390x"]
+        .iter()
+        .enumerate()
+        .map(|(i, arch)| {
+            let mut b = ImageBuilder::new(Format::Oci).arch(arch);
+            for l in 0..layers {
+                b = b.layer(seed * 1000 + (i * 100 + l) as u64, layer_size);
+            }
+            b.build()
+        })
+        .collect();
+    index(children)
+}
+
+/// Pushes images over raw HTTP (monolithic blob uploads), independent of the code under test.
+pub struct Pusher {
+    http: reqwest::Client,
+    host: String,
+    auth: Option<(String, String)>,
+}
+
+impl Pusher {
+    /// A pusher for `127.0.0.1:PORT`, with Basic credentials if the registry needs them.
+    pub fn new(host: &str, auth: Option<(String, String)>) -> Self {
+        Pusher {
+            http: reqwest::Client::new(),
+            host: host.to_string(),
+            auth,
+        }
+    }
+
+    fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let rb = self.http.request(method, url);
+        match &self.auth {
+            Some((u, p)) => rb.basic_auth(u, Some(p)),
+            None => rb,
+        }
+    }
+
+    /// Pushes a blob unless present.
+    pub async fn push_blob(&self, repo: &str, blob: &Blob) {
+        let url = format!("http://{}/v2/{repo}/blobs/{}", self.host, blob.digest);
+        if self
+            .req(reqwest::Method::HEAD, &url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            return;
+        }
+        let resp = self
+            .req(
+                reqwest::Method::POST,
+                &format!("http://{}/v2/{repo}/blobs/uploads/", self.host),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "POST upload");
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let location = if location.starts_with("http") {
+            location
+        } else {
+            format!("http://{}{location}", self.host)
+        };
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let resp = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("{location}{sep}digest={}", blob.digest),
+            )
+            .header("content-length", blob.data.size())
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(blob.data.stream()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            201,
+            "PUT blob {}: {}",
+            blob.digest,
+            resp.text().await.unwrap()
+        );
+    }
+
+    /// Pushes a manifest's blobs, its children (by digest) and itself under `reference`.
+    pub async fn push(&self, repo: &str, reference: &str, image: &TestImage) {
+        for child in &image.children {
+            Box::pin(self.push(repo, &child.digest, child)).await;
+        }
+        let pushes = image.blobs.iter().map(|b| self.push_blob(repo, b));
+        futures::stream::iter(pushes)
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+        let resp = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("http://{}/v2/{repo}/manifests/{reference}", self.host),
+            )
+            .header("content-type", &image.media_type)
+            .body(image.manifest.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            201,
+            "PUT manifest: {}",
+            resp.text().await.unwrap()
+        );
+    }
+
+    /// Raw manifest bytes for a reference, or None on 404.
+    pub async fn manifest(&self, repo: &str, reference: &str) -> Option<Bytes> {
+        let resp = self
+            .req(reqwest::Method::GET, &format!("http://{}/v2/{repo}/manifests/{reference}", self.host))
+            .header("accept", "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json")
+            .send()
+            .await
+            .unwrap();
+        if resp.status() != 200 {
+            return None;
+        }
+        Some(resp.bytes().await.unwrap())
+    }
+
+    /// Whether the repository holds the blob.
+    pub async fn has_blob(&self, repo: &str, digest: &str) -> bool {
+        let url = format!("http://{}/v2/{repo}/blobs/{digest}", self.host);
+        self.req(reqwest::Method::HEAD, &url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    }
+}

@@ -1,4 +1,5 @@
 //! `ecr-replicator copy` against real distribution registries, checked with skopeo.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
 

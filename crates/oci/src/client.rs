@@ -663,7 +663,12 @@ impl RegistryClient {
             .await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(Some(resp.content_length().unwrap_or(0))),
+            // reqwest reports a HEAD body's length (0), not the header: read the header.
+            s if s.is_success() => Ok(Some(
+                header_str(resp.headers(), CONTENT_LENGTH.as_str())
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0),
+            )),
             // HEAD on a blob answered by a redirect to storage still means it exists.
             s if s.is_redirection() => Ok(Some(0)),
             _ => Err(status_error(resp, "HEAD", &format!("blob {digest}")).await),

@@ -1,0 +1,28 @@
+# The one task runner: CI calls `make setup` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help setup build lint test bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: ## install the tools tests need (docker-registry, skopeo, ...); quiet when done
+	@scripts/setup.sh
+
+build: ## build every crate
+	$(CARGO) build --workspace --all-targets
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: setup lint ## fmt, clippy and every test (unit, real registries, skopeo)
+	$(CARGO) test --workspace
+
+bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries
+	$(CARGO) build --release -p ecr-replicator -p e2e --bins
+	target/release/bench
+
+clean:
+	$(CARGO) clean

@@ -18,7 +18,9 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test: setup lint ## fmt, clippy and every test (unit, real registries, skopeo)
-	$(CARGO) test --workspace
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace --all-targets 2>&1 | tee target/test.log
+	@scripts/summarise-tests.sh target/test.log
 
 bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries
 	$(CARGO) build --release -p ecr-replicator -p e2e --bins
@@ -26,3 +28,8 @@ bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries
 
 clean:
 	$(CARGO) clean
+
+.PHONY: demo
+demo: setup ## local registries, sample images, copies with the real binary, checked by skopeo
+	$(CARGO) build --release -p ecr-replicator -p e2e --bins
+	target/release/demo

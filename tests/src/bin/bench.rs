@@ -20,7 +20,8 @@ struct Measured {
 }
 
 /// Runs a command to completion, returning wall time and the child's peak RSS (from wait4).
-#[allow(unsafe_code)]
+// The child is reaped by wait4, which std does not know about.
+#[allow(unsafe_code, clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> Measured {
     let started = Instant::now();
     let child = cmd
@@ -56,30 +57,29 @@ fn median(mut v: Vec<f64>) -> f64 {
 struct Tools {
     ours: PathBuf,
     src: String,
-    dst: String,
 }
 
 impl Tools {
-    fn ours(&self, from: &str, to: &str) -> Measured {
+    fn ours(&self, from: &str, dst: &str, to: &str) -> Measured {
         run_measured(
             Command::new(&self.ours)
                 .args([
                     "copy",
                     &format!("{}/{from}", self.src),
-                    &format!("{}/{to}", self.dst),
+                    &format!("{dst}/{to}"),
                 ])
                 .args([
                     "--insecure-registry",
                     &self.src,
                     "--insecure-registry",
-                    &self.dst,
+                    dst,
                     "--output",
                     "json",
                 ]),
         )
     }
 
-    fn skopeo(&self, from: &str, to: &str) -> Measured {
+    fn skopeo(&self, from: &str, dst: &str, to: &str) -> Measured {
         run_measured(Command::new("skopeo").args([
             "copy",
             "--all",
@@ -88,7 +88,7 @@ impl Tools {
             "--src-no-creds",
             "--dest-no-creds",
             &format!("docker://{}/{from}", self.src),
-            &format!("docker://{}/{to}", self.dst),
+            &format!("docker://{dst}/{to}"),
         ]))
     }
 }
@@ -101,31 +101,39 @@ struct Row {
     goal: &'static str,
 }
 
+/// Target registries of one run: one for each tool.
+struct Targets {
+    ours: TestRegistry,
+    skopeo: TestRegistry,
+}
+
+/// Runs a case `runs` times. Each run copies into fresh, empty target registries (one per tool),
+/// so neither tool can reuse blobs from an earlier run (skopeo would mount them, remembering
+/// where it pushed before). With `reuse`, every run copies again into those same registries.
 fn compare(
     tools: &Tools,
     case: &'static str,
     repo: &str,
     runs: usize,
-    fresh: bool,
+    reuse: Option<&Targets>,
     goal: &'static str,
-) -> Row {
+) -> (Row, Option<Targets>) {
     let (mut ours, mut theirs, mut rss) = (Vec::new(), Vec::new(), 0u64);
+    let mut last = None;
+    let image = format!("{repo}:v1");
     for run in 0..runs {
-        let (o_to, s_to) = if fresh {
-            (
-                format!("{repo}-ours-{run}:v1"),
-                format!("{repo}-skopeo-{run}:v1"),
-            )
-        } else {
-            (format!("{repo}-ours-0:v1"), format!("{repo}-skopeo-0:v1"))
-        };
+        let fresh = reuse.is_none().then(|| Targets {
+            ours: TestRegistry::start(),
+            skopeo: TestRegistry::start(),
+        });
+        let targets = reuse.or(fresh.as_ref()).expect("fresh or reused targets");
         // Alternate who goes first so caches favour neither.
         let (o, s) = if run % 2 == 0 {
-            let o = tools.ours(&format!("{repo}:v1"), &o_to);
-            (o, tools.skopeo(&format!("{repo}:v1"), &s_to))
+            let o = tools.ours(&image, &targets.ours.host, &image);
+            (o, tools.skopeo(&image, &targets.skopeo.host, &image))
         } else {
-            let s = tools.skopeo(&format!("{repo}:v1"), &s_to);
-            (tools.ours(&format!("{repo}:v1"), &o_to), s)
+            let s = tools.skopeo(&image, &targets.skopeo.host, &image);
+            (tools.ours(&image, &targets.ours.host, &image), s)
         };
         eprintln!(
             "  {case} run {run}: ecr-replicator {:.2}s ({} MiB), skopeo {:.2}s",
@@ -136,18 +144,22 @@ fn compare(
         ours.push(o.seconds);
         theirs.push(s.seconds);
         rss = rss.max(o.max_rss_kib);
+        if fresh.is_some() {
+            last = fresh;
+        }
     }
-    Row {
+    let row = Row {
         case,
         ours: median(ours),
         skopeo: median(theirs),
         rss_mib: rss as f64 / 1024.0,
         goal,
-    }
+    };
+    (row, last)
 }
 
 /// One `curl` monolithic PUT of the blob from a file: the registry's raw ingest limit.
-async fn raw_upload(registry: &str, blob: &e2e::image::Blob, dir: &Path, runs: usize) -> f64 {
+async fn raw_upload(blob: &e2e::image::Blob, dir: &Path, runs: usize) -> f64 {
     let file = dir.join("blob.bin");
     {
         let mut out = tokio::fs::File::create(&file).await.unwrap();
@@ -160,8 +172,10 @@ async fn raw_upload(registry: &str, blob: &e2e::image::Blob, dir: &Path, runs: u
     let http = reqwest::Client::new();
     let mut times = Vec::new();
     for run in 0..runs {
+        let target = TestRegistry::start();
+        let registry = &target.host;
         let resp = http
-            .post(format!("http://{registry}/v2/raw-{run}/blobs/uploads/"))
+            .post(format!("http://{registry}/v2/raw/blobs/uploads/"))
             .send()
             .await
             .unwrap();
@@ -203,7 +217,7 @@ fn main() {
         "build the CLI first: cargo build --release -p ecr-replicator"
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let src = TestRegistry::start();
     let scratch = tempfile::tempdir().unwrap();
 
     eprintln!("seeding the source registry ...");
@@ -224,36 +238,34 @@ fn main() {
     let tools = Tools {
         ours,
         src: src.host.clone(),
-        dst: dst.host.clone(),
     };
-    let rows = vec![
-        compare(
-            &tools,
-            "(a) 32 layers x 16 MiB",
-            "many",
-            runs,
-            true,
-            "<= 0.66",
-        ),
-        compare(
-            &tools,
-            "(b) one large layer",
-            "large",
-            runs,
-            true,
-            "see raw",
-        ),
-        compare(&tools, "(c) 4-platform index", "index", runs, true, "-"),
-        compare(
-            &tools,
-            "(d) second copy, all present",
-            "many",
-            runs,
-            false,
-            "<= 0.10",
-        ),
-    ];
-    let raw = rt.block_on(raw_upload(&dst.host, &large.blobs[1], scratch.path(), runs));
+    let (a, a_targets) = compare(
+        &tools,
+        "(a) 32 layers x 16 MiB",
+        "many",
+        runs,
+        None,
+        "<= 0.66",
+    );
+    let (b, _) = compare(
+        &tools,
+        "(b) one large layer",
+        "large",
+        runs,
+        None,
+        "see raw",
+    );
+    let (c, _) = compare(&tools, "(c) 4-platform index", "index", runs, None, "-");
+    let (d, _) = compare(
+        &tools,
+        "(d) second copy, all present",
+        "many",
+        runs,
+        a_targets.as_ref(),
+        "<= 0.10",
+    );
+    let rows = [a, b, c, d];
+    let raw = rt.block_on(raw_upload(&large.blobs[1], scratch.path(), runs));
 
     let date = Command::new("date")
         .arg("+%Y-%m-%d")

@@ -2,7 +2,10 @@
 
 use std::fmt;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use sha2::digest::common::hazmat::{SerializableState, SerializedState};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
@@ -111,6 +114,31 @@ impl Verifier {
         self.seen
     }
 
+    /// The hash state and byte count, so another process can go on hashing where this one
+    /// stopped (a blob copied in segments across Lambda invocations).
+    pub fn export(&self) -> VerifierState {
+        VerifierState {
+            sha256_state: BASE64.encode(self.hasher.serialize().as_slice()),
+            seen: self.seen,
+        }
+    }
+
+    /// Restores a verifier from `export`'s output.
+    pub fn import(state: &VerifierState) -> Result<Self> {
+        let invalid = || Error::InvalidDigest {
+            digest: "<hash state>".into(),
+            reason: "the saved hash state is corrupt; restart the blob from the beginning".into(),
+        };
+        let bytes = BASE64.decode(&state.sha256_state).map_err(|_| invalid())?;
+        let serialized =
+            SerializedState::<Sha256>::try_from(bytes.as_slice()).map_err(|_| invalid())?;
+        let hasher = Sha256::deserialize(&serialized).map_err(|_| invalid())?;
+        Ok(Verifier {
+            hasher,
+            seen: state.seen,
+        })
+    }
+
     /// Checks size then digest; `url` names where the bytes came from in the error.
     pub fn check(&self, expected: &Digest, expected_size: u64, url: &str) -> Result<()> {
         if self.seen != expected_size {
@@ -130,6 +158,16 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// A verifier's saved state: sha256 internals and bytes seen so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifierState {
+    /// Base64 of the serialized sha256 state.
+    pub sha256_state: String,
+    /// Bytes hashed so far.
+    pub seen: u64,
 }
 
 #[cfg(test)]
@@ -158,6 +196,24 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_verifier_continues_from_an_exported_state() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut first = Verifier::new();
+        first.update(&data[..3333]);
+        let state = serde_json::to_string(&first.export()).unwrap();
+        let mut second = Verifier::import(&serde_json::from_str(&state).unwrap()).unwrap();
+        second.update(&data[3333..]);
+        assert!(second
+            .check(&Digest::of(&data), data.len() as u64, "u")
+            .is_ok());
+        let broken = VerifierState {
+            sha256_state: "AAAA".into(),
+            seen: 1,
+        };
+        assert!(Verifier::import(&broken).is_err());
     }
 
     #[test]

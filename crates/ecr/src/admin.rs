@@ -1,0 +1,557 @@
+//! The ECR control plane for one registry: list repositories and images, read a repository's
+//! settings, and ensure a target repository exists with given settings.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ecr::types::{
+    EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability, Tag,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::registry::EcrRegistry;
+
+/// One page of results and the token for the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    /// Items of this page.
+    pub items: Vec<T>,
+    /// Token for the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+/// An image as `DescribeImages` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EcrImage {
+    /// Manifest digest.
+    pub digest: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Push time, seconds since the epoch.
+    pub pushed_at: Option<i64>,
+    /// Size ECR reports.
+    pub size: Option<u64>,
+    /// Manifest media type.
+    pub media_type: Option<String>,
+}
+
+/// Repository settings that replication copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySettings {
+    /// `MUTABLE` or `IMMUTABLE` (or the `*_WITH_EXCLUSION` variants).
+    pub tag_mutability: String,
+    /// Basic scan on push.
+    pub scan_on_push: bool,
+    /// `AES256` or `KMS`.
+    pub encryption_type: String,
+    /// KMS key ARN when `KMS` with a customer key.
+    pub kms_key: Option<String>,
+    /// Lifecycle policy JSON text.
+    pub lifecycle_policy: Option<String>,
+    /// Repository policy JSON text.
+    pub repository_policy: Option<String>,
+    /// Resource tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Default for RepositorySettings {
+    fn default() -> Self {
+        RepositorySettings {
+            tag_mutability: "MUTABLE".into(),
+            scan_on_push: false,
+            encryption_type: "AES256".into(),
+            kms_key: None,
+            lifecycle_policy: None,
+            repository_policy: None,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+/// One setting changed (or, in a dry run, to change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingChange {
+    /// Which setting: `tagMutability`, `scanOnPush`, `lifecyclePolicy`, `repositoryPolicy`,
+    /// `tags`, `encryption`.
+    pub setting: String,
+    /// What it was (short).
+    pub from: String,
+    /// What it becomes (short).
+    pub to: String,
+}
+
+/// What `ensure_repository` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnsureReport {
+    /// The repository was created.
+    pub created: bool,
+    /// Settings changed.
+    pub changes: Vec<SettingChange>,
+    /// Differences that cannot be changed on an existing repository (encryption).
+    pub drift: Vec<String>,
+}
+
+/// ECR control plane for one registry (account and region).
+#[derive(Clone)]
+pub struct EcrAdmin {
+    client: aws_sdk_ecr::Client,
+    registry: EcrRegistry,
+}
+
+fn json_equal(a: &Option<String>, b: &Option<String>) -> bool {
+    let parse = |s: &Option<String>| {
+        s.as_deref().map(|t| {
+            serde_json::from_str::<serde_json::Value>(t)
+                .unwrap_or(serde_json::Value::String(t.to_string()))
+        })
+    };
+    parse(a) == parse(b)
+}
+
+fn short(policy: &Option<String>) -> String {
+    match policy {
+        None => "none".into(),
+        Some(text) => format!("{} bytes of JSON", text.len()),
+    }
+}
+
+impl EcrAdmin {
+    /// Wraps a client for the registry's account and region.
+    pub fn new(client: aws_sdk_ecr::Client, registry: EcrRegistry) -> Self {
+        EcrAdmin { client, registry }
+    }
+
+    /// The registry this admin works on.
+    pub fn registry(&self) -> &EcrRegistry {
+        &self.registry
+    }
+
+    /// One page of repository names (`DescribeRepositories`).
+    pub async fn list_repositories(&self, next: Option<String>) -> Result<Page<String>> {
+        let out = self
+            .client
+            .describe_repositories()
+            .registry_id(&self.registry.account_id)
+            .set_next_token(next)
+            .max_results(1000)
+            .send()
+            .await
+            .map_err(|e| Error::api("ecr:DescribeRepositories", self.registry.host.clone(), &e))?;
+        Ok(Page {
+            items: out
+                .repositories()
+                .iter()
+                .filter_map(|r| r.repository_name().map(str::to_string))
+                .collect(),
+            next: out.next_token().map(str::to_string),
+        })
+    }
+
+    /// One page of a repository's images (`DescribeImages`).
+    pub async fn list_images(
+        &self,
+        repository: &str,
+        next: Option<String>,
+    ) -> Result<Page<EcrImage>> {
+        let out = self
+            .client
+            .describe_images()
+            .registry_id(&self.registry.account_id)
+            .repository_name(repository)
+            .set_next_token(next)
+            .max_results(1000)
+            .send()
+            .await
+            .map_err(|e| Error::api("ecr:DescribeImages", self.resource(repository), &e))?;
+        let items = out
+            .image_details()
+            .iter()
+            .filter_map(|d| {
+                Some(EcrImage {
+                    digest: d.image_digest()?.to_string(),
+                    tags: d.image_tags().to_vec(),
+                    pushed_at: d.image_pushed_at().map(|t| t.secs()),
+                    size: d.image_size_in_bytes().and_then(|s| u64::try_from(s).ok()),
+                    media_type: d.image_manifest_media_type().map(str::to_string),
+                })
+            })
+            .collect();
+        Ok(Page {
+            items,
+            next: out.next_token().map(str::to_string),
+        })
+    }
+
+    fn resource(&self, repository: &str) -> String {
+        format!("{}/{repository}", self.registry.host)
+    }
+
+    /// A repository's settings, `None` if it does not exist.
+    pub async fn read_settings(&self, repository: &str) -> Result<Option<RepositorySettings>> {
+        let described = self
+            .client
+            .describe_repositories()
+            .registry_id(&self.registry.account_id)
+            .repository_names(repository)
+            .send()
+            .await;
+        let out = match described {
+            Ok(out) => out,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_not_found_exception()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(Error::api(
+                    "ecr:DescribeRepositories",
+                    self.resource(repository),
+                    &e,
+                ))
+            }
+        };
+        let Some(repo) = out.repositories().first() else {
+            return Ok(None);
+        };
+        let encryption = repo.encryption_configuration();
+        let lifecycle = match self
+            .client
+            .get_lifecycle_policy()
+            .registry_id(&self.registry.account_id)
+            .repository_name(repository)
+            .send()
+            .await
+        {
+            Ok(out) => out.lifecycle_policy_text().map(str::to_string),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_lifecycle_policy_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(Error::api(
+                    "ecr:GetLifecyclePolicy",
+                    self.resource(repository),
+                    &e,
+                ))
+            }
+        };
+        let policy = match self
+            .client
+            .get_repository_policy()
+            .registry_id(&self.registry.account_id)
+            .repository_name(repository)
+            .send()
+            .await
+        {
+            Ok(out) => out.policy_text().map(str::to_string),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_policy_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => {
+                return Err(Error::api(
+                    "ecr:GetRepositoryPolicy",
+                    self.resource(repository),
+                    &e,
+                ))
+            }
+        };
+        let arn = repo
+            .repository_arn()
+            .map(str::to_string)
+            .unwrap_or_else(|| self.registry.repository_arn(repository));
+        let tags = self
+            .client
+            .list_tags_for_resource()
+            .resource_arn(&arn)
+            .send()
+            .await
+            .map_err(|e| Error::api("ecr:ListTagsForResource", self.resource(repository), &e))?
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect();
+        Ok(Some(RepositorySettings {
+            tag_mutability: repo
+                .image_tag_mutability()
+                .map(|m| m.as_str().to_string())
+                .unwrap_or_else(|| "MUTABLE".into()),
+            scan_on_push: repo
+                .image_scanning_configuration()
+                .is_some_and(|s| s.scan_on_push()),
+            encryption_type: encryption
+                .map(|e| e.encryption_type().as_str().to_string())
+                .unwrap_or_else(|| "AES256".into()),
+            kms_key: encryption.and_then(|e| e.kms_key().map(str::to_string)),
+            lifecycle_policy: lifecycle,
+            repository_policy: policy,
+            tags,
+        }))
+    }
+
+    /// Makes a repository exist with `desired` settings. When it exists and `update` is false,
+    /// nothing is changed (differences are still reported as drift). With `dry_run`, the report
+    /// says what would change and nothing is written.
+    pub async fn ensure_repository(
+        &self,
+        repository: &str,
+        desired: &RepositorySettings,
+        update: bool,
+        dry_run: bool,
+    ) -> Result<EnsureReport> {
+        let mut report = EnsureReport::default();
+        let current = match self.read_settings(repository).await? {
+            Some(current) => current,
+            None => {
+                report.created = true;
+                if dry_run {
+                    return Ok(report);
+                }
+                self.create(repository, desired).await?;
+                // Policies are not part of CreateRepository: set them below.
+                RepositorySettings {
+                    lifecycle_policy: None,
+                    repository_policy: None,
+                    ..desired.clone()
+                }
+            }
+        };
+        let mut changes = Vec::new();
+        if current.encryption_type != desired.encryption_type || current.kms_key != desired.kms_key
+        {
+            report.drift.push(format!(
+                "encryption is {} {} but the source's maps to {} {}; ECR cannot change the encryption of an existing repository: recreate it to match",
+                current.encryption_type,
+                current.kms_key.clone().unwrap_or_default(),
+                desired.encryption_type,
+                desired.kms_key.clone().unwrap_or_default()
+            ));
+        }
+        let may_change = report.created || update;
+        if current.tag_mutability != desired.tag_mutability {
+            changes.push(SettingChange {
+                setting: "tagMutability".into(),
+                from: current.tag_mutability.clone(),
+                to: desired.tag_mutability.clone(),
+            });
+        }
+        if current.scan_on_push != desired.scan_on_push {
+            changes.push(SettingChange {
+                setting: "scanOnPush".into(),
+                from: current.scan_on_push.to_string(),
+                to: desired.scan_on_push.to_string(),
+            });
+        }
+        if !json_equal(&current.lifecycle_policy, &desired.lifecycle_policy) {
+            changes.push(SettingChange {
+                setting: "lifecyclePolicy".into(),
+                from: short(&current.lifecycle_policy),
+                to: short(&desired.lifecycle_policy),
+            });
+        }
+        if !json_equal(&current.repository_policy, &desired.repository_policy) {
+            changes.push(SettingChange {
+                setting: "repositoryPolicy".into(),
+                from: short(&current.repository_policy),
+                to: short(&desired.repository_policy),
+            });
+        }
+        if current.tags != desired.tags {
+            changes.push(SettingChange {
+                setting: "tags".into(),
+                from: format!("{:?}", current.tags),
+                to: format!("{:?}", desired.tags),
+            });
+        }
+        if !may_change {
+            report.drift.extend(changes.iter().map(|c| {
+                format!(
+                    "{} is {} in the target, {} in the source (repositorySettings is not \"copy\")",
+                    c.setting, c.from, c.to
+                )
+            }));
+            return Ok(report);
+        }
+        if !dry_run {
+            for change in &changes {
+                self.apply(repository, change, &current, desired).await?;
+            }
+        }
+        // Settings given at creation are not changes; only report what differed afterwards.
+        report.changes = changes;
+        Ok(report)
+    }
+
+    async fn create(&self, repository: &str, desired: &RepositorySettings) -> Result<()> {
+        let mut encryption = EncryptionConfiguration::builder()
+            .encryption_type(EncryptionType::from(desired.encryption_type.as_str()));
+        if let Some(key) = &desired.kms_key {
+            encryption = encryption.kms_key(key);
+        }
+        let encryption = encryption.build().map_err(|e| Error::Api {
+            operation: "ecr:CreateRepository",
+            resource: self.resource(repository),
+            message: e.to_string(),
+            retryable: false,
+        })?;
+        let tags: Vec<Tag> = desired
+            .tags
+            .iter()
+            .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+            .collect();
+        let created = self
+            .client
+            .create_repository()
+            .registry_id(&self.registry.account_id)
+            .repository_name(repository)
+            .image_tag_mutability(ImageTagMutability::from(desired.tag_mutability.as_str()))
+            .image_scanning_configuration(
+                ImageScanningConfiguration::builder()
+                    .scan_on_push(desired.scan_on_push)
+                    .build(),
+            )
+            .encryption_configuration(encryption)
+            .set_tags(if tags.is_empty() { None } else { Some(tags) })
+            .send()
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            // Another execution created it meanwhile: that is success.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_repository_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::api(
+                "ecr:CreateRepository",
+                self.resource(repository),
+                &e,
+            )),
+        }
+    }
+
+    async fn apply(
+        &self,
+        repository: &str,
+        change: &SettingChange,
+        current: &RepositorySettings,
+        desired: &RepositorySettings,
+    ) -> Result<()> {
+        let id = &self.registry.account_id;
+        let resource = self.resource(repository);
+        match change.setting.as_str() {
+            "tagMutability" => self
+                .client
+                .put_image_tag_mutability()
+                .registry_id(id)
+                .repository_name(repository)
+                .image_tag_mutability(ImageTagMutability::from(desired.tag_mutability.as_str()))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::api("ecr:PutImageTagMutability", resource, &e)),
+            "scanOnPush" => self
+                .client
+                .put_image_scanning_configuration()
+                .registry_id(id)
+                .repository_name(repository)
+                .image_scanning_configuration(
+                    ImageScanningConfiguration::builder()
+                        .scan_on_push(desired.scan_on_push)
+                        .build(),
+                )
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::api("ecr:PutImageScanningConfiguration", resource, &e)),
+            "lifecyclePolicy" => match &desired.lifecycle_policy {
+                Some(text) => self
+                    .client
+                    .put_lifecycle_policy()
+                    .registry_id(id)
+                    .repository_name(repository)
+                    .lifecycle_policy_text(text)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::api("ecr:PutLifecyclePolicy", resource, &e)),
+                None => self
+                    .client
+                    .delete_lifecycle_policy()
+                    .registry_id(id)
+                    .repository_name(repository)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::api("ecr:DeleteLifecyclePolicy", resource, &e)),
+            },
+            "repositoryPolicy" => match &desired.repository_policy {
+                Some(text) => self
+                    .client
+                    .set_repository_policy()
+                    .registry_id(id)
+                    .repository_name(repository)
+                    .policy_text(text)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::api("ecr:SetRepositoryPolicy", resource, &e)),
+                None => self
+                    .client
+                    .delete_repository_policy()
+                    .registry_id(id)
+                    .repository_name(repository)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| Error::api("ecr:DeleteRepositoryPolicy", resource, &e)),
+            },
+            "tags" => {
+                let arn = self.registry.repository_arn(repository);
+                let stale: Vec<String> = current
+                    .tags
+                    .keys()
+                    .filter(|k| !desired.tags.contains_key(*k))
+                    .cloned()
+                    .collect();
+                if !stale.is_empty() {
+                    self.client
+                        .untag_resource()
+                        .resource_arn(&arn)
+                        .set_tag_keys(Some(stale))
+                        .send()
+                        .await
+                        .map_err(|e| Error::api("ecr:UntagResource", resource.clone(), &e))?;
+                }
+                let wanted: Vec<Tag> = desired
+                    .tags
+                    .iter()
+                    .filter(|(k, v)| current.tags.get(*k) != Some(*v))
+                    .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+                    .collect();
+                if !wanted.is_empty() {
+                    self.client
+                        .tag_resource()
+                        .resource_arn(&arn)
+                        .set_tags(Some(wanted))
+                        .send()
+                        .await
+                        .map_err(|e| Error::api("ecr:TagResource", resource, &e))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! AWS SDK configuration, owned here for every client: region, one endpoint override (moto,
+//! LocalStack), assumed roles with cached credentials.
+
+use std::time::Duration;
+
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use crate::registry::{EcrRegistry, RoleArn};
+
+/// Settings for every AWS client, read once at the edge (env or CLI flags).
+#[derive(Debug, Clone, Default)]
+pub struct AwsSettings {
+    /// Send every AWS API call to this URL instead of the real endpoints (moto, LocalStack).
+    pub endpoint_url: Option<String>,
+    /// Use these static credentials (access key, secret) instead of the default chain; for tests
+    /// against moto.
+    pub static_credentials: Option<(String, String)>,
+}
+
+impl AwsSettings {
+    /// From the environment: `AWS_ENDPOINT_URL` (the SDK's own variable).
+    pub fn from_env() -> Self {
+        AwsSettings {
+            endpoint_url: std::env::var("AWS_ENDPOINT_URL")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            static_credentials: None,
+        }
+    }
+}
+
+/// A role to assume, with its external ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRole {
+    /// The role.
+    pub role: RoleArn,
+    /// External ID the role's trust policy requires, if any.
+    pub external_id: Option<String>,
+    /// Session length (15 minutes to the role's maximum).
+    pub duration: Duration,
+}
+
+impl AssumeRole {
+    /// A role with an optional external ID and a one-hour session.
+    pub fn new(role: RoleArn, external_id: Option<String>) -> Self {
+        AssumeRole {
+            role,
+            external_id,
+            duration: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Builds SDK configurations for a region, optionally under an assumed role. Assumed-role
+/// credentials are cached by the SDK's identity cache until shortly before they expire.
+pub async fn sdk_config(
+    settings: &AwsSettings,
+    region: &str,
+    role: Option<&AssumeRole>,
+) -> SdkConfig {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some((key, secret)) = &settings.static_credentials {
+        loader = loader.credentials_provider(aws_sdk_sts::config::Credentials::new(
+            key, secret, None, None, "static",
+        ));
+    }
+    let base = loader.load().await;
+    let Some(role) = role else {
+        return base;
+    };
+    let mut builder = AssumeRoleProvider::builder(role.role.arn.clone())
+        .session_name("ecr-replicator")
+        .session_length(role.duration)
+        .configure(&base);
+    if let Some(id) = &role.external_id {
+        builder = builder.external_id(id.clone());
+    }
+    let provider = builder.build().await;
+    base.into_builder()
+        .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(
+            provider,
+        ))
+        .build()
+}
+
+/// An ECR client for a registry's region, under a role if given. FIPS hosts use FIPS endpoints.
+pub async fn ecr_client(
+    settings: &AwsSettings,
+    registry: &EcrRegistry,
+    role: Option<&AssumeRole>,
+) -> aws_sdk_ecr::Client {
+    let config = sdk_config(settings, &registry.region, role).await;
+    let mut builder = aws_sdk_ecr::config::Builder::from(&config);
+    if registry.fips && settings.endpoint_url.is_none() {
+        builder = builder.use_fips(true);
+    }
+    if registry.dual_stack && settings.endpoint_url.is_none() {
+        builder = builder.use_dual_stack(true);
+    }
+    aws_sdk_ecr::Client::from_conf(builder.build())
+}

@@ -1,0 +1,106 @@
+//! The one error type of the AWS side.
+
+/// Result of AWS operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can fail on the AWS control plane. Messages name the call, the resource and the next step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A host is not an ECR registry host.
+    #[error("{host:?} is not an ECR registry host: {reason} (expected ACCOUNT.dkr.ecr.REGION.amazonaws.com, the -fips, .amazonaws.com.cn or ACCOUNT.dkr-ecr.REGION.on.aws forms)")]
+    NotAnEcrHost {
+        /// The host given.
+        host: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An IAM role ARN is malformed.
+    #[error("{arn:?} is not an IAM role ARN (arn:PARTITION:iam::ACCOUNT:role/NAME)")]
+    BadRoleArn {
+        /// The text given.
+        arn: String,
+    },
+    /// An AWS API call failed.
+    #[error("{operation} on {resource} failed: {message}{}", if *retryable { " (transient: retry later)" } else { "" })]
+    Api {
+        /// The API operation, e.g. `ecr:CreateRepository`.
+        operation: &'static str,
+        /// The resource (repository, registry, role).
+        resource: String,
+        /// The service's error code and message.
+        message: String,
+        /// Whether the failure is throttling, a timeout or a server error.
+        retryable: bool,
+    },
+    /// The authorization token answer had no usable token.
+    #[error("ecr:GetAuthorizationToken for {registry} returned no usable token: {reason}")]
+    BadToken {
+        /// Registry.
+        registry: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Api {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
+    /// Builds an `Api` error from an SDK error, keeping the service's code and message.
+    pub fn api<E>(
+        operation: &'static str,
+        resource: impl Into<String>,
+        err: &aws_sdk_ecr::error::SdkError<E, aws_sdk_ecr::config::http::HttpResponse>,
+    ) -> Self
+    where
+        E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        use aws_sdk_ecr::error::SdkError;
+        let (message, retryable) = match err {
+            SdkError::ServiceError(se) => {
+                let e = se.err();
+                let code = e.code().unwrap_or("Unknown");
+                let retryable = matches!(
+                    code,
+                    "ThrottlingException"
+                        | "TooManyRequestsException"
+                        | "ServerException"
+                        | "ServiceUnavailableException"
+                        | "InternalFailure"
+                        | "LimitExceededException"
+                ) || se.raw().status().as_u16() >= 500;
+                (format!("{code}: {}", e.message().unwrap_or("")), retryable)
+            }
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => (
+                format!(
+                    "{}",
+                    aws_smithy_types::error::display::DisplayErrorContext(err)
+                ),
+                true,
+            ),
+            other => (
+                format!(
+                    "{}",
+                    aws_smithy_types::error::display::DisplayErrorContext(other)
+                ),
+                false,
+            ),
+        };
+        Error::Api {
+            operation,
+            resource: resource.into(),
+            message,
+            retryable,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The AWS control plane for ecr-replicator: ECR registry hosts, SDK configuration (endpoint
+//! override, assumed roles), repositories and images, repository settings, and registry
+//! credentials from ECR authorization tokens. Data-plane traffic goes through the `oci` crate.
+
+pub mod admin;
+pub mod aws;
+pub mod error;
+pub mod registry;
+pub mod token;
+
+pub use admin::{EcrAdmin, EcrImage, EnsureReport, Page, RepositorySettings, SettingChange};
+pub use aws::{ecr_client, sdk_config, AssumeRole, AwsSettings};
+pub use error::{Error, Result};
+pub use registry::{EcrRegistry, RoleArn};
+pub use token::EcrTokenSource;

@@ -1,0 +1,294 @@
+//! Repository filters (globs) and image filters (tag regexes, semver range, latest N, max age,
+//! untagged).
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use regex::Regex;
+use semver::{Version, VersionReq};
+use serde::{Deserialize, Serialize};
+
+use crate::job::TagFilter;
+
+/// Compiled repository globs.
+#[derive(Debug, Clone)]
+pub struct RepositoryMatcher {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+}
+
+fn glob_set(field: &str, globs: &[String]) -> Result<GlobSet, (String, String)> {
+    let mut builder = GlobSetBuilder::new();
+    for (i, glob) in globs.iter().enumerate() {
+        let compiled = GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| (format!("{field}[{i}]"), format!("bad glob {glob:?}: {}", e.kind())))?;
+        builder.add(compiled);
+    }
+    builder
+        .build()
+        .map_err(|e| (field.to_string(), e.to_string()))
+}
+
+impl RepositoryMatcher {
+    /// Compiles the globs; an error names the field (`include[2]`) and the problem.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, (String, String)> {
+        Ok(RepositoryMatcher {
+            include: if include.is_empty() {
+                None
+            } else {
+                Some(glob_set("include", include)?)
+            },
+            exclude: glob_set("exclude", exclude)?,
+        })
+    }
+
+    /// Whether a repository is selected.
+    pub fn matches(&self, repository: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(repository)) && !self.exclude.is_match(repository)
+    }
+}
+
+/// An image as a catalog lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    /// Manifest digest.
+    pub digest: String,
+    /// Its tags (empty: untagged).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Push time, seconds since the epoch, when the catalog knows it.
+    #[serde(default)]
+    pub pushed_at: Option<i64>,
+    /// Size the catalog reports, if any.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Manifest media type, if known.
+    #[serde(default)]
+    pub media_type: Option<String>,
+}
+
+/// An image chosen by the filters, with the tags to copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectedImage {
+    /// Manifest digest.
+    pub digest: String,
+    /// Tags selected (empty: copied by digest only).
+    pub tags: Vec<String>,
+    /// Push time, if known.
+    pub pushed_at: Option<i64>,
+}
+
+/// Compiled tag filters.
+#[derive(Debug, Clone)]
+pub struct TagMatcher {
+    include: Vec<Regex>,
+    exclude: Vec<Regex>,
+    semver: Option<VersionReq>,
+    latest: Option<usize>,
+    max_age_days: Option<u32>,
+    untagged: bool,
+}
+
+fn regexes(field: &str, patterns: &[String]) -> Result<Vec<Regex>, (String, String)> {
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                .size_limit(1 << 20)
+                .build()
+                .map_err(|e| (format!("{field}[{i}]"), format!("bad regex {p:?}: {e}")))
+        })
+        .collect()
+}
+
+impl TagMatcher {
+    /// Compiles the filters; an error names the field and the problem.
+    pub fn new(filter: &TagFilter) -> Result<Self, (String, String)> {
+        let semver = filter
+            .semver
+            .as_deref()
+            .map(|s| VersionReq::parse(s).map_err(|e| ("semver".to_string(), format!("bad semver range {s:?}: {e}"))))
+            .transpose()?;
+        Ok(TagMatcher {
+            include: regexes("include", &filter.include)?,
+            exclude: regexes("exclude", &filter.exclude)?,
+            semver,
+            latest: filter.latest.map(|n| n as usize),
+            max_age_days: filter.max_age_days,
+            untagged: filter.untagged,
+        })
+    }
+
+    /// Whether one tag passes the regex and semver filters.
+    pub fn tag_matches(&self, tag: &str) -> bool {
+        let included = self.include.is_empty() || self.include.iter().any(|r| r.is_match(tag));
+        let excluded = self.exclude.iter().any(|r| r.is_match(tag));
+        let semver_ok = match &self.semver {
+            None => true,
+            Some(req) => Version::parse(tag.strip_prefix('v').unwrap_or(tag)).is_ok_and(|v| req.matches(&v)),
+        };
+        included && !excluded && semver_ok
+    }
+
+    /// Chooses images: tagged ones with at least one matching tag (only those tags kept),
+    /// untagged ones when asked; then the age limit; then the latest N tagged images by push time
+    /// (unknown times last, ties by digest for a stable order).
+    pub fn select(&self, images: &[ImageInfo], now: i64) -> Vec<SelectedImage> {
+        let oldest = self.max_age_days.map(|d| now - i64::from(d) * 86_400);
+        let young_enough = |i: &ImageInfo| match (oldest, i.pushed_at) {
+            (Some(limit), Some(at)) => at >= limit,
+            _ => true,
+        };
+        let mut tagged: Vec<SelectedImage> = Vec::new();
+        let mut untagged: Vec<SelectedImage> = Vec::new();
+        for image in images.iter().filter(|i| young_enough(i)) {
+            if image.tags.is_empty() {
+                if self.untagged {
+                    untagged.push(SelectedImage {
+                        digest: image.digest.clone(),
+                        tags: Vec::new(),
+                        pushed_at: image.pushed_at,
+                    });
+                }
+                continue;
+            }
+            let mut tags: Vec<String> = image.tags.iter().filter(|t| self.tag_matches(t)).cloned().collect();
+            if !tags.is_empty() {
+                tags.sort();
+                tagged.push(SelectedImage {
+                    digest: image.digest.clone(),
+                    tags,
+                    pushed_at: image.pushed_at,
+                });
+            }
+        }
+        if let Some(n) = self.latest {
+            tagged.sort_by(|a, b| b.pushed_at.cmp(&a.pushed_at).then_with(|| a.digest.cmp(&b.digest)));
+            tagged.truncate(n);
+        }
+        tagged.extend(untagged);
+        tagged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+    const NOW: i64 = 1_800_000_000;
+
+    fn catalog() -> Vec<ImageInfo> {
+        // (tag, days ago) — one image per tag, plus two untagged ones.
+        let tagged = [
+            ("v1.2.3", 40),
+            ("v1.10.0", 10),
+            ("1.2", 5),
+            ("latest", 1),
+            ("sha-abc123", 2),
+            ("v2.0.0-rc.1", 3),
+        ];
+        let mut images: Vec<ImageInfo> = tagged
+            .iter()
+            .enumerate()
+            .map(|(i, (tag, days))| ImageInfo {
+                digest: format!("sha256:{i:064}"),
+                tags: vec![tag.to_string()],
+                pushed_at: Some(NOW - days * DAY),
+                size: None,
+                media_type: None,
+            })
+            .collect();
+        for (i, days) in [(90, 4), (91, 100)] {
+            images.push(ImageInfo {
+                digest: format!("sha256:{i:064}"),
+                tags: vec![],
+                pushed_at: Some(NOW - days * DAY),
+                size: None,
+                media_type: None,
+            });
+        }
+        images
+    }
+
+    fn selected(filter: TagFilter) -> Vec<String> {
+        let m = TagMatcher::new(&filter).unwrap();
+        let mut names: Vec<String> = m
+            .select(&catalog(), NOW)
+            .into_iter()
+            .map(|s| if s.tags.is_empty() { format!("<untagged {}>", &s.digest[s.digest.len() - 2..]) } else { s.tags.join(",") })
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn f() -> TagFilter {
+        TagFilter::default()
+    }
+
+    #[test]
+    fn tag_filters_table() {
+        let cases: Vec<(&str, TagFilter, Vec<&str>)> = vec![
+            ("no filter: every tagged image", f(), vec!["1.2", "latest", "sha-abc123", "v1.10.0", "v1.2.3", "v2.0.0-rc.1"]),
+            (
+                "regex for release tags",
+                TagFilter { include: vec![r"v\d+\.\d+\.\d+".into()], ..f() },
+                vec!["v1.10.0", "v1.2.3"],
+            ),
+            ("regex exclude", TagFilter { exclude: vec!["sha-.*".into(), "latest".into()], ..f() }, vec!["1.2", "v1.10.0", "v1.2.3", "v2.0.0-rc.1"]),
+            ("regex is a full match", TagFilter { include: vec!["v1".into()], ..f() }, vec![]),
+            ("semver range: 1.2 is not semver, rc is a pre-release", TagFilter { semver: Some(">=1.2".into()), ..f() }, vec!["v1.10.0", "v1.2.3"]),
+            ("semver upper bound", TagFilter { semver: Some(">=1.4, <2".into()), ..f() }, vec!["v1.10.0"]),
+            ("semver naming the pre-release", TagFilter { semver: Some(">=2.0.0-rc.0".into()), ..f() }, vec!["v2.0.0-rc.1"]),
+            ("latest 2 by push time", TagFilter { latest: Some(2), ..f() }, vec!["latest", "sha-abc123"]),
+            (
+                "latest 1 among release tags",
+                TagFilter { include: vec![r"v\d+\.\d+\.\d+".into()], latest: Some(1), ..f() },
+                vec!["v1.10.0"],
+            ),
+            ("max age 7 days", TagFilter { max_age_days: Some(7), ..f() }, vec!["1.2", "latest", "sha-abc123", "v2.0.0-rc.1"]),
+            (
+                "untagged on, with max age",
+                TagFilter { untagged: true, max_age_days: Some(30), include: vec!["latest".into()], ..f() },
+                vec!["<untagged 90>", "latest"],
+            ),
+            ("untagged on, latest applies to tagged only", TagFilter { untagged: true, latest: Some(1), ..f() }, vec!["<untagged 90>", "<untagged 91>", "latest"]),
+        ];
+        for (name, filter, want) in cases {
+            assert_eq!(selected(filter), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_matching_tags_of_an_image_are_kept() {
+        let m = TagMatcher::new(&TagFilter { include: vec!["v.*".into()], ..f() }).unwrap();
+        let images = vec![ImageInfo {
+            digest: "sha256:1".into(),
+            tags: vec!["latest".into(), "v2".into(), "v1".into()],
+            pushed_at: None,
+            size: None,
+            media_type: None,
+        }];
+        assert_eq!(m.select(&images, NOW)[0].tags, vec!["v1", "v2"]);
+    }
+
+    #[test]
+    fn repository_globs() {
+        let m = RepositoryMatcher::new(&["ml/*".into(), "services/**".into()], &["**/scratch".into()]).unwrap();
+        for (name, want) in [
+            ("ml/pytorch", true),
+            ("ml/team/pytorch", false),
+            ("services/api", true),
+            ("services/a/b/c", true),
+            ("services/a/scratch", false),
+            ("other", false),
+        ] {
+            assert_eq!(m.matches(name), want, "{name}");
+        }
+        assert!(RepositoryMatcher::new(&[], &[]).unwrap().matches("anything/at/all"));
+        assert_eq!(RepositoryMatcher::new(&["a/[".into()], &[]).unwrap_err().0, "include[0]");
+    }
+}

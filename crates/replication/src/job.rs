@@ -1,0 +1,332 @@
+//! The execution input (version 1): what to replicate, from where, to where, and how. Parsed with
+//! unknown fields rejected and validated with every problem naming its field.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, FieldProblem, Result};
+use crate::filter::{RepositoryMatcher, TagMatcher};
+
+/// Default byte budget of one copy invocation: 2 GiB.
+pub const DEFAULT_RANGE_BYTES: u64 = 2 << 30;
+/// Smallest budget accepted: ECR's minimum upload part.
+pub const MIN_RANGE_BYTES: u64 = 5 << 20;
+
+/// A replication job: the Step Functions execution input, the CLI's `--input` file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Job {
+    /// Schema version; 1.
+    #[serde(default = "one")]
+    pub version: u32,
+    /// Where images come from.
+    pub source: Source,
+    /// Where images go (one or more accounts/regions/registries).
+    pub destinations: Vec<Destination>,
+    /// Which repositories (globs on the repository name; `*` stays within one path segment,
+    /// `**` crosses `/`). Empty include means all.
+    #[serde(default)]
+    pub repositories: RepositoryFilter,
+    /// Which images, by tag and push time.
+    #[serde(default)]
+    pub tags: TagFilter,
+    /// What to do with repository settings in the destinations.
+    #[serde(default)]
+    pub repository_settings: SettingsMode,
+    /// Copy signatures, SBOMs and attestations that refer to the images (default true).
+    #[serde(default = "yes")]
+    pub referrers: bool,
+    /// Remove destination tags selected by the filters that the source no longer has.
+    #[serde(default)]
+    pub prune: bool,
+    /// Plan only: report what would be copied and changed, write nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Images copied at once (the Map state's MaxConcurrency).
+    #[serde(default = "ten")]
+    pub max_concurrency: u32,
+    /// Bytes one copy invocation moves at most; larger blobs are copied in segments of this size.
+    #[serde(default = "default_range_bytes")]
+    pub range_bytes: u64,
+}
+
+/// The source registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Source {
+    /// ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`) or any OCI registry host.
+    pub registry: String,
+    /// Role to assume to read the source (another account), if any.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// External ID for that role.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Reach the registry over plain HTTP (local tests only).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// One destination registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Destination {
+    /// ECR registry host or any OCI registry host.
+    pub registry: String,
+    /// Role to assume in the destination account.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// External ID for that role.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Prefix put before every repository name in this destination, e.g. `mirror/`.
+    #[serde(default)]
+    pub repository_prefix: Option<String>,
+    /// Source KMS key ARN to destination KMS key ARN (keys are regional); `"*"` is the default for
+    /// any other key. Without a mapping, KMS-encrypted repositories use the AWS managed key.
+    #[serde(default)]
+    pub kms_key_mapping: BTreeMap<String, String>,
+    /// Reach the registry over plain HTTP (local tests only).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Repository selection by glob.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepositoryFilter {
+    /// Globs a repository must match (any); empty means every repository.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Globs that exclude a repository (any).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// Image selection by tag and age.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagFilter {
+    /// Regexes (full match) a tag must match (any); empty means every tag.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Regexes (full match) that exclude a tag (any).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// A semver range (`>=1.4, <2`); tags that are not semver (a leading `v` is allowed) are not
+    /// selected when set. Pre-releases match only ranges that name a pre-release.
+    #[serde(default)]
+    pub semver: Option<String>,
+    /// Keep only the N most recently pushed of the selected tagged images, per repository.
+    #[serde(default)]
+    pub latest: Option<u32>,
+    /// Keep only images pushed within this many days.
+    #[serde(default)]
+    pub max_age_days: Option<u32>,
+    /// Also copy untagged images (by digest).
+    #[serde(default)]
+    pub untagged: bool,
+}
+
+impl Default for TagFilter {
+    fn default() -> Self {
+        TagFilter {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            semver: None,
+            latest: None,
+            max_age_days: None,
+            untagged: false,
+        }
+    }
+}
+
+/// What happens to repository settings in a destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SettingsMode {
+    /// Create missing repositories and make their settings match the source's.
+    #[default]
+    Copy,
+    /// Create missing repositories with the source's settings; never change existing ones.
+    Create,
+    /// Touch no repository: they must exist.
+    None,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn ten() -> u32 {
+    10
+}
+fn default_range_bytes() -> u64 {
+    DEFAULT_RANGE_BYTES
+}
+
+/// A job whose filters are compiled and values checked.
+#[derive(Debug, Clone)]
+pub struct ValidJob {
+    /// The job as given.
+    pub job: Job,
+    /// Compiled repository globs.
+    pub repositories: RepositoryMatcher,
+    /// Compiled tag filters.
+    pub tags: TagMatcher,
+}
+
+impl Job {
+    /// Parses JSON; unknown fields and wrong types are errors naming the field path.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let deserializer = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            Error::InvalidInput {
+                problems: vec![FieldProblem {
+                    field: if path == "." { "(input)".into() } else { path },
+                    problem: e.into_inner().to_string(),
+                }],
+            }
+        })
+    }
+
+    /// Parses and validates.
+    pub fn parse(text: &str) -> Result<ValidJob> {
+        Self::from_json(text)?.validate()
+    }
+
+    /// Checks every value; all problems are reported together, each naming its field.
+    pub fn validate(self) -> Result<ValidJob> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, text: String| {
+            problems.push(FieldProblem {
+                field: field.to_string(),
+                problem: text,
+            })
+        };
+        if self.version != 1 {
+            problem("version", format!("unsupported version {}; this release reads version 1", self.version));
+        }
+        if let Err(e) = check_registry(&self.source.registry) {
+            problem("source.registry", e);
+        }
+        check_role("source", self.source.role_arn.as_deref(), self.source.external_id.as_deref(), &mut problem);
+        if self.destinations.is_empty() {
+            problem("destinations", "at least one destination is needed".into());
+        }
+        let mut seen = Vec::new();
+        for (i, d) in self.destinations.iter().enumerate() {
+            let at = format!("destinations[{i}]");
+            if let Err(e) = check_registry(&d.registry) {
+                problem(&format!("{at}.registry"), e);
+            }
+            check_role(&at, d.role_arn.as_deref(), d.external_id.as_deref(), &mut problem);
+            let prefix = d.repository_prefix.clone().unwrap_or_default();
+            if let Some(p) = &d.repository_prefix {
+                if let Err(e) = check_prefix(p) {
+                    problem(&format!("{at}.repositoryPrefix"), e);
+                }
+            }
+            if d.registry == self.source.registry && prefix.is_empty() {
+                problem(&format!("{at}.registry"), "equals the source registry without a repositoryPrefix: images would be copied onto themselves".into());
+            }
+            let key = (d.registry.clone(), prefix);
+            if seen.contains(&key) {
+                problem(&format!("{at}"), format!("duplicate destination {} (same registry and prefix as an earlier one)", d.registry));
+            }
+            seen.push(key);
+            for (from, to) in &d.kms_key_mapping {
+                if from != "*" && !is_kms_key_arn(from) {
+                    problem(&format!("{at}.kmsKeyMapping"), format!("key {from:?} is not a KMS key ARN (or \"*\")"));
+                }
+                if !is_kms_key_arn(to) {
+                    problem(&format!("{at}.kmsKeyMapping.{from}"), format!("{to:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"));
+                }
+            }
+        }
+        if self.max_concurrency == 0 || self.max_concurrency > 1000 {
+            problem("maxConcurrency", format!("{} is out of range 1..=1000", self.max_concurrency));
+        }
+        if self.range_bytes < MIN_RANGE_BYTES {
+            problem("rangeBytes", format!("{} is below the 5 MiB minimum upload part ({MIN_RANGE_BYTES})", self.range_bytes));
+        }
+        if self.tags.latest == Some(0) {
+            problem("tags.latest", "must be at least 1 (leave it out to keep every image)".into());
+        }
+        if self.tags.max_age_days == Some(0) {
+            problem("tags.maxAgeDays", "must be at least 1 (leave it out for no age limit)".into());
+        }
+        let repositories = RepositoryMatcher::new(&self.repositories.include, &self.repositories.exclude)
+            .map_err(|(field, e)| problem(&format!("repositories.{field}"), e))
+            .ok();
+        let tags = TagMatcher::new(&self.tags)
+            .map_err(|(field, e)| problem(&format!("tags.{field}"), e))
+            .ok();
+        match (repositories, tags) {
+            (Some(repositories), Some(tags)) if problems.is_empty() => Ok(ValidJob {
+                job: self,
+                repositories,
+                tags,
+            }),
+            _ => Err(Error::InvalidInput { problems }),
+        }
+    }
+}
+
+fn check_registry(registry: &str) -> std::result::Result<(), String> {
+    if registry.is_empty() {
+        return Err("empty; give a registry host such as 111111111111.dkr.ecr.us-east-1.amazonaws.com".into());
+    }
+    if registry.contains("://") || registry.contains('/') {
+        return Err(format!("{registry:?} must be a host[:port] only, without scheme or path"));
+    }
+    let probe = format!("{registry}/probe:tag");
+    oci::Reference::parse(&probe).map(|_| ()).map_err(|_| format!("{registry:?} is not a registry host"))?;
+    if registry.contains(".dkr.ecr") || registry.contains(".dkr-ecr") {
+        ecr::EcrRegistry::parse(registry).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn check_role(at: &str, role: Option<&str>, external_id: Option<&str>, problem: &mut impl FnMut(&str, String)) {
+    if let Some(role) = role {
+        if ecr::RoleArn::parse(role).is_err() {
+            problem(&format!("{at}.roleArn"), format!("{role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"));
+        }
+    }
+    if let Some(id) = external_id {
+        let ok = (2..=1224).contains(&id.len())
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c));
+        if !ok {
+            problem(&format!("{at}.externalId"), "2 to 1224 characters of letters, digits and +=,.@:/-_".into());
+        }
+        if role.is_none() {
+            problem(&format!("{at}.externalId"), "given without a roleArn".into());
+        }
+    }
+}
+
+fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
+    let trimmed = prefix.trim_end_matches('/');
+    if trimmed.is_empty() || !prefix.ends_with('/') {
+        return Err(format!("{prefix:?} must be a repository path ending in '/', e.g. \"mirror/\""));
+    }
+    oci::reference::validate_repository_name(trimmed)
+}
+
+fn is_kms_key_arn(text: &str) -> bool {
+    let parts: Vec<&str> = text.splitn(6, ':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "kms"
+        && !parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && (parts[5].starts_with("key/") || parts[5].starts_with("alias/"))
+}

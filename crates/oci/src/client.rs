@@ -69,6 +69,10 @@ pub struct ClientConfig {
     /// a listed one gets PATCHes of this many bytes (at least 5 MiB for ECR, at most 4 MiB
     /// for GHCR), the last one shorter.
     pub chunk_sizes: HashMap<String, u64>,
+    /// Where to reach a registry instead of `https://<registry>`: registry name to base URL,
+    /// e.g. an ECR host to a local registry in tests (like `location` in registries.conf).
+    /// Credentials stay keyed by the registry name.
+    pub endpoints: HashMap<String, String>,
     /// Sent as `User-Agent`.
     pub user_agent: String,
     /// TCP/TLS connect timeout.
@@ -83,6 +87,7 @@ impl Default for ClientConfig {
             insecure_registries: Vec::new(),
             retry: RetryPolicy::default(),
             chunk_sizes: HashMap::new(),
+            endpoints: HashMap::new(),
             user_agent: concat!("ecr-replicator/", env!("CARGO_PKG_VERSION")).to_string(),
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(120),
@@ -244,6 +249,14 @@ impl RegistryClient {
 
     /// `scheme://host/v2/` for a repository's registry.
     fn base(&self, repo: &Repository) -> Result<Url> {
+        if let Some(endpoint) = self.inner.config.endpoints.get(&repo.registry) {
+            return Url::parse(&format!("{}/v2/", endpoint.trim_end_matches('/'))).map_err(|e| {
+                Error::InvalidReference {
+                    reference: repo.to_string(),
+                    reason: format!("endpoint {endpoint:?}: {e}"),
+                }
+            });
+        }
         let scheme = if self
             .inner
             .config
@@ -612,38 +625,102 @@ impl RegistryClient {
     /// Every tag of a repository, following `Link` pagination.
     #[tracing::instrument(skip(self), fields(repository = %repo))]
     pub async fn list_tags(&self, repo: &Repository) -> Result<Vec<String>> {
+        let mut tags = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = self.tags_page(repo, 1000, after.as_deref()).await?;
+            tags.extend(page);
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(tags),
+            }
+        }
+    }
+
+    /// One page of a repository's tags, after tag `after`; the second value is the token (the
+    /// last tag) for the next page, `None` on the last page.
+    pub async fn tags_page(
+        &self,
+        repo: &Repository,
+        page_size: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>)> {
         #[derive(Deserialize)]
         struct TagList {
             tags: Option<Vec<String>>,
         }
-        let mut url = self.url(repo, "tags/list?n=1000")?;
-        let mut tags = Vec::new();
-        loop {
-            let resp = self
-                .execute(
-                    Method::GET,
-                    &url,
-                    repo,
-                    &scope(repo, false),
-                    HeaderMap::new(),
-                    None,
-                )
-                .await?;
-            if !resp.status().is_success() {
-                return Err(status_error(resp, "GET", &format!("tag list of {repo}")).await);
-            }
-            let next = next_link(resp.headers(), &url);
-            let page: TagList = resp.json().await.map_err(|source| Error::Transport {
-                method: "GET".into(),
-                url: redact_url(&url),
-                source,
-            })?;
-            tags.extend(page.tags.unwrap_or_default());
-            match next {
-                Some(n) => url = n,
-                None => return Ok(tags),
-            }
+        let mut url = self.url(repo, "tags/list")?;
+        paging_query(&mut url, page_size, after);
+        let (page, next): (TagList, _) = self
+            .page(
+                &url,
+                repo,
+                &scope(repo, false),
+                &format!("tag list of {repo}"),
+            )
+            .await?;
+        Ok((page.tags.unwrap_or_default(), next))
+    }
+
+    /// One page of a registry's repositories (`/v2/_catalog`), after repository `after`.
+    pub async fn catalog_page(
+        &self,
+        registry: &str,
+        page_size: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        #[derive(Deserialize)]
+        struct Catalog {
+            repositories: Option<Vec<String>>,
         }
+        let repo = Repository {
+            registry: registry.to_string(),
+            name: String::new(),
+        };
+        let mut url = self
+            .base(&repo)?
+            .join("_catalog")
+            .map_err(|e| Error::InvalidReference {
+                reference: registry.to_string(),
+                reason: e.to_string(),
+            })?;
+        paging_query(&mut url, page_size, after);
+        let (page, next): (Catalog, _) = self
+            .page(
+                &url,
+                &repo,
+                "registry:catalog:*",
+                &format!("catalog of {registry}"),
+            )
+            .await?;
+        Ok((page.repositories.unwrap_or_default(), next))
+    }
+
+    /// GETs a JSON page and the `last` value of its `Link: rel="next"` target.
+    async fn page<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &Url,
+        repo: &Repository,
+        scope: &str,
+        what: &str,
+    ) -> Result<(T, Option<String>)> {
+        let resp = self
+            .execute(Method::GET, url, repo, scope, HeaderMap::new(), None)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(status_error(resp, "GET", what).await);
+        }
+        let next = next_link(resp.headers(), url).and_then(|n| {
+            n.query_pairs()
+                .find(|(k, _)| k == "last")
+                .map(|(_, v)| v.into_owned())
+        });
+        let page = resp.json().await.map_err(|source| Error::Transport {
+            method: "GET".into(),
+            url: redact_url(url),
+            source,
+        })?;
+        Ok((page, next))
     }
 
     // ----- blobs -----
@@ -683,10 +760,29 @@ impl RegistryClient {
         digest: &Digest,
         offset: u64,
     ) -> Result<BlobResponse> {
+        self.get_blob_range(repo, digest, offset, None).await
+    }
+
+    /// Starts receiving `length` bytes of a blob from `offset` (to the end when `None`).
+    pub async fn get_blob_range(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        offset: u64,
+        length: Option<u64>,
+    ) -> Result<BlobResponse> {
         let mut url = self.url(repo, &format!("blobs/{digest}"))?;
         let mut headers = HeaderMap::new();
-        if offset > 0 {
-            headers.insert(RANGE, header_value(&format!("bytes={offset}-")));
+        let ranged = offset > 0 || length.is_some();
+        match length {
+            Some(len) if len > 0 => {
+                let last = offset + len - 1;
+                headers.insert(RANGE, header_value(&format!("bytes={offset}-{last}")));
+            }
+            _ if offset > 0 => {
+                headers.insert(RANGE, header_value(&format!("bytes={offset}-")));
+            }
+            _ => {}
         }
         let mut resp = self
             .execute(
@@ -733,7 +829,10 @@ impl RegistryClient {
                 .await?
             };
         }
-        let expected = if offset > 0 {
+        // A registry may answer a range that starts at 0 with the whole blob (200); the caller
+        // counts bytes, so a longer body is caught there.
+        let whole_ok = offset == 0 && resp.status() == StatusCode::OK;
+        let expected = if ranged && !whole_ok {
             StatusCode::PARTIAL_CONTENT
         } else {
             StatusCode::OK
@@ -994,6 +1093,14 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+fn paging_query(url: &mut Url, page_size: usize, after: Option<&str>) {
+    let mut query = url.query_pairs_mut();
+    query.append_pair("n", &page_size.to_string());
+    if let Some(last) = after {
+        query.append_pair("last", last);
+    }
 }
 
 /// `Retry-After` as seconds or an HTTP date.

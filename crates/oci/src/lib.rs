@@ -17,4 +17,6 @@ pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ManifestContent};
 pub use reference::{Reference, Repository};
-pub use transfer::{copy_blob, BlobOutcome, BlobRef, ProgressFn};
+pub use transfer::{
+    copy_blob, copy_blob_segment, BlobOutcome, BlobRef, ProgressFn, SegmentProgress, SegmentState,
+};

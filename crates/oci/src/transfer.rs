@@ -7,7 +7,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use crate::client::{Mount, RegistryClient, UploadSession};
-use crate::digest::{Digest, Verifier};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Digest, Verifier, VerifierState};
 use crate::error::{Error, Result};
 use crate::reference::Repository;
 
@@ -26,7 +28,7 @@ pub enum BlobOutcome {
 }
 
 /// A blob to move: its digest and size from the manifest.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
     /// Content digest.
     pub digest: Digest,
@@ -147,7 +149,6 @@ async fn stream_into(
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the body stream saw, read back after the PATCH whatever its outcome.
-#[derive(Default)]
 struct Seen {
     verifier: Verifier,
     source_error: Option<reqwest::Error>,
@@ -162,17 +163,46 @@ async fn single_patch(
     url: &str,
     progress: Option<ProgressFn>,
 ) -> Result<UploadSession> {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let expected = blob.size;
+    let (session, verifier) = patch_counted(
+        target,
+        session,
+        body,
+        Verifier::new(),
+        blob.size,
+        url,
+        progress,
+    )
+    .await?;
+    verifier.check(&blob.digest, blob.size, url)?;
+    Ok(session)
+}
+
+/// Sends `body` as one PATCH of `length` bytes, hashing it into `verifier` on the way. Fails if
+/// the source breaks off, sends more or fewer bytes than `length`, or the PATCH fails.
+async fn patch_counted(
+    target: &RegistryClient,
+    session: UploadSession,
+    body: impl futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    verifier: Verifier,
+    length: u64,
+    url: &str,
+    progress: Option<ProgressFn>,
+) -> Result<(UploadSession, Verifier)> {
+    let expected_total = verifier.seen() + length;
+    let seen = Arc::new(Mutex::new(Seen {
+        verifier,
+        source_error: None,
+        overrun: false,
+    }));
     let tap = seen.clone();
     let stream = body.map(move |chunk| -> std::result::Result<Bytes, BoxError> {
         let mut s = tap.lock().unwrap_or_else(|p| p.into_inner());
         match chunk {
             Ok(bytes) => {
                 s.verifier.update(&bytes);
-                if s.verifier.seen() > expected {
+                if s.verifier.seen() > expected_total {
                     s.overrun = true;
-                    return Err("source sent more bytes than the descriptor's size".into());
+                    return Err("source sent more bytes than expected".into());
                 }
                 if let Some(p) = &progress {
                     p(bytes.len() as u64);
@@ -187,7 +217,7 @@ async fn single_patch(
         }
     });
     let sent = target
-        .upload_part(session, reqwest::Body::wrap_stream(stream), expected)
+        .upload_part(session, reqwest::Body::wrap_stream(stream), length)
         .await;
     let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
     // A source-side failure explains a failed PATCH better than the PATCH's own error.
@@ -198,12 +228,128 @@ async fn single_patch(
             source,
         });
     }
-    if s.overrun || sent.is_err() && s.verifier.seen() != expected {
-        s.verifier.check(&blob.digest, expected, url)?;
+    if s.overrun || s.verifier.seen() != expected_total {
+        return Err(Error::SizeMismatch {
+            url: url.to_string(),
+            expected: expected_total,
+            actual: s.verifier.seen(),
+        });
     }
     let session = sent?;
-    s.verifier.check(&blob.digest, expected, url)?;
-    Ok(session)
+    Ok((session, s.verifier.clone()))
+}
+
+/// Where a blob copied in segments stands between invocations: the open upload session and the
+/// hash of every byte sent so far. Small and serde, so it travels in a step's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SegmentState {
+    /// The upload session, with the offset the client counted.
+    pub session: UploadSession,
+    /// sha256 state over bytes `0..session.offset`.
+    pub hash: VerifierState,
+}
+
+/// What one segment call did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "status")]
+pub enum SegmentProgress {
+    /// More segments to go: pass the state to the next call.
+    InProgress {
+        /// State for the next call.
+        state: SegmentState,
+        /// Bytes this call sent.
+        bytes: u64,
+    },
+    /// The blob is complete in the target (copied and verified, or already there).
+    Done {
+        /// Bytes this call sent.
+        bytes: u64,
+        /// The target had the blob before the first segment.
+        present: bool,
+    },
+}
+
+/// Copies the next at most `max_bytes` of a blob, continuing the upload session of `state`
+/// (another process may have sent the earlier segments). The last segment checks the digest of
+/// the whole blob from the carried hash state before completing the upload. A session whose
+/// registry-side offset differs from the carried one (a crash between a PATCH and saving the
+/// state) is abandoned and the blob restarts on a new session.
+#[tracing::instrument(skip(source, target, state), fields(digest = %blob.digest, size = blob.size))]
+pub async fn copy_blob_segment(
+    source: &RegistryClient,
+    from: &Repository,
+    target: &RegistryClient,
+    to: &Repository,
+    blob: &BlobRef,
+    state: Option<SegmentState>,
+    max_bytes: u64,
+) -> Result<SegmentProgress> {
+    let (session, verifier) = match state {
+        Some(state) => {
+            let verifier = Verifier::import(&state.hash)?;
+            let consistent = verifier.seen() == state.session.offset
+                && target.upload_status(&state.session).await.ok() == Some(state.session.offset);
+            if consistent {
+                (state.session, verifier)
+            } else {
+                tracing::warn!(
+                    offset = state.session.offset,
+                    "upload session does not match the saved state; restarting the blob"
+                );
+                target.cancel_upload(state.session).await;
+                (target.start_upload(to).await?, Verifier::new())
+            }
+        }
+        None => {
+            if target.head_blob(to, &blob.digest).await?.is_some() {
+                return Ok(SegmentProgress::Done {
+                    bytes: 0,
+                    present: true,
+                });
+            }
+            (target.start_upload(to).await?, Verifier::new())
+        }
+    };
+    let offset = session.offset;
+    let length = max_bytes.max(1).min(blob.size - offset.min(blob.size));
+    let last = offset + length >= blob.size;
+    let (session, verifier) = if length == 0 {
+        (session, verifier)
+    } else {
+        let response = source
+            .get_blob_range(from, &blob.digest, offset, Some(length))
+            .await?;
+        let url = response.url.clone();
+        patch_counted(
+            target,
+            session,
+            response.into_stream(),
+            verifier,
+            length,
+            &url,
+            None,
+        )
+        .await?
+    };
+    if !last {
+        return Ok(SegmentProgress::InProgress {
+            state: SegmentState {
+                hash: verifier.export(),
+                session,
+            },
+            bytes: length,
+        });
+    }
+    if let Err(e) = verifier.check(&blob.digest, blob.size, &format!("{from}@{}", blob.digest)) {
+        target.cancel_upload(session).await;
+        return Err(e);
+    }
+    target.complete_upload(session, &blob.digest).await?;
+    Ok(SegmentProgress::Done {
+        bytes: length,
+        present: false,
+    })
 }
 
 async fn chunked(

@@ -167,49 +167,98 @@ pub async fn copy_image(
         }
     }
 
-    // Children (deepest first) by digest; the top manifest last, under its tag.
-    for child in walked.children.iter().rev() {
-        let child_ref = to_digest_ref(to, &child.digest);
+    let tags: Vec<String> = to.tag.iter().cloned().collect();
+    report.manifests_put = put_manifests_in_order(
+        target,
+        &to.repository,
+        &top,
+        &walked.children,
+        &tags,
+        &image,
+    )
+    .await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Puts child manifests by digest (deepest first, skipping those present), then the top
+/// manifest under each tag (or by digest when there is none), skipping a tag that already
+/// points at it (immutable tags refuse even an identical put); then checks every tag resolves
+/// to the top digest. Returns how many manifests were written.
+pub(crate) async fn put_manifests_in_order(
+    target: &RegistryClient,
+    repo: &oci::Repository,
+    top: &Manifest,
+    children: &[Manifest],
+    tags: &[String],
+    image: &str,
+) -> Result<usize> {
+    let oci_err = |source: oci::Error| Error::Registry {
+        image: image.to_string(),
+        source,
+    };
+    let by_digest = |digest: &Digest| Reference {
+        repository: repo.clone(),
+        tag: None,
+        digest: Some(digest.clone()),
+    };
+    let by_tag = |tag: &str| Reference {
+        repository: repo.clone(),
+        tag: Some(tag.to_string()),
+        digest: None,
+    };
+    let mut put = 0;
+    for child in children.iter().rev() {
         if target
-            .head_manifest(&child_ref)
+            .head_manifest(&by_digest(&child.digest))
             .await
             .map_err(oci_err)?
             .is_none()
         {
             target
-                .put_manifest(&to.repository, child.digest.as_str(), child)
+                .put_manifest(repo, child.digest.as_str(), child)
                 .await
                 .map_err(oci_err)?;
-            report.manifests_put += 1;
+            put += 1;
         }
     }
-    let top_reference = to.tag.clone().unwrap_or_else(|| top.digest.to_string());
-    target
-        .put_manifest(&to.repository, &top_reference, &top)
-        .await
-        .map_err(oci_err)?;
-    report.manifests_put += 1;
-
-    let check = Reference {
-        repository: to.repository.clone(),
-        tag: Some(top_reference),
-        digest: None,
-    };
-    let stored = target.head_manifest(&check).await.map_err(oci_err)?;
-    match stored {
-        Some(head) if head.digest == top.digest => {}
-        other => {
-            return Err(Error::VerificationFailed {
-                target: check.to_string(),
-                expected: top.digest.to_string(),
-                actual: other
-                    .map(|h| h.digest.to_string())
-                    .unwrap_or_else(|| "nothing".into()),
-            })
+    if tags.is_empty() {
+        if target
+            .head_manifest(&by_digest(&top.digest))
+            .await
+            .map_err(oci_err)?
+            .is_none()
+        {
+            target
+                .put_manifest(repo, top.digest.as_str(), top)
+                .await
+                .map_err(oci_err)?;
+            put += 1;
+        }
+        return Ok(put);
+    }
+    for tag in tags {
+        let current = target.head_manifest(&by_tag(tag)).await.map_err(oci_err)?;
+        if current.is_some_and(|h| h.digest == top.digest) {
+            continue;
+        }
+        target.put_manifest(repo, tag, top).await.map_err(oci_err)?;
+        put += 1;
+        let stored = target.head_manifest(&by_tag(tag)).await.map_err(oci_err)?;
+        match stored {
+            Some(head) if head.digest == top.digest => {}
+            other => {
+                return Err(Error::VerificationFailed {
+                    target: by_tag(tag).to_string(),
+                    expected: top.digest.to_string(),
+                    actual: other
+                        .map(|h| h.digest.to_string())
+                        .unwrap_or_else(|| "nothing".into()),
+                })
+            }
         }
     }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(put)
 }
 
 fn to_digest_ref(to: &Reference, digest: &Digest) -> Reference {
@@ -240,13 +289,17 @@ async fn is_present(target: &RegistryClient, to: &Reference, digest: &Digest) ->
 
 /// The child manifests of an image in discovery order (a parent before its children) and its
 /// unique blobs.
-struct Walked {
-    children: Vec<Manifest>,
-    blobs: BTreeMap<Digest, BlobRef>,
-    foreign_layers: usize,
+pub(crate) struct Walked {
+    pub(crate) children: Vec<Manifest>,
+    pub(crate) blobs: BTreeMap<Digest, BlobRef>,
+    pub(crate) foreign_layers: usize,
 }
 
-async fn walk(source: &RegistryClient, from: &Reference, top: Manifest) -> Result<Walked> {
+pub(crate) async fn walk(
+    source: &RegistryClient,
+    from: &Reference,
+    top: Manifest,
+) -> Result<Walked> {
     let image = from.to_string();
     let oci_err = |source: oci::Error| Error::Registry {
         image: image.clone(),

@@ -3,9 +3,65 @@
 /// Result of replication steps.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// One problem with the execution input.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldProblem {
+    /// The field path, e.g. `destinations[1].registry`.
+    pub field: String,
+    /// What is wrong and what is expected.
+    pub problem: String,
+}
+
+/// How a step's failure should be treated by the workflow (the Lambda error type that
+/// `Retry`/`Catch` match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The input is wrong: do not retry, fail the execution.
+    InvalidInput,
+    /// Throttling, timeouts, server errors: retry with backoff.
+    Retryable,
+    /// Anything else: do not retry; record the failure for this image and go on.
+    Failed,
+}
+
+impl ErrorKind {
+    /// The error type string Step Functions sees.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "ReplicationInvalidInput",
+            ErrorKind::Retryable => "ReplicationRetryable",
+            ErrorKind::Failed => "ReplicationFailed",
+        }
+    }
+}
+
 /// What can fail while replicating. Each message names the image and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The execution input is malformed or has bad values.
+    #[error("invalid execution input: {}", problems.iter().map(|p| format!("{}: {}", p.field, p.problem)).collect::<Vec<_>>().join("; "))]
+    InvalidInput {
+        /// Every problem found, each naming its field.
+        problems: Vec<FieldProblem>,
+    },
+    /// An AWS call failed.
+    #[error("{context}: {source}")]
+    Aws {
+        /// What was being done.
+        context: String,
+        /// The AWS side's error.
+        #[source]
+        source: ecr::Error,
+    },
+    /// Listing repositories or tags failed.
+    #[error("listing {what} failed: {source}")]
+    Listing {
+        /// What was being listed.
+        what: String,
+        /// The registry client's error.
+        #[source]
+        source: oci::Error,
+    },
     /// A registry operation failed while copying an image.
     #[error("copy of {image} failed: {source}")]
     Registry {
@@ -51,8 +107,18 @@ impl Error {
     /// Whether running the same step again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Registry { source, .. } => source.is_retryable(),
+            Error::Registry { source, .. } | Error::Listing { source, .. } => source.is_retryable(),
+            Error::Aws { source, .. } => source.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// How the workflow should treat this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            e if e.is_retryable() => ErrorKind::Retryable,
+            _ => ErrorKind::Failed,
         }
     }
 }

@@ -21,7 +21,12 @@ fn glob_set(field: &str, globs: &[String]) -> Result<GlobSet, (String, String)> 
         let compiled = GlobBuilder::new(glob)
             .literal_separator(true)
             .build()
-            .map_err(|e| (format!("{field}[{i}]"), format!("bad glob {glob:?}: {}", e.kind())))?;
+            .map_err(|e| {
+                (
+                    format!("{field}[{i}]"),
+                    format!("bad glob {glob:?}: {}", e.kind()),
+                )
+            })?;
         builder.add(compiled);
     }
     builder
@@ -44,7 +49,8 @@ impl RepositoryMatcher {
 
     /// Whether a repository is selected.
     pub fn matches(&self, repository: &str) -> bool {
-        self.include.as_ref().is_none_or(|g| g.is_match(repository)) && !self.exclude.is_match(repository)
+        self.include.as_ref().is_none_or(|g| g.is_match(repository))
+            && !self.exclude.is_match(repository)
     }
 }
 
@@ -110,7 +116,10 @@ impl TagMatcher {
         let semver = filter
             .semver
             .as_deref()
-            .map(|s| VersionReq::parse(s).map_err(|e| ("semver".to_string(), format!("bad semver range {s:?}: {e}"))))
+            .map(|s| {
+                VersionReq::parse(s)
+                    .map_err(|e| ("semver".to_string(), format!("bad semver range {s:?}: {e}")))
+            })
             .transpose()?;
         Ok(TagMatcher {
             include: regexes("include", &filter.include)?,
@@ -128,7 +137,9 @@ impl TagMatcher {
         let excluded = self.exclude.iter().any(|r| r.is_match(tag));
         let semver_ok = match &self.semver {
             None => true,
-            Some(req) => Version::parse(tag.strip_prefix('v').unwrap_or(tag)).is_ok_and(|v| req.matches(&v)),
+            Some(req) => {
+                Version::parse(tag.strip_prefix('v').unwrap_or(tag)).is_ok_and(|v| req.matches(&v))
+            }
         };
         included && !excluded && semver_ok
     }
@@ -155,7 +166,12 @@ impl TagMatcher {
                 }
                 continue;
             }
-            let mut tags: Vec<String> = image.tags.iter().filter(|t| self.tag_matches(t)).cloned().collect();
+            let mut tags: Vec<String> = image
+                .tags
+                .iter()
+                .filter(|t| self.tag_matches(t))
+                .cloned()
+                .collect();
             if !tags.is_empty() {
                 tags.sort();
                 tagged.push(SelectedImage {
@@ -166,7 +182,11 @@ impl TagMatcher {
             }
         }
         if let Some(n) = self.latest {
-            tagged.sort_by(|a, b| b.pushed_at.cmp(&a.pushed_at).then_with(|| a.digest.cmp(&b.digest)));
+            tagged.sort_by(|a, b| {
+                b.pushed_at
+                    .cmp(&a.pushed_at)
+                    .then_with(|| a.digest.cmp(&b.digest))
+            });
             tagged.truncate(n);
         }
         tagged.extend(untagged);
@@ -219,7 +239,13 @@ mod tests {
         let mut names: Vec<String> = m
             .select(&catalog(), NOW)
             .into_iter()
-            .map(|s| if s.tags.is_empty() { format!("<untagged {}>", &s.digest[s.digest.len() - 2..]) } else { s.tags.join(",") })
+            .map(|s| {
+                if s.tags.is_empty() {
+                    format!("<untagged {}>", &s.digest[s.digest.len() - 2..])
+                } else {
+                    s.tags.join(",")
+                }
+            })
             .collect();
         names.sort();
         names
@@ -232,30 +258,110 @@ mod tests {
     #[test]
     fn tag_filters_table() {
         let cases: Vec<(&str, TagFilter, Vec<&str>)> = vec![
-            ("no filter: every tagged image", f(), vec!["1.2", "latest", "sha-abc123", "v1.10.0", "v1.2.3", "v2.0.0-rc.1"]),
+            (
+                "no filter: every tagged image",
+                f(),
+                vec![
+                    "1.2",
+                    "latest",
+                    "sha-abc123",
+                    "v1.10.0",
+                    "v1.2.3",
+                    "v2.0.0-rc.1",
+                ],
+            ),
             (
                 "regex for release tags",
-                TagFilter { include: vec![r"v\d+\.\d+\.\d+".into()], ..f() },
+                TagFilter {
+                    include: vec![r"v\d+\.\d+\.\d+".into()],
+                    ..f()
+                },
                 vec!["v1.10.0", "v1.2.3"],
             ),
-            ("regex exclude", TagFilter { exclude: vec!["sha-.*".into(), "latest".into()], ..f() }, vec!["1.2", "v1.10.0", "v1.2.3", "v2.0.0-rc.1"]),
-            ("regex is a full match", TagFilter { include: vec!["v1".into()], ..f() }, vec![]),
-            ("semver range: 1.2 is not semver, rc is a pre-release", TagFilter { semver: Some(">=1.2".into()), ..f() }, vec!["v1.10.0", "v1.2.3"]),
-            ("semver upper bound", TagFilter { semver: Some(">=1.4, <2".into()), ..f() }, vec!["v1.10.0"]),
-            ("semver naming the pre-release", TagFilter { semver: Some(">=2.0.0-rc.0".into()), ..f() }, vec!["v2.0.0-rc.1"]),
-            ("latest 2 by push time", TagFilter { latest: Some(2), ..f() }, vec!["latest", "sha-abc123"]),
             (
-                "latest 1 among release tags",
-                TagFilter { include: vec![r"v\d+\.\d+\.\d+".into()], latest: Some(1), ..f() },
+                "regex exclude",
+                TagFilter {
+                    exclude: vec!["sha-.*".into(), "latest".into()],
+                    ..f()
+                },
+                vec!["1.2", "v1.10.0", "v1.2.3", "v2.0.0-rc.1"],
+            ),
+            (
+                "regex is a full match",
+                TagFilter {
+                    include: vec!["v1".into()],
+                    ..f()
+                },
+                vec![],
+            ),
+            (
+                "semver range: 1.2 is not semver, rc is a pre-release",
+                TagFilter {
+                    semver: Some(">=1.2".into()),
+                    ..f()
+                },
+                vec!["v1.10.0", "v1.2.3"],
+            ),
+            (
+                "semver upper bound",
+                TagFilter {
+                    semver: Some(">=1.4, <2".into()),
+                    ..f()
+                },
                 vec!["v1.10.0"],
             ),
-            ("max age 7 days", TagFilter { max_age_days: Some(7), ..f() }, vec!["1.2", "latest", "sha-abc123", "v2.0.0-rc.1"]),
+            (
+                "semver naming the pre-release",
+                TagFilter {
+                    semver: Some(">=2.0.0-rc.0".into()),
+                    ..f()
+                },
+                vec!["v2.0.0-rc.1"],
+            ),
+            (
+                "latest 2 by push time",
+                TagFilter {
+                    latest: Some(2),
+                    ..f()
+                },
+                vec!["latest", "sha-abc123"],
+            ),
+            (
+                "latest 1 among release tags",
+                TagFilter {
+                    include: vec![r"v\d+\.\d+\.\d+".into()],
+                    latest: Some(1),
+                    ..f()
+                },
+                vec!["v1.10.0"],
+            ),
+            (
+                "max age 7 days",
+                TagFilter {
+                    max_age_days: Some(7),
+                    ..f()
+                },
+                vec!["1.2", "latest", "sha-abc123", "v2.0.0-rc.1"],
+            ),
             (
                 "untagged on, with max age",
-                TagFilter { untagged: true, max_age_days: Some(30), include: vec!["latest".into()], ..f() },
+                TagFilter {
+                    untagged: true,
+                    max_age_days: Some(30),
+                    include: vec!["latest".into()],
+                    ..f()
+                },
                 vec!["<untagged 90>", "latest"],
             ),
-            ("untagged on, latest applies to tagged only", TagFilter { untagged: true, latest: Some(1), ..f() }, vec!["<untagged 90>", "<untagged 91>", "latest"]),
+            (
+                "untagged on, latest applies to tagged only",
+                TagFilter {
+                    untagged: true,
+                    latest: Some(1),
+                    ..f()
+                },
+                vec!["<untagged 90>", "<untagged 91>", "latest"],
+            ),
         ];
         for (name, filter, want) in cases {
             assert_eq!(selected(filter), want, "{name}");
@@ -264,7 +370,11 @@ mod tests {
 
     #[test]
     fn only_matching_tags_of_an_image_are_kept() {
-        let m = TagMatcher::new(&TagFilter { include: vec!["v.*".into()], ..f() }).unwrap();
+        let m = TagMatcher::new(&TagFilter {
+            include: vec!["v.*".into()],
+            ..f()
+        })
+        .unwrap();
         let images = vec![ImageInfo {
             digest: "sha256:1".into(),
             tags: vec!["latest".into(), "v2".into(), "v1".into()],
@@ -277,7 +387,11 @@ mod tests {
 
     #[test]
     fn repository_globs() {
-        let m = RepositoryMatcher::new(&["ml/*".into(), "services/**".into()], &["**/scratch".into()]).unwrap();
+        let m = RepositoryMatcher::new(
+            &["ml/*".into(), "services/**".into()],
+            &["**/scratch".into()],
+        )
+        .unwrap();
         for (name, want) in [
             ("ml/pytorch", true),
             ("ml/team/pytorch", false),
@@ -288,7 +402,12 @@ mod tests {
         ] {
             assert_eq!(m.matches(name), want, "{name}");
         }
-        assert!(RepositoryMatcher::new(&[], &[]).unwrap().matches("anything/at/all"));
-        assert_eq!(RepositoryMatcher::new(&["a/[".into()], &[]).unwrap_err().0, "include[0]");
+        assert!(RepositoryMatcher::new(&[], &[])
+            .unwrap()
+            .matches("anything/at/all"));
+        assert_eq!(
+            RepositoryMatcher::new(&["a/[".into()], &[]).unwrap_err().0,
+            "include[0]"
+        );
     }
 }

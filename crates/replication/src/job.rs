@@ -106,7 +106,7 @@ pub struct RepositoryFilter {
 }
 
 /// Image selection by tag and age.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TagFilter {
     /// Regexes (full match) a tag must match (any); empty means every tag.
@@ -128,19 +128,6 @@ pub struct TagFilter {
     /// Also copy untagged images (by digest).
     #[serde(default)]
     pub untagged: bool,
-}
-
-impl Default for TagFilter {
-    fn default() -> Self {
-        TagFilter {
-            include: Vec::new(),
-            exclude: Vec::new(),
-            semver: None,
-            latest: None,
-            max_age_days: None,
-            untagged: false,
-        }
-    }
 }
 
 /// What happens to repository settings in a destination.
@@ -210,12 +197,23 @@ impl Job {
             })
         };
         if self.version != 1 {
-            problem("version", format!("unsupported version {}; this release reads version 1", self.version));
+            problem(
+                "version",
+                format!(
+                    "unsupported version {}; this release reads version 1",
+                    self.version
+                ),
+            );
         }
         if let Err(e) = check_registry(&self.source.registry) {
             problem("source.registry", e);
         }
-        check_role("source", self.source.role_arn.as_deref(), self.source.external_id.as_deref(), &mut problem);
+        check_role(
+            "source",
+            self.source.role_arn.as_deref(),
+            self.source.external_id.as_deref(),
+            &mut problem,
+        );
         if self.destinations.is_empty() {
             problem("destinations", "at least one destination is needed".into());
         }
@@ -225,7 +223,12 @@ impl Job {
             if let Err(e) = check_registry(&d.registry) {
                 problem(&format!("{at}.registry"), e);
             }
-            check_role(&at, d.role_arn.as_deref(), d.external_id.as_deref(), &mut problem);
+            check_role(
+                &at,
+                d.role_arn.as_deref(),
+                d.external_id.as_deref(),
+                &mut problem,
+            );
             let prefix = d.repository_prefix.clone().unwrap_or_default();
             if let Some(p) = &d.repository_prefix {
                 if let Err(e) = check_prefix(p) {
@@ -237,33 +240,61 @@ impl Job {
             }
             let key = (d.registry.clone(), prefix);
             if seen.contains(&key) {
-                problem(&format!("{at}"), format!("duplicate destination {} (same registry and prefix as an earlier one)", d.registry));
+                problem(
+                    &at,
+                    format!(
+                        "duplicate destination {} (same registry and prefix as an earlier one)",
+                        d.registry
+                    ),
+                );
             }
             seen.push(key);
             for (from, to) in &d.kms_key_mapping {
                 if from != "*" && !is_kms_key_arn(from) {
-                    problem(&format!("{at}.kmsKeyMapping"), format!("key {from:?} is not a KMS key ARN (or \"*\")"));
+                    problem(
+                        &format!("{at}.kmsKeyMapping"),
+                        format!("key {from:?} is not a KMS key ARN (or \"*\")"),
+                    );
                 }
                 if !is_kms_key_arn(to) {
-                    problem(&format!("{at}.kmsKeyMapping.{from}"), format!("{to:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"));
+                    problem(
+                        &format!("{at}.kmsKeyMapping.{from}"),
+                        format!("{to:?} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)"),
+                    );
                 }
             }
         }
         if self.max_concurrency == 0 || self.max_concurrency > 1000 {
-            problem("maxConcurrency", format!("{} is out of range 1..=1000", self.max_concurrency));
+            problem(
+                "maxConcurrency",
+                format!("{} is out of range 1..=1000", self.max_concurrency),
+            );
         }
         if self.range_bytes < MIN_RANGE_BYTES {
-            problem("rangeBytes", format!("{} is below the 5 MiB minimum upload part ({MIN_RANGE_BYTES})", self.range_bytes));
+            problem(
+                "rangeBytes",
+                format!(
+                    "{} is below the 5 MiB minimum upload part ({MIN_RANGE_BYTES})",
+                    self.range_bytes
+                ),
+            );
         }
         if self.tags.latest == Some(0) {
-            problem("tags.latest", "must be at least 1 (leave it out to keep every image)".into());
+            problem(
+                "tags.latest",
+                "must be at least 1 (leave it out to keep every image)".into(),
+            );
         }
         if self.tags.max_age_days == Some(0) {
-            problem("tags.maxAgeDays", "must be at least 1 (leave it out for no age limit)".into());
+            problem(
+                "tags.maxAgeDays",
+                "must be at least 1 (leave it out for no age limit)".into(),
+            );
         }
-        let repositories = RepositoryMatcher::new(&self.repositories.include, &self.repositories.exclude)
-            .map_err(|(field, e)| problem(&format!("repositories.{field}"), e))
-            .ok();
+        let repositories =
+            RepositoryMatcher::new(&self.repositories.include, &self.repositories.exclude)
+                .map_err(|(field, e)| problem(&format!("repositories.{field}"), e))
+                .ok();
         let tags = TagMatcher::new(&self.tags)
             .map_err(|(field, e)| problem(&format!("tags.{field}"), e))
             .ok();
@@ -280,33 +311,56 @@ impl Job {
 
 fn check_registry(registry: &str) -> std::result::Result<(), String> {
     if registry.is_empty() {
-        return Err("empty; give a registry host such as 111111111111.dkr.ecr.us-east-1.amazonaws.com".into());
+        return Err(
+            "empty; give a registry host such as 111111111111.dkr.ecr.us-east-1.amazonaws.com"
+                .into(),
+        );
     }
     if registry.contains("://") || registry.contains('/') {
-        return Err(format!("{registry:?} must be a host[:port] only, without scheme or path"));
+        return Err(format!(
+            "{registry:?} must be a host[:port] only, without scheme or path"
+        ));
     }
     let probe = format!("{registry}/probe:tag");
-    oci::Reference::parse(&probe).map(|_| ()).map_err(|_| format!("{registry:?} is not a registry host"))?;
+    oci::Reference::parse(&probe)
+        .map(|_| ())
+        .map_err(|_| format!("{registry:?} is not a registry host"))?;
     if registry.contains(".dkr.ecr") || registry.contains(".dkr-ecr") {
         ecr::EcrRegistry::parse(registry).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-fn check_role(at: &str, role: Option<&str>, external_id: Option<&str>, problem: &mut impl FnMut(&str, String)) {
+fn check_role(
+    at: &str,
+    role: Option<&str>,
+    external_id: Option<&str>,
+    problem: &mut impl FnMut(&str, String),
+) {
     if let Some(role) = role {
         if ecr::RoleArn::parse(role).is_err() {
-            problem(&format!("{at}.roleArn"), format!("{role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"));
+            problem(
+                &format!("{at}.roleArn"),
+                format!("{role:?} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)"),
+            );
         }
     }
     if let Some(id) = external_id {
         let ok = (2..=1224).contains(&id.len())
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c));
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+=,.@:/-_".contains(c));
         if !ok {
-            problem(&format!("{at}.externalId"), "2 to 1224 characters of letters, digits and +=,.@:/-_".into());
+            problem(
+                &format!("{at}.externalId"),
+                "2 to 1224 characters of letters, digits and +=,.@:/-_".into(),
+            );
         }
         if role.is_none() {
-            problem(&format!("{at}.externalId"), "given without a roleArn".into());
+            problem(
+                &format!("{at}.externalId"),
+                "given without a roleArn".into(),
+            );
         }
     }
 }
@@ -314,7 +368,9 @@ fn check_role(at: &str, role: Option<&str>, external_id: Option<&str>, problem: 
 fn check_prefix(prefix: &str) -> std::result::Result<(), String> {
     let trimmed = prefix.trim_end_matches('/');
     if trimmed.is_empty() || !prefix.ends_with('/') {
-        return Err(format!("{prefix:?} must be a repository path ending in '/', e.g. \"mirror/\""));
+        return Err(format!(
+            "{prefix:?} must be a repository path ending in '/', e.g. \"mirror/\""
+        ));
     }
     oci::reference::validate_repository_name(trimmed)
 }

@@ -1,9 +1,17 @@
-//! The replication domain: copying images between registries (and, as the workflow grows,
-//! filters, planning, range splitting and the run report). Used alike by the CLI and the Lambda
-//! functions, so both run the very same steps.
+//! The replication domain: the execution input and its validation, repository and tag filters,
+//! catalogs, planning into byte ranges, the workflow's steps, copying images, and the run
+//! report. The Lambda functions and the CLI call the very same functions with the same JSON.
 
+pub mod catalog;
+pub mod connect;
 pub mod copy;
 pub mod error;
+pub mod filter;
+pub mod job;
+pub mod plan;
+pub mod steps;
+pub mod workflow;
 
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
+pub use job::{Job, ValidJob};

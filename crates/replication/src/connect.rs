@@ -1,0 +1,216 @@
+//! Connections to the registries of a job: a registry client with fresh credentials, and for
+//! ECR registries the control plane (`EcrAdmin`), built once per registry and role and reused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ecr::{AssumeRole, AwsSettings, EcrAdmin, EcrRegistry, EcrTokenSource, RoleArn};
+use oci::{ClientConfig, Credential, CredentialStore, RegistryClient};
+use tokio::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::job::Job;
+
+/// Settings read once at the edge (a Lambda's environment, the CLI's flags).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// AWS SDK settings (endpoint override for moto).
+    pub aws: AwsSettings,
+    /// Registry client template: retries, chunk sizes, endpoint overrides, plain-HTTP registries.
+    pub registry: ClientConfig,
+    /// Credentials for registries that are not ECR (ECR ones come from tokens).
+    pub credentials: CredentialStore,
+}
+
+/// A registry reached with the right identity.
+pub struct Connection {
+    /// The registry host.
+    pub registry: String,
+    /// Data plane client.
+    pub client: RegistryClient,
+    /// Control plane, for ECR registries.
+    pub ecr: Option<EcrAdmin>,
+    token: Option<EcrTokenSource>,
+    current: Mutex<Option<Credential>>,
+}
+
+impl Connection {
+    /// Makes sure the client holds an unexpired ECR token (a no-op for other registries).
+    pub async fn refresh_credentials(&self) -> Result<()> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let credential = token.credential().await.map_err(|source| Error::Aws {
+            context: format!("getting registry credentials for {}", self.registry),
+            source,
+        })?;
+        let mut current = self.current.lock().await;
+        if current.as_ref() != Some(&credential) {
+            self.client
+                .set_credential(&self.registry, credential.clone());
+            *current = Some(credential);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    registry: String,
+    role: Option<String>,
+    external_id: Option<String>,
+    insecure: bool,
+}
+
+/// Builds and caches connections (warm Lambda invocations reuse them).
+pub struct Connections {
+    settings: Settings,
+    cache: Mutex<HashMap<Key, Arc<Connection>>>,
+}
+
+impl Connections {
+    /// A connection cache over these settings.
+    pub fn new(settings: Settings) -> Self {
+        Connections {
+            settings,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The job's source registry.
+    pub async fn source(&self, job: &Job) -> Result<Arc<Connection>> {
+        let s = &job.source;
+        self.connect(
+            &s.registry,
+            s.role_arn.as_deref(),
+            s.external_id.as_deref(),
+            s.insecure,
+        )
+        .await
+    }
+
+    /// Destination `index` of the job.
+    pub async fn destination(&self, job: &Job, index: usize) -> Result<Arc<Connection>> {
+        let d = job
+            .destinations
+            .get(index)
+            .ok_or_else(|| Error::InvalidInput {
+                problems: vec![crate::error::FieldProblem {
+                    field: "destination".into(),
+                    problem: format!(
+                        "index {index} is out of range: the job has {} destinations",
+                        job.destinations.len()
+                    ),
+                }],
+            })?;
+        self.connect(
+            &d.registry,
+            d.role_arn.as_deref(),
+            d.external_id.as_deref(),
+            d.insecure,
+        )
+        .await
+    }
+
+    async fn connect(
+        &self,
+        registry: &str,
+        role: Option<&str>,
+        external_id: Option<&str>,
+        insecure: bool,
+    ) -> Result<Arc<Connection>> {
+        let key = Key {
+            registry: registry.to_string(),
+            role: role.map(str::to_string),
+            external_id: external_id.map(str::to_string),
+            insecure,
+        };
+        let mut cache = self.cache.lock().await;
+        if let Some(conn) = cache.get(&key) {
+            let conn = conn.clone();
+            drop(cache);
+            conn.refresh_credentials().await?;
+            return Ok(conn);
+        }
+        let mut config = self.settings.registry.clone();
+        if insecure && !config.insecure_registries.iter().any(|r| r == registry) {
+            config.insecure_registries.push(registry.to_string());
+        }
+        let client =
+            RegistryClient::new(config, self.settings.credentials.clone()).map_err(|source| {
+                Error::Listing {
+                    what: format!("registry client for {registry}"),
+                    source,
+                }
+            })?;
+        let (ecr, token) = if EcrRegistry::is_ecr_host(registry) {
+            let parsed = EcrRegistry::parse(registry).map_err(|source| Error::Aws {
+                context: "reading the registry host".into(),
+                source,
+            })?;
+            let assume = match role {
+                Some(arn) => Some(AssumeRole::new(
+                    RoleArn::parse(arn).map_err(|source| Error::Aws {
+                        context: "reading the role".into(),
+                        source,
+                    })?,
+                    external_id.map(str::to_string),
+                )),
+                None => None,
+            };
+            let aws = ecr::ecr_client(&self.settings.aws, &parsed, assume.as_ref()).await;
+            let token = EcrTokenSource::new(aws.clone(), registry);
+            (Some(EcrAdmin::new(aws, parsed)), Some(token))
+        } else {
+            (None, None)
+        };
+        let conn = Arc::new(Connection {
+            registry: registry.to_string(),
+            client,
+            ecr,
+            token,
+            current: Mutex::new(None),
+        });
+        cache.insert(key, conn.clone());
+        drop(cache);
+        conn.refresh_credentials().await?;
+        Ok(conn)
+    }
+}
+
+/// AWS settings from the environment and the registry client template, for Lambdas:
+/// `AWS_ENDPOINT_URL`, `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (`host=url,...`),
+/// `ECR_REPLICATOR_INSECURE_REGISTRIES` (`host,...`).
+pub fn settings_from_env() -> Result<Settings> {
+    let mut registry = ClientConfig::default();
+    if let Ok(map) = std::env::var("ECR_REPLICATOR_REGISTRY_ENDPOINTS") {
+        for entry in map.split(',').filter(|e| !e.trim().is_empty()) {
+            let (host, url) = entry.split_once('=').ok_or_else(|| Error::InvalidInput {
+                problems: vec![crate::error::FieldProblem {
+                    field: "ECR_REPLICATOR_REGISTRY_ENDPOINTS".into(),
+                    problem: format!("entry {entry:?} must be HOST=URL"),
+                }],
+            })?;
+            registry
+                .endpoints
+                .insert(host.trim().to_string(), url.trim().to_string());
+        }
+    }
+    if let Ok(list) = std::env::var("ECR_REPLICATOR_INSECURE_REGISTRIES") {
+        registry.insecure_registries = list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+    Ok(Settings {
+        aws: AwsSettings::from_env(),
+        registry,
+        credentials: CredentialStore::new(),
+    })
+}

@@ -1,0 +1,433 @@
+//! The workflow's steps. Each Lambda function calls exactly one of these; the CLI's `sync`
+//! calls them in the order the state machine does.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ecr::RepositorySettings;
+use futures::{StreamExt, TryStreamExt};
+use oci::{BlobOutcome, Digest, Reference, Repository, SegmentProgress};
+
+use crate::catalog::{Catalog, OciCatalog, RepositoryAdmin};
+use crate::connect::{Connection, Connections};
+use crate::copy::{put_manifests_in_order, walk};
+use crate::error::{Error, FieldProblem, Result};
+use crate::job::{Destination, Job, SettingsMode, ValidJob};
+use crate::plan::{split_into_ranges, CopyRange};
+use crate::steps::*;
+
+/// Images per `enumerate-images` page (each becomes one task per destination).
+pub const IMAGES_PER_PAGE: usize = 25;
+/// Blobs of one range copied at once.
+const PARALLEL_BLOBS: usize = 4;
+
+impl Connection {
+    /// The catalog of this registry: ECR's API, or the OCI catalog.
+    pub fn catalog(&self) -> Box<dyn Catalog + '_> {
+        match &self.ecr {
+            Some(admin) => Box::new(admin.clone()),
+            None => Box::new(OciCatalog {
+                client: &self.client,
+                registry: &self.registry,
+                page_size: 100,
+            }),
+        }
+    }
+}
+
+fn validated(job: Job) -> Result<ValidJob> {
+    job.validate()
+}
+
+fn destination(job: &Job, index: usize) -> Result<&Destination> {
+    job.destinations
+        .get(index)
+        .ok_or_else(|| Error::InvalidInput {
+            problems: vec![FieldProblem {
+                field: "destination".into(),
+                problem: format!(
+                    "index {index} is out of range: the job has {} destinations",
+                    job.destinations.len()
+                ),
+            }],
+        })
+}
+
+/// The repository name in a destination: its prefix, then the source name.
+pub fn target_repository(destination: &Destination, repository: &str) -> String {
+    format!(
+        "{}{repository}",
+        destination.repository_prefix.clone().unwrap_or_default()
+    )
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// One page of the source's repositories, filtered by the job's globs.
+#[tracing::instrument(skip_all, fields(next = ?input.next_token))]
+pub async fn enumerate_repositories(
+    conns: &Connections,
+    input: EnumerateRepositoriesInput,
+) -> Result<EnumerateRepositoriesOutput> {
+    let job = validated(input.job)?;
+    let source = conns.source(&job.job).await?;
+    let page = source.catalog().repositories(input.next_token).await?;
+    Ok(EnumerateRepositoriesOutput {
+        repositories: page
+            .items
+            .into_iter()
+            .filter(|r| job.repositories.matches(r))
+            .collect(),
+        next_token: page.next,
+    })
+}
+
+/// The settings a destination repository should have, from the source's: KMS keys mapped
+/// (keys are regional), the source account id in the repository policy replaced by the
+/// destination's.
+pub fn target_settings(
+    source: Option<&RepositorySettings>,
+    source_account: Option<&str>,
+    destination: &Destination,
+    destination_account: Option<&str>,
+) -> RepositorySettings {
+    let Some(source) = source else {
+        return RepositorySettings::default();
+    };
+    let mut desired = source.clone();
+    if desired.encryption_type == "KMS" {
+        desired.kms_key = source
+            .kms_key
+            .as_ref()
+            .and_then(|k| destination.kms_key_mapping.get(k))
+            .or_else(|| destination.kms_key_mapping.get("*"))
+            .cloned();
+    }
+    if let (Some(policy), Some(from), Some(to)) = (
+        &source.repository_policy,
+        source_account,
+        destination_account,
+    ) {
+        desired.repository_policy = Some(policy.replace(from, to));
+    }
+    desired
+}
+
+/// Creates the destination repository if missing and, with `repositorySettings: "copy"`, makes
+/// its settings match the source's. Dry run: reports only.
+#[tracing::instrument(skip_all, fields(repository = %input.repository, destination = input.destination))]
+pub async fn ensure_repository(
+    conns: &Connections,
+    input: EnsureRepositoryInput,
+) -> Result<EnsureRepositoryOutput> {
+    let job = validated(input.job)?.job;
+    let dest_spec = destination(&job, input.destination)?.clone();
+    let target = target_repository(&dest_spec, &input.repository);
+    let skipped = |why: &str| EnsureRepositoryOutput {
+        registry: dest_spec.registry.clone(),
+        repository: target.clone(),
+        created: false,
+        changes: Vec::new(),
+        drift: Vec::new(),
+        skipped: Some(why.to_string()),
+    };
+    if job.repository_settings == SettingsMode::None {
+        return Ok(skipped("repositorySettings is \"none\""));
+    }
+    let dest = conns.destination(&job, input.destination).await?;
+    let Some(admin) = &dest.ecr else {
+        return Ok(skipped(
+            "not an ECR registry: repositories are created on push",
+        ));
+    };
+    let source = conns.source(&job).await?;
+    let source_settings = match &source.ecr {
+        Some(src_admin) => RepositoryAdmin::read_settings(src_admin, &input.repository).await?,
+        None => None,
+    };
+    let desired = target_settings(
+        source_settings.as_ref(),
+        source
+            .ecr
+            .as_ref()
+            .map(|a| a.registry().account_id.as_str()),
+        &dest_spec,
+        Some(admin.registry().account_id.as_str()),
+    );
+    let update = job.repository_settings == SettingsMode::Copy;
+    let report =
+        RepositoryAdmin::ensure_repository(admin, &target, &desired, update, job.dry_run).await?;
+    Ok(EnsureRepositoryOutput::from_report(
+        &dest_spec.registry,
+        &target,
+        report,
+    ))
+}
+
+/// Selects a repository's images with the tag filters (reading all of the repository's catalog
+/// pages, so `latest` sees every image) and returns one page of tasks: each selected image for
+/// each destination, marked `present` when the destination already has it under every tag.
+#[tracing::instrument(skip_all, fields(repository = %input.repository, next = ?input.next_token))]
+pub async fn enumerate_images(
+    conns: &Connections,
+    input: EnumerateImagesInput,
+) -> Result<EnumerateImagesOutput> {
+    let job = validated(input.job)?;
+    let offset: usize = match &input.next_token {
+        None => 0,
+        Some(token) => token.parse().map_err(|_| Error::InvalidInput {
+            problems: vec![FieldProblem {
+                field: "nextToken".into(),
+                problem: format!("{token:?} is not a token this step returned"),
+            }],
+        })?,
+    };
+    let source = conns.source(&job.job).await?;
+    let catalog = source.catalog();
+    let mut images = Vec::new();
+    let mut next = None;
+    loop {
+        let page = catalog.images(&input.repository, next).await?;
+        images.extend(page.items);
+        match page.next {
+            Some(n) => next = Some(n),
+            None => break,
+        }
+    }
+    let mut selected = job.tags.select(&images, now());
+    selected.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let end = (offset + IMAGES_PER_PAGE).min(selected.len());
+    let mut tasks = Vec::new();
+    for (index, spec) in job.job.destinations.iter().enumerate() {
+        let dest = conns.destination(&job.job, index).await?;
+        let target = target_repository(spec, &input.repository);
+        for image in selected.get(offset..end).unwrap_or_default() {
+            let repo = Repository {
+                registry: spec.registry.clone(),
+                name: target.clone(),
+            };
+            let present = is_present(&dest.client, &repo, &image.digest, &image.tags).await?;
+            tasks.push(ImageTask {
+                repository: input.repository.clone(),
+                digest: image.digest.clone(),
+                tags: image.tags.clone(),
+                destination: index,
+                target_registry: spec.registry.clone(),
+                target_repository: target.clone(),
+                present,
+            });
+        }
+    }
+    Ok(EnumerateImagesOutput {
+        images: tasks,
+        selected: selected.len(),
+        next_token: (end < selected.len()).then(|| end.to_string()),
+    })
+}
+
+async fn is_present(
+    client: &oci::RegistryClient,
+    repo: &Repository,
+    digest: &str,
+    tags: &[String],
+) -> Result<bool> {
+    let listing = |source| Error::Listing {
+        what: format!("{repo}@{digest} in the destination"),
+        source,
+    };
+    let digest = Digest::parse(digest).map_err(listing)?;
+    let by_digest = Reference {
+        repository: repo.clone(),
+        tag: None,
+        digest: Some(digest.clone()),
+    };
+    if client
+        .head_manifest(&by_digest)
+        .await
+        .map_err(listing)?
+        .is_none()
+    {
+        return Ok(false);
+    }
+    for tag in tags {
+        let head = client
+            .head_manifest(&by_digest.with_tag(tag))
+            .await
+            .map_err(listing)?;
+        if head.is_none_or(|h| h.digest != digest) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn source_reference(conn: &Connection, repository: &str, digest: &str) -> Result<Reference> {
+    let digest = Digest::parse(digest).map_err(|source| Error::Registry {
+        image: format!("{}/{repository}@{digest}", conn.registry),
+        source,
+    })?;
+    Ok(Reference {
+        repository: Repository {
+            registry: conn.registry.clone(),
+            name: repository.to_string(),
+        },
+        tag: None,
+        digest: Some(digest),
+    })
+}
+
+/// Reads the image's manifests (every child of an index) and splits its blobs into ranges under
+/// the job's byte budget.
+#[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
+pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<ImagePlan> {
+    let job = validated(input.job)?.job;
+    let source = conns.source(&job).await?;
+    let from = source_reference(&source, &input.image.repository, &input.image.digest)?;
+    let top = source
+        .client
+        .get_manifest(&from)
+        .await
+        .map_err(|e| Error::Registry {
+            image: from.to_string(),
+            source: e,
+        })?;
+    let walked = walk(&source.client, &from, top).await?;
+    let blobs: Vec<_> = walked.blobs.into_values().collect();
+    Ok(ImagePlan {
+        ranges: split_into_ranges(&blobs, job.range_bytes),
+        bytes: blobs.iter().map(|b| b.size).sum(),
+        blobs: blobs.len(),
+        manifests: walked.children.len() + 1,
+        image: input.image,
+    })
+}
+
+/// Copies one range: its whole blobs in parallel, or the next segment of a large blob
+/// (continuing the upload session in `state`).
+#[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
+pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<CopyBlobsOutput> {
+    let job = validated(input.job)?.job;
+    let source = conns.source(&job).await?;
+    let dest = conns.destination(&job, input.image.destination).await?;
+    let from = Repository {
+        registry: source.registry.clone(),
+        name: input.image.repository.clone(),
+    };
+    let to = Repository {
+        registry: dest.registry.clone(),
+        name: input.image.target_repository.clone(),
+    };
+    let image = format!("{from}@{}", input.image.digest);
+    let oci_err = |source: oci::Error| Error::Registry {
+        image: image.clone(),
+        source,
+    };
+    let mut output = CopyBlobsOutput {
+        range: input.range.clone(),
+        done: true,
+        state: None,
+        bytes_copied: 0,
+        blobs_copied: 0,
+        blobs_skipped: 0,
+    };
+    match &input.range {
+        CopyRange::Blobs { blobs } => {
+            let outcomes: Vec<(BlobOutcome, u64)> = futures::stream::iter(blobs)
+                .map(|blob| async {
+                    oci::copy_blob(&source.client, &from, &dest.client, &to, blob, None)
+                        .await
+                        .map(|o| (o, blob.size))
+                })
+                .buffer_unordered(PARALLEL_BLOBS)
+                .try_collect()
+                .await
+                .map_err(oci_err)?;
+            for (outcome, size) in outcomes {
+                match outcome {
+                    BlobOutcome::Copied => {
+                        output.blobs_copied += 1;
+                        output.bytes_copied += size;
+                    }
+                    BlobOutcome::Mounted => output.blobs_copied += 1,
+                    BlobOutcome::Present => output.blobs_skipped += 1,
+                }
+            }
+        }
+        CopyRange::Segments { blob, .. } => {
+            let progress = oci::copy_blob_segment(
+                &source.client,
+                &from,
+                &dest.client,
+                &to,
+                blob,
+                input.state,
+                job.range_bytes,
+            )
+            .await
+            .map_err(oci_err)?;
+            match progress {
+                SegmentProgress::InProgress { state, bytes } => {
+                    output.done = false;
+                    output.state = Some(state);
+                    output.bytes_copied = bytes;
+                }
+                SegmentProgress::Done { bytes, present } => {
+                    output.bytes_copied = bytes;
+                    if present {
+                        output.blobs_skipped = 1;
+                    } else {
+                        output.blobs_copied = 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(output)
+}
+
+/// Puts the image's manifests in the destination (children by digest, then every tag) once its
+/// blobs are there, and checks each tag resolves to the source digest.
+#[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
+pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
+    let job = validated(input.job)?.job;
+    let source = conns.source(&job).await?;
+    let dest = conns.destination(&job, input.image.destination).await?;
+    let from = source_reference(&source, &input.image.repository, &input.image.digest)?;
+    let top = source
+        .client
+        .get_manifest(&from)
+        .await
+        .map_err(|e| Error::Registry {
+            image: from.to_string(),
+            source: e,
+        })?;
+    let walked = walk(&source.client, &from, top.clone()).await?;
+    let to = Repository {
+        registry: dest.registry.clone(),
+        name: input.image.target_repository.clone(),
+    };
+    put_manifests_in_order(
+        &dest.client,
+        &to,
+        &top,
+        &walked.children,
+        &input.image.tags,
+        &from.to_string(),
+    )
+    .await?;
+    Ok(ImageResult::for_task(
+        &input.image,
+        ImageStatus::Copied,
+        input.bytes_copied,
+        None,
+    ))
+}
+
+/// Adds up the per-image results into the run report.
+pub fn summarise(results: &[ImageResult]) -> RunReport {
+    RunReport::from_results(results)
+}

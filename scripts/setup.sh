@@ -2,6 +2,7 @@
 # Installs every tool the tests, the demo and the bench need on a fresh Debian machine.
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
@@ -21,6 +22,16 @@ fi
 # the tests start their own instances on free ports.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
   systemctl stop docker-registry || true
+fi
+
+# moto (ECR and STS control planes for the tests and the demo), in a project-local venv.
+MOTO_VERSION=5.2.5
+if ! .venv/bin/python -c "import moto, flask" >/dev/null 2>&1 || [ "$(.venv/bin/python -c 'import moto; print(moto.__version__)' 2>/dev/null)" != "$MOTO_VERSION" ]; then
+  echo "setup: installing moto[server]==$MOTO_VERSION into .venv (pip)"
+  if ! python3 -m venv .venv >/dev/null 2>&1; then
+    apt-get install -y -qq python3-venv >/dev/null && python3 -m venv .venv
+  fi
+  .venv/bin/pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }

@@ -5,8 +5,10 @@
 
 pub mod fake;
 pub mod image;
+pub mod moto;
 pub mod registry;
 pub mod skopeo;
+pub mod world;
 
 /// Runs the registry client with short backoffs so fault tests stay fast.
 pub fn fast_retry_config(insecure: &[&str]) -> oci::ClientConfig {

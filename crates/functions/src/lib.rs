@@ -1,1 +1,166 @@
-//! stub
+//! The Lambda handlers of the workflow, one per step. Each binary in `src/bin` only initialises
+//! tracing, reads its settings once, builds its connections once and runs one of these handlers,
+//! which call the very same library steps the CLI uses. Errors reach Step Functions with an
+//! error type the state machine's `Retry`/`Catch` match: `ReplicationRetryable`,
+//! `ReplicationInvalidInput` or `ReplicationFailed`.
+
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use replication::connect::{settings_from_env, Connections};
+use replication::steps::*;
+use replication::{workflow, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// A step's failure as Step Functions sees it.
+#[derive(Debug)]
+pub struct StepError {
+    /// Retry, catch, or fail the execution.
+    pub kind: ErrorKind,
+    /// What failed and what to do.
+    pub message: String,
+}
+
+impl From<replication::Error> for StepError {
+    fn from(e: replication::Error) -> Self {
+        StepError {
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<StepError> for Diagnostic {
+    fn from(e: StepError) -> Diagnostic {
+        Diagnostic {
+            error_type: e.kind.as_str().to_string(),
+            error_message: e.message,
+        }
+    }
+}
+
+/// Initialises logging (JSON when `AWS_LAMBDA_LOG_FORMAT=JSON`) and builds the connection cache
+/// from the environment (`AWS_ENDPOINT_URL`, `ECR_REPLICATOR_REGISTRY_ENDPOINTS`,
+/// `ECR_REPLICATOR_INSECURE_REGISTRIES`).
+pub fn start() -> Result<Connections, lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    Ok(Connections::new(settings_from_env()?))
+}
+
+/// Input of `summarise`: the per-image results the Map states collected.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummariseInput {
+    /// Per-image results, possibly nested in arrays by the Map states (flattened here).
+    pub results: serde_json_value::Value,
+}
+
+/// Re-export so the binaries need no serde_json of their own.
+pub mod serde_json_value {
+    pub use replication::steps::JsonValue as Value;
+}
+
+/// `enumerate-repositories`.
+pub async fn enumerate_repositories(
+    conns: &Connections,
+    event: LambdaEvent<EnumerateRepositoriesInput>,
+) -> Result<EnumerateRepositoriesOutput, StepError> {
+    // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
+    Ok(Box::pin(workflow::enumerate_repositories(conns, event.payload)).await?)
+}
+
+/// `ensure-repository`.
+pub async fn ensure_repository(
+    conns: &Connections,
+    event: LambdaEvent<EnsureRepositoryInput>,
+) -> Result<EnsureRepositoryOutput, StepError> {
+    // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
+    Ok(Box::pin(workflow::ensure_repository(conns, event.payload)).await?)
+}
+
+/// `enumerate-images`.
+pub async fn enumerate_images(
+    conns: &Connections,
+    event: LambdaEvent<EnumerateImagesInput>,
+) -> Result<EnumerateImagesOutput, StepError> {
+    // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
+    Ok(Box::pin(workflow::enumerate_images(conns, event.payload)).await?)
+}
+
+/// `plan-image`.
+pub async fn plan_image(
+    conns: &Connections,
+    event: LambdaEvent<PlanImageInput>,
+) -> Result<ImagePlan, StepError> {
+    // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
+    Ok(Box::pin(workflow::plan_image(conns, event.payload)).await?)
+}
+
+/// `copy-blobs`.
+pub async fn copy_blobs(
+    conns: &Connections,
+    event: LambdaEvent<CopyBlobsInput>,
+) -> Result<CopyBlobsOutput, StepError> {
+    // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
+    Ok(Box::pin(workflow::copy_blobs(conns, event.payload)).await?)
+}
+
+/// `put-manifests`.
+pub async fn put_manifests(
+    conns: &Connections,
+    event: LambdaEvent<PutManifestsInput>,
+) -> Result<ImageResult, StepError> {
+    // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
+    Ok(Box::pin(workflow::put_manifests(conns, event.payload)).await?)
+}
+
+/// `summarise`: the run report; fails the execution (`ReplicationFailed`) when any image failed,
+/// naming each.
+pub async fn summarise(event: LambdaEvent<SummariseInput>) -> Result<RunReport, StepError> {
+    let results = flatten_results(&event.payload.results).map_err(|message| StepError {
+        kind: ErrorKind::InvalidInput,
+        message,
+    })?;
+    let report = workflow::summarise(&results);
+    if report.failed > 0 {
+        let names: Vec<String> = report
+            .failures
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}@{} -> {}/{}: {}",
+                    f.repository,
+                    f.digest,
+                    f.target_registry,
+                    f.target_repository,
+                    f.error.clone().unwrap_or_default()
+                )
+            })
+            .collect();
+        return Err(StepError {
+            kind: ErrorKind::Failed,
+            message: format!(
+                "{} of {} images failed: {}",
+                report.failed,
+                report.images,
+                names.join("; ")
+            ),
+        });
+    }
+    Ok(report)
+}
+
+/// Collects `ImageResult` objects from arbitrarily nested arrays.
+pub fn flatten_results(value: &serde_json_value::Value) -> Result<Vec<ImageResult>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json_value::Value::Array(items) => stack.extend(items.iter().rev()),
+            serde_json_value::Value::Null => {}
+            other => out.push(
+                ImageResult::deserialize(other)
+                    .map_err(|e| format!("results: not an image result: {e}"))?,
+            ),
+        }
+    }
+    Ok(out)
+}

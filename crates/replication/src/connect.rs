@@ -20,12 +20,16 @@ pub struct Settings {
     pub registry: ClientConfig,
     /// Credentials for registries that are not ECR (ECR ones come from tokens).
     pub credentials: CredentialStore,
+    /// Entries asked per page of an OCI registry's catalog and tag lists (0: 100).
+    pub catalog_page_size: usize,
 }
 
 /// A registry reached with the right identity.
 pub struct Connection {
     /// The registry host.
     pub registry: String,
+    /// Page size for OCI catalog listings.
+    pub catalog_page_size: usize,
     /// Data plane client.
     pub client: RegistryClient,
     /// Control plane, for ECR registries.
@@ -171,6 +175,11 @@ impl Connections {
         };
         let conn = Arc::new(Connection {
             registry: registry.to_string(),
+            catalog_page_size: if self.settings.catalog_page_size == 0 {
+                100
+            } else {
+                self.settings.catalog_page_size
+            },
             client,
             ecr,
             token,
@@ -212,5 +221,6 @@ pub fn settings_from_env() -> Result<Settings> {
         aws: AwsSettings::from_env(),
         registry,
         credentials: CredentialStore::new(),
+        catalog_page_size: 0,
     })
 }

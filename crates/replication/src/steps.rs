@@ -250,6 +250,9 @@ impl ImageResult {
     }
 }
 
+/// JSON values, re-exported for step types that carry free-form JSON.
+pub use serde_json::Value as JsonValue;
+
 /// The run report: counts, bytes, failures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -28,7 +28,7 @@ impl Connection {
             None => Box::new(OciCatalog {
                 client: &self.client,
                 registry: &self.registry,
-                page_size: 100,
+                page_size: self.catalog_page_size,
             }),
         }
     }

@@ -1,0 +1,12 @@
+//! Lambda `enumerate-images`: see `replication::workflow::enumerate_images`.
+
+use lambda_runtime::{run, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let connections = functions::start()?;
+    run(service_fn(|event| {
+        functions::enumerate_images(&connections, event)
+    }))
+    .await
+}

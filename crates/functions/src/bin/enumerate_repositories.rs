@@ -1,0 +1,12 @@
+//! Lambda `enumerate-repositories`: see `replication::workflow::enumerate_repositories`.
+
+use lambda_runtime::{run, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let connections = functions::start()?;
+    run(service_fn(|event| {
+        functions::enumerate_repositories(&connections, event)
+    }))
+    .await
+}

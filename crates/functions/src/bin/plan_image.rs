@@ -1,0 +1,12 @@
+//! Lambda `plan-image`: see `replication::workflow::plan_image`.
+
+use lambda_runtime::{run, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let connections = functions::start()?;
+    run(service_fn(|event| {
+        functions::plan_image(&connections, event)
+    }))
+    .await
+}

@@ -1,0 +1,12 @@
+//! Lambda `put-manifests`: see `replication::workflow::put_manifests`.
+
+use lambda_runtime::{run, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let connections = functions::start()?;
+    run(service_fn(|event| {
+        functions::put_manifests(&connections, event)
+    }))
+    .await
+}

@@ -1,0 +1,9 @@
+//! Lambda `summarise`: see `functions::summarise`.
+
+use lambda_runtime::{run, service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    run(service_fn(functions::summarise)).await
+}

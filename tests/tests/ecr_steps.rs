@@ -1,0 +1,414 @@
+//! The workflow's Lambda handlers, called with a `LambdaEvent` as Lambda would, against moto (ECR,
+//! STS; a second account through AssumeRole) and distribution registries as the ECR data plane.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use e2e::image::{Format, ImageBuilder, TestImage};
+use e2e::world::{moto_token_password, EcrWorld, DEST, DEST_ROLE, SOURCE};
+use lambda_runtime::{Context, LambdaEvent};
+use replication::connect::Connections;
+use replication::steps::*;
+use replication::Job;
+use serde_json::json;
+
+fn event<T>(payload: T) -> LambdaEvent<T> {
+    LambdaEvent::new(payload, Context::default())
+}
+
+fn job(extra: serde_json::Value) -> Job {
+    let mut base = json!({
+        "source": {"registry": SOURCE},
+        "destinations": [{
+            "registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42",
+            "kmsKeyMapping": {"arn:aws:kms:us-east-1:123456789012:key/source-key": "arn:aws:kms:eu-west-1:222222222222:key/dest-key"}
+        }],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    Job::from_json(&base.to_string()).unwrap()
+}
+
+const LIFECYCLE: &str = r#"{"rules":[{"rulePriority":1,"description":"expire untagged","selection":{"tagStatus":"untagged","countType":"sinceImagePushed","countUnit":"days","countNumber":14},"action":{"type":"expire"}}]}"#;
+
+fn policy(account: &str) -> String {
+    format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"pull","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{account}:root"}},"Action":["ecr:BatchGetImage","ecr:GetDownloadUrlForLayer"]}}]}}"#
+    )
+}
+
+async fn source_repository_with_every_setting(world: &EcrWorld, name: &str) {
+    use aws_sdk_ecr::types::*;
+    let ecr = world.moto.sdk(SOURCE, None).await;
+    ecr.create_repository()
+        .repository_name(name)
+        .image_tag_mutability(ImageTagMutability::Immutable)
+        .image_scanning_configuration(
+            ImageScanningConfiguration::builder()
+                .scan_on_push(true)
+                .build(),
+        )
+        .encryption_configuration(
+            EncryptionConfiguration::builder()
+                .encryption_type(EncryptionType::Kms)
+                .kms_key("arn:aws:kms:us-east-1:123456789012:key/source-key")
+                .build()
+                .unwrap(),
+        )
+        .tags(Tag::builder().key("team").value("ml").build().unwrap())
+        .tags(
+            Tag::builder()
+                .key("cost-center")
+                .value("42")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    ecr.put_lifecycle_policy()
+        .repository_name(name)
+        .lifecycle_policy_text(LIFECYCLE)
+        .send()
+        .await
+        .unwrap();
+    ecr.set_repository_policy()
+        .repository_name(name)
+        .policy_text(policy("123456789012"))
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn settings_are_copied_to_another_account_and_a_second_run_changes_nothing() {
+    let world = EcrWorld::start();
+    source_repository_with_every_setting(&world, "ml/pytorch").await;
+    let conns = Connections::new(world.settings());
+    let input = EnsureRepositoryInput {
+        job: job(json!({})),
+        repository: "ml/pytorch".into(),
+        destination: 0,
+    };
+
+    let first = functions::ensure_repository(&conns, event(input.clone()))
+        .await
+        .unwrap();
+
+    assert!(first.created, "{first:?}");
+    assert!(first.drift.is_empty(), "{first:?}");
+    let target = world.moto.ecr(DEST, Some(DEST_ROLE)).await;
+    let settings = target
+        .read_settings("ml/pytorch")
+        .await
+        .unwrap()
+        .expect("target repository exists");
+    assert_eq!(settings.tag_mutability, "IMMUTABLE");
+    assert!(settings.scan_on_push);
+    assert_eq!(settings.encryption_type, "KMS");
+    assert_eq!(
+        settings.kms_key.as_deref(),
+        Some("arn:aws:kms:eu-west-1:222222222222:key/dest-key")
+    );
+    let lifecycle: serde_json::Value =
+        serde_json::from_str(settings.lifecycle_policy.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        lifecycle,
+        serde_json::from_str::<serde_json::Value>(LIFECYCLE).unwrap()
+    );
+    let policy_json: serde_json::Value =
+        serde_json::from_str(settings.repository_policy.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        policy_json,
+        serde_json::from_str::<serde_json::Value>(&policy("222222222222")).unwrap(),
+        "account id rewritten"
+    );
+    assert_eq!(
+        settings.tags,
+        BTreeMap::from([
+            ("team".into(), "ml".into()),
+            ("cost-center".into(), "42".into())
+        ])
+    );
+    // Nothing was created in the source account by mistake.
+    assert!(world
+        .moto
+        .ecr(SOURCE, None)
+        .await
+        .read_settings("ml/pytorch")
+        .await
+        .unwrap()
+        .is_some());
+
+    let second = functions::ensure_repository(&conns, event(input))
+        .await
+        .unwrap();
+
+    assert!(
+        !second.created && second.changes.is_empty() && second.drift.is_empty(),
+        "{second:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_nothing() {
+    let world = EcrWorld::start();
+    source_repository_with_every_setting(&world, "svc/api").await;
+    let conns = Connections::new(world.settings());
+    let input = |extra| EnsureRepositoryInput {
+        job: job(extra),
+        repository: "svc/api".into(),
+        destination: 0,
+    };
+
+    let dry = functions::ensure_repository(&conns, event(input(json!({"dryRun": true}))))
+        .await
+        .unwrap();
+    assert!(dry.created);
+    assert!(
+        world
+            .moto
+            .ecr(DEST, Some(DEST_ROLE))
+            .await
+            .read_settings("svc/api")
+            .await
+            .unwrap()
+            .is_none(),
+        "dry run created it"
+    );
+
+    functions::ensure_repository(&conns, event(input(json!({}))))
+        .await
+        .unwrap();
+    let src = world.moto.sdk(SOURCE, None).await;
+    // (moto ignores scanOnPush=false from the Rust SDK, which omits false booleans: change
+    // tag mutability instead.)
+    src.put_image_tag_mutability()
+        .repository_name("svc/api")
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Mutable)
+        .send()
+        .await
+        .unwrap();
+    src.delete_lifecycle_policy()
+        .repository_name("svc/api")
+        .send()
+        .await
+        .unwrap();
+
+    let create_only = functions::ensure_repository(
+        &conns,
+        event(input(json!({"repositorySettings": "create"}))),
+    )
+    .await
+    .unwrap();
+    assert!(
+        create_only.changes.is_empty() && create_only.drift.len() == 2,
+        "{create_only:?}"
+    );
+
+    let third = functions::ensure_repository(&conns, event(input(json!({}))))
+        .await
+        .unwrap();
+    let changed: Vec<&str> = third.changes.iter().map(|c| c.setting.as_str()).collect();
+    assert_eq!(changed, vec!["tagMutability", "lifecyclePolicy"]);
+    let settings = world
+        .moto
+        .ecr(DEST, Some(DEST_ROLE))
+        .await
+        .read_settings("svc/api")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(settings.tag_mutability, "MUTABLE");
+    assert!(settings.lifecycle_policy.is_none() && settings.scan_on_push);
+}
+
+fn small_image(seed: u64) -> TestImage {
+    ImageBuilder::new(Format::Oci)
+        .layer(seed, 20_000)
+        .layer(seed + 1, 3_000)
+        .build()
+}
+
+#[tokio::test]
+async fn enumeration_filters_repositories_and_tags_and_marks_present_images() {
+    let world = EcrWorld::start();
+    for (repo, tag, seed) in [
+        ("ml/pytorch", "v1.2.3", 1),
+        ("ml/pytorch", "latest", 3),
+        ("ml/scratch", "v1.0.0", 5),
+        ("web/site", "v2.0.0", 7),
+    ] {
+        world.seed(repo, tag, &small_image(seed)).await;
+    }
+    let conns = Connections::new(world.settings());
+    let job = job(
+        json!({"repositories": {"include": ["ml/*"], "exclude": ["**/scratch"]}, "tags": {"include": ["v.*"]}}),
+    );
+
+    let repos = functions::enumerate_repositories(
+        &conns,
+        event(EnumerateRepositoriesInput {
+            job: job.clone(),
+            next_token: None,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(repos.repositories, vec!["ml/pytorch".to_string()]);
+
+    let images_input = EnumerateImagesInput {
+        job: job.clone(),
+        repository: "ml/pytorch".into(),
+        next_token: None,
+    };
+    let images = functions::enumerate_images(&conns, event(images_input.clone()))
+        .await
+        .unwrap();
+    assert_eq!(images.selected, 1);
+    let task = &images.images[0];
+    assert_eq!(
+        (
+            task.tags.clone(),
+            task.present,
+            task.target_repository.as_str()
+        ),
+        (vec!["v1.2.3".to_string()], false, "ml/pytorch")
+    );
+    assert_eq!(task.digest, small_image(1).digest);
+
+    // Copy it through the steps, then enumeration reports it present.
+    functions::ensure_repository(
+        &conns,
+        event(EnsureRepositoryInput {
+            job: job.clone(),
+            repository: "ml/pytorch".into(),
+            destination: 0,
+        }),
+    )
+    .await
+    .unwrap();
+    let plan = functions::plan_image(
+        &conns,
+        event(PlanImageInput {
+            job: job.clone(),
+            image: task.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!((plan.blobs, plan.manifests, plan.ranges.len()), (3, 1, 1));
+    let mut bytes = 0;
+    for range in plan.ranges {
+        let out = functions::copy_blobs(
+            &conns,
+            event(CopyBlobsInput {
+                job: job.clone(),
+                image: task.clone(),
+                range,
+                state: None,
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(out.done);
+        bytes += out.bytes_copied;
+    }
+    let result = functions::put_manifests(
+        &conns,
+        event(PutManifestsInput {
+            job: job.clone(),
+            image: task.clone(),
+            bytes_copied: bytes,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.status, ImageStatus::Copied);
+    let dest = world.registry(DEST);
+    let raw = e2e::skopeo::inspect_raw(
+        &format!("{}/ml/pytorch:v1.2.3", dest.host),
+        Some(&("AWS".into(), moto_token_password(DEST))),
+    );
+    assert_eq!(raw, small_image(1).manifest.to_vec());
+
+    let again = functions::enumerate_images(&conns, event(images_input))
+        .await
+        .unwrap();
+    assert!(again.images[0].present);
+}
+
+#[tokio::test]
+async fn handler_errors_carry_the_type_step_functions_matches() {
+    let world = EcrWorld::start();
+    let conns = Connections::new(world.settings());
+    let mut bad = job(json!({}));
+    bad.destinations[0].registry = "not a host".into();
+    let err = functions::enumerate_repositories(
+        &conns,
+        event(EnumerateRepositoriesInput {
+            job: bad,
+            next_token: None,
+        }),
+    )
+    .await
+    .unwrap_err();
+    let diagnostic: lambda_runtime::Diagnostic = err.into();
+    assert_eq!(diagnostic.error_type, "ReplicationInvalidInput");
+    assert!(
+        diagnostic
+            .error_message
+            .contains("destinations[0].registry"),
+        "{}",
+        diagnostic.error_message
+    );
+
+    // A source image that is gone: not retryable, named.
+    let task = ImageTask {
+        repository: "ml/missing".into(),
+        digest: small_image(9).digest,
+        tags: vec!["v1".into()],
+        destination: 0,
+        target_registry: DEST.into(),
+        target_repository: "ml/missing".into(),
+        present: false,
+    };
+    let err = functions::plan_image(
+        &conns,
+        event(PlanImageInput {
+            job: job(json!({})),
+            image: task,
+        }),
+    )
+    .await
+    .unwrap_err();
+    let diagnostic: lambda_runtime::Diagnostic = err.into();
+    assert_eq!(diagnostic.error_type, "ReplicationFailed");
+    assert!(
+        diagnostic.error_message.contains("ml/missing")
+            && diagnostic.error_message.contains("not found"),
+        "{}",
+        diagnostic.error_message
+    );
+}
+
+#[tokio::test]
+async fn an_ecr_token_that_reports_an_expiry_in_the_past_is_used_without_looping() {
+    let world = EcrWorld::start();
+    let client = world.moto.sdk(SOURCE, None).await;
+    let tokens = ecr::EcrTokenSource::new(client, SOURCE);
+    let started = std::time::Instant::now();
+    let first = tokens.credential().await.unwrap();
+    let second = tokens.credential().await.unwrap();
+    assert_eq!(first, second);
+    assert_eq!(
+        first.basic_header(),
+        oci::Credential::Basic {
+            username: "AWS".into(),
+            password: moto_token_password(SOURCE)
+        }
+        .basic_header()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

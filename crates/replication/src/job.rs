@@ -173,11 +173,20 @@ impl Job {
         let deserializer = &mut serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
+            let problem = e.into_inner().to_string();
+            // A missing field is reported at its parent: name the field itself.
+            let missing = problem
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string);
+            let field = match (path.as_str(), missing) {
+                (".", Some(name)) => name,
+                (".", None) => "(input)".into(),
+                (parent, Some(name)) => format!("{parent}.{name}"),
+                (parent, None) => parent.to_string(),
+            };
             Error::InvalidInput {
-                problems: vec![FieldProblem {
-                    field: if path == "." { "(input)".into() } else { path },
-                    problem: e.into_inner().to_string(),
-                }],
+                problems: vec![FieldProblem { field, problem }],
             }
         })
     }

@@ -281,12 +281,29 @@ fn source_reference(conn: &Connection, repository: &str, digest: &str) -> Result
 }
 
 /// Reads the image's manifests (every child of an index) and splits its blobs into ranges under
-/// the job's byte budget.
+/// the job's byte budget. An image the destination already has (digest and every tag) plans
+/// nothing.
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
 pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<ImagePlan> {
     let job = validated(input.job)?.job;
     let source = conns.source(&job).await?;
-    let from = source_reference(&source, &input.image.repository, &input.image.digest)?;
+    let dest = conns.destination(&job, input.image.destination).await?;
+    let mut image = input.image;
+    let to = Repository {
+        registry: dest.registry.clone(),
+        name: image.target_repository.clone(),
+    };
+    image.present = is_present(&dest.client, &to, &image.digest, &image.tags).await?;
+    if image.present {
+        return Ok(ImagePlan {
+            image,
+            ranges: Vec::new(),
+            blobs: 0,
+            bytes: 0,
+            manifests: 0,
+        });
+    }
+    let from = source_reference(&source, &image.repository, &image.digest)?;
     let top = source
         .client
         .get_manifest(&from)
@@ -302,7 +319,7 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
         bytes: blobs.iter().map(|b| b.size).sum(),
         blobs: blobs.len(),
         manifests: walked.children.len() + 1,
-        image: input.image,
+        image,
     })
 }
 

@@ -1,0 +1,214 @@
+//! Malformed execution inputs are rejected with the field named, never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use replication::{Error, Job};
+use serde_json::{json, Value};
+
+const SRC: &str = "111111111111.dkr.ecr.us-east-1.amazonaws.com";
+const DST: &str = "222222222222.dkr.ecr.eu-west-1.amazonaws.com";
+
+fn valid() -> Value {
+    json!({
+        "source": {"registry": SRC},
+        "destinations": [{"registry": DST, "roleArn": "arn:aws:iam::222222222222:role/target", "externalId": "ext-1"}],
+        "repositories": {"include": ["ml/*"], "exclude": ["**/scratch"]},
+        "tags": {"include": ["^v\\d+\\.\\d+\\.\\d+$"], "semver": ">=1.4", "latest": 10, "untagged": false},
+        "repositorySettings": "copy",
+        "dryRun": false,
+        "maxConcurrency": 10
+    })
+}
+
+/// Applies `edit` to a valid input and returns the field paths the error names.
+fn problems(edit: impl FnOnce(&mut Value)) -> Vec<String> {
+    let mut input = valid();
+    edit(&mut input);
+    match Job::parse(&input.to_string()) {
+        Ok(_) => vec![],
+        Err(Error::InvalidInput { problems }) => problems.into_iter().map(|p| p.field).collect(),
+        Err(other) => panic!("unexpected error kind: {other:?}"),
+    }
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    assert!(Job::parse(&valid().to_string()).is_ok());
+    let job = Job::parse(r#"{"source":{"registry":"ghcr.io"},"destinations":[{"registry":"222222222222.dkr.ecr.eu-west-1.amazonaws.com"}]}"#).unwrap().job;
+    assert!(
+        job.referrers && !job.dry_run && job.max_concurrency == 10 && job.range_bytes == 2 << 30
+    );
+}
+
+#[test]
+fn malformed_inputs_name_the_field() {
+    type Edit = Box<dyn FnOnce(&mut Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "source",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("source");
+            }),
+        ),
+        (
+            "destinations",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("destinations");
+            }),
+        ),
+        ("destinations", Box::new(|v| v["destinations"] = json!([]))),
+        (
+            "source.registry",
+            Box::new(|v| v["source"]["registry"] = json!("")),
+        ),
+        (
+            "source.registry",
+            Box::new(|v| v["source"]["registry"] = json!("https://ghcr.io")),
+        ),
+        (
+            "source.registry",
+            Box::new(|v| v["source"]["registry"] = json!("ghcr.io/team")),
+        ),
+        (
+            "source.registry",
+            Box::new(|v| v["source"]["registry"] = json!("1111.dkr.ecr.us-east-1.amazonaws.com")),
+        ),
+        (
+            "source.registry",
+            Box::new(|v| v["source"]["registry"] = json!(42)),
+        ),
+        (
+            "source.roleArn",
+            Box::new(|v| v["source"]["roleArn"] = json!("arn:aws:iam::1:role/x")),
+        ),
+        (
+            "source.externalId",
+            Box::new(|v| v["source"]["externalId"] = json!("x")),
+        ),
+        (
+            "destinations[0].registry",
+            Box::new(|v| v["destinations"][0]["registry"] = json!("not a host")),
+        ),
+        (
+            "destinations[0].registry",
+            Box::new(|v| v["destinations"][0]["registry"] = json!(SRC)),
+        ),
+        (
+            "destinations[0].roleArn",
+            Box::new(|v| {
+                v["destinations"][0]["roleArn"] = json!("arn:aws:iam::222222222222:user/bob")
+            }),
+        ),
+        (
+            "destinations[0].externalId",
+            Box::new(|v| v["destinations"][0]["externalId"] = json!("has spaces in it")),
+        ),
+        (
+            "destinations[0].repositoryPrefix",
+            Box::new(|v| v["destinations"][0]["repositoryPrefix"] = json!("Mirror/")),
+        ),
+        (
+            "destinations[0].repositoryPrefix",
+            Box::new(|v| v["destinations"][0]["repositoryPrefix"] = json!("mirror")),
+        ),
+        (
+            "destinations[0].kmsKeyMapping.*",
+            Box::new(|v| v["destinations"][0]["kmsKeyMapping"] = json!({"*": "alias/mine"})),
+        ),
+        (
+            "destinations[1]",
+            Box::new(|v| {
+                let d = v["destinations"][0].clone();
+                v["destinations"].as_array_mut().unwrap().push(d);
+            }),
+        ),
+        (
+            "destinations[0].bogus",
+            Box::new(|v| v["destinations"][0]["bogus"] = json!(1)),
+        ),
+        (
+            "repositories.include[0]",
+            Box::new(|v| v["repositories"]["include"] = json!(["ml/["])),
+        ),
+        (
+            "repositories.exclude[1]",
+            Box::new(|v| v["repositories"]["exclude"] = json!(["ok/*", "{unclosed"])),
+        ),
+        (
+            "repositories.include",
+            Box::new(|v| v["repositories"]["include"] = json!("ml/*")),
+        ),
+        (
+            "tags.include[0]",
+            Box::new(|v| v["tags"]["include"] = json!(["(unclosed"])),
+        ),
+        (
+            "tags.exclude[0]",
+            Box::new(|v| v["tags"]["exclude"] = json!(["*bad"])),
+        ),
+        (
+            "tags.semver",
+            Box::new(|v| v["tags"]["semver"] = json!(">>1.4")),
+        ),
+        ("tags.latest", Box::new(|v| v["tags"]["latest"] = json!(0))),
+        ("tags.latest", Box::new(|v| v["tags"]["latest"] = json!(-3))),
+        (
+            "tags.maxAgeDays",
+            Box::new(|v| v["tags"]["maxAgeDays"] = json!(0)),
+        ),
+        (
+            "tags.untagged",
+            Box::new(|v| v["tags"]["untagged"] = json!("yes")),
+        ),
+        (
+            "repositorySettings",
+            Box::new(|v| v["repositorySettings"] = json!("mirror")),
+        ),
+        (
+            "maxConcurrency",
+            Box::new(|v| v["maxConcurrency"] = json!(0)),
+        ),
+        (
+            "maxConcurrency",
+            Box::new(|v| v["maxConcurrency"] = json!(5000)),
+        ),
+        (
+            "maxConcurrency",
+            Box::new(|v| v["maxConcurrency"] = json!(1.5)),
+        ),
+        ("rangeBytes", Box::new(|v| v["rangeBytes"] = json!(1024))),
+        ("dryRun", Box::new(|v| v["dryRun"] = json!("false"))),
+        ("version", Box::new(|v| v["version"] = json!(2))),
+        (
+            "bogusTopLevel",
+            Box::new(|v| v["bogusTopLevel"] = json!(true)),
+        ),
+    ];
+    assert!(cases.len() >= 30);
+    for (field, edit) in cases {
+        let named = problems(edit);
+        assert!(
+            named.iter().any(|n| n == field),
+            "expected a problem naming {field:?}, got {named:?}"
+        );
+    }
+}
+
+#[test]
+fn not_json_at_all_is_a_named_error() {
+    for text in ["", "[]", "null", "{", "{\"source\": "] {
+        match Job::parse(text) {
+            Err(Error::InvalidInput { problems }) => assert!(!problems.is_empty(), "{text:?}"),
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let named = problems(|v| {
+        v["maxConcurrency"] = json!(0);
+        v["tags"]["latest"] = json!(0);
+        v["destinations"][0]["registry"] = json!("");
+    });
+    assert_eq!(named.len(), 3, "{named:?}");
+}

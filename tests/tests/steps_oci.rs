@@ -1,0 +1,319 @@
+//! The workflow's steps between plain OCI registries: catalog paging, planning an index,
+//! nothing planned for a present image, and a large layer copied in segments by separate calls,
+//! each with fresh clients as separate Lambda invocations would have.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::image::{multi_arch, Format, ImageBuilder, Pusher};
+use e2e::registry::TestRegistry;
+use lambda_runtime::{Context, LambdaEvent};
+use replication::connect::{Connections, Settings};
+use replication::plan::CopyRange;
+use replication::steps::*;
+use replication::Job;
+use serde_json::json;
+
+fn event<T>(payload: T) -> LambdaEvent<T> {
+    LambdaEvent::new(payload, Context::default())
+}
+
+fn job(src: &TestRegistry, dst: &TestRegistry, extra: serde_json::Value) -> Job {
+    let mut base = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true, "repositoryPrefix": "mirror/"}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    Job::from_json(&base.to_string()).unwrap()
+}
+
+fn settings(page_size: usize) -> Settings {
+    Settings {
+        registry: e2e::fast_retry_config(&[]),
+        catalog_page_size: page_size,
+        ..Settings::default()
+    }
+}
+
+fn task(repository: &str, digest: &str, tags: &[&str], dst: &TestRegistry) -> ImageTask {
+    ImageTask {
+        repository: repository.into(),
+        digest: digest.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        destination: 0,
+        target_registry: dst.host.clone(),
+        target_repository: format!("mirror/{repository}"),
+        present: false,
+    }
+}
+
+#[tokio::test]
+async fn repositories_and_tags_are_read_across_link_pages() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    let image = ImageBuilder::new(Format::Oci).layer(1, 100).build();
+    for repo in ["a/one", "a/two", "a/three", "b/four", "a/five"] {
+        pusher.push(repo, "v1", &image).await;
+    }
+    for tag in ["v2", "v3", "v4", "latest"] {
+        pusher
+            .push(
+                "a/one",
+                tag,
+                &ImageBuilder::new(Format::Oci)
+                    .layer(1, 100)
+                    .annotation(tag)
+                    .build(),
+            )
+            .await;
+    }
+    let conns = Connections::new(settings(2));
+    let job = job(
+        &src,
+        &dst,
+        json!({"repositories": {"include": ["a/*"]}, "tags": {"exclude": ["latest"]}}),
+    );
+
+    let mut repositories = Vec::new();
+    let mut next = None;
+    let mut pages = 0;
+    loop {
+        let out = functions::enumerate_repositories(
+            &conns,
+            event(EnumerateRepositoriesInput {
+                job: job.clone(),
+                next_token: next,
+            }),
+        )
+        .await
+        .unwrap();
+        pages += 1;
+        repositories.extend(out.repositories);
+        match out.next_token {
+            Some(n) => next = Some(n),
+            None => break,
+        }
+    }
+    repositories.sort();
+    assert_eq!(repositories, vec!["a/five", "a/one", "a/three", "a/two"]);
+    assert_eq!(pages, 3, "5 repositories in pages of 2");
+
+    let images = functions::enumerate_images(
+        &conns,
+        event(EnumerateImagesInput {
+            job,
+            repository: "a/one".into(),
+            next_token: None,
+        }),
+    )
+    .await
+    .unwrap();
+    let mut tags: Vec<String> = images.images.iter().flat_map(|t| t.tags.clone()).collect();
+    tags.sort();
+    assert_eq!(tags, vec!["v1", "v2", "v3", "v4"]);
+    assert!(images
+        .images
+        .iter()
+        .all(|t| t.target_repository == "mirror/a/one"));
+}
+
+#[tokio::test]
+async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let index = multi_arch(3, 2, 10_000);
+    Pusher::new(&src.host, None).push("app", "v1", &index).await;
+    let conns = Connections::new(settings(0));
+    let job = job(&src, &dst, json!({}));
+    let image = task("app", &index.digest, &["v1"], &dst);
+
+    let plan = functions::plan_image(
+        &conns,
+        event(PlanImageInput {
+            job: job.clone(),
+            image: image.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(plan.manifests, 5);
+    assert_eq!(plan.blobs, 12, "4 platforms x (config + 2 layers)");
+    let planned: usize = plan
+        .ranges
+        .iter()
+        .map(|r| match r {
+            CopyRange::Blobs { blobs } => blobs.len(),
+            CopyRange::Segments { .. } => 1,
+        })
+        .sum();
+    assert_eq!(planned, 12);
+
+    for range in plan.ranges {
+        functions::copy_blobs(
+            &conns,
+            event(CopyBlobsInput {
+                job: job.clone(),
+                image: image.clone(),
+                range,
+                state: None,
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    functions::put_manifests(
+        &conns,
+        event(PutManifestsInput {
+            job: job.clone(),
+            image: image.clone(),
+            bytes_copied: 0,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/mirror/app:v1", dst.host), None),
+        index.manifest.to_vec()
+    );
+
+    let again = functions::plan_image(&conns, event(PlanImageInput { job, image }))
+        .await
+        .unwrap();
+    assert!(again.image.present && again.ranges.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() {
+    const MIB: u64 = 1 << 20;
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let image = ImageBuilder::new(Format::Oci)
+        .big_layer(77, 300 * MIB)
+        .layer(78, 1000)
+        .build();
+    Pusher::new(&src.host, None)
+        .push("ml/big", "v1", &image)
+        .await;
+    let job = job(&src, &dst, json!({"rangeBytes": 64 * MIB}));
+    let image_task = task("ml/big", &image.digest, &["v1"], &dst);
+
+    let plan = functions::plan_image(
+        &Connections::new(settings(0)),
+        event(PlanImageInput {
+            job: job.clone(),
+            image: image_task.clone(),
+        }),
+    )
+    .await
+    .unwrap();
+    let segmented = plan
+        .ranges
+        .iter()
+        .find(|r| matches!(r, CopyRange::Segments { .. }))
+        .cloned()
+        .expect("a segmented range");
+    assert!(matches!(
+        &segmented,
+        CopyRange::Segments { segments: 5, .. }
+    ));
+
+    let mut state = None;
+    let mut calls = 0;
+    let mut total = 0;
+    loop {
+        // A fresh connection cache and client per call, as a new Lambda invocation would have.
+        let conns = Connections::new(settings(0));
+        let input = CopyBlobsInput {
+            job: job.clone(),
+            image: image_task.clone(),
+            range: segmented.clone(),
+            state,
+        };
+        // The state travels as JSON between invocations.
+        let input: CopyBlobsInput =
+            serde_json::from_str(&serde_json::to_string(&input).unwrap()).unwrap();
+        let out = functions::copy_blobs(&conns, event(input)).await.unwrap();
+        calls += 1;
+        total += out.bytes_copied;
+        assert!(
+            serde_json::to_string(&out).unwrap().len() < 4096,
+            "state stays small"
+        );
+        if out.done {
+            break;
+        }
+        state = out.state;
+    }
+    assert_eq!((calls, total), (5, 300 * MIB));
+    for range in plan
+        .ranges
+        .into_iter()
+        .filter(|r| matches!(r, CopyRange::Blobs { .. }))
+    {
+        functions::copy_blobs(
+            &Connections::new(settings(0)),
+            event(CopyBlobsInput {
+                job: job.clone(),
+                image: image_task.clone(),
+                range,
+                state: None,
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    functions::put_manifests(
+        &Connections::new(settings(0)),
+        event(PutManifestsInput {
+            job,
+            image: image_task,
+            bytes_copied: total,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/mirror/ml/big:v1", dst.host), None),
+        image.manifest.to_vec()
+    );
+    let layer = &image.blobs[1];
+    assert_eq!(layer.data.size(), 300 * MIB);
+    let stored = dst.blob_data_path(&layer.digest);
+    assert_eq!(std::fs::metadata(&stored).unwrap().len(), 300 * MIB);
+    assert_eq!(
+        e2e::image::BlobData::Bytes(std::fs::read(&stored).unwrap().into()).digest(),
+        layer.digest
+    );
+}
+
+#[tokio::test]
+async fn summarise_counts_and_fails_naming_the_failed_image() {
+    let ok = |status| json!({"repository": "a", "digest": "sha256:1", "tags": ["v1"], "targetRegistry": "r", "targetRepository": "a", "status": status, "bytesCopied": 10, "error": null});
+    let failed = json!({"repository": "b", "digest": "sha256:2", "tags": [], "targetRegistry": "r", "targetRepository": "b", "status": "failed", "bytesCopied": 0, "error": "blob gone"});
+    let nested = json!([[ok("copied"), ok("present")], [failed.clone()], []]);
+
+    let err = functions::summarise(event(functions::SummariseInput { results: nested }))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message.contains("1 of 3 images failed")
+            && err.message.contains("b@sha256:2")
+            && err.message.contains("blob gone"),
+        "{}",
+        err.message
+    );
+
+    let report = functions::summarise(event(functions::SummariseInput {
+        results: json!([[ok("copied")], [ok("present")]]),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            report.images,
+            report.copied,
+            report.present,
+            report.bytes_copied
+        ),
+        (2, 1, 1, 20)
+    );
+}

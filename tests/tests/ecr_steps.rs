@@ -320,7 +320,7 @@ async fn enumeration_filters_repositories_and_tags_and_marks_present_images() {
         event(PutManifestsInput {
             job: job.clone(),
             image: task.clone(),
-            bytes_copied: bytes,
+            copied: json!([{"bytes": bytes}]),
         }),
     )
     .await

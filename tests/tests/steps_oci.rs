@@ -166,7 +166,7 @@ async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
         event(PutManifestsInput {
             job: job.clone(),
             image: image.clone(),
-            bytes_copied: 0,
+            copied: serde_json::Value::Null,
         }),
     )
     .await
@@ -266,7 +266,7 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
         event(PutManifestsInput {
             job,
             image: image_task,
-            bytes_copied: total,
+            copied: json!([{"bytes": total}]),
         }),
     )
     .await
@@ -290,21 +290,41 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
     let ok = |status| json!({"repository": "a", "digest": "sha256:1", "tags": ["v1"], "targetRegistry": "r", "targetRepository": "a", "status": status, "bytesCopied": 10, "error": null});
     let failed = json!({"repository": "b", "digest": "sha256:2", "tags": [], "targetRegistry": "r", "targetRepository": "b", "status": "failed", "bytesCopied": 0, "error": "blob gone"});
     let nested = json!([[ok("copied"), ok("present")], [failed.clone()], []]);
+    let input = |reports, results, fail| SummariseInput {
+        reports,
+        results,
+        fail_on_failure: fail,
+    };
 
-    let err = functions::summarise(event(functions::SummariseInput { results: nested }))
+    let page = functions::summarise(event(input(json!(null), nested, false)))
         .await
-        .unwrap_err();
+        .unwrap();
+    assert_eq!(
+        (page.images, page.copied, page.present, page.failed),
+        (3, 1, 1, 1)
+    );
+
+    let err = functions::summarise(event(input(
+        json!([page.clone(), [page.clone()]]),
+        json!([]),
+        true,
+    )))
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind, replication::ErrorKind::Failed);
     assert!(
-        err.message.contains("1 of 3 images failed")
+        err.message.contains("2 of 6 images failed")
             && err.message.contains("b@sha256:2")
             && err.message.contains("blob gone"),
         "{}",
         err.message
     );
 
-    let report = functions::summarise(event(functions::SummariseInput {
-        results: json!([[ok("copied")], [ok("present")]]),
-    }))
+    let report = functions::summarise(event(input(
+        json!([]),
+        json!([[ok("copied")], [ok("present")]]),
+        true,
+    )))
     .await
     .unwrap();
     assert_eq!(

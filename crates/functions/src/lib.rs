@@ -8,7 +8,6 @@ use lambda_runtime::{Diagnostic, LambdaEvent};
 use replication::connect::{settings_from_env, Connections};
 use replication::steps::*;
 use replication::{workflow, ErrorKind};
-use serde::{Deserialize, Serialize};
 
 /// A step's failure as Step Functions sees it.
 #[derive(Debug)]
@@ -43,19 +42,6 @@ impl From<StepError> for Diagnostic {
 pub fn start() -> Result<Connections, lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     Ok(Connections::new(settings_from_env()?))
-}
-
-/// Input of `summarise`: the per-image results the Map states collected.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SummariseInput {
-    /// Per-image results, possibly nested in arrays by the Map states (flattened here).
-    pub results: serde_json_value::Value,
-}
-
-/// Re-export so the binaries need no serde_json of their own.
-pub mod serde_json_value {
-    pub use replication::steps::JsonValue as Value;
 }
 
 /// `enumerate-repositories`.
@@ -112,55 +98,8 @@ pub async fn put_manifests(
     Ok(Box::pin(workflow::put_manifests(conns, event.payload)).await?)
 }
 
-/// `summarise`: the run report; fails the execution (`ReplicationFailed`) when any image failed,
-/// naming each.
+/// `summarise`: merges reports and per-image results; with `failOnFailure` it fails the
+/// execution (`ReplicationFailed`) naming every failed image.
 pub async fn summarise(event: LambdaEvent<SummariseInput>) -> Result<RunReport, StepError> {
-    let results = flatten_results(&event.payload.results).map_err(|message| StepError {
-        kind: ErrorKind::InvalidInput,
-        message,
-    })?;
-    let report = workflow::summarise(&results);
-    if report.failed > 0 {
-        let names: Vec<String> = report
-            .failures
-            .iter()
-            .map(|f| {
-                format!(
-                    "{}@{} -> {}/{}: {}",
-                    f.repository,
-                    f.digest,
-                    f.target_registry,
-                    f.target_repository,
-                    f.error.clone().unwrap_or_default()
-                )
-            })
-            .collect();
-        return Err(StepError {
-            kind: ErrorKind::Failed,
-            message: format!(
-                "{} of {} images failed: {}",
-                report.failed,
-                report.images,
-                names.join("; ")
-            ),
-        });
-    }
-    Ok(report)
-}
-
-/// Collects `ImageResult` objects from arbitrarily nested arrays.
-pub fn flatten_results(value: &serde_json_value::Value) -> Result<Vec<ImageResult>, String> {
-    let mut out = Vec::new();
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        match v {
-            serde_json_value::Value::Array(items) => stack.extend(items.iter().rev()),
-            serde_json_value::Value::Null => {}
-            other => out.push(
-                ImageResult::deserialize(other)
-                    .map_err(|e| format!("results: not an image result: {e}"))?,
-            ),
-        }
-    }
-    Ok(out)
+    Ok(workflow::summarise(event.payload)?)
 }

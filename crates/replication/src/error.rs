@@ -83,6 +83,16 @@ pub enum Error {
         /// The source manifest's digest.
         actual: String,
     },
+    /// Images failed in a run (the workflow's last step).
+    #[error("{failed} of {images} images failed: {}", names.join("; "))]
+    ImagesFailed {
+        /// How many failed.
+        failed: usize,
+        /// How many images the run considered.
+        images: usize,
+        /// Each listed failure: image, destination, error.
+        names: Vec<String>,
+    },
     /// An index nests deeper than any real image does.
     #[error("{image}: manifests nest more than {limit} levels deep; refusing to follow")]
     TooDeep {

@@ -188,9 +188,26 @@ pub struct PutManifestsInput {
     pub job: Job,
     /// The image and destination.
     pub image: ImageTask,
-    /// Bytes the copy steps moved (for the report).
+    /// What the copy steps returned per range (`[{"bytes": N}, ...]`), for the report's byte
+    /// count.
     #[serde(default)]
-    pub bytes_copied: u64,
+    #[schemars(with = "serde_json::Value")]
+    pub copied: JsonValue,
+}
+
+impl PutManifestsInput {
+    /// Bytes the copy steps moved: the sum of `copied[].bytes`.
+    pub fn bytes_copied(&self) -> u64 {
+        self.copied
+            .as_array()
+            .map(|ranges| {
+                ranges
+                    .iter()
+                    .filter_map(|r| r.get("bytes").and_then(JsonValue::as_u64))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
 }
 
 /// The outcome for one image in one destination.
@@ -269,29 +286,102 @@ pub struct RunReport {
     pub failed: usize,
     /// Bytes streamed.
     pub bytes_copied: u64,
-    /// Every failure, naming the image and the error.
+    /// Failures, naming the image and the error (the first 50).
     pub failures: Vec<ImageResult>,
+    /// Failures beyond those listed, so reports stay small.
+    #[serde(default)]
+    pub failures_omitted: usize,
+}
+
+/// Failures listed in a report; the rest are only counted.
+pub const MAX_FAILURES_LISTED: usize = 50;
+
+/// Input of `summarise`: reports and per-image results to add up (arrays may nest, as Map
+/// states produce them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SummariseInput {
+    /// Run reports to merge (nested arrays allowed).
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub reports: JsonValue,
+    /// Per-image results to add (nested arrays allowed).
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub results: JsonValue,
+    /// Fail (naming the failed images) when any image failed: the workflow's last step.
+    #[serde(default)]
+    pub fail_on_failure: bool,
 }
 
 impl RunReport {
     /// Adds up per-image results.
     pub fn from_results(results: &[ImageResult]) -> Self {
-        let mut report = RunReport {
-            images: results.len(),
-            ..RunReport::default()
-        };
+        let mut report = RunReport::default();
         for r in results {
-            report.bytes_copied += r.bytes_copied;
-            match r.status {
-                ImageStatus::Copied => report.copied += 1,
-                ImageStatus::Present => report.present += 1,
-                ImageStatus::Planned => report.planned += 1,
-                ImageStatus::Failed => {
-                    report.failed += 1;
-                    report.failures.push(r.clone());
-                }
-            }
+            report.add(r);
         }
         report
     }
+
+    /// Counts one image result.
+    pub fn add(&mut self, r: &ImageResult) {
+        self.images += 1;
+        self.bytes_copied += r.bytes_copied;
+        match r.status {
+            ImageStatus::Copied => self.copied += 1,
+            ImageStatus::Present => self.present += 1,
+            ImageStatus::Planned => self.planned += 1,
+            ImageStatus::Failed => {
+                self.failed += 1;
+                if self.failures.len() < MAX_FAILURES_LISTED {
+                    self.failures.push(r.clone());
+                } else {
+                    self.failures_omitted += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds another report's counts and failures.
+    pub fn merge(&mut self, other: &RunReport) {
+        self.images += other.images;
+        self.copied += other.copied;
+        self.present += other.present;
+        self.planned += other.planned;
+        self.failed += other.failed;
+        self.bytes_copied += other.bytes_copied;
+        self.failures_omitted += other.failures_omitted;
+        for f in &other.failures {
+            if self.failures.len() < MAX_FAILURES_LISTED {
+                self.failures.push(f.clone());
+            } else {
+                self.failures_omitted += 1;
+            }
+        }
+    }
+}
+
+/// Collects objects of type `T` from arbitrarily nested arrays (`null`s skipped).
+pub fn flatten<T: serde::de::DeserializeOwned>(
+    value: &JsonValue,
+    field: &str,
+) -> Result<Vec<T>, crate::Error> {
+    let mut out = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            JsonValue::Array(items) => stack.extend(items.iter().rev()),
+            JsonValue::Null => {}
+            other => out.push(
+                T::deserialize(other).map_err(|e| crate::Error::InvalidInput {
+                    problems: vec![crate::error::FieldProblem {
+                        field: field.to_string(),
+                        problem: e.to_string(),
+                    }],
+                })?,
+            ),
+        }
+    }
+    Ok(out)
 }

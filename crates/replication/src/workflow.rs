@@ -410,6 +410,7 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
 /// blobs are there, and checks each tag resolves to the source digest.
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
 pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
+    let bytes_copied = input.bytes_copied();
     let job = validated(input.job)?.job;
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
@@ -439,12 +440,40 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     Ok(ImageResult::for_task(
         &input.image,
         ImageStatus::Copied,
-        input.bytes_copied,
+        bytes_copied,
         None,
     ))
 }
 
-/// Adds up the per-image results into the run report.
-pub fn summarise(results: &[ImageResult]) -> RunReport {
-    RunReport::from_results(results)
+/// Adds up reports and per-image results into one run report. With `failOnFailure`, a run
+/// with failed images is an error naming each of them.
+pub fn summarise(input: SummariseInput) -> Result<RunReport> {
+    let mut report = RunReport::default();
+    for r in flatten::<RunReport>(&input.reports, "reports")? {
+        report.merge(&r);
+    }
+    for r in flatten::<ImageResult>(&input.results, "results")? {
+        report.add(&r);
+    }
+    if input.fail_on_failure && report.failed > 0 {
+        return Err(Error::ImagesFailed {
+            failed: report.failed,
+            images: report.images,
+            names: report
+                .failures
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{}@{} -> {}/{}: {}",
+                        f.repository,
+                        f.digest,
+                        f.target_registry,
+                        f.target_repository,
+                        f.error.clone().unwrap_or_default()
+                    )
+                })
+                .collect(),
+        });
+    }
+    Ok(report)
 }

@@ -7,6 +7,7 @@ pub mod fake;
 pub mod image;
 pub mod moto;
 pub mod registry;
+pub mod sfn;
 pub mod skopeo;
 pub mod world;
 

@@ -104,3 +104,8 @@ pub async fn ecr_client(
     }
     aws_sdk_ecr::Client::from_conf(builder.build())
 }
+
+/// A Step Functions client for a region (starting and watching executions).
+pub async fn sfn_client(settings: &AwsSettings, region: &str) -> aws_sdk_sfn::Client {
+    aws_sdk_sfn::Client::new(&sdk_config(settings, region, None).await)
+}

@@ -9,7 +9,7 @@ pub mod registry;
 pub mod token;
 
 pub use admin::{EcrAdmin, EcrImage, EnsureReport, Page, RepositorySettings, SettingChange};
-pub use aws::{ecr_client, sdk_config, AssumeRole, AwsSettings};
+pub use aws::{ecr_client, sdk_config, sfn_client, AssumeRole, AwsSettings};
 pub use error::{Error, Result};
 pub use registry::{EcrRegistry, RoleArn};
 pub use token::EcrTokenSource;

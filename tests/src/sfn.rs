@@ -1,0 +1,386 @@
+//! The real state machine on moto's Step Functions interpreter, its Lambda tasks served by
+//! `cargo lambda watch` running the real function binaries. moto's interpreter invokes Lambda at
+//! `localhost:$MOTO_PORT`; the small proxy here listens there, sends
+//! `/2015-03-31/functions/<name>/invocations` to watch (a 5xx from watch, a handler error, becomes
+//! 200 with `X-Amz-Function-Error: Unhandled`, as Lambda answers) and everything else to moto.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+
+use crate::registry::{free_port, which};
+
+/// Function binaries and the placeholder each fills in the definition.
+pub const FUNCTIONS: [(&str, &str); 7] = [
+    ("EnumerateRepositoriesFunctionArn", "enumerate-repositories"),
+    ("EnsureRepositoryFunctionArn", "ensure-repository"),
+    ("EnumerateImagesFunctionArn", "enumerate-images"),
+    ("PlanImageFunctionArn", "plan-image"),
+    ("CopyBlobsFunctionArn", "copy-blobs"),
+    ("PutManifestsFunctionArn", "put-manifests"),
+    ("SummariseFunctionArn", "summarise"),
+];
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The state machine with every placeholder replaced by a function ARN, as CDK's
+/// `definitionSubstitutions` does.
+pub fn definition(account: &str, region: &str) -> String {
+    let mut text =
+        std::fs::read_to_string(workspace().join("statemachine/replicate.asl.json")).unwrap();
+    for (placeholder, function) in FUNCTIONS {
+        text = text.replace(
+            &format!("${{{placeholder}}}"),
+            &format!("arn:aws:lambda:{region}:{account}:function:{function}"),
+        );
+    }
+    assert!(!text.contains("${"), "a placeholder is left");
+    text
+}
+
+/// The definition as moto can run it. Two gaps of moto 5.2.5's interpreter are bridged here and
+/// nowhere else: a DISTRIBUTED Map's children run but each returns `null`, so local runs use
+/// INLINE maps; `MaxConcurrencyPath` fails at run time, so it becomes `MaxConcurrency: 10`.
+/// Everything else is the committed file. Production keeps DISTRIBUTED (a child execution, with its own
+/// 25,000-event history, per repository and per image).
+pub fn definition_for_moto(account: &str, region: &str) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(&definition(account, region)).unwrap();
+    inline_maps(&mut value);
+    value.to_string()
+}
+
+fn inline_maps(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(config) = map
+                .get_mut("ProcessorConfig")
+                .and_then(|c| c.as_object_mut())
+            {
+                if config.get("Mode").and_then(|m| m.as_str()) == Some("DISTRIBUTED") {
+                    config.insert("Mode".into(), "INLINE".into());
+                    config.remove("ExecutionType");
+                }
+            }
+            if map.remove("MaxConcurrencyPath").is_some() {
+                map.insert("MaxConcurrency".into(), 10.into());
+            }
+            map.values_mut().for_each(inline_maps);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(inline_maps),
+        _ => {}
+    }
+}
+
+/// moto with Step Functions execution on, `cargo lambda watch`, and the proxy between them.
+pub struct LocalStepFunctions {
+    /// What clients use: the proxy's URL (moto behind it).
+    pub url: String,
+    moto: Child,
+    watch: Child,
+    proxy: tokio::task::JoinHandle<()>,
+    dir: tempfile::TempDir,
+}
+
+fn cargo_lambda() -> PathBuf {
+    let venv = workspace().join(".venv/bin/cargo-lambda");
+    if venv.is_file() {
+        return venv;
+    }
+    which("cargo-lambda")
+        .expect("cargo-lambda not found: run `make setup` (installs it into .venv)")
+}
+
+/// Where watch builds the functions (its own target dir, so it never waits for the test's).
+pub fn watch_target_dir() -> PathBuf {
+    workspace().join("target/lambda-watch")
+}
+
+struct Proxy {
+    http: reqwest::Client,
+    moto: String,
+    watch: String,
+}
+
+impl LocalStepFunctions {
+    /// Starts everything; `env` goes to every function (AWS endpoint, registry endpoints...).
+    pub async fn start(env: &[(String, String)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ecr-replicator-sfn-")
+            .tempdir()
+            .unwrap();
+        let (moto_port, proxy_port, watch_port) = (free_port(), free_port(), free_port());
+        let moto_log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+        let moto = Command::new(workspace().join(".venv/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
+            .env("MOTO_PORT", proxy_port.to_string())
+            .env_remove("MOTO_ACCOUNT_ID")
+            .stdin(Stdio::null())
+            .stdout(moto_log.try_clone().unwrap())
+            .stderr(moto_log)
+            .spawn()
+            .unwrap();
+        let mut watch_cmd = Command::new(cargo_lambda());
+        watch_cmd
+            .args([
+                "lambda",
+                "watch",
+                "--invoke-address",
+                "127.0.0.1",
+                "--invoke-port",
+                &watch_port.to_string(),
+            ])
+            .args(["--ignore-changes", "--concurrency", "4", "--timeout", "900"])
+            // Its own target dir, so it never waits for the test build's lock. (The flag form
+            // breaks cargo-lambda's `cargo metadata` call; the variable works.)
+            .env("CARGO_TARGET_DIR", watch_target_dir())
+            .current_dir(workspace());
+        for (k, v) in env {
+            watch_cmd.arg("--env-var").arg(format!("{k}={v}"));
+        }
+        let watch_log = std::fs::File::create(dir.path().join("watch.log")).unwrap();
+        let watch = watch_cmd
+            .stdin(Stdio::null())
+            .stdout(watch_log.try_clone().unwrap())
+            .stderr(watch_log)
+            .spawn()
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", proxy_port))
+            .await
+            .unwrap();
+        let state = std::sync::Arc::new(Proxy {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(900))
+                .build()
+                .unwrap(),
+            moto: format!("http://127.0.0.1:{moto_port}"),
+            watch: format!("http://127.0.0.1:{watch_port}"),
+        });
+        let app = axum::Router::new().fallback(forward).with_state(state);
+        let proxy = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        let sfn = LocalStepFunctions {
+            url: format!("http://127.0.0.1:{proxy_port}"),
+            moto,
+            watch,
+            proxy,
+            dir,
+        };
+        sfn.wait_for(moto_port, "moto_server").await;
+        sfn.wait_for(watch_port, "cargo lambda watch").await;
+        sfn.warm_up(watch_port).await;
+        let resp = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{moto_port}/moto-api/config"))
+            .body(
+                r#"{"stepfunctions":{"execute_state_machine":true},"lambda":{"use_docker":false}}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "moto config: {}", resp.status());
+        sfn
+    }
+
+    async fn wait_for(&self, port: u16, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not start; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Invokes every function once with an empty payload (each answers with a deserialisation
+    /// error), so watch compiles them now rather than inside the interpreter's Lambda timeout.
+    async fn warm_up(&self, watch_port: u16) {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1200))
+            .build()
+            .unwrap();
+        for (_, function) in FUNCTIONS {
+            let resp = http
+                .post(format!(
+                    "http://127.0.0.1:{watch_port}/2015-03-31/functions/{function}/invocations"
+                ))
+                .body("{}")
+                .send()
+                .await;
+            assert!(
+                resp.is_ok(),
+                "warming up {function} failed: {resp:?}\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    /// The logs of moto and watch, for failure messages.
+    pub fn logs(&self) -> String {
+        let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
+        format!(
+            "--- moto\n{}\n--- watch\n{}",
+            tail(&read("moto.log")),
+            tail(&read("watch.log"))
+        )
+    }
+
+    /// AWS settings pointing at moto through the proxy.
+    pub fn aws_settings(&self) -> ecr::AwsSettings {
+        ecr::AwsSettings {
+            endpoint_url: Some(self.url.clone()),
+            static_credentials: Some(("testing".into(), "testing".into())),
+        }
+    }
+
+    /// Creates the state machine from the real definition; returns its ARN.
+    pub async fn create_state_machine(&self, name: &str) -> String {
+        let sfn = ecr::sfn_client(&self.aws_settings(), "us-east-1").await;
+        sfn.create_state_machine()
+            .name(name)
+            .definition(definition_for_moto("123456789012", "us-east-1"))
+            .role_arn("arn:aws:iam::123456789012:role/ecr-replicator-workflow")
+            .send()
+            .await
+            .unwrap()
+            .state_machine_arn
+    }
+}
+
+fn tail(text: &str) -> &str {
+    let start = text.len().saturating_sub(6000);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(start);
+    &text[start..]
+}
+
+impl Drop for LocalStepFunctions {
+    fn drop(&mut self) {
+        self.proxy.abort();
+        for child in [&mut self.moto, &mut self.watch] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // watch runs the functions as its children: stop any left behind.
+        let _ = Command::new("pkill")
+            .args(["-f", &watch_target_dir().display().to_string()])
+            .status();
+    }
+}
+
+async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let body = axum::body::to_bytes(request.into_body(), 64 << 20)
+        .await
+        .unwrap_or_default();
+    let invocation = path
+        .strip_prefix("/2015-03-31/functions/")
+        .and_then(|rest| rest.strip_suffix("/invocations"))
+        .map(|name| {
+            let name = percent_decode(name);
+            name.rsplit(':').next().unwrap_or(&name).to_string()
+        });
+    match invocation {
+        Some(function) => {
+            let resp = proxy
+                .http
+                .post(format!(
+                    "{}/2015-03-31/functions/{function}/invocations",
+                    proxy.watch
+                ))
+                .body(body)
+                .send()
+                .await;
+            match resp {
+                Ok(resp) => {
+                    let failed = resp.status().is_server_error();
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    let mut out = Response::builder().status(200).header("content-type", "application/json");
+                    if failed {
+                        out = out.header("x-amz-function-error", "Unhandled");
+                    }
+                    out.body(Body::from(bytes)).unwrap()
+                }
+                Err(e) => Response::builder()
+                    .status(200)
+                    .header("x-amz-function-error", "Unhandled")
+                    .body(Body::from(format!(r#"{{"errorType":"Lambda.ServiceException","errorMessage":"watch unreachable: {e}"}}"#)))
+                    .unwrap(),
+            }
+        }
+        None => {
+            let mut rb = proxy
+                .http
+                .request(method, format!("{}{path}{query}", proxy.moto));
+            for (k, v) in headers.iter() {
+                if k != "host" && k != "content-length" {
+                    rb = rb.header(k, v);
+                }
+            }
+            match rb.body(body).send().await {
+                Ok(resp) => {
+                    let mut out = Response::builder().status(resp.status().as_u16());
+                    for (k, v) in resp.headers() {
+                        if k != "content-length" && k != "transfer-encoding" {
+                            out = out.header(k, v);
+                        }
+                    }
+                    out.body(Body::from(resp.bytes().await.unwrap_or_default()))
+                        .unwrap()
+                }
+                Err(e) => Response::builder()
+                    .status(502)
+                    .body(Body::from(e.to_string()))
+                    .unwrap(),
+            }
+        }
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(
+                std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                16,
+            ) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the path is inside the workspace (artefacts there would make watch reload).
+pub fn inside_workspace(path: &Path) -> bool {
+    path.starts_with(workspace())
+}

@@ -34,5 +34,12 @@ if ! .venv/bin/python -c "import moto, flask" >/dev/null 2>&1 || [ "$(.venv/bin/
   .venv/bin/pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
+# cargo-lambda (serves the real Lambda binaries for the local state machine runs), same venv.
+CARGO_LAMBDA_VERSION=1.9.2
+if [ "$(.venv/bin/pip show cargo-lambda 2>/dev/null | awk '/^Version:/ {print $2}')" != "$CARGO_LAMBDA_VERSION" ]; then
+  echo "setup: installing cargo-lambda==$CARGO_LAMBDA_VERSION into .venv (pip)"
+  .venv/bin/pip install -q --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
+fi
+
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true

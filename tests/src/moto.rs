@@ -11,7 +11,7 @@ use crate::registry::{free_port, which};
 pub struct Moto {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    child: Child,
+    child: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -43,12 +43,12 @@ impl Moto {
             .unwrap();
         let mut moto = Moto {
             url: format!("http://127.0.0.1:{port}"),
-            child,
+            child: Some(child),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(status)) = moto.child.try_wait() {
+            if let Some(Ok(Some(status))) = moto.child.as_mut().map(|c| c.try_wait()) {
                 panic!("moto_server exited: {status}");
             }
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -59,6 +59,15 @@ impl Moto {
                 "moto_server did not start within 30 s"
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A moto started elsewhere (the Step Functions harness's), not stopped on drop.
+    pub fn attach(url: &str) -> Self {
+        Moto {
+            url: url.to_string(),
+            child: None,
+            _dir: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -93,7 +102,9 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -85,6 +85,8 @@ fn inline_maps(value: &mut serde_json::Value) {
 pub struct LocalStepFunctions {
     /// What clients use: the proxy's URL (moto behind it).
     pub url: String,
+    /// moto itself (what the functions use for ECR and STS).
+    pub moto_url: String,
     moto: Child,
     watch: Child,
     proxy: tokio::task::JoinHandle<()>,
@@ -144,9 +146,24 @@ impl LocalStepFunctions {
             // breaks cargo-lambda's `cargo metadata` call; the variable works.)
             .env("CARGO_TARGET_DIR", watch_target_dir())
             .current_dir(workspace());
-        for (k, v) in env {
-            watch_cmd.arg("--env-var").arg(format!("{k}={v}"));
-        }
+        let defaults = [
+            (
+                "AWS_ENDPOINT_URL".to_string(),
+                format!("http://127.0.0.1:{moto_port}"),
+            ),
+            ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
+            ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+        ];
+        // An env file, not --env-var: values may hold commas, which --env-var splits on.
+        let env_file = dir.path().join("functions.env");
+        let lines: Vec<String> = defaults
+            .iter()
+            .chain(env)
+            .map(|(k, v)| format!("{k}=\"{v}\""))
+            .collect();
+        std::fs::write(&env_file, lines.join("\n") + "\n").unwrap();
+        watch_cmd.arg("--env-file").arg(&env_file);
         let watch_log = std::fs::File::create(dir.path().join("watch.log")).unwrap();
         let watch = watch_cmd
             .stdin(Stdio::null())
@@ -171,6 +188,7 @@ impl LocalStepFunctions {
         });
         let sfn = LocalStepFunctions {
             url: format!("http://127.0.0.1:{proxy_port}"),
+            moto_url: format!("http://127.0.0.1:{moto_port}"),
             moto,
             watch,
             proxy,

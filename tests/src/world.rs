@@ -16,6 +16,10 @@ pub const SOURCE: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 pub const DEST: &str = "222222222222.dkr.ecr.eu-west-1.amazonaws.com";
 /// The role in the destination account.
 pub const DEST_ROLE: &str = "arn:aws:iam::222222222222:role/ecr-replicator-target";
+/// A second destination, a third account and region.
+pub const DEST2: &str = "333333333333.dkr.ecr.ap-south-1.amazonaws.com";
+/// The role in the second destination's account.
+pub const DEST2_ROLE: &str = "arn:aws:iam::333333333333:role/ecr-replicator-target";
 
 /// moto's ECR token password for an account.
 pub fn moto_token_password(registry: &str) -> String {
@@ -33,8 +37,20 @@ pub struct EcrWorld {
 impl EcrWorld {
     /// Starts moto and a registry for `SOURCE` and `DEST`.
     pub fn start() -> Self {
-        let moto = Moto::start();
-        let registries = [SOURCE, DEST]
+        Self::with_moto(Moto::start())
+    }
+
+    /// A registry for `SOURCE`, `DEST` and `DEST2` on a given moto.
+    pub fn with_moto(moto: Moto) -> Self {
+        EcrWorld {
+            moto,
+            registries: Self::data_planes(),
+        }
+    }
+
+    /// The data-plane registries alone (start them before the moto they will pair with).
+    pub fn data_planes() -> HashMap<String, TestRegistry> {
+        [SOURCE, DEST, DEST2]
             .iter()
             .map(|host| {
                 (
@@ -42,8 +58,16 @@ impl EcrWorld {
                     TestRegistry::start_with_auth("AWS", &moto_token_password(host)),
                 )
             })
-            .collect();
-        EcrWorld { moto, registries }
+            .collect()
+    }
+
+    /// `HOST=URL,...` for a set of data-plane registries.
+    pub fn endpoints_of(registries: &HashMap<String, TestRegistry>) -> String {
+        registries
+            .iter()
+            .map(|(host, reg)| format!("{host}=http://{}", reg.host))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Replication settings: AWS calls to moto, ECR hosts' data plane to their registries.
@@ -89,6 +113,11 @@ impl EcrWorld {
             .send()
             .await
             .unwrap();
+    }
+
+    /// `HOST=URL,...` for `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (the Lambda functions' view).
+    pub fn endpoints_env(&self) -> String {
+        Self::endpoints_of(&self.registries)
     }
 
     /// Digests moto lists in a destination repository.

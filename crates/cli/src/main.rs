@@ -1,6 +1,7 @@
 //! `ecr-replicator`: copy container images between OCI registries and Amazon ECR.
 
 mod copy_command;
+mod job_commands;
 mod progress;
 mod registry_args;
 
@@ -24,6 +25,17 @@ struct Cli {
 enum Command {
     /// Copy one image (or every tag of a repository with --all-tags) from SRC to DST.
     Copy(copy_command::CopyArgs),
+    /// Run a job (the state machine's execution input) in-process: filters, repositories and
+    /// their settings, images, report. Exit 1 if any image failed.
+    Sync(job_commands::RunArgs),
+    /// The dry run of `sync`: what would be copied and changed; writes nothing.
+    Plan(job_commands::RunArgs),
+    /// Check a job's schema and values only.
+    Validate(job_commands::InputArgs),
+    /// Start the deployed state machine with a job (StartExecution); --wait polls to the end.
+    Start(job_commands::StartArgs),
+    /// Print the execution input's JSON Schema.
+    Schema,
 }
 
 /// How results are printed on stdout.
@@ -55,6 +67,11 @@ async fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Copy(args) => copy_command::run(args).await,
+        Command::Sync(args) => job_commands::sync(args, false).await,
+        Command::Plan(args) => job_commands::sync(args, true).await,
+        Command::Validate(args) => job_commands::validate(args),
+        Command::Start(args) => job_commands::start(args).await,
+        Command::Schema => job_commands::schema(),
     };
     match result {
         Ok(code) => code,

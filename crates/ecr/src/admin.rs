@@ -131,14 +131,15 @@ impl EcrAdmin {
         &self.registry
     }
 
-    /// One page of repository names (`DescribeRepositories`).
+    /// One page of repository names (`DescribeRepositories`), at most 200, so the workflow's
+    /// per-page map output stays far below the 256 KiB state payload limit.
     pub async fn list_repositories(&self, next: Option<String>) -> Result<Page<String>> {
         let out = self
             .client
             .describe_repositories()
             .registry_id(&self.registry.account_id)
             .set_next_token(next)
-            .max_results(1000)
+            .max_results(200)
             .send()
             .await
             .map_err(|e| Error::api("ecr:DescribeRepositories", self.registry.host.clone(), &e))?;

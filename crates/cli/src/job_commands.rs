@@ -1,0 +1,320 @@
+//! `validate`, `plan`, `sync`, `start` and `schema`: the workflow's job, run in-process or on
+//! Step Functions.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use replication::connect::{Connections, Settings};
+use replication::run::{run_job, RunObserver, RunOutput};
+use replication::steps::{EnsureRepositoryOutput, ImageResult, ImageStatus};
+use replication::Job;
+
+use crate::OutputFormat;
+
+/// The job file.
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// Execution input (JSON); `-` reads standard input.
+    #[arg(long, short, value_name = "FILE")]
+    pub input: PathBuf,
+}
+
+impl InputArgs {
+    fn read(&self) -> anyhow::Result<String> {
+        if self.input.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            return Ok(text);
+        }
+        std::fs::read_to_string(&self.input)
+            .with_context(|| format!("reading {}", self.input.display()))
+    }
+}
+
+/// Where AWS and the registries are reached when running in-process.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Send every AWS call here (moto, LocalStack); also `AWS_ENDPOINT_URL`.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Reach registry HOST at URL instead (e.g. an ECR host served locally). Repeatable.
+    #[arg(long = "registry-endpoint", value_name = "HOST=URL")]
+    pub registry_endpoints: Vec<String>,
+    /// Reach this registry over plain HTTP. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Docker config.json for registries that are not ECR.
+    #[arg(long, value_name = "PATH")]
+    pub authfile: Option<PathBuf>,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+impl RunArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut settings = Settings::default();
+        settings.aws.endpoint_url = self.aws_endpoint_url.clone().filter(|u| !u.is_empty());
+        settings.registry.insecure_registries = self.insecure_registries.clone();
+        for entry in &self.registry_endpoints {
+            let (host, url) = entry
+                .split_once('=')
+                .with_context(|| format!("--registry-endpoint {entry:?}: write HOST=URL"))?;
+            settings
+                .registry
+                .endpoints
+                .insert(host.to_string(), url.to_string());
+        }
+        let authfile = self
+            .authfile
+            .clone()
+            .or_else(oci::CredentialStore::default_docker_config_path);
+        if let Some(path) = authfile {
+            settings.credentials.load_docker_config(&path)?;
+        }
+        Ok(settings)
+    }
+}
+
+/// `validate`: schema and value checks only.
+pub fn validate(args: InputArgs) -> anyhow::Result<ExitCode> {
+    let valid = Job::parse(&args.read()?)?;
+    let job = valid.job;
+    println!(
+        "valid: {} -> {} destination(s){}",
+        job.source.registry,
+        job.destinations.len(),
+        if job.dry_run { " (dry run)" } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Progress {
+    enabled: bool,
+}
+
+impl RunObserver for Progress {
+    fn image_done(&self, r: &ImageResult) {
+        if self.enabled {
+            let tags = if r.tags.is_empty() {
+                r.digest.clone()
+            } else {
+                r.tags.join(",")
+            };
+            let status = format!("{:?}", r.status).to_lowercase();
+            eprintln!(
+                "{status:<8} {}:{tags} -> {}/{}",
+                r.repository, r.target_registry, r.target_repository
+            );
+            if let Some(e) = &r.error {
+                eprintln!("         {e}");
+            }
+        }
+    }
+    fn repository_ensured(&self, o: &EnsureRepositoryOutput) {
+        if self.enabled && (o.created || !o.changes.is_empty() || !o.drift.is_empty()) {
+            let verb = if o.created { "create" } else { "update" };
+            eprintln!(
+                "{verb:<8} {}/{} {:?} {}",
+                o.registry,
+                o.repository,
+                o.changes.iter().map(|c| &c.setting).collect::<Vec<_>>(),
+                o.drift.join("; ")
+            );
+        }
+    }
+}
+
+/// `sync` (and `plan`, a dry run): the whole workflow in-process.
+pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let mut job = Job::parse(&args.input.read()?)?.job;
+    if dry_run {
+        job.dry_run = true;
+    }
+    let conns = Connections::new(args.settings()?);
+    let observer = Progress {
+        enabled: args.output == OutputFormat::Text,
+    };
+    let output = run_job(&conns, job, &observer).await?;
+    print_run(&output, args.output)?;
+    Ok(if output.report.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_run(output: &RunOutput, format: OutputFormat) -> anyhow::Result<()> {
+    if format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(output)?);
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<45} {:<8} {:>10}",
+        "image", "destination", "status", "MiB"
+    );
+    for r in &output.images {
+        let tags = if r.tags.is_empty() {
+            short(&r.digest)
+        } else {
+            r.tags.join(",")
+        };
+        println!(
+            "{:<40} {:<45} {:<8} {:>10.1}",
+            format!("{}:{tags}", r.repository),
+            format!("{}/{}", short_host(&r.target_registry), r.target_repository),
+            format!("{:?}", r.status).to_lowercase(),
+            r.bytes_copied as f64 / 1048576.0
+        );
+    }
+    let r = &output.report;
+    println!(
+        "\n{} images: {} copied, {} present, {} planned, {} failed; {:.1} MiB copied",
+        r.images,
+        r.copied,
+        r.present,
+        r.planned,
+        r.failed,
+        r.bytes_copied as f64 / 1048576.0
+    );
+    for f in output
+        .images
+        .iter()
+        .filter(|i| i.status == ImageStatus::Failed)
+    {
+        println!(
+            "FAILED {}@{} -> {}/{}: {}",
+            f.repository,
+            f.digest,
+            f.target_registry,
+            f.target_repository,
+            f.error.clone().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn short(digest: &str) -> String {
+    digest.chars().take(19).collect()
+}
+
+fn short_host(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
+/// Arguments of `start`.
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// The deployed state machine.
+    #[arg(long)]
+    pub state_machine_arn: String,
+    /// Execution name (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Wait for the execution to end and print its output; exit 1 if it did not succeed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Send AWS calls here (moto); also `AWS_ENDPOINT_URL`.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+}
+
+/// `start`: StartExecution, then (with `--wait`) DescribeExecution until it ends.
+pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let text = args.input.read()?;
+    Job::parse(&text)?;
+    let region = args
+        .state_machine_arn
+        .split(':')
+        .nth(3)
+        .filter(|r| !r.is_empty())
+        .context(
+            "--state-machine-arn: not an ARN (arn:aws:states:REGION:ACCOUNT:stateMachine:NAME)",
+        )?;
+    let settings = ecr::AwsSettings {
+        endpoint_url: args.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
+        static_credentials: None,
+    };
+    let client = ecr::sfn_client(&settings, region).await;
+    let name = args.name.clone().unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("ecr-replicator-{}-{}", now.as_secs(), now.subsec_nanos())
+    });
+    let started = client
+        .start_execution()
+        .state_machine_arn(&args.state_machine_arn)
+        .name(name)
+        .input(text)
+        .send()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "states:StartExecution on {}: {}",
+                args.state_machine_arn,
+                aws_message(&e)
+            )
+        })?;
+    let arn = started.execution_arn().to_string();
+    eprintln!("started {arn}");
+    if !args.wait {
+        println!("{arn}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        let d = client
+            .describe_execution()
+            .execution_arn(&arn)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("states:DescribeExecution on {arn}: {}", aws_message(&e))
+            })?;
+        match d.status().as_str() {
+            "RUNNING" | "PENDING_REDRIVE" => tokio::time::sleep(Duration::from_secs(2)).await,
+            "SUCCEEDED" => {
+                println!("{}", d.output().unwrap_or("{}"));
+                return Ok(ExitCode::SUCCESS);
+            }
+            status => {
+                if let Some(output) = d.output() {
+                    println!("{output}");
+                }
+                bail!(
+                    "execution {arn} ended {status}: {} {}",
+                    d.error().unwrap_or(""),
+                    d.cause().unwrap_or("")
+                );
+            }
+        }
+    }
+}
+
+fn aws_message<E: std::fmt::Debug + std::error::Error>(e: &E) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `schema`: the execution input's JSON Schema.
+pub fn schema() -> anyhow::Result<ExitCode> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&schemars::schema_for!(Job))?
+    );
+    Ok(ExitCode::SUCCESS)
+}

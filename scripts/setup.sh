@@ -41,5 +41,12 @@ if [ "$(.venv/bin/pip show cargo-lambda 2>/dev/null | awk '/^Version:/ {print $2
   .venv/bin/pip install -q --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
 fi
 
+# ASL validators for the state machine checks (npm; versions pinned in the lock file).
+if [ ! -x statemachine/node_modules/.bin/asl-validator ] || [ ! -x statemachine/node_modules/.bin/statelint ]; then
+  command -v npm >/dev/null 2>&1 || { echo "setup: npm not found; install Node.js (Debian: nodejs npm)" >&2; exit 1; }
+  echo "setup: installing asl-validator and @wmfs/statelint (npm)"
+  npm ci --prefix statemachine --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true

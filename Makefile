@@ -30,6 +30,6 @@ clean:
 	$(CARGO) clean
 
 .PHONY: demo
-demo: setup ## local registries, sample images, copies with the real binary, checked by skopeo
-	$(CARGO) build --release -p ecr-replicator -p e2e --bins
-	target/release/demo
+demo: setup ## the real state machine on moto + cargo lambda watch, sample images, skopeo checks
+	$(CARGO) build -q -p e2e --bin demo
+	target/debug/demo

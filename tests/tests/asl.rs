@@ -8,13 +8,21 @@ use std::process::Command;
 use e2e::sfn::{definition, workspace, FUNCTIONS};
 
 fn node_tool(name: &str) -> std::path::PathBuf {
-    let path = workspace().join("statemachine/node_modules/.bin").join(name);
-    assert!(path.exists(), "{name} not installed: run `make setup` (npm ci --prefix statemachine)");
+    let path = workspace()
+        .join("statemachine/node_modules/.bin")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{name} not installed: run `make setup` (npm ci --prefix statemachine)"
+    );
     path
 }
 
 fn write_temp(text: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::Builder::new().suffix(".asl.json").tempfile().unwrap();
+    let file = tempfile::Builder::new()
+        .suffix(".asl.json")
+        .tempfile()
+        .unwrap();
     std::fs::write(file.path(), text).unwrap();
     file
 }
@@ -22,21 +30,36 @@ fn write_temp(text: &str) -> tempfile::NamedTempFile {
 #[test]
 fn asl_validator_accepts_the_substituted_definition() {
     let file = write_temp(&definition("123456789012", "us-east-1"));
-    let out = Command::new(node_tool("asl-validator")).arg("--json-path").arg(file.path()).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(node_tool("asl-validator"))
+        .arg("--json-path")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn statelint_accepts_it_but_for_max_concurrency_path_which_it_predates() {
     let text = definition("123456789012", "us-east-1");
-    let full = Command::new(node_tool("statelint")).arg(write_temp(&text).path()).output().unwrap();
+    let full = Command::new(node_tool("statelint"))
+        .arg(write_temp(&text).path())
+        .output()
+        .unwrap();
     let complaints: Vec<String> = String::from_utf8_lossy(&full.stdout)
         .lines()
         .chain(String::from_utf8_lossy(&full.stderr).lines())
         .filter(|l| l.starts_with('\t'))
         .map(str::to_string)
         .collect();
-    assert!(complaints.iter().all(|c| c.contains("MaxConcurrencyPath")), "statelint: {complaints:?}");
+    assert!(
+        complaints.iter().all(|c| c.contains("MaxConcurrencyPath")),
+        "statelint: {complaints:?}"
+    );
 
     let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
     fn strip(v: &mut serde_json::Value) {
@@ -52,28 +75,49 @@ fn statelint_accepts_it_but_for_max_concurrency_path_which_it_predates() {
         }
     }
     strip(&mut value);
-    let out = Command::new(node_tool("statelint")).arg(write_temp(&value.to_string()).path()).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(node_tool("statelint"))
+        .arg(write_temp(&value.to_string()).path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn the_definition_uses_jsonpath_only_and_every_placeholder_is_a_function() {
     let raw = std::fs::read_to_string(workspace().join("statemachine/replicate.asl.json")).unwrap();
     for banned in ["JSONata", "\"Assign\"", "\"Arguments\"", "{%"] {
-        assert!(!raw.contains(banned), "{banned} found: the state machine must use JSONPath (moto's interpreter)");
+        assert!(
+            !raw.contains(banned),
+            "{banned} found: the state machine must use JSONPath (moto's interpreter)"
+        );
     }
-    let used: std::collections::BTreeSet<&str> = raw.match_indices("${").map(|(i, _)| &raw[i + 2..i + 2 + raw[i + 2..].find('}').unwrap()]).collect();
+    let used: std::collections::BTreeSet<&str> = raw
+        .match_indices("${")
+        .map(|(i, _)| &raw[i + 2..i + 2 + raw[i + 2..].find('}').unwrap()])
+        .collect();
     let known: std::collections::BTreeSet<&str> = FUNCTIONS.iter().map(|(p, _)| *p).collect();
     assert_eq!(used, known);
 }
 
 #[test]
 fn the_committed_schema_matches_the_job_type() {
-    let committed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(workspace().join("schema/job.schema.json")).unwrap()).unwrap();
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("schema/job.schema.json")).unwrap(),
+    )
+    .unwrap();
     let generated = serde_json::to_value(schemars::schema_for!(replication::Job)).unwrap();
-    assert_eq!(committed, generated, "schema/job.schema.json is stale: run `ecr-replicator schema > schema/job.schema.json`");
+    assert_eq!(
+        committed, generated,
+        "schema/job.schema.json is stale: run `ecr-replicator schema > schema/job.schema.json`"
+    );
     for example in std::fs::read_dir(workspace().join("examples")).unwrap() {
         let path = example.unwrap().path();
-        replication::Job::parse(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        replication::Job::parse(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }

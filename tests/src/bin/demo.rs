@@ -1,30 +1,22 @@
-//! `make demo` (copy-engine stage): starts a source registry and two destinations standing for two
-//! accounts/regions, pushes sample images, copies them with the real `ecr-replicator` binary,
-//! prints what happened and checks every destination with skopeo. Stops everything on exit.
+//! `make demo`: the real state machine on moto's Step Functions interpreter, its Lambda tasks run
+//! by `cargo lambda watch` from the real function binaries, ECR and STS on moto, and distribution
+//! registries as the data plane of a source account and two destination accounts/regions.
+//! Pushes sample images, runs a dry run and two real runs, prints the reports, checks every
+//! destination with skopeo, and stops everything it started.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::process::Command;
+use std::time::{Duration, Instant};
 
-use e2e::image::{multi_arch, Format, ImageBuilder, Pusher, TestImage};
-use e2e::registry::TestRegistry;
-use e2e::skopeo;
+use e2e::image::{multi_arch, Format, ImageBuilder, TestImage};
+use e2e::moto::Moto;
+use e2e::sfn::LocalStepFunctions;
+use e2e::world::{moto_token_password, EcrWorld, DEST, DEST2, DEST2_ROLE, DEST_ROLE, SOURCE};
+use serde_json::{json, Value};
 
-fn main() {
-    let cli = std::env::current_exe()
-        .unwrap()
-        .with_file_name("ecr-replicator");
-    assert!(
-        cli.exists(),
-        "build the CLI first: cargo build --release -p ecr-replicator"
-    );
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let source = TestRegistry::start();
-    let destinations = [TestRegistry::start(), TestRegistry::start()];
-    println!("source registry       {}", source.host);
-    println!("destination 'eu-west' {}", destinations[0].host);
-    println!("destination 'ap-south' {}", destinations[1].host);
+const MIB: u64 = 1 << 20;
 
-    let images: Vec<(&str, &str, TestImage)> = vec![
+fn samples() -> Vec<(&'static str, &'static str, TestImage)> {
+    vec![
         (
             "services/api",
             "v1.2.3",
@@ -42,92 +34,185 @@ fn main() {
                 .build(),
         ),
         (
+            "services/api",
+            "dev-7f3a",
+            ImageBuilder::new(Format::Docker).layer(4, 100_000).build(),
+        ),
+        (
             "services/web",
-            "2024.06",
+            "v2024.6.0",
             ImageBuilder::new(Format::Oci)
-                .layer(4, 1 << 20)
+                .layer(5, 1 << 20)
                 .empty_layer()
                 .build(),
         ),
-        ("ml/base", "cuda-12", multi_arch(5, 2, 1 << 20)),
+        ("ml/base", "v12.4", multi_arch(6, 2, 1 << 20)),
         (
             "ml/pytorch",
-            "2.3",
+            "v2.3.0",
             ImageBuilder::new(Format::Oci)
-                .big_layer(6, 200 << 20)
-                .layer(7, 10_000)
+                .big_layer(7, 200 * MIB)
+                .layer(8, 10_000)
                 .build(),
         ),
-    ];
-    let pusher = Pusher::new(&source.host, None);
-    rt.block_on(async {
-        for (repo, tag, image) in &images {
-            pusher.push(repo, tag, image).await;
-        }
-    });
-    println!("\npushed {} sample images to the source\n", images.len());
+        (
+            "sandbox/tmp",
+            "v0.0.1",
+            ImageBuilder::new(Format::Oci).layer(9, 1000).build(),
+        ),
+    ]
+}
 
-    println!(
-        "{:<24} {:<9} {:<12} {:>7} {:>10} {:>8}",
-        "image", "dest", "result", "blobs", "MiB", "seconds"
+async fn execute(sfn: &LocalStepFunctions, arn: &str, input: &Value) -> (String, Value, String) {
+    let client = ecr::sfn_client(&sfn.aws_settings(), "us-east-1").await;
+    let name = format!(
+        "demo-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     );
+    let started = client
+        .start_execution()
+        .state_machine_arn(arn)
+        .name(name)
+        .input(input.to_string())
+        .send()
+        .await
+        .unwrap();
+    let began = Instant::now();
+    loop {
+        let d = client
+            .describe_execution()
+            .execution_arn(started.execution_arn())
+            .send()
+            .await
+            .unwrap();
+        if d.status().as_str() != "RUNNING" {
+            let output = d
+                .output()
+                .map(|o| serde_json::from_str(o).unwrap())
+                .unwrap_or(Value::Null);
+            let took = format!("{:.1} s", began.elapsed().as_secs_f64());
+            let cause = format!("{} {}", d.error().unwrap_or(""), d.cause().unwrap_or(""));
+            return (
+                d.status().as_str().to_string(),
+                output,
+                format!("{took} {cause}"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_report(title: &str, status: &str, report: &Value, note: &str) {
+    println!(
+        "{title:<28} {status:<10} images {:>3}  copied {:>3}  present {:>3}  planned {:>3}  failed {:>3}  {:>7.1} MiB  {note}",
+        report["images"], report["copied"], report["present"], report["planned"], report["failed"],
+        report["bytesCopied"].as_f64().unwrap_or(0.0) / MIB as f64
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() {
+    println!("starting: 3 registries (source, 2 destination accounts), moto (ECR, STS, Step Functions), cargo lambda watch");
+    println!("(the first run compiles the Lambda functions: a few minutes on a fresh machine)");
+    let registries = EcrWorld::data_planes();
+    let env = [(
+        "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
+        EcrWorld::endpoints_of(&registries),
+    )];
+    let sfn = LocalStepFunctions::start(&env).await;
+    let world = EcrWorld {
+        moto: Moto::attach(&sfn.moto_url),
+        registries,
+    };
+    for host in [SOURCE, DEST, DEST2] {
+        println!(
+            "  {host:<48} data plane http://{}",
+            world.registry(host).host
+        );
+    }
+    for (repo, tag, image) in samples() {
+        world.seed(repo, tag, &image).await;
+    }
+    println!("pushed {} sample images to {SOURCE}\n", samples().len());
+    let arn = sfn.create_state_machine("ecr-replicator").await;
+
+    let job = json!({
+        "source": {"registry": SOURCE},
+        "destinations": [
+            {"registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42"},
+            {"registry": DEST2, "roleArn": DEST2_ROLE, "externalId": "ext-id-43", "repositoryPrefix": "mirror/"}
+        ],
+        "repositories": {"include": ["services/*", "ml/*"]},
+        "tags": {"include": ["^v\\d+(\\.\\d+)+$"]},
+        "rangeBytes": 64 * MIB,
+        "maxConcurrency": 4
+    });
+    println!(
+        "execution input:\n{}\n",
+        serde_json::to_string_pretty(&job).unwrap()
+    );
+    let mut dry = job.clone();
+    dry["dryRun"] = json!(true);
     let mut failures = 0;
-    for round in ["first run", "second run (nothing to do)"] {
-        println!("-- {round}");
-        for (repo, tag, image) in &images {
-            for (d, dest) in destinations.iter().enumerate() {
-                let out = Command::new(&cli)
-                    .args([
-                        "copy",
-                        &format!("{}/{repo}:{tag}", source.host),
-                        &format!("{}/{repo}:{tag}", dest.host),
-                    ])
-                    .args([
-                        "--insecure-registry",
-                        &source.host,
-                        "--insecure-registry",
-                        &dest.host,
-                        "--output",
-                        "json",
-                    ])
-                    .output()
-                    .unwrap();
-                if !out.status.success() {
-                    failures += 1;
-                    println!(
-                        "{repo}:{tag} -> dest {d}: FAILED {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    continue;
-                }
-                let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                let result = if r["alreadyPresent"] == true {
-                    "present"
-                } else {
-                    "copied"
-                };
-                println!(
-                    "{:<24} {:<9} {:<12} {:>7} {:>10.1} {:>8.2}",
-                    format!("{repo}:{tag}"),
-                    ["eu-west", "ap-south"][d],
-                    result,
-                    r["blobsCopied"].as_u64().unwrap_or(0),
-                    r["bytesCopied"].as_f64().unwrap_or(0.0) / 1048576.0,
-                    r["seconds"].as_f64().unwrap_or(0.0)
-                );
-                let raw = skopeo::inspect_raw(&format!("{}/{repo}:{tag}", dest.host), None);
-                if raw != image.manifest.to_vec() {
-                    failures += 1;
-                    println!(
-                        "  skopeo: manifest of {repo}:{tag} in dest {d} differs from the source!"
-                    );
-                }
-            }
+    for (title, input) in [
+        ("dry run", &dry),
+        ("first run", &job),
+        ("second run (nothing to do)", &job),
+    ] {
+        let (status, report, note) = execute(&sfn, &arn, input).await;
+        print_report(title, &status, &report, &note);
+        if status != "SUCCEEDED" {
+            failures += 1;
         }
     }
+
+    println!("\nchecked with skopeo inspect --raw (byte-identical manifests, same digests):");
+    println!(
+        "{:<26} {:<10} {:<10} {}",
+        "image", "dest 1", "dest 2", "digest"
+    );
+    for (repo, tag, image) in samples() {
+        let selected = !repo.starts_with("sandbox") && !tag.starts_with("dev");
+        let mut cells = Vec::new();
+        for (host, prefix) in [(DEST, ""), (DEST2, "mirror/")] {
+            let reg = world.registry(host);
+            let creds = ("AWS".to_string(), moto_token_password(host));
+            let present = e2e::image::Pusher::new(&reg.host, Some(creds.clone()))
+                .manifest(&format!("{prefix}{repo}"), tag)
+                .await
+                .is_some();
+            let cell = match (selected, present) {
+                (true, true)
+                    if e2e::skopeo::inspect_raw(
+                        &format!("{}/{prefix}{repo}:{tag}", reg.host),
+                        Some(&creds),
+                    ) == image.manifest.to_vec() =>
+                {
+                    "identical"
+                }
+                (false, false) => "skipped",
+                _ => {
+                    failures += 1;
+                    "WRONG"
+                }
+            };
+            cells.push(cell);
+        }
+        println!(
+            "{:<26} {:<10} {:<10} {}",
+            format!("{repo}:{tag}"),
+            cells[0],
+            cells[1],
+            &image.digest[..19]
+        );
+    }
+    drop(sfn);
     if failures > 0 {
-        eprintln!("\ndemo: {failures} failures");
+        eprintln!("\ndemo: {failures} problems");
         std::process::exit(1);
     }
-    println!("\nskopeo confirms every destination holds byte-identical manifests (same digests).");
+    println!("\ndemo: every selected image is in both destinations, unselected ones are not; everything stopped.");
 }

@@ -170,10 +170,7 @@ async fn main() {
     }
 
     println!("\nchecked with skopeo inspect --raw (byte-identical manifests, same digests):");
-    println!(
-        "{:<26} {:<10} {:<10} {}",
-        "image", "dest 1", "dest 2", "digest"
-    );
+    println!("{:<26} {:<10} {:<10} digest", "image", "dest 1", "dest 2");
     for (repo, tag, image) in samples() {
         let selected = !repo.starts_with("sandbox") && !tag.starts_with("dev");
         let mut cells = Vec::new();

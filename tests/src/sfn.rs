@@ -107,6 +107,35 @@ pub fn watch_target_dir() -> PathBuf {
     workspace().join("target/lambda-watch")
 }
 
+/// How an execution ended, with its history.
+pub struct Execution {
+    /// SUCCEEDED, FAILED, ...
+    pub status: String,
+    /// The output, when it succeeded.
+    pub output: Option<serde_json::Value>,
+    /// Error and cause, when it failed.
+    pub cause: String,
+    /// Wall time from start to end.
+    pub seconds: f64,
+    /// History events.
+    pub events: usize,
+    /// Largest state input or output in the history, in bytes.
+    pub largest_payload: usize,
+    /// One line per event (id, type, state and payload or failure), for messages.
+    pub history: Vec<String>,
+}
+
+impl Execution {
+    /// The history, each line cut to `width`, for assertion messages.
+    pub fn history_text(&self, width: usize) -> String {
+        self.history
+            .iter()
+            .map(|l| &l[..l.len().min(width)])
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 struct Proxy {
     http: reqwest::Client,
     moto: String,
@@ -262,6 +291,97 @@ impl LocalStepFunctions {
         ecr::AwsSettings {
             endpoint_url: Some(self.url.clone()),
             static_credentials: Some(("testing".into(), "testing".into())),
+        }
+    }
+
+    /// Starts an execution with a unique name (moto names unnamed ones "None"), waits up to 15
+    /// minutes for it to end, and reads its history.
+    pub async fn execute(&self, state_machine_arn: &str, input: &serde_json::Value) -> Execution {
+        let client = ecr::sfn_client(&self.aws_settings(), "us-east-1").await;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let started = client
+            .start_execution()
+            .state_machine_arn(state_machine_arn)
+            .name(format!("run-{nanos}"))
+            .input(input.to_string())
+            .send()
+            .await
+            .unwrap();
+        let began = Instant::now();
+        let described = loop {
+            let d = client
+                .describe_execution()
+                .execution_arn(started.execution_arn())
+                .send()
+                .await
+                .unwrap();
+            if d.status().as_str() != "RUNNING" {
+                break d;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(900),
+                "execution still running after 15 minutes\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let mut execution = Execution {
+            status: described.status().as_str().to_string(),
+            output: described.output().map(|o| serde_json::from_str(o).unwrap()),
+            cause: format!(
+                "{} {}",
+                described.error().unwrap_or(""),
+                described.cause().unwrap_or("")
+            ),
+            seconds: began.elapsed().as_secs_f64(),
+            events: 0,
+            largest_payload: 0,
+            history: Vec::new(),
+        };
+        let mut next = None;
+        loop {
+            let page = client
+                .get_execution_history()
+                .execution_arn(started.execution_arn())
+                .set_next_token(next)
+                .max_results(1000)
+                .send()
+                .await
+                .unwrap();
+            for e in page.events() {
+                execution.events += 1;
+                let entered = e
+                    .state_entered_event_details()
+                    .map(|d| (d.name(), d.input().unwrap_or("")));
+                let exited = e
+                    .state_exited_event_details()
+                    .map(|d| (d.name(), d.output().unwrap_or("")));
+                let failed = e
+                    .lambda_function_failed_event_details()
+                    .map(|d| format!("{:?}: {:?}", d.error(), d.cause()))
+                    .or_else(|| {
+                        e.execution_failed_event_details()
+                            .map(|d| format!("{:?}: {:?}", d.error(), d.cause()))
+                    });
+                let detail = match (entered.or(exited), failed) {
+                    (Some((name, payload)), _) => {
+                        execution.largest_payload = execution.largest_payload.max(payload.len());
+                        format!("{name} {payload}")
+                    }
+                    (None, Some(failure)) => failure,
+                    (None, None) => String::new(),
+                };
+                execution
+                    .history
+                    .push(format!("{} {:?} {detail}", e.id(), e.r#type()));
+            }
+            match page.next_token() {
+                Some(n) => next = Some(n.to_string()),
+                None => return execution,
+            }
         }
     }
 

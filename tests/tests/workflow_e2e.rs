@@ -4,8 +4,6 @@
 //! same job through `replication::run::run_job` (the CLI's `sync`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
-
 use e2e::image::{multi_arch, Format, ImageBuilder, TestImage};
 use e2e::moto::Moto;
 use e2e::sfn::LocalStepFunctions;
@@ -145,92 +143,6 @@ fn storage_files(world: &EcrWorld, host: &str) -> usize {
     count(&world.registry(host).storage_root())
 }
 
-struct Outcome {
-    status: String,
-    output: Option<Value>,
-    cause: String,
-    events: usize,
-    largest_payload: usize,
-}
-
-async fn execute(sfn: &LocalStepFunctions, arn: &str, input: &Value) -> Outcome {
-    let client = ecr::sfn_client(&sfn.aws_settings(), "us-east-1").await;
-    let name = format!(
-        "run-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let started = client
-        .start_execution()
-        .state_machine_arn(arn)
-        .name(name)
-        .input(input.to_string())
-        .send()
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(900);
-    let described = loop {
-        let d = client
-            .describe_execution()
-            .execution_arn(started.execution_arn())
-            .send()
-            .await
-            .unwrap();
-        if d.status().as_str() != "RUNNING" {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "execution still running after 15 minutes\n{}",
-            sfn.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let (mut events, mut largest_payload, mut next) = (0, 0, None);
-    loop {
-        let page = client
-            .get_execution_history()
-            .execution_arn(started.execution_arn())
-            .set_next_token(next)
-            .max_results(1000)
-            .send()
-            .await
-            .unwrap();
-        for e in page.events() {
-            events += 1;
-            let sizes = [
-                e.state_entered_event_details()
-                    .and_then(|d| d.input())
-                    .map(str::len),
-                e.state_exited_event_details()
-                    .and_then(|d| d.output())
-                    .map(str::len),
-            ];
-            largest_payload = sizes
-                .into_iter()
-                .flatten()
-                .fold(largest_payload, usize::max);
-        }
-        match page.next_token() {
-            Some(n) => next = Some(n.to_string()),
-            None => break,
-        }
-    }
-    Outcome {
-        status: described.status().as_str().to_string(),
-        output: described.output().map(|o| serde_json::from_str(o).unwrap()),
-        cause: format!(
-            "{} {}",
-            described.error().unwrap_or(""),
-            described.cause().unwrap_or("")
-        ),
-        events,
-        largest_payload,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_runs_write_nothing()
 {
@@ -249,7 +161,7 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
 
     // Dry run: the plan, nothing written.
     let before = (storage_files(&world, DEST), storage_files(&world, DEST2));
-    let dry = execute(&sfn, &arn, &job(json!({"dryRun": true}))).await;
+    let dry = sfn.execute(&arn, &job(json!({"dryRun": true}))).await;
     assert_eq!(dry.status, "SUCCEEDED", "{}\n{}", dry.cause, sfn.logs());
     let plan = dry.output.unwrap();
     assert_eq!(
@@ -275,7 +187,7 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
     );
 
     // First run: 11 selected images x 2 destinations.
-    let first = execute(&sfn, &arn, &job(json!({}))).await;
+    let first = sfn.execute(&arn, &job(json!({}))).await;
     assert_eq!(first.status, "SUCCEEDED", "{}\n{}", first.cause, sfn.logs());
     let report = first.output.unwrap();
     assert_eq!(
@@ -295,7 +207,7 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
         .is_some());
 
     // Second run: nothing to copy.
-    let second = execute(&sfn, &arn, &job(json!({}))).await;
+    let second = sfn.execute(&arn, &job(json!({}))).await;
     assert_eq!(second.status, "SUCCEEDED", "{}", second.cause);
     let report = second.output.unwrap();
     assert_eq!(
@@ -315,7 +227,7 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
     .unwrap();
     let fixed = ImageBuilder::new(Format::Oci).layer(98, 4_000).build();
     world.seed("services/web", "v3.0.0", &fixed).await;
-    let third = execute(&sfn, &arn, &job(json!({}))).await;
+    let third = sfn.execute(&arn, &job(json!({}))).await;
     assert_eq!(third.status, "FAILED");
     assert!(
         third.cause.contains("ReplicationFailed")

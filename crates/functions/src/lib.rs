@@ -44,6 +44,24 @@ pub fn start() -> Result<Connections, lambda_runtime::Error> {
     Ok(Connections::new(settings_from_env()?))
 }
 
+/// A raw event, as the binaries receive it: parsed here so a malformed input is a
+/// `ReplicationInvalidInput` naming the field, not the runtime's generic deserialisation error.
+pub type RawEvent = LambdaEvent<replication::steps::JsonValue>;
+
+/// Turns a raw event into a step's typed input.
+pub fn parse_event<I: serde::de::DeserializeOwned>(
+    event: RawEvent,
+) -> Result<LambdaEvent<I>, StepError> {
+    let (payload, context) = event.into_parts();
+    let text = payload.to_string();
+    let mut deserializer = serde_json::Deserializer::from_str(&text);
+    let input = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| StepError {
+        kind: ErrorKind::InvalidInput,
+        message: format!("invalid step input: {}: {}", e.path(), e.inner()),
+    })?;
+    Ok(LambdaEvent::new(input, context))
+}
+
 /// `enumerate-repositories`.
 pub async fn enumerate_repositories(
     conns: &Connections,

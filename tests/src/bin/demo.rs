@@ -5,8 +5,6 @@
 //! destination with skopeo, and stops everything it started.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::time::{Duration, Instant};
-
 use e2e::image::{multi_arch, Format, ImageBuilder, TestImage};
 use e2e::moto::Moto;
 use e2e::sfn::LocalStepFunctions;
@@ -61,48 +59,6 @@ fn samples() -> Vec<(&'static str, &'static str, TestImage)> {
             ImageBuilder::new(Format::Oci).layer(9, 1000).build(),
         ),
     ]
-}
-
-async fn execute(sfn: &LocalStepFunctions, arn: &str, input: &Value) -> (String, Value, String) {
-    let client = ecr::sfn_client(&sfn.aws_settings(), "us-east-1").await;
-    let name = format!(
-        "demo-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let started = client
-        .start_execution()
-        .state_machine_arn(arn)
-        .name(name)
-        .input(input.to_string())
-        .send()
-        .await
-        .unwrap();
-    let began = Instant::now();
-    loop {
-        let d = client
-            .describe_execution()
-            .execution_arn(started.execution_arn())
-            .send()
-            .await
-            .unwrap();
-        if d.status().as_str() != "RUNNING" {
-            let output = d
-                .output()
-                .map(|o| serde_json::from_str(o).unwrap())
-                .unwrap_or(Value::Null);
-            let took = format!("{:.1} s", began.elapsed().as_secs_f64());
-            let cause = format!("{} {}", d.error().unwrap_or(""), d.cause().unwrap_or(""));
-            return (
-                d.status().as_str().to_string(),
-                output,
-                format!("{took} {cause}"),
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 fn print_report(title: &str, status: &str, report: &Value, note: &str) {
@@ -162,9 +118,10 @@ async fn main() {
         ("first run", &job),
         ("second run (nothing to do)", &job),
     ] {
-        let (status, report, note) = execute(&sfn, &arn, input).await;
-        print_report(title, &status, &report, &note);
-        if status != "SUCCEEDED" {
+        let run = sfn.execute(&arn, input).await;
+        let note = format!("{:.1} s {}", run.seconds, run.cause.trim());
+        print_report(title, &run.status, &run.output.unwrap_or_default(), &note);
+        if run.status != "SUCCEEDED" {
             failures += 1;
         }
     }

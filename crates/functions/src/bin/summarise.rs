@@ -1,9 +1,12 @@
-//! Lambda `summarise`: see `functions::summarise`.
+//! Lambda `summarise`: see `replication::workflow::summarise`.
 
 use lambda_runtime::{run, service_fn, Error};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    run(service_fn(functions::summarise)).await
+    run(service_fn(|event: functions::RawEvent| async {
+        functions::summarise(functions::parse_event(event)?).await
+    }))
+    .await
 }

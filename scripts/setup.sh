@@ -41,6 +41,20 @@ if [ "$(.venv/bin/pip show cargo-lambda 2>/dev/null | awk '/^Version:/ {print $2
   .venv/bin/pip install -q --disable-pip-version-check "cargo-lambda==$CARGO_LAMBDA_VERSION"
 fi
 
+# cfn-lint for the synthesized CloudFormation templates, same venv.
+CFN_LINT_VERSION=1.58.0
+if [ "$(.venv/bin/pip show cfn-lint 2>/dev/null | awk '/^Version:/ {print $2}')" != "$CFN_LINT_VERSION" ]; then
+  echo "setup: installing cfn-lint==$CFN_LINT_VERSION into .venv (pip)"
+  .venv/bin/pip install -q --disable-pip-version-check "cfn-lint==$CFN_LINT_VERSION"
+fi
+
+# The CDK app's dependencies (aws-cdk-lib, aws-cdk CLI, cdk-nag, typescript; pinned in the lock file).
+if [ ! -x cdk/node_modules/.bin/cdk ] || [ ! -x cdk/node_modules/.bin/tsc ]; then
+  command -v npm >/dev/null 2>&1 || { echo "setup: npm not found; install Node.js (Debian: nodejs npm)" >&2; exit 1; }
+  echo "setup: installing the CDK app's dependencies (npm)"
+  npm ci --prefix cdk --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
 # ASL validators for the state machine checks (npm; versions pinned in the lock file).
 if [ ! -x statemachine/node_modules/.bin/asl-validator ] || [ ! -x statemachine/node_modules/.bin/statelint ]; then
   command -v npm >/dev/null 2>&1 || { echo "setup: npm not found; install Node.js (Debian: nodejs npm)" >&2; exit 1; }

@@ -1,0 +1,212 @@
+/** The source-account stack: the step functions, the state machine, triggers, notifications. */
+import { existsSync, readFileSync } from 'fs';
+import * as path from 'path';
+import { Duration, RemovalPolicy, Stack, StackProps } from 'aws-cdk-lib';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as targets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
+import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
+import { NagSuppressions } from 'cdk-nag';
+import { Construct } from 'constructs';
+import { jobDestinations, registryHost, ReplicatorConfig } from './config';
+
+/** Each function binary, its ASL placeholder, and whether it touches destinations. */
+export const FUNCTIONS = [
+  { name: 'enumerate-repositories', placeholder: 'EnumerateRepositoriesFunctionArn', copier: false, memory: 256, minutes: 5 },
+  { name: 'ensure-repository', placeholder: 'EnsureRepositoryFunctionArn', copier: true, memory: 256, minutes: 5 },
+  { name: 'enumerate-images', placeholder: 'EnumerateImagesFunctionArn', copier: true, memory: 512, minutes: 10 },
+  { name: 'plan-image', placeholder: 'PlanImageFunctionArn', copier: true, memory: 256, minutes: 5 },
+  { name: 'copy-blobs', placeholder: 'CopyBlobsFunctionArn', copier: true, memory: 3008, minutes: 15 },
+  { name: 'put-manifests', placeholder: 'PutManifestsFunctionArn', copier: true, memory: 256, minutes: 5 },
+  { name: 'summarise', placeholder: 'SummariseFunctionArn', copier: false, memory: 128, minutes: 1 },
+] as const;
+
+/** The state machine's name (Distributed Map children are its executions). */
+export const STATE_MACHINE_NAME = 'ecr-replicator';
+
+/** Name of the role the copying functions use; destination roles trust exactly this role. */
+export const COPIER_ROLE_NAME = 'ecr-replicator-copier';
+
+export interface WorkflowStackProps extends StackProps {
+  config: ReplicatorConfig;
+}
+
+export class WorkflowStack extends Stack {
+  public readonly stateMachine: sfn.StateMachine;
+  public readonly functions: Record<string, lambda.Function> = {};
+
+  constructor(scope: Construct, id: string, props: WorkflowStackProps) {
+    super(scope, id, props);
+    const config = props.config;
+    const root = path.resolve(__dirname, '..', '..', '..');
+
+    const sourceRepositories = `arn:${this.partition}:ecr:${config.sourceRegion}:${config.sourceAccount}:repository/*`;
+    const readSource = [
+      new iam.PolicyStatement({
+        sid: 'ReadSourceRepositories',
+        actions: [
+          'ecr:DescribeRepositories', 'ecr:DescribeImages', 'ecr:ListImages', 'ecr:BatchGetImage',
+          'ecr:GetDownloadUrlForLayer', 'ecr:BatchCheckLayerAvailability', 'ecr:GetLifecyclePolicy',
+          'ecr:GetRepositoryPolicy', 'ecr:ListTagsForResource',
+        ],
+        resources: [sourceRepositories],
+      }),
+      new iam.PolicyStatement({ sid: 'RegistryToken', actions: ['ecr:GetAuthorizationToken'], resources: ['*'] }),
+    ];
+    const basicLogs = (role: iam.Role, group: logs.LogGroup) =>
+      role.addToPolicy(new iam.PolicyStatement({ actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [group.logGroupArn, `${group.logGroupArn}:*`] }));
+
+    const readerRole = new iam.Role(this, 'ReaderRole', {
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+      description: 'ecr-replicator functions that only read the source',
+    });
+    readSource.forEach((s) => readerRole.addToPolicy(s));
+    const copierRole = new iam.Role(this, 'CopierRole', {
+      roleName: COPIER_ROLE_NAME,
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+      description: 'ecr-replicator functions that read the source and assume destination roles',
+    });
+    readSource.forEach((s) => copierRole.addToPolicy(s));
+    copierRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'AssumeDestinationRoles',
+      actions: ['sts:AssumeRole'],
+      resources: config.destinations.map((d) => `arn:${this.partition}:iam::${d.account}:role/${config.targetRoleName}`),
+    }));
+
+    for (const f of FUNCTIONS) {
+      const built = path.join(root, 'target', 'lambda', f.name);
+      const code = existsSync(path.join(built, 'bootstrap'))
+        ? lambda.Code.fromAsset(built)
+        : lambda.Code.fromAsset(path.join(__dirname, '..', '..', 'assets', 'placeholder'));
+      const logGroup = new logs.LogGroup(this, `${f.name}-logs`, {
+        retention: logs.RetentionDays.ONE_MONTH,
+        removalPolicy: RemovalPolicy.DESTROY,
+      });
+      const role = f.copier ? copierRole : readerRole;
+      basicLogs(role, logGroup);
+      this.functions[f.name] = new lambda.Function(this, f.name, {
+        description: `ecr-replicator step ${f.name}`,
+        runtime: lambda.Runtime.PROVIDED_AL2023,
+        architecture: lambda.Architecture.ARM_64,
+        handler: 'bootstrap',
+        code,
+        memorySize: f.memory,
+        timeout: Duration.minutes(f.minutes),
+        role,
+        logGroup,
+        loggingFormat: lambda.LoggingFormat.JSON,
+        environment: { RUST_LOG: 'info' },
+      });
+    }
+
+    const definition = readFileSync(path.join(root, 'statemachine', 'replicate.asl.json'), 'utf8');
+    const substitutions: Record<string, string> = {};
+    for (const f of FUNCTIONS) substitutions[f.placeholder] = this.functions[f.name].functionArn;
+
+    const stateMachineLogs = new logs.LogGroup(this, 'StateMachineLogs', {
+      retention: logs.RetentionDays.ONE_MONTH,
+      removalPolicy: RemovalPolicy.DESTROY,
+    });
+    const workflowRole = new iam.Role(this, 'WorkflowRole', {
+      assumedBy: new iam.ServicePrincipal('states.amazonaws.com'),
+      description: 'ecr-replicator state machine: invokes only its functions',
+    });
+    workflowRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'InvokeStepFunctions',
+      actions: ['lambda:InvokeFunction'],
+      resources: FUNCTIONS.map((f) => this.functions[f.name].functionArn),
+    }));
+    workflowRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'LogDelivery',
+      actions: [
+        'logs:CreateLogDelivery', 'logs:GetLogDelivery', 'logs:UpdateLogDelivery', 'logs:DeleteLogDelivery',
+        'logs:ListLogDeliveries', 'logs:PutResourcePolicy', 'logs:DescribeResourcePolicies', 'logs:DescribeLogGroups',
+      ],
+      resources: ['*'],
+    }));
+    this.stateMachine = new sfn.StateMachine(this, 'Replicate', {
+      stateMachineName: STATE_MACHINE_NAME,
+      stateMachineType: sfn.StateMachineType.STANDARD,
+      definitionBody: sfn.DefinitionBody.fromString(definition),
+      definitionSubstitutions: substitutions,
+      role: workflowRole,
+      tracingEnabled: true,
+      logs: { destination: stateMachineLogs, level: sfn.LogLevel.ALL, includeExecutionData: false },
+    });
+    // Distributed Map child executions (one per repository and per image) run in this state machine.
+    workflowRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'DistributedMapChildren',
+      actions: ['states:StartExecution', 'states:DescribeExecution', 'states:StopExecution'],
+      // By name, not by reference: the state machine already depends on this role's policy.
+      resources: [
+        `arn:${this.partition}:states:${this.region}:${this.account}:stateMachine:${STATE_MACHINE_NAME}`,
+        `arn:${this.partition}:states:${this.region}:${this.account}:execution:${STATE_MACHINE_NAME}*`,
+      ],
+    }));
+
+    const source = { registry: registryHost(config.sourceAccount, config.sourceRegion) };
+    const destinations = jobDestinations(config);
+    if (config.schedule) {
+      new events.Rule(this, 'Schedule', {
+        description: 'ecr-replicator: scheduled sync',
+        schedule: events.Schedule.expression(config.schedule.expression),
+        targets: [new targets.SfnStateMachine(this.stateMachine, {
+          input: events.RuleTargetInput.fromObject({ ...config.schedule.input, source, destinations }),
+        })],
+      });
+    }
+    if (config.pushTrigger) {
+      const detail: Record<string, unknown> = { 'action-type': ['PUSH'], result: ['SUCCESS'] };
+      if (config.pushTrigger.repositoryPrefix) {
+        detail['repository-name'] = [{ prefix: config.pushTrigger.repositoryPrefix }];
+      }
+      new events.Rule(this, 'OnPush', {
+        description: 'ecr-replicator: replicate a pushed image',
+        eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], detail },
+        targets: [new targets.SfnStateMachine(this.stateMachine, {
+          input: events.RuleTargetInput.fromObject({
+            source,
+            destinations,
+            repositories: { include: [events.EventField.fromPath('$.detail.repository-name')] },
+            tags: { include: [events.EventField.fromPath('$.detail.image-tag')] },
+            repositorySettings: 'copy',
+          }),
+        })],
+      });
+    }
+
+    const key = new kms.Key(this, 'NotificationsKey', { enableKeyRotation: true, description: 'ecr-replicator notifications' });
+    key.grantEncryptDecrypt(new iam.ServicePrincipal('events.amazonaws.com'));
+    key.grantEncryptDecrypt(new iam.ServicePrincipal('cloudwatch.amazonaws.com'));
+    const topic = new sns.Topic(this, 'Failures', { displayName: 'ecr-replicator failures', masterKey: key, enforceSSL: true });
+    if (config.notificationEmail) topic.addSubscription(new subscriptions.EmailSubscription(config.notificationEmail));
+    new events.Rule(this, 'OnFailure', {
+      description: 'ecr-replicator: an execution did not succeed',
+      eventPattern: {
+        source: ['aws.states'],
+        detailType: ['Step Functions Execution Status Change'],
+        detail: { status: ['FAILED', 'TIMED_OUT', 'ABORTED'], stateMachineArn: [this.stateMachine.stateMachineArn] },
+      },
+      targets: [new targets.SnsTopic(topic)],
+    });
+    new cloudwatch.Alarm(this, 'ExecutionsFailed', {
+      alarmDescription: 'ecr-replicator: a replication run failed',
+      metric: this.stateMachine.metricFailed({ period: Duration.minutes(5), statistic: 'Sum' }),
+      threshold: 1,
+      evaluationPeriods: 1,
+      treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+    }).addAlarmAction(new cwActions.SnsAction(topic));
+
+    NagSuppressions.addStackSuppressions(this, [
+      { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance.' },
+      { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
+    ]);
+  }
+}

@@ -42,6 +42,32 @@ pub struct FaultRule {
     pub fault: Fault,
     /// How many matching requests get it (`usize::MAX`: all).
     pub times: usize,
+    /// When above 0, only every n-th matching request gets it (the rest are served normally).
+    pub every: usize,
+    /// Matching requests seen so far.
+    pub seen: usize,
+}
+
+impl FaultRule {
+    /// `fault` on the next `times` requests of `method` whose path contains `path_part`.
+    pub fn new(method: Method, path_part: &str, fault: Fault, times: usize) -> Self {
+        FaultRule {
+            method,
+            path_part: path_part.to_string(),
+            fault,
+            times,
+            every: 0,
+            seen: 0,
+        }
+    }
+
+    /// `fault` on every `n`-th request of any method to any path, forever.
+    pub fn every(n: usize, fault: Fault) -> Self {
+        FaultRule {
+            every: n,
+            ..FaultRule::new(Method::GET, "", fault, usize::MAX)
+        }
+    }
 }
 
 #[derive(Default)]
@@ -203,10 +229,16 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
         let mut rules = state.rules.lock().unwrap();
         rules
             .iter_mut()
-            .find(|r| r.times > 0 && r.method == method && path.contains(&r.path_part))
-            .map(|r| {
+            .find(|r| {
+                r.times > 0 && (r.every > 0 || r.method == method) && path.contains(&r.path_part)
+            })
+            .and_then(|r| {
+                r.seen += 1;
+                if r.every > 0 && r.seen % r.every != 0 {
+                    return None;
+                }
                 r.times = r.times.saturating_sub(1);
-                r.fault.clone()
+                Some(r.fault.clone())
             })
     };
     match fault {

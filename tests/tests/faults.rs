@@ -17,12 +17,7 @@ fn image() -> TestImage {
 }
 
 fn rule(method: Method, path_part: &str, fault: Fault, times: usize) -> FaultRule {
-    FaultRule {
-        method,
-        path_part: path_part.to_string(),
-        fault,
-        times,
-    }
+    FaultRule::new(method, path_part, fault, times)
 }
 
 async fn copy_from_fake(
@@ -294,4 +289,34 @@ async fn bearer_challenge_is_answered_with_a_token_for_the_repository_scope() {
         text.contains(&fake.host) && !text.contains("not-it-2"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_registry_throttling_a_third_of_all_requests_slows_the_copy_but_fails_nothing() {
+    let image = e2e::image::multi_arch(7, 3, 20_000);
+    let fake = FakeRegistry::start(
+        &image,
+        "v1",
+        vec![FaultRule::every(
+            3,
+            Fault::TooManyRequests {
+                retry_after_secs: 0,
+            },
+        )],
+    )
+    .await;
+    let dst = TestRegistry::start();
+
+    let report = copy_from_fake(&fake, &dst).await.unwrap();
+
+    assert_eq!(report.digest, image.digest);
+    let throttled = fake.requests().len() / 3;
+    assert!(throttled >= 10, "only {throttled} requests were throttled");
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(target.manifest("app", "v1").await.unwrap(), image.manifest);
+    for child in &image.children {
+        for blob in &child.blobs {
+            assert!(target.has_blob("app", &blob.digest).await);
+        }
+    }
 }

@@ -9,7 +9,7 @@ use oci::{BlobOutcome, Digest, Reference, Repository, SegmentProgress};
 
 use crate::catalog::{Catalog, OciCatalog, RepositoryAdmin};
 use crate::connect::{Connection, Connections};
-use crate::copy::{put_manifests_in_order, walk};
+use crate::copy::{put_manifests_in_order, walk, Walked};
 use crate::error::{Error, FieldProblem, Result};
 use crate::job::{Destination, Job, SettingsMode, ValidJob};
 use crate::plan::{split_into_ranges, CopyRange};
@@ -280,6 +280,25 @@ fn source_reference(conn: &Connection, repository: &str, digest: &str) -> Result
     })
 }
 
+/// The source image by digest: its reference, top manifest, and children and blobs.
+async fn read_source_image(
+    source: &Connection,
+    repository: &str,
+    digest: &str,
+) -> Result<(Reference, oci::Manifest, Walked)> {
+    let from = source_reference(source, repository, digest)?;
+    let top = source
+        .client
+        .get_manifest(&from)
+        .await
+        .map_err(|e| Error::Registry {
+            image: from.to_string(),
+            source: e,
+        })?;
+    let walked = walk(&source.client, &from, top.clone()).await?;
+    Ok((from, top, walked))
+}
+
 /// Reads the image's manifests (every child of an index) and splits its blobs into ranges under
 /// the job's byte budget. An image the destination already has (digest and every tag) plans
 /// nothing.
@@ -303,16 +322,7 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
             manifests: 0,
         });
     }
-    let from = source_reference(&source, &image.repository, &image.digest)?;
-    let top = source
-        .client
-        .get_manifest(&from)
-        .await
-        .map_err(|e| Error::Registry {
-            image: from.to_string(),
-            source: e,
-        })?;
-    let walked = walk(&source.client, &from, top).await?;
+    let (_, _, walked) = read_source_image(&source, &image.repository, &image.digest).await?;
     let blobs: Vec<_> = walked.blobs.into_values().collect();
     Ok(ImagePlan {
         ranges: split_into_ranges(&blobs, job.range_bytes),
@@ -414,16 +424,8 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     let job = validated(input.job)?.job;
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
-    let from = source_reference(&source, &input.image.repository, &input.image.digest)?;
-    let top = source
-        .client
-        .get_manifest(&from)
-        .await
-        .map_err(|e| Error::Registry {
-            image: from.to_string(),
-            source: e,
-        })?;
-    let walked = walk(&source.client, &from, top.clone()).await?;
+    let (from, top, walked) =
+        read_source_image(&source, &input.image.repository, &input.image.digest).await?;
     let to = Repository {
         registry: dest.registry.clone(),
         name: input.image.target_repository.clone(),

@@ -336,6 +336,64 @@ pub fn multi_arch(seed: u64, layers: usize, layer_size: usize) -> TestImage {
     index(children)
 }
 
+/// An OCI artifact as cosign and oras write them: the empty config, one layer holding
+/// `payload` (media type `layer_type`), an `artifactType`, and a `subject` when given (the OCI
+/// 1.1 referrer); without one it is a cosign-legacy manifest found by its tag alone.
+pub fn artifact(
+    subject: Option<&TestImage>,
+    artifact_type: &str,
+    layer_type: &str,
+    payload: &[u8],
+) -> TestImage {
+    let config = Blob::from_bytes(Bytes::from_static(b"{}"));
+    let layer = Blob::from_bytes(Bytes::copy_from_slice(payload));
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": config.digest},
+        "layers": [{"mediaType": layer_type, "size": payload.len(), "digest": layer.digest,
+                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ-test"}}],
+        "annotations": {"org.opencontainers.image.created": "2026-11-22T00:00:00Z"},
+    });
+    if let Some(subject) = subject {
+        manifest["subject"] = json!({"mediaType": subject.media_type, "size": subject.manifest.len(), "digest": subject.digest});
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&manifest).unwrap());
+    TestImage {
+        digest: sha256(&bytes),
+        manifest: bytes,
+        media_type: OCI_MANIFEST.to_string(),
+        blobs: vec![config, layer],
+        children: Vec::new(),
+    }
+}
+
+/// The referrers fallback index a client writes under the `sha256-<hex>` tag of a subject when
+/// the registry has no referrers API: one descriptor (with `artifactType`) per referrer.
+pub fn referrers_index(referrers: Vec<(TestImage, &str)>) -> TestImage {
+    let manifests: Vec<_> = referrers
+        .iter()
+        .map(|(r, artifact_type)| {
+            json!({"mediaType": r.media_type, "size": r.manifest.len(), "digest": r.digest,
+                   "artifactType": artifact_type})
+        })
+        .collect();
+    let bytes = Bytes::from(
+        serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
+        )
+        .unwrap(),
+    );
+    TestImage {
+        digest: sha256(&bytes),
+        manifest: bytes,
+        media_type: OCI_INDEX.to_string(),
+        blobs: Vec::new(),
+        children: referrers.into_iter().map(|(r, _)| r).collect(),
+    }
+}
+
 /// Pushes images over raw HTTP (monolithic blob uploads), independent of the code under test.
 pub struct Pusher {
     http: reqwest::Client,

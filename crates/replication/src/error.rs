@@ -101,6 +101,20 @@ pub enum Error {
         /// The depth limit.
         limit: usize,
     },
+    /// An image named in the execution input is not in the source.
+    #[error("{image} is not in the source registry: check the repository and tag or digest in `images` (a push trigger can race a delete)")]
+    ImageNotFound {
+        /// The image as named.
+        image: String,
+    },
+    /// A listed image's tag points at another digest than the one listed with it.
+    #[error("{image}: the tag now points at {actual}, not the listed digest; list the digest alone, or the tag alone")]
+    TagMoved {
+        /// The image as named.
+        image: String,
+        /// The digest the tag resolves to.
+        actual: String,
+    },
     /// After putting the manifests the target does not resolve to the source digest.
     #[error("after the copy, {target} resolves to {actual}, expected {expected}; another writer may have moved the tag")]
     VerificationFailed {

@@ -32,6 +32,10 @@ pub struct Job {
     /// Which images, by tag and push time.
     #[serde(default)]
     pub tags: TagFilter,
+    /// Exactly these images, instead of the `repositories` and `tags` filters (the ECR push
+    /// trigger sends the pushed image here). At most 1000.
+    #[serde(default)]
+    pub images: Vec<ImageSelector>,
     /// What to do with repository settings in the destinations.
     #[serde(default)]
     pub repository_settings: SettingsMode,
@@ -129,6 +133,24 @@ pub struct TagFilter {
     #[serde(default)]
     pub untagged: bool,
 }
+
+/// One image named explicitly: a repository and a tag, a digest, or both (the tag must then
+/// point at that digest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageSelector {
+    /// Source repository name.
+    pub repository: String,
+    /// Tag to copy (copied under the same tag).
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Manifest digest (`sha256:<64 hex>`); alone, the image is copied by digest, untagged.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// Most images an explicit list may name (keeps the execution input far below 256 KiB).
+pub const MAX_LISTED_IMAGES: usize = 1000;
 
 /// What happens to repository settings in a destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -300,6 +322,7 @@ impl Job {
                 "must be at least 1 (leave it out for no age limit)".into(),
             );
         }
+        check_images(&self, &mut problem);
         let repositories =
             RepositoryMatcher::new(&self.repositories.include, &self.repositories.exclude)
                 .map_err(|(field, e)| problem(&format!("repositories.{field}"), e))
@@ -338,6 +361,54 @@ fn check_registry(registry: &str) -> std::result::Result<(), String> {
         ecr::EcrRegistry::parse(registry).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+fn check_images(job: &Job, problem: &mut impl FnMut(&str, String)) {
+    if job.images.is_empty() {
+        return;
+    }
+    if job.repositories != RepositoryFilter::default() || job.tags != TagFilter::default() {
+        problem(
+            "images",
+            "an explicit image list replaces the repositories and tags filters: give one or the other"
+                .into(),
+        );
+    }
+    if job.prune {
+        problem(
+            "prune",
+            "prune removes tags the filters select; it cannot be combined with an explicit image list"
+                .into(),
+        );
+    }
+    if job.images.len() > MAX_LISTED_IMAGES {
+        problem(
+            "images",
+            format!(
+                "{} images listed; at most {MAX_LISTED_IMAGES} (split the list over executions)",
+                job.images.len()
+            ),
+        );
+    }
+    for (i, image) in job.images.iter().enumerate() {
+        let at = format!("images[{i}]");
+        if let Err(e) = oci::reference::validate_repository_name(&image.repository) {
+            problem(&format!("{at}.repository"), e);
+        }
+        if let Some(tag) = &image.tag {
+            if let Err(e) = oci::reference::validate_tag(tag) {
+                problem(&format!("{at}.tag"), e);
+            }
+        }
+        if let Some(digest) = &image.digest {
+            if let Err(e) = oci::Digest::parse(digest) {
+                problem(&format!("{at}.digest"), e.to_string());
+            }
+        }
+        if image.tag.is_none() && image.digest.is_none() {
+            problem(&at, "names no image: give a tag, a digest, or both".into());
+        }
+    }
 }
 
 fn check_role(

@@ -9,6 +9,7 @@ pub mod error;
 pub mod filter;
 pub mod job;
 pub mod plan;
+pub mod referrers;
 pub mod run;
 pub mod steps;
 pub mod workflow;

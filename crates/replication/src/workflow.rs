@@ -11,8 +11,10 @@ use crate::catalog::{Catalog, OciCatalog, RepositoryAdmin};
 use crate::connect::{Connection, Connections};
 use crate::copy::{put_manifests_in_order, walk, Walked};
 use crate::error::{Error, FieldProblem, Result};
-use crate::job::{Destination, Job, SettingsMode, ValidJob};
+use crate::filter::{ImageInfo, SelectedImage};
+use crate::job::{Destination, ImageSelector, Job, SettingsMode, ValidJob};
 use crate::plan::{split_into_ranges, CopyRange};
+use crate::referrers;
 use crate::steps::*;
 
 /// Images per `enumerate-images` page (each becomes one task per destination).
@@ -74,6 +76,18 @@ pub async fn enumerate_repositories(
     input: EnumerateRepositoriesInput,
 ) -> Result<EnumerateRepositoriesOutput> {
     let job = validated(input.job)?;
+    if !job.job.images.is_empty() {
+        let mut listed: Vec<String> = Vec::new();
+        for image in &job.job.images {
+            if !listed.contains(&image.repository) {
+                listed.push(image.repository.clone());
+            }
+        }
+        return Ok(EnumerateRepositoriesOutput {
+            repositories: listed,
+            next_token: None,
+        });
+    }
     let source = conns.source(&job.job).await?;
     let page = source.catalog().repositories(input.next_token).await?;
     Ok(EnumerateRepositoriesOutput {
@@ -187,18 +201,7 @@ pub async fn enumerate_images(
         })?,
     };
     let source = conns.source(&job.job).await?;
-    let catalog = source.catalog();
-    let mut images = Vec::new();
-    let mut next = None;
-    loop {
-        let page = catalog.images(&input.repository, next).await?;
-        images.extend(page.items);
-        match page.next {
-            Some(n) => next = Some(n),
-            None => break,
-        }
-    }
-    let mut selected = job.tags.select(&images, now());
+    let mut selected = select_images(&source, &job, &input.repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
     let end = (offset + IMAGES_PER_PAGE).min(selected.len());
     let mut tasks = Vec::new();
@@ -227,6 +230,118 @@ pub async fn enumerate_images(
         selected: selected.len(),
         next_token: (end < selected.len()).then(|| end.to_string()),
     })
+}
+
+/// The images of one repository a job selects: the listed ones, or the filters' choice from
+/// the whole catalog; then (with `referrers`) every signature, SBOM and attestation that refers
+/// to them.
+async fn select_images(
+    source: &Connection,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<Vec<SelectedImage>> {
+    let mut catalog_images: Option<Vec<ImageInfo>> = None;
+    let mut selected = if job.job.images.is_empty() {
+        let images = all_images(source, repository).await?;
+        let selected = job.tags.select(&images, now());
+        catalog_images = Some(images);
+        selected
+    } else {
+        resolve_listed(source, &job.job.images, repository).await?
+    };
+    if job.job.referrers {
+        let images = match catalog_images {
+            Some(images) => images,
+            None => all_images(source, repository).await?,
+        };
+        referrers::add_referrers(source, repository, &images, &mut selected).await?;
+    }
+    Ok(selected)
+}
+
+/// Every image of a source repository (all catalog pages).
+async fn all_images(source: &Connection, repository: &str) -> Result<Vec<ImageInfo>> {
+    let catalog = source.catalog();
+    let mut images = Vec::new();
+    let mut next = None;
+    loop {
+        let page = catalog.images(repository, next).await?;
+        images.extend(page.items);
+        match page.next {
+            Some(n) => next = Some(n),
+            None => return Ok(images),
+        }
+    }
+}
+
+/// The listed images of one repository, resolved in the source (a tag to its digest), one entry
+/// per digest with the listed tags.
+async fn resolve_listed(
+    source: &Connection,
+    listed: &[ImageSelector],
+    repository: &str,
+) -> Result<Vec<SelectedImage>> {
+    let mut selected: Vec<SelectedImage> = Vec::new();
+    for image in listed.iter().filter(|i| i.repository == repository) {
+        let named = format!(
+            "{}/{}{}{}",
+            source.registry,
+            image.repository,
+            image
+                .tag
+                .as_ref()
+                .map(|t| format!(":{t}"))
+                .unwrap_or_default(),
+            image
+                .digest
+                .as_ref()
+                .map(|d| format!("@{d}"))
+                .unwrap_or_default(),
+        );
+        let lookup = Reference {
+            repository: Repository {
+                registry: source.registry.clone(),
+                name: image.repository.clone(),
+            },
+            tag: image.tag.clone(),
+            digest: match (&image.tag, &image.digest) {
+                (None, Some(d)) => Some(Digest::parse(d).map_err(|e| Error::Listing {
+                    what: named.clone(),
+                    source: e,
+                })?),
+                _ => None,
+            },
+        };
+        let head = source
+            .client
+            .head_manifest(&lookup)
+            .await
+            .map_err(|e| Error::Listing {
+                what: named.clone(),
+                source: e,
+            })?
+            .ok_or_else(|| Error::ImageNotFound {
+                image: named.clone(),
+            })?;
+        let digest = head.digest.to_string();
+        if let Some(listed_digest) = &image.digest {
+            if *listed_digest != digest {
+                return Err(Error::TagMoved {
+                    image: named,
+                    actual: digest,
+                });
+            }
+        }
+        match selected.iter_mut().find(|s| s.digest == digest) {
+            Some(existing) => existing.tags.extend(image.tag.clone()),
+            None => selected.push(SelectedImage {
+                digest,
+                tags: image.tag.iter().cloned().collect(),
+                pushed_at: None,
+            }),
+        }
+    }
+    Ok(selected)
 }
 
 async fn is_present(

@@ -163,7 +163,9 @@ export class WorkflowStack extends Stack {
       });
     }
     if (config.pushTrigger) {
-      const detail: Record<string, unknown> = { 'action-type': ['PUSH'], result: ['SUCCESS'] };
+      // Tagged pushes only: a push by digest (an index's children, a referrer) has no tag, and its
+      // tagged parent's push brings it along.
+      const detail: Record<string, unknown> = { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }] };
       if (config.pushTrigger.repositoryPrefix) {
         detail['repository-name'] = [{ prefix: config.pushTrigger.repositoryPrefix }];
       }
@@ -174,8 +176,10 @@ export class WorkflowStack extends Stack {
           input: events.RuleTargetInput.fromObject({
             source,
             destinations,
-            repositories: { include: [events.EventField.fromPath('$.detail.repository-name')] },
-            tags: { include: [events.EventField.fromPath('$.detail.image-tag')] },
+            images: [{
+              repository: events.EventField.fromPath('$.detail.repository-name'),
+              tag: events.EventField.fromPath('$.detail.image-tag'),
+            }],
             repositorySettings: 'copy',
           }),
         })],

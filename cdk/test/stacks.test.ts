@@ -80,14 +80,20 @@ test('the push rule matches successful pushes and starts a run for just that ima
   assert.deepEqual(rule.Properties.EventPattern, {
     source: ['aws.ecr'],
     'detail-type': ['ECR Image Action'],
-    detail: { 'action-type': ['PUSH'], result: ['SUCCESS'], 'repository-name': [{ prefix: 'services/' }] },
+    detail: { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }], 'repository-name': [{ prefix: 'services/' }] },
   });
   const transformer = rule.Properties.Targets[0].InputTransformer;
   assert.deepEqual(Object.values(transformer.InputPathsMap).sort(), ['$.detail.image-tag', '$.detail.repository-name']);
   const template = String(transformer.InputTemplate);
   assert.ok(template.includes('"source":{"registry":"111111111111.dkr.ecr.us-east-1.amazonaws.com"}'), template);
-  assert.ok(template.includes('"repositories":{"include":[<detail-repository-name>]}'), template);
-  assert.ok(template.includes('ecr-replicator-target'), template);
+  // What EventBridge sends for a push of services/web:v1.2 (placeholders become JSON strings).
+  const [repoKey] = Object.entries(transformer.InputPathsMap).find(([, p]) => p === '$.detail.repository-name')!;
+  const [tagKey] = Object.entries(transformer.InputPathsMap).find(([, p]) => p === '$.detail.image-tag')!;
+  const input = JSON.parse(template.replace(`<${repoKey}>`, '"services/web"').replace(`<${tagKey}>`, '"v1.2"'));
+  assert.deepEqual(input.images, [{ repository: 'services/web', tag: 'v1.2' }]);
+  assert.equal(input.repositories, undefined);
+  assert.equal(input.tags, undefined);
+  assert.match(input.destinations[0].roleArn, /ecr-replicator-target/);
 });
 
 test('a schedule with its input, and failure notifications', () => {

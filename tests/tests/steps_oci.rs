@@ -337,3 +337,70 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
         (2, 1, 1, 20)
     );
 }
+
+#[tokio::test]
+async fn an_explicit_image_list_copies_exactly_the_listed_images() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    let one = ImageBuilder::new(Format::Oci).layer(1, 100).build();
+    let two = ImageBuilder::new(Format::Oci).layer(2, 100).build();
+    let three = ImageBuilder::new(Format::Oci).layer(3, 100).build();
+    pusher.push("web", "v1.0", &one).await;
+    pusher.push("web", "v1x0", &two).await; // a regex `v1.0` would match this one too
+    pusher.push("web", "other", &one).await;
+    pusher.push("api", "v7", &three).await;
+    pusher.push("untouched", "v1.0", &one).await;
+    let conns = Connections::new(settings(100));
+    let listed = job(
+        &src,
+        &dst,
+        json!({"images": [
+            {"repository": "web", "tag": "v1.0"},
+            {"repository": "api", "digest": three.digest},
+        ]}),
+    );
+
+    let output = replication::run::run_job(&conns, listed, &replication::run::Quiet)
+        .await
+        .unwrap();
+
+    assert_eq!((output.report.copied, output.report.failed), (2, 0));
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(
+        target.manifest("mirror/web", "v1.0").await.unwrap(),
+        one.manifest
+    );
+    assert!(target.manifest("mirror/web", "v1x0").await.is_none());
+    assert!(target.manifest("mirror/web", "other").await.is_none());
+    assert_eq!(
+        target.manifest("mirror/api", &three.digest).await.unwrap(),
+        three.manifest
+    );
+    assert!(target.manifest("mirror/untouched", "v1.0").await.is_none());
+
+    // A listed tag that is gone, or that moved off its listed digest, is a named failure.
+    let missing = job(
+        &src,
+        &dst,
+        json!({"images": [{"repository": "web", "tag": "v9"}]}),
+    );
+    let err = replication::run::run_job(&conns, missing, &replication::run::Quiet)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, replication::Error::ImageNotFound { image } if image.ends_with("/web:v9")),
+        "{err}"
+    );
+    let moved = job(
+        &src,
+        &dst,
+        json!({"images": [{"repository": "web", "tag": "v1.0", "digest": two.digest}]}),
+    );
+    let err = replication::run::run_job(&conns, moved, &replication::run::Quiet)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, replication::Error::TagMoved { actual, .. } if *actual == one.digest),
+        "{err}"
+    );
+}

@@ -212,3 +212,72 @@ fn every_problem_is_reported_at_once() {
     });
     assert_eq!(named.len(), 3, "{named:?}");
 }
+
+/// A valid input naming images instead of filters (what the push trigger sends).
+fn listed(images: Value) -> Value {
+    let mut v = valid();
+    let o = v.as_object_mut().unwrap();
+    o.remove("repositories");
+    o.remove("tags");
+    o.insert("images".into(), images);
+    v
+}
+
+fn listed_problems(v: Value) -> Vec<String> {
+    match Job::parse(&v.to_string()) {
+        Ok(_) => vec![],
+        Err(Error::InvalidInput { problems }) => problems.into_iter().map(|p| p.field).collect(),
+        Err(other) => panic!("unexpected error kind: {other:?}"),
+    }
+}
+
+#[test]
+fn an_explicit_image_list_is_checked_entry_by_entry() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let ok = listed(json!([
+        {"repository": "ml/train", "tag": "v1.2.3"},
+        {"repository": "ml/train", "digest": digest},
+        {"repository": "web", "tag": "latest", "digest": digest},
+    ]));
+    assert_eq!(listed_problems(ok), Vec::<String>::new());
+
+    let bad = listed(json!([
+        {"repository": "ml/train"},
+        {"repository": "ML/Train", "tag": "v1"},
+        {"repository": "web", "tag": ".hidden"},
+        {"repository": "web", "digest": "sha256:short"},
+        {"repository": "web", "tag": "v1", "platform": "linux/amd64"},
+    ]));
+    let named = listed_problems(bad);
+    // Unknown fields stop parsing first, at their path.
+    assert_eq!(named, vec!["images[4].platform"]);
+
+    let bad = listed(json!([
+        {"repository": "ml/train"},
+        {"repository": "ML/Train", "tag": "v1"},
+        {"repository": "web", "tag": ".hidden"},
+        {"repository": "web", "digest": "sha256:short"},
+    ]));
+    assert_eq!(
+        listed_problems(bad),
+        vec![
+            "images[0]",
+            "images[1].repository",
+            "images[2].tag",
+            "images[3].digest"
+        ]
+    );
+
+    let mut with_filters = listed(json!([{"repository": "web", "tag": "v1"}]));
+    with_filters["tags"] = json!({"include": ["v.*"]});
+    assert_eq!(listed_problems(with_filters), vec!["images"]);
+
+    let mut with_prune = listed(json!([{"repository": "web", "tag": "v1"}]));
+    with_prune["prune"] = json!(true);
+    assert_eq!(listed_problems(with_prune), vec!["prune"]);
+
+    let many: Vec<Value> = (0..1001)
+        .map(|i| json!({"repository": "web", "tag": format!("t{i}")}))
+        .collect();
+    assert_eq!(listed_problems(listed(Value::Array(many))), vec!["images"]);
+}

@@ -412,3 +412,127 @@ async fn an_ecr_token_that_reports_an_expiry_in_the_past_is_used_without_looping
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Puts an image into a moto repository under each tag (creating the repository).
+async fn put_tagged(ecr: &aws_sdk_ecr::Client, repository: &str, image: &TestImage, tags: &[&str]) {
+    let _ = ecr
+        .create_repository()
+        .repository_name(repository)
+        .send()
+        .await;
+    for tag in tags {
+        ecr.put_image()
+            .repository_name(repository)
+            .image_manifest(String::from_utf8(image.manifest.to_vec()).unwrap())
+            .image_manifest_media_type(&image.media_type)
+            .image_tag(*tag)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+async fn tags_in(ecr: &aws_sdk_ecr::Client, repository: &str) -> Vec<String> {
+    let out = ecr
+        .list_images()
+        .repository_name(repository)
+        .send()
+        .await
+        .unwrap();
+    let mut tags: Vec<String> = out
+        .image_ids()
+        .iter()
+        .filter_map(|i| i.image_tag().map(str::to_string))
+        .collect();
+    tags.sort();
+    tags
+}
+
+#[tokio::test]
+async fn prune_removes_exactly_the_stale_tags_inside_the_filters_and_dry_run_lists_them() {
+    let world = EcrWorld::start();
+    let (one, two, three) = (
+        ImageBuilder::new(Format::Oci).layer(1, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(2, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(3, 100).build(),
+    );
+    world.seed("web", "v1", &one).await;
+    world.seed("web", "v2", &two).await;
+    let target = world.moto.sdk(DEST, Some(DEST_ROLE)).await;
+    // In the target: v1 and v2 (still in the source), v0 and v0.9 (gone from the source: stale),
+    // v0.8 on the same image as v1 (stale tag of a live image), dev (gone, but outside the
+    // filters), latest (outside the filters).
+    put_tagged(&target, "web", &one, &["v1", "v0.8", "latest"]).await;
+    put_tagged(&target, "web", &two, &["v2"]).await;
+    put_tagged(&target, "web", &three, &["v0", "v0.9", "dev"]).await;
+    let conns = Connections::new(world.settings());
+    let input = |dry_run: bool| EnsureRepositoryInput {
+        job: job(json!({"tags": {"include": ["v.*"]}, "prune": true, "dryRun": dry_run})),
+        repository: "web".into(),
+        destination: 0,
+    };
+    let before = tags_in(&target, "web").await;
+
+    let planned = functions::ensure_repository(&conns, event(input(true)))
+        .await
+        .unwrap();
+
+    let stale = vec!["v0".to_string(), "v0.8".into(), "v0.9".into()];
+    assert_eq!(planned.pruned, stale);
+    assert_eq!(
+        tags_in(&target, "web").await,
+        before,
+        "dry run removed nothing"
+    );
+
+    let pruned = functions::ensure_repository(&conns, event(input(false)))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (pruned.pruned.clone(), pruned.prune_kept.clone()),
+        (stale, vec![])
+    );
+    assert_eq!(
+        tags_in(&target, "web").await,
+        vec!["dev", "latest", "v1", "v2"]
+    );
+    let again = functions::ensure_repository(&conns, event(input(false)))
+        .await
+        .unwrap();
+    assert!(again.pruned.is_empty(), "{again:?}");
+}
+
+#[tokio::test]
+async fn prune_in_an_immutable_repository_reports_the_stale_tags_and_keeps_them() {
+    let world = EcrWorld::start();
+    let (one, old) = (
+        ImageBuilder::new(Format::Oci).layer(1, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(9, 100).build(),
+    );
+    world.seed("web", "v1", &one).await;
+    let target = world.moto.sdk(DEST, Some(DEST_ROLE)).await;
+    target
+        .create_repository()
+        .repository_name("web")
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+    put_tagged(&target, "web", &old, &["v0"]).await;
+    let conns = Connections::new(world.settings());
+    let input = EnsureRepositoryInput {
+        job: job(json!({"prune": true, "repositorySettings": "create"})),
+        repository: "web".into(),
+        destination: 0,
+    };
+
+    let output = functions::ensure_repository(&conns, event(input))
+        .await
+        .unwrap();
+
+    assert!(output.pruned.is_empty(), "{output:?}");
+    assert_eq!(output.prune_kept.len(), 1, "{output:?}");
+    assert!(output.prune_kept[0].starts_with("v0: the repository's tags are immutable"));
+    assert_eq!(tags_in(&target, "web").await, vec!["v0"]);
+}

@@ -404,3 +404,54 @@ async fn an_explicit_image_list_copies_exactly_the_listed_images() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn prune_on_a_registry_that_cannot_untag_deletes_wholly_stale_manifests_only() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let (one, two, three) = (
+        ImageBuilder::new(Format::Oci).layer(1, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(2, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(3, 100).build(),
+    );
+    Pusher::new(&src.host, None).push("web", "v1", &one).await;
+    let target = Pusher::new(&dst.host, None);
+    for (tag, image) in [
+        ("v1", &one),
+        ("v0.8", &one),   // stale, but its manifest is also v1: kept with a reason
+        ("v0", &two),     // stale, alone on its manifest: removed
+        ("v0.9", &three), // stale, and `dev` (outside the filters) shares it: kept
+        ("dev", &three),
+    ] {
+        target.push("mirror/web", tag, image).await;
+    }
+    let conns = Connections::new(settings(100));
+    let pruning = |dry_run: bool| {
+        job(
+            &src,
+            &dst,
+            json!({"tags": {"include": ["v.*"]}, "prune": true, "dryRun": dry_run}),
+        )
+    };
+
+    let planned = replication::run::run_job(&conns, pruning(true), &replication::run::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(planned.repositories[0].pruned, vec!["v0", "v0.8", "v0.9"]);
+
+    let output = replication::run::run_job(&conns, pruning(false), &replication::run::Quiet)
+        .await
+        .unwrap();
+
+    let repo = &output.repositories[0];
+    assert_eq!(repo.pruned, vec!["v0"]);
+    assert_eq!(repo.prune_kept.len(), 2, "{repo:?}");
+    assert!(repo.prune_kept[0].starts_with("v0.8: the registry removes manifests, not single tags"));
+    assert!(
+        repo.prune_kept[1].ends_with("is also tagged dev"),
+        "{repo:?}"
+    );
+    assert!(target.manifest("mirror/web", "v0").await.is_none());
+    for tag in ["v1", "v0.8", "v0.9", "dev"] {
+        assert!(target.manifest("mirror/web", tag).await.is_some(), "{tag}");
+    }
+}

@@ -97,6 +97,7 @@ pub fn validate(args: InputArgs) -> anyhow::Result<ExitCode> {
 
 struct Progress {
     enabled: bool,
+    dry_run: bool,
 }
 
 impl RunObserver for Progress {
@@ -128,6 +129,19 @@ impl RunObserver for Progress {
                 o.drift.join("; ")
             );
         }
+        if self.enabled {
+            let verb = if self.dry_run {
+                "would prune"
+            } else {
+                "pruned"
+            };
+            for tag in &o.pruned {
+                eprintln!("{verb:<8} {}/{}:{tag}", o.registry, o.repository);
+            }
+            for kept in &o.prune_kept {
+                eprintln!("kept     {}/{}:{kept}", o.registry, o.repository);
+            }
+        }
     }
 }
 
@@ -140,6 +154,7 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     let conns = Connections::new(args.settings()?);
     let observer = Progress {
         enabled: args.output == OutputFormat::Text,
+        dry_run: job.dry_run,
     };
     let output = run_job(&conns, job, &observer).await?;
     print_run(&output, args.output)?;

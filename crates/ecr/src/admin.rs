@@ -188,6 +188,52 @@ impl EcrAdmin {
         })
     }
 
+    /// Removes tags (`BatchDeleteImage` by tag, 100 per call; an image goes when its last tag
+    /// does). Returns the tags ECR refused, each with its reason.
+    pub async fn remove_tags(
+        &self,
+        repository: &str,
+        tags: &[String],
+    ) -> Result<Vec<(String, String)>> {
+        let mut refused = Vec::new();
+        for chunk in tags.chunks(100) {
+            let ids = chunk
+                .iter()
+                .map(|t| {
+                    aws_sdk_ecr::types::ImageIdentifier::builder()
+                        .image_tag(t)
+                        .build()
+                })
+                .collect();
+            let out = self
+                .client
+                .batch_delete_image()
+                .registry_id(&self.registry.account_id)
+                .repository_name(repository)
+                .set_image_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| Error::api("ecr:BatchDeleteImage", self.resource(repository), &e))?;
+            for failure in out.failures() {
+                let tag = failure
+                    .image_id()
+                    .and_then(|i| i.image_tag())
+                    .unwrap_or_default()
+                    .to_string();
+                let reason = format!(
+                    "{}: {}",
+                    failure
+                        .failure_code()
+                        .map(|c| c.as_str().to_string())
+                        .unwrap_or_default(),
+                    failure.failure_reason().unwrap_or_default()
+                );
+                refused.push((tag, reason));
+            }
+        }
+        Ok(refused)
+    }
+
     fn resource(&self, repository: &str) -> String {
         format!("{}/{repository}", self.registry.host)
     }

@@ -54,6 +54,11 @@ impl Error {
         )
     }
 
+    /// Whether the service said the repository does not exist.
+    pub fn is_repository_not_found(&self) -> bool {
+        matches!(self, Error::Api { message, .. } if message.starts_with("RepositoryNotFoundException"))
+    }
+
     /// Builds an `Api` error from an SDK error, keeping the service's code and message.
     pub fn api<E>(
         operation: &'static str,

@@ -639,6 +639,24 @@ impl RegistryClient {
         Ok(manifest.digest.clone())
     }
 
+    /// Deletes a manifest by tag (untags it, where the registry can) or by digest (removes it
+    /// and every tag on it). `Ok(false)` when there was no such manifest.
+    #[tracing::instrument(skip(self), fields(repository = %repo))]
+    pub async fn delete_manifest(&self, repo: &Repository, tag_or_digest: &str) -> Result<bool> {
+        let url = self.url(repo, &format!("manifests/{tag_or_digest}"))?;
+        let scope = format!("repository:{}:delete", repo.name);
+        let resp = self
+            .execute(Method::DELETE, &url, repo, &scope, HeaderMap::new(), None)
+            .await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => {
+                Err(status_error(resp, "DELETE", &format!("manifest {repo}:{tag_or_digest}")).await)
+            }
+        }
+    }
+
     /// Every tag of a repository, following `Link` pagination.
     #[tracing::instrument(skip(self), fields(repository = %repo))]
     pub async fn list_tags(&self, repo: &Repository) -> Result<Vec<String>> {

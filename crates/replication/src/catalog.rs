@@ -32,6 +32,9 @@ pub trait RepositoryAdmin: Send + Sync {
         update: bool,
         dry_run: bool,
     ) -> Result<EnsureReport>;
+    /// Removes tags; returns those refused, each with the reason.
+    async fn remove_tags(&self, repository: &str, tags: &[String])
+        -> Result<Vec<(String, String)>>;
 }
 
 fn aws(context: String) -> impl FnOnce(ecr::Error) -> Error {
@@ -92,6 +95,19 @@ impl RepositoryAdmin for EcrAdmin {
         EcrAdmin::ensure_repository(self, repository, desired, update, dry_run)
             .await
             .map_err(aws(format!("ensuring {}/{repository}", self.registry())))
+    }
+
+    async fn remove_tags(
+        &self,
+        repository: &str,
+        tags: &[String],
+    ) -> Result<Vec<(String, String)>> {
+        EcrAdmin::remove_tags(self, repository, tags)
+            .await
+            .map_err(aws(format!(
+                "removing stale tags from {}/{repository}",
+                self.registry()
+            )))
     }
 }
 

@@ -59,6 +59,13 @@ pub struct EnsureRepositoryOutput {
     pub drift: Vec<String>,
     /// Why nothing was done, when nothing was (not ECR, or settings "none").
     pub skipped: Option<String>,
+    /// With `prune`: tags removed (in a dry run, to remove) because the source no longer has them.
+    #[serde(default)]
+    pub pruned: Vec<String>,
+    /// With `prune`: stale tags left in place, each with the reason (immutable tags, a registry
+    /// that cannot remove a single tag).
+    #[serde(default)]
+    pub prune_kept: Vec<String>,
 }
 
 impl EnsureRepositoryOutput {
@@ -70,6 +77,8 @@ impl EnsureRepositoryOutput {
             changes: report.changes,
             drift: report.drift,
             skipped: None,
+            pruned: Vec::new(),
+            prune_kept: Vec::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The workflow's steps. Each Lambda function calls exactly one of these; the CLI's `sync`
 //! calls them in the order the state machine does.
 
+use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ecr::RepositorySettings;
@@ -132,35 +133,63 @@ pub fn target_settings(
 }
 
 /// Creates the destination repository if missing and, with `repositorySettings: "copy"`, makes
-/// its settings match the source's. Dry run: reports only.
+/// its settings match the source's; then, with `prune`, removes the destination's stale tags.
+/// Dry run: reports only.
 #[tracing::instrument(skip_all, fields(repository = %input.repository, destination = input.destination))]
 pub async fn ensure_repository(
     conns: &Connections,
     input: EnsureRepositoryInput,
 ) -> Result<EnsureRepositoryOutput> {
-    let job = validated(input.job)?.job;
-    let dest_spec = destination(&job, input.destination)?.clone();
+    let job = validated(input.job)?;
+    let dest_spec = destination(&job.job, input.destination)?.clone();
     let target = target_repository(&dest_spec, &input.repository);
+    let mut output = apply_settings(
+        conns,
+        &job.job,
+        input.destination,
+        &input.repository,
+        &target,
+    )
+    .await?;
+    if job.job.prune && !output.created {
+        let (pruned, kept) =
+            prune_stale_tags(conns, &job, input.destination, &input.repository, &target).await?;
+        output.pruned = pruned;
+        output.prune_kept = kept;
+    }
+    Ok(output)
+}
+
+async fn apply_settings(
+    conns: &Connections,
+    job: &Job,
+    index: usize,
+    repository: &str,
+    target: &str,
+) -> Result<EnsureRepositoryOutput> {
+    let dest_spec = destination(job, index)?;
     let skipped = |why: &str| EnsureRepositoryOutput {
         registry: dest_spec.registry.clone(),
-        repository: target.clone(),
+        repository: target.to_string(),
         created: false,
         changes: Vec::new(),
         drift: Vec::new(),
         skipped: Some(why.to_string()),
+        pruned: Vec::new(),
+        prune_kept: Vec::new(),
     };
     if job.repository_settings == SettingsMode::None {
         return Ok(skipped("repositorySettings is \"none\""));
     }
-    let dest = conns.destination(&job, input.destination).await?;
+    let dest = conns.destination(job, index).await?;
     let Some(admin) = &dest.ecr else {
         return Ok(skipped(
             "not an ECR registry: repositories are created on push",
         ));
     };
-    let source = conns.source(&job).await?;
+    let source = conns.source(job).await?;
     let source_settings = match &source.ecr {
-        Some(src_admin) => RepositoryAdmin::read_settings(src_admin, &input.repository).await?,
+        Some(src_admin) => RepositoryAdmin::read_settings(src_admin, repository).await?,
         None => None,
     };
     let desired = target_settings(
@@ -169,17 +198,139 @@ pub async fn ensure_repository(
             .ecr
             .as_ref()
             .map(|a| a.registry().account_id.as_str()),
-        &dest_spec,
+        dest_spec,
         Some(admin.registry().account_id.as_str()),
     );
     let update = job.repository_settings == SettingsMode::Copy;
     let report =
-        RepositoryAdmin::ensure_repository(admin, &target, &desired, update, job.dry_run).await?;
+        RepositoryAdmin::ensure_repository(admin, target, &desired, update, job.dry_run).await?;
     Ok(EnsureRepositoryOutput::from_report(
         &dest_spec.registry,
-        &target,
+        target,
         report,
     ))
+}
+
+/// Removes the destination tags the tag filters select that the source repository no longer
+/// has; nothing outside the filters. Returns the tags removed (in a dry run, to remove) and those
+/// kept with the reason: an ECR repository with immutable tags keeps them all (reported, the run
+/// goes on); a registry that cannot untag (distribution answers 400) loses a tag only by deleting
+/// its manifest, done when every tag on that manifest is stale.
+async fn prune_stale_tags(
+    conns: &Connections,
+    job: &ValidJob,
+    index: usize,
+    repository: &str,
+    target: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let source = conns.source(&job.job).await?;
+    let dest = conns.destination(&job.job, index).await?;
+    let in_source: HashSet<String> = all_images(&source, repository)
+        .await?
+        .into_iter()
+        .flat_map(|i| i.tags)
+        .collect();
+    let in_target = match all_images(&dest, target).await {
+        Ok(images) => images,
+        Err(e) if is_missing_repository(&e) => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(e),
+    };
+    let mut stale: Vec<(String, String)> = in_target
+        .iter()
+        .flat_map(|i| i.tags.iter().map(|t| (t.clone(), i.digest.clone())))
+        .filter(|(tag, _)| job.tags.tag_matches(tag) && !in_source.contains(tag))
+        .collect();
+    stale.sort();
+    let stale_tags: Vec<String> = stale.iter().map(|(t, _)| t.clone()).collect();
+    if let Some(admin) = &dest.ecr {
+        let immutable = RepositoryAdmin::read_settings(admin, target)
+            .await?
+            .is_some_and(|s| s.tag_mutability.starts_with("IMMUTABLE"));
+        if immutable {
+            let kept = stale_tags
+                .iter()
+                .map(|t| format!("{t}: the repository's tags are immutable; remove it by hand if that is intended"))
+                .collect();
+            return Ok((Vec::new(), kept));
+        }
+        if job.job.dry_run || stale_tags.is_empty() {
+            return Ok((stale_tags, Vec::new()));
+        }
+        let refused = RepositoryAdmin::remove_tags(admin, target, &stale_tags).await?;
+        let removed = stale_tags
+            .into_iter()
+            .filter(|t| !refused.iter().any(|(r, _)| r == t))
+            .collect();
+        let kept = refused
+            .into_iter()
+            .map(|(t, why)| format!("{t}: {why}"))
+            .collect();
+        return Ok((removed, kept));
+    }
+    if job.job.dry_run {
+        return Ok((stale_tags, Vec::new()));
+    }
+    let repo = Repository {
+        registry: dest.registry.clone(),
+        name: target.to_string(),
+    };
+    let failed = |source| Error::Registry {
+        image: repo.to_string(),
+        source,
+    };
+    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    let mut deleted_digests: HashSet<String> = HashSet::new();
+    for (tag, digest) in &stale {
+        if deleted_digests.contains(digest) {
+            removed.push(tag.clone());
+            continue;
+        }
+        match dest.client.delete_manifest(&repo, tag).await {
+            Ok(_) => removed.push(tag.clone()),
+            Err(e) if cannot_untag(&e) => {
+                let others: Vec<&String> = in_target
+                    .iter()
+                    .filter(|i| i.digest == *digest)
+                    .flat_map(|i| i.tags.iter())
+                    .filter(|t| !stale_tags.contains(t))
+                    .collect();
+                if others.is_empty() {
+                    dest.client
+                        .delete_manifest(&repo, digest)
+                        .await
+                        .map_err(failed)?;
+                    deleted_digests.insert(digest.clone());
+                    removed.push(tag.clone());
+                } else {
+                    kept.push(format!(
+                        "{tag}: the registry removes manifests, not single tags, and {digest} is also tagged {}",
+                        others.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    Ok((removed, kept))
+}
+
+/// The registry refused to delete by tag (the distribution registry answers 400; others 405 or
+/// `UNSUPPORTED`).
+fn cannot_untag(e: &oci::Error) -> bool {
+    match e {
+        oci::Error::Registry { status, code, .. } => {
+            matches!(status, 400 | 405) || *code == Some(oci::error::ErrorCode::Unsupported)
+        }
+        _ => false,
+    }
+}
+
+fn is_missing_repository(e: &Error) -> bool {
+    match e {
+        Error::Listing { source, .. } => matches!(source, oci::Error::NotFound { .. }),
+        Error::Aws { source, .. } => source.is_repository_not_found(),
+        _ => false,
+    }
 }
 
 /// Selects a repository's images with the tag filters (reading all of the repository's catalog

@@ -510,6 +510,24 @@ impl Pusher {
         Some(resp.bytes().await.unwrap())
     }
 
+    /// Streams a blob and returns the sha256 digest and size of the bytes served, `None` on 404.
+    pub async fn blob_digest(&self, repo: &str, digest: &str) -> Option<(String, u64)> {
+        let url = format!("http://{}/v2/{repo}/blobs/{digest}", self.host);
+        let resp = self.req(reqwest::Method::GET, &url).send().await.unwrap();
+        if resp.status() != 200 {
+            return None;
+        }
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Some((format!("sha256:{}", hex::encode(hasher.finalize())), size))
+    }
+
     /// Whether the repository holds the blob.
     pub async fn has_blob(&self, repo: &str, digest: &str) -> bool {
         let url = format!("http://{}/v2/{repo}/blobs/{digest}", self.host);

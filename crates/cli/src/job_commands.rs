@@ -82,6 +82,89 @@ impl RunArgs {
     }
 }
 
+/// A workflow step, by its Lambda function's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StepName {
+    /// One page of selected source repositories.
+    EnumerateRepositories,
+    /// Create/configure one destination repository (and prune it).
+    EnsureRepository,
+    /// One page of image tasks of a repository.
+    EnumerateImages,
+    /// The blob ranges of one image task.
+    PlanImage,
+    /// Copy one range (or the next segment of a large blob).
+    CopyBlobs,
+    /// Put an image's manifests and tags.
+    PutManifests,
+    /// Add up results into a report.
+    Summarise,
+}
+
+/// `step`: one step with its input.
+#[derive(Args, Debug)]
+pub struct StepArgs {
+    /// The step.
+    #[arg(value_enum)]
+    pub name: StepName,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn step_input<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    let deserializer = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        anyhow::anyhow!(
+            "the step input does not fit at {}: {}",
+            e.path(),
+            e.inner()
+        )
+    })
+}
+
+/// `step`: runs one workflow step in-process exactly as its Lambda function would, reading the
+/// step's input JSON and printing its output JSON; a failure prints the error type Step
+/// Functions would see (`ReplicationRetryable`, ...) and exits 1. For debugging a run from its
+/// execution history, and for the crash tests.
+pub async fn step(args: StepArgs) -> anyhow::Result<ExitCode> {
+    use replication::workflow;
+    let text = args.run.input.read()?;
+    let conns = Connections::new(args.run.settings()?);
+    let result: replication::Result<serde_json::Value> = match args.name {
+        StepName::EnumerateRepositories => {
+            json_of(workflow::enumerate_repositories(&conns, step_input(&text)?).await)
+        }
+        StepName::EnsureRepository => {
+            json_of(workflow::ensure_repository(&conns, step_input(&text)?).await)
+        }
+        StepName::EnumerateImages => {
+            json_of(workflow::enumerate_images(&conns, step_input(&text)?).await)
+        }
+        StepName::PlanImage => json_of(workflow::plan_image(&conns, step_input(&text)?).await),
+        StepName::CopyBlobs => json_of(workflow::copy_blobs(&conns, step_input(&text)?).await),
+        StepName::PutManifests => {
+            json_of(workflow::put_manifests(&conns, step_input(&text)?).await)
+        }
+        StepName::Summarise => json_of(workflow::summarise(step_input(&text)?)),
+    };
+    match result {
+        Ok(output) => {
+            println!("{output}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", e.kind().as_str());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn json_of<T: serde::Serialize>(
+    result: replication::Result<T>,
+) -> replication::Result<serde_json::Value> {
+    result.map(|o| serde_json::to_value(o).unwrap_or(serde_json::Value::Null))
+}
+
 /// `validate`: schema and value checks only.
 pub fn validate(args: InputArgs) -> anyhow::Result<ExitCode> {
     let valid = Job::parse(&args.read()?)?;

@@ -36,6 +36,9 @@ enum Command {
     Start(job_commands::StartArgs),
     /// Print the execution input's JSON Schema.
     Schema,
+    /// Run one workflow step as its Lambda function would: the step's input JSON in (--input),
+    /// its output JSON out.
+    Step(job_commands::StepArgs),
 }
 
 /// How results are printed on stdout.
@@ -72,6 +75,7 @@ async fn main() -> ExitCode {
         Command::Validate(args) => job_commands::validate(args),
         Command::Start(args) => job_commands::start(args).await,
         Command::Schema => job_commands::schema(),
+        Command::Step(args) => job_commands::step(args).await,
     };
     match result {
         Ok(code) => code,

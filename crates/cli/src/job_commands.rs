@@ -113,13 +113,8 @@ pub struct StepArgs {
 
 fn step_input<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
     let deserializer = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        anyhow::anyhow!(
-            "the step input does not fit at {}: {}",
-            e.path(),
-            e.inner()
-        )
-    })
+    serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| anyhow::anyhow!("the step input does not fit at {}: {}", e.path(), e.inner()))
 }
 
 /// `step`: runs one workflow step in-process exactly as its Lambda function would, reading the

@@ -58,10 +58,7 @@ impl Driver<'_> {
                 .spawn()
                 .unwrap();
             let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(input.to_string().as_bytes())
-                .await
-                .unwrap();
+            stdin.write_all(input.to_string().as_bytes()).await.unwrap();
             drop(stdin);
             self.invocations += 1;
             let deadline = self
@@ -118,13 +115,20 @@ impl Driver<'_> {
     }
 }
 
-/// One replication of the image through the steps; returns the driver for its counters.
-async fn replicate<'a>(
-    src: &'a TestRegistry,
-    dst: &'a TestRegistry,
+/// What one replication did: the step killed and when, bytes copied, processes run.
+struct Outcome {
+    killed: Option<(String, Duration)>,
+    bytes_copied: u64,
+    invocations: usize,
+}
+
+/// One replication of the image through the steps.
+async fn replicate(
+    src: &TestRegistry,
+    dst: &TestRegistry,
     image: &TestImage,
     kill_at: Option<Duration>,
-) -> Driver<'a> {
+) -> Outcome {
     let job = json!({
         "source": {"registry": src.host, "insecure": true},
         "destinations": [{"registry": dst.host, "insecure": true, "repositoryPrefix": "mirror/"}],
@@ -171,7 +175,11 @@ async fn replicate<'a>(
             &json!({"job": job, "image": task, "copied": copies}),
         )
         .await;
-    driver
+    Outcome {
+        killed: driver.killed,
+        bytes_copied: driver.bytes_copied,
+        invocations: driver.invocations,
+    }
 }
 
 async fn assert_target_holds(dst: &TestRegistry, src: &TestRegistry, image: &TestImage) {
@@ -187,7 +195,10 @@ async fn assert_target_holds(dst: &TestRegistry, src: &TestRegistry, image: &Tes
             .blob_digest("mirror/app", &blob.digest)
             .await
             .unwrap_or_else(|| panic!("blob {} missing", blob.digest));
-        assert_eq!((digest.as_str(), size), (blob.digest.as_str(), blob.data.size()));
+        assert_eq!(
+            (digest.as_str(), size),
+            (blob.digest.as_str(), blob.data.size())
+        );
     }
 }
 
@@ -214,14 +225,15 @@ async fn killed_copy_steps_resume_to_a_byte_identical_image_every_time() {
     assert_eq!(clean.bytes_copied, total);
     assert_target_holds(&clean_target, &src, &image).await;
     let clean_invocations = clean.invocations;
-    drop(clean);
     drop(clean_target);
 
     let mut seed = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x9e37_79b9_7f4a_7c15_u64);
-    eprintln!("crash test: seed {seed}, clean run {clean_time:.1?} in {clean_invocations} invocations");
+    eprintln!(
+        "crash test: seed {seed}, clean run {clean_time:.1?} in {clean_invocations} invocations"
+    );
     let mut repeated_total = 0;
     for round in 0..ROUNDS {
         let mut fraction = 0.02 + (next(&mut seed) % 1000) as f64 / 1000.0 * 0.9;

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::image::TestImage;
@@ -79,6 +80,11 @@ struct FakeState {
     token: Option<(String, String, String)>,
     token_scopes: Mutex<Vec<String>>,
     host: String,
+    /// Basic auth: the user, the password accepted now, and a rotation (after that many
+    /// requests, only the new password is accepted: an expiring token).
+    basic: Option<(String, Mutex<String>, Mutex<Option<(usize, String)>>)>,
+    started: Option<std::time::Instant>,
+    arrivals: Mutex<Vec<(std::time::Duration, String)>>,
 }
 
 /// A running fake registry; stops when dropped.
@@ -117,11 +123,23 @@ impl FakeRegistry {
         rules: Vec<FaultRule>,
         token: Option<(String, String, String)>,
     ) -> Self {
+        Self::launch(image, tag, rules, token, None).await
+    }
+
+    async fn launch(
+        image: &TestImage,
+        tag: &str,
+        rules: Vec<FaultRule>,
+        token: Option<(String, String, String)>,
+        basic: Option<(String, Mutex<String>, Mutex<Option<(usize, String)>>)>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let mut state = FakeState {
             rules: Mutex::new(rules),
             token,
+            basic,
+            started: Some(std::time::Instant::now()),
             host: host.clone(),
             ..FakeState::default()
         };
@@ -138,6 +156,29 @@ impl FakeRegistry {
             axum::serve(listener, app).await.unwrap();
         });
         FakeRegistry { host, state, task }
+    }
+
+    /// Like `start`, but every `/v2/` request needs Basic `user`:`password`; after
+    /// `rotate_after` requests only `next_password` is accepted (a token expiring mid-copy).
+    pub async fn start_with_expiring_basic(
+        image: &TestImage,
+        tag: &str,
+        user: &str,
+        password: &str,
+        rotate_after: usize,
+        next_password: &str,
+    ) -> Self {
+        let basic = (
+            user.to_string(),
+            Mutex::new(password.to_string()),
+            Mutex::new(Some((rotate_after, next_password.to_string()))),
+        );
+        Self::launch(image, tag, Vec::new(), None, Some(basic)).await
+    }
+
+    /// When each request arrived (since the start) and what it was, as `METHOD /path`.
+    pub fn arrivals(&self) -> Vec<(std::time::Duration, String)> {
+        self.state.arrivals.lock().unwrap().clone()
     }
 
     /// Requests seen so far, as `METHOD /path`.
@@ -197,11 +238,43 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
-    state
-        .requests
-        .lock()
-        .unwrap()
-        .push(format!("{method} {path}"));
+    let seen = {
+        let mut requests = state.requests.lock().unwrap();
+        requests.push(format!("{method} {path}"));
+        requests.len()
+    };
+    if let Some(started) = state.started {
+        state
+            .arrivals
+            .lock()
+            .unwrap()
+            .push((started.elapsed(), format!("{method} {path}")));
+    }
+    if let Some((user, password, rotation)) = &state.basic {
+        {
+            let mut rotation = rotation.lock().unwrap();
+            if rotation.as_ref().is_some_and(|(after, _)| seen > *after) {
+                *password.lock().unwrap() = rotation.take().unwrap().1;
+            }
+        }
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.lock().unwrap()))
+        );
+        let authorized = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == expected);
+        if !authorized {
+            return registry_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                &[("www-authenticate", r#"Basic realm="fake""#.to_string())],
+            );
+        }
+    }
 
     if path == "/token" {
         return issue_token(&state, request.headers(), &query);

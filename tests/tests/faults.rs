@@ -320,3 +320,131 @@ async fn a_registry_throttling_a_third_of_all_requests_slows_the_copy_but_fails_
         }
     }
 }
+
+#[tokio::test]
+async fn a_429_pauses_every_parallel_request_to_that_host_until_retry_after() {
+    let image = e2e::image::multi_arch(8, 3, 50_000);
+    // The first blob request is throttled for 1 s; 8 blobs are being copied in parallel.
+    let fake = FakeRegistry::start(
+        &image,
+        "v1",
+        vec![FaultRule::new(
+            Method::GET,
+            "/blobs/",
+            Fault::TooManyRequests {
+                retry_after_secs: 1,
+            },
+            1,
+        )],
+    )
+    .await;
+    let dst = TestRegistry::start();
+
+    copy_from_fake(&fake, &dst).await.unwrap();
+
+    let arrivals = fake.arrivals();
+    let throttled_at = arrivals
+        .iter()
+        .find(|(_, r)| r.starts_with("GET ") && r.contains("/blobs/"))
+        .unwrap()
+        .0;
+    // Requests already in flight when the 429 was answered may land just after it; nothing
+    // new starts during the pause.
+    let slack = std::time::Duration::from_millis(100);
+    let during_pause: Vec<_> = arrivals
+        .iter()
+        .filter(|(at, _)| {
+            *at > throttled_at + slack && *at < throttled_at + std::time::Duration::from_millis(900)
+        })
+        .collect();
+    assert!(
+        during_pause.is_empty(),
+        "requests during the pause: {during_pause:?}"
+    );
+    let after = arrivals
+        .iter()
+        .filter(|(at, _)| *at >= throttled_at + std::time::Duration::from_millis(900))
+        .count();
+    assert!(
+        after >= 12,
+        "the copy went on after the pause ({after} requests)"
+    );
+    assert_target_complete_index(&dst, &image).await;
+}
+
+async fn assert_target_complete_index(dst: &TestRegistry, image: &TestImage) {
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(target.manifest("app", "v1").await.unwrap(), image.manifest);
+    for child in &image.children {
+        for blob in &child.blobs {
+            assert!(
+                target.has_blob("app", &blob.digest).await,
+                "{}",
+                blob.digest
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_registry_credential_that_expires_mid_copy_is_refreshed_and_the_copy_goes_on() {
+    let image = e2e::image::multi_arch(9, 3, 20_000);
+    let fake =
+        FakeRegistry::start_with_expiring_basic(&image, "v1", "AWS", "token-1", 8, "token-2").await;
+    let dst = TestRegistry::start();
+    let basic = |p: &str| Credential::Basic {
+        username: "AWS".into(),
+        password: p.into(),
+    };
+    let client = e2e::client(&[&fake.host, &dst.host], &[(&fake.host, basic("token-1"))]);
+    let refreshed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls = refreshed.clone();
+    client.set_refresher(
+        &fake.host,
+        std::sync::Arc::new(move || {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async {
+                Some(Credential::Basic {
+                    username: "AWS".into(),
+                    password: "token-2".into(),
+                })
+            })
+        }),
+    );
+    let from = Reference::parse(&format!("{}/app:v1", fake.host)).unwrap();
+    let to = Reference::parse(&format!("{}/app:v1", dst.host)).unwrap();
+
+    let report = copy_image(&client, &from, &client, &to, &CopyOptions::default())
+        .await
+        .unwrap();
+
+    assert_eq!(report.digest, image.digest);
+    assert!(refreshed.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_target_complete_index(&dst, &image).await;
+
+    // Without a way to refresh, the same expiry is a named authorization error.
+    let fake =
+        FakeRegistry::start_with_expiring_basic(&image, "v1", "AWS", "token-1", 8, "token-2").await;
+    let dst = TestRegistry::start();
+    let client = e2e::client(&[&fake.host, &dst.host], &[(&fake.host, basic("token-1"))]);
+    let from = Reference::parse(&format!("{}/app:v1", fake.host)).unwrap();
+    let to = Reference::parse(&format!("{}/app:v1", dst.host)).unwrap();
+    let err = copy_image(&client, &from, &client, &to, &CopyOptions::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            &err,
+            replication::Error::Registry {
+                source: oci::Error::Unauthorized { .. },
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&fake.host) && !text.contains("token-"),
+        "{text}"
+    );
+}

@@ -59,8 +59,11 @@ pub async fn sdk_config(
     region: &str,
     role: Option<&AssumeRole>,
 ) -> SdkConfig {
-    let mut loader =
-        aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string()));
+    // Adaptive retries: throttling (ThrottlingException, TooManyRequestsException) slows every
+    // call made through this config down, instead of failing the step.
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(8));
     if let Some(url) = &settings.endpoint_url {
         loader = loader.endpoint_url(url);
     }

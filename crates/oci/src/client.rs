@@ -183,11 +183,20 @@ struct AuthCache {
     tokens: HashMap<(String, String), (String, Instant)>,
 }
 
+/// Fetches a fresh credential for a registry that refused the current one (an ECR token that
+/// expired mid-run); `None` when there is none to be had.
+pub type CredentialRefresher =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Option<Credential>> + Send + Sync>;
+
 struct Inner {
     http: reqwest::Client,
     config: ClientConfig,
     credentials: RwLock<CredentialStore>,
     auth: Mutex<AuthCache>,
+    refreshers: RwLock<HashMap<String, CredentialRefresher>>,
+    /// Per host (`host:port`), the instant before which no request is sent: a 429 or 503 seen by
+    /// one request pauses every request of this client to that host, not just its own.
+    paused_until: Mutex<HashMap<String, Instant>>,
 }
 
 /// An OCI distribution client for any number of registries. Cheap to clone.
@@ -229,6 +238,8 @@ impl RegistryClient {
                 config,
                 credentials: RwLock::new(credentials),
                 auth: Mutex::new(AuthCache::default()),
+                refreshers: RwLock::new(HashMap::new()),
+                paused_until: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -249,6 +260,65 @@ impl RegistryClient {
         lock(&self.inner.auth)
             .tokens
             .retain(|(r, _), _| r != registry);
+    }
+
+    /// Registers how to get a fresh credential for `registry` when it refuses the current one.
+    pub fn set_refresher(&self, registry: &str, refresher: CredentialRefresher) {
+        self.inner
+            .refreshers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(registry.to_string(), refresher);
+    }
+
+    /// After `used` was refused: true when another request already installed a newer credential,
+    /// or the registry's refresher gave one different from `used` (now installed).
+    async fn refresh_credential(&self, registry: &str, used: &Credential) -> bool {
+        if self.credential(registry) != *used {
+            return true;
+        }
+        let refresher = self
+            .inner
+            .refreshers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(registry)
+            .cloned();
+        let Some(refresher) = refresher else {
+            return false;
+        };
+        match refresher().await {
+            Some(fresh) if fresh != *used => {
+                tracing::info!(registry, "credential refused; using a refreshed one");
+                self.set_credential(registry, fresh);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits while the URL's host is paused by an earlier throttling answer.
+    async fn wait_for_host(&self, url: &Url) {
+        let key = host_key(url);
+        loop {
+            let until = lock(&self.inner.paused_until).get(&key).copied();
+            match until {
+                Some(until) if until > Instant::now() => {
+                    tokio::time::sleep_until(until.into()).await
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Pauses every request to the URL's host for `delay` (never shortening a longer pause).
+    fn pause_host(&self, url: &Url, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut paused = lock(&self.inner.paused_until);
+        let entry = paused.entry(host_key(url)).or_insert(until);
+        if *entry < until {
+            *entry = until;
+        }
     }
 
     fn credential(&self, registry: &str) -> Credential {
@@ -314,11 +384,15 @@ impl RegistryClient {
         loop {
             attempt += 1;
             let last = attempt >= policy.max_attempts;
+            self.wait_for_host(url).await;
             match make().send().await {
                 Ok(resp) if !last && is_retryable_status(resp.status()) => {
                     let delay = retry_after(resp.headers())
                         .map(|d| d.min(policy.max_retry_after))
                         .unwrap_or_else(|| policy.backoff(attempt));
+                    if is_throttling(resp.status()) {
+                        self.pause_host(url, delay);
+                    }
                     tracing::debug!(%method, url = %redact_url(url), status = resp.status().as_u16(), attempt, ?delay, "retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -355,7 +429,9 @@ impl RegistryClient {
     ) -> Result<Response> {
         let registry = repo.registry.as_str();
         let mut challenged = false;
+        let mut refreshed = false;
         loop {
+            let used = self.credential(registry);
             let auth = self.authorization(registry, scope).await?;
             let resp = self
                 .send_retrying(&method, url, || {
@@ -382,6 +458,10 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             let reason = error_message(resp).await;
+            if challenged && !refreshed && self.refresh_credential(registry, &used).await {
+                refreshed = true;
+                continue;
+            }
             if challenged {
                 return Err(Error::Unauthorized {
                     registry: registry.into(),
@@ -1169,6 +1249,20 @@ fn content_length_zero() -> HeaderMap {
 
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `host:port` of a URL: the unit a registry throttles.
+fn host_key(url: &Url) -> String {
+    format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or_default()
+    )
+}
+
+/// The registry asks clients to slow down (429; 503 is how S3 behind ECR says it).
+fn is_throttling(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 503)
 }
 
 fn is_retryable_status(status: StatusCode) -> bool {

@@ -12,7 +12,9 @@ pub mod reference;
 pub mod transfer;
 
 pub use auth::{Credential, CredentialStore};
-pub use client::{ClientConfig, Referrer, RegistryClient, RetryPolicy, UploadSession};
+pub use client::{
+    ClientConfig, CredentialRefresher, Referrer, RegistryClient, RetryPolicy, UploadSession,
+};
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ManifestContent};

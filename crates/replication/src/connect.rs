@@ -34,7 +34,7 @@ pub struct Connection {
     pub client: RegistryClient,
     /// Control plane, for ECR registries.
     pub ecr: Option<EcrAdmin>,
-    token: Option<EcrTokenSource>,
+    token: Option<Arc<EcrTokenSource>>,
     current: Mutex<Option<Credential>>,
 }
 
@@ -168,7 +168,19 @@ impl Connections {
                 None => None,
             };
             let aws = ecr::ecr_client(&self.settings.aws, &parsed, assume.as_ref()).await;
-            let token = EcrTokenSource::new(aws.clone(), registry);
+            let token = Arc::new(EcrTokenSource::new(aws.clone(), registry));
+            // A token that expires mid-copy (or is revoked) is replaced and the request retried.
+            let refresher_token = token.clone();
+            client.set_refresher(
+                registry,
+                Arc::new(move || {
+                    let token = refresher_token.clone();
+                    Box::pin(async move {
+                        token.invalidate().await;
+                        token.credential().await.ok()
+                    })
+                }),
+            );
             (Some(EcrAdmin::new(aws, parsed)), Some(token))
         } else {
             (None, None)

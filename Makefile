@@ -45,6 +45,10 @@ bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries
 clean:
 	$(CARGO) clean
 
+.PHONY: fuzz
+fuzz: ## cargo fuzz (nightly): manifest, reference, WWW-Authenticate, job input; FUZZ_SECONDS each (60)
+	@scripts/fuzz.sh
+
 .PHONY: demo
 demo: setup ## the real state machine on moto + cargo lambda watch, sample images, skopeo checks
 	$(CARGO) build -q -p e2e --bin demo

@@ -19,6 +19,7 @@ for (const d of config.destinations) {
     externalId: d.externalId,
     roleName: config.targetRoleName,
     repositoryPrefix: config.targetRepositoryPrefix,
+    allowPrune: config.allowPrune,
   });
 }
 Aspects.of(app).add(new AwsSolutionsChecks({ verbose: true }));

@@ -25,6 +25,8 @@ export interface ReplicatorConfig {
   schedule?: { expression: string; input: Record<string, unknown> };
   /** Runs on ECR pushes (PUSH, SUCCESS), optionally only for repositories with this prefix. */
   pushTrigger?: { repositoryPrefix?: string };
+  /** Let the target roles remove stale tags for jobs with `"prune": true` (default false). */
+  allowPrune?: boolean;
   /** Subscribed to failed executions. */
   notificationEmail?: string;
 }

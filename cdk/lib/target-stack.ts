@@ -11,6 +11,8 @@ export interface TargetRoleStackProps extends StackProps {
   roleName: string;
   /** Repositories the role may create and push to ('' = any). */
   repositoryPrefix?: string;
+  /** Allow jobs with `"prune": true` to remove stale tags (ecr:BatchDeleteImage). Off by default. */
+  allowPrune?: boolean;
 }
 
 export class TargetRoleStack extends Stack {
@@ -43,6 +45,9 @@ export class TargetRoleStack extends Stack {
       ],
       resources: [repositories],
     }));
+    if (props.allowPrune) {
+      this.role.addToPolicy(new iam.PolicyStatement({ sid: 'PruneStaleTags', actions: ['ecr:BatchDeleteImage'], resources: [repositories] }));
+    }
     this.role.addToPolicy(new iam.PolicyStatement({ sid: 'RegistryToken', actions: ['ecr:GetAuthorizationToken'], resources: ['*'] }));
     NagSuppressions.addResourceSuppressions(this.role, [
       { id: 'AwsSolutions-IAM5', reason: 'Repository names are chosen by the jobs within the configured prefix; GetAuthorizationToken has no resource scope.' },

@@ -126,6 +126,22 @@ test('the target role trusts only the copier role, with the external ID', () => 
   assert.ok(!actions.includes('ecr:DeleteRepository') && !actions.includes('ecr:BatchDeleteImage'));
 });
 
+test('prune permission only when the deployment allows it, and only within the prefix', () => {
+  const app = new App();
+  const pruning = Template.fromStack(new TargetRoleStack(app, 'Pruning', {
+    env: { account: '222222222222', region: 'eu-west-1' },
+    sourceAccount: config.sourceAccount,
+    externalId: 'ext-123',
+    roleName: 'ecr-replicator-target',
+    repositoryPrefix: 'mirror/',
+    allowPrune: true,
+  }));
+  const statements = (Object.values(pruning.findResources('AWS::IAM::Policy'))[0] as any).Properties.PolicyDocument.Statement;
+  const prune = statements.find((s: any) => s.Sid === 'PruneStaleTags');
+  assert.equal(prune.Action, 'ecr:BatchDeleteImage');
+  assert.ok(JSON.stringify(prune.Resource).includes(':repository/mirror/*'), JSON.stringify(prune.Resource));
+});
+
 test('cdk-nag AwsSolutions passes (suppressions are justified in code)', () => {
   for (const stack of [workflow, target]) {
     const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));

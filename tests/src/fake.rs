@@ -71,6 +71,10 @@ impl FaultRule {
     }
 }
 
+/// Basic auth: the user, the password accepted now, and a rotation (after that many requests,
+/// only the new password is accepted: an expiring token).
+type ExpiringBasic = (String, Mutex<String>, Mutex<Option<(usize, String)>>);
+
 #[derive(Default)]
 struct FakeState {
     manifests: HashMap<String, (String, Bytes)>,
@@ -80,9 +84,7 @@ struct FakeState {
     token: Option<(String, String, String)>,
     token_scopes: Mutex<Vec<String>>,
     host: String,
-    /// Basic auth: the user, the password accepted now, and a rotation (after that many
-    /// requests, only the new password is accepted: an expiring token).
-    basic: Option<(String, Mutex<String>, Mutex<Option<(usize, String)>>)>,
+    basic: Option<ExpiringBasic>,
     started: Option<std::time::Instant>,
     arrivals: Mutex<Vec<(std::time::Duration, String)>>,
 }
@@ -131,7 +133,7 @@ impl FakeRegistry {
         tag: &str,
         rules: Vec<FaultRule>,
         token: Option<(String, String, String)>,
-        basic: Option<(String, Mutex<String>, Mutex<Option<(usize, String)>>)>,
+        basic: Option<ExpiringBasic>,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();

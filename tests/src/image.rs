@@ -305,6 +305,11 @@ pub fn index(children: Vec<TestImage>) -> TestImage {
                    "platform": {"architecture": archs[i % archs.len()], "os": "linux"}})
         })
         .collect();
+    oci_index(manifests, children)
+}
+
+/// An OCI index listing `manifests` (descriptors), with `children` pushed before it.
+fn oci_index(manifests: Vec<serde_json::Value>, children: Vec<TestImage>) -> TestImage {
     let bytes = Bytes::from(
         serde_json::to_vec(
             &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
@@ -379,19 +384,7 @@ pub fn referrers_index(referrers: Vec<(TestImage, &str)>) -> TestImage {
                    "artifactType": artifact_type})
         })
         .collect();
-    let bytes = Bytes::from(
-        serde_json::to_vec(
-            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
-        )
-        .unwrap(),
-    );
-    TestImage {
-        digest: sha256(&bytes),
-        manifest: bytes,
-        media_type: OCI_INDEX.to_string(),
-        blobs: Vec::new(),
-        children: referrers.into_iter().map(|(r, _)| r).collect(),
-    }
+    oci_index(manifests, referrers.into_iter().map(|(r, _)| r).collect())
 }
 
 /// Pushes images over raw HTTP (monolithic blob uploads), independent of the code under test.

@@ -86,6 +86,12 @@ struct FakeState {
     host: String,
     basic: Option<ExpiringBasic>,
     started: Option<std::time::Instant>,
+    /// The tag the image is served under (for the tag list).
+    tag: String,
+    /// OCI 1.1 referrers API: descriptors of the manifests whose subject is the image, served
+    /// one per page (`Link` paging). `None`: no API (404).
+    referrers: Option<Vec<serde_json::Value>>,
+    subject: String,
     arrivals: Mutex<Vec<(std::time::Duration, String)>>,
 }
 
@@ -125,7 +131,7 @@ impl FakeRegistry {
         rules: Vec<FaultRule>,
         token: Option<(String, String, String)>,
     ) -> Self {
-        Self::launch(image, tag, rules, token, None).await
+        Self::launch(image, tag, rules, token, None, None).await
     }
 
     async fn launch(
@@ -134,6 +140,7 @@ impl FakeRegistry {
         rules: Vec<FaultRule>,
         token: Option<(String, String, String)>,
         basic: Option<ExpiringBasic>,
+        referrers: Option<&[(TestImage, &str)]>,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
@@ -143,9 +150,22 @@ impl FakeRegistry {
             basic,
             started: Some(std::time::Instant::now()),
             host: host.clone(),
+            tag: tag.to_string(),
+            subject: image.digest.clone(),
+            referrers: referrers.map(|list| {
+                list.iter()
+                    .map(|(r, artifact_type)| {
+                        serde_json::json!({"mediaType": r.media_type, "digest": r.digest,
+                            "size": r.manifest.len(), "artifactType": artifact_type})
+                    })
+                    .collect()
+            }),
             ..FakeState::default()
         };
         add_image(&mut state, image);
+        for (referrer, _) in referrers.unwrap_or_default() {
+            add_image(&mut state, referrer);
+        }
         state.manifests.insert(
             tag.to_string(),
             (image.media_type.clone(), image.manifest.clone()),
@@ -175,7 +195,17 @@ impl FakeRegistry {
             Mutex::new(password.to_string()),
             Mutex::new(Some((rotate_after, next_password.to_string()))),
         );
-        Self::launch(image, tag, Vec::new(), None, Some(basic)).await
+        Self::launch(image, tag, Vec::new(), None, Some(basic), None).await
+    }
+
+    /// Like `start`, plus the OCI 1.1 referrers API listing `referrers` (each with `subject` =
+    /// the image), one per page.
+    pub async fn start_with_referrers(
+        image: &TestImage,
+        tag: &str,
+        referrers: &[(TestImage, &str)],
+    ) -> Self {
+        Self::launch(image, tag, Vec::new(), None, None, Some(referrers)).await
     }
 
     /// When each request arrived (since the start) and what it was, as `METHOD /path`.
@@ -332,6 +362,36 @@ async fn handle(State(state): State<Arc<FakeState>>, request: Request) -> Respon
 
     if path == "/v2/" {
         return StatusCode::OK.into_response();
+    }
+    if path == "/v2/_catalog" {
+        return axum::Json(serde_json::json!({"repositories": ["app"]})).into_response();
+    }
+    if path.ends_with("/tags/list") {
+        return axum::Json(serde_json::json!({"name": "app", "tags": [state.tag]})).into_response();
+    }
+    if let Some((_, subject)) = path.rsplit_once("/referrers/") {
+        let Some(all) = &state.referrers else {
+            return registry_error(StatusCode::NOT_FOUND, "NOT_FOUND", &[]);
+        };
+        let listed: Vec<serde_json::Value> = if subject == state.subject {
+            all.clone()
+        } else {
+            Vec::new()
+        };
+        let page: usize = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("page="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let body = serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": listed.get(page).into_iter().collect::<Vec<_>>()});
+        let mut resp = axum::Json(body).into_response();
+        if page + 1 < listed.len() {
+            let link = format!("<{path}?page={}>; rel=\"next\"", page + 1);
+            resp.headers_mut().insert("link", link.parse().unwrap());
+        }
+        return resp;
     }
     if let Some((_, reference)) = path.rsplit_once("/manifests/") {
         return match state.manifests.get(reference) {

@@ -205,3 +205,82 @@ async fn referrers_false_copies_the_image_alone() {
         .await
         .is_none());
 }
+
+#[tokio::test]
+async fn referrers_the_source_lists_through_the_api_are_copied_by_digest() {
+    let image = ImageBuilder::new(Format::Oci).layer(5, 1000).build();
+    let signature = artifact(Some(&image), SIG, SIMPLESIGNING, b"{\"api\":1}");
+    let sbom = artifact(Some(&image), SPDX, SPDX, b"{\"api\":2}");
+    // distribution 2.8 has no referrers API: the in-process fake serves one, a page per referrer.
+    let fake = e2e::fake::FakeRegistry::start_with_referrers(
+        &image,
+        "v1",
+        &[(signature.clone(), SIG), (sbom.clone(), SPDX)],
+    )
+    .await;
+    let dst = TestRegistry::start();
+    let client = e2e::client(&[&fake.host, &dst.host], &[]);
+    let digest = oci::Digest::parse(&image.digest).unwrap();
+    let at = |host: &str, name: &str| oci::Repository {
+        registry: host.to_string(),
+        name: name.to_string(),
+    };
+
+    let listed = client
+        .referrers(&at(&fake.host, "app"), &digest)
+        .await
+        .unwrap()
+        .expect("the fake serves the API");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|r| (r.digest.as_str(), r.artifact_type.as_deref()))
+            .collect::<Vec<_>>(),
+        vec![
+            (signature.digest.as_str(), Some(SIG)),
+            (sbom.digest.as_str(), Some(SPDX))
+        ]
+    );
+    assert_eq!(fake.count("GET", "/referrers/"), 2, "both pages read");
+    assert!(
+        client
+            .referrers(&at(&dst.host, "app"), &digest)
+            .await
+            .unwrap()
+            .is_none(),
+        "distribution answers 404: no API"
+    );
+
+    let job = replication::Job::from_json(
+        &json!({
+            "source": {"registry": fake.host, "insecure": true},
+            "destinations": [{"registry": dst.host, "insecure": true}],
+            "tags": {"include": ["v1"]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let output =
+        replication::run::run_job(&Connections::new(settings()), job, &replication::run::Quiet)
+            .await
+            .unwrap();
+
+    assert_eq!(
+        (output.report.copied, output.report.failed),
+        (3, 0),
+        "{:?}",
+        output.report
+    );
+    let target = Pusher::new(&dst.host, None);
+    for manifest in [&image, &signature, &sbom] {
+        assert_eq!(
+            target.manifest("app", &manifest.digest).await.unwrap(),
+            manifest.manifest
+        );
+    }
+    assert_eq!(
+        tags(&dst, "app").await,
+        vec!["v1".to_string()],
+        "API referrers stay untagged"
+    );
+}

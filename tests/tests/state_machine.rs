@@ -59,6 +59,25 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
     let second = sfn.execute(&arn, &input).await;
     assert_eq!(second.status, "SUCCEEDED");
     assert_eq!(second.output.unwrap()["present"].as_u64(), Some(1));
+
+    // What the ECR push trigger sends: just the pushed image.
+    let pushed = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "images": [{"repository": "team/app", "tag": "scratch"}]
+    });
+    let third = sfn.execute(&arn, &pushed).await;
+    assert_eq!(third.status, "SUCCEEDED", "{}", third.cause);
+    let report = third.output.unwrap();
+    assert_eq!(
+        (report["copied"].as_u64(), report["images"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    assert!(Pusher::new(&dst.host, None)
+        .manifest("team/app", "scratch")
+        .await
+        .is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

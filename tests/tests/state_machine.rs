@@ -78,6 +78,31 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
         .manifest("team/app", "scratch")
         .await
         .is_some());
+
+    // Prune: a tag inside the filters that the source no longer has; the dry run's report
+    // lists it, the real run removes it, `scratch` (outside the filters) stays.
+    let stale = ImageBuilder::new(Format::Oci).layer(4, 100).build();
+    let target = Pusher::new(&dst.host, None);
+    target.push("team/app", "v0.9", &stale).await;
+    let mut pruning = input.clone();
+    pruning["prune"] = json!(true);
+    pruning["dryRun"] = json!(true);
+    let planned = sfn.execute(&arn, &pruning).await;
+    assert_eq!(planned.status, "SUCCEEDED", "{}", planned.cause);
+    let report = planned.output.unwrap();
+    assert_eq!(
+        report["pruned"],
+        json!([format!("{}/team/app:v0.9", dst.host)]),
+        "{report}"
+    );
+    assert!(target.manifest("team/app", "v0.9").await.is_some());
+    pruning["dryRun"] = json!(false);
+    let pruned = sfn.execute(&arn, &pruning).await;
+    assert_eq!(pruned.status, "SUCCEEDED", "{}", pruned.cause);
+    assert_eq!(pruned.output.unwrap()["tagsPruned"].as_u64(), Some(1));
+    assert!(target.manifest("team/app", "v0.9").await.is_none());
+    assert!(target.manifest("team/app", "scratch").await.is_some());
+    assert!(target.manifest("team/app", "v1.0.0").await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

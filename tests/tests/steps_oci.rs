@@ -293,6 +293,7 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
     let input = |reports, results, fail| SummariseInput {
         reports,
         results,
+        repositories: json!(null),
         fail_on_failure: fail,
     };
 
@@ -437,6 +438,11 @@ async fn prune_on_a_registry_that_cannot_untag_deletes_wholly_stale_manifests_on
         .await
         .unwrap();
     assert_eq!(planned.repositories[0].pruned, vec!["v0", "v0.8", "v0.9"]);
+    assert_eq!(planned.report.tags_pruned, 3);
+    assert_eq!(
+        planned.report.pruned[0],
+        format!("{}/mirror/web:v0", dst.host)
+    );
 
     let output = replication::run::run_job(&conns, pruning(false), &replication::run::Quiet)
         .await
@@ -444,6 +450,7 @@ async fn prune_on_a_registry_that_cannot_untag_deletes_wholly_stale_manifests_on
 
     let repo = &output.repositories[0];
     assert_eq!(repo.pruned, vec!["v0"]);
+    assert_eq!((output.report.tags_pruned, output.report.tags_kept), (1, 2));
     assert_eq!(repo.prune_kept.len(), 2, "{repo:?}");
     assert!(repo.prune_kept[0].starts_with("v0.8: the registry removes manifests, not single tags"));
     assert!(

@@ -230,12 +230,13 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
         job.dry_run = true;
     }
     let conns = Connections::new(args.settings()?);
+    let dry_run = job.dry_run;
     let observer = Progress {
         enabled: args.output == OutputFormat::Text,
-        dry_run: job.dry_run,
+        dry_run,
     };
     let output = run_job(&conns, job, &observer).await?;
-    print_run(&output, args.output)?;
+    print_run(&output, args.output, dry_run)?;
     Ok(if output.report.failed > 0 {
         ExitCode::FAILURE
     } else {
@@ -243,7 +244,7 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_run(output: &RunOutput, format: OutputFormat) -> anyhow::Result<()> {
+fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow::Result<()> {
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(output)?);
         return Ok(());
@@ -276,6 +277,14 @@ fn print_run(output: &RunOutput, format: OutputFormat) -> anyhow::Result<()> {
         r.failed,
         r.bytes_copied as f64 / 1048576.0
     );
+    if r.tags_pruned + r.tags_kept > 0 {
+        println!(
+            "{} stale tags {}, {} kept (see above)",
+            r.tags_pruned,
+            if dry_run { "to prune" } else { "pruned" },
+            r.tags_kept
+        );
+    }
     for f in output
         .images
         .iter()

@@ -71,6 +71,7 @@ pub async fn run_job(
                 )
                 .await?;
                 observer.repository_ensured(&ensured);
+                output.report.add_repository(&ensured);
                 output.repositories.push(ensured);
             }
             let mut image_token = None;

@@ -300,6 +300,18 @@ pub struct RunReport {
     /// Failures beyond those listed, so reports stay small.
     #[serde(default)]
     pub failures_omitted: usize,
+    /// With `prune`: stale destination tags removed (in a dry run, to remove).
+    #[serde(default)]
+    pub tags_pruned: usize,
+    /// The first 50 of them, as `registry/repository:tag`.
+    #[serde(default)]
+    pub pruned: Vec<String>,
+    /// With `prune`: stale tags kept, each with the reason (the first 50 listed in `kept`).
+    #[serde(default)]
+    pub tags_kept: usize,
+    /// The first 50 kept tags, as `registry/repository:tag: reason`.
+    #[serde(default)]
+    pub kept: Vec<String>,
 }
 
 /// Failures listed in a report; the rest are only counted.
@@ -318,6 +330,10 @@ pub struct SummariseInput {
     #[serde(default)]
     #[schemars(with = "serde_json::Value")]
     pub results: JsonValue,
+    /// `ensure-repository` outputs whose prune results to add (nested arrays allowed).
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub repositories: JsonValue,
     /// Fail (naming the failed images) when any image failed: the workflow's last step.
     #[serde(default)]
     pub fail_on_failure: bool,
@@ -352,8 +368,21 @@ impl RunReport {
         }
     }
 
+    /// Counts one destination repository's prune results.
+    pub fn add_repository(&mut self, o: &EnsureRepositoryOutput) {
+        let at = |tag: &String| format!("{}/{}:{tag}", o.registry, o.repository);
+        self.tags_pruned += o.pruned.len();
+        self.tags_kept += o.prune_kept.len();
+        listed(&mut self.pruned, o.pruned.iter().map(at));
+        listed(&mut self.kept, o.prune_kept.iter().map(at));
+    }
+
     /// Adds another report's counts and failures.
     pub fn merge(&mut self, other: &RunReport) {
+        self.tags_pruned += other.tags_pruned;
+        self.tags_kept += other.tags_kept;
+        listed(&mut self.pruned, other.pruned.iter().cloned());
+        listed(&mut self.kept, other.kept.iter().cloned());
         self.images += other.images;
         self.copied += other.copied;
         self.present += other.present;
@@ -369,6 +398,12 @@ impl RunReport {
             }
         }
     }
+}
+
+/// Appends to a report list up to `MAX_FAILURES_LISTED` entries (the counts say the rest).
+fn listed(list: &mut Vec<String>, more: impl Iterator<Item = String>) {
+    let room = MAX_FAILURES_LISTED.saturating_sub(list.len());
+    list.extend(more.take(room));
 }
 
 /// Collects objects of type `T` from arbitrarily nested arrays (`null`s skipped).

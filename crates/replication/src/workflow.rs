@@ -723,6 +723,9 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     for r in flatten::<ImageResult>(&input.results, "results")? {
         report.add(&r);
     }
+    for r in flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")? {
+        report.add_repository(&r);
+    }
     if input.fail_on_failure && report.failed > 0 {
         return Err(Error::ImagesFailed {
             failed: report.failed,

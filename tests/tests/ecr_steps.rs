@@ -373,6 +373,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         target_registry: DEST.into(),
         target_repository: "ml/missing".into(),
         present: false,
+        referrers: Vec::new(),
     };
     let err = functions::plan_image(
         &conns,

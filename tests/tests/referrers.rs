@@ -207,7 +207,7 @@ async fn referrers_false_copies_the_image_alone() {
 }
 
 #[tokio::test]
-async fn referrers_the_source_lists_through_the_api_are_copied_by_digest() {
+async fn referrers_the_source_lists_through_its_api_arrive_listed_in_the_targets_fallback_index() {
     let image = ImageBuilder::new(Format::Oci).layer(5, 1000).build();
     let signature = artifact(Some(&image), SIG, SIMPLESIGNING, b"{\"api\":1}");
     let sbom = artifact(Some(&image), SPDX, SPDX, b"{\"api\":2}");
@@ -265,9 +265,10 @@ async fn referrers_the_source_lists_through_the_api_are_copied_by_digest() {
             .await
             .unwrap();
 
+    // The referrers travel inside the image's task: one image copied.
     assert_eq!(
         (output.report.copied, output.report.failed),
-        (3, 0),
+        (1, 0),
         "{:?}",
         output.report
     );
@@ -278,9 +279,60 @@ async fn referrers_the_source_lists_through_the_api_are_copied_by_digest() {
             manifest.manifest
         );
     }
+    // The target has no referrers API: they are listed in the fallback index, as OCI 1.1
+    // clients write it, so they are discoverable there.
+    let fallback = fallback_tag(&image.digest);
     assert_eq!(
         tags(&dst, "app").await,
-        vec!["v1".to_string()],
-        "API referrers stay untagged"
+        vec![fallback.clone(), "v1".to_string()]
     );
+    let index: serde_json::Value =
+        serde_json::from_slice(&target.manifest("app", &fallback).await.unwrap()).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        json!("application/vnd.oci.image.index.v1+json")
+    );
+    let listed: Vec<(String, String, u64)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["digest"].as_str().unwrap().to_string(),
+                d["artifactType"].as_str().unwrap().to_string(),
+                d["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            (
+                signature.digest.clone(),
+                SIG.to_string(),
+                signature.manifest.len() as u64
+            ),
+            (
+                sbom.digest.clone(),
+                SPDX.to_string(),
+                sbom.manifest.len() as u64
+            ),
+        ]
+    );
+
+    // A second run finds everything present (image, tag and referrers) and writes nothing.
+    let job = replication::Job::from_json(
+        &json!({
+            "source": {"registry": fake.host, "insecure": true},
+            "destinations": [{"registry": dst.host, "insecure": true}],
+            "tags": {"include": ["v1"]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let again =
+        replication::run::run_job(&Connections::new(settings()), job, &replication::run::Quiet)
+            .await
+            .unwrap();
+    assert_eq!((again.report.copied, again.report.present), (0, 1));
 }

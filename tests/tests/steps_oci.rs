@@ -44,6 +44,7 @@ fn task(repository: &str, digest: &str, tags: &[&str], dst: &TestRegistry) -> Im
         target_registry: dst.host.clone(),
         target_repository: format!("mirror/{repository}"),
         present: false,
+        referrers: Vec::new(),
     }
 }
 

@@ -84,6 +84,9 @@ pub struct SelectedImage {
     pub tags: Vec<String>,
     /// Push time, if known.
     pub pushed_at: Option<i64>,
+    /// Referrers the source's API lists for it (all levels), copied within its task.
+    #[serde(default)]
+    pub referrers: Vec<String>,
 }
 
 /// Compiled tag filters.
@@ -162,6 +165,7 @@ impl TagMatcher {
                         digest: image.digest.clone(),
                         tags: Vec::new(),
                         pushed_at: image.pushed_at,
+                        referrers: Vec::new(),
                     });
                 }
                 continue;
@@ -178,6 +182,7 @@ impl TagMatcher {
                     digest: image.digest.clone(),
                     tags,
                     pushed_at: image.pushed_at,
+                    referrers: Vec::new(),
                 });
             }
         }

@@ -3,9 +3,11 @@
 //! (`sha256-<hex>` for the referrers fallback index, with `.sig`, `.att` and `.sbom` as cosign
 //! writes them) everywhere.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use oci::{Digest, ManifestContent, Reference, Repository};
+use oci::manifest::OCI_INDEX;
+use oci::{Digest, Manifest, ManifestContent, Reference, RegistryClient, Repository};
+use serde_json::{json, Value};
 
 use crate::connect::Connection;
 use crate::error::{Error, Result};
@@ -30,9 +32,10 @@ pub fn artifact_tags(digest: &str) -> Vec<String> {
 }
 
 /// Adds to `selected` every image of the repository that refers to a selected one, level by
-/// level: tagged artifacts found in `images` (the repository's catalog) keep their tags;
-/// referrers the API lists are added by digest (a registry with the API indexes them again
-/// when their manifest is put). An image already selected gains the artifact tags.
+/// level. Tagged artifacts found in `images` (the repository's catalog) become images of their
+/// own and keep their tags (an image already selected gains the artifact tags). Referrers the
+/// API lists travel inside their root subject's task (`SelectedImage::referrers`), so the step
+/// that puts the subject can also write the target's fallback index after they are all there.
 pub(crate) async fn add_referrers(
     source: &Connection,
     repository: &str,
@@ -49,15 +52,19 @@ pub(crate) async fn add_referrers(
     };
     let mut api = true;
     let mut examined: HashSet<String> = HashSet::new();
-    let mut level: Vec<String> = selected.iter().map(|s| s.digest.clone()).collect();
+    // (digest whose referrers to look for, index of the selected image it belongs to)
+    let mut level: Vec<(String, usize)> = selected
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.digest.clone(), i))
+        .collect();
     for _ in 0..MAX_LEVELS {
         let mut next = Vec::new();
-        for subject in &level {
+        for (subject, root) in &level {
             if !examined.insert(subject.clone()) {
                 continue;
             }
             let fallback = fallback_tag(subject);
-            let mut found: Vec<(String, Option<String>)> = Vec::new();
             for tag in artifact_tags(subject) {
                 let Some(digest) = by_tag.get(tag.as_str()) else {
                     continue;
@@ -65,38 +72,47 @@ pub(crate) async fn add_referrers(
                 if tag == fallback {
                     // The fallback index lists the referrers: they travel as its children, and
                     // their own referrers are looked for on the next level.
-                    next.extend(index_children(source, &repo, digest).await?);
+                    for child in index_children(source, &repo, digest).await? {
+                        next.push((child, *root));
+                    }
                 }
-                found.push((digest.to_string(), Some(tag)));
-            }
-            if api {
-                let digest = Digest::parse(subject).map_err(|e| listing(&repo, subject, e))?;
-                match source
-                    .client
-                    .referrers(&repo, &digest)
-                    .await
-                    .map_err(|e| listing(&repo, subject, e))?
-                {
-                    Some(list) => found.extend(list.into_iter().map(|r| (r.digest, None))),
-                    None => api = false,
-                }
-            }
-            for (digest, tag) in found {
-                match selected.iter_mut().find(|s| s.digest == digest) {
-                    Some(existing) => {
-                        if let Some(tag) = tag {
-                            if !existing.tags.contains(&tag) {
-                                existing.tags.push(tag);
-                            }
+                match selected.iter().position(|s| s.digest == *digest) {
+                    Some(i) => {
+                        if !selected[i].tags.contains(&tag) {
+                            selected[i].tags.push(tag);
                         }
                     }
                     None => {
                         selected.push(SelectedImage {
-                            digest: digest.clone(),
-                            tags: tag.into_iter().collect(),
+                            digest: digest.to_string(),
+                            tags: vec![tag],
                             pushed_at: None,
+                            referrers: Vec::new(),
                         });
-                        next.push(digest);
+                        next.push((digest.to_string(), selected.len() - 1));
+                    }
+                }
+            }
+            if !api {
+                continue;
+            }
+            let digest = Digest::parse(subject).map_err(|e| listing(&repo, subject, e))?;
+            match source
+                .client
+                .referrers(&repo, &digest)
+                .await
+                .map_err(|e| listing(&repo, subject, e))?
+            {
+                None => api = false,
+                Some(list) => {
+                    for referrer in list {
+                        let known = selected.iter().any(|s| {
+                            s.digest == referrer.digest || s.referrers.contains(&referrer.digest)
+                        });
+                        if !known {
+                            selected[*root].referrers.push(referrer.digest.clone());
+                            next.push((referrer.digest, *root));
+                        }
                     }
                 }
             }
@@ -105,6 +121,98 @@ pub(crate) async fn add_referrers(
             break;
         }
         level = next;
+    }
+    Ok(())
+}
+
+/// In a target without the referrers API, lists `referrers` (already put there) in the
+/// `sha256-<hex>` fallback index of each one's subject, as OCI 1.1 clients do: the existing
+/// index is read and extended; descriptors already in it stay. A target with the API indexes
+/// manifests with a `subject` itself. One task per subject writes its index, so parallel tasks
+/// do not race on it.
+pub(crate) async fn write_fallback_indexes(
+    target: &RegistryClient,
+    to: &Repository,
+    referrers: &[Manifest],
+) -> Result<()> {
+    let mut by_subject: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for manifest in referrers {
+        let parsed: Value = serde_json::from_slice(&manifest.bytes).unwrap_or(Value::Null);
+        let Some(subject) = parsed["subject"]["digest"].as_str() else {
+            continue;
+        };
+        let mut descriptor = json!({
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest.as_str(),
+            "size": manifest.bytes.len(),
+        });
+        // The spec's artifactType of a referrer: its own, else its config's media type.
+        if let Some(kind) = parsed["artifactType"]
+            .as_str()
+            .or(parsed["config"]["mediaType"].as_str())
+        {
+            descriptor["artifactType"] = json!(kind);
+        }
+        if parsed["annotations"].is_object() {
+            descriptor["annotations"] = parsed["annotations"].clone();
+        }
+        by_subject
+            .entry(subject.to_string())
+            .or_default()
+            .push(descriptor);
+    }
+    for (subject, descriptors) in by_subject {
+        let failed = |source| Error::Registry {
+            image: format!("{to}@{subject} (referrers fallback index)"),
+            source,
+        };
+        let digest = Digest::parse(&subject).map_err(failed)?;
+        if target
+            .referrers(to, &digest)
+            .await
+            .map_err(failed)?
+            .is_some()
+        {
+            continue;
+        }
+        let tag = fallback_tag(&subject);
+        let reference = Reference {
+            repository: to.clone(),
+            tag: Some(tag.clone()),
+            digest: None,
+        };
+        let mut index = match target.get_manifest(&reference).await {
+            Ok(existing) => match serde_json::from_slice::<Value>(&existing.bytes) {
+                Ok(v) if v["manifests"].is_array() => v,
+                _ => {
+                    tracing::warn!(%reference, "the fallback tag holds no image index; left as it is");
+                    continue;
+                }
+            },
+            Err(oci::Error::NotFound { .. }) => {
+                json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []})
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        let Some(listed) = index["manifests"].as_array_mut() else {
+            continue;
+        };
+        let before = listed.len();
+        for descriptor in descriptors {
+            if !listed.iter().any(|d| d["digest"] == descriptor["digest"]) {
+                listed.push(descriptor);
+            }
+        }
+        if listed.len() == before {
+            continue;
+        }
+        let bytes = serde_json::to_vec(&index).unwrap_or_default();
+        let manifest = Manifest::from_bytes(bytes.into(), Some(OCI_INDEX), &reference.to_string())
+            .map_err(failed)?;
+        target
+            .put_manifest(to, &tag, &manifest)
+            .await
+            .map_err(failed)?;
     }
     Ok(())
 }

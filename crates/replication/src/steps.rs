@@ -114,6 +114,11 @@ pub struct ImageTask {
     pub target_repository: String,
     /// The destination already has this digest under every tag.
     pub present: bool,
+    /// Digests of the referrers the source's API lists for this image (signatures, SBOMs,
+    /// attestations, and theirs): copied with it, by digest, and listed in the target's
+    /// `sha256-<hex>` fallback index when the target has no referrers API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<String>,
 }
 
 /// Output of `enumerate-images`: one page of tasks (selected images x destinations).

@@ -364,7 +364,14 @@ pub async fn enumerate_images(
                 registry: spec.registry.clone(),
                 name: target.clone(),
             };
-            let present = is_present(&dest.client, &repo, &image.digest, &image.tags).await?;
+            let present = is_present(
+                &dest.client,
+                &repo,
+                &image.digest,
+                &image.tags,
+                &image.referrers,
+            )
+            .await?;
             tasks.push(ImageTask {
                 repository: input.repository.clone(),
                 digest: image.digest.clone(),
@@ -373,6 +380,7 @@ pub async fn enumerate_images(
                 target_registry: spec.registry.clone(),
                 target_repository: target.clone(),
                 present,
+                referrers: image.referrers.clone(),
             });
         }
     }
@@ -489,17 +497,20 @@ async fn resolve_listed(
                 digest,
                 tags: image.tag.iter().cloned().collect(),
                 pushed_at: None,
+                referrers: Vec::new(),
             }),
         }
     }
     Ok(selected)
 }
 
+/// The destination has the digest, every tag on it, and every referrer travelling with it.
 async fn is_present(
     client: &oci::RegistryClient,
     repo: &Repository,
     digest: &str,
     tags: &[String],
+    referrers: &[String],
 ) -> Result<bool> {
     let listing = |source| Error::Listing {
         what: format!("{repo}@{digest} in the destination"),
@@ -525,6 +536,17 @@ async fn is_present(
             .await
             .map_err(listing)?;
         if head.is_none_or(|h| h.digest != digest) {
+            return Ok(false);
+        }
+    }
+    for referrer in referrers {
+        let referrer = Digest::parse(referrer).map_err(listing)?;
+        if client
+            .head_manifest(&by_digest.with_digest(referrer))
+            .await
+            .map_err(listing)?
+            .is_none()
+        {
             return Ok(false);
         }
     }
@@ -578,7 +600,14 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
         registry: dest.registry.clone(),
         name: image.target_repository.clone(),
     };
-    image.present = is_present(&dest.client, &to, &image.digest, &image.tags).await?;
+    image.present = is_present(
+        &dest.client,
+        &to,
+        &image.digest,
+        &image.tags,
+        &image.referrers,
+    )
+    .await?;
     if image.present {
         return Ok(ImagePlan {
             image,
@@ -589,12 +618,19 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
         });
     }
     let (_, _, walked) = read_source_image(&source, &image.repository, &image.digest).await?;
-    let blobs: Vec<_> = walked.blobs.into_values().collect();
+    let mut manifests = walked.children.len() + 1;
+    let mut blobs = walked.blobs;
+    for referrer in &image.referrers {
+        let (_, _, walked) = read_source_image(&source, &image.repository, referrer).await?;
+        manifests += walked.children.len() + 1;
+        blobs.extend(walked.blobs);
+    }
+    let blobs: Vec<_> = blobs.into_values().collect();
     Ok(ImagePlan {
         ranges: split_into_ranges(&blobs, job.range_bytes),
         bytes: blobs.iter().map(|b| b.size).sum(),
         blobs: blobs.len(),
-        manifests: walked.children.len() + 1,
+        manifests,
         image,
     })
 }
@@ -705,6 +741,22 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         &from.to_string(),
     )
     .await?;
+    let mut referrers = Vec::new();
+    for digest in &input.image.referrers {
+        let (from, top, walked) =
+            read_source_image(&source, &input.image.repository, digest).await?;
+        put_manifests_in_order(
+            &dest.client,
+            &to,
+            &top,
+            &walked.children,
+            &[],
+            &from.to_string(),
+        )
+        .await?;
+        referrers.push(top);
+    }
+    referrers::write_fallback_indexes(&dest.client, &to, &referrers).await?;
     Ok(ImageResult::for_task(
         &input.image,
         ImageStatus::Copied,

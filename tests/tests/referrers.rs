@@ -260,10 +260,10 @@ async fn referrers_the_source_lists_through_its_api_arrive_listed_in_the_targets
         .to_string(),
     )
     .unwrap();
-    let output =
-        replication::run::run_job(&Connections::new(settings()), job, &replication::run::Quiet)
-            .await
-            .unwrap();
+    let conns = Connections::new(settings());
+    let output = replication::run::run_job(&conns, job.clone(), &replication::run::Quiet)
+        .await
+        .unwrap();
 
     // The referrers travel inside the image's task: one image copied.
     assert_eq!(
@@ -321,18 +321,8 @@ async fn referrers_the_source_lists_through_its_api_arrive_listed_in_the_targets
     );
 
     // A second run finds everything present (image, tag and referrers) and writes nothing.
-    let job = replication::Job::from_json(
-        &json!({
-            "source": {"registry": fake.host, "insecure": true},
-            "destinations": [{"registry": dst.host, "insecure": true}],
-            "tags": {"include": ["v1"]},
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let again =
-        replication::run::run_job(&Connections::new(settings()), job, &replication::run::Quiet)
-            .await
-            .unwrap();
+    let again = replication::run::run_job(&conns, job, &replication::run::Quiet)
+        .await
+        .unwrap();
     assert_eq!((again.report.copied, again.report.present), (0, 1));
 }

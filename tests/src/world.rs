@@ -48,6 +48,22 @@ impl EcrWorld {
         }
     }
 
+    /// The data planes, then moto's Step Functions with the real functions under `cargo lambda
+    /// watch` (told where the data planes are), and the world on that moto.
+    pub async fn with_step_functions() -> (Self, crate::sfn::LocalStepFunctions) {
+        let registries = Self::data_planes();
+        let env = [(
+            "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
+            Self::endpoints_of(&registries),
+        )];
+        let sfn = crate::sfn::LocalStepFunctions::start(&env).await;
+        let world = EcrWorld {
+            moto: Moto::attach(&sfn.moto_url),
+            registries,
+        };
+        (world, sfn)
+    }
+
     /// The data-plane registries alone (start them before the moto they will pair with).
     pub fn data_planes() -> HashMap<String, TestRegistry> {
         [SOURCE, DEST, DEST2]

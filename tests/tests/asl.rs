@@ -27,6 +27,16 @@ fn write_temp(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
+/// The validator exited 0; otherwise its complaints are the failure message.
+fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn asl_validator_accepts_the_substituted_definition() {
     let file = write_temp(&definition("123456789012", "us-east-1"));
@@ -35,12 +45,7 @@ fn asl_validator_accepts_the_substituted_definition() {
         .arg(file.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 #[test]
@@ -79,12 +84,7 @@ fn statelint_accepts_it_but_for_max_concurrency_path_which_it_predates() {
         .arg(write_temp(&value.to_string()).path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 }
 
 #[test]

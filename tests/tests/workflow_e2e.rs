@@ -5,8 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{multi_arch, Format, ImageBuilder, TestImage};
-use e2e::moto::Moto;
-use e2e::sfn::LocalStepFunctions;
 use e2e::world::{moto_token_password, EcrWorld, DEST, DEST2, DEST2_ROLE, DEST_ROLE, SOURCE};
 use serde_json::{json, Value};
 
@@ -146,16 +144,7 @@ fn storage_files(world: &EcrWorld, host: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_runs_write_nothing()
 {
-    let registries = EcrWorld::data_planes();
-    let env = [(
-        "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
-        EcrWorld::endpoints_of(&registries),
-    )];
-    let sfn = LocalStepFunctions::start(&env).await;
-    let world = EcrWorld {
-        moto: Moto::attach(&sfn.moto_url),
-        registries,
-    };
+    let (world, sfn) = EcrWorld::with_step_functions().await;
     seed(&world).await;
     let arn = sfn.create_state_machine("replicate").await;
 

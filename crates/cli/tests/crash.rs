@@ -33,6 +33,7 @@ fn image() -> TestImage {
 struct Driver<'a> {
     src: &'a TestRegistry,
     dst: &'a TestRegistry,
+    image: &'a TestImage,
     started: Instant,
     kill_at: Option<Duration>,
     killed: Option<(String, Duration)>,
@@ -104,7 +105,7 @@ impl Driver<'_> {
     async fn assert_no_partial_image_tagged(&self) {
         let target = Pusher::new(&self.dst.host, None);
         if target.manifest("mirror/app", "v1").await.is_some() {
-            for blob in &image().blobs {
+            for blob in &self.image.blobs {
                 assert!(
                     target.has_blob("mirror/app", &blob.digest).await,
                     "v1 is tagged but blob {} is missing",
@@ -141,6 +142,7 @@ async fn replicate(
     let mut driver = Driver {
         src,
         dst,
+        image,
         started: Instant::now(),
         kill_at,
         killed: None,

@@ -146,7 +146,7 @@ pub async fn ensure_repository(
     let mut output = apply_settings(
         conns,
         &job.job,
-        input.destination,
+        (input.destination, &dest_spec),
         &input.repository,
         &target,
     )
@@ -163,11 +163,10 @@ pub async fn ensure_repository(
 async fn apply_settings(
     conns: &Connections,
     job: &Job,
-    index: usize,
+    (index, dest_spec): (usize, &Destination),
     repository: &str,
     target: &str,
 ) -> Result<EnsureRepositoryOutput> {
-    let dest_spec = destination(job, index)?;
     let skipped = |why: &str| EnsureRepositoryOutput {
         registry: dest_spec.registry.clone(),
         repository: target.to_string(),

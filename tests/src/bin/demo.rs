@@ -6,8 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use e2e::image::{multi_arch, Format, ImageBuilder, TestImage};
-use e2e::moto::Moto;
-use e2e::sfn::LocalStepFunctions;
 use e2e::world::{moto_token_password, EcrWorld, DEST, DEST2, DEST2_ROLE, DEST_ROLE, SOURCE};
 use serde_json::{json, Value};
 
@@ -73,16 +71,7 @@ fn print_report(title: &str, status: &str, report: &Value, note: &str) {
 async fn main() {
     println!("starting: 3 registries (source, 2 destination accounts), moto (ECR, STS, Step Functions), cargo lambda watch");
     println!("(the first run compiles the Lambda functions: a few minutes on a fresh machine)");
-    let registries = EcrWorld::data_planes();
-    let env = [(
-        "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
-        EcrWorld::endpoints_of(&registries),
-    )];
-    let sfn = LocalStepFunctions::start(&env).await;
-    let world = EcrWorld {
-        moto: Moto::attach(&sfn.moto_url),
-        registries,
-    };
+    let (world, sfn) = EcrWorld::with_step_functions().await;
     for host in [SOURCE, DEST, DEST2] {
         println!(
             "  {host:<48} data plane http://{}",

@@ -1,11 +1,12 @@
 //! moto server (PyPI `moto[server]`, installed by `make setup` into `.venv`) on a free loopback
-//! port: ECR and STS control planes. Stopped on drop.
+//! port: ECR, STS and Step Functions. Started through `tests/aws_rules/strict_moto.py`, which
+//! makes its Step Functions interpreter as strict as AWS. Stopped on drop.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::registry::{free_port, which};
+use crate::registry::free_port;
 
 /// A running moto server.
 pub struct Moto {
@@ -15,25 +16,45 @@ pub struct Moto {
     _dir: tempfile::TempDir,
 }
 
-fn moto_binary() -> PathBuf {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
-    if venv.is_file() {
-        return venv;
-    }
-    which("moto_server")
-        .expect("moto_server not found: run `make setup` (installs moto[server] into .venv)")
+fn venv_python() -> PathBuf {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "{} not found: run `make setup` (installs moto[server] into .venv)",
+        venv.display()
+    );
+    venv
+}
+
+/// How moto's Step Functions interpreter behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interpreter {
+    /// Patched to fail where AWS fails (what every test uses).
+    Strict,
+    /// moto as released (only to show a rule is needed).
+    AsReleased,
 }
 
 impl Moto {
-    /// Starts moto and waits until it answers.
+    /// Starts moto (strict interpreter) and waits until it answers.
     pub fn start() -> Self {
+        Self::start_with(Interpreter::Strict)
+    }
+
+    /// Starts moto with the given interpreter.
+    pub fn start_with(interpreter: Interpreter) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ecr-replicator-moto-")
             .tempdir()
             .unwrap();
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-        let child = Command::new(moto_binary())
+        let mut command = Command::new(venv_python());
+        match interpreter {
+            Interpreter::Strict => command.arg(crate::sfn::strict_moto_script()),
+            Interpreter::AsReleased => command.args(["-m", "moto.server"]),
+        };
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env_remove("MOTO_ACCOUNT_ID")
             .stdin(Stdio::null())
@@ -69,6 +90,19 @@ impl Moto {
             child: None,
             _dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// Lets moto's Step Functions run executions (not just store them).
+    pub async fn enable_executions(&self) {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/moto-api/config", self.url))
+            .body(
+                r#"{"stepfunctions":{"execute_state_machine":true},"lambda":{"use_docker":false}}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "moto config: {}", resp.status());
     }
 
     /// AWS settings that send every call to this moto.

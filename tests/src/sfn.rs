@@ -1,4 +1,6 @@
-//! The real state machine on moto's Step Functions interpreter, its Lambda tasks served by
+//! The real state machine (unchanged: Distributed Maps and `MaxConcurrencyPath` included) on
+//! moto's Step Functions interpreter made as strict as AWS (`tests/aws_rules/strict_moto.py`),
+//! its Lambda tasks served by
 //! `cargo lambda watch` running the real function binaries. moto's interpreter invokes Lambda at
 //! `localhost:$MOTO_PORT`; the small proxy here listens there, sends
 //! `/2015-03-31/functions/<name>/invocations` to watch (a 5xx from watch, a handler error, becomes
@@ -48,37 +50,9 @@ pub fn definition(account: &str, region: &str) -> String {
     text
 }
 
-/// The definition as moto can run it. Two gaps of moto 5.2.5's interpreter are bridged here and
-/// nowhere else: a DISTRIBUTED Map's children run but each returns `null`, so local runs use
-/// INLINE maps; `MaxConcurrencyPath` fails at run time, so it becomes `MaxConcurrency: 10`.
-/// Everything else is the committed file. Production keeps DISTRIBUTED (a child execution, with its own
-/// 25,000-event history, per repository and per image).
-pub fn definition_for_moto(account: &str, region: &str) -> String {
-    let mut value: serde_json::Value = serde_json::from_str(&definition(account, region)).unwrap();
-    inline_maps(&mut value);
-    value.to_string()
-}
-
-fn inline_maps(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(map) => {
-            if let Some(config) = map
-                .get_mut("ProcessorConfig")
-                .and_then(|c| c.as_object_mut())
-            {
-                if config.get("Mode").and_then(|m| m.as_str()) == Some("DISTRIBUTED") {
-                    config.insert("Mode".into(), "INLINE".into());
-                    config.remove("ExecutionType");
-                }
-            }
-            if map.remove("MaxConcurrencyPath").is_some() {
-                map.insert("MaxConcurrency".into(), 10.into());
-            }
-            map.values_mut().for_each(inline_maps);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(inline_maps),
-        _ => {}
-    }
+/// Where moto's Step Functions interpreter is made as strict as AWS (`strict_moto.py`).
+pub fn strict_moto_script() -> PathBuf {
+    workspace().join("tests/aws_rules/strict_moto.py")
 }
 
 /// moto with Step Functions execution on, `cargo lambda watch`, and the proxy between them.
@@ -90,6 +64,7 @@ pub struct LocalStepFunctions {
     moto: Child,
     watch: Child,
     proxy: tokio::task::JoinHandle<()>,
+    proxy_state: std::sync::Arc<Proxy>,
     dir: tempfile::TempDir,
 }
 
@@ -140,6 +115,35 @@ struct Proxy {
     http: reqwest::Client,
     moto: String,
     watch: String,
+    /// Per function, the Lambda service errors its next invocations answer with instead of
+    /// running (see `LocalStepFunctions::fail_next_invocation`).
+    faults: std::sync::Mutex<std::collections::HashMap<String, Vec<LambdaFault>>>,
+}
+
+/// How a Lambda invocation can end without the function answering, as Step Functions reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LambdaFault {
+    /// The function ran past its timeout ("Task timed out after 900.00 seconds"), reported as
+    /// `Sandbox.Timedout` by newer runtimes.
+    Timeout,
+    /// The runtime died (out of memory, or a timeout on older runtimes) and returned no error
+    /// type: `Lambda.Unknown`. "Unhandled errors in Lambda are reported as Lambda.Unknown ...
+    /// These include out-of-memory errors and function timeouts."
+    /// <https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html>
+    Unknown,
+}
+
+impl LambdaFault {
+    fn body(self) -> &'static str {
+        match self {
+            LambdaFault::Timeout => {
+                r#"{"errorType":"Sandbox.Timedout","errorMessage":"RequestId: 00000000 Error: Task timed out after 900.00 seconds"}"#
+            }
+            LambdaFault::Unknown => {
+                r#"{"errorType":"Lambda.Unknown","errorMessage":"The cause could not be determined because Lambda did not return an error type. Returned payload: {\"errorType\":\"Runtime.OutOfMemory\"}"}"#
+            }
+        }
+    }
 }
 
 impl LocalStepFunctions {
@@ -151,7 +155,9 @@ impl LocalStepFunctions {
             .unwrap();
         let (moto_port, proxy_port, watch_port) = (free_port(), free_port(), free_port());
         let moto_log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-        let moto = Command::new(workspace().join(".venv/bin/moto_server"))
+        // moto's server, its Step Functions interpreter patched to fail where AWS fails.
+        let moto = Command::new(workspace().join(".venv/bin/python"))
+            .arg(strict_moto_script())
             .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
             .env("MOTO_PORT", proxy_port.to_string())
             .env_remove("MOTO_ACCOUNT_ID")
@@ -210,7 +216,9 @@ impl LocalStepFunctions {
                 .unwrap(),
             moto: format!("http://127.0.0.1:{moto_port}"),
             watch: format!("http://127.0.0.1:{watch_port}"),
+            faults: Default::default(),
         });
+        let proxy_state = state.clone();
         let app = axum::Router::new().fallback(forward).with_state(state);
         let proxy = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -221,6 +229,7 @@ impl LocalStepFunctions {
             moto,
             watch,
             proxy,
+            proxy_state,
             dir,
         };
         sfn.wait_for(moto_port, "moto_server").await;
@@ -274,6 +283,18 @@ impl LocalStepFunctions {
                 self.logs()
             );
         }
+    }
+
+    /// The next invocation of `function` ends with `fault` instead of running (the Lambda
+    /// service's answer for a timed-out or crashed function); later ones run as usual.
+    pub fn fail_next_invocation(&self, function: &str, fault: LambdaFault) {
+        self.proxy_state
+            .faults
+            .lock()
+            .unwrap()
+            .entry(function.to_string())
+            .or_default()
+            .push(fault);
     }
 
     /// The logs of moto and watch, for failure messages.
@@ -390,7 +411,7 @@ impl LocalStepFunctions {
         let sfn = ecr::sfn_client(&self.aws_settings(), "us-east-1").await;
         sfn.create_state_machine()
             .name(name)
-            .definition(definition_for_moto("123456789012", "us-east-1"))
+            .definition(definition("123456789012", "us-east-1"))
             .role_arn("arn:aws:iam::123456789012:role/ecr-replicator-workflow")
             .send()
             .await
@@ -440,6 +461,19 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
             let name = percent_decode(name);
             name.rsplit(':').next().unwrap_or(&name).to_string()
         });
+    let fault = invocation.as_ref().and_then(|function| {
+        let mut faults = proxy.faults.lock().unwrap();
+        let queue = faults.get_mut(function)?;
+        (!queue.is_empty()).then(|| queue.remove(0))
+    });
+    if let Some(fault) = fault {
+        return Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("x-amz-function-error", "Unhandled")
+            .body(Body::from(fault.body()))
+            .unwrap();
+    }
     match invocation {
         Some(function) => {
             let resp = proxy

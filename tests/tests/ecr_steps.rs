@@ -308,6 +308,7 @@ async fn enumeration_filters_repositories_and_tags_and_marks_present_images() {
                 image: task.clone(),
                 range,
                 state: None,
+                bytes_before: 0,
             }),
         )
         .await

@@ -157,6 +157,7 @@ async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
                 image: image.clone(),
                 range,
                 state: None,
+                bytes_before: 0,
             }),
         )
         .await
@@ -228,6 +229,7 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
             image: image_task.clone(),
             range: segmented.clone(),
             state,
+            bytes_before: total,
         };
         // The state travels as JSON between invocations.
         let input: CopyBlobsInput =
@@ -235,6 +237,10 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
         let out = functions::copy_blobs(&conns, event(input)).await.unwrap();
         calls += 1;
         total += out.bytes_copied;
+        assert_eq!(
+            out.range_bytes_copied, total,
+            "the range's running byte count"
+        );
         assert!(
             serde_json::to_string(&out).unwrap().len() < 4096,
             "state stays small"
@@ -257,6 +263,7 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
                 image: image_task.clone(),
                 range,
                 state: None,
+                bytes_before: 0,
             }),
         )
         .await
@@ -295,6 +302,8 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
         reports,
         results,
         repositories: json!(null),
+        present: 0,
+        list: None,
         fail_on_failure: fail,
     };
 
@@ -315,7 +324,8 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
     .unwrap_err();
     assert_eq!(err.kind, replication::ErrorKind::Failed);
     assert!(
-        err.message.contains("2 of 6 images failed")
+        err.message
+            .contains("2 of 6 images and 0 repositories failed")
             && err.message.contains("b@sha256:2")
             && err.message.contains("blob gone"),
         "{}",
@@ -337,6 +347,45 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
             report.bytes_copied
         ),
         (2, 1, 1, 20)
+    );
+
+    // A repository child's report: present tasks counted without results, one failure listed,
+    // the rest counted; a repository that failed as a whole fails the run, named.
+    let child = functions::summarise(event(SummariseInput {
+        present: 5,
+        list: Some(1),
+        ..input(json!([]), json!([failed.clone(), failed.clone()]), false)
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            child.images,
+            child.present,
+            child.failed,
+            child.failures.len(),
+            child.failures_omitted
+        ),
+        (7, 5, 2, 1, 1)
+    );
+    let repository_failed = json!({"images": 0, "copied": 0, "present": 0, "planned": 0, "failed": 0,
+        "bytesCopied": 0, "failures": [], "repositoriesFailed": 1,
+        "repositoryFailures": [{"repository": "c", "error": "ReplicationRetryable: listing tags of c failed"}]});
+    let err = functions::summarise(event(input(
+        json!([child, repository_failed]),
+        json!([]),
+        true,
+    )))
+    .await
+    .unwrap_err();
+    assert!(
+        err.message
+            .contains("2 of 7 images and 1 repositories failed")
+            && err
+                .message
+                .contains("repository c: ReplicationRetryable: listing tags of c failed"),
+        "{}",
+        err.message
     );
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use replication::connect::{Connections, Settings};
 use replication::run::{run_job, RunObserver, RunOutput};
-use replication::steps::{EnsureRepositoryOutput, ImageResult, ImageStatus};
+use replication::steps::{EnsureRepositoryOutput, ImageResult, ImageStatus, RepositoryFailure};
 use replication::Job;
 
 use crate::OutputFormat;
@@ -196,6 +196,11 @@ impl RunObserver for Progress {
             }
         }
     }
+    fn repository_failed(&self, f: &RepositoryFailure) {
+        if self.enabled {
+            eprintln!("failed   repository {}: {}", f.repository, f.error);
+        }
+    }
     fn repository_ensured(&self, o: &EnsureRepositoryOutput) {
         if self.enabled && (o.created || !o.changes.is_empty() || !o.drift.is_empty()) {
             let verb = if o.created { "create" } else { "update" };
@@ -237,11 +242,13 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     };
     let output = run_job(&conns, job, &observer).await?;
     print_run(&output, args.output, dry_run)?;
-    Ok(if output.report.failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if output.report.failed > 0 || output.report.repositories_failed > 0 {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow::Result<()> {
@@ -269,13 +276,14 @@ fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow:
     }
     let r = &output.report;
     println!(
-        "\n{} images: {} copied, {} present, {} planned, {} failed; {:.1} MiB copied",
+        "\n{} images: {} copied, {} present, {} planned, {} failed; {:.1} MiB copied; {} repositories failed",
         r.images,
         r.copied,
         r.present,
         r.planned,
         r.failed,
-        r.bytes_copied as f64 / 1048576.0
+        r.bytes_copied as f64 / 1048576.0,
+        r.repositories_failed
     );
     if r.tags_pruned + r.tags_kept > 0 {
         println!(
@@ -298,6 +306,9 @@ fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow:
             f.target_repository,
             f.error.clone().unwrap_or_default()
         );
+    }
+    for f in &r.repository_failures {
+        println!("FAILED repository {}: {}", f.repository, f.error);
     }
     Ok(())
 }

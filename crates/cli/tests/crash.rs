@@ -39,6 +39,12 @@ struct Driver<'a> {
     killed: Option<(String, Duration)>,
     /// Bytes reported by completed copy invocations.
     bytes_copied: u64,
+    /// The blobs of the range being copied, and the bytes completed invocations reported for it.
+    range_blobs: Vec<(String, u64)>,
+    range_reported: u64,
+    /// Bytes of blobs a killed invocation completed before it died: its re-run finds them
+    /// present and reports nothing for them.
+    completed_by_killed: u64,
     invocations: usize,
 }
 
@@ -82,13 +88,18 @@ impl Driver<'_> {
                 self.killed = Some((name.to_string(), self.started.elapsed()));
                 self.kill_at = None;
                 self.assert_no_partial_image_tagged().await;
+                if name == "copy-blobs" {
+                    self.count_blobs_completed_by_killed().await;
+                }
                 continue; // the state machine retries the step with the same input
             }
             let out = child.wait_with_output().await.unwrap();
             if out.status.success() {
                 let value: Value = serde_json::from_slice(&out.stdout).unwrap();
                 if name == "copy-blobs" {
-                    self.bytes_copied += value["bytesCopied"].as_u64().unwrap();
+                    let bytes = value["bytesCopied"].as_u64().unwrap();
+                    self.bytes_copied += bytes;
+                    self.range_reported += bytes;
                 }
                 return value;
             }
@@ -99,6 +110,19 @@ impl Driver<'_> {
                 "{name} failed: {stderr}"
             );
         }
+    }
+
+    /// The killed copy's range: bytes of its blobs now complete in the target that no completed
+    /// invocation reported (the killed one finished them).
+    async fn count_blobs_completed_by_killed(&mut self) {
+        let target = Pusher::new(&self.dst.host, None);
+        let mut present = 0;
+        for (digest, size) in &self.range_blobs {
+            if target.has_blob("mirror/app", digest).await {
+                present += size;
+            }
+        }
+        self.completed_by_killed += present.saturating_sub(self.range_reported);
     }
 
     /// A tag in the target only ever names a complete image.
@@ -120,7 +144,21 @@ impl Driver<'_> {
 struct Outcome {
     killed: Option<(String, Duration)>,
     bytes_copied: u64,
+    completed_by_killed: u64,
     invocations: usize,
+}
+
+impl Outcome {
+    /// Bytes sent twice: everything the completed invocations reported plus what killed ones
+    /// completed, beyond the image's size.
+    fn repeated(&self, total: u64) -> u64 {
+        let sent = self.bytes_copied + self.completed_by_killed;
+        assert!(
+            sent >= total,
+            "the run accounts for {sent} bytes of a {total}-byte image"
+        );
+        sent - total
+    }
 }
 
 /// One replication of the image through the steps.
@@ -147,6 +185,9 @@ async fn replicate(
         kill_at,
         killed: None,
         bytes_copied: 0,
+        range_blobs: Vec::new(),
+        range_reported: 0,
+        completed_by_killed: 0,
         invocations: 0,
     };
     let plan = driver
@@ -157,6 +198,20 @@ async fn replicate(
     let mut copies = Vec::new();
     for range in ranges {
         let mut state = Value::Null;
+        let blobs = match range.get("blobs") {
+            Some(blobs) => blobs.as_array().unwrap().clone(),
+            None => vec![range["blob"].clone()],
+        };
+        driver.range_blobs = blobs
+            .iter()
+            .map(|b| {
+                (
+                    b["digest"].as_str().unwrap().to_string(),
+                    b["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        driver.range_reported = 0;
         loop {
             let out = driver
                 .step(
@@ -180,6 +235,7 @@ async fn replicate(
     Outcome {
         killed: driver.killed,
         bytes_copied: driver.bytes_copied,
+        completed_by_killed: driver.completed_by_killed,
         invocations: driver.invocations,
     }
 }
@@ -249,7 +305,7 @@ async fn killed_copy_steps_resume_to_a_byte_identical_image_every_time() {
             }
         };
         assert_target_holds(&dst, &src, &image).await;
-        let repeated = run.bytes_copied - total;
+        let repeated = run.repeated(total);
         repeated_total += repeated;
         eprintln!(
             "round {round}: killed {step} at {at:.2?} ({:.0}% of a clean run); re-run ended byte-identical; repeated {} MiB in {} invocations",

@@ -133,13 +133,17 @@ impl EcrAdmin {
 
     /// One page of repository names (`DescribeRepositories`), at most 200, so the workflow's
     /// per-page map output stays far below the 256 KiB state payload limit.
-    pub async fn list_repositories(&self, next: Option<String>) -> Result<Page<String>> {
+    pub async fn list_repositories(
+        &self,
+        next: Option<String>,
+        limit: usize,
+    ) -> Result<Page<String>> {
         let out = self
             .client
             .describe_repositories()
             .registry_id(&self.registry.account_id)
             .set_next_token(next)
-            .max_results(200)
+            .max_results(limit.clamp(1, 1000) as i32)
             .send()
             .await
             .map_err(|e| Error::api("ecr:DescribeRepositories", self.registry.host.clone(), &e))?;

@@ -18,11 +18,16 @@ pub struct StepError {
     pub message: String,
 }
 
+/// Characters of an error message a step returns at most: the message becomes the `Cause`
+/// the state machine records (a repository's failure is kept in its report, and a page of
+/// reports must fit in 256 KiB).
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
+
 impl From<replication::Error> for StepError {
     fn from(e: replication::Error) -> Self {
         StepError {
             kind: e.kind(),
-            message: e.to_string(),
+            message: replication::steps::truncate_chars(&e.to_string(), MAX_ERROR_MESSAGE_CHARS),
         }
     }
 }
@@ -57,7 +62,10 @@ pub fn parse_event<I: serde::de::DeserializeOwned>(
     let mut deserializer = serde_json::Deserializer::from_str(&text);
     let input = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| StepError {
         kind: ErrorKind::InvalidInput,
-        message: format!("invalid step input: {}: {}", e.path(), e.inner()),
+        message: replication::steps::truncate_chars(
+            &format!("invalid step input: {}: {}", e.path(), e.inner()),
+            MAX_ERROR_MESSAGE_CHARS,
+        ),
     })?;
     Ok(LambdaEvent::new(input, context))
 }
@@ -77,7 +85,9 @@ pub async fn ensure_repository(
     event: LambdaEvent<EnsureRepositoryInput>,
 ) -> Result<EnsureRepositoryOutput, StepError> {
     // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
-    Ok(Box::pin(workflow::ensure_repository(conns, event.payload)).await?)
+    Ok(Box::pin(workflow::ensure_repository(conns, event.payload))
+        .await?
+        .bounded())
 }
 
 /// `enumerate-images`.

@@ -13,8 +13,8 @@ use crate::filter::ImageInfo;
 /// Lists what a registry holds, page by page.
 #[async_trait]
 pub trait Catalog: Send + Sync {
-    /// One page of repository names.
-    async fn repositories(&self, next: Option<String>) -> Result<Page<String>>;
+    /// One page of at most `limit` repository names.
+    async fn repositories(&self, next: Option<String>, limit: usize) -> Result<Page<String>>;
     /// One page of a repository's images.
     async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ImageInfo>>;
 }
@@ -43,8 +43,8 @@ fn aws(context: String) -> impl FnOnce(ecr::Error) -> Error {
 
 #[async_trait]
 impl Catalog for EcrAdmin {
-    async fn repositories(&self, next: Option<String>) -> Result<Page<String>> {
-        self.list_repositories(next)
+    async fn repositories(&self, next: Option<String>, limit: usize) -> Result<Page<String>> {
+        self.list_repositories(next, limit)
             .await
             .map_err(aws(format!("listing repositories of {}", self.registry())))
     }
@@ -124,10 +124,10 @@ pub struct OciCatalog<'a> {
 
 #[async_trait]
 impl Catalog for OciCatalog<'_> {
-    async fn repositories(&self, next: Option<String>) -> Result<Page<String>> {
+    async fn repositories(&self, next: Option<String>, limit: usize) -> Result<Page<String>> {
         let (items, next) = self
             .client
-            .catalog_page(self.registry, self.page_size, next.as_deref())
+            .catalog_page(self.registry, self.page_size.min(limit), next.as_deref())
             .await
             .map_err(|source| Error::Listing {
                 what: format!("repositories of {}", self.registry),

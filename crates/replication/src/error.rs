@@ -83,14 +83,16 @@ pub enum Error {
         /// The source manifest's digest.
         actual: String,
     },
-    /// Images failed in a run (the workflow's last step).
-    #[error("{failed} of {images} images failed: {}", names.join("; "))]
+    /// Images or whole repositories failed in a run (the workflow's last step).
+    #[error("{failed} of {images} images and {repositories_failed} repositories failed: {}", names.join("; "))]
     ImagesFailed {
-        /// How many failed.
+        /// How many images failed.
         failed: usize,
         /// How many images the run considered.
         images: usize,
-        /// Each listed failure: image, destination, error.
+        /// How many repositories failed as a whole.
+        repositories_failed: usize,
+        /// Each listed failure: repository or image, destination, error.
         names: Vec<String>,
     },
     /// An index nests deeper than any real image does.
@@ -99,6 +101,18 @@ pub enum Error {
         /// The image.
         image: String,
         /// The depth limit.
+        limit: usize,
+    },
+    /// An image has more blobs than a plan may carry through the state machine.
+    #[error("{image} has {blobs} blobs across its manifests and referrers: its plan is {bytes} bytes, over the {limit} a workflow step may carry; copy it with `ecr-replicator copy`")]
+    PlanTooLarge {
+        /// The image.
+        image: String,
+        /// Its distinct blobs.
+        blobs: usize,
+        /// The plan's JSON size.
+        bytes: usize,
+        /// The limit.
         limit: usize,
     },
     /// An image named in the execution input is not in the source.

@@ -13,6 +13,11 @@ use crate::filter::{RepositoryMatcher, TagMatcher};
 pub const DEFAULT_RANGE_BYTES: u64 = 2 << 30;
 /// Smallest budget accepted: ECR's minimum upload part.
 pub const MIN_RANGE_BYTES: u64 = 5 << 20;
+/// Destinations one job may have: each adds a task per image to a page and an
+/// `ensure-repository` output to a repository's state (256 KiB at most in Step Functions).
+pub const MAX_DESTINATIONS: usize = 10;
+/// The job's JSON at most: it travels in every state of every execution (256 KiB each).
+pub const MAX_JOB_BYTES: usize = 32 * 1024;
 
 /// A replication job: the Step Functions execution input, the CLI's `--input` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -247,6 +252,22 @@ impl Job {
         );
         if self.destinations.is_empty() {
             problem("destinations", "at least one destination is needed".into());
+        }
+        if self.destinations.len() > MAX_DESTINATIONS {
+            problem(
+                "destinations",
+                format!(
+                    "{} destinations; at most {MAX_DESTINATIONS} per job: split them over several jobs",
+                    self.destinations.len()
+                ),
+            );
+        }
+        let bytes = serde_json::to_vec(&self).map(|v| v.len()).unwrap_or(0);
+        if bytes > MAX_JOB_BYTES {
+            problem(
+                "(job)",
+                format!("the job is {bytes} bytes of JSON; at most {MAX_JOB_BYTES} (it travels in every state of the workflow): split a long `images` list over several jobs"),
+            );
         }
         let mut seen = Vec::new();
         for (i, d) in self.destinations.iter().enumerate() {

@@ -20,14 +20,44 @@ pub struct EnumerateRepositoriesInput {
     pub next_token: Option<String>,
 }
 
-/// Output of `enumerate-repositories`: selected repositories of one source page.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Output of `enumerate-repositories`: selected repositories of one source page, and the job
+/// validated with every default filled in, which the state machine uses from then on (a Choice
+/// or `*Path` on a field the input left out fails an execution in AWS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnumerateRepositoriesOutput {
     /// Selected repository names.
     pub repositories: Vec<String>,
     /// Token for the next page, `null` on the last.
     pub next_token: Option<String>,
+    /// The job, validated, defaults filled in.
+    pub job: Job,
+    /// How the job's `maxConcurrency` is shared out over the nested maps.
+    pub concurrency: Concurrency,
+}
+
+/// `maxConcurrency` shared out: repositories at once times images at once per repository never
+/// exceeds it, and each image copies one range at a time, so concurrent copy invocations stay
+/// within `maxConcurrency` for the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// Repository child executions at once (ForEachRepository's MaxConcurrency).
+    pub repositories: u32,
+    /// Image child executions at once per repository (ForEachImage's MaxConcurrency).
+    pub images: u32,
+}
+
+impl Concurrency {
+    /// Up to 5 images at once per repository, the rest of the budget to repositories.
+    pub fn share(max_concurrency: u32) -> Self {
+        let max = max_concurrency.max(1);
+        let images = max.min(5);
+        Concurrency {
+            repositories: (max / images).max(1),
+            images,
+        }
+    }
 }
 
 /// Input of `ensure-repository`.
@@ -66,9 +96,25 @@ pub struct EnsureRepositoryOutput {
     /// that cannot remove a single tag).
     #[serde(default)]
     pub prune_kept: Vec<String>,
+    /// How many tags were pruned when `pruned` lists only the first (Lambda outputs are bounded).
+    #[serde(default)]
+    pub pruned_count: usize,
+    /// How many stale tags were kept when `pruneKept` lists only the first.
+    #[serde(default)]
+    pub prune_kept_count: usize,
 }
 
 impl EnsureRepositoryOutput {
+    /// The output with at most `ENSURE_LISTED` tags in each list, the counts keeping the
+    /// totals: what the Lambda returns, as it travels in the state (256 KiB at most).
+    pub fn bounded(mut self) -> Self {
+        self.pruned_count = self.pruned_count.max(self.pruned.len());
+        self.prune_kept_count = self.prune_kept_count.max(self.prune_kept.len());
+        self.pruned.truncate(ENSURE_LISTED);
+        self.prune_kept.truncate(ENSURE_LISTED);
+        self
+    }
+
     pub(crate) fn from_report(registry: &str, repository: &str, report: EnsureReport) -> Self {
         EnsureRepositoryOutput {
             registry: registry.to_string(),
@@ -79,6 +125,8 @@ impl EnsureRepositoryOutput {
             skipped: None,
             pruned: Vec::new(),
             prune_kept: Vec::new(),
+            pruned_count: 0,
+            prune_kept_count: 0,
         }
     }
 }
@@ -121,12 +169,17 @@ pub struct ImageTask {
     pub referrers: Vec<String>,
 }
 
-/// Output of `enumerate-images`: one page of tasks (selected images x destinations).
+/// Output of `enumerate-images`: one page of the work left (selected images x destinations not
+/// yet in the destination). Tasks already present are only counted: they cost no child
+/// execution and no invocation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnumerateImagesOutput {
-    /// Tasks of this page.
+    /// Tasks of this page, none of them present (at most `TASKS_PER_PAGE` tasks and
+    /// `PAGE_TASK_BYTES` of JSON).
     pub images: Vec<ImageTask>,
+    /// Tasks this page checked and found present in their destination.
+    pub present: usize,
     /// Images the filters selected in the whole repository.
     pub selected: usize,
     /// Token for the next page, `null` on the last.
@@ -173,6 +226,10 @@ pub struct CopyBlobsInput {
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Value>")]
     pub state: Option<SegmentState>,
+    /// Bytes earlier calls of this range copied (the segment loop carries it, so no byte count
+    /// goes through a 32-bit intrinsic).
+    #[serde(default)]
+    pub bytes_before: u64,
 }
 
 /// Output of `copy-blobs`.
@@ -188,6 +245,8 @@ pub struct CopyBlobsOutput {
     pub state: Option<SegmentState>,
     /// Bytes streamed by this call.
     pub bytes_copied: u64,
+    /// Bytes streamed for this range by this call and the earlier ones (`bytesBefore` + this).
+    pub range_bytes_copied: u64,
     /// Blobs completed by this call.
     pub blobs_copied: usize,
     /// Blobs the target already had.
@@ -317,10 +376,37 @@ pub struct RunReport {
     /// The first 50 kept tags, as `registry/repository:tag: reason`.
     #[serde(default)]
     pub kept: Vec<String>,
+    /// Repositories whose replication failed as a whole (listing, creating, summarising): their
+    /// images were not all considered.
+    #[serde(default)]
+    pub repositories_failed: usize,
+    /// The first of them, each with the error.
+    #[serde(default)]
+    pub repository_failures: Vec<RepositoryFailure>,
 }
 
-/// Failures listed in a report; the rest are only counted.
-pub const MAX_FAILURES_LISTED: usize = 50;
+/// A repository whose replication failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryFailure {
+    /// Source repository.
+    pub repository: String,
+    /// What failed (error type and cause).
+    pub error: String,
+}
+
+/// Entries each list of a report holds; the rest are only counted. The run report lists this
+/// many; a repository's report (one of up to `REPOSITORIES_PER_PAGE` in a Map's result) lists
+/// `CHILD_LISTED`, so the aggregated result stays under 256 KiB.
+pub const MAX_FAILURES_LISTED: usize = 20;
+/// Entries a repository child's report lists.
+pub const CHILD_LISTED: usize = 1;
+/// Pruned and kept tags an `ensure-repository` output lists (the counts keep the totals).
+pub const ENSURE_LISTED: usize = 5;
+/// Characters of an error kept in a report.
+pub const MAX_ERROR_CHARS: usize = 300;
+/// Tags of a failed image named in a report.
+pub const MAX_TAGS_LISTED: usize = 3;
 
 /// Input of `summarise`: reports and per-image results to add up (arrays may nest, as Map
 /// states produce them).
@@ -339,19 +425,56 @@ pub struct SummariseInput {
     #[serde(default)]
     #[schemars(with = "serde_json::Value")]
     pub repositories: JsonValue,
+    /// Tasks `enumerate-images` found present (counted, never run).
+    #[serde(default)]
+    pub present: usize,
+    /// Entries each list of the report may hold (default `MAX_FAILURES_LISTED`).
+    #[serde(default)]
+    pub list: Option<usize>,
     /// Fail (naming the failed images) when any image failed: the workflow's last step.
     #[serde(default)]
     pub fail_on_failure: bool,
 }
 
-impl RunReport {
-    /// Adds up per-image results.
-    pub fn from_results(results: &[ImageResult]) -> Self {
-        let mut report = RunReport::default();
-        for r in results {
-            report.add(r);
+/// The first `max` characters of a text, with an ellipsis when cut.
+pub fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+impl ImageResult {
+    /// The record as a report lists it: at most `MAX_TAGS_LISTED` tags (the count of the others
+    /// added) and `MAX_ERROR_CHARS` of the error.
+    pub fn listed(&self) -> Self {
+        let mut out = self.clone();
+        if out.tags.len() > MAX_TAGS_LISTED {
+            let more = out.tags.len() - MAX_TAGS_LISTED;
+            out.tags.truncate(MAX_TAGS_LISTED);
+            out.tags.push(format!("(+{more} more)"));
         }
-        report
+        out.error = out.error.map(|e| truncate_chars(&e, MAX_ERROR_CHARS));
+        out
+    }
+}
+
+impl RunReport {
+    /// Counts tasks found present without running them.
+    pub fn add_present(&mut self, count: usize) {
+        self.images += count;
+        self.present += count;
+    }
+
+    /// Keeps at most `max` entries in each list (the counts keep the rest).
+    pub fn limit_lists(&mut self, max: usize) {
+        if self.failures.len() > max {
+            self.failures_omitted += self.failures.len() - max;
+            self.failures.truncate(max);
+        }
+        self.pruned.truncate(max);
+        self.kept.truncate(max);
+        self.repository_failures.truncate(max);
     }
 
     /// Counts one image result.
@@ -365,7 +488,7 @@ impl RunReport {
             ImageStatus::Failed => {
                 self.failed += 1;
                 if self.failures.len() < MAX_FAILURES_LISTED {
-                    self.failures.push(r.clone());
+                    self.failures.push(r.listed());
                 } else {
                     self.failures_omitted += 1;
                 }
@@ -376,8 +499,8 @@ impl RunReport {
     /// Counts one destination repository's prune results.
     pub fn add_repository(&mut self, o: &EnsureRepositoryOutput) {
         let at = |tag: &String| format!("{}/{}:{tag}", o.registry, o.repository);
-        self.tags_pruned += o.pruned.len();
-        self.tags_kept += o.prune_kept.len();
+        self.tags_pruned += o.pruned_count.max(o.pruned.len());
+        self.tags_kept += o.prune_kept_count.max(o.prune_kept.len());
         listed(&mut self.pruned, o.pruned.iter().map(at));
         listed(&mut self.kept, o.prune_kept.iter().map(at));
     }
@@ -397,9 +520,18 @@ impl RunReport {
         self.failures_omitted += other.failures_omitted;
         for f in &other.failures {
             if self.failures.len() < MAX_FAILURES_LISTED {
-                self.failures.push(f.clone());
+                self.failures.push(f.listed());
             } else {
                 self.failures_omitted += 1;
+            }
+        }
+        self.repositories_failed += other.repositories_failed;
+        for f in &other.repository_failures {
+            if self.repository_failures.len() < MAX_FAILURES_LISTED {
+                self.repository_failures.push(RepositoryFailure {
+                    repository: f.repository.clone(),
+                    error: truncate_chars(&f.error, MAX_ERROR_CHARS),
+                });
             }
         }
     }

@@ -18,8 +18,21 @@ use crate::plan::{split_into_ranges, CopyRange};
 use crate::referrers;
 use crate::steps::*;
 
-/// Images per `enumerate-images` page (each becomes one task per destination).
-pub const IMAGES_PER_PAGE: usize = 25;
+/// Tasks (image x destination pairs with work) per `enumerate-images` page at most: each is a
+/// child execution whose result is part of the Map's aggregated result (256 KiB at most).
+pub const TASKS_PER_PAGE: usize = 25;
+/// JSON bytes of one page's tasks at most (an image with hundreds of tags fills a page alone).
+pub const PAGE_TASK_BYTES: usize = 40 * 1024;
+/// Source repositories per `enumerate-repositories` page: each becomes a child execution whose
+/// report is part of the Map's aggregated result (256 KiB at most).
+pub const REPOSITORIES_PER_PAGE: usize = 20;
+/// Selected images `enumerate-images` checks for presence in one call at most; a repository
+/// with more continues on the next page (bounded work per invocation).
+pub const IMAGES_CHECKED_PER_CALL: usize = 2000;
+/// JSON bytes of an image's plan at most (about 500 blobs): it travels in the image's state.
+pub const MAX_PLAN_BYTES: usize = 64 * 1024;
+/// Presence checks at once.
+const PARALLEL_CHECKS: usize = 16;
 /// Blobs of one range copied at once.
 const PARALLEL_BLOBS: usize = 4;
 
@@ -77,6 +90,7 @@ pub async fn enumerate_repositories(
     input: EnumerateRepositoriesInput,
 ) -> Result<EnumerateRepositoriesOutput> {
     let job = validated(input.job)?;
+    let concurrency = Concurrency::share(job.job.max_concurrency);
     if !job.job.images.is_empty() {
         let mut listed: Vec<String> = Vec::new();
         for image in &job.job.images {
@@ -87,10 +101,15 @@ pub async fn enumerate_repositories(
         return Ok(EnumerateRepositoriesOutput {
             repositories: listed,
             next_token: None,
+            job: job.job,
+            concurrency,
         });
     }
     let source = conns.source(&job.job).await?;
-    let page = source.catalog().repositories(input.next_token).await?;
+    let page = source
+        .catalog()
+        .repositories(input.next_token, REPOSITORIES_PER_PAGE)
+        .await?;
     Ok(EnumerateRepositoriesOutput {
         repositories: page
             .items
@@ -98,6 +117,8 @@ pub async fn enumerate_repositories(
             .filter(|r| job.repositories.matches(r))
             .collect(),
         next_token: page.next,
+        job: job.job,
+        concurrency,
     })
 }
 
@@ -176,6 +197,8 @@ async fn apply_settings(
         skipped: Some(why.to_string()),
         pruned: Vec::new(),
         prune_kept: Vec::new(),
+        pruned_count: 0,
+        prune_kept_count: 0,
     };
     if job.repository_settings == SettingsMode::None {
         return Ok(skipped("repositorySettings is \"none\""));
@@ -333,8 +356,11 @@ fn is_missing_repository(e: &Error) -> bool {
 }
 
 /// Selects a repository's images with the tag filters (reading all of the repository's catalog
-/// pages, so `latest` sees every image) and returns one page of tasks: each selected image for
-/// each destination, marked `present` when the destination already has it under every tag.
+/// pages, so `latest` sees every image) and returns one page of the work left: each selected
+/// image for each destination that does not already have it (digest, every tag, every
+/// referrer). Present ones are only counted, so a run with nothing to do costs no child
+/// execution. A page ends before `TASKS_PER_PAGE` tasks or `PAGE_TASK_BYTES` of tasks would be
+/// exceeded (an image's tasks stay on one page), or after `IMAGES_CHECKED_PER_CALL` images.
 #[tracing::instrument(skip_all, fields(repository = %input.repository, next = ?input.next_token))]
 pub async fn enumerate_images(
     conns: &Connections,
@@ -353,41 +379,83 @@ pub async fn enumerate_images(
     let source = conns.source(&job.job).await?;
     let mut selected = select_images(&source, &job, &input.repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
-    let end = (offset + IMAGES_PER_PAGE).min(selected.len());
-    let mut tasks = Vec::new();
+    let mut destinations = Vec::new();
     for (index, spec) in job.job.destinations.iter().enumerate() {
         let dest = conns.destination(&job.job, index).await?;
-        let target = target_repository(spec, &input.repository);
-        for image in selected.get(offset..end).unwrap_or_default() {
-            let repo = Repository {
-                registry: spec.registry.clone(),
-                name: target.clone(),
-            };
-            let present = is_present(
-                &dest.client,
-                &repo,
-                &image.digest,
-                &image.tags,
-                &image.referrers,
-            )
-            .await?;
-            tasks.push(ImageTask {
-                repository: input.repository.clone(),
-                digest: image.digest.clone(),
-                tags: image.tags.clone(),
-                destination: index,
-                target_registry: spec.registry.clone(),
-                target_repository: target.clone(),
-                present,
-                referrers: image.referrers.clone(),
-            });
-        }
+        destinations.push((
+            index,
+            spec,
+            dest,
+            target_repository(spec, &input.repository),
+        ));
     }
-    Ok(EnumerateImagesOutput {
-        images: tasks,
+    let mut output = EnumerateImagesOutput {
+        images: Vec::new(),
+        present: 0,
         selected: selected.len(),
-        next_token: (end < selected.len()).then(|| end.to_string()),
-    })
+        next_token: None,
+    };
+    let mut task_bytes = 0;
+    let window_end = (offset + IMAGES_CHECKED_PER_CALL).min(selected.len());
+    let window = selected.get(offset..window_end).unwrap_or_default();
+    // Presence of every image of the window in every destination, checked a few at a time, in
+    // order, so the page can stop at its bounds.
+    let mut checks = futures::stream::iter(window.iter().enumerate())
+        .map(|(at, image)| {
+            let destinations = &destinations;
+            let repository = &input.repository;
+            async move {
+                let mut tasks = Vec::new();
+                for (index, spec, dest, target) in destinations {
+                    let repo = Repository {
+                        registry: spec.registry.clone(),
+                        name: target.clone(),
+                    };
+                    let present = is_present(
+                        &dest.client,
+                        &repo,
+                        &image.digest,
+                        &image.tags,
+                        &image.referrers,
+                    )
+                    .await?;
+                    tasks.push(ImageTask {
+                        repository: repository.clone(),
+                        digest: image.digest.clone(),
+                        tags: image.tags.clone(),
+                        destination: *index,
+                        target_registry: spec.registry.clone(),
+                        target_repository: target.clone(),
+                        present,
+                        referrers: image.referrers.clone(),
+                    });
+                }
+                Ok::<_, Error>((at, tasks))
+            }
+        })
+        .buffered(PARALLEL_CHECKS);
+    let mut next = window_end;
+    while let Some(checked) = checks.next().await {
+        let (at, tasks) = checked?;
+        let missing: Vec<ImageTask> = tasks.into_iter().filter(|t| !t.present).collect();
+        let bytes: usize = missing
+            .iter()
+            .map(|t| serde_json::to_vec(t).map(|v| v.len()).unwrap_or(0))
+            .sum();
+        if !missing.is_empty()
+            && !output.images.is_empty()
+            && (output.images.len() + missing.len() > TASKS_PER_PAGE
+                || task_bytes + bytes > PAGE_TASK_BYTES)
+        {
+            next = offset + at; // this image starts the next page
+            break;
+        }
+        output.present += job.job.destinations.len() - missing.len();
+        task_bytes += bytes;
+        output.images.extend(missing);
+    }
+    output.next_token = (next < selected.len()).then(|| next.to_string());
+    Ok(output)
 }
 
 /// The images of one repository a job selects: the listed ones, or the filters' choice from
@@ -625,13 +693,23 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
         blobs.extend(walked.blobs);
     }
     let blobs: Vec<_> = blobs.into_values().collect();
-    Ok(ImagePlan {
+    let plan = ImagePlan {
         ranges: split_into_ranges(&blobs, job.range_bytes),
         bytes: blobs.iter().map(|b| b.size).sum(),
         blobs: blobs.len(),
         manifests,
         image,
-    })
+    };
+    let bytes = serde_json::to_vec(&plan).map(|v| v.len()).unwrap_or(0);
+    if bytes > MAX_PLAN_BYTES {
+        return Err(Error::PlanTooLarge {
+            image: format!("{}@{}", plan.image.repository, plan.image.digest),
+            blobs: plan.blobs,
+            bytes,
+            limit: MAX_PLAN_BYTES,
+        });
+    }
+    Ok(plan)
 }
 
 /// Copies one range: its whole blobs in parallel, or the next segment of a large blob
@@ -659,6 +737,7 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
         done: true,
         state: None,
         bytes_copied: 0,
+        range_bytes_copied: 0,
         blobs_copied: 0,
         blobs_skipped: 0,
     };
@@ -714,6 +793,7 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
             }
         }
     }
+    output.range_bytes_copied = input.bytes_before + output.bytes_copied;
     Ok(output)
 }
 
@@ -765,7 +845,7 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
 }
 
 /// Adds up reports and per-image results into one run report. With `failOnFailure`, a run
-/// with failed images is an error naming each of them.
+/// with failed images or repositories is an error naming each of them.
 pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     let mut report = RunReport::default();
     for r in flatten::<RunReport>(&input.reports, "reports")? {
@@ -777,24 +857,30 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     for r in flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")? {
         report.add_repository(&r);
     }
-    if input.fail_on_failure && report.failed > 0 {
+    report.add_present(input.present);
+    if let Some(max) = input.list {
+        report.limit_lists(max);
+    }
+    if input.fail_on_failure && (report.failed > 0 || report.repositories_failed > 0) {
+        let repositories = report
+            .repository_failures
+            .iter()
+            .map(|f| format!("repository {}: {}", f.repository, f.error));
+        let images = report.failures.iter().map(|f| {
+            format!(
+                "{}@{} -> {}/{}: {}",
+                f.repository,
+                f.digest,
+                f.target_registry,
+                f.target_repository,
+                f.error.clone().unwrap_or_default()
+            )
+        });
         return Err(Error::ImagesFailed {
             failed: report.failed,
             images: report.images,
-            names: report
-                .failures
-                .iter()
-                .map(|f| {
-                    format!(
-                        "{}@{} -> {}/{}: {}",
-                        f.repository,
-                        f.digest,
-                        f.target_registry,
-                        f.target_repository,
-                        f.error.clone().unwrap_or_default()
-                    )
-                })
-                .collect(),
+            repositories_failed: report.repositories_failed,
+            names: repositories.chain(images).collect(),
         });
     }
     Ok(report)

@@ -1,0 +1,192 @@
+"""moto_server with its Step Functions interpreter made as strict as AWS Step Functions.
+
+moto's interpreter (a port of LocalStack's) is lenient where AWS fails an execution. A green
+local run that AWS would reject is a defect of the test rig, so the harness starts moto through
+this file, which patches the interpreter before serving. Each rule cites the AWS documentation
+it comes from; `tests/tests/aws_rules.rs` proves each one fires.
+
+Already strict in moto 5.2.5 (proven by the same tests, not patched here): a `.$` parameter,
+`ItemsPath` or `MaxConcurrencyPath` on a path that does not exist fails with `States.Runtime`;
+a state's output or a Lambda result of 256 KiB or more fails with `States.DataLimitExceeded`.
+
+Usage: python strict_moto.py [moto_server arguments]
+"""
+
+import sys
+
+from moto.stepfunctions.parser.api import ExecutionFailedEventDetails, HistoryEventType
+from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import (
+    ErrorEqualsDecl,
+)
+from moto.stepfunctions.parser.asl.component.common.error_name.failure_event import (
+    FailureEvent,
+    FailureEventException,
+)
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import (
+    StatesErrorName,
+)
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+    StatesErrorNameType,
+)
+from moto.stepfunctions.parser.asl.component.intrinsic.function.statesfunction.math_operations.math_add import (
+    MathAdd,
+)
+from moto.stepfunctions.parser.asl.component.state.choice.comparison.comparison_operator_type import (
+    ComparisonOperatorType,
+)
+from moto.stepfunctions.parser.asl.component.state.choice.comparison.comparison_variable import (
+    ComparisonVariable,
+)
+from moto.stepfunctions.parser.asl.component.state.choice.comparison.variable import (
+    NoSuchVariable,
+)
+from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.distributed_iteration_component import (
+    DistributedIterationComponent,
+)
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import (
+    StateTaskLambda,
+)
+from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+from moto.stepfunctions.parser.asl.utils.json_path import NoSuchJsonPathError
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+def _fail(env, error: StatesErrorNameType, cause: str) -> FailureEventException:
+    return FailureEventException(
+        failure_event=FailureEvent(
+            env=env,
+            error_name=StatesErrorName(typ=error),
+            event_type=HistoryEventType.ExecutionFailed,
+            event_details=EventDetails(
+                executionFailedEventDetails=ExecutionFailedEventDetails(
+                    error=error.to_name(), cause=cause
+                )
+            ),
+        )
+    )
+
+
+# Rule 1. A Choice rule whose Variable names a path that does not exist fails the execution with
+# States.Runtime ("Invalid path '$.x': The choice state's condition path references an invalid
+# value."); only IsPresent may probe a missing path.
+# https://docs.aws.amazon.com/step-functions/latest/dg/state-choice.html (Choice Rules, IsPresent)
+_choice_eval = ComparisonVariable._eval_body
+
+
+def _strict_choice(self, env):
+    self.variable.eval(env)
+    value = env.stack[-1]
+    if (
+        isinstance(value, NoSuchVariable)
+        and self.comparison_function.operator_type != ComparisonOperatorType.IsPresent
+    ):
+        env.stack.pop()
+        raise _fail(
+            env,
+            StatesErrorNameType.StatesRuntime,
+            f"Invalid path '{self.variable.string_sampler.literal_value}': "
+            "The choice state's condition path references an invalid value.",
+        )
+    self.comparison_function.eval(env)
+
+
+ComparisonVariable._eval_body = _strict_choice
+
+
+# Rule 1b. The same for a Task's `.$` parameter on a missing path: States.Runtime ("The JSONPath
+# ... could not be found in the input"). moto reports it as States.TaskFailed, which States.ALL
+# would catch.
+# https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html (States.Runtime)
+_task_from_error = StateTaskLambda._from_error
+
+
+def _strict_task_from_error(self, env, ex):
+    if isinstance(ex, NoSuchJsonPathError):
+        return _fail(env, StatesErrorNameType.StatesRuntime, str(ex)).failure_event
+    return _task_from_error(self, env, ex)
+
+
+StateTaskLambda._from_error = _strict_task_from_error
+
+
+# Rule 2. States.MathAdd takes integers between -2147483648 and 2147483647 (and its result must
+# fit too); byte counts of large blobs do not.
+# https://docs.aws.amazon.com/step-functions/latest/dg/intrinsic-functions.html#asl-intrsc-func-math-operation
+def _strict_math_add(self, env):
+    self.argument_list.eval(env=env)
+    args = env.stack.pop()
+    a = self._validate_integer_value(args[0])
+    b = self._validate_integer_value(args[1])
+    for value in (a, b, a + b):
+        if not INT32_MIN <= value <= INT32_MAX:
+            raise _fail(
+                env,
+                StatesErrorNameType.StatesRuntime,
+                f"States.MathAdd: {value} is outside the 32-bit integer range "
+                f"[{INT32_MIN}, {INT32_MAX}]",
+            )
+    env.stack.append(a + b)
+
+
+MathAdd._eval_body = _strict_math_add
+
+
+# Rule 3. States.ALL catches and retries every error except the terminal States.DataLimitExceeded
+# and States.Runtime: "This error type can't catch the States.DataLimitExceeded terminal error
+# type and runtime error types."
+# https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html (States.ALL)
+_UNCATCHABLE = {
+    StatesErrorNameType.StatesStatesDataLimitExceeded.to_name(),
+    StatesErrorNameType.StatesRuntime.to_name(),
+}
+_error_equals_eval = ErrorEqualsDecl._eval_body
+
+
+def _strict_error_equals(self, env):
+    error_name = env.stack[-1]
+    if (
+        ErrorEqualsDecl._STATE_ALL_ERROR in self.error_names
+        and getattr(error_name, "error_name", None) in _UNCATCHABLE
+    ):
+        env.stack.pop()
+        env.stack.append(False)
+        return
+    _error_equals_eval(self, env)
+
+
+ErrorEqualsDecl._eval_body = _strict_error_equals
+
+
+# Rule 4. A Distributed Map fails with States.ExceedToleratedFailureThreshold when more child
+# executions fail than ToleratedFailureCount/ToleratedFailurePercentage allow (both default to 0);
+# moto returns null for a failed child and goes on.
+# https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html (ToleratedFailurePercentage)
+_map_run = DistributedIterationComponent._map_run
+
+
+def _strict_map_run(self, env, eval_input):
+    items = len(env.stack[-1]) if isinstance(env.stack[-1], list) else 0
+    _map_run(self, env, eval_input)
+    record = eval_input.map_run_record
+    failed = record.item_counter.failed.get() + record.item_counter.timed_out.get()
+    count = eval_input.tolerated_failure_count or 0
+    percentage = eval_input.tolerated_failure_percentage or 0.0
+    if failed > count and (items == 0 or failed * 100.0 / items > percentage):
+        env.stack.pop()
+        raise _fail(
+            env,
+            StatesErrorNameType.StatesExceedToleratedFailureThreshold,
+            f"The specified tolerated failure threshold was exceeded: {failed} of {items} "
+            "child executions failed",
+        )
+
+
+DistributedIterationComponent._map_run = _strict_map_run
+
+
+if __name__ == "__main__":
+    from moto.server import main
+
+    main(sys.argv[1:])

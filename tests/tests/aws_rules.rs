@@ -1,0 +1,325 @@
+//! The rules of AWS Step Functions that moto's interpreter does not enforce as released, and
+//! that `tests/aws_rules/strict_moto.py` (how every local execution runs) adds. Each test runs a
+//! small state machine that breaks one rule and expects the execution to fail as AWS documents;
+//! the rules moto already enforces are proven the same way, so a moto upgrade that loosened them
+//! would be caught. Where a rule is patched, the same definition on moto as released succeeds,
+//! which shows the patch is what makes it fire.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use e2e::moto::{Interpreter, Moto};
+use serde_json::{json, Value};
+
+/// How an execution ended: status, error, cause.
+#[derive(Debug)]
+struct Ended {
+    status: String,
+    error: String,
+    cause: String,
+    output: Option<Value>,
+}
+
+async fn execute(moto: &Moto, definition: Value, input: Value) -> Ended {
+    let sfn = ecr::sfn_client(&moto.aws_settings(), "us-east-1").await;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let arn = sfn
+        .create_state_machine()
+        .name(format!("rule-{nanos}"))
+        .definition(definition.to_string())
+        .role_arn("arn:aws:iam::123456789012:role/rules")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn;
+    let started = sfn
+        .start_execution()
+        .state_machine_arn(arn)
+        .input(input.to_string())
+        .send()
+        .await
+        .unwrap();
+    let began = Instant::now();
+    loop {
+        let d = sfn
+            .describe_execution()
+            .execution_arn(started.execution_arn())
+            .send()
+            .await
+            .unwrap();
+        if d.status().as_str() != "RUNNING" {
+            return Ended {
+                status: d.status().as_str().to_string(),
+                error: d.error().unwrap_or("").to_string(),
+                cause: d.cause().unwrap_or("").to_string(),
+                output: d.output().and_then(|o| serde_json::from_str(o).ok()),
+            };
+        }
+        assert!(began.elapsed() < Duration::from_secs(60), "execution hangs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn moto(interpreter: Interpreter) -> Moto {
+    let moto = Moto::start_with(interpreter);
+    moto.enable_executions().await;
+    moto
+}
+
+fn pass_end() -> Value {
+    json!({"Type": "Pass", "End": true})
+}
+
+/// A Choice on `$.dryRun`, as the workflow had before the job was normalised.
+fn choice_on_missing_field() -> Value {
+    json!({"StartAt": "C", "States": {
+        "C": {"Type": "Choice",
+              "Choices": [{"Variable": "$.dryRun", "BooleanEquals": true, "Next": "A"}],
+              "Default": "B"},
+        "A": pass_end(), "B": pass_end()}})
+}
+
+/// Rule 1 (patched). AWS: a Choice rule on a path that does not exist fails the execution with
+/// States.Runtime; only `IsPresent` may probe it.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/state-choice.html>
+#[tokio::test]
+async fn a_choice_on_a_missing_path_fails_with_states_runtime() {
+    let strict = moto(Interpreter::Strict).await;
+
+    let run = execute(&strict, choice_on_missing_field(), json!({})).await;
+
+    assert_eq!(
+        (run.status.as_str(), run.error.as_str()),
+        ("FAILED", "States.Runtime"),
+        "{run:?}"
+    );
+    assert!(run.cause.contains("Invalid path '$.dryRun'"), "{run:?}");
+    // IsPresent is the safe probe and still works.
+    let probe = json!({"StartAt": "C", "States": {
+        "C": {"Type": "Choice",
+              "Choices": [{"Variable": "$.dryRun", "IsPresent": true, "Next": "A"}],
+              "Default": "B"},
+        "A": pass_end(), "B": {"Type": "Pass", "Result": {"branch": "absent"}, "End": true}}});
+    let probed = execute(&strict, probe, json!({})).await;
+    assert_eq!(
+        (probed.status.as_str(), probed.output),
+        ("SUCCEEDED", Some(json!({"branch": "absent"})))
+    );
+    // moto as released takes the Default branch instead.
+    let lenient = moto(Interpreter::AsReleased).await;
+    assert_eq!(
+        execute(&lenient, choice_on_missing_field(), json!({}))
+            .await
+            .status,
+        "SUCCEEDED"
+    );
+}
+
+/// Rule 2 (patched). AWS: `States.MathAdd` takes 32-bit integers.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/intrinsic-functions.html#asl-intrsc-func-math-operation>
+#[tokio::test]
+async fn math_add_outside_32_bit_integers_fails_with_states_runtime() {
+    let add = json!({"StartAt": "A", "States": {"A": {"Type": "Pass",
+        "Parameters": {"bytes.$": "States.MathAdd($.bytes, $.more)"}, "End": true}}});
+    let strict = moto(Interpreter::Strict).await;
+
+    // A 2 GiB segment count, as the old segment loop added them.
+    let over = execute(
+        &strict,
+        add.clone(),
+        json!({"bytes": 2147483648u64, "more": 1}),
+    )
+    .await;
+    let sum_over = execute(
+        &strict,
+        add.clone(),
+        json!({"bytes": 2147483000, "more": 1000}),
+    )
+    .await;
+    let within = execute(
+        &strict,
+        add.clone(),
+        json!({"bytes": 2147483000, "more": 647}),
+    )
+    .await;
+
+    assert_eq!(
+        (over.status.as_str(), over.error.as_str()),
+        ("FAILED", "States.Runtime"),
+        "{over:?}"
+    );
+    assert_eq!(sum_over.error, "States.Runtime", "{sum_over:?}");
+    assert_eq!(within.output, Some(json!({"bytes": 2147483647})));
+    let lenient = moto(Interpreter::AsReleased).await;
+    assert_eq!(
+        execute(&lenient, add, json!({"bytes": 2147483648u64, "more": 1}))
+            .await
+            .status,
+        "SUCCEEDED"
+    );
+}
+
+/// Rule 3 (patched). AWS: `States.ALL` does not catch `States.DataLimitExceeded` or
+/// `States.Runtime`; a Task's `.$` parameter on a missing path is `States.Runtime` (moto as
+/// released reports `States.TaskFailed` there, and catches it).
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html>
+#[tokio::test]
+async fn states_all_does_not_catch_data_limit_or_runtime_errors() {
+    let caught = |state: Value| {
+        json!({"StartAt": "A", "States": {
+            "A": state,
+            "Caught": {"Type": "Pass", "Result": {"caught": true}, "End": true}}})
+    };
+    let catch_all = json!([{"ErrorEquals": ["States.ALL"], "Next": "Caught"}]);
+    // A Map whose aggregated result is over 256 KiB (10 items of 8 x 10 KB each).
+    let big_map = caught(json!({"Type": "Map", "ItemsPath": "$.items",
+        "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE"}, "StartAt": "Grow", "States": {
+            "Grow": {"Type": "Pass", "End": true, "Parameters":
+                {"a.$": "$", "b.$": "$", "c.$": "$", "d.$": "$", "e.$": "$", "f.$": "$", "g.$": "$", "h.$": "$"}}}},
+        "Catch": catch_all, "End": true}));
+    // The task fails on its parameters, before any function is invoked.
+    let task_missing_path = caught(json!({"Type": "Task",
+        "Resource": "arn:aws:lambda:us-east-1:123456789012:function:never-invoked",
+        "Parameters": {"job.$": "$.job"}, "Catch": catch_all, "End": true}));
+    let strict = moto(Interpreter::Strict).await;
+
+    let data = execute(
+        &strict,
+        big_map,
+        json!({"items": vec!["x".repeat(10_000); 10]}),
+    )
+    .await;
+    let runtime = execute(&strict, task_missing_path.clone(), json!({})).await;
+
+    assert_eq!(
+        (data.status.as_str(), data.error.as_str()),
+        ("FAILED", "States.DataLimitExceeded"),
+        "{data:?}"
+    );
+    assert_eq!(
+        (runtime.status.as_str(), runtime.error.as_str()),
+        ("FAILED", "States.Runtime"),
+        "{runtime:?}"
+    );
+    assert!(runtime.cause.contains("'$.job'"), "{runtime:?}");
+    let lenient = moto(Interpreter::AsReleased).await;
+    let released = execute(&lenient, task_missing_path, json!({})).await;
+    assert_eq!(
+        released.output,
+        Some(json!({"caught": true})),
+        "moto as released catches it: {released:?}"
+    );
+}
+
+/// Rule 4 (patched). AWS: a Distributed Map fails with `States.ExceedToleratedFailureThreshold`
+/// when more children fail than tolerated (default 0).
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/state-map-distributed.html>
+#[tokio::test]
+async fn a_failed_distributed_child_fails_the_map() {
+    let map = |tolerated: Value| {
+        let mut state = json!({"Type": "Map", "ItemsPath": "$.items",
+            "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                "StartAt": "Check", "States": {
+                    "Check": {"Type": "Choice",
+                        "Choices": [{"Variable": "$", "NumericEquals": 2, "Next": "Fail"}],
+                        "Default": "Ok"},
+                    "Ok": {"Type": "Pass", "End": true},
+                    "Fail": {"Type": "Fail", "Error": "Broken", "Cause": "item 2"}}},
+            "End": true});
+        for (k, v) in tolerated.as_object().unwrap() {
+            state[k] = v.clone();
+        }
+        json!({"StartAt": "M", "States": {"M": state}})
+    };
+    let strict = moto(Interpreter::Strict).await;
+
+    let failed = execute(&strict, map(json!({})), json!({"items": [1, 2, 3]})).await;
+    let tolerated = execute(
+        &strict,
+        map(json!({"ToleratedFailurePercentage": 50.0})),
+        json!({"items": [1, 2, 3]}),
+    )
+    .await;
+
+    assert_eq!(
+        (failed.status.as_str(), failed.error.as_str()),
+        ("FAILED", "States.ExceedToleratedFailureThreshold"),
+        "{failed:?}"
+    );
+    assert_eq!(tolerated.status, "SUCCEEDED", "{tolerated:?}");
+    let lenient = moto(Interpreter::AsReleased).await;
+    assert_eq!(
+        execute(&lenient, map(json!({})), json!({"items": [1, 2, 3]}))
+            .await
+            .status,
+        "SUCCEEDED"
+    );
+}
+
+/// Enforced by moto as released (kept here so an upgrade that loosened them is caught):
+/// a `.$` parameter, `ItemsPath` or `MaxConcurrencyPath` on a missing path fails with
+/// `States.Runtime`; a state's output of 256 KiB or more fails with `States.DataLimitExceeded`.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html> (256 KiB payload)
+#[tokio::test]
+async fn missing_paths_and_oversized_outputs_fail_the_execution() {
+    let strict = moto(Interpreter::Strict).await;
+    let map = |field: &str, path: &str| {
+        let mut state = json!({"Type": "Map", "ItemsPath": "$.items",
+            "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "STANDARD"},
+                "StartAt": "P", "States": {"P": pass_end()}}, "End": true});
+        state[field] = json!(path);
+        json!({"StartAt": "M", "States": {"M": state}})
+    };
+
+    let parameter = execute(
+        &strict,
+        json!({"StartAt": "A", "States": {"A": {"Type": "Pass", "Parameters": {"x.$": "$.job.maxConcurrency"}, "End": true}}}),
+        json!({"job": {}}),
+    )
+    .await;
+    let items = execute(
+        &strict,
+        map("ItemsPath", "$.nothing"),
+        json!({"items": [1]}),
+    )
+    .await;
+    let concurrency = execute(
+        &strict,
+        map("MaxConcurrencyPath", "$.job.maxConcurrency"),
+        json!({"items": [1], "job": {}}),
+    )
+    .await;
+    let with_concurrency = execute(
+        &strict,
+        map("MaxConcurrencyPath", "$.limit"),
+        json!({"items": [1, 2], "limit": 1}),
+    )
+    .await;
+    let oversized = execute(
+        &strict,
+        json!({"StartAt": "A", "States": {"A": {"Type": "Pass", "Parameters": {"a.$": "$.s", "b.$": "$.s"}, "End": true}}}),
+        json!({"s": "x".repeat(140 * 1024)}),
+    )
+    .await;
+
+    for run in [&parameter, &items, &concurrency] {
+        assert_eq!(
+            (run.status.as_str(), run.error.as_str()),
+            ("FAILED", "States.Runtime"),
+            "{run:?}"
+        );
+    }
+    assert_eq!(
+        with_concurrency.output,
+        Some(json!([1, 2])),
+        "{with_concurrency:?}"
+    );
+    assert_eq!(
+        (oversized.status.as_str(), oversized.error.as_str()),
+        ("FAILED", "States.DataLimitExceeded"),
+        "{oversized:?}"
+    );
+}

@@ -1,0 +1,207 @@
+//! Every state of the workflow stays under Step Functions' 256 KiB payload limit in the worst
+//! case the code allows (`States.DataLimitExceeded` cannot be caught: it would end the run with
+//! no report). The worst case is built from the step types themselves with every bounded field
+//! at its bound: names at ECR's maximum lengths, the job at `MAX_JOB_BYTES`, pages full, errors
+//! at `MAX_ERROR_MESSAGE_CHARS`, every list at its listing limit. The state shapes mirror
+//! `statemachine/replicate.asl.json`; the test reads the definition to check it still has them.
+//! <https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html> (256 KiB)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ecr::SettingChange;
+use functions::MAX_ERROR_MESSAGE_CHARS;
+use replication::job::{MAX_DESTINATIONS, MAX_JOB_BYTES};
+use replication::steps::*;
+use replication::workflow::{
+    MAX_PLAN_BYTES, PAGE_TASK_BYTES, REPOSITORIES_PER_PAGE, TASKS_PER_PAGE,
+};
+use serde_json::{json, Value};
+
+const LIMIT: usize = 256 * 1024;
+/// ECR: repository names up to 256 characters, tags up to 128; a registry host (FIPS, China).
+const REPOSITORY: usize = 256;
+const TAG: usize = 128;
+const HOST: usize = 80;
+/// An ECR `nextToken` is opaque; those seen are well under this.
+const NEXT_TOKEN: usize = 2048;
+
+fn text(n: usize) -> String {
+    "x".repeat(n)
+}
+
+fn digest() -> String {
+    format!("sha256:{}", "a".repeat(64))
+}
+
+/// A job of exactly `MAX_JOB_BYTES` (what validation lets through), as JSON.
+fn job() -> Value {
+    json!({"source": {"registry": text(HOST)}, "destinations": [], "pad": text(MAX_JOB_BYTES)})
+}
+
+/// The Cause Step Functions records for a Lambda error: the error payload as JSON.
+fn caught_error() -> String {
+    let payload =
+        json!({"errorType": "ReplicationRetryable", "errorMessage": text(MAX_ERROR_MESSAGE_CHARS)});
+    format!("ReplicationRetryable: {payload}")
+}
+
+fn task(tags: usize) -> ImageTask {
+    ImageTask {
+        repository: text(REPOSITORY),
+        digest: digest(),
+        tags: vec![text(TAG); tags],
+        destination: MAX_DESTINATIONS - 1,
+        target_registry: text(HOST),
+        target_repository: text(REPOSITORY),
+        present: false,
+        referrers: Vec::new(),
+    }
+}
+
+/// A full page: `TASKS_PER_PAGE` tasks, their tags filling `PAGE_TASK_BYTES`.
+fn full_page() -> Vec<ImageTask> {
+    let base = serde_json::to_vec(&task(0)).unwrap().len();
+    let tags_each = (PAGE_TASK_BYTES / TASKS_PER_PAGE).saturating_sub(base) / (TAG + 3);
+    let page = vec![task(tags_each); TASKS_PER_PAGE];
+    assert!(serde_json::to_vec(&page).unwrap().len() <= PAGE_TASK_BYTES + 1024);
+    page
+}
+
+fn failed_result(task: &ImageTask) -> ImageResult {
+    ImageResult::for_task(task, ImageStatus::Failed, 0, Some(caught_error()))
+}
+
+fn ensure_output() -> EnsureRepositoryOutput {
+    EnsureRepositoryOutput {
+        registry: text(HOST),
+        repository: text(REPOSITORY),
+        created: true,
+        changes: vec![
+            SettingChange {
+                setting: "repositoryPolicy".into(),
+                from: text(100),
+                to: text(100),
+            };
+            6
+        ],
+        drift: vec![text(300); 6],
+        skipped: Some(text(200)),
+        pruned: vec![text(TAG); 1000],
+        prune_kept: vec![format!("{}: {}", text(TAG), text(200)); 1000],
+        pruned_count: 0,
+        prune_kept_count: 0,
+    }
+    .bounded()
+}
+
+/// A report whose lists are full, built the way `summarise` builds it.
+fn full_report(listed: usize) -> RunReport {
+    let mut report = RunReport::default();
+    let t = task(50);
+    for _ in 0..100 {
+        report.add(&failed_result(&t));
+        report.add_repository(&ensure_output());
+    }
+    report.repositories_failed = 100;
+    report.repository_failures = vec![
+        RepositoryFailure {
+            repository: text(REPOSITORY),
+            error: caught_error(),
+        };
+        MAX_FAILURES_LISTED
+    ];
+    let mut merged = RunReport::default();
+    merged.merge(&report);
+    merged.limit_lists(listed);
+    merged
+}
+
+/// A repository child's output: its report (lists of `CHILD_LISTED`), or the same with its own
+/// failure added by the `RepositoryFailed` Pass (not truncated there).
+fn child_output() -> Value {
+    let mut report = serde_json::to_value(full_report(CHILD_LISTED)).unwrap();
+    report["repositoriesFailed"] = json!(1);
+    report["repositoryFailures"] =
+        json!([{"repository": text(REPOSITORY), "error": caught_error()}]);
+    report
+}
+
+fn size(what: &str, value: &Value) -> usize {
+    let bytes = serde_json::to_vec(value).unwrap().len();
+    eprintln!(
+        "{what}: {bytes} bytes ({:.0}% of 256 KiB)",
+        bytes as f64 * 100.0 / LIMIT as f64
+    );
+    assert!(
+        bytes < LIMIT,
+        "{what} can reach {bytes} bytes, over 256 KiB"
+    );
+    bytes
+}
+
+#[test]
+fn the_largest_state_of_every_execution_fits_256_kib() {
+    let definition: Value = serde_json::from_str(
+        &std::fs::read_to_string(e2e::sfn::workspace().join("statemachine/replicate.asl.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let states = &definition["States"];
+    // The shapes below are those of the definition.
+    assert_eq!(
+        states["ForEachRepository"]["ResultPath"],
+        "$.repositoryReports"
+    );
+    let repo = &states["ForEachRepository"]["ItemProcessor"]["States"];
+    assert_eq!(
+        repo["SummariseImages"]["Parameters"]["list"],
+        json!(CHILD_LISTED)
+    );
+    assert_eq!(repo["ForEachImage"]["ResultPath"], "$.results");
+    assert_eq!(repo["RepositoryDone"]["OutputPath"], "$.report");
+
+    // Parent, at the end of ForEachRepository: the page, the running report, one report per
+    // repository of the page.
+    let parent = json!({
+        "job": job(),
+        "concurrency": {"repositories": 1000, "images": 5},
+        "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE],
+        "nextToken": text(NEXT_TOKEN),
+        "report": full_report(MAX_FAILURES_LISTED),
+        "repositoryReports": vec![child_output(); REPOSITORIES_PER_PAGE],
+    });
+    size("parent state after ForEachRepository", &parent);
+
+    // A repository's child execution, at the end of ForEachImage: a full page of tasks, every
+    // one failed with the longest error, every destination's ensure output.
+    let page = full_page();
+    let results: Vec<ImageResult> = page.iter().map(failed_result).collect();
+    let child = json!({
+        "job": job(),
+        "imageConcurrency": 5,
+        "repository": text(REPOSITORY),
+        "nextToken": text(20),
+        "report": full_report(CHILD_LISTED),
+        "repositories": vec![ensure_output(); MAX_DESTINATIONS],
+        "images": {"images": page, "present": 1, "selected": 1, "nextToken": text(20)},
+        "results": results,
+    });
+    size("repository child after ForEachImage", &child);
+    size("repository child output", &child_output());
+
+    // An image's child execution, at the end of CopyRanges: its task (alone on a page), its
+    // plan at `MAX_PLAN_BYTES`, a result per range.
+    let alone = task((PAGE_TASK_BYTES - 1024) / (TAG + 3));
+    let plan_blobs = MAX_PLAN_BYTES / 100;
+    let image = json!({
+        "job": job(),
+        "image": alone,
+        "plan": {"image": alone, "ranges": text(MAX_PLAN_BYTES)},
+        "copied": vec![json!({"bytes": u64::MAX}); plan_blobs],
+        "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
+    });
+    size("image child after CopyRanges", &image);
+    // A segment loop's state: the upload state is small.
+    let segment = json!({"job": job(), "image": alone, "range": text(200), "state": text(2048),
+        "bytesBefore": u64::MAX, "out": {"range": text(200), "state": text(2048)}});
+    size("segment loop state", &segment);
+}

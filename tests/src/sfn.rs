@@ -118,6 +118,8 @@ struct Proxy {
     /// Per function, the Lambda service errors its next invocations answer with instead of
     /// running (see `LocalStepFunctions::fail_next_invocation`).
     faults: std::sync::Mutex<std::collections::HashMap<String, Vec<LambdaFault>>>,
+    /// Invocations per function (every child execution's included), faults counted too.
+    invocations: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// How a Lambda invocation can end without the function answering, as Step Functions reports it.
@@ -217,6 +219,7 @@ impl LocalStepFunctions {
             moto: format!("http://127.0.0.1:{moto_port}"),
             watch: format!("http://127.0.0.1:{watch_port}"),
             faults: Default::default(),
+            invocations: Default::default(),
         });
         let proxy_state = state.clone();
         let app = axum::Router::new().fallback(forward).with_state(state);
@@ -295,6 +298,28 @@ impl LocalStepFunctions {
             .entry(function.to_string())
             .or_default()
             .push(fault);
+    }
+
+    /// Faults queued for `function` and not yet consumed by an invocation.
+    pub fn faults_left(&self, function: &str) -> usize {
+        self.proxy_state
+            .faults
+            .lock()
+            .unwrap()
+            .get(function)
+            .map_or(0, Vec::len)
+    }
+
+    /// Lambda invocations so far per function, across the parent and every child execution
+    /// (moto keeps child executions' histories apart; the proxy sees every invocation).
+    pub fn invocations(&self) -> std::collections::BTreeMap<String, usize> {
+        self.proxy_state
+            .invocations
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     /// The logs of moto and watch, for failure messages.
@@ -461,6 +486,14 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
             let name = percent_decode(name);
             name.rsplit(':').next().unwrap_or(&name).to_string()
         });
+    if let Some(function) = &invocation {
+        *proxy
+            .invocations
+            .lock()
+            .unwrap()
+            .entry(function.clone())
+            .or_default() += 1;
+    }
     let fault = invocation.as_ref().and_then(|function| {
         let mut faults = proxy.faults.lock().unwrap();
         let queue = faults.get_mut(function)?;

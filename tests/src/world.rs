@@ -20,6 +20,8 @@ pub const DEST_ROLE: &str = "arn:aws:iam::222222222222:role/ecr-replicator-targe
 pub const DEST2: &str = "333333333333.dkr.ecr.ap-south-1.amazonaws.com";
 /// The role in the second destination's account.
 pub const DEST2_ROLE: &str = "arn:aws:iam::333333333333:role/ecr-replicator-target";
+/// The source account's registry in another region (same account: no role).
+pub const SOURCE_OTHER_REGION: &str = "123456789012.dkr.ecr.eu-west-1.amazonaws.com";
 
 /// moto's ECR token password for an account.
 pub fn moto_token_password(registry: &str) -> String {
@@ -40,7 +42,7 @@ impl EcrWorld {
         Self::with_moto(Moto::start())
     }
 
-    /// A registry for `SOURCE`, `DEST` and `DEST2` on a given moto.
+    /// A registry for each ECR host (`SOURCE`, `DEST`, `DEST2`, `SOURCE_OTHER_REGION`) on a given moto.
     pub fn with_moto(moto: Moto) -> Self {
         EcrWorld {
             moto,
@@ -66,7 +68,7 @@ impl EcrWorld {
 
     /// The data-plane registries alone (start them before the moto they will pair with).
     pub fn data_planes() -> HashMap<String, TestRegistry> {
-        [SOURCE, DEST, DEST2]
+        [SOURCE, DEST, DEST2, SOURCE_OTHER_REGION]
             .iter()
             .map(|host| {
                 (

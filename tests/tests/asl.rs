@@ -121,3 +121,93 @@ fn the_committed_schema_matches_the_job_type() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
+
+/// Every Task retries Lambda's transient errors and its timeouts/crashes (`Lambda.Unknown`,
+/// `Sandbox.Timedout`: no Retry names them by default), bounded, with jitter and a maximum
+/// delay; byte counts never go through an intrinsic (32-bit); every Map's concurrency is bounded
+/// by the shares of `maxConcurrency` (`Concurrency::share`).
+#[test]
+fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() {
+    let raw = std::fs::read_to_string(workspace().join("statemachine/replicate.asl.json")).unwrap();
+    assert!(!raw.contains("States.MathAdd"), "an intrinsic adds numbers");
+    let definition: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let mut tasks = 0;
+    let mut maps = Vec::new();
+    fn walk(
+        states: &serde_json::Value,
+        tasks: &mut usize,
+        maps: &mut Vec<(String, serde_json::Value)>,
+    ) {
+        for (name, state) in states.as_object().unwrap() {
+            match state["Type"].as_str().unwrap() {
+                "Task" => {
+                    *tasks += 1;
+                    let retry = state["Retry"].as_array().unwrap();
+                    let named: Vec<&str> = retry
+                        .iter()
+                        .flat_map(|r| r["ErrorEquals"].as_array().unwrap())
+                        .map(|e| e.as_str().unwrap())
+                        .collect();
+                    for error in [
+                        "Lambda.ServiceException",
+                        "Lambda.TooManyRequestsException",
+                        "Lambda.Unknown",
+                        "Sandbox.Timedout",
+                        "ReplicationRetryable",
+                    ] {
+                        assert!(named.contains(&error), "{name} does not retry {error}");
+                    }
+                    for r in retry {
+                        assert_eq!(r["JitterStrategy"], "FULL", "{name}: {r}");
+                        assert!(r["MaxDelaySeconds"].as_u64().is_some(), "{name}: {r}");
+                        assert!(r["MaxAttempts"].as_u64().unwrap() <= 6, "{name}: {r}");
+                    }
+                }
+                "Map" => {
+                    maps.push((name.clone(), state.clone()));
+                    walk(&state["ItemProcessor"]["States"], tasks, maps);
+                }
+                _ => {}
+            }
+        }
+    }
+    walk(&definition["States"], &mut tasks, &mut maps);
+    assert_eq!(tasks, 9);
+    for (name, map) in &maps {
+        let distributed = map["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED";
+        let bounded =
+            map["MaxConcurrency"].as_u64().is_some() || map["MaxConcurrencyPath"].is_string();
+        // Inline maps over destinations are bounded by MAX_DESTINATIONS.
+        assert!(
+            bounded || (!distributed && name == "EnsureRepositories"),
+            "{name} is unbounded"
+        );
+    }
+    // The run-wide bound: repositories at once x (ranges or puts at once per repository).
+    let path =
+        |name: &str| maps.iter().find(|(n, _)| n == name).unwrap().1["MaxConcurrencyPath"].clone();
+    assert_eq!(path("ForEachRepository"), "$.concurrency.repositories");
+    assert_eq!(path("CopyPageRanges"), "$.imageConcurrency");
+    assert_eq!(path("ForEachImage"), "$.imageConcurrency");
+}
+
+/// `maxConcurrency` shared out: repositories x images never exceeds it, and never drops to 0.
+#[test]
+fn max_concurrency_bounds_the_whole_runs_copies() {
+    for max in 1..=1000 {
+        let c = replication::steps::Concurrency::share(max);
+        assert!(c.repositories >= 1 && c.images >= 1, "{max}: {c:?}");
+        assert!(c.repositories * c.images <= max, "{max}: {c:?}");
+        assert!(
+            c.repositories * c.images * 2 > max || max < 5,
+            "{max}: {c:?} wastes the budget"
+        );
+    }
+    assert_eq!(
+        replication::steps::Concurrency::share(10),
+        replication::steps::Concurrency {
+            repositories: 2,
+            images: 5
+        }
+    );
+}

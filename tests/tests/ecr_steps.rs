@@ -232,7 +232,7 @@ fn small_image(seed: u64) -> TestImage {
 }
 
 #[tokio::test]
-async fn enumeration_filters_repositories_and_tags_and_marks_present_images() {
+async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
     let world = EcrWorld::start();
     for (repo, tag, seed) in [
         ("ml/pytorch", "v1.2.3", 1),
@@ -289,12 +289,12 @@ async fn enumeration_filters_repositories_and_tags_and_marks_present_images() {
     )
     .await
     .unwrap();
-    let plan = functions::plan_image(
+    let plan = replication::workflow::plan_image(
         &conns,
-        event(PlanImageInput {
+        PlanImageInput {
             job: job.clone(),
             image: task.clone(),
-        }),
+        },
     )
     .await
     .unwrap();
@@ -334,10 +334,14 @@ async fn enumeration_filters_repositories_and_tags_and_marks_present_images() {
     );
     assert_eq!(raw, small_image(1).manifest.to_vec());
 
+    // Then enumeration counts it present and hands out no task for it (no child execution).
     let again = functions::enumerate_images(&conns, event(images_input))
         .await
         .unwrap();
-    assert!(again.images[0].present);
+    assert_eq!(
+        (again.images.len(), again.present, again.selected),
+        (0, 1, 1)
+    );
 }
 
 #[tokio::test]
@@ -365,7 +369,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         diagnostic.error_message
     );
 
-    // A source image that is gone: not retryable, named.
+    // A source image that is gone: planned as failed (not retryable, named); the page goes on.
     let task = ImageTask {
         repository: "ml/missing".into(),
         digest: small_image(9).digest,
@@ -376,23 +380,23 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         present: false,
         referrers: Vec::new(),
     };
-    let err = functions::plan_image(
+    let plan = functions::plan_image(
         &conns,
-        event(PlanImageInput {
+        event(PlanPageInput {
             job: job(json!({})),
-            image: task,
+            images: vec![task],
         }),
     )
     .await
-    .unwrap_err();
-    let diagnostic: lambda_runtime::Diagnostic = err.into();
-    assert_eq!(diagnostic.error_type, "ReplicationFailed");
+    .unwrap();
+    let error = plan.images[0].error.clone().unwrap_or_default();
     assert!(
-        diagnostic.error_message.contains("ml/missing")
-            && diagnostic.error_message.contains("not found"),
-        "{}",
-        diagnostic.error_message
+        error.starts_with("ReplicationFailed: ")
+            && error.contains("ml/missing")
+            && error.contains("not found"),
+        "{error}"
     );
+    assert!(plan.ranges.is_empty());
 }
 
 #[tokio::test]

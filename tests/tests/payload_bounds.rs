@@ -12,7 +12,7 @@ use functions::MAX_ERROR_MESSAGE_CHARS;
 use replication::job::{MAX_DESTINATIONS, MAX_JOB_BYTES};
 use replication::steps::*;
 use replication::workflow::{
-    MAX_PLAN_BYTES, PAGE_TASK_BYTES, REPOSITORIES_PER_PAGE, TASKS_PER_PAGE,
+    MAX_PLAN_BYTES, PAGE_PLAN_BYTES, PAGE_TASK_BYTES, REPOSITORIES_PER_PAGE, TASKS_PER_PAGE,
 };
 use serde_json::{json, Value};
 
@@ -157,6 +157,7 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         json!(CHILD_LISTED)
     );
     assert_eq!(repo["ForEachImage"]["ResultPath"], "$.results");
+    assert_eq!(repo["ForEachImage"]["ItemsPath"], "$.page.images");
     assert_eq!(repo["RepositoryDone"]["OutputPath"], "$.report");
 
     // Parent, at the end of ForEachRepository: the page, the running report, one report per
@@ -171,35 +172,75 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     });
     size("parent state after ForEachRepository", &parent);
 
-    // A repository's child execution, at the end of ForEachImage: a full page of tasks, every
-    // one failed with the longest error, every destination's ensure output.
+    // A repository's child execution, at the end of ForEachImage: its page plan at its bound,
+    // every image failed with the longest error (results in their listed form, as
+    // `put-manifests` returns them), every range failed (only the error name is kept), every
+    // destination's ensure output.
+    let assert_shapes = |state: &str, expected: &[&str]| {
+        let params = repo[state]["Parameters"].as_object().unwrap();
+        for key in expected {
+            assert!(params.contains_key(*key), "{state} lost {key}");
+        }
+    };
+    assert_shapes(
+        "TakePage",
+        &["page.$", "results", "copied", "dryRun", "present.$"],
+    );
+    assert_eq!(repo["PlanPage"]["ResultPath"], "$.page");
+    assert_eq!(repo["CopyPageRanges"]["ResultPath"], "$.copied");
+    let range_failed = &repo["CopyPageRanges"]["ItemProcessor"]["States"]["RangeFailed"];
+    assert_eq!(range_failed["Parameters"]["error.$"], "$.error.Error");
     let page = full_page();
-    let results: Vec<ImageResult> = page.iter().map(failed_result).collect();
+    let results: Vec<ImageResult> = page.iter().map(|t| failed_result(t).listed()).collect();
+    // A range is at least its representative task and one blob.
+    let mut representative = task(0);
+    representative.tags.clear();
+    let range_bytes = serde_json::to_vec(&representative).unwrap().len() + 100;
+    let ranges = PAGE_PLAN_BYTES / range_bytes;
+    // Step Functions error names are at most 256 characters.
+    let copied = vec![json!({"bytes": 0, "error": text(256)}); ranges];
     let child = json!({
         "job": job(),
         "imageConcurrency": 5,
         "repository": text(REPOSITORY),
         "nextToken": text(20),
+        "present": 1000,
         "report": full_report(CHILD_LISTED),
         "repositories": vec![ensure_output(); MAX_DESTINATIONS],
-        "images": {"images": page, "present": 1, "selected": 1, "nextToken": text(20)},
+        "page": text(PAGE_PLAN_BYTES),
         "results": results,
+        "copied": copied,
+        "dryRun": {"plan": null},
+        "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
     size("repository child after ForEachImage", &child);
     size("repository child output", &child_output());
+    // The page itself, from enumerate-images, before it is planned.
+    size(
+        "repository child after EnumerateImages",
+        &json!({"job": job(), "repositories": vec![ensure_output(); MAX_DESTINATIONS],
+            "images": {"images": page, "present": 1, "selected": 1, "nextToken": text(20)},
+            "report": full_report(CHILD_LISTED)}),
+    );
 
-    // An image's child execution, at the end of CopyRanges: its task (alone on a page), its
-    // plan at `MAX_PLAN_BYTES`, a result per range.
+    // An image's child execution (put manifests): its task, alone on a page at most, and its
+    // planned entry (the task again, with an error).
     let alone = task((PAGE_TASK_BYTES - 1024) / (TAG + 3));
-    let plan_blobs = MAX_PLAN_BYTES / 100;
     let image = json!({
         "job": job(),
         "image": alone,
-        "plan": {"image": alone, "ranges": text(MAX_PLAN_BYTES)},
-        "copied": vec![json!({"bytes": u64::MAX}); plan_blobs],
+        "planned": {"image": alone, "bytes": 1, "present": false, "error": caught_error()},
         "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
-    size("image child after CopyRanges", &image);
+    size("image child", &image);
+    // A page plan is at most PAGE_PLAN_BYTES, but one image is always planned: its plan alone
+    // (its ranges at most MAX_PLAN_BYTES), the page's tasks and every other image's error
+    // must fit that bound too.
+    let errors = TASKS_PER_PAGE * (caught_error().len() + 100);
+    assert!(
+        PAGE_TASK_BYTES + errors + MAX_PLAN_BYTES <= PAGE_PLAN_BYTES,
+        "a one-image plan can exceed PAGE_PLAN_BYTES"
+    );
     // A segment loop's state: the upload state is small.
     let segment = json!({"job": job(), "image": alone, "range": text(200), "state": text(2048),
         "bytesBefore": u64::MAX, "out": {"range": text(200), "state": text(2048)}});

@@ -4,8 +4,10 @@
 
 use e2e::image::{Format, ImageBuilder, Pusher};
 use e2e::registry::TestRegistry;
-use e2e::sfn::LocalStepFunctions;
+use e2e::sfn::{LambdaFault, LocalStepFunctions};
 use serde_json::json;
+
+const MIB: u64 = 1 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_present() {
@@ -25,11 +27,17 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
         .await;
     let sfn = LocalStepFunctions::start(&[]).await;
     let arn = sfn.create_state_machine("replicate").await;
+    // No dryRun, no maxConcurrency: the state machine must use the normalised job (in AWS a
+    // Choice or MaxConcurrencyPath on a missing field fails the execution).
     let input = json!({
         "source": {"registry": src.host, "insecure": true},
         "destinations": [{"registry": dst.host, "insecure": true}],
         "tags": {"include": ["v.*"]}
     });
+    // A copy invocation that times out and a put that runs out of memory, once each: the
+    // Lambda service reports them as Sandbox.Timedout and Lambda.Unknown, which are retried.
+    sfn.fail_next_invocation("copy-blobs", LambdaFault::Timeout);
+    sfn.fail_next_invocation("put-manifests", LambdaFault::Unknown);
 
     let first = sfn.execute(&arn, &input).await;
 
@@ -46,6 +54,20 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
         (Some(1), Some(0)),
         "{report}\n{}",
         first.history_text(700)
+    );
+    // Both faults were served (to invocations inside child executions, whose histories moto
+    // keeps apart) and retried: the copy arrived.
+    assert_eq!(
+        (
+            sfn.faults_left("copy-blobs"),
+            sfn.faults_left("put-manifests")
+        ),
+        (0, 0)
+    );
+    let calls = sfn.invocations();
+    assert!(
+        calls["copy-blobs"] >= 2 && calls["put-manifests"] >= 2,
+        "the faulted invocations were not retried: {calls:?}"
     );
     assert_eq!(
         e2e::skopeo::inspect_raw(&format!("{}/team/app:v1.0.0", dst.host), None),
@@ -133,5 +155,66 @@ async fn invalid_input_fails_the_execution_with_the_field_named_and_no_retry() {
         1,
         "invalid input must not be retried\n{}",
         run.history_text(300)
+    );
+}
+
+/// A blob over 2 GiB (the old segment loop added its byte counts with States.MathAdd, 32-bit)
+/// copied in 3 segments through the state machine, each a fresh invocation continuing the
+/// upload session; the target holds it byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_over_2_gib_is_copied_in_segments_through_the_state_machine() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let size = 2 * 1024 * MIB + 100 * MIB;
+    let image = ImageBuilder::new(Format::Oci)
+        .big_layer(21, size)
+        .layer(22, 1000)
+        .build();
+    Pusher::new(&src.host, None)
+        .push("ml/cuda", "12.4", &image)
+        .await;
+    let sfn = LocalStepFunctions::start(&[]).await;
+    let arn = sfn.create_state_machine("replicate").await;
+    let input = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "rangeBytes": 800 * MIB
+    });
+
+    let run = sfn.execute(&arn, &input).await;
+
+    assert_eq!(
+        run.status,
+        "SUCCEEDED",
+        "{}\n{}",
+        run.cause,
+        run.history_text(400)
+    );
+    let report = run.output.clone().unwrap();
+    assert_eq!(report["copied"].as_u64(), Some(1), "{report}");
+    assert!(report["bytesCopied"].as_u64().unwrap() >= size, "{report}");
+    // One invocation per segment, plus one for the small layer's range (the proxy counts the
+    // invocations of every child execution).
+    let calls = sfn.invocations();
+    eprintln!(
+        "2.1 GiB blob in 800 MiB segments: invocations {calls:?}, {} parent history events",
+        run.events
+    );
+    assert_eq!(calls["copy-blobs"], 3 + 1, "{calls:?}");
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/ml/cuda:12.4", dst.host), None),
+        image.manifest.to_vec()
+    );
+    let big = &image
+        .blobs
+        .iter()
+        .find(|b| b.data.size() == size)
+        .unwrap()
+        .digest;
+    assert_eq!(
+        Pusher::new(&dst.host, None)
+            .blob_digest("ml/cuda", big)
+            .await,
+        Some((big.to_string(), size)),
+        "the 2.1 GiB blob, streamed back and hashed"
     );
 }

@@ -221,7 +221,9 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
     assert!(
         third.cause.contains("ReplicationFailed")
             && third.cause.contains(&broken.digest)
-            && third.cause.contains("2 of 26 images failed"),
+            && third
+                .cause
+                .contains("2 of 26 images and 0 repositories failed"),
         "{}",
         third.cause
     );

@@ -135,7 +135,7 @@ pub async fn step(args: StepArgs) -> anyhow::Result<ExitCode> {
         StepName::EnumerateImages => {
             json_of(workflow::enumerate_images(&conns, step_input(&text)?).await)
         }
-        StepName::PlanImage => json_of(workflow::plan_image(&conns, step_input(&text)?).await),
+        StepName::PlanImage => json_of(workflow::plan_page(&conns, step_input(&text)?).await),
         StepName::CopyBlobs => json_of(workflow::copy_blobs(&conns, step_input(&text)?).await),
         StepName::PutManifests => {
             json_of(workflow::put_manifests(&conns, step_input(&text)?).await)

@@ -191,12 +191,13 @@ async fn replicate(
         invocations: 0,
     };
     let plan = driver
-        .step("plan-image", &json!({"job": job, "image": task}))
+        .step("plan-image", &json!({"job": job, "images": [task]}))
         .await;
     let ranges = plan["ranges"].as_array().unwrap().clone();
     assert_eq!(ranges.len(), 4, "one segmented range and three blob ranges");
     let mut copies = Vec::new();
-    for range in ranges {
+    for page_range in ranges {
+        let (range, range_task) = (page_range["range"].clone(), page_range["image"].clone());
         let mut state = Value::Null;
         let blobs = match range.get("blobs") {
             Some(blobs) => blobs.as_array().unwrap().clone(),
@@ -216,7 +217,7 @@ async fn replicate(
             let out = driver
                 .step(
                     "copy-blobs",
-                    &json!({"job": job, "image": task, "range": range, "state": state}),
+                    &json!({"job": job, "image": range_task, "range": range, "state": state}),
                 )
                 .await;
             state = out["state"].clone();

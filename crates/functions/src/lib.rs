@@ -21,7 +21,7 @@ pub struct StepError {
 /// Characters of an error message a step returns at most: the message becomes the `Cause`
 /// the state machine records (a repository's failure is kept in its report, and a page of
 /// reports must fit in 256 KiB).
-pub const MAX_ERROR_MESSAGE_CHARS: usize = 1024;
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 512;
 
 impl From<replication::Error> for StepError {
     fn from(e: replication::Error) -> Self {
@@ -99,13 +99,13 @@ pub async fn enumerate_images(
     Ok(Box::pin(workflow::enumerate_images(conns, event.payload)).await?)
 }
 
-/// `plan-image`.
+/// `plan-image`: plans a page of images (`workflow::plan_page`).
 pub async fn plan_image(
     conns: &Connections,
-    event: LambdaEvent<PlanImageInput>,
-) -> Result<ImagePlan, StepError> {
+    event: LambdaEvent<PlanPageInput>,
+) -> Result<PagePlan, StepError> {
     // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
-    Ok(Box::pin(workflow::plan_image(conns, event.payload)).await?)
+    Ok(Box::pin(workflow::plan_page(conns, event.payload)).await?)
 }
 
 /// `copy-blobs`.
@@ -123,7 +123,10 @@ pub async fn put_manifests(
     event: LambdaEvent<PutManifestsInput>,
 ) -> Result<ImageResult, StepError> {
     // Boxed: the step futures nest deeply enough to exceed the compiler's layout depth.
-    Ok(Box::pin(workflow::put_manifests(conns, event.payload)).await?)
+    // Listed form (a few tags): the result is one of a page's in the Map's aggregated result.
+    Ok(Box::pin(workflow::put_manifests(conns, event.payload))
+        .await?
+        .listed())
 }
 
 /// `summarise`: merges reports and per-image results; with `failOnFailure` it fails the

@@ -115,6 +115,24 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// A blob of the image is not in the destination when its manifests are due.
+    #[error("{image}: blob {blob} is not in {target}, so no manifest was put; its copy failed (the run report names the range's error) or was removed: run again")]
+    BlobMissing {
+        /// The image (source reference).
+        image: String,
+        /// The missing blob.
+        blob: String,
+        /// The destination repository.
+        target: String,
+    },
+    /// A repository's name in a destination breaks the registry's naming rules.
+    #[error("{repository} cannot be created: {problem}; shorten the destination's repositoryPrefix or exclude the repository")]
+    TargetNameInvalid {
+        /// The destination repository (registry/name).
+        repository: String,
+        /// The rule it breaks.
+        problem: String,
+    },
     /// An image named in the execution input is not in the source.
     #[error("{image} is not in the source registry: check the repository and tag or digest in `images` (a push trigger can race a delete)")]
     ImageNotFound {

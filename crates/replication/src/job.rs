@@ -17,7 +17,7 @@ pub const MIN_RANGE_BYTES: u64 = 5 << 20;
 /// `ensure-repository` output to a repository's state (256 KiB at most in Step Functions).
 pub const MAX_DESTINATIONS: usize = 10;
 /// The job's JSON at most: it travels in every state of every execution (256 KiB each).
-pub const MAX_JOB_BYTES: usize = 32 * 1024;
+pub const MAX_JOB_BYTES: usize = 24 * 1024;
 
 /// A replication job: the Step Functions execution input, the CLI's `--input` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -265,7 +265,7 @@ impl Job {
         let bytes = serde_json::to_vec(&self).map(|v| v.len()).unwrap_or(0);
         if bytes > MAX_JOB_BYTES {
             problem(
-                "(job)",
+                "(whole job)",
                 format!("the job is {bytes} bytes of JSON; at most {MAX_JOB_BYTES} (it travels in every state of the workflow): split a long `images` list over several jobs"),
             );
         }

@@ -34,6 +34,14 @@ struct BlobSchema {
 }
 
 impl CopyRange {
+    /// The range's blobs.
+    pub fn blobs(&self) -> Vec<BlobRef> {
+        match self {
+            CopyRange::Blobs { blobs } => blobs.clone(),
+            CopyRange::Segments { blob, .. } => vec![blob.clone()],
+        }
+    }
+
     /// Bytes this range moves.
     pub fn bytes(&self) -> u64 {
         match self {

@@ -5,17 +5,15 @@
 //! `maxConcurrency` copy or put calls run at any moment. One image or one repository failing is
 //! recorded and the others go on.
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use futures::StreamExt;
-use oci::BlobRef;
 use tokio::sync::Semaphore;
 
 use crate::connect::Connections;
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::plan::{split_into_ranges, CopyRange};
+use crate::plan::CopyRange;
 use crate::steps::*;
 use crate::workflow;
 
@@ -27,6 +25,8 @@ pub trait RunObserver: Send + Sync {
     fn repository_ensured(&self, _output: &EnsureRepositoryOutput) {}
     /// A repository failed as a whole.
     fn repository_failed(&self, _failure: &RepositoryFailure) {}
+    /// A range of blobs could not be copied (the images needing them fail).
+    fn range_failed(&self, _error: &str) {}
 }
 
 /// Observes nothing.
@@ -164,137 +164,91 @@ impl Run<'_> {
         }
     }
 
-    /// One page of tasks: plan each, copy the union of their missing blobs per destination
-    /// repository, then put each image's manifests once all of its blobs arrived.
+    /// One page of tasks, as the state machine runs it: the page planned (the union of its
+    /// images' missing blobs per destination repository, each blob once), every range copied,
+    /// then each image's manifests put once all of its blobs are there. Deferred tasks (the
+    /// plan's size bound) are planned next, the same way.
     async fn replicate_page(&self, tasks: Vec<ImageTask>) -> Vec<ImageResult> {
-        let plans: Vec<(ImageTask, Result<ImagePlan>)> = futures::stream::iter(tasks)
-            .map(|task| async move {
-                let plan = workflow::plan_image(
-                    self.conns,
-                    PlanImageInput {
-                        job: self.job.clone(),
-                        image: task.clone(),
-                    },
-                )
-                .await;
-                (task, plan)
-            })
-            .buffered(8)
-            .collect()
-            .await;
         let mut results = Vec::new();
-        let mut planned = Vec::new();
-        for (task, plan) in plans {
-            match plan {
-                Err(e) => results.push(failed(&task, &e)),
-                Ok(plan) if plan.image.present => {
-                    results.push(ImageResult::for_task(&task, ImageStatus::Present, 0, None))
+        let mut tasks = tasks;
+        while !tasks.is_empty() {
+            let plan = match workflow::plan_page(
+                self.conns,
+                PlanPageInput {
+                    job: self.job.clone(),
+                    images: tasks.clone(),
+                },
+            )
+            .await
+            {
+                Ok(plan) => plan,
+                Err(e) => {
+                    results.extend(tasks.iter().map(|t| failed(t, &e)));
+                    return results;
                 }
-                Ok(plan) if self.job.dry_run => results.push(ImageResult::for_task(
-                    &task,
+            };
+            tasks = plan.deferred.clone();
+            results.extend(self.run_plan(plan).await);
+        }
+        results
+    }
+
+    async fn run_plan(&self, plan: PagePlan) -> Vec<ImageResult> {
+        let mut results = Vec::new();
+        let mut to_put = Vec::new();
+        for planned in plan.images {
+            let task = &planned.image;
+            match (&planned.error, planned.present) {
+                (Some(error), _) => results.push(ImageResult::for_task(
+                    task,
+                    ImageStatus::Failed,
+                    0,
+                    Some(error.clone()),
+                )),
+                (None, true) => {
+                    results.push(ImageResult::for_task(task, ImageStatus::Present, 0, None))
+                }
+                (None, false) if self.job.dry_run => results.push(ImageResult::for_task(
+                    task,
                     ImageStatus::Planned,
-                    plan.bytes,
+                    planned.bytes,
                     None,
                 )),
-                Ok(plan) => planned.push(plan),
+                (None, false) => to_put.push(planned),
             }
         }
-        // The union of blobs per destination repository, each blob once.
-        let mut groups: BTreeMap<(usize, String), (ImageTask, BTreeMap<String, BlobRef>)> =
-            BTreeMap::new();
-        for plan in &planned {
-            let key = (plan.image.destination, plan.image.target_repository.clone());
-            let group = groups
-                .entry(key)
-                .or_insert_with(|| (plan.image.clone(), BTreeMap::new()));
-            for blob in plan.ranges.iter().flat_map(range_blobs) {
-                group.1.entry(blob.digest.to_string()).or_insert(blob);
-            }
+        if to_put.is_empty() {
+            return results;
         }
-        let ranges: Vec<(ImageTask, CopyRange)> = groups
-            .into_values()
-            .flat_map(|(task, blobs)| {
-                let blobs: Vec<BlobRef> = blobs.into_values().collect();
-                split_into_ranges(&blobs, self.job.range_bytes)
-                    .into_iter()
-                    .map(move |range| (task.clone(), range))
-            })
-            .collect();
-        let copied: Vec<(ImageTask, CopyRange, Result<u64>)> = futures::stream::iter(ranges)
-            .map(|(task, range)| async move {
-                let outcome = self.copy_range(&task, &range).await;
-                (task, range, outcome)
-            })
+        let copied: Vec<Result<u64>> = futures::stream::iter(plan.ranges)
+            .map(|r| async move { self.copy_range(&r.image, &r.range).await })
             .buffer_unordered(self.job.max_concurrency.max(1) as usize)
             .collect()
             .await;
-        // Per destination repository: bytes copied per blob, and the blobs that failed.
-        let mut blob_bytes: BTreeMap<(usize, String, String), u64> = BTreeMap::new();
-        let mut blob_errors: BTreeMap<(usize, String, String), String> = BTreeMap::new();
-        for (task, range, outcome) in copied {
-            let blobs = range_blobs(&range);
-            let total: u64 = blobs.iter().map(|b| b.size).sum();
-            for blob in blobs {
-                let key = (
-                    task.destination,
-                    task.target_repository.clone(),
-                    blob.digest.to_string(),
-                );
-                match &outcome {
-                    Ok(bytes) => {
-                        // A range's bytes shared out by size (exact for one-blob ranges).
-                        let share = if total == 0 {
-                            0
-                        } else {
-                            (*bytes as u128 * blob.size as u128 / total as u128) as u64
-                        };
-                        blob_bytes.insert(key, share);
-                    }
-                    Err(e) => {
-                        blob_errors.insert(key, format!("{}: {e}", e.kind().as_str()));
-                    }
+        for outcome in copied {
+            match outcome {
+                Ok(bytes) => self.record(|o| o.report.bytes_copied += bytes),
+                Err(e) => {
+                    let error = format!("{}: {e}", e.kind().as_str());
+                    self.observer.range_failed(&error);
+                    self.record(|o| o.report.ranges_failed += 1);
                 }
             }
         }
-        let puts: Vec<ImageResult> = futures::stream::iter(planned)
-            .map(|plan| {
-                let blob_bytes = &blob_bytes;
-                let blob_errors = &blob_errors;
-                async move {
-                    let task = plan.image.clone();
-                    let keys: Vec<_> = plan
-                        .ranges
-                        .iter()
-                        .flat_map(range_blobs)
-                        .map(|b| {
-                            (
-                                task.destination,
-                                task.target_repository.clone(),
-                                b.digest.to_string(),
-                            )
-                        })
-                        .collect();
-                    if let Some(error) = keys.iter().find_map(|k| blob_errors.get(k)) {
-                        return ImageResult::for_task(
-                            &task,
-                            ImageStatus::Failed,
-                            0,
-                            Some(error.clone()),
-                        );
-                    }
-                    let bytes = keys.iter().filter_map(|k| blob_bytes.get(k)).sum::<u64>();
-                    let _permit = self.copies.acquire().await;
-                    workflow::put_manifests(
-                        self.conns,
-                        PutManifestsInput {
-                            job: self.job.clone(),
-                            image: task.clone(),
-                            copied: serde_json::json!([{ "bytes": bytes }]),
-                        },
-                    )
-                    .await
-                    .unwrap_or_else(|e| failed(&task, &e))
-                }
+        let puts: Vec<ImageResult> = futures::stream::iter(to_put)
+            .map(|planned| async move {
+                let task = planned.image;
+                let _permit = self.copies.acquire().await;
+                workflow::put_manifests(
+                    self.conns,
+                    PutManifestsInput {
+                        job: self.job.clone(),
+                        image: task.clone(),
+                        copied: serde_json::json!([]),
+                    },
+                )
+                .await
+                .unwrap_or_else(|e| failed(&task, &e))
             })
             .buffer_unordered(self.job.max_concurrency.max(1) as usize)
             .collect()
@@ -327,13 +281,6 @@ impl Run<'_> {
             bytes_before = out.range_bytes_copied;
             state = out.state;
         }
-    }
-}
-
-fn range_blobs(range: &CopyRange) -> Vec<BlobRef> {
-    match range {
-        CopyRange::Blobs { blobs } => blobs.clone(),
-        CopyRange::Segments { blob, .. } => vec![blob.clone()],
     }
 }
 

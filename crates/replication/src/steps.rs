@@ -212,6 +212,57 @@ pub struct ImagePlan {
     pub manifests: usize,
 }
 
+/// Input of `plan-image`: a page of tasks (from `enumerate-images`), planned together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanPageInput {
+    /// The job.
+    pub job: Job,
+    /// The tasks.
+    pub images: Vec<ImageTask>,
+}
+
+/// Output of `plan-image` for a page: the union of its images' blobs per destination
+/// repository, each blob once, in ranges (copied before any manifest is put); and each image's
+/// plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PagePlan {
+    /// Copy work: whole blobs under the byte budget, or one large blob in segments.
+    pub ranges: Vec<PageRange>,
+    /// Each image of the page.
+    pub images: Vec<PlannedImage>,
+    /// Tasks that did not fit this plan (`PAGE_PLAN_BYTES`): planned next, by the same loop.
+    pub deferred: Vec<ImageTask>,
+    /// Bytes of the ranges.
+    pub bytes: u64,
+}
+
+/// One range of a page, with the destination repository it goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PageRange {
+    /// A task of that source and destination repository (tags and referrers left out): what
+    /// `copy-blobs` needs to know where the range comes from and goes.
+    pub image: ImageTask,
+    /// The blobs.
+    pub range: CopyRange,
+}
+
+/// One image of a page plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedImage {
+    /// The task.
+    pub image: ImageTask,
+    /// Its blobs' bytes (shared blobs counted for each image).
+    pub bytes: u64,
+    /// The destination had it by the time it was planned.
+    pub present: bool,
+    /// Why it could not be planned (it is then reported failed), else `null`.
+    pub error: Option<String>,
+}
+
 /// Input of `copy-blobs`: one range, and for a segment loop the state of the previous call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -383,6 +434,9 @@ pub struct RunReport {
     /// The first of them, each with the error.
     #[serde(default)]
     pub repository_failures: Vec<RepositoryFailure>,
+    /// Ranges of blobs whose copy failed (each image needing one failed too, named).
+    #[serde(default)]
+    pub ranges_failed: usize,
 }
 
 /// A repository whose replication failed as a whole.
@@ -428,6 +482,15 @@ pub struct SummariseInput {
     /// Tasks `enumerate-images` found present (counted, never run).
     #[serde(default)]
     pub present: usize,
+    /// A dry run's page plan: its images are reported planned (or failed, or present).
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub plan: Option<PagePlan>,
+    /// What the page's ranges copied (`[{"bytes": N, "error": ...}]`, nested arrays allowed):
+    /// bytes added up, failed ranges counted.
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub copied: JsonValue,
     /// Entries each list of the report may hold (default `MAX_FAILURES_LISTED`).
     #[serde(default)]
     pub list: Option<usize>,
@@ -526,6 +589,7 @@ impl RunReport {
             }
         }
         self.repositories_failed += other.repositories_failed;
+        self.ranges_failed += other.ranges_failed;
         for f in &other.repository_failures {
             if self.repository_failures.len() < MAX_FAILURES_LISTED {
                 self.repository_failures.push(RepositoryFailure {

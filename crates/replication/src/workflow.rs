@@ -1,17 +1,17 @@
 //! The workflow's steps. Each Lambda function calls exactly one of these; the CLI's `sync`
 //! calls them in the order the state machine does.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ecr::RepositorySettings;
 use futures::{StreamExt, TryStreamExt};
-use oci::{BlobOutcome, Digest, Reference, Repository, SegmentProgress};
+use oci::{BlobOutcome, BlobRef, Digest, Reference, Repository, SegmentProgress};
 
 use crate::catalog::{Catalog, OciCatalog, RepositoryAdmin};
 use crate::connect::{Connection, Connections};
 use crate::copy::{put_manifests_in_order, walk, Walked};
-use crate::error::{Error, FieldProblem, Result};
+use crate::error::{Error, ErrorKind, FieldProblem, Result};
 use crate::filter::{ImageInfo, SelectedImage};
 use crate::job::{Destination, ImageSelector, Job, SettingsMode, ValidJob};
 use crate::plan::{split_into_ranges, CopyRange};
@@ -22,15 +22,19 @@ use crate::steps::*;
 /// child execution whose result is part of the Map's aggregated result (256 KiB at most).
 pub const TASKS_PER_PAGE: usize = 25;
 /// JSON bytes of one page's tasks at most (an image with hundreds of tags fills a page alone).
-pub const PAGE_TASK_BYTES: usize = 40 * 1024;
+pub const PAGE_TASK_BYTES: usize = 32 * 1024;
 /// Source repositories per `enumerate-repositories` page: each becomes a child execution whose
 /// report is part of the Map's aggregated result (256 KiB at most).
 pub const REPOSITORIES_PER_PAGE: usize = 20;
 /// Selected images `enumerate-images` checks for presence in one call at most; a repository
 /// with more continues on the next page (bounded work per invocation).
 pub const IMAGES_CHECKED_PER_CALL: usize = 2000;
-/// JSON bytes of an image's plan at most (about 500 blobs): it travels in the image's state.
-pub const MAX_PLAN_BYTES: usize = 64 * 1024;
+/// JSON bytes of an image's plan at most (about 280 blobs across its platforms and referrers):
+/// a page plan holds at least one image's.
+pub const MAX_PLAN_BYTES: usize = 32 * 1024;
+/// JSON bytes of a page's plan at most (its tasks and the union of their blobs); tasks past it
+/// are deferred to the next plan.
+pub const PAGE_PLAN_BYTES: usize = 84 * 1024;
 /// Presence checks at once.
 const PARALLEL_CHECKS: usize = 16;
 /// Blobs of one range copied at once.
@@ -74,6 +78,20 @@ pub fn target_repository(destination: &Destination, repository: &str) -> String 
         "{}{repository}",
         destination.repository_prefix.clone().unwrap_or_default()
     )
+}
+
+/// The repository name in a destination, checked against the registry naming rules (ECR:
+/// at most 256 characters, lowercase path components): a prefix can push a valid source name
+/// past them, and that repository then fails alone, named, before any call.
+fn checked_target_repository(destination: &Destination, repository: &str) -> Result<String> {
+    let target = target_repository(destination, repository);
+    oci::reference::validate_repository_name(&target).map_err(|problem| {
+        Error::TargetNameInvalid {
+            repository: format!("{}/{target}", destination.registry),
+            problem,
+        }
+    })?;
+    Ok(target)
 }
 
 fn now() -> i64 {
@@ -163,7 +181,7 @@ pub async fn ensure_repository(
 ) -> Result<EnsureRepositoryOutput> {
     let job = validated(input.job)?;
     let dest_spec = destination(&job.job, input.destination)?.clone();
-    let target = target_repository(&dest_spec, &input.repository);
+    let target = checked_target_repository(&dest_spec, &input.repository)?;
     let mut output = apply_settings(
         conns,
         &job.job,
@@ -712,6 +730,112 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
     Ok(plan)
 }
 
+/// Plans a page of tasks: each image as `plan_image` does, then the union of their missing
+/// blobs per destination repository, each blob once, split into ranges. Copying the union
+/// before any manifest means a base layer shared by the page's images travels once, and no two
+/// uploads of one blob race. A plan stays under `PAGE_PLAN_BYTES`; tasks past it are deferred
+/// to the next plan. An image that cannot be planned is reported, the others go on.
+#[tracing::instrument(skip_all, fields(images = input.images.len()))]
+pub async fn plan_page(conns: &Connections, input: PlanPageInput) -> Result<PagePlan> {
+    let job = validated(input.job)?.job;
+    let plans: Vec<(ImageTask, Result<ImagePlan>)> = futures::stream::iter(input.images)
+        .map(|task| {
+            let job = job.clone();
+            async move {
+                let plan = plan_image(
+                    conns,
+                    PlanImageInput {
+                        job,
+                        image: task.clone(),
+                    },
+                )
+                .await;
+                (task, plan)
+            }
+        })
+        .buffered(PARALLEL_CHECKS)
+        .collect()
+        .await;
+    let mut page = PagePlan {
+        ranges: Vec::new(),
+        images: Vec::new(),
+        deferred: Vec::new(),
+        bytes: 0,
+    };
+    let mut ready: Vec<(ImageTask, ImagePlan)> = Vec::new();
+    for (task, plan) in plans {
+        match plan {
+            Err(e) if e.kind() == ErrorKind::InvalidInput => return Err(e),
+            Err(e) => page.images.push(PlannedImage {
+                image: task,
+                bytes: 0,
+                present: false,
+                error: Some(format!("{}: {e}", e.kind().as_str())),
+            }),
+            Ok(plan) => ready.push((task, plan)),
+        }
+    }
+    // The largest prefix of the page whose plan fits; the rest is deferred.
+    let mut take = ready.len();
+    loop {
+        let (ranges, bytes) = union_ranges(&ready[..take], job.range_bytes);
+        let mut candidate = page.clone();
+        candidate.ranges = ranges;
+        candidate.bytes = bytes;
+        candidate
+            .images
+            .extend(ready[..take].iter().map(|(task, plan)| PlannedImage {
+                image: task.clone(),
+                bytes: plan.bytes,
+                present: plan.image.present,
+                error: None,
+            }));
+        candidate
+            .deferred
+            .extend(ready[take..].iter().map(|(task, _)| task.clone()));
+        let size = serde_json::to_vec(&candidate).map(|v| v.len()).unwrap_or(0);
+        if size <= PAGE_PLAN_BYTES || take <= 1 {
+            return Ok(candidate);
+        }
+        take -= 1;
+    }
+}
+
+/// The union of the planned images' blobs per destination repository, each blob once, split
+/// into ranges; and their bytes.
+fn union_ranges(planned: &[(ImageTask, ImagePlan)], budget: u64) -> (Vec<PageRange>, u64) {
+    let mut groups: BTreeMap<(usize, String), (ImageTask, BTreeMap<String, BlobRef>)> =
+        BTreeMap::new();
+    for (task, plan) in planned.iter().filter(|(_, plan)| !plan.image.present) {
+        let group = groups
+            .entry((task.destination, task.target_repository.clone()))
+            .or_insert_with(|| {
+                let mut representative = task.clone();
+                representative.tags.clear();
+                representative.referrers.clear();
+                (representative, BTreeMap::new())
+            });
+        for blob in plan.ranges.iter().flat_map(CopyRange::blobs) {
+            group.1.entry(blob.digest.to_string()).or_insert(blob);
+        }
+    }
+    let mut ranges = Vec::new();
+    let mut bytes = 0;
+    for (representative, blobs) in groups.into_values() {
+        let blobs: Vec<BlobRef> = blobs.into_values().collect();
+        bytes += blobs.iter().map(|b| b.size).sum::<u64>();
+        ranges.extend(
+            split_into_ranges(&blobs, budget)
+                .into_iter()
+                .map(|range| PageRange {
+                    image: representative.clone(),
+                    range,
+                }),
+        );
+    }
+    (ranges, bytes)
+}
+
 /// Copies one range: its whole blobs in parallel, or the next segment of a large blob
 /// (continuing the upload session in `state`).
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
@@ -811,6 +935,32 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         registry: dest.registry.clone(),
         name: input.image.target_repository.clone(),
     };
+    let mut referred = Vec::new();
+    for digest in &input.image.referrers {
+        referred.push(read_source_image(&source, &input.image.repository, digest).await?);
+    }
+    // No manifest before all of its blobs are there (a range of the page may have failed).
+    let blobs = walked
+        .blobs
+        .values()
+        .chain(referred.iter().flat_map(|(_, _, w)| w.blobs.values()));
+    for blob in blobs {
+        let present = dest
+            .client
+            .head_blob(&to, &blob.digest)
+            .await
+            .map_err(|e| Error::Registry {
+                image: from.to_string(),
+                source: e,
+            })?;
+        if present.is_none() {
+            return Err(Error::BlobMissing {
+                image: from.to_string(),
+                blob: blob.digest.to_string(),
+                target: to.to_string(),
+            });
+        }
+    }
     put_manifests_in_order(
         &dest.client,
         &to,
@@ -821,9 +971,7 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     )
     .await?;
     let mut referrers = Vec::new();
-    for digest in &input.image.referrers {
-        let (from, top, walked) =
-            read_source_image(&source, &input.image.repository, digest).await?;
+    for (from, top, walked) in referred {
         put_manifests_in_order(
             &dest.client,
             &to,
@@ -858,6 +1006,27 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
         report.add_repository(&r);
     }
     report.add_present(input.present);
+    if let Some(plan) = &input.plan {
+        for planned in &plan.images {
+            let (status, error) = match (&planned.error, planned.present) {
+                (Some(e), _) => (ImageStatus::Failed, Some(e.clone())),
+                (None, true) => (ImageStatus::Present, None),
+                (None, false) => (ImageStatus::Planned, None),
+            };
+            report.add(&ImageResult::for_task(
+                &planned.image,
+                status,
+                planned.bytes,
+                error,
+            ));
+        }
+    }
+    for range in flatten::<JsonValue>(&input.copied, "copied")? {
+        report.bytes_copied += range.get("bytes").and_then(JsonValue::as_u64).unwrap_or(0);
+        if range.get("error").is_some_and(|e| !e.is_null()) {
+            report.ranges_failed += 1;
+        }
+    }
     if let Some(max) = input.list {
         report.limit_lists(max);
     }

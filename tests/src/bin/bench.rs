@@ -1,6 +1,8 @@
 //! `make bench`: ecr-replicator side by side with `skopeo copy` on two fresh local registries,
 //! each case several runs into a fresh target repository, medians and ratios printed; plus the raw
-//! limit for the large layer (one `curl` monolithic upload of the same blob).
+//! limit for the large layer (one `curl` monolithic upload of the same blob); plus whole
+//! registries: `ecr-replicator sync` against `skopeo sync` (first sync, then the no-op re-sync),
+//! failed images counted from our report.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -91,6 +93,159 @@ impl Tools {
             &format!("docker://{dst}/{to}"),
         ]))
     }
+}
+
+/// A sync case: `ecr-replicator sync` of a job, `skopeo sync` of the same repositories.
+struct SyncCase {
+    name: &'static str,
+    /// Repositories and tags per repository in the source.
+    repositories: Vec<String>,
+    job: PathBuf,
+    yaml: PathBuf,
+}
+
+impl Tools {
+    /// `ecr-replicator sync` into `dst`; returns the run and the failed images of its report.
+    fn ours_sync(&self, case: &SyncCase, dst: &str) -> (Measured, u64) {
+        let job = std::fs::read_to_string(&case.job)
+            .unwrap()
+            .replace("DEST", dst);
+        let file = case
+            .job
+            .with_extension(format!("{}.json", dst.replace(':', "_")));
+        std::fs::write(&file, job).unwrap();
+        let out = case.job.with_extension("out.json");
+        let m = run_measured(
+            Command::new("sh").arg("-c").arg(format!(
+                "{} sync --input {} --insecure-registry {} --insecure-registry {dst} --output json > {}",
+                self.ours.display(),
+                file.display(),
+                self.src,
+                out.display()
+            )),
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        (m, report["report"]["failed"].as_u64().unwrap_or(u64::MAX))
+    }
+
+    /// `skopeo sync` of the case's repositories (all tags) into `dst`.
+    fn skopeo_sync(&self, case: &SyncCase, dst: &str) -> Measured {
+        run_measured(Command::new("skopeo").args([
+            "sync",
+            "--all",
+            "--src",
+            "yaml",
+            "--dest",
+            "docker",
+            "--dest-tls-verify=false",
+            "--dest-no-creds",
+            case.yaml.to_str().unwrap(),
+            dst,
+        ]))
+    }
+}
+
+/// Seeds `repositories` x `tags` small images sharing one base layer (as services built on one
+/// base image do) and writes the job and skopeo's YAML for them.
+async fn sync_case(
+    src: &TestRegistry,
+    dir: &Path,
+    name: &'static str,
+    prefix: &str,
+    repositories: usize,
+    tags: usize,
+) -> SyncCase {
+    let pusher = Pusher::new(&src.host, None);
+    let names: Vec<String> = (0..repositories)
+        .map(|r| format!("{prefix}{r:02}"))
+        .collect();
+    let mut pushes = Vec::new();
+    for (r, repository) in names.iter().enumerate() {
+        for t in 0..tags {
+            let image = ImageBuilder::new(Format::Oci)
+                .layer(7, 2 << 20)
+                .layer(10_000 + (r * tags + t) as u64, 64 << 10)
+                .build();
+            pushes.push((repository.clone(), format!("v{t}"), image));
+        }
+    }
+    futures::stream::iter(pushes)
+        .for_each_concurrent(8, |(repository, tag, image)| {
+            let pusher = &pusher;
+            async move { pusher.push(&repository, &tag, &image).await }
+        })
+        .await;
+    let job = dir.join(format!("{prefix}job.json"));
+    std::fs::write(
+        &job,
+        serde_json::json!({
+            "source": {"registry": src.host, "insecure": true},
+            "destinations": [{"registry": "DEST", "insecure": true}],
+            "repositories": {"include": [format!("{prefix}*")]},
+            "referrers": false
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let yaml = dir.join(format!("{prefix}skopeo.yaml"));
+    let images: String = names.iter().map(|n| format!("    {n}: []\n")).collect();
+    std::fs::write(
+        &yaml,
+        format!("{}:\n  tls-verify: false\n  images:\n{images}", src.host),
+    )
+    .unwrap();
+    SyncCase {
+        name,
+        repositories: names,
+        job,
+        yaml,
+    }
+}
+
+/// First sync into fresh registries (one per tool), then the no-op re-sync into the same ones;
+/// medians over `runs`. Rows for both, and the failed images of every run of ours.
+fn compare_sync(tools: &Tools, case: &SyncCase, runs: usize) -> (Row, Row, u64) {
+    let (mut first, mut first_s, mut again, mut again_s) = (vec![], vec![], vec![], vec![]);
+    let (mut rss, mut failed) = (0u64, 0u64);
+    for run in 0..runs {
+        let (ours_dst, skopeo_dst) = (TestRegistry::start(), TestRegistry::start());
+        let (o, f) = tools.ours_sync(case, &ours_dst.host);
+        let s = tools.skopeo_sync(case, &skopeo_dst.host);
+        let (o2, f2) = tools.ours_sync(case, &ours_dst.host);
+        let s2 = tools.skopeo_sync(case, &skopeo_dst.host);
+        eprintln!(
+            "  {} run {run}: first sync {:.2}s vs skopeo {:.2}s; no-op {:.2}s vs skopeo {:.2}s; failed {f}+{f2}",
+            case.name, o.seconds, s.seconds, o2.seconds, s2.seconds
+        );
+        failed += f + f2;
+        rss = rss.max(o.max_rss_kib).max(o2.max_rss_kib);
+        first.push(o.seconds);
+        first_s.push(s.seconds);
+        again.push(o2.seconds);
+        again_s.push(s2.seconds);
+    }
+    let row = |case, ours, skopeo, goal| Row {
+        case,
+        ours: median(ours),
+        skopeo: median(skopeo),
+        rss_mib: rss as f64 / 1024.0,
+        goal,
+    };
+    (
+        row(case.name, first, first_s, "<= 0.33"),
+        row(
+            if case.repositories.len() > 1 {
+                "(f) 20 repositories x 10 tags: no-op re-sync"
+            } else {
+                "(h) 1 repository x 500 tags: no-op re-sync"
+            },
+            again,
+            again_s,
+            "<= 0.10",
+        ),
+        failed,
+    )
 }
 
 struct Row {
@@ -264,7 +419,32 @@ fn main() {
         a_targets.as_ref(),
         "<= 0.10",
     );
-    let rows = [a, b, c, d];
+    eprintln!("seeding the sync cases ...");
+    let (wide, deep) = rt.block_on(async {
+        (
+            sync_case(
+                &src,
+                scratch.path(),
+                "(e) 20 repositories x 10 tags: first sync",
+                "svc",
+                20,
+                10,
+            )
+            .await,
+            sync_case(
+                &src,
+                scratch.path(),
+                "(g) 1 repository x 500 tags: first sync",
+                "big",
+                1,
+                500,
+            )
+            .await,
+        )
+    });
+    let (e, f, wide_failed) = compare_sync(&tools, &wide, runs);
+    let (g, h, deep_failed) = compare_sync(&tools, &deep, runs);
+    let rows = [a, b, c, d, e, f, g, h];
     let raw = rt.block_on(raw_upload(&large.blobs[1], scratch.path(), runs));
 
     let date = Command::new("date")
@@ -301,6 +481,10 @@ fn main() {
         size_mib / b.ours,
         size_mib / b.skopeo,
         size_mib / raw
+    );
+    println!(
+        "sync cases: failed images in all runs of ours: {} (goal 0)",
+        wide_failed + deep_failed
     );
 }
 

@@ -1,4 +1,4 @@
-//! Lambda `plan-image`: see `replication::workflow::plan_image`.
+//! Lambda `plan-image`: plans a page of images; see `replication::workflow::plan_page`.
 
 use lambda_runtime::{run, service_fn, Error};
 

@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help setup build lint test cdk-test package deploy bench clean
+.PHONY: help setup build lint test cdk-test package deploy bench bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +41,10 @@ deploy: package ## deploy both stacks with cdk (config: cdk/config.json via -c e
 bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries
 	$(CARGO) build --release -p ecr-replicator -p e2e --bins
 	target/release/bench
+
+bench-scale: setup ## 10,000 repositories x 10 tags: dry run and no-op through the CLI and the state machine
+	$(CARGO) build --release -p ecr-replicator -p e2e --bins
+	target/release/scale
 
 clean:
 	$(CARGO) clean

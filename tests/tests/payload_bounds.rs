@@ -209,7 +209,7 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "repositories": vec![ensure_output(); MAX_DESTINATIONS],
         "page": text(PAGE_PLAN_BYTES),
         "results": results,
-        "copied": copied,
+        "copied": copied.clone(),
         "dryRun": {"plan": null},
         "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
@@ -223,13 +223,14 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
             "report": full_report(CHILD_LISTED)}),
     );
 
-    // An image's child execution (put manifests): its task, alone on a page at most, and its
-    // planned entry (the task again, with an error).
+    // An image's child execution (put manifests): its task, alone on a page at most, its
+    // planned entry (the task again, with an error) and the page's range results.
     let alone = task((PAGE_TASK_BYTES - 1024) / (TAG + 3));
     let image = json!({
         "job": job(),
         "image": alone,
         "planned": {"image": alone, "bytes": 1, "present": false, "error": caught_error()},
+        "copied": copied,
         "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
     size("image child", &image);

@@ -159,7 +159,7 @@ impl Catalog for OciCatalog<'_> {
                 };
                 async move { (tag, self.client.head_manifest(&reference).await) }
             })
-            .buffered(8)
+            .buffered(16)
             .collect()
             .await;
         let mut images: Vec<ImageInfo> = Vec::new();

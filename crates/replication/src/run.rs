@@ -102,10 +102,10 @@ impl Run<'_> {
 
     /// One repository: ensured in every destination, then its images page by page. A failure
     /// of the repository as a whole is recorded, naming it.
-    async fn repository(&self, repository: &String) {
+    async fn repository(&self, repository: &str) {
         if let Err(e) = self.try_repository(repository).await {
             let failure = RepositoryFailure {
-                repository: repository.clone(),
+                repository: repository.to_string(),
                 error: format!("{}: {e}", e.kind().as_str()),
             };
             self.observer.repository_failed(&failure);
@@ -225,30 +225,39 @@ impl Run<'_> {
             .buffer_unordered(self.job.max_concurrency.max(1) as usize)
             .collect()
             .await;
+        let mut ranges = Vec::new();
         for outcome in copied {
             match outcome {
-                Ok(bytes) => self.record(|o| o.report.bytes_copied += bytes),
+                Ok(bytes) => {
+                    self.record(|o| o.report.bytes_copied += bytes);
+                    ranges.push(serde_json::json!({"bytes": 0, "error": null}));
+                }
                 Err(e) => {
                     let error = format!("{}: {e}", e.kind().as_str());
                     self.observer.range_failed(&error);
                     self.record(|o| o.report.ranges_failed += 1);
+                    ranges.push(serde_json::json!({"bytes": 0, "error": error}));
                 }
             }
         }
+        let ranges = serde_json::Value::Array(ranges);
         let puts: Vec<ImageResult> = futures::stream::iter(to_put)
-            .map(|planned| async move {
-                let task = planned.image;
-                let _permit = self.copies.acquire().await;
-                workflow::put_manifests(
-                    self.conns,
-                    PutManifestsInput {
-                        job: self.job.clone(),
-                        image: task.clone(),
-                        copied: serde_json::json!([]),
-                    },
-                )
-                .await
-                .unwrap_or_else(|e| failed(&task, &e))
+            .map(|planned| {
+                let ranges = ranges.clone();
+                async move {
+                    let task = planned.image;
+                    let _permit = self.copies.acquire().await;
+                    workflow::put_manifests(
+                        self.conns,
+                        PutManifestsInput {
+                            job: self.job.clone(),
+                            image: task.clone(),
+                            copied: ranges,
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|e| failed(&task, &e))
+                }
             })
             .buffer_unordered(self.job.max_concurrency.max(1) as usize)
             .collect()

@@ -312,8 +312,9 @@ pub struct PutManifestsInput {
     pub job: Job,
     /// The image and destination.
     pub image: ImageTask,
-    /// What the copy steps returned per range (`[{"bytes": N}, ...]`), for the report's byte
-    /// count.
+    /// What the copy steps returned per range of the image's page (`[{"bytes": N, "error":
+    /// null}, ...]`): bytes for the report; when every range is complete, the blobs need no
+    /// presence check before the manifests.
     #[serde(default)]
     #[schemars(with = "serde_json::Value")]
     pub copied: JsonValue,
@@ -322,15 +323,22 @@ pub struct PutManifestsInput {
 impl PutManifestsInput {
     /// Bytes the copy steps moved: the sum of `copied[].bytes`.
     pub fn bytes_copied(&self) -> u64 {
-        self.copied
-            .as_array()
-            .map(|ranges| {
-                ranges
-                    .iter()
-                    .filter_map(|r| r.get("bytes").and_then(JsonValue::as_u64))
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.ranges()
+            .filter_map(|r| r.get("bytes").and_then(JsonValue::as_u64))
+            .sum()
+    }
+
+    /// Whether `copied` shows every range of the image's page complete (at least one, none with
+    /// an error): its blobs are then known to be in the destination.
+    pub fn ranges_complete(&self) -> bool {
+        self.ranges().next().is_some()
+            && self
+                .ranges()
+                .all(|r| r.get("error").is_none_or(JsonValue::is_null))
+    }
+
+    fn ranges(&self) -> impl Iterator<Item = &JsonValue> {
+        self.copied.as_array().into_iter().flatten()
     }
 }
 

@@ -38,7 +38,7 @@ pub const PAGE_PLAN_BYTES: usize = 84 * 1024;
 /// Presence checks at once.
 const PARALLEL_CHECKS: usize = 16;
 /// Blobs of one range copied at once.
-const PARALLEL_BLOBS: usize = 4;
+const PARALLEL_BLOBS: usize = 8;
 
 impl Connection {
     /// The catalog of this registry: ECR's API, or the OCI catalog.
@@ -702,17 +702,23 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
             manifests: 0,
         });
     }
-    let (_, _, walked) = read_source_image(&source, &image.repository, &image.digest).await?;
+    plan_blobs(&source, image, job.range_bytes).await
+}
+
+/// The image's blobs (every platform, every referrer) in ranges, without a presence check:
+/// `enumerate-images` just found it missing.
+async fn plan_blobs(source: &Connection, image: ImageTask, range_bytes: u64) -> Result<ImagePlan> {
+    let (_, _, walked) = read_source_image(source, &image.repository, &image.digest).await?;
     let mut manifests = walked.children.len() + 1;
     let mut blobs = walked.blobs;
     for referrer in &image.referrers {
-        let (_, _, walked) = read_source_image(&source, &image.repository, referrer).await?;
+        let (_, _, walked) = read_source_image(source, &image.repository, referrer).await?;
         manifests += walked.children.len() + 1;
         blobs.extend(walked.blobs);
     }
     let blobs: Vec<_> = blobs.into_values().collect();
     let plan = ImagePlan {
-        ranges: split_into_ranges(&blobs, job.range_bytes),
+        ranges: split_into_ranges(&blobs, range_bytes),
         bytes: blobs.iter().map(|b| b.size).sum(),
         blobs: blobs.len(),
         manifests,
@@ -738,18 +744,12 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
 #[tracing::instrument(skip_all, fields(images = input.images.len()))]
 pub async fn plan_page(conns: &Connections, input: PlanPageInput) -> Result<PagePlan> {
     let job = validated(input.job)?.job;
+    let source = conns.source(&job).await?;
     let plans: Vec<(ImageTask, Result<ImagePlan>)> = futures::stream::iter(input.images)
         .map(|task| {
-            let job = job.clone();
+            let source = &source;
             async move {
-                let plan = plan_image(
-                    conns,
-                    PlanImageInput {
-                        job,
-                        image: task.clone(),
-                    },
-                )
-                .await;
+                let plan = plan_blobs(source, task.clone(), job.range_bytes).await;
                 (task, plan)
             }
         })
@@ -926,6 +926,7 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
 pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
     let bytes_copied = input.bytes_copied();
+    let ranges_complete = input.ranges_complete();
     let job = validated(input.job)?.job;
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
@@ -939,20 +940,30 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     for digest in &input.image.referrers {
         referred.push(read_source_image(&source, &input.image.repository, digest).await?);
     }
-    // No manifest before all of its blobs are there (a range of the page may have failed).
-    let blobs = walked
-        .blobs
-        .values()
-        .chain(referred.iter().flat_map(|(_, _, w)| w.blobs.values()));
-    for blob in blobs {
-        let present = dest
-            .client
-            .head_blob(&to, &blob.digest)
-            .await
-            .map_err(|e| Error::Registry {
-                image: from.to_string(),
-                source: e,
-            })?;
+    // No manifest before all of its blobs are there (a range of the page may have failed):
+    // checked unless every range of the page reported complete.
+    let blobs: Vec<&BlobRef> = if ranges_complete {
+        Vec::new()
+    } else {
+        walked
+            .blobs
+            .values()
+            .chain(referred.iter().flat_map(|(_, _, w)| w.blobs.values()))
+            .collect()
+    };
+    let checks: Vec<(&BlobRef, oci::Result<Option<u64>>)> = futures::stream::iter(blobs)
+        .map(|blob| {
+            let (client, to) = (&dest.client, &to);
+            async move { (blob, client.head_blob(to, &blob.digest).await) }
+        })
+        .buffer_unordered(PARALLEL_CHECKS)
+        .collect()
+        .await;
+    for (blob, present) in checks {
+        let present = present.map_err(|e| Error::Registry {
+            image: from.to_string(),
+            source: e,
+        })?;
         if present.is_none() {
             return Err(Error::BlobMissing {
                 image: from.to_string(),

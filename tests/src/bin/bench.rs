@@ -25,10 +25,13 @@ struct Measured {
 // The child is reaped by wait4, which std does not know about.
 #[allow(unsafe_code, clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> Measured {
+    // stderr to a file, not a pipe nobody reads while the child runs: skopeo's progress lines
+    // for 500 images fill a pipe and block it.
+    let stderr_file = tempfile::NamedTempFile::new().unwrap();
     let started = Instant::now();
     let child = cmd
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr_file.reopen().unwrap())
         .spawn()
         .unwrap();
     let pid = child.id() as libc::pid_t;
@@ -39,10 +42,8 @@ fn run_measured(cmd: &mut Command) -> Measured {
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(waited, pid, "wait4 failed");
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr {
-            std::io::Read::read_to_string(&mut e, &mut stderr).ok();
-        }
+        let stderr = std::fs::read_to_string(stderr_file.path()).unwrap_or_default();
+        let _ = child;
         panic!("{cmd:?} failed: {stderr}");
     }
     Measured {
@@ -160,20 +161,21 @@ async fn sync_case(
     let names: Vec<String> = (0..repositories)
         .map(|r| format!("{prefix}{r:02}"))
         .collect();
-    let mut pushes = Vec::new();
-    for (r, repository) in names.iter().enumerate() {
-        for t in 0..tags {
-            let image = ImageBuilder::new(Format::Oci)
-                .layer(7, 2 << 20)
-                .layer(10_000 + (r * tags + t) as u64, 64 << 10)
-                .build();
-            pushes.push((repository.clone(), format!("v{t}"), image));
-        }
-    }
-    futures::stream::iter(pushes)
-        .for_each_concurrent(8, |(repository, tag, image)| {
+    // Repositories in parallel, each one's images in order: concurrent uploads of one blob to
+    // one repository race in distribution (a manifest can meet "blob unknown" while another
+    // upload of its blob commits), which is what the copy engine avoids too.
+    futures::stream::iter(names.iter().enumerate())
+        .for_each_concurrent(8, |(r, repository)| {
             let pusher = &pusher;
-            async move { pusher.push(&repository, &tag, &image).await }
+            async move {
+                for t in 0..tags {
+                    let image = ImageBuilder::new(Format::Oci)
+                        .layer(7, 2 << 20)
+                        .layer(10_000 + (r * tags + t) as u64, 64 << 10)
+                        .build();
+                    pusher.push(repository, &format!("v{t}"), &image).await;
+                }
+            }
         })
         .await;
     let job = dir.join(format!("{prefix}job.json"));
@@ -376,6 +378,7 @@ fn main() {
     let scratch = tempfile::tempdir().unwrap();
 
     eprintln!("seeding the source registry ...");
+    let only_sync = std::env::var("BENCH_ONLY").as_deref() == Ok("sync");
     let mut many = ImageBuilder::new(Format::Oci);
     for i in 0..32 {
         many = many.big_layer(1000 + i, 16 * MIB);
@@ -384,16 +387,56 @@ fn main() {
     let large = ImageBuilder::new(Format::Oci).big_layer(2000, big).build();
     let index = multi_arch_big();
     let pusher = Pusher::new(&src.host, None);
-    rt.block_on(async {
-        pusher.push("many", "v1", &many).await;
-        pusher.push("large", "v1", &large).await;
-        pusher.push("index", "v1", &index).await;
-    });
+    if !only_sync {
+        rt.block_on(async {
+            pusher.push("many", "v1", &many).await;
+            pusher.push("large", "v1", &large).await;
+            pusher.push("index", "v1", &index).await;
+        });
+    }
 
     let tools = Tools {
         ours,
         src: src.host.clone(),
     };
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("sync") {
+        eprintln!("seeding the sync cases ...");
+        let (wide, deep) = rt.block_on(async {
+            (
+                sync_case(
+                    &src,
+                    scratch.path(),
+                    "(e) 20 repositories x 10 tags: first sync",
+                    "svc",
+                    20,
+                    10,
+                )
+                .await,
+                sync_case(
+                    &src,
+                    scratch.path(),
+                    "(g) 1 repository x 500 tags: first sync",
+                    "big",
+                    1,
+                    500,
+                )
+                .await,
+            )
+        });
+        let (e, f, _) = compare_sync(&tools, &wide, runs);
+        let (g, h, _) = compare_sync(&tools, &deep, runs);
+        for r in [e, f, g, h] {
+            println!(
+                "| {} | {:.2} s | {:.2} s | {:.2} | {} |",
+                r.case,
+                r.ours,
+                r.skopeo,
+                r.ours / r.skopeo,
+                r.goal
+            );
+        }
+        return;
+    }
     let (a, a_targets) = compare(
         &tools,
         "(a) 32 layers x 16 MiB",

@@ -69,7 +69,7 @@ fn print_report(title: &str, status: &str, report: &Value, note: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    println!("starting: 3 registries (source, 2 destination accounts), moto (ECR, STS, Step Functions), cargo lambda watch");
+    println!("starting: registries (source, 2 destination accounts), moto (ECR, STS, Step Functions made as strict as AWS), cargo lambda watch");
     println!("(the first run compiles the Lambda functions: a few minutes on a fresh machine)");
     let (world, sfn) = EcrWorld::with_step_functions().await;
     for host in [SOURCE, DEST, DEST2] {
@@ -102,13 +102,21 @@ async fn main() {
     let mut dry = job.clone();
     dry["dryRun"] = json!(true);
     let mut failures = 0;
+    let mut calls_before = 0;
     for (title, input) in [
         ("dry run", &dry),
         ("first run", &job),
         ("second run (nothing to do)", &job),
     ] {
         let run = sfn.execute(&arn, input).await;
-        let note = format!("{:.1} s {}", run.seconds, run.cause.trim());
+        let calls: usize = sfn.invocations().values().sum();
+        let note = format!(
+            "{:.1} s, {} Lambda invocations {}",
+            run.seconds,
+            calls - calls_before,
+            run.cause.trim()
+        );
+        calls_before = calls;
         print_report(title, &run.status, &run.output.unwrap_or_default(), &note);
         if run.status != "SUCCEEDED" {
             failures += 1;

@@ -120,7 +120,12 @@ struct Proxy {
     faults: std::sync::Mutex<std::collections::HashMap<String, Vec<LambdaFault>>>,
     /// Invocations per function (every child execution's included), faults counted too.
     invocations: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Copy and put invocations running now, and the most ever running at once.
+    copies_in_flight: std::sync::Mutex<(usize, usize)>,
 }
+
+/// The functions whose concurrent invocations `maxConcurrency` bounds.
+const COPY_FUNCTIONS: [&str; 2] = ["copy-blobs", "put-manifests"];
 
 /// How a Lambda invocation can end without the function answering, as Step Functions reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +225,7 @@ impl LocalStepFunctions {
             watch: format!("http://127.0.0.1:{watch_port}"),
             faults: Default::default(),
             invocations: Default::default(),
+            copies_in_flight: Default::default(),
         });
         let proxy_state = state.clone();
         let app = axum::Router::new().fallback(forward).with_state(state);
@@ -320,6 +326,11 @@ impl LocalStepFunctions {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect()
+    }
+
+    /// The most copy-blobs and put-manifests invocations that ever ran at once.
+    pub fn max_concurrent_copies(&self) -> usize {
+        self.proxy_state.copies_in_flight.lock().unwrap().1
     }
 
     /// The logs of moto and watch, for failure messages.
@@ -507,6 +518,30 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
             .body(Body::from(fault.body()))
             .unwrap();
     }
+    let counted = invocation
+        .as_deref()
+        .is_some_and(|f| COPY_FUNCTIONS.contains(&f));
+    if counted {
+        let mut in_flight = proxy.copies_in_flight.lock().unwrap();
+        in_flight.0 += 1;
+        in_flight.1 = in_flight.1.max(in_flight.0);
+    }
+    let response = forward_to(&proxy, invocation, method, path, query, headers, body).await;
+    if counted {
+        proxy.copies_in_flight.lock().unwrap().0 -= 1;
+    }
+    response
+}
+
+async fn forward_to(
+    proxy: &Proxy,
+    invocation: Option<String>,
+    method: axum::http::Method,
+    path: String,
+    query: String,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     match invocation {
         Some(function) => {
             let resp = proxy

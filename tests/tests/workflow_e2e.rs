@@ -185,6 +185,18 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
         "{report}"
     );
     assert!(report["bytesCopied"].as_u64().unwrap() >= 2 * 300 * MIB);
+    // maxConcurrency 4 bounds the whole run's copy and put invocations (measured at the
+    // proxy, across every child execution).
+    assert!(
+        (1..=4).contains(&sfn.max_concurrent_copies()),
+        "{} copy/put invocations ran at once",
+        sfn.max_concurrent_copies()
+    );
+    eprintln!(
+        "first run: invocations {:?}, at most {} copies at once",
+        sfn.invocations(),
+        sfn.max_concurrent_copies()
+    );
     assert_destinations_match(&world).await;
     assert!(world
         .moto

@@ -12,10 +12,10 @@ use tokio::sync::Semaphore;
 
 use crate::connect::Connections;
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Job, ValidJob};
 use crate::plan::CopyRange;
 use crate::steps::*;
-use crate::workflow;
+use crate::workflow::{self, PageBounds};
 
 /// Hears about each image as it finishes (for progress output).
 pub trait RunObserver: Send + Sync {
@@ -52,10 +52,12 @@ pub async fn run_job(
     job: Job,
     observer: &dyn RunObserver,
 ) -> Result<RunOutput> {
-    let job = job.validate()?.job;
+    let valid = job.validate()?;
+    let job = valid.job.clone();
     let run = Run {
         conns,
         job: &job,
+        valid: &valid,
         observer,
         copies: Semaphore::new(job.max_concurrency.max(1) as usize),
         output: Mutex::new(RunOutput::default()),
@@ -88,6 +90,7 @@ pub async fn run_job(
 struct Run<'a> {
     conns: &'a Connections,
     job: &'a Job,
+    valid: &'a ValidJob,
     observer: &'a dyn RunObserver,
     /// Copy and put calls at once: `maxConcurrency`.
     copies: Semaphore,
@@ -135,15 +138,17 @@ impl Run<'_> {
                 o.repositories.push(ensured);
             });
         }
-        let mut image_token = None;
+        // Listed and resolved once; pages of work taken from it (larger than a step's).
+        let selected = workflow::selected_images(self.conns, self.valid, repository).await?;
+        let mut offset = 0;
         loop {
-            let page = workflow::enumerate_images(
+            let page = workflow::page_of_work(
                 self.conns,
-                EnumerateImagesInput {
-                    job: self.job.clone(),
-                    repository: repository.to_string(),
-                    next_token: image_token,
-                },
+                self.valid,
+                repository,
+                &selected,
+                offset,
+                PageBounds::IN_PROCESS,
             )
             .await?;
             self.record(|o| o.report.add_present(page.present));
@@ -157,8 +162,8 @@ impl Run<'_> {
                 }
                 o.images.extend(results);
             });
-            match page.next_token {
-                Some(t) => image_token = Some(t),
+            match page.next_token.and_then(|t| t.parse().ok()) {
+                Some(next) => offset = next,
                 None => return Ok(()),
             }
         }
@@ -172,12 +177,13 @@ impl Run<'_> {
         let mut results = Vec::new();
         let mut tasks = tasks;
         while !tasks.is_empty() {
-            let plan = match workflow::plan_page(
+            let plan = match workflow::plan_page_within(
                 self.conns,
                 PlanPageInput {
                     job: self.job.clone(),
                     images: tasks.clone(),
                 },
+                PageBounds::IN_PROCESS.plan_bytes,
             )
             .await
             {

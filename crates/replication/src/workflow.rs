@@ -394,18 +394,76 @@ pub async fn enumerate_images(
             }],
         })?,
     };
+    let selected = selected_images(conns, &job, &input.repository).await?;
+    page_of_work(
+        conns,
+        &job,
+        &input.repository,
+        &selected,
+        offset,
+        PageBounds::STEP,
+    )
+    .await
+}
+
+/// How large a page of work may be.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBounds {
+    /// Tasks at most.
+    pub tasks: usize,
+    /// JSON bytes of the tasks at most.
+    pub task_bytes: usize,
+    /// Selected images checked for presence at most.
+    pub checked: usize,
+    /// JSON bytes of a page plan at most.
+    pub plan_bytes: usize,
+}
+
+impl PageBounds {
+    /// A workflow step's: its output travels in the state machine (256 KiB per state).
+    pub const STEP: PageBounds = PageBounds {
+        tasks: TASKS_PER_PAGE,
+        task_bytes: PAGE_TASK_BYTES,
+        checked: IMAGES_CHECKED_PER_CALL,
+        plan_bytes: PAGE_PLAN_BYTES,
+    };
+    /// In one process (`sync`): larger pages, so more of a repository copies at once and a
+    /// shared layer is copied once for more images.
+    pub const IN_PROCESS: PageBounds = PageBounds {
+        tasks: 250,
+        task_bytes: usize::MAX,
+        checked: usize::MAX,
+        plan_bytes: usize::MAX,
+    };
+}
+
+/// The images of a repository the job selects, in a stable order (by digest): listed and
+/// resolved once; `page_of_work` pages through them.
+pub async fn selected_images(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<Vec<SelectedImage>> {
     let source = conns.source(&job.job).await?;
-    let mut selected = select_images(&source, &job, &input.repository).await?;
+    let mut selected = select_images(&source, job, repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
+    Ok(selected)
+}
+
+/// One page of the work left among `selected` from `offset` (see `enumerate_images`).
+pub async fn page_of_work(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+    selected: &[SelectedImage],
+    offset: usize,
+    bounds: PageBounds,
+) -> Result<EnumerateImagesOutput> {
     let mut destinations = Vec::new();
     for (index, spec) in job.job.destinations.iter().enumerate() {
         let dest = conns.destination(&job.job, index).await?;
-        destinations.push((
-            index,
-            spec,
-            dest,
-            target_repository(spec, &input.repository),
-        ));
+        let target = checked_target_repository(spec, repository)?;
+        destinations.push((index, spec, dest, target));
     }
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
@@ -413,15 +471,14 @@ pub async fn enumerate_images(
         selected: selected.len(),
         next_token: None,
     };
-    let mut task_bytes = 0;
-    let window_end = (offset + IMAGES_CHECKED_PER_CALL).min(selected.len());
+    let mut task_bytes: usize = 0;
+    let window_end = offset.saturating_add(bounds.checked).min(selected.len());
     let window = selected.get(offset..window_end).unwrap_or_default();
     // Presence of every image of the window in every destination, checked a few at a time, in
     // order, so the page can stop at its bounds.
     let mut checks = futures::stream::iter(window.iter().enumerate())
         .map(|(at, image)| {
             let destinations = &destinations;
-            let repository = &input.repository;
             async move {
                 let mut tasks = Vec::new();
                 for (index, spec, dest, target) in destinations {
@@ -438,7 +495,7 @@ pub async fn enumerate_images(
                     )
                     .await?;
                     tasks.push(ImageTask {
-                        repository: repository.clone(),
+                        repository: repository.to_string(),
                         digest: image.digest.clone(),
                         tags: image.tags.clone(),
                         destination: *index,
@@ -462,8 +519,8 @@ pub async fn enumerate_images(
             .sum();
         if !missing.is_empty()
             && !output.images.is_empty()
-            && (output.images.len() + missing.len() > TASKS_PER_PAGE
-                || task_bytes + bytes > PAGE_TASK_BYTES)
+            && (output.images.len() + missing.len() > bounds.tasks
+                || task_bytes.saturating_add(bytes) > bounds.task_bytes)
         {
             next = offset + at; // this image starts the next page
             break;
@@ -743,6 +800,15 @@ async fn plan_blobs(source: &Connection, image: ImageTask, range_bytes: u64) -> 
 /// to the next plan. An image that cannot be planned is reported, the others go on.
 #[tracing::instrument(skip_all, fields(images = input.images.len()))]
 pub async fn plan_page(conns: &Connections, input: PlanPageInput) -> Result<PagePlan> {
+    plan_page_within(conns, input, PageBounds::STEP.plan_bytes).await
+}
+
+/// `plan_page` with a plan of at most `max_plan_bytes` of JSON.
+pub async fn plan_page_within(
+    conns: &Connections,
+    input: PlanPageInput,
+    max_plan_bytes: usize,
+) -> Result<PagePlan> {
     let job = validated(input.job)?.job;
     let source = conns.source(&job).await?;
     let plans: Vec<(ImageTask, Result<ImagePlan>)> = futures::stream::iter(input.images)
@@ -794,7 +860,7 @@ pub async fn plan_page(conns: &Connections, input: PlanPageInput) -> Result<Page
             .deferred
             .extend(ready[take..].iter().map(|(task, _)| task.clone()));
         let size = serde_json::to_vec(&candidate).map(|v| v.len()).unwrap_or(0);
-        if size <= PAGE_PLAN_BYTES || take <= 1 {
+        if size <= max_plan_bytes || take <= 1 {
             return Ok(candidate);
         }
         take -= 1;

@@ -53,11 +53,22 @@ async fn seed(registry: &str, repositories: usize, tags: usize) {
             async move {
                 let repo = repository(i);
                 for blob in [CONFIG, LAYER] {
+                    // Monolithic: POST opens a session, one PUT with the bytes completes it.
+                    let started = http
+                        .post(format!("http://{registry}/v2/{repo}/blobs/uploads/"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(started.status(), 202, "blob upload to {repo}");
+                    let location = started.headers()["location"].to_str().unwrap().to_string();
+                    let separator = if location.contains('?') { '&' } else { '?' };
+                    let url = if location.starts_with("http") {
+                        location.clone()
+                    } else {
+                        format!("http://{registry}{location}")
+                    };
                     let resp = http
-                        .post(format!(
-                            "http://{registry}/v2/{repo}/blobs/uploads/?digest={}",
-                            digest(blob)
-                        ))
+                        .put(format!("{url}{separator}digest={}", digest(blob)))
                         .header("content-type", "application/octet-stream")
                         .body(blob.to_vec())
                         .send()

@@ -5,6 +5,7 @@
 
 pub mod fake;
 pub mod image;
+pub mod measure;
 pub mod moto;
 pub mod registry;
 pub mod sfn;

@@ -134,6 +134,18 @@ impl Moto {
     }
 }
 
+/// Lets the moto at `url` run Step Functions executions, its Lambda invocations going to
+/// `localhost:$MOTO_PORT` (no Docker).
+pub async fn enable_executions_at(url: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/moto-api/config"))
+        .body(r#"{"stepfunctions":{"execute_state_machine":true},"lambda":{"use_docker":false}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "moto config: {}", resp.status());
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {

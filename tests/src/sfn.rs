@@ -244,15 +244,7 @@ impl LocalStepFunctions {
         sfn.wait_for(moto_port, "moto_server").await;
         sfn.wait_for(watch_port, "cargo lambda watch").await;
         sfn.warm_up(watch_port).await;
-        let resp = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{moto_port}/moto-api/config"))
-            .body(
-                r#"{"stepfunctions":{"execute_state_machine":true},"lambda":{"use_docker":false}}"#,
-            )
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "moto config: {}", resp.status());
+        crate::moto::enable_executions_at(&format!("http://127.0.0.1:{moto_port}")).await;
         sfn
     }
 
@@ -354,37 +346,22 @@ impl LocalStepFunctions {
     /// Starts an execution with a unique name (moto names unnamed ones "None"), waits up to 15
     /// minutes for it to end, and reads its history.
     pub async fn execute(&self, state_machine_arn: &str, input: &serde_json::Value) -> Execution {
-        let client = ecr::sfn_client(&self.aws_settings(), "us-east-1").await;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let started = client
-            .start_execution()
-            .state_machine_arn(state_machine_arn)
-            .name(format!("run-{nanos}"))
-            .input(input.to_string())
-            .send()
+        self.execute_within(state_machine_arn, input, Duration::from_secs(900))
             .await
-            .unwrap();
+    }
+
+    /// `execute`, waiting up to `limit` (the scale run's executions take longer).
+    pub async fn execute_within(
+        &self,
+        state_machine_arn: &str,
+        input: &serde_json::Value,
+        limit: Duration,
+    ) -> Execution {
+        let client = ecr::sfn_client(&self.aws_settings(), "us-east-1").await;
         let began = Instant::now();
-        let described = loop {
-            let d = client
-                .describe_execution()
-                .execution_arn(started.execution_arn())
-                .send()
-                .await
-                .unwrap();
-            if d.status().as_str() != "RUNNING" {
-                break d;
-            }
-            assert!(
-                began.elapsed() < Duration::from_secs(900),
-                "execution still running after 15 minutes\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let (execution_arn, described) = run_to_end(&client, state_machine_arn, input, limit)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
         let mut execution = Execution {
             status: described.status().as_str().to_string(),
             output: described.output().map(|o| serde_json::from_str(o).unwrap()),
@@ -402,7 +379,7 @@ impl LocalStepFunctions {
         loop {
             let page = client
                 .get_execution_history()
-                .execution_arn(started.execution_arn())
+                .execution_arn(&execution_arn)
                 .set_next_token(next)
                 .max_results(1000)
                 .send()
@@ -618,6 +595,50 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Starts an execution under a unique name (moto names unnamed ones "None") and polls until it
+/// is no longer RUNNING or `limit` passes; returns its ARN and final description.
+pub async fn run_to_end(
+    client: &aws_sdk_sfn::Client,
+    state_machine_arn: &str,
+    input: &serde_json::Value,
+    limit: Duration,
+) -> Result<
+    (
+        String,
+        aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput,
+    ),
+    String,
+> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let started = client
+        .start_execution()
+        .state_machine_arn(state_machine_arn)
+        .name(format!("run-{nanos}"))
+        .input(input.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("StartExecution: {e:?}"))?;
+    let began = Instant::now();
+    loop {
+        let d = client
+            .describe_execution()
+            .execution_arn(started.execution_arn())
+            .send()
+            .await
+            .map_err(|e| format!("DescribeExecution: {e:?}"))?;
+        if d.status().as_str() != "RUNNING" {
+            return Ok((started.execution_arn().to_string(), d));
+        }
+        if began.elapsed() > limit {
+            return Err(format!("execution still running after {limit:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Whether the path is inside the workspace (artefacts there would make watch reload).

@@ -6,7 +6,7 @@
 //! which shows the patch is what makes it fire.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e::moto::{Interpreter, Moto};
 use serde_json::{json, Value};
@@ -35,31 +35,14 @@ async fn execute(moto: &Moto, definition: Value, input: Value) -> Ended {
         .await
         .unwrap()
         .state_machine_arn;
-    let started = sfn
-        .start_execution()
-        .state_machine_arn(arn)
-        .input(input.to_string())
-        .send()
+    let (_, d) = e2e::sfn::run_to_end(&sfn, &arn, &input, Duration::from_secs(60))
         .await
         .unwrap();
-    let began = Instant::now();
-    loop {
-        let d = sfn
-            .describe_execution()
-            .execution_arn(started.execution_arn())
-            .send()
-            .await
-            .unwrap();
-        if d.status().as_str() != "RUNNING" {
-            return Ended {
-                status: d.status().as_str().to_string(),
-                error: d.error().unwrap_or("").to_string(),
-                cause: d.cause().unwrap_or("").to_string(),
-                output: d.output().and_then(|o| serde_json::from_str(o).ok()),
-            };
-        }
-        assert!(began.elapsed() < Duration::from_secs(60), "execution hangs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    Ended {
+        status: d.status().as_str().to_string(),
+        error: d.error().unwrap_or("").to_string(),
+        cause: d.cause().unwrap_or("").to_string(),
+        output: d.output().and_then(|o| serde_json::from_str(o).ok()),
     }
 }
 

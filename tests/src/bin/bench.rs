@@ -6,51 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
 use e2e::image::{Format, ImageBuilder, Pusher, TestImage};
+use e2e::measure::{run_quiet, Measured};
 use e2e::registry::TestRegistry;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
 const MIB: u64 = 1 << 20;
-
-struct Measured {
-    seconds: f64,
-    max_rss_kib: u64,
-}
-
-/// Runs a command to completion, returning wall time and the child's peak RSS (from wait4).
-// The child is reaped by wait4, which std does not know about.
-#[allow(unsafe_code, clippy::zombie_processes)]
-fn run_measured(cmd: &mut Command) -> Measured {
-    // stderr to a file, not a pipe nobody reads while the child runs: skopeo's progress lines
-    // for 500 images fill a pipe and block it.
-    let stderr_file = tempfile::NamedTempFile::new().unwrap();
-    let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(stderr_file.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(waited, pid, "wait4 failed");
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        let stderr = std::fs::read_to_string(stderr_file.path()).unwrap_or_default();
-        let _ = child;
-        panic!("{cmd:?} failed: {stderr}");
-    }
-    Measured {
-        seconds,
-        max_rss_kib: usage.ru_maxrss as u64,
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -64,7 +28,7 @@ struct Tools {
 
 impl Tools {
     fn ours(&self, from: &str, dst: &str, to: &str) -> Measured {
-        run_measured(
+        run_quiet(
             Command::new(&self.ours)
                 .args([
                     "copy",
@@ -83,7 +47,7 @@ impl Tools {
     }
 
     fn skopeo(&self, from: &str, dst: &str, to: &str) -> Measured {
-        run_measured(Command::new("skopeo").args([
+        run_quiet(Command::new("skopeo").args([
             "copy",
             "--all",
             "--src-tls-verify=false",
@@ -116,7 +80,7 @@ impl Tools {
             .with_extension(format!("{}.json", dst.replace(':', "_")));
         std::fs::write(&file, job).unwrap();
         let out = case.job.with_extension("out.json");
-        let m = run_measured(
+        let m = run_quiet(
             Command::new("sh").arg("-c").arg(format!(
                 "{} sync --input {} --insecure-registry {} --insecure-registry {dst} --output json > {}",
                 self.ours.display(),
@@ -132,7 +96,7 @@ impl Tools {
 
     /// `skopeo sync` of the case's repositories (all tags) into `dst`.
     fn skopeo_sync(&self, case: &SyncCase, dst: &str) -> Measured {
-        run_measured(Command::new("skopeo").args([
+        run_quiet(Command::new("skopeo").args([
             "sync",
             "--all",
             "--src",
@@ -203,6 +167,31 @@ async fn sync_case(
         job,
         yaml,
     }
+}
+
+/// The two sync cases: 20 repositories x 10 tags, 1 repository x 500 tags.
+async fn sync_cases(src: &TestRegistry, dir: &Path) -> (SyncCase, SyncCase) {
+    eprintln!("seeding the sync cases ...");
+    (
+        sync_case(
+            src,
+            dir,
+            "(e) 20 repositories x 10 tags: first sync",
+            "svc",
+            20,
+            10,
+        )
+        .await,
+        sync_case(
+            src,
+            dir,
+            "(g) 1 repository x 500 tags: first sync",
+            "big",
+            1,
+            500,
+        )
+        .await,
+    )
 }
 
 /// First sync into fresh registries (one per tool), then the no-op re-sync into the same ones;
@@ -338,7 +327,7 @@ async fn raw_upload(blob: &e2e::image::Blob, dir: &Path, runs: usize) -> f64 {
             .unwrap();
         let location = resp.headers()["location"].to_str().unwrap().to_string();
         let url = format!("{location}&digest={}", blob.digest);
-        let m = run_measured(Command::new("curl").args([
+        let m = run_quiet(Command::new("curl").args([
             "-sS",
             "-f",
             "-X",
@@ -400,29 +389,7 @@ fn main() {
         src: src.host.clone(),
     };
     if std::env::var("BENCH_ONLY").as_deref() == Ok("sync") {
-        eprintln!("seeding the sync cases ...");
-        let (wide, deep) = rt.block_on(async {
-            (
-                sync_case(
-                    &src,
-                    scratch.path(),
-                    "(e) 20 repositories x 10 tags: first sync",
-                    "svc",
-                    20,
-                    10,
-                )
-                .await,
-                sync_case(
-                    &src,
-                    scratch.path(),
-                    "(g) 1 repository x 500 tags: first sync",
-                    "big",
-                    1,
-                    500,
-                )
-                .await,
-            )
-        });
+        let (wide, deep) = rt.block_on(sync_cases(&src, scratch.path()));
         let (e, f, _) = compare_sync(&tools, &wide, runs);
         let (g, h, _) = compare_sync(&tools, &deep, runs);
         for r in [e, f, g, h] {
@@ -462,29 +429,7 @@ fn main() {
         a_targets.as_ref(),
         "<= 0.10",
     );
-    eprintln!("seeding the sync cases ...");
-    let (wide, deep) = rt.block_on(async {
-        (
-            sync_case(
-                &src,
-                scratch.path(),
-                "(e) 20 repositories x 10 tags: first sync",
-                "svc",
-                20,
-                10,
-            )
-            .await,
-            sync_case(
-                &src,
-                scratch.path(),
-                "(g) 1 repository x 500 tags: first sync",
-                "big",
-                1,
-                500,
-            )
-            .await,
-        )
-    });
+    let (wide, deep) = rt.block_on(sync_cases(&src, scratch.path()));
     let (e, f, wide_failed) = compare_sync(&tools, &wide, runs);
     let (g, h, deep_failed) = compare_sync(&tools, &deep, runs);
     let rows = [a, b, c, d, e, f, g, h];

@@ -9,7 +9,7 @@
 //! `SCALE_REPOS` and `SCALE_TAGS` change the catalog; `SCALE_SKIP_SFN=1` runs the CLI only.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use e2e::registry::TestRegistry;
@@ -113,33 +113,24 @@ struct Measured {
     report: Value,
 }
 
-/// Runs the CLI to completion: wall time, peak RSS (wait4), its JSON report.
-#[allow(unsafe_code, clippy::zombie_processes)]
+/// Runs the CLI to completion: wall time, peak RSS, its JSON report.
 fn cli(args: &[&str]) -> Measured {
     let exe = std::env::current_exe()
         .unwrap()
         .with_file_name("ecr-replicator");
     let out = tempfile::NamedTempFile::new().unwrap();
-    let started = Instant::now();
-    let child = Command::new(exe)
-        .args(args)
-        .args(["--output", "json"])
-        .stdout(out.reopen().unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid);
+    let m = e2e::measure::run_measured(
+        Command::new(exe)
+            .args(args)
+            .args(["--output", "json"])
+            .stdout(out.reopen().unwrap()),
+    );
     let text = std::fs::read_to_string(out.path()).unwrap();
     let output: Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("ecr-replicator {args:?}: {e}: {text}"));
     Measured {
-        seconds: started.elapsed().as_secs_f64(),
-        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        seconds: m.seconds,
+        max_rss_mib: m.max_rss_kib as f64 / 1024.0,
         report: output["report"].clone(),
     }
 }
@@ -166,8 +157,10 @@ fn main() {
     eprintln!("seeding {repositories} repositories x {tags} tags into the source and the full destination ...");
     let began = Instant::now();
     rt.block_on(async {
-        seed(&src.host, repositories, tags).await;
-        seed(&full.host, repositories, tags).await;
+        futures::join!(
+            seed(&src.host, repositories, tags),
+            seed(&full.host, repositories, tags)
+        );
     });
     eprintln!("seeded in {:.0} s", began.elapsed().as_secs_f64());
     let dir = tempfile::tempdir().unwrap();
@@ -235,7 +228,11 @@ fn main() {
             let before = (blob_requests(&src), blob_requests(dest));
             let calls_before: usize = sfn.invocations().values().sum();
             let by_function_before = sfn.invocations();
-            let run = rt.block_on(sfn.execute(&arn, &job(&dest.host, dry)));
+            let run = rt.block_on(sfn.execute_within(
+                &arn,
+                &job(&dest.host, dry),
+                std::time::Duration::from_secs(3 * 3600),
+            ));
             assert_eq!(run.status, "SUCCEEDED", "{name}: {}", run.cause);
             let calls: usize = sfn.invocations().values().sum::<usize>() - calls_before;
             let by_function: Vec<String> = sfn

@@ -20,7 +20,7 @@ pub struct Settings {
     pub registry: ClientConfig,
     /// Credentials for registries that are not ECR (ECR ones come from tokens).
     pub credentials: CredentialStore,
-    /// Entries asked per page of an OCI registry's catalog and tag lists (0: 100).
+    /// Entries asked per page of an OCI registry's catalog and tag lists (0: 1000, the most distribution serves).
     pub catalog_page_size: usize,
 }
 
@@ -188,7 +188,7 @@ impl Connections {
         let conn = Arc::new(Connection {
             registry: registry.to_string(),
             catalog_page_size: if self.settings.catalog_page_size == 0 {
-                100
+                1000
             } else {
                 self.settings.catalog_page_size
             },

@@ -17,6 +17,9 @@ use crate::plan::CopyRange;
 use crate::steps::*;
 use crate::workflow::{self, PageBounds};
 
+/// Source repositories read per catalog page in process.
+const REPOSITORY_PAGE_IN_PROCESS: usize = 1000;
+
 /// Hears about each image as it finishes (for progress output).
 pub trait RunObserver: Send + Sync {
     /// One image in one destination is done.
@@ -65,12 +68,13 @@ pub async fn run_job(
     let parallel_repositories = (job.max_concurrency as usize).clamp(1, 8);
     let mut repo_token = None;
     loop {
-        let page = workflow::enumerate_repositories(
+        let page = workflow::enumerate_repositories_within(
             conns,
             EnumerateRepositoriesInput {
                 job: job.clone(),
                 next_token: repo_token,
             },
+            REPOSITORY_PAGE_IN_PROCESS,
         )
         .await?;
         futures::stream::iter(&page.repositories)

@@ -102,10 +102,20 @@ fn now() -> i64 {
 }
 
 /// One page of the source's repositories, filtered by the job's globs.
-#[tracing::instrument(skip_all, fields(next = ?input.next_token))]
 pub async fn enumerate_repositories(
     conns: &Connections,
     input: EnumerateRepositoriesInput,
+) -> Result<EnumerateRepositoriesOutput> {
+    enumerate_repositories_within(conns, input, REPOSITORIES_PER_PAGE).await
+}
+
+/// `enumerate_repositories` with pages of at most `page` source repositories (in one process
+/// the state's bound does not apply; registries' catalogs are cheaper read in large pages).
+#[tracing::instrument(skip_all, fields(next = ?input.next_token))]
+pub async fn enumerate_repositories_within(
+    conns: &Connections,
+    input: EnumerateRepositoriesInput,
+    page: usize,
 ) -> Result<EnumerateRepositoriesOutput> {
     let job = validated(input.job)?;
     let concurrency = Concurrency::share(job.job.max_concurrency);
@@ -126,7 +136,7 @@ pub async fn enumerate_repositories(
     let source = conns.source(&job.job).await?;
     let page = source
         .catalog()
-        .repositories(input.next_token, REPOSITORIES_PER_PAGE)
+        .repositories(input.next_token, page)
         .await?;
     Ok(EnumerateRepositoriesOutput {
         repositories: page

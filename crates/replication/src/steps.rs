@@ -313,8 +313,8 @@ pub struct PutManifestsInput {
     /// The image and destination.
     pub image: ImageTask,
     /// What the copy steps returned per range of the image's page (`[{"bytes": N, "error":
-    /// null}, ...]`): bytes for the report; when every range is complete, the blobs need no
-    /// presence check before the manifests.
+    /// null}, ...]`): when every range is complete, the blobs need no presence check before
+    /// the manifests. (The page's bytes are counted once, by `summarise`.)
     #[serde(default)]
     #[schemars(with = "serde_json::Value")]
     pub copied: JsonValue,

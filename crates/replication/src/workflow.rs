@@ -1001,7 +1001,6 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
 /// blobs are there, and checks each tag resolves to the source digest.
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
 pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
-    let bytes_copied = input.bytes_copied();
     let ranges_complete = input.ranges_complete();
     let job = validated(input.job)?.job;
     let source = conns.source(&job).await?;
@@ -1071,10 +1070,11 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         referrers.push(top);
     }
     referrers::write_fallback_indexes(&dest.client, &to, &referrers).await?;
+    // Bytes are the page's (its ranges', counted once by `summarise`): blobs are shared.
     Ok(ImageResult::for_task(
         &input.image,
         ImageStatus::Copied,
-        bytes_copied,
+        0,
         None,
     ))
 }

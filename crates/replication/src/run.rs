@@ -207,24 +207,10 @@ impl Run<'_> {
         let mut results = Vec::new();
         let mut to_put = Vec::new();
         for planned in plan.images {
-            let task = &planned.image;
-            match (&planned.error, planned.present) {
-                (Some(error), _) => results.push(ImageResult::for_task(
-                    task,
-                    ImageStatus::Failed,
-                    0,
-                    Some(error.clone()),
-                )),
-                (None, true) => {
-                    results.push(ImageResult::for_task(task, ImageStatus::Present, 0, None))
-                }
-                (None, false) if self.job.dry_run => results.push(ImageResult::for_task(
-                    task,
-                    ImageStatus::Planned,
-                    planned.bytes,
-                    None,
-                )),
-                (None, false) => to_put.push(planned),
+            match planned.settled_result() {
+                Some(result) => results.push(result),
+                None if self.job.dry_run => results.push(planned.dry_run_result()),
+                None => to_put.push(planned),
             }
         }
         if to_put.is_empty() {

@@ -263,6 +263,35 @@ pub struct PlannedImage {
     pub error: Option<String>,
 }
 
+impl PlannedImage {
+    /// The image's result when the plan already settles it (planning failed, or the
+    /// destination has it); `None` when it needs copying.
+    pub fn settled_result(&self) -> Option<ImageResult> {
+        match (&self.error, self.present) {
+            (Some(error), _) => Some(ImageResult::for_task(
+                &self.image,
+                ImageStatus::Failed,
+                0,
+                Some(error.clone()),
+            )),
+            (None, true) => Some(ImageResult::for_task(
+                &self.image,
+                ImageStatus::Present,
+                0,
+                None,
+            )),
+            (None, false) => None,
+        }
+    }
+
+    /// The image's result in a dry run: settled, or planned with its bytes.
+    pub fn dry_run_result(&self) -> ImageResult {
+        self.settled_result().unwrap_or_else(|| {
+            ImageResult::for_task(&self.image, ImageStatus::Planned, self.bytes, None)
+        })
+    }
+}
+
 /// Input of `copy-blobs`: one range, and for a segment loop the state of the previous call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

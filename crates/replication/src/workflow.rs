@@ -1095,17 +1095,7 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     report.add_present(input.present);
     if let Some(plan) = &input.plan {
         for planned in &plan.images {
-            let (status, error) = match (&planned.error, planned.present) {
-                (Some(e), _) => (ImageStatus::Failed, Some(e.clone())),
-                (None, true) => (ImageStatus::Present, None),
-                (None, false) => (ImageStatus::Planned, None),
-            };
-            report.add(&ImageResult::for_task(
-                &planned.image,
-                status,
-                planned.bytes,
-                error,
-            ));
+            report.add(&planned.dry_run_result());
         }
     }
     for range in flatten::<JsonValue>(&input.copied, "copied")? {

@@ -3,6 +3,7 @@
 //! an independent checker, and a fault-injecting fake registry for what a real one can't do.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod ecr_plane;
 pub mod fake;
 pub mod image;
 pub mod measure;
@@ -21,6 +22,7 @@ pub fn fast_retry_config(insecure: &[&str]) -> oci::ClientConfig {
             initial_backoff: std::time::Duration::from_millis(20),
             max_backoff: std::time::Duration::from_millis(200),
             max_retry_after: std::time::Duration::from_secs(2),
+            ..oci::RetryPolicy::default()
         },
         ..oci::ClientConfig::default()
     }

@@ -1,11 +1,13 @@
-//! An ECR-mode world: moto for the ECR and STS control planes and one distribution registry per
-//! ECR registry for the data plane (moto has none), seeded consistently in both, with the
-//! registries' htpasswd accepting the token moto hands out for their account.
+//! An ECR-mode world: moto for the ECR and STS control planes and, for the data plane (moto has
+//! none), one distribution registry per ECR registry behind an `EcrPlane` that behaves as ECR
+//! does; seeded consistently in both, with the registries' htpasswd accepting the token moto
+//! hands out for their account.
 
 use std::collections::HashMap;
 
 use aws_sdk_ecr::types::ImageIdentifier;
 
+use crate::ecr_plane::EcrPlane;
 use crate::image::{Pusher, TestImage};
 use crate::moto::Moto;
 use crate::registry::TestRegistry;
@@ -28,47 +30,29 @@ pub fn moto_token_password(registry: &str) -> String {
     format!("{}-auth-token", &registry[..12])
 }
 
-/// moto plus a data-plane registry per ECR host.
-pub struct EcrWorld {
-    /// The control plane.
-    pub moto: Moto,
-    /// Data plane of each ECR host.
-    pub registries: HashMap<String, TestRegistry>,
+/// The role a world's client assumes to reach an ECR host's account (`None`: moto's default).
+pub fn role_of(host: &str) -> Option<&'static str> {
+    match host {
+        DEST => Some(DEST_ROLE),
+        DEST2 => Some(DEST2_ROLE),
+        _ => None,
+    }
 }
 
-impl EcrWorld {
-    /// Starts moto and a registry for `SOURCE` and `DEST`.
+/// The data plane of every ECR host: a distribution registry (the storage, read directly by
+/// checks) behind an ECR-behaving proxy (what every client under test talks to).
+pub struct DataPlanes {
+    /// Storage of each ECR host.
+    pub registries: HashMap<String, TestRegistry>,
+    /// ECR's behaviour in front of each.
+    pub planes: HashMap<String, EcrPlane>,
+}
+
+impl DataPlanes {
+    /// A registry and its plane for each ECR host (`SOURCE`, `DEST`, `DEST2`,
+    /// `SOURCE_OTHER_REGION`); start them before the moto they will pair with.
     pub fn start() -> Self {
-        Self::with_moto(Moto::start())
-    }
-
-    /// A registry for each ECR host (`SOURCE`, `DEST`, `DEST2`, `SOURCE_OTHER_REGION`) on a given moto.
-    pub fn with_moto(moto: Moto) -> Self {
-        EcrWorld {
-            moto,
-            registries: Self::data_planes(),
-        }
-    }
-
-    /// The data planes, then moto's Step Functions with the real functions under `cargo lambda
-    /// watch` (told where the data planes are), and the world on that moto.
-    pub async fn with_step_functions() -> (Self, crate::sfn::LocalStepFunctions) {
-        let registries = Self::data_planes();
-        let env = [(
-            "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
-            Self::endpoints_of(&registries),
-        )];
-        let sfn = crate::sfn::LocalStepFunctions::start(&env).await;
-        let world = EcrWorld {
-            moto: Moto::attach(&sfn.moto_url),
-            registries,
-        };
-        (world, sfn)
-    }
-
-    /// The data-plane registries alone (start them before the moto they will pair with).
-    pub fn data_planes() -> HashMap<String, TestRegistry> {
-        [SOURCE, DEST, DEST2, SOURCE_OTHER_REGION]
+        let registries: HashMap<String, TestRegistry> = [SOURCE, DEST, DEST2, SOURCE_OTHER_REGION]
             .iter()
             .map(|host| {
                 (
@@ -76,25 +60,86 @@ impl EcrWorld {
                     TestRegistry::start_with_auth("AWS", &moto_token_password(host)),
                 )
             })
-            .collect()
+            .collect();
+        let planes = registries
+            .iter()
+            .map(|(host, reg)| {
+                (
+                    host.clone(),
+                    EcrPlane::start(host, &reg.host, reg.credentials.clone()),
+                )
+            })
+            .collect();
+        DataPlanes { registries, planes }
     }
 
-    /// `HOST=URL,...` for a set of data-plane registries.
-    pub fn endpoints_of(registries: &HashMap<String, TestRegistry>) -> String {
-        registries
+    /// `HOST=URL,...` (for `ECR_REPLICATOR_REGISTRY_ENDPOINTS`): each ECR host at its plane.
+    pub fn endpoints(&self) -> String {
+        self.planes
             .iter()
-            .map(|(host, reg)| format!("{host}=http://{}", reg.host))
+            .map(|(host, plane)| format!("{host}=http://{}", plane.host))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// Lets each plane read repository settings (tag mutability) from moto.
+    pub fn attach(&self, moto_url: &str) {
+        for (host, plane) in &self.planes {
+            plane.attach_control_plane(moto_url, role_of(host));
+        }
+    }
+}
+
+/// moto plus a data plane per ECR host.
+pub struct EcrWorld {
+    /// The control plane.
+    pub moto: Moto,
+    /// Storage of each ECR host's data plane (distribution, for direct checks).
+    pub registries: HashMap<String, TestRegistry>,
+    /// ECR's data plane of each host: what the code under test talks to.
+    pub planes: HashMap<String, EcrPlane>,
+}
+
+impl EcrWorld {
+    /// Starts moto and the data planes of every ECR host.
+    pub fn start() -> Self {
+        Self::with_moto(Moto::start())
+    }
+
+    /// The data planes of every ECR host on a given moto.
+    pub fn with_moto(moto: Moto) -> Self {
+        Self::assemble(moto, DataPlanes::start())
+    }
+
+    fn assemble(moto: Moto, data: DataPlanes) -> Self {
+        data.attach(&moto.url);
+        EcrWorld {
+            moto,
+            registries: data.registries,
+            planes: data.planes,
+        }
+    }
+
+    /// The data planes, then moto's Step Functions with the real functions under `cargo lambda
+    /// watch` (told where the data planes are), and the world on that moto.
+    pub async fn with_step_functions() -> (Self, crate::sfn::LocalStepFunctions) {
+        let data = DataPlanes::start();
+        let env = [(
+            "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
+            data.endpoints(),
+        )];
+        let sfn = crate::sfn::LocalStepFunctions::start(&env).await;
+        let world = Self::assemble(Moto::attach(&sfn.moto_url), data);
+        (world, sfn)
     }
 
     /// Replication settings: AWS calls to moto, ECR hosts' data plane to their registries.
     pub fn settings(&self) -> replication::connect::Settings {
         let mut registry = crate::fast_retry_config(&[]);
-        for (host, reg) in &self.registries {
+        for (host, plane) in &self.planes {
             registry
                 .endpoints
-                .insert(host.clone(), format!("http://{}", reg.host));
+                .insert(host.clone(), format!("http://{}", plane.host));
         }
         replication::connect::Settings {
             aws: self.moto.aws_settings(),
@@ -104,16 +149,21 @@ impl EcrWorld {
         }
     }
 
-    /// The data-plane registry of an ECR host.
+    /// The storage registry of an ECR host (direct reads, bypassing ECR's behaviour).
     pub fn registry(&self, host: &str) -> &TestRegistry {
         &self.registries[host]
+    }
+
+    /// The ECR data plane of a host.
+    pub fn plane(&self, host: &str) -> &EcrPlane {
+        &self.planes[host]
     }
 
     /// Pushes an image to the source's data plane and records it in moto (repository created
     /// if needed) with its real digest.
     pub async fn seed(&self, repository: &str, tag: &str, image: &TestImage) {
         let reg = self.registry(SOURCE);
-        Pusher::new(&reg.host, reg.credentials.clone())
+        Pusher::new(&self.plane(SOURCE).host, reg.credentials.clone())
             .push(repository, tag, image)
             .await;
         let ecr = self.moto.sdk(SOURCE, None).await;
@@ -135,7 +185,11 @@ impl EcrWorld {
 
     /// `HOST=URL,...` for `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (the Lambda functions' view).
     pub fn endpoints_env(&self) -> String {
-        Self::endpoints_of(&self.registries)
+        self.planes
+            .iter()
+            .map(|(host, plane)| format!("{host}=http://{}", plane.host))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Digests moto lists in a destination repository.

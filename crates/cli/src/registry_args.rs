@@ -50,6 +50,9 @@ pub struct RegistryArgs {
     /// Upload in parts of SIZE bytes to REGISTRY (e.g. ghcr.io=4194304). Default: one streamed PATCH.
     #[arg(long = "chunk-size", value_name = "REGISTRY=BYTES")]
     pub chunk_sizes: Vec<String>,
+    /// How long one request or blob may be throttled (429/503) before it fails.
+    #[arg(long, value_name = "SECONDS", default_value_t = oci::client::DEFAULT_THROTTLE_BUDGET.as_secs())]
+    pub throttle_budget: u64,
 }
 
 impl RegistryArgs {
@@ -63,6 +66,7 @@ impl RegistryArgs {
             insecure_registries: self.insecure_registries.clone(),
             ..ClientConfig::default()
         };
+        config.retry.throttle_budget = std::time::Duration::from_secs(self.throttle_budget);
         for entry in &self.chunk_sizes {
             let (registry, size) = entry
                 .split_once('=')

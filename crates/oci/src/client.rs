@@ -40,11 +40,13 @@ pub struct Referrer {
     pub artifact_type: Option<String>,
 }
 
-/// How failed requests are retried: 408, 429, 5xx and connection errors, with exponential
-/// backoff, honouring `Retry-After`.
+/// How failed requests are retried. Throttling (429, and 503 as S3 behind ECR says it) slows a
+/// run but does not fail it: it is waited out (`Retry-After`, else jittered backoff) for up to
+/// `throttle_budget` per request or blob, without counting attempts. Other transient failures
+/// (408, 5xx, connection errors) get `max_attempts` with jittered exponential backoff.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Attempts in all, including the first.
+    /// Attempts in all, including the first, for failures that are not throttling.
     pub max_attempts: u32,
     /// Delay before the second attempt; doubles each time.
     pub initial_backoff: Duration,
@@ -52,7 +54,12 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// Upper bound for a server's `Retry-After`.
     pub max_retry_after: Duration,
+    /// How long one request (or one blob's upload) may be throttled before it is an error.
+    pub throttle_budget: Duration,
 }
+
+/// Default for `RetryPolicy::throttle_budget`.
+pub const DEFAULT_THROTTLE_BUDGET: Duration = Duration::from_secs(300);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -61,6 +68,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
             max_retry_after: Duration::from_secs(60),
+            throttle_budget: DEFAULT_THROTTLE_BUDGET,
         }
     }
 }
@@ -73,6 +81,38 @@ impl RetryPolicy {
             .saturating_mul(factor)
             .min(self.max_backoff)
     }
+
+    /// `backoff` with equal jitter (between half and all of it), so parallel clients spread out.
+    pub fn jittered_backoff(&self, attempt: u32) -> Duration {
+        let full = self.backoff(attempt);
+        full / 2 + jitter(full / 2)
+    }
+
+    /// How long to wait after a throttling answer: its `Retry-After` (capped) plus up to a
+    /// quarter more, so the requests a pause held back do not all return at once; without one,
+    /// the jittered backoff of the `throttled`-th throttling.
+    pub fn throttle_delay(&self, headers: &HeaderMap, throttled: u32) -> Duration {
+        match retry_after(headers) {
+            Some(after) => {
+                let after = after.min(self.max_retry_after);
+                after + jitter(after / 4)
+            }
+            None => self.jittered_backoff(throttled),
+        }
+    }
+}
+
+/// A random duration in `0..=max` (no RNG dependency: std's randomly keyed hasher).
+fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = max.as_nanos() as u64;
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_nanos(random % (nanos + 1))
 }
 
 /// Client settings. Plain HTTP is allowed only for the registries listed.
@@ -371,8 +411,9 @@ impl RegistryClient {
             })
     }
 
-    /// Sends a request built afresh by `make` for each attempt, retrying 408/429/5xx and
-    /// connection errors. Returns the last response whatever its status.
+    /// Sends a request built afresh by `make` for each attempt: throttling is waited out within
+    /// the throttle budget (the whole host paused meanwhile), 408/5xx and connection errors are
+    /// retried up to `max_attempts`. Returns the last response whatever its status.
     async fn send_retrying(
         &self,
         method: &Method,
@@ -380,19 +421,28 @@ impl RegistryClient {
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<Response> {
         let policy = &self.inner.config.retry;
+        let started = Instant::now();
         let mut attempt = 0;
+        let mut throttled = 0;
         loop {
-            attempt += 1;
-            let last = attempt >= policy.max_attempts;
             self.wait_for_host(url).await;
+            let last = attempt + 1 >= policy.max_attempts;
             match make().send().await {
+                Ok(resp) if is_throttling(resp.status()) => {
+                    throttled += 1;
+                    let delay = policy.throttle_delay(resp.headers(), throttled);
+                    if started.elapsed() + delay > policy.throttle_budget {
+                        tracing::warn!(%method, url = %redact_url(url), throttled, budget = ?policy.throttle_budget, "still throttled after the throttle budget");
+                        return Ok(resp);
+                    }
+                    self.pause_host(url, delay);
+                    tracing::debug!(%method, url = %redact_url(url), status = resp.status().as_u16(), throttled, ?delay, "throttled; host paused");
+                }
                 Ok(resp) if !last && is_retryable_status(resp.status()) => {
+                    attempt += 1;
                     let delay = retry_after(resp.headers())
                         .map(|d| d.min(policy.max_retry_after))
-                        .unwrap_or_else(|| policy.backoff(attempt));
-                    if is_throttling(resp.status()) {
-                        self.pause_host(url, delay);
-                    }
+                        .unwrap_or_else(|| policy.jittered_backoff(attempt));
                     tracing::debug!(%method, url = %redact_url(url), status = resp.status().as_u16(), attempt, ?delay, "retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -401,7 +451,8 @@ impl RegistryClient {
                     if !last
                         && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body()) =>
                 {
-                    let delay = policy.backoff(attempt);
+                    attempt += 1;
+                    let delay = policy.jittered_backoff(attempt);
                     tracing::debug!(%method, url = %redact_url(url), error = %e, attempt, ?delay, "retrying");
                     tokio::time::sleep(delay).await;
                 }
@@ -1138,7 +1189,19 @@ impl RegistryClient {
                 source,
             })?;
         // Distribution answers 202; ECR answers 201.
-        if resp.status() != StatusCode::ACCEPTED && resp.status() != StatusCode::CREATED {
+        let status = resp.status();
+        if status != StatusCode::ACCEPTED && status != StatusCode::CREATED {
+            if is_throttling(status) {
+                let delay = self.inner.config.retry.throttle_delay(resp.headers(), 1);
+                self.pause_host(&url, delay);
+            }
+            if matches!(status.as_u16(), 404 | 416) {
+                return Err(Error::UploadSessionBroken {
+                    url: redact_url(&url),
+                    status: status.as_u16(),
+                    message: error_message(resp).await,
+                });
+            }
             return Err(status_error(resp, "PATCH", &format!("upload to {repo}")).await);
         }
         self.session_from(&repo, &url, &resp, session.offset + length)

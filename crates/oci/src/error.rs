@@ -173,6 +173,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The registry refused to continue an upload session (416: it holds other bytes than the
+    /// client sent, e.g. after a crash mid-PATCH; 404: the session expired or is unknown).
+    #[error("upload session at {url} was refused (HTTP {status}: {message}); the blob restarts on a new session")]
+    UploadSessionBroken {
+        /// Session URL (redacted).
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The registry's message.
+        message: String,
+    },
     /// The registry broke the upload protocol (missing Location, wrong digest echoed...).
     #[error("upload to {url}: {reason}")]
     Upload {
@@ -201,9 +212,16 @@ impl Error {
                 matches!(status, 408 | 429 | 500..=599) || *code == Some(ErrorCode::Toomanyrequests)
             }
             Error::Transport { .. } => true,
-            Error::Upload { .. } => true,
+            Error::Upload { .. } | Error::UploadSessionBroken { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether the registry asked to slow down (429, 503, `TOOMANYREQUESTS`): waited out within
+    /// the throttle budget, never counted as a failed attempt.
+    pub fn is_throttling(&self) -> bool {
+        matches!(self, Error::Registry { status, code, .. }
+            if matches!(status, 429 | 503) || *code == Some(ErrorCode::Toomanyrequests))
     }
 
     /// Whether the error means "does not exist".

@@ -37,8 +37,9 @@ pub struct BlobRef {
 }
 
 /// Copies one blob, skipping it when the target has it and mounting it when source and target
-/// share a registry. Retryable failures (throttling, resets, truncation) restart the blob on a
-/// fresh upload session, with backoff, up to the client's retry budget.
+/// share a registry. Retryable failures (resets, truncation, a refused session) restart the blob
+/// on a fresh upload session, with backoff, up to the client's retry budget; throttling restarts
+/// it without counting an attempt, within the throttle budget.
 #[tracing::instrument(skip(source, target, progress), fields(digest = %blob.digest, size = blob.size))]
 pub async fn copy_blob(
     source: &RegistryClient,
@@ -52,9 +53,9 @@ pub async fn copy_blob(
         return Ok(BlobOutcome::Present);
     }
     let policy = target.config().retry.clone();
+    let started = std::time::Instant::now();
     let mut attempt = 0;
     loop {
-        attempt += 1;
         let session = if from.registry == to.registry && from.name != to.name {
             match target.mount_blob(to, &blob.digest, from).await? {
                 Mount::Mounted => return Ok(BlobOutcome::Mounted),
@@ -65,8 +66,13 @@ pub async fn copy_blob(
         };
         match stream_into(source, from, target, session, blob, progress.clone()).await {
             Ok(()) => return Ok(BlobOutcome::Copied),
-            Err(e) if attempt < policy.max_attempts && worth_retrying(&e) => {
-                let delay = policy.backoff(attempt);
+            // The throttled request paused its host; the restart waits for that.
+            Err(e) if e.is_throttling() && started.elapsed() < policy.throttle_budget => {
+                tracing::debug!(error = %e, "blob upload throttled, restarting it after the pause");
+            }
+            Err(e) if attempt + 1 < policy.max_attempts && worth_retrying(&e) => {
+                attempt += 1;
+                let delay = policy.jittered_backoff(attempt);
                 tracing::warn!(error = %e, attempt, ?delay, "blob copy failed, restarting on a new upload session");
                 tokio::time::sleep(delay).await;
             }
@@ -271,10 +277,12 @@ pub enum SegmentProgress {
 }
 
 /// Copies the next at most `max_bytes` of a blob, continuing the upload session of `state`
-/// (another process may have sent the earlier segments). The last segment checks the digest of
-/// the whole blob from the carried hash state before completing the upload. A session whose
-/// registry-side offset differs from the carried one (a crash between a PATCH and saving the
-/// state) is abandoned and the blob restarts on a new session.
+/// (another process may have sent the earlier segments). The offset is the one the client
+/// counted: registries' reported offsets are not trusted (ECR's `Range` stops advancing after
+/// the first part). A session the registry refuses (416: it holds other bytes, as after a crash
+/// mid-PATCH; 404: expired) restarts the blob on a new session from byte 0, once per call; a
+/// throttled PATCH is sent again at the same offset within the throttle budget. The last
+/// segment checks the digest of the whole blob from the carried hash state before completing.
 #[tracing::instrument(skip(source, target, state), fields(digest = %blob.digest, size = blob.size))]
 pub async fn copy_blob_segment(
     source: &RegistryClient,
@@ -285,17 +293,16 @@ pub async fn copy_blob_segment(
     state: Option<SegmentState>,
     max_bytes: u64,
 ) -> Result<SegmentProgress> {
-    let (session, verifier) = match state {
+    let (mut session, mut verifier) = match state {
         Some(state) => {
             let verifier = Verifier::import(&state.hash)?;
-            let consistent = verifier.seen() == state.session.offset
-                && target.upload_status(&state.session).await.ok() == Some(state.session.offset);
-            if consistent {
+            if verifier.seen() == state.session.offset {
                 (state.session, verifier)
             } else {
                 tracing::warn!(
                     offset = state.session.offset,
-                    "upload session does not match the saved state; restarting the blob"
+                    hashed = verifier.seen(),
+                    "saved segment state is inconsistent; restarting the blob"
                 );
                 target.cancel_upload(state.session).await;
                 (target.start_upload(to).await?, Verifier::new())
@@ -311,27 +318,33 @@ pub async fn copy_blob_segment(
             (target.start_upload(to).await?, Verifier::new())
         }
     };
-    let offset = session.offset;
-    let length = max_bytes.max(1).min(blob.size - offset.min(blob.size));
-    let last = offset + length >= blob.size;
-    let (session, verifier) = if length == 0 {
-        (session, verifier)
-    } else {
-        let response = source
-            .get_blob_range(from, &blob.digest, offset, Some(length))
-            .await?;
-        let url = response.url.clone();
-        patch_counted(
-            target,
-            session,
-            response.into_stream(),
-            verifier,
-            length,
-            &url,
-            None,
-        )
-        .await?
+    let policy = target.config().retry.clone();
+    let started = std::time::Instant::now();
+    let mut restarted = false;
+    let (session, verifier, length) = loop {
+        let offset = session.offset;
+        let length = max_bytes.max(1).min(blob.size - offset.min(blob.size));
+        if length == 0 {
+            break (session, verifier, 0);
+        }
+        match send_range(source, from, target, blob, session.clone(), verifier.clone(), length)
+            .await
+        {
+            Ok((sent, hashed)) => break (sent, hashed, length),
+            Err(e) if e.is_throttling() && started.elapsed() < policy.throttle_budget => {
+                tracing::debug!(error = %e, offset, "segment throttled; sending it again after the pause");
+            }
+            Err(e @ Error::UploadSessionBroken { .. }) if !restarted => {
+                tracing::warn!(error = %e, offset, "upload session refused; restarting the blob on a new session");
+                restarted = true;
+                target.cancel_upload(session).await;
+                session = target.start_upload(to).await?;
+                verifier = Verifier::new();
+            }
+            Err(e) => return Err(e),
+        }
     };
+    let last = session.offset >= blob.size;
     if !last {
         return Ok(SegmentProgress::InProgress {
             state: SegmentState {
@@ -350,6 +363,32 @@ pub async fn copy_blob_segment(
         bytes: length,
         present: false,
     })
+}
+
+/// Streams bytes `session.offset..+length` of the source blob as one PATCH.
+async fn send_range(
+    source: &RegistryClient,
+    from: &Repository,
+    target: &RegistryClient,
+    blob: &BlobRef,
+    session: UploadSession,
+    verifier: Verifier,
+    length: u64,
+) -> Result<(UploadSession, Verifier)> {
+    let response = source
+        .get_blob_range(from, &blob.digest, session.offset, Some(length))
+        .await?;
+    let url = response.url.clone();
+    patch_counted(
+        target,
+        session,
+        response.into_stream(),
+        verifier,
+        length,
+        &url,
+        None,
+    )
+    .await
 }
 
 async fn chunked(

@@ -206,9 +206,19 @@ impl Connections {
 
 /// AWS settings from the environment and the registry client template, for Lambdas:
 /// `AWS_ENDPOINT_URL`, `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (`host=url,...`),
-/// `ECR_REPLICATOR_INSECURE_REGISTRIES` (`host,...`).
+/// `ECR_REPLICATOR_INSECURE_REGISTRIES` (`host,...`), `ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS`
+/// (how long one request or blob may be throttled; default 300, keep it below the timeout).
 pub fn settings_from_env() -> Result<Settings> {
     let mut registry = ClientConfig::default();
+    if let Ok(seconds) = std::env::var("ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS") {
+        let seconds: u64 = seconds.trim().parse().map_err(|_| Error::InvalidInput {
+            problems: vec![crate::error::FieldProblem {
+                field: "ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS".into(),
+                problem: format!("{seconds:?} is not a whole number of seconds"),
+            }],
+        })?;
+        registry.retry.throttle_budget = std::time::Duration::from_secs(seconds);
+    }
     if let Ok(map) = std::env::var("ECR_REPLICATOR_REGISTRY_ENDPOINTS") {
         for entry in map.split(',').filter(|e| !e.trim().is_empty()) {
             let (host, url) = entry.split_once('=').ok_or_else(|| Error::InvalidInput {

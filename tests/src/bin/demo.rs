@@ -1,6 +1,7 @@
 //! `make demo`: the real state machine on moto's Step Functions interpreter, its Lambda tasks run
 //! by `cargo lambda watch` from the real function binaries, ECR and STS on moto, and distribution
-//! registries as the data plane of a source account and two destination accounts/regions.
+//! registries as the data plane of a source account and two destination accounts/regions, each
+//! behind a proxy that behaves as ECR's data plane does (`e2e::ecr_plane`).
 //! Pushes sample images, runs a dry run and two real runs, prints the reports, checks every
 //! destination with skopeo, and stops everything it started.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -74,7 +75,8 @@ async fn main() {
     let (world, sfn) = EcrWorld::with_step_functions().await;
     for host in [SOURCE, DEST, DEST2] {
         println!(
-            "  {host:<48} data plane http://{}",
+            "  {host:<48} data plane http://{} (ECR's behaviour) over distribution at {}",
+            world.plane(host).host,
             world.registry(host).host
         );
     }

@@ -153,7 +153,6 @@ struct PlaneState {
     puts: Mutex<HashMap<String, VecDeque<Instant>>>,
     referrers: Mutex<HashMap<(String, String), Vec<serde_json::Value>>>,
     revoked: Mutex<Option<String>>,
-    refuse_next_auth: Mutex<usize>,
     control: Mutex<Option<ControlPlane>>,
     ecr: tokio::sync::Mutex<Option<aws_sdk_ecr::Client>>,
     counts: Mutex<HashMap<&'static str, usize>>,
@@ -188,7 +187,9 @@ impl EcrPlane {
                 let host = listener.local_addr().unwrap().to_string();
                 let presign_port = presign.local_addr().unwrap().port();
                 // Another host name (and port): the client must treat it as another origin.
-                let presign_v6 = tokio::net::TcpListener::bind(("::1", presign_port)).await.ok();
+                let presign_v6 = tokio::net::TcpListener::bind(("::1", presign_port))
+                    .await
+                    .ok();
                 let state = Arc::new(PlaneState {
                     ecr_host,
                     upstream,
@@ -206,7 +207,6 @@ impl EcrPlane {
                     puts: Mutex::new(HashMap::new()),
                     referrers: Mutex::new(HashMap::new()),
                     revoked: Mutex::new(None),
-                    refuse_next_auth: Mutex::new(0),
                     control: Mutex::new(None),
                     ecr: tokio::sync::Mutex::new(None),
                     counts: Mutex::new(HashMap::new()),
@@ -228,7 +228,9 @@ impl EcrPlane {
                 let _ = server.await;
             });
         });
-        let state = ready_rx.recv().expect("the ECR data plane proxy did not start");
+        let state = ready_rx
+            .recv()
+            .expect("the ECR data plane proxy did not start");
         EcrPlane {
             host: state.host.clone(),
             state,
@@ -254,23 +256,24 @@ impl EcrPlane {
             Some((moto_url.to_string(), role.map(str::to_string)));
     }
 
-    /// Refuses the credential in use from now on (an ECR token revoked or expired): 401 with
-    /// ECR's Basic challenge for every request that carries it.
+    /// Refuses a credential (the `Authorization` value) from now on, as ECR does a revoked or
+    /// expired token: 401 with ECR's Basic challenge. (moto hands out the same token again, so
+    /// a refresh cannot help here; the fake registry's rotating password covers refresh.)
     pub fn revoke_credential(&self, authorization: &str) {
         *self.state.revoked.lock().unwrap() = Some(authorization.to_string());
-    }
-
-    /// Answers the next `n` authenticated requests 401 (a token that expired and is fetched
-    /// again: moto hands out the same one, which then works).
-    pub fn refuse_next_credentials(&self, n: usize) {
-        *self.state.refuse_next_auth.lock().unwrap() = n;
     }
 
     /// How often a behaviour fired, by name (`redirect`, `throttled`, `rewind_refused`,
     /// `part_too_small`, `empty_refused`, `put_image_throttled`, `immutable_refused`,
     /// `manifest_too_large`, `tag_page_cut`, `referrers_served`, `auth_refused`, `patch`).
     pub fn count(&self, what: &str) -> usize {
-        self.state.counts.lock().unwrap().get(what).copied().unwrap_or(0)
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .get(what)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -400,14 +403,7 @@ async fn handle(State(state): State<Arc<PlaneState>>, request: Request) -> Respo
 /// ECR answers an expired or revoked token with a Basic challenge.
 fn refuse_credential(state: &PlaneState, headers: &HeaderMap) -> Option<Response> {
     let auth = headers.get("authorization")?.to_str().ok()?.to_string();
-    let revoked = state.revoked.lock().unwrap().as_deref() == Some(auth.as_str());
-    let refuse_once = {
-        let mut left = state.refuse_next_auth.lock().unwrap();
-        let refuse = *left > 0;
-        *left = left.saturating_sub(1);
-        refuse
-    };
-    if !revoked && !refuse_once {
+    if state.revoked.lock().unwrap().as_deref() != Some(auth.as_str()) {
         return None;
     }
     bump(state, "auth_refused");
@@ -416,10 +412,14 @@ fn refuse_credential(state: &PlaneState, headers: &HeaderMap) -> Option<Response
         "DENIED",
         "Your authorization token has expired. Reauthenticate and try again.",
     );
-    let challenge = format!("Basic realm=\"https://{}/\",service=\"ecr.amazonaws.com\"", state.ecr_host);
-    response
-        .headers_mut()
-        .insert("www-authenticate", HeaderValue::from_str(&challenge).unwrap());
+    let challenge = format!(
+        "Basic realm=\"https://{}/\",service=\"ecr.amazonaws.com\"",
+        state.ecr_host
+    );
+    response.headers_mut().insert(
+        "www-authenticate",
+        HeaderValue::from_str(&challenge).unwrap(),
+    );
     Some(response)
 }
 
@@ -530,8 +530,16 @@ async fn upload_part(
         .headers()
         .get("content-range")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim_start_matches("bytes ").split('-').next()?.parse().ok());
+        .and_then(|v| {
+            v.trim_start_matches("bytes ")
+                .split('-')
+                .next()?
+                .parse()
+                .ok()
+        });
     if let Some(refused) = refuse_part(state, behaviours, id, first_byte) {
+        // Read the part before answering, so the client sees the answer rather than a reset.
+        let _ = axum::body::to_bytes(request.into_body(), usize::MAX).await;
         return refused;
     }
     let declared = content_length(request.headers());
@@ -553,7 +561,10 @@ async fn upload_part(
         .get(id)
         .map(|u| u.received)
         .unwrap_or(0);
-    let length = held.map(|h| h.saturating_sub(before)).or(declared).unwrap_or(0);
+    let length = held
+        .map(|h| h.saturating_sub(before))
+        .or(declared)
+        .unwrap_or(0);
     record_part(state, id, length);
     if behaviours.patch_created {
         *response.status_mut() = StatusCode::CREATED;
@@ -578,7 +589,13 @@ async fn complete_upload(
         }
         record_part(state, id, body_length);
     }
-    let parts = state.uploads.lock().unwrap().get(id).map(|u| u.parts).unwrap_or(0);
+    let parts = state
+        .uploads
+        .lock()
+        .unwrap()
+        .get(id)
+        .map(|u| u.parts)
+        .unwrap_or(0);
     if behaviours.refuse_empty_upload && parts == 0 {
         bump(state, "empty_refused");
         let account = state.ecr_host.split('.').next().unwrap_or_default();
@@ -605,7 +622,11 @@ async fn put_manifest(
     let (parts, body) = request.into_parts();
     let limit = MAX_MANIFEST_BYTES * 4;
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return registry_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "manifest body unreadable");
+        return registry_error(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            "manifest body unreadable",
+        );
     };
     if behaviours.manifest_size_limit && bytes.len() > MAX_MANIFEST_BYTES {
         bump(state, "manifest_too_large");
@@ -620,19 +641,31 @@ async fn put_manifest(
     }
     if behaviours.put_image_rate_limit && over_put_rate(state, name) {
         bump(state, "put_image_throttled");
-        return registry_error(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", "Rate exceeded");
+        return registry_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            "Rate exceeded",
+        );
     }
     let by_tag = !reference.starts_with("sha256:");
     if behaviours.immutable_tags && by_tag && immutable(state, name).await {
         let head = state
             .http
-            .head(format!("http://{}/v2/{name}/manifests/{reference}", state.upstream))
+            .head(format!(
+                "http://{}/v2/{name}/manifests/{reference}",
+                state.upstream
+            ))
             .header("accept", oci::manifest::MANIFEST_ACCEPT);
         let head = match &state.upstream_auth {
             Some((u, p)) => head.basic_auth(u, Some(p)),
             None => head,
         };
-        if head.send().await.map(|r| r.status().is_success()).unwrap_or(false) {
+        if head
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+        {
             bump(state, "immutable_refused");
             return registry_error(
                 StatusCode::BAD_REQUEST,
@@ -684,7 +717,11 @@ async fn immutable(state: &PlaneState, name: &str) -> bool {
         *ecr = Some(moto.sdk(&state.ecr_host, role.as_deref()).await);
     }
     let client = ecr.as_ref().unwrap();
-    let found = client.describe_repositories().repository_names(name).send().await;
+    let found = client
+        .describe_repositories()
+        .repository_names(name)
+        .send()
+        .await;
     found
         .ok()
         .and_then(|o| o.repositories().first().cloned())
@@ -750,9 +787,10 @@ fn referrers(state: &PlaneState, name: &str, digest: &str, query: Option<&str>) 
     )
         .into_response();
     if wanted.is_some() {
-        response
-            .headers_mut()
-            .insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+        response.headers_mut().insert(
+            "oci-filters-applied",
+            HeaderValue::from_static("artifactType"),
+        );
     }
     response
 }
@@ -763,7 +801,11 @@ async fn tags_page(state: &PlaneState, name: &str, request: Request) -> Response
     let query: HashMap<String, String> = request
         .uri()
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default();
     let n = query
         .get("n")
@@ -836,11 +878,9 @@ async fn presigned(State(state): State<Arc<PlaneState>>, request: Request) -> Re
         )
             .into_response();
     }
-    let mut rb = state.http.get(format!(
-        "http://{}{}",
-        state.upstream,
-        request.uri().path()
-    ));
+    let mut rb = state
+        .http
+        .get(format!("http://{}{}", state.upstream, request.uri().path()));
     if let Some(range) = request.headers().get("range") {
         rb = rb.header("range", range);
     }

@@ -471,16 +471,24 @@ impl Pusher {
             .buffer_unordered(4)
             .collect::<Vec<_>>()
             .await;
-        let resp = self
-            .req(
-                reqwest::Method::PUT,
-                &format!("http://{}/v2/{repo}/manifests/{reference}", self.host),
-            )
-            .header("content-type", &image.media_type)
-            .body(image.manifest.clone())
-            .send()
-            .await
-            .unwrap();
+        let url = format!("http://{}/v2/{repo}/manifests/{reference}", self.host);
+        let mut resp;
+        let mut throttled = 0;
+        loop {
+            resp = self
+                .req(reqwest::Method::PUT, &url)
+                .header("content-type", &image.media_type)
+                .body(image.manifest.clone())
+                .send()
+                .await
+                .unwrap();
+            // ECR's PutImage rate limit (the ECR data plane profile) answers 429: wait.
+            if resp.status() != 429 || throttled == 50 {
+                break;
+            }
+            throttled += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         assert_eq!(
             resp.status(),
             201,

@@ -66,7 +66,8 @@ impl RunArgs {
         let mut settings = Settings::default();
         settings.aws.endpoint_url = self.aws_endpoint_url.clone().filter(|u| !u.is_empty());
         settings.registry.insecure_registries = self.insecure_registries.clone();
-        settings.registry.retry.throttle_budget = std::time::Duration::from_secs(self.throttle_budget);
+        settings.registry.retry.throttle_budget =
+            std::time::Duration::from_secs(self.throttle_budget);
         for entry in &self.registry_endpoints {
             let (host, url) = entry
                 .split_once('=')

@@ -184,6 +184,16 @@ pub enum Error {
         /// The registry's message.
         message: String,
     },
+    /// The registry refused to store the empty (0-byte) blob: ECR cannot hold one.
+    #[error("empty (0-byte) blob {digest} refused: ECR cannot store one, so an image that references it cannot be copied there unchanged ({url}: {message})")]
+    EmptyBlobRefused {
+        /// Upload URL (redacted).
+        url: String,
+        /// The empty blob's digest.
+        digest: String,
+        /// The registry's message.
+        message: String,
+    },
     /// The registry broke the upload protocol (missing Location, wrong digest echoed...).
     #[error("upload to {url}: {reason}")]
     Upload {

@@ -107,7 +107,7 @@ async fn stream_into(
                 actual: u64::MAX,
             });
         }
-        return target.complete_upload(session, &blob.digest).await;
+        return complete(target, session, blob).await;
     }
     let response = source.get_blob(from, &blob.digest, 0).await;
     let response = match response {
@@ -149,6 +149,24 @@ async fn stream_into(
             target.cancel_upload(session).await;
             Err(e)
         }
+    }
+}
+
+/// Completes an upload; a refused empty blob (ECR: "cannot be completed because it does not have
+/// any parts") becomes its own error, final rather than retried.
+async fn complete(target: &RegistryClient, session: UploadSession, blob: &BlobRef) -> Result<()> {
+    match target.complete_upload(session, &blob.digest).await {
+        Err(Error::Registry {
+            url,
+            status: 400,
+            message,
+            ..
+        }) if blob.size == 0 => Err(Error::EmptyBlobRefused {
+            url,
+            digest: blob.digest.to_string(),
+            message,
+        }),
+        other => other,
     }
 }
 
@@ -234,6 +252,12 @@ async fn patch_counted(
             source,
         });
     }
+    // The registry's answer (a refusal, throttling) explains a PATCH it cut short; a transport
+    // failure with a short body is the source's truncation.
+    let sent = match sent {
+        Err(e) if !matches!(e, Error::Transport { .. }) => return Err(e),
+        other => other,
+    };
     if s.overrun || s.verifier.seen() != expected_total {
         return Err(Error::SizeMismatch {
             url: url.to_string(),
@@ -327,8 +351,16 @@ pub async fn copy_blob_segment(
         if length == 0 {
             break (session, verifier, 0);
         }
-        match send_range(source, from, target, blob, session.clone(), verifier.clone(), length)
-            .await
+        match send_range(
+            source,
+            from,
+            target,
+            blob,
+            session.clone(),
+            verifier.clone(),
+            length,
+        )
+        .await
         {
             Ok((sent, hashed)) => break (sent, hashed, length),
             Err(e) if e.is_throttling() && started.elapsed() < policy.throttle_budget => {
@@ -358,7 +390,7 @@ pub async fn copy_blob_segment(
         target.cancel_upload(session).await;
         return Err(e);
     }
-    target.complete_upload(session, &blob.digest).await?;
+    complete(target, session, blob).await?;
     Ok(SegmentProgress::Done {
         bytes: length,
         present: false,

@@ -116,7 +116,7 @@ pub enum Error {
         limit: usize,
     },
     /// A blob of the image is not in the destination when its manifests are due.
-    #[error("{image}: blob {blob} is not in {target}, so no manifest was put; its copy failed (the run report names the range's error) or was removed: run again")]
+    #[error("{image}: no manifest put: {cause}; blob {blob} is not in {target}")]
     BlobMissing {
         /// The image (source reference).
         image: String,
@@ -124,6 +124,8 @@ pub enum Error {
         blob: String,
         /// The destination repository.
         target: String,
+        /// Why, as far as known: the page's failed range's error, or what to do.
+        cause: String,
     },
     /// A repository's name in a destination breaks the registry's naming rules.
     #[error("{repository} cannot be created: {problem}; shorten the destination's repositoryPrefix or exclude the repository")]

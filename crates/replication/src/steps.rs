@@ -366,6 +366,18 @@ impl PutManifestsInput {
                 .all(|r| r.get("error").is_none_or(JsonValue::is_null))
     }
 
+    /// The first error a range of the page reported (the whole message in process; the error
+    /// name in the state machine, which keeps state small).
+    pub fn first_range_error(&self) -> Option<String> {
+        self.ranges()
+            .filter_map(|r| r.get("error"))
+            .find(|e| !e.is_null())
+            .map(|e| match e.as_str() {
+                Some(text) => text.to_string(),
+                None => e.to_string(),
+            })
+    }
+
     fn ranges(&self) -> impl Iterator<Item = &JsonValue> {
         self.copied.as_array().into_iter().flatten()
     }

@@ -1002,6 +1002,7 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
 pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
     let ranges_complete = input.ranges_complete();
+    let range_error = input.first_range_error();
     let job = validated(input.job)?.job;
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
@@ -1044,6 +1045,21 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
                 image: from.to_string(),
                 blob: blob.digest.to_string(),
                 target: to.to_string(),
+                cause: match &range_error {
+                    // The range's error names this image too: say it once.
+                    Some(e) => {
+                        let e = ["ReplicationFailed: ", "ReplicationRetryable: "]
+                            .iter()
+                            .find_map(|kind| e.strip_prefix(kind))
+                            .unwrap_or(e);
+                        format!(
+                            "a blob copy failed: {}",
+                            e.replacen(&format!("copy of {from} failed: "), "", 1)
+                                .replacen(&format!("{from}: "), "", 1)
+                        )
+                    }
+                    None => "its copy failed or it was removed since: run again".into(),
+                },
             });
         }
     }

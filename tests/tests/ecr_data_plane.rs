@@ -1,0 +1,574 @@
+//! The copy engine against ECR's data plane as it behaves (`e2e::ecr_plane`): each behaviour of
+//! the profile is shown to fire (its counter, or a raw request that a distribution registry
+//! would have accepted) and the engine to get through it with byte-identical results.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use base64::Engine as _;
+use e2e::ecr_plane::{Throttle, MAX_MANIFEST_BYTES, MIN_PART_BYTES};
+use e2e::image::{artifact, multi_arch, sha256, Format, ImageBuilder, Pusher, TestImage};
+use e2e::world::{moto_token_password, EcrWorld, DEST, DEST_ROLE, SOURCE};
+use oci::{BlobRef, CredentialStore, Digest, RegistryClient, Repository, SegmentProgress};
+use serde_json::json;
+
+const MIB: u64 = 1 << 20;
+
+fn creds(host: &str) -> (String, String) {
+    ("AWS".into(), moto_token_password(host))
+}
+
+/// A registry client that reaches every ECR host through its plane, with moto's tokens.
+fn ecr_client(world: &EcrWorld, chunk: Option<u64>) -> RegistryClient {
+    let mut store = CredentialStore::new();
+    for host in [SOURCE, DEST] {
+        store.insert(host, world.registry(host).credential().unwrap());
+    }
+    let mut config = world.settings().registry;
+    if let Some(size) = chunk {
+        config.chunk_sizes.insert(DEST.to_string(), size);
+    }
+    RegistryClient::new(config, store).unwrap()
+}
+
+fn repo(host: &str, name: &str) -> Repository {
+    Repository {
+        registry: host.to_string(),
+        name: name.to_string(),
+    }
+}
+
+fn blob_ref(image: &TestImage, index: usize) -> BlobRef {
+    let blob = &image.blobs[index];
+    BlobRef {
+        digest: Digest::parse(&blob.digest).unwrap(),
+        size: blob.data.size(),
+    }
+}
+
+/// The blob as stored in the destination's storage: (sha256, size).
+async fn stored(world: &EcrWorld, repository: &str, digest: &str) -> Option<(String, u64)> {
+    Pusher::new(&world.registry(DEST).host, Some(creds(DEST)))
+        .blob_digest(repository, digest)
+        .await
+}
+
+fn job(repositories: &[&str], extra: serde_json::Value) -> replication::Job {
+    let mut job = json!({
+        "source": {"registry": SOURCE},
+        "destinations": [{"registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42"}],
+        "repositories": {"include": repositories},
+        "maxConcurrency": 4
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        job[k] = v.clone();
+    }
+    replication::Job::from_json(&job.to_string()).unwrap()
+}
+
+async fn run(world: &EcrWorld, job: replication::Job) -> replication::steps::RunReport {
+    let conns = replication::connect::Connections::new(world.settings());
+    replication::run::run_job(&conns, job, &replication::run::Quiet)
+        .await
+        .unwrap()
+        .report
+}
+
+/// The destination's manifest under a tag, read from its storage (None: absent).
+async fn dest_manifest(world: &EcrWorld, repository: &str, tag: &str) -> Option<bytes::Bytes> {
+    Pusher::new(&world.registry(DEST).host, Some(creds(DEST)))
+        .manifest(repository, tag)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_in_five_segments_goes_through_a_sticky_range_without_restarting() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci)
+        .big_layer(31, 5 * MIN_PART_BYTES)
+        .build();
+    world.seed("big", "v1", &image).await;
+    let client = ecr_client(&world, None);
+    let layer = blob_ref(&image, 1);
+    let (from, to) = (repo(SOURCE, "big"), repo(DEST, "big"));
+
+    let mut state = None;
+    let mut segments = 0;
+    let mut reported_offsets = Vec::new();
+    loop {
+        segments += 1;
+        match oci::copy_blob_segment(&client, &from, &client, &to, &layer, state, MIN_PART_BYTES)
+            .await
+            .unwrap()
+        {
+            SegmentProgress::InProgress { state: next, bytes } => {
+                assert_eq!(bytes, MIN_PART_BYTES);
+                reported_offsets.push((
+                    next.session.offset,
+                    client.upload_status(&next.session).await.unwrap(),
+                ));
+                state = Some(next);
+            }
+            SegmentProgress::Done { bytes, present } => {
+                assert_eq!((bytes, present), (MIN_PART_BYTES, false));
+                break;
+            }
+        }
+    }
+
+    assert_eq!(segments, 5);
+    // ECR's Range stays at the first part's end while the counted offset advances.
+    assert_eq!(
+        reported_offsets,
+        (1..=4)
+            .map(|i| (i * MIN_PART_BYTES, MIN_PART_BYTES))
+            .collect::<Vec<_>>()
+    );
+    let plane = world.plane(DEST);
+    assert_eq!(
+        (plane.count("patch"), plane.count("rewind_refused")),
+        (5, 0)
+    );
+    assert_eq!(
+        world
+            .registry(DEST)
+            .count_requests("POST", "/blobs/uploads/", 202),
+        1,
+        "the blob restarted"
+    );
+    assert_eq!(
+        stored(&world, "big", layer.digest.as_str()).await,
+        Some((layer.digest.to_string(), 5 * MIN_PART_BYTES))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_moved_behind_the_saved_state_is_refused_416_and_the_blob_restarts() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci)
+        .big_layer(32, 3 * MIN_PART_BYTES)
+        .build();
+    world.seed("crashed", "v1", &image).await;
+    let client = ecr_client(&world, None);
+    let layer = blob_ref(&image, 1);
+    let (from, to) = (repo(SOURCE, "crashed"), repo(DEST, "crashed"));
+    let SegmentProgress::InProgress { state, .. } =
+        oci::copy_blob_segment(&client, &from, &client, &to, &layer, None, MIN_PART_BYTES)
+            .await
+            .unwrap()
+    else {
+        panic!("one segment finished the blob")
+    };
+
+    // A process sent the next part and died before saving its state: the session holds more
+    // than the saved state says.
+    let sent = oci::copy_blob_segment(
+        &client,
+        &from,
+        &client,
+        &to,
+        &layer,
+        Some(state.clone()),
+        MIN_PART_BYTES,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(sent, SegmentProgress::InProgress { .. }));
+
+    // Its retry re-sends from the saved offset: ECR refuses (416); the blob restarts once.
+    let mut next = Some(state);
+    while let SegmentProgress::InProgress { state, .. } =
+        oci::copy_blob_segment(&client, &from, &client, &to, &layer, next, MIN_PART_BYTES)
+            .await
+            .unwrap()
+    {
+        next = Some(state);
+    }
+    assert_eq!(world.plane(DEST).count("rewind_refused"), 1);
+    assert_eq!(
+        world
+            .registry(DEST)
+            .count_requests("POST", "/blobs/uploads/", 202),
+        2
+    );
+    assert_eq!(
+        stored(&world, "crashed", layer.digest.as_str()).await,
+        Some((layer.digest.to_string(), 3 * MIN_PART_BYTES))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_under_5_mib_are_refused_and_5_mib_parts_are_accepted() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci)
+        .big_layer(33, 2 * MIN_PART_BYTES + 12_345)
+        .build();
+    world.seed("parts", "v1", &image).await;
+    let layer = blob_ref(&image, 1);
+    let (from, to) = (repo(SOURCE, "parts"), repo(DEST, "parts"));
+
+    // A client that assumed distribution's any-size parts.
+    let small = ecr_client(&world, Some(MIB));
+    let err = oci::copy_blob(&small, &from, &small, &to, &layer, None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 5MB"), "{err}");
+    assert!(world.plane(DEST).count("part_too_small") >= 1);
+    assert_eq!(stored(&world, "parts", layer.digest.as_str()).await, None);
+
+    let parts = ecr_client(&world, Some(MIN_PART_BYTES));
+    oci::copy_blob(&parts, &from, &parts, &to, &layer, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored(&world, "parts", layer.digest.as_str()).await,
+        Some((layer.digest.to_string(), layer.size))
+    );
+    // PATCH is answered 201 by ECR: the engine took every one.
+    let patches = world.plane(DEST).count("patch");
+    assert!(patches >= 3, "{patches} PATCHes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_with_an_empty_blob_fails_with_a_clear_error_and_nothing_is_tagged() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci)
+        .layer(34, 10_000)
+        .empty_layer()
+        .build();
+    // ECR could not hold it as a source either: seed the storage directly.
+    let source = world.registry(SOURCE);
+    Pusher::new(&source.host, Some(creds(SOURCE)))
+        .push("empty", "v1", &image)
+        .await;
+    let ecr = world.moto.sdk(SOURCE, None).await;
+    ecr.create_repository()
+        .repository_name("empty")
+        .send()
+        .await
+        .unwrap();
+    ecr.put_image()
+        .repository_name("empty")
+        .image_manifest(String::from_utf8(image.manifest.to_vec()).unwrap())
+        .image_manifest_media_type(&image.media_type)
+        .image_digest(&image.digest)
+        .image_tag("v1")
+        .send()
+        .await
+        .unwrap();
+
+    let report = run(&world, job(&["empty"], json!({}))).await;
+
+    assert_eq!((report.copied, report.failed), (0, 1), "{report:?}");
+    let error = report.failures[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("empty (0-byte) blob") && error.contains(&sha256(b"")),
+        "{error}"
+    );
+    assert_eq!(
+        world.plane(DEST).count("empty_refused"),
+        1,
+        "retried: {error}"
+    );
+    assert_eq!(dest_manifest(&world, "empty", "v1").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_are_read_from_presigned_urls_without_the_registry_credential() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Docker)
+        .layer(35, 300_000)
+        .layer(36, 1_000)
+        .build();
+    world.seed("presigned", "v1", &image).await;
+
+    let report = run(&world, job(&["presigned"], json!({}))).await;
+
+    assert_eq!((report.copied, report.failed), (1, 0), "{report:?}");
+    assert_eq!(
+        dest_manifest(&world, "presigned", "v1").await.unwrap(),
+        image.manifest
+    );
+    let plane = world.plane(SOURCE);
+    assert!(plane.count("redirect") >= 3, "{}", plane.count("redirect"));
+    assert_eq!(plane.count("presigned_auth_refused"), 0);
+
+    // What a client that kept its Authorization header across the redirect gets.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (user, password) = creds(SOURCE);
+    let redirect = http
+        .get(format!(
+            "http://{}/v2/presigned/blobs/{}",
+            plane.host, image.blobs[1].digest
+        ))
+        .basic_auth(&user, Some(&password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 307);
+    let location = redirect.headers()["location"].to_str().unwrap().to_string();
+    assert!(!location.contains(&plane.host), "{location}");
+    let refused = http
+        .get(&location)
+        .basic_auth(&user, Some(&password))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("Only one auth mechanism allowed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_image_throttling_slows_many_tags_of_one_repository_but_fails_none() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci).layer(37, 2_000).build();
+    let tags: Vec<String> = (0..30).map(|i| format!("v{i}")).collect();
+    for tag in &tags {
+        world.seed("tagged", tag, &image).await;
+    }
+    // Seeding itself hit the limit; count only the copy's refusals.
+    let before = world.plane(DEST).count("put_image_throttled");
+
+    let report = run(&world, job(&["tagged"], json!({}))).await;
+
+    assert_eq!(report.failed, 0, "{report:?}");
+    for tag in &tags {
+        assert_eq!(
+            dest_manifest(&world, "tagged", tag).await.as_ref(),
+            Some(&image.manifest),
+            "{tag}"
+        );
+    }
+    assert!(
+        world.plane(DEST).count("put_image_throttled") > before,
+        "30 tags were put without reaching ECR's 10 PutImage per second"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_repository_is_never_sent_an_existing_tag_again() {
+    let world = EcrWorld::start();
+    let single = ImageBuilder::new(Format::Oci).layer(38, 3_000).build();
+    let index = multi_arch(39, 2, 4_000);
+    world.seed("frozen", "v1", &single).await;
+    world.seed("frozen", "v2", &index).await;
+    let source = world.moto.sdk(SOURCE, None).await;
+    source
+        .put_image_tag_mutability()
+        .repository_name("frozen")
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+
+    let first = run(&world, job(&["frozen"], json!({}))).await;
+    let second = run(&world, job(&["frozen"], json!({}))).await;
+
+    assert_eq!((first.copied, first.failed), (2, 0), "{first:?}");
+    assert_eq!((second.present, second.failed), (2, 0), "{second:?}");
+    assert_eq!(world.plane(DEST).count("immutable_refused"), 0);
+    assert_eq!(
+        dest_manifest(&world, "frozen", "v2").await.unwrap(),
+        index.manifest
+    );
+    // The destination is immutable, and ECR refuses the same digest under an existing tag.
+    let (user, password) = creds(DEST);
+    let again = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v2/frozen/manifests/v1",
+            world.plane(DEST).host
+        ))
+        .basic_auth(&user, Some(&password))
+        .header("content-type", &single.media_type)
+        .body(single.manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    assert!(again.text().await.unwrap().contains("TAG_INVALID"));
+    assert_eq!(world.plane(DEST).count("immutable_refused"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_over_4_mib_are_refused_before_anything_is_written() {
+    let world = EcrWorld::start();
+    let (user, password) = creds(DEST);
+    let huge = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                   "digest": sha256(b"{}")},
+        "layers": [],
+        "annotations": {"padding": "x".repeat(MAX_MANIFEST_BYTES)},
+    })
+    .to_string();
+    let refused = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v2/huge/manifests/v1",
+            world.plane(DEST).host
+        ))
+        .basic_auth(&user, Some(&password))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(world.plane(DEST).count("manifest_too_large"), 1);
+
+    // (distribution 2.8 has the same 4 MiB cap, so no source can serve a larger one either.)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_lists_are_read_across_pages_of_at_most_1000() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci).layer(40, 100).build();
+    let storage = Pusher::new(&world.registry(DEST).host, Some(creds(DEST)));
+    for i in 0..1005 {
+        storage.push("many", &format!("t{i:04}"), &image).await;
+    }
+    let client = ecr_client(&world, None);
+
+    let tags = client.list_tags(&repo(DEST, "many")).await.unwrap();
+
+    assert_eq!(tags.len(), 1005);
+    assert_eq!(
+        tags.iter().collect::<std::collections::BTreeSet<_>>().len(),
+        1005
+    );
+    assert!(world.plane(DEST).count("tag_page_cut") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_fails_the_run_naming_the_registry_and_tags_nothing() {
+    let world = EcrWorld::start();
+    world
+        .seed(
+            "auth",
+            "v1",
+            &ImageBuilder::new(Format::Oci).layer(41, 5_000).build(),
+        )
+        .await;
+    world
+        .seed(
+            "auth",
+            "v2",
+            &ImageBuilder::new(Format::Oci).layer(42, 5_000).build(),
+        )
+        .await;
+    let report = run(&world, job(&["auth"], json!({"tags": {"include": ["v1"]}}))).await;
+    assert_eq!((report.copied, report.failed), (1, 0), "{report:?}");
+    assert_eq!(world.plane(DEST).count("auth_refused"), 0);
+
+    // Revoked: every request with it is refused; the run fails by name and tags nothing.
+    let (user, password) = creds(DEST);
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    world
+        .plane(DEST)
+        .revoke_credential(&format!("Basic {token}"));
+    let report = run(&world, job(&["auth"], json!({"tags": {"include": ["v2"]}}))).await;
+    assert_eq!(report.copied, 0, "{report:?}");
+    let failure = format!("{:?}", (report.failures, report.repository_failures));
+    assert!(
+        failure.contains(DEST) && failure.contains("authentication"),
+        "{failure}"
+    );
+    assert!(world.plane(DEST).count("auth_refused") >= 1);
+    assert_eq!(dest_manifest(&world, "auth", "v2").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_travel_through_ecrs_referrers_api_without_a_fallback_tag() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci).layer(43, 7_000).build();
+    world.seed("signed", "v1", &image).await;
+    let signature = artifact(
+        Some(&image),
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        b"{\"critical\":{}}",
+    );
+    Pusher::new(&world.plane(SOURCE).host, Some(creds(SOURCE)))
+        .push("signed", &signature.digest, &signature)
+        .await;
+
+    let report = run(&world, job(&["signed"], json!({}))).await;
+
+    assert_eq!((report.copied, report.failed), (1, 0), "{report:?}");
+    assert!(world.plane(SOURCE).count("referrers_served") >= 1);
+    assert_eq!(
+        dest_manifest(&world, "signed", &signature.digest)
+            .await
+            .unwrap(),
+        signature.manifest
+    );
+    let (user, password) = creds(DEST);
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v2/signed/referrers/{}",
+            world.plane(DEST).host,
+            image.digest
+        ))
+        .basic_auth(&user, Some(&password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["manifests"][0]["digest"], json!(signature.digest));
+    let fallback = format!("sha256-{}", &image.digest["sha256:".len()..]);
+    assert_eq!(dest_manifest(&world, "signed", &fallback).await, None);
+}
+
+/// Throttling a third of all requests, `Retry-After: 1`, on both data planes for a whole run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_throttled_on_a_third_of_all_requests_fails_nothing() {
+    let world = EcrWorld::start();
+    let repositories: Vec<String> = (0..5).map(|r| format!("team{r}/app")).collect();
+    let mut images = Vec::new();
+    for (r, repository) in repositories.iter().enumerate() {
+        for t in 0..10 {
+            let seed = 100 + (r * 10 + t) as u64;
+            let image = ImageBuilder::new(Format::Oci)
+                .layer(1, 20_000)
+                .layer(seed, 3_000)
+                .build();
+            world.seed(repository, &format!("v{t}"), &image).await;
+            images.push((repository.clone(), format!("v{t}"), image));
+        }
+    }
+    let throttle = Throttle {
+        every: 3,
+        retry_after_secs: 1,
+    };
+    world.plane(SOURCE).throttle(Some(throttle));
+    world.plane(DEST).throttle(Some(throttle));
+
+    let started = std::time::Instant::now();
+    let report = run(&world, job(&["team*/*"], json!({"maxConcurrency": 8}))).await;
+    let seconds = started.elapsed().as_secs_f64();
+
+    eprintln!(
+        "throttled sync: 50 images in {seconds:.1} s; throttled requests: source {}, destination {}",
+        world.plane(SOURCE).count("throttled"),
+        world.plane(DEST).count("throttled")
+    );
+    assert_eq!(
+        (report.copied, report.failed, report.repositories_failed),
+        (50, 0, 0),
+        "{report:?}"
+    );
+    assert!(world.plane(DEST).count("throttled") > 50);
+    for (repository, tag, image) in &images {
+        assert_eq!(
+            dest_manifest(&world, repository, tag).await.as_ref(),
+            Some(&image.manifest)
+        );
+    }
+}

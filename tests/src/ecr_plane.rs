@@ -263,7 +263,7 @@ impl EcrPlane {
         *self.state.revoked.lock().unwrap() = Some(authorization.to_string());
     }
 
-    /// How often a behaviour fired, by name (`redirect`, `throttled`, `rewind_refused`,
+    /// How often a behaviour fired, by name (`request`: every request, `redirect`, `throttled`, `rewind_refused`,
     /// `part_too_small`, `empty_refused`, `put_image_throttled`, `immutable_refused`,
     /// `manifest_too_large`, `tag_page_cut`, `referrers_served`, `auth_refused`, `patch`).
     pub fn count(&self, what: &str) -> usize {
@@ -352,6 +352,7 @@ fn route(path: &str) -> Route {
 async fn handle(State(state): State<Arc<PlaneState>>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    bump(&state, "request");
     if let Some(refused) = refuse_credential(&state, request.headers()) {
         return refused;
     }

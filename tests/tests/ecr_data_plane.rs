@@ -86,7 +86,6 @@ async fn a_blob_in_five_segments_goes_through_a_sticky_range_without_restarting(
         .big_layer(31, 5 * MIN_PART_BYTES)
         .build();
     world.seed("big", "v1", &image).await;
-    let client = ecr_client(&world, None);
     let layer = blob_ref(&image, 1);
     let (from, to) = (repo(SOURCE, "big"), repo(DEST, "big"));
 
@@ -95,6 +94,8 @@ async fn a_blob_in_five_segments_goes_through_a_sticky_range_without_restarting(
     let mut reported_offsets = Vec::new();
     loop {
         segments += 1;
+        // A fresh client per segment, as each segment runs in another Lambda invocation.
+        let client = ecr_client(&world, None);
         match oci::copy_blob_segment(&client, &from, &client, &to, &layer, state, MIN_PART_BYTES)
             .await
             .unwrap()
@@ -555,9 +556,11 @@ async fn a_sync_throttled_on_a_third_of_all_requests_fails_nothing() {
     let seconds = started.elapsed().as_secs_f64();
 
     eprintln!(
-        "throttled sync: 50 images in {seconds:.1} s; throttled requests: source {}, destination {}",
+        "throttled sync: 50 images in {seconds:.1} s; throttled/all requests: source {}/{}, destination {}/{}",
         world.plane(SOURCE).count("throttled"),
-        world.plane(DEST).count("throttled")
+        world.plane(SOURCE).count("request"),
+        world.plane(DEST).count("throttled"),
+        world.plane(DEST).count("request")
     );
     assert_eq!(
         (report.copied, report.failed, report.repositories_failed),
@@ -565,6 +568,63 @@ async fn a_sync_throttled_on_a_third_of_all_requests_fails_nothing() {
         "{report:?}"
     );
     assert!(world.plane(DEST).count("throttled") > 50);
+    for (repository, tag, image) in &images {
+        assert_eq!(
+            dest_manifest(&world, repository, tag).await.as_ref(),
+            Some(&image.manifest)
+        );
+    }
+}
+
+/// The same throttling through the real state machine: every Lambda waits it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_state_machine_run_throttled_on_a_third_of_all_requests_fails_nothing() {
+    let (world, sfn) = EcrWorld::with_step_functions().await;
+    let mut images = Vec::new();
+    for r in 0..2 {
+        for t in 0..2 {
+            let image = ImageBuilder::new(Format::Oci)
+                .layer(2, 20_000)
+                .layer(200 + r * 10 + t, 3_000)
+                .build();
+            let repository = format!("svc{r}/app");
+            world.seed(&repository, &format!("v{t}"), &image).await;
+            images.push((repository, format!("v{t}"), image));
+        }
+    }
+    let arn = sfn.create_state_machine("throttled").await;
+    let throttle = Throttle {
+        every: 3,
+        retry_after_secs: 1,
+    };
+    world.plane(SOURCE).throttle(Some(throttle));
+    world.plane(DEST).throttle(Some(throttle));
+    let input = json!({
+        "source": {"registry": SOURCE},
+        "destinations": [{"registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42"}],
+        "repositories": {"include": ["svc*/*"]},
+        "maxConcurrency": 4
+    });
+
+    let run = sfn.execute(&arn, &input).await;
+
+    eprintln!(
+        "throttled state machine run: 4 images in {:.1} s (the functions' first build included when this test runs first), {} Lambda invocations; throttled/all requests: source {}/{}, destination {}/{}",
+        run.seconds,
+        sfn.invocations().values().sum::<usize>(),
+        world.plane(SOURCE).count("throttled"),
+        world.plane(SOURCE).count("request"),
+        world.plane(DEST).count("throttled"),
+        world.plane(DEST).count("request")
+    );
+    assert_eq!(run.status, "SUCCEEDED", "{}\n{}", run.cause, sfn.logs());
+    let report = run.output.unwrap();
+    assert_eq!(
+        (report["copied"].as_u64(), report["failed"].as_u64()),
+        (Some(4), Some(0)),
+        "{report}"
+    );
+    assert!(world.plane(DEST).count("throttled") > 4);
     for (repository, tag, image) in &images {
         assert_eq!(
             dest_manifest(&world, repository, tag).await.as_ref(),

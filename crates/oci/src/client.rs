@@ -544,6 +544,32 @@ impl RegistryClient {
         }
     }
 
+    /// Makes sure the registry's auth challenge is known before a request that cannot be
+    /// replayed (a streamed PATCH): a process continuing another's upload session has sent
+    /// nothing to the registry yet. One `GET /v2/` answers it (a no-op once known).
+    async fn learn_challenge(&self, repo: &Repository) -> Result<()> {
+        if lock(&self.inner.auth).challenges.contains_key(&repo.registry)
+            || self.credential(&repo.registry) == Credential::Anonymous
+        {
+            return Ok(());
+        }
+        let url = self.base(repo)?;
+        let resp = self
+            .execute(
+                Method::GET,
+                &url,
+                repo,
+                &scope(repo, true),
+                HeaderMap::new(),
+                None,
+            )
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(status_error(resp, "GET", "the registry's API root").await);
+        }
+        Ok(())
+    }
+
     /// The `Authorization` value for a registry and scope, from what its last challenge asked.
     async fn authorization(&self, registry: &str, scope: &str) -> Result<Option<String>> {
         let challenge = lock(&self.inner.auth).challenges.get(registry).cloned();
@@ -1161,6 +1187,7 @@ impl RegistryClient {
         length: u64,
     ) -> Result<UploadSession> {
         let (repo, url) = self.session_url(&session)?;
+        self.learn_challenge(&repo).await?;
         let auth = self
             .authorization(&repo.registry, &scope(&repo, true))
             .await?;

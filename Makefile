@@ -26,7 +26,7 @@ test: setup lint ## fmt, clippy, the CDK checks and every test (real registries,
 CDK_ENV := CDK_DISABLE_VERSION_CHECK=1 CDK_CLI_TELEMETRY=false
 cdk-test: ## CDK: compile, assertion tests (cdk-nag included), offline synth, cfn-lint
 	cd cdk && rm -rf dist cdk.out && npx tsc && node --test dist/test/
-	cd cdk && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting
+	cd cdk && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -c ecrReplicator:allowPlaceholderCode=true
 	# W3005: CDK adds DependsOn on a role that a GetAtt already implies; harmless.
 	.venv/bin/cfn-lint --ignore-checks W3005 -- cdk/cdk.out/*.template.json
 
@@ -35,8 +35,9 @@ package: setup ## build the Lambda binaries for arm64 (cargo-lambda + ziglang) i
 	rustup target add aarch64-unknown-linux-gnu
 	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo-lambda lambda build --release --arm64 -p functions
 
-deploy: package ## deploy both stacks with cdk (config: cdk/config.json via -c ecrReplicator:configFile=config.json)
-	cd cdk && npx tsc && $(CDK_ENV) npx cdk deploy --all --no-notices $(CDK_ARGS)
+deploy: package ## deploy with cdk: the workflow stack first (the other stacks' roles trust its roles), then the rest; CDK_ARGS for the config
+	cd cdk && npm ci --no-audit --no-fund && $(CDK_ENV) npx cdk deploy EcrReplicatorWorkflow --no-notices $(CDK_ARGS)
+	cd cdk && $(CDK_ENV) npx cdk deploy --all --no-notices $(CDK_ARGS)
 
 bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries
 	$(CARGO) build --release -p ecr-replicator -p e2e --bins

@@ -7,18 +7,28 @@ export interface DestinationConfig {
   account: string;
   /** Destination region. */
   region: string;
-  /** External ID the target role requires. */
-  externalId: string;
+  /** External ID the target role requires (another account only; same-account destinations use no role). */
+  externalId?: string;
   /** Prefix put before repository names in this destination. */
   repositoryPrefix?: string;
+  /** Customer managed KMS keys (ARNs) repositories here may be created with (the job's `kmsKeyMapping` values). */
+  kmsKeys?: string[];
 }
 
 export interface ReplicatorConfig {
+  /** The account and region whose registry is replicated. */
   sourceAccount: string;
   sourceRegion: string;
+  /** Where the workflow runs (default: the source account and region). Another account reads the source through a source role. */
+  workflowAccount?: string;
+  workflowRegion?: string;
+  /** External ID of the source role (required when the workflow runs in another account). */
+  sourceExternalId?: string;
   destinations: DestinationConfig[];
   /** Name of the role created in each destination account. */
   targetRoleName: string;
+  /** Name of the role created in the source account when the workflow runs elsewhere (default ecr-replicator-source). */
+  sourceRoleName?: string;
   /** The target role may only create/configure repositories starting with this ('' = any). */
   targetRepositoryPrefix?: string;
   /** Scheduled runs: an EventBridge schedule expression and the job fields besides source/destinations. */
@@ -31,30 +41,107 @@ export interface ReplicatorConfig {
   notificationEmail?: string;
 }
 
+const ACCOUNT = /^\d{12}$/;
+const REGION = /^[a-z]{2}(-[a-z]+)+-\d$/;
+
 export function loadConfig(file: string): ReplicatorConfig {
   const config = JSON.parse(readFileSync(path.resolve(__dirname, '..', '..', file), 'utf8')) as ReplicatorConfig;
-  const accountRe = /^\d{12}$/;
-  if (!accountRe.test(config.sourceAccount)) throw new Error(`${file}: sourceAccount must be a 12-digit account id`);
-  if (!config.destinations?.length) throw new Error(`${file}: destinations needs at least one entry`);
+  return validateConfig(config, file);
+}
+
+/** Checks a configuration, naming the file and field of each problem. */
+export function validateConfig(config: ReplicatorConfig, file: string): ReplicatorConfig {
+  const fail = (field: string, problem: string) => { throw new Error(`${file}: ${field} ${problem}`); };
+  if (!ACCOUNT.test(config.sourceAccount)) fail('sourceAccount', 'must be a 12-digit account id');
+  if (!REGION.test(config.sourceRegion ?? '')) fail('sourceRegion', 'must be a region such as us-east-1');
+  if (config.workflowAccount !== undefined && !ACCOUNT.test(config.workflowAccount)) fail('workflowAccount', 'must be a 12-digit account id');
+  if (config.workflowRegion !== undefined && !REGION.test(config.workflowRegion)) fail('workflowRegion', 'must be a region such as us-east-1');
+  if (crossAccountSource(config) && !(config.sourceExternalId && config.sourceExternalId.length >= 2)) {
+    fail('sourceExternalId', 'is required when the workflow runs in another account than the source');
+  }
+  if (!config.destinations?.length) fail('destinations', 'needs at least one entry');
+  const partitions = new Set([partitionOf(config.sourceRegion), ...config.destinations.map((d) => partitionOf(d.region))]);
+  if (partitions.size > 1) fail('destinations', `span partitions (${[...partitions].join(', ')}): one deployment stays in one partition`);
   config.destinations.forEach((d, i) => {
-    if (!accountRe.test(d.account)) throw new Error(`${file}: destinations[${i}].account must be a 12-digit account id`);
-    if (!d.externalId || d.externalId.length < 2) throw new Error(`${file}: destinations[${i}].externalId is required`);
+    if (!ACCOUNT.test(d.account)) fail(`destinations[${i}].account`, 'must be a 12-digit account id');
+    if (!REGION.test(d.region ?? '')) fail(`destinations[${i}].region`, 'must be a region such as eu-west-1');
+    const sameAccount = d.account === workflowAccount(config);
+    if (!sameAccount && !(d.externalId && d.externalId.length >= 2)) fail(`destinations[${i}].externalId`, 'is required for another account');
+    if (d.account === config.sourceAccount && d.region === config.sourceRegion && !d.repositoryPrefix) {
+      fail(`destinations[${i}].repositoryPrefix`, 'is required when the destination is the source registry itself (it would copy each repository onto itself)');
+    }
+    (d.kmsKeys ?? []).forEach((k, j) => {
+      if (!/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/.+$/.test(k)) fail(`destinations[${i}].kmsKeys[${j}]`, 'must be a KMS key ARN');
+    });
   });
   return config;
 }
 
+/** The account the workflow runs in. */
+export function workflowAccount(config: ReplicatorConfig): string {
+  return config.workflowAccount ?? config.sourceAccount;
+}
+
+/** Whether the source registry is in another account than the workflow. */
+export function crossAccountSource(config: ReplicatorConfig): boolean {
+  return workflowAccount(config) !== config.sourceAccount;
+}
+
+/** The AWS partition of a region (ARNs and hosts differ in China and GovCloud). */
+export function partitionOf(region: string): string {
+  if (region.startsWith('cn-')) return 'aws-cn';
+  if (region.startsWith('us-gov-')) return 'aws-us-gov';
+  return 'aws';
+}
+
 /** The ECR registry host of an account and region. */
 export function registryHost(account: string, region: string): string {
-  const suffix = region.startsWith('cn-') ? 'amazonaws.com.cn' : 'amazonaws.com';
+  const suffix = partitionOf(region) === 'aws-cn' ? 'amazonaws.com.cn' : 'amazonaws.com';
   return `${account}.dkr.ecr.${region}.${suffix}`;
+}
+
+/** The role in a destination account (none for the workflow's own account). */
+export function targetRoleArn(config: ReplicatorConfig, d: DestinationConfig): string | undefined {
+  if (d.account === workflowAccount(config)) return undefined;
+  return `arn:${partitionOf(d.region)}:iam::${d.account}:role/${config.targetRoleName}`;
+}
+
+/** The role in the source account, when the workflow runs in another account. */
+export function sourceRoleArn(config: ReplicatorConfig): string | undefined {
+  if (!crossAccountSource(config)) return undefined;
+  return `arn:${partitionOf(config.sourceRegion)}:iam::${config.sourceAccount}:role/${config.sourceRoleName ?? SOURCE_ROLE_NAME}`;
+}
+
+/** Default name of the source-account role. */
+export const SOURCE_ROLE_NAME = 'ecr-replicator-source';
+
+/** The job `source` for the execution input. */
+export function jobSource(config: ReplicatorConfig): Record<string, unknown> {
+  const roleArn = sourceRoleArn(config);
+  return {
+    registry: registryHost(config.sourceAccount, config.sourceRegion),
+    ...(roleArn ? { roleArn, externalId: config.sourceExternalId } : {}),
+  };
 }
 
 /** The job `destinations` array for the execution input. */
 export function jobDestinations(config: ReplicatorConfig): Record<string, unknown>[] {
-  return config.destinations.map((d) => ({
-    registry: registryHost(d.account, d.region),
-    roleArn: `arn:aws:iam::${d.account}:role/${config.targetRoleName}`,
-    externalId: d.externalId,
-    ...(d.repositoryPrefix ? { repositoryPrefix: d.repositoryPrefix } : {}),
-  }));
+  return config.destinations.map((d) => {
+    const roleArn = targetRoleArn(config, d);
+    return {
+      registry: registryHost(d.account, d.region),
+      ...(roleArn ? { roleArn, externalId: d.externalId } : {}),
+      ...(d.repositoryPrefix ? { repositoryPrefix: d.repositoryPrefix } : {}),
+    };
+  });
+}
+
+/** Destinations grouped by account (other than the workflow's): one target role per account. */
+export function targetAccounts(config: ReplicatorConfig): Map<string, DestinationConfig[]> {
+  const byAccount = new Map<string, DestinationConfig[]>();
+  for (const d of config.destinations) {
+    if (d.account === workflowAccount(config)) continue;
+    byAccount.set(d.account, [...(byAccount.get(d.account) ?? []), d]);
+  }
+  return byAccount;
 }

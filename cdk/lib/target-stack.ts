@@ -3,16 +3,21 @@ import { Stack, StackProps } from 'aws-cdk-lib';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
+import { destinationStatements, registryTokenStatement } from './permissions';
 import { COPIER_ROLE_NAME } from './workflow-stack';
 
 export interface TargetRoleStackProps extends StackProps {
-  sourceAccount: string;
-  externalId: string;
+  /** The account the workflow (and its copier role) runs in. */
+  workflowAccount: string;
+  /** Every external ID the destinations in this account use (one role trusts them all). */
+  externalIds: string[];
   roleName: string;
   /** Repositories the role may create and push to ('' = any). */
   repositoryPrefix?: string;
   /** Allow jobs with `"prune": true` to remove stale tags (ecr:BatchDeleteImage). Off by default. */
   allowPrune?: boolean;
+  /** Customer managed KMS keys destination repositories may be created with. */
+  kmsKeys?: string[];
 }
 
 export class TargetRoleStack extends Stack {
@@ -20,35 +25,25 @@ export class TargetRoleStack extends Stack {
 
   constructor(scope: Construct, id: string, props: TargetRoleStackProps) {
     super(scope, id, props);
-    const copier = `arn:${this.partition}:iam::${props.sourceAccount}:role/${COPIER_ROLE_NAME}`;
+    if (!props.externalIds.length) throw new Error(`${id}: at least one external ID is needed`);
+    const copier = `arn:${this.partition}:iam::${props.workflowAccount}:role/${COPIER_ROLE_NAME}`;
+    const externalIds = [...new Set(props.externalIds)];
     this.role = new iam.Role(this, 'TargetRole', {
       roleName: props.roleName,
       description: 'ecr-replicator: create, configure and push to repositories in this account',
-      assumedBy: new iam.ArnPrincipal(copier).withConditions({ StringEquals: { 'sts:ExternalId': props.externalId } }),
-      maxSessionDuration: undefined,
+      assumedBy: new iam.ArnPrincipal(copier).withConditions({
+        StringEquals: { 'sts:ExternalId': externalIds.length === 1 ? externalIds[0] : externalIds },
+      }),
     });
-    const repositories = `arn:${this.partition}:ecr:*:${this.account}:repository/${props.repositoryPrefix ?? ''}*`;
-    this.role.addToPolicy(new iam.PolicyStatement({
-      sid: 'CreateAndConfigureRepositories',
-      actions: [
-        'ecr:CreateRepository', 'ecr:DescribeRepositories', 'ecr:PutImageTagMutability', 'ecr:PutImageScanningConfiguration',
-        'ecr:PutLifecyclePolicy', 'ecr:DeleteLifecyclePolicy', 'ecr:GetLifecyclePolicy', 'ecr:SetRepositoryPolicy',
-        'ecr:DeleteRepositoryPolicy', 'ecr:GetRepositoryPolicy', 'ecr:TagResource', 'ecr:UntagResource', 'ecr:ListTagsForResource',
-      ],
-      resources: [repositories],
-    }));
-    this.role.addToPolicy(new iam.PolicyStatement({
-      sid: 'PushImages',
-      actions: [
-        'ecr:BatchCheckLayerAvailability', 'ecr:InitiateLayerUpload', 'ecr:UploadLayerPart', 'ecr:CompleteLayerUpload',
-        'ecr:PutImage', 'ecr:BatchGetImage', 'ecr:DescribeImages', 'ecr:ListImages',
-      ],
-      resources: [repositories],
-    }));
-    if (props.allowPrune) {
-      this.role.addToPolicy(new iam.PolicyStatement({ sid: 'PruneStaleTags', actions: ['ecr:BatchDeleteImage'], resources: [repositories] }));
-    }
-    this.role.addToPolicy(new iam.PolicyStatement({ sid: 'RegistryToken', actions: ['ecr:GetAuthorizationToken'], resources: ['*'] }));
+    const statements = destinationStatements({
+      partition: this.partition,
+      account: this.account,
+      regions: ['*'],
+      repositoryPrefix: props.repositoryPrefix,
+      allowPrune: props.allowPrune,
+      kmsKeys: props.kmsKeys,
+    });
+    [...statements, registryTokenStatement()].forEach((s) => this.role.addToPolicy(s));
     NagSuppressions.addResourceSuppressions(this.role, [
       { id: 'AwsSolutions-IAM5', reason: 'Repository names are chosen by the jobs within the configured prefix; GetAuthorizationToken has no resource scope.' },
     ], true);

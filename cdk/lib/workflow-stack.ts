@@ -1,7 +1,7 @@
 /** The source-account stack: the step functions, the state machine, triggers, notifications. */
 import { existsSync, readFileSync } from 'fs';
 import * as path from 'path';
-import { Duration, RemovalPolicy, Stack, StackProps } from 'aws-cdk-lib';
+import { Annotations, CfnParameter, CfnRule, Duration, Fn, RemovalPolicy, Stack, StackProps } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cwActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as events from 'aws-cdk-lib/aws-events';
@@ -15,7 +15,10 @@ import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
-import { jobDestinations, registryHost, ReplicatorConfig } from './config';
+import {
+  crossAccountSource, jobDestinations, jobSource, ReplicatorConfig, sourceRoleArn, targetAccounts, targetRoleArn, workflowAccount,
+} from './config';
+import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
 
 /** Each function binary, its ASL placeholder, and whether it touches destinations. */
 export const FUNCTIONS = [
@@ -34,8 +37,19 @@ export const STATE_MACHINE_NAME = 'ecr-replicator';
 /** Name of the role the copying functions use; destination roles trust exactly this role. */
 export const COPIER_ROLE_NAME = 'ecr-replicator-copier';
 
+/** Name of the role of the functions that only read the source. */
+export const READER_ROLE_NAME = 'ecr-replicator-reader';
+
 export interface WorkflowStackProps extends StackProps {
   config: ReplicatorConfig;
+  /** Deploy a placeholder where a function binary is not built (synth checks and tests only). */
+  allowPlaceholderCode?: boolean;
+}
+
+/** The built binary of a function, or `undefined` when `target/lambda/<name>/bootstrap` is missing. */
+function builtCode(root: string, name: string): lambda.Code | undefined {
+  const built = path.join(root, 'target', 'lambda', name);
+  return existsSync(path.join(built, 'bootstrap')) ? lambda.Code.fromAsset(built) : undefined;
 }
 
 export class WorkflowStack extends Stack {
@@ -47,23 +61,19 @@ export class WorkflowStack extends Stack {
     const config = props.config;
     const root = path.resolve(__dirname, '..', '..', '..');
 
-    const sourceRepositories = `arn:${this.partition}:ecr:${config.sourceRegion}:${config.sourceAccount}:repository/*`;
-    const readSource = [
-      new iam.PolicyStatement({
-        sid: 'ReadSourceRepositories',
-        actions: [
-          'ecr:DescribeRepositories', 'ecr:DescribeImages', 'ecr:ListImages', 'ecr:BatchGetImage',
-          'ecr:GetDownloadUrlForLayer', 'ecr:BatchCheckLayerAvailability', 'ecr:GetLifecyclePolicy',
-          'ecr:GetRepositoryPolicy', 'ecr:ListTagsForResource',
-        ],
-        resources: [sourceRepositories],
-      }),
-      new iam.PolicyStatement({ sid: 'RegistryToken', actions: ['ecr:GetAuthorizationToken'], resources: ['*'] }),
-    ];
+    // Reading the source: directly, or through the source account's role.
+    const sourceRole = sourceRoleArn(config);
+    const readSource = sourceRole
+      ? [
+        new iam.PolicyStatement({ sid: 'AssumeSourceRole', actions: ['sts:AssumeRole'], resources: [sourceRole] }),
+        registryTokenStatement(),
+      ]
+      : readSourceStatements(this.partition, config.sourceAccount, config.sourceRegion);
     const basicLogs = (role: iam.Role, group: logs.LogGroup) =>
       role.addToPolicy(new iam.PolicyStatement({ actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [group.logGroupArn, `${group.logGroupArn}:*`] }));
 
     const readerRole = new iam.Role(this, 'ReaderRole', {
+      roleName: READER_ROLE_NAME,
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
       description: 'ecr-replicator functions that only read the source',
     });
@@ -71,20 +81,35 @@ export class WorkflowStack extends Stack {
     const copierRole = new iam.Role(this, 'CopierRole', {
       roleName: COPIER_ROLE_NAME,
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-      description: 'ecr-replicator functions that read the source and assume destination roles',
+      description: 'ecr-replicator functions that read the source and write to destinations',
     });
     readSource.forEach((s) => copierRole.addToPolicy(s));
-    copierRole.addToPolicy(new iam.PolicyStatement({
-      sid: 'AssumeDestinationRoles',
-      actions: ['sts:AssumeRole'],
-      resources: config.destinations.map((d) => `arn:${this.partition}:iam::${d.account}:role/${config.targetRoleName}`),
-    }));
+    const crossAccount = config.destinations.filter((d) => targetRoleArn(config, d));
+    if (crossAccount.length) {
+      copierRole.addToPolicy(new iam.PolicyStatement({
+        sid: 'AssumeDestinationRoles',
+        actions: ['sts:AssumeRole'],
+        resources: [...targetAccounts(config).keys()].map((account) => `arn:${this.partition}:iam::${account}:role/${config.targetRoleName}`),
+      }));
+    }
+    // Destinations in the workflow's own account take no role: the copier role writes there.
+    const sameAccount = config.destinations.filter((d) => !targetRoleArn(config, d));
+    if (sameAccount.length) {
+      destinationStatements({
+        partition: this.partition,
+        account: workflowAccount(config),
+        regions: [...new Set(sameAccount.map((d) => d.region))],
+        repositoryPrefix: config.targetRepositoryPrefix,
+        allowPrune: config.allowPrune,
+        kmsKeys: sameAccount.flatMap((d) => d.kmsKeys ?? []),
+      }).forEach((s) => copierRole.addToPolicy(s));
+    }
 
+    const missing: string[] = [];
     for (const f of FUNCTIONS) {
-      const built = path.join(root, 'target', 'lambda', f.name);
-      const code = existsSync(path.join(built, 'bootstrap'))
-        ? lambda.Code.fromAsset(built)
-        : lambda.Code.fromAsset(path.join(__dirname, '..', '..', 'assets', 'placeholder'));
+      const built = builtCode(root, f.name);
+      if (!built) missing.push(f.name);
+      const code = built ?? lambda.Code.fromAsset(path.join(__dirname, '..', '..', 'assets', 'placeholder'));
       const logGroup = new logs.LogGroup(this, `${f.name}-logs`, {
         retention: logs.RetentionDays.ONE_MONTH,
         removalPolicy: RemovalPolicy.DESTROY,
@@ -105,6 +130,8 @@ export class WorkflowStack extends Stack {
         environment: { RUST_LOG: 'info' },
       });
     }
+
+    if (missing.length && !props.allowPlaceholderCode) this.refuseDeployWithout(missing);
 
     const definition = readFileSync(path.join(root, 'statemachine', 'replicate.asl.json'), 'utf8');
     const substitutions: Record<string, string> = {};
@@ -151,7 +178,7 @@ export class WorkflowStack extends Stack {
       ],
     }));
 
-    const source = { registry: registryHost(config.sourceAccount, config.sourceRegion) };
+    const source = jobSource(config);
     const destinations = jobDestinations(config);
     if (config.schedule) {
       new events.Rule(this, 'Schedule', {
@@ -166,12 +193,32 @@ export class WorkflowStack extends Stack {
       // Tagged pushes only: a push by digest (an index's children, a referrer) has no tag, and its
       // tagged parent's push brings it along.
       const detail: Record<string, unknown> = { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }] };
-      if (config.pushTrigger.repositoryPrefix) {
-        detail['repository-name'] = [{ prefix: config.pushTrigger.repositoryPrefix }];
+      const repositoryName = pushRepositoryFilter(config);
+      if (repositoryName) detail['repository-name'] = repositoryName;
+      if (crossAccountSource(config)) {
+        // The source account forwards its pushes (SourceRoleStack) to this account's default bus.
+        const sid = `ecr-replicator-pushes-from-${config.sourceAccount}`;
+        new events.CfnEventBusPolicy(this, 'SourceAccountPushes', {
+          statementId: sid,
+          eventBusName: 'default',
+          statement: {
+            Sid: sid,
+            Effect: 'Allow',
+            Principal: { AWS: `arn:${this.partition}:iam::${config.sourceAccount}:root` },
+            Action: 'events:PutEvents',
+            Resource: `arn:${this.partition}:events:${this.region}:${this.account}:event-bus/default`,
+          },
+        });
       }
       new events.Rule(this, 'OnPush', {
         description: 'ecr-replicator: replicate a pushed image',
-        eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], detail },
+        eventPattern: {
+          source: ['aws.ecr'],
+          detailType: ['ECR Image Action'],
+          account: [config.sourceAccount],
+          region: [config.sourceRegion],
+          detail,
+        },
         targets: [new targets.SfnStateMachine(this.stateMachine, {
           input: events.RuleTargetInput.fromObject({
             source,
@@ -213,4 +260,38 @@ export class WorkflowStack extends Stack {
       { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
     ]);
   }
+
+  /** A template synthesized without the function binaries still synthesizes (for `cdk synth` and
+   * `cdk diff` on a fresh clone), but CloudFormation refuses to deploy it, saying what to build:
+   * a deploy must never ship the placeholder. */
+  private refuseDeployWithout(missing: string[]) {
+    const message = `The Lambda binaries (${missing.join(', ')}) were not built when this template was synthesized: `
+      + 'run `make package` (cargo lambda build --release --arm64 into target/lambda/), then deploy again.';
+    Annotations.of(this).addWarningV2('ecr-replicator:missing-binaries', message);
+    const built = new CfnParameter(this, 'LambdaBinariesBuilt', {
+      type: 'String',
+      default: 'no',
+      description: 'Whether target/lambda held every function binary at synth time (make package).',
+    });
+    new CfnRule(this, 'RequireBuiltBinaries', {
+      assertions: [{ assert: Fn.conditionEquals(built.valueAsString, 'yes'), assertDescription: message }],
+    });
+  }
+}
+
+/** The push rule's `repository-name` matcher: the trigger's prefix, and never a repository this
+ * deployment writes in the source registry itself (a destination in the same account and
+ * region), whose pushes would start run after run. A prefix that cannot exclude them fails synth. */
+export function pushRepositoryFilter(config: ReplicatorConfig): unknown[] | undefined {
+  const trigger = config.pushTrigger?.repositoryPrefix ?? '';
+  const own = config.destinations
+    .filter((d) => d.account === config.sourceAccount && d.region === config.sourceRegion)
+    .map((d) => d.repositoryPrefix ?? '');
+  const overlapping = own.filter((p) => p.startsWith(trigger) || trigger.startsWith(p));
+  if (!overlapping.length) return trigger ? [{ prefix: trigger }] : undefined;
+  if (!trigger && overlapping.length === 1) return [{ 'anything-but': { prefix: overlapping[0] } }];
+  throw new Error(
+    `pushTrigger.repositoryPrefix ${JSON.stringify(trigger)} covers the destination prefix ${JSON.stringify(overlapping[0])} in the source registry itself: `
+    + 'each replicated image would be pushed there and trigger another run; choose prefixes that do not overlap',
+  );
 }

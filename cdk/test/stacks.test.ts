@@ -1,32 +1,38 @@
 /** Assertions on the synthesized templates (node:test, run by `npm test` from `make test`). */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { readFileSync } from 'fs';
+import { existsSync, readFileSync } from 'fs';
 import * as path from 'path';
 import { App, Aspects } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { loadConfig } from '../lib/config';
+import { jobDestinations, loadConfig, ReplicatorConfig, validateConfig } from '../lib/config';
+import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { COPIER_ROLE_NAME, FUNCTIONS, WorkflowStack } from '../lib/workflow-stack';
+import { COPIER_ROLE_NAME, FUNCTIONS, pushRepositoryFilter, READER_ROLE_NAME, WorkflowStack } from '../lib/workflow-stack';
 
 const config = loadConfig('config.example.json');
 
 function synth() {
   const app = new App();
-  const workflow = new WorkflowStack(app, 'Workflow', { env: { account: config.sourceAccount, region: config.sourceRegion }, config });
+  const workflow = new WorkflowStack(app, 'Workflow', { env: { account: config.sourceAccount, region: config.sourceRegion }, config, allowPlaceholderCode: true });
   const target = new TargetRoleStack(app, 'Target', {
     env: { account: '222222222222', region: 'eu-west-1' },
-    sourceAccount: config.sourceAccount,
-    externalId: 'ext-123',
+    workflowAccount: config.sourceAccount,
+    externalIds: ['ext-123'],
     roleName: 'ecr-replicator-target',
     repositoryPrefix: 'mirror/',
   });
+  const source = new SourceRoleStack(app, 'Source', {
+    env: { account: config.sourceAccount, region: config.sourceRegion },
+    workflowAccount: '444444444444', workflowRegion: config.sourceRegion,
+    externalId: 'ext-src', roleName: 'ecr-replicator-source', forwardPushEvents: true,
+  });
   Aspects.of(app).add(new AwsSolutionsChecks());
-  return { workflow, target, w: Template.fromStack(workflow), t: Template.fromStack(target) };
+  return { workflow, target, source, w: Template.fromStack(workflow), t: Template.fromStack(target) };
 }
 
-const { workflow, target, w, t } = synth();
+const { workflow, target, source, w, t } = synth();
 
 test('one arm64 provided.al2023 function per binary, the copy step large and 15 minutes', () => {
   w.resourceCountIs('AWS::Lambda::Function', FUNCTIONS.length);
@@ -80,6 +86,8 @@ test('the push rule matches successful pushes and starts a run for just that ima
   assert.deepEqual(rule.Properties.EventPattern, {
     source: ['aws.ecr'],
     'detail-type': ['ECR Image Action'],
+    account: [config.sourceAccount],
+    region: [config.sourceRegion],
     detail: { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }], 'repository-name': [{ prefix: 'services/' }] },
   });
   const transformer = rule.Properties.Targets[0].InputTransformer;
@@ -130,8 +138,8 @@ test('prune permission only when the deployment allows it, and only within the p
   const app = new App();
   const pruning = Template.fromStack(new TargetRoleStack(app, 'Pruning', {
     env: { account: '222222222222', region: 'eu-west-1' },
-    sourceAccount: config.sourceAccount,
-    externalId: 'ext-123',
+    workflowAccount: config.sourceAccount,
+    externalIds: ['ext-123'],
     roleName: 'ecr-replicator-target',
     repositoryPrefix: 'mirror/',
     allowPrune: true,
@@ -143,8 +151,136 @@ test('prune permission only when the deployment allows it, and only within the p
 });
 
 test('cdk-nag AwsSolutions passes (suppressions are justified in code)', () => {
-  for (const stack of [workflow, target]) {
+  for (const stack of [workflow, target, source]) {
     const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));
     assert.deepEqual(errors.map((e) => `${e.id}: ${e.entry.data}`), []);
   }
+});
+
+/** A variant of the example configuration. */
+function variant(change: (c: ReplicatorConfig) => void): ReplicatorConfig {
+  const c = JSON.parse(JSON.stringify(config)) as ReplicatorConfig;
+  change(c);
+  return validateConfig(c, 'variant');
+}
+
+function policyStatements(template: Template, roleLogicalPart: string): any[] {
+  return Object.values(template.findResources('AWS::IAM::Policy'))
+    .filter((p: any) => JSON.stringify(p.Properties.Roles).includes(roleLogicalPart))
+    .flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+}
+
+test('a destination in the workflow account takes no role: the copier role may write there, within the prefix', () => {
+  const c = variant((c) => { c.destinations.push({ account: c.sourceAccount, region: 'eu-central-1', repositoryPrefix: 'dr/' }); c.targetRepositoryPrefix = 'dr/'; });
+  assert.deepEqual(jobDestinations(c)[2], { registry: '111111111111.dkr.ecr.eu-central-1.amazonaws.com', repositoryPrefix: 'dr/' });
+  const w2 = Template.fromStack(new WorkflowStack(new App(), 'W', { env: { account: c.sourceAccount, region: c.sourceRegion }, config: c, allowPlaceholderCode: true }));
+  const copier = policyStatements(w2, 'CopierRole');
+  const push = copier.find((s) => s.Sid === 'PushImages');
+  assert.ok(push, 'the copier role can push');
+  assert.ok([push.Action].flat().includes('ecr:PutImage'));
+  assert.ok(JSON.stringify(push.Resource).includes(':ecr:eu-central-1:111111111111:repository/dr/*'), JSON.stringify(push.Resource));
+  const reader = policyStatements(w2, 'ReaderRole');
+  assert.ok(!reader.some((s) => [s.Action].flat().includes('ecr:PutImage')), 'the reader role never writes');
+});
+
+test('one target role per account trusts every external ID its destinations use', () => {
+  const t2 = Template.fromStack(new TargetRoleStack(new App(), 'T', {
+    env: { account: '222222222222', region: 'eu-west-1' }, workflowAccount: config.sourceAccount,
+    externalIds: ['ext-a', 'ext-b', 'ext-a'], roleName: 'ecr-replicator-target',
+  }));
+  t2.hasResourceProperties('AWS::IAM::Role', {
+    AssumeRolePolicyDocument: { Statement: [Match.objectLike({ Condition: { StringEquals: { 'sts:ExternalId': ['ext-a', 'ext-b'] } } })] },
+  });
+});
+
+test('KMS grants for encrypted destination repositories, only on the configured keys and only through ECR', () => {
+  const key = 'arn:aws:kms:eu-west-1:222222222222:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const t2 = Template.fromStack(new TargetRoleStack(new App(), 'T', {
+    env: { account: '222222222222', region: 'eu-west-1' }, workflowAccount: config.sourceAccount,
+    externalIds: ['ext-a'], roleName: 'ecr-replicator-target', kmsKeys: [key],
+  }));
+  const kms = policyStatements(t2, 'TargetRole').find((s) => s.Sid === 'EncryptedRepositories');
+  assert.deepEqual(kms.Action, ['kms:CreateGrant', 'kms:RetireGrant', 'kms:DescribeKey']);
+  assert.equal(kms.Resource, key);
+  assert.deepEqual(kms.Condition, { StringLike: { 'kms:ViaService': 'ecr.*.amazonaws.com*' } });
+  const none = Template.fromStack(new TargetRoleStack(new App(), 'T', {
+    env: { account: '222222222222', region: 'eu-west-1' }, workflowAccount: config.sourceAccount,
+    externalIds: ['ext-a'], roleName: 'ecr-replicator-target',
+  }));
+  assert.ok(!policyStatements(none, 'TargetRole').some((s) => JSON.stringify(s.Action).includes('kms:')));
+});
+
+test('role ARNs in the execution input carry the partition of their region', () => {
+  const c = variant((c) => {
+    c.sourceRegion = 'cn-north-1';
+    c.destinations = [{ account: '222222222222', region: 'cn-northwest-1', externalId: 'ext-cn' }];
+  });
+  assert.deepEqual(jobDestinations(c), [{
+    registry: '222222222222.dkr.ecr.cn-northwest-1.amazonaws.com.cn',
+    roleArn: 'arn:aws-cn:iam::222222222222:role/ecr-replicator-target',
+    externalId: 'ext-cn',
+  }]);
+  const gov = variant((c) => { c.sourceRegion = 'us-gov-west-1'; c.destinations = [{ account: '222222222222', region: 'us-gov-east-1', externalId: 'ext-gov' }]; });
+  assert.match(String(jobDestinations(gov)[0].roleArn), /^arn:aws-us-gov:iam::/);
+  assert.throws(() => variant((c) => { c.destinations[0].region = 'cn-north-1'; }), /span partitions/);
+});
+
+test('without the function binaries a template synthesizes but CloudFormation refuses to deploy it, naming what to build', () => {
+  const built = FUNCTIONS.every((f) => existsSync(path.resolve(__dirname, '..', '..', '..', 'target', 'lambda', f.name, 'bootstrap')));
+  const stack = new WorkflowStack(new App(), 'W', { env: { account: config.sourceAccount, region: config.sourceRegion }, config });
+  const rules = Template.fromStack(stack).toJSON().Rules ?? {};
+  if (built) {
+    assert.equal(rules.RequireBuiltBinaries, undefined, 'every binary is built: nothing to refuse');
+    return;
+  }
+  const assertion = rules.RequireBuiltBinaries.Assertions[0];
+  assert.match(assertion.AssertDescription, /not built .*run `make package`/);
+  assert.deepEqual(assertion.Assert, { 'Fn::Equals': [{ Ref: 'LambdaBinariesBuilt' }, 'yes'] });
+  // Tests (and `make cdk-test`) say so explicitly and get the placeholder without the refusal.
+  assert.equal(w.toJSON().Rules?.RequireBuiltBinaries, undefined);
+});
+
+test('the push rule never matches what this deployment pushes into the source registry itself', () => {
+  const same = (prefix: string, trigger?: string) => variant((c) => {
+    c.destinations = [{ account: c.sourceAccount, region: c.sourceRegion, repositoryPrefix: prefix }];
+    c.pushTrigger = trigger === undefined ? {} : { repositoryPrefix: trigger };
+  });
+  assert.deepEqual(pushRepositoryFilter(same('mirror/')), [{ 'anything-but': { prefix: 'mirror/' } }]);
+  assert.deepEqual(pushRepositoryFilter(same('mirror/', 'services/')), [{ prefix: 'services/' }]);
+  assert.throws(() => pushRepositoryFilter(same('services/mirror/', 'services/')), /trigger another run/);
+  assert.throws(() => variant((c) => { c.destinations = [{ account: c.sourceAccount, region: c.sourceRegion }]; }), /repositoryPrefix is required/);
+  // A deployment whose rule excludes its own copies, end to end in the template.
+  const c = same('mirror/');
+  const w2 = Template.fromStack(new WorkflowStack(new App(), 'W', { env: { account: c.sourceAccount, region: c.sourceRegion }, config: c, allowPlaceholderCode: true }));
+  w2.hasResourceProperties('AWS::Events::Rule', {
+    EventPattern: Match.objectLike({ account: [c.sourceAccount], detail: Match.objectLike({ 'repository-name': [{ 'anything-but': { prefix: 'mirror/' } }] }) }),
+  });
+});
+
+test('a source in another account is read through its own role, trusted by the workflow roles only', () => {
+  const c = variant((c) => { c.workflowAccount = '444444444444'; c.sourceExternalId = 'ext-src'; });
+  assert.throws(() => variant((c) => { c.workflowAccount = '444444444444'; }), /sourceExternalId is required/);
+  const w2 = Template.fromStack(new WorkflowStack(new App(), 'W', { env: { account: '444444444444', region: c.sourceRegion }, config: c, allowPlaceholderCode: true }));
+  const s2 = Template.fromStack(new SourceRoleStack(new App(), 'S', {
+    env: { account: c.sourceAccount, region: c.sourceRegion }, workflowAccount: '444444444444', workflowRegion: c.sourceRegion,
+    externalId: 'ext-src', roleName: 'ecr-replicator-source', forwardPushEvents: true,
+  }));
+  for (const role of ['ReaderRole', 'CopierRole']) {
+    const statements = policyStatements(w2, role);
+    const assume = statements.find((s) => s.Sid === 'AssumeSourceRole');
+    assert.equal(assume.Resource, 'arn:aws:iam::111111111111:role/ecr-replicator-source', role);
+    assert.ok(!statements.some((s) => s.Sid === 'ReadSourceRepositories'), `${role} reads only through the source role`);
+  }
+  const trust = (Object.values(s2.findResources('AWS::IAM::Role'))[0] as any).Properties.AssumeRolePolicyDocument.Statement;
+  const principals = trust.map((s: any) => JSON.stringify(s.Principal)).join(' ');
+  assert.ok(principals.includes(`:iam::444444444444:role/${COPIER_ROLE_NAME}`) && principals.includes(`:iam::444444444444:role/${READER_ROLE_NAME}`), principals);
+  assert.ok(trust.every((s: any) => s.Condition.StringEquals['sts:ExternalId'] === 'ext-src'));
+  assert.ok(policyStatements(s2, 'SourceRole').some((s) => s.Sid === 'ReadSourceRepositories'));
+  s2.hasResourceProperties('AWS::Events::Rule', { EventPattern: Match.objectLike({ source: ['aws.ecr'] }) });
+  w2.hasResourceProperties('AWS::Events::EventBusPolicy', {
+    Statement: Match.objectLike({ Action: 'events:PutEvents', Principal: { AWS: { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':iam::111111111111:root']] } } }),
+  });
+  const schedule = Object.values(w2.findResources('AWS::Events::Rule', { Properties: { ScheduleExpression: 'rate(6 hours)' } }))[0] as any;
+  const input = JSON.parse(schedule.Properties.Targets[0].Input);
+  assert.deepEqual(input.source, { registry: '111111111111.dkr.ecr.us-east-1.amazonaws.com', roleArn: 'arn:aws:iam::111111111111:role/ecr-replicator-source', externalId: 'ext-src' });
 });

@@ -180,6 +180,7 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
     let (target, pattern) = rule_target(&template, |p| {
         p["EventPattern"]["source"] == json!(["aws.ecr"])
     });
+    let pattern = local(&pattern.to_string());
     let web = find("services/web", "v1.4.2");
     let event = push_event("services/web", "v1.4.2", &web.digest);
     assert!(

@@ -76,7 +76,12 @@ _choice_eval = ComparisonVariable._eval_body
 
 
 def _strict_choice(self, env):
-    self.variable.eval(env)
+    try:
+        self.variable.eval(env)
+    except NoSuchJsonPathError:
+        # moto raises (and the execution hangs) where AWS finds nothing, e.g. `$.a.b[0]` when
+        # `$.a` is an array: a missing path like any other, which IsPresent answers false.
+        env.stack.append(NoSuchVariable(self.variable.string_sampler.literal_value))
     value = env.stack[-1]
     if (
         isinstance(value, NoSuchVariable)

@@ -91,6 +91,18 @@ async fn a_choice_on_a_missing_path_fails_with_states_runtime() {
         (probed.status.as_str(), probed.output),
         ("SUCCEEDED", Some(json!({"branch": "absent"})))
     );
+    // Also through an array (`$.page.deferred[0]` when `$.page` is a list, as the workflow's
+    // MoreDeferred sees after a page with no work): absent, where moto raised and hung the run.
+    let through_array = json!({"StartAt": "C", "States": {
+        "C": {"Type": "Choice",
+              "Choices": [{"Variable": "$.page.deferred[0]", "IsPresent": true, "Next": "A"}],
+              "Default": "B"},
+        "A": pass_end(), "B": {"Type": "Pass", "Result": {"branch": "absent"}, "End": true}}});
+    let probed = execute(&strict, through_array, json!({"page": []})).await;
+    assert_eq!(
+        (probed.status.as_str(), probed.output),
+        ("SUCCEEDED", Some(json!({"branch": "absent"})))
+    );
     // moto as released takes the Default branch instead.
     let lenient = moto(Interpreter::AsReleased).await;
     assert_eq!(

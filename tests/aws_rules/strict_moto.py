@@ -12,7 +12,12 @@ a state's output or a Lambda result of 256 KiB or more fails with `States.DataLi
 Usage: python strict_moto.py [moto_server arguments]
 """
 
+import faulthandler
+import signal
 import sys
+
+# `kill -USR1 <pid>` dumps every thread's stack to the log: how a stuck execution is diagnosed.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 from moto.stepfunctions.parser.api import ExecutionFailedEventDetails, HistoryEventType
 from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import (

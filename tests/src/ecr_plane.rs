@@ -113,11 +113,12 @@ impl Behaviours {
     }
 }
 
-/// Throttling of a whole host, not an ECR specific: every `every`-th request is answered 429
-/// (every other one of those 503, S3's SlowDown) with `Retry-After: retry_after_secs`.
+/// Throttling of a whole host, not an ECR specific: one request in `every` (drawn at random from
+/// a fixed seed, so a client's retry is not throttled in lockstep) is answered 429 (every other
+/// one of those 503, S3's SlowDown) with `Retry-After: retry_after_secs`.
 #[derive(Clone, Copy, Debug)]
 pub struct Throttle {
-    /// One request in this many is throttled.
+    /// On average one request in this many is throttled.
     pub every: usize,
     /// `Retry-After` in seconds.
     pub retry_after_secs: u64,
@@ -148,7 +149,8 @@ struct PlaneState {
     http: reqwest::Client,
     behaviours: Mutex<Behaviours>,
     throttle: Mutex<Option<Throttle>>,
-    requests: Mutex<usize>,
+    /// The throttle's random state.
+    requests: Mutex<u64>,
     uploads: Mutex<HashMap<String, Upload>>,
     puts: Mutex<HashMap<String, VecDeque<Instant>>>,
     referrers: Mutex<HashMap<(String, String), Vec<serde_json::Value>>>,
@@ -426,16 +428,23 @@ fn refuse_credential(state: &PlaneState, headers: &HeaderMap) -> Option<Response
 
 fn throttled(state: &PlaneState) -> Option<Response> {
     let throttle = (*state.throttle.lock().unwrap())?;
-    let n = {
-        let mut requests = state.requests.lock().unwrap();
-        *requests += 1;
-        *requests
+    // A fixed xorshift sequence: strictly periodic throttling (every third request) would hit
+    // the same request of a fixed retry cycle every time, which no real service does.
+    let draw = {
+        let mut seed = state.requests.lock().unwrap();
+        if *seed == 0 {
+            *seed = 0x9e37_79b9_7f4a_7c15;
+        }
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
     };
-    if throttle.every == 0 || n % throttle.every != 0 {
+    if throttle.every == 0 || draw % throttle.every as u64 != 0 {
         return None;
     }
     bump(state, "throttled");
-    let (status, code) = if (n / throttle.every) % 2 == 0 {
+    let (status, code) = if (draw / throttle.every as u64) % 2 == 0 {
         (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
     } else {
         (StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS")

@@ -110,6 +110,7 @@ impl Moto {
         ecr::AwsSettings {
             endpoint_url: Some(self.url.clone()),
             static_credentials: Some(("testing".into(), "testing".into())),
+            app_name: None,
         }
     }
 

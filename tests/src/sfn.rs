@@ -122,6 +122,17 @@ struct Proxy {
     invocations: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Copy and put invocations running now, and the most ever running at once.
     copies_in_flight: std::sync::Mutex<(usize, usize)>,
+    /// `invocations.log`: a line when each invocation starts and ends (a stuck run shows which).
+    journal: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+impl Proxy {
+    fn note(&self, line: String) {
+        use std::io::Write;
+        if let Some(file) = self.journal.lock().unwrap().as_mut() {
+            let _ = writeln!(file, "{line}");
+        }
+    }
 }
 
 /// The functions whose concurrent invocations `maxConcurrency` bounds.
@@ -197,10 +208,15 @@ impl LocalStepFunctions {
             ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
             ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
         ];
+        // `ECR_REPLICATOR_FUNCTION_LOG=debug` (a RUST_LOG filter) makes the functions verbose.
+        let log_filter = std::env::var("ECR_REPLICATOR_FUNCTION_LOG")
+            .map(|filter| vec![("RUST_LOG".to_string(), filter)])
+            .unwrap_or_default();
         // An env file, not --env-var: values may hold commas, which --env-var splits on.
         let env_file = dir.path().join("functions.env");
         let lines: Vec<String> = defaults
             .iter()
+            .chain(&log_filter)
             .chain(env)
             .map(|(k, v)| format!("{k}=\"{v}\""))
             .collect();
@@ -226,6 +242,9 @@ impl LocalStepFunctions {
             faults: Default::default(),
             invocations: Default::default(),
             copies_in_flight: Default::default(),
+            journal: std::sync::Mutex::new(
+                std::fs::File::create(dir.path().join("invocations.log")).ok(),
+            ),
         });
         let proxy_state = state.clone();
         let app = axum::Router::new().fallback(forward).with_state(state);
@@ -340,6 +359,7 @@ impl LocalStepFunctions {
         ecr::AwsSettings {
             endpoint_url: Some(self.url.clone()),
             static_credentials: Some(("testing".into(), "testing".into())),
+            app_name: None,
         }
     }
 
@@ -503,11 +523,31 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
         in_flight.0 += 1;
         in_flight.1 = in_flight.1.max(in_flight.0);
     }
+    let started = std::time::Instant::now();
+    let id = format!("{:x}", sha2_like(&body));
+    if let Some(function) = &invocation {
+        proxy.note(format!("START {function} {id}"));
+    }
+    let name = invocation.clone();
     let response = forward_to(&proxy, invocation, method, path, query, headers, body).await;
+    if let Some(function) = name {
+        proxy.note(format!(
+            "END {function} {id} {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
     if counted {
         proxy.copies_in_flight.lock().unwrap().0 -= 1;
     }
     response
+}
+
+/// A short fingerprint of an invocation's payload, to pair its START and END lines.
+fn sha2_like(body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
 }
 
 async fn forward_to(

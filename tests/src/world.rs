@@ -39,6 +39,14 @@ pub fn role_of(host: &str) -> Option<&'static str> {
     }
 }
 
+fn endpoints_of(planes: &HashMap<String, EcrPlane>) -> String {
+    planes
+        .iter()
+        .map(|(host, plane)| format!("{host}=http://{}", plane.host))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The data plane of every ECR host: a distribution registry (the storage, read directly by
 /// checks) behind an ECR-behaving proxy (what every client under test talks to).
 pub struct DataPlanes {
@@ -75,11 +83,7 @@ impl DataPlanes {
 
     /// `HOST=URL,...` (for `ECR_REPLICATOR_REGISTRY_ENDPOINTS`): each ECR host at its plane.
     pub fn endpoints(&self) -> String {
-        self.planes
-            .iter()
-            .map(|(host, plane)| format!("{host}=http://{}", plane.host))
-            .collect::<Vec<_>>()
-            .join(",")
+        endpoints_of(&self.planes)
     }
 
     /// Lets each plane read repository settings (tag mutability) from moto.
@@ -185,11 +189,7 @@ impl EcrWorld {
 
     /// `HOST=URL,...` for `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (the Lambda functions' view).
     pub fn endpoints_env(&self) -> String {
-        self.planes
-            .iter()
-            .map(|(host, plane)| format!("{host}=http://{}", plane.host))
-            .collect::<Vec<_>>()
-            .join(",")
+        endpoints_of(&self.planes)
     }
 
     /// Digests moto lists in a destination repository.

@@ -361,6 +361,7 @@ pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let settings = ecr::AwsSettings {
         endpoint_url: args.aws_endpoint_url.clone().filter(|u| !u.is_empty()),
         static_credentials: None,
+        app_name: None,
     };
     let client = ecr::sfn_client(&settings, region).await;
     let name = args.name.clone().unwrap_or_else(|| {

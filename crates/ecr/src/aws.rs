@@ -16,16 +16,23 @@ pub struct AwsSettings {
     /// Use these static credentials (access key, secret) instead of the default chain; for tests
     /// against moto.
     pub static_credentials: Option<(String, String)>,
+    /// Sent in every call's user agent as `app/<name>` (the Lambda function's name), so a
+    /// request names the function that made it.
+    pub app_name: Option<String>,
 }
 
 impl AwsSettings {
-    /// From the environment: `AWS_ENDPOINT_URL` (the SDK's own variable).
+    /// From the environment: `AWS_ENDPOINT_URL` (the SDK's own variable) and
+    /// `AWS_LAMBDA_FUNCTION_NAME` (set by the Lambda runtime).
     pub fn from_env() -> Self {
         AwsSettings {
             endpoint_url: std::env::var("AWS_ENDPOINT_URL")
                 .ok()
                 .filter(|s| !s.is_empty()),
             static_credentials: None,
+            app_name: std::env::var("AWS_LAMBDA_FUNCTION_NAME")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 }
@@ -66,6 +73,13 @@ pub async fn sdk_config(
         .retry_config(aws_config::retry::RetryConfig::adaptive().with_max_attempts(8));
     if let Some(url) = &settings.endpoint_url {
         loader = loader.endpoint_url(url);
+    }
+    if let Some(app) = settings
+        .app_name
+        .as_ref()
+        .and_then(|name| aws_config::AppName::new(name.clone()).ok())
+    {
+        loader = loader.app_name(app);
     }
     if let Some((key, secret)) = &settings.static_credentials {
         loader = loader.credentials_provider(aws_sdk_sts::config::Credentials::new(

@@ -548,7 +548,9 @@ impl RegistryClient {
     /// replayed (a streamed PATCH): a process continuing another's upload session has sent
     /// nothing to the registry yet. One `GET /v2/` answers it (a no-op once known).
     async fn learn_challenge(&self, repo: &Repository) -> Result<()> {
-        if lock(&self.inner.auth).challenges.contains_key(&repo.registry)
+        if lock(&self.inner.auth)
+            .challenges
+            .contains_key(&repo.registry)
             || self.credential(&repo.registry) == Credential::Anonymous
         {
             return Ok(());

@@ -239,8 +239,13 @@ pub fn settings_from_env() -> Result<Settings> {
             .filter(|s| !s.is_empty())
             .collect();
     }
+    let aws = AwsSettings::from_env();
+    if let Some(function) = &aws.app_name {
+        // Registry requests name the function too (`function/<name>` in the user agent).
+        registry.user_agent = format!("{} function/{function}", registry.user_agent);
+    }
     Ok(Settings {
-        aws: AwsSettings::from_env(),
+        aws,
         registry,
         credentials: CredentialStore::new(),
         catalog_page_size: 0,

@@ -27,6 +27,8 @@ CDK_ENV := CDK_DISABLE_VERSION_CHECK=1 CDK_CLI_TELEMETRY=false
 cdk-test: ## CDK: compile, assertion tests (cdk-nag included), offline synth, cfn-lint
 	cd cdk && rm -rf dist cdk.out && npx tsc && node --test dist/test/
 	cd cdk && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -c ecrReplicator:allowPlaceholderCode=true
+	# The deployment the IAM check runs against: the local test accounts (cdk/test/config.iam.json).
+	cd cdk && rm -rf cdk.out.iam && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -o cdk.out.iam -c ecrReplicator:allowPlaceholderCode=true -c ecrReplicator:configFile=test/config.iam.json
 	# W3005: CDK adds DependsOn on a role that a GetAtt already implies; harmless.
 	.venv/bin/cfn-lint --ignore-checks W3005 -- cdk/cdk.out/*.template.json
 

@@ -158,6 +158,7 @@ struct PlaneState {
     control: Mutex<Option<ControlPlane>>,
     ecr: tokio::sync::Mutex<Option<aws_sdk_ecr::Client>>,
     counts: Mutex<HashMap<&'static str, usize>>,
+    operations: Mutex<Vec<PlaneOp>>,
 }
 
 /// A running ECR data plane in front of one distribution registry; stops when dropped.
@@ -212,6 +213,7 @@ impl EcrPlane {
                     control: Mutex::new(None),
                     ecr: tokio::sync::Mutex::new(None),
                     counts: Mutex::new(HashMap::new()),
+                    operations: Mutex::new(Vec::new()),
                 });
                 let app = axum::Router::new()
                     .fallback(handle)
@@ -265,6 +267,11 @@ impl EcrPlane {
         *self.state.revoked.lock().unwrap() = Some(authorization.to_string());
     }
 
+    /// Every registry request that needs an ECR action, in order.
+    pub fn operations(&self) -> Vec<PlaneOp> {
+        self.state.operations.lock().unwrap().clone()
+    }
+
     /// How often a behaviour fired, by name (`request`: every request, `redirect`, `throttled`, `rewind_refused`,
     /// `part_too_small`, `empty_refused`, `put_image_throttled`, `immutable_refused`,
     /// `manifest_too_large`, `tag_page_cut`, `referrers_served`, `auth_refused`, `patch`).
@@ -305,10 +312,46 @@ fn registry_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// A registry request as IAM sees it: the function that made it (`function/<name>` in the
+/// user agent; empty for the harness's own), the ECR action it needs and the repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaneOp {
+    /// The Lambda function, or empty.
+    pub function: String,
+    /// e.g. `ecr:PutImage`.
+    pub action: &'static str,
+    /// Repository name.
+    pub repository: String,
+}
+
+/// The IAM action ECR requires for a registry request ("Amazon ECR required IAM permissions for
+/// pushing and pulling images": BatchGetImage for manifests, GetDownloadUrlForLayer for blobs,
+/// BatchCheckLayerAvailability to check a layer, Initiate/UploadLayerPart/CompleteLayerUpload
+/// and PutImage to push, ListImages to list tags, BatchDeleteImage to delete); `None` for
+/// requests that need none (`/v2/`, cancelling an upload). The referrers API is taken to need
+/// BatchGetImage, like the manifests it lists.
+fn ecr_action(route: &Route, method: &Method) -> Option<(&'static str, String)> {
+    let (action, name) = match (route, method) {
+        (Route::Manifest { name, .. }, &Method::GET | &Method::HEAD) => ("ecr:BatchGetImage", name),
+        (Route::Manifest { name, .. }, &Method::PUT) => ("ecr:PutImage", name),
+        (Route::Manifest { name, .. }, &Method::DELETE) => ("ecr:BatchDeleteImage", name),
+        (Route::Blob { name }, &Method::GET) => ("ecr:GetDownloadUrlForLayer", name),
+        (Route::Blob { name }, &Method::HEAD) => ("ecr:BatchCheckLayerAvailability", name),
+        (Route::UploadStart { name }, &Method::POST) => ("ecr:InitiateLayerUpload", name),
+        (Route::UploadSession { name, .. }, &Method::PATCH) => ("ecr:UploadLayerPart", name),
+        (Route::UploadSession { name, .. }, &Method::PUT) => ("ecr:CompleteLayerUpload", name),
+        (Route::Tags { name }, &Method::GET) => ("ecr:ListImages", name),
+        (Route::Referrers { name, .. }, &Method::GET) => ("ecr:BatchGetImage", name),
+        _ => return None,
+    };
+    Some((action, name.clone()))
+}
+
 /// What a `/v2/` path addresses.
 enum Route {
+    UploadStart { name: String },
     UploadSession { name: String, id: String },
-    Blob,
+    Blob { name: String },
     Manifest { name: String, reference: String },
     Tags { name: String },
     Referrers { name: String, digest: String },
@@ -320,16 +363,20 @@ fn route(path: &str) -> Route {
         return Route::Other;
     };
     if let Some((name, id)) = rest.rsplit_once("/blobs/uploads/") {
-        if !id.is_empty() {
-            return Route::UploadSession {
+        if id.is_empty() {
+            return Route::UploadStart {
                 name: name.to_string(),
-                id: id.to_string(),
             };
         }
-        return Route::Other;
+        return Route::UploadSession {
+            name: name.to_string(),
+            id: id.to_string(),
+        };
     }
-    if rest.contains("/blobs/") {
-        return Route::Blob;
+    if let Some((name, _)) = rest.rsplit_once("/blobs/") {
+        return Route::Blob {
+            name: name.to_string(),
+        };
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         return Route::Manifest {
@@ -362,7 +409,22 @@ async fn handle(State(state): State<Arc<PlaneState>>, request: Request) -> Respo
         return throttled;
     }
     let behaviours = state.behaviours.lock().unwrap().clone();
-    match (route(&path), &method) {
+    let route = route(&path);
+    if let Some((action, repository)) = ecr_action(&route, &method) {
+        let function = request
+            .headers()
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split_whitespace().find_map(|p| p.strip_prefix("function/")))
+            .unwrap_or_default()
+            .to_string();
+        state.operations.lock().unwrap().push(PlaneOp {
+            function,
+            action,
+            repository,
+        });
+    }
+    match (route, &method) {
         (Route::UploadSession { id, .. }, &Method::PATCH) => {
             upload_part(&state, &behaviours, &id, request).await
         }
@@ -376,7 +438,7 @@ async fn handle(State(state): State<Arc<PlaneState>>, request: Request) -> Respo
             }
             response
         }
-        (Route::Blob, &Method::GET) if behaviours.presigned_blob_redirect => {
+        (Route::Blob { .. }, &Method::GET) if behaviours.presigned_blob_redirect => {
             bump(&state, "redirect");
             let location = format!(
                 "http://{}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=3600&X-Amz-Signature=0f1e2d",

@@ -5,6 +5,7 @@
 
 pub mod ecr_plane;
 pub mod fake;
+pub mod iam;
 pub mod image;
 pub mod measure;
 pub mod moto;

@@ -124,6 +124,26 @@ struct Proxy {
     copies_in_flight: std::sync::Mutex<(usize, usize)>,
     /// `invocations.log`: a line when each invocation starts and ends (a stuck run shows which).
     journal: std::sync::Mutex<Option<std::fs::File>>,
+    /// Every AWS API call the functions made (they reach moto through this proxy).
+    api_calls: std::sync::Mutex<Vec<ApiCall>>,
+    /// Access key id of each assumed-role session handed out, to the role assumed.
+    sessions: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// An AWS API call made by a function, as the proxy saw it.
+#[derive(Debug, Clone)]
+pub struct ApiCall {
+    /// The function (`app/<name>` in the SDK's user agent).
+    pub function: String,
+    /// IAM action, e.g. `ecr:CreateRepository`, `sts:AssumeRole`.
+    pub action: String,
+    /// Region of the request's signature.
+    pub region: String,
+    /// The role whose session signed it (an assumed role), or `None`: the function's own role.
+    pub assumed_role: Option<String>,
+    /// Repositories named in the request (`repositoryName`, `repositoryNames`), or the role
+    /// asked for by `AssumeRole`.
+    pub resources: Vec<String>,
 }
 
 impl Proxy {
@@ -201,8 +221,9 @@ impl LocalStepFunctions {
             .current_dir(workspace());
         let defaults = [
             (
+                // Through the proxy, which records each call for the IAM check.
                 "AWS_ENDPOINT_URL".to_string(),
-                format!("http://127.0.0.1:{moto_port}"),
+                format!("http://127.0.0.1:{proxy_port}"),
             ),
             ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
             ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
@@ -245,6 +266,8 @@ impl LocalStepFunctions {
             journal: std::sync::Mutex::new(
                 std::fs::File::create(dir.path().join("invocations.log")).ok(),
             ),
+            api_calls: Default::default(),
+            sessions: Default::default(),
         });
         let proxy_state = state.clone();
         let app = axum::Router::new().fallback(forward).with_state(state);
@@ -337,6 +360,11 @@ impl LocalStepFunctions {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect()
+    }
+
+    /// Every AWS API call the functions made so far.
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        self.proxy_state.api_calls.lock().unwrap().clone()
     }
 
     /// The most copy-blobs and put-manifests invocations that ever ran at once.
@@ -542,6 +570,75 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
     response
 }
 
+/// The AWS API call a function's request is: its action (ECR's JSON protocol names it in
+/// `X-Amz-Target`, STS's query protocol in the form body), signer and resources. `None` for
+/// requests that are not a function's (the harness's own have no `app/` in their user agent).
+fn api_call(proxy: &Proxy, headers: &axum::http::HeaderMap, body: &[u8]) -> Option<ApiCall> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let function = header("user-agent")
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("app/"))?
+        .to_string();
+    let scope: Vec<&str> = header("authorization")
+        .split("Credential=")
+        .nth(1)
+        .unwrap_or("")
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .split('/')
+        .collect();
+    let (key, region, service) = (
+        scope.first().copied().unwrap_or(""),
+        scope.get(2).copied().unwrap_or("").to_string(),
+        scope.get(3).copied().unwrap_or(""),
+    );
+    let (action, resources) = if let Some(target) = headers.get("x-amz-target") {
+        let operation = target.to_str().ok()?.rsplit('.').next()?.to_string();
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        let mut names: Vec<String> = json["repositoryNames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        names.extend(json["repositoryName"].as_str().map(str::to_string));
+        (format!("{service}:{operation}"), names)
+    } else {
+        let form: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(body).into_owned().collect();
+        let operation = form.get("Action")?.clone();
+        (
+            format!("{service}:{operation}"),
+            form.get("RoleArn").cloned().into_iter().collect(),
+        )
+    };
+    let assumed_role = proxy.sessions.lock().unwrap().get(key).cloned();
+    Some(ApiCall {
+        function,
+        action,
+        region,
+        assumed_role,
+        resources,
+    })
+}
+
+/// Records which role an `AssumeRole` answer's access key belongs to.
+fn remember_session(proxy: &Proxy, call: &ApiCall, response: &[u8]) {
+    let text = String::from_utf8_lossy(response);
+    let key = text
+        .split("<AccessKeyId>")
+        .nth(1)
+        .and_then(|rest| rest.split("</AccessKeyId>").next());
+    if let (Some(key), Some(role)) = (key, call.resources.first()) {
+        proxy
+            .sessions
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), role.clone());
+    }
+}
+
 /// A short fingerprint of an invocation's payload, to pair its START and END lines.
 fn sha2_like(body: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
@@ -596,6 +693,7 @@ async fn forward_to(
                     rb = rb.header(k, v);
                 }
             }
+            let call = api_call(proxy, &headers, &body);
             match rb.body(body).send().await {
                 Ok(resp) => {
                     let mut out = Response::builder().status(resp.status().as_u16());
@@ -604,8 +702,14 @@ async fn forward_to(
                             out = out.header(k, v);
                         }
                     }
-                    out.body(Body::from(resp.bytes().await.unwrap_or_default()))
-                        .unwrap()
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    if let Some(call) = call {
+                        if call.action == "sts:AssumeRole" {
+                            remember_session(proxy, &call, &bytes);
+                        }
+                        proxy.api_calls.lock().unwrap().push(call);
+                    }
+                    out.body(Body::from(bytes)).unwrap()
                 }
                 Err(e) => Response::builder()
                     .status(502)

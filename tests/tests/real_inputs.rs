@@ -13,6 +13,9 @@
 use e2e::image::{Format, ImageBuilder, Pusher, TestImage};
 use e2e::sfn::{workspace, Execution};
 use e2e::world::{moto_token_password, EcrWorld, DEST, DEST2, SOURCE, SOURCE_OTHER_REGION};
+use std::collections::BTreeSet;
+
+use e2e::iam::{ecr_host, repository_arn, Performed, Policies};
 use serde_json::{json, Value};
 
 const CONFIG_SOURCE_ACCOUNT: &str = "111111111111";
@@ -273,6 +276,73 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
         "real inputs: push {} events, schedule {} events, isolated run {} events",
         pushed.events, scheduled.events, isolated.events
     );
+
+    // 9. Everything the functions did in these runs, against the roles the CDK app synthesizes
+    // for these accounts (`cdk/test/config.iam.json`, by `make cdk-test`).
+    let policies = Policies::load(&workspace().join("cdk/cdk.out.iam"), LOCAL_SOURCE_ACCOUNT);
+    let performed = performed(&world, &sfn);
+    assert!(performed.len() > 20, "{performed:?}");
+    let violations = policies.violations(&performed);
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    // The check bites: the target role without its push statement is refused its pushes.
+    let target = "arn:aws:iam::222222222222:role/ecr-replicator-target";
+    let refused = policies.without(target, "PushImages").violations(&performed);
+    assert!(
+        refused.iter().any(|v| v.contains("ecr:PutImage")),
+        "{refused:?}"
+    );
+    eprintln!(
+        "IAM: {} distinct (identity, action, resource) checked, none refused; without {target}'s PushImages {} would be",
+        performed.len(),
+        refused.len()
+    );
+}
+
+/// What the functions did: their AWS API calls and their registry requests, each with the
+/// identity that made it.
+fn performed(world: &EcrWorld, sfn: &e2e::sfn::LocalStepFunctions) -> BTreeSet<Performed> {
+    let mut done = BTreeSet::new();
+    for call in sfn.api_calls() {
+        let account = call
+            .assumed_role
+            .as_deref()
+            .and_then(|arn| arn.split(':').nth(4))
+            .unwrap_or(LOCAL_SOURCE_ACCOUNT)
+            .to_string();
+        let resources: Vec<String> = match call.action.as_str() {
+            "ecr:GetAuthorizationToken" => vec!["*".into()],
+            a if a.starts_with("sts:") => call.resources.clone(),
+            _ if call.resources.is_empty() => vec![repository_arn(&call.region, &account, "*")],
+            _ => call
+                .resources
+                .iter()
+                .map(|name| repository_arn(&call.region, &account, name))
+                .collect(),
+        };
+        for resource in resources {
+            done.insert(Performed {
+                function: call.function.clone(),
+                assumed_role: call.assumed_role.clone(),
+                action: call.action.clone(),
+                resource,
+            });
+        }
+    }
+    for (host, plane) in &world.planes {
+        let (account, region) = ecr_host(host);
+        // The registry token of another account comes from its target role.
+        let assumed = (account != LOCAL_SOURCE_ACCOUNT)
+            .then(|| format!("arn:aws:iam::{account}:role/ecr-replicator-target"));
+        for op in plane.operations().into_iter().filter(|op| !op.function.is_empty()) {
+            done.insert(Performed {
+                function: op.function,
+                assumed_role: assumed.clone(),
+                action: op.action.to_string(),
+                resource: repository_arn(&region, &account, &op.repository),
+            });
+        }
+    }
+    done
 }
 
 /// The transformer helper itself: placeholders become JSON values, so a tag with a quote

@@ -415,7 +415,10 @@ async fn handle(State(state): State<Arc<PlaneState>>, request: Request) -> Respo
             .headers()
             .get("user-agent")
             .and_then(|v| v.to_str().ok())
-            .and_then(|ua| ua.split_whitespace().find_map(|p| p.strip_prefix("function/")))
+            .and_then(|ua| {
+                ua.split_whitespace()
+                    .find_map(|p| p.strip_prefix("function/"))
+            })
             .unwrap_or_default()
             .to_string();
         state.operations.lock().unwrap().push(PlaneOp {

@@ -248,8 +248,14 @@ mod tests {
 
     #[test]
     fn wildcards_match_as_iam_does() {
-        assert!(wildcard("arn:aws:ecr:*:1:repository/mirror/*", "arn:aws:ecr:eu-west-1:1:repository/mirror/a/b"));
-        assert!(!wildcard("arn:aws:ecr:*:1:repository/mirror/*", "arn:aws:ecr:eu-west-1:1:repository/other"));
+        assert!(wildcard(
+            "arn:aws:ecr:*:1:repository/mirror/*",
+            "arn:aws:ecr:eu-west-1:1:repository/mirror/a/b"
+        ));
+        assert!(!wildcard(
+            "arn:aws:ecr:*:1:repository/mirror/*",
+            "arn:aws:ecr:eu-west-1:1:repository/other"
+        ));
         assert!(wildcard("ecr:*", "ecr:putimage"));
         assert!(wildcard("*", "anything"));
         assert!(!wildcard("ecr:Get?", "ecr:Get"));

@@ -574,7 +574,12 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
 /// `X-Amz-Target`, STS's query protocol in the form body), signer and resources. `None` for
 /// requests that are not a function's (the harness's own have no `app/` in their user agent).
 fn api_call(proxy: &Proxy, headers: &axum::http::HeaderMap, body: &[u8]) -> Option<ApiCall> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     let function = header("user-agent")
         .split_whitespace()
         .find_map(|part| part.strip_prefix("app/"))?

@@ -281,18 +281,34 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
     // for these accounts (`cdk/test/config.iam.json`, by `make cdk-test`).
     let policies = Policies::load(&workspace().join("cdk/cdk.out.iam"), LOCAL_SOURCE_ACCOUNT);
     let performed = performed(&world, &sfn);
-    assert!(performed.len() > 20, "{performed:?}");
+    let actions: BTreeSet<&str> = performed.iter().map(|p| p.action.as_str()).collect();
+    for needed in [
+        "sts:AssumeRole",
+        "ecr:GetAuthorizationToken",
+        "ecr:CreateRepository",
+        "ecr:DescribeImages",
+        "ecr:BatchGetImage",
+        "ecr:InitiateLayerUpload",
+        "ecr:PutImage",
+    ] {
+        assert!(
+            actions.contains(needed),
+            "{needed} was not seen: {actions:?}"
+        );
+    }
     let violations = policies.violations(&performed);
     assert!(violations.is_empty(), "{}", violations.join("\n"));
     // The check bites: the target role without its push statement is refused its pushes.
     let target = "arn:aws:iam::222222222222:role/ecr-replicator-target";
-    let refused = policies.without(target, "PushImages").violations(&performed);
+    let refused = policies
+        .without(target, "PushImages")
+        .violations(&performed);
     assert!(
         refused.iter().any(|v| v.contains("ecr:PutImage")),
         "{refused:?}"
     );
     eprintln!(
-        "IAM: {} distinct (identity, action, resource) checked, none refused; without {target}'s PushImages {} would be",
+        "IAM: {} distinct (identity, action, resource) checked, none refused; without {target}'s PushImages {} would be; actions: {actions:?}",
         performed.len(),
         refused.len()
     );
@@ -333,7 +349,11 @@ fn performed(world: &EcrWorld, sfn: &e2e::sfn::LocalStepFunctions) -> BTreeSet<P
         // The registry token of another account comes from its target role.
         let assumed = (account != LOCAL_SOURCE_ACCOUNT)
             .then(|| format!("arn:aws:iam::{account}:role/ecr-replicator-target"));
-        for op in plane.operations().into_iter().filter(|op| !op.function.is_empty()) {
+        for op in plane
+            .operations()
+            .into_iter()
+            .filter(|op| !op.function.is_empty())
+        {
             done.insert(Performed {
                 function: op.function,
                 assumed_role: assumed.clone(),

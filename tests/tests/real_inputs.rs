@@ -277,7 +277,51 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
         pushed.events, scheduled.events, isolated.events
     );
 
-    // 9. Everything the functions did in these runs, against the roles the CDK app synthesizes
+    // 9. Prune: a tag in the destination that the source does not have goes.
+    let target = world
+        .moto
+        .sdk(
+            DEST,
+            Some("arn:aws:iam::222222222222:role/ecr-replicator-target"),
+        )
+        .await;
+    let stale = image(8);
+    target
+        .put_image()
+        .repository_name("tools/jq")
+        .image_manifest(String::from_utf8(stale.manifest.to_vec()).unwrap())
+        .image_manifest_media_type(&stale.media_type)
+        .image_digest(&stale.digest)
+        .image_tag("0.9-stale")
+        .send()
+        .await
+        .unwrap();
+    let mut prune = smallest.clone();
+    prune["repositories"] = json!({"include": ["tools/*"]});
+    prune["prune"] = json!(true);
+    let pruned = sfn.execute(&arn, &prune).await;
+    assert_eq!(pruned.status, "SUCCEEDED", "{}", pruned.cause);
+    assert_eq!(
+        pruned.output.as_ref().unwrap()["tagsPruned"],
+        json!(1),
+        "{:?}",
+        pruned.output
+    );
+    let left = target
+        .list_images()
+        .repository_name("tools/jq")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !left
+            .image_ids()
+            .iter()
+            .any(|id| id.image_tag() == Some("0.9-stale")),
+        "{left:?}"
+    );
+
+    // 10. Everything the functions did in these runs, against the roles the CDK app synthesizes
     // for these accounts (`cdk/test/config.iam.json`, by `make cdk-test`).
     let policies = Policies::load(&workspace().join("cdk/cdk.out.iam"), LOCAL_SOURCE_ACCOUNT);
     let performed = performed(&world, &sfn);
@@ -290,6 +334,7 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
         "ecr:BatchGetImage",
         "ecr:InitiateLayerUpload",
         "ecr:PutImage",
+        "ecr:BatchDeleteImage",
     ] {
         assert!(
             actions.contains(needed),

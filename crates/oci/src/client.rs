@@ -237,6 +237,31 @@ struct Inner {
     /// Per host (`host:port`), the instant before which no request is sent: a 429 or 503 seen by
     /// one request pauses every request of this client to that host, not just its own.
     paused_until: Mutex<HashMap<String, Instant>>,
+    /// Manifests read by digest (verified), kept for later reads of the same digest.
+    manifests: Mutex<ManifestCache>,
+}
+
+/// Bytes of manifests the cache keeps at most; past that it starts over.
+const MANIFEST_CACHE_BYTES: usize = 32 << 20;
+
+/// Manifests by (registry, repository, digest).
+#[derive(Default)]
+struct ManifestCache {
+    entries: HashMap<(String, String, String), Manifest>,
+    bytes: usize,
+}
+
+impl ManifestCache {
+    fn insert(&mut self, key: (String, String, String), manifest: Manifest) {
+        if self.bytes + manifest.bytes.len() > MANIFEST_CACHE_BYTES {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += manifest.bytes.len();
+        if let Some(old) = self.entries.insert(key, manifest) {
+            self.bytes -= old.bytes.len();
+        }
+    }
 }
 
 /// An OCI distribution client for any number of registries. Cheap to clone.
@@ -280,6 +305,7 @@ impl RegistryClient {
                 auth: Mutex::new(AuthCache::default()),
                 refreshers: RwLock::new(HashMap::new()),
                 paused_until: Mutex::new(HashMap::new()),
+                manifests: Mutex::new(ManifestCache::default()),
             }),
         })
     }
@@ -677,6 +703,16 @@ impl RegistryClient {
     #[tracing::instrument(skip(self), fields(reference = %reference))]
     pub async fn get_manifest(&self, reference: &Reference) -> Result<Manifest> {
         let repo = &reference.repository;
+        // By digest a manifest never changes: one read per process (plan, then put).
+        let cache_key = reference
+            .digest
+            .as_ref()
+            .map(|d| (repo.registry.clone(), repo.name.clone(), d.to_string()));
+        if let Some(key) = &cache_key {
+            if let Some(hit) = lock(&self.inner.manifests).entries.get(key) {
+                return Ok(hit.clone());
+            }
+        }
         let url = self.url(
             repo,
             &format!("manifests/{}", reference.manifest_reference()),
@@ -717,6 +753,9 @@ impl RegistryClient {
                 });
             }
         }
+        if let Some(key) = cache_key {
+            lock(&self.inner.manifests).insert(key, manifest.clone());
+        }
         Ok(manifest)
     }
 
@@ -755,13 +794,15 @@ impl RegistryClient {
     }
 
     /// Stores a manifest under a tag or its digest; checks the registry computed the same digest.
+    /// `Some(digest)` when the registry confirmed what it stored (`Docker-Content-Digest`, as
+    /// distribution and ECR send), `None` when it said nothing.
     #[tracing::instrument(skip(self, manifest), fields(repository = %repo, digest = %manifest.digest))]
     pub async fn put_manifest(
         &self,
         repo: &Repository,
         tag_or_digest: &str,
         manifest: &Manifest,
-    ) -> Result<Digest> {
+    ) -> Result<Option<Digest>> {
         let url = self.url(repo, &format!("manifests/{tag_or_digest}"))?;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -786,16 +827,15 @@ impl RegistryClient {
                 status_error(resp, "PUT", &format!("manifest {repo}:{tag_or_digest}")).await,
             );
         }
-        if let Some(echoed) = header_str(resp.headers(), DOCKER_CONTENT_DIGEST) {
-            if echoed != manifest.digest.as_str() {
-                return Err(Error::DigestMismatch {
-                    url: redact_url(&url),
-                    expected: manifest.digest.to_string(),
-                    actual: echoed,
-                });
-            }
+        match header_str(resp.headers(), DOCKER_CONTENT_DIGEST) {
+            Some(echoed) if echoed != manifest.digest.as_str() => Err(Error::DigestMismatch {
+                url: redact_url(&url),
+                expected: manifest.digest.to_string(),
+                actual: echoed,
+            }),
+            Some(_) => Ok(Some(manifest.digest.clone())),
+            None => Ok(None),
         }
-        Ok(manifest.digest.clone())
     }
 
     /// Deletes a manifest by tag (untags it, where the registry can) or by digest (removes it

@@ -184,7 +184,8 @@ pub async fn copy_image(
 /// Puts child manifests by digest (deepest first, skipping those present), then the top
 /// manifest under each tag (or by digest when there is none), skipping a tag that already
 /// points at it (immutable tags refuse even an identical put); then checks every tag resolves
-/// to the top digest. Returns how many manifests were written.
+/// to the top digest (from the PUT's `Docker-Content-Digest`, else by HEAD). Returns how many
+/// manifests were written.
 pub(crate) async fn put_manifests_in_order(
     target: &RegistryClient,
     repo: &oci::Repository,
@@ -242,8 +243,12 @@ pub(crate) async fn put_manifests_in_order(
         if current.is_some_and(|h| h.digest == top.digest) {
             continue;
         }
-        target.put_manifest(repo, tag, top).await.map_err(oci_err)?;
+        let confirmed = target.put_manifest(repo, tag, top).await.map_err(oci_err)?;
         put += 1;
+        // The registry said which digest it stored under the tag: no need to ask again.
+        if confirmed.as_ref() == Some(&top.digest) {
+            continue;
+        }
         let stored = target.head_manifest(&by_tag(tag)).await.map_err(oci_err)?;
         match stored {
             Some(head) if head.digest == top.digest => {}

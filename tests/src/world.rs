@@ -170,7 +170,13 @@ impl EcrWorld {
         Pusher::new(&self.plane(SOURCE).host, reg.credentials.clone())
             .push(repository, tag, image)
             .await;
-        let ecr = self.moto.sdk(SOURCE, None).await;
+        self.record(SOURCE, repository, tag, image).await;
+    }
+
+    /// Records an image under a tag in moto's ECR of a host (as that host's account; the
+    /// repository created if needed), with its real digest; the data plane is not touched.
+    pub async fn record(&self, host: &str, repository: &str, tag: &str, image: &TestImage) {
+        let ecr = self.moto.sdk(host, role_of(host)).await;
         let _ = ecr
             .create_repository()
             .repository_name(repository)

@@ -240,21 +240,7 @@ async fn an_image_with_an_empty_blob_fails_with_a_clear_error_and_nothing_is_tag
     Pusher::new(&source.host, Some(creds(SOURCE)))
         .push("empty", "v1", &image)
         .await;
-    let ecr = world.moto.sdk(SOURCE, None).await;
-    ecr.create_repository()
-        .repository_name("empty")
-        .send()
-        .await
-        .unwrap();
-    ecr.put_image()
-        .repository_name("empty")
-        .image_manifest(String::from_utf8(image.manifest.to_vec()).unwrap())
-        .image_manifest_media_type(&image.media_type)
-        .image_digest(&image.digest)
-        .image_tag("v1")
-        .send()
-        .await
-        .unwrap();
+    world.record(SOURCE, "empty", "v1", &image).await;
 
     let report = run(&world, job(&["empty"], json!({}))).await;
 

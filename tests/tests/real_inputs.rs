@@ -285,17 +285,7 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
             Some("arn:aws:iam::222222222222:role/ecr-replicator-target"),
         )
         .await;
-    let stale = image(8);
-    target
-        .put_image()
-        .repository_name("tools/jq")
-        .image_manifest(String::from_utf8(stale.manifest.to_vec()).unwrap())
-        .image_manifest_media_type(&stale.media_type)
-        .image_digest(&stale.digest)
-        .image_tag("0.9-stale")
-        .send()
-        .await
-        .unwrap();
+    world.record(DEST, "tools/jq", "0.9-stale", &image(8)).await;
     let mut prune = smallest.clone();
     prune["repositories"] = json!({"include": ["tools/*"]});
     prune["prune"] = json!(true);

@@ -473,7 +473,8 @@ pub async fn page_of_work(
     for (index, spec) in job.job.destinations.iter().enumerate() {
         let dest = conns.destination(&job.job, index).await?;
         let target = checked_target_repository(spec, repository)?;
-        destinations.push((index, spec, dest, target));
+        let tags = destination_tags(&dest.client, &spec.registry, &target).await;
+        destinations.push((index, spec, dest, target, tags));
     }
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
@@ -491,19 +492,24 @@ pub async fn page_of_work(
             let destinations = &destinations;
             async move {
                 let mut tasks = Vec::new();
-                for (index, spec, dest, target) in destinations {
+                for (index, spec, dest, target, listed) in destinations {
                     let repo = Repository {
                         registry: spec.registry.clone(),
                         name: target.clone(),
                     };
-                    let present = is_present(
-                        &dest.client,
-                        &repo,
-                        &image.digest,
-                        &image.tags,
-                        &image.referrers,
-                    )
-                    .await?;
+                    // A tag the destination does not list means missing, without asking.
+                    let unlisted = listed
+                        .as_ref()
+                        .is_some_and(|l| image.tags.iter().any(|t| !l.contains(t)));
+                    let present = !unlisted
+                        && is_present(
+                            &dest.client,
+                            &repo,
+                            &image.digest,
+                            &image.tags,
+                            &image.referrers,
+                        )
+                        .await?;
                     tasks.push(ImageTask {
                         repository: repository.to_string(),
                         digest: image.digest.clone(),
@@ -654,6 +660,28 @@ async fn resolve_listed(
         }
     }
     Ok(selected)
+}
+
+/// The tags a destination repository has now (empty when it does not exist yet), read once per
+/// page so that a first sync costs no presence request per image; `None` when the registry
+/// does not list them (each image is then asked about).
+async fn destination_tags(
+    client: &oci::RegistryClient,
+    registry: &str,
+    repository: &str,
+) -> Option<std::collections::HashSet<String>> {
+    let repo = Repository {
+        registry: registry.to_string(),
+        name: repository.to_string(),
+    };
+    match client.list_tags(&repo).await {
+        Ok(tags) => Some(tags.into_iter().collect()),
+        Err(e) if e.is_not_found() => Some(Default::default()),
+        Err(e) => {
+            tracing::debug!(error = %e, repository = %repo, "tag list unavailable; checking each image");
+            None
+        }
+    }
 }
 
 /// The destination has the digest, every tag on it, and every referrer travelling with it.

@@ -149,8 +149,8 @@ struct PlaneState {
     http: reqwest::Client,
     behaviours: Mutex<Behaviours>,
     throttle: Mutex<Option<Throttle>>,
-    /// The throttle's random state.
-    requests: Mutex<u64>,
+    /// The throttle's xorshift state.
+    throttle_draws: Mutex<u64>,
     uploads: Mutex<HashMap<String, Upload>>,
     puts: Mutex<HashMap<String, VecDeque<Instant>>>,
     referrers: Mutex<HashMap<(String, String), Vec<serde_json::Value>>>,
@@ -205,7 +205,7 @@ impl EcrPlane {
                         .unwrap(),
                     behaviours: Mutex::new(Behaviours::default()),
                     throttle: Mutex::new(None),
-                    requests: Mutex::new(0),
+                    throttle_draws: Mutex::new(0),
                     uploads: Mutex::new(HashMap::new()),
                     puts: Mutex::new(HashMap::new()),
                     referrers: Mutex::new(HashMap::new()),
@@ -496,7 +496,7 @@ fn throttled(state: &PlaneState) -> Option<Response> {
     // A fixed xorshift sequence: strictly periodic throttling (every third request) would hit
     // the same request of a fixed retry cycle every time, which no real service does.
     let draw = {
-        let mut seed = state.requests.lock().unwrap();
+        let mut seed = state.throttle_draws.lock().unwrap();
         if *seed == 0 {
             *seed = 0x9e37_79b9_7f4a_7c15;
         }

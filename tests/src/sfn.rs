@@ -552,7 +552,7 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
         in_flight.1 = in_flight.1.max(in_flight.0);
     }
     let started = std::time::Instant::now();
-    let id = format!("{:x}", sha2_like(&body));
+    let id = format!("{:x}", fingerprint(&body));
     if let Some(function) = &invocation {
         proxy.note(format!("START {function} {id}"));
     }
@@ -645,7 +645,7 @@ fn remember_session(proxy: &Proxy, call: &ApiCall, response: &[u8]) {
 }
 
 /// A short fingerprint of an invocation's payload, to pair its START and END lines.
-fn sha2_like(body: &[u8]) -> u64 {
+fn fingerprint(body: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     body.hash(&mut h);

@@ -44,6 +44,20 @@ fn blob_ref(image: &TestImage, index: usize) -> BlobRef {
     }
 }
 
+/// The next segment (of `MIN_PART_BYTES`) of a blob from SOURCE to DEST, as one call of the
+/// copy step makes it.
+async fn next_segment(
+    client: &RegistryClient,
+    repository: &str,
+    layer: &BlobRef,
+    state: Option<oci::SegmentState>,
+) -> SegmentProgress {
+    let (from, to) = (repo(SOURCE, repository), repo(DEST, repository));
+    oci::copy_blob_segment(client, &from, client, &to, layer, state, MIN_PART_BYTES)
+        .await
+        .unwrap()
+}
+
 /// The blob as stored in the destination's storage: (sha256, size).
 async fn stored(world: &EcrWorld, repository: &str, digest: &str) -> Option<(String, u64)> {
     Pusher::new(&world.registry(DEST).host, Some(creds(DEST)))
@@ -87,7 +101,6 @@ async fn a_blob_in_five_segments_goes_through_a_sticky_range_without_restarting(
         .build();
     world.seed("big", "v1", &image).await;
     let layer = blob_ref(&image, 1);
-    let (from, to) = (repo(SOURCE, "big"), repo(DEST, "big"));
 
     let mut state = None;
     let mut segments = 0;
@@ -96,10 +109,7 @@ async fn a_blob_in_five_segments_goes_through_a_sticky_range_without_restarting(
         segments += 1;
         // A fresh client per segment, as each segment runs in another Lambda invocation.
         let client = ecr_client(&world, None);
-        match oci::copy_blob_segment(&client, &from, &client, &to, &layer, state, MIN_PART_BYTES)
-            .await
-            .unwrap()
-        {
+        match next_segment(&client, "big", &layer, state).await {
             SegmentProgress::InProgress { state: next, bytes } => {
                 assert_eq!(bytes, MIN_PART_BYTES);
                 reported_offsets.push((
@@ -150,36 +160,21 @@ async fn a_session_that_moved_behind_the_saved_state_is_refused_416_and_the_blob
     world.seed("crashed", "v1", &image).await;
     let client = ecr_client(&world, None);
     let layer = blob_ref(&image, 1);
-    let (from, to) = (repo(SOURCE, "crashed"), repo(DEST, "crashed"));
     let SegmentProgress::InProgress { state, .. } =
-        oci::copy_blob_segment(&client, &from, &client, &to, &layer, None, MIN_PART_BYTES)
-            .await
-            .unwrap()
+        next_segment(&client, "crashed", &layer, None).await
     else {
         panic!("one segment finished the blob")
     };
 
     // A process sent the next part and died before saving its state: the session holds more
     // than the saved state says.
-    let sent = oci::copy_blob_segment(
-        &client,
-        &from,
-        &client,
-        &to,
-        &layer,
-        Some(state.clone()),
-        MIN_PART_BYTES,
-    )
-    .await
-    .unwrap();
+    let sent = next_segment(&client, "crashed", &layer, Some(state.clone())).await;
     assert!(matches!(sent, SegmentProgress::InProgress { .. }));
 
     // Its retry re-sends from the saved offset: ECR refuses (416); the blob restarts once.
     let mut next = Some(state);
     while let SegmentProgress::InProgress { state, .. } =
-        oci::copy_blob_segment(&client, &from, &client, &to, &layer, next, MIN_PART_BYTES)
-            .await
-            .unwrap()
+        next_segment(&client, "crashed", &layer, next).await
     {
         next = Some(state);
     }

@@ -52,10 +52,8 @@ pub struct RunArgs {
     /// Docker config.json for registries that are not ECR.
     #[arg(long, value_name = "PATH")]
     pub authfile: Option<PathBuf>,
-    /// How long one request or blob may be throttled (429/503) before it fails; throttling
-    /// waits meanwhile, it does not fail the run.
-    #[arg(long, value_name = "SECONDS", default_value_t = oci::client::DEFAULT_THROTTLE_BUDGET.as_secs())]
-    pub throttle_budget: u64,
+    #[command(flatten)]
+    pub throttle: crate::registry_args::ThrottleArgs,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -66,8 +64,7 @@ impl RunArgs {
         let mut settings = Settings::default();
         settings.aws.endpoint_url = self.aws_endpoint_url.clone().filter(|u| !u.is_empty());
         settings.registry.insecure_registries = self.insecure_registries.clone();
-        settings.registry.retry.throttle_budget =
-            std::time::Duration::from_secs(self.throttle_budget);
+        self.throttle.apply(&mut settings.registry);
         for entry in &self.registry_endpoints {
             let (host, url) = entry
                 .split_once('=')

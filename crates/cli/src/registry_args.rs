@@ -50,9 +50,24 @@ pub struct RegistryArgs {
     /// Upload in parts of SIZE bytes to REGISTRY (e.g. ghcr.io=4194304). Default: one streamed PATCH.
     #[arg(long = "chunk-size", value_name = "REGISTRY=BYTES")]
     pub chunk_sizes: Vec<String>,
-    /// How long one request or blob may be throttled (429/503) before it fails.
+    #[command(flatten)]
+    pub throttle: ThrottleArgs,
+}
+
+/// How throttling is waited out; shared by every command that talks to registries.
+#[derive(Args, Debug)]
+pub struct ThrottleArgs {
+    /// How long one request or blob may be throttled (429/503) before it fails; throttling
+    /// waits meanwhile, it does not fail the run.
     #[arg(long, value_name = "SECONDS", default_value_t = oci::client::DEFAULT_THROTTLE_BUDGET.as_secs())]
     pub throttle_budget: u64,
+}
+
+impl ThrottleArgs {
+    /// Sets the throttle budget of a client configuration.
+    pub fn apply(&self, config: &mut ClientConfig) {
+        config.retry.throttle_budget = std::time::Duration::from_secs(self.throttle_budget);
+    }
 }
 
 impl RegistryArgs {
@@ -66,7 +81,7 @@ impl RegistryArgs {
             insecure_registries: self.insecure_registries.clone(),
             ..ClientConfig::default()
         };
-        config.retry.throttle_budget = std::time::Duration::from_secs(self.throttle_budget);
+        self.throttle.apply(&mut config);
         for entry in &self.chunk_sizes {
             let (registry, size) = entry
                 .split_once('=')

@@ -6,7 +6,9 @@
 //! parent history and state payload, peak memory of the CLI, and the blob requests each
 //! registry saw (a no-op run must make none).
 //!
-//! `SCALE_REPOS` and `SCALE_TAGS` change the catalog; `SCALE_SKIP_SFN=1` runs the CLI only.
+//! `SCALE_REPOS` and `SCALE_TAGS` change the catalog; `SCALE_SKIP_SFN=1` runs the CLI only;
+//! `SCALE_RUNS` picks runs by name (comma-separated: `cli-plan`, `cli-sync`, `sfn-dry`,
+//! `sfn-noop`; all by default).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::process::Command;
@@ -187,12 +189,21 @@ fn main() {
         &full.host,
     ];
     let mut rows = Vec::new();
+    let chosen = std::env::var("SCALE_RUNS").ok();
+    let wanted = |run: &str| {
+        chosen
+            .as_deref()
+            .is_none_or(|list| list.split(',').any(|r| r.trim() == run))
+    };
 
     // The CLI: a dry run against the empty destination, a no-op sync against the full one.
-    for (name, dest, dry) in [
-        ("CLI dry run (plan)", &empty, true),
-        ("CLI no-op sync", &full, false),
+    for (run, name, dest, dry) in [
+        ("cli-plan", "CLI dry run (plan)", &empty, true),
+        ("cli-sync", "CLI no-op sync", &full, false),
     ] {
+        if !wanted(run) {
+            continue;
+        }
         let before = (blob_requests(&src), blob_requests(dest));
         let input = write("job.json", &job(&dest.host, dry));
         let mut args = vec![if dry { "plan" } else { "sync" }, "--input", &input];
@@ -221,10 +232,13 @@ fn main() {
     if std::env::var("SCALE_SKIP_SFN").is_err() {
         let sfn = rt.block_on(LocalStepFunctions::start(&[]));
         let arn = rt.block_on(sfn.create_state_machine("replicate"));
-        for (name, dest, dry) in [
-            ("state machine dry run", &empty, true),
-            ("state machine no-op run", &full, false),
+        for (run, name, dest, dry) in [
+            ("sfn-dry", "state machine dry run", &empty, true),
+            ("sfn-noop", "state machine no-op run", &full, false),
         ] {
+            if !wanted(run) {
+                continue;
+            }
             let before = (blob_requests(&src), blob_requests(dest));
             let calls_before: usize = sfn.invocations().values().sum();
             let by_function_before = sfn.invocations();

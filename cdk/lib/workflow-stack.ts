@@ -10,6 +10,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
@@ -36,6 +37,12 @@ export const STATE_MACHINE_NAME = 'ecr-replicator';
 
 /** Name of the role the copying functions use; destination roles trust exactly this role. */
 export const COPIER_ROLE_NAME = 'ecr-replicator-copier';
+
+/** Where `enumerate-images` keeps a repository's selected images between the pages of one run. */
+export const SELECTIONS_PREFIX = 'selections/';
+
+/** Days a run's selection is kept; a repository whose pages take longer is listed again. */
+export const SELECTION_DAYS = 7;
 
 /** Name of the role of the functions that only read the source. */
 export const READER_ROLE_NAME = 'ecr-replicator-reader';
@@ -105,6 +112,20 @@ export class WorkflowStack extends Stack {
       }).forEach((s) => copierRole.addToPolicy(s));
     }
 
+    // The run's work bucket: enumerate-images lists and resolves a repository once per run and
+    // keeps the selection here for the repository's later pages (never public, TLS only, expired).
+    const workBucket = new s3.Bucket(this, 'WorkBucket', {
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      enforceSSL: true,
+      lifecycleRules: [{ prefix: SELECTIONS_PREFIX, expiration: Duration.days(SELECTION_DAYS) }],
+    });
+    copierRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'RunSelections',
+      actions: ['s3:PutObject', 's3:GetObject'],
+      resources: [workBucket.arnForObjects(`${SELECTIONS_PREFIX}*`)],
+    }));
+
     const missing: string[] = [];
     for (const f of FUNCTIONS) {
       const built = builtCode(root, f.name);
@@ -127,7 +148,10 @@ export class WorkflowStack extends Stack {
         role,
         logGroup,
         loggingFormat: lambda.LoggingFormat.JSON,
-        environment: { RUST_LOG: 'info' },
+        environment: {
+          RUST_LOG: 'info',
+          ...(f.name === 'enumerate-images' ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
+        },
       });
     }
 
@@ -258,6 +282,7 @@ export class WorkflowStack extends Stack {
     NagSuppressions.addStackSuppressions(this, [
       { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance.' },
       { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
+      { id: 'AwsSolutions-S1', reason: 'The work bucket holds only short-lived lists of image digests and tags the functions write and read; its API calls are in CloudTrail.' },
     ]);
   }
 

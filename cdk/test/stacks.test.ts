@@ -9,7 +9,7 @@ import { AwsSolutionsChecks } from 'cdk-nag';
 import { jobDestinations, loadConfig, ReplicatorConfig, validateConfig } from '../lib/config';
 import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { COPIER_ROLE_NAME, FUNCTIONS, pushRepositoryFilter, READER_ROLE_NAME, WorkflowStack } from '../lib/workflow-stack';
+import { COPIER_ROLE_NAME, FUNCTIONS, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
 
 const config = loadConfig('config.example.json');
 
@@ -283,4 +283,25 @@ test('a source in another account is read through its own role, trusted by the w
   const schedule = Object.values(w2.findResources('AWS::Events::Rule', { Properties: { ScheduleExpression: 'rate(6 hours)' } }))[0] as any;
   const input = JSON.parse(schedule.Properties.Targets[0].Input);
   assert.deepEqual(input.source, { registry: '111111111111.dkr.ecr.us-east-1.amazonaws.com', roleArn: 'arn:aws:iam::111111111111:role/ecr-replicator-source', externalId: 'ext-src' });
+});
+
+test('the work bucket is private, TLS only and expiring; only enumerate-images gets it, and only its selections', () => {
+  w.resourceCountIs('AWS::S3::Bucket', 1);
+  const [logical, bucket] = Object.entries(w.findResources('AWS::S3::Bucket'))[0] as [string, any];
+  assert.deepEqual(bucket.Properties.PublicAccessBlockConfiguration, { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true });
+  assert.equal(bucket.Properties.BucketEncryption.ServerSideEncryptionConfiguration[0].ServerSideEncryptionByDefault.SSEAlgorithm, 'AES256');
+  assert.deepEqual(bucket.Properties.LifecycleConfiguration.Rules, [{ ExpirationInDays: SELECTION_DAYS, Prefix: SELECTIONS_PREFIX, Status: 'Enabled' }]);
+  const policy = Object.values(w.findResources('AWS::S3::BucketPolicy'))[0] as any;
+  assert.ok(policy.Properties.PolicyDocument.Statement.some((s: any) => s.Effect === 'Deny' && s.Condition?.Bool?.['aws:SecureTransport'] === 'false'));
+  for (const f of FUNCTIONS) {
+    const fn = Object.values(w.findResources('AWS::Lambda::Function', { Properties: { Description: `ecr-replicator step ${f.name}` } }))[0] as any;
+    const env = fn.Properties.Environment.Variables;
+    if (f.name === 'enumerate-images') assert.deepEqual(env.ECR_REPLICATOR_WORK_BUCKET, { Ref: logical });
+    else assert.equal(env.ECR_REPLICATOR_WORK_BUCKET, undefined, f.name);
+  }
+  const all = Object.values(w.findResources('AWS::IAM::Policy')).flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+  const s3 = all.filter((s: any) => [s.Action].flat().some((a: string) => a.startsWith('s3:')));
+  assert.equal(s3.length, 1);
+  assert.deepEqual(s3[0].Action, ['s3:PutObject', 's3:GetObject']);
+  assert.deepEqual(s3[0].Resource, { 'Fn::Join': ['', [{ 'Fn::GetAtt': [logical, 'Arn'] }, `/${SELECTIONS_PREFIX}*`]] });
 });

@@ -73,12 +73,24 @@ impl Policies {
 
     fn add_stack(&mut self, template: &Value, account: &str) {
         let resources = template["Resources"].as_object().unwrap();
+        // A bucket's ARN is the local stand-in's: the deployment's work bucket is moto's here.
+        let arns: HashMap<String, String> = resources
+            .iter()
+            .filter(|(_, r)| r["Type"] == "AWS::S3::Bucket")
+            .map(|(logical, _)| {
+                (
+                    logical.clone(),
+                    format!("arn:aws:s3:::{}", crate::sfn::WORK_BUCKET),
+                )
+            })
+            .collect();
+        let context = Context { account, arns };
         let mut by_role: HashMap<String, Vec<Statement>> = HashMap::new();
         for (_, r) in resources
             .iter()
             .filter(|(_, r)| r["Type"] == "AWS::IAM::Policy")
         {
-            let statements = statements(&r["Properties"]["PolicyDocument"], account);
+            let statements = statements(&r["Properties"]["PolicyDocument"], &context);
             for role in r["Properties"]["Roles"].as_array().into_iter().flatten() {
                 let logical = role["Ref"].as_str().unwrap_or_default().to_string();
                 by_role
@@ -161,7 +173,13 @@ impl Statement {
     }
 }
 
-fn statements(document: &Value, account: &str) -> Vec<Statement> {
+/// What a template's intrinsics resolve to: the stack's account, resources' ARNs by logical id.
+struct Context<'a> {
+    account: &'a str,
+    arns: HashMap<String, String>,
+}
+
+fn statements(document: &Value, account: &Context) -> Vec<Statement> {
     document["Statement"]
         .as_array()
         .into_iter()
@@ -175,16 +193,17 @@ fn statements(document: &Value, account: &str) -> Vec<Statement> {
         .collect()
 }
 
-fn list(value: &Value, account: &str) -> Vec<String> {
+fn list(value: &Value, account: &Context) -> Vec<String> {
     match value {
         Value::Array(items) => items.iter().map(|v| resolve(v, account)).collect(),
         other => vec![resolve(other, account)],
     }
 }
 
-/// A template value as a string: `Fn::Join` joined, pseudo parameters filled in; anything else
-/// (an attribute of another resource) as a placeholder no ARN matches.
-fn resolve(value: &Value, account: &str) -> String {
+/// A template value as a string: `Fn::Join` joined, pseudo parameters and known resources'
+/// `Arn` attributes filled in; anything else as a placeholder no ARN matches.
+fn resolve(value: &Value, context: &Context) -> String {
+    let account = context;
     match value {
         Value::String(s) => s.clone(),
         Value::Object(o) if o.contains_key("Fn::Join") => {
@@ -198,9 +217,20 @@ fn resolve(value: &Value, account: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(separator)
         }
+        Value::Object(o) if o.contains_key("Fn::GetAtt") => {
+            let attribute = &o["Fn::GetAtt"];
+            match (attribute[0].as_str(), attribute[1].as_str()) {
+                (Some(logical), Some("Arn")) => context
+                    .arns
+                    .get(logical)
+                    .cloned()
+                    .unwrap_or_else(|| "<unresolved>".into()),
+                _ => "<unresolved>".into(),
+            }
+        }
         Value::Object(o) => match o.get("Ref").and_then(Value::as_str) {
             Some("AWS::Partition") => "aws".into(),
-            Some("AWS::AccountId") => account.into(),
+            Some("AWS::AccountId") => account.account.into(),
             Some("AWS::URLSuffix") => "amazonaws.com".into(),
             _ => "<unresolved>".into(),
         },

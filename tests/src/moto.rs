@@ -147,6 +147,20 @@ pub async fn enable_executions_at(url: &str) {
     assert!(resp.status().is_success(), "moto config: {}", resp.status());
 }
 
+/// Creates an S3 bucket (in us-east-1) in the moto server at `url`.
+pub async fn create_bucket_at(url: &str, bucket: &str) {
+    let resp = reqwest::Client::new()
+        .put(format!("{url}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "moto CreateBucket {bucket}: {}",
+        resp.status()
+    );
+}
+
 impl Drop for Moto {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {

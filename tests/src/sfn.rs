@@ -155,6 +155,12 @@ impl Proxy {
     }
 }
 
+/// The work bucket every local run's functions use, in moto (the deployment's is the CDK app's
+/// `WorkBucket`; the IAM check reads that bucket's ARN as this one's).
+pub const WORK_BUCKET: &str = "ecr-replicator-work";
+/// Its region, the functions' `AWS_REGION`.
+pub const WORK_BUCKET_REGION: &str = "us-east-1";
+
 /// The functions whose concurrent invocations `maxConcurrency` bounds.
 const COPY_FUNCTIONS: [&str; 2] = ["copy-blobs", "put-manifests"];
 
@@ -228,6 +234,12 @@ impl LocalStepFunctions {
             ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
             ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
             ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+            // The deployment's work bucket (the CDK app sets it for enumerate-images).
+            ("AWS_REGION".to_string(), WORK_BUCKET_REGION.to_string()),
+            (
+                "ECR_REPLICATOR_WORK_BUCKET".to_string(),
+                WORK_BUCKET.to_string(),
+            ),
         ];
         // `ECR_REPLICATOR_FUNCTION_LOG=debug` (a RUST_LOG filter) makes the functions verbose.
         let log_filter = std::env::var("ECR_REPLICATOR_FUNCTION_LOG")
@@ -287,6 +299,7 @@ impl LocalStepFunctions {
         sfn.wait_for(watch_port, "cargo lambda watch").await;
         sfn.warm_up(watch_port).await;
         crate::moto::enable_executions_at(&format!("http://127.0.0.1:{moto_port}")).await;
+        crate::moto::create_bucket_at(&format!("http://127.0.0.1:{moto_port}"), WORK_BUCKET).await;
         sfn
     }
 
@@ -573,7 +586,13 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
 /// The AWS API call a function's request is: its action (ECR's JSON protocol names it in
 /// `X-Amz-Target`, STS's query protocol in the form body), signer and resources. `None` for
 /// requests that are not a function's (the harness's own have no `app/` in their user agent).
-fn api_call(proxy: &Proxy, headers: &axum::http::HeaderMap, body: &[u8]) -> Option<ApiCall> {
+fn api_call(
+    proxy: &Proxy,
+    method: &axum::http::Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Option<ApiCall> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -609,6 +628,17 @@ fn api_call(proxy: &Proxy, headers: &axum::http::HeaderMap, body: &[u8]) -> Opti
             .collect();
         names.extend(json["repositoryName"].as_str().map(str::to_string));
         (format!("{service}:{operation}"), names)
+    } else if service == "s3" {
+        // REST, path-style: the object's ARN; only the object calls the functions make.
+        let action = match *method {
+            axum::http::Method::PUT => "s3:PutObject",
+            axum::http::Method::GET => "s3:GetObject",
+            _ => return None,
+        };
+        (
+            action.to_string(),
+            vec![format!("arn:aws:s3:::{}", path.trim_start_matches('/'))],
+        )
     } else {
         let form: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(body).into_owned().collect();
@@ -690,6 +720,7 @@ async fn forward_to(
             }
         }
         None => {
+            let call = api_call(proxy, &method, &path, &headers, &body);
             let mut rb = proxy
                 .http
                 .request(method, format!("{}{path}{query}", proxy.moto));
@@ -698,7 +729,6 @@ async fn forward_to(
                     rb = rb.header(k, v);
                 }
             }
-            let call = api_call(proxy, &headers, &body);
             match rb.body(body).send().await {
                 Ok(resp) => {
                     let mut out = Response::builder().status(resp.status().as_u16());

@@ -150,6 +150,7 @@ impl EcrWorld {
             registry,
             credentials: oci::CredentialStore::new(),
             catalog_page_size: 0,
+            work_bucket: None,
         }
     }
 

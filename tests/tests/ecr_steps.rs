@@ -542,3 +542,71 @@ async fn prune_in_an_immutable_repository_reports_the_stale_tags_and_keeps_them(
     assert!(output.prune_kept[0].starts_with("v0: the repository's tags are immutable"));
     assert_eq!(tags_in(&target, "web").await, vec!["v0"]);
 }
+
+/// A repository with more work than a page: the first page keeps the selection in the work
+/// bucket and names it in the token; the next page reads its stretch from there. A token whose
+/// selection is gone (expired) still gives the same page, from a new listing; a token this step
+/// did not write is refused naming the field.
+#[tokio::test]
+async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
+    let world = EcrWorld::start();
+    for i in 0..30 {
+        world
+            .seed("pages/repo", &format!("v{i}"), &small_image(100 + 2 * i))
+            .await;
+    }
+    let bucket = "ecr-replicator-work";
+    e2e::moto::create_bucket_at(&world.moto.url, bucket).await;
+    let mut settings = world.settings();
+    settings.work_bucket = Some(replication::connect::WorkBucketSettings {
+        bucket: bucket.into(),
+        region: "us-east-1".into(),
+    });
+    let conns = Connections::new(settings);
+    let page = |token: Option<&str>| {
+        functions::enumerate_images(
+            &conns,
+            event(EnumerateImagesInput {
+                job: job(json!({})),
+                repository: "pages/repo".into(),
+                next_token: token.map(str::to_string),
+            }),
+        )
+    };
+
+    let first = page(None).await.unwrap();
+    let token = first.next_token.clone().expect("a second page");
+    let (id, offset) = token
+        .split_once(':')
+        .expect("the token names a kept selection");
+    assert_eq!((first.images.len(), offset), (25, "25"), "{token}");
+    let second = page(Some(&token)).await.unwrap();
+    assert_eq!((second.images.len(), second.next_token.clone()), (5, None));
+    let mut digests: Vec<_> = first
+        .images
+        .iter()
+        .chain(&second.images)
+        .map(|t| t.digest.clone())
+        .collect();
+    digests.sort();
+    digests.dedup();
+    assert_eq!((digests.len(), second.selected), (30, 30));
+
+    // The kept selection is an object of the bucket, under the prefix the deployment expires.
+    let store = ecr::WorkBucket::new(&world.moto.aws_settings(), "us-east-1", bucket.into()).await;
+    let kept = store.get(&format!("selections/{id}/0.json")).await.unwrap();
+    let kept: serde_json::Value = serde_json::from_slice(&kept.expect("kept")).unwrap();
+    assert_eq!(kept["total"], 30);
+
+    let gone = page(Some(&format!("{}:25", "0".repeat(32)))).await.unwrap();
+    assert_eq!(
+        gone.images, second.images,
+        "a gone selection lists the repository again"
+    );
+
+    for bad in ["x y:25", ":25", "abc:many", "../x:1", "many"] {
+        let err = page(Some(bad)).await.unwrap_err();
+        assert_eq!(err.kind, replication::ErrorKind::InvalidInput, "{bad}");
+        assert!(err.message.contains("nextToken"), "{bad}: {}", err.message);
+    }
+}

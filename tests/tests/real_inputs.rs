@@ -362,7 +362,7 @@ fn performed(world: &EcrWorld, sfn: &e2e::sfn::LocalStepFunctions) -> BTreeSet<P
             .to_string();
         let resources: Vec<String> = match call.action.as_str() {
             "ecr:GetAuthorizationToken" => vec!["*".into()],
-            a if a.starts_with("sts:") => call.resources.clone(),
+            a if a.starts_with("sts:") || a.starts_with("s3:") => call.resources.clone(),
             _ if call.resources.is_empty() => vec![repository_arn(&call.region, &account, "*")],
             _ => call
                 .resources

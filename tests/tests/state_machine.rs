@@ -2,6 +2,7 @@
 //! interpreter, its Lambda tasks served by `cargo lambda watch` running the real functions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use e2e::iam::{Performed, Policies};
 use e2e::image::{Format, ImageBuilder, Pusher};
 use e2e::registry::TestRegistry;
 use e2e::sfn::{LambdaFault, LocalStepFunctions};
@@ -221,4 +222,91 @@ async fn a_blob_over_2_gib_is_copied_in_segments_through_the_state_machine() {
         Some((big.to_string(), size)),
         "the 2.1 GiB blob, streamed back and hashed"
     );
+}
+
+/// A repository with more work than a page (60 images: 3 pages of at most 25) is listed and
+/// resolved once per run: the first `enumerate-images` keeps the selection in the work bucket
+/// and the later pages read it from there, not from the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repository_of_many_pages_is_listed_and_resolved_once_per_run() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    let tags: Vec<String> = (0..60).map(|i| format!("t{i:02}")).collect();
+    for (i, tag) in tags.iter().enumerate() {
+        let image = ImageBuilder::new(Format::Oci).layer(i as u64, 64).build();
+        pusher.push("big/repo", tag, &image).await;
+    }
+    let sfn = LocalStepFunctions::start(&[]).await;
+    let arn = sfn.create_state_machine("replicate").await;
+    let input = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "referrers": false
+    });
+    let listed_before = src.count_requests("GET", "/v2/big/repo/tags/list", 200);
+
+    let run = sfn.execute(&arn, &input).await;
+
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.cause);
+    let report = run.output.clone().unwrap();
+    assert_eq!(
+        (report["copied"].as_u64(), report["failed"].as_u64()),
+        (Some(60), Some(0)),
+        "{report}"
+    );
+    let enumerations = sfn.invocations()["enumerate-images"];
+    assert!(enumerations >= 3, "{enumerations} enumerate-images calls");
+    assert_eq!(
+        src.count_requests("GET", "/v2/big/repo/tags/list", 200) - listed_before,
+        1,
+        "the source repository was listed more than once in {enumerations} pages"
+    );
+    for tag in &tags {
+        let resolved = src.count_requests("HEAD", &format!("/v2/big/repo/manifests/{tag} "), 200);
+        assert_eq!(resolved, 1, "tag {tag} resolved {resolved} times");
+    }
+    let selections: Vec<_> = sfn
+        .api_calls()
+        .into_iter()
+        .filter(|c| c.action.starts_with("s3:"))
+        .map(|c| c.action)
+        .collect();
+    let (kept, read) = (
+        selections.iter().filter(|a| *a == "s3:PutObject").count(),
+        selections.iter().filter(|a| *a == "s3:GetObject").count(),
+    );
+    assert_eq!(kept, 1, "{selections:?}");
+    assert_eq!(read, enumerations - 1, "{selections:?}");
+    // IAM: the synthesized deployment grants exactly these calls to the function that made them
+    // (`make cdk-test` synthesizes `cdk/cdk.out.iam`), and refuses them without its statement.
+    let performed: std::collections::BTreeSet<Performed> = sfn
+        .api_calls()
+        .into_iter()
+        .filter(|c| c.action.starts_with("s3:"))
+        .flat_map(|c| {
+            c.resources
+                .clone()
+                .into_iter()
+                .map(move |resource| Performed {
+                    function: c.function.clone(),
+                    assumed_role: c.assumed_role.clone(),
+                    action: c.action.clone(),
+                    resource,
+                })
+        })
+        .collect();
+    let mut policies = Policies::load(
+        &e2e::sfn::workspace().join("cdk/cdk.out.iam"),
+        "123456789012",
+    );
+    assert_eq!(policies.violations(&performed), Vec::<String>::new());
+    for statements in policies.by_function.values_mut() {
+        statements.retain(|s| s.sid != "RunSelections");
+    }
+    assert_eq!(policies.violations(&performed).len(), performed.len());
+    // Every page's images arrived byte-identical (first, middle and last checked by skopeo).
+    for tag in ["t00", "t30", "t59"] {
+        let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/big/repo:{tag}"), None);
+        assert_eq!(at(&dst.host), at(&src.host), "{tag}");
+    }
 }

@@ -31,6 +31,7 @@ fn settings(page_size: usize) -> Settings {
     Settings {
         registry: e2e::fast_retry_config(&[]),
         catalog_page_size: page_size,
+        work_bucket: None,
         ..Settings::default()
     }
 }

@@ -6,10 +6,12 @@ pub mod admin;
 pub mod aws;
 pub mod error;
 pub mod registry;
+pub mod store;
 pub mod token;
 
 pub use admin::{EcrAdmin, EcrImage, EnsureReport, Page, RepositorySettings, SettingChange};
 pub use aws::{ecr_client, sdk_config, sfn_client, AssumeRole, AwsSettings};
 pub use error::{Error, Result};
 pub use registry::{EcrRegistry, RoleArn};
+pub use store::WorkBucket;
 pub use token::EcrTokenSource;

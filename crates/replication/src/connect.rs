@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ecr::{AssumeRole, AwsSettings, EcrAdmin, EcrRegistry, EcrTokenSource, RoleArn};
+use ecr::{AssumeRole, AwsSettings, EcrAdmin, EcrRegistry, EcrTokenSource, RoleArn, WorkBucket};
 use oci::{ClientConfig, Credential, CredentialStore, RegistryClient};
 use tokio::sync::Mutex;
 
@@ -22,6 +22,18 @@ pub struct Settings {
     pub credentials: CredentialStore,
     /// Entries asked per page of an OCI registry's catalog and tag lists (0: 1000, the most distribution serves).
     pub catalog_page_size: usize,
+    /// The run's work bucket (S3), where `enumerate-images` keeps a repository's selection for
+    /// its later pages; without one every page lists the repository again.
+    pub work_bucket: Option<WorkBucketSettings>,
+}
+
+/// Where the work bucket is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkBucketSettings {
+    /// Bucket name.
+    pub bucket: String,
+    /// The bucket's region (the workflow's).
+    pub region: String,
 }
 
 /// A registry reached with the right identity.
@@ -70,6 +82,7 @@ struct Key {
 pub struct Connections {
     settings: Settings,
     cache: Mutex<HashMap<Key, Arc<Connection>>>,
+    work_bucket: tokio::sync::OnceCell<Option<WorkBucket>>,
 }
 
 impl Connections {
@@ -78,7 +91,26 @@ impl Connections {
         Connections {
             settings,
             cache: Mutex::new(HashMap::new()),
+            work_bucket: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The run's work bucket, when the settings name one (built once).
+    pub async fn work_bucket(&self) -> Option<&WorkBucket> {
+        self.work_bucket
+            .get_or_init(|| async {
+                let settings = self.settings.work_bucket.as_ref()?;
+                Some(
+                    WorkBucket::new(
+                        &self.settings.aws,
+                        &settings.region,
+                        settings.bucket.clone(),
+                    )
+                    .await,
+                )
+            })
+            .await
+            .as_ref()
     }
 
     /// The settings in use.
@@ -207,7 +239,8 @@ impl Connections {
 /// AWS settings from the environment and the registry client template, for Lambdas:
 /// `AWS_ENDPOINT_URL`, `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (`host=url,...`),
 /// `ECR_REPLICATOR_INSECURE_REGISTRIES` (`host,...`), `ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS`
-/// (how long one request or blob may be throttled; default 300, keep it below the timeout).
+/// (how long one request or blob may be throttled; default 300, keep it below the timeout),
+/// `ECR_REPLICATOR_WORK_BUCKET` (the run's work bucket, in `AWS_REGION`).
 pub fn settings_from_env() -> Result<Settings> {
     let mut registry = ClientConfig::default();
     if let Ok(seconds) = std::env::var("ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS") {
@@ -249,5 +282,12 @@ pub fn settings_from_env() -> Result<Settings> {
         registry,
         credentials: CredentialStore::new(),
         catalog_page_size: 0,
+        work_bucket: std::env::var("ECR_REPLICATOR_WORK_BUCKET")
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+            .map(|bucket| WorkBucketSettings {
+                bucket: bucket.trim().to_string(),
+                region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            }),
     })
 }

@@ -150,7 +150,7 @@ impl Run<'_> {
                 self.conns,
                 self.valid,
                 repository,
-                &selected,
+                workflow::Selection::whole(&selected),
                 offset,
                 PageBounds::IN_PROCESS,
             )

@@ -389,31 +389,214 @@ fn is_missing_repository(e: &Error) -> bool {
 /// referrer). Present ones are only counted, so a run with nothing to do costs no child
 /// execution. A page ends before `TASKS_PER_PAGE` tasks or `PAGE_TASK_BYTES` of tasks would be
 /// exceeded (an image's tasks stay on one page), or after `IMAGES_CHECKED_PER_CALL` images.
+///
+/// The repository is listed and resolved once per run: when more pages follow and a work bucket
+/// is configured, the selection is kept there (`SELECTION_CHUNK` images an object) and the
+/// token names it, so later pages read their stretch of it instead of the registry. A selection
+/// that cannot be kept or is gone (expired) only costs a new listing.
 #[tracing::instrument(skip_all, fields(repository = %input.repository, next = ?input.next_token))]
 pub async fn enumerate_images(
     conns: &Connections,
     input: EnumerateImagesInput,
 ) -> Result<EnumerateImagesOutput> {
     let job = validated(input.job)?;
-    let offset: usize = match &input.next_token {
-        None => 0,
-        Some(token) => token.parse().map_err(|_| Error::InvalidInput {
+    let token = PageToken::parse(input.next_token.as_deref())?;
+    let bucket = conns.work_bucket().await;
+    if let (Some(id), Some(bucket)) = (&token.selection, bucket) {
+        if let Some(chunk) = stored_selection_chunk(bucket, id, token.offset).await {
+            let mut page = page_of_work(
+                conns,
+                &job,
+                &input.repository,
+                chunk.as_selection(),
+                token.offset,
+                PageBounds::STEP,
+            )
+            .await?;
+            page.next_token = page.next_token.map(|next| format!("{id}:{next}"));
+            return Ok(page);
+        }
+        tracing::warn!(selection = %id, "the run's kept selection is gone: listing the repository again");
+    }
+    let selected = selected_images(conns, &job, &input.repository).await?;
+    let mut page = page_of_work(
+        conns,
+        &job,
+        &input.repository,
+        Selection::whole(&selected),
+        token.offset,
+        PageBounds::STEP,
+    )
+    .await?;
+    if let (Some(next), Some(bucket)) = (&page.next_token, bucket) {
+        match keep_selection(bucket, &input.repository, &selected).await {
+            Ok(id) => page.next_token = Some(format!("{id}:{next}")),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not keep the selection in the work bucket: later pages list the repository again"
+            ),
+        }
+    }
+    Ok(page)
+}
+
+/// Selected images a kept selection holds per object (an `enumerate-images` call reads one).
+pub const SELECTION_CHUNK: usize = IMAGES_CHECKED_PER_CALL;
+
+/// Where the kept selections live in the work bucket (the deployment expires them).
+pub const SELECTIONS_PREFIX: &str = "selections/";
+
+/// Where a page starts: an offset into the repository's selection, and the kept selection
+/// (`<id>:<offset>`), if any.
+struct PageToken {
+    selection: Option<String>,
+    offset: usize,
+}
+
+impl PageToken {
+    fn parse(token: Option<&str>) -> Result<PageToken> {
+        let Some(token) = token else {
+            return Ok(PageToken {
+                selection: None,
+                offset: 0,
+            });
+        };
+        let invalid = || Error::InvalidInput {
             problems: vec![FieldProblem {
                 field: "nextToken".into(),
                 problem: format!("{token:?} is not a token this step returned"),
             }],
-        })?,
+        };
+        let (selection, offset) = match token.rsplit_once(':') {
+            Some((id, offset)) => {
+                let valid_id = !id.is_empty()
+                    && id.len() <= 64
+                    && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                if !valid_id {
+                    return Err(invalid());
+                }
+                (Some(id.to_string()), offset)
+            }
+            None => (None, token),
+        };
+        Ok(PageToken {
+            selection,
+            offset: offset.parse().map_err(|_| invalid())?,
+        })
+    }
+}
+
+/// A stretch of a repository's selection: `images` are the selection's from index `first`,
+/// of `total` in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    /// The images of the stretch.
+    pub images: &'a [SelectedImage],
+    /// Index of the first of them in the whole selection.
+    pub first: usize,
+    /// Images in the whole selection.
+    pub total: usize,
+}
+
+impl<'a> Selection<'a> {
+    /// The whole selection.
+    pub fn whole(images: &'a [SelectedImage]) -> Self {
+        Selection {
+            images,
+            first: 0,
+            total: images.len(),
+        }
+    }
+}
+
+/// One object of a kept selection.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SelectionChunk {
+    total: usize,
+    first: usize,
+    images: Vec<SelectedImage>,
+}
+
+impl SelectionChunk {
+    fn as_selection(&self) -> Selection<'_> {
+        Selection {
+            images: &self.images,
+            first: self.first,
+            total: self.total,
+        }
+    }
+}
+
+fn selection_key(id: &str, chunk: usize) -> String {
+    format!("{SELECTIONS_PREFIX}{id}/{chunk}.json")
+}
+
+/// Keeps a repository's selection in the work bucket; returns its id (new for each listing, so
+/// a retried first page never reads another's), or why it could not (only ever logged: a
+/// selection not kept costs a listing per page, nothing else).
+async fn keep_selection(
+    bucket: &ecr::WorkBucket,
+    repository: &str,
+    selected: &[SelectedImage],
+) -> std::result::Result<String, String> {
+    use std::hash::{BuildHasher, Hasher};
+    let random = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(repository.as_bytes());
+        h.write_u64(salt);
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.finish()
     };
-    let selected = selected_images(conns, &job, &input.repository).await?;
-    page_of_work(
-        conns,
-        &job,
-        &input.repository,
-        &selected,
-        offset,
-        PageBounds::STEP,
-    )
-    .await
+    let id = format!("{:016x}{:016x}", random(1), random(2));
+    futures::stream::iter(selected.chunks(SELECTION_CHUNK).enumerate())
+        .map(|(index, images)| {
+            let chunk = SelectionChunk {
+                total: selected.len(),
+                first: index * SELECTION_CHUNK,
+                images: images.to_vec(),
+            };
+            let key = selection_key(&id, index);
+            async move {
+                let body = serde_json::to_vec(&chunk).map_err(|e| e.to_string())?;
+                bucket.put(&key, body).await.map_err(|e| e.to_string())
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(id)
+}
+
+/// The object of kept selection `id` holding the image at `offset`; `None` when it is gone or
+/// cannot be read (logged: the caller lists the repository again, which is always correct).
+async fn stored_selection_chunk(
+    bucket: &ecr::WorkBucket,
+    id: &str,
+    offset: usize,
+) -> Option<SelectionChunk> {
+    let key = selection_key(id, offset / SELECTION_CHUNK);
+    let body = match bucket.get(&key).await {
+        Ok(body) => body?,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "could not read the kept selection");
+            return None;
+        }
+    };
+    let chunk: SelectionChunk = match serde_json::from_slice(&body) {
+        Ok(chunk) => chunk,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "the kept selection is not one this step wrote");
+            return None;
+        }
+    };
+    let holds_offset = offset >= chunk.first && offset < chunk.first + chunk.images.len();
+    holds_offset.then_some(chunk)
 }
 
 /// How large a page of work may be.
@@ -460,12 +643,13 @@ pub async fn selected_images(
     Ok(selected)
 }
 
-/// One page of the work left among `selected` from `offset` (see `enumerate_images`).
+/// One page of the work left in `selection` from `offset` (an index into the whole
+/// selection; see `enumerate_images`). The page stays within the stretch given.
 pub async fn page_of_work(
     conns: &Connections,
     job: &ValidJob,
     repository: &str,
-    selected: &[SelectedImage],
+    selection: Selection<'_>,
     offset: usize,
     bounds: PageBounds,
 ) -> Result<EnumerateImagesOutput> {
@@ -479,12 +663,16 @@ pub async fn page_of_work(
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
         present: 0,
-        selected: selected.len(),
+        selected: selection.total,
         next_token: None,
     };
     let mut task_bytes: usize = 0;
-    let window_end = offset.saturating_add(bounds.checked).min(selected.len());
-    let window = selected.get(offset..window_end).unwrap_or_default();
+    let stretch_end = selection.first + selection.images.len();
+    let window_end = offset.saturating_add(bounds.checked).min(stretch_end);
+    let window = selection
+        .images
+        .get(offset.saturating_sub(selection.first)..window_end - selection.first)
+        .unwrap_or_default();
     // Presence of every image of the window in every destination, checked a few at a time, in
     // order, so the page can stop at its bounds.
     let mut checks = futures::stream::iter(window.iter().enumerate())
@@ -545,7 +733,7 @@ pub async fn page_of_work(
         task_bytes += bytes;
         output.images.extend(missing);
     }
-    output.next_token = (next < selected.len()).then(|| next.to_string());
+    output.next_token = (next < selection.total).then(|| next.to_string());
     Ok(output)
 }
 

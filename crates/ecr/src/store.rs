@@ -1,0 +1,85 @@
+//! The run's work bucket: an S3 bucket where one step call leaves what a later call of the same
+//! run reads instead of asking the registries again (a repository's selected images, listed
+//! and resolved once per run). Objects are short-lived: the deployment expires them.
+
+use aws_sdk_s3::primitives::ByteStream;
+
+use crate::aws::{sdk_config, AwsSettings};
+use crate::error::{Error, Result};
+
+/// An S3 bucket in the workflow's account and region.
+#[derive(Clone)]
+pub struct WorkBucket {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+}
+
+impl std::fmt::Debug for WorkBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkBucket")
+            .field("bucket", &self.bucket)
+            .finish()
+    }
+}
+
+impl WorkBucket {
+    /// A client for `bucket` in `region` under the process's own identity. With an endpoint
+    /// override (moto, LocalStack) requests are path-style: such endpoints serve no bucket
+    /// subdomains.
+    pub async fn new(settings: &AwsSettings, region: &str, bucket: String) -> Self {
+        let config = sdk_config(settings, region, None).await;
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(settings.endpoint_url.is_some())
+            .build();
+        WorkBucket {
+            client: aws_sdk_s3::Client::from_conf(s3),
+            bucket,
+        }
+    }
+
+    /// The bucket's name.
+    pub fn name(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Stores `body` under `key` (JSON).
+    pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| Error::api("s3:PutObject", self.resource(key), &e))?;
+        Ok(())
+    }
+
+    /// The object under `key`, or `None` when there is none (never written, or expired).
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let answer = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        let object = match answer {
+            Ok(object) => object,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(Error::api("s3:GetObject", self.resource(key), &e)),
+        };
+        let bytes = object.body.collect().await.map_err(|e| Error::Api {
+            operation: "s3:GetObject",
+            resource: self.resource(key),
+            message: format!("reading the object's body: {e}"),
+            retryable: true,
+        })?;
+        Ok(Some(bytes.into_bytes().to_vec()))
+    }
+
+    fn resource(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+}

@@ -376,6 +376,60 @@ async fn an_immutable_repository_is_never_sent_an_existing_tag_again() {
     assert_eq!(world.plane(DEST).count("immutable_refused"), 1);
 }
 
+/// A task enumerated while its tags were absent puts them without asking first; retried after
+/// its tag went in (a put that timed out after ECR stored it), the immutable repository refuses
+/// the identical put, and the retry still succeeds because the tag already names the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_put_of_an_absent_tag_into_an_immutable_repository_succeeds() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci).layer(41, 3_000).build();
+    world.seed("frozen2", "v1", &image).await;
+    world
+        .moto
+        .sdk(SOURCE, None)
+        .await
+        .put_image_tag_mutability()
+        .repository_name("frozen2")
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+    let conns = replication::connect::Connections::new(world.settings());
+    let job = job(&["frozen2"], json!({}));
+    let enumerated = replication::workflow::enumerate_images(
+        &conns,
+        replication::steps::EnumerateImagesInput {
+            job: job.clone(),
+            repository: "frozen2".into(),
+            next_token: None,
+        },
+    )
+    .await
+    .unwrap();
+    let task = enumerated.images[0].clone();
+    assert!(task.tags_absent && task.repository_absent, "{task:?}");
+    let first = run(&world, job.clone()).await;
+    assert_eq!((first.copied, first.failed), (1, 0), "{first:?}");
+    assert_eq!(world.plane(DEST).count("immutable_refused"), 0);
+
+    let retried = replication::workflow::put_manifests(
+        &conns,
+        replication::steps::PutManifestsInput {
+            job,
+            image: task,
+            copied: json!([]),
+        },
+    )
+    .await;
+
+    assert!(retried.is_ok(), "{retried:?}");
+    assert_eq!(world.plane(DEST).count("immutable_refused"), 1);
+    assert_eq!(
+        dest_manifest(&world, "frozen2", "v1").await.as_ref(),
+        Some(&image.manifest)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_over_4_mib_are_refused_before_anything_is_written() {
     let world = EcrWorld::start();

@@ -379,6 +379,8 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         target_repository: "ml/missing".into(),
         present: false,
         referrers: Vec::new(),
+        tags_absent: false,
+        repository_absent: false,
     };
     let plan = functions::plan_image(
         &conns,

@@ -54,6 +54,8 @@ fn task(tags: usize) -> ImageTask {
         target_repository: text(REPOSITORY),
         present: false,
         referrers: Vec::new(),
+        tags_absent: false,
+        repository_absent: false,
     }
 }
 

@@ -262,7 +262,7 @@ async fn a_repository_of_many_pages_is_listed_and_resolved_once_per_run() {
         "the source repository was listed more than once in {enumerations} pages"
     );
     for tag in &tags {
-        let resolved = src.count_requests("HEAD", &format!("/v2/big/repo/manifests/{tag} "), 200);
+        let resolved = src.count_requests("GET", &format!("/v2/big/repo/manifests/{tag} "), 200);
         assert_eq!(resolved, 1, "tag {tag} resolved {resolved} times");
     }
     let selections: Vec<_> = sfn

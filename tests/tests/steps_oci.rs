@@ -46,6 +46,8 @@ fn task(repository: &str, digest: &str, tags: &[&str], dst: &TestRegistry) -> Im
         target_repository: format!("mirror/{repository}"),
         present: false,
         referrers: Vec::new(),
+        tags_absent: false,
+        repository_absent: false,
     }
 }
 
@@ -522,4 +524,82 @@ async fn prune_on_a_registry_that_cannot_untag_deletes_wholly_stale_manifests_on
     for tag in ["v1", "v0.8", "v0.9", "dev"] {
         assert!(target.manifest("mirror/web", tag).await.is_some(), "{tag}");
     }
+}
+
+/// A first sync into a repository the destination does not have asks it nothing it knows the
+/// answer to (no blob or manifest HEAD), and reads each source manifest once (the listing's
+/// read serves the plan); byte-identical, and the next sync finds everything present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_sync_into_a_new_repository_asks_nothing_it_knows() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    let tags = ["a", "b", "c", "d", "e"];
+    let mut images = Vec::new();
+    for (i, tag) in tags.iter().enumerate() {
+        let image = ImageBuilder::new(Format::Oci)
+            .layer(900, 10_000)
+            .layer(901 + i as u64, 2_000)
+            .build();
+        pusher.push("svc/new", tag, &image).await;
+        images.push(image);
+    }
+    let index = multi_arch(950, 2, 3_000);
+    pusher.push("svc/new", "multi", &index).await;
+    let read_before = src.log().lines().count();
+    let conns = Connections::new(settings(0));
+    let job = job(&src, &dst, json!({"referrers": false}));
+
+    let first = replication::run::run_job(&conns, job.clone(), &replication::run::Quiet)
+        .await
+        .unwrap()
+        .report;
+
+    assert_eq!((first.copied, first.failed), (6, 0), "{first:?}");
+    let asked = dst
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"HEAD /v2/"))
+        .count();
+    assert_eq!(
+        asked,
+        0,
+        "HEADs sent to a repository that did not exist:\n{}",
+        dst.log()
+    );
+    let source_log: Vec<String> = src
+        .log()
+        .lines()
+        .skip(read_before)
+        .map(str::to_string)
+        .collect();
+    let manifest_reads = |part: &str| source_log.iter().filter(|l| l.contains(part)).count();
+    assert_eq!(manifest_reads("\"HEAD /v2/svc/new/manifests/"), 0);
+    for tag in tags.iter().chain(&["multi"]) {
+        let by_tag = manifest_reads(&format!("\"GET /v2/svc/new/manifests/{tag} "));
+        assert_eq!(by_tag, 1, "{tag}");
+    }
+    // The index's children are read by digest (they have no tag), each once; the tagged
+    // manifests never are.
+    let by_digest: Vec<&String> = source_log
+        .iter()
+        .filter(|l| l.contains("\"GET /v2/svc/new/manifests/sha256:"))
+        .collect();
+    let distinct: std::collections::HashSet<_> = by_digest.iter().collect();
+    assert!(!by_digest.is_empty());
+    assert_eq!(by_digest.len(), distinct.len(), "{by_digest:#?}");
+    for (tag, image) in tags.iter().zip(&images).chain([(&"multi", &index)]) {
+        let at = |name: String| e2e::skopeo::inspect_raw(&name, None);
+        let copied = at(format!("{}/mirror/svc/new:{tag}", dst.host));
+        assert_eq!(copied, image.manifest.to_vec(), "{tag}");
+        assert_eq!(at(format!("{}/svc/new:{tag}", src.host)), copied, "{tag}");
+    }
+    let again = replication::run::run_job(&conns, job, &replication::run::Quiet)
+        .await
+        .unwrap()
+        .report;
+    assert_eq!(
+        (again.present, again.copied, again.failed),
+        (6, 0, 0),
+        "{again:?}"
+    );
 }

@@ -703,7 +703,7 @@ impl RegistryClient {
     #[tracing::instrument(skip(self), fields(reference = %reference))]
     pub async fn get_manifest(&self, reference: &Reference) -> Result<Manifest> {
         let repo = &reference.repository;
-        // By digest a manifest never changes: one read per process (plan, then put).
+        // By digest a manifest never changes: one read per process (listing, plan, put).
         let cache_key = reference
             .digest
             .as_ref()
@@ -753,9 +753,16 @@ impl RegistryClient {
                 });
             }
         }
-        if let Some(key) = cache_key {
-            lock(&self.inner.manifests).insert(key, manifest.clone());
-        }
+        // Read by tag, it is kept by its digest too: a later read by digest (the plan after
+        // the listing) costs no request.
+        let key = cache_key.unwrap_or_else(|| {
+            (
+                repo.registry.clone(),
+                repo.name.clone(),
+                manifest.digest.to_string(),
+            )
+        });
+        lock(&self.inner.manifests).insert(key, manifest.clone());
         Ok(manifest)
     }
 

@@ -20,5 +20,6 @@ pub use error::{Error, Result};
 pub use manifest::{Manifest, ManifestContent};
 pub use reference::{Reference, Repository};
 pub use transfer::{
-    copy_blob, copy_blob_segment, BlobOutcome, BlobRef, ProgressFn, SegmentProgress, SegmentState,
+    copy_blob, copy_blob_segment, upload_blob, BlobOutcome, BlobRef, ProgressFn, SegmentProgress,
+    SegmentState,
 };

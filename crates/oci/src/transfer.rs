@@ -52,6 +52,20 @@ pub async fn copy_blob(
     if target.head_blob(to, &blob.digest).await?.is_some() {
         return Ok(BlobOutcome::Present);
     }
+    upload_blob(source, from, target, to, blob, progress).await
+}
+
+/// `copy_blob` of a blob the target is known not to have (its repository does not exist):
+/// uploaded without asking first. Were it there after all, the upload only repeats it.
+#[tracing::instrument(skip(source, target, progress), fields(digest = %blob.digest, size = blob.size))]
+pub async fn upload_blob(
+    source: &RegistryClient,
+    from: &Repository,
+    target: &RegistryClient,
+    to: &Repository,
+    blob: &BlobRef,
+    progress: Option<ProgressFn>,
+) -> Result<BlobOutcome> {
     let policy = target.config().retry.clone();
     let started = std::time::Instant::now();
     let mut attempt = 0;

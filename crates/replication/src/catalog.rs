@@ -157,7 +157,16 @@ impl Catalog for OciCatalog<'_> {
                     tag: Some(tag.clone()),
                     digest: None,
                 };
-                async move { (tag, self.client.head_manifest(&reference).await) }
+                // The manifest itself, not a HEAD: the same one request, and the plan then
+                // reads it from the client's cache.
+                async move {
+                    let manifest = match self.client.get_manifest(&reference).await {
+                        Ok(m) => Ok(Some((m.digest, m.media_type))),
+                        Err(e) if e.is_not_found() => Ok(None),
+                        Err(e) => Err(e),
+                    };
+                    (tag, manifest)
+                }
             })
             .buffered(16)
             .collect()
@@ -171,14 +180,15 @@ impl Catalog for OciCatalog<'_> {
             else {
                 continue; // deleted between the list and the HEAD
             };
-            match images.iter_mut().find(|i| i.digest == head.digest.as_str()) {
+            let (digest, media_type) = head;
+            match images.iter_mut().find(|i| i.digest == digest.as_str()) {
                 Some(image) => image.tags.push(tag),
                 None => images.push(ImageInfo {
-                    digest: head.digest.to_string(),
+                    digest: digest.to_string(),
                     tags: vec![tag],
                     pushed_at: None,
                     size: None,
-                    media_type: head.media_type,
+                    media_type: Some(media_type),
                 }),
             }
         }

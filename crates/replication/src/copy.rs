@@ -173,7 +173,7 @@ pub async fn copy_image(
         &to.repository,
         &top,
         &walked.children,
-        &tags,
+        (&tags, Known::default()),
         &image,
     )
     .await?;
@@ -181,17 +181,26 @@ pub async fn copy_image(
     Ok(report)
 }
 
+/// What is already known of the target, so puts skip questions with known answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Known {
+    /// None of the tags is in the target.
+    pub(crate) tags_absent: bool,
+    /// The target repository does not exist (so neither do its manifests).
+    pub(crate) repository_absent: bool,
+}
+
 /// Puts child manifests by digest (deepest first, skipping those present), then the top
 /// manifest under each tag (or by digest when there is none), skipping a tag that already
 /// points at it (immutable tags refuse even an identical put); then checks every tag resolves
-/// to the top digest (from the PUT's `Docker-Content-Digest`, else by HEAD). Returns how many
-/// manifests were written.
+/// to the top digest (from the PUT's `Docker-Content-Digest`, else by HEAD). What `known` says
+/// is absent is not asked about. Returns how many manifests were written.
 pub(crate) async fn put_manifests_in_order(
     target: &RegistryClient,
     repo: &oci::Repository,
     top: &Manifest,
     children: &[Manifest],
-    tags: &[String],
+    (tags, known): (&[String], Known),
     image: &str,
 ) -> Result<usize> {
     let oci_err = |source: oci::Error| Error::Registry {
@@ -210,11 +219,12 @@ pub(crate) async fn put_manifests_in_order(
     };
     let mut put = 0;
     for child in children.iter().rev() {
-        if target
-            .head_manifest(&by_digest(&child.digest))
-            .await
-            .map_err(oci_err)?
-            .is_none()
+        if known.repository_absent
+            || target
+                .head_manifest(&by_digest(&child.digest))
+                .await
+                .map_err(oci_err)?
+                .is_none()
         {
             target
                 .put_manifest(repo, child.digest.as_str(), child)
@@ -224,11 +234,12 @@ pub(crate) async fn put_manifests_in_order(
         }
     }
     if tags.is_empty() {
-        if target
-            .head_manifest(&by_digest(&top.digest))
-            .await
-            .map_err(oci_err)?
-            .is_none()
+        if known.repository_absent
+            || target
+                .head_manifest(&by_digest(&top.digest))
+                .await
+                .map_err(oci_err)?
+                .is_none()
         {
             target
                 .put_manifest(repo, top.digest.as_str(), top)
@@ -238,12 +249,30 @@ pub(crate) async fn put_manifests_in_order(
         }
         return Ok(put);
     }
+    let points_at_top = |tag: &str| {
+        let tag = by_tag(tag);
+        async move {
+            let current = target.head_manifest(&tag).await.map_err(oci_err)?;
+            Ok::<_, Error>(current.is_some_and(|h| h.digest == top.digest))
+        }
+    };
     for tag in tags {
-        let current = target.head_manifest(&by_tag(tag)).await.map_err(oci_err)?;
-        if current.is_some_and(|h| h.digest == top.digest) {
+        let asked_first = !(known.tags_absent || known.repository_absent);
+        if asked_first && points_at_top(tag).await? {
             continue;
         }
-        let confirmed = target.put_manifest(repo, tag, top).await.map_err(oci_err)?;
+        let confirmed = match target.put_manifest(repo, tag, top).await {
+            Ok(confirmed) => confirmed,
+            // Not asked first, and refused: a retry after this very put went in (an immutable
+            // tag refuses even an identical put) is no failure.
+            Err(e) if !asked_first && !e.is_throttling() => {
+                if points_at_top(tag).await? {
+                    continue;
+                }
+                return Err(oci_err(e));
+            }
+            Err(e) => return Err(oci_err(e)),
+        };
         put += 1;
         // The registry said which digest it stored under the tag: no need to ask again.
         if confirmed.as_ref() == Some(&top.digest) {

@@ -167,6 +167,18 @@ pub struct ImageTask {
     /// `sha256-<hex>` fallback index when the target has no referrers API.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub referrers: Vec<String>,
+    /// The destination's tag list named none of `tags` when enumerated: they are put without
+    /// asking first.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tags_absent: bool,
+    /// The destination repository did not exist when enumerated: blobs are uploaded and child
+    /// manifests put without asking first (asking could only say "not there").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub repository_absent: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// Output of `enumerate-images`: one page of the work left (selected images x destinations not

@@ -10,7 +10,7 @@ use oci::{BlobOutcome, BlobRef, Digest, Reference, Repository, SegmentProgress};
 
 use crate::catalog::{Catalog, OciCatalog, RepositoryAdmin};
 use crate::connect::{Connection, Connections};
-use crate::copy::{put_manifests_in_order, walk, Walked};
+use crate::copy::{put_manifests_in_order, walk, Known, Walked};
 use crate::error::{Error, ErrorKind, FieldProblem, Result};
 use crate::filter::{ImageInfo, SelectedImage};
 use crate::job::{Destination, ImageSelector, Job, SettingsMode, ValidJob};
@@ -623,7 +623,7 @@ impl PageBounds {
     /// In one process (`sync`): larger pages, so more of a repository copies at once and a
     /// shared layer is copied once for more images.
     pub const IN_PROCESS: PageBounds = PageBounds {
-        tasks: 250,
+        tasks: 1000,
         task_bytes: usize::MAX,
         checked: usize::MAX,
         plan_bytes: usize::MAX,
@@ -657,8 +657,8 @@ pub async fn page_of_work(
     for (index, spec) in job.job.destinations.iter().enumerate() {
         let dest = conns.destination(&job.job, index).await?;
         let target = checked_target_repository(spec, repository)?;
-        let tags = destination_tags(&dest.client, &spec.registry, &target).await;
-        destinations.push((index, spec, dest, target, tags));
+        let (tags, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
+        destinations.push((index, spec, dest, target, tags, absent));
     }
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
@@ -680,7 +680,7 @@ pub async fn page_of_work(
             let destinations = &destinations;
             async move {
                 let mut tasks = Vec::new();
-                for (index, spec, dest, target, listed) in destinations {
+                for (index, spec, dest, target, listed, repository_absent) in destinations {
                     let repo = Repository {
                         registry: spec.registry.clone(),
                         name: target.clone(),
@@ -689,6 +689,10 @@ pub async fn page_of_work(
                     let unlisted = listed
                         .as_ref()
                         .is_some_and(|l| image.tags.iter().any(|t| !l.contains(t)));
+                    let tags_absent = !image.tags.is_empty()
+                        && listed
+                            .as_ref()
+                            .is_some_and(|l| image.tags.iter().all(|t| !l.contains(t)));
                     let present = !unlisted
                         && is_present(
                             &dest.client,
@@ -707,6 +711,8 @@ pub async fn page_of_work(
                         target_repository: target.clone(),
                         present,
                         referrers: image.referrers.clone(),
+                        tags_absent,
+                        repository_absent: *repository_absent,
                     });
                 }
                 Ok::<_, Error>((at, tasks))
@@ -853,21 +859,23 @@ async fn resolve_listed(
 /// The tags a destination repository has now (empty when it does not exist yet), read once per
 /// page so that a first sync costs no presence request per image; `None` when the registry
 /// does not list them (each image is then asked about).
+/// The destination repository's tags (`None` when it cannot list them), and whether it does not
+/// exist at all.
 async fn destination_tags(
     client: &oci::RegistryClient,
     registry: &str,
     repository: &str,
-) -> Option<std::collections::HashSet<String>> {
+) -> (Option<std::collections::HashSet<String>>, bool) {
     let repo = Repository {
         registry: registry.to_string(),
         name: repository.to_string(),
     };
     match client.list_tags(&repo).await {
-        Ok(tags) => Some(tags.into_iter().collect()),
-        Err(e) if e.is_not_found() => Some(Default::default()),
+        Ok(tags) => (Some(tags.into_iter().collect()), false),
+        Err(e) if e.is_not_found() => (Some(Default::default()), true),
         Err(e) => {
             tracing::debug!(error = %e, repository = %repo, "tag list unavailable; checking each image");
-            None
+            (None, false)
         }
     }
 }
@@ -1161,9 +1169,13 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
         CopyRange::Blobs { blobs } => {
             let outcomes: Vec<(BlobOutcome, u64)> = futures::stream::iter(blobs)
                 .map(|blob| async {
-                    oci::copy_blob(&source.client, &from, &dest.client, &to, blob, None)
-                        .await
-                        .map(|o| (o, blob.size))
+                    let (source, dest) = (&source.client, &dest.client);
+                    if input.image.repository_absent {
+                        oci::upload_blob(source, &from, dest, &to, blob, None).await
+                    } else {
+                        oci::copy_blob(source, &from, dest, &to, blob, None).await
+                    }
+                    .map(|o| (o, blob.size))
                 })
                 .buffer_unordered(PARALLEL_BLOBS)
                 .try_collect()
@@ -1279,12 +1291,16 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
             });
         }
     }
+    let known = Known {
+        tags_absent: input.image.tags_absent,
+        repository_absent: input.image.repository_absent,
+    };
     put_manifests_in_order(
         &dest.client,
         &to,
         &top,
         &walked.children,
-        &input.image.tags,
+        (&input.image.tags, known),
         &from.to_string(),
     )
     .await?;
@@ -1295,7 +1311,7 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
             &to,
             &top,
             &walked.children,
-            &[],
+            (&[], known),
             &from.to_string(),
         )
         .await?;

@@ -54,8 +54,9 @@ fn task(tags: usize) -> ImageTask {
         target_repository: text(REPOSITORY),
         present: false,
         referrers: Vec::new(),
-        tags_absent: false,
-        repository_absent: false,
+        // Both hints on: they are serialised only when true, so this is the longer form.
+        tags_absent: true,
+        repository_absent: true,
     }
 }
 

@@ -898,11 +898,14 @@ async fn is_present(
         tag: None,
         digest: Some(digest.clone()),
     };
-    if client
-        .head_manifest(&by_digest)
-        .await
-        .map_err(listing)?
-        .is_none()
+    // A tag that names the digest proves the manifest is there: the digest itself is asked
+    // only when there is no tag.
+    if tags.is_empty()
+        && client
+            .head_manifest(&by_digest)
+            .await
+            .map_err(listing)?
+            .is_none()
     {
         return Ok(false);
     }

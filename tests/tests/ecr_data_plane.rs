@@ -86,6 +86,20 @@ async fn run(world: &EcrWorld, job: replication::Job) -> replication::steps::Run
         .report
 }
 
+/// Makes a source repository's tags immutable (copied to the destination with its settings).
+async fn make_source_immutable(world: &EcrWorld, repository: &str) {
+    world
+        .moto
+        .sdk(SOURCE, None)
+        .await
+        .put_image_tag_mutability()
+        .repository_name(repository)
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+}
+
 /// The destination's manifest under a tag, read from its storage (None: absent).
 async fn dest_manifest(world: &EcrWorld, repository: &str, tag: &str) -> Option<bytes::Bytes> {
     Pusher::new(&world.registry(DEST).host, Some(creds(DEST)))
@@ -339,14 +353,7 @@ async fn an_immutable_repository_is_never_sent_an_existing_tag_again() {
     let index = multi_arch(39, 2, 4_000);
     world.seed("frozen", "v1", &single).await;
     world.seed("frozen", "v2", &index).await;
-    let source = world.moto.sdk(SOURCE, None).await;
-    source
-        .put_image_tag_mutability()
-        .repository_name("frozen")
-        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
-        .send()
-        .await
-        .unwrap();
+    make_source_immutable(&world, "frozen").await;
 
     let first = run(&world, job(&["frozen"], json!({}))).await;
     let second = run(&world, job(&["frozen"], json!({}))).await;
@@ -384,16 +391,7 @@ async fn a_retried_put_of_an_absent_tag_into_an_immutable_repository_succeeds() 
     let world = EcrWorld::start();
     let image = ImageBuilder::new(Format::Oci).layer(41, 3_000).build();
     world.seed("frozen2", "v1", &image).await;
-    world
-        .moto
-        .sdk(SOURCE, None)
-        .await
-        .put_image_tag_mutability()
-        .repository_name("frozen2")
-        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
-        .send()
-        .await
-        .unwrap();
+    make_source_immutable(&world, "frozen2").await;
     let conns = replication::connect::Connections::new(world.settings());
     let job = job(&["frozen2"], json!({}));
     let enumerated = replication::workflow::enumerate_images(

@@ -217,37 +217,28 @@ pub(crate) async fn put_manifests_in_order(
         tag: Some(tag.to_string()),
         digest: None,
     };
+    // By digest: put unless the target has it (asked, unless its repository did not exist).
+    let put_by_digest = async |manifest: &Manifest| {
+        let absent = known.repository_absent
+            || target
+                .head_manifest(&by_digest(&manifest.digest))
+                .await
+                .map_err(oci_err)?
+                .is_none();
+        if absent {
+            target
+                .put_manifest(repo, manifest.digest.as_str(), manifest)
+                .await
+                .map_err(oci_err)?;
+        }
+        Ok::<usize, Error>(usize::from(absent))
+    };
     let mut put = 0;
     for child in children.iter().rev() {
-        if known.repository_absent
-            || target
-                .head_manifest(&by_digest(&child.digest))
-                .await
-                .map_err(oci_err)?
-                .is_none()
-        {
-            target
-                .put_manifest(repo, child.digest.as_str(), child)
-                .await
-                .map_err(oci_err)?;
-            put += 1;
-        }
+        put += put_by_digest(child).await?;
     }
     if tags.is_empty() {
-        if known.repository_absent
-            || target
-                .head_manifest(&by_digest(&top.digest))
-                .await
-                .map_err(oci_err)?
-                .is_none()
-        {
-            target
-                .put_manifest(repo, top.digest.as_str(), top)
-                .await
-                .map_err(oci_err)?;
-            put += 1;
-        }
-        return Ok(put);
+        return Ok(put + put_by_digest(top).await?);
     }
     let points_at_top = |tag: &str| {
         let tag = by_tag(tag);

@@ -179,7 +179,7 @@ struct Context<'a> {
     arns: HashMap<String, String>,
 }
 
-fn statements(document: &Value, account: &Context) -> Vec<Statement> {
+fn statements(document: &Value, context: &Context) -> Vec<Statement> {
     document["Statement"]
         .as_array()
         .into_iter()
@@ -187,23 +187,22 @@ fn statements(document: &Value, account: &Context) -> Vec<Statement> {
         .filter(|s| s["Effect"] == "Allow")
         .map(|s| Statement {
             sid: s["Sid"].as_str().unwrap_or_default().to_string(),
-            actions: list(&s["Action"], account),
-            resources: list(&s["Resource"], account),
+            actions: list(&s["Action"], context),
+            resources: list(&s["Resource"], context),
         })
         .collect()
 }
 
-fn list(value: &Value, account: &Context) -> Vec<String> {
+fn list(value: &Value, context: &Context) -> Vec<String> {
     match value {
-        Value::Array(items) => items.iter().map(|v| resolve(v, account)).collect(),
-        other => vec![resolve(other, account)],
+        Value::Array(items) => items.iter().map(|v| resolve(v, context)).collect(),
+        other => vec![resolve(other, context)],
     }
 }
 
 /// A template value as a string: `Fn::Join` joined, pseudo parameters and known resources'
 /// `Arn` attributes filled in; anything else as a placeholder no ARN matches.
 fn resolve(value: &Value, context: &Context) -> String {
-    let account = context;
     match value {
         Value::String(s) => s.clone(),
         Value::Object(o) if o.contains_key("Fn::Join") => {
@@ -213,7 +212,7 @@ fn resolve(value: &Value, context: &Context) -> String {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|v| resolve(v, account))
+                .map(|v| resolve(v, context))
                 .collect::<Vec<_>>()
                 .join(separator)
         }
@@ -230,7 +229,7 @@ fn resolve(value: &Value, context: &Context) -> String {
         }
         Value::Object(o) => match o.get("Ref").and_then(Value::as_str) {
             Some("AWS::Partition") => "aws".into(),
-            Some("AWS::AccountId") => account.account.into(),
+            Some("AWS::AccountId") => context.account.into(),
             Some("AWS::URLSuffix") => "amazonaws.com".into(),
             _ => "<unresolved>".into(),
         },

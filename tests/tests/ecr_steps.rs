@@ -557,12 +557,12 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
             .seed("pages/repo", &format!("v{i}"), &small_image(100 + 2 * i))
             .await;
     }
-    let bucket = "ecr-replicator-work";
+    let (bucket, region) = (e2e::sfn::WORK_BUCKET, e2e::sfn::WORK_BUCKET_REGION);
     e2e::moto::create_bucket_at(&world.moto.url, bucket).await;
     let mut settings = world.settings();
     settings.work_bucket = Some(replication::connect::WorkBucketSettings {
         bucket: bucket.into(),
-        region: "us-east-1".into(),
+        region: region.into(),
     });
     let conns = Connections::new(settings);
     let page = |token: Option<&str>| {
@@ -595,7 +595,7 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
     assert_eq!((digests.len(), second.selected), (30, 30));
 
     // The kept selection is an object of the bucket, under the prefix the deployment expires.
-    let store = ecr::WorkBucket::new(&world.moto.aws_settings(), "us-east-1", bucket.into()).await;
+    let store = ecr::WorkBucket::new(&world.moto.aws_settings(), region, bucket.into()).await;
     let kept = store.get(&format!("selections/{id}/0.json")).await.unwrap();
     let kept: serde_json::Value = serde_json::from_slice(&kept.expect("kept")).unwrap();
     assert_eq!(kept["total"], 30);

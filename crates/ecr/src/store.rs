@@ -37,11 +37,6 @@ impl WorkBucket {
         }
     }
 
-    /// The bucket's name.
-    pub fn name(&self) -> &str {
-        &self.bucket
-    }
-
     /// Stores `body` under `key` (JSON).
     pub async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {
         self.client

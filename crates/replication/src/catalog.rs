@@ -178,7 +178,7 @@ impl Catalog for OciCatalog<'_> {
                 source,
             })?
             else {
-                continue; // deleted between the list and the HEAD
+                continue; // deleted between the list and the read
             };
             let (digest, media_type) = head;
             match images.iter_mut().find(|i| i.digest == digest.as_str()) {

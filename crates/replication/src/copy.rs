@@ -247,8 +247,8 @@ pub(crate) async fn put_manifests_in_order(
             Ok::<_, Error>(current.is_some_and(|h| h.digest == top.digest))
         }
     };
+    let asked_first = !(known.tags_absent || known.repository_absent);
     for tag in tags {
-        let asked_first = !(known.tags_absent || known.repository_absent);
         if asked_first && points_at_top(tag).await? {
             continue;
         }

@@ -688,12 +688,9 @@ pub async fn page_of_work(
                     // A tag the destination does not list means missing, without asking.
                     let unlisted = listed
                         .as_ref()
-                        .is_some_and(|l| image.tags.iter().any(|t| !l.contains(t)));
-                    let tags_absent = !image.tags.is_empty()
-                        && listed
-                            .as_ref()
-                            .is_some_and(|l| image.tags.iter().all(|t| !l.contains(t)));
-                    let present = !unlisted
+                        .map(|l| image.tags.iter().filter(|t| !l.contains(*t)).count());
+                    let tags_absent = !image.tags.is_empty() && unlisted == Some(image.tags.len());
+                    let present = unlisted.unwrap_or(0) == 0
                         && is_present(
                             &dest.client,
                             &repo,
@@ -856,11 +853,9 @@ async fn resolve_listed(
     Ok(selected)
 }
 
-/// The tags a destination repository has now (empty when it does not exist yet), read once per
-/// page so that a first sync costs no presence request per image; `None` when the registry
-/// does not list them (each image is then asked about).
-/// The destination repository's tags (`None` when it cannot list them), and whether it does not
-/// exist at all.
+/// The tags a destination repository has now, read once per page so that a first sync costs no
+/// presence request per image (`None` when the registry does not list them: each image is then
+/// asked about), and whether the repository does not exist at all (its list is then empty).
 async fn destination_tags(
     client: &oci::RegistryClient,
     registry: &str,

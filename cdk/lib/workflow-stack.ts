@@ -21,16 +21,43 @@ import {
 } from './config';
 import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
 
-/** Each function binary, its ASL placeholder, and whether it touches destinations. */
-export const FUNCTIONS = [
-  { name: 'enumerate-repositories', placeholder: 'EnumerateRepositoriesFunctionArn', copier: false, memory: 256, minutes: 5 },
-  { name: 'ensure-repository', placeholder: 'EnsureRepositoryFunctionArn', copier: true, memory: 256, minutes: 5 },
-  { name: 'enumerate-images', placeholder: 'EnumerateImagesFunctionArn', copier: true, memory: 512, minutes: 10 },
-  { name: 'plan-image', placeholder: 'PlanImageFunctionArn', copier: true, memory: 256, minutes: 5 },
-  { name: 'copy-blobs', placeholder: 'CopyBlobsFunctionArn', copier: true, memory: 3008, minutes: 15 },
-  { name: 'put-manifests', placeholder: 'PutManifestsFunctionArn', copier: true, memory: 256, minutes: 5 },
-  { name: 'summarise', placeholder: 'SummariseFunctionArn', copier: false, memory: 128, minutes: 1 },
-] as const;
+/** The committed state machine definition (its `${<Name>FunctionArn}` placeholders name the functions). */
+export const DEFINITION_PATH = path.resolve(__dirname, '..', '..', '..', 'statemachine', 'replicate.asl.json');
+
+/** A step's function: its binary, its placeholder in the definition, its size and its role. */
+export interface FunctionSpec {
+  name: string;
+  placeholder: string;
+  /** Uses the copier role (destinations, the work bucket); else the source-only reader role. */
+  copier: boolean;
+  memory: number;
+  minutes: number;
+  /** Gets the work bucket's name (`ECR_REPLICATOR_WORK_BUCKET`). */
+  workBucket: boolean;
+}
+
+/** What a function gets unless `FUNCTION_NEEDS` says otherwise. */
+const FUNCTION_DEFAULTS = { copier: true, memory: 256, minutes: 5, workBucket: false };
+
+/** The functions whose needs differ from the defaults. */
+const FUNCTION_NEEDS: Record<string, Partial<FunctionSpec>> = {
+  'enumerate-repositories': { copier: false },
+  'enumerate-images': { memory: 512, minutes: 10, workBucket: true },
+  'copy-blobs': { memory: 3008, minutes: 15 },
+  summarise: { copier: false, memory: 128, minutes: 1 },
+};
+
+/** The functions the definition names, in order: `${CopyBlobsFunctionArn}` is `copy-blobs`. */
+export function functionsOf(definition: string): FunctionSpec[] {
+  const placeholders = [...new Set([...definition.matchAll(/\$\{([A-Za-z]+)FunctionArn\}/g)].map((m) => m[1]))];
+  return placeholders.map((pascal) => {
+    const name = pascal.replace(/[A-Z]/g, (c, at) => (at ? '-' : '') + c.toLowerCase());
+    return { name, placeholder: `${pascal}FunctionArn`, ...FUNCTION_DEFAULTS, ...FUNCTION_NEEDS[name] };
+  });
+}
+
+/** Each step's function, from the committed definition. */
+export const FUNCTIONS = functionsOf(readFileSync(DEFINITION_PATH, 'utf8'));
 
 /** The state machine's name (Distributed Map children are its executions). */
 export const STATE_MACHINE_NAME = 'ecr-replicator';
@@ -150,14 +177,14 @@ export class WorkflowStack extends Stack {
         loggingFormat: lambda.LoggingFormat.JSON,
         environment: {
           RUST_LOG: 'info',
-          ...(f.name === 'enumerate-images' ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
+          ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
         },
       });
     }
 
     if (missing.length && !props.allowPlaceholderCode) this.refuseDeployWithout(missing);
 
-    const definition = readFileSync(path.join(root, 'statemachine', 'replicate.asl.json'), 'utf8');
+    const definition = readFileSync(DEFINITION_PATH, 'utf8');
     const substitutions: Record<string, string> = {};
     for (const f of FUNCTIONS) substitutions[f.placeholder] = this.functions[f.name].functionArn;
 

@@ -9,7 +9,7 @@ import { AwsSolutionsChecks } from 'cdk-nag';
 import { jobDestinations, loadConfig, ReplicatorConfig, validateConfig } from '../lib/config';
 import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { COPIER_ROLE_NAME, FUNCTIONS, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
+import { COPIER_ROLE_NAME, FUNCTIONS, functionsOf, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
 
 const config = loadConfig('config.example.json');
 
@@ -40,6 +40,18 @@ test('one arm64 provided.al2023 function per binary, the copy step large and 15 
   w.hasResourceProperties('AWS::Lambda::Function', { Description: 'ecr-replicator step copy-blobs', Timeout: 900, MemorySize: 3008 });
   w.resourceCountIs('AWS::Logs::LogGroup', FUNCTIONS.length + 1);
   w.allResourcesProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
+});
+
+test('the functions are the steps the definition names, each sized and given the role it needs', () => {
+  assert.deepEqual(FUNCTIONS.map((f) => f.name), [
+    'enumerate-repositories', 'ensure-repository', 'enumerate-images', 'plan-image', 'copy-blobs', 'put-manifests', 'summarise',
+  ]);
+  assert.deepEqual(FUNCTIONS.filter((f) => !f.copier).map((f) => f.name), ['enumerate-repositories', 'summarise']);
+  assert.deepEqual(FUNCTIONS.filter((f) => f.workBucket).map((f) => f.name), ['enumerate-images']);
+  // A new step needs only its Task in the definition: it gets the defaults.
+  assert.deepEqual(functionsOf('{"Resource": "${VerifyImagesFunctionArn}"}'), [
+    { name: 'verify-images', placeholder: 'VerifyImagesFunctionArn', copier: true, memory: 256, minutes: 5, workBucket: false },
+  ]);
 });
 
 test('the definition is the committed file with every placeholder bound to its function', () => {

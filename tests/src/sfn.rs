@@ -16,16 +16,14 @@ use axum::response::Response;
 
 use crate::registry::{free_port, which};
 
-/// Function binaries and the placeholder each fills in the definition.
-pub const FUNCTIONS: [(&str, &str); 7] = [
-    ("EnumerateRepositoriesFunctionArn", "enumerate-repositories"),
-    ("EnsureRepositoryFunctionArn", "ensure-repository"),
-    ("EnumerateImagesFunctionArn", "enumerate-images"),
-    ("PlanImageFunctionArn", "plan-image"),
-    ("CopyBlobsFunctionArn", "copy-blobs"),
-    ("PutManifestsFunctionArn", "put-manifests"),
-    ("SummariseFunctionArn", "summarise"),
-];
+/// Each step's function (binary) and the placeholder it fills in the definition, from the
+/// step registry.
+pub fn functions() -> Vec<(String, &'static str)> {
+    replication::steps::STEP_NAMES
+        .iter()
+        .map(|name| (replication::steps::function_placeholder(name), *name))
+        .collect()
+}
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -40,7 +38,7 @@ pub fn workspace() -> PathBuf {
 pub fn definition(account: &str, region: &str) -> String {
     let mut text =
         std::fs::read_to_string(workspace().join("statemachine/replicate.asl.json")).unwrap();
-    for (placeholder, function) in FUNCTIONS {
+    for (placeholder, function) in functions() {
         text = text.replace(
             &format!("${{{placeholder}}}"),
             &format!("arn:aws:lambda:{region}:{account}:function:{function}"),
@@ -325,7 +323,7 @@ impl LocalStepFunctions {
             .timeout(Duration::from_secs(1200))
             .build()
             .unwrap();
-        for (_, function) in FUNCTIONS {
+        for (_, function) in functions() {
             let resp = http
                 .post(format!(
                     "http://127.0.0.1:{watch_port}/2015-03-31/functions/{function}/invocations"

@@ -149,7 +149,7 @@ impl EcrWorld {
             aws: self.moto.aws_settings(),
             registry,
             credentials: oci::CredentialStore::new(),
-            catalog_page_size: 0,
+            catalog_page_size: None,
             work_bucket: None,
         }
     }

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use e2e::sfn::{definition, workspace, FUNCTIONS};
+use e2e::sfn::{definition, functions, workspace};
 
 fn node_tool(name: &str) -> std::path::PathBuf {
     let path = workspace()
@@ -100,8 +100,19 @@ fn the_definition_uses_jsonpath_only_and_every_placeholder_is_a_function() {
         .match_indices("${")
         .map(|(i, _)| &raw[i + 2..i + 2 + raw[i + 2..].find('}').unwrap()])
         .collect();
-    let known: std::collections::BTreeSet<&str> = FUNCTIONS.iter().map(|(p, _)| *p).collect();
-    assert_eq!(used, known);
+    let steps = functions();
+    let known: std::collections::BTreeSet<&str> = steps.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(
+        used, known,
+        "the state machine's functions are the registry's steps"
+    );
+    for (_, name) in &steps {
+        let binary = format!("crates/functions/src/bin/{}.rs", name.replace('-', "_"));
+        assert!(
+            workspace().join(&binary).is_file(),
+            "step {name} has no function binary {binary}"
+        );
+    }
 }
 
 #[test]

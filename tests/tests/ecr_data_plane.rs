@@ -394,7 +394,7 @@ async fn a_retried_put_of_an_absent_tag_into_an_immutable_repository_succeeds() 
     make_source_immutable(&world, "frozen2").await;
     let conns = replication::connect::Connections::new(world.settings());
     let job = job(&["frozen2"], json!({}));
-    let enumerated = replication::workflow::enumerate_images(
+    let enumerated = replication::steps::enumerate_images(
         &conns,
         replication::steps::EnumerateImagesInput {
             job: job.clone(),
@@ -410,12 +410,12 @@ async fn a_retried_put_of_an_absent_tag_into_an_immutable_repository_succeeds() 
     assert_eq!((first.copied, first.failed), (1, 0), "{first:?}");
     assert_eq!(world.plane(DEST).count("immutable_refused"), 0);
 
-    let retried = replication::workflow::put_manifests(
+    let retried = replication::steps::put_manifests(
         &conns,
         replication::steps::PutManifestsInput {
             job,
             image: task,
-            copied: json!([]),
+            copied: Vec::new(),
         },
     )
     .await;

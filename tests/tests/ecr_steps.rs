@@ -92,7 +92,7 @@ async fn settings_are_copied_to_another_account_and_a_second_run_changes_nothing
         destination: 0,
     };
 
-    let first = functions::ensure_repository(&conns, event(input.clone()))
+    let first = functions::invoke::<EnsureRepository>(&conns, event(input.clone()))
         .await
         .unwrap();
 
@@ -104,9 +104,9 @@ async fn settings_are_copied_to_another_account_and_a_second_run_changes_nothing
         .await
         .unwrap()
         .expect("target repository exists");
-    assert_eq!(settings.tag_mutability, "IMMUTABLE");
+    assert_eq!(settings.tag_mutability, ecr::ImageTagMutability::Immutable);
     assert!(settings.scan_on_push);
-    assert_eq!(settings.encryption_type, "KMS");
+    assert_eq!(settings.encryption_type, ecr::EncryptionType::Kms);
     assert_eq!(
         settings.kms_key.as_deref(),
         Some("arn:aws:kms:eu-west-1:222222222222:key/dest-key")
@@ -141,7 +141,7 @@ async fn settings_are_copied_to_another_account_and_a_second_run_changes_nothing
         .unwrap()
         .is_some());
 
-    let second = functions::ensure_repository(&conns, event(input))
+    let second = functions::invoke::<EnsureRepository>(&conns, event(input))
         .await
         .unwrap();
 
@@ -162,7 +162,7 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         destination: 0,
     };
 
-    let dry = functions::ensure_repository(&conns, event(input(json!({"dryRun": true}))))
+    let dry = functions::invoke::<EnsureRepository>(&conns, event(input(json!({"dryRun": true}))))
         .await
         .unwrap();
     assert!(dry.created);
@@ -178,7 +178,7 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         "dry run created it"
     );
 
-    functions::ensure_repository(&conns, event(input(json!({}))))
+    functions::invoke::<EnsureRepository>(&conns, event(input(json!({}))))
         .await
         .unwrap();
     let src = world.moto.sdk(SOURCE, None).await;
@@ -196,7 +196,7 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         .await
         .unwrap();
 
-    let create_only = functions::ensure_repository(
+    let create_only = functions::invoke::<EnsureRepository>(
         &conns,
         event(input(json!({"repositorySettings": "create"}))),
     )
@@ -207,7 +207,7 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         "{create_only:?}"
     );
 
-    let third = functions::ensure_repository(&conns, event(input(json!({}))))
+    let third = functions::invoke::<EnsureRepository>(&conns, event(input(json!({}))))
         .await
         .unwrap();
     let changed: Vec<&str> = third.changes.iter().map(|c| c.setting.as_str()).collect();
@@ -220,7 +220,7 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(settings.tag_mutability, "MUTABLE");
+    assert_eq!(settings.tag_mutability, ecr::ImageTagMutability::Mutable);
     assert!(settings.lifecycle_policy.is_none() && settings.scan_on_push);
 }
 
@@ -247,7 +247,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
         json!({"repositories": {"include": ["ml/*"], "exclude": ["**/scratch"]}, "tags": {"include": ["v.*"]}}),
     );
 
-    let repos = functions::enumerate_repositories(
+    let repos = functions::invoke::<EnumerateRepositories>(
         &conns,
         event(EnumerateRepositoriesInput {
             job: job.clone(),
@@ -263,7 +263,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
         repository: "ml/pytorch".into(),
         next_token: None,
     };
-    let images = functions::enumerate_images(&conns, event(images_input.clone()))
+    let images = functions::invoke::<EnumerateImages>(&conns, event(images_input.clone()))
         .await
         .unwrap();
     assert_eq!(images.selected, 1);
@@ -279,7 +279,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
     assert_eq!(task.digest, small_image(1).digest);
 
     // Copy it through the steps, then enumeration reports it present.
-    functions::ensure_repository(
+    functions::invoke::<EnsureRepository>(
         &conns,
         event(EnsureRepositoryInput {
             job: job.clone(),
@@ -289,7 +289,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
     )
     .await
     .unwrap();
-    let plan = replication::workflow::plan_image(
+    let plan = replication::steps::plan_image(
         &conns,
         PlanImageInput {
             job: job.clone(),
@@ -301,7 +301,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
     assert_eq!((plan.blobs, plan.manifests, plan.ranges.len()), (3, 1, 1));
     let mut bytes = 0;
     for range in plan.ranges {
-        let out = functions::copy_blobs(
+        let out = functions::invoke::<CopyBlobs>(
             &conns,
             event(CopyBlobsInput {
                 job: job.clone(),
@@ -316,12 +316,12 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
         assert!(out.done);
         bytes += out.bytes_copied;
     }
-    let result = functions::put_manifests(
+    let result = functions::invoke::<PutManifests>(
         &conns,
         event(PutManifestsInput {
             job: job.clone(),
             image: task.clone(),
-            copied: json!([{"bytes": bytes}]),
+            copied: vec![RangeOutcome { bytes, error: None }],
         }),
     )
     .await
@@ -335,7 +335,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
     assert_eq!(raw, small_image(1).manifest.to_vec());
 
     // Then enumeration counts it present and hands out no task for it (no child execution).
-    let again = functions::enumerate_images(&conns, event(images_input))
+    let again = functions::invoke::<EnumerateImages>(&conns, event(images_input))
         .await
         .unwrap();
     assert_eq!(
@@ -350,7 +350,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
     let conns = Connections::new(world.settings());
     let mut bad = job(json!({}));
     bad.destinations[0].registry = "not a host".into();
-    let err = functions::enumerate_repositories(
+    let err = functions::invoke::<EnumerateRepositories>(
         &conns,
         event(EnumerateRepositoriesInput {
             job: bad,
@@ -382,7 +382,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         tags_absent: false,
         repository_absent: false,
     };
-    let plan = functions::plan_image(
+    let plan = functions::invoke::<PlanImage>(
         &conns,
         event(PlanPageInput {
             job: job(json!({})),
@@ -481,7 +481,7 @@ async fn prune_removes_exactly_the_stale_tags_inside_the_filters_and_dry_run_lis
     };
     let before = tags_in(&target, "web").await;
 
-    let planned = functions::ensure_repository(&conns, event(input(true)))
+    let planned = functions::invoke::<EnsureRepository>(&conns, event(input(true)))
         .await
         .unwrap();
 
@@ -493,7 +493,7 @@ async fn prune_removes_exactly_the_stale_tags_inside_the_filters_and_dry_run_lis
         "dry run removed nothing"
     );
 
-    let pruned = functions::ensure_repository(&conns, event(input(false)))
+    let pruned = functions::invoke::<EnsureRepository>(&conns, event(input(false)))
         .await
         .unwrap();
 
@@ -505,7 +505,7 @@ async fn prune_removes_exactly_the_stale_tags_inside_the_filters_and_dry_run_lis
         tags_in(&target, "web").await,
         vec!["dev", "latest", "v1", "v2"]
     );
-    let again = functions::ensure_repository(&conns, event(input(false)))
+    let again = functions::invoke::<EnsureRepository>(&conns, event(input(false)))
         .await
         .unwrap();
     assert!(again.pruned.is_empty(), "{again:?}");
@@ -535,7 +535,7 @@ async fn prune_in_an_immutable_repository_reports_the_stale_tags_and_keeps_them(
         destination: 0,
     };
 
-    let output = functions::ensure_repository(&conns, event(input))
+    let output = functions::invoke::<EnsureRepository>(&conns, event(input))
         .await
         .unwrap();
 
@@ -566,7 +566,7 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
     });
     let conns = Connections::new(settings);
     let page = |token: Option<&str>| {
-        functions::enumerate_images(
+        functions::invoke::<EnumerateImages>(
             &conns,
             event(EnumerateImagesInput {
                 job: job(json!({})),

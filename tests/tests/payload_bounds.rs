@@ -11,7 +11,7 @@ use ecr::SettingChange;
 use functions::MAX_ERROR_MESSAGE_CHARS;
 use replication::job::{MAX_DESTINATIONS, MAX_JOB_BYTES};
 use replication::steps::*;
-use replication::workflow::{
+use replication::steps::{
     MAX_PLAN_BYTES, PAGE_PLAN_BYTES, PAGE_TASK_BYTES, REPOSITORIES_PER_PAGE, TASKS_PER_PAGE,
 };
 use serde_json::{json, Value};

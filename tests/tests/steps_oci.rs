@@ -27,7 +27,7 @@ fn job(src: &TestRegistry, dst: &TestRegistry, extra: serde_json::Value) -> Job 
     Job::from_json(&base.to_string()).unwrap()
 }
 
-fn settings(page_size: usize) -> Settings {
+fn settings(page_size: Option<usize>) -> Settings {
     Settings {
         registry: e2e::fast_retry_config(&[]),
         catalog_page_size: page_size,
@@ -71,7 +71,7 @@ async fn repositories_and_tags_are_read_across_link_pages() {
             )
             .await;
     }
-    let conns = Connections::new(settings(2));
+    let conns = Connections::new(settings(Some(2)));
     let job = job(
         &src,
         &dst,
@@ -82,7 +82,7 @@ async fn repositories_and_tags_are_read_across_link_pages() {
     let mut next = None;
     let mut pages = 0;
     loop {
-        let out = functions::enumerate_repositories(
+        let out = functions::invoke::<EnumerateRepositories>(
             &conns,
             event(EnumerateRepositoriesInput {
                 job: job.clone(),
@@ -102,7 +102,7 @@ async fn repositories_and_tags_are_read_across_link_pages() {
     assert_eq!(repositories, vec!["a/five", "a/one", "a/three", "a/two"]);
     assert_eq!(pages, 3, "5 repositories in pages of 2");
 
-    let images = functions::enumerate_images(
+    let images = functions::invoke::<EnumerateImages>(
         &conns,
         event(EnumerateImagesInput {
             job,
@@ -126,11 +126,11 @@ async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
     let (src, dst) = (TestRegistry::start(), TestRegistry::start());
     let index = multi_arch(3, 2, 10_000);
     Pusher::new(&src.host, None).push("app", "v1", &index).await;
-    let conns = Connections::new(settings(0));
+    let conns = Connections::new(settings(None));
     let job = job(&src, &dst, json!({}));
     let image = task("app", &index.digest, &["v1"], &dst);
 
-    let plan = replication::workflow::plan_image(
+    let plan = replication::steps::plan_image(
         &conns,
         PlanImageInput {
             job: job.clone(),
@@ -153,7 +153,7 @@ async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
     assert_eq!(planned, 12);
 
     for range in plan.ranges {
-        functions::copy_blobs(
+        functions::invoke::<CopyBlobs>(
             &conns,
             event(CopyBlobsInput {
                 job: job.clone(),
@@ -166,12 +166,12 @@ async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
         .await
         .unwrap();
     }
-    functions::put_manifests(
+    functions::invoke::<PutManifests>(
         &conns,
         event(PutManifestsInput {
             job: job.clone(),
             image: image.clone(),
-            copied: serde_json::Value::Null,
+            copied: Vec::new(),
         }),
     )
     .await
@@ -181,7 +181,7 @@ async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
         index.manifest.to_vec()
     );
 
-    let again = replication::workflow::plan_image(&conns, PlanImageInput { job, image })
+    let again = replication::steps::plan_image(&conns, PlanImageInput { job, image })
         .await
         .unwrap();
     assert!(again.image.present && again.ranges.is_empty(), "{again:?}");
@@ -201,8 +201,8 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
     let job = job(&src, &dst, json!({"rangeBytes": 64 * MIB}));
     let image_task = task("ml/big", &image.digest, &["v1"], &dst);
 
-    let plan = functions::plan_image(
-        &Connections::new(settings(0)),
+    let plan = functions::invoke::<PlanImage>(
+        &Connections::new(settings(None)),
         event(PlanPageInput {
             job: job.clone(),
             images: vec![image_task.clone()],
@@ -226,7 +226,7 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
     let mut total = 0;
     loop {
         // A fresh connection cache and client per call, as a new Lambda invocation would have.
-        let conns = Connections::new(settings(0));
+        let conns = Connections::new(settings(None));
         let input = CopyBlobsInput {
             job: job.clone(),
             image: image_task.clone(),
@@ -237,7 +237,9 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
         // The state travels as JSON between invocations.
         let input: CopyBlobsInput =
             serde_json::from_str(&serde_json::to_string(&input).unwrap()).unwrap();
-        let out = functions::copy_blobs(&conns, event(input)).await.unwrap();
+        let out = functions::invoke::<CopyBlobs>(&conns, event(input))
+            .await
+            .unwrap();
         calls += 1;
         total += out.bytes_copied;
         assert_eq!(
@@ -258,8 +260,8 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
         .into_iter()
         .filter(|r| matches!(r, CopyRange::Blobs { .. }))
     {
-        functions::copy_blobs(
-            &Connections::new(settings(0)),
+        functions::invoke::<CopyBlobs>(
+            &Connections::new(settings(None)),
             event(CopyBlobsInput {
                 job: job.clone(),
                 image: image_task.clone(),
@@ -271,12 +273,15 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
         .await
         .unwrap();
     }
-    functions::put_manifests(
-        &Connections::new(settings(0)),
+    functions::invoke::<PutManifests>(
+        &Connections::new(settings(None)),
         event(PutManifestsInput {
             job,
             image: image_task,
-            copied: json!([{"bytes": total}]),
+            copied: vec![RangeOutcome {
+                bytes: total,
+                error: None,
+            }],
         }),
     )
     .await
@@ -297,6 +302,7 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
 
 #[tokio::test]
 async fn summarise_counts_and_fails_naming_the_failed_image() {
+    let conns = Connections::new(settings(None));
     let ok = |status| json!({"repository": "a", "digest": "sha256:1", "tags": ["v1"], "targetRegistry": "r", "targetRepository": "a", "status": status, "bytesCopied": 10, "error": null});
     let failed = json!({"repository": "b", "digest": "sha256:2", "tags": [], "targetRegistry": "r", "targetRepository": "b", "status": "failed", "bytesCopied": 0, "error": "blob gone"});
     let nested = json!([[ok("copied"), ok("present")], [failed.clone()], []]);
@@ -311,7 +317,7 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
         fail_on_failure: fail,
     };
 
-    let page = functions::summarise(event(input(json!(null), nested, false)))
+    let page = functions::invoke::<Summarise>(&conns, event(input(json!(null), nested, false)))
         .await
         .unwrap();
     assert_eq!(
@@ -319,11 +325,14 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
         (3, 1, 1, 1)
     );
 
-    let err = functions::summarise(event(input(
-        json!([page.clone(), [page.clone()]]),
-        json!([]),
-        true,
-    )))
+    let err = functions::invoke::<Summarise>(
+        &conns,
+        event(input(
+            json!([page.clone(), [page.clone()]]),
+            json!([]),
+            true,
+        )),
+    )
     .await
     .unwrap_err();
     assert_eq!(err.kind, replication::ErrorKind::Failed);
@@ -336,11 +345,14 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
         err.message
     );
 
-    let report = functions::summarise(event(input(
-        json!([]),
-        json!([[ok("copied")], [ok("present")]]),
-        true,
-    )))
+    let report = functions::invoke::<Summarise>(
+        &conns,
+        event(input(
+            json!([]),
+            json!([[ok("copied")], [ok("present")]]),
+            true,
+        )),
+    )
     .await
     .unwrap();
     assert_eq!(
@@ -355,11 +367,14 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
 
     // A repository child's report: present tasks counted without results, one failure listed,
     // the rest counted; a repository that failed as a whole fails the run, named.
-    let child = functions::summarise(event(SummariseInput {
-        present: 5,
-        list: Some(1),
-        ..input(json!([]), json!([failed.clone(), failed.clone()]), false)
-    }))
+    let child = functions::invoke::<Summarise>(
+        &conns,
+        event(SummariseInput {
+            present: 5,
+            list: Some(1),
+            ..input(json!([]), json!([failed.clone(), failed.clone()]), false)
+        }),
+    )
     .await
     .unwrap();
     assert_eq!(
@@ -375,11 +390,10 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
     let repository_failed = json!({"images": 0, "copied": 0, "present": 0, "planned": 0, "failed": 0,
         "bytesCopied": 0, "failures": [], "repositoriesFailed": 1,
         "repositoryFailures": [{"repository": "c", "error": "ReplicationRetryable: listing tags of c failed"}]});
-    let err = functions::summarise(event(input(
-        json!([child, repository_failed]),
-        json!([]),
-        true,
-    )))
+    let err = functions::invoke::<Summarise>(
+        &conns,
+        event(input(json!([child, repository_failed]), json!([]), true)),
+    )
     .await
     .unwrap_err();
     assert!(
@@ -405,7 +419,7 @@ async fn an_explicit_image_list_copies_exactly_the_listed_images() {
     pusher.push("web", "other", &one).await;
     pusher.push("api", "v7", &three).await;
     pusher.push("untouched", "v1.0", &one).await;
-    let conns = Connections::new(settings(100));
+    let conns = Connections::new(settings(Some(100)));
     let listed = job(
         &src,
         &dst,
@@ -488,7 +502,7 @@ async fn prune_on_a_registry_that_cannot_untag_deletes_wholly_stale_manifests_on
     ] {
         target.push("mirror/web", tag, image).await;
     }
-    let conns = Connections::new(settings(100));
+    let conns = Connections::new(settings(Some(100)));
     let pruning = |dry_run: bool| {
         job(
             &src,
@@ -546,7 +560,7 @@ async fn a_first_sync_into_a_new_repository_asks_nothing_it_knows() {
     let index = multi_arch(950, 2, 3_000);
     pusher.push("svc/new", "multi", &index).await;
     let read_before = src.log().lines().count();
-    let conns = Connections::new(settings(0));
+    let conns = Connections::new(settings(None));
     let job = job(&src, &dst, json!({"referrers": false}));
 
     let first = replication::run::run_job(&conns, job.clone(), &replication::run::Quiet)

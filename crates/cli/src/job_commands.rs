@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use clap::Args;
 use replication::connect::{Connections, Settings};
 use replication::run::{run_job, RunObserver, RunOutput};
-use replication::steps::{EnsureRepositoryOutput, ImageResult, ImageStatus, RepositoryFailure};
+use replication::steps::{
+    self, EnsureRepositoryOutput, ImageResult, ImageStatus, RepositoryFailure,
+};
 use replication::Job;
 
 use crate::OutputFormat;
@@ -66,13 +68,10 @@ impl RunArgs {
         settings.registry.insecure_registries = self.insecure_registries.clone();
         self.throttle.apply(&mut settings.registry);
         for entry in &self.registry_endpoints {
-            let (host, url) = entry
-                .split_once('=')
-                .with_context(|| format!("--registry-endpoint {entry:?}: write HOST=URL"))?;
             settings
                 .registry
-                .endpoints
-                .insert(host.to_string(), url.to_string());
+                .add_endpoint(entry)
+                .map_err(|problem| anyhow::anyhow!("--registry-endpoint: {problem}"))?;
         }
         let authfile = self
             .authfile
@@ -85,39 +84,14 @@ impl RunArgs {
     }
 }
 
-/// A workflow step, by its Lambda function's name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum StepName {
-    /// One page of selected source repositories.
-    EnumerateRepositories,
-    /// Create/configure one destination repository (and prune it).
-    EnsureRepository,
-    /// One page of image tasks of a repository.
-    EnumerateImages,
-    /// The blob ranges of one image task.
-    PlanImage,
-    /// Copy one range (or the next segment of a large blob).
-    CopyBlobs,
-    /// Put an image's manifests and tags.
-    PutManifests,
-    /// Add up results into a report.
-    Summarise,
-}
-
 /// `step`: one step with its input.
 #[derive(Args, Debug)]
 pub struct StepArgs {
-    /// The step.
-    #[arg(value_enum)]
-    pub name: StepName,
+    /// The step, by its Lambda function's name.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(steps::STEP_NAMES))]
+    pub name: String,
     #[command(flatten)]
     pub run: RunArgs,
-}
-
-fn step_input<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
-    let deserializer = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer)
-        .map_err(|e| anyhow::anyhow!("the step input does not fit at {}: {}", e.path(), e.inner()))
 }
 
 /// `step`: runs one workflow step in-process exactly as its Lambda function would, reading the
@@ -125,26 +99,11 @@ fn step_input<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
 /// Functions would see (`ReplicationRetryable`, ...) and exits 1. For debugging a run from its
 /// execution history, and for the crash tests.
 pub async fn step(args: StepArgs) -> anyhow::Result<ExitCode> {
-    use replication::workflow;
     let text = args.run.input.read()?;
+    let input: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("the step input is not JSON: {e}"))?;
     let conns = Connections::new(args.run.settings()?);
-    let result: replication::Result<serde_json::Value> = match args.name {
-        StepName::EnumerateRepositories => {
-            json_of(workflow::enumerate_repositories(&conns, step_input(&text)?).await)
-        }
-        StepName::EnsureRepository => {
-            json_of(workflow::ensure_repository(&conns, step_input(&text)?).await)
-        }
-        StepName::EnumerateImages => {
-            json_of(workflow::enumerate_images(&conns, step_input(&text)?).await)
-        }
-        StepName::PlanImage => json_of(workflow::plan_page(&conns, step_input(&text)?).await),
-        StepName::CopyBlobs => json_of(workflow::copy_blobs(&conns, step_input(&text)?).await),
-        StepName::PutManifests => {
-            json_of(workflow::put_manifests(&conns, step_input(&text)?).await)
-        }
-        StepName::Summarise => json_of(workflow::summarise(step_input(&text)?)),
-    };
+    let result = steps::run_named(&conns, &args.name, &input).await;
     match result {
         Ok(output) => {
             println!("{output}");
@@ -155,12 +114,6 @@ pub async fn step(args: StepArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
-}
-
-fn json_of<T: serde::Serialize>(
-    result: replication::Result<T>,
-) -> replication::Result<serde_json::Value> {
-    result.map(|o| serde_json::to_value(o).unwrap_or(serde_json::Value::Null))
 }
 
 /// `validate`: schema and value checks only.

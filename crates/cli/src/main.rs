@@ -64,6 +64,30 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
+/// The command-line flags that address a registry error (the library's messages name no flags:
+/// the same errors surface in Lambda functions).
+fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
+    let oci_error = e.chain().find_map(|cause| {
+        cause.downcast_ref::<oci::Error>().or_else(|| {
+            match cause.downcast_ref::<replication::Error>()? {
+                replication::Error::Registry { source, .. }
+                | replication::Error::Listing { source, .. } => Some(source),
+                _ => None,
+            }
+        })
+    })?;
+    match oci_error {
+        oci::Error::Unauthorized { .. } | oci::Error::DockerConfig { .. } => {
+            Some("credentials: --src-creds/--dest-creds USER:PASSWORD, or --authfile")
+        }
+        oci::Error::Transport { .. } => {
+            Some("a plain-HTTP registry needs --insecure-registry HOST")
+        }
+        e if e.is_throttling() => Some("copy less at once: lower --parallel"),
+        _ => None,
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -81,6 +105,9 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = flag_hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -21,32 +21,36 @@ pub struct Page<T> {
     pub next: Option<String>,
 }
 
-/// An image as `DescribeImages` reports it.
+/// An image as a registry's listing reports it (`DescribeImages`, or an OCI tag list with
+/// each tag resolved).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EcrImage {
+pub struct ListedImage {
     /// Manifest digest.
     pub digest: String,
-    /// Tags.
+    /// Its tags (empty: untagged).
+    #[serde(default)]
     pub tags: Vec<String>,
-    /// Push time, seconds since the epoch.
+    /// Push time, seconds since the epoch, when the registry reports it (ECR does).
+    #[serde(default)]
     pub pushed_at: Option<i64>,
-    /// Size ECR reports.
+    /// Size the registry reports, if any.
+    #[serde(default)]
     pub size: Option<u64>,
-    /// Manifest media type.
+    /// Manifest media type, if known.
+    #[serde(default)]
     pub media_type: Option<String>,
 }
 
 /// Repository settings that replication copies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositorySettings {
     /// `MUTABLE` or `IMMUTABLE` (or the `*_WITH_EXCLUSION` variants).
-    pub tag_mutability: String,
+    pub tag_mutability: ImageTagMutability,
     /// Basic scan on push.
     pub scan_on_push: bool,
-    /// `AES256` or `KMS`.
-    pub encryption_type: String,
+    /// `AES256`, `KMS` (or `KMS_DSSE`).
+    pub encryption_type: EncryptionType,
     /// KMS key ARN when `KMS` with a customer key.
     pub kms_key: Option<String>,
     /// Lifecycle policy JSON text.
@@ -57,12 +61,30 @@ pub struct RepositorySettings {
     pub tags: BTreeMap<String, String>,
 }
 
+impl RepositorySettings {
+    /// Tags cannot be moved or removed (`IMMUTABLE`, with or without exclusions).
+    pub fn tags_immutable(&self) -> bool {
+        matches!(
+            self.tag_mutability,
+            ImageTagMutability::Immutable | ImageTagMutability::ImmutableWithExclusion
+        )
+    }
+
+    /// Encrypted with a KMS key (`KMS` or `KMS_DSSE`): the key is regional and must be mapped.
+    pub fn uses_kms(&self) -> bool {
+        matches!(
+            self.encryption_type,
+            EncryptionType::Kms | EncryptionType::KmsDsse
+        )
+    }
+}
+
 impl Default for RepositorySettings {
     fn default() -> Self {
         RepositorySettings {
-            tag_mutability: "MUTABLE".into(),
+            tag_mutability: ImageTagMutability::Mutable,
             scan_on_push: false,
-            encryption_type: "AES256".into(),
+            encryption_type: EncryptionType::Aes256,
             kms_key: None,
             lifecycle_policy: None,
             repository_policy: None,
@@ -162,7 +184,7 @@ impl EcrAdmin {
         &self,
         repository: &str,
         next: Option<String>,
-    ) -> Result<Page<EcrImage>> {
+    ) -> Result<Page<ListedImage>> {
         let out = self
             .client
             .describe_images()
@@ -177,7 +199,7 @@ impl EcrAdmin {
             .image_details()
             .iter()
             .filter_map(|d| {
-                Some(EcrImage {
+                Some(ListedImage {
                     digest: d.image_digest()?.to_string(),
                     tags: d.image_tags().to_vec(),
                     pushed_at: d.image_pushed_at().map(|t| t.secs()),
@@ -335,14 +357,14 @@ impl EcrAdmin {
         Ok(Some(RepositorySettings {
             tag_mutability: repo
                 .image_tag_mutability()
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_else(|| "MUTABLE".into()),
+                .cloned()
+                .unwrap_or(ImageTagMutability::Mutable),
             scan_on_push: repo
                 .image_scanning_configuration()
                 .is_some_and(|s| s.scan_on_push()),
             encryption_type: encryption
-                .map(|e| e.encryption_type().as_str().to_string())
-                .unwrap_or_else(|| "AES256".into()),
+                .map(|e| e.encryption_type().clone())
+                .unwrap_or(EncryptionType::Aes256),
             kms_key: encryption.and_then(|e| e.kms_key().map(str::to_string)),
             lifecycle_policy: lifecycle,
             repository_policy: policy,
@@ -382,9 +404,9 @@ impl EcrAdmin {
         {
             report.drift.push(format!(
                 "encryption is {} {} but the source's maps to {} {}; ECR cannot change the encryption of an existing repository: recreate it to match",
-                current.encryption_type,
+                current.encryption_type.as_str(),
                 current.kms_key.clone().unwrap_or_default(),
-                desired.encryption_type,
+                desired.encryption_type.as_str(),
                 desired.kms_key.clone().unwrap_or_default()
             ));
         }
@@ -392,8 +414,8 @@ impl EcrAdmin {
         if current.tag_mutability != desired.tag_mutability {
             changes.push(SettingChange {
                 setting: "tagMutability".into(),
-                from: current.tag_mutability.clone(),
-                to: desired.tag_mutability.clone(),
+                from: current.tag_mutability.as_str().to_string(),
+                to: desired.tag_mutability.as_str().to_string(),
             });
         }
         if current.scan_on_push != desired.scan_on_push {
@@ -444,12 +466,13 @@ impl EcrAdmin {
     }
 
     async fn create(&self, repository: &str, desired: &RepositorySettings) -> Result<()> {
-        let mut encryption = EncryptionConfiguration::builder()
-            .encryption_type(EncryptionType::from(desired.encryption_type.as_str()));
+        let mut encryption =
+            EncryptionConfiguration::builder().encryption_type(desired.encryption_type.clone());
         if let Some(key) = &desired.kms_key {
             encryption = encryption.kms_key(key);
         }
         let encryption = encryption.build().map_err(|e| Error::Api {
+            code: None,
             operation: "ecr:CreateRepository",
             resource: self.resource(repository),
             message: e.to_string(),
@@ -465,7 +488,7 @@ impl EcrAdmin {
             .create_repository()
             .registry_id(&self.registry.account_id)
             .repository_name(repository)
-            .image_tag_mutability(ImageTagMutability::from(desired.tag_mutability.as_str()))
+            .image_tag_mutability(desired.tag_mutability.clone())
             .image_scanning_configuration(
                 ImageScanningConfiguration::builder()
                     .scan_on_push(desired.scan_on_push)
@@ -507,7 +530,7 @@ impl EcrAdmin {
                 .put_image_tag_mutability()
                 .registry_id(id)
                 .repository_name(repository)
-                .image_tag_mutability(ImageTagMutability::from(desired.tag_mutability.as_str()))
+                .image_tag_mutability(desired.tag_mutability.clone())
                 .send()
                 .await
                 .map(|_| ())

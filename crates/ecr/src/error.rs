@@ -27,6 +27,8 @@ pub enum Error {
         operation: &'static str,
         /// The resource (repository, registry, role).
         resource: String,
+        /// The service's error code (`RepositoryNotFoundException`, ...), when it sent one.
+        code: Option<String>,
         /// The service's error code and message.
         message: String,
         /// Whether the failure is throttling, a timeout or a server error.
@@ -56,7 +58,7 @@ impl Error {
 
     /// Whether the service said the repository does not exist.
     pub fn is_repository_not_found(&self) -> bool {
-        matches!(self, Error::Api { message, .. } if message.starts_with("RepositoryNotFoundException"))
+        matches!(self, Error::Api { code: Some(code), .. } if code == "RepositoryNotFoundException")
     }
 
     /// Builds an `Api` error from an SDK error, keeping the service's code and message.
@@ -69,7 +71,7 @@ impl Error {
         E: aws_sdk_ecr::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
         use aws_sdk_ecr::error::SdkError;
-        let (message, retryable) = match err {
+        let (code, message, retryable) = match err {
             SdkError::ServiceError(se) => {
                 let e = se.err();
                 let code = e.code().unwrap_or("Unknown");
@@ -82,11 +84,16 @@ impl Error {
                         | "InternalFailure"
                         | "LimitExceededException"
                 ) || se.raw().status().as_u16() >= 500;
-                (format!("{code}: {}", e.message().unwrap_or("")), retryable)
+                (
+                    e.code().map(str::to_string),
+                    format!("{code}: {}", e.message().unwrap_or("")),
+                    retryable,
+                )
             }
             SdkError::TimeoutError(_)
             | SdkError::DispatchFailure(_)
             | SdkError::ResponseError(_) => (
+                None,
                 format!(
                     "{}",
                     aws_smithy_types::error::display::DisplayErrorContext(err)
@@ -94,6 +101,7 @@ impl Error {
                 true,
             ),
             other => (
+                None,
                 format!(
                     "{}",
                     aws_smithy_types::error::display::DisplayErrorContext(other)
@@ -104,6 +112,7 @@ impl Error {
         Error::Api {
             operation,
             resource: resource.into(),
+            code,
             message,
             retryable,
         }

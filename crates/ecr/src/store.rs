@@ -66,6 +66,7 @@ impl WorkBucket {
             Err(e) => return Err(Error::api("s3:GetObject", self.resource(key), &e)),
         };
         let bytes = object.body.collect().await.map_err(|e| Error::Api {
+            code: None,
             operation: "s3:GetObject",
             resource: self.resource(key),
             message: format!("reading the object's body: {e}"),

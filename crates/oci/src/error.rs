@@ -85,7 +85,7 @@ pub enum Error {
         reason: String,
     },
     /// The registry rejected our credentials, or wanted some and we had none.
-    #[error("authentication to {registry} failed for {url}: {reason}; check the credentials given for {registry} (--src-creds/--dest-creds, --authfile or the ECR token)")]
+    #[error("authentication to {registry} failed for {url}: {reason}; check the credentials for {registry} (for ECR, that the role may call ecr:GetAuthorizationToken)")]
     Unauthorized {
         /// Registry host.
         registry: String,
@@ -117,7 +117,7 @@ pub enum Error {
         message: String,
     },
     /// The connection failed or timed out (after retries).
-    #[error("{method} {url}: {source}; check that the registry is reachable (and TLS vs plain HTTP: --insecure-registry HOST for a plain-HTTP registry)")]
+    #[error("{method} {url}: {source}; check that the registry is reachable, and whether it serves TLS or plain HTTP")]
     Transport {
         /// HTTP method.
         method: String,
@@ -166,7 +166,7 @@ pub enum Error {
         reason: String,
     },
     /// A docker `config.json` could not be read.
-    #[error("docker config {path}: {reason}; fix the file or pass credentials with --src-creds/--dest-creds")]
+    #[error("docker config {path}: {reason}; fix the file or give the credentials another way")]
     DockerConfig {
         /// The file.
         path: String,
@@ -207,7 +207,7 @@ pub enum Error {
 fn hint(status: u16) -> &'static str {
     match status {
         403 => "; the credentials lack permission for this repository (push needs write access)",
-        408 | 429 => "; the registry is throttling: retried with backoff, try again later or lower --parallel",
+        408 | 429 => "; the registry is throttling: retried with backoff; try again later or copy less at once",
         500..=599 => "; the registry failed: retried with backoff, try again later",
         _ => "",
     }

@@ -1,14 +1,15 @@
 //! The seams to registries' listings and repository administration: a `Catalog` lists
-//! repositories and images (ECR's API, or any OCI registry's `_catalog` and tag lists); a
-//! `RepositoryAdmin` reads and ensures repository settings (ECR only).
+//! repositories and images (ECR's API, or any OCI registry's `_catalog` and tag lists).
+//! Repository settings are ECR's alone: `ecr::EcrAdmin` reads and ensures them.
 
 use async_trait::async_trait;
-use ecr::{EcrAdmin, EnsureReport, Page, RepositorySettings};
+use ecr::{EcrAdmin, Page};
 use futures::StreamExt;
 use oci::{Reference, RegistryClient, Repository};
 
+use crate::connect::Connection;
 use crate::error::{Error, Result};
-use crate::filter::ImageInfo;
+use crate::filter::ListedImage;
 
 /// Lists what a registry holds, page by page.
 #[async_trait]
@@ -16,28 +17,25 @@ pub trait Catalog: Send + Sync {
     /// One page of at most `limit` repository names.
     async fn repositories(&self, next: Option<String>, limit: usize) -> Result<Page<String>>;
     /// One page of a repository's images.
-    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ImageInfo>>;
+    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ListedImage>>;
 }
 
-/// Reads and ensures repository settings.
-#[async_trait]
-pub trait RepositoryAdmin: Send + Sync {
-    /// Settings of a repository, `None` if it does not exist.
-    async fn read_settings(&self, repository: &str) -> Result<Option<RepositorySettings>>;
-    /// Creates the repository if missing; with `update`, makes its settings equal `desired`.
-    async fn ensure_repository(
-        &self,
-        repository: &str,
-        desired: &RepositorySettings,
-        update: bool,
-        dry_run: bool,
-    ) -> Result<EnsureReport>;
-    /// Removes tags; returns those refused, each with the reason.
-    async fn remove_tags(&self, repository: &str, tags: &[String])
-        -> Result<Vec<(String, String)>>;
+impl Connection {
+    /// The catalog of this registry: ECR's API, or the OCI catalog.
+    pub fn catalog(&self) -> Box<dyn Catalog + '_> {
+        match &self.ecr {
+            Some(admin) => Box::new(admin.clone()),
+            None => Box::new(OciCatalog {
+                client: &self.client,
+                registry: &self.registry,
+                page_size: self.catalog_page_size,
+            }),
+        }
+    }
 }
 
-fn aws(context: String) -> impl FnOnce(ecr::Error) -> Error {
+/// Wraps an ECR API error with what was being done.
+pub(crate) fn aws(context: String) -> impl FnOnce(ecr::Error) -> Error {
     move |source| Error::Aws { context, source }
 }
 
@@ -49,63 +47,11 @@ impl Catalog for EcrAdmin {
             .map_err(aws(format!("listing repositories of {}", self.registry())))
     }
 
-    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ImageInfo>> {
-        let page = self
-            .list_images(repository, next)
+    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ListedImage>> {
+        self.list_images(repository, next)
             .await
             .map_err(aws(format!(
                 "listing images of {}/{repository}",
-                self.registry()
-            )))?;
-        Ok(Page {
-            items: page
-                .items
-                .into_iter()
-                .map(|i| ImageInfo {
-                    digest: i.digest,
-                    tags: i.tags,
-                    pushed_at: i.pushed_at,
-                    size: i.size,
-                    media_type: i.media_type,
-                })
-                .collect(),
-            next: page.next,
-        })
-    }
-}
-
-#[async_trait]
-impl RepositoryAdmin for EcrAdmin {
-    async fn read_settings(&self, repository: &str) -> Result<Option<RepositorySettings>> {
-        EcrAdmin::read_settings(self, repository)
-            .await
-            .map_err(aws(format!(
-                "reading settings of {}/{repository}",
-                self.registry()
-            )))
-    }
-
-    async fn ensure_repository(
-        &self,
-        repository: &str,
-        desired: &RepositorySettings,
-        update: bool,
-        dry_run: bool,
-    ) -> Result<EnsureReport> {
-        EcrAdmin::ensure_repository(self, repository, desired, update, dry_run)
-            .await
-            .map_err(aws(format!("ensuring {}/{repository}", self.registry())))
-    }
-
-    async fn remove_tags(
-        &self,
-        repository: &str,
-        tags: &[String],
-    ) -> Result<Vec<(String, String)>> {
-        EcrAdmin::remove_tags(self, repository, tags)
-            .await
-            .map_err(aws(format!(
-                "removing stale tags from {}/{repository}",
                 self.registry()
             )))
     }
@@ -136,7 +82,7 @@ impl Catalog for OciCatalog<'_> {
         Ok(Page { items, next })
     }
 
-    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ImageInfo>> {
+    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ListedImage>> {
         let repo = Repository {
             registry: self.registry.to_string(),
             name: repository.to_string(),
@@ -171,7 +117,7 @@ impl Catalog for OciCatalog<'_> {
             .buffered(16)
             .collect()
             .await;
-        let mut images: Vec<ImageInfo> = Vec::new();
+        let mut images: Vec<ListedImage> = Vec::new();
         for (tag, head) in heads {
             let Some(head) = head.map_err(|source| Error::Listing {
                 what: format!("tag {tag} of {repo}"),
@@ -183,7 +129,7 @@ impl Catalog for OciCatalog<'_> {
             let (digest, media_type) = head;
             match images.iter_mut().find(|i| i.digest == digest.as_str()) {
                 Some(image) => image.tags.push(tag),
-                None => images.push(ImageInfo {
+                None => images.push(ListedImage {
                     digest: digest.to_string(),
                     tags: vec![tag],
                     pushed_at: None,

@@ -20,12 +20,17 @@ pub struct Settings {
     pub registry: ClientConfig,
     /// Credentials for registries that are not ECR (ECR ones come from tokens).
     pub credentials: CredentialStore,
-    /// Entries asked per page of an OCI registry's catalog and tag lists (0: 1000, the most distribution serves).
-    pub catalog_page_size: usize,
+    /// Entries asked per page of an OCI registry's catalog and tag lists (`None`:
+    /// `DEFAULT_CATALOG_PAGE_SIZE`).
+    pub catalog_page_size: Option<usize>,
     /// The run's work bucket (S3), where `enumerate-images` keeps a repository's selection for
     /// its later pages; without one every page lists the repository again.
     pub work_bucket: Option<WorkBucketSettings>,
 }
+
+/// Entries asked per page of an OCI catalog or tag list unless set: the most the distribution
+/// registry serves in one page.
+pub const DEFAULT_CATALOG_PAGE_SIZE: usize = 1000;
 
 /// Where the work bucket is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,18 +137,7 @@ impl Connections {
 
     /// Destination `index` of the job.
     pub async fn destination(&self, job: &Job, index: usize) -> Result<Arc<Connection>> {
-        let d = job
-            .destinations
-            .get(index)
-            .ok_or_else(|| Error::InvalidInput {
-                problems: vec![crate::error::FieldProblem {
-                    field: "destination".into(),
-                    problem: format!(
-                        "index {index} is out of range: the job has {} destinations",
-                        job.destinations.len()
-                    ),
-                }],
-            })?;
+        let d = job.destination(index)?;
         self.connect(
             &d.registry,
             d.role_arn.as_deref(),
@@ -219,11 +213,11 @@ impl Connections {
         };
         let conn = Arc::new(Connection {
             registry: registry.to_string(),
-            catalog_page_size: if self.settings.catalog_page_size == 0 {
-                1000
-            } else {
-                self.settings.catalog_page_size
-            },
+            catalog_page_size: self
+                .settings
+                .catalog_page_size
+                .unwrap_or(DEFAULT_CATALOG_PAGE_SIZE)
+                .max(1),
             client,
             ecr,
             token,
@@ -254,15 +248,14 @@ pub fn settings_from_env() -> Result<Settings> {
     }
     if let Ok(map) = std::env::var("ECR_REPLICATOR_REGISTRY_ENDPOINTS") {
         for entry in map.split(',').filter(|e| !e.trim().is_empty()) {
-            let (host, url) = entry.split_once('=').ok_or_else(|| Error::InvalidInput {
-                problems: vec![crate::error::FieldProblem {
-                    field: "ECR_REPLICATOR_REGISTRY_ENDPOINTS".into(),
-                    problem: format!("entry {entry:?} must be HOST=URL"),
-                }],
-            })?;
             registry
-                .endpoints
-                .insert(host.trim().to_string(), url.trim().to_string());
+                .add_endpoint(entry)
+                .map_err(|problem| Error::InvalidInput {
+                    problems: vec![crate::error::FieldProblem {
+                        field: "ECR_REPLICATOR_REGISTRY_ENDPOINTS".into(),
+                        problem,
+                    }],
+                })?;
         }
     }
     if let Ok(list) = std::env::var("ECR_REPLICATOR_INSECURE_REGISTRIES") {
@@ -281,7 +274,7 @@ pub fn settings_from_env() -> Result<Settings> {
         aws,
         registry,
         credentials: CredentialStore::new(),
-        catalog_page_size: 0,
+        catalog_page_size: None,
         work_bucket: std::env::var("ECR_REPLICATOR_WORK_BUCKET")
             .ok()
             .filter(|b| !b.trim().is_empty())

@@ -112,7 +112,10 @@ pub async fn copy_image(
         bytes_copied: 0,
         seconds: 0.0,
     };
-    if is_present(target, to, &top.digest).await.map_err(oci_err)? {
+    if already_in_target(target, to, &top.digest)
+        .await
+        .map_err(oci_err)?
+    {
         report.already_present = true;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
@@ -156,16 +159,11 @@ pub async fn copy_image(
         .try_collect()
         .await
         .map_err(oci_err)?;
-    for (outcome, size) in outcomes {
-        match outcome {
-            BlobOutcome::Copied => {
-                report.blobs_copied += 1;
-                report.bytes_copied += size;
-            }
-            BlobOutcome::Mounted => report.blobs_mounted += 1,
-            BlobOutcome::Present => report.blobs_skipped += 1,
-        }
-    }
+    let tally: BlobTally = outcomes.into_iter().collect();
+    report.blobs_copied = tally.copied;
+    report.blobs_mounted = tally.mounted;
+    report.blobs_skipped = tally.present;
+    report.bytes_copied = tally.bytes;
 
     let tags: Vec<String> = to.tag.iter().cloned().collect();
     report.manifests_put = put_manifests_in_order(
@@ -179,6 +177,37 @@ pub async fn copy_image(
     .await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Blob outcomes added up: one rule for `copy` and the copy step. Bytes count only blobs
+/// streamed (a mount or a present blob moves none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BlobTally {
+    /// Streamed from the source.
+    pub(crate) copied: usize,
+    /// Linked by a cross-repository mount.
+    pub(crate) mounted: usize,
+    /// Already in the target.
+    pub(crate) present: usize,
+    /// Bytes streamed.
+    pub(crate) bytes: u64,
+}
+
+impl FromIterator<(BlobOutcome, u64)> for BlobTally {
+    fn from_iter<I: IntoIterator<Item = (BlobOutcome, u64)>>(outcomes: I) -> Self {
+        let mut tally = BlobTally::default();
+        for (outcome, size) in outcomes {
+            match outcome {
+                BlobOutcome::Copied => {
+                    tally.copied += 1;
+                    tally.bytes += size;
+                }
+                BlobOutcome::Mounted => tally.mounted += 1,
+                BlobOutcome::Present => tally.present += 1,
+            }
+        }
+        tally
+    }
 }
 
 /// What is already known of the target, so puts skip questions with known answers.
@@ -295,7 +324,11 @@ fn to_digest_ref(to: &Reference, digest: &Digest) -> Reference {
 }
 
 /// The target has the digest, and (when a tag is asked for) the tag points at it.
-async fn is_present(target: &RegistryClient, to: &Reference, digest: &Digest) -> oci::Result<bool> {
+async fn already_in_target(
+    target: &RegistryClient,
+    to: &Reference,
+    digest: &Digest,
+) -> oci::Result<bool> {
     if target
         .head_manifest(&to_digest_ref(to, digest))
         .await?

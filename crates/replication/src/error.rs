@@ -159,6 +159,9 @@ pub enum Error {
         /// What the target answered.
         actual: String,
     },
+    /// A step's output could not be written as JSON (a defect: report it).
+    #[error("the step's output could not be written as JSON: {0}; please report this")]
+    Output(String),
 }
 
 impl Error {

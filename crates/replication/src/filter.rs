@@ -3,10 +3,11 @@
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::Regex;
+use schemars::JsonSchema;
 use semver::{Version, VersionReq};
 use serde::{Deserialize, Serialize};
 
-use crate::job::TagFilter;
+pub use ecr::ListedImage;
 
 /// Compiled repository globs.
 #[derive(Debug, Clone)]
@@ -54,26 +55,6 @@ impl RepositoryMatcher {
     }
 }
 
-/// An image as a catalog lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageInfo {
-    /// Manifest digest.
-    pub digest: String,
-    /// Its tags (empty: untagged).
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Push time, seconds since the epoch, when the catalog knows it.
-    #[serde(default)]
-    pub pushed_at: Option<i64>,
-    /// Size the catalog reports, if any.
-    #[serde(default)]
-    pub size: Option<u64>,
-    /// Manifest media type, if known.
-    #[serde(default)]
-    pub media_type: Option<String>,
-}
-
 /// An image chosen by the filters, with the tags to copy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,6 +68,31 @@ pub struct SelectedImage {
     /// Referrers the source's API lists for it (all levels), copied within its task.
     #[serde(default)]
     pub referrers: Vec<String>,
+}
+
+/// Image selection by tag and age.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TagFilter {
+    /// Regexes (full match) a tag must match (any); empty means every tag.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Regexes (full match) that exclude a tag (any).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// A semver range (`>=1.4, <2`); tags that are not semver (a leading `v` is allowed) are not
+    /// selected when set. Pre-releases match only ranges that name a pre-release.
+    #[serde(default)]
+    pub semver: Option<String>,
+    /// Keep only the N most recently pushed of the selected tagged images, per repository.
+    #[serde(default)]
+    pub latest: Option<u32>,
+    /// Keep only images pushed within this many days.
+    #[serde(default)]
+    pub max_age_days: Option<u32>,
+    /// Also copy untagged images (by digest).
+    #[serde(default)]
+    pub untagged: bool,
 }
 
 /// Compiled tag filters.
@@ -150,9 +156,9 @@ impl TagMatcher {
     /// Chooses images: tagged ones with at least one matching tag (only those tags kept),
     /// untagged ones when asked; then the age limit; then the latest N tagged images by push time
     /// (unknown times last, ties by digest for a stable order).
-    pub fn select(&self, images: &[ImageInfo], now: i64) -> Vec<SelectedImage> {
+    pub fn select(&self, images: &[ListedImage], now: i64) -> Vec<SelectedImage> {
         let oldest = self.max_age_days.map(|d| now - i64::from(d) * 86_400);
-        let young_enough = |i: &ImageInfo| match (oldest, i.pushed_at) {
+        let young_enough = |i: &ListedImage| match (oldest, i.pushed_at) {
             (Some(limit), Some(at)) => at >= limit,
             _ => true,
         };
@@ -206,7 +212,7 @@ mod tests {
     const DAY: i64 = 86_400;
     const NOW: i64 = 1_800_000_000;
 
-    fn catalog() -> Vec<ImageInfo> {
+    fn catalog() -> Vec<ListedImage> {
         // (tag, days ago) — one image per tag, plus two untagged ones.
         let tagged = [
             ("v1.2.3", 40),
@@ -216,10 +222,10 @@ mod tests {
             ("sha-abc123", 2),
             ("v2.0.0-rc.1", 3),
         ];
-        let mut images: Vec<ImageInfo> = tagged
+        let mut images: Vec<ListedImage> = tagged
             .iter()
             .enumerate()
-            .map(|(i, (tag, days))| ImageInfo {
+            .map(|(i, (tag, days))| ListedImage {
                 digest: format!("sha256:{i:064}"),
                 tags: vec![tag.to_string()],
                 pushed_at: Some(NOW - days * DAY),
@@ -228,7 +234,7 @@ mod tests {
             })
             .collect();
         for (i, days) in [(90, 4), (91, 100)] {
-            images.push(ImageInfo {
+            images.push(ListedImage {
                 digest: format!("sha256:{i:064}"),
                 tags: vec![],
                 pushed_at: Some(NOW - days * DAY),
@@ -380,7 +386,7 @@ mod tests {
             ..f()
         })
         .unwrap();
-        let images = vec![ImageInfo {
+        let images = vec![ListedImage {
             digest: "sha256:1".into(),
             tags: vec!["latest".into(), "v2".into(), "v1".into()],
             pushed_at: None,

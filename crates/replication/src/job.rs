@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, FieldProblem, Result};
+pub use crate::filter::TagFilter;
 use crate::filter::{RepositoryMatcher, TagMatcher};
 
 /// Default byte budget of one copy invocation: 2 GiB.
@@ -102,6 +103,30 @@ pub struct Destination {
     pub insecure: bool,
 }
 
+impl Destination {
+    /// The repository name in this destination: its prefix, then the source name.
+    pub fn target_repository(&self, repository: &str) -> String {
+        format!(
+            "{}{repository}",
+            self.repository_prefix.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// The repository name in this destination, checked against the registry naming rules (ECR:
+    /// at most 256 characters, lowercase path components): a prefix can push a valid source
+    /// name past them, and that repository then fails alone, named, before any call.
+    pub fn checked_target_repository(&self, repository: &str) -> Result<String> {
+        let target = self.target_repository(repository);
+        oci::reference::validate_repository_name(&target).map_err(|problem| {
+            Error::TargetNameInvalid {
+                repository: format!("{}/{target}", self.registry),
+                problem,
+            }
+        })?;
+        Ok(target)
+    }
+}
+
 /// Repository selection by glob.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -112,31 +137,6 @@ pub struct RepositoryFilter {
     /// Globs that exclude a repository (any).
     #[serde(default)]
     pub exclude: Vec<String>,
-}
-
-/// Image selection by tag and age.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TagFilter {
-    /// Regexes (full match) a tag must match (any); empty means every tag.
-    #[serde(default)]
-    pub include: Vec<String>,
-    /// Regexes (full match) that exclude a tag (any).
-    #[serde(default)]
-    pub exclude: Vec<String>,
-    /// A semver range (`>=1.4, <2`); tags that are not semver (a leading `v` is allowed) are not
-    /// selected when set. Pre-releases match only ranges that name a pre-release.
-    #[serde(default)]
-    pub semver: Option<String>,
-    /// Keep only the N most recently pushed of the selected tagged images, per repository.
-    #[serde(default)]
-    pub latest: Option<u32>,
-    /// Keep only images pushed within this many days.
-    #[serde(default)]
-    pub max_age_days: Option<u32>,
-    /// Also copy untagged images (by digest).
-    #[serde(default)]
-    pub untagged: bool,
 }
 
 /// One image named explicitly: a repository and a tag, a digest, or both (the tag must then
@@ -195,6 +195,21 @@ pub struct ValidJob {
 }
 
 impl Job {
+    /// Destination `index` (as step inputs name it); out of range is invalid input.
+    pub fn destination(&self, index: usize) -> Result<&Destination> {
+        self.destinations
+            .get(index)
+            .ok_or_else(|| Error::InvalidInput {
+                problems: vec![FieldProblem {
+                    field: "destination".into(),
+                    problem: format!(
+                        "index {index} is out of range: the job has {} destinations",
+                        self.destinations.len()
+                    ),
+                }],
+            })
+    }
+
     /// Parses JSON; unknown fields and wrong types are errors naming the field path.
     pub fn from_json(text: &str) -> Result<Self> {
         let deserializer = &mut serde_json::Deserializer::from_str(text);

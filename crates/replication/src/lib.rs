@@ -10,9 +10,9 @@ pub mod filter;
 pub mod job;
 pub mod plan;
 pub mod referrers;
+pub mod report;
 pub mod run;
 pub mod steps;
-pub mod workflow;
 
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport};
 pub use error::{Error, ErrorKind, Result};

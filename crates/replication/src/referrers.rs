@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::connect::Connection;
 use crate::error::{Error, Result};
-use crate::filter::{ImageInfo, SelectedImage};
+use crate::filter::{ListedImage, SelectedImage};
 
 /// Suffixes cosign puts after the fallback tag.
 const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
@@ -39,7 +39,7 @@ pub fn artifact_tags(digest: &str) -> Vec<String> {
 pub(crate) async fn add_referrers(
     source: &Connection,
     repository: &str,
-    images: &[ImageInfo],
+    images: &[ListedImage],
     selected: &mut Vec<SelectedImage>,
 ) -> Result<()> {
     let by_tag: HashMap<&str, &str> = images

@@ -14,8 +14,7 @@ use crate::connect::Connections;
 use crate::error::{Error, Result};
 use crate::job::{Job, ValidJob};
 use crate::plan::CopyRange;
-use crate::steps::*;
-use crate::workflow::{self, PageBounds};
+use crate::steps::{self, *};
 
 /// Source repositories read per catalog page in process.
 const REPOSITORY_PAGE_IN_PROCESS: usize = 1000;
@@ -68,7 +67,7 @@ pub async fn run_job(
     let parallel_repositories = (job.max_concurrency as usize).clamp(1, 8);
     let mut repo_token = None;
     loop {
-        let page = workflow::enumerate_repositories_within(
+        let page = steps::enumerate_repositories_within(
             conns,
             EnumerateRepositoriesInput {
                 job: job.clone(),
@@ -127,7 +126,7 @@ impl Run<'_> {
 
     async fn try_repository(&self, repository: &str) -> Result<()> {
         for destination in 0..self.job.destinations.len() {
-            let ensured = workflow::ensure_repository(
+            let ensured = steps::ensure_repository(
                 self.conns,
                 EnsureRepositoryInput {
                     job: self.job.clone(),
@@ -143,14 +142,14 @@ impl Run<'_> {
             });
         }
         // Listed and resolved once; pages of work taken from it (larger than a step's).
-        let selected = workflow::selected_images(self.conns, self.valid, repository).await?;
+        let selected = steps::selected_images(self.conns, self.valid, repository).await?;
         let mut offset = 0;
         loop {
-            let page = workflow::page_of_work(
+            let page = steps::page_of_work(
                 self.conns,
                 self.valid,
                 repository,
-                workflow::Selection::whole(&selected),
+                Selection::whole(&selected),
                 offset,
                 PageBounds::IN_PROCESS,
             )
@@ -181,7 +180,7 @@ impl Run<'_> {
         let mut results = Vec::new();
         let mut tasks = tasks;
         while !tasks.is_empty() {
-            let plan = match workflow::plan_page_within(
+            let plan = match steps::plan_page_within(
                 self.conns,
                 PlanPageInput {
                     job: self.job.clone(),
@@ -221,29 +220,32 @@ impl Run<'_> {
             .buffer_unordered(self.job.max_concurrency.max(1) as usize)
             .collect()
             .await;
+        // Bytes are counted here, once per range; the outcomes tell the puts which failed.
         let mut ranges = Vec::new();
         for outcome in copied {
             match outcome {
                 Ok(bytes) => {
                     self.record(|o| o.report.bytes_copied += bytes);
-                    ranges.push(serde_json::json!({"bytes": 0, "error": null}));
+                    ranges.push(RangeOutcome::default());
                 }
                 Err(e) => {
                     let error = format!("{}: {e}", e.kind().as_str());
                     self.observer.range_failed(&error);
                     self.record(|o| o.report.ranges_failed += 1);
-                    ranges.push(serde_json::json!({"bytes": 0, "error": error}));
+                    ranges.push(RangeOutcome {
+                        bytes: 0,
+                        error: Some(error),
+                    });
                 }
             }
         }
-        let ranges = serde_json::Value::Array(ranges);
         let puts: Vec<ImageResult> = futures::stream::iter(to_put)
             .map(|planned| {
                 let ranges = ranges.clone();
                 async move {
                     let task = planned.image;
                     let _permit = self.copies.acquire().await;
-                    workflow::put_manifests(
+                    steps::put_manifests(
                         self.conns,
                         PutManifestsInput {
                             job: self.job.clone(),
@@ -269,7 +271,7 @@ impl Run<'_> {
         let mut bytes_before = 0;
         loop {
             let _permit = self.copies.acquire().await;
-            let out = workflow::copy_blobs(
+            let out = steps::copy_blobs(
                 self.conns,
                 CopyBlobsInput {
                     job: self.job.clone(),

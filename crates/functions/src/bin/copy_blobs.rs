@@ -1,12 +1,6 @@
-//! Lambda `copy-blobs`: see `replication::workflow::copy_blobs`.
-
-use lambda_runtime::{run, service_fn, Error};
+//! Lambda `copy-blobs`: serves `replication::steps::CopyBlobs`.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let connections = functions::start()?;
-    run(service_fn(|event: functions::RawEvent| async {
-        functions::copy_blobs(&connections, functions::parse_event(event)?).await
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::serve::<replication::steps::CopyBlobs>().await
 }

@@ -1,12 +1,6 @@
-//! Lambda `ensure-repository`: see `replication::workflow::ensure_repository`.
-
-use lambda_runtime::{run, service_fn, Error};
+//! Lambda `ensure-repository`: serves `replication::steps::EnsureRepository`.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let connections = functions::start()?;
-    run(service_fn(|event: functions::RawEvent| async {
-        functions::ensure_repository(&connections, functions::parse_event(event)?).await
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::serve::<replication::steps::EnsureRepository>().await
 }

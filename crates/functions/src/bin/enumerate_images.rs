@@ -1,12 +1,6 @@
-//! Lambda `enumerate-images`: see `replication::workflow::enumerate_images`.
-
-use lambda_runtime::{run, service_fn, Error};
+//! Lambda `enumerate-images`: serves `replication::steps::EnumerateImages`.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let connections = functions::start()?;
-    run(service_fn(|event: functions::RawEvent| async {
-        functions::enumerate_images(&connections, functions::parse_event(event)?).await
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::serve::<replication::steps::EnumerateImages>().await
 }

@@ -1,12 +1,6 @@
-//! Lambda `enumerate-repositories`: see `replication::workflow::enumerate_repositories`.
-
-use lambda_runtime::{run, service_fn, Error};
+//! Lambda `enumerate-repositories`: serves `replication::steps::EnumerateRepositories`.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let connections = functions::start()?;
-    run(service_fn(|event: functions::RawEvent| async {
-        functions::enumerate_repositories(&connections, functions::parse_event(event)?).await
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::serve::<replication::steps::EnumerateRepositories>().await
 }

@@ -1,12 +1,6 @@
-//! Lambda `plan-image`: plans a page of images; see `replication::workflow::plan_page`.
-
-use lambda_runtime::{run, service_fn, Error};
+//! Lambda `plan-image`: serves `replication::steps::PlanImage`.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let connections = functions::start()?;
-    run(service_fn(|event: functions::RawEvent| async {
-        functions::plan_image(&connections, functions::parse_event(event)?).await
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::serve::<replication::steps::PlanImage>().await
 }

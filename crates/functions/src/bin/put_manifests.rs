@@ -1,12 +1,6 @@
-//! Lambda `put-manifests`: see `replication::workflow::put_manifests`.
-
-use lambda_runtime::{run, service_fn, Error};
+//! Lambda `put-manifests`: serves `replication::steps::PutManifests`.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    let connections = functions::start()?;
-    run(service_fn(|event: functions::RawEvent| async {
-        functions::put_manifests(&connections, functions::parse_event(event)?).await
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::serve::<replication::steps::PutManifests>().await
 }

@@ -1,12 +1,6 @@
-//! Lambda `summarise`: see `replication::workflow::summarise`.
-
-use lambda_runtime::{run, service_fn, Error};
+//! Lambda `summarise`: serves `replication::steps::Summarise`.
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
-    run(service_fn(|event: functions::RawEvent| async {
-        functions::summarise(functions::parse_event(event)?).await
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    functions::serve::<replication::steps::Summarise>().await
 }

@@ -1,0 +1,267 @@
+//! The run report and the per-image results it adds up, bounded so that reports travel in the
+//! state machine's state (256 KiB at most).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::steps::{EnsureRepositoryOutput, ImageTask};
+
+/// JSON values, re-exported for step types that carry free-form JSON.
+pub use serde_json::Value as JsonValue;
+
+/// The outcome for one image in one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageStatus {
+    /// Copied now.
+    Copied,
+    /// Already in the destination.
+    Present,
+    /// Dry run: would be copied.
+    Planned,
+    /// Failed; see `error`.
+    Failed,
+}
+
+/// The per-image record of the run report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageResult {
+    /// Source repository.
+    pub repository: String,
+    /// Digest.
+    pub digest: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Destination registry.
+    pub target_registry: String,
+    /// Destination repository.
+    pub target_repository: String,
+    /// What happened.
+    pub status: ImageStatus,
+    /// Bytes streamed for it.
+    pub bytes_copied: u64,
+    /// The error, when failed.
+    pub error: Option<String>,
+}
+
+impl ImageResult {
+    /// A record for a task with a status.
+    pub fn for_task(
+        task: &ImageTask,
+        status: ImageStatus,
+        bytes_copied: u64,
+        error: Option<String>,
+    ) -> Self {
+        ImageResult {
+            repository: task.repository.clone(),
+            digest: task.digest.clone(),
+            tags: task.tags.clone(),
+            target_registry: task.target_registry.clone(),
+            target_repository: task.target_repository.clone(),
+            status,
+            bytes_copied,
+            error,
+        }
+    }
+}
+
+/// The run report: counts, bytes, failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    /// Image x destination pairs considered.
+    pub images: usize,
+    /// Copied now.
+    pub copied: usize,
+    /// Already present.
+    pub present: usize,
+    /// Would be copied (dry run).
+    pub planned: usize,
+    /// Failed.
+    pub failed: usize,
+    /// Bytes streamed.
+    pub bytes_copied: u64,
+    /// Failures, naming the image and the error (the first 50).
+    pub failures: Vec<ImageResult>,
+    /// Failures beyond those listed, so reports stay small.
+    #[serde(default)]
+    pub failures_omitted: usize,
+    /// With `prune`: stale destination tags removed (in a dry run, to remove).
+    #[serde(default)]
+    pub tags_pruned: usize,
+    /// The first 50 of them, as `registry/repository:tag`.
+    #[serde(default)]
+    pub pruned: Vec<String>,
+    /// With `prune`: stale tags kept, each with the reason (the first 50 listed in `kept`).
+    #[serde(default)]
+    pub tags_kept: usize,
+    /// The first 50 kept tags, as `registry/repository:tag: reason`.
+    #[serde(default)]
+    pub kept: Vec<String>,
+    /// Repositories whose replication failed as a whole (listing, creating, summarising): their
+    /// images were not all considered.
+    #[serde(default)]
+    pub repositories_failed: usize,
+    /// The first of them, each with the error.
+    #[serde(default)]
+    pub repository_failures: Vec<RepositoryFailure>,
+    /// Ranges of blobs whose copy failed (each image needing one failed too, named).
+    #[serde(default)]
+    pub ranges_failed: usize,
+}
+
+/// A repository whose replication failed as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryFailure {
+    /// Source repository.
+    pub repository: String,
+    /// What failed (error type and cause).
+    pub error: String,
+}
+
+/// Entries each list of a report holds; the rest are only counted. The run report lists this
+/// many; a repository's report (one of up to `REPOSITORIES_PER_PAGE` in a Map's result) lists
+/// `CHILD_LISTED`, so the aggregated result stays under 256 KiB.
+pub const MAX_FAILURES_LISTED: usize = 20;
+/// Entries a repository child's report lists.
+pub const CHILD_LISTED: usize = 1;
+/// Pruned and kept tags an `ensure-repository` output lists (the counts keep the totals).
+pub const ENSURE_LISTED: usize = 5;
+/// Characters of an error kept in a report.
+pub const MAX_ERROR_CHARS: usize = 300;
+/// Tags of a failed image named in a report.
+pub const MAX_TAGS_LISTED: usize = 3;
+
+/// The first `max` characters of a text, with an ellipsis when cut.
+pub fn truncate_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+impl ImageResult {
+    /// The record as a report lists it: at most `MAX_TAGS_LISTED` tags (the count of the others
+    /// added) and `MAX_ERROR_CHARS` of the error.
+    pub fn listed(&self) -> Self {
+        let mut out = self.clone();
+        if out.tags.len() > MAX_TAGS_LISTED {
+            let more = out.tags.len() - MAX_TAGS_LISTED;
+            out.tags.truncate(MAX_TAGS_LISTED);
+            out.tags.push(format!("(+{more} more)"));
+        }
+        out.error = out.error.map(|e| truncate_chars(&e, MAX_ERROR_CHARS));
+        out
+    }
+}
+
+impl RunReport {
+    /// Counts tasks found present without running them.
+    pub fn add_present(&mut self, count: usize) {
+        self.images += count;
+        self.present += count;
+    }
+
+    /// Keeps at most `max` entries in each list (the counts keep the rest).
+    pub fn limit_lists(&mut self, max: usize) {
+        if self.failures.len() > max {
+            self.failures_omitted += self.failures.len() - max;
+            self.failures.truncate(max);
+        }
+        self.pruned.truncate(max);
+        self.kept.truncate(max);
+        self.repository_failures.truncate(max);
+    }
+
+    /// Counts one image result.
+    pub fn add(&mut self, r: &ImageResult) {
+        self.images += 1;
+        self.bytes_copied += r.bytes_copied;
+        match r.status {
+            ImageStatus::Copied => self.copied += 1,
+            ImageStatus::Present => self.present += 1,
+            ImageStatus::Planned => self.planned += 1,
+            ImageStatus::Failed => {
+                self.failed += 1;
+                if self.failures.len() < MAX_FAILURES_LISTED {
+                    self.failures.push(r.listed());
+                } else {
+                    self.failures_omitted += 1;
+                }
+            }
+        }
+    }
+
+    /// Counts one destination repository's prune results.
+    pub fn add_repository(&mut self, o: &EnsureRepositoryOutput) {
+        let at = |tag: &String| format!("{}/{}:{tag}", o.registry, o.repository);
+        self.tags_pruned += o.pruned_count.max(o.pruned.len());
+        self.tags_kept += o.prune_kept_count.max(o.prune_kept.len());
+        listed(&mut self.pruned, o.pruned.iter().map(at));
+        listed(&mut self.kept, o.prune_kept.iter().map(at));
+    }
+
+    /// Adds another report's counts and failures.
+    pub fn merge(&mut self, other: &RunReport) {
+        self.tags_pruned += other.tags_pruned;
+        self.tags_kept += other.tags_kept;
+        listed(&mut self.pruned, other.pruned.iter().cloned());
+        listed(&mut self.kept, other.kept.iter().cloned());
+        self.images += other.images;
+        self.copied += other.copied;
+        self.present += other.present;
+        self.planned += other.planned;
+        self.failed += other.failed;
+        self.bytes_copied += other.bytes_copied;
+        self.failures_omitted += other.failures_omitted;
+        for f in &other.failures {
+            if self.failures.len() < MAX_FAILURES_LISTED {
+                self.failures.push(f.listed());
+            } else {
+                self.failures_omitted += 1;
+            }
+        }
+        self.repositories_failed += other.repositories_failed;
+        self.ranges_failed += other.ranges_failed;
+        for f in &other.repository_failures {
+            if self.repository_failures.len() < MAX_FAILURES_LISTED {
+                self.repository_failures.push(RepositoryFailure {
+                    repository: f.repository.clone(),
+                    error: truncate_chars(&f.error, MAX_ERROR_CHARS),
+                });
+            }
+        }
+    }
+}
+
+/// Appends to a report list up to `MAX_FAILURES_LISTED` entries (the counts say the rest).
+fn listed(list: &mut Vec<String>, more: impl Iterator<Item = String>) {
+    let room = MAX_FAILURES_LISTED.saturating_sub(list.len());
+    list.extend(more.take(room));
+}
+
+/// Collects objects of type `T` from arbitrarily nested arrays (`null`s skipped).
+pub fn flatten<T: serde::de::DeserializeOwned>(
+    value: &JsonValue,
+    field: &str,
+) -> Result<Vec<T>, crate::Error> {
+    let mut out = Vec::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            JsonValue::Array(items) => stack.extend(items.iter().rev()),
+            JsonValue::Null => {}
+            other => out.push(
+                T::deserialize(other).map_err(|e| crate::Error::InvalidInput {
+                    problems: vec![crate::error::FieldProblem {
+                        field: field.to_string(),
+                        problem: e.to_string(),
+                    }],
+                })?,
+            ),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,499 @@
+//! `enumerate-images`: a repository's images the job selects, and one page of the work left
+//! (each selected image for each destination that does not have it yet).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use oci::{Digest, Reference, Repository};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::connect::{Connection, Connections};
+use crate::error::{Error, Result};
+use crate::filter::{ListedImage, SelectedImage};
+use crate::job::{ImageSelector, Job, ValidJob};
+use crate::referrers;
+
+/// Tasks (image x destination pairs with work) per `enumerate-images` page at most: each is a
+/// child execution whose result is part of the Map's aggregated result (256 KiB at most).
+pub const TASKS_PER_PAGE: usize = 25;
+/// JSON bytes of one page's tasks at most (an image with hundreds of tags fills a page alone).
+pub const PAGE_TASK_BYTES: usize = 32 * 1024;
+/// Selected images `enumerate-images` checks for presence in one call at most; a repository
+/// with more continues on the next page (bounded work per invocation).
+pub const IMAGES_CHECKED_PER_CALL: usize = 2000;
+/// Presence checks at once.
+pub(crate) const PARALLEL_CHECKS: usize = 16;
+
+/// The `enumerate-images` step.
+pub struct EnumerateImages;
+
+impl Step for EnumerateImages {
+    const NAME: &'static str = "enumerate-images";
+    type Input = EnumerateImagesInput;
+    type Output = EnumerateImagesOutput;
+    fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
+        Box::pin(enumerate_images(conns, input))
+    }
+}
+
+/// Input of `enumerate-images`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnumerateImagesInput {
+    /// The job.
+    pub job: Job,
+    /// Source repository name.
+    pub repository: String,
+    /// Page token from the previous call.
+    #[serde(default)]
+    pub next_token: Option<String>,
+}
+
+/// One image for one destination: the unit the per-image Map works on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageTask {
+    /// Source repository.
+    pub repository: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Tags to copy (empty: by digest only).
+    pub tags: Vec<String>,
+    /// Index into `job.destinations`.
+    pub destination: usize,
+    /// Destination registry (for reports).
+    pub target_registry: String,
+    /// Repository in the destination.
+    pub target_repository: String,
+    /// The destination already has this digest under every tag.
+    pub present: bool,
+    /// Digests of the referrers the source's API lists for this image (signatures, SBOMs,
+    /// attestations, and theirs): copied with it, by digest, and listed in the target's
+    /// `sha256-<hex>` fallback index when the target has no referrers API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub referrers: Vec<String>,
+    /// The destination's tag list named none of `tags` when enumerated: they are put without
+    /// asking first.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tags_absent: bool,
+    /// The destination repository did not exist when enumerated: blobs are uploaded and child
+    /// manifests put without asking first (asking could only say "not there").
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub repository_absent: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
+}
+
+/// Output of `enumerate-images`: one page of the work left (selected images x destinations not
+/// yet in the destination). Tasks already present are only counted: they cost no child
+/// execution and no invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnumerateImagesOutput {
+    /// Tasks of this page, none of them present (at most `TASKS_PER_PAGE` tasks and
+    /// `PAGE_TASK_BYTES` of JSON).
+    pub images: Vec<ImageTask>,
+    /// Tasks this page checked and found present in their destination.
+    pub present: usize,
+    /// Images the filters selected in the whole repository.
+    pub selected: usize,
+    /// Token for the next page, `null` on the last.
+    pub next_token: Option<String>,
+}
+
+/// Selects a repository's images with the tag filters (reading all of the repository's catalog
+/// pages, so `latest` sees every image) and returns one page of the work left: each selected
+/// image for each destination that does not already have it (digest, every tag, every
+/// referrer). Present ones are only counted, so a run with nothing to do costs no child
+/// execution. A page ends before `TASKS_PER_PAGE` tasks or `PAGE_TASK_BYTES` of tasks would be
+/// exceeded (an image's tasks stay on one page), or after `IMAGES_CHECKED_PER_CALL` images.
+///
+/// The repository is listed and resolved once per run: when more pages follow and a work bucket
+/// is configured, the selection is kept there (`SELECTION_CHUNK` images an object) and the
+/// token names it, so later pages read their stretch of it instead of the registry. A selection
+/// that cannot be kept or is gone (expired) only costs a new listing.
+#[tracing::instrument(skip_all, fields(repository = %input.repository, next = ?input.next_token))]
+pub async fn enumerate_images(
+    conns: &Connections,
+    input: EnumerateImagesInput,
+) -> Result<EnumerateImagesOutput> {
+    let job = input.job.validate()?;
+    let token = PageToken::parse(input.next_token.as_deref())?;
+    let bucket = conns.work_bucket().await;
+    if let (Some(id), Some(bucket)) = (&token.selection, bucket) {
+        if let Some(chunk) = stored_selection_chunk(bucket, id, token.offset).await {
+            let mut page = page_of_work(
+                conns,
+                &job,
+                &input.repository,
+                chunk.as_selection(),
+                token.offset,
+                PageBounds::STEP,
+            )
+            .await?;
+            page.next_token = page.next_token.map(|next| format!("{id}:{next}"));
+            return Ok(page);
+        }
+        tracing::warn!(selection = %id, "the run's kept selection is gone: listing the repository again");
+    }
+    let selected = selected_images(conns, &job, &input.repository).await?;
+    let mut page = page_of_work(
+        conns,
+        &job,
+        &input.repository,
+        Selection::whole(&selected),
+        token.offset,
+        PageBounds::STEP,
+    )
+    .await?;
+    if let (Some(next), Some(bucket)) = (&page.next_token, bucket) {
+        match keep_selection(bucket, &input.repository, &selected).await {
+            Ok(id) => page.next_token = Some(format!("{id}:{next}")),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not keep the selection in the work bucket: later pages list the repository again"
+            ),
+        }
+    }
+    Ok(page)
+}
+
+/// How large a page of work may be.
+#[derive(Debug, Clone, Copy)]
+pub struct PageBounds {
+    /// Tasks at most.
+    pub tasks: usize,
+    /// JSON bytes of the tasks at most.
+    pub task_bytes: usize,
+    /// Selected images checked for presence at most.
+    pub checked: usize,
+    /// JSON bytes of a page plan at most.
+    pub plan_bytes: usize,
+}
+
+impl PageBounds {
+    /// A workflow step's: its output travels in the state machine (256 KiB per state).
+    pub const STEP: PageBounds = PageBounds {
+        tasks: TASKS_PER_PAGE,
+        task_bytes: PAGE_TASK_BYTES,
+        checked: IMAGES_CHECKED_PER_CALL,
+        plan_bytes: PAGE_PLAN_BYTES,
+    };
+    /// In one process (`sync`): larger pages, so more of a repository copies at once and a
+    /// shared layer is copied once for more images.
+    pub const IN_PROCESS: PageBounds = PageBounds {
+        tasks: 1000,
+        task_bytes: usize::MAX,
+        checked: usize::MAX,
+        plan_bytes: usize::MAX,
+    };
+}
+
+/// The images of a repository the job selects, in a stable order (by digest): listed and
+/// resolved once; `page_of_work` pages through them.
+pub async fn selected_images(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<Vec<SelectedImage>> {
+    let source = conns.source(&job.job).await?;
+    let mut selected = select_images(&source, job, repository).await?;
+    selected.sort_by(|a, b| a.digest.cmp(&b.digest));
+    Ok(selected)
+}
+
+/// One page of the work left in `selection` from `offset` (an index into the whole
+/// selection; see `enumerate_images`). The page stays within the stretch given.
+pub async fn page_of_work(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+    selection: Selection<'_>,
+    offset: usize,
+    bounds: PageBounds,
+) -> Result<EnumerateImagesOutput> {
+    let mut destinations = Vec::new();
+    for (index, spec) in job.job.destinations.iter().enumerate() {
+        let dest = conns.destination(&job.job, index).await?;
+        let target = spec.checked_target_repository(repository)?;
+        let (tags, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
+        destinations.push((index, spec, dest, target, tags, absent));
+    }
+    let mut output = EnumerateImagesOutput {
+        images: Vec::new(),
+        present: 0,
+        selected: selection.total,
+        next_token: None,
+    };
+    let mut task_bytes: usize = 0;
+    let stretch_end = selection.first + selection.images.len();
+    let window_end = offset.saturating_add(bounds.checked).min(stretch_end);
+    let window = selection
+        .images
+        .get(offset.saturating_sub(selection.first)..window_end - selection.first)
+        .unwrap_or_default();
+    // Presence of every image of the window in every destination, checked a few at a time, in
+    // order, so the page can stop at its bounds.
+    let mut checks = futures::stream::iter(window.iter().enumerate())
+        .map(|(at, image)| {
+            let destinations = &destinations;
+            async move {
+                let mut tasks = Vec::new();
+                for (index, spec, dest, target, listed, repository_absent) in destinations {
+                    let repo = Repository {
+                        registry: spec.registry.clone(),
+                        name: target.clone(),
+                    };
+                    // A tag the destination does not list means missing, without asking.
+                    let unlisted = listed
+                        .as_ref()
+                        .map(|l| image.tags.iter().filter(|t| !l.contains(*t)).count());
+                    let tags_absent = !image.tags.is_empty() && unlisted == Some(image.tags.len());
+                    let present = unlisted.unwrap_or(0) == 0
+                        && is_present(
+                            &dest.client,
+                            &repo,
+                            &image.digest,
+                            &image.tags,
+                            &image.referrers,
+                        )
+                        .await?;
+                    tasks.push(ImageTask {
+                        repository: repository.to_string(),
+                        digest: image.digest.clone(),
+                        tags: image.tags.clone(),
+                        destination: *index,
+                        target_registry: spec.registry.clone(),
+                        target_repository: target.clone(),
+                        present,
+                        referrers: image.referrers.clone(),
+                        tags_absent,
+                        repository_absent: *repository_absent,
+                    });
+                }
+                Ok::<_, Error>((at, tasks))
+            }
+        })
+        .buffered(PARALLEL_CHECKS);
+    let mut next = window_end;
+    while let Some(checked) = checks.next().await {
+        let (at, tasks) = checked?;
+        let missing: Vec<ImageTask> = tasks.into_iter().filter(|t| !t.present).collect();
+        let bytes: usize = missing
+            .iter()
+            .map(|t| serde_json::to_vec(t).map(|v| v.len()).unwrap_or(0))
+            .sum();
+        if !missing.is_empty()
+            && !output.images.is_empty()
+            && (output.images.len() + missing.len() > bounds.tasks
+                || task_bytes.saturating_add(bytes) > bounds.task_bytes)
+        {
+            next = offset + at; // this image starts the next page
+            break;
+        }
+        output.present += job.job.destinations.len() - missing.len();
+        task_bytes += bytes;
+        output.images.extend(missing);
+    }
+    output.next_token = (next < selection.total).then(|| next.to_string());
+    Ok(output)
+}
+
+/// The images of one repository a job selects: the listed ones, or the filters' choice from
+/// the whole catalog; then (with `referrers`) every signature, SBOM and attestation that refers
+/// to them.
+async fn select_images(
+    source: &Connection,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<Vec<SelectedImage>> {
+    let mut catalog_images: Option<Vec<ListedImage>> = None;
+    let mut selected = if job.job.images.is_empty() {
+        let images = all_images(source, repository).await?;
+        let selected = job.tags.select(&images, now_seconds());
+        catalog_images = Some(images);
+        selected
+    } else {
+        resolve_listed(source, &job.job.images, repository).await?
+    };
+    if job.job.referrers {
+        let images = match catalog_images {
+            Some(images) => images,
+            None => all_images(source, repository).await?,
+        };
+        referrers::add_referrers(source, repository, &images, &mut selected).await?;
+    }
+    Ok(selected)
+}
+
+/// Every image of a source repository (all catalog pages).
+pub(crate) async fn all_images(source: &Connection, repository: &str) -> Result<Vec<ListedImage>> {
+    let catalog = source.catalog();
+    let mut images = Vec::new();
+    let mut next = None;
+    loop {
+        let page = catalog.images(repository, next).await?;
+        images.extend(page.items);
+        match page.next {
+            Some(n) => next = Some(n),
+            None => return Ok(images),
+        }
+    }
+}
+
+/// The listed images of one repository, resolved in the source (a tag to its digest), one entry
+/// per digest with the listed tags.
+async fn resolve_listed(
+    source: &Connection,
+    listed: &[ImageSelector],
+    repository: &str,
+) -> Result<Vec<SelectedImage>> {
+    let mut selected: Vec<SelectedImage> = Vec::new();
+    for image in listed.iter().filter(|i| i.repository == repository) {
+        let named = format!(
+            "{}/{}{}{}",
+            source.registry,
+            image.repository,
+            image
+                .tag
+                .as_ref()
+                .map(|t| format!(":{t}"))
+                .unwrap_or_default(),
+            image
+                .digest
+                .as_ref()
+                .map(|d| format!("@{d}"))
+                .unwrap_or_default(),
+        );
+        let lookup = Reference {
+            repository: Repository {
+                registry: source.registry.clone(),
+                name: image.repository.clone(),
+            },
+            tag: image.tag.clone(),
+            digest: match (&image.tag, &image.digest) {
+                (None, Some(d)) => Some(Digest::parse(d).map_err(|e| Error::Listing {
+                    what: named.clone(),
+                    source: e,
+                })?),
+                _ => None,
+            },
+        };
+        let head = source
+            .client
+            .head_manifest(&lookup)
+            .await
+            .map_err(|e| Error::Listing {
+                what: named.clone(),
+                source: e,
+            })?
+            .ok_or_else(|| Error::ImageNotFound {
+                image: named.clone(),
+            })?;
+        let digest = head.digest.to_string();
+        if let Some(listed_digest) = &image.digest {
+            if *listed_digest != digest {
+                return Err(Error::TagMoved {
+                    image: named,
+                    actual: digest,
+                });
+            }
+        }
+        match selected.iter_mut().find(|s| s.digest == digest) {
+            Some(existing) => existing.tags.extend(image.tag.clone()),
+            None => selected.push(SelectedImage {
+                digest,
+                tags: image.tag.iter().cloned().collect(),
+                pushed_at: None,
+                referrers: Vec::new(),
+            }),
+        }
+    }
+    Ok(selected)
+}
+
+/// The tags a destination repository has now, read once per page so that a first sync costs no
+/// presence request per image (`None` when the registry does not list them: each image is then
+/// asked about), and whether the repository does not exist at all (its list is then empty).
+async fn destination_tags(
+    client: &oci::RegistryClient,
+    registry: &str,
+    repository: &str,
+) -> (Option<std::collections::HashSet<String>>, bool) {
+    let repo = Repository {
+        registry: registry.to_string(),
+        name: repository.to_string(),
+    };
+    match client.list_tags(&repo).await {
+        Ok(tags) => (Some(tags.into_iter().collect()), false),
+        Err(e) if e.is_not_found() => (Some(Default::default()), true),
+        Err(e) => {
+            tracing::debug!(error = %e, repository = %repo, "tag list unavailable; checking each image");
+            (None, false)
+        }
+    }
+}
+
+/// The destination has the digest, every tag on it, and every referrer travelling with it.
+pub(crate) async fn is_present(
+    client: &oci::RegistryClient,
+    repo: &Repository,
+    digest: &str,
+    tags: &[String],
+    referrers: &[String],
+) -> Result<bool> {
+    let listing = |source| Error::Listing {
+        what: format!("{repo}@{digest} in the destination"),
+        source,
+    };
+    let digest = Digest::parse(digest).map_err(listing)?;
+    let by_digest = Reference {
+        repository: repo.clone(),
+        tag: None,
+        digest: Some(digest.clone()),
+    };
+    // A tag that names the digest proves the manifest is there: the digest itself is asked
+    // only when there is no tag.
+    if tags.is_empty()
+        && client
+            .head_manifest(&by_digest)
+            .await
+            .map_err(listing)?
+            .is_none()
+    {
+        return Ok(false);
+    }
+    for tag in tags {
+        let head = client
+            .head_manifest(&by_digest.with_tag(tag))
+            .await
+            .map_err(listing)?;
+        if head.is_none_or(|h| h.digest != digest) {
+            return Ok(false);
+        }
+    }
+    for referrer in referrers {
+        let referrer = Digest::parse(referrer).map_err(listing)?;
+        if client
+            .head_manifest(&by_digest.with_digest(referrer))
+            .await
+            .map_err(listing)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Seconds since the epoch (the age filter's clock).
+fn now_seconds() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

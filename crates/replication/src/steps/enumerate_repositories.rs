@@ -1,0 +1,126 @@
+//! `enumerate-repositories`: one page of the source's repositories the job selects, the job
+//! validated with every default filled in, and how `maxConcurrency` is shared out.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::connect::Connections;
+use crate::error::Result;
+use crate::job::Job;
+
+/// Source repositories per `enumerate-repositories` page: each becomes a child execution whose
+/// report is part of the Map's aggregated result (256 KiB at most).
+pub const REPOSITORIES_PER_PAGE: usize = 20;
+
+/// The `enumerate-repositories` step.
+pub struct EnumerateRepositories;
+
+impl Step for EnumerateRepositories {
+    const NAME: &'static str = "enumerate-repositories";
+    type Input = EnumerateRepositoriesInput;
+    type Output = EnumerateRepositoriesOutput;
+    fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
+        Box::pin(enumerate_repositories(conns, input))
+    }
+}
+
+/// Input of `enumerate-repositories`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnumerateRepositoriesInput {
+    /// The job.
+    pub job: Job,
+    /// Page token from the previous call.
+    #[serde(default)]
+    pub next_token: Option<String>,
+}
+
+/// Output of `enumerate-repositories`: selected repositories of one source page, and the job
+/// validated with every default filled in, which the state machine uses from then on (a Choice
+/// or `*Path` on a field the input left out fails an execution in AWS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnumerateRepositoriesOutput {
+    /// Selected repository names.
+    pub repositories: Vec<String>,
+    /// Token for the next page, `null` on the last.
+    pub next_token: Option<String>,
+    /// The job, validated, defaults filled in.
+    pub job: Job,
+    /// How the job's `maxConcurrency` is shared out over the nested maps.
+    pub concurrency: Concurrency,
+}
+
+/// `maxConcurrency` shared out: repositories at once times images at once per repository never
+/// exceeds it, and each image copies one range at a time, so concurrent copy invocations stay
+/// within `maxConcurrency` for the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// Repository child executions at once (ForEachRepository's MaxConcurrency).
+    pub repositories: u32,
+    /// Image child executions at once per repository (ForEachImage's MaxConcurrency).
+    pub images: u32,
+}
+
+impl Concurrency {
+    /// Up to 5 images at once per repository, the rest of the budget to repositories.
+    pub fn share(max_concurrency: u32) -> Self {
+        let max = max_concurrency.max(1);
+        let images = max.min(5);
+        Concurrency {
+            repositories: (max / images).max(1),
+            images,
+        }
+    }
+}
+
+/// One page of the source's repositories, filtered by the job's globs.
+pub async fn enumerate_repositories(
+    conns: &Connections,
+    input: EnumerateRepositoriesInput,
+) -> Result<EnumerateRepositoriesOutput> {
+    enumerate_repositories_within(conns, input, REPOSITORIES_PER_PAGE).await
+}
+
+/// `enumerate_repositories` with pages of at most `page` source repositories (in one process
+/// the state's bound does not apply; registries' catalogs are cheaper read in large pages).
+#[tracing::instrument(skip_all, fields(next = ?input.next_token))]
+pub async fn enumerate_repositories_within(
+    conns: &Connections,
+    input: EnumerateRepositoriesInput,
+    page: usize,
+) -> Result<EnumerateRepositoriesOutput> {
+    let job = input.job.validate()?;
+    let concurrency = Concurrency::share(job.job.max_concurrency);
+    if !job.job.images.is_empty() {
+        let mut listed: Vec<String> = Vec::new();
+        for image in &job.job.images {
+            if !listed.contains(&image.repository) {
+                listed.push(image.repository.clone());
+            }
+        }
+        return Ok(EnumerateRepositoriesOutput {
+            repositories: listed,
+            next_token: None,
+            job: job.job,
+            concurrency,
+        });
+    }
+    let source = conns.source(&job.job).await?;
+    let page = source
+        .catalog()
+        .repositories(input.next_token, page)
+        .await?;
+    Ok(EnumerateRepositoriesOutput {
+        repositories: page
+            .items
+            .into_iter()
+            .filter(|r| job.repositories.matches(r))
+            .collect(),
+        next_token: page.next,
+        job: job.job,
+        concurrency,
+    })
+}

@@ -1,0 +1,349 @@
+//! `plan-image`: plans a page of tasks: each image's blobs read from its manifests (every
+//! platform, every referrer), and the union of the page's missing blobs per destination
+//! repository, each blob once, in ranges under the job's byte budget.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use oci::{BlobRef, Digest, Reference, Repository};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::connect::{Connection, Connections};
+use crate::copy::{walk, Walked};
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::Job;
+use crate::plan::{split_into_ranges, CopyRange};
+
+/// JSON bytes of an image's plan at most (about 280 blobs across its platforms and referrers):
+/// a page plan holds at least one image's.
+pub const MAX_PLAN_BYTES: usize = 32 * 1024;
+/// JSON bytes of a page's plan at most (its tasks and the union of their blobs); tasks past it
+/// are deferred to the next plan.
+pub const PAGE_PLAN_BYTES: usize = 84 * 1024;
+
+/// The `plan-image` step: plans a page of images (`plan_page`).
+pub struct PlanImage;
+
+impl Step for PlanImage {
+    const NAME: &'static str = "plan-image";
+    type Input = PlanPageInput;
+    type Output = PagePlan;
+    fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
+        Box::pin(plan_page(conns, input))
+    }
+}
+
+/// Input of `plan-image` for one image (`plan_image`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanImageInput {
+    /// The job.
+    pub job: Job,
+    /// The image and destination.
+    pub image: ImageTask,
+}
+
+/// Output of `plan-image`: the ranges to copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePlan {
+    /// The image and destination.
+    pub image: ImageTask,
+    /// Copy work, each range one invocation (or a segment loop).
+    pub ranges: Vec<CopyRange>,
+    /// Unique blobs of the image (all platforms).
+    pub blobs: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// Manifests (the index and its children, or one).
+    pub manifests: usize,
+}
+
+/// Input of `plan-image`: a page of tasks (from `enumerate-images`), planned together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlanPageInput {
+    /// The job.
+    pub job: Job,
+    /// The tasks.
+    pub images: Vec<ImageTask>,
+}
+
+/// Output of `plan-image` for a page: the union of its images' blobs per destination
+/// repository, each blob once, in ranges (copied before any manifest is put); and each image's
+/// plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PagePlan {
+    /// Copy work: whole blobs under the byte budget, or one large blob in segments.
+    pub ranges: Vec<PageRange>,
+    /// Each image of the page.
+    pub images: Vec<PlannedImage>,
+    /// Tasks that did not fit this plan (`PAGE_PLAN_BYTES`): planned next, by the same loop.
+    pub deferred: Vec<ImageTask>,
+    /// Bytes of the ranges.
+    pub bytes: u64,
+}
+
+/// One range of a page, with the destination repository it goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PageRange {
+    /// A task of that source and destination repository (tags and referrers left out): what
+    /// `copy-blobs` needs to know where the range comes from and goes.
+    pub image: ImageTask,
+    /// The blobs.
+    pub range: CopyRange,
+}
+
+/// One image of a page plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedImage {
+    /// The task.
+    pub image: ImageTask,
+    /// Its blobs' bytes (shared blobs counted for each image).
+    pub bytes: u64,
+    /// The destination had it by the time it was planned.
+    pub present: bool,
+    /// Why it could not be planned (it is then reported failed), else `null`.
+    pub error: Option<String>,
+}
+
+impl PlannedImage {
+    /// The image's result when the plan already settles it (planning failed, or the
+    /// destination has it); `None` when it needs copying.
+    pub fn settled_result(&self) -> Option<ImageResult> {
+        match (&self.error, self.present) {
+            (Some(error), _) => Some(ImageResult::for_task(
+                &self.image,
+                ImageStatus::Failed,
+                0,
+                Some(error.clone()),
+            )),
+            (None, true) => Some(ImageResult::for_task(
+                &self.image,
+                ImageStatus::Present,
+                0,
+                None,
+            )),
+            (None, false) => None,
+        }
+    }
+
+    /// The image's result in a dry run: settled, or planned with its bytes.
+    pub fn dry_run_result(&self) -> ImageResult {
+        self.settled_result().unwrap_or_else(|| {
+            ImageResult::for_task(&self.image, ImageStatus::Planned, self.bytes, None)
+        })
+    }
+}
+
+fn source_reference(conn: &Connection, repository: &str, digest: &str) -> Result<Reference> {
+    let digest = Digest::parse(digest).map_err(|source| Error::Registry {
+        image: format!("{}/{repository}@{digest}", conn.registry),
+        source,
+    })?;
+    Ok(Reference {
+        repository: Repository {
+            registry: conn.registry.clone(),
+            name: repository.to_string(),
+        },
+        tag: None,
+        digest: Some(digest),
+    })
+}
+
+/// The source image by digest: its reference, top manifest, and children and blobs.
+pub(crate) async fn read_source_image(
+    source: &Connection,
+    repository: &str,
+    digest: &str,
+) -> Result<(Reference, oci::Manifest, Walked)> {
+    let from = source_reference(source, repository, digest)?;
+    let top = source
+        .client
+        .get_manifest(&from)
+        .await
+        .map_err(|e| Error::Registry {
+            image: from.to_string(),
+            source: e,
+        })?;
+    let walked = walk(&source.client, &from, top.clone()).await?;
+    Ok((from, top, walked))
+}
+
+/// Reads the image's manifests (every child of an index) and splits its blobs into ranges under
+/// the job's byte budget. An image the destination already has (digest and every tag) plans
+/// nothing.
+#[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
+pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<ImagePlan> {
+    let job = input.job.validate()?.job;
+    let source = conns.source(&job).await?;
+    let dest = conns.destination(&job, input.image.destination).await?;
+    let mut image = input.image;
+    let to = Repository {
+        registry: dest.registry.clone(),
+        name: image.target_repository.clone(),
+    };
+    image.present = is_present(
+        &dest.client,
+        &to,
+        &image.digest,
+        &image.tags,
+        &image.referrers,
+    )
+    .await?;
+    if image.present {
+        return Ok(ImagePlan {
+            image,
+            ranges: Vec::new(),
+            blobs: 0,
+            bytes: 0,
+            manifests: 0,
+        });
+    }
+    plan_blobs(&source, image, job.range_bytes).await
+}
+
+/// The image's blobs (every platform, every referrer) in ranges, without a presence check:
+/// `enumerate-images` just found it missing.
+async fn plan_blobs(source: &Connection, image: ImageTask, range_bytes: u64) -> Result<ImagePlan> {
+    let (_, _, walked) = read_source_image(source, &image.repository, &image.digest).await?;
+    let mut manifests = walked.children.len() + 1;
+    let mut blobs = walked.blobs;
+    for referrer in &image.referrers {
+        let (_, _, walked) = read_source_image(source, &image.repository, referrer).await?;
+        manifests += walked.children.len() + 1;
+        blobs.extend(walked.blobs);
+    }
+    let blobs: Vec<_> = blobs.into_values().collect();
+    let plan = ImagePlan {
+        ranges: split_into_ranges(&blobs, range_bytes),
+        bytes: blobs.iter().map(|b| b.size).sum(),
+        blobs: blobs.len(),
+        manifests,
+        image,
+    };
+    let bytes = serde_json::to_vec(&plan).map(|v| v.len()).unwrap_or(0);
+    if bytes > MAX_PLAN_BYTES {
+        return Err(Error::PlanTooLarge {
+            image: format!("{}@{}", plan.image.repository, plan.image.digest),
+            blobs: plan.blobs,
+            bytes,
+            limit: MAX_PLAN_BYTES,
+        });
+    }
+    Ok(plan)
+}
+
+/// Plans a page of tasks: each image as `plan_image` does, then the union of their missing
+/// blobs per destination repository, each blob once, split into ranges. Copying the union
+/// before any manifest means a base layer shared by the page's images travels once, and no two
+/// uploads of one blob race. A plan stays under `PAGE_PLAN_BYTES`; tasks past it are deferred
+/// to the next plan. An image that cannot be planned is reported, the others go on.
+#[tracing::instrument(skip_all, fields(images = input.images.len()))]
+pub async fn plan_page(conns: &Connections, input: PlanPageInput) -> Result<PagePlan> {
+    plan_page_within(conns, input, PageBounds::STEP.plan_bytes).await
+}
+
+/// `plan_page` with a plan of at most `max_plan_bytes` of JSON.
+pub async fn plan_page_within(
+    conns: &Connections,
+    input: PlanPageInput,
+    max_plan_bytes: usize,
+) -> Result<PagePlan> {
+    let job = input.job.validate()?.job;
+    let source = conns.source(&job).await?;
+    let plans: Vec<(ImageTask, Result<ImagePlan>)> = futures::stream::iter(input.images)
+        .map(|task| {
+            let source = &source;
+            async move {
+                let plan = plan_blobs(source, task.clone(), job.range_bytes).await;
+                (task, plan)
+            }
+        })
+        .buffered(PARALLEL_CHECKS)
+        .collect()
+        .await;
+    let mut page = PagePlan {
+        ranges: Vec::new(),
+        images: Vec::new(),
+        deferred: Vec::new(),
+        bytes: 0,
+    };
+    let mut ready: Vec<(ImageTask, ImagePlan)> = Vec::new();
+    for (task, plan) in plans {
+        match plan {
+            Err(e) if e.kind() == ErrorKind::InvalidInput => return Err(e),
+            Err(e) => page.images.push(PlannedImage {
+                image: task,
+                bytes: 0,
+                present: false,
+                error: Some(format!("{}: {e}", e.kind().as_str())),
+            }),
+            Ok(plan) => ready.push((task, plan)),
+        }
+    }
+    // The largest prefix of the page whose plan fits; the rest is deferred.
+    let mut take = ready.len();
+    loop {
+        let (ranges, bytes) = union_ranges(&ready[..take], job.range_bytes);
+        let mut candidate = page.clone();
+        candidate.ranges = ranges;
+        candidate.bytes = bytes;
+        candidate
+            .images
+            .extend(ready[..take].iter().map(|(task, plan)| PlannedImage {
+                image: task.clone(),
+                bytes: plan.bytes,
+                present: plan.image.present,
+                error: None,
+            }));
+        candidate
+            .deferred
+            .extend(ready[take..].iter().map(|(task, _)| task.clone()));
+        let size = serde_json::to_vec(&candidate).map(|v| v.len()).unwrap_or(0);
+        if size <= max_plan_bytes || take <= 1 {
+            return Ok(candidate);
+        }
+        take -= 1;
+    }
+}
+
+/// The union of the planned images' blobs per destination repository, each blob once, split
+/// into ranges; and their bytes.
+fn union_ranges(planned: &[(ImageTask, ImagePlan)], budget: u64) -> (Vec<PageRange>, u64) {
+    let mut groups: BTreeMap<(usize, String), (ImageTask, BTreeMap<String, BlobRef>)> =
+        BTreeMap::new();
+    for (task, plan) in planned.iter().filter(|(_, plan)| !plan.image.present) {
+        let group = groups
+            .entry((task.destination, task.target_repository.clone()))
+            .or_insert_with(|| {
+                let mut representative = task.clone();
+                representative.tags.clear();
+                representative.referrers.clear();
+                (representative, BTreeMap::new())
+            });
+        for blob in plan.ranges.iter().flat_map(CopyRange::blobs) {
+            group.1.entry(blob.digest.to_string()).or_insert(blob);
+        }
+    }
+    let mut ranges = Vec::new();
+    let mut bytes = 0;
+    for (representative, blobs) in groups.into_values() {
+        let blobs: Vec<BlobRef> = blobs.into_values().collect();
+        bytes += blobs.iter().map(|b| b.size).sum::<u64>();
+        ranges.extend(
+            split_into_ranges(&blobs, budget)
+                .into_iter()
+                .map(|range| PageRange {
+                    image: representative.clone(),
+                    range,
+                }),
+        );
+    }
+    (ranges, bytes)
+}

@@ -1,0 +1,161 @@
+//! `put-manifests`: puts an image's manifests in a destination once its blobs are there
+//! (children by digest, then every tag) and checks each tag names the source digest.
+
+use futures::StreamExt;
+use oci::{BlobRef, Repository};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::connect::Connections;
+use crate::copy::{put_manifests_in_order, Known};
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::referrers;
+
+/// The `put-manifests` step: the result in its listed form (a few tags), as one of a page's in the Map's aggregated result.
+pub struct PutManifests;
+
+impl Step for PutManifests {
+    const NAME: &'static str = "put-manifests";
+    type Input = PutManifestsInput;
+    type Output = ImageResult;
+    fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
+        Box::pin(async move { Ok(put_manifests(conns, input).await?.listed()) })
+    }
+}
+
+/// Input of `put-manifests`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PutManifestsInput {
+    /// The job.
+    pub job: Job,
+    /// The image and destination.
+    pub image: ImageTask,
+    /// What the copy steps returned per range of the image's page: when every range is
+    /// complete, the blobs need no presence check before the manifests. (The page's bytes are
+    /// counted once, by `summarise`.)
+    #[serde(default)]
+    pub copied: Vec<RangeOutcome>,
+}
+
+impl PutManifestsInput {
+    /// Bytes the copy steps moved.
+    pub fn bytes_copied(&self) -> u64 {
+        self.copied.iter().map(|r| r.bytes).sum()
+    }
+
+    /// Whether every range of the image's page completed (at least one, none with an error):
+    /// its blobs are then known to be in the destination.
+    pub fn ranges_complete(&self) -> bool {
+        !self.copied.is_empty() && self.copied.iter().all(|r| r.error.is_none())
+    }
+
+    /// The first error a range of the page reported.
+    pub fn first_range_error(&self) -> Option<String> {
+        self.copied.iter().find_map(|r| r.error.clone())
+    }
+}
+
+/// Puts the image's manifests in the destination (children by digest, then every tag) once its
+/// blobs are there, and checks each tag resolves to the source digest.
+#[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
+pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
+    let ranges_complete = input.ranges_complete();
+    let range_error = input.first_range_error();
+    let job = input.job.validate()?.job;
+    let source = conns.source(&job).await?;
+    let dest = conns.destination(&job, input.image.destination).await?;
+    let (from, top, walked) =
+        read_source_image(&source, &input.image.repository, &input.image.digest).await?;
+    let to = Repository {
+        registry: dest.registry.clone(),
+        name: input.image.target_repository.clone(),
+    };
+    let mut referred = Vec::new();
+    for digest in &input.image.referrers {
+        referred.push(read_source_image(&source, &input.image.repository, digest).await?);
+    }
+    // No manifest before all of its blobs are there (a range of the page may have failed):
+    // checked unless every range of the page reported complete.
+    let blobs: Vec<&BlobRef> = if ranges_complete {
+        Vec::new()
+    } else {
+        walked
+            .blobs
+            .values()
+            .chain(referred.iter().flat_map(|(_, _, w)| w.blobs.values()))
+            .collect()
+    };
+    let checks: Vec<(&BlobRef, oci::Result<Option<u64>>)> = futures::stream::iter(blobs)
+        .map(|blob| {
+            let (client, to) = (&dest.client, &to);
+            async move { (blob, client.head_blob(to, &blob.digest).await) }
+        })
+        .buffer_unordered(PARALLEL_CHECKS)
+        .collect()
+        .await;
+    for (blob, present) in checks {
+        let present = present.map_err(|e| Error::Registry {
+            image: from.to_string(),
+            source: e,
+        })?;
+        if present.is_none() {
+            return Err(Error::BlobMissing {
+                image: from.to_string(),
+                blob: blob.digest.to_string(),
+                target: to.to_string(),
+                cause: match &range_error {
+                    // The range's error names this image too: say it once.
+                    Some(e) => {
+                        let e = ["ReplicationFailed: ", "ReplicationRetryable: "]
+                            .iter()
+                            .find_map(|kind| e.strip_prefix(kind))
+                            .unwrap_or(e);
+                        format!(
+                            "a blob copy failed: {}",
+                            e.replacen(&format!("copy of {from} failed: "), "", 1)
+                                .replacen(&format!("{from}: "), "", 1)
+                        )
+                    }
+                    None => "its copy failed or it was removed since: run again".into(),
+                },
+            });
+        }
+    }
+    let known = Known {
+        tags_absent: input.image.tags_absent,
+        repository_absent: input.image.repository_absent,
+    };
+    put_manifests_in_order(
+        &dest.client,
+        &to,
+        &top,
+        &walked.children,
+        (&input.image.tags, known),
+        &from.to_string(),
+    )
+    .await?;
+    let mut referrers = Vec::new();
+    for (from, top, walked) in referred {
+        put_manifests_in_order(
+            &dest.client,
+            &to,
+            &top,
+            &walked.children,
+            (&[], known),
+            &from.to_string(),
+        )
+        .await?;
+        referrers.push(top);
+    }
+    referrers::write_fallback_indexes(&dest.client, &to, &referrers).await?;
+    // Bytes are the page's (its ranges', counted once by `summarise`): blobs are shared.
+    Ok(ImageResult::for_task(
+        &input.image,
+        ImageStatus::Copied,
+        0,
+        None,
+    ))
+}

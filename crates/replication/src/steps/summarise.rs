@@ -1,0 +1,111 @@
+//! `summarise`: adds up reports and per-image results into one run report; as the workflow's
+//! last step it fails the execution naming every failed image and repository.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::connect::Connections;
+use crate::error::{Error, Result};
+
+/// The `summarise` step (it reads no registry).
+pub struct Summarise;
+
+impl Step for Summarise {
+    const NAME: &'static str = "summarise";
+    type Input = SummariseInput;
+    type Output = RunReport;
+    fn run(_conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
+        Box::pin(async move { summarise(input) })
+    }
+}
+
+/// Input of `summarise`: reports and per-image results to add up (arrays may nest, as Map
+/// states produce them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SummariseInput {
+    /// Run reports to merge (nested arrays allowed).
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub reports: JsonValue,
+    /// Per-image results to add (nested arrays allowed).
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub results: JsonValue,
+    /// `ensure-repository` outputs whose prune results to add (nested arrays allowed).
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub repositories: JsonValue,
+    /// Tasks `enumerate-images` found present (counted, never run).
+    #[serde(default)]
+    pub present: usize,
+    /// A dry run's page plan: its images are reported planned (or failed, or present).
+    #[serde(default)]
+    #[schemars(with = "Option<serde_json::Value>")]
+    pub plan: Option<PagePlan>,
+    /// What the page's ranges copied (`[{"bytes": N, "error": ...}]`, nested arrays allowed):
+    /// bytes added up, failed ranges counted.
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub copied: JsonValue,
+    /// Entries each list of the report may hold (default `MAX_FAILURES_LISTED`).
+    #[serde(default)]
+    pub list: Option<usize>,
+    /// Fail (naming the failed images) when any image failed: the workflow's last step.
+    #[serde(default)]
+    pub fail_on_failure: bool,
+}
+
+/// Adds up reports and per-image results into one run report. With `failOnFailure`, a run
+/// with failed images or repositories is an error naming each of them.
+pub fn summarise(input: SummariseInput) -> Result<RunReport> {
+    let mut report = RunReport::default();
+    for r in flatten::<RunReport>(&input.reports, "reports")? {
+        report.merge(&r);
+    }
+    for r in flatten::<ImageResult>(&input.results, "results")? {
+        report.add(&r);
+    }
+    for r in flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")? {
+        report.add_repository(&r);
+    }
+    report.add_present(input.present);
+    if let Some(plan) = &input.plan {
+        for planned in &plan.images {
+            report.add(&planned.dry_run_result());
+        }
+    }
+    for range in flatten::<RangeOutcome>(&input.copied, "copied")? {
+        report.bytes_copied += range.bytes;
+        if range.error.is_some() {
+            report.ranges_failed += 1;
+        }
+    }
+    if let Some(max) = input.list {
+        report.limit_lists(max);
+    }
+    if input.fail_on_failure && (report.failed > 0 || report.repositories_failed > 0) {
+        let repositories = report
+            .repository_failures
+            .iter()
+            .map(|f| format!("repository {}: {}", f.repository, f.error));
+        let images = report.failures.iter().map(|f| {
+            format!(
+                "{}@{} -> {}/{}: {}",
+                f.repository,
+                f.digest,
+                f.target_registry,
+                f.target_repository,
+                f.error.clone().unwrap_or_default()
+            )
+        });
+        return Err(Error::ImagesFailed {
+            failed: report.failed,
+            images: report.images,
+            repositories_failed: report.repositories_failed,
+            names: repositories.chain(images).collect(),
+        });
+    }
+    Ok(report)
+}

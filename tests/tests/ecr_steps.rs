@@ -276,7 +276,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
         ),
         (vec!["v1.2.3".to_string()], false, "ml/pytorch")
     );
-    assert_eq!(task.digest, small_image(1).digest);
+    assert_eq!(task.digest.as_str(), small_image(1).digest);
 
     // Copy it through the steps, then enumeration reports it present.
     functions::invoke::<EnsureRepository>(
@@ -372,7 +372,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
     // A source image that is gone: planned as failed (not retryable, named); the page goes on.
     let task = ImageTask {
         repository: "ml/missing".into(),
-        digest: small_image(9).digest,
+        digest: oci::Digest::parse(&small_image(9).digest).unwrap(),
         tags: vec!["v1".into()],
         destination: 0,
         target_registry: DEST.into(),

@@ -47,7 +47,7 @@ fn caught_error() -> String {
 fn task(tags: usize) -> ImageTask {
     ImageTask {
         repository: text(REPOSITORY),
-        digest: digest(),
+        digest: oci::Digest::parse(&digest()).unwrap(),
         tags: vec![text(TAG); tags],
         destination: MAX_DESTINATIONS - 1,
         target_registry: text(HOST),

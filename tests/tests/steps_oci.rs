@@ -39,7 +39,7 @@ fn settings(page_size: Option<usize>) -> Settings {
 fn task(repository: &str, digest: &str, tags: &[&str], dst: &TestRegistry) -> ImageTask {
     ImageTask {
         repository: repository.into(),
-        digest: digest.into(),
+        digest: oci::Digest::parse(digest).unwrap(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         destination: 0,
         target_registry: dst.host.clone(),

@@ -171,7 +171,8 @@ pub async fn copy_image(
         &to.repository,
         &top,
         &walked.children,
-        (&tags, Known::default()),
+        &tags,
+        Known::default(),
         &image,
     )
     .await?;
@@ -229,7 +230,8 @@ pub(crate) async fn put_manifests_in_order(
     repo: &oci::Repository,
     top: &Manifest,
     children: &[Manifest],
-    (tags, known): (&[String], Known),
+    tags: &[String],
+    known: Known,
     image: &str,
 ) -> Result<usize> {
     let oci_err = |source: oci::Error| Error::Registry {

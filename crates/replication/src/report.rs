@@ -55,7 +55,7 @@ impl ImageResult {
     ) -> Self {
         ImageResult {
             repository: task.repository.clone(),
-            digest: task.digest.clone(),
+            digest: task.digest.to_string(),
             tags: task.tags.clone(),
             target_registry: task.target_registry.clone(),
             target_repository: task.target_repository.clone(),

@@ -33,14 +33,7 @@ impl RegistryClient {
     pub async fn head_blob(&self, repo: &Repository, digest: &Digest) -> Result<Option<u64>> {
         let url = self.url(repo, &format!("blobs/{digest}"))?;
         let resp = self
-            .execute(
-                Method::HEAD,
-                &url,
-                repo,
-                &scope(repo, false),
-                HeaderMap::new(),
-                None,
-            )
+            .pull(Method::HEAD, &url, repo, HeaderMap::new())
             .await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
@@ -88,16 +81,7 @@ impl RegistryClient {
             }
             _ => {}
         }
-        let mut resp = self
-            .execute(
-                Method::GET,
-                &url,
-                repo,
-                &scope(repo, false),
-                headers.clone(),
-                None,
-            )
-            .await?;
+        let mut resp = self.pull(Method::GET, &url, repo, headers.clone()).await?;
         for _ in 0..5 {
             if !resp.status().is_redirection() {
                 break;
@@ -117,15 +101,7 @@ impl RegistryClient {
             let same_origin = next.origin() == url.origin();
             url = next;
             resp = if same_origin {
-                self.execute(
-                    Method::GET,
-                    &url,
-                    repo,
-                    &scope(repo, false),
-                    headers.clone(),
-                    None,
-                )
-                .await?
+                self.pull(Method::GET, &url, repo, headers.clone()).await?
             } else {
                 self.send_retrying(&Method::GET, &url, || {
                     self.inner.http.get(url.clone()).headers(headers.clone())

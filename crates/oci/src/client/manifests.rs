@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 
 use crate::digest::Digest;
 use crate::error::{redact_url, Error, Result};
@@ -60,15 +60,7 @@ impl RegistryClient {
                 return Ok(hit.clone());
             }
         }
-        let url = self.url(
-            repo,
-            &format!("manifests/{}", reference.manifest_reference()),
-        )?;
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
-        let resp = self
-            .execute(Method::GET, &url, repo, &scope(repo, false), headers, None)
-            .await?;
+        let (url, resp) = self.read_manifest(Method::GET, reference).await?;
         if !resp.status().is_success() {
             return Err(status_error(resp, "GET", &format!("manifest {reference}")).await);
         }
@@ -116,16 +108,7 @@ impl RegistryClient {
     /// Whether a manifest exists, and its digest. `None` when the registry says 404.
     #[tracing::instrument(skip(self), fields(reference = %reference))]
     pub async fn head_manifest(&self, reference: &Reference) -> Result<Option<ManifestHead>> {
-        let repo = &reference.repository;
-        let url = self.url(
-            repo,
-            &format!("manifests/{}", reference.manifest_reference()),
-        )?;
-        let mut headers = HeaderMap::new();
-        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
-        let resp = self
-            .execute(Method::HEAD, &url, repo, &scope(repo, false), headers, None)
-            .await?;
+        let (_, resp) = self.read_manifest(Method::HEAD, reference).await?;
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -208,5 +191,22 @@ impl RegistryClient {
                 Err(status_error(resp, "DELETE", &format!("manifest {repo}:{tag_or_digest}")).await)
             }
         }
+    }
+
+    /// Sends a manifest GET or HEAD with the full Accept list; returns the URL asked.
+    async fn read_manifest(
+        &self,
+        method: Method,
+        reference: &Reference,
+    ) -> Result<(Url, Response)> {
+        let repo = &reference.repository;
+        let url = self.url(
+            repo,
+            &format!("manifests/{}", reference.manifest_reference()),
+        )?;
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let resp = self.pull(method, &url, repo, headers).await?;
+        Ok((url, resp))
     }
 }

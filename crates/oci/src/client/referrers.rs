@@ -45,16 +45,7 @@ impl RegistryClient {
         let mut url = self.url(repo, &format!("referrers/{digest}"))?;
         let mut found = Vec::new();
         for _ in 0..MAX_REFERRER_PAGES {
-            let resp = self
-                .execute(
-                    Method::GET,
-                    &url,
-                    repo,
-                    &scope(repo, false),
-                    HeaderMap::new(),
-                    None,
-                )
-                .await?;
+            let resp = self.pull(Method::GET, &url, repo, HeaderMap::new()).await?;
             if resp.status() == StatusCode::NOT_FOUND {
                 return Ok(None);
             }

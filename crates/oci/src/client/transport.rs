@@ -130,6 +130,18 @@ impl RegistryClient {
 
     /// Sends an authenticated, replayable request: answers a 401 challenge once (Basic or
     /// Bearer token for `scope`), then retries as `send_retrying` does.
+    /// Sends a read request (`pull` scope, no body) for a repository.
+    pub(super) async fn pull(
+        &self,
+        method: Method,
+        url: &Url,
+        repo: &Repository,
+        headers: HeaderMap,
+    ) -> Result<Response> {
+        self.execute(method, url, repo, &scope(repo, false), headers, None)
+            .await
+    }
+
     pub(super) async fn execute(
         &self,
         method: Method,

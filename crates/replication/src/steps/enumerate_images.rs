@@ -58,7 +58,8 @@ pub struct ImageTask {
     /// Source repository.
     pub repository: String,
     /// Manifest digest.
-    pub digest: String,
+    #[schemars(with = "String")]
+    pub digest: Digest,
     /// Tags to copy (empty: by digest only).
     pub tags: Vec<String>,
     /// Index into `job.destinations`.
@@ -73,7 +74,8 @@ pub struct ImageTask {
     /// attestations, and theirs): copied with it, by digest, and listed in the target's
     /// `sha256-<hex>` fallback index when the target has no referrers API.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub referrers: Vec<String>,
+    #[schemars(with = "Vec<String>")]
+    pub referrers: Vec<Digest>,
     /// The destination's tag list named none of `tags` when enumerated: they are put without
     /// asking first.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -242,6 +244,19 @@ pub async fn page_of_work(
         .map(|(at, image)| {
             let destinations = &destinations;
             async move {
+                // Parsed once here; every later step takes the task's digests as they are.
+                let source_digest = |text: &String| {
+                    Digest::parse(text).map_err(|source| Error::Listing {
+                        what: format!("the digests of {repository}"),
+                        source,
+                    })
+                };
+                let digest = source_digest(&image.digest)?;
+                let referrers = image
+                    .referrers
+                    .iter()
+                    .map(source_digest)
+                    .collect::<Result<Vec<_>>>()?;
                 let mut tasks = Vec::new();
                 for (index, spec, dest, target, listed, repository_absent) in destinations {
                     let repo = Repository {
@@ -254,23 +269,17 @@ pub async fn page_of_work(
                         .map(|l| image.tags.iter().filter(|t| !l.contains(*t)).count());
                     let tags_absent = !image.tags.is_empty() && unlisted == Some(image.tags.len());
                     let present = unlisted.unwrap_or(0) == 0
-                        && is_present(
-                            &dest.client,
-                            &repo,
-                            &image.digest,
-                            &image.tags,
-                            &image.referrers,
-                        )
-                        .await?;
+                        && is_present(&dest.client, &repo, &digest, &image.tags, &referrers)
+                            .await?;
                     tasks.push(ImageTask {
                         repository: repository.to_string(),
-                        digest: image.digest.clone(),
+                        digest: digest.clone(),
                         tags: image.tags.clone(),
                         destination: *index,
                         target_registry: spec.registry.clone(),
                         target_repository: target.clone(),
                         present,
-                        referrers: image.referrers.clone(),
+                        referrers: referrers.clone(),
                         tags_absent,
                         repository_absent: *repository_absent,
                     });
@@ -442,15 +451,14 @@ async fn destination_tags(
 pub(crate) async fn is_present(
     client: &oci::RegistryClient,
     repo: &Repository,
-    digest: &str,
+    digest: &Digest,
     tags: &[String],
-    referrers: &[String],
+    referrers: &[Digest],
 ) -> Result<bool> {
     let listing = |source| Error::Listing {
         what: format!("{repo}@{digest} in the destination"),
         source,
     };
-    let digest = Digest::parse(digest).map_err(listing)?;
     let by_digest = Reference {
         repository: repo.clone(),
         tag: None,
@@ -472,14 +480,13 @@ pub(crate) async fn is_present(
             .head_manifest(&by_digest.with_tag(tag))
             .await
             .map_err(listing)?;
-        if head.is_none_or(|h| h.digest != digest) {
+        if head.is_none_or(|h| h.digest != *digest) {
             return Ok(false);
         }
     }
     for referrer in referrers {
-        let referrer = Digest::parse(referrer).map_err(listing)?;
         if client
-            .head_manifest(&by_digest.with_digest(referrer))
+            .head_manifest(&by_digest.with_digest(referrer.clone()))
             .await
             .map_err(listing)?
             .is_none()

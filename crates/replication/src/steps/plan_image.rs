@@ -141,28 +141,24 @@ impl PlannedImage {
     }
 }
 
-fn source_reference(conn: &Connection, repository: &str, digest: &str) -> Result<Reference> {
-    let digest = Digest::parse(digest).map_err(|source| Error::Registry {
-        image: format!("{}/{repository}@{digest}", conn.registry),
-        source,
-    })?;
-    Ok(Reference {
+fn source_reference(conn: &Connection, repository: &str, digest: &Digest) -> Reference {
+    Reference {
         repository: Repository {
             registry: conn.registry.clone(),
             name: repository.to_string(),
         },
         tag: None,
-        digest: Some(digest),
-    })
+        digest: Some(digest.clone()),
+    }
 }
 
 /// The source image by digest: its reference, top manifest, and children and blobs.
 pub(crate) async fn read_source_image(
     source: &Connection,
     repository: &str,
-    digest: &str,
+    digest: &Digest,
 ) -> Result<(Reference, oci::Manifest, Walked)> {
-    let from = source_reference(source, repository, digest)?;
+    let from = source_reference(source, repository, digest);
     let top = source
         .client
         .get_manifest(&from)

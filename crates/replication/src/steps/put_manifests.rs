@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::referrers;
 
-/// The `put-manifests` step: the result in its listed form (a few tags), as one of a page's in the Map's aggregated result.
+/// The `put-manifests` step: the result in its listed form (a few tags), as one of a page's
+/// in the Map's aggregated result.
 pub struct PutManifests;
 
 impl Step for PutManifests {
@@ -133,7 +134,8 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         &to,
         &top,
         &walked.children,
-        (&input.image.tags, known),
+        &input.image.tags,
+        known,
         &from.to_string(),
     )
     .await?;
@@ -144,7 +146,8 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
             &to,
             &top,
             &walked.children,
-            (&[], known),
+            &[],
+            known,
             &from.to_string(),
         )
         .await?;

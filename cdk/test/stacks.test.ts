@@ -45,6 +45,7 @@ test('one arm64 provided.al2023 function per binary, the copy step large and 15 
 test('the functions are the steps the definition names, each sized and given the role it needs', () => {
   assert.deepEqual(FUNCTIONS.map((f) => f.name), [
     'enumerate-repositories', 'ensure-repository', 'enumerate-images', 'plan-image', 'copy-blobs', 'put-manifests', 'summarise',
+    'verify-repository',
   ]);
   assert.deepEqual(FUNCTIONS.filter((f) => !f.copier).map((f) => f.name), ['enumerate-repositories', 'summarise']);
   assert.deepEqual(FUNCTIONS.filter((f) => f.workBucket).map((f) => f.name), ['enumerate-images']);

@@ -177,6 +177,11 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
             .is_none(),
         "dry run created it"
     );
+    let absent = verify(&conns, "svc/api").await;
+    assert_eq!(
+        (absent.missing, absent.differences[0].detail.as_str()),
+        (1, "the repository does not exist")
+    );
 
     functions::invoke::<EnsureRepository>(&conns, event(input(json!({}))))
         .await
@@ -207,6 +212,27 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         "{create_only:?}"
     );
 
+    // A verification names the differences a copy would remove, and changes nothing.
+    let verified = verify(&conns, "svc/api").await;
+    let details: Vec<&str> = verified
+        .differences
+        .iter()
+        .map(|d| d.detail.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        (verified.settings, verified.total(), details),
+        (2, 2, vec!["tagMutability", "lifecyclePolicy"])
+    );
+    assert!(verified
+        .differences
+        .iter()
+        .all(|d| d.kind == DifferenceKind::Settings && d.target == format!("{DEST}/svc/api")));
+    assert_eq!(
+        verify(&conns, "svc/api").await,
+        verified,
+        "verify wrote something"
+    );
+
     let third = functions::invoke::<EnsureRepository>(&conns, event(input(json!({}))))
         .await
         .unwrap();
@@ -222,6 +248,21 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         .unwrap();
     assert_eq!(settings.tag_mutability, ecr::ImageTagMutability::Mutable);
     assert!(settings.lifecycle_policy.is_none() && settings.scan_on_push);
+}
+
+/// `verify-repository` through its function handler: the repository's findings.
+async fn verify(conns: &Connections, repository: &str) -> VerifyReport {
+    functions::invoke::<VerifyRepository>(
+        conns,
+        event(VerifyRepositoryInput {
+            job: job(json!({"mode": "verify"})),
+            repository: repository.into(),
+        }),
+    )
+    .await
+    .unwrap()
+    .verify
+    .unwrap()
 }
 
 fn small_image(seed: u64) -> TestImage {

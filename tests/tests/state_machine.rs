@@ -128,6 +128,43 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
     assert!(target.manifest("team/app", "v0.9").await.is_none());
     assert!(target.manifest("team/app", "scratch").await.is_some());
     assert!(target.manifest("team/app", "v1.0.0").await.is_some());
+
+    // Verify through the state machine: one invocation per repository, nothing copied.
+    let mut verifying = input.clone();
+    verifying["mode"] = json!("verify");
+    let before = sfn.invocations();
+    let identical = sfn.execute(&arn, &verifying).await;
+    assert_eq!(identical.status, "SUCCEEDED", "{}", identical.cause);
+    let verify = identical.output.unwrap()["verify"].clone();
+    assert_eq!(
+        (verify["images"].as_u64(), verify["identical"].as_u64()),
+        (Some(1), Some(1)),
+        "{verify}"
+    );
+    let after = sfn.invocations();
+    let delta = |f: &str| after.get(f).copied().unwrap_or(0) - before.get(f).copied().unwrap_or(0);
+    assert_eq!(
+        (
+            delta("verify-repository"),
+            delta("copy-blobs"),
+            delta("put-manifests"),
+            delta("ensure-repository")
+        ),
+        (1, 0, 0, 0)
+    );
+    // A tag only the destination has: the execution fails naming it.
+    target.push("team/app", "v0.8", &stale).await;
+    let differs = sfn.execute(&arn, &verifying).await;
+    assert_eq!(differs.status, "FAILED");
+    assert!(
+        differs.cause.contains("ReplicationFailed")
+            && differs.cause.contains("1 differences")
+            && differs
+                .cause
+                .contains(&format!("extra {}/team/app:v0.8", dst.host)),
+        "{}",
+        differs.cause
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

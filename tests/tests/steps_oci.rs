@@ -617,3 +617,166 @@ async fn a_first_sync_into_a_new_repository_asks_nothing_it_knows() {
         "{again:?}"
     );
 }
+
+fn verifying(mut job: Job) -> Job {
+    job.mode = replication::job::Mode::Verify;
+    job
+}
+
+/// The kinds of difference a verification reports, as (kind, target) pairs.
+fn differences(output: &replication::run::RunOutput) -> Vec<(&'static str, String)> {
+    output
+        .differences
+        .iter()
+        .map(|d| (d.kind.as_str(), d.target.clone()))
+        .collect()
+}
+
+/// `verify` finds each kind of difference and names it (a tag missing, a tag naming another
+/// digest, a tag only the destination has, an untagged image missing), writes nothing, and an
+/// identical set reports none.
+#[tokio::test]
+async fn verify_names_every_difference_and_an_identical_set_has_none() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let target = Pusher::new(&dst.host, None);
+    let image = |seed| ImageBuilder::new(Format::Oci).layer(seed, 100).build();
+    let (one, two, three, four) = (image(1), image(2), image(3), multi_arch(4, 1, 100));
+    source.push("app", "v1", &one).await;
+    source.push("app", "v2", &two).await;
+    source.push("lib", "v1", &four).await;
+    let conns = Connections::new(settings(Some(100)));
+    let replicate = || job(&src, &dst, json!({"tags": {"include": ["v.*"]}}));
+    let copied = replication::run::run_job(&conns, replicate(), &replication::run::Quiet)
+        .await
+        .unwrap();
+    assert_eq!((copied.report.copied, copied.report.failed), (3, 0));
+
+    let identical =
+        replication::run::run_job(&conns, verifying(replicate()), &replication::run::Quiet)
+            .await
+            .unwrap();
+    let report = identical.report.verify.clone().unwrap();
+    assert_eq!((report.images, report.identical, report.total()), (3, 3, 0));
+    assert!(
+        identical.differences.is_empty(),
+        "{:?}",
+        identical.differences
+    );
+
+    source.push("app", "v3", &three).await; // missing in the destination
+    target.push("mirror/app", "v2", &one).await; // the destination's v2 names another image
+    target.push("mirror/lib", "v9", &three).await; // only the destination has it
+    target.push("mirror/lib", "dev", &three).await; // outside the filters: not extra
+    let found = replication::run::run_job(&conns, verifying(replicate()), &replication::run::Quiet)
+        .await
+        .unwrap();
+
+    let at = |suffix: &str| format!("{}/mirror/{suffix}", dst.host);
+    assert_eq!(
+        differences(&found),
+        vec![
+            ("different", at("app:v2")),
+            ("missing", at("app:v3")),
+            ("extra", at("lib:v9")),
+        ]
+    );
+    let different = &found.differences[0];
+    assert_eq!(
+        different.detail,
+        format!("names {}, the source's names {}", one.digest, two.digest)
+    );
+    let report = found.report.verify.unwrap();
+    assert_eq!(
+        (
+            report.images,
+            report.identical,
+            report.missing,
+            report.different,
+            report.extra
+        ),
+        (4, 2, 1, 1, 1)
+    );
+    // Nothing was written.
+    assert!(target.manifest("mirror/app", "v3").await.is_none());
+    assert_eq!(
+        target.manifest("mirror/app", "v2").await.unwrap(),
+        one.manifest
+    );
+}
+
+/// Repository names rewritten per destination: replicated under the mapped names, verified
+/// there (a stale tag found extra), and pruned there.
+#[tokio::test]
+async fn a_mapped_layout_is_replicated_verified_and_pruned() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let target = Pusher::new(&dst.host, None);
+    let (one, two, three) = (
+        ImageBuilder::new(Format::Oci).layer(1, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(2, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(3, 100).build(),
+    );
+    source.push("team-ml/bert", "v1", &one).await;
+    source.push("tools/lint", "v1", &two).await;
+    let mapped = |extra: serde_json::Value| {
+        let mut job = job(&src, &dst, extra);
+        job.destinations[0].repository_mapping = serde_json::from_value(json!([
+            {"match": "team-(?P<team>[a-z]+)/(.*)", "replace": "teams/${team}/$2"},
+            {"match": "tools/(.*)", "replace": "$1-tool"},
+        ]))
+        .unwrap();
+        job.validate().unwrap().job
+    };
+    let conns = Connections::new(settings(Some(100)));
+
+    let copied = replication::run::run_job(&conns, mapped(json!({})), &replication::run::Quiet)
+        .await
+        .unwrap();
+    assert_eq!((copied.report.copied, copied.report.failed), (2, 0));
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/mirror/teams/ml/bert:v1", dst.host), None),
+        one.manifest.to_vec()
+    );
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/mirror/lint-tool:v1", dst.host), None),
+        two.manifest.to_vec()
+    );
+    assert!(target.manifest("mirror/team-ml/bert", "v1").await.is_none());
+
+    target.push("mirror/teams/ml/bert", "v0", &three).await; // stale: the source has no v0
+    let verified = replication::run::run_job(
+        &conns,
+        verifying(mapped(json!({}))),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        differences(&verified),
+        vec![("extra", format!("{}/mirror/teams/ml/bert:v0", dst.host))]
+    );
+    assert_eq!(verified.differences[0].repository, "team-ml/bert");
+
+    let pruned = replication::run::run_job(
+        &conns,
+        mapped(json!({"prune": true})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pruned.report.tags_pruned, 1, "{:?}", pruned.report);
+    assert!(target
+        .manifest("mirror/teams/ml/bert", "v0")
+        .await
+        .is_none());
+    let clean = replication::run::run_job(
+        &conns,
+        verifying(mapped(json!({}))),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    let report = clean.report.verify.unwrap();
+    assert_eq!((report.images, report.identical, report.total()), (2, 2, 0));
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use replication::connect::{Connections, Settings};
+use replication::job::Mode;
 use replication::run::{run_job, RunObserver, RunOutput};
 use replication::steps::{
     self, EnsureRepositoryOutput, ImageResult, ImageStatus, RepositoryFailure,
@@ -190,6 +191,9 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     if dry_run {
         job.dry_run = true;
     }
+    if job.mode == Mode::Verify {
+        return verify_job(args, job).await;
+    }
     let conns = Connections::new(args.settings()?);
     let dry_run = job.dry_run;
     let observer = Progress {
@@ -205,6 +209,49 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         },
     )
+}
+
+/// `verify`: compares every destination with the source (the job's mode is set to verify);
+/// writes nothing. Exit 1 on any difference or a repository that could not be compared.
+pub async fn verify(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let job = Job::parse(&args.input.read()?)?.job;
+    verify_job(args, job).await
+}
+
+async fn verify_job(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
+    let job = Job {
+        mode: Mode::Verify,
+        ..job
+    };
+    let conns = Connections::new(args.settings()?);
+    let output = run_job(&conns, job, &replication::run::Quiet).await?;
+    let report = &output.report;
+    let verify = report.verify.clone().unwrap_or_default();
+    if args.output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&output)?);
+    } else {
+        for d in &output.differences {
+            println!("{:<9} {}: {}", d.kind.as_str(), d.target, d.detail);
+        }
+        for f in &report.repository_failures {
+            println!("FAILED repository {}: {}", f.repository, f.error);
+        }
+        println!(
+            "\n{} image x destination pairs compared: {} identical; {} missing, {} different, {} extra, {} settings; {} repositories could not be compared",
+            verify.images,
+            verify.identical,
+            verify.missing,
+            verify.different,
+            verify.extra,
+            verify.settings,
+            report.repositories_failed
+        );
+    }
+    Ok(if verify.total() > 0 || report.repositories_failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow::Result<()> {

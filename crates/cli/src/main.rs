@@ -30,6 +30,10 @@ enum Command {
     Sync(job_commands::RunArgs),
     /// The dry run of `sync`: what would be copied and changed; writes nothing.
     Plan(job_commands::RunArgs),
+    /// Compare every destination with the source for the images the job selects (digests of
+    /// manifests, children and referrers; tags; repository settings); writes nothing. Exit 1 on
+    /// any difference.
+    Verify(job_commands::RunArgs),
     /// Check a job's schema and values only.
     Validate(job_commands::InputArgs),
     /// Start the deployed state machine with a job (StartExecution); --wait polls to the end.
@@ -96,6 +100,7 @@ async fn main() -> ExitCode {
         Command::Copy(args) => copy_command::run(args).await,
         Command::Sync(args) => job_commands::sync(args, false).await,
         Command::Plan(args) => job_commands::sync(args, true).await,
+        Command::Verify(args) => job_commands::verify(args).await,
         Command::Validate(args) => job_commands::validate(args),
         Command::Start(args) => job_commands::start(args).await,
         Command::Schema => job_commands::schema(),

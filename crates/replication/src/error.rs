@@ -159,6 +159,16 @@ pub enum Error {
         /// What the target answered.
         actual: String,
     },
+    /// A verification found destinations that differ from the source.
+    #[error("{differences} differences between the source and the destinations ({repositories_failed} repositories could not be verified): {}; run the job with \"mode\": \"replicate\" to bring them in line", listed.join("; "))]
+    DestinationsDiffer {
+        /// Differences found.
+        differences: usize,
+        /// Repositories that failed as a whole.
+        repositories_failed: usize,
+        /// The first differences and failures, in words.
+        listed: Vec<String>,
+    },
     /// A step's output could not be written as JSON (a defect: report it).
     #[error("the step's output could not be written as JSON: {0}; please report this")]
     Output(String),

@@ -51,6 +51,11 @@ pub struct Job {
     /// Remove destination tags selected by the filters that the source no longer has.
     #[serde(default)]
     pub prune: bool,
+    /// `replicate` (the default) copies; `verify` compares every destination with the source
+    /// (digests of manifests, children and referrers; tags; repository settings) and writes
+    /// nothing.
+    #[serde(default)]
+    pub mode: Mode,
     /// Plan only: report what would be copied and changed, write nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -94,6 +99,11 @@ pub struct Destination {
     /// Prefix put before every repository name in this destination, e.g. `mirror/`.
     #[serde(default)]
     pub repository_prefix: Option<String>,
+    /// Repository names rewritten on the way, in order, the first whose `match` matches the
+    /// whole source name winning (then `repositoryPrefix` is put before the result); a name no
+    /// rule matches keeps its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repository_mapping: Vec<RepositoryRename>,
     /// Source KMS key ARN to destination KMS key ARN (keys are regional); `"*"` is the default for
     /// any other key. Without a mapping, KMS-encrypted repositories use the AWS managed key.
     #[serde(default)]
@@ -103,11 +113,106 @@ pub struct Destination {
     pub insecure: bool,
 }
 
+/// One rewrite of repository names: `{"match": "team-(.*)", "replace": "teams/$1"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepositoryRename {
+    /// A regex the whole source repository name must match.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// The destination name: text with `$1`, `${1}` or `$name` standing for the regex's groups.
+    pub replace: String,
+}
+
+impl RepositoryRename {
+    fn regex(&self) -> std::result::Result<regex::Regex, regex::Error> {
+        regex::RegexBuilder::new(&format!("^(?:{})$", self.pattern))
+            .size_limit(1 << 20)
+            .build()
+    }
+
+    /// The rewritten name when the rule matches `repository`.
+    pub fn apply(&self, repository: &str) -> Option<String> {
+        let captures = self.regex().ok()?.captures(repository)?;
+        let mut renamed = String::new();
+        captures.expand(&self.replace, &mut renamed);
+        Some(renamed)
+    }
+
+    /// What is wrong with the rule (named by its field), or `None`: the regex compiles, the
+    /// template names only groups the regex has, and it produces a valid repository name
+    /// (checked with every group standing for `a`).
+    fn problem(&self, prefix: &str) -> Option<(&'static str, String)> {
+        let regex = match self.regex() {
+            Ok(regex) => regex,
+            Err(e) => return Some(("match", format!("bad regex {:?}: {e}", self.pattern))),
+        };
+        let names: Vec<&str> = regex.capture_names().flatten().collect();
+        let mut sample = String::new();
+        let mut rest = self.replace.as_str();
+        while let Some(at) = rest.find('$') {
+            sample.push_str(&rest[..at]);
+            rest = &rest[at + 1..];
+            if let Some(stripped) = rest.strip_prefix('$') {
+                sample.push('$');
+                rest = stripped;
+                continue;
+            }
+            let (group, after) = match rest.strip_prefix('{') {
+                Some(inner) => match inner.find('}') {
+                    Some(end) => (&inner[..end], &inner[end + 1..]),
+                    None => return Some(("replace", format!("{:?}: unclosed ${{", self.replace))),
+                },
+                None => {
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    (&rest[..end], &rest[end..])
+                }
+            };
+            let known = match group.parse::<usize>() {
+                Ok(n) => n < regex.captures_len(),
+                Err(_) => names.contains(&group),
+            };
+            if !known {
+                return Some((
+                    "replace",
+                    format!(
+                        "{:?} names group {group:?}, which {:?} does not have",
+                        self.replace, self.pattern
+                    ),
+                ));
+            }
+            sample.push('a');
+            rest = after;
+        }
+        sample.push_str(rest);
+        let name = format!("{prefix}{sample}");
+        oci::reference::validate_repository_name(&name)
+            .err()
+            .map(|e| {
+                (
+                    "replace",
+                    format!(
+                        "{:?} produces an invalid repository name {name:?}: {e}",
+                        self.replace
+                    ),
+                )
+            })
+    }
+}
+
 impl Destination {
-    /// The repository name in this destination: its prefix, then the source name.
+    /// The repository name in this destination: the source name as the first matching
+    /// `repositoryMapping` rule rewrites it (or as it is), after the prefix.
     pub fn target_repository(&self, repository: &str) -> String {
+        let renamed = self
+            .repository_mapping
+            .iter()
+            .find_map(|rule| rule.apply(repository))
+            .unwrap_or_else(|| repository.to_string());
         format!(
-            "{}{repository}",
+            "{}{renamed}",
             self.repository_prefix.as_deref().unwrap_or_default()
         )
     }
@@ -154,8 +259,22 @@ pub struct ImageSelector {
     pub digest: Option<String>,
 }
 
+/// Rename rules a destination may have at most.
+pub const MAX_MAPPING_RULES: usize = 50;
+
 /// Most images an explicit list may name (keeps the execution input far below 256 KiB).
 pub const MAX_LISTED_IMAGES: usize = 1000;
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// Copy what the destinations lack.
+    #[default]
+    Replicate,
+    /// Report how the destinations differ from the source; write nothing.
+    Verify,
+}
 
 /// What happens to repository settings in a destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -301,6 +420,20 @@ impl Job {
                 if let Err(e) = check_prefix(p) {
                     problem(&format!("{at}.repositoryPrefix"), e);
                 }
+            }
+            for (j, rule) in d.repository_mapping.iter().enumerate() {
+                if let Some((field, e)) = rule.problem(&prefix) {
+                    problem(&format!("{at}.repositoryMapping[{j}].{field}"), e);
+                }
+            }
+            if d.repository_mapping.len() > MAX_MAPPING_RULES {
+                problem(
+                    &format!("{at}.repositoryMapping"),
+                    format!(
+                        "{} rules; at most {MAX_MAPPING_RULES}",
+                        d.repository_mapping.len()
+                    ),
+                );
             }
             if d.registry == self.source.registry && prefix.is_empty() {
                 problem(&format!("{at}.registry"), "equals the source registry without a repositoryPrefix: images would be copied onto themselves".into());

@@ -109,6 +109,118 @@ pub struct RunReport {
     /// Ranges of blobs whose copy failed (each image needing one failed too, named).
     #[serde(default)]
     pub ranges_failed: usize,
+    /// A verification's findings (`"mode": "verify"`), absent in a replication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyReport>,
+}
+
+/// How a destination differs from the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DifferenceKind {
+    /// Not in the destination: a tag, an untagged image, a child of an index, a referrer, or
+    /// the repository itself.
+    Missing,
+    /// A tag in the destination names another digest than the source's.
+    Different,
+    /// A tag in the destination that the filters select and the source does not have.
+    Extra,
+    /// A destination repository's settings differ from the source's.
+    Settings,
+}
+
+impl DifferenceKind {
+    /// The kind as the JSON names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DifferenceKind::Missing => "missing",
+            DifferenceKind::Different => "different",
+            DifferenceKind::Extra => "extra",
+            DifferenceKind::Settings => "settings",
+        }
+    }
+}
+
+/// One difference between the source and a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Difference {
+    /// What kind.
+    pub kind: DifferenceKind,
+    /// Source repository.
+    pub repository: String,
+    /// Where in the destination: `registry/repository`, with `:tag` or `@digest`.
+    pub target: String,
+    /// What differs, in words.
+    pub detail: String,
+}
+
+/// What a verification found: counts, and the first differences listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    /// Image x destination pairs compared.
+    pub images: usize,
+    /// Pairs the destination holds exactly: manifest, every tag, every child, every referrer.
+    pub identical: usize,
+    /// Differences of kind `missing`.
+    pub missing: usize,
+    /// Differences of kind `different`.
+    pub different: usize,
+    /// Differences of kind `extra`.
+    pub extra: usize,
+    /// Differences of kind `settings`.
+    pub settings: usize,
+    /// The differences (in a state machine report the first `MAX_FAILURES_LISTED`; a
+    /// repository's `VERIFY_LISTED`).
+    pub differences: Vec<Difference>,
+    /// Differences beyond those listed.
+    #[serde(default)]
+    pub differences_omitted: usize,
+}
+
+/// Differences a repository's verification lists (its report is one of a page's).
+pub const VERIFY_LISTED: usize = 5;
+
+impl VerifyReport {
+    /// Every difference found.
+    pub fn total(&self) -> usize {
+        self.missing + self.different + self.extra + self.settings
+    }
+
+    /// Counts and lists one difference (`limit_lists` bounds the list where it must be).
+    pub fn add(&mut self, difference: Difference) {
+        match difference.kind {
+            DifferenceKind::Missing => self.missing += 1,
+            DifferenceKind::Different => self.different += 1,
+            DifferenceKind::Extra => self.extra += 1,
+            DifferenceKind::Settings => self.settings += 1,
+        }
+        self.differences.push(Difference {
+            detail: truncate_chars(&difference.detail, MAX_ERROR_CHARS),
+            ..difference
+        });
+    }
+
+    /// Adds another report's counts and differences.
+    pub fn merge(&mut self, other: &VerifyReport) {
+        self.images += other.images;
+        self.identical += other.identical;
+        self.missing += other.missing;
+        self.different += other.different;
+        self.extra += other.extra;
+        self.settings += other.settings;
+        let room = MAX_FAILURES_LISTED.saturating_sub(self.differences.len());
+        self.differences
+            .extend(other.differences.iter().take(room).cloned());
+        self.differences_omitted = self.total() - self.differences.len();
+    }
+
+    /// Keeps at most `max` differences listed (the counts keep the rest).
+    pub fn limit_lists(&mut self, max: usize) {
+        self.differences.truncate(max);
+        self.differences_omitted = self.total() - self.differences.len();
+    }
 }
 
 /// A repository whose replication failed as a whole.
@@ -173,6 +285,9 @@ impl RunReport {
         self.pruned.truncate(max);
         self.kept.truncate(max);
         self.repository_failures.truncate(max);
+        if let Some(verify) = &mut self.verify {
+            verify.limit_lists(max);
+        }
     }
 
     /// Counts one image result.
@@ -225,6 +340,9 @@ impl RunReport {
         }
         self.repositories_failed += other.repositories_failed;
         self.ranges_failed += other.ranges_failed;
+        if let Some(verify) = &other.verify {
+            self.verify.get_or_insert_default().merge(verify);
+        }
         for f in &other.repository_failures {
             if self.repository_failures.len() < MAX_FAILURES_LISTED {
                 self.repository_failures.push(RepositoryFailure {

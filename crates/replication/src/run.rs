@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::connect::Connections;
 use crate::error::{Error, Result};
-use crate::job::{Job, ValidJob};
+use crate::job::{Job, Mode, ValidJob};
 use crate::plan::CopyRange;
 use crate::steps::{self, *};
 
@@ -45,6 +45,88 @@ pub struct RunOutput {
     pub images: Vec<ImageResult>,
     /// Every destination repository ensured (created, settings changed, drift).
     pub repositories: Vec<EnsureRepositoryOutput>,
+    /// A verification's differences, every one (the report lists the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub differences: Vec<Difference>,
+}
+
+/// Verifies the job (`"mode": "verify"`): every repository compared with each destination,
+/// several at once; a repository that cannot be compared is recorded as failed.
+async fn verify_job(
+    conns: &Connections,
+    job: &Job,
+    observer: &dyn RunObserver,
+) -> Result<RunOutput> {
+    let parallel_repositories = (job.max_concurrency as usize).clamp(1, 8);
+    let mut output = RunOutput {
+        report: RunReport {
+            verify: Some(VerifyReport::default()),
+            ..RunReport::default()
+        },
+        ..RunOutput::default()
+    };
+    let mut token = None;
+    loop {
+        let page = steps::enumerate_repositories_within(
+            conns,
+            EnumerateRepositoriesInput {
+                job: job.clone(),
+                next_token: token,
+            },
+            REPOSITORY_PAGE_IN_PROCESS,
+        )
+        .await?;
+        let verified: Vec<(String, Result<VerifyReport>)> =
+            futures::stream::iter(page.repositories)
+                .map(|repository| async move {
+                    let input = VerifyRepositoryInput {
+                        job: job.clone(),
+                        repository: repository.clone(),
+                    };
+                    (repository, steps::verify_repository(conns, input).await)
+                })
+                .buffer_unordered(parallel_repositories)
+                .collect()
+                .await;
+        for (repository, verified) in verified {
+            match verified {
+                Ok(mut report) => {
+                    output.differences.append(&mut report.differences);
+                    if let Some(total) = &mut output.report.verify {
+                        total.merge(&report);
+                    }
+                }
+                Err(e) => {
+                    let failure = RepositoryFailure {
+                        repository,
+                        error: format!("{}: {e}", e.kind().as_str()),
+                    };
+                    observer.repository_failed(&failure);
+                    output.report.repositories_failed += 1;
+                    if output.report.repository_failures.len() < MAX_FAILURES_LISTED {
+                        output.report.repository_failures.push(failure);
+                    }
+                }
+            }
+        }
+        match page.next_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    output
+        .differences
+        .sort_by(|a, b| (&a.repository, &a.target).cmp(&(&b.repository, &b.target)));
+    if let Some(total) = &mut output.report.verify {
+        total.differences = output
+            .differences
+            .iter()
+            .take(MAX_FAILURES_LISTED)
+            .cloned()
+            .collect();
+        total.differences_omitted = total.total() - total.differences.len();
+    }
+    Ok(output)
 }
 
 /// Runs the job. Invalid input fails at once; image and repository failures are recorded in
@@ -55,6 +137,9 @@ pub async fn run_job(
     observer: &dyn RunObserver,
 ) -> Result<RunOutput> {
     let valid = job.validate()?;
+    if valid.job.mode == Mode::Verify {
+        return verify_job(conns, &valid.job, observer).await;
+    }
     let job = valid.job.clone();
     let run = Run {
         conns,

@@ -285,3 +285,54 @@ fn an_explicit_image_list_is_checked_entry_by_entry() {
         vec!["(whole job)", "images"]
     );
 }
+
+#[test]
+fn repository_mapping_rules_are_checked_and_the_first_match_wins() {
+    let with_rules = |rules: Value| {
+        move |v: &mut Value| {
+            v["destinations"][0]["repositoryMapping"] = rules;
+            v["destinations"][0]["repositoryPrefix"] = json!("mirror/");
+        }
+    };
+    assert_eq!(
+        problems(with_rules(json!([{"match": "team-(", "replace": "x"}]))),
+        ["destinations[0].repositoryMapping[0].match"]
+    );
+    assert_eq!(
+        problems(with_rules(
+            json!([{"match": "team-(.*)", "replace": "teams/$2"}])
+        )),
+        ["destinations[0].repositoryMapping[0].replace"]
+    );
+    assert_eq!(
+        problems(with_rules(
+            json!([{"match": "(?P<t>.*)", "replace": "${team}"}])
+        )),
+        ["destinations[0].repositoryMapping[0].replace"]
+    );
+    // Upper case is no repository name: the rule is refused before any run.
+    assert_eq!(
+        problems(with_rules(
+            json!([{"match": "ok/(.*)", "replace": "a/$1"}, {"match": "x", "replace": "Teams/x"}])
+        )),
+        ["destinations[0].repositoryMapping[1].replace"]
+    );
+    assert_eq!(
+        problems(with_rules(
+            json!([{"match": "a", "replace": "b", "extra": 1}])
+        )),
+        ["destinations[0].repositoryMapping[0].extra"]
+    );
+
+    let mut input = valid();
+    with_rules(json!([
+        {"match": "team-(?P<team>[a-z]+)/(.*)", "replace": "teams/${team}/$2"},
+        {"match": "team-.*", "replace": "never"},
+        {"match": "ml/(.*)", "replace": "models/$1"}
+    ]))(&mut input);
+    let job = Job::parse(&input.to_string()).unwrap().job;
+    let d = &job.destinations[0];
+    assert_eq!(d.target_repository("team-ml/api"), "mirror/teams/ml/api");
+    assert_eq!(d.target_repository("ml/bert"), "mirror/models/bert");
+    assert_eq!(d.target_repository("other/app"), "mirror/other/app");
+}

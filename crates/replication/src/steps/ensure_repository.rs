@@ -156,7 +156,7 @@ pub async fn ensure_repository(
     Ok(output)
 }
 
-async fn apply_settings(
+pub(crate) async fn apply_settings(
     conns: &Connections,
     job: &Job,
     (index, dest_spec): (usize, &Destination),

@@ -428,7 +428,7 @@ async fn resolve_listed(
 /// The tags a destination repository has now, read once per page so that a first sync costs no
 /// presence request per image (`None` when the registry does not list them: each image is then
 /// asked about), and whether the repository does not exist at all (its list is then empty).
-async fn destination_tags(
+pub(crate) async fn destination_tags(
     client: &oci::RegistryClient,
     registry: &str,
     repository: &str,

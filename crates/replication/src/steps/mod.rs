@@ -25,6 +25,7 @@ pub mod plan_image;
 pub mod put_manifests;
 pub mod selection;
 pub mod summarise;
+pub mod verify_repository;
 
 pub use crate::report::*;
 pub use copy_blobs::{copy_blobs, CopyBlobs, CopyBlobsInput, CopyBlobsOutput, RangeOutcome};
@@ -48,8 +49,10 @@ pub use plan_image::{
 pub use put_manifests::{put_manifests, PutManifests, PutManifestsInput};
 pub use selection::{Selection, SELECTIONS_PREFIX, SELECTION_CHUNK};
 pub use summarise::{summarise, Summarise, SummariseInput};
+pub use verify_repository::{verify_repository, VerifyRepository, VerifyRepositoryInput};
 
-use enumerate_images::{all_images, is_present, PARALLEL_CHECKS};
+use ensure_repository::apply_settings;
+use enumerate_images::{all_images, destination_tags, is_present, PARALLEL_CHECKS};
 use plan_image::read_source_image;
 use selection::{keep_selection, stored_selection_chunk, PageToken};
 
@@ -125,6 +128,7 @@ registry!(
     CopyBlobs,
     PutManifests,
     Summarise,
+    VerifyRepository,
 );
 
 /// The state machine's placeholder for a step's function ARN: `copy-blobs` ->

@@ -85,6 +85,23 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     if let Some(max) = input.list {
         report.limit_lists(max);
     }
+    if let (true, Some(verify)) = (input.fail_on_failure, &report.verify) {
+        if verify.total() > 0 || report.repositories_failed > 0 {
+            let repositories = report
+                .repository_failures
+                .iter()
+                .map(|f| format!("repository {}: {}", f.repository, f.error));
+            let differences = verify
+                .differences
+                .iter()
+                .map(|d| format!("{} {}: {}", d.kind.as_str(), d.target, d.detail));
+            return Err(Error::DestinationsDiffer {
+                differences: verify.total(),
+                repositories_failed: report.repositories_failed,
+                listed: repositories.chain(differences).collect(),
+            });
+        }
+    }
     if input.fail_on_failure && (report.failed > 0 || report.repositories_failed > 0) {
         let repositories = report
             .repository_failures

@@ -1,0 +1,289 @@
+//! `verify-repository`: how each destination differs from the source for one repository: every
+//! selected image by digest (its tags, the children of an index, its referrers), the tags the
+//! filters select that only the destination has, and the repository's settings. Reads
+//! manifests and listings only, never a blob; writes nothing.
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use oci::{Digest, Reference, Repository};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+use crate::connect::{Connection, Connections};
+use crate::error::{Error, Result};
+use crate::filter::SelectedImage;
+use crate::job::{Destination, Job, SettingsMode, ValidJob};
+
+/// The `verify-repository` step: the repository's report (with `verify`), its differences
+/// listed up to `VERIFY_LISTED`, as one of a page's in the Map's aggregated result.
+pub struct VerifyRepository;
+
+impl Step for VerifyRepository {
+    const NAME: &'static str = "verify-repository";
+    type Input = VerifyRepositoryInput;
+    type Output = RunReport;
+    fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
+        Box::pin(async move {
+            let mut verify = verify_repository(conns, input).await?;
+            verify.limit_lists(VERIFY_LISTED);
+            Ok(RunReport {
+                verify: Some(verify),
+                ..RunReport::default()
+            })
+        })
+    }
+}
+
+/// Input of `verify-repository`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyRepositoryInput {
+    /// The job.
+    pub job: Job,
+    /// Source repository name.
+    pub repository: String,
+}
+
+/// Compares one source repository with each destination.
+#[tracing::instrument(skip_all, fields(repository = %input.repository))]
+pub async fn verify_repository(
+    conns: &Connections,
+    input: VerifyRepositoryInput,
+) -> Result<VerifyReport> {
+    let job = input.job.validate()?;
+    let repository = input.repository.as_str();
+    let source = conns.source(&job.job).await?;
+    let selected = selected_images(conns, &job, repository).await?;
+    // Tags only a destination has are extra; with an explicit image list there is no "all".
+    let source_tags: Option<HashSet<String>> = if job.job.images.is_empty() {
+        Some(
+            all_images(&source, repository)
+                .await?
+                .into_iter()
+                .flat_map(|i| i.tags)
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let mut report = VerifyReport::default();
+    for (index, spec) in job.job.destinations.iter().enumerate() {
+        let target = spec.checked_target_repository(repository)?;
+        let at = Place {
+            repository,
+            target: format!("{}/{target}", spec.registry),
+        };
+        verify_settings(conns, &job, (index, spec), &at, &mut report).await?;
+        let dest = conns.destination(&job.job, index).await?;
+        let (listed, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
+        let repo = Repository {
+            registry: dest.registry.clone(),
+            name: target.clone(),
+        };
+        let mut compared = futures::stream::iter(&selected)
+            .map(|image| compare_image(&source, &dest, &repo, repository, image, (&listed, absent)))
+            .buffered(PARALLEL_CHECKS);
+        while let Some(differences) = compared.next().await {
+            let differences = differences?;
+            report.images += 1;
+            if differences.is_empty() {
+                report.identical += 1;
+            }
+            for detail in differences {
+                report.add(at.difference(detail.0, detail.1, detail.2));
+            }
+        }
+        if let (Some(in_source), Some(in_target)) = (&source_tags, &listed) {
+            let mut extra: Vec<&String> = in_target
+                .iter()
+                .filter(|tag| job.tags.tag_matches(tag) && !in_source.contains(*tag))
+                .collect();
+            extra.sort();
+            for tag in extra {
+                report.add(at.difference(
+                    DifferenceKind::Extra,
+                    format!(":{tag}"),
+                    "the source has no such tag".into(),
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A source repository and its name in a destination, for naming differences.
+struct Place<'a> {
+    repository: &'a str,
+    target: String,
+}
+
+impl Place<'_> {
+    fn difference(&self, kind: DifferenceKind, suffix: String, detail: String) -> Difference {
+        Difference {
+            kind,
+            repository: self.repository.to_string(),
+            target: format!("{}{suffix}", self.target),
+            detail,
+        }
+    }
+}
+
+/// The destination repository's settings against the source's (ECR only): what a
+/// `repositorySettings: "copy"` run would change, and drift it cannot change.
+async fn verify_settings(
+    conns: &Connections,
+    job: &ValidJob,
+    (index, spec): (usize, &Destination),
+    at: &Place<'_>,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    if job.job.repository_settings == SettingsMode::None {
+        return Ok(());
+    }
+    let dry_copy = Job {
+        dry_run: true,
+        repository_settings: SettingsMode::Copy,
+        ..job.job.clone()
+    };
+    let target = spec.checked_target_repository(at.repository)?;
+    let ensured = apply_settings(conns, &dry_copy, (index, spec), at.repository, &target).await?;
+    if ensured.skipped.is_some() {
+        return Ok(());
+    }
+    if ensured.created {
+        report.add(at.difference(
+            DifferenceKind::Missing,
+            String::new(),
+            "the repository does not exist".into(),
+        ));
+        return Ok(());
+    }
+    for change in &ensured.changes {
+        report.add(at.difference(
+            DifferenceKind::Settings,
+            String::new(),
+            format!(
+                "{} is {}, the source's is {}",
+                change.setting, change.from, change.to
+            ),
+        ));
+    }
+    for drift in &ensured.drift {
+        report.add(at.difference(DifferenceKind::Settings, String::new(), drift.clone()));
+    }
+    Ok(())
+}
+
+/// One image's differences in one destination: (kind, where after the repository, detail).
+async fn compare_image(
+    source: &Connection,
+    dest: &Connection,
+    repo: &Repository,
+    repository: &str,
+    image: &SelectedImage,
+    (listed, repository_absent): (&Option<HashSet<String>>, bool),
+) -> Result<Vec<(DifferenceKind, String, String)>> {
+    let listing = |what: &str| {
+        let what = format!("{what} of {repository}@{}", image.digest);
+        move |source| Error::Listing { what, source }
+    };
+    let digest = Digest::parse(&image.digest).map_err(listing("the digest"))?;
+    let mut found = Vec::new();
+    let missing = |suffix: String, detail: String| (DifferenceKind::Missing, suffix, detail);
+    if repository_absent {
+        found.push(missing(format!("@{digest}"), "not there".into()));
+        return Ok(found);
+    }
+    let by_digest = Reference {
+        repository: repo.clone(),
+        tag: None,
+        digest: Some(digest.clone()),
+    };
+    let mut manifest_there = false;
+    for tag in &image.tags {
+        if listed.as_ref().is_some_and(|l| !l.contains(tag)) {
+            found.push(missing(format!(":{tag}"), format!("should name {digest}")));
+            continue;
+        }
+        let head = dest
+            .client
+            .head_manifest(&by_digest.with_tag(tag))
+            .await
+            .map_err(listing("the destination's tags"))?;
+        match head {
+            None => found.push(missing(format!(":{tag}"), format!("should name {digest}"))),
+            Some(h) if h.digest != digest => found.push((
+                DifferenceKind::Different,
+                format!(":{tag}"),
+                format!("names {}, the source's names {digest}", h.digest),
+            )),
+            Some(_) => manifest_there = true,
+        }
+    }
+    if image.tags.is_empty() {
+        manifest_there = dest
+            .client
+            .head_manifest(&by_digest)
+            .await
+            .map_err(listing("the destination's manifests"))?
+            .is_some();
+        if !manifest_there {
+            found.push(missing(
+                format!("@{digest}"),
+                "untagged image not there".into(),
+            ));
+        }
+    }
+    if !manifest_there {
+        return Ok(found);
+    }
+    // The children of an index (read from the source: a manifest, never a blob).
+    let from = Reference {
+        repository: Repository {
+            registry: source.registry.clone(),
+            name: repository.to_string(),
+        },
+        tag: None,
+        digest: Some(digest.clone()),
+    };
+    let top = source
+        .client
+        .get_manifest(&from)
+        .await
+        .map_err(listing("the source manifest"))?;
+    let url = from.to_string();
+    let children = match top.content(&url).map_err(listing("the source manifest"))? {
+        oci::ManifestContent::Index { manifests } => manifests
+            .iter()
+            .map(|child| Digest::parse(child.digest().as_ref()))
+            .collect::<oci::Result<Vec<_>>>()
+            .map_err(listing("the index"))?,
+        oci::ManifestContent::Image { .. } => Vec::new(),
+    };
+    let referrers = image
+        .referrers
+        .iter()
+        .map(|r| Digest::parse(r))
+        .collect::<oci::Result<Vec<_>>>()
+        .map_err(listing("the referrers"))?;
+    for (what, wanted) in children
+        .iter()
+        .map(|c| ("child", c))
+        .chain(referrers.iter().map(|r| ("referrer", r)))
+    {
+        let head = dest
+            .client
+            .head_manifest(&by_digest.with_digest(wanted.clone()))
+            .await
+            .map_err(listing("the destination's manifests"))?;
+        if head.is_none() {
+            found.push(missing(
+                format!("@{wanted}"),
+                format!("{what} of {digest} not there"),
+            ));
+        }
+    }
+    Ok(found)
+}

@@ -71,6 +71,9 @@ export const SELECTIONS_PREFIX = 'selections/';
 /** Days a run's selection is kept; a repository whose pages take longer is listed again. */
 export const SELECTION_DAYS = 7;
 
+/** The CloudWatch namespace of the functions' metrics (embedded metric format in their logs). */
+export const METRICS_NAMESPACE = 'EcrReplicator';
+
 /** Name of the role of the functions that only read the source. */
 export const READER_ROLE_NAME = 'ecr-replicator-reader';
 
@@ -177,6 +180,7 @@ export class WorkflowStack extends Stack {
         loggingFormat: lambda.LoggingFormat.JSON,
         environment: {
           RUST_LOG: 'info',
+          ECR_REPLICATOR_METRICS_NAMESPACE: METRICS_NAMESPACE,
           ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
         },
       });
@@ -218,6 +222,12 @@ export class WorkflowStack extends Stack {
       tracingEnabled: true,
       logs: { destination: stateMachineLogs, level: sfn.LogLevel.ALL, includeExecutionData: false },
     });
+    // The run's event (and, with imageEvents, each image's) goes to this account's default bus.
+    workflowRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'ReplicationEvents',
+      actions: ['events:PutEvents'],
+      resources: [`arn:${this.partition}:events:${this.region}:${this.account}:event-bus/default`],
+    }));
     // Distributed Map child executions (one per repository and per image) run in this state machine.
     workflowRole.addToPolicy(new iam.PolicyStatement({
       sid: 'DistributedMapChildren',
@@ -306,11 +316,36 @@ export class WorkflowStack extends Stack {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     }).addAlarmAction(new cwActions.SnsAction(topic));
 
+    this.dashboard(destinations.map((d) => String(d.registry)));
+
     NagSuppressions.addStackSuppressions(this, [
       { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance.' },
       { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
       { id: 'AwsSolutions-S1', reason: 'The work bucket holds only short-lived lists of image digests and tags the functions write and read; its API calls are in CloudTrail.' },
     ]);
+  }
+
+  /** The dashboard: images copied, present and failed, bytes copied and replication lag per
+   * destination (the functions' EMF metrics), and the executions that failed. */
+  private dashboard(destinations: string[]) {
+    const metric = (name: string, destination: string, statistic = 'Sum') => new cloudwatch.Metric({
+      namespace: METRICS_NAMESPACE, metricName: name, dimensionsMap: { Destination: destination },
+      statistic, period: Duration.minutes(5), label: `${name} ${destination}`,
+    });
+    const perDestination = (title: string, names: string[], statistic = 'Sum') => new cloudwatch.GraphWidget({
+      title, width: 12,
+      left: destinations.flatMap((d) => names.map((n) => metric(n, d, statistic))),
+    });
+    new cloudwatch.Dashboard(this, 'Dashboard', {
+      dashboardName: 'ecr-replicator',
+      widgets: [
+        [perDestination('Images', ['ImagesCopied', 'ImagesPresent', 'ImagesFailed']), perDestination('Bytes copied', ['BytesCopied'])],
+        [perDestination('Replication lag (seconds, max)', ['ReplicationLag'], 'Maximum'), new cloudwatch.GraphWidget({
+          title: 'Executions', width: 12,
+          left: [this.stateMachine.metricSucceeded(), this.stateMachine.metricFailed()],
+        })],
+      ],
+    });
   }
 
   /** A template synthesized without the function binaries still synthesizes (for `cdk synth` and

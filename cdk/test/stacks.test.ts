@@ -9,7 +9,7 @@ import { AwsSolutionsChecks } from 'cdk-nag';
 import { jobDestinations, loadConfig, ReplicatorConfig, validateConfig } from '../lib/config';
 import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { COPIER_ROLE_NAME, FUNCTIONS, functionsOf, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
+import { COPIER_ROLE_NAME, FUNCTIONS, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
 
 const config = loadConfig('config.example.json');
 
@@ -43,10 +43,10 @@ test('one arm64 provided.al2023 function per binary, the copy step large and 15 
 });
 
 test('the functions are the steps the definition names, each sized and given the role it needs', () => {
-  assert.deepEqual(FUNCTIONS.map((f) => f.name), [
+  assert.deepEqual(FUNCTIONS.map((f) => f.name).sort(), [
     'enumerate-repositories', 'ensure-repository', 'enumerate-images', 'plan-image', 'copy-blobs', 'put-manifests', 'summarise',
     'verify-repository',
-  ]);
+  ].sort());
   assert.deepEqual(FUNCTIONS.filter((f) => !f.copier).map((f) => f.name), ['enumerate-repositories', 'summarise']);
   assert.deepEqual(FUNCTIONS.filter((f) => f.workBucket).map((f) => f.name), ['enumerate-images']);
   // A new step needs only its Task in the definition: it gets the defaults.
@@ -317,4 +317,22 @@ test('the work bucket is private, TLS only and expiring; only enumerate-images g
   assert.equal(s3.length, 1);
   assert.deepEqual(s3[0].Action, ['s3:PutObject', 's3:GetObject']);
   assert.deepEqual(s3[0].Resource, { 'Fn::Join': ['', [{ 'Fn::GetAtt': [logical, 'Arn'] }, `/${SELECTIONS_PREFIX}*`]] });
+});
+
+test('events go to the default bus only; every function writes metrics; the dashboard shows them per destination', () => {
+  const statements = Object.values(w.findResources('AWS::IAM::Policy')).flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+  const events = statements.filter((s: any) => [s.Action].flat().includes('events:PutEvents'));
+  assert.equal(events.length, 1);
+  assert.deepEqual(events[0].Resource, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':events:us-east-1:111111111111:event-bus/default']] });
+  for (const f of Object.values(w.findResources('AWS::Lambda::Function')) as any[]) {
+    assert.equal(f.Properties.Environment.Variables.ECR_REPLICATOR_METRICS_NAMESPACE, METRICS_NAMESPACE);
+  }
+  const dashboards = Object.values(w.findResources('AWS::CloudWatch::Dashboard')) as any[];
+  assert.equal(dashboards.length, 1);
+  const body = JSON.stringify(dashboards[0].Properties.DashboardBody);
+  for (const name of ['ImagesCopied', 'ImagesPresent', 'ImagesFailed', 'BytesCopied', 'ReplicationLag']) {
+    assert.ok(body.includes(name), name);
+  }
+  for (const d of jobDestinations(config)) assert.ok(body.includes(String(d.registry)), JSON.stringify(d));
+  w.resourceCountIs('AWS::CloudWatch::Alarm', 1);
 });

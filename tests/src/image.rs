@@ -350,6 +350,68 @@ pub fn artifact(
     layer_type: &str,
     payload: &[u8],
 ) -> TestImage {
+    signed_artifact(subject, artifact_type, layer_type, payload, "MEUCIQ-test")
+}
+
+/// A cosign signature of the image `digest` made with `key`, as `cosign sign --key` stores it:
+/// the "simple signing" payload naming the digest as the layer, the base64 DER ECDSA signature
+/// over it in the layer's annotation. `tamper` changes the payload after signing (its digest
+/// then matches the changed bytes, the signature does not). With `subject`, the manifest names
+/// it (the referrers API's form).
+pub fn cosign_signature(
+    digest: &str,
+    key: &p256::ecdsa::SigningKey,
+    tamper: bool,
+    subject: Option<&TestImage>,
+) -> TestImage {
+    use base64::Engine;
+    use p256::ecdsa::signature::Signer;
+    let payload = |identity: &str| {
+        serde_json::to_vec(&json!({
+            "critical": {
+                "identity": {"docker-reference": identity},
+                "image": {"docker-manifest-digest": digest},
+                "type": "cosign container image signature"
+            },
+            "optional": null
+        }))
+        .unwrap()
+    };
+    let signed = payload("registry.example/app");
+    let signature: p256::ecdsa::Signature = key.sign(&signed);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+    let stored = if tamper {
+        payload("registry.example/other")
+    } else {
+        signed
+    };
+    signed_artifact(
+        subject,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        &stored,
+        &encoded,
+    )
+}
+
+/// A signing key from a seed (tests make their own keys), and its public key as PEM.
+pub fn signing_key(seed: u64) -> (p256::ecdsa::SigningKey, String) {
+    use p256::pkcs8::EncodePublicKey;
+    let key = p256::ecdsa::SigningKey::from_slice(&pseudo_random(seed, 32)).unwrap();
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+        .unwrap();
+    (key, pem)
+}
+
+fn signed_artifact(
+    subject: Option<&TestImage>,
+    artifact_type: &str,
+    layer_type: &str,
+    payload: &[u8],
+    signature: &str,
+) -> TestImage {
     let config = Blob::from_bytes(Bytes::from_static(b"{}"));
     let layer = Blob::from_bytes(Bytes::copy_from_slice(payload));
     let mut manifest = json!({
@@ -358,7 +420,7 @@ pub fn artifact(
         "artifactType": artifact_type,
         "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": config.digest},
         "layers": [{"mediaType": layer_type, "size": payload.len(), "digest": layer.digest,
-                    "annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ-test"}}],
+                    "annotations": {"dev.cosignproject.cosign/signature": signature}}],
         "annotations": {"org.opencontainers.image.created": "2026-11-22T00:00:00Z"},
     });
     if let Some(subject) = subject {

@@ -16,6 +16,9 @@ use axum::response::Response;
 
 use crate::registry::{free_port, which};
 
+/// The metrics namespace the deployment gives the functions (the CDK app's).
+pub const METRICS_NAMESPACE: &str = "EcrReplicator";
+
 /// Each step's function (binary) and the placeholder it fills in the definition, from the
 /// step registry.
 pub fn functions() -> Vec<(String, &'static str)> {
@@ -238,6 +241,11 @@ impl LocalStepFunctions {
                 "ECR_REPLICATOR_WORK_BUCKET".to_string(),
                 WORK_BUCKET.to_string(),
             ),
+            // The deployment's metrics (EMF lines on the functions' stdout, as in Lambda).
+            (
+                replication::metrics::NAMESPACE_VARIABLE.to_string(),
+                METRICS_NAMESPACE.to_string(),
+            ),
         ];
         // `ECR_REPLICATOR_FUNCTION_LOG=debug` (a RUST_LOG filter) makes the functions verbose.
         let log_filter = std::env::var("ECR_REPLICATOR_FUNCTION_LOG")
@@ -381,6 +389,43 @@ impl LocalStepFunctions {
     /// The most copy-blobs and put-manifests invocations that ever ran at once.
     pub fn max_concurrent_copies(&self) -> usize {
         self.proxy_state.copies_in_flight.lock().unwrap().1
+    }
+
+    /// The embedded-metric-format documents the functions wrote (parsed from their stdout).
+    pub fn metric_documents(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("watch.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.find("{\"_aws\"").map(|at| &line[at..]))
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect()
+    }
+
+    /// Calls an AWS JSON-protocol API of this moto (EventBridge, SQS), for the tests' own
+    /// seeding and reading; moto does not check signatures, it only reads the service name.
+    pub async fn aws_json(
+        &self,
+        service: &str,
+        target: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let version = if service == "sqs" { "1.0" } else { "1.1" };
+        let resp = reqwest::Client::new()
+            .post(&self.moto_url)
+            .header("content-type", format!("application/x-amz-json-{version}"))
+            .header("x-amz-target", target)
+            .header(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert!(status.is_success(), "{target}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
     /// The logs of moto and watch, for failure messages.

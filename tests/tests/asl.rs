@@ -146,11 +146,26 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
     let mut maps = Vec::new();
     fn walk(
         states: &serde_json::Value,
-        tasks: &mut usize,
+        (tasks, events): (&mut usize, &mut usize),
         maps: &mut Vec<(String, serde_json::Value)>,
     ) {
         for (name, state) in states.as_object().unwrap() {
             match state["Type"].as_str().unwrap() {
+                "Task" if state["Resource"] == "arn:aws:states:::events:putEvents" => {
+                    // An event is sent with retries, and never fails what it announces.
+                    *events += 1;
+                    let retry = state["Retry"].as_array().unwrap();
+                    assert!(
+                        retry.iter().all(|r| r["JitterStrategy"] == "FULL"),
+                        "{name}"
+                    );
+                    assert_eq!(
+                        state["Catch"][0]["ErrorEquals"],
+                        serde_json::json!(["States.ALL"]),
+                        "{name}"
+                    );
+                    assert_eq!(state["Catch"][0]["Next"], state["Next"], "{name}");
+                }
                 "Task" => {
                     *tasks += 1;
                     let retry = state["Retry"].as_array().unwrap();
@@ -176,14 +191,15 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
                 }
                 "Map" => {
                     maps.push((name.clone(), state.clone()));
-                    walk(&state["ItemProcessor"]["States"], tasks, maps);
+                    walk(&state["ItemProcessor"]["States"], (tasks, events), maps);
                 }
                 _ => {}
             }
         }
     }
-    walk(&definition["States"], &mut tasks, &mut maps);
-    assert_eq!(tasks, 9);
+    let mut events = 0;
+    walk(&definition["States"], (&mut tasks, &mut events), &mut maps);
+    assert_eq!((tasks, events), (10, 2));
     for (name, map) in &maps {
         let distributed = map["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED";
         let bounded =

@@ -422,6 +422,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         referrers: Vec::new(),
         tags_absent: false,
         repository_absent: false,
+        pushed_at: None,
     };
     let plan = functions::invoke::<PlanImage>(
         &conns,

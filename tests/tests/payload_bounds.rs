@@ -57,6 +57,7 @@ fn task(tags: usize) -> ImageTask {
         // Both hints on: they are serialised only when true, so this is the longer form.
         tags_absent: true,
         repository_absent: true,
+        pushed_at: Some(i64::MIN),
     }
 }
 

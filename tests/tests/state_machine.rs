@@ -347,3 +347,173 @@ async fn a_repository_of_many_pages_is_listed_and_resolved_once_per_run() {
         assert_eq!(at(&dst.host), at(&src.host), "{tag}");
     }
 }
+
+/// Through the real state machine: only the signed image (and its signature) is copied, the
+/// unsigned one is named; the run ends with its EventBridge event and, asked for, each image that
+/// arrived announces itself (read back from an SQS queue a rule on the default bus feeds); the
+/// functions' EMF lines carry the copies, bytes and presence per destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_copy_only_signed_images_announce_themselves_and_emit_metrics() {
+    use e2e::image::{cosign_signature, signing_key};
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (key, pem) = signing_key(7);
+    let signed = ImageBuilder::new(Format::Oci).layer(1, 4000).build();
+    let unsigned = ImageBuilder::new(Format::Oci).layer(2, 3000).build();
+    let signature = cosign_signature(&signed.digest, &key, false, None);
+    let signature_tag = format!("{}.sig", signed.digest.replacen(':', "-", 1));
+    source.push("app", "v1", &signed).await;
+    source.push("app", "v2", &unsigned).await;
+    source.push("app", &signature_tag, &signature).await;
+    let sfn = LocalStepFunctions::start(&[]).await;
+    let arn = sfn.create_state_machine("replicate").await;
+    let queue = sfn
+        .aws_json(
+            "sqs",
+            "AmazonSQS.CreateQueue",
+            json!({"QueueName": "replicator-events"}),
+        )
+        .await["QueueUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sfn.aws_json(
+        "events",
+        "AWSEvents.PutRule",
+        json!({"Name": "replicator", "EventPattern": json!({"source": ["ecr-replicator"]}).to_string()}),
+    )
+    .await;
+    sfn.aws_json(
+        "events",
+        "AWSEvents.PutTargets",
+        json!({"Rule": "replicator", "Targets": [{"Id": "queue", "Arn": "arn:aws:sqs:us-east-1:123456789012:replicator-events"}]}),
+    )
+    .await;
+    let input = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "requireSignature": {"publicKeys": [pem]},
+        "imageEvents": true
+    });
+
+    let run = sfn.execute(&arn, &input).await;
+
+    assert_eq!(
+        run.status,
+        "SUCCEEDED",
+        "{}\n{}",
+        run.cause,
+        run.history_text(400)
+    );
+    let report = run.output.unwrap();
+    assert_eq!(
+        (&report["copied"], &report["unsigned"], &report["failed"]),
+        (&json!(2), &json!(1), &json!(0)),
+        "{report}"
+    );
+    assert_eq!(
+        report["unsignedImages"][0]["tags"],
+        json!(["v2"]),
+        "{report}"
+    );
+    assert_eq!(report["unsignedImages"][0]["status"], "unsigned");
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(target.manifest("app", "v1").await.unwrap(), signed.manifest);
+    assert!(target.manifest("app", "v2").await.is_none());
+
+    let received = sfn
+        .aws_json(
+            "sqs",
+            "AmazonSQS.ReceiveMessage",
+            json!({"QueueUrl": queue, "MaxNumberOfMessages": 10}),
+        )
+        .await;
+    let events: Vec<serde_json::Value> = received["Messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| serde_json::from_str(m["Body"].as_str().unwrap()).unwrap())
+        .collect();
+    let of = |kind: &str| {
+        events
+            .iter()
+            .filter(|e| e["detail-type"] == kind && e["source"] == "ecr-replicator")
+            .collect::<Vec<_>>()
+    };
+    let finished = of("Replication Run Finished");
+    assert_eq!(finished.len(), 1, "{events:?}");
+    let detail = &finished[0]["detail"];
+    assert_eq!(
+        (
+            &detail["mode"],
+            &detail["dryRun"],
+            &detail["report"]["copied"],
+            &detail["report"]["unsigned"]
+        ),
+        (&json!("replicate"), &json!(false), &json!(2), &json!(1)),
+        "{detail}"
+    );
+    assert!(
+        detail["execution"]
+            .as_str()
+            .unwrap()
+            .contains(":execution:"),
+        "{detail}"
+    );
+    let mut arrived: Vec<String> = of("Replication Image Arrived")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["detail"]["image"]["status"], "copied", "{e}");
+            assert_eq!(e["detail"]["image"]["targetRegistry"], dst.host);
+            e["detail"]["image"]["tags"][0]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    arrived.sort();
+    assert_eq!(arrived, vec![signature_tag.clone(), "v1".to_string()]);
+
+    // EMF: one document per measurement, namespace and dimension as the dashboard reads them.
+    let documents = sfn.metric_documents();
+    for d in &documents {
+        let declared = &d["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(declared["Namespace"], e2e::sfn::METRICS_NAMESPACE, "{d}");
+        assert_eq!(declared["Dimensions"], json!([["Destination"]]), "{d}");
+        assert!(
+            d["_aws"]["Timestamp"].as_u64().unwrap() > 1_700_000_000_000,
+            "{d}"
+        );
+        for m in declared["Metrics"].as_array().unwrap() {
+            assert!(d[m["Name"].as_str().unwrap()].is_number(), "{d}");
+        }
+    }
+    let sum = |name: &str| metric_sum(&sfn, &dst.host, name);
+    let mut blobs: Vec<(&String, u64)> = signed
+        .blobs
+        .iter()
+        .chain(&signature.blobs)
+        .map(|b| (&b.digest, b.data.size()))
+        .collect();
+    blobs.sort();
+    blobs.dedup();
+    let bytes: u64 = blobs.iter().map(|(_, size)| size).sum();
+    assert_eq!(
+        (sum("ImagesCopied"), sum("BytesCopied"), sum("ImagesFailed")),
+        (2.0, bytes as f64, 0.0),
+        "{documents:?}"
+    );
+
+    let again = sfn.execute(&arn, &input).await;
+    assert_eq!(again.status, "SUCCEEDED", "{}", again.cause);
+    assert_eq!(sum("ImagesPresent"), 2.0);
+}
+
+/// A metric's values for one destination, added up over every EMF document so far.
+fn metric_sum(sfn: &LocalStepFunctions, destination: &str, name: &str) -> f64 {
+    sfn.metric_documents()
+        .iter()
+        .filter(|d| d["Destination"] == destination)
+        .filter_map(|d| d[name].as_f64())
+        .sum()
+}

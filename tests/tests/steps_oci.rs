@@ -48,6 +48,7 @@ fn task(repository: &str, digest: &str, tags: &[&str], dst: &TestRegistry) -> Im
         referrers: Vec::new(),
         tags_absent: false,
         repository_absent: false,
+        pushed_at: None,
     }
 }
 

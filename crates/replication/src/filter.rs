@@ -68,6 +68,9 @@ pub struct SelectedImage {
     /// Referrers the source's API lists for it (all levels), copied within its task.
     #[serde(default)]
     pub referrers: Vec<String>,
+    /// Why it is not copied although selected: the job requires a signature and none verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsigned: Option<String>,
 }
 
 /// Image selection by tag and age.
@@ -172,6 +175,7 @@ impl TagMatcher {
                         tags: Vec::new(),
                         pushed_at: image.pushed_at,
                         referrers: Vec::new(),
+                        unsigned: None,
                     });
                 }
                 continue;
@@ -189,6 +193,7 @@ impl TagMatcher {
                     tags,
                     pushed_at: image.pushed_at,
                     referrers: Vec::new(),
+                    unsigned: None,
                 });
             }
         }

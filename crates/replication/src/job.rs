@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, FieldProblem, Result};
 pub use crate::filter::TagFilter;
 use crate::filter::{RepositoryMatcher, TagMatcher};
+use crate::signatures::SignatureKeys;
 
 /// Default byte budget of one copy invocation: 2 GiB.
 pub const DEFAULT_RANGE_BYTES: u64 = 2 << 30;
@@ -56,6 +57,14 @@ pub struct Job {
     /// nothing.
     #[serde(default)]
     pub mode: Mode,
+    /// Send an EventBridge event for every image that arrived (`Replication Image Arrived`),
+    /// besides the run's (`Replication Run Finished`, always sent) (default false).
+    #[serde(default)]
+    pub image_events: bool,
+    /// Copy only images signed with one of these keys (cosign, key-based); the others are
+    /// reported `unsigned` and not copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<RequireSignature>,
     /// Plan only: report what would be copied and changed, write nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -265,6 +274,22 @@ pub const MAX_MAPPING_RULES: usize = 50;
 /// Most images an explicit list may name (keeps the execution input far below 256 KiB).
 pub const MAX_LISTED_IMAGES: usize = 1000;
 
+/// Promotion gated on signatures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequireSignature {
+    /// PEM public keys (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256, as `cosign
+    /// generate-key-pair` writes `cosign.pub`); a signature by any one of them will do.
+    pub public_keys: Vec<String>,
+    /// Count an unsigned image as a failed one (the run then fails); by default it is only
+    /// reported.
+    #[serde(default)]
+    pub fail_unsigned: bool,
+}
+
+/// Public keys a job may trust at most.
+pub const MAX_SIGNATURE_KEYS: usize = 10;
+
 /// What a run does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -311,6 +336,8 @@ pub struct ValidJob {
     pub repositories: RepositoryMatcher,
     /// Compiled tag filters.
     pub tags: TagMatcher,
+    /// The keys a signature must verify with, when the job requires one.
+    pub signature_keys: Option<SignatureKeys>,
 }
 
 impl Job {
@@ -492,6 +519,21 @@ impl Job {
             );
         }
         check_images(&self, &mut problem);
+        let signature_keys = self.require_signature.as_ref().and_then(|required| {
+            if required.public_keys.is_empty() || required.public_keys.len() > MAX_SIGNATURE_KEYS {
+                problem(
+                    "requireSignature.publicKeys",
+                    format!(
+                        "{} keys; between 1 and {MAX_SIGNATURE_KEYS}",
+                        required.public_keys.len()
+                    ),
+                );
+                return None;
+            }
+            SignatureKeys::parse(&required.public_keys)
+                .map_err(|(i, e)| problem(&format!("requireSignature.publicKeys[{i}]"), e))
+                .ok()
+        });
         let repositories =
             RepositoryMatcher::new(&self.repositories.include, &self.repositories.exclude)
                 .map_err(|(field, e)| problem(&format!("repositories.{field}"), e))
@@ -504,6 +546,7 @@ impl Job {
                 job: self,
                 repositories,
                 tags,
+                signature_keys,
             }),
             _ => Err(Error::InvalidInput { problems }),
         }

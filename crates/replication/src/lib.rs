@@ -8,10 +8,12 @@ pub mod copy;
 pub mod error;
 pub mod filter;
 pub mod job;
+pub mod metrics;
 pub mod plan;
 pub mod referrers;
 pub mod report;
 pub mod run;
+pub mod signatures;
 pub mod steps;
 
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport};

@@ -88,6 +88,7 @@ pub(crate) async fn add_referrers(
                             tags: vec![tag],
                             pushed_at: None,
                             referrers: Vec::new(),
+                            unsigned: None,
                         });
                         next.push((digest.to_string(), selected.len() - 1));
                     }

@@ -21,6 +21,8 @@ pub enum ImageStatus {
     Planned,
     /// Failed; see `error`.
     Failed,
+    /// Not copied: the job requires a signature and none verified; see `error` for why.
+    Unsigned,
 }
 
 /// The per-image record of the run report.
@@ -109,6 +111,12 @@ pub struct RunReport {
     /// Ranges of blobs whose copy failed (each image needing one failed too, named).
     #[serde(default)]
     pub ranges_failed: usize,
+    /// Images not copied because no signature verified (`requireSignature`).
+    #[serde(default)]
+    pub unsigned: usize,
+    /// The first of them, each with the reason.
+    #[serde(default)]
+    pub unsigned_images: Vec<ImageResult>,
     /// A verification's findings (`"mode": "verify"`), absent in a replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
@@ -285,6 +293,7 @@ impl RunReport {
         self.pruned.truncate(max);
         self.kept.truncate(max);
         self.repository_failures.truncate(max);
+        self.unsigned_images.truncate(max);
         if let Some(verify) = &mut self.verify {
             verify.limit_lists(max);
         }
@@ -298,6 +307,12 @@ impl RunReport {
             ImageStatus::Copied => self.copied += 1,
             ImageStatus::Present => self.present += 1,
             ImageStatus::Planned => self.planned += 1,
+            ImageStatus::Unsigned => {
+                self.unsigned += 1;
+                if self.unsigned_images.len() < MAX_FAILURES_LISTED {
+                    self.unsigned_images.push(r.listed());
+                }
+            }
             ImageStatus::Failed => {
                 self.failed += 1;
                 if self.failures.len() < MAX_FAILURES_LISTED {
@@ -340,6 +355,12 @@ impl RunReport {
         }
         self.repositories_failed += other.repositories_failed;
         self.ranges_failed += other.ranges_failed;
+        self.unsigned += other.unsigned;
+        for u in &other.unsigned_images {
+            if self.unsigned_images.len() < MAX_FAILURES_LISTED {
+                self.unsigned_images.push(u.listed());
+            }
+        }
         if let Some(verify) = &other.verify {
             self.verify.get_or_insert_default().merge(verify);
         }

@@ -240,7 +240,8 @@ impl Run<'_> {
             )
             .await?;
             self.record(|o| o.report.add_present(page.present));
-            let results = self.replicate_page(page.images).await;
+            let mut results = page.unsigned;
+            results.extend(self.replicate_page(page.images).await);
             for r in &results {
                 self.observer.image_done(r);
             }

@@ -11,6 +11,7 @@ use crate::connect::Connections;
 use crate::copy::BlobTally;
 use crate::error::{Error, Result};
 use crate::job::Job;
+use crate::metrics::{self, Metric};
 use crate::plan::CopyRange;
 
 /// Blobs of one range copied at once.
@@ -164,5 +165,9 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
         }
     }
     output.range_bytes_copied = input.bytes_before + output.bytes_copied;
+    metrics::emit(
+        &input.image.target_registry,
+        &[(Metric::BytesCopied, output.bytes_copied as f64)],
+    );
     Ok(output)
 }

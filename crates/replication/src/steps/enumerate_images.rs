@@ -1,8 +1,6 @@
 //! `enumerate-images`: a repository's images the job selects, and one page of the work left
 //! (each selected image for each destination that does not have it yet).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::StreamExt;
 use oci::{Digest, Reference, Repository};
 use schemars::JsonSchema;
@@ -13,7 +11,9 @@ use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, SelectedImage};
 use crate::job::{ImageSelector, Job, ValidJob};
+use crate::metrics::{self, Metric};
 use crate::referrers;
+use crate::signatures;
 
 /// Tasks (image x destination pairs with work) per `enumerate-images` page at most: each is a
 /// child execution whose result is part of the Map's aggregated result (256 KiB at most).
@@ -84,6 +84,10 @@ pub struct ImageTask {
     /// manifests put without asking first (asking could only say "not there").
     #[serde(default, skip_serializing_if = "is_false")]
     pub repository_absent: bool,
+    /// When the image was pushed to the source (seconds since the epoch), if the source says:
+    /// the replication lag metric counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<i64>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -101,6 +105,9 @@ pub struct EnumerateImagesOutput {
     pub images: Vec<ImageTask>,
     /// Tasks this page checked and found present in their destination.
     pub present: usize,
+    /// Selected images this page did not make tasks of because no signature verified (status
+    /// `unsigned`, or `failed` with `requireSignature.failUnsigned`), one per destination.
+    pub unsigned: Vec<ImageResult>,
     /// Images the filters selected in the whole repository.
     pub selected: usize,
     /// Token for the next page, `null` on the last.
@@ -225,13 +232,20 @@ pub async fn page_of_work(
         let (tags, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
         destinations.push((index, spec, dest, target, tags, absent));
     }
+    let fail_unsigned = job
+        .job
+        .require_signature
+        .as_ref()
+        .is_some_and(|r| r.fail_unsigned);
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
         present: 0,
+        unsigned: Vec::new(),
         selected: selection.total,
         next_token: None,
     };
     let mut task_bytes: usize = 0;
+    let mut present_by_destination: std::collections::BTreeMap<&str, usize> = Default::default();
     let stretch_end = selection.first + selection.images.len();
     let window_end = offset.saturating_add(bounds.checked).min(stretch_end);
     let window = selection
@@ -258,6 +272,31 @@ pub async fn page_of_work(
                     .map(source_digest)
                     .collect::<Result<Vec<_>>>()?;
                 let mut tasks = Vec::new();
+                if let Some(reason) = &image.unsigned {
+                    // Not copied: one result per destination, no presence check.
+                    let status = if fail_unsigned {
+                        ImageStatus::Failed
+                    } else {
+                        ImageStatus::Unsigned
+                    };
+                    let unsigned = destinations
+                        .iter()
+                        .map(|(_, spec, _, target, _, _)| {
+                            ImageResult {
+                                repository: repository.to_string(),
+                                digest: digest.to_string(),
+                                tags: image.tags.clone(),
+                                target_registry: spec.registry.clone(),
+                                target_repository: target.clone(),
+                                status: status.clone(),
+                                bytes_copied: 0,
+                                error: Some(reason.clone()),
+                            }
+                            .listed()
+                        })
+                        .collect();
+                    return Ok::<_, Error>((at, Checked::Unsigned(unsigned)));
+                }
                 for (index, spec, dest, target, listed, repository_absent) in destinations {
                     let repo = Repository {
                         registry: spec.registry.clone(),
@@ -282,33 +321,66 @@ pub async fn page_of_work(
                         referrers: referrers.clone(),
                         tags_absent,
                         repository_absent: *repository_absent,
+                        pushed_at: image.pushed_at,
                     });
                 }
-                Ok::<_, Error>((at, tasks))
+                Ok::<_, Error>((at, Checked::Tasks(tasks)))
             }
         })
         .buffered(PARALLEL_CHECKS);
     let mut next = window_end;
     while let Some(checked) = checks.next().await {
-        let (at, tasks) = checked?;
+        let (at, checked) = checked?;
+        let tasks = match checked {
+            Checked::Tasks(tasks) => tasks,
+            Checked::Unsigned(results) => {
+                // Counted against the page's bounds like tasks: they travel in the same state.
+                let bytes: usize = results
+                    .iter()
+                    .map(|r| serde_json::to_vec(r).map(|v| v.len()).unwrap_or(0))
+                    .sum();
+                let held = output.images.len() + output.unsigned.len();
+                if held > 0
+                    && (held + results.len() > bounds.tasks
+                        || task_bytes.saturating_add(bytes) > bounds.task_bytes)
+                {
+                    next = offset + at;
+                    break;
+                }
+                task_bytes += bytes;
+                output.unsigned.extend(results);
+                continue;
+            }
+        };
         let missing: Vec<ImageTask> = tasks.into_iter().filter(|t| !t.present).collect();
         let bytes: usize = missing
             .iter()
             .map(|t| serde_json::to_vec(t).map(|v| v.len()).unwrap_or(0))
             .sum();
+        let held = output.images.len() + output.unsigned.len();
         if !missing.is_empty()
-            && !output.images.is_empty()
-            && (output.images.len() + missing.len() > bounds.tasks
+            && held > 0
+            && (held + missing.len() > bounds.tasks
                 || task_bytes.saturating_add(bytes) > bounds.task_bytes)
         {
             next = offset + at; // this image starts the next page
             break;
         }
         output.present += job.job.destinations.len() - missing.len();
+        for (index, spec) in job.job.destinations.iter().enumerate() {
+            if !missing.iter().any(|t| t.destination == index) {
+                *present_by_destination
+                    .entry(spec.registry.as_str())
+                    .or_default() += 1;
+            }
+        }
         task_bytes += bytes;
         output.images.extend(missing);
     }
     output.next_token = (next < selection.total).then(|| next.to_string());
+    for (destination, present) in present_by_destination {
+        metrics::emit(destination, &[(Metric::ImagesPresent, present as f64)]);
+    }
     Ok(output)
 }
 
@@ -323,19 +395,29 @@ async fn select_images(
     let mut catalog_images: Option<Vec<ListedImage>> = None;
     let mut selected = if job.job.images.is_empty() {
         let images = all_images(source, repository).await?;
-        let selected = job.tags.select(&images, now_seconds());
+        let selected = job.tags.select(&images, metrics::now_seconds());
         catalog_images = Some(images);
         selected
     } else {
         resolve_listed(source, &job.job.images, repository).await?
     };
+    if !job.job.referrers && job.signature_keys.is_none() {
+        return Ok(selected);
+    }
+    let images = match catalog_images {
+        Some(images) => images,
+        None => all_images(source, repository).await?,
+    };
+    // Only signed images are copied, and only they bring their referrers along.
+    let mut unsigned = Vec::new();
+    if let Some(keys) = &job.signature_keys {
+        let gated = signatures::gate(source, repository, &images, selected, keys).await?;
+        (unsigned, selected) = gated.into_iter().partition(|s| s.unsigned.is_some());
+    }
     if job.job.referrers {
-        let images = match catalog_images {
-            Some(images) => images,
-            None => all_images(source, repository).await?,
-        };
         referrers::add_referrers(source, repository, &images, &mut selected).await?;
     }
+    selected.append(&mut unsigned);
     Ok(selected)
 }
 
@@ -419,6 +501,7 @@ async fn resolve_listed(
                 tags: image.tag.iter().cloned().collect(),
                 pushed_at: None,
                 referrers: Vec::new(),
+                unsigned: None,
             }),
         }
     }
@@ -497,10 +580,9 @@ pub(crate) async fn is_present(
     Ok(true)
 }
 
-/// Seconds since the epoch (the age filter's clock).
-fn now_seconds() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// What checking one selected image gave: its tasks (present or not), or, for an image no
+/// signature verified, its results.
+enum Checked {
+    Tasks(Vec<ImageTask>),
+    Unsigned(Vec<ImageResult>),
 }

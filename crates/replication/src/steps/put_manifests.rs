@@ -11,6 +11,7 @@ use crate::connect::Connections;
 use crate::copy::{put_manifests_in_order, Known};
 use crate::error::{Error, Result};
 use crate::job::Job;
+use crate::metrics::{self, Metric};
 use crate::referrers;
 
 /// The `put-manifests` step: the result in its listed form (a few tags), as one of a page's
@@ -154,6 +155,12 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         referrers.push(top);
     }
     referrers::write_fallback_indexes(&dest.client, &to, &referrers).await?;
+    let mut measured = vec![(Metric::ImagesCopied, 1.0)];
+    if let Some(pushed) = input.image.pushed_at {
+        let lag = metrics::now_seconds().saturating_sub(pushed).max(0);
+        measured.push((Metric::ReplicationLag, lag as f64));
+    }
+    metrics::emit(&input.image.target_registry, &measured);
     // Bytes are the page's (its ranges', counted once by `summarise`): blobs are shared.
     Ok(ImageResult::for_task(
         &input.image,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::connect::Connections;
 use crate::error::{Error, Result};
+use crate::metrics::{self, Metric};
 
 /// The `summarise` step (it reads no registry).
 pub struct Summarise;
@@ -64,8 +65,18 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     for r in flatten::<RunReport>(&input.reports, "reports")? {
         report.merge(&r);
     }
+    let mut failed_by_destination: std::collections::BTreeMap<String, usize> = Default::default();
     for r in flatten::<ImageResult>(&input.results, "results")? {
+        if r.status == ImageStatus::Failed {
+            *failed_by_destination
+                .entry(r.target_registry.clone())
+                .or_default() += 1;
+        }
         report.add(&r);
+    }
+    // Each image's result reaches exactly one summarise call (its page's).
+    for (destination, failed) in &failed_by_destination {
+        metrics::emit(destination, &[(Metric::ImagesFailed, *failed as f64)]);
     }
     for r in flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")? {
         report.add_repository(&r);

@@ -560,6 +560,69 @@ async fn referrers_travel_through_ecrs_referrers_api_without_a_fallback_tag() {
     assert_eq!(dest_manifest(&world, "signed", &fallback).await, None);
 }
 
+/// A cosign signature found through ECR's referrers API (no `.sig` tag) admits its image under
+/// `requireSignature`; an image whose API-listed signature was made with another key does not
+/// pass, and neither travels with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signature_in_the_referrers_api_admits_its_image() {
+    let world = EcrWorld::start();
+    let (trusted, pem) = e2e::image::signing_key(11);
+    let (other, _) = e2e::image::signing_key(12);
+    let good = ImageBuilder::new(Format::Oci).layer(44, 5_000).build();
+    let bad = ImageBuilder::new(Format::Oci).layer(45, 5_000).build();
+    world.seed("signed", "good", &good).await;
+    world.seed("signed", "bad", &bad).await;
+    let pusher = Pusher::new(&world.plane(SOURCE).host, Some(creds(SOURCE)));
+    let good_signature = e2e::image::cosign_signature(&good.digest, &trusted, false, Some(&good));
+    let bad_signature = e2e::image::cosign_signature(&bad.digest, &other, false, Some(&bad));
+    pusher
+        .push("signed", &good_signature.digest, &good_signature)
+        .await;
+    pusher
+        .push("signed", &bad_signature.digest, &bad_signature)
+        .await;
+
+    let report = run(
+        &world,
+        job(
+            &["signed"],
+            json!({"requireSignature": {"publicKeys": [pem]}}),
+        ),
+    )
+    .await;
+
+    assert_eq!(
+        (report.copied, report.unsigned, report.failed),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    assert!(world.plane(SOURCE).count("referrers_served") >= 2);
+    assert_eq!(
+        dest_manifest(&world, "signed", "good").await.unwrap(),
+        good.manifest
+    );
+    assert_eq!(
+        dest_manifest(&world, "signed", &good_signature.digest)
+            .await
+            .unwrap(),
+        good_signature.manifest
+    );
+    assert_eq!(dest_manifest(&world, "signed", "bad").await, None);
+    assert_eq!(
+        dest_manifest(&world, "signed", &bad_signature.digest).await,
+        None
+    );
+    assert_eq!(report.unsigned_images[0].tags, ["bad"]);
+    assert!(
+        report.unsigned_images[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("no signature verifies"),
+        "{report:?}"
+    );
+}
+
 /// Throttling a third of all requests, `Retry-After: 1`, on both data planes for a whole run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sync_throttled_on_a_third_of_all_requests_fails_nothing() {

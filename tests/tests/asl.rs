@@ -107,7 +107,7 @@ fn the_definition_uses_jsonpath_only_and_every_placeholder_is_a_function() {
         "the state machine's functions are the registry's steps"
     );
     for (_, name) in &steps {
-        let binary = format!("crates/functions/src/bin/{}.rs", name.replace('-', "_"));
+        let binary = format!("crates/functions/src/bin/{name}.rs");
         assert!(
             workspace().join(&binary).is_file(),
             "step {name} has no function binary {binary}"

@@ -396,8 +396,9 @@ impl LocalStepFunctions {
         std::fs::read_to_string(self.dir.path().join("watch.log"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|line| line.find("{\"_aws\"").map(|at| &line[at..]))
-            .filter_map(|json| serde_json::from_str(json).ok())
+            .filter_map(|line| line.find('{').map(|at| &line[at..]))
+            .filter_map(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+            .filter(|document| document.get("_aws").is_some())
             .collect()
     }
 

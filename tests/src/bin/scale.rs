@@ -7,8 +7,9 @@
 //! registry saw (a no-op run must make none).
 //!
 //! `SCALE_REPOS` and `SCALE_TAGS` change the catalog; `SCALE_SKIP_SFN=1` runs the CLI only;
-//! `SCALE_RUNS` picks runs by name (comma-separated: `cli-plan`, `cli-sync`, `sfn-dry`,
-//! `sfn-noop`; all by default).
+//! `SCALE_RUNS` picks runs by name (comma-separated: `cli-plan`, `cli-sync`, `cli-verify`,
+//! `sfn-dry`, `sfn-noop`, `sfn-verify`; all by default). The verify runs compare the source with
+//! the full destination (`"mode": "verify"`): they must read no blob and find no difference.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::process::Command;
@@ -137,6 +138,32 @@ fn cli(args: &[&str]) -> Measured {
     }
 }
 
+/// What a run does: plan (dry run), replicate, or verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Dry,
+    Sync,
+    Verify,
+}
+
+/// The report's outcome column: planned/present/failed, or for a verification
+/// identical/differences.
+fn outcome(report: &Value) -> String {
+    match report.get("verify") {
+        Some(verify) => {
+            let differences: u64 = ["missing", "different", "extra", "settings"]
+                .iter()
+                .filter_map(|k| verify[*k].as_u64())
+                .sum();
+            format!("{}/{differences} (verify)", verify["identical"])
+        }
+        None => format!(
+            "{}/{}/{}",
+            report["planned"], report["present"], report["failed"]
+        ),
+    }
+}
+
 fn per_thousand(count: usize, images: usize) -> f64 {
     count as f64 * 1000.0 / images as f64
 }
@@ -166,12 +193,13 @@ fn main() {
     });
     eprintln!("seeded in {:.0} s", began.elapsed().as_secs_f64());
     let dir = tempfile::tempdir().unwrap();
-    let job = |dest: &str, dry_run: bool| {
+    let job = |dest: &str, run: Run| {
         json!({
             "source": {"registry": src.host, "insecure": true},
             "destinations": [{"registry": dest, "insecure": true}],
             "referrers": false,
-            "dryRun": dry_run,
+            "dryRun": run == Run::Dry,
+            "mode": if run == Run::Verify { "verify" } else { "replicate" },
             "maxConcurrency": 200
         })
     };
@@ -197,16 +225,22 @@ fn main() {
     };
 
     // The CLI: a dry run against the empty destination, a no-op sync against the full one.
-    for (run, name, dest, dry) in [
-        ("cli-plan", "CLI dry run (plan)", &empty, true),
-        ("cli-sync", "CLI no-op sync", &full, false),
+    for (run, name, dest, kind) in [
+        ("cli-plan", "CLI dry run (plan)", &empty, Run::Dry),
+        ("cli-sync", "CLI no-op sync", &full, Run::Sync),
+        ("cli-verify", "CLI verify", &full, Run::Verify),
     ] {
         if !wanted(run) {
             continue;
         }
         let before = (blob_requests(&src), blob_requests(dest));
-        let input = write("job.json", &job(&dest.host, dry));
-        let mut args = vec![if dry { "plan" } else { "sync" }, "--input", &input];
+        let input = write("job.json", &job(&dest.host, kind));
+        let command = match kind {
+            Run::Dry => "plan",
+            Run::Sync => "sync",
+            Run::Verify => "verify",
+        };
+        let mut args = vec![command, "--input", &input];
         args.extend(insecure);
         let m = cli(&args);
         let blobs = (
@@ -218,23 +252,22 @@ fn main() {
             m.seconds, m.max_rss_mib, m.report
         );
         rows.push(format!(
-            "| {name} | {:.0} s | - | - | - | - | {:.0} MiB | {} / {} | {}/{}/{} |",
+            "| {name} | {:.0} s | - | - | - | - | {:.0} MiB | {} / {} | {} |",
             m.seconds,
             m.max_rss_mib,
             blobs.0,
             blobs.1,
-            m.report["planned"],
-            m.report["present"],
-            m.report["failed"],
+            outcome(&m.report),
         ));
     }
 
     if std::env::var("SCALE_SKIP_SFN").is_err() {
         let sfn = rt.block_on(LocalStepFunctions::start(&[]));
         let arn = rt.block_on(sfn.create_state_machine("replicate"));
-        for (run, name, dest, dry) in [
-            ("sfn-dry", "state machine dry run", &empty, true),
-            ("sfn-noop", "state machine no-op run", &full, false),
+        for (run, name, dest, kind) in [
+            ("sfn-dry", "state machine dry run", &empty, Run::Dry),
+            ("sfn-noop", "state machine no-op run", &full, Run::Sync),
+            ("sfn-verify", "state machine verify", &full, Run::Verify),
         ] {
             if !wanted(run) {
                 continue;
@@ -244,7 +277,7 @@ fn main() {
             let by_function_before = sfn.invocations();
             let run = rt.block_on(sfn.execute_within(
                 &arn,
-                &job(&dest.host, dry),
+                &job(&dest.host, kind),
                 std::time::Duration::from_secs(3 * 3600),
             ));
             assert_eq!(run.status, "SUCCEEDED", "{name}: {}", run.cause);
@@ -275,7 +308,7 @@ fn main() {
                 run.largest_payload
             );
             rows.push(format!(
-                "| {name} | {:.0} s | {:.0} | {:.0} | {} events | {} KiB | - | {} / {} | {}/{}/{} |",
+                "| {name} | {:.0} s | {:.0} | {:.0} | {} events | {} KiB | - | {} / {} | {} |",
                 run.seconds,
                 per_thousand(calls, images),
                 per_thousand(children, images),
@@ -283,15 +316,13 @@ fn main() {
                 run.largest_payload / 1024,
                 blobs.0,
                 blobs.1,
-                report["planned"],
-                report["present"],
-                report["failed"],
+                outcome(&report),
             ));
         }
     }
 
     println!("\nScale: {repositories} repositories x {tags} tags = {images} images, one destination, maxConcurrency 200, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("| run | wall | invocations / 1,000 images | child executions / 1,000 images | parent history | largest state | peak RSS (CLI) | blob requests (source / destination) | planned/present/failed |");
+    println!("| run | wall | invocations / 1,000 images | child executions / 1,000 images | parent history | largest state | peak RSS (CLI) | blob requests (source / destination) | planned/present/failed (verify: identical/differences) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!("{row}");

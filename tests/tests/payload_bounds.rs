@@ -97,6 +97,23 @@ fn ensure_output() -> EnsureRepositoryOutput {
     .bounded()
 }
 
+/// A difference with the longest target and detail a verification writes.
+fn longest_difference(kind: DifferenceKind) -> Difference {
+    Difference {
+        kind,
+        repository: text(REPOSITORY),
+        target: format!("{}/{}:{}", text(HOST), text(REPOSITORY), text(TAG)),
+        detail: text(MAX_ERROR_CHARS + 100),
+    }
+}
+
+/// An unsigned image's result with the longest reason, as `enumerate-images` lists it.
+fn unsigned_result(task: &ImageTask) -> ImageResult {
+    let mut result = failed_result(task);
+    result.status = ImageStatus::Unsigned;
+    result.listed()
+}
+
 /// A report whose lists are full, built the way `summarise` builds it.
 fn full_report(listed: usize) -> RunReport {
     let mut report = RunReport::default();
@@ -104,6 +121,20 @@ fn full_report(listed: usize) -> RunReport {
     for _ in 0..100 {
         report.add(&failed_result(&t));
         report.add_repository(&ensure_output());
+    }
+    let mut verify = VerifyReport::default();
+    for kind in [
+        DifferenceKind::Missing,
+        DifferenceKind::Different,
+        DifferenceKind::Extra,
+    ] {
+        for _ in 0..100 {
+            verify.add(longest_difference(kind));
+        }
+    }
+    report.verify = Some(verify);
+    for _ in 0..100 {
+        report.add(&unsigned_result(&t));
     }
     report.repositories_failed = 100;
     report.repository_failures = vec![
@@ -188,7 +219,14 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     };
     assert_shapes(
         "TakePage",
-        &["page.$", "results", "copied", "dryRun", "present.$"],
+        &[
+            "page.$",
+            "results",
+            "copied",
+            "dryRun",
+            "present.$",
+            "unsigned.$",
+        ],
     );
     assert_eq!(repo["PlanPage"]["ResultPath"], "$.page");
     assert_eq!(repo["CopyPageRanges"]["ResultPath"], "$.copied");
@@ -212,6 +250,7 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "report": full_report(CHILD_LISTED),
         "repositories": vec![ensure_output(); MAX_DESTINATIONS],
         "page": text(PAGE_PLAN_BYTES),
+        "unsigned": vec![unsigned_result(&task(50)); UNSIGNED_PER_PAGE],
         "results": results,
         "copied": copied.clone(),
         "dryRun": {"plan": null},

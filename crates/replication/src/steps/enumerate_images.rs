@@ -23,6 +23,9 @@ pub const PAGE_TASK_BYTES: usize = 32 * 1024;
 /// Selected images `enumerate-images` checks for presence in one call at most; a repository
 /// with more continues on the next page (bounded work per invocation).
 pub const IMAGES_CHECKED_PER_CALL: usize = 2000;
+/// Unsigned images' results per `enumerate-images` page at most (one destination's result each
+/// counts): they stay in the repository child's state beside the page plan.
+pub const UNSIGNED_PER_PAGE: usize = 5;
 /// Presence checks at once.
 pub(crate) const PARALLEL_CHECKS: usize = 16;
 
@@ -180,6 +183,8 @@ pub struct PageBounds {
     pub task_bytes: usize,
     /// Selected images checked for presence at most.
     pub checked: usize,
+    /// Unsigned results at most (they stay in the repository's state beside the page plan).
+    pub unsigned: usize,
     /// JSON bytes of a page plan at most.
     pub plan_bytes: usize,
 }
@@ -190,6 +195,7 @@ impl PageBounds {
         tasks: TASKS_PER_PAGE,
         task_bytes: PAGE_TASK_BYTES,
         checked: IMAGES_CHECKED_PER_CALL,
+        unsigned: UNSIGNED_PER_PAGE,
         plan_bytes: PAGE_PLAN_BYTES,
     };
     /// In one process (`sync`): larger pages, so more of a repository copies at once and a
@@ -198,6 +204,7 @@ impl PageBounds {
         tasks: 1000,
         task_bytes: usize::MAX,
         checked: usize::MAX,
+        unsigned: usize::MAX,
         plan_bytes: usize::MAX,
     };
 }
@@ -342,6 +349,7 @@ pub async fn page_of_work(
                 let held = output.images.len() + output.unsigned.len();
                 if held > 0
                     && (held + results.len() > bounds.tasks
+                        || output.unsigned.len() + results.len() > bounds.unsigned
                         || task_bytes.saturating_add(bytes) > bounds.task_bytes)
                 {
                     next = offset + at;

@@ -36,7 +36,7 @@ pub use ensure_repository::{
 pub use enumerate_images::{
     enumerate_images, page_of_work, selected_images, EnumerateImages, EnumerateImagesInput,
     EnumerateImagesOutput, ImageTask, PageBounds, IMAGES_CHECKED_PER_CALL, PAGE_TASK_BYTES,
-    TASKS_PER_PAGE,
+    TASKS_PER_PAGE, UNSIGNED_PER_PAGE,
 };
 pub use enumerate_repositories::{
     enumerate_repositories, enumerate_repositories_within, Concurrency, EnumerateRepositories,

@@ -9,7 +9,7 @@
 
 use ecr::SettingChange;
 use functions::MAX_ERROR_MESSAGE_CHARS;
-use replication::job::{MAX_DESTINATIONS, MAX_JOB_BYTES};
+use replication::job::{Mode, MAX_DESTINATIONS, MAX_JOB_BYTES};
 use replication::steps::*;
 use replication::steps::{
     MAX_PLAN_BYTES, PAGE_PLAN_BYTES, PAGE_TASK_BYTES, REPOSITORIES_PER_PAGE, TASKS_PER_PAGE,
@@ -114,27 +114,33 @@ fn unsigned_result(task: &ImageTask) -> ImageResult {
     result.listed()
 }
 
-/// A report whose lists are full, built the way `summarise` builds it.
-fn full_report(listed: usize) -> RunReport {
+/// A report whose lists are full, built the way `summarise` builds it: a replication's (image
+/// failures, prune lists, unsigned images) or a verification's (differences); both with failed
+/// repositories. A run is one or the other (`mode`).
+fn full_report(listed: usize, mode: Mode) -> RunReport {
     let mut report = RunReport::default();
     let t = task(50);
-    for _ in 0..100 {
-        report.add(&failed_result(&t));
-        report.add_repository(&ensure_output());
-    }
-    let mut verify = VerifyReport::default();
-    for kind in [
-        DifferenceKind::Missing,
-        DifferenceKind::Different,
-        DifferenceKind::Extra,
-    ] {
-        for _ in 0..100 {
-            verify.add(longest_difference(kind));
+    match mode {
+        Mode::Replicate => {
+            for _ in 0..100 {
+                report.add(&failed_result(&t));
+                report.add_repository(&ensure_output());
+                report.add(&unsigned_result(&t));
+            }
         }
-    }
-    report.verify = Some(verify);
-    for _ in 0..100 {
-        report.add(&unsigned_result(&t));
+        Mode::Verify => {
+            let mut verify = VerifyReport::default();
+            for kind in [
+                DifferenceKind::Missing,
+                DifferenceKind::Different,
+                DifferenceKind::Extra,
+            ] {
+                for _ in 0..100 {
+                    verify.add(longest_difference(kind));
+                }
+            }
+            report.verify = Some(verify);
+        }
     }
     report.repositories_failed = 100;
     report.repository_failures = vec![
@@ -152,8 +158,8 @@ fn full_report(listed: usize) -> RunReport {
 
 /// A repository child's output: its report (lists of `CHILD_LISTED`), or the same with its own
 /// failure added by the `RepositoryFailed` Pass (not truncated there).
-fn child_output() -> Value {
-    let mut report = serde_json::to_value(full_report(CHILD_LISTED)).unwrap();
+fn child_output(mode: Mode) -> Value {
+    let mut report = serde_json::to_value(full_report(CHILD_LISTED, mode)).unwrap();
     report["repositoriesFailed"] = json!(1);
     report["repositoryFailures"] =
         json!([{"repository": text(REPOSITORY), "error": caught_error()}]);
@@ -197,15 +203,20 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
 
     // Parent, at the end of ForEachRepository: the page, the running report, one report per
     // repository of the page.
-    let parent = json!({
-        "job": job(),
-        "concurrency": {"repositories": 1000, "images": 5},
-        "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE],
-        "nextToken": text(NEXT_TOKEN),
-        "report": full_report(MAX_FAILURES_LISTED),
-        "repositoryReports": vec![child_output(); REPOSITORIES_PER_PAGE],
-    });
-    size("parent state after ForEachRepository", &parent);
+    for mode in [Mode::Replicate, Mode::Verify] {
+        let parent = json!({
+            "job": job(),
+            "concurrency": {"repositories": 1000, "images": 5},
+            "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE],
+            "nextToken": text(NEXT_TOKEN),
+            "report": full_report(MAX_FAILURES_LISTED, mode),
+            "repositoryReports": vec![child_output(mode); REPOSITORIES_PER_PAGE],
+        });
+        size(
+            &format!("parent state after ForEachRepository ({mode:?})"),
+            &parent,
+        );
+    }
 
     // A repository's child execution, at the end of ForEachImage: its page plan at its bound,
     // every image failed with the longest error (results in their listed form, as
@@ -247,7 +258,7 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "repository": text(REPOSITORY),
         "nextToken": text(20),
         "present": 1000,
-        "report": full_report(CHILD_LISTED),
+        "report": full_report(CHILD_LISTED, Mode::Replicate),
         "repositories": vec![ensure_output(); MAX_DESTINATIONS],
         "page": text(PAGE_PLAN_BYTES),
         "unsigned": vec![unsigned_result(&task(50)); UNSIGNED_PER_PAGE],
@@ -257,13 +268,13 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
     size("repository child after ForEachImage", &child);
-    size("repository child output", &child_output());
+    size("repository child output", &child_output(Mode::Replicate));
     // The page itself, from enumerate-images, before it is planned.
     size(
         "repository child after EnumerateImages",
         &json!({"job": job(), "repositories": vec![ensure_output(); MAX_DESTINATIONS],
             "images": {"images": page, "present": 1, "selected": 1, "nextToken": text(20)},
-            "report": full_report(CHILD_LISTED)}),
+            "report": full_report(CHILD_LISTED, Mode::Replicate)}),
     );
 
     // An image's child execution (put manifests): its task, alone on a page at most, its

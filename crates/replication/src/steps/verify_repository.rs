@@ -55,7 +55,12 @@ pub async fn verify_repository(
     let job = input.job.validate()?;
     let repository = input.repository.as_str();
     let source = conns.source(&job.job).await?;
-    let selected = selected_images(conns, &job, repository).await?;
+    // What a replication would copy: an image no signature verifies for is not expected there.
+    let selected: Vec<SelectedImage> = selected_images(conns, &job, repository)
+        .await?
+        .into_iter()
+        .filter(|s| s.unsigned.is_none())
+        .collect();
     // Tags only a destination has are extra; with an explicit image list there is no "all".
     let source_tags: Option<HashSet<String>> = if job.job.images.is_empty() {
         Some(

@@ -56,6 +56,25 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The manifest `digest` of `repository` in this registry, with the reference it was read
+    /// by (for messages).
+    pub async fn manifest_by_digest(
+        &self,
+        repository: &str,
+        digest: &oci::Digest,
+    ) -> oci::Result<(oci::Reference, oci::Manifest)> {
+        let reference = oci::Reference {
+            repository: oci::Repository {
+                registry: self.registry.clone(),
+                name: repository.to_string(),
+            },
+            tag: None,
+            digest: Some(digest.clone()),
+        };
+        let manifest = self.client.get_manifest(&reference).await?;
+        Ok((reference, manifest))
+    }
+
     /// Makes sure the client holds an unexpired ECR token (a no-op for other registries).
     pub async fn refresh_credentials(&self) -> Result<()> {
         let Some(token) = &self.token else {

@@ -225,14 +225,8 @@ async fn index_children(
     digest: &str,
 ) -> Result<Vec<String>> {
     let parsed = Digest::parse(digest).map_err(|e| listing(repo, digest, e))?;
-    let reference = Reference {
-        repository: repo.clone(),
-        tag: None,
-        digest: Some(parsed),
-    };
-    let manifest = source
-        .client
-        .get_manifest(&reference)
+    let (reference, manifest) = source
+        .manifest_by_digest(&repo.name, &parsed)
         .await
         .map_err(|e| listing(repo, digest, e))?;
     match manifest

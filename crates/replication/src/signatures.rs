@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use futures::StreamExt;
-use oci::{Digest, ManifestContent, Reference, Repository};
+use oci::{Digest, ManifestContent, Repository};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{DerSignature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey;
@@ -102,14 +102,8 @@ pub(crate) async fn unsigned_reason(
     let mut examined = 0;
     for candidate in candidates {
         let signature_manifest = Digest::parse(&candidate).map_err(listing("a signature"))?;
-        let reference = Reference {
-            repository: repo.clone(),
-            tag: None,
-            digest: Some(signature_manifest),
-        };
-        let manifest = source
-            .client
-            .get_manifest(&reference)
+        let (reference, manifest) = source
+            .manifest_by_digest(&repo.name, &signature_manifest)
             .await
             .map_err(listing("a signature"))?;
         let ManifestContent::Image { layers, .. } = manifest

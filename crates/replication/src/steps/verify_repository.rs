@@ -245,17 +245,8 @@ async fn compare_image(
         return Ok(found);
     }
     // The children of an index (read from the source: a manifest, never a blob).
-    let from = Reference {
-        repository: Repository {
-            registry: source.registry.clone(),
-            name: repository.to_string(),
-        },
-        tag: None,
-        digest: Some(digest.clone()),
-    };
-    let top = source
-        .client
-        .get_manifest(&from)
+    let (from, top) = source
+        .manifest_by_digest(repository, &digest)
         .await
         .map_err(listing("the source manifest"))?;
     let url = from.to_string();

@@ -216,10 +216,20 @@ pub async fn selected_images(
     job: &ValidJob,
     repository: &str,
 ) -> Result<Vec<SelectedImage>> {
+    Ok(selected_and_listed(conns, job, repository).await?.0)
+}
+
+/// `selected_images`, and the repository's listing when the selection read it (with filters,
+/// always): a verification finds the tags only a destination has from it.
+pub(crate) async fn selected_and_listed(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let source = conns.source(&job.job).await?;
-    let mut selected = select_images(&source, job, repository).await?;
+    let (mut selected, listed) = select_images(&source, job, repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
-    Ok(selected)
+    Ok((selected, listed))
 }
 
 /// One page of the work left in `selection` from `offset` (an index into the whole
@@ -395,11 +405,12 @@ pub async fn page_of_work(
 /// The images of one repository a job selects: the listed ones, or the filters' choice from
 /// the whole catalog; then (with `referrers`) every signature, SBOM and attestation that refers
 /// to them.
+/// Also returns the repository's listing when it was read (the filters need it).
 async fn select_images(
     source: &Connection,
     job: &ValidJob,
     repository: &str,
-) -> Result<Vec<SelectedImage>> {
+) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let mut catalog_images: Option<Vec<ListedImage>> = None;
     let mut selected = if job.job.images.is_empty() {
         let images = all_images(source, repository).await?;
@@ -410,7 +421,7 @@ async fn select_images(
         resolve_listed(source, &job.job.images, repository).await?
     };
     if !job.job.referrers && job.signature_keys.is_none() {
-        return Ok(selected);
+        return Ok((selected, catalog_images));
     }
     let images = match catalog_images {
         Some(images) => images,
@@ -426,7 +437,7 @@ async fn select_images(
         referrers::add_referrers(source, repository, &images, &mut selected).await?;
     }
     selected.append(&mut unsigned);
-    Ok(selected)
+    Ok((selected, Some(images)))
 }
 
 /// Every image of a source repository (all catalog pages).

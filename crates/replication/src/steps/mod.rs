@@ -52,7 +52,9 @@ pub use summarise::{summarise, Summarise, SummariseInput};
 pub use verify_repository::{verify_repository, VerifyRepository, VerifyRepositoryInput};
 
 use ensure_repository::apply_settings;
-use enumerate_images::{all_images, destination_tags, is_present, PARALLEL_CHECKS};
+use enumerate_images::{
+    all_images, destination_tags, is_present, selected_and_listed, PARALLEL_CHECKS,
+};
 use plan_image::read_source_image;
 use selection::{keep_selection, stored_selection_chunk, PageToken};
 

@@ -56,22 +56,15 @@ pub async fn verify_repository(
     let repository = input.repository.as_str();
     let source = conns.source(&job.job).await?;
     // What a replication would copy: an image no signature verifies for is not expected there.
-    let selected: Vec<SelectedImage> = selected_images(conns, &job, repository)
-        .await?
+    let (selected, listed) = selected_and_listed(conns, &job, repository).await?;
+    let selected: Vec<SelectedImage> = selected
         .into_iter()
         .filter(|s| s.unsigned.is_none())
         .collect();
     // Tags only a destination has are extra; with an explicit image list there is no "all".
-    let source_tags: Option<HashSet<String>> = if job.job.images.is_empty() {
-        Some(
-            all_images(&source, repository)
-                .await?
-                .into_iter()
-                .flat_map(|i| i.tags)
-                .collect(),
-        )
-    } else {
-        None
+    let source_tags: Option<HashSet<String>> = match (job.job.images.is_empty(), listed) {
+        (true, Some(listed)) => Some(listed.into_iter().flat_map(|i| i.tags).collect()),
+        _ => None,
     };
     let mut report = VerifyReport::default();
     for (index, spec) in job.job.destinations.iter().enumerate() {

@@ -31,6 +31,25 @@ pub fn artifact_tags(digest: &str) -> Vec<String> {
         .collect()
 }
 
+/// A repository's listing as tag -> digest.
+pub(crate) fn digests_by_tag(images: &[ListedImage]) -> HashMap<&str, &str> {
+    images
+        .iter()
+        .flat_map(|i| i.tags.iter().map(|t| (t.as_str(), i.digest.as_str())))
+        .collect()
+}
+
+/// The subject digest an artifact tag names (`sha256-<hex>`, with an optional cosign suffix),
+/// if it is one.
+pub(crate) fn artifact_subject(tag: &str) -> Option<String> {
+    let rest = tag.strip_prefix("sha256-")?;
+    let hex = COSIGN_SUFFIXES
+        .iter()
+        .find_map(|suffix| rest.strip_suffix(suffix))
+        .unwrap_or(rest);
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
+}
+
 /// Adds to `selected` every image of the repository that refers to a selected one, level by
 /// level. Tagged artifacts found in `images` (the repository's catalog) become images of their
 /// own and keep their tags (an image already selected gains the artifact tags). Referrers the
@@ -42,10 +61,7 @@ pub(crate) async fn add_referrers(
     images: &[ListedImage],
     selected: &mut Vec<SelectedImage>,
 ) -> Result<()> {
-    let by_tag: HashMap<&str, &str> = images
-        .iter()
-        .flat_map(|i| i.tags.iter().map(|t| (t.as_str(), i.digest.as_str())))
-        .collect();
+    let by_tag = digests_by_tag(images);
     let repo = Repository {
         registry: source.registry.clone(),
         name: repository.to_string(),

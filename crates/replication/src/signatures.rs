@@ -18,7 +18,7 @@ use p256::pkcs8::DecodePublicKey;
 use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, SelectedImage};
-use crate::referrers::fallback_tag;
+use crate::referrers::{artifact_subject, digests_by_tag, fallback_tag};
 
 /// The media type of a cosign signature layer (the payload it signs).
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -209,10 +209,7 @@ pub(crate) async fn gate(
     selected: Vec<SelectedImage>,
     keys: &SignatureKeys,
 ) -> Result<Vec<SelectedImage>> {
-    let by_tag: HashMap<&str, &str> = images
-        .iter()
-        .flat_map(|i| i.tags.iter().map(|t| (t.as_str(), i.digest.as_str())))
-        .collect();
+    let by_tag = digests_by_tag(images);
     let repo = Repository {
         registry: source.registry.clone(),
         name: repository.to_string(),
@@ -237,16 +234,4 @@ pub(crate) async fn gate(
             .any(|subject| signed.contains(&subject))
     }));
     Ok(subjects)
-}
-
-/// The subject digest an artifact tag names (`sha256-<hex>` with an optional `.sig`, `.att`
-/// or `.sbom`), if it is one.
-fn artifact_subject(tag: &str) -> Option<String> {
-    let rest = tag.strip_prefix("sha256-")?;
-    let hex = rest
-        .strip_suffix(".sig")
-        .or_else(|| rest.strip_suffix(".att"))
-        .or_else(|| rest.strip_suffix(".sbom"))
-        .unwrap_or(rest);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
 }

@@ -190,6 +190,12 @@ pub struct PageBounds {
 }
 
 impl PageBounds {
+    /// Whether a page of `held` entries (tasks and unsigned results) and `bytes` of their JSON
+    /// is past the bounds.
+    fn exceeded(&self, held: usize, bytes: usize) -> bool {
+        held > self.tasks || bytes > self.task_bytes
+    }
+
     /// A workflow step's: its output travels in the state machine (256 KiB per state).
     pub const STEP: PageBounds = PageBounds {
         tasks: TASKS_PER_PAGE,
@@ -352,15 +358,11 @@ pub async fn page_of_work(
             Checked::Tasks(tasks) => tasks,
             Checked::Unsigned(results) => {
                 // Counted against the page's bounds like tasks: they travel in the same state.
-                let bytes: usize = results
-                    .iter()
-                    .map(|r| serde_json::to_vec(r).map(|v| v.len()).unwrap_or(0))
-                    .sum();
+                let bytes = json_bytes(&results);
                 let held = output.images.len() + output.unsigned.len();
                 if held > 0
-                    && (held + results.len() > bounds.tasks
-                        || output.unsigned.len() + results.len() > bounds.unsigned
-                        || task_bytes.saturating_add(bytes) > bounds.task_bytes)
+                    && (bounds.exceeded(held + results.len(), task_bytes.saturating_add(bytes))
+                        || output.unsigned.len() + results.len() > bounds.unsigned)
                 {
                     next = offset + at;
                     break;
@@ -371,15 +373,11 @@ pub async fn page_of_work(
             }
         };
         let missing: Vec<ImageTask> = tasks.into_iter().filter(|t| !t.present).collect();
-        let bytes: usize = missing
-            .iter()
-            .map(|t| serde_json::to_vec(t).map(|v| v.len()).unwrap_or(0))
-            .sum();
+        let bytes = json_bytes(&missing);
         let held = output.images.len() + output.unsigned.len();
         if !missing.is_empty()
             && held > 0
-            && (held + missing.len() > bounds.tasks
-                || task_bytes.saturating_add(bytes) > bounds.task_bytes)
+            && bounds.exceeded(held + missing.len(), task_bytes.saturating_add(bytes))
         {
             next = offset + at; // this image starts the next page
             break;
@@ -604,4 +602,12 @@ pub(crate) async fn is_present(
 enum Checked {
     Tasks(Vec<ImageTask>),
     Unsigned(Vec<ImageResult>),
+}
+
+/// JSON bytes of some values, as they travel in the state.
+fn json_bytes<T: Serialize>(values: &[T]) -> usize {
+    values
+        .iter()
+        .map(|v| serde_json::to_vec(v).map(|json| json.len()).unwrap_or(0))
+        .sum()
 }

@@ -72,6 +72,7 @@ pub async fn verify_repository(
         let at = Place {
             repository,
             target: format!("{}/{target}", spec.registry),
+            name: target.clone(),
         };
         verify_settings(conns, &job, (index, spec), &at, &mut report).await?;
         let dest = conns.destination(&job.job, index).await?;
@@ -113,7 +114,11 @@ pub async fn verify_repository(
 
 /// A source repository and its name in a destination, for naming differences.
 struct Place<'a> {
+    /// Source repository.
     repository: &'a str,
+    /// Its name in the destination.
+    name: String,
+    /// `registry/name`, as differences name it.
     target: String,
 }
 
@@ -145,8 +150,7 @@ async fn verify_settings(
         repository_settings: SettingsMode::Copy,
         ..job.job.clone()
     };
-    let target = spec.checked_target_repository(at.repository)?;
-    let ensured = apply_settings(conns, &dry_copy, (index, spec), at.repository, &target).await?;
+    let ensured = apply_settings(conns, &dry_copy, (index, spec), at.repository, &at.name).await?;
     if ensured.skipped.is_some() {
         return Ok(());
     }

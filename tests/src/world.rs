@@ -151,6 +151,7 @@ impl EcrWorld {
             credentials: oci::CredentialStore::new(),
             catalog_page_size: None,
             work_bucket: None,
+            allowlist: None,
         }
     }
 

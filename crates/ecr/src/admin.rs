@@ -118,6 +118,124 @@ pub struct EnsureReport {
     pub drift: Vec<String>,
 }
 
+/// How an existing repository's settings are brought to the desired ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconcile {
+    /// Left as they are (created repositories get the desired settings).
+    Never,
+    /// Changed toward the desired settings, but never made weaker: immutable tags stay
+    /// immutable, scan on push stays on, a lifecycle policy or resource tag is never removed.
+    NoWeaker,
+    /// Made exactly the desired settings, weaker ones included.
+    Exactly,
+}
+
+/// What `ensure_repository` may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnsureOptions {
+    /// How an existing repository is reconciled.
+    pub reconcile: Reconcile,
+    /// Compare and set the repository policy (otherwise it is never read into a change).
+    pub repository_policy: bool,
+    /// Report only.
+    pub dry_run: bool,
+}
+
+/// Turns the desired settings' weakenings of `current` back (immutable to mutable, scan on
+/// push off, a lifecycle or repository policy removed, resource tags removed) and says what
+/// was kept.
+fn keep_protection(current: &RepositorySettings, desired: &mut RepositorySettings) -> Vec<String> {
+    let mut kept = Vec::new();
+    let note = |setting: &str, is: String, source: String| {
+        format!("{setting} stays {is} in the target: the source's {source} would weaken it (repositorySettings \"mirror\" allows that)")
+    };
+    if current.tags_immutable() && !desired.tags_immutable() {
+        kept.push(note(
+            "tagMutability",
+            current.tag_mutability.as_str().into(),
+            desired.tag_mutability.as_str().into(),
+        ));
+        desired.tag_mutability = current.tag_mutability.clone();
+    }
+    if current.scan_on_push && !desired.scan_on_push {
+        kept.push(note("scanOnPush", "true".into(), "false".into()));
+        desired.scan_on_push = true;
+    }
+    if current.lifecycle_policy.is_some() && desired.lifecycle_policy.is_none() {
+        kept.push(note("lifecyclePolicy", "set".into(), "none".into()));
+        desired.lifecycle_policy = current.lifecycle_policy.clone();
+    }
+    if current.repository_policy.is_some() && desired.repository_policy.is_none() {
+        kept.push(note("repositoryPolicy", "set".into(), "none".into()));
+        desired.repository_policy = current.repository_policy.clone();
+    }
+    let removed: Vec<&String> = current
+        .tags
+        .keys()
+        .filter(|k| !desired.tags.contains_key(*k))
+        .collect();
+    if !removed.is_empty() {
+        kept.push(note(
+            "tags",
+            format!("{removed:?}"),
+            "tags without them".into(),
+        ));
+        for key in removed {
+            desired.tags.insert(key.clone(), current.tags[key].clone());
+        }
+    }
+    kept
+}
+
+/// The settings that differ between `current` and `desired` (encryption aside: it cannot
+/// change).
+fn differences(current: &RepositorySettings, desired: &RepositorySettings) -> Vec<SettingChange> {
+    let mut changes = Vec::new();
+    let mut change = |setting: &str, from: String, to: String| {
+        changes.push(SettingChange {
+            setting: setting.into(),
+            from,
+            to,
+        })
+    };
+    if current.tag_mutability != desired.tag_mutability {
+        change(
+            "tagMutability",
+            current.tag_mutability.as_str().to_string(),
+            desired.tag_mutability.as_str().to_string(),
+        );
+    }
+    if current.scan_on_push != desired.scan_on_push {
+        change(
+            "scanOnPush",
+            current.scan_on_push.to_string(),
+            desired.scan_on_push.to_string(),
+        );
+    }
+    if !json_equal(&current.lifecycle_policy, &desired.lifecycle_policy) {
+        change(
+            "lifecyclePolicy",
+            short(&current.lifecycle_policy),
+            short(&desired.lifecycle_policy),
+        );
+    }
+    if !json_equal(&current.repository_policy, &desired.repository_policy) {
+        change(
+            "repositoryPolicy",
+            short(&current.repository_policy),
+            short(&desired.repository_policy),
+        );
+    }
+    if current.tags != desired.tags {
+        change(
+            "tags",
+            format!("{:?}", current.tags),
+            format!("{:?}", desired.tags),
+        );
+    }
+    changes
+}
+
 /// ECR control plane for one registry (account and region).
 #[derive(Clone)]
 pub struct EcrAdmin {
@@ -372,25 +490,31 @@ impl EcrAdmin {
         }))
     }
 
-    /// Makes a repository exist with `desired` settings. When it exists and `update` is false,
-    /// nothing is changed (differences are still reported as drift). With `dry_run`, the report
-    /// says what would change and nothing is written.
+    /// Makes a repository exist with `desired` settings (created with them when missing), then
+    /// reconciles an existing one as `how` says: not at all, toward the desired settings but
+    /// never weaker than it is, or exactly. Differences left alone are reported as drift. The
+    /// repository policy is compared and set only when `how.repository_policy`; ECR refusing
+    /// the policy (a principal it does not know) is drift, not a failure. With `dry_run`, the
+    /// report says what would change and nothing is written.
     pub async fn ensure_repository(
         &self,
         repository: &str,
         desired: &RepositorySettings,
-        update: bool,
-        dry_run: bool,
+        how: EnsureOptions,
     ) -> Result<EnsureReport> {
         let mut report = EnsureReport::default();
+        let mut desired = desired.clone();
         let current = match self.read_settings(repository).await? {
             Some(current) => current,
             None => {
                 report.created = true;
-                if dry_run {
+                if !how.repository_policy {
+                    desired.repository_policy = None;
+                }
+                if how.dry_run {
                     return Ok(report);
                 }
-                self.create(repository, desired).await?;
+                self.create(repository, &desired).await?;
                 // Policies are not part of CreateRepository: set them below.
                 RepositorySettings {
                     lifecycle_policy: None,
@@ -399,7 +523,9 @@ impl EcrAdmin {
                 }
             }
         };
-        let mut changes = Vec::new();
+        if !how.repository_policy {
+            desired.repository_policy = current.repository_policy.clone();
+        }
         if current.encryption_type != desired.encryption_type || current.kms_key != desired.kms_key
         {
             report.drift.push(format!(
@@ -410,58 +536,45 @@ impl EcrAdmin {
                 desired.kms_key.clone().unwrap_or_default()
             ));
         }
-        let may_change = report.created || update;
-        if current.tag_mutability != desired.tag_mutability {
-            changes.push(SettingChange {
-                setting: "tagMutability".into(),
-                from: current.tag_mutability.as_str().to_string(),
-                to: desired.tag_mutability.as_str().to_string(),
-            });
+        let reconcile = if report.created {
+            Reconcile::Exactly
+        } else {
+            how.reconcile
+        };
+        if reconcile == Reconcile::NoWeaker {
+            report.drift.extend(keep_protection(&current, &mut desired));
         }
-        if current.scan_on_push != desired.scan_on_push {
-            changes.push(SettingChange {
-                setting: "scanOnPush".into(),
-                from: current.scan_on_push.to_string(),
-                to: desired.scan_on_push.to_string(),
-            });
-        }
-        if !json_equal(&current.lifecycle_policy, &desired.lifecycle_policy) {
-            changes.push(SettingChange {
-                setting: "lifecyclePolicy".into(),
-                from: short(&current.lifecycle_policy),
-                to: short(&desired.lifecycle_policy),
-            });
-        }
-        if !json_equal(&current.repository_policy, &desired.repository_policy) {
-            changes.push(SettingChange {
-                setting: "repositoryPolicy".into(),
-                from: short(&current.repository_policy),
-                to: short(&desired.repository_policy),
-            });
-        }
-        if current.tags != desired.tags {
-            changes.push(SettingChange {
-                setting: "tags".into(),
-                from: format!("{:?}", current.tags),
-                to: format!("{:?}", desired.tags),
-            });
-        }
-        if !may_change {
+        let changes = differences(&current, &desired);
+        if reconcile == Reconcile::Never {
             report.drift.extend(changes.iter().map(|c| {
                 format!(
-                    "{} is {} in the target, {} in the source (repositorySettings is not \"copy\")",
+                    "{} is {} in the target, {} in the source (repositorySettings is \"create\": existing repositories are left as they are)",
                     c.setting, c.from, c.to
                 )
             }));
             return Ok(report);
         }
-        if !dry_run {
-            for change in &changes {
-                self.apply(repository, change, &current, desired).await?;
+        let mut applied = Vec::new();
+        for change in changes {
+            if !how.dry_run {
+                match self.apply(repository, &change, &current, &desired).await {
+                    Err(Error::Api { code, message, .. })
+                        if change.setting == "repositoryPolicy"
+                            && code.as_deref() == Some("InvalidParameterException") =>
+                    {
+                        report.drift.push(format!(
+                            "repositoryPolicy: ECR refused the source's policy ({message}); the target keeps {}",
+                            change.from
+                        ));
+                        continue;
+                    }
+                    other => other?,
+                }
             }
+            applied.push(change);
         }
         // Settings given at creation are not changes; only report what differed afterwards.
-        report.changes = changes;
+        report.changes = applied;
         Ok(report)
     }
 

@@ -9,7 +9,10 @@ pub mod registry;
 pub mod store;
 pub mod token;
 
-pub use admin::{EcrAdmin, EnsureReport, ListedImage, Page, RepositorySettings, SettingChange};
+pub use admin::{
+    EcrAdmin, EnsureOptions, EnsureReport, ListedImage, Page, Reconcile, RepositorySettings,
+    SettingChange,
+};
 pub use aws::{ecr_client, sdk_config, sfn_client, AssumeRole, AwsSettings};
 pub use aws_sdk_ecr::types::{EncryptionType, ImageTagMutability};
 pub use error::{Error, Result};

@@ -194,6 +194,28 @@ pub enum Error {
         /// The registry's message.
         message: String,
     },
+    /// A registry's answer is larger than the client reads for its kind (a listing, a token,
+    /// a manifest): refused rather than held in memory.
+    #[error("{what} from {url} is larger than {limit}; the registry is misbehaving (or hostile): nothing more was read")]
+    ResponseTooLarge {
+        /// What was being read.
+        what: String,
+        /// Where from (without query).
+        url: String,
+        /// The bound it passed.
+        limit: String,
+    },
+    /// A registry tried to send the client, or its credentials, somewhere they do not belong:
+    /// another origin than the registry's for a page, an upload or a token over plain HTTP.
+    #[error("{registry} sent the client to {url}: {reason}; refused (credentials stay with their registry)")]
+    OriginRefused {
+        /// The registry whose answer it was.
+        registry: String,
+        /// Where it pointed (without query).
+        url: String,
+        /// Why that is refused.
+        reason: String,
+    },
     /// The registry broke the upload protocol (missing Location, wrong digest echoed...).
     #[error("upload to {url}: {reason}")]
     Upload {
@@ -214,6 +236,17 @@ fn hint(status: u16) -> &'static str {
 }
 
 impl Error {
+    /// A transport error. The source loses its URL: reqwest's message would show it with its
+    /// query string (a presigned URL's `X-Amz-Signature`, an upload's state), and messages
+    /// reach logs, step outputs, reports and events.
+    pub fn transport(method: impl Into<String>, url: String, source: reqwest::Error) -> Self {
+        Error::Transport {
+            method: method.into(),
+            url,
+            source: source.without_url(),
+        }
+    }
+
     /// Whether retrying the same operation may succeed (throttling, server and connection errors,
     /// and a body that broke off mid-stream).
     pub fn is_retryable(&self) -> bool {

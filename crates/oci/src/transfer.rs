@@ -260,11 +260,7 @@ async fn patch_counted(
     let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
     // A source-side failure explains a failed PATCH better than the PATCH's own error.
     if let Some(source) = s.source_error.take() {
-        return Err(Error::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        });
+        return Err(Error::transport("GET", url.to_string(), source));
     }
     // The registry's answer (a refusal, throttling) explains a PATCH it cut short; a transport
     // failure with a short body is the source's truncation.
@@ -451,11 +447,7 @@ async fn chunked(
     let mut buffer = BytesMut::with_capacity(part);
     let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|source| Error::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        })?;
+        let chunk = chunk.map_err(|source| Error::transport("GET", url.to_string(), source))?;
         verifier.update(&chunk);
         if verifier.seen() > blob.size {
             return verifier

@@ -9,15 +9,26 @@ use oci::{Reference, RegistryClient, Repository};
 
 use crate::connect::Connection;
 use crate::error::{Error, Result};
-use crate::filter::ListedImage;
+use crate::filter::{refuse_invalid, ListedImage, Refusal};
 
 /// Lists what a registry holds, page by page.
 #[async_trait]
 pub trait Catalog: Send + Sync {
     /// One page of at most `limit` repository names.
     async fn repositories(&self, next: Option<String>, limit: usize) -> Result<Page<String>>;
-    /// One page of a repository's images.
-    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ListedImage>>;
+    /// One page of a repository's images, every name in it valid; the invalid ones refused.
+    async fn images(&self, repository: &str, next: Option<String>) -> Result<ImagesPage>;
+}
+
+/// One page of a repository's images.
+#[derive(Debug, Default)]
+pub struct ImagesPage {
+    /// Images whose digest and tags are valid names.
+    pub items: Vec<ListedImage>,
+    /// The token of the next page.
+    pub next: Option<String>,
+    /// Names the registry listed that are not valid (never used in a request).
+    pub refused: Vec<Refusal>,
 }
 
 impl Connection {
@@ -47,13 +58,20 @@ impl Catalog for EcrAdmin {
             .map_err(aws(format!("listing repositories of {}", self.registry())))
     }
 
-    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ListedImage>> {
-        self.list_images(repository, next)
+    async fn images(&self, repository: &str, next: Option<String>) -> Result<ImagesPage> {
+        let page = self
+            .list_images(repository, next)
             .await
             .map_err(aws(format!(
                 "listing images of {}/{repository}",
                 self.registry()
-            )))
+            )))?;
+        let (items, refused) = refuse_invalid(page.items);
+        Ok(ImagesPage {
+            items,
+            next: page.next,
+            refused,
+        })
     }
 }
 
@@ -82,7 +100,7 @@ impl Catalog for OciCatalog<'_> {
         Ok(Page { items, next })
     }
 
-    async fn images(&self, repository: &str, next: Option<String>) -> Result<Page<ListedImage>> {
+    async fn images(&self, repository: &str, next: Option<String>) -> Result<ImagesPage> {
         let repo = Repository {
             registry: self.registry.to_string(),
             name: repository.to_string(),
@@ -96,6 +114,18 @@ impl Catalog for OciCatalog<'_> {
             .tags_page(&repo, self.page_size, next.as_deref())
             .await
             .map_err(listing)?;
+        // A tag that is not valid never reaches a URL: refused before any request.
+        let mut refused = Vec::new();
+        let tags: Vec<String> = tags
+            .into_iter()
+            .filter(|tag| match oci::reference::validate_tag(tag) {
+                Ok(()) => true,
+                Err(reason) => {
+                    refused.push(Refusal::new(tag, reason));
+                    false
+                }
+            })
+            .collect();
         let heads: Vec<_> = futures::stream::iter(tags)
             .map(|tag| {
                 let reference = Reference {
@@ -138,9 +168,10 @@ impl Catalog for OciCatalog<'_> {
                 }),
             }
         }
-        Ok(Page {
+        Ok(ImagesPage {
             items: images,
             next,
+            refused,
         })
     }
 }

@@ -8,6 +8,7 @@ use ecr::{AssumeRole, AwsSettings, EcrAdmin, EcrRegistry, EcrTokenSource, RoleAr
 use oci::{ClientConfig, Credential, CredentialStore, RegistryClient};
 use tokio::sync::Mutex;
 
+use crate::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
 use crate::error::{Error, Result};
 use crate::job::Job;
 
@@ -26,6 +27,10 @@ pub struct Settings {
     /// The run's work bucket (S3), where `enumerate-images` keeps a repository's selection for
     /// its later pages; without one every page lists the repository again.
     pub work_bucket: Option<WorkBucketSettings>,
+    /// Where jobs may go (`None`: anywhere, as the CLI allows unless given one). The functions
+    /// always have one: from `ECR_REPLICATOR_ALLOWED_REGISTRIES`, or an empty one refusing
+    /// every job.
+    pub allowlist: Option<Allowlist>,
 }
 
 /// Entries asked per page of an OCI catalog or tag list unless set: the most the distribution
@@ -142,8 +147,18 @@ impl Connections {
         &self.settings
     }
 
+    /// Refuses a job naming a registry, role or plain HTTP the deployment does not allow
+    /// (every connection asks first, so no request reaches a registry the job may not name).
+    pub fn admit(&self, job: &Job) -> Result<()> {
+        match &self.settings.allowlist {
+            Some(allowlist) => allowlist.check(job),
+            None => Ok(()),
+        }
+    }
+
     /// The job's source registry.
     pub async fn source(&self, job: &Job) -> Result<Arc<Connection>> {
+        self.admit(job)?;
         let s = &job.source;
         self.connect(
             &s.registry,
@@ -156,6 +171,7 @@ impl Connections {
 
     /// Destination `index` of the job.
     pub async fn destination(&self, job: &Job, index: usize) -> Result<Arc<Connection>> {
+        self.admit(job)?;
         let d = job.destination(index)?;
         self.connect(
             &d.registry,
@@ -253,7 +269,9 @@ impl Connections {
 /// `AWS_ENDPOINT_URL`, `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (`host=url,...`),
 /// `ECR_REPLICATOR_INSECURE_REGISTRIES` (`host,...`), `ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS`
 /// (how long one request or blob may be throttled; default 300, keep it below the timeout),
-/// `ECR_REPLICATOR_WORK_BUCKET` (the run's work bucket, in `AWS_REGION`).
+/// `ECR_REPLICATOR_WORK_BUCKET` (the run's work bucket, in `AWS_REGION`),
+/// `ECR_REPLICATOR_ALLOWED_REGISTRIES` (the deployment's allowlist, JSON; without it every job
+/// is refused).
 pub fn settings_from_env() -> Result<Settings> {
     let mut registry = ClientConfig::default();
     if let Ok(seconds) = std::env::var("ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS") {
@@ -284,6 +302,11 @@ pub fn settings_from_env() -> Result<Settings> {
             .filter(|s| !s.is_empty())
             .collect();
     }
+    // Fail closed: a function without the deployment's allowlist goes nowhere.
+    let allowlist = match std::env::var(ALLOWLIST_VARIABLE) {
+        Ok(text) => Allowlist::from_json(&text, ALLOWLIST_VARIABLE)?,
+        Err(_) => Allowlist::default(),
+    };
     let aws = AwsSettings::from_env();
     if let Some(function) = &aws.app_name {
         // Registry requests name the function too (`function/<name>` in the user agent).
@@ -301,5 +324,6 @@ pub fn settings_from_env() -> Result<Settings> {
                 bucket: bucket.trim().to_string(),
                 region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
             }),
+        allowlist: Some(allowlist),
     })
 }

@@ -56,7 +56,7 @@ impl RepositoryMatcher {
 }
 
 /// An image chosen by the filters, with the tags to copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SelectedImage {
     /// Manifest digest.
@@ -71,6 +71,61 @@ pub struct SelectedImage {
     /// Why it is not copied although selected: the job requires a signature and none verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned: Option<String>,
+    /// Why it is refused although selected: its name from the source is not valid (its tag or
+    /// digest never reaches a URL), or it is an artifact the signature gate does not cover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// A name read from a registry that is not valid, with the reason: reported, never used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// The name as the registry gave it (cut to 200 characters).
+    pub name: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal of `name`, kept short (a hostile registry chooses its length).
+    pub fn new(name: &str, reason: String) -> Self {
+        Refusal {
+            name: crate::report::truncate_chars(&name.escape_debug().to_string(), 200),
+            reason,
+        }
+    }
+
+    /// The refusal as a selected image the run reports (`refused`) and never copies.
+    pub fn into_selected(self) -> SelectedImage {
+        SelectedImage {
+            tags: vec![self.name],
+            refused: Some(self.reason),
+            ..SelectedImage::default()
+        }
+    }
+}
+
+/// Splits a registry's listing into images whose every name is valid (tags checked against the
+/// distribution grammar, digests parsed) and refusals: an invalid tag is dropped from its image
+/// (the image keeps its valid ones), an image with an invalid digest is dropped whole.
+pub fn refuse_invalid(images: Vec<ListedImage>) -> (Vec<ListedImage>, Vec<Refusal>) {
+    let mut refused = Vec::new();
+    let mut valid = Vec::with_capacity(images.len());
+    for mut image in images {
+        if let Err(e) = oci::Digest::parse(&image.digest) {
+            refused.push(Refusal::new(&image.digest, format!("not a digest: {e}")));
+            continue;
+        }
+        image.tags.retain(|tag| match oci::reference::validate_tag(tag) {
+            Ok(()) => true,
+            Err(reason) => {
+                refused.push(Refusal::new(tag, reason));
+                false
+            }
+        });
+        valid.push(image);
+    }
+    (valid, refused)
 }
 
 /// Image selection by tag and age.
@@ -174,8 +229,7 @@ impl TagMatcher {
                         digest: image.digest.clone(),
                         tags: Vec::new(),
                         pushed_at: image.pushed_at,
-                        referrers: Vec::new(),
-                        unsigned: None,
+                        ..SelectedImage::default()
                     });
                 }
                 continue;
@@ -192,8 +246,7 @@ impl TagMatcher {
                     digest: image.digest.clone(),
                     tags,
                     pushed_at: image.pushed_at,
-                    referrers: Vec::new(),
-                    unsigned: None,
+                    ..SelectedImage::default()
                 });
             }
         }

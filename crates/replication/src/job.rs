@@ -46,6 +46,11 @@ pub struct Job {
     /// What to do with repository settings in the destinations.
     #[serde(default)]
     pub repository_settings: SettingsMode,
+    /// Copy the source repository's policy too (default false): only its statements whose
+    /// principals are all in the source account (rewritten to the destination's account);
+    /// statements granting another account, `*` or a service are left out and reported.
+    #[serde(default)]
+    pub copy_repository_policy: bool,
     /// Copy signatures, SBOMs and attestations that refer to the images (default true).
     #[serde(default = "yes")]
     pub referrers: bool,
@@ -301,15 +306,24 @@ pub enum Mode {
     Verify,
 }
 
-/// What happens to repository settings in a destination.
+/// What happens to repository settings in a destination. Whatever the mode, a source without
+/// settings (a registry that is not ECR, a repository the source lacks) changes nothing in an
+/// existing destination repository, and the repository policy is copied only with
+/// `copyRepositoryPolicy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum SettingsMode {
-    /// Create missing repositories and make their settings match the source's.
+    /// Create missing repositories with the source's settings, and bring existing ones toward
+    /// them without ever weakening them: immutable tags stay immutable, scan on push stays on,
+    /// a lifecycle policy, repository policy or resource tag is never removed (reported as
+    /// drift instead).
     #[default]
     Copy,
     /// Create missing repositories with the source's settings; never change existing ones.
     Create,
+    /// Like `copy`, and make existing repositories exactly the source's, weaker settings
+    /// included (immutable to mutable, policies removed): the explicit opt-in.
+    Mirror,
     /// Touch no repository: they must exist.
     None,
 }
@@ -405,6 +419,9 @@ impl Job {
         if let Err(e) = check_registry(&self.source.registry) {
             problem("source.registry", e);
         }
+        if self.source.insecure && ecr::EcrRegistry::is_ecr_host(&self.source.registry) {
+            problem("source.insecure", ECR_OVER_TLS.into());
+        }
         check_role(
             "source",
             self.source.role_arn.as_deref(),
@@ -436,6 +453,9 @@ impl Job {
             if let Err(e) = check_registry(&d.registry) {
                 problem(&format!("{at}.registry"), e);
             }
+            if d.insecure && ecr::EcrRegistry::is_ecr_host(&d.registry) {
+                problem(&format!("{at}.insecure"), ECR_OVER_TLS.into());
+            }
             check_role(
                 &at,
                 d.role_arn.as_deref(),
@@ -451,6 +471,11 @@ impl Job {
             for (j, rule) in d.repository_mapping.iter().enumerate() {
                 if let Some((field, e)) = rule.problem(&prefix) {
                     problem(&format!("{at}.repositoryMapping[{j}].{field}"), e);
+                }
+            }
+            if self.prune {
+                if let Some((j, why)) = mapping_merges_repositories(&d.repository_mapping) {
+                    problem(&format!("{at}.repositoryMapping[{j}]"), why);
                 }
             }
             if d.repository_mapping.len() > MAX_MAPPING_RULES {
@@ -552,6 +577,10 @@ impl Job {
         }
     }
 }
+
+/// Why `insecure` is refused for an ECR host: ECR serves TLS only, so plain HTTP to its name
+/// can only reach whoever answers in its place, and would hand them the registry token.
+const ECR_OVER_TLS: &str = "ECR is reached over TLS only: plain HTTP to an ECR host name would send its token to whoever answers there";
 
 fn check_registry(registry: &str) -> std::result::Result<(), String> {
     if registry.is_empty() {
@@ -655,6 +684,32 @@ fn check_role(
             );
         }
     }
+}
+
+/// A rule that visibly maps several source repositories onto one destination repository (with
+/// `prune`, each would remove the other's tags): a constant `replace` for a `match` that is not
+/// a plain name, or two rules with the same constant `replace`. The index of the rule and why.
+fn mapping_merges_repositories(rules: &[RepositoryRename]) -> Option<(usize, String)> {
+    let mut constants: Vec<(&str, &str)> = Vec::new();
+    for (j, rule) in rules.iter().enumerate() {
+        if rule.replace.contains('$') {
+            continue;
+        }
+        if regex::escape(&rule.pattern) != rule.pattern {
+            return Some((j, format!(
+                "maps every repository matching {:?} onto the one repository {:?}: with prune each would remove the others' tags; use groups ($1) or one rule per repository",
+                rule.pattern, rule.replace
+            )));
+        }
+        if let Some((earlier, _)) = constants.iter().find(|(_, r)| *r == rule.replace) {
+            return Some((j, format!(
+                "maps {:?} onto {:?}, as a rule before it maps {earlier:?}: with prune each would remove the other's tags",
+                rule.pattern, rule.replace
+            )));
+        }
+        constants.push((&rule.pattern, &rule.replace));
+    }
+    None
 }
 
 fn check_prefix(prefix: &str) -> std::result::Result<(), String> {

@@ -2,6 +2,7 @@
 //! catalogs, planning into byte ranges, the workflow's steps, copying images, and the run
 //! report. The Lambda functions and the CLI call the very same functions with the same JSON.
 
+pub mod allowlist;
 pub mod catalog;
 pub mod connect;
 pub mod copy;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, SelectedImage};
+use crate::signatures::artifact_refusal;
 
 /// Suffixes cosign puts after the fallback tag.
 const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
@@ -55,11 +56,17 @@ pub(crate) fn artifact_subject(tag: &str) -> Option<String> {
 /// own and keep their tags (an image already selected gains the artifact tags). Referrers the
 /// API lists travel inside their root subject's task (`SelectedImage::referrers`), so the step
 /// that puts the subject can also write the target's fallback index after they are all there.
+///
+/// With `gated` (the job requires a signature), only artifacts travel (`artifact_refusal`): a
+/// runnable image or an index under an artifact tag, or a referrer declaring another subject,
+/// is added refused (reported, never copied). Without it, a referrer the API lists is still
+/// taken only when its own `subject` is the image it was listed for.
 pub(crate) async fn add_referrers(
     source: &Connection,
     repository: &str,
     images: &[ListedImage],
     selected: &mut Vec<SelectedImage>,
+    gated: bool,
 ) -> Result<()> {
     let by_tag = digests_by_tag(images);
     let repo = Repository {
@@ -85,6 +92,19 @@ pub(crate) async fn add_referrers(
                 let Some(digest) = by_tag.get(tag.as_str()) else {
                     continue;
                 };
+                if gated && !selected.iter().any(|s| s.digest == *digest) {
+                    if let Some(why) =
+                        artifact_refusal(source, &repo, digest, &tag, subject, true).await
+                    {
+                        selected.push(SelectedImage {
+                            digest: digest.to_string(),
+                            tags: vec![tag],
+                            refused: Some(why),
+                            ..SelectedImage::default()
+                        });
+                        continue;
+                    }
+                }
                 if tag == fallback {
                     // The fallback index lists the referrers: they travel as its children, and
                     // their own referrers are looked for on the next level.
@@ -102,9 +122,7 @@ pub(crate) async fn add_referrers(
                         selected.push(SelectedImage {
                             digest: digest.to_string(),
                             tags: vec![tag],
-                            pushed_at: None,
-                            referrers: Vec::new(),
-                            unsigned: None,
+                            ..SelectedImage::default()
                         });
                         next.push((digest.to_string(), selected.len() - 1));
                     }
@@ -126,7 +144,21 @@ pub(crate) async fn add_referrers(
                         let known = selected.iter().any(|s| {
                             s.digest == referrer.digest || s.referrers.contains(&referrer.digest)
                         });
-                        if !known {
+                        if known {
+                            continue;
+                        }
+                        if let Some(why) =
+                            artifact_refusal(source, &repo, &referrer.digest, "", subject, gated)
+                                .await
+                        {
+                            selected.push(SelectedImage {
+                                digest: referrer.digest.clone(),
+                                refused: Some(why),
+                                ..SelectedImage::default()
+                            });
+                            continue;
+                        }
+                        {
                             selected[*root].referrers.push(referrer.digest.clone());
                             next.push((referrer.digest, *root));
                         }
@@ -147,10 +179,14 @@ pub(crate) async fn add_referrers(
 /// index is read and extended; descriptors already in it stay. A target with the API indexes
 /// manifests with a `subject` itself. One task per subject writes its index, so parallel tasks
 /// do not race on it.
+///
+/// Only subjects in `subjects` (the task's image and the referrers travelling with it) get an
+/// index: a referrer naming any other image is never written into that image's index.
 pub(crate) async fn write_fallback_indexes(
     target: &RegistryClient,
     to: &Repository,
     referrers: &[Manifest],
+    subjects: &[&Digest],
 ) -> Result<()> {
     let mut by_subject: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for manifest in referrers {
@@ -158,6 +194,10 @@ pub(crate) async fn write_fallback_indexes(
         let Some(subject) = parsed["subject"]["digest"].as_str() else {
             continue;
         };
+        if !subjects.iter().any(|s| s.as_str() == subject) {
+            tracing::warn!(referrer = %manifest.digest, subject, "a referrer names an image it does not travel with; left out of the fallback indexes");
+            continue;
+        }
         let mut descriptor = json!({
             "mediaType": manifest.media_type,
             "digest": manifest.digest.as_str(),

@@ -23,6 +23,9 @@ pub enum ImageStatus {
     Failed,
     /// Not copied: the job requires a signature and none verified; see `error` for why.
     Unsigned,
+    /// Not copied: the source named it with a name that is not valid (never used in a
+    /// request), or it is an artifact the signature gate does not cover; see `error`.
+    Refused,
 }
 
 /// The per-image record of the run report.
@@ -117,6 +120,13 @@ pub struct RunReport {
     /// The first of them, each with the reason.
     #[serde(default)]
     pub unsigned_images: Vec<ImageResult>,
+    /// Names and artifacts refused (an invalid tag or digest from the source, an artifact the
+    /// signature gate does not cover): never copied.
+    #[serde(default)]
+    pub refused: usize,
+    /// The first of them, as `repository:name: reason`.
+    #[serde(default)]
+    pub refusals: Vec<String>,
     /// A verification's findings (`"mode": "verify"`), absent in a replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
@@ -294,6 +304,7 @@ impl RunReport {
         self.kept.truncate(max);
         self.repository_failures.truncate(max);
         self.unsigned_images.truncate(max);
+        self.refusals.truncate(max);
         if let Some(verify) = &mut self.verify {
             verify.limit_lists(max);
         }
@@ -312,6 +323,18 @@ impl RunReport {
                 if self.unsigned_images.len() < MAX_FAILURES_LISTED {
                     self.unsigned_images.push(r.listed());
                 }
+            }
+            ImageStatus::Refused => {
+                self.refused += 1;
+                let name = r.tags.first().cloned().unwrap_or_else(|| r.digest.clone());
+                let error = r.error.as_deref().unwrap_or_default();
+                listed(
+                    &mut self.refusals,
+                    std::iter::once(truncate_chars(
+                        &format!("{}:{name}: {error}", r.repository),
+                        MAX_ERROR_CHARS,
+                    )),
+                );
             }
             ImageStatus::Failed => {
                 self.failed += 1;
@@ -355,6 +378,8 @@ impl RunReport {
         }
         self.repositories_failed += other.repositories_failed;
         self.ranges_failed += other.ranges_failed;
+        self.refused += other.refused;
+        listed(&mut self.refusals, other.refusals.iter().cloned());
         self.unsigned += other.unsigned;
         for u in &other.unsigned_images {
             if self.unsigned_images.len() < MAX_FAILURES_LISTED {

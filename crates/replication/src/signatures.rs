@@ -28,8 +28,15 @@ const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const COSIGN_SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// A signature payload larger than this is not read (real ones are under 1 KiB).
 const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
-/// Signature layers examined per image at most.
-const MAX_SIGNATURES: usize = 32;
+/// Signature candidates (manifests) examined per image at most.
+const MAX_CANDIDATES: usize = 64;
+/// Signature layers examined per candidate at most.
+const MAX_LAYERS_PER_CANDIDATE: usize = 8;
+/// A candidate whose descriptor says it is larger is no cosign signature manifest (those are
+/// well under 4 KiB) and is not read.
+const MAX_SIGNATURE_MANIFEST_BYTES: u64 = 64 * 1024;
+/// Children of a referrers fallback index checked at most.
+const MAX_FALLBACK_CHILDREN: usize = 64;
 
 /// The public keys a job trusts.
 #[derive(Debug, Clone)]
@@ -73,6 +80,7 @@ pub(crate) async fn unsigned_reason(
         move |source| Error::Listing { what, source }
     };
     let subject = Digest::parse(digest).map_err(listing("the signatures"))?;
+    // The tag first: cosign writes one per image, so junk referrers cannot crowd it out.
     let mut candidates: Vec<String> = Vec::new();
     if let Some(signature) = by_tag.get(format!("{}.sig", fallback_tag(digest)).as_str()) {
         candidates.push(signature.to_string());
@@ -85,12 +93,16 @@ pub(crate) async fn unsigned_reason(
             .map_err(listing("the referrers"))?
         {
             None => *api = false,
-            Some(referrers) => candidates.extend(
-                referrers
-                    .into_iter()
-                    .filter(|r| r.artifact_type.as_deref() == Some(COSIGN_SIGNATURE))
-                    .map(|r| r.digest),
-            ),
+            Some(referrers) => {
+                for r in referrers {
+                    if r.artifact_type.as_deref() == Some(COSIGN_SIGNATURE)
+                        && r.size <= MAX_SIGNATURE_MANIFEST_BYTES
+                        && !candidates.contains(&r.digest)
+                    {
+                        candidates.push(r.digest);
+                    }
+                }
+            }
         }
     }
     if candidates.is_empty() {
@@ -98,80 +110,122 @@ pub(crate) async fn unsigned_reason(
             "unsigned: no cosign signature (neither a sha256-<hex>.sig tag nor one in the referrers API)".into(),
         ));
     }
-    let mut reason = String::from("unsigned: the signature manifests hold no cosign signature");
-    let mut examined = 0;
-    for candidate in candidates {
-        let signature_manifest = Digest::parse(&candidate).map_err(listing("a signature"))?;
-        let (reference, manifest) = source
-            .manifest_by_digest(&repo.name, &signature_manifest)
-            .await
-            .map_err(listing("a signature"))?;
-        let ManifestContent::Image { layers, .. } = manifest
-            .content(&reference.to_string())
-            .map_err(listing("a signature"))?
-        else {
-            continue;
-        };
-        for layer in layers
-            .iter()
-            .filter(|l| l.media_type().as_ref() == SIMPLE_SIGNING)
-        {
-            examined += 1;
-            if examined > MAX_SIGNATURES {
-                return Ok(Some(reason));
-            }
-            let Some(encoded) = layer
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get(SIGNATURE_ANNOTATION))
-            else {
-                continue;
-            };
-            let signature = match base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .ok()
-                .and_then(|der| DerSignature::try_from(der.as_slice()).ok())
-            {
-                Some(signature) => signature,
-                None => {
-                    reason = "unsigned: a signature is not base64 DER ECDSA".into();
-                    continue;
-                }
-            };
-            if layer.size() > MAX_PAYLOAD_BYTES {
-                reason = format!("unsigned: a signature payload is {} bytes", layer.size());
-                continue;
-            }
-            let payload_digest =
-                Digest::parse(layer.digest().as_ref()).map_err(listing("a signature payload"))?;
-            let payload = read_payload(source, repo, &payload_digest)
-                .await
-                .map_err(listing("a signature payload"))?;
-            if Digest::of(&payload) != payload_digest {
-                reason = "unsigned: a signature payload does not match its digest".into();
-                continue;
-            }
-            let signed_digest = serde_json::from_slice::<serde_json::Value>(&payload)
-                .ok()
-                .and_then(|p| {
-                    p["critical"]["image"]["docker-manifest-digest"]
-                        .as_str()
-                        .map(str::to_string)
-                });
-            if signed_digest.as_deref() != Some(digest) {
-                reason = format!(
-                    "unsigned: a signature signs {}, not this image",
-                    signed_digest.unwrap_or_else(|| "no image".into())
-                );
-                continue;
-            }
-            if keys.verifies(&payload, &signature) {
-                return Ok(None);
-            }
-            reason = "unsigned: no signature verifies with the job's public keys (wrong key, or tampered)".into();
+    // Every candidate is looked at (up to MAX_CANDIDATES); one that cannot be read or is not a
+    // signature is skipped and named, never fatal, and costs at most one manifest and
+    // MAX_LAYERS_PER_CANDIDATE payloads, so junk cannot exhaust the look-up before a valid one.
+    let mut problems: Vec<String> = Vec::new();
+    let examined = candidates.len().min(MAX_CANDIDATES);
+    for candidate in candidates.iter().take(MAX_CANDIDATES) {
+        match verify_candidate(source, repo, candidate, digest, keys).await {
+            Ok(()) => return Ok(None),
+            Err(problem) => problems.push(format!("{}: {problem}", short_digest(candidate))),
         }
     }
+    let mut reason = format!(
+        "unsigned: no signature verifies with the job's public keys ({examined} candidate(s): {})",
+        problems
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    if candidates.len() > MAX_CANDIDATES {
+        reason.push_str(&format!(
+            "; {} more candidates not examined",
+            candidates.len() - MAX_CANDIDATES
+        ));
+    }
     Ok(Some(reason))
+}
+
+fn short_digest(digest: &str) -> String {
+    crate::report::truncate_chars(digest, 19)
+}
+
+/// Verifies one signature candidate (a manifest digest) for the image at `digest`: `Err` says
+/// why it does not sign it (unreadable, not a cosign signature, another image's, wrong key).
+async fn verify_candidate(
+    source: &Connection,
+    repo: &Repository,
+    candidate: &str,
+    digest: &str,
+    keys: &SignatureKeys,
+) -> std::result::Result<(), String> {
+    let signature_manifest = Digest::parse(candidate).map_err(|e| e.to_string())?;
+    let (reference, manifest) = source
+        .manifest_by_digest(&repo.name, &signature_manifest)
+        .await
+        .map_err(|e| format!("unreadable: {e}"))?;
+    let ManifestContent::Image { layers, .. } = manifest
+        .content(&reference.to_string())
+        .map_err(|e| format!("not a manifest: {e}"))?
+    else {
+        return Err("an index, not a signature".into());
+    };
+    let mut reason = String::from("holds no cosign signature layer");
+    for layer in layers
+        .iter()
+        .filter(|l| l.media_type().as_ref() == SIMPLE_SIGNING)
+        .take(MAX_LAYERS_PER_CANDIDATE)
+    {
+        let Some(encoded) = layer
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(SIGNATURE_ANNOTATION))
+        else {
+            reason = "a signature layer without its signature annotation".into();
+            continue;
+        };
+        let Some(signature) = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|der| DerSignature::try_from(der.as_slice()).ok())
+        else {
+            reason = "a signature is not base64 DER ECDSA".into();
+            continue;
+        };
+        if layer.size() > MAX_PAYLOAD_BYTES {
+            reason = format!("a signature payload is {} bytes", layer.size());
+            continue;
+        }
+        let Ok(payload_digest) = Digest::parse(layer.digest().as_ref()) else {
+            reason = "a signature payload has no valid digest".into();
+            continue;
+        };
+        let payload = match read_payload(source, repo, &payload_digest).await {
+            Ok(payload) => payload,
+            Err(e) => {
+                reason = format!("a signature payload is unreadable: {e}");
+                continue;
+            }
+        };
+        if Digest::of(&payload) != payload_digest {
+            reason = "a signature payload does not match its digest".into();
+            continue;
+        }
+        let signed_digest = serde_json::from_slice::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|p| {
+                p["critical"]["image"]["docker-manifest-digest"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+        if signed_digest.as_deref() != Some(digest) {
+            reason = format!(
+                "signs {}, not this image",
+                signed_digest
+                    .map(|d| short_digest(&d))
+                    .unwrap_or_else(|| "no image".into())
+            );
+            continue;
+        }
+        if keys.verifies(&payload, &signature) {
+            return Ok(());
+        }
+        reason = "no signature verifies with the job's public keys (wrong key, or tampered)".into();
+    }
+    Err(reason)
 }
 
 /// A signature payload, read whole (it is bounded by `MAX_PAYLOAD_BYTES`).
@@ -185,11 +239,7 @@ async fn read_payload(
     let mut stream = response.into_stream();
     let mut payload = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| oci::Error::Transport {
-            method: "GET".into(),
-            url: url.clone(),
-            source,
-        })?;
+        let chunk = chunk.map_err(|source| oci::Error::transport("GET", url.clone(), source))?;
         payload.extend_from_slice(&chunk);
         if payload.len() as u64 > MAX_PAYLOAD_BYTES {
             break;
@@ -199,9 +249,12 @@ async fn read_payload(
 }
 
 /// The selection as the job's keys allow it: an image no signature verifies for is kept but
-/// marked (`SelectedImage::unsigned`, with the reason: reported, never copied); an artifact
-/// selected by its tag (`sha256-<hex>.sig`, ...) follows its subject: kept when the subject is
-/// signed, dropped otherwise. `images` is the repository's listing, where the `.sig` tags are.
+/// marked (`SelectedImage::unsigned`, with the reason: reported, never copied). An artifact
+/// selected by its tag (`sha256-<hex>.sig`, ...) follows its subject: dropped when the subject
+/// is not signed; when it is, kept only if it is an artifact of that subject
+/// (`artifact_refusal`), else marked refused. The tag alone proves nothing: anyone who can push
+/// can push anything under it. `images` is the repository's listing, where the `.sig` tags
+/// are.
 pub(crate) async fn gate(
     source: &Connection,
     repository: &str,
@@ -227,11 +280,128 @@ pub(crate) async fn gate(
         .filter(|s| s.unsigned.is_none())
         .map(|s| s.digest.clone())
         .collect();
-    subjects.extend(artifacts.into_iter().filter(|a| {
-        a.tags
-            .iter()
-            .filter_map(|t| artifact_subject(t))
-            .any(|subject| signed.contains(&subject))
-    }));
+    for mut artifact in artifacts {
+        let mut subjects_signed = true;
+        for tag in &artifact.tags {
+            let Some(subject) = artifact_subject(tag) else {
+                continue;
+            };
+            if !signed.contains(&subject) {
+                subjects_signed = false;
+                break;
+            }
+            if let Some(why) = artifact_refusal(source, &repo, &artifact.digest, tag, &subject, true).await {
+                artifact.refused = Some(why);
+                break;
+            }
+        }
+        if subjects_signed {
+            subjects.push(artifact);
+        }
+    }
     Ok(subjects)
+}
+
+/// Why the manifest `digest`, found under artifact tag `tag` (or listed as a referrer of
+/// `subject` when `tag` is empty), may not travel with `subject`; `None` when it may. With
+/// `artifacts_only` (the signature gate) it must be an artifact: an image manifest none of
+/// whose layers a container runtime unpacks, whose own `subject`, when it declares one, is
+/// `subject`; the fallback tag (`sha256-<hex>`) must hold an index of such artifacts only.
+/// Without it, only the declared subject is checked (a referrer listed for one image that
+/// names another is not that image's). An unreadable manifest is refused, never fatal.
+pub(crate) async fn artifact_refusal(
+    source: &Connection,
+    repo: &Repository,
+    digest: &str,
+    tag: &str,
+    subject: &str,
+    artifacts_only: bool,
+) -> Option<String> {
+    let named = if tag.is_empty() {
+        format!("referrer {} of {}", short_digest(digest), short_digest(subject))
+    } else {
+        format!("{tag} ({})", short_digest(digest))
+    };
+    let manifest = |digest: String| async move {
+        let parsed = Digest::parse(&digest).map_err(|e| e.to_string())?;
+        let (_, manifest) = source
+            .manifest_by_digest(&repo.name, &parsed)
+            .await
+            .map_err(|e| format!("unreadable: {e}"))?;
+        serde_json::from_slice::<serde_json::Value>(&manifest.bytes).map_err(|e| e.to_string())
+    };
+    let top = match manifest(digest.to_string()).await {
+        Ok(top) => top,
+        Err(e) => return Some(format!("{named}: {e}")),
+    };
+    if artifacts_only && !tag.is_empty() && tag == fallback_tag(subject) {
+        let Some(children) = top["manifests"].as_array() else {
+            return Some(format!("{named}: the referrers fallback tag holds no index"));
+        };
+        if children.len() > MAX_FALLBACK_CHILDREN {
+            return Some(format!(
+                "{named}: a fallback index of {} referrers (at most {MAX_FALLBACK_CHILDREN})",
+                children.len()
+            ));
+        }
+        for child in children {
+            let child_digest = child["digest"].as_str().unwrap_or_default().to_string();
+            let why = match manifest(child_digest.clone()).await {
+                Ok(child) => not_an_artifact_of(&child, subject),
+                Err(e) => Some(format!("unreadable: {e}")),
+            };
+            if let Some(why) = why {
+                return Some(format!(
+                    "{named}: it lists {}, which {why}",
+                    short_digest(&child_digest)
+                ));
+            }
+        }
+        return None;
+    }
+    let why = if artifacts_only {
+        not_an_artifact_of(&top, subject)
+    } else {
+        other_subject(&top, subject)
+    };
+    why.map(|why| format!("{named} {why}; not copied"))
+}
+
+/// Why a parsed manifest is not an artifact of `subject`, or `None`.
+fn not_an_artifact_of(manifest: &serde_json::Value, subject: &str) -> Option<String> {
+    if manifest["manifests"].is_array() {
+        return Some("is an index (it could list any image), not an artifact".into());
+    }
+    let runnable = manifest["layers"].as_array().and_then(|layers| {
+        layers.iter().find_map(|l| {
+            let media_type = l["mediaType"].as_str().unwrap_or_default();
+            is_filesystem_layer(media_type).then(|| media_type.to_string())
+        })
+    });
+    if let Some(media_type) = runnable {
+        return Some(format!(
+            "is a runnable image (a {media_type} layer), not an artifact: the signature covers {}, not it",
+            short_digest(subject)
+        ));
+    }
+    other_subject(manifest, subject)
+}
+
+/// Why a manifest's declared `subject` is not `subject`, or `None` (also when it declares none,
+/// as cosign's tag-scheme signatures do).
+fn other_subject(manifest: &serde_json::Value, subject: &str) -> Option<String> {
+    match manifest["subject"]["digest"].as_str() {
+        Some(declared) if declared != subject => Some(format!(
+            "declares subject {}, not {}",
+            short_digest(declared),
+            short_digest(subject)
+        )),
+        _ => None,
+    }
+}
+
+/// A layer a container runtime unpacks into a filesystem (OCI and Docker, any compression).
+fn is_filesystem_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.")
 }

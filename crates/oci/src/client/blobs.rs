@@ -31,7 +31,7 @@ impl BlobResponse {
 impl RegistryClient {
     /// The size of a blob if the repository has it, `None` on 404.
     pub async fn head_blob(&self, repo: &Repository, digest: &Digest) -> Result<Option<u64>> {
-        let url = self.url(repo, &format!("blobs/{digest}"))?;
+        let url = self.url(repo, Resource::Blobs, Some(digest.as_str()))?;
         let resp = self
             .pull(Method::HEAD, &url, repo, HeaderMap::new())
             .await?;
@@ -68,7 +68,7 @@ impl RegistryClient {
         offset: u64,
         length: Option<u64>,
     ) -> Result<BlobResponse> {
-        let mut url = self.url(repo, &format!("blobs/{digest}"))?;
+        let mut url = self.url(repo, Resource::Blobs, Some(digest.as_str()))?;
         let mut headers = HeaderMap::new();
         let ranged = offset > 0 || length.is_some();
         match length {
@@ -81,6 +81,9 @@ impl RegistryClient {
             }
             _ => {}
         }
+        // Credentials go to the registry's own origin only: a hop elsewhere (presigned storage)
+        // is sent bare, and so is any further hop until one comes back to the registry.
+        let registry_origin = self.origin(repo)?;
         let mut resp = self.pull(Method::GET, &url, repo, headers.clone()).await?;
         for _ in 0..5 {
             if !resp.status().is_redirection() {
@@ -98,9 +101,9 @@ impl RegistryClient {
                     code: None,
                     message: "redirect without a usable Location".into(),
                 })?;
-            let same_origin = next.origin() == url.origin();
+            let registry_hop = next.origin() == registry_origin;
             url = next;
-            resp = if same_origin {
+            resp = if registry_hop {
                 self.pull(Method::GET, &url, repo, headers.clone()).await?
             } else {
                 self.send_retrying(&Method::GET, &url, || {

@@ -11,19 +11,32 @@ use crate::reference::Repository;
 use super::*;
 
 impl RegistryClient {
-    /// Every tag of a repository, following `Link` pagination.
+    /// Every tag of a repository, following `Link` pagination; at most `MAX_LISTED_TAGS` tags
+    /// in `MAX_LISTING_PAGES` pages (a registry that pages on forever is refused, not followed).
     #[tracing::instrument(skip(self), fields(repository = %repo))]
     pub async fn list_tags(&self, repo: &Repository) -> Result<Vec<String>> {
         let mut tags = Vec::new();
         let mut after = None;
-        loop {
+        for _ in 0..MAX_LISTING_PAGES {
             let (page, next) = self.tags_page(repo, 1000, after.as_deref()).await?;
             tags.extend(page);
+            if tags.len() > MAX_LISTED_TAGS {
+                return Err(Error::ResponseTooLarge {
+                    what: format!("tag list of {repo}"),
+                    url: redact_url(&self.url(repo, Resource::Tags, None)?),
+                    limit: format!("{MAX_LISTED_TAGS} tags"),
+                });
+            }
             match next {
                 Some(n) => after = Some(n),
                 None => return Ok(tags),
             }
         }
+        Err(Error::ResponseTooLarge {
+            what: format!("tag list of {repo}"),
+            url: redact_url(&self.url(repo, Resource::Tags, None)?),
+            limit: format!("{MAX_LISTING_PAGES} pages"),
+        })
     }
 
     /// One page of a repository's tags, after tag `after`; the second value is the token (the
@@ -38,7 +51,7 @@ impl RegistryClient {
         struct TagList {
             tags: Option<Vec<String>>,
         }
-        let mut url = self.url(repo, "tags/list")?;
+        let mut url = self.url(repo, Resource::Tags, None)?;
         paging_query(&mut url, page_size, after);
         let (page, next): (TagList, _) = self
             .page(
@@ -85,7 +98,9 @@ impl RegistryClient {
         Ok((page.repositories.unwrap_or_default(), next))
     }
 
-    /// GETs a JSON page and the `last` value of its `Link: rel="next"` target.
+    /// GETs a JSON page (at most `MAX_PAGE_BYTES`) and the `last` value of its `Link:
+    /// rel="next"` target. A next page that would start where this one did (`last` equal to
+    /// `after`) is refused: following it would loop forever.
     pub(super) async fn page<T: serde::de::DeserializeOwned>(
         &self,
         url: &Url,
@@ -99,19 +114,46 @@ impl RegistryClient {
         if !resp.status().is_success() {
             return Err(status_error(resp, "GET", what).await);
         }
+        let after = url
+            .query_pairs()
+            .find(|(k, _)| k == "last")
+            .map(|(_, v)| v.into_owned());
         let next = next_link(resp.headers(), url).and_then(|n| {
             n.query_pairs()
                 .find(|(k, _)| k == "last")
                 .map(|(_, v)| v.into_owned())
         });
-        let page = resp.json().await.map_err(|source| Error::Transport {
+        let shown = redact_url(url);
+        if next.is_some() && next == after {
+            return Err(Error::Registry {
+                method: "GET".into(),
+                url: shown,
+                status: resp.status().as_u16(),
+                code: None,
+                message: format!(
+                    "the {what} pages without advancing (its Link names the page just read)"
+                ),
+            });
+        }
+        let body = read_bounded(resp, MAX_PAGE_BYTES, &shown, what).await?;
+        let page = serde_json::from_slice(&body).map_err(|e| Error::Registry {
             method: "GET".into(),
-            url: redact_url(url),
-            source,
+            url: shown,
+            status: 200,
+            code: None,
+            message: format!("the {what} is not the spec's JSON: {e}"),
         })?;
         Ok((page, next))
     }
 }
+
+/// Bytes of one listing page read at most (a page of 1,000 tags of 128 characters is about
+/// 130 KB).
+pub(super) const MAX_PAGE_BYTES: usize = 4 << 20;
+/// Pages of one listing followed at most.
+pub const MAX_LISTING_PAGES: usize = 1_000;
+/// Tags of one repository listed at most (ECR holds at most 20,000 images per repository).
+pub const MAX_LISTED_TAGS: usize = 100_000;
 
 pub(super) fn paging_query(url: &mut Url, page_size: usize, after: Option<&str>) {
     let mut query = url.query_pairs_mut();

@@ -140,7 +140,7 @@ impl RegistryClient {
         tag_or_digest: &str,
         manifest: &Manifest,
     ) -> Result<Option<Digest>> {
-        let url = self.url(repo, &format!("manifests/{tag_or_digest}"))?;
+        let url = self.url(repo, Resource::Manifests, Some(tag_or_digest))?;
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
@@ -179,7 +179,7 @@ impl RegistryClient {
     /// and every tag on it). `Ok(false)` when there was no such manifest.
     #[tracing::instrument(skip(self), fields(repository = %repo))]
     pub async fn delete_manifest(&self, repo: &Repository, tag_or_digest: &str) -> Result<bool> {
-        let url = self.url(repo, &format!("manifests/{tag_or_digest}"))?;
+        let url = self.url(repo, Resource::Manifests, Some(tag_or_digest))?;
         let scope = format!("repository:{}:delete", repo.name);
         let resp = self
             .execute(Method::DELETE, &url, repo, &scope, HeaderMap::new(), None)
@@ -202,7 +202,8 @@ impl RegistryClient {
         let repo = &reference.repository;
         let url = self.url(
             repo,
-            &format!("manifests/{}", reference.manifest_reference()),
+            Resource::Manifests,
+            Some(&reference.manifest_reference()),
         )?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));

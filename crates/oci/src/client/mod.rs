@@ -22,9 +22,11 @@ use url::Url;
 
 use crate::auth::{Challenge, Credential, CredentialStore};
 use crate::error::{Error, Result};
-use crate::reference::Repository;
+use crate::reference::{validate_repository_name, validate_tag, Repository};
 
 pub use blobs::BlobResponse;
+pub use listing::{MAX_LISTED_TAGS, MAX_LISTING_PAGES};
+pub use referrers::MAX_REFERRERS;
 use listing::next_link;
 use manifests::ManifestCache;
 pub use manifests::ManifestHead;
@@ -140,11 +142,7 @@ impl RegistryClient {
             .read_timeout(config.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|source| Error::Transport {
-                method: "BUILD".into(),
-                url: "client".into(),
-                source,
-            })?;
+            .map_err(|source| Error::transport("BUILD", "client".into(), source))?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 http,
@@ -196,13 +194,71 @@ impl RegistryClient {
         })
     }
 
-    fn url(&self, repo: &Repository, suffix: &str) -> Result<Url> {
-        let base = self.base(repo)?;
-        base.join(&format!("{}/{suffix}", repo.name))
-            .map_err(|e| Error::InvalidReference {
-                reference: repo.to_string(),
-                reason: e.to_string(),
-            })
+    /// The URL of a repository's resource: `base/<name>/<resource>[/<reference>]`, built segment
+    /// by segment. The name and the reference (a tag or a digest) come from registries and
+    /// inputs, so both are checked against the distribution grammar first and each is pushed
+    /// as whole segments: no value can add a `/`, a `..` or a `?` to the path.
+    fn url(&self, repo: &Repository, resource: Resource, reference: Option<&str>) -> Result<Url> {
+        let invalid = |reason: String| Error::InvalidReference {
+            reference: format!("{repo}{}", reference.map(|r| format!(" {r}")).unwrap_or_default()),
+            reason,
+        };
+        validate_repository_name(&repo.name).map_err(invalid)?;
+        if let Some(reference) = reference {
+            validate_manifest_reference(reference).map_err(invalid)?;
+        }
+        let mut url = self.base(repo)?;
+        {
+            let mut segments = url
+                .path_segments_mut()
+                .map_err(|()| invalid("the registry endpoint cannot be a base URL".into()))?;
+            segments.pop_if_empty();
+            segments.extend(repo.name.split('/'));
+            segments.extend(resource.segments());
+            if let Some(reference) = reference {
+                segments.push(reference);
+            }
+        }
+        Ok(url)
+    }
+
+    /// The origin requests for this registry go to (its endpoint override, or its host).
+    fn origin(&self, repo: &Repository) -> Result<url::Origin> {
+        Ok(self.base(repo)?.origin())
+    }
+}
+
+/// The resources of a repository the client reads and writes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Resource {
+    Manifests,
+    Blobs,
+    Uploads,
+    Tags,
+    Referrers,
+}
+
+impl Resource {
+    fn segments(self) -> &'static [&'static str] {
+        match self {
+            Resource::Manifests => &["manifests"],
+            Resource::Blobs => &["blobs"],
+            // The trailing empty segment: `blobs/uploads/`, as the spec writes it.
+            Resource::Uploads => &["blobs", "uploads", ""],
+            Resource::Tags => &["tags", "list"],
+            Resource::Referrers => &["referrers"],
+        }
+    }
+}
+
+/// A tag or a digest, as a manifest, blob or referrers URL may name it.
+fn validate_manifest_reference(reference: &str) -> std::result::Result<(), String> {
+    if reference.contains(':') {
+        crate::digest::Digest::parse(reference)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    } else {
+        validate_tag(reference)
     }
 }
 

@@ -13,6 +13,8 @@ use super::*;
 
 /// Pages of a referrers listing read at most.
 pub(super) const MAX_REFERRER_PAGES: usize = 100;
+/// Referrers of one manifest listed at most.
+pub const MAX_REFERRERS: usize = 10_000;
 
 /// A descriptor from the referrers API: a manifest whose `subject` is the asked-for digest.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -42,7 +44,8 @@ impl RegistryClient {
             #[serde(default)]
             manifests: Vec<Referrer>,
         }
-        let mut url = self.url(repo, &format!("referrers/{digest}"))?;
+        let mut url = self.url(repo, Resource::Referrers, Some(digest.as_str()))?;
+        let registry_origin = self.origin(repo)?;
         let mut found = Vec::new();
         for _ in 0..MAX_REFERRER_PAGES {
             let resp = self.pull(Method::GET, &url, repo, HeaderMap::new()).await?;
@@ -62,7 +65,31 @@ impl RegistryClient {
                     reason: format!("referrers response is not an image index: {e}"),
                 })?;
             found.extend(page.manifests);
+            if found.len() > MAX_REFERRERS {
+                return Err(Error::ResponseTooLarge {
+                    what: format!("referrers of {repo}@{digest}"),
+                    url: shown,
+                    limit: format!("{MAX_REFERRERS} referrers"),
+                });
+            }
             match next {
+                // A `Link` elsewhere would take the registry's credentials with it.
+                Some(n) if n.origin() != registry_origin => {
+                    return Err(Error::OriginRefused {
+                        registry: repo.registry.clone(),
+                        url: redact_url(&n),
+                        reason: "a referrers page's Link leaves the registry".into(),
+                    })
+                }
+                Some(n) if n == url => {
+                    return Err(Error::Registry {
+                        method: "GET".into(),
+                        url: shown,
+                        status: 200,
+                        code: None,
+                        message: "the referrers listing pages without advancing".into(),
+                    })
+                }
                 Some(n) => url = n,
                 None => return Ok(Some(found)),
             }

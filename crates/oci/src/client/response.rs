@@ -25,31 +25,70 @@ pub(super) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// A manifest body, at most `limit` bytes (a larger one is not a usable manifest).
 pub(super) async fn read_limited(resp: Response, limit: usize, url: &str) -> Result<Bytes> {
+    read_bounded(resp, limit, url, "manifest")
+        .await
+        .map_err(|e| match e {
+            Error::ResponseTooLarge { url, .. } => Error::InvalidManifest {
+                url,
+                reason: format!("larger than {limit} bytes"),
+            },
+            other => other,
+        })
+}
+
+/// A response body, at most `limit` bytes: refused as soon as the registry announces or sends
+/// more (a hostile registry cannot make the client hold more than this).
+pub(super) async fn read_bounded(
+    resp: Response,
+    limit: usize,
+    url: &str,
+    what: &str,
+) -> Result<Bytes> {
+    let too_large = || Error::ResponseTooLarge {
+        what: what.to_string(),
+        url: url.to_string(),
+        limit: format!("{limit} bytes"),
+    };
+    if resp.content_length().is_some_and(|l| l > limit as u64) {
+        return Err(too_large());
+    }
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| Error::Transport {
-            method: "GET".into(),
-            url: url.to_string(),
-            source,
-        })?;
+        let chunk = chunk.map_err(|source| Error::transport("GET", url.to_string(), source))?;
         if body.len() + chunk.len() > limit {
-            return Err(Error::InvalidManifest {
-                url: url.to_string(),
-                reason: format!("larger than {limit} bytes"),
-            });
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(body))
 }
 
+/// Bytes of an error body read at most: enough for the spec's `errors` JSON; the rest is
+/// dropped unread.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// The start of a response body (at most `MAX_ERROR_BODY_BYTES`), for messages.
+async fn body_start(resp: Response) -> Bytes {
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let room = MAX_ERROR_BODY_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ERROR_BODY_BYTES {
+            break;
+        }
+    }
+    Bytes::from(body)
+}
+
 /// The registry's error message, or the start of its body.
 pub(super) async fn error_message(resp: Response) -> String {
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = body_start(resp).await;
     match parse_error_body(&body) {
-        Some(e) if !e.message.is_empty() => e.message,
+        Some(e) if !e.message.is_empty() => truncate(&e.message),
         Some(e) => format!("{:?}", e.code),
         None => String::from_utf8_lossy(&body[..body.len().min(300)])
             .trim()
@@ -57,11 +96,19 @@ pub(super) async fn error_message(resp: Response) -> String {
     }
 }
 
+/// A registry's message, cut to 1,000 characters for messages.
+fn truncate(message: &str) -> String {
+    match message.char_indices().nth(1000) {
+        Some((at, _)) => format!("{}…", &message[..at]),
+        None => message.to_string(),
+    }
+}
+
 /// Turns a failed response into the matching error.
 pub(super) async fn status_error(resp: Response, method: &str, what: &str) -> Error {
     let status = resp.status().as_u16();
     let url = redact_url(resp.url());
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = body_start(resp).await;
     let parsed = parse_error_body(&body);
     let code = parsed.as_ref().map(|e| e.code.clone());
     let not_found_code = matches!(
@@ -75,7 +122,7 @@ pub(super) async fn status_error(resp: Response, method: &str, what: &str) -> Er
         };
     }
     let message = match parsed {
-        Some(e) if !e.message.is_empty() => e.message,
+        Some(e) if !e.message.is_empty() => truncate(&e.message),
         _ => String::from_utf8_lossy(&body[..body.len().min(300)])
             .trim()
             .to_string(),

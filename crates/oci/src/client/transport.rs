@@ -118,11 +118,7 @@ impl RegistryClient {
                     tokio::time::sleep(delay).await;
                 }
                 Err(source) => {
-                    return Err(Error::Transport {
-                        method: method.to_string(),
-                        url: redact_url(url),
-                        source,
-                    })
+                    return Err(Error::transport(method.to_string(), redact_url(url), source))
                 }
             }
         }
@@ -290,6 +286,22 @@ impl RegistryClient {
             header: realm.into(),
             reason: e.to_string(),
         })?;
+        // The realm receives the registry's credentials (Basic): never in clear when the
+        // registry itself is reached over TLS.
+        let registry_scheme = self
+            .base(&Repository {
+                registry: registry.to_string(),
+                name: String::new(),
+            })?
+            .scheme()
+            .to_string();
+        if registry_scheme == "https" && url.scheme() != "https" {
+            return Err(Error::OriginRefused {
+                registry: registry.into(),
+                url: redact_url(&url),
+                reason: "its Bearer realm is not https while the registry is".into(),
+            });
+        }
         {
             let mut query = url.query_pairs_mut();
             if let Some(service) = service {
@@ -328,11 +340,14 @@ impl RegistryClient {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body: TokenResponse = resp.json().await.map_err(|source| Error::Transport {
-            method: "GET".into(),
-            url: redact_url(&url),
-            source,
-        })?;
+        let shown = redact_url(&url);
+        let body = read_bounded(resp, MAX_TOKEN_BYTES, &shown, "token response").await?;
+        let body: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| Error::Unauthorized {
+                registry: registry.into(),
+                url: shown.clone(),
+                reason: format!("token endpoint answered with something else than a token: {e}"),
+            })?;
         let token = body
             .token
             .or(body.access_token)
@@ -347,3 +362,6 @@ impl RegistryClient {
         ))
     }
 }
+
+/// Bytes of a token response read at most (tokens are JWTs of a few KiB).
+const MAX_TOKEN_BYTES: usize = 1 << 20;

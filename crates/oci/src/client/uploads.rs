@@ -8,7 +8,7 @@ use url::Url;
 
 use crate::digest::Digest;
 use crate::error::{redact_url, Error, Result};
-use crate::reference::Repository;
+use crate::reference::{validate_repository_name, Repository};
 
 use super::*;
 
@@ -53,7 +53,7 @@ pub enum Mount {
 impl RegistryClient {
     /// Opens an upload session in a repository.
     pub async fn start_upload(&self, repo: &Repository) -> Result<UploadSession> {
-        let url = self.url(repo, "blobs/uploads/")?;
+        let url = self.url(repo, Resource::Uploads, None)?;
         let resp = self
             .execute(
                 Method::POST,
@@ -77,7 +77,11 @@ impl RegistryClient {
         digest: &Digest,
         from: &Repository,
     ) -> Result<Mount> {
-        let mut url = self.url(repo, "blobs/uploads/")?;
+        validate_repository_name(&from.name).map_err(|reason| Error::InvalidReference {
+            reference: from.to_string(),
+            reason,
+        })?;
+        let mut url = self.url(repo, Resource::Uploads, None)?;
         url.query_pairs_mut()
             .append_pair("mount", digest.as_str())
             .append_pair("from", &from.name);
@@ -118,6 +122,7 @@ impl RegistryClient {
                     resp.status().as_u16()
                 ),
             })?;
+        self.check_upload_origin(repo, &location)?;
         Ok(UploadSession {
             registry: repo.registry.clone(),
             repository: repo.name.clone(),
@@ -135,7 +140,22 @@ impl RegistryClient {
             url: "<session>".into(),
             reason: format!("upload session location is not a URL: {e}"),
         })?;
+        self.check_upload_origin(&repo, &url)?;
         Ok((repo, url))
+    }
+
+    /// An upload session continues only on its registry's origin: a Location (from the
+    /// registry, or carried in a step's input) naming another host would receive the
+    /// registry's credentials and the blob.
+    fn check_upload_origin(&self, repo: &Repository, location: &Url) -> Result<()> {
+        if location.origin() == self.origin(repo)? {
+            return Ok(());
+        }
+        Err(Error::OriginRefused {
+            registry: repo.registry.clone(),
+            url: redact_url(location),
+            reason: "an upload session's location is on another origin than the registry".into(),
+        })
     }
 
     /// Sends the next `length` bytes of an upload (one PATCH), from `session.offset`.
@@ -170,11 +190,7 @@ impl RegistryClient {
             .body(body)
             .send()
             .await
-            .map_err(|source| Error::Transport {
-                method: "PATCH".into(),
-                url: redact_url(&url),
-                source,
-            })?;
+            .map_err(|source| Error::transport("PATCH", redact_url(&url), source))?;
         // Distribution answers 202; ECR answers 201.
         let status = resp.status();
         if status != StatusCode::ACCEPTED && status != StatusCode::CREATED {

@@ -3,14 +3,14 @@
 
 use std::collections::HashSet;
 
-use ecr::{EnsureReport, RepositorySettings, SettingChange};
+use ecr::{EnsureOptions, EnsureReport, Reconcile, RepositorySettings, SettingChange};
 use oci::Repository;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::catalog::aws;
-use crate::connect::Connections;
+use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::job::{Destination, Job, SettingsMode, ValidJob};
 
@@ -98,17 +98,14 @@ impl EnsureRepositoryOutput {
 }
 
 /// The settings a destination repository should have, from the source's: KMS keys mapped
-/// (keys are regional), the source account id in the repository policy replaced by the
-/// destination's.
+/// (keys are regional), and the repository policy as `destination_policy` makes it; with what
+/// was left out of the policy.
 pub fn target_settings(
-    source: Option<&RepositorySettings>,
-    source_account: Option<&str>,
+    source: &RepositorySettings,
+    source_account: &str,
     destination: &Destination,
-    destination_account: Option<&str>,
-) -> RepositorySettings {
-    let Some(source) = source else {
-        return RepositorySettings::default();
-    };
+    destination_account: &str,
+) -> (RepositorySettings, Vec<String>) {
     let mut desired = source.clone();
     if desired.uses_kms() {
         desired.kms_key = source
@@ -118,14 +115,100 @@ pub fn target_settings(
             .or_else(|| destination.kms_key_mapping.get("*"))
             .cloned();
     }
-    if let (Some(policy), Some(from), Some(to)) = (
-        &source.repository_policy,
-        source_account,
-        destination_account,
-    ) {
-        desired.repository_policy = Some(policy.replace(from, to));
+    let mut left_out = Vec::new();
+    if let Some(policy) = &source.repository_policy {
+        let (kept, dropped) = destination_policy(policy, source_account, destination_account);
+        desired.repository_policy = kept;
+        left_out = dropped;
     }
-    desired
+    (desired, left_out)
+}
+
+/// A source repository policy as a destination may have it: only the statements whose every
+/// principal is an AWS principal of the source account (its id, root or an IAM role or user in
+/// it), those principals rewritten to the destination account; a statement granting anyone else
+/// (another account, `*`, a service, a federated user, or with `NotPrincipal`) is left out and
+/// named. A grant in the source must not become a way into the destination. `None` when no
+/// statement is kept (or the policy is not JSON).
+pub fn destination_policy(
+    policy: &str,
+    source_account: &str,
+    destination_account: &str,
+) -> (Option<String>, Vec<String>) {
+    let Ok(mut parsed) = serde_json::from_str::<serde_json::Value>(policy) else {
+        return (None, vec!["repositoryPolicy: the source's policy is not JSON; not copied".into()]);
+    };
+    let statements = match parsed["Statement"].take() {
+        serde_json::Value::Array(list) => list,
+        serde_json::Value::Null => Vec::new(),
+        single => vec![single],
+    };
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    for (i, mut statement) in statements.into_iter().enumerate() {
+        let name = statement["Sid"]
+            .as_str()
+            .map(|sid| format!("{sid:?}"))
+            .unwrap_or_else(|| format!("#{i}"));
+        let rewritten = if statement.get("NotPrincipal").is_some() {
+            None
+        } else {
+            rewrite_principal(&statement["Principal"], source_account, destination_account)
+        };
+        match rewritten {
+            Some(principal) => {
+                statement["Principal"] = principal;
+                kept.push(statement);
+            }
+            None => dropped.push(format!(
+                "repositoryPolicy: statement {name} grants principals outside the source account {source_account}; not copied",
+            )),
+        }
+    }
+    if kept.is_empty() {
+        return (None, dropped);
+    }
+    parsed["Statement"] = serde_json::Value::Array(kept);
+    (serde_json::to_string(&parsed).ok(), dropped)
+}
+
+/// `{"AWS": ...}` with every entry in `from` rewritten to `to`; `None` when any entry is not
+/// an AWS principal of `from`.
+fn rewrite_principal(
+    principal: &serde_json::Value,
+    from: &str,
+    to: &str,
+) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let object = principal.as_object()?;
+    if object.len() != 1 {
+        return None;
+    }
+    let rewrite = |entry: &Value| -> Option<Value> {
+        let text = entry.as_str()?;
+        if text == from {
+            return Some(Value::String(to.to_string()));
+        }
+        // arn:PARTITION:iam::ACCOUNT:root|role/...|user/...
+        let parts: Vec<&str> = text.splitn(6, ':').collect();
+        (parts.len() == 6
+            && parts[0] == "arn"
+            && parts[2] == "iam"
+            && parts[3].is_empty()
+            && parts[4] == from)
+            .then(|| Value::String(format!("arn:{}:iam::{to}:{}", parts[1], parts[5])))
+    };
+    let rewritten = match object.get("AWS")? {
+        Value::Array(entries) => Value::Array(
+            entries
+                .iter()
+                .map(rewrite)
+                .collect::<Option<Vec<_>>>()
+                .filter(|v| !v.is_empty())?,
+        ),
+        single => rewrite(single)?,
+    };
+    Some(serde_json::json!({ "AWS": rewritten }))
 }
 
 /// Creates the destination repository if missing and, with `repositorySettings: "copy"`, makes
@@ -185,30 +268,56 @@ pub(crate) async fn apply_settings(
         ));
     };
     let source = conns.source(job).await?;
-    let source_settings = match &source.ecr {
-        Some(src_admin) => src_admin
-            .read_settings(repository)
-            .await
-            .map_err(aws(format!(
-                "reading the settings of {}/{repository}",
-                src_admin.registry()
-            )))?,
-        None => None,
+    let destination_account = admin.registry().account_id.as_str();
+    let (desired, left_out, reconcile) = match &source.ecr {
+        Some(src_admin) => {
+            let Some(settings) = src_admin
+                .read_settings(repository)
+                .await
+                .map_err(aws(format!(
+                    "reading the settings of {}/{repository}",
+                    src_admin.registry()
+                )))?
+            else {
+                // Nothing to copy, and no repository to create for images that are not there.
+                return Ok(skipped(&format!(
+                    "the source has no repository {repository}: nothing created or changed"
+                )));
+            };
+            let (desired, left_out) = target_settings(
+                &settings,
+                &src_admin.registry().account_id,
+                dest_spec,
+                destination_account,
+            );
+            let reconcile = match job.repository_settings {
+                SettingsMode::Mirror => Reconcile::Exactly,
+                SettingsMode::Copy => Reconcile::NoWeaker,
+                SettingsMode::Create | SettingsMode::None => Reconcile::Never,
+            };
+            (desired, left_out, reconcile)
+        }
+        // A registry that is not ECR has no settings to copy: a missing repository is created
+        // with ECR's defaults, an existing one is never changed (its settings are not "the
+        // defaults" of a source that has none).
+        None => (RepositorySettings::default(), Vec::new(), Reconcile::Never),
     };
-    let desired = target_settings(
-        source_settings.as_ref(),
-        source
-            .ecr
-            .as_ref()
-            .map(|a| a.registry().account_id.as_str()),
-        dest_spec,
-        Some(admin.registry().account_id.as_str()),
-    );
-    let update = job.repository_settings == SettingsMode::Copy;
-    let report = admin
-        .ensure_repository(target, &desired, update, job.dry_run)
+    let how = EnsureOptions {
+        reconcile,
+        repository_policy: job.copy_repository_policy && source.ecr.is_some(),
+        dry_run: job.dry_run,
+    };
+    let mut report = admin
+        .ensure_repository(target, &desired, how)
         .await
         .map_err(aws(format!("ensuring {}/{target}", admin.registry())))?;
+    if source.ecr.is_none() {
+        // Differences from defaults are no drift: the source simply has no settings.
+        report.drift.clear();
+    }
+    if how.repository_policy {
+        report.drift.extend(left_out);
+    }
     Ok(EnsureRepositoryOutput::from_report(
         &dest_spec.registry,
         target,
@@ -230,11 +339,19 @@ async fn prune_stale_tags(
 ) -> Result<(Vec<String>, Vec<String>)> {
     let source = conns.source(&job.job).await?;
     let dest = conns.destination(&job.job, index).await?;
-    let in_source: HashSet<String> = all_images(&source, repository)
-        .await?
-        .into_iter()
-        .flat_map(|i| i.tags)
-        .collect();
+    let dest_spec = job.job.destination(index)?;
+    let sharing = sources_sharing_target(&source, job, dest_spec, repository, target).await?;
+    if !sharing.is_empty() {
+        // Each would prune the other's tags on every run: neither prunes, the run says why.
+        return Ok((
+            Vec::new(),
+            vec![format!(
+                "(none pruned): source repositories {repository} and {} all map onto {target}; prune needs one source per destination repository (fix repositoryMapping)",
+                sharing.join(", ")
+            )],
+        ));
+    }
+    let in_source = source_tags(&source, repository).await?;
     let in_target = match all_images(&dest, target).await {
         Ok(images) => images,
         Err(e) if is_missing_repository(&e) => return Ok((Vec::new(), Vec::new())),
@@ -328,6 +445,72 @@ async fn prune_stale_tags(
         }
     }
     Ok((removed, kept))
+}
+
+/// Every tag the source repository has, from its full tag listing: a tag whose manifest cannot
+/// be read right now (a transient 404, a refused media type) is still the source's, and is
+/// never pruned for it.
+async fn source_tags(source: &Connection, repository: &str) -> Result<HashSet<String>> {
+    if source.ecr.is_some() {
+        // ECR's ListImages lists tags with their digests: nothing is resolved one by one.
+        return Ok(all_images(source, repository)
+            .await?
+            .into_iter()
+            .flat_map(|i| i.tags)
+            .collect());
+    }
+    let repo = Repository {
+        registry: source.registry.clone(),
+        name: repository.to_string(),
+    };
+    source
+        .client
+        .list_tags(&repo)
+        .await
+        .map(|tags| tags.into_iter().collect())
+        .map_err(|source| Error::Listing {
+            what: format!("tags of {repo} (the source's full set, for prune)"),
+            source,
+        })
+}
+
+/// The other selected source repositories that `dest` maps onto the same repository as
+/// `repository` (only possible with `repositoryMapping`; a prefix alone maps one to one). The
+/// source's repository names are listed for it (names only, at most
+/// `oci::MAX_LISTING_PAGES` pages).
+async fn sources_sharing_target(
+    source: &Connection,
+    job: &ValidJob,
+    dest: &Destination,
+    repository: &str,
+    target: &str,
+) -> Result<Vec<String>> {
+    if dest.repository_mapping.is_empty() {
+        return Ok(Vec::new());
+    }
+    let catalog = source.catalog();
+    let mut sharing = Vec::new();
+    let mut next = None;
+    for _ in 0..oci::MAX_LISTING_PAGES {
+        let page = catalog.repositories(next, 1000).await?;
+        sharing.extend(page.items.into_iter().filter(|other| {
+            other != repository
+                && job.repositories.matches(other)
+                && dest.target_repository(other) == target
+        }));
+        match page.next {
+            Some(n) => next = Some(n),
+            None => return Ok(sharing),
+        }
+    }
+    Err(Error::Listing {
+        what: format!("repositories of {}", source.registry),
+        source: oci::Error::ResponseTooLarge {
+            what: "the catalog".into(),
+            url: source.registry.clone(),
+            limit: format!("{} pages", oci::MAX_LISTING_PAGES),
+        },
+    })
 }
 
 /// The registry refused to delete by tag (the distribution registry answers 400; others 405 or

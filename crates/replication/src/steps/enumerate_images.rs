@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
-use crate::filter::{ListedImage, SelectedImage};
+use crate::filter::{ListedImage, Refusal, SelectedImage};
 use crate::job::{ImageSelector, Job, ValidJob};
 use crate::metrics::{self, Metric};
 use crate::referrers;
@@ -288,26 +288,21 @@ pub async fn page_of_work(
                         source,
                     })
                 };
-                let digest = source_digest(&image.digest)?;
-                let referrers = image
-                    .referrers
-                    .iter()
-                    .map(source_digest)
-                    .collect::<Result<Vec<_>>>()?;
-                let mut tasks = Vec::new();
-                if let Some(reason) = &image.unsigned {
-                    // Not copied: one result per destination, no presence check.
-                    let status = if fail_unsigned {
-                        ImageStatus::Failed
-                    } else {
-                        ImageStatus::Unsigned
-                    };
+                let not_copied = match (&image.refused, &image.unsigned) {
+                    (Some(reason), _) => Some((ImageStatus::Refused, reason)),
+                    (None, Some(reason)) if fail_unsigned => Some((ImageStatus::Failed, reason)),
+                    (None, Some(reason)) => Some((ImageStatus::Unsigned, reason)),
+                    (None, None) => None,
+                };
+                if let Some((status, reason)) = not_copied {
+                    // Not copied: one result per destination, no presence check (a refused
+                    // name is not even parsed: it may be no digest at all).
                     let unsigned = destinations
                         .iter()
                         .map(|(_, spec, _, target, _, _)| {
                             ImageResult {
                                 repository: repository.to_string(),
-                                digest: digest.to_string(),
+                                digest: image.digest.clone(),
                                 tags: image.tags.clone(),
                                 target_registry: spec.registry.clone(),
                                 target_repository: target.clone(),
@@ -320,6 +315,13 @@ pub async fn page_of_work(
                         .collect();
                     return Ok::<_, Error>((at, Checked::Unsigned(unsigned)));
                 }
+                let digest = source_digest(&image.digest)?;
+                let referrers = image
+                    .referrers
+                    .iter()
+                    .map(source_digest)
+                    .collect::<Result<Vec<_>>>()?;
+                let mut tasks = Vec::new();
                 for (index, spec, dest, target, listed, repository_absent) in destinations {
                     let repo = Repository {
                         registry: spec.registry.clone(),
@@ -410,8 +412,16 @@ async fn select_images(
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let mut catalog_images: Option<Vec<ListedImage>> = None;
+    // Names the source listed that are not valid: reported with the selection, never copied.
+    let mut refused: Vec<SelectedImage> = Vec::new();
     let mut selected = if job.job.images.is_empty() {
-        let images = all_images(source, repository).await?;
+        let (images, invalid) = listed_images(source, repository).await?;
+        refused.extend(
+            invalid
+                .into_iter()
+                .filter(|r| job.tags.tag_matches(&r.name))
+                .map(Refusal::into_selected),
+        );
         let selected = job.tags.select(&images, metrics::now_seconds());
         catalog_images = Some(images);
         selected
@@ -419,6 +429,7 @@ async fn select_images(
         resolve_listed(source, &job.job.images, repository).await?
     };
     if !job.job.referrers && job.signature_keys.is_none() {
+        selected.append(&mut refused);
         return Ok((selected, catalog_images));
     }
     let images = match catalog_images {
@@ -429,28 +440,49 @@ async fn select_images(
     let mut unsigned = Vec::new();
     if let Some(keys) = &job.signature_keys {
         let gated = signatures::gate(source, repository, &images, selected, keys).await?;
-        (unsigned, selected) = gated.into_iter().partition(|s| s.unsigned.is_some());
+        (unsigned, selected) = gated.into_iter().partition(|s| s.unsigned.is_some() || s.refused.is_some());
     }
     if job.job.referrers {
-        referrers::add_referrers(source, repository, &images, &mut selected).await?;
+        let gated = job.signature_keys.is_some();
+        referrers::add_referrers(source, repository, &images, &mut selected, gated).await?;
     }
     selected.append(&mut unsigned);
+    selected.append(&mut refused);
     Ok((selected, Some(images)))
 }
 
-/// Every image of a source repository (all catalog pages).
-pub(crate) async fn all_images(source: &Connection, repository: &str) -> Result<Vec<ListedImage>> {
-    let catalog = source.catalog();
+/// Every image of a repository (all catalog pages, at most `oci::MAX_LISTING_PAGES`), and
+/// the names it listed that are not valid (refused, never used).
+pub(crate) async fn listed_images(
+    conn: &Connection,
+    repository: &str,
+) -> Result<(Vec<ListedImage>, Vec<Refusal>)> {
+    let catalog = conn.catalog();
     let mut images = Vec::new();
+    let mut refused = Vec::new();
     let mut next = None;
-    loop {
+    for _ in 0..oci::MAX_LISTING_PAGES {
         let page = catalog.images(repository, next).await?;
         images.extend(page.items);
+        refused.extend(page.refused);
         match page.next {
             Some(n) => next = Some(n),
-            None => return Ok(images),
+            None => return Ok((images, refused)),
         }
     }
+    Err(Error::Listing {
+        what: format!("images of {}/{repository}", conn.registry),
+        source: oci::Error::ResponseTooLarge {
+            what: format!("the listing of {repository}"),
+            url: conn.registry.clone(),
+            limit: format!("{} pages", oci::MAX_LISTING_PAGES),
+        },
+    })
+}
+
+/// Every image of a repository whose names are valid (the refused ones left out).
+pub(crate) async fn all_images(conn: &Connection, repository: &str) -> Result<Vec<ListedImage>> {
+    Ok(listed_images(conn, repository).await?.0)
 }
 
 /// The listed images of one repository, resolved in the source (a tag to its digest), one entry
@@ -516,9 +548,7 @@ async fn resolve_listed(
             None => selected.push(SelectedImage {
                 digest,
                 tags: image.tag.iter().cloned().collect(),
-                pushed_at: None,
-                referrers: Vec::new(),
-                unsigned: None,
+                ..SelectedImage::default()
             }),
         }
     }

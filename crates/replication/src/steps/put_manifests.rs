@@ -2,7 +2,7 @@
 //! (children by digest, then every tag) and checks each tag names the source digest.
 
 use futures::StreamExt;
-use oci::{BlobRef, Repository};
+use oci::{BlobRef, Digest, Repository};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +154,10 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         .await?;
         referrers.push(top);
     }
-    referrers::write_fallback_indexes(&dest.client, &to, &referrers).await?;
+    let subjects: Vec<&Digest> = std::iter::once(&input.image.digest)
+        .chain(&input.image.referrers)
+        .collect();
+    referrers::write_fallback_indexes(&dest.client, &to, &referrers, &subjects).await?;
     let mut measured = vec![(Metric::ImagesCopied, 1.0)];
     if let Some(pushed) = input.image.pushed_at {
         let lag = metrics::now_seconds().saturating_sub(pushed).max(0);

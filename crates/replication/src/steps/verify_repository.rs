@@ -59,7 +59,7 @@ pub async fn verify_repository(
     let (selected, listed) = selected_and_listed(conns, &job, repository).await?;
     let selected: Vec<SelectedImage> = selected
         .into_iter()
-        .filter(|s| s.unsigned.is_none())
+        .filter(|s| s.unsigned.is_none() && s.refused.is_none())
         .collect();
     // Tags only a destination has are extra; with an explicit image list there is no "all".
     let source_tags: Option<HashSet<String>> = match (job.job.images.is_empty(), listed) {
@@ -147,7 +147,12 @@ async fn verify_settings(
     }
     let dry_copy = Job {
         dry_run: true,
-        repository_settings: SettingsMode::Copy,
+        // What a replication would make them: `mirror` exactly the source's, any other mode
+        // the source's without weakening the destination.
+        repository_settings: match job.job.repository_settings {
+            SettingsMode::Mirror => SettingsMode::Mirror,
+            _ => SettingsMode::Copy,
+        },
         ..job.job.clone()
     };
     let ensured = apply_settings(conns, &dry_copy, (index, spec), at.repository, &at.name).await?;

@@ -136,6 +136,21 @@ export function jobDestinations(config: ReplicatorConfig): Record<string, unknow
   });
 }
 
+/** The registries (and roles) the functions accept in a job, as `ECR_REPLICATOR_ALLOWED_REGISTRIES`
+ * (JSON): the configured source and destinations only. An execution input naming any other
+ * registry or role, or plain HTTP, is refused before any request. */
+export function allowlist(config: ReplicatorConfig): Record<string, unknown> {
+  const entry = (job: Record<string, unknown>) => ({
+    registry: job.registry,
+    roleArns: job.roleArn ? [job.roleArn] : [],
+  });
+  const destinations: Record<string, unknown>[] = [];
+  for (const d of jobDestinations(config)) {
+    if (!destinations.some((e) => e.registry === d.registry)) destinations.push(entry(d));
+  }
+  return { sources: [entry(jobSource(config))], destinations, insecure: [] };
+}
+
 /** Destinations grouped by account (other than the workflow's): one target role per account. */
 export function targetAccounts(config: ReplicatorConfig): Map<string, DestinationConfig[]> {
   const byAccount = new Map<string, DestinationConfig[]>();

@@ -17,7 +17,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import {
-  crossAccountSource, jobDestinations, jobSource, ReplicatorConfig, sourceRoleArn, targetAccounts, targetRoleArn, workflowAccount,
+  allowlist, crossAccountSource, jobDestinations, jobSource, ReplicatorConfig, sourceRoleArn, targetAccounts, targetRoleArn, workflowAccount,
 } from './config';
 import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
 
@@ -181,6 +181,7 @@ export class WorkflowStack extends Stack {
         environment: {
           RUST_LOG: 'info',
           ECR_REPLICATOR_METRICS_NAMESPACE: METRICS_NAMESPACE,
+          ECR_REPLICATOR_ALLOWED_REGISTRIES: JSON.stringify(allowlist(config)),
           ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
         },
       });

@@ -336,3 +336,22 @@ test('events go to the default bus only; every function writes metrics; the dash
   for (const d of jobDestinations(config)) assert.ok(body.includes(String(d.registry)), JSON.stringify(d));
   w.resourceCountIs('AWS::CloudWatch::Alarm', 1);
 });
+
+test('every function gets the deployment allowlist: the configured source and destinations, their roles, no plain HTTP', () => {
+  const expected = {
+    sources: [{ registry: `${config.sourceAccount}.dkr.ecr.${config.sourceRegion}.amazonaws.com`, roleArns: [] }],
+    destinations: jobDestinations(config)
+      .filter((d, i, all) => all.findIndex((e) => e.registry === d.registry) === i)
+      .map((d) => ({ registry: d.registry, roleArns: d.roleArn ? [d.roleArn] : [] })),
+    insecure: [],
+  };
+  const functions = Object.values(w.findResources('AWS::Lambda::Function')) as any[];
+  assert.equal(functions.length, FUNCTIONS.length);
+  for (const f of functions) {
+    const text = f.Properties.Environment.Variables.ECR_REPLICATOR_ALLOWED_REGISTRIES;
+    assert.equal(typeof text, 'string', 'the allowlist is a plain string (no token)');
+    assert.deepEqual(JSON.parse(text), expected);
+  }
+  // A cross-account destination is allowed with exactly its target role.
+  assert.ok(expected.destinations.some((d) => d.roleArns.length === 1 && String(d.roleArns[0]).endsWith(`:role/${config.targetRoleName}`)));
+});

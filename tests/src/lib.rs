@@ -5,6 +5,7 @@
 
 pub mod ecr_plane;
 pub mod fake;
+pub mod hostile;
 pub mod iam;
 pub mod image;
 pub mod measure;

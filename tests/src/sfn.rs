@@ -165,6 +165,17 @@ pub const WORK_BUCKET_REGION: &str = "us-east-1";
 /// The functions whose concurrent invocations `maxConcurrency` bounds.
 const COPY_FUNCTIONS: [&str; 2] = ["copy-blobs", "put-manifests"];
 
+/// The rig deployment's allowlist: the tests' registries (any port of 127.0.0.1, over plain
+/// HTTP) and the ECR hosts of the world with their roles, as sources and destinations.
+pub fn rig_allowlist() -> serde_json::Value {
+    use crate::world::{role_of, DEST, DEST2, SOURCE, SOURCE_OTHER_REGION};
+    let mut entries = vec![serde_json::json!({"registry": "127.0.0.1:*"})];
+    for host in [SOURCE, DEST, DEST2, SOURCE_OTHER_REGION] {
+        entries.push(serde_json::json!({"registry": host, "roleArns": role_of(host).into_iter().collect::<Vec<_>>()}));
+    }
+    serde_json::json!({"sources": entries, "destinations": entries, "insecure": ["127.0.0.1:*"]})
+}
+
 /// How a Lambda invocation can end without the function answering, as Step Functions reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LambdaFault {
@@ -246,7 +257,17 @@ impl LocalStepFunctions {
                 replication::metrics::NAMESPACE_VARIABLE.to_string(),
                 METRICS_NAMESPACE.to_string(),
             ),
+            // The deployment's allowlist (the CDK app writes one from its configuration).
+            (
+                replication::allowlist::ALLOWLIST_VARIABLE.to_string(),
+                rig_allowlist().to_string(),
+            ),
         ];
+        // A variable the caller gives replaces the rig's default.
+        let defaults: Vec<(String, String)> = defaults
+            .into_iter()
+            .filter(|(k, _)| !env.iter().any(|(key, _)| key == k))
+            .collect();
         // `ECR_REPLICATOR_FUNCTION_LOG=debug` (a RUST_LOG filter) makes the functions verbose.
         let log_filter = std::env::var("ECR_REPLICATOR_FUNCTION_LOG")
             .map(|filter| vec![("RUST_LOG".to_string(), filter)])
@@ -257,7 +278,11 @@ impl LocalStepFunctions {
             .iter()
             .chain(&log_filter)
             .chain(env)
-            .map(|(k, v)| format!("{k}=\"{v}\""))
+            // Single quotes (taken literally) for values holding double quotes (JSON).
+            .map(|(k, v)| match v.contains('"') {
+                true => format!("{k}='{v}'"),
+                false => format!("{k}=\"{v}\""),
+            })
             .collect();
         std::fs::write(&env_file, lines.join("\n") + "\n").unwrap();
         watch_cmd.arg("--env-file").arg(&env_file);

@@ -172,3 +172,197 @@ fn a_public_key_that_is_not_p256_pem_is_refused_naming_it() {
     });
     assert!(Job::parse(&none.to_string()).is_err());
 }
+
+/// A source with a signed image `app:signed` (its `.sig` tag) and an unsigned runnable image;
+/// returns (source, destination, signed, unsigned, trusted key PEM).
+async fn signed_and_unsigned() -> (TestRegistry, TestRegistry, TestImage, TestImage, String) {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (key, pem) = signing_key(1);
+    let signed = ImageBuilder::new(Format::Oci).layer(11, 1000).build();
+    let unsigned = ImageBuilder::new(Format::Oci).layer(12, 1000).build();
+    source.push("app", "signed", &signed).await;
+    source
+        .push(
+            "app",
+            &format!("{}.sig", fallback(&signed)),
+            &cosign_signature(&signed.digest, &key, false, None),
+        )
+        .await;
+    // The unsigned image is pushed by digest only: it reaches the destination only if the
+    // attack below smuggles it through.
+    source.push("app", &unsigned.digest, &unsigned).await;
+    (src, dst, signed, unsigned, pem)
+}
+
+fn gated_job(src: &str, dst: &str, pem: &str, extra: serde_json::Value) -> Job {
+    let mut job = json!({
+        "source": {"registry": src, "insecure": true},
+        "destinations": [{"registry": dst, "insecure": true}],
+        "requireSignature": {"publicKeys": [pem]},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        job[k] = v.clone();
+    }
+    Job::from_json(&job.to_string()).unwrap()
+}
+
+fn quick_settings() -> Settings {
+    Settings {
+        registry: e2e::fast_retry_config(&[]),
+        ..Settings::default()
+    }
+}
+
+#[tokio::test]
+async fn an_unsigned_image_under_an_artifact_tag_of_a_signed_image_is_refused() {
+    let (src, dst, signed, unsigned, pem) = signed_and_unsigned().await;
+    // Anyone who can push can push a runnable image under an artifact-shaped tag.
+    let smuggled = format!("{}.sbom", fallback(&signed));
+    Pusher::new(&src.host, None)
+        .push("app", &smuggled, &unsigned)
+        .await;
+
+    for referrers in [true, false] {
+        let output = replication::run::run_job(
+            &Connections::new(quick_settings()),
+            gated_job(&src.host, &dst.host, &pem, json!({"referrers": referrers})),
+            &replication::run::Quiet,
+        )
+        .await
+        .unwrap();
+
+        let target = Pusher::new(&dst.host, None);
+        assert_eq!(target.manifest("app", "signed").await.unwrap(), signed.manifest);
+        assert!(
+            target.manifest("app", &unsigned.digest).await.is_none(),
+            "the unsigned image reached the destination (referrers {referrers})"
+        );
+        assert!(target.manifest("app", &smuggled).await.is_none());
+        assert_eq!(output.report.refused, 1, "{:?}", output.report);
+        assert!(
+            output.report.refusals[0].contains("runnable image"),
+            "{:?}",
+            output.report.refusals
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_fallback_index_listing_an_unsigned_image_is_refused_with_what_it_lists() {
+    let (src, dst, signed, unsigned, pem) = signed_and_unsigned().await;
+    // The referrers fallback tag of the signed image, holding an index that lists the unsigned
+    // image as if it were a referrer.
+    let index = e2e::image::referrers_index(vec![(
+        unsigned.clone(),
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+    )]);
+    Pusher::new(&src.host, None)
+        .push("app", &fallback(&signed), &index)
+        .await;
+
+    for referrers in [true, false] {
+        let output = replication::run::run_job(
+            &Connections::new(quick_settings()),
+            gated_job(&src.host, &dst.host, &pem, json!({"referrers": referrers})),
+            &replication::run::Quiet,
+        )
+        .await
+        .unwrap();
+
+        let target = Pusher::new(&dst.host, None);
+        assert_eq!(target.manifest("app", "signed").await.unwrap(), signed.manifest);
+        assert!(target.manifest("app", &unsigned.digest).await.is_none());
+        assert!(target.manifest("app", &index.digest).await.is_none());
+        assert_eq!(output.report.refused, 1, "{:?}", output.report);
+    }
+}
+
+#[tokio::test]
+async fn a_junk_signature_candidate_is_skipped_and_named_and_the_repository_goes_on() {
+    let (src, dst, signed, unsigned, pem) = signed_and_unsigned().await;
+    let (key, _) = signing_key(1);
+    // A second image whose `.sig` the registry answers with bytes that are no manifest of it.
+    let junk_signed = ImageBuilder::new(Format::Oci).layer(13, 1000).build();
+    let junk = cosign_signature(&junk_signed.digest, &key, false, None);
+    let source = Pusher::new(&src.host, None);
+    source.push("app", "junk-signed", &junk_signed).await;
+    source
+        .push("app", &format!("{}.sig", fallback(&junk_signed)), &junk)
+        .await;
+    let hostile = e2e::hostile::HostileRegistry::start(&src.host);
+    hostile.attack(|a| a.corrupt_manifests = vec![junk.digest.clone()]);
+    let _ = unsigned;
+
+    let output = replication::run::run_job(
+        &Connections::new(quick_settings()),
+        gated_job(&hostile.host, &dst.host, &pem, json!({})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    let report = &output.report;
+    assert_eq!(report.repositories_failed, 0, "{report:?}");
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(target.manifest("app", "signed").await.unwrap(), signed.manifest);
+    assert!(target.manifest("app", "junk-signed").await.is_none());
+    let named = report
+        .unsigned_images
+        .iter()
+        .find(|r| r.tags == ["junk-signed"])
+        .unwrap_or_else(|| panic!("{:?}", report.unsigned_images));
+    assert!(
+        named.error.as_deref().unwrap().contains("unreadable"),
+        "{named:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_referrer_declaring_another_subject_is_not_written_into_its_fallback_index() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (x, y) = (
+        ImageBuilder::new(Format::Oci).layer(14, 500).build(),
+        ImageBuilder::new(Format::Oci).layer(15, 500).build(),
+    );
+    source.push("app", "x", &x).await;
+    source.push("app", "y-untagged", &y).await;
+    // An SBOM of y, which the source's referrers API lists as a referrer of x.
+    let sbom = e2e::image::artifact(Some(&y), "application/spdx+json", "application/spdx+json", b"{}");
+    source.push("app", &sbom.digest, &sbom).await;
+    let hostile = e2e::hostile::HostileRegistry::start(&src.host);
+    let descriptor = json!({"mediaType": sbom.media_type, "digest": sbom.digest,
+        "size": sbom.manifest.len(), "artifactType": "application/spdx+json"});
+    hostile.attack(|a| {
+        a.referrers = Some([(x.digest.clone(), vec![descriptor])].into_iter().collect())
+    });
+
+    let output = replication::run::run_job(
+        &Connections::new(quick_settings()),
+        Job::from_json(
+            &json!({
+                "source": {"registry": hostile.host, "insecure": true},
+                "destinations": [{"registry": dst.host, "insecure": true}],
+                "tags": {"include": ["x"]},
+            })
+            .to_string(),
+        )
+        .unwrap(),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(target.manifest("app", "x").await.unwrap(), x.manifest);
+    assert!(target.manifest("app", &sbom.digest).await.is_none());
+    // y is not replicated: no fallback index may be written for it.
+    assert!(target.manifest("app", &fallback(&y)).await.is_none());
+    assert_eq!(output.report.refused, 1, "{:?}", output.report);
+    assert!(
+        output.report.refusals[0].contains("declares subject"),
+        "{:?}",
+        output.report.refusals
+    );
+}

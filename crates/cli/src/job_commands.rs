@@ -55,6 +55,11 @@ pub struct RunArgs {
     /// Docker config.json for registries that are not ECR.
     #[arg(long, value_name = "PATH")]
     pub authfile: Option<PathBuf>,
+    /// Refuse a job naming a registry, role or plain HTTP this allowlist does not allow (the
+    /// deployed functions' `ECR_REPLICATOR_ALLOWED_REGISTRIES` JSON: `{"sources": [{"registry":
+    /// HOST, "roleArns": [...]}], "destinations": [...], "insecure": [HOST]}`).
+    #[arg(long, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
     #[command(flatten)]
     pub throttle: crate::registry_args::ThrottleArgs,
     /// Output format on stdout.
@@ -80,6 +85,14 @@ impl RunArgs {
             .or_else(oci::CredentialStore::default_docker_config_path);
         if let Some(path) = authfile {
             settings.credentials.load_docker_config(&path)?;
+        }
+        if let Some(path) = &self.allowlist {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            settings.allowlist = Some(replication::allowlist::Allowlist::from_json(
+                &text,
+                &format!("--allowlist {}", path.display()),
+            )?);
         }
         Ok(settings)
     }

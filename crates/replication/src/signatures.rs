@@ -215,7 +215,7 @@ async fn verify_candidate(
             reason = format!(
                 "signs {}, not this image",
                 signed_digest
-                    .map(|d| short_digest(&d))
+                    .map(|d| crate::report::truncate_chars(&d, 71))
                     .unwrap_or_else(|| "no image".into())
             );
             continue;

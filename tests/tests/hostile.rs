@@ -1,0 +1,349 @@
+//! A hostile source registry (tests/src/hostile.rs) plays each attack against the replicator;
+//! every test checks what reached the destination (by digest, through the destination's own
+//! request log) and where requests went.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::hostile::{HostileRegistry, Sink};
+use e2e::image::{Format, ImageBuilder, Pusher};
+use e2e::registry::TestRegistry;
+use oci::{Credential, Digest, Repository, UploadSession};
+use replication::connect::{Connections, Settings};
+use replication::Job;
+use serde_json::json;
+
+fn settings() -> Settings {
+    Settings {
+        registry: e2e::fast_retry_config(&[]),
+        ..Settings::default()
+    }
+}
+
+fn job(source: &str, dest: &str, extra: serde_json::Value) -> Job {
+    let mut job = json!({
+        "source": {"registry": source, "insecure": true},
+        "destinations": [{"registry": dest, "insecure": true}],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        job[k] = v.clone();
+    }
+    Job::from_json(&job.to_string()).unwrap()
+}
+
+fn repo(host: &str, name: &str) -> Repository {
+    Repository {
+        registry: host.to_string(),
+        name: name.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn forged_tags_with_dot_segments_and_slashes_never_reach_a_url() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let image = ImageBuilder::new(Format::Oci).layer(1, 2000).build();
+    Pusher::new(&src.host, None).push("app", "v1", &image).await;
+    let victim = ImageBuilder::new(Format::Oci).layer(2, 500).build();
+    Pusher::new(&dst.host, None)
+        .push("victim", "keep", &victim)
+        .await;
+    let hostile = HostileRegistry::start(&src.host);
+    let forged = [
+        "../../../victim/manifests/pwn",
+        "..",
+        "v1/../../victim",
+        "a%2Fb",
+        "x?y=z",
+    ];
+    hostile.attack(|a| a.forged_tags = forged.iter().map(|t| t.to_string()).collect());
+    // The destination behind a recorder: every request it receives is logged.
+    let recorder = HostileRegistry::start(&dst.host);
+
+    let output = replication::run::run_job(
+        &Connections::new(settings()),
+        job(&hostile.host, &recorder.host, json!({})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    let report = &output.report;
+    assert_eq!((report.copied, report.failed), (1, 0), "{report:?}");
+    assert_eq!(report.refused, forged.len(), "{report:?}");
+    assert!(
+        report
+            .refusals
+            .iter()
+            .any(|r| r.contains("../../../victim/manifests/pwn")),
+        "{:?}",
+        report.refusals
+    );
+    let to_destination = recorder.requests();
+    for line in &to_destination {
+        assert!(
+            !line.contains("victim") && !line.contains("..") && !line.to_lowercase().contains("%2f"),
+            "a forged name reached the destination: {line}"
+        );
+    }
+    let to_source = hostile.requests();
+    assert!(
+        to_source
+            .iter()
+            .all(|l| !l.contains("pwn") && !l.contains("/manifests/..")),
+        "{to_source:?}"
+    );
+    // What arrived is the real image, byte for byte; the victim repository is untouched.
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/app:v1", dst.host), None),
+        image.manifest.to_vec()
+    );
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(target.manifest("victim", "keep").await.unwrap(), victim.manifest);
+    assert!(target.manifest("victim", "pwn").await.is_none());
+}
+
+#[tokio::test]
+async fn listings_that_page_forever_or_in_place_are_refused_within_bounds() {
+    let src = TestRegistry::start();
+    let hostile = HostileRegistry::start(&src.host);
+    let client = e2e::client(&[&hostile.host], &[]);
+
+    hostile.attack(|a| a.stuck_pages = true);
+    let stuck = client.list_tags(&repo(&hostile.host, "app")).await.unwrap_err();
+    assert!(
+        matches!(&stuck, oci::Error::Registry { message, .. } if message.contains("without advancing")),
+        "{stuck}"
+    );
+    assert_eq!(hostile.requests().len(), 2, "{:?}", hostile.requests());
+
+    hostile.attack(|a| {
+        a.stuck_pages = false;
+        a.endless_pages = true;
+    });
+    let endless = client.list_tags(&repo(&hostile.host, "app")).await.unwrap_err();
+    assert!(
+        matches!(&endless, oci::Error::ResponseTooLarge { limit, .. } if limit.contains("pages")),
+        "{endless}"
+    );
+    let asked = hostile.requests().len() - 2;
+    assert_eq!(asked, oci::MAX_LISTING_PAGES, "pages asked of an endless listing");
+}
+
+#[tokio::test]
+async fn huge_tag_lists_and_error_bodies_are_read_only_up_to_their_bound() {
+    let src = TestRegistry::start();
+    let hostile = HostileRegistry::start(&src.host);
+    let client = e2e::client(&[&hostile.host], &[]);
+
+    hostile.attack(|a| a.huge_tag_list = Some(512 << 20));
+    let err = client.list_tags(&repo(&hostile.host, "app")).await.unwrap_err();
+    assert!(matches!(err, oci::Error::ResponseTooLarge { .. }), "{err}");
+    let sent = hostile.huge_bytes_sent();
+    assert!(sent < 32 << 20, "{sent} bytes of a 512 MiB tag list were read");
+
+    hostile.attack(|a| {
+        a.huge_tag_list = None;
+        a.huge_errors = Some(512 << 20);
+    });
+    let reference = oci::Reference::parse(&format!("{}/app:missing", hostile.host)).unwrap();
+    let err = client.get_manifest(&reference).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    let error_bytes = hostile.huge_bytes_sent() - sent;
+    assert!(
+        error_bytes < 32 << 20,
+        "{error_bytes} bytes of a 512 MiB error body were read"
+    );
+}
+
+#[tokio::test]
+async fn credentials_stay_with_the_registry_across_redirects_and_signed_urls_stay_out_of_errors() {
+    let src = TestRegistry::start_with_auth("user", "secret");
+    let image = ImageBuilder::new(Format::Oci).layer(3, 1000).build();
+    Pusher::new(&src.host, src.credentials.clone())
+        .push("app", "v1", &image)
+        .await;
+    let hostile = HostileRegistry::start(&src.host);
+    // Storage that redirects once within itself: the second hop is on the storage's origin,
+    // not the registry's, and must go as bare as the first.
+    let storage = Sink::start("127.0.0.1", None);
+    hostile.attack(|a| a.blob_redirect_to = Some(storage.host.clone()));
+    let client = e2e::client(
+        &[&hostile.host],
+        &[(
+            &hostile.host,
+            Credential::Basic {
+                username: "user".into(),
+                password: "secret".into(),
+            },
+        )],
+    );
+    let layer = Digest::parse(&image.blobs[1].digest).unwrap();
+    // The registry's challenge is learnt first: from then on its requests carry credentials.
+    let tagged = oci::Reference::parse(&format!("{}/app:v1", hostile.host)).unwrap();
+    assert!(client.head_manifest(&tagged).await.unwrap().is_some());
+
+    let err = match client.get_blob(&repo(&hostile.host, "app"), &layer, 0).await {
+        Ok(_) => panic!("the storage serves nothing"),
+        Err(e) => e,
+    };
+
+    let at_storage = storage.requests();
+    assert_eq!(at_storage.len(), 2, "{at_storage:?}");
+    assert!(
+        at_storage.iter().all(|l| !l.ends_with(" auth")),
+        "the registry's credentials went to storage: {at_storage:?}"
+    );
+    assert!(
+        hostile.requests().iter().any(|l| l.ends_with(" auth")),
+        "the registry itself got them"
+    );
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("SESSION-SECRET") && !text.contains("X-Amz"), "{text}");
+
+    // A transport error on a presigned URL (nothing listens there) names no query either.
+    hostile.attack(|a| a.blob_redirect_to = Some("127.0.0.1:1".into()));
+    let err = match client.get_blob(&repo(&hostile.host, "app"), &layer, 0).await {
+        Ok(_) => panic!("nothing listens on port 1"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, oci::Error::Transport { .. }), "{err}");
+    let text = format!("{err} {err:?} {}", error_chain(&err));
+    assert!(!text.contains("SESSION-SECRET") && !text.contains("X-Amz"), "{text}");
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = String::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(" <- {s} {s:?}"));
+        source = s.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn referrers_links_and_upload_sessions_stay_on_the_registry_origin() {
+    let src = TestRegistry::start();
+    let image = ImageBuilder::new(Format::Oci).layer(4, 100).build();
+    Pusher::new(&src.host, None).push("app", "v1", &image).await;
+    let hostile = HostileRegistry::start(&src.host);
+    let elsewhere = Sink::start("127.0.0.1", None);
+    let client = e2e::client(&[&hostile.host], &[]);
+    let app = repo(&hostile.host, "app");
+
+    hostile.attack(|a| a.referrers_link_to = Some(elsewhere.host.clone()));
+    let err = client
+        .referrers(&app, &Digest::parse(&image.digest).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, oci::Error::OriginRefused { .. }), "{err}");
+
+    hostile.attack(|a| a.upload_location_host = Some(elsewhere.host.clone()));
+    let err = client.start_upload(&app).await.unwrap_err();
+    assert!(matches!(err, oci::Error::OriginRefused { .. }), "{err}");
+
+    // A session carried in a step's input that names another host is not continued.
+    let carried = UploadSession {
+        registry: hostile.host.clone(),
+        repository: "app".into(),
+        location: format!("http://{}/v2/app/blobs/uploads/u", elsewhere.host),
+        offset: 0,
+    };
+    let err = client
+        .upload_part(carried, reqwest::Body::from("x"), 1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, oci::Error::OriginRefused { .. }), "{err}");
+
+    assert_eq!(elsewhere.requests(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn prune_keeps_a_tag_whose_manifest_the_source_would_not_serve() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (a, b) = (
+        ImageBuilder::new(Format::Oci).layer(5, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(6, 100).build(),
+    );
+    source.push("app", "a", &a).await;
+    source.push("app", "b", &b).await;
+    let hostile = HostileRegistry::start(&src.host);
+    let conns = Connections::new(settings());
+    let first = replication::run::run_job(
+        &conns,
+        job(&hostile.host, &dst.host, json!({"prune": true})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.report.copied, 2, "{:?}", first.report);
+
+    // The source answers 404 for b's manifest (a transient or content-negotiation refusal): b
+    // is still in its tag list, so it is the source's, and stays in the destination.
+    hostile.attack(|x| x.hidden_tags = vec!["b".into()]);
+    let second = replication::run::run_job(
+        &Connections::new(settings()),
+        job(&hostile.host, &dst.host, json!({"prune": true})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(second.report.tags_pruned, 0, "{:?}", second.report);
+    assert_eq!(
+        Pusher::new(&dst.host, None).manifest("app", "b").await.unwrap(),
+        b.manifest
+    );
+}
+
+#[tokio::test]
+async fn two_sources_mapped_onto_one_destination_repository_are_not_pruned() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (new, old) = (
+        ImageBuilder::new(Format::Oci).layer(7, 100).build(),
+        ImageBuilder::new(Format::Oci).layer(8, 100).build(),
+    );
+    source.push("app", "v1", &new).await;
+    source.push("app-old", "v0", &old).await;
+    let merging = json!({
+        "prune": true,
+        "destinations": [{"registry": dst.host, "insecure": true,
+            "repositoryMapping": [{"match": "(.*)-old", "replace": "$1"}]}],
+    });
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        let output = replication::run::run_job(
+            &Connections::new(settings()),
+            job(&src.host, &dst.host, merging.clone()),
+            &replication::run::Quiet,
+        )
+        .await
+        .unwrap();
+        reports.push(output.report);
+    }
+
+    // Both images stay: neither repository's run removes the other's tag.
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(target.manifest("app", "v1").await.unwrap(), new.manifest);
+    assert_eq!(target.manifest("app", "v0").await.unwrap(), old.manifest);
+    for report in &reports[1..] {
+        assert_eq!((report.tags_pruned, report.copied), (0, 0), "{report:?}");
+        assert!(
+            report.kept.iter().any(|k| k.contains("app-old") && k.contains("map onto")),
+            "{:?}",
+            report.kept
+        );
+    }
+
+    // A rule that visibly merges repositories is refused before any run.
+    let visible = json!({
+        "prune": true,
+        "destinations": [{"registry": dst.host, "insecure": true,
+            "repositoryMapping": [{"match": "team-.*", "replace": "shared"}]}],
+    });
+    let err = job(&src.host, &dst.host, visible).validate().unwrap_err();
+    assert!(
+        err.to_string().contains("destinations[0].repositoryMapping[0]"),
+        "{err}"
+    );
+}

@@ -291,7 +291,8 @@ async fn a_junk_signature_candidate_is_skipped_and_named_and_the_repository_goes
         .push("app", &format!("{}.sig", fallback(&junk_signed)), &junk)
         .await;
     let hostile = e2e::hostile::HostileRegistry::start(&src.host);
-    hostile.attack(|a| a.corrupt_manifests = vec![junk.digest.clone()]);
+    let junk_tag = format!("{}.sig", fallback(&junk_signed));
+    hostile.attack(|a| a.corrupt_manifests = vec![junk.digest.clone(), junk_tag]);
     let _ = unsigned;
 
     let output = replication::run::run_job(
@@ -313,7 +314,7 @@ async fn a_junk_signature_candidate_is_skipped_and_named_and_the_repository_goes
         .find(|r| r.tags == ["junk-signed"])
         .unwrap_or_else(|| panic!("{:?}", report.unsigned_images));
     assert!(
-        named.error.as_deref().unwrap().contains("unreadable"),
+        named.error.as_deref().unwrap().contains("not a manifest"),
         "{named:?}"
     );
 }

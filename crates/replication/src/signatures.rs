@@ -317,10 +317,11 @@ pub(crate) async fn artifact_refusal(
     subject: &str,
     artifacts_only: bool,
 ) -> Option<String> {
+    // The report names the tag already.
     let named = if tag.is_empty() {
         format!("referrer {} of {}", short_digest(digest), short_digest(subject))
     } else {
-        format!("{tag} ({})", short_digest(digest))
+        short_digest(digest)
     };
     let manifest = |digest: String| async move {
         let parsed = Digest::parse(&digest).map_err(|e| e.to_string())?;

@@ -445,6 +445,8 @@ async fn select_images(
     if job.job.referrers {
         let gated = job.signature_keys.is_some();
         referrers::add_referrers(source, repository, &images, &mut selected, gated).await?;
+        // An artifact the gate refused is refused once, not again as a referrer.
+        selected.retain(|s| s.refused.is_none() || !unsigned.iter().any(|u| u.digest == s.digest));
     }
     selected.append(&mut unsigned);
     selected.append(&mut refused);

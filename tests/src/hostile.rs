@@ -249,11 +249,16 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 format!("t{}", n + 1)
             };
-            let name = path.trim_start_matches("/v2/").trim_end_matches("/tags/list");
+            let name = path
+                .trim_start_matches("/v2/")
+                .trim_end_matches("/tags/list");
             let link = format!("</v2/{name}/tags/list?n=1&last={last}>; rel=\"next\"");
             return (
                 StatusCode::OK,
-                [("content-type", "application/json".to_string()), ("link", link)],
+                [
+                    ("content-type", "application/json".to_string()),
+                    ("link", link),
+                ],
                 format!(r#"{{"name":"{name}","tags":["{last}"]}}"#),
             )
                 .into_response();
@@ -357,7 +362,12 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
         && method == Method::GET
     {
         if let Some(size) = attacks.huge_errors {
-            return huge_body(&state, size, response.status(), b"{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"");
+            return huge_body(
+                &state,
+                size,
+                response.status(),
+                b"{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"",
+            );
         }
     }
     response
@@ -365,7 +375,12 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
 
 /// A body of `size` bytes starting with `prefix` and then `a`s, streamed in 64 KiB chunks; the
 /// bytes actually sent are counted.
-fn huge_body(state: &HostileState, size: usize, status: StatusCode, prefix: &'static [u8]) -> Response {
+fn huge_body(
+    state: &HostileState,
+    size: usize,
+    status: StatusCode,
+    prefix: &'static [u8],
+) -> Response {
     let sent = state.huge_bytes_sent.clone();
     let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
     let chunks = size / chunk.len();
@@ -386,11 +401,17 @@ fn huge_body(state: &HostileState, size: usize, status: StatusCode, prefix: &'st
 
 async fn forward(state: &HostileState, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 30).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 1 << 30)
+        .await
+        .unwrap_or_default();
     let url = format!(
         "http://{}{}",
         state.upstream,
-        parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
     );
     let mut builder = state.http.request(parts.method.clone(), &url);
     // The Host header goes along: the registry builds its Locations from it, so they name

@@ -86,8 +86,9 @@ async fn settings_are_copied_to_another_account_and_a_second_run_changes_nothing
     let world = EcrWorld::start();
     source_repository_with_every_setting(&world, "ml/pytorch").await;
     let conns = Connections::new(world.settings());
+    // The policy travels only when asked to (its statement names the source account alone).
     let input = EnsureRepositoryInput {
-        job: job(json!({})),
+        job: job(json!({"copyRepositoryPolicy": true})),
         repository: "ml/pytorch".into(),
         destination: 0,
     };
@@ -233,9 +234,24 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         "verify wrote something"
     );
 
-    let third = functions::invoke::<EnsureRepository>(&conns, event(input(json!({}))))
+    // Both differences weaken the destination: the default mode keeps its protection and says
+    // so; only "mirror" applies them.
+    let copied = functions::invoke::<EnsureRepository>(&conns, event(input(json!({}))))
         .await
         .unwrap();
+    assert!(copied.changes.is_empty(), "{copied:?}");
+    let kept: Vec<&str> = copied
+        .drift
+        .iter()
+        .map(|d| d.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(kept, vec!["tagMutability", "lifecyclePolicy"]);
+    let third = functions::invoke::<EnsureRepository>(
+        &conns,
+        event(input(json!({"repositorySettings": "mirror"}))),
+    )
+    .await
+    .unwrap();
     let changed: Vec<&str> = third.changes.iter().map(|c| c.setting.as_str()).collect();
     assert_eq!(changed, vec!["tagMutability", "lifecyclePolicy"]);
     let settings = world
@@ -248,6 +264,234 @@ async fn a_changed_source_setting_is_reported_and_applied_and_dry_run_writes_not
         .unwrap();
     assert_eq!(settings.tag_mutability, ecr::ImageTagMutability::Mutable);
     assert!(settings.lifecycle_policy.is_none() && settings.scan_on_push);
+}
+
+/// A protected destination repository: IMMUTABLE tags, a lifecycle policy and a repository
+/// policy (granting its own account).
+async fn protected_destination(world: &EcrWorld, name: &str) {
+    let ecr = world.moto.sdk(DEST, Some(DEST_ROLE)).await;
+    ecr.create_repository()
+        .repository_name(name)
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+        .send()
+        .await
+        .unwrap();
+    ecr.put_lifecycle_policy()
+        .repository_name(name)
+        .lifecycle_policy_text(LIFECYCLE)
+        .send()
+        .await
+        .unwrap();
+    ecr.set_repository_policy()
+        .repository_name(name)
+        .policy_text(policy("222222222222"))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn assert_still_protected(world: &EcrWorld, name: &str, why: &str) {
+    let settings = world
+        .moto
+        .ecr(DEST, Some(DEST_ROLE))
+        .await
+        .read_settings(name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        settings.tag_mutability,
+        ecr::ImageTagMutability::Immutable,
+        "{why}"
+    );
+    assert!(
+        settings.lifecycle_policy.is_some(),
+        "{why}: lifecycle policy removed"
+    );
+    let policy_json: serde_json::Value =
+        serde_json::from_str(settings.repository_policy.as_deref().expect(why)).unwrap();
+    assert_eq!(
+        policy_json,
+        serde_json::from_str::<serde_json::Value>(&policy("222222222222")).unwrap(),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_without_settings_and_the_default_modes_never_weaken_a_destination() {
+    let world = EcrWorld::start();
+    protected_destination(&world, "svc/web").await;
+    let conns = Connections::new(world.settings());
+    let ensure = |job: Job, repository: &str| EnsureRepositoryInput {
+        job,
+        repository: repository.into(),
+        destination: 0,
+    };
+    let destination = json!([{"registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42"}]);
+
+    // A plain OCI registry has no settings: "all defaults" is not what it asks for.
+    let plain = e2e::registry::TestRegistry::start();
+    let from_plain = Job::from_json(
+        &json!({"source": {"registry": plain.host, "insecure": true}, "destinations": destination})
+            .to_string(),
+    )
+    .unwrap();
+    let out = functions::invoke::<EnsureRepository>(&conns, event(ensure(from_plain, "svc/web")))
+        .await
+        .unwrap();
+    assert!(out.changes.is_empty() && out.drift.is_empty(), "{out:?}");
+    assert_still_protected(&world, "svc/web", "a sync from a plain registry").await;
+
+    // An ECR source repository that is MUTABLE, without policies: the default mode and "create"
+    // keep the destination's protection (and say what they kept); "mirror" is the opt-in.
+    world
+        .moto
+        .sdk(SOURCE, None)
+        .await
+        .create_repository()
+        .repository_name("svc/web")
+        .send()
+        .await
+        .unwrap();
+    for mode in ["copy", "create"] {
+        let out = functions::invoke::<EnsureRepository>(
+            &conns,
+            event(ensure(
+                job(json!({"repositorySettings": mode, "copyRepositoryPolicy": true})),
+                "svc/web",
+            )),
+        )
+        .await
+        .unwrap();
+        assert!(out.changes.is_empty(), "{mode}: {out:?}");
+        assert!(
+            out.drift.iter().any(|d| d.starts_with("tagMutability")),
+            "{mode}: {out:?}"
+        );
+        assert_still_protected(&world, "svc/web", mode).await;
+    }
+
+    // A repository the source lacks (an `images` entry naming it): nothing created or changed.
+    let missing =
+        functions::invoke::<EnsureRepository>(&conns, event(ensure(job(json!({})), "svc/nowhere")))
+            .await
+            .unwrap();
+    assert!(missing.skipped.is_some() && !missing.created, "{missing:?}");
+    assert!(world
+        .moto
+        .ecr(DEST, Some(DEST_ROLE))
+        .await
+        .read_settings("svc/nowhere")
+        .await
+        .unwrap()
+        .is_none());
+
+    let mirrored = functions::invoke::<EnsureRepository>(
+        &conns,
+        event(ensure(
+            job(json!({"repositorySettings": "mirror"})),
+            "svc/web",
+        )),
+    )
+    .await
+    .unwrap();
+    let changed: Vec<&str> = mirrored
+        .changes
+        .iter()
+        .map(|c| c.setting.as_str())
+        .collect();
+    assert_eq!(
+        changed,
+        vec!["tagMutability", "lifecyclePolicy"],
+        "{mirrored:?}"
+    );
+    // The policy is not the source's business unless asked: it stays even in "mirror".
+    let after = world
+        .moto
+        .ecr(DEST, Some(DEST_ROLE))
+        .await
+        .read_settings("svc/web")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.tag_mutability, ecr::ImageTagMutability::Mutable);
+    assert!(after.repository_policy.is_some());
+}
+
+#[tokio::test]
+async fn a_copied_policy_keeps_only_the_source_accounts_grants_and_names_the_others() {
+    let world = EcrWorld::start();
+    let src = world.moto.sdk(SOURCE, None).await;
+    src.create_repository()
+        .repository_name("svc/db")
+        .send()
+        .await
+        .unwrap();
+    let granting = json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "ci", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:role/ci"},
+         "Action": ["ecr:BatchGetImage"]},
+        {"Sid": "outsider-push", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::999999999999:root"},
+         "Action": ["ecr:PutImage", "ecr:InitiateLayerUpload"]},
+        {"Sid": "everyone", "Effect": "Allow", "Principal": "*", "Action": ["ecr:BatchGetImage"]},
+        {"Sid": "mixed", "Effect": "Allow",
+         "Principal": {"AWS": ["123456789012", "arn:aws:iam::888888888888:root"]}, "Action": ["ecr:PutImage"]},
+        {"Sid": "service", "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+         "Action": ["ecr:BatchGetImage"]}
+    ]});
+    src.set_repository_policy()
+        .repository_name("svc/db")
+        .policy_text(granting.to_string())
+        .send()
+        .await
+        .unwrap();
+    let conns = Connections::new(world.settings());
+    let input = |extra| EnsureRepositoryInput {
+        job: job(extra),
+        repository: "svc/db".into(),
+        destination: 0,
+    };
+
+    // Without the opt-in no policy travels.
+    functions::invoke::<EnsureRepository>(&conns, event(input(json!({}))))
+        .await
+        .unwrap();
+    let target = world.moto.ecr(DEST, Some(DEST_ROLE)).await;
+    assert!(target
+        .read_settings("svc/db")
+        .await
+        .unwrap()
+        .unwrap()
+        .repository_policy
+        .is_none());
+
+    let out = functions::invoke::<EnsureRepository>(
+        &conns,
+        event(input(json!({"copyRepositoryPolicy": true}))),
+    )
+    .await
+    .unwrap();
+
+    let policy_json: serde_json::Value = serde_json::from_str(
+        &target
+            .read_settings("svc/db")
+            .await
+            .unwrap()
+            .unwrap()
+            .repository_policy
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        policy_json["Statement"],
+        json!([{"Sid": "ci", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::222222222222:role/ci"},
+                "Action": ["ecr:BatchGetImage"]}])
+    );
+    for sid in ["outsider-push", "everyone", "mixed", "service"] {
+        assert!(
+            out.drift.iter().any(|d| d.contains(&format!("{sid:?}"))),
+            "{sid} not reported: {out:?}"
+        );
+    }
 }
 
 /// `verify-repository` through its function handler: the repository's findings.

@@ -79,7 +79,9 @@ async fn forged_tags_with_dot_segments_and_slashes_never_reach_a_url() {
     let to_destination = recorder.requests();
     for line in &to_destination {
         assert!(
-            !line.contains("victim") && !line.contains("..") && !line.to_lowercase().contains("%2f"),
+            !line.contains("victim")
+                && !line.contains("..")
+                && !line.to_lowercase().contains("%2f"),
             "a forged name reached the destination: {line}"
         );
     }
@@ -96,7 +98,10 @@ async fn forged_tags_with_dot_segments_and_slashes_never_reach_a_url() {
         image.manifest.to_vec()
     );
     let target = Pusher::new(&dst.host, None);
-    assert_eq!(target.manifest("victim", "keep").await.unwrap(), victim.manifest);
+    assert_eq!(
+        target.manifest("victim", "keep").await.unwrap(),
+        victim.manifest
+    );
     assert!(target.manifest("victim", "pwn").await.is_none());
 }
 
@@ -107,7 +112,10 @@ async fn listings_that_page_forever_or_in_place_are_refused_within_bounds() {
     let client = e2e::client(&[&hostile.host], &[]);
 
     hostile.attack(|a| a.stuck_pages = true);
-    let stuck = client.list_tags(&repo(&hostile.host, "app")).await.unwrap_err();
+    let stuck = client
+        .list_tags(&repo(&hostile.host, "app"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&stuck, oci::Error::Registry { message, .. } if message.contains("without advancing")),
         "{stuck}"
@@ -118,13 +126,20 @@ async fn listings_that_page_forever_or_in_place_are_refused_within_bounds() {
         a.stuck_pages = false;
         a.endless_pages = true;
     });
-    let endless = client.list_tags(&repo(&hostile.host, "app")).await.unwrap_err();
+    let endless = client
+        .list_tags(&repo(&hostile.host, "app"))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&endless, oci::Error::ResponseTooLarge { limit, .. } if limit.contains("pages")),
         "{endless}"
     );
     let asked = hostile.requests().len() - 2;
-    assert_eq!(asked, oci::MAX_LISTING_PAGES, "pages asked of an endless listing");
+    assert_eq!(
+        asked,
+        oci::MAX_LISTING_PAGES,
+        "pages asked of an endless listing"
+    );
 }
 
 #[tokio::test]
@@ -134,10 +149,16 @@ async fn huge_tag_lists_and_error_bodies_are_read_only_up_to_their_bound() {
     let client = e2e::client(&[&hostile.host], &[]);
 
     hostile.attack(|a| a.huge_tag_list = Some(512 << 20));
-    let err = client.list_tags(&repo(&hostile.host, "app")).await.unwrap_err();
+    let err = client
+        .list_tags(&repo(&hostile.host, "app"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, oci::Error::ResponseTooLarge { .. }), "{err}");
     let sent = hostile.huge_bytes_sent();
-    assert!(sent < 32 << 20, "{sent} bytes of a 512 MiB tag list were read");
+    assert!(
+        sent < 32 << 20,
+        "{sent} bytes of a 512 MiB tag list were read"
+    );
 
     hostile.attack(|a| {
         a.huge_tag_list = None;
@@ -180,7 +201,10 @@ async fn credentials_stay_with_the_registry_across_redirects_and_signed_urls_sta
     let tagged = oci::Reference::parse(&format!("{}/app:v1", hostile.host)).unwrap();
     assert!(client.head_manifest(&tagged).await.unwrap().is_some());
 
-    let err = match client.get_blob(&repo(&hostile.host, "app"), &layer, 0).await {
+    let err = match client
+        .get_blob(&repo(&hostile.host, "app"), &layer, 0)
+        .await
+    {
         Ok(_) => panic!("the storage serves nothing"),
         Err(e) => e,
     };
@@ -196,17 +220,26 @@ async fn credentials_stay_with_the_registry_across_redirects_and_signed_urls_sta
         "the registry itself got them"
     );
     let text = format!("{err} {err:?}");
-    assert!(!text.contains("SESSION-SECRET") && !text.contains("X-Amz"), "{text}");
+    assert!(
+        !text.contains("SESSION-SECRET") && !text.contains("X-Amz"),
+        "{text}"
+    );
 
     // A transport error on a presigned URL (nothing listens there) names no query either.
     hostile.attack(|a| a.blob_redirect_to = Some("127.0.0.1:1".into()));
-    let err = match client.get_blob(&repo(&hostile.host, "app"), &layer, 0).await {
+    let err = match client
+        .get_blob(&repo(&hostile.host, "app"), &layer, 0)
+        .await
+    {
         Ok(_) => panic!("nothing listens on port 1"),
         Err(e) => e,
     };
     assert!(matches!(err, oci::Error::Transport { .. }), "{err}");
     let text = format!("{err} {err:?} {}", error_chain(&err));
-    assert!(!text.contains("SESSION-SECRET") && !text.contains("X-Amz"), "{text}");
+    assert!(
+        !text.contains("SESSION-SECRET") && !text.contains("X-Amz"),
+        "{text}"
+    );
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -290,7 +323,10 @@ async fn prune_keeps_a_tag_whose_manifest_the_source_would_not_serve() {
 
     assert_eq!(second.report.tags_pruned, 0, "{:?}", second.report);
     assert_eq!(
-        Pusher::new(&dst.host, None).manifest("app", "b").await.unwrap(),
+        Pusher::new(&dst.host, None)
+            .manifest("app", "b")
+            .await
+            .unwrap(),
         b.manifest
     );
 }
@@ -329,7 +365,10 @@ async fn two_sources_mapped_onto_one_destination_repository_are_not_pruned() {
     for report in &reports[1..] {
         assert_eq!((report.tags_pruned, report.copied), (0, 0), "{report:?}");
         assert!(
-            report.kept.iter().any(|k| k.contains("app-old") && k.contains("map onto")),
+            report
+                .kept
+                .iter()
+                .any(|k| k.contains("app-old") && k.contains("map onto")),
             "{:?}",
             report.kept
         );
@@ -343,7 +382,8 @@ async fn two_sources_mapped_onto_one_destination_repository_are_not_pruned() {
     });
     let err = job(&src.host, &dst.host, visible).validate().unwrap_err();
     assert!(
-        err.to_string().contains("destinations[0].repositoryMapping[0]"),
+        err.to_string()
+            .contains("destinations[0].repositoryMapping[0]"),
         "{err}"
     );
 }

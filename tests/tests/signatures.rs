@@ -233,7 +233,10 @@ async fn an_unsigned_image_under_an_artifact_tag_of_a_signed_image_is_refused() 
         .unwrap();
 
         let target = Pusher::new(&dst.host, None);
-        assert_eq!(target.manifest("app", "signed").await.unwrap(), signed.manifest);
+        assert_eq!(
+            target.manifest("app", "signed").await.unwrap(),
+            signed.manifest
+        );
         assert!(
             target.manifest("app", &unsigned.digest).await.is_none(),
             "the unsigned image reached the destination (referrers {referrers})"
@@ -271,7 +274,10 @@ async fn a_fallback_index_listing_an_unsigned_image_is_refused_with_what_it_list
         .unwrap();
 
         let target = Pusher::new(&dst.host, None);
-        assert_eq!(target.manifest("app", "signed").await.unwrap(), signed.manifest);
+        assert_eq!(
+            target.manifest("app", "signed").await.unwrap(),
+            signed.manifest
+        );
         assert!(target.manifest("app", &unsigned.digest).await.is_none());
         assert!(target.manifest("app", &index.digest).await.is_none());
         assert_eq!(output.report.refused, 1, "{:?}", output.report);
@@ -306,7 +312,10 @@ async fn a_junk_signature_candidate_is_skipped_and_named_and_the_repository_goes
     let report = &output.report;
     assert_eq!(report.repositories_failed, 0, "{report:?}");
     let target = Pusher::new(&dst.host, None);
-    assert_eq!(target.manifest("app", "signed").await.unwrap(), signed.manifest);
+    assert_eq!(
+        target.manifest("app", "signed").await.unwrap(),
+        signed.manifest
+    );
     assert!(target.manifest("app", "junk-signed").await.is_none());
     let named = report
         .unsigned_images
@@ -330,7 +339,12 @@ async fn a_referrer_declaring_another_subject_is_not_written_into_its_fallback_i
     source.push("app", "x", &x).await;
     source.push("app", "y-untagged", &y).await;
     // An SBOM of y, which the source's referrers API lists as a referrer of x.
-    let sbom = e2e::image::artifact(Some(&y), "application/spdx+json", "application/spdx+json", b"{}");
+    let sbom = e2e::image::artifact(
+        Some(&y),
+        "application/spdx+json",
+        "application/spdx+json",
+        b"{}",
+    );
     source.push("app", &sbom.digest, &sbom).await;
     let hostile = e2e::hostile::HostileRegistry::start(&src.host);
     let descriptor = json!({"mediaType": sbom.media_type, "digest": sbom.digest,

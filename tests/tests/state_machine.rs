@@ -196,6 +196,30 @@ async fn invalid_input_fails_the_execution_with_the_field_named_and_no_retry() {
         "invalid input must not be retried\n{}",
         run.history_text(300)
     );
+
+    // Where images go is the deployment's to say: a valid input naming a destination outside
+    // the functions' allowlist (a host the rig does not allow; plain HTTP there too) fails
+    // before any request reaches it, naming the fields.
+    let src = TestRegistry::start();
+    let elsewhere = e2e::hostile::Sink::start("127.0.0.2", None);
+    let outside = sfn
+        .execute(
+            &arn,
+            &json!({
+                "source": {"registry": src.host, "insecure": true},
+                "destinations": [{"registry": elsewhere.host, "insecure": true}],
+            }),
+        )
+        .await;
+    assert_eq!(outside.status, "FAILED", "{}", outside.history_text(300));
+    assert!(
+        outside.cause.contains("ReplicationInvalidInput")
+            && outside.cause.contains("destinations[0].registry")
+            && outside.cause.contains("destinations[0].insecure"),
+        "{}",
+        outside.cause
+    );
+    assert_eq!(elsewhere.requests(), Vec::<String>::new());
 }
 
 /// A blob over 2 GiB (the old segment loop added its byte counts with States.MathAdd, 32-bit)

@@ -62,7 +62,11 @@ impl Allowlist {
         self.check_one(
             "source",
             &self.sources,
-            (&source.registry, source.role_arn.as_deref(), source.insecure),
+            (
+                &source.registry,
+                source.role_arn.as_deref(),
+                source.insecure,
+            ),
             &mut problems,
         );
         for (i, d) in job.destinations.iter().enumerate() {
@@ -93,24 +97,29 @@ impl Allowlist {
                 problem: text,
             })
         };
-        let kind = if at == "source" { "source" } else { "destination" };
-        let Some(entry) = allowed.iter().find(|a| host_matches(&a.registry, registry)) else {
-            let names: Vec<&str> = allowed.iter().map(|a| a.registry.as_str()).collect();
-            problem(
-                "registry",
-                format!(
-                    "{registry:?} is not a {kind} this deployment allows ({}); add it to the deployment's configuration to replicate there",
-                    if names.is_empty() { "it allows none".to_string() } else { names.join(", ") }
-                ),
-            );
-            return;
+        let kind = if at == "source" {
+            "source"
+        } else {
+            "destination"
         };
-        if let Some(role) = role {
-            if !entry.role_arns.iter().any(|r| r == role) {
+        match allowed.iter().find(|a| host_matches(&a.registry, registry)) {
+            None => {
+                let names: Vec<&str> = allowed.iter().map(|a| a.registry.as_str()).collect();
                 problem(
-                    "roleArn",
-                    format!("{role:?} is not a role this deployment allows for {registry}"),
+                    "registry",
+                    format!(
+                        "{registry:?} is not a {kind} this deployment allows ({}); add it to the deployment's configuration to replicate there",
+                        if names.is_empty() { "it allows none".to_string() } else { names.join(", ") }
+                    ),
                 );
+            }
+            Some(entry) => {
+                if let Some(role) = role.filter(|r| !entry.role_arns.iter().any(|a| a == r)) {
+                    problem(
+                        "roleArn",
+                        format!("{role:?} is not a role this deployment allows for {registry}"),
+                    );
+                }
             }
         }
         if insecure && !self.insecure.iter().any(|h| host_matches(h, registry)) {

@@ -116,13 +116,15 @@ pub fn refuse_invalid(images: Vec<ListedImage>) -> (Vec<ListedImage>, Vec<Refusa
             refused.push(Refusal::new(&image.digest, format!("not a digest: {e}")));
             continue;
         }
-        image.tags.retain(|tag| match oci::reference::validate_tag(tag) {
-            Ok(()) => true,
-            Err(reason) => {
-                refused.push(Refusal::new(tag, reason));
-                false
-            }
-        });
+        image
+            .tags
+            .retain(|tag| match oci::reference::validate_tag(tag) {
+                Ok(()) => true,
+                Err(reason) => {
+                    refused.push(Refusal::new(tag, reason));
+                    false
+                }
+            });
         valid.push(image);
     }
     (valid, refused)

@@ -290,7 +290,9 @@ pub(crate) async fn gate(
                 subjects_signed = false;
                 break;
             }
-            if let Some(why) = artifact_refusal(source, &repo, &artifact.digest, tag, &subject, true).await {
+            if let Some(why) =
+                artifact_refusal(source, &repo, &artifact.digest, tag, &subject, true).await
+            {
                 artifact.refused = Some(why);
                 break;
             }
@@ -319,7 +321,11 @@ pub(crate) async fn artifact_refusal(
 ) -> Option<String> {
     // The report names the tag already.
     let named = if tag.is_empty() {
-        format!("referrer {} of {}", short_digest(digest), short_digest(subject))
+        format!(
+            "referrer {} of {}",
+            short_digest(digest),
+            short_digest(subject)
+        )
     } else {
         short_digest(digest)
     };
@@ -337,7 +343,9 @@ pub(crate) async fn artifact_refusal(
     };
     if artifacts_only && !tag.is_empty() && tag == fallback_tag(subject) {
         let Some(children) = top["manifests"].as_array() else {
-            return Some(format!("{named}: the referrers fallback tag holds no index"));
+            return Some(format!(
+                "{named}: the referrers fallback tag holds no index"
+            ));
         };
         if children.len() > MAX_FALLBACK_CHILDREN {
             return Some(format!(

@@ -25,12 +25,12 @@ use crate::error::{Error, Result};
 use crate::reference::{validate_repository_name, validate_tag, Repository};
 
 pub use blobs::BlobResponse;
-pub use listing::{MAX_LISTED_TAGS, MAX_LISTING_PAGES};
-pub use referrers::MAX_REFERRERS;
 use listing::next_link;
+pub use listing::{MAX_LISTED_TAGS, MAX_LISTING_PAGES};
 use manifests::ManifestCache;
 pub use manifests::ManifestHead;
 pub use referrers::Referrer;
+pub use referrers::MAX_REFERRERS;
 use response::*;
 use retry::{is_retryable_status, is_throttling};
 pub use retry::{retry_after, RetryPolicy, DEFAULT_THROTTLE_BUDGET};
@@ -200,7 +200,10 @@ impl RegistryClient {
     /// as whole segments: no value can add a `/`, a `..` or a `?` to the path.
     fn url(&self, repo: &Repository, resource: Resource, reference: Option<&str>) -> Result<Url> {
         let invalid = |reason: String| Error::InvalidReference {
-            reference: format!("{repo}{}", reference.map(|r| format!(" {r}")).unwrap_or_default()),
+            reference: format!(
+                "{repo}{}",
+                reference.map(|r| format!(" {r}")).unwrap_or_default()
+            ),
             reason,
         };
         validate_repository_name(&repo.name).map_err(invalid)?;
@@ -287,6 +290,45 @@ mod tests {
         assert_eq!(p.backoff(1), Duration::from_millis(250));
         assert_eq!(p.backoff(3), Duration::from_millis(1000));
         assert_eq!(p.backoff(30), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_plain_http_realm_gets_no_credentials_of_a_tls_registry() {
+        let realm = |u: &str| Url::parse(u).unwrap();
+        assert!(transport::realm_refusal("https", &realm("http://auth.example/token")).is_some());
+        assert!(transport::realm_refusal("https", &realm("https://auth.example/token")).is_none());
+        // A registry already reached over plain HTTP (local ones) may have a plain realm.
+        assert!(transport::realm_refusal("http", &realm("http://127.0.0.1:5001/token")).is_none());
+    }
+
+    #[test]
+    fn request_paths_are_built_from_checked_segments() {
+        let client = RegistryClient::new(ClientConfig::default(), CredentialStore::new()).unwrap();
+        let repo = Repository {
+            registry: "r.example".into(),
+            name: "team/app".into(),
+        };
+        let url = client
+            .url(&repo, Resource::Manifests, Some("v1.2"))
+            .unwrap();
+        assert_eq!(url.as_str(), "https://r.example/v2/team/app/manifests/v1.2");
+        assert_eq!(
+            client.url(&repo, Resource::Uploads, None).unwrap().as_str(),
+            "https://r.example/v2/team/app/blobs/uploads/"
+        );
+        for forged in ["../../victim/manifests/pwn", "..", "a%2Fb", "x?y", "a/b"] {
+            assert!(
+                client
+                    .url(&repo, Resource::Manifests, Some(forged))
+                    .is_err(),
+                "{forged}"
+            );
+        }
+        let forged_name = Repository {
+            registry: "r.example".into(),
+            name: "team/../victim".into(),
+        };
+        assert!(client.url(&forged_name, Resource::Tags, None).is_err());
     }
 
     #[test]

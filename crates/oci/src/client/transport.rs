@@ -118,7 +118,11 @@ impl RegistryClient {
                     tokio::time::sleep(delay).await;
                 }
                 Err(source) => {
-                    return Err(Error::transport(method.to_string(), redact_url(url), source))
+                    return Err(Error::transport(
+                        method.to_string(),
+                        redact_url(url),
+                        source,
+                    ))
                 }
             }
         }
@@ -295,11 +299,11 @@ impl RegistryClient {
             })?
             .scheme()
             .to_string();
-        if registry_scheme == "https" && url.scheme() != "https" {
+        if let Some(reason) = realm_refusal(&registry_scheme, &url) {
             return Err(Error::OriginRefused {
                 registry: registry.into(),
                 url: redact_url(&url),
-                reason: "its Bearer realm is not https while the registry is".into(),
+                reason: reason.into(),
             });
         }
         {
@@ -365,3 +369,10 @@ impl RegistryClient {
 
 /// Bytes of a token response read at most (tokens are JWTs of a few KiB).
 const MAX_TOKEN_BYTES: usize = 1 << 20;
+
+/// Why a Bearer realm may not receive a registry's credentials: over plain HTTP while the
+/// registry itself is reached over TLS (a network neighbour would read them).
+pub(super) fn realm_refusal(registry_scheme: &str, realm: &Url) -> Option<&'static str> {
+    (registry_scheme == "https" && realm.scheme() != "https")
+        .then_some("its Bearer realm is not https while the registry is")
+}

@@ -136,7 +136,10 @@ pub fn destination_policy(
     destination_account: &str,
 ) -> (Option<String>, Vec<String>) {
     let Ok(mut parsed) = serde_json::from_str::<serde_json::Value>(policy) else {
-        return (None, vec!["repositoryPolicy: the source's policy is not JSON; not copied".into()]);
+        return (
+            None,
+            vec!["repositoryPolicy: the source's policy is not JSON; not copied".into()],
+        );
     };
     let statements = match parsed["Statement"].take() {
         serde_json::Value::Array(list) => list,
@@ -271,13 +274,14 @@ pub(crate) async fn apply_settings(
     let destination_account = admin.registry().account_id.as_str();
     let (desired, left_out, reconcile) = match &source.ecr {
         Some(src_admin) => {
-            let Some(settings) = src_admin
-                .read_settings(repository)
-                .await
-                .map_err(aws(format!(
-                    "reading the settings of {}/{repository}",
-                    src_admin.registry()
-                )))?
+            let Some(settings) =
+                src_admin
+                    .read_settings(repository)
+                    .await
+                    .map_err(aws(format!(
+                        "reading the settings of {}/{repository}",
+                        src_admin.registry()
+                    )))?
             else {
                 // Nothing to copy, and no repository to create for images that are not there.
                 return Ok(skipped(&format!(

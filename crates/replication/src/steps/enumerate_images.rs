@@ -440,7 +440,9 @@ async fn select_images(
     let mut unsigned = Vec::new();
     if let Some(keys) = &job.signature_keys {
         let gated = signatures::gate(source, repository, &images, selected, keys).await?;
-        (unsigned, selected) = gated.into_iter().partition(|s| s.unsigned.is_some() || s.refused.is_some());
+        (unsigned, selected) = gated
+            .into_iter()
+            .partition(|s| s.unsigned.is_some() || s.refused.is_some());
     }
     if job.job.referrers {
         let gated = job.signature_keys.is_some();

@@ -21,6 +21,8 @@ use futures::StreamExt as _;
 pub struct Attacks {
     /// Tags the tag list names besides the real ones (dot segments, encoded slashes, paths).
     pub forged_tags: Vec<String>,
+    /// Repository names the catalog lists besides the real ones.
+    pub forged_repositories: Vec<String>,
     /// Every tag list page links to a next page, forever (a new `last` each time).
     pub endless_pages: bool,
     /// Every tag list page links to the page just read (the same `last`).
@@ -236,6 +238,10 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
 
+    if path == "/v2/_catalog" && !attacks.forged_repositories.is_empty() {
+        let response = forward(&state, request).await;
+        return with_forged_entries(response, "repositories", &attacks.forged_repositories).await;
+    }
     if path.ends_with("/tags/list") && method == Method::GET {
         if let Some(size) = attacks.huge_tag_list {
             return huge_body(&state, size, StatusCode::OK, br#"{"name":"x","tags":[""#);
@@ -263,25 +269,8 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
             )
                 .into_response();
         }
-        let mut response = forward(&state, request).await;
-        if !attacks.forged_tags.is_empty() && response.status() == StatusCode::OK {
-            let body = axum::body::to_bytes(std::mem::take(response.body_mut()), 16 << 20)
-                .await
-                .unwrap_or_default();
-            let mut list: serde_json::Value =
-                serde_json::from_slice(&body).unwrap_or(serde_json::json!({"tags": []}));
-            if !list["tags"].is_array() {
-                list["tags"] = serde_json::json!([]);
-            }
-            let tags = list["tags"].as_array_mut().unwrap();
-            for tag in &attacks.forged_tags {
-                tags.push(serde_json::json!(tag));
-            }
-            let bytes = serde_json::to_vec(&list).unwrap();
-            response.headers_mut().remove("content-length");
-            *response.body_mut() = Body::from(bytes);
-        }
-        return response;
+        let response = forward(&state, request).await;
+        return with_forged_entries(response, "tags", &attacks.forged_tags).await;
     }
     if let Some((_, reference)) = path.rsplit_once("/manifests/") {
         if attacks.hidden_tags.iter().any(|t| t == reference) && method != Method::PUT {
@@ -370,6 +359,25 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
             );
         }
     }
+    response
+}
+
+/// A listing answer (`{"<field>": [...]}`) with `forged` entries added to the list.
+async fn with_forged_entries(mut response: Response, field: &str, forged: &[String]) -> Response {
+    if forged.is_empty() || response.status() != StatusCode::OK {
+        return response;
+    }
+    let body = axum::body::to_bytes(std::mem::take(response.body_mut()), 16 << 20)
+        .await
+        .unwrap_or_default();
+    let mut list: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    if !list[field].is_array() {
+        list[field] = serde_json::json!([]);
+    }
+    let entries = list[field].as_array_mut().unwrap();
+    entries.extend(forged.iter().map(|f| serde_json::json!(f)));
+    response.headers_mut().remove("content-length");
+    *response.body_mut() = Body::from(serde_json::to_vec(&list).unwrap());
     response
 }
 

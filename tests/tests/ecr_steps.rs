@@ -67,6 +67,11 @@ async fn source_repository_with_every_setting(world: &EcrWorld, name: &str) {
         .send()
         .await
         .unwrap();
+    put_policies(&ecr, name, "123456789012").await;
+}
+
+/// The lifecycle policy and a repository policy granting `account`.
+async fn put_policies(ecr: &aws_sdk_ecr::Client, name: &str, account: &str) {
     ecr.put_lifecycle_policy()
         .repository_name(name)
         .lifecycle_policy_text(LIFECYCLE)
@@ -75,7 +80,7 @@ async fn source_repository_with_every_setting(world: &EcrWorld, name: &str) {
         .unwrap();
     ecr.set_repository_policy()
         .repository_name(name)
-        .policy_text(policy("123456789012"))
+        .policy_text(policy(account))
         .send()
         .await
         .unwrap();
@@ -276,18 +281,7 @@ async fn protected_destination(world: &EcrWorld, name: &str) {
         .send()
         .await
         .unwrap();
-    ecr.put_lifecycle_policy()
-        .repository_name(name)
-        .lifecycle_policy_text(LIFECYCLE)
-        .send()
-        .await
-        .unwrap();
-    ecr.set_repository_policy()
-        .repository_name(name)
-        .policy_text(policy("222222222222"))
-        .send()
-        .await
-        .unwrap();
+    put_policies(&ecr, name, "222222222222").await;
 }
 
 async fn assert_still_protected(world: &EcrWorld, name: &str, why: &str) {

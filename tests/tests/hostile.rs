@@ -106,6 +106,50 @@ async fn forged_tags_with_dot_segments_and_slashes_never_reach_a_url() {
 }
 
 #[tokio::test]
+async fn forged_repository_names_in_the_catalog_are_refused_and_never_requested() {
+    let src = TestRegistry::start();
+    Pusher::new(&src.host, None)
+        .push("team/app", "v1", &ImageBuilder::new(Format::Oci).layer(9, 100).build())
+        .await;
+    let hostile = HostileRegistry::start(&src.host);
+    hostile.attack(|a| {
+        a.forged_repositories = vec!["../victim".into(), "team/../../x".into(), "UP".into()]
+    });
+    let dst = TestRegistry::start();
+
+    let output = replication::run::run_job(
+        &Connections::new(settings()),
+        job(&hostile.host, &dst.host, json!({})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    let report = &output.report;
+    assert_eq!(
+        (report.copied, report.failed, report.repositories_failed),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    let asked = hostile.requests();
+    assert!(
+        asked.iter().all(|l| !l.contains("victim") && !l.contains("/x/") && !l.contains("/UP/")),
+        "{asked:?}"
+    );
+    let page = replication::steps::enumerate_repositories(
+        &Connections::new(settings()),
+        replication::steps::EnumerateRepositoriesInput {
+            job: job(&hostile.host, &dst.host, json!({})),
+            next_token: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.repositories, ["team/app"]);
+    assert_eq!(page.refused.len(), 3, "{:?}", page.refused);
+}
+
+#[tokio::test]
 async fn listings_that_page_forever_or_in_place_are_refused_within_bounds() {
     let src = TestRegistry::start();
     let hostile = HostileRegistry::start(&src.host);

@@ -114,8 +114,16 @@ fn unsigned_result(task: &ImageTask) -> ImageResult {
     result.listed()
 }
 
+/// A refused name's result (an invalid tag, an artifact the gate does not cover) with the
+/// longest reason; it travels as unsigned results do.
+fn refused_result(task: &ImageTask) -> ImageResult {
+    let mut result = failed_result(task);
+    result.status = ImageStatus::Refused;
+    result.listed()
+}
+
 /// A report whose lists are full, built the way `summarise` builds it: a replication's (image
-/// failures, prune lists, unsigned images) or a verification's (differences); both with failed
+/// failures, prune lists, unsigned and refused images) or a verification's (differences); both with failed
 /// repositories. A run is one or the other (`mode`).
 fn full_report(listed: usize, mode: Mode) -> RunReport {
     let mut report = RunReport::default();
@@ -126,6 +134,7 @@ fn full_report(listed: usize, mode: Mode) -> RunReport {
                 report.add(&failed_result(&t));
                 report.add_repository(&ensure_output());
                 report.add(&unsigned_result(&t));
+                report.add(&refused_result(&t));
             }
         }
         Mode::Verify => {

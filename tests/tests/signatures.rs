@@ -207,11 +207,34 @@ fn gated_job(src: &str, dst: &str, pem: &str, extra: serde_json::Value) -> Job {
     Job::from_json(&job.to_string()).unwrap()
 }
 
-fn quick_settings() -> Settings {
-    Settings {
+/// Runs the gated job (with or without `referrers`) and checks the signed image arrived;
+/// returns the report.
+async fn run_gated(
+    src: &str,
+    dst: &str,
+    pem: &str,
+    referrers: bool,
+    signed: &TestImage,
+) -> replication::report::RunReport {
+    let settings = Settings {
         registry: e2e::fast_retry_config(&[]),
         ..Settings::default()
-    }
+    };
+    let output = replication::run::run_job(
+        &Connections::new(settings),
+        gated_job(src, dst, pem, json!({"referrers": referrers})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        Pusher::new(dst, None)
+            .manifest("app", "signed")
+            .await
+            .unwrap(),
+        signed.manifest
+    );
+    output.report
 }
 
 #[tokio::test]
@@ -224,29 +247,19 @@ async fn an_unsigned_image_under_an_artifact_tag_of_a_signed_image_is_refused() 
         .await;
 
     for referrers in [true, false] {
-        let output = replication::run::run_job(
-            &Connections::new(quick_settings()),
-            gated_job(&src.host, &dst.host, &pem, json!({"referrers": referrers})),
-            &replication::run::Quiet,
-        )
-        .await
-        .unwrap();
+        let report = run_gated(&src.host, &dst.host, &pem, referrers, &signed).await;
 
         let target = Pusher::new(&dst.host, None);
-        assert_eq!(
-            target.manifest("app", "signed").await.unwrap(),
-            signed.manifest
-        );
         assert!(
             target.manifest("app", &unsigned.digest).await.is_none(),
             "the unsigned image reached the destination (referrers {referrers})"
         );
         assert!(target.manifest("app", &smuggled).await.is_none());
-        assert_eq!(output.report.refused, 1, "{:?}", output.report);
+        assert_eq!(report.refused, 1, "{report:?}");
         assert!(
-            output.report.refusals[0].contains("runnable image"),
+            report.refusals[0].contains("runnable image"),
             "{:?}",
-            output.report.refusals
+            report.refusals
         );
     }
 }
@@ -265,22 +278,12 @@ async fn a_fallback_index_listing_an_unsigned_image_is_refused_with_what_it_list
         .await;
 
     for referrers in [true, false] {
-        let output = replication::run::run_job(
-            &Connections::new(quick_settings()),
-            gated_job(&src.host, &dst.host, &pem, json!({"referrers": referrers})),
-            &replication::run::Quiet,
-        )
-        .await
-        .unwrap();
+        let report = run_gated(&src.host, &dst.host, &pem, referrers, &signed).await;
 
         let target = Pusher::new(&dst.host, None);
-        assert_eq!(
-            target.manifest("app", "signed").await.unwrap(),
-            signed.manifest
-        );
         assert!(target.manifest("app", &unsigned.digest).await.is_none());
         assert!(target.manifest("app", &index.digest).await.is_none());
-        assert_eq!(output.report.refused, 1, "{:?}", output.report);
+        assert_eq!(report.refused, 1, "{report:?}");
     }
 }
 
@@ -302,7 +305,10 @@ async fn a_junk_signature_candidate_is_skipped_and_named_and_the_repository_goes
     let _ = unsigned;
 
     let output = replication::run::run_job(
-        &Connections::new(quick_settings()),
+        &Connections::new(Settings {
+            registry: e2e::fast_retry_config(&[]),
+            ..Settings::default()
+        }),
         gated_job(&hostile.host, &dst.host, &pem, json!({})),
         &replication::run::Quiet,
     )
@@ -354,7 +360,10 @@ async fn a_referrer_declaring_another_subject_is_not_written_into_its_fallback_i
     });
 
     let output = replication::run::run_job(
-        &Connections::new(quick_settings()),
+        &Connections::new(Settings {
+            registry: e2e::fast_retry_config(&[]),
+            ..Settings::default()
+        }),
         Job::from_json(
             &json!({
                 "source": {"registry": hostile.host, "insecure": true},

@@ -50,6 +50,10 @@ pub struct EnumerateRepositoriesOutput {
     pub job: Job,
     /// How the job's `maxConcurrency` is shared out over the nested maps.
     pub concurrency: Concurrency,
+    /// Names the source's catalog listed that are not valid repository names: never used in a
+    /// request (the first `ENSURE_LISTED`, each with why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// `maxConcurrency` shared out: repositories at once times images at once per repository never
@@ -106,6 +110,7 @@ pub async fn enumerate_repositories_within(
             next_token: None,
             job: job.job,
             concurrency,
+            refused: Vec::new(),
         });
     }
     let source = conns.source(&job.job).await?;
@@ -113,14 +118,29 @@ pub async fn enumerate_repositories_within(
         .catalog()
         .repositories(input.next_token, page)
         .await?;
+    // A name from the catalog that is not a repository name never reaches a URL.
+    let mut refused = Vec::new();
+    let repositories = page
+        .items
+        .into_iter()
+        .filter(|r| match oci::reference::validate_repository_name(r) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(repository = %r.escape_debug(), %reason, "refused a name from the source's catalog");
+                if refused.len() < crate::report::ENSURE_LISTED {
+                    let refusal = crate::filter::Refusal::new(r, reason);
+                    refused.push(format!("{}: {}", refusal.name, refusal.reason));
+                }
+                false
+            }
+        })
+        .filter(|r| job.repositories.matches(r))
+        .collect();
     Ok(EnumerateRepositoriesOutput {
-        repositories: page
-            .items
-            .into_iter()
-            .filter(|r| job.repositories.matches(r))
-            .collect(),
+        repositories,
         next_token: page.next,
         job: job.job,
         concurrency,
+        refused,
     })
 }

@@ -109,7 +109,11 @@ async fn forged_tags_with_dot_segments_and_slashes_never_reach_a_url() {
 async fn forged_repository_names_in_the_catalog_are_refused_and_never_requested() {
     let src = TestRegistry::start();
     Pusher::new(&src.host, None)
-        .push("team/app", "v1", &ImageBuilder::new(Format::Oci).layer(9, 100).build())
+        .push(
+            "team/app",
+            "v1",
+            &ImageBuilder::new(Format::Oci).layer(9, 100).build(),
+        )
         .await;
     let hostile = HostileRegistry::start(&src.host);
     hostile.attack(|a| {
@@ -133,7 +137,9 @@ async fn forged_repository_names_in_the_catalog_are_refused_and_never_requested(
     );
     let asked = hostile.requests();
     assert!(
-        asked.iter().all(|l| !l.contains("victim") && !l.contains("/x/") && !l.contains("/UP/")),
+        asked
+            .iter()
+            .all(|l| !l.contains("victim") && !l.contains("/x/") && !l.contains("/UP/")),
         "{asked:?}"
     );
     let page = replication::steps::enumerate_repositories(

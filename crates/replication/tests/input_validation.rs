@@ -161,7 +161,8 @@ fn malformed_inputs_name_the_field() {
         ),
         (
             "repositorySettings",
-            Box::new(|v| v["repositorySettings"] = json!("mirror")),
+            // ("mirror" is a mode now: an unknown one is still refused.)
+            Box::new(|v| v["repositorySettings"] = json!("overwrite")),
         ),
         (
             "maxConcurrency",

@@ -77,6 +77,18 @@ pub struct SelectedImage {
     pub refused: Option<String>,
 }
 
+impl SelectedImage {
+    /// Something the run names and never copies, with why (`refused`).
+    pub fn refused(digest: String, tags: Vec<String>, why: String) -> Self {
+        SelectedImage {
+            digest,
+            tags,
+            refused: Some(why),
+            ..SelectedImage::default()
+        }
+    }
+}
+
 /// A name read from a registry that is not valid, with the reason: reported, never used.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -97,11 +109,7 @@ impl Refusal {
 
     /// The refusal as a selected image the run reports (`refused`) and never copies.
     pub fn into_selected(self) -> SelectedImage {
-        SelectedImage {
-            tags: vec![self.name],
-            refused: Some(self.reason),
-            ..SelectedImage::default()
-        }
+        SelectedImage::refused(String::new(), vec![self.name], self.reason)
     }
 }
 

@@ -96,12 +96,7 @@ pub(crate) async fn add_referrers(
                     if let Some(why) =
                         artifact_refusal(source, &repo, digest, &tag, subject, true).await
                     {
-                        selected.push(SelectedImage {
-                            digest: digest.to_string(),
-                            tags: vec![tag],
-                            refused: Some(why),
-                            ..SelectedImage::default()
-                        });
+                        selected.push(SelectedImage::refused(digest.to_string(), vec![tag], why));
                         continue;
                     }
                 }
@@ -151,17 +146,11 @@ pub(crate) async fn add_referrers(
                             artifact_refusal(source, &repo, &referrer.digest, "", subject, gated)
                                 .await
                         {
-                            selected.push(SelectedImage {
-                                digest: referrer.digest.clone(),
-                                refused: Some(why),
-                                ..SelectedImage::default()
-                            });
+                            selected.push(SelectedImage::refused(referrer.digest, Vec::new(), why));
                             continue;
                         }
-                        {
-                            selected[*root].referrers.push(referrer.digest.clone());
-                            next.push((referrer.digest, *root));
-                        }
+                        selected[*root].referrers.push(referrer.digest.clone());
+                        next.push((referrer.digest, *root));
                     }
                 }
             }

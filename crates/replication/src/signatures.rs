@@ -82,6 +82,8 @@ pub(crate) async fn unsigned_reason(
     let subject = Digest::parse(digest).map_err(listing("the signatures"))?;
     // The tag first: cosign writes one per image, so junk referrers cannot crowd it out.
     let mut candidates: Vec<String> = Vec::new();
+    // Signature-typed referrers beyond MAX_CANDIDATES: counted, never read.
+    let mut not_examined = 0;
     if let Some(signature) = by_tag.get(format!("{}.sig", fallback_tag(digest)).as_str()) {
         candidates.push(signature.to_string());
     }
@@ -95,11 +97,16 @@ pub(crate) async fn unsigned_reason(
             None => *api = false,
             Some(referrers) => {
                 for r in referrers {
-                    if r.artifact_type.as_deref() == Some(COSIGN_SIGNATURE)
-                        && r.size <= MAX_SIGNATURE_MANIFEST_BYTES
-                        && !candidates.contains(&r.digest)
+                    if r.artifact_type.as_deref() != Some(COSIGN_SIGNATURE)
+                        || r.size > MAX_SIGNATURE_MANIFEST_BYTES
+                        || candidates.contains(&r.digest)
                     {
+                        continue;
+                    }
+                    if candidates.len() < MAX_CANDIDATES {
                         candidates.push(r.digest);
+                    } else {
+                        not_examined += 1;
                     }
                 }
             }
@@ -114,8 +121,8 @@ pub(crate) async fn unsigned_reason(
     // signature is skipped and named, never fatal, and costs at most one manifest and
     // MAX_LAYERS_PER_CANDIDATE payloads, so junk cannot exhaust the look-up before a valid one.
     let mut problems: Vec<String> = Vec::new();
-    let examined = candidates.len().min(MAX_CANDIDATES);
-    for candidate in candidates.iter().take(MAX_CANDIDATES) {
+    let examined = candidates.len();
+    for candidate in &candidates {
         match verify_candidate(source, repo, candidate, digest, keys).await {
             Ok(()) => return Ok(None),
             Err(problem) => problems.push(format!("{}: {problem}", short_digest(candidate))),
@@ -130,11 +137,8 @@ pub(crate) async fn unsigned_reason(
             .collect::<Vec<_>>()
             .join("; ")
     );
-    if candidates.len() > MAX_CANDIDATES {
-        reason.push_str(&format!(
-            "; {} more candidates not examined",
-            candidates.len() - MAX_CANDIDATES
-        ));
+    if not_examined > 0 {
+        reason.push_str(&format!("; {not_examined} more candidates not examined"));
     }
     Ok(Some(reason))
 }

@@ -41,6 +41,9 @@ pub struct Attacks {
     /// A referrers API: digest to the descriptors it lists (what the operator claims refers to
     /// it). Digests not listed have none. `None`: no API (404, as distribution answers).
     pub referrers: Option<HashMap<String, Vec<serde_json::Value>>>,
+    /// Every request without credentials is challenged (Bearer, realm `/token` on this host),
+    /// and the token endpoint answers a body of this many bytes.
+    pub huge_token: Option<usize>,
     /// Manifest GETs (and HEADs) by these tags answer 404: a transient refusal, not a deletion.
     pub hidden_tags: Vec<String>,
     /// Manifest GETs by these references answer bytes that are not the manifest.
@@ -238,6 +241,26 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
 
+    if let Some(size) = attacks.huge_token {
+        if path == "/token" {
+            return huge_body(&state, size, StatusCode::OK, br#"{"token":""#);
+        }
+        if !request.headers().contains_key("authorization") {
+            let host = request
+                .headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let challenge = format!(r#"Bearer realm="http://{host}/token",service="hostile""#);
+            return (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", challenge)],
+                "",
+            )
+                .into_response();
+        }
+    }
     if path == "/v2/_catalog" && !attacks.forged_repositories.is_empty() {
         let response = forward(&state, request).await;
         return with_forged_entries(response, "repositories", &attacks.forged_repositories).await;

@@ -193,7 +193,7 @@ async fn listings_that_page_forever_or_in_place_are_refused_within_bounds() {
 }
 
 #[tokio::test]
-async fn huge_tag_lists_and_error_bodies_are_read_only_up_to_their_bound() {
+async fn huge_tag_lists_error_bodies_and_tokens_are_read_only_up_to_their_bound() {
     let src = TestRegistry::start();
     let hostile = HostileRegistry::start(&src.host);
     let client = e2e::client(&[&hostile.host], &[]);
@@ -221,6 +221,20 @@ async fn huge_tag_lists_and_error_bodies_are_read_only_up_to_their_bound() {
     assert!(
         error_bytes < 32 << 20,
         "{error_bytes} bytes of a 512 MiB error body were read"
+    );
+
+    // A token service answering an endless token.
+    hostile.attack(|a| {
+        a.huge_errors = None;
+        a.huge_token = Some(512 << 20);
+    });
+    let before = hostile.huge_bytes_sent();
+    let err = client.get_manifest(&reference).await.unwrap_err();
+    assert!(matches!(err, oci::Error::ResponseTooLarge { .. }), "{err}");
+    let token_bytes = hostile.huge_bytes_sent() - before;
+    assert!(
+        token_bytes < 32 << 20,
+        "{token_bytes} bytes of a 512 MiB token response were read"
     );
 }
 

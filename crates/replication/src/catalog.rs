@@ -9,7 +9,7 @@ use oci::{Reference, RegistryClient, Repository};
 
 use crate::connect::Connection;
 use crate::error::{Error, Result};
-use crate::filter::{refuse_invalid, ListedImage, Refusal};
+use crate::filter::{refuse_invalid, valid_tags, ListedImage, Refusal};
 
 /// Lists what a registry holds, page by page.
 #[async_trait]
@@ -42,6 +42,19 @@ impl Connection {
                 page_size: self.catalog_page_size,
             }),
         }
+    }
+}
+
+/// A listing of `what` in `registry` that went on past `oci::MAX_LISTING_PAGES` pages: refused
+/// rather than followed.
+pub(crate) fn too_many_pages(registry: &str, what: String) -> Error {
+    Error::Listing {
+        source: oci::Error::ResponseTooLarge {
+            what: what.clone(),
+            url: registry.to_string(),
+            limit: format!("{} pages", oci::MAX_LISTING_PAGES),
+        },
+        what,
     }
 }
 
@@ -116,16 +129,7 @@ impl Catalog for OciCatalog<'_> {
             .map_err(listing)?;
         // A tag that is not valid never reaches a URL: refused before any request.
         let mut refused = Vec::new();
-        let tags: Vec<String> = tags
-            .into_iter()
-            .filter(|tag| match oci::reference::validate_tag(tag) {
-                Ok(()) => true,
-                Err(reason) => {
-                    refused.push(Refusal::new(tag, reason));
-                    false
-                }
-            })
-            .collect();
+        let tags = valid_tags(tags, &mut refused);
         let heads: Vec<_> = futures::stream::iter(tags)
             .map(|tag| {
                 let reference = Reference {

@@ -124,18 +124,24 @@ pub fn refuse_invalid(images: Vec<ListedImage>) -> (Vec<ListedImage>, Vec<Refusa
             refused.push(Refusal::new(&image.digest, format!("not a digest: {e}")));
             continue;
         }
-        image
-            .tags
-            .retain(|tag| match oci::reference::validate_tag(tag) {
-                Ok(()) => true,
-                Err(reason) => {
-                    refused.push(Refusal::new(tag, reason));
-                    false
-                }
-            });
+        image.tags = valid_tags(std::mem::take(&mut image.tags), &mut refused);
         valid.push(image);
     }
     (valid, refused)
+}
+
+/// The tags that are valid names (the distribution grammar); each other one is added to
+/// `refused` with why.
+pub fn valid_tags(tags: Vec<String>, refused: &mut Vec<Refusal>) -> Vec<String> {
+    tags.into_iter()
+        .filter(|tag| match oci::reference::validate_tag(tag) {
+            Ok(()) => true,
+            Err(reason) => {
+                refused.push(Refusal::new(tag, reason));
+                false
+            }
+        })
+        .collect()
 }
 
 /// Image selection by tag and age.

@@ -59,13 +59,15 @@ pub(crate) fn artifact_subject(tag: &str) -> Option<String> {
 ///
 /// With `gated` (the job requires a signature), only artifacts travel (`artifact_refusal`): a
 /// runnable image or an index under an artifact tag, or a referrer declaring another subject,
-/// is added refused (reported, never copied). Without it, a referrer the API lists is still
-/// taken only when its own `subject` is the image it was listed for.
+/// goes to `refused` (reported, never copied; one already there is not looked at again).
+/// Without it, a referrer the API lists is still taken only when its own `subject` is the
+/// image it was listed for.
 pub(crate) async fn add_referrers(
     source: &Connection,
     repository: &str,
     images: &[ListedImage],
     selected: &mut Vec<SelectedImage>,
+    refused: &mut Vec<SelectedImage>,
     gated: bool,
 ) -> Result<()> {
     let by_tag = digests_by_tag(images);
@@ -92,11 +94,14 @@ pub(crate) async fn add_referrers(
                 let Some(digest) = by_tag.get(tag.as_str()) else {
                     continue;
                 };
+                if refused.iter().any(|r| r.digest == *digest) {
+                    continue;
+                }
                 if gated && !selected.iter().any(|s| s.digest == *digest) {
                     if let Some(why) =
                         artifact_refusal(source, &repo, digest, &tag, subject, true).await
                     {
-                        selected.push(SelectedImage::refused(digest.to_string(), vec![tag], why));
+                        refused.push(SelectedImage::refused(digest.to_string(), vec![tag], why));
                         continue;
                     }
                 }
@@ -136,7 +141,7 @@ pub(crate) async fn add_referrers(
                 None => api = false,
                 Some(list) => {
                     for referrer in list {
-                        let known = selected.iter().any(|s| {
+                        let known = selected.iter().chain(refused.iter()).any(|s| {
                             s.digest == referrer.digest || s.referrers.contains(&referrer.digest)
                         });
                         if known {
@@ -146,7 +151,7 @@ pub(crate) async fn add_referrers(
                             artifact_refusal(source, &repo, &referrer.digest, "", subject, gated)
                                 .await
                         {
-                            selected.push(SelectedImage::refused(referrer.digest, Vec::new(), why));
+                            refused.push(SelectedImage::refused(referrer.digest, Vec::new(), why));
                             continue;
                         }
                         selected[*root].referrers.push(referrer.digest.clone());

@@ -15,28 +15,27 @@ impl RegistryClient {
     /// in `MAX_LISTING_PAGES` pages (a registry that pages on forever is refused, not followed).
     #[tracing::instrument(skip(self), fields(repository = %repo))]
     pub async fn list_tags(&self, repo: &Repository) -> Result<Vec<String>> {
+        let too_large = |limit: String| -> Result<Vec<String>> {
+            Err(Error::ResponseTooLarge {
+                what: format!("tag list of {repo}"),
+                url: redact_url(&self.url(repo, Resource::Tags, None)?),
+                limit,
+            })
+        };
         let mut tags = Vec::new();
         let mut after = None;
         for _ in 0..MAX_LISTING_PAGES {
             let (page, next) = self.tags_page(repo, 1000, after.as_deref()).await?;
             tags.extend(page);
             if tags.len() > MAX_LISTED_TAGS {
-                return Err(Error::ResponseTooLarge {
-                    what: format!("tag list of {repo}"),
-                    url: redact_url(&self.url(repo, Resource::Tags, None)?),
-                    limit: format!("{MAX_LISTED_TAGS} tags"),
-                });
+                return too_large(format!("{MAX_LISTED_TAGS} tags"));
             }
             match next {
                 Some(n) => after = Some(n),
                 None => return Ok(tags),
             }
         }
-        Err(Error::ResponseTooLarge {
-            what: format!("tag list of {repo}"),
-            url: redact_url(&self.url(repo, Resource::Tags, None)?),
-            limit: format!("{MAX_LISTING_PAGES} pages"),
-        })
+        too_large(format!("{MAX_LISTING_PAGES} pages"))
     }
 
     /// One page of a repository's tags, after tag `after`; the second value is the token (the

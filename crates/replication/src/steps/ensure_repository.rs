@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::catalog::aws;
+use crate::catalog::{aws, too_many_pages};
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::job::{Destination, Job, SettingsMode, ValidJob};
@@ -507,14 +507,10 @@ async fn sources_sharing_target(
             None => return Ok(sharing),
         }
     }
-    Err(Error::Listing {
-        what: format!("repositories of {}", source.registry),
-        source: oci::Error::ResponseTooLarge {
-            what: "the catalog".into(),
-            url: source.registry.clone(),
-            limit: format!("{} pages", oci::MAX_LISTING_PAGES),
-        },
-    })
+    Err(too_many_pages(
+        &source.registry,
+        format!("repositories of {}", source.registry),
+    ))
 }
 
 /// The registry refused to delete by tag (the distribution registry answers 400; others 405 or

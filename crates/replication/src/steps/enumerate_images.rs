@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::catalog::too_many_pages;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, Refusal, SelectedImage};
@@ -440,15 +441,26 @@ async fn select_images(
     let mut unsigned = Vec::new();
     if let Some(keys) = &job.signature_keys {
         let gated = signatures::gate(source, repository, &images, selected, keys).await?;
-        (unsigned, selected) = gated
+        let (not_copied, signed): (Vec<_>, Vec<_>) = gated
             .into_iter()
             .partition(|s| s.unsigned.is_some() || s.refused.is_some());
+        selected = signed;
+        (refused, unsigned) = not_copied
+            .into_iter()
+            .chain(refused)
+            .partition(|s| s.refused.is_some());
     }
     if job.job.referrers {
         let gated = job.signature_keys.is_some();
-        referrers::add_referrers(source, repository, &images, &mut selected, gated).await?;
-        // An artifact the gate refused is refused once, not again as a referrer.
-        selected.retain(|s| s.refused.is_none() || !unsigned.iter().any(|u| u.digest == s.digest));
+        referrers::add_referrers(
+            source,
+            repository,
+            &images,
+            &mut selected,
+            &mut refused,
+            gated,
+        )
+        .await?;
     }
     selected.append(&mut unsigned);
     selected.append(&mut refused);
@@ -474,14 +486,10 @@ pub(crate) async fn listed_images(
             None => return Ok((images, refused)),
         }
     }
-    Err(Error::Listing {
-        what: format!("images of {}/{repository}", conn.registry),
-        source: oci::Error::ResponseTooLarge {
-            what: format!("the listing of {repository}"),
-            url: conn.registry.clone(),
-            limit: format!("{} pages", oci::MAX_LISTING_PAGES),
-        },
-    })
+    Err(too_many_pages(
+        &conn.registry,
+        format!("images of {}/{repository}", conn.registry),
+    ))
 }
 
 /// Every image of a repository whose names are valid (the refused ones left out).

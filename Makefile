@@ -38,7 +38,7 @@ package: setup ## build the Lambda binaries for arm64 (cargo-lambda + ziglang) i
 	PATH="$(CURDIR)/.venv/bin:$$PATH" cargo-lambda lambda build --release --arm64 -p functions
 
 deploy: package ## deploy with cdk: the workflow stack first (the other stacks' roles trust its roles), then the rest; CDK_ARGS for the config
-	cd cdk && npm ci --no-audit --no-fund && $(CDK_ENV) npx cdk deploy EcrReplicatorWorkflow --no-notices $(CDK_ARGS)
+	cd cdk && npm ci --no-audit --no-fund && $(CDK_ENV) npx cdk deploy 'EcrReplicator*Workflow' --no-notices $(CDK_ARGS)
 	cd cdk && $(CDK_ENV) npx cdk deploy --all --no-notices $(CDK_ARGS)
 
 bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries

@@ -49,7 +49,7 @@ if [ "$(.venv/bin/pip show cfn-lint 2>/dev/null | awk '/^Version:/ {print $2}')"
 fi
 
 # The CDK app's dependencies (aws-cdk-lib, aws-cdk CLI, cdk-nag, typescript; pinned in the lock file).
-if [ ! -x cdk/node_modules/.bin/cdk ] || [ ! -x cdk/node_modules/.bin/tsc ]; then
+if [ ! -x cdk/node_modules/.bin/cdk ] || [ ! -x cdk/node_modules/.bin/tsc ] || [ ! -f cdk/node_modules/ajv/dist/2020.js ]; then
   command -v npm >/dev/null 2>&1 || { echo "setup: npm not found; install Node.js (Debian: nodejs npm)" >&2; exit 1; }
   echo "setup: installing the CDK app's dependencies (npm)"
   npm ci --prefix cdk --no-audit --no-fund --loglevel=error >/dev/null

@@ -11,11 +11,20 @@ export interface DestinationConfig {
   externalId?: string;
   /** Prefix put before repository names in this destination. */
   repositoryPrefix?: string;
-  /** Customer managed KMS keys (ARNs) repositories here may be created with (the job's `kmsKeyMapping` values). */
+  /** Customer managed KMS keys (ARNs) repositories here may be created with, besides the
+   * `kmsKeyMapping` values (which are granted too). */
   kmsKeys?: string[];
+  /** The job's `kmsKeyMapping` for this destination: source key ARN (or `"*"`) to a key of this
+   * destination's region. Every trigger's input carries it. */
+  kmsKeyMapping?: Record<string, string>;
+  /** The job's `repositoryMapping` for this destination (rename rules). Every trigger's input carries it. */
+  repositoryMapping?: { match: string; replace: string }[];
 }
 
 export interface ReplicatorConfig {
+  /** Scopes every named resource (roles, state machine, dashboard, stacks), so two deployments
+   * can share an account: lowercase letters, digits and dashes (default `ecr-replicator`). */
+  deploymentName?: string;
   /** The account and region whose registry is replicated. */
   sourceAccount: string;
   sourceRegion: string;
@@ -31,10 +40,17 @@ export interface ReplicatorConfig {
   sourceRoleName?: string;
   /** The target role may only create/configure repositories starting with this ('' = any). */
   targetRepositoryPrefix?: string;
+  /** Job fields every trigger sends (filters, settings mode, signatures...; not source,
+   * destinations or images): the schedule's `input` is laid over them, and the push trigger
+   * sends those that apply to one image (repository and tag name filters included). */
+  job?: Record<string, unknown>;
   /** Scheduled runs: an EventBridge schedule expression and the job fields besides source/destinations. */
-  schedule?: { expression: string; input: Record<string, unknown> };
+  schedule?: { expression: string; input?: Record<string, unknown> };
   /** Runs on ECR pushes (PUSH, SUCCESS), optionally only for repositories with this prefix. */
   pushTrigger?: { repositoryPrefix?: string };
+  /** Reserved concurrency of each copying function (copy-blobs, put-manifests): what all runs
+   * together may use of the account's concurrent executions (unset: no reservation). */
+  copyConcurrency?: number;
   /** Let the target roles remove stale tags for jobs with `"prune": true` (default false). */
   allowPrune?: boolean;
   /** Subscribed to failed executions. */
@@ -42,6 +58,15 @@ export interface ReplicatorConfig {
 }
 
 const ACCOUNT = /^\d{12}$/;
+const DEPLOYMENT_NAME = /^[a-z][a-z0-9-]{0,27}[a-z0-9]$/;
+
+/** The default deployment name (and the prefix of every named resource). */
+export const DEFAULT_DEPLOYMENT_NAME = 'ecr-replicator';
+
+/** The deployment's name: what every named resource starts with. */
+export function deploymentName(config: ReplicatorConfig): string {
+  return config.deploymentName ?? DEFAULT_DEPLOYMENT_NAME;
+}
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d$/;
 
 export function loadConfig(file: string): ReplicatorConfig {
@@ -52,6 +77,16 @@ export function loadConfig(file: string): ReplicatorConfig {
 /** Checks a configuration, naming the file and field of each problem. */
 export function validateConfig(config: ReplicatorConfig, file: string): ReplicatorConfig {
   const fail = (field: string, problem: string) => { throw new Error(`${file}: ${field} ${problem}`); };
+  if (config.deploymentName !== undefined && !DEPLOYMENT_NAME.test(config.deploymentName)) {
+    fail('deploymentName', 'must be 2 to 29 lowercase letters, digits or dashes, starting with a letter (it prefixes role names)');
+  }
+  if (config.copyConcurrency !== undefined && !(Number.isInteger(config.copyConcurrency) && config.copyConcurrency >= 1 && config.copyConcurrency <= 900)) {
+    fail('copyConcurrency', 'must be an integer from 1 to 900 (Lambda keeps 100 of an account\'s 1,000 unreserved)');
+  }
+  for (const field of ['source', 'destinations', 'images'] as const) {
+    if (config.job && field in config.job) fail(`job.${field}`, 'is set by the deployment: remove it');
+    if (config.schedule?.input && field in config.schedule.input) fail(`schedule.input.${field}`, 'is set by the deployment: remove it');
+  }
   if (!ACCOUNT.test(config.sourceAccount)) fail('sourceAccount', 'must be a 12-digit account id');
   if (!REGION.test(config.sourceRegion ?? '')) fail('sourceRegion', 'must be a region such as us-east-1');
   if (config.workflowAccount !== undefined && !ACCOUNT.test(config.workflowAccount)) fail('workflowAccount', 'must be a 12-digit account id');
@@ -70,8 +105,12 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     if (d.account === config.sourceAccount && d.region === config.sourceRegion && !d.repositoryPrefix) {
       fail(`destinations[${i}].repositoryPrefix`, 'is required when the destination is the source registry itself (it would copy each repository onto itself)');
     }
+    const key = new RegExp(`^arn:${partitionOf(d.region)}:kms:${d.region}:\\d{12}:key/[A-Za-z0-9-]+$`);
     (d.kmsKeys ?? []).forEach((k, j) => {
-      if (!/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/.+$/.test(k)) fail(`destinations[${i}].kmsKeys[${j}]`, 'must be a KMS key ARN');
+      if (!key.test(k)) fail(`destinations[${i}].kmsKeys[${j}]`, `must be the ARN of a KMS key in ${d.region} (keys are regional)`);
+    });
+    Object.entries(d.kmsKeyMapping ?? {}).forEach(([from, to]) => {
+      if (!key.test(to)) fail(`destinations[${i}].kmsKeyMapping[${JSON.stringify(from)}]`, `must be the ARN of a KMS key in ${d.region} (keys are regional)`);
     });
   });
   return config;
@@ -109,11 +148,13 @@ export function targetRoleArn(config: ReplicatorConfig, d: DestinationConfig): s
 /** The role in the source account, when the workflow runs in another account. */
 export function sourceRoleArn(config: ReplicatorConfig): string | undefined {
   if (!crossAccountSource(config)) return undefined;
-  return `arn:${partitionOf(config.sourceRegion)}:iam::${config.sourceAccount}:role/${config.sourceRoleName ?? SOURCE_ROLE_NAME}`;
+  return `arn:${partitionOf(config.sourceRegion)}:iam::${config.sourceAccount}:role/${sourceRoleName(config)}`;
 }
 
-/** Default name of the source-account role. */
-export const SOURCE_ROLE_NAME = 'ecr-replicator-source';
+/** Name of the source-account role (default `<deploymentName>-source`). */
+export function sourceRoleName(config: ReplicatorConfig): string {
+  return config.sourceRoleName ?? `${deploymentName(config)}-source`;
+}
 
 /** The job `source` for the execution input. */
 export function jobSource(config: ReplicatorConfig): Record<string, unknown> {
@@ -132,8 +173,48 @@ export function jobDestinations(config: ReplicatorConfig): Record<string, unknow
       registry: registryHost(d.account, d.region),
       ...(roleArn ? { roleArn, externalId: d.externalId } : {}),
       ...(d.repositoryPrefix ? { repositoryPrefix: d.repositoryPrefix } : {}),
+      ...(d.repositoryMapping?.length ? { repositoryMapping: d.repositoryMapping } : {}),
+      ...(d.kmsKeyMapping && Object.keys(d.kmsKeyMapping).length ? { kmsKeyMapping: d.kmsKeyMapping } : {}),
     };
   });
+}
+
+/** The KMS keys a destination's repositories may be created with: its `kmsKeys` and its mapping's targets. */
+export function destinationKeys(d: DestinationConfig): string[] {
+  return [...new Set([...(d.kmsKeys ?? []), ...Object.values(d.kmsKeyMapping ?? {})])];
+}
+
+/** The scheduled run's execution input: the config's `job`, the schedule's `input` over it (object
+ * fields such as `tags` merged one level deep). */
+export function scheduleInput(config: ReplicatorConfig): Record<string, unknown> {
+  const job: Record<string, unknown> = { ...config.job };
+  for (const [field, value] of Object.entries(config.schedule?.input ?? {})) {
+    const base = job[field];
+    const isObject = (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v);
+    // One level deep: the schedule's `tags` adds to the config's tag filters, not replaces them.
+    job[field] = isObject(base) && isObject(value) ? { ...(base as object), ...(value as object) } : value;
+  }
+  return { ...job, source: jobSource(config), destinations: jobDestinations(config) };
+}
+
+/** Tag filter fields that select among a repository's listing (age, count, untagged) and have no
+ * meaning for one pushed image. */
+const LISTING_TAG_FIELDS = ['latest', 'maxAgeDays', 'untagged'];
+
+/** A push run's execution input, `image` standing for the pushed image (EventBridge fills it in):
+ * the config's `job` without what needs a whole listing (`prune`, `tags.latest`...), so the
+ * deployment's repository and tag exclusions hold for pushes too. */
+export function pushInput(config: ReplicatorConfig, image: Record<string, unknown>): Record<string, unknown> {
+  const { prune: _prune, tags, ...rest } = config.job ?? {};
+  const nameFilters = Object.fromEntries(Object.entries((tags ?? {}) as Record<string, unknown>).filter(([k]) => !LISTING_TAG_FIELDS.includes(k)));
+  return {
+    repositorySettings: 'copy',
+    ...rest,
+    ...(Object.keys(nameFilters).length ? { tags: nameFilters } : {}),
+    source: jobSource(config),
+    destinations: jobDestinations(config),
+    images: [image],
+  };
 }
 
 /** The registries (and roles) the functions accept in a job, as `ECR_REPLICATOR_ALLOWED_REGISTRIES`

@@ -7,13 +7,15 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { readSourceStatements } from './permissions';
-import { COPIER_ROLE_NAME, READER_ROLE_NAME } from './workflow-stack';
+import { deploymentNames } from './workflow-stack';
 
 export interface SourceRoleStackProps extends StackProps {
   workflowAccount: string;
   workflowRegion: string;
   externalId: string;
   roleName: string;
+  /** The workflow deployment's name (its roles are trusted by name; default `ecr-replicator`). */
+  deploymentName?: string;
   /** Forward ECR push events (for the push trigger) to the workflow account's default bus. */
   forwardPushEvents: boolean;
 }
@@ -23,7 +25,8 @@ export class SourceRoleStack extends Stack {
 
   constructor(scope: Construct, id: string, props: SourceRoleStackProps) {
     super(scope, id, props);
-    const [copier, reader] = [COPIER_ROLE_NAME, READER_ROLE_NAME].map(
+    const names = deploymentNames(props.deploymentName);
+    const [copier, reader] = [names.copierRole, names.readerRole].map(
       (name) => new iam.ArnPrincipal(`arn:${this.partition}:iam::${props.workflowAccount}:role/${name}`),
     );
     const condition = { StringEquals: { 'sts:ExternalId': props.externalId } };
@@ -36,17 +39,40 @@ export class SourceRoleStack extends Stack {
       actions: ['sts:AssumeRole'], principals: [reader], conditions: condition,
     }));
     readSourceStatements(this.partition, this.account, this.region).forEach((s) => this.role.addToPolicy(s));
-    if (props.forwardPushEvents) {
-      const bus = events.EventBus.fromEventBusArn(this, 'WorkflowBus',
-        `arn:${this.partition}:events:${props.workflowRegion}:${props.workflowAccount}:event-bus/default`);
-      new events.Rule(this, 'ForwardPushes', {
-        description: 'ecr-replicator: send ECR pushes to the workflow account',
-        eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], detail: { 'action-type': ['PUSH'], result: ['SUCCESS'] } },
-        targets: [new targets.EventBus(bus)],
-      });
-    }
+    if (props.forwardPushEvents) forwardPushes(this, props.workflowAccount, props.workflowRegion);
     NagSuppressions.addStackSuppressions(this, [
       { id: 'AwsSolutions-IAM5', reason: 'Reads cover every source repository by design (filters are in the job); GetAuthorizationToken has no resource scope.' },
+    ]);
+  }
+}
+
+/** A rule sending this account and region's successful ECR pushes to the workflow's default bus
+ * (another account, another region, or both). EventBridge rules see only their own region's
+ * events; a bus in another region is a target that needs a role (EventBridge user guide, "Sending
+ * and receiving events between AWS Regions"), which the EventBus target creates. */
+export function forwardPushes(scope: Stack, workflowAccount: string, workflowRegion: string): events.Rule {
+  const bus = events.EventBus.fromEventBusArn(scope, 'WorkflowBus',
+    `arn:${scope.partition}:events:${workflowRegion}:${workflowAccount}:event-bus/default`);
+  return new events.Rule(scope, 'ForwardPushes', {
+    description: 'ecr-replicator: send ECR pushes to the workflow',
+    eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], detail: { 'action-type': ['PUSH'], result: ['SUCCESS'] } },
+    targets: [new targets.EventBus(bus)],
+  });
+}
+
+export interface PushForwardingStackProps extends StackProps {
+  workflowAccount: string;
+  workflowRegion: string;
+}
+
+/** The source region's forwarding of pushes when the workflow runs in the source account but in
+ * another region (in another account, SourceRoleStack forwards them). */
+export class PushForwardingStack extends Stack {
+  constructor(scope: Construct, id: string, props: PushForwardingStackProps) {
+    super(scope, id, props);
+    forwardPushes(this, props.workflowAccount, props.workflowRegion);
+    NagSuppressions.addStackSuppressions(this, [
+      { id: 'AwsSolutions-IAM5', reason: 'The forwarding role EventBridge uses may put events on the workflow bus only.' },
     ]);
   }
 }

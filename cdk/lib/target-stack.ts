@@ -4,7 +4,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { destinationStatements, registryTokenStatement } from './permissions';
-import { COPIER_ROLE_NAME } from './workflow-stack';
+import { deploymentNames } from './workflow-stack';
 
 export interface TargetRoleStackProps extends StackProps {
   /** The account the workflow (and its copier role) runs in. */
@@ -12,6 +12,8 @@ export interface TargetRoleStackProps extends StackProps {
   /** Every external ID the destinations in this account use (one role trusts them all). */
   externalIds: string[];
   roleName: string;
+  /** The workflow deployment's name (its copier role is trusted by name; default `ecr-replicator`). */
+  deploymentName?: string;
   /** Repositories the role may create and push to ('' = any). */
   repositoryPrefix?: string;
   /** Allow jobs with `"prune": true` to remove stale tags (ecr:BatchDeleteImage). Off by default. */
@@ -26,7 +28,7 @@ export class TargetRoleStack extends Stack {
   constructor(scope: Construct, id: string, props: TargetRoleStackProps) {
     super(scope, id, props);
     if (!props.externalIds.length) throw new Error(`${id}: at least one external ID is needed`);
-    const copier = `arn:${this.partition}:iam::${props.workflowAccount}:role/${COPIER_ROLE_NAME}`;
+    const copier = `arn:${this.partition}:iam::${props.workflowAccount}:role/${deploymentNames(props.deploymentName).copierRole}`;
     const externalIds = [...new Set(props.externalIds)];
     this.role = new iam.Role(this, 'TargetRole', {
       roleName: props.roleName,

@@ -17,8 +17,10 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import {
-  allowlist, crossAccountSource, jobDestinations, jobSource, ReplicatorConfig, sourceRoleArn, targetAccounts, targetRoleArn, workflowAccount,
+  allowlist, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, jobDestinations, pushInput, ReplicatorConfig,
+  scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, workflowAccount,
 } from './config';
+import { checkTriggerInputs } from './inputs';
 import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
 
 /** The committed state machine definition (its `${<Name>FunctionArn}` placeholders name the functions). */
@@ -59,11 +61,37 @@ export function functionsOf(definition: string): FunctionSpec[] {
 /** Each step's function, from the committed definition. */
 export const FUNCTIONS = functionsOf(readFileSync(DEFINITION_PATH, 'utf8'));
 
-/** The state machine's name (Distributed Map children are its executions). */
-export const STATE_MACHINE_NAME = 'ecr-replicator';
+/** The names a deployment gives its resources, all from its deployment name, so two deployments
+ * can live in one account and region. */
+export interface DeploymentNames {
+  /** The state machine (Distributed Map children are its executions) and the dashboard. */
+  stateMachine: string;
+  /** The role the copying functions use; destination roles trust exactly this role. */
+  copierRole: string;
+  /** The role of the functions that only read the source. */
+  readerRole: string;
+  /** The managed policy for callers that start runs and wait for them. */
+  callerPolicy: string;
+  /** The functions' CloudWatch metrics namespace. */
+  metricsNamespace: string;
+}
 
-/** Name of the role the copying functions use; destination roles trust exactly this role. */
-export const COPIER_ROLE_NAME = 'ecr-replicator-copier';
+/** The names of the deployment called `name`. */
+export function deploymentNames(name: string = DEFAULT_DEPLOYMENT_NAME): DeploymentNames {
+  return {
+    stateMachine: name,
+    copierRole: `${name}-copier`,
+    readerRole: `${name}-reader`,
+    callerPolicy: `${name}-caller`,
+    metricsNamespace: name === DEFAULT_DEPLOYMENT_NAME ? METRICS_NAMESPACE : `${METRICS_NAMESPACE}/${name}`,
+  };
+}
+
+/** The default deployment's state machine name. */
+export const STATE_MACHINE_NAME = DEFAULT_DEPLOYMENT_NAME;
+
+/** The default deployment's copier role name. */
+export const COPIER_ROLE_NAME = `${DEFAULT_DEPLOYMENT_NAME}-copier`;
 
 /** Where `enumerate-images` keeps a repository's selected images between the pages of one run. */
 export const SELECTIONS_PREFIX = 'selections/';
@@ -74,8 +102,11 @@ export const SELECTION_DAYS = 7;
 /** The CloudWatch namespace of the functions' metrics (embedded metric format in their logs). */
 export const METRICS_NAMESPACE = 'EcrReplicator';
 
-/** Name of the role of the functions that only read the source. */
-export const READER_ROLE_NAME = 'ecr-replicator-reader';
+/** The default deployment's reader role name. */
+export const READER_ROLE_NAME = `${DEFAULT_DEPLOYMENT_NAME}-reader`;
+
+/** The copying functions: their reserved concurrency is the config's `copyConcurrency`. */
+export const COPY_FUNCTIONS = ['copy-blobs', 'put-manifests'];
 
 export interface WorkflowStackProps extends StackProps {
   config: ReplicatorConfig;
@@ -92,10 +123,15 @@ function builtCode(root: string, name: string): lambda.Code | undefined {
 export class WorkflowStack extends Stack {
   public readonly stateMachine: sfn.StateMachine;
   public readonly functions: Record<string, lambda.Function> = {};
+  /** What a caller needs to start runs and wait for them (`startExecution.sync:2`, pipelines). */
+  public readonly callerPolicy: iam.ManagedPolicy;
+  public readonly names: DeploymentNames;
 
   constructor(scope: Construct, id: string, props: WorkflowStackProps) {
     super(scope, id, props);
     const config = props.config;
+    const names = deploymentNames(deploymentName(config));
+    this.names = names;
     const root = path.resolve(__dirname, '..', '..', '..');
 
     // Reading the source: directly, or through the source account's role.
@@ -110,13 +146,13 @@ export class WorkflowStack extends Stack {
       role.addToPolicy(new iam.PolicyStatement({ actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [group.logGroupArn, `${group.logGroupArn}:*`] }));
 
     const readerRole = new iam.Role(this, 'ReaderRole', {
-      roleName: READER_ROLE_NAME,
+      roleName: names.readerRole,
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
       description: 'ecr-replicator functions that only read the source',
     });
     readSource.forEach((s) => readerRole.addToPolicy(s));
     const copierRole = new iam.Role(this, 'CopierRole', {
-      roleName: COPIER_ROLE_NAME,
+      roleName: names.copierRole,
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
       description: 'ecr-replicator functions that read the source and write to destinations',
     });
@@ -138,7 +174,7 @@ export class WorkflowStack extends Stack {
         regions: [...new Set(sameAccount.map((d) => d.region))],
         repositoryPrefix: config.targetRepositoryPrefix,
         allowPrune: config.allowPrune,
-        kmsKeys: sameAccount.flatMap((d) => d.kmsKeys ?? []),
+        kmsKeys: sameAccount.flatMap(destinationKeys),
       }).forEach((s) => copierRole.addToPolicy(s));
     }
 
@@ -174,13 +210,14 @@ export class WorkflowStack extends Stack {
         handler: 'bootstrap',
         code,
         memorySize: f.memory,
+        reservedConcurrentExecutions: COPY_FUNCTIONS.includes(f.name) ? config.copyConcurrency : undefined,
         timeout: Duration.minutes(f.minutes),
         role,
         logGroup,
         loggingFormat: lambda.LoggingFormat.JSON,
         environment: {
           RUST_LOG: 'info',
-          ECR_REPLICATOR_METRICS_NAMESPACE: METRICS_NAMESPACE,
+          ECR_REPLICATOR_METRICS_NAMESPACE: names.metricsNamespace,
           ECR_REPLICATOR_ALLOWED_REGISTRIES: JSON.stringify(allowlist(config)),
           ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
         },
@@ -192,6 +229,9 @@ export class WorkflowStack extends Stack {
     const definition = readFileSync(DEFINITION_PATH, 'utf8');
     const substitutions: Record<string, string> = {};
     for (const f of FUNCTIONS) substitutions[f.placeholder] = this.functions[f.name].functionArn;
+    // Service integrations name the partition the state machine runs in; a literal
+    // `arn:aws:states:::events:putEvents` fails them in China and GovCloud.
+    substitutions[PUT_EVENTS_PLACEHOLDER] = `arn:${this.partition}:states:::events:putEvents`;
 
     const stateMachineLogs = new logs.LogGroup(this, 'StateMachineLogs', {
       retention: logs.RetentionDays.ONE_MONTH,
@@ -215,7 +255,7 @@ export class WorkflowStack extends Stack {
       resources: ['*'],
     }));
     this.stateMachine = new sfn.StateMachine(this, 'Replicate', {
-      stateMachineName: STATE_MACHINE_NAME,
+      stateMachineName: names.stateMachine,
       stateMachineType: sfn.StateMachineType.STANDARD,
       definitionBody: sfn.DefinitionBody.fromString(definition),
       definitionSubstitutions: substitutions,
@@ -235,21 +275,27 @@ export class WorkflowStack extends Stack {
       actions: ['states:StartExecution', 'states:DescribeExecution', 'states:StopExecution'],
       // By name, not by reference: the state machine already depends on this role's policy.
       resources: [
-        `arn:${this.partition}:states:${this.region}:${this.account}:stateMachine:${STATE_MACHINE_NAME}`,
-        `arn:${this.partition}:states:${this.region}:${this.account}:execution:${STATE_MACHINE_NAME}*`,
+        `arn:${this.partition}:states:${this.region}:${this.account}:stateMachine:${names.stateMachine}`,
+        `arn:${this.partition}:states:${this.region}:${this.account}:execution:${names.stateMachine}*`,
       ],
     }));
 
-    const source = jobSource(config);
+    this.callerPolicy = new iam.ManagedPolicy(this, 'CallerPolicy', {
+      managedPolicyName: names.callerPolicy,
+      description: 'ecr-replicator: start runs and wait for them (a pipeline, or a Task with startExecution.sync:2)',
+      statements: callerStatements(this.partition, this.region, this.account, names.stateMachine),
+    });
+
     const destinations = jobDestinations(config);
+    const triggers: events.Rule[] = [];
     if (config.schedule) {
-      new events.Rule(this, 'Schedule', {
+      triggers.push(new events.Rule(this, 'Schedule', {
         description: 'ecr-replicator: scheduled sync',
         schedule: events.Schedule.expression(config.schedule.expression),
         targets: [new targets.SfnStateMachine(this.stateMachine, {
-          input: events.RuleTargetInput.fromObject({ ...config.schedule.input, source, destinations }),
+          input: events.RuleTargetInput.fromObject(scheduleInput(config)),
         })],
-      });
+      }));
     }
     if (config.pushTrigger) {
       // Tagged pushes only: a push by digest (an index's children, a referrer) has no tag, and its
@@ -258,8 +304,9 @@ export class WorkflowStack extends Stack {
       const repositoryName = pushRepositoryFilter(config);
       if (repositoryName) detail['repository-name'] = repositoryName;
       if (crossAccountSource(config)) {
-        // The source account forwards its pushes (SourceRoleStack) to this account's default bus.
-        const sid = `ecr-replicator-pushes-from-${config.sourceAccount}`;
+        // The source account forwards its pushes (SourceRoleStack) to this account's default bus;
+        // in the same account but another region, PushForwardingStack does (no policy needed).
+        const sid = `${names.stateMachine}-pushes-from-${config.sourceAccount}`;
         new events.CfnEventBusPolicy(this, 'SourceAccountPushes', {
           statementId: sid,
           eventBusName: 'default',
@@ -272,7 +319,7 @@ export class WorkflowStack extends Stack {
           },
         });
       }
-      new events.Rule(this, 'OnPush', {
+      triggers.push(new events.Rule(this, 'OnPush', {
         description: 'ecr-replicator: replicate a pushed image',
         eventPattern: {
           source: ['aws.ecr'],
@@ -282,18 +329,19 @@ export class WorkflowStack extends Stack {
           detail,
         },
         targets: [new targets.SfnStateMachine(this.stateMachine, {
-          input: events.RuleTargetInput.fromObject({
-            source,
-            destinations,
-            images: [{
-              repository: events.EventField.fromPath('$.detail.repository-name'),
-              tag: events.EventField.fromPath('$.detail.image-tag'),
-            }],
-            repositorySettings: 'copy',
-          }),
+          // The pushed digest travels with the tag: a run that finds the tag moved on since
+          // reports the image superseded and leaves the newer push's run to copy it.
+          input: events.RuleTargetInput.fromObject(pushInput(config, {
+            repository: events.EventField.fromPath('$.detail.repository-name'),
+            tag: events.EventField.fromPath('$.detail.image-tag'),
+            digest: events.EventField.fromPath('$.detail.image-digest'),
+          })),
         })],
-      });
+      }));
     }
+    // Every trigger's input must be a valid job and fit EventBridge's 8,192 characters.
+    const problems = checkTriggerInputs(this, triggers);
+    if (problems.length) throw new Error(`${id}: ${problems.join('; ')}`);
 
     const key = new kms.Key(this, 'NotificationsKey', { enableKeyRotation: true, description: 'ecr-replicator notifications' });
     key.grantEncryptDecrypt(new iam.ServicePrincipal('events.amazonaws.com'));
@@ -317,7 +365,7 @@ export class WorkflowStack extends Stack {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     }).addAlarmAction(new cwActions.SnsAction(topic));
 
-    this.dashboard(destinations.map((d) => String(d.registry)));
+    this.dashboard(destinations.map((d) => String(d.registry)), names);
 
     NagSuppressions.addStackSuppressions(this, [
       { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance.' },
@@ -326,11 +374,18 @@ export class WorkflowStack extends Stack {
     ]);
   }
 
+  /** Lets `grantee` start runs and wait for them (attaches the caller policy to a role or user in
+   * this account; another account's role needs the same statements in its own policy). */
+  public grantStartAndWait(grantee: iam.IRole | iam.IUser) {
+    if (grantee instanceof iam.Role || grantee instanceof iam.User) grantee.addManagedPolicy(this.callerPolicy);
+    else callerStatements(this.partition, this.region, this.account, this.names.stateMachine).forEach((s) => grantee.addToPrincipalPolicy(s));
+  }
+
   /** The dashboard: images copied, present and failed, bytes copied and replication lag per
    * destination (the functions' EMF metrics), and the executions that failed. */
-  private dashboard(destinations: string[]) {
+  private dashboard(destinations: string[], names: DeploymentNames) {
     const metric = (name: string, destination: string, statistic = 'Sum') => new cloudwatch.Metric({
-      namespace: METRICS_NAMESPACE, metricName: name, dimensionsMap: { Destination: destination },
+      namespace: names.metricsNamespace, metricName: name, dimensionsMap: { Destination: destination },
       statistic, period: Duration.minutes(5), label: `${name} ${destination}`,
     });
     const perDestination = (title: string, names: string[], statistic = 'Sum') => new cloudwatch.GraphWidget({
@@ -338,7 +393,7 @@ export class WorkflowStack extends Stack {
       left: destinations.flatMap((d) => names.map((n) => metric(n, d, statistic))),
     });
     new cloudwatch.Dashboard(this, 'Dashboard', {
-      dashboardName: 'ecr-replicator',
+      dashboardName: names.stateMachine,
       widgets: [
         [perDestination('Images', ['ImagesCopied', 'ImagesPresent', 'ImagesFailed']), perDestination('Bytes copied', ['BytesCopied'])],
         [perDestination('Replication lag (seconds, max)', ['ReplicationLag'], 'Maximum'), new cloudwatch.GraphWidget({
@@ -365,6 +420,35 @@ export class WorkflowStack extends Stack {
       assertions: [{ assert: Fn.conditionEquals(built.valueAsString, 'yes'), assertDescription: message }],
     });
   }
+}
+
+/** The definition's placeholder for the EventBridge PutEvents integration, filled with
+ * `arn:<the stack's partition>:states:::events:putEvents` (a whole-Resource placeholder, as the
+ * functions' are, so cfn-lint's ASL check still applies to the rest). */
+export const PUT_EVENTS_PLACEHOLDER = 'EventsPutEventsArn';
+
+/** What a caller needs to start a run of the state machine and wait for it: StartExecution on it,
+ * DescribeExecution and StopExecution on its executions, and the rule Step Functions manages for
+ * `.sync` Tasks (Step Functions developer guide, "IAM policies for AWS Step Functions", Synchronous).
+ * A pipeline polling DescribeExecution needs the same. */
+export function callerStatements(partition: string, region: string, account: string, stateMachine: string): iam.PolicyStatement[] {
+  return [
+    new iam.PolicyStatement({
+      sid: 'StartRuns',
+      actions: ['states:StartExecution'],
+      resources: [`arn:${partition}:states:${region}:${account}:stateMachine:${stateMachine}`],
+    }),
+    new iam.PolicyStatement({
+      sid: 'WaitForRuns',
+      actions: ['states:DescribeExecution', 'states:StopExecution'],
+      resources: [`arn:${partition}:states:${region}:${account}:execution:${stateMachine}:*`],
+    }),
+    new iam.PolicyStatement({
+      sid: 'SyncTaskEvents',
+      actions: ['events:PutTargets', 'events:PutRule', 'events:DescribeRule'],
+      resources: [`arn:${partition}:events:${region}:${account}:rule/StepFunctionsGetEventsForStepFunctionsExecutionRule`],
+    }),
+  ];
 }
 
 /** The push rule's `repository-name` matcher: the trigger's prefix, and never a repository this

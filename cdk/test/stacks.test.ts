@@ -5,11 +5,14 @@ import { existsSync, readFileSync } from 'fs';
 import * as path from 'path';
 import { App, Aspects } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
+import * as iam from 'aws-cdk-lib/aws-iam';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { jobDestinations, loadConfig, ReplicatorConfig, validateConfig } from '../lib/config';
+import { jobDestinations, loadConfig, ReplicatorConfig, scheduleInput, validateConfig } from '../lib/config';
+import { deploymentStacks } from '../lib/deployment';
+import { EVENTBRIDGE_INPUT_MAX, jobSchemaProblems, renderedInput } from '../lib/inputs';
 import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { COPIER_ROLE_NAME, FUNCTIONS, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
+import { callerStatements, COPIER_ROLE_NAME, COPY_FUNCTIONS, FUNCTIONS, PUT_EVENTS_PLACEHOLDER, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
 
 const config = loadConfig('config.example.json');
 
@@ -62,6 +65,7 @@ test('the definition is the committed file with every placeholder bound to its f
   const subs = sm.Properties.DefinitionSubstitutions;
   const placeholders = [...committed.matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]);
   assert.deepEqual(new Set(Object.keys(subs)), new Set(placeholders));
+  assert.deepEqual(subs[PUT_EVENTS_PLACEHOLDER], { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':states:::events:putEvents']] }, 'service integrations in the stack\'s partition');
   for (const f of FUNCTIONS) {
     const logical = Object.entries(w.findResources('AWS::Lambda::Function', { Properties: { Description: `ecr-replicator step ${f.name}` } }))[0][0];
     assert.deepEqual(subs[f.placeholder], { 'Fn::GetAtt': [logical, 'Arn'] }, f.placeholder);
@@ -104,14 +108,16 @@ test('the push rule matches successful pushes and starts a run for just that ima
     detail: { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }], 'repository-name': [{ prefix: 'services/' }] },
   });
   const transformer = rule.Properties.Targets[0].InputTransformer;
-  assert.deepEqual(Object.values(transformer.InputPathsMap).sort(), ['$.detail.image-tag', '$.detail.repository-name']);
+  assert.deepEqual(Object.values(transformer.InputPathsMap).sort(), ['$.detail.image-digest', '$.detail.image-tag', '$.detail.repository-name']);
   const template = String(transformer.InputTemplate);
   assert.ok(template.includes('"source":{"registry":"111111111111.dkr.ecr.us-east-1.amazonaws.com"}'), template);
   // What EventBridge sends for a push of services/web:v1.2 (placeholders become JSON strings).
   const [repoKey] = Object.entries(transformer.InputPathsMap).find(([, p]) => p === '$.detail.repository-name')!;
   const [tagKey] = Object.entries(transformer.InputPathsMap).find(([, p]) => p === '$.detail.image-tag')!;
-  const input = JSON.parse(template.replace(`<${repoKey}>`, '"services/web"').replace(`<${tagKey}>`, '"v1.2"'));
-  assert.deepEqual(input.images, [{ repository: 'services/web', tag: 'v1.2' }]);
+  const [digestKey] = Object.entries(transformer.InputPathsMap).find(([, p]) => p === '$.detail.image-digest')!;
+  const digest = `sha256:${'a'.repeat(64)}`;
+  const input = JSON.parse(template.replace(`<${repoKey}>`, '"services/web"').replace(`<${tagKey}>`, '"v1.2"').replace(`<${digestKey}>`, JSON.stringify(digest)));
+  assert.deepEqual(input.images, [{ repository: 'services/web', tag: 'v1.2', digest }]);
   assert.equal(input.repositories, undefined);
   assert.equal(input.tags, undefined);
   assert.match(input.destinations[0].roleArn, /ecr-replicator-target/);
@@ -354,4 +360,155 @@ test('every function gets the deployment allowlist: the configured source and de
   }
   // A cross-account destination is allowed with exactly its target role.
   assert.ok(expected.destinations.some((d) => d.roleArns.length === 1 && String(d.roleArns[0]).endsWith(`:role/${config.targetRoleName}`)));
+});
+
+/** Every stack of a deployment, synthesized as `cdk synth` does (validations included). */
+function deployment(c: ReplicatorConfig, app = new App()): Template[] {
+  const stacks = deploymentStacks(app, c, true);
+  Aspects.of(app).add(new AwsSolutionsChecks());
+  return stacks.map((s) => Template.fromStack(s));
+}
+
+/** Every trigger's execution input in a workflow template, transformer fields filled with samples. */
+function triggerInputs(template: Template): Record<string, any> {
+  const inputs: Record<string, any> = {};
+  for (const rule of Object.values(template.findResources('AWS::Events::Rule')) as any[]) {
+    for (const target of rule.Properties.Targets ?? []) {
+      const rendered = renderedInput(target);
+      if (rendered) inputs[rule.Properties.ScheduleExpression ? 'schedule' : 'push'] = rendered.input;
+    }
+  }
+  return inputs;
+}
+
+test('China and GovCloud: nothing any stack synthesizes names the aws partition, the definition included', () => {
+  for (const [region, other] of [['cn-north-1', 'cn-northwest-1'], ['us-gov-west-1', 'us-gov-east-1']]) {
+    const c = variant((c) => {
+      c.sourceRegion = region;
+      c.workflowAccount = '444444444444';
+      c.sourceExternalId = 'ext-src';
+      c.destinations = [
+        { account: '222222222222', region: other, externalId: 'ext-a', kmsKeyMapping: { '*': `arn:${region.startsWith('cn-') ? 'aws-cn' : 'aws-us-gov'}:kms:${other}:222222222222:key/1234abcd-12ab-34cd-56ef-1234567890ab` } },
+        { account: '444444444444', region: other, repositoryPrefix: 'dr/' },
+      ];
+    });
+    const templates = deployment(c);
+    assert.equal(templates.length, 3, 'workflow, target and source stacks');
+    for (const t of templates) {
+      const text = JSON.stringify(t.toJSON());
+      assert.ok(!text.includes('arn:aws:'), `${region}: ${text.match(/.{80}arn:aws:.{40}/)?.[0]}`);
+    }
+    const sm = Object.values(templates[0].findResources('AWS::StepFunctions::StateMachine'))[0] as any;
+    assert.ok(sm.Properties.DefinitionString.includes('"Resource": "${EventsPutEventsArn}"'));
+    assert.equal(triggerInputs(templates[0]).schedule.destinations[0].kmsKeyMapping['*'].split(':')[1], region.startsWith('cn-') ? 'aws-cn' : 'aws-us-gov');
+  }
+});
+
+test('a workflow in another region of the source account gets the pushes forwarded across regions', () => {
+  const c = variant((c) => { c.workflowRegion = 'eu-west-1'; });
+  const all = deployment(c);
+  const [w2, forwarder] = [all[0], all[all.length - 1]];
+  const rule = Object.values(forwarder.findResources('AWS::Events::Rule'))[0] as any;
+  assert.deepEqual(rule.Properties.EventPattern, { source: ['aws.ecr'], 'detail-type': ['ECR Image Action'], detail: { 'action-type': ['PUSH'], result: ['SUCCESS'] } });
+  const target = rule.Properties.Targets[0];
+  assert.deepEqual(target.Arn, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':events:eu-west-1:111111111111:event-bus/default']] });
+  assert.ok(target.RoleArn, 'a bus in another region is a target with a role');
+  // The workflow's rule still matches the source account and region (forwarded events keep them).
+  w2.hasResourceProperties('AWS::Events::Rule', { EventPattern: Match.objectLike({ account: ['111111111111'], region: ['us-east-1'] }) });
+  // Same region, same account: nothing to forward.
+  assert.equal(deployment(config).length, 3);
+  assert.equal(deployment(variant((c) => { c.workflowRegion = 'eu-west-1'; delete c.pushTrigger; })).length, 3);
+});
+
+test('KMS key mapping and rename rules from the config reach every trigger, as valid jobs, with grants on the mapped keys', () => {
+  const key = 'arn:aws:kms:eu-west-1:222222222222:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const c = variant((c) => {
+    c.destinations[0].kmsKeyMapping = { '*': key };
+    c.destinations[0].repositoryMapping = [{ match: '^services/(.+)$', replace: 'apps/$1' }];
+    c.job = { tags: { exclude: ['.*-rc\\d*'], latest: 5 }, repositorySettings: 'create', prune: true };
+  });
+  const [w2, t2] = deployment(c);
+  const inputs = triggerInputs(w2);
+  for (const [name, input] of Object.entries(inputs)) {
+    assert.deepEqual(input.destinations[0].kmsKeyMapping, { '*': key }, name);
+    assert.deepEqual(input.destinations[0].repositoryMapping, [{ match: '^services/(.+)$', replace: 'apps/$1' }], name);
+    assert.deepEqual(jobSchemaProblems(input), [], name);
+    assert.deepEqual(input.tags.exclude, ['.*-rc\\d*'], `${name}: the deployment's tag exclusions hold`);
+  }
+  assert.equal(inputs.schedule.tags.latest, 5);
+  assert.equal(inputs.schedule.repositorySettings, 'create');
+  assert.equal(inputs.push.tags.latest, undefined, 'a listing filter has no meaning for one pushed image');
+  assert.equal(inputs.push.prune, undefined);
+  assert.equal(inputs.push.repositorySettings, 'create');
+  const kms = policyStatements(t2, 'TargetRole').find((s) => s.Sid === 'EncryptedRepositories');
+  assert.equal(kms.Resource, key, 'the mapped key is granted without listing it twice');
+  assert.throws(() => variant((c) => { c.destinations[0].kmsKeyMapping = { '*': 'arn:aws:kms:us-east-1:222222222222:key/abc' }; }),
+    /destinations\[0\]\.kmsKeyMapping\["\*"\] must be the ARN of a KMS key in eu-west-1/);
+});
+
+test('a mistyped or oversized schedule fails synth, naming the field or the limit', () => {
+  const mistyped = variant((c) => { c.schedule!.input = { tags: { maxAgeDay: 30 } }; });
+  assert.throws(() => deployment(mistyped), /Schedule input: \/tags must NOT have additional properties \(maxAgeDay\)/);
+  const huge = variant((c) => { c.schedule!.input = { repositories: { include: Array.from({ length: 600 }, (_, i) => `team-${i}/**`) } }; });
+  assert.ok(JSON.stringify(scheduleInput(huge)).length > EVENTBRIDGE_INPUT_MAX);
+  assert.throws(() => deployment(huge), /Schedule input is \d+ characters; EventBridge takes at most 8192/);
+  assert.throws(() => variant((c) => { c.schedule!.input = { source: { registry: 'evil.example.com' } }; }), /schedule\.input\.source is set by the deployment/);
+  // The example configuration's inputs are valid.
+  assert.deepEqual(Object.values(triggerInputs(w)).flatMap((i) => jobSchemaProblems(i)), []);
+});
+
+test('two deployments in one account: every named resource and stack is scoped by the deployment name', () => {
+  const app = new App();
+  const names = (templates: Template[]) => templates.flatMap((t) => Object.values(t.toJSON().Resources) as any[])
+    .flatMap((r) => ['RoleName', 'StateMachineName', 'DashboardName', 'ManagedPolicyName', 'StatementId', 'Name']
+      .map((k) => r.Properties?.[k]).filter((v) => typeof v === 'string'));
+  const firstStacks = deploymentStacks(app, config, true);
+  const secondStacks = deploymentStacks(app, variant((c) => { c.deploymentName = 'team-b'; c.targetRoleName = 'team-b-target'; }), true);
+  const [first, second] = [firstStacks, secondStacks].map((stacks) => stacks.map((s) => Template.fromStack(s)));
+  assert.deepEqual(firstStacks.map((s) => s.stackName).filter((n) => secondStacks.some((t) => t.stackName === n)), [], 'no stack name in common');
+  const [a, b] = [names(first), names(second)];
+  assert.ok(a.includes('ecr-replicator-copier') && b.includes('team-b-copier') && b.includes('team-b'), JSON.stringify(b));
+  assert.deepEqual(a.filter((n) => b.includes(n)), [], 'no name in common');
+  // The second deployment's target role trusts its own copier role.
+  const trust = JSON.stringify(second[1].toJSON());
+  assert.ok(trust.includes(':role/team-b-copier') && !trust.includes(':role/ecr-replicator-copier'));
+  assert.throws(() => variant((c) => { c.deploymentName = 'Team B'; }), /deploymentName must be/);
+});
+
+test('callers that start a run and wait for it get the .sync policy: start, describe, stop, the managed rule', () => {
+  const policy = Object.values(w.findResources('AWS::IAM::ManagedPolicy'))[0] as any;
+  assert.equal(policy.Properties.ManagedPolicyName, 'ecr-replicator-caller');
+  const statements = policy.Properties.PolicyDocument.Statement;
+  const by = (sid: string) => statements.find((s: any) => s.Sid === sid);
+  assert.equal(by('StartRuns').Action, 'states:StartExecution');
+  assert.match(JSON.stringify(by('StartRuns').Resource), /:states:us-east-1:111111111111:stateMachine:ecr-replicator"/);
+  assert.deepEqual(by('WaitForRuns').Action, ['states:DescribeExecution', 'states:StopExecution']);
+  assert.match(JSON.stringify(by('WaitForRuns').Resource), /:execution:ecr-replicator:\*"/);
+  assert.deepEqual(by('SyncTaskEvents').Action, ['events:PutTargets', 'events:PutRule', 'events:DescribeRule']);
+  assert.match(JSON.stringify(by('SyncTaskEvents').Resource), /:rule\/StepFunctionsGetEventsForStepFunctionsExecutionRule"/);
+  // README's JSON is this policy.
+  const readme = readFileSync(path.resolve(__dirname, '..', '..', '..', 'README.md'), 'utf8');
+  for (const s of callerStatements('aws', 'us-east-1', '111111111111', 'ecr-replicator')) {
+    const json = s.toStatementJson();
+    for (const action of [json.Action].flat()) assert.ok(readme.includes(`"${action}"`), `README names ${action}`);
+  }
+  assert.ok(readme.includes('rule/StepFunctionsGetEventsForStepFunctionsExecutionRule'));
+  // grantStartAndWait attaches it to a pipeline's role.
+  const app = new App();
+  const stack = new WorkflowStack(app, 'W', { env: { account: config.sourceAccount, region: config.sourceRegion }, config, allowPlaceholderCode: true });
+  const role = new iam.Role(stack, 'Pipeline', { assumedBy: new iam.ServicePrincipal('codebuild.amazonaws.com') });
+  stack.grantStartAndWait(role);
+  const pipeline = Object.values(Template.fromStack(stack).findResources('AWS::IAM::Role', { Properties: { AssumeRolePolicyDocument: Match.objectLike({ Statement: [Match.objectLike({ Principal: { Service: 'codebuild.amazonaws.com' } })] }) } }))[0] as any;
+  assert.ok(JSON.stringify(pipeline.Properties.ManagedPolicyArns).includes('CallerPolicy'));
+});
+
+test('reserved concurrency for the copying functions only, from the config', () => {
+  const [w2] = deployment(variant((c) => { c.copyConcurrency = 50; }));
+  for (const fn of Object.values(w2.findResources('AWS::Lambda::Function')) as any[]) {
+    const name = String(fn.Properties.Description).replace('ecr-replicator step ', '');
+    assert.equal(fn.Properties.ReservedConcurrentExecutions, COPY_FUNCTIONS.includes(name) ? 50 : undefined, name);
+  }
+  assert.deepEqual(COPY_FUNCTIONS.filter((f) => FUNCTIONS.some((g) => g.name === f)), COPY_FUNCTIONS);
+  for (const fn of Object.values(w.findResources('AWS::Lambda::Function')) as any[]) assert.equal(fn.Properties.ReservedConcurrentExecutions, undefined);
+  assert.throws(() => variant((c) => { c.copyConcurrency = 1000; }), /copyConcurrency must be an integer from 1 to 900/);
 });

@@ -36,8 +36,12 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// The state machine with every placeholder replaced by a function ARN, as CDK's
-/// `definitionSubstitutions` does.
+/// The definition's placeholder for the EventBridge PutEvents integration (the CDK app fills it
+/// with the stack's partition: `arn:aws-cn:states:::events:putEvents` in China).
+pub const PUT_EVENTS_PLACEHOLDER: &str = "EventsPutEventsArn";
+
+/// The state machine with every placeholder replaced by a function ARN and the integrations of
+/// the `aws` partition, as CDK's `definitionSubstitutions` does.
 pub fn definition(account: &str, region: &str) -> String {
     let mut text =
         std::fs::read_to_string(workspace().join("statemachine/replicate.asl.json")).unwrap();
@@ -47,6 +51,10 @@ pub fn definition(account: &str, region: &str) -> String {
             &format!("arn:aws:lambda:{region}:{account}:function:{function}"),
         );
     }
+    text = text.replace(
+        &format!("${{{PUT_EVENTS_PLACEHOLDER}}}"),
+        "arn:aws:states:::events:putEvents",
+    );
     assert!(!text.contains("${"), "a placeholder is left");
     text
 }

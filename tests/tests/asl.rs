@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use e2e::sfn::{definition, functions, workspace};
+use e2e::sfn::{definition, functions, workspace, PUT_EVENTS_PLACEHOLDER};
 
 fn node_tool(name: &str) -> std::path::PathBuf {
     let path = workspace()
@@ -101,10 +101,18 @@ fn the_definition_uses_jsonpath_only_and_every_placeholder_is_a_function() {
         .map(|(i, _)| &raw[i + 2..i + 2 + raw[i + 2..].find('}').unwrap()])
         .collect();
     let steps = functions();
-    let known: std::collections::BTreeSet<&str> = steps.iter().map(|(p, _)| p.as_str()).collect();
+    let mut known: std::collections::BTreeSet<&str> =
+        steps.iter().map(|(p, _)| p.as_str()).collect();
+    known.insert(PUT_EVENTS_PLACEHOLDER);
     assert_eq!(
         used, known,
-        "the state machine's functions are the registry's steps"
+        "the state machine's functions are the registry's steps, and the partition"
+    );
+    // Service integrations run in the deployment's partition: `arn:aws:` fails them in China
+    // and GovCloud (a Resource of another partition is not an integration there).
+    assert!(
+        !raw.contains("arn:aws"),
+        "a literal partition in the definition: use ${{{PUT_EVENTS_PLACEHOLDER}}}"
     );
     for (_, name) in &steps {
         let binary = format!("crates/functions/src/bin/{name}.rs");

@@ -723,7 +723,7 @@ async fn put_manifest(
         );
     }
     let by_tag = !reference.starts_with("sha256:");
-    if behaviours.immutable_tags && by_tag && immutable(state, name).await {
+    if behaviours.immutable_tags && by_tag && tag_immutable(state, name, reference).await {
         let head = state
             .http
             .head(format!(
@@ -781,8 +781,11 @@ fn over_put_rate(state: &PlaneState, name: &str) -> bool {
     false
 }
 
-/// Whether the repository's tags are immutable, from moto's DescribeRepositories.
-async fn immutable(state: &PlaneState, name: &str) -> bool {
+/// Whether `tag` is immutable in the repository, from moto's DescribeRepositories: every tag
+/// under IMMUTABLE, the tags no exclusion filter matches under IMMUTABLE_WITH_EXCLUSION, the
+/// tags a filter matches under MUTABLE_WITH_EXCLUSION (ECR user guide, "Preventing image tags
+/// from being overwritten").
+async fn tag_immutable(state: &PlaneState, name: &str, tag: &str) -> bool {
     let Some((moto_url, role)) = state.control.lock().unwrap().clone() else {
         return false;
     };
@@ -797,11 +800,22 @@ async fn immutable(state: &PlaneState, name: &str) -> bool {
         .repository_names(name)
         .send()
         .await;
-    found
-        .ok()
-        .and_then(|o| o.repositories().first().cloned())
-        .and_then(|r| r.image_tag_mutability().cloned())
-        .is_some_and(|m| m.as_str().starts_with("IMMUTABLE"))
+    let Some(repo) = found.ok().and_then(|o| o.repositories().first().cloned()) else {
+        return false;
+    };
+    ecr::RepositorySettings {
+        tag_mutability: repo
+            .image_tag_mutability()
+            .cloned()
+            .unwrap_or(ecr::ImageTagMutability::Mutable),
+        tag_mutability_exclusions: repo
+            .image_tag_mutability_exclusion_filters()
+            .iter()
+            .map(|f| f.filter().to_string())
+            .collect(),
+        ..ecr::RepositorySettings::default()
+    }
+    .tag_is_immutable(tag)
 }
 
 fn record_referrer(state: &PlaneState, name: &str, media_type: &str, bytes: &[u8]) {

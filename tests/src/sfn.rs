@@ -127,6 +127,9 @@ struct Proxy {
     /// Per function, the Lambda service errors its next invocations answer with instead of
     /// running (see `LocalStepFunctions::fail_next_invocation`).
     faults: std::sync::Mutex<std::collections::HashMap<String, Vec<LambdaFault>>>,
+    /// Per IAM action (`ecr:CreateRepository`), the AWS error its next calls answer with instead
+    /// of reaching moto (see `LocalStepFunctions::fail_next_api_call`).
+    api_faults: std::sync::Mutex<std::collections::HashMap<String, Vec<AwsFault>>>,
     /// Invocations per function (every child execution's included), faults counted too.
     invocations: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Copy and put invocations running now, and the most ever running at once.
@@ -195,6 +198,47 @@ pub enum LambdaFault {
     /// These include out-of-memory errors and function timeouts."
     /// <https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html>
     Unknown,
+    /// A custom runtime (provided.al2023, our binaries) killed for memory: the process exits and
+    /// Lambda reports `Runtime.ExitError` ("Runtime exited with error: signal: killed"; AWS
+    /// re:Post knowledge center, "Lambda runtime exit error"), not `Lambda.Unknown`.
+    ExitError,
+}
+
+/// An AWS API error as the service answers it (JSON protocol: the code in `__type` and in
+/// `x-amzn-ErrorType`), for errors moto does not produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsFault {
+    /// HTTP status.
+    pub status: u16,
+    /// Error code, e.g. `LimitExceededException`.
+    pub code: String,
+    /// The service's message.
+    pub message: String,
+}
+
+impl AwsFault {
+    /// ECR's answer when a service quota is reached, e.g. CreateRepository past the repositories
+    /// per registry (ECR API reference, CreateRepository "Errors": LimitExceededException, HTTP
+    /// 400, "The operation did not succeed because it would have exceeded a service limit for
+    /// your account").
+    pub fn ecr_limit_exceeded() -> Self {
+        AwsFault {
+            status: 400,
+            code: "LimitExceededException".into(),
+            message: "The operation did not succeed because it would have exceeded a service limit for your account.".into(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        Response::builder()
+            .status(self.status)
+            .header("content-type", "application/x-amz-json-1.1")
+            .header("x-amzn-errortype", &self.code)
+            .body(Body::from(
+                serde_json::json!({"__type": self.code, "message": self.message}).to_string(),
+            ))
+            .unwrap()
+    }
 }
 
 impl LambdaFault {
@@ -202,6 +246,9 @@ impl LambdaFault {
         match self {
             LambdaFault::Timeout => {
                 r#"{"errorType":"Sandbox.Timedout","errorMessage":"RequestId: 00000000 Error: Task timed out after 900.00 seconds"}"#
+            }
+            LambdaFault::ExitError => {
+                r#"{"errorType":"Runtime.ExitError","errorMessage":"RequestId: 00000000 Error: Runtime exited with error: signal: killed"}"#
             }
             LambdaFault::Unknown => {
                 r#"{"errorType":"Lambda.Unknown","errorMessage":"The cause could not be determined because Lambda did not return an error type. Returned payload: {\"errorType\":\"Runtime.OutOfMemory\"}"}"#
@@ -312,6 +359,7 @@ impl LocalStepFunctions {
             moto: format!("http://127.0.0.1:{moto_port}"),
             watch: format!("http://127.0.0.1:{watch_port}"),
             faults: Default::default(),
+            api_faults: Default::default(),
             invocations: Default::default(),
             copies_in_flight: Default::default(),
             journal: std::sync::Mutex::new(
@@ -393,6 +441,28 @@ impl LocalStepFunctions {
     }
 
     /// Faults queued for `function` and not yet consumed by an invocation.
+    /// The next call of `action` (an IAM action, `ecr:CreateRepository`) by any function answers
+    /// `fault` instead of reaching moto (queued: one call per queued fault).
+    pub fn fail_next_api_call(&self, action: &str, fault: AwsFault) {
+        self.proxy_state
+            .api_faults
+            .lock()
+            .unwrap()
+            .entry(action.to_string())
+            .or_default()
+            .push(fault);
+    }
+
+    /// AWS faults queued for `action` and not served yet.
+    pub fn api_faults_left(&self, action: &str) -> usize {
+        self.proxy_state
+            .api_faults
+            .lock()
+            .unwrap()
+            .get(action)
+            .map_or(0, Vec::len)
+    }
+
     pub fn faults_left(&self, function: &str) -> usize {
         self.proxy_state
             .faults
@@ -798,6 +868,15 @@ async fn forward_to(
         }
         None => {
             let call = api_call(proxy, &method, &path, &headers, &body);
+            let fault = call.as_ref().and_then(|call| {
+                let mut faults = proxy.api_faults.lock().unwrap();
+                let queue = faults.get_mut(&call.action)?;
+                (!queue.is_empty()).then(|| queue.remove(0))
+            });
+            if let (Some(fault), Some(call)) = (fault, call.clone()) {
+                proxy.api_calls.lock().unwrap().push(call);
+                return fault.response();
+            }
             let mut rb = proxy
                 .http
                 .request(method, format!("{}{path}{query}", proxy.moto));

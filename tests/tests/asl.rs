@@ -142,7 +142,8 @@ fn the_committed_schema_matches_the_job_type() {
 }
 
 /// Every Task retries Lambda's transient errors and its timeouts/crashes (`Lambda.Unknown`,
-/// `Sandbox.Timedout`: no Retry names them by default), bounded, with jitter and a maximum
+/// `Sandbox.Timedout`, and `Runtime.ExitError`, what a custom runtime killed for memory reports:
+/// no Retry names them by default), bounded, with jitter and a maximum
 /// delay; byte counts never go through an intrinsic (32-bit); every Map's concurrency is bounded
 /// by the shares of `maxConcurrency` (`Concurrency::share`).
 #[test]
@@ -159,7 +160,7 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
     ) {
         for (name, state) in states.as_object().unwrap() {
             match state["Type"].as_str().unwrap() {
-                "Task" if state["Resource"] == "arn:aws:states:::events:putEvents" => {
+                "Task" if state["Resource"] == "${EventsPutEventsArn}" => {
                     // An event is sent with retries, and never fails what it announces.
                     *events += 1;
                     let retry = state["Retry"].as_array().unwrap();
@@ -186,6 +187,7 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
                         "Lambda.ServiceException",
                         "Lambda.TooManyRequestsException",
                         "Lambda.Unknown",
+                        "Runtime.ExitError",
                         "Sandbox.Timedout",
                         "ReplicationRetryable",
                     ] {

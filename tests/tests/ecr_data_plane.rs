@@ -728,3 +728,92 @@ async fn a_state_machine_run_throttled_on_a_third_of_all_requests_fails_nothing(
         );
     }
 }
+
+/// `IMMUTABLE_WITH_EXCLUSION`: ECR refuses the mode without its filters, so the filters travel
+/// with it (created, compared, never weakened), and the destination enforces immutability with
+/// the exceptions: `dev-*` tags move, release tags never do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immutability_with_exclusions_is_copied_and_enforced_tag_by_tag() {
+    let world = EcrWorld::start();
+    let release = ImageBuilder::new(Format::Oci).layer(61, 3_000).build();
+    let dev = ImageBuilder::new(Format::Oci).layer(62, 3_000).build();
+    world.seed("gated", "v1", &release).await;
+    world.seed("gated", "dev-1", &dev).await;
+    let source = world.moto.sdk(SOURCE, None).await;
+    let filter = |f: &str| {
+        aws_sdk_ecr::types::ImageTagMutabilityExclusionFilter::builder()
+            .filter_type(aws_sdk_ecr::types::ImageTagMutabilityExclusionFilterType::Wildcard)
+            .filter(f)
+            .build()
+            .unwrap()
+    };
+    source
+        .put_image_tag_mutability()
+        .repository_name("gated")
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::ImmutableWithExclusion)
+        .image_tag_mutability_exclusion_filters(filter("dev-*"))
+        .send()
+        .await
+        .unwrap();
+
+    let first = run(&world, job(&["gated"], json!({}))).await;
+    assert_eq!((first.copied, first.failed), (2, 0), "{first:?}");
+    let dest = world.moto.ecr(DEST, Some(DEST_ROLE)).await;
+    let settings = dest.read_settings("gated").await.unwrap().unwrap();
+    assert_eq!(
+        settings.mutability_text(),
+        "IMMUTABLE_WITH_EXCLUSION [dev-*]"
+    );
+
+    // dev-1 moves in the source: the destination takes the move (the tag is excluded).
+    let moved = ImageBuilder::new(Format::Oci).layer(63, 3_000).build();
+    world.seed("gated", "dev-1", &moved).await;
+    let second = run(&world, job(&["gated"], json!({}))).await;
+    assert_eq!(
+        (second.copied, second.present, second.failed),
+        (1, 1, 0),
+        "{second:?}"
+    );
+    assert_eq!(
+        dest_manifest(&world, "gated", "dev-1").await.unwrap(),
+        moved.manifest
+    );
+    assert_eq!(world.plane(DEST).count("immutable_refused"), 0);
+    // v1 is immutable: ECR refuses any put under it.
+    let (user, password) = creds(DEST);
+    let overwrite = reqwest::Client::new()
+        .put(format!(
+            "http://{}/v2/gated/manifests/v1",
+            world.plane(DEST).host
+        ))
+        .basic_auth(&user, Some(&password))
+        .header("content-type", &moved.media_type)
+        .body(moved.manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(overwrite.status(), 400);
+    assert_eq!(world.plane(DEST).count("immutable_refused"), 1);
+
+    // A source that widens the exclusions (every tag mutable but releases) would weaken the
+    // destination: in the default mode it stays as it is, reported.
+    source
+        .put_image_tag_mutability()
+        .repository_name("gated")
+        .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::ImmutableWithExclusion)
+        .image_tag_mutability_exclusion_filters(filter("dev-*"))
+        .image_tag_mutability_exclusion_filters(filter("feature-*"))
+        .send()
+        .await
+        .unwrap();
+    let third = run(&world, job(&["gated"], json!({}))).await;
+    assert_eq!(third.failed, 0, "{third:?}");
+    assert_eq!(
+        dest.read_settings("gated")
+            .await
+            .unwrap()
+            .unwrap()
+            .mutability_text(),
+        "IMMUTABLE_WITH_EXCLUSION [dev-*]"
+    );
+}

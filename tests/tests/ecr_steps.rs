@@ -335,6 +335,25 @@ async fn a_source_without_settings_and_the_default_modes_never_weaken_a_destinat
         .unwrap();
     assert!(out.changes.is_empty() && out.drift.is_empty(), "{out:?}");
     assert_still_protected(&world, "svc/web", "a sync from a plain registry").await;
+    // An `images` entry naming a repository the plain registry lacks creates nothing.
+    let listed = Job::from_json(
+        &json!({"source": {"registry": plain.host, "insecure": true}, "destinations": destination,
+                "images": [{"repository": "svc/ghost", "tag": "v1"}]})
+        .to_string(),
+    )
+    .unwrap();
+    let ghost = functions::invoke::<EnsureRepository>(&conns, event(ensure(listed, "svc/ghost")))
+        .await
+        .unwrap();
+    assert!(ghost.skipped.is_some() && !ghost.created, "{ghost:?}");
+    assert!(world
+        .moto
+        .ecr(DEST, Some(DEST_ROLE))
+        .await
+        .read_settings("svc/ghost")
+        .await
+        .unwrap()
+        .is_none());
 
     // An ECR source repository that is MUTABLE, without policies: the default mode and "create"
     // keep the destination's protection (and say what they kept); "mirror" is the opt-in.

@@ -79,15 +79,18 @@ fn ensure_output() -> EnsureRepositoryOutput {
         registry: text(HOST),
         repository: text(REPOSITORY),
         created: true,
+        // The longest each change can be: tag mutability with ECR's 5 exclusion filters of 128
+        // characters a side; resource tags as a count and 5 keys; policies shortened to 100.
         changes: vec![
-            SettingChange {
-                setting: "repositoryPolicy".into(),
-                from: text(100),
-                to: text(100),
-            };
-            6
+            change("tagMutability", 30 + 5 * 130, 30 + 5 * 130),
+            change("scanOnPush", 5, 5),
+            change("lifecyclePolicy", 100, 100),
+            change("repositoryPolicy", 100, 100),
+            change("tags", 20, 20 + 5 * 67 + 20),
         ],
-        drift: vec![text(300); 6],
+        // The kept-protection notes (tag mutability names both sides), the policy statements
+        // left out.
+        drift: [vec![text(1600), text(500)], vec![text(300); 6]].concat(),
         skipped: Some(text(200)),
         pruned: vec![text(TAG); 1000],
         prune_kept: vec![format!("{}: {}", text(TAG), text(200)); 1000],
@@ -95,6 +98,14 @@ fn ensure_output() -> EnsureRepositoryOutput {
         prune_kept_count: 0,
     }
     .bounded()
+}
+
+fn change(setting: &str, from: usize, to: usize) -> SettingChange {
+    SettingChange {
+        setting: setting.into(),
+        from: text(from),
+        to: text(to),
+    }
 }
 
 /// A difference with the longest target and detail a verification writes.
@@ -239,16 +250,16 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     };
     assert_shapes(
         "TakePage",
-        &[
-            "page.$",
-            "results",
-            "copied",
-            "dryRun",
-            "present.$",
-            "unsigned.$",
-        ],
+        &["page.$", "results", "copied", "present.$", "unsigned.$"],
     );
     assert_eq!(repo["PlanPage"]["ResultPath"], "$.page");
+    // A dry run's plan stays in `$.page` (held once): no state copies it elsewhere.
+    assert_eq!(
+        repo["DryRunOrCopy"]["Choices"][0]["Next"],
+        "SummariseImages"
+    );
+    assert_eq!(repo["SummariseImages"]["Parameters"]["plan.$"], "$.page");
+    assert!(!serde_json::to_string(repo).unwrap().contains("$.dryRun"));
     assert_eq!(repo["CopyPageRanges"]["ResultPath"], "$.copied");
     let range_failed = &repo["CopyPageRanges"]["ItemProcessor"]["States"]["RangeFailed"];
     assert_eq!(range_failed["Parameters"]["error.$"], "$.error.Error");
@@ -273,7 +284,6 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "unsigned": vec![unsigned_result(&task(50)); UNSIGNED_PER_PAGE],
         "results": results,
         "copied": copied.clone(),
-        "dryRun": {"plan": null},
         "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
     size("repository child after ForEachImage", &child);

@@ -35,10 +35,12 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
         "destinations": [{"registry": dst.host, "insecure": true}],
         "tags": {"include": ["v.*"]}
     });
-    // A copy invocation that times out and a put that runs out of memory, once each: the
-    // Lambda service reports them as Sandbox.Timedout and Lambda.Unknown, which are retried.
+    // A copy invocation that times out, a put that runs out of memory, and the parent's first
+    // Task killed for memory, once each: the Lambda service reports them as Sandbox.Timedout,
+    // Lambda.Unknown and (a custom runtime killed) Runtime.ExitError, all retried.
     sfn.fail_next_invocation("copy-blobs", LambdaFault::Timeout);
     sfn.fail_next_invocation("put-manifests", LambdaFault::Unknown);
+    sfn.fail_next_invocation("enumerate-repositories", LambdaFault::ExitError);
 
     let first = sfn.execute(&arn, &input).await;
 
@@ -63,9 +65,10 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
     assert_eq!(
         (
             sfn.faults_left("copy-blobs"),
-            sfn.faults_left("put-manifests")
+            sfn.faults_left("put-manifests"),
+            sfn.faults_left("enumerate-repositories")
         ),
-        (0, 0)
+        (0, 0, 0)
     );
     let calls = sfn.invocations();
     assert!(
@@ -103,6 +106,55 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
         .manifest("team/app", "scratch")
         .await
         .is_some());
+
+    // Two quick pushes of one tag: the trigger carries each push's digest. The newer push's
+    // run copies it; the older push's run, arriving late, finds the tag moved on and reports
+    // the image superseded (not failed), leaving the destination on the newer image.
+    let older = Pusher::new(&dst.host, None)
+        .manifest("team/app", "scratch")
+        .await
+        .unwrap();
+    let newer = ImageBuilder::new(Format::Oci).layer(5, 100).build();
+    Pusher::new(&src.host, None)
+        .push("team/app", "scratch", &newer)
+        .await;
+    let push_of = |digest: &str| {
+        let mut event = pushed.clone();
+        event["images"][0]["digest"] = json!(digest);
+        event
+    };
+    let older_digest = oci::Digest::of(&older).to_string();
+    let newer_run = sfn.execute(&arn, &push_of(&newer.digest)).await;
+    assert_eq!(newer_run.status, "SUCCEEDED", "{}", newer_run.cause);
+    assert_eq!(newer_run.output.unwrap()["copied"].as_u64(), Some(1));
+    let late = sfn.execute(&arn, &push_of(&older_digest)).await;
+    assert_eq!(late.status, "SUCCEEDED", "{}", late.cause);
+    let report = late.output.unwrap();
+    assert_eq!(
+        (
+            report["superseded"].as_u64(),
+            report["copied"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{report}"
+    );
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/team/app:scratch", dst.host), None),
+        newer.manifest.to_vec(),
+        "the late run rolled the tag back"
+    );
+    // A push of a tag the deployment excludes copies nothing.
+    let mut excluded = push_of(&newer.digest);
+    excluded["tags"] = json!({"exclude": ["scr.*"]});
+    let skipped = sfn.execute(&arn, &excluded).await;
+    assert_eq!(skipped.status, "SUCCEEDED", "{}", skipped.cause);
+    let report = skipped.output.unwrap();
+    assert_eq!(
+        (report["images"].as_u64(), report["copied"].as_u64()),
+        (Some(0), Some(0)),
+        "{report}"
+    );
 
     // Prune: a tag inside the filters that the source no longer has; the dry run's report
     // lists it, the real run removes it, `scratch` (outside the filters) stays.

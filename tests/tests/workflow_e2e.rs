@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{multi_arch, Format, ImageBuilder, TestImage};
+use e2e::sfn::AwsFault;
 use e2e::world::{moto_token_password, EcrWorld, DEST, DEST2, DEST2_ROLE, DEST_ROLE, SOURCE};
 use serde_json::{json, Value};
 
@@ -255,6 +256,38 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
             .await
             .is_none());
     }
+
+    // A hard quota is final: ECR answers CreateRepository for the new repository in one
+    // destination with LimitExceededException (repositories per registry). Neither the SDK (whose
+    // standard classifier counts that code as throttling) nor the state machine retries it: the
+    // one queued fault is enough to fail that repository, named, while the run goes on.
+    let quota = ImageBuilder::new(Format::Oci).layer(97, 2_000).build();
+    world.seed("services/quota", "v1", &quota).await;
+    sfn.fail_next_api_call("ecr:CreateRepository", AwsFault::ecr_limit_exceeded());
+    let fourth = sfn.execute(&arn, &job(json!({}))).await;
+    assert_eq!(fourth.status, "FAILED");
+    assert_eq!(sfn.api_faults_left("ecr:CreateRepository"), 0);
+    assert!(
+        fourth.cause.contains("1 repositories failed")
+            && fourth.cause.contains("LimitExceededException")
+            && fourth
+                .cause
+                .contains("not retried; raise it in Service Quotas"),
+        "{}",
+        fourth.cause
+    );
+    let creates = sfn
+        .api_calls()
+        .iter()
+        .filter(|c| {
+            c.action == "ecr:CreateRepository"
+                && c.resources.iter().any(|r| r.ends_with("services/quota"))
+        })
+        .count();
+    assert_eq!(
+        creates, 2,
+        "one CreateRepository per destination, the refused one not retried"
+    );
 
     eprintln!(
         "scale: first run {} events, largest state payload {} bytes; second run {} events",

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ecr::types::{
-    EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability, Tag,
+    EncryptionConfiguration, EncryptionType, ImageScanningConfiguration, ImageTagMutability,
+    ImageTagMutabilityExclusionFilter, ImageTagMutabilityExclusionFilterType, Tag,
 };
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,10 @@ pub struct ListedImage {
 pub struct RepositorySettings {
     /// `MUTABLE` or `IMMUTABLE` (or the `*_WITH_EXCLUSION` variants).
     pub tag_mutability: ImageTagMutability,
+    /// With a `*_WITH_EXCLUSION` mutability, the wildcard filters of the tags that are the
+    /// exception (mutable in `IMMUTABLE_WITH_EXCLUSION`, immutable in `MUTABLE_WITH_EXCLUSION`);
+    /// ECR refuses those modes without filters. Sorted.
+    pub tag_mutability_exclusions: Vec<String>,
     /// Basic scan on push.
     pub scan_on_push: bool,
     /// `AES256`, `KMS` (or `KMS_DSSE`).
@@ -62,11 +67,76 @@ pub struct RepositorySettings {
 }
 
 impl RepositorySettings {
-    /// Tags cannot be moved or removed (`IMMUTABLE`, with or without exclusions).
-    pub fn tags_immutable(&self) -> bool {
-        matches!(
-            self.tag_mutability,
-            ImageTagMutability::Immutable | ImageTagMutability::ImmutableWithExclusion
+    /// Whether `tag` cannot be moved or removed here: every tag under `IMMUTABLE`; under
+    /// `IMMUTABLE_WITH_EXCLUSION` those no exclusion filter matches; under
+    /// `MUTABLE_WITH_EXCLUSION` those a filter matches (ECR user guide, "Preventing image tags
+    /// from being overwritten": exclusion filters, `*` the only wildcard).
+    pub fn tag_is_immutable(&self, tag: &str) -> bool {
+        let excluded = || {
+            self.tag_mutability_exclusions
+                .iter()
+                .any(|f| wildcard_matches(f, tag))
+        };
+        match self.tag_mutability {
+            ImageTagMutability::Immutable => true,
+            ImageTagMutability::ImmutableWithExclusion => !excluded(),
+            ImageTagMutability::MutableWithExclusion => excluded(),
+            _ => false,
+        }
+    }
+
+    /// The mutability as ECR states it, with its filters: `IMMUTABLE_WITH_EXCLUSION [dev-*]`.
+    pub fn mutability_text(&self) -> String {
+        if self.tag_mutability_exclusions.is_empty() {
+            self.tag_mutability.as_str().to_string()
+        } else {
+            format!(
+                "{} [{}]",
+                self.tag_mutability.as_str(),
+                self.tag_mutability_exclusions.join(", ")
+            )
+        }
+    }
+
+    /// Whether `desired` protects at least every tag this protects (never weaker): immutable
+    /// stays immutable; an exclusion list may only shrink under `IMMUTABLE_WITH_EXCLUSION` and
+    /// only grow under `MUTABLE_WITH_EXCLUSION`. Filters are compared as text, so anything not
+    /// provably as strong counts as weaker.
+    fn protected_by(&self, desired: &RepositorySettings) -> bool {
+        use ImageTagMutability as M;
+        let subset = |a: &[String], b: &[String]| a.iter().all(|f| b.contains(f));
+        match (&self.tag_mutability, &desired.tag_mutability) {
+            (_, M::Immutable) => true,
+            (M::Immutable, _) => false,
+            (M::ImmutableWithExclusion, M::ImmutableWithExclusion) => subset(
+                &desired.tag_mutability_exclusions,
+                &self.tag_mutability_exclusions,
+            ),
+            (M::ImmutableWithExclusion, _) => false,
+            (M::MutableWithExclusion, M::MutableWithExclusion) => subset(
+                &self.tag_mutability_exclusions,
+                &desired.tag_mutability_exclusions,
+            ),
+            (M::MutableWithExclusion, _) => false,
+            _ => true,
+        }
+    }
+
+    fn exclusion_filters(&self) -> Option<Vec<ImageTagMutabilityExclusionFilter>> {
+        if self.tag_mutability_exclusions.is_empty() {
+            return None;
+        }
+        Some(
+            self.tag_mutability_exclusions
+                .iter()
+                .filter_map(|f| {
+                    ImageTagMutabilityExclusionFilter::builder()
+                        .filter_type(ImageTagMutabilityExclusionFilterType::Wildcard)
+                        .filter(f)
+                        .build()
+                        .ok()
+                })
+                .collect(),
         )
     }
 
@@ -83,6 +153,7 @@ impl Default for RepositorySettings {
     fn default() -> Self {
         RepositorySettings {
             tag_mutability: ImageTagMutability::Mutable,
+            tag_mutability_exclusions: Vec::new(),
             scan_on_push: false,
             encryption_type: EncryptionType::Aes256,
             kms_key: None,
@@ -149,13 +220,14 @@ fn keep_protection(current: &RepositorySettings, desired: &mut RepositorySetting
     let note = |setting: &str, is: String, source: String| {
         format!("{setting} stays {is} in the target: the source's {source} would weaken it (repositorySettings \"mirror\" allows that)")
     };
-    if current.tags_immutable() && !desired.tags_immutable() {
+    if !current.protected_by(desired) {
         kept.push(note(
             "tagMutability",
-            current.tag_mutability.as_str().into(),
-            desired.tag_mutability.as_str().into(),
+            current.mutability_text(),
+            desired.mutability_text(),
         ));
         desired.tag_mutability = current.tag_mutability.clone();
+        desired.tag_mutability_exclusions = current.tag_mutability_exclusions.clone();
     }
     if current.scan_on_push && !desired.scan_on_push {
         kept.push(note("scanOnPush", "true".into(), "false".into()));
@@ -175,9 +247,14 @@ fn keep_protection(current: &RepositorySettings, desired: &mut RepositorySetting
         .filter(|k| !desired.tags.contains_key(*k))
         .collect();
     if !removed.is_empty() {
+        let named: Vec<String> = removed
+            .iter()
+            .take(TAG_KEYS_NAMED)
+            .map(|k| k.chars().take(64).collect())
+            .collect();
         kept.push(note(
             "tags",
-            format!("{removed:?}"),
+            format!("{} keys ({})", removed.len(), named.join(", ")),
             "tags without them".into(),
         ));
         for key in removed {
@@ -198,11 +275,13 @@ fn differences(current: &RepositorySettings, desired: &RepositorySettings) -> Ve
             to,
         })
     };
-    if current.tag_mutability != desired.tag_mutability {
+    if current.tag_mutability != desired.tag_mutability
+        || current.tag_mutability_exclusions != desired.tag_mutability_exclusions
+    {
         change(
             "tagMutability",
-            current.tag_mutability.as_str().to_string(),
-            desired.tag_mutability.as_str().to_string(),
+            current.mutability_text(),
+            desired.mutability_text(),
         );
     }
     if current.scan_on_push != desired.scan_on_push {
@@ -227,13 +306,71 @@ fn differences(current: &RepositorySettings, desired: &RepositorySettings) -> Ve
         );
     }
     if current.tags != desired.tags {
-        change(
-            "tags",
-            format!("{:?}", current.tags),
-            format!("{:?}", desired.tags),
-        );
+        let (from, to) = tag_change(&current.tags, &desired.tags);
+        change("tags", from, to);
     }
     changes
+}
+
+/// Resource tags that change, said briefly: `3 tags` to `4 tags: +team, ~env, -old` (keys only,
+/// at most `TAG_KEYS_NAMED` of them): a change travels in the report, whose size is bounded.
+fn tag_change(
+    current: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> (String, String) {
+    let mut keys: Vec<String> = Vec::new();
+    for (k, v) in desired {
+        match current.get(k) {
+            None => keys.push(format!("+{k}")),
+            Some(old) if old != v => keys.push(format!("~{k}")),
+            _ => {}
+        }
+    }
+    keys.extend(
+        current
+            .keys()
+            .filter(|k| !desired.contains_key(*k))
+            .map(|k| format!("-{k}")),
+    );
+    let named = keys.len().min(TAG_KEYS_NAMED);
+    let more = if keys.len() > named {
+        format!(" and {} more", keys.len() - named)
+    } else {
+        String::new()
+    };
+    let keys: Vec<String> = keys
+        .into_iter()
+        .take(named)
+        .map(|k| k.chars().take(64).collect())
+        .collect();
+    (
+        format!("{} tags", current.len()),
+        format!("{} tags: {}{more}", desired.len(), keys.join(", ")),
+    )
+}
+
+/// Resource tag keys a tag change names at most.
+const TAG_KEYS_NAMED: usize = 5;
+
+/// ECR's tag wildcard filters: `*` matches any run of characters (none included), everything
+/// else itself.
+pub fn wildcard_matches(filter: &str, tag: &str) -> bool {
+    let parts: Vec<&str> = filter.split('*').collect();
+    if parts.len() == 1 {
+        return filter == tag;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !tag.starts_with(first) || tag.len() < first.len() + last.len() || !tag.ends_with(last) {
+        return false;
+    }
+    let mut rest = &tag[first.len()..tag.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// ECR control plane for one registry (account and region).
@@ -477,6 +614,15 @@ impl EcrAdmin {
                 .image_tag_mutability()
                 .cloned()
                 .unwrap_or(ImageTagMutability::Mutable),
+            tag_mutability_exclusions: {
+                let mut filters: Vec<String> = repo
+                    .image_tag_mutability_exclusion_filters()
+                    .iter()
+                    .map(|f| f.filter().to_string())
+                    .collect();
+                filters.sort();
+                filters
+            },
             scan_on_push: repo
                 .image_scanning_configuration()
                 .is_some_and(|s| s.scan_on_push()),
@@ -602,6 +748,7 @@ impl EcrAdmin {
             .registry_id(&self.registry.account_id)
             .repository_name(repository)
             .image_tag_mutability(desired.tag_mutability.clone())
+            .set_image_tag_mutability_exclusion_filters(desired.exclusion_filters())
             .image_scanning_configuration(
                 ImageScanningConfiguration::builder()
                     .scan_on_push(desired.scan_on_push)
@@ -644,6 +791,7 @@ impl EcrAdmin {
                 .registry_id(id)
                 .repository_name(repository)
                 .image_tag_mutability(desired.tag_mutability.clone())
+                .set_image_tag_mutability_exclusion_filters(desired.exclusion_filters())
                 .send()
                 .await
                 .map(|_| ())
@@ -740,5 +888,77 @@ impl EcrAdmin {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(mutability: ImageTagMutability, filters: &[&str]) -> RepositorySettings {
+        RepositorySettings {
+            tag_mutability: mutability,
+            tag_mutability_exclusions: filters.iter().map(|f| f.to_string()).collect(),
+            ..RepositorySettings::default()
+        }
+    }
+
+    #[test]
+    fn wildcards_match_as_ecr_filters_do() {
+        assert!(wildcard_matches("dev-*", "dev-1"));
+        assert!(wildcard_matches("dev-*", "dev-"));
+        assert!(!wildcard_matches("dev-*", "prod-dev-1"));
+        assert!(wildcard_matches("*-rc*", "v1.2-rc3"));
+        assert!(wildcard_matches("*", "anything"));
+        assert!(wildcard_matches("a*b*c", "abc"));
+        assert!(!wildcard_matches("a*b*c", "acb"));
+        assert!(!wildcard_matches("latest", "latest2"));
+    }
+
+    #[test]
+    fn immutability_with_exclusions_is_per_tag_and_never_weakened() {
+        use ImageTagMutability as M;
+        let iwe = with(M::ImmutableWithExclusion, &["dev-*"]);
+        assert!(iwe.tag_is_immutable("v1") && !iwe.tag_is_immutable("dev-7"));
+        let mwe = with(M::MutableWithExclusion, &["v*"]);
+        assert!(mwe.tag_is_immutable("v1") && !mwe.tag_is_immutable("latest"));
+        // Weaker: fewer tags protected.
+        assert!(!with(M::Immutable, &[]).protected_by(&iwe));
+        assert!(!iwe.protected_by(&with(M::ImmutableWithExclusion, &["dev-*", "x-*"])));
+        assert!(!iwe.protected_by(&with(M::Mutable, &[])));
+        assert!(!mwe.protected_by(&with(M::MutableWithExclusion, &[])));
+        // As strong or stronger.
+        assert!(iwe.protected_by(&with(M::Immutable, &[])));
+        assert!(iwe.protected_by(&with(M::ImmutableWithExclusion, &[])));
+        assert!(mwe.protected_by(&with(M::MutableWithExclusion, &["v*", "r*"])));
+        assert!(with(M::Mutable, &[]).protected_by(&mwe));
+        let mut desired = with(M::ImmutableWithExclusion, &["dev-*", "x-*"]);
+        let kept = keep_protection(&iwe, &mut desired);
+        assert_eq!(
+            desired.mutability_text(),
+            "IMMUTABLE_WITH_EXCLUSION [dev-*]"
+        );
+        assert!(
+            kept[0].contains("IMMUTABLE_WITH_EXCLUSION [dev-*, x-*]"),
+            "{kept:?}"
+        );
+    }
+
+    #[test]
+    fn a_tag_change_names_keys_not_values_and_stays_short() {
+        let current: BTreeMap<String, String> = (0..500)
+            .map(|i| (format!("k{i:03}"), "v".repeat(200)))
+            .collect();
+        let mut desired = current.clone();
+        desired.insert("team".into(), "ml".into());
+        desired.insert("k000".into(), "changed".into());
+        desired.remove("k499");
+        let (from, to) = tag_change(&current, &desired);
+        assert_eq!(from, "500 tags");
+        assert_eq!(to, "500 tags: ~k000, +team, -k499");
+        let many: BTreeMap<String, String> =
+            (0..100).map(|i| (format!("n{i}"), "v".into())).collect();
+        let (_, to) = tag_change(&BTreeMap::new(), &many);
+        assert!(to.ends_with("and 95 more") && to.len() < 100, "{to}");
     }
 }

@@ -119,7 +119,51 @@ pub async fn ecr_client(
     if registry.dual_stack && settings.endpoint_url.is_none() {
         builder = builder.use_dual_stack(true);
     }
+    builder = builder.retry_classifier(QuotasAreFinal);
     aws_sdk_ecr::Client::from_conf(builder.build())
+}
+
+/// ECR's `LimitExceededException` is a service quota reached (repositories per registry, images
+/// per repository, tags per image; ECR API reference, "Errors": "The operation did not succeed
+/// because it would have exceeded a service limit for your account"), not throttling: retrying
+/// cannot pass. The SDK's standard classifier counts that code as throttling; this one forbids the
+/// retry (a `RetryForbidden` from any classifier wins).
+#[derive(Debug)]
+pub struct QuotasAreFinal;
+
+impl aws_sdk_ecr::config::retry::ClassifyRetry for QuotasAreFinal {
+    fn classify_retry(
+        &self,
+        ctx: &aws_sdk_ecr::config::interceptors::InterceptorContext,
+    ) -> aws_sdk_ecr::config::retry::RetryAction {
+        use aws_sdk_ecr::config::retry::RetryAction;
+        let Some(response) = ctx.response() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let header = response.headers().get("x-amzn-errortype").unwrap_or("");
+        let body_type = response
+            .body()
+            .bytes()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+            .and_then(|v| v.get("__type").and_then(|t| t.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        if is_quota_code(header) || is_quota_code(&body_type) {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "QuotasAreFinal"
+    }
+}
+
+/// Whether an error type (`LimitExceededException`, `com.amazonaws.ecr#LimitExceededException`,
+/// `LimitExceededException:http://...`) is ECR's quota error.
+fn is_quota_code(error_type: &str) -> bool {
+    let name = error_type.split(':').next().unwrap_or("");
+    name.rsplit('#').next() == Some(crate::error::QUOTA_ERROR_CODE)
 }
 
 /// A Step Functions client for a region (starting and watching executions).

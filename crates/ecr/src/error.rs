@@ -44,6 +44,9 @@ pub enum Error {
     },
 }
 
+/// ECR's error code for a service quota reached: final, never retried.
+pub const QUOTA_ERROR_CODE: &str = "LimitExceededException";
+
 impl Error {
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
@@ -82,11 +85,15 @@ impl Error {
                         | "ServerException"
                         | "ServiceUnavailableException"
                         | "InternalFailure"
-                        | "LimitExceededException"
                 ) || se.raw().status().as_u16() >= 500;
+                let advice = if code == QUOTA_ERROR_CODE {
+                    " (a service quota, e.g. repositories per registry or images per repository: not retried; raise it in Service Quotas or make room, then run again)"
+                } else {
+                    ""
+                };
                 (
                     e.code().map(str::to_string),
-                    format!("{code}: {}", e.message().unwrap_or("")),
+                    format!("{code}: {}{advice}", e.message().unwrap_or("")),
                     retryable,
                 )
             }

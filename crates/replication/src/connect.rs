@@ -275,11 +275,11 @@ impl Connections {
 pub fn settings_from_env() -> Result<Settings> {
     let mut registry = ClientConfig::default();
     if let Ok(seconds) = std::env::var("ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS") {
-        let seconds: u64 = seconds.trim().parse().map_err(|_| Error::InvalidInput {
-            problems: vec![crate::error::FieldProblem {
-                field: "ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS".into(),
-                problem: format!("{seconds:?} is not a whole number of seconds"),
-            }],
+        let seconds: u64 = seconds.trim().parse().map_err(|_| {
+            Error::invalid(
+                "ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS",
+                format!("{seconds:?} is not a whole number of seconds"),
+            )
         })?;
         registry.retry.throttle_budget = std::time::Duration::from_secs(seconds);
     }
@@ -287,12 +287,7 @@ pub fn settings_from_env() -> Result<Settings> {
         for entry in map.split(',').filter(|e| !e.trim().is_empty()) {
             registry
                 .add_endpoint(entry)
-                .map_err(|problem| Error::InvalidInput {
-                    problems: vec![crate::error::FieldProblem {
-                        field: "ECR_REPLICATOR_REGISTRY_ENDPOINTS".into(),
-                        problem,
-                    }],
-                })?;
+                .map_err(|problem| Error::invalid("ECR_REPLICATOR_REGISTRY_ENDPOINTS", problem))?;
         }
     }
     if let Ok(list) = std::env::var("ECR_REPLICATOR_INSECURE_REGISTRIES") {

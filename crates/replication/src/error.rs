@@ -141,14 +141,6 @@ pub enum Error {
         /// The image as named.
         image: String,
     },
-    /// A listed image's tag points at another digest than the one listed with it.
-    #[error("{image}: the tag now points at {actual}, not the listed digest; list the digest alone, or the tag alone")]
-    TagMoved {
-        /// The image as named.
-        image: String,
-        /// The digest the tag resolves to.
-        actual: String,
-    },
     /// After putting the manifests the target does not resolve to the source digest.
     #[error("after the copy, {target} resolves to {actual}, expected {expected}; another writer may have moved the tag")]
     VerificationFailed {
@@ -175,6 +167,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Bad input with one problem, naming its field.
+    pub fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            problems: vec![FieldProblem {
+                field: field.into(),
+                problem: problem.into(),
+            }],
+        }
+    }
+
     /// Whether running the same step again may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {

@@ -75,6 +75,10 @@ pub struct SelectedImage {
     /// digest never reaches a URL), or it is an artifact the signature gate does not cover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Why it is not copied: the job named this digest under its tag (a push), and the tag has
+    /// moved on to another image since (a later push, whose own run copies it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<String>,
 }
 
 impl SelectedImage {

@@ -39,8 +39,10 @@ pub struct Job {
     /// Which images, by tag and push time.
     #[serde(default)]
     pub tags: TagFilter,
-    /// Exactly these images, instead of the `repositories` and `tags` filters (the ECR push
-    /// trigger sends the pushed image here). At most 1000.
+    /// Exactly these images, instead of listing the repositories (the ECR push trigger sends
+    /// the pushed image here, tag and digest). The repository filter and the tag name filters
+    /// (`include`, `exclude`, `semver`) still narrow the list; a tag listed with a digest it no
+    /// longer names is reported superseded. At most 1000.
     #[serde(default)]
     pub images: Vec<ImageSelector>,
     /// What to do with repository settings in the destinations.
@@ -608,12 +610,19 @@ fn check_images(job: &Job, problem: &mut impl FnMut(&str, String)) {
     if job.images.is_empty() {
         return;
     }
-    if job.repositories != RepositoryFilter::default() || job.tags != TagFilter::default() {
-        problem(
-            "images",
-            "an explicit image list replaces the repositories and tags filters: give one or the other"
-                .into(),
-        );
+    // The name filters narrow a list (the deployment's exclusions hold for pushes too); the
+    // filters that choose among a repository's whole listing mean nothing for named images.
+    for (field, set) in [
+        ("tags.latest", job.tags.latest.is_some()),
+        ("tags.maxAgeDays", job.tags.max_age_days.is_some()),
+        ("tags.untagged", job.tags.untagged),
+    ] {
+        if set {
+            problem(
+                field,
+                "chooses among a repository's listed images; an explicit image list names them: give one or the other".into(),
+            );
+        }
     }
     if job.prune {
         problem(

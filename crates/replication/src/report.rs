@@ -26,6 +26,9 @@ pub enum ImageStatus {
     /// Not copied: the source named it with a name that is not valid (never used in a
     /// request), or it is an artifact the signature gate does not cover; see `error`.
     Refused,
+    /// Not copied: the job named the image by tag and digest (a push) and the tag has moved on
+    /// to a newer image since; see `error`. The newer push's run copies that one.
+    Superseded,
 }
 
 /// The per-image record of the run report.
@@ -127,6 +130,10 @@ pub struct RunReport {
     /// The first of them, as `repository:name: reason`.
     #[serde(default)]
     pub refusals: Vec<String>,
+    /// Images not copied because their tag moved on to a newer image since the job named them
+    /// (a push run overtaken by the next push of the same tag): not failed.
+    #[serde(default)]
+    pub superseded: usize,
     /// A verification's findings (`"mode": "verify"`), absent in a replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
@@ -324,6 +331,7 @@ impl RunReport {
                     self.unsigned_images.push(r.listed());
                 }
             }
+            ImageStatus::Superseded => self.superseded += 1,
             ImageStatus::Refused => {
                 self.refused += 1;
                 let name = r.tags.first().cloned().unwrap_or_else(|| r.digest.clone());
@@ -379,6 +387,7 @@ impl RunReport {
         self.repositories_failed += other.repositories_failed;
         self.ranges_failed += other.ranges_failed;
         self.refused += other.refused;
+        self.superseded += other.superseded;
         listed(&mut self.refusals, other.refusals.iter().cloned());
         self.unsigned += other.unsigned;
         for u in &other.unsigned_images {

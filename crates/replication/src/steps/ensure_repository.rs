@@ -70,14 +70,38 @@ pub struct EnsureRepositoryOutput {
     pub prune_kept_count: usize,
 }
 
+/// Characters of each side of a setting change an output keeps.
+pub const CHANGE_CHARS: usize = 150;
+/// Drift notes an output keeps (the last says how many more there were).
+pub const DRIFT_LISTED: usize = 6;
+/// Characters of each drift note an output keeps.
+pub const DRIFT_CHARS: usize = 300;
+
 impl EnsureRepositoryOutput {
     /// The output with at most `ENSURE_LISTED` tags in each list, the counts keeping the
-    /// totals: what the Lambda returns, as it travels in the state (256 KiB at most).
+    /// totals, each setting change's sides cut to `CHANGE_CHARS` and at most `DRIFT_LISTED`
+    /// drift notes of `DRIFT_CHARS`: what the Lambda returns, as it travels in the state (256
+    /// KiB at most, one output per destination).
     pub fn bounded(mut self) -> Self {
+        use crate::report::truncate_chars;
         self.pruned_count = self.pruned_count.max(self.pruned.len());
         self.prune_kept_count = self.prune_kept_count.max(self.prune_kept.len());
         self.pruned.truncate(ENSURE_LISTED);
         self.prune_kept.truncate(ENSURE_LISTED);
+        for change in &mut self.changes {
+            change.from = truncate_chars(&change.from, CHANGE_CHARS);
+            change.to = truncate_chars(&change.to, CHANGE_CHARS);
+        }
+        if self.drift.len() > DRIFT_LISTED {
+            let more = self.drift.len() - (DRIFT_LISTED - 1);
+            self.drift.truncate(DRIFT_LISTED - 1);
+            self.drift.push(format!(
+                "and {more} more differences (see the function's log)"
+            ));
+        }
+        for note in &mut self.drift {
+            *note = truncate_chars(note, DRIFT_CHARS);
+        }
         self
     }
 
@@ -233,6 +257,9 @@ pub async fn ensure_repository(
         &target,
     )
     .await?;
+    for note in &output.drift {
+        tracing::warn!(target_repository = %target, drift = %note, "setting left as it is");
+    }
     if job.job.prune && !output.created {
         let (pruned, kept) =
             prune_stale_tags(conns, &job, input.destination, &input.repository, &target).await?;
@@ -304,7 +331,22 @@ pub(crate) async fn apply_settings(
         // A registry that is not ECR has no settings to copy: a missing repository is created
         // with ECR's defaults, an existing one is never changed (its settings are not "the
         // defaults" of a source that has none).
-        None => (RepositorySettings::default(), Vec::new(), Reconcile::Never),
+        None => {
+            // A repository named by an `images` entry may not exist in the source (the catalog
+            // never listed it): nothing is created for images that are not there.
+            if !job.images.is_empty() {
+                match source.catalog().images(repository, None).await {
+                    Err(e) if is_missing_repository(&e) => {
+                        return Ok(skipped(&format!(
+                            "the source has no repository {repository}: nothing created or changed"
+                        )))
+                    }
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
+            }
+            (RepositorySettings::default(), Vec::new(), Reconcile::Never)
+        }
     };
     let how = EnsureOptions {
         reconcile,
@@ -369,23 +411,20 @@ async fn prune_stale_tags(
     stale.sort();
     let stale_tags: Vec<String> = stale.iter().map(|(t, _)| t.clone()).collect();
     if let Some(admin) = &dest.ecr {
-        let immutable = admin
-            .read_settings(target)
-            .await
-            .map_err(aws(format!(
-                "reading the settings of {}/{target}",
-                admin.registry()
-            )))?
-            .is_some_and(|s| s.tags_immutable());
-        if immutable {
-            let kept = stale_tags
-                .iter()
-                .map(|t| format!("{t}: the repository's tags are immutable; remove it by hand if that is intended"))
-                .collect();
-            return Ok((Vec::new(), kept));
-        }
+        let settings = admin.read_settings(target).await.map_err(aws(format!(
+            "reading the settings of {}/{target}",
+            admin.registry()
+        )))?;
+        // Immutable tags (all of them, or those the exclusion filters make immutable) stay.
+        let (immutable, stale_tags): (Vec<String>, Vec<String>) = stale_tags
+            .into_iter()
+            .partition(|t| settings.as_ref().is_some_and(|s| s.tag_is_immutable(t)));
+        let kept: Vec<String> = immutable
+            .iter()
+            .map(|t| format!("{t}: the repository's tags are immutable; remove it by hand if that is intended"))
+            .collect();
         if job.job.dry_run || stale_tags.is_empty() {
-            return Ok((stale_tags, Vec::new()));
+            return Ok((stale_tags, kept));
         }
         let refused = admin
             .remove_tags(target, &stale_tags)
@@ -398,9 +437,9 @@ async fn prune_stale_tags(
             .into_iter()
             .filter(|t| !refused.iter().any(|(r, _)| r == t))
             .collect();
-        let kept = refused
+        let kept = kept
             .into_iter()
-            .map(|(t, why)| format!("{t}: {why}"))
+            .chain(refused.into_iter().map(|(t, why)| format!("{t}: {why}")))
             .collect();
         return Ok((removed, kept));
     }

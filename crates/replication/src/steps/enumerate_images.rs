@@ -289,11 +289,14 @@ pub async fn page_of_work(
                         source,
                     })
                 };
-                let not_copied = match (&image.refused, &image.unsigned) {
-                    (Some(reason), _) => Some((ImageStatus::Refused, reason)),
-                    (None, Some(reason)) if fail_unsigned => Some((ImageStatus::Failed, reason)),
-                    (None, Some(reason)) => Some((ImageStatus::Unsigned, reason)),
-                    (None, None) => None,
+                let not_copied = match (&image.refused, &image.unsigned, &image.superseded) {
+                    (Some(reason), _, _) => Some((ImageStatus::Refused, reason)),
+                    (None, _, Some(reason)) => Some((ImageStatus::Superseded, reason)),
+                    (None, Some(reason), None) if fail_unsigned => {
+                        Some((ImageStatus::Failed, reason))
+                    }
+                    (None, Some(reason), None) => Some((ImageStatus::Unsigned, reason)),
+                    (None, None, None) => None,
                 };
                 if let Some((status, reason)) = not_copied {
                     // Not copied: one result per destination, no presence check (a refused
@@ -427,7 +430,7 @@ async fn select_images(
         catalog_images = Some(images);
         selected
     } else {
-        resolve_listed(source, &job.job.images, repository).await?
+        resolve_listed(source, job, repository).await?
     };
     if !job.job.referrers && job.signature_keys.is_none() {
         selected.append(&mut refused);
@@ -498,14 +501,20 @@ pub(crate) async fn all_images(conn: &Connection, repository: &str) -> Result<Ve
 }
 
 /// The listed images of one repository, resolved in the source (a tag to its digest), one entry
-/// per digest with the listed tags.
+/// per digest with the listed tags. A listed tag the job's tag filters exclude is left out (a
+/// push trigger sends every push; the deployment's exclusions still hold). A tag listed with a
+/// digest that it no longer names (pushed again since) is superseded: reported, not copied, and
+/// not a failure: the later push's run copies the newer image.
 async fn resolve_listed(
     source: &Connection,
-    listed: &[ImageSelector],
+    job: &ValidJob,
     repository: &str,
 ) -> Result<Vec<SelectedImage>> {
+    let listed: &[ImageSelector] = &job.job.images;
     let mut selected: Vec<SelectedImage> = Vec::new();
-    for image in listed.iter().filter(|i| i.repository == repository) {
+    for image in listed.iter().filter(|i| {
+        i.repository == repository && i.tag.as_ref().is_none_or(|t| job.tags.tag_matches(t))
+    }) {
         let named = format!(
             "{}/{}{}{}",
             source.registry,
@@ -549,10 +558,16 @@ async fn resolve_listed(
         let digest = head.digest.to_string();
         if let Some(listed_digest) = &image.digest {
             if *listed_digest != digest {
-                return Err(Error::TagMoved {
-                    image: named,
-                    actual: digest,
+                tracing::info!(image = %named, now = %digest, "superseded: the tag names a newer image");
+                selected.push(SelectedImage {
+                    digest: listed_digest.clone(),
+                    tags: image.tag.iter().cloned().collect(),
+                    superseded: Some(format!(
+                        "{named}: the tag has moved on to {digest} since; that image's own run copies it"
+                    )),
+                    ..SelectedImage::default()
                 });
+                continue;
             }
         }
         match selected.iter_mut().find(|s| s.digest == digest) {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::connect::Connections;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::Job;
 
 /// Source repositories per `enumerate-repositories` page: each becomes a child execution whose
@@ -99,15 +99,31 @@ pub async fn enumerate_repositories_within(
     let job = input.job.validate()?;
     let concurrency = Concurrency::share(job.job.max_concurrency);
     if !job.job.images.is_empty() {
+        // Paged like the catalog (the parent's state holds one page of repositories at a
+        // time): the token is the offset into the list's repositories, in first-named order.
         let mut listed: Vec<String> = Vec::new();
         for image in &job.job.images {
-            if !listed.contains(&image.repository) {
+            if !listed.contains(&image.repository) && job.repositories.matches(&image.repository) {
                 listed.push(image.repository.clone());
             }
         }
+        let offset = match input.next_token.as_deref() {
+            None => 0,
+            Some(token) => token
+                .parse::<usize>()
+                .ok()
+                .filter(|o| *o < listed.len())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "nextToken",
+                        format!("{token:?} is not a page of this job's image list"),
+                    )
+                })?,
+        };
+        let end = offset.saturating_add(page.max(1)).min(listed.len());
         return Ok(EnumerateRepositoriesOutput {
-            repositories: listed,
-            next_token: None,
+            repositories: listed[offset..end].to_vec(),
+            next_token: (end < listed.len()).then(|| end.to_string()),
             job: job.job,
             concurrency,
             refused: Vec::new(),

@@ -41,10 +41,16 @@ pub struct SummariseInput {
     /// Tasks `enumerate-images` found present (counted, never run).
     #[serde(default)]
     pub present: usize,
-    /// A dry run's page plan: its images are reported planned (or failed, or present).
+    /// The repository's page as the state holds it: with `dryRun`, its plan's images are
+    /// reported planned (or failed, or present). Anything but a plan (an empty page, a copy
+    /// run's page) is not read: the state machine passes the page as it is, so a dry run's plan
+    /// is held once.
     #[serde(default)]
-    #[schemars(with = "Option<serde_json::Value>")]
-    pub plan: Option<PagePlan>,
+    #[schemars(with = "serde_json::Value")]
+    pub plan: JsonValue,
+    /// Whether the job is a dry run (`plan` is then its page plan).
+    #[serde(default)]
+    pub dry_run: bool,
     /// What the page's ranges copied (`[{"bytes": N, "error": ...}]`, nested arrays allowed):
     /// bytes added up, failed ranges counted.
     #[serde(default)]
@@ -82,7 +88,9 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
         report.add_repository(&r);
     }
     report.add_present(input.present);
-    if let Some(plan) = &input.plan {
+    if input.dry_run && input.plan.is_object() {
+        let plan: PagePlan = serde_json::from_value(input.plan.clone())
+            .map_err(|e| Error::invalid("plan", format!("not a page plan: {e}")))?;
         for planned in &plan.images {
             report.add(&planned.dry_run_result());
         }

@@ -74,6 +74,11 @@ pub struct Behaviours {
     /// The OCI 1.1 referrers API is served (ECR has it since 2024: "Amazon ECR adds support for
     /// OCI Image and Distribution specification version 1.1"); distribution 2.8 has not.
     pub referrers_api: bool,
+    /// A manifest of an image in ECR's archive storage class is answered 404 `MANIFEST_UNKNOWN`
+    /// ("Archived images cannot be pulled. Requests to pull the archived image will fail with
+    /// a 404 error": ECR user guide, "Archiving an image"). The status is moto's, which
+    /// `tests/aws_rules/ecr_archive.py` gives UpdateImageStorageClass.
+    pub archived_not_pullable: bool,
 }
 
 impl Default for Behaviours {
@@ -90,6 +95,7 @@ impl Default for Behaviours {
             manifest_size_limit: true,
             tag_page_limit: true,
             referrers_api: true,
+            archived_not_pullable: true,
         }
     }
 }
@@ -109,6 +115,7 @@ impl Behaviours {
             manifest_size_limit: false,
             tag_page_limit: false,
             referrers_api: false,
+            archived_not_pullable: false,
         }
     }
 }
@@ -457,6 +464,16 @@ async fn handle(State(state): State<Arc<PlaneState>>, request: Request) -> Respo
         (Route::Manifest { name, reference }, &Method::PUT) => {
             put_manifest(&state, &behaviours, &name, &reference, request).await
         }
+        (Route::Manifest { name, reference }, &Method::GET | &Method::HEAD)
+            if behaviours.archived_not_pullable && archived(&state, &name, &reference).await =>
+        {
+            bump(&state, "archived_refused");
+            registry_error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                &format!("Requested image not found: {name}:{reference} is archived"),
+            )
+        }
         (Route::Tags { name }, &Method::GET) if behaviours.tag_page_limit => {
             tags_page(&state, &name, request).await
         }
@@ -786,15 +803,9 @@ fn over_put_rate(state: &PlaneState, name: &str) -> bool {
 /// tags a filter matches under MUTABLE_WITH_EXCLUSION (ECR user guide, "Preventing image tags
 /// from being overwritten").
 async fn tag_immutable(state: &PlaneState, name: &str, tag: &str) -> bool {
-    let Some((moto_url, role)) = state.control.lock().unwrap().clone() else {
+    let Some(client) = control_client(state).await else {
         return false;
     };
-    let mut ecr = state.ecr.lock().await;
-    if ecr.is_none() {
-        let moto = crate::moto::Moto::attach(&moto_url);
-        *ecr = Some(moto.sdk(&state.ecr_host, role.as_deref()).await);
-    }
-    let client = ecr.as_ref().unwrap();
     let found = client
         .describe_repositories()
         .repository_names(name)
@@ -816,6 +827,47 @@ async fn tag_immutable(state: &PlaneState, name: &str, tag: &str) -> bool {
         ..ecr::RepositorySettings::default()
     }
     .tag_is_immutable(tag)
+}
+
+/// The ECR control plane (moto) this data plane belongs to, when it has one: built once, shared.
+async fn control_client(state: &PlaneState) -> Option<aws_sdk_ecr::Client> {
+    let (moto_url, role) = state.control.lock().unwrap().clone()?;
+    let mut ecr = state.ecr.lock().await;
+    if ecr.is_none() {
+        let moto = crate::moto::Moto::attach(&moto_url);
+        *ecr = Some(moto.sdk(&state.ecr_host, role.as_deref()).await);
+    }
+    ecr.clone()
+}
+
+/// Whether the control plane lists the image (a tag or a digest) as archived.
+async fn archived(state: &PlaneState, name: &str, reference: &str) -> bool {
+    let Some(client) = control_client(state).await else {
+        return false;
+    };
+    let id = aws_sdk_ecr::types::ImageIdentifier::builder();
+    let id = if reference.starts_with("sha256:") {
+        id.image_digest(reference)
+    } else {
+        id.image_tag(reference)
+    };
+    client
+        .describe_images()
+        .repository_name(name)
+        .image_ids(id.build())
+        .filter(
+            aws_sdk_ecr::types::DescribeImagesFilter::builder()
+                .image_status(aws_sdk_ecr::types::ImageStatusFilter::Any)
+                .build(),
+        )
+        .send()
+        .await
+        .ok()
+        .is_some_and(|out| {
+            out.image_details()
+                .iter()
+                .any(|d| d.image_status() == Some(&aws_sdk_ecr::types::ImageStatus::Archived))
+        })
 }
 
 fn record_referrer(state: &PlaneState, name: &str, media_type: &str, bytes: &[u8]) {

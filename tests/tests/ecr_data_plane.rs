@@ -817,3 +817,80 @@ async fn immutability_with_exclusions_is_copied_and_enforced_tag_by_tag() {
         "IMMUTABLE_WITH_EXCLUSION [dev-*]"
     );
 }
+
+/// ECR's archive storage class: an archived image is listed but answers pulls with 404. It is
+/// reported archived (not failed, not copied) whether the filters select it or a job names it;
+/// once restored, the next run copies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_image_is_reported_archived_and_copied_once_restored() {
+    let world = EcrWorld::start();
+    let cold = ImageBuilder::new(Format::Oci).layer(71, 3_000).build();
+    let warm = ImageBuilder::new(Format::Oci).layer(72, 3_000).build();
+    world.seed("vault", "v1", &cold).await;
+    world.seed("vault", "v2", &warm).await;
+    let source = world.moto.sdk(SOURCE, None).await;
+    let storage_class = |class: &str| {
+        source
+            .update_image_storage_class()
+            .repository_name("vault")
+            .image_id(
+                aws_sdk_ecr::types::ImageIdentifier::builder()
+                    .image_tag("v1")
+                    .build(),
+            )
+            .target_storage_class(aws_sdk_ecr::types::TargetStorageClass::from(class))
+            .send()
+    };
+    storage_class("ARCHIVE").await.unwrap();
+    // The profile refuses the pull as ECR does.
+    let (user, password) = creds(SOURCE);
+    let pull = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v2/vault/manifests/v1",
+            world.plane(SOURCE).host
+        ))
+        .basic_auth(&user, Some(&password))
+        .header("accept", oci::manifest::MANIFEST_ACCEPT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pull.status(), 404);
+
+    let filtered = run(&world, job(&["vault"], json!({}))).await;
+    assert_eq!(
+        (
+            filtered.copied,
+            filtered.archived,
+            filtered.failed,
+            filtered.repositories_failed
+        ),
+        (1, 1, 0, 0),
+        "{filtered:?}"
+    );
+    assert!(dest_manifest(&world, "vault", "v1").await.is_none());
+    let named = run(
+        &world,
+        job(
+            &[],
+            json!({"repositories": {}, "images": [{"repository": "vault", "tag": "v1"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (named.archived, named.failed, named.repositories_failed),
+        (1, 0, 0),
+        "{named:?}"
+    );
+
+    storage_class("STANDARD").await.unwrap();
+    let restored = run(&world, job(&["vault"], json!({}))).await;
+    assert_eq!(
+        (restored.copied, restored.present, restored.archived),
+        (1, 1, 0),
+        "{restored:?}"
+    );
+    assert_eq!(
+        dest_manifest(&world, "vault", "v1").await.unwrap(),
+        cold.manifest
+    );
+}

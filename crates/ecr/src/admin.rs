@@ -24,7 +24,7 @@ pub struct Page<T> {
 
 /// An image as a registry's listing reports it (`DescribeImages`, or an OCI tag list with
 /// each tag resolved).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListedImage {
     /// Manifest digest.
@@ -41,6 +41,11 @@ pub struct ListedImage {
     /// Manifest media type, if known.
     #[serde(default)]
     pub media_type: Option<String>,
+    /// In ECR's archive storage class (`ARCHIVED`, or `ACTIVATING` while a restore runs): listed
+    /// and described, but pulls answer 404 until it is restored (ECR user guide, "Archiving an
+    /// image").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub archived: bool,
 }
 
 /// Repository settings that replication copies.
@@ -434,7 +439,8 @@ impl EcrAdmin {
         })
     }
 
-    /// One page of a repository's images (`DescribeImages`).
+    /// One page of a repository's images (`DescribeImages`), archived ones included (marked):
+    /// without a filter ECR lists only `ACTIVE` images.
     pub async fn list_images(
         &self,
         repository: &str,
@@ -447,6 +453,11 @@ impl EcrAdmin {
             .repository_name(repository)
             .set_next_token(next)
             .max_results(1000)
+            .filter(
+                aws_sdk_ecr::types::DescribeImagesFilter::builder()
+                    .image_status(aws_sdk_ecr::types::ImageStatusFilter::Any)
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| Error::api("ecr:DescribeImages", self.resource(repository), &e))?;
@@ -460,6 +471,13 @@ impl EcrAdmin {
                     pushed_at: d.image_pushed_at().map(|t| t.secs()),
                     size: d.image_size_in_bytes().and_then(|s| u64::try_from(s).ok()),
                     media_type: d.image_manifest_media_type().map(str::to_string),
+                    archived: matches!(
+                        d.image_status(),
+                        Some(
+                            aws_sdk_ecr::types::ImageStatus::Archived
+                                | aws_sdk_ecr::types::ImageStatus::Activating
+                        )
+                    ),
                 })
             })
             .collect();

@@ -86,6 +86,7 @@ impl Error {
                         | "ServiceUnavailableException"
                         | "InternalFailure"
                 ) || se.raw().status().as_u16() >= 500;
+                // The advice before ECR's message, which reports may cut short.
                 let advice = if code == QUOTA_ERROR_CODE {
                     " (a service quota, e.g. repositories per registry or images per repository: not retried; raise it in Service Quotas or make room, then run again)"
                 } else {
@@ -93,7 +94,7 @@ impl Error {
                 };
                 (
                     e.code().map(str::to_string),
-                    format!("{code}: {}{advice}", e.message().unwrap_or("")),
+                    format!("{code}{advice}: {}", e.message().unwrap_or("")),
                     retryable,
                 )
             }

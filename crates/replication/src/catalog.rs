@@ -169,6 +169,7 @@ impl Catalog for OciCatalog<'_> {
                     pushed_at: None,
                     size: None,
                     media_type: Some(media_type),
+                    archived: false,
                 }),
             }
         }

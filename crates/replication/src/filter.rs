@@ -79,6 +79,10 @@ pub struct SelectedImage {
     /// moved on to another image since (a later push, whose own run copies it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded: Option<String>,
+    /// Why it is not copied: the source keeps it in ECR's archive storage class, where pulls
+    /// answer 404; restoring it is the owner's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<String>,
 }
 
 impl SelectedImage {
@@ -309,6 +313,7 @@ mod tests {
                 pushed_at: Some(NOW - days * DAY),
                 size: None,
                 media_type: None,
+                archived: false,
             })
             .collect();
         for (i, days) in [(90, 4), (91, 100)] {
@@ -318,6 +323,7 @@ mod tests {
                 pushed_at: Some(NOW - days * DAY),
                 size: None,
                 media_type: None,
+                archived: false,
             });
         }
         images
@@ -470,6 +476,7 @@ mod tests {
             pushed_at: None,
             size: None,
             media_type: None,
+            archived: false,
         }];
         assert_eq!(m.select(&images, NOW)[0].tags, vec!["v1", "v2"]);
     }

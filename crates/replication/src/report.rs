@@ -29,6 +29,9 @@ pub enum ImageStatus {
     /// Not copied: the job named the image by tag and digest (a push) and the tag has moved on
     /// to a newer image since; see `error`. The newer push's run copies that one.
     Superseded,
+    /// Not copied: the source keeps it in ECR's archive storage class (pulls answer 404);
+    /// restore it (`UpdateImageStorageClass` to `STANDARD`) to have it copied.
+    Archived,
 }
 
 /// The per-image record of the run report.
@@ -134,6 +137,10 @@ pub struct RunReport {
     /// (a push run overtaken by the next push of the same tag): not failed.
     #[serde(default)]
     pub superseded: usize,
+    /// Images not copied because the source keeps them archived (ECR's archive storage class):
+    /// not failed; restored ones are copied by the next run. The functions' logs name each.
+    #[serde(default)]
+    pub archived: usize,
     /// A verification's findings (`"mode": "verify"`), absent in a replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
@@ -332,6 +339,7 @@ impl RunReport {
                 }
             }
             ImageStatus::Superseded => self.superseded += 1,
+            ImageStatus::Archived => self.archived += 1,
             ImageStatus::Refused => {
                 self.refused += 1;
                 let name = r.tags.first().cloned().unwrap_or_else(|| r.digest.clone());
@@ -388,6 +396,7 @@ impl RunReport {
         self.ranges_failed += other.ranges_failed;
         self.refused += other.refused;
         self.superseded += other.superseded;
+        self.archived += other.archived;
         listed(&mut self.refusals, other.refusals.iter().cloned());
         self.unsigned += other.unsigned;
         for u in &other.unsigned_images {

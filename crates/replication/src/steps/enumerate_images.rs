@@ -289,15 +289,7 @@ pub async fn page_of_work(
                         source,
                     })
                 };
-                let not_copied = match (&image.refused, &image.unsigned, &image.superseded) {
-                    (Some(reason), _, _) => Some((ImageStatus::Refused, reason)),
-                    (None, _, Some(reason)) => Some((ImageStatus::Superseded, reason)),
-                    (None, Some(reason), None) if fail_unsigned => {
-                        Some((ImageStatus::Failed, reason))
-                    }
-                    (None, Some(reason), None) => Some((ImageStatus::Unsigned, reason)),
-                    (None, None, None) => None,
-                };
+                let not_copied = not_copied(image, fail_unsigned);
                 if let Some((status, reason)) = not_copied {
                     // Not copied: one result per destination, no presence check (a refused
                     // name is not even parsed: it may be no digest at all).
@@ -406,6 +398,31 @@ pub async fn page_of_work(
     Ok(output)
 }
 
+/// Why a selected image is not copied, if it is not, as the status its results get: a refused
+/// name first, then a tag that moved on, an archived image, a missing signature.
+fn not_copied(image: &SelectedImage, fail_unsigned: bool) -> Option<(ImageStatus, &String)> {
+    if let Some(reason) = &image.refused {
+        return Some((ImageStatus::Refused, reason));
+    }
+    if let Some(reason) = &image.superseded {
+        return Some((ImageStatus::Superseded, reason));
+    }
+    if let Some(reason) = &image.archived {
+        return Some((ImageStatus::Archived, reason));
+    }
+    let reason = image.unsigned.as_ref()?;
+    Some(if fail_unsigned {
+        (ImageStatus::Failed, reason)
+    } else {
+        (ImageStatus::Unsigned, reason)
+    })
+}
+
+/// Why an archived image is not copied.
+fn archived_reason(registry: &str, repository: &str, name: &str) -> String {
+    format!("{registry}/{repository}{name} is archived in the source (ECR archive storage class: pulls answer 404); restore it (UpdateImageStorageClass to STANDARD) to have it copied")
+}
+
 /// The images of one repository a job selects: the listed ones, or the filters' choice from
 /// the whole catalog; then (with `referrers`) every signature, SBOM and attestation that refers
 /// to them.
@@ -426,7 +443,17 @@ async fn select_images(
                 .filter(|r| job.tags.tag_matches(&r.name))
                 .map(Refusal::into_selected),
         );
-        let selected = job.tags.select(&images, metrics::now_seconds());
+        let mut selected = job.tags.select(&images, metrics::now_seconds());
+        for image in &mut selected {
+            if images
+                .iter()
+                .any(|i| i.archived && i.digest == image.digest)
+            {
+                let name = format!("@{}", image.digest);
+                tracing::warn!(image = %format!("{repository}{name}"), "archived in the source: not copied");
+                image.archived = Some(archived_reason(&source.registry, repository, &name));
+            }
+        }
         catalog_images = Some(images);
         selected
     } else {
@@ -551,10 +578,25 @@ async fn resolve_listed(
             .map_err(|e| Error::Listing {
                 what: named.clone(),
                 source: e,
-            })?
-            .ok_or_else(|| Error::ImageNotFound {
-                image: named.clone(),
             })?;
+        let Some(head) = head else {
+            // ECR answers 404 for an archived image too: reported as archived, not failed.
+            if is_archived(source, repository, image).await? {
+                tracing::warn!(image = %named, "archived in the source: not copied");
+                selected.push(SelectedImage {
+                    digest: image.digest.clone().unwrap_or_default(),
+                    tags: image.tag.iter().cloned().collect(),
+                    archived: Some(archived_reason(
+                        &source.registry,
+                        repository,
+                        &named[source.registry.len() + 1 + repository.len()..],
+                    )),
+                    ..SelectedImage::default()
+                });
+                continue;
+            }
+            return Err(Error::ImageNotFound { image: named });
+        };
         let digest = head.digest.to_string();
         if let Some(listed_digest) = &image.digest {
             if *listed_digest != digest {
@@ -580,6 +622,23 @@ async fn resolve_listed(
         }
     }
     Ok(selected)
+}
+
+/// Whether an ECR source lists `image` (its tag, or its digest) as archived: asked only after a
+/// pull answered 404 (a registry that is not ECR has no archive).
+async fn is_archived(source: &Connection, repository: &str, image: &ImageSelector) -> Result<bool> {
+    if source.ecr.is_none() {
+        return Ok(false);
+    }
+    let (images, _) = match listed_images(source, repository).await {
+        Ok(listing) => listing,
+        Err(_) => return Ok(false), // the repository is gone too: not found, as said
+    };
+    Ok(images.iter().any(|i| {
+        i.archived
+            && (image.tag.as_ref().is_some_and(|t| i.tags.contains(t))
+                || image.digest.as_deref() == Some(i.digest.as_str()))
+    }))
 }
 
 /// The tags a destination repository has now, read once per page so that a first sync costs no

@@ -272,7 +272,7 @@ async fn the_state_machine_replicates_to_two_accounts_isolates_failures_and_dry_
             && fourth.cause.contains("LimitExceededException")
             && fourth
                 .cause
-                .contains("not retried; raise it in Service Quotas"),
+                .contains("LimitExceededException (a service quota"),
         "{}",
         fourth.cause
     );

@@ -459,8 +459,14 @@ async fn select_images(
     } else {
         resolve_listed(source, job, repository).await?
     };
+    // Archived and superseded images are reported as they are: no signature or referrer lookup.
+    let (mut set_aside, kept): (Vec<_>, Vec<_>) = selected
+        .into_iter()
+        .partition(|s| s.archived.is_some() || s.superseded.is_some());
+    selected = kept;
     if !job.job.referrers && job.signature_keys.is_none() {
         selected.append(&mut refused);
+        selected.append(&mut set_aside);
         return Ok((selected, catalog_images));
     }
     let images = match catalog_images {
@@ -494,6 +500,7 @@ async fn select_images(
     }
     selected.append(&mut unsigned);
     selected.append(&mut refused);
+    selected.append(&mut set_aside);
     Ok((selected, Some(images)))
 }
 
@@ -581,10 +588,10 @@ async fn resolve_listed(
             })?;
         let Some(head) = head else {
             // ECR answers 404 for an archived image too: reported as archived, not failed.
-            if is_archived(source, repository, image).await? {
+            if let Some(digest) = archived_digest(source, repository, image).await {
                 tracing::warn!(image = %named, "archived in the source: not copied");
                 selected.push(SelectedImage {
-                    digest: image.digest.clone().unwrap_or_default(),
+                    digest,
                     tags: image.tag.iter().cloned().collect(),
                     archived: Some(archived_reason(
                         &source.registry,
@@ -624,21 +631,24 @@ async fn resolve_listed(
     Ok(selected)
 }
 
-/// Whether an ECR source lists `image` (its tag, or its digest) as archived: asked only after a
-/// pull answered 404 (a registry that is not ECR has no archive).
-async fn is_archived(source: &Connection, repository: &str, image: &ImageSelector) -> Result<bool> {
-    if source.ecr.is_none() {
-        return Ok(false);
-    }
-    let (images, _) = match listed_images(source, repository).await {
-        Ok(listing) => listing,
-        Err(_) => return Ok(false), // the repository is gone too: not found, as said
-    };
-    Ok(images.iter().any(|i| {
-        i.archived
-            && (image.tag.as_ref().is_some_and(|t| i.tags.contains(t))
-                || image.digest.as_deref() == Some(i.digest.as_str()))
-    }))
+/// The digest of `image` (named by tag or digest) when an ECR source lists it as archived: asked
+/// only after a pull answered 404 (a registry that is not ECR has no archive).
+async fn archived_digest(
+    source: &Connection,
+    repository: &str,
+    image: &ImageSelector,
+) -> Option<String> {
+    source.ecr.as_ref()?;
+    // A listing that fails too (the repository is gone): not found, as said.
+    let (images, _) = listed_images(source, repository).await.ok()?;
+    images
+        .into_iter()
+        .find(|i| {
+            i.archived
+                && (image.tag.as_ref().is_some_and(|t| i.tags.contains(t))
+                    || image.digest.as_deref() == Some(i.digest.as_str()))
+        })
+        .map(|i| i.digest)
 }
 
 /// The tags a destination repository has now, read once per page so that a first sync costs no

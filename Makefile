@@ -29,6 +29,11 @@ cdk-test: ## CDK: compile, assertion tests (cdk-nag included), offline synth, cf
 	cd cdk && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -c ecrReplicator:allowPlaceholderCode=true
 	# The deployment the IAM check runs against: the local test accounts (cdk/test/config.iam.json).
 	cd cdk && rm -rf cdk.out.iam && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -o cdk.out.iam -c ecrReplicator:allowPlaceholderCode=true -c ecrReplicator:configFile=test/config.iam.json
+	# A China deployment (cdk/test/config.cn.json: KMS keys, a schedule, a cross-account source):
+	# nothing it synthesizes may name the aws partition, and its schedule carries the key mapping.
+	cd cdk && rm -rf cdk.out.cn && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -o cdk.out.cn -c ecrReplicator:allowPlaceholderCode=true -c ecrReplicator:configFile=test/config.cn.json
+	! grep -l 'arn:aws:' cdk/cdk.out.cn/*.template.json
+	grep -q 'kmsKeyMapping' cdk/cdk.out.cn/EcrReplicatorWorkflow.template.json
 	# W3005: CDK adds DependsOn on a role that a GetAtt already implies; harmless.
 	.venv/bin/cfn-lint --ignore-checks W3005 -- cdk/cdk.out/*.template.json
 

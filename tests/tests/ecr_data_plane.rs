@@ -100,6 +100,27 @@ async fn make_source_immutable(world: &EcrWorld, repository: &str) {
         .unwrap();
 }
 
+/// A manifest PUT straight to the destination's data plane, as any client would send it.
+async fn put_raw(
+    world: &EcrWorld,
+    repository: &str,
+    tag: &str,
+    image: &TestImage,
+) -> reqwest::Response {
+    let (user, password) = creds(DEST);
+    reqwest::Client::new()
+        .put(format!(
+            "http://{}/v2/{repository}/manifests/{tag}",
+            world.plane(DEST).host
+        ))
+        .basic_auth(&user, Some(&password))
+        .header("content-type", &image.media_type)
+        .body(image.manifest.clone())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The destination's manifest under a tag, read from its storage (None: absent).
 async fn dest_manifest(world: &EcrWorld, repository: &str, tag: &str) -> Option<bytes::Bytes> {
     Pusher::new(&world.registry(DEST).host, Some(creds(DEST)))
@@ -366,18 +387,7 @@ async fn an_immutable_repository_is_never_sent_an_existing_tag_again() {
         index.manifest
     );
     // The destination is immutable, and ECR refuses the same digest under an existing tag.
-    let (user, password) = creds(DEST);
-    let again = reqwest::Client::new()
-        .put(format!(
-            "http://{}/v2/frozen/manifests/v1",
-            world.plane(DEST).host
-        ))
-        .basic_auth(&user, Some(&password))
-        .header("content-type", &single.media_type)
-        .body(single.manifest.clone())
-        .send()
-        .await
-        .unwrap();
+    let again = put_raw(&world, "frozen", "v1", &single).await;
     assert_eq!(again.status(), 400);
     assert!(again.text().await.unwrap().contains("TAG_INVALID"));
     assert_eq!(world.plane(DEST).count("immutable_refused"), 1);
@@ -780,18 +790,7 @@ async fn immutability_with_exclusions_is_copied_and_enforced_tag_by_tag() {
     );
     assert_eq!(world.plane(DEST).count("immutable_refused"), 0);
     // v1 is immutable: ECR refuses any put under it.
-    let (user, password) = creds(DEST);
-    let overwrite = reqwest::Client::new()
-        .put(format!(
-            "http://{}/v2/gated/manifests/v1",
-            world.plane(DEST).host
-        ))
-        .basic_auth(&user, Some(&password))
-        .header("content-type", &moved.media_type)
-        .body(moved.manifest.clone())
-        .send()
-        .await
-        .unwrap();
+    let overwrite = put_raw(&world, "gated", "v1", &moved).await;
     assert_eq!(overwrite.status(), 400);
     assert_eq!(world.plane(DEST).count("immutable_refused"), 1);
 

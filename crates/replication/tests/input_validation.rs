@@ -269,9 +269,18 @@ fn an_explicit_image_list_is_checked_entry_by_entry() {
         ]
     );
 
+    // The name filters narrow a list (a push trigger keeps the deployment's exclusions); the
+    // filters that choose among a whole listing are refused, each named.
     let mut with_filters = listed(json!([{"repository": "web", "tag": "v1"}]));
-    with_filters["tags"] = json!({"include": ["v.*"]});
-    assert_eq!(listed_problems(with_filters), vec!["images"]);
+    with_filters["tags"] = json!({"include": ["v.*"], "exclude": ["rc.*"], "semver": ">=1"});
+    with_filters["repositories"] = json!({"include": ["web"]});
+    assert_eq!(listed_problems(with_filters), Vec::<String>::new());
+    let mut with_listing_filters = listed(json!([{"repository": "web", "tag": "v1"}]));
+    with_listing_filters["tags"] = json!({"latest": 3, "maxAgeDays": 7, "untagged": true});
+    assert_eq!(
+        listed_problems(with_listing_filters),
+        vec!["tags.latest", "tags.maxAgeDays", "tags.untagged"]
+    );
 
     let mut with_prune = listed(json!([{"repository": "web", "tag": "v1"}]));
     with_prune["prune"] = json!(true);

@@ -196,9 +196,9 @@ def _strict_map_run(self, env, eval_input):
 DistributedIterationComponent._map_run = _strict_map_run
 
 
-# ECR's archive storage class (a behaviour moto lacks, not a strictness rule): ecr_archive.py.
+# ECR behaviours moto lacks (the archive storage class, DescribeRepositories paging): ecr_gaps.py.
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-import ecr_archive  # noqa: E402,F401
+import ecr_gaps  # noqa: E402,F401
 
 
 if __name__ == "__main__":

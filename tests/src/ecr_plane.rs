@@ -77,7 +77,7 @@ pub struct Behaviours {
     /// A manifest of an image in ECR's archive storage class is answered 404 `MANIFEST_UNKNOWN`
     /// ("Archived images cannot be pulled. Requests to pull the archived image will fail with
     /// a 404 error": ECR user guide, "Archiving an image"). The status is moto's, which
-    /// `tests/aws_rules/ecr_archive.py` gives UpdateImageStorageClass.
+    /// `tests/aws_rules/ecr_gaps.py` gives UpdateImageStorageClass.
     pub archived_not_pullable: bool,
 }
 

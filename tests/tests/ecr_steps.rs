@@ -911,3 +911,64 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
         assert!(err.message.contains("nextToken"), "{bad}: {}", err.message);
     }
 }
+
+/// The repository filter is applied within ECR's large listing pages (1,000 names a request),
+/// not per page of 20: a registry of 1,030 repositories of which the filter selects 30 gives the
+/// parent 2 pages (20, then 10, the second continuing inside the listing page the first
+/// stopped in and across ECR's page boundary), not 52. moto pages DescribeRepositories as ECR
+/// does (tests/aws_rules/ecr_gaps.py).
+#[tokio::test]
+async fn repositories_are_filtered_within_large_listing_pages() {
+    let world = EcrWorld::start();
+    let ecr = world.moto.sdk(SOURCE, None).await;
+    let mut wanted = Vec::new();
+    for i in 0..1030 {
+        let name = if i % 35 == 5 {
+            wanted.push(format!("keep/r{i:04}"));
+            format!("keep/r{i:04}")
+        } else {
+            format!("noise/r{i:04}")
+        };
+        ecr.create_repository()
+            .repository_name(name)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(wanted.len(), 30);
+    let conns = Connections::new(world.settings());
+    let job = job(json!({"repositories": {"include": ["keep/*"]}}));
+    let mut pages = Vec::new();
+    let mut next = None;
+    loop {
+        let out = functions::invoke::<EnumerateRepositories>(
+            &conns,
+            event(EnumerateRepositoriesInput {
+                job: job.clone(),
+                next_token: next,
+            }),
+        )
+        .await
+        .unwrap();
+        pages.push(out.repositories);
+        match out.next_token {
+            Some(token) => next = Some(token),
+            None => break,
+        }
+    }
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![20, 10]);
+    let mut all: Vec<String> = pages.concat();
+    all.sort();
+    assert_eq!(all, wanted);
+    // A token the step did not give is refused, naming the field.
+    let bad = functions::invoke::<EnumerateRepositories>(
+        &conns,
+        event(EnumerateRepositoriesInput {
+            job,
+            next_token: Some("not-a-token".into()),
+        }),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{bad:?}").contains("nextToken"), "{bad:?}");
+}

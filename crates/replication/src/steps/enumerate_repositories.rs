@@ -13,6 +13,15 @@ use crate::job::Job;
 /// report is part of the Map's aggregated result (256 KiB at most).
 pub const REPOSITORIES_PER_PAGE: usize = 20;
 
+/// Names asked of the registry per listing request (ECR's `DescribeRepositories` maximum): the
+/// filter is applied within these large pages, so a page of selected repositories costs the
+/// parent execution the same whether the registry holds 30 repositories or 30,000.
+pub const LISTING_PAGE: usize = 1000;
+
+/// Listing requests one call makes at most before handing back a token (bounded work per
+/// invocation: 50,000 names at ECR's page size).
+pub const LISTING_REQUESTS_PER_CALL: usize = 50;
+
 /// The `enumerate-repositories` step.
 pub struct EnumerateRepositories;
 
@@ -130,33 +139,107 @@ pub async fn enumerate_repositories_within(
         });
     }
     let source = conns.source(&job.job).await?;
-    let page = source
-        .catalog()
-        .repositories(input.next_token, page)
-        .await?;
-    // A name from the catalog that is not a repository name never reaches a URL.
+    let catalog = source.catalog();
+    let mut at = ListingPosition::parse(input.next_token.as_deref())?;
+    let mut repositories = Vec::new();
     let mut refused = Vec::new();
-    let repositories = page
-        .items
-        .into_iter()
-        .filter(|r| match oci::reference::validate_repository_name(r) {
-            Ok(()) => true,
-            Err(reason) => {
-                tracing::warn!(repository = %r.escape_debug(), %reason, "refused a name from the source's catalog");
+    let mut next_token = None;
+    for request in 0..LISTING_REQUESTS_PER_CALL {
+        if request > 0 && repositories.len() >= page {
+            next_token = Some(at.token());
+            break;
+        }
+        let listing = catalog
+            .repositories(at.registry_token.clone(), LISTING_PAGE)
+            .await?;
+        let mut consumed = at.offset;
+        for name in listing.items.iter().skip(at.offset) {
+            if repositories.len() >= page {
+                break;
+            }
+            consumed += 1;
+            // A name from the catalog that is not a repository name never reaches a URL.
+            if let Err(reason) = oci::reference::validate_repository_name(name) {
+                tracing::warn!(repository = %name.escape_debug(), %reason, "refused a name from the source's catalog");
                 if refused.len() < crate::report::ENSURE_LISTED {
-                    let refusal = crate::filter::Refusal::new(r, reason);
+                    let refusal = crate::filter::Refusal::new(name, reason);
                     refused.push(format!("{}: {}", refusal.name, refusal.reason));
                 }
-                false
+                continue;
             }
-        })
-        .filter(|r| job.repositories.matches(r))
-        .collect();
+            if job.repositories.matches(name) {
+                repositories.push(name.clone());
+            }
+        }
+        if consumed < listing.items.len() {
+            // The page of selected repositories is full within this listing page: the next
+            // call reads it again from where this one stopped.
+            at.offset = consumed;
+            next_token = Some(at.token());
+            break;
+        }
+        match listing.next {
+            Some(registry_token) => {
+                at = ListingPosition {
+                    offset: 0,
+                    registry_token: Some(registry_token),
+                };
+                next_token = Some(at.token());
+            }
+            None => {
+                next_token = None;
+                break;
+            }
+        }
+    }
     Ok(EnumerateRepositoriesOutput {
         repositories,
-        next_token: page.next,
+        next_token,
         job: job.job,
         concurrency,
         refused,
     })
+}
+
+/// Where a repository listing goes on: the registry's page token (none: the first page) and how
+/// many names of that page were already read. As a step token: `<offset>:<registry token>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ListingPosition {
+    offset: usize,
+    registry_token: Option<String>,
+}
+
+impl ListingPosition {
+    fn parse(token: Option<&str>) -> Result<Self> {
+        let Some(token) = token else {
+            return Ok(ListingPosition::default());
+        };
+        let invalid = || {
+            Error::invalid(
+                "nextToken",
+                format!(
+                    "{:?} is not a token enumerate-repositories gave",
+                    crate::report::truncate_chars(token, 80)
+                ),
+            )
+        };
+        let (offset, registry_token) = token.split_once(':').ok_or_else(invalid)?;
+        let offset = offset.parse::<usize>().map_err(|_| invalid())?;
+        // A registry may answer more than it was asked for (moto pages nothing), never this many.
+        if offset > 1_000_000 {
+            return Err(invalid());
+        }
+        Ok(ListingPosition {
+            offset,
+            registry_token: (!registry_token.is_empty()).then(|| registry_token.to_string()),
+        })
+    }
+
+    fn token(&self) -> String {
+        format!(
+            "{}:{}",
+            self.offset,
+            self.registry_token.as_deref().unwrap_or_default()
+        )
+    }
 }

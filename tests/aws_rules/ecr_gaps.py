@@ -1,4 +1,10 @@
-"""ECR's archive storage class, which moto 5.2.5 does not have, added to its ECR backend.
+"""What ECR does and moto 5.2.5 does not, added to its ECR backend: the archive storage class,
+and DescribeRepositories paging.
+
+DescribeRepositories (ECR API reference): `maxResults` 1-1000; without it "DescribeRepositories
+returns up to 100 results and a nextToken value, if applicable"; moto returns every repository
+at once, so a caller that ignored the token would pass locally and miss repositories on AWS.
+Here: pages of `maxResults` (100 by default), the token the index of the next repository.
 
 Amazon ECR user guide, "Archiving an image": an archived image moves to the archival storage
 class; it "cannot be pulled. Requests to pull the archived image will fail with a 404 error";
@@ -11,7 +17,7 @@ Here: UpdateImageStorageClass sets an image's status (ARCHIVE -> ARCHIVED, STAND
 restores complete at once, never ACTIVATING); DescribeImages reports `imageStatus` and applies
 the filter (ACTIVE by default, or ARCHIVED, ACTIVATING, ANY). The pull side is the rig's ECR
 data-plane profile (`tests/src/ecr_plane.rs`), which answers 404 for an archived image's
-manifest. Imported by strict_moto.py, so every moto the tests start has it.
+manifest. Imported by strict_moto.py, so every moto the tests start has both.
 """
 
 import copy
@@ -59,5 +65,23 @@ def _describe_images(self) -> ActionResult:
     return ActionResult({"imageDetails": dto_images})
 
 
+def _describe_repositories(self) -> ActionResult:
+    names = self._get_param("repositoryNames")
+    registry_id = self._get_param("registryId")
+    repositories = self.ecr_backend.describe_repositories(
+        repository_names=names, registry_id=registry_id
+    )
+    if names:
+        return ActionResult({"repositories": repositories, "failures": []})
+    size = int(self._get_param("maxResults") or 100)
+    start = int(self._get_param("nextToken") or 0)
+    page = repositories[start : start + size]
+    result = {"repositories": page, "failures": []}
+    if start + size < len(repositories):
+        result["nextToken"] = str(start + size)
+    return ActionResult(result)
+
+
 ECRResponse.update_image_storage_class = _update_image_storage_class
+ECRResponse.describe_repositories = _describe_repositories
 ECRResponse.describe_images = _describe_images

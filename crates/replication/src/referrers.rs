@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use futures::StreamExt;
 use oci::manifest::OCI_INDEX;
 use oci::{Digest, Manifest, ManifestContent, Reference, RegistryClient, Repository};
 use serde_json::{json, Value};
@@ -85,6 +86,20 @@ pub(crate) async fn add_referrers(
         .collect();
     for _ in 0..MAX_LEVELS {
         let mut next = Vec::new();
+        // The referrers API answers for the whole level first, a few lookups at once: one
+        // image at a time, a repository of thousands took longer than the step's timeout.
+        let mut listed = if api {
+            let subjects: Vec<String> = level
+                .iter()
+                .map(|(subject, _)| subject.clone())
+                .filter(|subject| !examined.contains(subject))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            referrers_of(source, &repo, subjects).await?
+        } else {
+            HashMap::new()
+        };
         for (subject, root) in &level {
             if !examined.insert(subject.clone()) {
                 continue;
@@ -131,15 +146,10 @@ pub(crate) async fn add_referrers(
             if !api {
                 continue;
             }
-            let digest = Digest::parse(subject).map_err(|e| listing(&repo, subject, e))?;
-            match source
-                .client
-                .referrers(&repo, &digest)
-                .await
-                .map_err(|e| listing(&repo, subject, e))?
-            {
-                None => api = false,
-                Some(list) => {
+            match listed.remove(subject.as_str()) {
+                None => {}
+                Some(None) => api = false,
+                Some(Some(list)) => {
                     for referrer in list {
                         let known = selected.iter().chain(refused.iter()).any(|s| {
                             s.digest == referrer.digest || s.referrers.contains(&referrer.digest)
@@ -166,6 +176,47 @@ pub(crate) async fn add_referrers(
         level = next;
     }
     Ok(())
+}
+
+/// Referrer lookups at once.
+const PARALLEL_REFERRER_LOOKUPS: usize = 16;
+
+/// What the source's referrers API lists for each subject (`None`: the registry has no API). The
+/// first subject is asked alone: a registry without the API answers that once, not once per
+/// image.
+async fn referrers_of(
+    source: &Connection,
+    repo: &Repository,
+    subjects: Vec<String>,
+) -> Result<HashMap<String, Option<Vec<oci::Referrer>>>> {
+    let lookup = |subject: String| async move {
+        let digest = Digest::parse(&subject).map_err(|e| listing(repo, &subject, e))?;
+        let list = source
+            .client
+            .referrers(repo, &digest)
+            .await
+            .map_err(|e| listing(repo, &subject, e))?;
+        Ok::<_, Error>((subject, list))
+    };
+    let mut subjects = subjects.into_iter();
+    let mut listed = HashMap::new();
+    let Some(first) = subjects.next() else {
+        return Ok(listed);
+    };
+    let (first, list) = lookup(first).await?;
+    let has_api = list.is_some();
+    listed.insert(first, list);
+    if !has_api {
+        return Ok(listed);
+    }
+    let mut rest = futures::stream::iter(subjects)
+        .map(lookup)
+        .buffered(PARALLEL_REFERRER_LOOKUPS);
+    while let Some(found) = rest.next().await {
+        let (subject, list) = found?;
+        listed.insert(subject, list);
+    }
+    Ok(listed)
 }
 
 /// In a target without the referrers API, lists `referrers` (already put there) in the

@@ -38,3 +38,26 @@ pub fn client(insecure: &[&str], credentials: &[(&str, oci::Credential)]) -> oci
     }
     oci::RegistryClient::new(fast_retry_config(insecure), store).unwrap()
 }
+
+/// Every page `enumerate-repositories` gives for `job`, token after token until the last.
+pub async fn repository_pages(
+    conns: &replication::connect::Connections,
+    job: &replication::Job,
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut next = None;
+    loop {
+        let input = replication::steps::EnumerateRepositoriesInput {
+            job: job.clone(),
+            next_token: next,
+        };
+        let out = replication::steps::enumerate_repositories(conns, input)
+            .await
+            .unwrap();
+        pages.push(out.repositories);
+        match out.next_token {
+            Some(token) => next = Some(token),
+            None => return pages,
+        }
+    }
+}

@@ -938,24 +938,7 @@ async fn repositories_are_filtered_within_large_listing_pages() {
     assert_eq!(wanted.len(), 30);
     let conns = Connections::new(world.settings());
     let job = job(json!({"repositories": {"include": ["keep/*"]}}));
-    let mut pages = Vec::new();
-    let mut next = None;
-    loop {
-        let out = functions::invoke::<EnumerateRepositories>(
-            &conns,
-            event(EnumerateRepositoriesInput {
-                job: job.clone(),
-                next_token: next,
-            }),
-        )
-        .await
-        .unwrap();
-        pages.push(out.repositories);
-        match out.next_token {
-            Some(token) => next = Some(token),
-            None => break,
-        }
-    }
+    let pages = e2e::repository_pages(&conns, &job).await;
     assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![20, 10]);
     let mut all: Vec<String> = pages.concat();
     all.sort();

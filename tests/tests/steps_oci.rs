@@ -79,26 +79,9 @@ async fn repositories_and_tags_are_read_across_link_pages() {
         json!({"repositories": {"include": ["a/*"]}, "tags": {"exclude": ["latest"]}}),
     );
 
-    let mut repositories = Vec::new();
-    let mut next = None;
-    let mut pages = 0;
-    loop {
-        let out = functions::invoke::<EnumerateRepositories>(
-            &conns,
-            event(EnumerateRepositoriesInput {
-                job: job.clone(),
-                next_token: next,
-            }),
-        )
-        .await
-        .unwrap();
-        pages += 1;
-        repositories.extend(out.repositories);
-        match out.next_token {
-            Some(n) => next = Some(n),
-            None => break,
-        }
-    }
+    let pages = e2e::repository_pages(&conns, &job).await;
+    let mut repositories: Vec<String> = pages.concat();
+    let pages = pages.len();
     repositories.sort();
     assert_eq!(repositories, vec!["a/five", "a/one", "a/three", "a/two"]);
     // The catalog is read 2 names a request (this registry's page size); the filter applies
@@ -143,31 +126,21 @@ async fn an_image_list_is_paged_like_the_catalog() {
         &dst,
         json!({"images": images, "repositories": {"exclude": ["other/*", "listed/r45"]}}),
     );
-    let page = |next: Option<String>| {
-        functions::invoke::<EnumerateRepositories>(
-            &conns,
-            event(EnumerateRepositoriesInput {
-                job: job.clone(),
-                next_token: next,
-            }),
-        )
-    };
-    let mut sizes = Vec::new();
-    let mut all = Vec::new();
-    let mut next = None;
-    loop {
-        let out = page(next).await.unwrap();
-        sizes.push(out.repositories.len());
-        all.extend(out.repositories);
-        match out.next_token {
-            Some(n) => next = Some(n),
-            None => break,
-        }
-    }
+    let pages = e2e::repository_pages(&conns, &job).await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    let all: Vec<String> = pages.concat();
     assert_eq!(sizes, vec![20, 20, 5]);
     assert_eq!(all.len(), 45);
     assert!(!all.iter().any(|r| r == "other/x" || r == "listed/r45"));
-    let bad = page(Some("999".into())).await.unwrap_err();
+    let bad = functions::invoke::<EnumerateRepositories>(
+        &conns,
+        event(EnumerateRepositoriesInput {
+            job,
+            next_token: Some("999".into()),
+        }),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{bad:?}").contains("nextToken"), "{bad:?}");
 }
 

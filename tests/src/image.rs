@@ -436,6 +436,43 @@ fn signed_artifact(
     }
 }
 
+/// An OCI artifact as its tool pushes it: an image manifest with `artifact_type` (if any), a
+/// config of `config_type` holding `config`, and `layers` (media type, content), possibly none.
+pub fn oci_artifact(
+    artifact_type: Option<&str>,
+    (config_type, config): (&str, &[u8]),
+    layers: &[(&str, &[u8])],
+) -> TestImage {
+    let config_blob = Blob::from_bytes(Bytes::copy_from_slice(config));
+    let mut blobs = vec![config_blob.clone()];
+    let mut descriptors = Vec::new();
+    for (media_type, content) in layers {
+        let blob = Blob::from_bytes(Bytes::copy_from_slice(content));
+        descriptors
+            .push(json!({"mediaType": media_type, "size": content.len(), "digest": blob.digest}));
+        if !blobs.iter().any(|b| b.digest == blob.digest) {
+            blobs.push(blob);
+        }
+    }
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config_type, "size": config.len(), "digest": config_blob.digest},
+        "layers": descriptors,
+    });
+    if let Some(artifact_type) = artifact_type {
+        manifest["artifactType"] = json!(artifact_type);
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&manifest).unwrap());
+    TestImage {
+        digest: sha256(&bytes),
+        manifest: bytes,
+        media_type: OCI_MANIFEST.to_string(),
+        blobs,
+        children: Vec::new(),
+    }
+}
+
 /// The referrers fallback index a client writes under the `sha256-<hex>` tag of a subject when
 /// the registry has no referrers API: one descriptor (with `artifactType`) per referrer.
 pub fn referrers_index(referrers: Vec<(TestImage, &str)>) -> TestImage {

@@ -815,3 +815,100 @@ async fn a_mapped_layout_is_replicated_verified_and_pruned() {
     let report = clean.report.verify.unwrap();
     assert_eq!((report.images, report.identical, report.total()), (2, 2, 0));
 }
+
+/// Artifacts that are not container images copy byte-identical and are filtered like images:
+/// each kind pushed with the media types its tool uses (a Helm chart as `helm push` writes it,
+/// no `artifactType`; `oras push` with its empty config and an `artifactType`; a WASM module;
+/// an SBOM-only artifact with no layers at all).
+#[tokio::test]
+async fn every_kind_of_oci_artifact_copies_byte_identical_and_is_filtered_like_an_image() {
+    use e2e::image::oci_artifact;
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let empty = ("application/vnd.oci.empty.v1+json", b"{}".as_slice());
+    let helm = |version: &str| {
+        oci_artifact(
+            None,
+            (
+                "application/vnd.cncf.helm.config.v1+json",
+                format!(r#"{{"name":"web","version":"{version}","apiVersion":"v2"}}"#).as_bytes(),
+            ),
+            &[(
+                "application/vnd.cncf.helm.chart.content.v1.tar+gzip",
+                format!("chart {version}").as_bytes(),
+            )],
+        )
+    };
+    let kinds = [
+        ("charts/web", "1.2.3", helm("1.2.3")),
+        (
+            "models/llm",
+            "v1",
+            oci_artifact(
+                Some("application/vnd.example.model.v1"),
+                empty,
+                &[
+                    ("application/vnd.example.weights", b"weights".as_slice()),
+                    ("application/vnd.example.tokenizer", b"tokens".as_slice()),
+                ],
+            ),
+        ),
+        (
+            "wasm/filter",
+            "v1",
+            oci_artifact(
+                None,
+                (
+                    "application/vnd.wasm.config.v0+json",
+                    br#"{"architecture":"wasm"}"#,
+                ),
+                &[(
+                    "application/vnd.wasm.content.layer.v1+wasm",
+                    b"\0asm\x01\0\0\0".as_slice(),
+                )],
+            ),
+        ),
+        (
+            "sbom/app",
+            "v1",
+            oci_artifact(Some("application/spdx+json"), empty, &[]),
+        ),
+    ];
+    let pusher = Pusher::new(&src.host, None);
+    for (repository, tag, artifact) in &kinds {
+        pusher.push(repository, tag, artifact).await;
+    }
+    // A release candidate of the chart, which the tag filter leaves out.
+    pusher
+        .push("charts/web", "1.3.0-rc1", &helm("1.3.0-rc1"))
+        .await;
+
+    let conns = Connections::new(settings(None));
+    let job = job(&src, &dst, json!({"tags": {"exclude": [".*-rc.*"]}}));
+    let report = replication::run::run_job(&conns, job, &replication::run::Quiet)
+        .await
+        .unwrap()
+        .report;
+
+    assert_eq!((report.copied, report.failed), (4, 0), "{report:?}");
+    let target = Pusher::new(&dst.host, None);
+    for (repository, tag, artifact) in &kinds {
+        let at = format!("mirror/{repository}");
+        assert_eq!(
+            e2e::skopeo::inspect_raw(&format!("{}/{at}:{tag}", dst.host), None),
+            artifact.manifest.to_vec(),
+            "{repository}:{tag}"
+        );
+        for blob in &artifact.blobs {
+            assert_eq!(
+                target.blob_digest(&at, &blob.digest).await,
+                Some((blob.digest.clone(), blob.data.size())),
+                "{repository}: {}",
+                blob.digest
+            );
+        }
+    }
+    assert!(target
+        .manifest("mirror/charts/web", "1.3.0-rc1")
+        .await
+        .is_none());
+}

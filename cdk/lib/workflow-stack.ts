@@ -87,12 +87,6 @@ export function deploymentNames(name: string = DEFAULT_DEPLOYMENT_NAME): Deploym
   };
 }
 
-/** The default deployment's state machine name. */
-export const STATE_MACHINE_NAME = DEFAULT_DEPLOYMENT_NAME;
-
-/** The default deployment's copier role name. */
-export const COPIER_ROLE_NAME = `${DEFAULT_DEPLOYMENT_NAME}-copier`;
-
 /** Where `enumerate-images` keeps a repository's selected images between the pages of one run. */
 export const SELECTIONS_PREFIX = 'selections/';
 
@@ -101,9 +95,6 @@ export const SELECTION_DAYS = 7;
 
 /** The CloudWatch namespace of the functions' metrics (embedded metric format in their logs). */
 export const METRICS_NAMESPACE = 'EcrReplicator';
-
-/** The default deployment's reader role name. */
-export const READER_ROLE_NAME = `${DEFAULT_DEPLOYMENT_NAME}-reader`;
 
 /** The copying functions: their reserved concurrency is the config's `copyConcurrency`. */
 export const COPY_FUNCTIONS = ['copy-blobs', 'put-manifests'];

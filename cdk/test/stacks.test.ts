@@ -12,7 +12,10 @@ import { deploymentStacks } from '../lib/deployment';
 import { EVENTBRIDGE_INPUT_MAX, jobSchemaProblems, renderedInput } from '../lib/inputs';
 import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { callerStatements, COPIER_ROLE_NAME, COPY_FUNCTIONS, FUNCTIONS, PUT_EVENTS_PLACEHOLDER, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, READER_ROLE_NAME, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
+import { callerStatements, COPY_FUNCTIONS, deploymentNames, FUNCTIONS, PUT_EVENTS_PLACEHOLDER, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
+
+/** The default deployment's role names. */
+const { copierRole: COPIER_ROLE_NAME, readerRole: READER_ROLE_NAME } = deploymentNames();
 
 const config = loadConfig('config.example.json');
 

@@ -814,16 +814,10 @@ async fn tag_immutable(state: &PlaneState, name: &str, tag: &str) -> bool {
     let Some(repo) = found.ok().and_then(|o| o.repositories().first().cloned()) else {
         return false;
     };
+    let (tag_mutability, tag_mutability_exclusions) = ecr::admin::tag_mutability_of(&repo);
     ecr::RepositorySettings {
-        tag_mutability: repo
-            .image_tag_mutability()
-            .cloned()
-            .unwrap_or(ecr::ImageTagMutability::Mutable),
-        tag_mutability_exclusions: repo
-            .image_tag_mutability_exclusion_filters()
-            .iter()
-            .map(|f| f.filter().to_string())
-            .collect(),
+        tag_mutability,
+        tag_mutability_exclusions,
         ..ecr::RepositorySettings::default()
     }
     .tag_is_immutable(tag)

@@ -354,6 +354,24 @@ fn tag_change(
     )
 }
 
+/// A repository's tag mutability as `DescribeRepositories` describes it, with its exclusion
+/// filters, sorted (`MUTABLE` when it says nothing).
+pub fn tag_mutability_of(
+    repo: &aws_sdk_ecr::types::Repository,
+) -> (ImageTagMutability, Vec<String>) {
+    let mut filters: Vec<String> = repo
+        .image_tag_mutability_exclusion_filters()
+        .iter()
+        .map(|f| f.filter().to_string())
+        .collect();
+    filters.sort();
+    let mutability = repo
+        .image_tag_mutability()
+        .cloned()
+        .unwrap_or(ImageTagMutability::Mutable);
+    (mutability, filters)
+}
+
 /// Resource tag keys a tag change names at most.
 const TAG_KEYS_NAMED: usize = 5;
 
@@ -627,20 +645,10 @@ impl EcrAdmin {
             .iter()
             .map(|t| (t.key().to_string(), t.value().to_string()))
             .collect();
+        let (tag_mutability, tag_mutability_exclusions) = tag_mutability_of(repo);
         Ok(Some(RepositorySettings {
-            tag_mutability: repo
-                .image_tag_mutability()
-                .cloned()
-                .unwrap_or(ImageTagMutability::Mutable),
-            tag_mutability_exclusions: {
-                let mut filters: Vec<String> = repo
-                    .image_tag_mutability_exclusion_filters()
-                    .iter()
-                    .map(|f| f.filter().to_string())
-                    .collect();
-                filters.sort();
-                filters
-            },
+            tag_mutability,
+            tag_mutability_exclusions,
             scan_on_push: repo
                 .image_scanning_configuration()
                 .is_some_and(|s| s.scan_on_push()),

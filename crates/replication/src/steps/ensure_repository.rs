@@ -334,14 +334,25 @@ pub(crate) async fn apply_settings(
         None => {
             // A repository named by an `images` entry may not exist in the source (the catalog
             // never listed it): nothing is created for images that are not there.
+            // One tag-list request of one entry says so (the catalog's first page would read
+            // every listed manifest too).
             if !job.images.is_empty() {
-                match source.catalog().images(repository, None).await {
-                    Err(e) if is_missing_repository(&e) => {
+                let repo = oci::Repository {
+                    registry: source.registry.clone(),
+                    name: repository.to_string(),
+                };
+                match source.client.tags_page(&repo, 1, None).await {
+                    Err(e) if e.is_not_found() => {
                         return Ok(skipped(&format!(
                             "the source has no repository {repository}: nothing created or changed"
                         )))
                     }
-                    Err(e) => return Err(e),
+                    Err(source) => {
+                        return Err(Error::Listing {
+                            what: format!("tags of {repo}"),
+                            source,
+                        })
+                    }
                     Ok(_) => {}
                 }
             }

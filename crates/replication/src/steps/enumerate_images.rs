@@ -444,11 +444,13 @@ async fn select_images(
                 .map(Refusal::into_selected),
         );
         let mut selected = job.tags.select(&images, metrics::now_seconds());
+        let archived: std::collections::HashSet<&str> = images
+            .iter()
+            .filter(|i| i.archived)
+            .map(|i| i.digest.as_str())
+            .collect();
         for image in &mut selected {
-            if images
-                .iter()
-                .any(|i| i.archived && i.digest == image.digest)
-            {
+            if archived.contains(image.digest.as_str()) {
                 let name = format!("@{}", image.digest);
                 tracing::warn!(image = %format!("{repository}{name}"), "archived in the source: not copied");
                 image.archived = Some(archived_reason(&source.registry, repository, &name));
@@ -546,13 +548,14 @@ async fn resolve_listed(
 ) -> Result<Vec<SelectedImage>> {
     let listed: &[ImageSelector] = &job.job.images;
     let mut selected: Vec<SelectedImage> = Vec::new();
+    // The repository's listing, read only when a named image answers 404, and then once.
+    let mut listing: Option<Vec<ListedImage>> = None;
     for image in listed.iter().filter(|i| {
         i.repository == repository && i.tag.as_ref().is_none_or(|t| job.tags.tag_matches(t))
     }) {
-        let named = format!(
-            "{}/{}{}{}",
-            source.registry,
-            image.repository,
+        // `:tag`, `@digest` or both: how the image is named after its repository.
+        let reference = format!(
+            "{}{}",
             image
                 .tag
                 .as_ref()
@@ -564,6 +567,7 @@ async fn resolve_listed(
                 .map(|d| format!("@{d}"))
                 .unwrap_or_default(),
         );
+        let named = format!("{}/{}{reference}", source.registry, image.repository);
         let lookup = Reference {
             repository: Repository {
                 registry: source.registry.clone(),
@@ -588,16 +592,12 @@ async fn resolve_listed(
             })?;
         let Some(head) = head else {
             // ECR answers 404 for an archived image too: reported as archived, not failed.
-            if let Some(digest) = archived_digest(source, repository, image).await {
+            if let Some(digest) = archived_digest(source, repository, image, &mut listing).await {
                 tracing::warn!(image = %named, "archived in the source: not copied");
                 selected.push(SelectedImage {
                     digest,
                     tags: image.tag.iter().cloned().collect(),
-                    archived: Some(archived_reason(
-                        &source.registry,
-                        repository,
-                        &named[source.registry.len() + 1 + repository.len()..],
-                    )),
+                    archived: Some(archived_reason(&source.registry, repository, &reference)),
                     ..SelectedImage::default()
                 });
                 continue;
@@ -632,23 +632,28 @@ async fn resolve_listed(
 }
 
 /// The digest of `image` (named by tag or digest) when an ECR source lists it as archived: asked
-/// only after a pull answered 404 (a registry that is not ECR has no archive).
+/// only after a pull answered 404 (a registry that is not ECR has no archive). The repository's
+/// listing is read into `listing` the first time and reused for the other images of the call.
 async fn archived_digest(
     source: &Connection,
     repository: &str,
     image: &ImageSelector,
+    listing: &mut Option<Vec<ListedImage>>,
 ) -> Option<String> {
     source.ecr.as_ref()?;
-    // A listing that fails too (the repository is gone): not found, as said.
-    let (images, _) = listed_images(source, repository).await.ok()?;
-    images
-        .into_iter()
+    if listing.is_none() {
+        // A listing that fails too (the repository is gone): not found, as said.
+        *listing = Some(listed_images(source, repository).await.ok()?.0);
+    }
+    listing
+        .as_ref()?
+        .iter()
         .find(|i| {
             i.archived
                 && (image.tag.as_ref().is_some_and(|t| i.tags.contains(t))
                     || image.digest.as_deref() == Some(i.digest.as_str()))
         })
-        .map(|i| i.digest)
+        .map(|i| i.digest.clone())
 }
 
 /// The tags a destination repository has now, read once per page so that a first sync costs no

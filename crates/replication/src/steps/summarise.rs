@@ -89,7 +89,7 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     }
     report.add_present(input.present);
     if input.dry_run && input.plan.is_object() {
-        let plan: PagePlan = serde_json::from_value(input.plan.clone())
+        let plan = PagePlan::deserialize(&input.plan)
             .map_err(|e| Error::invalid("plan", format!("not a page plan: {e}")))?;
         for planned in &plan.images {
             report.add(&planned.dry_run_result());

@@ -13,13 +13,21 @@ Usage: python strict_moto.py [moto_server arguments]
 """
 
 import faulthandler
+import json
+import os
 import signal
 import sys
+import threading
+import time
 
 # `kill -USR1 <pid>` dumps every thread's stack to the log: how a stuck execution is diagnosed.
 faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 from moto.stepfunctions.parser.api import ExecutionFailedEventDetails, HistoryEventType
+from moto.stepfunctions.parser.asl.component.common.error_name.custom_error_name import (
+    CustomErrorName,
+)
+from moto.stepfunctions.parser.asl.component.common.error_name.error_name import ErrorName
 from moto.stepfunctions.parser.asl.component.common.error_name.error_equals_decl import (
     ErrorEqualsDecl,
 )
@@ -48,10 +56,16 @@ from moto.stepfunctions.parser.asl.component.state.choice.comparison.variable im
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.distributed_iteration_component import (
     DistributedIterationComponent,
 )
+from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor.distributed_item_processor_worker import (
+    DistributedItemProcessorWorker,
+)
+from moto.stepfunctions.parser.asl.component.state.state import CommonStateField
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import (
     StateTaskLambda,
 )
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+from moto.stepfunctions.parser.asl.eval.event.event_manager import EventManager
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 from moto.stepfunctions.parser.asl.utils.json_path import NoSuchJsonPathError
 
 INT32_MIN = -(2**31)
@@ -177,6 +191,7 @@ _map_run = DistributedIterationComponent._map_run
 
 
 def _strict_map_run(self, env, eval_input):
+    _CHILD_TYPES[eval_input.map_run_record.map_run_arn] = eval_input.state_name
     items = len(env.stack[-1]) if isinstance(env.stack[-1], list) else 0
     _map_run(self, env, eval_input)
     record = eval_input.map_run_record
@@ -194,6 +209,122 @@ def _strict_map_run(self, env, eval_input):
 
 
 DistributedIterationComponent._map_run = _strict_map_run
+
+
+# Rule 5. An execution history holds at most 25,000 events; an execution that would write more
+# fails ("Execution history: 25,000 events in a single state machine execution history"), and a
+# Catch cannot take that failure. EXPRESS executions keep no history and have no such quota.
+# https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html#service-limits-state-machine-executions
+# moto shares one event list among all the children of a Distributed Map; AWS gives each child
+# execution its own history, so each child gets its own list here and its own count.
+# STRICT_MOTO_HISTORY_LIMIT lowers the limit (tests reach it with a small catalog);
+# STRICT_MOTO_STATS names a file that gets one JSON line per child execution (type, events,
+# state transitions, status): how `make bench-scale` counts children and their histories.
+# moto's ASL grammar knows only `"ExecutionType": "STANDARD"` for a Distributed Map's children;
+# AWS also runs EXPRESS children (no history, at most 5 minutes each). So a definition's EXPRESS
+# Maps are parsed as STANDARD and remembered by state name (names are unique in a state machine),
+# and their children are run as EXPRESS: no history limit, and a child still running after
+# STRICT_MOTO_EXPRESS_SECONDS (300, "Maximum execution duration: 5 minutes" for Express
+# workflows, same page) fails with States.Timeout when it enters its next state.
+EXPRESS_SECONDS = float(os.environ.get("STRICT_MOTO_EXPRESS_SECONDS", "300"))
+_EXPRESS_MAPS = set()
+_parse = AmazonStateLanguageParser.parse
+
+
+def _mark_express_maps(states):
+    for name, state in states.items():
+        processor = state.get("ItemProcessor") or state.get("Iterator") or {}
+        config = processor.get("ProcessorConfig") or {}
+        if config.get("ExecutionType") == "EXPRESS":
+            config["ExecutionType"] = "STANDARD"
+            _EXPRESS_MAPS.add(name)
+        for inner in [processor] + list(state.get("Branches") or []):
+            _mark_express_maps(inner.get("States") or {})
+
+
+def _parse_with_express_maps(definition):
+    try:
+        document = json.loads(definition)
+    except ValueError:
+        return _parse(definition)
+    _mark_express_maps(document.get("States") or {})
+    return _parse(json.dumps(document))
+
+
+AmazonStateLanguageParser.parse = staticmethod(_parse_with_express_maps)
+# A States.Runtime raised inside a Parallel branch or an inline Map iteration reaches the state
+# as that same error on AWS; moto rebuilds it as a custom error name, which refuses the `States.`
+# prefix with a ValueError that replaces the cause. Keep the error as it was raised.
+def _error_name_as_raised(self, error_name):
+    ErrorName.__init__(self, error_name=error_name)
+
+
+CustomErrorName.__init__ = _error_name_as_raised
+HISTORY_LIMIT = int(os.environ.get("STRICT_MOTO_HISTORY_LIMIT", "25000"))
+STATS_FILE = os.environ.get("STRICT_MOTO_STATS")
+_STATS_LOCK = threading.Lock()
+_CHILD_TYPES = {}
+_add_event = EventManager.add_event
+
+
+def _limited_add_event(self, context, event_type, *args, **kwargs):
+    event_id = _add_event(self, context, event_type, *args, **kwargs)
+    if str(event_type).endswith("StateEntered"):
+        self.strict_transitions = getattr(self, "strict_transitions", 0) + 1
+    limit = getattr(self, "strict_limit", HISTORY_LIMIT)
+    # The execution's own end event is the last one it may write.
+    if limit is not None and len(self._history_event_list) >= limit - 1:
+        self.strict_exceeded = True
+    return event_id
+
+
+EventManager.add_event = _limited_add_event
+_state_eval_body = CommonStateField._eval_body
+
+
+def _strict_state_eval_body(self, env):
+    deadline = getattr(env.event_manager, "strict_deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        raise _fail(
+            env,
+            StatesErrorNameType.StatesTimeout,
+            f"An EXPRESS execution runs at most {EXPRESS_SECONDS:.0f} seconds "
+            f"(entering state '{self.name}').",
+        )
+    if getattr(env.event_manager, "strict_exceeded", False):
+        raise _fail(
+            env,
+            StatesErrorNameType.StatesRuntime,
+            f"The execution history reached its quota of {HISTORY_LIMIT} events "
+            f"(entering state '{self.name}').",
+        )
+    _state_eval_body(self, env)
+
+
+CommonStateField._eval_body = _strict_state_eval_body
+_child_eval_job = DistributedItemProcessorWorker._eval_job
+
+
+def _own_history_eval_job(self, env, job):
+    express = _CHILD_TYPES.get(self._map_run_record.map_run_arn) in _EXPRESS_MAPS
+    manager = EventManager()
+    manager.strict_limit = None if express else HISTORY_LIMIT
+    if express:
+        manager.strict_deadline = time.monotonic() + EXPRESS_SECONDS
+    env.event_manager = manager
+    _child_eval_job(self, env, job)
+    if STATS_FILE:
+        record = {
+            "type": "EXPRESS" if express else "STANDARD",
+            "events": len(manager._history_event_list),
+            "transitions": getattr(manager, "strict_transitions", 0),
+            "failed": job.job_output is None,
+        }
+        with _STATS_LOCK, open(STATS_FILE, "a") as stats:
+            stats.write(json.dumps(record) + "\n")
+
+
+DistributedItemProcessorWorker._eval_job = _own_history_eval_job
 
 
 # ECR behaviours moto lacks (the archive storage class, DescribeRepositories paging): ecr_gaps.py.

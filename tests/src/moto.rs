@@ -43,6 +43,12 @@ impl Moto {
 
     /// Starts moto with the given interpreter.
     pub fn start_with(interpreter: Interpreter) -> Self {
+        Self::start_with_env(interpreter, &[])
+    }
+
+    /// Starts moto with the given interpreter and environment (`STRICT_MOTO_HISTORY_LIMIT`,
+    /// `STRICT_MOTO_STATS`: see `tests/aws_rules/strict_moto.py`).
+    pub fn start_with_env(interpreter: Interpreter, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("ecr-replicator-moto-")
             .tempdir()
@@ -57,6 +63,7 @@ impl Moto {
         let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env_remove("MOTO_ACCOUNT_ID")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -318,3 +318,89 @@ async fn missing_paths_and_oversized_outputs_fail_the_execution() {
         "{oversized:?}"
     );
 }
+
+/// A loop of `$.n` rounds (two states, four events a round) from `$.i`.
+fn counting_loop() -> Value {
+    json!({"StartAt": "Count", "States": {
+        "Count": {"Type": "Pass",
+            "Parameters": {"i.$": "States.MathAdd($.i, 1)", "n.$": "$.n"}, "Next": "Done?"},
+        "Done?": {"Type": "Choice",
+            "Choices": [{"Variable": "$.i", "NumericGreaterThanEqualsPath": "$.n", "Next": "Done"}],
+            "Default": "Count"},
+        "Done": {"Type": "Pass", "End": true}}})
+}
+
+/// Rule 5 (patched). AWS: an execution history holds at most 25,000 events; the execution that
+/// would write more fails, no Catch takes it, and each child execution of a Distributed Map has
+/// its own history (EXPRESS children keep none, so no limit). moto shares one event list among
+/// a Map's children and has no limit. Run here with the limit lowered to 60 events.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html>
+#[tokio::test]
+async fn an_execution_history_past_its_limit_fails_each_child_counted_alone() {
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let strict = Moto::start_with_env(
+        Interpreter::Strict,
+        &[
+            ("STRICT_MOTO_HISTORY_LIMIT", "60"),
+            ("STRICT_MOTO_STATS", stats.path().to_str().unwrap()),
+        ],
+    );
+    strict.enable_executions().await;
+    let caught_loop = json!({"StartAt": "P", "States": {"P": {"Type": "Parallel",
+        "Branches": [counting_loop()],
+        "Catch": [{"ErrorEquals": ["States.ALL"], "Next": "Caught"}], "End": true},
+        "Caught": pass_end()}});
+    let map_of_loops = |execution_type: &str| {
+        json!({"StartAt": "M", "States": {"M": {"Type": "Map", "ItemsPath": "$.items",
+            "ItemSelector": {"i": 0, "n.$": "$$.Map.Item.Value"},
+            "ToleratedFailurePercentage": 100.0,
+            "ItemProcessor": {"ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": execution_type},
+                "StartAt": "Loop", "States": {"Loop": {"Type": "Parallel", "Branches": [counting_loop()],
+                    "OutputPath": "$[0]", "End": true}}},
+            "End": true}}})
+    };
+
+    let short = execute(&strict, caught_loop.clone(), json!({"i": 0, "n": 10})).await;
+    let long = execute(&strict, caught_loop, json!({"i": 0, "n": 20})).await;
+    // Three children of 10 rounds: 120 events in all, each child well within 60.
+    let children = execute(
+        &strict,
+        map_of_loops("STANDARD"),
+        json!({"items": [10, 20, 10]}),
+    )
+    .await;
+    let express = execute(&strict, map_of_loops("EXPRESS"), json!({"items": [20]})).await;
+
+    assert_eq!(short.status, "SUCCEEDED", "{short:?}");
+    assert_eq!(
+        (long.status.as_str(), long.error.as_str()),
+        ("FAILED", "States.Runtime"),
+        "{long:?}"
+    );
+    assert!(long.cause.contains("60 events"), "{long:?}");
+    assert_eq!(children.status, "SUCCEEDED", "{children:?}");
+    let outputs = children.output.clone().unwrap();
+    assert_eq!(outputs[0]["i"], 10, "{children:?}");
+    assert_eq!(outputs[1], Value::Null, "the 20-round child failed: {children:?}");
+    assert_eq!(outputs[2]["i"], 10, "{children:?}");
+    assert_eq!(express.output.unwrap()[0]["i"], 20, "EXPRESS children keep no history");
+    let records: Vec<Value> = std::fs::read_to_string(stats.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let standard: Vec<&Value> = records.iter().filter(|r| r["type"] == "STANDARD").collect();
+    assert_eq!(standard.len(), 3, "{records:?}");
+    assert_eq!(standard.iter().filter(|r| r["failed"] == true).count(), 1);
+    // The failed child stops at the first state it enters past the limit: its failure events
+    // come after.
+    assert!(
+        standard
+            .iter()
+            .all(|r| r["events"].as_u64().unwrap() <= 60 + 8),
+        "{records:?}"
+    );
+    let express_child = records.iter().find(|r| r["type"] == "EXPRESS").unwrap();
+    assert!(express_child["events"].as_u64().unwrap() > 60, "{records:?}");
+    assert!(express_child["transitions"].as_u64().unwrap() >= 40, "{records:?}");
+}

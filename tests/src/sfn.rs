@@ -91,6 +91,20 @@ pub fn watch_target_dir() -> PathBuf {
     workspace().join("target/lambda-watch")
 }
 
+/// One child execution of a Distributed Map, as the strict interpreter recorded it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ChildExecution {
+    /// STANDARD or EXPRESS.
+    #[serde(rename = "type")]
+    pub execution_type: String,
+    /// Events in its history.
+    pub events: usize,
+    /// States it entered (state transitions).
+    pub transitions: usize,
+    /// Whether it failed.
+    pub failed: bool,
+}
+
 /// How an execution ended, with its history.
 pub struct Execution {
     /// SUCCEEDED, FAILED, ...
@@ -103,6 +117,8 @@ pub struct Execution {
     pub seconds: f64,
     /// History events.
     pub events: usize,
+    /// States entered (what Step Functions bills as state transitions).
+    pub transitions: usize,
     /// Largest state input or output in the history, in bytes.
     pub largest_payload: usize,
     /// One line per event (id, type, state and payload or failure), for messages.
@@ -258,8 +274,14 @@ impl LambdaFault {
 }
 
 impl LocalStepFunctions {
-    /// Starts everything; `env` goes to every function (AWS endpoint, registry endpoints...).
+    /// Starts everything; `env` goes to every function (AWS endpoint, registry endpoints...),
+    /// except `STRICT_MOTO_*` variables, which go to the interpreter (`strict_moto.py`).
     pub async fn start(env: &[(String, String)]) -> Self {
+        let (interpreter_env, env): (Vec<_>, Vec<_>) = env
+            .iter()
+            .cloned()
+            .partition(|(k, _)| k.starts_with("STRICT_MOTO_"));
+        let env = env.as_slice();
         let dir = tempfile::Builder::new()
             .prefix("ecr-replicator-sfn-")
             .tempdir()
@@ -271,6 +293,8 @@ impl LocalStepFunctions {
             .arg(strict_moto_script())
             .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
             .env("MOTO_PORT", proxy_port.to_string())
+            .env("STRICT_MOTO_STATS", dir.path().join("children.jsonl"))
+            .envs(interpreter_env)
             .env_remove("MOTO_ACCOUNT_ID")
             .stdin(Stdio::null())
             .stdout(moto_log.try_clone().unwrap())
@@ -580,6 +604,7 @@ impl LocalStepFunctions {
             ),
             seconds: began.elapsed().as_secs_f64(),
             events: 0,
+            transitions: 0,
             largest_payload: 0,
             history: Vec::new(),
         };
@@ -595,6 +620,9 @@ impl LocalStepFunctions {
                 .unwrap();
             for e in page.events() {
                 execution.events += 1;
+                if e.r#type().as_str().ends_with("StateEntered") {
+                    execution.transitions += 1;
+                }
                 let entered = e
                     .state_entered_event_details()
                     .map(|d| (d.name(), d.input().unwrap_or("")));
@@ -625,6 +653,15 @@ impl LocalStepFunctions {
                 None => return execution,
             }
         }
+    }
+
+    /// Every child execution of every Distributed Map so far, in the order they ended.
+    pub fn child_executions(&self) -> Vec<ChildExecution> {
+        std::fs::read_to_string(self.dir.path().join("children.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a child record of strict_moto.py"))
+            .collect()
     }
 
     /// Creates the state machine from the real definition; returns its ARN.

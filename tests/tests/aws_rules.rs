@@ -381,9 +381,17 @@ async fn an_execution_history_past_its_limit_fails_each_child_counted_alone() {
     assert_eq!(children.status, "SUCCEEDED", "{children:?}");
     let outputs = children.output.clone().unwrap();
     assert_eq!(outputs[0]["i"], 10, "{children:?}");
-    assert_eq!(outputs[1], Value::Null, "the 20-round child failed: {children:?}");
+    assert_eq!(
+        outputs[1],
+        Value::Null,
+        "the 20-round child failed: {children:?}"
+    );
     assert_eq!(outputs[2]["i"], 10, "{children:?}");
-    assert_eq!(express.output.unwrap()[0]["i"], 20, "EXPRESS children keep no history");
+    assert_eq!(
+        express.output.unwrap()[0]["i"],
+        20,
+        "EXPRESS children keep no history"
+    );
     let records: Vec<Value> = std::fs::read_to_string(stats.path())
         .unwrap()
         .lines()
@@ -401,6 +409,12 @@ async fn an_execution_history_past_its_limit_fails_each_child_counted_alone() {
         "{records:?}"
     );
     let express_child = records.iter().find(|r| r["type"] == "EXPRESS").unwrap();
-    assert!(express_child["events"].as_u64().unwrap() > 60, "{records:?}");
-    assert!(express_child["transitions"].as_u64().unwrap() >= 40, "{records:?}");
+    assert!(
+        express_child["events"].as_u64().unwrap() > 60,
+        "{records:?}"
+    );
+    assert!(
+        express_child["transitions"].as_u64().unwrap() >= 40,
+        "{records:?}"
+    );
 }

@@ -183,7 +183,7 @@ fn child_output(mode: Mode) -> Value {
     report["repositoriesFailed"] = json!(1);
     report["repositoryFailures"] =
         json!([{"repository": text(REPOSITORY), "error": caught_error()}]);
-    report
+    json!({"repository": text(REPOSITORY), "report": report})
 }
 
 fn size(what: &str, value: &Value) -> usize {
@@ -219,7 +219,10 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     );
     assert_eq!(repo["ForEachImage"]["ResultPath"], "$.results");
     assert_eq!(repo["ForEachImage"]["ItemsPath"], "$.page.images");
-    assert_eq!(repo["RepositoryDone"]["OutputPath"], "$.report");
+    assert_eq!(
+        repo["RepositoryDone"]["Parameters"],
+        json!({"repository.$": "$.repository", "report.$": "$.report"})
+    );
 
     // Parent, at the end of ForEachRepository: the page, the running report, one report per
     // repository of the page.

@@ -593,3 +593,46 @@ fn metric_sum(sfn: &LocalStepFunctions, destination: &str, name: &str) -> f64 {
         .filter_map(|d| d[name].as_f64())
         .sum()
 }
+
+/// One repository cannot stop the others: a repository whose child execution passes its history
+/// limit (AWS: 25,000 events, an uncatchable failure; lowered here so two pages reach it) is
+/// recorded failed, named, while the other repositories are copied and the run reports both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repository_child_past_its_history_limit_is_recorded_and_the_others_copied() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    for i in 0..30u64 {
+        let image = ImageBuilder::new(Format::Oci).layer(i, 64).build();
+        pusher.push("big", &format!("t{i:02}"), &image).await;
+    }
+    for name in ["small-a", "small-b"] {
+        let image = ImageBuilder::new(Format::Oci).layer(99, 64).build();
+        pusher.push(name, "v1", &image).await;
+    }
+    // Measured: a one-image repository's child writes 52 events, the 30-image one's (two pages)
+    // about 90.
+    let sfn = LocalStepFunctions::start(&[("STRICT_MOTO_HISTORY_LIMIT".into(), "70".into())]).await;
+    let arn = sfn.create_state_machine("replicate").await;
+    let input = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "referrers": false
+    });
+
+    let run = sfn.execute(&arn, &input).await;
+
+    let children = sfn.child_executions();
+    assert_eq!(run.status, "FAILED", "{}", run.history_text(200));
+    assert!(
+        run.cause
+            .contains("repository big: its child execution ended without a report"),
+        "{}",
+        run.cause
+    );
+    let failed: Vec<_> = children.iter().filter(|c| c.failed).collect();
+    assert_eq!(failed.len(), 1, "{children:?}");
+    for name in ["small-a", "small-b"] {
+        let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/{name}:v1"), None);
+        assert_eq!(at(&dst.host), at(&src.host), "{name}");
+    }
+}

@@ -332,13 +332,8 @@ async fn summarise_counts_and_fails_naming_the_failed_image() {
     let input = |reports, results, fail| SummariseInput {
         reports,
         results,
-        repositories: json!(null),
-        present: 0,
-        plan: serde_json::Value::Null,
-        dry_run: false,
-        copied: json!(null),
-        list: None,
         fail_on_failure: fail,
+        ..SummariseInput::default()
     };
 
     let page = functions::invoke::<Summarise>(&conns, event(input(json!(null), nested, false)))

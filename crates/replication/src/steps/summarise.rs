@@ -23,7 +23,7 @@ impl Step for Summarise {
 
 /// Input of `summarise`: reports and per-image results to add up (arrays may nest, as Map
 /// states produce them).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SummariseInput {
     /// Run reports to merge (nested arrays allowed).
@@ -56,12 +56,79 @@ pub struct SummariseInput {
     #[serde(default)]
     #[schemars(with = "serde_json::Value")]
     pub copied: JsonValue,
+    /// What a page's repository children returned, one entry each: `{"repository", "report"}`.
+    /// A child that failed where no Catch applies (history or payload limit, stopped) returns
+    /// no such entry (`null`, or an object with `Error` and `Cause`).
+    #[serde(default)]
+    #[schemars(with = "serde_json::Value")]
+    pub child_reports: JsonValue,
+    /// The repositories the page gave its children: each one without a report in
+    /// `childReports` is recorded failed.
+    #[serde(default)]
+    pub child_repositories: Vec<String>,
+    /// The execution whose Map ran the children (named in those failures).
+    #[serde(default)]
+    pub execution: Option<String>,
     /// Entries each list of the report may hold (default `MAX_FAILURES_LISTED`).
     #[serde(default)]
     pub list: Option<usize>,
     /// Fail (naming the failed images) when any image failed: the workflow's last step.
     #[serde(default)]
     pub fail_on_failure: bool,
+}
+
+/// A repository child's output.
+#[derive(Deserialize)]
+struct ChildReport {
+    repository: String,
+    report: RunReport,
+}
+
+/// Merges the children's reports and records each repository whose child left none.
+fn add_child_reports(report: &mut RunReport, input: &SummariseInput) -> Result<()> {
+    let JsonValue::Array(children) = &input.child_reports else {
+        if input.child_repositories.is_empty() {
+            return Ok(());
+        }
+        return Err(Error::invalid("childReports", "not an array"));
+    };
+    let mut reported = std::collections::BTreeSet::new();
+    let mut unexplained = Vec::new();
+    for child in children {
+        match ChildReport::deserialize(child) {
+            Ok(c) => {
+                report.merge(&c.report);
+                reported.insert(c.repository);
+            }
+            Err(_) => unexplained.push(child),
+        }
+    }
+    // AWS may give a failed child's error in its place; moto gives null.
+    let reason = unexplained
+        .iter()
+        .find_map(|c| Some(format!("{}: {}", c.get("Error")?, c.get("Cause")?)))
+        .map(|r| format!(" (one such child: {r})"))
+        .unwrap_or_default();
+    let execution = input.execution.as_deref().unwrap_or("this run's execution");
+    for repository in &input.child_repositories {
+        if reported.contains(repository) {
+            continue;
+        }
+        report.merge(&RunReport {
+            repositories_failed: 1,
+            repository_failures: vec![RepositoryFailure {
+                repository: repository.clone(),
+                error: format!(
+                    "its child execution ended without a report{reason}: it failed where no \
+                     Catch applies (the 25,000-event history or the 256 KiB payload limit) or \
+                     was stopped. Find it among the child executions of the ForEachRepository \
+                     Map Run of {execution}; the next run replicates it again"
+                ),
+            }],
+            ..RunReport::default()
+        });
+    }
+    Ok(())
 }
 
 /// Adds up reports and per-image results into one run report. With `failOnFailure`, a run
@@ -71,6 +138,7 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     for r in flatten::<RunReport>(&input.reports, "reports")? {
         report.merge(&r);
     }
+    add_child_reports(&mut report, &input)?;
     let mut failed_by_destination: std::collections::BTreeMap<String, usize> = Default::default();
     for r in flatten::<ImageResult>(&input.results, "results")? {
         if r.status == ImageStatus::Failed {

@@ -43,7 +43,9 @@ const FUNCTION_DEFAULTS = { copier: true, memory: 256, minutes: 5, workBucket: f
 
 /** The functions whose needs differ from the defaults. */
 const FUNCTION_NEEDS: Record<string, Partial<FunctionSpec>> = {
-  'enumerate-repositories': { copier: false },
+  // It checks each selected repository for work in the destinations (reading only) and keeps
+  // the selection of one with work for its child.
+  'enumerate-repositories': { workBucket: true },
   'enumerate-images': { memory: 512, minutes: 10, workBucket: true },
   'copy-blobs': { memory: 3008, minutes: 15 },
   summarise: { copier: false, memory: 128, minutes: 1 },

@@ -53,8 +53,9 @@ test('the functions are the steps the definition names, each sized and given the
     'enumerate-repositories', 'ensure-repository', 'enumerate-images', 'plan-image', 'copy-blobs', 'put-manifests', 'summarise',
     'verify-repository',
   ].sort());
-  assert.deepEqual(FUNCTIONS.filter((f) => !f.copier).map((f) => f.name), ['enumerate-repositories', 'summarise']);
-  assert.deepEqual(FUNCTIONS.filter((f) => f.workBucket).map((f) => f.name), ['enumerate-images']);
+  // enumerate-repositories checks destinations for work (read only) before giving a child.
+  assert.deepEqual(FUNCTIONS.filter((f) => !f.copier).map((f) => f.name), ['summarise']);
+  assert.deepEqual(FUNCTIONS.filter((f) => f.workBucket).map((f) => f.name).sort(), ['enumerate-images', 'enumerate-repositories']);
   // A new step needs only its Task in the definition: it gets the defaults.
   assert.deepEqual(functionsOf('{"Resource": "${VerifyImagesFunctionArn}"}'), [
     { name: 'verify-images', placeholder: 'VerifyImagesFunctionArn', copier: true, memory: 256, minutes: 5, workBucket: false },
@@ -307,7 +308,7 @@ test('a source in another account is read through its own role, trusted by the w
   assert.deepEqual(input.source, { registry: '111111111111.dkr.ecr.us-east-1.amazonaws.com', roleArn: 'arn:aws:iam::111111111111:role/ecr-replicator-source', externalId: 'ext-src' });
 });
 
-test('the work bucket is private, TLS only and expiring; only enumerate-images gets it, and only its selections', () => {
+test('the work bucket is private, TLS only and expiring; only the enumerating functions get it, and only its selections', () => {
   w.resourceCountIs('AWS::S3::Bucket', 1);
   const [logical, bucket] = Object.entries(w.findResources('AWS::S3::Bucket'))[0] as [string, any];
   assert.deepEqual(bucket.Properties.PublicAccessBlockConfiguration, { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true });
@@ -318,7 +319,7 @@ test('the work bucket is private, TLS only and expiring; only enumerate-images g
   for (const f of FUNCTIONS) {
     const fn = Object.values(w.findResources('AWS::Lambda::Function', { Properties: { Description: `ecr-replicator step ${f.name}` } }))[0] as any;
     const env = fn.Properties.Environment.Variables;
-    if (f.name === 'enumerate-images') assert.deepEqual(env.ECR_REPLICATOR_WORK_BUCKET, { Ref: logical });
+    if (['enumerate-images', 'enumerate-repositories'].includes(f.name)) assert.deepEqual(env.ECR_REPLICATOR_WORK_BUCKET, { Ref: logical });
     else assert.equal(env.ECR_REPLICATOR_WORK_BUCKET, undefined, f.name);
   }
   const all = Object.values(w.findResources('AWS::IAM::Policy')).flatMap((p: any) => p.Properties.PolicyDocument.Statement);

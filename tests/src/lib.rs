@@ -50,6 +50,7 @@ pub async fn repository_pages(
         let input = replication::steps::EnumerateRepositoriesInput {
             job: job.clone(),
             next_token: next,
+            report: None,
         };
         let out = replication::steps::enumerate_repositories(conns, input)
             .await

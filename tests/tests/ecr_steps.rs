@@ -550,6 +550,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
         event(EnumerateRepositoriesInput {
             job: job.clone(),
             next_token: None,
+            report: None,
         }),
     )
     .await
@@ -653,6 +654,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         event(EnumerateRepositoriesInput {
             job: bad,
             next_token: None,
+            report: None,
         }),
     )
     .await
@@ -949,6 +951,7 @@ async fn repositories_are_filtered_within_large_listing_pages() {
         event(EnumerateRepositoriesInput {
             job,
             next_token: Some("not-a-token".into()),
+            report: None,
         }),
     )
     .await

@@ -147,6 +147,7 @@ async fn forged_repository_names_in_the_catalog_are_refused_and_never_requested(
         replication::steps::EnumerateRepositoriesInput {
             job: job(&hostile.host, &dst.host, json!({})),
             next_token: None,
+            report: None,
         },
     )
     .await

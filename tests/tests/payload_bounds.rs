@@ -241,6 +241,24 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         );
     }
 
+    // Parent, after EnumerateRepositories: its result replaces the state (the running report
+    // given comes back with the settled repositories added, the job validated).
+    assert_eq!(states["EnumerateRepositories"]["ResultPath"], "$");
+    assert_eq!(
+        states["UseValidatedJob"]["Parameters"]["report.$"],
+        "$.report"
+    );
+    let parent = json!({
+        "job": job(),
+        "concurrency": {"repositories": 1000, "images": 5},
+        "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE],
+        "report": full_report(MAX_FAILURES_LISTED, Mode::Replicate),
+        "settled": 1_000_000,
+        "refused": vec![text(REPOSITORY); ENSURE_LISTED],
+        "nextToken": text(NEXT_TOKEN),
+    });
+    size("parent state after EnumerateRepositories", &parent);
+
     // A repository's child execution, at the end of ForEachImage: its page plan at its bound,
     // every image failed with the longest error (results in their listed form, as
     // `put-manifests` returns them), every range failed (only the error name is kept), every

@@ -137,6 +137,7 @@ async fn an_image_list_is_paged_like_the_catalog() {
         event(EnumerateRepositoriesInput {
             job,
             next_token: Some("999".into()),
+            report: None,
         }),
     )
     .await
@@ -906,4 +907,58 @@ async fn every_kind_of_oci_artifact_copies_byte_identical_and_is_filtered_like_a
         .manifest("mirror/charts/web", "1.3.0-rc1")
         .await
         .is_none());
+}
+
+/// `enumerate-repositories` settles the repositories with nothing to do (their present images
+/// in the report, no child) and hands back a token when its time budget is spent (here: none,
+/// so one batch of `TRIAGE_CONCURRENCY` per call); paged to the end, each repository is either
+/// given to a child or settled, exactly once.
+#[tokio::test]
+async fn repositories_with_nothing_to_do_are_settled_and_a_spent_budget_hands_back() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let (to_src, to_dst) = (Pusher::new(&src.host, None), Pusher::new(&dst.host, None));
+    let image = ImageBuilder::new(Format::Oci).layer(7, 64).build();
+    for i in 0..12 {
+        let repository = format!("r{i:02}");
+        to_src.push(&repository, "v1", &image).await;
+        // Every third repository is not in the destination yet.
+        if i % 3 != 0 {
+            to_dst
+                .push(&format!("mirror/{repository}"), "v1", &image)
+                .await;
+        }
+    }
+    let conns = Connections::new(settings(None));
+    let job = job(&src, &dst, json!({"referrers": false}));
+
+    let (mut with_work, mut settled, mut calls) = (Vec::new(), 0, 0);
+    let mut input = EnumerateRepositoriesInput {
+        job,
+        next_token: None,
+        report: None,
+    };
+    loop {
+        let page = replication::steps::enumerate_and_settle(
+            &conns,
+            input.clone(),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        calls += 1;
+        assert_eq!(page.selections.len(), page.repositories.len());
+        with_work.extend(page.repositories);
+        settled += page.settled;
+        input.report = page.report;
+        match page.next_token {
+            Some(token) => input.next_token = Some(token),
+            None => break,
+        }
+    }
+
+    assert_eq!(with_work, ["r00", "r03", "r06", "r09"]);
+    assert_eq!(settled, 8);
+    assert_eq!(calls, 2, "12 repositories, 8 checked per call");
+    let report = input.report.unwrap();
+    assert_eq!((report.images, report.present), (8, 8), "{report:?}");
 }

@@ -72,6 +72,7 @@ async fn verify_job(
             EnumerateRepositoriesInput {
                 job: job.clone(),
                 next_token: token,
+                report: None,
             },
             REPOSITORY_PAGE_IN_PROCESS,
         )
@@ -157,6 +158,7 @@ pub async fn run_job(
             EnumerateRepositoriesInput {
                 job: job.clone(),
                 next_token: repo_token,
+                report: None,
             },
             REPOSITORY_PAGE_IN_PROCESS,
         )
@@ -239,6 +241,7 @@ impl Run<'_> {
                 PageBounds::IN_PROCESS,
             )
             .await?;
+            page.emit_present_metrics();
             self.record(|o| o.report.add_present(page.present));
             let mut results = page.unsigned;
             results.extend(self.replicate_page(page.images).await);

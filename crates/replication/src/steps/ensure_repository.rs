@@ -247,13 +247,24 @@ pub async fn ensure_repository(
     input: EnsureRepositoryInput,
 ) -> Result<EnsureRepositoryOutput> {
     let job = input.job.validate()?;
-    let dest_spec = job.job.destination(input.destination)?.clone();
-    let target = dest_spec.checked_target_repository(&input.repository)?;
+    ensure_validated(conns, &job, &input.repository, input.destination).await
+}
+
+/// `ensure_repository` for a job already validated (with `dryRun`, it only says what it would
+/// create, change and prune).
+pub(crate) async fn ensure_validated(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+    destination: usize,
+) -> Result<EnsureRepositoryOutput> {
+    let dest_spec = job.job.destination(destination)?.clone();
+    let target = dest_spec.checked_target_repository(repository)?;
     let mut output = apply_settings(
         conns,
         &job.job,
-        (input.destination, &dest_spec),
-        &input.repository,
+        (destination, &dest_spec),
+        repository,
         &target,
     )
     .await?;
@@ -261,8 +272,7 @@ pub async fn ensure_repository(
         tracing::warn!(target_repository = %target, drift = %note, "setting left as it is");
     }
     if job.job.prune && !output.created {
-        let (pruned, kept) =
-            prune_stale_tags(conns, &job, input.destination, &input.repository, &target).await?;
+        let (pruned, kept) = prune_stale_tags(conns, job, destination, repository, &target).await?;
         output.pruned = pruned;
         output.prune_kept = kept;
     }

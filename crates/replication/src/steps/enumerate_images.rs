@@ -116,6 +116,21 @@ pub struct EnumerateImagesOutput {
     pub selected: usize,
     /// Token for the next page, `null` on the last.
     pub next_token: Option<String>,
+    /// Tasks found present per destination registry: for the metrics, which the caller emits
+    /// (not part of the step's output).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub present_by_destination: std::collections::BTreeMap<String, usize>,
+}
+
+impl EnumerateImagesOutput {
+    /// Emits the page's `ImagesPresent` metrics (once per page: a page checked and then thrown
+    /// away, as a repository's triage does, must not count them).
+    pub fn emit_present_metrics(&self) {
+        for (destination, present) in &self.present_by_destination {
+            metrics::emit(destination, &[(Metric::ImagesPresent, *present as f64)]);
+        }
+    }
 }
 
 /// Selects a repository's images with the tag filters (reading all of the repository's catalog
@@ -149,6 +164,7 @@ pub async fn enumerate_images(
             )
             .await?;
             page.next_token = page.next_token.map(|next| format!("{id}:{next}"));
+            page.emit_present_metrics();
             return Ok(page);
         }
         tracing::warn!(selection = %id, "the run's kept selection is gone: listing the repository again");
@@ -172,6 +188,7 @@ pub async fn enumerate_images(
             ),
         }
     }
+    page.emit_present_metrics();
     Ok(page)
 }
 
@@ -267,9 +284,9 @@ pub async fn page_of_work(
         unsigned: Vec::new(),
         selected: selection.total,
         next_token: None,
+        present_by_destination: Default::default(),
     };
     let mut task_bytes: usize = 0;
-    let mut present_by_destination: std::collections::BTreeMap<&str, usize> = Default::default();
     let stretch_end = selection.first + selection.images.len();
     let window_end = offset.saturating_add(bounds.checked).min(stretch_end);
     let window = selection
@@ -383,8 +400,9 @@ pub async fn page_of_work(
         output.present += job.job.destinations.len() - missing.len();
         for (index, spec) in job.job.destinations.iter().enumerate() {
             if !missing.iter().any(|t| t.destination == index) {
-                *present_by_destination
-                    .entry(spec.registry.as_str())
+                *output
+                    .present_by_destination
+                    .entry(spec.registry.clone())
                     .or_default() += 1;
             }
         }
@@ -392,9 +410,6 @@ pub async fn page_of_work(
         output.images.extend(missing);
     }
     output.next_token = (next < selection.total).then(|| next.to_string());
-    for (destination, present) in present_by_destination {
-        metrics::emit(destination, &[(Metric::ImagesPresent, present as f64)]);
-    }
     Ok(output)
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::connect::Connections;
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Job, Mode, ValidJob};
 
 /// Source repositories per `enumerate-repositories` page: each becomes a child execution whose
 /// report is part of the Map's aggregated result (256 KiB at most).
@@ -21,6 +21,14 @@ pub const LISTING_PAGE: usize = 1000;
 /// Listing requests one call makes at most before handing back a token (bounded work per
 /// invocation: 50,000 names at ECR's page size).
 pub const LISTING_REQUESTS_PER_CALL: usize = 50;
+
+/// How long one `enumerate-repositories` call spends deciding which repositories have work
+/// before it hands back a token (its function's timeout is 5 minutes; one last batch may run
+/// past the budget).
+pub const TRIAGE_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Repositories checked for work at once.
+pub const TRIAGE_CONCURRENCY: usize = 8;
 
 /// The `enumerate-repositories` step.
 pub struct EnumerateRepositories;
@@ -43,6 +51,9 @@ pub struct EnumerateRepositoriesInput {
     /// Page token from the previous call.
     #[serde(default)]
     pub next_token: Option<String>,
+    /// The run's report so far: returned with the repositories this page settled added.
+    #[serde(default)]
+    pub report: Option<RunReport>,
 }
 
 /// Output of `enumerate-repositories`: selected repositories of one source page, and the job
@@ -51,8 +62,21 @@ pub struct EnumerateRepositoriesInput {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnumerateRepositoriesOutput {
-    /// Selected repository names.
+    /// Selected repositories with work to do: each gets a child execution.
     pub repositories: Vec<String>,
+    /// The input's report with every selected repository this page found nothing to do in
+    /// added (present images counted, unsigned images, prune notes): they get no child
+    /// execution. Absent outside the workflow (the CLI decides per repository itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<RunReport>,
+    /// Selected repositories this page settled (nothing to do).
+    #[serde(default)]
+    pub settled: usize,
+    /// For each of `repositories`, the `nextToken` its first `enumerate-images` call starts
+    /// from: the selection its check kept in the work bucket (so the repository is listed once
+    /// per run), or `null` (listed by its child).
+    #[serde(default)]
+    pub selections: Vec<Option<String>>,
     /// Token for the next page, `null` on the last.
     pub next_token: Option<String>,
     /// The job, validated, defaults filled in.
@@ -89,23 +113,183 @@ impl Concurrency {
     }
 }
 
-/// One page of the source's repositories, filtered by the job's globs.
+/// One page of the source's repositories with work to do, filtered by the job's globs: in a
+/// replication, each selected repository is first checked (settings, prune and every image, as
+/// its child would, writing nothing) and one with nothing to do is settled here, its report
+/// added to the run's, without a child execution. The page holds at most
+/// `REPOSITORIES_PER_PAGE` repositories with work and ends when `TRIAGE_BUDGET` is spent.
 pub async fn enumerate_repositories(
     conns: &Connections,
     input: EnumerateRepositoriesInput,
 ) -> Result<EnumerateRepositoriesOutput> {
-    enumerate_repositories_within(conns, input, REPOSITORIES_PER_PAGE).await
+    enumerate_and_settle(conns, input, TRIAGE_BUDGET).await
 }
 
-/// `enumerate_repositories` with pages of at most `page` source repositories (in one process
-/// the state's bound does not apply; registries' catalogs are cheaper read in large pages).
-#[tracing::instrument(skip_all, fields(next = ?input.next_token))]
+/// `enumerate_repositories` with its time budget given (a test hands back after one batch).
+pub async fn enumerate_and_settle(
+    conns: &Connections,
+    input: EnumerateRepositoriesInput,
+    budget: std::time::Duration,
+) -> Result<EnumerateRepositoriesOutput> {
+    let report = input.report.clone().unwrap_or_default();
+    let job = input.job.validate()?;
+    let triage = Triage {
+        job: (job.job.mode == Mode::Replicate).then_some(&job),
+        deadline: std::time::Instant::now() + budget,
+    };
+    let mut page = enumerate_validated(
+        conns,
+        &job,
+        input.next_token,
+        REPOSITORIES_PER_PAGE,
+        &triage,
+    )
+    .await?;
+    let mut report = report;
+    if let Some(settled) = &page.report {
+        report.merge(settled);
+    }
+    page.report = Some(report);
+    Ok(page)
+}
+
+/// `enumerate_repositories` with pages of at most `page` source repositories, none settled (in
+/// one process the state's bound does not apply, each repository is handled in turn, and
+/// registries' catalogs are cheaper read in large pages).
 pub async fn enumerate_repositories_within(
     conns: &Connections,
     input: EnumerateRepositoriesInput,
     page: usize,
 ) -> Result<EnumerateRepositoriesOutput> {
     let job = input.job.validate()?;
+    let no_triage = Triage {
+        job: None,
+        deadline: std::time::Instant::now(),
+    };
+    enumerate_validated(conns, &job, input.next_token, page, &no_triage).await
+}
+
+/// Which repositories get settled without a child, and until when.
+struct Triage<'a> {
+    /// The job, when repositories are checked for work (a replication).
+    job: Option<&'a ValidJob>,
+    deadline: std::time::Instant,
+}
+
+impl Triage<'_> {
+    /// Splits a batch of selected repositories into those with work (in order) and the report
+    /// of those settled, with how many.
+    async fn sort(
+        &self,
+        conns: &Connections,
+        batch: Vec<String>,
+    ) -> (Vec<(String, Option<String>)>, Option<(RunReport, usize)>) {
+        let Some(job) = self.job else {
+            return (batch.into_iter().map(|r| (r, None)).collect(), None);
+        };
+        let checked = futures::future::join_all(
+            batch
+                .iter()
+                .map(|repository| settle_repository(conns, job, repository)),
+        )
+        .await;
+        let mut with_work = Vec::new();
+        let mut settled = (RunReport::default(), 0);
+        for (repository, check) in batch.into_iter().zip(checked) {
+            match check {
+                Ok(Checked::Settled(report)) => {
+                    settled.0.merge(&report);
+                    settled.1 += 1;
+                }
+                Ok(Checked::Work { selection }) => with_work.push((repository, selection)),
+                // Its child meets the error again, retries it and records it, named.
+                Err(e) => {
+                    tracing::info!(%repository, error = %e, "could not check for work: left to its child");
+                    with_work.push((repository, None))
+                }
+            }
+        }
+        (with_work, Some(settled))
+    }
+}
+
+/// What a repository's check found.
+enum Checked {
+    /// Nothing to do: its report, as its child would have made it.
+    Settled(RunReport),
+    /// Work for a child, which starts from the selection kept here (if one was).
+    Work { selection: Option<String> },
+}
+
+/// Checks a repository for work: a repository to create or change, a tag to prune, an image
+/// missing in a destination, or more images than one check covers (`IMAGES_CHECKED_PER_CALL`).
+async fn settle_repository(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<Checked> {
+    let mut only_look = job.clone();
+    only_look.job.dry_run = true;
+    let mut ensured = Vec::new();
+    for destination in 0..job.job.destinations.len() {
+        let out =
+            super::ensure_repository::ensure_validated(conns, &only_look, repository, destination)
+                .await?;
+        if out.created || !out.changes.is_empty() || !out.pruned.is_empty() {
+            return Ok(Checked::Work { selection: None });
+        }
+        ensured.push(out.bounded());
+    }
+    let selected = selected_images(conns, job, repository).await?;
+    let work = || async {
+        // Kept for the child, whose pages then read it instead of listing the repository again.
+        let Some(bucket) = conns.work_bucket().await else {
+            return Checked::Work { selection: None };
+        };
+        match keep_selection(bucket, repository, &selected).await {
+            Ok(id) => Checked::Work {
+                selection: Some(format!("{id}:0")),
+            },
+            Err(e) => {
+                tracing::warn!(%repository, error = %e, "could not keep the selection: its child lists the repository again");
+                Checked::Work { selection: None }
+            }
+        }
+    };
+    let page = page_of_work(
+        conns,
+        job,
+        repository,
+        Selection::whole(&selected),
+        0,
+        PageBounds {
+            tasks: 0,
+            unsigned: usize::MAX,
+            ..PageBounds::STEP
+        },
+    )
+    .await?;
+    if !page.images.is_empty() || page.next_token.is_some() {
+        return Ok(work().await);
+    }
+    page.emit_present_metrics();
+    let report = super::summarise(SummariseInput {
+        results: serde_json::to_value(&page.unsigned).unwrap_or_default(),
+        repositories: serde_json::to_value(&ensured).unwrap_or_default(),
+        present: page.present,
+        list: Some(crate::report::CHILD_LISTED),
+        ..SummariseInput::default()
+    })?;
+    Ok(Checked::Settled(report))
+}
+
+async fn enumerate_validated(
+    conns: &Connections,
+    job: &ValidJob,
+    next_token: Option<String>,
+    page: usize,
+    triage: &Triage<'_>,
+) -> Result<EnumerateRepositoriesOutput> {
     let concurrency = Concurrency::share(job.job.max_concurrency);
     if !job.job.images.is_empty() {
         // Paged like the catalog (the parent's state holds one page of repositories at a
@@ -116,7 +300,7 @@ pub async fn enumerate_repositories_within(
                 listed.push(image.repository.clone());
             }
         }
-        let offset = match input.next_token.as_deref() {
+        let offset = match next_token.as_deref() {
             None => 0,
             Some(token) => token
                 .parse::<usize>()
@@ -132,20 +316,32 @@ pub async fn enumerate_repositories_within(
         let end = offset.saturating_add(page.max(1)).min(listed.len());
         return Ok(EnumerateRepositoriesOutput {
             repositories: listed[offset..end].to_vec(),
+            report: None,
+            settled: 0,
+            selections: vec![None; end - offset],
             next_token: (end < listed.len()).then(|| end.to_string()),
-            job: job.job,
+            job: job.job.clone(),
             concurrency,
             refused: Vec::new(),
         });
     }
     let source = conns.source(&job.job).await?;
     let catalog = source.catalog();
-    let mut at = ListingPosition::parse(input.next_token.as_deref())?;
+    let mut at = ListingPosition::parse(next_token.as_deref())?;
     let mut repositories = Vec::new();
+    let mut selections = Vec::new();
+    let mut settled: Option<(RunReport, usize)> = None;
     let mut refused = Vec::new();
     let mut next_token = None;
+    let page = page.max(1);
+    // Whether this call may take another batch: room on the page, and (once a batch was
+    // checked) time left.
+    let more = |repositories: &Vec<String>, settled: &Option<(RunReport, usize)>| {
+        repositories.len() < page
+            && (settled.is_none() || std::time::Instant::now() < triage.deadline)
+    };
     for request in 0..LISTING_REQUESTS_PER_CALL {
-        if request > 0 && repositories.len() >= page {
+        if request > 0 && !more(&repositories, &settled) {
             next_token = Some(at.token());
             break;
         }
@@ -153,27 +349,45 @@ pub async fn enumerate_repositories_within(
             .repositories(at.registry_token.clone(), LISTING_PAGE)
             .await?;
         let mut consumed = at.offset;
-        for name in listing.items.iter().skip(at.offset) {
-            if repositories.len() >= page {
-                break;
-            }
-            consumed += 1;
-            // A name from the catalog that is not a repository name never reaches a URL.
-            if let Err(reason) = oci::reference::validate_repository_name(name) {
-                tracing::warn!(repository = %name.escape_debug(), %reason, "refused a name from the source's catalog");
-                if refused.len() < crate::report::ENSURE_LISTED {
-                    let refusal = crate::filter::Refusal::new(name, reason);
-                    refused.push(format!("{}: {}", refusal.name, refusal.reason));
+        while consumed < listing.items.len() && more(&repositories, &settled) {
+            // The next batch: as many selected names as the page and the triage take at once.
+            let room = (page - repositories.len()).min(match triage.job {
+                Some(_) => TRIAGE_CONCURRENCY,
+                None => usize::MAX,
+            });
+            let mut batch = Vec::new();
+            for name in &listing.items[consumed..] {
+                if batch.len() >= room {
+                    break;
                 }
-                continue;
+                consumed += 1;
+                // A name from the catalog that is not a repository name never reaches a URL.
+                if let Err(reason) = oci::reference::validate_repository_name(name) {
+                    tracing::warn!(repository = %name.escape_debug(), %reason, "refused a name from the source's catalog");
+                    if refused.len() < crate::report::ENSURE_LISTED {
+                        let refusal = crate::filter::Refusal::new(name, reason);
+                        refused.push(format!("{}: {}", refusal.name, refusal.reason));
+                    }
+                    continue;
+                }
+                if job.repositories.matches(name) {
+                    batch.push(name.clone());
+                }
             }
-            if job.repositories.matches(name) {
-                repositories.push(name.clone());
+            let (with_work, settled_now) = triage.sort(conns, batch).await;
+            for (repository, selection) in with_work {
+                repositories.push(repository);
+                selections.push(selection);
+            }
+            if let Some((report, count)) = settled_now {
+                let all = settled.get_or_insert_with(Default::default);
+                all.0.merge(&report);
+                all.1 += count;
             }
         }
         if consumed < listing.items.len() {
-            // The page of selected repositories is full within this listing page: the next
-            // call reads it again from where this one stopped.
+            // The page ended within this listing page: the next call reads it again from
+            // where this one stopped.
             at.offset = consumed;
             next_token = Some(at.token());
             break;
@@ -192,10 +406,20 @@ pub async fn enumerate_repositories_within(
             }
         }
     }
+    let (report, settled) = match settled {
+        Some((mut report, count)) => {
+            report.limit_lists(crate::report::CHILD_LISTED);
+            (Some(report), count)
+        }
+        None => (None, 0),
+    };
     Ok(EnumerateRepositoriesOutput {
         repositories,
+        report,
+        settled,
+        selections,
         next_token,
-        job: job.job,
+        job: job.job.clone(),
         concurrency,
         refused,
     })

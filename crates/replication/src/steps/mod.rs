@@ -39,8 +39,9 @@ pub use enumerate_images::{
     TASKS_PER_PAGE, UNSIGNED_PER_PAGE,
 };
 pub use enumerate_repositories::{
-    enumerate_repositories, enumerate_repositories_within, Concurrency, EnumerateRepositories,
-    EnumerateRepositoriesInput, EnumerateRepositoriesOutput, REPOSITORIES_PER_PAGE,
+    enumerate_and_settle, enumerate_repositories, enumerate_repositories_within, Concurrency,
+    EnumerateRepositories, EnumerateRepositoriesInput, EnumerateRepositoriesOutput,
+    REPOSITORIES_PER_PAGE,
 };
 pub use plan_image::{
     plan_image, plan_page, plan_page_within, ImagePlan, PagePlan, PageRange, PlanImage,

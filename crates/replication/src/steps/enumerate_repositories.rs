@@ -197,7 +197,7 @@ impl Triage<'_> {
         let mut settled = (RunReport::default(), 0);
         for (repository, check) in batch.into_iter().zip(checked) {
             match check {
-                Ok(Checked::Settled(report)) => {
+                Ok(Checked::Settled(Box::new(report))) => {
                     settled.0.merge(&report);
                     settled.1 += 1;
                 }
@@ -216,7 +216,7 @@ impl Triage<'_> {
 /// What a repository's check found.
 enum Checked {
     /// Nothing to do: its report, as its child would have made it.
-    Settled(RunReport),
+    Settled(Box<RunReport>),
     /// Work for a child, which starts from the selection kept here (if one was).
     Work { selection: Option<String> },
 }
@@ -280,7 +280,7 @@ async fn settle_repository(
         list: Some(crate::report::CHILD_LISTED),
         ..SummariseInput::default()
     })?;
-    Ok(Checked::Settled(report))
+    Ok(Checked::Settled(Box::new(report)))
 }
 
 async fn enumerate_validated(

@@ -197,7 +197,7 @@ impl Triage<'_> {
         let mut settled = (RunReport::default(), 0);
         for (repository, check) in batch.into_iter().zip(checked) {
             match check {
-                Ok(Checked::Settled(Box::new(report))) => {
+                Ok(Checked::Settled(report)) => {
                     settled.0.merge(&report);
                     settled.1 += 1;
                 }

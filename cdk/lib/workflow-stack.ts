@@ -48,6 +48,8 @@ const FUNCTION_NEEDS: Record<string, Partial<FunctionSpec>> = {
   'enumerate-repositories': { workBucket: true },
   'enumerate-images': { memory: 512, minutes: 10, workBucket: true },
   'copy-blobs': { memory: 3008, minutes: 15 },
+  // Runs in an EXPRESS child (5 minutes at most): a page's manifests take seconds.
+  'put-manifests': { minutes: 2 },
   summarise: { copier: false, memory: 128, minutes: 1 },
 };
 
@@ -262,7 +264,9 @@ export class WorkflowStack extends Stack {
       actions: ['events:PutEvents'],
       resources: [`arn:${this.partition}:events:${this.region}:${this.account}:event-bus/default`],
     }));
-    // Distributed Map child executions (one per repository and per image) run in this state machine.
+    // Distributed Map child executions run in this state machine: STANDARD ones per repository
+    // with work and per large range, EXPRESS ones (ARNs `express:<name>/...`) per image and per
+    // page of small ranges.
     workflowRole.addToPolicy(new iam.PolicyStatement({
       sid: 'DistributedMapChildren',
       actions: ['states:StartExecution', 'states:DescribeExecution', 'states:StopExecution'],
@@ -270,6 +274,7 @@ export class WorkflowStack extends Stack {
       resources: [
         `arn:${this.partition}:states:${this.region}:${this.account}:stateMachine:${names.stateMachine}`,
         `arn:${this.partition}:states:${this.region}:${this.account}:execution:${names.stateMachine}*`,
+        `arn:${this.partition}:states:${this.region}:${this.account}:express:${names.stateMachine}*`,
       ],
     }));
 

@@ -49,7 +49,7 @@ fn asl_validator_accepts_the_substituted_definition() {
 }
 
 #[test]
-fn statelint_accepts_it_but_for_max_concurrency_path_which_it_predates() {
+fn statelint_accepts_it_but_for_the_distributed_map_fields_it_predates() {
     let text = definition("123456789012", "us-east-1");
     let full = Command::new(node_tool("statelint"))
         .arg(write_temp(&text).path())
@@ -61,8 +61,11 @@ fn statelint_accepts_it_but_for_max_concurrency_path_which_it_predates() {
         .filter(|l| l.starts_with('\t'))
         .map(str::to_string)
         .collect();
+    // statelint predates MaxConcurrencyPath and ToleratedFailurePercentage (Distributed Map).
     assert!(
-        complaints.iter().all(|c| c.contains("MaxConcurrencyPath")),
+        complaints
+            .iter()
+            .all(|c| c.contains("MaxConcurrencyPath") || c.contains("ToleratedFailurePercentage")),
         "statelint: {complaints:?}"
     );
 
@@ -73,6 +76,7 @@ fn statelint_accepts_it_but_for_max_concurrency_path_which_it_predates() {
                 if m.remove("MaxConcurrencyPath").is_some() {
                     m.insert("MaxConcurrency".into(), 10.into());
                 }
+                m.remove("ToleratedFailurePercentage");
                 m.values_mut().for_each(strip);
             }
             serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
@@ -209,7 +213,7 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
     }
     let mut events = 0;
     walk(&definition["States"], (&mut tasks, &mut events), &mut maps);
-    assert_eq!((tasks, events), (10, 2));
+    assert_eq!((tasks, events), (11, 2));
     for (name, map) in &maps {
         let distributed = map["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED";
         let bounded =

@@ -645,3 +645,54 @@ async fn a_repository_child_past_its_history_limit_is_recorded_and_the_others_co
         assert_eq!(at(&dst.host), at(&src.host), "{name}");
     }
 }
+
+/// An EXPRESS child runs at most 5 minutes (lowered here to none): every image whose child is
+/// lost that way is recorded failed, named, and nothing is tagged in the destination; the run
+/// fails naming them instead of hanging or reporting success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_whose_express_children_are_lost_are_recorded_failed_and_named() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    for tag in ["v1", "v2"] {
+        let image = ImageBuilder::new(Format::Oci)
+            .layer(tag.len() as u64 + tag.as_bytes()[1] as u64, 64)
+            .build();
+        pusher.push("app", tag, &image).await;
+    }
+    let sfn =
+        LocalStepFunctions::start(&[("STRICT_MOTO_EXPRESS_SECONDS".into(), "0".into())]).await;
+    let arn = sfn.create_state_machine("replicate").await;
+    let input = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "referrers": false
+    });
+
+    let run = sfn.execute(&arn, &input).await;
+
+    assert_eq!(run.status, "FAILED", "{}", run.history_text(200));
+    // Both counted; a repository's report lists its first failure.
+    assert!(
+        run.cause.contains("2 of 2 images")
+            && run
+                .cause
+                .contains("its child execution (ForEachImage) ended without a result"),
+        "{}",
+        run.cause
+    );
+    let children = sfn.child_executions();
+    let express: Vec<_> = children
+        .iter()
+        .filter(|c| c.execution_type == "EXPRESS")
+        .collect();
+    assert!(
+        express.len() >= 3 && express.iter().all(|c| c.failed),
+        "{children:?}"
+    );
+    for tag in ["v1", "v2"] {
+        assert!(Pusher::new(&dst.host, None)
+            .manifest("app", tag)
+            .await
+            .is_none());
+    }
+}

@@ -424,6 +424,29 @@ fn listed(list: &mut Vec<String>, more: impl Iterator<Item = String>) {
     list.extend(more.take(room));
 }
 
+/// Collects objects of type `T` from the nested arrays a Distributed Map returns, and counts
+/// the entries that are not one: a child that failed where no Catch applies (the 256 KiB
+/// payload or history limit, an EXPRESS child's 5 minutes, stopped) leaves `null` (moto) or an
+/// error object in its place.
+/// (A `null` in place of the whole array is no entry.)
+pub fn flatten_children<T: serde::de::DeserializeOwned>(value: &JsonValue) -> (Vec<T>, usize) {
+    let (mut out, mut missing) = (Vec::new(), 0);
+    let mut stack = match value {
+        JsonValue::Null => Vec::new(),
+        value => vec![value],
+    };
+    while let Some(v) = stack.pop() {
+        match v {
+            JsonValue::Array(items) => stack.extend(items.iter().rev()),
+            other => match T::deserialize(other) {
+                Ok(t) => out.push(t),
+                Err(_) => missing += 1,
+            },
+        }
+    }
+    (out, missing)
+}
+
 /// Collects objects of type `T` from arbitrarily nested arrays (`null`s skipped).
 pub fn flatten<T: serde::de::DeserializeOwned>(
     value: &JsonValue,

@@ -85,7 +85,16 @@ pub struct PagePlan {
     pub deferred: Vec<ImageTask>,
     /// Bytes of the ranges.
     pub bytes: u64,
+    /// Whether every range is whole blobs of at most `EXPRESS_RANGE_BYTES`: the page's ranges
+    /// are then copied by EXPRESS child executions (cheaper, 5 minutes at most each), else by
+    /// STANDARD ones (a segment loop may run for hours).
+    #[serde(default)]
+    pub express: bool,
 }
+
+/// The most bytes a range copied by an EXPRESS child may hold: under a minute at 5 MB/s, well
+/// within an EXPRESS execution's 5 minutes.
+pub const EXPRESS_RANGE_BYTES: u64 = 256 << 20;
 
 /// One range of a page, with the destination repository it goes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -269,6 +278,7 @@ pub async fn plan_page_within(
         images: Vec::new(),
         deferred: Vec::new(),
         bytes: 0,
+        express: false,
     };
     let mut ready: Vec<(ImageTask, ImagePlan)> = Vec::new();
     for (task, plan) in plans {
@@ -288,6 +298,12 @@ pub async fn plan_page_within(
     loop {
         let (ranges, bytes) = union_ranges(&ready[..take], job.range_bytes);
         let mut candidate = page.clone();
+        candidate.express = ranges.iter().all(|r| match &r.range {
+            CopyRange::Blobs { blobs } => {
+                blobs.iter().map(|b| b.size).sum::<u64>() <= EXPRESS_RANGE_BYTES
+            }
+            CopyRange::Segments { .. } => false,
+        });
         candidate.ranges = ranges;
         candidate.bytes = bytes;
         candidate

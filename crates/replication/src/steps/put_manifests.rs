@@ -38,8 +38,23 @@ pub struct PutManifestsInput {
     /// What the copy steps returned per range of the image's page: when every range is
     /// complete, the blobs need no presence check before the manifests. (The page's bytes are
     /// counted once, by `summarise`.)
-    #[serde(default)]
+    #[serde(default, deserialize_with = "range_outcomes")]
     pub copied: Vec<RangeOutcome>,
+}
+
+/// The ranges' outcomes as the Map returned them: an entry that is not one (a range child that
+/// failed where no Catch applies leaves `null` or an error object) is a failed range, so the
+/// blobs are checked and a missing one fails the image, named.
+fn range_outcomes<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Vec<RangeOutcome>, D::Error> {
+    let value = JsonValue::deserialize(deserializer)?;
+    let (mut outcomes, lost) = flatten_children::<RangeOutcome>(&value);
+    outcomes.extend((0..lost).map(|_| RangeOutcome {
+        bytes: 0,
+        error: Some("RangeChildLost: its child execution ended without a result".to_string()),
+    }));
+    Ok(outcomes)
 }
 
 impl PutManifestsInput {

@@ -131,6 +131,46 @@ fn add_child_reports(report: &mut RunReport, input: &SummariseInput) -> Result<(
     Ok(())
 }
 
+/// The page's results, with a failed result for each image of a copy run's page plan that has
+/// none: its child execution failed where no Catch applies.
+fn with_missing_children(
+    mut results: Vec<ImageResult>,
+    input: &SummariseInput,
+) -> Vec<ImageResult> {
+    if input.dry_run || !input.plan.is_object() {
+        return results;
+    }
+    let Ok(plan) = PagePlan::deserialize(&input.plan) else {
+        return results;
+    };
+    let key = |r: &ImageResult| {
+        (
+            r.repository.clone(),
+            r.digest.clone(),
+            r.target_registry.clone(),
+            r.target_repository.clone(),
+        )
+    };
+    let have: std::collections::BTreeSet<_> = results.iter().map(key).collect();
+    for planned in &plan.images {
+        let lost = ImageResult::for_task(
+            &planned.image,
+            ImageStatus::Failed,
+            0,
+            Some(
+                "its child execution (ForEachImage) ended without a result: it failed where \
+                 no Catch applies (an EXPRESS child's 5 minutes, the 256 KiB payload limit) or \
+                 was stopped; the next run copies it again"
+                    .to_string(),
+            ),
+        );
+        if !have.contains(&key(&lost)) {
+            results.push(lost.listed());
+        }
+    }
+    results
+}
+
 /// Adds up reports and per-image results into one run report. With `failOnFailure`, a run
 /// with failed images or repositories is an error naming each of them.
 pub fn summarise(input: SummariseInput) -> Result<RunReport> {
@@ -140,7 +180,9 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
     }
     add_child_reports(&mut report, &input)?;
     let mut failed_by_destination: std::collections::BTreeMap<String, usize> = Default::default();
-    for r in flatten::<ImageResult>(&input.results, "results")? {
+    let (results, _) = flatten_children::<ImageResult>(&input.results);
+    let results = with_missing_children(results, &input);
+    for r in results {
         if r.status == ImageStatus::Failed {
             *failed_by_destination
                 .entry(r.target_registry.clone())
@@ -163,7 +205,9 @@ pub fn summarise(input: SummariseInput) -> Result<RunReport> {
             report.add(&planned.dry_run_result());
         }
     }
-    for range in flatten::<RangeOutcome>(&input.copied, "copied")? {
+    let (ranges, ranges_lost) = flatten_children::<RangeOutcome>(&input.copied);
+    report.ranges_failed += ranges_lost;
+    for range in ranges {
         report.bytes_copied += range.bytes;
         if range.error.is_some() {
             report.ranges_failed += 1;

@@ -312,9 +312,11 @@ def _own_history_eval_job(self, env, job):
     if express:
         manager.strict_deadline = time.monotonic() + EXPRESS_SECONDS
     env.event_manager = manager
+    began = time.monotonic()
     _child_eval_job(self, env, job)
     if STATS_FILE:
         record = {
+            "seconds": round(time.monotonic() - began, 3),
             "type": "EXPRESS" if express else "STANDARD",
             "events": len(manager._history_event_list),
             "transitions": getattr(manager, "strict_transitions", 0),

@@ -103,6 +103,9 @@ pub struct ChildExecution {
     pub transitions: usize,
     /// Whether it failed.
     pub failed: bool,
+    /// How long it ran.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// How an execution ended, with its history.

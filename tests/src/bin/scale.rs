@@ -1,15 +1,22 @@
-//! `make bench-scale`: a fabricated catalog (default 10,000 repositories x 10 tags = 100,000
-//! images) in a local distribution registry, replicated to an empty destination (dry run) and
-//! to a destination that already holds everything (no-op run), through the CLI (`plan`,
-//! `sync`) and through the real state machine (strict local Step Functions, real functions).
-//! Prints wall time, Lambda invocations and child executions per 1,000 images, the largest
-//! parent history and state payload, peak memory of the CLI, and the blob requests each
-//! registry saw (a no-op run must make none).
+//! `make bench-scale`: the scale goals measured on the real state machine (strict local Step
+//! Functions enforcing the 25,000-event history limit per execution, real functions under
+//! `cargo lambda watch`), one `scale:` line per run:
+//! `scale: run=<name> images=<n> repositories=<n> invocations=<n> children_standard=<n>
+//! children_express=<n> transitions=<n> parent_events=<n> max_child_events=<n> failed=<n>
+//! wall_s=<n> stepfunctions_usd=<n>` (transitions: STANDARD ones, parent and children; the
+//! dollars from the us-east-1 prices in `Prices`).
 //!
-//! `SCALE_REPOS` and `SCALE_TAGS` change the catalog; `SCALE_SKIP_SFN=1` runs the CLI only;
-//! `SCALE_RUNS` picks runs by name (comma-separated: `cli-plan`, `cli-sync`, `cli-verify`,
-//! `sfn-dry`, `sfn-noop`, `sfn-verify`; all by default). The verify runs compare the source with
-//! the full destination (`"mode": "verify"`): they must read no blob and find no difference.
+//! The catalog runs: a fabricated catalog (default 10,000 repositories x 10 tags = 100,000
+//! images, distinct manifests sharing one config and one layer) replicated to an empty
+//! destination (dry run) and to one that holds everything (no-op), through the CLI (`cli-plan`,
+//! `cli-sync`, `cli-verify`: wall time, peak RSS) and the state machine (`sfn-dry`, `sfn-noop`,
+//! `sfn-verify`); blob requests are counted from each registry's access log (a no-op run must
+//! make none). `SCALE_REPOS`/`SCALE_TAGS` change the catalog.
+//!
+//! The size cases (`size_cases`): `sfn-first-1k`, `sfn-noop-10x10k`, `sfn-noop-1x30k`,
+//! `sfn-filter-30k`, `sfn-noop-30k-repos`, `sfn-first-30k-3dest`; `SCALE_SIZE_PERCENT` shrinks
+//! them. `SCALE_RUNS` picks runs by name (comma-separated; all by default); `SCALE_SKIP_SFN=1`
+//! runs the CLI only.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::process::Command;
@@ -110,6 +117,156 @@ fn blob_requests(registry: &TestRegistry) -> usize {
         .count()
 }
 
+/// Step Functions prices (us-east-1, per the Step Functions pricing page; other regions differ:
+/// `SCALE_PRICE_TRANSITION`, `SCALE_PRICE_EXPRESS_REQUEST`, `SCALE_PRICE_EXPRESS_GB_SECOND`).
+struct Prices {
+    /// Per STANDARD state transition.
+    transition: f64,
+    /// Per EXPRESS execution.
+    express_request: f64,
+    /// Per GB-second of EXPRESS duration (billed in 64 MB steps; these children stay in the first).
+    express_gb_second: f64,
+}
+
+impl Prices {
+    fn from_env() -> Self {
+        let price = |k: &str, d: f64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        Prices {
+            transition: price("SCALE_PRICE_TRANSITION", 0.000025),
+            express_request: price("SCALE_PRICE_EXPRESS_REQUEST", 0.000001),
+            express_gb_second: price("SCALE_PRICE_EXPRESS_GB_SECOND", 0.00001667),
+        }
+    }
+}
+
+/// Runs one execution and returns its `scale:` line (the counts the issue's goals are stated
+/// in), the execution, and the Lambda invocations it made.
+fn measure_run(
+    rt: &tokio::runtime::Runtime,
+    sfn: &LocalStepFunctions,
+    arn: &str,
+    run: &str,
+    input: &Value,
+    (images, repositories): (usize, usize),
+) -> (String, e2e::sfn::Execution, usize) {
+    let calls_before: usize = sfn.invocations().values().sum();
+    let children_before = sfn.child_executions().len();
+    let execution =
+        rt.block_on(sfn.execute_within(arn, input, std::time::Duration::from_secs(6 * 3600)));
+    let calls: usize = sfn.invocations().values().sum::<usize>() - calls_before;
+    let children: Vec<_> = sfn.child_executions().split_off(children_before);
+    let standard: Vec<_> = children
+        .iter()
+        .filter(|c| c.execution_type == "STANDARD")
+        .collect();
+    let express: Vec<_> = children
+        .iter()
+        .filter(|c| c.execution_type == "EXPRESS")
+        .collect();
+    // Billed: STANDARD transitions (parent and STANDARD children); EXPRESS by request and
+    // duration.
+    let transitions = execution.transitions + standard.iter().map(|c| c.transitions).sum::<usize>();
+    let prices = Prices::from_env();
+    let express_seconds: f64 = express.iter().map(|c| c.seconds.max(0.1)).sum();
+    let dollars = transitions as f64 * prices.transition
+        + express.len() as f64 * prices.express_request
+        + express_seconds * 0.0625 * prices.express_gb_second;
+    let report = execution.output.clone().unwrap_or_default();
+    let failed = report["failed"].as_u64().unwrap_or(0)
+        + report["repositoriesFailed"].as_u64().unwrap_or(0)
+        + u64::from(execution.status != "SUCCEEDED");
+    eprintln!(
+        "{run}: {} in {:.0} s, report {report}, {}",
+        execution.status, execution.seconds, execution.cause
+    );
+    let line = format!(
+        "scale: run={run} images={images} repositories={repositories} invocations={calls} \
+         children_standard={} children_express={} transitions={transitions} parent_events={} \
+         max_child_events={} failed={failed} wall_s={:.0} stepfunctions_usd={dollars:.4}",
+        standard.len(),
+        express.len(),
+        execution.events,
+        standard.iter().map(|c| c.events).max().unwrap_or(0),
+        execution.seconds,
+    );
+    (line, execution, calls)
+}
+
+/// The size cases of the scale goals, each on its own registries: a first sync of 1,000 small
+/// images, no-op runs over deep repositories, a registry of 30,000 repositories with a filter
+/// selecting 10, 30,000 selected repositories, and a repository of 30,000 images first-synced
+/// into 3 destinations. Sizes scale with `SCALE_SIZE_PERCENT` (100 by default).
+fn size_cases(
+    rt: &tokio::runtime::Runtime,
+    sfn: &LocalStepFunctions,
+    arn: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let percent = std::env::var("SCALE_SIZE_PERCENT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(100);
+    let scaled = |n: usize| (n * percent / 100).max(1);
+    // (run, repositories, tags, destinations, full destinations, repository filter)
+    let cases: [(&str, usize, usize, usize, bool, Option<&str>); 6] = [
+        ("sfn-first-1k", 10, 100, 1, false, None),
+        ("sfn-noop-10x10k", 10, scaled(10_000), 1, true, None),
+        ("sfn-noop-1x30k", 1, scaled(30_000), 1, true, None),
+        (
+            "sfn-filter-30k",
+            scaled(30_000),
+            1,
+            1,
+            false,
+            Some("team000/service0?000"),
+        ),
+        ("sfn-noop-30k-repos", scaled(30_000), 1, 1, true, None),
+        ("sfn-first-30k-3dest", 1, scaled(30_000), 3, false, None),
+    ];
+    let mut lines = Vec::new();
+    for (run, repositories, tags, destinations, full, filter) in cases {
+        if !wanted(run) {
+            continue;
+        }
+        let src = TestRegistry::start();
+        let dests: Vec<TestRegistry> = (0..destinations).map(|_| TestRegistry::start()).collect();
+        let began = Instant::now();
+        rt.block_on(async {
+            seed(&src.host, repositories, tags).await;
+            if full {
+                for d in &dests {
+                    seed(&d.host, repositories, tags).await;
+                }
+            }
+        });
+        eprintln!("{run}: seeded in {:.0} s", began.elapsed().as_secs_f64());
+        let mut input = json!({
+            "source": {"registry": src.host, "insecure": true},
+            "destinations": dests.iter().map(|d| json!({"registry": d.host, "insecure": true})).collect::<Vec<_>>(),
+            "referrers": false,
+            "maxConcurrency": 200
+        });
+        let selected = match filter {
+            Some(glob) => {
+                input["repositories"] = json!({"include": [glob]});
+                (0..repositories)
+                    .filter(|i| i % 1000 == 0 && *i < 10_000)
+                    .count()
+            }
+            None => repositories,
+        };
+        let (line, _, _) = measure_run(rt, sfn, arn, run, &input, (selected * tags, selected));
+        eprintln!("{line}");
+        lines.push(line);
+    }
+    lines
+}
+
 struct Measured {
     seconds: f64,
     max_rss_mib: f64,
@@ -175,7 +332,26 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(d)
     };
-    let (repositories, tags) = (env("SCALE_REPOS", 10_000), env("SCALE_TAGS", 10));
+    let chosen = std::env::var("SCALE_RUNS").ok();
+    let wanted = |run: &str| {
+        chosen
+            .as_deref()
+            .is_none_or(|list| list.split(',').any(|r| r.trim() == run))
+    };
+    let catalog_runs = [
+        "cli-plan",
+        "cli-sync",
+        "cli-verify",
+        "sfn-dry",
+        "sfn-noop",
+        "sfn-verify",
+    ];
+    let catalog = catalog_runs.iter().any(|r| wanted(r));
+    let (repositories, tags) = if catalog {
+        (env("SCALE_REPOS", 10_000), env("SCALE_TAGS", 10))
+    } else {
+        (0, 0)
+    };
     let images = repositories * tags;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (src, empty, full) = (
@@ -217,12 +393,7 @@ fn main() {
         &full.host,
     ];
     let mut rows = Vec::new();
-    let chosen = std::env::var("SCALE_RUNS").ok();
-    let wanted = |run: &str| {
-        chosen
-            .as_deref()
-            .is_none_or(|list| list.split(',').any(|r| r.trim() == run))
-    };
+    let mut lines = Vec::new();
 
     // The CLI: a dry run against the empty destination, a no-op sync against the full one.
     for (run, name, dest, kind) in [
@@ -273,57 +444,49 @@ fn main() {
                 continue;
             }
             let before = (blob_requests(&src), blob_requests(dest));
-            let calls_before: usize = sfn.invocations().values().sum();
-            let by_function_before = sfn.invocations();
-            let run = rt.block_on(sfn.execute_within(
+            let (run_line, execution, calls) = measure_run(
+                &rt,
+                &sfn,
                 &arn,
+                run,
                 &job(&dest.host, kind),
-                std::time::Duration::from_secs(3 * 3600),
-            ));
-            assert_eq!(run.status, "SUCCEEDED", "{name}: {}", run.cause);
-            let calls: usize = sfn.invocations().values().sum::<usize>() - calls_before;
-            let by_function: Vec<String> = sfn
-                .invocations()
-                .iter()
-                .map(|(f, n)| {
-                    format!(
-                        "{f} {}",
-                        n - by_function_before.get(f).copied().unwrap_or(0)
-                    )
-                })
-                .collect();
+                (images, repositories),
+            );
             let blobs = (
                 blob_requests(&src) - before.0,
                 blob_requests(dest) - before.1,
             );
-            let report = run.output.clone().unwrap_or_default();
-            // Child executions: one per repository (no ranges or image children when nothing
-            // is copied; a dry run plans without copying).
-            let children = repositories;
-            eprintln!(
-                "{name}: {:.0} s, invocations {calls} ({}), parent history {} events, largest payload {} bytes",
-                run.seconds,
-                by_function.join(", "),
-                run.events,
-                run.largest_payload
-            );
+            let report = execution.output.clone().unwrap_or_default();
+            lines.push(run_line);
             rows.push(format!(
-                "| {name} | {:.0} s | {:.0} | {:.0} | {} events | {} KiB | - | {} / {} | {} |",
-                run.seconds,
+                "| {name} | {:.0} s | {:.0} | {} events | {} KiB | - | {} / {} | {} |",
+                execution.seconds,
                 per_thousand(calls, images),
-                per_thousand(children, images),
-                run.events,
-                run.largest_payload / 1024,
+                execution.events,
+                execution.largest_payload / 1024,
                 blobs.0,
                 blobs.1,
                 outcome(&report),
             ));
         }
+        drop((src, empty, full));
+        lines.extend(size_cases(&rt, &sfn, &arn, &wanted));
     }
 
+    if catalog {
+        print_catalog_table(repositories, tags, rows);
+    }
+    println!();
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+fn print_catalog_table(repositories: usize, tags: usize, rows: Vec<String>) {
+    let images = repositories * tags;
     println!("\nScale: {repositories} repositories x {tags} tags = {images} images, one destination, maxConcurrency 200, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("| run | wall | invocations / 1,000 images | child executions / 1,000 images | parent history | largest state | peak RSS (CLI) | blob requests (source / destination) | planned/present/failed (verify: identical/differences) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| run | wall | invocations / 1,000 images | parent history | largest state | peak RSS (CLI) | blob requests (source / destination) | planned/present/failed (verify: identical/differences) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         println!("{row}");
     }

@@ -197,6 +197,17 @@ fn measure_run(
     (line, execution, calls)
 }
 
+/// One size case: a source of `repositories` x `tags`, replicated into `destinations`
+/// (already holding everything when `full`), the repositories selected by `filter`.
+struct SizeCase {
+    run: &'static str,
+    repositories: usize,
+    tags: usize,
+    destinations: usize,
+    full: bool,
+    filter: Option<&'static str>,
+}
+
 /// The size cases of the scale goals, each on its own registries: a first sync of 1,000 small
 /// images, no-op runs over deep repositories, a registry of 30,000 repositories with a filter
 /// selecting 10, 30,000 selected repositories, and a repository of 30,000 images first-synced
@@ -212,12 +223,19 @@ fn size_cases(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(100);
     let scaled = |n: usize| (n * percent / 100).max(1);
-    // (run, repositories, tags, destinations, full destinations, repository filter)
-    let cases: [(&str, usize, usize, usize, bool, Option<&str>); 6] = [
-        ("sfn-first-1k", 10, 100, 1, false, None),
-        ("sfn-noop-10x10k", 10, scaled(10_000), 1, true, None),
-        ("sfn-noop-1x30k", 1, scaled(30_000), 1, true, None),
-        (
+    let case = |run, repositories, tags, destinations, full, filter| SizeCase {
+        run,
+        repositories,
+        tags,
+        destinations,
+        full,
+        filter,
+    };
+    let cases = [
+        case("sfn-first-1k", 10, 100, 1, false, None),
+        case("sfn-noop-10x10k", 10, scaled(10_000), 1, true, None),
+        case("sfn-noop-1x30k", 1, scaled(30_000), 1, true, None),
+        case(
             "sfn-filter-30k",
             scaled(30_000),
             1,
@@ -225,11 +243,19 @@ fn size_cases(
             false,
             Some("team000/service0?000"),
         ),
-        ("sfn-noop-30k-repos", scaled(30_000), 1, 1, true, None),
-        ("sfn-first-30k-3dest", 1, scaled(30_000), 3, false, None),
+        case("sfn-noop-30k-repos", scaled(30_000), 1, 1, true, None),
+        case("sfn-first-30k-3dest", 1, scaled(30_000), 3, false, None),
     ];
     let mut lines = Vec::new();
-    for (run, repositories, tags, destinations, full, filter) in cases {
+    for SizeCase {
+        run,
+        repositories,
+        tags,
+        destinations,
+        full,
+        filter,
+    } in cases
+    {
         if !wanted(run) {
             continue;
         }

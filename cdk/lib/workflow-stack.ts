@@ -227,6 +227,7 @@ export class WorkflowStack extends Stack {
     // Service integrations name the partition the state machine runs in; a literal
     // `arn:aws:states:::events:putEvents` fails them in China and GovCloud.
     substitutions[PUT_EVENTS_PLACEHOLDER] = `arn:${this.partition}:states:::events:putEvents`;
+    substitutions[START_EXECUTION_PLACEHOLDER] = `arn:${this.partition}:states:::states:startExecution.sync:2`;
 
     const stateMachineLogs = new logs.LogGroup(this, 'StateMachineLogs', {
       retention: logs.RetentionDays.ONE_MONTH,
@@ -276,6 +277,14 @@ export class WorkflowStack extends Stack {
         `arn:${this.partition}:states:${this.region}:${this.account}:execution:${names.stateMachine}*`,
         `arn:${this.partition}:states:${this.region}:${this.account}:express:${names.stateMachine}*`,
       ],
+    }));
+
+    // ContinueAsNew starts this state machine again and waits for it (`startExecution.sync:2`:
+    // StartExecution is above; the wait needs the rule Step Functions manages for it).
+    workflowRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'ContinueAsNew',
+      actions: ['events:PutTargets', 'events:PutRule', 'events:DescribeRule'],
+      resources: [`arn:${this.partition}:events:${this.region}:${this.account}:rule/StepFunctionsGetEventsForStepFunctionsExecutionRule`],
     }));
 
     this.callerPolicy = new iam.ManagedPolicy(this, 'CallerPolicy', {
@@ -424,6 +433,10 @@ export class WorkflowStack extends Stack {
  * `arn:<the stack's partition>:states:::events:putEvents` (a whole-Resource placeholder, as the
  * functions' are, so cfn-lint's ASL check still applies to the rest). */
 export const PUT_EVENTS_PLACEHOLDER = 'EventsPutEventsArn';
+
+/** Likewise the `states:startExecution.sync:2` integration (ContinueAsNew: a run that ran its
+ * pages goes on as a new execution of the same state machine). */
+export const START_EXECUTION_PLACEHOLDER = 'StatesStartExecutionSyncArn';
 
 /** What a caller needs to start a run of the state machine and wait for it: StartExecution on it,
  * DescribeExecution and StopExecution on its executions, and the rule Step Functions manages for

@@ -12,7 +12,7 @@ import { deploymentStacks } from '../lib/deployment';
 import { EVENTBRIDGE_INPUT_MAX, jobSchemaProblems, renderedInput } from '../lib/inputs';
 import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { callerStatements, COPY_FUNCTIONS, deploymentNames, FUNCTIONS, PUT_EVENTS_PLACEHOLDER, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
+import { callerStatements, COPY_FUNCTIONS, deploymentNames, FUNCTIONS, PUT_EVENTS_PLACEHOLDER, START_EXECUTION_PLACEHOLDER, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
 
 /** The default deployment's role names. */
 const { copierRole: COPIER_ROLE_NAME, readerRole: READER_ROLE_NAME } = deploymentNames();
@@ -70,6 +70,7 @@ test('the definition is the committed file with every placeholder bound to its f
   const placeholders = [...committed.matchAll(/\$\{(\w+)\}/g)].map((m) => m[1]);
   assert.deepEqual(new Set(Object.keys(subs)), new Set(placeholders));
   assert.deepEqual(subs[PUT_EVENTS_PLACEHOLDER], { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':states:::events:putEvents']] }, 'service integrations in the stack\'s partition');
+  assert.deepEqual(subs[START_EXECUTION_PLACEHOLDER], { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':states:::states:startExecution.sync:2']] });
   for (const f of FUNCTIONS) {
     const logical = Object.entries(w.findResources('AWS::Lambda::Function', { Properties: { Description: `ecr-replicator step ${f.name}` } }))[0][0];
     assert.deepEqual(subs[f.placeholder], { 'Fn::GetAtt': [logical, 'Arn'] }, f.placeholder);

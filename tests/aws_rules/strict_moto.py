@@ -59,6 +59,9 @@ from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.dist
 from moto.stepfunctions.parser.asl.component.state.exec.state_map.iteration.itemprocessor.distributed_item_processor_worker import (
     DistributedItemProcessorWorker,
 )
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+    StateTaskServiceSfn,
+)
 from moto.stepfunctions.parser.asl.component.state.state import CommonStateField
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.state_task_lambda import (
     StateTaskLambda,
@@ -327,6 +330,56 @@ def _own_history_eval_job(self, env, job):
 
 
 DistributedItemProcessorWorker._eval_job = _own_history_eval_job
+
+
+# Not a strictness rule: moto's `states:startExecution` integration (a port of LocalStack's)
+# lost the key conversions LocalStack does with botocore's shapes, so `.sync:2` fails with
+# KeyError 'StateMachineArn' ('ExecutionArn' on the way back). AWS takes the integration's
+# parameters and returns its results in PascalCase ("StateMachineArn", "Input", "Name";
+# "ExecutionArn", "Output", "Status").
+# https://docs.aws.amazon.com/step-functions/latest/dg/connect-stepfunctions.html
+def _camel_case_keys(d):
+    for k in list(d):
+        if k[:1].isupper():
+            d[k[0].lower() + k[1:]] = d.pop(k)
+
+
+def _pascal_case_keys(d):
+    for k in list(d):
+        if k[:1].islower():
+            d[k[0].upper() + k[1:]] = d.pop(k)
+
+
+_sfn_normalise_parameters = StateTaskServiceSfn._normalise_parameters
+_sfn_eval_service_task = StateTaskServiceSfn._eval_service_task
+
+
+def _sfn_parameters_as_boto_takes_them(
+    self, parameters, boto_service_name=None, service_action_name=None
+):
+    _sfn_normalise_parameters(
+        self,
+        parameters,
+        boto_service_name=boto_service_name,
+        service_action_name=service_action_name,
+    )
+    _camel_case_keys(parameters)
+
+
+def _sfn_response_as_aws_gives_it(
+    self, response, boto_service_name=None, service_action_name=None
+):
+    _pascal_case_keys(response)
+
+
+def _sfn_eval_service_task_pascal(self, env, *args, **kwargs):
+    _sfn_eval_service_task(self, env, *args, **kwargs)
+    _pascal_case_keys(env.stack[-1])
+
+
+StateTaskServiceSfn._normalise_parameters = _sfn_parameters_as_boto_takes_them
+StateTaskServiceSfn._normalise_response = _sfn_response_as_aws_gives_it
+StateTaskServiceSfn._eval_service_task = _sfn_eval_service_task_pascal
 
 
 # ECR behaviours moto lacks (the archive storage class, DescribeRepositories paging): ecr_gaps.py.

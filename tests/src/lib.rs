@@ -51,6 +51,7 @@ pub async fn repository_pages(
             job: job.clone(),
             next_token: next,
             report: None,
+            pages: 0,
         };
         let out = replication::steps::enumerate_repositories(conns, input)
             .await

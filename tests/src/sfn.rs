@@ -40,6 +40,10 @@ pub fn workspace() -> PathBuf {
 /// with the stack's partition: `arn:aws-cn:states:::events:putEvents` in China).
 pub const PUT_EVENTS_PLACEHOLDER: &str = "EventsPutEventsArn";
 
+/// The definition's placeholder for the Step Functions `startExecution.sync:2` integration
+/// (ContinueAsNew), filled the same way.
+pub const START_EXECUTION_PLACEHOLDER: &str = "StatesStartExecutionSyncArn";
+
 /// The state machine with every placeholder replaced by a function ARN and the integrations of
 /// the `aws` partition, as CDK's `definitionSubstitutions` does.
 pub fn definition(account: &str, region: &str) -> String {
@@ -54,6 +58,10 @@ pub fn definition(account: &str, region: &str) -> String {
     text = text.replace(
         &format!("${{{PUT_EVENTS_PLACEHOLDER}}}"),
         "arn:aws:states:::events:putEvents",
+    );
+    text = text.replace(
+        &format!("${{{START_EXECUTION_PLACEHOLDER}}}"),
+        "arn:aws:states:::states:startExecution.sync:2",
     );
     assert!(!text.contains("${"), "a placeholder is left");
     text

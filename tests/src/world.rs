@@ -152,6 +152,7 @@ impl EcrWorld {
             catalog_page_size: None,
             work_bucket: None,
             allowlist: None,
+            limits: Default::default(),
         }
     }
 

@@ -5,7 +5,9 @@
 
 use std::process::Command;
 
-use e2e::sfn::{definition, functions, workspace, PUT_EVENTS_PLACEHOLDER};
+use e2e::sfn::{
+    definition, functions, workspace, PUT_EVENTS_PLACEHOLDER, START_EXECUTION_PLACEHOLDER,
+};
 
 fn node_tool(name: &str) -> std::path::PathBuf {
     let path = workspace()
@@ -108,6 +110,7 @@ fn the_definition_uses_jsonpath_only_and_every_placeholder_is_a_function() {
     let mut known: std::collections::BTreeSet<&str> =
         steps.iter().map(|(p, _)| p.as_str()).collect();
     known.insert(PUT_EVENTS_PLACEHOLDER);
+    known.insert(START_EXECUTION_PLACEHOLDER);
     assert_eq!(
         used, known,
         "the state machine's functions are the registry's steps, and the partition"
@@ -153,7 +156,13 @@ fn the_committed_schema_matches_the_job_type() {
 #[test]
 fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() {
     let raw = std::fs::read_to_string(workspace().join("statemachine/replicate.asl.json")).unwrap();
-    assert!(!raw.contains("States.MathAdd"), "an intrinsic adds numbers");
+    // The one sum an intrinsic makes is a child's page count (at most pagesPerChild, far inside
+    // 32 bits); byte counts are carried by the copy step.
+    assert_eq!(
+        raw.matches("States.MathAdd").count(),
+        raw.matches("\"States.MathAdd($.pages, 1)\"").count(),
+        "an intrinsic adds numbers other than the page count"
+    );
     let definition: serde_json::Value = serde_json::from_str(&raw).unwrap();
     let mut tasks = 0;
     let mut maps = Vec::new();
@@ -164,6 +173,17 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
     ) {
         for (name, state) in states.as_object().unwrap() {
             match state["Type"].as_str().unwrap() {
+                "Task" if state["Resource"] == "${StatesStartExecutionSyncArn}" => {
+                    // Only StartExecution's own errors are retried: a failed successor is the
+                    // run's failure, never started again.
+                    for r in state["Retry"].as_array().unwrap() {
+                        assert_eq!(r["JitterStrategy"], "FULL", "{name}: {r}");
+                        for e in r["ErrorEquals"].as_array().unwrap() {
+                            assert!(e.as_str().unwrap().starts_with("StepFunctions."), "{name}: {e}");
+                        }
+                    }
+                    assert!(state.get("Catch").is_none(), "{name}");
+                }
                 "Task" if state["Resource"] == "${EventsPutEventsArn}" => {
                     // An event is sent with retries, and never fails what it announces.
                     *events += 1;

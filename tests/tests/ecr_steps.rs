@@ -551,6 +551,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
             job: job.clone(),
             next_token: None,
             report: None,
+            pages: 0,
         }),
     )
     .await
@@ -655,6 +656,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
             job: bad,
             next_token: None,
             report: None,
+            pages: 0,
         }),
     )
     .await
@@ -952,6 +954,7 @@ async fn repositories_are_filtered_within_large_listing_pages() {
             job,
             next_token: Some("not-a-token".into()),
             report: None,
+            pages: 0,
         }),
     )
     .await

@@ -141,6 +141,7 @@ async fn forged_repository_names_in_the_catalog_are_refused_and_never_requested(
             job: job(&hostile.host, &dst.host, json!({})),
             next_token: None,
             report: None,
+            pages: 0,
         },
     )
     .await

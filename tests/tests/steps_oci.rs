@@ -138,6 +138,7 @@ async fn an_image_list_is_paged_like_the_catalog() {
             job,
             next_token: Some("999".into()),
             report: None,
+            pages: 0,
         }),
     )
     .await
@@ -936,6 +937,7 @@ async fn repositories_with_nothing_to_do_are_settled_and_a_spent_budget_hands_ba
         job,
         next_token: None,
         report: None,
+        pages: 0,
     };
     loop {
         let page = replication::steps::enumerate_and_settle(

@@ -31,6 +31,34 @@ pub struct Settings {
     /// always have one: from `ECR_REPLICATOR_ALLOWED_REGISTRIES`, or an empty one refusing
     /// every job.
     pub allowlist: Option<Allowlist>,
+    /// How much work one invocation and one execution take on before handing back.
+    pub limits: WorkflowLimits,
+}
+
+/// How much work one invocation and one execution take on before handing the rest back, so no
+/// history nears Step Functions' 25,000 events and no invocation its timeout. Lowered only to
+/// reach the limits with a small catalog in tests (`ECR_REPLICATOR_TRIAGE_SECONDS`,
+/// `ECR_REPLICATOR_PAGES_PER_CHILD`, `ECR_REPLICATOR_PAGES_PER_EXECUTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkflowLimits {
+    /// How long `enumerate-repositories` checks repositories for work before handing back.
+    pub triage_budget: std::time::Duration,
+    /// Pages of images a repository child runs before it hands its token back to the parent
+    /// (about 40 events a page: 400 pages stay near 16,000 events, retries included).
+    pub pages_per_child: u32,
+    /// Pages of repositories an execution runs before it continues as a new execution (about
+    /// 30 events a page).
+    pub pages_per_execution: u32,
+}
+
+impl Default for WorkflowLimits {
+    fn default() -> Self {
+        WorkflowLimits {
+            triage_budget: std::time::Duration::from_secs(120),
+            pages_per_child: 400,
+            pages_per_execution: 500,
+        }
+    }
 }
 
 /// Entries asked per page of an OCI catalog or tag list unless set: the most the distribution
@@ -302,6 +330,26 @@ pub fn settings_from_env() -> Result<Settings> {
         Ok(text) => Allowlist::from_json(&text, ALLOWLIST_VARIABLE)?,
         Err(_) => Allowlist::default(),
     };
+    let mut limits = WorkflowLimits::default();
+    let whole = |name: &str| -> Result<Option<u32>> {
+        match std::env::var(name) {
+            Err(_) => Ok(None),
+            Ok(text) => text
+                .trim()
+                .parse::<u32>()
+                .map(Some)
+                .map_err(|_| Error::invalid(name, format!("{text:?} is not a whole number"))),
+        }
+    };
+    if let Some(seconds) = whole("ECR_REPLICATOR_TRIAGE_SECONDS")? {
+        limits.triage_budget = std::time::Duration::from_secs(seconds.into());
+    }
+    if let Some(pages) = whole("ECR_REPLICATOR_PAGES_PER_CHILD")? {
+        limits.pages_per_child = pages.max(1);
+    }
+    if let Some(pages) = whole("ECR_REPLICATOR_PAGES_PER_EXECUTION")? {
+        limits.pages_per_execution = pages.max(1);
+    }
     let aws = AwsSettings::from_env();
     if let Some(function) = &aws.app_name {
         // Registry requests name the function too (`function/<name>` in the user agent).
@@ -320,5 +368,6 @@ pub fn settings_from_env() -> Result<Settings> {
                 region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
             }),
         allowlist: Some(allowlist),
+        limits,
     })
 }

@@ -144,6 +144,21 @@ pub struct RunReport {
     /// A verification's findings (`"mode": "verify"`), absent in a replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
+    /// Repositories whose child handed its work back before its history grew too long, with
+    /// where to go on: the next `enumerate-repositories` call gives each a new child. (At most
+    /// one page's children; empty when the run ends.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub continuations: Vec<Continuation>,
+}
+
+/// A repository to go on with: its child handed back the token of its next page of images.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Continuation {
+    /// Source repository.
+    pub repository: String,
+    /// `enumerate-images` token of the next page.
+    pub next_token: String,
 }
 
 /// How a destination differs from the source.
@@ -374,6 +389,7 @@ impl RunReport {
 
     /// Adds another report's counts and failures.
     pub fn merge(&mut self, other: &RunReport) {
+        self.continuations.extend(other.continuations.iter().cloned());
         self.tags_pruned += other.tags_pruned;
         self.tags_kept += other.tags_kept;
         listed(&mut self.pruned, other.pruned.iter().cloned());

@@ -73,6 +73,7 @@ async fn verify_job(
                 job: job.clone(),
                 next_token: token,
                 report: None,
+                pages: 0,
             },
             REPOSITORY_PAGE_IN_PROCESS,
         )
@@ -159,6 +160,7 @@ pub async fn run_job(
                 job: job.clone(),
                 next_token: repo_token,
                 report: None,
+                pages: 0,
             },
             REPOSITORY_PAGE_IN_PROCESS,
         )

@@ -22,10 +22,9 @@ pub const LISTING_PAGE: usize = 1000;
 /// invocation: 50,000 names at ECR's page size).
 pub const LISTING_REQUESTS_PER_CALL: usize = 50;
 
-/// How long one `enumerate-repositories` call spends deciding which repositories have work
-/// before it hands back a token (its function's timeout is 5 minutes; one last batch may run
-/// past the budget).
-pub const TRIAGE_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+/// The token of a listing already read to its end: the page takes only repositories handed
+/// back by their children (`RunReport::continuations`).
+pub const LISTING_DONE: &str = "done";
 
 /// Repositories checked for work at once.
 pub const TRIAGE_CONCURRENCY: usize = 8;
@@ -51,9 +50,13 @@ pub struct EnumerateRepositoriesInput {
     /// Page token from the previous call.
     #[serde(default)]
     pub next_token: Option<String>,
-    /// The run's report so far: returned with the repositories this page settled added.
+    /// The run's report so far: returned with the repositories this page settled added and
+    /// the continuations it took out.
     #[serde(default)]
     pub report: Option<RunReport>,
+    /// Pages this execution ran before this one.
+    #[serde(default)]
+    pub pages: u32,
 }
 
 /// Output of `enumerate-repositories`: selected repositories of one source page, and the job
@@ -72,6 +75,15 @@ pub struct EnumerateRepositoriesOutput {
     /// Selected repositories this page settled (nothing to do).
     #[serde(default)]
     pub settled: usize,
+    /// Pages this execution ran, this one included.
+    #[serde(default)]
+    pub pages: u32,
+    /// Pages an execution runs before it continues as a new one.
+    #[serde(default)]
+    pub pages_per_execution: u32,
+    /// Pages of images a repository child runs before it hands its token back.
+    #[serde(default)]
+    pub pages_per_child: u32,
     /// For each of `repositories`, the `nextToken` its first `enumerate-images` call starts
     /// from: the selection its check kept in the work bucket (so the repository is listed once
     /// per run), or `null` (listed by its child).
@@ -117,12 +129,13 @@ impl Concurrency {
 /// replication, each selected repository is first checked (settings, prune and every image, as
 /// its child would, writing nothing) and one with nothing to do is settled here, its report
 /// added to the run's, without a child execution. The page holds at most
-/// `REPOSITORIES_PER_PAGE` repositories with work and ends when `TRIAGE_BUDGET` is spent.
+/// `REPOSITORIES_PER_PAGE` repositories with work and ends when the triage budget (`WorkflowLimits`) is spent.
 pub async fn enumerate_repositories(
     conns: &Connections,
     input: EnumerateRepositoriesInput,
 ) -> Result<EnumerateRepositoriesOutput> {
-    enumerate_and_settle(conns, input, TRIAGE_BUDGET).await
+    let budget = conns.settings().limits.triage_budget;
+    enumerate_and_settle(conns, input, budget).await
 }
 
 /// `enumerate_repositories` with its time budget given (a test hands back after one batch).
@@ -131,25 +144,65 @@ pub async fn enumerate_and_settle(
     input: EnumerateRepositoriesInput,
     budget: std::time::Duration,
 ) -> Result<EnumerateRepositoriesOutput> {
-    let report = input.report.clone().unwrap_or_default();
+    let mut report = input.report.clone().unwrap_or_default();
     let job = input.job.validate()?;
-    let triage = Triage {
-        job: (job.job.mode == Mode::Replicate).then_some(&job),
-        deadline: std::time::Instant::now() + budget,
+    let limits = conns.settings().limits;
+    // Repositories handed back by their children first, each to a new child from its token.
+    let resumed: Vec<Continuation> = report
+        .continuations
+        .drain(..report.continuations.len().min(REPOSITORIES_PER_PAGE))
+        .collect();
+    for c in &resumed {
+        oci::reference::validate_repository_name(&c.repository)
+            .map_err(|reason| Error::invalid("report.continuations", reason))?;
+    }
+    let room = REPOSITORIES_PER_PAGE - resumed.len();
+    let listing_done = input.next_token.as_deref() == Some(LISTING_DONE);
+    let mut page = if room == 0 || listing_done {
+        // No room, or nothing left to list: the listing stays where it is.
+        EnumerateRepositoriesOutput {
+            repositories: Vec::new(),
+            report: None,
+            settled: 0,
+            pages: 0,
+            pages_per_execution: 0,
+            pages_per_child: 0,
+            selections: Vec::new(),
+            next_token: match input.next_token {
+                None if listing_done => None,
+                token => token,
+            },
+            job: job.job.clone(),
+            concurrency: Concurrency::share(job.job.max_concurrency),
+            refused: Vec::new(),
+        }
+    } else {
+        let triage = Triage {
+            job: (job.job.mode == Mode::Replicate).then_some(&job),
+            deadline: std::time::Instant::now() + budget,
+        };
+        enumerate_validated(conns, &job, input.next_token, room, &triage).await?
     };
-    let mut page = enumerate_validated(
-        conns,
-        &job,
-        input.next_token,
-        REPOSITORIES_PER_PAGE,
-        &triage,
-    )
-    .await?;
-    let mut report = report;
     if let Some(settled) = &page.report {
         report.merge(settled);
     }
+    let (names, tokens): (Vec<String>, Vec<Option<String>>) = resumed
+        .into_iter()
+        .map(|c| (c.repository, Some(c.next_token)))
+        .unzip();
+    page.repositories.splice(0..0, names);
+    page.selections.splice(0..0, tokens);
+    // A listing read to its end with continuations still waiting goes on with those alone.
+    if page.next_token.is_none() && !report.continuations.is_empty() {
+        page.next_token = Some(LISTING_DONE.to_string());
+    }
+    if listing_done && report.continuations.is_empty() {
+        page.next_token = None;
+    }
     page.report = Some(report);
+    page.pages = input.pages.saturating_add(1);
+    page.pages_per_execution = limits.pages_per_execution;
+    page.pages_per_child = limits.pages_per_child;
     Ok(page)
 }
 
@@ -318,6 +371,9 @@ async fn enumerate_validated(
             repositories: listed[offset..end].to_vec(),
             report: None,
             settled: 0,
+            pages: 0,
+            pages_per_execution: 0,
+            pages_per_child: 0,
             selections: vec![None; end - offset],
             next_token: (end < listed.len()).then(|| end.to_string()),
             job: job.job.clone(),
@@ -417,6 +473,9 @@ async fn enumerate_validated(
         repositories,
         report,
         settled,
+        pages: 0,
+        pages_per_execution: 0,
+        pages_per_child: 0,
         selections,
         next_token,
         job: job.job.clone(),

@@ -77,11 +77,14 @@ pub struct SummariseInput {
     pub fail_on_failure: bool,
 }
 
-/// A repository child's output.
+/// A repository child's output; `nextToken` when it handed the rest of its work back.
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ChildReport {
     repository: String,
     report: RunReport,
+    #[serde(default)]
+    next_token: Option<String>,
 }
 
 /// Merges the children's reports and records each repository whose child left none.
@@ -98,6 +101,12 @@ fn add_child_reports(report: &mut RunReport, input: &SummariseInput) -> Result<(
         match ChildReport::deserialize(child) {
             Ok(c) => {
                 report.merge(&c.report);
+                if let Some(next_token) = c.next_token {
+                    report.continuations.push(Continuation {
+                        repository: c.repository.clone(),
+                        next_token,
+                    });
+                }
                 reported.insert(c.repository);
             }
             Err(_) => unexplained.push(child),

@@ -179,7 +179,10 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
                     for r in state["Retry"].as_array().unwrap() {
                         assert_eq!(r["JitterStrategy"], "FULL", "{name}: {r}");
                         for e in r["ErrorEquals"].as_array().unwrap() {
-                            assert!(e.as_str().unwrap().starts_with("StepFunctions."), "{name}: {e}");
+                            assert!(
+                                e.as_str().unwrap().starts_with("StepFunctions."),
+                                "{name}: {e}"
+                            );
                         }
                     }
                     assert!(state.get("Catch").is_none(), "{name}");

@@ -183,7 +183,9 @@ fn child_output(mode: Mode) -> Value {
     report["repositoriesFailed"] = json!(1);
     report["repositoryFailures"] =
         json!([{"repository": text(REPOSITORY), "error": caught_error()}]);
-    json!({"repository": text(REPOSITORY), "report": report})
+    // A child that handed back names where to go on (an enumerate-images token: a kept
+    // selection's id of at most 64 characters and an offset).
+    json!({"repository": text(REPOSITORY), "report": report, "nextToken": text(85)})
 }
 
 fn size(what: &str, value: &Value) -> usize {
@@ -227,13 +229,22 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     // Parent, at the end of ForEachRepository: the page, the running report, one report per
     // repository of the page.
     for mode in [Mode::Replicate, Mode::Verify] {
+        // Repositories handed back by the previous page's children wait in the report.
+        let mut report = serde_json::to_value(full_report(MAX_FAILURES_LISTED, mode)).unwrap();
+        report["continuations"] = json!(vec![
+            json!({"repository": text(REPOSITORY), "nextToken": text(85)});
+            REPOSITORIES_PER_PAGE
+        ]);
         let parent = json!({
             "job": job(),
             "concurrency": {"repositories": 1000, "images": 5},
             "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE],
             "nextToken": text(NEXT_TOKEN),
-            "report": full_report(MAX_FAILURES_LISTED, mode),
+            "report": report,
             "repositoryReports": vec![child_output(mode); REPOSITORIES_PER_PAGE],
+            "pages": 500,
+            "pagesPerExecution": 500,
+            "pagesPerChild": 400,
         });
         size(
             &format!("parent state after ForEachRepository ({mode:?})"),

@@ -696,3 +696,78 @@ async fn images_whose_express_children_are_lost_are_recorded_failed_and_named() 
             .is_none());
     }
 }
+
+/// No history grows without bound: with the limits lowered to one page, a repository child
+/// hands its token back after each page of images and the parent gives the repository a new
+/// child; the parent continues as a new execution after each page, carrying the report. The
+/// run is still one run to its caller: the first execution ends with the last one's output,
+/// every image copied once, the report counting each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn children_hand_back_and_the_run_continues_as_new_executions() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    for i in 0..30u64 {
+        let image = ImageBuilder::new(Format::Oci).layer(1000 + i, 64).build();
+        pusher.push("big", &format!("t{i:02}"), &image).await;
+    }
+    for name in ["small-a", "small-b"] {
+        let image = ImageBuilder::new(Format::Oci).layer(7, 64).build();
+        pusher.push(name, "v1", &image).await;
+    }
+    let sfn = LocalStepFunctions::start(&[
+        ("ECR_REPLICATOR_PAGES_PER_CHILD".into(), "1".into()),
+        ("ECR_REPLICATOR_PAGES_PER_EXECUTION".into(), "1".into()),
+    ])
+    .await;
+    let arn = sfn.create_state_machine("replicate").await;
+    let input = json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "referrers": false
+    });
+    let enumerations_before = sfn
+        .invocations()
+        .get("enumerate-images")
+        .copied()
+        .unwrap_or(0);
+
+    let run = sfn.execute(&arn, &input).await;
+
+    assert_eq!(
+        run.status,
+        "SUCCEEDED",
+        "{}\n{}",
+        run.cause,
+        run.history_text(300)
+    );
+    let report = run.output.clone().unwrap();
+    assert_eq!(
+        (
+            report["images"].as_u64(),
+            report["copied"].as_u64(),
+            report["failed"].as_u64()
+        ),
+        (Some(32), Some(32), Some(0)),
+        "{report}"
+    );
+    assert!(report.get("continuations").is_none(), "{report}");
+    // "big" has two pages of images (25 tasks a page): its first child handed back after one.
+    let enumerations = sfn.invocations()["enumerate-images"] - enumerations_before;
+    assert_eq!(enumerations, 4, "big twice, the small ones once each");
+    let sfn_client = ecr::sfn_client(&sfn.aws_settings(), "us-east-1").await;
+    let executions = sfn_client
+        .list_executions()
+        .state_machine_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(executions.executions().len(), 2, "{executions:?}");
+    assert!(executions
+        .executions()
+        .iter()
+        .all(|e| e.status().as_str() == "SUCCEEDED"));
+    for tag in ["t00", "t29"] {
+        let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/big:{tag}"), None);
+        assert_eq!(at(&dst.host), at(&src.host), "{tag}");
+    }
+}

@@ -129,7 +129,8 @@ async fn an_image_list_is_paged_like_the_catalog() {
     let pages = e2e::repository_pages(&conns, &job).await;
     let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
     let all: Vec<String> = pages.concat();
-    assert_eq!(sizes, vec![20, 20, 5]);
+    let per_page = REPOSITORIES_PER_PAGE;
+    assert_eq!(sizes, vec![per_page, per_page, 45 - 2 * per_page]);
     assert_eq!(all.len(), 45);
     assert!(!all.iter().any(|r| r == "other/x" || r == "listed/r45"));
     let bad = functions::invoke::<EnumerateRepositories>(

@@ -389,7 +389,8 @@ impl RunReport {
 
     /// Adds another report's counts and failures.
     pub fn merge(&mut self, other: &RunReport) {
-        self.continuations.extend(other.continuations.iter().cloned());
+        self.continuations
+            .extend(other.continuations.iter().cloned());
         self.tags_pruned += other.tags_pruned;
         self.tags_kept += other.tags_kept;
         listed(&mut self.pruned, other.pruned.iter().cloned());

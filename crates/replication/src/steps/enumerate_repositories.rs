@@ -11,7 +11,7 @@ use crate::job::{Job, Mode, ValidJob};
 
 /// Source repositories per `enumerate-repositories` page: each becomes a child execution whose
 /// report is part of the Map's aggregated result (256 KiB at most).
-pub const REPOSITORIES_PER_PAGE: usize = 20;
+pub const REPOSITORIES_PER_PAGE: usize = 18;
 
 /// Names asked of the registry per listing request (ECR's `DescribeRepositories` maximum): the
 /// filter is applied within these large pages, so a page of selected repositories costs the

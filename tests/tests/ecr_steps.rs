@@ -917,8 +917,8 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
 }
 
 /// The repository filter is applied within ECR's large listing pages (1,000 names a request),
-/// not per page of 20: a registry of 1,030 repositories of which the filter selects 30 gives the
-/// parent 2 pages (20, then 10, the second continuing inside the listing page the first
+/// not per page of 18: a registry of 1,030 repositories of which the filter selects 30 gives the
+/// parent 2 pages (18, then 12, the second continuing inside the listing page the first
 /// stopped in and across ECR's page boundary), not 52. moto pages DescribeRepositories as ECR
 /// does (tests/aws_rules/ecr_gaps.py).
 #[tokio::test]
@@ -943,7 +943,11 @@ async fn repositories_are_filtered_within_large_listing_pages() {
     let conns = Connections::new(world.settings());
     let job = job(json!({"repositories": {"include": ["keep/*"]}}));
     let pages = e2e::repository_pages(&conns, &job).await;
-    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![20, 10]);
+    let per_page = replication::steps::REPOSITORIES_PER_PAGE;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![per_page, 30 - per_page]
+    );
     let mut all: Vec<String> = pages.concat();
     all.sort();
     assert_eq!(all, wanted);

@@ -356,13 +356,8 @@ async fn a_repository_of_many_pages_is_listed_and_resolved_once_per_run() {
         let image = ImageBuilder::new(Format::Oci).layer(i as u64, 64).build();
         pusher.push("big/repo", tag, &image).await;
     }
-    let sfn = LocalStepFunctions::start(&[]).await;
-    let arn = sfn.create_state_machine("replicate").await;
-    let input = json!({
-        "source": {"registry": src.host, "insecure": true},
-        "destinations": [{"registry": dst.host, "insecure": true}],
-        "referrers": false
-    });
+    let (sfn, arn) = state_machine(&[]).await;
+    let input = copy_all(&src, &dst);
     let listed_before = src.count_requests("GET", "/v2/big/repo/tags/list", 200);
 
     let run = sfn.execute(&arn, &input).await;
@@ -620,13 +615,8 @@ async fn a_repository_child_past_its_history_limit_is_recorded_and_the_others_co
     }
     // Measured: a one-image repository's child writes 52 events, the 30-image one's (two pages)
     // about 90.
-    let sfn = LocalStepFunctions::start(&[("STRICT_MOTO_HISTORY_LIMIT".into(), "70".into())]).await;
-    let arn = sfn.create_state_machine("replicate").await;
-    let input = json!({
-        "source": {"registry": src.host, "insecure": true},
-        "destinations": [{"registry": dst.host, "insecure": true}],
-        "referrers": false
-    });
+    let (sfn, arn) = state_machine(&[("STRICT_MOTO_HISTORY_LIMIT", "70")]).await;
+    let input = copy_all(&src, &dst);
 
     let run = sfn.execute(&arn, &input).await;
 
@@ -659,14 +649,8 @@ async fn images_whose_express_children_are_lost_are_recorded_failed_and_named() 
             .build();
         pusher.push("app", tag, &image).await;
     }
-    let sfn =
-        LocalStepFunctions::start(&[("STRICT_MOTO_EXPRESS_SECONDS".into(), "0".into())]).await;
-    let arn = sfn.create_state_machine("replicate").await;
-    let input = json!({
-        "source": {"registry": src.host, "insecure": true},
-        "destinations": [{"registry": dst.host, "insecure": true}],
-        "referrers": false
-    });
+    let (sfn, arn) = state_machine(&[("STRICT_MOTO_EXPRESS_SECONDS", "0")]).await;
+    let input = copy_all(&src, &dst);
 
     let run = sfn.execute(&arn, &input).await;
 
@@ -714,17 +698,12 @@ async fn children_hand_back_and_the_run_continues_as_new_executions() {
         let image = ImageBuilder::new(Format::Oci).layer(7, 64).build();
         pusher.push(name, "v1", &image).await;
     }
-    let sfn = LocalStepFunctions::start(&[
-        ("ECR_REPLICATOR_PAGES_PER_CHILD".into(), "1".into()),
-        ("ECR_REPLICATOR_PAGES_PER_EXECUTION".into(), "1".into()),
+    let (sfn, arn) = state_machine(&[
+        ("ECR_REPLICATOR_PAGES_PER_CHILD", "1"),
+        ("ECR_REPLICATOR_PAGES_PER_EXECUTION", "1"),
     ])
     .await;
-    let arn = sfn.create_state_machine("replicate").await;
-    let input = json!({
-        "source": {"registry": src.host, "insecure": true},
-        "destinations": [{"registry": dst.host, "insecure": true}],
-        "referrers": false
-    });
+    let input = copy_all(&src, &dst);
     let enumerations_before = sfn
         .invocations()
         .get("enumerate-images")
@@ -770,4 +749,25 @@ async fn children_hand_back_and_the_run_continues_as_new_executions() {
         let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/big:{tag}"), None);
         assert_eq!(at(&dst.host), at(&src.host), "{tag}");
     }
+}
+
+/// The rig with `env` (functions' variables; `STRICT_MOTO_*` go to the interpreter) and the
+/// state machine created.
+async fn state_machine(env: &[(&str, &str)]) -> (LocalStepFunctions, String) {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let sfn = LocalStepFunctions::start(&env).await;
+    let arn = sfn.create_state_machine("replicate").await;
+    (sfn, arn)
+}
+
+/// A job copying everything from `src` to `dst`, referrers left out.
+fn copy_all(src: &TestRegistry, dst: &TestRegistry) -> serde_json::Value {
+    json!({
+        "source": {"registry": src.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "referrers": false
+    })
 }

@@ -247,24 +247,17 @@ fn size_cases(
         case("sfn-first-30k-3dest", 1, scaled(30_000), 3, false, None),
     ];
     let mut lines = Vec::new();
-    for SizeCase {
-        run,
-        repositories,
-        tags,
-        destinations,
-        full,
-        filter,
-    } in cases
-    {
+    for c in cases {
+        let (run, repositories, tags) = (c.run, c.repositories, c.tags);
         if !wanted(run) {
             continue;
         }
         let src = TestRegistry::start();
-        let dests: Vec<TestRegistry> = (0..destinations).map(|_| TestRegistry::start()).collect();
+        let dests: Vec<TestRegistry> = (0..c.destinations).map(|_| TestRegistry::start()).collect();
         let began = Instant::now();
         rt.block_on(async {
             seed(&src.host, repositories, tags).await;
-            if full {
+            if c.full {
                 for d in &dests {
                     seed(&d.host, repositories, tags).await;
                 }
@@ -277,7 +270,7 @@ fn size_cases(
             "referrers": false,
             "maxConcurrency": 200
         });
-        let selected = match filter {
+        let selected = match c.filter {
             Some(glob) => {
                 input["repositories"] = json!({"include": [glob]});
                 (0..repositories)

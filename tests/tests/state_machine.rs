@@ -423,8 +423,7 @@ async fn a_repository_of_many_pages_is_listed_and_resolved_once_per_run() {
     assert_eq!(policies.violations(&performed).len(), performed.len());
     // Every page's images arrived byte-identical (first, middle and last checked by skopeo).
     for tag in ["t00", "t30", "t59"] {
-        let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/big/repo:{tag}"), None);
-        assert_eq!(at(&dst.host), at(&src.host), "{tag}");
+        assert_copied(&src, &dst, &format!("big/repo:{tag}"));
     }
 }
 
@@ -631,8 +630,7 @@ async fn a_repository_child_past_its_history_limit_is_recorded_and_the_others_co
     let failed: Vec<_> = children.iter().filter(|c| c.failed).collect();
     assert_eq!(failed.len(), 1, "{children:?}");
     for name in ["small-a", "small-b"] {
-        let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/{name}:v1"), None);
-        assert_eq!(at(&dst.host), at(&src.host), "{name}");
+        assert_copied(&src, &dst, &format!("{name}:v1"));
     }
 }
 
@@ -746,8 +744,7 @@ async fn children_hand_back_and_the_run_continues_as_new_executions() {
         .iter()
         .all(|e| e.status().as_str() == "SUCCEEDED"));
     for tag in ["t00", "t29"] {
-        let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/big:{tag}"), None);
-        assert_eq!(at(&dst.host), at(&src.host), "{tag}");
+        assert_copied(&src, &dst, &format!("big:{tag}"));
     }
 }
 
@@ -770,4 +767,11 @@ fn copy_all(src: &TestRegistry, dst: &TestRegistry) -> serde_json::Value {
         "destinations": [{"registry": dst.host, "insecure": true}],
         "referrers": false
     })
+}
+
+/// Both registries serve the same manifest bytes for `reference` (`repository:tag`), as skopeo
+/// reads them.
+fn assert_copied(src: &TestRegistry, dst: &TestRegistry, reference: &str) {
+    let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/{reference}"), None);
+    assert_eq!(at(&dst.host), at(&src.host), "{reference}");
 }

@@ -194,7 +194,7 @@ _map_run = DistributedIterationComponent._map_run
 
 
 def _strict_map_run(self, env, eval_input):
-    _CHILD_TYPES[eval_input.map_run_record.map_run_arn] = eval_input.state_name
+    _MAP_STATE_OF_RUN[eval_input.map_run_record.map_run_arn] = eval_input.state_name
     items = len(env.stack[-1]) if isinstance(env.stack[-1], list) else 0
     _map_run(self, env, eval_input)
     record = eval_input.map_run_record
@@ -266,7 +266,8 @@ CustomErrorName.__init__ = _error_name_as_raised
 HISTORY_LIMIT = int(os.environ.get("STRICT_MOTO_HISTORY_LIMIT", "25000"))
 STATS_FILE = os.environ.get("STRICT_MOTO_STATS")
 _STATS_LOCK = threading.Lock()
-_CHILD_TYPES = {}
+# Each Map Run's state name: whether its children are EXPRESS (`_EXPRESS_MAPS`).
+_MAP_STATE_OF_RUN = {}
 _add_event = EventManager.add_event
 
 
@@ -309,7 +310,7 @@ _child_eval_job = DistributedItemProcessorWorker._eval_job
 
 
 def _own_history_eval_job(self, env, job):
-    express = _CHILD_TYPES.get(self._map_run_record.map_run_arn) in _EXPRESS_MAPS
+    express = _MAP_STATE_OF_RUN.get(self._map_run_record.map_run_arn) in _EXPRESS_MAPS
     manager = EventManager()
     manager.strict_limit = None if express else HISTORY_LIMIT
     if express:

@@ -138,12 +138,8 @@ async fn the_state_machine_copies_selected_images_and_a_second_run_finds_them_pr
     assert_eq!(late.status, "SUCCEEDED", "{}", late.cause);
     let report = late.output.unwrap();
     assert_eq!(
-        (
-            report["superseded"].as_u64(),
-            report["copied"].as_u64(),
-            report["failed"].as_u64()
-        ),
-        (Some(1), Some(0), Some(0)),
+        counts(&report, ["superseded", "copied", "failed"]),
+        [1, 0, 0],
         "{report}"
     );
     assert_eq!(
@@ -719,12 +715,8 @@ async fn children_hand_back_and_the_run_continues_as_new_executions() {
     );
     let report = run.output.clone().unwrap();
     assert_eq!(
-        (
-            report["images"].as_u64(),
-            report["copied"].as_u64(),
-            report["failed"].as_u64()
-        ),
-        (Some(32), Some(32), Some(0)),
+        counts(&report, ["images", "copied", "failed"]),
+        [32, 32, 0],
         "{report}"
     );
     assert!(report.get("continuations").is_none(), "{report}");
@@ -774,4 +766,13 @@ fn copy_all(src: &TestRegistry, dst: &TestRegistry) -> serde_json::Value {
 fn assert_copied(src: &TestRegistry, dst: &TestRegistry, reference: &str) {
     let at = |host: &str| e2e::skopeo::inspect_raw(&format!("{host}/{reference}"), None);
     assert_eq!(at(&dst.host), at(&src.host), "{reference}");
+}
+
+/// The report's counts named by `keys` (a missing or non-numeric one fails the test).
+fn counts<const N: usize>(report: &serde_json::Value, keys: [&str; N]) -> [u64; N] {
+    keys.map(|k| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no count {k} in {report}"))
+    })
 }

@@ -448,17 +448,13 @@ fn listed(list: &mut Vec<String>, more: impl Iterator<Item = String>) {
 /// (A `null` in place of the whole array is no entry.)
 pub fn flatten_children<T: serde::de::DeserializeOwned>(value: &JsonValue) -> (Vec<T>, usize) {
     let (mut out, mut missing) = (Vec::new(), 0);
-    let mut stack = match value {
-        JsonValue::Null => Vec::new(),
-        value => vec![value],
-    };
-    while let Some(v) = stack.pop() {
-        match v {
-            JsonValue::Array(items) => stack.extend(items.iter().rev()),
-            other => match T::deserialize(other) {
-                Ok(t) => out.push(t),
-                Err(_) => missing += 1,
-            },
+    if value.is_null() {
+        return (out, missing);
+    }
+    for leaf in leaves(value) {
+        match T::deserialize(leaf) {
+            Ok(t) => out.push(t),
+            Err(_) => missing += 1,
         }
     }
     (out, missing)
@@ -469,21 +465,27 @@ pub fn flatten<T: serde::de::DeserializeOwned>(
     value: &JsonValue,
     field: &str,
 ) -> Result<Vec<T>, crate::Error> {
-    let mut out = Vec::new();
+    leaves(value)
+        .filter(|leaf| !leaf.is_null())
+        .map(|leaf| {
+            T::deserialize(leaf).map_err(|e| crate::Error::InvalidInput {
+                problems: vec![crate::error::FieldProblem {
+                    field: field.to_string(),
+                    problem: e.to_string(),
+                }],
+            })
+        })
+        .collect()
+}
+
+/// The values inside arbitrarily nested arrays, in order (a value that is no array is its own
+/// one leaf).
+fn leaves(value: &JsonValue) -> impl Iterator<Item = &JsonValue> {
     let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        match v {
+    std::iter::from_fn(move || loop {
+        match stack.pop()? {
             JsonValue::Array(items) => stack.extend(items.iter().rev()),
-            JsonValue::Null => {}
-            other => out.push(
-                T::deserialize(other).map_err(|e| crate::Error::InvalidInput {
-                    problems: vec![crate::error::FieldProblem {
-                        field: field.to_string(),
-                        problem: e.to_string(),
-                    }],
-                })?,
-            ),
+            leaf => return Some(leaf),
         }
-    }
-    Ok(out)
+    })
 }

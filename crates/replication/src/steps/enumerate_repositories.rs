@@ -144,7 +144,7 @@ pub async fn enumerate_and_settle(
     input: EnumerateRepositoriesInput,
     budget: std::time::Duration,
 ) -> Result<EnumerateRepositoriesOutput> {
-    let mut report = input.report.clone().unwrap_or_default();
+    let mut report = input.report.unwrap_or_default();
     let job = input.job.validate()?;
     let limits = conns.settings().limits;
     // Repositories handed back by their children first, each to a new child from its token.
@@ -168,19 +168,13 @@ pub async fn enumerate_and_settle(
             pages_per_execution: 0,
             pages_per_child: 0,
             selections: Vec::new(),
-            next_token: match input.next_token {
-                None if listing_done => None,
-                token => token,
-            },
+            next_token: input.next_token,
             job: job.job.clone(),
             concurrency: Concurrency::share(job.job.max_concurrency),
             refused: Vec::new(),
         }
     } else {
-        let triage = Triage {
-            job: (job.job.mode == Mode::Replicate).then_some(&job),
-            deadline: std::time::Instant::now() + budget,
-        };
+        let triage = Triage::of(&job, budget);
         enumerate_validated(conns, &job, input.next_token, room, &triage).await?
     };
     if let Some(settled) = &page.report {
@@ -215,39 +209,74 @@ pub async fn enumerate_repositories_within(
     page: usize,
 ) -> Result<EnumerateRepositoriesOutput> {
     let job = input.job.validate()?;
-    let no_triage = Triage {
-        job: None,
-        deadline: std::time::Instant::now(),
-    };
-    enumerate_validated(conns, &job, input.next_token, page, &no_triage).await
+    enumerate_validated(conns, &job, input.next_token, page, &Triage::None).await
 }
 
-/// Which repositories get settled without a child, and until when.
-struct Triage<'a> {
-    /// The job, when repositories are checked for work (a replication).
-    job: Option<&'a ValidJob>,
-    deadline: std::time::Instant,
+/// Whether selected repositories are checked for work and settled without a child.
+enum Triage<'a> {
+    /// In process: every selected repository is handled in turn.
+    None,
+    /// A replication's workflow step.
+    Check {
+        /// The job.
+        job: &'a ValidJob,
+        /// The job as the check runs it (`dryRun`: ensure only says what it would do), made
+        /// once per call.
+        look_only: Box<ValidJob>,
+        /// When the call stops taking new batches (it always takes one).
+        deadline: std::time::Instant,
+    },
 }
 
-impl Triage<'_> {
-    /// Splits a batch of selected repositories into those with work (in order) and the report
-    /// of those settled, with how many.
+impl<'a> Triage<'a> {
+    /// A replication checks for `budget`; a verification compares every repository in a child.
+    fn of(job: &'a ValidJob, budget: std::time::Duration) -> Self {
+        if job.job.mode != Mode::Replicate {
+            return Triage::None;
+        }
+        let mut look_only = Box::new(job.clone());
+        look_only.job.dry_run = true;
+        Triage::Check {
+            job,
+            look_only,
+            deadline: std::time::Instant::now() + budget,
+        }
+    }
+
+    /// Repositories one batch takes at most.
+    fn batch(&self) -> usize {
+        match self {
+            Triage::None => usize::MAX,
+            Triage::Check { .. } => TRIAGE_CONCURRENCY,
+        }
+    }
+
+    /// Whether another batch may start after `batches` of them.
+    fn time_left(&self, batches: usize) -> bool {
+        match self {
+            Triage::None => true,
+            Triage::Check { deadline, .. } => batches == 0 || std::time::Instant::now() < *deadline,
+        }
+    }
+
+    /// Keeps the repositories of a batch that have work (in order, each with the selection its
+    /// check kept) and adds the report of those settled to `settled`, counting them.
     async fn sort(
         &self,
         conns: &Connections,
         batch: Vec<String>,
-    ) -> (Vec<(String, Option<String>)>, Option<(RunReport, usize)>) {
-        let Some(job) = self.job else {
-            return (batch.into_iter().map(|r| (r, None)).collect(), None);
+        settled: &mut (RunReport, usize),
+    ) -> Vec<(String, Option<String>)> {
+        let Triage::Check { job, look_only, .. } = self else {
+            return batch.into_iter().map(|r| (r, None)).collect();
         };
         let checked = futures::future::join_all(
             batch
                 .iter()
-                .map(|repository| settle_repository(conns, job, repository)),
+                .map(|repository| settle_repository(conns, job, look_only, repository)),
         )
         .await;
         let mut with_work = Vec::new();
-        let mut settled = (RunReport::default(), 0);
         for (repository, check) in batch.into_iter().zip(checked) {
             match check {
                 Ok(Checked::Settled(report)) => {
@@ -262,7 +291,7 @@ impl Triage<'_> {
                 }
             }
         }
-        (with_work, Some(settled))
+        with_work
     }
 }
 
@@ -279,14 +308,13 @@ enum Checked {
 async fn settle_repository(
     conns: &Connections,
     job: &ValidJob,
+    look_only: &ValidJob,
     repository: &str,
 ) -> Result<Checked> {
-    let mut only_look = job.clone();
-    only_look.job.dry_run = true;
     let mut ensured = Vec::new();
     for destination in 0..job.job.destinations.len() {
         let out =
-            super::ensure_repository::ensure_validated(conns, &only_look, repository, destination)
+            super::ensure_repository::ensure_validated(conns, look_only, repository, destination)
                 .await?;
         if out.created || !out.changes.is_empty() || !out.pruned.is_empty() {
             return Ok(Checked::Work { selection: None });
@@ -336,6 +364,7 @@ async fn settle_repository(
     Ok(Checked::Settled(Box::new(report)))
 }
 
+#[tracing::instrument(skip_all, fields(next = ?next_token))]
 async fn enumerate_validated(
     conns: &Connections,
     job: &ValidJob,
@@ -386,18 +415,17 @@ async fn enumerate_validated(
     let mut at = ListingPosition::parse(next_token.as_deref())?;
     let mut repositories = Vec::new();
     let mut selections = Vec::new();
-    let mut settled: Option<(RunReport, usize)> = None;
+    let mut settled = (RunReport::default(), 0);
+    let mut batches = 0;
     let mut refused = Vec::new();
     let mut next_token = None;
     let page = page.max(1);
-    // Whether this call may take another batch: room on the page, and (once a batch was
-    // checked) time left.
-    let more = |repositories: &Vec<String>, settled: &Option<(RunReport, usize)>| {
-        repositories.len() < page
-            && (settled.is_none() || std::time::Instant::now() < triage.deadline)
+    // Whether this call may take another batch: room on the page, and time left.
+    let more = |repositories: &Vec<String>, batches: usize| {
+        repositories.len() < page && triage.time_left(batches)
     };
     for request in 0..LISTING_REQUESTS_PER_CALL {
-        if request > 0 && !more(&repositories, &settled) {
+        if request > 0 && !more(&repositories, batches) {
             next_token = Some(at.token());
             break;
         }
@@ -405,12 +433,9 @@ async fn enumerate_validated(
             .repositories(at.registry_token.clone(), LISTING_PAGE)
             .await?;
         let mut consumed = at.offset;
-        while consumed < listing.items.len() && more(&repositories, &settled) {
+        while consumed < listing.items.len() && more(&repositories, batches) {
             // The next batch: as many selected names as the page and the triage take at once.
-            let room = (page - repositories.len()).min(match triage.job {
-                Some(_) => TRIAGE_CONCURRENCY,
-                None => usize::MAX,
-            });
+            let room = (page - repositories.len()).min(triage.batch());
             let mut batch = Vec::new();
             for name in &listing.items[consumed..] {
                 if batch.len() >= room {
@@ -430,16 +455,11 @@ async fn enumerate_validated(
                     batch.push(name.clone());
                 }
             }
-            let (with_work, settled_now) = triage.sort(conns, batch).await;
-            for (repository, selection) in with_work {
+            for (repository, selection) in triage.sort(conns, batch, &mut settled).await {
                 repositories.push(repository);
                 selections.push(selection);
             }
-            if let Some((report, count)) = settled_now {
-                let all = settled.get_or_insert_with(Default::default);
-                all.0.merge(&report);
-                all.1 += count;
-            }
+            batches += 1;
         }
         if consumed < listing.items.len() {
             // The page ended within this listing page: the next call reads it again from
@@ -462,12 +482,13 @@ async fn enumerate_validated(
             }
         }
     }
-    let (report, settled) = match settled {
-        Some((mut report, count)) => {
+    let (report, settled) = match triage {
+        Triage::None => (None, 0),
+        Triage::Check { .. } => {
+            let (mut report, count) = settled;
             report.limit_lists(crate::report::CHILD_LISTED);
             (Some(report), count)
         }
-        None => (None, 0),
     };
     Ok(EnumerateRepositoriesOutput {
         repositories,

@@ -916,6 +916,75 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
     }
 }
 
+/// Attack: a kept selection carries its job's verdicts (an image with no verified signature is
+/// marked unsigned there), and a continuation in the execution input can name any token. A run
+/// requiring signatures, handed the token of a selection an ungated job kept for the same
+/// repository, must not read it: every image is checked again and reported unsigned, none
+/// becomes a task for the destination.
+#[tokio::test]
+async fn a_selection_kept_for_another_job_is_never_read_past_the_signature_gate() {
+    let world = EcrWorld::start();
+    for i in 0..30 {
+        world
+            .seed("gated/repo", &format!("v{i}"), &small_image(300 + 2 * i))
+            .await;
+    }
+    let (bucket, region) = (e2e::sfn::WORK_BUCKET, e2e::sfn::WORK_BUCKET_REGION);
+    e2e::moto::create_bucket_at(&world.moto.url, bucket).await;
+    let mut settings = world.settings();
+    settings.work_bucket = Some(replication::connect::WorkBucketSettings {
+        bucket: bucket.into(),
+        region: region.into(),
+    });
+    let conns = Connections::new(settings);
+    let (_, pem) = e2e::image::signing_key(9);
+    let gated = job(json!({"requireSignature": {"publicKeys": [pem]}}));
+    let images = |job: &Job, token: Option<String>| {
+        functions::invoke::<EnumerateImages>(
+            &conns,
+            event(EnumerateImagesInput {
+                job: job.clone(),
+                repository: "gated/repo".into(),
+                next_token: token,
+            }),
+        )
+    };
+    // An ungated job's first page keeps the selection (every image without a verdict).
+    let kept = images(&job(json!({})), None).await.unwrap();
+    let token = kept.next_token.expect("a kept selection");
+    let forged = token.split_once(':').unwrap().0.to_string() + ":0";
+
+    // The forged continuation reaches the repository's child as its first token...
+    let page = replication::steps::enumerate_and_settle(
+        &conns,
+        EnumerateRepositoriesInput {
+            job: gated.clone(),
+            next_token: None,
+            report: Some(RunReport {
+                continuations: vec![Continuation {
+                    repository: "gated/repo".into(),
+                    next_token: forged.clone(),
+                }],
+                ..RunReport::default()
+            }),
+            pages: 0,
+        },
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.repositories[0], "gated/repo");
+    assert_eq!(page.selections[0].as_deref(), Some(forged.as_str()));
+    // ...which reads nothing of it: the gate sees every image.
+    let checked = images(&gated, Some(forged)).await.unwrap();
+    assert_eq!(checked.images.len(), 0, "{:?}", checked.images);
+    assert_eq!(checked.unsigned.len(), 5, "one page's worth, each unsigned");
+    assert!(checked
+        .unsigned
+        .iter()
+        .all(|r| r.status == ImageStatus::Unsigned));
+}
+
 /// The repository filter is applied within ECR's large listing pages (1,000 names a request),
 /// not per page of 18: a registry of 1,030 repositories of which the filter selects 30 gives the
 /// parent 2 pages (18, then 12, the second continuing inside the listing page the first

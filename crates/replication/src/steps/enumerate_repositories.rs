@@ -327,7 +327,7 @@ async fn settle_repository(
         let Some(bucket) = conns.work_bucket().await else {
             return Checked::Work { selection: None };
         };
-        match keep_selection(bucket, repository, &selected).await {
+        match keep_selection(bucket, job, repository, &selected).await {
             Ok(id) => Checked::Work {
                 selection: Some(format!("{id}:0")),
             },

@@ -8,6 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use super::*;
 use crate::error::{Error, FieldProblem, Result};
 use crate::filter::SelectedImage;
+use crate::job::ValidJob;
 
 /// Selected images a kept selection holds per object (an `enumerate-images` call reads one).
 pub const SELECTION_CHUNK: usize = IMAGES_CHECKED_PER_CALL;
@@ -85,9 +86,21 @@ impl<'a> Selection<'a> {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct SelectionChunk {
+    /// Which job and repository made it (`made_for`): its images carry that job's verdicts
+    /// (signature gate, refusals), so no other job or repository may read it.
+    #[serde(default)]
+    made_for: String,
     total: usize,
     first: usize,
     images: Vec<SelectedImage>,
+}
+
+/// What a kept selection is bound to: the repository and the whole validated job (filters,
+/// `requireSignature` and its keys), as a digest. A token naming a selection made for another
+/// job or repository (a forged execution input's continuation, say) is never read.
+fn made_for(job: &ValidJob, repository: &str) -> String {
+    let job = serde_json::to_string(&job.job).unwrap_or_default();
+    oci::Digest::of(format!("{repository}\n{job}").as_bytes()).to_string()
 }
 
 impl SelectionChunk {
@@ -109,9 +122,11 @@ fn selection_key(id: &str, chunk: usize) -> String {
 /// selection not kept costs a listing per page, nothing else).
 pub(crate) async fn keep_selection(
     bucket: &ecr::WorkBucket,
+    job: &ValidJob,
     repository: &str,
     selected: &[SelectedImage],
 ) -> std::result::Result<String, String> {
+    let made_for = made_for(job, repository);
     use std::hash::{BuildHasher, Hasher};
     let random = |salt: u64| {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -129,6 +144,7 @@ pub(crate) async fn keep_selection(
     futures::stream::iter(selected.chunks(SELECTION_CHUNK).enumerate())
         .map(|(index, images)| {
             let chunk = SelectionChunk {
+                made_for: made_for.clone(),
                 total: selected.len(),
                 first: index * SELECTION_CHUNK,
                 images: images.to_vec(),
@@ -145,10 +161,13 @@ pub(crate) async fn keep_selection(
     Ok(id)
 }
 
-/// The object of kept selection `id` holding the image at `offset`; `None` when it is gone or
-/// cannot be read (logged: the caller lists the repository again, which is always correct).
+/// The object of kept selection `id` holding the image at `offset`, made for this job and
+/// repository; `None` when it is gone, cannot be read or was made for another (logged: the
+/// caller lists the repository again, which is always correct).
 pub(crate) async fn stored_selection_chunk(
     bucket: &ecr::WorkBucket,
+    job: &ValidJob,
+    repository: &str,
     id: &str,
     offset: usize,
 ) -> Option<SelectionChunk> {
@@ -167,6 +186,10 @@ pub(crate) async fn stored_selection_chunk(
             return None;
         }
     };
+    if chunk.made_for != made_for(job, repository) {
+        tracing::warn!(%key, %repository, "the kept selection was made for another job or repository: not read");
+        return None;
+    }
     let holds_offset = offset >= chunk.first && offset < chunk.first + chunk.images.len();
     holds_offset.then_some(chunk)
 }

@@ -153,6 +153,7 @@ impl EcrWorld {
             work_bucket: None,
             allowlist: None,
             limits: Default::default(),
+            cost_model: Default::default(),
         }
     }
 

@@ -986,8 +986,8 @@ async fn a_selection_kept_for_another_job_is_never_read_past_the_signature_gate(
 }
 
 /// The repository filter is applied within ECR's large listing pages (1,000 names a request),
-/// not per page of 18: a registry of 1,030 repositories of which the filter selects 30 gives the
-/// parent 2 pages (18, then 12, the second continuing inside the listing page the first
+/// not per page of 16: a registry of 1,030 repositories of which the filter selects 30 gives the
+/// parent 2 pages (16, then 14, the second continuing inside the listing page the first
 /// stopped in and across ECR's page boundary), not 52. moto pages DescribeRepositories as ECR
 /// does (tests/aws_rules/ecr_gaps.py).
 #[tokio::test]

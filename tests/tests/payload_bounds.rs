@@ -170,6 +170,21 @@ fn full_report(listed: usize, mode: Mode) -> RunReport {
         };
         MAX_FAILURES_LISTED
     ];
+    // Every cost counted, at widths a run does not reach (a billion calls, states and
+    // executions; a petabyte each way; a million dollars); a dry run's planned cost too.
+    let wide = replication::cost::Cost {
+        lambda_invocations: 10u64.pow(9),
+        lambda_gb_seconds: 1e9 + 0.123,
+        standard_executions: 10u64.pow(9),
+        standard_transitions: 10u64.pow(9),
+        express_executions: 10u64.pow(9),
+        express_gb_seconds: 1e9 + 0.123,
+        cross_region_bytes: 10u64.pow(15),
+        internet_bytes: 10u64.pow(15),
+        estimated_usd: 1e6 + 0.123456,
+    };
+    report.cost = wide.clone();
+    report.planned_cost = Some(wide);
     let mut merged = RunReport::default();
     merged.merge(&report);
     merged.limit_lists(listed);

@@ -740,6 +740,103 @@ async fn children_hand_back_and_the_run_continues_as_new_executions() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_report_counts_what_the_run_cost_and_a_dry_run_says_so_beforehand() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    for (repository, tags) in [("svc/a", 3u64), ("svc/b", 1)] {
+        for t in 0..tags {
+            let image = ImageBuilder::new(Format::Oci)
+                .layer(10 + t, 2000)
+                .layer(99, 500)
+                .build();
+            pusher.push(repository, &format!("v{t}"), &image).await;
+        }
+    }
+    let (sfn, arn) = state_machine(&[]).await;
+    let input = copy_all(&src, &dst);
+    let mut dry = input.clone();
+    dry["dryRun"] = json!(true);
+
+    let (plan, plan_counted) = run_counted(&sfn, &arn, &dry).await;
+    let (copy, copy_counted) = run_counted(&sfn, &arn, &input).await;
+    let (again, again_counted) = run_counted(&sfn, &arn, &input).await;
+
+    let plan = plan.output.unwrap();
+    let copy = copy.output.unwrap();
+    assert_eq!(counts(&copy, ["copied", "failed"]), [4, 0], "{copy}");
+    // Each report counts what its run cost, as the rig counted it.
+    assert_eq!(cost_counts(&plan["cost"]), plan_counted, "{plan}");
+    assert_eq!(cost_counts(&copy["cost"]), copy_counted, "{copy}");
+    let again = again.output.unwrap();
+    assert_eq!(cost_counts(&again["cost"]), again_counted, "{again}");
+    assert_eq!(
+        again_counted,
+        [2, 1, 8, 0],
+        "a no-op run: two calls, eight states"
+    );
+    // The dry run said beforehand what the copy would cost.
+    assert_eq!(cost_counts(&plan["plannedCost"]), copy_counted, "{plan}");
+    assert!(copy.get("plannedCost").is_none(), "{copy}");
+    // Loopback registries are not ECR: every byte pushed counts as leaving AWS.
+    assert_eq!(copy["cost"]["internetBytes"], copy["bytesCopied"], "{copy}");
+    assert_eq!(plan["plannedCost"]["internetBytes"], copy["bytesCopied"]);
+    let dollars = |c: &serde_json::Value| c["estimatedUsd"].as_f64().unwrap_or(0.0);
+    assert!(dollars(&copy["cost"]) > dollars(&again["cost"]));
+    assert!(dollars(&again["cost"]) > 0.0, "{again}");
+    // The last step writes the run's cost as metrics too.
+    assert_eq!(
+        cost_metric(&sfn, "StandardTransitions"),
+        (plan_counted[2] + copy_counted[2] + again_counted[2]) as f64
+    );
+}
+
+/// Runs `input` and returns the execution with what the rig counted for it: Lambda
+/// invocations, STANDARD executions (it and its STANDARD children), their states entered, and
+/// EXPRESS executions.
+async fn run_counted(
+    sfn: &LocalStepFunctions,
+    arn: &str,
+    input: &serde_json::Value,
+) -> (e2e::sfn::Execution, [u64; 4]) {
+    let calls = |sfn: &LocalStepFunctions| sfn.invocations().values().sum::<usize>() as u64;
+    let (calls_before, children_before) = (calls(sfn), sfn.child_executions().len());
+    let execution = sfn.execute(arn, input).await;
+    assert_eq!(execution.status, "SUCCEEDED", "{}", execution.cause);
+    let children = sfn.child_executions().split_off(children_before);
+    let standard: Vec<_> = children
+        .iter()
+        .filter(|c| c.execution_type == "STANDARD")
+        .collect();
+    let counted = [
+        calls(sfn) - calls_before,
+        1 + standard.len() as u64,
+        (execution.transitions + standard.iter().map(|c| c.transitions).sum::<usize>()) as u64,
+        (children.len() - standard.len()) as u64,
+    ];
+    (execution, counted)
+}
+
+/// A report cost's counts in `run_counted`'s order (a count left out is 0).
+fn cost_counts(cost: &serde_json::Value) -> [u64; 4] {
+    [
+        "lambdaInvocations",
+        "standardExecutions",
+        "standardTransitions",
+        "expressExecutions",
+    ]
+    .map(|k| cost[k].as_u64().unwrap_or(0))
+}
+
+/// The sum of a cost metric the functions wrote (EMF lines with the `StateMachine` dimension).
+fn cost_metric(sfn: &LocalStepFunctions, name: &str) -> f64 {
+    sfn.metric_documents()
+        .iter()
+        .filter(|d| d.get("StateMachine").is_some())
+        .filter_map(|d| d[name].as_f64())
+        .sum()
+}
+
 /// The rig with `env` (functions' variables; `STRICT_MOTO_*` go to the interpreter) and the
 /// state machine created.
 async fn state_machine(env: &[(&str, &str)]) -> (LocalStepFunctions, String) {

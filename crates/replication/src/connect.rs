@@ -9,6 +9,7 @@ use oci::{ClientConfig, Credential, CredentialStore, RegistryClient};
 use tokio::sync::Mutex;
 
 use crate::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
+use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::job::Job;
 
@@ -33,6 +34,8 @@ pub struct Settings {
     pub allowlist: Option<Allowlist>,
     /// How much work one invocation and one execution take on before handing back.
     pub limits: WorkflowLimits,
+    /// Prices and assumptions the reports' costs are counted with (`ECR_REPLICATOR_PRICES`).
+    pub cost_model: CostModel,
 }
 
 /// How much work one invocation and one execution take on before handing the rest back, so no
@@ -369,5 +372,6 @@ pub fn settings_from_env() -> Result<Settings> {
             }),
         allowlist: Some(allowlist),
         limits,
+        cost_model: CostModel::from_env()?,
     })
 }

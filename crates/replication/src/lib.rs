@@ -6,6 +6,7 @@ pub mod allowlist;
 pub mod catalog;
 pub mod connect;
 pub mod copy;
+pub mod cost;
 pub mod error;
 pub mod filter;
 pub mod job;

@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
+use crate::cost::Cost;
+
 /// The environment variable naming the metrics' namespace; unset: no metrics.
 pub const NAMESPACE_VARIABLE: &str = "ECR_REPLICATOR_METRICS_NAMESPACE";
 
@@ -39,6 +41,47 @@ impl Metric {
     }
 }
 
+/// What a run cost, written once per run by its last step (the `StateMachine` dimension):
+/// the same counts as the report's `cost`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CostMetric {
+    /// Lambda invocations.
+    LambdaInvocations,
+    /// Lambda GB-seconds.
+    LambdaGbSeconds,
+    /// STANDARD executions.
+    StandardExecutions,
+    /// STANDARD state transitions.
+    StandardTransitions,
+    /// EXPRESS executions.
+    ExpressExecutions,
+    /// EXPRESS GB-seconds.
+    ExpressGbSeconds,
+    /// Bytes across regions (each side).
+    CrossRegionBytes,
+    /// Bytes out to the internet.
+    InternetBytes,
+    /// The estimate in US dollars.
+    EstimatedCostUsd,
+}
+
+impl CostMetric {
+    /// The metric's name and unit.
+    pub fn name_and_unit(self) -> (&'static str, &'static str) {
+        match self {
+            CostMetric::LambdaInvocations => ("LambdaInvocations", "Count"),
+            CostMetric::LambdaGbSeconds => ("LambdaGbSeconds", "None"),
+            CostMetric::StandardExecutions => ("StandardExecutions", "Count"),
+            CostMetric::StandardTransitions => ("StandardTransitions", "Count"),
+            CostMetric::ExpressExecutions => ("ExpressExecutions", "Count"),
+            CostMetric::ExpressGbSeconds => ("ExpressGbSeconds", "None"),
+            CostMetric::CrossRegionBytes => ("CrossRegionBytes", "Bytes"),
+            CostMetric::InternetBytes => ("InternetBytes", "Bytes"),
+            CostMetric::EstimatedCostUsd => ("EstimatedCostUsd", "None"),
+        }
+    }
+}
+
 /// The EMF document for some values of one destination (the `Destination` dimension).
 pub fn document(
     namespace: &str,
@@ -46,13 +89,24 @@ pub fn document(
     values: &[(Metric, f64)],
     at_ms: u128,
 ) -> Value {
+    let values: Vec<_> = values
+        .iter()
+        .map(|(m, v)| (m.name_and_unit(), *v))
+        .collect();
+    document_with(namespace, ("Destination", destination), &values, at_ms)
+}
+
+/// The EMF document for named values under one dimension.
+fn document_with(
+    namespace: &str,
+    (dimension, value): (&str, &str),
+    values: &[((&str, &str), f64)],
+    at_ms: u128,
+) -> Value {
     let mut root = Map::new();
     let metrics: Vec<Value> = values
         .iter()
-        .map(|(metric, _)| {
-            let (name, unit) = metric.name_and_unit();
-            json!({"Name": name, "Unit": unit})
-        })
+        .map(|((name, unit), _)| json!({"Name": name, "Unit": unit}))
         .collect();
     root.insert(
         "_aws".into(),
@@ -60,31 +114,65 @@ pub fn document(
             "Timestamp": at_ms as u64,
             "CloudWatchMetrics": [{
                 "Namespace": namespace,
-                "Dimensions": [["Destination"]],
+                "Dimensions": [[dimension]],
                 "Metrics": metrics,
             }],
         }),
     );
-    root.insert("Destination".into(), json!(destination));
-    for (metric, value) in values {
-        root.insert(metric.name_and_unit().0.into(), json!(value));
+    root.insert(dimension.into(), json!(value));
+    for ((name, _), value) in values {
+        root.insert((*name).into(), json!(value));
     }
     Value::Object(root)
 }
 
 /// Writes one EMF line for a destination's values, when metrics are on.
 pub fn emit(destination: &str, values: &[(Metric, f64)]) {
-    let Ok(namespace) = std::env::var(NAMESPACE_VARIABLE) else {
-        return;
-    };
-    if values.is_empty() || namespace.is_empty() {
-        return;
+    if let Some((namespace, now)) = metrics_on() {
+        if !values.is_empty() {
+            println!("{}", document(&namespace, destination, values, now));
+        }
+    }
+}
+
+/// The namespace and the time in milliseconds, when metrics are on.
+fn metrics_on() -> Option<(String, u128)> {
+    let namespace = std::env::var(NAMESPACE_VARIABLE).ok()?;
+    if namespace.is_empty() {
+        return None;
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    println!("{}", document(&namespace, destination, values, now));
+    Some((namespace, now))
+}
+
+/// The EMF document of a run's cost, under its state machine's name.
+pub fn cost_document(namespace: &str, state_machine: &str, cost: &Cost, at_ms: u128) -> Value {
+    use CostMetric::*;
+    let values = [
+        (LambdaInvocations, cost.lambda_invocations as f64),
+        (LambdaGbSeconds, cost.lambda_gb_seconds),
+        (StandardExecutions, cost.standard_executions as f64),
+        (StandardTransitions, cost.standard_transitions as f64),
+        (ExpressExecutions, cost.express_executions as f64),
+        (ExpressGbSeconds, cost.express_gb_seconds),
+        (CrossRegionBytes, cost.cross_region_bytes as f64),
+        (InternetBytes, cost.internet_bytes as f64),
+        (EstimatedCostUsd, cost.estimated_usd),
+    ]
+    .map(|(m, v)| (m.name_and_unit(), v));
+    document_with(namespace, ("StateMachine", state_machine), &values, at_ms)
+}
+
+/// Writes the EMF line of a run's cost, when metrics are on: `execution` is the execution's
+/// ARN (`arn:<partition>:states:<region>:<account>:execution:<state machine>:<name>`).
+pub fn emit_cost(execution: &str, cost: &Cost) {
+    let state_machine = execution.split(':').nth(6).unwrap_or("unknown");
+    if let Some((namespace, now)) = metrics_on() {
+        println!("{}", cost_document(&namespace, state_machine, cost, now));
+    }
 }
 
 /// Seconds since the epoch.

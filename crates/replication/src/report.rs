@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::cost::{Cost, CostModel};
 use crate::steps::{EnsureRepositoryOutput, ImageTask};
 
 /// JSON values, re-exported for step types that carry free-form JSON.
@@ -77,8 +78,8 @@ impl ImageResult {
     }
 }
 
-/// The run report: counts, bytes, failures.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The run report: counts, bytes, failures, and what the run cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunReport {
     /// Image x destination pairs considered.
@@ -149,6 +150,12 @@ pub struct RunReport {
     /// one page's children; empty when the run ends.)
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub continuations: Vec<Continuation>,
+    /// What the run cost in the workflow (absent from the CLI's runs, which cost nothing).
+    #[serde(default, skip_serializing_if = "Cost::is_empty")]
+    pub cost: Cost,
+    /// A dry run: what replicating what it planned would cost in the workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_cost: Option<Cost>,
 }
 
 /// A repository to go on with: its child handed back the token of its next page of images.
@@ -323,6 +330,21 @@ impl RunReport {
         self.present += count;
     }
 
+    /// Adds what a part of the workflow cost, to the planned cost too in a dry run's report.
+    pub fn add_cost(&mut self, cost: &Cost) {
+        self.cost.add(cost);
+        if let Some(planned) = &mut self.planned_cost {
+            planned.add(cost);
+        }
+    }
+
+    /// The report with its costs' dollars at the model's prices.
+    pub fn priced(mut self, model: &CostModel) -> Self {
+        self.cost = model.priced(std::mem::take(&mut self.cost));
+        self.planned_cost = self.planned_cost.map(|c| model.priced(c));
+        self
+    }
+
     /// Keeps at most `max` entries in each list (the counts keep the rest).
     pub fn limit_lists(&mut self, max: usize) {
         if self.failures.len() > max {
@@ -389,6 +411,12 @@ impl RunReport {
 
     /// Adds another report's counts and failures.
     pub fn merge(&mut self, other: &RunReport) {
+        self.cost.add(&other.cost);
+        if let Some(planned) = &other.planned_cost {
+            self.planned_cost
+                .get_or_insert_with(Cost::default)
+                .add(planned);
+        }
         self.continuations
             .extend(other.continuations.iter().cloned());
         self.tags_pruned += other.tags_pruned;

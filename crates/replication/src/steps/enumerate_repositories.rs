@@ -6,12 +6,14 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::connect::Connections;
+use crate::cost::Cost;
 use crate::error::{Error, Result};
 use crate::job::{Job, Mode, ValidJob};
 
 /// Source repositories per `enumerate-repositories` page: each becomes a child execution whose
-/// report is part of the Map's aggregated result (256 KiB at most).
-pub const REPOSITORIES_PER_PAGE: usize = 18;
+/// report (with its cost) is part of the Map's aggregated result (256 KiB at most: 94 % in the
+/// worst case `payload_bounds` builds).
+pub const REPOSITORIES_PER_PAGE: usize = 16;
 
 /// Names asked of the registry per listing request (ECR's `DescribeRepositories` maximum): the
 /// filter is applied within these large pages, so a page of selected repositories costs the
@@ -144,6 +146,7 @@ pub async fn enumerate_and_settle(
     input: EnumerateRepositoriesInput,
     budget: std::time::Duration,
 ) -> Result<EnumerateRepositoriesOutput> {
+    let started = std::time::Instant::now();
     let mut report = input.report.unwrap_or_default();
     let job = input.job.validate()?;
     let limits = conns.settings().limits;
@@ -193,7 +196,18 @@ pub async fn enumerate_and_settle(
     if listing_done && report.continuations.is_empty() {
         page.next_token = None;
     }
-    page.report = Some(report);
+    if job.job.dry_run && report.planned_cost.is_none() {
+        report.planned_cost = Some(Cost::default());
+    }
+    // This call and the parent's states for this page; the run's own execution on its first.
+    let first_of_execution = input.pages == 0;
+    let mut own = Cost::this_call(started);
+    own.add(&Cost::transitions(crate::cost::repositories_page_states(
+        first_of_execution,
+    )));
+    own.standard_executions += u64::from(first_of_execution);
+    report.add_cost(&own);
+    page.report = Some(report.priced(&conns.settings().cost_model));
     page.pages = input.pages.saturating_add(1);
     page.pages_per_execution = limits.pages_per_execution;
     page.pages_per_child = limits.pages_per_child;
@@ -354,13 +368,16 @@ async fn settle_repository(
         return Ok(work().await);
     }
     page.emit_present_metrics();
-    let report = super::summarise(SummariseInput {
-        results: serde_json::to_value(&page.unsigned).unwrap_or_default(),
-        repositories: serde_json::to_value(&ensured).unwrap_or_default(),
-        present: page.present,
-        list: Some(crate::report::CHILD_LISTED),
-        ..SummariseInput::default()
-    })?;
+    let report = super::summarise(
+        SummariseInput {
+            results: serde_json::to_value(&page.unsigned).unwrap_or_default(),
+            repositories: serde_json::to_value(&ensured).unwrap_or_default(),
+            present: page.present,
+            list: Some(crate::report::CHILD_LISTED),
+            ..SummariseInput::default()
+        },
+        &conns.settings().cost_model,
+    )?;
     Ok(Checked::Settled(Box::new(report)))
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::connect::Connections;
+use crate::cost::{Cost, CostModel};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metric};
 
@@ -16,8 +17,22 @@ impl Step for Summarise {
     const NAME: &'static str = "summarise";
     type Input = SummariseInput;
     type Output = RunReport;
-    fn run(_conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
-        Box::pin(async move { summarise(input) })
+    fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let model = &conns.settings().cost_model;
+            let finish = input.fail_on_failure;
+            let execution = input.execution.clone();
+            let mut report = summarise(input, model)?;
+            report.add_cost(&Cost::this_call(started));
+            let report = report.priced(model);
+            if finish {
+                if let Some(execution) = execution {
+                    metrics::emit_cost(&execution, &report.cost);
+                }
+            }
+            Ok(report)
+        })
     }
 }
 
@@ -66,9 +81,21 @@ pub struct SummariseInput {
     /// `childReports` is recorded failed.
     #[serde(default)]
     pub child_repositories: Vec<String>,
-    /// The execution whose Map ran the children (named in those failures).
+    /// The execution whose Map ran the children (named in those failures); at `Finish`, the
+    /// execution whose cost metrics are written.
     #[serde(default)]
     pub execution: Option<String>,
+    /// A page of images (`SummariseImages`): whether `EnumerateImages` listed it (`false`: the
+    /// part of the page planned before deferred it). Counts the page's states and calls.
+    #[serde(default)]
+    pub enumerated: Option<bool>,
+    /// The source registry of the page's images (where its bytes come from).
+    #[serde(default)]
+    pub source_registry: Option<String>,
+    /// With `childReports`: the parent's listing token after this page (`null`: read to its
+    /// end), which says whether the parent goes on through `ResumeHandedBack`.
+    #[serde(default)]
+    pub listing_next_token: Option<String>,
     /// Entries each list of the report may hold (default `MAX_FAILURES_LISTED`).
     #[serde(default)]
     pub list: Option<usize>,
@@ -180,14 +207,92 @@ fn with_missing_children(
     results
 }
 
-/// Adds up reports and per-image results into one run report. With `failOnFailure`, a run
-/// with failed images or repositories is an error naming each of them.
-pub fn summarise(input: SummariseInput) -> Result<RunReport> {
+/// What a page of images cost: its states in the repository child (with the child's start on
+/// its first page), its calls, and its copy's children and bytes; in a dry run also what copying
+/// it would cost (`plannedCost`).
+fn add_page_cost(report: &mut RunReport, input: &SummariseInput, model: &CostModel) -> Result<()> {
+    let Some(enumerated) = input.enumerated else {
+        return Ok(());
+    };
+    let plan = match &input.plan {
+        JsonValue::Object(_) => Some(
+            PagePlan::deserialize(&input.plan)
+                .map_err(|e| Error::invalid("plan", format!("not a page plan: {e}")))?,
+        ),
+        _ => None,
+    };
+    let destinations =
+        flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")?.len();
+    let deferred = plan.as_ref().is_some_and(|p| !p.deferred.is_empty());
+    let mut listing = model.calls(u64::from(enumerated) + u64::from(plan.is_some()));
+    if destinations > 0 {
+        listing.standard_executions += 1;
+        listing.standard_transitions += crate::cost::child_start_states(destinations as u64);
+        listing.add(&model.calls(destinations as u64));
+    }
+    let states = |copied| {
+        Cost::transitions(crate::cost::page_states(
+            enumerated,
+            plan.is_some(),
+            copied,
+            deferred,
+        ))
+    };
+    let copying = |plan: &PagePlan| {
+        let source = input.source_registry.as_deref().unwrap_or_default();
+        let mut cost = Cost::default();
+        for r in &plan.ranges {
+            cost.add(&model.range_copy(
+                &r.range,
+                plan.express,
+                (source, &r.image.target_registry),
+                r.range.bytes(),
+            ));
+        }
+        let puts = plan
+            .images
+            .iter()
+            .filter(|i| i.error.is_none() && !i.present)
+            .count();
+        cost.add(&model.image_children(plan.images.len() as u64, puts as u64));
+        cost
+    };
+    report.add_cost(&listing);
+    match (&plan, input.dry_run) {
+        (Some(plan), true) => {
+            report.cost.add(&states(false));
+            let planned = report.planned_cost.get_or_insert_with(Cost::default);
+            planned.add(&states(true));
+            planned.add(&copying(plan));
+        }
+        (Some(plan), false) => {
+            report.add_cost(&states(true));
+            report.add_cost(&copying(plan));
+        }
+        (None, _) => report.add_cost(&states(false)),
+    }
+    Ok(())
+}
+
+/// Adds up reports and per-image results into one run report, with what the part of the
+/// workflow it ends cost. With `failOnFailure`, a run with failed images or repositories is an
+/// error naming each of them.
+pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> {
     let mut report = RunReport::default();
+    if input.dry_run && input.enumerated.is_some() {
+        report.planned_cost = Some(Cost::default());
+    }
     for r in flatten::<RunReport>(&input.reports, "reports")? {
         report.merge(&r);
     }
     add_child_reports(&mut report, &input)?;
+    if !input.child_repositories.is_empty() {
+        let resumes = input.listing_next_token.is_none() && !report.continuations.is_empty();
+        report.add_cost(&Cost::transitions(crate::cost::children_page_states(
+            resumes,
+        )));
+    }
+    add_page_cost(&mut report, &input, model)?;
     let mut failed_by_destination: std::collections::BTreeMap<String, usize> = Default::default();
     let (results, _) = flatten_children::<ImageResult>(&input.results);
     let results = with_missing_children(results, &input);

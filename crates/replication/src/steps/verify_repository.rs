@@ -26,12 +26,19 @@ impl Step for VerifyRepository {
     type Output = RunReport;
     fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let mut verify = verify_repository(conns, input).await?;
             verify.limit_lists(VERIFY_LISTED);
-            Ok(RunReport {
+            // The call and the verifying child's states and execution.
+            let mut cost = crate::cost::Cost::this_call(started);
+            cost.standard_executions = 1;
+            cost.standard_transitions = crate::cost::VERIFY_CHILD_STATES;
+            let report = RunReport {
                 verify: Some(verify),
+                cost,
                 ..RunReport::default()
-            })
+            };
+            Ok(report.priced(&conns.settings().cost_model))
         })
     }
 }

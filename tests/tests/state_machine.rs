@@ -759,6 +759,16 @@ async fn the_report_counts_what_the_run_cost_and_a_dry_run_says_so_beforehand() 
     dry["dryRun"] = json!(true);
 
     let (plan, plan_counted) = run_counted(&sfn, &arn, &dry).await;
+    // The CLI's `plan` (the same steps, in process) says it too.
+    let conns = replication::connect::Connections::new(replication::connect::Settings {
+        registry: e2e::fast_retry_config(&[]),
+        ..Default::default()
+    });
+    let job: replication::Job = serde_json::from_value(dry.clone()).unwrap();
+    let cli_plan = replication::run::run_job(&conns, job, &replication::run::Quiet)
+        .await
+        .unwrap();
+    let cli_planned = serde_json::to_value(&cli_plan.report.planned_cost).unwrap();
     let (copy, copy_counted) = run_counted(&sfn, &arn, &input).await;
     let (again, again_counted) = run_counted(&sfn, &arn, &input).await;
 
@@ -777,6 +787,8 @@ async fn the_report_counts_what_the_run_cost_and_a_dry_run_says_so_beforehand() 
     );
     // The dry run said beforehand what the copy would cost.
     assert_eq!(cost_counts(&plan["plannedCost"]), copy_counted, "{plan}");
+    assert_eq!(cost_counts(&cli_planned), copy_counted, "{cli_planned}");
+    assert_eq!(cli_planned["internetBytes"], copy["bytesCopied"]);
     assert!(copy.get("plannedCost").is_none(), "{copy}");
     // Loopback registries are not ECR: every byte pushed counts as leaving AWS.
     assert_eq!(copy["cost"]["internetBytes"], copy["bytesCopied"], "{copy}");

@@ -69,7 +69,10 @@ pub struct RunArgs {
 
 impl RunArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
-        let mut settings = Settings::default();
+        let mut settings = Settings {
+            cost_model: replication::cost::CostModel::from_env()?,
+            ..Settings::default()
+        };
         settings.aws.endpoint_url = self.aws_endpoint_url.clone().filter(|u| !u.is_empty());
         settings.registry.insecure_registries = self.insecure_registries.clone();
         self.throttle.apply(&mut settings.registry);
@@ -301,6 +304,22 @@ fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow:
         r.bytes_copied as f64 / 1048576.0,
         r.repositories_failed
     );
+    if let Some(c) = &r.planned_cost {
+        const GB: f64 = 1e9;
+        println!(
+            "In the workflow this would cost about ${:.4}: {} Lambda invocations ({:.0} GB-s), \
+             {} STANDARD executions ({} state transitions), {} EXPRESS executions; \
+             {:.2} GB across regions, {:.2} GB out of AWS",
+            c.estimated_usd,
+            c.lambda_invocations,
+            c.lambda_gb_seconds,
+            c.standard_executions,
+            c.standard_transitions,
+            c.express_executions,
+            c.cross_region_bytes as f64 / GB,
+            c.internet_bytes as f64 / GB,
+        );
+    }
     if r.tags_pruned + r.tags_kept > 0 {
         println!(
             "{} stale tags {}, {} kept (see above)",

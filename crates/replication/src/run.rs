@@ -11,6 +11,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::connect::Connections;
+use crate::cost::{Cost, PageRound};
 use crate::error::{Error, Result};
 use crate::job::{Job, Mode, ValidJob};
 use crate::plan::CopyRange;
@@ -150,6 +151,13 @@ pub async fn run_job(
         observer,
         copies: Semaphore::new(job.max_concurrency.max(1) as usize),
         output: Mutex::new(RunOutput::default()),
+        // A plan pages as the workflow does, so what it says the workflow will cost is so.
+        bounds: if job.dry_run {
+            PageBounds::STEP
+        } else {
+            PageBounds::IN_PROCESS
+        },
+        planned: Mutex::new((Cost::default(), 0)),
     };
     let parallel_repositories = (job.max_concurrency as usize).clamp(1, 8);
     let mut repo_token = None;
@@ -175,7 +183,14 @@ pub async fn run_job(
             None => break,
         }
     }
-    let output = run.output.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (planned, children) = run.planned.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut output = run.output.into_inner().unwrap_or_else(|e| e.into_inner());
+    if job.dry_run {
+        let model = &conns.settings().cost_model;
+        let mut cost = model.parent(children);
+        cost.add(&planned);
+        output.report.planned_cost = Some(model.priced(cost));
+    }
     Ok(output)
 }
 
@@ -187,6 +202,10 @@ struct Run<'a> {
     /// Copy and put calls at once: `maxConcurrency`.
     copies: Semaphore,
     output: Mutex<RunOutput>,
+    /// How large a page of work is.
+    bounds: PageBounds,
+    /// A plan's estimate of the workflow: the repository children's cost, and how many.
+    planned: Mutex<(Cost, usize)>,
 }
 
 impl Run<'_> {
@@ -214,6 +233,11 @@ impl Run<'_> {
     }
 
     async fn try_repository(&self, repository: &str) -> Result<()> {
+        let model = &self.conns.settings().cost_model;
+        // What the workflow's child for this repository would cost; it has none when the
+        // repository has nothing to do (enumerate-repositories settles it).
+        let mut child = model.child_start(self.job.destinations.len());
+        let mut has_work = false;
         for destination in 0..self.job.destinations.len() {
             let ensured = steps::ensure_repository(
                 self.conns,
@@ -225,6 +249,8 @@ impl Run<'_> {
             )
             .await?;
             self.observer.repository_ensured(&ensured);
+            has_work |=
+                ensured.created || !ensured.changes.is_empty() || !ensured.pruned.is_empty();
             self.record(|o| {
                 o.report.add_repository(&ensured);
                 o.repositories.push(ensured);
@@ -240,13 +266,16 @@ impl Run<'_> {
                 repository,
                 Selection::whole(&selected),
                 offset,
-                PageBounds::IN_PROCESS,
+                self.bounds,
             )
             .await?;
             page.emit_present_metrics();
             self.record(|o| o.report.add_present(page.present));
+            has_work |= !page.images.is_empty();
             let mut results = page.unsigned;
-            results.extend(self.replicate_page(page.images).await);
+            let (replicated, rounds) = self.replicate_page(page.images).await;
+            child.add(&rounds);
+            results.extend(replicated);
             for r in &results {
                 self.observer.image_done(r);
             }
@@ -258,18 +287,39 @@ impl Run<'_> {
             });
             match page.next_token.and_then(|t| t.parse().ok()) {
                 Some(next) => offset = next,
-                None => return Ok(()),
+                None => break,
             }
         }
+        if has_work {
+            let mut planned = self.planned.lock().unwrap_or_else(|e| e.into_inner());
+            planned.0.add(&child);
+            planned.1 += 1;
+        }
+        Ok(())
     }
 
     /// One page of tasks, as the state machine runs it: the page planned (the union of its
     /// images' missing blobs per destination repository, each blob once), every range copied,
     /// then each image's manifests put once all of its blobs are there. Deferred tasks (the
-    /// plan's size bound) are planned next, the same way.
-    async fn replicate_page(&self, tasks: Vec<ImageTask>) -> Vec<ImageResult> {
+    /// plan's size bound) are planned next, the same way. Returns the results and what the
+    /// page's rounds cost in the workflow (the repository child's states and calls, its copy's).
+    async fn replicate_page(&self, tasks: Vec<ImageTask>) -> (Vec<ImageResult>, Cost) {
+        let model = &self.conns.settings().cost_model;
+        let mut round = PageRound {
+            enumerated: true,
+            plan: None,
+            destinations: 0,
+            source: &self.job.source.registry,
+        };
         let mut results = Vec::new();
         let mut tasks = tasks;
+        // Each round ends in a `SummariseImages` call (in the workflow, it counts itself).
+        let summarise = model.calls(1);
+        let mut cost = Cost::default();
+        if tasks.is_empty() {
+            cost.add(&model.page_round(&round, true));
+            cost.add(&summarise);
+        }
         while !tasks.is_empty() {
             let plan = match steps::plan_page_within(
                 self.conns,
@@ -277,20 +327,29 @@ impl Run<'_> {
                     job: self.job.clone(),
                     images: tasks.clone(),
                 },
-                PageBounds::IN_PROCESS.plan_bytes,
+                self.bounds.plan_bytes,
             )
             .await
             {
                 Ok(plan) => plan,
                 Err(e) => {
                     results.extend(tasks.iter().map(|t| failed(t, &e)));
-                    return results;
+                    return (results, cost);
                 }
             };
+            cost.add(&model.page_round(
+                &PageRound {
+                    plan: Some(&plan),
+                    ..round
+                },
+                true,
+            ));
+            cost.add(&summarise);
+            round.enumerated = false;
             tasks = plan.deferred.clone();
             results.extend(self.run_plan(plan).await);
         }
-        results
+        (results, cost)
     }
 
     async fn run_plan(&self, plan: PagePlan) -> Vec<ImageResult> {

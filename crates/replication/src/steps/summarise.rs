@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::connect::Connections;
-use crate::cost::{Cost, CostModel};
+use crate::cost::{Cost, CostModel, PageRound};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metric};
 
@@ -207,9 +207,8 @@ fn with_missing_children(
     results
 }
 
-/// What a page of images cost: its states in the repository child (with the child's start on
-/// its first page), its calls, and its copy's children and bytes; in a dry run also what copying
-/// it would cost (`plannedCost`).
+/// What a page of images cost (`CostModel::page_round`); in a dry run also what copying it
+/// would cost (`plannedCost`).
 fn add_page_cost(report: &mut RunReport, input: &SummariseInput, model: &CostModel) -> Result<()> {
     let Some(enumerated) = input.enumerated else {
         return Ok(());
@@ -221,55 +220,20 @@ fn add_page_cost(report: &mut RunReport, input: &SummariseInput, model: &CostMod
         ),
         _ => None,
     };
-    let destinations =
-        flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")?.len();
-    let deferred = plan.as_ref().is_some_and(|p| !p.deferred.is_empty());
-    let mut listing = model.calls(u64::from(enumerated) + u64::from(plan.is_some()));
-    if destinations > 0 {
-        listing.standard_executions += 1;
-        listing.standard_transitions += crate::cost::child_start_states(destinations as u64);
-        listing.add(&model.calls(destinations as u64));
-    }
-    let states = |copied| {
-        Cost::transitions(crate::cost::page_states(
-            enumerated,
-            plan.is_some(),
-            copied,
-            deferred,
-        ))
+    let round = PageRound {
+        enumerated,
+        plan: plan.as_ref(),
+        destinations: flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")?.len(),
+        source: input.source_registry.as_deref().unwrap_or_default(),
     };
-    let copying = |plan: &PagePlan| {
-        let source = input.source_registry.as_deref().unwrap_or_default();
-        let mut cost = Cost::default();
-        for r in &plan.ranges {
-            cost.add(&model.range_copy(
-                &r.range,
-                plan.express,
-                (source, &r.image.target_registry),
-                r.range.bytes(),
-            ));
-        }
-        let puts = plan
-            .images
-            .iter()
-            .filter(|i| i.error.is_none() && !i.present)
-            .count();
-        cost.add(&model.image_children(plan.images.len() as u64, puts as u64));
-        cost
-    };
-    report.add_cost(&listing);
-    match (&plan, input.dry_run) {
-        (Some(plan), true) => {
-            report.cost.add(&states(false));
-            let planned = report.planned_cost.get_or_insert_with(Cost::default);
-            planned.add(&states(true));
-            planned.add(&copying(plan));
-        }
-        (Some(plan), false) => {
-            report.add_cost(&states(true));
-            report.add_cost(&copying(plan));
-        }
-        (None, _) => report.add_cost(&states(false)),
+    if input.dry_run {
+        report.cost.add(&model.page_round(&round, false));
+        report
+            .planned_cost
+            .get_or_insert_with(Cost::default)
+            .add(&model.page_round(&round, true));
+    } else {
+        report.add_cost(&model.page_round(&round, true));
     }
     Ok(())
 }

@@ -55,7 +55,16 @@ export interface ReplicatorConfig {
   allowPrune?: boolean;
   /** Subscribed to failed executions. */
   notificationEmail?: string;
+  /** Prices the runs' reports estimate their cost with (US dollars; defaults: us-east-1,
+   * arm64, on demand), any of PRICE_FIELDS; the functions get them as ECR_REPLICATOR_PRICES. */
+  prices?: Record<string, number>;
 }
+
+/** What `prices` may set (the functions' `CostModel`, README "Cost"). */
+export const PRICE_FIELDS = [
+  'lambdaRequest', 'lambdaGbSecond', 'standardTransition', 'expressRequest', 'expressGbSecond',
+  'crossRegionGb', 'internetGb', 'callSeconds', 'callMemoryMb', 'copyMegabytesPerSecond',
+];
 
 const ACCOUNT = /^\d{12}$/;
 const DEPLOYMENT_NAME = /^[a-z][a-z0-9-]{0,27}[a-z0-9]$/;
@@ -79,6 +88,10 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
   const fail = (field: string, problem: string) => { throw new Error(`${file}: ${field} ${problem}`); };
   if (config.deploymentName !== undefined && !DEPLOYMENT_NAME.test(config.deploymentName)) {
     fail('deploymentName', 'must be 2 to 29 lowercase letters, digits or dashes, starting with a letter (it prefixes role names)');
+  }
+  for (const [field, value] of Object.entries(config.prices ?? {})) {
+    if (!PRICE_FIELDS.includes(field)) fail(`prices.${field}`, `is not a price; known: ${PRICE_FIELDS.join(', ')}`);
+    if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) fail(`prices.${field}`, 'must be a number of at least 0');
   }
   if (config.copyConcurrency !== undefined && !(Number.isInteger(config.copyConcurrency) && config.copyConcurrency >= 1 && config.copyConcurrency <= 900)) {
     fail('copyConcurrency', 'must be an integer from 1 to 900 (Lambda keeps 100 of an account\'s 1,000 unreserved)');

@@ -103,6 +103,11 @@ export const METRICS_NAMESPACE = 'EcrReplicator';
 /** The copying functions: their reserved concurrency is the config's `copyConcurrency`. */
 export const COPY_FUNCTIONS = ['copy-blobs', 'put-manifests'];
 
+/** The copy function's memory (MB): what the reports' cost counts a copy's GB-seconds at. */
+export function copyMemoryMb(): number {
+  return FUNCTIONS.find((f) => f.name === 'copy-blobs')?.memory ?? FUNCTION_DEFAULTS.memory;
+}
+
 export interface WorkflowStackProps extends StackProps {
   config: ReplicatorConfig;
   /** Deploy a placeholder where a function binary is not built (synth checks and tests only). */
@@ -214,6 +219,8 @@ export class WorkflowStack extends Stack {
           RUST_LOG: 'info',
           ECR_REPLICATOR_METRICS_NAMESPACE: names.metricsNamespace,
           ECR_REPLICATOR_ALLOWED_REGISTRIES: JSON.stringify(allowlist(config)),
+          // The copy function's memory is this app's; the rest the config's or the defaults.
+          ECR_REPLICATOR_PRICES: JSON.stringify({ copyMemoryMb: copyMemoryMb(), ...config.prices }),
           ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
         },
       });
@@ -395,6 +402,10 @@ export class WorkflowStack extends Stack {
       namespace: names.metricsNamespace, metricName: name, dimensionsMap: { Destination: destination },
       statistic, period: Duration.minutes(5), label: `${name} ${destination}`,
     });
+    const runMetric = (name: string) => new cloudwatch.Metric({
+      namespace: names.metricsNamespace, metricName: name, dimensionsMap: { StateMachine: names.stateMachine },
+      statistic: 'Sum', period: Duration.hours(1), label: name,
+    });
     const perDestination = (title: string, names: string[], statistic = 'Sum') => new cloudwatch.GraphWidget({
       title, width: 12,
       left: destinations.flatMap((d) => names.map((n) => metric(n, d, statistic))),
@@ -406,6 +417,13 @@ export class WorkflowStack extends Stack {
         [perDestination('Replication lag (seconds, max)', ['ReplicationLag'], 'Maximum'), new cloudwatch.GraphWidget({
           title: 'Executions', width: 12,
           left: [this.stateMachine.metricSucceeded(), this.stateMachine.metricFailed()],
+        })],
+        [new cloudwatch.GraphWidget({
+          title: 'Estimated cost of runs (USD, from the reports)', width: 12,
+          left: [runMetric('EstimatedCostUsd')],
+        }), new cloudwatch.GraphWidget({
+          title: 'What runs cost (counts)', width: 12,
+          left: ['LambdaInvocations', 'StandardTransitions', 'StandardExecutions', 'ExpressExecutions'].map((n) => runMetric(n)),
         })],
       ],
     });

@@ -517,3 +517,15 @@ test('reserved concurrency for the copying functions only, from the config', () 
   for (const fn of Object.values(w.findResources('AWS::Lambda::Function')) as any[]) assert.equal(fn.Properties.ReservedConcurrentExecutions, undefined);
   assert.throws(() => variant((c) => { c.copyConcurrency = 1000; }), /copyConcurrency must be an integer from 1 to 900/);
 });
+
+test('every function gets the price table: the copy function\'s memory and the config\'s prices', () => {
+  const [w2] = deployment(variant((c) => { c.prices = { standardTransition: 0.0000279, crossRegionGb: 0.09 }; }));
+  const functions = Object.values(w2.findResources('AWS::Lambda::Function')) as any[];
+  assert.ok(functions.length >= 8);
+  for (const fn of functions) {
+    const prices = JSON.parse(fn.Properties.Environment.Variables.ECR_REPLICATOR_PRICES);
+    assert.deepEqual(prices, { copyMemoryMb: 3008, standardTransition: 0.0000279, crossRegionGb: 0.09 });
+  }
+  assert.throws(() => variant((c) => { c.prices = { standardTransitions: 1 }; }), /prices.standardTransitions is not a price/);
+  assert.throws(() => variant((c) => { c.prices = { internetGb: -1 }; }), /prices.internetGb must be a number of at least 0/);
+});

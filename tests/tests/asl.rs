@@ -275,3 +275,26 @@ fn max_concurrency_bounds_the_whole_runs_copies() {
         }
     );
 }
+
+/// The CDK config's `prices` names exactly the price table's fields the functions read (less
+/// the copy function's memory, which the app sets, and the region, which Lambda does).
+#[test]
+fn the_cdk_prices_are_the_functions_price_table() {
+    let model = serde_json::to_value(replication::cost::CostModel::default()).unwrap();
+    let mut fields: Vec<String> = model.as_object().unwrap().keys().cloned().collect();
+    fields.retain(|f| f != "copyMemoryMb" && f != "region");
+    fields.sort();
+    let config = std::fs::read_to_string(workspace().join("cdk/lib/config.ts")).unwrap();
+    let list = config
+        .split("export const PRICE_FIELDS = [")
+        .nth(1)
+        .and_then(|rest| rest.split("];").next())
+        .expect("PRICE_FIELDS in cdk/lib/config.ts");
+    let mut cdk: Vec<String> = list
+        .split(',')
+        .map(|f| f.trim().trim_matches('\'').to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    cdk.sort();
+    assert_eq!(cdk, fields);
+}

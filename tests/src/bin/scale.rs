@@ -3,8 +3,10 @@
 //! `cargo lambda watch`), one `scale:` line per run:
 //! `scale: run=<name> images=<n> repositories=<n> invocations=<n> children_standard=<n>
 //! children_express=<n> transitions=<n> parent_events=<n> max_child_events=<n> failed=<n>
-//! wall_s=<n> stepfunctions_usd=<n>` (transitions: STANDARD ones, parent and children; the
-//! dollars from the us-east-1 prices in `Prices`).
+//! wall_s=<n> stepfunctions_usd=<n> report_invocations=<n> report_transitions=<n>
+//! report_usd=<n>` (transitions: STANDARD ones, parent and children; the dollars from the
+//! us-east-1 prices in `Prices`; the last three: what the run's report counted, Lambda
+//! included in its dollars).
 //!
 //! The catalog runs: a fabricated catalog (default 10,000 repositories x 10 tags = 100,000
 //! images, distinct manifests sharing one config and one layer) replicated to an empty
@@ -184,15 +186,21 @@ fn measure_run(
         "{run}: {} in {:.0} s, report {report}, {}",
         execution.status, execution.seconds, execution.cause
     );
+    // What the run's report says it cost (its own count, next to the rig's).
+    let cost = &report["cost"];
     let line = format!(
         "scale: run={run} images={images} repositories={repositories} invocations={calls} \
          children_standard={} children_express={} transitions={transitions} parent_events={} \
-         max_child_events={} failed={failed} wall_s={:.0} stepfunctions_usd={dollars:.4}",
+         max_child_events={} failed={failed} wall_s={:.0} stepfunctions_usd={dollars:.4} \
+         report_invocations={} report_transitions={} report_usd={:.4}",
         standard.len(),
         express.len(),
         execution.events,
         standard.iter().map(|c| c.events).max().unwrap_or(0),
         execution.seconds,
+        cost["lambdaInvocations"].as_u64().unwrap_or(0),
+        cost["standardTransitions"].as_u64().unwrap_or(0),
+        cost["estimatedUsd"].as_f64().unwrap_or(0.0),
     );
     (line, execution, calls)
 }

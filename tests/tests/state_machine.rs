@@ -554,7 +554,14 @@ async fn runs_copy_only_signed_images_announce_themselves_and_emit_metrics() {
     for d in &documents {
         let declared = &d["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(declared["Namespace"], e2e::sfn::METRICS_NAMESPACE, "{d}");
-        assert_eq!(declared["Dimensions"], json!([["Destination"]]), "{d}");
+        // Per destination; a run's cost per state machine (once per run, by its last step).
+        let dimension = declared["Dimensions"][0][0].as_str().unwrap_or_default();
+        assert!(
+            ["Destination", "StateMachine"].contains(&dimension)
+                && declared["Dimensions"].as_array().unwrap().len() == 1,
+            "{d}"
+        );
+        assert!(d[dimension].is_string(), "{d}");
         assert!(
             d["_aws"]["Timestamp"].as_u64().unwrap() > 1_700_000_000_000,
             "{d}"

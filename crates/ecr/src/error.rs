@@ -34,6 +34,14 @@ pub enum Error {
         /// Whether the failure is throttling, a timeout or a server error.
         retryable: bool,
     },
+    /// A registry secret did not hold a usable credential (its value is never shown).
+    #[error("the secret {secret} holds no registry credential: {reason}; store {{\"username\": ..., \"accessToken\": ...}} as its secret string")]
+    BadSecret {
+        /// The secret's ARN.
+        secret: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The authorization token answer had no usable token.
     #[error("ecr:GetAuthorizationToken for {registry} returned no usable token: {reason}")]
     BadToken {

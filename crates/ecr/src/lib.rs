@@ -1,11 +1,12 @@
 //! The AWS control plane for ecr-replicator: ECR registry hosts, SDK configuration (endpoint
 //! override, assumed roles), repositories and images, repository settings, and registry
-//! credentials from ECR authorization tokens. Data-plane traffic goes through the `oci` crate.
+//! credentials from ECR authorization tokens and Secrets Manager. Data-plane traffic goes through the `oci` crate.
 
 pub mod admin;
 pub mod aws;
 pub mod error;
 pub mod registry;
+pub mod secrets;
 pub mod store;
 pub mod token;
 
@@ -17,5 +18,6 @@ pub use aws::{ecr_client, sdk_config, sfn_client, AssumeRole, AwsSettings};
 pub use aws_sdk_ecr::types::{EncryptionType, ImageTagMutability};
 pub use error::{Error, Result};
 pub use registry::{EcrRegistry, RoleArn};
+pub use secrets::{SecretArn, SecretCredentialSource};
 pub use store::WorkBucket;
 pub use token::EcrTokenSource;

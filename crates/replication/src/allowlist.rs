@@ -41,6 +41,10 @@ pub struct AllowedRegistry {
     /// functions' own role is used).
     #[serde(default)]
     pub role_arns: Vec<String>,
+    /// Secrets Manager secrets a job may name (`credentialArn`) for this registry: its
+    /// credentials are sent to it and nowhere else (none: the job may name no secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_arns: Vec<String>,
 }
 
 impl Allowlist {
@@ -65,6 +69,7 @@ impl Allowlist {
             (
                 &source.registry,
                 source.role_arn.as_deref(),
+                source.credential_arn.as_deref(),
                 source.insecure,
             ),
             &mut problems,
@@ -73,7 +78,12 @@ impl Allowlist {
             self.check_one(
                 &format!("destinations[{i}]"),
                 &self.destinations,
-                (&d.registry, d.role_arn.as_deref(), d.insecure),
+                (
+                    &d.registry,
+                    d.role_arn.as_deref(),
+                    d.credential_arn.as_deref(),
+                    d.insecure,
+                ),
                 &mut problems,
             );
         }
@@ -88,7 +98,7 @@ impl Allowlist {
         &self,
         at: &str,
         allowed: &[AllowedRegistry],
-        (registry, role, insecure): (&str, Option<&str>, bool),
+        (registry, role, credential, insecure): (&str, Option<&str>, Option<&str>, bool),
         problems: &mut Vec<FieldProblem>,
     ) {
         let mut problem = |field: &str, text: String| {
@@ -118,6 +128,14 @@ impl Allowlist {
                     problem(
                         "roleArn",
                         format!("{role:?} is not a role this deployment allows for {registry}"),
+                    );
+                }
+                if let Some(secret) =
+                    credential.filter(|c| !entry.credential_arns.iter().any(|a| a == c))
+                {
+                    problem(
+                        "credentialArn",
+                        format!("{secret:?} is not a secret this deployment allows for {registry} (a registry's secret goes to that registry only)"),
                     );
                 }
             }

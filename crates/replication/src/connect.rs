@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ecr::{AssumeRole, AwsSettings, EcrAdmin, EcrRegistry, EcrTokenSource, RoleArn, WorkBucket};
+use ecr::{
+    AssumeRole, AwsSettings, EcrAdmin, EcrRegistry, EcrTokenSource, RoleArn, SecretArn,
+    SecretCredentialSource, WorkBucket,
+};
 use oci::{ClientConfig, Credential, CredentialStore, RegistryClient};
 use tokio::sync::Mutex;
 
@@ -88,6 +91,7 @@ pub struct Connection {
     /// Control plane, for ECR registries.
     pub ecr: Option<EcrAdmin>,
     token: Option<Arc<EcrTokenSource>>,
+    secret: Option<Arc<SecretCredentialSource>>,
     current: Mutex<Option<Credential>>,
 }
 
@@ -111,12 +115,15 @@ impl Connection {
         Ok((reference, manifest))
     }
 
-    /// Makes sure the client holds an unexpired ECR token (a no-op for other registries).
+    /// Makes sure the client holds an unexpired ECR token, or the credential the registry's
+    /// secret holds (a no-op for other registries).
     pub async fn refresh_credentials(&self) -> Result<()> {
-        let Some(token) = &self.token else {
-            return Ok(());
+        let fetched = match (&self.token, &self.secret) {
+            (Some(token), _) => token.credential().await,
+            (None, Some(secret)) => secret.credential().await,
+            (None, None) => return Ok(()),
         };
-        let credential = token.credential().await.map_err(|source| Error::Aws {
+        let credential = fetched.map_err(|source| Error::Aws {
             context: format!("getting registry credentials for {}", self.registry),
             source,
         })?;
@@ -135,6 +142,16 @@ struct Key {
     registry: String,
     role: Option<String>,
     external_id: Option<String>,
+    credential: Option<String>,
+    insecure: bool,
+}
+
+/// How a job reaches one registry.
+struct Reach<'a> {
+    registry: &'a str,
+    role: Option<&'a str>,
+    external_id: Option<&'a str>,
+    credential: Option<&'a str>,
     insecure: bool,
 }
 
@@ -191,12 +208,13 @@ impl Connections {
     pub async fn source(&self, job: &Job) -> Result<Arc<Connection>> {
         self.admit(job)?;
         let s = &job.source;
-        self.connect(
-            &s.registry,
-            s.role_arn.as_deref(),
-            s.external_id.as_deref(),
-            s.insecure,
-        )
+        self.connect(Reach {
+            registry: &s.registry,
+            role: s.role_arn.as_deref(),
+            external_id: s.external_id.as_deref(),
+            credential: s.credential_arn.as_deref(),
+            insecure: s.insecure,
+        })
         .await
     }
 
@@ -204,26 +222,29 @@ impl Connections {
     pub async fn destination(&self, job: &Job, index: usize) -> Result<Arc<Connection>> {
         self.admit(job)?;
         let d = job.destination(index)?;
-        self.connect(
-            &d.registry,
-            d.role_arn.as_deref(),
-            d.external_id.as_deref(),
-            d.insecure,
-        )
+        self.connect(Reach {
+            registry: &d.registry,
+            role: d.role_arn.as_deref(),
+            external_id: d.external_id.as_deref(),
+            credential: d.credential_arn.as_deref(),
+            insecure: d.insecure,
+        })
         .await
     }
 
-    async fn connect(
-        &self,
-        registry: &str,
-        role: Option<&str>,
-        external_id: Option<&str>,
-        insecure: bool,
-    ) -> Result<Arc<Connection>> {
+    async fn connect(&self, reach: Reach<'_>) -> Result<Arc<Connection>> {
+        let Reach {
+            registry,
+            role,
+            external_id,
+            credential,
+            insecure,
+        } = reach;
         let key = Key {
             registry: registry.to_string(),
             role: role.map(str::to_string),
             external_id: external_id.map(str::to_string),
+            credential: credential.map(str::to_string),
             insecure,
         };
         let mut cache = self.cache.lock().await;
@@ -277,6 +298,23 @@ impl Connections {
         } else {
             (None, None)
         };
+        let secret = match credential {
+            Some(arn) => {
+                let arn = SecretArn::parse(arn).map_err(|e| Error::invalid("credentialArn", e))?;
+                let secret = Arc::new(SecretCredentialSource::new(&self.settings.aws, arn).await);
+                // A rotated secret: the registry refuses what was read, so read it again.
+                let rereader = secret.clone();
+                client.set_refresher(
+                    registry,
+                    Arc::new(move || {
+                        let secret = rereader.clone();
+                        Box::pin(async move { secret.reread().await.ok() })
+                    }),
+                );
+                Some(secret)
+            }
+            None => None,
+        };
         let conn = Arc::new(Connection {
             registry: registry.to_string(),
             catalog_page_size: self
@@ -287,6 +325,7 @@ impl Connections {
             client,
             ecr,
             token,
+            secret,
             current: Mutex::new(None),
         });
         cache.insert(key, conn.clone());

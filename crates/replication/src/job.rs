@@ -95,6 +95,11 @@ pub struct Source {
     /// External ID for that role.
     #[serde(default)]
     pub external_id: Option<String>,
+    /// Secrets Manager secret with this registry's credentials (`{"username": ...,
+    /// "accessToken": ...}`, as ECR pull-through cache rules store them), for a registry that is
+    /// not ECR. The deployment must allow the secret for this registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_arn: Option<String>,
     /// Reach the registry over plain HTTP (local tests only).
     #[serde(default)]
     pub insecure: bool,
@@ -124,6 +129,11 @@ pub struct Destination {
     /// any other key. Without a mapping, KMS-encrypted repositories use the AWS managed key.
     #[serde(default)]
     pub kms_key_mapping: BTreeMap<String, String>,
+    /// Secrets Manager secret with this registry's credentials (`{"username": ...,
+    /// "accessToken": ...}`, as ECR pull-through cache rules store them), for a registry that is
+    /// not ECR. The deployment must allow the secret for this registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_arn: Option<String>,
     /// Reach the registry over plain HTTP (local tests only).
     #[serde(default)]
     pub insecure: bool,
@@ -430,6 +440,12 @@ impl Job {
             self.source.external_id.as_deref(),
             &mut problem,
         );
+        check_credential(
+            "source",
+            &self.source.registry,
+            self.source.credential_arn.as_deref(),
+            &mut problem,
+        );
         if self.destinations.is_empty() {
             problem("destinations", "at least one destination is needed".into());
         }
@@ -464,6 +480,7 @@ impl Job {
                 d.external_id.as_deref(),
                 &mut problem,
             );
+            check_credential(&at, &d.registry, d.credential_arn.as_deref(), &mut problem);
             let prefix = d.repository_prefix.clone().unwrap_or_default();
             if let Some(p) = &d.repository_prefix {
                 if let Err(e) = check_prefix(p) {
@@ -658,6 +675,29 @@ fn check_images(job: &Job, problem: &mut impl FnMut(&str, String)) {
         if image.tag.is_none() && image.digest.is_none() {
             problem(&at, "names no image: give a tag, a digest, or both".into());
         }
+    }
+}
+
+/// A registry secret: a Secrets Manager ARN, for a registry that is not ECR (ECR registries
+/// authenticate with the functions' role or `roleArn`).
+fn check_credential(
+    at: &str,
+    registry: &str,
+    credential: Option<&str>,
+    problem: &mut impl FnMut(&str, String),
+) {
+    let Some(arn) = credential else {
+        return;
+    };
+    let field = format!("{at}.credentialArn");
+    if let Err(e) = ecr::SecretArn::parse(arn) {
+        problem(&field, format!("{arn:?} {e}"));
+    }
+    if ecr::EcrRegistry::is_ecr_host(registry) {
+        problem(
+            &field,
+            "an ECR registry is reached with the functions' role or roleArn, not a secret".into(),
+        );
     }
 }
 

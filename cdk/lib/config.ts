@@ -21,6 +21,15 @@ export interface DestinationConfig {
   repositoryMapping?: { match: string; replace: string }[];
 }
 
+export interface UpstreamConfig {
+  /** The registry's API host (Docker Hub: `registry-1.docker.io`). */
+  registry: string;
+  /** The secret with its credentials (anonymous without one). */
+  credentialArn?: string;
+  /** The customer managed KMS key the secret is encrypted with (none: the AWS managed key). */
+  kmsKeyArn?: string;
+}
+
 export interface ReplicatorConfig {
   /** Scopes every named resource (roles, state machine, dashboard, stacks), so two deployments
    * can share an account: lowercase letters, digits and dashes (default `ecr-replicator`). */
@@ -44,8 +53,15 @@ export interface ReplicatorConfig {
    * destinations or images): the schedule's `input` is laid over them, and the push trigger
    * sends those that apply to one image (repository and tag name filters included). */
   job?: Record<string, unknown>;
-  /** Scheduled runs: an EventBridge schedule expression and the job fields besides source/destinations. */
-  schedule?: { expression: string; input?: Record<string, unknown> };
+  /** Scheduled runs: an EventBridge schedule expression and the job fields besides source/destinations;
+   * `source` names one of `upstreams` to mirror it instead of the source registry. */
+  schedule?: { expression: string; input?: Record<string, unknown>; source?: string };
+  /** Registries that are not ECR (Docker Hub's `registry-1.docker.io`, `ghcr.io`, Quay, ...) a
+   * job may read from, each with the Secrets Manager secret holding its credentials
+   * (`{"username", "accessToken"}`, as ECR pull-through cache rules use) and the customer
+   * managed KMS key encrypting the secret, if any. The functions may read exactly these secrets,
+   * and a job may name each only for its registry. */
+  upstreams?: UpstreamConfig[];
   /** Runs on ECR pushes (PUSH, SUCCESS), optionally only for repositories with this prefix. */
   pushTrigger?: { repositoryPrefix?: string };
   /** Reserved concurrency of each copying function (copy-blobs, put-manifests): what all runs
@@ -77,6 +93,7 @@ export function deploymentName(config: ReplicatorConfig): string {
   return config.deploymentName ?? DEFAULT_DEPLOYMENT_NAME;
 }
 const REGION = /^[a-z]{2}(-[a-z]+)+-\d$/;
+const UPSTREAM_HOST = /^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?(:\d{1,5})?$/;
 
 export function loadConfig(file: string): ReplicatorConfig {
   const config = JSON.parse(readFileSync(path.resolve(__dirname, '..', '..', file), 'utf8')) as ReplicatorConfig;
@@ -108,6 +125,22 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     fail('sourceExternalId', 'is required when the workflow runs in another account than the source');
   }
   if (!config.destinations?.length) fail('destinations', 'needs at least one entry');
+  (config.upstreams ?? []).forEach((u, i) => {
+    if (!UPSTREAM_HOST.test(u.registry ?? '') || /\.dkr[.-]ecr/.test(u.registry)) {
+      fail(`upstreams[${i}].registry`, 'must be a registry host that is not ECR, such as registry-1.docker.io or ghcr.io');
+    }
+    const partition = partitionOf(config.workflowRegion ?? config.sourceRegion);
+    if (u.credentialArn !== undefined && !new RegExp(`^arn:${partition}:secretsmanager:[a-z0-9-]+:\\d{12}:secret:[A-Za-z0-9/_+=.@-]+$`).test(u.credentialArn)) {
+      fail(`upstreams[${i}].credentialArn`, `must be a Secrets Manager secret ARN (arn:${partition}:secretsmanager:REGION:ACCOUNT:secret:NAME)`);
+    }
+    if (u.kmsKeyArn !== undefined && !new RegExp(`^arn:${partition}:kms:[a-z0-9-]+:\\d{12}:key/[A-Za-z0-9-]+$`).test(u.kmsKeyArn)) {
+      fail(`upstreams[${i}].kmsKeyArn`, 'must be the ARN of a KMS key');
+    }
+    if (u.kmsKeyArn !== undefined && u.credentialArn === undefined) fail(`upstreams[${i}].kmsKeyArn`, 'is given without a credentialArn');
+  });
+  if (config.schedule?.source !== undefined && !(config.upstreams ?? []).some((u) => u.registry === config.schedule?.source)) {
+    fail('schedule.source', 'must name one of upstreams[].registry');
+  }
   const partitions = new Set([partitionOf(config.sourceRegion), ...config.destinations.map((d) => partitionOf(d.region))]);
   if (partitions.size > 1) fail('destinations', `span partitions (${[...partitions].join(', ')}): one deployment stays in one partition`);
   config.destinations.forEach((d, i) => {
@@ -178,6 +211,13 @@ export function jobSource(config: ReplicatorConfig): Record<string, unknown> {
   };
 }
 
+/** The schedule's source: an upstream it mirrors (with its secret), or the source registry. */
+function scheduleSource(config: ReplicatorConfig): Record<string, unknown> {
+  const upstream = (config.upstreams ?? []).find((u) => u.registry === config.schedule?.source);
+  if (!upstream) return jobSource(config);
+  return { registry: upstream.registry, ...(upstream.credentialArn ? { credentialArn: upstream.credentialArn } : {}) };
+}
+
 /** The job `destinations` array for the execution input. */
 export function jobDestinations(config: ReplicatorConfig): Record<string, unknown>[] {
   return config.destinations.map((d) => {
@@ -207,7 +247,7 @@ export function scheduleInput(config: ReplicatorConfig): Record<string, unknown>
     // One level deep: the schedule's `tags` adds to the config's tag filters, not replaces them.
     job[field] = isObject(base) && isObject(value) ? { ...(base as object), ...(value as object) } : value;
   }
-  return { ...job, source: jobSource(config), destinations: jobDestinations(config) };
+  return { ...job, source: scheduleSource(config), destinations: jobDestinations(config) };
 }
 
 /** Tag filter fields that select among a repository's listing (age, count, untagged) and have no
@@ -242,7 +282,12 @@ export function allowlist(config: ReplicatorConfig): Record<string, unknown> {
   for (const d of jobDestinations(config)) {
     if (!destinations.some((e) => e.registry === d.registry)) destinations.push(entry(d));
   }
-  return { sources: [entry(jobSource(config))], destinations, insecure: [] };
+  const upstreams = (config.upstreams ?? []).map((u) => ({
+    registry: u.registry,
+    roleArns: [],
+    ...(u.credentialArn ? { credentialArns: [u.credentialArn] } : {}),
+  }));
+  return { sources: [entry(jobSource(config)), ...upstreams], destinations, insecure: [] };
 }
 
 /** Destinations grouped by account (other than the workflow's): one target role per account. */

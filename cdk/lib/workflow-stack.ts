@@ -103,6 +103,25 @@ export const METRICS_NAMESPACE = 'EcrReplicator';
 /** The copying functions: their reserved concurrency is the config's `copyConcurrency`. */
 export const COPY_FUNCTIONS = ['copy-blobs', 'put-manifests'];
 
+/** `secretsmanager:GetSecretValue` on the upstreams' secrets, and `kms:Decrypt` through Secrets
+ * Manager on the keys that encrypt them. */
+export function upstreamSecretStatements(config: ReplicatorConfig): iam.PolicyStatement[] {
+  const upstreams = (config.upstreams ?? []).filter((u) => u.credentialArn);
+  if (!upstreams.length) return [];
+  const secrets = upstreams.flatMap((u) => [u.credentialArn!, `${u.credentialArn}-??????`]);
+  const statements = [new iam.PolicyStatement({ sid: 'ReadUpstreamSecrets', actions: ['secretsmanager:GetSecretValue'], resources: secrets })];
+  const keys = upstreams.filter((u) => u.kmsKeyArn);
+  if (keys.length) {
+    statements.push(new iam.PolicyStatement({
+      sid: 'DecryptUpstreamSecrets',
+      actions: ['kms:Decrypt'],
+      resources: keys.map((u) => u.kmsKeyArn!),
+      conditions: { StringLike: { 'kms:ViaService': [...new Set(keys.map((u) => `secretsmanager.${u.credentialArn!.split(':')[3]}.amazonaws.com`))] } },
+    }));
+  }
+  return statements;
+}
+
 /** The copy function's memory (MB): what the reports' cost counts a copy's GB-seconds at. */
 export function copyMemoryMb(): number {
   return FUNCTIONS.find((f) => f.name === 'copy-blobs')?.memory ?? FUNCTION_DEFAULTS.memory;
@@ -157,6 +176,12 @@ export class WorkflowStack extends Stack {
       description: 'ecr-replicator functions that read the source and write to destinations',
     });
     readSource.forEach((s) => copierRole.addToPolicy(s));
+    // Upstream registries' secrets: each function that reads a registry may read exactly these
+    // (an ARN without Secrets Manager's 6-character suffix matches it with `-??????`).
+    upstreamSecretStatements(config).forEach((s) => {
+      readerRole.addToPolicy(s);
+      copierRole.addToPolicy(s);
+    });
     const crossAccount = config.destinations.filter((d) => targetRoleArn(config, d));
     if (crossAccount.length) {
       copierRole.addToPolicy(new iam.PolicyStatement({

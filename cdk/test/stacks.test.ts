@@ -529,3 +529,38 @@ test('every function gets the price table: the copy function\'s memory and the c
   assert.throws(() => variant((c) => { c.prices = { standardTransitions: 1 }; }), /prices.standardTransitions is not a price/);
   assert.throws(() => variant((c) => { c.prices = { internetGb: -1 }; }), /prices.internetGb must be a number of at least 0/);
 });
+
+test('an upstream mirror: its secret is readable by the functions, allowed for its registry only, and the schedule mirrors it', () => {
+  const hub = 'arn:aws:secretsmanager:us-east-1:111111111111:secret:ecr-pullthroughcache/docker-hub';
+  const key = 'arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const [w2] = deployment(variant((c) => {
+    c.upstreams = [{ registry: 'registry-1.docker.io', credentialArn: hub, kmsKeyArn: key }, { registry: 'ghcr.io' }];
+    c.schedule = { expression: 'rate(1 day)', source: 'registry-1.docker.io', input: { tags: { include: ['1\\..*'] } } };
+  }));
+  for (const role of ['ReaderRole', 'CopierRole']) {
+    const statements = policyStatements(w2, role);
+    const read = statements.find((s) => s.Sid === 'ReadUpstreamSecrets');
+    assert.deepEqual(read?.Action, 'secretsmanager:GetSecretValue', role);
+    assert.deepEqual(read?.Resource, [hub, `${hub}-??????`], role);
+    const decrypt = statements.find((s) => s.Sid === 'DecryptUpstreamSecrets');
+    assert.deepEqual(decrypt?.Resource, key, role);
+    assert.deepEqual(decrypt?.Condition, { StringLike: { 'kms:ViaService': ['secretsmanager.us-east-1.amazonaws.com'] } }, role);
+  }
+  const fn = Object.values(w2.findResources('AWS::Lambda::Function'))[0] as any;
+  const allow = JSON.parse(fn.Properties.Environment.Variables.ECR_REPLICATOR_ALLOWED_REGISTRIES);
+  assert.deepEqual(allow.sources.slice(1), [
+    { registry: 'registry-1.docker.io', roleArns: [], credentialArns: [hub] },
+    { registry: 'ghcr.io', roleArns: [] },
+  ]);
+  const schedule = Object.values(w2.findResources('AWS::Events::Rule', { Properties: { ScheduleExpression: 'rate(1 day)' } }))[0] as any;
+  const input = JSON.parse(schedule.Properties.Targets[0].Input);
+  assert.deepEqual(input.source, { registry: 'registry-1.docker.io', credentialArn: hub });
+  assert.deepEqual(jobSchemaProblems(input), []);
+  // Without upstreams, no role may read any secret.
+  for (const role of ['ReaderRole', 'CopierRole']) {
+    assert.ok(!JSON.stringify(policyStatements(w, role)).includes('secretsmanager'), role);
+  }
+  assert.throws(() => variant((c) => { c.upstreams = [{ registry: '111111111111.dkr.ecr.us-east-1.amazonaws.com' }]; }), /upstreams\[0\].registry must be a registry host that is not ECR/);
+  assert.throws(() => variant((c) => { c.upstreams = [{ registry: 'ghcr.io', credentialArn: 'arn:aws:ssm:us-east-1:111111111111:parameter/x' }]; }), /upstreams\[0\].credentialArn must be a Secrets Manager secret ARN/);
+  assert.throws(() => variant((c) => { c.schedule = { expression: 'rate(1 day)', source: 'quay.io' }; }), /schedule.source must name one of upstreams/);
+});

@@ -180,8 +180,8 @@ pub struct ApiCall {
     pub region: String,
     /// The role whose session signed it (an assumed role), or `None`: the function's own role.
     pub assumed_role: Option<String>,
-    /// Repositories named in the request (`repositoryName`, `repositoryNames`), or the role
-    /// asked for by `AssumeRole`.
+    /// Repositories named in the request (`repositoryName`, `repositoryNames`), the secret
+    /// (`SecretId`), or the role asked for by `AssumeRole`.
     pub resources: Vec<String>,
 }
 
@@ -203,11 +203,21 @@ pub const WORK_BUCKET_REGION: &str = "us-east-1";
 /// The functions whose concurrent invocations `maxConcurrency` bounds.
 const COPY_FUNCTIONS: [&str; 2] = ["copy-blobs", "put-manifests"];
 
+/// The name of the upstream registry secret the rig deployment allows (a test creates it).
+pub const RIG_UPSTREAM_SECRET_NAME: &str = "ecr-replicator-test/upstream";
+/// Its ARN as jobs name it (without Secrets Manager's suffix), as `cdk/test/config.iam.json`
+/// grants it.
+pub const RIG_UPSTREAM_SECRET: &str =
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:ecr-replicator-test/upstream";
+
 /// The rig deployment's allowlist: the tests' registries (any port of 127.0.0.1, over plain
-/// HTTP) and the ECR hosts of the world with their roles, as sources and destinations.
+/// HTTP, with the rig's upstream secret) and the ECR hosts of the world with their roles, as
+/// sources and destinations.
 pub fn rig_allowlist() -> serde_json::Value {
     use crate::world::{role_of, DEST, DEST2, SOURCE, SOURCE_OTHER_REGION};
-    let mut entries = vec![serde_json::json!({"registry": "127.0.0.1:*"})];
+    let mut entries = vec![
+        serde_json::json!({"registry": "127.0.0.1:*", "credentialArns": [RIG_UPSTREAM_SECRET]}),
+    ];
     for host in [SOURCE, DEST, DEST2, SOURCE_OTHER_REGION] {
         entries.push(serde_json::json!({"registry": host, "roleArns": role_of(host).into_iter().collect::<Vec<_>>()}));
     }
@@ -822,6 +832,8 @@ fn api_call(
             .filter_map(|n| n.as_str().map(str::to_string))
             .collect();
         names.extend(json["repositoryName"].as_str().map(str::to_string));
+        // Secrets Manager: the secret asked for, as the caller named it.
+        names.extend(json["SecretId"].as_str().map(str::to_string));
         (format!("{service}:{operation}"), names)
     } else if service == "s3" {
         // REST, path-style: the object's ARN; only the object calls the functions make.

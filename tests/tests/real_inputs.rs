@@ -311,7 +311,39 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
         "{left:?}"
     );
 
-    // 10. Everything the functions did in these runs, against the roles the CDK app synthesizes
+    // 10. An upstream that is not ECR (as Docker Hub is), behind a login, mirrored into ECR with
+    // the deployment's secret (`credentialArn`, read from Secrets Manager by the functions).
+    let (user, token) = ("hub-mirror", "dckr_pat_rig-token");
+    let upstream = e2e::registry::TestRegistry::start_with_auth(user, token);
+    let nginx = image(77);
+    Pusher::new(&upstream.host, Some((user.into(), token.into())))
+        .push("library/nginx", "1.27.1", &nginx)
+        .await;
+    let secrets = aws_sdk_secretsmanager::Client::new(
+        &ecr::sdk_config(&sfn.aws_settings(), "us-east-1", None).await,
+    );
+    secrets
+        .create_secret()
+        .name(e2e::sfn::RIG_UPSTREAM_SECRET_NAME)
+        .secret_string(json!({"username": user, "accessToken": token}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mirror = json!({
+        "source": {"registry": upstream.host, "insecure": true,
+                   "credentialArn": e2e::sfn::RIG_UPSTREAM_SECRET},
+        "destinations": [{"registry": DEST,
+            "roleArn": "arn:aws:iam::222222222222:role/ecr-replicator-target", "externalId": "x1"}]
+    });
+    let mirrored = sfn.execute(&arn, &mirror).await;
+    assert_eq!(
+        counts(&mirrored),
+        (1, 0, 0, 0),
+        "mirror of an upstream behind a login"
+    );
+    assert_holds(&world, DEST, "library/nginx", "1.27.1", &nginx);
+
+    // 11. Everything the functions did in these runs, against the roles the CDK app synthesizes
     // for these accounts (`cdk/test/config.iam.json`, by `make cdk-test`).
     let policies = Policies::load(&workspace().join("cdk/cdk.out.iam"), LOCAL_SOURCE_ACCOUNT);
     let performed = performed(&world, &sfn);
@@ -325,6 +357,7 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
         "ecr:InitiateLayerUpload",
         "ecr:PutImage",
         "ecr:BatchDeleteImage",
+        "secretsmanager:GetSecretValue",
     ] {
         assert!(
             actions.contains(needed),
@@ -341,6 +374,19 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
     assert!(
         refused.iter().any(|v| v.contains("ecr:PutImage")),
         "{refused:?}"
+    );
+    // And the functions without the upstream's secret grant are refused reading it.
+    let mut no_secret = policies.clone();
+    for statements in no_secret.by_function.values_mut() {
+        statements.retain(|s| s.sid != "ReadUpstreamSecrets");
+    }
+    let unread = no_secret.violations(&performed);
+    assert!(
+        unread
+            .iter()
+            .any(|v| v.contains("secretsmanager:GetSecretValue")
+                && v.contains(e2e::sfn::RIG_UPSTREAM_SECRET)),
+        "{unread:?}"
     );
     eprintln!(
         "IAM: {} distinct (identity, action, resource) checked, none refused; without {target}'s PushImages {} would be; actions: {actions:?}",
@@ -362,7 +408,12 @@ fn performed(world: &EcrWorld, sfn: &e2e::sfn::LocalStepFunctions) -> BTreeSet<P
             .to_string();
         let resources: Vec<String> = match call.action.as_str() {
             "ecr:GetAuthorizationToken" => vec!["*".into()],
-            a if a.starts_with("sts:") || a.starts_with("s3:") => call.resources.clone(),
+            a if a.starts_with("sts:")
+                || a.starts_with("s3:")
+                || a.starts_with("secretsmanager:") =>
+            {
+                call.resources.clone()
+            }
             _ if call.resources.is_empty() => vec![repository_arn(&call.region, &account, "*")],
             _ => call
                 .resources

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::plan::CopyRange;
-use crate::steps::PagePlan;
 
 /// The environment variable with the price table's overrides (JSON, any of its fields).
 pub const PRICES_VARIABLE: &str = "ECR_REPLICATOR_PRICES";
@@ -228,6 +227,15 @@ impl CostModel {
         cost
     }
 
+    /// A repository child's execution and what it does before its first page: its states
+    /// and one `ensure-repository` call per destination.
+    pub fn child_start(&self, destinations: usize) -> Cost {
+        let mut cost = self.calls(destinations as u64);
+        cost.standard_executions = 1;
+        cost.standard_transitions = child_start_states(destinations as u64);
+        cost
+    }
+
     /// `calls` invocations that do not measure themselves, at the assumed time and memory.
     pub fn calls(&self, calls: u64) -> Cost {
         Cost {
@@ -296,77 +304,6 @@ impl CostModel {
         let mut cost = self.calls(puts);
         cost.express_executions = images;
         cost.express_gb_seconds = puts as f64 * self.call_seconds * EXPRESS_GB;
-        cost
-    }
-}
-
-/// One page of images as a repository child runs it.
-#[derive(Debug, Clone, Copy)]
-pub struct PageRound<'a> {
-    /// Listed by `EnumerateImages` (`false`: the deferred part of the page before).
-    pub enumerated: bool,
-    /// Its plan (`None`: nothing to copy, `PlanPage` not entered).
-    pub plan: Option<&'a PagePlan>,
-    /// The child's first page: destinations ensured before it (0 on later pages).
-    pub destinations: usize,
-    /// The source registry.
-    pub source: &'a str,
-}
-
-impl CostModel {
-    /// What a page of images costs: its states (with the child's start on its first page), its
-    /// calls, and when `copying` (not a dry run) the copy's children, calls and bytes.
-    pub fn page_round(&self, round: &PageRound, copying: bool) -> Cost {
-        let planned = round.plan.is_some();
-        let deferred = round.plan.is_some_and(|p| !p.deferred.is_empty());
-        let copied = copying && planned;
-        let mut cost = self.calls(u64::from(round.enumerated) + u64::from(planned));
-        cost.standard_transitions = page_states(round.enumerated, planned, copied, deferred);
-        if round.destinations > 0 {
-            cost.add(&self.child_start(round.destinations));
-        }
-        let Some(plan) = round.plan.filter(|_| copied) else {
-            return cost;
-        };
-        for r in &plan.ranges {
-            cost.add(&self.range_copy(
-                &r.range,
-                plan.express,
-                (round.source, &r.image.target_registry),
-                r.range.bytes(),
-            ));
-        }
-        let puts = plan
-            .images
-            .iter()
-            .filter(|i| i.error.is_none() && !i.present)
-            .count();
-        cost.add(&self.image_children(plan.images.len() as u64, puts as u64));
-        cost
-    }
-
-    /// A repository child's execution and what it does before its first page: its states
-    /// and one `ensure-repository` call per destination.
-    pub fn child_start(&self, destinations: usize) -> Cost {
-        let mut cost = self.calls(destinations as u64);
-        cost.standard_executions = 1;
-        cost.standard_transitions = child_start_states(destinations as u64);
-        cost
-    }
-
-    /// The parent's part of a run with `children` repository children (the CLI's estimate of
-    /// the workflow: pages of `REPOSITORIES_PER_PAGE`, one listing call each, the last
-    /// summarise).
-    pub fn parent(&self, children: usize) -> Cost {
-        let per_page = crate::steps::REPOSITORIES_PER_PAGE;
-        let pages = children.div_ceil(per_page).max(1) as u64;
-        let pages_with_children = children.div_ceil(per_page) as u64;
-        let mut cost = self.calls(pages + pages_with_children + 1);
-        cost.standard_executions = 1;
-        cost.standard_transitions = pages * repositories_page_states(false)
-            + repositories_page_states(true)
-            - repositories_page_states(false)
-            + pages_with_children * children_page_states(false);
         cost
     }
 }

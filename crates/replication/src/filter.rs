@@ -110,7 +110,7 @@ impl Refusal {
     /// A refusal of `name`, kept short (a hostile registry chooses its length).
     pub fn new(name: &str, reason: String) -> Self {
         Refusal {
-            name: crate::report::truncate_chars(&name.escape_debug().to_string(), 200),
+            name: crate::text::truncate_chars(&name.escape_debug().to_string(), 200),
             reason,
         }
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, FieldProblem, Result};
 pub use crate::filter::TagFilter;
 use crate::filter::{RepositoryMatcher, TagMatcher};
-use crate::signatures::SignatureKeys;
+use crate::keys::SignatureKeys;
 
 /// Default byte budget of one copy invocation: 2 GiB.
 pub const DEFAULT_RANGE_BYTES: u64 = 2 << 30;

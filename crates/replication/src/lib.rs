@@ -3,6 +3,7 @@
 //! report. The Lambda functions and the CLI call the very same functions with the same JSON.
 
 pub mod allowlist;
+pub mod artifacts;
 pub mod catalog;
 pub mod connect;
 pub mod copy;
@@ -10,6 +11,7 @@ pub mod cost;
 pub mod error;
 pub mod filter;
 pub mod job;
+pub mod keys;
 pub mod metrics;
 pub mod plan;
 pub mod referrers;
@@ -17,6 +19,7 @@ pub mod report;
 pub mod run;
 pub mod signatures;
 pub mod steps;
+pub mod text;
 
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport};
 pub use error::{Error, ErrorKind, Result};

@@ -10,47 +10,14 @@ use oci::manifest::OCI_INDEX;
 use oci::{Digest, Manifest, ManifestContent, Reference, RegistryClient, Repository};
 use serde_json::{json, Value};
 
+use crate::artifacts::{artifact_refusal, digests_by_tag};
+pub use crate::artifacts::{artifact_tags, fallback_tag};
 use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, SelectedImage};
-use crate::signatures::artifact_refusal;
 
-/// Suffixes cosign puts after the fallback tag.
-const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
 /// Levels of referrers followed (a signature of an SBOM of an image is two).
 const MAX_LEVELS: usize = 4;
-
-/// The fallback tag of a digest: `sha256:<hex>` becomes `sha256-<hex>`.
-pub fn fallback_tag(digest: &str) -> String {
-    digest.replacen(':', "-", 1)
-}
-
-/// The tags that hold artifacts of `digest` under the tag scheme.
-pub fn artifact_tags(digest: &str) -> Vec<String> {
-    let base = fallback_tag(digest);
-    std::iter::once(base.clone())
-        .chain(COSIGN_SUFFIXES.iter().map(|s| format!("{base}{s}")))
-        .collect()
-}
-
-/// A repository's listing as tag -> digest.
-pub(crate) fn digests_by_tag(images: &[ListedImage]) -> HashMap<&str, &str> {
-    images
-        .iter()
-        .flat_map(|i| i.tags.iter().map(|t| (t.as_str(), i.digest.as_str())))
-        .collect()
-}
-
-/// The subject digest an artifact tag names (`sha256-<hex>`, with an optional cosign suffix),
-/// if it is one.
-pub(crate) fn artifact_subject(tag: &str) -> Option<String> {
-    let rest = tag.strip_prefix("sha256-")?;
-    let hex = COSIGN_SUFFIXES
-        .iter()
-        .find_map(|suffix| rest.strip_suffix(suffix))
-        .unwrap_or(rest);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
-}
 
 /// Adds to `selected` every image of the repository that refers to a selected one, level by
 /// level. Tagged artifacts found in `images` (the repository's catalog) become images of their

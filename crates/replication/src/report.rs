@@ -5,7 +5,6 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::cost::{Cost, CostModel};
-use crate::steps::{EnsureRepositoryOutput, ImageTask};
 
 /// JSON values, re-exported for step types that carry free-form JSON.
 pub use serde_json::Value as JsonValue;
@@ -55,27 +54,6 @@ pub struct ImageResult {
     pub bytes_copied: u64,
     /// The error, when failed.
     pub error: Option<String>,
-}
-
-impl ImageResult {
-    /// A record for a task with a status.
-    pub fn for_task(
-        task: &ImageTask,
-        status: ImageStatus,
-        bytes_copied: u64,
-        error: Option<String>,
-    ) -> Self {
-        ImageResult {
-            repository: task.repository.clone(),
-            digest: task.digest.to_string(),
-            tags: task.tags.clone(),
-            target_registry: task.target_registry.clone(),
-            target_repository: task.target_repository.clone(),
-            status,
-            bytes_copied,
-            error,
-        }
-    }
 }
 
 /// The run report: counts, bytes, failures, and what the run cost.
@@ -300,13 +278,7 @@ pub const MAX_ERROR_CHARS: usize = 300;
 /// Tags of a failed image named in a report.
 pub const MAX_TAGS_LISTED: usize = 3;
 
-/// The first `max` characters of a text, with an ellipsis when cut.
-pub fn truncate_chars(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
-}
+pub use crate::text::truncate_chars;
 
 impl ImageResult {
     /// The record as a report lists it: at most `MAX_TAGS_LISTED` tags (the count of the others
@@ -400,15 +372,6 @@ impl RunReport {
         }
     }
 
-    /// Counts one destination repository's prune results.
-    pub fn add_repository(&mut self, o: &EnsureRepositoryOutput) {
-        let at = |tag: &String| format!("{}/{}:{tag}", o.registry, o.repository);
-        self.tags_pruned += o.pruned_count.max(o.pruned.len());
-        self.tags_kept += o.prune_kept_count.max(o.prune_kept.len());
-        listed(&mut self.pruned, o.pruned.iter().map(at));
-        listed(&mut self.kept, o.prune_kept.iter().map(at));
-    }
-
     /// Adds another report's counts and failures.
     pub fn merge(&mut self, other: &RunReport) {
         self.cost.add(&other.cost);
@@ -464,7 +427,7 @@ impl RunReport {
 }
 
 /// Appends to a report list up to `MAX_FAILURES_LISTED` entries (the counts say the rest).
-fn listed(list: &mut Vec<String>, more: impl Iterator<Item = String>) {
+pub(crate) fn listed(list: &mut Vec<String>, more: impl Iterator<Item = String>) {
     let room = MAX_FAILURES_LISTED.saturating_sub(list.len());
     list.extend(more.take(room));
 }

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 use crate::connect::Connections;
-use crate::cost::{Cost, PageRound};
+use crate::cost::Cost;
 use crate::error::{Error, Result};
 use crate::job::{Job, Mode, ValidJob};
 use crate::plan::CopyRange;

@@ -11,14 +11,15 @@ use std::collections::HashMap;
 use base64::Engine;
 use futures::StreamExt;
 use oci::{Digest, ManifestContent, Repository};
-use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{DerSignature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey;
+use p256::ecdsa::DerSignature;
 
+use crate::artifacts::{
+    artifact_refusal, artifact_subject, digests_by_tag, fallback_tag, short_digest,
+};
 use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, SelectedImage};
-use crate::referrers::{artifact_subject, digests_by_tag, fallback_tag};
+use crate::keys::SignatureKeys;
 
 /// The media type of a cosign signature layer (the payload it signs).
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -35,34 +36,6 @@ const MAX_LAYERS_PER_CANDIDATE: usize = 8;
 /// A candidate whose descriptor says it is larger is no cosign signature manifest (those are
 /// well under 4 KiB) and is not read.
 const MAX_SIGNATURE_MANIFEST_BYTES: u64 = 64 * 1024;
-/// Children of a referrers fallback index checked at most.
-const MAX_FALLBACK_CHILDREN: usize = 64;
-
-/// The public keys a job trusts.
-#[derive(Debug, Clone)]
-pub struct SignatureKeys(Vec<VerifyingKey>);
-
-impl SignatureKeys {
-    /// Reads PEM public keys (`-----BEGIN PUBLIC KEY-----`, P-256); a problem names the key's
-    /// index.
-    pub fn parse(pems: &[String]) -> std::result::Result<Self, (usize, String)> {
-        pems.iter()
-            .enumerate()
-            .map(|(i, pem)| {
-                VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| {
-                    (i, format!("not a P-256 public key in PEM (as `cosign generate-key-pair` writes cosign.pub): {e}"))
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map(SignatureKeys)
-    }
-
-    fn verifies(&self, payload: &[u8], signature: &DerSignature) -> bool {
-        self.0
-            .iter()
-            .any(|key| key.verify(payload, signature).is_ok())
-    }
-}
 
 /// Why the image at `digest` is not signed as the job requires; `None` when a signature
 /// verifies. `by_tag` is the repository's listing (tag -> digest); `api` says whether the source
@@ -143,10 +116,6 @@ pub(crate) async fn unsigned_reason(
     Ok(Some(reason))
 }
 
-fn short_digest(digest: &str) -> String {
-    crate::report::truncate_chars(digest, 19)
-}
-
 /// Verifies one signature candidate (a manifest digest) for the image at `digest`: `Err` says
 /// why it does not sign it (unreadable, not a cosign signature, another image's, wrong key).
 async fn verify_candidate(
@@ -219,7 +188,7 @@ async fn verify_candidate(
             reason = format!(
                 "signs {}, not this image",
                 signed_digest
-                    .map(|d| crate::report::truncate_chars(&d, 71))
+                    .map(|d| crate::text::truncate_chars(&d, 71))
                     .unwrap_or_else(|| "no image".into())
             );
             continue;
@@ -306,115 +275,4 @@ pub(crate) async fn gate(
         }
     }
     Ok(subjects)
-}
-
-/// Why the manifest `digest`, found under artifact tag `tag` (or listed as a referrer of
-/// `subject` when `tag` is empty), may not travel with `subject`; `None` when it may. With
-/// `artifacts_only` (the signature gate) it must be an artifact: an image manifest none of
-/// whose layers a container runtime unpacks, whose own `subject`, when it declares one, is
-/// `subject`; the fallback tag (`sha256-<hex>`) must hold an index of such artifacts only.
-/// Without it, only the declared subject is checked (a referrer listed for one image that
-/// names another is not that image's). An unreadable manifest is refused, never fatal.
-pub(crate) async fn artifact_refusal(
-    source: &Connection,
-    repo: &Repository,
-    digest: &str,
-    tag: &str,
-    subject: &str,
-    artifacts_only: bool,
-) -> Option<String> {
-    // The report names the tag already.
-    let named = if tag.is_empty() {
-        format!(
-            "referrer {} of {}",
-            short_digest(digest),
-            short_digest(subject)
-        )
-    } else {
-        short_digest(digest)
-    };
-    let manifest = |digest: String| async move {
-        let parsed = Digest::parse(&digest).map_err(|e| e.to_string())?;
-        let (_, manifest) = source
-            .manifest_by_digest(&repo.name, &parsed)
-            .await
-            .map_err(|e| format!("unreadable: {e}"))?;
-        serde_json::from_slice::<serde_json::Value>(&manifest.bytes).map_err(|e| e.to_string())
-    };
-    let top = match manifest(digest.to_string()).await {
-        Ok(top) => top,
-        Err(e) => return Some(format!("{named}: {e}")),
-    };
-    if artifacts_only && !tag.is_empty() && tag == fallback_tag(subject) {
-        let Some(children) = top["manifests"].as_array() else {
-            return Some(format!(
-                "{named}: the referrers fallback tag holds no index"
-            ));
-        };
-        if children.len() > MAX_FALLBACK_CHILDREN {
-            return Some(format!(
-                "{named}: a fallback index of {} referrers (at most {MAX_FALLBACK_CHILDREN})",
-                children.len()
-            ));
-        }
-        for child in children {
-            let child_digest = child["digest"].as_str().unwrap_or_default().to_string();
-            let why = match manifest(child_digest.clone()).await {
-                Ok(child) => not_an_artifact_of(&child, subject),
-                Err(e) => Some(format!("unreadable: {e}")),
-            };
-            if let Some(why) = why {
-                return Some(format!(
-                    "{named}: it lists {}, which {why}",
-                    short_digest(&child_digest)
-                ));
-            }
-        }
-        return None;
-    }
-    let why = if artifacts_only {
-        not_an_artifact_of(&top, subject)
-    } else {
-        other_subject(&top, subject)
-    };
-    why.map(|why| format!("{named} {why}; not copied"))
-}
-
-/// Why a parsed manifest is not an artifact of `subject`, or `None`.
-fn not_an_artifact_of(manifest: &serde_json::Value, subject: &str) -> Option<String> {
-    if manifest["manifests"].is_array() {
-        return Some("is an index (it could list any image), not an artifact".into());
-    }
-    let runnable = manifest["layers"].as_array().and_then(|layers| {
-        layers.iter().find_map(|l| {
-            let media_type = l["mediaType"].as_str().unwrap_or_default();
-            is_filesystem_layer(media_type).then(|| media_type.to_string())
-        })
-    });
-    if let Some(media_type) = runnable {
-        return Some(format!(
-            "is a runnable image (a {media_type} layer), not an artifact: the signature covers {}, not it",
-            short_digest(subject)
-        ));
-    }
-    other_subject(manifest, subject)
-}
-
-/// Why a manifest's declared `subject` is not `subject`, or `None` (also when it declares none,
-/// as cosign's tag-scheme signatures do).
-fn other_subject(manifest: &serde_json::Value, subject: &str) -> Option<String> {
-    match manifest["subject"]["digest"].as_str() {
-        Some(declared) if declared != subject => Some(format!(
-            "declares subject {}, not {}",
-            short_digest(declared),
-            short_digest(subject)
-        )),
-        _ => None,
-    }
-}
-
-/// A layer a container runtime unpacks into a filesystem (OCI and Docker, any compression).
-fn is_filesystem_layer(media_type: &str) -> bool {
-    media_type.starts_with("application/vnd.oci.image.layer.")
-        || media_type.starts_with("application/vnd.docker.image.rootfs.")
 }

@@ -759,3 +759,25 @@ fn json_bytes<T: Serialize>(values: &[T]) -> usize {
         .map(|v| serde_json::to_vec(v).map(|json| json.len()).unwrap_or(0))
         .sum()
 }
+
+/// Reports name the task an image result is for.
+impl ImageResult {
+    /// A record for a task with a status.
+    pub fn for_task(
+        task: &ImageTask,
+        status: ImageStatus,
+        bytes_copied: u64,
+        error: Option<String>,
+    ) -> Self {
+        ImageResult {
+            repository: task.repository.clone(),
+            digest: task.digest.to_string(),
+            tags: task.tags.clone(),
+            target_registry: task.target_registry.clone(),
+            target_repository: task.target_repository.clone(),
+            status,
+            bytes_copied,
+            error,
+        }
+    }
+}

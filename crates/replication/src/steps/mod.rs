@@ -49,7 +49,7 @@ pub use plan_image::{
 };
 pub use put_manifests::{put_manifests, PutManifests, PutManifestsInput};
 pub use selection::{Selection, SELECTIONS_PREFIX, SELECTION_CHUNK};
-pub use summarise::{summarise, Summarise, SummariseInput};
+pub use summarise::{summarise, PageRound, Summarise, SummariseInput};
 pub use verify_repository::{verify_repository, VerifyRepository, VerifyRepositoryInput};
 
 use ensure_repository::apply_settings;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::connect::Connections;
-use crate::cost::{Cost, CostModel, PageRound};
+use crate::cost::{children_page_states, page_states, repositories_page_states, Cost, CostModel};
 use crate::error::{Error, Result};
 use crate::metrics::{self, Metric};
 
@@ -252,9 +252,7 @@ pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> 
     add_child_reports(&mut report, &input)?;
     if !input.child_repositories.is_empty() {
         let resumes = input.listing_next_token.is_none() && !report.continuations.is_empty();
-        report.add_cost(&Cost::transitions(crate::cost::children_page_states(
-            resumes,
-        )));
+        report.add_cost(&Cost::transitions(children_page_states(resumes)));
     }
     add_page_cost(&mut report, &input, model)?;
     let mut failed_by_destination: std::collections::BTreeMap<String, usize> = Default::default();
@@ -334,4 +332,68 @@ pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> 
         });
     }
     Ok(report)
+}
+
+/// One page of images as a repository child runs it.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRound<'a> {
+    /// Listed by `EnumerateImages` (`false`: the deferred part of the page before).
+    pub enumerated: bool,
+    /// Its plan (`None`: nothing to copy, `PlanPage` not entered).
+    pub plan: Option<&'a PagePlan>,
+    /// The child's first page: destinations ensured before it (0 on later pages).
+    pub destinations: usize,
+    /// The source registry.
+    pub source: &'a str,
+}
+
+/// What the workflow's parts cost, from the shapes the steps see (`cost.rs` has the states and
+/// prices).
+impl CostModel {
+    /// What a page of images costs: its states (with the child's start on its first page), its
+    /// calls, and when `copying` (not a dry run) the copy's children, calls and bytes.
+    pub fn page_round(&self, round: &PageRound, copying: bool) -> Cost {
+        let planned = round.plan.is_some();
+        let deferred = round.plan.is_some_and(|p| !p.deferred.is_empty());
+        let copied = copying && planned;
+        let mut cost = self.calls(u64::from(round.enumerated) + u64::from(planned));
+        cost.standard_transitions = page_states(round.enumerated, planned, copied, deferred);
+        if round.destinations > 0 {
+            cost.add(&self.child_start(round.destinations));
+        }
+        let Some(plan) = round.plan.filter(|_| copied) else {
+            return cost;
+        };
+        for r in &plan.ranges {
+            cost.add(&self.range_copy(
+                &r.range,
+                plan.express,
+                (round.source, &r.image.target_registry),
+                r.range.bytes(),
+            ));
+        }
+        let puts = plan
+            .images
+            .iter()
+            .filter(|i| i.error.is_none() && !i.present)
+            .count();
+        cost.add(&self.image_children(plan.images.len() as u64, puts as u64));
+        cost
+    }
+
+    /// The parent's part of a run with `children` repository children (the CLI's estimate of
+    /// the workflow: pages of `REPOSITORIES_PER_PAGE`, one listing call each, the last
+    /// summarise).
+    pub fn parent(&self, children: usize) -> Cost {
+        let per_page = REPOSITORIES_PER_PAGE;
+        let pages = children.div_ceil(per_page).max(1) as u64;
+        let pages_with_children = children.div_ceil(per_page) as u64;
+        let mut cost = self.calls(pages + pages_with_children + 1);
+        cost.standard_executions = 1;
+        cost.standard_transitions = pages * repositories_page_states(false)
+            + repositories_page_states(true)
+            - repositories_page_states(false)
+            + pages_with_children * children_page_states(false);
+        cost
+    }
 }

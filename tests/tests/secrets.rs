@@ -43,6 +43,12 @@ fn connections(moto: &Moto, allowlist: Option<Allowlist>) -> Connections {
     })
 }
 
+/// The run copied its one image and nothing failed.
+fn assert_one_copied(output: &replication::run::RunOutput) {
+    let r = &output.report;
+    assert_eq!((r.copied, r.failed), (1, 0), "{r:?}");
+}
+
 /// A job copying everything from `source` (read with `credential`, if any) to `dst`.
 fn job(source: &str, credential: Option<&str>, dst: &TestRegistry) -> Job {
     serde_json::from_value(json!({
@@ -88,12 +94,7 @@ async fn a_source_behind_basic_auth_is_read_with_the_secret_the_job_names() {
     .await
     .unwrap();
 
-    assert_eq!(
-        (output.report.copied, output.report.failed),
-        (1, 0),
-        "{:?}",
-        output.report
-    );
+    assert_one_copied(&output);
     let creds = (user.to_string(), token.to_string());
     assert_eq!(
         e2e::skopeo::inspect_raw(&format!("{}/library/nginx:1.27", dst.host), None),
@@ -190,12 +191,7 @@ async fn a_secret_goes_only_to_the_registry_the_deployment_allows_it_for() {
     let output = run_job(&conns, job(&hub.host, Some(&arn), &dst), &Quiet)
         .await
         .unwrap();
-    assert_eq!(
-        (output.report.copied, output.report.failed),
-        (1, 0),
-        "{:?}",
-        output.report
-    );
+    assert_one_copied(&output);
     assert!(!hub.token_scopes().is_empty());
     assert_eq!(
         e2e::skopeo::inspect_raw(&format!("{}/app:v1", dst.host), None),
@@ -236,12 +232,7 @@ async fn a_rotated_secret_is_read_again_when_the_registry_refuses_the_old_one() 
 
     let output = run_job(&conns, job, &Quiet).await.unwrap();
 
-    assert_eq!(
-        (output.report.copied, output.report.failed),
-        (1, 0),
-        "{:?}",
-        output.report
-    );
+    assert_one_copied(&output);
     assert_eq!(
         e2e::skopeo::inspect_raw(&format!("{}/app:v1", dst.host), None),
         image.manifest.to_vec()

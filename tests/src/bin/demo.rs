@@ -113,8 +113,15 @@ async fn main() {
     ] {
         let run = sfn.execute(&arn, input).await;
         let calls: usize = sfn.invocations().values().sum();
+        // What the report says the run cost on AWS (a dry run: what the copy would cost).
+        let report = run.output.clone().unwrap_or_default();
+        let usd = |c: &serde_json::Value| c["estimatedUsd"].as_f64().unwrap_or(0.0);
+        let cost = match report.get("plannedCost") {
+            Some(planned) => format!("copy would cost ${:.5}", usd(planned)),
+            None => format!("cost ${:.5}", usd(&report["cost"])),
+        };
         let note = format!(
-            "{:.1} s, {} Lambda invocations {}",
+            "{:.1} s, {} Lambda invocations, {cost} {}",
             run.seconds,
             calls - calls_before,
             run.cause.trim()

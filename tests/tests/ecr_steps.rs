@@ -848,16 +848,13 @@ async fn prune_in_an_immutable_repository_reports_the_stale_tags_and_keeps_them(
     assert_eq!(tags_in(&target, "web").await, vec!["v0"]);
 }
 
-/// A repository with more work than a page: the first page keeps the selection in the work
-/// bucket and names it in the token; the next page reads its stretch from there. A token whose
-/// selection is gone (expired) still gives the same page, from a new listing; a token this step
-/// did not write is refused naming the field.
-#[tokio::test]
-async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
+/// A world whose `repository` holds 30 small images (seeds from `seed`, two apart), and
+/// connections that keep selections in the rig's work bucket.
+async fn thirty_images_with_a_work_bucket(repository: &str, seed: u64) -> (EcrWorld, Connections) {
     let world = EcrWorld::start();
     for i in 0..30 {
         world
-            .seed("pages/repo", &format!("v{i}"), &small_image(100 + 2 * i))
+            .seed(repository, &format!("v{i}"), &small_image(seed + 2 * i))
             .await;
     }
     let (bucket, region) = (e2e::sfn::WORK_BUCKET, e2e::sfn::WORK_BUCKET_REGION);
@@ -867,7 +864,17 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
         bucket: bucket.into(),
         region: region.into(),
     });
-    let conns = Connections::new(settings);
+    (world, Connections::new(settings))
+}
+
+/// A repository with more work than a page: the first page keeps the selection in the work
+/// bucket and names it in the token; the next page reads its stretch from there. A token whose
+/// selection is gone (expired) still gives the same page, from a new listing; a token this step
+/// did not write is refused naming the field.
+#[tokio::test]
+async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
+    let (world, conns) = thirty_images_with_a_work_bucket("pages/repo", 100).await;
+    let (bucket, region) = (e2e::sfn::WORK_BUCKET, e2e::sfn::WORK_BUCKET_REGION);
     let page = |token: Option<&str>| {
         functions::invoke::<EnumerateImages>(
             &conns,
@@ -923,20 +930,7 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
 /// becomes a task for the destination.
 #[tokio::test]
 async fn a_selection_kept_for_another_job_is_never_read_past_the_signature_gate() {
-    let world = EcrWorld::start();
-    for i in 0..30 {
-        world
-            .seed("gated/repo", &format!("v{i}"), &small_image(300 + 2 * i))
-            .await;
-    }
-    let (bucket, region) = (e2e::sfn::WORK_BUCKET, e2e::sfn::WORK_BUCKET_REGION);
-    e2e::moto::create_bucket_at(&world.moto.url, bucket).await;
-    let mut settings = world.settings();
-    settings.work_bucket = Some(replication::connect::WorkBucketSettings {
-        bucket: bucket.into(),
-        region: region.into(),
-    });
-    let conns = Connections::new(settings);
+    let (_world, conns) = thirty_images_with_a_work_bucket("gated/repo", 300).await;
     let (_, pem) = e2e::image::signing_key(9);
     let gated = job(json!({"requireSignature": {"publicKeys": [pem]}}));
     let images = |job: &Job, token: Option<String>| {

@@ -29,6 +29,16 @@ async fn secret(moto: &Moto, name: &str, value: &serde_json::Value) -> String {
     out.arn().unwrap().to_string()
 }
 
+/// Stores a registry login as the secret `name`, in the shape ECR pull-through cache rules use.
+async fn login_secret(moto: &Moto, name: &str, username: &str, token: &str) -> String {
+    secret(
+        moto,
+        name,
+        &json!({"username": username, "accessToken": token}),
+    )
+    .await
+}
+
 async fn secrets_client(moto: &Moto) -> aws_sdk_secretsmanager::Client {
     let config = ecr::sdk_config(&moto.aws_settings(), "us-east-1", None).await;
     aws_sdk_secretsmanager::Client::new(&config)
@@ -69,12 +79,7 @@ async fn a_source_behind_basic_auth_is_read_with_the_secret_the_job_names() {
     Pusher::new(&src.host, Some((user.into(), token.into())))
         .push("library/nginx", "1.27", &image)
         .await;
-    let arn = secret(
-        &moto,
-        "ecr-pullthroughcache/hub",
-        &json!({"username": user, "accessToken": token}),
-    )
-    .await;
+    let arn = login_secret(&moto, "ecr-pullthroughcache/hub", user, token).await;
 
     // Without the secret the registry refuses: the run fails, naming why.
     let anonymous = run_job(
@@ -155,12 +160,7 @@ async fn a_secret_goes_only_to_the_registry_the_deployment_allows_it_for() {
     let hub = FakeRegistry::start_with_bearer(&image, "v1", "robot", "hub-token").await;
     let attacker = FakeRegistry::start(&image, "v1", Vec::new()).await;
     let dst = TestRegistry::start();
-    let arn = secret(
-        &moto,
-        "hub",
-        &json!({"username": "robot", "accessToken": "hub-token"}),
-    )
-    .await;
+    let arn = login_secret(&moto, "hub", "robot", "hub-token").await;
     let allowlist = Allowlist {
         sources: vec![
             AllowedRegistry {
@@ -210,12 +210,7 @@ async fn a_rotated_secret_is_read_again_when_the_registry_refuses_the_old_one() 
         .build();
     let src = FakeRegistry::start_with_expiring_basic(&image, "v1", "bot", "old", 3, "new").await;
     let dst = TestRegistry::start();
-    let arn = secret(
-        &moto,
-        "rotating",
-        &json!({"username": "bot", "accessToken": "old"}),
-    )
-    .await;
+    let arn = login_secret(&moto, "rotating", "bot", "old").await;
     let conns = connections(&moto, None);
     let job = job(&src.host, Some(&arn), &dst);
     // The connection reads the secret now (the run will use what it read)...
@@ -241,12 +236,7 @@ async fn a_rotated_secret_is_read_again_when_the_registry_refuses_the_old_one() 
     // The control: the same registry, the secret not rotated: refused, named, nothing copied.
     let stale = FakeRegistry::start_with_expiring_basic(&image, "v1", "bot", "old", 3, "new").await;
     let other = TestRegistry::start();
-    let arn = secret(
-        &moto,
-        "stale",
-        &json!({"username": "bot", "accessToken": "old"}),
-    )
-    .await;
+    let arn = login_secret(&moto, "stale", "bot", "old").await;
     let output = run_job(&conns, self::job(&stale.host, Some(&arn), &other), &Quiet)
         .await
         .unwrap();

@@ -41,47 +41,6 @@ impl Metric {
     }
 }
 
-/// What a run cost, written once per run by its last step (the `StateMachine` dimension):
-/// the same counts as the report's `cost`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CostMetric {
-    /// Lambda invocations.
-    LambdaInvocations,
-    /// Lambda GB-seconds.
-    LambdaGbSeconds,
-    /// STANDARD executions.
-    StandardExecutions,
-    /// STANDARD state transitions.
-    StandardTransitions,
-    /// EXPRESS executions.
-    ExpressExecutions,
-    /// EXPRESS GB-seconds.
-    ExpressGbSeconds,
-    /// Bytes across regions (each side).
-    CrossRegionBytes,
-    /// Bytes out to the internet.
-    InternetBytes,
-    /// The estimate in US dollars.
-    EstimatedCostUsd,
-}
-
-impl CostMetric {
-    /// The metric's name and unit.
-    pub fn name_and_unit(self) -> (&'static str, &'static str) {
-        match self {
-            CostMetric::LambdaInvocations => ("LambdaInvocations", "Count"),
-            CostMetric::LambdaGbSeconds => ("LambdaGbSeconds", "None"),
-            CostMetric::StandardExecutions => ("StandardExecutions", "Count"),
-            CostMetric::StandardTransitions => ("StandardTransitions", "Count"),
-            CostMetric::ExpressExecutions => ("ExpressExecutions", "Count"),
-            CostMetric::ExpressGbSeconds => ("ExpressGbSeconds", "None"),
-            CostMetric::CrossRegionBytes => ("CrossRegionBytes", "Bytes"),
-            CostMetric::InternetBytes => ("InternetBytes", "Bytes"),
-            CostMetric::EstimatedCostUsd => ("EstimatedCostUsd", "None"),
-        }
-    }
-}
-
 /// The EMF document for some values of one destination (the `Destination` dimension).
 pub fn document(
     namespace: &str,
@@ -148,21 +107,35 @@ fn metrics_on() -> Option<(String, u128)> {
     Some((namespace, now))
 }
 
-/// The EMF document of a run's cost, under its state machine's name.
+/// The EMF document of a run's cost, under its state machine's name (the `StateMachine`
+/// dimension; written once per run by its last step): the same counts as the report's `cost`.
 pub fn cost_document(namespace: &str, state_machine: &str, cost: &Cost, at_ms: u128) -> Value {
-    use CostMetric::*;
     let values = [
-        (LambdaInvocations, cost.lambda_invocations as f64),
-        (LambdaGbSeconds, cost.lambda_gb_seconds),
-        (StandardExecutions, cost.standard_executions as f64),
-        (StandardTransitions, cost.standard_transitions as f64),
-        (ExpressExecutions, cost.express_executions as f64),
-        (ExpressGbSeconds, cost.express_gb_seconds),
-        (CrossRegionBytes, cost.cross_region_bytes as f64),
-        (InternetBytes, cost.internet_bytes as f64),
-        (EstimatedCostUsd, cost.estimated_usd),
-    ]
-    .map(|(m, v)| (m.name_and_unit(), v));
+        (
+            ("LambdaInvocations", "Count"),
+            cost.lambda_invocations as f64,
+        ),
+        (("LambdaGbSeconds", "None"), cost.lambda_gb_seconds),
+        (
+            ("StandardExecutions", "Count"),
+            cost.standard_executions as f64,
+        ),
+        (
+            ("StandardTransitions", "Count"),
+            cost.standard_transitions as f64,
+        ),
+        (
+            ("ExpressExecutions", "Count"),
+            cost.express_executions as f64,
+        ),
+        (("ExpressGbSeconds", "None"), cost.express_gb_seconds),
+        (
+            ("CrossRegionBytes", "Bytes"),
+            cost.cross_region_bytes as f64,
+        ),
+        (("InternetBytes", "Bytes"), cost.internet_bytes as f64),
+        (("EstimatedCostUsd", "None"), cost.estimated_usd),
+    ];
     document_with(namespace, ("StateMachine", state_machine), &values, at_ms)
 }
 

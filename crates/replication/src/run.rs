@@ -249,8 +249,7 @@ impl Run<'_> {
             )
             .await?;
             self.observer.repository_ensured(&ensured);
-            has_work |=
-                ensured.created || !ensured.changes.is_empty() || !ensured.pruned.is_empty();
+            has_work |= ensured.changes_something();
             self.record(|o| {
                 o.report.add_repository(&ensured);
                 o.repositories.push(ensured);

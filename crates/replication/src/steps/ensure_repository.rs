@@ -592,6 +592,14 @@ fn is_missing_repository(e: &Error) -> bool {
     }
 }
 
+impl EnsureRepositoryOutput {
+    /// Whether ensuring did (or, in a dry run, would do) anything: created the repository,
+    /// changed a setting or pruned a tag. A repository with such work gets a child.
+    pub fn changes_something(&self) -> bool {
+        self.created || !self.changes.is_empty() || !self.pruned.is_empty()
+    }
+}
+
 /// Reports count what ensuring a repository pruned.
 impl RunReport {
     /// Counts one destination repository's prune results.

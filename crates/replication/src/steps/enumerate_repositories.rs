@@ -330,7 +330,7 @@ async fn settle_repository(
         let out =
             super::ensure_repository::ensure_validated(conns, look_only, repository, destination)
                 .await?;
-        if out.created || !out.changes.is_empty() || !out.pruned.is_empty() {
+        if out.changes_something() {
             return Ok(Checked::Work { selection: None });
         }
         ensured.push(out.bounded());

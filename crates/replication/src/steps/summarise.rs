@@ -172,11 +172,9 @@ fn add_child_reports(report: &mut RunReport, input: &SummariseInput) -> Result<(
 fn with_missing_children(
     mut results: Vec<ImageResult>,
     input: &SummariseInput,
+    plan: Option<&PagePlan>,
 ) -> Vec<ImageResult> {
-    if input.dry_run || !input.plan.is_object() {
-        return results;
-    }
-    let Ok(plan) = PagePlan::deserialize(&input.plan) else {
+    let Some(plan) = plan.filter(|_| !input.dry_run) else {
         return results;
     };
     let key = |r: &ImageResult| {
@@ -209,21 +207,19 @@ fn with_missing_children(
 
 /// What a page of images cost (`CostModel::page_round`); in a dry run also what copying it
 /// would cost (`plannedCost`).
-fn add_page_cost(report: &mut RunReport, input: &SummariseInput, model: &CostModel) -> Result<()> {
+fn add_page_cost(
+    report: &mut RunReport,
+    input: &SummariseInput,
+    model: &CostModel,
+    (plan, destinations): (Option<&PagePlan>, usize),
+) {
     let Some(enumerated) = input.enumerated else {
-        return Ok(());
-    };
-    let plan = match &input.plan {
-        JsonValue::Object(_) => Some(
-            PagePlan::deserialize(&input.plan)
-                .map_err(|e| Error::invalid("plan", format!("not a page plan: {e}")))?,
-        ),
-        _ => None,
+        return;
     };
     let round = PageRound {
         enumerated,
-        plan: plan.as_ref(),
-        destinations: flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")?.len(),
+        plan,
+        destinations,
         source: input.source_registry.as_deref().unwrap_or_default(),
     };
     if input.dry_run {
@@ -235,17 +231,27 @@ fn add_page_cost(report: &mut RunReport, input: &SummariseInput, model: &CostMod
     } else {
         report.add_cost(&model.page_round(&round, true));
     }
-    Ok(())
 }
 
 /// Adds up reports and per-image results into one run report, with what the part of the
 /// workflow it ends cost. With `failOnFailure`, a run with failed images or repositories is an
 /// error naming each of them.
 pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> {
+    // The page's plan (a copy run reads it leniently: only to find lost children) and the
+    // destination repositories ensured, each read once.
+    let plan = match input
+        .plan
+        .is_object()
+        .then(|| PagePlan::deserialize(&input.plan))
+    {
+        Some(Ok(plan)) => Some(plan),
+        Some(Err(e)) if input.dry_run || input.enumerated.is_some() => {
+            return Err(Error::invalid("plan", format!("not a page plan: {e}")))
+        }
+        _ => None,
+    };
+    let ensured = flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")?;
     let mut report = RunReport::default();
-    if input.dry_run && input.enumerated.is_some() {
-        report.planned_cost = Some(Cost::default());
-    }
     for r in flatten::<RunReport>(&input.reports, "reports")? {
         report.merge(&r);
     }
@@ -254,10 +260,10 @@ pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> 
         let resumes = input.listing_next_token.is_none() && !report.continuations.is_empty();
         report.add_cost(&Cost::transitions(children_page_states(resumes)));
     }
-    add_page_cost(&mut report, &input, model)?;
+    add_page_cost(&mut report, &input, model, (plan.as_ref(), ensured.len()));
     let mut failed_by_destination: std::collections::BTreeMap<String, usize> = Default::default();
     let (results, _) = flatten_children::<ImageResult>(&input.results);
-    let results = with_missing_children(results, &input);
+    let results = with_missing_children(results, &input, plan.as_ref());
     for r in results {
         if r.status == ImageStatus::Failed {
             *failed_by_destination
@@ -270,13 +276,11 @@ pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> 
     for (destination, failed) in &failed_by_destination {
         metrics::emit(destination, &[(Metric::ImagesFailed, *failed as f64)]);
     }
-    for r in flatten::<EnsureRepositoryOutput>(&input.repositories, "repositories")? {
-        report.add_repository(&r);
+    for r in &ensured {
+        report.add_repository(r);
     }
     report.add_present(input.present);
-    if input.dry_run && input.plan.is_object() {
-        let plan = PagePlan::deserialize(&input.plan)
-            .map_err(|e| Error::invalid("plan", format!("not a page plan: {e}")))?;
+    if let Some(plan) = plan.as_ref().filter(|_| input.dry_run) {
         for planned in &plan.images {
             report.add(&planned.dry_run_result());
         }
@@ -390,9 +394,8 @@ impl CostModel {
         let pages_with_children = children.div_ceil(per_page) as u64;
         let mut cost = self.calls(pages + pages_with_children + 1);
         cost.standard_executions = 1;
-        cost.standard_transitions = pages * repositories_page_states(false)
-            + repositories_page_states(true)
-            - repositories_page_states(false)
+        cost.standard_transitions = repositories_page_states(true)
+            + (pages - 1) * repositories_page_states(false)
             + pages_with_children * children_page_states(false);
         cost
     }

@@ -68,7 +68,7 @@ pub struct HostileRegistry {
 }
 
 /// A thread running an axum app on its own runtime (so tests of any flavour can use it).
-struct Server {
+pub(crate) struct Server {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -84,7 +84,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(bind: &str, app: axum::Router) -> (String, Server) {
+pub(crate) fn serve(bind: &str, app: axum::Router) -> (String, Server) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
     let bind = bind.to_string();
@@ -431,20 +431,29 @@ fn huge_body(
 }
 
 async fn forward(state: &HostileState, request: Request) -> Response {
+    forward_to(&state.http, &state.upstream, request).await
+}
+
+/// Sends a request on to the registry at `upstream` (`host:port`) and gives back its answer.
+pub(crate) async fn forward_to(
+    http: &reqwest::Client,
+    upstream: &str,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 1 << 30)
         .await
         .unwrap_or_default();
     let url = format!(
         "http://{}{}",
-        state.upstream,
+        upstream,
         parts
             .uri
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
-    let mut builder = state.http.request(parts.method.clone(), &url);
+    let mut builder = http.request(parts.method.clone(), &url);
     // The Host header goes along: the registry builds its Locations from it, so they name
     // this proxy, as a registry's own answers would.
     for (name, value) in &parts.headers {

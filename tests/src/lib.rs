@@ -10,6 +10,7 @@ pub mod iam;
 pub mod image;
 pub mod measure;
 pub mod moto;
+pub mod pull_limit;
 pub mod registry;
 pub mod sfn;
 pub mod skopeo;

@@ -21,3 +21,14 @@ pub fn inspect_raw(image: &str, creds: Option<&(String, String)>) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// Whether `docker://IMAGE` exists (plain HTTP, no credentials), as skopeo sees it.
+pub fn exists(image: &str) -> bool {
+    Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", "--no-creds"])
+        .arg(format!("docker://{image}"))
+        .output()
+        .expect("skopeo not found: run `make setup` (Debian package skopeo)")
+        .status
+        .success()
+}

@@ -690,6 +690,8 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         event(PlanPageInput {
             job: job(json!({})),
             images: vec![task],
+            pulls_before: 0,
+            pulls_spent: 0,
         }),
     )
     .await

@@ -232,6 +232,8 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
         event(PlanPageInput {
             job: job.clone(),
             images: vec![image_task.clone()],
+            pulls_before: 0,
+            pulls_spent: 0,
         }),
     )
     .await

@@ -216,6 +216,26 @@ pub enum Error {
         /// Why that is refused.
         reason: String,
     },
+    /// A manifest GET was not sent: the pull budget the caller set for this registry is spent
+    /// (nothing is wrong with the image; a later run reads it).
+    #[error("pull budget for {registry} spent: {reason}; the image is left for the next run")]
+    PullBudgetSpent {
+        /// Registry host.
+        registry: String,
+        /// Which budget, and what is left of it.
+        reason: String,
+    },
+    /// The registry refused a manifest GET because its pull limit is reached (429 with
+    /// `ratelimit-remaining: 0`, as Docker Hub answers): waiting within a run does not help.
+    #[error("{registry} refused {url}: its pull limit is reached ({detail}); not retried: the pulls come back as the registry's window moves on, so run again later, authenticate (credentialArn) for a higher limit, or set sourcePullBudget so runs stop before the limit")]
+    PullLimitReached {
+        /// Registry host.
+        registry: String,
+        /// The URL (without query).
+        url: String,
+        /// What the registry's headers said.
+        detail: String,
+    },
     /// The registry broke the upload protocol (missing Location, wrong digest echoed...).
     #[error("upload to {url}: {reason}")]
     Upload {
@@ -265,6 +285,15 @@ impl Error {
     pub fn is_throttling(&self) -> bool {
         matches!(self, Error::Registry { status, code, .. }
             if matches!(status, 429 | 503) || *code == Some(ErrorCode::Toomanyrequests))
+    }
+
+    /// Whether a pull budget or the registry's pull limit stopped a manifest read: the image is
+    /// left for a later run, not failed.
+    pub fn is_pull_limit(&self) -> bool {
+        matches!(
+            self,
+            Error::PullBudgetSpent { .. } | Error::PullLimitReached { .. }
+        )
     }
 
     /// Whether the error means "does not exist".

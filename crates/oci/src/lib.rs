@@ -13,8 +13,8 @@ pub mod transfer;
 
 pub use auth::{Credential, CredentialStore};
 pub use client::{
-    ClientConfig, CredentialRefresher, Referrer, RegistryClient, RetryPolicy, UploadSession,
-    MAX_LISTED_TAGS, MAX_LISTING_PAGES, MAX_REFERRERS,
+    ClientConfig, CredentialRefresher, PullMeter, RateLimit, Referrer, RegistryClient, RetryPolicy,
+    UploadSession, MAX_LISTED_TAGS, MAX_LISTING_PAGES, MAX_REFERRERS,
 };
 pub use digest::Digest;
 pub use error::{Error, Result};

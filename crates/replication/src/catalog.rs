@@ -137,15 +137,15 @@ impl Catalog for OciCatalog<'_> {
                     tag: Some(tag.clone()),
                     digest: None,
                 };
-                // The manifest itself, not a HEAD: the same one request, and the plan then
-                // reads it from the client's cache.
+                // A HEAD, not the manifest: rate-limited registries count each manifest GET
+                // as a pull and no HEAD (Docker Hub), and most listed images are present.
                 async move {
-                    let manifest = match self.client.get_manifest(&reference).await {
-                        Ok(m) => Ok(Some((m.digest, m.media_type))),
-                        Err(e) if e.is_not_found() => Ok(None),
-                        Err(e) => Err(e),
-                    };
-                    (tag, manifest)
+                    let head = self
+                        .client
+                        .head_manifest(&reference)
+                        .await
+                        .map(|found| found.map(|h| (h.digest, h.media_type)));
+                    (tag, head)
                 }
             })
             .buffered(16)
@@ -168,7 +168,7 @@ impl Catalog for OciCatalog<'_> {
                     tags: vec![tag],
                     pushed_at: None,
                     size: None,
-                    media_type: Some(media_type),
+                    media_type,
                     archived: false,
                 }),
             }

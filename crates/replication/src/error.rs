@@ -186,6 +186,17 @@ impl Error {
         }
     }
 
+    /// Whether the source's pull budget or pull limit stopped a read: the image is left for the
+    /// next run (reported `postponed`), not failed.
+    pub fn is_pull_limit(&self) -> bool {
+        match self {
+            Error::Registry { source, .. } | Error::Listing { source, .. } => {
+                source.is_pull_limit()
+            }
+            _ => false,
+        }
+    }
+
     /// How the workflow should treat this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

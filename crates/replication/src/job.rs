@@ -100,10 +100,32 @@ pub struct Source {
     /// not ECR. The deployment must allow the secret for this registry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_arn: Option<String>,
+    /// Pulls (manifest GETs, which Docker Hub counts) a run may spend on this registry: images
+    /// past the budget are left for the next run, reported `postponed`, not failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_budget: Option<PullBudget>,
     /// Reach the registry over plain HTTP (local tests only).
     #[serde(default)]
     pub insecure: bool,
 }
+
+/// How many pulls a run may spend on a rate-limited source (Docker Hub: 100 or 200 per 6 hours
+/// by account, counted per manifest GET; HEADs are free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PullBudget {
+    /// Manifest GETs the run sends to the source at most (each image's manifests are read
+    /// twice in the workflow: when planned and when put). Repositories are then replicated one
+    /// at a time, so the count is exact.
+    pub max_pulls: u64,
+    /// Also stop starting images when the registry's own count (`ratelimit-remaining`) would
+    /// fall under this: pulls kept for everyone else sharing the account or address.
+    #[serde(default)]
+    pub keep_remaining: u64,
+}
+
+/// A budget past any registry's limit: larger ones are surely a mistake.
+pub const MAX_PULL_BUDGET: u64 = 1_000_000;
 
 /// One destination registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -446,6 +468,32 @@ impl Job {
             self.source.credential_arn.as_deref(),
             &mut problem,
         );
+        if let Some(budget) = &self.source.pull_budget {
+            if !(2..=MAX_PULL_BUDGET).contains(&budget.max_pulls) {
+                problem(
+                    "source.pullBudget.maxPulls",
+                    format!(
+                        "{} pulls: give 2 to {MAX_PULL_BUDGET} (an image needs at least 2: its \
+                         manifest read when planned and when put)",
+                        budget.max_pulls
+                    ),
+                );
+            }
+            if budget.keep_remaining > MAX_PULL_BUDGET {
+                problem(
+                    "source.pullBudget.keepRemaining",
+                    format!("{}: at most {MAX_PULL_BUDGET}", budget.keep_remaining),
+                );
+            }
+            if self.mode == Mode::Verify {
+                problem(
+                    "source.pullBudget",
+                    "a verification does not stop at a pull budget (it must read every \
+                     image to compare it): leave the budget out of verify jobs"
+                        .into(),
+                );
+            }
+        }
         if self.destinations.is_empty() {
             problem("destinations", "at least one destination is needed".into());
         }

@@ -32,6 +32,9 @@ pub enum ImageStatus {
     /// Not copied: the source keeps it in ECR's archive storage class (pulls answer 404);
     /// restore it (`UpdateImageStorageClass` to `STANDARD`) to have it copied.
     Archived,
+    /// Not copied yet: the source's pull budget (`source.pullBudget`) or its pull limit stopped
+    /// its reads; the next run copies it. Not failed.
+    Postponed,
 }
 
 /// The per-image record of the run report.
@@ -54,6 +57,13 @@ pub struct ImageResult {
     pub bytes_copied: u64,
     /// The error, when failed.
     pub error: Option<String>,
+    /// Manifest GETs its put sent to the source (the pulls a rate-limited registry counts).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub source_pulls: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The run report: counts, bytes, failures, and what the run cost.
@@ -120,6 +130,14 @@ pub struct RunReport {
     /// not failed; restored ones are copied by the next run. The functions' logs name each.
     #[serde(default)]
     pub archived: usize,
+    /// Images left for the next run by the source's pull budget or pull limit: not failed.
+    #[serde(default)]
+    pub postponed: usize,
+    /// Manifest GETs the run sent to the source while planning and putting images: the pulls
+    /// Docker Hub counts (listing reads with HEAD, which it does not count). Always present:
+    /// the workflow adds it up in its states.
+    #[serde(default)]
+    pub source_pulls: u64,
     /// A verification's findings (`"mode": "verify"`), absent in a replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
@@ -337,6 +355,7 @@ impl RunReport {
     pub fn add(&mut self, r: &ImageResult) {
         self.images += 1;
         self.bytes_copied += r.bytes_copied;
+        self.source_pulls += r.source_pulls;
         match r.status {
             ImageStatus::Copied => self.copied += 1,
             ImageStatus::Present => self.present += 1,
@@ -349,6 +368,7 @@ impl RunReport {
             }
             ImageStatus::Superseded => self.superseded += 1,
             ImageStatus::Archived => self.archived += 1,
+            ImageStatus::Postponed => self.postponed += 1,
             ImageStatus::Refused => {
                 self.refused += 1;
                 let name = r.tags.first().cloned().unwrap_or_else(|| r.digest.clone());
@@ -405,6 +425,8 @@ impl RunReport {
         self.refused += other.refused;
         self.superseded += other.superseded;
         self.archived += other.archived;
+        self.postponed += other.postponed;
+        self.source_pulls += other.source_pulls;
         listed(&mut self.refusals, other.refusals.iter().cloned());
         self.unsigned += other.unsigned;
         for u in &other.unsigned_images {

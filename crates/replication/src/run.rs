@@ -159,7 +159,11 @@ pub async fn run_job(
         },
         planned: Mutex::new((Cost::default(), 0)),
     };
-    let parallel_repositories = (job.max_concurrency as usize).clamp(1, 8);
+    // Under a pull budget one repository at a time: each plan knows what the run spent.
+    let parallel_repositories = match job.source.pull_budget {
+        Some(_) => 1,
+        None => (job.max_concurrency as usize).clamp(1, 8),
+    };
     let mut repo_token = None;
     loop {
         let page = steps::enumerate_repositories_within(
@@ -209,6 +213,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Pulls the run sent to the source so far (planned and put images).
+    fn pulls_spent(&self) -> u64 {
+        let output = self.output.lock().unwrap_or_else(|e| e.into_inner());
+        output.report.source_pulls
+    }
+
     fn record(&self, f: impl FnOnce(&mut RunOutput)) {
         let mut output = self.output.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut output);
@@ -310,7 +320,7 @@ impl Run<'_> {
             destinations: 0,
             source: &self.job.source.registry,
         };
-        let mut results = Vec::new();
+        let mut results: Vec<ImageResult> = Vec::new();
         let mut tasks = tasks;
         // Each round ends in a `SummariseImages` call (in the workflow, it counts itself).
         let summarise = model.calls(1);
@@ -325,6 +335,10 @@ impl Run<'_> {
                 PlanPageInput {
                     job: self.job.clone(),
                     images: tasks.clone(),
+                    // The report has this page's put reads once its results are recorded.
+                    pulls_before: 0,
+                    pulls_spent: self.pulls_spent()
+                        + results.iter().map(|r| r.source_pulls).sum::<u64>(),
                 },
                 self.bounds.plan_bytes,
             )
@@ -346,6 +360,8 @@ impl Run<'_> {
             cost.add(&summarise);
             round.enumerated = false;
             tasks = plan.deferred.clone();
+            self.record(|o| o.report.source_pulls += plan.pulls);
+            results.extend(plan.postponed_results());
             results.extend(self.run_plan(plan).await);
         }
         (results, cost)

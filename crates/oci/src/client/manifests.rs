@@ -21,6 +21,23 @@ pub struct ManifestHead {
     pub media_type: Option<String>,
 }
 
+/// The registry's refusal of a manifest read because its pull limit is reached: 429 with
+/// `ratelimit-remaining: 0` (see `pulls`).
+fn pull_limit_reached(resp: &Response, registry: &str, url: &Url) -> Option<Error> {
+    if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let seen = RateLimit::from_headers(resp.headers()).filter(|r| r.remaining == 0)?;
+    Some(Error::PullLimitReached {
+        registry: registry.to_string(),
+        url: redact_url(url),
+        detail: match seen.limit {
+            Some(limit) => format!("0 of {limit} pulls left in {}", seen.window()),
+            None => format!("0 pulls left in {}", seen.window()),
+        },
+    })
+}
+
 /// Bytes of manifests the cache keeps at most; past that it starts over.
 pub(super) const MANIFEST_CACHE_BYTES: usize = 32 << 20;
 
@@ -60,7 +77,17 @@ impl RegistryClient {
                 return Ok(hit.clone());
             }
         }
+        let meter = self.meter_for(&repo.registry);
+        if let Some(meter) = meter {
+            meter.take()?;
+        }
         let (url, resp) = self.read_manifest(Method::GET, reference).await?;
+        if let Some(meter) = meter {
+            meter.observe(resp.headers());
+        }
+        if let Some(refused) = pull_limit_reached(&resp, &repo.registry, &url) {
+            return Err(refused);
+        }
         if !resp.status().is_success() {
             return Err(status_error(resp, "GET", &format!("manifest {reference}")).await);
         }
@@ -108,7 +135,13 @@ impl RegistryClient {
     /// Whether a manifest exists, and its digest. `None` when the registry says 404.
     #[tracing::instrument(skip(self), fields(reference = %reference))]
     pub async fn head_manifest(&self, reference: &Reference) -> Result<Option<ManifestHead>> {
-        let (_, resp) = self.read_manifest(Method::HEAD, reference).await?;
+        let (url, resp) = self.read_manifest(Method::HEAD, reference).await?;
+        if let Some(meter) = self.meter_for(&reference.repository.registry) {
+            meter.observe(resp.headers());
+        }
+        if let Some(refused) = pull_limit_reached(&resp, &reference.repository.registry, &url) {
+            return Err(refused);
+        }
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }

@@ -8,6 +8,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+mod pulls;
 mod referrers;
 mod response;
 mod retry;
@@ -29,6 +30,7 @@ use listing::next_link;
 pub use listing::{MAX_LISTED_TAGS, MAX_LISTING_PAGES};
 use manifests::ManifestCache;
 pub use manifests::ManifestHead;
+pub use pulls::{PullMeter, RateLimit};
 pub use referrers::Referrer;
 pub use referrers::MAX_REFERRERS;
 use response::*;
@@ -118,6 +120,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct RegistryClient {
     inner: Arc<Inner>,
+    /// Counts (and may bound) the manifest GETs this view sends to one registry.
+    meter: Option<Arc<PullMeter>>,
 }
 
 /// The token scope for reading (`pull`) or writing (`pull,push`) a repository.
@@ -153,7 +157,22 @@ impl RegistryClient {
                 paused_until: Mutex::new(HashMap::new()),
                 manifests: Mutex::new(ManifestCache::default()),
             }),
+            meter: None,
         })
+    }
+
+    /// A view of this client (same connections, credentials and caches) whose manifest GETs to
+    /// the meter's registry go through `meter`: counted, and refused past its budget.
+    pub fn metered(&self, meter: Arc<PullMeter>) -> RegistryClient {
+        RegistryClient {
+            inner: self.inner.clone(),
+            meter: Some(meter),
+        }
+    }
+
+    /// The meter of this view for `registry`, if any.
+    fn meter_for(&self, registry: &str) -> Option<&PullMeter> {
+        self.meter.as_deref().filter(|m| m.registry() == registry)
     }
 
     /// The client's settings.

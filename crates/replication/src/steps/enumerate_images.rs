@@ -324,6 +324,7 @@ pub async fn page_of_work(
                                 status: status.clone(),
                                 bytes_copied: 0,
                                 error: Some(reason.clone()),
+                                source_pulls: 0,
                             }
                             .listed()
                         })
@@ -778,6 +779,7 @@ impl ImageResult {
             status,
             bytes_copied,
             error,
+            source_pulls: 0,
         }
     }
 }

@@ -150,16 +150,22 @@ pub async fn enumerate_and_settle(
     let mut report = input.report.unwrap_or_default();
     let job = input.job.validate()?;
     let limits = conns.settings().limits;
+    // Under a pull budget a page holds one repository with work: its child starts knowing
+    // what the run spent before it (the parent's report), so the count stays exact.
+    let per_page = match job.job.source.pull_budget {
+        Some(_) => 1,
+        None => REPOSITORIES_PER_PAGE,
+    };
     // Repositories handed back by their children first, each to a new child from its token.
     let resumed: Vec<Continuation> = report
         .continuations
-        .drain(..report.continuations.len().min(REPOSITORIES_PER_PAGE))
+        .drain(..report.continuations.len().min(per_page))
         .collect();
     for c in &resumed {
         oci::reference::validate_repository_name(&c.repository)
             .map_err(|reason| Error::invalid("report.continuations", reason))?;
     }
-    let room = REPOSITORIES_PER_PAGE - resumed.len();
+    let room = per_page - resumed.len();
     let listing_done = input.next_token.as_deref() == Some(LISTING_DONE);
     let mut page = if room == 0 || listing_done {
         // No room, or nothing left to list: the listing stays where it is.

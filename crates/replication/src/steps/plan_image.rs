@@ -4,13 +4,15 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use futures::StreamExt;
-use oci::{BlobRef, Digest, Reference, Repository};
+use oci::{BlobRef, Digest, PullMeter, Reference, RegistryClient, Repository};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::connect::{Connection, Connections};
+use crate::connect::Connections;
 use crate::copy::{walk, Walked};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::Job;
@@ -69,6 +71,13 @@ pub struct PlanPageInput {
     pub job: Job,
     /// The tasks.
     pub images: Vec<ImageTask>,
+    /// Pulls the run spent on the source before this repository's child started (the
+    /// parent's count; `source.pullBudget`).
+    #[serde(default)]
+    pub pulls_before: u64,
+    /// Pulls spent since (the child's count, or in process the run's).
+    #[serde(default)]
+    pub pulls_spent: u64,
 }
 
 /// Output of `plan-image` for a page: the union of its images' blobs per destination
@@ -90,6 +99,31 @@ pub struct PagePlan {
     /// STANDARD ones (a segment loop may run for hours).
     #[serde(default)]
     pub express: bool,
+    /// Manifest GETs the plan sent to the source (the pulls a rate-limited registry counts).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pulls: u64,
+    /// Tasks left for the next run: the source's pull budget (`source.pullBudget`) or its pull
+    /// limit stopped their reads. Reported `postponed`, not failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub postponed: Vec<ImageTask>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl PagePlan {
+    /// A `postponed` result for each task the pull budget or limit left for the next run.
+    pub fn postponed_results(&self) -> impl Iterator<Item = ImageResult> + '_ {
+        self.postponed.iter().map(|task| {
+            ImageResult::for_task(
+                task,
+                ImageStatus::Postponed,
+                0,
+                Some("left for the next run: the source's pull budget or limit is spent".into()),
+            )
+        })
+    }
 }
 
 /// The most bytes a range copied by an EXPRESS child may hold: under a minute at 5 MB/s, well
@@ -150,10 +184,10 @@ impl PlannedImage {
     }
 }
 
-fn source_reference(conn: &Connection, repository: &str, digest: &Digest) -> Reference {
+fn source_reference(registry: &str, repository: &str, digest: &Digest) -> Reference {
     Reference {
         repository: Repository {
-            registry: conn.registry.clone(),
+            registry: registry.to_string(),
             name: repository.to_string(),
         },
         tag: None,
@@ -161,22 +195,23 @@ fn source_reference(conn: &Connection, repository: &str, digest: &Digest) -> Ref
     }
 }
 
-/// The source image by digest: its reference, top manifest, and children and blobs.
+/// The source image by digest: its reference, top manifest, and children and blobs. `client`
+/// is the source connection's client, or a metered view of it.
 pub(crate) async fn read_source_image(
-    source: &Connection,
+    client: &RegistryClient,
+    registry: &str,
     repository: &str,
     digest: &Digest,
 ) -> Result<(Reference, oci::Manifest, Walked)> {
-    let from = source_reference(source, repository, digest);
-    let top = source
-        .client
+    let from = source_reference(registry, repository, digest);
+    let top = client
         .get_manifest(&from)
         .await
         .map_err(|e| Error::Registry {
             image: from.to_string(),
             source: e,
         })?;
-    let walked = walk(&source.client, &from, top.clone()).await?;
+    let walked = walk(client, &from, top.clone()).await?;
     Ok((from, top, walked))
 }
 
@@ -210,17 +245,22 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
             manifests: 0,
         });
     }
-    plan_blobs(&source, image, job.range_bytes).await
+    plan_blobs((&source.client, &source.registry), image, job.range_bytes).await
 }
 
 /// The image's blobs (every platform, every referrer) in ranges, without a presence check:
-/// `enumerate-images` just found it missing.
-async fn plan_blobs(source: &Connection, image: ImageTask, range_bytes: u64) -> Result<ImagePlan> {
-    let (_, _, walked) = read_source_image(source, &image.repository, &image.digest).await?;
+/// `enumerate-images` just found it missing. `source` is a client and the source registry.
+async fn plan_blobs(
+    (client, registry): (&RegistryClient, &str),
+    image: ImageTask,
+    range_bytes: u64,
+) -> Result<ImagePlan> {
+    let read = |digest| read_source_image(client, registry, &image.repository, digest);
+    let (_, _, walked) = read(&image.digest).await?;
     let mut manifests = walked.children.len() + 1;
     let mut blobs = walked.blobs;
     for referrer in &image.referrers {
-        let (_, _, walked) = read_source_image(source, &image.repository, referrer).await?;
+        let (_, _, walked) = read(referrer).await?;
         manifests += walked.children.len() + 1;
         blobs.extend(walked.blobs);
     }
@@ -262,15 +302,24 @@ pub async fn plan_page_within(
 ) -> Result<PagePlan> {
     let job = input.job.validate()?.job;
     let source = conns.source(&job).await?;
+    let spent = input.pulls_before.saturating_add(input.pulls_spent);
+    let meter = Arc::new(plan_meter(&job, &source.registry, spent));
+    let client = source.client.metered(meter.clone());
+    // Under a pull budget images are planned one at a time, so the allowance goes to the
+    // page's first images whole rather than to parts of many.
+    let parallel = match job.source.pull_budget {
+        Some(_) => 1,
+        None => PARALLEL_CHECKS,
+    };
     let plans: Vec<(ImageTask, Result<ImagePlan>)> = futures::stream::iter(input.images)
         .map(|task| {
-            let source = &source;
+            let source = (&client, source.registry.as_str());
             async move {
                 let plan = plan_blobs(source, task.clone(), job.range_bytes).await;
                 (task, plan)
             }
         })
-        .buffered(PARALLEL_CHECKS)
+        .buffered(parallel)
         .collect()
         .await;
     let mut page = PagePlan {
@@ -279,11 +328,17 @@ pub async fn plan_page_within(
         deferred: Vec::new(),
         bytes: 0,
         express: false,
+        pulls: meter.sent(),
+        postponed: Vec::new(),
     };
     let mut ready: Vec<(ImageTask, ImagePlan)> = Vec::new();
     for (task, plan) in plans {
         match plan {
             Err(e) if e.kind() == ErrorKind::InvalidInput => return Err(e),
+            Err(e) if e.is_pull_limit() => {
+                tracing::info!(repository = %task.repository, digest = %task.digest, error = %e, "left for the next run");
+                page.postponed.push(task);
+            }
             Err(e) => page.images.push(PlannedImage {
                 image: task,
                 bytes: 0,
@@ -322,6 +377,19 @@ pub async fn plan_page_within(
             return Ok(candidate);
         }
         take -= 1;
+    }
+}
+
+/// The meter of a plan's source reads: it counts them, and under the job's pull budget allows
+/// half of what is left (each manifest read now is read again when its image is put) and
+/// keeps the registry's own count above `keepRemaining`.
+fn plan_meter(job: &Job, registry: &str, pulls_spent: u64) -> PullMeter {
+    let meter = PullMeter::counting(registry);
+    match job.source.pull_budget {
+        Some(budget) => meter
+            .with_allowance(budget.max_pulls.saturating_sub(pulls_spent) / 2)
+            .keeping(budget.keep_remaining, 1),
+        None => meter,
     }
 }
 

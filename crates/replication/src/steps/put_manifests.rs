@@ -1,8 +1,10 @@
 //! `put-manifests`: puts an image's manifests in a destination once its blobs are there
 //! (children by digest, then every tag) and checks each tag names the source digest.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
-use oci::{BlobRef, Digest, Repository};
+use oci::{BlobRef, Digest, PullMeter, Repository};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -84,15 +86,19 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     let job = input.job.validate()?.job;
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
-    let (from, top, walked) =
-        read_source_image(&source, &input.image.repository, &input.image.digest).await?;
+    // Its reads are counted (pulls, on a rate-limited source); the plan reserved them.
+    let meter = Arc::new(PullMeter::counting(&source.registry));
+    let client = source.client.metered(meter.clone());
+    let read =
+        |digest| read_source_image(&client, &source.registry, &input.image.repository, digest);
+    let (from, top, walked) = read(&input.image.digest).await?;
     let to = Repository {
         registry: dest.registry.clone(),
         name: input.image.target_repository.clone(),
     };
     let mut referred = Vec::new();
     for digest in &input.image.referrers {
-        referred.push(read_source_image(&source, &input.image.repository, digest).await?);
+        referred.push(read(digest).await?);
     }
     // No manifest before all of its blobs are there (a range of the page may have failed):
     // checked unless every range of the page reported complete.
@@ -180,10 +186,8 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     }
     metrics::emit(&input.image.target_registry, &measured);
     // Bytes are the page's (its ranges', counted once by `summarise`): blobs are shared.
-    Ok(ImageResult::for_task(
-        &input.image,
-        ImageStatus::Copied,
-        0,
-        None,
-    ))
+    Ok(ImageResult {
+        source_pulls: meter.sent(),
+        ..ImageResult::for_task(&input.image, ImageStatus::Copied, 0, None)
+    })
 }

@@ -280,6 +280,12 @@ pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> 
         report.add_repository(r);
     }
     report.add_present(input.present);
+    if let Some(plan) = &plan {
+        report.source_pulls += plan.pulls;
+        for postponed in plan.postponed_results() {
+            report.add(&postponed);
+        }
+    }
     if let Some(plan) = plan.as_ref().filter(|_| input.dry_run) {
         for planned in &plan.images {
             report.add(&planned.dry_run_result());

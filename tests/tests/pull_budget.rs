@@ -1,0 +1,240 @@
+//! Rate-limited sources (Docker Hub's pull limit, played by `e2e::pull_limit` in front of
+//! distribution): a run spends at most the job's pull budget (`source.pullBudget`), keeps the
+//! registry's remaining count above `keepRemaining`, leaves the rest for the next run
+//! (`postponed`, not failed), and a run that finds the limit reached does not wait it out or
+//! fail. Listing and presence read with HEADs, which the registry does not count.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::image::{multi_arch, Format, ImageBuilder, Pusher, TestImage};
+use e2e::pull_limit::PullLimitedRegistry;
+use e2e::registry::TestRegistry;
+use replication::connect::{Connections, Settings};
+use replication::report::RunReport;
+use replication::run::{run_job, Quiet, RunOutput};
+use replication::Job;
+use serde_json::json;
+
+fn connections() -> Connections {
+    Connections::new(Settings {
+        registry: e2e::fast_retry_config(&[]),
+        ..Settings::default()
+    })
+}
+
+/// Six images in two repositories (one of them a two-platform index), pushed to `src`.
+async fn six_images(src: &TestRegistry) -> Vec<(String, TestImage)> {
+    let pusher = Pusher::new(&src.host, None);
+    let mut pushed = Vec::new();
+    for (repo, tag, image) in [
+        (
+            "library/nginx",
+            "1.25",
+            ImageBuilder::new(Format::Oci).layer(1, 3000).build(),
+        ),
+        (
+            "library/nginx",
+            "1.26",
+            ImageBuilder::new(Format::Oci).layer(2, 3000).build(),
+        ),
+        ("library/nginx", "1.27", multi_arch(3, 1, 2000)),
+        (
+            "library/redis",
+            "7.0",
+            ImageBuilder::new(Format::Oci).layer(4, 3000).build(),
+        ),
+        (
+            "library/redis",
+            "7.2",
+            ImageBuilder::new(Format::Docker).layer(5, 3000).build(),
+        ),
+        (
+            "library/redis",
+            "7.4",
+            ImageBuilder::new(Format::Oci).layer(6, 3000).build(),
+        ),
+    ] {
+        pusher.push(repo, tag, &image).await;
+        pushed.push((format!("{repo}:{tag}"), image));
+    }
+    pushed
+}
+
+fn job(source: &str, dst: &TestRegistry, budget: serde_json::Value) -> Job {
+    serde_json::from_value(json!({
+        "source": {"registry": source, "insecure": true, "pullBudget": budget},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "repositories": {"include": ["library/*"]},
+        "referrers": false
+    }))
+    .unwrap()
+}
+
+/// The images of `pushed` the destination holds, each checked byte-identical to the source's
+/// (by skopeo, an independent client); none other is there half-copied.
+fn copied_images(pushed: &[(String, TestImage)], src: &TestRegistry, dst: &TestRegistry) -> usize {
+    let mut copied = 0;
+    for (name, _) in pushed {
+        if !e2e::skopeo::exists(&format!("{}/{name}", dst.host)) {
+            continue;
+        }
+        assert_eq!(
+            e2e::skopeo::inspect_raw(&format!("{}/{name}", dst.host), None),
+            e2e::skopeo::inspect_raw(&format!("{}/{name}", src.host), None),
+            "{name} differs from the source"
+        );
+        copied += 1;
+    }
+    copied
+}
+
+fn counts(r: &RunReport) -> (usize, usize, usize, usize) {
+    (r.copied, r.present, r.postponed, r.failed)
+}
+
+async fn run(job: Job) -> RunOutput {
+    run_job(&connections(), job, &Quiet).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_spends_at_most_its_pull_budget_and_the_next_run_finishes_the_rest() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let pushed = six_images(&src).await;
+    let hub = PullLimitedRegistry::start(&src.host, 100);
+    let budget = json!({"maxPulls": 6});
+
+    let first = run(job(&hub.host, &dst, budget.clone())).await;
+
+    let r = &first.report;
+    assert!(hub.pulls() <= 6, "{} pulls spent of 6", hub.pulls());
+    assert_eq!(
+        r.source_pulls,
+        hub.pulls(),
+        "the report counts what the registry counted"
+    );
+    assert_eq!(hub.refused(), 0);
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert!(r.copied >= 2 && r.postponed >= 1, "{r:?}");
+    assert_eq!(r.copied + r.postponed, 6, "{r:?}");
+    assert_eq!(copied_images(&pushed, &src, &dst), r.copied);
+
+    // The next run (a larger budget, as after a quiet night) copies the rest.
+    let second = run(job(&hub.host, &dst, json!({"maxPulls": 20}))).await;
+    let spent_second = hub.pulls() - first.report.source_pulls;
+    assert!(spent_second <= 20, "{spent_second} pulls spent of 20");
+    assert_eq!(second.report.source_pulls, spent_second);
+    assert_eq!(
+        counts(&second.report),
+        (r.postponed, r.copied, 0, 0),
+        "{:?}",
+        second.report
+    );
+    assert_eq!(copied_images(&pushed, &src, &dst), 6);
+
+    // Everything is there: a run lists and checks with HEADs only, which cost no pull.
+    let before = hub.pulls();
+    let third = run(job(&hub.host, &dst, budget)).await;
+    assert_eq!(counts(&third.report), (0, 6, 0, 0));
+    assert_eq!(
+        hub.pulls(),
+        before,
+        "a run with nothing to copy spent pulls"
+    );
+    assert!(hub
+        .manifest_requests()
+        .iter()
+        .any(|r| r.starts_with("HEAD ")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_keeps_the_registrys_remaining_pulls_and_a_reached_limit_postpones_without_waiting() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let pushed = six_images(&src).await;
+    let hub = PullLimitedRegistry::start(&src.host, 6);
+
+    // The budget is large; the registry's own count is what stops the run, 2 pulls above 0.
+    let kept = run(job(
+        &hub.host,
+        &dst,
+        json!({"maxPulls": 1000, "keepRemaining": 2}),
+    ))
+    .await;
+    let r = &kept.report;
+    assert_eq!(hub.refused(), 0, "the run went past the limit");
+    assert!(
+        hub.remaining() >= 2,
+        "{} pulls left, 2 kept",
+        hub.remaining()
+    );
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert!(r.copied >= 1 && r.postponed >= 1, "{r:?}");
+    assert_eq!(copied_images(&pushed, &src, &dst), r.copied);
+
+    // Without a budget a run meets the limit itself: each image is refused once (429 with
+    // no pulls left is not retried: the window lasts hours) and postponed, not failed.
+    let spend_the_rest: Job = serde_json::from_value(json!({
+        "source": {"registry": hub.host, "insecure": true},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "repositories": {"include": ["library/*"]},
+        "referrers": false
+    }))
+    .unwrap();
+    let limited = run(spend_the_rest.clone()).await;
+    let r = &limited.report;
+    assert_eq!(hub.remaining(), 0);
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert!(r.postponed >= 1, "{r:?}");
+    assert_eq!(
+        hub.refused() as usize,
+        r.postponed,
+        "a refused pull was retried (or an image was postponed without asking)"
+    );
+    assert_eq!(
+        copied_images(&pushed, &src, &dst),
+        kept.report.copied + r.copied
+    );
+
+    // The window moves on (with room for the rest): the next run copies what was left.
+    hub.new_window(100);
+    let next = run(spend_the_rest).await;
+    assert_eq!(next.report.failed, 0, "{:?}", next.report);
+    assert_eq!(copied_images(&pushed, &src, &dst), 6);
+}
+
+#[test]
+fn a_budget_is_refused_with_its_field_named_where_it_cannot_hold() {
+    let dst_host = "127.0.0.1:5999";
+    for (budget, mode, field) in [
+        (
+            json!({"maxPulls": 1}),
+            "replicate",
+            "source.pullBudget.maxPulls",
+        ),
+        (
+            json!({"maxPulls": 0}),
+            "replicate",
+            "source.pullBudget.maxPulls",
+        ),
+        (
+            json!({"maxPulls": 10, "keepRemaining": 10_000_000}),
+            "replicate",
+            "source.pullBudget.keepRemaining",
+        ),
+        (json!({"maxPulls": 10}), "verify", "source.pullBudget"),
+    ] {
+        let job: Job = serde_json::from_value(json!({
+            "source": {"registry": "docker.io", "pullBudget": budget},
+            "destinations": [{"registry": dst_host, "insecure": true}],
+            "mode": mode
+        }))
+        .unwrap();
+        let e = job.validate().unwrap_err().to_string();
+        assert!(e.contains(&format!("{field}:")), "{budget} ({mode}): {e}");
+    }
+    let unknown = serde_json::from_value::<Job>(json!({
+        "source": {"registry": "docker.io", "pullBudget": {"maxPulls": 10, "pulls": 3}},
+        "destinations": [{"registry": dst_host}]
+    }));
+    assert!(unknown.unwrap_err().to_string().contains("pulls"));
+}

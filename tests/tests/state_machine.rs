@@ -4,6 +4,7 @@
 
 use e2e::iam::{Performed, Policies};
 use e2e::image::{Format, ImageBuilder, Pusher};
+use e2e::pull_limit::PullLimitedRegistry;
 use e2e::registry::TestRegistry;
 use e2e::sfn::{LambdaFault, LocalStepFunctions};
 use serde_json::json;
@@ -891,4 +892,66 @@ fn counts<const N: usize>(report: &serde_json::Value, keys: [&str; N]) -> [u64; 
             .as_u64()
             .unwrap_or_else(|| panic!("no count {k} in {report}"))
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pull_budget_holds_across_the_fan_out_and_the_next_run_finishes_the_rest() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let pusher = Pusher::new(&src.host, None);
+    let mut references = Vec::new();
+    for (r, repository) in ["library/alpine", "library/busybox", "library/debian"]
+        .iter()
+        .enumerate()
+    {
+        for t in 0..2u64 {
+            let image = ImageBuilder::new(Format::Oci)
+                .layer(40 + 2 * r as u64 + t, 2000)
+                .build();
+            pusher.push(repository, &format!("v{t}"), &image).await;
+            references.push(format!("{repository}:v{t}"));
+        }
+    }
+    // Docker Hub's pull limit in front of the source, with room to spare: the budget stops the
+    // run, not the registry.
+    let hub = PullLimitedRegistry::start(&src.host, 1000);
+    let (sfn, arn) = state_machine(&[]).await;
+    let job = |max_pulls: u64| {
+        json!({
+            "source": {"registry": hub.host, "insecure": true, "pullBudget": {"maxPulls": max_pulls}},
+            "destinations": [{"registry": dst.host, "insecure": true}],
+            "referrers": false
+        })
+    };
+
+    let first = sfn.execute(&arn, &job(6)).await;
+    assert_eq!(first.status, "SUCCEEDED", "{}", first.cause);
+    let report = first.output.unwrap();
+    // Each image is read twice in the workflow (planned, put): 3 fit in 6 pulls, whichever
+    // repositories they are in; the rest waits, not failed.
+    assert!(hub.pulls() <= 6, "{} pulls of 6: {report}", hub.pulls());
+    assert_eq!(report["sourcePulls"], hub.pulls(), "{report}");
+    assert_eq!(
+        counts(&report, ["copied", "postponed", "failed"]),
+        [3, 3, 0],
+        "{report}"
+    );
+    let copied: Vec<&String> = references
+        .iter()
+        .filter(|r| e2e::skopeo::exists(&format!("{}/{r}", dst.host)))
+        .collect();
+    assert_eq!(copied.len(), 3, "{copied:?}");
+
+    let spent = hub.pulls();
+    let second = sfn.execute(&arn, &job(100)).await;
+    assert_eq!(second.status, "SUCCEEDED", "{}", second.cause);
+    let report = second.output.unwrap();
+    assert_eq!(
+        counts(&report, ["copied", "present", "postponed", "failed"]),
+        [3, 3, 0, 0],
+        "{report}"
+    );
+    assert_eq!(report["sourcePulls"], hub.pulls() - spent, "{report}");
+    for reference in &references {
+        assert_copied(&src, &dst, reference);
+    }
 }

@@ -84,9 +84,16 @@ impl PullLimitedRegistry {
         self.quota.refused.store(0, Ordering::SeqCst);
     }
 
+    /// Every request as `METHOD /path`.
+    pub fn requests(&self) -> Vec<String> {
+        self.quota.log.lock().unwrap().clone()
+    }
+
     /// Every manifest request as `METHOD /path`.
     pub fn manifest_requests(&self) -> Vec<String> {
-        self.quota.log.lock().unwrap().clone()
+        let mut all = self.requests();
+        all.retain(|r| r.contains("/manifests/"));
+        all
     }
 }
 
@@ -102,11 +109,11 @@ fn quota_header(count: u64) -> HeaderValue {
 
 async fn handle(State(quota): State<Arc<Quota>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    quota.log.lock().unwrap().push(format!("{method} {path}"));
     if !path.contains("/manifests/") {
         return forward_to(&quota.http, &quota.upstream, request).await;
     }
-    let method = request.method().clone();
-    quota.log.lock().unwrap().push(format!("{method} {path}"));
     if method == Method::GET {
         let counted = quota
             .pulls

@@ -15,8 +15,12 @@ use replication::Job;
 use serde_json::json;
 
 fn connections() -> Connections {
+    connections_with(e2e::fast_retry_config(&[]))
+}
+
+fn connections_with(registry: oci::ClientConfig) -> Connections {
     Connections::new(Settings {
-        registry: e2e::fast_retry_config(&[]),
+        registry,
         ..Settings::default()
     })
 }
@@ -237,4 +241,65 @@ fn a_budget_is_refused_with_its_field_named_where_it_cannot_hold() {
         "destinations": [{"registry": dst_host}]
     }));
     assert!(unknown.unwrap_err().to_string().contains("pulls"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_hub_names_work_as_users_write_them_and_no_catalog_is_asked() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let pusher = Pusher::new(&src.host, None);
+    let nginx = ImageBuilder::new(Format::Docker).layer(7, 2000).build();
+    let redis = ImageBuilder::new(Format::Oci).layer(8, 2000).build();
+    pusher.push("library/nginx", "1.27", &nginx).await;
+    pusher.push("bitnami/redis", "7.4", &redis).await;
+    // Docker Hub (registry-1.docker.io) played by the pull-limited proxy.
+    let hub = PullLimitedRegistry::start(&src.host, 100);
+    let mut config = e2e::fast_retry_config(&[]);
+    config
+        .add_endpoint(&format!("docker.io=http://{}", hub.host))
+        .unwrap();
+
+    // `index.docker.io` as config files write it, `nginx` as `docker pull nginx` does.
+    let job: Job = serde_json::from_value(json!({
+        "source": {"registry": "index.docker.io", "pullBudget": {"maxPulls": 50}},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "repositories": {"include": ["nginx", "bitnami/redis"]},
+        "referrers": false
+    }))
+    .unwrap();
+    let output = run_job(&connections_with(config), job, &Quiet)
+        .await
+        .unwrap();
+
+    assert_eq!(counts(&output.report), (2, 0, 0, 0), "{:?}", output.report);
+    for name in ["library/nginx:1.27", "bitnami/redis:7.4"] {
+        assert_eq!(
+            e2e::skopeo::inspect_raw(&format!("{}/{name}", dst.host), None),
+            e2e::skopeo::inspect_raw(&format!("{}/{name}", src.host), None),
+        );
+    }
+    let requests = hub.requests();
+    assert!(
+        !requests.iter().any(|r| r.contains("_catalog")),
+        "Docker Hub has no catalog: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r == "GET /v2/library/nginx/tags/list"),
+        "{requests:?}"
+    );
+
+    // A glob cannot be listed there: refused with the field named, before any request.
+    let glob: Job = serde_json::from_value(json!({
+        "source": {"registry": "registry-1.docker.io"},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "repositories": {"include": ["bitnami/*"]}
+    }))
+    .unwrap();
+    let e = glob.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("repositories.include: Docker Hub lists no catalog"),
+        "{e}"
+    );
 }

@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, FieldProblem, Result};
-use crate::job::Job;
+use crate::job::{canonical_registry, Job};
 
 /// The environment variable the functions read the allowlist from (JSON).
 pub const ALLOWLIST_VARIABLE: &str = "ECR_REPLICATOR_ALLOWED_REGISTRIES";
@@ -150,7 +150,9 @@ impl Allowlist {
 }
 
 /// Whether `host` is allowed by `pattern`: the same `host[:port]`, or `name:*` for any port.
+/// Docker Hub's names (`docker.io`, `index.docker.io`, `registry-1.docker.io`) are one registry.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (canonical_registry(pattern), canonical_registry(host));
     match pattern.strip_suffix(":*") {
         Some(name) => host
             .rsplit_once(':')
@@ -172,5 +174,8 @@ mod tests {
         assert!(host_matches("r.io", "r.io"));
         assert!(!host_matches("r.io", "r.io:443"));
         assert!(!host_matches("r.io", "evil-r.io"));
+        assert!(host_matches("registry-1.docker.io", "docker.io"));
+        assert!(host_matches("docker.io", "index.docker.io"));
+        assert!(!host_matches("docker.io", "evil.docker.io"));
     }
 }

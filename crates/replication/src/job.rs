@@ -127,6 +127,52 @@ pub struct PullBudget {
 /// A budget past any registry's limit: larger ones are surely a mistake.
 pub const MAX_PULL_BUDGET: u64 = 1_000_000;
 
+/// A registry's one name: Docker Hub's other names (`index.docker.io` in docker's config
+/// files, `registry-1.docker.io` its API host) are `docker.io`.
+pub fn canonical_registry(registry: &str) -> &str {
+    match registry {
+        "index.docker.io" | "registry-1.docker.io" => oci::reference::DOCKER_HUB,
+        other => other,
+    }
+}
+
+impl Job {
+    /// Docker Hub as users write it: `index.docker.io` (docker's config files) and
+    /// `registry-1.docker.io` (its API host) are `docker.io`; for a Docker Hub source, a
+    /// one-part repository name or glob is an official image's (`nginx` is `library/nginx`), as
+    /// `docker pull nginx` reads it.
+    pub fn normalize_docker_hub(&mut self) {
+        let hub = |registry: &mut String| {
+            *registry = canonical_registry(registry).to_string();
+        };
+        hub(&mut self.source.registry);
+        for destination in &mut self.destinations {
+            hub(&mut destination.registry);
+        }
+        if self.source.registry != oci::reference::DOCKER_HUB {
+            return;
+        }
+        let official = |name: &mut String| {
+            if !name.contains('/') {
+                *name = format!("library/{name}");
+            }
+        };
+        self.images
+            .iter_mut()
+            .for_each(|i| official(&mut i.repository));
+        self.repositories.include.iter_mut().for_each(official);
+        self.repositories.exclude.iter_mut().for_each(official);
+    }
+
+    /// The repositories the job names one by one, for a source that lists no catalog (Docker
+    /// Hub): `repositories.include` when none of its entries is a glob.
+    pub fn named_repositories(&self) -> Option<&[String]> {
+        let include = &self.repositories.include;
+        let literal = |name: &String| !name.contains(['*', '?', '[', '{', '\\']);
+        (!include.is_empty() && include.iter().all(literal)).then_some(include.as_slice())
+    }
+}
+
 /// One destination registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -432,8 +478,10 @@ impl Job {
         Self::from_json(text)?.validate()
     }
 
-    /// Checks every value; all problems are reported together, each naming its field.
-    pub fn validate(self) -> Result<ValidJob> {
+    /// Checks every value; all problems are reported together, each naming its field. Docker
+    /// Hub names are first written the one way (`normalize_docker_hub`).
+    pub fn validate(mut self) -> Result<ValidJob> {
+        self.normalize_docker_hub();
         let mut problems = Vec::new();
         let mut problem = |field: &str, text: String| {
             problems.push(FieldProblem {
@@ -493,6 +541,17 @@ impl Job {
                         .into(),
                 );
             }
+        }
+        if self.source.registry == oci::reference::DOCKER_HUB
+            && self.images.is_empty()
+            && self.named_repositories().is_none()
+        {
+            problem(
+                "repositories.include",
+                "Docker Hub lists no catalog of repositories: name each one (no wildcards, \
+                 e.g. [\"library/nginx\", \"bitnami/redis\"]) or list `images`"
+                    .into(),
+            );
         }
         if self.destinations.is_empty() {
             problem("destinations", "at least one destination is needed".into());

@@ -396,13 +396,31 @@ async fn enumerate_validated(
     triage: &Triage<'_>,
 ) -> Result<EnumerateRepositoriesOutput> {
     let concurrency = Concurrency::share(job.job.max_concurrency);
-    if !job.job.images.is_empty() {
+    // Repositories named one by one: those of an image list, or a Docker Hub source's (it
+    // lists no catalog). No catalog is read.
+    let named: Option<Vec<&String>> = if !job.job.images.is_empty() {
+        Some(job.job.images.iter().map(|i| &i.repository).collect())
+    } else if job.job.source.registry == oci::reference::DOCKER_HUB {
+        job.job
+            .named_repositories()
+            .map(|names| names.iter().collect())
+    } else {
+        None
+    };
+    if let Some(named) = named {
         // Paged like the catalog (the parent's state holds one page of repositories at a
         // time): the token is the offset into the list's repositories, in first-named order.
         let mut listed: Vec<String> = Vec::new();
-        for image in &job.job.images {
-            if !listed.contains(&image.repository) && job.repositories.matches(&image.repository) {
-                listed.push(image.repository.clone());
+        let mut refused = Vec::new();
+        for name in named {
+            if let Err(reason) = oci::reference::validate_repository_name(name) {
+                if refused.len() < ENSURE_LISTED {
+                    refused.push(format!("{name}: {reason}"));
+                }
+                continue;
+            }
+            if !listed.contains(name) && job.repositories.matches(name) {
+                listed.push(name.clone());
             }
         }
         let offset = match next_token.as_deref() {
@@ -430,7 +448,7 @@ async fn enumerate_validated(
             next_token: (end < listed.len()).then(|| end.to_string()),
             job: job.job.clone(),
             concurrency,
-            refused: Vec::new(),
+            refused,
         });
     }
     let source = conns.source(&job.job).await?;

@@ -684,6 +684,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         tags_absent: false,
         repository_absent: false,
         pushed_at: None,
+        target_digest: None,
     };
     let plan = functions::invoke::<PlanImage>(
         &conns,

@@ -58,6 +58,8 @@ fn task(tags: usize) -> ImageTask {
         tags_absent: true,
         repository_absent: true,
         pushed_at: Some(i64::MIN),
+        // A platform subset's digest: present only then, so this is the longer form.
+        target_digest: Some(oci::Digest::parse(&digest()).unwrap()),
     }
 }
 

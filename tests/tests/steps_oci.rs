@@ -49,6 +49,7 @@ fn task(repository: &str, digest: &str, tags: &[&str], dst: &TestRegistry) -> Im
         tags_absent: false,
         repository_absent: false,
         pushed_at: None,
+        target_digest: None,
     }
 }
 

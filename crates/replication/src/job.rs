@@ -10,6 +10,7 @@ use crate::error::{Error, FieldProblem, Result};
 pub use crate::filter::TagFilter;
 use crate::filter::{RepositoryMatcher, TagMatcher};
 use crate::keys::SignatureKeys;
+use crate::platforms::{PlatformFilter, MAX_PLATFORMS};
 
 /// Default byte budget of one copy invocation: 2 GiB.
 pub const DEFAULT_RANGE_BYTES: u64 = 2 << 30;
@@ -72,6 +73,12 @@ pub struct Job {
     /// reported `unsigned` and not copied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_signature: Option<RequireSignature>,
+    /// Copy an index with only the children of these platforms (`os/architecture[/variant]`,
+    /// e.g. `linux/amd64`, `linux/arm64/v8`): the destination gets a new index (a new digest)
+    /// keeping the source's fields, annotations and order. Images that are no index, and indexes
+    /// whose children are all wanted, are copied unchanged (default: every platform).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
     /// Plan only: report what would be copied and changed, write nothing.
     #[serde(default)]
     pub dry_run: bool,
@@ -432,6 +439,8 @@ pub struct ValidJob {
     pub tags: TagMatcher,
     /// The keys a signature must verify with, when the job requires one.
     pub signature_keys: Option<SignatureKeys>,
+    /// The platforms an index is cut down to, when the job names some.
+    pub platforms: Option<PlatformFilter>,
 }
 
 impl Job {
@@ -685,6 +694,19 @@ impl Job {
                 .map_err(|(i, e)| problem(&format!("requireSignature.publicKeys[{i}]"), e))
                 .ok()
         });
+        if self.platforms.len() > MAX_PLATFORMS {
+            problem(
+                "platforms",
+                format!(
+                    "{} platforms; at most {MAX_PLATFORMS}",
+                    self.platforms.len()
+                ),
+            );
+        }
+        let platforms = PlatformFilter::parse(&self.platforms)
+            .map_err(|(i, e)| problem(&format!("platforms[{i}]"), e))
+            .ok()
+            .flatten();
         let repositories =
             RepositoryMatcher::new(&self.repositories.include, &self.repositories.exclude)
                 .map_err(|(field, e)| problem(&format!("repositories.{field}"), e))
@@ -698,6 +720,7 @@ impl Job {
                 repositories,
                 tags,
                 signature_keys,
+                platforms,
             }),
             _ => Err(Error::InvalidInput { problems }),
         }

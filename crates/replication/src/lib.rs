@@ -14,6 +14,7 @@ pub mod job;
 pub mod keys;
 pub mod metrics;
 pub mod plan;
+pub mod platforms;
 pub mod referrers;
 pub mod report;
 pub mod run;

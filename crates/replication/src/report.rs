@@ -60,9 +60,17 @@ pub struct ImageResult {
     /// Manifest GETs its put sent to the source (the pulls a rate-limited registry counts).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub source_pulls: u64,
+    /// With `platforms`: the digest of the index as copied (a part of the source's children),
+    /// when it differs from `digest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_digest: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_count(n: &usize) -> bool {
     *n == 0
 }
 
@@ -130,6 +138,12 @@ pub struct RunReport {
     /// not failed; restored ones are copied by the next run. The functions' logs name each.
     #[serde(default)]
     pub archived: usize,
+    /// Indexes copied as a platform subset (`platforms`): each a new manifest with its own
+    /// digest (`targetDigest` in its result). The source index's signatures and referrers name
+    /// the source's digest, so they do not apply to the subset and are not copied
+    /// (`requireSignature` is checked against the source index, before it is cut down).
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub platform_subsets: usize,
     /// Images left for the next run by the source's pull budget or pull limit: not failed.
     #[serde(default)]
     pub postponed: usize,
@@ -356,6 +370,9 @@ impl RunReport {
         self.images += 1;
         self.bytes_copied += r.bytes_copied;
         self.source_pulls += r.source_pulls;
+        if r.target_digest.is_some() && r.status == ImageStatus::Copied {
+            self.platform_subsets += 1;
+        }
         match r.status {
             ImageStatus::Copied => self.copied += 1,
             ImageStatus::Present => self.present += 1,
@@ -426,6 +443,7 @@ impl RunReport {
         self.superseded += other.superseded;
         self.archived += other.archived;
         self.postponed += other.postponed;
+        self.platform_subsets += other.platform_subsets;
         self.source_pulls += other.source_pulls;
         listed(&mut self.refusals, other.refusals.iter().cloned());
         self.unsigned += other.unsigned;

@@ -1,6 +1,9 @@
 //! `enumerate-images`: a repository's images the job selects, and one page of the work left
 //! (each selected image for each destination that does not have it yet).
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use futures::StreamExt;
 use oci::{Digest, Reference, Repository};
 use schemars::JsonSchema;
@@ -13,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::filter::{ListedImage, Refusal, SelectedImage};
 use crate::job::{ImageSelector, Job, ValidJob};
 use crate::metrics::{self, Metric};
+use crate::platforms::Subset;
 use crate::referrers;
 use crate::signatures;
 
@@ -92,6 +96,19 @@ pub struct ImageTask {
     /// the replication lag metric counts from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed_at: Option<i64>,
+    /// With `platforms`: the digest of the index as it is copied (a part of the source's
+    /// children), when it differs from the source's. Its referrers are not copied: they name
+    /// the source's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub target_digest: Option<Digest>,
+}
+
+impl ImageTask {
+    /// The digest the destination holds once the image is copied.
+    pub fn copied_digest(&self) -> &Digest {
+        self.target_digest.as_ref().unwrap_or(&self.digest)
+    }
 }
 
 fn is_false(value: &bool) -> bool {
@@ -280,6 +297,12 @@ pub async fn page_of_work(
         .require_signature
         .as_ref()
         .is_some_and(|r| r.fail_unsigned);
+    // The source is asked only to cut indexes down to the job's platforms.
+    let source = match &job.platforms {
+        Some(_) => Some(conns.source(&job.job).await?),
+        None => None,
+    };
+    let source = source.as_deref();
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
         present: 0,
@@ -312,31 +335,39 @@ pub async fn page_of_work(
                 if let Some((status, reason)) = not_copied {
                     // Not copied: one result per destination, no presence check (a refused
                     // name is not even parsed: it may be no digest at all).
-                    let unsigned = destinations
-                        .iter()
-                        .map(|(_, spec, _, target, _, _)| {
-                            ImageResult {
-                                repository: repository.to_string(),
-                                digest: image.digest.clone(),
-                                tags: image.tags.clone(),
-                                target_registry: spec.registry.clone(),
-                                target_repository: target.clone(),
-                                status: status.clone(),
-                                bytes_copied: 0,
-                                error: Some(reason.clone()),
-                                source_pulls: 0,
-                            }
-                            .listed()
-                        })
-                        .collect();
+                    let unsigned =
+                        not_copied_results(destinations, (repository, image), status, reason);
                     return Ok::<_, Error>((at, Checked::Unsigned(unsigned)));
                 }
                 let digest = source_digest(&image.digest)?;
-                let referrers = image
+                let mut referrers = image
                     .referrers
                     .iter()
                     .map(source_digest)
                     .collect::<Result<Vec<_>>>()?;
+                // With `platforms`, an index is copied as the part of it the job names (its
+                // signatures and referrers name the source's digest: they stay behind).
+                let target_digest = match (&job.platforms, source) {
+                    (Some(filter), Some(source)) => {
+                        match platform_subset(source, repository, &digest, filter).await? {
+                            Subset::Unchanged => None,
+                            Subset::Index(subset) => {
+                                referrers.clear();
+                                Some(subset.digest)
+                            }
+                            Subset::NoneWanted(reason) => {
+                                let refused = not_copied_results(
+                                    destinations,
+                                    (repository, image),
+                                    ImageStatus::Refused,
+                                    &reason,
+                                );
+                                return Ok::<_, Error>((at, Checked::Unsigned(refused)));
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 let mut tasks = Vec::new();
                 for (index, spec, dest, target, listed, repository_absent) in destinations {
                     let repo = Repository {
@@ -348,9 +379,9 @@ pub async fn page_of_work(
                         .as_ref()
                         .map(|l| image.tags.iter().filter(|t| !l.contains(*t)).count());
                     let tags_absent = !image.tags.is_empty() && unlisted == Some(image.tags.len());
+                    let wanted = target_digest.as_ref().unwrap_or(&digest);
                     let present = unlisted.unwrap_or(0) == 0
-                        && is_present(&dest.client, &repo, &digest, &image.tags, &referrers)
-                            .await?;
+                        && is_present(&dest.client, &repo, wanted, &image.tags, &referrers).await?;
                     tasks.push(ImageTask {
                         repository: repository.to_string(),
                         digest: digest.clone(),
@@ -363,6 +394,7 @@ pub async fn page_of_work(
                         tags_absent,
                         repository_absent: *repository_absent,
                         pushed_at: image.pushed_at,
+                        target_digest: target_digest.clone(),
                     });
                 }
                 Ok::<_, Error>((at, Checked::Tasks(tasks)))
@@ -746,6 +778,44 @@ pub(crate) async fn is_present(
     Ok(true)
 }
 
+/// One result per destination for an image that is not copied, with why.
+fn not_copied_results(
+    destinations: &[Destination<'_>],
+    (repository, image): (&str, &SelectedImage),
+    status: ImageStatus,
+    reason: &str,
+) -> Vec<ImageResult> {
+    destinations
+        .iter()
+        .map(|(_, spec, _, target, _, _)| {
+            ImageResult {
+                repository: repository.to_string(),
+                digest: image.digest.clone(),
+                tags: image.tags.clone(),
+                target_registry: spec.registry.clone(),
+                target_repository: target.clone(),
+                status: status.clone(),
+                bytes_copied: 0,
+                error: Some(reason.to_string()),
+                source_pulls: 0,
+                target_digest: None,
+            }
+            .listed()
+        })
+        .collect()
+}
+
+/// A destination as `page_of_work` checks it: its index, its spec, its connection, the
+/// repository there, the tags it lists (if it lists them) and whether the repository is absent.
+type Destination<'a> = (
+    usize,
+    &'a crate::job::Destination,
+    Arc<Connection>,
+    String,
+    Option<HashSet<String>>,
+    bool,
+);
+
 /// What checking one selected image gave: its tasks (present or not), or, for an image no
 /// signature verified, its results.
 enum Checked {
@@ -780,6 +850,7 @@ impl ImageResult {
             bytes_copied,
             error,
             source_pulls: 0,
+            target_digest: task.target_digest.as_ref().map(Digest::to_string),
         }
     }
 }

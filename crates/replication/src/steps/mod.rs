@@ -56,7 +56,7 @@ use ensure_repository::apply_settings;
 use enumerate_images::{
     all_images, destination_tags, is_present, selected_and_listed, PARALLEL_CHECKS,
 };
-use plan_image::read_source_image;
+use plan_image::{platform_subset, read_source_image};
 use selection::{keep_selection, stored_selection_chunk, PageToken};
 
 /// A future a step returns (boxed: the step futures nest deeply enough to exceed the

@@ -12,11 +12,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::*;
-use crate::connect::Connections;
+use crate::connect::{Connection, Connections};
 use crate::copy::{walk, Walked};
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::Job;
 use crate::plan::{split_into_ranges, CopyRange};
+use crate::platforms::{PlatformFilter, Subset};
 
 /// JSON bytes of an image's plan at most (about 280 blobs across its platforms and referrers):
 /// a page plan holds at least one image's.
@@ -195,24 +196,57 @@ fn source_reference(registry: &str, repository: &str, digest: &Digest) -> Refere
     }
 }
 
-/// The source image by digest: its reference, top manifest, and children and blobs. `client`
-/// is the source connection's client, or a metered view of it.
+/// The source image by digest as it is copied: its reference, top manifest (with `platforms`,
+/// an index cut down to them), and children and blobs. `client` is the source connection's
+/// client, or a metered view of it.
 pub(crate) async fn read_source_image(
-    client: &RegistryClient,
-    registry: &str,
+    (client, registry): (&RegistryClient, &str),
     repository: &str,
     digest: &Digest,
+    platforms: Option<&PlatformFilter>,
 ) -> Result<(Reference, oci::Manifest, Walked)> {
     let from = source_reference(registry, repository, digest);
-    let top = client
-        .get_manifest(&from)
-        .await
-        .map_err(|e| Error::Registry {
-            image: from.to_string(),
-            source: e,
-        })?;
+    let image = |source| Error::Registry {
+        image: from.to_string(),
+        source,
+    };
+    let mut top = client.get_manifest(&from).await.map_err(image)?;
+    if let Some(filter) = platforms {
+        match filter.subset(&top, &from.to_string()).map_err(image)? {
+            Subset::Unchanged => {}
+            Subset::Index(subset) => top = subset,
+            Subset::NoneWanted(reason) => {
+                return Err(image(oci::Error::InvalidManifest {
+                    url: from.to_string(),
+                    reason,
+                }))
+            }
+        }
+    }
     let walked = walk(client, &from, top.clone()).await?;
     Ok((from, top, walked))
+}
+
+/// What the job's platforms make of the source image `digest`: its media type asked with a
+/// HEAD (no pull on a rate-limited registry), the manifest read only when it is an index.
+pub(crate) async fn platform_subset(
+    source: &Connection,
+    repository: &str,
+    digest: &Digest,
+    filter: &PlatformFilter,
+) -> Result<Subset> {
+    let from = source_reference(&source.registry, repository, digest);
+    let image = |source| Error::Registry {
+        image: from.to_string(),
+        source,
+    };
+    let head = source.client.head_manifest(&from).await.map_err(image)?;
+    let media_type = head.and_then(|h| h.media_type);
+    if media_type.is_some_and(|m| !oci::manifest::is_index_type(&m)) {
+        return Ok(Subset::Unchanged);
+    }
+    let top = source.client.get_manifest(&from).await.map_err(image)?;
+    filter.subset(&top, &from.to_string()).map_err(image)
 }
 
 /// Reads the image's manifests (every child of an index) and splits its blobs into ranges under
@@ -220,7 +254,8 @@ pub(crate) async fn read_source_image(
 /// nothing.
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
 pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<ImagePlan> {
-    let job = input.job.validate()?.job;
+    let valid = input.job.validate()?;
+    let (job, platforms) = (valid.job, valid.platforms);
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
     let mut image = input.image;
@@ -231,7 +266,7 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
     image.present = is_present(
         &dest.client,
         &to,
-        &image.digest,
+        image.copied_digest(),
         &image.tags,
         &image.referrers,
     )
@@ -245,22 +280,27 @@ pub async fn plan_image(conns: &Connections, input: PlanImageInput) -> Result<Im
             manifests: 0,
         });
     }
-    plan_blobs((&source.client, &source.registry), image, job.range_bytes).await
+    plan_blobs(
+        (&source.client, &source.registry),
+        image,
+        (job.range_bytes, platforms.as_ref()),
+    )
+    .await
 }
 
 /// The image's blobs (every platform, every referrer) in ranges, without a presence check:
 /// `enumerate-images` just found it missing. `source` is a client and the source registry.
 async fn plan_blobs(
-    (client, registry): (&RegistryClient, &str),
+    source: (&RegistryClient, &str),
     image: ImageTask,
-    range_bytes: u64,
+    (range_bytes, platforms): (u64, Option<&PlatformFilter>),
 ) -> Result<ImagePlan> {
-    let read = |digest| read_source_image(client, registry, &image.repository, digest);
-    let (_, _, walked) = read(&image.digest).await?;
+    let (_, _, walked) =
+        read_source_image(source, &image.repository, &image.digest, platforms).await?;
     let mut manifests = walked.children.len() + 1;
     let mut blobs = walked.blobs;
     for referrer in &image.referrers {
-        let (_, _, walked) = read(referrer).await?;
+        let (_, _, walked) = read_source_image(source, &image.repository, referrer, None).await?;
         manifests += walked.children.len() + 1;
         blobs.extend(walked.blobs);
     }
@@ -300,7 +340,8 @@ pub async fn plan_page_within(
     input: PlanPageInput,
     max_plan_bytes: usize,
 ) -> Result<PagePlan> {
-    let job = input.job.validate()?.job;
+    let valid = input.job.validate()?;
+    let (job, platforms) = (valid.job, valid.platforms);
     let source = conns.source(&job).await?;
     let spent = input.pulls_before.saturating_add(input.pulls_spent);
     let meter = Arc::new(plan_meter(&job, &source.registry, spent));
@@ -314,8 +355,9 @@ pub async fn plan_page_within(
     let plans: Vec<(ImageTask, Result<ImagePlan>)> = futures::stream::iter(input.images)
         .map(|task| {
             let source = (&client, source.registry.as_str());
+            let platforms = platforms.as_ref();
             async move {
-                let plan = plan_blobs(source, task.clone(), job.range_bytes).await;
+                let plan = plan_blobs(source, task.clone(), (job.range_bytes, platforms)).await;
                 (task, plan)
             }
         })

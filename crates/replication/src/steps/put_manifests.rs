@@ -83,22 +83,29 @@ impl PutManifestsInput {
 pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
     let ranges_complete = input.ranges_complete();
     let range_error = input.first_range_error();
-    let job = input.job.validate()?.job;
+    let valid = input.job.validate()?;
+    let (job, platforms) = (valid.job, valid.platforms);
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
     // Its reads are counted (pulls, on a rate-limited source); the plan reserved them.
     let meter = Arc::new(PullMeter::counting(&source.registry));
     let client = source.client.metered(meter.clone());
-    let read =
-        |digest| read_source_image(&client, &source.registry, &input.image.repository, digest);
-    let (from, top, walked) = read(&input.image.digest).await?;
+    let read = |digest, platforms| {
+        read_source_image(
+            (&client, &source.registry),
+            &input.image.repository,
+            digest,
+            platforms,
+        )
+    };
+    let (from, top, walked) = read(&input.image.digest, platforms.as_ref()).await?;
     let to = Repository {
         registry: dest.registry.clone(),
         name: input.image.target_repository.clone(),
     };
     let mut referred = Vec::new();
     for digest in &input.image.referrers {
-        referred.push(read(digest).await?);
+        referred.push(read(digest, None).await?);
     }
     // No manifest before all of its blobs are there (a range of the page may have failed):
     // checked unless every range of the page reported complete.
@@ -188,6 +195,7 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     // Bytes are the page's (its ranges', counted once by `summarise`): blobs are shared.
     Ok(ImageResult {
         source_pulls: meter.sent(),
+        target_digest: (top.digest != input.image.digest).then(|| top.digest.to_string()),
         ..ImageResult::for_task(&input.image, ImageStatus::Copied, 0, None)
     })
 }

@@ -15,6 +15,7 @@ use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::filter::SelectedImage;
 use crate::job::{Destination, Job, SettingsMode, ValidJob};
+use crate::platforms::{PlatformFilter, Subset};
 
 /// The `verify-repository` step: the repository's report (with `verify`), its differences
 /// listed up to `VERIFY_LISTED`, as one of a page's in the Map's aggregated result.
@@ -89,10 +90,16 @@ pub async fn verify_repository(
             name: target.clone(),
         };
         let mut compared = futures::stream::iter(&selected)
-            .map(|image| compare_image(&source, &dest, &repo, repository, image, (&listed, absent)))
+            .map(|image| {
+                let wanted = (image, job.platforms.as_ref());
+                compare_image(&source, &dest, &repo, repository, wanted, (&listed, absent))
+            })
             .buffered(PARALLEL_CHECKS);
         while let Some(differences) = compared.next().await {
-            let differences = differences?;
+            // `None`: a replication would not copy it (none of the job's platforms).
+            let Some(differences) = differences? else {
+                continue;
+            };
             report.images += 1;
             if differences.is_empty() {
                 report.identical += 1;
@@ -190,25 +197,39 @@ async fn verify_settings(
     Ok(())
 }
 
-/// One image's differences in one destination: (kind, where after the repository, detail).
+/// One image's differences in one destination: (kind, where after the repository, detail);
+/// `None` when a replication would not copy it.
 async fn compare_image(
     source: &Connection,
     dest: &Connection,
     repo: &Repository,
     repository: &str,
-    image: &SelectedImage,
+    (image, platforms): (&SelectedImage, Option<&PlatformFilter>),
     (listed, repository_absent): (&Option<HashSet<String>>, bool),
-) -> Result<Vec<(DifferenceKind, String, String)>> {
+) -> Result<Option<Vec<(DifferenceKind, String, String)>>> {
     let listing = |what: &str| {
         let what = format!("{what} of {repository}@{}", image.digest);
         move |source| Error::Listing { what, source }
     };
-    let digest = Digest::parse(&image.digest).map_err(listing("the digest"))?;
+    let source_digest = Digest::parse(&image.digest).map_err(listing("the digest"))?;
+    // With `platforms`, what a replication puts there: the index cut down to them (a new
+    // digest, without the source index's referrers), or nothing at all.
+    let subset = match platforms {
+        Some(filter) => match platform_subset(source, repository, &source_digest, filter).await? {
+            Subset::Unchanged => None,
+            Subset::Index(subset) => Some(subset),
+            Subset::NoneWanted(_) => return Ok(None),
+        },
+        None => None,
+    };
+    let digest = subset
+        .as_ref()
+        .map_or_else(|| source_digest.clone(), |s| s.digest.clone());
     let mut found = Vec::new();
     let missing = |suffix: String, detail: String| (DifferenceKind::Missing, suffix, detail);
     if repository_absent {
         found.push(missing(format!("@{digest}"), "not there".into()));
-        return Ok(found);
+        return Ok(Some(found));
     }
     let by_digest = Reference {
         repository: repo.clone(),
@@ -251,14 +272,15 @@ async fn compare_image(
         }
     }
     if !manifest_there {
-        return Ok(found);
+        return Ok(Some(found));
     }
     // The children of an index (read from the source: a manifest, never a blob).
-    let (from, top) = source
-        .manifest_by_digest(repository, &digest)
+    let (from, source_top) = source
+        .manifest_by_digest(repository, &source_digest)
         .await
         .map_err(listing("the source manifest"))?;
     let url = from.to_string();
+    let top = subset.unwrap_or(source_top);
     let children = match top.content(&url).map_err(listing("the source manifest"))? {
         oci::ManifestContent::Index { manifests } => manifests
             .iter()
@@ -267,12 +289,15 @@ async fn compare_image(
             .map_err(listing("the index"))?,
         oci::ManifestContent::Image { .. } => Vec::new(),
     };
-    let referrers = image
-        .referrers
-        .iter()
-        .map(|r| Digest::parse(r))
-        .collect::<oci::Result<Vec<_>>>()
-        .map_err(listing("the referrers"))?;
+    let referrers = match top.digest == source_digest {
+        true => image
+            .referrers
+            .iter()
+            .map(|r| Digest::parse(r))
+            .collect::<oci::Result<Vec<_>>>()
+            .map_err(listing("the referrers"))?,
+        false => Vec::new(),
+    };
     for (what, wanted) in children
         .iter()
         .map(|c| ("child", c))
@@ -290,5 +315,5 @@ async fn compare_image(
             ));
         }
     }
-    Ok(found)
+    Ok(Some(found))
 }

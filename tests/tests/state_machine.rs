@@ -958,3 +958,37 @@ async fn a_pull_budget_holds_across_the_fan_out_and_the_next_run_finishes_the_re
         assert_copied(&src, &dst, reference);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_index_cut_down_to_the_platforms_asked_travels_through_the_workflow() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let index = e2e::image::multi_arch(70, 1, 1500);
+    Pusher::new(&src.host, None)
+        .push("multi/app", "v1", &index)
+        .await;
+    let (sfn, arn) = state_machine(&[]).await;
+    let mut input = copy_all(&src, &dst);
+    input["platforms"] = json!(["linux/arm64"]);
+
+    let first = sfn.execute(&arn, &input).await;
+    assert_eq!(first.status, "SUCCEEDED", "{}", first.cause);
+    let report = first.output.unwrap();
+    assert_eq!(
+        counts(&report, ["copied", "platformSubsets", "failed"]),
+        [1, 1, 0],
+        "{report}"
+    );
+    let copied = e2e::skopeo::inspect_raw(&format!("{}/multi/app:v1", dst.host), None);
+    let subset: serde_json::Value = serde_json::from_slice(&copied).unwrap();
+    let source: serde_json::Value = serde_json::from_slice(&index.manifest).unwrap();
+    assert_eq!(subset["manifests"], json!([source["manifests"][1]]));
+
+    let second = sfn.execute(&arn, &input).await;
+    assert_eq!(second.status, "SUCCEEDED", "{}", second.cause);
+    let report = second.output.unwrap();
+    assert_eq!(
+        counts(&report, ["copied", "present", "failed"]),
+        [0, 1, 0],
+        "{report}"
+    );
+}

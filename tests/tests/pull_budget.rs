@@ -175,16 +175,25 @@ async fn a_run_keeps_the_registrys_remaining_pulls_and_a_reached_limit_postpones
     assert!(r.copied >= 1 && r.postponed >= 1, "{r:?}");
     assert_eq!(copied_images(&pushed, &src, &dst), r.copied);
 
-    // Without a budget a run meets the limit itself: each image is refused once (429 with
-    // no pulls left is not retried: the window lasts hours) and postponed, not failed.
+    // Without a budget a run on Docker Hub (the proxy standing for registry-1.docker.io)
+    // meets the limit itself: listed with HEADs, each image's first GET is refused once (429
+    // with no pulls left is not retried: the window lasts hours) and postponed, not failed.
+    let mut hub_endpoint = e2e::fast_retry_config(&[]);
+    hub_endpoint
+        .add_endpoint(&format!("docker.io=http://{}", hub.host))
+        .unwrap();
     let spend_the_rest: Job = serde_json::from_value(json!({
-        "source": {"registry": hub.host, "insecure": true},
+        "source": {"registry": "docker.io"},
         "destinations": [{"registry": dst.host, "insecure": true}],
-        "repositories": {"include": ["library/*"]},
+        "repositories": {"include": ["nginx", "redis"]},
         "referrers": false
     }))
     .unwrap();
-    let limited = run(spend_the_rest.clone()).await;
+    let on_hub = |job| {
+        let conns = connections_with(hub_endpoint.clone());
+        async move { run_job(&conns, job, &Quiet).await.unwrap() }
+    };
+    let limited = on_hub(spend_the_rest.clone()).await;
     let r = &limited.report;
     assert_eq!(hub.remaining(), 0);
     assert_eq!(r.failed, 0, "{r:?}");
@@ -201,7 +210,7 @@ async fn a_run_keeps_the_registrys_remaining_pulls_and_a_reached_limit_postpones
 
     // The window moves on (with room for the rest): the next run copies what was left.
     hub.new_window(100);
-    let next = run(spend_the_rest).await;
+    let next = on_hub(spend_the_rest).await;
     assert_eq!(next.report.failed, 0, "{:?}", next.report);
     assert_eq!(copied_images(&pushed, &src, &dst), 6);
 }

@@ -40,6 +40,7 @@ impl Connection {
                 client: &self.client,
                 registry: &self.registry,
                 page_size: self.catalog_page_size,
+                resolve_with_head: self.counts_pulls(),
             }),
         }
     }
@@ -97,6 +98,9 @@ pub struct OciCatalog<'a> {
     pub registry: &'a str,
     /// Entries per page asked of the registry.
     pub page_size: usize,
+    /// Resolve tags with HEADs: the registry counts each manifest GET as a pull (Docker Hub).
+    /// Otherwise each tag's manifest is read, and the plan takes it from the client's cache.
+    pub resolve_with_head: bool,
 }
 
 #[async_trait]
@@ -137,15 +141,23 @@ impl Catalog for OciCatalog<'_> {
                     tag: Some(tag.clone()),
                     digest: None,
                 };
-                // A HEAD, not the manifest: rate-limited registries count each manifest GET
-                // as a pull and no HEAD (Docker Hub), and most listed images are present.
+                // Where pulls are counted, a HEAD (Docker Hub counts each manifest GET, no
+                // HEAD); elsewhere the manifest itself: the same one request, and an in-process
+                // plan then reads it from the client's cache.
                 async move {
-                    let head = self
-                        .client
-                        .head_manifest(&reference)
-                        .await
-                        .map(|found| found.map(|h| (h.digest, h.media_type)));
-                    (tag, head)
+                    let found = if self.resolve_with_head {
+                        self.client
+                            .head_manifest(&reference)
+                            .await
+                            .map(|found| found.map(|h| (h.digest, h.media_type)))
+                    } else {
+                        match self.client.get_manifest(&reference).await {
+                            Ok(m) => Ok(Some((m.digest, Some(m.media_type)))),
+                            Err(e) if e.is_not_found() => Ok(None),
+                            Err(e) => Err(e),
+                        }
+                    };
+                    (tag, found)
                 }
             })
             .buffered(16)

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use crate::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{canonical_registry, Job};
 
 /// Settings read once at the edge (a Lambda's environment, the CLI's flags).
 #[derive(Debug, Clone, Default)]
@@ -92,10 +92,18 @@ pub struct Connection {
     pub ecr: Option<EcrAdmin>,
     token: Option<Arc<EcrTokenSource>>,
     secret: Option<Arc<SecretCredentialSource>>,
+    /// Manifest GETs are pulls here (Docker Hub, or a budgeted source): listed with HEADs.
+    counts_pulls: bool,
     current: Mutex<Option<Credential>>,
 }
 
 impl Connection {
+    /// Whether this registry counts manifest GETs as pulls (Docker Hub, or a source the job
+    /// gives a pull budget): listing and presence then use HEADs.
+    pub fn counts_pulls(&self) -> bool {
+        self.counts_pulls
+    }
+
     /// The manifest `digest` of `repository` in this registry, with the reference it was read
     /// by (for messages).
     pub async fn manifest_by_digest(
@@ -144,6 +152,7 @@ struct Key {
     external_id: Option<String>,
     credential: Option<String>,
     insecure: bool,
+    counts_pulls: bool,
 }
 
 /// How a job reaches one registry.
@@ -153,6 +162,9 @@ struct Reach<'a> {
     external_id: Option<&'a str>,
     credential: Option<&'a str>,
     insecure: bool,
+    /// The registry counts manifest GETs as pulls (Docker Hub, or a source the job gives a
+    /// pull budget): its listing resolves tags with HEADs.
+    counts_pulls: bool,
 }
 
 /// Builds and caches connections (warm Lambda invocations reuse them).
@@ -214,6 +226,8 @@ impl Connections {
             external_id: s.external_id.as_deref(),
             credential: s.credential_arn.as_deref(),
             insecure: s.insecure,
+            counts_pulls: s.pull_budget.is_some()
+                || canonical_registry(&s.registry) == oci::reference::DOCKER_HUB,
         })
         .await
     }
@@ -228,6 +242,7 @@ impl Connections {
             external_id: d.external_id.as_deref(),
             credential: d.credential_arn.as_deref(),
             insecure: d.insecure,
+            counts_pulls: false,
         })
         .await
     }
@@ -239,6 +254,7 @@ impl Connections {
             external_id,
             credential,
             insecure,
+            counts_pulls,
         } = reach;
         let key = Key {
             registry: registry.to_string(),
@@ -246,6 +262,7 @@ impl Connections {
             external_id: external_id.map(str::to_string),
             credential: credential.map(str::to_string),
             insecure,
+            counts_pulls,
         };
         let mut cache = self.cache.lock().await;
         if let Some(conn) = cache.get(&key) {
@@ -326,6 +343,7 @@ impl Connections {
             ecr,
             token,
             secret,
+            counts_pulls,
             current: Mutex::new(None),
         });
         cache.insert(key, conn.clone());

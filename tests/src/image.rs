@@ -310,12 +310,20 @@ pub fn index(children: Vec<TestImage>) -> TestImage {
 
 /// An OCI index listing `manifests` (descriptors), with `children` pushed before it.
 fn oci_index(manifests: Vec<serde_json::Value>, children: Vec<TestImage>) -> TestImage {
-    let bytes = Bytes::from(
-        serde_json::to_vec(
-            &json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}),
-        )
-        .unwrap(),
-    );
+    annotated_oci_index(manifests, children, None)
+}
+
+/// `oci_index` with the index's `annotations`, when given.
+pub fn annotated_oci_index(
+    manifests: Vec<serde_json::Value>,
+    children: Vec<TestImage>,
+    annotations: Option<serde_json::Value>,
+) -> TestImage {
+    let mut index = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
+    if let Some(annotations) = annotations {
+        index["annotations"] = annotations;
+    }
+    let bytes = Bytes::from(serde_json::to_vec(&index).unwrap());
     TestImage {
         digest: sha256(&bytes),
         manifest: bytes,

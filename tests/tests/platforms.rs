@@ -5,16 +5,13 @@
 //! skopeo to read back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use bytes::Bytes;
-use e2e::image::{sha256, Format, ImageBuilder, Pusher, TestImage};
+use e2e::image::{annotated_oci_index, sha256, Format, ImageBuilder, Pusher, TestImage};
 use e2e::registry::TestRegistry;
 use replication::connect::{Connections, Settings};
 use replication::report::ImageStatus;
 use replication::run::{run_job, Quiet};
 use replication::Job;
 use serde_json::json;
-
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// An OCI index with annotations over one image per platform (`os/architecture[/variant]`).
 fn annotated_index(platforms: &[&str], seed: u64) -> TestImage {
@@ -40,23 +37,14 @@ fn annotated_index(platforms: &[&str], seed: u64) -> TestImage {
                    "digest": child.digest, "platform": p})
         })
         .collect();
-    let bytes = Bytes::from(
-        serde_json::to_vec_pretty(&json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": manifests,
-            "annotations": {"org.opencontainers.image.source": "https://example.com/app",
-                            "org.opencontainers.image.version": "1.2.3"}
-        }))
-        .unwrap(),
-    );
-    TestImage {
-        digest: sha256(&bytes),
-        manifest: bytes,
-        media_type: OCI_INDEX.to_string(),
-        blobs: Vec::new(),
+    annotated_oci_index(
+        manifests,
         children,
-    }
+        Some(
+            json!({"org.opencontainers.image.source": "https://example.com/app",
+                    "org.opencontainers.image.version": "1.2.3"}),
+        ),
+    )
 }
 
 fn connections() -> Connections {

@@ -30,7 +30,7 @@ pub struct Cost {
     pub lambda_invocations: u64,
     /// Lambda GB-seconds: measured by the functions that return a report, estimated from the
     /// price table's assumptions for the others (copies from their bytes).
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub lambda_gb_seconds: f64,
     /// STANDARD executions: the run's, each repository's child, each range copied in segments.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -42,7 +42,7 @@ pub struct Cost {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub express_executions: u64,
     /// EXPRESS GB-seconds (estimated: the child's calls' time at 64 MB).
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub express_gb_seconds: f64,
     /// Bytes that crossed between AWS regions (each side counted: pulled from an ECR registry
     /// of another region than the functions', pushed to one).
@@ -52,16 +52,14 @@ pub struct Cost {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub internet_bytes: u64,
     /// The dollars of all the above at the price table's prices.
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub estimated_usd: f64,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-fn is_zero_f64(n: &f64) -> bool {
-    *n == 0.0
+/// Whether a count or figure is zero: such fields are left out of reports (serde's
+/// `skip_serializing_if`), here and in the report and plan types.
+pub(crate) fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// A figure rounded to `places` decimals (reports stay small; these are estimates).

@@ -4,7 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{Cost, CostModel};
+use crate::cost::{is_zero, Cost, CostModel};
 
 /// JSON values, re-exported for step types that carry free-form JSON.
 pub use serde_json::Value as JsonValue;
@@ -64,14 +64,6 @@ pub struct ImageResult {
     /// when it differs from `digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_digest: Option<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-fn is_zero_count(n: &usize) -> bool {
-    *n == 0
 }
 
 /// The run report: counts, bytes, failures, and what the run cost.
@@ -142,7 +134,7 @@ pub struct RunReport {
     /// digest (`targetDigest` in its result). The source index's signatures and referrers name
     /// the source's digest, so they do not apply to the subset and are not copied
     /// (`requireSignature` is checked against the source index, before it is cut down).
-    #[serde(default, skip_serializing_if = "is_zero_count")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub platform_subsets: usize,
     /// Images left for the next run by the source's pull budget or pull limit: not failed.
     #[serde(default)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::connect::{Connection, Connections};
 use crate::copy::{walk, Walked};
+use crate::cost::is_zero;
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::Job;
 use crate::plan::{split_into_ranges, CopyRange};
@@ -107,10 +108,6 @@ pub struct PagePlan {
     /// limit stopped their reads. Reported `postponed`, not failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub postponed: Vec<ImageTask>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 impl PagePlan {

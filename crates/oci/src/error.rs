@@ -227,7 +227,7 @@ pub enum Error {
     },
     /// The registry refused a manifest GET because its pull limit is reached (429 with
     /// `ratelimit-remaining: 0`, as Docker Hub answers): waiting within a run does not help.
-    #[error("{registry} refused {url}: its pull limit is reached ({detail}); not retried: the pulls come back as the registry's window moves on, so run again later, authenticate (credentialArn) for a higher limit, or set sourcePullBudget so runs stop before the limit")]
+    #[error("{registry} refused {url}: its pull limit is reached ({detail}); not retried: the pulls come back as the registry's window moves on, so run again later, authenticate (credentialArn) for a higher limit, or set source.pullBudget so runs stop before the limit")]
     PullLimitReached {
         /// Registry host.
         registry: String,

@@ -27,7 +27,7 @@ fn pull_limit_reached(resp: &Response, registry: &str, url: &Url) -> Option<Erro
     if resp.status() != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let seen = RateLimit::from_headers(resp.headers()).filter(|r| r.remaining == 0)?;
+    let seen = RateLimit::exhausted(resp.headers())?;
     Some(Error::PullLimitReached {
         registry: registry.to_string(),
         url: redact_url(url),

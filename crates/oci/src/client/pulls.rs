@@ -41,6 +41,12 @@ impl RateLimit {
         })
     }
 
+    /// The registry's count when an answer says no pulls are left (`ratelimit-remaining: 0`):
+    /// a pull limit, which lasts the registry's window, not a burst to wait out.
+    pub fn exhausted(headers: &HeaderMap) -> Option<RateLimit> {
+        RateLimit::from_headers(headers).filter(|r| r.remaining == 0)
+    }
+
     /// The window in words, for messages.
     pub fn window(&self) -> String {
         match self.window_seconds {
@@ -134,7 +140,7 @@ impl PullMeter {
                     registry: self.registry.clone(),
                     reason: format!(
                         "the registry says {} pulls are left in {}, and the job keeps {} of them \
-                         (sourcePullBudget.keepRemaining)",
+                         (source.pullBudget.keepRemaining)",
                         seen.remaining,
                         seen.window(),
                         floor.keep
@@ -153,7 +159,7 @@ impl PullMeter {
         taken.map(|_| ()).map_err(|sent| Error::PullBudgetSpent {
             registry: self.registry.clone(),
             reason: format!(
-                "this step may send {} manifest GETs (sourcePullBudget.maxPulls, less what \
+                "this step may send {} manifest GETs (source.pullBudget.maxPulls, less what \
                  the run spent and what its planned images will read again) and sent {sent}",
                 self.allowance.unwrap_or_default()
             ),

@@ -90,8 +90,7 @@ impl RegistryClient {
             let last = attempt + 1 >= policy.max_attempts;
             match make().send().await {
                 Ok(resp) if is_throttling(resp.status()) => {
-                    if RateLimit::from_headers(resp.headers()).is_some_and(|r| r.remaining == 0) {
-                        // A pull limit, not a burst: it lasts the registry's window (hours).
+                    if RateLimit::exhausted(resp.headers()).is_some() {
                         return Ok(resp);
                     }
                     throttled += 1;

@@ -224,8 +224,9 @@ pub(crate) async fn read_source_image(
     Ok((from, top, walked))
 }
 
-/// What the job's platforms make of the source image `digest`: its media type asked with a
-/// HEAD (no pull on a rate-limited registry), the manifest read only when it is an index.
+/// What the job's platforms make of the source image `digest`. Where pulls are counted its
+/// media type is asked with a HEAD first and the manifest read only for an index; elsewhere the
+/// manifest is read at once (in process the listing's read of it is in the client's cache).
 pub(crate) async fn platform_subset(
     source: &Connection,
     repository: &str,
@@ -237,10 +238,12 @@ pub(crate) async fn platform_subset(
         image: from.to_string(),
         source,
     };
-    let head = source.client.head_manifest(&from).await.map_err(image)?;
-    let media_type = head.and_then(|h| h.media_type);
-    if media_type.is_some_and(|m| !oci::manifest::is_index_type(&m)) {
-        return Ok(Subset::Unchanged);
+    if source.counts_pulls() {
+        let head = source.client.head_manifest(&from).await.map_err(image)?;
+        let media_type = head.and_then(|h| h.media_type);
+        if media_type.is_some_and(|m| !oci::manifest::is_index_type(&m)) {
+            return Ok(Subset::Unchanged);
+        }
     }
     let top = source.client.get_manifest(&from).await.map_err(image)?;
     filter.subset(&top, &from.to_string()).map_err(image)

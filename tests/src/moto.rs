@@ -26,6 +26,24 @@ fn venv_python() -> PathBuf {
     venv
 }
 
+/// Whether moto's own API answers on `port` (`GET /moto-api/data.json`: 200 from its Werkzeug
+/// server), not merely something listening there.
+pub(crate) fn answers_as_moto(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = "GET /moto-api/data.json HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 512];
+    let read = stream.read(&mut head).unwrap_or(0);
+    let head = String::from_utf8_lossy(&head[..read]);
+    head.split_whitespace().nth(1) == Some("200") && head.contains("Werkzeug")
+}
+
 /// How moto's Step Functions interpreter behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interpreter {
@@ -49,6 +67,19 @@ impl Moto {
     /// Starts moto with the given interpreter and environment (`STRICT_MOTO_HISTORY_LIMIT`,
     /// `STRICT_MOTO_STATS`: see `tests/aws_rules/strict_moto.py`).
     pub fn start_with_env(interpreter: Interpreter, env: &[(&str, &str)]) -> Self {
+        // The port is free when asked, not when moto binds it: another server of the test
+        // (a registry proxy on port 0) can take it in between. Moto then exits, and whatever
+        // holds the port must not pass for it: ready means moto's own API answered.
+        for _ in 0..3 {
+            if let Some(moto) = Self::try_start(interpreter, env) {
+                return moto;
+            }
+        }
+        panic!("moto_server did not start: its port was taken three times");
+    }
+
+    /// Starts moto on a free port; `None` when it exited without answering (port taken).
+    fn try_start(interpreter: Interpreter, env: &[(&str, &str)]) -> Option<Self> {
         let dir = tempfile::Builder::new()
             .prefix("ecr-replicator-moto-")
             .tempdir()
@@ -77,10 +108,11 @@ impl Moto {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(Ok(Some(status))) = moto.child.as_mut().map(|c| c.try_wait()) {
-                panic!("moto_server exited: {status}");
+                eprintln!("moto_server exited ({status}) before answering on port {port}; again");
+                return None;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return moto;
+            if answers_as_moto(port) {
+                return Some(moto);
             }
             assert!(
                 Instant::now() < deadline,

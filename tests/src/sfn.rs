@@ -418,7 +418,7 @@ impl LocalStepFunctions {
         let proxy = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        let sfn = LocalStepFunctions {
+        let mut sfn = LocalStepFunctions {
             url: format!("http://127.0.0.1:{proxy_port}"),
             moto_url: format!("http://127.0.0.1:{moto_port}"),
             moto,
@@ -427,12 +427,33 @@ impl LocalStepFunctions {
             proxy_state,
             dir,
         };
-        sfn.wait_for(moto_port, "moto_server").await;
+        sfn.wait_for_moto(moto_port).await;
         sfn.wait_for(watch_port, "cargo lambda watch").await;
         sfn.warm_up(watch_port).await;
         crate::moto::enable_executions_at(&format!("http://127.0.0.1:{moto_port}")).await;
         crate::moto::create_bucket_at(&format!("http://127.0.0.1:{moto_port}"), WORK_BUCKET).await;
         sfn
+    }
+
+    /// Waits until moto's own API answers (not merely something on its port: the port was
+    /// free when asked, and another server of the test may have taken it since).
+    async fn wait_for_moto(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !crate::moto::answers_as_moto(port) {
+            if let Ok(Some(status)) = self.moto.try_wait() {
+                panic!(
+                    "moto_server exited ({status}) before answering on port {port} (taken by \
+                     another server since it was found free?); logs in {}",
+                    self.dir.path().display()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn wait_for(&self, port: u16, what: &str) {

@@ -154,6 +154,7 @@ impl EcrWorld {
             allowlist: None,
             limits: Default::default(),
             cost_model: Default::default(),
+            trusted_root: Default::default(),
         }
     }
 

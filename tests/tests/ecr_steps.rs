@@ -685,6 +685,7 @@ async fn handler_errors_carry_the_type_step_functions_matches() {
         repository_absent: false,
         pushed_at: None,
         target_digest: None,
+        signed_by: None,
     };
     let plan = functions::invoke::<PlanImage>(
         &conns,

@@ -60,6 +60,8 @@ fn task(tags: usize) -> ImageTask {
         pushed_at: Some(i64::MIN),
         // A platform subset's digest: present only then, so this is the longer form.
         target_digest: Some(oci::Digest::parse(&digest()).unwrap()),
+        // What admitted a signed image: at most MAX_ADMISSION_CHARS.
+        signed_by: Some(text(replication::signatures::MAX_ADMISSION_CHARS)),
     }
 }
 

@@ -50,6 +50,7 @@ fn task(repository: &str, digest: &str, tags: &[&str], dst: &TestRegistry) -> Im
         repository_absent: false,
         pushed_at: None,
         target_digest: None,
+        signed_by: None,
     }
 }
 

@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// HOST, "roleArns": [...]}], "destinations": [...], "insecure": [HOST]}`).
     #[arg(long, value_name = "FILE")]
     pub allowlist: Option<PathBuf>,
+    /// The Sigstore trusted root (`trusted_root.json`) that `requireSignature` verifies bundles
+    /// against: a file or `s3://bucket/key`; by default Sigstore's public-good root, built in.
+    #[arg(long, value_name = "FILE", env = "ECR_REPLICATOR_TRUSTED_ROOT")]
+    pub trusted_root: Option<String>,
     #[command(flatten)]
     pub throttle: crate::registry_args::ThrottleArgs,
     /// Output format on stdout.
@@ -88,6 +92,10 @@ impl RunArgs {
             .or_else(oci::CredentialStore::default_docker_config_path);
         if let Some(path) = authfile {
             settings.credentials.load_docker_config(&path)?;
+        }
+        if let Some(root) = &self.trusted_root {
+            settings.trusted_root = replication::sigstore::TrustedRootSource::parse(root)
+                .map_err(|problem| anyhow::anyhow!("--trusted-root: {problem}"))?;
         }
         if let Some(path) = &self.allowlist {
             let text = std::fs::read_to_string(path)

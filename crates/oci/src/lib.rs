@@ -19,6 +19,8 @@ pub use client::{
 pub use digest::Digest;
 pub use error::{Error, Result};
 pub use manifest::{Manifest, ManifestContent};
+/// An OCI content descriptor (a manifest's layers, an index's children).
+pub use oci_spec::image::Descriptor;
 pub use reference::{Reference, Repository};
 pub use transfer::{
     copy_blob, copy_blob_segment, upload_blob, BlobOutcome, BlobRef, ProgressFn, SegmentProgress,

@@ -15,6 +15,7 @@ use crate::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::job::{canonical_registry, Job};
+use crate::sigstore::{BundleVerifier, TrustedRootSource};
 
 /// Settings read once at the edge (a Lambda's environment, the CLI's flags).
 #[derive(Debug, Clone, Default)]
@@ -39,6 +40,8 @@ pub struct Settings {
     pub limits: WorkflowLimits,
     /// Prices and assumptions the reports' costs are counted with (`ECR_REPLICATOR_PRICES`).
     pub cost_model: CostModel,
+    /// The Sigstore trusted root bundles are verified against (`ECR_REPLICATOR_TRUSTED_ROOT`).
+    pub trusted_root: TrustedRootSource,
 }
 
 /// How much work one invocation and one execution take on before handing the rest back, so no
@@ -172,6 +175,7 @@ pub struct Connections {
     settings: Settings,
     cache: Mutex<HashMap<Key, Arc<Connection>>>,
     work_bucket: tokio::sync::OnceCell<Option<WorkBucket>>,
+    bundle_verifier: tokio::sync::OnceCell<Arc<BundleVerifier>>,
 }
 
 impl Connections {
@@ -181,7 +185,18 @@ impl Connections {
             settings,
             cache: Mutex::new(HashMap::new()),
             work_bucket: tokio::sync::OnceCell::new(),
+            bundle_verifier: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The deployment's Sigstore trusted root, read once (on the first signature check).
+    pub async fn bundle_verifier(&self) -> Result<Arc<BundleVerifier>> {
+        self.bundle_verifier
+            .get_or_try_init(|| {
+                BundleVerifier::load(&self.settings.trusted_root, &self.settings.aws)
+            })
+            .await
+            .cloned()
     }
 
     /// The run's work bucket, when the settings name one (built once).
@@ -359,7 +374,8 @@ impl Connections {
 /// (how long one request or blob may be throttled; default 300, keep it below the timeout),
 /// `ECR_REPLICATOR_WORK_BUCKET` (the run's work bucket, in `AWS_REGION`),
 /// `ECR_REPLICATOR_ALLOWED_REGISTRIES` (the deployment's allowlist, JSON; without it every job
-/// is refused).
+/// is refused), `ECR_REPLICATOR_TRUSTED_ROOT` (the Sigstore trusted root: a file or
+/// `s3://bucket/key`; default Sigstore's public-good root, built in).
 pub fn settings_from_env() -> Result<Settings> {
     let mut registry = ClientConfig::default();
     if let Ok(seconds) = std::env::var("ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS") {
@@ -430,5 +446,9 @@ pub fn settings_from_env() -> Result<Settings> {
         allowlist: Some(allowlist),
         limits,
         cost_model: CostModel::from_env()?,
+        trusted_root: TrustedRootSource::parse(
+            &std::env::var("ECR_REPLICATOR_TRUSTED_ROOT").unwrap_or_default(),
+        )
+        .map_err(|problem| Error::invalid("ECR_REPLICATOR_TRUSTED_ROOT", problem))?,
     })
 }

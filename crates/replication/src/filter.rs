@@ -71,6 +71,9 @@ pub struct SelectedImage {
     /// Why it is not copied although selected: the job requires a signature and none verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsigned: Option<String>,
+    /// What admitted it under `requireSignature`: the key or identity, and the signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
     /// Why it is refused although selected: its name from the source is not valid (its tag or
     /// digest never reaches a URL), or it is an artifact the signature gate does not cover.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, FieldProblem, Result};
 pub use crate::filter::TagFilter;
 use crate::filter::{RepositoryMatcher, TagMatcher};
-use crate::keys::SignatureKeys;
+use crate::keys::{SignatureKeys, SignaturePolicy, SubjectMatch, TrustedIdentity};
 use crate::platforms::{PlatformFilter, MAX_PLATFORMS};
 
 /// Default byte budget of one copy invocation: 2 GiB.
@@ -366,21 +366,48 @@ pub const MAX_MAPPING_RULES: usize = 50;
 /// Most images an explicit list may name (keeps the execution input far below 256 KiB).
 pub const MAX_LISTED_IMAGES: usize = 1000;
 
-/// Promotion gated on signatures.
+/// Promotion gated on signatures: any one of the keys or identities will do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequireSignature {
     /// PEM public keys (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256, as `cosign
-    /// generate-key-pair` writes `cosign.pub`); a signature by any one of them will do.
+    /// generate-key-pair` writes `cosign.pub`): cosign's legacy signatures and Sigstore bundles
+    /// signed with one of them.
+    #[serde(default)]
     pub public_keys: Vec<String>,
+    /// Keyless signers: a Sigstore bundle whose Fulcio certificate chains to the deployment's
+    /// trusted root, was valid when the transparency log recorded the signature, and names one
+    /// of these identities.
+    #[serde(default)]
+    pub identities: Vec<SignerIdentity>,
     /// Count an unsigned image as a failed one (the run then fails); by default it is only
     /// reported.
     #[serde(default)]
     pub fail_unsigned: bool,
 }
 
+/// A keyless signer: the OIDC issuer of its certificate and its identity, exact or a pattern
+/// (cosign's `--certificate-oidc-issuer` with `--certificate-identity` or
+/// `--certificate-identity-regexp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignerIdentity {
+    /// The OIDC issuer, exactly: `https://token.actions.githubusercontent.com`,
+    /// `https://gitlab.com`.
+    pub issuer: String,
+    /// The certificate identity, exactly (a workflow URI or an email address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// A regex the whole certificate identity must match (anchored at both ends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_reg_exp: Option<String>,
+}
+
 /// Public keys a job may trust at most.
 pub const MAX_SIGNATURE_KEYS: usize = 10;
+
+/// Keyless identities a job may trust at most.
+pub const MAX_SIGNATURE_IDENTITIES: usize = 10;
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -437,8 +464,8 @@ pub struct ValidJob {
     pub repositories: RepositoryMatcher,
     /// Compiled tag filters.
     pub tags: TagMatcher,
-    /// The keys a signature must verify with, when the job requires one.
-    pub signature_keys: Option<SignatureKeys>,
+    /// Who must have signed an image, when the job requires a signature.
+    pub signature_policy: Option<SignaturePolicy>,
     /// The platforms an index is cut down to, when the job names some.
     pub platforms: Option<PlatformFilter>,
 }
@@ -679,21 +706,10 @@ impl Job {
             );
         }
         check_images(&self, &mut problem);
-        let signature_keys = self.require_signature.as_ref().and_then(|required| {
-            if required.public_keys.is_empty() || required.public_keys.len() > MAX_SIGNATURE_KEYS {
-                problem(
-                    "requireSignature.publicKeys",
-                    format!(
-                        "{} keys; between 1 and {MAX_SIGNATURE_KEYS}",
-                        required.public_keys.len()
-                    ),
-                );
-                return None;
-            }
-            SignatureKeys::parse(&required.public_keys)
-                .map_err(|(i, e)| problem(&format!("requireSignature.publicKeys[{i}]"), e))
-                .ok()
-        });
+        let signature_policy = self
+            .require_signature
+            .as_ref()
+            .and_then(|required| signature_policy(required, &mut problem));
         if self.platforms.len() > MAX_PLATFORMS {
             problem(
                 "platforms",
@@ -719,12 +735,88 @@ impl Job {
                 job: self,
                 repositories,
                 tags,
-                signature_keys,
+                signature_policy,
                 platforms,
             }),
             _ => Err(Error::InvalidInput { problems }),
         }
     }
+}
+
+/// The keys and identities of `requireSignature`, checked; each problem names its field.
+fn signature_policy(
+    required: &RequireSignature,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<SignaturePolicy> {
+    let (keys, identities) = (&required.public_keys, &required.identities);
+    if keys.is_empty() && identities.is_empty() {
+        problem(
+            "requireSignature",
+            "names no signer: give publicKeys, identities or both".into(),
+        );
+        return None;
+    }
+    if keys.len() > MAX_SIGNATURE_KEYS {
+        problem(
+            "requireSignature.publicKeys",
+            format!("{} keys; at most {MAX_SIGNATURE_KEYS}", keys.len()),
+        );
+        return None;
+    }
+    if identities.len() > MAX_SIGNATURE_IDENTITIES {
+        problem(
+            "requireSignature.identities",
+            format!(
+                "{} identities; at most {MAX_SIGNATURE_IDENTITIES}",
+                identities.len()
+            ),
+        );
+        return None;
+    }
+    let keys = SignatureKeys::parse(keys)
+        .map_err(|(i, e)| problem(&format!("requireSignature.publicKeys[{i}]"), e))
+        .ok()?;
+    let mut trusted = Vec::new();
+    for (i, identity) in identities.iter().enumerate() {
+        let field = format!("requireSignature.identities[{i}]");
+        let issuer = identity.issuer.trim();
+        if issuer.is_empty() || issuer.len() > 1024 || issuer.chars().any(char::is_whitespace) {
+            problem(
+                &format!("{field}.issuer"),
+                "must be the OIDC issuer URL, exactly (https://token.actions.githubusercontent.com)"
+                    .into(),
+            );
+            continue;
+        }
+        let subject = match (&identity.subject, &identity.subject_reg_exp) {
+            (Some(exact), None) if !exact.trim().is_empty() => SubjectMatch::Exact(exact.clone()),
+            (None, Some(pattern)) if !pattern.trim().is_empty() => {
+                match SubjectMatch::pattern(pattern) {
+                    Ok(subject) => subject,
+                    Err(e) => {
+                        problem(&format!("{field}.subjectRegExp"), e);
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                problem(
+                    &field,
+                    "give exactly one of subject (the identity, exactly) and subjectRegExp".into(),
+                );
+                continue;
+            }
+        };
+        trusted.push(TrustedIdentity {
+            issuer: issuer.to_string(),
+            subject,
+            name: format!("identities[{i}]"),
+        });
+    }
+    (trusted.len() == identities.len()).then_some(SignaturePolicy {
+        keys,
+        identities: trusted,
+    })
 }
 
 /// Why `insecure` is refused for an ECR host: ECR serves TLS only, so plain HTTP to its name

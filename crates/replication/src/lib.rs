@@ -19,6 +19,7 @@ pub mod referrers;
 pub mod report;
 pub mod run;
 pub mod signatures;
+pub mod sigstore;
 pub mod steps;
 pub mod text;
 

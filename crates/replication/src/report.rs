@@ -64,6 +64,10 @@ pub struct ImageResult {
     /// when it differs from `digest`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_digest: Option<String>,
+    /// With `requireSignature`: what admitted the image (the key or identity, and the
+    /// signature's manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 /// The run report: counts, bytes, failures, and what the run cost.

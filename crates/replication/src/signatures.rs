@@ -1,12 +1,14 @@
-//! Promotion gated on signatures: with `requireSignature`, an image is copied only when a cosign
-//! signature over its digest verifies with one of the job's public keys (ECDSA P-256 with
-//! SHA-256, the keys `cosign generate-key-pair` makes). Signatures are found where cosign puts
-//! them: the `sha256-<hex>.sig` tag, and the OCI 1.1 referrers API (artifact type
-//! `application/vnd.dev.cosign.artifact.sig.v1+json`). Each signature layer's payload (the
-//! "simple signing" JSON, a few hundred bytes) must name the image's digest, so a signature of
-//! another image cannot be replayed.
+//! Promotion gated on signatures: with `requireSignature`, an image is copied only when a
+//! signature over its digest verifies for one of the job's public keys or keyless identities.
+//! Signatures are found where cosign puts them: the `sha256-<hex>.sig` tag and, through the OCI
+//! 1.1 referrers API (or its `sha256-<hex>` fallback index), referrers of artifact type
+//! `application/vnd.dev.cosign.artifact.sig.v1+json` (cosign's legacy signatures, verified here
+//! with p256 over the "simple signing" payload, which must name the image's digest so another
+//! image's signature cannot be replayed) or `application/vnd.dev.sigstore.bundle.v0.3+json`
+//! (Sigstore bundles, verified by `sigstore.rs` against the deployment's trusted root).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use futures::StreamExt;
@@ -19,7 +21,8 @@ use crate::artifacts::{
 use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, SelectedImage};
-use crate::keys::SignatureKeys;
+use crate::keys::SignaturePolicy;
+use crate::sigstore::{BundleVerifier, MAX_BUNDLE_BYTES};
 
 /// The media type of a cosign signature layer (the payload it signs).
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -29,6 +32,8 @@ const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 const COSIGN_SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
 /// A signature payload larger than this is not read (real ones are under 1 KiB).
 const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
+/// Characters of what admitted an image (`signedBy`) at most: it travels in every task.
+pub const MAX_ADMISSION_CHARS: usize = 400;
 /// Signature candidates (manifests) examined per image at most.
 const MAX_CANDIDATES: usize = 64;
 /// Signature layers examined per candidate at most.
@@ -37,29 +42,61 @@ const MAX_LAYERS_PER_CANDIDATE: usize = 8;
 /// well under 4 KiB) and is not read.
 const MAX_SIGNATURE_MANIFEST_BYTES: u64 = 64 * 1024;
 
-/// Why the image at `digest` is not signed as the job requires; `None` when a signature
-/// verifies. `by_tag` is the repository's listing (tag -> digest); `api` says whether the source
-/// may have a referrers API (set false on its first 404).
-pub(crate) async fn unsigned_reason(
+/// A signature candidate: a manifest that may sign the image, and how it would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Candidate {
+    digest: String,
+    bundle: bool,
+}
+
+/// Whether an artifact type (or layer media type) is a Sigstore bundle's (v0.3 and later).
+fn is_bundle_type(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.dev.sigstore.bundle.v0.3")
+}
+
+/// The candidate an artifact type makes, if it is a signature's.
+fn candidate(artifact_type: Option<&str>, digest: String) -> Option<Candidate> {
+    match artifact_type {
+        Some(COSIGN_SIGNATURE) => Some(Candidate {
+            digest,
+            bundle: false,
+        }),
+        Some(t) if is_bundle_type(t) => Some(Candidate {
+            digest,
+            bundle: true,
+        }),
+        _ => None,
+    }
+}
+
+/// What admitted the image at `digest` (`Ok`: the key or identity, with the signature's
+/// manifest), or why it is not signed as the job requires (`Err`). `by_tag` is the repository's
+/// listing (tag -> digest); `api` says whether the source may have a referrers API (set false
+/// on its first 404: then the `sha256-<hex>` fallback index is read instead).
+pub(crate) async fn admission(
     source: &Connection,
     repo: &Repository,
     digest: &str,
     by_tag: &HashMap<&str, &str>,
-    keys: &SignatureKeys,
+    gate: &SignatureGate,
     api: &mut bool,
-) -> Result<Option<String>> {
+) -> Result<std::result::Result<String, String>> {
     let listing = |what: &str| {
         let what = format!("{what} of {repo}@{digest}");
         move |source| Error::Listing { what, source }
     };
     let subject = Digest::parse(digest).map_err(listing("the signatures"))?;
     // The tag first: cosign writes one per image, so junk referrers cannot crowd it out.
-    let mut candidates: Vec<String> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
     // Signature-typed referrers beyond MAX_CANDIDATES: counted, never read.
     let mut not_examined = 0;
     if let Some(signature) = by_tag.get(format!("{}.sig", fallback_tag(digest)).as_str()) {
-        candidates.push(signature.to_string());
+        candidates.push(Candidate {
+            digest: signature.to_string(),
+            bundle: false,
+        });
     }
+    let mut listed: Vec<(Option<String>, String, u64)> = Vec::new();
     if *api {
         match source
             .client
@@ -69,25 +106,36 @@ pub(crate) async fn unsigned_reason(
         {
             None => *api = false,
             Some(referrers) => {
-                for r in referrers {
-                    if r.artifact_type.as_deref() != Some(COSIGN_SIGNATURE)
-                        || r.size > MAX_SIGNATURE_MANIFEST_BYTES
-                        || candidates.contains(&r.digest)
-                    {
-                        continue;
-                    }
-                    if candidates.len() < MAX_CANDIDATES {
-                        candidates.push(r.digest);
-                    } else {
-                        not_examined += 1;
-                    }
-                }
+                listed.extend(
+                    referrers
+                        .into_iter()
+                        .map(|r| (r.artifact_type, r.digest, r.size)),
+                );
             }
         }
     }
+    if !*api {
+        // A registry without the API: OCI 1.1 clients list referrers in the fallback index.
+        if let Some(index) = by_tag.get(fallback_tag(digest).as_str()) {
+            listed.extend(fallback_referrers(source, repo, index).await);
+        }
+    }
+    for (artifact_type, referrer, size) in listed {
+        let Some(found) = candidate(artifact_type.as_deref(), referrer) else {
+            continue;
+        };
+        if size > MAX_SIGNATURE_MANIFEST_BYTES || candidates.contains(&found) {
+            continue;
+        }
+        if candidates.len() < MAX_CANDIDATES {
+            candidates.push(found);
+        } else {
+            not_examined += 1;
+        }
+    }
     if candidates.is_empty() {
-        return Ok(Some(
-            "unsigned: no cosign signature (neither a sha256-<hex>.sig tag nor one in the referrers API)".into(),
+        return Ok(Err(
+            "unsigned: no signature (neither a cosign sha256-<hex>.sig tag nor a cosign signature or Sigstore bundle among its referrers)".into(),
         ));
     }
     // Every candidate is looked at (up to MAX_CANDIDATES); one that cannot be read or is not a
@@ -96,13 +144,22 @@ pub(crate) async fn unsigned_reason(
     let mut problems: Vec<String> = Vec::new();
     let examined = candidates.len();
     for candidate in &candidates {
-        match verify_candidate(source, repo, candidate, digest, keys).await {
-            Ok(()) => return Ok(None),
-            Err(problem) => problems.push(format!("{}: {problem}", short_digest(candidate))),
+        match verify_candidate(source, repo, candidate, digest, gate).await {
+            Ok(admitted_by) => {
+                let admitted_by =
+                    crate::text::truncate_chars(&admitted_by, MAX_ADMISSION_CHARS - 40);
+                return Ok(Ok(format!(
+                    "{admitted_by}, signature {}",
+                    short_digest(&candidate.digest)
+                )));
+            }
+            Err(problem) => {
+                problems.push(format!("{}: {problem}", short_digest(&candidate.digest)))
+            }
         }
     }
     let mut reason = format!(
-        "unsigned: no signature verifies with the job's public keys ({examined} candidate(s): {})",
+        "unsigned: no signature verifies for the job's keys or identities ({examined} candidate(s): {})",
         problems
             .iter()
             .take(3)
@@ -113,19 +170,58 @@ pub(crate) async fn unsigned_reason(
     if not_examined > 0 {
         reason.push_str(&format!("; {not_examined} more candidates not examined"));
     }
-    Ok(Some(reason))
+    Ok(Err(reason))
 }
 
-/// Verifies one signature candidate (a manifest digest) for the image at `digest`: `Err` says
-/// why it does not sign it (unreadable, not a cosign signature, another image's, wrong key).
+/// The referrers a fallback index (`sha256-<hex>`) lists, with their artifact types; an index
+/// that cannot be read lists none.
+async fn fallback_referrers(
+    source: &Connection,
+    repo: &Repository,
+    index: &str,
+) -> Vec<(Option<String>, String, u64)> {
+    let Ok(parsed) = Digest::parse(index) else {
+        return Vec::new();
+    };
+    let Ok((reference, manifest)) = source.manifest_by_digest(&repo.name, &parsed).await else {
+        return Vec::new();
+    };
+    match manifest.content(&reference.to_string()) {
+        Ok(ManifestContent::Index { manifests }) => manifests
+            .iter()
+            .take(MAX_CANDIDATES * 4)
+            .map(|m| {
+                (
+                    m.artifact_type().as_ref().map(|t| t.to_string()),
+                    m.digest().to_string(),
+                    m.size(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Who may sign, and the trusted root bundles are verified against.
+#[derive(Debug, Clone)]
+pub(crate) struct SignatureGate {
+    /// The job's keys and identities.
+    pub policy: SignaturePolicy,
+    /// The deployment's trusted root.
+    pub verifier: Arc<BundleVerifier>,
+}
+
+/// Verifies one signature candidate (a manifest digest) for the image at `digest`: `Ok` names
+/// the key or identity that signed it, `Err` says why it does not sign it (unreadable, not a
+/// signature, another image's, wrong key or identity).
 async fn verify_candidate(
     source: &Connection,
     repo: &Repository,
-    candidate: &str,
+    candidate: &Candidate,
     digest: &str,
-    keys: &SignatureKeys,
-) -> std::result::Result<(), String> {
-    let signature_manifest = Digest::parse(candidate).map_err(|e| e.to_string())?;
+    gate: &SignatureGate,
+) -> std::result::Result<String, String> {
+    let signature_manifest = Digest::parse(&candidate.digest).map_err(|e| e.to_string())?;
     let (reference, manifest) = source
         .manifest_by_digest(&repo.name, &signature_manifest)
         .await
@@ -136,6 +232,10 @@ async fn verify_candidate(
     else {
         return Err("an index, not a signature".into());
     };
+    if candidate.bundle {
+        return verify_bundles(source, repo, &layers, digest, gate).await;
+    }
+    let keys = &gate.policy.keys;
     let mut reason = String::from("holds no cosign signature layer");
     for layer in layers
         .iter()
@@ -166,7 +266,7 @@ async fn verify_candidate(
             reason = "a signature payload has no valid digest".into();
             continue;
         };
-        let payload = match read_payload(source, repo, &payload_digest).await {
+        let payload = match read_payload(source, repo, &payload_digest, MAX_PAYLOAD_BYTES).await {
             Ok(payload) => payload,
             Err(e) => {
                 reason = format!("a signature payload is unreadable: {e}");
@@ -193,10 +293,53 @@ async fn verify_candidate(
             );
             continue;
         }
-        if keys.verifies(&payload, &signature) {
-            return Ok(());
+        if let Some(key) = keys.verifying(&payload, &signature) {
+            return Ok(key.name.clone());
         }
         reason = "no signature verifies with the job's public keys (wrong key, or tampered)".into();
+    }
+    Err(reason)
+}
+
+/// Verifies the Sigstore bundle layers of a bundle manifest (cosign 3, GitHub attestations) for
+/// the image at `digest`: each is read (bounded), checked against its digest, and verified
+/// against the trusted root.
+async fn verify_bundles(
+    source: &Connection,
+    repo: &Repository,
+    layers: &[oci::Descriptor],
+    digest: &str,
+    gate: &SignatureGate,
+) -> std::result::Result<String, String> {
+    let mut reason = String::from("holds no Sigstore bundle layer");
+    for layer in layers
+        .iter()
+        .filter(|l| is_bundle_type(l.media_type().as_ref()))
+        .take(MAX_LAYERS_PER_CANDIDATE)
+    {
+        if layer.size() > MAX_BUNDLE_BYTES {
+            reason = format!("a bundle is {} bytes", layer.size());
+            continue;
+        }
+        let Ok(bundle_digest) = Digest::parse(layer.digest().as_ref()) else {
+            reason = "a bundle has no valid digest".into();
+            continue;
+        };
+        let bundle = match read_payload(source, repo, &bundle_digest, MAX_BUNDLE_BYTES).await {
+            Ok(bundle) => bundle,
+            Err(e) => {
+                reason = format!("a bundle is unreadable: {e}");
+                continue;
+            }
+        };
+        if Digest::of(&bundle) != bundle_digest {
+            reason = "a bundle does not match its digest".into();
+            continue;
+        }
+        match gate.verifier.admitted_by(&bundle, digest, &gate.policy) {
+            Ok(admitted_by) => return Ok(admitted_by),
+            Err(why) => reason = why,
+        }
     }
     Err(reason)
 }
@@ -206,6 +349,7 @@ async fn read_payload(
     source: &Connection,
     repo: &Repository,
     digest: &Digest,
+    limit: u64,
 ) -> oci::Result<Vec<u8>> {
     let response = source.client.get_blob(repo, digest, 0).await?;
     let url = response.url.clone();
@@ -214,7 +358,7 @@ async fn read_payload(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|source| oci::Error::transport("GET", url.clone(), source))?;
         payload.extend_from_slice(&chunk);
-        if payload.len() as u64 > MAX_PAYLOAD_BYTES {
+        if payload.len() as u64 > limit {
             break;
         }
     }
@@ -233,7 +377,7 @@ pub(crate) async fn gate(
     repository: &str,
     images: &[ListedImage],
     selected: Vec<SelectedImage>,
-    keys: &SignatureKeys,
+    gate: &SignatureGate,
 ) -> Result<Vec<SelectedImage>> {
     let by_tag = digests_by_tag(images);
     let repo = Repository {
@@ -245,8 +389,10 @@ pub(crate) async fn gate(
         .partition(|s| !s.tags.is_empty() && s.tags.iter().all(|t| artifact_subject(t).is_some()));
     let mut api = true;
     for image in &mut subjects {
-        image.unsigned =
-            unsigned_reason(source, &repo, &image.digest, &by_tag, keys, &mut api).await?;
+        match admission(source, &repo, &image.digest, &by_tag, gate, &mut api).await? {
+            Ok(admitted_by) => image.signed_by = Some(admitted_by),
+            Err(why) => image.unsigned = Some(why),
+        }
     }
     let signed: std::collections::HashSet<String> = subjects
         .iter()

@@ -18,7 +18,7 @@ use crate::job::{ImageSelector, Job, ValidJob};
 use crate::metrics::{self, Metric};
 use crate::platforms::Subset;
 use crate::referrers;
-use crate::signatures;
+use crate::signatures::{self, SignatureGate};
 
 /// Tasks (image x destination pairs with work) per `enumerate-images` page at most: each is a
 /// child execution whose result is part of the Map's aggregated result (256 KiB at most).
@@ -102,6 +102,9 @@ pub struct ImageTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub target_digest: Option<Digest>,
+    /// With `requireSignature`: the key or identity whose signature admitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 impl ImageTask {
@@ -270,7 +273,14 @@ pub(crate) async fn selected_and_listed(
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let source = conns.source(&job.job).await?;
-    let (mut selected, listed) = select_images(&source, job, repository).await?;
+    let gate = match &job.signature_policy {
+        Some(policy) => Some(SignatureGate {
+            policy: policy.clone(),
+            verifier: conns.bundle_verifier().await?,
+        }),
+        None => None,
+    };
+    let (mut selected, listed) = select_images(&source, job, gate.as_ref(), repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
     Ok((selected, listed))
 }
@@ -395,6 +405,7 @@ pub async fn page_of_work(
                         repository_absent: *repository_absent,
                         pushed_at: image.pushed_at,
                         target_digest: target_digest.clone(),
+                        signed_by: image.signed_by.clone(),
                     });
                 }
                 Ok::<_, Error>((at, Checked::Tasks(tasks)))
@@ -480,6 +491,7 @@ fn archived_reason(registry: &str, repository: &str, name: &str) -> String {
 async fn select_images(
     source: &Connection,
     job: &ValidJob,
+    gate: Option<&SignatureGate>,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let mut catalog_images: Option<Vec<ListedImage>> = None;
@@ -516,7 +528,7 @@ async fn select_images(
         .into_iter()
         .partition(|s| s.archived.is_some() || s.superseded.is_some());
     selected = kept;
-    if !job.job.referrers && job.signature_keys.is_none() {
+    if !job.job.referrers && gate.is_none() {
         selected.append(&mut refused);
         selected.append(&mut set_aside);
         return Ok((selected, catalog_images));
@@ -527,8 +539,8 @@ async fn select_images(
     };
     // Only signed images are copied, and only they bring their referrers along.
     let mut unsigned = Vec::new();
-    if let Some(keys) = &job.signature_keys {
-        let gated = signatures::gate(source, repository, &images, selected, keys).await?;
+    if let Some(gate) = gate {
+        let gated = signatures::gate(source, repository, &images, selected, gate).await?;
         let (not_copied, signed): (Vec<_>, Vec<_>) = gated
             .into_iter()
             .partition(|s| s.unsigned.is_some() || s.refused.is_some());
@@ -539,7 +551,7 @@ async fn select_images(
             .partition(|s| s.refused.is_some());
     }
     if job.job.referrers {
-        let gated = job.signature_keys.is_some();
+        let gated = gate.is_some();
         referrers::add_referrers(
             source,
             repository,
@@ -799,6 +811,7 @@ fn not_copied_results(
                 error: Some(reason.to_string()),
                 source_pulls: 0,
                 target_digest: None,
+                signed_by: None,
             }
             .listed()
         })
@@ -851,6 +864,7 @@ impl ImageResult {
             error,
             source_pulls: 0,
             target_digest: task.target_digest.as_ref().map(Digest::to_string),
+            signed_by: task.signed_by.clone(),
         }
     }
 }

@@ -402,6 +402,36 @@ pub fn cosign_signature(
     )
 }
 
+/// A Sigstore bundle attached to `subject` as cosign 3 attaches it (cosign's bundle
+/// specification): an OCI 1.1 artifact of type `application/vnd.dev.sigstore.bundle.v0.3+json`
+/// whose one layer is the bundle, naming its subject.
+pub fn sigstore_bundle_referrer(subject: &TestImage, bundle: &[u8]) -> TestImage {
+    const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let config = Blob::from_bytes(Bytes::from_static(b"{}"));
+    let layer = Blob::from_bytes(Bytes::copy_from_slice(bundle));
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": BUNDLE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": config.digest},
+        "layers": [{"mediaType": BUNDLE, "size": bundle.len(), "digest": layer.digest}],
+        "subject": {"mediaType": subject.media_type, "size": subject.manifest.len(), "digest": subject.digest},
+        "annotations": {
+            "dev.sigstore.bundle.content": "dsse-envelope",
+            "dev.sigstore.bundle.predicateType": crate::sigstore::COSIGN_SIGN_PREDICATE,
+            "org.opencontainers.image.created": "2026-12-01T00:00:00Z"
+        },
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&manifest).unwrap());
+    TestImage {
+        digest: sha256(&bytes),
+        manifest: bytes,
+        media_type: OCI_MANIFEST.to_string(),
+        blobs: vec![config, layer],
+        children: Vec::new(),
+    }
+}
+
 /// A signing key from a seed (tests make their own keys), and its public key as PEM.
 pub fn signing_key(seed: u64) -> (p256::ecdsa::SigningKey, String) {
     use p256::pkcs8::EncodePublicKey;

@@ -13,6 +13,7 @@ pub mod moto;
 pub mod pull_limit;
 pub mod registry;
 pub mod sfn;
+pub mod sigstore;
 pub mod skopeo;
 pub mod world;
 

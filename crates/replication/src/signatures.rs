@@ -135,7 +135,7 @@ pub(crate) async fn admission(
     }
     if candidates.is_empty() {
         return Ok(Err(
-            "unsigned: no signature (neither a cosign sha256-<hex>.sig tag nor a cosign signature or Sigstore bundle among its referrers)".into(),
+            "unsigned: no cosign signature or Sigstore bundle (neither a sha256-<hex>.sig tag nor one among its referrers)".into(),
         ));
     }
     // Every candidate is looked at (up to MAX_CANDIDATES); one that cannot be read or is not a

@@ -198,9 +198,9 @@ impl BundleVerifier {
                             ));
                         }
                         reasons.push(format!(
-                            "signed by {}, which {} does not allow",
-                            crate::text::truncate_chars(subject, 200),
-                            identity.name
+                            "{} does not allow its signer {}",
+                            identity.name,
+                            crate::text::truncate_chars(subject, 200)
                         ));
                     }
                     Err(e) => reasons.push(crate::text::truncate_chars(&e.to_string(), 300)),

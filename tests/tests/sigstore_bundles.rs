@@ -1,0 +1,342 @@
+//! `requireSignature` with Sigstore bundles, as cosign 3 and CI signers attach them: a private
+//! Sigstore instance of the rig (its own CA for Fulcio, its own log key for Rekor, its
+//! `trusted_root.json`) signs images keyless for CI identities and with a key; the bundles are
+//! attached as OCI 1.1 referrers (distribution has no referrers API: through the
+//! `sha256-<hex>` fallback index, as cosign writes it there). Only images a trusted identity or
+//! key signed reach the destination, byte for byte; every other one is named with its reason,
+//! and every promoted image names what admitted it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use e2e::image::{signing_key, sigstore_bundle_referrer, Format, ImageBuilder, Pusher, TestImage};
+use e2e::registry::TestRegistry;
+use e2e::sigstore::{Keyless, PrivateSigstore};
+use replication::connect::{Connections, Settings};
+use replication::sigstore::TrustedRootSource;
+use replication::steps::ImageStatus;
+use replication::Job;
+use serde_json::json;
+
+const GITHUB: &str = "https://token.actions.githubusercontent.com";
+const RELEASE: &str = "https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1";
+const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+
+/// Pushes `image` under `tag` and `bundle` as its referrer, listed in its fallback index.
+async fn push_signed(source: &Pusher, tag: &str, image: &TestImage, bundle: &[u8]) -> TestImage {
+    source.push("app", tag, image).await;
+    let referrer = sigstore_bundle_referrer(image, bundle);
+    source.push("app", &referrer.digest, &referrer).await;
+    let index = e2e::image::referrers_index(vec![(referrer.clone(), BUNDLE)]);
+    source
+        .push("app", &image.digest.replacen(':', "-", 1), &index)
+        .await;
+    referrer
+}
+
+fn job(src: &str, dst: &str, key_pem: &str) -> Job {
+    Job::from_json(
+        &json!({
+            "source": {"registry": src, "insecure": true},
+            "destinations": [{"registry": dst, "insecure": true}],
+            "referrers": true,
+            "requireSignature": {
+                "publicKeys": [key_pem],
+                "identities": [{
+                    "issuer": GITHUB,
+                    "subjectRegExp": "https://github.com/acme/[^/]+/.github/workflows/release.yml@refs/tags/.+"
+                }]
+            }
+        })
+        .to_string(),
+    )
+    .unwrap()
+}
+
+fn settings(root: TrustedRootSource) -> Settings {
+    Settings {
+        registry: e2e::fast_retry_config(&[]),
+        trusted_root: root,
+        ..Settings::default()
+    }
+}
+
+#[tokio::test]
+async fn bundles_admit_what_a_trusted_identity_or_key_signed_and_name_why_the_rest_did_not() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let sigstore = PrivateSigstore::new();
+    let elsewhere = sigstore.with_another_ca();
+    let (key, key_pem) = signing_key(31);
+    let (other_key, _) = signing_key(32);
+    let image = |seed| ImageBuilder::new(Format::Oci).layer(seed, 1500).build();
+    let images: Vec<(&str, TestImage)> = [
+        "release",
+        "keyed",
+        "wrong-identity",
+        "wrong-issuer",
+        "unlogged",
+        "other-digest",
+        "tampered",
+        "other-root",
+        "other-key",
+    ]
+    .into_iter()
+    .zip(40..)
+    .map(|(tag, seed)| (tag, image(seed)))
+    .collect();
+    let digest = |tag: &str| {
+        images
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .unwrap()
+            .1
+            .digest
+            .clone()
+    };
+    let mut referrers = std::collections::HashMap::new();
+    for (tag, img) in &images {
+        let bundle = match *tag {
+            "release" => sigstore.keyless_bundle(&img.digest, &Keyless::new(RELEASE, GITHUB)),
+            "keyed" => sigstore.key_bundle(&img.digest, &key),
+            "wrong-identity" => sigstore.keyless_bundle(
+                &img.digest,
+                &Keyless::new(
+                    // The pattern is anchored: a look-alike around a trusted identity fails.
+                    "https://github.com/evil/x/.github/workflows/release.yml@refs/tags/v1?https://github.com/acme/app/.github/workflows/release.yml@refs/tags/v1",
+                    GITHUB,
+                ),
+            ),
+            "wrong-issuer" => sigstore
+                .keyless_bundle(&img.digest, &Keyless::new(RELEASE, "https://gitlab.com")),
+            "unlogged" => sigstore.keyless_bundle(
+                &img.digest,
+                &Keyless {
+                    logged: false,
+                    ..Keyless::new(RELEASE, GITHUB)
+                },
+            ),
+            // A valid bundle of another image attached to this one.
+            "other-digest" => {
+                sigstore.keyless_bundle(&digest("release"), &Keyless::new(RELEASE, GITHUB))
+            }
+            "tampered" => {
+                let mut bundle: serde_json::Value = serde_json::from_slice(
+                    &sigstore.keyless_bundle(&img.digest, &Keyless::new(RELEASE, GITHUB)),
+                )
+                .unwrap();
+                let statement = json!({
+                    "_type": "https://in-toto.io/Statement/v1",
+                    "subject": [{"name": "x", "digest": {"sha256": img.digest.trim_start_matches("sha256:")}}],
+                    "predicateType": "https://sigstore.dev/cosign/sign/v1",
+                    "predicate": {"changed": true}
+                });
+                use base64::Engine;
+                bundle["dsseEnvelope"]["payload"] = json!(base64::engine::general_purpose::STANDARD
+                    .encode(statement.to_string()));
+                serde_json::to_vec(&bundle).unwrap()
+            }
+            "other-root" => elsewhere.keyless_bundle(&img.digest, &Keyless::new(RELEASE, GITHUB)),
+            "other-key" => sigstore.key_bundle(&img.digest, &other_key),
+            _ => unreachable!(),
+        };
+        let referrer = push_signed(&source, tag, img, &bundle).await;
+        referrers.insert(*tag, referrer);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = sigstore.write_trusted_root(dir.path());
+
+    let output = replication::run::run_job(
+        &Connections::new(settings(TrustedRootSource::File(root))),
+        job(&src.host, &dst.host, &key_pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    let report = &output.report;
+    assert_eq!((report.unsigned, report.failed), (7, 0), "{report:?}");
+    let target = Pusher::new(&dst.host, None);
+    for tag in ["release", "keyed"] {
+        // The image byte for byte (skopeo reads it), and its bundle with it.
+        assert_eq!(
+            e2e::skopeo::inspect_raw(&format!("{}/app:{tag}", dst.host), None),
+            images
+                .iter()
+                .find(|(t, _)| *t == tag)
+                .unwrap()
+                .1
+                .manifest
+                .to_vec()
+        );
+        let referrer = &referrers[tag];
+        assert_eq!(
+            target.manifest("app", &referrer.digest).await.unwrap(),
+            referrer.manifest,
+            "{tag}'s bundle did not travel with it"
+        );
+    }
+    let signed_by = |tag: &str| {
+        output
+            .images
+            .iter()
+            .find(|r| r.tags == [tag] && r.status == ImageStatus::Copied)
+            .unwrap_or_else(|| panic!("{tag} not copied: {:?}", output.images))
+            .signed_by
+            .clone()
+            .unwrap()
+    };
+    assert!(
+        signed_by("release").starts_with(&format!("identities[0] ({RELEASE}, issuer {GITHUB})")),
+        "{}",
+        signed_by("release")
+    );
+    assert!(
+        signed_by("keyed").starts_with("publicKeys[0], signature sha256:"),
+        "{}",
+        signed_by("keyed")
+    );
+    let reason = |tag: &str| {
+        let named = report
+            .unsigned_images
+            .iter()
+            .find(|r| r.tags == [tag])
+            .unwrap_or_else(|| panic!("{tag} not named: {:?}", report.unsigned_images));
+        assert_eq!(named.status, ImageStatus::Unsigned);
+        named.error.clone().unwrap()
+    };
+    for (tag, expected) in [
+        ("wrong-identity", "identities[0] does not allow its signer"),
+        ("wrong-issuer", "issuer mismatch: expected https://token.actions.githubusercontent.com, got https://gitlab.com"),
+        // An expired certificate (as every Fulcio one is, minutes after signing) with nothing
+        // proving it was valid when it signed.
+        ("unlogged", "must have an inclusion proof"),
+        ("other-digest", "does not match any subject"),
+        ("tampered", "signature verification failed"),
+        ("other-root", "certificate chain"),
+        ("other-key", "signature verification failed"),
+    ] {
+        let why = reason(tag);
+        assert!(
+            why.to_lowercase().contains(expected),
+            "{tag}: {why:?} does not say {expected:?}"
+        );
+        assert!(
+            target.manifest("app", tag).await.is_none(),
+            "{tag} reached the destination"
+        );
+    }
+
+    // The same source against Sigstore's public-good root (built in, read offline): the
+    // private CA and log are not trusted there, so nothing is admitted.
+    let public = TestRegistry::start();
+    let output = replication::run::run_job(
+        &Connections::new(settings(TrustedRootSource::Bundled)),
+        job(&src.host, &public.host, &key_pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (output.report.copied, output.report.unsigned),
+        (0, 9),
+        "{:?}",
+        output.report
+    );
+
+    // A job trusting only keys names what a keyless bundle would need.
+    let keys_only = Job::from_json(
+        &json!({
+            "source": {"registry": src.host, "insecure": true},
+            "destinations": [{"registry": public.host, "insecure": true}],
+            "images": [{"repository": "app", "tag": "release"}],
+            "requireSignature": {"publicKeys": [key_pem]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let output = replication::run::run_job(
+        &Connections::new(settings(TrustedRootSource::File(
+            sigstore.write_trusted_root(dir.path()),
+        ))),
+        keys_only,
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    let why = output.report.unsigned_images[0].error.clone().unwrap();
+    assert!(
+        why.contains("the job trusts no identities (requireSignature.identities)"),
+        "{why}"
+    );
+}
+
+#[test]
+fn signer_identities_are_checked_naming_the_field() {
+    let parse = |require: serde_json::Value| {
+        let input = json!({
+            "source": {"registry": "ghcr.io"},
+            "destinations": [{"registry": "quay.io"}],
+            "requireSignature": require,
+        });
+        match Job::parse(&input.to_string()) {
+            Err(replication::Error::InvalidInput { problems }) => {
+                problems.into_iter().map(|p| p.field).collect::<Vec<_>>()
+            }
+            Ok(_) => Vec::new(),
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(parse(json!({})), ["requireSignature"]);
+    assert_eq!(
+        parse(
+            json!({"identities": [{"issuer": GITHUB, "subject": RELEASE, "subjectRegExp": ".*"}]})
+        ),
+        ["requireSignature.identities[0]"]
+    );
+    assert_eq!(
+        parse(json!({"identities": [{"issuer": GITHUB}]})),
+        ["requireSignature.identities[0]"]
+    );
+    assert_eq!(
+        parse(
+            json!({"identities": [{"issuer": GITHUB, "subject": RELEASE}, {"issuer": GITHUB, "subjectRegExp": "(unclosed"}]})
+        ),
+        ["requireSignature.identities[1].subjectRegExp"]
+    );
+    assert_eq!(
+        parse(json!({"identities": [{"issuer": " ", "subject": RELEASE}]})),
+        ["requireSignature.identities[0].issuer"]
+    );
+    assert!(parse(json!({"identities": [{"issuer": GITHUB, "subject": RELEASE}]})).is_empty());
+}
+
+#[tokio::test]
+async fn an_unusable_trusted_root_fails_the_run_naming_it() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let image = ImageBuilder::new(Format::Oci).layer(60, 100).build();
+    Pusher::new(&src.host, None).push("app", "v1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trusted_root.json");
+    std::fs::write(&path, "{\"mediaType\": 1}").unwrap();
+    let (_, pem) = signing_key(33);
+    let report = replication::run::run_job(
+        &Connections::new(settings(TrustedRootSource::File(path.clone()))),
+        job(&src.host, &dst.host, &pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap()
+    .report;
+    // The repository fails (so the run does), naming the setting and the file.
+    assert_eq!(
+        (report.repositories_failed, report.copied),
+        (1, 0),
+        "{report:?}"
+    );
+    let error = &report.repository_failures[0].error;
+    assert!(error.contains("ECR_REPLICATOR_TRUSTED_ROOT"), "{error}");
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(Pusher::new(&dst.host, None)
+        .manifest("app", "v1")
+        .await
+        .is_none());
+}

@@ -648,6 +648,16 @@ impl Pusher {
         Some(resp.bytes().await.unwrap())
     }
 
+    /// A small blob's bytes (a signature, a receipt), `None` on 404.
+    pub async fn blob(&self, repo: &str, digest: &str) -> Option<Bytes> {
+        let url = format!("http://{}/v2/{repo}/blobs/{digest}", self.host);
+        let resp = self.req(reqwest::Method::GET, &url).send().await.unwrap();
+        if resp.status() != 200 {
+            return None;
+        }
+        Some(resp.bytes().await.unwrap())
+    }
+
     /// Streams a blob and returns the sha256 digest and size of the bytes served, `None` on 404.
     pub async fn blob_digest(&self, repo: &str, digest: &str) -> Option<(String, u64)> {
         let url = format!("http://{}/v2/{repo}/blobs/{digest}", self.host);

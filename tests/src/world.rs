@@ -155,6 +155,7 @@ impl EcrWorld {
             limits: Default::default(),
             cost_model: Default::default(),
             trusted_root: Default::default(),
+            receipt_key: None,
         }
     }
 

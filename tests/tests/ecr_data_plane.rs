@@ -426,6 +426,7 @@ async fn a_retried_put_of_an_absent_tag_into_an_immutable_repository_succeeds() 
             job,
             image: task,
             copied: Vec::new(),
+            execution: None,
         },
     )
     .await;

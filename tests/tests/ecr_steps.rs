@@ -622,6 +622,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
             job: job.clone(),
             image: task.clone(),
             copied: vec![RangeOutcome { bytes, error: None }],
+            execution: None,
         }),
     )
     .await

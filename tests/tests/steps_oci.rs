@@ -200,6 +200,7 @@ async fn an_index_plans_every_child_and_a_present_image_plans_nothing() {
             job: job.clone(),
             image: image.clone(),
             copied: Vec::new(),
+            execution: None,
         }),
     )
     .await
@@ -312,6 +313,7 @@ async fn a_300_mib_layer_is_copied_in_64_mib_segments_by_separate_invocations() 
                 bytes: total,
                 error: None,
             }],
+            execution: None,
         }),
     )
     .await

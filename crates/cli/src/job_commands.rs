@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// against: a file or `s3://bucket/key`; by default Sigstore's public-good root, built in.
     #[arg(long, value_name = "FILE", env = "ECR_REPLICATOR_TRUSTED_ROOT")]
     pub trusted_root: Option<String>,
+    /// Sign a promotion receipt for every image promoted under `requireSignature` with this
+    /// KMS key (`arn:aws:kms:REGION:ACCOUNT:key/ID`, ECC_NIST_P256, SIGN_VERIFY).
+    #[arg(long, value_name = "KEY_ARN", env = "ECR_REPLICATOR_RECEIPT_KEY")]
+    pub receipt_key: Option<String>,
     #[command(flatten)]
     pub throttle: crate::registry_args::ThrottleArgs,
     /// Output format on stdout.
@@ -96,6 +100,12 @@ impl RunArgs {
         if let Some(root) = &self.trusted_root {
             settings.trusted_root = replication::sigstore::TrustedRootSource::parse(root)
                 .map_err(|problem| anyhow::anyhow!("--trusted-root: {problem}"))?;
+        }
+        if let Some(arn) = self.receipt_key.as_deref().filter(|a| !a.trim().is_empty()) {
+            settings.receipt_key = Some(
+                ecr::KmsKeyArn::parse(arn)
+                    .map_err(|problem| anyhow::anyhow!("--receipt-key: {problem}"))?,
+            );
         }
         if let Some(path) = &self.allowlist {
             let text = std::fs::read_to_string(path)

@@ -7,6 +7,7 @@ pub mod aws;
 pub mod error;
 pub mod registry;
 pub mod secrets;
+pub mod signing;
 pub mod store;
 pub mod token;
 
@@ -19,5 +20,6 @@ pub use aws_sdk_ecr::types::{EncryptionType, ImageTagMutability};
 pub use error::{Error, Result};
 pub use registry::{EcrRegistry, RoleArn};
 pub use secrets::{SecretArn, SecretCredentialSource};
+pub use signing::{KmsKeyArn, KmsSigner};
 pub use store::WorkBucket;
 pub use token::EcrTokenSource;

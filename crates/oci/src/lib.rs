@@ -23,6 +23,6 @@ pub use manifest::{Manifest, ManifestContent};
 pub use oci_spec::image::Descriptor;
 pub use reference::{Reference, Repository};
 pub use transfer::{
-    copy_blob, copy_blob_segment, upload_blob, BlobOutcome, BlobRef, ProgressFn, SegmentProgress,
-    SegmentState,
+    copy_blob, copy_blob_segment, put_small_blob, upload_blob, BlobOutcome, BlobRef, ProgressFn,
+    SegmentProgress, SegmentState,
 };

@@ -55,6 +55,21 @@ pub async fn copy_blob(
     upload_blob(source, from, target, to, blob, progress).await
 }
 
+/// Stores a small blob held in memory (an artifact's config or payload) in one request,
+/// unless the target has it.
+pub async fn put_small_blob(target: &RegistryClient, to: &Repository, bytes: Bytes) -> Result<()> {
+    let digest = Digest::of(&bytes);
+    if target.head_blob(to, &digest).await?.is_some() {
+        return Ok(());
+    }
+    let length = bytes.len() as u64;
+    let session = target.start_upload(to).await?;
+    let session = target
+        .upload_part(session, reqwest::Body::from(bytes), length)
+        .await?;
+    target.complete_upload(session, &digest).await
+}
+
 /// `copy_blob` of a blob the target is known not to have (its repository does not exist):
 /// uploaded without asking first. Were it there after all, the upload only repeats it.
 #[tracing::instrument(skip(source, target, progress), fields(digest = %blob.digest, size = blob.size))]

@@ -42,6 +42,9 @@ pub struct Settings {
     pub cost_model: CostModel,
     /// The Sigstore trusted root bundles are verified against (`ECR_REPLICATOR_TRUSTED_ROOT`).
     pub trusted_root: TrustedRootSource,
+    /// The KMS key promotion receipts are signed with (`ECR_REPLICATOR_RECEIPT_KEY`); none:
+    /// no receipts.
+    pub receipt_key: Option<ecr::KmsKeyArn>,
 }
 
 /// How much work one invocation and one execution take on before handing the rest back, so no
@@ -176,6 +179,7 @@ pub struct Connections {
     cache: Mutex<HashMap<Key, Arc<Connection>>>,
     work_bucket: tokio::sync::OnceCell<Option<WorkBucket>>,
     bundle_verifier: tokio::sync::OnceCell<Arc<BundleVerifier>>,
+    receipt_signer: tokio::sync::OnceCell<Option<Arc<ecr::KmsSigner>>>,
 }
 
 impl Connections {
@@ -186,7 +190,19 @@ impl Connections {
             cache: Mutex::new(HashMap::new()),
             work_bucket: tokio::sync::OnceCell::new(),
             bundle_verifier: tokio::sync::OnceCell::new(),
+            receipt_signer: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The signer of promotion receipts, when the settings name a key (built once).
+    pub async fn receipt_signer(&self) -> Option<Arc<ecr::KmsSigner>> {
+        self.receipt_signer
+            .get_or_init(|| async {
+                let key = self.settings.receipt_key.clone()?;
+                Some(Arc::new(ecr::KmsSigner::new(&self.settings.aws, key).await))
+            })
+            .await
+            .clone()
     }
 
     /// The deployment's Sigstore trusted root, read once (on the first signature check).
@@ -375,7 +391,8 @@ impl Connections {
 /// `ECR_REPLICATOR_WORK_BUCKET` (the run's work bucket, in `AWS_REGION`),
 /// `ECR_REPLICATOR_ALLOWED_REGISTRIES` (the deployment's allowlist, JSON; without it every job
 /// is refused), `ECR_REPLICATOR_TRUSTED_ROOT` (the Sigstore trusted root: a file or
-/// `s3://bucket/key`; default Sigstore's public-good root, built in).
+/// `s3://bucket/key`; default Sigstore's public-good root, built in),
+/// `ECR_REPLICATOR_RECEIPT_KEY` (the KMS key ARN promotion receipts are signed with).
 pub fn settings_from_env() -> Result<Settings> {
     let mut registry = ClientConfig::default();
     if let Ok(seconds) = std::env::var("ECR_REPLICATOR_THROTTLE_BUDGET_SECONDS") {
@@ -450,5 +467,12 @@ pub fn settings_from_env() -> Result<Settings> {
             &std::env::var("ECR_REPLICATOR_TRUSTED_ROOT").unwrap_or_default(),
         )
         .map_err(|problem| Error::invalid("ECR_REPLICATOR_TRUSTED_ROOT", problem))?,
+        receipt_key: match std::env::var("ECR_REPLICATOR_RECEIPT_KEY") {
+            Ok(arn) if !arn.trim().is_empty() => Some(
+                ecr::KmsKeyArn::parse(&arn)
+                    .map_err(|problem| Error::invalid("ECR_REPLICATOR_RECEIPT_KEY", problem))?,
+            ),
+            _ => None,
+        },
     })
 }

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod metrics;
 pub mod plan;
 pub mod platforms;
+pub mod receipts;
 pub mod referrers;
 pub mod report;
 pub mod run;

@@ -416,6 +416,7 @@ impl Run<'_> {
                             job: self.job.clone(),
                             image: task.clone(),
                             copied: ranges,
+                            execution: None,
                         },
                     )
                     .await

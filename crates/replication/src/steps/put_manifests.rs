@@ -14,6 +14,7 @@ use crate::copy::{put_manifests_in_order, Known};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::metrics::{self, Metric};
+use crate::receipts;
 use crate::referrers;
 
 /// The `put-manifests` step: the result in its listed form (a few tags), as one of a page's
@@ -42,6 +43,9 @@ pub struct PutManifestsInput {
     /// counted once, by `summarise`.)
     #[serde(default, deserialize_with = "range_outcomes")]
     pub copied: Vec<RangeOutcome>,
+    /// The execution running the step (`$$.Execution.Id`), named in promotion receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 /// The ranges' outcomes as the Map returned them: an entry that is not one (a range child that
@@ -184,6 +188,29 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     }
     let subjects: Vec<&Digest> = std::iter::once(&input.image.digest)
         .chain(&input.image.referrers)
+        .collect();
+    // Promoted under requireSignature, with a receipt key: the signed receipt, before the
+    // fallback index is written (it lists the receipt too).
+    if let (Some(admitted_by), Some(signer)) =
+        (&input.image.signed_by, conns.receipt_signer().await)
+    {
+        let promotion = receipts::Promotion {
+            source_registry: &source.registry,
+            source_repository: &input.image.repository,
+            source_digest: &input.image.digest,
+            target: &to,
+            manifest: &top,
+            admitted_by,
+            run: input
+                .execution
+                .as_deref()
+                .unwrap_or("ecr-replicator CLI (in process)"),
+        };
+        referrers.push(receipts::attach_receipt(&dest.client, signer.as_ref(), &promotion).await?);
+    }
+    let subjects: Vec<&Digest> = subjects
+        .into_iter()
+        .chain((top.digest != input.image.digest).then_some(&top.digest))
         .collect();
     referrers::write_fallback_indexes(&dest.client, &to, &referrers, &subjects).await?;
     let mut measured = vec![(Metric::ImagesCopied, 1.0)];

@@ -1,0 +1,121 @@
+//! Signing with an asymmetric KMS key (`ECC_NIST_P256`, `SIGN_VERIFY`): the private key never
+//! leaves KMS. `kms:Sign` with `ECDSA_SHA_256` and message type `RAW` signs at most 4,096 bytes
+//! (AWS KMS API Reference, "Sign": "You can submit messages of up to 4096 bytes"); the signature
+//! is DER-encoded ECDSA.
+
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{MessageType, SigningAlgorithmSpec};
+
+use crate::aws::{sdk_config, AwsSettings};
+use crate::error::{Error, Result};
+
+/// The most bytes `kms:Sign` signs as a raw message.
+pub const MAX_RAW_MESSAGE_BYTES: usize = 4096;
+
+/// A KMS key ARN: `arn:PARTITION:kms:REGION:ACCOUNT:key/KEY-ID`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KmsKeyArn {
+    /// The ARN text.
+    pub arn: String,
+    /// The key's region (where the client goes).
+    pub region: String,
+}
+
+impl KmsKeyArn {
+    /// Parses a key ARN; the error says what is wrong with it.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let shape = "must be arn:PARTITION:kms:REGION:ACCOUNT:key/KEY-ID";
+        let parts: Vec<&str> = text.trim().splitn(6, ':').collect();
+        if parts.len() != 6
+            || parts[0] != "arn"
+            || !matches!(parts[1], "aws" | "aws-cn" | "aws-us-gov")
+            || parts[2] != "kms"
+        {
+            return Err(shape.into());
+        }
+        let region = parts[3];
+        if region.is_empty()
+            || region.len() > 30
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!("{shape} (the region {region:?} is not one)"));
+        }
+        if parts[4].len() != 12 || !parts[4].bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{shape} (the account must be 12 digits)"));
+        }
+        let Some(id) = parts[5].strip_prefix("key/") else {
+            return Err(format!("{shape} (an alias is not accepted: name the key)"));
+        };
+        if id.is_empty()
+            || id.len() > 128
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!("{shape} (the key id {id:?} is not one)"));
+        }
+        Ok(KmsKeyArn {
+            arn: text.trim().to_string(),
+            region: region.to_string(),
+        })
+    }
+}
+
+/// Signs with one KMS key under the process's own identity.
+#[derive(Debug, Clone)]
+pub struct KmsSigner {
+    client: aws_sdk_kms::Client,
+    key: KmsKeyArn,
+}
+
+impl KmsSigner {
+    /// A signer for `key`, in its region.
+    pub async fn new(settings: &AwsSettings, key: KmsKeyArn) -> Self {
+        let config = sdk_config(settings, &key.region, None).await;
+        KmsSigner {
+            client: aws_sdk_kms::Client::new(&config),
+            key,
+        }
+    }
+
+    /// The key's ARN.
+    pub fn key_arn(&self) -> &str {
+        &self.key.arn
+    }
+
+    /// The DER ECDSA P-256 SHA-256 signature of `message` (at most `MAX_RAW_MESSAGE_BYTES`).
+    pub async fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        if message.len() > MAX_RAW_MESSAGE_BYTES {
+            return Err(Error::Api {
+                code: None,
+                operation: "kms:Sign",
+                resource: self.key.arn.clone(),
+                message: format!(
+                    "a message of {} bytes; KMS signs at most {MAX_RAW_MESSAGE_BYTES}",
+                    message.len()
+                ),
+                retryable: false,
+            });
+        }
+        let signed = self
+            .client
+            .sign()
+            .key_id(&self.key.arn)
+            .message(Blob::new(message))
+            .message_type(MessageType::Raw)
+            .signing_algorithm(SigningAlgorithmSpec::EcdsaSha256)
+            .send()
+            .await
+            .map_err(|e| Error::api("kms:Sign", self.key.arn.clone(), &e))?;
+        signed
+            .signature
+            .map(Blob::into_inner)
+            .ok_or_else(|| Error::Api {
+                code: None,
+                operation: "kms:Sign",
+                resource: self.key.arn.clone(),
+                message: "the answer holds no signature".into(),
+                retryable: true,
+            })
+    }
+}

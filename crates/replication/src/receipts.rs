@@ -1,0 +1,164 @@
+//! Promotion receipts: when a run promotes an image under `requireSignature` and the deployment
+//! names a KMS key (`ECR_REPLICATOR_RECEIPT_KEY`), the destination image gets a signed in-toto
+//! statement saying where it came from, what admitted it and which run copied it. The statement
+//! is a DSSE envelope signed by `kms:Sign` (ECDSA P-256, SHA-256), attached as an OCI 1.1
+//! referrer of the image (artifact type `application/vnd.dsse.envelope.v1+json`, one layer of
+//! that type annotated with its `predicateType`), listed in the `sha256-<hex>` fallback index
+//! where the destination has no referrers API. A consumer verifies it with the key's public key
+//! and requires "this image came through the promotion pipeline".
+
+use base64::Engine;
+use oci::{Digest, Manifest, RegistryClient, Repository};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+
+/// The receipt's in-toto predicate type.
+pub const RECEIPT_PREDICATE: &str = "urn:ecr-replicator:promotion:v1";
+/// The media type (and artifact type) of a DSSE envelope in a registry.
+pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
+/// The payload type of an in-toto statement in DSSE.
+const IN_TOTO: &str = "application/vnd.in-toto+json";
+/// The empty config of an OCI artifact.
+const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
+/// Characters of a free-text field (what admitted the image, the run) kept in a receipt, so
+/// the signed message stays far below KMS's 4,096 bytes.
+const MAX_FIELD_CHARS: usize = 400;
+
+/// Where the receipt's signature comes from: a KMS key in the functions, anything that signs
+/// ECDSA P-256 SHA-256 (DER) elsewhere.
+#[async_trait::async_trait]
+pub trait ReceiptSigner: Send + Sync + std::fmt::Debug {
+    /// The key's name, as the envelope's `keyid` (a KMS key ARN).
+    fn key_id(&self) -> &str;
+    /// The DER ECDSA signature of `message`.
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+}
+
+#[async_trait::async_trait]
+impl ReceiptSigner for ecr::KmsSigner {
+    fn key_id(&self) -> &str {
+        self.key_arn()
+    }
+
+    async fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
+        ecr::KmsSigner::sign(self, message)
+            .await
+            .map_err(|source| Error::Aws {
+                context: format!("signing the promotion receipt with {}", self.key_arn()),
+                source,
+            })
+    }
+}
+
+/// One promotion: the image as the source had it and as the destination now holds it.
+#[derive(Debug, Clone)]
+pub struct Promotion<'a> {
+    /// Source registry host.
+    pub source_registry: &'a str,
+    /// Source repository.
+    pub source_repository: &'a str,
+    /// The source's digest (what the signature covers).
+    pub source_digest: &'a Digest,
+    /// Where it was put.
+    pub target: &'a Repository,
+    /// The top manifest as put (its digest differs from the source's for a platform subset).
+    pub manifest: &'a Manifest,
+    /// What admitted it: the key or identity, and the signature.
+    pub admitted_by: &'a str,
+    /// The run: the Step Functions execution ARN, or the CLI.
+    pub run: &'a str,
+}
+
+/// The in-toto statement of a promotion (JSON), at `time` (RFC 3339).
+pub fn statement(promotion: &Promotion<'_>, time: &str) -> Vec<u8> {
+    let hex = |d: &Digest| d.as_str().trim_start_matches("sha256:").to_string();
+    let short = |text: &str| crate::text::truncate_chars(text, MAX_FIELD_CHARS);
+    let statement = json!({
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{
+            "name": format!("{}/{}", promotion.target.registry, promotion.target.name),
+            "digest": {"sha256": hex(&promotion.manifest.digest)}
+        }],
+        "predicateType": RECEIPT_PREDICATE,
+        "predicate": {
+            "source": {
+                "registry": promotion.source_registry,
+                "repository": promotion.source_repository,
+                "digest": promotion.source_digest.as_str()
+            },
+            "admittedBy": short(promotion.admitted_by),
+            "run": short(promotion.run),
+            "promotedAt": time
+        }
+    });
+    serde_json::to_vec(&statement).unwrap_or_default()
+}
+
+/// DSSE's pre-authentication encoding of an in-toto payload.
+fn pae(payload: &[u8]) -> Vec<u8> {
+    let mut out = format!("DSSEv1 {} {IN_TOTO} {} ", IN_TOTO.len(), payload.len()).into_bytes();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Signs the promotion's receipt and attaches it to the image in `promotion.target`; returns
+/// the referrer manifest put there (by digest, with no tag).
+pub async fn attach_receipt(
+    client: &RegistryClient,
+    signer: &dyn ReceiptSigner,
+    promotion: &Promotion<'_>,
+) -> Result<Manifest> {
+    let time = jiff::Timestamp::now().to_string();
+    let payload = statement(promotion, &time);
+    let signature = signer.sign(&pae(&payload)).await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let envelope = serde_json::to_vec(&json!({
+        "payloadType": IN_TOTO,
+        "payload": b64.encode(&payload),
+        "signatures": [{"keyid": signer.key_id(), "sig": b64.encode(&signature)}]
+    }))
+    .unwrap_or_default();
+    let config = b"{}".to_vec();
+    let failed = |source| Error::Registry {
+        image: format!(
+            "{}@{} (promotion receipt)",
+            promotion.target, promotion.manifest.digest
+        ),
+        source,
+    };
+    for blob in [&config, &envelope] {
+        oci::put_small_blob(client, promotion.target, bytes::Bytes::from(blob.clone()))
+            .await
+            .map_err(failed)?;
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": DSSE_MEDIA_TYPE,
+        "config": {"mediaType": EMPTY_CONFIG, "digest": Digest::of(&config).as_str(), "size": config.len()},
+        "layers": [{
+            "mediaType": DSSE_MEDIA_TYPE,
+            "digest": Digest::of(&envelope).as_str(),
+            "size": envelope.len(),
+            "annotations": {"predicateType": RECEIPT_PREDICATE}
+        }],
+        "subject": {
+            "mediaType": promotion.manifest.media_type,
+            "digest": promotion.manifest.digest.as_str(),
+            "size": promotion.manifest.bytes.len()
+        },
+        "annotations": {"org.opencontainers.image.created": time}
+    });
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap_or_default());
+    let receipt = Manifest {
+        digest: Digest::of(&bytes),
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        bytes,
+    };
+    client
+        .put_manifest(promotion.target, receipt.digest.as_str(), &receipt)
+        .await
+        .map_err(failed)?;
+    Ok(receipt)
+}

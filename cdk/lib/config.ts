@@ -74,6 +74,21 @@ export interface ReplicatorConfig {
   /** Prices the runs' reports estimate their cost with (US dollars; defaults: us-east-1,
    * arm64, on demand), any of PRICE_FIELDS; the functions get them as ECR_REPLICATOR_PRICES. */
   prices?: Record<string, number>;
+  /** The Sigstore trusted root (`trusted_root.json`) that `requireSignature` verifies bundles
+   * against, as `s3://bucket/key` (default: Sigstore's public-good root, built into the
+   * functions). The functions may read exactly this object; a run never calls TUF, Fulcio or
+   * Rekor. */
+  trustedRoot?: string;
+  /** A KMS key (ECC_NIST_P256, SIGN_VERIFY) in the workflow's account and region: every image a
+   * run promotes under `requireSignature` gets a receipt signed with it. put-manifests may
+   * `kms:Sign` with exactly this key and algorithm. */
+  receiptKeyArn?: string;
+}
+
+/** The bucket and key of `trustedRoot` (`s3://bucket/key`). */
+export function trustedRootObject(config: ReplicatorConfig): { bucket: string; key: string } | undefined {
+  const match = /^s3:\/\/([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])\/(.+)$/.exec(config.trustedRoot ?? '');
+  return match ? { bucket: match[1], key: match[2] } : undefined;
 }
 
 /** What `prices` may set (the functions' `CostModel`, README "Cost"). */
@@ -116,6 +131,13 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
   for (const field of ['source', 'destinations', 'images'] as const) {
     if (config.job && field in config.job) fail(`job.${field}`, 'is set by the deployment: remove it');
     if (config.schedule?.input && field in config.schedule.input) fail(`schedule.input.${field}`, 'is set by the deployment: remove it');
+  }
+  if (config.trustedRoot !== undefined && !trustedRootObject(config)) {
+    fail('trustedRoot', 'must be an S3 object as s3://bucket/key (a Sigstore trusted_root.json)');
+  }
+  if (config.receiptKeyArn !== undefined) {
+    const key = /^arn:(aws|aws-cn|aws-us-gov):kms:([a-z0-9-]+):(\d{12}):key\/[A-Za-z0-9-]+$/.exec(config.receiptKeyArn);
+    if (!key) fail('receiptKeyArn', 'must be a KMS key ARN (arn:PARTITION:kms:REGION:ACCOUNT:key/ID; not an alias)');
   }
   if (!ACCOUNT.test(config.sourceAccount)) fail('sourceAccount', 'must be a 12-digit account id');
   if (!REGION.test(config.sourceRegion ?? '')) fail('sourceRegion', 'must be a region such as us-east-1');

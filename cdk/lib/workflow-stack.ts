@@ -18,7 +18,7 @@ import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import {
   allowlist, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, jobDestinations, pushInput, ReplicatorConfig,
-  scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, workflowAccount,
+  scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, trustedRootObject, workflowAccount,
 } from './config';
 import { checkTriggerInputs } from './inputs';
 import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
@@ -217,6 +217,27 @@ export class WorkflowStack extends Stack {
       resources: [workBucket.arnForObjects(`${SELECTIONS_PREFIX}*`)],
     }));
 
+    // requireSignature's trusted root: exactly this object, for every function that selects.
+    const rootObject = trustedRootObject(config);
+    if (rootObject) {
+      const read = new iam.PolicyStatement({
+        sid: 'SigstoreTrustedRoot',
+        actions: ['s3:GetObject'],
+        resources: [`arn:${this.partition}:s3:::${rootObject.bucket}/${rootObject.key}`],
+      });
+      readerRole.addToPolicy(read);
+      copierRole.addToPolicy(read);
+    }
+    // Promotion receipts: put-manifests (copier role) signs with exactly this key, ECDSA only.
+    if (config.receiptKeyArn) {
+      copierRole.addToPolicy(new iam.PolicyStatement({
+        sid: 'SignPromotionReceipts',
+        actions: ['kms:Sign'],
+        resources: [config.receiptKeyArn],
+        conditions: { StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' } },
+      }));
+    }
+
     const missing: string[] = [];
     for (const f of FUNCTIONS) {
       const built = builtCode(root, f.name);
@@ -247,6 +268,8 @@ export class WorkflowStack extends Stack {
           // The copy function's memory is this app's; the rest the config's or the defaults.
           ECR_REPLICATOR_PRICES: JSON.stringify({ copyMemoryMb: copyMemoryMb(), ...config.prices }),
           ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
+          ...(config.trustedRoot ? { ECR_REPLICATOR_TRUSTED_ROOT: config.trustedRoot } : {}),
+          ...(config.receiptKeyArn && f.name === 'put-manifests' ? { ECR_REPLICATOR_RECEIPT_KEY: config.receiptKeyArn } : {}),
         },
       });
     }

@@ -564,3 +564,31 @@ test('an upstream mirror: its secret is readable by the functions, allowed for i
   assert.throws(() => variant((c) => { c.upstreams = [{ registry: 'ghcr.io', credentialArn: 'arn:aws:ssm:us-east-1:111111111111:parameter/x' }]; }), /upstreams\[0\].credentialArn must be a Secrets Manager secret ARN/);
   assert.throws(() => variant((c) => { c.schedule = { expression: 'rate(1 day)', source: 'quay.io' }; }), /schedule.source must name one of upstreams/);
 });
+
+test('the trusted root and the receipt key: exactly that object and key, each function the variable it needs', () => {
+  const key = 'arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const signing = { ...config, trustedRoot: 's3://acme-sigstore/roots/trusted_root.json', receiptKeyArn: key };
+  const t = Template.fromStack(new WorkflowStack(new App(), 'W', {
+    env: { account: config.sourceAccount, region: config.sourceRegion }, config: signing, allowPlaceholderCode: true,
+  }));
+  for (const f of FUNCTIONS) {
+    const fn = Object.values(t.findResources('AWS::Lambda::Function', { Properties: { Description: `ecr-replicator step ${f.name}` } }))[0] as any;
+    const env = fn.Properties.Environment.Variables;
+    assert.equal(env.ECR_REPLICATOR_TRUSTED_ROOT, signing.trustedRoot, f.name);
+    assert.equal(env.ECR_REPLICATOR_RECEIPT_KEY, f.name === 'put-manifests' ? key : undefined, f.name);
+  }
+  for (const role of ['ReaderRole', 'CopierRole']) {
+    const root = policyStatements(t, role).find((s) => s.Sid === 'SigstoreTrustedRoot');
+    assert.equal(root.Action, 's3:GetObject');
+    assert.deepEqual(root.Resource, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':s3:::acme-sigstore/roots/trusted_root.json']] });
+  }
+  const sign = policyStatements(t, 'CopierRole').find((s) => s.Sid === 'SignPromotionReceipts');
+  assert.equal(sign.Action, 'kms:Sign');
+  assert.equal(sign.Resource, key);
+  assert.deepEqual(sign.Condition, { StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' } });
+  assert.ok(!policyStatements(t, 'ReaderRole').some((s) => JSON.stringify(s.Action).includes('kms:Sign')));
+  // Without them: no variable, no permission.
+  assert.ok(!policyStatements(w, 'CopierRole').some((s) => JSON.stringify(s.Action).includes('kms:Sign')));
+  assert.throws(() => validateConfig({ ...config, trustedRoot: 'https://example.com/root.json' }, 'c.json'), /c\.json: trustedRoot must be an S3 object/);
+  assert.throws(() => validateConfig({ ...config, receiptKeyArn: 'arn:aws:kms:us-east-1:111111111111:alias/receipts' }, 'c.json'), /c\.json: receiptKeyArn must be a KMS key ARN/);
+});

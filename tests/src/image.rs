@@ -407,29 +407,16 @@ pub fn cosign_signature(
 /// whose one layer is the bundle, naming its subject.
 pub fn sigstore_bundle_referrer(subject: &TestImage, bundle: &[u8]) -> TestImage {
     const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
-    let config = Blob::from_bytes(Bytes::from_static(b"{}"));
-    let layer = Blob::from_bytes(Bytes::copy_from_slice(bundle));
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": BUNDLE,
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": config.digest},
-        "layers": [{"mediaType": BUNDLE, "size": bundle.len(), "digest": layer.digest}],
-        "subject": {"mediaType": subject.media_type, "size": subject.manifest.len(), "digest": subject.digest},
-        "annotations": {
+    artifact_manifest(
+        Some(subject),
+        BUNDLE,
+        (BUNDLE, bundle, None),
+        json!({
             "dev.sigstore.bundle.content": "dsse-envelope",
             "dev.sigstore.bundle.predicateType": crate::sigstore::COSIGN_SIGN_PREDICATE,
             "org.opencontainers.image.created": "2026-12-01T00:00:00Z"
-        },
-    });
-    let bytes = Bytes::from(serde_json::to_vec(&manifest).unwrap());
-    TestImage {
-        digest: sha256(&bytes),
-        manifest: bytes,
-        media_type: OCI_MANIFEST.to_string(),
-        blobs: vec![config, layer],
-        children: Vec::new(),
-    }
+        }),
+    )
 }
 
 /// A signing key from a seed (tests make their own keys), and its public key as PEM.
@@ -450,16 +437,40 @@ fn signed_artifact(
     payload: &[u8],
     signature: &str,
 ) -> TestImage {
+    artifact_manifest(
+        subject,
+        artifact_type,
+        (
+            layer_type,
+            payload,
+            Some(json!({"dev.cosignproject.cosign/signature": signature})),
+        ),
+        json!({"org.opencontainers.image.created": "2026-11-22T00:00:00Z"}),
+    )
+}
+
+/// An OCI 1.1 artifact: an empty config, one layer (media type, content, annotations), the
+/// manifest's annotations, and its subject if any.
+fn artifact_manifest(
+    subject: Option<&TestImage>,
+    artifact_type: &str,
+    (layer_type, payload, layer_annotations): (&str, &[u8], Option<serde_json::Value>),
+    annotations: serde_json::Value,
+) -> TestImage {
     let config = Blob::from_bytes(Bytes::from_static(b"{}"));
     let layer = Blob::from_bytes(Bytes::copy_from_slice(payload));
+    let mut descriptor =
+        json!({"mediaType": layer_type, "size": payload.len(), "digest": layer.digest});
+    if let Some(layer_annotations) = layer_annotations {
+        descriptor["annotations"] = layer_annotations;
+    }
     let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": artifact_type,
         "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2, "digest": config.digest},
-        "layers": [{"mediaType": layer_type, "size": payload.len(), "digest": layer.digest,
-                    "annotations": {"dev.cosignproject.cosign/signature": signature}}],
-        "annotations": {"org.opencontainers.image.created": "2026-11-22T00:00:00Z"},
+        "layers": [descriptor],
+        "annotations": annotations,
     });
     if let Some(subject) = subject {
         manifest["subject"] = json!({"mediaType": subject.media_type, "size": subject.manifest.len(), "digest": subject.digest});

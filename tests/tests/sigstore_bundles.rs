@@ -340,3 +340,66 @@ async fn an_unusable_trusted_root_fails_the_run_naming_it() {
         .await
         .is_none());
 }
+
+#[tokio::test]
+async fn a_bundle_listed_by_the_referrers_api_admits_its_image_past_junk_referrers() {
+    // A source with the OCI 1.1 referrers API (one referrer per page): a junk manifest typed as
+    // a bundle first, then the real bundle; no fallback index.
+    let sigstore = PrivateSigstore::new();
+    let image = ImageBuilder::new(Format::Oci).layer(70, 1200).build();
+    let junk = e2e::image::oci_artifact(
+        Some(BUNDLE),
+        ("application/vnd.oci.empty.v1+json", b"{}"),
+        &[(BUNDLE, b"{\"not\": \"a bundle\"}")],
+    );
+    let bundle = sigstore.keyless_bundle(&image.digest, &Keyless::new(RELEASE, GITHUB));
+    let referrer = sigstore_bundle_referrer(&image, &bundle);
+    let source = e2e::fake::FakeRegistry::start_with_referrers(
+        &image,
+        "release",
+        &[(junk, BUNDLE), (referrer.clone(), BUNDLE)],
+    )
+    .await;
+    let dst = TestRegistry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key_pem) = signing_key(34);
+
+    let output = replication::run::run_job(
+        &Connections::new(settings(TrustedRootSource::File(
+            sigstore.write_trusted_root(dir.path()),
+        ))),
+        job(&source.host, &dst.host, &key_pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(
+        (output.report.unsigned, output.report.failed),
+        (0, 0),
+        "{:?}",
+        output.report
+    );
+    let copied = output
+        .images
+        .iter()
+        .find(|r| r.tags == ["release"])
+        .unwrap();
+    assert!(
+        copied
+            .signed_by
+            .as_deref()
+            .unwrap()
+            .starts_with("identities[0] ("),
+        "{copied:?}"
+    );
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(
+        target.manifest("app", "release").await.unwrap(),
+        image.manifest
+    );
+    assert_eq!(
+        target.manifest("app", &referrer.digest).await.unwrap(),
+        referrer.manifest
+    );
+}

@@ -170,3 +170,33 @@ fn is_quota_code(error_type: &str) -> bool {
 pub async fn sfn_client(settings: &AwsSettings, region: &str) -> aws_sdk_sfn::Client {
     aws_sdk_sfn::Client::new(&sdk_config(settings, region, None).await)
 }
+
+/// The region of an ARN's `parts` (split on `:`) for `service`, after checking its prefix,
+/// partition, region and 12-digit account; the error starts with `shape`.
+pub(crate) fn arn_region<'a>(
+    parts: &[&'a str],
+    service: &str,
+    shape: &str,
+) -> std::result::Result<&'a str, String> {
+    if parts.len() < 6
+        || parts[0] != "arn"
+        || !matches!(parts[1], "aws" | "aws-cn" | "aws-us-gov")
+        || parts[2] != service
+    {
+        return Err(shape.to_string());
+    }
+    let region = parts[3];
+    if region.is_empty()
+        || region.len() > 30
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!("{shape} (the region {region:?} is not one)"));
+    }
+    let account = parts[4];
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{shape} (the account must be 12 digits)"));
+    }
+    Ok(region)
+}

@@ -25,26 +25,9 @@ impl SecretArn {
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let parts: Vec<&str> = text.splitn(7, ':').collect();
         let shape = "must be arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME";
-        if parts.len() != 7
-            || parts[0] != "arn"
-            || !matches!(parts[1], "aws" | "aws-cn" | "aws-us-gov")
-            || parts[2] != "secretsmanager"
-            || parts[5] != "secret"
-        {
+        let region = crate::aws::arn_region(&parts, "secretsmanager", shape)?;
+        if parts.len() != 7 || parts[5] != "secret" {
             return Err(shape.to_string());
-        }
-        let region = parts[3];
-        if region.is_empty()
-            || region.len() > 30
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(format!("{shape} (the region {region:?} is not one)"));
-        }
-        let account = parts[4];
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{shape} (the account must be 12 digits)"));
         }
         let name = parts[6];
         if name.is_empty()

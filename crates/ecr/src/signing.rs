@@ -26,25 +26,7 @@ impl KmsKeyArn {
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let shape = "must be arn:PARTITION:kms:REGION:ACCOUNT:key/KEY-ID";
         let parts: Vec<&str> = text.trim().splitn(6, ':').collect();
-        if parts.len() != 6
-            || parts[0] != "arn"
-            || !matches!(parts[1], "aws" | "aws-cn" | "aws-us-gov")
-            || parts[2] != "kms"
-        {
-            return Err(shape.into());
-        }
-        let region = parts[3];
-        if region.is_empty()
-            || region.len() > 30
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(format!("{shape} (the region {region:?} is not one)"));
-        }
-        if parts[4].len() != 12 || !parts[4].bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("{shape} (the account must be 12 digits)"));
-        }
+        let region = crate::aws::arn_region(&parts, "kms", shape)?;
         let Some(id) = parts[5].strip_prefix("key/") else {
             return Err(format!("{shape} (an alias is not accepted: name the key)"));
         };
@@ -117,5 +99,33 @@ impl KmsSigner {
                 message: "the answer holds no signature".into(),
                 retryable: true,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_arns_are_parsed_and_aliases_and_other_services_refused() {
+        let key = KmsKeyArn::parse("arn:aws-cn:kms:cn-north-1:111111111111:key/1234abcd-12ab")
+            .expect("a key ARN");
+        assert_eq!(key.region, "cn-north-1");
+        for (text, says) in [
+            (
+                "arn:aws:kms:us-east-1:111111111111:alias/receipts",
+                "an alias",
+            ),
+            (
+                "arn:aws:secretsmanager:us-east-1:111111111111:key/x",
+                "must be arn:",
+            ),
+            ("arn:aws:kms:US-EAST-1:111111111111:key/x", "region"),
+            ("arn:aws:kms:us-east-1:1111:key/x", "12 digits"),
+            ("arn:aws:kms:us-east-1:111111111111:key/a b", "key id"),
+        ] {
+            let problem = KmsKeyArn::parse(text).expect_err(text);
+            assert!(problem.contains(says), "{text}: {problem}");
+        }
     }
 }

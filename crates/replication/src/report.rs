@@ -310,9 +310,12 @@ pub use crate::text::truncate_chars;
 
 impl ImageResult {
     /// The record as a report lists it: at most `MAX_TAGS_LISTED` tags (the count of the others
-    /// added) and `MAX_ERROR_CHARS` of the error.
+    /// added) and `MAX_ERROR_CHARS` of the error. What admitted a signed image stays in its own
+    /// result (the CLI's output, the image's event), not in the report's lists of failures,
+    /// which stay within Step Functions' 256 KiB state.
     pub fn listed(&self) -> Self {
         let mut out = self.clone();
+        out.signed_by = None;
         if out.tags.len() > MAX_TAGS_LISTED {
             let more = out.tags.len() - MAX_TAGS_LISTED;
             out.tags.truncate(MAX_TAGS_LISTED);

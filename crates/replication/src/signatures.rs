@@ -33,7 +33,7 @@ const COSIGN_SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json"
 /// A signature payload larger than this is not read (real ones are under 1 KiB).
 const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
 /// Characters of what admitted an image (`signedBy`) at most: it travels in every task.
-pub const MAX_ADMISSION_CHARS: usize = 400;
+pub const MAX_ADMISSION_CHARS: usize = 300;
 /// Signature candidates (manifests) examined per image at most.
 const MAX_CANDIDATES: usize = 64;
 /// Signature layers examined per candidate at most.

@@ -65,3 +65,15 @@ pub async fn repository_pages(
         }
     }
 }
+
+/// Why a run did not copy the image tagged `tag`: its entry in the report's `unsignedImages`,
+/// which must say `unsigned`.
+pub fn unsigned_reason(report: &replication::report::RunReport, tag: &str) -> String {
+    let named = report
+        .unsigned_images
+        .iter()
+        .find(|r| r.tags == [tag])
+        .unwrap_or_else(|| panic!("{tag} not named: {:?}", report.unsigned_images));
+    assert_eq!(named.status, replication::steps::ImageStatus::Unsigned);
+    named.error.clone().unwrap_or_default()
+}

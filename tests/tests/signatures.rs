@@ -6,7 +6,6 @@
 use e2e::image::{cosign_signature, signing_key, Format, ImageBuilder, Pusher, TestImage};
 use e2e::registry::TestRegistry;
 use replication::connect::{Connections, Settings};
-use replication::steps::ImageStatus;
 use replication::Job;
 use serde_json::json;
 
@@ -99,15 +98,7 @@ async fn only_images_signed_with_a_trusted_key_are_copied_and_the_others_are_nam
         .manifest("app", &format!("{}.sig", fallback(&wrong_key)))
         .await
         .is_none());
-    let reason = |tag: &str| {
-        let named = report
-            .unsigned_images
-            .iter()
-            .find(|r| r.tags == [tag])
-            .unwrap_or_else(|| panic!("{tag} not named: {:?}", report.unsigned_images));
-        assert_eq!(named.status, ImageStatus::Unsigned);
-        named.error.clone().unwrap()
-    };
+    let reason = |tag: &str| e2e::unsigned_reason(report, tag);
     assert!(
         reason("unsigned").contains("no cosign signature"),
         "{}",

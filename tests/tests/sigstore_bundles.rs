@@ -194,15 +194,7 @@ async fn bundles_admit_what_a_trusted_identity_or_key_signed_and_name_why_the_re
         "{}",
         signed_by("keyed")
     );
-    let reason = |tag: &str| {
-        let named = report
-            .unsigned_images
-            .iter()
-            .find(|r| r.tags == [tag])
-            .unwrap_or_else(|| panic!("{tag} not named: {:?}", report.unsigned_images));
-        assert_eq!(named.status, ImageStatus::Unsigned);
-        named.error.clone().unwrap()
-    };
+    let reason = |tag: &str| e2e::unsigned_reason(report, tag);
     for (tag, expected) in [
         ("wrong-identity", "identities[0] does not allow its signer"),
         ("wrong-issuer", "issuer mismatch: expected https://token.actions.githubusercontent.com, got https://gitlab.com"),

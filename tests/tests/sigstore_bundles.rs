@@ -196,8 +196,14 @@ async fn bundles_admit_what_a_trusted_identity_or_key_signed_and_name_why_the_re
     );
     let reason = |tag: &str| e2e::unsigned_reason(report, tag);
     for (tag, expected) in [
-        ("wrong-identity", "identities[0] does not allow its signer"),
-        ("wrong-issuer", "issuer mismatch: expected https://token.actions.githubusercontent.com, got https://gitlab.com"),
+        (
+            "wrong-identity",
+            "a keyless dsse bundle by https://github.com/evil/x/",
+        ),
+        (
+            "wrong-issuer",
+            "(issuer https://gitlab.com), which none of requiresignature.identities allows",
+        ),
         // An expired certificate (as every Fulcio one is, minutes after signing) with nothing
         // proving it was valid when it signed.
         ("unlogged", "must have an inclusion proof"),

@@ -175,55 +175,64 @@ impl BundleVerifier {
             SignatureContent::DsseEnvelope(_) => "DSSE bundle",
             _ => "bundle",
         };
-        let keyless = bundle.signing_certificate().is_some();
-        let mut reasons: Vec<String> = Vec::new();
-        if keyless {
+        if bundle.signing_certificate().is_some() {
             if policy.identities.is_empty() {
                 return Err(format!(
                     "a keyless {what}, and the job trusts no identities (requireSignature.identities)"
                 ));
             }
-            for identity in &policy.identities {
-                let mut rule = VerificationPolicy::any_identity().require_issuer(&identity.issuer);
-                if !self.has_ct_logs {
-                    rule = rule.skip_sct();
-                }
-                match self.verifier.verify(artifact, &bundle, &rule) {
-                    Ok(result) => {
-                        let subject = result.identity().map(|s| s.as_str()).unwrap_or_default();
-                        if identity.subject.matches(subject) {
-                            return Ok(format!(
-                                "{} ({subject}, issuer {})",
-                                identity.name, identity.issuer
-                            ));
-                        }
-                        reasons.push(format!(
-                            "{} does not allow its signer {}",
-                            identity.name,
-                            crate::text::truncate_chars(subject, 200)
-                        ));
-                    }
-                    Err(e) => reasons.push(crate::text::truncate_chars(&e.to_string(), 300)),
-                }
+            // Verified once (chain, SCT, log proof, signature, subject), then its identity and
+            // issuer matched against each rule: a bundle costs one verification whatever the
+            // number of identities.
+            let mut rule = VerificationPolicy::any_identity();
+            if !self.has_ct_logs {
+                rule = rule.skip_sct();
             }
-        } else {
-            if policy.keys.iter().next().is_none() {
+            let result = self
+                .verifier
+                .verify(artifact, &bundle, &rule)
+                .map_err(|e| {
+                    format!(
+                        "a keyless {what} that does not verify: {}",
+                        crate::text::truncate_chars(&e.to_string(), 300)
+                    )
+                })?;
+            if !result.certificate_verified() {
                 return Err(format!(
-                    "a {what} signed with a key, and the job trusts no keys (requireSignature.publicKeys)"
+                    "a keyless {what} whose certificate was not verified"
                 ));
             }
-            // A key's signature needs no time proof; log entries it carries must verify.
-            let logged = !bundle.verification_material.tlog_entries.is_empty();
-            for key in policy.keys.iter() {
-                let mut rule =
-                    PublicKeyVerificationPolicy::new(DerPublicKey::new(key.der().to_vec()));
-                if !logged {
-                    rule = rule.skip_tlog_unsafe();
-                }
-                match self.verifier.verify(artifact, &bundle, &rule) {
-                    Ok(_) => return Ok(key.name.clone()),
-                    Err(e) => reasons.push(crate::text::truncate_chars(&e.to_string(), 300)),
-                }
+            let subject = result.identity().map(|s| s.as_str()).unwrap_or_default();
+            let issuer = result.issuer().unwrap_or_default();
+            if let Some(identity) = policy
+                .identities
+                .iter()
+                .find(|i| i.issuer == issuer && i.subject.matches(subject))
+            {
+                return Ok(format!("{} ({subject}, issuer {issuer})", identity.name));
+            }
+            return Err(format!(
+                "a keyless {what} by {} (issuer {}), which none of requireSignature.identities allows",
+                crate::text::truncate_chars(subject, 200),
+                crate::text::truncate_chars(issuer, 100)
+            ));
+        }
+        if policy.keys.iter().next().is_none() {
+            return Err(format!(
+                "a {what} signed with a key, and the job trusts no keys (requireSignature.publicKeys)"
+            ));
+        }
+        // A key's signature needs no time proof; log entries it carries must verify.
+        let mut reasons: Vec<String> = Vec::new();
+        let logged = !bundle.verification_material.tlog_entries.is_empty();
+        for key in policy.keys.iter() {
+            let mut rule = PublicKeyVerificationPolicy::new(DerPublicKey::new(key.der().to_vec()));
+            if !logged {
+                rule = rule.skip_tlog_unsafe();
+            }
+            match self.verifier.verify(artifact, &bundle, &rule) {
+                Ok(_) => return Ok(key.name.clone()),
+                Err(e) => reasons.push(crate::text::truncate_chars(&e.to_string(), 300)),
             }
         }
         reasons.dedup();

@@ -175,6 +175,28 @@ async fn a_promoted_image_carries_a_receipt_signed_with_the_kms_key_and_others_n
     // Not promoted, no receipt.
     assert!(target.manifest("app", "unsigned").await.is_none());
     assert!(receipts(&target, &unsigned).await.is_empty());
+    // The receipt's fallback index (distribution has no referrers API) is no extra tag to a
+    // verification: the destination is what the source says it should be.
+    let mut verify = job(&dst.host, true);
+    verify.mode = replication::job::Mode::Verify;
+    let checked = replication::run::run_job(
+        &Connections::new(settings.clone()),
+        verify,
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    let report = checked.report.verify.clone().unwrap();
+    // The image and its `.sig` artifact, both identical.
+    assert_eq!(
+        (
+            report.identical,
+            report.missing + report.different + report.extra
+        ),
+        (2, 0),
+        "{:?}",
+        checked.differences
+    );
 
     // Without requireSignature nothing is promoted through the gate: copied, no receipt.
     let ungated = TestRegistry::start();

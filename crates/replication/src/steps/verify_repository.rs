@@ -111,7 +111,13 @@ pub async fn verify_repository(
         if let (Some(in_source), Some(in_target)) = (&source_tags, &listed) {
             let mut extra: Vec<&String> = in_target
                 .iter()
-                .filter(|tag| job.tags.tag_matches(tag) && !in_source.contains(*tag))
+                // Artifact-scheme tags (`sha256-<hex>` fallback indexes a replication writes
+                // where the destination has no referrers API, cosign's suffixes) name no image.
+                .filter(|tag| {
+                    job.tags.tag_matches(tag)
+                        && !in_source.contains(*tag)
+                        && crate::artifacts::artifact_subject(tag).is_none()
+                })
                 .collect();
             extra.sort();
             for tag in extra {

@@ -388,7 +388,27 @@ sys.path.insert(0, __import__("os").path.dirname(__file__))
 import ecr_gaps  # noqa: E402,F401
 
 
+def _seed_receipt_key(arn):
+    """The rig deployment's receipt key (`receiptKeyArn` in cdk/test/config.iam.json): an
+    ECC_NIST_P256 SIGN_VERIFY key with the ARN the deployment names. moto gives keys random ids,
+    and the IAM check needs the synthesized policy's resource, so the key is made with moto's own
+    `create_key` and given that id before the server starts."""
+    from moto.kms.models import kms_backends
+
+    _, partition, _, region, account, resource = arn.split(":", 5)
+    key_id = resource.split("/", 1)[1]
+    backend = kms_backends[account][region]
+    key = backend.create_key(None, "SIGN_VERIFY", "ECC_NIST_P256", "rig receipts", None)
+    del backend.keys[key.id]
+    key.id = key_id
+    key.arn = arn
+    backend.keys[key_id] = key
+
+
 if __name__ == "__main__":
     from moto.server import main
+
+    if os.environ.get("STRICT_MOTO_RECEIPT_KEY"):
+        _seed_receipt_key(os.environ["STRICT_MOTO_RECEIPT_KEY"])
 
     main(sys.argv[1:])

@@ -181,7 +181,7 @@ pub struct ApiCall {
     /// The role whose session signed it (an assumed role), or `None`: the function's own role.
     pub assumed_role: Option<String>,
     /// Repositories named in the request (`repositoryName`, `repositoryNames`), the secret
-    /// (`SecretId`), or the role asked for by `AssumeRole`.
+    /// (`SecretId`), the KMS key (`KeyId`), or the role asked for by `AssumeRole`.
     pub resources: Vec<String>,
 }
 
@@ -209,6 +209,11 @@ pub const RIG_UPSTREAM_SECRET_NAME: &str = "ecr-replicator-test/upstream";
 /// grants it.
 pub const RIG_UPSTREAM_SECRET: &str =
     "arn:aws:secretsmanager:us-east-1:123456789012:secret:ecr-replicator-test/upstream";
+
+/// The KMS key the rig deployment signs promotion receipts with (`receiptKeyArn` in
+/// `cdk/test/config.iam.json`); the harness seeds moto with it (`STRICT_MOTO_RECEIPT_KEY`).
+pub const RIG_RECEIPT_KEY: &str =
+    "arn:aws:kms:us-east-1:123456789012:key/0c7e5a1d-rig0-4ece-b1e7-000000000024";
 
 /// The rig deployment's allowlist: the tests' registries (any port of 127.0.0.1, over plain
 /// HTTP, with the rig's upstream secret) and the ECR hosts of the world with their roles, as
@@ -853,8 +858,9 @@ fn api_call(
             .filter_map(|n| n.as_str().map(str::to_string))
             .collect();
         names.extend(json["repositoryName"].as_str().map(str::to_string));
-        // Secrets Manager: the secret asked for, as the caller named it.
+        // Secrets Manager: the secret asked for, as the caller named it; KMS: the key.
         names.extend(json["SecretId"].as_str().map(str::to_string));
+        names.extend(json["KeyId"].as_str().map(str::to_string));
         (format!("{service}:{operation}"), names)
     } else if service == "s3" {
         // REST, path-style: the object's ARN; only the object calls the functions make.

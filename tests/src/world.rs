@@ -128,10 +128,21 @@ impl EcrWorld {
     /// watch` (told where the data planes are), and the world on that moto.
     pub async fn with_step_functions() -> (Self, crate::sfn::LocalStepFunctions) {
         let data = DataPlanes::start();
-        let env = [(
-            "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
-            data.endpoints(),
-        )];
+        // The rig deployment signs promotion receipts (gated runs only) with its seeded key.
+        let env = [
+            (
+                "ECR_REPLICATOR_REGISTRY_ENDPOINTS".to_string(),
+                data.endpoints(),
+            ),
+            (
+                "ECR_REPLICATOR_RECEIPT_KEY".to_string(),
+                crate::sfn::RIG_RECEIPT_KEY.to_string(),
+            ),
+            (
+                "STRICT_MOTO_RECEIPT_KEY".to_string(),
+                crate::sfn::RIG_RECEIPT_KEY.to_string(),
+            ),
+        ];
         let sfn = crate::sfn::LocalStepFunctions::start(&env).await;
         let world = Self::assemble(Moto::attach(&sfn.moto_url), data);
         (world, sfn)

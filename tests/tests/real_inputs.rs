@@ -343,7 +343,36 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
     );
     assert_holds(&world, DEST, "library/nginx", "1.27.1", &nginx);
 
-    // 11. Everything the functions did in these runs, against the roles the CDK app synthesizes
+    // 11. A gated promotion: the image's cosign signature admits it, and put-manifests signs its
+    // receipt with the deployment's KMS key (`receiptKeyArn`), attached through ECR's referrers
+    // API with the image child's execution ARN.
+    let (signer, pem) = e2e::image::signing_key(88);
+    let signed = image(88);
+    world.seed("signed/app", "v1", &signed).await;
+    let signature = e2e::image::cosign_signature(&signed.digest, &signer, false, None);
+    world
+        .seed(
+            "signed/app",
+            &format!("{}.sig", signed.digest.replacen(':', "-", 1)),
+            &signature,
+        )
+        .await;
+    let mut gated = smallest.clone();
+    gated["repositories"] = json!({"include": ["signed/*"]});
+    gated["requireSignature"] = json!({"publicKeys": [pem]});
+    let promoted = sfn.execute(&arn, &gated).await;
+    assert_eq!(counts(&promoted), (2, 0, 0, 0), "gated promotion");
+    assert_holds(&world, DEST, "signed/app", "v1", &signed);
+    let receipt_signed = sfn
+        .api_calls()
+        .into_iter()
+        .any(|c| c.action == "kms:Sign" && c.resources == [e2e::sfn::RIG_RECEIPT_KEY]);
+    assert!(
+        receipt_signed,
+        "no receipt was signed with the deployment's key"
+    );
+
+    // 12. Everything the functions did in these runs, against the roles the CDK app synthesizes
     // for these accounts (`cdk/test/config.iam.json`, by `make cdk-test`).
     let policies = Policies::load(&workspace().join("cdk/cdk.out.iam"), LOCAL_SOURCE_ACCOUNT);
     let performed = performed(&world, &sfn);
@@ -358,6 +387,7 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
         "ecr:PutImage",
         "ecr:BatchDeleteImage",
         "secretsmanager:GetSecretValue",
+        "kms:Sign",
     ] {
         assert!(
             actions.contains(needed),
@@ -388,6 +418,18 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
                 && v.contains(e2e::sfn::RIG_UPSTREAM_SECRET)),
         "{unread:?}"
     );
+    // And without the receipt key's grant, the receipt's signature is refused.
+    let mut no_sign = policies.clone();
+    for statements in no_sign.by_function.values_mut() {
+        statements.retain(|s| s.sid != "SignPromotionReceipts");
+    }
+    assert!(
+        no_sign
+            .violations(&performed)
+            .iter()
+            .any(|v| v.contains("kms:Sign") && v.contains(e2e::sfn::RIG_RECEIPT_KEY)),
+        "kms:Sign was allowed without SignPromotionReceipts"
+    );
     eprintln!(
         "IAM: {} distinct (identity, action, resource) checked, none refused; without {target}'s PushImages {} would be; actions: {actions:?}",
         performed.len(),
@@ -410,7 +452,8 @@ fn performed(world: &EcrWorld, sfn: &e2e::sfn::LocalStepFunctions) -> BTreeSet<P
             "ecr:GetAuthorizationToken" => vec!["*".into()],
             a if a.starts_with("sts:")
                 || a.starts_with("s3:")
-                || a.starts_with("secretsmanager:") =>
+                || a.starts_with("secretsmanager:")
+                || a.starts_with("kms:") =>
             {
                 call.resources.clone()
             }

@@ -401,3 +401,71 @@ async fn a_bundle_listed_by_the_referrers_api_admits_its_image_past_junk_referre
         referrer.manifest
     );
 }
+
+#[tokio::test]
+async fn a_trusted_root_kept_in_s3_is_read_from_there() {
+    // The deployment's `trustedRoot: "s3://bucket/key"`: an object in moto's S3 (unsigned
+    // anonymous PUT, as the rig creates its buckets), read by the functions' S3 client.
+    let moto = e2e::moto::Moto::start();
+    let sigstore = PrivateSigstore::new();
+    e2e::moto::create_bucket_at(&moto.url, "sigstore-roots").await;
+    let put = reqwest::Client::new()
+        .put(format!(
+            "{}/sigstore-roots/private/trusted_root.json",
+            moto.url
+        ))
+        .body(sigstore.trusted_root())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let image = ImageBuilder::new(Format::Oci).layer(80, 900).build();
+    let bundle = sigstore.keyless_bundle(&image.digest, &Keyless::new(RELEASE, GITHUB));
+    push_signed(&source, "release", &image, &bundle).await;
+    let (_, key_pem) = signing_key(35);
+    let root = TrustedRootSource::parse("s3://sigstore-roots/private/trusted_root.json").unwrap();
+    let settings = Settings {
+        aws: moto.aws_settings(),
+        ..settings(root)
+    };
+
+    let output = replication::run::run_job(
+        &Connections::new(settings.clone()),
+        job(&src.host, &dst.host, &key_pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    assert_eq!(output.report.unsigned, 0, "{:?}", output.report);
+    assert_eq!(
+        Pusher::new(&dst.host, None)
+            .manifest("app", "release")
+            .await
+            .unwrap(),
+        image.manifest
+    );
+    // An object that is not there fails the repository, naming it.
+    let missing = Settings {
+        trusted_root: TrustedRootSource::parse("s3://sigstore-roots/none.json").unwrap(),
+        ..settings
+    };
+    let report = replication::run::run_job(
+        &Connections::new(missing),
+        job(&src.host, &TestRegistry::start().host, &key_pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap()
+    .report;
+    assert_eq!(report.repositories_failed, 1, "{report:?}");
+    assert!(
+        report.repository_failures[0]
+            .error
+            .contains("s3://sigstore-roots/none.json: no such object"),
+        "{:?}",
+        report.repository_failures
+    );
+}

@@ -309,13 +309,10 @@ pub const MAX_TAGS_LISTED: usize = 3;
 pub use crate::text::truncate_chars;
 
 impl ImageResult {
-    /// The record as a report lists it: at most `MAX_TAGS_LISTED` tags (the count of the others
-    /// added) and `MAX_ERROR_CHARS` of the error. What admitted a signed image stays in its own
-    /// result (the CLI's output, the image's event), not in the report's lists of failures,
-    /// which stay within Step Functions' 256 KiB state.
+    /// The record as a step returns it and a report lists it: at most `MAX_TAGS_LISTED` tags
+    /// (the count of the others added) and `MAX_ERROR_CHARS` of the error.
     pub fn listed(&self) -> Self {
         let mut out = self.clone();
-        out.signed_by = None;
         if out.tags.len() > MAX_TAGS_LISTED {
             let more = out.tags.len() - MAX_TAGS_LISTED;
             out.tags.truncate(MAX_TAGS_LISTED);
@@ -323,6 +320,19 @@ impl ImageResult {
         }
         out.error = out.error.map(|e| truncate_chars(&e, MAX_ERROR_CHARS));
         out
+    }
+}
+
+impl ImageResult {
+    /// The record as the report's lists of failed and unsigned images hold it: listed, and
+    /// without what admitted a signed image (that stays in the image's own result: the CLI's
+    /// output, the step's, the image's event), so the lists stay within Step Functions' 256 KiB
+    /// state.
+    fn in_report(&self) -> Self {
+        ImageResult {
+            signed_by: None,
+            ..self.listed()
+        }
     }
 }
 
@@ -379,7 +389,7 @@ impl RunReport {
             ImageStatus::Unsigned => {
                 self.unsigned += 1;
                 if self.unsigned_images.len() < MAX_FAILURES_LISTED {
-                    self.unsigned_images.push(r.listed());
+                    self.unsigned_images.push(r.in_report());
                 }
             }
             ImageStatus::Superseded => self.superseded += 1,
@@ -400,7 +410,7 @@ impl RunReport {
             ImageStatus::Failed => {
                 self.failed += 1;
                 if self.failures.len() < MAX_FAILURES_LISTED {
-                    self.failures.push(r.listed());
+                    self.failures.push(r.in_report());
                 } else {
                     self.failures_omitted += 1;
                 }
@@ -431,7 +441,7 @@ impl RunReport {
         self.failures_omitted += other.failures_omitted;
         for f in &other.failures {
             if self.failures.len() < MAX_FAILURES_LISTED {
-                self.failures.push(f.listed());
+                self.failures.push(f.in_report());
             } else {
                 self.failures_omitted += 1;
             }
@@ -448,7 +458,7 @@ impl RunReport {
         self.unsigned += other.unsigned;
         for u in &other.unsigned_images {
             if self.unsigned_images.len() < MAX_FAILURES_LISTED {
-                self.unsigned_images.push(u.listed());
+                self.unsigned_images.push(u.in_report());
             }
         }
         if let Some(verify) = &other.verify {

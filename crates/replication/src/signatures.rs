@@ -258,25 +258,14 @@ async fn verify_candidate(
             reason = "a signature is not base64 DER ECDSA".into();
             continue;
         };
-        if layer.size() > MAX_PAYLOAD_BYTES {
-            reason = format!("a signature payload is {} bytes", layer.size());
-            continue;
-        }
-        let Ok(payload_digest) = Digest::parse(layer.digest().as_ref()) else {
-            reason = "a signature payload has no valid digest".into();
-            continue;
-        };
-        let payload = match read_payload(source, repo, &payload_digest, MAX_PAYLOAD_BYTES).await {
-            Ok(payload) => payload,
-            Err(e) => {
-                reason = format!("a signature payload is unreadable: {e}");
-                continue;
-            }
-        };
-        if Digest::of(&payload) != payload_digest {
-            reason = "a signature payload does not match its digest".into();
-            continue;
-        }
+        let payload =
+            match read_layer(source, repo, layer, "signature payload", MAX_PAYLOAD_BYTES).await {
+                Ok(payload) => payload,
+                Err(why) => {
+                    reason = why;
+                    continue;
+                }
+            };
         let signed_digest = serde_json::from_slice::<serde_json::Value>(&payload)
             .ok()
             .and_then(|p| {
@@ -317,25 +306,13 @@ async fn verify_bundles(
         .filter(|l| is_bundle_type(l.media_type().as_ref()))
         .take(MAX_LAYERS_PER_CANDIDATE)
     {
-        if layer.size() > MAX_BUNDLE_BYTES {
-            reason = format!("a bundle is {} bytes", layer.size());
-            continue;
-        }
-        let Ok(bundle_digest) = Digest::parse(layer.digest().as_ref()) else {
-            reason = "a bundle has no valid digest".into();
-            continue;
-        };
-        let bundle = match read_payload(source, repo, &bundle_digest, MAX_BUNDLE_BYTES).await {
+        let bundle = match read_layer(source, repo, layer, "bundle", MAX_BUNDLE_BYTES).await {
             Ok(bundle) => bundle,
-            Err(e) => {
-                reason = format!("a bundle is unreadable: {e}");
+            Err(why) => {
+                reason = why;
                 continue;
             }
         };
-        if Digest::of(&bundle) != bundle_digest {
-            reason = "a bundle does not match its digest".into();
-            continue;
-        }
         match gate.verifier.admitted_by(&bundle, digest, &gate.policy) {
             Ok(admitted_by) => return Ok(admitted_by),
             Err(why) => reason = why,
@@ -344,25 +321,45 @@ async fn verify_bundles(
     Err(reason)
 }
 
-/// A signature payload, read whole (it is bounded by `MAX_PAYLOAD_BYTES`).
-async fn read_payload(
+/// A signature layer's content (a "simple signing" payload, a bundle), read whole: refused,
+/// naming `what`, when its descriptor says more than `limit` bytes, it has no valid digest, it
+/// cannot be read, or its bytes (at most `limit` and one chunk are read) do not match its
+/// digest.
+async fn read_layer(
     source: &Connection,
     repo: &Repository,
-    digest: &Digest,
+    layer: &oci::Descriptor,
+    what: &str,
     limit: u64,
-) -> oci::Result<Vec<u8>> {
-    let response = source.client.get_blob(repo, digest, 0).await?;
-    let url = response.url.clone();
-    let mut stream = response.into_stream();
-    let mut payload = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|source| oci::Error::transport("GET", url.clone(), source))?;
-        payload.extend_from_slice(&chunk);
-        if payload.len() as u64 > limit {
-            break;
-        }
+) -> std::result::Result<Vec<u8>, String> {
+    if layer.size() > limit {
+        return Err(format!("a {what} is {} bytes", layer.size()));
     }
-    Ok(payload)
+    let Ok(digest) = Digest::parse(layer.digest().as_ref()) else {
+        return Err(format!("a {what} has no valid digest"));
+    };
+    let read = async {
+        let response = source.client.get_blob(repo, &digest, 0).await?;
+        let url = response.url.clone();
+        let mut stream = response.into_stream();
+        let mut content = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|source| oci::Error::transport("GET", url.clone(), source))?;
+            content.extend_from_slice(&chunk);
+            if content.len() as u64 > limit {
+                break;
+            }
+        }
+        Ok::<_, oci::Error>(content)
+    };
+    let content = read
+        .await
+        .map_err(|e| format!("a {what} is unreadable: {e}"))?;
+    if Digest::of(&content) != digest {
+        return Err(format!("a {what} does not match its digest"));
+    }
+    Ok(content)
 }
 
 /// The selection as the job's keys allow it: an image no signature verifies for is kept but

@@ -8,6 +8,7 @@
 //! and requires "this image came through the promotion pipeline".
 
 use base64::Engine;
+use oci::manifest::OCI_MANIFEST;
 use oci::{Digest, Manifest, RegistryClient, Repository};
 use serde_json::json;
 
@@ -113,13 +114,15 @@ pub async fn attach_receipt(
     let payload = statement(promotion, &time);
     let signature = signer.sign(&pae(&payload)).await?;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let envelope = serde_json::to_vec(&json!({
-        "payloadType": IN_TOTO,
-        "payload": b64.encode(&payload),
-        "signatures": [{"keyid": signer.key_id(), "sig": b64.encode(&signature)}]
-    }))
-    .unwrap_or_default();
-    let config = b"{}".to_vec();
+    let envelope = bytes::Bytes::from(
+        serde_json::to_vec(&json!({
+            "payloadType": IN_TOTO,
+            "payload": b64.encode(&payload),
+            "signatures": [{"keyid": signer.key_id(), "sig": b64.encode(&signature)}]
+        }))
+        .unwrap_or_default(),
+    );
+    let config = bytes::Bytes::from_static(b"{}");
     let failed = |source| Error::Registry {
         image: format!(
             "{}@{} (promotion receipt)",
@@ -128,13 +131,13 @@ pub async fn attach_receipt(
         source,
     };
     for blob in [&config, &envelope] {
-        oci::put_small_blob(client, promotion.target, bytes::Bytes::from(blob.clone()))
+        oci::put_small_blob(client, promotion.target, blob.clone())
             .await
             .map_err(failed)?;
     }
     let manifest = json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": OCI_MANIFEST,
         "artifactType": DSSE_MEDIA_TYPE,
         "config": {"mediaType": EMPTY_CONFIG, "digest": Digest::of(&config).as_str(), "size": config.len()},
         "layers": [{
@@ -153,7 +156,7 @@ pub async fn attach_receipt(
     let bytes = bytes::Bytes::from(serde_json::to_vec(&manifest).unwrap_or_default());
     let receipt = Manifest {
         digest: Digest::of(&bytes),
-        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        media_type: OCI_MANIFEST.into(),
         bytes,
     };
     client

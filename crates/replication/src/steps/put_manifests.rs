@@ -186,9 +186,6 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         .await?;
         referrers.push(top);
     }
-    let subjects: Vec<&Digest> = std::iter::once(&input.image.digest)
-        .chain(&input.image.referrers)
-        .collect();
     // Promoted under requireSignature, with a receipt key: the signed receipt, before the
     // fallback index is written (it lists the receipt too).
     if let (Some(admitted_by), Some(signer)) =
@@ -208,8 +205,10 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         };
         referrers.push(receipts::attach_receipt(&dest.client, signer.as_ref(), &promotion).await?);
     }
-    let subjects: Vec<&Digest> = subjects
-        .into_iter()
+    // The fallback indexes may name the image, its referrers, and the platform subset put in
+    // its place (the receipt's subject).
+    let subjects: Vec<&Digest> = std::iter::once(&input.image.digest)
+        .chain(&input.image.referrers)
         .chain((top.digest != input.image.digest).then_some(&top.digest))
         .collect();
     referrers::write_fallback_indexes(&dest.client, &to, &referrers, &subjects).await?;

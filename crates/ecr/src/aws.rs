@@ -171,6 +171,12 @@ pub async fn sfn_client(settings: &AwsSettings, region: &str) -> aws_sdk_sfn::Cl
     aws_sdk_sfn::Client::new(&sdk_config(settings, region, None).await)
 }
 
+/// The region this process runs in: `AWS_REGION` (set by the Lambda runtime), else
+/// `us-east-1`.
+pub fn own_region() -> String {
+    std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into())
+}
+
 /// The region of an ARN's `parts` (split on `:`) for `service`, after checking its prefix,
 /// partition, region and 12-digit account; the error starts with `shape`.
 pub(crate) fn arn_region<'a>(

@@ -458,7 +458,7 @@ pub fn settings_from_env() -> Result<Settings> {
             .filter(|b| !b.trim().is_empty())
             .map(|bucket| WorkBucketSettings {
                 bucket: bucket.trim().to_string(),
-                region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+                region: ecr::own_region(),
             }),
         allowlist: Some(allowlist),
         limits,

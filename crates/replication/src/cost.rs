@@ -158,7 +158,7 @@ impl Default for CostModel {
             call_memory_mb: 256.0,
             copy_memory_mb: 3008.0,
             copy_megabytes_per_second: 80.0,
-            region: std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()),
+            region: ecr::own_region(),
         }
     }
 }

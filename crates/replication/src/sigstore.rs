@@ -133,8 +133,7 @@ impl BundleVerifier {
                 })?
             }
             TrustedRootSource::S3 { bucket, key } => {
-                let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-                let bucket = ecr::WorkBucket::new(aws, &region, bucket.clone()).await;
+                let bucket = ecr::WorkBucket::new(aws, &ecr::own_region(), bucket.clone()).await;
                 let bytes = bucket
                     .get(key)
                     .await

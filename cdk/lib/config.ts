@@ -1,4 +1,5 @@
 /** Deployment configuration: from the file named by CDK context `ecrReplicator:configFile`. */
+import { createPublicKey } from 'crypto';
 import { readFileSync } from 'fs';
 import * as path from 'path';
 
@@ -19,6 +20,31 @@ export interface DestinationConfig {
   kmsKeyMapping?: Record<string, string>;
   /** The job's `repositoryMapping` for this destination (rename rules). Every trigger's input carries it. */
   repositoryMapping?: { match: string; replace: string }[];
+  /** Globs on the repository names jobs may write here (after `repositoryPrefix` and
+   * `repositoryMapping`), at most 50: `*` stays within one path segment, `**` as a whole segment
+   * crosses `/` (`team/**`). Default: every name under `repositoryPrefix`. The functions refuse
+   * any other name; the IAM policies follow the globs as far as IAM can (its `*` crosses `/`).
+   * Each must start with `targetRepositoryPrefix` when that is set. */
+  repositories?: string[];
+  /** The job `repositorySettings` values allowed here (`copy`, `create`, `mirror`, `none`), and
+   * `copyRepositoryPolicy` to allow jobs with `"copyRepositoryPolicy": true` (default: `copy`,
+   * `create`, `none`: `mirror` and the policy only where listed). */
+  settingsModes?: string[];
+  /** One of `trustPolicies`: every image written here must pass it, whatever the job says.
+   * Destinations in the same registry (account and region) must name the same policy, or none. */
+  requireSignature?: string;
+  /** Jobs with `"prune": true` may remove stale tags here (default: `allowPrune`). */
+  prune?: boolean;
+}
+
+/** A named signature policy: an image passes when signed with any one of its keys or identities. */
+export interface TrustPolicyConfig {
+  /** PEM public keys (`-----BEGIN PUBLIC KEY-----`, as `cosign generate-key-pair` writes
+   * `cosign.pub`), at most 10. */
+  publicKeys?: string[];
+  /** Keyless signers (Sigstore bundles whose certificate chains to the trusted root), at most 10:
+   * the OIDC issuer and exactly one of `subject` (exact) or `subjectRegExp`. */
+  identities?: { issuer: string; subject?: string; subjectRegExp?: string }[];
 }
 
 export interface UpstreamConfig {
@@ -83,6 +109,13 @@ export interface ReplicatorConfig {
    * run promotes under `requireSignature` gets a receipt signed with it. put-manifests may
    * `kms:Sign` with exactly this key and algorithm. */
   receiptKeyArn?: string;
+  /** Named signature policies (names: 1 to 32 lowercase letters, digits and dashes, starting with
+   * a letter), each at least one key or identity: a destination's `requireSignature` names one,
+   * and so may a job (`"requireSignature": {"policy": "release"}`). */
+  trustPolicies?: Record<string, TrustPolicyConfig>;
+  /** Let jobs bring their own keys and identities in `requireSignature` instead of naming one of
+   * `trustPolicies` (default false). */
+  allowJobTrustPolicies?: boolean;
 }
 
 /** The bucket and key of `trustedRoot` (`s3://bucket/key`). */
@@ -139,6 +172,7 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     const key = /^arn:(aws|aws-cn|aws-us-gov):kms:([a-z0-9-]+):(\d{12}):key\/[A-Za-z0-9-]+$/.exec(config.receiptKeyArn);
     if (!key) fail('receiptKeyArn', 'must be a KMS key ARN (arn:PARTITION:kms:REGION:ACCOUNT:key/ID; not an alias)');
   }
+  validateTrustPolicies(config, fail);
   if (!ACCOUNT.test(config.sourceAccount)) fail('sourceAccount', 'must be a 12-digit account id');
   if (!REGION.test(config.sourceRegion ?? '')) fail('sourceRegion', 'must be a region such as us-east-1');
   if (config.workflowAccount !== undefined && !ACCOUNT.test(config.workflowAccount)) fail('workflowAccount', 'must be a 12-digit account id');
@@ -180,8 +214,123 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     Object.entries(d.kmsKeyMapping ?? {}).forEach(([from, to]) => {
       if (!key.test(to)) fail(`destinations[${i}].kmsKeyMapping[${JSON.stringify(from)}]`, `must be the ARN of a KMS key in ${d.region} (keys are regional)`);
     });
+    validateDestinationScope(config, d, `destinations[${i}]`, fail);
   });
+  // The functions hold one allowlist entry per registry: destinations sharing one share its policy.
+  config.destinations.forEach((d, i) => {
+    const first = config.destinations.findIndex((e) => registryHost(e.account, e.region) === registryHost(d.account, d.region));
+    const other = config.destinations[first];
+    if (first < i && other.requireSignature !== d.requireSignature) {
+      fail(`destinations[${i}].requireSignature`, `(${JSON.stringify(d.requireSignature ?? null)}) differs from destinations[${first}]'s `
+        + `(${JSON.stringify(other.requireSignature ?? null)}): both write to ${registryHost(d.account, d.region)}, and a registry has one required policy`);
+    }
+  });
+  // The allowlist is an environment variable: Lambda takes at most 4 KB of them per function.
+  const others = ENVIRONMENT_RESERVE + JSON.stringify({ copyMemoryMb: 0, ...config.prices }).length
+    + (config.trustedRoot?.length ?? 0) + (config.receiptKeyArn?.length ?? 0);
+  const size = Buffer.byteLength(JSON.stringify(allowlist(config)));
+  if (size + others > LAMBDA_ENVIRONMENT_MAX) {
+    fail('trustPolicies', `and destinations[].repositories make the allowlist (ECR_REPLICATOR_ALLOWED_REGISTRIES) ${size} bytes; `
+      + `with the functions' other variables (${others}) that passes Lambda's ${LAMBDA_ENVIRONMENT_MAX} bytes of environment: fewer keys, identities or globs`);
+  }
   return config;
+}
+
+/** Lambda's limit on a function's environment variables, all names and values together (4 KB). */
+export const LAMBDA_ENVIRONMENT_MAX = 4096;
+/** What the functions' other variables' names and fixed values take at most (namespace, work bucket). */
+const ENVIRONMENT_RESERVE = 512;
+
+/** Policy names: 1 to 32 lowercase letters, digits and dashes, starting with a letter. */
+const POLICY_NAME = /^[a-z][a-z0-9-]{0,31}$/;
+/** Keys and identities a trust policy may hold at most, each. */
+export const MAX_POLICY_SIGNERS = 10;
+/** One PEM public key block (what `cosign generate-key-pair` writes to `cosign.pub`). */
+const PEM_PUBLIC_KEY = /^-----BEGIN PUBLIC KEY-----\r?\n(?:[A-Za-z0-9+/=]+\r?\n)+-----END PUBLIC KEY-----\r?\n?$/;
+/** What a destination's `settingsModes` may list. */
+export const SETTINGS_MODES = ['copy', 'create', 'mirror', 'none', 'copyRepositoryPolicy'];
+/** A destination's `settingsModes` when it gives none: `mirror` and `copyRepositoryPolicy` are opt-in. */
+export const DEFAULT_SETTINGS_MODES = ['copy', 'create', 'none'];
+/** Globs a destination's `repositories` may hold at most. */
+export const MAX_REPOSITORY_GLOBS = 50;
+
+/** `trustPolicies`, `allowJobTrustPolicies` and the policies the config's jobs name. */
+function validateTrustPolicies(config: ReplicatorConfig, fail: (field: string, problem: string) => void) {
+  const policies = config.trustPolicies;
+  if (policies !== undefined && (typeof policies !== 'object' || policies === null || Array.isArray(policies))) {
+    fail('trustPolicies', 'must be an object of named policies');
+  }
+  for (const [name, policy] of Object.entries(policies ?? {})) {
+    const at = `trustPolicies.${name}`;
+    if (!POLICY_NAME.test(name)) fail(at, 'is not a policy name: 1 to 32 lowercase letters, digits and dashes, starting with a letter');
+    const keys = policy?.publicKeys ?? [];
+    const identities = policy?.identities ?? [];
+    if (!Array.isArray(keys)) fail(`${at}.publicKeys`, 'must be a list of PEM public keys');
+    if (!Array.isArray(identities)) fail(`${at}.identities`, 'must be a list of {issuer, subject or subjectRegExp}');
+    if (!keys.length && !identities.length) fail(at, 'names no signer: give publicKeys, identities or both');
+    if (keys.length > MAX_POLICY_SIGNERS) fail(`${at}.publicKeys`, `has ${keys.length} keys; at most ${MAX_POLICY_SIGNERS}`);
+    if (identities.length > MAX_POLICY_SIGNERS) fail(`${at}.identities`, `has ${identities.length} identities; at most ${MAX_POLICY_SIGNERS}`);
+    keys.forEach((k, j) => {
+      // What the functions accept: one P-256 key in PEM, surrounding whitespace aside.
+      let p256 = typeof k === 'string' && PEM_PUBLIC_KEY.test(k.trim() + '\n');
+      if (p256) {
+        try { p256 = createPublicKey(k.trim()).asymmetricKeyDetails?.namedCurve === 'prime256v1'; } catch { p256 = false; }
+      }
+      if (!p256) fail(`${at}.publicKeys[${j}]`, 'must be one ECDSA P-256 public key in PEM: a -----BEGIN PUBLIC KEY----- block, as cosign.pub holds (newlines written \\n in JSON)');
+    });
+    identities.forEach((id, j) => {
+      const field = `${at}.identities[${j}]`;
+      const text = (v: unknown) => typeof v === 'string' && v.length > 0;
+      if (!text(id?.issuer)) fail(`${field}.issuer`, 'is required: the OIDC issuer, such as https://token.actions.githubusercontent.com');
+      const given = [id?.subject, id?.subjectRegExp].filter((v) => v !== undefined);
+      if (given.length !== 1 || !given.every(text)) fail(field, 'needs exactly one of subject (the exact certificate identity) and subjectRegExp');
+    });
+  }
+  if (config.allowJobTrustPolicies !== undefined && typeof config.allowJobTrustPolicies !== 'boolean') {
+    fail('allowJobTrustPolicies', 'must be true or false');
+  }
+  // A job naming a policy (`"requireSignature": {"policy": "release"}`) names one of these.
+  const jobs: [string, Record<string, unknown> | undefined][] = [['job', config.job], ['schedule.input', config.schedule?.input]];
+  for (const [at, job] of jobs) {
+    const named = (job?.requireSignature as { policy?: unknown } | undefined)?.policy;
+    if (named !== undefined && !(typeof named === 'string' && Object.hasOwn(policies ?? {}, named))) {
+      fail(`${at}.requireSignature.policy`, `must name one of trustPolicies (${Object.keys(policies ?? {}).join(', ') || 'none defined'})`);
+    }
+  }
+}
+
+/** A destination's `repositories`, `settingsModes`, `requireSignature` and `prune`. */
+function validateDestinationScope(config: ReplicatorConfig, d: DestinationConfig, at: string, fail: (field: string, problem: string) => void) {
+  if (d.repositories !== undefined) {
+    if (!Array.isArray(d.repositories) || !d.repositories.length) fail(`${at}.repositories`, 'needs at least one glob (leave it out for any name)');
+    if (d.repositories.length > MAX_REPOSITORY_GLOBS) fail(`${at}.repositories`, `has ${d.repositories.length} globs; at most ${MAX_REPOSITORY_GLOBS}`);
+    d.repositories.forEach((glob, j) => {
+      if (typeof glob !== 'string' || !glob.length) fail(`${at}.repositories[${j}]`, 'must be a non-empty glob such as mirror/**');
+      // The functions' globs (globset): `**` between anything but `/` (or `{`, `,`, `}`) is `*`.
+      for (const stars of glob.matchAll(/\*{2,}/g)) {
+        const [before, after] = [glob[stars.index! - 1], glob[stars.index! + stars[0].length]];
+        if (stars[0].length > 2 || !(before === undefined || '/{,'.includes(before)) || !(after === undefined || '/,}'.includes(after))) {
+          fail(`${at}.repositories[${j}]`, `(${JSON.stringify(glob)}): ** crosses / only as a whole path segment (team/**, **/api), elsewhere it is *: `
+            + 'for every name under team-, write team-* and team-*/**');
+        }
+      }
+      const prefix = config.targetRepositoryPrefix;
+      if (prefix && !glob.startsWith(prefix)) {
+        fail(`${at}.repositories[${j}]`, `(${JSON.stringify(glob)}) must start with targetRepositoryPrefix ${JSON.stringify(prefix)}: `
+          + 'the roles may only write there, so IAM would refuse what the allowlist allows');
+      }
+    });
+  }
+  if (d.settingsModes !== undefined) {
+    if (!Array.isArray(d.settingsModes) || !d.settingsModes.length) fail(`${at}.settingsModes`, `needs at least one of ${SETTINGS_MODES.join(', ')} (leave it out for ${DEFAULT_SETTINGS_MODES.join(', ')})`);
+    d.settingsModes.forEach((mode, j) => {
+      if (!SETTINGS_MODES.includes(mode)) fail(`${at}.settingsModes[${j}]`, `(${JSON.stringify(mode)}) is not one of ${SETTINGS_MODES.join(', ')}`);
+    });
+  }
+  if (d.requireSignature !== undefined && !Object.hasOwn(config.trustPolicies ?? {}, d.requireSignature)) {
+    fail(`${at}.requireSignature`, `(${JSON.stringify(d.requireSignature)}) must name one of trustPolicies (${Object.keys(config.trustPolicies ?? {}).join(', ') || 'none defined'})`);
+  }
+  if (d.prune !== undefined && typeof d.prune !== 'boolean') fail(`${at}.prune`, 'must be true or false');
 }
 
 /** The account the workflow runs in. */
@@ -292,24 +441,82 @@ export function pushInput(config: ReplicatorConfig, image: Record<string, unknow
   };
 }
 
+/** Globs matching every repository name under a prefix: `**` crosses `/` only as a whole path
+ * segment (elsewhere it is `*`), so a prefix not ending in `/` takes two. */
+export function prefixGlobs(prefix: string): string[] {
+  return prefix === '' || prefix.endsWith('/') ? [`${prefix}**`] : [`${prefix}*`, `${prefix}*/**`];
+}
+
+/** The repository names jobs may write in a destination (globs): its `repositories`, or anything
+ * under its prefix. */
+export function destinationScope(d: DestinationConfig): string[] {
+  return d.repositories ?? prefixGlobs(d.repositoryPrefix ?? '');
+}
+
+/** Whether jobs may prune in a destination: its `prune`, else the deployment's `allowPrune`. */
+export function destinationPrunes(config: ReplicatorConfig, d: DestinationConfig): boolean {
+  return d.prune ?? config.allowPrune ?? false;
+}
+
+/** How the ECR permissions of one account's destinations are scoped (permissions.ts
+ * `DestinationGrant`): by `targetRepositoryPrefix`, or, once any of them lists `repositories`,
+ * by the globs of each (a destination without them: anything within the prefix); prune where any
+ * of them allows it, on the repositories of those that do. */
+export function repositoryGrant(config: ReplicatorConfig, destinations: DestinationConfig[]) {
+  const scope = (d: DestinationConfig) => d.repositories ?? prefixGlobs(config.targetRepositoryPrefix ?? '');
+  const scoped = destinations.some((d) => d.repositories);
+  const pruning = destinations.filter((d) => destinationPrunes(config, d));
+  return {
+    repositoryPrefix: config.targetRepositoryPrefix,
+    repositories: scoped ? [...new Set(destinations.flatMap(scope))] : undefined,
+    allowPrune: pruning.length > 0,
+    pruneRepositories: scoped ? [...new Set(pruning.flatMap(scope))] : undefined,
+  };
+}
+
 /** The registries (and roles) the functions accept in a job, as `ECR_REPLICATOR_ALLOWED_REGISTRIES`
  * (JSON): the configured source and destinations only. An execution input naming any other
- * registry or role, or plain HTTP, is refused before any request. */
+ * registry or role, or plain HTTP, is refused before any request. Each destination registry
+ * carries what its destinations allow (several in one registry: the union of their repositories,
+ * settings modes and prune) and the policy they require; the trust policies go along. */
 export function allowlist(config: ReplicatorConfig): Record<string, unknown> {
   const entry = (job: Record<string, unknown>) => ({
     registry: job.registry,
     roleArns: job.roleArn ? [job.roleArn] : [],
   });
-  const destinations: Record<string, unknown>[] = [];
-  for (const d of jobDestinations(config)) {
-    if (!destinations.some((e) => e.registry === d.registry)) destinations.push(entry(d));
-  }
+  const jobs = jobDestinations(config);
+  const registries = new Map<unknown, { job: Record<string, unknown>; members: DestinationConfig[] }>();
+  config.destinations.forEach((d, i) => {
+    const group = registries.get(jobs[i].registry) ?? { job: jobs[i], members: [] };
+    group.members.push(d);
+    registries.set(jobs[i].registry, group);
+  });
+  const destinations = [...registries.values()].map(({ job, members }) => {
+    const policies = new Set(members.map((d) => d.requireSignature));
+    if (policies.size > 1) {
+      throw new Error(`destinations[].requireSignature: the destinations writing to ${String(job.registry)} name different policies (${[...policies].map((p) => JSON.stringify(p ?? null)).join(', ')}); a registry has one`);
+    }
+    const [requireSignature] = policies;
+    return {
+      ...entry(job),
+      repositories: [...new Set(members.flatMap(destinationScope))],
+      prune: members.some((d) => destinationPrunes(config, d)),
+      settingsModes: SETTINGS_MODES.filter((mode) => members.some((d) => (d.settingsModes ?? DEFAULT_SETTINGS_MODES).includes(mode))),
+      ...(requireSignature !== undefined ? { requireSignature } : {}),
+    };
+  });
   const upstreams = (config.upstreams ?? []).map((u) => ({
     registry: u.registry,
     roleArns: [],
     ...(u.credentialArn ? { credentialArns: [u.credentialArn] } : {}),
   }));
-  return { sources: [entry(jobSource(config)), ...upstreams], destinations, insecure: [] };
+  return {
+    sources: [entry(jobSource(config)), ...upstreams],
+    destinations,
+    insecure: [],
+    ...(config.trustPolicies !== undefined ? { trustPolicies: config.trustPolicies } : {}),
+    ...(config.allowJobTrustPolicies !== undefined ? { allowJobTrustPolicies: config.allowJobTrustPolicies } : {}),
+  };
 }
 
 /** Destinations grouped by account (other than the workflow's): one target role per account. */

@@ -4,7 +4,7 @@
  * stacks' roles trust its roles by name (`make deploy` does this order). */
 import { Stack } from 'aws-cdk-lib';
 import { Construct } from 'constructs';
-import { crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, ReplicatorConfig, sourceRoleName, targetAccounts, workflowAccount } from './config';
+import { crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, ReplicatorConfig, repositoryGrant, sourceRoleName, targetAccounts, workflowAccount } from './config';
 import { PushForwardingStack, SourceRoleStack } from './source-stack';
 import { TargetRoleStack } from './target-stack';
 import { WorkflowStack } from './workflow-stack';
@@ -35,8 +35,7 @@ export function deploymentStacks(scope: Construct, config: ReplicatorConfig, all
       externalIds: destinations.map((d) => d.externalId!),
       roleName: config.targetRoleName,
       deploymentName: name,
-      repositoryPrefix: config.targetRepositoryPrefix,
-      allowPrune: config.allowPrune,
+      ...repositoryGrant(config, destinations),
       kmsKeys: destinations.flatMap(destinationKeys),
     }));
   }

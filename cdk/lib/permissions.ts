@@ -25,17 +25,38 @@ export interface DestinationGrant {
   regions: string[];
   /** Repositories the role may create and push to ('' = any). */
   repositoryPrefix?: string;
+  /** Globs on the repository names the role may create and push to, instead of the prefix: one
+   * IAM pattern each (`iamRepositoryPattern`). */
+  repositories?: string[];
   /** Jobs with `"prune": true` may remove stale tags (ecr:BatchDeleteImage). */
   allowPrune?: boolean;
+  /** The globs prune is limited to (default: every repository the role may push to). */
+  pruneRepositories?: string[];
   /** Customer managed KMS keys destination repositories may be created with. */
   kmsKeys?: string[];
 }
 
-/** Create, configure and push within the prefix; prune and KMS keys only when configured. */
+/** A repository glob as an IAM resource pattern: `**` and `*` both IAM's `*`, which crosses `/`
+ * (IAM is the coarser check, the functions' allowlist the exact one); what IAM cannot express
+ * (`[...]`, `{a,b}`, escapes) widens to `*` from there. */
+export function iamRepositoryPattern(glob: string): string {
+  const cut = glob.search(/[[{\\]/);
+  return (cut < 0 ? glob : `${glob.slice(0, cut)}*`).replace(/\*+/g, '*');
+}
+
+/** The IAM patterns of some globs, without those another one (`prefix*`) already covers. */
+function iamRepositoryPatterns(globs: string[]): string[] {
+  const patterns = [...new Set(globs.map(iamRepositoryPattern))];
+  const covers = (p: string, q: string) => p !== q && p.endsWith('*') && !/[*?]/.test(p.slice(0, -1)) && q.startsWith(p.slice(0, -1));
+  return patterns.filter((q) => !patterns.some((p) => covers(p, q)));
+}
+
+/** Create, configure and push within the prefix (or the globs); prune and KMS keys only when configured. */
 export function destinationStatements(grant: DestinationGrant): iam.PolicyStatement[] {
-  const repositories = grant.regions.map(
-    (region) => `arn:${grant.partition}:ecr:${region}:${grant.account}:repository/${grant.repositoryPrefix ?? ''}*`,
-  );
+  const arns = (patterns: string[]) => grant.regions.flatMap((region) => patterns.map(
+    (pattern) => `arn:${grant.partition}:ecr:${region}:${grant.account}:repository/${pattern}`,
+  ));
+  const repositories = arns(grant.repositories ? iamRepositoryPatterns(grant.repositories) : [`${grant.repositoryPrefix ?? ''}*`]);
   const statements = [
     new iam.PolicyStatement({
       sid: 'CreateAndConfigureRepositories',
@@ -56,7 +77,8 @@ export function destinationStatements(grant: DestinationGrant): iam.PolicyStatem
     }),
   ];
   if (grant.allowPrune) {
-    statements.push(new iam.PolicyStatement({ sid: 'PruneStaleTags', actions: ['ecr:BatchDeleteImage'], resources: repositories }));
+    const prunable = grant.pruneRepositories ? arns(iamRepositoryPatterns(grant.pruneRepositories)) : repositories;
+    statements.push(new iam.PolicyStatement({ sid: 'PruneStaleTags', actions: ['ecr:BatchDeleteImage'], resources: prunable }));
   }
   if (grant.kmsKeys?.length) {
     // Creating a repository encrypted with a customer managed key: ECR calls DescribeKey and

@@ -16,8 +16,13 @@ export interface TargetRoleStackProps extends StackProps {
   deploymentName?: string;
   /** Repositories the role may create and push to ('' = any). */
   repositoryPrefix?: string;
+  /** Globs on the repository names the role may create and push to, instead of the prefix
+   * (IAM's `*` for both `*` and `**`). */
+  repositories?: string[];
   /** Allow jobs with `"prune": true` to remove stale tags (ecr:BatchDeleteImage). Off by default. */
   allowPrune?: boolean;
+  /** The globs prune is limited to (default: every repository the role may push to). */
+  pruneRepositories?: string[];
   /** Customer managed KMS keys destination repositories may be created with. */
   kmsKeys?: string[];
 }
@@ -42,12 +47,14 @@ export class TargetRoleStack extends Stack {
       account: this.account,
       regions: ['*'],
       repositoryPrefix: props.repositoryPrefix,
+      repositories: props.repositories,
       allowPrune: props.allowPrune,
+      pruneRepositories: props.pruneRepositories,
       kmsKeys: props.kmsKeys,
     });
     [...statements, registryTokenStatement()].forEach((s) => this.role.addToPolicy(s));
     NagSuppressions.addResourceSuppressions(this.role, [
-      { id: 'AwsSolutions-IAM5', reason: 'Repository names are chosen by the jobs within the configured prefix; GetAuthorizationToken has no resource scope.' },
+      { id: 'AwsSolutions-IAM5', reason: 'Repository names are chosen by the jobs within the configured prefix or repository globs; GetAuthorizationToken has no resource scope.' },
     ], true);
   }
 }

@@ -17,7 +17,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import {
-  allowlist, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, jobDestinations, pushInput, ReplicatorConfig,
+  allowlist, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, jobDestinations, pushInput, ReplicatorConfig, repositoryGrant,
   scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, trustedRootObject, workflowAccount,
 } from './config';
 import { checkTriggerInputs } from './inputs';
@@ -197,8 +197,7 @@ export class WorkflowStack extends Stack {
         partition: this.partition,
         account: workflowAccount(config),
         regions: [...new Set(sameAccount.map((d) => d.region))],
-        repositoryPrefix: config.targetRepositoryPrefix,
-        allowPrune: config.allowPrune,
+        ...repositoryGrant(config, sameAccount),
         kmsKeys: sameAccount.flatMap(destinationKeys),
       }).forEach((s) => copierRole.addToPolicy(s));
     }

@@ -1,13 +1,14 @@
 /** Assertions on the synthesized templates (node:test, run by `npm test` from `make test`). */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'crypto';
 import { existsSync, readFileSync } from 'fs';
 import * as path from 'path';
 import { App, Aspects } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { jobDestinations, loadConfig, ReplicatorConfig, scheduleInput, validateConfig } from '../lib/config';
+import { allowlist, jobDestinations, loadConfig, pushInput, ReplicatorConfig, scheduleInput, validateConfig } from '../lib/config';
 import { deploymentStacks } from '../lib/deployment';
 import { EVENTBRIDGE_INPUT_MAX, jobSchemaProblems, renderedInput } from '../lib/inputs';
 import { SourceRoleStack } from '../lib/source-stack';
@@ -348,14 +349,23 @@ test('events go to the default bus only; every function writes metrics; the dash
   w.resourceCountIs('AWS::CloudWatch::Alarm', 1);
 });
 
-test('every function gets the deployment allowlist: the configured source and destinations, their roles, no plain HTTP', () => {
+test('every function gets the deployment allowlist: the configured source and destinations, their roles and scopes, no plain HTTP', () => {
   const expected = {
     sources: [{ registry: `${config.sourceAccount}.dkr.ecr.${config.sourceRegion}.amazonaws.com`, roleArns: [] }],
     destinations: jobDestinations(config)
       .filter((d, i, all) => all.findIndex((e) => e.registry === d.registry) === i)
-      .map((d) => ({ registry: d.registry, roleArns: d.roleArn ? [d.roleArn] : [] })),
+      .map((d, i) => ({
+        registry: d.registry,
+        roleArns: d.roleArn ? [d.roleArn] : [],
+        repositories: [`${config.destinations[i].repositoryPrefix ?? ''}**`],
+        prune: false,
+        settingsModes: ['copy', 'create', 'none'],
+        ...(config.destinations[i].requireSignature ? { requireSignature: config.destinations[i].requireSignature } : {}),
+      })),
     insecure: [],
+    trustPolicies: config.trustPolicies,
   };
+  assert.equal(expected.destinations[1].requireSignature, 'release', 'the example requires its policy in one destination');
   const functions = Object.values(w.findResources('AWS::Lambda::Function')) as any[];
   assert.equal(functions.length, FUNCTIONS.length);
   for (const f of functions) {
@@ -591,4 +601,149 @@ test('the trusted root and the receipt key: exactly that object and key, each fu
   assert.ok(!policyStatements(w, 'CopierRole').some((s) => JSON.stringify(s.Action).includes('kms:Sign')));
   assert.throws(() => validateConfig({ ...config, trustedRoot: 'https://example.com/root.json' }, 'c.json'), /c\.json: trustedRoot must be an S3 object/);
   assert.throws(() => validateConfig({ ...config, receiptKeyArn: 'arn:aws:kms:us-east-1:111111111111:alias/receipts' }, 'c.json'), /c\.json: receiptKeyArn must be a KMS key ARN/);
+});
+
+/** A cosign-style public key (ECDSA P-256, PEM). */
+const PUBLIC_KEY = generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({ type: 'spki', format: 'pem' }).toString();
+const RELEASE_IDENTITY = { issuer: 'https://token.actions.githubusercontent.com', subject: 'https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main' };
+
+/** The allowlist a workflow template gives its functions (the same for each). */
+function functionAllowlist(template: Template): any {
+  const texts = (Object.values(template.findResources('AWS::Lambda::Function')) as any[])
+    .map((f) => f.Properties.Environment.Variables.ECR_REPLICATOR_ALLOWED_REGISTRIES);
+  assert.equal(new Set(texts).size, 1, 'every function gets the same allowlist');
+  return JSON.parse(texts[0]);
+}
+
+test('the allowlist carries the trust policies and each registry\'s repositories, prune, settings modes and required policy; destinations sharing a registry get the union', () => {
+  const c = variant((c) => {
+    c.trustPolicies = { release: { publicKeys: [PUBLIC_KEY], identities: [RELEASE_IDENTITY] }, audit: { identities: [{ issuer: 'https://gitlab.com', subjectRegExp: 'https://gitlab\\.com/acme/.+' }] } };
+    c.allowJobTrustPolicies = false;
+    c.allowPrune = false;
+    Object.assign(c.destinations[0], { repositories: ['apps/**', 'team-*/api'], prune: true, settingsModes: ['copy', 'mirror'], requireSignature: 'audit' });
+    // A second destination in the same registry (account and region): another prefix, its own modes.
+    c.destinations.push({ account: '222222222222', region: 'eu-west-1', externalId: 'ext-b', repositoryPrefix: 'backup/', settingsModes: ['none', 'copyRepositoryPolicy'], requireSignature: 'audit' });
+  });
+  const allow = functionAllowlist(deployment(c)[0]);
+  assert.deepEqual(allow.trustPolicies, c.trustPolicies);
+  assert.equal(allow.allowJobTrustPolicies, false);
+  assert.deepEqual(allow.destinations, [
+    {
+      registry: '222222222222.dkr.ecr.eu-west-1.amazonaws.com',
+      roleArns: ['arn:aws:iam::222222222222:role/ecr-replicator-target'],
+      repositories: ['apps/**', 'team-*/api', 'backup/**'],
+      prune: true,
+      settingsModes: ['copy', 'mirror', 'none', 'copyRepositoryPolicy'],
+      requireSignature: 'audit',
+    },
+    {
+      registry: '333333333333.dkr.ecr.ap-south-1.amazonaws.com',
+      roleArns: ['arn:aws:iam::333333333333:role/ecr-replicator-target'],
+      repositories: ['mirror/**'],
+      prune: false,
+      settingsModes: ['copy', 'create', 'none'],
+      requireSignature: 'release',
+    },
+  ]);
+  // A prefix not ending in `/`: `**` crosses `/` only as a whole segment, so its scope is two globs.
+  const dashed = allowlist(variant((c) => { c.destinations[1].repositoryPrefix = 'mirror-'; })) as any;
+  assert.deepEqual(dashed.destinations[1].repositories, ['mirror-*', 'mirror-*/**']);
+  // allowPrune is every destination's default; a destination's prune overrides it either way.
+  const pruning = allowlist(variant((c) => { c.allowPrune = true; c.destinations[1].prune = false; })) as any;
+  assert.deepEqual(pruning.destinations.map((d: any) => d.prune), [true, false]);
+  // Without trust settings, the allowlist names none.
+  const plain = allowlist(variant((c) => { delete c.trustPolicies; delete c.destinations[1].requireSignature; })) as any;
+  assert.ok(!('trustPolicies' in plain) && !('allowJobTrustPolicies' in plain), JSON.stringify(plain));
+  assert.ok(!plain.destinations.some((d: any) => 'requireSignature' in d));
+  // One registry, one required policy.
+  assert.throws(() => variant((c) => {
+    c.destinations.push({ account: '333333333333', region: 'ap-south-1', externalId: 'ext-b', repositoryPrefix: 'other/' });
+  }), /variant: destinations\[2\]\.requireSignature \(null\) differs from destinations\[1\]'s \("release"\): both write to 333333333333\.dkr\.ecr\.ap-south-1\.amazonaws\.com/);
+});
+
+test('a job naming a trust policy passes it as is to the schedule and the pushes; it must be one of trustPolicies', () => {
+  const c = variant((c) => { c.job = { requireSignature: { policy: 'release' } }; });
+  assert.deepEqual(scheduleInput(c).requireSignature, { policy: 'release' });
+  assert.deepEqual(pushInput(c, { repository: 'services/web', tag: 'v1' }).requireSignature, { policy: 'release' });
+  assert.throws(() => variant((c) => { c.job = { requireSignature: { policy: 'nightly' } }; }), /variant: job\.requireSignature\.policy must name one of trustPolicies \(release\)/);
+  assert.throws(() => variant((c) => { c.schedule!.input = { requireSignature: { policy: 'nightly' } }; }), /schedule\.input\.requireSignature\.policy must name one of trustPolicies/);
+});
+
+test('a mistaken trust policy or destination scope fails synth, naming the field', () => {
+  const fails = (change: (c: ReplicatorConfig) => void, message: RegExp) => assert.throws(() => variant(change), message);
+  fails((c) => { c.destinations[0].requireSignature = 'nightly'; }, /variant: destinations\[0\]\.requireSignature \("nightly"\) must name one of trustPolicies \(release\)/);
+  fails((c) => { delete c.trustPolicies; }, /destinations\[1\]\.requireSignature \("release"\) must name one of trustPolicies \(none defined\)/);
+  fails((c) => { c.trustPolicies!.Release = { identities: [RELEASE_IDENTITY] }; }, /trustPolicies\.Release is not a policy name/);
+  fails((c) => { c.trustPolicies!['r'.repeat(33)] = { identities: [RELEASE_IDENTITY] }; }, /trustPolicies\.r{33} is not a policy name/);
+  fails((c) => { c.trustPolicies!['1st'] = { identities: [RELEASE_IDENTITY] }; }, /trustPolicies\.1st is not a policy name/);
+  fails((c) => { c.trustPolicies!.empty = {}; }, /trustPolicies\.empty names no signer/);
+  fails((c) => { c.trustPolicies!.empty = { publicKeys: [], identities: [] }; }, /trustPolicies\.empty names no signer/);
+  fails((c) => { c.trustPolicies!.keys = { publicKeys: Array(11).fill(PUBLIC_KEY) }; }, /trustPolicies\.keys\.publicKeys has 11 keys; at most 10/);
+  fails((c) => { c.trustPolicies!.ids = { identities: Array(11).fill(RELEASE_IDENTITY) }; }, /trustPolicies\.ids\.identities has 11 identities; at most 10/);
+  fails((c) => { c.trustPolicies!.keys = { publicKeys: [PUBLIC_KEY, 'ssh-ed25519 AAAA'] }; }, /trustPolicies\.keys\.publicKeys\[1\] must be one ECDSA P-256 public key/);
+  fails((c) => { c.trustPolicies!.keys = { publicKeys: [PUBLIC_KEY.replace(/[A-Za-z0-9]{8}\n/, 'AAAA\n')] }; }, /trustPolicies\.keys\.publicKeys\[0\] must be one ECDSA P-256 public key/);
+  fails((c) => { c.trustPolicies!.keys = { publicKeys: [PUBLIC_KEY + PUBLIC_KEY] }; }, /trustPolicies\.keys\.publicKeys\[0\] must be one ECDSA P-256 public key in PEM/);
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }).toString();
+  fails((c) => { c.trustPolicies!.keys = { publicKeys: [rsa] }; }, /trustPolicies\.keys\.publicKeys\[0\] must be one ECDSA P-256 public key/);
+  fails((c) => { c.trustPolicies!.ids = { identities: [{ issuer: '', subject: 'x' }] }; }, /trustPolicies\.ids\.identities\[0\]\.issuer is required/);
+  fails((c) => { c.trustPolicies!.ids = { identities: [{ issuer: 'https://gitlab.com' }] }; }, /trustPolicies\.ids\.identities\[0\] needs exactly one of subject .* and subjectRegExp/);
+  fails((c) => { c.trustPolicies!.ids = { identities: [{ ...RELEASE_IDENTITY, subjectRegExp: '.*' }] }; }, /trustPolicies\.ids\.identities\[0\] needs exactly one of subject/);
+  fails((c) => { c.destinations[0].settingsModes = ['copy', 'clone']; }, /destinations\[0\]\.settingsModes\[1\] \("clone"\) is not one of copy, create, mirror, none, copyRepositoryPolicy/);
+  fails((c) => { c.destinations[0].settingsModes = []; }, /destinations\[0\]\.settingsModes needs at least one of/);
+  fails((c) => { c.destinations[0].repositories = []; }, /destinations\[0\]\.repositories needs at least one glob/);
+  fails((c) => { c.destinations[0].repositories = ['apps/**', '']; }, /destinations\[0\]\.repositories\[1\] must be a non-empty glob/);
+  fails((c) => { c.destinations[0].repositories = Array.from({ length: 51 }, (_, i) => `team-${i}/**`); }, /destinations\[0\]\.repositories has 51 globs; at most 50/);
+  fails((c) => { c.targetRepositoryPrefix = 'mirror/'; c.destinations[1].repositories = ['mirror/**', 'apps/**']; },
+    /destinations\[1\]\.repositories\[1\] \("apps\/\*\*"\) must start with targetRepositoryPrefix "mirror\/": the roles may only write there, so IAM would refuse what the allowlist allows/);
+  fails((c) => { c.destinations[0].repositories = ['apps/**', 'team-**']; },
+    /destinations\[0\]\.repositories\[1\] \("team-\*\*"\): \*\* crosses \/ only as a whole path segment/);
+  fails((c) => { c.destinations[0].repositories = ['apps/***']; }, /destinations\[0\]\.repositories\[0\] \("apps\/\*\*\*"\): \*\* crosses/);
+  fails((c) => { c.trustPolicies!.a = { publicKeys: Array(10).fill(PUBLIC_KEY) }; c.trustPolicies!.b = { publicKeys: Array(10).fill(PUBLIC_KEY) }; },
+    /trustPolicies and destinations\[\]\.repositories make the allowlist \(ECR_REPLICATOR_ALLOWED_REGISTRIES\) \d+ bytes; .* passes Lambda's 4096 bytes of environment/);
+  fails((c) => { c.allowJobTrustPolicies = 'yes' as unknown as boolean; }, /allowJobTrustPolicies must be true or false/);
+  // What is right passes: a key alone, an identity by pattern, every mode, globs within the prefix.
+  variant((c) => {
+    c.trustPolicies!.keys = { publicKeys: [PUBLIC_KEY, `\n${PUBLIC_KEY.trim()}`] };
+    c.trustPolicies!['ci-2'] = { identities: [{ issuer: 'https://gitlab.com', subjectRegExp: 'https://gitlab\\.com/acme/.+' }] };
+    c.targetRepositoryPrefix = 'mirror/';
+    c.destinations[1].repositories = ['mirror/**', 'mirror/team-*/api', 'mirror/**/api'];
+    c.destinations[1].settingsModes = ['copy', 'create', 'mirror', 'none', 'copyRepositoryPolicy'];
+    c.allowJobTrustPolicies = true;
+  });
+});
+
+/** The repository patterns (after `repository/`) a statement grants. */
+function repositoryPatterns(statement: any): string[] {
+  return [statement?.Resource].flat().map((r) => /:repository\/([^"]*)"/.exec(JSON.stringify(r))?.[1] ?? JSON.stringify(r));
+}
+
+test('the roles\' ECR permissions follow the repository globs where IAM can, and prune only where allowed', () => {
+  const c = variant((c) => {
+    c.allowPrune = false;
+    Object.assign(c.destinations[0], { repositories: ['apps/**', 'team-*/api', 'apps/web', 'tools/{lint,fmt}'], prune: true });
+    c.destinations.push(
+      { account: '222222222222', region: 'us-west-2', externalId: 'ext-b', repositories: ['ops/**'] },
+      { account: c.sourceAccount, region: 'eu-central-1', repositoryPrefix: 'dr/', repositories: ['dr/services/**'], prune: true },
+    );
+  });
+  const [w2, t222, t333] = deployment(c);
+  const statement = (t: Template, role: string, sid: string) => policyStatements(t, role).find((s) => s.Sid === sid);
+  // The account's two destinations: one pattern per glob (`**` and `*` as IAM's `*`, `apps/web`
+  // already within `apps/*`, an alternation widened), in any region; prune on the pruning one's only.
+  for (const sid of ['CreateAndConfigureRepositories', 'PushImages']) {
+    assert.deepEqual(repositoryPatterns(statement(t222, 'TargetRole', sid)), ['apps/*', 'team-*/api', 'tools/*', 'ops/*'], sid);
+  }
+  assert.ok(JSON.stringify(statement(t222, 'TargetRole', 'PushImages').Resource).includes(':ecr:*:222222222222:repository/ops/*'));
+  assert.deepEqual(repositoryPatterns(statement(t222, 'TargetRole', 'PruneStaleTags')), ['apps/*', 'team-*/api', 'tools/*']);
+  // A destination without globs: within the target prefix as before; no prune where none allows it.
+  assert.deepEqual(repositoryPatterns(statement(t333, 'TargetRole', 'PushImages')), ['*']);
+  assert.equal(statement(t333, 'TargetRole', 'PruneStaleTags'), undefined);
+  // The workflow's own account: the copier role, in the destination's region.
+  const push = statement(w2, 'CopierRole', 'PushImages');
+  assert.deepEqual(repositoryPatterns(push), ['dr/services/*']);
+  assert.ok(JSON.stringify(push.Resource).includes(':ecr:eu-central-1:111111111111:repository/dr/services/*'));
+  assert.deepEqual(repositoryPatterns(statement(w2, 'CopierRole', 'PruneStaleTags')), ['dr/services/*']);
+  // allowPrune alone still grants prune everywhere within the prefix, as before.
+  const [, pruning] = deployment(variant((c) => { c.allowPrune = true; }));
+  assert.deepEqual(repositoryPatterns(statement(pruning, 'TargetRole', 'PruneStaleTags')), ['*']);
 });

@@ -9,6 +9,7 @@ pub mod digest;
 pub mod error;
 pub mod manifest;
 pub mod reference;
+pub mod strict_json;
 pub mod transfer;
 
 pub use auth::{Credential, CredentialStore};

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::strict_json::{self, Refusal};
 
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -61,7 +62,9 @@ struct Probe {
 
 impl Manifest {
     /// Builds a manifest from received bytes, working out the media type from the body (or the
-    /// `Content-Type` when the body has none).
+    /// `Content-Type` when the body has none). The bytes are first checked by
+    /// [`strict_json::check_manifest`]: a repeated key, or a key that is a defined field but
+    /// for case, makes the manifest ambiguous and it is refused.
     pub fn from_bytes(bytes: Bytes, content_type: Option<&str>, url: &str) -> Result<Self> {
         let invalid = |reason: String| Error::InvalidManifest {
             url: url.to_string(),
@@ -72,6 +75,17 @@ impl Manifest {
                 "{} bytes, over the 4 MiB limit",
                 bytes.len()
             )));
+        }
+        // Read once, strictly, before anything else: a document Go's encoding/json (what
+        // runtimes use) would read differently from us is refused, not interpreted.
+        match strict_json::check_manifest(&bytes) {
+            Ok(()) => {}
+            Err(Refusal::Ambiguous { path, reason }) => {
+                return Err(invalid(format!(
+                    "ambiguous manifest (container runtimes and this replicator would read different documents): {path}: {reason}"
+                )))
+            }
+            Err(other) => return Err(invalid(other.to_string())),
         }
         let probe: Probe =
             serde_json::from_slice(&bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
@@ -172,6 +186,35 @@ mod tests {
         assert!(
             matches!(m.content("u").unwrap(), ManifestContent::Index { manifests } if manifests.len() == 1)
         );
+    }
+
+    #[test]
+    fn an_ambiguous_manifest_is_refused_naming_what_was_found() {
+        let layer = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","size":5,"digest":"{D}"}}"#
+        );
+        for (extra, found) in [
+            (
+                format!(r#","Layers":[{layer}]"#),
+                r#"$: key "Layers" differs from the defined field "layers" only by case"#,
+            ),
+            (
+                format!(r#","layers":[{layer}]"#),
+                r#"$: key "layers" appears twice"#,
+            ),
+        ] {
+            let body = format!(
+                r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","size":2,"digest":"{D}"}},"layers":[]{extra}}}"#
+            );
+            match Manifest::from_bytes(Bytes::from(body), None, "u") {
+                Err(Error::InvalidManifest { url, reason }) => {
+                    assert_eq!(url, "u");
+                    assert!(reason.starts_with("ambiguous manifest"), "{reason}");
+                    assert!(reason.contains(found), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

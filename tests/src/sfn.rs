@@ -226,8 +226,30 @@ pub fn rig_allowlist() -> serde_json::Value {
     for host in [SOURCE, DEST, DEST2, SOURCE_OTHER_REGION] {
         entries.push(serde_json::json!({"registry": host, "roleArns": role_of(host).into_iter().collect::<Vec<_>>()}));
     }
-    serde_json::json!({"sources": entries, "destinations": entries, "insecure": ["127.0.0.1:*"]})
+    // The rig's destinations let jobs do everything a test plays: prune, every settings mode.
+    let destinations: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|entry| {
+            let mut entry = entry.clone();
+            entry["prune"] = true.into();
+            entry["settingsModes"] =
+                serde_json::json!(["copy", "create", "mirror", "none", "copyRepositoryPolicy"]);
+            entry
+        })
+        .collect();
+    let (_, rig_key) = crate::image::signing_key(RIG_SIGNING_SEED);
+    serde_json::json!({
+        "sources": entries,
+        "destinations": destinations,
+        "insecure": ["127.0.0.1:*"],
+        "trustPolicies": {RIG_TRUST_POLICY: {"publicKeys": [rig_key]}},
+    })
 }
+
+/// The rig deployment's trust policy (`trustPolicies`): the key of `signing_key(RIG_SIGNING_SEED)`.
+pub const RIG_TRUST_POLICY: &str = "rig-release";
+/// The seed of the key the rig's trust policy trusts.
+pub const RIG_SIGNING_SEED: u64 = 88;
 
 /// How a Lambda invocation can end without the function answering, as Step Functions reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

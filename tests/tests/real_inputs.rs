@@ -346,7 +346,7 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
     // 11. A gated promotion: the image's cosign signature admits it, and put-manifests signs its
     // receipt with the deployment's KMS key (`receiptKeyArn`), attached through ECR's referrers
     // API with the image child's execution ARN.
-    let (signer, pem) = e2e::image::signing_key(88);
+    let (signer, pem) = e2e::image::signing_key(e2e::sfn::RIG_SIGNING_SEED);
     let signed = image(88);
     world.seed("signed/app", "v1", &signed).await;
     let signature = e2e::image::cosign_signature(&signed.digest, &signer, false, None);
@@ -359,7 +359,18 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
         .await;
     let mut gated = smallest.clone();
     gated["repositories"] = json!({"include": ["signed/*"]});
+    // A caller's own key, even the right one, is refused by a deployment that names its trust
+    // policies: it could otherwise sign anything with a throwaway key and get a receipt.
     gated["requireSignature"] = json!({"publicKeys": [pem]});
+    let inline = sfn.execute(&arn, &gated).await;
+    assert_eq!(inline.status, "FAILED", "{inline:?}");
+    assert!(
+        inline.cause.contains("ReplicationInvalidInput")
+            && inline.cause.contains("requireSignature.publicKeys"),
+        "{inline:?}"
+    );
+    assert!(!sfn.api_calls().iter().any(|c| c.action == "kms:Sign"));
+    gated["requireSignature"] = json!({"policy": e2e::sfn::RIG_TRUST_POLICY});
     let promoted = sfn.execute(&arn, &gated).await;
     assert_eq!(counts(&promoted), (2, 0, 0, 0), "gated promotion");
     assert_holds(&world, DEST, "signed/app", "v1", &signed);

@@ -112,22 +112,40 @@ async fn a_promoted_image_carries_a_receipt_signed_with_the_kms_key_and_others_n
             &cosign_signature(&signed.digest, &signer, false, None),
         )
         .await;
+    // The deployment names the policy; the job refers to it. With `allowJobTrustPolicies`, a
+    // job may also write keys itself, which admits images but never yields a receipt.
+    let policy = json!({"publicKeys": [pem]});
+    let allowlist = |job_policies: bool| {
+        let any = json!([{"registry": "127.0.0.1:*"}]);
+        replication::allowlist::Allowlist::from_json(
+            &json!({
+                "sources": any, "destinations": any, "insecure": ["127.0.0.1:*"],
+                "trustPolicies": {"release": policy},
+                "allowJobTrustPolicies": job_policies,
+            })
+            .to_string(),
+            "test allowlist",
+        )
+        .unwrap()
+    };
     let settings = Settings {
         aws: moto.aws_settings(),
         registry: e2e::fast_retry_config(&[]),
         receipt_key: Some(ecr::KmsKeyArn::parse(&key_arn).unwrap()),
+        allowlist: Some(allowlist(false)),
         ..Settings::default()
     };
-    let job = |dst: &str, gate: bool| {
+    let job_with = |dst: &str, gate: Option<Value>| {
         let mut job = json!({
             "source": {"registry": src.host, "insecure": true},
             "destinations": [{"registry": dst, "insecure": true}],
         });
-        if gate {
-            job["requireSignature"] = json!({"publicKeys": [pem]});
+        if let Some(gate) = gate {
+            job["requireSignature"] = gate;
         }
         Job::from_json(&job.to_string()).unwrap()
     };
+    let job = |dst: &str, gate: bool| job_with(dst, gate.then(|| json!({"policy": "release"})));
 
     let output = replication::run::run_job(
         &Connections::new(settings.clone()),
@@ -157,13 +175,34 @@ async fn a_promoted_image_carries_a_receipt_signed_with_the_kms_key_and_others_n
     assert_eq!(predicate["source"]["registry"], src.host.as_str());
     assert_eq!(predicate["source"]["repository"], "app");
     assert_eq!(predicate["source"]["digest"], signed.digest.as_str());
-    assert!(
-        predicate["admittedBy"]
-            .as_str()
-            .unwrap()
-            .starts_with("publicKeys[0], signature sha256:"),
+    // What it certifies, checked as a consumer would: the policy they reviewed (its name and
+    // the SHA-256 of its canonical JSON), the key (its SubjectPublicKeyInfo fingerprint) and the
+    // signature manifest.
+    let admitted = &predicate["admittedBy"][0];
+    assert_eq!(
+        predicate["admittedBy"].as_array().unwrap().len(),
+        1,
         "{predicate}"
     );
+    assert_eq!(admitted["policy"]["name"], "release");
+    let canonical = format!(
+        r#"{{"publicKeys":[{}]}}"#,
+        serde_json::to_string(&pem).unwrap()
+    );
+    assert_eq!(
+        admitted["policy"]["sha256"],
+        e2e::image::sha256(canonical.as_bytes()).trim_start_matches("sha256:")
+    );
+    let spki = {
+        use p256::pkcs8::EncodePublicKey;
+        signer.verifying_key().to_public_key_der().unwrap()
+    };
+    assert_eq!(
+        admitted["publicKey"]["sha256"],
+        e2e::image::sha256(spki.as_bytes()).trim_start_matches("sha256:")
+    );
+    let signature_manifest = cosign_signature(&signed.digest, &signer, false, None);
+    assert_eq!(admitted["signature"], signature_manifest.digest.as_str());
     assert!(predicate["run"].as_str().unwrap().contains("CLI"));
     // A receipt with another statement does not verify: the signature covers the payload.
     let mut forged = found[0].clone();
@@ -196,6 +235,45 @@ async fn a_promoted_image_carries_a_receipt_signed_with_the_kms_key_and_others_n
         (2, 0),
         "{:?}",
         checked.differences
+    );
+
+    // The job's own key (allowed by this deployment) admits the image, but certifies nothing.
+    let inline = TestRegistry::start();
+    let output = replication::run::run_job(
+        &Connections::new(Settings {
+            allowlist: Some(allowlist(true)),
+            ..settings.clone()
+        }),
+        job_with(&inline.host, Some(json!({"publicKeys": [pem]}))),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (output.report.failed, output.report.unsigned),
+        (0, 1),
+        "{:?}",
+        output.report
+    );
+    let own = Pusher::new(&inline.host, None);
+    assert_eq!(
+        own.manifest("app", "signed").await.unwrap(),
+        signed.manifest
+    );
+    assert!(
+        receipts(&own, &signed).await.is_empty(),
+        "a job's own key yielded a receipt"
+    );
+    // Where the deployment does not allow it, the job is refused before any request.
+    let refused = replication::run::run_job(
+        &Connections::new(settings.clone()),
+        job_with(&inline.host, Some(json!({"publicKeys": [pem]}))),
+        &replication::run::Quiet,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(replication::Error::InvalidInput { problems }) if problems[0].field == "requireSignature.publicKeys"),
+        "{refused:?}"
     );
 
     // Without requireSignature nothing is promoted through the gate: copied, no receipt.

@@ -433,7 +433,8 @@ async fn runs_copy_only_signed_images_announce_themselves_and_emit_metrics() {
     use e2e::image::{cosign_signature, signing_key};
     let (src, dst) = (TestRegistry::start(), TestRegistry::start());
     let source = Pusher::new(&src.host, None);
-    let (key, pem) = signing_key(7);
+    // The deployment's trust policy trusts this key; the job names the policy.
+    let (key, _) = signing_key(e2e::sfn::RIG_SIGNING_SEED);
     let signed = ImageBuilder::new(Format::Oci).layer(1, 4000).build();
     let unsigned = ImageBuilder::new(Format::Oci).layer(2, 3000).build();
     let signature = cosign_signature(&signed.digest, &key, false, None);
@@ -468,7 +469,7 @@ async fn runs_copy_only_signed_images_announce_themselves_and_emit_metrics() {
     let input = json!({
         "source": {"registry": src.host, "insecure": true},
         "destinations": [{"registry": dst.host, "insecure": true}],
-        "requireSignature": {"publicKeys": [pem]},
+        "requireSignature": {"policy": e2e::sfn::RIG_TRUST_POLICY},
         "imageEvents": true
     });
 
@@ -536,28 +537,31 @@ async fn runs_copy_only_signed_images_announce_themselves_and_emit_metrics() {
             .contains(":execution:"),
         "{detail}"
     );
-    let mut arrived: Vec<String> = of("Replication Image Arrived")
-        .iter()
-        .map(|e| {
-            assert_eq!(e["detail"]["image"]["status"], "copied", "{e}");
-            assert_eq!(e["detail"]["image"]["targetRegistry"], dst.host);
-            // The signed image's result names the key that admitted it; its signature (an
-            // artifact travelling with it) was admitted by nothing of its own.
-            let signed_by = e["detail"]["image"]["signedBy"].as_str();
-            if e["detail"]["image"]["tags"][0] == "v1" {
-                assert!(
-                    signed_by.is_some_and(|s| s.starts_with("publicKeys[0], signature sha256:")),
-                    "{e}"
-                );
-            } else {
-                assert_eq!(signed_by, None, "{e}");
-            }
-            e["detail"]["image"]["tags"][0]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let mut arrived: Vec<String> =
+        of("Replication Image Arrived")
+            .iter()
+            .map(|e| {
+                assert_eq!(e["detail"]["image"]["status"], "copied", "{e}");
+                assert_eq!(e["detail"]["image"]["targetRegistry"], dst.host);
+                // The signed image's result names the key that admitted it; its signature (an
+                // artifact travelling with it) was admitted by nothing of its own.
+                let signed_by = e["detail"]["image"]["signedBy"].as_str();
+                if e["detail"]["image"]["tags"][0] == "v1" {
+                    assert!(
+                        signed_by.is_some_and(
+                            |s| s.starts_with("policy rig-release: publicKeys[0] sha256:")
+                        ),
+                        "{e}"
+                    );
+                } else {
+                    assert_eq!(signed_by, None, "{e}");
+                }
+                e["detail"]["image"]["tags"][0]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
     arrived.sort();
     assert_eq!(arrived, vec![signature_tag.clone(), "v1".to_string()]);
 

@@ -9,8 +9,13 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, FieldProblem, Result};
+use crate::filter::RepositoryMatcher;
 use crate::job::{canonical_registry, Job};
+use crate::keys::SignaturePolicy;
+use crate::trust::{policy_name_problem, PolicySource, TrustPolicy};
 
 /// The environment variable the functions read the allowlist from (JSON).
 pub const ALLOWLIST_VARIABLE: &str = "ECR_REPLICATOR_ALLOWED_REGISTRIES";
@@ -29,6 +34,14 @@ pub struct Allowlist {
     /// `host:*` for any port of that host. A CDK deployment lists none.
     #[serde(default)]
     pub insecure: Vec<String>,
+    /// The deployment's trust policies by name: a job's `requireSignature` names one
+    /// (`{"policy": "release"}`), a destination may require one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trust_policies: BTreeMap<String, TrustPolicy>,
+    /// Let a job write its own keys and identities in `requireSignature` (default false); such
+    /// runs write no receipts.
+    #[serde(default)]
+    pub allow_job_trust_policies: bool,
 }
 
 /// One allowed registry and the roles a job may assume to reach it.
@@ -45,17 +58,156 @@ pub struct AllowedRegistry {
     /// credentials are sent to it and nowhere else (none: the job may name no secret).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub credential_arns: Vec<String>,
+    /// (Destinations) the repository names a job may write here, after its prefix and mapping:
+    /// globs (`*` within one path segment, `**` across them); none: any name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<String>,
+    /// (Destinations) a job may remove tags here (`"prune": true`); default false.
+    #[serde(default)]
+    pub prune: bool,
+    /// (Destinations) the `repositorySettings` modes a job may use here, and
+    /// `copyRepositoryPolicy` to let it copy repository policies; none: `copy`, `create` and
+    /// `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_modes: Option<Vec<String>>,
+    /// (Destinations) the trust policy every image written here must pass, whether or not the
+    /// job asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<String>,
+}
+
+/// `settingsModes` a destination has when its entry names none.
+pub const DEFAULT_SETTINGS_MODES: [&str; 3] = ["copy", "create", "none"];
+/// What `settingsModes` may list.
+const SETTINGS_MODE_NAMES: [&str; 5] = ["copy", "create", "mirror", "none", "copyRepositoryPolicy"];
+/// Repository globs one destination entry may list at most.
+const MAX_SCOPE_GLOBS: usize = 50;
+
+impl AllowedRegistry {
+    /// Whether the destination's `settingsModes` allows `mode` (`copy`, `mirror`,
+    /// `copyRepositoryPolicy`, ...).
+    pub fn allows_settings(&self, mode: &str) -> bool {
+        match &self.settings_modes {
+            Some(modes) => modes.iter().any(|m| m == mode),
+            None => DEFAULT_SETTINGS_MODES.contains(&mode),
+        }
+    }
+
+    /// Why the destination repository `name` is outside this entry's `repositories`, or `None`.
+    pub fn scope_problem(&self, name: &str) -> Option<String> {
+        if self.repositories.is_empty() {
+            return None;
+        }
+        let matcher = RepositoryMatcher::new(&self.repositories, &[]).ok()?;
+        (!matcher.matches(name)).then(|| {
+            format!(
+                "{name:?} is outside the repositories this deployment lets jobs write in {} ({})",
+                self.registry,
+                self.repositories.join(", ")
+            )
+        })
+    }
 }
 
 impl Allowlist {
     /// Reads an allowlist (JSON); a problem names `what` (the variable or the file).
     pub fn from_json(text: &str, what: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::InvalidInput {
+        let allowlist: Allowlist = serde_json::from_str(text).map_err(|e| Error::InvalidInput {
             problems: vec![FieldProblem {
                 field: what.to_string(),
                 problem: format!("not an allowlist ({{\"sources\": [...], \"destinations\": [...], \"insecure\": [...]}}): {e}"),
             }],
-        })
+        })?;
+        allowlist.validate(what)?;
+        Ok(allowlist)
+    }
+
+    /// Checks the policies and scopes; each problem names its field under `what`.
+    fn validate(&self, what: &str) -> Result<()> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, text: String| {
+            problems.push(FieldProblem {
+                field: format!("{what}: {field}"),
+                problem: text,
+            })
+        };
+        for (name, policy) in &self.trust_policies {
+            let at = format!("trustPolicies.{name}");
+            if let Some(why) = policy_name_problem(name) {
+                problem(&at, why);
+            }
+            policy.compile(&at, PolicySource::Job, &mut problem);
+        }
+        for (i, entry) in self.sources.iter().enumerate() {
+            let destination_only = !entry.repositories.is_empty()
+                || entry.prune
+                || entry.settings_modes.is_some()
+                || entry.require_signature.is_some();
+            if destination_only {
+                problem(
+                    &format!("sources[{i}]"),
+                    "repositories, prune, settingsModes and requireSignature apply to destinations only".into(),
+                );
+            }
+        }
+        for (i, entry) in self.destinations.iter().enumerate() {
+            let at = format!("destinations[{i}]");
+            if entry.repositories.len() > MAX_SCOPE_GLOBS {
+                problem(
+                    &format!("{at}.repositories"),
+                    format!(
+                        "{} globs; at most {MAX_SCOPE_GLOBS}",
+                        entry.repositories.len()
+                    ),
+                );
+            }
+            if let Err((field, e)) = RepositoryMatcher::new(&entry.repositories, &[]) {
+                problem(
+                    &format!("{at}.repositories{}", field.trim_start_matches("include")),
+                    e,
+                );
+            }
+            for (j, mode) in entry.settings_modes.iter().flatten().enumerate() {
+                if !SETTINGS_MODE_NAMES.contains(&mode.as_str()) {
+                    problem(
+                        &format!("{at}.settingsModes[{j}]"),
+                        format!(
+                            "{mode:?}: give copy, create, mirror, none or copyRepositoryPolicy"
+                        ),
+                    );
+                }
+            }
+            if let Some(name) = &entry.require_signature {
+                if !self.trust_policies.contains_key(name) {
+                    problem(
+                        &format!("{at}.requireSignature"),
+                        format!("{name:?} is not one of the deployment's trustPolicies"),
+                    );
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput { problems })
+        }
+    }
+
+    /// The deployment's policy `name`, compiled (its source names it and its digest).
+    pub fn trust_policy(&self, name: &str) -> Option<SignaturePolicy> {
+        let policy = self.trust_policies.get(name)?;
+        let source = PolicySource::Deployment {
+            name: name.to_string(),
+            digest: policy.canonical_digest(),
+        };
+        policy.compile(name, source, &mut |_, _| {})
+    }
+
+    /// The destination entry that allows `registry`, if any.
+    pub fn destination(&self, registry: &str) -> Option<&AllowedRegistry> {
+        self.destinations
+            .iter()
+            .find(|a| host_matches(&a.registry, registry))
     }
 
     /// Refuses a job naming a registry, a role or plain HTTP this allowlist does not allow;
@@ -87,10 +239,100 @@ impl Allowlist {
                 &mut problems,
             );
         }
+        self.check_trust(job, &mut problems);
+        self.check_scopes(job, &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
             Err(Error::InvalidInput { problems })
+        }
+    }
+
+    /// A job's `requireSignature` must name one of the deployment's policies, unless the
+    /// deployment lets jobs write their own keys and identities.
+    fn check_trust(&self, job: &Job, problems: &mut Vec<FieldProblem>) {
+        let Some(required) = &job.require_signature else {
+            return;
+        };
+        let mut problem = |field: &str, problem: String| {
+            problems.push(FieldProblem {
+                field: field.into(),
+                problem,
+            })
+        };
+        if required.is_inline() && !self.allow_job_trust_policies {
+            let field = if required.public_keys.is_empty() {
+                "requireSignature.identities"
+            } else {
+                "requireSignature.publicKeys"
+            };
+            problem(field, format!(
+                "this deployment does not let a job name its own keys or identities: name one of its trust policies ({{\"policy\": \"...\"}}; it has {})",
+                self.policy_names()
+            ));
+        }
+        if let Some(name) = &required.policy {
+            if !self.trust_policies.contains_key(name) {
+                problem(
+                    "requireSignature.policy",
+                    format!(
+                        "{name:?} is not one of this deployment's trust policies ({})",
+                        self.policy_names()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn policy_names(&self) -> String {
+        if self.trust_policies.is_empty() {
+            "none".into()
+        } else {
+            let names: Vec<&str> = self.trust_policies.keys().map(String::as_str).collect();
+            names.join(", ")
+        }
+    }
+
+    /// What a job may do in each destination: prune, settings modes, policy copies, and the
+    /// repositories its explicit images would be written to.
+    fn check_scopes(&self, job: &Job, problems: &mut Vec<FieldProblem>) {
+        let settings = serde_json::to_value(job.repository_settings)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        for (i, d) in job.destinations.iter().enumerate() {
+            let Some(entry) = self.destination(&d.registry) else {
+                continue;
+            };
+            let mut problem = |field: &str, text: String| {
+                problems.push(FieldProblem {
+                    field: field.into(),
+                    problem: format!("{text} (destinations[{i}], {})", d.registry),
+                })
+            };
+            if job.prune && !entry.prune {
+                problem(
+                    "prune",
+                    "this deployment does not let jobs remove tags in this destination".into(),
+                );
+            }
+            if !entry.allows_settings(&settings) {
+                problem(
+                    "repositorySettings",
+                    format!("{settings:?} is not a settings mode this deployment allows in this destination"),
+                );
+            }
+            if job.copy_repository_policy && !entry.allows_settings("copyRepositoryPolicy") {
+                problem(
+                    "copyRepositoryPolicy",
+                    "this deployment does not let jobs copy repository policies into this destination".into(),
+                );
+            }
+            for (k, image) in job.images.iter().enumerate() {
+                if let Some(why) = entry.scope_problem(&d.target_repository(&image.repository)) {
+                    problem(&format!("images[{k}].repository"), why);
+                }
+            }
         }
     }
 

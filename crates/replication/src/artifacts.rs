@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt;
 use oci::{Digest, Repository};
 
 use crate::connect::Connection;
@@ -104,7 +105,7 @@ pub(crate) async fn artifact_refusal(
         for child in children {
             let child_digest = child["digest"].as_str().unwrap_or_default().to_string();
             let why = match manifest(child_digest.clone()).await {
-                Ok(child) => not_an_artifact_of(&child, subject),
+                Ok(child) => not_an_artifact_of(source, repo, &child, subject).await,
                 Err(e) => Some(format!("unreadable: {e}")),
             };
             if let Some(why) = why {
@@ -117,7 +118,7 @@ pub(crate) async fn artifact_refusal(
         return None;
     }
     let why = if artifacts_only {
-        not_an_artifact_of(&top, subject)
+        not_an_artifact_of(source, repo, &top, subject).await
     } else {
         other_subject(&top, subject)
     };
@@ -125,23 +126,104 @@ pub(crate) async fn artifact_refusal(
 }
 
 /// Why a parsed manifest is not an artifact of `subject`, or `None`.
-fn not_an_artifact_of(manifest: &serde_json::Value, subject: &str) -> Option<String> {
+async fn not_an_artifact_of(
+    source: &Connection,
+    repo: &Repository,
+    manifest: &serde_json::Value,
+    subject: &str,
+) -> Option<String> {
     if manifest["manifests"].is_array() {
         return Some("is an index (it could list any image), not an artifact".into());
     }
-    let runnable = manifest["layers"].as_array().and_then(|layers| {
-        layers.iter().find_map(|l| {
-            let media_type = l["mediaType"].as_str().unwrap_or_default();
-            is_filesystem_layer(media_type).then(|| media_type.to_string())
-        })
-    });
-    if let Some(media_type) = runnable {
+    if let Some(why) = runnable(source, repo, manifest).await {
         return Some(format!(
-            "is a runnable image (a {media_type} layer), not an artifact: the signature covers {}, not it",
+            "is a runnable image ({why}), not an artifact: the signature covers {}, not it",
             short_digest(subject)
         ));
     }
     other_subject(manifest, subject)
+}
+
+/// Config media types of images a runtime runs (OCI image-spec `config.md`, Docker image
+/// manifest v2.2). containers/image (skopeo, podman) treats any other config as a non-image
+/// artifact and refuses image operations on it; containerd and docker pull only these.
+const IMAGE_CONFIG_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// Layer media types known to hold one JSON document (signatures, attestations, SBOMs), never a
+/// filesystem: allowed in a manifest with an image config (cosign's legacy signatures have
+/// one) once their content is read and found to be JSON.
+const JSON_DOCUMENT_TYPES: [&str; 7] = [
+    "application/vnd.dev.cosign.simplesigning.v1+json",
+    "application/vnd.dsse.envelope.v1+json",
+    "application/vnd.in-toto+json",
+    "application/spdx+json",
+    "application/vnd.cyclonedx+json",
+    "application/vnd.dev.sigstore.bundle.v0.3+json",
+    "application/vnd.dev.sigstore.bundle+json;version=0.3",
+];
+
+/// A JSON document layer larger than this is not read (and the manifest not let through).
+const MAX_DOCUMENT_BYTES: u64 = 512 * 1024;
+
+/// Why a runtime could run `manifest`, or `None` when it is known not to: decided by what is
+/// known not to run, never by a list of what runs. A layer of a filesystem media type makes it
+/// runnable; so does an image config, unless every layer is a JSON document (its media type
+/// says so, and its content, read and checked against its digest, parses as JSON: a tar or a
+/// compressed stream never does).
+async fn runnable(
+    source: &Connection,
+    repo: &Repository,
+    manifest: &serde_json::Value,
+) -> Option<String> {
+    let empty = Vec::new();
+    let layers = manifest["layers"].as_array().unwrap_or(&empty);
+    for layer in layers {
+        let media_type = layer["mediaType"].as_str().unwrap_or_default();
+        if is_filesystem_layer(media_type) {
+            return Some(format!("a {media_type} layer"));
+        }
+    }
+    let config = manifest["config"]["mediaType"].as_str().unwrap_or_default();
+    if !IMAGE_CONFIG_TYPES.contains(&config) {
+        return None;
+    }
+    if layers.len() > MAX_FALLBACK_CHILDREN {
+        return Some(format!("an image config and {} layers", layers.len()));
+    }
+    for layer in layers {
+        let media_type = layer["mediaType"].as_str().unwrap_or_default();
+        if !JSON_DOCUMENT_TYPES.contains(&media_type) {
+            return Some(format!(
+                "an image config and a layer of type {:?}, which is not known never to be unpacked",
+                crate::text::truncate_chars(media_type, 100)
+            ));
+        }
+        let descriptor: oci::Descriptor = match serde_json::from_value(layer.clone()) {
+            Ok(descriptor) => descriptor,
+            Err(e) => return Some(format!("an image config and a layer it cannot read: {e}")),
+        };
+        let content = match read_layer(
+            source,
+            repo,
+            &descriptor,
+            "document layer",
+            MAX_DOCUMENT_BYTES,
+        )
+        .await
+        {
+            Ok(content) => content,
+            Err(why) => return Some(format!("an image config and {why}")),
+        };
+        if serde_json::from_slice::<serde::de::IgnoredAny>(&content).is_err() {
+            return Some(format!(
+                "an image config and a {media_type} layer that is not JSON"
+            ));
+        }
+    }
+    None
 }
 
 /// Why a manifest's declared `subject` is not `subject`, or `None` (also when it declares none,
@@ -161,4 +243,45 @@ fn other_subject(manifest: &serde_json::Value, subject: &str) -> Option<String> 
 fn is_filesystem_layer(media_type: &str) -> bool {
     media_type.starts_with("application/vnd.oci.image.layer.")
         || media_type.starts_with("application/vnd.docker.image.rootfs.")
+}
+
+/// A small layer's content (a "simple signing" payload, a bundle, an artifact's document), read whole: refused,
+/// naming `what`, when its descriptor says more than `limit` bytes, it has no valid digest, it
+/// cannot be read, or its bytes (at most `limit` and one chunk are read) do not match its
+/// digest.
+pub(crate) async fn read_layer(
+    source: &Connection,
+    repo: &Repository,
+    layer: &oci::Descriptor,
+    what: &str,
+    limit: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    if layer.size() > limit {
+        return Err(format!("a {what} is {} bytes", layer.size()));
+    }
+    let Ok(digest) = Digest::parse(layer.digest().as_ref()) else {
+        return Err(format!("a {what} has no valid digest"));
+    };
+    let read = async {
+        let response = source.client.get_blob(repo, &digest, 0).await?;
+        let url = response.url.clone();
+        let mut stream = response.into_stream();
+        let mut content = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|source| oci::Error::transport("GET", url.clone(), source))?;
+            content.extend_from_slice(&chunk);
+            if content.len() as u64 > limit {
+                break;
+            }
+        }
+        Ok::<_, oci::Error>(content)
+    };
+    let content = read
+        .await
+        .map_err(|e| format!("a {what} is unreadable: {e}"))?;
+    if Digest::of(&content) != digest {
+        return Err(format!("a {what} does not match its digest"));
+    }
+    Ok(content)
 }

@@ -8,14 +8,16 @@ use ecr::{
     AssumeRole, AwsSettings, EcrAdmin, EcrRegistry, EcrTokenSource, RoleArn, SecretArn,
     SecretCredentialSource, WorkBucket,
 };
-use oci::{ClientConfig, Credential, CredentialStore, RegistryClient};
+use oci::{ClientConfig, Credential, CredentialStore, PullMeter, RegistryClient};
 use tokio::sync::Mutex;
 
 use crate::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
-use crate::job::{canonical_registry, Job};
-use crate::sigstore::{BundleVerifier, TrustedRootSource};
+use crate::job::{canonical_registry, Job, ValidJob};
+use crate::keys::SignaturePolicy;
+use crate::sigstore::{BundleVerifier, TrustedRootPolicy, TrustedRootSource};
+use crate::trust::PolicySource;
 
 /// Settings read once at the edge (a Lambda's environment, the CLI's flags).
 #[derive(Debug, Clone, Default)]
@@ -42,6 +44,9 @@ pub struct Settings {
     pub cost_model: CostModel,
     /// The Sigstore trusted root bundles are verified against (`ECR_REPLICATOR_TRUSTED_ROOT`).
     pub trusted_root: TrustedRootSource,
+    /// How that root is checked (a sha256 pin, its bucket's owner, CT logs) and how long one
+    /// read from S3 is kept (`ECR_REPLICATOR_TRUSTED_ROOT_*`).
+    pub trusted_root_policy: TrustedRootPolicy,
     /// The KMS key promotion receipts are signed with (`ECR_REPLICATOR_RECEIPT_KEY`); none:
     /// no receipts.
     pub receipt_key: Option<ecr::KmsKeyArn>,
@@ -108,6 +113,24 @@ impl Connection {
     /// gives a pull budget): listing and presence then use HEADs.
     pub fn counts_pulls(&self) -> bool {
         self.counts_pulls
+    }
+
+    /// A view of this connection (same client, credentials and caches) whose manifest GETs go
+    /// through `meter` as well: every read a step makes through it is counted there, whichever
+    /// module makes it (the signature gate, the platform subset, a listing), and judged
+    /// against the lowest count the registry answered this connection.
+    pub fn metered(&self, meter: Arc<PullMeter>) -> Connection {
+        let current = self.current.try_lock().ok().and_then(|c| c.clone());
+        Connection {
+            registry: self.registry.clone(),
+            catalog_page_size: self.catalog_page_size,
+            client: self.client.metered(meter),
+            ecr: self.ecr.clone(),
+            token: self.token.clone(),
+            secret: self.secret.clone(),
+            counts_pulls: self.counts_pulls,
+            current: Mutex::new(current),
+        }
     }
 
     /// The manifest `digest` of `repository` in this registry, with the reference it was read
@@ -178,7 +201,8 @@ pub struct Connections {
     settings: Settings,
     cache: Mutex<HashMap<Key, Arc<Connection>>>,
     work_bucket: tokio::sync::OnceCell<Option<WorkBucket>>,
-    bundle_verifier: tokio::sync::OnceCell<Arc<BundleVerifier>>,
+    /// The trusted root's verifier and when it was read.
+    bundle_verifier: Mutex<Option<(Arc<BundleVerifier>, std::time::Instant)>>,
     receipt_signer: tokio::sync::OnceCell<Option<Arc<ecr::KmsSigner>>>,
 }
 
@@ -189,7 +213,7 @@ impl Connections {
             settings,
             cache: Mutex::new(HashMap::new()),
             work_bucket: tokio::sync::OnceCell::new(),
-            bundle_verifier: tokio::sync::OnceCell::new(),
+            bundle_verifier: Mutex::new(None),
             receipt_signer: tokio::sync::OnceCell::new(),
         }
     }
@@ -205,14 +229,27 @@ impl Connections {
             .clone()
     }
 
-    /// The deployment's Sigstore trusted root, read once (on the first signature check).
+    /// The deployment's Sigstore trusted root, read on the first signature check; one read from
+    /// S3 is read again once older than `trusted_root_policy.max_age` (an hour), so a warm
+    /// function takes a replaced root within that (a failed read fails the check, never falls
+    /// back to the old root).
     pub async fn bundle_verifier(&self) -> Result<Arc<BundleVerifier>> {
-        self.bundle_verifier
-            .get_or_try_init(|| {
-                BundleVerifier::load(&self.settings.trusted_root, &self.settings.aws)
-            })
-            .await
-            .cloned()
+        let mut held = self.bundle_verifier.lock().await;
+        if let Some((verifier, read_at)) = held.as_ref() {
+            let expires = matches!(self.settings.trusted_root, TrustedRootSource::S3 { .. });
+            if !expires || read_at.elapsed() < self.settings.trusted_root_policy.max_age {
+                return Ok(verifier.clone());
+            }
+        }
+        *held = None;
+        let verifier = BundleVerifier::load(
+            &self.settings.trusted_root,
+            &self.settings.trusted_root_policy,
+            &self.settings.aws,
+        )
+        .await?;
+        *held = Some((verifier.clone(), std::time::Instant::now()));
+        Ok(verifier)
     }
 
     /// The run's work bucket, when the settings name one (built once).
@@ -243,6 +280,68 @@ impl Connections {
     pub fn admit(&self, job: &Job) -> Result<()> {
         match &self.settings.allowlist {
             Some(allowlist) => allowlist.check(job),
+            None => Ok(()),
+        }
+    }
+
+    /// The policies an image of `job` must pass, each: the deployment's policy the job names,
+    /// the job's own keys and identities (where the deployment allows them), and the policy
+    /// each destination requires. Empty: the run is not gated.
+    pub fn signature_policies(&self, job: &ValidJob) -> Result<Vec<SignaturePolicy>> {
+        let mut policies: Vec<SignaturePolicy> = Vec::new();
+        let allowlist = self.settings.allowlist.as_ref();
+        let required = job.job.require_signature.as_ref();
+        if let Some(name) = required.and_then(|r| r.policy.as_deref()) {
+            let policy = allowlist
+                .and_then(|a| a.trust_policy(name))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "requireSignature.policy",
+                        format!("{name:?} is not one of the deployment's trust policies (the CLI reads them from --allowlist FILE, `trustPolicies`)"),
+                    )
+                })?;
+            policies.push(policy);
+        }
+        if let Some(own) = &job.signature_policy {
+            policies.push(own.clone());
+        }
+        let Some(allowlist) = allowlist else {
+            return Ok(policies);
+        };
+        for d in &job.job.destinations {
+            let Some(name) = allowlist
+                .destination(&d.registry)
+                .and_then(|e| e.require_signature.as_deref())
+            else {
+                continue;
+            };
+            let named = |p: &SignaturePolicy| matches!(&p.source, PolicySource::Deployment { name: n, .. } if n == name);
+            if !policies.iter().any(named) {
+                let policy = allowlist.trust_policy(name).ok_or_else(|| {
+                    Error::invalid(
+                        "requireSignature",
+                        format!("the destination {} requires the trust policy {name:?}, which the deployment does not define", d.registry),
+                    )
+                })?;
+                policies.push(policy);
+            }
+        }
+        Ok(policies)
+    }
+
+    /// Refuses writing the destination repository `target` in `registry` when the deployment
+    /// keeps jobs to other repositories there (its destination's `repositories`).
+    pub fn check_target_scope(&self, registry: &str, target: &str) -> Result<()> {
+        let entry = self
+            .settings
+            .allowlist
+            .as_ref()
+            .and_then(|a| a.destination(registry));
+        match entry.and_then(|e| e.scope_problem(target)) {
+            Some(problem) => Err(Error::TargetNameInvalid {
+                repository: format!("{registry}/{target}"),
+                problem,
+            }),
             None => Ok(()),
         }
     }
@@ -306,13 +405,19 @@ impl Connections {
         if insecure && !config.insecure_registries.iter().any(|r| r == registry) {
             config.insecure_registries.push(registry.to_string());
         }
-        let client =
+        let mut client =
             RegistryClient::new(config, self.settings.credentials.clone()).map_err(|source| {
                 Error::Listing {
                     what: format!("registry client for {registry}"),
                     source,
                 }
             })?;
+        if counts_pulls {
+            // Every manifest GET this connection sends is counted here, whichever step or
+            // module sends it, and the lowest count the registry answered holds for all of
+            // them (a step's meter stacks on it).
+            client = client.metered(Arc::new(PullMeter::counting(registry)));
+        }
         let (ecr, token) = if EcrRegistry::is_ecr_host(registry) {
             let parsed = EcrRegistry::parse(registry).map_err(|source| Error::Aws {
                 context: "reading the registry host".into(),
@@ -392,6 +497,9 @@ impl Connections {
 /// `ECR_REPLICATOR_ALLOWED_REGISTRIES` (the deployment's allowlist, JSON; without it every job
 /// is refused), `ECR_REPLICATOR_TRUSTED_ROOT` (the Sigstore trusted root: a file or
 /// `s3://bucket/key`; default Sigstore's public-good root, built in),
+/// `ECR_REPLICATOR_TRUSTED_ROOT_SHA256` (its pinned sha256), `ECR_REPLICATOR_TRUSTED_ROOT_BUCKET_OWNER`
+/// (the account its bucket must belong to; default the function's own),
+/// `ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT` (`true`: accept a root without CT logs),
 /// `ECR_REPLICATOR_RECEIPT_KEY` (the KMS key ARN promotion receipts are signed with).
 pub fn settings_from_env() -> Result<Settings> {
     let mut registry = ClientConfig::default();
@@ -467,6 +575,7 @@ pub fn settings_from_env() -> Result<Settings> {
             &std::env::var("ECR_REPLICATOR_TRUSTED_ROOT").unwrap_or_default(),
         )
         .map_err(|problem| Error::invalid("ECR_REPLICATOR_TRUSTED_ROOT", problem))?,
+        trusted_root_policy: trusted_root_policy_from_env()?,
         receipt_key: match std::env::var("ECR_REPLICATOR_RECEIPT_KEY") {
             Ok(arn) if !arn.trim().is_empty() => Some(
                 ecr::KmsKeyArn::parse(&arn)
@@ -474,5 +583,21 @@ pub fn settings_from_env() -> Result<Settings> {
             ),
             _ => None,
         },
+    })
+}
+
+/// The trusted root's checks from `ECR_REPLICATOR_TRUSTED_ROOT_SHA256`,
+/// `ECR_REPLICATOR_TRUSTED_ROOT_BUCKET_OWNER` and `ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT`.
+fn trusted_root_policy_from_env() -> Result<TrustedRootPolicy> {
+    use crate::sigstore::{ALLOW_NO_CT_VARIABLE, BUCKET_OWNER_VARIABLE, SHA256_VARIABLE};
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    Ok(TrustedRootPolicy {
+        sha256: TrustedRootPolicy::parse_sha256(&var(SHA256_VARIABLE))
+            .map_err(|problem| Error::invalid(SHA256_VARIABLE, problem))?,
+        bucket_owner: TrustedRootPolicy::parse_account(&var(BUCKET_OWNER_VARIABLE))
+            .map_err(|problem| Error::invalid(BUCKET_OWNER_VARIABLE, problem))?,
+        allow_no_ct_logs: TrustedRootPolicy::parse_flag(&var(ALLOW_NO_CT_VARIABLE))
+            .map_err(|problem| Error::invalid(ALLOW_NO_CT_VARIABLE, problem))?,
+        ..TrustedRootPolicy::default()
     })
 }

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, FieldProblem, Result};
 pub use crate::filter::TagFilter;
 use crate::filter::{RepositoryMatcher, TagMatcher};
-use crate::keys::{SignatureKeys, SignaturePolicy, SubjectMatch, TrustedIdentity};
+use crate::keys::SignaturePolicy;
 use crate::platforms::{PlatformFilter, MAX_PLATFORMS};
+pub use crate::trust::SignerIdentity;
+use crate::trust::{policy_name_problem, PolicySource, TrustPolicy};
 
 /// Default byte budget of one copy invocation: 2 GiB.
 pub const DEFAULT_RANGE_BYTES: u64 = 2 << 30;
@@ -69,8 +71,9 @@ pub struct Job {
     /// besides the run's (`Replication Run Finished`, always sent) (default false).
     #[serde(default)]
     pub image_events: bool,
-    /// Copy only images signed with one of these keys (cosign, key-based); the others are
-    /// reported `unsigned` and not copied.
+    /// Copy only images signed as the deployment's trust policy `policy` says (or, where the
+    /// deployment allows it, as keys and identities written here say); the others are reported
+    /// `unsigned` and not copied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_signature: Option<RequireSignature>,
     /// Copy an index with only the children of these platforms (`os/architecture[/variant]`,
@@ -366,19 +369,21 @@ pub const MAX_MAPPING_RULES: usize = 50;
 /// Most images an explicit list may name (keeps the execution input far below 256 KiB).
 pub const MAX_LISTED_IMAGES: usize = 1000;
 
-/// Promotion gated on signatures: any one of the keys or identities will do.
+/// Promotion gated on signatures: the deployment's trust policy named by `policy` (the usual
+/// form), or keys and identities written here (only where the deployment sets
+/// `allowJobTrustPolicies`; such a run writes no receipts).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequireSignature {
+    /// The name of one of the deployment's `trustPolicies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// PEM public keys (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256, as `cosign
-    /// generate-key-pair` writes `cosign.pub`): cosign's legacy signatures and Sigstore bundles
-    /// signed with one of them.
-    #[serde(default)]
+    /// generate-key-pair` writes `cosign.pub`), instead of `policy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public_keys: Vec<String>,
-    /// Keyless signers: a Sigstore bundle whose Fulcio certificate chains to the deployment's
-    /// trusted root, was valid when the transparency log recorded the signature, and names one
-    /// of these identities.
-    #[serde(default)]
+    /// Keyless signers (issuer and identity), instead of `policy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<SignerIdentity>,
     /// Count an unsigned image as a failed one (the run then fails); by default it is only
     /// reported.
@@ -386,28 +391,20 @@ pub struct RequireSignature {
     pub fail_unsigned: bool,
 }
 
-/// A keyless signer: the OIDC issuer of its certificate and its identity, exact or a pattern
-/// (cosign's `--certificate-oidc-issuer` with `--certificate-identity` or
-/// `--certificate-identity-regexp`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SignerIdentity {
-    /// The OIDC issuer, exactly: `https://token.actions.githubusercontent.com`,
-    /// `https://gitlab.com`.
-    pub issuer: String,
-    /// The certificate identity, exactly (a workflow URI or an email address).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject: Option<String>,
-    /// A regex the whole certificate identity must match (anchored at both ends).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_reg_exp: Option<String>,
+impl RequireSignature {
+    /// Whether the job writes its own keys or identities (instead of naming a policy).
+    pub fn is_inline(&self) -> bool {
+        !self.public_keys.is_empty() || !self.identities.is_empty()
+    }
+
+    /// The inline keys and identities as a policy.
+    pub fn inline_policy(&self) -> TrustPolicy {
+        TrustPolicy {
+            public_keys: self.public_keys.clone(),
+            identities: self.identities.clone(),
+        }
+    }
 }
-
-/// Public keys a job may trust at most.
-pub const MAX_SIGNATURE_KEYS: usize = 10;
-
-/// Keyless identities a job may trust at most.
-pub const MAX_SIGNATURE_IDENTITIES: usize = 10;
 
 /// What a run does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -464,7 +461,8 @@ pub struct ValidJob {
     pub repositories: RepositoryMatcher,
     /// Compiled tag filters.
     pub tags: TagMatcher,
-    /// Who must have signed an image, when the job requires a signature.
+    /// The job's own keys and identities, compiled, when it writes them inline (a named
+    /// policy is the deployment's: `Connections::signature_policies`).
     pub signature_policy: Option<SignaturePolicy>,
     /// The platforms an index is cut down to, when the job names some.
     pub platforms: Option<PlatformFilter>,
@@ -743,80 +741,31 @@ impl Job {
     }
 }
 
-/// The keys and identities of `requireSignature`, checked; each problem names its field.
+/// The job's own policy, or its named one's name checked; each problem names its field.
 fn signature_policy(
     required: &RequireSignature,
     problem: &mut impl FnMut(&str, String),
 ) -> Option<SignaturePolicy> {
-    let (keys, identities) = (&required.public_keys, &required.identities);
-    if keys.is_empty() && identities.is_empty() {
-        problem(
-            "requireSignature",
-            "names no signer: give publicKeys, identities or both".into(),
-        );
-        return None;
-    }
-    if keys.len() > MAX_SIGNATURE_KEYS {
-        problem(
-            "requireSignature.publicKeys",
-            format!("{} keys; at most {MAX_SIGNATURE_KEYS}", keys.len()),
-        );
-        return None;
-    }
-    if identities.len() > MAX_SIGNATURE_IDENTITIES {
-        problem(
-            "requireSignature.identities",
-            format!(
-                "{} identities; at most {MAX_SIGNATURE_IDENTITIES}",
-                identities.len()
-            ),
-        );
-        return None;
-    }
-    let keys = SignatureKeys::parse(keys)
-        .map_err(|(i, e)| problem(&format!("requireSignature.publicKeys[{i}]"), e))
-        .ok()?;
-    let mut trusted = Vec::new();
-    for (i, identity) in identities.iter().enumerate() {
-        let field = format!("requireSignature.identities[{i}]");
-        let issuer = identity.issuer.trim();
-        if issuer.is_empty() || issuer.len() > 1024 || issuer.chars().any(char::is_whitespace) {
+    match (&required.policy, required.is_inline()) {
+        (Some(_), true) => {
             problem(
-                &format!("{field}.issuer"),
-                "must be the OIDC issuer URL, exactly (https://token.actions.githubusercontent.com)"
-                    .into(),
+                "requireSignature.policy",
+                "give either policy (one of the deployment's trustPolicies) or publicKeys and identities, not both".into(),
             );
-            continue;
+            None
         }
-        let subject = match (&identity.subject, &identity.subject_reg_exp) {
-            (Some(exact), None) if !exact.trim().is_empty() => SubjectMatch::Exact(exact.clone()),
-            (None, Some(pattern)) if !pattern.trim().is_empty() => {
-                match SubjectMatch::pattern(pattern) {
-                    Ok(subject) => subject,
-                    Err(e) => {
-                        problem(&format!("{field}.subjectRegExp"), e);
-                        continue;
-                    }
-                }
+        (Some(name), false) => {
+            if let Some(why) = policy_name_problem(name) {
+                problem("requireSignature.policy", why);
             }
-            _ => {
-                problem(
-                    &field,
-                    "give exactly one of subject (the identity, exactly) and subjectRegExp".into(),
-                );
-                continue;
-            }
-        };
-        trusted.push(TrustedIdentity {
-            issuer: issuer.to_string(),
-            subject,
-            name: format!("identities[{i}]"),
-        });
+            None
+        }
+        (None, _) => {
+            required
+                .inline_policy()
+                .compile("requireSignature", PolicySource::Job, problem)
+        }
     }
-    (trusted.len() == identities.len()).then_some(SignaturePolicy {
-        keys,
-        identities: trusted,
-    })
 }
 
 /// Why `insecure` is refused for an ECR host: ECR serves TLS only, so plain HTTP to its name

@@ -15,6 +15,8 @@ pub struct SignatureKey {
     der: Vec<u8>,
     /// Which key it is in reports: `publicKeys[i]`.
     pub name: String,
+    /// `sha256:<hex>` of the key's SubjectPublicKeyInfo DER: what a receipt names.
+    pub fingerprint: String,
 }
 
 impl SignatureKey {
@@ -42,9 +44,11 @@ impl SignatureKeys {
                     .to_public_key_der()
                     .map_err(|e| (i, format!("cannot encode the key as DER: {e}")))?
                     .into_vec();
+                let fingerprint = oci::Digest::of(&der).as_str().to_string();
                 Ok(SignatureKey {
                     key,
                     der,
+                    fingerprint,
                     name: format!("publicKeys[{i}]"),
                 })
             })
@@ -111,10 +115,37 @@ pub struct TrustedIdentity {
 }
 
 /// Who may sign what a job promotes: any one key or identity will do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SignaturePolicy {
     /// Public keys (cosign's `--key`).
     pub keys: SignatureKeys,
     /// Keyless signer identities.
     pub identities: Vec<TrustedIdentity>,
+    /// The deployment's policy (its name and digest), or the job's own keys.
+    pub source: PolicySource,
+}
+
+/// Where a policy comes from, as reports and receipts name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The deployment's policy of this name, with the SHA-256 of its canonical JSON.
+    Deployment {
+        /// Its name in `trustPolicies`.
+        name: String,
+        /// `sha256:<hex>` of its canonical JSON (`TrustPolicy::canonical_digest`).
+        digest: String,
+    },
+    /// Keys and identities written in the job (allowed by `allowJobTrustPolicies`): never
+    /// certified by a receipt.
+    Job,
+}
+
+impl PolicySource {
+    /// How `signedBy` names it: `policy release` or `job`.
+    pub fn label(&self) -> String {
+        match self {
+            PolicySource::Deployment { name, .. } => format!("policy {name}"),
+            PolicySource::Job => "job".into(),
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod signatures;
 pub mod sigstore;
 pub mod steps;
 pub mod text;
+pub mod trust;
 
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport};
 pub use error::{Error, ErrorKind, Result};

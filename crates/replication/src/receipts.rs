@@ -13,6 +13,7 @@ use oci::{Digest, Manifest, RegistryClient, Repository};
 use serde_json::json;
 
 use crate::error::{Error, Result};
+use crate::trust::{Admission, Signer};
 
 /// The receipt's in-toto predicate type.
 pub const RECEIPT_PREDICATE: &str = "urn:ecr-replicator:promotion:v1";
@@ -65,8 +66,9 @@ pub struct Promotion<'a> {
     pub target: &'a Repository,
     /// The top manifest as put (its digest differs from the source's for a platform subset).
     pub manifest: &'a Manifest,
-    /// What admitted it: the key or identity, and the signature.
-    pub admitted_by: &'a str,
+    /// What admitted it, per deployment policy: the policy's name and digest, the signer, the
+    /// signature ([`certified_admissions`]).
+    pub admitted_by: &'a [Certified],
     /// The run: the Step Functions execution ARN, or the CLI.
     pub run: &'a str,
 }
@@ -88,12 +90,67 @@ pub fn statement(promotion: &Promotion<'_>, time: &str) -> Vec<u8> {
                 "repository": promotion.source_repository,
                 "digest": promotion.source_digest.as_str()
             },
-            "admittedBy": short(promotion.admitted_by),
+            "admittedBy": promotion.admitted_by.iter().map(Certified::to_json).collect::<Vec<_>>(),
             "run": short(promotion.run),
             "promotedAt": time
         }
     });
     serde_json::to_vec(&statement).unwrap_or_default()
+}
+
+/// One admission a receipt certifies: the deployment's policy (name and the SHA-256 of its
+/// canonical JSON) and what the gate verified under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Certified {
+    /// The policy's name in the deployment's `trustPolicies`.
+    pub policy: String,
+    /// `sha256:<hex>` of the policy's canonical JSON.
+    pub policy_digest: String,
+    /// What admitted the image under it.
+    pub admission: Admission,
+}
+
+impl Certified {
+    fn to_json(&self) -> serde_json::Value {
+        let signer = match &self.admission.signer {
+            Signer::Key { fingerprint, .. } => {
+                json!({"publicKey": {"sha256": fingerprint.trim_start_matches("sha256:")}})
+            }
+            Signer::Identity {
+                subject, issuer, ..
+            } => {
+                json!({"identity": {"subject": crate::text::truncate_chars(subject, MAX_FIELD_CHARS), "issuer": crate::text::truncate_chars(issuer, MAX_FIELD_CHARS)}})
+            }
+        };
+        let mut entry = json!({
+            "policy": {"name": self.policy, "sha256": self.policy_digest.trim_start_matches("sha256:")},
+            "signature": self.admission.signature,
+        });
+        if let (Some(entry), Some(signer)) = (entry.as_object_mut(), signer.as_object()) {
+            entry.extend(signer.clone());
+        }
+        entry
+    }
+}
+
+/// The admissions of a `signedBy` line a receipt may certify: every one must be under a policy
+/// the deployment defines (`digest_of` gives its digest by name). `None` when the line names the
+/// job's own keys or identities, or anything else: no receipt then.
+pub fn certified_admissions(
+    signed_by: &str,
+    digest_of: impl Fn(&str) -> Option<String>,
+) -> Option<Vec<Certified>> {
+    Admission::parse_line(signed_by)?
+        .into_iter()
+        .map(|admission| {
+            let name = admission.policy.strip_prefix("policy ")?.to_string();
+            Some(Certified {
+                policy_digest: digest_of(&name)?,
+                policy: name,
+                admission,
+            })
+        })
+        .collect()
 }
 
 /// DSSE's pre-authentication encoding of an in-toto payload.

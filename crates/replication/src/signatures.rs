@@ -11,18 +11,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine;
-use futures::StreamExt;
 use oci::{Digest, ManifestContent, Repository};
 use p256::ecdsa::DerSignature;
 
 use crate::artifacts::{
-    artifact_refusal, artifact_subject, digests_by_tag, fallback_tag, short_digest,
+    artifact_refusal, artifact_subject, digests_by_tag, fallback_tag, read_layer, short_digest,
 };
 use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, SelectedImage};
 use crate::keys::SignaturePolicy;
 use crate::sigstore::{BundleVerifier, MAX_BUNDLE_BYTES};
+use crate::trust::{Admission, PolicySource, Signer};
 
 /// The media type of a cosign signature layer (the payload it signs).
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -33,7 +33,7 @@ const COSIGN_SIGNATURE: &str = "application/vnd.dev.cosign.artifact.sig.v1+json"
 /// A signature payload larger than this is not read (real ones are under 1 KiB).
 const MAX_PAYLOAD_BYTES: u64 = 64 * 1024;
 /// Characters of what admitted an image (`signedBy`) at most: it travels in every task.
-pub const MAX_ADMISSION_CHARS: usize = 300;
+pub const MAX_ADMISSION_CHARS: usize = 500;
 /// Signature candidates (manifests) examined per image at most.
 const MAX_CANDIDATES: usize = 64;
 /// Signature layers examined per candidate at most.
@@ -138,39 +138,60 @@ pub(crate) async fn admission(
             "unsigned: no cosign signature or Sigstore bundle (neither a sha256-<hex>.sig tag nor one among its referrers)".into(),
         ));
     }
-    // Every candidate is looked at (up to MAX_CANDIDATES); one that cannot be read or is not a
-    // signature is skipped and named, never fatal, and costs at most one manifest and
-    // MAX_LAYERS_PER_CANDIDATE payloads, so junk cannot exhaust the look-up before a valid one.
-    let mut problems: Vec<String> = Vec::new();
-    let examined = candidates.len();
-    for candidate in &candidates {
-        match verify_candidate(source, repo, candidate, digest, gate).await {
-            Ok(admitted_by) => {
-                let admitted_by =
-                    crate::text::truncate_chars(&admitted_by, MAX_ADMISSION_CHARS - 40);
-                return Ok(Ok(format!(
-                    "{admitted_by}, signature {}",
-                    short_digest(&candidate.digest)
-                )));
-            }
-            Err(problem) => {
-                problems.push(format!("{}: {problem}", short_digest(&candidate.digest)))
+    // Every candidate is looked at (up to MAX_CANDIDATES) for each policy; one that cannot be
+    // read or is not a signature is skipped and named, never fatal, and costs at most one
+    // manifest and MAX_LAYERS_PER_CANDIDATE payloads, so junk cannot exhaust the look-up before
+    // a valid one. Every policy must admit the image.
+    let mut admissions = Vec::new();
+    for policy in &gate.policies {
+        let mut problems: Vec<String> = Vec::new();
+        let mut admitted = None;
+        for candidate in &candidates {
+            match verify_candidate(source, repo, candidate, digest, policy, &gate.verifier).await {
+                Ok(signer) => {
+                    admitted = Some(Admission {
+                        policy: policy.source.label(),
+                        signer,
+                        signature: candidate.digest.clone(),
+                    });
+                    break;
+                }
+                Err(problem) => {
+                    problems.push(format!("{}: {problem}", short_digest(&candidate.digest)))
+                }
             }
         }
+        let Some(admission) = admitted else {
+            let whose = match &policy.source {
+                PolicySource::Job => "the job's keys or identities".to_string(),
+                PolicySource::Deployment { name, .. } => format!("the trust policy {name}"),
+            };
+            let mut reason = format!(
+                "unsigned: no signature verifies for {whose} ({} candidate(s): {})",
+                candidates.len(),
+                problems
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            if not_examined > 0 {
+                reason.push_str(&format!("; {not_examined} more candidates not examined"));
+            }
+            return Ok(Err(reason));
+        };
+        admissions.push(admission);
     }
-    let mut reason = format!(
-        "unsigned: no signature verifies for the job's keys or identities ({examined} candidate(s): {})",
-        problems
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    if not_examined > 0 {
-        reason.push_str(&format!("; {not_examined} more candidates not examined"));
+    let line = Admission::join(&admissions);
+    let length = line.chars().count();
+    if length > MAX_ADMISSION_CHARS {
+        // Never cut: a receipt is made from this line and must name exactly what was checked.
+        return Ok(Err(format!(
+            "unsigned: what admitted it is {length} characters, over the {MAX_ADMISSION_CHARS} a task carries (a long certificate identity, or several policies): sign with a shorter identity, or split the job by destination"
+        )));
     }
-    Ok(Err(reason))
+    Ok(Ok(line))
 }
 
 /// The referrers a fallback index (`sha256-<hex>`) lists, with their artifact types; an index
@@ -205,8 +226,8 @@ async fn fallback_referrers(
 /// Who may sign, and the trusted root bundles are verified against.
 #[derive(Debug, Clone)]
 pub(crate) struct SignatureGate {
-    /// The job's keys and identities.
-    pub policy: SignaturePolicy,
+    /// The policies every image must pass (the job's, each destination's).
+    pub policies: Vec<SignaturePolicy>,
     /// The deployment's trusted root.
     pub verifier: Arc<BundleVerifier>,
 }
@@ -219,8 +240,9 @@ async fn verify_candidate(
     repo: &Repository,
     candidate: &Candidate,
     digest: &str,
-    gate: &SignatureGate,
-) -> std::result::Result<String, String> {
+    policy: &SignaturePolicy,
+    verifier: &BundleVerifier,
+) -> std::result::Result<Signer, String> {
     let signature_manifest = Digest::parse(&candidate.digest).map_err(|e| e.to_string())?;
     let (reference, manifest) = source
         .manifest_by_digest(&repo.name, &signature_manifest)
@@ -233,9 +255,9 @@ async fn verify_candidate(
         return Err("an index, not a signature".into());
     };
     if candidate.bundle {
-        return verify_bundles(source, repo, &layers, digest, gate).await;
+        return verify_bundles(source, repo, &layers, digest, policy, verifier).await;
     }
-    let keys = &gate.policy.keys;
+    let keys = &policy.keys;
     let mut reason = String::from("holds no cosign signature layer");
     for layer in layers
         .iter()
@@ -283,7 +305,10 @@ async fn verify_candidate(
             continue;
         }
         if let Some(key) = keys.verifying(&payload, &signature) {
-            return Ok(key.name.clone());
+            return Ok(Signer::Key {
+                rule: key.name.clone(),
+                fingerprint: key.fingerprint.clone(),
+            });
         }
         reason = "no signature verifies with the job's public keys (wrong key, or tampered)".into();
     }
@@ -298,8 +323,9 @@ async fn verify_bundles(
     repo: &Repository,
     layers: &[oci::Descriptor],
     digest: &str,
-    gate: &SignatureGate,
-) -> std::result::Result<String, String> {
+    policy: &SignaturePolicy,
+    verifier: &BundleVerifier,
+) -> std::result::Result<Signer, String> {
     let mut reason = String::from("holds no Sigstore bundle layer");
     for layer in layers
         .iter()
@@ -313,53 +339,12 @@ async fn verify_bundles(
                 continue;
             }
         };
-        match gate.verifier.admitted_by(&bundle, digest, &gate.policy) {
+        match verifier.admitted_by(&bundle, digest, policy) {
             Ok(admitted_by) => return Ok(admitted_by),
             Err(why) => reason = why,
         }
     }
     Err(reason)
-}
-
-/// A signature layer's content (a "simple signing" payload, a bundle), read whole: refused,
-/// naming `what`, when its descriptor says more than `limit` bytes, it has no valid digest, it
-/// cannot be read, or its bytes (at most `limit` and one chunk are read) do not match its
-/// digest.
-async fn read_layer(
-    source: &Connection,
-    repo: &Repository,
-    layer: &oci::Descriptor,
-    what: &str,
-    limit: u64,
-) -> std::result::Result<Vec<u8>, String> {
-    if layer.size() > limit {
-        return Err(format!("a {what} is {} bytes", layer.size()));
-    }
-    let Ok(digest) = Digest::parse(layer.digest().as_ref()) else {
-        return Err(format!("a {what} has no valid digest"));
-    };
-    let read = async {
-        let response = source.client.get_blob(repo, &digest, 0).await?;
-        let url = response.url.clone();
-        let mut stream = response.into_stream();
-        let mut content = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|source| oci::Error::transport("GET", url.clone(), source))?;
-            content.extend_from_slice(&chunk);
-            if content.len() as u64 > limit {
-                break;
-            }
-        }
-        Ok::<_, oci::Error>(content)
-    };
-    let content = read
-        .await
-        .map_err(|e| format!("a {what} is unreadable: {e}"))?;
-    if Digest::of(&content) != digest {
-        return Err(format!("a {what} does not match its digest"));
-    }
-    Ok(content)
 }
 
 /// The selection as the job's keys allow it: an image no signature verifies for is kept but

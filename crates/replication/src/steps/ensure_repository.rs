@@ -1,14 +1,15 @@
 //! `ensure-repository`: creates a destination repository if missing, makes its settings
 //! match the source's (`repositorySettings`), and with `prune` removes its stale tags.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use ecr::{EnsureOptions, EnsureReport, Reconcile, RepositorySettings, SettingChange};
+use ecr::{EnsureOptions, EnsureReport, ListedImage, Reconcile, RepositorySettings, SettingChange};
 use oci::Repository;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::artifacts::{artifact_subject, fallback_tag, short_digest};
 use crate::catalog::{aws, too_many_pages};
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
@@ -260,6 +261,7 @@ pub(crate) async fn ensure_validated(
 ) -> Result<EnsureRepositoryOutput> {
     let dest_spec = job.job.destination(destination)?.clone();
     let target = dest_spec.checked_target_repository(repository)?;
+    conns.check_target_scope(&dest_spec.registry, &target)?;
     let mut output = apply_settings(
         conns,
         &job.job,
@@ -396,7 +398,8 @@ pub(crate) async fn apply_settings(
 /// has; nothing outside the filters. Returns the tags removed (in a dry run, to remove) and those
 /// kept with the reason: an ECR repository with immutable tags keeps them all (reported, the run
 /// goes on); a registry that cannot untag (distribution answers 400) loses a tag only by deleting
-/// its manifest, done when every tag on that manifest is stale.
+/// its manifest, done when every tag on that manifest is stale; and a tag that something staying
+/// needs is kept (`keep_what_remains_needs`: an index's child, a subject's fallback index).
 async fn prune_stale_tags(
     conns: &Connections,
     job: &ValidJob,
@@ -430,23 +433,32 @@ async fn prune_stale_tags(
         .filter(|(tag, _)| job.tags.tag_matches(tag) && !in_source.contains(tag))
         .collect();
     stale.sort();
-    let stale_tags: Vec<String> = stale.iter().map(|(t, _)| t.clone()).collect();
+    let mut kept: Vec<String> = Vec::new();
     if let Some(admin) = &dest.ecr {
         let settings = admin.read_settings(target).await.map_err(aws(format!(
             "reading the settings of {}/{target}",
             admin.registry()
         )))?;
         // Immutable tags (all of them, or those the exclusion filters make immutable) stay.
-        let (immutable, stale_tags): (Vec<String>, Vec<String>) = stale_tags
+        let (immutable, mutable): (Vec<_>, Vec<_>) = stale
             .into_iter()
-            .partition(|t| settings.as_ref().is_some_and(|s| s.tag_is_immutable(t)));
-        let kept: Vec<String> = immutable
-            .iter()
-            .map(|t| format!("{t}: the repository's tags are immutable; remove it by hand if that is intended"))
-            .collect();
-        if job.job.dry_run || stale_tags.is_empty() {
-            return Ok((stale_tags, kept));
-        }
+            .partition(|(t, _)| settings.as_ref().is_some_and(|s| s.tag_is_immutable(t)));
+        kept.extend(immutable.iter().map(|(t, _)| {
+            format!(
+                "{t}: the repository's tags are immutable; remove it by hand if that is intended"
+            )
+        }));
+        stale = mutable;
+    }
+    // Nothing that stays may lose what it needs: an index its children, an image its fallback
+    // index (receipts and referrers where the registry has no referrers API).
+    let (stale, protected) = keep_what_remains_needs(&dest, target, &in_target, stale).await?;
+    kept.extend(protected);
+    let stale_tags: Vec<String> = stale.iter().map(|(t, _)| t.clone()).collect();
+    if job.job.dry_run || stale_tags.is_empty() {
+        return Ok((stale_tags, kept));
+    }
+    if let Some(admin) = &dest.ecr {
         let refused = admin
             .remove_tags(target, &stale_tags)
             .await
@@ -458,14 +470,8 @@ async fn prune_stale_tags(
             .into_iter()
             .filter(|t| !refused.iter().any(|(r, _)| r == t))
             .collect();
-        let kept = kept
-            .into_iter()
-            .chain(refused.into_iter().map(|(t, why)| format!("{t}: {why}")))
-            .collect();
+        kept.extend(refused.into_iter().map(|(t, why)| format!("{t}: {why}")));
         return Ok((removed, kept));
-    }
-    if job.job.dry_run {
-        return Ok((stale_tags, Vec::new()));
     }
     let repo = Repository {
         registry: dest.registry.clone(),
@@ -475,7 +481,7 @@ async fn prune_stale_tags(
         image: repo.to_string(),
         source,
     };
-    let (mut removed, mut kept) = (Vec::new(), Vec::new());
+    let mut removed = Vec::new();
     let mut deleted_digests: HashSet<String> = HashSet::new();
     for (tag, digest) in &stale {
         if deleted_digests.contains(digest) {
@@ -509,6 +515,140 @@ async fn prune_stale_tags(
         }
     }
     Ok((removed, kept))
+}
+
+/// Splits the stale `(tag, digest)` pairs into those that may go and the reasons of those that
+/// stay because something staying in the destination needs them:
+/// - a manifest an index that stays lists as a child (removing its last tag deletes it, and the
+///   index would name a manifest that is gone);
+/// - the referrers fallback index tag `sha256-<hex>` of a subject that stays (the replicator
+///   writes it for receipts and referrers where the registry has no referrers API; the source
+///   never has it).
+///
+/// A digest stays when it keeps a tag (or is listed untagged), or an index that stays lists it;
+/// keeping a tag can make more stay (an index kept for its subject, a nested index), so this
+/// repeats until nothing changes. Only indexes that stay are read, and only when a tag is stale.
+async fn keep_what_remains_needs(
+    dest: &Connection,
+    target: &str,
+    images: &[ListedImage],
+    stale: Vec<(String, String)>,
+) -> Result<(Vec<(String, String)>, Vec<String>)> {
+    let mut going: BTreeMap<String, String> = stale.into_iter().collect();
+    let mut kept = Vec::new();
+    if going.is_empty() {
+        return Ok((Vec::new(), kept));
+    }
+    let mut children: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    loop {
+        // Digests keeping a tag (or listed untagged), then whatever indexes among them list.
+        let mut staying: HashSet<String> = images
+            .iter()
+            .filter(|i| i.tags.is_empty() || i.tags.iter().any(|t| !going.contains_key(t)))
+            .map(|i| i.digest.clone())
+            .collect();
+        let mut listed_by: HashMap<String, String> = HashMap::new();
+        let mut indexes: Vec<String> = images
+            .iter()
+            .filter(|i| staying.contains(&i.digest))
+            .filter(|i| {
+                i.media_type
+                    .as_deref()
+                    .is_none_or(oci::manifest::is_index_type)
+            })
+            .map(|i| i.digest.clone())
+            .collect();
+        while let Some(index) = indexes.pop() {
+            if !children.contains_key(&index) {
+                let listed = index_children(dest, target, &index).await?;
+                children.insert(index.clone(), listed);
+            }
+            for (child, media_type) in children.get(&index).into_iter().flatten() {
+                if listed_by.contains_key(child) {
+                    continue;
+                }
+                listed_by.insert(child.clone(), index.clone());
+                if staying.insert(child.clone()) && oci::manifest::is_index_type(media_type) {
+                    indexes.push(child.clone());
+                }
+            }
+        }
+        let before = kept.len();
+        for (tag, digest) in going.clone() {
+            let why = if let Some(index) = listed_by.get(&digest) {
+                Some(format!(
+                    "{tag}: {} is listed by the index {}, which stays; removing it would break that index",
+                    short_digest(&digest),
+                    named(images, index, &going)
+                ))
+            } else {
+                artifact_subject(&tag)
+                    .filter(|subject| fallback_tag(subject) == tag && staying.contains(subject))
+                    .map(|subject| {
+                        format!(
+                            "{tag}: the referrers fallback index of {}, which stays (it holds the image's receipts and referrers where the registry has no referrers API)",
+                            named(images, &subject, &going)
+                        )
+                    })
+            };
+            if let Some(why) = why {
+                going.remove(&tag);
+                kept.push(why);
+            }
+        }
+        if kept.len() == before {
+            break;
+        }
+    }
+    Ok((going.into_iter().collect(), kept))
+}
+
+/// The children an index in the destination lists, each with its media type; none when the
+/// manifest is gone (removed since the listing) or is not an index.
+async fn index_children(
+    dest: &Connection,
+    target: &str,
+    digest: &str,
+) -> Result<Vec<(String, String)>> {
+    let repo = Repository {
+        registry: dest.registry.clone(),
+        name: target.to_string(),
+    };
+    let failed = |source| Error::Registry {
+        image: format!("{repo}@{digest}"),
+        source,
+    };
+    let parsed = oci::Digest::parse(digest).map_err(failed)?;
+    let manifest = match dest.manifest_by_digest(target, &parsed).await {
+        Ok((_, manifest)) => manifest,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(failed(e)),
+    };
+    let body: serde_json::Value = serde_json::from_slice(&manifest.bytes).unwrap_or_default();
+    Ok(body["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|child| {
+            Some((
+                child["digest"].as_str()?.to_string(),
+                child["mediaType"].as_str().unwrap_or_default().to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// A digest as a report names it: a tag of it that stays, with the digest shortened.
+fn named(images: &[ListedImage], digest: &str, going: &BTreeMap<String, String>) -> String {
+    let tag = images
+        .iter()
+        .filter(|i| i.digest == digest)
+        .flat_map(|i| i.tags.iter())
+        .find(|t| !going.contains_key(*t));
+    match tag {
+        Some(tag) => format!("{tag} ({})", short_digest(digest)),
+        None => short_digest(digest),
+    }
 }
 
 /// Every tag the source repository has, from its full tag listing: a tag whose manifest cannot

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use oci::{Digest, Reference, Repository};
+use oci::{Digest, PullMeter, Reference, Repository};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +136,11 @@ pub struct EnumerateImagesOutput {
     pub selected: usize,
     /// Token for the next page, `null` on the last.
     pub next_token: Option<String>,
+    /// Manifest GETs this call sent to a source that counts pulls (Docker Hub, or a budgeted
+    /// source): the signature gate's reads when it selected the repository's images, and
+    /// those cutting indexes to the job's platforms. Counted in the run's `sourcePulls`.
+    #[serde(default)]
+    pub pulls: u64,
     /// Tasks found present per destination registry: for the metrics, which the caller emits
     /// (not part of the step's output).
     #[serde(skip)]
@@ -191,7 +196,7 @@ pub async fn enumerate_images(
         }
         tracing::warn!(selection = %id, "the run's kept selection is gone: listing the repository again");
     }
-    let selected = selected_images(conns, &job, &input.repository).await?;
+    let (selected, _, selection_pulls) = selected_counted(conns, &job, &input.repository).await?;
     let mut page = page_of_work(
         conns,
         &job,
@@ -201,6 +206,7 @@ pub async fn enumerate_images(
         PageBounds::STEP,
     )
     .await?;
+    page.pulls += selection_pulls;
     if let (Some(next), Some(bucket)) = (&page.next_token, bucket) {
         match keep_selection(bucket, &job, &input.repository, &selected).await {
             Ok(id) => page.next_token = Some(format!("{id}:{next}")),
@@ -265,6 +271,17 @@ pub async fn selected_images(
     Ok(selected_and_listed(conns, job, repository).await?.0)
 }
 
+/// `selected_images`, and the manifest GETs the selection sent to a source that counts pulls
+/// (the signature gate's reads): the run counts them in its `sourcePulls`.
+pub async fn selected_images_counted(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<(Vec<SelectedImage>, u64)> {
+    let (selected, _, pulls) = selected_counted(conns, job, repository).await?;
+    Ok((selected, pulls))
+}
+
 /// `selected_images`, and the repository's listing when the selection read it (with filters,
 /// always): a verification finds the tags only a destination has from it.
 pub(crate) async fn selected_and_listed(
@@ -272,17 +289,35 @@ pub(crate) async fn selected_and_listed(
     job: &ValidJob,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
-    let source = conns.source(&job.job).await?;
-    let gate = match &job.signature_policy {
-        Some(policy) => Some(SignatureGate {
-            policy: policy.clone(),
+    let (selected, listed, _) = selected_counted(conns, job, repository).await?;
+    Ok((selected, listed))
+}
+
+/// `selected_and_listed`, and the manifest GETs it sent where they are pulls. Every read goes
+/// through a metered view of the source connection, so the signature gate's manifest reads
+/// (and the referrers' and artifacts' checks) are counted whichever module sends them. They
+/// are counted, not refused: a gate read refused for the budget would report a signed image
+/// unsigned.
+pub(crate) async fn selected_counted(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>, u64)> {
+    let connection = conns.source(&job.job).await?;
+    let meter = Arc::new(PullMeter::counting(&connection.registry));
+    let source = connection.metered(meter.clone());
+    let counted = |pulls: u64| if source.counts_pulls() { pulls } else { 0 };
+    let policies = conns.signature_policies(job)?;
+    let gate = match policies.is_empty() {
+        false => Some(SignatureGate {
+            policies,
             verifier: conns.bundle_verifier().await?,
         }),
-        None => None,
+        true => None,
     };
     let (mut selected, listed) = select_images(&source, job, gate.as_ref(), repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
-    Ok((selected, listed))
+    Ok((selected, listed, counted(meter.sent())))
 }
 
 /// One page of the work left in `selection` from `offset` (an index into the whole
@@ -299,6 +334,7 @@ pub async fn page_of_work(
     for (index, spec) in job.job.destinations.iter().enumerate() {
         let dest = conns.destination(&job.job, index).await?;
         let target = spec.checked_target_repository(repository)?;
+        conns.check_target_scope(&spec.registry, &target)?;
         let (tags, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
         destinations.push((index, spec, dest, target, tags, absent));
     }
@@ -307,18 +343,21 @@ pub async fn page_of_work(
         .require_signature
         .as_ref()
         .is_some_and(|r| r.fail_unsigned);
-    // The source is asked only to cut indexes down to the job's platforms.
+    // The source is asked only to cut indexes down to the job's platforms; its reads are
+    // counted where they are pulls.
+    let meter = Arc::new(PullMeter::counting(&job.job.source.registry));
     let source = match &job.platforms {
-        Some(_) => Some(conns.source(&job.job).await?),
+        Some(_) => Some(conns.source(&job.job).await?.metered(meter.clone())),
         None => None,
     };
-    let source = source.as_deref();
+    let source = source.as_ref();
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
         present: 0,
         unsigned: Vec::new(),
         selected: selection.total,
         next_token: None,
+        pulls: 0,
         present_by_destination: Default::default(),
     };
     let mut task_bytes: usize = 0;
@@ -456,6 +495,9 @@ pub async fn page_of_work(
         output.images.extend(missing);
     }
     output.next_token = (next < selection.total).then(|| next.to_string());
+    if source.is_some_and(|s| s.counts_pulls()) {
+        output.pulls = meter.sent();
+    }
     Ok(output)
 }
 

@@ -188,9 +188,15 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     }
     // Promoted under requireSignature, with a receipt key: the signed receipt, before the
     // fallback index is written (it lists the receipt too).
-    if let (Some(admitted_by), Some(signer)) =
-        (&input.image.signed_by, conns.receipt_signer().await)
-    {
+    // Only what the deployment's own policies admitted is certified: keys a caller wrote in
+    // the job never yield a receipt.
+    let certified = input.image.signed_by.as_deref().and_then(|line| {
+        let allowlist = conns.settings().allowlist.as_ref()?;
+        receipts::certified_admissions(line, |name| {
+            Some(allowlist.trust_policies.get(name)?.canonical_digest())
+        })
+    });
+    if let (Some(admitted_by), Some(signer)) = (&certified, conns.receipt_signer().await) {
         let promotion = receipts::Promotion {
             source_registry: &source.registry,
             source_repository: &input.image.repository,

@@ -455,3 +455,131 @@ async fn two_sources_mapped_onto_one_destination_repository_are_not_pruned() {
         "{err}"
     );
 }
+
+/// An image whose manifest says two things: `layers` names a harmless layer, and a second key
+/// (`extra_key`) that Go's encoding/json also reads as `layers` names another. The source
+/// (distribution) stores and serves the bytes as pushed.
+fn ambiguous_image(seed: u64, extra_key: &str) -> (e2e::image::TestImage, e2e::image::Blob) {
+    let harmless = ImageBuilder::new(Format::Oci).layer(seed, 300).build();
+    let runnable = e2e::image::Blob::from_bytes(e2e::image::pseudo_random(seed + 1, 400));
+    let mut manifest: serde_json::Value = serde_json::from_slice(&harmless.manifest).unwrap();
+    let layers = serde_json::to_string(&manifest["layers"]).unwrap();
+    let hidden = serde_json::to_string(&json!([{
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "size": 400,
+        "digest": runnable.digest,
+    }]))
+    .unwrap();
+    manifest.as_object_mut().unwrap().remove("layers");
+    let mut text = serde_json::to_string(&manifest).unwrap();
+    text.pop();
+    text.push_str(&format!(r#","layers":{layers},"{extra_key}":{hidden}}}"#));
+    let bytes = bytes::Bytes::from(text);
+    let mut blobs = harmless.blobs.clone();
+    blobs.push(runnable.clone());
+    let image = e2e::image::TestImage {
+        digest: e2e::image::sha256(&bytes),
+        manifest: bytes,
+        media_type: harmless.media_type,
+        blobs,
+        children: Vec::new(),
+    };
+    (image, runnable)
+}
+
+#[tokio::test]
+async fn ambiguous_manifests_are_refused_and_nothing_of_them_is_copied() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (case_variant, runnable_a) = ambiguous_image(40, "Layers");
+    let (repeated, runnable_b) = ambiguous_image(50, "layers");
+    source.push("app", "case-variant", &case_variant).await;
+    source.push("dup", "repeated", &repeated).await;
+    let clean = ImageBuilder::new(Format::Oci).layer(60, 200).build();
+    source.push("clean", "v1", &clean).await;
+
+    // The documents really are served as written: skopeo (Go) reads them byte for byte, both
+    // keys in them.
+    for (image, served, key, times) in [
+        ("app:case-variant", &case_variant, r#""Layers":"#, 1),
+        ("dup:repeated", &repeated, r#""layers":"#, 2),
+    ] {
+        let raw = e2e::skopeo::inspect_raw(&format!("{}/{image}", src.host), None);
+        assert_eq!(raw, served.manifest.to_vec(), "{image}");
+        let text = String::from_utf8(raw).unwrap();
+        assert!(
+            text.contains(r#""layers":"#) && text.matches(key).count() == times,
+            "{text}"
+        );
+    }
+
+    let output = replication::run::run_job(
+        &Connections::new(settings()),
+        job(&src.host, &dst.host, json!({})),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+
+    let report = &output.report;
+    let failed = |repository: &str| {
+        let images = report
+            .failures
+            .iter()
+            .filter(|f| f.repository == repository)
+            .map(|f| f.error.clone().unwrap_or_default());
+        let repositories = report
+            .repository_failures
+            .iter()
+            .filter(|f| f.repository == repository)
+            .map(|f| f.error.clone());
+        images.chain(repositories).collect::<Vec<_>>().join(" | ")
+    };
+    // Read by tag when the repository is listed, each is refused there (the repository's
+    // listing fails, naming the tag and what makes its manifest ambiguous).
+    for (repository, tag, found) in [
+        (
+            "app",
+            "case-variant",
+            r#"$: key "Layers" differs from the defined field "layers""#,
+        ),
+        ("dup", "repeated", r#"$: key "layers" appears twice"#),
+    ] {
+        let why = failed(repository);
+        assert!(
+            why.contains(&format!("tag {tag} of"))
+                && why.contains("ambiguous manifest")
+                && why.contains(found),
+            "{report:?}"
+        );
+    }
+    assert_eq!(report.copied, 1, "{report:?}");
+
+    // Nothing of either reached the destination: not by tag, not by digest, no blob.
+    let target = Pusher::new(&dst.host, None);
+    assert_eq!(
+        target.manifest("clean", "v1").await.unwrap(),
+        clean.manifest
+    );
+    for (repository, tag, image, runnable) in [
+        ("app", "case-variant", &case_variant, &runnable_a),
+        ("dup", "repeated", &repeated, &runnable_b),
+    ] {
+        assert!(target.manifest(repository, tag).await.is_none(), "{tag}");
+        assert!(
+            target.manifest(repository, &image.digest).await.is_none(),
+            "{tag}"
+        );
+        for blob in image.blobs.iter().chain([runnable]) {
+            assert!(
+                !target.has_blob(repository, &blob.digest).await,
+                "{tag}: {} was copied",
+                blob.digest
+            );
+        }
+    }
+    assert!(!e2e::skopeo::exists(&format!(
+        "{}/app:case-variant",
+        dst.host
+    )));
+}

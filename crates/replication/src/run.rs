@@ -140,6 +140,8 @@ pub async fn run_job(
     observer: &dyn RunObserver,
 ) -> Result<RunOutput> {
     let valid = job.validate()?;
+    // The whole job against the deployment first: nothing is sent for a job it refuses.
+    conns.admit(&valid.job)?;
     if valid.job.mode == Mode::Verify {
         return verify_job(conns, &valid.job, observer).await;
     }
@@ -213,7 +215,8 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Pulls the run sent to the source so far (planned and put images).
+    /// Pulls the run sent to the source so far (the signature gate's and platform subsets' reads,
+    /// planned and put images).
     fn pulls_spent(&self) -> u64 {
         let output = self.output.lock().unwrap_or_else(|e| e.into_inner());
         output.report.source_pulls
@@ -266,7 +269,10 @@ impl Run<'_> {
             });
         }
         // Listed and resolved once; pages of work taken from it (larger than a step's).
-        let selected = steps::selected_images(self.conns, self.valid, repository).await?;
+        let (selected, selection_pulls) =
+            steps::selected_images_counted(self.conns, self.valid, repository).await?;
+        // The signature gate's reads are pulls too: counted before any plan takes its share.
+        self.record(|o| o.report.source_pulls += selection_pulls);
         let mut offset = 0;
         loop {
             let page = steps::page_of_work(
@@ -279,7 +285,10 @@ impl Run<'_> {
             )
             .await?;
             page.emit_present_metrics();
-            self.record(|o| o.report.add_present(page.present));
+            self.record(|o| {
+                o.report.add_present(page.present);
+                o.report.source_pulls += page.pulls;
+            });
             has_work |= !page.images.is_empty();
             let mut results = page.unsigned;
             let (replicated, rounds) = self.replicate_page(page.images).await;

@@ -149,6 +149,8 @@ pub async fn enumerate_and_settle(
     let started = std::time::Instant::now();
     let mut report = input.report.unwrap_or_default();
     let job = input.job.validate()?;
+    // The whole job against the deployment first: nothing is sent for a job it refuses.
+    conns.admit(&job.job)?;
     let limits = conns.settings().limits;
     // Under a pull budget a page holds one repository with work: its child starts knowing
     // what the run spent before it (the parent's report), so the count stays exact.
@@ -341,7 +343,9 @@ async fn settle_repository(
         }
         ensured.push(out.bounded());
     }
-    let selected = selected_images(conns, job, repository).await?;
+    // The signature gate's reads, where they are pulls, count in the settled report (a
+    // repository with work leaves them uncounted: its child's count starts from its pages).
+    let (selected, _, selection_pulls) = selected_counted(conns, job, repository).await?;
     let work = || async {
         // Kept for the child, whose pages then read it instead of listing the repository again.
         let Some(bucket) = conns.work_bucket().await else {
@@ -379,6 +383,7 @@ async fn settle_repository(
             results: serde_json::to_value(&page.unsigned).unwrap_or_default(),
             repositories: serde_json::to_value(&ensured).unwrap_or_default(),
             present: page.present,
+            enumerated_pulls: selection_pulls + page.pulls,
             list: Some(crate::report::CHILD_LISTED),
             ..SummariseInput::default()
         },

@@ -381,3 +381,77 @@ async fn a_referrer_declaring_another_subject_is_not_written_into_its_fallback_i
         output.report.refusals
     );
 }
+
+/// "Artifact, not runnable" is decided by what is known not to run, and checked against an
+/// independent reader: skopeo (containers/image, the Go decoding docker and podman share). A
+/// source pushes, under artifact tags of a signed image, images a runtime would run whatever
+/// their layers' media types say (an image config with a tar behind a signature media type, or
+/// behind a type no runtime list names): refused, absent from the destination. What the gate
+/// does let through, skopeo cannot read as a runnable image.
+#[tokio::test]
+async fn what_travels_as_an_artifact_is_what_skopeo_cannot_run() {
+    let (src, dst, signed, _, pem) = signed_and_unsigned().await;
+    let source = Pusher::new(&src.host, None);
+    let tar = e2e::skopeo::tar_with("bin/payload", b"#!/bin/sh\necho owned\n");
+    let config = |layer: &[u8]| {
+        serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [e2e::image::sha256(layer)]}
+        }))
+        .unwrap()
+    };
+    const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    let disguised = e2e::image::oci_artifact(
+        None,
+        (IMAGE_CONFIG, &config(&tar)),
+        &[("application/vnd.dev.cosign.simplesigning.v1+json", &tar)],
+    );
+    let unlisted = e2e::image::oci_artifact(
+        None,
+        (IMAGE_CONFIG, &config(&tar)),
+        &[("application/octet-stream", &tar)],
+    );
+    let att = format!("{}.att", fallback(&signed));
+    let sbom = format!("{}.sbom", fallback(&signed));
+    source.push("app", &att, &disguised).await;
+    source.push("app", &sbom, &unlisted).await;
+    for tag in [&att, &sbom] {
+        assert_eq!(
+            e2e::skopeo::runnable(&format!("{}/app:{tag}", src.host)),
+            Ok(()),
+            "the attack needs a runnable image under {tag}"
+        );
+    }
+
+    let report = run_gated(&src.host, &dst.host, &pem, false, &signed).await;
+
+    assert_eq!(report.refused, 2, "{report:?}");
+    assert!(
+        report.refusals.iter().all(|r| r.contains("runnable image")),
+        "{:?}",
+        report.refusals
+    );
+    let target = Pusher::new(&dst.host, None);
+    for image in [&disguised, &unlisted] {
+        assert!(target.manifest("app", &image.digest).await.is_none());
+    }
+
+    // What does travel: the legacy-shaped attestation (an image config, one JSON document
+    // layer, as cosign writes its legacy signatures) and the signature; skopeo runs neither.
+    let statement = br#"{"_type":"https://in-toto.io/Statement/v1","subject":[]}"#;
+    let attestation = e2e::image::oci_artifact(
+        None,
+        (IMAGE_CONFIG, &config(statement)),
+        &[("application/vnd.dsse.envelope.v1+json", statement)],
+    );
+    source.push("app", &att, &attestation).await;
+    source.push("app", &sbom, &attestation).await;
+    let dst2 = TestRegistry::start();
+    let report = run_gated(&src.host, &dst2.host, &pem, false, &signed).await;
+    assert_eq!(report.refused, 0, "{report:?}");
+    for tag in [att.clone(), sbom, format!("{}.sig", fallback(&signed))] {
+        let at = format!("{}/app:{tag}", dst2.host);
+        assert!(e2e::skopeo::exists(&at), "{tag} did not travel");
+        assert!(e2e::skopeo::runnable(&at).is_err(), "skopeo runs {tag}");
+    }
+}

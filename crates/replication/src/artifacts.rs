@@ -217,9 +217,9 @@ async fn runnable(
             Ok(content) => content,
             Err(why) => return Some(format!("an image config and {why}")),
         };
-        if serde_json::from_slice::<serde::de::IgnoredAny>(&content).is_err() {
+        if let Err(e) = oci::strict_json::check_document(&content) {
             return Some(format!(
-                "an image config and a {media_type} layer that is not JSON"
+                "an image config and a {media_type} layer that is not one unambiguous JSON document: {e}"
             ));
         }
     }

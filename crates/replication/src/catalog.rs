@@ -165,6 +165,15 @@ impl Catalog for OciCatalog<'_> {
             .await;
         let mut images: Vec<ListedImage> = Vec::new();
         for (tag, head) in heads {
+            // A manifest that is not one unambiguous document is refused alone, named: one
+            // hostile tag does not stop the rest of the repository.
+            if let Err(oci::Error::InvalidManifest { reason, .. }) = &head {
+                refused.push(crate::filter::Refusal::new(
+                    &tag,
+                    format!("its manifest is refused: {reason}"),
+                ));
+                continue;
+            }
             let Some(head) = head.map_err(|source| Error::Listing {
                 what: format!("tag {tag} of {repo}"),
                 source,

@@ -288,6 +288,12 @@ async fn verify_candidate(
                     continue;
                 }
             };
+        // Read as cosign (Go) reads it: a payload two readers would read differently signs
+        // nothing.
+        if let Err(e) = oci::strict_json::check_document(&payload) {
+            reason = format!("an ambiguous signature payload: {e}");
+            continue;
+        }
         let signed_digest = serde_json::from_slice::<serde_json::Value>(&payload)
             .ok()
             .and_then(|p| {

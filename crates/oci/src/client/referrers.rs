@@ -59,6 +59,11 @@ impl RegistryClient {
             let next = next_link(resp.headers(), &url);
             let shown = redact_url(&url);
             let body = read_limited(resp, MAX_MANIFEST_BYTES, &shown).await?;
+            // An index like any other: read strictly, as a runtime's Go decoder would.
+            crate::strict_json::check_manifest(&body).map_err(|e| Error::InvalidManifest {
+                url: shown.clone(),
+                reason: format!("ambiguous referrers response: {e}"),
+            })?;
             let page: ReferrersIndex =
                 serde_json::from_slice(&body).map_err(|e| Error::InvalidManifest {
                     url: shown.clone(),

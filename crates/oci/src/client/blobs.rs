@@ -8,7 +8,11 @@ use crate::digest::Digest;
 use crate::error::{redact_url, Error, Result};
 use crate::reference::Repository;
 
+use super::origins::redirect_refusal;
 use super::*;
+
+/// Redirects of one blob GET followed at most.
+const MAX_REDIRECTS: usize = 5;
 
 /// A blob body being received.
 pub struct BlobResponse {
@@ -82,10 +86,13 @@ impl RegistryClient {
             _ => {}
         }
         // Credentials go to the registry's own origin only: a hop elsewhere (presigned storage)
-        // is sent bare, and so is any further hop until one comes back to the registry.
-        let registry_origin = self.origin(repo)?;
+        // is sent bare, and so is any further hop until one comes back to the registry. A hop
+        // the redirect rules refuse (https to http, a private or link-local address the
+        // registry is not on) is never sent.
+        let registry_base = self.base(repo)?;
+        let registry_origin = registry_base.origin();
         let mut resp = self.pull(Method::GET, &url, repo, headers.clone()).await?;
-        for _ in 0..5 {
+        for _ in 0..MAX_REDIRECTS {
             if !resp.status().is_redirection() {
                 break;
             }
@@ -101,6 +108,13 @@ impl RegistryClient {
                     code: None,
                     message: "redirect without a usable Location".into(),
                 })?;
+            if let Some(reason) = redirect_refusal(&registry_base, &url, &next) {
+                return Err(Error::OriginRefused {
+                    registry: repo.registry.clone(),
+                    url: redact_url(&next),
+                    reason: format!("blob {digest}: {reason}"),
+                });
+            }
             let registry_hop = next.origin() == registry_origin;
             url = next;
             resp = if registry_hop {
@@ -121,6 +135,20 @@ impl RegistryClient {
             StatusCode::OK
         };
         if resp.status() != expected {
+            if url.origin() != registry_origin {
+                // Another origin's body (storage's error document) is never quoted: S3's echoes
+                // the presigned request, its signature and session token included.
+                return Err(foreign_status(&url, resp.status().as_u16(), digest, repo));
+            }
+            if resp.status().is_redirection() {
+                return Err(Error::Registry {
+                    method: "GET".into(),
+                    url: redact_url(&url),
+                    status: resp.status().as_u16(),
+                    code: None,
+                    message: format!("more than {MAX_REDIRECTS} redirects"),
+                });
+            }
             return Err(status_error(resp, "GET", &format!("blob {digest} in {repo}")).await);
         }
         Ok(BlobResponse {
@@ -128,5 +156,29 @@ impl RegistryClient {
             length: resp.content_length(),
             response: resp,
         })
+    }
+}
+
+/// A blob GET that ended on another origin than the registry's (storage it redirected to)
+/// with `status`: the error names the status and that origin's host only, never its body or
+/// its path.
+fn foreign_status(url: &Url, status: u16, digest: &Digest, repo: &Repository) -> Error {
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    Error::Registry {
+        method: "GET".into(),
+        url: format!("{}://{host}", url.scheme()),
+        status,
+        code: None,
+        message: format!(
+            "blob {digest} in {repo}: the registry redirected to {host}, which answered HTTP              {status}{} (its body is not shown: it comes from another origin)",
+            if (300..400).contains(&status) {
+                format!(" after {MAX_REDIRECTS} redirects")
+            } else {
+                String::new()
+            }
+        ),
     }
 }

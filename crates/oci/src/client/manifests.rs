@@ -77,14 +77,10 @@ impl RegistryClient {
                 return Ok(hit.clone());
             }
         }
-        let meter = self.meter_for(&repo.registry);
-        if let Some(meter) = meter {
-            meter.take()?;
-        }
+        let meters = self.meters_for(&repo.registry);
+        pulls::take_all(&meters)?;
         let (url, resp) = self.read_manifest(Method::GET, reference).await?;
-        if let Some(meter) = meter {
-            meter.observe(resp.headers());
-        }
+        pulls::observe_all(&meters, resp.headers());
         if let Some(refused) = pull_limit_reached(&resp, &repo.registry, &url) {
             return Err(refused);
         }
@@ -136,9 +132,10 @@ impl RegistryClient {
     #[tracing::instrument(skip(self), fields(reference = %reference))]
     pub async fn head_manifest(&self, reference: &Reference) -> Result<Option<ManifestHead>> {
         let (url, resp) = self.read_manifest(Method::HEAD, reference).await?;
-        if let Some(meter) = self.meter_for(&reference.repository.registry) {
-            meter.observe(resp.headers());
-        }
+        pulls::observe_all(
+            &self.meters_for(&reference.repository.registry),
+            resp.headers(),
+        );
         if let Some(refused) = pull_limit_reached(&resp, &reference.repository.registry, &url) {
             return Err(refused);
         }

@@ -8,6 +8,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+mod origins;
 mod pulls;
 mod referrers;
 mod response;
@@ -120,8 +121,9 @@ struct Inner {
 #[derive(Clone)]
 pub struct RegistryClient {
     inner: Arc<Inner>,
-    /// Counts (and may bound) the manifest GETs this view sends to one registry.
-    meter: Option<Arc<PullMeter>>,
+    /// Count (and may bound) the manifest GETs this view sends, innermost first: a step's
+    /// meter over its connection's.
+    meters: Vec<Arc<PullMeter>>,
 }
 
 /// The token scope for reading (`pull`) or writing (`pull,push`) a repository.
@@ -157,22 +159,29 @@ impl RegistryClient {
                 paused_until: Mutex::new(HashMap::new()),
                 manifests: Mutex::new(ManifestCache::default()),
             }),
-            meter: None,
+            meters: Vec::new(),
         })
     }
 
     /// A view of this client (same connections, credentials and caches) whose manifest GETs to
-    /// the meter's registry go through `meter`: counted, and refused past its budget.
+    /// the meter's registry go through `meter`: counted, and refused past its budget. On a
+    /// view that is metered already, they go through both (see `PullMeter`).
     pub fn metered(&self, meter: Arc<PullMeter>) -> RegistryClient {
+        let mut meters = vec![meter];
+        meters.extend(self.meters.iter().cloned());
         RegistryClient {
             inner: self.inner.clone(),
-            meter: Some(meter),
+            meters,
         }
     }
 
-    /// The meter of this view for `registry`, if any.
-    fn meter_for(&self, registry: &str) -> Option<&PullMeter> {
-        self.meter.as_deref().filter(|m| m.registry() == registry)
+    /// The meters of this view for `registry`, innermost first.
+    fn meters_for(&self, registry: &str) -> Vec<&PullMeter> {
+        self.meters
+            .iter()
+            .map(|m| m.as_ref())
+            .filter(|m| m.registry() == registry)
+            .collect()
     }
 
     /// The client's settings.
@@ -309,15 +318,6 @@ mod tests {
         assert_eq!(p.backoff(1), Duration::from_millis(250));
         assert_eq!(p.backoff(3), Duration::from_millis(1000));
         assert_eq!(p.backoff(30), Duration::from_secs(10));
-    }
-
-    #[test]
-    fn a_plain_http_realm_gets_no_credentials_of_a_tls_registry() {
-        let realm = |u: &str| Url::parse(u).unwrap();
-        assert!(transport::realm_refusal("https", &realm("http://auth.example/token")).is_some());
-        assert!(transport::realm_refusal("https", &realm("https://auth.example/token")).is_none());
-        // A registry already reached over plain HTTP (local ones) may have a plain realm.
-        assert!(transport::realm_refusal("http", &realm("http://127.0.0.1:5001/token")).is_none());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use reqwest::header::HeaderMap;
 
@@ -70,14 +71,22 @@ fn parse_quota(value: &reqwest::header::HeaderValue) -> Option<(u64, Option<u64>
 
 /// Counts the manifest GETs a client view sends to one registry, and refuses one before it is
 /// sent when it would pass the meter's allowance, or bring the registry's own remaining count
-/// (last seen in a `ratelimit-remaining` header) under the floor the meter keeps.
+/// under the floor the meter keeps.
+///
+/// The registry's count is estimated from the lowest `ratelimit-remaining` it answered, less
+/// the GETs sent since: a later answer claiming more than that (a header that lies, or a
+/// "new" limit) never raises it, whether or not its `ratelimit-limit` changed; only the
+/// registry's window passing forgets it (the count can then only have grown). Views stack: a
+/// step's meter over a connection's (`RegistryClient::metered` on a metered view), and a GET
+/// is taken from each, every floor judged against the lowest estimate of any of them, so what
+/// a connection saw in one step holds in the next.
 #[derive(Debug)]
 pub struct PullMeter {
     registry: String,
     sent: AtomicU64,
     allowance: Option<u64>,
     floor: Option<Floor>,
-    seen: Mutex<Option<RateLimit>>,
+    seen: Mutex<Option<Seen>>,
 }
 
 /// A floor on the registry's remaining count.
@@ -87,6 +96,29 @@ struct Floor {
     /// Further pulls each GET implies later (a plan's manifest is read again when the image's
     /// manifests are put, in another invocation).
     follow_ups: u64,
+}
+
+/// The lowest count a registry answered a meter.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    lowest: RateLimit,
+    /// GETs the meter had sent when it was answered: those sent since are not in the count.
+    sent_then: u64,
+    at: Instant,
+}
+
+/// How long a count is kept when the registry names no window (Docker Hub's is 6 hours).
+const DEFAULT_WINDOW: Duration = Duration::from_secs(6 * 3600);
+
+impl Seen {
+    fn expired(&self) -> bool {
+        let window = self
+            .lowest
+            .window_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_WINDOW);
+        self.at.elapsed() > window
+    }
 }
 
 impl PullMeter {
@@ -124,24 +156,37 @@ impl PullMeter {
         self.sent.load(Ordering::SeqCst)
     }
 
-    /// The registry's count as last seen, if it sends one.
+    /// The lowest count the registry answered this meter (within its window), if it sends
+    /// one.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        self.seen_now().map(|s| s.lowest)
     }
 
-    /// Takes one GET from the allowance, or refuses it (nothing is sent).
-    pub(super) fn take(&self) -> Result<()> {
-        let seen = self.rate_limit();
-        if let (Some(floor), Some(seen)) = (self.floor, seen) {
+    fn seen_now(&self) -> Option<Seen> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.filter(|s| !s.expired())
+    }
+
+    /// The registry's remaining count as this meter knows it: the lowest it answered, less
+    /// the GETs sent through this meter since; with the answer it comes from (for messages).
+    pub fn remaining(&self) -> Option<(u64, RateLimit)> {
+        let seen = self.seen_now()?;
+        let since = self.sent().saturating_sub(seen.sent_then);
+        Some((seen.lowest.remaining.saturating_sub(since), seen.lowest))
+    }
+
+    /// Takes one GET from the allowance, or refuses it (nothing is sent). `remaining` is the
+    /// lowest estimate of the registry's count among the meters the GET goes through.
+    fn take(&self, remaining: Option<(u64, RateLimit)>) -> Result<()> {
+        if let (Some(floor), Some((remaining, seen))) = (self.floor, remaining) {
             let sent = self.sent();
             let needed = floor.keep + 1 + floor.follow_ups * (sent + 1);
-            if seen.remaining < needed {
+            if remaining < needed {
                 return Err(Error::PullBudgetSpent {
                     registry: self.registry.clone(),
                     reason: format!(
-                        "the registry says {} pulls are left in {}, and the job keeps {} of them \
-                         (source.pullBudget.keepRemaining)",
-                        seen.remaining,
+                        "the registry says {remaining} pulls are left in {}, and the job keeps \
+                         {} of them (source.pullBudget.keepRemaining)",
                         seen.window(),
                         floor.keep
                     ),
@@ -166,18 +211,52 @@ impl PullMeter {
         })
     }
 
-    /// Records the registry's count from an answer (the lowest seen wins within a window).
-    pub(super) fn observe(&self, headers: &HeaderMap) {
-        if let Some(now) = RateLimit::from_headers(headers) {
-            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            *seen = Some(match *seen {
-                Some(before) if before.remaining < now.remaining && before.limit == now.limit => {
-                    // Answers of parallel GETs arrive out of order: keep the lower count.
-                    before
-                }
-                _ => now,
+    /// Gives back a GET taken but not sent (another meter of the stack refused it).
+    fn give_back(&self) {
+        self.sent.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Records the registry's count from an answer: kept when it is at most what the meter
+    /// already knows (the lowest answer less the GETs since), never when it claims more.
+    fn observe(&self, headers: &HeaderMap) {
+        let Some(now) = RateLimit::from_headers(headers) else {
+            return;
+        };
+        let known = self.remaining().map(|(remaining, _)| remaining);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none_or(|known| now.remaining <= known) {
+            *seen = Some(Seen {
+                lowest: now,
+                sent_then: self.sent(),
+                at: Instant::now(),
             });
         }
+    }
+}
+
+/// Takes one GET from each meter of a stack (innermost first), or from none: a GET refused by
+/// one is given back to those that took it. Every floor is judged against the lowest estimate
+/// of the registry's count among them.
+pub(super) fn take_all(meters: &[&PullMeter]) -> Result<()> {
+    let lowest = meters
+        .iter()
+        .filter_map(|m| m.remaining())
+        .min_by_key(|(remaining, _)| *remaining);
+    for (at, meter) in meters.iter().enumerate() {
+        if let Err(refused) = meter.take(lowest) {
+            for taken in &meters[..at] {
+                taken.give_back();
+            }
+            return Err(refused);
+        }
+    }
+    Ok(())
+}
+
+/// Records an answer's count in each meter of a stack.
+pub(super) fn observe_all(meters: &[&PullMeter], headers: &HeaderMap) {
+    for meter in meters {
+        meter.observe(headers);
     }
 }
 
@@ -218,12 +297,16 @@ mod tests {
         assert!(RateLimit::from_headers(&HeaderMap::new()).is_none());
     }
 
+    fn take(meter: &PullMeter) -> Result<()> {
+        take_all(&[meter])
+    }
+
     #[test]
     fn an_allowance_refuses_the_get_past_it() {
         let meter = PullMeter::counting("docker.io").with_allowance(2);
-        assert!(meter.take().is_ok());
-        assert!(meter.take().is_ok());
-        let refused = meter.take().unwrap_err();
+        assert!(take(&meter).is_ok());
+        assert!(take(&meter).is_ok());
+        let refused = take(&meter).unwrap_err();
         assert!(
             matches!(refused, Error::PullBudgetSpent { .. }),
             "{refused}"
@@ -235,15 +318,65 @@ mod tests {
     fn a_floor_counts_the_reads_each_get_implies_later() {
         let meter = PullMeter::counting("docker.io").keeping(10, 1);
         // Nothing seen yet: the first GET goes (it is what reads the count).
-        assert!(meter.take().is_ok());
-        meter.observe(&headers("100;w=21600", "14;w=21600"));
+        assert!(take(&meter).is_ok());
+        observe_all(&[&meter], &headers("100;w=21600", "14;w=21600"));
         // 14 left: this GET (1), its later read and the first GET's (2) leave 11 >= 10.
-        assert!(meter.take().is_ok());
-        meter.observe(&headers("100;w=21600", "13;w=21600"));
+        assert!(take(&meter).is_ok());
+        observe_all(&[&meter], &headers("100;w=21600", "13;w=21600"));
         // 13 left: 1 + 3 later reads would leave 9 < 10.
-        assert!(matches!(meter.take(), Err(Error::PullBudgetSpent { .. })));
+        assert!(matches!(take(&meter), Err(Error::PullBudgetSpent { .. })));
         // A late answer with a higher count does not raise it.
-        meter.observe(&headers("100;w=21600", "20;w=21600"));
+        observe_all(&[&meter], &headers("100;w=21600", "20;w=21600"));
         assert_eq!(meter.rate_limit().unwrap().remaining, 13);
+    }
+
+    #[test]
+    fn a_higher_count_never_raises_the_floor_whatever_limit_it_names() {
+        for (limit, lie) in [
+            ("100;w=21600", "95;w=21600"),
+            ("5000;w=21600", "4990;w=21600"),
+        ] {
+            let meter = PullMeter::counting("docker.io").keeping(5, 0);
+            assert!(take(&meter).is_ok());
+            observe_all(&[&meter], &headers("100;w=21600", "9;w=21600"));
+            // Later answers claim more (the same limit, or an "upgraded" one): ignored.
+            for _ in 0..3 {
+                assert!(take(&meter).is_ok(), "{limit}");
+                observe_all(&[&meter], &headers(limit, lie));
+            }
+            // 9 seen, 3 GETs since: 6 left; one more would leave 5, the next goes under it.
+            assert_eq!(meter.remaining().unwrap().0, 6, "{limit}");
+            assert!(take(&meter).is_ok(), "{limit}");
+            assert!(
+                matches!(take(&meter), Err(Error::PullBudgetSpent { .. })),
+                "{limit}: a lying count raised the floor"
+            );
+            assert_eq!(meter.rate_limit().unwrap().remaining, 9);
+            // A lower answer (others pull too) is taken at once.
+            observe_all(&[&meter], &headers(limit, "2;w=21600"));
+            assert_eq!(meter.remaining().unwrap().0, 2);
+        }
+    }
+
+    #[test]
+    fn a_stack_of_meters_judges_every_floor_by_the_lowest_count_any_saw() {
+        // The connection's meter saw the registry's count in an earlier step.
+        let connection = PullMeter::counting("docker.io");
+        assert!(take(&connection).is_ok());
+        observe_all(&[&connection], &headers("100;w=21600", "8;w=21600"));
+        // A step's meter, fresh, stacked on it: its first answer lies.
+        let step = PullMeter::counting("docker.io").keeping(5, 0);
+        let stack = [&step, &connection];
+        assert!(take_all(&stack).is_ok());
+        observe_all(&stack, &headers("1000;w=21600", "999;w=21600"));
+        // 8 seen by the connection, 1 GET since: 7; then 6 would be left (>= 5) and then 5.
+        assert!(take_all(&stack).is_ok());
+        assert!(take_all(&stack).is_ok());
+        assert!(take_all(&stack).is_err());
+        assert_eq!((step.sent(), connection.sent()), (3, 4));
+        // A GET the step's allowance refuses is not counted by the connection either.
+        let capped = PullMeter::counting("docker.io").with_allowance(0);
+        assert!(take_all(&[&capped, &connection]).is_err());
+        assert_eq!(connection.sent(), 4);
     }
 }

@@ -13,6 +13,7 @@ use crate::auth::{Challenge, Credential};
 use crate::error::{redact_url, Error, Result};
 use crate::reference::Repository;
 
+use super::origins::realm_refusal;
 use super::*;
 
 impl RegistryClient {
@@ -293,20 +294,19 @@ impl RegistryClient {
             header: realm.into(),
             reason: e.to_string(),
         })?;
-        // The realm receives the registry's credentials (Basic): never in clear when the
-        // registry itself is reached over TLS.
-        let registry_scheme = self
-            .base(&Repository {
-                registry: registry.to_string(),
-                name: String::new(),
-            })?
-            .scheme()
-            .to_string();
-        if let Some(reason) = realm_refusal(&registry_scheme, &url) {
+        // The realm receives the registry's credentials (Basic): only under the rules of
+        // `origins::realm_refusal` (never in clear from a TLS registry, never at a private or
+        // link-local address the registry is not on, never in clear to another origin).
+        let basic = self.credential(registry).basic_header();
+        let registry_base = self.base(&Repository {
+            registry: registry.to_string(),
+            name: String::new(),
+        })?;
+        if let Some(reason) = realm_refusal(&registry_base, &url, basic.is_some()) {
             return Err(Error::OriginRefused {
                 registry: registry.into(),
                 url: redact_url(&url),
-                reason: reason.into(),
+                reason,
             });
         }
         {
@@ -318,7 +318,6 @@ impl RegistryClient {
                 query.append_pair("scope", s);
             }
         }
-        let basic = self.credential(registry).basic_header();
         let resp = self
             .send_retrying(&Method::GET, &url, || {
                 let mut rb = self.inner.http.get(url.clone());
@@ -372,10 +371,3 @@ impl RegistryClient {
 
 /// Bytes of a token response read at most (tokens are JWTs of a few KiB).
 const MAX_TOKEN_BYTES: usize = 1 << 20;
-
-/// Why a Bearer realm may not receive a registry's credentials: over plain HTTP while the
-/// registry itself is reached over TLS (a network neighbour would read them).
-pub(super) fn realm_refusal(registry_scheme: &str, realm: &Url) -> Option<&'static str> {
-    (registry_scheme == "https" && realm.scheme() != "https")
-        .then_some("its Bearer realm is not https while the registry is")
-}

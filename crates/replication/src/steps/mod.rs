@@ -34,9 +34,9 @@ pub use ensure_repository::{
     EnsureRepositoryOutput,
 };
 pub use enumerate_images::{
-    enumerate_images, page_of_work, selected_images, EnumerateImages, EnumerateImagesInput,
-    EnumerateImagesOutput, ImageTask, PageBounds, IMAGES_CHECKED_PER_CALL, PAGE_TASK_BYTES,
-    TASKS_PER_PAGE, UNSIGNED_PER_PAGE,
+    enumerate_images, page_of_work, selected_images, selected_images_counted, EnumerateImages,
+    EnumerateImagesInput, EnumerateImagesOutput, ImageTask, PageBounds, IMAGES_CHECKED_PER_CALL,
+    PAGE_TASK_BYTES, TASKS_PER_PAGE, UNSIGNED_PER_PAGE,
 };
 pub use enumerate_repositories::{
     enumerate_and_settle, enumerate_repositories, enumerate_repositories_within, Concurrency,
@@ -54,7 +54,8 @@ pub use verify_repository::{verify_repository, VerifyRepository, VerifyRepositor
 
 use ensure_repository::apply_settings;
 use enumerate_images::{
-    all_images, destination_tags, is_present, selected_and_listed, PARALLEL_CHECKS,
+    all_images, destination_tags, is_present, selected_and_listed, selected_counted,
+    PARALLEL_CHECKS,
 };
 use plan_image::{platform_subset, read_source_image};
 use selection::{keep_selection, stored_selection_chunk, PageToken};

@@ -56,6 +56,10 @@ pub struct SummariseInput {
     /// Tasks `enumerate-images` found present (counted, never run).
     #[serde(default)]
     pub present: usize,
+    /// Manifest GETs `enumerate-images` sent to a source that counts pulls (its `pulls`: the
+    /// signature gate's and platform subsets' reads), added to the report's `sourcePulls`.
+    #[serde(default)]
+    pub enumerated_pulls: u64,
     /// The repository's page as the state holds it: with `dryRun`, its plan's images are
     /// reported planned (or failed, or present). Anything but a plan (an empty page, a copy
     /// run's page) is not read: the state machine passes the page as it is, so a dry run's plan
@@ -280,6 +284,7 @@ pub fn summarise(input: SummariseInput, model: &CostModel) -> Result<RunReport> 
         report.add_repository(r);
     }
     report.add_present(input.present);
+    report.source_pulls += input.enumerated_pulls;
     if let Some(plan) = &plan {
         report.source_pulls += plan.pulls;
         for postponed in plan.postponed_results() {

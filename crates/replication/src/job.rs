@@ -12,7 +12,9 @@ use crate::filter::{RepositoryMatcher, TagMatcher};
 use crate::keys::SignaturePolicy;
 use crate::platforms::{PlatformFilter, MAX_PLATFORMS};
 pub use crate::trust::SignerIdentity;
-use crate::trust::{policy_name_problem, PolicySource, TrustPolicy};
+use crate::trust::{
+    policy_name_problem, PolicySource, TrustPolicy, MAX_SIGNATURE_IDENTITIES, MAX_SIGNATURE_KEYS,
+};
 
 /// Default byte budget of one copy invocation: 2 GiB.
 pub const DEFAULT_RANGE_BYTES: u64 = 2 << 30;
@@ -34,6 +36,7 @@ pub struct Job {
     /// Where images come from.
     pub source: Source,
     /// Where images go (one or more accounts/regions/registries).
+    #[schemars(length(min = 1, max = MAX_DESTINATIONS))]
     pub destinations: Vec<Destination>,
     /// Which repositories (globs on the repository name; `*` stays within one path segment,
     /// `**` crosses `/`). Empty include means all.
@@ -47,6 +50,7 @@ pub struct Job {
     /// (`include`, `exclude`, `semver`) still narrow the list; a tag listed with a digest it no
     /// longer names is reported superseded. At most 1000.
     #[serde(default)]
+    #[schemars(length(max = MAX_LISTED_IMAGES))]
     pub images: Vec<ImageSelector>,
     /// What to do with repository settings in the destinations.
     #[serde(default)]
@@ -81,15 +85,18 @@ pub struct Job {
     /// keeping the source's fields, annotations and order. Images that are no index, and indexes
     /// whose children are all wanted, are copied unchanged (default: every platform).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_PLATFORMS))]
     pub platforms: Vec<String>,
     /// Plan only: report what would be copied and changed, write nothing.
     #[serde(default)]
     pub dry_run: bool,
     /// Images copied at once (the Map state's MaxConcurrency).
     #[serde(default = "ten")]
+    #[schemars(range(min = 1, max = 1000))]
     pub max_concurrency: u32,
     /// Bytes one copy invocation moves at most; larger blobs are copied in segments of this size.
     #[serde(default = "default_range_bytes")]
+    #[schemars(range(min = MIN_RANGE_BYTES))]
     pub range_bytes: u64,
 }
 
@@ -202,6 +209,7 @@ pub struct Destination {
     /// whole source name winning (then `repositoryPrefix` is put before the result); a name no
     /// rule matches keeps its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_MAPPING_RULES))]
     pub repository_mapping: Vec<RepositoryRename>,
     /// Source KMS key ARN to destination KMS key ARN (keys are regional); `"*"` is the default for
     /// any other key. Without a mapping, KMS-encrypted repositories use the AWS managed key.
@@ -381,9 +389,11 @@ pub struct RequireSignature {
     /// PEM public keys (`-----BEGIN PUBLIC KEY-----`, ECDSA P-256, as `cosign
     /// generate-key-pair` writes `cosign.pub`), instead of `policy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_SIGNATURE_KEYS))]
     pub public_keys: Vec<String>,
     /// Keyless signers (issuer and identity), instead of `policy`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_SIGNATURE_IDENTITIES))]
     pub identities: Vec<SignerIdentity>,
     /// Count an unsigned image as a failed one (the run then fails); by default it is only
     /// reported.

@@ -387,6 +387,9 @@ StateTaskServiceSfn._eval_service_task = _sfn_eval_service_task_pascal
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import ecr_gaps  # noqa: E402,F401
 
+# S3's bucket owner condition (ExpectedBucketOwner), which moto ignores: s3_gaps.py.
+import s3_gaps  # noqa: E402,F401
+
 
 def _seed_receipt_key(arn):
     """The rig deployment's receipt key (`receiptKeyArn` in cdk/test/config.iam.json): an

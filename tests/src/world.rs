@@ -166,6 +166,7 @@ impl EcrWorld {
             limits: Default::default(),
             cost_model: Default::default(),
             trusted_root: Default::default(),
+            trusted_root_policy: Default::default(),
             receipt_key: None,
         }
     }

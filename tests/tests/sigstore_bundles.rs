@@ -11,7 +11,7 @@ use e2e::image::{signing_key, sigstore_bundle_referrer, Format, ImageBuilder, Pu
 use e2e::registry::TestRegistry;
 use e2e::sigstore::{Keyless, PrivateSigstore};
 use replication::connect::{Connections, Settings};
-use replication::sigstore::TrustedRootSource;
+use replication::sigstore::{TrustedRootPolicy, TrustedRootSource};
 use replication::steps::ImageStatus;
 use replication::Job;
 use serde_json::json;
@@ -51,12 +51,75 @@ fn job(src: &str, dst: &str, key_pem: &str) -> Job {
     .unwrap()
 }
 
+/// The rig's private Sigstore has no CT log: its deployments say so
+/// (`ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT=true`).
 fn settings(root: TrustedRootSource) -> Settings {
     Settings {
         registry: e2e::fast_retry_config(&[]),
         trusted_root: root,
+        trusted_root_policy: TrustedRootPolicy {
+            allow_no_ct_logs: true,
+            ..TrustedRootPolicy::default()
+        },
         ..Settings::default()
     }
+}
+
+/// Puts `body` under `bucket/key` in the moto at `url`, as `account` (moto's account header;
+/// an `Authorization`, which moto does not check, lets it replace an object).
+async fn put_object(url: &str, account: &str, bucket: &str, key: &str, body: String) {
+    let put = reqwest::Client::new()
+        .put(format!("{url}/{bucket}/{key}"))
+        .header("x-moto-account-id", account)
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+}
+
+/// The one image `release` signed keyless by the release workflow, with its bundle, in a new
+/// source registry; the registry and the job's key (unused).
+async fn signed_release(
+    sigstore: &PrivateSigstore,
+    seed: u64,
+) -> (TestRegistry, TestImage, String) {
+    let src = TestRegistry::start();
+    let image = ImageBuilder::new(Format::Oci).layer(seed, 900).build();
+    let bundle = sigstore.keyless_bundle(&image.digest, &Keyless::new(RELEASE, GITHUB));
+    push_signed(&Pusher::new(&src.host, None), "release", &image, &bundle).await;
+    let (_, key_pem) = signing_key(seed);
+    (src, image, key_pem)
+}
+
+/// The run's repository failure, or `None` when no repository failed.
+async fn repository_failure(conns: &Connections, src: &str, key_pem: &str) -> Option<String> {
+    let dst = TestRegistry::start();
+    let report = replication::run::run_job(
+        conns,
+        job(src, &dst.host, key_pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap()
+    .report;
+    let failure = report.repository_failures.first().map(|f| f.error.clone());
+    let copied = Pusher::new(&dst.host, None)
+        .manifest("app", "release")
+        .await
+        .is_some();
+    if failure.is_some() {
+        assert_eq!(report.copied, 0, "{report:?}");
+        assert!(!copied);
+    } else {
+        assert_eq!((report.unsigned, report.failed), (0, 0), "{report:?}");
+        assert!(copied, "{report:?}");
+    }
+    failure
 }
 
 #[tokio::test]
@@ -467,5 +530,187 @@ async fn a_trusted_root_kept_in_s3_is_read_from_there() {
             .contains("s3://sigstore-roots/none.json: no such object"),
         "{:?}",
         report.repository_failures
+    );
+}
+
+/// A trusted root without certificate transparency logs turns off the SCT check of keyless
+/// certificates: refused, naming the setting, unless the deployment allows it; the same root
+/// with `ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT=true` admits the image.
+#[tokio::test]
+async fn a_trusted_root_without_ct_logs_is_refused_unless_the_deployment_allows_it() {
+    let sigstore = PrivateSigstore::new();
+    let (src, _, key_pem) = signed_release(&sigstore, 90).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = TrustedRootSource::File(sigstore.write_trusted_root(dir.path()));
+    let refusing = Settings {
+        trusted_root_policy: TrustedRootPolicy::default(),
+        ..settings(root.clone())
+    };
+    assert!(!refusing.trusted_root_policy.allow_no_ct_logs);
+
+    let error = repository_failure(&Connections::new(refusing), &src.host, &key_pem)
+        .await
+        .expect("a root without CT logs was taken");
+    assert!(
+        error.contains("ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT")
+            && error.contains("lists no certificate transparency log"),
+        "{error}"
+    );
+    assert!(error.contains(&dir.path().display().to_string()), "{error}");
+
+    let allowed = repository_failure(&Connections::new(settings(root)), &src.host, &key_pem).await;
+    assert_eq!(allowed, None);
+}
+
+/// A pinned trusted root (`ECR_REPLICATOR_TRUSTED_ROOT_SHA256`) whose bytes differ is refused,
+/// naming both digests; the right pin admits.
+#[tokio::test]
+async fn a_trusted_root_whose_sha256_is_not_the_pinned_one_is_refused_naming_both() {
+    let sigstore = PrivateSigstore::new();
+    let (src, _, key_pem) = signed_release(&sigstore, 91).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = sigstore.write_trusted_root(dir.path());
+    let actual = oci::Digest::of(&std::fs::read(&path).unwrap()).to_string();
+    let other = oci::Digest::of(sigstore.with_another_ca().trusted_root().as_bytes()).to_string();
+    let pinned = |pin: &str| {
+        let mut settings = settings(TrustedRootSource::File(path.clone()));
+        settings.trusted_root_policy.sha256 = TrustedRootPolicy::parse_sha256(pin).unwrap();
+        Connections::new(settings)
+    };
+
+    let error = repository_failure(&pinned(&other), &src.host, &key_pem)
+        .await
+        .expect("a root that is not the pinned one was taken");
+    assert!(
+        error.contains("ECR_REPLICATOR_TRUSTED_ROOT_SHA256")
+            && error.contains(&format!("has sha256 {actual}, not the pinned {other}")),
+        "{error}"
+    );
+    // The pin as the hex alone, upper case: the same digest.
+    let hex = actual.trim_start_matches("sha256:").to_uppercase();
+    assert_eq!(
+        repository_failure(&pinned(&hex), &src.host, &key_pem).await,
+        None
+    );
+    assert!(TrustedRootPolicy::parse_sha256("sha256:abc").is_err());
+}
+
+/// A trusted root in S3 is read with `ExpectedBucketOwner`: by default the process's own account
+/// (STS GetCallerIdentity; moto's default account here), else the configured one. A bucket of
+/// that name in another account is refused (S3 answers 403 AccessDenied), naming the object and
+/// the account; configured with that account, it is read.
+#[tokio::test]
+async fn a_trusted_root_in_s3_is_read_only_from_a_bucket_the_expected_account_owns() {
+    const OTHER: &str = "210987654321";
+    let moto = e2e::moto::Moto::start();
+    let sigstore = PrivateSigstore::new();
+    let create = reqwest::Client::new()
+        .put(format!("{}/foreign-roots", moto.url))
+        .header("x-moto-account-id", OTHER)
+        .send()
+        .await
+        .unwrap();
+    assert!(create.status().is_success(), "{}", create.status());
+    put_object(
+        &moto.url,
+        OTHER,
+        "foreign-roots",
+        "trusted_root.json",
+        sigstore.trusted_root(),
+    )
+    .await;
+    let (src, _, key_pem) = signed_release(&sigstore, 92).await;
+    let owned_by = |owner: Option<&str>| {
+        let mut settings = Settings {
+            aws: moto.aws_settings(),
+            ..settings(TrustedRootSource::parse("s3://foreign-roots/trusted_root.json").unwrap())
+        };
+        settings.trusted_root_policy.bucket_owner = owner.map(str::to_string);
+        Connections::new(settings)
+    };
+
+    for expected in [None, Some("123456789012")] {
+        let error = repository_failure(&owned_by(expected), &src.host, &key_pem)
+            .await
+            .expect("a root from a bucket of another account was read");
+        assert!(
+            error.contains("s3://foreign-roots/trusted_root.json")
+                && error.contains("account 123456789012 owns")
+                && error.contains("AccessDenied"),
+            "{expected:?}: {error}"
+        );
+    }
+    assert_eq!(
+        repository_failure(&owned_by(Some(OTHER)), &src.host, &key_pem).await,
+        None
+    );
+}
+
+/// A warm function reads a trusted root kept in S3 again once it is older than the policy's
+/// `max_age` (an hour by default): a root replaced there (another CA) is in force for the next
+/// check, and the bundle the old root admitted is refused.
+#[tokio::test]
+async fn a_trusted_root_in_s3_is_read_again_once_older_than_its_max_age() {
+    let moto = e2e::moto::Moto::start();
+    let sigstore = PrivateSigstore::new();
+    let rotated = sigstore.with_another_ca();
+    e2e::moto::create_bucket_at(&moto.url, "sigstore-roots").await;
+    let put = |root: String| {
+        put_object(
+            &moto.url,
+            "123456789012",
+            "sigstore-roots",
+            "root.json",
+            root,
+        )
+    };
+    put(sigstore.trusted_root()).await;
+    let (src, _, key_pem) = signed_release(&sigstore, 93).await;
+    let connections = |max_age: std::time::Duration| {
+        let mut settings = Settings {
+            aws: moto.aws_settings(),
+            ..settings(TrustedRootSource::parse("s3://sigstore-roots/root.json").unwrap())
+        };
+        settings.trusted_root_policy.max_age = max_age;
+        Connections::new(settings)
+    };
+    assert_eq!(
+        TrustedRootPolicy::default().max_age,
+        std::time::Duration::from_secs(3600)
+    );
+    let sha = |root: String| oci::Digest::of(root.as_bytes()).to_string();
+
+    // Within its hour, the root read first is the one in use.
+    let warm = connections(TrustedRootPolicy::default().max_age);
+    let first = warm.bundle_verifier().await.unwrap();
+    assert_eq!(first.sha256, sha(sigstore.trusted_root()));
+    put(rotated.trusted_root()).await;
+    assert!(std::sync::Arc::ptr_eq(
+        &first,
+        &warm.bundle_verifier().await.unwrap()
+    ));
+    put(sigstore.trusted_root()).await;
+
+    // Past it, the next check reads the object again.
+    let warm = connections(std::time::Duration::ZERO);
+    assert_eq!(repository_failure(&warm, &src.host, &key_pem).await, None);
+    put(rotated.trusted_root()).await;
+    assert_eq!(
+        warm.bundle_verifier().await.unwrap().sha256,
+        sha(rotated.trusted_root())
+    );
+    let dst = TestRegistry::start();
+    let report = replication::run::run_job(
+        &warm,
+        job(&src.host, &dst.host, &key_pem),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap()
+    .report;
+    assert_eq!((report.copied, report.unsigned), (0, 1), "{report:?}");
+    assert!(
+        e2e::unsigned_reason(&report, "release").contains("certificate chain"),
+        "{report:?}"
     );
 }

@@ -579,6 +579,103 @@ async fn prune_on_a_registry_that_cannot_untag_deletes_wholly_stale_manifests_on
     }
 }
 
+/// Prune never breaks what stays (distribution: deleting a tag deletes its manifest): a stale
+/// tag on a child of an index that stays, and the replicator's referrers fallback index
+/// (`sha256-<hex>`, receipts and referrers where there is no referrers API) of an image that
+/// stays, are kept, each with its reason; the fallback index of an image that goes goes too.
+#[tokio::test]
+async fn prune_keeps_an_index_child_and_the_fallback_index_of_an_image_that_stays() {
+    use replication::artifacts::fallback_tag;
+    const RECEIPT: &str = "application/vnd.in-toto+json";
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let index = multi_arch(960, 1, 200);
+    let amd64 = index.children[0].clone();
+    let old = ImageBuilder::new(Format::Oci).layer(970, 100).build();
+    Pusher::new(&src.host, None).push("web", "v2", &index).await;
+    let target = Pusher::new(&dst.host, None);
+    target.push("mirror/web", "v2", &index).await;
+    target.push("mirror/web", "v2-amd64", &amd64).await; // stale, but v2 lists it: kept
+    target.push("mirror/web", "v0", &old).await; // stale: removed
+    for subject in [&index, &old] {
+        let receipt = e2e::image::artifact(
+            Some(subject),
+            RECEIPT,
+            "application/vnd.dsse.envelope.v1+json",
+            subject.digest.as_bytes(),
+        );
+        let fallback = e2e::image::referrers_index(vec![(receipt, RECEIPT)]);
+        target
+            .push("mirror/web", &fallback_tag(&subject.digest), &fallback)
+            .await;
+    }
+    let conns = Connections::new(settings(Some(100)));
+    let pruning = |dry_run: bool| job(&src, &dst, json!({"prune": true, "dryRun": dry_run}));
+    let going = vec![fallback_tag(&old.digest), "v0".to_string()];
+
+    let planned = replication::run::run_job(&conns, pruning(true), &replication::run::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(planned.repositories[0].pruned, going, "{planned:?}");
+    assert_eq!(planned.repositories[0].prune_kept.len(), 2, "{planned:?}");
+
+    let output = replication::run::run_job(&conns, pruning(false), &replication::run::Quiet)
+        .await
+        .unwrap();
+
+    let repo = &output.repositories[0];
+    assert_eq!(repo.pruned, going, "{repo:?}");
+    assert_eq!(
+        (output.report.tags_pruned, output.report.tags_kept),
+        (2, 2),
+        "{:?}",
+        output.report
+    );
+    let kept_fallback = format!(
+        "{}: the referrers fallback index of v2 (",
+        fallback_tag(&index.digest)
+    );
+    assert!(
+        repo.prune_kept[0].starts_with(&kept_fallback),
+        "{:?}",
+        repo.prune_kept
+    );
+    assert!(
+        repo.prune_kept[1].starts_with("v2-amd64: sha256:")
+            && repo.prune_kept[1].contains("is listed by the index v2 (")
+            && repo.prune_kept[1].ends_with("which stays; removing it would break that index"),
+        "{:?}",
+        repo.prune_kept
+    );
+    // The report's prune section names each kept tag with its reason.
+    assert!(
+        output
+            .report
+            .kept
+            .iter()
+            .any(|k| k.starts_with(&format!("{}/mirror/web:v2-amd64: ", dst.host))),
+        "{:?}",
+        output.report.kept
+    );
+    // What stays is whole: the index and every child it lists, and its fallback index.
+    assert_eq!(
+        target.manifest("mirror/web", "v2").await.unwrap(),
+        index.manifest
+    );
+    for child in &index.children {
+        assert!(
+            target.manifest("mirror/web", &child.digest).await.is_some(),
+            "{} is gone from under v2",
+            child.digest
+        );
+    }
+    for tag in ["v2-amd64".to_string(), fallback_tag(&index.digest)] {
+        assert!(target.manifest("mirror/web", &tag).await.is_some(), "{tag}");
+    }
+    for tag in &going {
+        assert!(target.manifest("mirror/web", tag).await.is_none(), "{tag}");
+    }
+}
+
 /// A first sync into a repository the destination does not have asks it nothing it knows the
 /// answer to (no blob or manifest HEAD), and reads each source manifest once (the listing's
 /// read serves the plan); byte-identical, and the next sync finds everything present.

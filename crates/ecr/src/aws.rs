@@ -171,6 +171,27 @@ pub async fn sfn_client(settings: &AwsSettings, region: &str) -> aws_sdk_sfn::Cl
     aws_sdk_sfn::Client::new(&sdk_config(settings, region, None).await)
 }
 
+/// The account of the identity this process runs as (STS `GetCallerIdentity`, which needs no
+/// permission): a Lambda function's, its execution role's account.
+pub async fn own_account(settings: &AwsSettings) -> crate::Result<String> {
+    let sts = aws_sdk_sts::Client::new(&sdk_config(settings, &own_region(), None).await);
+    let identity = sts
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| crate::Error::api("sts:GetCallerIdentity", "*", &e))?;
+    identity
+        .account()
+        .map(str::to_string)
+        .ok_or_else(|| crate::Error::Api {
+            operation: "sts:GetCallerIdentity",
+            resource: "*".into(),
+            code: None,
+            message: "the answer names no account".into(),
+            retryable: false,
+        })
+}
+
 /// The region this process runs in: `AWS_REGION` (set by the Lambda runtime), else
 /// `us-east-1`.
 pub fn own_region() -> String {

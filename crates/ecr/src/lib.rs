@@ -15,7 +15,9 @@ pub use admin::{
     EcrAdmin, EnsureOptions, EnsureReport, ListedImage, Page, Reconcile, RepositorySettings,
     SettingChange,
 };
-pub use aws::{ecr_client, own_region, sdk_config, sfn_client, AssumeRole, AwsSettings};
+pub use aws::{
+    ecr_client, own_account, own_region, sdk_config, sfn_client, AssumeRole, AwsSettings,
+};
 pub use aws_sdk_ecr::types::{EncryptionType, ImageTagMutability};
 pub use error::{Error, Result};
 pub use registry::{EcrRegistry, RoleArn};

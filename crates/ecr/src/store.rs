@@ -53,11 +53,22 @@ impl WorkBucket {
 
     /// The object under `key`, or `None` when there is none (never written, or expired).
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_object(key, None).await
+    }
+
+    /// `get`, only from a bucket `account` owns (S3's `ExpectedBucketOwner`): a bucket of the
+    /// same name in another account (deleted and taken, or never ours) answers `AccessDenied`.
+    pub async fn get_owned_by(&self, key: &str, account: &str) -> Result<Option<Vec<u8>>> {
+        self.get_object(key, Some(account)).await
+    }
+
+    async fn get_object(&self, key: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>> {
         let answer = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_expected_bucket_owner(owner.map(str::to_string))
             .send()
             .await;
         let object = match answer {

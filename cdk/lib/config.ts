@@ -105,6 +105,16 @@ export interface ReplicatorConfig {
    * functions). The functions may read exactly this object; a run never calls TUF, Fulcio or
    * Rekor. */
   trustedRoot?: string;
+  /** The sha256 of the trusted root's bytes (`sha256:<hex>` or the hex): a root that differs is
+   * refused, naming both digests (pin it; update it with each rotation). */
+  trustedRootSha256?: string;
+  /** The account that owns `trustedRoot`'s bucket (default: the workflow's account): the
+   * functions read the object only from a bucket that account owns (S3 ExpectedBucketOwner). */
+  trustedRootBucketOwner?: string;
+  /** Accept a `trustedRoot` that lists no certificate transparency log (a private Fulcio without
+   * CT): keyless certificates are then not checked for an SCT. Default false: such a root is
+   * refused. */
+  trustedRootAllowNoCtLogs?: boolean;
   /** A KMS key (ECC_NIST_P256, SIGN_VERIFY) in the workflow's account and region: every image a
    * run promotes under `requireSignature` gets a receipt signed with it. put-manifests may
    * `kms:Sign` with exactly this key and algorithm. */
@@ -167,6 +177,15 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
   }
   if (config.trustedRoot !== undefined && !trustedRootObject(config)) {
     fail('trustedRoot', 'must be an S3 object as s3://bucket/key (a Sigstore trusted_root.json)');
+  }
+  if (config.trustedRootSha256 !== undefined && !/^(sha256:)?[0-9a-f]{64}$/.test(config.trustedRootSha256)) {
+    fail('trustedRootSha256', 'must be a sha256 digest (64 lowercase hex digits, optionally after sha256:)');
+  }
+  if (config.trustedRootBucketOwner !== undefined && !(ACCOUNT.test(config.trustedRootBucketOwner) && config.trustedRoot !== undefined)) {
+    fail('trustedRootBucketOwner', 'must be a 12-digit account id, given with trustedRoot');
+  }
+  if (config.trustedRootAllowNoCtLogs !== undefined && typeof config.trustedRootAllowNoCtLogs !== 'boolean') {
+    fail('trustedRootAllowNoCtLogs', 'must be true or false');
   }
   if (config.receiptKeyArn !== undefined) {
     const key = /^arn:(aws|aws-cn|aws-us-gov):kms:([a-z0-9-]+):(\d{12}):key\/[A-Za-z0-9-]+$/.exec(config.receiptKeyArn);

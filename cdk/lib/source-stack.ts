@@ -25,19 +25,15 @@ export class SourceRoleStack extends Stack {
 
   constructor(scope: Construct, id: string, props: SourceRoleStackProps) {
     super(scope, id, props);
-    const names = deploymentNames(props.deploymentName);
-    const [copier, reader] = [names.copierRole, names.readerRole].map(
-      (name) => new iam.ArnPrincipal(`arn:${this.partition}:iam::${props.workflowAccount}:role/${name}`),
+    // Only the copier role reads registries (the reader role's functions read none).
+    const copier = new iam.ArnPrincipal(
+      `arn:${this.partition}:iam::${props.workflowAccount}:role/${deploymentNames(props.deploymentName).copierRole}`,
     );
-    const condition = { StringEquals: { 'sts:ExternalId': props.externalId } };
     this.role = new iam.Role(this, 'SourceRole', {
       roleName: props.roleName,
       description: 'ecr-replicator: read the source registry for the workflow in another account',
-      assumedBy: copier.withConditions(condition),
+      assumedBy: copier.withConditions({ StringEquals: { 'sts:ExternalId': props.externalId } }),
     });
-    this.role.assumeRolePolicy?.addStatements(new iam.PolicyStatement({
-      actions: ['sts:AssumeRole'], principals: [reader], conditions: condition,
-    }));
     readSourceStatements(this.partition, this.account, this.region).forEach((s) => this.role.addToPolicy(s));
     if (props.forwardPushEvents) forwardPushes(this, props.workflowAccount, props.workflowRegion);
     NagSuppressions.addStackSuppressions(this, [

@@ -30,7 +30,8 @@ export const DEFINITION_PATH = path.resolve(__dirname, '..', '..', '..', 'statem
 export interface FunctionSpec {
   name: string;
   placeholder: string;
-  /** Uses the copier role (destinations, the work bucket); else the source-only reader role. */
+  /** Uses the copier role (registries, destinations, the work bucket); else the reader role,
+   * which reads no registry (it holds no ECR, secret or trusted-root access). */
   copier: boolean;
   memory: number;
   minutes: number;
@@ -164,12 +165,12 @@ export class WorkflowStack extends Stack {
     const basicLogs = (role: iam.Role, group: logs.LogGroup) =>
       role.addToPolicy(new iam.PolicyStatement({ actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [group.logGroupArn, `${group.logGroupArn}:*`] }));
 
+    // The functions that read no registry (summarise adds up reports): their logs, nothing else.
     const readerRole = new iam.Role(this, 'ReaderRole', {
       roleName: names.readerRole,
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-      description: 'ecr-replicator functions that only read the source',
+      description: 'ecr-replicator functions that read no registry',
     });
-    readSource.forEach((s) => readerRole.addToPolicy(s));
     const copierRole = new iam.Role(this, 'CopierRole', {
       roleName: names.copierRole,
       assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
@@ -178,10 +179,7 @@ export class WorkflowStack extends Stack {
     readSource.forEach((s) => copierRole.addToPolicy(s));
     // Upstream registries' secrets: each function that reads a registry may read exactly these
     // (an ARN without Secrets Manager's 6-character suffix matches it with `-??????`).
-    upstreamSecretStatements(config).forEach((s) => {
-      readerRole.addToPolicy(s);
-      copierRole.addToPolicy(s);
-    });
+    upstreamSecretStatements(config).forEach((s) => copierRole.addToPolicy(s));
     const crossAccount = config.destinations.filter((d) => targetRoleArn(config, d));
     if (crossAccount.length) {
       copierRole.addToPolicy(new iam.PolicyStatement({
@@ -219,21 +217,10 @@ export class WorkflowStack extends Stack {
     // requireSignature's trusted root: exactly this object, for every function that selects.
     const rootObject = trustedRootObject(config);
     if (rootObject) {
-      const read = new iam.PolicyStatement({
+      copierRole.addToPolicy(new iam.PolicyStatement({
         sid: 'SigstoreTrustedRoot',
         actions: ['s3:GetObject'],
         resources: [`arn:${this.partition}:s3:::${rootObject.bucket}/${rootObject.key}`],
-      });
-      readerRole.addToPolicy(read);
-      copierRole.addToPolicy(read);
-    }
-    // Promotion receipts: put-manifests (copier role) signs with exactly this key, ECDSA only.
-    if (config.receiptKeyArn) {
-      copierRole.addToPolicy(new iam.PolicyStatement({
-        sid: 'SignPromotionReceipts',
-        actions: ['kms:Sign'],
-        resources: [config.receiptKeyArn],
-        conditions: { StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' } },
       }));
     }
 
@@ -268,12 +255,31 @@ export class WorkflowStack extends Stack {
           ECR_REPLICATOR_PRICES: JSON.stringify({ copyMemoryMb: copyMemoryMb(), ...config.prices }),
           ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
           ...(config.trustedRoot ? { ECR_REPLICATOR_TRUSTED_ROOT: config.trustedRoot } : {}),
+          ...trustedRootChecks(config),
           ...(config.receiptKeyArn && f.name === 'put-manifests' ? { ECR_REPLICATOR_RECEIPT_KEY: config.receiptKeyArn } : {}),
         },
       });
     }
 
     if (missing.length && !props.allowPlaceholderCode) this.refuseDeployWithout(missing);
+
+    // Promotion receipts: only put-manifests signs, with exactly this key, ECDSA only. It shares
+    // the copier role, so the grant names the function (Lambda puts the calling function's ARN
+    // in its credentials' context); a policy of its own, as the functions depend on the role's.
+    if (config.receiptKeyArn) {
+      new iam.Policy(this, 'ReceiptSigning', {
+        roles: [copierRole],
+        statements: [new iam.PolicyStatement({
+          sid: 'SignPromotionReceipts',
+          actions: ['kms:Sign'],
+          resources: [config.receiptKeyArn],
+          conditions: {
+            StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' },
+            ArnEquals: { 'lambda:SourceFunctionArn': this.functions['put-manifests'].functionArn },
+          },
+        })],
+      });
+    }
 
     const definition = readFileSync(DEFINITION_PATH, 'utf8');
     const substitutions: Record<string, string> = {};
@@ -320,16 +326,14 @@ export class WorkflowStack extends Stack {
       resources: [`arn:${this.partition}:events:${this.region}:${this.account}:event-bus/default`],
     }));
     // Distributed Map child executions run in this state machine: STANDARD ones per repository
-    // with work and per large range, EXPRESS ones (ARNs `express:<name>/...`) per image and per
-    // page of small ranges.
+    // with work and per large range, EXPRESS ones per image and per page of small ranges.
     workflowRole.addToPolicy(new iam.PolicyStatement({
       sid: 'DistributedMapChildren',
       actions: ['states:StartExecution', 'states:DescribeExecution', 'states:StopExecution'],
       // By name, not by reference: the state machine already depends on this role's policy.
       resources: [
         `arn:${this.partition}:states:${this.region}:${this.account}:stateMachine:${names.stateMachine}`,
-        `arn:${this.partition}:states:${this.region}:${this.account}:execution:${names.stateMachine}*`,
-        `arn:${this.partition}:states:${this.region}:${this.account}:express:${names.stateMachine}*`,
+        ...executionArns(this.partition, this.region, this.account, names.stateMachine),
       ],
     }));
 
@@ -492,6 +496,28 @@ export class WorkflowStack extends Stack {
       assertions: [{ assert: Fn.conditionEquals(built.valueAsString, 'yes'), assertDescription: message }],
     });
   }
+}
+
+/** The ARNs of the executions of the state machine `name`, and of nothing else: its own
+ * (`execution:NAME:ID`, `express:NAME:ID:ID`) and its Map Runs' children (`execution:NAME/LABEL:ID`,
+ * `express:NAME/LABEL:ID:ID`; Service Authorization Reference, AWS Step Functions, resource types).
+ * Never `NAME*`, which is also every execution of another deployment whose name starts with NAME
+ * (`ecr-replicator-staging`); a state machine's name holds neither `:` nor `/`. */
+export function executionArns(partition: string, region: string, account: string, name: string): string[] {
+  return ['execution', 'express'].flatMap((kind) => [':', '/'].map(
+    (separator) => `arn:${partition}:states:${region}:${account}:${kind}:${name}${separator}*`,
+  ));
+}
+
+/** The functions' trusted-root checks (`ECR_REPLICATOR_TRUSTED_ROOT_*`): the pinned sha256, the
+ * account that must own the root's bucket (the configured one, else the workflow's: the functions
+ * read the object with S3's ExpectedBucketOwner), and a root without CT logs only when allowed. */
+export function trustedRootChecks(config: ReplicatorConfig): Record<string, string> {
+  return {
+    ...(config.trustedRootSha256 ? { ECR_REPLICATOR_TRUSTED_ROOT_SHA256: config.trustedRootSha256 } : {}),
+    ...(config.trustedRoot ? { ECR_REPLICATOR_TRUSTED_ROOT_BUCKET_OWNER: config.trustedRootBucketOwner ?? workflowAccount(config) } : {}),
+    ...(config.trustedRootAllowNoCtLogs ? { ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT: 'true' } : {}),
+  };
 }
 
 /** The definition's placeholder for the EventBridge PutEvents integration, filled with

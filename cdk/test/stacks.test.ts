@@ -290,15 +290,15 @@ test('a source in another account is read through its own role, trusted by the w
     env: { account: c.sourceAccount, region: c.sourceRegion }, workflowAccount: '444444444444', workflowRegion: c.sourceRegion,
     externalId: 'ext-src', roleName: 'ecr-replicator-source', forwardPushEvents: true,
   }));
-  for (const role of ['ReaderRole', 'CopierRole']) {
-    const statements = policyStatements(w2, role);
-    const assume = statements.find((s) => s.Sid === 'AssumeSourceRole');
-    assert.equal(assume.Resource, 'arn:aws:iam::111111111111:role/ecr-replicator-source', role);
-    assert.ok(!statements.some((s) => s.Sid === 'ReadSourceRepositories'), `${role} reads only through the source role`);
-  }
+  const statements = policyStatements(w2, 'CopierRole');
+  const assume = statements.find((s) => s.Sid === 'AssumeSourceRole');
+  assert.equal(assume.Resource, 'arn:aws:iam::111111111111:role/ecr-replicator-source');
+  assert.ok(!statements.some((s) => s.Sid === 'ReadSourceRepositories'), 'the copier role reads only through the source role');
+  // The reader role's functions read no registry: they may not assume the source role either.
+  assert.ok(!JSON.stringify(policyStatements(w2, 'ReaderRole')).includes('sts:AssumeRole'));
   const trust = (Object.values(s2.findResources('AWS::IAM::Role'))[0] as any).Properties.AssumeRolePolicyDocument.Statement;
   const principals = trust.map((s: any) => JSON.stringify(s.Principal)).join(' ');
-  assert.ok(principals.includes(`:iam::444444444444:role/${COPIER_ROLE_NAME}`) && principals.includes(`:iam::444444444444:role/${READER_ROLE_NAME}`), principals);
+  assert.ok(principals.includes(`:iam::444444444444:role/${COPIER_ROLE_NAME}`) && !principals.includes(READER_ROLE_NAME), principals);
   assert.ok(trust.every((s: any) => s.Condition.StringEquals['sts:ExternalId'] === 'ext-src'));
   assert.ok(policyStatements(s2, 'SourceRole').some((s) => s.Sid === 'ReadSourceRepositories'));
   s2.hasResourceProperties('AWS::Events::Rule', { EventPattern: Match.objectLike({ source: ['aws.ecr'] }) });
@@ -547,15 +547,15 @@ test('an upstream mirror: its secret is readable by the functions, allowed for i
     c.upstreams = [{ registry: 'registry-1.docker.io', credentialArn: hub, kmsKeyArn: key }, { registry: 'ghcr.io' }];
     c.schedule = { expression: 'rate(1 day)', source: 'registry-1.docker.io', input: { tags: { include: ['1\\..*'] } } };
   }));
-  for (const role of ['ReaderRole', 'CopierRole']) {
-    const statements = policyStatements(w2, role);
-    const read = statements.find((s) => s.Sid === 'ReadUpstreamSecrets');
-    assert.deepEqual(read?.Action, 'secretsmanager:GetSecretValue', role);
-    assert.deepEqual(read?.Resource, [hub, `${hub}-??????`], role);
-    const decrypt = statements.find((s) => s.Sid === 'DecryptUpstreamSecrets');
-    assert.deepEqual(decrypt?.Resource, key, role);
-    assert.deepEqual(decrypt?.Condition, { StringLike: { 'kms:ViaService': ['secretsmanager.us-east-1.amazonaws.com'] } }, role);
-  }
+  const statements = policyStatements(w2, 'CopierRole');
+  const read = statements.find((s) => s.Sid === 'ReadUpstreamSecrets');
+  assert.deepEqual(read?.Action, 'secretsmanager:GetSecretValue');
+  assert.deepEqual(read?.Resource, [hub, `${hub}-??????`]);
+  const decrypt = statements.find((s) => s.Sid === 'DecryptUpstreamSecrets');
+  assert.deepEqual(decrypt?.Resource, key);
+  assert.deepEqual(decrypt?.Condition, { StringLike: { 'kms:ViaService': ['secretsmanager.us-east-1.amazonaws.com'] } });
+  // The reader role's functions (summarise) read no registry, so no secret either.
+  assert.ok(!JSON.stringify(policyStatements(w2, 'ReaderRole')).includes('secretsmanager'));
   const fn = Object.values(w2.findResources('AWS::Lambda::Function'))[0] as any;
   const allow = JSON.parse(fn.Properties.Environment.Variables.ECR_REPLICATOR_ALLOWED_REGISTRIES);
   assert.deepEqual(allow.sources.slice(1), [
@@ -587,15 +587,18 @@ test('the trusted root and the receipt key: exactly that object and key, each fu
     assert.equal(env.ECR_REPLICATOR_TRUSTED_ROOT, signing.trustedRoot, f.name);
     assert.equal(env.ECR_REPLICATOR_RECEIPT_KEY, f.name === 'put-manifests' ? key : undefined, f.name);
   }
-  for (const role of ['ReaderRole', 'CopierRole']) {
-    const root = policyStatements(t, role).find((s) => s.Sid === 'SigstoreTrustedRoot');
-    assert.equal(root.Action, 's3:GetObject');
-    assert.deepEqual(root.Resource, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':s3:::acme-sigstore/roots/trusted_root.json']] });
-  }
+  const root = policyStatements(t, 'CopierRole').find((s) => s.Sid === 'SigstoreTrustedRoot');
+  assert.equal(root.Action, 's3:GetObject');
+  assert.deepEqual(root.Resource, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':s3:::acme-sigstore/roots/trusted_root.json']] });
+  assert.ok(!JSON.stringify(policyStatements(t, 'ReaderRole')).includes('s3:'), 'the reader role reads no trusted root');
   const sign = policyStatements(t, 'CopierRole').find((s) => s.Sid === 'SignPromotionReceipts');
   assert.equal(sign.Action, 'kms:Sign');
   assert.equal(sign.Resource, key);
-  assert.deepEqual(sign.Condition, { StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' } });
+  const putManifests = Object.keys(t.findResources('AWS::Lambda::Function', { Properties: { Description: 'ecr-replicator step put-manifests' } }))[0];
+  assert.deepEqual(sign.Condition, {
+    StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' },
+    ArnEquals: { 'lambda:SourceFunctionArn': { 'Fn::GetAtt': [putManifests, 'Arn'] } },
+  });
   assert.ok(!policyStatements(t, 'ReaderRole').some((s) => JSON.stringify(s.Action).includes('kms:Sign')));
   // Without them: no variable, no permission.
   assert.ok(!policyStatements(w, 'CopierRole').some((s) => JSON.stringify(s.Action).includes('kms:Sign')));
@@ -746,4 +749,122 @@ test('the roles\' ECR permissions follow the repository globs where IAM can, and
   // allowPrune alone still grants prune everywhere within the prefix, as before.
   const [, pruning] = deployment(variant((c) => { c.allowPrune = true; }));
   assert.deepEqual(repositoryPatterns(statement(pruning, 'TargetRole', 'PruneStaleTags')), ['*']);
+});
+
+/** Every IAM statement of a template (inline and managed policies), `Fn::Join`s of literals and
+ * `Ref`/`GetAtt`s flattened to text (`<Ref AWS::Partition>`), with the role(s) it is on. */
+function flatStatements(template: Template): { roles: string; statement: any; resources: string[] }[] {
+  const text = (v: any): string => {
+    if (typeof v === 'string') return v;
+    if (v?.['Fn::Join']) return v['Fn::Join'][1].map(text).join(v['Fn::Join'][0]);
+    if (v?.Ref) return `<Ref ${v.Ref}>`;
+    if (v?.['Fn::GetAtt']) return `<GetAtt ${v['Fn::GetAtt'].join('.')}>`;
+    return JSON.stringify(v);
+  };
+  return ['AWS::IAM::Policy', 'AWS::IAM::ManagedPolicy'].flatMap((type) => Object.values(template.findResources(type)))
+    .flatMap((p: any) => p.Properties.PolicyDocument.Statement.map((statement: any) => ({
+      roles: JSON.stringify(p.Properties.Roles ?? []),
+      statement,
+      resources: [statement.Resource].flat().map(text),
+    })));
+}
+
+test('Step Functions grants name the deployment\'s executions as NAME:* and its Map Runs\' as NAME/*, never NAME*', () => {
+  for (const name of ['ecr-replicator', 'team-b']) {
+    const c = variant((c) => { if (name !== 'ecr-replicator') c.deploymentName = name; });
+    const [w2] = deployment(c);
+    const executions = flatStatements(w2).flatMap((s) => s.resources).filter((r) => /:states:[^:]*:[^:]*:(execution|express):/.test(r));
+    assert.ok(executions.length >= 5, JSON.stringify(executions));
+    // As IAM matches a resource: `*` is any run of characters, `:` and `/` included.
+    const literal = (text: string) => text.replace(/[.+?^$(){}|[\]\\]/g, '\\$&');
+    const matches = (pattern: string, resource: string) =>
+      new RegExp('^' + pattern.split('*').map(literal).join('.*') + '$').test(resource);
+    const own = (kind: string, id: string) => `arn:<Ref AWS::Partition>:states:us-east-1:111111111111:${kind}:${id}`;
+    for (const arn of executions) {
+      assert.match(arn, new RegExp(`:(execution|express):${name}[:/]\\*$`), arn);
+      // Another deployment whose name starts with this one's matches none of them.
+      for (const other of [own('execution', `${name}-staging:run-1`), own('express', `${name}2:run-1:abc`), own('execution', `${name}-b/Map:child`)]) {
+        assert.ok(!matches(arn, other), `${arn} matches ${other}`);
+      }
+    }
+    // This deployment's own executions, Map Run children included, are matched.
+    for (const mine of [own('execution', `${name}:run-1`), own('execution', `${name}/Repositories:child-1`), own('express', `${name}/Ranges:child:abc`)]) {
+      assert.ok(executions.some((arn) => matches(arn, mine)), mine);
+    }
+    const children = flatStatements(w2).find((s) => s.statement.Sid === 'DistributedMapChildren');
+    const arn = (kind: string, rest: string) => `arn:<Ref AWS::Partition>:states:us-east-1:111111111111:${kind}:${rest}`;
+    assert.deepEqual(children?.resources, [
+      arn('stateMachine', name),
+      arn('execution', `${name}:*`), arn('execution', `${name}/*`),
+      arn('express', `${name}:*`), arn('express', `${name}/*`),
+    ]);
+    const wait = flatStatements(w2).find((s) => s.statement.Sid === 'WaitForRuns');
+    assert.deepEqual(wait?.resources, [arn('execution', `${name}:*`)]);
+  }
+});
+
+test('the role of the functions that read no registry (summarise) holds no registry access, no secret, no trusted root, no key', () => {
+  const key = 'arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const hub = 'arn:aws:secretsmanager:us-east-1:111111111111:secret:ecr-pullthroughcache/docker-hub';
+  const [w2] = deployment(variant((c) => {
+    c.upstreams = [{ registry: 'registry-1.docker.io', credentialArn: hub }];
+    c.trustedRoot = 's3://acme-sigstore/roots/trusted_root.json';
+    c.receiptKeyArn = key;
+  }));
+  const summarise = Object.values(w2.findResources('AWS::Lambda::Function', { Properties: { Description: 'ecr-replicator step summarise' } }))[0] as any;
+  const role = summarise.Properties.Role['Fn::GetAtt'][0];
+  assert.match(role, /^ReaderRole/);
+  assert.deepEqual(FUNCTIONS.filter((f) => !f.copier).map((f) => f.name), ['summarise']);
+  const actions = flatStatements(w2).filter((s) => s.roles.includes(role)).flatMap((s) => [s.statement.Action].flat());
+  assert.ok(actions.length > 0);
+  assert.deepEqual([...new Set(actions)].sort(), ['logs:CreateLogStream', 'logs:PutLogEvents'], JSON.stringify(actions));
+  // The copier role still reads registries and the secret.
+  const copier = flatStatements(w2).filter((s) => s.roles.includes('CopierRole')).flatMap((s) => [s.statement.Action].flat());
+  assert.ok(copier.includes('ecr:BatchGetImage') && copier.includes('secretsmanager:GetSecretValue') && copier.includes('s3:GetObject'));
+});
+
+test('kms:Sign: one statement, on exactly the receipt key, usable by put-manifests only', () => {
+  const key = 'arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const [w2] = deployment(variant((c) => { c.receiptKeyArn = key; }));
+  const signing = flatStatements(w2).filter((s) => JSON.stringify(s.statement.Action).includes('kms:Sign'));
+  assert.equal(signing.length, 1, JSON.stringify(signing));
+  const [{ statement, roles }] = signing;
+  assert.equal(statement.Action, 'kms:Sign');
+  assert.equal(statement.Resource, key);
+  assert.match(roles, /CopierRole/);
+  const putManifests = Object.keys(w2.findResources('AWS::Lambda::Function', { Properties: { Description: 'ecr-replicator step put-manifests' } }))[0];
+  assert.deepEqual(statement.Condition, {
+    StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' },
+    ArnEquals: { 'lambda:SourceFunctionArn': { 'Fn::GetAtt': [putManifests, 'Arn'] } },
+  });
+  // Only put-manifests gets the key's variable; without a key, nothing may sign.
+  for (const fn of Object.values(w2.findResources('AWS::Lambda::Function')) as any[]) {
+    const expected = fn.Properties.Description === 'ecr-replicator step put-manifests' ? key : undefined;
+    assert.equal(fn.Properties.Environment.Variables.ECR_REPLICATOR_RECEIPT_KEY, expected, fn.Properties.Description);
+  }
+  assert.ok(!flatStatements(w).some((s) => JSON.stringify(s.statement.Action).includes('kms:Sign')));
+});
+
+test('the trusted root\'s checks: its pin, its bucket\'s owner (default the workflow account), CT logs only when allowed', () => {
+  const pin = `sha256:${'ab'.repeat(32)}`;
+  const root = 's3://acme-sigstore/roots/trusted_root.json';
+  const env = (c: ReplicatorConfig) => {
+    const [w2] = deployment(c);
+    return (Object.values(w2.findResources('AWS::Lambda::Function')) as any[]).map((fn) => fn.Properties.Environment.Variables);
+  };
+  for (const vars of env(variant((c) => { c.trustedRoot = root; c.trustedRootSha256 = pin; c.trustedRootAllowNoCtLogs = true; }))) {
+    assert.equal(vars.ECR_REPLICATOR_TRUSTED_ROOT_SHA256, pin);
+    assert.equal(vars.ECR_REPLICATOR_TRUSTED_ROOT_BUCKET_OWNER, config.sourceAccount);
+    assert.equal(vars.ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT, 'true');
+  }
+  for (const vars of env(variant((c) => { c.trustedRoot = root; c.trustedRootBucketOwner = '555555555555'; }))) {
+    assert.equal(vars.ECR_REPLICATOR_TRUSTED_ROOT_BUCKET_OWNER, '555555555555');
+    assert.equal(vars.ECR_REPLICATOR_TRUSTED_ROOT_SHA256, undefined);
+    assert.equal(vars.ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT, undefined, 'a root without CT logs is refused unless allowed');
+  }
+  for (const vars of env(config)) {
+    assert.ok(!Object.keys(vars).some((k) => k.startsWith('ECR_REPLICATOR_TRUSTED_ROOT')), JSON.stringify(vars));
+  }
+  assert.throws(() => variant((c) => { c.trustedRoot = root; c.trustedRootSha256 = 'abc'; }), /trustedRootSha256 must be a sha256 digest/);
+  assert.throws(() => variant((c) => { c.trustedRootBucketOwner = '555555555555'; }), /trustedRootBucketOwner must be a 12-digit account id, given with trustedRoot/);
 });

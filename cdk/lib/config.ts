@@ -516,6 +516,14 @@ export function allowlist(config: ReplicatorConfig): Record<string, unknown> {
       throw new Error(`destinations[].requireSignature: the destinations writing to ${String(job.registry)} name different policies (${[...policies].map((p) => JSON.stringify(p ?? null)).join(', ')}); a registry has one`);
     }
     const [requireSignature] = policies;
+    // The functions check prune and settings modes per registry: destinations of one registry
+    // that differ in them would lend one's permissions to the other (prune in prod/ because
+    // dev/ may), so they must agree.
+    const prunes = new Set(members.map((d) => destinationPrunes(config, d)));
+    const modes = new Set(members.map((d) => JSON.stringify([...(d.settingsModes ?? DEFAULT_SETTINGS_MODES)].sort())));
+    if (prunes.size > 1 || modes.size > 1) {
+      throw new Error(`destinations[].prune / destinations[].settingsModes: the destinations writing to ${String(job.registry)} differ in them; one registry has one prune setting and one set of settings modes (the functions could not tell which destination a job means): make them agree`);
+    }
     return {
       ...entry(job),
       repositories: [...new Set(members.flatMap(destinationScope))],

@@ -625,7 +625,8 @@ test('the allowlist carries the trust policies and each registry\'s repositories
     c.allowPrune = false;
     Object.assign(c.destinations[0], { repositories: ['apps/**', 'team-*/api'], prune: true, settingsModes: ['copy', 'mirror'], requireSignature: 'audit' });
     // A second destination in the same registry (account and region): another prefix, its own modes.
-    c.destinations.push({ account: '222222222222', region: 'eu-west-1', externalId: 'ext-b', repositoryPrefix: 'backup/', settingsModes: ['none', 'copyRepositoryPolicy'], requireSignature: 'audit' });
+    // It must agree on prune and settings modes (checked per registry by the functions).
+    c.destinations.push({ account: '222222222222', region: 'eu-west-1', externalId: 'ext-b', repositoryPrefix: 'backup/', settingsModes: ['mirror', 'copy'], prune: true, requireSignature: 'audit' });
   });
   const allow = functionAllowlist(deployment(c)[0]);
   assert.deepEqual(allow.trustPolicies, c.trustPolicies);
@@ -636,7 +637,7 @@ test('the allowlist carries the trust policies and each registry\'s repositories
       roleArns: ['arn:aws:iam::222222222222:role/ecr-replicator-target'],
       repositories: ['apps/**', 'team-*/api', 'backup/**'],
       prune: true,
-      settingsModes: ['copy', 'mirror', 'none', 'copyRepositoryPolicy'],
+      settingsModes: ['copy', 'mirror'],
       requireSignature: 'audit',
     },
     {
@@ -648,6 +649,14 @@ test('the allowlist carries the trust policies and each registry\'s repositories
       requireSignature: 'release',
     },
   ]);
+  // Destinations of one registry that differ in prune or settings modes would lend one's
+  // permissions to the other's repositories: refused.
+  for (const differ of [{ prune: false }, { settingsModes: ['copy', 'mirror', 'copyRepositoryPolicy'] }]) {
+    assert.throws(() => variant((v) => {
+      Object.assign(v.destinations[0], { prune: true, settingsModes: ['copy', 'mirror'] });
+      v.destinations.push({ account: '222222222222', region: 'eu-west-1', externalId: 'ext-b', repositoryPrefix: 'dev/', prune: true, settingsModes: ['copy', 'mirror'], ...differ });
+    }), /destinations\[\]\.prune \/ destinations\[\]\.settingsModes: the destinations writing to 222222222222\.dkr\.ecr\.eu-west-1\.amazonaws\.com differ/);
+  }
   // A prefix not ending in `/`: `**` crosses `/` only as a whole segment, so its scope is two globs.
   const dashed = allowlist(variant((c) => { c.destinations[1].repositoryPrefix = 'mirror-'; })) as any;
   assert.deepEqual(dashed.destinations[1].repositories, ['mirror-*', 'mirror-*/**']);

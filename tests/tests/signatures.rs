@@ -411,10 +411,29 @@ async fn what_travels_as_an_artifact_is_what_skopeo_cannot_run() {
         (IMAGE_CONFIG, &config(&tar)),
         &[("application/octet-stream", &tar)],
     );
+    // Docker's classic store takes an application/json config as an image config, and unpacks
+    // a layer whatever its media type (skopeo calls it a non-image artifact: it is not the
+    // independent reader here).
+    let json_config = e2e::image::oci_artifact(
+        None,
+        ("application/json", &config(&tar)),
+        &[("application/octet-stream", &tar)],
+    );
     let att = format!("{}.att", fallback(&signed));
     let sbom = format!("{}.sbom", fallback(&signed));
     source.push("app", &att, &disguised).await;
     source.push("app", &sbom, &unlisted).await;
+    source.push("app", &json_config.digest, &json_config).await;
+    source
+        .push(
+            "app",
+            &fallback(&signed),
+            &e2e::image::referrers_index(vec![(
+                json_config.clone(),
+                "application/vnd.example+json",
+            )]),
+        )
+        .await;
     for tag in [&att, &sbom] {
         assert_eq!(
             e2e::skopeo::runnable(&format!("{}/app:{tag}", src.host)),
@@ -425,14 +444,14 @@ async fn what_travels_as_an_artifact_is_what_skopeo_cannot_run() {
 
     let report = run_gated(&src.host, &dst.host, &pem, false, &signed).await;
 
-    assert_eq!(report.refused, 2, "{report:?}");
+    assert_eq!(report.refused, 3, "{report:?}");
     assert!(
         report.refusals.iter().all(|r| r.contains("runnable image")),
         "{:?}",
         report.refusals
     );
     let target = Pusher::new(&dst.host, None);
-    for image in [&disguised, &unlisted] {
+    for image in [&disguised, &unlisted, &json_config] {
         assert!(target.manifest("app", &image.digest).await.is_none());
     }
 
@@ -446,6 +465,16 @@ async fn what_travels_as_an_artifact_is_what_skopeo_cannot_run() {
     );
     source.push("app", &att, &attestation).await;
     source.push("app", &sbom, &attestation).await;
+    source
+        .push(
+            "app",
+            &fallback(&signed),
+            &e2e::image::referrers_index(vec![(
+                attestation.clone(),
+                "application/vnd.dsse.envelope.v1+json",
+            )]),
+        )
+        .await;
     let dst2 = TestRegistry::start();
     let report = run_gated(&src.host, &dst2.host, &pem, false, &signed).await;
     assert_eq!(report.refused, 0, "{report:?}");

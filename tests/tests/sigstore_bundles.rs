@@ -248,12 +248,14 @@ async fn bundles_admit_what_a_trusted_identity_or_key_signed_and_name_why_the_re
             .unwrap()
     };
     assert!(
-        signed_by("release").starts_with(&format!("identities[0] ({RELEASE}, issuer {GITHUB})")),
+        signed_by("release").starts_with(&format!(
+            "job: identities[0] {RELEASE:?} (issuer {GITHUB:?}), signature sha256:"
+        )),
         "{}",
         signed_by("release")
     );
     assert!(
-        signed_by("keyed").starts_with("publicKeys[0], signature sha256:"),
+        signed_by("keyed").starts_with("job: publicKeys[0] sha256:"),
         "{}",
         signed_by("keyed")
     );
@@ -451,7 +453,7 @@ async fn a_bundle_listed_by_the_referrers_api_admits_its_image_past_junk_referre
             .signed_by
             .as_deref()
             .unwrap()
-            .starts_with("identities[0] ("),
+            .starts_with("job: identities[0] \""),
         "{copied:?}"
     );
     let target = Pusher::new(&dst.host, None);

@@ -537,31 +537,30 @@ async fn runs_copy_only_signed_images_announce_themselves_and_emit_metrics() {
             .contains(":execution:"),
         "{detail}"
     );
-    let mut arrived: Vec<String> =
-        of("Replication Image Arrived")
-            .iter()
-            .map(|e| {
-                assert_eq!(e["detail"]["image"]["status"], "copied", "{e}");
-                assert_eq!(e["detail"]["image"]["targetRegistry"], dst.host);
-                // The signed image's result names the key that admitted it; its signature (an
-                // artifact travelling with it) was admitted by nothing of its own.
-                let signed_by = e["detail"]["image"]["signedBy"].as_str();
-                if e["detail"]["image"]["tags"][0] == "v1" {
-                    assert!(
+    let mut arrived: Vec<String> = of("Replication Image Arrived")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["detail"]["image"]["status"], "copied", "{e}");
+            assert_eq!(e["detail"]["image"]["targetRegistry"], dst.host);
+            // The signed image's result names the key that admitted it; its signature (an
+            // artifact travelling with it) was admitted by nothing of its own.
+            let signed_by = e["detail"]["image"]["signedBy"].as_str();
+            if e["detail"]["image"]["tags"][0] == "v1" {
+                assert!(
                         signed_by.is_some_and(
                             |s| s.starts_with("policy rig-release: publicKeys[0] sha256:")
                         ),
                         "{e}"
                     );
-                } else {
-                    assert_eq!(signed_by, None, "{e}");
-                }
-                e["detail"]["image"]["tags"][0]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+            } else {
+                assert_eq!(signed_by, None, "{e}");
+            }
+            e["detail"]["image"]["tags"][0]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
     arrived.sort();
     assert_eq!(arrived, vec![signature_tag.clone(), "v1".to_string()]);
 

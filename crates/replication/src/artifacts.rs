@@ -145,17 +145,26 @@ async fn not_an_artifact_of(
 }
 
 /// Config media types of images a runtime runs (OCI image-spec `config.md`, Docker image
-/// manifest v2.2). containers/image (skopeo, podman) treats any other config as a non-image
-/// artifact and refuses image operations on it; containerd and docker pull only these.
+/// manifest v2.2).
 const IMAGE_CONFIG_TYPES: [&str; 2] = [
     "application/vnd.oci.image.config.v1+json",
     "application/vnd.docker.container.image.v1+json",
 ];
 
+/// Config media types of artifacts no runtime runs: the OCI empty descriptor and the types
+/// signing, attestation and SBOM tools write. Compared exactly: docker's classic store takes
+/// `application/json`, `application/octet-stream`, `""` and any `application/vnd.oci.image.*`
+/// or `application/vnd.docker.*` type, in any case, as an image config (moby
+/// `distribution/pull_v2.go`), so none of those is on this list.
+const ARTIFACT_CONFIG_TYPES: [&str; 3] = [
+    "application/vnd.oci.empty.v1+json",
+    "application/vnd.dev.cosign.artifact.sig.v1+json",
+    "application/vnd.dev.cosign.artifact.sbom.v1+json",
+];
+
 /// Layer media types known to hold one JSON document (signatures, attestations, SBOMs), never a
-/// filesystem: allowed in a manifest with an image config (cosign's legacy signatures have
-/// one) once their content is read and found to be JSON.
-const JSON_DOCUMENT_TYPES: [&str; 7] = [
+/// filesystem; compared exactly.
+const JSON_DOCUMENT_TYPES: [&str; 8] = [
     "application/vnd.dev.cosign.simplesigning.v1+json",
     "application/vnd.dsse.envelope.v1+json",
     "application/vnd.in-toto+json",
@@ -163,16 +172,17 @@ const JSON_DOCUMENT_TYPES: [&str; 7] = [
     "application/vnd.cyclonedx+json",
     "application/vnd.dev.sigstore.bundle.v0.3+json",
     "application/vnd.dev.sigstore.bundle+json;version=0.3",
+    "application/vnd.oci.empty.v1+json",
 ];
 
 /// A JSON document layer larger than this is not read (and the manifest not let through).
 const MAX_DOCUMENT_BYTES: u64 = 512 * 1024;
 
-/// Why a runtime could run `manifest`, or `None` when it is known not to: decided by what is
-/// known not to run, never by a list of what runs. A layer of a filesystem media type makes it
-/// runnable; so does an image config, unless every layer is a JSON document (its media type
-/// says so, and its content, read and checked against its digest, parses as JSON: a tar or a
-/// compressed stream never does).
+/// Why a runtime could run `manifest`, or `None` when it is known not to: decided by lists of
+/// what is known not to run, never by a list of what runs. Every layer must be of a JSON
+/// document type, and the config either an artifact's (no runtime takes it as an image) or an
+/// image config whose layers' content, read and checked against its digest, is JSON (cosign's
+/// legacy signatures have this shape): a tar or a compressed stream never parses as JSON.
 async fn runnable(
     source: &Connection,
     repo: &Repository,
@@ -180,27 +190,30 @@ async fn runnable(
 ) -> Option<String> {
     let empty = Vec::new();
     let layers = manifest["layers"].as_array().unwrap_or(&empty);
-    for layer in layers {
-        let media_type = layer["mediaType"].as_str().unwrap_or_default();
-        if is_filesystem_layer(media_type) {
-            return Some(format!("a {media_type} layer"));
-        }
-    }
-    let config = manifest["config"]["mediaType"].as_str().unwrap_or_default();
-    if !IMAGE_CONFIG_TYPES.contains(&config) {
-        return None;
-    }
     if layers.len() > MAX_FALLBACK_CHILDREN {
-        return Some(format!("an image config and {} layers", layers.len()));
+        return Some(format!("{} layers", layers.len()));
     }
     for layer in layers {
         let media_type = layer["mediaType"].as_str().unwrap_or_default();
         if !JSON_DOCUMENT_TYPES.contains(&media_type) {
             return Some(format!(
-                "an image config and a layer of type {:?}, which is not known never to be unpacked",
+                "a layer of type {:?}, which is not known never to be unpacked",
                 crate::text::truncate_chars(media_type, 100)
             ));
         }
+    }
+    let config = manifest["config"]["mediaType"].as_str().unwrap_or_default();
+    if ARTIFACT_CONFIG_TYPES.contains(&config) {
+        return None;
+    }
+    if !IMAGE_CONFIG_TYPES.contains(&config) {
+        return Some(format!(
+            "a config of type {:?}, which is not known never to be run (docker takes application/json, application/octet-stream and application/vnd.oci.image.* configs as images)",
+            crate::text::truncate_chars(config, 100)
+        ));
+    }
+    for layer in layers {
+        let media_type = layer["mediaType"].as_str().unwrap_or_default();
         let descriptor: oci::Descriptor = match serde_json::from_value(layer.clone()) {
             Ok(descriptor) => descriptor,
             Err(e) => return Some(format!("an image config and a layer it cannot read: {e}")),
@@ -237,12 +250,6 @@ fn other_subject(manifest: &serde_json::Value, subject: &str) -> Option<String> 
         )),
         _ => None,
     }
-}
-
-/// A layer a container runtime unpacks into a filesystem (OCI and Docker, any compression).
-fn is_filesystem_layer(media_type: &str) -> bool {
-    media_type.starts_with("application/vnd.oci.image.layer.")
-        || media_type.starts_with("application/vnd.docker.image.rootfs.")
 }
 
 /// A small layer's content (a "simple signing" payload, a bundle, an artifact's document), read whole: refused,

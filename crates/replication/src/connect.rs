@@ -329,6 +329,13 @@ impl Connections {
         Ok(policies)
     }
 
+    /// A digest of the deployment's allowlist (registries, trust policies, destination scopes):
+    /// what a kept selection's verdicts were judged under.
+    pub fn deployment_digest(&self) -> String {
+        let allowlist = serde_json::to_vec(&self.settings.allowlist).unwrap_or_default();
+        oci::Digest::of(&allowlist).to_string()
+    }
+
     /// Refuses writing the destination repository `target` in `registry` when the deployment
     /// keeps jobs to other repositories there (its destination's `repositories`).
     pub fn check_target_scope(&self, registry: &str, target: &str) -> Result<()> {

@@ -178,8 +178,14 @@ pub async fn enumerate_images(
     let token = PageToken::parse(input.next_token.as_deref())?;
     let bucket = conns.work_bucket().await;
     if let (Some(id), Some(bucket)) = (&token.selection, bucket) {
-        if let Some(chunk) =
-            stored_selection_chunk(bucket, &job, &input.repository, id, token.offset).await
+        if let Some(chunk) = stored_selection_chunk(
+            bucket,
+            (&job, &conns.deployment_digest()),
+            &input.repository,
+            id,
+            token.offset,
+        )
+        .await
         {
             let mut page = page_of_work(
                 conns,
@@ -208,7 +214,14 @@ pub async fn enumerate_images(
     .await?;
     page.pulls += selection_pulls;
     if let (Some(next), Some(bucket)) = (&page.next_token, bucket) {
-        match keep_selection(bucket, &job, &input.repository, &selected).await {
+        match keep_selection(
+            bucket,
+            (&job, &conns.deployment_digest()),
+            &input.repository,
+            &selected,
+        )
+        .await
+        {
             Ok(id) => page.next_token = Some(format!("{id}:{next}")),
             Err(e) => tracing::warn!(
                 error = %e,

@@ -351,7 +351,14 @@ async fn settle_repository(
         let Some(bucket) = conns.work_bucket().await else {
             return Checked::Work { selection: None };
         };
-        match keep_selection(bucket, job, repository, &selected).await {
+        match keep_selection(
+            bucket,
+            (job, &conns.deployment_digest()),
+            repository,
+            &selected,
+        )
+        .await
+        {
             Ok(id) => Checked::Work {
                 selection: Some(format!("{id}:0")),
             },

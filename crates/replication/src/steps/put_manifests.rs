@@ -91,6 +91,23 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     let (job, platforms) = (valid.job, valid.platforms);
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
+    // The task's target, recomputed from the job and checked against the deployment's scope:
+    // whatever reached this step's input, it writes only where the job may.
+    let spec = job.destination(input.image.destination)?;
+    let target = spec.checked_target_repository(&input.image.repository)?;
+    if target != input.image.target_repository || spec.registry != input.image.target_registry {
+        return Err(Error::invalid(
+            "image.targetRepository",
+            format!(
+                "{}/{} is not where the job puts {} ({}/{target})",
+                input.image.target_registry,
+                input.image.target_repository,
+                input.image.repository,
+                spec.registry
+            ),
+        ));
+    }
+    conns.check_target_scope(&spec.registry, &target)?;
     // Its reads are counted (pulls, on a rate-limited source); the plan reserved them.
     let meter = Arc::new(PullMeter::counting(&source.registry));
     let client = source.client.metered(meter.clone());

@@ -95,12 +95,14 @@ pub(crate) struct SelectionChunk {
     images: Vec<SelectedImage>,
 }
 
-/// What a kept selection is bound to: the repository and the whole validated job (filters,
-/// `requireSignature` and its keys), as a digest. A token naming a selection made for another
-/// job or repository (a forged execution input's continuation, say) is never read.
-fn made_for(job: &ValidJob, repository: &str) -> String {
+/// What a kept selection is bound to: the repository, the whole validated job (filters,
+/// `requireSignature`) and the deployment it was judged under (its trust policies and
+/// destination scopes: `Connections::deployment_digest`), as a digest. A token naming a
+/// selection made for another job or repository (a forged execution input's continuation,
+/// say), or before the deployment changed (a key revoked), is never read.
+fn made_for(job: &ValidJob, repository: &str, deployment: &str) -> String {
     let job = serde_json::to_string(&job.job).unwrap_or_default();
-    oci::Digest::of(format!("{repository}\n{job}").as_bytes()).to_string()
+    oci::Digest::of(format!("{repository}\n{deployment}\n{job}").as_bytes()).to_string()
 }
 
 impl SelectionChunk {
@@ -122,11 +124,11 @@ fn selection_key(id: &str, chunk: usize) -> String {
 /// selection not kept costs a listing per page, nothing else).
 pub(crate) async fn keep_selection(
     bucket: &ecr::WorkBucket,
-    job: &ValidJob,
+    (job, deployment): (&ValidJob, &str),
     repository: &str,
     selected: &[SelectedImage],
 ) -> std::result::Result<String, String> {
-    let made_for = made_for(job, repository);
+    let made_for = made_for(job, repository, deployment);
     use std::hash::{BuildHasher, Hasher};
     let random = |salt: u64| {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -166,7 +168,7 @@ pub(crate) async fn keep_selection(
 /// caller lists the repository again, which is always correct).
 pub(crate) async fn stored_selection_chunk(
     bucket: &ecr::WorkBucket,
-    job: &ValidJob,
+    (job, deployment): (&ValidJob, &str),
     repository: &str,
     id: &str,
     offset: usize,
@@ -186,7 +188,7 @@ pub(crate) async fn stored_selection_chunk(
             return None;
         }
     };
-    if chunk.made_for != made_for(job, repository) {
+    if chunk.made_for != made_for(job, repository, deployment) {
         tracing::warn!(%key, %repository, "the kept selection was made for another job or repository: not read");
         return None;
     }

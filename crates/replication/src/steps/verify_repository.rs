@@ -77,6 +77,8 @@ pub async fn verify_repository(
     let mut report = VerifyReport::default();
     for (index, spec) in job.job.destinations.iter().enumerate() {
         let target = spec.checked_target_repository(repository)?;
+        // A verification reads settings and policies: only where the job may write.
+        conns.check_target_scope(&spec.registry, &target)?;
         let at = Place {
             repository,
             target: format!("{}/{target}", spec.registry),

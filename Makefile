@@ -26,7 +26,9 @@ test: setup lint ## fmt, clippy, the CDK checks and every test (real registries,
 CDK_ENV := CDK_DISABLE_VERSION_CHECK=1 CDK_CLI_TELEMETRY=false
 cdk-test: ## CDK: compile, assertion tests (cdk-nag included), offline synth, cfn-lint
 	cd cdk && rm -rf dist cdk.out && npx tsc && node --test dist/test/
-	cd cdk && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -c ecrReplicator:allowPlaceholderCode=true
+	cd cdk && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -c ecrReplicator:allowPlaceholderCode=true -c ecrReplicator:configFile=config.example.json
+	# No configuration, no synth: the message says how to make one (cdk.json names no default).
+	cd cdk && if out=$$($(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -o cdk.out.none 2>&1); then echo "synth without a configuration succeeded" >&2; exit 1; else echo "$$out" | grep -q 'No deployment configuration'; fi
 	# The deployment the IAM check runs against: the local test accounts (cdk/test/config.iam.json).
 	cd cdk && rm -rf cdk.out.iam && $(CDK_ENV) npx cdk synth --quiet --no-notices --no-version-reporting -o cdk.out.iam -c ecrReplicator:allowPlaceholderCode=true -c ecrReplicator:configFile=test/config.iam.json
 	# A China deployment (cdk/test/config.cn.json: KMS keys, a schedule, a cross-account source):

@@ -141,6 +141,8 @@ export const PRICE_FIELDS = [
 ];
 
 const ACCOUNT = /^\d{12}$/;
+/** Destinations one job may have (the functions' `MAX_DESTINATIONS`). */
+export const MAX_DESTINATIONS = 10;
 const DEPLOYMENT_NAME = /^[a-z][a-z0-9-]{0,27}[a-z0-9]$/;
 
 /** The default deployment name (and the prefix of every named resource). */
@@ -200,6 +202,15 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     fail('sourceExternalId', 'is required when the workflow runs in another account than the source');
   }
   if (!config.destinations?.length) fail('destinations', 'needs at least one entry');
+  // A job carries every destination, and the functions take at most MAX_DESTINATIONS
+  // (crates/replication/src/job.rs): more would deploy, then fail every run.
+  if (config.destinations.length > MAX_DESTINATIONS) {
+    fail('destinations', `has ${config.destinations.length} entries; a job takes at most ${MAX_DESTINATIONS}: split them over several deployments (deploymentName)`);
+  }
+  const ROLE_NAME = /^[\w+=,.@-]{1,64}$/;
+  if (typeof config.targetRoleName !== 'string' || !ROLE_NAME.test(config.targetRoleName)) {
+    fail('targetRoleName', 'is required: the name of the role created in each destination account (IAM role name: 1 to 64 of letters, digits and +=,.@_-), e.g. "ecr-replicator-target"');
+  }
   (config.upstreams ?? []).forEach((u, i) => {
     if (!UPSTREAM_HOST.test(u.registry ?? '') || /\.dkr[.-]ecr/.test(u.registry)) {
       fail(`upstreams[${i}].registry`, 'must be a registry host that is not ECR, such as registry-1.docker.io or ghcr.io');

@@ -877,3 +877,11 @@ test('the trusted root\'s checks: its pin, its bucket\'s owner (default the work
   assert.throws(() => variant((c) => { c.trustedRoot = root; c.trustedRootSha256 = 'abc'; }), /trustedRootSha256 must be a sha256 digest/);
   assert.throws(() => variant((c) => { c.trustedRootBucketOwner = '555555555555'; }), /trustedRootBucketOwner must be a 12-digit account id, given with trustedRoot/);
 });
+
+test('what deploys, runs: more destinations than a job takes, or no target role name, fail synth naming the field', () => {
+  assert.throws(() => variant((c) => {
+    c.destinations = Array.from({ length: 11 }, (_, i) => ({ account: '123456789012', region: 'eu-west-1', repositoryPrefix: `copy-${i}/` }));
+  }), /destinations has 11 entries; a job takes at most 10/);
+  assert.throws(() => variant((c) => { delete (c as any).targetRoleName; }), /targetRoleName is required/);
+  assert.throws(() => variant((c) => { c.targetRoleName = 'bad name'; }), /targetRoleName is required/);
+});

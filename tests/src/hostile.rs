@@ -44,6 +44,9 @@ pub struct Attacks {
     /// Every request without credentials is challenged (Bearer, realm `/token` on this host),
     /// and the token endpoint answers a body of this many bytes.
     pub huge_token: Option<usize>,
+    /// Every request without credentials is challenged with a Bearer realm at this URL (another
+    /// host or port: where the operator wants the client's credentials sent).
+    pub bearer_realm: Option<String>,
     /// Manifest GETs (and HEADs) by these tags answer 404: a transient refusal, not a deletion.
     pub hidden_tags: Vec<String>,
     /// Manifest GETs by these references answer bytes that are not the manifest.
@@ -174,11 +177,23 @@ impl Sink {
     /// does not allow). A GET of `/bounce/...` redirects within the sink to `/again/...`, which
     /// redirects to `back_to` (`http://host/path`) when given; anything else answers 404.
     pub fn start(address: &str, back_to: Option<String>) -> Self {
+        Sink::serve(address, back_to, None)
+    }
+
+    /// A sink on `address` that answers every request but a `/bounce/...` one with `status`
+    /// and `body` (storage refusing a presigned URL, with its error document).
+    pub fn answering(address: &str, status: u16, body: &str) -> Self {
+        let status = StatusCode::from_u16(status).unwrap();
+        Sink::serve(address, None, Some((status, body.to_string())))
+    }
+
+    fn serve(address: &str, back_to: Option<String>, answer: Option<(StatusCode, String)>) -> Self {
         let log = Arc::new(Mutex::new(Vec::new()));
         let recorded = log.clone();
         let app = axum::Router::new().fallback(move |request: Request| {
             let log = recorded.clone();
             let back_to = back_to.clone();
+            let answer = answer.clone();
             async move {
                 let line = request_line(&request);
                 log.lock().unwrap().push(line);
@@ -190,6 +205,9 @@ impl Sink {
                     if let Some(back) = &back_to {
                         return redirect(back);
                     }
+                }
+                if let Some((status, body)) = answer {
+                    return (status, [("content-type", "application/xml")], body).into_response();
                 }
                 (StatusCode::NOT_FOUND, "nothing here").into_response()
             }
@@ -253,6 +271,17 @@ async fn handle(State(state): State<Arc<HostileState>>, request: Request) -> Res
                 .unwrap_or_default()
                 .to_string();
             let challenge = format!(r#"Bearer realm="http://{host}/token",service="hostile""#);
+            return (
+                StatusCode::UNAUTHORIZED,
+                [("www-authenticate", challenge)],
+                "",
+            )
+                .into_response();
+        }
+    }
+    if let Some(realm) = &attacks.bearer_realm {
+        if !request.headers().contains_key("authorization") {
+            let challenge = format!(r#"Bearer realm="{realm}",service="hostile""#);
             return (
                 StatusCode::UNAUTHORIZED,
                 [("www-authenticate", challenge)],

@@ -25,6 +25,8 @@ struct Quota {
     pulls: AtomicU64,
     refused: AtomicU64,
     log: Mutex<Vec<String>>,
+    /// From this many pulls on, the headers claim (limit, remaining) instead of the truth.
+    claim: Mutex<Option<(u64, u64, u64)>>,
 }
 
 /// A running pull-limited registry; stops when dropped.
@@ -49,6 +51,7 @@ impl PullLimitedRegistry {
             pulls: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            claim: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -82,6 +85,13 @@ impl PullLimitedRegistry {
         self.quota.limit.store(limit, Ordering::SeqCst);
         self.quota.pulls.store(0, Ordering::SeqCst);
         self.quota.refused.store(0, Ordering::SeqCst);
+    }
+
+    /// Lies about the count: once `after` pulls are counted, every manifest answer claims
+    /// `ratelimit-limit: <limit>` and `ratelimit-remaining: <remaining>` (a header a client
+    /// must not let raise the count it keeps), while the registry goes on counting the truth.
+    pub fn claim_after(&self, after: u64, limit: u64, remaining: u64) {
+        *self.quota.claim.lock().unwrap() = Some((after, limit, remaining));
     }
 
     /// Every request as `METHOD /path`.
@@ -133,12 +143,14 @@ async fn handle(State(quota): State<Arc<Quota>>, request: Request) -> Response {
             return refused;
         }
     }
-    let remaining = quota
-        .limit()
-        .saturating_sub(quota.pulls.load(Ordering::SeqCst));
+    let pulls = quota.pulls.load(Ordering::SeqCst);
+    let (limit, remaining) = match *quota.claim.lock().unwrap() {
+        Some((after, limit, remaining)) if pulls >= after => (limit, remaining),
+        _ => (quota.limit(), quota.limit().saturating_sub(pulls)),
+    };
     let mut response = forward_to(&quota.http, &quota.upstream, request).await;
     let headers = response.headers_mut();
-    headers.insert("ratelimit-limit", quota_header(quota.limit()));
+    headers.insert("ratelimit-limit", quota_header(limit));
     headers.insert("ratelimit-remaining", quota_header(remaining));
     response
 }

@@ -310,6 +310,171 @@ async fn credentials_stay_with_the_registry_across_redirects_and_signed_urls_sta
     );
 }
 
+/// A blob GET answered by a redirect to the instance metadata service (169.254.169.254, in
+/// any spelling) or a private network is refused before anything is sent there; storage on
+/// another origin that refuses the presigned URL has its error document (S3's echoes the
+/// request it refused, signature and session token included) kept out of the error: only its
+/// status and host are named.
+#[tokio::test]
+async fn blob_redirects_to_private_addresses_are_refused_unsent_and_storage_bodies_never_quoted() {
+    let src = TestRegistry::start_with_auth("user", "secret");
+    let image = ImageBuilder::new(Format::Oci).layer(7, 1000).build();
+    Pusher::new(&src.host, src.credentials.clone())
+        .push("app", "v1", &image)
+        .await;
+    let hostile = HostileRegistry::start(&src.host);
+    let client = e2e::client(
+        &[&hostile.host],
+        &[(
+            &hostile.host,
+            Credential::Basic {
+                username: "user".into(),
+                password: "secret".into(),
+            },
+        )],
+    );
+    let app = repo(&hostile.host, "app");
+    let layer = Digest::parse(&image.blobs[1].digest).unwrap();
+    // The registry's challenge is learnt first: each blob GET below is then one request.
+    let tagged = oci::Reference::parse(&format!("{}/app:v1", hostile.host)).unwrap();
+    assert!(client.head_manifest(&tagged).await.unwrap().is_some());
+
+    for (target, named) in [
+        ("169.254.169.254", "169.254.169.254"),
+        ("2852039166", "169.254.169.254"),
+        ("[::ffff:169.254.169.254]", "link-local"),
+        ("[fd00:ec2::254]", "fd00:ec2::254"),
+        ("10.0.0.8:9000", "10.0.0.8"),
+        ("192.168.1.20", "192.168.1.20"),
+        ("0.0.0.0:2375", "0.0.0.0"),
+    ] {
+        hostile.attack(|a| a.blob_redirect_to = Some(target.into()));
+        let before = hostile.requests().len();
+        let started = std::time::Instant::now();
+        let err = match client.get_blob(&app, &layer, 0).await {
+            Ok(_) => panic!("a redirect to {target} was followed"),
+            Err(e) => e,
+        };
+        // Refused as a redirect, not a connection that failed: nothing was sent there (no
+        // connection attempt, which would take the connect timeout or fail as transport).
+        assert!(
+            matches!(err, oci::Error::OriginRefused { .. }),
+            "{target}: {err}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{target}: {:?}",
+            started.elapsed()
+        );
+        let text = format!("{err} {err:?}");
+        assert!(text.contains(named) && text.contains("redirect"), "{text}");
+        assert!(!text.contains("SESSION-SECRET"), "{text}");
+        // The registry was asked once (the blob GET it redirected); nothing was retried.
+        let asked = hostile.requests()[before..].to_vec();
+        assert_eq!(asked.len(), 1, "{target}: {asked:?}");
+    }
+
+    // Storage on another origin (a loopback registry may use loopback storage) refuses the
+    // presigned URL with S3's error document, which quotes the request it was sent.
+    let echoed =
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SignatureDoesNotMatch</Code>\
+        <Message>The request signature we calculated does not match</Message><StringToSign>\
+        AWS4-HMAC-SHA256 X-Amz-Security-Token=SESSION-ECHOED-BY-STORAGE</StringToSign></Error>";
+    let storage = Sink::answering("127.0.0.1", 403, echoed);
+    hostile.attack(|a| a.blob_redirect_to = Some(storage.host.clone()));
+    let err = match client.get_blob(&app, &layer, 0).await {
+        Ok(_) => panic!("the storage refuses everything"),
+        Err(e) => e,
+    };
+    let text = format!("{err} {err:?} {}", error_chain(&err));
+    assert!(
+        text.contains("403") && text.contains(&storage.host),
+        "{text}"
+    );
+    for quoted in [
+        "SignatureDoesNotMatch",
+        "SESSION-ECHOED",
+        "StringToSign",
+        "does not match",
+    ] {
+        assert!(
+            !text.contains(quoted),
+            "storage's body quoted ({quoted}): {text}"
+        );
+    }
+    // It was reached without the registry's credentials (one bounce within itself, then 403).
+    let at_storage = storage.requests();
+    assert!(!at_storage.is_empty(), "{at_storage:?}");
+    assert!(
+        at_storage.iter().all(|l| !l.ends_with(" auth")),
+        "{at_storage:?}"
+    );
+}
+
+/// A registry answering 401 with a Bearer realm elsewhere: the client's Basic credentials for
+/// the registry never go in clear to another origin (another port of the same host here), nor
+/// anywhere to a link-local or private address; an anonymous client may still ask a plain-HTTP
+/// realm for a token (it sends nothing secret), never one at the metadata address.
+#[tokio::test]
+async fn bearer_realms_elsewhere_get_no_credentials_in_clear_and_none_at_private_addresses() {
+    let src = TestRegistry::start();
+    let image = ImageBuilder::new(Format::Oci).layer(8, 100).build();
+    Pusher::new(&src.host, None).push("app", "v1", &image).await;
+    let hostile = HostileRegistry::start(&src.host);
+    let realm = Sink::start("127.0.0.1", None);
+    let with_credentials = e2e::client(
+        &[&hostile.host],
+        &[(
+            &hostile.host,
+            Credential::Basic {
+                username: "user".into(),
+                password: "secret".into(),
+            },
+        )],
+    );
+    let anonymous = e2e::client(&[&hostile.host], &[]);
+    let reference = oci::Reference::parse(&format!("{}/app:v1", hostile.host)).unwrap();
+
+    hostile.attack(|a| a.bearer_realm = Some(format!("http://{}/token", realm.host)));
+    let err = with_credentials.get_manifest(&reference).await.unwrap_err();
+    assert!(matches!(err, oci::Error::OriginRefused { .. }), "{err}");
+    assert!(err.to_string().contains(&realm.host), "{err}");
+    assert_eq!(
+        realm.requests(),
+        Vec::<String>::new(),
+        "the realm was asked"
+    );
+
+    // Without credentials the token request goes, bare (the realm answers 404 here).
+    assert!(anonymous.get_manifest(&reference).await.is_err());
+    let asked = realm.requests();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(!asked[0].ends_with(" auth"), "{asked:?}");
+
+    for metadata in [
+        "http://169.254.169.254/token",
+        "http://[::ffff:a9fe:a9fe]/token",
+    ] {
+        hostile.attack(|a| a.bearer_realm = Some(metadata.into()));
+        // New clients: the ones above keep the challenge they were given.
+        let with_credentials = e2e::client(
+            &[&hostile.host],
+            &[(&hostile.host, Credential::BasicToken("c2VjcmV0".into()))],
+        );
+        let anonymous = e2e::client(&[&hostile.host], &[]);
+        for client in [&with_credentials, &anonymous] {
+            let started = std::time::Instant::now();
+            let err = client.get_manifest(&reference).await.unwrap_err();
+            assert!(
+                matches!(err, oci::Error::OriginRefused { .. }),
+                "{metadata}: {err}"
+            );
+            assert!(err.to_string().contains("link-local"), "{err}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+    }
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = String::new();
     let mut source = e.source();

@@ -312,3 +312,105 @@ async fn docker_hub_names_work_as_users_write_them_and_no_catalog_is_asked() {
         "{e}"
     );
 }
+
+/// Six single-platform images in `library/app` (tags `v1`..`v6`), pushed to `src`.
+async fn six_small_images(src: &TestRegistry) -> Vec<(String, TestImage)> {
+    let pusher = Pusher::new(&src.host, None);
+    let mut pushed = Vec::new();
+    for n in 1..=6u64 {
+        let image = ImageBuilder::new(Format::Oci).layer(40 + n, 1500).build();
+        pusher.push("library/app", &format!("v{n}"), &image).await;
+        pushed.push((format!("library/app:v{n}"), image));
+    }
+    pushed
+}
+
+/// The registry's answers turn to claiming more pulls left than there are, after two pulls:
+/// with the same limit, or an "upgraded" one. Neither raises the count the run keeps: it
+/// stops at `keepRemaining` by its own count of what it sent since the lowest answer, and the
+/// registry really keeps its 4 pulls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_remaining_count_never_raises_the_floor_whatever_limit_it_names() {
+    for (claimed_limit, claimed_remaining) in [(8, 500), (1000, 990)] {
+        let src = TestRegistry::start();
+        let dst = TestRegistry::start();
+        let pushed = six_small_images(&src).await;
+        let hub = PullLimitedRegistry::start(&src.host, 8);
+        hub.claim_after(2, claimed_limit, claimed_remaining);
+
+        let output = run(job(
+            &hub.host,
+            &dst,
+            json!({"maxPulls": 1000, "keepRemaining": 4}),
+        ))
+        .await;
+
+        let r = &output.report;
+        let case = format!("claiming {claimed_remaining} of {claimed_limit}");
+        assert_eq!(hub.refused(), 0, "{case}: the run met the limit");
+        assert!(
+            hub.remaining() >= 4,
+            "{case}: {} pulls left, 4 kept",
+            hub.remaining()
+        );
+        assert_eq!(r.source_pulls, hub.pulls(), "{case}");
+        assert_eq!(r.failed, 0, "{case}: {r:?}");
+        assert!(r.copied >= 1 && r.postponed >= 1, "{case}: {r:?}");
+        assert_eq!(r.copied + r.postponed, 6, "{case}: {r:?}");
+        assert_eq!(copied_images(&pushed, &src, &dst), r.copied, "{case}");
+    }
+}
+
+/// `requireSignature` reads each image's signature manifest, and `platforms` reads an index to
+/// cut it down: on a rate-limited source those GETs are pulls like the plan's, so the run's
+/// `sourcePulls` is what the registry counted, and they are inside the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signature_gates_and_platform_subsets_reads_are_counted_as_pulls() {
+    let src = TestRegistry::start();
+    let dst = TestRegistry::start();
+    let pusher = Pusher::new(&src.host, None);
+    let (key, pem) = e2e::image::signing_key(7);
+    let single = ImageBuilder::new(Format::Oci).layer(71, 2000).build();
+    let multi = multi_arch(72, 1, 1500);
+    for (repo, image) in [("library/app", &single), ("library/multi", &multi)] {
+        pusher.push(repo, "v1", image).await;
+        let signature = e2e::image::cosign_signature(&image.digest, &key, false, None);
+        let tag = format!("{}.sig", image.digest.replacen(':', "-", 1));
+        pusher.push(repo, &tag, &signature).await;
+    }
+    let hub = PullLimitedRegistry::start(&src.host, 100);
+    let job: Job = serde_json::from_value(json!({
+        "source": {"registry": hub.host, "insecure": true, "pullBudget": {"maxPulls": 40}},
+        "destinations": [{"registry": dst.host, "insecure": true}],
+        "repositories": {"include": ["library/*"]},
+        "tags": {"include": ["v1"]},
+        "platforms": ["linux/amd64"],
+        "requireSignature": {"publicKeys": [pem]},
+        "referrers": false
+    }))
+    .unwrap();
+
+    let output = run(job).await;
+
+    let r = &output.report;
+    assert_eq!((r.failed, r.unsigned, r.postponed), (0, 0, 0), "{r:?}");
+    assert!(r.copied >= 2, "{r:?}");
+    // The signatures were read with GETs (the gate), so was the index (the subset)...
+    let gets: Vec<String> = hub
+        .manifest_requests()
+        .into_iter()
+        .filter(|m| m.starts_with("GET "))
+        .collect();
+    assert!(gets.len() >= 3, "{gets:?}");
+    // ...and every one of them is in the run's count, inside the budget.
+    assert_eq!(r.source_pulls, hub.pulls(), "{gets:?}");
+    assert!(hub.pulls() <= 40);
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/library/app:v1", dst.host), None),
+        single.manifest.to_vec()
+    );
+    assert!(e2e::skopeo::exists(&format!(
+        "{}/library/multi:v1",
+        dst.host
+    )));
+}

@@ -178,6 +178,7 @@ async fn a_secret_goes_only_to_the_registry_the_deployment_allows_it_for() {
             ..AllowedRegistry::default()
         }],
         insecure: vec!["127.0.0.1:*".into()],
+        ..Allowlist::default()
     };
     let conns = connections(&moto, Some(allowlist));
 
@@ -245,4 +246,66 @@ async fn a_rotated_secret_is_read_again_when_the_registry_refuses_the_old_one() 
         .manifest("app", "v1")
         .await
         .is_none());
+}
+
+/// The deployment allows a secret for any port of a host (`127.0.0.1:*`); the job names one
+/// port. That registry answers 401 with a Bearer realm on another port of the same host (which
+/// the allowlist pattern would also match): the secret's credentials go to the exact
+/// `host:port` the job names and nowhere else, so the realm is not asked, and the run fails
+/// naming why. A registry whose realm is its own origin (the token flow) still works under the
+/// same pattern.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_allowed_for_any_port_of_a_host_goes_only_to_the_port_the_job_names() {
+    let moto = Moto::start();
+    let image = ImageBuilder::new(Format::Oci).layer(6, 100).build();
+    let src = TestRegistry::start();
+    Pusher::new(&src.host, None).push("app", "v1", &image).await;
+    let hostile = e2e::hostile::HostileRegistry::start(&src.host);
+    let other_port = e2e::hostile::Sink::start("127.0.0.1", None);
+    hostile.attack(|a| a.bearer_realm = Some(format!("http://{}/token", other_port.host)));
+    let hub = FakeRegistry::start_with_bearer(&image, "v1", "robot", "hub-token").await;
+    let dst = TestRegistry::start();
+    let arn = login_secret(&moto, "any-port", "robot", "hub-token").await;
+    let allowlist = Allowlist {
+        sources: vec![AllowedRegistry {
+            registry: "127.0.0.1:*".into(),
+            credential_arns: vec![arn.clone()],
+            ..AllowedRegistry::default()
+        }],
+        destinations: vec![AllowedRegistry {
+            registry: dst.host.clone(),
+            ..AllowedRegistry::default()
+        }],
+        insecure: vec!["127.0.0.1:*".into()],
+        ..Allowlist::default()
+    };
+    let conns = connections(&moto, Some(allowlist));
+
+    let output = run_job(&conns, job(&hostile.host, Some(&arn), &dst), &Quiet).await;
+
+    let text = match output {
+        Ok(o) => format!("{:?}", o.report),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        text.contains(&other_port.host) && text.contains("another origin"),
+        "{text}"
+    );
+    assert_eq!(
+        other_port.requests(),
+        Vec::<String>::new(),
+        "the secret's credentials went to another port"
+    );
+    assert!(!text.contains("hub-token"), "{text}");
+    assert!(Pusher::new(&dst.host, None)
+        .manifest("app", "v1")
+        .await
+        .is_none());
+
+    // The same secret and pattern for a registry whose realm is its own origin: copied.
+    let copied = run_job(&conns, job(&hub.host, Some(&arn), &dst), &Quiet)
+        .await
+        .unwrap();
+    assert_one_copied(&copied);
+    assert!(!hub.token_scopes().is_empty());
 }

@@ -148,6 +148,34 @@ impl RunArgs {
     }
 }
 
+/// Refuses a job naming a Secrets Manager secret (`credentialArn`, the source's or any
+/// destination's) when no `--allowlist` is given: only an allowlist binds a secret to the
+/// registry it belongs to, and without one the job could send any secret the caller may read
+/// to a registry of its choosing. Every such field is named; nothing is read or sent.
+fn secrets_need_an_allowlist(job: &Job, args: &RunArgs) -> anyhow::Result<()> {
+    if args.allowlist.is_some() {
+        return Ok(());
+    }
+    let mut named = Vec::new();
+    if job.source.credential_arn.is_some() {
+        named.push("source.credentialArn".to_string());
+    }
+    for (i, d) in job.destinations.iter().enumerate() {
+        if d.credential_arn.is_some() {
+            named.push(format!("destinations[{i}].credentialArn"));
+        }
+    }
+    if named.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} names a Secrets Manager secret, whose credentials may go only to the registry an \
+         allowlist binds it to: pass --allowlist FILE (the deployment's allowlist, listing the \
+         secret under that registry's credentialArns) to run this job",
+        named.join(", ")
+    )
+}
+
 /// `step`: one step with its input.
 #[derive(Args, Debug)]
 pub struct StepArgs {
@@ -166,6 +194,12 @@ pub async fn step(args: StepArgs) -> anyhow::Result<ExitCode> {
     let text = args.run.input.read()?;
     let input: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("the step input is not JSON: {e}"))?;
+    if let Some(job) = input
+        .get("job")
+        .and_then(|j| serde_json::from_value::<Job>(j.clone()).ok())
+    {
+        secrets_need_an_allowlist(&job, &args.run)?;
+    }
     let conns = Connections::new(args.run.settings()?);
     let result = steps::run_named(&conns, &args.name, &input).await;
     match result {
@@ -257,6 +291,7 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     if job.mode == Mode::Verify {
         return verify_job(args, job).await;
     }
+    secrets_need_an_allowlist(&job, &args)?;
     let conns = Connections::new(args.settings()?);
     let dry_run = job.dry_run;
     let observer = Progress {
@@ -286,6 +321,7 @@ async fn verify_job(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
         mode: Mode::Verify,
         ..job
     };
+    secrets_need_an_allowlist(&job, &args)?;
     let conns = Connections::new(args.settings()?);
     let output = run_job(&conns, job, &replication::run::Quiet).await?;
     let report = &output.report;

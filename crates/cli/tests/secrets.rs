@@ -87,3 +87,72 @@ async fn a_debug_level_sync_prints_no_secret() {
         assert!(!text.contains(header), "{header:?} appears in the output");
     }
 }
+
+/// A job naming a Secrets Manager secret (`credentialArn`) is refused by every command that
+/// runs it in-process unless an allowlist binds the secret to its registry: the error names
+/// each such field and says to pass `--allowlist FILE`; no secret is read and the registry the
+/// job names (a recorder here) sees no request.
+#[test]
+fn a_job_naming_a_secret_is_refused_without_an_allowlist() {
+    let src = e2e::registry::TestRegistry::start();
+    let recorder = e2e::hostile::HostileRegistry::start(&src.host);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "arn:aws:secretsmanager:us-east-1:111111111111:secret:hub-AbC123";
+    let job = serde_json::json!({
+        "source": {"registry": recorder.host, "insecure": true, "credentialArn": secret},
+        "destinations": [
+            {"registry": "127.0.0.2:5998", "insecure": true},
+            {"registry": "127.0.0.2:5999", "insecure": true, "credentialArn": secret},
+        ],
+    });
+    let path = dir.path().join("job.json");
+    std::fs::write(&path, job.to_string()).unwrap();
+    let step_input = dir.path().join("step.json");
+    std::fs::write(
+        &step_input,
+        serde_json::json!({"job": job, "repository": "app"}).to_string(),
+    )
+    .unwrap();
+
+    for args in [
+        vec!["sync", "--input"],
+        vec!["plan", "--input"],
+        vec!["verify", "--input"],
+        vec!["step", "enumerate-images", "--input"],
+    ] {
+        let input = if args[0] == "step" {
+            &step_input
+        } else {
+            &path
+        };
+        let out = Command::new(env!("CARGO_BIN_EXE_ecr-replicator"))
+            .args(&args)
+            .arg(input)
+            // Were a secret read, it would be from here: nothing listens.
+            .args(["--aws-endpoint-url", "http://127.0.0.1:1"])
+            .env("AWS_ACCESS_KEY_ID", "AKIATESTING")
+            .env("AWS_SECRET_ACCESS_KEY", "not-used")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        for named in [
+            "source.credentialArn",
+            "destinations[1].credentialArn",
+            "--allowlist FILE",
+        ] {
+            assert!(
+                text.contains(named),
+                "{args:?} does not name {named}: {text}"
+            );
+        }
+        assert!(!text.contains("destinations[0].credentialArn"), "{text}");
+    }
+    assert_eq!(recorder.requests(), Vec::<String>::new());
+}

@@ -203,7 +203,7 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
   }
   if (!config.destinations?.length) fail('destinations', 'needs at least one entry');
   // A job carries every destination, and the functions take at most MAX_DESTINATIONS
-  // (crates/replication/src/job.rs): more would deploy, then fail every run.
+  // (crates/replication/src/job/mod.rs): more would deploy, then fail every run.
   if (config.destinations.length > MAX_DESTINATIONS) {
     fail('destinations', `has ${config.destinations.length} entries; a job takes at most ${MAX_DESTINATIONS}: split them over several deployments (deploymentName)`);
   }

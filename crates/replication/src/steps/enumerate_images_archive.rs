@@ -1,0 +1,62 @@
+//! `enumerate-images`, archived images: ECR's archive storage class lists and describes an
+//! image but answers 404 to its pulls, so an archived image is reported (with how to restore
+//! it), never copied and never a failure.
+
+use std::collections::HashSet;
+
+use super::enumerate_images_selection::listed_images;
+use crate::connect::Connection;
+use crate::filter::{ListedImage, SelectedImage};
+use crate::job::ImageSelector;
+
+/// Marks the selected images the repository's listing says are archived: reported, not
+/// copied.
+pub(super) fn mark_archived(
+    selected: &mut [SelectedImage],
+    images: &[ListedImage],
+    registry: &str,
+    repository: &str,
+) {
+    let archived: HashSet<&str> = images
+        .iter()
+        .filter(|i| i.archived)
+        .map(|i| i.digest.as_str())
+        .collect();
+    for image in selected {
+        if archived.contains(image.digest.as_str()) {
+            let name = format!("@{}", image.digest);
+            tracing::warn!(image = %format!("{repository}{name}"), "archived in the source: not copied");
+            image.archived = Some(archived_reason(registry, repository, &name));
+        }
+    }
+}
+
+/// Why an archived image is not copied.
+pub(super) fn archived_reason(registry: &str, repository: &str, name: &str) -> String {
+    format!("{registry}/{repository}{name} is archived in the source (ECR archive storage class: pulls answer 404); restore it (UpdateImageStorageClass to STANDARD) to have it copied")
+}
+
+/// The digest of `image` (named by tag or digest) when an ECR source lists it as archived: asked
+/// only after a pull answered 404 (a registry that is not ECR has no archive). The repository's
+/// listing is read into `listing` the first time and reused for the other images of the call.
+pub(super) async fn archived_digest(
+    source: &Connection,
+    repository: &str,
+    image: &ImageSelector,
+    listing: &mut Option<Vec<ListedImage>>,
+) -> Option<String> {
+    source.ecr.as_ref()?;
+    if listing.is_none() {
+        // A listing that fails too (the repository is gone): not found, as said.
+        *listing = Some(listed_images(source, repository).await.ok()?.0);
+    }
+    listing
+        .as_ref()?
+        .iter()
+        .find(|i| {
+            i.archived
+                && (image.tag.as_ref().is_some_and(|t| i.tags.contains(t))
+                    || image.digest.as_deref() == Some(i.digest.as_str()))
+        })
+        .map(|i| i.digest.clone())
+}

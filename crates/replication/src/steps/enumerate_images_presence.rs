@@ -1,0 +1,288 @@
+//! `enumerate-images`, presence: each selected image checked in every destination (the tags
+//! the destination lists, read once per page, then the digest, tags and referrers asked
+//! about), giving its tasks, or the results of an image that is not copied.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use oci::{Digest, Reference, Repository};
+
+use super::*;
+use crate::connect::{Connection, Connections};
+use crate::error::{Error, Result};
+use crate::filter::SelectedImage;
+use crate::job::ValidJob;
+use crate::platforms::Subset;
+
+/// A destination as `page_of_work` checks it: its index, its spec, its connection, the
+/// repository there, the tags it lists (if it lists them) and whether the repository is absent.
+pub(super) type Destination<'a> = (
+    usize,
+    &'a crate::job::Destination,
+    Arc<Connection>,
+    String,
+    Option<HashSet<String>>,
+    bool,
+);
+
+/// What checking one selected image gave: its tasks (present or not), or, for an image no
+/// signature verified, its results.
+pub(super) enum Checked {
+    Tasks(Vec<ImageTask>),
+    Unsigned(Vec<ImageResult>),
+}
+
+/// Every destination of the job as a page checks it: connected, the repository there (named
+/// and within the deployment's scope), and the tags it lists now.
+pub(super) async fn page_destinations<'a>(
+    conns: &Connections,
+    job: &'a ValidJob,
+    repository: &str,
+) -> Result<Vec<Destination<'a>>> {
+    let mut destinations = Vec::new();
+    for (index, spec) in job.job.destinations.iter().enumerate() {
+        let dest = conns.destination(&job.job, index).await?;
+        let target = spec.checked_target_repository(repository)?;
+        conns.check_target_scope(&spec.registry, &target)?;
+        let (tags, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
+        destinations.push((index, spec, dest, target, tags, absent));
+    }
+    Ok(destinations)
+}
+
+/// Checks selected image `at` of the window in every destination: its tasks (present or not),
+/// or, for an image that is not copied, one result per destination. With `platforms`, an
+/// index is cut down first (`source` reads it).
+pub(super) async fn check_image(
+    job: &ValidJob,
+    source: Option<&Connection>,
+    destinations: &[Destination<'_>],
+    repository: &str,
+    fail_unsigned: bool,
+    (at, image): (usize, &SelectedImage),
+) -> Result<(usize, Checked)> {
+    // Parsed once here; every later step takes the task's digests as they are.
+    let source_digest = |text: &String| {
+        Digest::parse(text).map_err(|source| Error::Listing {
+            what: format!("the digests of {repository}"),
+            source,
+        })
+    };
+    let not_copied = not_copied(image, fail_unsigned);
+    if let Some((status, reason)) = not_copied {
+        // Not copied: one result per destination, no presence check (a refused
+        // name is not even parsed: it may be no digest at all).
+        let unsigned = not_copied_results(destinations, (repository, image), status, reason);
+        return Ok((at, Checked::Unsigned(unsigned)));
+    }
+    let digest = source_digest(&image.digest)?;
+    let mut referrers = image
+        .referrers
+        .iter()
+        .map(source_digest)
+        .collect::<Result<Vec<_>>>()?;
+    // With `platforms`, an index is copied as the part of it the job names (its
+    // signatures and referrers name the source's digest: they stay behind).
+    let target_digest = match (&job.platforms, source) {
+        (Some(filter), Some(source)) => {
+            match platform_subset(source, repository, &digest, filter).await? {
+                Subset::Unchanged => None,
+                Subset::Index(subset) => {
+                    referrers.clear();
+                    Some(subset.digest)
+                }
+                Subset::NoneWanted(reason) => {
+                    let refused = not_copied_results(
+                        destinations,
+                        (repository, image),
+                        ImageStatus::Refused,
+                        &reason,
+                    );
+                    return Ok((at, Checked::Unsigned(refused)));
+                }
+            }
+        }
+        _ => None,
+    };
+    let copied = Copied {
+        digest,
+        referrers,
+        target_digest,
+    };
+    let tasks = image_tasks(destinations, repository, image, copied).await?;
+    Ok((at, Checked::Tasks(tasks)))
+}
+
+/// What of a selected image is copied: its digest in the source, the referrers travelling
+/// with it, and the digest it gets in the destinations when it is cut to the job's platforms.
+struct Copied {
+    digest: Digest,
+    referrers: Vec<Digest>,
+    target_digest: Option<Digest>,
+}
+
+/// One task per destination for a selected image to copy, each saying whether the destination
+/// has it already.
+async fn image_tasks(
+    destinations: &[Destination<'_>],
+    repository: &str,
+    image: &SelectedImage,
+    copied: Copied,
+) -> Result<Vec<ImageTask>> {
+    let Copied {
+        digest,
+        referrers,
+        target_digest,
+    } = copied;
+    let mut tasks = Vec::new();
+    for (index, spec, dest, target, listed, repository_absent) in destinations {
+        let repo = Repository {
+            registry: spec.registry.clone(),
+            name: target.clone(),
+        };
+        // A tag the destination does not list means missing, without asking.
+        let unlisted = listed
+            .as_ref()
+            .map(|l| image.tags.iter().filter(|t| !l.contains(*t)).count());
+        let tags_absent = !image.tags.is_empty() && unlisted == Some(image.tags.len());
+        let wanted = target_digest.as_ref().unwrap_or(&digest);
+        let present = unlisted.unwrap_or(0) == 0
+            && is_present(&dest.client, &repo, wanted, &image.tags, &referrers).await?;
+        tasks.push(ImageTask {
+            repository: repository.to_string(),
+            digest: digest.clone(),
+            tags: image.tags.clone(),
+            destination: *index,
+            target_registry: spec.registry.clone(),
+            target_repository: target.clone(),
+            present,
+            referrers: referrers.clone(),
+            tags_absent,
+            repository_absent: *repository_absent,
+            pushed_at: image.pushed_at,
+            target_digest: target_digest.clone(),
+            signed_by: image.signed_by.clone(),
+        });
+    }
+    Ok(tasks)
+}
+
+/// Why a selected image is not copied, if it is not, as the status its results get: a refused
+/// name first, then a tag that moved on, an archived image, a missing signature.
+fn not_copied(image: &SelectedImage, fail_unsigned: bool) -> Option<(ImageStatus, &String)> {
+    if let Some(reason) = &image.refused {
+        return Some((ImageStatus::Refused, reason));
+    }
+    if let Some(reason) = &image.superseded {
+        return Some((ImageStatus::Superseded, reason));
+    }
+    if let Some(reason) = &image.archived {
+        return Some((ImageStatus::Archived, reason));
+    }
+    let reason = image.unsigned.as_ref()?;
+    Some(if fail_unsigned {
+        (ImageStatus::Failed, reason)
+    } else {
+        (ImageStatus::Unsigned, reason)
+    })
+}
+
+/// The tags a destination repository has now, read once per page so that a first sync costs no
+/// presence request per image (`None` when the registry does not list them: each image is then
+/// asked about), and whether the repository does not exist at all (its list is then empty).
+pub(crate) async fn destination_tags(
+    client: &oci::RegistryClient,
+    registry: &str,
+    repository: &str,
+) -> (Option<std::collections::HashSet<String>>, bool) {
+    let repo = Repository {
+        registry: registry.to_string(),
+        name: repository.to_string(),
+    };
+    match client.list_tags(&repo).await {
+        Ok(tags) => (Some(tags.into_iter().collect()), false),
+        Err(e) if e.is_not_found() => (Some(Default::default()), true),
+        Err(e) => {
+            tracing::debug!(error = %e, repository = %repo, "tag list unavailable; checking each image");
+            (None, false)
+        }
+    }
+}
+
+/// The destination has the digest, every tag on it, and every referrer travelling with it.
+pub(crate) async fn is_present(
+    client: &oci::RegistryClient,
+    repo: &Repository,
+    digest: &Digest,
+    tags: &[String],
+    referrers: &[Digest],
+) -> Result<bool> {
+    let listing = |source| Error::Listing {
+        what: format!("{repo}@{digest} in the destination"),
+        source,
+    };
+    let by_digest = Reference {
+        repository: repo.clone(),
+        tag: None,
+        digest: Some(digest.clone()),
+    };
+    // A tag that names the digest proves the manifest is there: the digest itself is asked
+    // only when there is no tag.
+    if tags.is_empty()
+        && client
+            .head_manifest(&by_digest)
+            .await
+            .map_err(listing)?
+            .is_none()
+    {
+        return Ok(false);
+    }
+    for tag in tags {
+        let head = client
+            .head_manifest(&by_digest.with_tag(tag))
+            .await
+            .map_err(listing)?;
+        if head.is_none_or(|h| h.digest != *digest) {
+            return Ok(false);
+        }
+    }
+    for referrer in referrers {
+        if client
+            .head_manifest(&by_digest.with_digest(referrer.clone()))
+            .await
+            .map_err(listing)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// One result per destination for an image that is not copied, with why.
+fn not_copied_results(
+    destinations: &[Destination<'_>],
+    (repository, image): (&str, &SelectedImage),
+    status: ImageStatus,
+    reason: &str,
+) -> Vec<ImageResult> {
+    destinations
+        .iter()
+        .map(|(_, spec, _, target, _, _)| {
+            ImageResult {
+                repository: repository.to_string(),
+                digest: image.digest.clone(),
+                tags: image.tags.clone(),
+                target_registry: spec.registry.clone(),
+                target_repository: target.clone(),
+                status: status.clone(),
+                bytes_copied: 0,
+                error: Some(reason.to_string()),
+                source_pulls: 0,
+                target_digest: None,
+                signed_by: None,
+            }
+            .listed()
+        })
+        .collect()
+}

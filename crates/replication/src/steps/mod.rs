@@ -19,6 +19,7 @@ use crate::error::{Error, FieldProblem, Result};
 
 pub mod copy_blobs;
 pub mod ensure_repository;
+mod ensure_repository_prune;
 pub mod enumerate_images;
 mod enumerate_images_archive;
 mod enumerate_images_presence;

@@ -363,11 +363,12 @@ async fn every_real_input_runs_end_to_end_and_a_failing_repository_is_isolated()
     // policies: it could otherwise sign anything with a throwaway key and get a receipt.
     gated["requireSignature"] = json!({"publicKeys": [pem]});
     let inline = sfn.execute(&arn, &gated).await;
-    assert_eq!(inline.status, "FAILED", "{inline:?}");
+    assert_eq!(inline.status, "FAILED", "{}", inline.cause);
     assert!(
         inline.cause.contains("ReplicationInvalidInput")
             && inline.cause.contains("requireSignature.publicKeys"),
-        "{inline:?}"
+        "{}",
+        inline.cause
     );
     assert!(!sfn.api_calls().iter().any(|c| c.action == "kms:Sign"));
     gated["requireSignature"] = json!({"policy": e2e::sfn::RIG_TRUST_POLICY});

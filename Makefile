@@ -1,6 +1,9 @@
 # The one task runner: CI calls `make setup` and `make test`.
 SHELL := /bin/bash
 CARGO ?= cargo
+# The Lambda functions' binaries (crates/functions/src/bin), built with --workspace so their
+# dependencies have the features of `cargo test --workspace` (the same artifacts, not a second set).
+FUNCTION_BINS := $(patsubst crates/functions/src/bin/%.rs,--bin %,$(wildcard crates/functions/src/bin/*.rs))
 
 .PHONY: help setup build lint test cdk-test package deploy bench bench-scale clean
 
@@ -54,6 +57,8 @@ bench: setup ## ecr-replicator vs skopeo vs raw curl upload, on local registries
 
 bench-scale: setup ## 10,000 repositories x 10 tags: dry run and no-op through the CLI and the state machine
 	$(CARGO) build --release -p ecr-replicator -p e2e --bins
+	# The state machine's functions run from the debug build (target/debug/<function>).
+	$(CARGO) build --workspace $(FUNCTION_BINS)
 	target/release/scale
 
 clean:
@@ -64,6 +69,6 @@ fuzz: ## cargo fuzz (nightly): manifest, reference, WWW-Authenticate, job input;
 	@scripts/fuzz.sh
 
 .PHONY: demo
-demo: setup ## the real state machine on moto + cargo lambda watch, sample images, skopeo checks
-	$(CARGO) build -q -p e2e --bin demo
+demo: setup ## the real state machine on moto + the real functions, sample images, skopeo checks
+	$(CARGO) build -q --workspace --bin demo $(FUNCTION_BINS)
 	target/debug/demo

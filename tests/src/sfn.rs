@@ -1,10 +1,13 @@
 //! The real state machine (unchanged: Distributed Maps and `MaxConcurrencyPath` included) on
 //! moto's Step Functions interpreter made as strict as AWS (`tests/aws_rules/strict_moto.py`),
-//! its Lambda tasks served by
-//! `cargo lambda watch` running the real function binaries. moto's interpreter invokes Lambda at
-//! `localhost:$MOTO_PORT`; the small proxy here listens there, sends
-//! `/2015-03-31/functions/<name>/invocations` to watch (a 5xx from watch, a handler error, becomes
-//! 200 with `X-Amz-Function-Error: Unhandled`, as Lambda answers) and everything else to moto.
+//! its Lambda tasks served by the real function binaries: `cargo lambda watch
+//! --only-lambda-apis` serves the Lambda invoke and Runtime APIs (it builds and starts nothing),
+//! and the harness runs the binaries the test build already made (`target/debug/<function>`,
+//! [`FUNCTION_INSTANCES`] processes per function, each polling watch's Runtime API as a Lambda
+//! instance does). moto's interpreter invokes Lambda at `localhost:$MOTO_PORT`; the small proxy
+//! here listens there, sends `/2015-03-31/functions/<name>/invocations` to watch (a 5xx from
+//! watch, a handler error, becomes 200 with `X-Amz-Function-Error: Unhandled`, as Lambda
+//! answers) and everything else to moto.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,7 +75,8 @@ pub fn strict_moto_script() -> PathBuf {
     workspace().join("tests/aws_rules/strict_moto.py")
 }
 
-/// moto with Step Functions execution on, `cargo lambda watch`, and the proxy between them.
+/// moto with Step Functions execution on, `cargo lambda watch --only-lambda-apis` with the
+/// function processes polling it, and the proxy between them.
 pub struct LocalStepFunctions {
     /// What clients use: the proxy's URL (moto behind it).
     pub url: String,
@@ -80,6 +84,7 @@ pub struct LocalStepFunctions {
     pub moto_url: String,
     moto: Child,
     watch: Child,
+    functions: Option<FunctionInstances>,
     proxy: tokio::task::JoinHandle<()>,
     proxy_state: std::sync::Arc<Proxy>,
     dir: tempfile::TempDir,
@@ -94,9 +99,337 @@ fn cargo_lambda() -> PathBuf {
         .expect("cargo-lambda not found: run `make setup` (installs it into .venv)")
 }
 
-/// Where watch builds the functions (its own target dir, so it never waits for the test's).
-pub fn watch_target_dir() -> PathBuf {
-    workspace().join("target/lambda-watch")
+/// Processes per function: as many invocations of one function as run at once (a Rust
+/// `lambda_runtime` process serves one invocation at a time; more wait in watch's queue, as
+/// `cargo lambda watch --concurrency 4` had them).
+pub const FUNCTION_INSTANCES: usize = 4;
+
+/// Where watch serves the Runtime API: a function's `AWS_LAMBDA_RUNTIME_API` is
+/// `http://<address>:<port>/.rt/<function>` (cargo-lambda's `RUNTIME_EMULATOR_PATH` and
+/// `RuntimeState::function_addr`, crates/cargo-lambda-watch; as `--only-lambda-apis` prints it).
+const RUNTIME_API_PATH: &str = "/.rt";
+
+/// Lambda's longest timeout: an invocation still running after it is answered as timed out
+/// (watch's `--timeout`, and the proxy's wait).
+const INVOCATION_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The memory size the functions are told (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, the cost
+/// estimate's GB-seconds), cargo-lambda's.
+const FUNCTION_MEMORY_MB: &str = "4096";
+
+/// The cargo target directory the test build used: the one this executable was built into
+/// (`<target>/<profile>/deps/<test>` or `<target>/<profile>/<bin>`), else `CARGO_TARGET_DIR`
+/// (relative: to the workspace), else the workspace's `target/`.
+pub fn target_dir() -> PathBuf {
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        let mut dir = exe.parent()?;
+        if dir.file_name()? == "deps" {
+            dir = dir.parent()?;
+        }
+        // The profile directory holds a `.fingerprint` of cargo's; its parent is the target dir
+        // (a `--target <triple>` build has one more level, which the functions do not use).
+        dir.join(".fingerprint")
+            .is_dir()
+            .then(|| dir.parent().map(Path::to_path_buf))
+            .flatten()
+    });
+    from_exe
+        .or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .filter(|dir| !dir.is_empty())
+                .map(|dir| workspace().join(dir))
+        })
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// Where the function binaries are: the `debug` profile of [`target_dir`], as `cargo test
+/// --workspace --all-targets` and `cargo build --workspace --bins` leave them.
+pub fn functions_dir() -> PathBuf {
+    target_dir().join("debug")
+}
+
+/// The function binaries, by function name, built once per process if any is missing or older
+/// than a source it was built from (cargo's dep-info, `<bin>.d`): `cargo test -p e2e` builds
+/// no binary of the `functions` crate.
+fn function_binaries() -> std::collections::HashMap<&'static str, PathBuf> {
+    static CHECKED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let dir = functions_dir();
+    let binaries: std::collections::HashMap<&'static str, PathBuf> = functions()
+        .into_iter()
+        .map(|(_, function)| (function, dir.join(function)))
+        .collect();
+    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+    if *checked {
+        return binaries;
+    }
+    let mut outdated: Vec<String> = binaries
+        .iter()
+        .filter_map(|(function, path)| {
+            outdated_binary(path).map(|why| format!("{function} ({why})"))
+        })
+        .collect();
+    outdated.sort();
+    if !outdated.is_empty() {
+        build_function_binaries(&dir, &outdated);
+        if let Some((function, path)) = binaries.iter().find(|(_, path)| !path.is_file()) {
+            panic!(
+                "{function} is still missing at {} after building the functions; build them \
+                 into {} (profile debug): `cargo build --workspace --bins`",
+                path.display(),
+                target_dir().display()
+            );
+        }
+    }
+    *checked = true;
+    binaries
+}
+
+/// Why the binary at `path` cannot be used as is: missing, or older than one of its sources.
+fn outdated_binary(path: &Path) -> Option<String> {
+    let Ok(built) = std::fs::metadata(path).and_then(|m| m.modified()) else {
+        return Some("missing".into());
+    };
+    // `<bin>.d`: "<bin>: <source> <source> ...", spaces in paths escaped.
+    let mut dep_info = path.as_os_str().to_owned();
+    dep_info.push(".d");
+    let text = std::fs::read_to_string(dep_info).ok()?;
+    let (_, sources) = text.lines().next()?.split_once(": ")?;
+    sources
+        .replace("\\ ", "\0")
+        .split_whitespace()
+        .map(|source| PathBuf::from(source.replace('\0', " ")))
+        .find(|source| {
+            std::fs::metadata(source)
+                .and_then(|m| m.modified())
+                .is_ok_and(|changed| changed > built)
+        })
+        .map(|source| format!("older than {}", source.display()))
+}
+
+/// Builds the function binaries into the test build's target dir: `cargo build --workspace
+/// --bin <function>...`, the `functions` crate's binaries with the dependencies' features of a
+/// workspace build (what `cargo test --workspace --all-targets` links them with; `-p functions`
+/// alone would build another variant of half the dependency tree). Panics saying what to run
+/// when it fails.
+fn build_function_binaries(dir: &Path, outdated: &[String]) {
+    use std::io::Write;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command.args(["build", "--workspace"]);
+    for (_, function) in functions() {
+        command.args(["--bin", function]);
+    }
+    command
+        .arg("--target-dir")
+        .arg(target_dir())
+        .current_dir(workspace())
+        .stdin(Stdio::null());
+    // Without what cargo set for this test process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`,
+    // ...): build scripts rerun when those change (ring's does, and with it rustls, the AWS
+    // SDK...), which would rebuild half the tree here and again in the next workspace build.
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_by_cargo = [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ]
+        .contains(&key)
+            || key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_");
+        if set_by_cargo {
+            command.env_remove(key);
+        }
+    }
+    // Straight to stderr, not through the test harness's capture: the build's output follows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "e2e: building the function binaries in {} (outdated: {})",
+        dir.display(),
+        outdated.join(", ")
+    );
+    let status = command.status();
+    if !matches!(&status, Ok(s) if s.success()) {
+        panic!(
+            "the state machine tests run the function binaries from {} and could not build them \
+             ({status:?}; outdated: {}): run `cargo build --workspace --bins` (`cargo test \
+             --workspace --all-targets` builds them too) and fix what it reports",
+            dir.display(),
+            outdated.join(", ")
+        );
+    }
+}
+
+/// The function processes: [`FUNCTION_INSTANCES`] of each function, started by one thread that
+/// restarts any that exits (as Lambda starts a new instance) and kills them all when dropped.
+struct FunctionInstances {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One function process (an instance) and how to start it again.
+struct Instance {
+    function: &'static str,
+    command: Command,
+    child: Option<Child>,
+    /// When it was last started.
+    started: Instant,
+}
+
+impl FunctionInstances {
+    /// Starts every instance; each polls `runtime_api/<function>` and logs to `log`.
+    fn start(
+        binaries: &std::collections::HashMap<&'static str, PathBuf>,
+        runtime_api: &str,
+        env: &[(String, String)],
+        log: &std::fs::File,
+    ) -> Result<Self, String> {
+        let mut instances = Vec::new();
+        let mut names: Vec<_> = binaries.iter().collect();
+        names.sort();
+        for (function, binary) in names {
+            for slot in 0..FUNCTION_INSTANCES {
+                // What cargo-lambda's watch gives each function it starts (`watcher.rs`), then
+                // the harness's variables.
+                let mut command = Command::new(binary);
+                command
+                    .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+                    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", FUNCTION_MEMORY_MB)
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .env(
+                        "AWS_LAMBDA_RUNTIME_API",
+                        format!("{runtime_api}/{function}"),
+                    )
+                    .env("AWS_LAMBDA_FUNCTION_NAME", function)
+                    .env("AWS_LAMBDA_MAX_CONCURRENCY", "1")
+                    .env("AWS_LAMBDA_INSTANCE_ID", format!("{function}-{slot}"))
+                    .current_dir(workspace())
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                    .stderr(log.try_clone().map_err(|e| e.to_string())?);
+                die_with_parent(&mut command);
+                instances.push(Instance {
+                    function,
+                    command,
+                    child: None,
+                    started: Instant::now(),
+                });
+            }
+        }
+        let log = log.try_clone().map_err(|e| e.to_string())?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        // One thread starts, watches and stops every process: no other thread's end can touch
+        // them, and each dies with the test process (`PR_SET_PDEATHSIG`, this thread's end).
+        let thread = std::thread::Builder::new()
+            .name("lambda-instances".into())
+            .spawn({
+                let stop = stop.clone();
+                move || supervise(instances, &stop, log, started_tx)
+            })
+            .map_err(|e| e.to_string())?;
+        let started = started_rx
+            .recv()
+            .unwrap_or_else(|_| Err("the instance thread ended".into()));
+        let instances = FunctionInstances {
+            stop,
+            thread: Some(thread),
+        };
+        started.map(|()| instances)
+    }
+}
+
+impl Drop for FunctionInstances {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts the instances (reporting on `started`), restarts any that exits (at most once a
+/// second each, noted in the log), and kills them all when `stop` is set.
+fn supervise(
+    mut instances: Vec<Instance>,
+    stop: &std::sync::atomic::AtomicBool,
+    mut log: std::fs::File,
+    started: std::sync::mpsc::Sender<Result<(), String>>,
+) {
+    use std::io::Write;
+    let mut failure = None;
+    for instance in &mut instances {
+        match instance.command.spawn() {
+            Ok(child) => instance.child = Some(child),
+            Err(e) => {
+                failure = Some(format!(
+                    "cannot start {} ({:?}): {e}",
+                    instance.function,
+                    instance.command.get_program()
+                ));
+                break;
+            }
+        }
+    }
+    let failed = failure.is_some();
+    let _ = started.send(failure.map_or(Ok(()), Err));
+    while !failed && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        for instance in &mut instances {
+            if let Some(child) = &mut instance.child {
+                match child.try_wait() {
+                    Ok(Some(status)) => {
+                        let _ = writeln!(
+                            log,
+                            "e2e: {} instance (pid {}) exited ({status}); starting another",
+                            instance.function,
+                            child.id()
+                        );
+                        instance.child = None;
+                    }
+                    Ok(None) | Err(_) => continue,
+                }
+            }
+            if instance.started.elapsed() < Duration::from_secs(1) {
+                continue;
+            }
+            instance.started = Instant::now();
+            match instance.command.spawn() {
+                Ok(child) => instance.child = Some(child),
+                Err(e) => {
+                    let _ = writeln!(log, "e2e: cannot start {}: {e}", instance.function);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for instance in &mut instances {
+        if let Some(child) = &mut instance.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Makes the process `command` starts die with the thread that starts it (the supervisor): the
+/// kernel kills it if the test process dies or exits without dropping the harness.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// One child execution of a Distributed Map, as the strict interpreter recorded it.
@@ -330,6 +663,8 @@ impl LocalStepFunctions {
             .cloned()
             .partition(|(k, _)| k.starts_with("STRICT_MOTO_"));
         let env = env.as_slice();
+        // First, as it may build them: nothing listens yet.
+        let binaries = function_binaries();
         let dir = tempfile::Builder::new()
             .prefix("ecr-replicator-sfn-")
             .tempdir()
@@ -349,20 +684,23 @@ impl LocalStepFunctions {
             .stderr(moto_log)
             .spawn()
             .unwrap();
+        // Only the Lambda APIs: watch builds and starts no function (the harness runs the
+        // test build's binaries against its Runtime API), and needs no `--concurrency` (it
+        // would start `cargo run` instances of its own). It reads the workspace's metadata,
+        // hence the directory.
         let mut watch_cmd = Command::new(cargo_lambda());
         watch_cmd
             .args([
                 "lambda",
                 "watch",
+                "--only-lambda-apis",
                 "--invoke-address",
                 "127.0.0.1",
                 "--invoke-port",
                 &watch_port.to_string(),
+                "--timeout",
+                &INVOCATION_TIMEOUT.as_secs().to_string(),
             ])
-            .args(["--ignore-changes", "--concurrency", "4", "--timeout", "900"])
-            // Its own target dir, so it never waits for the test build's lock. (The flag form
-            // breaks cargo-lambda's `cargo metadata` call; the variable works.)
-            .env("CARGO_TARGET_DIR", watch_target_dir())
             .current_dir(workspace());
         let defaults = [
             (
@@ -399,20 +737,11 @@ impl LocalStepFunctions {
         let log_filter = std::env::var("ECR_REPLICATOR_FUNCTION_LOG")
             .map(|filter| vec![("RUST_LOG".to_string(), filter)])
             .unwrap_or_default();
-        // An env file, not --env-var: values may hold commas, which --env-var splits on.
-        let env_file = dir.path().join("functions.env");
-        let lines: Vec<String> = defaults
-            .iter()
-            .chain(&log_filter)
-            .chain(env)
-            // Single quotes (taken literally) for values holding double quotes (JSON).
-            .map(|(k, v)| match v.contains('"') {
-                true => format!("{k}='{v}'"),
-                false => format!("{k}=\"{v}\""),
-            })
+        let function_env: Vec<(String, String)> = defaults
+            .into_iter()
+            .chain(log_filter)
+            .chain(env.iter().cloned())
             .collect();
-        std::fs::write(&env_file, lines.join("\n") + "\n").unwrap();
-        watch_cmd.arg("--env-file").arg(&env_file);
         let watch_log = std::fs::File::create(dir.path().join("watch.log")).unwrap();
         let watch = watch_cmd
             .stdin(Stdio::null())
@@ -425,7 +754,7 @@ impl LocalStepFunctions {
             .unwrap();
         let state = std::sync::Arc::new(Proxy {
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(900))
+                .timeout(INVOCATION_TIMEOUT)
                 .build()
                 .unwrap(),
             moto: format!("http://127.0.0.1:{moto_port}"),
@@ -450,12 +779,24 @@ impl LocalStepFunctions {
             moto_url: format!("http://127.0.0.1:{moto_port}"),
             moto,
             watch,
+            functions: None,
             proxy,
             proxy_state,
             dir,
         };
         sfn.wait_for_moto(moto_port).await;
         sfn.wait_for(watch_port, "cargo lambda watch").await;
+        // The functions, once watch's Runtime API listens (each polls it as it starts).
+        let functions_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(sfn.dir.path().join("functions.log"))
+            .unwrap();
+        let runtime_api = format!("http://127.0.0.1:{watch_port}{RUNTIME_API_PATH}");
+        match FunctionInstances::start(&binaries, &runtime_api, &function_env, &functions_log) {
+            Ok(functions) => sfn.functions = Some(functions),
+            Err(e) => panic!("{e}\n{}", sfn.logs()),
+        }
         sfn.warm_up(watch_port).await;
         crate::moto::enable_executions_at(&format!("http://127.0.0.1:{moto_port}")).await;
         crate::moto::create_bucket_at(&format!("http://127.0.0.1:{moto_port}"), WORK_BUCKET).await;
@@ -499,10 +840,10 @@ impl LocalStepFunctions {
     }
 
     /// Invokes every function once with an empty payload (each answers with a deserialisation
-    /// error), so watch compiles them now rather than inside the interpreter's Lambda timeout.
+    /// error): every function polls watch's Runtime API before a test starts.
     async fn warm_up(&self, watch_port: u16) {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1200))
+            .timeout(Duration::from_secs(120))
             .build()
             .unwrap();
         for (_, function) in functions() {
@@ -589,7 +930,7 @@ impl LocalStepFunctions {
 
     /// The embedded-metric-format documents the functions wrote (parsed from their stdout).
     pub fn metric_documents(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.dir.path().join("watch.log"))
+        std::fs::read_to_string(self.dir.path().join("functions.log"))
             .unwrap_or_default()
             .lines()
             .filter_map(|line| line.find('{').map(|at| &line[at..]))
@@ -625,13 +966,14 @@ impl LocalStepFunctions {
         serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
     }
 
-    /// The logs of moto and watch, for failure messages.
+    /// The logs of moto, watch and the functions, for failure messages.
     pub fn logs(&self) -> String {
         let read = |f: &str| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
         format!(
-            "--- moto\n{}\n--- watch\n{}",
+            "--- moto\n{}\n--- watch\n{}\n--- functions\n{}",
             tail(&read("moto.log")),
-            tail(&read("watch.log"))
+            tail(&read("watch.log")),
+            tail(&read("functions.log"))
         )
     }
 
@@ -758,14 +1100,12 @@ fn tail(text: &str) -> &str {
 impl Drop for LocalStepFunctions {
     fn drop(&mut self) {
         self.proxy.abort();
+        // The function processes (killed and waited for by their thread), then the servers.
+        drop(self.functions.take());
         for child in [&mut self.moto, &mut self.watch] {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // watch runs the functions as its children: stop any left behind.
-        let _ = Command::new("pkill")
-            .args(["-f", &watch_target_dir().display().to_string()])
-            .status();
     }
 }
 
@@ -1085,7 +1425,7 @@ pub async fn run_to_end(
     }
 }
 
-/// Whether the path is inside the workspace (artefacts there would make watch reload).
+/// Whether the path is inside the workspace.
 pub fn inside_workspace(path: &Path) -> bool {
     path.starts_with(workspace())
 }

@@ -1,5 +1,5 @@
 //! `make demo`: the real state machine on moto's Step Functions interpreter, its Lambda tasks run
-//! by `cargo lambda watch` from the real function binaries, ECR and STS on moto, and distribution
+//! by the real function binaries behind `cargo lambda watch`, ECR and STS on moto, and distribution
 //! registries as the data plane of a source account and two destination accounts/regions, each
 //! behind a proxy that behaves as ECR's data plane does (`e2e::ecr_plane`).
 //! Pushes sample images, runs a dry run and two real runs, prints the reports, checks every
@@ -71,8 +71,7 @@ fn print_report(title: &str, status: &str, report: &Value, note: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
-    println!("starting: registries (source, 2 destination accounts), moto (ECR, STS, Step Functions made as strict as AWS), cargo lambda watch");
-    println!("(the first run compiles the Lambda functions: a few minutes on a fresh machine)");
+    println!("starting: registries (source, 2 destination accounts), moto (ECR, STS, Step Functions made as strict as AWS), cargo lambda watch, the functions");
     let (world, sfn) = EcrWorld::with_step_functions().await;
     for host in [SOURCE, DEST, DEST2] {
         println!(

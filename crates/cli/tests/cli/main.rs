@@ -1,0 +1,7 @@
+//! The command line's tests, one module per subject, in one test binary (one link; the slow crash test overlaps the others). Run one with `cargo test -p ecr-replicator --test cli crash::`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod copy;
+mod crash;
+mod secrets;
+mod verify;

@@ -1,7 +1,6 @@
 //! statemachine/replicate.asl.json: valid for both asl-validator and @wmfs/statelint once its
 //! placeholders are filled as CDK fills them, JSONPath only, every placeholder a function; and the
 //! committed JSON Schema of the execution input matches the Rust types.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

@@ -4,7 +4,6 @@
 //! the rules moto already enforces are proven the same way, so a moto upgrade that loosened them
 //! would be caught. Where a rule is patched, the same definition on moto as released succeeds,
 //! which shows the patch is what makes it fire.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

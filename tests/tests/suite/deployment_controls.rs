@@ -2,7 +2,6 @@
 //! plays what someone allowed to start a run (or to push next to a signed image) would try, on
 //! real registries, and checks what reached the destination and where requests went (a
 //! recording proxy in front of each registry).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::hostile::HostileRegistry;
 use e2e::image::{cosign_signature, signing_key, Format, ImageBuilder, Pusher, TestImage};

@@ -1,7 +1,6 @@
 //! The copy engine against ECR's data plane as it behaves (`e2e::ecr_plane`): each behaviour of
 //! the profile is shown to fire (its counter, or a raw request that a distribution registry
 //! would have accepted) and the engine to get through it with byte-identical results.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine as _;
 use e2e::ecr_plane::{Throttle, MAX_MANIFEST_BYTES, MIN_PART_BYTES};

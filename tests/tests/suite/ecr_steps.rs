@@ -1,6 +1,5 @@
 //! The workflow's Lambda handlers, called with a `LambdaEvent` as Lambda would, against moto (ECR,
 //! STS; a second account through AssumeRole) and distribution registries as the ECR data plane.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,5 @@
 //! Misbehaving registries: every fault ends in success after retry or in a named error, and never
 //! in a manifest in the target whose blobs are missing or wrong.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::http::Method;
 use e2e::fake::{FakeRegistry, Fault, FaultRule};

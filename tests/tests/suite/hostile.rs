@@ -1,7 +1,6 @@
 //! A hostile source registry (tests/src/hostile.rs) plays each attack against the replicator;
 //! every test checks what reached the destination (by digest, through the destination's own
 //! request log) and where requests went.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::hostile::{HostileRegistry, Sink};
 use e2e::image::{Format, ImageBuilder, Pusher};

@@ -5,7 +5,6 @@
 //! at `MAX_ERROR_MESSAGE_CHARS`, every list at its listing limit. The state shapes mirror
 //! `statemachine/replicate.asl.json`; the test reads the definition to check it still has them.
 //! <https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html> (256 KiB)
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ecr::SettingChange;
 use functions::MAX_ERROR_MESSAGE_CHARS;

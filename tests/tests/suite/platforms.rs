@@ -3,7 +3,6 @@
 //! children and their blobs never reach the destination; a later run finds it present, and a
 //! verification expects the subset (no false "different"). Real distribution registries,
 //! skopeo to read back.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{annotated_oci_index, sha256, Format, ImageBuilder, Pusher, TestImage};
 use e2e::registry::TestRegistry;

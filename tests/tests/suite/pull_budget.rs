@@ -3,7 +3,6 @@
 //! registry's remaining count above `keepRemaining`, leaves the rest for the next run
 //! (`postponed`, not failed), and a run that finds the limit reached does not wait it out or
 //! fail. Listing and presence read with HEADs, which the registry does not count.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{multi_arch, Format, ImageBuilder, Pusher, TestImage};
 use e2e::pull_limit::PullLimitedRegistry;

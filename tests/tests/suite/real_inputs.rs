@@ -8,7 +8,6 @@
 //!
 //! The inputs name account 111111111111 as the source; locally the source is moto's default
 //! account (123456789012), so that account number is translated, nothing else.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{Format, ImageBuilder, Pusher, TestImage};
 use e2e::sfn::{workspace, Execution};

@@ -3,7 +3,6 @@
 //! the fallback index on distribution, which has no referrers API). The test verifies it the way
 //! a consumer would, independently of the code under test: the KMS public key (GetPublicKey),
 //! p256 over DSSE's pre-authentication encoding, the in-toto subject and predicate.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;

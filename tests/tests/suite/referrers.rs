@@ -3,7 +3,6 @@
 //! without the referrers API, as distribution 2.8 is), a cosign-legacy `.sig` tag, and a
 //! signature of the SBOM one level down. The target must hold the same manifests, byte for byte,
 //! under the same tags, so clients find them the same way.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{artifact, referrers_index, Format, ImageBuilder, Pusher, TestImage};
 use e2e::registry::TestRegistry;

@@ -4,7 +4,6 @@
 //! refuses what it held (a rotated secret). Registries: distribution with htpasswd (Basic), and
 //! the in-process fake for a Bearer token flow (as Docker Hub and GHCR answer) and for a password
 //! that changes mid-run.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::fake::FakeRegistry;
 use e2e::image::{Format, ImageBuilder, Pusher};

@@ -1,7 +1,6 @@
 //! Promotion gated on signatures (`requireSignature`): images signed by the tests with keys they
 //! generate, in cosign's form. A valid signature is copied with its image; a missing, wrong-key
 //! or tampered one is not, and each image is named in the report with the reason.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{cosign_signature, signing_key, Format, ImageBuilder, Pusher, TestImage};
 use e2e::registry::TestRegistry;

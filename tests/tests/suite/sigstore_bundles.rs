@@ -5,7 +5,6 @@
 //! `sha256-<hex>` fallback index, as cosign writes it there). Only images a trusted identity or
 //! key signed reach the destination, byte for byte; every other one is named with its reason,
 //! and every promoted image names what admitted it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{signing_key, sigstore_bundle_referrer, Format, ImageBuilder, Pusher, TestImage};
 use e2e::registry::TestRegistry;

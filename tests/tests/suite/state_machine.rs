@@ -1,6 +1,5 @@
 //! The real state machine (statemachine/replicate.asl.json) executed by moto's Step Functions
 //! interpreter, its Lambda tasks served by `cargo lambda watch` running the real functions.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::iam::{Performed, Policies};
 use e2e::image::{Format, ImageBuilder, Pusher};

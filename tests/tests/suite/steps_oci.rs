@@ -1,7 +1,6 @@
 //! The workflow's steps between plain OCI registries: catalog paging, planning an index,
 //! nothing planned for a present image, and a large layer copied in segments by separate calls,
 //! each with fresh clients as separate Lambda invocations would have.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{multi_arch, Format, ImageBuilder, Pusher};
 use e2e::registry::TestRegistry;

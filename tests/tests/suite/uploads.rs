@@ -1,6 +1,5 @@
 //! Upload modes against a real registry: chunked parts, a session continued by another client,
 //! cross-repository mounts, foreign layers.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
 use e2e::image::{pseudo_random, sha256, Format, ImageBuilder, Pusher};

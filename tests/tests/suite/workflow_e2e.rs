@@ -2,7 +2,6 @@
 //! registries as the ECR data plane of a source and two destination accounts; the real state
 //! machine run by moto's interpreter with the real functions under `cargo lambda watch`; and the
 //! same job through `replication::run::run_job` (the CLI's `sync`).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use e2e::image::{multi_arch, Format, ImageBuilder, TestImage};
 use e2e::sfn::AwsFault;

@@ -1,5 +1,4 @@
 //! `ecr-replicator copy` against real distribution registries, checked with skopeo.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
 

@@ -7,7 +7,6 @@
 //! an incomplete image; after each re-run the target must hold the image byte for byte
 //! (manifest via skopeo, every blob streamed and hashed). Prints how much work the re-runs
 //! repeated.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,6 +1,5 @@
 //! A whole `sync` at debug log level leaks no secret: no registry password or ECR token (raw or
 //! base64), no AWS secret key, no Authorization header value, in any log line, error or report.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 

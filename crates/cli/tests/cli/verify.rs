@@ -1,6 +1,5 @@
 //! `ecr-replicator verify` against real distribution registries: exit 0 when every destination
 //! is what the source says, exit 1 naming each difference (text and JSON), and no blob read.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Output};
 

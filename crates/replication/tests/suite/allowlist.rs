@@ -1,6 +1,5 @@
 //! The deployment's allowlist: a job naming a registry, a role or plain HTTP it does not allow
 //! is refused with the field named, before any connection is made.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use replication::allowlist::Allowlist;
 use replication::connect::{Connections, Settings};

@@ -1,5 +1,4 @@
 //! Malformed execution inputs are rejected with the field named, never a panic.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use replication::{Error, Job};
 use serde_json::{json, Value};

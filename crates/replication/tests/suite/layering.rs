@@ -2,7 +2,6 @@
 //! and its key policy below the verification, the verification below the connections' users,
 //! reports below the steps). A new cycle fails here, naming it.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

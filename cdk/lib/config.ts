@@ -35,6 +35,12 @@ export interface DestinationConfig {
   requireSignature?: string;
   /** Jobs with `"prune": true` may remove stale tags here (default: `allowPrune`). */
   prune?: boolean;
+  /** The AWS Signer signing profiles (ARNs, `arn:PARTITION:signer:REGION:ACCOUNT:/signing-profiles/NAME`,
+   * at most 10) this destination registry's ECR managed signing configuration names: ECR signs
+   * each pushed image as the principal that pushed it, so the role that pushes here (the target
+   * role in this account; the copier role in the workflow's) may `signer:SignPayload` with
+   * exactly these profiles. */
+  signingProfileArns?: string[];
 }
 
 /** A named signature policy: an image passes when signed with any one of its keys or identities. */
@@ -88,11 +94,23 @@ export interface ReplicatorConfig {
    * managed KMS key encrypting the secret, if any. The functions may read exactly these secrets,
    * and a job may name each only for its registry. */
   upstreams?: UpstreamConfig[];
-  /** Runs on ECR pushes (PUSH, SUCCESS), optionally only for repositories with this prefix. */
-  pushTrigger?: { repositoryPrefix?: string };
+  /** Runs on ECR pushes (PUSH, SUCCESS, tagged), optionally only for repositories with this
+   * prefix. Without a `schedule`, a push trigger also gets a daily reconciling run over what the
+   * pushes cover (a push whose run was throttled or lost in a burst is copied by the next one),
+   * unless `reconcileSchedule` is false. */
+  pushTrigger?: { repositoryPrefix?: string; reconcileSchedule?: boolean };
   /** Reserved concurrency of each copying function (copy-blobs, put-manifests): what all runs
-   * together may use of the account's concurrent executions (unset: no reservation). */
+   * together may use of the account's concurrent executions (unset: no reservation). Both
+   * reserve it, and Lambda keeps 100 of `accountConcurrency` unreserved: at most
+   * (accountConcurrency - 100) / 2. A job's `maxConcurrency` may not exceed it. */
   copyConcurrency?: number;
+  /** The workflow account's Lambda concurrent executions in its region that this deployment may
+   * reserve from: the account's quota less what other functions already reserve (default 1000,
+   * the default quota). */
+  accountConcurrency?: number;
+  /** Alarm (to the failure topic) when a destination's ReplicationLag p99 over 15 minutes is
+   * above this many seconds (unset: no alarm; the dashboard shows the lag either way). */
+  lagAlarmSeconds?: number;
   /** Let the target roles remove stale tags for jobs with `"prune": true` (default false). */
   allowPrune?: boolean;
   /** Subscribed to failed executions. */
@@ -170,8 +188,9 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     if (!PRICE_FIELDS.includes(field)) fail(`prices.${field}`, `is not a price; known: ${PRICE_FIELDS.join(', ')}`);
     if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) fail(`prices.${field}`, 'must be a number of at least 0');
   }
-  if (config.copyConcurrency !== undefined && !(Number.isInteger(config.copyConcurrency) && config.copyConcurrency >= 1 && config.copyConcurrency <= 900)) {
-    fail('copyConcurrency', 'must be an integer from 1 to 900 (Lambda keeps 100 of an account\'s 1,000 unreserved)');
+  validateConcurrency(config, fail);
+  if (config.lagAlarmSeconds !== undefined && !(typeof config.lagAlarmSeconds === 'number' && Number.isFinite(config.lagAlarmSeconds) && config.lagAlarmSeconds > 0)) {
+    fail('lagAlarmSeconds', 'must be a number of seconds above 0');
   }
   for (const field of ['source', 'destinations', 'images'] as const) {
     if (config.job && field in config.job) fail(`job.${field}`, 'is set by the deployment: remove it');
@@ -245,7 +264,13 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
       if (!key.test(to)) fail(`destinations[${i}].kmsKeyMapping[${JSON.stringify(from)}]`, `must be the ARN of a KMS key in ${d.region} (keys are regional)`);
     });
     validateDestinationScope(config, d, `destinations[${i}]`, fail);
+    validateSigningProfiles(d, `destinations[${i}]`, fail);
   });
+  validatePushForwarding(config, fail);
+  if (config.pushTrigger?.reconcileSchedule !== undefined && typeof config.pushTrigger.reconcileSchedule !== 'boolean') {
+    fail('pushTrigger.reconcileSchedule', 'must be true or false');
+  }
+  if (reconcilesPushes(config)) reconcileRepositories(config, fail);
   // The functions hold one allowlist entry per registry: destinations sharing one share its policy.
   config.destinations.forEach((d, i) => {
     const first = config.destinations.findIndex((e) => registryHost(e.account, e.region) === registryHost(d.account, d.region));
@@ -363,6 +388,136 @@ function validateDestinationScope(config: ReplicatorConfig, d: DestinationConfig
   if (d.prune !== undefined && typeof d.prune !== 'boolean') fail(`${at}.prune`, 'must be true or false');
 }
 
+/** The copying functions: each reserves the config's `copyConcurrency`. */
+export const COPY_FUNCTIONS = ['copy-blobs', 'put-manifests'];
+
+/** What Lambda keeps unreserved of an account's concurrency: "You can reserve up to the
+ * Unreserved account concurrency value that is shown, minus 100 for functions that don't have
+ * reserved concurrency" (Lambda developer guide, "Configuring reserved concurrency for a
+ * function", https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html). */
+export const LAMBDA_UNRESERVED_MINIMUM = 100;
+
+/** An account's concurrent executions per region unless raised (the same page; Lambda quotas). */
+export const DEFAULT_ACCOUNT_CONCURRENCY = 1000;
+
+/** `copyConcurrency` against `accountConcurrency` (both copy functions reserve it; Lambda keeps
+ * 100 unreserved), and the configured jobs' `maxConcurrency` against `copyConcurrency`. */
+function validateConcurrency(config: ReplicatorConfig, fail: (field: string, problem: string) => void) {
+  const account = config.accountConcurrency ?? DEFAULT_ACCOUNT_CONCURRENCY;
+  if (!(Number.isInteger(account) && account >= LAMBDA_UNRESERVED_MINIMUM)) {
+    fail('accountConcurrency', `must be an integer of at least ${LAMBDA_UNRESERVED_MINIMUM}: the Lambda concurrent executions of the workflow's account and region this deployment may reserve from`);
+  }
+  const copy = config.copyConcurrency;
+  if (copy === undefined) return;
+  if (!(Number.isInteger(copy) && copy >= 1)) fail('copyConcurrency', 'must be an integer of at least 1');
+  const reserved = COPY_FUNCTIONS.length * copy;
+  if (account - reserved < LAMBDA_UNRESERVED_MINIMUM) {
+    const most = Math.floor((account - LAMBDA_UNRESERVED_MINIMUM) / COPY_FUNCTIONS.length);
+    fail('copyConcurrency', `(${copy}) is reserved by each of ${COPY_FUNCTIONS.join(' and ')}: ${reserved} of accountConcurrency ${account}, `
+      + `leaving ${account - reserved} unreserved where Lambda keeps at least ${LAMBDA_UNRESERVED_MINIMUM}: `
+      + `at most ${most}, or set accountConcurrency to the account's (raised) quota`);
+  }
+  const jobs: [string, Record<string, unknown> | undefined][] = [['job', config.job], ['schedule.input', config.schedule?.input]];
+  for (const [at, job] of jobs) {
+    const max = job?.maxConcurrency;
+    if (typeof max === 'number' && max > copy) {
+      fail(`${at}.maxConcurrency`, `(${max}) is above copyConcurrency (${copy}): the runs would start more copies at once than the copy functions may run, and Lambda throttles the rest; at most ${copy}`);
+    }
+  }
+}
+
+/** The signing profiles ECR managed signing may sign with, as the role that pushes: a Signer
+ * signing profile ARN (ECR user guide, "Managed signing": "arn:partition:signer:region:account-id:/signing-profiles/profile-name";
+ * a profile name is 2 to 64 of letters, digits and `_`, Signer API reference, SignPayload
+ * `profileName`) in the destination's partition, at most 10 (an ECR signing configuration has
+ * at most 10 rules, ECR API reference, PutSigningConfiguration). */
+function validateSigningProfiles(d: DestinationConfig, at: string, fail: (field: string, problem: string) => void) {
+  if (d.signingProfileArns === undefined) return;
+  if (!Array.isArray(d.signingProfileArns) || !d.signingProfileArns.length) fail(`${at}.signingProfileArns`, 'needs at least one signing profile ARN (leave it out for none)');
+  if (d.signingProfileArns.length > MAX_SIGNING_PROFILES) fail(`${at}.signingProfileArns`, `has ${d.signingProfileArns.length} profiles; an ECR signing configuration names at most ${MAX_SIGNING_PROFILES}`);
+  const partition = partitionOf(d.region);
+  const profile = new RegExp(`^arn:${partition}:signer:[a-z]{2}(-[a-z]+)+-\\d:\\d{12}:/signing-profiles/[A-Za-z0-9_]{2,64}$`);
+  d.signingProfileArns.forEach((arn, j) => {
+    if (typeof arn !== 'string' || !profile.test(arn)) {
+      fail(`${at}.signingProfileArns[${j}]`, `(${JSON.stringify(arn)}) must be a Signer signing profile ARN in ${partition}: arn:${partition}:signer:REGION:ACCOUNT:/signing-profiles/NAME (no version)`);
+    }
+  });
+}
+
+/** Signing profiles a destination may name at most. */
+export const MAX_SIGNING_PROFILES = 10;
+
+/** Partitions where a rule may target an event bus in another Region: every commercial Region
+ * since 2021 "except AWS GovCloud (US) and China" (AWS Compute Blog, "Expanding cross-Region event
+ * routing with Amazon EventBridge", https://aws.amazon.com/blogs/compute/expanding-cross-region-event-routing-with-amazon-eventbridge/),
+ * and between the GovCloud (US) Regions since June 2022 (What's New, "Amazon EventBridge
+ * cross-Region routing in AWS GovCloud (US) Regions"); not China. */
+export const CROSS_REGION_EVENT_BUS_PARTITIONS = ['aws', 'aws-us-gov'];
+
+/** A push trigger with the workflow in another Region than the source forwards pushes to the
+ * workflow's bus across Regions: refused where EventBridge cannot. */
+function validatePushForwarding(config: ReplicatorConfig, fail: (field: string, problem: string) => void) {
+  const workflowRegion = config.workflowRegion ?? config.sourceRegion;
+  if (!config.pushTrigger || workflowRegion === config.sourceRegion) return;
+  const partition = partitionOf(config.sourceRegion);
+  if (!CROSS_REGION_EVENT_BUS_PARTITIONS.includes(partition)) {
+    fail('pushTrigger', `needs the source's pushes (${config.sourceRegion}) forwarded to the workflow's Region (workflowRegion ${workflowRegion}), `
+      + `and EventBridge cannot target an event bus in another Region in ${partition}: run the workflow in ${config.sourceRegion}, or remove pushTrigger and use a schedule`);
+  }
+  if (partitionOf(workflowRegion) !== partition) fail('workflowRegion', `(${workflowRegion}) is in another partition than sourceRegion (${config.sourceRegion})`);
+}
+
+/** The expression of the reconciling schedule a push trigger gets (daily). */
+export const RECONCILE_EXPRESSION = 'rate(1 day)';
+
+/** The reconciling run of a push trigger without a `schedule` (unless `pushTrigger.reconcileSchedule`
+ * is false): daily, the config's job over the repositories the pushes cover (`reconcileRepositories`),
+ * so what a burst of pushes lost (a throttled StartExecution, a run that failed) is copied within
+ * a day. `undefined` when there is none. */
+export function reconcileSchedule(config: ReplicatorConfig): { expression: string; input: Record<string, unknown> } | undefined {
+  if (!reconcilesPushes(config)) return undefined;
+  const repositories = reconcileRepositories(config, (field, problem) => { throw new Error(`${field} ${problem}`); });
+  const input = scheduleInput({ ...config, schedule: { expression: RECONCILE_EXPRESSION, input: repositories ? { repositories } : {} } });
+  return { expression: RECONCILE_EXPRESSION, input };
+}
+
+/** Whether the deployment gets the reconciling schedule: a push trigger, no `schedule`, no opt-out. */
+export function reconcilesPushes(config: ReplicatorConfig): boolean {
+  return Boolean(config.pushTrigger) && !config.schedule && config.pushTrigger?.reconcileSchedule !== false;
+}
+
+/** The repositories a push trigger covers, as a job's `repositories`: the job's own, narrowed to
+ * `pushTrigger.repositoryPrefix` (its include globs within the prefix; none: the prefix's
+ * globs), and without the deployment's own copies in the source registry (as the push rule
+ * excludes them). A job glob that may match within the prefix and outside it (`**`, `serv*`)
+ * cannot be narrowed: refused, naming `pushTrigger.reconcileSchedule`. `undefined`: the job's as is. */
+export function reconcileRepositories(config: ReplicatorConfig, fail: (field: string, problem: string) => void): { include: string[]; exclude: string[] } | undefined {
+  const prefix = config.pushTrigger?.repositoryPrefix ?? '';
+  const job = (config.job?.repositories ?? {}) as { include?: string[]; exclude?: string[] };
+  const own = config.destinations
+    .filter((d) => d.account === config.sourceAccount && d.region === config.sourceRegion && !prefix)
+    .flatMap((d) => prefixGlobs(d.repositoryPrefix ?? ''));
+  if (!prefix && !own.length) return undefined;
+  let include = job.include ?? [];
+  if (prefix) {
+    // The part of a glob before its first wildcard: a glob whose literal start is within the
+    // prefix matches only within it; one whose literal start is a start of the prefix may match both.
+    const literal = (glob: string) => { const cut = glob.search(/[*?[{\\]/); return cut < 0 ? glob : glob.slice(0, cut); };
+    const wild = (glob: string) => literal(glob) !== glob;
+    const straddling = include.filter((g) => wild(g) && !literal(g).startsWith(prefix) && prefix.startsWith(literal(g)));
+    if (straddling.length) {
+      fail('pushTrigger.reconcileSchedule', `cannot narrow job.repositories.include ${JSON.stringify(straddling)} to pushTrigger.repositoryPrefix ${JSON.stringify(prefix)}: `
+        + 'give a schedule (its input names the repositories), or set pushTrigger.reconcileSchedule to false');
+    }
+    const within = include.filter((g) => literal(g).startsWith(prefix));
+    if (include.length && !within.length) {
+      fail('pushTrigger.reconcileSchedule', `has nothing to reconcile: no job.repositories.include glob is within pushTrigger.repositoryPrefix ${JSON.stringify(prefix)}, so every push\'s run copies nothing`);
+    }
+    include = within.length ? within : prefixGlobs(prefix);
+  }
+  return { include, exclude: [...(job.exclude ?? []), ...own] };
+}
+
 /** The account the workflow runs in. */
 export function workflowAccount(config: ReplicatorConfig): string {
   return config.workflowAccount ?? config.sourceAccount;
@@ -436,6 +591,11 @@ export function jobDestinations(config: ReplicatorConfig): Record<string, unknow
 /** The KMS keys a destination's repositories may be created with: its `kmsKeys` and its mapping's targets. */
 export function destinationKeys(d: DestinationConfig): string[] {
   return [...new Set([...(d.kmsKeys ?? []), ...Object.values(d.kmsKeyMapping ?? {})])];
+}
+
+/** The signing profiles of some destinations (one account's), each once. */
+export function destinationSigningProfiles(destinations: DestinationConfig[]): string[] {
+  return [...new Set(destinations.flatMap((d) => d.signingProfileArns ?? []))];
 }
 
 /** The scheduled run's execution input: the config's `job`, the schedule's `input` over it (object

@@ -4,10 +4,10 @@
  * stacks' roles trust its roles by name (`make deploy` does this order). */
 import { Stack } from 'aws-cdk-lib';
 import { Construct } from 'constructs';
-import { crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, ReplicatorConfig, repositoryGrant, sourceRoleName, targetAccounts, workflowAccount } from './config';
+import { crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, destinationSigningProfiles, ReplicatorConfig, repositoryGrant, sourceRoleName, targetAccounts, workflowAccount } from './config';
 import { PushForwardingStack, SourceRoleStack } from './source-stack';
 import { TargetRoleStack } from './target-stack';
-import { WorkflowStack } from './workflow-stack';
+import { pushEventDetail, WorkflowStack } from './workflow-stack';
 
 /** The stack id prefix: `EcrReplicator` for the default deployment, else from its name
  * (`team-b` gives `EcrReplicatorTeamB`), so two deployments' stacks never share a name. */
@@ -37,6 +37,7 @@ export function deploymentStacks(scope: Construct, config: ReplicatorConfig, all
       deploymentName: name,
       ...repositoryGrant(config, destinations),
       kmsKeys: destinations.flatMap(destinationKeys),
+      signingProfileArns: destinationSigningProfiles(destinations),
     }));
   }
   if (crossAccountSource(config)) {
@@ -48,12 +49,14 @@ export function deploymentStacks(scope: Construct, config: ReplicatorConfig, all
       roleName: sourceRoleName(config),
       deploymentName: name,
       forwardPushEvents: Boolean(config.pushTrigger),
+      ...(config.pushTrigger ? { pushEventDetail: pushEventDetail(config) } : {}),
     }));
   } else if (config.pushTrigger && workflowRegion !== config.sourceRegion) {
     stacks.push(new PushForwardingStack(scope, `${prefix}Pushes${config.sourceRegion.replace(/-/g, '')}`, {
       env: { account: config.sourceAccount, region: config.sourceRegion },
       workflowAccount: workflowAccount(config),
       workflowRegion,
+      pushEventDetail: pushEventDetail(config),
     }));
   }
   return stacks;

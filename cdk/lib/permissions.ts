@@ -34,6 +34,8 @@ export interface DestinationGrant {
   pruneRepositories?: string[];
   /** Customer managed KMS keys destination repositories may be created with. */
   kmsKeys?: string[];
+  /** Signer signing profiles (ARNs) the registries' managed signing signs this role's pushes with. */
+  signingProfileArns?: string[];
 }
 
 /** A repository glob as an IAM resource pattern: `**` and `*` both IAM's `*`, which crosses `/`
@@ -89,6 +91,18 @@ export function destinationStatements(grant: DestinationGrant): iam.PolicyStatem
       actions: ['kms:CreateGrant', 'kms:RetireGrant', 'kms:DescribeKey'],
       resources: grant.kmsKeys,
       conditions: { StringLike: { 'kms:ViaService': 'ecr.*.amazonaws.com*' } },
+    }));
+  }
+  if (grant.signingProfileArns?.length) {
+    // ECR managed signing signs a pushed image "using the identity of the entity pushing the
+    // image": the pusher needs signer:SignPayload on the signing profile, whose ARN is
+    // arn:partition:signer:region:account-id:/signing-profiles/profile-name (ECR user guide,
+    // "Managed signing", https://docs.aws.amazon.com/AmazonECR/latest/userguide/managed-signing.html;
+    // the signature is pushed with the ecr: upload actions PushImages already holds).
+    statements.push(new iam.PolicyStatement({
+      sid: 'ManagedSigning',
+      actions: ['signer:SignPayload'],
+      resources: grant.signingProfileArns,
     }));
   }
   return statements;

@@ -7,7 +7,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import { readSourceStatements } from './permissions';
-import { deploymentNames } from './workflow-stack';
+import { deploymentNames, TAGGED_PUSH_DETAIL } from './workflow-stack';
 
 export interface SourceRoleStackProps extends StackProps {
   workflowAccount: string;
@@ -18,6 +18,9 @@ export interface SourceRoleStackProps extends StackProps {
   deploymentName?: string;
   /** Forward ECR push events (for the push trigger) to the workflow account's default bus. */
   forwardPushEvents: boolean;
+  /** The pushes to forward: the workflow's push rule's `detail` (workflow-stack.ts
+   * `pushEventDetail`; default: every successful tagged push). */
+  pushEventDetail?: Record<string, unknown>;
 }
 
 export class SourceRoleStack extends Stack {
@@ -35,23 +38,25 @@ export class SourceRoleStack extends Stack {
       assumedBy: copier.withConditions({ StringEquals: { 'sts:ExternalId': props.externalId } }),
     });
     readSourceStatements(this.partition, this.account, this.region).forEach((s) => this.role.addToPolicy(s));
-    if (props.forwardPushEvents) forwardPushes(this, props.workflowAccount, props.workflowRegion);
+    if (props.forwardPushEvents) forwardPushes(this, props.workflowAccount, props.workflowRegion, props.pushEventDetail);
     NagSuppressions.addStackSuppressions(this, [
       { id: 'AwsSolutions-IAM5', reason: 'Reads cover every source repository by design (filters are in the job); GetAuthorizationToken has no resource scope.' },
     ]);
   }
 }
 
-/** A rule sending this account and region's successful ECR pushes to the workflow's default bus
- * (another account, another region, or both). EventBridge rules see only their own region's
- * events; a bus in another region is a target that needs a role (EventBridge user guide, "Sending
- * and receiving events between AWS Regions"), which the EventBus target creates. */
-export function forwardPushes(scope: Stack, workflowAccount: string, workflowRegion: string): events.Rule {
+/** A rule sending this account and region's ECR pushes that the workflow's push rule matches
+ * (`detail`: the same filters, so no push is forwarded only to be dropped) to the workflow's
+ * default bus (another account, another region, or both). EventBridge rules see only their own
+ * region's events; a bus in another region is a target that needs a role (EventBridge user guide,
+ * "Sending and receiving events between AWS Regions"), which the EventBus target creates; China
+ * has no cross-Region targets (config.ts `CROSS_REGION_EVENT_BUS_PARTITIONS`). */
+export function forwardPushes(scope: Stack, workflowAccount: string, workflowRegion: string, detail: Record<string, unknown> = TAGGED_PUSH_DETAIL): events.Rule {
   const bus = events.EventBus.fromEventBusArn(scope, 'WorkflowBus',
     `arn:${scope.partition}:events:${workflowRegion}:${workflowAccount}:event-bus/default`);
   return new events.Rule(scope, 'ForwardPushes', {
     description: 'ecr-replicator: send ECR pushes to the workflow',
-    eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], detail: { 'action-type': ['PUSH'], result: ['SUCCESS'] } },
+    eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], detail },
     targets: [new targets.EventBus(bus)],
   });
 }
@@ -59,6 +64,8 @@ export function forwardPushes(scope: Stack, workflowAccount: string, workflowReg
 export interface PushForwardingStackProps extends StackProps {
   workflowAccount: string;
   workflowRegion: string;
+  /** The pushes to forward (as `SourceRoleStackProps.pushEventDetail`). */
+  pushEventDetail?: Record<string, unknown>;
 }
 
 /** The source region's forwarding of pushes when the workflow runs in the source account but in
@@ -66,7 +73,7 @@ export interface PushForwardingStackProps extends StackProps {
 export class PushForwardingStack extends Stack {
   constructor(scope: Construct, id: string, props: PushForwardingStackProps) {
     super(scope, id, props);
-    forwardPushes(this, props.workflowAccount, props.workflowRegion);
+    forwardPushes(this, props.workflowAccount, props.workflowRegion, props.pushEventDetail);
     NagSuppressions.addStackSuppressions(this, [
       { id: 'AwsSolutions-IAM5', reason: 'The forwarding role EventBridge uses may put events on the workflow bus only.' },
     ]);

@@ -25,6 +25,8 @@ export interface TargetRoleStackProps extends StackProps {
   pruneRepositories?: string[];
   /** Customer managed KMS keys destination repositories may be created with. */
   kmsKeys?: string[];
+  /** Signer signing profiles ECR managed signing signs this role's pushes with (`signer:SignPayload`). */
+  signingProfileArns?: string[];
 }
 
 export class TargetRoleStack extends Stack {
@@ -51,6 +53,7 @@ export class TargetRoleStack extends Stack {
       allowPrune: props.allowPrune,
       pruneRepositories: props.pruneRepositories,
       kmsKeys: props.kmsKeys,
+      signingProfileArns: props.signingProfileArns,
     });
     [...statements, registryTokenStatement()].forEach((s) => this.role.addToPolicy(s));
     NagSuppressions.addResourceSuppressions(this.role, [

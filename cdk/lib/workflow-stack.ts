@@ -17,8 +17,8 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import {
-  allowlist, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, jobDestinations, pushInput, ReplicatorConfig, repositoryGrant,
-  scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, trustedRootObject, workflowAccount,
+  allowlist, COPY_FUNCTIONS, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, destinationSigningProfiles, jobDestinations, pushInput, ReplicatorConfig, repositoryGrant,
+  reconcileSchedule, scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, trustedRootObject, workflowAccount,
 } from './config';
 import { checkTriggerInputs } from './inputs';
 import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
@@ -102,7 +102,7 @@ export const SELECTION_DAYS = 7;
 export const METRICS_NAMESPACE = 'EcrReplicator';
 
 /** The copying functions: their reserved concurrency is the config's `copyConcurrency`. */
-export const COPY_FUNCTIONS = ['copy-blobs', 'put-manifests'];
+export { COPY_FUNCTIONS } from './config';
 
 /** `secretsmanager:GetSecretValue` on the upstreams' secrets, and `kms:Decrypt` through Secrets
  * Manager on the keys that encrypt them. */
@@ -197,6 +197,7 @@ export class WorkflowStack extends Stack {
         regions: [...new Set(sameAccount.map((d) => d.region))],
         ...repositoryGrant(config, sameAccount),
         kmsKeys: sameAccount.flatMap(destinationKeys),
+        signingProfileArns: destinationSigningProfiles(sameAccount),
       }).forEach((s) => copierRole.addToPolicy(s));
     }
 
@@ -362,12 +363,20 @@ export class WorkflowStack extends Stack {
         })],
       }));
     }
+    // A push trigger without a schedule: a daily run over what the pushes cover catches what a
+    // burst of pushes lost (pushTrigger.reconcileSchedule false: none).
+    const reconcile = reconcileSchedule(config);
+    if (reconcile) {
+      triggers.push(new events.Rule(this, 'ReconcilePushes', {
+        description: 'ecr-replicator: daily run over what the push trigger covers',
+        schedule: events.Schedule.expression(reconcile.expression),
+        targets: [new targets.SfnStateMachine(this.stateMachine, {
+          input: events.RuleTargetInput.fromObject(reconcile.input),
+        })],
+      }));
+    }
     if (config.pushTrigger) {
-      // Tagged pushes only: a push by digest (an index's children, a referrer) has no tag, and its
-      // tagged parent's push brings it along.
-      const detail: Record<string, unknown> = { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }] };
-      const repositoryName = pushRepositoryFilter(config);
-      if (repositoryName) detail['repository-name'] = repositoryName;
+      const detail = pushEventDetail(config);
       if (crossAccountSource(config)) {
         // The source account forwards its pushes (SourceRoleStack) to this account's default bus;
         // in the same account but another region, PushForwardingStack does (no policy needed).
@@ -430,7 +439,14 @@ export class WorkflowStack extends Stack {
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
     }).addAlarmAction(new cwActions.SnsAction(topic));
 
-    this.dashboard(destinations.map((d) => String(d.registry)), names);
+    const registries = [...new Set(destinations.map((d) => String(d.registry)))];
+    if (config.lagAlarmSeconds !== undefined) {
+      for (const registry of registries) {
+        replicationLagAlarm(this, names, registry, config.lagAlarmSeconds).addAlarmAction(new cwActions.SnsAction(topic));
+      }
+    }
+
+    this.dashboard(registries, names);
 
     NagSuppressions.addStackSuppressions(this, [
       { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance.' },
@@ -465,7 +481,10 @@ export class WorkflowStack extends Stack {
       dashboardName: names.stateMachine,
       widgets: [
         [perDestination('Images', ['ImagesCopied', 'ImagesPresent', 'ImagesFailed']), perDestination('Bytes copied', ['BytesCopied'])],
-        [perDestination('Replication lag (seconds, max)', ['ReplicationLag'], 'Maximum'), new cloudwatch.GraphWidget({
+        [new cloudwatch.GraphWidget({
+          title: 'Replication lag (seconds: maximum, p99, p50)', width: 12,
+          left: destinations.flatMap((d) => LAG_STATISTICS.map((statistic) => replicationLagMetric(names, d, statistic).with({ label: `ReplicationLag ${statistic} ${d}` }))),
+        }), new cloudwatch.GraphWidget({
           title: 'Executions', width: 12,
           left: [this.stateMachine.metricSucceeded(), this.stateMachine.metricFailed()],
         })],
@@ -496,6 +515,44 @@ export class WorkflowStack extends Stack {
       assertions: [{ assert: Fn.conditionEquals(built.valueAsString, 'yes'), assertDescription: message }],
     });
   }
+}
+
+/** The replication lag statistics the dashboard shows per destination. */
+export const LAG_STATISTICS = ['Maximum', 'p99', 'p50'];
+
+/** The statistic the lag alarm watches: p99, not the maximum. One image that arrives late (a
+ * retried copy, one pushed while the run was paused) should not page; lag that most copies share
+ * should. CloudWatch evaluates a percentile alarm with few data points as with many unless told
+ * to ignore them ("Percentile-based alarms and low data samples",
+ * https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/percentiles-with-low-samples.html),
+ * so a quiet deployment's p99 is its maximum and still alarms. */
+export const LAG_ALARM_STATISTIC = 'p99';
+
+/** The period the lag alarm evaluates (one period). */
+export const LAG_ALARM_PERIOD = Duration.minutes(15);
+
+/** The functions' `ReplicationLag` (seconds from the push to the source until the image arrived)
+ * of one destination registry (the `Destination` dimension, crates/replication/src/metrics.rs).
+ * Without a label, so an alarm on it is a plain ExtendedStatistic alarm. */
+export function replicationLagMetric(names: DeploymentNames, destination: string, statistic: string, period = Duration.minutes(5)): cloudwatch.Metric {
+  return new cloudwatch.Metric({
+    namespace: names.metricsNamespace, metricName: 'ReplicationLag', dimensionsMap: { Destination: destination },
+    statistic, period,
+  });
+}
+
+/** An alarm when a destination's replication lag p99 is above `seconds` over one period; no data
+ * (nothing copied) is not breaching. */
+function replicationLagAlarm(scope: Construct, names: DeploymentNames, destination: string, seconds: number): cloudwatch.Alarm {
+  return new cloudwatch.Alarm(scope, `ReplicationLag-${destination}`, {
+    alarmDescription: `ecr-replicator: replication lag to ${destination} (${LAG_ALARM_STATISTIC} over ${LAG_ALARM_PERIOD.toMinutes()} minutes) above ${seconds} seconds`,
+    metric: replicationLagMetric(names, destination, LAG_ALARM_STATISTIC, LAG_ALARM_PERIOD),
+    threshold: seconds,
+    comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+    evaluationPeriods: 1,
+    evaluateLowSampleCountPercentile: 'evaluate',
+    treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+  });
 }
 
 /** The ARNs of the executions of the state machine `name`, and of nothing else: its own
@@ -552,6 +609,18 @@ export function callerStatements(partition: string, region: string, account: str
     }),
   ];
 }
+
+/** The pushes a push rule matches: successful, tagged (a push by digest, an index's child or a
+ * referrer, has no tag, and its tagged parent's push brings it along), in the repositories
+ * `pushRepositoryFilter` allows. The workflow's rule and the rule forwarding pushes from the
+ * source account or Region use the same, so nothing is forwarded that the workflow would drop. */
+export function pushEventDetail(config: ReplicatorConfig): Record<string, unknown> {
+  const repositoryName = pushRepositoryFilter(config);
+  return { ...TAGGED_PUSH_DETAIL, ...(repositoryName ? { 'repository-name': repositoryName } : {}) };
+}
+
+/** The `detail` of a successful tagged push (ECR "ECR Image Action" events). */
+export const TAGGED_PUSH_DETAIL: Record<string, unknown> = { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }] };
 
 /** The push rule's `repository-name` matcher: the trigger's prefix, and never a repository this
  * deployment writes in the source registry itself (a destination in the same account and

@@ -346,7 +346,8 @@ test('events go to the default bus only; every function writes metrics; the dash
     assert.ok(body.includes(name), name);
   }
   for (const d of jobDestinations(config)) assert.ok(body.includes(String(d.registry)), JSON.stringify(d));
-  w.resourceCountIs('AWS::CloudWatch::Alarm', 1);
+  // The failure alarm, and the example's lagAlarmSeconds: one lag alarm per destination.
+  w.resourceCountIs('AWS::CloudWatch::Alarm', 1 + config.destinations.length);
 });
 
 test('every function gets the deployment allowlist: the configured source and destinations, their roles and scopes, no plain HTTP', () => {
@@ -424,7 +425,11 @@ test('a workflow in another region of the source account gets the pushes forward
   const all = deployment(c);
   const [w2, forwarder] = [all[0], all[all.length - 1]];
   const rule = Object.values(forwarder.findResources('AWS::Events::Rule'))[0] as any;
-  assert.deepEqual(rule.Properties.EventPattern, { source: ['aws.ecr'], 'detail-type': ['ECR Image Action'], detail: { 'action-type': ['PUSH'], result: ['SUCCESS'] } });
+  // The workflow's push filters: tagged pushes under the trigger's prefix only.
+  assert.deepEqual(rule.Properties.EventPattern, {
+    source: ['aws.ecr'], 'detail-type': ['ECR Image Action'],
+    detail: { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }], 'repository-name': [{ prefix: 'services/' }] },
+  });
   const target = rule.Properties.Targets[0];
   assert.deepEqual(target.Arn, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':events:eu-west-1:111111111111:event-bus/default']] });
   assert.ok(target.RoleArn, 'a bus in another region is a target with a role');
@@ -525,7 +530,8 @@ test('reserved concurrency for the copying functions only, from the config', () 
   }
   assert.deepEqual(COPY_FUNCTIONS.filter((f) => FUNCTIONS.some((g) => g.name === f)), COPY_FUNCTIONS);
   for (const fn of Object.values(w.findResources('AWS::Lambda::Function')) as any[]) assert.equal(fn.Properties.ReservedConcurrentExecutions, undefined);
-  assert.throws(() => variant((c) => { c.copyConcurrency = 1000; }), /copyConcurrency must be an integer from 1 to 900/);
+  // Both copy functions reserve it: 1000 each of the default 1000 leaves none unreserved.
+  assert.throws(() => variant((c) => { c.copyConcurrency = 1000; }), /copyConcurrency \(1000\) is reserved by each of copy-blobs and put-manifests: 2000 of accountConcurrency 1000.* at most 450/);
 });
 
 test('every function gets the price table: the copy function\'s memory and the config\'s prices', () => {

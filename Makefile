@@ -5,7 +5,7 @@ CARGO ?= cargo
 # dependencies have the features of `cargo test --workspace` (the same artifacts, not a second set).
 FUNCTION_BINS := $(patsubst crates/functions/src/bin/%.rs,--bin %,$(wildcard crates/functions/src/bin/*.rs))
 
-.PHONY: help setup build lint test cdk-test package deploy bench bench-scale clean
+.PHONY: help setup build lint test cdk-test package deploy bench bench-scale clean docs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -74,3 +74,17 @@ fuzz: ## cargo fuzz (nightly): manifest, reference, WWW-Authenticate, job input;
 demo: setup ## the real state machine on moto + the real functions, sample images, skopeo checks
 	$(CARGO) build -q --workspace --bin demo $(FUNCTION_BINS)
 	target/debug/demo
+
+# The guide (docs/, mdBook). Its tools are pinned and installed once into .tools/ (not on the
+# PATH of anything else); the build itself is offline. Not part of `make test`.
+MDBOOK_VERSION := 0.5.4
+MDBOOK_MERMAID_VERSION := 0.17.1
+TOOLS := $(CURDIR)/.tools
+docs: ## the guide (docs/) as a book into target/book; installs mdbook and mdbook-mermaid into .tools/ once
+	@if [ "$$($(TOOLS)/bin/mdbook --version 2>/dev/null)" != "mdbook v$(MDBOOK_VERSION)" ] \
+	  || [ "$$($(TOOLS)/bin/mdbook-mermaid --version 2>/dev/null)" != "mdbook-mermaid $(MDBOOK_MERMAID_VERSION)" ]; then \
+	  $(CARGO) install --locked --root $(TOOLS) mdbook@$(MDBOOK_VERSION) mdbook-mermaid@$(MDBOOK_MERMAID_VERSION); \
+	fi
+	@test -f docs/mermaid.min.js -a -f docs/mermaid-init.js || $(TOOLS)/bin/mdbook-mermaid install docs
+	PATH="$(TOOLS)/bin:$$PATH" mdbook build docs
+	@echo "the guide: target/book/index.html"

@@ -7,6 +7,7 @@ mod deployment_controls;
 mod ecr_data_plane;
 mod ecr_steps;
 mod faults;
+mod guide_examples;
 mod hostile;
 mod payload_bounds;
 mod platforms;

@@ -248,6 +248,9 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
   }
   const partitions = new Set([partitionOf(config.sourceRegion), ...config.destinations.map((d) => partitionOf(d.region))]);
   if (partitions.size > 1) fail('destinations', `span partitions (${[...partitions].join(', ')}): one deployment stays in one partition`);
+  if (config.workflowRegion !== undefined && partitionOf(config.workflowRegion) !== partitionOf(config.sourceRegion)) {
+    fail('workflowRegion', `(${config.workflowRegion}) is in another partition than sourceRegion (${config.sourceRegion}): one deployment stays in one partition`);
+  }
   config.destinations.forEach((d, i) => {
     if (!ACCOUNT.test(d.account)) fail(`destinations[${i}].account`, 'must be a 12-digit account id');
     if (!REGION.test(d.region ?? '')) fail(`destinations[${i}].region`, 'must be a region such as eu-west-1');
@@ -464,7 +467,6 @@ function validatePushForwarding(config: ReplicatorConfig, fail: (field: string, 
     fail('pushTrigger', `needs the source's pushes (${config.sourceRegion}) forwarded to the workflow's Region (workflowRegion ${workflowRegion}), `
       + `and EventBridge cannot target an event bus in another Region in ${partition}: run the workflow in ${config.sourceRegion}, or remove pushTrigger and use a schedule`);
   }
-  if (partitionOf(workflowRegion) !== partition) fail('workflowRegion', `(${workflowRegion}) is in another partition than sourceRegion (${config.sourceRegion})`);
 }
 
 /** The expression of the reconciling schedule a push trigger gets (daily). */

@@ -525,7 +525,7 @@ export const LAG_STATISTICS = ['Maximum', 'p99', 'p50'];
  * should. CloudWatch evaluates a percentile alarm with few data points as with many unless told
  * to ignore them ("Percentile-based alarms and low data samples",
  * https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/percentiles-with-low-samples.html),
- * so a quiet deployment's p99 is its maximum and still alarms. */
+ * so a quiet deployment's p99 is about its maximum and still alarms. */
 export const LAG_ALARM_STATISTIC = 'p99';
 
 /** The period the lag alarm evaluates (one period). */

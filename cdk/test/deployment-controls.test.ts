@@ -274,7 +274,7 @@ test('lagAlarmSeconds: one p99 alarm per destination, notifying the failure topi
     assert.equal(p.Threshold, 900);
     assert.equal(p.ComparisonOperator, 'GreaterThanThreshold');
     assert.equal(p.Period, 900);
-    assert.equal(p.EvaluateLowSampleCountPercentile, 'evaluate', 'a quiet deployment still alarms (its p99 is its maximum)');
+    assert.equal(p.EvaluateLowSampleCountPercentile, 'evaluate', 'a quiet deployment still alarms (its p99 is about its maximum)');
     assert.equal(p.TreatMissingData, 'notBreaching');
     assert.deepEqual(p.AlarmActions, failure.Properties.AlarmActions);
     assert.deepEqual(p.AlarmActions, [{ Ref: topic[0] }]);

@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'crypto';
-import { existsSync, readFileSync } from 'fs';
+import { existsSync, readdirSync, readFileSync } from 'fs';
 import * as path from 'path';
 import { App, Aspects } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
@@ -506,13 +506,19 @@ test('callers that start a run and wait for it get the .sync policy: start, desc
   assert.match(JSON.stringify(by('WaitForRuns').Resource), /:execution:ecr-replicator:\*"/);
   assert.deepEqual(by('SyncTaskEvents').Action, ['events:PutTargets', 'events:PutRule', 'events:DescribeRule']);
   assert.match(JSON.stringify(by('SyncTaskEvents').Resource), /:rule\/StepFunctionsGetEventsForStepFunctionsExecutionRule"/);
-  // README's JSON is this policy.
-  const readme = readFileSync(path.resolve(__dirname, '..', '..', '..', 'README.md'), 'utf8');
-  for (const s of callerStatements('aws', 'us-east-1', '111111111111', 'ecr-replicator')) {
-    const json = s.toStatementJson();
-    for (const action of [json.Action].flat()) assert.ok(readme.includes(`"${action}"`), `README names ${action}`);
+  // The guide's JSON is this policy: the page that shows it (README.md, or the docs/ page it
+  // moved to) names every action.
+  const root = path.resolve(__dirname, '..', '..', '..');
+  const pages = ['README.md', ...readdirSync(path.join(root, 'docs')).filter((f) => f.endsWith('.md')).map((f) => path.join('docs', f))]
+    .map((page) => ({ page, text: readFileSync(path.join(root, page), 'utf8') }))
+    .filter(({ text }) => text.includes('rule/StepFunctionsGetEventsForStepFunctionsExecutionRule'));
+  assert.ok(pages.length >= 1, 'a page of the guide shows the caller policy');
+  for (const { page, text } of pages) {
+    for (const s of callerStatements('aws', 'us-east-1', '111111111111', 'ecr-replicator')) {
+      const json = s.toStatementJson();
+      for (const action of [json.Action].flat()) assert.ok(text.includes(`"${action}"`), `${page} names ${action}`);
+    }
   }
-  assert.ok(readme.includes('rule/StepFunctionsGetEventsForStepFunctionsExecutionRule'));
   // grantStartAndWait attaches it to a pipeline's role.
   const app = new App();
   const stack = new WorkflowStack(app, 'W', { env: { account: config.sourceAccount, region: config.sourceRegion }, config, allowPlaceholderCode: true });

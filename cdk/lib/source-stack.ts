@@ -56,7 +56,9 @@ export function forwardPushes(scope: Stack, workflowAccount: string, workflowReg
     `arn:${scope.partition}:events:${workflowRegion}:${workflowAccount}:event-bus/default`);
   return new events.Rule(scope, 'ForwardPushes', {
     description: 'ecr-replicator: send ECR pushes to the workflow',
-    eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], detail },
+    // This account and Region's own pushes, as the workflow's rule matches them (a bus may also
+    // receive events other accounts or Regions send it).
+    eventPattern: { source: ['aws.ecr'], detailType: ['ECR Image Action'], account: [scope.account], region: [scope.region], detail },
     targets: [new targets.EventBus(bus)],
   });
 }

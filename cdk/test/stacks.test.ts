@@ -427,7 +427,7 @@ test('a workflow in another region of the source account gets the pushes forward
   const rule = Object.values(forwarder.findResources('AWS::Events::Rule'))[0] as any;
   // The workflow's push filters: tagged pushes under the trigger's prefix only.
   assert.deepEqual(rule.Properties.EventPattern, {
-    source: ['aws.ecr'], 'detail-type': ['ECR Image Action'],
+    source: ['aws.ecr'], 'detail-type': ['ECR Image Action'], account: ['111111111111'], region: ['us-east-1'],
     detail: { 'action-type': ['PUSH'], result: ['SUCCESS'], 'image-tag': [{ 'anything-but': '' }], 'repository-name': [{ prefix: 'services/' }] },
   });
   const target = rule.Properties.Targets[0];

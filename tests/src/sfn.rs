@@ -492,6 +492,8 @@ struct Proxy {
     api_faults: std::sync::Mutex<std::collections::HashMap<String, Vec<AwsFault>>>,
     /// Invocations per function (every child execution's included), faults counted too.
     invocations: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Seconds the invocations took per function, as the proxy waited for each answer.
+    invocation_seconds: std::sync::Mutex<std::collections::HashMap<String, f64>>,
     /// Copy and put invocations running now, and the most ever running at once.
     copies_in_flight: std::sync::Mutex<(usize, usize)>,
     /// `invocations.log`: a line when each invocation starts and ends (a stuck run shows which).
@@ -762,6 +764,7 @@ impl LocalStepFunctions {
             faults: Default::default(),
             api_faults: Default::default(),
             invocations: Default::default(),
+            invocation_seconds: Default::default(),
             copies_in_flight: Default::default(),
             journal: std::sync::Mutex::new(
                 std::fs::File::create(dir.path().join("invocations.log")).ok(),
@@ -911,6 +914,18 @@ impl LocalStepFunctions {
     pub fn invocations(&self) -> std::collections::BTreeMap<String, usize> {
         self.proxy_state
             .invocations
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Seconds the invocations so far took per function (each from its request to its answer,
+    /// as Lambda bills an invocation's duration), across every execution.
+    pub fn invocation_seconds(&self) -> std::collections::BTreeMap<String, f64> {
+        self.proxy_state
+            .invocation_seconds
             .lock()
             .unwrap()
             .iter()
@@ -1165,10 +1180,14 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
     let name = invocation.clone();
     let response = forward_to(&proxy, invocation, method, path, query, headers, body).await;
     if let Some(function) = name {
-        proxy.note(format!(
-            "END {function} {id} {:.1}s",
-            started.elapsed().as_secs_f64()
-        ));
+        let seconds = started.elapsed().as_secs_f64();
+        proxy.note(format!("END {function} {id} {seconds:.1}s"));
+        *proxy
+            .invocation_seconds
+            .lock()
+            .unwrap()
+            .entry(function)
+            .or_default() += seconds;
     }
     if counted {
         proxy.copies_in_flight.lock().unwrap().0 -= 1;

@@ -391,7 +391,7 @@ fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow:
         const GB: f64 = 1e9;
         println!(
             "In the workflow this would cost about ${:.4}: {} Lambda invocations ({:.0} GB-s), \
-             {} STANDARD executions ({} state transitions), {} EXPRESS executions; \
+             {} STANDARD executions ({} billed state transitions), {} EXPRESS executions; \
              {:.2} GB across regions, {:.2} GB out of AWS",
             c.estimated_usd,
             c.lambda_invocations,

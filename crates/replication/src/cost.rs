@@ -7,7 +7,10 @@
 //! (a page of repositories, a page of images, a repository's child). Step Functions bills a
 //! STANDARD workflow per state entered (retries included) and an EXPRESS one per execution and
 //! GB-second of duration in 64 MB steps; Lambda per request and GB-second ("AWS Step Functions
-//! Pricing", "AWS Lambda Pricing"). Data between ECR and a function in another region is billed
+//! Pricing", "AWS Lambda Pricing"). A Distributed Map is billed one state transition for each
+//! child execution it starts, EXPRESS children included ("Transitions in Distributed Map
+//! states", <https://docs.aws.amazon.com/step-functions/latest/dg/concepts-transitions.html>):
+//! [`MAP_CHILD_START_TRANSITIONS`]. Data between ECR and a function in another region is billed
 //! as data transfer on both sides ("Understanding data transfer costs for AWS container
 //! services"). What the counts leave out: retries (each retried call and state is billed
 //! again), failed states' Catch paths, and EventBridge events.
@@ -35,7 +38,9 @@ pub struct Cost {
     /// STANDARD executions: the run's, each repository's child, each range copied in segments.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub standard_executions: u64,
-    /// STANDARD state transitions (states entered), parent and children.
+    /// State transitions as Step Functions bills them: states entered in STANDARD executions
+    /// (parent and children), and one for each child execution a Distributed Map starts
+    /// (EXPRESS children included).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub standard_transitions: u64,
     /// EXPRESS executions: a page's small ranges and each image's manifests.
@@ -163,6 +168,13 @@ impl Default for CostModel {
     }
 }
 
+/// The state transitions Step Functions bills a Distributed Map for each child execution it
+/// starts, STANDARD or EXPRESS: "you're charged one state transition for each child workflow
+/// execution that the Distributed Map state starts" ("Transitions in Distributed Map states",
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/concepts-transitions.html>). Billed on
+/// top of the states a STANDARD child enters; an EXPRESS child's states are not transitions.
+pub const MAP_CHILD_START_TRANSITIONS: u64 = 1;
+
 /// Billed memory of an EXPRESS execution that only waits on its calls (the first 64 MB step).
 const EXPRESS_GB: f64 = 64.0 / 1024.0;
 
@@ -225,12 +237,14 @@ impl CostModel {
         cost
     }
 
-    /// A repository child's execution and what it does before its first page: its states
-    /// and one `ensure-repository` call per destination.
+    /// A repository child's execution and what it does before its first page: its start (a
+    /// transition of `ForEachRepository`), its states and one `ensure-repository` call per
+    /// destination.
     pub fn child_start(&self, destinations: usize) -> Cost {
         let mut cost = self.calls(destinations as u64);
         cost.standard_executions = 1;
-        cost.standard_transitions = child_start_states(destinations as u64);
+        cost.standard_transitions =
+            MAP_CHILD_START_TRANSITIONS + child_start_states(destinations as u64);
         cost
     }
 
@@ -267,7 +281,8 @@ impl CostModel {
     }
 
     /// One range's copy: a STANDARD child (its segment loop: `CopyBlobs`, `MoreSegments` and
-    /// `NextSegment` per segment, `RangeDone`) or an EXPRESS one, its calls, and its bytes.
+    /// `NextSegment` per segment, `RangeDone`) or an EXPRESS one, its start (a transition of
+    /// the range Map either way), its calls, and its bytes.
     pub fn range_copy(
         &self,
         range: &CopyRange,
@@ -285,21 +300,23 @@ impl CostModel {
             lambda_gb_seconds: seconds * self.copy_memory_mb / 1024.0,
             ..Cost::default()
         };
+        cost.standard_transitions = MAP_CHILD_START_TRANSITIONS;
         if express {
             cost.express_executions = 1;
             cost.express_gb_seconds = seconds * EXPRESS_GB;
         } else {
             cost.standard_executions = 1;
-            cost.standard_transitions = 3 * segments;
+            cost.standard_transitions += 3 * segments;
         }
         cost.add(&self.transfer(source, destination, bytes));
         cost
     }
 
-    /// The EXPRESS children of `ForEachImage`: one per image of the page, `puts` of them
-    /// calling `put-manifests`.
+    /// The EXPRESS children of `ForEachImage`: one per image of the page (each start a
+    /// transition of the Map), `puts` of them calling `put-manifests`.
     pub fn image_children(&self, images: u64, puts: u64) -> Cost {
         let mut cost = self.calls(puts);
+        cost.standard_transitions = images * MAP_CHILD_START_TRANSITIONS;
         cost.express_executions = images;
         cost.express_gb_seconds = puts as f64 * self.call_seconds * EXPRESS_GB;
         cost
@@ -340,7 +357,7 @@ pub fn children_page_states(handed_back: bool) -> u64 {
 }
 
 /// States of a repository child that verifies: `ReplicateOrVerify`, `VerifyRepository`,
-/// `RepositoryDone`.
+/// `RepositoryDone` (its start, [`MAP_CHILD_START_TRANSITIONS`], comes on top).
 pub const VERIFY_CHILD_STATES: u64 = 3;
 
 #[cfg(test)]
@@ -412,8 +429,46 @@ mod tests {
                 cost.standard_executions,
                 cost.standard_transitions
             ),
-            (4, 1, 12)
+            (4, 1, 13),
+            "12 states and the child's start"
         );
         assert_eq!(cost.express_executions, 0);
+    }
+
+    #[test]
+    fn every_child_a_map_starts_is_a_billed_transition_express_ones_too() {
+        let model = CostModel {
+            region: "us-east-1".into(),
+            ..CostModel::default()
+        };
+        let range = CopyRange::Blobs { blobs: vec![] };
+        let express = model.range_copy(&range, true, ("a.example", "b.example"), 0);
+        assert_eq!(
+            (express.express_executions, express.standard_transitions),
+            (1, 1)
+        );
+        let images = model.image_children(25, 25);
+        assert_eq!(
+            (images.express_executions, images.standard_transitions),
+            (25, 25)
+        );
+        let child = model.child_start(2);
+        assert_eq!(
+            child.standard_transitions,
+            1 + child_start_states(2),
+            "the repository child's start and its states"
+        );
+        // Priced as transitions: 25 EXPRESS children cost 25 transitions more than requests.
+        let priced = model.priced(images.clone());
+        let without_starts = model.priced(Cost {
+            standard_transitions: 0,
+            ..images
+        });
+        assert!(
+            (priced.estimated_usd - without_starts.estimated_usd - 25.0 * 0.000_025).abs() < 1e-6,
+            "{} vs {}",
+            priced.estimated_usd,
+            without_starts.estimated_usd
+        );
     }
 }

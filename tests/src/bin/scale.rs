@@ -2,11 +2,16 @@
 //! Functions enforcing the 25,000-event history limit per execution, real functions under
 //! `cargo lambda watch`), one `scale:` line per run:
 //! `scale: run=<name> images=<n> repositories=<n> invocations=<n> children_standard=<n>
-//! children_express=<n> transitions=<n> parent_events=<n> max_child_events=<n> failed=<n>
-//! wall_s=<n> stepfunctions_usd=<n> report_invocations=<n> report_transitions=<n>
-//! report_usd=<n>` (transitions: STANDARD ones, parent and children; the dollars from the
-//! us-east-1 prices in `Prices`; the last three: what the run's report counted, Lambda
-//! included in its dollars).
+//! children_express=<n> states_entered=<n> billed_transitions=<n> parent_events=<n>
+//! max_child_events=<n> failed=<n> wall_s=<n> stepfunctions_usd=<n> lambda_usd=<n>
+//! estimated_usd=<n> report_invocations=<n> report_transitions=<n> report_usd=<n>`
+//! (`states_entered`: in STANDARD executions, parent and children; `billed_transitions`: those
+//! and one for each child a Distributed Map started, EXPRESS ones included, as AWS bills them;
+//! the dollars at the cost model's prices, `replication::cost::CostModel`, us-east-1 unless
+//! `ECR_REPLICATOR_PRICES` says otherwise: Step Functions from the rig's counts and its EXPRESS
+//! children's measured time, Lambda from the invocations and their measured time at the
+//! model's memory; `estimated_usd` is both; the last three: what the run's report counted,
+//! its dollars including data transfer).
 //!
 //! The catalog runs: a fabricated catalog (default 10,000 repositories x 10 tags = 100,000
 //! images, distinct manifests sharing one config and one layer) replicated to an empty
@@ -15,7 +20,8 @@
 //! `sfn-verify`); blob requests are counted from each registry's access log (a no-op run must
 //! make none). `SCALE_REPOS`/`SCALE_TAGS` change the catalog.
 //!
-//! The size cases (`size_cases`): `sfn-first-1k`, `sfn-noop-10x10k`, `sfn-noop-1x30k`,
+//! The size cases (`size_cases`): `sfn-first-1k` (10 repositories x 100 tags),
+//! `sfn-first-1k-repos` (1,000 repositories x 1 tag), `sfn-noop-10x10k`, `sfn-noop-1x30k`,
 //! `sfn-filter-30k`, `sfn-noop-30k-repos`, `sfn-first-30k-3dest`; `SCALE_SIZE_PERCENT` shrinks
 //! them. `SCALE_RUNS` picks runs by name (comma-separated; all by default); `SCALE_SKIP_SFN=1`
 //! runs the CLI only.
@@ -27,6 +33,7 @@ use std::time::Instant;
 use e2e::registry::TestRegistry;
 use e2e::sfn::LocalStepFunctions;
 use futures::StreamExt;
+use replication::cost::{Cost, CostModel, MAP_CHILD_START_TRANSITIONS};
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
@@ -119,31 +126,56 @@ fn blob_requests(registry: &TestRegistry) -> usize {
         .count()
 }
 
-/// Step Functions prices (us-east-1, per the Step Functions pricing page; other regions differ:
-/// `SCALE_PRICE_TRANSITION`, `SCALE_PRICE_EXPRESS_REQUEST`, `SCALE_PRICE_EXPRESS_GB_SECOND`).
-struct Prices {
-    /// Per STANDARD state transition.
-    transition: f64,
-    /// Per EXPRESS execution.
-    express_request: f64,
-    /// Per GB-second of EXPRESS duration (billed in 64 MB steps; these children stay in the first).
-    express_gb_second: f64,
-}
-
-impl Prices {
-    fn from_env() -> Self {
-        let price = |k: &str, d: f64| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(d)
-        };
-        Prices {
-            transition: price("SCALE_PRICE_TRANSITION", 0.000025),
-            express_request: price("SCALE_PRICE_EXPRESS_REQUEST", 0.000001),
-            express_gb_second: price("SCALE_PRICE_EXPRESS_GB_SECOND", 0.00001667),
+/// What the rig counted for a run, as a cost (the report's fields) priced by the cost model:
+/// invocations and their measured time at the model's memory (`copy-blobs` at its copy
+/// memory, the others at a call's), executions, billed transitions (states entered in STANDARD
+/// executions and one per child a Distributed Map started), EXPRESS children and their
+/// measured time at 64 MB. Returns it with the Step Functions part of its dollars.
+fn rig_cost(
+    invocations: usize,
+    seconds: &std::collections::BTreeMap<String, f64>,
+    execution: &e2e::sfn::Execution,
+    children: &[e2e::sfn::ChildExecution],
+) -> (Cost, f64) {
+    let model = CostModel::from_env().expect("ECR_REPLICATOR_PRICES");
+    let memory_mb = |function: &str| {
+        if function == "copy-blobs" {
+            model.copy_memory_mb
+        } else {
+            model.call_memory_mb
         }
-    }
+    };
+    let standard: Vec<_> = children
+        .iter()
+        .filter(|c| c.execution_type == "STANDARD")
+        .collect();
+    let express: Vec<_> = children
+        .iter()
+        .filter(|c| c.execution_type == "EXPRESS")
+        .collect();
+    let states_entered =
+        execution.transitions + standard.iter().map(|c| c.transitions).sum::<usize>();
+    let step_functions = Cost {
+        standard_executions: 1 + standard.len() as u64,
+        standard_transitions: (states_entered
+            + children.len() * MAP_CHILD_START_TRANSITIONS as usize)
+            as u64,
+        express_executions: express.len() as u64,
+        // Billed per 100 ms at least, in the first 64 MB step (these children only wait).
+        express_gb_seconds: express.iter().map(|c| c.seconds.max(0.1)).sum::<f64>() * 0.0625,
+        ..Cost::default()
+    };
+    let mut cost = Cost {
+        lambda_invocations: invocations as u64,
+        lambda_gb_seconds: seconds
+            .iter()
+            .map(|(function, s)| s * memory_mb(function) / 1024.0)
+            .sum(),
+        ..Cost::default()
+    };
+    cost.add(&step_functions);
+    let step_functions_usd = model.priced(step_functions).estimated_usd;
+    (model.priced(cost), step_functions_usd)
 }
 
 /// Runs one execution and returns its `scale:` line (the counts the issue's goals are stated
@@ -157,10 +189,15 @@ fn measure_run(
     (images, repositories): (usize, usize),
 ) -> (String, e2e::sfn::Execution, usize) {
     let calls_before: usize = sfn.invocations().values().sum();
+    let seconds_before = sfn.invocation_seconds();
     let children_before = sfn.child_executions().len();
     let execution =
         rt.block_on(sfn.execute_within(arn, input, std::time::Duration::from_secs(6 * 3600)));
     let calls: usize = sfn.invocations().values().sum::<usize>() - calls_before;
+    let mut seconds = sfn.invocation_seconds();
+    for (function, before) in seconds_before {
+        *seconds.entry(function).or_default() -= before;
+    }
     let children: Vec<_> = sfn.child_executions().split_off(children_before);
     let standard: Vec<_> = children
         .iter()
@@ -170,14 +207,9 @@ fn measure_run(
         .iter()
         .filter(|c| c.execution_type == "EXPRESS")
         .collect();
-    // Billed: STANDARD transitions (parent and STANDARD children); EXPRESS by request and
-    // duration.
-    let transitions = execution.transitions + standard.iter().map(|c| c.transitions).sum::<usize>();
-    let prices = Prices::from_env();
-    let express_seconds: f64 = express.iter().map(|c| c.seconds.max(0.1)).sum();
-    let dollars = transitions as f64 * prices.transition
-        + express.len() as f64 * prices.express_request
-        + express_seconds * 0.0625 * prices.express_gb_second;
+    let states_entered =
+        execution.transitions + standard.iter().map(|c| c.transitions).sum::<usize>();
+    let (counted, stepfunctions_usd) = rig_cost(calls, &seconds, &execution, &children);
     let report = execution.output.clone().unwrap_or_default();
     let failed = report["failed"].as_u64().unwrap_or(0)
         + report["repositoriesFailed"].as_u64().unwrap_or(0)
@@ -190,14 +222,18 @@ fn measure_run(
     let cost = &report["cost"];
     let line = format!(
         "scale: run={run} images={images} repositories={repositories} invocations={calls} \
-         children_standard={} children_express={} transitions={transitions} parent_events={} \
-         max_child_events={} failed={failed} wall_s={:.0} stepfunctions_usd={dollars:.4} \
+         children_standard={} children_express={} states_entered={states_entered} \
+         billed_transitions={} parent_events={} max_child_events={} failed={failed} wall_s={:.0} \
+         stepfunctions_usd={stepfunctions_usd:.4} lambda_usd={:.4} estimated_usd={:.4} \
          report_invocations={} report_transitions={} report_usd={:.4}",
         standard.len(),
         express.len(),
+        counted.standard_transitions,
         execution.events,
         standard.iter().map(|c| c.events).max().unwrap_or(0),
         execution.seconds,
+        counted.estimated_usd - stepfunctions_usd,
+        counted.estimated_usd,
         cost["lambdaInvocations"].as_u64().unwrap_or(0),
         cost["standardTransitions"].as_u64().unwrap_or(0),
         cost["estimatedUsd"].as_f64().unwrap_or(0.0),
@@ -241,6 +277,7 @@ fn size_cases(
     };
     let cases = [
         case("sfn-first-1k", 10, 100, 1, false, None),
+        case("sfn-first-1k-repos", 1_000, 1, 1, false, None),
         case("sfn-noop-10x10k", 10, scaled(10_000), 1, true, None),
         case("sfn-noop-1x30k", 1, scaled(30_000), 1, true, None),
         case(

@@ -825,8 +825,9 @@ async fn the_report_counts_what_the_run_cost_and_a_dry_run_says_so_beforehand() 
 }
 
 /// Runs `input` and returns the execution with what the rig counted for it: Lambda
-/// invocations, STANDARD executions (it and its STANDARD children), their states entered, and
-/// EXPRESS executions.
+/// invocations, STANDARD executions (it and its STANDARD children), billed state transitions
+/// (their states entered, and one for each child a Distributed Map started, EXPRESS ones
+/// included, as AWS bills them), and EXPRESS executions.
 async fn run_counted(
     sfn: &LocalStepFunctions,
     arn: &str,
@@ -844,7 +845,9 @@ async fn run_counted(
     let counted = [
         calls(sfn) - calls_before,
         1 + standard.len() as u64,
-        (execution.transitions + standard.iter().map(|c| c.transitions).sum::<usize>()) as u64,
+        (execution.transitions
+            + standard.iter().map(|c| c.transitions).sum::<usize>()
+            + children.len()) as u64,
         (children.len() - standard.len()) as u64,
     ];
     (execution, counted)

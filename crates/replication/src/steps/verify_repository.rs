@@ -30,10 +30,11 @@ impl Step for VerifyRepository {
             let started = std::time::Instant::now();
             let mut verify = verify_repository(conns, input).await?;
             verify.limit_lists(VERIFY_LISTED);
-            // The call and the verifying child's states and execution.
+            // The call and the verifying child's execution: its start and its states.
             let mut cost = crate::cost::Cost::this_call(started);
             cost.standard_executions = 1;
-            cost.standard_transitions = crate::cost::VERIFY_CHILD_STATES;
+            cost.standard_transitions =
+                crate::cost::MAP_CHILD_START_TRANSITIONS + crate::cost::VERIFY_CHILD_STATES;
             let report = RunReport {
                 verify: Some(verify),
                 cost,

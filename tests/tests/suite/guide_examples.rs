@@ -9,8 +9,8 @@
 //! - `allowlist`: a deployment's allowlist (`ECR_REPLICATOR_ALLOWED_REGISTRIES`, the CLI's
 //!   `--allowlist FILE`), read and checked as the functions read it;
 //! - `config`, `config-fields`: a CDK deployment configuration (or some of its fields): JSON,
-//!   and every top-level field one that `cdk/lib/config.ts` declares (the CDK tests validate
-//!   the example configuration itself);
+//!   and every field, top-level or of a destination or upstream, one that `cdk/lib/config.ts`
+//!   declares (the CDK tests validate the example configuration itself);
 //! - `other`: anything else (reports, events, statements, IAM policies): it must be JSON (or
 //!   `"field": value` members).
 //!
@@ -107,13 +107,12 @@ fn validate_job(job: &Value) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The fields `cdk/lib/config.ts` declares in `ReplicatorConfig`.
-fn config_fields() -> Vec<String> {
-    let source = std::fs::read_to_string(workspace().join("cdk/lib/config.ts")).unwrap();
+/// The fields an interface of `cdk/lib/config.ts` declares (its two-space-indented members).
+fn interface_fields(source: &str, interface: &str) -> Vec<String> {
     let body = source
-        .split("export interface ReplicatorConfig {")
+        .split(&format!("export interface {interface} {{"))
         .nth(1)
-        .expect("cdk/lib/config.ts declares ReplicatorConfig")
+        .unwrap_or_else(|| panic!("cdk/lib/config.ts declares no {interface}"))
         .split("\n}")
         .next()
         .unwrap();
@@ -130,25 +129,59 @@ fn config_fields() -> Vec<String> {
         .collect()
 }
 
-fn check_config(value: Value, known: &[String]) -> Result<(), String> {
-    let unknown: Vec<String> = as_object(value)?
+/// What the deployment configuration may hold (`cdk/lib/config.ts`): its own fields, and those
+/// of each destination and upstream.
+struct ConfigFields {
+    top: Vec<String>,
+    destination: Vec<String>,
+    upstream: Vec<String>,
+}
+
+fn config_fields() -> ConfigFields {
+    let source = std::fs::read_to_string(workspace().join("cdk/lib/config.ts")).unwrap();
+    ConfigFields {
+        top: interface_fields(&source, "ReplicatorConfig"),
+        destination: interface_fields(&source, "DestinationConfig"),
+        upstream: interface_fields(&source, "UpstreamConfig"),
+    }
+}
+
+/// The fields of `object` that `known` lacks, named by their path under `at`.
+fn unknown_fields(object: &Map<String, Value>, known: &[String], at: &str) -> Vec<String> {
+    object
         .keys()
         .filter(|field| !known.contains(field))
-        .cloned()
-        .collect();
+        .map(|field| format!("{at}{field}"))
+        .collect()
+}
+
+fn check_config(value: Value, known: &ConfigFields) -> Result<(), String> {
+    let config = as_object(value)?;
+    let mut unknown = unknown_fields(&config, &known.top, "");
+    for (list, fields) in [
+        ("destinations", &known.destination),
+        ("upstreams", &known.upstream),
+    ] {
+        let entries = config.get(list).and_then(Value::as_array);
+        for (i, entry) in entries.into_iter().flatten().enumerate() {
+            let entry = entry
+                .as_object()
+                .ok_or_else(|| format!("{list}[{i}] is not an object"))?;
+            unknown.extend(unknown_fields(entry, fields, &format!("{list}[{i}].")));
+        }
+    }
     if unknown.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "{} not a field of the deployment configuration (cdk/lib/config.ts ReplicatorConfig: {})",
-            unknown.join(", "),
-            known.join(", ")
+            "{} not a field of the deployment configuration (cdk/lib/config.ts: ReplicatorConfig, DestinationConfig, UpstreamConfig)",
+            unknown.join(", ")
         ))
     }
 }
 
 /// Runs the check the example's marker names.
-fn check(example: &Example, config_fields: &[String]) -> Result<(), String> {
+fn check(example: &Example, config_fields: &ConfigFields) -> Result<(), String> {
     let kind = example.kind.as_deref().ok_or_else(|| {
         "a ```json block without a marker: put `<!-- example: job|job-fields|allowlist|config|config-fields|other -->` on the line before it".to_string()
     })?;
@@ -183,7 +216,7 @@ fn markdown_files(dir: &Path, into: &mut Vec<PathBuf>) {
 }
 
 /// Every example of `markdown` that fails its check, as `file:line: kind: problem`.
-fn failures(examples: &[Example], config_fields: &[String]) -> Vec<String> {
+fn failures(examples: &[Example], config_fields: &ConfigFields) -> Vec<String> {
     examples
         .iter()
         .filter_map(|example| {
@@ -213,8 +246,14 @@ fn every_json_example_in_the_guide_and_readme_is_valid_for_its_kind() {
     }
     let fields = config_fields();
     assert!(
-        fields.len() > 20 && fields.iter().any(|f| f == "destinations"),
-        "read too few fields from cdk/lib/config.ts: {fields:?}"
+        fields.top.len() > 20
+            && fields.top.iter().any(|f| f == "destinations")
+            && fields.destination.iter().any(|f| f == "account")
+            && fields.upstream.iter().any(|f| f == "registry"),
+        "read too few fields from cdk/lib/config.ts: {:?}, {:?}, {:?}",
+        fields.top,
+        fields.destination,
+        fields.upstream
     );
     let jobs = examples
         .iter()
@@ -241,7 +280,7 @@ fn every_json_example_in_the_guide_and_readme_is_valid_for_its_kind() {
 fn a_broken_example_fails_naming_file_line_and_field() {
     let markdown = "# t\n\n<!-- example: job -->\n```json\n{\"source\": {\"registry\": \"111111111111.dkr.ecr.us-east-1.amazonaws.com\"},\n \"destinations\": [{\"registry\": \"222222222222.dkr.ecr.eu-west-1.amazonaws.com\"}],\n \"tagz\": {}}\n```\n\n\
         1. a list item\n\n   <!-- example: job-fields -->\n   ```json\n   \"maxConcurrency\": 0\n   ```\n\n\
-        <!-- example: config-fields -->\n```json\n\"sourceAcount\": \"111111111111\"\n```\n\n\
+        <!-- example: config-fields -->\n```json\n\"sourceAcount\": \"111111111111\", \"destinations\": [{\"acount\": \"2\"}]\n```\n\n\
         ```json\n{}\n```\n\n\
         <!-- example: job-fields -->\n```json\n\"dryRun\": true\n```\n";
     let examples = json_blocks("guide.md", markdown);
@@ -259,7 +298,8 @@ fn a_broken_example_fails_naming_file_line_and_field() {
         failed[1]
     );
     assert!(
-        failed[2].starts_with("guide.md:18: config-fields:") && failed[2].contains("sourceAcount"),
+        failed[2].starts_with("guide.md:18: config-fields:")
+            && failed[2].contains("sourceAcount, destinations[0].acount"),
         "{}",
         failed[2]
     );

@@ -77,6 +77,8 @@ demo: setup ## the real state machine on moto + the real functions, sample image
 
 # The guide (docs/, mdBook). Its tools are pinned and installed once into .tools/ (not on the
 # PATH of anything else); the build itself is offline. Not part of `make test`.
+# mdbook-mermaid 0.17 is the series for mdbook 0.5 (0.16 and older take mdbook 0.4); its warning
+# that it was built against mdbook 0.5.0 is harmless within the series.
 MDBOOK_VERSION := 0.5.4
 MDBOOK_MERMAID_VERSION := 0.17.1
 TOOLS := $(CURDIR)/.tools

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod aws;
 pub mod error;
+pub mod executions;
 pub mod registry;
 pub mod secrets;
 pub mod signing;
@@ -20,6 +21,7 @@ pub use aws::{
 };
 pub use aws_sdk_ecr::types::{EncryptionType, ImageTagMutability};
 pub use error::{Error, Result};
+pub use executions::{Executions, StartOutcome};
 pub use registry::{EcrRegistry, RoleArn};
 pub use secrets::{SecretArn, SecretCredentialSource};
 pub use signing::{KmsKeyArn, KmsSigner};

@@ -73,3 +73,22 @@ pub async fn invoke<S: Step>(
 ) -> Result<S::Output, StepError> {
     Ok(S::run(conns, event.payload).await?)
 }
+
+/// Serves `coalesce-pushes`: the push queue's event source mapping hands it batches of
+/// messages (`steps::SqsBatch`), each becoming a few runs of the state machine named by
+/// `ECR_REPLICATOR_STATE_MACHINE_ARN` (`steps::coalesce_pushes`); it answers with the messages
+/// to deliver again (`ReportBatchItemFailures`). A batch that is no SQS event is an error.
+pub async fn serve_coalescer() -> Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let executions = steps::executions_from_env().await?;
+    lambda_runtime::run(service_fn(|event: RawEvent| {
+        let executions = &executions;
+        async move {
+            let batch =
+                steps::parse_input::<steps::SqsBatch>(&event.payload).map_err(StepError::from)?;
+            let report = steps::coalesce_pushes(executions, &batch).await;
+            Ok::<_, StepError>(report.response())
+        }
+    }))
+    .await
+}

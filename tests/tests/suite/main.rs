@@ -12,6 +12,7 @@ mod hostile;
 mod payload_bounds;
 mod platforms;
 mod pull_budget;
+mod push_bursts;
 mod real_inputs;
 mod receipts;
 mod referrers;

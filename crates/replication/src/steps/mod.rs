@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::connect::Connections;
 use crate::error::{Error, FieldProblem, Result};
 
+pub mod coalesce_pushes;
 pub mod copy_blobs;
 pub mod ensure_repository;
 mod ensure_repository_prune;
@@ -32,6 +33,10 @@ pub mod summarise;
 pub mod verify_repository;
 
 pub use crate::report::*;
+pub use coalesce_pushes::{
+    coalesce_pushes, executions_from_env, plan_batch, BatchPlan, BatchResponse, CoalesceReport,
+    SqsBatch, SqsMessage,
+};
 pub use copy_blobs::{copy_blobs, CopyBlobs, CopyBlobsInput, CopyBlobsOutput, RangeOutcome};
 pub use ensure_repository::{
     ensure_repository, target_settings, EnsureRepository, EnsureRepositoryInput,

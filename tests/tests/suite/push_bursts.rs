@@ -1,0 +1,318 @@
+//! A burst of pushes (issue 34): 1,000 push messages, some repeated, some malformed, some for
+//! tags the job excludes, go through `coalesce-pushes` in the batches an SQS event source
+//! mapping would hand it, against moto's Step Functions. A few executions start (not one per
+//! push), their jobs list exactly the valid pushes, the malformed messages are reported and
+//! deleted, a batch delivered again starts nothing new, and a batch whose run cannot be started
+//! goes back to the queue whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use e2e::moto::Moto;
+use replication::steps::{coalesce_pushes, SqsBatch, SqsMessage};
+use serde_json::{json, Value};
+
+const PUSHES: usize = 1000;
+const BATCH: usize = 250;
+
+/// The push rule's input for one image, as the CDK app writes it (`pushInput`).
+fn push_job(image: Value) -> Value {
+    json!({
+        "repositorySettings": "copy",
+        "source": { "registry": "111111111111.dkr.ecr.us-east-1.amazonaws.com" },
+        "destinations": [{
+            "registry": "222222222222.dkr.ecr.eu-west-1.amazonaws.com",
+            "repositoryPrefix": "mirror/"
+        }],
+        "tags": { "exclude": [".*-dev"] },
+        "images": [image],
+    })
+}
+
+fn digest(i: usize) -> String {
+    oci::Digest::of(format!("image {i}").as_bytes()).to_string()
+}
+
+/// A valid push: repository, tag, digest.
+fn valid(i: usize) -> (String, String, String) {
+    (
+        format!("team{}/app{}", i % 7, i % 40),
+        format!("v1.{i}.0"),
+        digest(i),
+    )
+}
+
+fn body((repository, tag, digest): &(String, String, String)) -> String {
+    push_job(json!({ "repository": repository, "tag": tag, "digest": digest })).to_string()
+}
+
+/// Malformed messages: each breaks one rule a push must keep.
+fn malformed(i: usize) -> String {
+    let (repository, tag, digest) = valid(i);
+    let image = |r: &str, t: &str, d: &str| {
+        push_job(json!({ "repository": r, "tag": t, "digest": d })).to_string()
+    };
+    match i % 8 {
+        0 => image("Team/App With Space", &tag, &digest),
+        1 => image(&repository, "..no-leading-dot", &digest),
+        2 => image(&repository, &tag, "sha256:not-hex"),
+        3 => "{\"source\": ".into(),
+        4 => push_job(json!({ "repository": repository, "tag": tag })).to_string(),
+        5 => {
+            let mut job =
+                push_job(json!({ "repository": repository, "tag": tag, "digest": digest }));
+            job["images"] = json!([job["images"][0].clone(), job["images"][0].clone()]);
+            job.to_string()
+        }
+        6 => {
+            let mut job =
+                push_job(json!({ "repository": repository, "tag": tag, "digest": digest }));
+            job["smuggled"] = json!(true);
+            job.to_string()
+        }
+        _ => image(&repository, &"x".repeat(129), &digest),
+    }
+}
+
+struct Burst {
+    batches: Vec<SqsBatch>,
+    valid: BTreeSet<(String, String, String)>,
+    malformed: BTreeSet<String>,
+    excluded: BTreeSet<String>,
+    duplicates: usize,
+}
+
+/// 1,000 messages: 880 distinct valid pushes, 60 repeats of them, 20 malformed, 40 for an
+/// excluded tag, in a fixed shuffled order, cut into batches of 250.
+fn burst() -> Burst {
+    let mut messages: Vec<(String, String)> = Vec::new();
+    let mut valid_set = BTreeSet::new();
+    let (mut malformed_ids, mut excluded_ids) = (BTreeSet::new(), BTreeSet::new());
+    let distinct = 880;
+    for i in 0..distinct {
+        let push = valid(i);
+        messages.push((format!("m-valid-{i}"), body(&push)));
+        valid_set.insert(push);
+    }
+    for k in 0..60 {
+        messages.push((format!("m-again-{k}"), body(&valid(k * 13))));
+    }
+    for k in 0..20 {
+        let id = format!("m-malformed-{k}");
+        messages.push((id.clone(), malformed(k)));
+        malformed_ids.insert(id);
+    }
+    for k in 0..40 {
+        let id = format!("m-excluded-{k}");
+        let (repository, _, digest) = valid(k);
+        messages.push((id.clone(), body(&(repository, format!("v{k}-dev"), digest))));
+        excluded_ids.insert(id);
+    }
+    assert_eq!(messages.len(), PUSHES);
+    // A fixed shuffle: repeats and their originals land in different batches.
+    messages.sort_by_key(|(id, _)| oci::Digest::of(id.as_bytes()).to_string());
+    let batches = messages
+        .chunks(BATCH)
+        .map(|chunk| SqsBatch {
+            records: chunk
+                .iter()
+                .map(|(id, body)| SqsMessage {
+                    message_id: id.clone(),
+                    body: body.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    Burst {
+        batches,
+        valid: valid_set,
+        malformed: malformed_ids,
+        excluded: excluded_ids,
+        duplicates: 60,
+    }
+}
+
+async fn state_machine(sfn: &aws_sdk_sfn::Client) -> String {
+    let definition =
+        json!({ "StartAt": "Run", "States": { "Run": { "Type": "Pass", "End": true } } });
+    sfn.create_state_machine()
+        .name("replicate")
+        .definition(definition.to_string())
+        .role_arn("arn:aws:iam::123456789012:role/replicate")
+        .send()
+        .await
+        .unwrap()
+        .state_machine_arn
+}
+
+/// Every execution of the state machine: name, ARN, status, input.
+async fn executions(sfn: &aws_sdk_sfn::Client, arn: &str) -> Vec<(String, String, String, Value)> {
+    let mut listed = Vec::new();
+    let mut pages = sfn
+        .list_executions()
+        .state_machine_arn(arn)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        listed.extend(page.unwrap().executions);
+    }
+    let mut all = Vec::new();
+    for e in listed {
+        let d = sfn
+            .describe_execution()
+            .execution_arn(&e.execution_arn)
+            .send()
+            .await
+            .unwrap();
+        let input = serde_json::from_str(d.input().unwrap_or("{}")).unwrap();
+        all.push((
+            e.name,
+            e.execution_arn,
+            d.status.as_str().to_string(),
+            input,
+        ));
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes() {
+    let moto = Moto::start();
+    let sfn = ecr::sfn_client(&moto.aws_settings(), "us-east-1").await;
+    let arn = state_machine(&sfn).await;
+    let starter = ecr::Executions::new(sfn.clone(), arn.clone());
+    let burst = burst();
+
+    let mut reports = Vec::new();
+    for batch in &burst.batches {
+        reports.push(coalesce_pushes(&starter, batch).await);
+    }
+    let started: usize = reports.iter().map(|r| r.started.len()).sum();
+    let listed = executions(&sfn, &arn).await;
+    eprintln!(
+        "{PUSHES} pushes in {} batches: {started} executions (images per execution: {:?})",
+        burst.batches.len(),
+        reports
+            .iter()
+            .flat_map(|r| r.started.iter().map(|s| s.run.images))
+            .collect::<Vec<_>>()
+    );
+    // One execution per batch's job, each job as full as MAX_JOB_BYTES allows (~160 images of
+    // this size): 2 per batch of 250, not one per push.
+    assert_eq!(listed.len(), started, "every run started is one execution");
+    assert!(
+        started <= 2 * burst.batches.len(),
+        "{started} executions for {PUSHES} pushes"
+    );
+    for report in &reports {
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert!(report.response().batch_item_failures.is_empty());
+    }
+
+    // The jobs cover exactly the valid pushes: each input a valid job, named as planned.
+    let mut covered = BTreeSet::new();
+    for (name, _, status, input) in &listed {
+        assert!(name.starts_with("push-") && name.len() <= 80, "{name}");
+        assert_eq!(status, "RUNNING");
+        let job = replication::job::Job::parse(&input.to_string())
+            .unwrap()
+            .job;
+        for image in job.images {
+            covered.insert((image.repository, image.tag.unwrap(), image.digest.unwrap()));
+        }
+    }
+    assert_eq!(
+        covered, burst.valid,
+        "the runs' images are exactly the valid pushes"
+    );
+
+    // The malformed ones are reported, each naming what is wrong; excluded ones left out.
+    let malformed: BTreeMap<String, String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.malformed
+                .iter()
+                .map(|m| (m.message_id.clone(), m.problem.clone()))
+        })
+        .collect();
+    assert_eq!(
+        malformed.keys().cloned().collect::<BTreeSet<_>>(),
+        burst.malformed
+    );
+    assert!(
+        malformed["m-malformed-0"].contains("images[0].repository"),
+        "{malformed:?}"
+    );
+    assert!(
+        malformed["m-malformed-1"].contains("images[0].tag"),
+        "{malformed:?}"
+    );
+    assert!(
+        malformed["m-malformed-2"].contains("images[0].digest"),
+        "{malformed:?}"
+    );
+    assert!(
+        malformed["m-malformed-4"].contains("digest"),
+        "{malformed:?}"
+    );
+    assert!(
+        malformed["m-malformed-5"].contains("exactly one image"),
+        "{malformed:?}"
+    );
+    assert!(
+        malformed["m-malformed-6"].contains("smuggled"),
+        "{malformed:?}"
+    );
+    let excluded: BTreeSet<String> = reports.iter().flat_map(|r| r.excluded.clone()).collect();
+    assert_eq!(excluded, burst.excluded);
+    let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
+    assert!(duplicates <= burst.duplicates);
+
+    // Delivered again (SQS at least once): the same names and inputs, no second execution,
+    // whether the first is still running or already closed.
+    let again = coalesce_pushes(&starter, &burst.batches[0]).await;
+    assert_eq!(
+        again.started.iter().map(|s| &s.outcome).collect::<Vec<_>>(),
+        reports[0]
+            .started
+            .iter()
+            .map(|s| &s.outcome)
+            .collect::<Vec<_>>()
+    );
+    let first = match &reports[1].started[0].outcome {
+        ecr::StartOutcome::Running(arn) => arn.clone(),
+        other => panic!("{other:?}"),
+    };
+    sfn.stop_execution()
+        .execution_arn(&first)
+        .send()
+        .await
+        .unwrap();
+    let again = coalesce_pushes(&starter, &burst.batches[1]).await;
+    assert_eq!(again.started[0].outcome, ecr::StartOutcome::AlreadyClosed);
+    assert!(again.failed.is_empty() && again.response().batch_item_failures.is_empty());
+    assert_eq!(
+        executions(&sfn, &arn).await.len(),
+        started,
+        "a batch delivered again started a run"
+    );
+
+    // StartExecution fails (no such state machine): the batch's runs go back to the queue,
+    // every message of them; malformed and excluded ones are not retried.
+    let missing = ecr::Executions::new(sfn.clone(), arn.replace(":replicate", ":missing"));
+    let batch = &burst.batches[2];
+    let failed = coalesce_pushes(&missing, batch).await;
+    assert!(failed.started.is_empty());
+    let returned: BTreeSet<String> = failed
+        .response()
+        .batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect();
+    let expected: BTreeSet<String> = batch
+        .records
+        .iter()
+        .map(|m| m.message_id.clone())
+        .filter(|id| !burst.malformed.contains(id) && !burst.excluded.contains(id))
+        .collect();
+    assert_eq!(returned, expected);
+}

@@ -66,12 +66,20 @@ pub async fn handle<S: Step>(conns: &Connections, event: RawEvent) -> Result<S::
     invoke::<S>(conns, LambdaEvent::new(input, context)).await
 }
 
-/// Runs step `S` on an event already parsed, as its function does.
+/// Runs step `S` on an event already parsed, as its function does, within the invocation's
+/// deadline (`steps::within_deadline`: a step that pages hands the rest of its work to its next
+/// call before the function would time out). An event without one (a test's default context)
+/// runs without.
 pub async fn invoke<S: Step>(
     conns: &Connections,
     event: LambdaEvent<S::Input>,
 ) -> Result<S::Output, StepError> {
-    Ok(S::run(conns, event.payload).await?)
+    let step = S::run(conns, event.payload);
+    let output = match event.context.deadline {
+        0 => step.await,
+        _ => steps::within_deadline(event.context.deadline(), step).await,
+    };
+    Ok(output?)
 }
 
 /// Serves `coalesce-pushes`: the push queue's event source mapping hands it batches of

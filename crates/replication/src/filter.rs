@@ -86,6 +86,34 @@ pub struct SelectedImage {
     /// answer 404; restoring it is the owner's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived: Option<String>,
+    /// With `requireSignature`: the gate has not looked at it yet. A page asks for its
+    /// signatures only when it would write something (the image, or a tag of it, missing in a
+    /// destination): an image every destination already holds is not read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingGate>,
+}
+
+/// What the signature gate needs to judge a selected image later, without the repository's
+/// listing: whose signatures admit it, and where the listing said they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingGate {
+    /// The images whose signatures admit it: itself, or, for an artifact found under an
+    /// artifact tag (`sha256-<hex>.sig`, ...), the signed image(s) it travels with. An
+    /// artifact travels under the tags of the admitted ones, and only when it is an artifact
+    /// of each (`gate::Judge`).
+    pub subjects: Vec<String>,
+    /// The repository's tags naming those images' signatures (`sha256-<hex>.sig`, the
+    /// `sha256-<hex>` fallback index) as listed, tag -> digest.
+    #[serde(default)]
+    pub signature_tags: std::collections::BTreeMap<String, String>,
+}
+
+impl PendingGate {
+    /// Whether `digest` is judged by its own signatures (not an artifact of another image).
+    pub fn is_subject(&self, digest: &str) -> bool {
+        self.subjects.iter().any(|s| s == digest)
+    }
 }
 
 impl SelectedImage {

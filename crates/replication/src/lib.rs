@@ -10,6 +10,7 @@ pub mod copy;
 pub mod cost;
 pub mod error;
 pub mod filter;
+pub mod gate;
 pub mod job;
 pub mod keys;
 pub mod metrics;

@@ -26,8 +26,10 @@ const MAX_LEVELS: usize = 4;
 /// that puts the subject can also write the target's fallback index after they are all there.
 ///
 /// With `gated` (the job requires a signature), only artifacts travel (`artifact_refusal`): a
-/// runnable image or an index under an artifact tag, or a referrer declaring another subject,
-/// goes to `refused` (reported, never copied; one already there is not looked at again).
+/// referrer the API lists declaring another subject, or that is a runnable image, goes to
+/// `refused` (reported, never copied; one already there is not looked at again); one found
+/// under an artifact tag is marked for the gate (`SelectedImage::pending`) with the image it
+/// was found for, and judged only where it would be written.
 /// Without it, a referrer the API lists is still taken only when its own `subject` is the
 /// image it was listed for.
 pub(crate) async fn add_referrers(
@@ -79,14 +81,15 @@ pub(crate) async fn add_referrers(
                 if refused.iter().any(|r| r.digest == *digest) {
                     continue;
                 }
-                if gated && !selected.iter().any(|s| s.digest == *digest) {
-                    if let Some(why) =
-                        artifact_refusal(source, &repo, digest, &tag, subject, true).await
-                    {
-                        refused.push(SelectedImage::refused(digest.to_string(), vec![tag], why));
-                        continue;
-                    }
-                }
+                // Gated, it travels only as an artifact of an admitted image: judged where it
+                // would be written (`gate::Judge`), with the image it was found for.
+                let pending = (gated && !selected.iter().any(|s| s.digest == *digest)).then(|| {
+                    let subjects = match &selected[*root].pending {
+                        Some(pending) => pending.subjects.clone(),
+                        None => vec![selected[*root].digest.clone()],
+                    };
+                    crate::gate::pending_for(&by_tag, subjects)
+                });
                 if tag == fallback {
                     // The fallback index lists the referrers: they travel as its children, and
                     // their own referrers are looked for on the next level.
@@ -104,6 +107,7 @@ pub(crate) async fn add_referrers(
                         selected.push(SelectedImage {
                             digest: digest.to_string(),
                             tags: vec![tag],
+                            pending,
                             ..SelectedImage::default()
                         });
                         next.push((digest.to_string(), selected.len() - 1));

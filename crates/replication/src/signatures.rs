@@ -14,12 +14,9 @@ use base64::Engine;
 use oci::{Digest, ManifestContent, Repository};
 use p256::ecdsa::DerSignature;
 
-use crate::artifacts::{
-    artifact_refusal, artifact_subject, digests_by_tag, fallback_tag, read_layer, short_digest,
-};
+use crate::artifacts::{fallback_tag, read_layer, short_digest};
 use crate::connect::Connection;
 use crate::error::{Error, Result};
-use crate::filter::{ListedImage, SelectedImage};
 use crate::keys::SignaturePolicy;
 use crate::sigstore::{BundleVerifier, MAX_BUNDLE_BYTES};
 use crate::trust::{Admission, PolicySource, Signer};
@@ -351,62 +348,4 @@ async fn verify_bundles(
         }
     }
     Err(reason)
-}
-
-/// The selection as the job's keys allow it: an image no signature verifies for is kept but
-/// marked (`SelectedImage::unsigned`, with the reason: reported, never copied). An artifact
-/// selected by its tag (`sha256-<hex>.sig`, ...) follows its subject: dropped when the subject
-/// is not signed; when it is, kept only if it is an artifact of that subject
-/// (`artifact_refusal`), else marked refused. The tag alone proves nothing: anyone who can push
-/// can push anything under it. `images` is the repository's listing, where the `.sig` tags
-/// are.
-pub(crate) async fn gate(
-    source: &Connection,
-    repository: &str,
-    images: &[ListedImage],
-    selected: Vec<SelectedImage>,
-    gate: &SignatureGate,
-) -> Result<Vec<SelectedImage>> {
-    let by_tag = digests_by_tag(images);
-    let repo = Repository {
-        registry: source.registry.clone(),
-        name: repository.to_string(),
-    };
-    let (artifacts, mut subjects): (Vec<SelectedImage>, Vec<SelectedImage>) = selected
-        .into_iter()
-        .partition(|s| !s.tags.is_empty() && s.tags.iter().all(|t| artifact_subject(t).is_some()));
-    let mut api = true;
-    for image in &mut subjects {
-        match admission(source, &repo, &image.digest, &by_tag, gate, &mut api).await? {
-            Ok(admitted_by) => image.signed_by = Some(admitted_by),
-            Err(why) => image.unsigned = Some(why),
-        }
-    }
-    let signed: std::collections::HashSet<String> = subjects
-        .iter()
-        .filter(|s| s.unsigned.is_none())
-        .map(|s| s.digest.clone())
-        .collect();
-    for mut artifact in artifacts {
-        let mut subjects_signed = true;
-        for tag in &artifact.tags {
-            let Some(subject) = artifact_subject(tag) else {
-                continue;
-            };
-            if !signed.contains(&subject) {
-                subjects_signed = false;
-                break;
-            }
-            if let Some(why) =
-                artifact_refusal(source, &repo, &artifact.digest, tag, &subject, true).await
-            {
-                artifact.refused = Some(why);
-                break;
-            }
-        }
-        if subjects_signed {
-            subjects.push(artifact);
-        }
-    }
-    Ok(subjects)
 }

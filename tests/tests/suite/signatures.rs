@@ -483,3 +483,83 @@ async fn what_travels_as_an_artifact_is_what_skopeo_cannot_run() {
         assert!(e2e::skopeo::runnable(&at).is_err(), "skopeo runs {tag}");
     }
 }
+
+/// Source requests in a registry's access log beyond the repository's listing: what an OCI
+/// registry's listing sends (the tag list, `/tags/list`, and a read of each tag's manifest for
+/// its digest) and the API version check (`/v2/`) left out.
+fn requests_beyond_the_listing(registry: &TestRegistry) -> usize {
+    registry
+        .log()
+        .lines()
+        .filter(|l| {
+            let listing_head = l.contains("/manifests/") && !l.contains("/manifests/sha256:");
+            ["\"GET /v2/", "\"HEAD /v2/"].iter().any(|m| l.contains(m))
+                && !l.contains("/tags/list")
+                && !l.contains("/v2/ HTTP")
+                && !listing_head
+        })
+        .count()
+}
+
+/// The gate runs where the work is: a second run of a gated job, every image already in the
+/// destination, verifies no signature again and reports them present (before: 3.04 source
+/// requests per image beyond the listing, the gate's and the artifact check's reads of each
+/// `.sig` manifest and payload). The first run copied each signed image once, its signature
+/// with it.
+#[tokio::test]
+async fn a_gated_run_with_nothing_to_do_reads_no_signature_again() {
+    const IMAGES: usize = 100;
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (key, pem) = signing_key(1);
+    for seed in 0..IMAGES {
+        let image = ImageBuilder::new(Format::Oci)
+            .layer(1000 + seed as u64, 200)
+            .build();
+        source.push("app", &format!("v{seed}"), &image).await;
+        let signature = cosign_signature(&image.digest, &key, false, None);
+        source
+            .push("app", &format!("{}.sig", fallback(&image)), &signature)
+            .await;
+    }
+    let conns = Connections::new(Settings {
+        registry: e2e::fast_retry_config(&[]),
+        ..Settings::default()
+    });
+    let run = || async {
+        let job = gated_job(&src.host, &dst.host, &pem, json!({}));
+        replication::run::run_job(&conns, job, &replication::run::Quiet)
+            .await
+            .unwrap()
+            .report
+    };
+
+    let first = run().await;
+    assert_eq!(
+        (first.copied, first.unsigned, first.failed),
+        (2 * IMAGES, 0, 0),
+        "{first:?}"
+    );
+    let before = requests_beyond_the_listing(&src);
+    let second = run().await;
+    let sent = requests_beyond_the_listing(&src) - before;
+
+    assert_eq!(
+        (
+            second.copied,
+            second.present,
+            second.unsigned,
+            second.failed
+        ),
+        (0, 2 * IMAGES, 0, 0),
+        "{second:?}"
+    );
+    let per_image = sent as f64 / IMAGES as f64;
+    eprintln!(
+        "a gated no-op run: {sent} source requests beyond the listing, {per_image:.2} per image"
+    );
+    assert!(
+        per_image <= 0.1,
+        "{sent} source requests beyond the tag listing for {IMAGES} images present everywhere ({per_image:.2} per image)"
+    );
+}

@@ -14,12 +14,13 @@ use serde::{Deserialize, Serialize};
 use super::enumerate_images_presence::{check_image, page_destinations, Checked};
 pub(crate) use super::enumerate_images_presence::{destination_tags, is_present};
 pub(crate) use super::enumerate_images_selection::{
-    all_images, selected_and_listed, selected_counted,
+    all_images, selected_and_listed, selected_counted, signature_gate,
 };
 pub use super::enumerate_images_selection::{selected_images, selected_images_counted};
 use super::*;
 use crate::connect::Connections;
 use crate::error::Result;
+use crate::gate::Judge;
 use crate::job::{Job, ValidJob};
 use crate::metrics::{self, Metric};
 
@@ -293,14 +294,19 @@ pub async fn page_of_work(
         .require_signature
         .as_ref()
         .is_some_and(|r| r.fail_unsigned);
-    // The source is asked only to cut indexes down to the job's platforms; its reads are
-    // counted where they are pulls.
+    // The source is asked only to cut indexes down to the job's platforms and, with
+    // `requireSignature`, for the signatures of the images the page would write (an image
+    // every destination holds is not judged again); its reads are counted where they are pulls.
     let meter = Arc::new(PullMeter::counting(&job.job.source.registry));
-    let source = match &job.platforms {
-        Some(_) => Some(conns.source(&job.job).await?.metered(meter.clone())),
-        None => None,
+    let gate = signature_gate(conns, job).await?;
+    let source = match job.platforms.is_some() || gate.is_some() {
+        true => Some(conns.source(&job.job).await?.metered(meter.clone())),
+        false => None,
     };
     let source = source.as_ref();
+    let judge = source
+        .zip(gate)
+        .map(|(source, gate)| Judge::new(source, repository, gate));
     let mut output = EnumerateImagesOutput {
         images: Vec::new(),
         present: 0,
@@ -323,7 +329,7 @@ pub async fn page_of_work(
         .map(|checked| {
             check_image(
                 job,
-                source,
+                (source, judge.as_ref()),
                 &destinations,
                 repository,
                 fail_unsigned,
@@ -342,6 +348,11 @@ pub async fn page_of_work(
             &job.job.destinations,
         ) {
             next = offset + at; // this image starts the next page
+            break;
+        }
+        // Near the invocation's deadline the rest goes to the next page, never a timeout.
+        if time_to_hand_back() {
+            next = offset + at + 1;
             break;
         }
     }

@@ -11,6 +11,7 @@ use super::*;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::filter::SelectedImage;
+use crate::gate::{Judge, Verdict};
 use crate::job::ValidJob;
 use crate::platforms::Subset;
 
@@ -55,7 +56,7 @@ pub(super) async fn page_destinations<'a>(
 /// index is cut down first (`source` reads it).
 pub(super) async fn check_image(
     job: &ValidJob,
-    source: Option<&Connection>,
+    (source, judge): (Option<&Connection>, Option<&Judge<'_>>),
     destinations: &[Destination<'_>],
     repository: &str,
     fail_unsigned: bool,
@@ -109,12 +110,46 @@ pub(super) async fn check_image(
         referrers,
         target_digest,
     };
-    let tasks = image_tasks(destinations, repository, image, copied).await?;
+    let again = copied.clone();
+    let mut tasks = image_tasks(destinations, repository, image, copied).await?;
+    if image.pending.is_some() && tasks.iter().any(|t| !t.present) {
+        // It would be written (the image, a tag or a referrer missing in a destination): the
+        // signature gate judges it now. Held everywhere, it is not read again.
+        let verdict = match judge {
+            Some(judge) => judge.judge(image).await?,
+            None => {
+                Verdict::Unsigned("unsigned: not judged (no signature gate for this page)".into())
+            }
+        };
+        let (status, reason) = match verdict {
+            Verdict::Admitted(signed_by, narrowed) => {
+                if let Some(tags) = narrowed {
+                    // Under the tags of admitted images only: asked about again with those.
+                    let image = SelectedImage {
+                        tags,
+                        ..image.clone()
+                    };
+                    tasks = image_tasks(destinations, repository, &image, again).await?;
+                }
+                tasks
+                    .iter_mut()
+                    .for_each(|t| t.signed_by = signed_by.clone());
+                return Ok((at, Checked::Tasks(tasks)));
+            }
+            Verdict::Dropped => return Ok((at, Checked::Unsigned(Vec::new()))),
+            Verdict::Refused(why) => (ImageStatus::Refused, why),
+            Verdict::Unsigned(why) if fail_unsigned => (ImageStatus::Failed, why),
+            Verdict::Unsigned(why) => (ImageStatus::Unsigned, why),
+        };
+        let results = not_copied_results(destinations, (repository, image), status, &reason);
+        return Ok((at, Checked::Unsigned(results)));
+    }
     Ok((at, Checked::Tasks(tasks)))
 }
 
 /// What of a selected image is copied: its digest in the source, the referrers travelling
 /// with it, and the digest it gets in the destinations when it is cut to the job's platforms.
+#[derive(Clone)]
 struct Copied {
     digest: Digest,
     referrers: Vec<Digest>,

@@ -11,10 +11,11 @@ use crate::catalog::too_many_pages;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, Refusal, SelectedImage};
+use crate::gate::{self, Judge};
 use crate::job::{ImageSelector, ValidJob};
 use crate::metrics;
 use crate::referrers;
-use crate::signatures::{self, SignatureGate};
+use crate::signatures::SignatureGate;
 
 /// The images of a repository the job selects, in a stable order (by digest): listed and
 /// resolved once; `page_of_work` pages through them.
@@ -38,41 +39,70 @@ pub async fn selected_images_counted(
 }
 
 /// `selected_images`, and the repository's listing when the selection read it (with filters,
-/// always): a verification finds the tags only a destination has from it.
+/// always): a verification finds the tags only a destination has from it. With
+/// `requireSignature`, every image is judged now (a verification compares what a replication
+/// would copy).
 pub(crate) async fn selected_and_listed(
     conns: &Connections,
     job: &ValidJob,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
-    let (selected, listed, _) = selected_counted(conns, job, repository).await?;
+    let (selected, listed, _) = selection(conns, job, repository, true).await?;
     Ok((selected, listed))
 }
 
-/// `selected_and_listed`, and the manifest GETs it sent where they are pulls. Every read goes
-/// through a metered view of the source connection, so the signature gate's manifest reads
-/// (and the referrers' and artifacts' checks) are counted whichever module sends them. They
-/// are counted, not refused: a gate read refused for the budget would report a signed image
-/// unsigned.
+/// `selected_images` with the listing, and the manifest GETs it sent where they are pulls.
+/// With `requireSignature`, images are only marked for the gate (`SelectedImage::pending`):
+/// a page judges those it would write (`page_of_work`).
 pub(crate) async fn selected_counted(
     conns: &Connections,
     job: &ValidJob,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>, u64)> {
+    selection(conns, job, repository, false).await
+}
+
+/// The selection, with the gate applied now (`judge_now`) or left to the pages. Every read
+/// goes through a metered view of the source connection, so the signature gate's manifest
+/// reads (and the referrers' and artifacts' checks) are counted whichever module sends them.
+/// They are counted, not refused: a gate read refused for the budget would report a signed
+/// image unsigned.
+async fn selection(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+    judge_now: bool,
+) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>, u64)> {
     let connection = conns.source(&job.job).await?;
     let meter = Arc::new(PullMeter::counting(&connection.registry));
     let source = connection.metered(meter.clone());
     let counted = |pulls: u64| if source.counts_pulls() { pulls } else { 0 };
-    let policies = conns.signature_policies(job)?;
-    let gate = match policies.is_empty() {
-        false => Some(SignatureGate {
-            policies,
-            verifier: conns.bundle_verifier().await?,
-        }),
-        true => None,
+    let gate = signature_gate(conns, job).await?;
+    let gated = gate.is_some();
+    let judge = match (judge_now, gate) {
+        (true, Some(gate)) => Some(Judge::new(&source, repository, gate)),
+        _ => None,
     };
-    let (mut selected, listed) = select_images(&source, job, gate.as_ref(), repository).await?;
+    let (mut selected, listed) =
+        select_images(&source, job, (gated, judge.as_ref()), repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
     Ok((selected, listed, counted(meter.sent())))
+}
+
+/// The signature gate the job's and destinations' policies make (`None`: none applies), with
+/// the deployment's trusted root (a root that cannot be read fails the repository here).
+pub(crate) async fn signature_gate(
+    conns: &Connections,
+    job: &ValidJob,
+) -> Result<Option<SignatureGate>> {
+    let policies = conns.signature_policies(job)?;
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(SignatureGate {
+        policies,
+        verifier: conns.bundle_verifier().await?,
+    }))
 }
 
 /// The images of one repository a job selects: the listed ones, or the filters' choice from
@@ -82,7 +112,7 @@ pub(crate) async fn selected_counted(
 async fn select_images(
     source: &Connection,
     job: &ValidJob,
-    gate: Option<&SignatureGate>,
+    (gated, judge): (bool, Option<&Judge<'_>>),
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let mut catalog_images: Option<Vec<ListedImage>> = None;
@@ -108,7 +138,7 @@ async fn select_images(
         .into_iter()
         .partition(|s| s.archived.is_some() || s.superseded.is_some());
     selected = kept;
-    if !job.job.referrers && gate.is_none() {
+    if !job.job.referrers && !gated {
         selected.append(&mut refused);
         selected.append(&mut set_aside);
         return Ok((selected, catalog_images));
@@ -117,21 +147,12 @@ async fn select_images(
         Some(images) => images,
         None => all_images(source, repository).await?,
     };
-    // Only signed images are copied, and only they bring their referrers along.
-    let mut unsigned = Vec::new();
-    if let Some(gate) = gate {
-        let gated = signatures::gate(source, repository, &images, selected, gate).await?;
-        let (not_copied, signed): (Vec<_>, Vec<_>) = gated
-            .into_iter()
-            .partition(|s| s.unsigned.is_some() || s.refused.is_some());
-        selected = signed;
-        (refused, unsigned) = not_copied
-            .into_iter()
-            .chain(refused)
-            .partition(|s| s.refused.is_some());
+    // Only signed images are copied, and only they bring their referrers along: each is
+    // marked for the gate here (no request), and judged where it would be written.
+    if gated {
+        selected = gate::defer(&images, selected);
     }
     if job.job.referrers {
-        let gated = gate.is_some();
         referrers::add_referrers(
             source,
             repository,
@@ -141,6 +162,18 @@ async fn select_images(
             gated,
         )
         .await?;
+    }
+    let mut unsigned = Vec::new();
+    if let Some(judge) = judge {
+        let judged = judge.judge_all(selected).await?;
+        let (not_copied, signed): (Vec<_>, Vec<_>) = judged
+            .into_iter()
+            .partition(|s| s.unsigned.is_some() || s.refused.is_some());
+        selected = signed;
+        (refused, unsigned) = not_copied
+            .into_iter()
+            .chain(refused)
+            .partition(|s| s.refused.is_some());
     }
     selected.append(&mut unsigned);
     selected.append(&mut refused);

@@ -19,6 +19,7 @@ use crate::error::{Error, FieldProblem, Result};
 
 pub mod coalesce_pushes;
 pub mod copy_blobs;
+pub mod deadline;
 pub mod ensure_repository;
 mod ensure_repository_prune;
 pub mod enumerate_images;
@@ -38,6 +39,7 @@ pub use coalesce_pushes::{
     SqsBatch, SqsMessage,
 };
 pub use copy_blobs::{copy_blobs, CopyBlobs, CopyBlobsInput, CopyBlobsOutput, RangeOutcome};
+pub use deadline::{time_to_hand_back, within_deadline};
 pub use ensure_repository::{
     ensure_repository, target_settings, EnsureRepository, EnsureRepositoryInput,
     EnsureRepositoryOutput,

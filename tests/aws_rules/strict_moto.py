@@ -383,6 +383,113 @@ StateTaskServiceSfn._normalise_response = _sfn_response_as_aws_gives_it
 StateTaskServiceSfn._eval_service_task = _sfn_eval_service_task_pascal
 
 
+# Rule 8 (a feature moto lacks, not a strictness rule). A Distributed Map's `ItemBatcher` runs one
+# child per batch of items instead of one per item; the child's input is
+# {"Items": [...], "BatchInput": {...}} ("If you use batching, Step Functions adds the items to an
+# Items array"; BatchInput is fixed JSON, `.$` fields taken from the state's input). A batch holds
+# at most MaxItemsPerBatch items and its input at most MaxInputBytesPerBatch bytes (at most
+# 256 KiB, the default); an item whose batch alone is larger fails the Map with States.Runtime.
+# https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itembatcher.html
+# moto's grammar has no ItemBatcher: it is taken out of the definition before parsing and kept by
+# state name (names are unique in a state machine), as the EXPRESS Maps are. Not modelled: an
+# ItemSelector beside it (refused here, so no definition relies on a guess) and the *Path forms.
+from moto.stepfunctions.parser.asl.utils.json_path import extract_json  # noqa: E402
+
+BATCH_BYTES_LIMIT = 256 * 1024
+_BATCHERS = {}
+_parse_before_batchers = AmazonStateLanguageParser.parse
+
+
+def _take_batchers(states):
+    for name, state in states.items():
+        batcher = state.pop("ItemBatcher", None)
+        if batcher is not None:
+            if "ItemSelector" in state or "Parameters" in state:
+                raise ValueError(
+                    f"strict_moto: Map '{name}' has an ItemBatcher and an ItemSelector; the rig "
+                    "does not model both"
+                )
+            _BATCHERS[name] = batcher
+        processor = state.get("ItemProcessor") or state.get("Iterator") or {}
+        for inner in [processor] + list(state.get("Branches") or []):
+            _take_batchers(inner.get("States") or {})
+
+
+def _parse_with_batchers(definition):
+    try:
+        document = json.loads(definition)
+    except ValueError:
+        return _parse_before_batchers(definition)
+    _take_batchers(document.get("States") or {})
+    return _parse_before_batchers(json.dumps(document))
+
+
+AmazonStateLanguageParser.parse = staticmethod(_parse_with_batchers)
+
+
+def _batch_input(template, state_input):
+    if isinstance(template, dict):
+        out = {}
+        for key, value in template.items():
+            if key.endswith(".$"):
+                out[key[:-2]] = extract_json(value, state_input)
+            else:
+                out[key] = _batch_input(value, state_input)
+        return out
+    if isinstance(template, list):
+        return [_batch_input(v, state_input) for v in template]
+    return template
+
+
+def _size(value):
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _batches(env, batcher, items):
+    max_items = batcher.get("MaxItemsPerBatch") or len(items) or 1
+    max_bytes = min(batcher.get("MaxInputBytesPerBatch") or BATCH_BYTES_LIMIT, BATCH_BYTES_LIMIT)
+    shared = None
+    if "BatchInput" in batcher:
+        shared = _batch_input(batcher["BatchInput"], env.states.get_input())
+
+    def batch(chunk):
+        b = {"Items": chunk}
+        if shared is not None:
+            b["BatchInput"] = shared
+        return b
+
+    batches, chunk = [], []
+    for item in items:
+        if chunk and (len(chunk) >= max_items or _size(batch(chunk + [item])) > max_bytes):
+            batches.append(batch(chunk))
+            chunk = []
+        chunk.append(item)
+        if _size(batch(chunk)) > max_bytes:
+            raise _fail(
+                env,
+                StatesErrorNameType.StatesRuntime,
+                f"An item's batch is {_size(batch(chunk))} bytes, over MaxInputBytesPerBatch "
+                f"({max_bytes})",
+            )
+    if chunk:
+        batches.append(batch(chunk))
+    return batches
+
+
+_map_run_before_batchers = DistributedIterationComponent._map_run
+
+
+def _batched_map_run(self, env, eval_input):
+    batcher = _BATCHERS.get(eval_input.state_name)
+    if batcher is not None:
+        items = env.stack.pop()
+        env.stack.append(_batches(env, batcher, items if isinstance(items, list) else []))
+    _map_run_before_batchers(self, env, eval_input)
+
+
+DistributedIterationComponent._map_run = _batched_map_run
+
+
 # ECR behaviours moto lacks (the archive storage class, DescribeRepositories paging): ecr_gaps.py.
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import ecr_gaps  # noqa: E402,F401

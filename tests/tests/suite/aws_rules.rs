@@ -417,3 +417,65 @@ async fn an_execution_history_past_its_limit_fails_each_child_counted_alone() {
         "{records:?}"
     );
 }
+
+/// A Distributed Map over `$.items` whose children echo their input, batched by `batcher`.
+fn batched_map(batcher: Value) -> Value {
+    json!({"StartAt": "M", "States": {"M": {
+        "Type": "Map", "ItemsPath": "$.items", "ItemBatcher": batcher,
+        "ItemProcessor": {
+            "ProcessorConfig": {"Mode": "DISTRIBUTED", "ExecutionType": "EXPRESS"},
+            "StartAt": "Echo", "States": {"Echo": pass_end()}},
+        "End": true}}})
+}
+
+/// Rule 8 (a feature moto lacks). AWS: with `ItemBatcher` a Distributed Map starts one child per
+/// batch, whose input is `{"Items": [...], "BatchInput": {...}}` (BatchInput's `.$` fields from
+/// the state's input), a batch at most MaxItemsPerBatch items and MaxInputBytesPerBatch bytes;
+/// an item too large for any batch fails the Map.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/input-output-itembatcher.html>
+#[tokio::test]
+async fn an_item_batcher_starts_a_child_per_batch_cut_by_items_and_by_bytes() {
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let strict = Moto::start_with_env(
+        Interpreter::Strict,
+        &[("STRICT_MOTO_STATS", stats.path().to_str().unwrap())],
+    );
+    strict.enable_executions().await;
+    let long = "x".repeat(40);
+    let input = json!({"job": "j", "items": [1, 2, 3, 4, 5, long, 7]});
+    let batcher = |bytes: u64| {
+        json!({"MaxItemsPerBatch": 3, "MaxInputBytesPerBatch": bytes,
+               "BatchInput": {"job.$": "$.job", "fixed": 1}})
+    };
+
+    let run = execute(&strict, batched_map(batcher(100)), input.clone()).await;
+    let too_small = execute(&strict, batched_map(batcher(80)), input).await;
+
+    assert_eq!(run.status, "SUCCEEDED", "{run:?}");
+    let shared = json!({"job": "j", "fixed": 1});
+    assert_eq!(
+        run.output.clone().unwrap(),
+        json!([
+            {"Items": [1, 2, 3], "BatchInput": shared},
+            // 92 bytes: a fourth item would pass MaxItemsPerBatch, the long one fits 100 bytes.
+            {"Items": [4, 5, "x".repeat(40)], "BatchInput": shared},
+            {"Items": [7], "BatchInput": shared}
+        ]),
+        "{run:?}"
+    );
+    let children = std::fs::read_to_string(stats.path())
+        .unwrap()
+        .lines()
+        .count();
+    assert_eq!(children, 3, "one child per batch");
+    // {"Items":["xxx..."],...} alone is 89 bytes.
+    assert_eq!(
+        (too_small.status.as_str(), too_small.error.as_str()),
+        ("FAILED", "States.Runtime"),
+        "{too_small:?}"
+    );
+    assert!(
+        too_small.cause.contains("MaxInputBytesPerBatch"),
+        "{too_small:?}"
+    );
+}

@@ -9,9 +9,11 @@ import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
+import { SqsEventSource } from 'aws-cdk-lib/aws-lambda-event-sources';
 import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
 import * as subscriptions from 'aws-cdk-lib/aws-sns-subscriptions';
 import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
@@ -22,6 +24,20 @@ import {
 } from './config';
 import { checkTriggerInputs } from './inputs';
 import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
+
+/** The function that turns batches of the push queue into runs (not a step of the definition). */
+export const COALESCER = 'coalesce-pushes';
+/** Messages one batch of the push queue holds at most (Lambda: up to 10,000 for a standard queue,
+ * with a batching window; and at most 6 MB of event). */
+export const PUSH_BATCH_SIZE = 1000;
+/** Seconds the event source mapping gathers pushes before invoking (at most 300). */
+export const PUSH_BATCH_WINDOW_SECONDS = 20;
+/** Batches coalesced at once (the event source mapping's MaximumConcurrency, 2 at least). */
+export const PUSH_BATCH_CONCURRENCY = 2;
+/** Deliveries of a push message before it goes to the dead-letter queue. */
+export const PUSH_RECEIVES = 5;
+/** The coalescing function's timeout (it validates a batch and starts a few executions). */
+export const COALESCER_TIMEOUT_SECONDS = 60;
 
 /** The committed state machine definition (its `${<Name>FunctionArn}` placeholders name the functions). */
 export const DEFINITION_PATH = path.resolve(__dirname, '..', '..', '..', 'statemachine', 'replicate.asl.json');
@@ -146,6 +162,8 @@ export class WorkflowStack extends Stack {
   /** What a caller needs to start runs and wait for them (`startExecution.sync:2`, pipelines). */
   public readonly callerPolicy: iam.ManagedPolicy;
   public readonly names: DeploymentNames;
+  /** The push queue's dead-letter queue (with a push trigger). */
+  public pushDeadLetters?: sqs.Queue;
 
   constructor(scope: Construct, id: string, props: WorkflowStackProps) {
     super(scope, id, props);
@@ -402,10 +420,12 @@ export class WorkflowStack extends Stack {
           region: [config.sourceRegion],
           detail,
         },
-        targets: [new targets.SfnStateMachine(this.stateMachine, {
+        // Each push is one message of the push queue; coalesce-pushes starts one run per batch
+        // of them (a burst of pushes would otherwise start a run, and its Map Runs, per push).
+        targets: [new targets.SqsQueue(this.pushQueue(root), {
           // The pushed digest travels with the tag: a run that finds the tag moved on since
           // reports the image superseded and leaves the newer push's run to copy it.
-          input: events.RuleTargetInput.fromObject(pushInput(config, {
+          message: events.RuleTargetInput.fromObject(pushInput(config, {
             repository: events.EventField.fromPath('$.detail.repository-name'),
             tag: events.EventField.fromPath('$.detail.image-tag'),
             digest: events.EventField.fromPath('$.detail.image-digest'),
@@ -446,6 +466,16 @@ export class WorkflowStack extends Stack {
       }
     }
 
+    if (this.pushDeadLetters) {
+      new cloudwatch.Alarm(this, 'PushesNotStarted', {
+        alarmDescription: `ecr-replicator: pushes whose run could not be started after ${PUSH_RECEIVES} tries are in the push dead-letter queue (the daily reconciling run covers them; redrive them to start their runs)`,
+        metric: this.pushDeadLetters.metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(5), statistic: 'Maximum' }),
+        threshold: 1,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      }).addAlarmAction(new cwActions.SnsAction(topic));
+    }
+
     this.dashboard(registries, names);
 
     NagSuppressions.addStackSuppressions(this, [
@@ -453,6 +483,62 @@ export class WorkflowStack extends Stack {
       { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
       { id: 'AwsSolutions-S1', reason: 'The work bucket holds only short-lived lists of image digests and tags the functions write and read; its API calls are in CloudTrail.' },
     ]);
+  }
+
+  /** The push queue (and its dead-letter queue) and `coalesce-pushes`, which an event source
+   * mapping feeds batches of it: each batch starts one run per job of its pushes (1,000 images or
+   * 24 KiB of job at most) under a name derived from its input and messages, so a batch delivered
+   * again starts none; a run not started returns its messages to the queue, and a message
+   * delivered `PUSH_RECEIVES` times goes to the dead-letter queue, which alarms. */
+  private pushQueue(root: string): sqs.Queue {
+    // SQS-managed encryption: a customer key would need a key policy for EventBridge, and CDK
+    // then drops the queue policy's aws:SourceArn condition on the rule.
+    const deadLetters = new sqs.Queue(this, 'PushDeadLetters', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      retentionPeriod: Duration.days(14),
+    });
+    const queue = new sqs.Queue(this, 'Pushes', {
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      // Lambda: at least six times the function's timeout, plus the batching window.
+      visibilityTimeout: Duration.seconds(6 * COALESCER_TIMEOUT_SECONDS + PUSH_BATCH_WINDOW_SECONDS),
+      retentionPeriod: Duration.days(4),
+      deadLetterQueue: { queue: deadLetters, maxReceiveCount: PUSH_RECEIVES },
+    });
+    const logGroup = new logs.LogGroup(this, `${COALESCER}-logs`, { retention: logs.RetentionDays.ONE_MONTH, removalPolicy: RemovalPolicy.DESTROY });
+    const role = new iam.Role(this, 'CoalescerRole', {
+      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+      description: 'ecr-replicator coalesce-pushes: reads the push queue, starts runs of this state machine',
+    });
+    role.addToPolicy(new iam.PolicyStatement({ actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [logGroup.logGroupArn, `${logGroup.logGroupArn}:*`] }));
+    // Without its binary, the constructor's missing-binaries check refuses the deploy.
+    const built = builtCode(root, COALESCER);
+    const fn = new lambda.Function(this, COALESCER, {
+      description: `ecr-replicator ${COALESCER}: a batch of pushes becomes a few runs`,
+      runtime: lambda.Runtime.PROVIDED_AL2023,
+      architecture: lambda.Architecture.ARM_64,
+      handler: 'bootstrap',
+      code: built ?? lambda.Code.fromAsset(path.join(__dirname, '..', '..', 'assets', 'placeholder')),
+      memorySize: 128,
+      timeout: Duration.seconds(COALESCER_TIMEOUT_SECONDS),
+      role,
+      logGroup,
+      loggingFormat: lambda.LoggingFormat.JSON,
+      environment: { RUST_LOG: 'info', ECR_REPLICATOR_STATE_MACHINE_ARN: this.stateMachine.stateMachineArn },
+    });
+    this.functions[COALESCER] = fn;
+    // states:StartExecution on exactly this state machine; receive, delete and change visibility
+    // on exactly the push queue (the event source mapping's grant).
+    this.stateMachine.grantStartExecution(fn);
+    fn.addEventSource(new SqsEventSource(queue, {
+      batchSize: PUSH_BATCH_SIZE,
+      maxBatchingWindow: Duration.seconds(PUSH_BATCH_WINDOW_SECONDS),
+      reportBatchItemFailures: true,
+      maxConcurrency: PUSH_BATCH_CONCURRENCY,
+    }));
+    this.pushDeadLetters = deadLetters;
+    return queue;
   }
 
   /** Lets `grantee` start runs and wait for them (attaches the caller policy to a role or user in

@@ -13,7 +13,7 @@ import { deploymentStacks } from '../lib/deployment';
 import { EVENTBRIDGE_INPUT_MAX, jobSchemaProblems, renderedInput } from '../lib/inputs';
 import { SourceRoleStack } from '../lib/source-stack';
 import { TargetRoleStack } from '../lib/target-stack';
-import { callerStatements, COPY_FUNCTIONS, deploymentNames, FUNCTIONS, PUT_EVENTS_PLACEHOLDER, START_EXECUTION_PLACEHOLDER, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
+import { callerStatements, COALESCER, COALESCER_TIMEOUT_SECONDS, COPY_FUNCTIONS, PUSH_BATCH_CONCURRENCY, PUSH_BATCH_SIZE, PUSH_BATCH_WINDOW_SECONDS, PUSH_RECEIVES, deploymentNames, FUNCTIONS, PUT_EVENTS_PLACEHOLDER, START_EXECUTION_PLACEHOLDER, functionsOf, METRICS_NAMESPACE, pushRepositoryFilter, SELECTION_DAYS, SELECTIONS_PREFIX, WorkflowStack } from '../lib/workflow-stack';
 
 /** The default deployment's role names. */
 const { copierRole: COPIER_ROLE_NAME, readerRole: READER_ROLE_NAME } = deploymentNames();
@@ -41,11 +41,15 @@ function synth() {
 
 const { workflow, target, source, w, t } = synth();
 
+/** The steps' functions (not coalesce-pushes, which reads no registry and starts runs). */
+const STEP_FUNCTION = { Properties: { Description: Match.stringLikeRegexp('^ecr-replicator step ') } };
+
 test('one arm64 provided.al2023 function per binary, the copy step large and 15 minutes', () => {
-  w.resourceCountIs('AWS::Lambda::Function', FUNCTIONS.length);
+  // The steps, and coalesce-pushes (the example has a push trigger).
+  w.resourceCountIs('AWS::Lambda::Function', FUNCTIONS.length + 1);
   w.allResourcesProperties('AWS::Lambda::Function', { Runtime: 'provided.al2023', Architectures: ['arm64'], Handler: 'bootstrap', LoggingConfig: { LogFormat: 'JSON' } });
   w.hasResourceProperties('AWS::Lambda::Function', { Description: 'ecr-replicator step copy-blobs', Timeout: 900, MemorySize: 3008 });
-  w.resourceCountIs('AWS::Logs::LogGroup', FUNCTIONS.length + 1);
+  w.resourceCountIs('AWS::Logs::LogGroup', FUNCTIONS.length + 2);
   w.allResourcesProperties('AWS::Logs::LogGroup', { RetentionInDays: 30 });
 });
 
@@ -127,6 +131,71 @@ test('the push rule matches successful pushes and starts a run for just that ima
   assert.equal(input.repositories, undefined);
   assert.equal(input.tags, undefined);
   assert.match(input.destinations[0].roleArn, /ecr-replicator-target/);
+});
+
+test('pushes queue up (encrypted, TLS only, a dead-letter queue that alarms); coalesce-pushes takes them in batches and may start only this state machine', () => {
+  const rule = Object.values(w.findResources('AWS::Events::Rule', { Properties: { Description: 'ecr-replicator: replicate a pushed image' } }))[0] as any;
+  const queues = w.findResources('AWS::SQS::Queue');
+  assert.equal(Object.keys(queues).length, 2, 'the push queue and its dead-letter queue');
+  const [pushes] = Object.entries(queues).find(([, q]: [string, any]) => q.Properties.RedrivePolicy)!;
+  const [deadLetters] = Object.entries(queues).find(([id]) => id !== pushes)!;
+  // The rule no longer starts a run per push: it sends the push's one-image job to the queue.
+  assert.equal(rule.Properties.Targets.length, 1);
+  assert.deepEqual(rule.Properties.Targets[0].Arn, { 'Fn::GetAtt': [pushes, 'Arn'] });
+  for (const q of Object.values(queues) as any[]) assert.equal(q.Properties.SqsManagedSseEnabled, true);
+  assert.deepEqual(queues[pushes].Properties.RedrivePolicy, { deadLetterTargetArn: { 'Fn::GetAtt': [deadLetters, 'Arn'] }, maxReceiveCount: PUSH_RECEIVES });
+  // Lambda: the visibility timeout at least six times the function's timeout plus the window.
+  assert.ok(queues[pushes].Properties.VisibilityTimeout >= 6 * COALESCER_TIMEOUT_SECONDS + PUSH_BATCH_WINDOW_SECONDS);
+  // Only EventBridge, for exactly this rule, may send; nothing over plain HTTP.
+  const policies = Object.values(w.findResources('AWS::SQS::QueuePolicy')) as any[];
+  const send = policies.flatMap((p) => p.Properties.PolicyDocument.Statement).filter((s: any) => s.Effect === 'Allow');
+  assert.equal(send.length, 1);
+  assert.deepEqual(send[0].Principal, { Service: 'events.amazonaws.com' });
+  assert.deepEqual(send[0].Resource, { 'Fn::GetAtt': [pushes, 'Arn'] });
+  assert.ok(JSON.stringify(send[0].Condition).includes('aws:SourceArn'), JSON.stringify(send[0].Condition));
+  for (const id of [pushes, deadLetters]) {
+    assert.ok(policies.some((p) => JSON.stringify(p.Properties.Queues).includes(id) && JSON.stringify(p.Properties.PolicyDocument).includes('aws:SecureTransport')), id);
+  }
+  // Batches: up to PUSH_BATCH_SIZE messages gathered for PUSH_BATCH_WINDOW_SECONDS, two at once,
+  // failed runs' messages reported back one by one.
+  const mappings = Object.values(w.findResources('AWS::Lambda::EventSourceMapping')) as any[];
+  assert.equal(mappings.length, 1);
+  const mapping = mappings[0].Properties;
+  assert.deepEqual(mapping.EventSourceArn, { 'Fn::GetAtt': [pushes, 'Arn'] });
+  assert.equal(mapping.BatchSize, PUSH_BATCH_SIZE);
+  assert.ok(PUSH_BATCH_SIZE <= 10000, 'Lambda: at most 10,000 messages a batch from a standard queue');
+  assert.equal(mapping.MaximumBatchingWindowInSeconds, PUSH_BATCH_WINDOW_SECONDS);
+  assert.ok(PUSH_BATCH_WINDOW_SECONDS <= 300, 'Lambda: a batching window of at most 300 s');
+  assert.deepEqual(mapping.FunctionResponseTypes, ['ReportBatchItemFailures']);
+  assert.deepEqual(mapping.ScalingConfig, { MaximumConcurrency: PUSH_BATCH_CONCURRENCY });
+  const [fnId, fn] = Object.entries(w.findResources('AWS::Lambda::Function', { Properties: { Description: Match.stringLikeRegexp(`^ecr-replicator ${COALESCER}`) } }))[0] as [string, any];
+  assert.deepEqual(mapping.FunctionName, { Ref: fnId });
+  const stateMachine = Object.keys(w.findResources('AWS::StepFunctions::StateMachine'))[0];
+  assert.deepEqual(fn.Properties.Environment.Variables, { RUST_LOG: 'info', ECR_REPLICATOR_STATE_MACHINE_ARN: { Ref: stateMachine } });
+  assert.equal(fn.Properties.Timeout, COALESCER_TIMEOUT_SECONDS);
+  // Least privilege: its own role; StartExecution on exactly the state machine, the queue's
+  // consumer actions on exactly the queue, its own log group; nothing else.
+  const role = fn.Properties.Role['Fn::GetAtt'][0];
+  const statements = (Object.values(w.findResources('AWS::IAM::Policy')) as any[])
+    .filter((p) => JSON.stringify(p.Properties.Roles).includes(role))
+    .flatMap((p) => p.Properties.PolicyDocument.Statement);
+  const byAction = (prefix: string) => statements.filter((s: any) => [s.Action].flat().every((a: string) => a.startsWith(prefix)));
+  assert.deepEqual(byAction('states:').map((s: any) => [s.Action, s.Resource]), [['states:StartExecution', { Ref: stateMachine }]]);
+  const consume = byAction('sqs:');
+  assert.equal(consume.length, 1);
+  assert.deepEqual(consume[0].Resource, { 'Fn::GetAtt': [pushes, 'Arn'] });
+  assert.deepEqual([consume[0].Action].flat().filter((a: string) => !['sqs:ReceiveMessage', 'sqs:DeleteMessage', 'sqs:ChangeMessageVisibility', 'sqs:GetQueueAttributes', 'sqs:GetQueueUrl'].includes(a)), []);
+  assert.equal(byAction('logs:').length, 1);
+  assert.equal(statements.length, 3, JSON.stringify(statements));
+  // Runs the queue gave up on alarm to the failure topic.
+  const alarm = Object.values(w.findResources('AWS::CloudWatch::Alarm', { Properties: { MetricName: 'ApproximateNumberOfMessagesVisible' } }))[0] as any;
+  assert.deepEqual(alarm.Properties.Dimensions, [{ Name: 'QueueName', Value: { 'Fn::GetAtt': [deadLetters, 'QueueName'] } }]);
+  assert.equal(alarm.Properties.AlarmActions.length, 1);
+  // No push trigger: no queue, no coalescer.
+  const [plain] = deployment(variant((c) => { delete c.pushTrigger; }));
+  plain.resourceCountIs('AWS::SQS::Queue', 0);
+  plain.resourceCountIs('AWS::Lambda::EventSourceMapping', 0);
+  plain.resourceCountIs('AWS::Lambda::Function', FUNCTIONS.length);
 });
 
 test('a schedule with its input, and failure notifications', () => {
@@ -336,7 +405,7 @@ test('events go to the default bus only; every function writes metrics; the dash
   const events = statements.filter((s: any) => [s.Action].flat().includes('events:PutEvents'));
   assert.equal(events.length, 1);
   assert.deepEqual(events[0].Resource, { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':events:us-east-1:111111111111:event-bus/default']] });
-  for (const f of Object.values(w.findResources('AWS::Lambda::Function')) as any[]) {
+  for (const f of Object.values(w.findResources('AWS::Lambda::Function', STEP_FUNCTION)) as any[]) {
     assert.equal(f.Properties.Environment.Variables.ECR_REPLICATOR_METRICS_NAMESPACE, METRICS_NAMESPACE);
   }
   const dashboards = Object.values(w.findResources('AWS::CloudWatch::Dashboard')) as any[];
@@ -346,8 +415,9 @@ test('events go to the default bus only; every function writes metrics; the dash
     assert.ok(body.includes(name), name);
   }
   for (const d of jobDestinations(config)) assert.ok(body.includes(String(d.registry)), JSON.stringify(d));
-  // The failure alarm, and the example's lagAlarmSeconds: one lag alarm per destination.
-  w.resourceCountIs('AWS::CloudWatch::Alarm', 1 + config.destinations.length);
+  // The failure alarm, the push dead-letter queue's, and the example's lagAlarmSeconds: one lag
+  // alarm per destination.
+  w.resourceCountIs('AWS::CloudWatch::Alarm', 2 + config.destinations.length);
 });
 
 test('every function gets the deployment allowlist: the configured source and destinations, their roles and scopes, no plain HTTP', () => {
@@ -367,7 +437,7 @@ test('every function gets the deployment allowlist: the configured source and de
     trustPolicies: config.trustPolicies,
   };
   assert.equal(expected.destinations[1].requireSignature, 'release', 'the example requires its policy in one destination');
-  const functions = Object.values(w.findResources('AWS::Lambda::Function')) as any[];
+  const functions = Object.values(w.findResources('AWS::Lambda::Function', STEP_FUNCTION)) as any[];
   assert.equal(functions.length, FUNCTIONS.length);
   for (const f of functions) {
     const text = f.Properties.Environment.Variables.ECR_REPLICATOR_ALLOWED_REGISTRIES;
@@ -435,6 +505,10 @@ test('a workflow in another region of the source account gets the pushes forward
   assert.ok(target.RoleArn, 'a bus in another region is a target with a role');
   // The workflow's rule still matches the source account and region (forwarded events keep them).
   w2.hasResourceProperties('AWS::Events::Rule', { EventPattern: Match.objectLike({ account: ['111111111111'], region: ['us-east-1'] }) });
+  // ... and queues them for coalesce-pushes, as in the source's own Region.
+  const queue = Object.keys(w2.findResources('AWS::SQS::Queue', { Properties: { RedrivePolicy: Match.anyValue() } }))[0];
+  w2.hasResourceProperties('AWS::Events::Rule', { EventPattern: Match.objectLike({ account: ['111111111111'] }), Targets: [Match.objectLike({ Arn: { 'Fn::GetAtt': [queue, 'Arn'] } })] });
+  w2.hasResourceProperties('AWS::Lambda::EventSourceMapping', { EventSourceArn: { 'Fn::GetAtt': [queue, 'Arn'] } });
   // Same region, same account: nothing to forward.
   assert.equal(deployment(config).length, 3);
   assert.equal(deployment(variant((c) => { c.workflowRegion = 'eu-west-1'; delete c.pushTrigger; })).length, 3);
@@ -542,7 +616,7 @@ test('reserved concurrency for the copying functions only, from the config', () 
 
 test('every function gets the price table: the copy function\'s memory and the config\'s prices', () => {
   const [w2] = deployment(variant((c) => { c.prices = { standardTransition: 0.0000279, crossRegionGb: 0.09 }; }));
-  const functions = Object.values(w2.findResources('AWS::Lambda::Function')) as any[];
+  const functions = Object.values(w2.findResources('AWS::Lambda::Function', STEP_FUNCTION)) as any[];
   assert.ok(functions.length >= 8);
   for (const fn of functions) {
     const prices = JSON.parse(fn.Properties.Environment.Variables.ECR_REPLICATOR_PRICES);
@@ -624,7 +698,7 @@ const RELEASE_IDENTITY = { issuer: 'https://token.actions.githubusercontent.com'
 
 /** The allowlist a workflow template gives its functions (the same for each). */
 function functionAllowlist(template: Template): any {
-  const texts = (Object.values(template.findResources('AWS::Lambda::Function')) as any[])
+  const texts = (Object.values(template.findResources('AWS::Lambda::Function', STEP_FUNCTION)) as any[])
     .map((f) => f.Properties.Environment.Variables.ECR_REPLICATOR_ALLOWED_REGISTRIES);
   assert.equal(new Set(texts).size, 1, 'every function gets the same allowlist');
   return JSON.parse(texts[0]);
@@ -871,7 +945,7 @@ test('the trusted root\'s checks: its pin, its bucket\'s owner (default the work
   const root = 's3://acme-sigstore/roots/trusted_root.json';
   const env = (c: ReplicatorConfig) => {
     const [w2] = deployment(c);
-    return (Object.values(w2.findResources('AWS::Lambda::Function')) as any[]).map((fn) => fn.Properties.Environment.Variables);
+    return (Object.values(w2.findResources('AWS::Lambda::Function', STEP_FUNCTION)) as any[]).map((fn) => fn.Properties.Environment.Variables);
   };
   for (const vars of env(variant((c) => { c.trustedRoot = root; c.trustedRootSha256 = pin; c.trustedRootAllowNoCtLogs = true; }))) {
     assert.equal(vars.ECR_REPLICATOR_TRUSTED_ROOT_SHA256, pin);

@@ -420,97 +420,140 @@ async fn enumerate_validated(
         None
     };
     if let Some(named) = named {
-        // Paged like the catalog (the parent's state holds one page of repositories at a
-        // time): the token is the offset into the list's repositories, in first-named order.
-        let mut listed: Vec<String> = Vec::new();
-        let mut refused = Vec::new();
-        for name in named {
-            if let Err(reason) = oci::reference::validate_repository_name(name) {
-                if refused.len() < ENSURE_LISTED {
-                    refused.push(format!("{name}: {reason}"));
-                }
-                continue;
-            }
-            if !listed.contains(name) && job.repositories.matches(name) {
-                listed.push(name.clone());
-            }
-        }
-        let offset = match next_token.as_deref() {
-            None => 0,
-            Some(token) => token
-                .parse::<usize>()
-                .ok()
-                .filter(|o| *o < listed.len())
-                .ok_or_else(|| {
-                    Error::invalid(
-                        "nextToken",
-                        format!("{token:?} is not a page of this job's image list"),
-                    )
-                })?,
-        };
-        let end = offset.saturating_add(page.max(1)).min(listed.len());
-        return Ok(EnumerateRepositoriesOutput {
-            repositories: listed[offset..end].to_vec(),
-            report: None,
-            settled: 0,
-            pages: 0,
-            pages_per_execution: 0,
-            pages_per_child: 0,
-            selections: vec![None; end - offset],
-            next_token: (end < listed.len()).then(|| end.to_string()),
-            job: job.job.clone(),
-            concurrency,
-            refused,
-        });
+        return named_page(job, named, next_token.as_deref(), page, concurrency);
     }
+    let listed = catalog_page(conns, job, next_token, page, triage).await?;
+    let (report, settled) = match triage {
+        Triage::None => (None, 0),
+        Triage::Check { .. } => {
+            let (mut report, count) = listed.settled;
+            report.limit_lists(crate::report::CHILD_LISTED);
+            (Some(report), count)
+        }
+    };
+    Ok(EnumerateRepositoriesOutput {
+        repositories: listed.repositories,
+        report,
+        settled,
+        pages: 0,
+        pages_per_execution: 0,
+        pages_per_child: 0,
+        selections: listed.selections,
+        next_token: listed.next_token,
+        job: job.job.clone(),
+        concurrency,
+        refused: listed.refused,
+    })
+}
+
+/// One page of the repositories a job names one by one (no catalog read), paged like the
+/// catalog (the parent's state holds one page of repositories at a time): the token is the
+/// offset into the list's valid, selected repositories, in first-named order.
+fn named_page(
+    job: &ValidJob,
+    named: Vec<&String>,
+    next_token: Option<&str>,
+    page: usize,
+    concurrency: Concurrency,
+) -> Result<EnumerateRepositoriesOutput> {
+    let mut listed: Vec<String> = Vec::new();
+    let mut refused = Vec::new();
+    for name in named {
+        if let Err(reason) = oci::reference::validate_repository_name(name) {
+            if refused.len() < ENSURE_LISTED {
+                refused.push(format!("{name}: {reason}"));
+            }
+            continue;
+        }
+        if !listed.contains(name) && job.repositories.matches(name) {
+            listed.push(name.clone());
+        }
+    }
+    let offset = match next_token {
+        None => 0,
+        Some(token) => token
+            .parse::<usize>()
+            .ok()
+            .filter(|o| *o < listed.len())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "nextToken",
+                    format!("{token:?} is not a page of this job's image list"),
+                )
+            })?,
+    };
+    let end = offset.saturating_add(page.max(1)).min(listed.len());
+    Ok(EnumerateRepositoriesOutput {
+        repositories: listed[offset..end].to_vec(),
+        report: None,
+        settled: 0,
+        pages: 0,
+        pages_per_execution: 0,
+        pages_per_child: 0,
+        selections: vec![None; end - offset],
+        next_token: (end < listed.len()).then(|| end.to_string()),
+        job: job.job.clone(),
+        concurrency,
+        refused,
+    })
+}
+
+/// What one call read of the source's catalog: the selected repositories with work (each with
+/// the selection its check kept), the report and count of those it settled, the names refused,
+/// and where the next call goes on.
+struct CatalogPage {
+    repositories: Vec<String>,
+    selections: Vec<Option<String>>,
+    settled: (RunReport, usize),
+    refused: Vec<String>,
+    next_token: Option<String>,
+}
+
+/// Reads the source's catalog from `next_token` in listing pages of `LISTING_PAGE` names, the
+/// job's globs applied within them, and hands the selected names to `triage` in batches, until
+/// `page` repositories with work are found, the triage's time is up, `LISTING_REQUESTS_PER_CALL`
+/// requests were made, or the catalog ends.
+async fn catalog_page(
+    conns: &Connections,
+    job: &ValidJob,
+    next_token: Option<String>,
+    page: usize,
+    triage: &Triage<'_>,
+) -> Result<CatalogPage> {
     let source = conns.source(&job.job).await?;
     let catalog = source.catalog();
     let mut at = ListingPosition::parse(next_token.as_deref())?;
-    let mut repositories = Vec::new();
-    let mut selections = Vec::new();
-    let mut settled = (RunReport::default(), 0);
+    let mut out = CatalogPage {
+        repositories: Vec::new(),
+        selections: Vec::new(),
+        settled: (RunReport::default(), 0),
+        refused: Vec::new(),
+        next_token: None,
+    };
     let mut batches = 0;
-    let mut refused = Vec::new();
-    let mut next_token = None;
     let page = page.max(1);
     // Whether this call may take another batch: room on the page, and time left.
     let more = |repositories: &Vec<String>, batches: usize| {
         repositories.len() < page && triage.time_left(batches)
     };
     for request in 0..LISTING_REQUESTS_PER_CALL {
-        if request > 0 && !more(&repositories, batches) {
-            next_token = Some(at.token());
+        if request > 0 && !more(&out.repositories, batches) {
+            out.next_token = Some(at.token());
             break;
         }
         let listing = catalog
             .repositories(at.registry_token.clone(), LISTING_PAGE)
             .await?;
         let mut consumed = at.offset;
-        while consumed < listing.items.len() && more(&repositories, batches) {
+        while consumed < listing.items.len() && more(&out.repositories, batches) {
             // The next batch: as many selected names as the page and the triage take at once.
-            let room = (page - repositories.len()).min(triage.batch());
-            let mut batch = Vec::new();
-            for name in &listing.items[consumed..] {
-                if batch.len() >= room {
-                    break;
-                }
-                consumed += 1;
-                // A name from the catalog that is not a repository name never reaches a URL.
-                if let Err(reason) = oci::reference::validate_repository_name(name) {
-                    tracing::warn!(repository = %name.escape_debug(), %reason, "refused a name from the source's catalog");
-                    if refused.len() < crate::report::ENSURE_LISTED {
-                        let refusal = crate::filter::Refusal::new(name, reason);
-                        refused.push(format!("{}: {}", refusal.name, refusal.reason));
-                    }
-                    continue;
-                }
-                if job.repositories.matches(name) {
-                    batch.push(name.clone());
-                }
-            }
-            for (repository, selection) in triage.sort(conns, batch, &mut settled).await {
-                repositories.push(repository);
-                selections.push(selection);
+            let room = (page - out.repositories.len()).min(triage.batch());
+            let names = &listing.items[consumed..];
+            let (batch, read) = next_batch(job, names, room, &mut out.refused);
+            consumed += read;
+            for (repository, selection) in triage.sort(conns, batch, &mut out.settled).await {
+                out.repositories.push(repository);
+                out.selections.push(selection);
             }
             batches += 1;
         }
@@ -518,7 +561,7 @@ async fn enumerate_validated(
             // The page ended within this listing page: the next call reads it again from
             // where this one stopped.
             at.offset = consumed;
-            next_token = Some(at.token());
+            out.next_token = Some(at.token());
             break;
         }
         match listing.next {
@@ -527,35 +570,46 @@ async fn enumerate_validated(
                     offset: 0,
                     registry_token: Some(registry_token),
                 };
-                next_token = Some(at.token());
+                out.next_token = Some(at.token());
             }
             None => {
-                next_token = None;
+                out.next_token = None;
                 break;
             }
         }
     }
-    let (report, settled) = match triage {
-        Triage::None => (None, 0),
-        Triage::Check { .. } => {
-            let (mut report, count) = settled;
-            report.limit_lists(crate::report::CHILD_LISTED);
-            (Some(report), count)
+    Ok(out)
+}
+
+/// The next batch of at most `room` names the job's globs select from `names` (the rest of a
+/// listing page), and how many names it read; a name that is not a repository name is refused
+/// (logged, and kept in `refused` up to `ENSURE_LISTED`) and never reaches a URL.
+fn next_batch(
+    job: &ValidJob,
+    names: &[String],
+    room: usize,
+    refused: &mut Vec<String>,
+) -> (Vec<String>, usize) {
+    let mut batch = Vec::new();
+    let mut read = 0;
+    for name in names {
+        if batch.len() >= room {
+            break;
         }
-    };
-    Ok(EnumerateRepositoriesOutput {
-        repositories,
-        report,
-        settled,
-        pages: 0,
-        pages_per_execution: 0,
-        pages_per_child: 0,
-        selections,
-        next_token,
-        job: job.job.clone(),
-        concurrency,
-        refused,
-    })
+        read += 1;
+        if let Err(reason) = oci::reference::validate_repository_name(name) {
+            tracing::warn!(repository = %name.escape_debug(), %reason, "refused a name from the source's catalog");
+            if refused.len() < crate::report::ENSURE_LISTED {
+                let refusal = crate::filter::Refusal::new(name, reason);
+                refused.push(format!("{}: {}", refusal.name, refusal.reason));
+            }
+            continue;
+        }
+        if job.repositories.matches(name) {
+            batch.push(name.clone());
+        }
+    }
+    (batch, read)
 }
 
 /// Where a repository listing goes on: the registry's page token (none: the first page) and how

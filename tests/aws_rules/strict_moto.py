@@ -333,6 +333,112 @@ def _own_history_eval_job(self, env, job):
 DistributedItemProcessorWorker._eval_job = _own_history_eval_job
 
 
+# Rule 6. A Lambda Task whose Invoke call Lambda refuses fails with the error Lambda names,
+# prefixed `Lambda.`: a reservation or the account's concurrency full is
+# `Lambda.TooManyRequestsException` (Invoke answers HTTP 429 TooManyRequestsException), a service
+# fault `Lambda.ServiceException`; these are what a Retry names. moto names every such failure
+# `Exception`, which no Retry of ours matches, so an image would fail where AWS retries it.
+# https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html
+# https://docs.aws.amazon.com/lambda/latest/api/API_Invoke.html (Errors)
+from botocore.exceptions import ClientError  # noqa: E402
+from moto.stepfunctions.parser.api import LambdaFunctionFailedEventDetails  # noqa: E402
+
+
+def _lambda_api_error(self, env, ex):
+    if isinstance(ex, ClientError):
+        code = ex.response.get("Error", {}).get("Code") or "ServiceException"
+        status = ex.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        error = f"Lambda.{code}"
+        cause = (
+            f"{ex.response.get('Error', {}).get('Message', '')} (Service: AWSLambda; "
+            f"Status Code: {status}; Error Code: {code})"
+        )
+        return FailureEvent(
+            env=env,
+            error_name=CustomErrorName(error),
+            event_type=HistoryEventType.LambdaFunctionFailed,
+            event_details=EventDetails(
+                lambdaFunctionFailedEventDetails=LambdaFunctionFailedEventDetails(
+                    error=error, cause=cause
+                )
+            ),
+        )
+    return _strict_task_from_error(self, env, ex)
+
+
+StateTaskLambda._from_error = _lambda_api_error
+
+
+# Rule 7. Retry as Step Functions computes it: each retry waits IntervalSeconds times BackoffRate
+# per attempt, capped at MaxDelaySeconds ("a value greater than 0 and less than 31622401"; moto
+# accepted 31622401), FULL jitter a uniform random part of that (moto does both, and refuses the
+# other out-of-range fields and JitterStrategy values other than FULL and NONE at
+# CreateStateMachine). https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html
+# (Retrying after an error). An EXPRESS execution ends at its 5 minutes whatever it is doing, a
+# Retry's wait included (moto checked only when a state is entered): a wait that would outlast it
+# fails the child with States.Timeout at the deadline.
+# STRICT_MOTO_RETRY_SCALE (default 1) multiplies every wait, so a test of minutes of retries
+# (a throttled reservation) runs in seconds: each wait is computed as AWS computes it, then slept
+# scaled. The EXPRESS limit is not scaled (the functions' own time is not either).
+RETRY_SCALE = float(os.environ.get("STRICT_MOTO_RETRY_SCALE", "1"))
+from moto.stepfunctions.parser.asl.component.common.retry.max_attempts_decl import (  # noqa: E402
+    MaxAttemptsOutcome,
+)
+from moto.stepfunctions.parser.asl.component.common.retry.max_delay_seconds_decl import (  # noqa: E402
+    MaxDelaySecondsDecl,
+)
+from moto.stepfunctions.parser.asl.component.common.retry.retrier_decl import (  # noqa: E402
+    RetrierDecl,
+)
+from moto.stepfunctions.parser.asl.component.common.retry.retrier_outcome import (  # noqa: E402
+    RetrierOutcome,
+)
+
+_max_delay_init = MaxDelaySecondsDecl.__init__
+
+
+def _strict_max_delay(self, max_delays_seconds=MaxDelaySecondsDecl.MAX_VALUE - 1):
+    if not 0 < max_delays_seconds < 31622401:
+        raise ValueError(
+            "MaxDelaySeconds must be greater than 0 and less than 31622401, "
+            f"got '{max_delays_seconds}'."
+        )
+    _max_delay_init(self, max_delays_seconds)
+
+
+MaxDelaySecondsDecl.__init__ = _strict_max_delay
+
+
+def _scaled_retrier(self, env):
+    self.error_equals.eval(env)
+    if not env.stack.pop():
+        env.stack.append(RetrierOutcome.Skipped)
+        return
+    self.max_attempts.eval(env=env)
+    if env.stack.pop() == MaxAttemptsOutcome.EXHAUSTED:
+        env.stack.append(RetrierOutcome.Failed)
+        return
+    self.interval_seconds.eval(env=env)
+    self.backoff_rate.eval(env=env)
+    self.max_delay_seconds.eval(env=env)
+    self.jitter_strategy.eval(env=env)
+    wait = env.stack.pop() * RETRY_SCALE
+    deadline = getattr(env.event_manager, "strict_deadline", None)
+    if deadline is not None and time.monotonic() + wait > deadline:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        raise _fail(
+            env,
+            StatesErrorNameType.StatesTimeout,
+            f"An EXPRESS execution runs at most {EXPRESS_SECONDS:.0f} seconds "
+            "(a Retry's wait would have outlasted it).",
+        )
+    time.sleep(wait)
+    env.stack.append(RetrierOutcome.Executed)
+
+
+RetrierDecl._eval_body = _scaled_retrier
+
+
 # Not a strictness rule: moto's `states:startExecution` integration (a port of LocalStack's)
 # lost the key conversions LocalStack does with botocore's shapes, so `.sync:2` fails with
 # KeyError 'StateMachineArn' ('ExecutionArn' on the way back). AWS takes the integration's

@@ -79,6 +79,10 @@ pub struct Behaviours {
     /// a 404 error": ECR user guide, "Archiving an image"). The status is moto's, which
     /// `tests/aws_rules/ecr_gaps.py` gives UpdateImageStorageClass.
     pub archived_not_pullable: bool,
+    /// Added to every request before it is answered (zero by default): a registry across a
+    /// network, where a loop of sequential requests costs its count times the round trip, as
+    /// it does against ECR from Lambda (tens of milliseconds each), and not on loopback.
+    pub latency: std::time::Duration,
 }
 
 impl Default for Behaviours {
@@ -96,6 +100,7 @@ impl Default for Behaviours {
             tag_page_limit: true,
             referrers_api: true,
             archived_not_pullable: true,
+            latency: std::time::Duration::ZERO,
         }
     }
 }
@@ -116,6 +121,7 @@ impl Behaviours {
             tag_page_limit: false,
             referrers_api: false,
             archived_not_pullable: false,
+            latency: std::time::Duration::ZERO,
         }
     }
 }
@@ -416,6 +422,9 @@ async fn handle(State(state): State<Arc<PlaneState>>, request: Request) -> Respo
         return throttled;
     }
     let behaviours = state.behaviours.lock().unwrap().clone();
+    if !behaviours.latency.is_zero() {
+        tokio::time::sleep(behaviours.latency).await;
+    }
     let route = route(&path);
     if let Some((action, repository)) = ecr_action(&route, &method) {
         let function = request

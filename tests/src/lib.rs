@@ -3,6 +3,7 @@
 //! an independent checker, and a fault-injecting fake registry for what a real one can't do.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod deployed;
 pub mod ecr_plane;
 pub mod fake;
 pub mod hostile;

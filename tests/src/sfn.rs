@@ -49,9 +49,14 @@ pub const START_EXECUTION_PLACEHOLDER: &str = "StatesStartExecutionSyncArn";
 
 /// The state machine with every placeholder replaced by a function ARN and the integrations of
 /// the `aws` partition, as CDK's `definitionSubstitutions` does.
+/// `E2E_DEFINITION` names another definition file to run instead (e.g. to see a test fail on an
+/// older Retry).
 pub fn definition(account: &str, region: &str) -> String {
-    let mut text =
-        std::fs::read_to_string(workspace().join("statemachine/replicate.asl.json")).unwrap();
+    let path = std::env::var_os("E2E_DEFINITION")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("statemachine/replicate.asl.json"));
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the state machine at {}: {e}", path.display()));
     for (placeholder, function) in functions() {
         text = text.replace(
             &format!("${{{placeholder}}}"),
@@ -86,6 +91,7 @@ pub struct LocalStepFunctions {
     watch: Child,
     functions: Option<FunctionInstances>,
     proxy: tokio::task::JoinHandle<()>,
+    runtime_proxy: Option<tokio::task::JoinHandle<()>>,
     proxy_state: std::sync::Arc<Proxy>,
     dir: tempfile::TempDir,
 }
@@ -109,13 +115,9 @@ pub const FUNCTION_INSTANCES: usize = 4;
 /// `RuntimeState::function_addr`, crates/cargo-lambda-watch; as `--only-lambda-apis` prints it).
 const RUNTIME_API_PATH: &str = "/.rt";
 
-/// Lambda's longest timeout: an invocation still running after it is answered as timed out
-/// (watch's `--timeout`, and the proxy's wait).
+/// Lambda's longest timeout (watch's `--timeout`, and the proxy's wait); each function's own,
+/// from the synthesized template, is enforced by the invocation proxy (`crate::deployed`).
 const INVOCATION_TIMEOUT: Duration = Duration::from_secs(900);
-
-/// The memory size the functions are told (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`, the cost
-/// estimate's GB-seconds), cargo-lambda's.
-const FUNCTION_MEMORY_MB: &str = "4096";
 
 /// The cargo target directory the test build used: the one this executable was built into
 /// (`<target>/<profile>/deps/<test>` or `<target>/<profile>/<bin>`), else `CARGO_TARGET_DIR`
@@ -275,6 +277,8 @@ struct FunctionInstances {
 /// One function process (an instance) and how to start it again.
 struct Instance {
     function: &'static str,
+    /// Its number among the function's instances.
+    slot: usize,
     command: Command,
     child: Option<Child>,
     /// When it was last started.
@@ -285,6 +289,8 @@ impl FunctionInstances {
     /// Starts every instance; each polls `runtime_api/<function>` and logs to `log`.
     fn start(
         binaries: &std::collections::HashMap<&'static str, PathBuf>,
+        deployed: &std::collections::HashMap<String, crate::deployed::DeployedFunction>,
+        runtime: std::sync::Arc<crate::deployed::RuntimeApi>,
         runtime_api: &str,
         env: &[(String, String)],
         log: &std::fs::File,
@@ -296,14 +302,17 @@ impl FunctionInstances {
             for slot in 0..FUNCTION_INSTANCES {
                 // What cargo-lambda's watch gives each function it starts (`watcher.rs`), then
                 // the harness's variables.
+                // Its memory as deployed (the Runtime API proxy gives each invocation the
+                // deadline of its deployed timeout).
+                let memory_mb = deployed[*function].memory_mb.to_string();
                 let mut command = Command::new(binary);
                 command
                     .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-                    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", FUNCTION_MEMORY_MB)
+                    .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb)
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .env(
                         "AWS_LAMBDA_RUNTIME_API",
-                        format!("{runtime_api}/{function}"),
+                        format!("{runtime_api}/{function}/{slot}"),
                     )
                     .env("AWS_LAMBDA_FUNCTION_NAME", function)
                     .env("AWS_LAMBDA_MAX_CONCURRENCY", "1")
@@ -315,6 +324,7 @@ impl FunctionInstances {
                 die_with_parent(&mut command);
                 instances.push(Instance {
                     function,
+                    slot,
                     command,
                     child: None,
                     started: Instant::now(),
@@ -330,7 +340,7 @@ impl FunctionInstances {
             .name("lambda-instances".into())
             .spawn({
                 let stop = stop.clone();
-                move || supervise(instances, &stop, log, started_tx)
+                move || supervise(instances, &stop, &runtime, log, started_tx)
             })
             .map_err(|e| e.to_string())?;
         let started = started_rx
@@ -358,6 +368,7 @@ impl Drop for FunctionInstances {
 fn supervise(
     mut instances: Vec<Instance>,
     stop: &std::sync::atomic::AtomicBool,
+    runtime: &crate::deployed::RuntimeApi,
     mut log: std::fs::File,
     started: std::sync::mpsc::Sender<Result<(), String>>,
 ) {
@@ -379,6 +390,16 @@ fn supervise(
     let failed = failure.is_some();
     let _ = started.send(failure.map_or(Ok(()), Err));
     while !failed && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        // Instances whose invocation ran past the function's timeout end, as Lambda ends the
+        // sandbox (restarted below like any that exits).
+        let timed_out = std::mem::take(&mut *runtime.to_stop.lock().unwrap());
+        for instance in &mut instances {
+            let id = format!("{}-{}", instance.function, instance.slot);
+            if let (true, Some(child)) = (timed_out.contains(&id), &mut instance.child) {
+                let _ = writeln!(log, "e2e: {id} timed out; stopping it");
+                let _ = child.kill();
+            }
+        }
         for instance in &mut instances {
             if let Some(child) = &mut instance.child {
                 match child.try_wait() {
@@ -502,6 +523,13 @@ struct Proxy {
     api_calls: std::sync::Mutex<Vec<ApiCall>>,
     /// Access key id of each assumed-role session handed out, to the role assumed.
     sessions: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Each function's deployed timeout: an invocation still running then is answered
+    /// `Sandbox.Timedout` and its instance stopped.
+    timeouts: std::collections::HashMap<String, Duration>,
+    /// The Runtime API proxy's state (which instance runs which payload).
+    runtime: std::sync::Arc<crate::deployed::RuntimeApi>,
+    /// Reservations played (`LocalStepFunctions::reserve`): invocations beyond one answered 429.
+    reservations: std::sync::Arc<crate::deployed::Reservations>,
 }
 
 /// An AWS API call made by a function, as the proxy saw it.
@@ -667,11 +695,21 @@ impl LocalStepFunctions {
         let env = env.as_slice();
         // First, as it may build them: nothing listens yet.
         let binaries = function_binaries();
+        // Each function's timeout and memory as the synthesized deployment gives them.
+        let deployed = crate::deployed::functions();
         let dir = tempfile::Builder::new()
             .prefix("ecr-replicator-sfn-")
             .tempdir()
             .unwrap();
         let (moto_port, proxy_port, watch_port) = (free_port(), free_port(), free_port());
+        let timeouts: std::collections::HashMap<String, Duration> = deployed
+            .iter()
+            .map(|(function, d)| (function.clone(), d.timeout))
+            .collect();
+        let runtime = std::sync::Arc::new(crate::deployed::RuntimeApi::new(
+            format!("http://127.0.0.1:{watch_port}{RUNTIME_API_PATH}"),
+            timeouts.clone(),
+        ));
         let moto_log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
         // moto's server, its Step Functions interpreter patched to fail where AWS fails.
         let moto = Command::new(workspace().join(".venv/bin/python"))
@@ -771,6 +809,9 @@ impl LocalStepFunctions {
             ),
             api_calls: Default::default(),
             sessions: Default::default(),
+            timeouts,
+            runtime: runtime.clone(),
+            reservations: Default::default(),
         });
         let proxy_state = state.clone();
         let app = axum::Router::new().fallback(forward).with_state(state);
@@ -784,6 +825,7 @@ impl LocalStepFunctions {
             watch,
             functions: None,
             proxy,
+            runtime_proxy: None,
             proxy_state,
             dir,
         };
@@ -795,8 +837,25 @@ impl LocalStepFunctions {
             .append(true)
             .open(sfn.dir.path().join("functions.log"))
             .unwrap();
-        let runtime_api = format!("http://127.0.0.1:{watch_port}{RUNTIME_API_PATH}");
-        match FunctionInstances::start(&binaries, &runtime_api, &function_env, &functions_log) {
+        // The instances reach watch's Runtime API through the deadline-setting proxy.
+        let runtime_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let runtime_api = format!("http://{}", runtime_listener.local_addr().unwrap());
+        let runtime_app = axum::Router::new()
+            .fallback(crate::deployed::runtime_api_proxy)
+            .with_state(runtime.clone());
+        sfn.runtime_proxy = Some(tokio::spawn(async move {
+            axum::serve(runtime_listener, runtime_app).await.unwrap();
+        }));
+        match FunctionInstances::start(
+            &binaries,
+            &deployed,
+            runtime,
+            &runtime_api,
+            &function_env,
+            &functions_log,
+        ) {
             Ok(functions) => sfn.functions = Some(functions),
             Err(e) => panic!("{e}\n{}", sfn.logs()),
         }
@@ -931,6 +990,24 @@ impl LocalStepFunctions {
             .iter()
             .map(|(k, v)| (k.clone(), *v))
             .collect()
+    }
+
+    /// Plays a reservation of `reserved` concurrent executions for `function` (the deployment's
+    /// `copyConcurrency` for the copying functions, or what other runs left of it): invocations
+    /// beyond it are answered 429 `TooManyRequestsException` and never run.
+    pub fn reserve(&self, function: &str, reserved: usize) {
+        self.proxy_state.reservations.reserve(function, reserved);
+    }
+
+    /// Invocations answered 429 so far, per function.
+    pub fn throttled(&self) -> std::collections::BTreeMap<String, usize> {
+        self.proxy_state.reservations.throttled()
+    }
+
+    /// Every deadline the functions were given: (function, milliseconds from the invocation's
+    /// start to its `Lambda-Runtime-Deadline-Ms`).
+    pub fn deadlines(&self) -> Vec<(String, u64)> {
+        self.proxy_state.runtime.deadlines.lock().unwrap().clone()
     }
 
     /// Every AWS API call the functions made so far.
@@ -1115,6 +1192,9 @@ fn tail(text: &str) -> &str {
 impl Drop for LocalStepFunctions {
     fn drop(&mut self) {
         self.proxy.abort();
+        if let Some(runtime_proxy) = self.runtime_proxy.take() {
+            runtime_proxy.abort();
+        }
         // The function processes (killed and waited for by their thread), then the servers.
         drop(self.functions.take());
         for child in [&mut self.moto, &mut self.watch] {
@@ -1156,6 +1236,14 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
         let queue = faults.get_mut(function)?;
         (!queue.is_empty()).then(|| queue.remove(0))
     });
+    // A reservation played full: Lambda refuses the invocation, the function never runs.
+    let held = match invocation.as_deref().map(|f| proxy.reservations.admit(f)) {
+        Some(crate::deployed::Admission::Throttled) => {
+            return crate::deployed::throttled_response()
+        }
+        Some(crate::deployed::Admission::Runs(held)) => held,
+        None => None,
+    };
     if let Some(fault) = fault {
         return Response::builder()
             .status(200)
@@ -1178,7 +1266,30 @@ async fn forward(State(proxy): State<std::sync::Arc<Proxy>>, request: Request) -
         proxy.note(format!("START {function} {id}"));
     }
     let name = invocation.clone();
-    let response = forward_to(&proxy, invocation, method, path, query, headers, body).await;
+    let timeout = invocation
+        .as_ref()
+        .and_then(|f| proxy.timeouts.get(f).copied())
+        .unwrap_or(INVOCATION_TIMEOUT);
+    let payload = crate::deployed::fingerprint(&body);
+    let response = match tokio::time::timeout(
+        timeout,
+        forward_to(&proxy, invocation, method, path, query, headers, body),
+    )
+    .await
+    {
+        Ok(response) => response,
+        // Still running at the function's timeout: Lambda answers for it and ends its sandbox.
+        Err(_) => {
+            proxy.runtime.stop_running(payload);
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("x-amz-function-error", "Unhandled")
+                .body(Body::from(crate::deployed::timed_out_body(timeout)))
+                .unwrap()
+        }
+    };
+    drop(held);
     if let Some(function) = name {
         let seconds = started.elapsed().as_secs_f64();
         proxy.note(format!("END {function} {id} {seconds:.1}s"));

@@ -222,7 +222,20 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
                     for r in retry {
                         assert_eq!(r["JitterStrategy"], "FULL", "{name}: {r}");
                         assert!(r["MaxDelaySeconds"].as_u64().is_some(), "{name}: {r}");
-                        assert!(r["MaxAttempts"].as_u64().unwrap() <= 6, "{name}: {r}");
+                        let errors = r["ErrorEquals"].as_array().unwrap();
+                        if errors.contains(&"Lambda.TooManyRequestsException".into()) {
+                            // A throttled invocation waits out a reservation held by others'
+                            // invocations, each of up to Lambda's longest timeout (15 minutes):
+                            // the expected wait (FULL jitter: half of each delay) exceeds it.
+                            for throttle in LAMBDA_THROTTLING {
+                                assert!(errors.contains(&throttle.into()), "{name}: {r}");
+                            }
+                            let waits = retry_waits(r);
+                            let expected: f64 = waits.iter().sum::<f64>() / 2.0;
+                            assert!(expected > 900.0, "{name}: {expected} s expected: {r}");
+                        } else {
+                            assert!(r["MaxAttempts"].as_u64().unwrap() <= 6, "{name}: {r}");
+                        }
                     }
                 }
                 "Map" => {
@@ -251,7 +264,49 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
         |name: &str| maps.iter().find(|(n, _)| n == name).unwrap().1["MaxConcurrencyPath"].clone();
     assert_eq!(path("ForEachRepository"), "$.concurrency.repositories");
     assert_eq!(path("CopyPageRanges"), "$.imageConcurrency");
-    assert_eq!(path("ForEachImage"), "$.imageConcurrency");
+    // A page's puts: one batch child at a time, its tasks imageConcurrency at once.
+    let map = |name: &str| &maps.iter().find(|(n, _)| n == name).unwrap().1;
+    assert_eq!(map("ForEachImage")["MaxConcurrency"], 1);
+    assert_eq!(path("PutImages"), "$.BatchInput.imageConcurrency");
+    assert_eq!(
+        map("PutImages")["ItemSelector"]["copied.$"],
+        "$.BatchInput.copied"
+    );
+    // One child a page: a batch takes a page's tasks, as the cost model counts.
+    let batcher = &map("ForEachImage")["ItemBatcher"];
+    assert_eq!(
+        batcher["MaxItemsPerBatch"].as_u64(),
+        Some(replication::cost::IMAGES_PER_CHILD)
+    );
+    assert_eq!(
+        replication::cost::IMAGES_PER_CHILD,
+        replication::steps::TASKS_PER_PAGE as u64
+    );
+    assert!(batcher["MaxInputBytesPerBatch"].as_u64().unwrap() <= 256 * 1024);
+}
+
+/// Lambda's errors for an invocation it did not run (a reservation or the account's concurrency
+/// is full, or the service failed): retried for as long as a reservation can stay full.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/bp-lambda-serviceexception.html>
+const LAMBDA_THROTTLING: [&str; 4] = [
+    "Lambda.TooManyRequestsException",
+    "Lambda.ServiceException",
+    "Lambda.AWSLambdaException",
+    "Lambda.SdkClientException",
+];
+
+/// A retrier's longest wait before each retry, as Step Functions computes it: `IntervalSeconds`
+/// (default 1) times `BackoffRate` (default 2.0) per attempt, capped at `MaxDelaySeconds`, for
+/// `MaxAttempts` (default 3) retries; FULL jitter waits a uniform random part of each.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html#error-handling-retrying-after-an-error>
+fn retry_waits(retrier: &serde_json::Value) -> Vec<f64> {
+    let interval = retrier["IntervalSeconds"].as_f64().unwrap_or(1.0);
+    let rate = retrier["BackoffRate"].as_f64().unwrap_or(2.0);
+    let cap = retrier["MaxDelaySeconds"].as_f64().unwrap_or(f64::MAX);
+    let attempts = retrier["MaxAttempts"].as_u64().unwrap_or(3);
+    (0..attempts)
+        .map(|n| (interval * rate.powi(n as i32)).min(cap))
+        .collect()
 }
 
 /// `maxConcurrency` shared out: repositories x images never exceeds it, and never drops to 0.

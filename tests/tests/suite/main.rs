@@ -9,6 +9,7 @@ mod ecr_steps;
 mod faults;
 mod guide_examples;
 mod hostile;
+mod lambda_limits;
 mod payload_bounds;
 mod platforms;
 mod pull_budget;

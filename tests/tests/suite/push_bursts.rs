@@ -267,9 +267,11 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
     let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
     assert!(duplicates <= burst.duplicates);
 
-    // Delivered again (SQS at least once): the same names and inputs, no second execution,
-    // whether the first is still running or already closed.
-    let again = coalesce_pushes(&starter, &burst.batches[0]).await;
+    // Delivered again (SQS at least once), in another order: the same names and inputs, no
+    // second execution, whether the first is still running or already closed.
+    let mut reordered = burst.batches[0].clone();
+    reordered.records.reverse();
+    let again = coalesce_pushes(&starter, &reordered).await;
     assert_eq!(
         again.started.iter().map(|s| &s.outcome).collect::<Vec<_>>(),
         reports[0]

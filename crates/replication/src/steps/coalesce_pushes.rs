@@ -256,6 +256,8 @@ fn plan_run(template: &Job, chunk: Vec<(ImageSelector, Vec<String>)>, plan: &mut
         job.images.push(selector);
         message_ids.extend(ids);
     }
+    // The same messages in any order: the same name.
+    message_ids.sort();
     let images = job.images.len();
     let checked = serde_json::to_string(&job)
         .map_err(|e| e.to_string())

@@ -276,6 +276,8 @@ export class WorkflowStack extends Stack {
           ...(config.trustedRoot ? { ECR_REPLICATOR_TRUSTED_ROOT: config.trustedRoot } : {}),
           ...trustedRootChecks(config),
           ...(config.receiptKeyArn && f.name === 'put-manifests' ? { ECR_REPLICATOR_RECEIPT_KEY: config.receiptKeyArn } : {}),
+          // The copying functions' reservation: enumerate-repositories cuts a run's maxConcurrency to it.
+          ...(config.copyConcurrency !== undefined && f.name === 'enumerate-repositories' ? { ECR_REPLICATOR_COPY_CONCURRENCY: String(config.copyConcurrency) } : {}),
         },
       });
     }

@@ -607,6 +607,8 @@ test('reserved concurrency for the copying functions only, from the config', () 
   for (const fn of Object.values(w2.findResources('AWS::Lambda::Function')) as any[]) {
     const name = String(fn.Properties.Description).replace('ecr-replicator step ', '');
     assert.equal(fn.Properties.ReservedConcurrentExecutions, COPY_FUNCTIONS.includes(name) ? 50 : undefined, name);
+    // enumerate-repositories cuts a run's maxConcurrency to the reservation.
+    assert.equal(fn.Properties.Environment.Variables.ECR_REPLICATOR_COPY_CONCURRENCY, name === 'enumerate-repositories' ? '50' : undefined, name);
   }
   assert.deepEqual(COPY_FUNCTIONS.filter((f) => FUNCTIONS.some((g) => g.name === f)), COPY_FUNCTIONS);
   for (const fn of Object.values(w.findResources('AWS::Lambda::Function')) as any[]) assert.equal(fn.Properties.ReservedConcurrentExecutions, undefined);

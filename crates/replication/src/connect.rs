@@ -66,6 +66,23 @@ pub struct WorkflowLimits {
     /// Pages of repositories an execution runs before it continues as a new execution (about
     /// 30 events a page).
     pub pages_per_execution: u32,
+    /// The concurrent executions the deployment reserves for each copying function
+    /// (`copyConcurrency`, `ECR_REPLICATOR_COPY_CONCURRENCY`): a run's shares of `maxConcurrency`
+    /// are cut to it (`None`: no reservation, no cap).
+    pub copy_concurrency: Option<u32>,
+}
+
+impl WorkflowLimits {
+    /// The copy invocations a run of `max_concurrency` starts at once: at most the copying
+    /// functions' reservation. Lambda would throttle every invocation beyond it
+    /// (`TooManyRequestsException`), each then waiting out retries while the reservation is
+    /// full; capped, the run goes as fast as the reservation lets it without them.
+    pub fn copies_at_once(&self, max_concurrency: u32) -> u32 {
+        match self.copy_concurrency {
+            Some(reserved) => max_concurrency.min(reserved.max(1)),
+            None => max_concurrency,
+        }
+    }
 }
 
 impl Default for WorkflowLimits {
@@ -74,6 +91,7 @@ impl Default for WorkflowLimits {
             triage_budget: std::time::Duration::from_secs(120),
             pages_per_child: 400,
             pages_per_execution: 500,
+            copy_concurrency: None,
         }
     }
 }
@@ -558,6 +576,7 @@ pub fn settings_from_env() -> Result<Settings> {
     if let Some(pages) = whole("ECR_REPLICATOR_PAGES_PER_EXECUTION")? {
         limits.pages_per_execution = pages.max(1);
     }
+    limits.copy_concurrency = whole("ECR_REPLICATOR_COPY_CONCURRENCY")?;
     let aws = AwsSettings::from_env();
     if let Some(function) = &aws.app_name {
         // Registry requests name the function too (`function/<name>` in the user agent).

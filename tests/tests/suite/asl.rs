@@ -330,6 +330,25 @@ fn max_concurrency_bounds_the_whole_runs_copies() {
     );
 }
 
+/// A `maxConcurrency` above the deployment's reservation for the copying functions
+/// (`copyConcurrency`) is cut to it: a run never starts more copy invocations at once than
+/// Lambda runs for it; without a reservation it is as asked.
+#[test]
+fn max_concurrency_is_capped_to_the_copy_functions_reservation() {
+    let reserved = replication::connect::WorkflowLimits {
+        copy_concurrency: Some(20),
+        ..Default::default()
+    };
+    for max in 1..=1000 {
+        let c = replication::steps::Concurrency::share(reserved.copies_at_once(max));
+        assert!(c.repositories * c.images <= max.min(20), "{max}: {c:?}");
+    }
+    assert_eq!(reserved.copies_at_once(200), 20);
+    assert_eq!(reserved.copies_at_once(5), 5);
+    let unreserved = replication::connect::WorkflowLimits::default();
+    assert_eq!(unreserved.copies_at_once(200), 200);
+}
+
 /// The CDK config's `prices` names exactly the price table's fields the functions read (less
 /// the copy function's memory, which the app sets, and the region, which Lambda does).
 #[test]

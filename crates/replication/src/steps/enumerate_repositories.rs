@@ -181,7 +181,7 @@ pub async fn enumerate_and_settle(
             selections: Vec::new(),
             next_token: input.next_token,
             job: job.job.clone(),
-            concurrency: Concurrency::share(job.job.max_concurrency),
+            concurrency: Concurrency::share(limits.copies_at_once(job.job.max_concurrency)),
             refused: Vec::new(),
         }
     } else {
@@ -399,6 +399,22 @@ async fn settle_repository(
     Ok(Checked::Settled(Box::new(report)))
 }
 
+/// `maxConcurrency` cut to the deployment's reservation for the copying functions, said in the
+/// log when it is.
+fn copies_at_once(conns: &Connections, max_concurrency: u32) -> u32 {
+    let limits = conns.settings().limits;
+    let capped = limits.copies_at_once(max_concurrency);
+    if capped < max_concurrency {
+        tracing::warn!(
+            max_concurrency,
+            copy_concurrency = capped,
+            "maxConcurrency is above the deployment's copyConcurrency: the run copies {capped} at \
+             once, as many as the copying functions' reservation runs"
+        );
+    }
+    capped
+}
+
 #[tracing::instrument(skip_all, fields(next = ?next_token))]
 async fn enumerate_validated(
     conns: &Connections,
@@ -407,7 +423,7 @@ async fn enumerate_validated(
     page: usize,
     triage: &Triage<'_>,
 ) -> Result<EnumerateRepositoriesOutput> {
-    let concurrency = Concurrency::share(job.job.max_concurrency);
+    let concurrency = Concurrency::share(copies_at_once(conns, job.job.max_concurrency));
     // Repositories named one by one: those of an image list, or a Docker Hub source's (it
     // lists no catalog). No catalog is read.
     let named: Option<Vec<&String>> = if !job.job.images.is_empty() {

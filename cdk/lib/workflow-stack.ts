@@ -164,6 +164,8 @@ export class WorkflowStack extends Stack {
   public readonly names: DeploymentNames;
   /** The push queue's dead-letter queue (with a push trigger). */
   public pushDeadLetters?: sqs.Queue;
+  /** Push messages coalesce-pushes found malformed (with a push trigger). */
+  public malformedPushes?: cloudwatch.Metric;
 
   constructor(scope: Construct, id: string, props: WorkflowStackProps) {
     super(scope, id, props);
@@ -282,6 +284,7 @@ export class WorkflowStack extends Stack {
       });
     }
 
+    if (config.pushTrigger && !builtCode(root, COALESCER)) missing.push(COALESCER);
     if (missing.length && !props.allowPlaceholderCode) this.refuseDeployWithout(missing);
 
     // Promotion receipts: only put-manifests signs, with exactly this key, ECDSA only. It shares
@@ -424,7 +427,7 @@ export class WorkflowStack extends Stack {
         },
         // Each push is one message of the push queue; coalesce-pushes starts one run per batch
         // of them (a burst of pushes would otherwise start a run, and its Map Runs, per push).
-        targets: [new targets.SqsQueue(this.pushQueue(root), {
+        targets: [new targets.SqsQueue(this.pushQueue(root, names), {
           // The pushed digest travels with the tag: a run that finds the tag moved on since
           // reports the image superseded and leaves the newer push's run to copy it.
           message: events.RuleTargetInput.fromObject(pushInput(config, {
@@ -477,6 +480,15 @@ export class WorkflowStack extends Stack {
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       }).addAlarmAction(new cwActions.SnsAction(topic));
     }
+    if (this.malformedPushes) {
+      new cloudwatch.Alarm(this, 'PushesMalformed', {
+        alarmDescription: 'ecr-replicator: coalesce-pushes received push messages that are no valid push (its log names each message ID and the field at fault); they were not replicated',
+        metric: this.malformedPushes,
+        threshold: 1,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      }).addAlarmAction(new cwActions.SnsAction(topic));
+    }
 
     this.dashboard(registries, names);
 
@@ -492,7 +504,7 @@ export class WorkflowStack extends Stack {
    * 24 KiB of job at most) under a name derived from its input and messages, so a batch delivered
    * again starts none; a run not started returns its messages to the queue, and a message
    * delivered `PUSH_RECEIVES` times goes to the dead-letter queue, which alarms. */
-  private pushQueue(root: string): sqs.Queue {
+  private pushQueue(root: string, names: DeploymentNames): sqs.Queue {
     // SQS-managed encryption: a customer key would need a key policy for EventBridge, and CDK
     // then drops the queue policy's aws:SourceArn condition on the rule.
     const deadLetters = new sqs.Queue(this, 'PushDeadLetters', {
@@ -514,6 +526,14 @@ export class WorkflowStack extends Stack {
       description: 'ecr-replicator coalesce-pushes: reads the push queue, starts runs of this state machine',
     });
     role.addToPolicy(new iam.PolicyStatement({ actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [logGroup.logGroupArn, `${logGroup.logGroupArn}:*`] }));
+    // It logs at ERROR exactly the messages that are no valid push (and an event that is no batch).
+    this.malformedPushes = new logs.MetricFilter(this, 'MalformedPushes', {
+      logGroup,
+      filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'ERROR'),
+      metricNamespace: names.metricsNamespace,
+      metricName: 'MalformedPushes',
+      metricValue: '1',
+    }).metric({ period: Duration.minutes(5), statistic: 'Sum' });
     // Without its binary, the constructor's missing-binaries check refuses the deploy.
     const built = builtCode(root, COALESCER);
     const fn = new lambda.Function(this, COALESCER, {

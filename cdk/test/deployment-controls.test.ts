@@ -256,8 +256,8 @@ test('the dashboard shows each destination\'s replication lag: maximum, p99 and 
 
 test('lagAlarmSeconds: one p99 alarm per destination, notifying the failure topic as the failure alarm does', () => {
   const [plain] = deployment(variant((c) => { delete c.lagAlarmSeconds; }));
-  // The failure alarm and the push dead-letter queue's.
-  plain.resourceCountIs('AWS::CloudWatch::Alarm', 2);
+  // The failure alarm and the push queue's two (dead letters, malformed pushes).
+  plain.resourceCountIs('AWS::CloudWatch::Alarm', 3);
   const [w] = deployment(variant((c) => { c.lagAlarmSeconds = 900; }));
   const alarms = Object.values(w.findResources('AWS::CloudWatch::Alarm')) as any[];
   const failure = alarms.find((a) => a.Properties.MetricName === 'ExecutionsFailed');

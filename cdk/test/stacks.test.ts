@@ -191,6 +191,13 @@ test('pushes queue up (encrypted, TLS only, a dead-letter queue that alarms); co
   const alarm = Object.values(w.findResources('AWS::CloudWatch::Alarm', { Properties: { MetricName: 'ApproximateNumberOfMessagesVisible' } }))[0] as any;
   assert.deepEqual(alarm.Properties.Dimensions, [{ Name: 'QueueName', Value: { 'Fn::GetAtt': [deadLetters, 'QueueName'] } }]);
   assert.equal(alarm.Properties.AlarmActions.length, 1);
+  // Malformed pushes (logged at ERROR, nothing else is) are counted and alarm too.
+  const filter = Object.values(w.findResources('AWS::Logs::MetricFilter'))[0] as any;
+  assert.equal(filter.Properties.FilterPattern, '{ $.level = "ERROR" }');
+  const logGroup = Object.keys(w.findResources('AWS::Logs::LogGroup')).find((id) => id.startsWith('coalescepusheslogs'));
+  assert.deepEqual(filter.Properties.LogGroupName, { Ref: logGroup });
+  assert.deepEqual(filter.Properties.MetricTransformations, [{ MetricNamespace: METRICS_NAMESPACE, MetricName: 'MalformedPushes', MetricValue: '1' }]);
+  w.hasResourceProperties('AWS::CloudWatch::Alarm', { MetricName: 'MalformedPushes', Namespace: METRICS_NAMESPACE, Threshold: 1, AlarmActions: Match.anyValue() });
   // No push trigger: no queue, no coalescer.
   const [plain] = deployment(variant((c) => { delete c.pushTrigger; }));
   plain.resourceCountIs('AWS::SQS::Queue', 0);
@@ -415,9 +422,9 @@ test('events go to the default bus only; every function writes metrics; the dash
     assert.ok(body.includes(name), name);
   }
   for (const d of jobDestinations(config)) assert.ok(body.includes(String(d.registry)), JSON.stringify(d));
-  // The failure alarm, the push dead-letter queue's, and the example's lagAlarmSeconds: one lag
-  // alarm per destination.
-  w.resourceCountIs('AWS::CloudWatch::Alarm', 2 + config.destinations.length);
+  // The failure alarm, the push queue's two (dead letters, malformed pushes), and the example's
+  // lagAlarmSeconds: one lag alarm per destination.
+  w.resourceCountIs('AWS::CloudWatch::Alarm', 3 + config.destinations.length);
 });
 
 test('every function gets the deployment allowlist: the configured source and destinations, their roles and scopes, no plain HTTP', () => {

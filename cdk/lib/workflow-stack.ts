@@ -526,10 +526,14 @@ export class WorkflowStack extends Stack {
       description: 'ecr-replicator coalesce-pushes: reads the push queue, starts runs of this state machine',
     });
     role.addToPolicy(new iam.PolicyStatement({ actions: ['logs:CreateLogStream', 'logs:PutLogEvents'], resources: [logGroup.logGroupArn, `${logGroup.logGroupArn}:*`] }));
-    // It logs at ERROR exactly the messages that are no valid push (and an event that is no batch).
+    // Each message that is no valid push: an ERROR line "malformed push event: ..." (tracing's
+    // JSON: the message under `fields`; coalesce_pushes.rs writes it).
     this.malformedPushes = new logs.MetricFilter(this, 'MalformedPushes', {
       logGroup,
-      filterPattern: logs.FilterPattern.stringValue('$.level', '=', 'ERROR'),
+      filterPattern: logs.FilterPattern.all(
+        logs.FilterPattern.stringValue('$.level', '=', 'ERROR'),
+        logs.FilterPattern.stringValue('$.fields.message', '=', 'malformed push event*'),
+      ),
       metricNamespace: names.metricsNamespace,
       metricName: 'MalformedPushes',
       metricValue: '1',

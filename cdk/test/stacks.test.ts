@@ -191,9 +191,10 @@ test('pushes queue up (encrypted, TLS only, a dead-letter queue that alarms); co
   const alarm = Object.values(w.findResources('AWS::CloudWatch::Alarm', { Properties: { MetricName: 'ApproximateNumberOfMessagesVisible' } }))[0] as any;
   assert.deepEqual(alarm.Properties.Dimensions, [{ Name: 'QueueName', Value: { 'Fn::GetAtt': [deadLetters, 'QueueName'] } }]);
   assert.equal(alarm.Properties.AlarmActions.length, 1);
-  // Malformed pushes (logged at ERROR, nothing else is) are counted and alarm too.
+  // Malformed pushes (each an ERROR line the function writes) are counted and alarm too.
   const filter = Object.values(w.findResources('AWS::Logs::MetricFilter'))[0] as any;
-  assert.equal(filter.Properties.FilterPattern, '{ $.level = "ERROR" }');
+  assert.equal(filter.Properties.FilterPattern, '{ ($.level = "ERROR") && ($.fields.message = "malformed push event*") }');
+  assert.match(readFileSync(path.join(__dirname, '..', '..', '..', 'crates', 'replication', 'src', 'steps', 'coalesce_pushes.rs'), 'utf8'), /tracing::error!\([^;]*"malformed push event: /);
   const logGroup = Object.keys(w.findResources('AWS::Logs::LogGroup')).find((id) => id.startsWith('coalescepusheslogs'));
   assert.deepEqual(filter.Properties.LogGroupName, { Ref: logGroup });
   assert.deepEqual(filter.Properties.MetricTransformations, [{ MetricNamespace: METRICS_NAMESPACE, MetricName: 'MalformedPushes', MetricValue: '1' }]);

@@ -479,3 +479,59 @@ async fn an_item_batcher_starts_a_child_per_batch_cut_by_items_and_by_bytes() {
         "{too_small:?}"
     );
 }
+
+/// A Parallel whose one branch fails with `Flaky`, retried by `retrier`.
+fn always_failing(retrier: Value) -> Value {
+    json!({"StartAt": "P", "States": {"P": {
+        "Type": "Parallel",
+        "Branches": [{"StartAt": "F", "States": {"F": {"Type": "Fail", "Error": "Flaky", "Cause": "always"}}}],
+        "Retry": [retrier],
+        "End": true
+    }}})
+}
+
+/// Retry as Step Functions computes it (strict_moto.py rule 7): each wait is IntervalSeconds
+/// times BackoffRate per attempt, capped at MaxDelaySeconds, and STRICT_MOTO_RETRY_SCALE scales
+/// what is slept: 3 retries of IntervalSeconds 1, BackoffRate 10, MaxDelaySeconds 2 wait
+/// 1 + 2 + 2 s (not 1 + 10 + 100), 0.5 s at scale 0.1; MaxDelaySeconds must be below 31622401
+/// ("a value greater than 0 and less than 31622401"), which moto as released accepted.
+/// <https://docs.aws.amazon.com/step-functions/latest/dg/concepts-error-handling.html>
+#[tokio::test]
+async fn retry_waits_are_capped_by_max_delay_seconds_and_scaled_by_the_rig() {
+    let strict = Moto::start_with_env(Interpreter::Strict, &[("STRICT_MOTO_RETRY_SCALE", "0.1")]);
+    strict.enable_executions().await;
+    let retrier = json!({"ErrorEquals": ["Flaky"], "IntervalSeconds": 1, "BackoffRate": 10.0,
+        "MaxDelaySeconds": 2, "MaxAttempts": 3, "JitterStrategy": "NONE"});
+    let began = std::time::Instant::now();
+    let ended = execute(&strict, always_failing(retrier), json!({})).await;
+    let waited = began.elapsed().as_secs_f64();
+    assert_eq!(
+        (ended.status.as_str(), ended.error.as_str()),
+        ("FAILED", "Flaky"),
+        "{ended:?}"
+    );
+    assert!((0.5..5.0).contains(&waited), "waited {waited} s");
+
+    let too_long = json!({"ErrorEquals": ["Flaky"], "MaxDelaySeconds": 31622401});
+    let create = |moto: &Moto, definition: Value| {
+        let settings = moto.aws_settings();
+        async move {
+            ecr::sfn_client(&settings, "us-east-1")
+                .await
+                .create_state_machine()
+                .name("max-delay")
+                .definition(definition.to_string())
+                .role_arn("arn:aws:iam::123456789012:role/rules")
+                .send()
+                .await
+        }
+    };
+    assert!(
+        create(&strict, always_failing(too_long.clone()))
+            .await
+            .is_err(),
+        "MaxDelaySeconds 31622401 accepted"
+    );
+    let released = moto(Interpreter::AsReleased).await;
+    assert!(create(&released, always_failing(too_long)).await.is_ok());
+}

@@ -563,3 +563,88 @@ async fn a_gated_run_with_nothing_to_do_reads_no_signature_again() {
         "{sent} source requests beyond the tag listing for {IMAGES} images present everywhere ({per_image:.2} per image)"
     );
 }
+
+/// "Held" is the exact digest under every tag a run would write, in every destination: an
+/// unsigned image a destination already holds (untagged, under another tag, or, in a second
+/// destination, under the very tags) is judged where anything of it would be written, so a
+/// tag moved onto it in the source moves nowhere, and no new tag names it. Where every
+/// destination holds it under every tag, nothing is written (counted present).
+#[tokio::test]
+async fn an_unsigned_image_a_destination_already_holds_is_not_tagged_or_moved_there() {
+    let (src, one, two) = (
+        TestRegistry::start(),
+        TestRegistry::start(),
+        TestRegistry::start(),
+    );
+    let source = Pusher::new(&src.host, None);
+    let (key, pem) = signing_key(1);
+    let signed = ImageBuilder::new(Format::Oci).layer(21, 1000).build();
+    let unsigned = ImageBuilder::new(Format::Oci).layer(22, 1000).build();
+    source.push("app", "v1", &signed).await;
+    source
+        .push(
+            "app",
+            &format!("{}.sig", fallback(&signed)),
+            &cosign_signature(&signed.digest, &key, false, None),
+        )
+        .await;
+    let conns = Connections::new(Settings {
+        registry: e2e::fast_retry_config(&[]),
+        ..Settings::default()
+    });
+    let run = |destinations: Vec<&str>, extra: serde_json::Value| {
+        let mut job = json!({
+            "source": {"registry": src.host, "insecure": true},
+            "destinations": destinations
+                .iter()
+                .map(|d| json!({"registry": d, "insecure": true}))
+                .collect::<Vec<_>>(),
+            "requireSignature": {"publicKeys": [pem]},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            job[k] = v.clone();
+        }
+        let job = Job::from_json(&job.to_string()).unwrap();
+        let conns = &conns;
+        async move {
+            replication::run::run_job(conns, job, &replication::run::Quiet)
+                .await
+                .unwrap()
+                .report
+        }
+    };
+    let first = run(vec![&one.host, &two.host], json!({})).await;
+    assert_eq!((first.copied, first.unsigned), (4, 0), "{first:?}");
+
+    // Someone else put the unsigned image in the destinations: the first holds it by digest and
+    // under `other`, the second under `v1` and `v2`. Then the source moves `v1` onto it and
+    // tags it `v2`.
+    let (first_dest, second_dest) = (Pusher::new(&one.host, None), Pusher::new(&two.host, None));
+    first_dest.push("app", "other", &unsigned).await;
+    for tag in ["v1", "v2"] {
+        second_dest.push("app", tag, &unsigned).await;
+        source.push("app", tag, &unsigned).await;
+    }
+
+    let report = run(vec![&one.host, &two.host], json!({})).await;
+    assert_eq!(
+        first_dest.manifest("app", "v1").await,
+        Some(signed.manifest.clone()),
+        "the tag moved onto the unsigned image in the first destination: {report:?}"
+    );
+    assert!(
+        first_dest.manifest("app", "v2").await.is_none(),
+        "the unsigned image was newly tagged in the first destination: {report:?}"
+    );
+    assert!(report.unsigned >= 1, "{report:?}");
+    assert_eq!(report.copied, 0, "{report:?}");
+
+    // Held by every destination (the second) at the same digest under every tag: nothing is
+    // written and nothing is read again; it is counted present, not admitted.
+    let held = run(vec![&two.host], json!({})).await;
+    assert_eq!((held.copied, held.unsigned), (0, 0), "{held:?}");
+    assert_eq!(
+        second_dest.manifest("app", "v1").await,
+        Some(unsigned.manifest.clone())
+    );
+}

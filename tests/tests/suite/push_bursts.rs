@@ -318,3 +318,31 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
         .collect();
     assert_eq!(returned, expected);
 }
+
+#[test]
+fn one_batch_of_the_whole_burst_is_a_job_per_185_images_or_so() {
+    // 1,000 pushes within one batching window: one batch (the mapping takes up to 1,000).
+    let burst = burst();
+    let whole = SqsBatch {
+        records: burst
+            .batches
+            .iter()
+            .flat_map(|b| b.records.clone())
+            .collect(),
+    };
+    let plan = replication::steps::plan_batch(&whole);
+    let images: Vec<usize> = plan.runs.iter().map(|r| r.images).collect();
+    eprintln!(
+        "{PUSHES} pushes in one batch: {} runs ({images:?})",
+        plan.runs.len()
+    );
+    assert_eq!(images.iter().sum::<usize>(), burst.valid.len());
+    assert_eq!(plan.runs.len(), burst.valid.len().div_ceil(185));
+    for run in &plan.runs {
+        assert!(run.input.len() <= replication::job::MAX_JOB_BYTES);
+        replication::job::Job::parse(&run.input).unwrap();
+    }
+    assert_eq!(plan.duplicates, burst.duplicates);
+    assert_eq!(plan.malformed.len(), burst.malformed.len());
+    assert_eq!(plan.excluded.len(), burst.excluded.len());
+}

@@ -164,6 +164,36 @@ impl Moto {
         ecr::EcrAdmin::new(client, parsed)
     }
 
+    /// Creates an IAM role in an account of this moto (IAM's query API, the account named by
+    /// moto's `x-moto-account-id` header): a repository policy may then name it (the rig's
+    /// SetRepositoryPolicy refuses a principal IAM does not have, as ECR does:
+    /// `tests/aws_rules/ecr_gaps.py`).
+    pub async fn create_role(&self, account: &str, name: &str) {
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+        let resp = reqwest::Client::new()
+            .post(format!("{}/", self.url))
+            .header("x-moto-account-id", account)
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .form(&[
+                ("Action", "CreateRole"),
+                ("Version", "2010-05-08"),
+                ("RoleName", name),
+                ("AssumeRolePolicyDocument", trust),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        assert!(
+            status.is_success(),
+            "moto CreateRole {name} in {account}: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
     /// The raw SDK client, for seeding.
     pub async fn sdk(&self, registry: &str, role: Option<&str>) -> aws_sdk_ecr::Client {
         let parsed = ecr::EcrRegistry::parse(registry).unwrap();

@@ -14,7 +14,7 @@ pub mod token;
 
 pub use admin::{
     EcrAdmin, EnsureOptions, EnsureReport, ListedImage, Page, Reconcile, RepositorySettings,
-    SettingChange,
+    SettingChange, REFUSED_POLICY_TAG,
 };
 pub use aws::{
     ecr_client, own_account, own_region, sdk_config, sfn_client, AssumeRole, AwsSettings,

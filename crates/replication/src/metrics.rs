@@ -24,7 +24,14 @@ pub enum Metric {
     ImagesFailed,
     /// Bytes streamed to the destination.
     BytesCopied,
-    /// Seconds from the image's push to the source until it arrived in the destination.
+    /// Seconds from the image's push to the source until it arrived in the destination: one
+    /// value per copied image, written by `put-manifests` (namespace from
+    /// `ECR_REPLICATOR_METRICS_NAMESPACE`, `EcrReplicator` when deployed; metric
+    /// `ReplicationLag`, unit `Seconds`; dimension `Destination`, the destination registry
+    /// host), so a dashboard or alarm reads p50/p99 per destination
+    /// (`SELECT`/`Statistic: "p99"` over `EcrReplicator ReplicationLag Destination=<host>`).
+    /// The value is the image result's `lagSeconds` (`ImageResult::lag_seconds` defines it);
+    /// images of a source that reports no push time (not ECR) write none.
     ReplicationLag,
 }
 

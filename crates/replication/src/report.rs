@@ -68,6 +68,15 @@ pub struct ImageResult {
     /// signature's manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed_by: Option<String>,
+    /// Replication lag of a copied image, in whole seconds: from the image's push to the
+    /// source (ECR's `imagePushedAt`, as `enumerate-images` read it) to the moment
+    /// `put-manifests` finished putting it in this destination (its last tag, referrer and
+    /// fallback index written; the function's clock), never below 0. Absent when the image was
+    /// not copied now (present, failed, not copied) or the source reports no push time (a
+    /// registry that is not ECR). The `ReplicationLag` metric carries the same value
+    /// (`crate::metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<u64>,
 }
 
 /// The run report: counts, bytes, failures, and what the run cost.
@@ -134,6 +143,13 @@ pub struct RunReport {
     /// not failed; restored ones are copied by the next run. The functions' logs name each.
     #[serde(default)]
     pub archived: usize,
+    /// Destination repository settings left as they are, the first `SETTINGS_DRIFT_LISTED` of
+    /// them (`SETTINGS_DRIFT_CHARS` each), as `registry/repository: what and why` (a setting
+    /// that would weaken the destination, a policy statement not copied, encryption that cannot
+    /// change, a repository policy ECR refused: remembered, so the same policy is not put again
+    /// and the repository settles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings_drift: Vec<String>,
     /// Indexes copied as a platform subset (`platforms`): each a new manifest with its own
     /// digest (`targetDigest` in its result). The source index's signatures and referrers name
     /// the source's digest, so they do not apply to the subset and are not copied
@@ -369,6 +385,7 @@ impl RunReport {
         self.repository_failures.truncate(max);
         self.unsigned_images.truncate(max);
         self.refusals.truncate(max);
+        self.settings_drift.truncate(max);
         if let Some(verify) = &mut self.verify {
             verify.limit_lists(max);
         }
@@ -451,6 +468,10 @@ impl RunReport {
         self.refused += other.refused;
         self.superseded += other.superseded;
         self.archived += other.archived;
+        listed_drift(
+            &mut self.settings_drift,
+            other.settings_drift.iter().cloned(),
+        );
         self.postponed += other.postponed;
         self.platform_subsets += other.platform_subsets;
         self.source_pulls += other.source_pulls;
@@ -473,6 +494,22 @@ impl RunReport {
             }
         }
     }
+}
+
+/// Settings drift notes a report lists at most (it travels in the parent's state beside every
+/// other list: the functions' logs have them all).
+pub const SETTINGS_DRIFT_LISTED: usize = 5;
+/// Characters of each settings drift note a report keeps.
+pub const SETTINGS_DRIFT_CHARS: usize = 200;
+
+/// Appends settings drift notes to a report's list, up to `SETTINGS_DRIFT_LISTED`, each cut to
+/// `SETTINGS_DRIFT_CHARS`.
+pub(crate) fn listed_drift(list: &mut Vec<String>, more: impl Iterator<Item = String>) {
+    let room = SETTINGS_DRIFT_LISTED.saturating_sub(list.len());
+    list.extend(
+        more.take(room)
+            .map(|note| truncate_chars(&note, SETTINGS_DRIFT_CHARS)),
+    );
 }
 
 /// Appends to a report list up to `MAX_FAILURES_LISTED` entries (the counts say the rest).

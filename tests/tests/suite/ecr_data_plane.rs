@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use e2e::ecr_plane::{Throttle, MAX_MANIFEST_BYTES, MIN_PART_BYTES};
 use e2e::image::{artifact, multi_arch, sha256, Format, ImageBuilder, Pusher, TestImage};
-use e2e::world::{moto_token_password, EcrWorld, DEST, DEST_ROLE, SOURCE};
+use e2e::world::{moto_token_password, EcrWorld, DEST, DEST2, DEST2_ROLE, DEST_ROLE, SOURCE};
 use oci::{BlobRef, CredentialStore, Digest, RegistryClient, Repository, SegmentProgress};
 use serde_json::json;
 
@@ -892,4 +892,104 @@ async fn an_archived_image_is_reported_archived_and_copied_once_restored() {
         dest_manifest(&world, "vault", "v1").await.unwrap(),
         cold.manifest
     );
+}
+
+/// An image a destination keeps in ECR's archive storage class (its lifecycle rules archived
+/// it) answers 404 to a pull there, and a push would restore it: it is reported `archived` for
+/// that destination and nothing is pushed there, while another destination still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_archived_in_a_destination_is_reported_there_and_not_pushed_again() {
+    let world = EcrWorld::start();
+    let image = ImageBuilder::new(Format::Oci).layer(81, 3_000).build();
+    world.seed("cold", "v1", &image).await;
+    let first = run(&world, job(&["cold"], json!({}))).await;
+    assert_eq!((first.copied, first.failed), (1, 0), "{first:?}");
+    // The destination's control plane knows the image, then archives it.
+    world.record(DEST, "cold", "v1", &image).await;
+    world
+        .moto
+        .sdk(DEST, Some(DEST_ROLE))
+        .await
+        .update_image_storage_class()
+        .repository_name("cold")
+        .image_id(
+            aws_sdk_ecr::types::ImageIdentifier::builder()
+                .image_digest(&image.digest)
+                .build(),
+        )
+        .target_storage_class(aws_sdk_ecr::types::TargetStorageClass::Archive)
+        .send()
+        .await
+        .unwrap();
+    let dest = world.registry(DEST);
+    let writes = |dest: &e2e::registry::TestRegistry| {
+        (
+            dest.count_requests("PUT", "/manifests/", 201),
+            dest.count_requests("POST", "/blobs/uploads/", 202),
+        )
+    };
+    let before = writes(dest);
+    assert!(before.0 > 0, "the first run put the manifest");
+
+    let both = json!({"destinations": [
+        {"registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42"},
+        {"registry": DEST2, "roleArn": DEST2_ROLE, "externalId": "ext-id-42"}
+    ]});
+    let conns = replication::connect::Connections::new(world.settings());
+    let output = replication::run::run_job(
+        &conns,
+        job(&["cold"], both.clone()),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    let second = output.report;
+    assert_eq!(
+        (
+            second.copied,
+            second.archived,
+            second.present,
+            second.failed,
+            second.repositories_failed
+        ),
+        (1, 1, 0, 0, 0),
+        "{second:?}"
+    );
+    // The result names the destination that keeps it archived, and why.
+    let archived: Vec<_> = output
+        .images
+        .iter()
+        .filter(|r| r.status == replication::steps::ImageStatus::Archived)
+        .collect();
+    assert_eq!(archived.len(), 1, "{:?}", output.images);
+    assert_eq!(
+        (
+            archived[0].target_registry.as_str(),
+            archived[0].target_repository.as_str()
+        ),
+        (DEST, "cold")
+    );
+    let why = archived[0].error.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("archived in the destination") && why.contains(&image.digest),
+        "{why}"
+    );
+    // Nothing was written to the archiving destination; the other one has the image.
+    assert_eq!(writes(dest), before, "pushed again to {DEST}");
+    assert!(world.plane(DEST).count("archived_refused") > 0);
+    assert_eq!(
+        Pusher::new(&world.registry(DEST2).host, Some(creds(DEST2)))
+            .manifest("cold", "v1")
+            .await
+            .unwrap(),
+        image.manifest
+    );
+    // And the next run settles the same way: archived there, present in the other.
+    let third = run(&world, job(&["cold"], both)).await;
+    assert_eq!(
+        (third.copied, third.archived, third.present, third.failed),
+        (0, 1, 1, 0),
+        "{third:?}"
+    );
+    assert_eq!(writes(dest), before, "pushed again to {DEST}");
 }

@@ -439,6 +439,8 @@ async fn a_copied_policy_keeps_only_the_source_accounts_grants_and_names_the_oth
         .send()
         .await
         .unwrap();
+    // ECR accepts a policy only when IAM has each role it names.
+    world.moto.create_role("123456789012", "ci").await;
     let granting = json!({"Version": "2012-10-17", "Statement": [
         {"Sid": "ci", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:role/ci"},
          "Action": ["ecr:BatchGetImage"]},
@@ -456,6 +458,8 @@ async fn a_copied_policy_keeps_only_the_source_accounts_grants_and_names_the_oth
         .send()
         .await
         .unwrap();
+    // The kept statement names the destination account's `ci` role, which exists there too.
+    world.moto.create_role("222222222222", "ci").await;
     let conns = Connections::new(world.settings());
     let input = |extra| EnsureRepositoryInput {
         job: job(extra),
@@ -531,6 +535,8 @@ fn small_image(seed: u64) -> TestImage {
 #[tokio::test]
 async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
     let world = EcrWorld::start();
+    // Before any push: the image's lag is bounded by the time the test has taken.
+    let started = std::time::Instant::now();
     for (repo, tag, seed) in [
         ("ml/pytorch", "v1.2.3", 1),
         ("ml/pytorch", "latest", 3),
@@ -627,6 +633,15 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
     .await
     .unwrap();
     assert_eq!(result.status, ImageStatus::Copied);
+    // Its lag (source push to arrival), in the result and so in its image event: ECR reports
+    // the push time, whole seconds, so it is at most the test's elapsed time rounded up.
+    let elapsed = started.elapsed().as_secs() + 1;
+    let lag = result
+        .lag_seconds
+        .expect("an ECR source reports push times");
+    assert!(lag <= elapsed, "lag {lag} s after {elapsed} s");
+    let announced = serde_json::to_value(&result).unwrap();
+    assert_eq!(announced["lagSeconds"], json!(lag), "{announced}");
     let dest = world.registry(DEST);
     let raw = e2e::skopeo::inspect_raw(
         &format!("{}/ml/pytorch:v1.2.3", dest.host),
@@ -1031,4 +1046,97 @@ async fn repositories_are_filtered_within_large_listing_pages() {
     .await
     .unwrap_err();
     assert!(format!("{bad:?}").contains("nextToken"), "{bad:?}");
+}
+
+/// A copied repository policy ECR refuses ("Invalid parameter at 'PolicyText' failed to satisfy
+/// constraint: 'Principal not found'": the rig's SetRepositoryPolicy, `tests/aws_rules/ecr_gaps.py`)
+/// is drift, remembered on the destination: the next run's check counts it as no change, so a
+/// repository with nothing else to do settles without a child, the refusal reported. A changed
+/// source policy is tried again.
+#[tokio::test]
+async fn a_refused_policy_is_remembered_as_drift_and_the_repository_settles() {
+    let world = EcrWorld::start();
+    world.seed("svc/api", "v1", &small_image(21)).await;
+    let src = world.moto.sdk(SOURCE, None).await;
+    let granting = |role: &str| {
+        json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "deploy", "Effect": "Allow",
+             "Principal": {"AWS": format!("arn:aws:iam::123456789012:role/{role}")},
+             "Action": ["ecr:BatchGetImage"]}
+        ]})
+        .to_string()
+    };
+    // The source account has the roles; the destination account has no `deployer`: ECR
+    // refuses the rewritten policy there.
+    for role in ["deployer", "releaser"] {
+        world.moto.create_role("123456789012", role).await;
+    }
+    src.set_repository_policy()
+        .repository_name("svc/api")
+        .policy_text(granting("deployer"))
+        .send()
+        .await
+        .unwrap();
+    let conns = Connections::new(world.settings());
+    let job = job(json!({"copyRepositoryPolicy": true, "repositories": {"include": ["svc/api"]}}));
+    let check = || {
+        functions::invoke::<EnumerateRepositories>(
+            &conns,
+            event(EnumerateRepositoriesInput {
+                job: job.clone(),
+                next_token: None,
+                report: None,
+                pages: 0,
+            }),
+        )
+    };
+
+    let first = check().await.unwrap();
+    assert_eq!(first.repositories, vec!["svc/api".to_string()]);
+    let copy = replication::run::run_job(&conns, job.clone(), &replication::run::Quiet)
+        .await
+        .unwrap()
+        .report;
+    assert_eq!((copy.copied, copy.failed), (1, 0), "{copy:?}");
+    assert!(
+        copy.settings_drift
+            .iter()
+            .any(|d| d.contains("ECR refused") && d.contains("Principal not found")),
+        "{copy:?}"
+    );
+    let target = world.moto.ecr(DEST, Some(DEST_ROLE)).await;
+    let settings = target.read_settings("svc/api").await.unwrap().unwrap();
+    assert!(settings.repository_policy.is_none());
+    assert!(settings.refused_policy.is_some(), "{settings:?}");
+    assert!(
+        !settings.tags.contains_key(ecr::REFUSED_POLICY_TAG),
+        "the memory is no repository tag: {settings:?}"
+    );
+
+    // Nothing else to do: settled, no child, the refusal reported as drift.
+    let second = check().await.unwrap();
+    assert!(second.repositories.is_empty(), "{second:?}");
+    assert_eq!(second.settled, 1);
+    let report = second.report.unwrap();
+    assert_eq!((report.present, report.failed), (1, 0), "{report:?}");
+    assert!(
+        report.settings_drift.iter().any(|d| d
+            .starts_with(&format!("{DEST}/svc/api: repositoryPolicy: ECR refused"))
+            && d.contains("Principal not found")),
+        "{report:?}"
+    );
+
+    // Another source policy is another put: tried again.
+    src.set_repository_policy()
+        .repository_name("svc/api")
+        .policy_text(granting("releaser"))
+        .send()
+        .await
+        .unwrap();
+    let changed = check().await.unwrap();
+    assert_eq!(
+        changed.repositories,
+        vec!["svc/api".to_string()],
+        "{changed:?}"
+    );
 }

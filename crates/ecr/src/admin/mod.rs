@@ -12,6 +12,7 @@ mod policies;
 mod reconcile;
 mod settings;
 
+pub use policies::REFUSED_POLICY_TAG;
 pub use reconcile::{EnsureOptions, EnsureReport, Reconcile, SettingChange};
 pub use settings::{tag_mutability_of, wildcard_matches, RepositorySettings};
 
@@ -141,6 +142,70 @@ impl EcrAdmin {
             items,
             next: out.next_token().map(str::to_string),
         })
+    }
+
+    /// The digests of a repository's images in ECR's archive storage class (`imageStatus`
+    /// `ARCHIVED`, or `ACTIVATING` while a restore runs: `DescribeImages` filtered by each, every
+    /// page), each with when it was last archived (`lastArchivedAt`, seconds since the epoch)
+    /// if ECR says. Such an image is listed and described but answers 404 to a pull, and a push
+    /// of it restores it ("The image can be restored as an active image by manually selecting
+    /// it to be restored or by re-pushing the image to the repository": ECR user guide,
+    /// "Archiving an image", docs.aws.amazon.com/AmazonECR/latest/userguide/archive-image.html).
+    /// A repository that does not exist has none.
+    pub async fn archived_digests(
+        &self,
+        repository: &str,
+    ) -> Result<std::collections::BTreeMap<String, Option<i64>>> {
+        use aws_sdk_ecr::types::{DescribeImagesFilter, ImageStatusFilter};
+        let mut archived = std::collections::BTreeMap::new();
+        for status in [ImageStatusFilter::Archived, ImageStatusFilter::Activating] {
+            let mut next = None;
+            loop {
+                let out = match self
+                    .client
+                    .describe_images()
+                    .registry_id(&self.registry.account_id)
+                    .repository_name(repository)
+                    .set_next_token(next)
+                    .max_results(1000)
+                    .filter(
+                        DescribeImagesFilter::builder()
+                            .image_status(status.clone())
+                            .build(),
+                    )
+                    .send()
+                    .await
+                {
+                    Ok(out) => out,
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_repository_not_found_exception()) =>
+                    {
+                        return Ok(archived);
+                    }
+                    Err(e) => {
+                        return Err(Error::api(
+                            "ecr:DescribeImages",
+                            self.resource(repository),
+                            &e,
+                        ))
+                    }
+                };
+                for detail in out.image_details() {
+                    if let Some(digest) = detail.image_digest() {
+                        archived.insert(
+                            digest.to_string(),
+                            detail.last_archived_at().map(|t| t.secs()),
+                        );
+                    }
+                }
+                match out.next_token() {
+                    Some(token) => next = Some(token.to_string()),
+                    None => break,
+                }
+            }
+        }
+        Ok(archived)
     }
 
     /// Removes tags (`BatchDeleteImage` by tag, 100 per call; an image goes when its last tag

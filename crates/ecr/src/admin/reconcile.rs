@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use aws_sdk_ecr::types::{EncryptionConfiguration, ImageScanningConfiguration, Tag};
 use serde::{Deserialize, Serialize};
 
-use super::policies::{json_equal, short};
+use super::policies::{
+    json_equal, parse_refusal, refusal_key, refusal_tag_value, short, REFUSED_POLICY_TAG,
+};
 use super::{EcrAdmin, RepositorySettings};
 use crate::error::{Error, Result};
 
@@ -214,7 +216,11 @@ impl EcrAdmin {
     ) -> Result<EnsureReport> {
         let mut report = EnsureReport::default();
         let mut desired = desired.clone();
-        let current = match self.read_settings(repository).await? {
+        // The refusal memory is no tag of the repository's own: never copied, compared or
+        // removed as one (a source that is itself a target has one too).
+        desired.tags.remove(REFUSED_POLICY_TAG);
+        desired.refused_policy = None;
+        let mut current = match self.read_settings(repository).await? {
             Some(current) => current,
             None => {
                 report.created = true;
@@ -233,6 +239,7 @@ impl EcrAdmin {
                 }
             }
         };
+        let refused = current.refused_policy.take();
         if !how.repository_policy {
             desired.repository_policy = current.repository_policy.clone();
         }
@@ -264,28 +271,70 @@ impl EcrAdmin {
             }));
             return Ok(report);
         }
+        let put = refusal_key(&current.repository_policy, &desired.repository_policy);
         let mut applied = Vec::new();
         for change in changes {
+            let policy = change.setting == "repositoryPolicy";
+            // The very put ECR refused last time is drift, not a change: no retry, no child.
+            if let Some((key, message)) = refused.as_deref().map(parse_refusal) {
+                if policy && key == put {
+                    report.drift.push(format!(
+                        "repositoryPolicy: ECR refused it ({message}); remembered, not put again until the source's or the target's policy changes (or the target's tag {REFUSED_POLICY_TAG} is removed); the target keeps {}",
+                        change.from
+                    ));
+                    continue;
+                }
+            }
             if !how.dry_run {
                 match self.apply(repository, &change, &current, &desired).await {
                     Err(Error::Api { code, message, .. })
-                        if change.setting == "repositoryPolicy"
-                            && code.as_deref() == Some("InvalidParameterException") =>
+                        if policy && code.as_deref() == Some("InvalidParameterException") =>
                     {
+                        // ECR's own words, without the error's name (the note is listed short).
+                        let message = message
+                            .strip_prefix("InvalidParameterException: ")
+                            .unwrap_or(&message);
                         report.drift.push(format!(
-                            "repositoryPolicy: ECR refused the source's policy ({message}); the target keeps {}",
+                            "repositoryPolicy: ECR refused it ({message}); the target keeps {}",
                             change.from
                         ));
+                        let memory = refusal_tag_value(&put, message);
+                        if let Err(e) = self.remember_refusal(repository, &memory).await {
+                            tracing::warn!(error = %e, %repository, "could not remember the refused policy: the next run tries it again");
+                        }
                         continue;
                     }
                     other => other?,
                 }
+                if policy && refused.is_some() {
+                    self.forget(repository).await;
+                }
             }
             applied.push(change);
+        }
+        // A refusal remembered for a policy no longer wanted (the target has what the source
+        // says, or the policy is no longer copied) is forgotten.
+        let policy_changes = applied.iter().any(|c| c.setting == "repositoryPolicy");
+        if refused.is_some()
+            && !how.dry_run
+            && !policy_changes
+            && !report
+                .drift
+                .iter()
+                .any(|d| d.starts_with("repositoryPolicy: ECR refused"))
+        {
+            self.forget(repository).await;
         }
         // Settings given at creation are not changes; only report what differed afterwards.
         report.changes = applied;
         Ok(report)
+    }
+
+    /// Forgets a remembered refusal; a failure only leaves the tag (logged).
+    async fn forget(&self, repository: &str) {
+        if let Err(e) = self.forget_refusal(repository).await {
+            tracing::warn!(error = %e, %repository, "could not remove the refused policy's tag");
+        }
     }
 
     async fn create(&self, repository: &str, desired: &RepositorySettings) -> Result<()> {

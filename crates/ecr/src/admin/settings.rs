@@ -30,8 +30,11 @@ pub struct RepositorySettings {
     pub lifecycle_policy: Option<String>,
     /// Repository policy JSON text.
     pub repository_policy: Option<String>,
-    /// Resource tags.
+    /// Resource tags (the replicator's own `REFUSED_POLICY_TAG` aside).
     pub tags: BTreeMap<String, String>,
+    /// The repository policy put ECR last refused here, as remembered on the repository
+    /// (`REFUSED_POLICY_TAG`'s value: the put's key and ECR's message); read, never copied.
+    pub refused_policy: Option<String>,
 }
 
 impl RepositorySettings {
@@ -128,6 +131,7 @@ impl Default for RepositorySettings {
             lifecycle_policy: None,
             repository_policy: None,
             tags: BTreeMap::new(),
+            refused_policy: None,
         }
     }
 }
@@ -207,7 +211,7 @@ impl EcrAdmin {
             .repository_arn()
             .map(str::to_string)
             .unwrap_or_else(|| self.registry.repository_arn(repository));
-        let tags = self
+        let mut tags: BTreeMap<String, String> = self
             .client
             .list_tags_for_resource()
             .resource_arn(&arn)
@@ -218,6 +222,7 @@ impl EcrAdmin {
             .iter()
             .map(|t| (t.key().to_string(), t.value().to_string()))
             .collect();
+        let refused_policy = tags.remove(super::policies::REFUSED_POLICY_TAG);
         let (tag_mutability, tag_mutability_exclusions) = tag_mutability_of(repo);
         Ok(Some(RepositorySettings {
             tag_mutability,
@@ -232,6 +237,7 @@ impl EcrAdmin {
             lifecycle_policy: lifecycle,
             repository_policy: policy,
             tags,
+            refused_policy,
         }))
     }
 }

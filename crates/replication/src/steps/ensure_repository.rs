@@ -402,12 +402,18 @@ impl EnsureRepositoryOutput {
 
 /// Reports count what ensuring a repository pruned.
 impl RunReport {
-    /// Counts one destination repository's prune results.
+    /// Counts one destination repository's prune results and lists its settings drift.
     pub fn add_repository(&mut self, o: &EnsureRepositoryOutput) {
         let at = |tag: &String| format!("{}/{}:{tag}", o.registry, o.repository);
         self.tags_pruned += o.pruned_count.max(o.pruned.len());
         self.tags_kept += o.prune_kept_count.max(o.prune_kept.len());
         crate::report::listed(&mut self.pruned, o.pruned.iter().map(at));
         crate::report::listed(&mut self.kept, o.prune_kept.iter().map(at));
+        crate::report::listed_drift(
+            &mut self.settings_drift,
+            o.drift
+                .iter()
+                .map(|note| format!("{}/{}: {note}", o.registry, o.repository)),
+        );
     }
 }

@@ -134,7 +134,9 @@ pub struct EnumerateImagesOutput {
     /// Tasks this page checked and found present in their destination.
     pub present: usize,
     /// Selected images this page did not make tasks of because no signature verified (status
-    /// `unsigned`, or `failed` with `requireSignature.failUnsigned`), one per destination.
+    /// `unsigned`, or `failed` with `requireSignature.failUnsigned`), one per destination; and
+    /// the other results of images not copied: a refused name, a tag moved on, an image
+    /// archived in the source (one per destination) or in an ECR destination (for that one).
     pub unsigned: Vec<ImageResult>,
     /// Images the filters selected in the whole repository.
     pub selected: usize,
@@ -365,7 +367,8 @@ pub async fn page_of_work(
 
 /// Adds one checked image to the page (`output`, and the JSON bytes of what it holds), or, when
 /// it would take the page past `bounds`, returns `false`: the image starts the next page. A
-/// page holds at least one image. Images found present in every destination are only counted.
+/// page holds at least one image. Images found present in every destination are only counted;
+/// the results of a destination that keeps the image archived travel with the not-copied ones.
 fn add_to_page(
     output: &mut EnumerateImagesOutput,
     task_bytes: &mut usize,
@@ -373,8 +376,8 @@ fn add_to_page(
     bounds: &PageBounds,
     destinations: &[crate::job::Destination],
 ) -> bool {
-    let tasks = match checked {
-        Checked::Tasks(tasks) => tasks,
+    let (tasks, archived) = match checked {
+        Checked::Tasks(tasks, archived) => (tasks, archived),
         Checked::Unsigned(results) => {
             // Counted against the page's bounds like tasks: they travel in the same state.
             let bytes = json_bytes(&results);
@@ -391,17 +394,20 @@ fn add_to_page(
         }
     };
     let missing: Vec<ImageTask> = tasks.into_iter().filter(|t| !t.present).collect();
-    let bytes = json_bytes(&missing);
+    let (archived_at, results): (Vec<usize>, Vec<ImageResult>) = archived.into_iter().unzip();
+    let bytes = json_bytes(&missing) + json_bytes(&results);
     let held = output.images.len() + output.unsigned.len();
-    if !missing.is_empty()
+    let adding = missing.len() + results.len();
+    if adding > 0
         && held > 0
-        && bounds.exceeded(held + missing.len(), task_bytes.saturating_add(bytes))
+        && (bounds.exceeded(held + adding, task_bytes.saturating_add(bytes))
+            || output.unsigned.len() + results.len() > bounds.unsigned)
     {
         return false;
     }
-    output.present += destinations.len() - missing.len();
+    output.present += destinations.len() - adding;
     for (index, spec) in destinations.iter().enumerate() {
-        if !missing.iter().any(|t| t.destination == index) {
+        if !missing.iter().any(|t| t.destination == index) && !archived_at.contains(&index) {
             *output
                 .present_by_destination
                 .entry(spec.registry.clone())
@@ -410,6 +416,7 @@ fn add_to_page(
     }
     *task_bytes += bytes;
     output.images.extend(missing);
+    output.unsigned.extend(results);
     true
 }
 
@@ -442,6 +449,7 @@ impl ImageResult {
             source_pulls: 0,
             target_digest: task.target_digest.as_ref().map(Digest::to_string),
             signed_by: task.signed_by.clone(),
+            lag_seconds: None,
         }
     }
 }

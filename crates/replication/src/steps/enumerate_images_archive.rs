@@ -1,6 +1,7 @@
 //! `enumerate-images`, archived images: ECR's archive storage class lists and describes an
-//! image but answers 404 to its pulls, so an archived image is reported (with how to restore
-//! it), never copied and never a failure.
+//! image but answers 404 to its pulls, so an image archived in the source is reported (with how
+//! to restore it), never copied and never a failure; one archived in an ECR destination is
+//! reported `archived` for that destination and not pushed there (a push restores it).
 
 use std::collections::HashSet;
 
@@ -34,6 +35,24 @@ pub(super) fn mark_archived(
 /// Why an archived image is not copied.
 pub(super) fn archived_reason(registry: &str, repository: &str, name: &str) -> String {
     format!("{registry}/{repository}{name} is archived in the source (ECR archive storage class: pulls answer 404); restore it (UpdateImageStorageClass to STANDARD) to have it copied")
+}
+
+/// Why an image missing in an ECR destination is not pushed there: the destination keeps it in
+/// ECR's archive storage class (since `archived_at`, seconds since the epoch, if ECR says), and
+/// a push would restore it (ECR user guide, "Archiving an image": "The image can be restored
+/// as an active image by manually selecting it to be restored or by re-pushing the image to
+/// the repository"), undoing the destination's archive rules and paying for its bytes again.
+pub(super) fn archived_there_reason(
+    registry: &str,
+    repository: &str,
+    digest: &str,
+    archived_at: Option<i64>,
+) -> String {
+    let since = archived_at
+        .and_then(|at| jiff::Timestamp::from_second(at).ok())
+        .map(|at| format!(" since {at}"))
+        .unwrap_or_default();
+    format!("{registry}/{repository}@{digest} is archived in the destination{since} (ECR archive storage class): not pushed, as a push would restore it; restore it there (UpdateImageStorageClass to STANDARD) to have its tags checked and copied")
 }
 
 /// The digest of `image` (named by tag or digest) when an ECR source lists it as archived: asked

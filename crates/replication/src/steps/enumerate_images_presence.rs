@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use oci::{Digest, Reference, Repository};
 
+use super::enumerate_images_archive::archived_there_reason;
 use super::*;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
@@ -15,21 +16,34 @@ use crate::gate::{Judge, Verdict};
 use crate::job::ValidJob;
 use crate::platforms::Subset;
 
-/// A destination as `page_of_work` checks it: its index, its spec, its connection, the
-/// repository there, the tags it lists (if it lists them) and whether the repository is absent.
-pub(super) type Destination<'a> = (
-    usize,
-    &'a crate::job::Destination,
-    Arc<Connection>,
-    String,
-    Option<HashSet<String>>,
-    bool,
-);
+/// A destination as `page_of_work` checks it.
+pub(super) struct Destination<'a> {
+    /// Its index in the job's destinations.
+    index: usize,
+    /// Its spec.
+    spec: &'a crate::job::Destination,
+    /// Its connection.
+    dest: Arc<Connection>,
+    /// The repository there.
+    target: String,
+    /// The tags it lists, if it lists them.
+    listed: Option<HashSet<String>>,
+    /// The repository does not exist there.
+    repository_absent: bool,
+    /// An ECR destination's archived images (digest, when archived), read the first time an
+    /// image of the page is missing there, once per page.
+    archived: ArchivedThere,
+}
 
-/// What checking one selected image gave: its tasks (present or not), or, for an image no
-/// signature verified, its results.
+/// What of a selected image is not copied to some destinations: its results there, each with
+/// the destination's index.
+pub(super) type NotCopiedThere = Vec<(usize, ImageResult)>;
+
+/// What checking one selected image gave: its tasks (present or not) and its results in the
+/// destinations that keep it archived, or, for an image that is not copied at all (no
+/// signature verified, a refused name, a tag moved on, archived in the source), its results.
 pub(super) enum Checked {
-    Tasks(Vec<ImageTask>),
+    Tasks(Vec<ImageTask>, NotCopiedThere),
     Unsigned(Vec<ImageResult>),
 }
 
@@ -45,8 +59,17 @@ pub(super) async fn page_destinations<'a>(
         let dest = conns.destination(&job.job, index).await?;
         let target = spec.checked_target_repository(repository)?;
         conns.check_target_scope(&spec.registry, &target)?;
-        let (tags, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
-        destinations.push((index, spec, dest, target, tags, absent));
+        let (listed, repository_absent) =
+            destination_tags(&dest.client, &spec.registry, &target).await;
+        destinations.push(Destination {
+            index,
+            spec,
+            dest,
+            target,
+            listed,
+            repository_absent,
+            archived: Default::default(),
+        });
     }
     Ok(destinations)
 }
@@ -111,7 +134,7 @@ pub(super) async fn check_image(
         target_digest,
     };
     let again = copied.clone();
-    let mut tasks = image_tasks(destinations, repository, image, copied).await?;
+    let (mut tasks, mut archived) = image_tasks(destinations, repository, image, copied).await?;
     if image.pending.is_some() && tasks.iter().any(|t| !t.present) {
         // It would be written (the image, a tag or a referrer missing in a destination): the
         // signature gate judges it now. Held everywhere, it is not read again.
@@ -129,12 +152,13 @@ pub(super) async fn check_image(
                         tags,
                         ..image.clone()
                     };
-                    tasks = image_tasks(destinations, repository, &image, again).await?;
+                    (tasks, archived) =
+                        image_tasks(destinations, repository, &image, again).await?;
                 }
                 tasks
                     .iter_mut()
                     .for_each(|t| t.signed_by = signed_by.clone());
-                return Ok((at, Checked::Tasks(tasks)));
+                return Ok((at, Checked::Tasks(tasks, archived)));
             }
             Verdict::Dropped => return Ok((at, Checked::Unsigned(Vec::new()))),
             Verdict::Refused(why) => (ImageStatus::Refused, why),
@@ -144,7 +168,7 @@ pub(super) async fn check_image(
         let results = not_copied_results(destinations, (repository, image), status, &reason);
         return Ok((at, Checked::Unsigned(results)));
     }
-    Ok((at, Checked::Tasks(tasks)))
+    Ok((at, Checked::Tasks(tasks, archived)))
 }
 
 /// What of a selected image is copied: its digest in the source, the referrers travelling
@@ -157,49 +181,100 @@ struct Copied {
 }
 
 /// One task per destination for a selected image to copy, each saying whether the destination
-/// has it already.
+/// has it already; or, in an ECR destination that keeps the image archived, its result there:
+/// `archived`, not pushed (a push would restore it, undoing the destination's archive rules
+/// and paying for its bytes again).
 async fn image_tasks(
     destinations: &[Destination<'_>],
     repository: &str,
     image: &SelectedImage,
     copied: Copied,
-) -> Result<Vec<ImageTask>> {
+) -> Result<(Vec<ImageTask>, NotCopiedThere)> {
     let Copied {
         digest,
         referrers,
         target_digest,
     } = copied;
     let mut tasks = Vec::new();
-    for (index, spec, dest, target, listed, repository_absent) in destinations {
+    let mut archived = Vec::new();
+    for d in destinations {
         let repo = Repository {
-            registry: spec.registry.clone(),
-            name: target.clone(),
+            registry: d.spec.registry.clone(),
+            name: d.target.clone(),
         };
         // A tag the destination does not list means missing, without asking.
-        let unlisted = listed
+        let unlisted = d
+            .listed
             .as_ref()
             .map(|l| image.tags.iter().filter(|t| !l.contains(*t)).count());
         let tags_absent = !image.tags.is_empty() && unlisted == Some(image.tags.len());
         let wanted = target_digest.as_ref().unwrap_or(&digest);
         let present = unlisted.unwrap_or(0) == 0
-            && is_present(&dest.client, &repo, wanted, &image.tags, &referrers).await?;
+            && is_present(&d.dest.client, &repo, wanted, &image.tags, &referrers).await?;
+        if !present {
+            if let Some(reason) = d.archived_reason(wanted).await {
+                tracing::warn!(image = %format!("{repository}@{digest}"), destination = %d.spec.registry, "archived in the destination: not pushed");
+                let result = ImageResult {
+                    target_digest: target_digest.as_ref().map(Digest::to_string),
+                    ..not_copied_result(d, (repository, image), ImageStatus::Archived, &reason)
+                };
+                archived.push((d.index, result));
+                continue;
+            }
+        }
         tasks.push(ImageTask {
             repository: repository.to_string(),
             digest: digest.clone(),
             tags: image.tags.clone(),
-            destination: *index,
-            target_registry: spec.registry.clone(),
-            target_repository: target.clone(),
+            destination: d.index,
+            target_registry: d.spec.registry.clone(),
+            target_repository: d.target.clone(),
             present,
             referrers: referrers.clone(),
             tags_absent,
-            repository_absent: *repository_absent,
+            repository_absent: d.repository_absent,
             pushed_at: image.pushed_at,
             target_digest: target_digest.clone(),
             signed_by: image.signed_by.clone(),
         });
     }
-    Ok(tasks)
+    Ok((tasks, archived))
+}
+
+/// An ECR destination's archived images, read once per page when first asked about.
+#[derive(Default)]
+struct ArchivedThere(tokio::sync::OnceCell<std::collections::BTreeMap<String, Option<i64>>>);
+
+impl Destination<'_> {
+    /// Why `digest`, missing here, is not pushed: the ECR destination keeps it in its archive
+    /// storage class (`None`: not archived, the repository does not exist, not ECR, or the
+    /// archive could not be read, which is logged: the image is then pushed as before).
+    async fn archived_reason(&self, digest: &Digest) -> Option<String> {
+        let admin = self.dest.ecr.as_ref()?;
+        if self.repository_absent {
+            return None;
+        }
+        let archived = self
+            .archived
+            .0
+            .get_or_init(|| async {
+                admin
+                    .archived_digests(&self.target)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, repository = %self.target, "could not read the destination's archived images: missing images are pushed");
+                        Default::default()
+                    })
+            })
+            .await;
+        let since = archived.get(digest.as_str())?;
+        Some(archived_there_reason(
+            &self.spec.registry,
+            &self.target,
+            digest.as_str(),
+            *since,
+        ))
+    }
 }
 
 /// Why a selected image is not copied, if it is not, as the status its results get: a refused
@@ -297,27 +372,36 @@ pub(crate) async fn is_present(
 /// One result per destination for an image that is not copied, with why.
 fn not_copied_results(
     destinations: &[Destination<'_>],
-    (repository, image): (&str, &SelectedImage),
+    image: (&str, &SelectedImage),
     status: ImageStatus,
     reason: &str,
 ) -> Vec<ImageResult> {
     destinations
         .iter()
-        .map(|(_, spec, _, target, _, _)| {
-            ImageResult {
-                repository: repository.to_string(),
-                digest: image.digest.clone(),
-                tags: image.tags.clone(),
-                target_registry: spec.registry.clone(),
-                target_repository: target.clone(),
-                status: status.clone(),
-                bytes_copied: 0,
-                error: Some(reason.to_string()),
-                source_pulls: 0,
-                target_digest: None,
-                signed_by: None,
-            }
-            .listed()
-        })
+        .map(|d| not_copied_result(d, image, status.clone(), reason))
         .collect()
+}
+
+/// An image's result in one destination it is not copied to, with why.
+fn not_copied_result(
+    d: &Destination<'_>,
+    (repository, image): (&str, &SelectedImage),
+    status: ImageStatus,
+    reason: &str,
+) -> ImageResult {
+    ImageResult {
+        repository: repository.to_string(),
+        digest: image.digest.clone(),
+        tags: image.tags.clone(),
+        target_registry: d.spec.registry.clone(),
+        target_repository: d.target.clone(),
+        status,
+        bytes_copied: 0,
+        error: Some(reason.to_string()),
+        source_pulls: 0,
+        target_digest: None,
+        signed_by: None,
+        lag_seconds: None,
+    }
+    .listed()
 }

@@ -85,29 +85,12 @@ impl PutManifestsInput {
 /// blobs are there, and checks each tag resolves to the source digest.
 #[tracing::instrument(skip_all, fields(repository = %input.image.repository, digest = %input.image.digest))]
 pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Result<ImageResult> {
-    let ranges_complete = input.ranges_complete();
-    let range_error = input.first_range_error();
-    let valid = input.job.validate()?;
-    let (job, platforms) = (valid.job, valid.platforms);
-    let source = conns.source(&job).await?;
-    let dest = conns.destination(&job, input.image.destination).await?;
-    // The task's target, recomputed from the job and checked against the deployment's scope:
-    // whatever reached this step's input, it writes only where the job may.
-    let spec = job.destination(input.image.destination)?;
-    let target = spec.checked_target_repository(&input.image.repository)?;
-    if target != input.image.target_repository || spec.registry != input.image.target_registry {
-        return Err(Error::invalid(
-            "image.targetRepository",
-            format!(
-                "{}/{} is not where the job puts {} ({}/{target})",
-                input.image.target_registry,
-                input.image.target_repository,
-                input.image.repository,
-                spec.registry
-            ),
-        ));
-    }
-    conns.check_target_scope(&spec.registry, &target)?;
+    // Validated from a copy: the helpers below read the rest of the input.
+    let valid = input.job.clone().validate()?;
+    let (job, platforms) = (&valid.job, valid.platforms.as_ref());
+    let to = checked_target(conns, job, &input.image)?;
+    let source = conns.source(job).await?;
+    let dest = conns.destination(job, input.image.destination).await?;
     // Its reads are counted (pulls, on a rate-limited source); the plan reserved them.
     let meter = Arc::new(PullMeter::counting(&source.registry));
     let client = source.client.metered(meter.clone());
@@ -119,62 +102,13 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
             platforms,
         )
     };
-    let (from, top, walked) = read(&input.image.digest, platforms.as_ref()).await?;
-    let to = Repository {
-        registry: dest.registry.clone(),
-        name: input.image.target_repository.clone(),
-    };
+    let image = read(&input.image.digest, platforms).await?;
     let mut referred = Vec::new();
     for digest in &input.image.referrers {
         referred.push(read(digest, None).await?);
     }
-    // No manifest before all of its blobs are there (a range of the page may have failed):
-    // checked unless every range of the page reported complete.
-    let blobs: Vec<&BlobRef> = if ranges_complete {
-        Vec::new()
-    } else {
-        walked
-            .blobs
-            .values()
-            .chain(referred.iter().flat_map(|(_, _, w)| w.blobs.values()))
-            .collect()
-    };
-    let checks: Vec<(&BlobRef, oci::Result<Option<u64>>)> = futures::stream::iter(blobs)
-        .map(|blob| {
-            let (client, to) = (&dest.client, &to);
-            async move { (blob, client.head_blob(to, &blob.digest).await) }
-        })
-        .buffer_unordered(PARALLEL_CHECKS)
-        .collect()
-        .await;
-    for (blob, present) in checks {
-        let present = present.map_err(|e| Error::Registry {
-            image: from.to_string(),
-            source: e,
-        })?;
-        if present.is_none() {
-            return Err(Error::BlobMissing {
-                image: from.to_string(),
-                blob: blob.digest.to_string(),
-                target: to.to_string(),
-                cause: match &range_error {
-                    // The range's error names this image too: say it once.
-                    Some(e) => {
-                        let e = ["ReplicationFailed: ", "ReplicationRetryable: "]
-                            .iter()
-                            .find_map(|kind| e.strip_prefix(kind))
-                            .unwrap_or(e);
-                        format!(
-                            "a blob copy failed: {}",
-                            e.replacen(&format!("copy of {from} failed: "), "", 1)
-                                .replacen(&format!("{from}: "), "", 1)
-                        )
-                    }
-                    None => "its copy failed or it was removed since: run again".into(),
-                },
-            });
-        }
-    }
+    check_blobs_there(&dest.client, &to, &input, &image, &referred).await?;
+    let (from, top, walked) = image;
     let known = Known {
         tags_absent: input.image.tags_absent,
         repository_absent: input.image.repository_absent,
@@ -203,30 +137,10 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         .await?;
         referrers.push(top);
     }
-    // Promoted under requireSignature, with a receipt key: the signed receipt, before the
-    // fallback index is written (it lists the receipt too).
-    // Only what the deployment's own policies admitted is certified: keys a caller wrote in
-    // the job never yield a receipt.
-    let certified = input.image.signed_by.as_deref().and_then(|line| {
-        let allowlist = conns.settings().allowlist.as_ref()?;
-        receipts::certified_admissions(line, |name| {
-            Some(allowlist.trust_policies.get(name)?.canonical_digest())
-        })
-    });
-    if let (Some(admitted_by), Some(signer)) = (&certified, conns.receipt_signer().await) {
-        let promotion = receipts::Promotion {
-            source_registry: &source.registry,
-            source_repository: &input.image.repository,
-            source_digest: &input.image.digest,
-            target: &to,
-            manifest: &top,
-            admitted_by,
-            run: input
-                .execution
-                .as_deref()
-                .unwrap_or("ecr-replicator CLI (in process)"),
-        };
-        referrers.push(receipts::attach_receipt(&dest.client, signer.as_ref(), &promotion).await?);
+    if let Some(receipt) =
+        promotion_receipt(conns, &dest.client, &input, &source.registry, &to, &top).await?
+    {
+        referrers.push(receipt);
     }
     // The fallback indexes may name the image, its referrers, and the platform subset put in
     // its place (the receipt's subject).
@@ -235,16 +149,147 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         .chain((top.digest != input.image.digest).then_some(&top.digest))
         .collect();
     referrers::write_fallback_indexes(&dest.client, &to, &referrers, &subjects).await?;
-    let mut measured = vec![(Metric::ImagesCopied, 1.0)];
-    if let Some(pushed) = input.image.pushed_at {
-        let lag = metrics::now_seconds().saturating_sub(pushed).max(0);
-        measured.push((Metric::ReplicationLag, lag as f64));
-    }
-    metrics::emit(&input.image.target_registry, &measured);
+    let lag_seconds = arrived(&input.image, metrics::now_seconds());
     // Bytes are the page's (its ranges', counted once by `summarise`): blobs are shared.
     Ok(ImageResult {
         source_pulls: meter.sent(),
         target_digest: (top.digest != input.image.digest).then(|| top.digest.to_string()),
+        lag_seconds,
         ..ImageResult::for_task(&input.image, ImageStatus::Copied, 0, None)
     })
+}
+
+/// The task's target repository, recomputed from the job and checked against the deployment's
+/// scope: whatever reached this step's input, it writes only where the job may.
+fn checked_target(conns: &Connections, job: &Job, task: &ImageTask) -> Result<Repository> {
+    let spec = job.destination(task.destination)?;
+    let target = spec.checked_target_repository(&task.repository)?;
+    if target != task.target_repository || spec.registry != task.target_registry {
+        return Err(Error::invalid(
+            "image.targetRepository",
+            format!(
+                "{}/{} is not where the job puts {} ({}/{target})",
+                task.target_registry, task.target_repository, task.repository, spec.registry
+            ),
+        ));
+    }
+    conns.check_target_scope(&spec.registry, &target)?;
+    Ok(Repository {
+        registry: spec.registry.clone(),
+        name: target,
+    })
+}
+
+/// An image as `read_source_image` gives it: its reference, top manifest and what it holds.
+type SourceImage = (oci::Reference, oci::Manifest, crate::copy::Walked);
+
+/// No manifest before all of its blobs are there (a range of the page may have failed):
+/// checked in the destination unless every range of the page reported complete. A missing blob
+/// fails the image, naming the range's error when one was reported.
+async fn check_blobs_there(
+    dest: &oci::RegistryClient,
+    to: &Repository,
+    input: &PutManifestsInput,
+    (from, _, walked): &SourceImage,
+    referred: &[SourceImage],
+) -> Result<()> {
+    if input.ranges_complete() {
+        return Ok(());
+    }
+    let blobs: Vec<&BlobRef> = walked
+        .blobs
+        .values()
+        .chain(referred.iter().flat_map(|(_, _, w)| w.blobs.values()))
+        .collect();
+    let checks: Vec<(&BlobRef, oci::Result<Option<u64>>)> = futures::stream::iter(blobs)
+        .map(|blob| async move { (blob, dest.head_blob(to, &blob.digest).await) })
+        .buffer_unordered(PARALLEL_CHECKS)
+        .collect()
+        .await;
+    for (blob, present) in checks {
+        let present = present.map_err(|e| Error::Registry {
+            image: from.to_string(),
+            source: e,
+        })?;
+        if present.is_none() {
+            return Err(Error::BlobMissing {
+                image: from.to_string(),
+                blob: blob.digest.to_string(),
+                target: to.to_string(),
+                cause: missing_blob_cause(&from.to_string(), input.first_range_error()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why a blob is missing: the page's range error (said once: it names this image too), or a
+/// copy that failed or a blob removed since.
+fn missing_blob_cause(from: &str, range_error: Option<String>) -> String {
+    match range_error {
+        Some(e) => {
+            let e = ["ReplicationFailed: ", "ReplicationRetryable: "]
+                .iter()
+                .find_map(|kind| e.strip_prefix(kind))
+                .unwrap_or(&e);
+            format!(
+                "a blob copy failed: {}",
+                e.replacen(&format!("copy of {from} failed: "), "", 1)
+                    .replacen(&format!("{from}: "), "", 1)
+            )
+        }
+        None => "its copy failed or it was removed since: run again".into(),
+    }
+}
+
+/// Promoted under requireSignature, with a receipt key: the signed receipt, attached before the
+/// fallback index is written (it lists the receipt too). Only what the deployment's own
+/// policies admitted is certified: keys a caller wrote in the job never yield a receipt.
+async fn promotion_receipt(
+    conns: &Connections,
+    dest: &oci::RegistryClient,
+    input: &PutManifestsInput,
+    source_registry: &str,
+    to: &Repository,
+    top: &oci::Manifest,
+) -> Result<Option<oci::Manifest>> {
+    let certified = input.image.signed_by.as_deref().and_then(|line| {
+        let allowlist = conns.settings().allowlist.as_ref()?;
+        receipts::certified_admissions(line, |name| {
+            Some(allowlist.trust_policies.get(name)?.canonical_digest())
+        })
+    });
+    let (Some(admitted_by), Some(signer)) = (&certified, conns.receipt_signer().await) else {
+        return Ok(None);
+    };
+    let promotion = receipts::Promotion {
+        source_registry,
+        source_repository: &input.image.repository,
+        source_digest: &input.image.digest,
+        target: to,
+        manifest: top,
+        admitted_by,
+        run: input
+            .execution
+            .as_deref()
+            .unwrap_or("ecr-replicator CLI (in process)"),
+    };
+    Ok(Some(
+        receipts::attach_receipt(dest, signer.as_ref(), &promotion).await?,
+    ))
+}
+
+/// The image arrived in its destination now (`now`, seconds since the epoch): writes its
+/// `ImagesCopied` and `ReplicationLag` metrics (dimension `Destination`) and returns its lag in
+/// seconds (see `ImageResult::lag_seconds`), `None` when the source reports no push time.
+fn arrived(task: &ImageTask, now: i64) -> Option<u64> {
+    let lag = task
+        .pushed_at
+        .map(|pushed| u64::try_from(now.saturating_sub(pushed)).unwrap_or(0));
+    let mut measured = vec![(Metric::ImagesCopied, 1.0)];
+    if let Some(lag) = lag {
+        measured.push((Metric::ReplicationLag, lag as f64));
+    }
+    metrics::emit(&task.target_registry, &measured);
+    lag
 }

@@ -66,6 +66,10 @@ pub struct WorkflowLimits {
     /// Pages of repositories an execution runs before it continues as a new execution (about
     /// 30 events a page).
     pub pages_per_execution: u32,
+    /// Selected images one `verify-repository` call compares with every destination at most
+    /// (`VERIFY_IMAGES_PER_CALL`; `ECR_REPLICATOR_VERIFY_IMAGES_PER_CALL`): a larger
+    /// repository is verified page by page.
+    pub verify_images_per_call: usize,
     /// The concurrent executions the deployment reserves for each copying function
     /// (`copyConcurrency`, `ECR_REPLICATOR_COPY_CONCURRENCY`): a run's shares of `maxConcurrency`
     /// are cut to it (`None`: no reservation, no cap).
@@ -85,12 +89,18 @@ impl WorkflowLimits {
     }
 }
 
+/// Selected images one `verify-repository` call compares with every destination at most by
+/// default (`WorkflowLimits::verify_images_per_call`); a repository with more is compared page
+/// by page, the state machine calling the step again with the token it returns.
+pub const VERIFY_IMAGES_PER_CALL: usize = 1000;
+
 impl Default for WorkflowLimits {
     fn default() -> Self {
         WorkflowLimits {
             triage_budget: std::time::Duration::from_secs(120),
             pages_per_child: 400,
             pages_per_execution: 500,
+            verify_images_per_call: VERIFY_IMAGES_PER_CALL,
             copy_concurrency: None,
         }
     }
@@ -575,6 +585,9 @@ pub fn settings_from_env() -> Result<Settings> {
     }
     if let Some(pages) = whole("ECR_REPLICATOR_PAGES_PER_EXECUTION")? {
         limits.pages_per_execution = pages.max(1);
+    }
+    if let Some(images) = whole("ECR_REPLICATOR_VERIFY_IMAGES_PER_CALL")? {
+        limits.verify_images_per_call = (images as usize).max(1);
     }
     limits.copy_concurrency = whole("ECR_REPLICATOR_COPY_CONCURRENCY")?;
     let aws = AwsSettings::from_env();

@@ -356,9 +356,11 @@ pub fn children_page_states(handed_back: bool) -> u64 {
     2 + u64::from(handed_back)
 }
 
-/// States of a repository child that verifies: `ReplicateOrVerify`, `VerifyRepository`,
-/// `RepositoryDone` (its start, [`MAP_CHILD_START_TRANSITIONS`], comes on top).
-pub const VERIFY_CHILD_STATES: u64 = 3;
+/// States of a repository child that verifies one page: `ReplicateOrVerify`,
+/// `VerifyRepository`, `MoreToVerify`, `RepositoryDone` (its start,
+/// [`MAP_CHILD_START_TRANSITIONS`], comes on top; each further page adds `VerifyNextPage` and
+/// `MoreToVerify`).
+pub const VERIFY_CHILD_STATES: u64 = 4;
 
 #[cfg(test)]
 mod tests {

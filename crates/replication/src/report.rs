@@ -253,6 +253,11 @@ pub struct VerifyReport {
     /// Differences beyond those listed.
     #[serde(default)]
     pub differences_omitted: usize,
+    /// Where the repository's verification goes on when it has more images than one call
+    /// compares (`verify-repository` pages; the state machine calls it again with this token
+    /// and the report so far); absent when it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// Differences a repository's verification lists (its report is one of a page's).

@@ -85,6 +85,8 @@ async fn verify_job(
                     let input = VerifyRepositoryInput {
                         job: job.clone(),
                         repository: repository.clone(),
+                        next_token: None,
+                        report: None,
                     };
                     (repository, steps::verify_repository(conns, input).await)
                 })

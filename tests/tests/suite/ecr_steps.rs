@@ -517,6 +517,8 @@ async fn verify(conns: &Connections, repository: &str) -> VerifyReport {
         event(VerifyRepositoryInput {
             job: job(json!({"mode": "verify"})),
             repository: repository.into(),
+            next_token: None,
+            report: None,
         }),
     )
     .await

@@ -1005,3 +1005,53 @@ async fn an_index_cut_down_to_the_platforms_asked_travels_through_the_workflow()
         "{report}"
     );
 }
+
+/// A verification of a repository larger than one `verify-repository` call compares (lowered
+/// to 2 images a call here) loops over its pages in one child: five images in three calls, the
+/// totals those of the whole repository; an image missing in the destination on a later page
+/// is found and fails the execution, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_verify_of_a_repository_larger_than_one_call_goes_page_by_page() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let (source, target) = (Pusher::new(&src.host, None), Pusher::new(&dst.host, None));
+    for i in 0..5u64 {
+        let image = ImageBuilder::new(Format::Oci).layer(3000 + i, 64).build();
+        source.push("many", &format!("v{i}"), &image).await;
+        target.push("many", &format!("v{i}"), &image).await;
+    }
+    let (sfn, arn) = state_machine(&[("ECR_REPLICATOR_VERIFY_IMAGES_PER_CALL", "2")]).await;
+    let mut verifying = copy_all(&src, &dst);
+    verifying["mode"] = json!("verify");
+    let before = sfn.invocations();
+
+    let identical = sfn.execute(&arn, &verifying).await;
+
+    assert_eq!(
+        identical.status,
+        "SUCCEEDED",
+        "{}\n{}",
+        identical.cause,
+        identical.history_text(100)
+    );
+    let verify = identical.output.unwrap()["verify"].clone();
+    assert_eq!(
+        counts(&verify, ["images", "identical", "missing", "extra"]),
+        [5, 5, 0, 0],
+        "{verify}"
+    );
+    assert!(verify.get("nextToken").is_none(), "{verify}");
+    let calls = sfn.invocations()["verify-repository"]
+        - before.get("verify-repository").copied().unwrap_or(0);
+    assert_eq!(calls, 3, "5 images, 2 a call");
+
+    // A sixth image only the source has (it sorts by digest into some page): found, named.
+    let sixth = ImageBuilder::new(Format::Oci).layer(3999, 64).build();
+    source.push("many", "v5", &sixth).await;
+    let differs = sfn.execute(&arn, &verifying).await;
+    assert_eq!(differs.status, "FAILED");
+    assert!(
+        differs.cause.contains("1 differences") && differs.cause.contains("many"),
+        "{}",
+        differs.cause
+    );
+}

@@ -11,7 +11,7 @@ use crate::catalog::too_many_pages;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, Refusal, SelectedImage};
-use crate::gate::{self, Judge};
+use crate::gate;
 use crate::job::{ImageSelector, ValidJob};
 use crate::metrics;
 use crate::referrers;
@@ -40,51 +40,35 @@ pub async fn selected_images_counted(
 
 /// `selected_images`, and the repository's listing when the selection read it (with filters,
 /// always): a verification finds the tags only a destination has from it. With
-/// `requireSignature`, every image is judged now (a verification compares what a replication
-/// would copy).
+/// `requireSignature`, images are only marked for the gate: a verification judges those of the
+/// page it compares (`gate::Judge::judge_all`).
 pub(crate) async fn selected_and_listed(
     conns: &Connections,
     job: &ValidJob,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
-    let (selected, listed, _) = selection(conns, job, repository, true).await?;
+    let (selected, listed, _) = selected_counted(conns, job, repository).await?;
     Ok((selected, listed))
 }
 
 /// `selected_images` with the listing, and the manifest GETs it sent where they are pulls.
 /// With `requireSignature`, images are only marked for the gate (`SelectedImage::pending`):
-/// a page judges those it would write (`page_of_work`).
+/// a page judges those it would write (`page_of_work`). Every read goes through a metered view
+/// of the source connection, so the referrers' and artifacts' checks are counted whichever
+/// module sends them. They are counted, not refused: a read refused for the budget would
+/// report a signed image unsigned.
 pub(crate) async fn selected_counted(
     conns: &Connections,
     job: &ValidJob,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>, u64)> {
-    selection(conns, job, repository, false).await
-}
-
-/// The selection, with the gate applied now (`judge_now`) or left to the pages. Every read
-/// goes through a metered view of the source connection, so the signature gate's manifest
-/// reads (and the referrers' and artifacts' checks) are counted whichever module sends them.
-/// They are counted, not refused: a gate read refused for the budget would report a signed
-/// image unsigned.
-async fn selection(
-    conns: &Connections,
-    job: &ValidJob,
-    repository: &str,
-    judge_now: bool,
-) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>, u64)> {
     let connection = conns.source(&job.job).await?;
     let meter = Arc::new(PullMeter::counting(&connection.registry));
     let source = connection.metered(meter.clone());
     let counted = |pulls: u64| if source.counts_pulls() { pulls } else { 0 };
-    let gate = signature_gate(conns, job).await?;
-    let gated = gate.is_some();
-    let judge = match (judge_now, gate) {
-        (true, Some(gate)) => Some(Judge::new(&source, repository, gate)),
-        _ => None,
-    };
-    let (mut selected, listed) =
-        select_images(&source, job, (gated, judge.as_ref()), repository).await?;
+    // The trusted root is read here too: one that cannot be read fails the repository.
+    let gated = signature_gate(conns, job).await?.is_some();
+    let (mut selected, listed) = select_images(&source, job, gated, repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
     Ok((selected, listed, counted(meter.sent())))
 }
@@ -112,7 +96,7 @@ pub(crate) async fn signature_gate(
 async fn select_images(
     source: &Connection,
     job: &ValidJob,
-    (gated, judge): (bool, Option<&Judge<'_>>),
+    gated: bool,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let mut catalog_images: Option<Vec<ListedImage>> = None;
@@ -163,19 +147,6 @@ async fn select_images(
         )
         .await?;
     }
-    let mut unsigned = Vec::new();
-    if let Some(judge) = judge {
-        let judged = judge.judge_all(selected).await?;
-        let (not_copied, signed): (Vec<_>, Vec<_>) = judged
-            .into_iter()
-            .partition(|s| s.unsigned.is_some() || s.refused.is_some());
-        selected = signed;
-        (refused, unsigned) = not_copied
-            .into_iter()
-            .chain(refused)
-            .partition(|s| s.refused.is_some());
-    }
-    selected.append(&mut unsigned);
     selected.append(&mut refused);
     selected.append(&mut set_aside);
     Ok((selected, Some(images)))

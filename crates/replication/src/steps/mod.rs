@@ -66,7 +66,7 @@ pub use verify_repository::{verify_repository, VerifyRepository, VerifyRepositor
 use ensure_repository::apply_settings;
 use enumerate_images::{
     all_images, destination_tags, is_present, selected_and_listed, selected_counted,
-    PARALLEL_CHECKS,
+    signature_gate, PARALLEL_CHECKS,
 };
 use plan_image::{platform_subset, read_source_image};
 use selection::{keep_selection, stored_selection_chunk, PageToken};

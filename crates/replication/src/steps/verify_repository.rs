@@ -28,22 +28,37 @@ impl Step for VerifyRepository {
     fn run(conns: &Connections, input: Self::Input) -> StepFuture<'_, Self::Output> {
         Box::pin(async move {
             let started = std::time::Instant::now();
-            let mut verify = verify_repository(conns, input).await?;
+            let job = input.job.validate()?;
+            let first = input.next_token.is_none();
+            let page =
+                verify_page(conns, &job, &input.repository, input.next_token.as_deref()).await?;
+            // This page added to the report so far (the previous pages' output).
+            let mut report = input.report.unwrap_or_default();
+            let mut verify = report.verify.take().unwrap_or_default();
+            verify.merge(&page);
             verify.limit_lists(VERIFY_LISTED);
-            // The call and the verifying child's execution: its start and its states.
+            verify.next_token = page.next_token;
+            // The call and, on the first page, the verifying child's execution (its start and
+            // its states); a later page, the loop's two states.
             let mut cost = crate::cost::Cost::this_call(started);
-            cost.standard_executions = 1;
-            cost.standard_transitions =
-                crate::cost::MAP_CHILD_START_TRANSITIONS + crate::cost::VERIFY_CHILD_STATES;
-            let report = RunReport {
-                verify: Some(verify),
-                cost,
-                ..RunReport::default()
-            };
+            if first {
+                cost.standard_executions = 1;
+                cost.standard_transitions =
+                    crate::cost::MAP_CHILD_START_TRANSITIONS + crate::cost::VERIFY_CHILD_STATES;
+            } else {
+                cost.standard_transitions = VERIFY_PAGE_STATES;
+            }
+            report.add_cost(&cost);
+            report.verify = Some(verify);
             Ok(report.priced(&conns.settings().cost_model))
         })
     }
 }
+
+pub use crate::connect::VERIFY_IMAGES_PER_CALL;
+
+/// States a later page of a verification adds: the loop's Choice and the Task.
+const VERIFY_PAGE_STATES: u64 = 2;
 
 /// Input of `verify-repository`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -53,29 +68,86 @@ pub struct VerifyRepositoryInput {
     pub job: Job,
     /// Source repository name.
     pub repository: String,
+    /// Where this call goes on: the previous call's `verify.nextToken` (an offset into the
+    /// repository's selection).
+    #[serde(default)]
+    pub next_token: Option<String>,
+    /// The repository's report so far (the previous call's output), which this call's findings
+    /// are added to.
+    #[serde(default)]
+    pub report: Option<RunReport>,
 }
 
-/// Compares one source repository with each destination.
+/// Compares one source repository with each destination, every page of it (from
+/// `input.next_token`), in one process.
 #[tracing::instrument(skip_all, fields(repository = %input.repository))]
 pub async fn verify_repository(
     conns: &Connections,
     input: VerifyRepositoryInput,
 ) -> Result<VerifyReport> {
     let job = input.job.validate()?;
-    let repository = input.repository.as_str();
+    let mut total = VerifyReport::default();
+    let mut token = input.next_token;
+    loop {
+        let mut page = verify_page(conns, &job, &input.repository, token.as_deref()).await?;
+        token = page.next_token.take();
+        total.merge(&page);
+        if token.is_none() {
+            return Ok(total);
+        }
+    }
+}
+
+/// Compares one page of a source repository's selection (from the offset `next_token` names,
+/// at most `WorkflowLimits::verify_images_per_call` images) with each destination; the first
+/// page also compares the repository's settings and finds the tags only a destination has.
+/// The report's `next_token` says where the next page starts.
+pub async fn verify_page(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+    next_token: Option<&str>,
+) -> Result<VerifyReport> {
+    let offset = match next_token {
+        None => 0,
+        Some(token) => token.parse::<usize>().map_err(|_| {
+            Error::invalid(
+                "nextToken",
+                format!("{token:?} is not a token verify-repository returned"),
+            )
+        })?,
+    };
+    let first = offset == 0;
     let source = conns.source(&job.job).await?;
-    // What a replication would copy: an image no signature verifies for is not expected there.
-    let (selected, listed) = selected_and_listed(conns, &job, repository).await?;
-    let selected: Vec<SelectedImage> = selected
+    let (selected, listed) = selected_and_listed(conns, job, repository).await?;
+    let per_call = conns.settings().limits.verify_images_per_call.max(1);
+    let total = selected.len();
+    let end = offset.saturating_add(per_call).min(total);
+    let window = selected.get(offset..end).unwrap_or_default().to_vec();
+    // What a replication would copy: an image no signature verifies for is not expected there
+    // (the gate judges this page's images only).
+    let window = match signature_gate(conns, job).await? {
+        Some(gate) => {
+            crate::gate::Judge::new(&source, repository, gate)
+                .judge_all(window)
+                .await?
+        }
+        None => window,
+    };
+    let selected: Vec<SelectedImage> = window
         .into_iter()
         .filter(|s| s.unsigned.is_none() && s.refused.is_none())
         .collect();
-    // Tags only a destination has are extra; with an explicit image list there is no "all".
-    let source_tags: Option<HashSet<String>> = match (job.job.images.is_empty(), listed) {
-        (true, Some(listed)) => Some(listed.into_iter().flat_map(|i| i.tags).collect()),
+    // Tags only a destination has are extra (once, on the first page); with an explicit image
+    // list there is no "all".
+    let source_tags: Option<HashSet<String>> = match (job.job.images.is_empty(), listed, first) {
+        (true, Some(listed), true) => Some(listed.into_iter().flat_map(|i| i.tags).collect()),
         _ => None,
     };
-    let mut report = VerifyReport::default();
+    let mut report = VerifyReport {
+        next_token: (end < total).then(|| end.to_string()),
+        ..VerifyReport::default()
+    };
     for (index, spec) in job.job.destinations.iter().enumerate() {
         let target = spec.checked_target_repository(repository)?;
         // A verification reads settings and policies: only where the job may write.
@@ -85,7 +157,9 @@ pub async fn verify_repository(
             target: format!("{}/{target}", spec.registry),
             name: target.clone(),
         };
-        verify_settings(conns, &job, (index, spec), &at, &mut report).await?;
+        if first {
+            verify_settings(conns, job, (index, spec), &at, &mut report).await?;
+        }
         let dest = conns.destination(&job.job, index).await?;
         let (listed, absent) = destination_tags(&dest.client, &spec.registry, &target).await;
         let repo = Repository {

@@ -23,7 +23,9 @@
 //! The size cases (`size_cases`): `sfn-first-1k` (10 repositories x 100 tags),
 //! `sfn-first-1k-repos` (1,000 repositories x 1 tag), `sfn-noop-10x10k`, `sfn-noop-1x30k`,
 //! `sfn-filter-30k`, `sfn-noop-30k-repos`, `sfn-first-30k-3dest`; `SCALE_SIZE_PERCENT` shrinks
-//! them. `SCALE_RUNS` picks runs by name (comma-separated; all by default); `SCALE_SKIP_SFN=1`
+//! them. The slow-registry cases (`slow_cases`): `sfn-gated-slow`, `sfn-verify-slow`, a
+//! repository a serial loop could not finish within the function's deployed timeout, each
+//! request to the registries delayed. `SCALE_RUNS` picks runs by name (comma-separated; all by default); `SCALE_SKIP_SFN=1`
 //! runs the CLI only.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -535,6 +537,7 @@ fn main() {
         }
         drop((src, empty, full));
         lines.extend(size_cases(&rt, &sfn, &arn, &wanted));
+        lines.extend(slow_cases(&rt, &sfn, &arn, &wanted));
     }
 
     if catalog {
@@ -554,4 +557,135 @@ fn print_catalog_table(repositories: usize, tags: usize, rows: Vec<String>) {
     for row in rows {
         println!("{row}");
     }
+}
+
+/// The slow-registry cases: a repository whose images a serial loop could not get through in
+/// its function's deployed timeout. Every registry is reached through an ECR data plane
+/// (`EcrPlane`, ECR's behaviours off) adding `SCALE_SLOW_LATENCY_MS` (200) to each request, as
+/// a registry across a network does and loopback does not; the functions run under their
+/// deployed timeouts (the rig reads them from the synthesized template). `sfn-gated-slow`: a
+/// first run with `requireSignature` over `SCALE_SLOW_IMAGES` (2,000) signed images (the
+/// signature gate reads each image's signature in `enumerate-images`); `sfn-verify-slow`: a
+/// verification of the same repository against a destination holding it all
+/// (`verify-repository`). Each prints its `scale:` line and
+/// `scale-slow: run=<name> outcome=<..> plane_requests=<n> serial_s=<n> timeout_s=<n>
+/// function=<f>`: `serial_s` is the requests the run made times the latency, what one request
+/// after another would have taken, next to the function's deployed timeout.
+fn slow_cases(
+    rt: &tokio::runtime::Runtime,
+    sfn: &LocalStepFunctions,
+    arn: &str,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let runs = ["sfn-gated-slow", "sfn-verify-slow"];
+    if !runs.iter().any(|r| wanted(r)) {
+        return Vec::new();
+    }
+    let number = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let latency = std::time::Duration::from_millis(number("SCALE_SLOW_LATENCY_MS", 200));
+    let images = number("SCALE_SLOW_IMAGES", 2_000) as usize;
+    let deployed = e2e::deployed::functions();
+    let (src, copy_dst, full_dst) = (
+        TestRegistry::start(),
+        TestRegistry::start(),
+        TestRegistry::start(),
+    );
+    let began = Instant::now();
+    rt.block_on(async {
+        seed(&src.host, 1, images).await;
+        seed(&full_dst.host, 1, images).await;
+        sign_catalog(&src.host, images).await;
+        // The destination a verification finds identical holds the signatures too.
+        sign_catalog(&full_dst.host, images).await;
+    });
+    eprintln!(
+        "slow cases: {images} signed images seeded in {:.0} s",
+        began.elapsed().as_secs_f64()
+    );
+    let slow = |registry: &TestRegistry| {
+        let plane = e2e::ecr_plane::EcrPlane::start("slow.registry.example", &registry.host, None);
+        plane.set(|b| {
+            *b = e2e::ecr_plane::Behaviours::plain();
+            b.latency = latency;
+        });
+        plane
+    };
+    let (src_plane, copy_plane, full_plane) = (slow(&src), slow(&copy_dst), slow(&full_dst));
+    let job = |dest: &str, gated: bool| {
+        let mut job = json!({
+            "source": {"registry": src_plane.host, "insecure": true},
+            "destinations": [{"registry": dest, "insecure": true}],
+            "referrers": false,
+            "maxConcurrency": 200
+        });
+        if gated {
+            job["requireSignature"] = json!({"policy": e2e::sfn::RIG_TRUST_POLICY});
+        } else {
+            job["mode"] = json!("verify");
+        }
+        job
+    };
+    let mut lines = Vec::new();
+    for (run, dest, gated, function) in [
+        ("sfn-gated-slow", &copy_plane, true, "enumerate-images"),
+        ("sfn-verify-slow", &full_plane, false, "verify-repository"),
+    ] {
+        if !wanted(run) {
+            continue;
+        }
+        let before = src_plane.count("request") + dest.count("request");
+        let (line, execution, _) =
+            measure_run(rt, sfn, arn, run, &job(&dest.host, gated), (images, 1));
+        let requests = src_plane.count("request") + dest.count("request") - before;
+        let report = execution.output.clone().unwrap_or_default();
+        let outcome = if execution.status == "SUCCEEDED" {
+            match report.get("verify") {
+                Some(_) => outcome(&report).replace(' ', "_"),
+                None => format!("copied:{},failed:{}", report["copied"], report["failed"]),
+            }
+        } else {
+            format!("{}:{}", execution.status, execution.cause.trim()).replace(' ', "_")
+        };
+        let slow_line = format!(
+            "scale-slow: run={run} outcome={} plane_requests={requests} serial_s={:.0} \
+             timeout_s={} function={function} latency_ms={}",
+            outcome.chars().take(300).collect::<String>(),
+            requests as f64 * latency.as_secs_f64(),
+            deployed[function].timeout.as_secs(),
+            latency.as_millis(),
+        );
+        eprintln!("{line}\n{slow_line}");
+        lines.push(line);
+        lines.push(slow_line);
+    }
+    lines
+}
+
+/// Signs every image `seed` pushed to the catalog's first repository with the rig's trust
+/// policy key: a cosign signature under each image's `sha256-<hex>.sig` tag.
+async fn sign_catalog(registry: &str, tags: usize) {
+    let (key, _) = e2e::image::signing_key(e2e::sfn::RIG_SIGNING_SEED);
+    let repo = repository(0);
+    let pusher = e2e::image::Pusher::new(registry, None);
+    let sign = |t: usize| {
+        let (pusher, key, repo) = (&pusher, &key, &repo);
+        async move {
+            let tag = format!("v1.{t}.0");
+            let subject = digest(&manifest(repo, &tag));
+            let signature = e2e::image::cosign_signature(&subject, key, false, None);
+            let signature_tag = format!("{}.sig", subject.replacen(':', "-", 1));
+            pusher.push(repo, &signature_tag, &signature).await;
+        }
+    };
+    // The first alone: the signatures share their config blob, which concurrent uploads of the
+    // same digest would race for.
+    sign(0).await;
+    futures::stream::iter(1..tags)
+        .for_each_concurrent(16, sign)
+        .await;
 }

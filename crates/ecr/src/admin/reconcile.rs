@@ -198,6 +198,18 @@ fn tag_change(
     )
 }
 
+/// The drift note for a repository policy change that is the very put ECR refused last time
+/// (`refused`, as remembered on the target, names it), if it is.
+fn still_refused(refused: Option<&str>, put: &str, change: &SettingChange) -> Option<String> {
+    let (key, message) = parse_refusal(refused?);
+    (key == put).then(|| {
+        format!(
+            "repositoryPolicy: ECR refused it ({message}); remembered, not put again until the source's or the target's policy changes (or the target's tag {REFUSED_POLICY_TAG} is removed); the target keeps {}",
+            change.from
+        )
+    })
+}
+
 /// Resource tag keys a tag change names at most.
 const TAG_KEYS_NAMED: usize = 5;
 
@@ -276,14 +288,12 @@ impl EcrAdmin {
         for change in changes {
             let policy = change.setting == "repositoryPolicy";
             // The very put ECR refused last time is drift, not a change: no retry, no child.
-            if let Some((key, message)) = refused.as_deref().map(parse_refusal) {
-                if policy && key == put {
-                    report.drift.push(format!(
-                        "repositoryPolicy: ECR refused it ({message}); remembered, not put again until the source's or the target's policy changes (or the target's tag {REFUSED_POLICY_TAG} is removed); the target keeps {}",
-                        change.from
-                    ));
-                    continue;
-                }
+            if let Some(note) = policy
+                .then(|| still_refused(refused.as_deref(), &put, &change))
+                .flatten()
+            {
+                report.drift.push(note);
+                continue;
             }
             if !how.dry_run {
                 match self.apply(repository, &change, &current, &desired).await {

@@ -985,11 +985,51 @@ async fn an_image_archived_in_a_destination_is_reported_there_and_not_pushed_aga
         image.manifest
     );
     // And the next run settles the same way: archived there, present in the other.
-    let third = run(&world, job(&["cold"], both)).await;
+    let third = run(&world, job(&["cold"], both.clone())).await;
     assert_eq!(
         (third.copied, third.archived, third.present, third.failed),
         (0, 1, 1, 0),
         "{third:?}"
     );
     assert_eq!(writes(dest), before, "pushed again to {DEST}");
+    // The workflow's check settles the repository without a child, even with two images
+    // archived there (a second one, copied to both, then archived in DEST too).
+    let second_image = ImageBuilder::new(Format::Oci).layer(82, 3_000).build();
+    world.seed("cold", "v2", &second_image).await;
+    let fourth = run(&world, job(&["cold"], both.clone())).await;
+    assert_eq!((fourth.copied, fourth.failed), (2, 0), "{fourth:?}");
+    world.record(DEST, "cold", "v2", &second_image).await;
+    world
+        .moto
+        .sdk(DEST, Some(DEST_ROLE))
+        .await
+        .update_image_storage_class()
+        .repository_name("cold")
+        .image_id(
+            aws_sdk_ecr::types::ImageIdentifier::builder()
+                .image_digest(&second_image.digest)
+                .build(),
+        )
+        .target_storage_class(aws_sdk_ecr::types::TargetStorageClass::Archive)
+        .send()
+        .await
+        .unwrap();
+    let check = replication::steps::enumerate_repositories(
+        &conns,
+        replication::steps::EnumerateRepositoriesInput {
+            job: job(&["cold"], both),
+            next_token: None,
+            report: None,
+            pages: 0,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(check.repositories.is_empty(), "{check:?}");
+    let settled = check.report.unwrap();
+    assert_eq!(
+        (settled.archived, settled.present, settled.failed),
+        (2, 2, 0),
+        "{settled:?}"
+    );
 }

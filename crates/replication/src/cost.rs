@@ -175,6 +175,10 @@ impl Default for CostModel {
 /// top of the states a STANDARD child enters; an EXPRESS child's states are not transitions.
 pub const MAP_CHILD_START_TRANSITIONS: u64 = 1;
 
+/// Tasks a `ForEachImage` child takes (its `ItemBatcher`'s `MaxItemsPerBatch`, a page's
+/// tasks at most: one child a page; `tests/tests/suite/asl.rs` checks the definition says so).
+pub const IMAGES_PER_CHILD: u64 = 25;
+
 /// Billed memory of an EXPRESS execution that only waits on its calls (the first 64 MB step).
 const EXPRESS_GB: f64 = 64.0 / 1024.0;
 
@@ -312,12 +316,15 @@ impl CostModel {
         cost
     }
 
-    /// The EXPRESS children of `ForEachImage`: one per image of the page (each start a
-    /// transition of the Map), `puts` of them calling `put-manifests`.
+    /// The EXPRESS children of `ForEachImage` for a page of `images` tasks: one per batch of
+    /// [`IMAGES_PER_CHILD`] (each start a transition of the Map), `puts` of the tasks calling
+    /// `put-manifests` (their time counted whole: an upper bound, the batch runs several at
+    /// once).
     pub fn image_children(&self, images: u64, puts: u64) -> Cost {
         let mut cost = self.calls(puts);
-        cost.standard_transitions = images * MAP_CHILD_START_TRANSITIONS;
-        cost.express_executions = images;
+        let children = images.div_ceil(IMAGES_PER_CHILD);
+        cost.standard_transitions = children * MAP_CHILD_START_TRANSITIONS;
+        cost.express_executions = children;
         cost.express_gb_seconds = puts as f64 * self.call_seconds * EXPRESS_GB;
         cost
     }
@@ -452,22 +459,25 @@ mod tests {
         let images = model.image_children(25, 25);
         assert_eq!(
             (images.express_executions, images.standard_transitions),
-            (25, 25)
+            (1, 1),
+            "a page's tasks share one child"
         );
+        let two = model.image_children(26, 26);
+        assert_eq!((two.express_executions, two.standard_transitions), (2, 2));
         let child = model.child_start(2);
         assert_eq!(
             child.standard_transitions,
             1 + child_start_states(2),
             "the repository child's start and its states"
         );
-        // Priced as transitions: 25 EXPRESS children cost 25 transitions more than requests.
-        let priced = model.priced(images.clone());
+        // Priced as transitions: 2 EXPRESS children cost 2 transitions more than requests.
+        let priced = model.priced(two.clone());
         let without_starts = model.priced(Cost {
             standard_transitions: 0,
-            ..images
+            ..two
         });
         assert!(
-            (priced.estimated_usd - without_starts.estimated_usd - 25.0 * 0.000_025).abs() < 1e-6,
+            (priced.estimated_usd - without_starts.estimated_usd - 2.0 * 0.000_025).abs() < 1e-6,
             "{} vs {}",
             priced.estimated_usd,
             without_starts.estimated_usd

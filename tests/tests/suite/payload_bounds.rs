@@ -139,8 +139,8 @@ fn refused_result(task: &ImageTask) -> ImageResult {
     result.listed()
 }
 
-/// An image archived in the source or a destination, with the longest reason (one result per
-/// destination it is not copied to).
+/// An image archived in the source or a destination, with the longest reason: listed in the
+/// report's `archivedImages`.
 fn archived_result(task: &ImageTask) -> ImageResult {
     let mut result = failed_result(task);
     result.status = ImageStatus::Archived;
@@ -327,6 +327,7 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     assert_eq!(range_failed["Parameters"]["error.$"], "$.error.Error");
     let page = full_page();
     let results: Vec<ImageResult> = page.iter().map(|t| failed_result(t).listed()).collect();
+    let results_of_page = results.clone();
     // A range is at least its representative task and one blob.
     let mut representative = task(0);
     representative.tags.clear();
@@ -358,8 +359,28 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
             "report": full_report(CHILD_LISTED, Mode::Replicate)}),
     );
 
-    // An image's child execution (put manifests): its task, alone on a page at most, its
-    // planned entry (the task again, with an error) and the page's range results.
+    // The page's image child (ForEachImage's ItemBatcher: one batch of the page's tasks): its
+    // input, the page's planned images (within the page plan) and the batch input (the job,
+    // the range results); its output, every task's result. Each within 256 KiB whatever the
+    // batcher's own bound (MaxInputBytesPerBatch, at most 256 KiB) does.
+    let batcher = &repo["ForEachImage"]["ItemBatcher"];
+    assert_eq!(
+        batcher["BatchInput"],
+        json!({"job.$": "$.job", "copied.$": "$.copied", "imageConcurrency.$": "$.imageConcurrency"})
+    );
+    assert!(batcher["MaxInputBytesPerBatch"].as_u64().unwrap() <= 256 * 1024);
+    size(
+        "image child (a page's tasks) input",
+        &json!({"Items": [text(PAGE_PLAN_BYTES)],
+            "BatchInput": {"job": job(), "copied": copied.clone(), "imageConcurrency": 5}}),
+    );
+    size(
+        "image child (a page's tasks) output",
+        &json!(results_of_page),
+    );
+    // Each of its tasks (PutImages' iteration, as an image's child was): its task, alone on a
+    // page at most, its planned entry (the task again, with an error) and the page's range
+    // results.
     let alone = task((PAGE_TASK_BYTES - 1024) / (TAG + 3));
     let image = json!({
         "job": job(),

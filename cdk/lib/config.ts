@@ -291,8 +291,19 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     fail('trustPolicies', `and destinations[].repositories make the allowlist (ECR_REPLICATOR_ALLOWED_REGISTRIES) ${size} bytes; `
       + `with the functions' other variables (${others}) that passes Lambda's ${LAMBDA_ENVIRONMENT_MAX} bytes of environment: fewer keys, identities or globs`);
   }
+  // coalesce-pushes pins the push job in its environment, beside RUST_LOG and the state machine's ARN.
+  if (config.pushTrigger) {
+    const size = Buffer.byteLength(PUSH_JOB_VARIABLE + JSON.stringify(pushJobTemplate(config)));
+    if (size + COALESCER_ENVIRONMENT_RESERVE > LAMBDA_ENVIRONMENT_MAX) {
+      fail('job', `and destinations make the push job coalesce-pushes pins (${PUSH_JOB_VARIABLE}) ${size} bytes; with its other variables `
+        + `(${COALESCER_ENVIRONMENT_RESERVE}) that passes Lambda's ${LAMBDA_ENVIRONMENT_MAX} bytes of environment: fewer mapping rules, keys or filters`);
+    }
+  }
   return config;
 }
+
+/** What coalesce-pushes' other variables take at most: RUST_LOG and the state machine's ARN. */
+const COALESCER_ENVIRONMENT_RESERVE = 256;
 
 /** Lambda's limit on a function's environment variables, all names and values together (4 KB). */
 export const LAMBDA_ENVIRONMENT_MAX = 4096;
@@ -632,6 +643,17 @@ export function pushInput(config: ReplicatorConfig, image: Record<string, unknow
     images: [image],
   };
 }
+
+/** The push job `coalesce-pushes` pins (`ECR_REPLICATOR_PUSH_JOB`): the push rule's input without
+ * its image. A queued message whose job, its one image removed, is not this job is refused, so a
+ * principal that can send to the push queue can ask for one image, as a push can, and nothing else. */
+export function pushJobTemplate(config: ReplicatorConfig): Record<string, unknown> {
+  const { images: _images, ...job } = pushInput(config, {});
+  return job;
+}
+
+/** The environment variable `coalesce-pushes` reads the pinned push job from. */
+export const PUSH_JOB_VARIABLE = 'ECR_REPLICATOR_PUSH_JOB';
 
 /** Globs matching every repository name under a prefix: `**` crosses `/` only as a whole path
  * segment (elsewhere it is `*`), so a prefix not ending in `/` takes two. */

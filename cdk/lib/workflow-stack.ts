@@ -19,7 +19,7 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import {
-  allowlist, COPY_FUNCTIONS, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, destinationSigningProfiles, jobDestinations, pushInput, ReplicatorConfig, repositoryGrant,
+  allowlist, COPY_FUNCTIONS, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, destinationSigningProfiles, jobDestinations, pushInput, pushJobTemplate, PUSH_JOB_VARIABLE, ReplicatorConfig, repositoryGrant,
   reconcileSchedule, scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, trustedRootObject, workflowAccount,
 } from './config';
 import { checkTriggerInputs } from './inputs';
@@ -427,7 +427,7 @@ export class WorkflowStack extends Stack {
         },
         // Each push is one message of the push queue; coalesce-pushes starts one run per batch
         // of them (a burst of pushes would otherwise start a run, and its Map Runs, per push).
-        targets: [new targets.SqsQueue(this.pushQueue(root, names), {
+        targets: [new targets.SqsQueue(this.pushQueue(root, names, config), {
           // The pushed digest travels with the tag: a run that finds the tag moved on since
           // reports the image superseded and leaves the newer push's run to copy it.
           message: events.RuleTargetInput.fromObject(pushInput(config, {
@@ -504,7 +504,7 @@ export class WorkflowStack extends Stack {
    * 24 KiB of job at most) under a name derived from its input and messages, so a batch delivered
    * again starts none; a run not started returns its messages to the queue, and a message
    * delivered `PUSH_RECEIVES` times goes to the dead-letter queue, which alarms. */
-  private pushQueue(root: string, names: DeploymentNames): sqs.Queue {
+  private pushQueue(root: string, names: DeploymentNames, config: ReplicatorConfig): sqs.Queue {
     // SQS-managed encryption: a customer key would need a key policy for EventBridge, and CDK
     // then drops the queue policy's aws:SourceArn condition on the rule.
     const deadLetters = new sqs.Queue(this, 'PushDeadLetters', {
@@ -551,7 +551,13 @@ export class WorkflowStack extends Stack {
       role,
       logGroup,
       loggingFormat: lambda.LoggingFormat.JSON,
-      environment: { RUST_LOG: 'info', ECR_REPLICATOR_STATE_MACHINE_ARN: this.stateMachine.stateMachineArn },
+      environment: {
+        RUST_LOG: 'info',
+        ECR_REPLICATOR_STATE_MACHINE_ARN: this.stateMachine.stateMachineArn,
+        // The push rule's input without its image: the only job a queued message may ask for
+        // (anyone in this account with sqs:SendMessage on the queue can send one).
+        [PUSH_JOB_VARIABLE]: JSON.stringify(pushJobTemplate(config)),
+      },
     });
     this.functions[COALESCER] = fn;
     // states:StartExecution on exactly this state machine; receive, delete and change visibility

@@ -8,7 +8,7 @@ import { App, Aspects } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { allowlist, jobDestinations, loadConfig, pushInput, ReplicatorConfig, scheduleInput, validateConfig } from '../lib/config';
+import { allowlist, jobDestinations, LAMBDA_ENVIRONMENT_MAX, loadConfig, pushInput, ReplicatorConfig, scheduleInput, validateConfig } from '../lib/config';
 import { deploymentStacks } from '../lib/deployment';
 import { EVENTBRIDGE_INPUT_MAX, jobSchemaProblems, renderedInput } from '../lib/inputs';
 import { SourceRoleStack } from '../lib/source-stack';
@@ -133,6 +133,45 @@ test('the push rule matches successful pushes and starts a run for just that ima
   assert.match(input.destinations[0].roleArn, /ecr-replicator-target/);
 });
 
+/** The push job a workflow template's coalesce-pushes pins, and its push rule's input without the image. */
+function pinnedPushJob(template: Template): { pinned: unknown; rule: Record<string, unknown>; size: number } {
+  const fn = Object.values(template.findResources('AWS::Lambda::Function', { Properties: { Description: Match.stringLikeRegexp(`^ecr-replicator ${COALESCER}`) } }))[0] as any;
+  const variables = fn.Properties.Environment.Variables;
+  const text = variables.ECR_REPLICATOR_PUSH_JOB;
+  assert.equal(typeof text, 'string', 'a plain JSON string, no token');
+  const rule = Object.values(template.findResources('AWS::Events::Rule', { Properties: { Description: 'ecr-replicator: replicate a pushed image' } }))[0] as any;
+  const { images, ...job } = renderedInput(rule.Properties.Targets[0])!.input as Record<string, unknown>;
+  assert.equal((images as unknown[]).length, 1, 'the rule sends one image');
+  // Every variable's name and value (the ARN a Ref: counted at its longest).
+  const size = Object.entries(variables).reduce((n, [k, v]) => n + k.length + (typeof v === 'string' ? Buffer.byteLength(v) : 140), 0);
+  return { pinned: JSON.parse(text), rule: job, size };
+}
+
+test('coalesce-pushes pins the push job: its environment holds exactly the push rule\'s input without the image, within Lambda\'s 4 KB', () => {
+  const example = pinnedPushJob(w);
+  assert.deepEqual(example.pinned, example.rule);
+  assert.ok(example.size <= LAMBDA_ENVIRONMENT_MAX, `${example.size}`);
+  // With job-level settings (a required signature, tag and repository filters, prune left out of
+  // pushes), the pinned job carries them all, as the rule does.
+  const [workflowTemplate] = deployment(variant((c) => {
+    c.job = {
+      requireSignature: { policy: 'release' }, repositorySettings: 'create', prune: true, imageEvents: true,
+      tags: { exclude: ['.*-dev'], latest: 5 }, repositories: { exclude: ['scratch/**'] },
+    };
+  }));
+  const configured = pinnedPushJob(workflowTemplate);
+  assert.deepEqual(configured.pinned, configured.rule);
+  const pinned = configured.pinned as Record<string, any>;
+  assert.deepEqual(pinned.requireSignature, { policy: 'release' });
+  assert.deepEqual(pinned.tags, { exclude: ['.*-dev'] });
+  assert.equal(pinned.prune, undefined);
+  assert.equal(pinned.images, undefined);
+  assert.ok(configured.size <= LAMBDA_ENVIRONMENT_MAX, `${configured.size}`);
+  // A push job too large for the environment fails synth, naming the variable.
+  assert.throws(() => variant((c) => { c.job = { repositories: { exclude: Array.from({ length: 120 }, (_, i) => `scratch-team-number-${i}/**`) } }; }),
+    /job and destinations make the push job coalesce-pushes pins \(ECR_REPLICATOR_PUSH_JOB\) \d+ bytes; .* passes Lambda's 4096 bytes of environment/);
+});
+
 test('pushes queue up (encrypted, TLS only, a dead-letter queue that alarms); coalesce-pushes takes them in batches and may start only this state machine', () => {
   const rule = Object.values(w.findResources('AWS::Events::Rule', { Properties: { Description: 'ecr-replicator: replicate a pushed image' } }))[0] as any;
   const queues = w.findResources('AWS::SQS::Queue');
@@ -171,7 +210,9 @@ test('pushes queue up (encrypted, TLS only, a dead-letter queue that alarms); co
   const [fnId, fn] = Object.entries(w.findResources('AWS::Lambda::Function', { Properties: { Description: Match.stringLikeRegexp(`^ecr-replicator ${COALESCER}`) } }))[0] as [string, any];
   assert.deepEqual(mapping.FunctionName, { Ref: fnId });
   const stateMachine = Object.keys(w.findResources('AWS::StepFunctions::StateMachine'))[0];
-  assert.deepEqual(fn.Properties.Environment.Variables, { RUST_LOG: 'info', ECR_REPLICATOR_STATE_MACHINE_ARN: { Ref: stateMachine } });
+  assert.deepEqual(Object.keys(fn.Properties.Environment.Variables).sort(), ['ECR_REPLICATOR_PUSH_JOB', 'ECR_REPLICATOR_STATE_MACHINE_ARN', 'RUST_LOG']);
+  assert.equal(fn.Properties.Environment.Variables.RUST_LOG, 'info');
+  assert.deepEqual(fn.Properties.Environment.Variables.ECR_REPLICATOR_STATE_MACHINE_ARN, { Ref: stateMachine });
   assert.equal(fn.Properties.Timeout, COALESCER_TIMEOUT_SECONDS);
   // Least privilege: its own role; StartExecution on exactly the state machine, the queue's
   // consumer actions on exactly the queue, its own log group; nothing else.

@@ -84,17 +84,20 @@ pub async fn invoke<S: Step>(
 
 /// Serves `coalesce-pushes`: the push queue's event source mapping hands it batches of
 /// messages (`steps::SqsBatch`), each becoming a few runs of the state machine named by
-/// `ECR_REPLICATOR_STATE_MACHINE_ARN` (`steps::coalesce_pushes`); it answers with the messages
-/// to deliver again (`ReportBatchItemFailures`). A batch that is no SQS event is an error.
+/// `ECR_REPLICATOR_STATE_MACHINE_ARN` (`steps::coalesce_pushes`), each message's job checked
+/// against the deployment's push job read once from `ECR_REPLICATOR_PUSH_JOB`; it answers with
+/// the messages to deliver again (`ReportBatchItemFailures`). A batch that is no SQS event is an
+/// error; either variable missing or invalid, the function fails at start naming it.
 pub async fn serve_coalescer() -> Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    let template = steps::coalesce_pushes::PushTemplate::from_env()?;
     let executions = steps::executions_from_env().await?;
     lambda_runtime::run(service_fn(|event: RawEvent| {
-        let executions = &executions;
+        let (executions, template) = (&executions, &template);
         async move {
             let batch =
                 steps::parse_input::<steps::SqsBatch>(&event.payload).map_err(StepError::from)?;
-            let report = steps::coalesce_pushes(executions, &batch).await;
+            let report = steps::coalesce_pushes(executions, template, &batch).await;
             Ok::<_, StepError>(report.response())
         }
     }))

@@ -2,12 +2,14 @@
 //! tags the job excludes, go through `coalesce-pushes` in the batches an SQS event source
 //! mapping would hand it, against moto's Step Functions. A few executions start (not one per
 //! push), their jobs list exactly the valid pushes, the malformed messages are reported and
-//! deleted, a batch delivered again starts nothing new, and a batch whose run cannot be started
-//! goes back to the queue whole.
+//! deleted (among them forged jobs: valid, but not the deployment's push job, as anyone with
+//! `sqs:SendMessage` on the queue could send), a batch delivered again starts nothing new, and a
+//! batch whose run cannot be started goes back to the queue whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use e2e::moto::Moto;
+use replication::steps::coalesce_pushes::PushTemplate;
 use replication::steps::{coalesce_pushes, SqsBatch, SqsMessage};
 use serde_json::{json, Value};
 
@@ -24,8 +26,53 @@ fn push_job(image: Value) -> Value {
             "repositoryPrefix": "mirror/"
         }],
         "tags": { "exclude": [".*-dev"] },
+        "requireSignature": { "policy": "release" },
         "images": [image],
     })
+}
+
+/// The deployment's push job as the CDK app pins it (`ECR_REPLICATOR_PUSH_JOB`): the push rule's
+/// input without its image, here with its keys in another order and spaced (compared parsed).
+fn template() -> PushTemplate {
+    let mut job = push_job(Value::Null);
+    job.as_object_mut().unwrap().remove("images");
+    PushTemplate::from_json(&serde_json::to_string_pretty(&job).unwrap()).unwrap()
+}
+
+/// Forged jobs (valid, but not this deployment's push job) for images no valid push names: what
+/// anyone with `sqs:SendMessage` on the queue could send to get a run of their choosing.
+fn forged(k: usize) -> (String, &'static str) {
+    let image = json!({
+        "repository": format!("team{k}/forged"),
+        "tag": if k % 5 == 3 { format!("v{k}-dev") } else { format!("v9.{k}.0") },
+        "digest": digest(5000 + k),
+    });
+    let mut job = push_job(image);
+    let field = match k % 5 {
+        0 => {
+            job.as_object_mut().unwrap().remove("requireSignature");
+            "requireSignature"
+        }
+        1 => {
+            job["destinations"].as_array_mut().unwrap().push(json!({
+                "registry": "333333333333.dkr.ecr.eu-west-1.amazonaws.com"
+            }));
+            "destinations"
+        }
+        2 => {
+            job["copyRepositoryPolicy"] = json!(true);
+            "copyRepositoryPolicy"
+        }
+        3 => {
+            job.as_object_mut().unwrap().remove("tags");
+            "tags"
+        }
+        _ => {
+            job["repositorySettings"] = json!("mirror");
+            "repositorySettings"
+        }
+    };
+    (job.to_string(), field)
 }
 
 fn digest(i: usize) -> String {
@@ -77,12 +124,15 @@ struct Burst {
     batches: Vec<SqsBatch>,
     valid: BTreeSet<(String, String, String)>,
     malformed: BTreeSet<String>,
+    /// Forged jobs' message IDs, the field each changes, and their images.
+    forged: BTreeMap<String, &'static str>,
+    forged_images: BTreeSet<(String, String, String)>,
     excluded: BTreeSet<String>,
     duplicates: usize,
 }
 
-/// 1,000 messages: 880 distinct valid pushes, 60 repeats of them, 20 malformed, 40 for an
-/// excluded tag, in a fixed shuffled order, cut into batches of 250.
+/// 1,000 messages: 880 distinct valid pushes, 60 repeats of them, 20 malformed, 20 forged jobs,
+/// 20 for an excluded tag, in a fixed shuffled order, cut into batches of 250.
 fn burst() -> Burst {
     let mut messages: Vec<(String, String)> = Vec::new();
     let mut valid_set = BTreeSet::new();
@@ -101,7 +151,24 @@ fn burst() -> Burst {
         messages.push((id.clone(), malformed(k)));
         malformed_ids.insert(id);
     }
-    for k in 0..40 {
+    let (mut forged_ids, mut forged_images) = (BTreeMap::new(), BTreeSet::new());
+    for k in 0..20 {
+        let id = format!("m-forged-{k}");
+        let (body, field) = forged(k);
+        let job: Value = serde_json::from_str(&body).unwrap();
+        let image = &job["images"][0];
+        forged_images.insert((
+            image["repository"].as_str().unwrap().to_string(),
+            image["tag"].as_str().unwrap().to_string(),
+            image["digest"].as_str().unwrap().to_string(),
+        ));
+        // Each is a valid job on its own: only the pinned push job refuses it.
+        replication::job::Job::parse(&body).unwrap();
+        messages.push((id.clone(), body));
+        malformed_ids.insert(id.clone());
+        forged_ids.insert(id, field);
+    }
+    for k in 0..20 {
         let id = format!("m-excluded-{k}");
         let (repository, _, digest) = valid(k);
         messages.push((id.clone(), body(&(repository, format!("v{k}-dev"), digest))));
@@ -126,6 +193,8 @@ fn burst() -> Burst {
         batches,
         valid: valid_set,
         malformed: malformed_ids,
+        forged: forged_ids,
+        forged_images,
         excluded: excluded_ids,
         duplicates: 60,
     }
@@ -181,10 +250,11 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
     let arn = state_machine(&sfn).await;
     let starter = ecr::Executions::new(sfn.clone(), arn.clone());
     let burst = burst();
+    let template = template();
 
     let mut reports = Vec::new();
     for batch in &burst.batches {
-        reports.push(coalesce_pushes(&starter, batch).await);
+        reports.push(coalesce_pushes(&starter, &template, batch).await);
     }
     let started: usize = reports.iter().map(|r| r.started.len()).sum();
     let listed = executions(&sfn, &arn).await;
@@ -208,21 +278,32 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
         assert!(report.response().batch_item_failures.is_empty());
     }
 
-    // The jobs cover exactly the valid pushes: each input a valid job, named as planned.
+    // The jobs cover exactly the valid pushes: each input a valid job, named as planned, and the
+    // deployment's push job (no forged job's destination, settings or missing requireSignature).
     let mut covered = BTreeSet::new();
     for (name, _, status, input) in &listed {
         assert!(name.starts_with("push-") && name.len() <= 80, "{name}");
         assert_eq!(status, "RUNNING");
-        let job = replication::job::Job::parse(&input.to_string())
+        let mut job = replication::job::Job::parse(&input.to_string())
             .unwrap()
             .job;
-        for image in job.images {
+        let images = std::mem::take(&mut job.images);
+        assert_eq!(
+            &job,
+            template.job(),
+            "a run of another job than the push job"
+        );
+        for image in images {
             covered.insert((image.repository, image.tag.unwrap(), image.digest.unwrap()));
         }
     }
     assert_eq!(
         covered, burst.valid,
         "the runs' images are exactly the valid pushes"
+    );
+    assert!(
+        covered.is_disjoint(&burst.forged_images),
+        "a forged job's image was started"
     );
 
     // The malformed ones are reported, each naming what is wrong; excluded ones left out.
@@ -262,6 +343,13 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
         malformed["m-malformed-6"].contains("smuggled"),
         "{malformed:?}"
     );
+    for (id, field) in &burst.forged {
+        assert!(
+            malformed[id].contains(&format!("not this deployment's push job: field {field}")),
+            "{id}: {}",
+            malformed[id]
+        );
+    }
     let excluded: BTreeSet<String> = reports.iter().flat_map(|r| r.excluded.clone()).collect();
     assert_eq!(excluded, burst.excluded);
     let duplicates: usize = reports.iter().map(|r| r.duplicates).sum();
@@ -271,7 +359,7 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
     // second execution, whether the first is still running or already closed.
     let mut reordered = burst.batches[0].clone();
     reordered.records.reverse();
-    let again = coalesce_pushes(&starter, &reordered).await;
+    let again = coalesce_pushes(&starter, &template, &reordered).await;
     assert_eq!(
         again.started.iter().map(|s| &s.outcome).collect::<Vec<_>>(),
         reports[0]
@@ -289,7 +377,7 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
         .send()
         .await
         .unwrap();
-    let again = coalesce_pushes(&starter, &burst.batches[1]).await;
+    let again = coalesce_pushes(&starter, &template, &burst.batches[1]).await;
     assert_eq!(again.started[0].outcome, ecr::StartOutcome::AlreadyClosed);
     assert!(again.failed.is_empty() && again.response().batch_item_failures.is_empty());
     assert_eq!(
@@ -302,7 +390,7 @@ async fn a_burst_of_pushes_starts_a_few_runs_covering_exactly_the_valid_pushes()
     // every message of them; malformed and excluded ones are not retried.
     let missing = ecr::Executions::new(sfn.clone(), arn.replace(":replicate", ":missing"));
     let batch = &burst.batches[2];
-    let failed = coalesce_pushes(&missing, batch).await;
+    let failed = coalesce_pushes(&missing, &template, batch).await;
     assert!(failed.started.is_empty());
     let returned: BTreeSet<String> = failed
         .response()
@@ -330,7 +418,7 @@ fn one_batch_of_the_whole_burst_is_a_job_per_185_images_or_so() {
             .flat_map(|b| b.records.clone())
             .collect(),
     };
-    let plan = replication::steps::plan_batch(&whole);
+    let plan = replication::steps::plan_batch(&template(), &whole);
     let images: Vec<usize> = plan.runs.iter().map(|r| r.images).collect();
     eprintln!(
         "{PUSHES} pushes in one batch: {} runs ({images:?})",
@@ -345,4 +433,68 @@ fn one_batch_of_the_whole_burst_is_a_job_per_185_images_or_so() {
     assert_eq!(plan.duplicates, burst.duplicates);
     assert_eq!(plan.malformed.len(), burst.malformed.len());
     assert_eq!(plan.excluded.len(), burst.excluded.len());
+}
+
+#[test]
+fn the_push_job_the_cdk_app_pins_accepts_the_push_rules_messages_and_only_them() {
+    // The synthesized workflow stack (`make cdk-test` writes it; `make test` runs that first).
+    let path = e2e::sfn::workspace().join("cdk/cdk.out/EcrReplicatorWorkflow.template.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run `make cdk-test`", path.display()));
+    let template: Value = serde_json::from_str(&text).unwrap();
+    let resources = template["Resources"].as_object().unwrap().values();
+    let variables = resources
+        .clone()
+        .find(|r| {
+            r["Type"] == "AWS::Lambda::Function"
+                && r["Properties"]["Environment"]["Variables"]["ECR_REPLICATOR_PUSH_JOB"]
+                    .is_string()
+        })
+        .map(|r| r["Properties"]["Environment"]["Variables"].clone())
+        .expect("coalesce-pushes pins no push job");
+    let pinned = PushTemplate::from_json(variables["ECR_REPLICATOR_PUSH_JOB"].as_str().unwrap())
+        .expect("the pinned push job is read as the function reads it");
+    // The push rule's message for one push, as EventBridge's transformer writes it.
+    let rule = resources
+        .filter(|r| r["Type"] == "AWS::Events::Rule")
+        .find(|r| r["Properties"]["Description"] == "ecr-replicator: replicate a pushed image")
+        .unwrap();
+    let transformer = &rule["Properties"]["Targets"][0]["InputTransformer"];
+    let mut message = transformer["InputTemplate"].as_str().unwrap().to_string();
+    let samples = json!({
+        "$.detail.repository-name": "services/web",
+        "$.detail.image-tag": "v1.4.2",
+        "$.detail.image-digest": digest(1),
+    });
+    for (name, path) in transformer["InputPathsMap"].as_object().unwrap() {
+        message = message.replace(
+            &format!("<{name}>"),
+            &samples[path.as_str().unwrap()].to_string(),
+        );
+    }
+    let mut forged: Value = serde_json::from_str(&message).unwrap();
+    forged["imageEvents"] = json!(true);
+    let batch = SqsBatch {
+        records: vec![
+            SqsMessage {
+                message_id: "push".into(),
+                body: message,
+            },
+            SqsMessage {
+                message_id: "forged".into(),
+                body: forged.to_string(),
+            },
+        ],
+    };
+    let plan = replication::steps::plan_batch(&pinned, &batch);
+    assert_eq!(plan.runs.len(), 1, "{plan:?}");
+    assert_eq!(plan.runs[0].message_ids, ["push"]);
+    assert_eq!(plan.malformed.len(), 1);
+    assert_eq!(plan.malformed[0].message_id, "forged");
+    assert!(
+        plan.malformed[0]
+            .problem
+            .contains("field imageEvents differs"),
+        "{plan:?}"
+    );
 }

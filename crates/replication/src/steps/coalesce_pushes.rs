@@ -6,18 +6,22 @@
 //! derived from that input and its messages, so a batch delivered again starts nothing new
 //! (STANDARD workflows treat the same name with the same input as one execution).
 //!
-//! Every message is untrusted: it must parse as a job naming exactly one image by tag and
-//! digest and pass the job's validation (repository name, tag, digest and every other field);
-//! one that does not is reported (logged with its message ID and the field at fault, and in
+//! Every message is untrusted (anyone in the account with `sqs:SendMessage` on the queue can
+//! send one): it must parse as a job naming exactly one image by tag and digest, pass the job's
+//! validation (repository name, tag, digest and every other field), and, its image removed, be
+//! this deployment's push job ([`PushTemplate`]: what the push rule sends, pinned by the CDK app
+//! in `ECR_REPLICATOR_PUSH_JOB`), so a message can name at most one image, as a push can; one
+//! that does not is reported (logged with its message ID and the field at fault, and in
 //! [`CoalesceReport::malformed`]) and deleted, without holding up the rest of the batch. A push
 //! the job's own repository or tag filters exclude is left out (the run would skip it anyway).
 //! A run that cannot be started returns its messages to the queue
 //! ([`BatchResponse::batch_item_failures`]); after the queue's receive limit they go to its
 //! dead-letter queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::job::{ImageSelector, Job, MAX_JOB_BYTES, MAX_LISTED_IMAGES};
@@ -27,6 +31,10 @@ pub const NAME: &str = "coalesce-pushes";
 
 /// The environment variable naming the state machine the runs start in.
 pub const STATE_MACHINE_VARIABLE: &str = "ECR_REPLICATOR_STATE_MACHINE_ARN";
+
+/// The environment variable holding this deployment's push job without its image (JSON; the
+/// CDK app writes what the push rule's input transformer produces, `images` left out).
+pub const PUSH_JOB_VARIABLE: &str = "ECR_REPLICATOR_PUSH_JOB";
 
 /// What every coalesced run's name starts with (the rest: 40 hex characters of a SHA-256).
 pub const EXECUTION_PREFIX: &str = "push-";
@@ -161,8 +169,158 @@ struct Group {
     images: BTreeMap<PushedImage, Vec<String>>,
 }
 
+/// This deployment's push job without its image: the only job a message may ask for. Pinned at
+/// start ([`PushTemplate::from_env`]); a message whose job, its one image removed, is not equal to
+/// it (compared parsed, defaults filled in: not as text) is malformed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushTemplate {
+    job: Job,
+    /// Its compact JSON, parsed back: what a message's job is compared with to name a field.
+    value: Value,
+}
+
+impl PushTemplate {
+    /// Reads a push job template: strict JSON (no duplicate keys), a valid job, no `images`.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let invalid = |problem: String| Error::invalid(PUSH_JOB_VARIABLE, problem);
+        reject_duplicate_keys(text).map_err(invalid)?;
+        let job = Job::from_json(text).map_err(|e| invalid(e.to_string()))?;
+        if !job.images.is_empty() {
+            return Err(invalid(
+                "the push job template names no image (`images` is what each push adds)".into(),
+            ));
+        }
+        let job = job
+            .validate()
+            .map_err(|e| invalid(format!("not a valid job: {e}")))?
+            .job;
+        let value = serde_json::to_value(&job).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self { job, value })
+    }
+
+    /// The template in `ECR_REPLICATOR_PUSH_JOB`; missing or invalid, an error naming it.
+    pub fn from_env() -> Result<Self> {
+        let text = std::env::var(PUSH_JOB_VARIABLE).map_err(|_| {
+            Error::invalid(
+                PUSH_JOB_VARIABLE,
+                "not set: the deployment's push job (the push rule's input without its image, JSON)",
+            )
+        })?;
+        Self::from_json(&text)
+    }
+
+    /// The job itself (no images).
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// `None` when `job` (its images removed) is this template; else the first field that differs.
+    fn difference(&self, job: &Job) -> Option<String> {
+        if *job == self.job {
+            return None;
+        }
+        let value = serde_json::to_value(job).unwrap_or(Value::Null);
+        Some(
+            first_difference(&self.value, &value, String::new())
+                .unwrap_or_else(|| "(input)".into()),
+        )
+    }
+}
+
+/// The path of the first place `a` and `b` differ (`destinations[1].repositoryPrefix`), if any.
+fn first_difference(a: &Value, b: &Value, path: String) -> Option<String> {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            keys.into_iter()
+                .find_map(|key| match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => first_difference(x, y, at(key)),
+                    _ => Some(at(key)),
+                })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, format!("{path}[{i}]"))),
+        _ if a == b => None,
+        _ if path.is_empty() => Some("(input)".into()),
+        _ => Some(path),
+    }
+}
+
+/// Refuses JSON that repeats a key in any object (serde keeps the last of a map's, e.g.
+/// `kmsKeyMapping`'s; a struct's is already an error).
+fn reject_duplicate_keys(text: &str) -> std::result::Result<(), String> {
+    struct Unique;
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            d.deserialize_any(UniqueVisitor)
+        }
+    }
+    struct UniqueVisitor;
+    impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> std::result::Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Unique, A::Error> {
+            let mut seen = BTreeSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    serde_json::from_str::<Unique>(text)
+        .map(|_| ())
+        .map_err(|e| format!("(input): {e}"))
+}
+
 /// Reads one message: `Ok(None)` when the job's filters exclude its image.
-fn read_push(body: &str) -> std::result::Result<Option<(Job, PushedImage)>, String> {
+fn read_push(
+    template: &PushTemplate,
+    body: &str,
+) -> std::result::Result<Option<(Job, PushedImage)>, String> {
+    reject_duplicate_keys(body)?;
     let mut job = Job::from_json(body).map_err(|e| e.to_string())?;
     let image = match job.images.as_slice() {
         [image] => image.clone(),
@@ -177,20 +335,26 @@ fn read_push(body: &str) -> std::result::Result<Option<(Job, PushedImage)>, Stri
         return Err("images[0]: a push names its tag and its digest".into());
     };
     let valid = job.clone().validate().map_err(|e| e.to_string())?;
+    job.images.clear();
+    if let Some(field) = template.difference(&job) {
+        return Err(format!(
+            "{field}: not this deployment's push job: field {field} differs"
+        ));
+    }
     if !valid.repositories.matches(&image.repository) || !valid.tags.tag_matches(&tag) {
         return Ok(None);
     }
-    job.images.clear();
     Ok(Some((job, (image.repository, tag, digest))))
 }
 
 /// Plans a batch: every message read, pushes grouped by job template, each group cut into jobs
-/// of at most `MAX_LISTED_IMAGES` images and `MAX_JOB_BYTES` bytes. Starts nothing.
-pub fn plan_batch(batch: &SqsBatch) -> BatchPlan {
+/// of at most `MAX_LISTED_IMAGES` images and `MAX_JOB_BYTES` bytes; a message that is not
+/// `template` with one image is malformed. Starts nothing.
+pub fn plan_batch(template: &PushTemplate, batch: &SqsBatch) -> BatchPlan {
     let mut plan = BatchPlan::default();
     let mut groups: BTreeMap<String, Group> = BTreeMap::new();
     for message in &batch.records {
-        match read_push(&message.body) {
+        match read_push(template, &message.body) {
             Err(problem) => plan.malformed.push(MalformedPush {
                 message_id: message.message_id.clone(),
                 problem,
@@ -290,8 +454,12 @@ fn plan_run(template: &Job, chunk: Vec<(ImageSelector, Vec<String>)>, plan: &mut
 /// Coalesces one batch: plans it ([`plan_batch`]), reports its malformed messages, and starts
 /// each run in `executions`' state machine. Never fails as a whole: a run not started returns
 /// its messages to the queue ([`CoalesceReport::response`]).
-pub async fn coalesce_pushes(executions: &ecr::Executions, batch: &SqsBatch) -> CoalesceReport {
-    let plan = plan_batch(batch);
+pub async fn coalesce_pushes(
+    executions: &ecr::Executions,
+    template: &PushTemplate,
+    batch: &SqsBatch,
+) -> CoalesceReport {
+    let plan = plan_batch(template, batch);
     for m in &plan.malformed {
         tracing::error!(
             message_id = %m.message_id,
@@ -338,4 +506,67 @@ pub async fn executions_from_env() -> Result<ecr::Executions> {
     let settings = ecr::AwsSettings::from_env();
     let client = ecr::sfn_client(&settings, &ecr::own_region()).await;
     Ok(ecr::Executions::new(client, arn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEMPLATE: &str = r#"{"source":{"registry":"111111111111.dkr.ecr.us-east-1.amazonaws.com"},"destinations":[{"registry":"222222222222.dkr.ecr.eu-west-1.amazonaws.com","kmsKeyMapping":{"*":"arn:aws:kms:eu-west-1:222222222222:key/good"}}]}"#;
+    const IMAGE: &str = r#""images":[{"repository":"app","tag":"v1","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]"#;
+
+    fn with_image(job: &str) -> String {
+        format!("{},{IMAGE}}}", job.strip_suffix('}').unwrap())
+    }
+
+    #[test]
+    fn a_push_is_the_template_with_one_image_whatever_its_key_order_and_spacing() {
+        let template = PushTemplate::from_json(TEMPLATE).unwrap();
+        let reordered = format!(
+            r#"{{ {IMAGE}, "version": 1, "destinations": [{{"kmsKeyMapping": {{"*": "arn:aws:kms:eu-west-1:222222222222:key/good"}}, "registry": "222222222222.dkr.ecr.eu-west-1.amazonaws.com"}}],
+            "source": {{"registry": "111111111111.dkr.ecr.us-east-1.amazonaws.com"}} }}"#
+        );
+        assert!(read_push(&template, &reordered).unwrap().is_some());
+        let policy = with_image(&TEMPLATE.replacen('{', r#"{"copyRepositoryPolicy":true,"#, 1));
+        assert_eq!(
+            read_push(&template, &policy).unwrap_err(),
+            "copyRepositoryPolicy: not this deployment's push job: field copyRepositoryPolicy differs"
+        );
+        let key = with_image(&TEMPLATE.replace("key/good", "key/other"));
+        assert!(read_push(&template, &key)
+            .unwrap_err()
+            .contains("field destinations[0].kmsKeyMapping.* differs"));
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_even_where_serde_would_keep_the_last() {
+        let template = PushTemplate::from_json(TEMPLATE).unwrap();
+        // A map's repeated key: the last wins in serde, so this would parse as the template.
+        let repeated = with_image(&TEMPLATE.replace(
+            r#"{"*":"arn"#,
+            r#"{"*":"arn:aws:kms:eu-west-1:333333333333:key/evil","*":"arn"#,
+        ));
+        assert!(Job::from_json(&repeated).is_ok());
+        let problem = read_push(&template, &repeated).unwrap_err();
+        assert!(problem.contains("duplicate key `*`"), "{problem}");
+        // A struct's: serde already refuses it.
+        let twice = with_image(&TEMPLATE.replacen('{', r#"{"prune":true,"prune":false,"#, 1));
+        assert!(read_push(&template, &twice).is_err());
+        assert!(PushTemplate::from_json(&TEMPLATE.replacen(
+            '{',
+            r#"{"dryRun":true,"dryRun":false,"#,
+            1
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn the_template_names_no_image_and_is_a_valid_job() {
+        let images = PushTemplate::from_json(&with_image(TEMPLATE)).unwrap_err();
+        assert!(images.to_string().contains(PUSH_JOB_VARIABLE), "{images}");
+        let invalid = PushTemplate::from_json(r#"{"source":{"registry":"x"}}"#).unwrap_err();
+        assert!(invalid.to_string().contains(PUSH_JOB_VARIABLE), "{invalid}");
+        let text = PushTemplate::from_json("not json").unwrap_err();
+        assert!(text.to_string().contains(PUSH_JOB_VARIABLE), "{text}");
+    }
 }

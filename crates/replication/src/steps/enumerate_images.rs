@@ -401,8 +401,8 @@ fn add_to_page(
     // Results alone (archived in a destination, present in the others) are no task: bounded
     // by bytes and the page's results, so a check that stops at the first task (the triage's
     // `tasks: 0`) still settles a repository whose images some destination keeps archived.
-    let over_tasks = !missing.is_empty()
-        && bounds.exceeded(held + adding, task_bytes.saturating_add(bytes));
+    let over_tasks =
+        !missing.is_empty() && bounds.exceeded(held + adding, task_bytes.saturating_add(bytes));
     let over_results = task_bytes.saturating_add(bytes) > bounds.task_bytes
         || output.unsigned.len() + results.len() > bounds.unsigned;
     if adding > 0 && held > 0 && (over_tasks || over_results) {

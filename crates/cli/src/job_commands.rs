@@ -298,7 +298,9 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
         enabled: args.output == OutputFormat::Text,
         dry_run,
     };
-    let output = run_job(&conns, job, &observer).await?;
+    // Boxed: the whole run's future is deep enough to pass rustc's layout query depth (128)
+    // inside `sync`'s own future otherwise.
+    let output = Box::pin(run_job(&conns, job, &observer)).await?;
     print_run(&output, args.output, dry_run)?;
     Ok(
         if output.report.failed > 0 || output.report.repositories_failed > 0 {
@@ -323,7 +325,7 @@ async fn verify_job(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
     };
     secrets_need_an_allowlist(&job, &args)?;
     let conns = Connections::new(args.settings()?);
-    let output = run_job(&conns, job, &replication::run::Quiet).await?;
+    let output = Box::pin(run_job(&conns, job, &replication::run::Quiet)).await?;
     let report = &output.report;
     let verify = report.verify.clone().unwrap_or_default();
     if args.output == OutputFormat::Json {

@@ -18,7 +18,8 @@ use crate::OutputFormat;
 pub struct CopyArgs {
     /// Source image, e.g. 111111111111.dkr.ecr.us-east-1.amazonaws.com/ml/pytorch:2.3 (a repository with --all-tags).
     pub source: String,
-    /// Target image; without a tag the source's tag (or digest) is used.
+    /// Target image; without a tag the source's tag (or digest) is used. Either side may be an
+    /// OCI layout directory, oci:DIR[:REPOSITORY:TAG].
     pub target: String,
     /// Copy every tag of the source repository to the target repository.
     #[arg(long)]
@@ -49,6 +50,9 @@ struct Failure {
 
 /// Runs the command; the exit code is non-zero when any image failed.
 pub async fn run(args: CopyArgs) -> anyhow::Result<ExitCode> {
+    if crate::layout_command::involved(&args) {
+        return crate::layout_command::run(args).await;
+    }
     let source = Reference::parse(&args.source)?;
     let target = Reference::parse(&args.target)?;
     let (src_client, dst_client) = args.registries.clients(&source, &target)?;
@@ -143,7 +147,7 @@ async fn copy_all_tags(
     }
 }
 
-fn print_report(report: &CopyReport, output: OutputFormat) -> anyhow::Result<()> {
+pub(crate) fn print_report(report: &CopyReport, output: OutputFormat) -> anyhow::Result<()> {
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
         OutputFormat::Text if report.already_present => {

@@ -2,6 +2,7 @@
 
 mod copy_command;
 mod job_commands;
+mod layout_command;
 mod progress;
 mod registry_args;
 

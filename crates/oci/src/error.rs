@@ -244,6 +244,14 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// An OCI image layout (a directory export) cannot be read or written.
+    #[error("OCI layout {path}: {reason}")]
+    Layout {
+        /// The file or directory concerned.
+        path: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
 }
 
 fn hint(status: u16) -> &'static str {

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod client;
 pub mod digest;
 pub mod error;
+pub mod layout;
 pub mod manifest;
 pub mod reference;
 pub mod strict_json;

@@ -326,7 +326,7 @@ fn to_digest_ref(to: &Reference, digest: &Digest) -> Reference {
 }
 
 /// The target has the digest, and (when a tag is asked for) the tag points at it.
-async fn already_in_target(
+pub(crate) async fn already_in_target(
     target: &RegistryClient,
     to: &Reference,
     digest: &Digest,
@@ -360,7 +360,19 @@ pub(crate) async fn walk(
     from: &Reference,
     top: Manifest,
 ) -> Result<Walked> {
-    let image = from.to_string();
+    let fetch = async |digest: Digest| source.get_manifest(&from.with_digest(digest)).await;
+    walk_with(&from.to_string(), &from.repository.to_string(), top, fetch).await
+}
+
+/// [`walk`] over any store of manifests: `fetch` reads a child by digest; `image` and `place`
+/// name the image and where its manifests are, in errors.
+pub(crate) async fn walk_with(
+    image: &str,
+    place: &str,
+    top: Manifest,
+    fetch: impl AsyncFn(Digest) -> oci::Result<Manifest>,
+) -> Result<Walked> {
+    let image = image.to_string();
     let oci_err = |source: oci::Error| Error::Registry {
         image: image.clone(),
         source,
@@ -379,7 +391,7 @@ pub(crate) async fn walk(
                 limit: MAX_DEPTH,
             });
         }
-        let url = format!("{}@{}", from.repository, manifest.digest);
+        let url = format!("{place}@{}", manifest.digest);
         match manifest.content(&url).map_err(oci_err)? {
             ManifestContent::Index { manifests } => {
                 for child in manifests {
@@ -387,8 +399,7 @@ pub(crate) async fn walk(
                     if !seen.insert(digest.clone()) {
                         continue;
                     }
-                    let child_ref = from.with_digest(digest);
-                    let fetched = source.get_manifest(&child_ref).await.map_err(oci_err)?;
+                    let fetched = fetch(digest).await.map_err(oci_err)?;
                     pending.push((fetched, depth + 1));
                 }
             }

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod gate;
 pub mod job;
 pub mod keys;
+pub mod layout;
 pub mod metrics;
 pub mod plan;
 pub mod platforms;

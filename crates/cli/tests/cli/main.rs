@@ -3,5 +3,6 @@
 
 mod copy;
 mod crash;
+mod layout;
 mod secrets;
 mod verify;

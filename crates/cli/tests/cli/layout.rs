@@ -1,0 +1,171 @@
+//! `ecr-replicator copy` to and from an OCI image layout directory (`oci:DIR:REF`), checked
+//! with skopeo reading the directory as is.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use e2e::image::{multi_arch, Pusher, TestImage};
+use e2e::registry::TestRegistry;
+use e2e::skopeo;
+use serde_json::Value;
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ecr-replicator"))
+        .args(args)
+        .env_remove("ECR_REPLICATOR_SRC_CREDS")
+        .env_remove("ECR_REPLICATOR_DEST_CREDS")
+        .env("REGISTRY_AUTH_FILE", "/nonexistent")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+fn copy(from: &str, to: &str, insecure: &str) -> Output {
+    cli(&[
+        "copy",
+        from,
+        to,
+        "--output",
+        "json",
+        "--insecure-registry",
+        insecure,
+    ])
+}
+
+fn copy_ok(from: &str, to: &str, insecure: &str) -> Value {
+    let out = copy(from, to, insecure);
+    assert!(
+        out.status.success(),
+        "copy {from} {to} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Every blob file's (inode, mtime), to see a second export rewrites none.
+fn blob_files(dir: &Path) -> BTreeMap<String, (u64, i64, i64)> {
+    std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                (m.ino(), m.mtime(), m.mtime_nsec()),
+            )
+        })
+        .collect()
+}
+
+async fn exported() -> (TestRegistry, TestImage, tempfile::TempDir) {
+    let src = TestRegistry::start();
+    let image = multi_arch(35, 2, 60_000);
+    Pusher::new(&src.host, None)
+        .push("team/app", "v1", &image)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}", dir.path().display());
+    let report = copy_ok(&format!("{}/team/app:v1", src.host), &layout, &src.host);
+    assert_eq!(report["digest"], image.digest);
+    assert_eq!(report["alreadyPresent"], false);
+    (src, image, dir)
+}
+
+/// GIVEN an index image in a registry WHEN the CLI exports it to a directory THEN skopeo reads
+/// `oci:DIR:team/app:v1` with the same manifest bytes and copies it to a registry byte for
+/// byte; the CLI imports it back byte-identical; a second export reads and writes no blob.
+#[tokio::test]
+async fn export_is_a_layout_skopeo_reads_and_imports_back_byte_identical() {
+    let (src, image, dir) = exported().await;
+    let root = dir.path().display().to_string();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("oci-layout")).unwrap(),
+        r#"{"imageLayoutVersion":"1.0.0"}"#
+    );
+    let oci_ref = format!("oci:{root}:team/app:v1");
+    let raw = skopeo(&["inspect", "--raw", &oci_ref]);
+    assert_eq!(raw, image.manifest.to_vec(), "skopeo reads other bytes");
+    for child in &image.children {
+        let stored = std::fs::read(dir.path().join("blobs/sha256").join(&child.digest[7..]));
+        assert_eq!(stored.unwrap(), child.manifest.to_vec());
+    }
+
+    let dst = TestRegistry::start();
+    let to = format!("docker://{}/skopeo/app:v1", dst.host);
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--dest-no-creds",
+        &oci_ref,
+        &to,
+    ]);
+    let copied = skopeo::inspect_raw(&format!("{}/skopeo/app:v1", dst.host), None);
+    assert_eq!(
+        copied,
+        image.manifest.to_vec(),
+        "skopeo copy changed the manifest"
+    );
+
+    let report = copy_ok(&oci_ref, &format!("{}/back/app", dst.host), &dst.host);
+    assert_eq!(report["digest"], image.digest);
+    assert_eq!(report["target"], format!("{}/back/app:v1", dst.host));
+    let back = skopeo::inspect_raw(&format!("{}/back/app:v1", dst.host), None);
+    assert_eq!(back, image.manifest.to_vec(), "import changed the manifest");
+    for child in &image.children {
+        let raw = skopeo::inspect_raw(&format!("{}/back/app@{}", dst.host, child.digest), None);
+        assert_eq!(raw, child.manifest.to_vec());
+    }
+
+    let before = blob_files(dir.path());
+    let gets = src.count_requests("GET", "/blobs/", 200);
+    let again = copy_ok(
+        &format!("{}/team/app:v1", src.host),
+        &format!("oci:{root}"),
+        &src.host,
+    );
+    assert_eq!(again["alreadyPresent"], true, "{again}");
+    assert_eq!(again["blobsCopied"], 0);
+    assert_eq!(
+        src.count_requests("GET", "/blobs/", 200),
+        gets,
+        "a blob was read"
+    );
+    assert_eq!(blob_files(dir.path()), before, "a blob file was rewritten");
+}
+
+/// GIVEN an exported layout with one layer's bytes changed WHEN it is imported THEN the copy
+/// fails naming the blob's path and digest, and the destination has no tag.
+#[tokio::test]
+async fn tampered_blob_is_refused_on_import_and_nothing_is_tagged() {
+    let (_src, image, dir) = exported().await;
+    let layer = image.children[0].blobs.last().unwrap().digest.clone();
+    let path = dir.path().join("blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let dst = TestRegistry::start();
+    let from = format!("oci:{}:team/app:v1", dir.path().display());
+    let out = copy(&from, &format!("{}/back/app:v1", dst.host), &dst.host);
+
+    assert!(!out.status.success(), "a tampered layout was imported");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains(&layer), "{stderr}");
+    assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
+}

@@ -1,0 +1,334 @@
+//! OCI image layouts (the image-spec's `image-layout.md`): an `oci-layout` file, an `index.json`
+//! whose descriptors carry `org.opencontainers.image.ref.name`, and `blobs/sha256/<hex>`.
+//!
+//! [`LayoutStore`] is the seam: where the files live (a local directory, [`DirLayout`]; an S3
+//! prefix later). What a layout means (the index, its ref names, verified reads) is here, on
+//! top of any store.
+
+mod dir;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::client::RegistryClient;
+use crate::digest::{Digest, Verifier};
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::reference::{validate_repository_name, validate_tag, Repository};
+use crate::strict_json;
+use crate::transfer::BlobRef;
+
+pub use dir::DirLayout;
+
+/// The annotation naming a manifest of `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The `oci-layout` file's content.
+pub const OCI_LAYOUT_FILE: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
+/// Largest `index.json` read (a layout of many thousand images stays far below it).
+pub const MAX_INDEX_BYTES: usize = 8 * 1024 * 1024;
+/// Largest `oci-layout` file read.
+const MAX_LAYOUT_FILE_BYTES: usize = 4096;
+
+/// A blob's bytes as they are read, chunk by chunk.
+pub type BlobStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// Where a layout's files live. Blobs are streamed, never held whole; a blob written becomes
+/// visible only once its digest and size are checked.
+pub trait LayoutStore: Send + Sync {
+    /// Where the layout is, for messages (`/srv/export`, later `s3://bucket/prefix`).
+    fn location(&self) -> String;
+    /// Where one blob is, for messages.
+    fn blob_location(&self, digest: &Digest) -> String;
+    /// The size of a stored blob, `None` when the layout lacks it.
+    fn blob_size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>>>;
+    /// Opens a stored blob for reading (the bytes are not checked here: see [`verify_blob`]).
+    fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<BlobStream>>;
+    /// Stores a blob from a stream, checking it against `blob` before it becomes visible.
+    fn write_blob<'a>(&'a self, blob: &'a BlobRef, body: BlobStream) -> BoxFuture<'a, Result<()>>;
+    /// Reads a small top-level file (`index.json`, `oci-layout`), refusing one over `limit`.
+    fn read_file<'a>(&'a self, name: &'a str, limit: usize)
+        -> BoxFuture<'a, Result<Option<Bytes>>>;
+    /// Replaces a small top-level file at once (readers see the old or the new one).
+    fn write_file<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>>;
+}
+
+fn layout_error(path: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Layout {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Hashes a stored blob end to end: `Ok` when it has the digest and size `blob` names; a
+/// `DigestMismatch` or `SizeMismatch` naming the blob's path otherwise.
+pub async fn verify_blob(store: &dyn LayoutStore, blob: &BlobRef) -> Result<()> {
+    let path = store.blob_location(&blob.digest);
+    let mut stream = store.read_blob(&blob.digest).await?;
+    let mut verifier = Verifier::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| layout_error(&path, format!("reading failed: {e}")))?;
+        verifier.update(&chunk);
+        if verifier.seen() > blob.size {
+            break;
+        }
+    }
+    verifier.check(&blob.digest, blob.size, &path)
+}
+
+/// Uploads a layout's blob to a registry repository unless it is there: hashed first (a
+/// tampered blob is refused naming its path and digest, nothing uploaded), then streamed.
+/// `Some(size)` when uploaded.
+pub async fn push_blob(
+    store: &dyn LayoutStore,
+    target: &RegistryClient,
+    repo: &Repository,
+    blob: &BlobRef,
+) -> Result<Option<u64>> {
+    if target.head_blob(repo, &blob.digest).await?.is_some() {
+        return Ok(None);
+    }
+    verify_blob(store, blob).await?;
+    let body = reqwest::Body::wrap_stream(store.read_blob(&blob.digest).await?);
+    let session = target.start_upload(repo).await?;
+    let session = target.upload_part(session, body, blob.size).await?;
+    target.complete_upload(session, &blob.digest).await?;
+    Ok(Some(blob.size))
+}
+
+/// Reads a manifest stored as a blob, bounded and checked against its descriptor.
+pub async fn read_manifest(
+    store: &dyn LayoutStore,
+    blob: &BlobRef,
+    media_type: Option<&str>,
+) -> Result<Manifest> {
+    let path = store.blob_location(&blob.digest);
+    if blob.size > MAX_MANIFEST_BYTES as u64 {
+        return Err(layout_error(
+            &path,
+            format!(
+                "a manifest of {} bytes is over the {MAX_MANIFEST_BYTES}-byte limit",
+                blob.size
+            ),
+        ));
+    }
+    let mut stream = store.read_blob(&blob.digest).await?;
+    let mut bytes = Vec::with_capacity(blob.size as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| layout_error(&path, format!("reading failed: {e}")))?;
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() as u64 > blob.size {
+            break;
+        }
+    }
+    let mut verifier = Verifier::new();
+    verifier.update(&bytes);
+    verifier.check(&blob.digest, blob.size, &path)?;
+    Manifest::from_bytes(Bytes::from(bytes), media_type, &path)
+}
+
+/// Stores a manifest as a blob unless the layout has it; `true` when written.
+pub async fn write_manifest(store: &dyn LayoutStore, manifest: &Manifest) -> Result<bool> {
+    if store.blob_size(&manifest.digest).await?.is_some() {
+        return Ok(false);
+    }
+    let blob = BlobRef {
+        digest: manifest.digest.clone(),
+        size: manifest.bytes.len() as u64,
+    };
+    let body: BlobStream = futures::stream::iter([Ok(manifest.bytes.clone())]).boxed();
+    store.write_blob(&blob, body).await?;
+    Ok(true)
+}
+
+/// One manifest `index.json` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutEntry {
+    /// Its ref name (`org.opencontainers.image.ref.name`).
+    pub ref_name: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its digest and size.
+    pub blob: BlobRef,
+}
+
+/// The repository and tag a ref name stands for: `<repository>:<tag>` (what this tool
+/// writes, one layout holding several repositories), or a bare `<tag>` (skopeo's
+/// `oci:DIR:TAG`, repository `None`). Both parts pass the registry validators: names in an
+/// `index.json` are untrusted.
+pub fn split_ref_name(ref_name: &str) -> std::result::Result<(Option<&str>, &str), String> {
+    match ref_name.rsplit_once(':') {
+        Some((repository, tag)) => {
+            validate_repository_name(repository)?;
+            validate_tag(tag)?;
+            Ok((Some(repository), tag))
+        }
+        None => {
+            validate_tag(ref_name)?;
+            Ok((None, ref_name))
+        }
+    }
+}
+
+/// A layout's `index.json`, kept as read (entries this tool does not touch stay as they are).
+#[derive(Debug, Clone)]
+pub struct LayoutIndex {
+    document: Value,
+}
+
+impl LayoutIndex {
+    /// Reads `index.json` and checks `oci-layout`: bounded, by the strict JSON rules of
+    /// manifests. `None` when the layout has neither file yet (an empty directory).
+    pub async fn read(store: &dyn LayoutStore) -> Result<Option<Self>> {
+        let path = format!("{}/index.json", store.location());
+        let layout_file = store.read_file("oci-layout", MAX_LAYOUT_FILE_BYTES).await?;
+        let index = store.read_file("index.json", MAX_INDEX_BYTES).await?;
+        let (layout_file, index) =
+            match (layout_file, index) {
+                (None, None) => return Ok(None),
+                (Some(l), Some(i)) => (l, i),
+                _ => return Err(layout_error(
+                    store.location(),
+                    "has one of oci-layout and index.json but not the other: not an OCI layout; \
+                     name an empty directory or a complete layout",
+                )),
+            };
+        let version: Value = serde_json::from_slice(&layout_file)
+            .map_err(|e| layout_error(format!("{}/oci-layout", store.location()), e.to_string()))?;
+        if version.get("imageLayoutVersion").and_then(Value::as_str) != Some("1.0.0") {
+            return Err(layout_error(
+                format!("{}/oci-layout", store.location()),
+                "imageLayoutVersion is not 1.0.0, the only version this tool reads",
+            ));
+        }
+        strict_json::check_manifest(&index)
+            .map_err(|refusal| layout_error(&path, format!("refused: {refusal}")))?;
+        let document: Value =
+            serde_json::from_slice(&index).map_err(|e| layout_error(&path, e.to_string()))?;
+        if !document.get("manifests").is_some_and(Value::is_array) {
+            return Err(layout_error(&path, "has no manifests array"));
+        }
+        Ok(Some(LayoutIndex { document }))
+    }
+
+    /// An index naming nothing.
+    pub fn empty() -> Self {
+        LayoutIndex {
+            document: json!({
+                "schemaVersion": 2,
+                "mediaType": crate::manifest::OCI_INDEX,
+                "manifests": [],
+            }),
+        }
+    }
+
+    fn manifests(&self) -> &[Value] {
+        self.document
+            .get("manifests")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
+    /// The entry named `ref_name`; its name and descriptor are checked.
+    pub fn find(&self, ref_name: &str, path: &str) -> Result<Option<LayoutEntry>> {
+        let named = self.manifests().iter().filter(|m| {
+            m.pointer("/annotations/org.opencontainers.image.ref.name")
+                .and_then(Value::as_str)
+                == Some(ref_name)
+        });
+        let mut found = None;
+        for entry in named {
+            if found.is_some() {
+                return Err(layout_error(
+                    path,
+                    format!("names {ref_name:?} more than once: ambiguous, refused"),
+                ));
+            }
+            found = Some(entry_of(entry, ref_name, path)?);
+        }
+        Ok(found)
+    }
+
+    /// Every ref name the index holds, in order.
+    pub fn ref_names(&self) -> Vec<String> {
+        self.manifests()
+            .iter()
+            .filter_map(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Names `manifest` as `ref_name`, replacing what the name named before. `false` when the
+    /// index already said exactly this (nothing to write).
+    pub fn set(&mut self, ref_name: &str, manifest: &Manifest) -> bool {
+        let entry = json!({
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest.as_str(),
+            "size": manifest.bytes.len(),
+            "annotations": { REF_NAME: ref_name },
+        });
+        let Some(list) = self
+            .document
+            .get_mut("manifests")
+            .and_then(Value::as_array_mut)
+        else {
+            return false;
+        };
+        let same_name = |m: &Value| {
+            m.pointer("/annotations/org.opencontainers.image.ref.name")
+                .and_then(Value::as_str)
+                == Some(ref_name)
+        };
+        if list.iter().filter(|m| same_name(m)).count() == 1 && list.contains(&entry) {
+            return false;
+        }
+        list.retain(|m| !same_name(m));
+        list.push(entry);
+        true
+    }
+
+    /// Writes `oci-layout` (when missing) and this index.
+    pub async fn write(&self, store: &dyn LayoutStore) -> Result<()> {
+        if store
+            .read_file("oci-layout", MAX_LAYOUT_FILE_BYTES)
+            .await?
+            .is_none()
+        {
+            store
+                .write_file("oci-layout", Bytes::from_static(OCI_LAYOUT_FILE.as_bytes()))
+                .await?;
+        }
+        let bytes = serde_json::to_vec(&self.document)
+            .map_err(|e| layout_error(format!("{}/index.json", store.location()), e.to_string()))?;
+        store.write_file("index.json", Bytes::from(bytes)).await
+    }
+}
+
+fn entry_of(entry: &Value, ref_name: &str, path: &str) -> Result<LayoutEntry> {
+    let bad = |reason: String| layout_error(path, format!("entry {ref_name:?}: {reason}"));
+    split_ref_name(ref_name).map_err(|e| bad(format!("not a valid name: {e}")))?;
+    let media_type = entry
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("has no mediaType".into()))?;
+    let digest = entry
+        .get("digest")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("has no digest".into()))?;
+    let digest = Digest::parse(digest).map_err(|e| bad(e.to_string()))?;
+    let size = entry
+        .get("size")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad("has no size".into()))?;
+    Ok(LayoutEntry {
+        ref_name: ref_name.to_string(),
+        media_type: media_type.to_string(),
+        blob: BlobRef { digest, size },
+    })
+}

@@ -169,3 +169,41 @@ async fn tampered_blob_is_refused_on_import_and_nothing_is_tagged() {
     assert!(stderr.contains(&layer), "{stderr}");
     assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
 }
+
+/// GIVEN a layout whose `index.json` is ambiguous (a repeated key) or names an image by a name
+/// no registry accepts WHEN it is imported THEN the copy fails naming `index.json` and why, and
+/// the destination has no tag.
+#[tokio::test]
+async fn untrusted_index_json_is_read_strictly_and_its_names_validated() {
+    let (_src, image, dir) = exported().await;
+    let index_path = dir.path().join("index.json");
+    let entry = |name: &str, extra: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{}","size":{}{extra},"annotations":{{"org.opencontainers.image.ref.name":"{name}"}}}}]}}"#,
+            image.media_type,
+            image.digest,
+            image.manifest.len()
+        )
+    };
+    let dst = TestRegistry::start();
+    let cases = [
+        (
+            "team/app:v1",
+            entry("team/app:v1", r#","digest":"sha256:00""#),
+            "refused",
+        ),
+        ("Team/App:v1", entry("Team/App:v1", ""), "not a valid name"),
+    ];
+    for (name, index, why) in cases {
+        std::fs::write(&index_path, index).unwrap();
+        let from = format!("oci:{}:{name}", dir.path().display());
+        let out = copy(&from, &format!("{}/back/app:v1", dst.host), &dst.host);
+        assert!(!out.status.success(), "{name}: imported");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("index.json") && stderr.contains(why),
+            "{name}: {stderr}"
+        );
+    }
+    assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
+}

@@ -207,3 +207,42 @@ async fn untrusted_index_json_is_read_strictly_and_its_names_validated() {
     }
     assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
 }
+
+/// GIVEN a registry serving a layer whose bytes do not match its digest WHEN the image is
+/// exported THEN the export fails naming the digest, and the layout holds neither that blob
+/// nor a temporary file (a blob is renamed into place only after its check).
+#[tokio::test]
+async fn corrupt_source_blob_never_lands_in_the_layout() {
+    let src = TestRegistry::start();
+    let image = multi_arch(36, 1, 40_000);
+    Pusher::new(&src.host, None)
+        .push("team/app", "v1", &image)
+        .await;
+    let layer = image.children[0].blobs.last().unwrap().digest.clone();
+    let stored = src.blob_data_path(&layer);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&stored, bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let out = copy(
+        &format!("{}/team/app:v1", src.host),
+        &format!("oci:{}", dir.path().display()),
+        &src.host,
+    );
+
+    assert!(!out.status.success(), "a corrupt blob was exported");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&layer), "{stderr}");
+    assert!(!dir.path().join("blobs/sha256").join(&layer[7..]).exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    assert!(
+        !dir.path().join("index.json").exists(),
+        "index.json written"
+    );
+}

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use e2e::image::{multi_arch, Pusher, TestImage};
+use e2e::image::{multi_arch, Format, ImageBuilder, Pusher, TestImage};
 use e2e::registry::TestRegistry;
 use e2e::skopeo;
 use serde_json::Value;
@@ -245,4 +245,55 @@ async fn corrupt_source_blob_never_lands_in_the_layout() {
         !dir.path().join("index.json").exists(),
         "index.json written"
     );
+}
+
+/// Peak resident memory (KiB) of the CLI running `args`, as GNU time reports it.
+fn peak_rss_kib(args: &[&str]) -> u64 {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(env!("CARGO_BIN_EXE_ecr-replicator"))
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", "/nonexistent")
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("GNU time (/usr/bin/time) is needed for this measurement");
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr.lines().last().unwrap().trim().parse().unwrap()
+}
+
+/// GIVEN an image with a 256 MiB layer WHEN it is exported and imported THEN the CLI's peak
+/// memory stays far below the layer's size: blobs are streamed, never held whole.
+#[tokio::test]
+async fn a_large_blob_is_streamed_both_ways() {
+    let src = TestRegistry::start();
+    let image = ImageBuilder::new(Format::Oci)
+        .big_layer(37, 256 << 20)
+        .build();
+    Pusher::new(&src.host, None)
+        .push("team/big", "v1", &image)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}", dir.path().display());
+    let from = format!("{}/team/big:v1", src.host);
+    let export = peak_rss_kib(&["copy", &from, &layout, "--insecure-registry", &src.host]);
+    let dst = TestRegistry::start();
+    let back = format!("{}/back/big", dst.host);
+    let from_layout = format!("{layout}:team/big:v1");
+    let import = peak_rss_kib(&[
+        "copy",
+        &from_layout,
+        &back,
+        "--insecure-registry",
+        &dst.host,
+    ]);
+    eprintln!("peak RSS: export {export} KiB, import {import} KiB (256 MiB layer)");
+    assert!(export < 96 * 1024, "export peaked at {export} KiB");
+    assert!(import < 96 * 1024, "import peaked at {import} KiB");
+    let raw = skopeo::inspect_raw(&format!("{back}:v1"), None);
+    assert_eq!(raw, image.manifest.to_vec());
 }

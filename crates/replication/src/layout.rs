@@ -129,7 +129,7 @@ pub async fn import_image(
         source: e,
     };
     let index_path = format!("{}/index.json", store.location());
-    let entry = LayoutIndex::read(store)
+    let index = LayoutIndex::read(store)
         .await
         .map_err(err)?
         .ok_or_else(|| {
@@ -137,13 +137,24 @@ pub async fn import_image(
                 path: store.location(),
                 reason: "is not an OCI layout (no oci-layout and index.json)".into(),
             })
-        })?
+        })?;
+    let entry = index
         .find(ref_name, &index_path)
         .map_err(err)?
         .ok_or_else(|| {
+            let names = index.ref_names();
+            let shown: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
             err(oci::Error::Layout {
                 path: index_path.clone(),
-                reason: format!("names no image {ref_name:?}"),
+                reason: match names.len() {
+                    0 => {
+                        format!("names no image {ref_name:?}; it names none: export into it first")
+                    }
+                    n => format!(
+                        "names no image {ref_name:?}; it names {n} ({}): name one of those",
+                        shown.join(", ")
+                    ),
+                },
             })
         })?;
     let top = layout::read_manifest(store, &entry.blob, Some(&entry.media_type))

@@ -19,6 +19,21 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Temporary files of one process get distinct names.
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
+/// Removes a temporary file when dropped unless it was renamed into place: a write that fails,
+/// or is cancelled (another blob of the copy failed), leaves nothing behind.
+struct TempGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// An OCI image layout in a local directory (created on the first write).
 #[derive(Debug, Clone)]
 pub struct DirLayout {
@@ -64,6 +79,10 @@ impl DirLayout {
                 .map_err(|e| io("creating the directory", e))?;
         }
         let temp = self.temp_path(blob.digest.hex());
+        let mut guard = TempGuard {
+            path: temp.clone(),
+            armed: true,
+        };
         let result = async {
             let mut file = tokio::fs::File::create(&temp)
                 .await
@@ -85,9 +104,7 @@ impl DirLayout {
                 .map_err(|e| io("renaming the temporary file", e))
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
+        guard.armed = result.is_err();
         result
     }
 
@@ -146,6 +163,10 @@ impl DirLayout {
             .await
             .map_err(|e| io("creating the directory", e))?;
         let temp = self.temp_path(name);
+        let mut guard = TempGuard {
+            path: temp.clone(),
+            armed: true,
+        };
         let result = async {
             let mut file = tokio::fs::File::create(&temp)
                 .await
@@ -158,9 +179,7 @@ impl DirLayout {
                 .map_err(|e| io("renaming the temporary file", e))
         }
         .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
+        guard.armed = result.is_err();
         result
     }
 }

@@ -332,3 +332,36 @@ fn entry_of(entry: &Value, ref_name: &str, path: &str) -> Result<LayoutEntry> {
         blob: BlobRef { digest, size },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ref_names_are_repository_and_tag_or_a_bare_tag_and_validated() {
+        assert_eq!(split_ref_name("team/app:v1"), Ok((Some("team/app"), "v1")));
+        assert_eq!(split_ref_name("v1"), Ok((None, "v1")));
+        assert!(split_ref_name("Team/App:v1").is_err());
+        assert!(split_ref_name("team/app:v1/../x").is_err());
+        assert!(split_ref_name("../etc:v1").is_err());
+        assert!(split_ref_name("").is_err());
+    }
+
+    #[test]
+    fn setting_the_same_entry_twice_changes_nothing_and_a_new_one_replaces_the_name() {
+        let bytes = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#);
+        let first = Manifest::from_bytes(bytes, None, "test").expect("manifest");
+        let mut index = LayoutIndex::empty();
+        assert!(index.set("team/app:v1", &first));
+        assert!(!index.set("team/app:v1", &first));
+        let other = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[],"annotations":{"a":"b"}}"#);
+        let second = Manifest::from_bytes(other, None, "test").expect("manifest");
+        assert!(index.set("team/app:v1", &second));
+        assert_eq!(index.ref_names(), vec!["team/app:v1".to_string()]);
+        let found = index
+            .find("team/app:v1", "test")
+            .expect("valid")
+            .expect("named");
+        assert_eq!(found.blob.digest, second.digest);
+    }
+}

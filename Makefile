@@ -17,16 +17,39 @@ build: ## build every crate
 	$(CARGO) build --workspace --all-targets
 
 lint: ## rustfmt check and clippy with warnings as errors
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: setup lint ## fmt, clippy, the CDK checks and every test (real registries, moto, state machine)
+test: ## fmt, clippy, the CDK checks and every test (real registries, moto, state machine)
 	@mkdir -p target
-	set -o pipefail; $(MAKE) --no-print-directory cdk-test 2>&1 | tee target/test.log
+	@$(MAKE) --no-print-directory -j2 tools-and-cdk lint-and-build
+	@$(MAKE) --no-print-directory -j2 tests-but-crash crash-test
+	@cat target/tests.log target/crash-test.log >> target/test.log
+	@scripts/summarise-tests.sh target/test.log
+
+# make test's two lanes, side by side: the tools install and the CDK checks (node, npm, pip: mostly
+# one core, much of it waiting) run while cargo checks and compiles (both cores). The tests start
+# once both are done: the rig reads the templates cdk-test synthesizes.
+.PHONY: tools-and-cdk lint-and-build
+tools-and-cdk: setup
+	@set -o pipefail; $(MAKE) --no-print-directory cdk-test > target/test.log 2>&1 || { cat target/test.log; exit 1; }
+	@cat target/test.log
+lint-and-build: lint
 	# --tests: every library's unit tests and every integration test; the binaries' empty test
 	# harnesses (test = false in their manifests) are not built or linked. clippy above checks them.
-	set -o pipefail; $(CARGO) test --workspace --tests 2>&1 | tee -a target/test.log
-	@scripts/summarise-tests.sh target/test.log
+	$(CARGO) test --workspace --tests --no-run
+	# The functions the state machine tests serve (the rig builds them itself when they are missing).
+	$(CARGO) build --workspace $(FUNCTION_BINS)
+
+# The tests in two lanes, built above: the command line's crash test (two minutes of copy steps
+# killed and resumed, mostly waiting) beside every other test. Same features and artifacts
+# (--workspace), so nothing is compiled again.
+.PHONY: tests-but-crash crash-test
+tests-but-crash:
+	set -o pipefail; $(CARGO) test --workspace --tests -- --skip crash:: 2>&1 | tee target/tests.log
+crash-test:
+	@set -o pipefail; $(CARGO) test --workspace --test cli crash:: > target/crash-test.log 2>&1; rc=$$?; cat target/crash-test.log; exit $$rc
 
 CDK_ENV := CDK_DISABLE_VERSION_CHECK=1 CDK_CLI_TELEMETRY=false
 cdk-test: ## CDK: compile, assertion tests (cdk-nag included), offline synth, cfn-lint

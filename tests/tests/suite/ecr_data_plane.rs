@@ -894,6 +894,63 @@ async fn an_archived_image_is_reported_archived_and_copied_once_restored() {
     );
 }
 
+/// Images archived in the source are results, not tasks: the workflow's check settles a
+/// repository whose only images left are two archived in the source without a child, and its
+/// report still counts them archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_archived_in_the_source_settle_their_repository_without_a_child() {
+    let world = EcrWorld::start();
+    let warm = ImageBuilder::new(Format::Oci).layer(91, 3_000).build();
+    world.seed("attic", "v0", &warm).await;
+    let source = world.moto.sdk(SOURCE, None).await;
+    for (tag, layer) in [("v1", 92), ("v2", 93)] {
+        let cold = ImageBuilder::new(Format::Oci).layer(layer, 3_000).build();
+        world.seed("attic", tag, &cold).await;
+        source
+            .update_image_storage_class()
+            .repository_name("attic")
+            .image_id(
+                aws_sdk_ecr::types::ImageIdentifier::builder()
+                    .image_tag(tag)
+                    .build(),
+            )
+            .target_storage_class(aws_sdk_ecr::types::TargetStorageClass::Archive)
+            .send()
+            .await
+            .unwrap();
+    }
+    let first = run(&world, job(&["attic"], json!({}))).await;
+    assert_eq!(
+        (first.copied, first.archived, first.failed),
+        (1, 2, 0),
+        "{first:?}"
+    );
+    let conns = replication::connect::Connections::new(world.settings());
+    let check = replication::steps::enumerate_repositories(
+        &conns,
+        replication::steps::EnumerateRepositoriesInput {
+            job: job(&["attic"], json!({})),
+            next_token: None,
+            report: None,
+            pages: 0,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(check.repositories.is_empty(), "{check:?}");
+    let settled = check.report.unwrap();
+    assert_eq!(
+        (
+            settled.archived,
+            settled.present,
+            settled.copied,
+            settled.failed
+        ),
+        (2, 1, 0, 0),
+        "{settled:?}"
+    );
+}
+
 /// An image a destination keeps in ECR's archive storage class (its lifecycle rules archived
 /// it) answers 404 to a pull there, and a push would restore it: it is reported `archived` for
 /// that destination and nothing is pushed there, while another destination still gets it.

@@ -648,3 +648,66 @@ async fn an_unsigned_image_a_destination_already_holds_is_not_tagged_or_moved_th
         Some(unsigned.manifest.clone())
     );
 }
+
+/// Unsigned images are results, not tasks: the workflow's check settles a repository whose
+/// only images left are two unsigned ones without a child, and its report still counts and
+/// names them.
+#[tokio::test]
+async fn unsigned_images_settle_their_repository_without_a_child() {
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let source = Pusher::new(&src.host, None);
+    let (key, pem) = signing_key(1);
+    let signed = ImageBuilder::new(Format::Oci).layer(31, 1000).build();
+    source.push("app", "signed", &signed).await;
+    source
+        .push(
+            "app",
+            &format!("{}.sig", fallback(&signed)),
+            &cosign_signature(&signed.digest, &key, false, None),
+        )
+        .await;
+    for (tag, layer) in [("u1", 32), ("u2", 33)] {
+        let unsigned = ImageBuilder::new(Format::Oci).layer(layer, 1000).build();
+        source.push("app", tag, &unsigned).await;
+    }
+    let first = run_gated(&src.host, &dst.host, &pem, false, &signed).await;
+    assert_eq!((first.unsigned, first.failed), (2, 0), "{first:?}");
+
+    let conns = Connections::new(Settings {
+        registry: e2e::fast_retry_config(&[]),
+        ..Settings::default()
+    });
+    let check = replication::steps::enumerate_repositories(
+        &conns,
+        replication::steps::EnumerateRepositoriesInput {
+            job: gated_job(&src.host, &dst.host, &pem, json!({"referrers": false})),
+            next_token: None,
+            report: None,
+            pages: 0,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(check.repositories.is_empty(), "{check:?}");
+    let settled = check.report.unwrap();
+    assert_eq!(
+        (settled.unsigned, settled.copied, settled.failed),
+        (2, 0, 0),
+        "{settled:?}"
+    );
+    // Named as a child's report names them (at most `CHILD_LISTED` a repository).
+    let named: Vec<_> = settled
+        .unsigned_images
+        .iter()
+        .flat_map(|r| r.tags.clone())
+        .collect();
+    assert_eq!(
+        named.len(),
+        replication::report::CHILD_LISTED.min(2),
+        "{settled:?}"
+    );
+    assert!(
+        named.iter().all(|tag| tag == "u1" || tag == "u2"),
+        "{settled:?}"
+    );
+}

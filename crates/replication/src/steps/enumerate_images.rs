@@ -379,13 +379,12 @@ fn add_to_page(
     let (tasks, archived) = match checked {
         Checked::Tasks(tasks, archived) => (tasks, archived),
         Checked::Unsigned(results) => {
-            // Counted against the page's bounds like tasks: they travel in the same state.
+            // Results alone (no signature verified, a refused name, archived in the source) are
+            // no task: they travel in the same state, so they count against its bytes and the
+            // page's results, not its tasks (as a destination's archived ones below).
             let bytes = json_bytes(&results);
             let held = output.images.len() + output.unsigned.len();
-            if held > 0
-                && (bounds.exceeded(held + results.len(), task_bytes.saturating_add(bytes))
-                    || output.unsigned.len() + results.len() > bounds.unsigned)
-            {
+            if held > 0 && over_results(output, *task_bytes, bytes, results.len(), bounds) {
                 return false;
             }
             *task_bytes += bytes;
@@ -403,8 +402,7 @@ fn add_to_page(
     // `tasks: 0`) still settles a repository whose images some destination keeps archived.
     let over_tasks =
         !missing.is_empty() && bounds.exceeded(held + adding, task_bytes.saturating_add(bytes));
-    let over_results = task_bytes.saturating_add(bytes) > bounds.task_bytes
-        || output.unsigned.len() + results.len() > bounds.unsigned;
+    let over_results = over_results(output, *task_bytes, bytes, results.len(), bounds);
     if adding > 0 && held > 0 && (over_tasks || over_results) {
         return false;
     }
@@ -421,6 +419,19 @@ fn add_to_page(
     output.images.extend(missing);
     output.unsigned.extend(results);
     true
+}
+
+/// Whether `results` more results (with `bytes` more JSON) would take the page past its bytes or
+/// its results.
+fn over_results(
+    output: &EnumerateImagesOutput,
+    task_bytes: usize,
+    bytes: usize,
+    results: usize,
+    bounds: &PageBounds,
+) -> bool {
+    task_bytes.saturating_add(bytes) > bounds.task_bytes
+        || output.unsigned.len() + results > bounds.unsigned
 }
 
 /// JSON bytes of some values, as they travel in the state.

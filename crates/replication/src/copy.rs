@@ -160,10 +160,7 @@ pub async fn copy_image(
         .await
         .map_err(oci_err)?;
     let tally: BlobTally = outcomes.into_iter().collect();
-    report.blobs_copied = tally.copied;
-    report.blobs_mounted = tally.mounted;
-    report.blobs_skipped = tally.present;
-    report.bytes_copied = tally.bytes;
+    tally.record(&mut report);
 
     let tags: Vec<String> = to.tag.iter().cloned().collect();
     report.manifests_put = put_manifests_in_order(
@@ -208,6 +205,16 @@ impl FromIterator<(BlobOutcome, u64)> for BlobTally {
             }
         }
         tally
+    }
+}
+
+impl BlobTally {
+    /// Writes the counts into a copy's report (a present blob is a skipped one).
+    pub(crate) fn record(self, report: &mut CopyReport) {
+        report.blobs_copied = self.copied;
+        report.blobs_mounted = self.mounted;
+        report.blobs_skipped = self.present;
+        report.bytes_copied = self.bytes;
     }
 }
 

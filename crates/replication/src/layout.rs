@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use oci::layout::{self, BlobStream, LayoutIndex, LayoutStore};
-use oci::{BlobRef, Manifest, Reference, RegistryClient};
+use oci::{BlobOutcome, BlobRef, Manifest, Reference, RegistryClient};
 
-use crate::copy::{already_in_target, put_manifests_in_order, walk, walk_with, Known};
+use crate::copy::{already_in_target, put_manifests_in_order, walk, walk_with, BlobTally, Known};
 use crate::error::{Error, Result};
 use crate::CopyReport;
 
@@ -27,6 +27,18 @@ fn report(source: String, target: String, top: &Manifest) -> CopyReport {
         bytes_copied: 0,
         seconds: 0.0,
     }
+}
+
+/// A layout transfer's blob outcomes (`Some(bytes)` streamed, `None` already there) added up
+/// by the copy's own rule.
+fn tally(outcomes: Vec<Option<u64>>) -> BlobTally {
+    outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Some(bytes) => (BlobOutcome::Copied, bytes),
+            None => (BlobOutcome::Present, 0),
+        })
+        .collect()
 }
 
 /// Exports the image `from` into `store` under `ref_name`: blobs the layout lacks (streamed,
@@ -68,15 +80,7 @@ pub async fn export_image(
         .try_collect()
         .await
         .map_err(err)?;
-    for outcome in outcomes {
-        match outcome {
-            Some(bytes) => {
-                done.blobs_copied += 1;
-                done.bytes_copied += bytes;
-            }
-            None => done.blobs_skipped += 1,
-        }
-    }
+    tally(outcomes).record(&mut done);
     for manifest in walked.children.iter().rev().chain([&top]) {
         if layout::write_manifest(store, manifest).await.map_err(err)? {
             done.manifests_put += 1;
@@ -181,15 +185,7 @@ pub async fn import_image(
         .try_collect()
         .await
         .map_err(err)?;
-    for outcome in outcomes {
-        match outcome {
-            Some(bytes) => {
-                done.blobs_copied += 1;
-                done.bytes_copied += bytes;
-            }
-            None => done.blobs_skipped += 1,
-        }
-    }
+    tally(outcomes).record(&mut done);
     let tags: Vec<String> = to.tag.iter().cloned().collect();
     done.manifests_put = put_manifests_in_order(
         target,

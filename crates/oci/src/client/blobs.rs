@@ -173,7 +173,7 @@ fn foreign_status(url: &Url, status: u16, digest: &Digest, repo: &Repository) ->
         status,
         code: None,
         message: format!(
-            "blob {digest} in {repo}: the registry redirected to {host}, which answered HTTP              {status}{} (its body is not shown: it comes from another origin)",
+            "blob {digest} in {repo}: the registry redirected to {host}, which answered HTTP {status}{} (its body is not shown: it comes from another origin)",
             if (300..400).contains(&status) {
                 format!(" after {MAX_REDIRECTS} redirects")
             } else {

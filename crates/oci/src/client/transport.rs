@@ -327,17 +327,40 @@ impl RegistryClient {
                 rb
             })
             .await?;
-        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+        // A realm on another origin than the registry's (auth.docker.io, or wherever a
+        // registry points) has its error bodies named by status only, never quoted: the text
+        // of another origin never reaches a report.
+        let foreign_realm = url.origin() != registry_base.origin();
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let said = if foreign_realm {
+                format!(
+                    "HTTP {} (its body is not shown: the token endpoint is another origin)",
+                    status.as_u16()
+                )
+            } else {
+                error_message(resp).await
+            };
             return Err(Error::Unauthorized {
                 registry: registry.into(),
                 url: redact_url(&url),
-                reason: format!(
-                    "token endpoint refused the credentials: {}",
-                    error_message(resp).await
-                ),
+                reason: format!("token endpoint refused the credentials: {said}"),
             });
         }
-        if !resp.status().is_success() {
+        if !status.is_success() {
+            if foreign_realm {
+                return Err(Error::Registry {
+                    method: "GET".into(),
+                    url: redact_url(&url),
+                    status: status.as_u16(),
+                    code: None,
+                    message: format!(
+                        "token endpoint answered HTTP {} (its body is not shown: the token \
+                         endpoint is another origin than {registry})",
+                        status.as_u16()
+                    ),
+                });
+            }
             return Err(status_error(resp, "GET", "token").await);
         }
         #[derive(Deserialize)]

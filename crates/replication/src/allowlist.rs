@@ -186,6 +186,26 @@ impl Allowlist {
                 }
             }
         }
+        for (side, entries) in [
+            ("sources", &self.sources),
+            ("destinations", &self.destinations),
+        ] {
+            for (j, later) in entries.iter().enumerate() {
+                if let Some(i) = entries[..j]
+                    .iter()
+                    .position(|e| registries_overlap(&e.registry, &later.registry))
+                {
+                    problem(
+                        &format!("{side}[{j}].registry"),
+                        format!(
+                            "{:?} also matches {side}[{i}] ({:?}): one entry per registry, so \
+                             its roles, secrets, scope and controls cannot depend on which is read",
+                            later.registry, entries[i].registry
+                        ),
+                    );
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -391,6 +411,18 @@ impl Allowlist {
     }
 }
 
+/// Whether two entries' patterns can match one registry (`host:*` and `host:5000`, or the same
+/// registry spelt twice).
+fn registries_overlap(a: &str, b: &str) -> bool {
+    let wildcard = |p: &str| canonical_registry(p).strip_suffix(":*").map(str::to_string);
+    match (wildcard(a), wildcard(b)) {
+        (Some(x), Some(y)) => x == y,
+        (Some(_), None) => host_matches(a, b),
+        (None, Some(_)) => host_matches(b, a),
+        (None, None) => canonical_registry(a) == canonical_registry(b),
+    }
+}
+
 /// Whether `host` is allowed by `pattern`: the same `host[:port]`, or `name:*` for any port.
 /// Docker Hub's names (`docker.io`, `index.docker.io`, `registry-1.docker.io`) are one registry.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
@@ -406,6 +438,29 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_entries_for_one_registry_are_refused_naming_the_later() {
+        for (first, second) in [
+            ("registry.example:*", "registry.example:5000"),
+            ("registry.example:5000", "registry.example:*"),
+            ("docker.io", "registry-1.docker.io"),
+            ("a.example:*", "a.example:*"),
+        ] {
+            let text = format!(
+                r#"{{"destinations": [{{"registry": "{first}"}}, {{"registry": "{second}", "prune": true}}]}}"#
+            );
+            let err = Allowlist::from_json(&text, "allowlist")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("destinations[1].registry"),
+                "{first} {second}: {err}"
+            );
+        }
+        let distinct = r#"{"sources": [{"registry": "a.example:5000"}, {"registry": "a.example:5001"}, {"registry": "b.example:*"}]}"#;
+        Allowlist::from_json(distinct, "allowlist").unwrap();
+    }
 
     #[test]
     fn port_patterns_match_ports_of_that_host_only() {

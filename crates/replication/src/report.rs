@@ -247,6 +247,10 @@ pub struct VerifyReport {
     pub extra: usize,
     /// Differences of kind `settings`.
     pub settings: usize,
+    /// Pairs an ECR destination keeps in its archive storage class: not a difference (a
+    /// replication reports them `archived` and leaves them, as a push would restore them).
+    #[serde(default)]
+    pub archived: usize,
     /// The differences (in a state machine report the first `MAX_FAILURES_LISTED`; a
     /// repository's `VERIFY_LISTED`).
     pub differences: Vec<Difference>,
@@ -291,6 +295,7 @@ impl VerifyReport {
         self.different += other.different;
         self.extra += other.extra;
         self.settings += other.settings;
+        self.archived += other.archived;
         let room = MAX_FAILURES_LISTED.saturating_sub(self.differences.len());
         self.differences
             .extend(other.differences.iter().take(room).cloned());

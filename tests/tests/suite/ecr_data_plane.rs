@@ -1049,6 +1049,29 @@ async fn an_image_archived_in_a_destination_is_reported_there_and_not_pushed_aga
         "{third:?}"
     );
     assert_eq!(writes(dest), before, "pushed again to {DEST}");
+    // A verification agrees with the run: archived there is no difference (it counted the
+    // tag missing before), identical in the other destination.
+    let verified = replication::steps::verify_repository(
+        &conns,
+        replication::steps::VerifyRepositoryInput {
+            job: job(&["cold"], both.clone()),
+            repository: "cold".into(),
+            next_token: None,
+            report: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            verified.images,
+            verified.identical,
+            verified.archived,
+            verified.total()
+        ),
+        (2, 1, 1, 0),
+        "{verified:?}"
+    );
     // The workflow's check settles the repository without a child, even with two images
     // archived there (a second one, copied to both, then archived in DEST too).
     let second_image = ImageBuilder::new(Format::Oci).layer(82, 3_000).build();

@@ -166,6 +166,7 @@ pub async fn verify_page(
             registry: dest.registry.clone(),
             name: target.clone(),
         };
+        let archived_there = ArchivedThere::default();
         let mut compared = futures::stream::iter(&selected)
             .map(|image| {
                 let wanted = (image, job.platforms.as_ref());
@@ -174,10 +175,14 @@ pub async fn verify_page(
             .buffered(PARALLEL_CHECKS);
         while let Some(differences) = compared.next().await {
             // `None`: a replication would not copy it (none of the job's platforms).
-            let Some(differences) = differences? else {
+            let Some((digest, differences)) = differences? else {
                 continue;
             };
             report.images += 1;
+            if !differences.is_empty() && archived_there.holds(&dest, &target, &digest).await {
+                report.archived += 1;
+                continue;
+            }
             if differences.is_empty() {
                 report.identical += 1;
             }
@@ -207,6 +212,32 @@ pub async fn verify_page(
         }
     }
     Ok(report)
+}
+
+/// An ECR destination repository's archived digests, read once per page and destination, and
+/// only when an image differs there (a verification of an identical repository asks nothing).
+#[derive(Default)]
+struct ArchivedThere(tokio::sync::OnceCell<std::collections::BTreeMap<String, Option<i64>>>);
+
+impl ArchivedThere {
+    /// Whether the destination keeps `digest` in ECR's archive storage class (listed, but a
+    /// pull answers 404: ECR user guide, "Archiving an image"); a registry that is not ECR, or
+    /// an archive that cannot be read (logged), holds none.
+    async fn holds(&self, dest: &Connection, target: &str, digest: &Digest) -> bool {
+        let Some(admin) = dest.ecr.as_ref() else {
+            return false;
+        };
+        let archived = self
+            .0
+            .get_or_init(|| async {
+                admin.archived_digests(target).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, repository = %target, "could not read the destination's archived images: they count as missing");
+                    Default::default()
+                })
+            })
+            .await;
+        archived.contains_key(digest.as_str())
+    }
 }
 
 /// A source repository and its name in a destination, for naming differences.
@@ -280,8 +311,9 @@ async fn verify_settings(
     Ok(())
 }
 
-/// One image's differences in one destination: (kind, where after the repository, detail);
-/// `None` when a replication would not copy it.
+/// One image's digest as a replication would put it (the subset's with `platforms`) and its
+/// differences in one destination: (kind, where after the repository, detail); `None` when a
+/// replication would not copy it.
 async fn compare_image(
     source: &Connection,
     dest: &Connection,
@@ -289,7 +321,7 @@ async fn compare_image(
     repository: &str,
     (image, platforms): (&SelectedImage, Option<&PlatformFilter>),
     (listed, repository_absent): (&Option<HashSet<String>>, bool),
-) -> Result<Option<Vec<(DifferenceKind, String, String)>>> {
+) -> Result<Option<(Digest, Vec<(DifferenceKind, String, String)>)>> {
     let listing = |what: &str| {
         let what = format!("{what} of {repository}@{}", image.digest);
         move |source| Error::Listing { what, source }
@@ -312,7 +344,7 @@ async fn compare_image(
     let missing = |suffix: String, detail: String| (DifferenceKind::Missing, suffix, detail);
     if repository_absent {
         found.push(missing(format!("@{digest}"), "not there".into()));
-        return Ok(Some(found));
+        return Ok(Some((digest, found)));
     }
     let by_digest = Reference {
         repository: repo.clone(),
@@ -355,7 +387,7 @@ async fn compare_image(
         }
     }
     if !manifest_there {
-        return Ok(Some(found));
+        return Ok(Some((digest, found)));
     }
     // The children of an index (read from the source: a manifest, never a blob).
     let (from, source_top) = source
@@ -398,5 +430,5 @@ async fn compare_image(
             ));
         }
     }
-    Ok(Some(found))
+    Ok(Some((digest, found)))
 }

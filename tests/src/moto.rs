@@ -153,6 +153,25 @@ impl Moto {
         }
     }
 
+    /// A new asymmetric signing key in this moto's KMS (ECC_NIST_P256, SIGN_VERIFY, in
+    /// eu-west-1): its ARN and its public key as SubjectPublicKeyInfo DER (GetPublicKey).
+    pub async fn signing_key(&self) -> (String, Vec<u8>) {
+        let config = ecr::sdk_config(&self.aws_settings(), "eu-west-1", None).await;
+        let kms = aws_sdk_kms::Client::new(&config);
+        let key = kms
+            .create_key()
+            .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
+            .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+            .send()
+            .await
+            .unwrap()
+            .key_metadata
+            .unwrap();
+        let arn = key.arn.unwrap();
+        let public = kms.get_public_key().key_id(&arn).send().await.unwrap();
+        (arn, public.public_key.unwrap().into_inner())
+    }
+
     /// An ECR client for a registry, as its own account (moto's default account needs no role;
     /// another account is reached by assuming a role in it).
     pub async fn ecr(&self, registry: &str, role: Option<&str>) -> ecr::EcrAdmin {

@@ -65,6 +65,27 @@ impl KmsSigner {
         &self.key.arn
     }
 
+    /// The key's public key as SubjectPublicKeyInfo DER (`kms:GetPublicKey`).
+    pub async fn public_key(&self) -> Result<Vec<u8>> {
+        let answer = self
+            .client
+            .get_public_key()
+            .key_id(&self.key.arn)
+            .send()
+            .await
+            .map_err(|e| Error::api("kms:GetPublicKey", self.key.arn.clone(), &e))?;
+        answer
+            .public_key
+            .map(Blob::into_inner)
+            .ok_or_else(|| Error::Api {
+                code: None,
+                operation: "kms:GetPublicKey",
+                resource: self.key.arn.clone(),
+                message: "the answer holds no public key".into(),
+                retryable: true,
+            })
+    }
+
     /// The DER ECDSA P-256 SHA-256 signature of `message` (at most `MAX_RAW_MESSAGE_BYTES`).
     pub async fn sign(&self, message: &[u8]) -> Result<Vec<u8>> {
         if message.len() > MAX_RAW_MESSAGE_BYTES {

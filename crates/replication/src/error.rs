@@ -161,6 +161,15 @@ pub enum Error {
         /// The first differences and failures, in words.
         listed: Vec<String>,
     },
+    /// A layout's transfer statement is missing, unsigned by a trusted key, or does not match
+    /// the layout (see `transfer_statement`).
+    #[error("transfer statement of {layout} refused: {reason}")]
+    TransferStatement {
+        /// The layout.
+        layout: String,
+        /// What is wrong, naming the file, the image or the key.
+        reason: String,
+    },
     /// A step's output could not be written as JSON (a defect: report it).
     #[error("the step's output could not be written as JSON: {0}; please report this")]
     Output(String),

@@ -10,6 +10,7 @@ use oci::{BlobOutcome, BlobRef, Manifest, Reference, RegistryClient};
 
 use crate::copy::{already_in_target, put_manifests_in_order, walk, walk_with, BlobTally, Known};
 use crate::error::{Error, Result};
+use crate::transfer_statement::{verify_statement, TrustedTransferKey, VerifiedStatement};
 use crate::CopyReport;
 
 fn report(source: String, target: String, top: &Manifest) -> CopyReport {
@@ -126,6 +127,35 @@ pub async fn import_image(
     to: &Reference,
     parallel: usize,
 ) -> Result<CopyReport> {
+    import_stated(store, ref_name, target, to, parallel, None).await
+}
+
+/// [`import_image`] of a layout whose transfer statement must verify with `key` first: the
+/// statement and its envelope are read and verified before `index.json` or any blob, then
+/// `index.json` must name exactly the statement's images and the imported image's manifests
+/// and blobs must be the statement's count, before any blob is uploaded.
+#[tracing::instrument(skip(store, target, key), fields(layout = %store.location(), to = %to))]
+pub async fn import_image_verified(
+    store: &dyn LayoutStore,
+    ref_name: &str,
+    target: &RegistryClient,
+    to: &Reference,
+    parallel: usize,
+    key: &TrustedTransferKey,
+) -> Result<(CopyReport, VerifiedStatement)> {
+    let statement = verify_statement(store, key).await?;
+    let report = import_stated(store, ref_name, target, to, parallel, Some(&statement)).await?;
+    Ok((report, statement))
+}
+
+async fn import_stated(
+    store: &dyn LayoutStore,
+    ref_name: &str,
+    target: &RegistryClient,
+    to: &Reference,
+    parallel: usize,
+    statement: Option<&VerifiedStatement>,
+) -> Result<CopyReport> {
     let started = Instant::now();
     let source = format!("oci:{}:{ref_name}", store.location());
     let err = |e: oci::Error| Error::Registry {
@@ -142,6 +172,9 @@ pub async fn import_image(
                 reason: "is not an OCI layout (no oci-layout and index.json)".into(),
             })
         })?;
+    if let Some(statement) = statement {
+        statement.check_index(&index, &index_path)?;
+    }
     let entry = index
         .find(ref_name, &index_path)
         .map_err(err)?
@@ -178,6 +211,9 @@ pub async fn import_image(
         layout::read_manifest(store, &BlobRef { digest, size }, None).await
     };
     let walked = walk_with(&source, &store.location(), top.clone(), fetch).await?;
+    if let Some(statement) = statement {
+        statement.check_image(ref_name, walked.children.len() + 1, &walked.blobs)?;
+    }
     done.foreign_layers = walked.foreign_layers;
     let outcomes: Vec<Option<u64>> = futures::stream::iter(walked.blobs.values())
         .map(|blob| import_blob(store, target, to, blob))

@@ -25,6 +25,7 @@ pub mod signatures;
 pub mod sigstore;
 pub mod steps;
 pub mod text;
+pub mod transfer_statement;
 pub mod trust;
 
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport};

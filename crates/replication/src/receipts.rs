@@ -20,7 +20,7 @@ pub const RECEIPT_PREDICATE: &str = "urn:ecr-replicator:promotion:v1";
 /// The media type (and artifact type) of a DSSE envelope in a registry.
 pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// The payload type of an in-toto statement in DSSE.
-const IN_TOTO: &str = "application/vnd.in-toto+json";
+pub(crate) const IN_TOTO: &str = "application/vnd.in-toto+json";
 /// The empty config of an OCI artifact.
 const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 /// Characters of a free-text field (what admitted the image, the run) kept in a receipt, so
@@ -35,6 +35,8 @@ pub trait ReceiptSigner: Send + Sync + std::fmt::Debug {
     fn key_id(&self) -> &str;
     /// The DER ECDSA signature of `message`.
     async fn sign(&self, message: &[u8]) -> Result<Vec<u8>>;
+    /// The key's public key as SubjectPublicKeyInfo DER (its fingerprint is the SHA-256 of it).
+    async fn public_key(&self) -> Result<Vec<u8>>;
 }
 
 #[async_trait::async_trait]
@@ -47,7 +49,16 @@ impl ReceiptSigner for ecr::KmsSigner {
         ecr::KmsSigner::sign(self, message)
             .await
             .map_err(|source| Error::Aws {
-                context: format!("signing the promotion receipt with {}", self.key_arn()),
+                context: format!("signing with {}", self.key_arn()),
+                source,
+            })
+    }
+
+    async fn public_key(&self) -> Result<Vec<u8>> {
+        ecr::KmsSigner::public_key(self)
+            .await
+            .map_err(|source| Error::Aws {
+                context: format!("reading the public key of {}", self.key_arn()),
                 source,
             })
     }
@@ -154,10 +165,28 @@ pub fn certified_admissions(
 }
 
 /// DSSE's pre-authentication encoding of an in-toto payload.
-fn pae(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn pae(payload: &[u8]) -> Vec<u8> {
     let mut out = format!("DSSEv1 {} {IN_TOTO} {} ", IN_TOTO.len(), payload.len()).into_bytes();
     out.extend_from_slice(payload);
     out
+}
+
+/// The DSSE envelope (JSON) of an in-toto `payload` signed by `signer`: the one signing path
+/// of receipts and transfer statements.
+pub(crate) async fn sign_envelope(
+    signer: &dyn ReceiptSigner,
+    payload: &[u8],
+) -> Result<bytes::Bytes> {
+    let signature = signer.sign(&pae(payload)).await?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    Ok(bytes::Bytes::from(
+        serde_json::to_vec(&json!({
+            "payloadType": IN_TOTO,
+            "payload": b64.encode(payload),
+            "signatures": [{"keyid": signer.key_id(), "sig": b64.encode(&signature)}]
+        }))
+        .unwrap_or_default(),
+    ))
 }
 
 /// Signs the promotion's receipt and attaches it to the image in `promotion.target`; returns
@@ -169,16 +198,7 @@ pub async fn attach_receipt(
 ) -> Result<Manifest> {
     let time = jiff::Timestamp::now().to_string();
     let payload = statement(promotion, &time);
-    let signature = signer.sign(&pae(&payload)).await?;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let envelope = bytes::Bytes::from(
-        serde_json::to_vec(&json!({
-            "payloadType": IN_TOTO,
-            "payload": b64.encode(&payload),
-            "signatures": [{"keyid": signer.key_id(), "sig": b64.encode(&signature)}]
-        }))
-        .unwrap_or_default(),
-    );
+    let envelope = sign_envelope(signer, &payload).await?;
     let config = bytes::Bytes::from_static(b"{}");
     let failed = |source| Error::Registry {
         image: format!(

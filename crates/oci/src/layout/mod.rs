@@ -252,6 +252,24 @@ impl LayoutIndex {
         Ok(found)
     }
 
+    /// Every entry of the index, each named and checked as [`Self::find`] checks one; an entry
+    /// without a ref name is refused (a statement of a layout names every image it holds).
+    pub fn entries(&self, path: &str) -> Result<Vec<LayoutEntry>> {
+        self.manifests()
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let name = m
+                    .pointer("/annotations/org.opencontainers.image.ref.name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| {
+                        layout_error(path, format!("manifests[{i}] has no ref name ({REF_NAME})"))
+                    })?;
+                entry_of(m, name, path)
+            })
+            .collect()
+    }
+
     /// Every ref name the index holds, in order.
     pub fn ref_names(&self) -> Vec<String> {
         self.manifests()

@@ -279,13 +279,15 @@ fn verify_envelope(bytes: &[u8], key: &TrustedTransferKey) -> std::result::Resul
             .and_then(|p| {
                 p.pointer("/predicate/publicKey/sha256")
                     .and_then(Value::as_str)
+                    .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
                     .map(|h| format!("sha256:{h}"))
             })
             .unwrap_or_else(|| "an unnamed key".into());
-        let keyids: Vec<&str> = envelope
+        let keyids: Vec<String> = envelope
             .signatures
             .iter()
-            .map(|s| s.keyid.as_str())
+            .take(MAX_SIGNATURES)
+            .map(|s| crate::text::truncate_chars(&s.keyid, 200))
             .collect();
         return Err(format!(
             "{at}: no signature verifies with the trusted key {} (the envelope says it was \

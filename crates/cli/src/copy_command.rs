@@ -19,7 +19,9 @@ pub struct CopyArgs {
     /// Source image, e.g. 111111111111.dkr.ecr.us-east-1.amazonaws.com/ml/pytorch:2.3 (a repository with --all-tags).
     pub source: String,
     /// Target image; without a tag the source's tag (or digest) is used. Either side may be an
-    /// OCI layout directory, oci:DIR[:REPOSITORY:TAG].
+    /// OCI image layout: a directory, oci:DIR[:REPOSITORY:TAG], or an S3 prefix,
+    /// oci:s3://BUCKET/PREFIX[:REPOSITORY:TAG] (the first ':' after DIR or after s3:// ends the
+    /// location; an S3 prefix holds no ':').
     pub target: String,
     /// Copy every tag of the source repository to the target repository.
     #[arg(long)]
@@ -32,6 +34,8 @@ pub struct CopyArgs {
     pub output: OutputFormat,
     #[command(flatten)]
     pub registries: RegistryArgs,
+    #[command(flatten)]
+    pub layout: crate::layout_command::LayoutArgs,
 }
 
 /// The JSON printed for `--all-tags`.

@@ -4,5 +4,6 @@
 mod copy;
 mod crash;
 mod layout;
+mod layout_s3;
 mod secrets;
 mod verify;

@@ -1,0 +1,619 @@
+//! An OCI image layout in S3 (issue 35): `s3://bucket/prefix` holds `prefix/oci-layout`,
+//! `prefix/index.json` and `prefix/blobs/sha256/<hex>`, the directory layout's files as objects.
+//!
+//! Blobs are streamed: one at most `part_size` bytes is sent with a single `PutObject` after its
+//! digest and size are checked; a larger one goes up as an S3 multipart upload, one part in
+//! memory at a time, and the upload is completed only once the whole blob matched its digest
+//! (aborted otherwise), so a blob object exists only with the right bytes. An upload cut short
+//! (the process killed) is left incomplete and ignored: the next export starts a new one, and the
+//! bucket's `AbortIncompleteMultipartUpload` lifecycle rule removes the stale parts.
+
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use oci::digest::Verifier;
+use oci::layout::{BlobStream, LayoutStore};
+use oci::{BlobRef, Digest};
+
+use crate::aws::{sdk_config, AwsSettings};
+use crate::signing::KmsKeyArn;
+
+/// Part size of a multipart upload, and the largest blob sent with one `PutObject`: 8 MiB, the
+/// AWS CLI's and SDK transfer managers' default `multipart_chunksize`; one part of each blob
+/// being written is held in memory.
+pub const DEFAULT_PART_BYTES: u64 = 8 << 20;
+/// S3's smallest part but the last ("Amazon S3 multipart upload limits",
+/// <https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html>: "Part size 5 MiB to
+/// 5 GiB. There is no minimum size limit on the last part of your multipart upload").
+pub const MIN_PART_BYTES: u64 = 5 << 20;
+/// S3's largest part (same page).
+pub const MAX_PART_BYTES: u64 = 5 << 30;
+/// S3's most parts in one upload (same page: "Maximum number of parts per upload 10,000", part
+/// numbers 1 to 10,000).
+pub const MAX_PARTS: u64 = 10_000;
+
+fn layout_error(path: impl Into<String>, reason: impl Into<String>) -> oci::Error {
+    oci::Error::Layout {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// An SDK error as a layout error naming the object and the call.
+fn s3_error<E>(
+    operation: &'static str,
+    path: &str,
+    err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> oci::Error
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let api = crate::Error::api(operation, path, err);
+    let hint = match &api {
+        crate::Error::Api {
+            code: Some(code), ..
+        } if code == "AccessDenied" || code == "Forbidden" => {
+            "; check the credentials may use the bucket (s3:GetObject, s3:PutObject, \
+             s3:ListBucket), that it is owned by the expected account, and the KMS key's policy"
+        }
+        _ => "",
+    };
+    layout_error(path, format!("{api}{hint}"))
+}
+
+/// The part size for a blob of `size` bytes: `preferred` (clamped to S3's 5 MiB..5 GiB), made
+/// larger, in whole MiB, when the blob would need more than 10,000 parts of it. `None` when no
+/// part size fits (over 10,000 x 5 GiB).
+pub fn part_size_for(size: u64, preferred: u64) -> Option<u64> {
+    let part = preferred.clamp(MIN_PART_BYTES, MAX_PART_BYTES);
+    if size.div_ceil(part) <= MAX_PARTS {
+        return Some(part);
+    }
+    let mib = 1 << 20;
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(mib) * mib;
+    (needed <= MAX_PART_BYTES).then_some(needed)
+}
+
+/// `s3://bucket/prefix`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix, without a leading or trailing `/` (empty: the bucket's root).
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket[/prefix]`: a bucket name as S3 names them (3 to 63 lowercase letters,
+    /// digits, `.` and `-`) and a prefix without `:` (which ends the location in
+    /// `oci:s3://bucket/prefix:REF`), empty, `.` or `..` segments.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{text:?} is not s3://BUCKET[/PREFIX]"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.strip_suffix('/').unwrap_or(prefix);
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !bucket_ok {
+            return Err(format!(
+                "{text:?}: {bucket:?} is not an S3 bucket name (3 to 63 lowercase letters, \
+                 digits, '.' and '-')"
+            ));
+        }
+        if !prefix.is_empty() {
+            let bad_segment = prefix
+                .split('/')
+                .any(|s| s.is_empty() || s == "." || s == "..");
+            let bad_char = prefix.chars().any(|c| c == ':' || c.is_control());
+            if bad_segment || bad_char || prefix.len() > 512 {
+                return Err(format!(
+                    "{text:?}: the prefix {prefix:?} must be '/'-separated names without ':', \
+                     control characters, empty, '.' or '..' segments"
+                ));
+            }
+        }
+        Ok(S3Location {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// The key of a file of the layout.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.prefix)
+        }
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// How an S3 layout is reached and written.
+#[derive(Debug, Clone, Default)]
+pub struct S3LayoutOptions {
+    /// Send every request with `ExpectedBucketOwner` (a bucket of the same name in another
+    /// account answers `AccessDenied` instead of receiving or serving the layout).
+    pub expected_owner: Option<String>,
+    /// Encrypt every object written with SSE-KMS under this key.
+    pub kms_key: Option<KmsKeyArn>,
+    /// Part size of multipart uploads (default [`DEFAULT_PART_BYTES`]).
+    pub part_bytes: Option<u64>,
+}
+
+/// An OCI image layout under an S3 prefix.
+#[derive(Clone)]
+pub struct S3Layout {
+    client: aws_sdk_s3::Client,
+    location: S3Location,
+    options: S3LayoutOptions,
+}
+
+impl std::fmt::Debug for S3Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Layout")
+            .field("location", &self.location)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// Aborts a multipart upload when dropped armed: the write failed, or was cancelled (another
+/// blob of the export failed). Best effort (the process may end first); the lifecycle rule is
+/// the backstop.
+struct AbortGuard {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    owner: Option<String>,
+    armed: bool,
+}
+
+impl AbortGuard {
+    async fn abort(mut self) {
+        self.armed = false;
+        let _ = self.request().send().await;
+    }
+
+    fn request(
+        &self,
+    ) -> aws_sdk_s3::operation::abort_multipart_upload::builders::AbortMultipartUploadFluentBuilder
+    {
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .set_expected_bucket_owner(self.owner.clone())
+    }
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let request = self.request();
+            handle.spawn(async move {
+                let _ = request.send().await;
+            });
+        }
+    }
+}
+
+impl S3Layout {
+    /// The layout at `location`, reached in `region` under the process's own identity. With an
+    /// endpoint override (moto, LocalStack) requests are path-style.
+    pub async fn new(
+        settings: &AwsSettings,
+        region: &str,
+        location: S3Location,
+        options: S3LayoutOptions,
+    ) -> Self {
+        let config = sdk_config(settings, region, None).await;
+        let s3 = aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(settings.endpoint_url.is_some())
+            .build();
+        S3Layout {
+            client: aws_sdk_s3::Client::from_conf(s3),
+            location,
+            options,
+        }
+    }
+
+    /// Where the layout is.
+    pub fn s3_location(&self) -> &S3Location {
+        &self.location
+    }
+
+    fn blob_key(&self, digest: &Digest) -> String {
+        self.location.key(&format!("blobs/sha256/{}", digest.hex()))
+    }
+
+    fn shown(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.location.bucket)
+    }
+
+    fn owner(&self) -> Option<String> {
+        self.options.expected_owner.clone()
+    }
+
+    async fn head(&self, key: &str) -> oci::Result<Option<u64>> {
+        let answer = self
+            .client
+            .head_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .set_expected_bucket_owner(self.owner())
+            .send()
+            .await;
+        match answer {
+            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(s3_error("s3:HeadObject", &self.shown(key), &e)),
+        }
+    }
+
+    /// `GetObject`: `None` when there is no such key, else its length and body.
+    async fn get(&self, key: &str) -> oci::Result<Option<(u64, ByteStream)>> {
+        let answer = self
+            .client
+            .get_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .set_expected_bucket_owner(self.owner())
+            .send()
+            .await;
+        match answer {
+            Ok(object) => Ok(Some((
+                object.content_length().unwrap_or(0).max(0) as u64,
+                object.body,
+            ))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(s3_error("s3:GetObject", &self.shown(key), &e)),
+        }
+    }
+
+    /// One `PutObject` of bytes already checked.
+    async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> oci::Result<()> {
+        let kms = self.options.kms_key.as_ref();
+        self.client
+            .put_object()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .content_type(content_type)
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes))
+            .set_expected_bucket_owner(self.owner())
+            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:PutObject", &self.shown(key), &e))?;
+        Ok(())
+    }
+
+    async fn store_blob(&self, blob: &BlobRef, mut body: BlobStream) -> oci::Result<()> {
+        let key = self.blob_key(&blob.digest);
+        let shown = self.shown(&key);
+        let preferred = self.options.part_bytes.unwrap_or(DEFAULT_PART_BYTES);
+        let part = part_size_for(blob.size, preferred).ok_or_else(|| {
+            layout_error(
+                &shown,
+                format!(
+                    "a blob of {} bytes is over S3's largest multipart upload \
+                     ({MAX_PARTS} parts of {MAX_PART_BYTES} bytes)",
+                    blob.size
+                ),
+            )
+        })?;
+        let receive = |e: std::io::Error| layout_error(&shown, format!("receiving the blob: {e}"));
+        if blob.size <= part {
+            let mut verifier = Verifier::new();
+            let mut bytes = BytesMut::with_capacity(blob.size as usize);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(receive)?;
+                verifier.update(&chunk);
+                if verifier.seen() > blob.size {
+                    break;
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            verifier.check(&blob.digest, blob.size, &shown)?;
+            return self
+                .put(&key, bytes.freeze(), "application/octet-stream")
+                .await;
+        }
+        self.store_multipart(blob, body, &key, part).await
+    }
+
+    /// A blob over one part: parts streamed in order, the upload completed only when the whole
+    /// blob matched its digest and size.
+    async fn store_multipart(
+        &self,
+        blob: &BlobRef,
+        mut body: BlobStream,
+        key: &str,
+        part: u64,
+    ) -> oci::Result<()> {
+        let shown = self.shown(key);
+        let kms = self.options.kms_key.as_ref();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .set_expected_bucket_owner(self.owner())
+            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:CreateMultipartUpload", &shown, &e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let mut guard = AbortGuard {
+            client: self.client.clone(),
+            bucket: self.location.bucket.clone(),
+            key: key.to_string(),
+            upload_id: upload_id.clone(),
+            owner: self.owner(),
+            armed: true,
+        };
+        let mut verifier = Verifier::new();
+        let mut buffer = BytesMut::with_capacity(part as usize);
+        let mut parts = Vec::new();
+        let mut ended = false;
+        loop {
+            while !ended && (buffer.len() as u64) < part && verifier.seen() <= blob.size {
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        verifier.update(&chunk);
+                        buffer.extend_from_slice(&chunk);
+                    }
+                    Some(Err(e)) => {
+                        guard.abort().await;
+                        return Err(layout_error(&shown, format!("receiving the blob: {e}")));
+                    }
+                    None => ended = true,
+                }
+            }
+            // Too many bytes, or too few at the end: the check below refuses the blob, and its
+            // last part is never sent.
+            let wrong_size = verifier.seen() > blob.size || (ended && verifier.seen() != blob.size);
+            if wrong_size || buffer.is_empty() {
+                break;
+            }
+            let bytes = buffer.split_to(buffer.len().min(part as usize)).freeze();
+            // Part numbers run from 1 to 10,000 and every part but the last is `part` bytes
+            // (at least 5 MiB): `part_size_for` keeps the blob within 10,000 of them.
+            let number = parts.len() as i32 + 1;
+            match self.upload_part(key, &upload_id, number, bytes).await {
+                Ok(etag) => parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .e_tag(etag)
+                        .build(),
+                ),
+                Err(e) => {
+                    guard.abort().await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = verifier.check(&blob.digest, blob.size, &shown) {
+            guard.abort().await;
+            return Err(e);
+        }
+        // CompleteMultipartUpload takes every part's number and ETag, in ascending order
+        // (<https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html>).
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .set_expected_bucket_owner(self.owner())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match completed {
+            Ok(_) => {
+                guard.armed = false;
+                Ok(())
+            }
+            Err(e) => {
+                guard.abort().await;
+                Err(s3_error("s3:CompleteMultipartUpload", &shown, &e))
+            }
+        }
+    }
+
+    /// Uploads one part; its ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        bytes: Bytes,
+    ) -> oci::Result<String> {
+        let shown = self.shown(key);
+        let answer = self
+            .client
+            .upload_part()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes))
+            .set_expected_bucket_owner(self.owner())
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:UploadPart", &shown, &e))?;
+        answer.e_tag().map(str::to_string).ok_or_else(|| {
+            layout_error(
+                &shown,
+                format!("s3:UploadPart of part {number} answered no ETag"),
+            )
+        })
+    }
+
+    async fn open(&self, digest: &Digest) -> oci::Result<BlobStream> {
+        let key = self.blob_key(digest);
+        let Some((_, body)) = self.get(&key).await? else {
+            return Err(layout_error(
+                self.shown(&key),
+                "no such object: the layout is incomplete, export it again",
+            ));
+        };
+        let stream = futures::stream::unfold(body, |mut body| async move {
+            body.next()
+                .await
+                .map(|chunk| (chunk.map_err(std::io::Error::other), body))
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn read_small(&self, name: &str, limit: usize) -> oci::Result<Option<Bytes>> {
+        let key = self.location.key(name);
+        let shown = self.shown(&key);
+        let Some((length, mut body)) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        let over = || {
+            layout_error(
+                &shown,
+                format!("is over {limit} bytes: refused (not a layout this tool wrote?)"),
+            )
+        };
+        if length > limit as u64 {
+            return Err(over());
+        }
+        let mut bytes = BytesMut::with_capacity(length as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| layout_error(&shown, format!("cannot read: {e}")))?;
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() > limit {
+                return Err(over());
+            }
+        }
+        Ok(Some(bytes.freeze()))
+    }
+}
+
+impl LayoutStore for S3Layout {
+    fn location(&self) -> String {
+        self.location.to_string()
+    }
+
+    fn blob_location(&self, digest: &Digest) -> String {
+        self.shown(&self.blob_key(digest))
+    }
+
+    fn blob_size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, oci::Result<Option<u64>>> {
+        async move { self.head(&self.blob_key(digest)).await }.boxed()
+    }
+
+    fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, oci::Result<BlobStream>> {
+        self.open(digest).boxed()
+    }
+
+    fn write_blob<'a>(
+        &'a self,
+        blob: &'a BlobRef,
+        body: BlobStream,
+    ) -> BoxFuture<'a, oci::Result<()>> {
+        self.store_blob(blob, body).boxed()
+    }
+
+    fn read_file<'a>(
+        &'a self,
+        name: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, oci::Result<Option<Bytes>>> {
+        self.read_small(name, limit).boxed()
+    }
+
+    /// One `PutObject`: S3 replaces an object at once, readers see the old or the new one.
+    fn write_file<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, oci::Result<()>> {
+        async move {
+            let key = self.location.key(name);
+            let content_type = if name.ends_with(".json") || name == "oci-layout" {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            };
+            self.put(&key, bytes, content_type).await
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_stay_within_s3_limits() {
+        assert_eq!(
+            part_size_for(1, DEFAULT_PART_BYTES),
+            Some(DEFAULT_PART_BYTES)
+        );
+        assert_eq!(part_size_for(100 << 20, 1), Some(MIN_PART_BYTES));
+        let big = 200u64 << 30; // 200 GiB: 25,600 parts of 8 MiB
+        let part = part_size_for(big, DEFAULT_PART_BYTES).unwrap();
+        assert!(
+            big.div_ceil(part) <= MAX_PARTS && part % (1 << 20) == 0,
+            "{part}"
+        );
+        assert_eq!(
+            part_size_for(MAX_PARTS * MAX_PART_BYTES + 1, DEFAULT_PART_BYTES),
+            None
+        );
+    }
+
+    #[test]
+    fn locations_are_a_bucket_and_a_prefix_without_colons() {
+        let at = S3Location::parse("s3://air-gap/exports/2026/").unwrap();
+        assert_eq!(at.bucket, "air-gap");
+        assert_eq!(at.key("index.json"), "exports/2026/index.json");
+        assert_eq!(at.to_string(), "s3://air-gap/exports/2026");
+        assert_eq!(
+            S3Location::parse("s3://air-gap").unwrap().key("oci-layout"),
+            "oci-layout"
+        );
+        for bad in [
+            "s3://A/x",
+            "s3://ab",
+            "s3://b/x//y",
+            "s3://bk/../x",
+            "s3://bk/a:b",
+            "/tmp/x",
+        ] {
+            assert!(S3Location::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

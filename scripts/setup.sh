@@ -8,6 +8,9 @@ need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v skopeo >/dev/null 2>&1 || need_apt+=(skopeo)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+# jq and openssl: the air-gap chapter's statement check, run as written by a cli test.
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 
 if ((${#need_apt[@]})); then
   echo "setup: installing ${need_apt[*]} (apt)"

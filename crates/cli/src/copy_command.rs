@@ -36,6 +36,8 @@ pub struct CopyArgs {
     pub registries: RegistryArgs,
     #[command(flatten)]
     pub layout: crate::layout_command::LayoutArgs,
+    #[command(flatten)]
+    pub transfer: crate::transfer_args::TransferArgs,
 }
 
 /// The JSON printed for `--all-tags`.

@@ -8,7 +8,6 @@ use clap::Args;
 use ecr::{S3Layout, S3LayoutOptions, S3Location};
 use oci::layout::{split_ref_name, DirLayout, LayoutStore};
 use oci::Reference;
-use replication::layout::{export_image, import_image};
 
 use crate::copy_command::{print_report, CopyArgs};
 
@@ -142,7 +141,16 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<ExitCode> {
             };
             let (client, _) = args.registries.clients(&source, &source)?;
             let store = open(&place, &args.layout).await?;
-            export_image(&client, &source, store.as_ref(), &name, parallel).await?
+            crate::transfer_args::export(
+                &args.transfer,
+                args.layout.aws_endpoint_url.as_deref(),
+                &client,
+                &source,
+                store.as_ref(),
+                &name,
+                parallel,
+            )
+            .await?
         }
         (Some((place, name)), None) => {
             let name = name.with_context(|| {
@@ -154,7 +162,15 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<ExitCode> {
             let target = target_of(&args.target, &name)?;
             let (_, client) = args.registries.clients(&target, &target)?;
             let store = open(&place, &args.layout).await?;
-            import_image(store.as_ref(), &name, &client, &target, parallel).await?
+            crate::transfer_args::import(
+                &args.transfer,
+                store.as_ref(),
+                &name,
+                &client,
+                &target,
+                parallel,
+            )
+            .await?
         }
         (None, None) => bail!("neither SRC nor DST is an OCI layout (oci:DIR:REF)"),
     };

@@ -5,6 +5,7 @@ mod job_commands;
 mod layout_command;
 mod progress;
 mod registry_args;
+mod transfer_args;
 
 use std::process::ExitCode;
 

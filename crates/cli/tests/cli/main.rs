@@ -6,4 +6,5 @@ mod crash;
 mod layout;
 mod layout_s3;
 mod secrets;
+mod transfer;
 mod verify;

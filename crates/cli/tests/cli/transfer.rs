@@ -1,0 +1,367 @@
+//! The signed transfer statement of an OCI layout (issue 35): `copy ... oci:DIR --receipt-key`
+//! signs a statement of the whole layout with a KMS key (moto's), and `copy oci:DIR:REF ...
+//! --trust-transfer-key FILE.pem` verifies it before reading anything else, refusing a layout
+//! that differs from it. The signature is also checked with openssl, by the commands of the
+//! air-gap chapter as written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use e2e::image::{multi_arch, Pusher, TestImage};
+use e2e::moto::Moto;
+use e2e::registry::TestRegistry;
+use e2e::skopeo;
+use serde_json::Value;
+
+const STATEMENT: &str = "ecr-replicator-transfer.json";
+const ENVELOPE: &str = "ecr-replicator-transfer.dsse.json";
+
+fn cli(moto: &Moto, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ecr-replicator"))
+        .args(args)
+        .env_remove("ECR_REPLICATOR_SRC_CREDS")
+        .env_remove("ECR_REPLICATOR_DEST_CREDS")
+        .env_remove("ECR_REPLICATOR_RECEIPT_KEY")
+        .env("REGISTRY_AUTH_FILE", "/nonexistent")
+        .env("HOME", "/nonexistent")
+        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "eu-west-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap()
+}
+
+fn succeeded(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A public key (SubjectPublicKeyInfo DER) as a PEM file in `dir`.
+fn pem_file(dir: &Path, name: &str, der: &[u8]) -> PathBuf {
+    let body = B64.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            lines.join("\n")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Two images exported into one layout with the key: the statement covers both.
+struct Signed {
+    moto: Moto,
+    src: TestRegistry,
+    image: TestImage,
+    other: TestImage,
+    dir: tempfile::TempDir,
+    keys: tempfile::TempDir,
+    key_arn: String,
+    public_pem: PathBuf,
+}
+
+impl Signed {
+    async fn new() -> Self {
+        let moto = Moto::start();
+        let (key_arn, der) = moto.signing_key().await;
+        let keys = tempfile::tempdir().unwrap();
+        let public_pem = pem_file(keys.path(), "transfer.pub", &der);
+        let src = TestRegistry::start();
+        let image = multi_arch(51, 2, 30_000);
+        let other = multi_arch(52, 1, 20_000);
+        let pusher = Pusher::new(&src.host, None);
+        pusher.push("team/app", "v1", &image).await;
+        pusher.push("team/lib", "v2", &other).await;
+        let signed = Signed {
+            moto,
+            src,
+            image,
+            other,
+            dir: tempfile::tempdir().unwrap(),
+            keys,
+            key_arn,
+            public_pem,
+        };
+        for name in ["team/app:v1", "team/lib:v2"] {
+            signed.export(name, &signed.key_arn.clone(), signed.dir.path());
+        }
+        signed
+    }
+
+    fn export(&self, name: &str, key_arn: &str, dir: &Path) -> String {
+        let from = format!("{}/{name}", self.src.host);
+        let to = format!("oci:{}", dir.display());
+        let out = cli(
+            &self.moto,
+            &[
+                "copy",
+                &from,
+                &to,
+                "--insecure-registry",
+                &self.src.host,
+                "--receipt-key",
+                key_arn,
+            ],
+        );
+        succeeded(out, &format!("export {name}"))
+    }
+
+    fn import(&self, dst: &TestRegistry, trust: Option<&Path>) -> Output {
+        let from = format!("oci:{}:team/app:v1", self.dir.path().display());
+        let to = format!("{}/back/app", dst.host);
+        let mut args = vec![
+            "copy".to_string(),
+            from,
+            to,
+            "--insecure-registry".into(),
+            dst.host.clone(),
+        ];
+        if let Some(pem) = trust {
+            args.push("--trust-transfer-key".into());
+            args.push(pem.display().to_string());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&self.moto, &args)
+    }
+
+    fn statement(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.dir.path().join(STATEMENT)).unwrap()).unwrap()
+    }
+
+    fn write_statement(&self, statement: &Value) {
+        std::fs::write(
+            self.dir.path().join(STATEMENT),
+            serde_json::to_vec(statement).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// An import verifying with `trust` fails naming `why`; the destination got no upload, no
+    /// manifest and no tag.
+    fn assert_refused(&self, trust: &Path, why: &[&str]) {
+        let dst = TestRegistry::start();
+        let out = self.import(&dst, Some(trust));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "imported: {stderr}");
+        eprintln!("refused as expected: {stderr}");
+        for part in why {
+            assert!(stderr.contains(part), "{part:?} not in: {stderr}");
+        }
+        assert_eq!(dst.count_requests("POST", "/blobs/uploads/", 202), 0);
+        assert_eq!(dst.count_requests("PUT", "/manifests/", 201), 0);
+        assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
+    }
+}
+
+/// The fenced ```sh block after `<!-- test: MARKER -->` in the air-gap chapter.
+fn documented_commands(marker: &str) -> String {
+    let chapter = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/air-gap.md"),
+    )
+    .unwrap();
+    let after = chapter
+        .split(&format!("<!-- test: {marker} -->"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/air-gap.md has no `<!-- test: {marker} -->`"));
+    let block = after.split("```sh\n").nth(1).unwrap();
+    block.split("```").next().unwrap().to_string()
+}
+
+/// GIVEN two images exported into one layout with `--receipt-key` WHEN the statement is read
+/// THEN it names both refs with their digests, media types and sizes, canonically, and the
+/// chapter's openssl commands verify it with the key's public key; an import trusting that key
+/// verifies it and copies the image byte-identical (skopeo); without the flag it says the
+/// statement was not verified.
+#[tokio::test]
+async fn a_signed_export_verifies_with_openssl_and_imports_byte_identical() {
+    let signed = Signed::new().await;
+    let bytes = std::fs::read(signed.dir.path().join(STATEMENT)).unwrap();
+    let statement = signed.statement();
+    assert_eq!(
+        serde_json::to_vec(&statement).unwrap(),
+        bytes,
+        "not canonical"
+    );
+    assert_eq!(statement["_type"], "https://ecr-replicator.dev/transfer/v1");
+    let images = statement["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{statement}");
+    for (entry, image, name) in [
+        (&images[0], &signed.image, "team/app:v1"),
+        (&images[1], &signed.other, "team/lib:v2"),
+    ] {
+        assert_eq!(entry["ref"], name);
+        assert_eq!(entry["digest"], image.digest);
+        assert_eq!(entry["mediaType"], image.media_type);
+        assert_eq!(entry["size"], image.manifest.len());
+        assert_eq!(entry["manifests"], image.children.len() + 1);
+        assert_eq!(
+            entry["source"],
+            format!("{}/{name}", signed.src.host),
+            "{entry}"
+        );
+    }
+    assert_eq!(
+        statement["run"]["image"],
+        format!("{}/team/lib:v2", signed.src.host)
+    );
+
+    let script = documented_commands("verify-statement");
+    std::fs::copy(&signed.public_pem, signed.dir.path().join("transfer.pub")).unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(signed.dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("Verified OK") && said.contains("statement OK"),
+        "the chapter's commands: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dst = TestRegistry::start();
+    let stderr = succeeded(
+        signed.import(&dst, Some(&signed.public_pem)),
+        "verified import",
+    );
+    assert!(stderr.contains("verified"), "{stderr}");
+    let back = skopeo::inspect_raw(&format!("{}/back/app:v1", dst.host), None);
+    assert_eq!(back, signed.image.manifest.to_vec());
+    for child in &signed.image.children {
+        let raw = skopeo::inspect_raw(&format!("{}/back/app@{}", dst.host, child.digest), None);
+        assert_eq!(raw, child.manifest.to_vec());
+    }
+
+    let unverified = TestRegistry::start();
+    let stderr = succeeded(signed.import(&unverified, None), "unverified import");
+    assert!(stderr.contains("NOT verified"), "{stderr}");
+}
+
+/// GIVEN a signed layout whose statement has one digest changed, and whose blobs and
+/// `index.json` are then removed WHEN it is imported trusting the key THEN the import fails on
+/// the statement (changed after it was signed), not on a missing file: nothing else was read;
+/// nothing reaches the destination.
+#[tokio::test]
+async fn a_tampered_statement_is_refused_before_any_other_file_is_read() {
+    let signed = Signed::new().await;
+    let mut statement = signed.statement();
+    statement["images"][0]["digest"] = Value::String(signed.other.digest.clone());
+    signed.write_statement(&statement);
+    std::fs::remove_dir_all(signed.dir.path().join("blobs")).unwrap();
+    std::fs::remove_file(signed.dir.path().join("index.json")).unwrap();
+
+    signed.assert_refused(
+        &signed.public_pem,
+        &[
+            "transfer statement",
+            STATEMENT,
+            "changed after it was signed",
+        ],
+    );
+}
+
+/// GIVEN a layout exported with another KMS key WHEN it is imported trusting the first key
+/// THEN it is refused naming the trusted key's fingerprint and the one the envelope claims;
+/// without the envelope it is refused too (an unsigned layout is not a verified one).
+#[tokio::test]
+async fn a_statement_signed_by_an_untrusted_key_is_refused() {
+    let signed = Signed::new().await;
+    let (other_arn, other_der) = signed.moto.signing_key().await;
+    signed.export("team/app:v1", &other_arn, signed.dir.path());
+    let _ = pem_file(signed.keys.path(), "other.pub", &other_der);
+    let other_fingerprint = e2e::image::sha256(&other_der);
+
+    signed.assert_refused(
+        &signed.public_pem,
+        &[
+            ENVELOPE,
+            "no signature verifies with the trusted key",
+            &other_fingerprint,
+        ],
+    );
+
+    std::fs::remove_file(signed.dir.path().join(ENVELOPE)).unwrap();
+    signed.assert_refused(&signed.public_pem, &["the layout has no", ENVELOPE]);
+}
+
+/// GIVEN a signed layout whose `index.json` then names another ref (the same image under
+/// `team/evil:v1`), or names the ref at another digest WHEN it is imported trusting the key
+/// THEN each is refused naming the ref and the statement.
+#[tokio::test]
+async fn an_index_json_that_differs_from_the_statement_is_refused() {
+    let signed = Signed::new().await;
+    let index_path = signed.dir.path().join("index.json");
+    let original: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+
+    let mut extra = original.clone();
+    let mut entry = extra["manifests"][0].clone();
+    entry["annotations"]["org.opencontainers.image.ref.name"] = "team/evil:v1".into();
+    extra["manifests"].as_array_mut().unwrap().push(entry);
+    std::fs::write(&index_path, serde_json::to_vec(&extra).unwrap()).unwrap();
+    signed.assert_refused(
+        &signed.public_pem,
+        &["\"team/evil:v1\"", "which the signed statement does not"],
+    );
+
+    let mut moved = original.clone();
+    for entry in moved["manifests"].as_array_mut().unwrap() {
+        if entry["annotations"]["org.opencontainers.image.ref.name"] == "team/app:v1" {
+            let child = &signed.image.children[0];
+            entry["digest"] = child.digest.clone().into();
+            entry["size"] = child.manifest.len().into();
+            entry["mediaType"] = child.media_type.clone().into();
+        }
+    }
+    std::fs::write(&index_path, serde_json::to_vec(&moved).unwrap()).unwrap();
+    signed.assert_refused(
+        &signed.public_pem,
+        &[
+            "\"team/app:v1\"",
+            &signed.image.children[0].digest,
+            "changed after the export",
+        ],
+    );
+}
+
+/// GIVEN a signed layout with one layer's bytes changed (the statement and `index.json`
+/// untouched) WHEN it is imported trusting the key THEN the statement verifies and the blob is
+/// refused naming its path and digest; nothing is tagged.
+#[tokio::test]
+async fn a_tampered_blob_under_a_verified_statement_is_refused() {
+    let signed = Signed::new().await;
+    let layer = signed.image.children[0]
+        .blobs
+        .last()
+        .unwrap()
+        .digest
+        .clone();
+    let path = signed.dir.path().join("blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+
+    let dst = TestRegistry::start();
+    let out = signed.import(&dst, Some(&signed.public_pem));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "imported: {stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains(&layer), "{stderr}");
+    assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
+    assert_eq!(dst.count_requests("PUT", "/manifests/", 201), 0);
+}

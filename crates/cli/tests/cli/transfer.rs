@@ -365,3 +365,83 @@ async fn a_tampered_blob_under_a_verified_statement_is_refused() {
     assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
     assert_eq!(dst.count_requests("PUT", "/manifests/", 201), 0);
 }
+
+/// GIVEN an image exported with the key into an S3 layout (moto's S3) WHEN it is imported
+/// trusting the key THEN it arrives byte-identical; once the statement object is rewritten with
+/// one digest changed, the import is refused as changed after signing, nothing tagged.
+#[tokio::test]
+async fn an_s3_layout_carries_the_statement_too() {
+    let moto = Moto::start();
+    e2e::moto::create_bucket_at(&moto.url, "air-gap").await;
+    let (key_arn, der) = moto.signing_key().await;
+    let keys = tempfile::tempdir().unwrap();
+    let pem = pem_file(keys.path(), "transfer.pub", &der);
+    let src = TestRegistry::start();
+    let image = multi_arch(53, 1, 20_000);
+    Pusher::new(&src.host, None)
+        .push("team/app", "v1", &image)
+        .await;
+    let from = format!("{}/team/app:v1", src.host);
+    let export = [
+        "copy",
+        &from,
+        "oci:s3://air-gap/q4",
+        "--insecure-registry",
+        &src.host,
+        "--receipt-key",
+        &key_arn,
+    ];
+    succeeded(cli(&moto, &export), "export to S3");
+
+    let dst = TestRegistry::start();
+    let import = |dst: &TestRegistry| {
+        let to = format!("{}/back/app", dst.host);
+        let pem = pem.display().to_string();
+        cli(
+            &moto,
+            &[
+                "copy",
+                "oci:s3://air-gap/q4:team/app:v1",
+                &to,
+                "--insecure-registry",
+                &dst.host,
+                "--trust-transfer-key",
+                &pem,
+            ],
+        )
+    };
+    succeeded(import(&dst), "verified import from S3");
+    let back = skopeo::inspect_raw(&format!("{}/back/app:v1", dst.host), None);
+    assert_eq!(back, image.manifest.to_vec());
+
+    let config = ecr::sdk_config(&moto.aws_settings(), "us-east-1", None).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let key = format!("q4/{STATEMENT}");
+    let stored = s3
+        .get_object()
+        .bucket("air-gap")
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let stored = stored.body.collect().await.unwrap().into_bytes();
+    let mut statement: Value = serde_json::from_slice(&stored).unwrap();
+    statement["images"][0]["digest"] = Value::String(image.children[0].digest.clone());
+    s3.put_object()
+        .bucket("air-gap")
+        .key(&key)
+        .body(serde_json::to_vec(&statement).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+    let other = TestRegistry::start();
+    let out = import(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "imported: {stderr}");
+    assert!(stderr.contains("changed after it was signed"), "{stderr}");
+    assert!(!skopeo::exists(&format!("{}/back/app:v1", other.host)));
+}

@@ -87,6 +87,29 @@ impl Cost {
         self.estimated_usd += other.estimated_usd;
     }
 
+    /// Takes away another cost's counts (an estimate replacing a part: never below zero).
+    pub fn subtract(&mut self, other: &Cost) {
+        self.lambda_invocations = self
+            .lambda_invocations
+            .saturating_sub(other.lambda_invocations);
+        self.lambda_gb_seconds = (self.lambda_gb_seconds - other.lambda_gb_seconds).max(0.0);
+        self.standard_executions = self
+            .standard_executions
+            .saturating_sub(other.standard_executions);
+        self.standard_transitions = self
+            .standard_transitions
+            .saturating_sub(other.standard_transitions);
+        self.express_executions = self
+            .express_executions
+            .saturating_sub(other.express_executions);
+        self.express_gb_seconds = (self.express_gb_seconds - other.express_gb_seconds).max(0.0);
+        self.cross_region_bytes = self
+            .cross_region_bytes
+            .saturating_sub(other.cross_region_bytes);
+        self.internet_bytes = self.internet_bytes.saturating_sub(other.internet_bytes);
+        self.estimated_usd = (self.estimated_usd - other.estimated_usd).max(0.0);
+    }
+
     /// Whether nothing was counted.
     pub fn is_empty(&self) -> bool {
         *self == Cost::default()

@@ -162,6 +162,8 @@ pub async fn run_job(
             PageBounds::IN_PROCESS
         },
         planned: Mutex::new((Cost::default(), 0)),
+        packable: Mutex::new(Vec::new()),
+        packs: steps::packs_repositories(&valid),
     };
     // Under a pull budget one repository at a time: each plan knows what the run spent.
     let parallel_repositories = match job.source.pull_budget {
@@ -191,10 +193,16 @@ pub async fn run_job(
             None => break,
         }
     }
-    let (planned, children) = run.planned.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (mut planned, mut children) = run.planned.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Repositories the workflow packs share children: in the catalog's order (by name).
+    let mut packable = run.packable.into_inner().unwrap_or_else(|e| e.into_inner());
+    packable.sort_by(|a, b| a.repository.cmp(&b.repository));
+    let model = &conns.settings().cost_model;
+    let (packed, pack_children) = steps::enumerate_pack::estimate_packs(model, &packable);
+    planned.add(&packed);
+    children += pack_children;
     let mut output = run.output.into_inner().unwrap_or_else(|e| e.into_inner());
     if job.dry_run {
-        let model = &conns.settings().cost_model;
         let mut cost = model.parent(children);
         cost.add(&planned);
         output.report.planned_cost = Some(model.priced(cost));
@@ -214,6 +222,10 @@ struct Run<'a> {
     bounds: PageBounds,
     /// A plan's estimate of the workflow: the repository children's cost, and how many.
     planned: Mutex<(Cost, usize)>,
+    /// Repositories the workflow would pack (`steps::packs_repositories`): whole work one page.
+    packable: Mutex<Vec<steps::enumerate_pack::PackMember>>,
+    /// Whether the workflow packs this job's repositories.
+    packs: bool,
 }
 
 impl Run<'_> {
@@ -276,6 +288,8 @@ impl Run<'_> {
         // The signature gate's reads are pulls too: counted before any plan takes its share.
         self.record(|o| o.report.source_pulls += selection_pulls);
         let mut offset = 0;
+        // The first page's tasks and results, its planned images and puts, if it was the only.
+        let mut single = None;
         loop {
             let page = steps::page_of_work(
                 self.conns,
@@ -292,8 +306,17 @@ impl Run<'_> {
                 o.report.source_pulls += page.pulls;
             });
             has_work |= !page.images.is_empty();
+            let first = offset == 0 && page.next_token.is_none() && !page.images.is_empty();
+            let images = page.images.len() as u64;
+            let held = page.images.len() + page.unsigned.len();
             let mut results = page.unsigned;
             let (replicated, rounds) = self.replicate_page(page.images).await;
+            if first {
+                let puts = replicated
+                    .iter()
+                    .filter(|r| r.status == ImageStatus::Planned);
+                single = Some((held, images, puts.count() as u64));
+            }
             child.add(&rounds);
             results.extend(replicated);
             for r in &results {
@@ -310,10 +333,24 @@ impl Run<'_> {
                 None => break,
             }
         }
-        if has_work {
-            let mut planned = self.planned.lock().unwrap_or_else(|e| e.into_inner());
-            planned.0.add(&child);
-            planned.1 += 1;
+        match single.filter(|_| self.packs && self.job.mode == Mode::Replicate) {
+            Some((tasks, images, puts)) if has_work => {
+                let mut packable = self.packable.lock().unwrap_or_else(|e| e.into_inner());
+                packable.push(steps::enumerate_pack::PackMember {
+                    repository: repository.to_string(),
+                    tasks,
+                    alone: child,
+                    images,
+                    puts,
+                    destinations: self.job.destinations.len(),
+                });
+            }
+            _ if has_work => {
+                let mut planned = self.planned.lock().unwrap_or_else(|e| e.into_inner());
+                planned.0.add(&child);
+                planned.1 += 1;
+            }
+            _ => {}
         }
         Ok(())
     }

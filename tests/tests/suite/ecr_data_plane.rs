@@ -409,6 +409,7 @@ async fn a_retried_put_of_an_absent_tag_into_an_immutable_repository_succeeds() 
             job: job.clone(),
             repository: "frozen2".into(),
             next_token: None,
+            pack: Vec::new(),
         },
     )
     .await

@@ -569,6 +569,7 @@ async fn enumeration_filters_repositories_and_tags_and_counts_present_images() {
         job: job.clone(),
         repository: "ml/pytorch".into(),
         next_token: None,
+        pack: Vec::new(),
     };
     let images = functions::invoke::<EnumerateImages>(&conns, event(images_input.clone()))
         .await
@@ -903,6 +904,7 @@ async fn later_pages_read_the_kept_selection_and_a_gone_one_is_listed_again() {
                 job: job(json!({})),
                 repository: "pages/repo".into(),
                 next_token: token.map(str::to_string),
+                pack: Vec::new(),
             }),
         )
     };
@@ -961,6 +963,7 @@ async fn a_selection_kept_for_another_job_is_never_read_past_the_signature_gate(
                 job: job.clone(),
                 repository: "gated/repo".into(),
                 next_token: token,
+                pack: Vec::new(),
             }),
         )
     };

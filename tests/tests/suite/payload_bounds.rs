@@ -11,7 +11,8 @@ use functions::MAX_ERROR_MESSAGE_CHARS;
 use replication::job::{Mode, MAX_DESTINATIONS, MAX_JOB_BYTES};
 use replication::steps::*;
 use replication::steps::{
-    MAX_PLAN_BYTES, PAGE_PLAN_BYTES, PAGE_TASK_BYTES, REPOSITORIES_PER_PAGE, TASKS_PER_PAGE,
+    MAX_PLAN_BYTES, PACKED_NAME_BYTES, PAGE_PLAN_BYTES, PAGE_TASK_BYTES, REPOSITORIES_PER_PACK,
+    REPOSITORIES_PER_PAGE, TASKS_PER_PAGE,
 };
 use serde_json::{json, Value};
 
@@ -218,6 +219,28 @@ fn child_output(mode: Mode) -> Value {
     json!({"repository": text(REPOSITORY), "report": report, "nextToken": text(85)})
 }
 
+/// A page's packs (`enumerate-repositories`' `packs`) at their bound: ECR's longest names
+/// filling `PACKED_NAME_BYTES` (as the page counts a name: its length and 3), in packs of at
+/// most `REPOSITORIES_PER_PACK`, one entry per item of the page.
+fn full_packs(items: usize) -> Vec<Vec<String>> {
+    let names = PACKED_NAME_BYTES / (REPOSITORY + 3);
+    let mut packs: Vec<Vec<String>> = vec![Vec::new(); items];
+    for (at, pack) in packs.iter_mut().enumerate() {
+        let start = at * REPOSITORIES_PER_PACK;
+        *pack = vec![text(REPOSITORY); names.saturating_sub(start).min(REPOSITORIES_PER_PACK)];
+    }
+    assert_eq!(
+        packs.iter().flatten().count(),
+        names.min(items * REPOSITORIES_PER_PACK)
+    );
+    packs
+}
+
+/// The largest pack one child can be given.
+fn full_pack() -> Vec<String> {
+    full_packs(1).remove(0)
+}
+
 fn size(what: &str, value: &Value) -> usize {
     let bytes = serde_json::to_vec(value).unwrap().len();
     eprintln!(
@@ -257,27 +280,38 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     );
 
     // Parent, at the end of ForEachRepository: the page, the running report, one report per
-    // repository of the page.
-    for mode in [Mode::Replicate, Mode::Verify] {
+    // repository of the page; a page holding packs holds one repository fewer (their names take
+    // its room: `Packer::used`), a verification's none (only a replication's check packs).
+    for (mode, packed) in [
+        (Mode::Replicate, false),
+        (Mode::Replicate, true),
+        (Mode::Verify, false),
+    ] {
         // Repositories handed back by the previous page's children wait in the report.
         let mut report = serde_json::to_value(full_report(MAX_FAILURES_LISTED, mode)).unwrap();
         report["continuations"] = json!(vec![
             json!({"repository": text(REPOSITORY), "nextToken": text(85)});
             REPOSITORIES_PER_PAGE
         ]);
+        let items = REPOSITORIES_PER_PAGE - usize::from(packed);
+        let packs = match packed {
+            true => full_packs(items),
+            false => vec![Vec::new(); items],
+        };
         let parent = json!({
             "job": job(),
             "concurrency": {"repositories": 1000, "images": 5},
-            "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE],
+            "repositories": vec![text(REPOSITORY); items],
+            "packs": packs,
             "nextToken": text(NEXT_TOKEN),
             "report": report,
-            "repositoryReports": vec![child_output(mode); REPOSITORIES_PER_PAGE],
+            "repositoryReports": vec![child_output(mode); items],
             "pages": 500,
             "pagesPerExecution": 500,
             "pagesPerChild": 400,
         });
         size(
-            &format!("parent state after ForEachRepository ({mode:?})"),
+            &format!("parent state after ForEachRepository ({mode:?}, packs: {packed})"),
             &parent,
         );
     }
@@ -292,7 +326,8 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     let parent = json!({
         "job": job(),
         "concurrency": {"repositories": 1000, "images": 5},
-        "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE],
+        "repositories": vec![text(REPOSITORY); REPOSITORIES_PER_PAGE - 1],
+        "packs": full_packs(REPOSITORIES_PER_PAGE - 1),
         "report": full_report(MAX_FAILURES_LISTED, Mode::Replicate),
         "settled": 1_000_000,
         "refused": vec![text(REPOSITORY); ENSURE_LISTED],
@@ -339,6 +374,8 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "job": job(),
         "imageConcurrency": 5,
         "repository": text(REPOSITORY),
+        "pack": [],
+        "packReport": null,
         "nextToken": text(20),
         "present": 1000,
         "report": full_report(CHILD_LISTED, Mode::Replicate),
@@ -350,6 +387,21 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
     size("repository child after ForEachImage", &child);
+    // A pack's child: no ensure outputs (its calls ensure its repositories themselves), its
+    // pack and the page's report of them (lists of `CHILD_LISTED`, as the child's own) instead.
+    assert_shapes("TakePage", &["pack.$", "packReport.$"]);
+    let mut pack_child = child.clone();
+    pack_child["pack"] = json!(full_pack());
+    pack_child["repositories"] = json!([]);
+    pack_child["packReport"] = json!(full_report(CHILD_LISTED, Mode::Replicate));
+    size("pack child after ForEachImage", &pack_child);
+    size(
+        "pack child after EnumerateImages",
+        &json!({"job": job(), "repository": text(REPOSITORY), "pack": full_pack(),
+            "repositories": [], "report": full_report(CHILD_LISTED, Mode::Replicate),
+            "images": {"images": page, "present": 1, "selected": 1, "nextToken": text(20),
+                "report": full_report(CHILD_LISTED, Mode::Replicate)}}),
+    );
     size("repository child output", &child_output(Mode::Replicate));
     // The page itself, from enumerate-images, before it is planned.
     size(

@@ -98,6 +98,7 @@ async fn repositories_and_tags_are_read_across_link_pages() {
             job,
             repository: "a/one".into(),
             next_token: None,
+            pack: Vec::new(),
         }),
     )
     .await

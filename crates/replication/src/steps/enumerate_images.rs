@@ -61,6 +61,11 @@ pub struct EnumerateImagesInput {
     /// Page token from the previous call.
     #[serde(default)]
     pub next_token: Option<String>,
+    /// A pack's repositories, led by `repository` (`enumerate-repositories`' `packs`): each is
+    /// ensured in every destination and the page spans them (`enumerate_pack`). Empty: the
+    /// repository alone.
+    #[serde(default)]
+    pub pack: Vec<String>,
 }
 
 /// One image for one destination: the unit the per-image Map works on.
@@ -125,7 +130,7 @@ fn is_false(value: &bool) -> bool {
 /// Output of `enumerate-images`: one page of the work left (selected images x destinations not
 /// yet in the destination). Tasks already present are only counted: they cost no child
 /// execution and no invocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnumerateImagesOutput {
     /// Tasks of this page, none of them present (at most `TASKS_PER_PAGE` tasks and
@@ -147,6 +152,11 @@ pub struct EnumerateImagesOutput {
     /// those cutting indexes to the job's platforms. Counted in the run's `sourcePulls`.
     #[serde(default)]
     pub pulls: u64,
+    /// A pack's page (`pack`): what ensuring its repositories did, the packed repositories that
+    /// failed (named), and on its first page the child's start; `null` for a repository alone
+    /// (always present: the state machine reads it).
+    #[serde(default)]
+    pub report: Option<RunReport>,
     /// Tasks found present per destination registry: for the metrics, which the caller emits
     /// (not part of the step's output).
     #[serde(skip)]
@@ -181,13 +191,39 @@ pub async fn enumerate_images(
     input: EnumerateImagesInput,
 ) -> Result<EnumerateImagesOutput> {
     let job = input.job.validate()?;
-    let token = PageToken::parse(input.next_token.as_deref())?;
+    if !input.pack.is_empty() {
+        let (repository, token) = (&input.repository, input.next_token.as_deref());
+        return super::enumerate_pack::enumerate_pack(conns, &job, repository, &input.pack, token)
+            .await;
+    }
+    let page = enumerate_within(
+        conns,
+        &job,
+        &input.repository,
+        input.next_token.as_deref(),
+        PageBounds::STEP,
+    )
+    .await?;
+    page.emit_present_metrics();
+    Ok(page)
+}
+
+/// `enumerate_images` for one repository within `bounds` (a pack's page gives each repository
+/// the room its page has left); the caller emits the page's present metrics.
+pub(crate) async fn enumerate_within(
+    conns: &Connections,
+    job: &ValidJob,
+    repository: &str,
+    next_token: Option<&str>,
+    bounds: PageBounds,
+) -> Result<EnumerateImagesOutput> {
+    let token = PageToken::parse(next_token)?;
     let bucket = conns.work_bucket().await;
     if let (Some(id), Some(bucket)) = (&token.selection, bucket) {
         if let Some(chunk) = stored_selection_chunk(
             bucket,
-            (&job, &conns.deployment_digest()),
-            &input.repository,
+            (job, &conns.deployment_digest()),
+            repository,
             id,
             token.offset,
         )
@@ -195,35 +231,34 @@ pub async fn enumerate_images(
         {
             let mut page = page_of_work(
                 conns,
-                &job,
-                &input.repository,
+                job,
+                repository,
                 chunk.as_selection(),
                 token.offset,
-                PageBounds::STEP,
+                bounds,
             )
             .await?;
             page.next_token = page.next_token.map(|next| format!("{id}:{next}"));
-            page.emit_present_metrics();
             return Ok(page);
         }
         tracing::warn!(selection = %id, "the run's kept selection is gone: listing the repository again");
     }
-    let (selected, _, selection_pulls) = selected_counted(conns, &job, &input.repository).await?;
+    let (selected, _, selection_pulls) = selected_counted(conns, job, repository).await?;
     let mut page = page_of_work(
         conns,
-        &job,
-        &input.repository,
+        job,
+        repository,
         Selection::whole(&selected),
         token.offset,
-        PageBounds::STEP,
+        bounds,
     )
     .await?;
     page.pulls += selection_pulls;
     if let (Some(next), Some(bucket)) = (&page.next_token, bucket) {
         match keep_selection(
             bucket,
-            (&job, &conns.deployment_digest()),
-            &input.repository,
+            (job, &conns.deployment_digest()),
+            repository,
             &selected,
         )
         .await
@@ -235,7 +270,6 @@ pub async fn enumerate_images(
             ),
         }
     }
-    page.emit_present_metrics();
     Ok(page)
 }
 
@@ -298,10 +332,13 @@ pub async fn page_of_work(
         .is_some_and(|r| r.fail_unsigned);
     // The source is asked only to cut indexes down to the job's platforms and, with
     // `requireSignature`, for the signatures of the images the page would write (an image
-    // every destination holds is not judged again); its reads are counted where they are pulls.
+    // every destination holds is not judged again), or their referrers where the selection
+    // left them unread; its reads are counted where they are pulls.
     let meter = Arc::new(PullMeter::counting(&job.job.source.registry));
     let gate = signature_gate(conns, job).await?;
-    let source = match job.platforms.is_some() || gate.is_some() {
+    // With `referrers`, an image whose referrers the selection did not ask for (every
+    // destination held it) is asked about when the page finds it missing after all.
+    let source = match job.platforms.is_some() || gate.is_some() || job.job.referrers {
         true => Some(conns.source(&job.job).await?.metered(meter.clone())),
         false => None,
     };
@@ -316,6 +353,7 @@ pub async fn page_of_work(
         selected: selection.total,
         next_token: None,
         pulls: 0,
+        report: None,
         present_by_destination: Default::default(),
     };
     let mut task_bytes: usize = 0;
@@ -435,7 +473,7 @@ fn over_results(
 }
 
 /// JSON bytes of some values, as they travel in the state.
-fn json_bytes<T: Serialize>(values: &[T]) -> usize {
+pub(crate) fn json_bytes<T: Serialize>(values: &[T]) -> usize {
     values
         .iter()
         .map(|v| serde_json::to_vec(v).map(|json| json.len()).unwrap_or(0))

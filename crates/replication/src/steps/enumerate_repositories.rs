@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::enumerate_repositories_listing::{next_batch, ListingPosition};
 use super::*;
 use crate::connect::Connections;
 use crate::cost::Cost;
@@ -91,6 +92,10 @@ pub struct EnumerateRepositoriesOutput {
     /// per run), or `null` (listed by its child).
     #[serde(default)]
     pub selections: Vec<Option<String>>,
+    /// For each of `repositories`, the repositories packed with it into one child (led by it:
+    /// several with little work, `enumerate_pack`), or empty: a child of its own.
+    #[serde(default)]
+    pub packs: Vec<Vec<String>>,
     /// Token for the next page, `null` on the last.
     pub next_token: Option<String>,
     /// The job, validated, defaults filled in.
@@ -179,6 +184,7 @@ pub async fn enumerate_and_settle(
             pages_per_execution: 0,
             pages_per_child: 0,
             selections: Vec::new(),
+            packs: Vec::new(),
             next_token: input.next_token,
             job: job.job.clone(),
             concurrency: Concurrency::share(limits.copies_at_once(job.job.max_concurrency)),
@@ -196,6 +202,7 @@ pub async fn enumerate_and_settle(
         .map(|c| (c.repository, Some(c.next_token)))
         .unzip();
     page.repositories.splice(0..0, names);
+    page.packs.splice(0..0, vec![Vec::new(); tokens.len()]);
     page.selections.splice(0..0, tokens);
     // A listing read to its end with continuations still waiting goes on with those alone.
     if page.next_token.is_none() && !report.continuations.is_empty() {
@@ -247,6 +254,9 @@ enum Triage<'a> {
         look_only: Box<ValidJob>,
         /// When the call stops taking new batches (it always takes one).
         deadline: std::time::Instant,
+        /// Whether repositories with little work are packed (`packs_repositories`): their
+        /// check then sizes their work.
+        packing: bool,
     },
 }
 
@@ -262,6 +272,7 @@ impl<'a> Triage<'a> {
             job,
             look_only,
             deadline: std::time::Instant::now() + budget,
+            packing: super::packs_repositories(job),
         }
     }
 
@@ -282,22 +293,28 @@ impl<'a> Triage<'a> {
     }
 
     /// Keeps the repositories of a batch that have work (in order, each with the selection its
-    /// check kept) and adds the report of those settled to `settled`, counting them.
+    /// check kept and, when it fits one page, its tasks) and adds the report of those settled
+    /// to `settled`, counting them.
     async fn sort(
         &self,
         conns: &Connections,
         batch: Vec<String>,
         settled: &mut (RunReport, usize),
-    ) -> Vec<(String, Option<String>)> {
-        let Triage::Check { job, look_only, .. } = self else {
-            return batch.into_iter().map(|r| (r, None)).collect();
+    ) -> Vec<(String, Option<String>, Option<usize>)> {
+        let Triage::Check {
+            job,
+            look_only,
+            packing,
+            ..
+        } = self
+        else {
+            return batch.into_iter().map(|r| (r, None, None)).collect();
         };
-        let checked = futures::future::join_all(
-            batch
-                .iter()
-                .map(|repository| settle_repository(conns, job, look_only, repository)),
-        )
-        .await;
+        let checked =
+            futures::future::join_all(batch.iter().map(|repository| {
+                settle_repository(conns, (job, look_only), repository, *packing)
+            }))
+            .await;
         let mut with_work = Vec::new();
         for (repository, check) in batch.into_iter().zip(checked) {
             match check {
@@ -305,11 +322,13 @@ impl<'a> Triage<'a> {
                     settled.0.merge(&report);
                     settled.1 += 1;
                 }
-                Ok(Checked::Work { selection }) => with_work.push((repository, selection)),
+                Ok(Checked::Work { selection, tasks }) => {
+                    with_work.push((repository, selection, tasks))
+                }
                 // Its child meets the error again, retries it and records it, named.
                 Err(e) => {
                     tracing::info!(%repository, error = %e, "could not check for work: left to its child");
-                    with_work.push((repository, None))
+                    with_work.push((repository, None, None))
                 }
             }
         }
@@ -321,26 +340,37 @@ impl<'a> Triage<'a> {
 enum Checked {
     /// Nothing to do: its report, as its child would have made it.
     Settled(Box<RunReport>),
-    /// Work for a child, which starts from the selection kept here (if one was).
-    Work { selection: Option<String> },
+    /// Work for a child, which starts from the selection kept here (if one was); `tasks` when
+    /// the whole work fits one page (its tasks and results): the repository may be packed.
+    Work {
+        selection: Option<String>,
+        tasks: Option<usize>,
+    },
 }
 
 /// Checks a repository for work: a repository to create or change, a tag to prune, an image
 /// missing in a destination, or more images than one check covers (`IMAGES_CHECKED_PER_CALL`).
+/// With `packing`, a repository with work is sized: one page of its tasks at most is found, and
+/// one whose whole work fits it is left to a pack (no selection kept: the pack lists it).
 async fn settle_repository(
     conns: &Connections,
-    job: &ValidJob,
-    look_only: &ValidJob,
+    (job, look_only): (&ValidJob, &ValidJob),
     repository: &str,
+    packing: bool,
 ) -> Result<Checked> {
     let mut ensured = Vec::new();
+    let mut changes = false;
     for destination in 0..job.job.destinations.len() {
         let out =
             super::ensure_repository::ensure_validated(conns, look_only, repository, destination)
                 .await?;
-        if out.changes_something() {
-            return Ok(Checked::Work { selection: None });
+        if out.changes_something() && !packing {
+            return Ok(Checked::Work {
+                selection: None,
+                tasks: None,
+            });
         }
+        changes |= out.changes_something();
         ensured.push(out.bounded());
     }
     // The signature gate's reads, where they are pulls, count in the settled report (a
@@ -349,7 +379,10 @@ async fn settle_repository(
     let work = || async {
         // Kept for the child, whose pages then read it instead of listing the repository again.
         let Some(bucket) = conns.work_bucket().await else {
-            return Checked::Work { selection: None };
+            return Checked::Work {
+                selection: None,
+                tasks: None,
+            };
         };
         match keep_selection(
             bucket,
@@ -361,10 +394,14 @@ async fn settle_repository(
         {
             Ok(id) => Checked::Work {
                 selection: Some(format!("{id}:0")),
+                tasks: None,
             },
             Err(e) => {
                 tracing::warn!(%repository, error = %e, "could not keep the selection: its child lists the repository again");
-                Checked::Work { selection: None }
+                Checked::Work {
+                    selection: None,
+                    tasks: None,
+                }
             }
         }
     };
@@ -375,13 +412,29 @@ async fn settle_repository(
         Selection::whole(&selected),
         0,
         PageBounds {
-            tasks: 0,
+            // Packing sizes the work (one page of it); otherwise the first task is enough.
+            tasks: if packing { TASKS_PER_PAGE } else { 0 },
             unsigned: usize::MAX,
             ..PageBounds::STEP
         },
     )
     .await?;
-    if !page.images.is_empty() || page.next_token.is_some() {
+    // A repository with tasks whose whole work fits a page may share a child (one with only
+    // settings to change keeps its own, as before).
+    let fits_a_page = page.next_token.is_none() && page.unsigned.len() <= UNSIGNED_PER_PAGE;
+    if packing && fits_a_page && !page.images.is_empty() {
+        return Ok(Checked::Work {
+            selection: None,
+            tasks: Some(page.images.len() + page.unsigned.len()),
+        });
+    }
+    if changes && page.images.is_empty() && page.next_token.is_none() {
+        return Ok(Checked::Work {
+            selection: None,
+            tasks: None,
+        });
+    }
+    if changes || !page.images.is_empty() || page.next_token.is_some() {
         return Ok(work().await);
     }
     page.emit_present_metrics();
@@ -455,6 +508,7 @@ async fn enumerate_validated(
         pages_per_execution: 0,
         pages_per_child: 0,
         selections: listed.selections,
+        packs: listed.packs,
         next_token: listed.next_token,
         job: job.job.clone(),
         concurrency,
@@ -507,6 +561,7 @@ fn named_page(
         pages_per_execution: 0,
         pages_per_child: 0,
         selections: vec![None; end - offset],
+        packs: vec![Vec::new(); end - offset],
         next_token: (end < listed.len()).then(|| end.to_string()),
         job: job.job.clone(),
         concurrency,
@@ -520,6 +575,7 @@ fn named_page(
 struct CatalogPage {
     repositories: Vec<String>,
     selections: Vec<Option<String>>,
+    packs: Vec<Vec<String>>,
     settled: (RunReport, usize),
     refused: Vec<String>,
     next_token: Option<String>,
@@ -539,9 +595,11 @@ async fn catalog_page(
     let source = conns.source(&job.job).await?;
     let catalog = source.catalog();
     let mut at = ListingPosition::parse(next_token.as_deref())?;
+    let mut items = super::enumerate_pack::Packer::default();
     let mut out = CatalogPage {
         repositories: Vec::new(),
         selections: Vec::new(),
+        packs: Vec::new(),
         settled: (RunReport::default(), 0),
         refused: Vec::new(),
         next_token: None,
@@ -549,11 +607,9 @@ async fn catalog_page(
     let mut batches = 0;
     let page = page.max(1);
     // Whether this call may take another batch: room on the page, and time left.
-    let more = |repositories: &Vec<String>, batches: usize| {
-        repositories.len() < page && triage.time_left(batches)
-    };
+    let more = |items: usize, batches: usize| items < page && triage.time_left(batches);
     for request in 0..LISTING_REQUESTS_PER_CALL {
-        if request > 0 && !more(&out.repositories, batches) {
+        if request > 0 && !more(items.used(), batches) {
             out.next_token = Some(at.token());
             break;
         }
@@ -561,15 +617,15 @@ async fn catalog_page(
             .repositories(at.registry_token.clone(), LISTING_PAGE)
             .await?;
         let mut consumed = at.offset;
-        while consumed < listing.items.len() && more(&out.repositories, batches) {
+        while consumed < listing.items.len() && more(items.used(), batches) {
             // The next batch: as many selected names as the page and the triage take at once.
-            let room = (page - out.repositories.len()).min(triage.batch());
+            let room = (page - items.used()).min(triage.batch());
             let names = &listing.items[consumed..];
             let (batch, read) = next_batch(job, names, room, &mut out.refused);
             consumed += read;
-            for (repository, selection) in triage.sort(conns, batch, &mut out.settled).await {
-                out.repositories.push(repository);
-                out.selections.push(selection);
+            for (repository, selection, tasks) in triage.sort(conns, batch, &mut out.settled).await
+            {
+                items.add(repository, selection, tasks);
             }
             batches += 1;
         }
@@ -594,79 +650,8 @@ async fn catalog_page(
             }
         }
     }
+    items.close();
+    (out.repositories, out.selections, out.packs) =
+        (items.repositories, items.selections, items.packs);
     Ok(out)
-}
-
-/// The next batch of at most `room` names the job's globs select from `names` (the rest of a
-/// listing page), and how many names it read; a name that is not a repository name is refused
-/// (logged, and kept in `refused` up to `ENSURE_LISTED`) and never reaches a URL.
-fn next_batch(
-    job: &ValidJob,
-    names: &[String],
-    room: usize,
-    refused: &mut Vec<String>,
-) -> (Vec<String>, usize) {
-    let mut batch = Vec::new();
-    let mut read = 0;
-    for name in names {
-        if batch.len() >= room {
-            break;
-        }
-        read += 1;
-        if let Err(reason) = oci::reference::validate_repository_name(name) {
-            tracing::warn!(repository = %name.escape_debug(), %reason, "refused a name from the source's catalog");
-            if refused.len() < crate::report::ENSURE_LISTED {
-                let refusal = crate::filter::Refusal::new(name, reason);
-                refused.push(format!("{}: {}", refusal.name, refusal.reason));
-            }
-            continue;
-        }
-        if job.repositories.matches(name) {
-            batch.push(name.clone());
-        }
-    }
-    (batch, read)
-}
-
-/// Where a repository listing goes on: the registry's page token (none: the first page) and how
-/// many names of that page were already read. As a step token: `<offset>:<registry token>`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct ListingPosition {
-    offset: usize,
-    registry_token: Option<String>,
-}
-
-impl ListingPosition {
-    fn parse(token: Option<&str>) -> Result<Self> {
-        let Some(token) = token else {
-            return Ok(ListingPosition::default());
-        };
-        let invalid = || {
-            Error::invalid(
-                "nextToken",
-                format!(
-                    "{:?} is not a token enumerate-repositories gave",
-                    crate::report::truncate_chars(token, 80)
-                ),
-            )
-        };
-        let (offset, registry_token) = token.split_once(':').ok_or_else(invalid)?;
-        let offset = offset.parse::<usize>().map_err(|_| invalid())?;
-        // A registry may answer more than it was asked for (moto pages nothing), never this many.
-        if offset > 1_000_000 {
-            return Err(invalid());
-        }
-        Ok(ListingPosition {
-            offset,
-            registry_token: (!registry_token.is_empty()).then(|| registry_token.to_string()),
-        })
-    }
-
-    fn token(&self) -> String {
-        format!(
-            "{}:{}",
-            self.offset,
-            self.registry_token.as_deref().unwrap_or_default()
-        )
-    }
 }

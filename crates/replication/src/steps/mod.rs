@@ -26,7 +26,9 @@ pub mod enumerate_images;
 mod enumerate_images_archive;
 mod enumerate_images_presence;
 mod enumerate_images_selection;
+pub mod enumerate_pack;
 pub mod enumerate_repositories;
+mod enumerate_repositories_listing;
 pub mod plan_image;
 pub mod put_manifests;
 pub mod selection;
@@ -49,6 +51,7 @@ pub use enumerate_images::{
     EnumerateImagesInput, EnumerateImagesOutput, ImageTask, PageBounds, IMAGES_CHECKED_PER_CALL,
     PAGE_TASK_BYTES, TASKS_PER_PAGE, UNSIGNED_PER_PAGE,
 };
+pub use enumerate_pack::{packs_repositories, PACKED_NAME_BYTES, REPOSITORIES_PER_PACK};
 pub use enumerate_repositories::{
     enumerate_and_settle, enumerate_repositories, enumerate_repositories_within, Concurrency,
     EnumerateRepositories, EnumerateRepositoriesInput, EnumerateRepositoriesOutput,

@@ -85,6 +85,11 @@ pub struct SummariseInput {
     /// `childReports` is recorded failed.
     #[serde(default)]
     pub child_repositories: Vec<String>,
+    /// For each of `childRepositories`, its pack (`enumerate-repositories`' `packs`; empty: a
+    /// repository alone): a pack's child without a report has each of its repositories
+    /// recorded failed.
+    #[serde(default)]
+    pub child_packs: Vec<Vec<String>>,
     /// The execution whose Map ran the children (named in those failures); at `Finish`, the
     /// execution whose cost metrics are written.
     #[serde(default)]
@@ -150,21 +155,29 @@ fn add_child_reports(report: &mut RunReport, input: &SummariseInput) -> Result<(
         .map(|r| format!(" (one such child: {r})"))
         .unwrap_or_default();
     let execution = input.execution.as_deref().unwrap_or("this run's execution");
-    for repository in &input.child_repositories {
+    for (at, repository) in input.child_repositories.iter().enumerate() {
         if reported.contains(repository) {
             continue;
         }
+        let alone = std::slice::from_ref(repository);
+        let pack = match input.child_packs.get(at) {
+            Some(pack) if !pack.is_empty() => pack.as_slice(),
+            _ => alone,
+        };
         report.merge(&RunReport {
-            repositories_failed: 1,
-            repository_failures: vec![RepositoryFailure {
-                repository: repository.clone(),
-                error: format!(
-                    "its child execution ended without a report{reason}: it failed where no \
+            repositories_failed: pack.len(),
+            repository_failures: pack
+                .iter()
+                .map(|repository| RepositoryFailure {
+                    repository: repository.clone(),
+                    error: format!(
+                        "its child execution ended without a report{reason}: it failed where no \
                      Catch applies (the 25,000-event history or the 256 KiB payload limit) or \
                      was stopped. Find it among the child executions of the ForEachRepository \
                      Map Run of {execution}; the next run replicates it again"
-                ),
-            }],
+                    ),
+                })
+                .collect(),
             ..RunReport::default()
         });
     }

@@ -59,12 +59,25 @@ pub async fn repository_pages(
         let out = replication::steps::enumerate_repositories(conns, input)
             .await
             .unwrap();
-        pages.push(out.repositories);
+        pages.push(page_repositories(&out));
         match out.next_token {
             Some(token) => next = Some(token),
             None => return pages,
         }
     }
+}
+
+/// The repositories of an `enumerate-repositories` page, each pack's members in its place (a
+/// pack's child takes its repositories in order).
+pub fn page_repositories(page: &replication::steps::EnumerateRepositoriesOutput) -> Vec<String> {
+    page.repositories
+        .iter()
+        .enumerate()
+        .flat_map(|(at, first)| match page.packs.get(at) {
+            Some(pack) if !pack.is_empty() => pack.clone(),
+            _ => vec![first.clone()],
+        })
+        .collect()
 }
 
 /// Why a run did not copy the image tagged `tag`: its entry in the report's `unsignedImages`,

@@ -1053,7 +1053,7 @@ async fn repositories_with_nothing_to_do_are_settled_and_a_spent_budget_hands_ba
         .unwrap();
         calls += 1;
         assert_eq!(page.selections.len(), page.repositories.len());
-        with_work.extend(page.repositories);
+        with_work.extend(e2e::page_repositories(&page));
         settled += page.settled;
         input.report = page.report;
         match page.next_token {

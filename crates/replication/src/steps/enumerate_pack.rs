@@ -209,24 +209,32 @@ pub(crate) async fn enumerate_pack(
     Ok(out)
 }
 
-/// Ensures a repository in every destination (as `ensure-repository` does for a repository's
-/// child), its outputs counted in the pack's report.
+/// Ensures a repository in every destination at once (as a repository's child does, an
+/// `EnsureRepositories` iteration each: one destination failing does not keep the others from
+/// being ensured), the outputs counted in the pack's report; the first error, if any, is
+/// returned (a retryable one first: the call is retried).
 async fn ensure_everywhere(
     conns: &Connections,
     job: &ValidJob,
     repository: &str,
     report: &mut RunReport,
 ) -> Result<()> {
-    let mut outputs = Vec::new();
-    for destination in 0..job.job.destinations.len() {
-        let out =
-            super::ensure_repository::ensure_validated(conns, job, repository, destination).await?;
-        outputs.push(out.bounded());
+    let ensured = futures::future::join_all((0..job.job.destinations.len()).map(|destination| {
+        super::ensure_repository::ensure_validated(conns, job, repository, destination)
+    }))
+    .await;
+    let mut errors = Vec::new();
+    for outcome in ensured {
+        match outcome {
+            Ok(out) => report.add_repository(&out.bounded()),
+            Err(e) => errors.push(e),
+        }
     }
-    for out in &outputs {
-        report.add_repository(out);
+    errors.sort_by_key(|e| e.kind() == ErrorKind::Failed);
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Records a packed repository's failure (`ReplicationFailed`), as a repository's child records

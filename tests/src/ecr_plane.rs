@@ -20,6 +20,8 @@ use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
 use sha2::Digest as _;
 
+mod listing;
+
 /// The smallest upload part ECR accepts, except the last one of an upload.
 /// "Minimum layer part size: 5 MiB" (Amazon ECR service quotas,
 /// docs.aws.amazon.com/AmazonECR/latest/userguide/service-quotas.html); the refusal is
@@ -79,6 +81,16 @@ pub struct Behaviours {
     /// a 404 error": ECR user guide, "Archiving an image"). The status is moto's, which
     /// `tests/aws_rules/ecr_gaps.py` gives UpdateImageStorageClass.
     pub archived_not_pullable: bool,
+    /// A manifest pushed is an image of the repository that ECR's control plane lists, tagged
+    /// or not (a referrer pushed by digest is an untagged image: "A set of artifacts for a
+    /// container image is transferred with that container and stored as a separate image",
+    /// ECR user guide, "Private images in Amazon ECR"; `DescribeImages` and `ListImages` list
+    /// both unless `tagStatus` says TAGGED or UNTAGGED, ECR API reference,
+    /// `DescribeImagesFilter`): each push is written to moto's ECR (PutImage with the pushed
+    /// digest, and its tag when pushed by tag). Off by default: the rig's other tests seed
+    /// moto themselves (`EcrWorld::seed`); a test that reads a destination's listing turns it
+    /// on.
+    pub pushes_listed: bool,
     /// Added to every request before it is answered (zero by default): a registry across a
     /// network, where a loop of sequential requests costs its count times the round trip, as
     /// it does against ECR from Lambda (tens of milliseconds each), and not on loopback.
@@ -100,6 +112,7 @@ impl Default for Behaviours {
             tag_page_limit: true,
             referrers_api: true,
             archived_not_pullable: true,
+            pushes_listed: false,
             latency: std::time::Duration::ZERO,
         }
     }
@@ -121,6 +134,7 @@ impl Behaviours {
             tag_page_limit: false,
             referrers_api: false,
             archived_not_pullable: false,
+            pushes_listed: false,
             latency: std::time::Duration::ZERO,
         }
     }
@@ -785,6 +799,9 @@ async fn put_manifest(
     let response = forward(state, request).await;
     if response.status().is_success() {
         record_referrer(state, name, &media_type, &bytes);
+        if behaviours.pushes_listed {
+            listing::list_pushed(state, (name, reference), &media_type, &bytes).await;
+        }
     }
     response
 }

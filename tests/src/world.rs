@@ -200,15 +200,22 @@ impl EcrWorld {
             .repository_name(repository)
             .send()
             .await;
-        ecr.put_image()
+        let put = ecr
+            .put_image()
             .repository_name(repository)
             .image_manifest(String::from_utf8(image.manifest.to_vec()).unwrap())
             .image_manifest_media_type(&image.media_type)
             .image_digest(&image.digest)
             .image_tag(tag)
             .send()
-            .await
-            .unwrap();
+            .await;
+        if let Err(e) = put {
+            // Listed already: the data plane wrote the push (`Behaviours::pushes_listed`).
+            let listed = e
+                .as_service_error()
+                .is_some_and(|s| s.is_image_already_exists_exception());
+            assert!(listed, "PutImage {repository}:{tag}: {e:?}");
+        }
     }
 
     /// `HOST=URL,...` for `ECR_REPLICATOR_REGISTRY_ENDPOINTS` (the Lambda functions' view).

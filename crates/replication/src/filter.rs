@@ -91,6 +91,11 @@ pub struct SelectedImage {
     /// destination): an image every destination already holds is not read again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingGate>,
+    /// Its referrers were not asked for (`referrers` is empty): when it was selected, every
+    /// destination held it, and everything of the source repository that could refer to it
+    /// (`steps::enumerate_images_held`). A page that finds it missing somewhere asks then.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub referrers_unread: bool,
 }
 
 /// What the signature gate needs to judge a selected image later, without the repository's

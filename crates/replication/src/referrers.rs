@@ -32,13 +32,16 @@ const MAX_LEVELS: usize = 4;
 /// was found for, and judged only where it would be written.
 /// Without it, a referrer the API lists is still taken only when its own `subject` is the
 /// image it was listed for.
+///
+/// The API is not asked about the digests in `unasked` (images every destination holds with
+/// everything that could refer to them: `steps::enumerate_images_held`).
 pub(crate) async fn add_referrers(
     source: &Connection,
-    repository: &str,
-    images: &[ListedImage],
+    (repository, images): (&str, &[ListedImage]),
     selected: &mut Vec<SelectedImage>,
     refused: &mut Vec<SelectedImage>,
     gated: bool,
+    unasked: &HashSet<String>,
 ) -> Result<()> {
     let by_tag = digests_by_tag(images);
     let repo = Repository {
@@ -61,7 +64,7 @@ pub(crate) async fn add_referrers(
             let subjects: Vec<String> = level
                 .iter()
                 .map(|(subject, _)| subject.clone())
-                .filter(|subject| !examined.contains(subject))
+                .filter(|subject| !examined.contains(subject) && !unasked.contains(subject))
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect();
@@ -151,6 +154,48 @@ pub(crate) async fn add_referrers(
 
 /// Referrer lookups at once.
 const PARALLEL_REFERRER_LOOKUPS: usize = 16;
+
+/// The referrers the source's API lists for `subject`, level by level (`MAX_LEVELS`), each
+/// taken only where `artifact_refusal` takes it in `add_referrers` (one refused is left
+/// behind, logged); empty where the source has no API. For an image whose referrers were not
+/// asked for when it was selected (`SelectedImage::referrers_unread`) and that a page finds
+/// missing in a destination after all.
+pub(crate) async fn api_referrers(
+    source: &Connection,
+    repository: &str,
+    subject: &str,
+    gated: bool,
+) -> Result<Vec<String>> {
+    let repo = Repository {
+        registry: source.registry.clone(),
+        name: repository.to_string(),
+    };
+    let mut found: Vec<String> = Vec::new();
+    let mut level = vec![subject.to_string()];
+    for _ in 0..MAX_LEVELS {
+        let mut next = Vec::new();
+        for (of, list) in referrers_of(source, &repo, level).await? {
+            for referrer in list.unwrap_or_default() {
+                if referrer.digest == subject || found.contains(&referrer.digest) {
+                    continue;
+                }
+                if let Some(why) =
+                    artifact_refusal(source, &repo, &referrer.digest, "", &of, gated).await
+                {
+                    tracing::warn!(referrer = %referrer.digest, subject = %of, reason = %why, "a referrer is refused: left behind");
+                    continue;
+                }
+                found.push(referrer.digest.clone());
+                next.push(referrer.digest);
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        level = next;
+    }
+    Ok(found)
+}
 
 /// What the source's referrers API lists for each subject (`None`: the registry has no API). The
 /// first subject is asked alone: a registry without the API answers that once, not once per

@@ -25,7 +25,8 @@
 //! `sfn-filter-30k`, `sfn-noop-30k-repos`, `sfn-first-30k-3dest`; `SCALE_SIZE_PERCENT` shrinks
 //! them. The slow-registry cases (`slow_cases`): `sfn-gated-slow`, `sfn-verify-slow`, a
 //! repository a serial loop could not finish within the function's deployed timeout, each
-//! request to the registries delayed. `SCALE_RUNS` picks runs by name (comma-separated; all by default); `SCALE_SKIP_SFN=1`
+//! request to the registries delayed. `sfn-gated-noop-ecr` (`gated_ecr`): a gated no-op with
+//! referrers on, on the ECR profile, with the source's requests per image. `SCALE_RUNS` picks runs by name (comma-separated; all by default); `SCALE_SKIP_SFN=1`
 //! runs the CLI only.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -38,6 +39,9 @@ use futures::StreamExt;
 use replication::cost::{Cost, CostModel, MAP_CHILD_START_TRANSITIONS};
 use serde_json::{json, Value};
 use sha2::Digest as _;
+
+#[path = "scale/gated_ecr.rs"]
+mod gated_ecr;
 
 const CONFIG: &[u8] =
     br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
@@ -538,6 +542,8 @@ fn main() {
         drop((src, empty, full));
         lines.extend(size_cases(&rt, &sfn, &arn, &wanted));
         lines.extend(slow_cases(&rt, &sfn, &arn, &wanted));
+        drop(sfn);
+        lines.extend(gated_ecr::gated_noop_ecr(&rt, &wanted));
     }
 
     if catalog {

@@ -18,6 +18,7 @@ mod push_bursts;
 mod real_inputs;
 mod receipts;
 mod referrers;
+mod referrers_held;
 mod secrets;
 mod signatures;
 mod sigstore_bundles;

@@ -133,8 +133,14 @@ pub(super) async fn check_image(
         referrers,
         target_digest,
     };
-    let again = copied.clone();
-    let (mut tasks, mut archived) = image_tasks(destinations, repository, image, copied).await?;
+    let (again, (mut tasks, mut archived)) = tasks_reading_referrers(
+        source,
+        judge.is_some(),
+        destinations,
+        (repository, image),
+        copied,
+    )
+    .await?;
     if image.pending.is_some() && tasks.iter().any(|t| !t.present) {
         // It would be written (the image, a tag or a referrer missing in a destination): the
         // signature gate judges it now. Held everywhere, it is not read again.
@@ -178,6 +184,47 @@ struct Copied {
     digest: Digest,
     referrers: Vec<Digest>,
     target_digest: Option<Digest>,
+}
+
+/// `image_tasks`; for an image whose referrers were not asked for when it was selected (every
+/// destination held it then: `SelectedImage::referrers_unread`) and that is missing in a
+/// destination now, the source's referrers API is asked first (`gated`: as the signature gate
+/// takes them), so they travel with it as they would have.
+async fn tasks_reading_referrers(
+    source: Option<&Connection>,
+    gated: bool,
+    destinations: &[Destination<'_>],
+    (repository, image): (&str, &SelectedImage),
+    mut copied: Copied,
+) -> Result<(Copied, (Vec<ImageTask>, NotCopiedThere))> {
+    let found = image_tasks(destinations, repository, image, copied.clone()).await?;
+    let missing = found.0.iter().any(|t| !t.present) || !found.1.is_empty();
+    // Cut to the job's platforms, an index travels without its referrers (they name the
+    // source's digest).
+    if !image.referrers_unread || !missing || copied.target_digest.is_some() {
+        return Ok((copied, found));
+    }
+    let Some(source) = source else {
+        // `page_of_work` connects to the source whenever the job copies referrers, and only
+        // such a job's selection leaves them unread.
+        return Err(Error::invalid(
+            "referrers",
+            format!("{repository}@{}: its referrers were left unread by a selection of a job that copies none", image.digest),
+        ));
+    };
+    for referrer in
+        crate::referrers::api_referrers(source, repository, &image.digest, gated).await?
+    {
+        let digest = Digest::parse(&referrer).map_err(|source| Error::Listing {
+            what: format!("the referrers of {repository}@{}", image.digest),
+            source,
+        })?;
+        if !copied.referrers.contains(&digest) {
+            copied.referrers.push(digest);
+        }
+    }
+    let found = image_tasks(destinations, repository, image, copied.clone()).await?;
+    Ok((copied, found))
 }
 
 /// One task per destination for a selected image to copy, each saying whether the destination

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use oci::{Digest, PullMeter, Reference, Repository};
 
 use super::enumerate_images_archive::{archived_digest, archived_reason, mark_archived};
+use super::enumerate_images_held::referrers_held;
 use crate::catalog::too_many_pages;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::filter::{ListedImage, Refusal, SelectedImage};
 use crate::gate;
-use crate::job::{ImageSelector, ValidJob};
+use crate::job::{ImageSelector, Mode, ValidJob};
 use crate::metrics;
 use crate::referrers;
 use crate::signatures::SignatureGate;
@@ -68,7 +69,7 @@ pub(crate) async fn selected_counted(
     let counted = |pulls: u64| if source.counts_pulls() { pulls } else { 0 };
     // The trusted root is read here too: one that cannot be read fails the repository.
     let gated = signature_gate(conns, job).await?.is_some();
-    let (mut selected, listed) = select_images(&source, job, gated, repository).await?;
+    let (mut selected, listed) = select_images(conns, &source, job, gated, repository).await?;
     selected.sort_by(|a, b| a.digest.cmp(&b.digest));
     Ok((selected, listed, counted(meter.sent())))
 }
@@ -94,16 +95,20 @@ pub(crate) async fn signature_gate(
 /// to them.
 /// Also returns the repository's listing when it was read (the filters need it).
 async fn select_images(
+    conns: &Connections,
     source: &Connection,
     job: &ValidJob,
     gated: bool,
     repository: &str,
 ) -> Result<(Vec<SelectedImage>, Option<Vec<ListedImage>>)> {
     let mut catalog_images: Option<Vec<ListedImage>> = None;
+    // Whether the source's listing held names that are not valid (left out of it).
+    let mut listing_refused = false;
     // Names the source listed that are not valid: reported with the selection, never copied.
     let mut refused: Vec<SelectedImage> = Vec::new();
     let mut selected = if job.job.images.is_empty() {
         let (images, invalid) = listed_images(source, repository).await?;
+        listing_refused = !invalid.is_empty();
         refused.extend(
             invalid
                 .into_iter()
@@ -129,7 +134,11 @@ async fn select_images(
     }
     let images = match catalog_images {
         Some(images) => images,
-        None => all_images(source, repository).await?,
+        None => {
+            let (images, invalid) = listed_images(source, repository).await?;
+            listing_refused = !invalid.is_empty();
+            images
+        }
     };
     // Only signed images are copied, and only they bring their referrers along: each is
     // marked for the gate here (no request), and judged where it would be written.
@@ -137,15 +146,27 @@ async fn select_images(
         selected = gate::defer(&images, selected);
     }
     if job.job.referrers {
+        // A replication leaves out the lookups of images every destination holds with all
+        // that could refer to them; a verification compares every referrer.
+        let unasked = match job.job.mode {
+            Mode::Replicate => {
+                let listing = (images.as_slice(), listing_refused);
+                referrers_held(conns, job, (source, repository), listing, &selected).await
+            }
+            Mode::Verify => Default::default(),
+        };
         referrers::add_referrers(
             source,
-            repository,
-            &images,
+            (repository, &images),
             &mut selected,
             &mut refused,
             gated,
+            &unasked,
         )
         .await?;
+        for image in selected.iter_mut() {
+            image.referrers_unread = unasked.contains(&image.digest);
+        }
     }
     selected.append(&mut refused);
     selected.append(&mut set_aside);

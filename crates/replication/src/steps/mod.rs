@@ -24,6 +24,7 @@ pub mod ensure_repository;
 mod ensure_repository_prune;
 pub mod enumerate_images;
 mod enumerate_images_archive;
+mod enumerate_images_held;
 mod enumerate_images_presence;
 mod enumerate_images_selection;
 pub mod enumerate_pack;

@@ -336,9 +336,10 @@ pub async fn page_of_work(
     // left them unread; its reads are counted where they are pulls.
     let meter = Arc::new(PullMeter::counting(&job.job.source.registry));
     let gate = signature_gate(conns, job).await?;
-    // With `referrers`, an image whose referrers the selection did not ask for (every
-    // destination held it) is asked about when the page finds it missing after all.
-    let source = match job.platforms.is_some() || gate.is_some() || job.job.referrers {
+    // An image whose referrers the selection did not ask for (every destination held it) is
+    // asked about when the page finds it missing after all.
+    let unread = selection.images.iter().any(|s| s.referrers_unread);
+    let source = match job.platforms.is_some() || gate.is_some() || unread {
         true => Some(conns.source(&job.job).await?.metered(meter.clone())),
         false => None,
     };

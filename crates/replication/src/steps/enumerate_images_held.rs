@@ -42,7 +42,7 @@ pub(super) async fn referrers_held(
     (images, refused): (&[ListedImage], bool),
     selected: &[SelectedImage],
 ) -> HashSet<String> {
-    if source.ecr.is_none() || refused || job.job.destinations.is_empty() {
+    if source.ecr.is_none() || refused || selected.is_empty() || job.job.destinations.is_empty() {
         return HashSet::new();
     }
     let mut destinations = Vec::new();

@@ -205,11 +205,13 @@ async fn tasks_reading_referrers(
         return Ok((copied, found));
     }
     let Some(source) = source else {
-        // `page_of_work` connects to the source whenever the job copies referrers, and only
-        // such a job's selection leaves them unread.
+        // `page_of_work` connects to the source whenever an image's referrers are unread.
         return Err(Error::invalid(
             "referrers",
-            format!("{repository}@{}: its referrers were left unread by a selection of a job that copies none", image.digest),
+            format!(
+                "{repository}@{}: its referrers are unread and the source is not connected",
+                image.digest
+            ),
         ));
     };
     for referrer in

@@ -52,6 +52,16 @@ pub(super) async fn referrers_held(
             None => return HashSet::new(),
         }
     }
+    held_everywhere(images, selected, &destinations)
+}
+
+/// `referrers_held`'s choice from the listings: the source's (`images`), and each
+/// destination's (`destinations`, its active images).
+fn held_everywhere(
+    images: &[ListedImage],
+    selected: &[SelectedImage],
+    destinations: &[Held],
+) -> HashSet<String> {
     let everywhere = |digest: &str, tags: &[String]| {
         destinations.iter().all(|held| {
             held.get(digest)
@@ -65,7 +75,7 @@ pub(super) async fn referrers_held(
         .iter()
         .filter(|i| !chosen.contains(i.digest.as_str()))
         .all(|i| !i.archived && everywhere(&i.digest, &[]));
-    if !others_held {
+    if destinations.is_empty() || !others_held {
         return HashSet::new();
     }
     let listed: HashMap<&str, &ListedImage> =
@@ -120,4 +130,76 @@ async fn destination_listing(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(digest: &str, tags: &[&str]) -> ListedImage {
+        ListedImage {
+            digest: digest.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..ListedImage::default()
+        }
+    }
+
+    fn selected(digest: &str, tags: &[&str]) -> SelectedImage {
+        SelectedImage {
+            digest: digest.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ..SelectedImage::default()
+        }
+    }
+
+    fn held(images: &[(&str, &[&str])]) -> Held {
+        images
+            .iter()
+            .map(|(d, tags)| (d.to_string(), tags.iter().map(|t| t.to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn an_image_is_left_unasked_only_when_everything_that_could_refer_to_it_is_everywhere() {
+        // v1 and v2 selected; an untagged referrer "r" of either.
+        let source = [listed("a", &["v1"]), listed("b", &["v2"]), listed("r", &[])];
+        let picked = [selected("a", &["v1"]), selected("b", &["v2"])];
+        let full = held(&[("a", &["v1"]), ("b", &["v2"]), ("r", &[])]);
+        let chosen = |dests: &[Held]| {
+            let mut d: Vec<_> = held_everywhere(&source, &picked, dests)
+                .into_iter()
+                .collect();
+            d.sort();
+            d
+        };
+        assert_eq!(chosen(std::slice::from_ref(&full)), ["a", "b"]);
+        // The referrer missing in one destination: every image is asked about.
+        let no_referrer = held(&[("a", &["v1"]), ("b", &["v2"])]);
+        assert!(chosen(&[full.clone(), no_referrer]).is_empty());
+        // v2 moved on in a destination: only v1 is left unasked.
+        let moved = held(&[("a", &["v1"]), ("b", &[]), ("c", &["v2"]), ("r", &[])]);
+        assert_eq!(chosen(&[moved]), ["a"]);
+        // No destination listed: nothing is left unasked.
+        assert!(chosen(&[]).is_empty());
+    }
+
+    #[test]
+    fn an_archived_or_partly_held_image_is_asked_about() {
+        let mut archived = listed("r", &[]);
+        archived.archived = true;
+        let source = [listed("a", &["v1", "latest"]), archived];
+        let picked = [selected("a", &["v1"])];
+        let dest = held(&[("a", &["v1", "latest"]), ("r", &[])]);
+        // An archived image of the source that is not selected could refer to anything.
+        assert!(held_everywhere(&source, &picked, std::slice::from_ref(&dest)).is_empty());
+        // A tag the source lists for the image missing in the destination (outside the
+        // selection): asked about.
+        let source = [listed("a", &["v1", "latest"]), listed("r", &[])];
+        let partly = held(&[("a", &["v1"]), ("r", &[])]);
+        assert!(held_everywhere(&source, &picked, &[partly]).is_empty());
+        assert_eq!(
+            held_everywhere(&source, &picked, &[dest]),
+            HashSet::from(["a".to_string()])
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //! each case several runs into a fresh target repository, medians and ratios printed; plus the raw
 //! limit for the large layer (one `curl` monolithic upload of the same blob); plus whole
 //! registries: `ecr-replicator sync` against `skopeo sync` (first sync, then the no-op re-sync),
-//! failed images counted from our report.
+//! failed images counted from our report; plus OCI image layouts: an export to and an import
+//! from an `oci:` directory against `skopeo copy docker://... oci:DIR` and back.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -304,6 +305,124 @@ fn compare(
     (row, last)
 }
 
+impl Tools {
+    /// `ecr-replicator copy` between the source registry's `repo:v1` and `layout` (an
+    /// `oci:DIR:REF`), either way: an export without `import_to`, else an import into it.
+    fn ours_layout(&self, repo: &str, layout: &str, import_to: Option<&str>) -> Measured {
+        let source = format!("{}/{repo}:v1", self.src);
+        let (from, to, insecure) = match import_to {
+            None => (source, layout.to_string(), self.src.clone()),
+            Some(dst) => (
+                layout.to_string(),
+                format!("{dst}/{repo}:v1"),
+                dst.to_string(),
+            ),
+        };
+        run_quiet(Command::new(&self.ours).args([
+            "copy",
+            &from,
+            &to,
+            "--insecure-registry",
+            &insecure,
+            "--output",
+            "json",
+        ]))
+    }
+
+    /// `skopeo copy --all` between the source registry's `repo:v1` and `layout`, either way.
+    fn skopeo_layout(&self, repo: &str, layout: &str, import_to: Option<&str>) -> Measured {
+        let (from, to) = match import_to {
+            None => (
+                format!("docker://{}/{repo}:v1", self.src),
+                layout.to_string(),
+            ),
+            Some(dst) => (layout.to_string(), format!("docker://{dst}/{repo}:v1")),
+        };
+        run_quiet(Command::new("skopeo").args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--src-no-creds",
+            "--dest-no-creds",
+            &from,
+            &to,
+        ]))
+    }
+}
+
+/// An OCI layout case: each run exports `repo:v1` into a fresh directory per tool (`oci:DIR`
+/// for ours, `oci:DIR:REF` for skopeo), then imports each tool's own layout into a fresh
+/// registry per tool. Rows for the export and the import.
+fn compare_layout(
+    tools: &Tools,
+    (export_case, import_case): (&'static str, &'static str),
+    repo: &str,
+    runs: usize,
+    scratch: &Path,
+) -> (Row, Row) {
+    let (mut export, mut export_s, mut import, mut import_s) = (vec![], vec![], vec![], vec![]);
+    let (mut rss_export, mut rss_import) = (0u64, 0u64);
+    for run in 0..runs {
+        let ours_dir = tempfile::tempdir_in(scratch).unwrap();
+        let skopeo_dir = tempfile::tempdir_in(scratch).unwrap();
+        let ours_layout = format!("oci:{}", ours_dir.path().display());
+        let skopeo_layout = format!("oci:{}:{repo}:v1", skopeo_dir.path().display());
+        let o = tools.ours_layout(repo, &ours_layout, None);
+        let s = tools.skopeo_layout(repo, &skopeo_layout, None);
+        let (ours_dst, skopeo_dst) = (TestRegistry::start(), TestRegistry::start());
+        let ours_ref = format!("{ours_layout}:{repo}:v1");
+        let oi = tools.ours_layout(repo, &ours_ref, Some(&ours_dst.host));
+        let si = tools.skopeo_layout(repo, &skopeo_layout, Some(&skopeo_dst.host));
+        eprintln!(
+            "  {repo} layout run {run}: export {:.2}s vs skopeo {:.2}s; import {:.2}s vs skopeo {:.2}s",
+            o.seconds, s.seconds, oi.seconds, si.seconds
+        );
+        rss_export = rss_export.max(o.max_rss_kib);
+        rss_import = rss_import.max(oi.max_rss_kib);
+        export.push(o.seconds);
+        export_s.push(s.seconds);
+        import.push(oi.seconds);
+        import_s.push(si.seconds);
+    }
+    let row = |case, ours, skopeo, rss: u64| Row {
+        case,
+        ours: median(ours),
+        skopeo: median(skopeo),
+        rss_mib: rss as f64 / 1024.0,
+        goal: "-",
+    };
+    (
+        row(export_case, export, export_s, rss_export),
+        row(import_case, import, import_s, rss_import),
+    )
+}
+
+/// The layout rows: the 32-layer image and the 4-platform index, each exported and imported.
+fn layout_rows(tools: &Tools, runs: usize, scratch: &Path) -> Vec<Row> {
+    let (i, j) = compare_layout(
+        tools,
+        (
+            "(i) export 32 layers x 16 MiB to oci:DIR",
+            "(j) import 32 layers x 16 MiB from oci:DIR",
+        ),
+        "many",
+        runs,
+        scratch,
+    );
+    let (k, l) = compare_layout(
+        tools,
+        (
+            "(k) export the 4-platform index to oci:DIR",
+            "(l) import the 4-platform index from oci:DIR",
+        ),
+        "index",
+        runs,
+        scratch,
+    );
+    vec![i, j, k, l]
+}
+
 /// One `curl` monolithic PUT of the blob from a file: the registry's raw ingest limit.
 async fn raw_upload(blob: &e2e::image::Blob, dir: &Path, runs: usize) -> f64 {
     let file = dir.join("blob.bin");
@@ -379,7 +498,9 @@ fn main() {
     if !only_sync {
         rt.block_on(async {
             pusher.push("many", "v1", &many).await;
-            pusher.push("large", "v1", &large).await;
+            if std::env::var("BENCH_ONLY").as_deref() != Ok("layout") {
+                pusher.push("large", "v1", &large).await;
+            }
             pusher.push("index", "v1", &index).await;
         });
     }
@@ -388,6 +509,10 @@ fn main() {
         ours,
         src: src.host.clone(),
     };
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("layout") {
+        print_rows(&layout_rows(&tools, runs, scratch.path()), runs, big);
+        return;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("sync") {
         let (wide, deep) = rt.block_on(sync_cases(&src, scratch.path()));
         let (e, f, _) = compare_sync(&tools, &wide, runs);
@@ -432,31 +557,11 @@ fn main() {
     let (wide, deep) = rt.block_on(sync_cases(&src, scratch.path()));
     let (e, f, wide_failed) = compare_sync(&tools, &wide, runs);
     let (g, h, deep_failed) = compare_sync(&tools, &deep, runs);
-    let rows = [a, b, c, d, e, f, g, h];
+    let mut rows = vec![a, b, c, d, e, f, g, h];
+    rows.extend(layout_rows(&tools, runs, scratch.path()));
     let raw = rt.block_on(raw_upload(&large.blobs[1], scratch.path(), runs));
 
-    let date = Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!("\nBench {date}, {cores} cores, median of {runs} runs, loopback registries (distribution 2.8), large layer {} MiB", big / MIB);
-    println!("| case | ecr-replicator | skopeo | ratio | goal | peak RSS (ours) |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in &rows {
-        println!(
-            "| {} | {:.2} s | {:.2} s | {:.2} | {} | {:.0} MiB |",
-            r.case,
-            r.ours,
-            r.skopeo,
-            r.ours / r.skopeo,
-            r.goal,
-            r.rss_mib
-        );
-    }
+    print_rows(&rows, runs, big);
     let b = &rows[1];
     let size_mib = big as f64 / MIB as f64;
     println!(
@@ -474,6 +579,32 @@ fn main() {
         "sync cases: failed images in all runs of ours: {} (goal 0)",
         wide_failed + deep_failed
     );
+}
+
+/// The table: one row per case, with the date and the machine.
+fn print_rows(rows: &[Row], runs: usize, big: u64) {
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("\nBench {date}, {cores} cores, median of {runs} runs, loopback registries (distribution 2.8), large layer {} MiB", big / MIB);
+    println!("| case | ecr-replicator | skopeo | ratio | goal | peak RSS (ours) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.2} s | {:.2} s | {:.2} | {} | {:.0} MiB |",
+            r.case,
+            r.ours,
+            r.skopeo,
+            r.ours / r.skopeo,
+            r.goal,
+            r.rss_mib
+        );
+    }
 }
 
 /// A 4-platform index, 2 layers of 32 MiB per platform (generated, never held whole).

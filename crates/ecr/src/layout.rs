@@ -10,7 +10,9 @@
 
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
+};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -363,6 +365,10 @@ impl S3Layout {
             .bucket(&self.location.bucket)
             .key(key)
             .content_type("application/octet-stream")
+            // Named here, so every part's CRC32 (computed by the SDK) is the upload's kind and
+            // the completion lists each one: S3 refuses parts whose checksum type differs from
+            // the upload's ("Checksum Type mismatch").
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .set_expected_bucket_owner(self.owner())
             .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
             .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
@@ -407,10 +413,11 @@ impl S3Layout {
             // (at least 5 MiB): `part_size_for` keeps the blob within 10,000 of them.
             let number = parts.len() as i32 + 1;
             match self.upload_part(key, &upload_id, number, bytes).await {
-                Ok(etag) => parts.push(
+                Ok((etag, crc32)) => parts.push(
                     CompletedPart::builder()
                         .part_number(number)
                         .e_tag(etag)
+                        .set_checksum_crc32(crc32)
                         .build(),
                 ),
                 Err(e) => {
@@ -451,14 +458,14 @@ impl S3Layout {
         }
     }
 
-    /// Uploads one part; its ETag.
+    /// Uploads one part; its ETag and CRC32.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         number: i32,
         bytes: Bytes,
-    ) -> oci::Result<String> {
+    ) -> oci::Result<(String, Option<String>)> {
         let shown = self.shown(key);
         let answer = self
             .client
@@ -467,18 +474,20 @@ impl S3Layout {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .content_length(bytes.len() as i64)
             .body(ByteStream::from(bytes))
             .set_expected_bucket_owner(self.owner())
             .send()
             .await
             .map_err(|e| s3_error("s3:UploadPart", &shown, &e))?;
-        answer.e_tag().map(str::to_string).ok_or_else(|| {
+        let etag = answer.e_tag().map(str::to_string).ok_or_else(|| {
             layout_error(
                 &shown,
                 format!("s3:UploadPart of part {number} answered no ETag"),
             )
-        })
+        })?;
+        Ok((etag, answer.checksum_crc32().map(str::to_string)))
     }
 
     async fn open(&self, digest: &Digest) -> oci::Result<BlobStream> {

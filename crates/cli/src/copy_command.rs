@@ -16,7 +16,8 @@ use crate::OutputFormat;
 /// Arguments of `copy`.
 #[derive(Args, Debug)]
 pub struct CopyArgs {
-    /// Source image, e.g. 111111111111.dkr.ecr.us-east-1.amazonaws.com/ml/pytorch:2.3 (a repository with --all-tags).
+    /// Source image, e.g. 111111111111.dkr.ecr.us-east-1.amazonaws.com/ml/pytorch:2.3 (a repository with --all-tags),
+    /// or an OCI image layout naming the image: oci:DIR:REPOSITORY:TAG, oci:s3://BUCKET/PREFIX:REPOSITORY:TAG.
     pub source: String,
     /// Target image; without a tag the source's tag (or digest) is used. Either side may be an
     /// OCI image layout: a directory, oci:DIR[:REPOSITORY:TAG], or an S3 prefix,

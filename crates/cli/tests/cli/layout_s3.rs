@@ -497,3 +497,25 @@ async fn a_source_failing_mid_blob_aborts_the_upload_and_the_rerun_writes_only_w
     }
     assert_eq!(after.get(&key), Some(&1));
 }
+
+/// GIVEN an S3 layout whose bucket is no S3 bucket name WHEN it is copied to THEN the CLI
+/// refuses it naming the bucket, before any request.
+#[test]
+fn a_bad_bucket_name_is_refused_before_any_request() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ecr-replicator"))
+        .args([
+            "copy",
+            "registry.example/team/app:v1",
+            "oci:s3://Air_Gap/q4:team/app:v1",
+        ])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"Air_Gap\" is not an S3 bucket name"),
+        "{stderr}"
+    );
+}

@@ -54,14 +54,20 @@ where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
     let api = crate::Error::api(operation, path, err);
-    let hint = match &api {
-        crate::Error::Api {
-            code: Some(code), ..
-        } if code == "AccessDenied" || code == "Forbidden" => {
-            "; check the credentials may use the bucket (s3:GetObject, s3:PutObject, \
-             s3:ListBucket), that it is owned by the expected account, and the KMS key's policy"
-        }
-        _ => "",
+    // A HEAD's error has no body, so no code: its status says it.
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    let code = match &api {
+        crate::Error::Api { code, .. } => code.as_deref(),
+        _ => None,
+    };
+    let denied = status == Some(403) || matches!(code, Some("AccessDenied" | "Forbidden"));
+    let hint = if denied {
+        "; check the credentials may use the bucket (s3:GetObject, s3:PutObject, \
+         s3:ListBucket), that it is owned by the expected account, and the KMS key's policy"
+    } else if status == Some(301) || code == Some("PermanentRedirect") {
+        "; the bucket is in another region: set AWS_REGION to its region"
+    } else {
+        ""
     };
     layout_error(path, format!("{api}{hint}"))
 }

@@ -15,6 +15,7 @@ use crate::cost::Cost;
 use crate::error::{Error, Result};
 use crate::job::{Job, Mode, ValidJob};
 use crate::plan::CopyRange;
+use crate::steps::enumerate_pack::PageRanges;
 use crate::steps::{self, *};
 
 /// Source repositories read per catalog page in process.
@@ -310,12 +311,12 @@ impl Run<'_> {
             let images = page.images.len() as u64;
             let held = page.images.len() + page.unsigned.len();
             let mut results = page.unsigned;
-            let (replicated, rounds) = self.replicate_page(page.images).await;
+            let (replicated, rounds, ranges) = self.replicate_page(page.images).await;
             if first {
                 let puts = replicated
                     .iter()
                     .filter(|r| r.status == ImageStatus::Planned);
-                single = Some((held, images, puts.count() as u64));
+                single = Some((held, images, puts.count() as u64, ranges));
             }
             child.add(&rounds);
             results.extend(replicated);
@@ -334,7 +335,7 @@ impl Run<'_> {
             }
         }
         match single.filter(|_| self.packs && self.job.mode == Mode::Replicate) {
-            Some((tasks, images, puts)) if has_work => {
+            Some((tasks, images, puts, ranges)) if has_work => {
                 let mut packable = self.packable.lock().unwrap_or_else(|e| e.into_inner());
                 packable.push(steps::enumerate_pack::PackMember {
                     repository: repository.to_string(),
@@ -343,6 +344,7 @@ impl Run<'_> {
                     images,
                     puts,
                     destinations: self.job.destinations.len(),
+                    ranges: ranges.unwrap_or_default(),
                 });
             }
             _ if has_work => {
@@ -360,7 +362,10 @@ impl Run<'_> {
     /// then each image's manifests put once all of its blobs are there. Deferred tasks (the
     /// plan's size bound) are planned next, the same way. Returns the results and what the
     /// page's rounds cost in the workflow (the repository child's states and calls, its copy's).
-    async fn replicate_page(&self, tasks: Vec<ImageTask>) -> (Vec<ImageResult>, Cost) {
+    async fn replicate_page(
+        &self,
+        tasks: Vec<ImageTask>,
+    ) -> (Vec<ImageResult>, Cost, Option<PageRanges>) {
         let model = &self.conns.settings().cost_model;
         let mut round = PageRound {
             enumerated: true,
@@ -373,6 +378,7 @@ impl Run<'_> {
         // Each round ends in a `SummariseImages` call (in the workflow, it counts itself).
         let summarise = model.calls(1);
         let mut cost = Cost::default();
+        let mut ranges = None;
         if tasks.is_empty() {
             cost.add(&model.page_round(&round, true));
             cost.add(&summarise);
@@ -395,9 +401,12 @@ impl Run<'_> {
                 Ok(plan) => plan,
                 Err(e) => {
                     results.extend(tasks.iter().map(|t| failed(t, &e)));
-                    return (results, cost);
+                    return (results, cost, ranges);
                 }
             };
+            if round.enumerated {
+                ranges = Some(PageRanges::of(&plan));
+            }
             cost.add(&model.page_round(
                 &PageRound {
                     plan: Some(&plan),
@@ -412,7 +421,7 @@ impl Run<'_> {
             results.extend(plan.postponed_results());
             results.extend(self.run_plan(plan).await);
         }
-        (results, cost)
+        (results, cost, ranges)
     }
 
     async fn run_plan(&self, plan: PagePlan) -> Vec<ImageResult> {

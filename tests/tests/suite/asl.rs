@@ -250,7 +250,8 @@ fn every_task_retries_with_jitter_and_no_byte_count_goes_through_an_intrinsic() 
     }
     let mut events = 0;
     walk(&definition["States"], (&mut tasks, &mut events), &mut maps);
-    assert_eq!((tasks, events), (12, 2));
+    // 13 Tasks: CopyBatchedRanges' copy-blobs beside CopySmallRanges' and CopyPageRanges'.
+    assert_eq!((tasks, events), (13, 2));
     for (name, map) in &maps {
         let distributed = map["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED";
         let bounded =

@@ -430,6 +430,26 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "image child (a page's tasks) output",
         &json!(results_of_page),
     );
+    // A batch of a page's ranges (CopyBatchedRanges' ItemBatcher): its input, the ranges (a
+    // part of the page plan) and the job; its output, each range's outcome.
+    let ranges_batcher = &repo["CopyBatchedRanges"]["ItemBatcher"];
+    assert_eq!(
+        ranges_batcher["BatchInput"],
+        json!({"job.$": "$.job", "imageConcurrency.$": "$.imageConcurrency"})
+    );
+    assert_eq!(
+        ranges_batcher["MaxItemsPerBatch"].as_u64(),
+        Some(replication::steps::RANGES_PER_CHILD)
+    );
+    size(
+        "range batch child input",
+        &json!({"Items": [text(PAGE_PLAN_BYTES)],
+            "BatchInput": {"job": job(), "imageConcurrency": 5}}),
+    );
+    size(
+        "range batch child output",
+        &json!(vec![json!({"bytes": u64::MAX, "error": text(256)}); 25]),
+    );
     // Each of its tasks (PutImages' iteration, as an image's child was): its task, alone on a
     // page at most, its planned entry (the task again, with an error) and the page's range
     // results.

@@ -519,3 +519,25 @@ fn a_bad_bucket_name_is_refused_before_any_request() {
         "{stderr}"
     );
 }
+
+/// GIVEN no bucket of the layout's name WHEN an image is exported to it THEN the export fails
+/// naming the object it could not write and S3's NoSuchBucket.
+#[tokio::test]
+async fn a_missing_bucket_fails_the_export_naming_it() {
+    let rig = S3Rig::start().await;
+    let src = TestRegistry::start();
+    let image = ImageBuilder::new(Format::Oci).layer(57, 1024).build();
+    push(&src, "team/app", &image).await;
+    let out = rig.copy(
+        &format!("{}/team/app:v1", src.host),
+        "oci:s3://no-such-bucket/q4",
+        &src.host,
+        &[],
+    );
+    assert!(!out.status.success(), "exported into no bucket");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("s3://no-such-bucket/q4/") && stderr.contains("NoSuchBucket"),
+        "{stderr}"
+    );
+}

@@ -348,6 +348,42 @@ pub struct PackMember {
     pub puts: u64,
     /// The job's destinations.
     pub destinations: usize,
+    /// Its page's ranges.
+    pub ranges: PageRanges,
+}
+
+/// A page plan's ranges as the range Maps copy them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageRanges {
+    /// Ranges.
+    pub count: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Each whole blobs of at most `EXPRESS_RANGE_BYTES` (`PagePlan::express`).
+    pub express: bool,
+}
+
+impl PageRanges {
+    /// A plan's.
+    pub fn of(plan: &PagePlan) -> Self {
+        PageRanges {
+            count: plan.ranges.len() as u64,
+            bytes: plan.bytes,
+            express: plan.express,
+        }
+    }
+
+    /// The EXPRESS children copying them (`CopyBatchedRanges` or `CopySmallRanges`; none for
+    /// STANDARD ranges, whose children are counted apart).
+    fn express_children(&self) -> u64 {
+        match self.express {
+            true if self.bytes <= super::plan_image::EXPRESS_RANGE_BYTES => {
+                self.count.div_ceil(RANGES_PER_CHILD)
+            }
+            true => self.count,
+            false => 0,
+        }
+    }
 }
 
 /// What `members` cost packed as the workflow packs them (in order, `TASKS_PER_PAGE` tasks
@@ -373,8 +409,22 @@ pub fn estimate_packs(model: &crate::cost::CostModel, members: &[PackMember]) ->
         let mut page = model.calls(3);
         page.standard_transitions = crate::cost::page_states(true, true, true, false);
         let (mut images, mut puts) = (0, 0);
+        let mut ranges = PageRanges {
+            express: true,
+            ..PageRanges::default()
+        };
         for (at, m) in members.iter().enumerate() {
             cost.add(&m.alone);
+            // The pack's ranges share its batch children (below) instead of each member's.
+            let children = m.ranges.express_children();
+            cost.subtract(&Cost {
+                standard_transitions: children * MAP_CHILD_START_TRANSITIONS,
+                express_executions: children,
+                ..Cost::default()
+            });
+            ranges.count += m.ranges.count;
+            ranges.bytes += m.ranges.bytes;
+            ranges.express &= m.ranges.express;
             cost.subtract(&model.child_start(m.destinations));
             cost.subtract(&model.image_children(m.images, m.puts));
             if at > 0 {
@@ -383,6 +433,9 @@ pub fn estimate_packs(model: &crate::cost::CostModel, members: &[PackMember]) ->
             (images, puts) = (images + m.images, puts + m.puts);
         }
         cost.add(&model.image_children(images, puts));
+        let children = ranges.express_children();
+        cost.standard_transitions += children * MAP_CHILD_START_TRANSITIONS;
+        cost.express_executions += children;
         cost.standard_executions += 1;
         cost.standard_transitions += MAP_CHILD_START_TRANSITIONS + PACK_START_STATES;
     }

@@ -60,7 +60,7 @@ pub use enumerate_repositories::{
 };
 pub use plan_image::{
     plan_image, plan_page, plan_page_within, ImagePlan, PagePlan, PageRange, PlanImage,
-    PlanImageInput, PlanPageInput, PlannedImage, MAX_PLAN_BYTES, PAGE_PLAN_BYTES,
+    PlanImageInput, PlanPageInput, PlannedImage, MAX_PLAN_BYTES, PAGE_PLAN_BYTES, RANGES_PER_CHILD,
 };
 pub use put_manifests::{put_manifests, PutManifests, PutManifestsInput};
 pub use selection::{Selection, SELECTIONS_PREFIX, SELECTION_CHUNK};

@@ -101,6 +101,12 @@ pub struct PagePlan {
     /// STANDARD ones (a segment loop may run for hours).
     #[serde(default)]
     pub express: bool,
+    /// Whether the page's ranges together are whole blobs of at most `EXPRESS_RANGE_BYTES` (as
+    /// much as one EXPRESS range could carry alone): they then share EXPRESS children,
+    /// `RANGES_PER_CHILD` ranges each (`CopyBatchedRanges`), as a pack's single-image
+    /// repositories' ranges do; Step Functions bills each child a Distributed Map starts.
+    #[serde(default)]
+    pub batched: bool,
     /// Manifest GETs the plan sent to the source (the pulls a rate-limited registry counts).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pulls: u64,
@@ -127,6 +133,10 @@ impl PagePlan {
 /// The most bytes a range copied by an EXPRESS child may hold: under a minute at 5 MB/s, well
 /// within an EXPRESS execution's 5 minutes.
 pub const EXPRESS_RANGE_BYTES: u64 = 256 << 20;
+
+/// Ranges one `CopyBatchedRanges` child copies at most (its `ItemBatcher`'s `MaxItemsPerBatch`:
+/// `tests/tests/suite/payload_bounds.rs` checks the definition says so).
+pub const RANGES_PER_CHILD: u64 = 25;
 
 /// One range of a page, with the destination repository it goes to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -370,6 +380,7 @@ pub async fn plan_page_within(
         deferred: Vec::new(),
         bytes: 0,
         express: false,
+        batched: false,
         pulls: meter.sent(),
         postponed: Vec::new(),
     };
@@ -401,6 +412,7 @@ pub async fn plan_page_within(
             }
             CopyRange::Segments { .. } => false,
         });
+        candidate.batched = candidate.express && bytes <= EXPRESS_RANGE_BYTES;
         candidate.ranges = ranges;
         candidate.bytes = bytes;
         candidate

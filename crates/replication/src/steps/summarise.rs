@@ -393,12 +393,23 @@ impl CostModel {
             return cost;
         };
         for r in &plan.ranges {
-            cost.add(&self.range_copy(
+            let mut range = self.range_copy(
                 &r.range,
                 plan.express,
                 (round.source, &r.image.target_registry),
                 r.range.bytes(),
-            ));
+            );
+            if plan.batched {
+                // Its child's start is the batch's, counted below.
+                range.standard_transitions -= crate::cost::MAP_CHILD_START_TRANSITIONS;
+                range.express_executions -= 1;
+            }
+            cost.add(&range);
+        }
+        if plan.batched {
+            let children = (plan.ranges.len() as u64).div_ceil(RANGES_PER_CHILD);
+            cost.standard_transitions += children * crate::cost::MAP_CHILD_START_TRANSITIONS;
+            cost.express_executions += children;
         }
         let puts = plan
             .images

@@ -169,6 +169,7 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<ExitCode> {
                 &client,
                 &target,
                 parallel,
+                args.layout.aws_endpoint_url.as_deref(),
             )
             .await?
         }

@@ -7,7 +7,10 @@ use anyhow::Context;
 use clap::Args;
 use oci::layout::LayoutStore;
 use oci::{Reference, RegistryClient};
-use replication::layout::{export_image, import_image, import_image_verified};
+use replication::allowlist::Allowlist;
+use replication::layout::{export_gated, import_gated, import_image, import_image_verified};
+use replication::layout_gate::{sign_import_receipt, LayoutGate};
+use replication::sigstore::{BundleVerifier, TrustedRootPolicy, TrustedRootSource};
 use replication::transfer_statement::{
     statement_present, write_statement, ExportedImage, TrustedTransferKey, STATEMENT_FILE,
 };
@@ -25,6 +28,75 @@ pub struct TransferArgs {
     /// (PEM) before reading anything else, and refuse a layout that differs from it.
     #[arg(long, value_name = "FILE.pem")]
     pub trust_transfer_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub gate: GateArgs,
+}
+
+/// The signature gate of a layout copy.
+#[derive(Args, Debug)]
+pub struct GateArgs {
+    /// Copy the image only when a signature travelling with it verifies under this trust policy
+    /// of --allowlist (`trustPolicies`): on export, read from the source; on import, read from
+    /// the layout, offline, before anything is put. What admitted it goes into the transfer
+    /// statement (export) or a promotion receipt signed with --receipt-key (import).
+    #[arg(long, value_name = "POLICY", requires = "allowlist")]
+    pub require_signature: Option<String>,
+    /// The deployment's allowlist, whose `trustPolicies` --require-signature names.
+    #[arg(long, value_name = "FILE")]
+    pub allowlist: Option<PathBuf>,
+    /// The Sigstore trusted root bundles are verified against (a file or s3://bucket/key);
+    /// by default Sigstore's public-good root, built in. Never read from the layout.
+    #[arg(long, value_name = "FILE", env = "ECR_REPLICATOR_TRUSTED_ROOT")]
+    pub trusted_root: Option<String>,
+    /// Refuse a trusted root whose sha256 is not this.
+    #[arg(
+        long,
+        value_name = "DIGEST",
+        env = "ECR_REPLICATOR_TRUSTED_ROOT_SHA256"
+    )]
+    pub trusted_root_sha256: Option<String>,
+    /// Accept a trusted root without certificate transparency logs (a private Fulcio).
+    #[arg(long, env = "ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT")]
+    pub trusted_root_allow_no_ct: bool,
+}
+
+impl GateArgs {
+    /// The gate --require-signature asks for, with the allowlist it names a policy of.
+    async fn gate(
+        &self,
+        aws_endpoint_url: Option<&str>,
+    ) -> anyhow::Result<Option<(LayoutGate, Allowlist)>> {
+        let (Some(name), Some(path)) = (&self.require_signature, &self.allowlist) else {
+            return Ok(None);
+        };
+        let what = format!("--allowlist {}", path.display());
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {what}"))?;
+        let allowlist = Allowlist::from_json(&text, &what)?;
+        let policy = allowlist.trust_policy(name).with_context(|| {
+            format!("--require-signature {name:?} is not one of {what}'s trustPolicies")
+        })?;
+        let root = match &self.trusted_root {
+            Some(root) => TrustedRootSource::parse(root)
+                .map_err(|problem| anyhow::anyhow!("--trusted-root: {problem}"))?,
+            None => TrustedRootSource::default(),
+        };
+        let mut checks = TrustedRootPolicy {
+            allow_no_ct_logs: self.trusted_root_allow_no_ct,
+            ..TrustedRootPolicy::default()
+        };
+        if let Some(pin) = &self.trusted_root_sha256 {
+            checks.sha256 = TrustedRootPolicy::parse_sha256(pin)
+                .map_err(|problem| anyhow::anyhow!("--trusted-root-sha256: {problem}"))?;
+        }
+        let aws = ecr::AwsSettings {
+            endpoint_url: aws_endpoint_url
+                .filter(|u| !u.is_empty())
+                .map(str::to_string),
+            ..ecr::AwsSettings::from_env()
+        };
+        let verifier = BundleVerifier::load(&root, &checks, &aws).await?;
+        Ok(Some((LayoutGate::new(vec![policy], verifier), allowlist)))
+    }
 }
 
 impl TransferArgs {
@@ -75,7 +147,18 @@ pub async fn export(
         );
     }
     let signer = args.signer(aws_endpoint_url).await?;
-    let report = export_image(client, source, store, ref_name, parallel).await?;
+    let gate = args.gate.gate(aws_endpoint_url).await?;
+    let (report, admitted) = export_gated(
+        client,
+        source,
+        (store, ref_name),
+        parallel,
+        gate.as_ref().map(|(gate, _)| gate),
+    )
+    .await?;
+    if let Some(line) = &admitted {
+        eprintln!("admitted {source}: {line}");
+    }
     let Some(signer) = signer else {
         if statement_present(store).await {
             eprintln!(
@@ -89,7 +172,7 @@ pub async fn export(
     let exported = ExportedImage {
         ref_name: ref_name.to_string(),
         source: source.to_string(),
-        admitted_by: Vec::new(),
+        admitted_by: admitted.into_iter().collect(),
         tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
     };
     let statement = write_statement(store, &signer, &exported).await?;
@@ -103,6 +186,73 @@ pub async fn export(
     Ok(report)
 }
 
+/// Imports `ref_name` under the signature gate (verified first when a key is given), then
+/// signs a promotion receipt with the receipt key, if any.
+async fn import_under_gate(
+    args: &TransferArgs,
+    (store, ref_name): (&dyn LayoutStore, &str),
+    (client, target): (&RegistryClient, &Reference),
+    parallel: usize,
+    (gate, allowlist): (&LayoutGate, &Allowlist),
+    aws_endpoint_url: Option<&str>,
+) -> anyhow::Result<CopyReport> {
+    let key = args.trusted_key()?;
+    let (report, statement, admitted) = import_gated(
+        store,
+        ref_name,
+        (client, target),
+        parallel,
+        key.as_ref(),
+        gate,
+    )
+    .await?;
+    match &statement {
+        Some(statement) => eprintln!(
+            "verified {}/{STATEMENT_FILE}: signed by {}, exported {} by {}",
+            store.location(),
+            statement.fingerprint,
+            statement.run.exported_at,
+            statement.run.tool
+        ),
+        None => eprintln!(
+            "warning: {}'s transfer statement was NOT verified (no --trust-transfer-key): the \
+             signature was checked, the rest of the layout only by its digests",
+            store.location()
+        ),
+    }
+    eprintln!("admitted {}: {admitted}", report.source);
+    let stated = statement
+        .as_ref()
+        .and_then(|s| s.images.get(ref_name))
+        .and_then(|i| Reference::parse(&i.source).ok());
+    let location = format!("oci:{}", store.location());
+    let from = match &stated {
+        Some(at) => (at.repository.registry.as_str(), at.repository.name.as_str()),
+        None => (
+            location.as_str(),
+            oci::layout::split_ref_name(ref_name)
+                .ok()
+                .and_then(|(repository, _)| repository)
+                .unwrap_or(ref_name),
+        ),
+    };
+    if let Some(signer) = args.signer(aws_endpoint_url).await? {
+        let top = client
+            .get_manifest(&target.with_digest(oci::Digest::parse(&report.digest)?))
+            .await?;
+        let receipt =
+            sign_import_receipt((client, target), &top, &admitted, allowlist, &signer, from)
+                .await?;
+        if let Some(receipt) = receipt {
+            eprintln!(
+                "signed the promotion receipt {} of {target}",
+                receipt.digest
+            );
+        }
+    }
+    Ok(report)
+}
+
 /// Imports `ref_name` from the layout into `target`: verified against the trusted key when one
 /// is given, else as is, saying that nothing vouched for the layout beyond its digests.
 pub async fn import(
@@ -112,7 +262,25 @@ pub async fn import(
     client: &RegistryClient,
     target: &Reference,
     parallel: usize,
+    aws_endpoint_url: Option<&str>,
 ) -> anyhow::Result<CopyReport> {
+    if let Some((gate, allowlist)) = args.gate.gate(aws_endpoint_url).await? {
+        return import_under_gate(
+            args,
+            (store, ref_name),
+            (client, target),
+            parallel,
+            (&gate, &allowlist),
+            aws_endpoint_url,
+        )
+        .await;
+    }
+    if args.receipt_key.is_some() {
+        eprintln!(
+            "warning: --receipt-key (ECR_REPLICATOR_RECEIPT_KEY) is not used: an import signs \
+             promotion receipts only under --require-signature POLICY --allowlist FILE"
+        );
+    }
     if let Some(key) = args.trusted_key()? {
         let (report, statement) =
             import_image_verified(store, ref_name, client, target, parallel, &key).await?;

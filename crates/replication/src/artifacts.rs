@@ -10,6 +10,7 @@ use oci::{Digest, Repository};
 
 use crate::connect::Connection;
 use crate::filter::ListedImage;
+use crate::signatures::{RegistryReader, SignatureReader};
 
 /// Children of a referrers fallback index checked at most.
 const MAX_FALLBACK_CHILDREN: usize = 64;
@@ -135,7 +136,7 @@ async fn not_an_artifact_of(
     if manifest["manifests"].is_array() {
         return Some("is an index (it could list any image), not an artifact".into());
     }
-    if let Some(why) = runnable(source, repo, manifest).await {
+    if let Some(why) = runnable(&RegistryReader { source, repo }, manifest).await {
         return Some(format!(
             "is a runnable image ({why}), not an artifact: the signature covers {}, not it",
             short_digest(subject)
@@ -183,9 +184,8 @@ const MAX_DOCUMENT_BYTES: u64 = 512 * 1024;
 /// document type, and the config either an artifact's (no runtime takes it as an image) or an
 /// image config whose layers' content, read and checked against its digest, is JSON (cosign's
 /// legacy signatures have this shape): a tar or a compressed stream never parses as JSON.
-async fn runnable(
-    source: &Connection,
-    repo: &Repository,
+pub(crate) async fn runnable(
+    reader: &impl SignatureReader,
     manifest: &serde_json::Value,
 ) -> Option<String> {
     let empty = Vec::new();
@@ -218,14 +218,9 @@ async fn runnable(
             Ok(descriptor) => descriptor,
             Err(e) => return Some(format!("an image config and a layer it cannot read: {e}")),
         };
-        let content = match read_layer(
-            source,
-            repo,
-            &descriptor,
-            "document layer",
-            MAX_DOCUMENT_BYTES,
-        )
-        .await
+        let content = match reader
+            .layer(&descriptor, "document layer", MAX_DOCUMENT_BYTES)
+            .await
         {
             Ok(content) => content,
             Err(why) => return Some(format!("an image config and {why}")),

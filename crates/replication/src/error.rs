@@ -170,6 +170,15 @@ pub enum Error {
         /// What is wrong, naming the file, the image or the key.
         reason: String,
     },
+    /// A layout copy under a trust policy found no signature that admits the image: nothing
+    /// was written (see `layout_gate`).
+    #[error("{image} is not copied: {reason}")]
+    Unsigned {
+        /// The image.
+        image: String,
+        /// Why no signature admits it (`unsigned: ...`).
+        reason: String,
+    },
     /// A step's output could not be written as JSON (a defect: report it).
     #[error("the step's output could not be written as JSON: {0}; please report this")]
     Output(String),

@@ -5,11 +5,15 @@
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use oci::layout::{self, BlobStream, LayoutIndex, LayoutStore};
+use oci::layout::{self, BlobStream, LayoutEntry, LayoutIndex, LayoutStore};
 use oci::{BlobOutcome, BlobRef, Manifest, Reference, RegistryClient};
 
 use crate::copy::{already_in_target, put_manifests_in_order, walk, walk_with, BlobTally, Known};
 use crate::error::{Error, Result};
+use crate::layout_gate::{artifacts_only, LayoutGate, LayoutReader, SourceReader};
+use crate::layout_referrers::{
+    export_referrers, import_referrers, layout_referrers, source_referrers, walk_referrers,
+};
 use crate::transfer_statement::{verify_statement, TrustedTransferKey, VerifiedStatement};
 use crate::CopyReport;
 
@@ -42,8 +46,9 @@ fn tally(outcomes: Vec<Option<u64>>) -> BlobTally {
         .collect()
 }
 
-/// Exports the image `from` into `store` under `ref_name`: blobs the layout lacks (streamed,
-/// each checked before it is renamed into place), then manifests byte for byte, then
+/// Exports the image `from` into `store` under `ref_name`, with its referrers (signatures,
+/// bundles, SBOMs, attestations, receipts: `layout_referrers`): blobs the layout lacks
+/// (streamed, each checked before it is renamed into place), then manifests byte for byte, then
 /// `index.json`. An image the layout already holds under the name reads no blob and writes
 /// nothing.
 #[tracing::instrument(skip(source, store), fields(from = %from, layout = %store.location()))]
@@ -54,6 +59,24 @@ pub async fn export_image(
     ref_name: &str,
     parallel: usize,
 ) -> Result<CopyReport> {
+    Ok(
+        export_gated(source, from, (store, ref_name), parallel, None)
+            .await?
+            .0,
+    )
+}
+
+/// [`export_image`] under a signature gate: the image is exported only when a signature among
+/// its referrers admits it (else [`Error::Unsigned`], nothing written); returns what admitted
+/// it (the `signedBy` line) with the report. Without a gate the line is `None`.
+#[tracing::instrument(skip(source, store, gate), fields(from = %from, layout = %store.location()))]
+pub async fn export_gated(
+    source: &RegistryClient,
+    from: &Reference,
+    (store, ref_name): (&dyn LayoutStore, &str),
+    parallel: usize,
+    gate: Option<&LayoutGate>,
+) -> Result<(CopyReport, Option<String>)> {
     let started = Instant::now();
     let image = from.to_string();
     let err = |source: oci::Error| Error::Registry {
@@ -67,6 +90,29 @@ pub async fn export_image(
         })
     })?;
     let top = source.get_manifest(from).await.map_err(err)?;
+    let mut referrers = source_referrers(source, from, &top.digest).await?;
+    let admitted = match gate {
+        None => None,
+        Some(gate) => {
+            let reader = SourceReader {
+                client: source,
+                repo: &from.repository,
+            };
+            let line = gate
+                .admit(&reader, &referrers, &top.digest)
+                .await
+                .map_err(|reason| Error::Unsigned {
+                    image: format!("{image}@{}", top.digest),
+                    reason,
+                })?;
+            let (kept, refused) = artifacts_only(&reader, referrers, &top.digest).await;
+            for why in refused {
+                tracing::warn!(image = %image, "a referrer is refused: {why}");
+            }
+            referrers = kept;
+            Some(line)
+        }
+    };
     let target = format!("oci:{}:{ref_name}", store.location());
     let mut done = report(image.clone(), target, &top);
     let mut index = LayoutIndex::read(store)
@@ -81,23 +127,26 @@ pub async fn export_image(
         .try_collect()
         .await
         .map_err(err)?;
-    tally(outcomes).record(&mut done);
     for manifest in walked.children.iter().rev().chain([&top]) {
         if layout::write_manifest(store, manifest).await.map_err(err)? {
             done.manifests_put += 1;
         }
     }
-    if index.set(ref_name, &top) {
+    let (more, written, listed) =
+        export_referrers(source, from, store, (&mut index, ref_name), &referrers).await?;
+    done.manifests_put += written;
+    tally(outcomes.into_iter().chain(more).collect()).record(&mut done);
+    if index.set(ref_name, &top) | listed {
         index.write(store).await.map_err(err)?;
     } else if done.manifests_put == 0 && done.blobs_copied == 0 {
         done.already_present = true;
     }
     done.seconds = started.elapsed().as_secs_f64();
-    Ok(done)
+    Ok((done, admitted))
 }
 
 /// One blob into the layout unless it is there at its size: `Some(bytes)` when written.
-async fn export_blob(
+pub(crate) async fn export_blob(
     source: &RegistryClient,
     from: &Reference,
     store: &dyn LayoutStore,
@@ -115,10 +164,11 @@ async fn export_blob(
     Ok(Some(blob.size))
 }
 
-/// Imports the image `store` names `ref_name` into `to` (its tag, else the ref name's tag):
-/// every blob is hashed before it is uploaded and a blob or manifest that does not match its
-/// digest is refused naming its path, before any manifest is put; blobs, then children by
-/// digest, then the tag, as [`crate::copy_image`] does.
+/// Imports the image `store` names `ref_name` into `to` (its tag, else the ref name's tag),
+/// with the referrers the layout holds for it: every blob is hashed before it is uploaded and a
+/// blob or manifest that does not match its digest is refused naming its path, before any
+/// manifest is put; blobs, then children by digest, then the tag, as [`crate::copy_image`]
+/// does; then the referrers (`layout_referrers::import_referrers`).
 #[tracing::instrument(skip(store, target), fields(layout = %store.location(), to = %to))]
 pub async fn import_image(
     store: &dyn LayoutStore,
@@ -127,13 +177,14 @@ pub async fn import_image(
     to: &Reference,
     parallel: usize,
 ) -> Result<CopyReport> {
-    import_stated(store, ref_name, target, to, parallel, None).await
+    let (report, _) = import_stated(store, ref_name, (target, to), parallel, None, None).await?;
+    Ok(report)
 }
 
 /// [`import_image`] of a layout whose transfer statement must verify with `key` first: the
 /// statement and its envelope are read and verified before `index.json` or any blob, then
-/// `index.json` must name exactly the statement's images and the imported image's manifests
-/// and blobs must be the statement's count, before any blob is uploaded.
+/// `index.json` must name exactly the statement's images and referrers and the imported
+/// image's manifests, blobs and referrers must be the statement's, before any blob is uploaded.
 #[tracing::instrument(skip(store, target, key), fields(layout = %store.location(), to = %to))]
 pub async fn import_image_verified(
     store: &dyn LayoutStore,
@@ -144,18 +195,72 @@ pub async fn import_image_verified(
     key: &TrustedTransferKey,
 ) -> Result<(CopyReport, VerifiedStatement)> {
     let statement = verify_statement(store, key).await?;
-    let report = import_stated(store, ref_name, target, to, parallel, Some(&statement)).await?;
+    let (report, _) = import_stated(
+        store,
+        ref_name,
+        (target, to),
+        parallel,
+        Some(&statement),
+        None,
+    )
+    .await?;
     Ok((report, statement))
+}
+
+/// [`import_image`] (verified first with `key` when given) under a signature gate: a signature
+/// the layout carries for the image must admit it, verified offline, before anything is put
+/// (else [`Error::Unsigned`]). Returns what admitted it (the `signedBy` line).
+#[tracing::instrument(skip(store, target, key, gate), fields(layout = %store.location(), to = %to))]
+pub async fn import_gated(
+    store: &dyn LayoutStore,
+    ref_name: &str,
+    (target, to): (&RegistryClient, &Reference),
+    parallel: usize,
+    key: Option<&TrustedTransferKey>,
+    gate: &LayoutGate,
+) -> Result<(CopyReport, Option<VerifiedStatement>, String)> {
+    let statement = match key {
+        Some(key) => Some(verify_statement(store, key).await?),
+        None => None,
+    };
+    let (report, admitted) = import_stated(
+        store,
+        ref_name,
+        (target, to),
+        parallel,
+        statement.as_ref(),
+        Some(gate),
+    )
+    .await?;
+    Ok((report, statement, admitted.unwrap_or_default()))
+}
+
+/// The entry `ref_name` of `index`, or an error listing the names it holds.
+fn named_entry(index: &LayoutIndex, ref_name: &str, path: &str) -> oci::Result<LayoutEntry> {
+    index.find(ref_name, path)?.ok_or_else(|| {
+        let names = index.ref_names();
+        let shown: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
+        oci::Error::Layout {
+            path: path.to_string(),
+            reason: match names.len() {
+                0 => format!("names no image {ref_name:?}; it names none: export into it first"),
+                n => format!(
+                    "names no image {ref_name:?}; it names {n} ({}): name one of those",
+                    shown.join(", ")
+                ),
+            },
+        }
+    })
 }
 
 async fn import_stated(
     store: &dyn LayoutStore,
     ref_name: &str,
-    target: &RegistryClient,
-    to: &Reference,
+    (target, to): (&RegistryClient, &Reference),
     parallel: usize,
     statement: Option<&VerifiedStatement>,
-) -> Result<CopyReport> {
+    gate: Option<&LayoutGate>,
+) -> Result<(CopyReport, Option<String>)> {
     let started = Instant::now();
     let source = format!("oci:{}:{ref_name}", store.location());
     let err = |e: oci::Error| Error::Registry {
@@ -175,74 +280,73 @@ async fn import_stated(
     if let Some(statement) = statement {
         statement.check_index(&index, &index_path)?;
     }
-    let entry = index
-        .find(ref_name, &index_path)
-        .map_err(err)?
-        .ok_or_else(|| {
-            let names = index.ref_names();
-            let shown: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
-            err(oci::Error::Layout {
-                path: index_path.clone(),
-                reason: match names.len() {
-                    0 => {
-                        format!("names no image {ref_name:?}; it names none: export into it first")
-                    }
-                    n => format!(
-                        "names no image {ref_name:?}; it names {n} ({}): name one of those",
-                        shown.join(", ")
-                    ),
-                },
-            })
-        })?;
+    let entry = named_entry(&index, ref_name, &index_path).map_err(err)?;
     let top = layout::read_manifest(store, &entry.blob, Some(&entry.media_type))
         .await
         .map_err(err)?;
     let mut done = report(source.clone(), to.to_string(), &top);
-    if already_in_target(target, to, &top.digest)
-        .await
-        .map_err(err)?
-    {
-        done.already_present = true;
-        done.seconds = started.elapsed().as_secs_f64();
-        return Ok(done);
-    }
     let fetch = async |digest: oci::Digest| {
         let size = store.blob_size(&digest).await?.unwrap_or(0);
         layout::read_manifest(store, &BlobRef { digest, size }, None).await
     };
     let walked = walk_with(&source, &store.location(), top.clone(), fetch).await?;
+    let referrers = layout_referrers(store, &index, ref_name, &top.digest).await?;
     if let Some(statement) = statement {
         statement.check_image(ref_name, walked.children.len() + 1, &walked.blobs)?;
+        statement.check_referrers(ref_name, &referrers)?;
     }
+    let mut referrers = referrers;
+    let admitted = match gate {
+        None => None,
+        Some(gate) => {
+            let reader = LayoutReader { store };
+            let line = gate
+                .admit(&reader, &referrers, &top.digest)
+                .await
+                .map_err(|reason| Error::Unsigned {
+                    image: format!("{source}@{}", top.digest),
+                    reason,
+                })?;
+            let (kept, refused) = artifacts_only(&reader, referrers, &top.digest).await;
+            for why in refused {
+                tracing::warn!(image = %source, "a referrer is refused: {why}");
+            }
+            referrers = kept;
+            Some(line)
+        }
+    };
+    let referrers_walked = walk_referrers(store, &source, &referrers).await?;
+    let referrers: Vec<_> = referrers.into_iter().zip(referrers_walked).collect();
     done.foreign_layers = walked.foreign_layers;
-    let outcomes: Vec<Option<u64>> = futures::stream::iter(walked.blobs.values())
-        .map(|blob| import_blob(store, target, to, blob))
-        .buffer_unordered(parallel.max(1))
-        .try_collect()
+    let mut outcomes = Vec::new();
+    if already_in_target(target, to, &top.digest)
         .await
-        .map_err(err)?;
+        .map_err(err)?
+    {
+        done.already_present = true;
+    } else {
+        outcomes = futures::stream::iter(walked.blobs.values())
+            .map(|blob| layout::push_blob(store, target, &to.repository, blob))
+            .buffer_unordered(parallel.max(1))
+            .try_collect()
+            .await
+            .map_err(err)?;
+        let tags: Vec<String> = to.tag.iter().cloned().collect();
+        done.manifests_put = put_manifests_in_order(
+            target,
+            &to.repository,
+            &top,
+            &walked.children,
+            &tags,
+            Known::default(),
+            &source,
+        )
+        .await?;
+    }
+    let (more, written) = import_referrers(store, (target, to), &source, &top, &referrers).await?;
+    outcomes.extend(more);
+    done.manifests_put += written;
     tally(outcomes).record(&mut done);
-    let tags: Vec<String> = to.tag.iter().cloned().collect();
-    done.manifests_put = put_manifests_in_order(
-        target,
-        &to.repository,
-        &top,
-        &walked.children,
-        &tags,
-        Known::default(),
-        &source,
-    )
-    .await?;
     done.seconds = started.elapsed().as_secs_f64();
-    Ok(done)
-}
-
-/// One blob from the layout into the target unless it is there (see [`layout::push_blob`]).
-async fn import_blob(
-    store: &dyn LayoutStore,
-    target: &RegistryClient,
-    to: &Reference,
-    blob: &BlobRef,
-) -> oci::Result<Option<u64>> {
-    layout::push_blob(store, target, &to.repository, blob).await
+    Ok((done, admitted))
 }

@@ -14,6 +14,8 @@ pub mod gate;
 pub mod job;
 pub mod keys;
 pub mod layout;
+pub mod layout_gate;
+pub mod layout_referrers;
 pub mod metrics;
 pub mod plan;
 pub mod platforms;
@@ -25,6 +27,7 @@ pub mod signatures;
 pub mod sigstore;
 pub mod steps;
 pub mod text;
+pub mod transfer_referrers;
 pub mod transfer_statement;
 pub mod trust;
 

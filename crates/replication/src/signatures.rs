@@ -41,9 +41,51 @@ const MAX_SIGNATURE_MANIFEST_BYTES: u64 = 64 * 1024;
 
 /// A signature candidate: a manifest that may sign the image, and how it would.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Candidate {
-    digest: String,
-    bundle: bool,
+pub(crate) struct Candidate {
+    /// The manifest's digest.
+    pub(crate) digest: String,
+    /// A Sigstore bundle (else a cosign legacy signature).
+    pub(crate) bundle: bool,
+}
+
+/// Where signature manifests and their layers are read: a registry repository, or a layout.
+pub(crate) trait SignatureReader {
+    /// The manifest `digest`, or why it cannot be read.
+    async fn manifest(&self, digest: &Digest) -> std::result::Result<oci::Manifest, String>;
+    /// A layer's content, at most `limit` bytes, checked against its digest.
+    async fn layer(
+        &self,
+        layer: &oci::Descriptor,
+        what: &str,
+        limit: u64,
+    ) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// Signatures read from a registry repository.
+pub(crate) struct RegistryReader<'a> {
+    /// The registry.
+    pub(crate) source: &'a Connection,
+    /// The repository.
+    pub(crate) repo: &'a Repository,
+}
+
+impl SignatureReader for RegistryReader<'_> {
+    async fn manifest(&self, digest: &Digest) -> std::result::Result<oci::Manifest, String> {
+        self.source
+            .manifest_by_digest(&self.repo.name, digest)
+            .await
+            .map(|(_, manifest)| manifest)
+            .map_err(|e| format!("unreadable: {e}"))
+    }
+
+    async fn layer(
+        &self,
+        layer: &oci::Descriptor,
+        what: &str,
+        limit: u64,
+    ) -> std::result::Result<Vec<u8>, String> {
+        read_layer(self.source, self.repo, layer, what, limit).await
+    }
 }
 
 /// Whether an artifact type (or layer media type) is a Sigstore bundle's (v0.3 and later).
@@ -52,7 +94,7 @@ fn is_bundle_type(media_type: &str) -> bool {
 }
 
 /// The candidate an artifact type makes, if it is a signature's.
-fn candidate(artifact_type: Option<&str>, digest: String) -> Option<Candidate> {
+pub(crate) fn candidate(artifact_type: Option<&str>, digest: String) -> Option<Candidate> {
     match artifact_type {
         Some(COSIGN_SIGNATURE) => Some(Candidate {
             digest,
@@ -130,10 +172,23 @@ pub(crate) async fn admission(
             not_examined += 1;
         }
     }
+    let reader = RegistryReader { source, repo };
+    Ok(judge_candidates(&reader, &candidates, not_examined, digest, gate).await)
+}
+
+/// What admitted the image at `digest` among its signature `candidates` (read through
+/// `reader`), or why nothing did; `not_examined` candidates were left out past the limit.
+pub(crate) async fn judge_candidates(
+    reader: &impl SignatureReader,
+    candidates: &[Candidate],
+    not_examined: usize,
+    digest: &str,
+    gate: &SignatureGate,
+) -> std::result::Result<String, String> {
     if candidates.is_empty() {
-        return Ok(Err(
+        return Err(
             "unsigned: no cosign signature or Sigstore bundle (neither a sha256-<hex>.sig tag nor one among its referrers)".into(),
-        ));
+        );
     }
     // Every candidate is looked at (up to MAX_CANDIDATES) for each policy; one that cannot be
     // read or is not a signature is skipped and named, never fatal, and costs at most one
@@ -143,8 +198,8 @@ pub(crate) async fn admission(
     for policy in &gate.policies {
         let mut problems: Vec<String> = Vec::new();
         let mut admitted = None;
-        for candidate in &candidates {
-            match verify_candidate(source, repo, candidate, digest, policy, &gate.verifier).await {
+        for candidate in candidates.iter().take(MAX_CANDIDATES) {
+            match verify_candidate(reader, candidate, digest, policy, &gate.verifier).await {
                 Ok(signer) => {
                     admitted = Some(Admission {
                         policy: policy.source.label(),
@@ -173,10 +228,11 @@ pub(crate) async fn admission(
                     .collect::<Vec<_>>()
                     .join("; ")
             );
+            let not_examined = not_examined + candidates.len().saturating_sub(MAX_CANDIDATES);
             if not_examined > 0 {
                 reason.push_str(&format!("; {not_examined} more candidates not examined"));
             }
-            return Ok(Err(reason));
+            return Err(reason);
         };
         admissions.push(admission);
     }
@@ -184,11 +240,11 @@ pub(crate) async fn admission(
     let length = line.chars().count();
     if length > MAX_ADMISSION_CHARS {
         // Never cut: a receipt is made from this line and must name exactly what was checked.
-        return Ok(Err(format!(
+        return Err(format!(
             "unsigned: what admitted it is {length} characters, over the {MAX_ADMISSION_CHARS} a task carries (a long certificate identity, or several policies): sign with a shorter identity, or split the job by destination"
-        )));
+        ));
     }
-    Ok(Ok(line))
+    Ok(line)
 }
 
 /// The referrers a fallback index (`sha256-<hex>`) lists, with their artifact types; an index
@@ -233,26 +289,22 @@ pub(crate) struct SignatureGate {
 /// the key or identity that signed it, `Err` says why it does not sign it (unreadable, not a
 /// signature, another image's, wrong key or identity).
 async fn verify_candidate(
-    source: &Connection,
-    repo: &Repository,
+    reader: &impl SignatureReader,
     candidate: &Candidate,
     digest: &str,
     policy: &SignaturePolicy,
     verifier: &BundleVerifier,
 ) -> std::result::Result<Signer, String> {
     let signature_manifest = Digest::parse(&candidate.digest).map_err(|e| e.to_string())?;
-    let (reference, manifest) = source
-        .manifest_by_digest(&repo.name, &signature_manifest)
-        .await
-        .map_err(|e| format!("unreadable: {e}"))?;
+    let manifest = reader.manifest(&signature_manifest).await?;
     let ManifestContent::Image { layers, .. } = manifest
-        .content(&reference.to_string())
+        .content(&candidate.digest)
         .map_err(|e| format!("not a manifest: {e}"))?
     else {
         return Err("an index, not a signature".into());
     };
     if candidate.bundle {
-        return verify_bundles(source, repo, &layers, digest, policy, verifier).await;
+        return verify_bundles(reader, &layers, digest, policy, verifier).await;
     }
     let keys = &policy.keys;
     let mut reason = String::from("holds no cosign signature layer");
@@ -277,14 +329,16 @@ async fn verify_candidate(
             reason = "a signature is not base64 DER ECDSA".into();
             continue;
         };
-        let payload =
-            match read_layer(source, repo, layer, "signature payload", MAX_PAYLOAD_BYTES).await {
-                Ok(payload) => payload,
-                Err(why) => {
-                    reason = why;
-                    continue;
-                }
-            };
+        let payload = match reader
+            .layer(layer, "signature payload", MAX_PAYLOAD_BYTES)
+            .await
+        {
+            Ok(payload) => payload,
+            Err(why) => {
+                reason = why;
+                continue;
+            }
+        };
         // Read as cosign (Go) reads it: a payload two readers would read differently signs
         // nothing.
         if let Err(e) = oci::strict_json::check_document(&payload) {
@@ -322,8 +376,7 @@ async fn verify_candidate(
 /// the image at `digest`: each is read (bounded), checked against its digest, and verified
 /// against the trusted root.
 async fn verify_bundles(
-    source: &Connection,
-    repo: &Repository,
+    reader: &impl SignatureReader,
     layers: &[oci::Descriptor],
     digest: &str,
     policy: &SignaturePolicy,
@@ -335,7 +388,7 @@ async fn verify_bundles(
         .filter(|l| is_bundle_type(l.media_type().as_ref()))
         .take(MAX_LAYERS_PER_CANDIDATE)
     {
-        let bundle = match read_layer(source, repo, layer, "bundle", MAX_BUNDLE_BYTES).await {
+        let bundle = match reader.layer(layer, "bundle", MAX_BUNDLE_BYTES).await {
             Ok(bundle) => bundle,
             Err(why) => {
                 reason = why;

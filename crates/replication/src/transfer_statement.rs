@@ -24,7 +24,10 @@ use serde_json::{json, Value};
 
 use crate::copy::walk_with;
 use crate::error::{Error, Result};
+use crate::layout_referrers::{layout_referrers, tag_scheme};
 use crate::receipts::{self, ReceiptSigner, IN_TOTO};
+use crate::transfer_referrers::unstated_referrer;
+pub use crate::transfer_referrers::StatementReferrer;
 
 /// The statement's file at the layout's top.
 pub const STATEMENT_FILE: &str = "ecr-replicator-transfer.json";
@@ -69,6 +72,10 @@ pub struct StatementImage {
     pub source: String,
     /// What admitted it (`signedBy` lines of a gated copy); empty when nothing gated it.
     pub admitted_by: Vec<String>,
+    /// Its referrers in the layout (signatures, bundles, SBOMs, attestations, receipts), by
+    /// digest; an import refuses any other.
+    #[serde(default)]
+    pub referrers: Vec<StatementReferrer>,
 }
 
 /// The run that wrote the statement.
@@ -321,7 +328,7 @@ fn verify_envelope(bytes: &[u8], key: &TrustedTransferKey) -> std::result::Resul
 }
 
 impl VerifiedStatement {
-    fn refused(&self, reason: String) -> Error {
+    pub(crate) fn refused(&self, reason: String) -> Error {
         Error::TransferStatement {
             layout: self.layout.clone(),
             reason,
@@ -334,6 +341,11 @@ impl VerifiedStatement {
         let entries = index
             .entries(path)
             .map_err(|e| self.refused(e.to_string()))?;
+        self.check_referrer_entries(index, path)?;
+        let entries: Vec<LayoutEntry> = entries
+            .into_iter()
+            .filter(|e| tag_scheme(&e.ref_name).is_none())
+            .collect();
         for entry in &entries {
             let Some(stated) = self.images.get(&entry.ref_name) else {
                 return Err(self.refused(format!(
@@ -398,7 +410,11 @@ impl VerifiedStatement {
 
 /// One `index.json` entry described from the layout: its manifests read and checked against
 /// their digests, every blob present at its size.
-async fn describe(store: &dyn LayoutStore, entry: &LayoutEntry) -> Result<StatementImage> {
+async fn describe(
+    store: &dyn LayoutStore,
+    index: &LayoutIndex,
+    entry: &LayoutEntry,
+) -> Result<StatementImage> {
     let place = store.location();
     let oci_err = |source| Error::Registry {
         image: format!("oci:{place}:{}", entry.ref_name),
@@ -413,7 +429,13 @@ async fn describe(store: &dyn LayoutStore, entry: &LayoutEntry) -> Result<Statem
     };
     let image = format!("oci:{place}:{}", entry.ref_name);
     let walked = walk_with(&image, &place, top, fetch).await?;
-    for blob in walked.blobs.values() {
+    let referrers = layout_referrers(store, index, &entry.ref_name, &entry.blob.digest).await?;
+    let mut blobs: Vec<BlobRef> = walked.blobs.values().cloned().collect();
+    for referrer in &referrers {
+        let of = walk_with(&image, &place, referrer.manifest.clone(), fetch).await?;
+        blobs.extend(of.blobs.into_values());
+    }
+    for blob in &blobs {
         if store.blob_size(&blob.digest).await.map_err(oci_err)? != Some(blob.size) {
             return Err(refused(
                 store,
@@ -440,6 +462,7 @@ async fn describe(store: &dyn LayoutStore, entry: &LayoutEntry) -> Result<Statem
         blob_bytes: walked.blobs.values().map(|b| b.size).sum(),
         source: String::new(),
         admitted_by: Vec::new(),
+        referrers: referrers.iter().map(StatementReferrer::of).collect(),
     })
 }
 
@@ -472,8 +495,10 @@ pub async fn write_statement(
     for entry in index
         .entries(&path)
         .map_err(|e| refused(store, e.to_string()))?
+        .into_iter()
+        .filter(|e| tag_scheme(&e.ref_name).is_none())
     {
-        let mut image = describe(store, &entry).await?;
+        let mut image = describe(store, &index, &entry).await?;
         if entry.ref_name == exported.ref_name {
             image.source = exported.source.clone();
             image.admitted_by = exported.admitted_by.clone();
@@ -488,6 +513,7 @@ pub async fn write_statement(
         images.push(image);
     }
     images.sort_by(|a, b| a.ref_name.cmp(&b.ref_name));
+    unstated_referrer(&index, &path, &images).map_err(|r| refused(store, r))?;
     let statement = Statement {
         kind: STATEMENT_TYPE.into(),
         images,

@@ -4,6 +4,7 @@
 mod copy;
 mod crash;
 mod layout;
+mod layout_referrers;
 mod layout_s3;
 mod secrets;
 mod transfer;

@@ -252,22 +252,59 @@ impl LayoutIndex {
         Ok(found)
     }
 
-    /// Every entry of the index, each named and checked as [`Self::find`] checks one; an entry
-    /// without a ref name is refused (a statement of a layout names every image it holds).
+    /// Every named entry of the index, each checked as [`Self::find`] checks one (entries
+    /// without a ref name, referrers, are [`Self::unnamed`]).
     pub fn entries(&self, path: &str) -> Result<Vec<LayoutEntry>> {
         self.manifests()
             .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let name = m
-                    .pointer("/annotations/org.opencontainers.image.ref.name")
+            .filter_map(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        layout_error(path, format!("manifests[{i}] has no ref name ({REF_NAME})"))
-                    })?;
-                entry_of(m, name, path)
+                    .map(|name| entry_of(m, name, path))
             })
             .collect()
+    }
+
+    /// Every entry without a ref name (a referrer kept in the layout as oras-go's OCI store
+    /// keeps one: found by its manifest's `subject`), checked as a descriptor, with its
+    /// `artifactType` when the descriptor states one. `ref_name` is empty.
+    pub fn unnamed(&self, path: &str) -> Result<Vec<(LayoutEntry, Option<String>)>> {
+        self.manifests()
+            .iter()
+            .filter(|m| {
+                m.pointer("/annotations/org.opencontainers.image.ref.name")
+                    .is_none()
+            })
+            .map(|m| {
+                let kind = m.get("artifactType").and_then(Value::as_str);
+                descriptor_of(m, "", path).map(|e| (e, kind.map(str::to_string)))
+            })
+            .collect()
+    }
+
+    /// Lists `manifest` without a ref name (a referrer), with `artifact_type` when given.
+    /// `false` when the index lists it so already.
+    pub fn add_unnamed(&mut self, manifest: &Manifest, artifact_type: Option<&str>) -> bool {
+        let mut entry = json!({
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest.as_str(),
+            "size": manifest.bytes.len(),
+        });
+        if let Some(kind) = artifact_type {
+            entry["artifactType"] = json!(kind);
+        }
+        let Some(list) = self
+            .document
+            .get_mut("manifests")
+            .and_then(Value::as_array_mut)
+        else {
+            return false;
+        };
+        if list.contains(&entry) {
+            return false;
+        }
+        list.push(entry);
+        true
     }
 
     /// Every ref name the index holds, in order.
@@ -329,8 +366,13 @@ impl LayoutIndex {
 }
 
 fn entry_of(entry: &Value, ref_name: &str, path: &str) -> Result<LayoutEntry> {
+    split_ref_name(ref_name)
+        .map_err(|e| layout_error(path, format!("entry {ref_name:?}: not a valid name: {e}")))?;
+    descriptor_of(entry, ref_name, path)
+}
+
+fn descriptor_of(entry: &Value, ref_name: &str, path: &str) -> Result<LayoutEntry> {
     let bad = |reason: String| layout_error(path, format!("entry {ref_name:?}: {reason}"));
-    split_ref_name(ref_name).map_err(|e| bad(format!("not a valid name: {e}")))?;
     let media_type = entry
         .get("mediaType")
         .and_then(Value::as_str)

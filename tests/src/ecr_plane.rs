@@ -87,9 +87,8 @@ pub struct Behaviours {
     /// ECR user guide, "Private images in Amazon ECR"; `DescribeImages` and `ListImages` list
     /// both unless `tagStatus` says TAGGED or UNTAGGED, ECR API reference,
     /// `DescribeImagesFilter`): each push is written to moto's ECR (PutImage with the pushed
-    /// digest, and its tag when pushed by tag). Off by default: the rig's other tests seed
-    /// moto themselves (`EcrWorld::seed`); a test that reads a destination's listing turns it
-    /// on.
+    /// digest, and its tag when pushed by tag; `EcrWorld::seed`'s own record of it then
+    /// changes nothing).
     pub pushes_listed: bool,
     /// Added to every request before it is answered (zero by default): a registry across a
     /// network, where a loop of sequential requests costs its count times the round trip, as
@@ -112,7 +111,7 @@ impl Default for Behaviours {
             tag_page_limit: true,
             referrers_api: true,
             archived_not_pullable: true,
-            pushes_listed: false,
+            pushes_listed: true,
             latency: std::time::Duration::ZERO,
         }
     }

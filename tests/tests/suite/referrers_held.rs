@@ -2,7 +2,8 @@
 //! subject's repository, and the listing (`DescribeImages`) names every image, tagged or not,
 //! so a gated no-op with referrers on asks the source's referrers API about nothing when every
 //! image of the source is in every destination; a referrer pushed since still travels. The
-//! planes list what is pushed to them (`Behaviours::pushes_listed`), as ECR does.
+//! planes list what is pushed to them (`Behaviours::pushes_listed`, on by default), as ECR
+//! does.
 
 use e2e::image::{
     artifact, cosign_signature, signing_key, Format, ImageBuilder, Pusher, TestImage,
@@ -33,9 +34,6 @@ fn gated_job(pem: &str) -> replication::Job {
 /// SBOM attached as an OCI 1.1 referrer (pushed by digest: untagged).
 async fn signed_world(images: usize) -> (EcrWorld, Vec<TestImage>, String) {
     let world = EcrWorld::start();
-    for plane in world.planes.values() {
-        plane.set(|b| b.pushes_listed = true);
-    }
     let (key, pem) = signing_key(1);
     let source = source_pusher(&world);
     let mut pushed = Vec::new();
@@ -107,7 +105,7 @@ async fn run(world: &EcrWorld, pem: &str) -> replication::steps::RunReport {
 }
 
 /// A gated no-op with referrers on sends no referrers lookup (before: one per image and one
-/// per signature, 2.0 requests per image beyond the listing), and a referrer pushed to the
+/// per signature, 2.1 requests per image beyond the listing), and a referrer pushed to the
 /// source since (untagged, so no destination holds every image of the source any more) still
 /// travels on the next run, which asks the referrers API again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,10 +161,10 @@ async fn a_gated_no_op_on_ecr_asks_no_referrers_and_a_new_referrer_still_travels
     assert_eq!(source_requests_since(&world, before), 0);
 }
 
-/// Where a destination's listing does not show what it holds (here its plane does not list
-/// pushes: a destination whose listing is not complete), every image's referrers are asked
-/// for, as before; and an image the selection found held everywhere (its referrers unread)
-/// that a page then finds missing has its referrers asked for by the page, so they travel.
+/// An image the selection found held everywhere (its referrers unread) that a page then finds
+/// missing has its referrers asked for by the page, so they travel; and beside a destination
+/// that is not ECR (its listing names tagged images only) every image's referrers are asked
+/// for, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referrers_are_asked_for_unless_every_destination_lists_everything() {
     const IMAGES: usize = 4;

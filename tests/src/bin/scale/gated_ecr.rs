@@ -24,9 +24,6 @@ pub fn gated_noop_ecr(rt: &tokio::runtime::Runtime, wanted: &dyn Fn(&str) -> boo
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     let (world, sfn) = rt.block_on(EcrWorld::with_step_functions());
-    for plane in world.planes.values() {
-        plane.set(|b| b.pushes_listed = true);
-    }
     let began = std::time::Instant::now();
     rt.block_on(seed_signed(&world, images));
     eprintln!(

@@ -362,3 +362,27 @@ pub(crate) async fn import_referrers(
         .await?;
     Ok((outcomes, written))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_cosign_tags_of_a_digest_are_tag_scheme_referrers() {
+        let hex = "ab".repeat(32);
+        let subject = format!("sha256:{hex}");
+        for suffix in ["sig", "att", "sbom"] {
+            assert_eq!(
+                tag_scheme(&format!("team/app:sha256-{hex}.{suffix}")),
+                Some((Some("team/app"), subject.clone()))
+            );
+        }
+        assert_eq!(
+            tag_scheme(&format!("sha256-{hex}.sig")),
+            Some((None, subject))
+        );
+        assert_eq!(tag_scheme(&format!("team/app:sha256-{hex}")), None);
+        assert_eq!(tag_scheme("team/app:v1"), None);
+        assert_eq!(tag_scheme("team/app:sha256-abc.sig"), None);
+    }
+}

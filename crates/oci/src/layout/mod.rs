@@ -408,6 +408,24 @@ mod tests {
     }
 
     #[test]
+    fn referrers_are_listed_without_a_ref_name_once_and_apart_from_named_entries() {
+        let bytes = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.empty.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#);
+        let referrer = Manifest::from_bytes(bytes, None, "test").expect("manifest");
+        let mut index = LayoutIndex::empty();
+        assert!(index.add_unnamed(&referrer, Some("application/spdx+json")));
+        assert!(!index.add_unnamed(&referrer, Some("application/spdx+json")));
+        assert!(index.set("team/app:v1", &referrer));
+        let named = index.entries("test").expect("valid");
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].ref_name, "team/app:v1");
+        let unnamed = index.unnamed("test").expect("valid");
+        assert_eq!(unnamed.len(), 1);
+        assert_eq!(unnamed[0].0.blob.digest, referrer.digest);
+        assert_eq!(unnamed[0].1.as_deref(), Some("application/spdx+json"));
+        assert_eq!(index.ref_names(), vec!["team/app:v1".to_string()]);
+    }
+
+    #[test]
     fn setting_the_same_entry_twice_changes_nothing_and_a_new_one_replaces_the_name() {
         let bytes = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#);
         let first = Manifest::from_bytes(bytes, None, "test").expect("manifest");

@@ -97,7 +97,10 @@ impl EcrAdmin {
     }
 
     /// One page of a repository's images (`DescribeImages`), archived ones included (marked):
-    /// without a filter ECR lists only `ACTIVE` images.
+    /// without a filter ECR lists only `ACTIVE` images. Tagged and untagged alike (no
+    /// `tagStatus`: "TAGGED | UNTAGGED | ANY", not required; ECR API reference,
+    /// `DescribeImagesFilter`), so referrers pushed by digest are listed too (the referrers
+    /// lookups `replication` leaves out rely on it: `steps/enumerate_images_held.rs`).
     pub async fn list_images(
         &self,
         repository: &str,

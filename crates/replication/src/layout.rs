@@ -331,13 +331,14 @@ async fn import_stated(
             .try_collect()
             .await
             .map_err(err)?;
-        let tags: Vec<String> = to.tag.iter().cloned().collect();
+        // By digest first: the tag goes on last, after every referrer is in, so an import
+        // that fails part-way (a referrer's blob that does not match) leaves nothing tagged.
         done.manifests_put = put_manifests_in_order(
             target,
             &to.repository,
             &top,
             &walked.children,
-            &tags,
+            &[],
             Known::default(),
             &source,
         )
@@ -346,6 +347,21 @@ async fn import_stated(
     let (more, written) = import_referrers(store, (target, to), &source, &top, &referrers).await?;
     outcomes.extend(more);
     done.manifests_put += written;
+    if !done.already_present {
+        let tags: Vec<String> = to.tag.iter().cloned().collect();
+        if !tags.is_empty() {
+            done.manifests_put += put_manifests_in_order(
+                target,
+                &to.repository,
+                &top,
+                &[],
+                &tags,
+                Known::default(),
+                &source,
+            )
+            .await?;
+        }
+    }
     tally(outcomes).record(&mut done);
     done.seconds = started.elapsed().as_secs_f64();
     Ok((done, admitted))

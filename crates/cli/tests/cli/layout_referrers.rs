@@ -435,3 +435,24 @@ async fn a_referrer_added_after_signing_is_refused_on_a_verified_import() {
     );
     nothing_tagged(&dst);
 }
+
+/// GIVEN an exported layout WHEN one referrer's blob is corrupted (same size, other bytes)
+/// THEN the import fails naming that blob and the image's tag is not in the destination: the
+/// tag goes on last, after every referrer (before, the image was tagged without its SBOM).
+#[tokio::test]
+async fn a_corrupt_referrer_blob_leaves_the_image_untagged() {
+    let rig = Rig::new().await;
+    ok(rig.export("v1", false), "gated export");
+    let layer = &rig.sbom.blobs[rig.sbom.blobs.len() - 1];
+    let path = rig
+        .dir
+        .path()
+        .join("blobs/sha256")
+        .join(layer.digest.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let dst = TestRegistry::start();
+    refused(rig.import(&dst, false, false, false), &[&layer.digest]);
+    assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
+}

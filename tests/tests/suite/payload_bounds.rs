@@ -387,21 +387,7 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "error": {"Error": "ReplicationFailed", "Cause": caught_error()},
     });
     size("repository child after ForEachImage", &child);
-    // A pack's child: no ensure outputs (its calls ensure its repositories themselves), its
-    // pack and the page's report of them (lists of `CHILD_LISTED`, as the child's own) instead.
-    assert_shapes("TakePage", &["pack.$", "packReport.$"]);
-    let mut pack_child = child.clone();
-    pack_child["pack"] = json!(full_pack());
-    pack_child["repositories"] = json!([]);
-    pack_child["packReport"] = json!(full_report(CHILD_LISTED, Mode::Replicate));
-    size("pack child after ForEachImage", &pack_child);
-    size(
-        "pack child after EnumerateImages",
-        &json!({"job": job(), "repository": text(REPOSITORY), "pack": full_pack(),
-            "repositories": [], "report": full_report(CHILD_LISTED, Mode::Replicate),
-            "images": {"images": page, "present": 1, "selected": 1, "nextToken": text(20),
-                "report": full_report(CHILD_LISTED, Mode::Replicate)}}),
-    );
+    packs_and_range_batches(repo, &child, &page);
     size("repository child output", &child_output(Mode::Replicate));
     // The page itself, from enumerate-images, before it is planned.
     size(
@@ -430,26 +416,6 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
         "image child (a page's tasks) output",
         &json!(results_of_page),
     );
-    // A batch of a page's ranges (CopyBatchedRanges' ItemBatcher): its input, the ranges (a
-    // part of the page plan) and the job; its output, each range's outcome.
-    let ranges_batcher = &repo["CopyBatchedRanges"]["ItemBatcher"];
-    assert_eq!(
-        ranges_batcher["BatchInput"],
-        json!({"job.$": "$.job", "imageConcurrency.$": "$.imageConcurrency"})
-    );
-    assert_eq!(
-        ranges_batcher["MaxItemsPerBatch"].as_u64(),
-        Some(replication::steps::RANGES_PER_CHILD)
-    );
-    size(
-        "range batch child input",
-        &json!({"Items": [text(PAGE_PLAN_BYTES)],
-            "BatchInput": {"job": job(), "imageConcurrency": 5}}),
-    );
-    size(
-        "range batch child output",
-        &json!(vec![json!({"bytes": u64::MAX, "error": text(256)}); 25]),
-    );
     // Each of its tasks (PutImages' iteration, as an image's child was): its task, alone on a
     // page at most, its planned entry (the task again, with an error) and the page's range
     // results.
@@ -474,4 +440,46 @@ fn the_largest_state_of_every_execution_fits_256_kib() {
     let segment = json!({"job": job(), "image": alone, "range": text(200), "state": text(2048),
         "bytesBefore": u64::MAX, "out": {"range": text(200), "state": text(2048)}});
     size("segment loop state", &segment);
+}
+
+/// A pack's child (its pack and the page's report of its repositories instead of ensure
+/// outputs) and a batch of a page's ranges, beside `child`, a repository child's largest state,
+/// and `page`, a full page of tasks.
+fn packs_and_range_batches(repo: &Value, child: &Value, page: &[ImageTask]) {
+    // A pack's child: no ensure outputs (its calls ensure its repositories themselves), its
+    // pack and the page's report of them (lists of `CHILD_LISTED`, as the child's own) instead.
+    let params = repo["TakePage"]["Parameters"].as_object().unwrap();
+    assert!(params.contains_key("pack.$") && params.contains_key("packReport.$"));
+    let mut pack_child = child.clone();
+    pack_child["pack"] = json!(full_pack());
+    pack_child["repositories"] = json!([]);
+    pack_child["packReport"] = json!(full_report(CHILD_LISTED, Mode::Replicate));
+    size("pack child after ForEachImage", &pack_child);
+    size(
+        "pack child after EnumerateImages",
+        &json!({"job": job(), "repository": text(REPOSITORY), "pack": full_pack(),
+            "repositories": [], "report": full_report(CHILD_LISTED, Mode::Replicate),
+            "images": {"images": page, "present": 1, "selected": 1, "nextToken": text(20),
+                "report": full_report(CHILD_LISTED, Mode::Replicate)}}),
+    );
+    // A batch of a page's ranges (CopyBatchedRanges' ItemBatcher): its input, the ranges (a
+    // part of the page plan) and the job; its output, each range's outcome.
+    let ranges_batcher = &repo["CopyBatchedRanges"]["ItemBatcher"];
+    assert_eq!(
+        ranges_batcher["BatchInput"],
+        json!({"job.$": "$.job", "imageConcurrency.$": "$.imageConcurrency"})
+    );
+    assert_eq!(
+        ranges_batcher["MaxItemsPerBatch"].as_u64(),
+        Some(replication::steps::RANGES_PER_CHILD)
+    );
+    size(
+        "range batch child input",
+        &json!({"Items": [text(PAGE_PLAN_BYTES)],
+            "BatchInput": {"job": job(), "imageConcurrency": 5}}),
+    );
+    size(
+        "range batch child output",
+        &json!(vec![json!({"bytes": u64::MAX, "error": text(256)}); 25]),
+    );
 }

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Copy one image (or every tag of a repository with --all-tags) from SRC to DST.
-    Copy(copy_command::CopyArgs),
+    Copy(Box<copy_command::CopyArgs>),
     /// Run a job (the state machine's execution input) in-process: filters, repositories and
     /// their settings, images, report. Exit 1 if any image failed.
     Sync(job_commands::RunArgs),
@@ -99,7 +99,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
-        Command::Copy(args) => copy_command::run(args).await,
+        Command::Copy(args) => copy_command::run(*args).await,
         Command::Sync(args) => job_commands::sync(args, false).await,
         Command::Plan(args) => job_commands::sync(args, true).await,
         Command::Verify(args) => job_commands::verify(args).await,

@@ -5,14 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use oci::layout::LayoutStore;
+use oci::layout::{LayoutIndex, LayoutStore};
 use oci::{Reference, RegistryClient};
 use replication::allowlist::Allowlist;
 use replication::layout::{export_gated, import_gated, import_image, import_image_verified};
 use replication::layout_gate::{sign_import_receipt, LayoutGate};
 use replication::sigstore::{BundleVerifier, TrustedRootPolicy, TrustedRootSource};
 use replication::transfer_statement::{
-    statement_present, write_statement, ExportedImage, TrustedTransferKey, STATEMENT_FILE,
+    statement_present, verify_statement, write_statement, ExportedImage, TrustedTransferKey,
+    STATEMENT_FILE,
 };
 use replication::CopyReport;
 
@@ -25,9 +26,26 @@ pub struct TransferArgs {
     #[arg(long, value_name = "KEY_ARN", env = "ECR_REPLICATOR_RECEIPT_KEY")]
     pub receipt_key: Option<String>,
     /// Import from oci:DIR: verify the layout's transfer statement with this P-256 public key
-    /// (PEM) before reading anything else, and refuse a layout that differs from it.
-    #[arg(long, value_name = "FILE.pem")]
+    /// (PEM) before reading anything else, and refuse a layout that differs from it. Set in
+    /// the importing deployment's environment, every import must verify.
+    #[arg(
+        long,
+        value_name = "FILE.pem",
+        env = "ECR_REPLICATOR_TRUST_TRANSFER_KEY"
+    )]
     pub trust_transfer_key: Option<PathBuf>,
+    /// Import: refuse a statement exported before this time (RFC 3339, e.g. the last import's
+    /// exportedAt): an older layout the same key signed is not taken back.
+    #[arg(long, value_name = "TIME", requires = "trust_transfer_key")]
+    pub not_before: Option<String>,
+    /// Import: refuse any statement but this one (`sha256:...`, printed by the export and
+    /// carried out of band).
+    #[arg(long, value_name = "DIGEST", requires = "trust_transfer_key")]
+    pub statement_digest: Option<String>,
+    /// Import a layout that carries a transfer statement without verifying it (no
+    /// --trust-transfer-key): refused otherwise.
+    #[arg(long)]
+    pub allow_unverified_layout: bool,
     #[command(flatten)]
     pub gate: GateArgs,
 }
@@ -106,9 +124,11 @@ impl TransferArgs {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("--trust-transfer-key: reading {}", path.display()))?;
-        TrustedTransferKey::from_pem(&text)
+        let key = TrustedTransferKey::from_pem(&text)
+            .map_err(|e| anyhow::anyhow!("--trust-transfer-key {}: {e}", path.display()))?;
+        key.with_pins(self.not_before.as_deref(), self.statement_digest.as_deref())
             .map(Some)
-            .map_err(|e| anyhow::anyhow!("--trust-transfer-key {}: {e}", path.display()))
+            .map_err(|e| anyhow::anyhow!(e))
     }
 
     async fn signer(
@@ -141,14 +161,15 @@ pub async fn export(
     ref_name: &str,
     parallel: usize,
 ) -> anyhow::Result<CopyReport> {
-    if args.trust_transfer_key.is_some() {
+    if args.not_before.is_some() || args.statement_digest.is_some() {
         anyhow::bail!(
-            "--trust-transfer-key verifies an import; an export signs with --receipt-key"
+            "--not-before and --statement-digest check an import; an export signs with \
+             --receipt-key"
         );
     }
     let signer = args.signer(aws_endpoint_url).await?;
     let gate = args.gate.gate(aws_endpoint_url).await?;
-    let (report, admitted) = export_gated(
+    let (report, admitted, referrers) = export_gated(
         client,
         source,
         (store, ref_name),
@@ -171,17 +192,22 @@ pub async fn export(
     };
     let exported = ExportedImage {
         ref_name: ref_name.to_string(),
+        digest: report.digest.clone(),
+        referrers,
         source: source.to_string(),
         admitted_by: admitted.into_iter().collect(),
         tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
     };
     let statement = write_statement(store, &signer, &exported).await?;
     eprintln!(
-        "signed {}/{STATEMENT_FILE}: {} image(s), key {} ({})",
+        "signed {}/{STATEMENT_FILE}: {} image(s), key {} ({}), statement {} exported {} (carry \
+         them out of band for --statement-digest or --not-before)",
         store.location(),
         statement.images.len(),
         statement.fingerprint,
-        signer.key_arn()
+        signer.key_arn(),
+        statement.digest,
+        statement.run.exported_at
     );
     Ok(report)
 }
@@ -264,6 +290,16 @@ pub async fn import(
     parallel: usize,
     aws_endpoint_url: Option<&str>,
 ) -> anyhow::Result<CopyReport> {
+    let key = args.trusted_key()?;
+    if key.is_none() && !args.allow_unverified_layout && statement_present(store).await {
+        anyhow::bail!(
+            "{} carries a signed transfer statement: verify it with --trust-transfer-key \
+             FILE.pem (ECR_REPLICATOR_TRUST_TRANSFER_KEY), the exporting deployment's receipt \
+             key, or import it unverified with --allow-unverified-layout; nothing imported",
+            store.location()
+        );
+    }
+    check_pinned_digest(store, ref_name, target, key.as_ref()).await?;
     if let Some((gate, allowlist)) = args.gate.gate(aws_endpoint_url).await? {
         return import_under_gate(
             args,
@@ -281,7 +317,7 @@ pub async fn import(
              promotion receipts only under --require-signature POLICY --allowlist FILE"
         );
     }
-    if let Some(key) = args.trusted_key()? {
+    if let Some(key) = key {
         let (report, statement) =
             import_image_verified(store, ref_name, client, target, parallel, &key).await?;
         eprintln!(
@@ -307,4 +343,41 @@ pub async fn import(
         );
     }
     Ok(import_image(store, ref_name, client, target, parallel).await?)
+}
+
+/// Refuses a destination naming a digest (`registry/app@sha256:...`) that is not the digest of
+/// the image the layout (its verified statement, with a key) names `ref_name`, before anything
+/// is put.
+async fn check_pinned_digest(
+    store: &dyn LayoutStore,
+    ref_name: &str,
+    target: &Reference,
+    key: Option<&TrustedTransferKey>,
+) -> anyhow::Result<()> {
+    let Some(pinned) = &target.digest else {
+        return Ok(());
+    };
+    let found = match key {
+        Some(key) => verify_statement(store, key)
+            .await?
+            .images
+            .get(ref_name)
+            .map(|image| image.digest.clone()),
+        None => {
+            let path = format!("{}/index.json", store.location());
+            LayoutIndex::read(store)
+                .await?
+                .map(|index| index.find(ref_name, &path))
+                .transpose()?
+                .flatten()
+                .map(|entry| entry.blob.digest.to_string())
+        }
+    };
+    match found {
+        Some(digest) if digest != pinned.as_str() => anyhow::bail!(
+            "{target} names {pinned}, but {}:{ref_name} is {digest}: not imported",
+            store.location()
+        ),
+        _ => Ok(()),
+    }
 }

@@ -20,7 +20,7 @@ impl Digest {
     /// Parses and validates `sha256:<64 lowercase hex>`.
     pub fn parse(text: &str) -> Result<Self> {
         let invalid = |reason: &str| Error::InvalidDigest {
-            digest: text.to_string(),
+            digest: text.chars().take(80).collect(),
             reason: reason.to_string(),
         };
         let (algorithm, hex) = text

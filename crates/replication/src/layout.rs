@@ -68,7 +68,8 @@ pub async fn export_image(
 
 /// [`export_image`] under a signature gate: the image is exported only when a signature among
 /// its referrers admits it (else [`Error::Unsigned`], nothing written); returns what admitted
-/// it (the `signedBy` line) with the report. Without a gate the line is `None`.
+/// it (the `signedBy` line) with the report, and the digests of the referrers it wrote (what a
+/// signed statement may list for the image). Without a gate the line is `None`.
 #[tracing::instrument(skip(source, store, gate), fields(from = %from, layout = %store.location()))]
 pub async fn export_gated(
     source: &RegistryClient,
@@ -76,7 +77,7 @@ pub async fn export_gated(
     (store, ref_name): (&dyn LayoutStore, &str),
     parallel: usize,
     gate: Option<&LayoutGate>,
-) -> Result<(CopyReport, Option<String>)> {
+) -> Result<(CopyReport, Option<String>, Vec<String>)> {
     let started = Instant::now();
     let image = from.to_string();
     let err = |source: oci::Error| Error::Registry {
@@ -142,7 +143,11 @@ pub async fn export_gated(
         done.already_present = true;
     }
     done.seconds = started.elapsed().as_secs_f64();
-    Ok((done, admitted))
+    let referrer_digests: Vec<String> = referrers
+        .iter()
+        .map(|r| r.manifest.digest.to_string())
+        .collect();
+    Ok((done, admitted, referrer_digests))
 }
 
 /// One blob into the layout unless it is there at its size: `Some(bytes)` when written.
@@ -239,7 +244,7 @@ pub async fn import_gated(
 fn named_entry(index: &LayoutIndex, ref_name: &str, path: &str) -> oci::Result<LayoutEntry> {
     index.find(ref_name, path)?.ok_or_else(|| {
         let names = index.ref_names();
-        let shown: Vec<&str> = names.iter().take(10).map(String::as_str).collect();
+        let shown: Vec<String> = names.iter().take(10).map(|n| layout::quoted(n)).collect();
         oci::Error::Layout {
             path: path.to_string(),
             reason: match names.len() {

@@ -104,7 +104,9 @@ impl VerifiedStatement {
             return Err(self.refused(format!(
                 "{ref_name:?} has the referrer {} ({}, subject {}) in the layout, which the \
                  signed statement does not list: added after the export, not imported",
-                extra.digest, extra.artifact_type, extra.subject
+                extra.digest,
+                layout::quoted(&extra.artifact_type),
+                layout::quoted(&extra.subject)
             )));
         }
         if let Some(missing) = listed.iter().find(|r| !found.contains(r)) {
@@ -116,6 +118,29 @@ impl VerifiedStatement {
         }
         Ok(())
     }
+}
+
+/// The referrers of `image` (described from the layout) that neither this run wrote
+/// (`this_run`, digests) nor an earlier statement of the key listed for it (`before`, the
+/// image at the same digest), each named for a refusal.
+pub(crate) fn unvouched_referrers(
+    image: &StatementImage,
+    this_run: &[String],
+    before: Option<&StatementImage>,
+) -> Vec<String> {
+    image
+        .referrers
+        .iter()
+        .filter(|r| !this_run.contains(&r.digest))
+        .filter(|r| !before.is_some_and(|b| b.referrers.contains(r)))
+        .map(|r| {
+            format!(
+                "the referrer {} of {}",
+                r.digest,
+                layout::quoted(&image.ref_name)
+            )
+        })
+        .collect()
 }
 
 /// Why the layout cannot be stated: an `index.json` entry of a referrer (a tag-scheme ref

@@ -17,8 +17,7 @@ use bytes::Bytes;
 use oci::layout::{self, LayoutEntry, LayoutIndex, LayoutStore};
 use oci::{BlobRef, Digest};
 use p256::ecdsa::signature::Verifier;
-use p256::ecdsa::{DerSignature, VerifyingKey};
-use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
+use p256::ecdsa::DerSignature;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -28,6 +27,8 @@ use crate::layout_referrers::{layout_referrers, tag_scheme};
 use crate::receipts::{self, ReceiptSigner, IN_TOTO};
 use crate::transfer_referrers::unstated_referrer;
 pub use crate::transfer_referrers::StatementReferrer;
+use crate::transfer_trust::vouch;
+pub use crate::transfer_trust::TrustedTransferKey;
 
 /// The statement's file at the layout's top.
 pub const STATEMENT_FILE: &str = "ecr-replicator-transfer.json";
@@ -67,8 +68,8 @@ pub struct StatementImage {
     pub blobs: u64,
     /// Their bytes.
     pub blob_bytes: u64,
-    /// The image the export read (`registry/repository:tag`); empty when an earlier export
-    /// wrote it and no statement of this key said where from.
+    /// The image the export read (`registry/repository:tag`); for an image an earlier export
+    /// wrote, what that export's statement of the key said.
     pub source: String,
     /// What admitted it (`signedBy` lines of a gated copy); empty when nothing gated it.
     pub admitted_by: Vec<String>,
@@ -105,46 +106,17 @@ struct Statement {
 pub struct ExportedImage {
     /// The ref name it was written under.
     pub ref_name: String,
+    /// The top manifest's digest this run wrote under it.
+    pub digest: String,
     /// The image read (`registry/repository:tag`).
     pub source: String,
     /// What admitted it, when gated.
     pub admitted_by: Vec<String>,
     /// The tool and version writing the statement.
     pub tool: String,
-}
-
-/// A P-256 public key an import trusts for statements.
-#[derive(Debug, Clone)]
-pub struct TrustedTransferKey {
-    key: VerifyingKey,
-    /// `sha256:<hex>` of its SubjectPublicKeyInfo DER.
-    pub fingerprint: String,
-}
-
-impl TrustedTransferKey {
-    /// Reads a PEM public key (`-----BEGIN PUBLIC KEY-----`, P-256).
-    pub fn from_pem(text: &str) -> std::result::Result<Self, String> {
-        let key = VerifyingKey::from_public_key_pem(text.trim())
-            .map_err(|e| format!("not a P-256 public key in PEM: {e}"))?;
-        Self::of(key)
-    }
-
-    /// Reads a SubjectPublicKeyInfo DER public key (what `kms:GetPublicKey` returns).
-    pub fn from_der(der: &[u8]) -> std::result::Result<Self, String> {
-        let key = VerifyingKey::from_public_key_der(der)
-            .map_err(|e| format!("not a P-256 public key: {e}"))?;
-        Self::of(key)
-    }
-
-    fn of(key: VerifyingKey) -> std::result::Result<Self, String> {
-        let der = key
-            .to_public_key_der()
-            .map_err(|e| format!("cannot encode the key as DER: {e}"))?;
-        Ok(TrustedTransferKey {
-            fingerprint: Digest::of(der.as_bytes()).as_str().to_string(),
-            key,
-        })
-    }
+    /// The digests of the referrers this run wrote for it: the only ones of the image the
+    /// statement lists besides those an earlier statement of the key listed.
+    pub referrers: Vec<String>,
 }
 
 /// A statement whose signature verified with a trusted key.
@@ -156,6 +128,8 @@ pub struct VerifiedStatement {
     pub run: TransferRun,
     /// The key that signed it (`sha256:<hex>`).
     pub fingerprint: String,
+    /// The statement file's digest (what `--statement-digest` pins).
+    pub digest: String,
     layout: String,
 }
 
@@ -215,12 +189,14 @@ pub async fn verify_statement(
     }
     let statement: Statement =
         strict_parse(&bytes).map_err(|r| refused(store, format!("{STATEMENT_FILE}: {r}")))?;
+    key.check_pins(&actual, &statement.run.exported_at)
+        .map_err(|r| refused(store, r))?;
     if statement.kind != STATEMENT_TYPE {
         return Err(refused(
             store,
             format!(
-                "{STATEMENT_FILE}: _type is {:?}, not {STATEMENT_TYPE}",
-                statement.kind
+                "{STATEMENT_FILE}: _type is {}, not {STATEMENT_TYPE}",
+                layout::quoted(&statement.kind)
             ),
         ));
     }
@@ -238,6 +214,7 @@ pub async fn verify_statement(
         images,
         run: statement.run,
         fingerprint: key.fingerprint.clone(),
+        digest: actual.to_string(),
         layout: store.location(),
     })
 }
@@ -467,9 +444,12 @@ async fn describe(
 }
 
 /// Writes the statement of the whole layout and its envelope signed by `signer`, after an
-/// export wrote `index.json`: every image `index.json` names, described from the layout. The
-/// exported image carries `exported`'s source and admissions; another keeps those a statement
-/// this key signed said of it at the same digest, else none. Returns the statement.
+/// export wrote `index.json`: every image `index.json` names, described from the layout. Only
+/// what this run wrote (`exported`: the image at its digest, its referrers) or what a statement
+/// this key signed earlier listed at the same digest is signed; anything else in `index.json`
+/// (planted in the directory before or during the export) refuses the whole statement, naming
+/// it. The exported image carries `exported`'s source and admissions; another keeps those the
+/// earlier statement said of it. Returns the statement.
 pub async fn write_statement(
     store: &dyn LayoutStore,
     signer: &dyn ReceiptSigner,
@@ -491,7 +471,7 @@ pub async fn write_statement(
             source,
         })?
         .ok_or_else(|| refused(store, "the layout has no index.json to state"))?;
-    let mut images = Vec::new();
+    let (mut images, mut unvouched) = (Vec::new(), Vec::new());
     for entry in index
         .entries(&path)
         .map_err(|e| refused(store, e.to_string()))?
@@ -499,18 +479,25 @@ pub async fn write_statement(
         .filter(|e| tag_scheme(&e.ref_name).is_none())
     {
         let mut image = describe(store, &index, &entry).await?;
-        if entry.ref_name == exported.ref_name {
-            image.source = exported.source.clone();
-            image.admitted_by = exported.admitted_by.clone();
-        } else if let Some(before) = earlier
-            .as_ref()
-            .and_then(|s| s.images.get(&entry.ref_name))
-            .filter(|b| b.digest == image.digest)
-        {
-            image.source = before.source.clone();
-            image.admitted_by = before.admitted_by.clone();
+        let problems = vouch(&mut image, exported, earlier.as_ref());
+        if problems.is_empty() {
+            images.push(image);
         }
-        images.push(image);
+        unvouched.extend(problems);
+    }
+    if !unvouched.is_empty() {
+        let shown: Vec<&str> = unvouched.iter().take(10).map(String::as_str).collect();
+        return Err(refused(
+            store,
+            format!(
+                "index.json holds {} entr(ies) this export did not write and no earlier \
+                 statement of the key lists at that digest: {}: written by someone else (planted \
+                 in the layout?); nothing signed. Export into a directory only your signed \
+                 exports write",
+                unvouched.len(),
+                shown.join(", ")
+            ),
+        ));
     }
     images.sort_by(|a, b| a.ref_name.cmp(&b.ref_name));
     unstated_referrer(&index, &path, &images).map_err(|r| refused(store, r))?;
@@ -564,6 +551,7 @@ pub async fn write_statement(
             .collect(),
         run: statement.run,
         fingerprint: key.fingerprint,
+        digest: digest.to_string(),
         layout: store.location(),
     })
 }
@@ -573,6 +561,7 @@ mod tests {
     use super::*;
     use p256::ecdsa::signature::Signer;
     use p256::ecdsa::SigningKey;
+    use p256::pkcs8::EncodePublicKey;
 
     fn key(seed: u8) -> (SigningKey, TrustedTransferKey) {
         let signing = SigningKey::from_slice(&[seed; 32]).expect("a scalar");

@@ -8,4 +8,5 @@ mod layout_referrers;
 mod layout_s3;
 mod secrets;
 mod transfer;
+mod transfer_attacks;
 mod verify;

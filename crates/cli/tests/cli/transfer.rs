@@ -15,15 +15,16 @@ use e2e::registry::TestRegistry;
 use e2e::skopeo;
 use serde_json::Value;
 
-const STATEMENT: &str = "ecr-replicator-transfer.json";
-const ENVELOPE: &str = "ecr-replicator-transfer.dsse.json";
+pub(crate) const STATEMENT: &str = "ecr-replicator-transfer.json";
+pub(crate) const ENVELOPE: &str = "ecr-replicator-transfer.dsse.json";
 
-fn cli(moto: &Moto, args: &[&str]) -> Output {
+pub(crate) fn cli(moto: &Moto, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ecr-replicator"))
         .args(args)
         .env_remove("ECR_REPLICATOR_SRC_CREDS")
         .env_remove("ECR_REPLICATOR_DEST_CREDS")
         .env_remove("ECR_REPLICATOR_RECEIPT_KEY")
+        .env_remove("ECR_REPLICATOR_TRUST_TRANSFER_KEY")
         .env("REGISTRY_AUTH_FILE", "/nonexistent")
         .env("HOME", "/nonexistent")
         .env("AWS_ENDPOINT_URL", &moto.url)
@@ -35,7 +36,7 @@ fn cli(moto: &Moto, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn succeeded(out: Output, what: &str) -> String {
+pub(crate) fn succeeded(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
         "{what} failed: {}",
@@ -45,7 +46,7 @@ fn succeeded(out: Output, what: &str) -> String {
 }
 
 /// A public key (SubjectPublicKeyInfo DER) as a PEM file in `dir`.
-fn pem_file(dir: &Path, name: &str, der: &[u8]) -> PathBuf {
+pub(crate) fn pem_file(dir: &Path, name: &str, der: &[u8]) -> PathBuf {
     let body = B64.encode(der);
     let lines: Vec<&str> = body
         .as_bytes()
@@ -65,19 +66,19 @@ fn pem_file(dir: &Path, name: &str, der: &[u8]) -> PathBuf {
 }
 
 /// Two images exported into one layout with the key: the statement covers both.
-struct Signed {
-    moto: Moto,
-    src: TestRegistry,
-    image: TestImage,
-    other: TestImage,
-    dir: tempfile::TempDir,
-    keys: tempfile::TempDir,
-    key_arn: String,
-    public_pem: PathBuf,
+pub(crate) struct Signed {
+    pub(crate) moto: Moto,
+    pub(crate) src: TestRegistry,
+    pub(crate) image: TestImage,
+    pub(crate) other: TestImage,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) keys: tempfile::TempDir,
+    pub(crate) key_arn: String,
+    pub(crate) public_pem: PathBuf,
 }
 
 impl Signed {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let moto = Moto::start();
         let (key_arn, der) = moto.signing_key().await;
         let keys = tempfile::tempdir().unwrap();
@@ -104,7 +105,7 @@ impl Signed {
         signed
     }
 
-    fn export(&self, name: &str, key_arn: &str, dir: &Path) -> String {
+    pub(crate) fn export(&self, name: &str, key_arn: &str, dir: &Path) -> String {
         let from = format!("{}/{name}", self.src.host);
         let to = format!("oci:{}", dir.display());
         let out = cli(
@@ -123,24 +124,23 @@ impl Signed {
     }
 
     fn import(&self, dst: &TestRegistry, trust: Option<&Path>) -> Output {
+        let pem = trust.map(|p| p.display().to_string());
+        let extra = match &pem {
+            Some(pem) => vec!["--trust-transfer-key", pem.as_str()],
+            None => vec!["--allow-unverified-layout"],
+        };
+        self.import_to(&format!("{}/back/app", dst.host), &dst.host, &extra)
+    }
+
+    /// Imports `team/app:v1` into `to` with `extra` flags.
+    pub(crate) fn import_to(&self, to: &str, host: &str, extra: &[&str]) -> Output {
         let from = format!("oci:{}:team/app:v1", self.dir.path().display());
-        let to = format!("{}/back/app", dst.host);
-        let mut args = vec![
-            "copy".to_string(),
-            from,
-            to,
-            "--insecure-registry".into(),
-            dst.host.clone(),
-        ];
-        if let Some(pem) = trust {
-            args.push("--trust-transfer-key".into());
-            args.push(pem.display().to_string());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args = vec!["copy", &from, to, "--insecure-registry", host];
+        args.extend(extra);
         cli(&self.moto, &args)
     }
 
-    fn statement(&self) -> Value {
+    pub(crate) fn statement(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.dir.path().join(STATEMENT)).unwrap()).unwrap()
     }
 
@@ -154,9 +154,15 @@ impl Signed {
 
     /// An import verifying with `trust` fails naming `why`; the destination got no upload, no
     /// manifest and no tag.
-    fn assert_refused(&self, trust: &Path, why: &[&str]) {
+    pub(crate) fn assert_refused(&self, trust: &Path, why: &[&str]) {
+        let pem = trust.display().to_string();
+        self.assert_refused_with(&["--trust-transfer-key", &pem], why);
+    }
+
+    /// An import with `extra` flags fails naming `why`; nothing reaches the destination.
+    pub(crate) fn assert_refused_with(&self, extra: &[&str], why: &[&str]) -> String {
         let dst = TestRegistry::start();
-        let out = self.import(&dst, Some(trust));
+        let out = self.import_to(&format!("{}/back/app", dst.host), &dst.host, extra);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "imported: {stderr}");
         eprintln!("refused as expected: {stderr}");
@@ -166,6 +172,7 @@ impl Signed {
         assert_eq!(dst.count_requests("POST", "/blobs/uploads/", 202), 0);
         assert_eq!(dst.count_requests("PUT", "/manifests/", 201), 0);
         assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
+        stderr.into_owned()
     }
 }
 
@@ -276,14 +283,20 @@ async fn a_tampered_statement_is_refused_before_any_other_file_is_read() {
     );
 }
 
-/// GIVEN a layout exported with another KMS key WHEN it is imported trusting the first key
-/// THEN it is refused naming the trusted key's fingerprint and the one the envelope claims;
-/// without the envelope it is refused too (an unsigned layout is not a verified one).
+/// GIVEN a layout whose statement was signed with another KMS key (exported into another
+/// directory: a layout the first key signed is not re-signed by another, see
+/// `transfer_attacks`) WHEN it is imported trusting the first key THEN it is refused naming the
+/// trusted key's fingerprint and the one the envelope claims; without the envelope it is
+/// refused too (an unsigned layout is not a verified one).
 #[tokio::test]
 async fn a_statement_signed_by_an_untrusted_key_is_refused() {
     let signed = Signed::new().await;
     let (other_arn, other_der) = signed.moto.signing_key().await;
-    signed.export("team/app:v1", &other_arn, signed.dir.path());
+    let elsewhere = tempfile::tempdir().unwrap();
+    signed.export("team/app:v1", &other_arn, elsewhere.path());
+    for name in [STATEMENT, ENVELOPE] {
+        std::fs::copy(elsewhere.path().join(name), signed.dir.path().join(name)).unwrap();
+    }
     let _ = pem_file(signed.keys.path(), "other.pub", &other_der);
     let other_fingerprint = e2e::image::sha256(&other_der);
 

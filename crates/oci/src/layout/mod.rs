@@ -253,33 +253,32 @@ impl LayoutIndex {
     }
 
     /// Every named entry of the index, each checked as [`Self::find`] checks one (entries
-    /// without a ref name, referrers, are [`Self::unnamed`]).
+    /// without a ref name, referrers, are [`Self::unnamed`]). An entry whose ref name is
+    /// present but not a string is an error, not skipped.
     pub fn entries(&self, path: &str) -> Result<Vec<LayoutEntry>> {
-        self.manifests()
-            .iter()
-            .filter_map(|m| {
-                m.pointer("/annotations/org.opencontainers.image.ref.name")
-                    .and_then(Value::as_str)
-                    .map(|name| entry_of(m, name, path))
-            })
-            .collect()
+        let mut entries = Vec::new();
+        for m in self.manifests() {
+            if let Some(name) = ref_name_of(m, path)? {
+                entries.push(entry_of(m, name, path)?);
+            }
+        }
+        Ok(entries)
     }
 
     /// Every entry without a ref name (a referrer kept in the layout as oras-go's OCI store
     /// keeps one: found by its manifest's `subject`), checked as a descriptor, with its
-    /// `artifactType` when the descriptor states one. `ref_name` is empty.
+    /// `artifactType` when the descriptor states one. `ref_name` is empty. An entry whose ref
+    /// name is present but not a string is an error, not skipped.
     pub fn unnamed(&self, path: &str) -> Result<Vec<(LayoutEntry, Option<String>)>> {
-        self.manifests()
-            .iter()
-            .filter(|m| {
-                m.pointer("/annotations/org.opencontainers.image.ref.name")
-                    .is_none()
-            })
-            .map(|m| {
-                let kind = m.get("artifactType").and_then(Value::as_str);
-                descriptor_of(m, "", path).map(|e| (e, kind.map(str::to_string)))
-            })
-            .collect()
+        let mut unnamed = Vec::new();
+        for m in self.manifests() {
+            if ref_name_of(m, path)?.is_some() {
+                continue;
+            }
+            let kind = m.get("artifactType").and_then(Value::as_str);
+            unnamed.push((descriptor_of(m, "", path)?, kind.map(str::to_string)));
+        }
+        Ok(unnamed)
     }
 
     /// Lists `manifest` without a ref name (a referrer), with `artifact_type` when given.
@@ -365,18 +364,75 @@ impl LayoutIndex {
     }
 }
 
+/// Untrusted text for a message: at most [`QUOTED_CHARS`] characters, quoted and escaped
+/// (no control character reaches a terminal or a log).
+pub fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTED_CHARS) {
+        Some((at, _)) => format!("{:?}… ({} bytes)", &text[..at], text.len()),
+        None => format!("{text:?}"),
+    }
+}
+
+/// Characters of untrusted text a message quotes.
+const QUOTED_CHARS: usize = 100;
+/// Longest media type taken (RFC 6838: 127 characters each side of the `/`).
+const MAX_MEDIA_TYPE: usize = 255;
+
+/// `Ok` for a media type of RFC 6838's restricted-name characters (`type/subtype`, no
+/// parameters), at most 255 characters.
+pub fn check_media_type(media_type: &str) -> std::result::Result<(), String> {
+    let name = |part: &str| {
+        let mut bytes = part.bytes();
+        bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
+    let valid = media_type.len() <= MAX_MEDIA_TYPE
+        && media_type
+            .split_once('/')
+            .is_some_and(|(kind, sub)| name(kind) && name(sub));
+    match valid {
+        true => Ok(()),
+        false => Err(format!(
+            "mediaType {} is not a media type (RFC 6838 type/subtype, at most \
+             {MAX_MEDIA_TYPE} characters)",
+            quoted(media_type)
+        )),
+    }
+}
+
+/// The ref name of an `index.json` entry: `None` without one; an error when the annotation is
+/// there but not a string (an entry neither named nor unnamed would escape every check).
+fn ref_name_of<'a>(entry: &'a Value, path: &str) -> Result<Option<&'a str>> {
+    match entry.pointer("/annotations/org.opencontainers.image.ref.name") {
+        None => Ok(None),
+        Some(Value::String(name)) => Ok(Some(name)),
+        Some(other) => Err(layout_error(
+            path,
+            format!(
+                "an entry's {REF_NAME} is {}, not a string: refused",
+                quoted(&other.to_string())
+            ),
+        )),
+    }
+}
+
 fn entry_of(entry: &Value, ref_name: &str, path: &str) -> Result<LayoutEntry> {
-    split_ref_name(ref_name)
-        .map_err(|e| layout_error(path, format!("entry {ref_name:?}: not a valid name: {e}")))?;
+    split_ref_name(ref_name).map_err(|e| {
+        layout_error(
+            path,
+            format!("entry {}: not a valid name: {e}", quoted(ref_name)),
+        )
+    })?;
     descriptor_of(entry, ref_name, path)
 }
 
 fn descriptor_of(entry: &Value, ref_name: &str, path: &str) -> Result<LayoutEntry> {
-    let bad = |reason: String| layout_error(path, format!("entry {ref_name:?}: {reason}"));
+    let bad = |reason: String| layout_error(path, format!("entry {}: {reason}", quoted(ref_name)));
     let media_type = entry
         .get("mediaType")
         .and_then(Value::as_str)
         .ok_or_else(|| bad("has no mediaType".into()))?;
+    check_media_type(media_type).map_err(bad)?;
     let digest = entry
         .get("digest")
         .and_then(Value::as_str)

@@ -260,3 +260,65 @@ async fn a_destination_naming_another_digest_is_refused() {
         );
     }
 }
+
+/// GIVEN a signed layout into which an SBOM of team/app:v1 was put (its manifest and blobs
+/// under `blobs/`, an `index.json` entry without a ref name, as a referrer is kept) WHEN
+/// team/app:v1 is exported again with the key THEN the export refuses naming the referrer and
+/// the statement stays the earlier one: the key does not sign a referrer it did not write.
+#[tokio::test]
+async fn a_referrer_planted_beside_a_signed_image_is_not_signed() {
+    let signed = Signed::new().await;
+    let blobs = signed.dir.path().join("blobs/sha256");
+    let put = |bytes: &[u8]| {
+        let digest = e2e::image::sha256(bytes);
+        std::fs::write(blobs.join(&digest[7..]), bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let (config, config_size) = put(b"{}");
+    let (sbom, sbom_size) = put(br#"{"spdxVersion":"SPDX-2.3","name":"planted"}"#);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/spdx+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/spdx+json", "digest": sbom, "size": sbom_size}],
+        "subject": {"mediaType": signed.image.media_type, "digest": signed.image.digest,
+                    "size": signed.image.manifest.len()},
+    });
+    let (digest, size) = put(&serde_json::to_vec(&manifest).unwrap());
+    let path = signed.dir.path().join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+        "size": size, "artifactType": "application/spdx+json"}));
+    std::fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let before = std::fs::read(signed.dir.path().join(STATEMENT)).unwrap();
+
+    let from = format!("{}/team/app:v1", signed.src.host);
+    let to = format!("oci:{}", signed.dir.path().display());
+    let out = cli(
+        &signed.moto,
+        &[
+            "copy",
+            &from,
+            &to,
+            "--insecure-registry",
+            &signed.src.host,
+            "--receipt-key",
+            &signed.key_arn,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "signed: {stderr}");
+    assert!(
+        stderr.contains(&format!("the referrer {digest} of \"team/app:v1\"")),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(signed.dir.path().join(STATEMENT)).unwrap(),
+        before
+    );
+}

@@ -169,7 +169,7 @@ pub async fn export(
     }
     let signer = args.signer(aws_endpoint_url).await?;
     let gate = args.gate.gate(aws_endpoint_url).await?;
-    let (report, admitted, referrers) = export_gated(
+    let (report, admitted, wrote) = export_gated(
         client,
         source,
         (store, ref_name),
@@ -193,7 +193,8 @@ pub async fn export(
     let exported = ExportedImage {
         ref_name: ref_name.to_string(),
         digest: report.digest.clone(),
-        referrers,
+        referrers: wrote.referrers,
+        written_blobs: wrote.blobs,
         source: source.to_string(),
         admitted_by: admitted.into_iter().collect(),
         tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),

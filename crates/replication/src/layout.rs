@@ -68,8 +68,8 @@ pub async fn export_image(
 
 /// [`export_image`] under a signature gate: the image is exported only when a signature among
 /// its referrers admits it (else [`Error::Unsigned`], nothing written); returns what admitted
-/// it (the `signedBy` line) with the report, and the digests of the referrers it wrote (what a
-/// signed statement may list for the image). Without a gate the line is `None`.
+/// it (the `signedBy` line) with the report, and what it wrote itself ([`ExportWrote`], for the
+/// signed statement). Without a gate the line is `None`.
 #[tracing::instrument(skip(source, store, gate), fields(from = %from, layout = %store.location()))]
 pub async fn export_gated(
     source: &RegistryClient,
@@ -77,7 +77,7 @@ pub async fn export_gated(
     (store, ref_name): (&dyn LayoutStore, &str),
     parallel: usize,
     gate: Option<&LayoutGate>,
-) -> Result<(CopyReport, Option<String>, Vec<String>)> {
+) -> Result<(CopyReport, Option<String>, ExportWrote)> {
     let started = Instant::now();
     let image = from.to_string();
     let err = |source: oci::Error| Error::Registry {
@@ -122,12 +122,21 @@ pub async fn export_gated(
         .unwrap_or_else(LayoutIndex::empty);
     let walked = walk(source, from, top.clone()).await?;
     done.foreign_layers = walked.foreign_layers;
-    let outcomes: Vec<Option<u64>> = futures::stream::iter(walked.blobs.values())
-        .map(|blob| export_blob(source, from, store, blob))
+    let outcomes: Vec<(Option<u64>, String)> = futures::stream::iter(walked.blobs.values())
+        .map(|blob| async move {
+            let outcome = export_blob(source, from, store, blob).await?;
+            Ok::<_, oci::Error>((outcome, blob.digest.to_string()))
+        })
         .buffer_unordered(parallel.max(1))
         .try_collect()
         .await
         .map_err(err)?;
+    let blobs: Vec<String> = outcomes
+        .iter()
+        .filter(|(outcome, _)| outcome.is_some())
+        .map(|(_, digest)| digest.clone())
+        .collect();
+    let outcomes: Vec<Option<u64>> = outcomes.into_iter().map(|(outcome, _)| outcome).collect();
     for manifest in walked.children.iter().rev().chain([&top]) {
         if layout::write_manifest(store, manifest).await.map_err(err)? {
             done.manifests_put += 1;
@@ -143,11 +152,21 @@ pub async fn export_gated(
         done.already_present = true;
     }
     done.seconds = started.elapsed().as_secs_f64();
-    let referrer_digests: Vec<String> = referrers
+    let referrers = referrers
         .iter()
         .map(|r| r.manifest.digest.to_string())
         .collect();
-    Ok((done, admitted, referrer_digests))
+    Ok((done, admitted, ExportWrote { referrers, blobs }))
+}
+
+/// What an export wrote itself, for its signed statement.
+#[derive(Debug, Clone, Default)]
+pub struct ExportWrote {
+    /// Digests of the referrers exported with the image.
+    pub referrers: Vec<String>,
+    /// Digests of the image's blobs it streamed (each checked against its digest as written);
+    /// a blob found in place at its size is not among them.
+    pub blobs: Vec<String>,
 }
 
 /// One blob into the layout unless it is there at its size: `Some(bytes)` when written.

@@ -117,6 +117,9 @@ pub struct ExportedImage {
     /// The digests of the referrers this run wrote for it: the only ones of the image the
     /// statement lists besides those an earlier statement of the key listed.
     pub referrers: Vec<String>,
+    /// The digests of the blobs this run wrote (checked as written); any other blob of the
+    /// layout is hashed before it is signed.
+    pub written_blobs: Vec<String>,
 }
 
 /// A statement whose signature verified with a trusted key.
@@ -386,11 +389,13 @@ impl VerifiedStatement {
 }
 
 /// One `index.json` entry described from the layout: its manifests read and checked against
-/// their digests, every blob present at its size.
+/// their digests, every blob present at its size, and hashed unless this run wrote it
+/// (`written`).
 async fn describe(
     store: &dyn LayoutStore,
     index: &LayoutIndex,
     entry: &LayoutEntry,
+    written: &[String],
 ) -> Result<StatementImage> {
     let place = store.location();
     let oci_err = |source| Error::Registry {
@@ -423,6 +428,17 @@ async fn describe(
                     blob.size
                 ),
             ));
+        }
+        if !written.iter().any(|d| d == blob.digest.as_str()) {
+            layout::verify_blob(store, blob).await.map_err(|e| {
+                refused(
+                    store,
+                    format!(
+                        "{:?}: {e}: the layout is damaged, not signed",
+                        entry.ref_name
+                    ),
+                )
+            })?;
         }
     }
     let (repository, tag) = layout::split_ref_name(&entry.ref_name)
@@ -478,7 +494,7 @@ pub async fn write_statement(
         .into_iter()
         .filter(|e| tag_scheme(&e.ref_name).is_none())
     {
-        let mut image = describe(store, &index, &entry).await?;
+        let mut image = describe(store, &index, &entry, &exported.written_blobs).await?;
         let problems = vouch(&mut image, exported, earlier.as_ref());
         if problems.is_empty() {
             images.push(image);

@@ -322,3 +322,46 @@ async fn a_referrer_planted_beside_a_signed_image_is_not_signed() {
         before
     );
 }
+
+/// GIVEN a signed layout in which one layer of team/lib:v2 had a byte changed (same size)
+/// WHEN team/app:v1 is exported again with the key THEN the export refuses naming the blob,
+/// and the statement stays the earlier one: a blob this run did not write is hashed before it
+/// is signed (else the key would sign a layout no import can take).
+#[tokio::test]
+async fn a_damaged_blob_this_run_did_not_write_is_not_signed() {
+    let signed = Signed::new().await;
+    let layer = signed.other.children[0]
+        .blobs
+        .last()
+        .unwrap()
+        .digest
+        .clone();
+    let path = signed.dir.path().join("blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let before = std::fs::read(signed.dir.path().join(STATEMENT)).unwrap();
+
+    let from = format!("{}/team/app:v1", signed.src.host);
+    let to = format!("oci:{}", signed.dir.path().display());
+    let out = cli(
+        &signed.moto,
+        &[
+            "copy",
+            &from,
+            &to,
+            "--insecure-registry",
+            &signed.src.host,
+            "--receipt-key",
+            &signed.key_arn,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "signed: {stderr}");
+    assert!(stderr.contains(&layer[7..]), "{stderr}");
+    assert!(stderr.contains("not signed"), "{stderr}");
+    assert_eq!(
+        std::fs::read(signed.dir.path().join(STATEMENT)).unwrap(),
+        before
+    );
+}

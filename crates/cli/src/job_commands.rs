@@ -60,29 +60,8 @@ pub struct RunArgs {
     /// HOST, "roleArns": [...]}], "destinations": [...], "insecure": [HOST]}`).
     #[arg(long, value_name = "FILE")]
     pub allowlist: Option<PathBuf>,
-    /// The Sigstore trusted root (`trusted_root.json`) that `requireSignature` verifies bundles
-    /// against: a file or `s3://bucket/key`; by default Sigstore's public-good root, built in.
-    #[arg(long, value_name = "FILE", env = "ECR_REPLICATOR_TRUSTED_ROOT")]
-    pub trusted_root: Option<String>,
-    /// Refuse a trusted root whose sha256 is not this (`sha256:<hex>` or the hex alone).
-    #[arg(
-        long,
-        value_name = "DIGEST",
-        env = "ECR_REPLICATOR_TRUSTED_ROOT_SHA256"
-    )]
-    pub trusted_root_sha256: Option<String>,
-    /// Read an `s3://` trusted root only from a bucket this account owns (default: the account
-    /// of the credentials in use, from STS GetCallerIdentity).
-    #[arg(
-        long,
-        value_name = "ACCOUNT",
-        env = "ECR_REPLICATOR_TRUSTED_ROOT_BUCKET_OWNER"
-    )]
-    pub trusted_root_bucket_owner: Option<String>,
-    /// Accept a trusted root without certificate transparency logs (a private Fulcio without
-    /// CT): keyless certificates are then not checked for an SCT. Refused otherwise.
-    #[arg(long, env = "ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT")]
-    pub trusted_root_allow_no_ct: bool,
+    #[command(flatten)]
+    pub root: crate::trusted_root_args::TrustedRootArgs,
     /// Sign a promotion receipt for every image promoted under `requireSignature` with this
     /// KMS key (`arn:aws:kms:REGION:ACCOUNT:key/ID`, ECC_NIST_P256, SIGN_VERIFY).
     #[arg(long, value_name = "KEY_ARN", env = "ECR_REPLICATOR_RECEIPT_KEY")]
@@ -116,20 +95,11 @@ impl RunArgs {
         if let Some(path) = authfile {
             settings.credentials.load_docker_config(&path)?;
         }
-        if let Some(root) = &self.trusted_root {
-            settings.trusted_root = replication::sigstore::TrustedRootSource::parse(root)
-                .map_err(|problem| anyhow::anyhow!("--trusted-root: {problem}"))?;
+        let (root, policy) = self.root.resolve()?;
+        if let Some(root) = root {
+            settings.trusted_root = root;
         }
-        let policy = &mut settings.trusted_root_policy;
-        if let Some(pin) = &self.trusted_root_sha256 {
-            policy.sha256 = replication::sigstore::TrustedRootPolicy::parse_sha256(pin)
-                .map_err(|problem| anyhow::anyhow!("--trusted-root-sha256: {problem}"))?;
-        }
-        if let Some(account) = &self.trusted_root_bucket_owner {
-            policy.bucket_owner = replication::sigstore::TrustedRootPolicy::parse_account(account)
-                .map_err(|problem| anyhow::anyhow!("--trusted-root-bucket-owner: {problem}"))?;
-        }
-        policy.allow_no_ct_logs = self.trusted_root_allow_no_ct;
+        settings.trusted_root_policy = policy;
         if let Some(arn) = self.receipt_key.as_deref().filter(|a| !a.trim().is_empty()) {
             settings.receipt_key = Some(
                 ecr::KmsKeyArn::parse(arn)

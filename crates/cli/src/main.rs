@@ -6,6 +6,7 @@ mod layout_command;
 mod progress;
 mod registry_args;
 mod transfer_args;
+mod trusted_root_args;
 
 use std::process::ExitCode;
 

@@ -10,7 +10,7 @@ use oci::{Reference, RegistryClient};
 use replication::allowlist::Allowlist;
 use replication::layout::{export_gated, import_gated, import_image, import_image_verified};
 use replication::layout_gate::{sign_import_receipt, LayoutGate};
-use replication::sigstore::{BundleVerifier, TrustedRootPolicy, TrustedRootSource};
+use replication::sigstore::BundleVerifier;
 use replication::transfer_statement::{
     statement_present, verify_statement, write_statement, ExportedImage, TrustedTransferKey,
     STATEMENT_FILE,
@@ -62,20 +62,8 @@ pub struct GateArgs {
     /// The deployment's allowlist, whose `trustPolicies` --require-signature names.
     #[arg(long, value_name = "FILE")]
     pub allowlist: Option<PathBuf>,
-    /// The Sigstore trusted root bundles are verified against (a file or s3://bucket/key);
-    /// by default Sigstore's public-good root, built in. Never read from the layout.
-    #[arg(long, value_name = "FILE", env = "ECR_REPLICATOR_TRUSTED_ROOT")]
-    pub trusted_root: Option<String>,
-    /// Refuse a trusted root whose sha256 is not this.
-    #[arg(
-        long,
-        value_name = "DIGEST",
-        env = "ECR_REPLICATOR_TRUSTED_ROOT_SHA256"
-    )]
-    pub trusted_root_sha256: Option<String>,
-    /// Accept a trusted root without certificate transparency logs (a private Fulcio).
-    #[arg(long, env = "ECR_REPLICATOR_TRUSTED_ROOT_ALLOW_NO_CT")]
-    pub trusted_root_allow_no_ct: bool,
+    #[command(flatten)]
+    pub root: crate::trusted_root_args::TrustedRootArgs,
 }
 
 impl GateArgs {
@@ -93,19 +81,8 @@ impl GateArgs {
         let policy = allowlist.trust_policy(name).with_context(|| {
             format!("--require-signature {name:?} is not one of {what}'s trustPolicies")
         })?;
-        let root = match &self.trusted_root {
-            Some(root) => TrustedRootSource::parse(root)
-                .map_err(|problem| anyhow::anyhow!("--trusted-root: {problem}"))?,
-            None => TrustedRootSource::default(),
-        };
-        let mut checks = TrustedRootPolicy {
-            allow_no_ct_logs: self.trusted_root_allow_no_ct,
-            ..TrustedRootPolicy::default()
-        };
-        if let Some(pin) = &self.trusted_root_sha256 {
-            checks.sha256 = TrustedRootPolicy::parse_sha256(pin)
-                .map_err(|problem| anyhow::anyhow!("--trusted-root-sha256: {problem}"))?;
-        }
+        let (root, checks) = self.root.resolve()?;
+        let root = root.unwrap_or_default();
         let aws = ecr::AwsSettings {
             endpoint_url: aws_endpoint_url
                 .filter(|u| !u.is_empty())

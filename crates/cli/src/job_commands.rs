@@ -308,10 +308,13 @@ async fn verify_job(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
             println!("FAILED repository {}: {}", f.repository, f.error);
         }
         println!(
-            "\n{} image x destination pairs compared: {} identical, {} archived there; {} missing, {} different, {} extra, {} settings; {} repositories could not be compared",
+            "\n{} image x destination pairs compared: {} identical{}; {} missing, {} different, {} extra, {} settings; {} repositories could not be compared",
             verify.images,
             verify.identical,
-            verify.archived,
+            match verify.archived {
+                0 => String::new(),
+                n => format!(", {n} archived there"),
+            },
             verify.missing,
             verify.different,
             verify.extra,

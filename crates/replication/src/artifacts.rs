@@ -10,7 +10,6 @@ use oci::{Digest, Repository};
 
 use crate::connect::Connection;
 use crate::filter::ListedImage;
-use crate::signatures::{RegistryReader, SignatureReader};
 
 /// Children of a referrers fallback index checked at most.
 const MAX_FALLBACK_CHILDREN: usize = 64;
@@ -286,4 +285,44 @@ pub(crate) async fn read_layer(
         return Err(format!("a {what} does not match its digest"));
     }
     Ok(content)
+}
+
+/// Where signature manifests and their layers are read: a registry repository, or a layout.
+pub(crate) trait SignatureReader {
+    /// The manifest `digest`, or why it cannot be read.
+    async fn manifest(&self, digest: &Digest) -> std::result::Result<oci::Manifest, String>;
+    /// A layer's content, at most `limit` bytes, checked against its digest.
+    async fn layer(
+        &self,
+        layer: &oci::Descriptor,
+        what: &str,
+        limit: u64,
+    ) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// Signatures read from a registry repository.
+pub(crate) struct RegistryReader<'a> {
+    /// The registry.
+    pub(crate) source: &'a Connection,
+    /// The repository.
+    pub(crate) repo: &'a Repository,
+}
+
+impl SignatureReader for RegistryReader<'_> {
+    async fn manifest(&self, digest: &Digest) -> std::result::Result<oci::Manifest, String> {
+        self.source
+            .manifest_by_digest(&self.repo.name, digest)
+            .await
+            .map(|(_, manifest)| manifest)
+            .map_err(|e| format!("unreadable: {e}"))
+    }
+
+    async fn layer(
+        &self,
+        layer: &oci::Descriptor,
+        what: &str,
+        limit: u64,
+    ) -> std::result::Result<Vec<u8>, String> {
+        read_layer(self.source, self.repo, layer, what, limit).await
+    }
 }

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use oci::layout::{self, BlobStream, LayoutEntry, LayoutIndex, LayoutStore};
+use oci::layout::{self, LayoutEntry, LayoutIndex, LayoutStore};
 use oci::{BlobOutcome, BlobRef, Manifest, Reference, RegistryClient};
 
 use crate::copy::{already_in_target, put_manifests_in_order, walk, walk_with, BlobTally, Known};
@@ -124,7 +124,7 @@ pub async fn export_gated(
     done.foreign_layers = walked.foreign_layers;
     let outcomes: Vec<(Option<u64>, String)> = futures::stream::iter(walked.blobs.values())
         .map(|blob| async move {
-            let outcome = export_blob(source, from, store, blob).await?;
+            let outcome = layout::pull_blob(source, &from.repository, store, blob).await?;
             Ok::<_, oci::Error>((outcome, blob.digest.to_string()))
         })
         .buffer_unordered(parallel.max(1))
@@ -167,25 +167,6 @@ pub struct ExportWrote {
     /// Digests of the image's blobs it streamed (each checked against its digest as written);
     /// a blob found in place at its size is not among them.
     pub blobs: Vec<String>,
-}
-
-/// One blob into the layout unless it is there at its size: `Some(bytes)` when written.
-pub(crate) async fn export_blob(
-    source: &RegistryClient,
-    from: &Reference,
-    store: &dyn LayoutStore,
-    blob: &BlobRef,
-) -> oci::Result<Option<u64>> {
-    if store.blob_size(&blob.digest).await? == Some(blob.size) {
-        return Ok(None);
-    }
-    let response = source.get_blob(&from.repository, &blob.digest, 0).await?;
-    let body: BlobStream = response
-        .into_stream()
-        .map(|chunk| chunk.map_err(std::io::Error::other))
-        .boxed();
-    store.write_blob(blob, body).await?;
-    Ok(Some(blob.size))
 }
 
 /// Imports the image `store` names `ref_name` into `to` (its tag, else the ref name's tag),

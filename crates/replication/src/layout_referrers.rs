@@ -190,7 +190,7 @@ pub(crate) async fn export_referrers(
         let walked = walk(source, &at, referrer.manifest.clone()).await?;
         for blob in walked.blobs.values() {
             outcomes.push(
-                crate::layout::export_blob(source, from, store, blob)
+                oci::layout::pull_blob(source, &from.repository, store, blob)
                     .await
                     .map_err(err)?,
             );

@@ -27,9 +27,7 @@ pub mod signatures;
 pub mod sigstore;
 pub mod steps;
 pub mod text;
-pub mod transfer_referrers;
 pub mod transfer_statement;
-pub mod transfer_trust;
 pub mod trust;
 
 pub use copy::{copy_image, CopyOptions, CopyProgress, CopyReport};

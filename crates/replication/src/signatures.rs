@@ -14,7 +14,8 @@ use base64::Engine;
 use oci::{Digest, ManifestContent, Repository};
 use p256::ecdsa::DerSignature;
 
-use crate::artifacts::{fallback_tag, read_layer, short_digest};
+use crate::artifacts::{fallback_tag, short_digest};
+pub(crate) use crate::artifacts::{RegistryReader, SignatureReader};
 use crate::connect::Connection;
 use crate::error::{Error, Result};
 use crate::keys::SignaturePolicy;
@@ -46,46 +47,6 @@ pub(crate) struct Candidate {
     pub(crate) digest: String,
     /// A Sigstore bundle (else a cosign legacy signature).
     pub(crate) bundle: bool,
-}
-
-/// Where signature manifests and their layers are read: a registry repository, or a layout.
-pub(crate) trait SignatureReader {
-    /// The manifest `digest`, or why it cannot be read.
-    async fn manifest(&self, digest: &Digest) -> std::result::Result<oci::Manifest, String>;
-    /// A layer's content, at most `limit` bytes, checked against its digest.
-    async fn layer(
-        &self,
-        layer: &oci::Descriptor,
-        what: &str,
-        limit: u64,
-    ) -> std::result::Result<Vec<u8>, String>;
-}
-
-/// Signatures read from a registry repository.
-pub(crate) struct RegistryReader<'a> {
-    /// The registry.
-    pub(crate) source: &'a Connection,
-    /// The repository.
-    pub(crate) repo: &'a Repository,
-}
-
-impl SignatureReader for RegistryReader<'_> {
-    async fn manifest(&self, digest: &Digest) -> std::result::Result<oci::Manifest, String> {
-        self.source
-            .manifest_by_digest(&self.repo.name, digest)
-            .await
-            .map(|(_, manifest)| manifest)
-            .map_err(|e| format!("unreadable: {e}"))
-    }
-
-    async fn layer(
-        &self,
-        layer: &oci::Descriptor,
-        what: &str,
-        limit: u64,
-    ) -> std::result::Result<Vec<u8>, String> {
-        read_layer(self.source, self.repo, layer, what, limit).await
-    }
 }
 
 /// Whether an artifact type (or layer media type) is a Sigstore bundle's (v0.3 and later).

@@ -78,6 +78,27 @@ pub async fn verify_blob(store: &dyn LayoutStore, blob: &BlobRef) -> Result<()> 
     verifier.check(&blob.digest, blob.size, &path)
 }
 
+/// Downloads a registry repository's blob into the layout unless the layout holds it at its
+/// size (the store checks digest and size before it becomes visible). `Some(size)` when
+/// written.
+pub async fn pull_blob(
+    source: &RegistryClient,
+    repo: &Repository,
+    store: &dyn LayoutStore,
+    blob: &BlobRef,
+) -> Result<Option<u64>> {
+    if store.blob_size(&blob.digest).await? == Some(blob.size) {
+        return Ok(None);
+    }
+    let response = source.get_blob(repo, &blob.digest, 0).await?;
+    let body: BlobStream = response
+        .into_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other))
+        .boxed();
+    store.write_blob(blob, body).await?;
+    Ok(Some(blob.size))
+}
+
 /// Uploads a layout's blob to a registry repository unless it is there: hashed first (a
 /// tampered blob is refused naming its path and digest, nothing uploaded), then streamed.
 /// `Some(size)` when uploaded.

@@ -10,6 +10,9 @@
 //! in-toto statement whose subject is the statement file by SHA-256, in a DSSE envelope, by the
 //! receipts' one signing path (`receipts::sign_envelope`).
 
+pub mod referrers;
+pub mod trust;
+
 use std::collections::BTreeMap;
 
 use base64::Engine;
@@ -25,10 +28,10 @@ use crate::copy::walk_with;
 use crate::error::{Error, Result};
 use crate::layout_referrers::{layout_referrers, tag_scheme};
 use crate::receipts::{self, ReceiptSigner, IN_TOTO};
-use crate::transfer_referrers::unstated_referrer;
-pub use crate::transfer_referrers::StatementReferrer;
-use crate::transfer_trust::vouch;
-pub use crate::transfer_trust::TrustedTransferKey;
+use crate::transfer_statement::referrers::unstated_referrer;
+pub use crate::transfer_statement::referrers::StatementReferrer;
+use crate::transfer_statement::trust::vouch;
+pub use crate::transfer_statement::trust::TrustedTransferKey;
 
 /// The statement's file at the layout's top.
 pub const STATEMENT_FILE: &str = "ecr-replicator-transfer.json";

@@ -9,7 +9,7 @@ use oci::Digest;
 use p256::ecdsa::VerifyingKey;
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 
-use crate::transfer_referrers::unvouched_referrers;
+use crate::transfer_statement::referrers::unvouched_referrers;
 use crate::transfer_statement::{ExportedImage, StatementImage, VerifiedStatement, STATEMENT_FILE};
 
 /// A P-256 public key an import trusts for statements, with what else the statement must be

@@ -19,20 +19,7 @@ const DSSE: &str = "application/vnd.dsse.envelope.v1+json";
 
 /// An asymmetric signing key in moto's KMS: its ARN and public key.
 async fn receipt_key(moto: &Moto) -> (String, p256::ecdsa::VerifyingKey) {
-    let config = ecr::sdk_config(&moto.aws_settings(), "eu-west-1", None).await;
-    let kms = aws_sdk_kms::Client::new(&config);
-    let key = kms
-        .create_key()
-        .key_spec(aws_sdk_kms::types::KeySpec::EccNistP256)
-        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
-        .send()
-        .await
-        .unwrap()
-        .key_metadata
-        .unwrap();
-    let arn = key.arn.unwrap();
-    let public = kms.get_public_key().key_id(&arn).send().await.unwrap();
-    let der = public.public_key.unwrap().into_inner();
+    let (arn, der) = moto.signing_key().await;
     (
         arn,
         p256::ecdsa::VerifyingKey::from_public_key_der(&der).unwrap(),

@@ -6,7 +6,7 @@
 //! lists every referrer, so one added to the layout is refused on a verified import.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -21,24 +21,6 @@ use serde_json::{json, Value};
 
 const SBOM: &str = "application/spdx+json";
 const DSSE: &str = "application/vnd.dsse.envelope.v1+json";
-
-fn cli(moto: &Moto, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ecr-replicator"))
-        .args(args)
-        .env_remove("ECR_REPLICATOR_SRC_CREDS")
-        .env_remove("ECR_REPLICATOR_DEST_CREDS")
-        .env_remove("ECR_REPLICATOR_RECEIPT_KEY")
-        .env_remove("ECR_REPLICATOR_TRUSTED_ROOT")
-        .env("REGISTRY_AUTH_FILE", "/nonexistent")
-        .env("HOME", "/nonexistent")
-        .env("AWS_ENDPOINT_URL", &moto.url)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "eu-west-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap()
-}
 
 fn fallback(digest: &str) -> String {
     digest.replacen(':', "-", 1)
@@ -106,7 +88,7 @@ impl Rig {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        cli(&self.moto, args)
+        crate::transfer::cli(&self.moto, args)
     }
 
     /// Exports `team/app:TAG` under the gate, signing the statement with the KMS key when

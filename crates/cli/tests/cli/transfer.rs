@@ -25,6 +25,7 @@ pub(crate) fn cli(moto: &Moto, args: &[&str]) -> Output {
         .env_remove("ECR_REPLICATOR_DEST_CREDS")
         .env_remove("ECR_REPLICATOR_RECEIPT_KEY")
         .env_remove("ECR_REPLICATOR_TRUST_TRANSFER_KEY")
+        .env_remove("ECR_REPLICATOR_TRUSTED_ROOT")
         .env("REGISTRY_AUTH_FILE", "/nonexistent")
         .env("HOME", "/nonexistent")
         .env("AWS_ENDPOINT_URL", &moto.url)

@@ -3,7 +3,7 @@
 //! to restore it), never copied and never a failure; one archived in an ECR destination is
 //! reported `archived` for that destination and not pushed there (a push restores it).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use super::enumerate_images_selection::listed_images;
 use crate::connect::Connection;
@@ -78,4 +78,30 @@ pub(super) async fn archived_digest(
                     || image.digest.as_deref() == Some(i.digest.as_str()))
         })
         .map(|i| i.digest.clone())
+}
+
+/// An ECR destination repository's archived digests, each with when it was archived (seconds
+/// since the epoch, if ECR says), read once, when first asked about (a run or a verification
+/// with nothing missing asks nothing).
+#[derive(Default)]
+pub(super) struct ArchivedThere(tokio::sync::OnceCell<BTreeMap<String, Option<i64>>>);
+
+impl ArchivedThere {
+    /// The digests `target` keeps archived; an archive that cannot be read holds none, logged
+    /// with `unread`: what the caller does then.
+    pub(super) async fn digests(
+        &self,
+        admin: &ecr::EcrAdmin,
+        target: &str,
+        unread: &str,
+    ) -> &BTreeMap<String, Option<i64>> {
+        self.0
+            .get_or_init(|| async {
+                admin.archived_digests(target).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, repository = %target, "could not read the destination's archived images: {unread}");
+                    Default::default()
+                })
+            })
+            .await
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use oci::{Digest, Reference, Repository};
 
-use super::enumerate_images_archive::archived_there_reason;
+use super::enumerate_images_archive::{archived_there_reason, ArchivedThere};
 use super::*;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
@@ -290,10 +290,6 @@ async fn image_tasks(
     Ok((tasks, archived))
 }
 
-/// An ECR destination's archived images, read once per page when first asked about.
-#[derive(Default)]
-struct ArchivedThere(tokio::sync::OnceCell<std::collections::BTreeMap<String, Option<i64>>>);
-
 impl Destination<'_> {
     /// Why `digest`, missing here, is not pushed: the ECR destination keeps it in its archive
     /// storage class (`None`: not archived, the repository does not exist, not ECR, or the
@@ -305,16 +301,7 @@ impl Destination<'_> {
         }
         let archived = self
             .archived
-            .0
-            .get_or_init(|| async {
-                admin
-                    .archived_digests(&self.target)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, repository = %self.target, "could not read the destination's archived images: missing images are pushed");
-                        Default::default()
-                    })
-            })
+            .digests(admin, &self.target, "missing images are pushed")
             .await;
         let since = archived.get(digest.as_str())?;
         Some(archived_there_reason(

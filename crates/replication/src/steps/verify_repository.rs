@@ -10,6 +10,7 @@ use oci::{Digest, Reference, Repository};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::enumerate_images_archive::ArchivedThere;
 use super::*;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
@@ -179,7 +180,9 @@ pub async fn verify_page(
                 continue;
             };
             report.images += 1;
-            if !differences.is_empty() && archived_there.holds(&dest, &target, &digest).await {
+            if !differences.is_empty()
+                && archived_there_holds(&archived_there, &dest, &target, &digest).await
+            {
                 report.archived += 1;
                 continue;
             }
@@ -214,30 +217,22 @@ pub async fn verify_page(
     Ok(report)
 }
 
-/// An ECR destination repository's archived digests, read once per page and destination, and
-/// only when an image differs there (a verification of an identical repository asks nothing).
-#[derive(Default)]
-struct ArchivedThere(tokio::sync::OnceCell<std::collections::BTreeMap<String, Option<i64>>>);
-
-impl ArchivedThere {
-    /// Whether the destination keeps `digest` in ECR's archive storage class (listed, but a
-    /// pull answers 404: ECR user guide, "Archiving an image"); a registry that is not ECR, or
-    /// an archive that cannot be read (logged), holds none.
-    async fn holds(&self, dest: &Connection, target: &str, digest: &Digest) -> bool {
-        let Some(admin) = dest.ecr.as_ref() else {
-            return false;
-        };
-        let archived = self
-            .0
-            .get_or_init(|| async {
-                admin.archived_digests(target).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, repository = %target, "could not read the destination's archived images: they count as missing");
-                    Default::default()
-                })
-            })
-            .await;
-        archived.contains_key(digest.as_str())
-    }
+/// Whether the destination keeps `digest` in ECR's archive storage class (listed, but a pull
+/// answers 404: ECR user guide, "Archiving an image"); a registry that is not ECR, or an
+/// archive that cannot be read (logged), holds none.
+async fn archived_there_holds(
+    archived: &ArchivedThere,
+    dest: &Connection,
+    target: &str,
+    digest: &Digest,
+) -> bool {
+    let Some(admin) = dest.ecr.as_ref() else {
+        return false;
+    };
+    archived
+        .digests(admin, target, "they count as missing")
+        .await
+        .contains_key(digest.as_str())
 }
 
 /// A source repository and its name in a destination, for naming differences.

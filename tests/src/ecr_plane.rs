@@ -854,7 +854,16 @@ async fn control_client(state: &PlaneState) -> Option<aws_sdk_ecr::Client> {
     let mut ecr = state.ecr.lock().await;
     if ecr.is_none() {
         let moto = crate::moto::Moto::attach(&moto_url);
-        *ecr = Some(moto.sdk(&state.ecr_host, role.as_deref()).await);
+        // The plane's own calls (listing a push, reading an archive) retry briefly: moto answers
+        // 500 for a push into a repository it does not hold, and the product's adaptive
+        // 8-attempt backoff would stall the push for ~25 seconds.
+        let client = moto.sdk(&state.ecr_host, role.as_deref()).await;
+        let retry = aws_sdk_ecr::config::retry::RetryConfig::standard()
+            .with_max_attempts(4)
+            .with_initial_backoff(std::time::Duration::from_millis(10))
+            .with_max_backoff(std::time::Duration::from_millis(100));
+        let config = client.config().to_builder().retry_config(retry).build();
+        *ecr = Some(aws_sdk_ecr::Client::from_conf(config));
     }
     ecr.clone()
 }

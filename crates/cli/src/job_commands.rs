@@ -68,13 +68,15 @@ pub struct RunArgs {
     pub receipt_key: Option<String>,
     #[command(flatten)]
     pub throttle: crate::registry_args::ThrottleArgs,
+    #[command(flatten)]
+    pub layout: crate::layout_sync::LayoutJobArgs,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
 impl RunArgs {
-    fn settings(&self) -> anyhow::Result<Settings> {
+    pub(crate) fn settings(&self) -> anyhow::Result<Settings> {
         let mut settings = Settings {
             cost_model: replication::cost::CostModel::from_env()?,
             ..Settings::default()
@@ -197,9 +199,9 @@ pub fn validate(args: InputArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-struct Progress {
-    enabled: bool,
-    dry_run: bool,
+pub(crate) struct Progress {
+    pub(crate) enabled: bool,
+    pub(crate) dry_run: bool,
 }
 
 impl RunObserver for Progress {
@@ -257,6 +259,9 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     let mut job = Job::parse(&args.input.read()?)?.job;
     if dry_run {
         job.dry_run = true;
+    }
+    if job.layout_side().is_some() {
+        return crate::layout_sync::sync(args, job).await;
     }
     if job.mode == Mode::Verify {
         return verify_job(args, job).await;
@@ -329,7 +334,11 @@ async fn verify_job(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_run(output: &RunOutput, format: OutputFormat, dry_run: bool) -> anyhow::Result<()> {
+pub(crate) fn print_run(
+    output: &RunOutput,
+    format: OutputFormat,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     if format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(output)?);
         return Ok(());

@@ -75,7 +75,7 @@ pub fn involved(args: &CopyArgs) -> bool {
 }
 
 /// Opens the layout `place` names.
-async fn open(place: &Place, args: &LayoutArgs) -> anyhow::Result<Box<dyn LayoutStore>> {
+pub async fn open(place: &Place, args: &LayoutArgs) -> anyhow::Result<Box<dyn LayoutStore>> {
     let at = match place {
         Place::Dir(dir) => return Ok(Box::new(DirLayout::new(dir))),
         Place::S3(at) => at.clone(),

@@ -3,6 +3,7 @@
 mod copy_command;
 mod job_commands;
 mod layout_command;
+mod layout_sync;
 mod progress;
 mod registry_args;
 mod transfer_args;

@@ -96,16 +96,11 @@ impl GateArgs {
 
 impl TransferArgs {
     fn trusted_key(&self) -> anyhow::Result<Option<TrustedTransferKey>> {
-        let Some(path) = &self.trust_transfer_key else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--trust-transfer-key: reading {}", path.display()))?;
-        let key = TrustedTransferKey::from_pem(&text)
-            .map_err(|e| anyhow::anyhow!("--trust-transfer-key {}: {e}", path.display()))?;
-        key.with_pins(self.not_before.as_deref(), self.statement_digest.as_deref())
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!(e))
+        trusted_key(
+            self.trust_transfer_key.as_deref(),
+            self.not_before.as_deref(),
+            self.statement_digest.as_deref(),
+        )
     }
 
     async fn signer(
@@ -125,6 +120,25 @@ impl TransferArgs {
         };
         Ok(Some(ecr::KmsSigner::new(&settings, key).await))
     }
+}
+
+/// The key of `--trust-transfer-key FILE.pem` (none without it), pinned by `--not-before` and
+/// `--statement-digest` when given.
+pub fn trusted_key(
+    path: Option<&std::path::Path>,
+    not_before: Option<&str>,
+    statement_digest: Option<&str>,
+) -> anyhow::Result<Option<TrustedTransferKey>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--trust-transfer-key: reading {}", path.display()))?;
+    let key = TrustedTransferKey::from_pem(&text)
+        .map_err(|e| anyhow::anyhow!("--trust-transfer-key {}: {e}", path.display()))?;
+    key.with_pins(not_before, statement_digest)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Exports `source` into the layout as `ref_name`, then signs the whole layout's statement when
@@ -176,7 +190,7 @@ pub async fn export(
         admitted_by: admitted.into_iter().collect(),
         tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
     };
-    let statement = write_statement(store, &signer, &exported).await?;
+    let statement = write_statement(store, &signer, std::slice::from_ref(&exported)).await?;
     eprintln!(
         "signed {}/{STATEMENT_FILE}: {} image(s), key {} ({}), statement {} exported {} (carry \
          them out of band for --statement-digest or --not-before)",

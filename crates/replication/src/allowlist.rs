@@ -17,6 +17,9 @@ use crate::job::{canonical_registry, Job};
 use crate::keys::SignaturePolicy;
 use crate::trust::{policy_name_problem, PolicySource, TrustPolicy};
 
+pub mod layouts;
+pub use layouts::AllowedLayout;
+
 /// The environment variable the functions read the allowlist from (JSON).
 pub const ALLOWLIST_VARIABLE: &str = "ECR_REPLICATOR_ALLOWED_REGISTRIES";
 
@@ -42,6 +45,9 @@ pub struct Allowlist {
     /// runs write no receipts.
     #[serde(default)]
     pub allow_job_trust_policies: bool,
+    /// OCI image layouts jobs may export into or import from (`layouts::AllowedLayout`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layouts: Vec<AllowedLayout>,
 }
 
 /// One allowed registry and the roles a job may assume to reach it.
@@ -186,6 +192,7 @@ impl Allowlist {
                 }
             }
         }
+        layouts::validate(&self.layouts, &mut problem);
         for (side, entries) in [
             ("sources", &self.sources),
             ("destinations", &self.destinations),
@@ -235,18 +242,26 @@ impl Allowlist {
     pub fn check(&self, job: &Job) -> Result<()> {
         let mut problems = Vec::new();
         let source = &job.source;
-        self.check_one(
-            "source",
-            &self.sources,
-            (
-                &source.registry,
-                source.role_arn.as_deref(),
-                source.credential_arn.as_deref(),
-                source.insecure,
-            ),
-            &mut problems,
-        );
-        for (i, d) in job.destinations.iter().enumerate() {
+        layouts::check(&self.layouts, job, &mut problems);
+        if source.layout.is_none() {
+            self.check_one(
+                "source",
+                &self.sources,
+                (
+                    &source.registry,
+                    source.role_arn.as_deref(),
+                    source.credential_arn.as_deref(),
+                    source.insecure,
+                ),
+                &mut problems,
+            );
+        }
+        for (i, d) in job
+            .destinations
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.layout.is_none())
+        {
             self.check_one(
                 &format!("destinations[{i}]"),
                 &self.destinations,

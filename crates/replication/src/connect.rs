@@ -385,6 +385,12 @@ impl Connections {
     pub async fn source(&self, job: &Job) -> Result<Arc<Connection>> {
         self.admit(job)?;
         let s = &job.source;
+        if s.layout.is_some() {
+            return Err(Error::invalid(
+                "source.layout",
+                "a layout is no registry: its images are read by the layout run",
+            ));
+        }
         self.connect(Reach {
             registry: &s.registry,
             role: s.role_arn.as_deref(),
@@ -401,6 +407,12 @@ impl Connections {
     pub async fn destination(&self, job: &Job, index: usize) -> Result<Arc<Connection>> {
         self.admit(job)?;
         let d = job.destination(index)?;
+        if d.layout.is_some() {
+            return Err(Error::invalid(
+                format!("destinations[{index}].layout"),
+                "a layout is no registry: images are written there by the layout run",
+            ));
+        }
         self.connect(Reach {
             registry: &d.registry,
             role: d.role_arn.as_deref(),

@@ -258,7 +258,10 @@ fn named_entry(index: &LayoutIndex, ref_name: &str, path: &str) -> oci::Result<L
     })
 }
 
-async fn import_stated(
+/// [`import_image`] against a statement verified already (`statement`: the import must match
+/// it) and under a gate when given: a run of many images verifies the statement once. Returns
+/// the report and, when gated, what admitted the image.
+pub async fn import_stated(
     store: &dyn LayoutStore,
     ref_name: &str,
     (target, to): (&RegistryClient, &Reference),

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod layout;
 pub mod layout_gate;
 pub mod layout_referrers;
+pub mod layout_run;
 pub mod metrics;
 pub mod plan;
 pub mod platforms;

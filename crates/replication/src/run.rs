@@ -143,6 +143,12 @@ pub async fn run_job(
     observer: &dyn RunObserver,
 ) -> Result<RunOutput> {
     let valid = job.validate()?;
+    if let Some(field) = valid.job.layout_field() {
+        return Err(Error::invalid(
+            field,
+            "a layout job runs with `layout_run::run_layout_job`, given the opened layout",
+        ));
+    }
     // The whole job against the deployment first: nothing is sent for a job it refuses.
     conns.admit(&valid.job)?;
     if valid.job.mode == Mode::Verify {

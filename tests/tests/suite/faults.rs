@@ -342,11 +342,11 @@ async fn a_429_pauses_every_parallel_request_to_that_host_until_retry_after() {
     copy_from_fake(&fake, &dst).await.unwrap();
 
     let arrivals = fake.arrivals();
-    let throttled_at = arrivals
+    let (throttled_at, throttled) = arrivals
         .iter()
         .find(|(_, r)| r.starts_with("GET ") && r.contains("/blobs/"))
-        .unwrap()
-        .0;
+        .cloned()
+        .unwrap();
     // Requests already in flight when the 429 was answered may land just after it; nothing
     // new starts during the pause.
     let slack = std::time::Duration::from_millis(100);
@@ -360,13 +360,15 @@ async fn a_429_pauses_every_parallel_request_to_that_host_until_retry_after() {
         during_pause.is_empty(),
         "requests during the pause: {during_pause:?}"
     );
-    let after = arrivals
+    // How many requests were in flight before the 429 depends on the machine's load; what must
+    // hold is that the throttled blob is asked again after the pause (and the copy completes).
+    let after: Vec<_> = arrivals
         .iter()
         .filter(|(at, _)| *at >= throttled_at + std::time::Duration::from_millis(900))
-        .count();
+        .collect();
     assert!(
-        after >= 12,
-        "the copy went on after the pause ({after} requests)"
+        after.iter().any(|(_, r)| *r == throttled),
+        "the throttled request {throttled} was not sent again after the pause: {after:?}"
     );
     assert_target_complete_index(&dst, &image).await;
 }

@@ -44,7 +44,7 @@ fn copy_ok(from: &str, to: &str, insecure: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn skopeo(args: &[&str]) -> Vec<u8> {
+pub(crate) fn skopeo(args: &[&str]) -> Vec<u8> {
     let out = Command::new("skopeo").args(args).output().unwrap();
     assert!(
         out.status.success(),

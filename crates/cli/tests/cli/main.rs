@@ -6,6 +6,7 @@ mod crash;
 mod layout;
 mod layout_referrers;
 mod layout_s3;
+mod layout_sync;
 mod secrets;
 mod transfer;
 mod transfer_attacks;

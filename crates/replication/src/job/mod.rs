@@ -16,8 +16,11 @@ use crate::platforms::{PlatformFilter, MAX_PLATFORMS};
 pub use crate::trust::SignerIdentity;
 use crate::trust::{TrustPolicy, MAX_SIGNATURE_IDENTITIES, MAX_SIGNATURE_KEYS};
 
+mod layout;
 mod mapping;
 mod validate;
+
+pub use layout::{LayoutLocation, LayoutSide};
 
 pub use mapping::RepositoryRename;
 
@@ -110,7 +113,14 @@ pub struct Job {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     /// ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`) or any OCI registry host.
+    /// Empty (left out) when the source is a `layout`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub registry: String,
+    /// An OCI image layout to import from instead of a registry (the air-gap transfer's far
+    /// side): `s3://BUCKET/PREFIX`, or in the CLI also an absolute directory. Its signed
+    /// transfer statement is verified first when a trusted transfer key is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
     /// Role to assume to read the source (another account), if any.
     #[serde(default)]
     pub role_arn: Option<String>,
@@ -199,8 +209,16 @@ impl Job {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
-    /// ECR registry host or any OCI registry host.
+    /// ECR registry host or any OCI registry host. Empty (left out) when the destination is a
+    /// `layout`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub registry: String,
+    /// An OCI image layout to export into instead of a registry (the air-gap transfer's near
+    /// side): `s3://BUCKET/PREFIX`, or in the CLI also an absolute directory. Images are named
+    /// `REPOSITORY:TAG` in its `index.json`; the run signs a transfer statement of the layout
+    /// with the receipt key. A layout is the job's only destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
     /// Role to assume in the destination account.
     #[serde(default)]
     pub role_arn: Option<String>,

@@ -33,6 +33,7 @@ impl Job {
         check_limits(&self, &mut problem);
         check_tags(&self, &mut problem);
         check_images(&self, &mut problem);
+        super::layout::check_layout_job(&self, &mut problem);
         let signature_policy = self
             .require_signature
             .as_ref()
@@ -74,6 +75,9 @@ fn check_version(job: &Job, problem: &mut impl FnMut(&str, String)) {
 /// `source`: its registry, how it is reached (TLS, role, secret), its pull budget, and the
 /// repositories a source without a catalog (Docker Hub) must name.
 fn check_source(job: &Job, problem: &mut impl FnMut(&str, String)) {
+    if job.source.layout.is_some() {
+        return super::layout::check_layout_source(job, problem);
+    }
     if let Err(e) = check_registry(&job.source.registry) {
         problem("source.registry", e);
     }
@@ -196,6 +200,9 @@ fn check_destination(
     d: &super::Destination,
     problem: &mut impl FnMut(&str, String),
 ) {
+    if d.layout.is_some() {
+        return super::layout::check_layout_destination(at, d, problem);
+    }
     if let Err(e) = check_registry(&d.registry) {
         problem(&format!("{at}.registry"), e);
     }

@@ -154,6 +154,12 @@ pub async fn enumerate_and_settle(
     let started = std::time::Instant::now();
     let mut report = input.report.unwrap_or_default();
     let job = input.job.validate()?;
+    if let Some(field) = job.job.layout_field() {
+        return Err(Error::invalid(
+            &field,
+            "the state machine does not export or import layouts yet: run this job with              `ecr-replicator sync --input FILE` where the layout and the registry are reachable",
+        ));
+    }
     // The whole job against the deployment first: nothing is sent for a job it refuses.
     conns.admit(&job.job)?;
     let limits = conns.settings().limits;

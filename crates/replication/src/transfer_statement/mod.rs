@@ -90,7 +90,8 @@ pub struct TransferRun {
     pub exported_at: String,
     /// The tool and its version (`ecr-replicator 0.1.0`).
     pub tool: String,
-    /// The image this run exported.
+    /// The image this run exported (`registry/repository:tag`), or for a run of several, how
+    /// many and from which registries (`12 images from registry.example.com`).
     pub image: String,
 }
 
@@ -462,6 +463,22 @@ async fn describe(
     })
 }
 
+/// The statement's `run.image`: the one image exported, or how many and from where.
+fn run_images(exported: &[ExportedImage]) -> String {
+    match exported {
+        [one] => one.source.clone(),
+        many => {
+            let mut registries: Vec<&str> = many
+                .iter()
+                .map(|e| e.source.split('/').next().unwrap_or_default())
+                .collect();
+            registries.sort_unstable();
+            registries.dedup();
+            format!("{} images from {}", many.len(), registries.join(", "))
+        }
+    }
+}
+
 /// Writes the statement of the whole layout and its envelope signed by `signer`, after an
 /// export wrote `index.json`: every image `index.json` names, described from the layout. Only
 /// what this run wrote (`exported`: the image at its digest, its referrers) or what a statement
@@ -472,8 +489,12 @@ async fn describe(
 pub async fn write_statement(
     store: &dyn LayoutStore,
     signer: &dyn ReceiptSigner,
-    exported: &ExportedImage,
+    exported: &[ExportedImage],
 ) -> Result<VerifiedStatement> {
+    let written: Vec<String> = exported
+        .iter()
+        .flat_map(|e| e.written_blobs.iter().cloned())
+        .collect();
     let der = signer.public_key().await?;
     let key = TrustedTransferKey::from_der(&der).map_err(|e| {
         refused(
@@ -497,7 +518,7 @@ pub async fn write_statement(
         .into_iter()
         .filter(|e| tag_scheme(&e.ref_name).is_none())
     {
-        let mut image = describe(store, &index, &entry, &exported.written_blobs).await?;
+        let mut image = describe(store, &index, &entry, &written).await?;
         let problems = vouch(&mut image, exported, earlier.as_ref());
         if problems.is_empty() {
             images.push(image);
@@ -525,8 +546,8 @@ pub async fn write_statement(
         images,
         run: TransferRun {
             exported_at: jiff::Timestamp::now().to_string(),
-            tool: exported.tool.clone(),
-            image: exported.source.clone(),
+            tool: exported.first().map(|e| e.tool.clone()).unwrap_or_default(),
+            image: run_images(exported),
         },
     };
     // serde_json's Value keeps object keys sorted (no `preserve_order` feature): canonical.

@@ -105,14 +105,16 @@ impl TrustedTransferKey {
 /// did, else its referrers that neither this run nor that statement listed.
 pub(crate) fn vouch(
     image: &mut StatementImage,
-    exported: &ExportedImage,
+    exported: &[ExportedImage],
     earlier: Option<&VerifiedStatement>,
 ) -> Vec<String> {
     let before = earlier
         .and_then(|s| s.images.get(&image.ref_name))
         .filter(|b| b.digest == image.digest);
-    let this_run = image.ref_name == exported.ref_name && image.digest == exported.digest;
-    if this_run {
+    let this_run = exported
+        .iter()
+        .find(|e| image.ref_name == e.ref_name && image.digest == e.digest);
+    if let Some(exported) = this_run {
         image.source = exported.source.clone();
         image.admitted_by = exported.admitted_by.clone();
     } else if let Some(before) = before {
@@ -125,10 +127,9 @@ pub(crate) fn vouch(
             image.digest
         )];
     }
-    let run_referrers = if this_run {
-        &exported.referrers[..]
-    } else {
-        &[]
+    let run_referrers = match this_run {
+        Some(exported) => &exported.referrers[..],
+        None => &[],
     };
     unvouched_referrers(image, run_referrers, before)
 }

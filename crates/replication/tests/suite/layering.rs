@@ -41,7 +41,8 @@ fn modules() -> BTreeMap<String, BTreeSet<String>> {
         };
         let mut deps: BTreeSet<String> = texts.iter().flat_map(|t| references(t)).collect();
         deps.remove(&name);
-        modules.insert(name, deps);
+        // `x.rs` and its directory `x/` are one module.
+        modules.entry(name).or_default().extend(deps);
     }
     modules
 }

@@ -1,0 +1,580 @@
+//! A job with an OCI image layout on one side, run in process (the CLI's `sync`; issue 35, the
+//! air-gap transfer). An export lists the source as a replication does (repository and tag
+//! filters, listed images, the signature gate), writes each image into the layout with its
+//! referrers, then signs one transfer statement of the whole layout with the receipt key. An
+//! import verifies the layout's statement first (with a trusted key), then puts every image the
+//! filters select into each destination (a missing ECR repository created with ECR's defaults),
+//! under the gate, signing a promotion receipt where a deployment policy admitted it.
+
+use futures::StreamExt;
+use oci::layout::{split_ref_name, LayoutEntry, LayoutIndex, LayoutStore};
+use oci::Reference;
+
+use crate::connect::{Connection, Connections};
+use crate::error::{Error, Result};
+use crate::job::{Job, LayoutSide, SettingsMode, ValidJob};
+use crate::layout::{export_gated, import_stated};
+use crate::layout_gate::{sign_import_receipt, LayoutGate};
+use crate::layout_referrers::tag_scheme;
+use crate::report::{ImageResult, ImageStatus};
+use crate::run::{RunObserver, RunOutput};
+use crate::transfer_statement::{
+    statement_present, verify_statement, write_statement, ExportedImage, TrustedTransferKey,
+    VerifiedStatement,
+};
+
+/// Blobs of one image streamed at once.
+const BLOBS_AT_ONCE: usize = 4;
+/// Repositories listed per catalog page.
+const REPOSITORY_PAGE: usize = 1000;
+
+/// What a layout run produced: the run's report and images, and the transfer statement it
+/// signed (export) or verified (import), if any.
+#[derive(Debug, Default)]
+pub struct LayoutRunOutput {
+    /// Counts and every image's result, as a replication reports them.
+    pub run: RunOutput,
+    /// The statement signed or verified.
+    pub statement: Option<VerifiedStatement>,
+}
+
+/// How an import trusts the layout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportTrust<'a> {
+    /// The exporting deployment's statement key: the statement must verify with it before
+    /// anything else is read, and every image imported must be as it says.
+    pub key: Option<&'a TrustedTransferKey>,
+    /// Import a layout carrying a statement without verifying it (no key): refused otherwise.
+    pub allow_unverified: bool,
+}
+
+/// Runs a job whose source or destination is `store` (the job's `layout`, opened by the
+/// caller). Invalid input, a refused statement or an unreadable layout fail the run; an image
+/// that fails is recorded and the others go on.
+pub async fn run_layout_job(
+    conns: &Connections,
+    job: Job,
+    store: &dyn LayoutStore,
+    trust: ImportTrust<'_>,
+    observer: &dyn RunObserver,
+) -> Result<LayoutRunOutput> {
+    let valid = job.validate()?;
+    conns.admit(&valid.job)?;
+    match valid.job.layout_side() {
+        Some(LayoutSide::Export(_)) => export_job(conns, &valid, store, observer).await,
+        Some(LayoutSide::Import(_)) => import_job(conns, &valid, store, trust, observer).await,
+        None => Err(Error::invalid(
+            "source.layout",
+            "the job names no layout: run it as a replication (`sync`)",
+        )),
+    }
+}
+
+/// The gate the job's and the destinations' policies make, if any.
+async fn layout_gate(conns: &Connections, valid: &ValidJob) -> Result<Option<LayoutGate>> {
+    let policies = conns.signature_policies(valid)?;
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(LayoutGate::new(
+        policies,
+        conns.bundle_verifier().await?,
+    )))
+}
+
+/// One image's record: `repository` and `tag` of the source, written to `target`.
+fn result(
+    (repository, digest, tag): (&str, &str, &str),
+    (target_registry, target_repository): (&str, &str),
+    outcome: std::result::Result<(ImageStatus, u64, Option<String>), Error>,
+) -> ImageResult {
+    let (status, bytes_copied, signed_by, error) = match outcome {
+        Ok((status, bytes, signed_by)) => (status, bytes, signed_by, None),
+        Err(Error::Unsigned { reason, .. }) => (ImageStatus::Unsigned, 0, None, Some(reason)),
+        Err(e) => (
+            ImageStatus::Failed,
+            0,
+            None,
+            Some(format!("{}: {e}", e.kind().as_str())),
+        ),
+    };
+    ImageResult {
+        repository: repository.to_string(),
+        digest: digest.to_string(),
+        tags: vec![tag.to_string()],
+        target_registry: target_registry.to_string(),
+        target_repository: target_repository.to_string(),
+        status,
+        bytes_copied,
+        error,
+        source_pulls: 0,
+        target_digest: None,
+        signed_by,
+        lag_seconds: None,
+    }
+}
+
+fn record(output: &mut RunOutput, observer: &dyn RunObserver, image: ImageResult) {
+    observer.image_done(&image);
+    output.report.add(&image);
+    output.images.push(image);
+}
+
+/// A tagged source image an export selected.
+struct Selected {
+    repository: String,
+    digest: String,
+    tag: String,
+}
+
+/// The source's images the job selects, tag by tag: its listed `images`, else every repository
+/// its filters keep (named ones where the source lists no catalog), each repository's images
+/// chosen by the tag filters. Names the source listed that are not valid are recorded refused.
+async fn export_selection(
+    source: &Connection,
+    valid: &ValidJob,
+    output: &mut RunOutput,
+    location: &str,
+) -> Result<Vec<Selected>> {
+    let job = &valid.job;
+    if !job.images.is_empty() {
+        return Ok(job
+            .images
+            .iter()
+            .filter(|i| valid.repositories.matches(&i.repository))
+            .filter_map(|i| {
+                let tag = i.tag.clone()?;
+                valid.tags.tag_matches(&tag).then(|| Selected {
+                    repository: i.repository.clone(),
+                    digest: String::new(),
+                    tag,
+                })
+            })
+            .collect());
+    }
+    let catalog = source.catalog();
+    let repositories: Vec<String> = match job.named_repositories() {
+        Some(named) => named.to_vec(),
+        None => {
+            let (mut all, mut next) = (Vec::new(), None);
+            loop {
+                let page = catalog.repositories(next, REPOSITORY_PAGE).await?;
+                all.extend(page.items);
+                match page.next {
+                    Some(token) => next = Some(token),
+                    None => break,
+                }
+            }
+            all
+        }
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let mut selected = Vec::new();
+    for repository in repositories
+        .into_iter()
+        .filter(|r| valid.repositories.matches(r))
+    {
+        let (mut listed, mut next) = (Vec::new(), None);
+        loop {
+            let page = catalog.images(&repository, next).await?;
+            listed.extend(page.items);
+            for refusal in page.refused {
+                let refused = ImageResult {
+                    status: ImageStatus::Refused,
+                    error: Some(refusal.reason),
+                    ..result(
+                        (&repository, "", &refusal.name),
+                        (location, &repository),
+                        Ok((ImageStatus::Refused, 0, None)),
+                    )
+                };
+                output.report.add(&refused);
+                output.images.push(refused);
+            }
+            match page.next {
+                Some(token) => next = Some(token),
+                None => break,
+            }
+        }
+        for image in valid.tags.select(&listed, now) {
+            selected.extend(image.tags.into_iter().map(|tag| Selected {
+                repository: repository.clone(),
+                digest: image.digest.clone(),
+                tag,
+            }));
+        }
+    }
+    Ok(selected)
+}
+
+/// Exports every selected image into `store` one after the other (each writes `index.json`),
+/// then signs the layout's statement when an image was written or none is there yet.
+async fn export_job(
+    conns: &Connections,
+    valid: &ValidJob,
+    store: &dyn LayoutStore,
+    observer: &dyn RunObserver,
+) -> Result<LayoutRunOutput> {
+    let job = &valid.job;
+    let source = conns.source(job).await?;
+    let gate = layout_gate(conns, valid).await?;
+    let location = format!("oci:{}", store.location());
+    let mut output = LayoutRunOutput::default();
+    let selected = export_selection(&source, valid, &mut output.run, &location).await?;
+    let held = if job.dry_run {
+        LayoutIndex::read(store)
+            .await
+            .map_err(|e| layout_error(store, e))?
+    } else {
+        None
+    };
+    let mut exported = Vec::new();
+    for image in selected {
+        let ref_name = format!("{}:{}", image.repository, image.tag);
+        let from = Reference::parse(&format!(
+            "{}/{}:{}",
+            source.registry, image.repository, image.tag
+        ))
+        .map_err(|e| Error::Registry {
+            image: ref_name.clone(),
+            source: e,
+        })?;
+        let (outcome, digest) = if job.dry_run {
+            let path = format!("{}/index.json", store.location());
+            let there = held
+                .as_ref()
+                .and_then(|index| index.find(&ref_name, &path).ok().flatten())
+                .is_some_and(|entry| entry.blob.digest.as_str() == image.digest);
+            let status = if there {
+                ImageStatus::Present
+            } else {
+                ImageStatus::Planned
+            };
+            (Ok((status, 0, None)), image.digest.clone())
+        } else {
+            match export_gated(
+                &source.client,
+                &from,
+                (store, &ref_name),
+                BLOBS_AT_ONCE,
+                gate.as_ref(),
+            )
+            .await
+            {
+                Ok((report, admitted, wrote)) => {
+                    let status = if report.already_present {
+                        ImageStatus::Present
+                    } else {
+                        ImageStatus::Copied
+                    };
+                    exported.push(ExportedImage {
+                        ref_name: ref_name.clone(),
+                        digest: report.digest.clone(),
+                        source: from.to_string(),
+                        admitted_by: admitted.iter().cloned().collect(),
+                        tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
+                        referrers: wrote.referrers,
+                        written_blobs: wrote.blobs,
+                    });
+                    let digest = report.digest.clone();
+                    (Ok((status, report.bytes_copied, admitted)), digest)
+                }
+                Err(e) => (Err(e), image.digest.clone()),
+            }
+        };
+        let image = result(
+            (&image.repository, &digest, &image.tag),
+            (&location, &image.repository),
+            outcome,
+        );
+        record(&mut output.run, observer, image);
+    }
+    let wrote = output.run.report.copied > 0 || !statement_present(store).await;
+    if !job.dry_run && !exported.is_empty() && wrote {
+        if let Some(signer) = conns.receipt_signer().await {
+            output.statement = Some(write_statement(store, signer.as_ref(), &exported).await?);
+        }
+    }
+    Ok(output)
+}
+
+fn layout_error(store: &dyn LayoutStore, source: oci::Error) -> Error {
+    Error::Registry {
+        image: format!("oci:{}", store.location()),
+        source,
+    }
+}
+
+/// An image of the layout the import selected.
+struct Held {
+    entry: LayoutEntry,
+    repository: String,
+    tag: String,
+}
+
+/// The layout's images the job selects: named `REPOSITORY:TAG` (signature tags travel with
+/// their images), kept by the repository and tag filters and the listed `images`.
+fn import_selection(valid: &ValidJob, index: &LayoutIndex, path: &str) -> Result<Vec<Held>> {
+    let entries = index.entries(path).map_err(|e| Error::Registry {
+        image: path.to_string(),
+        source: e,
+    })?;
+    let listed = |repository: &str, tag: &str, digest: &str| {
+        valid.job.images.is_empty()
+            || valid.job.images.iter().any(|i| {
+                i.repository == repository
+                    && i.tag.as_deref().is_none_or(|t| t == tag)
+                    && i.digest.as_deref().is_none_or(|d| d == digest)
+            })
+    };
+    Ok(entries
+        .into_iter()
+        .filter(|e| tag_scheme(&e.ref_name).is_none())
+        .filter_map(|entry| {
+            let (Some(repository), tag) = split_ref_name(&entry.ref_name).ok()? else {
+                return None;
+            };
+            let (repository, tag) = (repository.to_string(), tag.to_string());
+            let keep = valid.repositories.matches(&repository)
+                && valid.tags.tag_matches(&tag)
+                && listed(&repository, &tag, entry.blob.digest.as_str());
+            keep.then_some(Held {
+                entry,
+                repository,
+                tag,
+            })
+        })
+        .collect())
+}
+
+/// Verifies the statement (or refuses an unverified one), then imports every selected image
+/// into every destination, `maxConcurrency` at once.
+async fn import_job(
+    conns: &Connections,
+    valid: &ValidJob,
+    store: &dyn LayoutStore,
+    trust: ImportTrust<'_>,
+    observer: &dyn RunObserver,
+) -> Result<LayoutRunOutput> {
+    let job = &valid.job;
+    let statement = match trust.key {
+        Some(key) => Some(verify_statement(store, key).await?),
+        None if !trust.allow_unverified && statement_present(store).await => {
+            return Err(Error::TransferStatement {
+                layout: store.location(),
+                reason: "it carries a signed transfer statement: verify it with the exporting \
+                         deployment's key (--trust-transfer-key FILE.pem, \
+                         ECR_REPLICATOR_TRUST_TRANSFER_KEY) or import it unverified \
+                         (--allow-unverified-layout); nothing imported"
+                    .into(),
+            })
+        }
+        None => None,
+    };
+    let path = format!("{}/index.json", store.location());
+    let index = LayoutIndex::read(store)
+        .await
+        .map_err(|e| layout_error(store, e))?
+        .ok_or_else(|| Error::TransferStatement {
+            layout: store.location(),
+            reason: "it has no index.json: nothing to import".into(),
+        })?;
+    if let Some(statement) = &statement {
+        statement.check_index(&index, &path)?;
+    }
+    let held = import_selection(valid, &index, &path)?;
+    let gate = layout_gate(conns, valid).await?;
+    let mut output = LayoutRunOutput {
+        statement: statement.clone(),
+        ..LayoutRunOutput::default()
+    };
+    for (i, destination) in job.destinations.iter().enumerate() {
+        let conn = conns.destination(job, i).await?;
+        let mut work = Vec::new();
+        // Each repository's target once: its name, or why it cannot be written (every image
+        // of it then fails with that).
+        let mut ensured: std::collections::BTreeMap<String, std::result::Result<String, String>> =
+            Default::default();
+        for image in &held {
+            if !ensured.contains_key(&image.repository) {
+                let target = ensure_target(conns, job, (destination, &conn), &image.repository)
+                    .await
+                    .map_err(|e| format!("{}: {e}", e.kind().as_str()));
+                ensured.insert(image.repository.clone(), target);
+            }
+            match &ensured[&image.repository] {
+                Ok(target) => work.push((image, target.clone())),
+                Err(why) => {
+                    let names = (
+                        image.repository.as_str(),
+                        image.entry.blob.digest.as_str(),
+                        image.tag.as_str(),
+                    );
+                    let image = ImageResult {
+                        status: ImageStatus::Failed,
+                        error: Some(why.clone()),
+                        ..result(
+                            names,
+                            (&destination.registry, &image.repository),
+                            Ok((ImageStatus::Failed, 0, None)),
+                        )
+                    };
+                    record(&mut output.run, observer, image);
+                }
+            }
+        }
+        let (stated, gate, conn) = (statement.as_ref(), gate.as_ref(), conn.as_ref());
+        let imports = futures::stream::iter(work)
+            .map(|(image, target)| async move {
+                import_one(
+                    conns,
+                    (store, stated, gate),
+                    (conn, &target),
+                    image,
+                    job.dry_run,
+                )
+                .await
+            })
+            .buffer_unordered(job.max_concurrency.max(1) as usize);
+        let results: Vec<ImageResult> = imports.collect().await;
+        for image in results {
+            record(&mut output.run, observer, image);
+        }
+    }
+    Ok(output)
+}
+
+/// The destination repository of `repository`: checked against the naming rules and the
+/// deployment's scope, and in ECR made to exist (unless `repositorySettings` is `none`) with
+/// ECR's defaults, an existing one left as it is: a layout carries no settings.
+async fn ensure_target(
+    conns: &Connections,
+    job: &Job,
+    (destination, conn): (&crate::job::Destination, &Connection),
+    repository: &str,
+) -> Result<String> {
+    let target = destination.checked_target_repository(repository)?;
+    conns.check_target_scope(&destination.registry, &target)?;
+    if let Some(admin) = &conn.ecr {
+        if job.repository_settings != SettingsMode::None {
+            let how = ecr::EnsureOptions {
+                reconcile: ecr::Reconcile::Never,
+                repository_policy: false,
+                dry_run: job.dry_run,
+            };
+            admin
+                .ensure_repository(&target, &ecr::RepositorySettings::default(), how)
+                .await
+                .map_err(crate::catalog::aws(format!(
+                    "ensuring {}/{target}",
+                    admin.registry()
+                )))?;
+        }
+    }
+    Ok(target)
+}
+
+/// Imports one image into one destination repository (a dry run only looks), signing the
+/// promotion receipt when the gate admitted it under a deployment policy.
+async fn import_one(
+    conns: &Connections,
+    (store, statement, gate): (
+        &dyn LayoutStore,
+        Option<&VerifiedStatement>,
+        Option<&LayoutGate>,
+    ),
+    (conn, target): (&Connection, &str),
+    image: &Held,
+    dry_run: bool,
+) -> ImageResult {
+    let digest = image.entry.blob.digest.as_str();
+    let names = (image.repository.as_str(), digest, image.tag.as_str());
+    let to = format!("{}/{target}:{}", conn.registry, image.tag);
+    let outcome = async {
+        let to = Reference::parse(&to).map_err(|e| Error::Registry {
+            image: to.clone(),
+            source: e,
+        })?;
+        if dry_run {
+            let there = conn
+                .client
+                .head_manifest(&to)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|head| head.digest.as_str() == digest);
+            let status = if there {
+                ImageStatus::Present
+            } else {
+                ImageStatus::Planned
+            };
+            return Ok((status, 0, None));
+        }
+        let (report, admitted) = import_stated(
+            store,
+            &image.entry.ref_name,
+            (&conn.client, &to),
+            BLOBS_AT_ONCE,
+            statement,
+            gate,
+        )
+        .await?;
+        if let Some(line) = &admitted {
+            let layout = format!("oci:{}", store.location());
+            let stated = (statement, layout.as_str());
+            sign_receipt(conns, (conn, &to), (&report.digest, line), stated, image).await?;
+        }
+        let status = if report.already_present {
+            ImageStatus::Present
+        } else {
+            ImageStatus::Copied
+        };
+        Ok((status, report.bytes_copied, admitted))
+    }
+    .await;
+    result(names, (&conn.registry, target), outcome)
+}
+
+/// The promotion receipt of an image a gated import put, signed with the receipt key (none
+/// configured: none signed); its source is what the verified statement says, else the layout.
+async fn sign_receipt(
+    conns: &Connections,
+    (conn, to): (&Connection, &Reference),
+    (digest, admitted): (&str, &str),
+    (statement, layout): (Option<&VerifiedStatement>, &str),
+    image: &Held,
+) -> Result<()> {
+    let (Some(signer), Some(allowlist)) = (
+        conns.receipt_signer().await,
+        conns.settings().allowlist.as_ref(),
+    ) else {
+        return Ok(());
+    };
+    let err = |e| Error::Registry {
+        image: to.to_string(),
+        source: e,
+    };
+    let digest = oci::Digest::parse(digest).map_err(err)?;
+    let top = conn
+        .client
+        .get_manifest(&to.with_digest(digest))
+        .await
+        .map_err(err)?;
+    let stated = statement
+        .and_then(|s| s.images.get(&image.entry.ref_name))
+        .and_then(|i| Reference::parse(&i.source).ok());
+    let from = match &stated {
+        Some(at) => (at.repository.registry.clone(), at.repository.name.clone()),
+        None => (layout.to_string(), image.repository.clone()),
+    };
+    sign_import_receipt(
+        (&conn.client, to),
+        &top,
+        admitted,
+        allowlist,
+        signer.as_ref(),
+        (&from.0, &from.1),
+    )
+    .await?;
+    Ok(())
+}

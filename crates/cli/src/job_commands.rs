@@ -260,13 +260,14 @@ pub async fn sync(args: RunArgs, dry_run: bool) -> anyhow::Result<ExitCode> {
     if dry_run {
         job.dry_run = true;
     }
+    // Before anything else: a secret goes only where an allowlist binds it, layout jobs too.
+    secrets_need_an_allowlist(&job, &args)?;
     if job.layout_side().is_some() {
         return crate::layout_sync::sync(args, job).await;
     }
     if job.mode == Mode::Verify {
         return verify_job(args, job).await;
     }
-    secrets_need_an_allowlist(&job, &args)?;
     let conns = Connections::new(args.settings()?);
     let dry_run = job.dry_run;
     let observer = Progress {
@@ -446,7 +447,12 @@ pub struct StartArgs {
 /// `start`: StartExecution, then (with `--wait`) DescribeExecution until it ends.
 pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let text = args.input.read()?;
-    Job::parse(&text)?;
+    if let Some(field) = Job::parse(&text)?.job.layout_field() {
+        bail!(
+            "{field}: the state machine does not export or import layouts yet: run this job \
+             with `ecr-replicator sync --input FILE`; nothing started"
+        );
+    }
     let region = args
         .state_machine_arn
         .split(':')

@@ -22,6 +22,14 @@ pub struct LayoutArgs {
     /// Send AWS calls of an oci:s3:// layout here (moto, LocalStack); also `AWS_ENDPOINT_URL`.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    #[command(flatten)]
+    pub s3: S3LayoutArgs,
+}
+
+/// The bucket owner and KMS key of a layout in S3 (`copy`, and a job's layout when the
+/// allowlist does not set them).
+#[derive(Args, Debug, Default, Clone)]
+pub struct S3LayoutArgs {
     /// Write an oci:s3:// layout's objects with SSE-KMS under this key
     /// (arn:PARTITION:kms:REGION:ACCOUNT:key/ID). Default: the bucket's own encryption.
     #[arg(long, value_name = "KEY_ARN", env = "ECR_REPLICATOR_LAYOUT_KMS_KEY")]
@@ -85,6 +93,7 @@ pub async fn open(place: &Place, args: &LayoutArgs) -> anyhow::Result<Box<dyn La
         ..ecr::AwsSettings::from_env()
     };
     let kms_key = match args
+        .s3
         .layout_kms_key
         .as_deref()
         .filter(|k| !k.trim().is_empty())
@@ -95,7 +104,7 @@ pub async fn open(place: &Place, args: &LayoutArgs) -> anyhow::Result<Box<dyn La
         ),
         None => None,
     };
-    let owner = match args.layout_bucket_owner.as_deref() {
+    let owner = match args.s3.layout_bucket_owner.as_deref() {
         Some(account) => {
             if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
                 bail!("--layout-bucket-owner {account:?}: an AWS account is 12 digits");

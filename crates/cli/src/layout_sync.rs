@@ -3,7 +3,6 @@
 //! deployment's bucket owner and KMS key when its allowlist lists the layout, and the library's
 //! layout run does the rest.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -11,45 +10,22 @@ use replication::allowlist::layouts;
 use replication::connect::Connections;
 use replication::job::{LayoutLocation, LayoutSide};
 use replication::layout_run::{run_layout_job, ImportTrust};
-use replication::transfer_statement::STATEMENT_FILE;
+use replication::transfer_statement::{TrustedTransferKey, STATEMENT_FILE};
 use replication::Job;
 
 use crate::job_commands::{print_run, Progress, RunArgs};
-use crate::layout_command::{open, LayoutArgs, Place};
+use crate::layout_command::{open, LayoutArgs, Place, S3LayoutArgs};
+use crate::transfer_args::VerifyLayoutArgs;
 use crate::OutputFormat;
 
-/// Options of a job with a `layout`.
+/// Options of a job with a `layout`: how an import verifies it, and the S3 bucket owner and
+/// KMS key where the allowlist does not set them.
 #[derive(Args, Debug, Default)]
 pub struct LayoutJobArgs {
-    /// Import: verify the layout's transfer statement with this P-256 public key (PEM, the
-    /// exporting deployment's receipt key) before reading anything else.
-    #[arg(
-        long,
-        value_name = "FILE.pem",
-        env = "ECR_REPLICATOR_TRUST_TRANSFER_KEY"
-    )]
-    pub trust_transfer_key: Option<PathBuf>,
-    /// Import: refuse a statement exported before this time (RFC 3339).
-    #[arg(long, value_name = "TIME", requires = "trust_transfer_key")]
-    pub not_before: Option<String>,
-    /// Import: refuse any statement but this one (`sha256:...`, printed by the export).
-    #[arg(long, value_name = "DIGEST", requires = "trust_transfer_key")]
-    pub statement_digest: Option<String>,
-    /// Import a layout carrying a transfer statement without verifying it: refused otherwise.
-    #[arg(long)]
-    pub allow_unverified_layout: bool,
-    /// Export to s3://: write objects with SSE-KMS under this key (the allowlist's `kmsKey` for
-    /// the layout wins).
-    #[arg(long, value_name = "KEY_ARN", env = "ECR_REPLICATOR_LAYOUT_KMS_KEY")]
-    pub layout_kms_key: Option<String>,
-    /// s3://: the account that must own the bucket (the allowlist's `bucketOwner` wins;
-    /// default: the credentials' account).
-    #[arg(
-        long,
-        value_name = "ACCOUNT",
-        env = "ECR_REPLICATOR_LAYOUT_BUCKET_OWNER"
-    )]
-    pub layout_bucket_owner: Option<String>,
+    #[command(flatten)]
+    pub verify: VerifyLayoutArgs,
+    #[command(flatten)]
+    pub s3: S3LayoutArgs,
 }
 
 /// Runs a layout job: export into or import from the job's layout.
@@ -71,24 +47,28 @@ pub async fn sync(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
         LayoutLocation::Dir(dir) => Place::Dir(dir),
         LayoutLocation::S3(at) => Place::S3(at),
     };
+    // A layout the allowlist lists is used with the deployment's owner and key only.
+    let s3 = match entry {
+        Some(e) => S3LayoutArgs {
+            layout_kms_key: e.kms_key.clone(),
+            layout_bucket_owner: e.bucket_owner.clone(),
+        },
+        None => args.layout.s3.clone(),
+    };
     let layout_args = LayoutArgs {
         aws_endpoint_url: args.aws_endpoint_url.clone(),
-        layout_kms_key: entry
-            .and_then(|e| e.kms_key.clone())
-            .or_else(|| args.layout.layout_kms_key.clone()),
-        layout_bucket_owner: entry
-            .and_then(|e| e.bucket_owner.clone())
-            .or_else(|| args.layout.layout_bucket_owner.clone()),
+        s3,
+    };
+    let imports = matches!(valid.job.layout_side(), Some(LayoutSide::Import(_)));
+    let pinned = entry.and_then(|e| e.transfer_key.as_deref());
+    let key = match imports {
+        true => transfer_key(&args.layout.verify, pinned, &text)?,
+        false => None,
     };
     let store = open(&place, &layout_args).await?;
-    let key = crate::transfer_args::trusted_key(
-        args.layout.trust_transfer_key.as_deref(),
-        args.layout.not_before.as_deref(),
-        args.layout.statement_digest.as_deref(),
-    )?;
     let trust = ImportTrust {
         key: key.as_ref(),
-        allow_unverified: args.layout.allow_unverified_layout,
+        allow_unverified: args.layout.verify.allow_unverified_layout && key.is_none(),
     };
     let dry_run = job.dry_run;
     let observer = Progress {
@@ -103,8 +83,7 @@ pub async fn sync(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
         &observer,
     ))
     .await?;
-    let exports = matches!(valid.job.layout_side(), Some(LayoutSide::Export(_)));
-    match (&output.statement, exports) {
+    match (&output.statement, !imports) {
         (Some(s), true) => eprintln!(
             "signed {}/{STATEMENT_FILE}: {} image(s), key {}, statement {} exported {} (carry \
              them out of band for --statement-digest or --not-before)",
@@ -140,4 +119,35 @@ pub async fn sync(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The key an import verifies the layout's statement with: the one the allowlist pins for the
+/// layout (then `--trust-transfer-key`, if given, must be it, and no unverified import is
+/// allowed), else `--trust-transfer-key`; pinned by `--not-before` and `--statement-digest`.
+fn transfer_key(
+    args: &VerifyLayoutArgs,
+    pinned: Option<&str>,
+    layout: &str,
+) -> anyhow::Result<Option<TrustedTransferKey>> {
+    let given = args.trusted_key()?;
+    let Some(pem) = pinned else {
+        return Ok(given);
+    };
+    let key = TrustedTransferKey::from_pem(pem)
+        .and_then(|k| k.with_pins(args.not_before.as_deref(), args.statement_digest.as_deref()))
+        .map_err(|e| anyhow::anyhow!("the allowlist's transferKey for {layout}: {e}"))?;
+    if given.is_some_and(|g| g.fingerprint != key.fingerprint) {
+        anyhow::bail!(
+            "--trust-transfer-key is not the key the allowlist pins for {layout} ({}): nothing \
+             imported",
+            key.fingerprint
+        );
+    }
+    if args.allow_unverified_layout {
+        anyhow::bail!(
+            "--allow-unverified-layout: the allowlist pins {layout}'s transfer key, so every \
+             import from it verifies; nothing imported"
+        );
+    }
+    Ok(Some(key))
 }

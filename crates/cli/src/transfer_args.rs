@@ -25,9 +25,19 @@ pub struct TransferArgs {
     /// AWS is reached with the default credential chain (and --aws-endpoint-url).
     #[arg(long, value_name = "KEY_ARN", env = "ECR_REPLICATOR_RECEIPT_KEY")]
     pub receipt_key: Option<String>,
-    /// Import from oci:DIR: verify the layout's transfer statement with this P-256 public key
-    /// (PEM) before reading anything else, and refuse a layout that differs from it. Set in
-    /// the importing deployment's environment, every import must verify.
+    #[command(flatten)]
+    pub verify: VerifyLayoutArgs,
+    #[command(flatten)]
+    pub gate: GateArgs,
+}
+
+/// How an import verifies a layout's transfer statement (`copy` from a layout, an import job).
+#[derive(Args, Debug, Default)]
+pub struct VerifyLayoutArgs {
+    /// Import: verify the layout's transfer statement with this P-256 public key (PEM, the
+    /// exporting deployment's receipt key) before reading anything else, and refuse a layout
+    /// that differs from it. Set in the importing deployment's environment, every import must
+    /// verify.
     #[arg(
         long,
         value_name = "FILE.pem",
@@ -46,8 +56,23 @@ pub struct TransferArgs {
     /// --trust-transfer-key): refused otherwise.
     #[arg(long)]
     pub allow_unverified_layout: bool,
-    #[command(flatten)]
-    pub gate: GateArgs,
+}
+
+impl VerifyLayoutArgs {
+    /// The key of `--trust-transfer-key FILE.pem` (none without it), pinned by `--not-before`
+    /// and `--statement-digest` when given.
+    pub fn trusted_key(&self) -> anyhow::Result<Option<TrustedTransferKey>> {
+        let Some(path) = &self.trust_transfer_key else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--trust-transfer-key: reading {}", path.display()))?;
+        let key = TrustedTransferKey::from_pem(&text)
+            .map_err(|e| anyhow::anyhow!("--trust-transfer-key {}: {e}", path.display()))?;
+        key.with_pins(self.not_before.as_deref(), self.statement_digest.as_deref())
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
 }
 
 /// The signature gate of a layout copy.
@@ -95,14 +120,6 @@ impl GateArgs {
 }
 
 impl TransferArgs {
-    fn trusted_key(&self) -> anyhow::Result<Option<TrustedTransferKey>> {
-        trusted_key(
-            self.trust_transfer_key.as_deref(),
-            self.not_before.as_deref(),
-            self.statement_digest.as_deref(),
-        )
-    }
-
     async fn signer(
         &self,
         aws_endpoint_url: Option<&str>,
@@ -122,25 +139,6 @@ impl TransferArgs {
     }
 }
 
-/// The key of `--trust-transfer-key FILE.pem` (none without it), pinned by `--not-before` and
-/// `--statement-digest` when given.
-pub fn trusted_key(
-    path: Option<&std::path::Path>,
-    not_before: Option<&str>,
-    statement_digest: Option<&str>,
-) -> anyhow::Result<Option<TrustedTransferKey>> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--trust-transfer-key: reading {}", path.display()))?;
-    let key = TrustedTransferKey::from_pem(&text)
-        .map_err(|e| anyhow::anyhow!("--trust-transfer-key {}: {e}", path.display()))?;
-    key.with_pins(not_before, statement_digest)
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!(e))
-}
-
 /// Exports `source` into the layout as `ref_name`, then signs the whole layout's statement when
 /// a receipt key is given (KMS reached at `aws_endpoint_url` when given, `--aws-endpoint-url`).
 pub async fn export(
@@ -152,7 +150,7 @@ pub async fn export(
     ref_name: &str,
     parallel: usize,
 ) -> anyhow::Result<CopyReport> {
-    if args.not_before.is_some() || args.statement_digest.is_some() {
+    if args.verify.not_before.is_some() || args.verify.statement_digest.is_some() {
         anyhow::bail!(
             "--not-before and --statement-digest check an import; an export signs with \
              --receipt-key"
@@ -214,7 +212,7 @@ async fn import_under_gate(
     (gate, allowlist): (&LayoutGate, &Allowlist),
     aws_endpoint_url: Option<&str>,
 ) -> anyhow::Result<CopyReport> {
-    let key = args.trusted_key()?;
+    let key = args.verify.trusted_key()?;
     let (report, statement, admitted) = import_gated(
         store,
         ref_name,
@@ -282,8 +280,8 @@ pub async fn import(
     parallel: usize,
     aws_endpoint_url: Option<&str>,
 ) -> anyhow::Result<CopyReport> {
-    let key = args.trusted_key()?;
-    if key.is_none() && !args.allow_unverified_layout && statement_present(store).await {
+    let key = args.verify.trusted_key()?;
+    if key.is_none() && !args.verify.allow_unverified_layout && statement_present(store).await {
         anyhow::bail!(
             "{} carries a signed transfer statement: verify it with --trust-transfer-key \
              FILE.pem (ECR_REPLICATOR_TRUST_TRANSFER_KEY), the exporting deployment's receipt \

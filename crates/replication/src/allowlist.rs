@@ -192,7 +192,8 @@ impl Allowlist {
                 }
             }
         }
-        layouts::validate(&self.layouts, &mut problem);
+        let policies: Vec<&str> = self.trust_policies.keys().map(String::as_str).collect();
+        layouts::validate(&self.layouts, &policies, &mut problem);
         for (side, entries) in [
             ("sources", &self.sources),
             ("destinations", &self.destinations),

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use crate::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
-use crate::job::{canonical_registry, Job, ValidJob};
+use crate::job::{canonical_registry, Job, LayoutSide, ValidJob};
 use crate::keys::SignaturePolicy;
 use crate::sigstore::{BundleVerifier, TrustedRootPolicy, TrustedRootSource};
 use crate::trust::PolicySource;
@@ -336,19 +336,29 @@ impl Connections {
         let Some(allowlist) = allowlist else {
             return Ok(policies);
         };
-        for d in &job.job.destinations {
-            let Some(name) = allowlist
+        // Each destination's required policy, and an allowlisted layout's (either side).
+        let layout = job
+            .job
+            .layout_side()
+            .map(|side| match side {
+                LayoutSide::Export(at) | LayoutSide::Import(at) => at,
+            })
+            .and_then(|at| crate::allowlist::layouts::find(&allowlist.layouts, at))
+            .and_then(|entry| entry.require_signature.as_deref());
+        let destinations = job.job.destinations.iter().filter_map(|d| {
+            allowlist
                 .destination(&d.registry)
                 .and_then(|e| e.require_signature.as_deref())
-            else {
-                continue;
-            };
+                .map(|name| (name, format!("the destination {}", d.registry)))
+        });
+        let layout = layout.map(|name| (name, "the layout".to_string()));
+        for (name, d) in destinations.chain(layout) {
             let named = |p: &SignaturePolicy| matches!(&p.source, PolicySource::Deployment { name: n, .. } if n == name);
             if !policies.iter().any(named) {
                 let policy = allowlist.trust_policy(name).ok_or_else(|| {
                     Error::invalid(
                         "requireSignature",
-                        format!("the destination {} requires the trust policy {name:?}, which the deployment does not define", d.registry),
+                        format!("{d} requires the trust policy {name:?}, which the deployment does not define"),
                     )
                 })?;
                 policies.push(policy);

@@ -182,7 +182,8 @@ pub async fn import_image(
     to: &Reference,
     parallel: usize,
 ) -> Result<CopyReport> {
-    let (report, _) = import_stated(store, ref_name, (target, to), parallel, None, None).await?;
+    let (report, _) =
+        import_stated(store, (ref_name, None), (target, to), parallel, None, None).await?;
     Ok(report)
 }
 
@@ -202,7 +203,7 @@ pub async fn import_image_verified(
     let statement = verify_statement(store, key).await?;
     let (report, _) = import_stated(
         store,
-        ref_name,
+        (ref_name, None),
         (target, to),
         parallel,
         Some(&statement),
@@ -230,7 +231,7 @@ pub async fn import_gated(
     };
     let (report, admitted) = import_stated(
         store,
-        ref_name,
+        (ref_name, None),
         (target, to),
         parallel,
         statement.as_ref(),
@@ -260,10 +261,11 @@ fn named_entry(index: &LayoutIndex, ref_name: &str, path: &str) -> oci::Result<L
 
 /// [`import_image`] against a statement verified already (`statement`: the import must match
 /// it) and under a gate when given: a run of many images verifies the statement once. Returns
-/// the report and, when gated, what admitted the image.
+/// the report and, when gated, what admitted the image. With `expected`, `index.json` must
+/// still name that digest under `ref_name` (what a run selected from an earlier read).
 pub async fn import_stated(
     store: &dyn LayoutStore,
-    ref_name: &str,
+    (ref_name, expected): (&str, Option<&oci::Digest>),
     (target, to): (&RegistryClient, &Reference),
     parallel: usize,
     statement: Option<&VerifiedStatement>,
@@ -289,6 +291,17 @@ pub async fn import_stated(
         statement.check_index(&index, &index_path)?;
     }
     let entry = named_entry(&index, ref_name, &index_path).map_err(err)?;
+    if let Some(expected) = expected.filter(|d| **d != entry.blob.digest) {
+        return Err(err(oci::Error::Layout {
+            path: index_path,
+            reason: format!(
+                "names {} at {} now, not {expected} as when the run selected it: index.json \
+                 changed during the import; not imported",
+                layout::quoted(ref_name),
+                entry.blob.digest
+            ),
+        }));
+    }
     let top = layout::read_manifest(store, &entry.blob, Some(&entry.media_type))
         .await
         .map_err(err)?;

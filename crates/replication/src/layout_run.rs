@@ -16,7 +16,8 @@ use crate::job::{Job, LayoutSide, SettingsMode, ValidJob};
 use crate::layout::{export_gated, import_stated};
 use crate::layout_gate::{sign_import_receipt, LayoutGate};
 use crate::layout_referrers::tag_scheme;
-use crate::report::{ImageResult, ImageStatus};
+use crate::receipts::ReceiptSigner;
+use crate::report::{ImageResult, ImageStatus, RepositoryFailure, MAX_FAILURES_LISTED};
 use crate::run::{RunObserver, RunOutput};
 use crate::transfer_statement::{
     statement_present, verify_statement, write_statement, ExportedImage, TrustedTransferKey,
@@ -114,6 +115,24 @@ fn result(
     }
 }
 
+/// A repository whose images could not be listed: recorded, naming it; the others go on.
+fn repository_failed(
+    output: &mut RunOutput,
+    observer: &dyn RunObserver,
+    repository: &str,
+    e: &Error,
+) {
+    let failure = RepositoryFailure {
+        repository: repository.to_string(),
+        error: format!("{}: {e}", e.kind().as_str()),
+    };
+    observer.repository_failed(&failure);
+    output.report.repositories_failed += 1;
+    if output.report.repository_failures.len() < MAX_FAILURES_LISTED {
+        output.report.repository_failures.push(failure);
+    }
+}
+
 fn record(output: &mut RunOutput, observer: &dyn RunObserver, image: ImageResult) {
     observer.image_done(&image);
     output.report.add(&image);
@@ -133,7 +152,7 @@ struct Selected {
 async fn export_selection(
     source: &Connection,
     valid: &ValidJob,
-    output: &mut RunOutput,
+    (output, observer): (&mut RunOutput, &dyn RunObserver),
     location: &str,
 ) -> Result<Vec<Selected>> {
     let job = &valid.job;
@@ -176,7 +195,14 @@ async fn export_selection(
     {
         let (mut listed, mut next) = (Vec::new(), None);
         loop {
-            let page = catalog.images(&repository, next).await?;
+            let page = match catalog.images(&repository, next).await {
+                Ok(page) => page,
+                Err(e) => {
+                    repository_failed(output, observer, &repository, &e);
+                    listed.clear();
+                    break;
+                }
+            };
             listed.extend(page.items);
             for refusal in page.refused {
                 let refused = ImageResult {
@@ -220,7 +246,7 @@ async fn export_job(
     let gate = layout_gate(conns, valid).await?;
     let location = format!("oci:{}", store.location());
     let mut output = LayoutRunOutput::default();
-    let selected = export_selection(&source, valid, &mut output.run, &location).await?;
+    let selected = export_selection(&source, valid, (&mut output.run, observer), &location).await?;
     let held = if job.dry_run {
         LayoutIndex::read(store)
             .await
@@ -238,8 +264,10 @@ async fn export_job(
         .map_err(|e| Error::Registry {
             image: ref_name.clone(),
             source: e,
-        })?;
-        let (outcome, digest) = if job.dry_run {
+        });
+        let (outcome, digest) = if let Err(e) = from {
+            (Err(e), image.digest.clone())
+        } else if job.dry_run {
             let path = format!("{}/index.json", store.location());
             let there = held
                 .as_ref()
@@ -252,6 +280,7 @@ async fn export_job(
             };
             (Ok((status, 0, None)), image.digest.clone())
         } else {
+            let from = from?;
             match export_gated(
                 &source.client,
                 &from,
@@ -289,13 +318,33 @@ async fn export_job(
         );
         record(&mut output.run, observer, image);
     }
-    let wrote = output.run.report.copied > 0 || !statement_present(store).await;
-    if !job.dry_run && !exported.is_empty() && wrote {
-        if let Some(signer) = conns.receipt_signer().await {
+    if job.dry_run || exported.is_empty() {
+        return Ok(output);
+    }
+    if let Some(signer) = conns.receipt_signer().await {
+        // Signed again when this run wrote something, or when the layout's statement is not
+        // one of this key that names exactly what index.json holds (an earlier signing failed).
+        if output.run.report.copied > 0 || !statement_current(store, signer.as_ref()).await {
             output.statement = Some(write_statement(store, signer.as_ref(), &exported).await?);
         }
     }
     Ok(output)
+}
+
+/// Whether the layout carries a statement `signer`'s key signed that names exactly what its
+/// `index.json` holds.
+async fn statement_current(store: &dyn LayoutStore, signer: &dyn ReceiptSigner) -> bool {
+    let Ok(der) = signer.public_key().await else {
+        return false;
+    };
+    let Ok(key) = TrustedTransferKey::from_der(&der) else {
+        return false;
+    };
+    let Ok(statement) = verify_statement(store, &key).await else {
+        return false;
+    };
+    let path = format!("{}/index.json", store.location());
+    matches!(LayoutIndex::read(store).await, Ok(Some(index)) if statement.check_index(&index, &path).is_ok())
 }
 
 fn layout_error(store: &dyn LayoutStore, source: oci::Error) -> Error {
@@ -313,8 +362,13 @@ struct Held {
 }
 
 /// The layout's images the job selects: named `REPOSITORY:TAG` (signature tags travel with
-/// their images), kept by the repository and tag filters and the listed `images`.
-fn import_selection(valid: &ValidJob, index: &LayoutIndex, path: &str) -> Result<Vec<Held>> {
+/// their images), kept by the repository and tag filters and the listed `images`; and the
+/// ref names that name no repository (`v1`, as skopeo may write them), never imported.
+fn import_selection(
+    valid: &ValidJob,
+    index: &LayoutIndex,
+    path: &str,
+) -> Result<(Vec<Held>, Vec<LayoutEntry>)> {
     let entries = index.entries(path).map_err(|e| Error::Registry {
         image: path.to_string(),
         source: e,
@@ -327,24 +381,30 @@ fn import_selection(valid: &ValidJob, index: &LayoutIndex, path: &str) -> Result
                     && i.digest.as_deref().is_none_or(|d| d == digest)
             })
     };
-    Ok(entries
+    let (mut held, mut nameless) = (Vec::new(), Vec::new());
+    for entry in entries
         .into_iter()
         .filter(|e| tag_scheme(&e.ref_name).is_none())
-        .filter_map(|entry| {
-            let (Some(repository), tag) = split_ref_name(&entry.ref_name).ok()? else {
-                return None;
-            };
-            let (repository, tag) = (repository.to_string(), tag.to_string());
-            let keep = valid.repositories.matches(&repository)
-                && valid.tags.tag_matches(&tag)
-                && listed(&repository, &tag, entry.blob.digest.as_str());
-            keep.then_some(Held {
+    {
+        let (repository, tag) = match split_ref_name(&entry.ref_name) {
+            Ok((Some(repository), tag)) => (repository.to_string(), tag.to_string()),
+            _ => {
+                nameless.push(entry);
+                continue;
+            }
+        };
+        let keep = valid.repositories.matches(&repository)
+            && valid.tags.tag_matches(&tag)
+            && listed(&repository, &tag, entry.blob.digest.as_str());
+        if keep {
+            held.push(Held {
                 entry,
                 repository,
                 tag,
-            })
-        })
-        .collect())
+            });
+        }
+    }
+    Ok((held, nameless))
 }
 
 /// Verifies the statement (or refuses an unverified one), then imports every selected image
@@ -382,12 +442,27 @@ async fn import_job(
     if let Some(statement) = &statement {
         statement.check_index(&index, &path)?;
     }
-    let held = import_selection(valid, &index, &path)?;
+    let (held, nameless) = import_selection(valid, &index, &path)?;
     let gate = layout_gate(conns, valid).await?;
     let mut output = LayoutRunOutput {
         statement: statement.clone(),
         ..LayoutRunOutput::default()
     };
+    for entry in nameless {
+        let refused = ImageResult {
+            status: ImageStatus::Refused,
+            error: Some(format!(
+                "{}: names no repository (REPOSITORY:TAG): not imported",
+                oci::layout::quoted(&entry.ref_name)
+            )),
+            ..result(
+                ("", entry.blob.digest.as_str(), &entry.ref_name),
+                ("", ""),
+                Ok((ImageStatus::Refused, 0, None)),
+            )
+        };
+        record(&mut output.run, observer, refused);
+    }
     for (i, destination) in job.destinations.iter().enumerate() {
         let conn = conns.destination(job, i).await?;
         let mut work = Vec::new();
@@ -512,7 +587,7 @@ async fn import_one(
         }
         let (report, admitted) = import_stated(
             store,
-            &image.entry.ref_name,
+            (&image.entry.ref_name, Some(&image.entry.blob.digest)),
             (&conn.client, &to),
             BLOBS_AT_ONCE,
             statement,

@@ -541,3 +541,107 @@ async fn a_missing_bucket_fails_the_export_naming_it() {
         "{stderr}"
     );
 }
+
+/// GIVEN an allowlist listing `s3://air-gap/jobs` for export with a bucket owner and a KMS key
+/// WHEN an export job names that layout (and the CLI no key) THEN the objects are SSE-KMS under
+/// the allowlist's key; WHEN an import job reads it back with the same allowlist (import
+/// allowed) into a registry THEN the image is byte-identical; the same import under an
+/// allowlist that lets the layout only be exported into is refused naming the field.
+#[tokio::test]
+async fn layout_jobs_use_the_allowlists_bucket_owner_and_kms_key() {
+    let rig = S3Rig::start().await;
+    let key = ecr::sdk_config(&rig.moto.aws_settings(), "us-east-1", None).await;
+    let kms = aws_sdk_kms::Client::new(&key)
+        .create_key()
+        .send()
+        .await
+        .unwrap();
+    let key_arn = kms.key_metadata().unwrap().arn().unwrap().to_string();
+    let src = TestRegistry::start();
+    let image = multi_arch(48, 1, 30_000);
+    push(&src, "team/app", &image).await;
+    let dst = TestRegistry::start();
+    let files = tempfile::tempdir().unwrap();
+    let write = |name: &str, value: Value| {
+        let path = files.path().join(name);
+        std::fs::write(&path, value.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let allowlist = |import: bool| {
+        serde_json::json!({
+            "sources": [{"registry": src.host}],
+            "destinations": [{"registry": dst.host}],
+            "insecure": [src.host, dst.host],
+            "layouts": [{"location": format!("s3://{BUCKET}/jobs"), "export": true,
+                         "import": import, "bucketOwner": "123456789012", "kmsKey": key_arn}],
+        })
+    };
+    let export = write(
+        "export.json",
+        serde_json::json!({
+            "source": {"registry": src.host, "insecure": true},
+            "destinations": [{"layout": format!("s3://{BUCKET}/jobs")}],
+        }),
+    );
+    let import = write(
+        "import.json",
+        serde_json::json!({
+            "source": {"layout": format!("s3://{BUCKET}/jobs/")},
+            "destinations": [{"registry": dst.host, "insecure": true}],
+        }),
+    );
+    let both = write("both.json", allowlist(true));
+    let sync = |input: &str, allowlist: &str| {
+        rig.command(&[
+            "sync",
+            "--input",
+            input,
+            "--allowlist",
+            allowlist,
+            "--allow-unverified-layout",
+        ])
+        .output()
+        .unwrap()
+    };
+    let out = sync(&export, &both);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = rig
+        .s3
+        .head_object()
+        .bucket(BUCKET)
+        .key("jobs/index.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.server_side_encryption(),
+        Some(&ServerSideEncryption::AwsKms)
+    );
+    assert!(head
+        .ssekms_key_id()
+        .unwrap_or_default()
+        .contains(kms.key_metadata().unwrap().key_id()));
+
+    let export_only = write("export-only.json", allowlist(false));
+    let out = sync(&import, &export_only);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "imported: {stderr}");
+    assert!(
+        stderr.contains("source.layout") && stderr.contains("does not let jobs import here"),
+        "{stderr}"
+    );
+    assert!(!skopeo::exists(&format!("{}/team/app:v1", dst.host)));
+
+    let out = sync(&import, &both);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = skopeo::inspect_raw(&format!("{}/team/app:v1", dst.host), None);
+    assert_eq!(raw, image.manifest.to_vec());
+}

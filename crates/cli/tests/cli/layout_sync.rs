@@ -286,6 +286,10 @@ async fn layout_jobs_are_refused_with_the_field_named() {
         "is not one of this deployment's layouts",
         Some(unlisted),
     ));
+    let mut secret = rig.export_job();
+    secret["source"]["credentialArn"] =
+        json!("arn:aws:secretsmanager:eu-west-1:111111111111:secret:hub-AbCdEf");
+    cases.push((secret, "source.credentialArn", None));
     for (job, said, allowlist) in cases {
         let mut extra = Vec::new();
         let path = rig.files.path().join("allowlist.json");
@@ -319,4 +323,106 @@ async fn layout_jobs_are_refused_with_the_field_named() {
         said.contains("destinations[0].layout") && said.contains("ecr-replicator sync"),
         "{said}"
     );
+}
+
+/// GIVEN a layout a keyed export signed WHEN a later signing is told it wrote an image
+/// `index.json` does not name (another export replaced `index.json` meanwhile) THEN nothing is
+/// signed and the earlier statement stays; WHEN an unkeyed export then adds an image and a keyed
+/// export finds nothing new to copy THEN it still signs a statement naming all three (the
+/// layout's statement no longer matched its `index.json`).
+#[tokio::test]
+async fn a_statement_covers_exactly_what_index_json_names() {
+    let rig = Rig::new().await;
+    rig.export();
+    let path = rig.dir.path().join(STATEMENT);
+    let before = std::fs::read(&path).unwrap();
+    let settings = ecr::AwsSettings {
+        endpoint_url: Some(rig.moto.url.clone()),
+        static_credentials: Some(("testing".into(), "testing".into())),
+        app_name: None,
+    };
+    let signer = ecr::KmsSigner::new(&settings, ecr::KmsKeyArn::parse(&rig.key_arn).unwrap()).await;
+    let store = oci::layout::DirLayout::new(rig.dir.path());
+    let lost = replication::transfer_statement::ExportedImage {
+        ref_name: "team/lib:v9".into(),
+        digest: rig.lib.digest.clone(),
+        source: format!("{}/team/lib:v9", rig.src.host),
+        admitted_by: Vec::new(),
+        tool: "test".into(),
+        referrers: Vec::new(),
+        written_blobs: Vec::new(),
+    };
+    let refused = replication::transfer_statement::write_statement(&store, &signer, &[lost])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("no longer names") && refused.contains("team/lib:v9"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    Pusher::new(&rig.src.host, None)
+        .push("team/lib", "v3", &multi_arch(65, 1, 5_000))
+        .await;
+    let unkeyed = rig.sync(&rig.export_job(), &[&rig.src.host], &[]);
+    assert!(unkeyed.status.success());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "signed without a key"
+    );
+    let again = rig.export();
+    assert_eq!(again["report"]["copied"], 0, "{again}");
+    let statement: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(
+        statement["images"].as_array().unwrap().len(),
+        3,
+        "{statement}"
+    );
+}
+
+/// GIVEN an allowlist that lists the layout for import with the exporting deployment's key
+/// pinned WHEN an import job asks to skip verification, or names another key THEN it is
+/// refused and nothing reaches the destination; WHEN it names no key THEN the pinned key
+/// verifies the statement and the images arrive.
+#[tokio::test]
+async fn an_allowlisted_layout_imports_only_under_its_pinned_key() {
+    let rig = Rig::new().await;
+    rig.export();
+    let (_, other) = rig.moto.signing_key().await;
+    let other_pem = pem_file(rig.files.path(), "other.pub", &other);
+    let dst = TestRegistry::start();
+    let allowlist = json!({
+        "destinations": [{"registry": dst.host}],
+        "insecure": [dst.host],
+        "layouts": [{"location": rig.layout(), "import": true,
+                     "transferKey": std::fs::read_to_string(&rig.public_pem).unwrap()}],
+    });
+    let path = rig.files.path().join("pinned.json");
+    std::fs::write(&path, allowlist.to_string()).unwrap();
+    let path = path.display().to_string();
+    let other_pem = other_pem.display().to_string();
+    for (extra, said) in [
+        (vec!["--allow-unverified-layout"], "pins"),
+        (
+            vec!["--trust-transfer-key", other_pem.as_str()],
+            "is not the key the allowlist pins",
+        ),
+    ] {
+        let mut flags = vec!["--allowlist", path.as_str()];
+        flags.extend(extra);
+        let out = rig.sync(&rig.import_job(&dst), &[&dst.host], &flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(said), "{stderr}");
+    }
+    assert_eq!(dst.count_requests("POST", "/blobs/uploads/", 202), 0);
+    let out = rig.sync(&rig.import_job(&dst), &[&dst.host], &["--allowlist", &path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("verified"),
+        "{stderr}"
+    );
+    let raw = skopeo::inspect_raw(&format!("{}/mirror/team/app:v1", dst.host), None);
+    assert_eq!(raw, rig.app.manifest.to_vec());
 }

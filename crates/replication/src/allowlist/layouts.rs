@@ -29,6 +29,15 @@ pub struct AllowedLayout {
     /// encryption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key: Option<String>,
+    /// The trust policy every image exported into or imported from it must pass, whether or not
+    /// the job asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<String>,
+    /// (Import) the exporting deployment's statement key (PEM public key, P-256): an import from
+    /// here verifies the layout's transfer statement with it, always (no unverified import, and
+    /// no other key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer_key: Option<String>,
 }
 
 impl AllowedLayout {
@@ -44,10 +53,34 @@ pub fn find<'a>(layouts: &'a [AllowedLayout], location: &str) -> Option<&'a Allo
     layouts.iter().find(|l| l.is(&location))
 }
 
-/// Every entry well formed: a location, 12-digit owner, KMS key ARN, some use.
-pub(super) fn validate(layouts: &[AllowedLayout], problem: &mut impl FnMut(&str, String)) {
+/// Every entry well formed: a location, 12-digit owner, KMS key ARN, some use, a trust policy
+/// among `policies`, a P-256 transfer key.
+pub(super) fn validate(
+    layouts: &[AllowedLayout],
+    policies: &[&str],
+    problem: &mut impl FnMut(&str, String),
+) {
     for (i, entry) in layouts.iter().enumerate() {
         let at = format!("layouts[{i}]");
+        if let Some(name) = &entry.require_signature {
+            if !policies.contains(&name.as_str()) {
+                problem(
+                    &format!("{at}.requireSignature"),
+                    format!("{name:?} is not one of the deployment's trustPolicies"),
+                );
+            }
+        }
+        if let Some(pem) = &entry.transfer_key {
+            if let Err(e) = crate::transfer_statement::TrustedTransferKey::from_pem(pem) {
+                problem(&format!("{at}.transferKey"), e);
+            }
+            if !entry.import {
+                problem(
+                    &format!("{at}.transferKey"),
+                    "checks imports, and this layout allows none".into(),
+                );
+            }
+        }
         if let Err(e) = LayoutLocation::parse(&entry.location) {
             problem(&format!("{at}.location"), e);
         }

@@ -46,7 +46,12 @@ impl LayoutLocation {
                 "{text:?}: a directory without '.' or '..' segments, ':' or control characters"
             ));
         }
-        Ok(LayoutLocation::Dir(text.to_string()))
+        // One spelling per directory: no empty segments, no trailing '/'.
+        let segments: Vec<&str> = text.split('/').filter(|s| !s.is_empty()).collect();
+        if segments.is_empty() {
+            return Err(format!("{text:?}: the root directory is no layout"));
+        }
+        Ok(LayoutLocation::Dir(format!("/{}", segments.join("/"))))
     }
 }
 
@@ -229,6 +234,11 @@ pub(super) fn check_layout_job(job: &Job, problem: &mut impl FnMut(&str, String)
     refuse("imageEvents", job.image_events, "the workflow sends events");
     if matches!(side, LayoutSide::Export(_)) {
         refuse(
+            "source.pullBudget",
+            job.source.pull_budget.is_some(),
+            "it does not meter pulls yet",
+        );
+        refuse(
             "tags.untagged",
             job.tags.untagged,
             "a layout names images REPOSITORY:TAG",
@@ -285,10 +295,13 @@ mod tests {
             LayoutLocation::parse("s3://bucket-1/exports/prod"),
             Ok(LayoutLocation::S3(_))
         ));
-        assert_eq!(
-            LayoutLocation::parse("/srv/export").unwrap(),
-            LayoutLocation::Dir("/srv/export".into())
-        );
+        for same in ["/srv/export", "/srv/export/", "//srv//export"] {
+            assert_eq!(
+                LayoutLocation::parse(same).unwrap(),
+                LayoutLocation::Dir("/srv/export".into()),
+                "{same}"
+            );
+        }
         for bad in [
             "srv/export",
             "/srv/../etc",
@@ -296,6 +309,8 @@ mod tests {
             "/srv/a:b",
             "/srv/\u{7}",
             "s3://B/x",
+            "/",
+            "//",
             "https://bucket/x",
             "",
         ] {
@@ -333,8 +348,16 @@ mod tests {
             "prune": true,
             "tags": {"maxAgeDays": 3},
         }));
-        for field in ["source.registry", "source.roleArn", "prune", "tags.maxAgeDays"] {
-            assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+        for field in [
+            "source.registry",
+            "source.roleArn",
+            "prune",
+            "tags.maxAgeDays",
+        ] {
+            assert!(
+                fields.iter().any(|f| f == field),
+                "{field} not in {fields:?}"
+            );
         }
         let fields = problems(json!({
             "source": {"registry": "registry.example.com"},
@@ -350,7 +373,10 @@ mod tests {
             "images[0].digest",
             "referrers",
         ] {
-            assert!(fields.iter().any(|f| f == field), "{field} not in {fields:?}");
+            assert!(
+                fields.iter().any(|f| f == field),
+                "{field} not in {fields:?}"
+            );
         }
         let fields = problems(json!({
             "source": {"layout": "/srv/in"},

@@ -156,8 +156,9 @@ pub async fn enumerate_and_settle(
     let job = input.job.validate()?;
     if let Some(field) = job.job.layout_field() {
         return Err(Error::invalid(
-            &field,
-            "the state machine does not export or import layouts yet: run this job with              `ecr-replicator sync --input FILE` where the layout and the registry are reachable",
+            field,
+            "the state machine does not export or import layouts yet: run this job with \
+             `ecr-replicator sync --input FILE` where the layout and the registry are reachable",
         ));
     }
     // The whole job against the deployment first: nothing is sent for a job it refuses.

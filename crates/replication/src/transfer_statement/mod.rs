@@ -539,6 +539,27 @@ pub async fn write_statement(
             ),
         ));
     }
+    let lost: Vec<String> = exported
+        .iter()
+        .filter(|e| {
+            !images
+                .iter()
+                .any(|i| i.ref_name == e.ref_name && i.digest == e.digest)
+        })
+        .take(10)
+        .map(|e| format!("{} at {}", layout::quoted(&e.ref_name), e.digest))
+        .collect();
+    if !lost.is_empty() {
+        return Err(refused(
+            store,
+            format!(
+                "index.json no longer names what this export wrote ({}): another export or a \
+                 writer of the layout replaced it meanwhile; nothing signed. Export again, one \
+                 export at a time",
+                lost.join(", ")
+            ),
+        ));
+    }
     images.sort_by(|a, b| a.ref_name.cmp(&b.ref_name));
     unstated_referrer(&index, &path, &images).map_err(|r| refused(store, r))?;
     let statement = Statement {

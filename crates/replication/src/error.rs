@@ -179,6 +179,15 @@ pub enum Error {
         /// Why no signature admits it (`unsigned: ...`).
         reason: String,
     },
+    /// A destination repository could not be made ready for an image (an ECR repository not
+    /// created): every image of it fails with this.
+    #[error("{repository} could not be made ready: {reason}")]
+    TargetNotReady {
+        /// The destination repository (`registry/name`).
+        repository: String,
+        /// Why (the first attempt's error).
+        reason: String,
+    },
     /// A step's output could not be written as JSON (a defect: report it).
     #[error("the step's output could not be written as JSON: {0}; please report this")]
     Output(String),

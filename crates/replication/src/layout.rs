@@ -182,8 +182,15 @@ pub async fn import_image(
     to: &Reference,
     parallel: usize,
 ) -> Result<CopyReport> {
-    let (report, _) =
-        import_stated(store, (ref_name, None), (target, to), parallel, None, None).await?;
+    let (report, _) = import_stated(
+        store,
+        (ref_name, None),
+        (target, to),
+        parallel,
+        None,
+        (None, None),
+    )
+    .await?;
     Ok(report)
 }
 
@@ -207,7 +214,7 @@ pub async fn import_image_verified(
         (target, to),
         parallel,
         Some(&statement),
-        None,
+        (None, None),
     )
     .await?;
     Ok((report, statement))
@@ -235,7 +242,7 @@ pub async fn import_gated(
         (target, to),
         parallel,
         statement.as_ref(),
-        Some(gate),
+        (Some(gate), None),
     )
     .await?;
     Ok((report, statement, admitted.unwrap_or_default()))
@@ -259,6 +266,14 @@ fn named_entry(index: &LayoutIndex, ref_name: &str, path: &str) -> oci::Result<L
     })
 }
 
+/// Makes a destination ready for an image (an ECR repository created), called once the image
+/// is admitted (the gate passed, the statement matched) and before anything is written.
+#[async_trait::async_trait]
+pub trait PrepareTarget: Send + Sync {
+    /// Ready, or why not.
+    async fn prepare(&self) -> Result<()>;
+}
+
 /// [`import_image`] against a statement verified already (`statement`: the import must match
 /// it) and under a gate when given: a run of many images verifies the statement once. Returns
 /// the report and, when gated, what admitted the image. With `expected`, `index.json` must
@@ -269,7 +284,7 @@ pub async fn import_stated(
     (target, to): (&RegistryClient, &Reference),
     parallel: usize,
     statement: Option<&VerifiedStatement>,
-    gate: Option<&LayoutGate>,
+    (gate, prepare): (Option<&LayoutGate>, Option<&dyn PrepareTarget>),
 ) -> Result<(CopyReport, Option<String>)> {
     let started = Instant::now();
     let source = format!("oci:{}:{ref_name}", store.location());
@@ -339,6 +354,9 @@ pub async fn import_stated(
     let referrers_walked = walk_referrers(store, &source, &referrers).await?;
     let referrers: Vec<_> = referrers.into_iter().zip(referrers_walked).collect();
     done.foreign_layers = walked.foreign_layers;
+    if let Some(prepare) = prepare {
+        prepare.prepare().await?;
+    }
     let mut outcomes = Vec::new();
     if already_in_target(target, to, &top.digest)
         .await

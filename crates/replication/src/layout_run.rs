@@ -6,6 +6,8 @@
 //! filters select into each destination (a missing ECR repository created with ECR's defaults),
 //! under the gate, signing a promotion receipt where a deployment policy admitted it.
 
+use std::collections::BTreeMap;
+
 use futures::StreamExt;
 use oci::layout::{split_ref_name, LayoutEntry, LayoutIndex, LayoutStore};
 use oci::Reference;
@@ -13,7 +15,7 @@ use oci::Reference;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::job::{Job, LayoutSide, SettingsMode, ValidJob};
-use crate::layout::{export_gated, import_stated};
+use crate::layout::{export_gated, import_stated, PrepareTarget};
 use crate::layout_gate::{sign_import_receipt, LayoutGate};
 use crate::layout_referrers::tag_scheme;
 use crate::receipts::ReceiptSigner;
@@ -465,46 +467,48 @@ async fn import_job(
     }
     for (i, destination) in job.destinations.iter().enumerate() {
         let conn = conns.destination(job, i).await?;
-        let mut work = Vec::new();
-        // Each repository's target once: its name, or why it cannot be written (every image
-        // of it then fails with that).
-        let mut ensured: std::collections::BTreeMap<String, std::result::Result<String, String>> =
-            Default::default();
+        // Each repository's target once: its name and how it is made ready, or why it cannot
+        // be written (every image of it then fails with that).
+        let mut targets: BTreeMap<String, std::result::Result<RepositoryReady, String>> =
+            BTreeMap::new();
         for image in &held {
-            if !ensured.contains_key(&image.repository) {
-                let target = ensure_target(conns, job, (destination, &conn), &image.repository)
-                    .await
-                    .map_err(|e| format!("{}: {e}", e.kind().as_str()));
-                ensured.insert(image.repository.clone(), target);
-            }
-            match &ensured[&image.repository] {
-                Ok(target) => work.push((image, target.clone())),
-                Err(why) => {
-                    let names = (
-                        image.repository.as_str(),
-                        image.entry.blob.digest.as_str(),
-                        image.tag.as_str(),
-                    );
-                    let image = ImageResult {
-                        status: ImageStatus::Failed,
-                        error: Some(why.clone()),
-                        ..result(
-                            names,
-                            (&destination.registry, &image.repository),
-                            Ok((ImageStatus::Failed, 0, None)),
-                        )
-                    };
-                    record(&mut output.run, observer, image);
-                }
+            let target = targets.entry(image.repository.clone()).or_insert_with(|| {
+                checked_target(conns, destination, &image.repository)
+                    .map(|name| RepositoryReady::new(job, &conn, name))
+                    .map_err(|e| format!("{}: {e}", e.kind().as_str()))
+            });
+            if let Err(why) = target {
+                let names = (
+                    image.repository.as_str(),
+                    image.entry.blob.digest.as_str(),
+                    image.tag.as_str(),
+                );
+                let image = ImageResult {
+                    status: ImageStatus::Failed,
+                    error: Some(why.clone()),
+                    ..result(
+                        names,
+                        (&destination.registry, &image.repository),
+                        Ok((ImageStatus::Failed, 0, None)),
+                    )
+                };
+                record(&mut output.run, observer, image);
             }
         }
+        let work: Vec<(&Held, &RepositoryReady)> = held
+            .iter()
+            .filter_map(|image| match targets.get(&image.repository) {
+                Some(Ok(target)) => Some((image, target)),
+                _ => None,
+            })
+            .collect();
         let (stated, gate, conn) = (statement.as_ref(), gate.as_ref(), conn.as_ref());
         let imports = futures::stream::iter(work)
             .map(|(image, target)| async move {
                 import_one(
                     conns,
                     (store, stated, gate),
-                    (conn, &target),
+                    (conn, target),
                     image,
                     job.dry_run,
                 )
@@ -520,33 +524,63 @@ async fn import_job(
 }
 
 /// The destination repository of `repository`: checked against the naming rules and the
-/// deployment's scope, and in ECR made to exist (unless `repositorySettings` is `none`) with
-/// ECR's defaults, an existing one left as it is: a layout carries no settings.
-async fn ensure_target(
+/// deployment's scope before anything is sent.
+fn checked_target(
     conns: &Connections,
-    job: &Job,
-    (destination, conn): (&crate::job::Destination, &Connection),
+    destination: &crate::job::Destination,
     repository: &str,
 ) -> Result<String> {
     let target = destination.checked_target_repository(repository)?;
     conns.check_target_scope(&destination.registry, &target)?;
-    if let Some(admin) = &conn.ecr {
-        if job.repository_settings != SettingsMode::None {
-            let how = ecr::EnsureOptions {
-                reconcile: ecr::Reconcile::Never,
-                repository_policy: false,
-                dry_run: job.dry_run,
-            };
-            admin
-                .ensure_repository(&target, &ecr::RepositorySettings::default(), how)
-                .await
-                .map_err(crate::catalog::aws(format!(
-                    "ensuring {}/{target}",
-                    admin.registry()
-                )))?;
+    Ok(target)
+}
+
+/// A destination repository, made to exist in ECR (unless `repositorySettings` is `none`) when
+/// its first image is admitted, with ECR's defaults (a layout carries no settings); an existing
+/// one is left as it is. Once per repository, whatever the images racing to it.
+struct RepositoryReady {
+    name: String,
+    admin: Option<ecr::EcrAdmin>,
+    done: tokio::sync::OnceCell<std::result::Result<(), String>>,
+}
+
+impl RepositoryReady {
+    fn new(job: &Job, conn: &Connection, name: String) -> Self {
+        let creates = job.repository_settings != SettingsMode::None;
+        RepositoryReady {
+            name,
+            admin: conn.ecr.clone().filter(|_| creates),
+            done: tokio::sync::OnceCell::new(),
         }
     }
-    Ok(target)
+}
+
+#[async_trait::async_trait]
+impl PrepareTarget for RepositoryReady {
+    async fn prepare(&self) -> Result<()> {
+        let Some(admin) = &self.admin else {
+            return Ok(());
+        };
+        let outcome = self
+            .done
+            .get_or_init(|| async {
+                let how = ecr::EnsureOptions {
+                    reconcile: ecr::Reconcile::Never,
+                    repository_policy: false,
+                    dry_run: false,
+                };
+                admin
+                    .ensure_repository(&self.name, &ecr::RepositorySettings::default(), how)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        outcome.clone().map_err(|reason| Error::TargetNotReady {
+            repository: format!("{}/{}", admin.registry(), self.name),
+            reason,
+        })
+    }
 }
 
 /// Imports one image into one destination repository (a dry run only looks), signing the
@@ -558,10 +592,11 @@ async fn import_one(
         Option<&VerifiedStatement>,
         Option<&LayoutGate>,
     ),
-    (conn, target): (&Connection, &str),
+    (conn, ready): (&Connection, &RepositoryReady),
     image: &Held,
     dry_run: bool,
 ) -> ImageResult {
+    let target = ready.name.as_str();
     let digest = image.entry.blob.digest.as_str();
     let names = (image.repository.as_str(), digest, image.tag.as_str());
     let to = format!("{}/{target}:{}", conn.registry, image.tag);
@@ -591,7 +626,7 @@ async fn import_one(
             (&conn.client, &to),
             BLOBS_AT_ONCE,
             statement,
-            gate,
+            (gate, Some(ready as &dyn PrepareTarget)),
         )
         .await?;
         if let Some(line) = &admitted {

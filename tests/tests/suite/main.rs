@@ -10,6 +10,7 @@ mod faults;
 mod guide_examples;
 mod hostile;
 mod lambda_limits;
+mod layout_imports;
 mod packing;
 mod payload_bounds;
 mod platforms;

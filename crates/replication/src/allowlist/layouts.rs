@@ -71,7 +71,9 @@ pub(super) fn validate(
             }
         }
         if let Some(pem) = &entry.transfer_key {
-            if let Err(e) = crate::transfer_statement::TrustedTransferKey::from_pem(pem) {
+            // The same P-256 PEM reading as a trust policy's keys (the statement's key type
+            // sits above the allowlist).
+            if let Err((_, e)) = crate::keys::SignatureKeys::parse(std::slice::from_ref(pem)) {
                 problem(&format!("{at}.transferKey"), e);
             }
             if !entry.import {

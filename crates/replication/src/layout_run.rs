@@ -270,17 +270,25 @@ async fn export_job(
         let (outcome, digest) = if let Err(e) = from {
             (Err(e), image.digest.clone())
         } else if job.dry_run {
+            // A listed image's digest is not known before the source is asked (a HEAD: no pull).
+            let digest = match (image.digest.is_empty(), &from) {
+                (true, Ok(from)) => match source.client.head_manifest(from).await {
+                    Ok(Some(head)) => head.digest.to_string(),
+                    _ => String::new(),
+                },
+                _ => image.digest.clone(),
+            };
             let path = format!("{}/index.json", store.location());
             let there = held
                 .as_ref()
                 .and_then(|index| index.find(&ref_name, &path).ok().flatten())
-                .is_some_and(|entry| entry.blob.digest.as_str() == image.digest);
+                .is_some_and(|entry| !digest.is_empty() && entry.blob.digest.as_str() == digest);
             let status = if there {
                 ImageStatus::Present
             } else {
                 ImageStatus::Planned
             };
-            (Ok((status, 0, None)), image.digest.clone())
+            (Ok((status, 0, None)), digest)
         } else {
             let from = from?;
             match export_gated(

@@ -62,10 +62,15 @@ impl Rig {
 
     /// `sync --input` of `job` with `extra` flags, reaching `registries` over plain HTTP.
     fn sync(&self, job: &Value, registries: &[&str], extra: &[&str]) -> Output {
+        self.run("sync", job, registries, extra)
+    }
+
+    /// `command` (`sync`, `plan`) with the job.
+    fn run(&self, command: &str, job: &Value, registries: &[&str], extra: &[&str]) -> Output {
         let path = self.files.path().join("job.json");
         std::fs::write(&path, serde_json::to_vec(job).unwrap()).unwrap();
         let path = path.display().to_string();
-        let mut args = vec!["sync", "--input", &path, "--output", "json"];
+        let mut args = vec![command, "--input", &path, "--output", "json"];
         for host in registries {
             args.extend(["--insecure-registry", host]);
         }
@@ -180,6 +185,21 @@ async fn an_export_job_and_an_import_job_carry_the_selected_images_across() {
         statement_bytes,
         "a no-op export re-signed the statement"
     );
+    // The plan of a listed image the layout holds and of one it lacks; nothing written.
+    let mut listed = rig.export_job();
+    listed["images"] = json!([{"repository": "team/app", "tag": "v1"},
+                              {"repository": "team/lib", "tag": "v2-missing"}]);
+    listed.as_object_mut().unwrap().remove("tags");
+    let out = rig.run("plan", &listed, &[&rig.src.host], &[]);
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let statuses: Vec<&str> = plan["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["present", "planned"], "{plan}");
+    assert_eq!(blob_files(rig.dir.path()), blobs, "a plan wrote blobs");
 
     let dst = TestRegistry::start();
     let pem = rig.public_pem.display().to_string();

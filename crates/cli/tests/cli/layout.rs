@@ -55,7 +55,7 @@ pub(crate) fn skopeo(args: &[&str]) -> Vec<u8> {
 }
 
 /// Every blob file's (inode, mtime), to see a second export rewrites none.
-fn blob_files(dir: &Path) -> BTreeMap<String, (u64, i64, i64)> {
+pub(crate) fn blob_files(dir: &Path) -> BTreeMap<String, (u64, i64, i64)> {
     std::fs::read_dir(dir.join("blobs/sha256"))
         .unwrap()
         .map(|e| {

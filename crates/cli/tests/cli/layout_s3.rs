@@ -46,6 +46,18 @@ impl S3Rig {
         S3Rig { moto, s3 }
     }
 
+    /// A new symmetric KMS key in moto (SSE-KMS): its ARN and id.
+    async fn kms_key(&self) -> (String, String) {
+        let config = ecr::sdk_config(&self.moto.aws_settings(), "us-east-1", None).await;
+        let created = aws_sdk_kms::Client::new(&config)
+            .create_key()
+            .send()
+            .await
+            .unwrap();
+        let key = created.key_metadata().unwrap();
+        (key.arn().unwrap().to_string(), key.key_id().to_string())
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_ecr-replicator"));
         command.args(args);
@@ -180,13 +192,7 @@ async fn push(registry: &TestRegistry, repository: &str, image: &TestImage) {
 #[tokio::test]
 async fn s3_layout_round_trip_is_byte_identical_and_a_second_export_writes_nothing() {
     let rig = S3Rig::start().await;
-    let key = ecr::sdk_config(&rig.moto.aws_settings(), "us-east-1", None).await;
-    let kms = aws_sdk_kms::Client::new(&key)
-        .create_key()
-        .send()
-        .await
-        .unwrap();
-    let key_arn = kms.key_metadata().unwrap().arn().unwrap().to_string();
+    let (key_arn, key_id) = rig.kms_key().await;
     let src = TestRegistry::start();
     let index = multi_arch(45, 2, 60_000);
     let big = ImageBuilder::new(Format::Oci)
@@ -225,10 +231,7 @@ async fn s3_layout_round_trip_is_byte_identical_and_a_second_export_writes_nothi
         head.server_side_encryption(),
         Some(&ServerSideEncryption::AwsKms)
     );
-    assert!(head
-        .ssekms_key_id()
-        .unwrap_or_default()
-        .contains(kms.key_metadata().unwrap().key_id()));
+    assert!(head.ssekms_key_id().unwrap_or_default().contains(&key_id));
 
     let dst = TestRegistry::start();
     for (repository, image) in [("team/app", &index), ("team/big", &big)] {
@@ -550,13 +553,7 @@ async fn a_missing_bucket_fails_the_export_naming_it() {
 #[tokio::test]
 async fn layout_jobs_use_the_allowlists_bucket_owner_and_kms_key() {
     let rig = S3Rig::start().await;
-    let key = ecr::sdk_config(&rig.moto.aws_settings(), "us-east-1", None).await;
-    let kms = aws_sdk_kms::Client::new(&key)
-        .create_key()
-        .send()
-        .await
-        .unwrap();
-    let key_arn = kms.key_metadata().unwrap().arn().unwrap().to_string();
+    let (key_arn, key_id) = rig.kms_key().await;
     let src = TestRegistry::start();
     let image = multi_arch(48, 1, 30_000);
     push(&src, "team/app", &image).await;
@@ -621,10 +618,7 @@ async fn layout_jobs_use_the_allowlists_bucket_owner_and_kms_key() {
         head.server_side_encryption(),
         Some(&ServerSideEncryption::AwsKms)
     );
-    assert!(head
-        .ssekms_key_id()
-        .unwrap_or_default()
-        .contains(kms.key_metadata().unwrap().key_id()));
+    assert!(head.ssekms_key_id().unwrap_or_default().contains(&key_id));
 
     let export_only = write("export-only.json", allowlist(false));
     let out = sync(&import, &export_only);

@@ -4,7 +4,6 @@
 //! destination under their mapped names. Checked with skopeo, the statement itself, and the
 //! destination registry's request log.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Output;
 
@@ -13,6 +12,7 @@ use e2e::registry::TestRegistry;
 use e2e::skopeo;
 use serde_json::{json, Value};
 
+use crate::layout::blob_files;
 use crate::transfer::{cli, pem_file, STATEMENT};
 
 /// A source registry with four images, a moto KMS key and an empty layout directory.
@@ -107,21 +107,6 @@ impl Rig {
             "destinations": [{"registry": dst.host, "insecure": true, "repositoryPrefix": "mirror/"}],
         })
     }
-}
-
-/// Every blob file of the layout with its size and modification time.
-fn blob_files(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
-    std::fs::read_dir(dir.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let meta = e.metadata().unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                (meta.len(), meta.modified().unwrap()),
-            )
-        })
-        .collect()
 }
 
 fn ref_names(dir: &Path) -> Vec<String> {

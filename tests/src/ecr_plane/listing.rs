@@ -3,7 +3,8 @@
 
 use sha2::Digest as _;
 
-use super::{control_client, PlaneState};
+use super::control::control_client;
+use super::PlaneState;
 
 /// Writes a pushed manifest to the control plane's listing (`Behaviours::pushes_listed`): a
 /// push by tag tags the image (moto refuses the same tag on the same image again, as ECR

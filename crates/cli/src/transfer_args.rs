@@ -84,7 +84,8 @@ pub struct GateArgs {
     /// statement (export) or a promotion receipt signed with --receipt-key (import).
     #[arg(long, value_name = "POLICY", requires = "allowlist")]
     pub require_signature: Option<String>,
-    /// The deployment's allowlist, whose `trustPolicies` --require-signature names.
+    /// The deployment's allowlist, whose `trustPolicies` --require-signature names; on import,
+    /// a policy its entry for the destination registry requires (`requireSignature`) applies too.
     #[arg(long, value_name = "FILE")]
     pub allowlist: Option<PathBuf>,
     #[command(flatten)]
@@ -92,20 +93,37 @@ pub struct GateArgs {
 }
 
 impl GateArgs {
-    /// The gate --require-signature asks for, with the allowlist it names a policy of.
+    /// The gate of a layout copy: the policy --require-signature names and, on import into
+    /// `destination`, the policy --allowlist's entry for that registry requires (whether or not
+    /// --require-signature is given: the deployment's control, as in a job), with the
+    /// allowlist. `None` when neither asks for one.
     async fn gate(
         &self,
         aws_endpoint_url: Option<&str>,
+        destination: Option<&str>,
     ) -> anyhow::Result<Option<(LayoutGate, Allowlist)>> {
-        let (Some(name), Some(path)) = (&self.require_signature, &self.allowlist) else {
+        let Some(path) = &self.allowlist else {
             return Ok(None);
         };
         let what = format!("--allowlist {}", path.display());
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {what}"))?;
         let allowlist = Allowlist::from_json(&text, &what)?;
-        let policy = allowlist.trust_policy(name).with_context(|| {
-            format!("--require-signature {name:?} is not one of {what}'s trustPolicies")
-        })?;
+        let required = destination
+            .and_then(|registry| allowlist.destination(registry))
+            .and_then(|entry| entry.require_signature.clone());
+        let mut names: Vec<String> = self.require_signature.iter().cloned().collect();
+        names.extend(required.filter(|r| !names.contains(r)));
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let policies = names
+            .iter()
+            .map(|name| {
+                allowlist.trust_policy(name).with_context(|| {
+                    format!("the trust policy {name:?} is not one of {what}'s trustPolicies")
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let (root, checks) = self.root.resolve()?;
         let root = root.unwrap_or_default();
         let aws = ecr::AwsSettings {
@@ -115,7 +133,7 @@ impl GateArgs {
             ..ecr::AwsSettings::from_env()
         };
         let verifier = BundleVerifier::load(&root, &checks, &aws).await?;
-        Ok(Some((LayoutGate::new(vec![policy], verifier), allowlist)))
+        Ok(Some((LayoutGate::new(policies, verifier), allowlist)))
     }
 }
 
@@ -157,7 +175,7 @@ pub async fn export(
         );
     }
     let signer = args.signer(aws_endpoint_url).await?;
-    let gate = args.gate.gate(aws_endpoint_url).await?;
+    let gate = args.gate.gate(aws_endpoint_url, None).await?;
     let (report, admitted, wrote) = export_gated(
         client,
         source,
@@ -290,7 +308,11 @@ pub async fn import(
         );
     }
     check_pinned_digest(store, ref_name, target, key.as_ref()).await?;
-    if let Some((gate, allowlist)) = args.gate.gate(aws_endpoint_url).await? {
+    if let Some((gate, allowlist)) = args
+        .gate
+        .gate(aws_endpoint_url, Some(&target.repository.registry))
+        .await?
+    {
         return import_under_gate(
             args,
             (store, ref_name),

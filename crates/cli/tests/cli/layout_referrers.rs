@@ -438,3 +438,46 @@ async fn a_corrupt_referrer_blob_leaves_the_image_untagged() {
     refused(rig.import(&dst, false, false, false), &[&layer.digest]);
     assert!(!skopeo::exists(&format!("{}/back/app:v1", dst.host)));
 }
+
+/// GIVEN a layout holding a signed and an unsigned image (exported without a gate) and an
+/// allowlist whose destination entry requires the policy `release` WHEN the unsigned one is
+/// imported with that allowlist and no --require-signature THEN it is refused as unsigned and
+/// nothing is tagged (the deployment's control holds whatever the command says); the signed one
+/// imports.
+#[tokio::test]
+async fn an_import_meets_the_policy_its_destination_requires() {
+    let rig = Rig::new().await;
+    let to = format!("oci:{}", rig.dir.path().display());
+    for tag in ["v1", "unsigned"] {
+        let from = format!("{}/team/app:{tag}", rig.src.host);
+        ok(
+            rig.run(&["copy", &from, &to, "--insecure-registry", &rig.src.host]),
+            "ungated export",
+        );
+    }
+    let mut allowlist: Value =
+        serde_json::from_slice(&std::fs::read(&rig.allowlist).unwrap()).unwrap();
+    allowlist["destinations"] = json!([{"registry": "127.0.0.1:*", "requireSignature": "release"}]);
+    let path = rig.files.path().join("required.json");
+    std::fs::write(&path, allowlist.to_string()).unwrap();
+    let path = path.display().to_string();
+    let dst = TestRegistry::start();
+    let import = |tag: &str| {
+        let from = format!("oci:{}:team/app:{tag}", rig.dir.path().display());
+        let to = format!("{}/back/app", dst.host);
+        rig.run(&[
+            "copy",
+            &from,
+            &to,
+            "--insecure-registry",
+            &dst.host,
+            "--allowlist",
+            &path,
+        ])
+    };
+    refused(import("unsigned"), &["unsigned"]);
+    nothing_tagged(&dst);
+    ok(import("v1"), "import of the signed image");
+    let raw = skopeo::inspect_raw(&format!("{}/back/app:v1", dst.host), None);
+    assert_eq!(raw, rig.image.manifest.to_vec());
+}

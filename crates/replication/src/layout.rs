@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::layout_gate::{artifacts_only, LayoutGate, LayoutReader, SourceReader};
 use crate::layout_referrers::{
     export_referrers, import_referrers, layout_referrers, source_referrers, walk_referrers,
+    IndexEntries,
 };
 use crate::transfer_statement::{verify_statement, TrustedTransferKey, VerifiedStatement};
 use crate::CopyReport;
@@ -78,6 +79,35 @@ pub async fn export_gated(
     parallel: usize,
     gate: Option<&LayoutGate>,
 ) -> Result<(CopyReport, Option<String>, ExportWrote)> {
+    let err = |source: oci::Error| Error::Registry {
+        image: from.to_string(),
+        source,
+    };
+    let (mut done, admitted, wrote, entries) =
+        export_unindexed(source, from, (store, ref_name), parallel, gate).await?;
+    let mut index = LayoutIndex::read(store)
+        .await
+        .map_err(err)?
+        .unwrap_or_else(LayoutIndex::empty);
+    if entries.apply(&mut index) {
+        index.write(store).await.map_err(err)?;
+    } else if done.manifests_put == 0 && done.blobs_copied == 0 {
+        done.already_present = true;
+    }
+    Ok((done, admitted, wrote))
+}
+
+/// [`export_gated`] without touching `index.json`: blobs and manifests written, and the
+/// entries that name them returned for the caller to add (a run exporting many images at once
+/// writes `index.json` once). `already_present` is left to the caller (nothing written and no
+/// entry new).
+pub async fn export_unindexed(
+    source: &RegistryClient,
+    from: &Reference,
+    (store, ref_name): (&dyn LayoutStore, &str),
+    parallel: usize,
+    gate: Option<&LayoutGate>,
+) -> Result<(CopyReport, Option<String>, ExportWrote, IndexEntries)> {
     let started = Instant::now();
     let image = from.to_string();
     let err = |source: oci::Error| Error::Registry {
@@ -116,10 +146,6 @@ pub async fn export_gated(
     };
     let target = format!("oci:{}:{ref_name}", store.location());
     let mut done = report(image.clone(), target, &top);
-    let mut index = LayoutIndex::read(store)
-        .await
-        .map_err(err)?
-        .unwrap_or_else(LayoutIndex::empty);
     let walked = walk(source, from, top.clone()).await?;
     done.foreign_layers = walked.foreign_layers;
     let outcomes: Vec<(Option<u64>, String)> = futures::stream::iter(walked.blobs.values())
@@ -142,21 +168,18 @@ pub async fn export_gated(
             done.manifests_put += 1;
         }
     }
-    let (more, written, listed) =
-        export_referrers(source, from, store, (&mut index, ref_name), &referrers).await?;
+    let mut entries = IndexEntries::default();
+    let (more, written) =
+        export_referrers(source, from, (store, ref_name), &referrers, &mut entries).await?;
+    entries.name(ref_name, &top);
     done.manifests_put += written;
     tally(outcomes.into_iter().chain(more).collect()).record(&mut done);
-    if index.set(ref_name, &top) | listed {
-        index.write(store).await.map_err(err)?;
-    } else if done.manifests_put == 0 && done.blobs_copied == 0 {
-        done.already_present = true;
-    }
     done.seconds = started.elapsed().as_secs_f64();
     let referrers = referrers
         .iter()
         .map(|r| r.manifest.digest.to_string())
         .collect();
-    Ok((done, admitted, ExportWrote { referrers, blobs }))
+    Ok((done, admitted, ExportWrote { referrers, blobs }, entries))
 }
 
 /// What an export wrote itself, for its signed statement.

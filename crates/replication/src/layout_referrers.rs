@@ -160,18 +160,52 @@ async fn fallback_children(
     })
 }
 
-/// Writes `referrers` (read from `from`'s repository) into the layout: their blobs the layout
-/// lacks, their manifests, and their `index.json` entries (a tag-scheme artifact under
-/// `<repository>:<tag>`, with the repository of `ref_name`; an OCI referrer without a ref
-/// name). Returns the blob outcomes (`Some(bytes)` written), the manifests written, and whether
-/// `index` changed.
+/// The `index.json` entries an export adds, applied by whoever holds the index (one image's
+/// export, or a run exporting many at once that writes `index.json` once).
+#[derive(Debug, Clone, Default)]
+pub struct IndexEntries(Vec<IndexEntry>);
+
+/// One entry of [`IndexEntries`], in the order the export wrote them.
+#[derive(Debug, Clone)]
+enum IndexEntry {
+    /// Named `ref name -> manifest` (the image, a tag-scheme artifact).
+    Named(String, Manifest),
+    /// Without a ref name: an OCI 1.1 referrer, with its artifact type.
+    Unnamed(Manifest, String),
+}
+
+impl IndexEntries {
+    /// Names `manifest` `ref_name`.
+    pub fn name(&mut self, ref_name: &str, manifest: &Manifest) {
+        self.0
+            .push(IndexEntry::Named(ref_name.to_string(), manifest.clone()));
+    }
+
+    /// Adds them to `index`, in order; whether it changed.
+    pub fn apply(&self, index: &mut LayoutIndex) -> bool {
+        let mut changed = false;
+        for entry in &self.0 {
+            changed |= match entry {
+                IndexEntry::Named(name, manifest) => index.set(name, manifest),
+                IndexEntry::Unnamed(manifest, artifact_type) => {
+                    index.add_unnamed(manifest, Some(artifact_type))
+                }
+            };
+        }
+        changed
+    }
+}
+
+/// Writes the referrers' blobs and manifests into the layout (blobs it lacks, each checked as
+/// written); returns the blob outcomes, the manifests written, and the `index.json` entries
+/// that list them (tag-scheme artifacts under their tag, OCI 1.1 referrers unnamed).
 pub(crate) async fn export_referrers(
     source: &RegistryClient,
     from: &Reference,
-    store: &dyn LayoutStore,
-    (index, ref_name): (&mut LayoutIndex, &str),
+    (store, ref_name): (&dyn LayoutStore, &str),
     referrers: &[LayoutReferrer],
-) -> Result<(Vec<Option<u64>>, usize, bool)> {
+    entries: &mut IndexEntries,
+) -> Result<(Vec<Option<u64>>, usize)> {
     let err = |e: oci::Error| Error::Registry {
         image: from.to_string(),
         source: e,
@@ -184,7 +218,7 @@ pub(crate) async fn export_referrers(
             })
         })?
         .0;
-    let (mut outcomes, mut written, mut changed) = (Vec::new(), 0, false);
+    let (mut outcomes, mut written) = (Vec::new(), 0);
     for referrer in referrers {
         let at = from.with_digest(referrer.manifest.digest.clone());
         let walked = walk(source, &at, referrer.manifest.clone()).await?;
@@ -200,17 +234,18 @@ pub(crate) async fn export_referrers(
                 written += 1;
             }
         }
-        changed |= match (&referrer.tag, repository) {
+        match (&referrer.tag, repository) {
             (Some(tag), Some(repository)) => {
-                index.set(&format!("{repository}:{tag}"), &referrer.manifest)
+                entries.name(&format!("{repository}:{tag}"), &referrer.manifest)
             }
-            (Some(tag), None) => index.set(tag, &referrer.manifest),
-            (None, _) => {
-                index.add_unnamed(&referrer.manifest, Some(referrer.artifact_type.as_str()))
-            }
-        };
+            (Some(tag), None) => entries.name(tag, &referrer.manifest),
+            (None, _) => entries.0.push(IndexEntry::Unnamed(
+                referrer.manifest.clone(),
+                referrer.artifact_type.clone(),
+            )),
+        }
     }
-    Ok((outcomes, written, changed))
+    Ok((outcomes, written))
 }
 
 /// Whether a ref name is a tag-scheme artifact's (`[<repository>:]sha256-<hex>.sig|.att|.sbom`)

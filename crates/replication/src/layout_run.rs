@@ -15,7 +15,7 @@ use oci::Reference;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::job::{Job, LayoutSide, SettingsMode, ValidJob};
-use crate::layout::{export_gated, import_stated, PrepareTarget};
+use crate::layout::{export_unindexed, import_stated, PrepareTarget};
 use crate::layout_gate::{sign_import_receipt, LayoutGate};
 use crate::layout_referrers::tag_scheme;
 use crate::receipts::ReceiptSigner;
@@ -235,8 +235,10 @@ async fn export_selection(
     Ok(selected)
 }
 
-/// Exports every selected image into `store` one after the other (each writes `index.json`),
-/// then signs the layout's statement when an image was written or none is there yet.
+/// Exports the selected images into `store`, `maxConcurrency` at once, each adding its entries
+/// to one `index.json` written once at the end, then signs the layout's statement when an image
+/// was written or the layout's statement no longer matches. A run killed before the end leaves
+/// its blobs and manifests, not their names: the next run finds them and writes only the names.
 async fn export_job(
     conns: &Connections,
     valid: &ValidJob,
@@ -249,84 +251,34 @@ async fn export_job(
     let location = format!("oci:{}", store.location());
     let mut output = LayoutRunOutput::default();
     let selected = export_selection(&source, valid, (&mut output.run, observer), &location).await?;
-    let held = if job.dry_run {
-        LayoutIndex::read(store)
-            .await
-            .map_err(|e| layout_error(store, e))?
-    } else {
-        None
+    let held = LayoutIndex::read(store)
+        .await
+        .map_err(|e| layout_error(store, e))?;
+    let index = tokio::sync::Mutex::new((held.unwrap_or_else(LayoutIndex::empty), false));
+    let run = ExportRun {
+        source: &source,
+        store,
+        gate: gate.as_ref(),
+        index: &index,
+        dry_run: job.dry_run,
     };
+    let mut done: Vec<(ImageResult, Option<ExportedImage>)> = futures::stream::iter(&selected)
+        .map(|image| run.export_one(image))
+        .buffer_unordered(job.max_concurrency.max(1) as usize)
+        .collect()
+        .await;
+    done.sort_by(|a, b| (&a.0.repository, &a.0.tags).cmp(&(&b.0.repository, &b.0.tags)));
     let mut exported = Vec::new();
-    for image in selected {
-        let ref_name = format!("{}:{}", image.repository, image.tag);
-        let from = Reference::parse(&format!(
-            "{}/{}:{}",
-            source.registry, image.repository, image.tag
-        ))
-        .map_err(|e| Error::Registry {
-            image: ref_name.clone(),
-            source: e,
-        });
-        let (outcome, digest) = if let Err(e) = from {
-            (Err(e), image.digest.clone())
-        } else if job.dry_run {
-            // A listed image's digest is not known before the source is asked (a HEAD: no pull).
-            let digest = match (image.digest.is_empty(), &from) {
-                (true, Ok(from)) => match source.client.head_manifest(from).await {
-                    Ok(Some(head)) => head.digest.to_string(),
-                    _ => String::new(),
-                },
-                _ => image.digest.clone(),
-            };
-            let path = format!("{}/index.json", store.location());
-            let there = held
-                .as_ref()
-                .and_then(|index| index.find(&ref_name, &path).ok().flatten())
-                .is_some_and(|entry| !digest.is_empty() && entry.blob.digest.as_str() == digest);
-            let status = if there {
-                ImageStatus::Present
-            } else {
-                ImageStatus::Planned
-            };
-            (Ok((status, 0, None)), digest)
-        } else {
-            let from = from?;
-            match export_gated(
-                &source.client,
-                &from,
-                (store, &ref_name),
-                BLOBS_AT_ONCE,
-                gate.as_ref(),
-            )
-            .await
-            {
-                Ok((report, admitted, wrote)) => {
-                    let status = if report.already_present {
-                        ImageStatus::Present
-                    } else {
-                        ImageStatus::Copied
-                    };
-                    exported.push(ExportedImage {
-                        ref_name: ref_name.clone(),
-                        digest: report.digest.clone(),
-                        source: from.to_string(),
-                        admitted_by: admitted.iter().cloned().collect(),
-                        tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
-                        referrers: wrote.referrers,
-                        written_blobs: wrote.blobs,
-                    });
-                    let digest = report.digest.clone();
-                    (Ok((status, report.bytes_copied, admitted)), digest)
-                }
-                Err(e) => (Err(e), image.digest.clone()),
-            }
-        };
-        let image = result(
-            (&image.repository, &digest, &image.tag),
-            (&location, &image.repository),
-            outcome,
-        );
+    for (image, stated) in done {
         record(&mut output.run, observer, image);
+        exported.extend(stated);
+    }
+    let (index, changed) = index.into_inner();
+    if changed {
+        index
+            .write(store)
+            .await
+            .map_err(|e| layout_error(store, e))?;
     }
     if job.dry_run || exported.is_empty() {
         return Ok(output);
@@ -339,6 +291,122 @@ async fn export_job(
         }
     }
     Ok(output)
+}
+
+/// What every image of an export shares.
+struct ExportRun<'a> {
+    source: &'a Connection,
+    store: &'a dyn LayoutStore,
+    gate: Option<&'a LayoutGate>,
+    /// The layout's `index.json` as the run builds it, and whether it changed.
+    index: &'a tokio::sync::Mutex<(LayoutIndex, bool)>,
+    dry_run: bool,
+}
+
+impl ExportRun<'_> {
+    /// One image: its result, and what the statement says of it when exported.
+    async fn export_one(&self, image: &Selected) -> (ImageResult, Option<ExportedImage>) {
+        let ref_name = format!("{}:{}", image.repository, image.tag);
+        let location = format!("oci:{}", self.store.location());
+        let from = Reference::parse(&format!(
+            "{}/{}:{}",
+            self.source.registry, image.repository, image.tag
+        ))
+        .map_err(|e| Error::Registry {
+            image: ref_name.clone(),
+            source: e,
+        });
+        let (outcome, digest, stated) = match from {
+            Err(e) => (Err(e), image.digest.clone(), None),
+            Ok(from) if self.dry_run => {
+                let (status, digest) = self.planned(image, &from, &ref_name).await;
+                (Ok((status, 0, None)), digest, None)
+            }
+            Ok(from) => match self.export(&from, &ref_name).await {
+                Ok((status, bytes, admitted, stated)) => {
+                    let digest = stated.digest.clone();
+                    (Ok((status, bytes, admitted)), digest, Some(stated))
+                }
+                Err(e) => (Err(e), image.digest.clone(), None),
+            },
+        };
+        let result = result(
+            (&image.repository, &digest, &image.tag),
+            (&location, &image.repository),
+            outcome,
+        );
+        (result, stated)
+    }
+
+    /// A dry run: present when `index.json` names the image at the source's digest (a listed
+    /// image's digest read with a HEAD: no pull), else planned.
+    async fn planned(
+        &self,
+        image: &Selected,
+        from: &Reference,
+        ref_name: &str,
+    ) -> (ImageStatus, String) {
+        let digest = if image.digest.is_empty() {
+            match self.source.client.head_manifest(from).await {
+                Ok(Some(head)) => head.digest.to_string(),
+                _ => String::new(),
+            }
+        } else {
+            image.digest.clone()
+        };
+        let path = format!("{}/index.json", self.store.location());
+        let index = self.index.lock().await;
+        let there = index
+            .0
+            .find(ref_name, &path)
+            .ok()
+            .flatten()
+            .is_some_and(|entry| !digest.is_empty() && entry.blob.digest.as_str() == digest);
+        let status = if there {
+            ImageStatus::Present
+        } else {
+            ImageStatus::Planned
+        };
+        (status, digest)
+    }
+
+    /// Writes the image's blobs and manifests, then adds its names to the run's index:
+    /// present when nothing was written and no name is new.
+    async fn export(
+        &self,
+        from: &Reference,
+        ref_name: &str,
+    ) -> Result<(ImageStatus, u64, Option<String>, ExportedImage)> {
+        let (report, admitted, wrote, entries) = export_unindexed(
+            &self.source.client,
+            from,
+            (self.store, ref_name),
+            BLOBS_AT_ONCE,
+            self.gate,
+        )
+        .await?;
+        let named = {
+            let mut index = self.index.lock().await;
+            let named = entries.apply(&mut index.0);
+            index.1 |= named;
+            named
+        };
+        let status = if named || report.manifests_put > 0 || report.blobs_copied > 0 {
+            ImageStatus::Copied
+        } else {
+            ImageStatus::Present
+        };
+        let stated = ExportedImage {
+            ref_name: ref_name.to_string(),
+            digest: report.digest.clone(),
+            source: from.to_string(),
+            admitted_by: admitted.iter().cloned().collect(),
+            tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
+            referrers: wrote.referrers,
+            written_blobs: wrote.blobs,
+        };
+        Ok((status, report.bytes_copied, admitted, stated))
+    }
 }
 
 /// Whether the layout carries a statement `signer`'s key signed that names exactly what its

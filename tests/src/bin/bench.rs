@@ -3,7 +3,8 @@
 //! limit for the large layer (one `curl` monolithic upload of the same blob); plus whole
 //! registries: `ecr-replicator sync` against `skopeo sync` (first sync, then the no-op re-sync),
 //! failed images counted from our report; plus OCI image layouts: an export to and an import
-//! from an `oci:` directory against `skopeo copy docker://... oci:DIR` and back.
+//! from an `oci:` directory against `skopeo copy docker://... oci:DIR` and back, and a layout
+//! export job of a whole registry against one `skopeo copy` per image.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -423,6 +424,75 @@ fn layout_rows(tools: &Tools, runs: usize, scratch: &Path) -> Vec<Row> {
     vec![i, j, k, l]
 }
 
+/// (m) A layout export job of a whole sync case (every repository and tag) into a fresh
+/// `oci:DIR`, against what skopeo offers for it: one `skopeo copy` per image into one `oci:DIR`
+/// (skopeo sync writes no OCI layout).
+fn compare_layout_job(
+    tools: &Tools,
+    case: &SyncCase,
+    tags: usize,
+    runs: usize,
+    scratch: &Path,
+) -> Row {
+    let (mut ours, mut theirs, mut rss) = (vec![], vec![], 0u64);
+    for run in 0..runs {
+        let (ours_dir, skopeo_dir) = (
+            tempfile::tempdir_in(scratch).unwrap(),
+            tempfile::tempdir_in(scratch).unwrap(),
+        );
+        let job = ours_dir.path().with_extension("job.json");
+        let include: Vec<String> = case.repositories.clone();
+        std::fs::write(
+            &job,
+            serde_json::json!({
+                "source": {"registry": tools.src, "insecure": true},
+                "destinations": [{"layout": ours_dir.path().display().to_string()}],
+                "repositories": {"include": include},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let o = run_quiet(Command::new(&tools.ours).args([
+            "sync",
+            "--input",
+            job.to_str().unwrap(),
+            "--insecure-registry",
+            &tools.src,
+            "--output",
+            "json",
+        ]));
+        let copies: String = case
+            .repositories
+            .iter()
+            .flat_map(|r| (0..tags).map(move |t| (r, t)))
+            .map(|(r, t)| {
+                format!(
+                    "skopeo copy -q --src-tls-verify=false docker://{}/{r}:v{t} oci:{}:{r}:v{t}\n",
+                    tools.src,
+                    skopeo_dir.path().display()
+                )
+            })
+            .collect();
+        let s = run_quiet(Command::new("sh").args(["-e", "-c", &copies]));
+        eprintln!(
+            "  layout job run {run}: {} images, export job {:.2}s vs skopeo copies {:.2}s",
+            case.repositories.len() * tags,
+            o.seconds,
+            s.seconds
+        );
+        rss = rss.max(o.max_rss_kib);
+        ours.push(o.seconds);
+        theirs.push(s.seconds);
+    }
+    Row {
+        case: "(m) export job, 20 repositories x 10 tags to oci:DIR (skopeo: a copy per image)",
+        ours: median(ours),
+        skopeo: median(theirs),
+        rss_mib: rss as f64 / 1024.0,
+        goal: "-",
+    }
+}
+
 /// One `curl` monolithic PUT of the blob from a file: the registry's raw ingest limit.
 async fn raw_upload(blob: &e2e::image::Blob, dir: &Path, runs: usize) -> f64 {
     let file = dir.join("blob.bin");
@@ -510,7 +580,17 @@ fn main() {
         src: src.host.clone(),
     };
     if std::env::var("BENCH_ONLY").as_deref() == Ok("layout") {
-        print_rows(&layout_rows(&tools, runs, scratch.path()), runs, big);
+        let mut rows = layout_rows(&tools, runs, scratch.path());
+        let wide = rt.block_on(sync_case(
+            &src,
+            scratch.path(),
+            "(e) 20 repositories x 10 tags: first sync",
+            "svc",
+            20,
+            10,
+        ));
+        rows.push(compare_layout_job(&tools, &wide, 10, runs, scratch.path()));
+        print_rows(&rows, runs, big);
         return;
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("sync") {
@@ -559,6 +639,7 @@ fn main() {
     let (g, h, deep_failed) = compare_sync(&tools, &deep, runs);
     let mut rows = vec![a, b, c, d, e, f, g, h];
     rows.extend(layout_rows(&tools, runs, scratch.path()));
+    rows.push(compare_layout_job(&tools, &wide, 10, runs, scratch.path()));
     let raw = rt.block_on(raw_upload(&large.blobs[1], scratch.path(), runs));
 
     print_rows(&rows, runs, big);

@@ -299,11 +299,12 @@ pub trait PrepareTarget: Send + Sync {
 
 /// [`import_image`] against a statement verified already (`statement`: the import must match
 /// it) and under a gate when given: a run of many images verifies the statement once. Returns
-/// the report and, when gated, what admitted the image. With `expected`, `index.json` must
-/// still name that digest under `ref_name` (what a run selected from an earlier read).
+/// the report and, when gated, what admitted the image. `held` is the `index.json` a run read
+/// once (checked against its statement already): its images are imported as selected from it,
+/// and it is not read again for each; `None` reads (and checks) it now.
 pub async fn import_stated(
     store: &dyn LayoutStore,
-    (ref_name, expected): (&str, Option<&oci::Digest>),
+    (ref_name, held): (&str, Option<&LayoutIndex>),
     (target, to): (&RegistryClient, &Reference),
     parallel: usize,
     statement: Option<&VerifiedStatement>,
@@ -316,30 +317,26 @@ pub async fn import_stated(
         source: e,
     };
     let index_path = format!("{}/index.json", store.location());
-    let index = LayoutIndex::read(store)
-        .await
-        .map_err(err)?
-        .ok_or_else(|| {
-            err(oci::Error::Layout {
-                path: store.location(),
-                reason: "is not an OCI layout (no oci-layout and index.json)".into(),
-            })
-        })?;
-    if let Some(statement) = statement {
-        statement.check_index(&index, &index_path)?;
-    }
-    let entry = named_entry(&index, ref_name, &index_path).map_err(err)?;
-    if let Some(expected) = expected.filter(|d| **d != entry.blob.digest) {
-        return Err(err(oci::Error::Layout {
-            path: index_path,
-            reason: format!(
-                "names {} at {} now, not {expected} as when the run selected it: index.json \
-                 changed during the import; not imported",
-                layout::quoted(ref_name),
-                entry.blob.digest
-            ),
-        }));
-    }
+    let read;
+    let index = match held {
+        Some(index) => index,
+        None => {
+            read = LayoutIndex::read(store)
+                .await
+                .map_err(err)?
+                .ok_or_else(|| {
+                    err(oci::Error::Layout {
+                        path: store.location(),
+                        reason: "is not an OCI layout (no oci-layout and index.json)".into(),
+                    })
+                })?;
+            if let Some(statement) = statement {
+                statement.check_index(&read, &index_path)?;
+            }
+            &read
+        }
+    };
+    let entry = named_entry(index, ref_name, &index_path).map_err(err)?;
     let top = layout::read_manifest(store, &entry.blob, Some(&entry.media_type))
         .await
         .map_err(err)?;
@@ -349,7 +346,7 @@ pub async fn import_stated(
         layout::read_manifest(store, &BlobRef { digest, size }, None).await
     };
     let walked = walk_with(&source, &store.location(), top.clone(), fetch).await?;
-    let referrers = layout_referrers(store, &index, ref_name, &top.digest).await?;
+    let referrers = layout_referrers(store, index, ref_name, &top.digest).await?;
     if let Some(statement) = statement {
         statement.check_image(ref_name, walked.children.len() + 1, &walked.blobs)?;
         statement.check_referrers(ref_name, &referrers)?;

@@ -579,11 +579,12 @@ async fn import_job(
             })
             .collect();
         let (stated, gate, conn) = (statement.as_ref(), gate.as_ref(), conn.as_ref());
+        let index = &index;
         let imports = futures::stream::iter(work)
             .map(|(image, target)| async move {
                 import_one(
                     conns,
-                    (store, stated, gate),
+                    (store, index, stated, gate),
                     (conn, target),
                     image,
                     job.dry_run,
@@ -663,8 +664,9 @@ impl PrepareTarget for RepositoryReady {
 /// promotion receipt when the gate admitted it under a deployment policy.
 async fn import_one(
     conns: &Connections,
-    (store, statement, gate): (
+    (store, index, statement, gate): (
         &dyn LayoutStore,
+        &LayoutIndex,
         Option<&VerifiedStatement>,
         Option<&LayoutGate>,
     ),
@@ -698,7 +700,7 @@ async fn import_one(
         }
         let (report, admitted) = import_stated(
             store,
-            (&image.entry.ref_name, Some(&image.entry.blob.digest)),
+            (&image.entry.ref_name, Some(index)),
             (&conn.client, &to),
             BLOBS_AT_ONCE,
             statement,

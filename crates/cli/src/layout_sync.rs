@@ -10,7 +10,7 @@ use replication::allowlist::layouts;
 use replication::connect::Connections;
 use replication::job::{LayoutLocation, LayoutSide};
 use replication::layout_run::{run_layout_job, ImportTrust};
-use replication::transfer_statement::{TrustedTransferKey, STATEMENT_FILE};
+use replication::transfer_statement::STATEMENT_FILE;
 use replication::Job;
 
 use crate::job_commands::{print_run, Progress, RunArgs};
@@ -62,7 +62,7 @@ pub async fn sync(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
     let imports = matches!(valid.job.layout_side(), Some(LayoutSide::Import(_)));
     let pinned = entry.and_then(|e| e.transfer_key.as_deref());
     let key = match imports {
-        true => transfer_key(&args.layout.verify, pinned, &text)?,
+        true => crate::transfer_args::transfer_key(&args.layout.verify, pinned, &text)?,
         false => None,
     };
     let store = open(&place, &layout_args).await?;
@@ -119,35 +119,4 @@ pub async fn sync(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The key an import verifies the layout's statement with: the one the allowlist pins for the
-/// layout (then `--trust-transfer-key`, if given, must be it, and no unverified import is
-/// allowed), else `--trust-transfer-key`; pinned by `--not-before` and `--statement-digest`.
-fn transfer_key(
-    args: &VerifyLayoutArgs,
-    pinned: Option<&str>,
-    layout: &str,
-) -> anyhow::Result<Option<TrustedTransferKey>> {
-    let given = args.trusted_key()?;
-    let Some(pem) = pinned else {
-        return Ok(given);
-    };
-    let key = TrustedTransferKey::from_pem(pem)
-        .and_then(|k| k.with_pins(args.not_before.as_deref(), args.statement_digest.as_deref()))
-        .map_err(|e| anyhow::anyhow!("the allowlist's transferKey for {layout}: {e}"))?;
-    if given.is_some_and(|g| g.fingerprint != key.fingerprint) {
-        anyhow::bail!(
-            "--trust-transfer-key is not the key the allowlist pins for {layout} ({}): nothing \
-             imported",
-            key.fingerprint
-        );
-    }
-    if args.allow_unverified_layout {
-        anyhow::bail!(
-            "--allow-unverified-layout: the allowlist pins {layout}'s transfer key, so every \
-             import from it verifies; nothing imported"
-        );
-    }
-    Ok(Some(key))
 }

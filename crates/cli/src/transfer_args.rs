@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use oci::layout::{LayoutIndex, LayoutStore};
 use oci::{Reference, RegistryClient};
-use replication::allowlist::Allowlist;
+use replication::allowlist::{layouts, Allowlist};
 use replication::layout::{export_gated, import_gated, import_image, import_image_verified};
 use replication::layout_gate::{sign_import_receipt, LayoutGate};
 use replication::sigstore::BundleVerifier;
@@ -92,35 +92,98 @@ pub struct GateArgs {
     pub root: crate::trusted_root_args::TrustedRootArgs,
 }
 
+/// Which side of a layout copy the registry is.
+#[derive(Debug, Clone, Copy)]
+pub enum CopySide<'a> {
+    /// Export from this source registry into the layout.
+    Export(&'a str),
+    /// Import from the layout into this destination registry.
+    Import(&'a str),
+}
+
+/// What --allowlist says of one layout copy: the allowlist, the trust policies the image must
+/// pass, and the transfer key an import must verify with.
+pub struct CopyRules {
+    /// The deployment's allowlist.
+    pub allowlist: Allowlist,
+    /// The policies: --require-signature's, the destination's (import) and the layout's.
+    pub policies: Vec<String>,
+    /// The layout entry's pinned `transferKey` (PEM), for an import.
+    pub transfer_key: Option<String>,
+}
+
 impl GateArgs {
-    /// The gate of a layout copy: the policy --require-signature names and, on import into
-    /// `destination`, the policy --allowlist's entry for that registry requires (whether or not
-    /// --require-signature is given: the deployment's control, as in a job), with the
-    /// allowlist. `None` when neither asks for one.
-    async fn gate(
-        &self,
-        aws_endpoint_url: Option<&str>,
-        destination: Option<&str>,
-    ) -> anyhow::Result<Option<(LayoutGate, Allowlist)>> {
+    /// With --allowlist, what the deployment says of this copy, as for a job: the registry must
+    /// be one of its sources (export) or destinations (import) and the layout one of its
+    /// `layouts` for that use (an absolute directory or `s3://` location); their required
+    /// policies join --require-signature's. `None` without --allowlist.
+    pub fn rules(&self, side: CopySide<'_>, layout: &str) -> anyhow::Result<Option<CopyRules>> {
         let Some(path) = &self.allowlist else {
             return Ok(None);
         };
         let what = format!("--allowlist {}", path.display());
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {what}"))?;
         let allowlist = Allowlist::from_json(&text, &what)?;
-        let required = destination
-            .and_then(|registry| allowlist.destination(registry))
-            .and_then(|entry| entry.require_signature.clone());
-        let mut names: Vec<String> = self.require_signature.iter().cloned().collect();
-        names.extend(required.filter(|r| !names.contains(r)));
-        if names.is_empty() {
-            return Ok(None);
+        let (registry, entry, use_) = match side {
+            CopySide::Export(registry) => (registry, allowlist.source(registry), "export"),
+            CopySide::Import(registry) => (registry, allowlist.destination(registry), "import"),
+        };
+        let Some(entry) = entry else {
+            anyhow::bail!(
+                "{registry} is not one of {what}'s {}: nothing copied",
+                if use_ == "export" {
+                    "sources"
+                } else {
+                    "destinations"
+                }
+            );
+        };
+        let Some(layout_entry) = layouts::find(&allowlist.layouts, layout) else {
+            anyhow::bail!(
+                "{layout} is not one of {what}'s layouts (give it as listed: an absolute \
+                 directory or s3://BUCKET/PREFIX): nothing copied"
+            );
+        };
+        let allowed = match use_ {
+            "export" => layout_entry.export,
+            _ => layout_entry.import,
+        };
+        if !allowed {
+            anyhow::bail!("{what} does not let copies {use_} at {layout}: nothing copied");
         }
-        let policies = names
+        let mut policies: Vec<String> = self.require_signature.iter().cloned().collect();
+        let required = [
+            entry.require_signature.clone().filter(|_| use_ == "import"),
+            layout_entry.require_signature.clone(),
+        ];
+        for name in required.into_iter().flatten() {
+            if !policies.contains(&name) {
+                policies.push(name);
+            }
+        }
+        let transfer_key = layout_entry.transfer_key.clone();
+        Ok(Some(CopyRules {
+            allowlist,
+            policies,
+            transfer_key,
+        }))
+    }
+
+    /// The gate the rules' policies make, with the allowlist; `None` when no policy applies.
+    async fn gate(
+        &self,
+        aws_endpoint_url: Option<&str>,
+        rules: Option<CopyRules>,
+    ) -> anyhow::Result<Option<(LayoutGate, Allowlist)>> {
+        let Some(rules) = rules.filter(|r| !r.policies.is_empty()) else {
+            return Ok(None);
+        };
+        let policies = rules
+            .policies
             .iter()
             .map(|name| {
-                allowlist.trust_policy(name).with_context(|| {
-                    format!("the trust policy {name:?} is not one of {what}'s trustPolicies")
+                rules.allowlist.trust_policy(name).with_context(|| {
+                    format!("the trust policy {name:?} is not one of the allowlist's trustPolicies")
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -133,7 +196,7 @@ impl GateArgs {
             ..ecr::AwsSettings::from_env()
         };
         let verifier = BundleVerifier::load(&root, &checks, &aws).await?;
-        Ok(Some((LayoutGate::new(policies, verifier), allowlist)))
+        Ok(Some((LayoutGate::new(policies, verifier), rules.allowlist)))
     }
 }
 
@@ -175,7 +238,11 @@ pub async fn export(
         );
     }
     let signer = args.signer(aws_endpoint_url).await?;
-    let gate = args.gate.gate(aws_endpoint_url, None).await?;
+    let rules = args.gate.rules(
+        CopySide::Export(&source.repository.registry),
+        &store.location(),
+    )?;
+    let gate = args.gate.gate(aws_endpoint_url, rules).await?;
     let (report, admitted, wrote) = export_gated(
         client,
         source,
@@ -224,22 +291,15 @@ pub async fn export(
 /// signs a promotion receipt with the receipt key, if any.
 async fn import_under_gate(
     args: &TransferArgs,
+    key: Option<&TrustedTransferKey>,
     (store, ref_name): (&dyn LayoutStore, &str),
     (client, target): (&RegistryClient, &Reference),
     parallel: usize,
     (gate, allowlist): (&LayoutGate, &Allowlist),
     aws_endpoint_url: Option<&str>,
 ) -> anyhow::Result<CopyReport> {
-    let key = args.verify.trusted_key()?;
-    let (report, statement, admitted) = import_gated(
-        store,
-        ref_name,
-        (client, target),
-        parallel,
-        key.as_ref(),
-        gate,
-    )
-    .await?;
+    let (report, statement, admitted) =
+        import_gated(store, ref_name, (client, target), parallel, key, gate).await?;
     match &statement {
         Some(statement) => eprintln!(
             "verified {}/{STATEMENT_FILE}: signed by {}, exported {} by {}",
@@ -298,7 +358,12 @@ pub async fn import(
     parallel: usize,
     aws_endpoint_url: Option<&str>,
 ) -> anyhow::Result<CopyReport> {
-    let key = args.verify.trusted_key()?;
+    let rules = args.gate.rules(
+        CopySide::Import(&target.repository.registry),
+        &store.location(),
+    )?;
+    let pinned = rules.as_ref().and_then(|r| r.transfer_key.as_deref());
+    let key = transfer_key(&args.verify, pinned, &store.location())?;
     if key.is_none() && !args.verify.allow_unverified_layout && statement_present(store).await {
         anyhow::bail!(
             "{} carries a signed transfer statement: verify it with --trust-transfer-key \
@@ -308,13 +373,10 @@ pub async fn import(
         );
     }
     check_pinned_digest(store, ref_name, target, key.as_ref()).await?;
-    if let Some((gate, allowlist)) = args
-        .gate
-        .gate(aws_endpoint_url, Some(&target.repository.registry))
-        .await?
-    {
+    if let Some((gate, allowlist)) = args.gate.gate(aws_endpoint_url, rules).await? {
         return import_under_gate(
             args,
+            key.as_ref(),
             (store, ref_name),
             (client, target),
             parallel,
@@ -392,4 +454,35 @@ async fn check_pinned_digest(
         ),
         _ => Ok(()),
     }
+}
+
+/// The key an import verifies the layout's statement with: the one the allowlist pins for the
+/// layout (then `--trust-transfer-key`, if given, must be it, and no unverified import is
+/// allowed), else `--trust-transfer-key`; pinned by `--not-before` and `--statement-digest`.
+pub fn transfer_key(
+    args: &VerifyLayoutArgs,
+    pinned: Option<&str>,
+    layout: &str,
+) -> anyhow::Result<Option<TrustedTransferKey>> {
+    let given = args.trusted_key()?;
+    let Some(pem) = pinned else {
+        return Ok(given);
+    };
+    let key = TrustedTransferKey::from_pem(pem)
+        .and_then(|k| k.with_pins(args.not_before.as_deref(), args.statement_digest.as_deref()))
+        .map_err(|e| anyhow::anyhow!("the allowlist's transferKey for {layout}: {e}"))?;
+    if given.is_some_and(|g| g.fingerprint != key.fingerprint) {
+        anyhow::bail!(
+            "--trust-transfer-key is not the key the allowlist pins for {layout} ({}): nothing \
+             imported",
+            key.fingerprint
+        );
+    }
+    if args.allow_unverified_layout {
+        anyhow::bail!(
+            "--allow-unverified-layout: the allowlist pins {layout}'s transfer key, so every \
+             import from it verifies; nothing imported"
+        );
+    }
+    Ok(Some(key))
 }

@@ -238,6 +238,13 @@ impl Allowlist {
             .find(|a| host_matches(&a.registry, registry))
     }
 
+    /// The source entry that allows `registry`, if any.
+    pub fn source(&self, registry: &str) -> Option<&AllowedRegistry> {
+        self.sources
+            .iter()
+            .find(|a| host_matches(&a.registry, registry))
+    }
+
     /// Refuses a job naming a registry, a role or plain HTTP this allowlist does not allow;
     /// every problem names its field.
     pub fn check(&self, job: &Job) -> Result<()> {

@@ -28,6 +28,14 @@ use crate::transfer_statement::{
 
 /// Blobs of one image streamed at once.
 const BLOBS_AT_ONCE: usize = 4;
+/// Images a layout run copies at once at most, whatever `maxConcurrency` says: each streams
+/// `BLOBS_AT_ONCE` blobs, each an open file or connection (the process's descriptors are few).
+const MAX_IMAGES_AT_ONCE: usize = 32;
+
+/// Images copied at once: `maxConcurrency`, at most `MAX_IMAGES_AT_ONCE`.
+fn images_at_once(job: &Job) -> usize {
+    (job.max_concurrency as usize).clamp(1, MAX_IMAGES_AT_ONCE)
+}
 /// Repositories listed per catalog page.
 const REPOSITORY_PAGE: usize = 1000;
 
@@ -250,7 +258,11 @@ async fn export_job(
     let gate = layout_gate(conns, valid).await?;
     let location = format!("oci:{}", store.location());
     let mut output = LayoutRunOutput::default();
-    let selected = export_selection(&source, valid, (&mut output.run, observer), &location).await?;
+    let mut selected =
+        export_selection(&source, valid, (&mut output.run, observer), &location).await?;
+    // One export per ref name (a listed image may be named twice).
+    let mut seen = std::collections::BTreeSet::new();
+    selected.retain(|i| seen.insert((i.repository.clone(), i.tag.clone())));
     let held = LayoutIndex::read(store)
         .await
         .map_err(|e| layout_error(store, e))?;
@@ -264,21 +276,22 @@ async fn export_job(
     };
     let mut done: Vec<(ImageResult, Option<ExportedImage>)> = futures::stream::iter(&selected)
         .map(|image| run.export_one(image))
-        .buffer_unordered(job.max_concurrency.max(1) as usize)
+        .buffer_unordered(images_at_once(job))
         .collect()
         .await;
     done.sort_by(|a, b| (&a.0.repository, &a.0.tags).cmp(&(&b.0.repository, &b.0.tags)));
-    let mut exported = Vec::new();
-    for (image, stated) in done {
-        record(&mut output.run, observer, image);
-        exported.extend(stated);
-    }
+    // The names first: no image is reported copied that index.json does not name.
     let (index, changed) = index.into_inner();
     if changed {
         index
             .write(store)
             .await
             .map_err(|e| layout_error(store, e))?;
+    }
+    let mut exported = Vec::new();
+    for (image, stated) in done {
+        record(&mut output.run, observer, image);
+        exported.extend(stated);
     }
     if job.dry_run || exported.is_empty() {
         return Ok(output);
@@ -318,10 +331,10 @@ impl ExportRun<'_> {
         });
         let (outcome, digest, stated) = match from {
             Err(e) => (Err(e), image.digest.clone(), None),
-            Ok(from) if self.dry_run => {
-                let (status, digest) = self.planned(image, &from, &ref_name).await;
-                (Ok((status, 0, None)), digest, None)
-            }
+            Ok(from) if self.dry_run => match self.planned(image, &from, &ref_name).await {
+                Ok((status, digest)) => (Ok((status, 0, None)), digest, None),
+                Err(e) => (Err(e), image.digest.clone(), None),
+            },
             Ok(from) => match self.export(&from, &ref_name).await {
                 Ok((status, bytes, admitted, stated)) => {
                     let digest = stated.digest.clone();
@@ -345,11 +358,24 @@ impl ExportRun<'_> {
         image: &Selected,
         from: &Reference,
         ref_name: &str,
-    ) -> (ImageStatus, String) {
+    ) -> Result<(ImageStatus, String)> {
         let digest = if image.digest.is_empty() {
-            match self.source.client.head_manifest(from).await {
-                Ok(Some(head)) => head.digest.to_string(),
-                _ => String::new(),
+            let head =
+                self.source
+                    .client
+                    .head_manifest(from)
+                    .await
+                    .map_err(|e| Error::Registry {
+                        image: from.to_string(),
+                        source: e,
+                    })?;
+            match head {
+                Some(head) => head.digest.to_string(),
+                None => {
+                    return Err(Error::ImageNotFound {
+                        image: from.to_string(),
+                    })
+                }
             }
         } else {
             image.digest.clone()
@@ -367,7 +393,7 @@ impl ExportRun<'_> {
         } else {
             ImageStatus::Planned
         };
-        (status, digest)
+        Ok((status, digest))
     }
 
     /// Writes the image's blobs and manifests, then adds its names to the run's index:
@@ -543,38 +569,44 @@ async fn import_job(
     }
     for (i, destination) in job.destinations.iter().enumerate() {
         let conn = conns.destination(job, i).await?;
-        // Each repository's target once: its name and how it is made ready, or why it cannot
-        // be written (every image of it then fails with that).
-        let mut targets: BTreeMap<String, std::result::Result<RepositoryReady, String>> =
-            BTreeMap::new();
+        // Each source repository's target name once, or why it cannot be written (every image
+        // of it then fails with that); each target made ready once, whichever source
+        // repositories a mapping sends there.
+        let mut names: BTreeMap<&str, std::result::Result<String, String>> = BTreeMap::new();
+        let mut readies: BTreeMap<String, RepositoryReady> = BTreeMap::new();
         for image in &held {
-            let target = targets.entry(image.repository.clone()).or_insert_with(|| {
+            let name = names.entry(&image.repository).or_insert_with(|| {
                 checked_target(conns, destination, &image.repository)
-                    .map(|name| RepositoryReady::new(job, &conn, name))
                     .map_err(|e| format!("{}: {e}", e.kind().as_str()))
             });
-            if let Err(why) = target {
-                let names = (
-                    image.repository.as_str(),
-                    image.entry.blob.digest.as_str(),
-                    image.tag.as_str(),
-                );
-                let image = ImageResult {
-                    status: ImageStatus::Failed,
-                    error: Some(why.clone()),
-                    ..result(
-                        names,
-                        (&destination.registry, &image.repository),
-                        Ok((ImageStatus::Failed, 0, None)),
-                    )
-                };
-                record(&mut output.run, observer, image);
+            match name {
+                Ok(name) => {
+                    readies
+                        .entry(name.clone())
+                        .or_insert_with(|| RepositoryReady::new(job, &conn, name.clone()));
+                }
+                Err(why) => {
+                    let image = ImageResult {
+                        status: ImageStatus::Failed,
+                        error: Some(why.clone()),
+                        ..result(
+                            (
+                                &image.repository,
+                                image.entry.blob.digest.as_str(),
+                                &image.tag,
+                            ),
+                            (&destination.registry, &image.repository),
+                            Ok((ImageStatus::Failed, 0, None)),
+                        )
+                    };
+                    record(&mut output.run, observer, image);
+                }
             }
         }
         let work: Vec<(&Held, &RepositoryReady)> = held
             .iter()
-            .filter_map(|image| match targets.get(&image.repository) {
-                Some(Ok(target)) => Some((image, target)),
+            .filter_map(|image| match names.get(image.repository.as_str()) {
+                Some(Ok(name)) => readies.get(name).map(|ready| (image, ready)),
                 _ => None,
             })
             .collect();
@@ -591,7 +623,7 @@ async fn import_job(
                 )
                 .await
             })
-            .buffer_unordered(job.max_concurrency.max(1) as usize);
+            .buffer_unordered(images_at_once(job));
         let results: Vec<ImageResult> = imports.collect().await;
         for image in results {
             record(&mut output.run, observer, image);

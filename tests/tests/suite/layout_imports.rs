@@ -99,3 +99,39 @@ async fn an_import_creates_a_repository_only_for_an_admitted_image() {
         Some(&image.manifest)
     );
 }
+
+/// GIVEN two source repositories exported into a layout WHEN an import maps both onto one
+/// destination repository that does not exist THEN it is created once and both images arrive
+/// (two creations racing would fail one with RepositoryAlreadyExistsException).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repositories_mapped_onto_one_are_created_once() {
+    let world = EcrWorld::start();
+    let (app, lib) = (multi_arch(73, 1, 4_000), multi_arch(74, 1, 4_000));
+    world.seed("team/app", "v1", &app).await;
+    world.seed("team/lib", "v2", &lib).await;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().display().to_string();
+    let store = DirLayout::new(dir.path());
+    let conns = Connections::new(world.settings());
+    let export = json!({
+        "source": {"registry": SOURCE},
+        "destinations": [{"layout": layout}],
+        "repositories": {"include": ["team/**"]},
+    });
+    assert_eq!(run(&conns, export, &store).await.copied, 2);
+    let import = json!({
+        "source": {"layout": layout},
+        "destinations": [{"registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42",
+                          "repositoryMapping": [{"match": "team/.*", "replace": "merged"}]}],
+    });
+    let imported = run(&conns, import, &store).await;
+    assert_eq!((imported.copied, imported.failed), (2, 0), "{imported:?}");
+    let pusher = Pusher::new(
+        &world.registry(DEST).host,
+        Some(("AWS".into(), moto_token_password(DEST))),
+    );
+    assert_eq!(
+        pusher.manifest("merged", "v2").await.as_ref(),
+        Some(&lib.manifest)
+    );
+}

@@ -68,9 +68,12 @@ impl Rig {
             .push("team/app", &fallback(&image.digest), &index)
             .await;
         let allowlist = files.path().join("allowlist.json");
+        let dir = tempfile::tempdir().unwrap();
         let any = json!([{"registry": "127.0.0.1:*"}]);
+        let layouts = json!([{"location": dir.path(), "export": true, "import": true}]);
         let policies = json!({"sources": any, "destinations": any, "insecure": ["127.0.0.1:*"],
-                              "trustPolicies": {"release": {"publicKeys": [pem]}}});
+                              "trustPolicies": {"release": {"publicKeys": [pem]}},
+                              "layouts": layouts});
         std::fs::write(&allowlist, policies.to_string()).unwrap();
         Rig {
             moto,
@@ -79,7 +82,7 @@ impl Rig {
             signature,
             sbom,
             receipt,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             files,
             allowlist,
             key_arn,
@@ -478,6 +481,69 @@ async fn an_import_meets_the_policy_its_destination_requires() {
     refused(import("unsigned"), &["unsigned"]);
     nothing_tagged(&dst);
     ok(import("v1"), "import of the signed image");
+    let raw = skopeo::inspect_raw(&format!("{}/back/app:v1", dst.host), None);
+    assert_eq!(raw, rig.image.manifest.to_vec());
+}
+
+/// GIVEN a signed export and allowlists that each differ in one rule WHEN `copy` imports from
+/// the layout with that allowlist THEN a destination the allowlist does not list (another
+/// spelling of a host included), a layout it does not list, and an unverified import of a
+/// layout whose key it pins are each refused with nothing tagged; the import that meets them all
+/// verifies the statement with the pinned key.
+#[tokio::test]
+async fn copy_with_an_allowlist_keeps_to_its_registries_layouts_and_pinned_key() {
+    let rig = Rig::new().await;
+    ok(rig.export("v1", true), "signed export");
+    let base: Value = serde_json::from_slice(&std::fs::read(&rig.allowlist).unwrap()).unwrap();
+    let dst = TestRegistry::start();
+    let pinned_layouts = json!([{"location": rig.dir.path(), "import": true,
+                                 "transferKey": std::fs::read_to_string(&rig.public_pem).unwrap()}]);
+    let write = |name: &str, change: &dyn Fn(&mut Value)| {
+        let mut allowlist = base.clone();
+        change(&mut allowlist);
+        let path = rig.files.path().join(name);
+        std::fs::write(&path, allowlist.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let import = |allowlist: &str, to_host: &str, extra: &[&str]| {
+        let from = format!("oci:{}:team/app:v1", rig.dir.path().display());
+        let to = format!("{to_host}/back/app");
+        let mut args = vec!["copy", &from, &to, "--insecure-registry", to_host];
+        args.extend(["--allowlist", allowlist]);
+        args.extend(extra);
+        rig.run(&args)
+    };
+    let elsewhere = write("elsewhere.json", &|a| {
+        a["destinations"] = json!([{"registry": "registry.internal:5000"}])
+    });
+    refused(
+        import(&elsewhere, &dst.host, &[]),
+        &["is not one of", "destinations"],
+    );
+    let shouting = dst.host.replace("127.0.0.1", "LOCALHOST");
+    let exact = write("exact.json", &|a| {
+        a["destinations"] = json!([{"registry": dst.host}])
+    });
+    refused(
+        import(&exact, &shouting, &[]),
+        &["is not one of", "destinations"],
+    );
+    let unlisted = write("unlisted.json", &|a| a["layouts"] = json!([]));
+    refused(
+        import(&unlisted, &dst.host, &[]),
+        &["is not one of", "layouts"],
+    );
+    let pinned = write("pinned.json", &|a| a["layouts"] = pinned_layouts.clone());
+    refused(
+        import(&pinned, &dst.host, &["--allow-unverified-layout"]),
+        &["pins"],
+    );
+    nothing_tagged(&dst);
+    let said = ok(
+        import(&pinned, &dst.host, &[]),
+        "import under the pinned key",
+    );
+    assert!(said.contains("verified"), "{said}");
     let raw = skopeo::inspect_raw(&format!("{}/back/app:v1", dst.host), None);
     assert_eq!(raw, rig.image.manifest.to_vec());
 }

@@ -170,9 +170,11 @@ async fn an_export_job_and_an_import_job_carry_the_selected_images_across() {
         statement_bytes,
         "a no-op export re-signed the statement"
     );
-    // The plan of a listed image the layout holds and of one it lacks; nothing written.
+    // The plan of a listed image the layout holds, of one it lacks, and of one the source
+    // lacks; nothing written.
     let mut listed = rig.export_job();
     listed["images"] = json!([{"repository": "team/app", "tag": "v1"},
+                              {"repository": "team/app", "tag": "v2-rc"},
                               {"repository": "team/lib", "tag": "v2-missing"}]);
     listed.as_object_mut().unwrap().remove("tags");
     let out = rig.run("plan", &listed, &[&rig.src.host], &[]);
@@ -183,7 +185,7 @@ async fn an_export_job_and_an_import_job_carry_the_selected_images_across() {
         .iter()
         .map(|i| i["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["present", "planned"], "{plan}");
+    assert_eq!(statuses, ["present", "planned", "failed"], "{plan}");
     assert_eq!(blob_files(rig.dir.path()), blobs, "a plan wrote blobs");
 
     let dst = TestRegistry::start();

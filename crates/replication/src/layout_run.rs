@@ -12,6 +12,7 @@ use futures::StreamExt;
 use oci::layout::{split_ref_name, LayoutEntry, LayoutIndex, LayoutStore};
 use oci::Reference;
 
+use crate::artifacts::artifact_subject;
 use crate::connect::{Connection, Connections};
 use crate::error::{Error, Result};
 use crate::job::{Job, LayoutSide, SettingsMode, ValidJob};
@@ -173,7 +174,8 @@ async fn export_selection(
             .filter(|i| valid.repositories.matches(&i.repository))
             .filter_map(|i| {
                 let tag = i.tag.clone()?;
-                valid.tags.tag_matches(&tag).then(|| Selected {
+                let image = valid.tags.tag_matches(&tag) && artifact_subject(&tag).is_none();
+                image.then(|| Selected {
                     repository: i.repository.clone(),
                     digest: String::new(),
                     tag,
@@ -232,6 +234,12 @@ async fn export_selection(
                 None => break,
             }
         }
+        // Signatures, attestations, SBOMs and fallback indexes under the tag scheme
+        // (`sha256-<hex>[.sig|.att|.sbom]`) travel as their images' referrers, not as images.
+        listed.iter_mut().for_each(|image| {
+            image.tags.retain(|tag| artifact_subject(tag).is_none());
+        });
+        // (An image left without tags is not selected: an export takes no untagged image.)
         for image in valid.tags.select(&listed, now) {
             selected.extend(image.tags.into_iter().map(|tag| Selected {
                 repository: repository.clone(),

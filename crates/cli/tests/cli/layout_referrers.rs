@@ -547,3 +547,56 @@ async fn copy_with_an_allowlist_keeps_to_its_registries_layouts_and_pinned_key()
     let raw = skopeo::inspect_raw(&format!("{}/back/app:v1", dst.host), None);
     assert_eq!(raw, rig.image.manifest.to_vec());
 }
+
+/// GIVEN a repository whose listing holds a cosign signature tag and a referrers fallback index
+/// tag beside its images WHEN an export job takes the whole repository with the receipt key
+/// THEN the signature tags travel as the signed image's referrers, not as images: the signed
+/// statement names the two images, and the signature is in the layout under its tag.
+#[tokio::test]
+async fn an_export_job_carries_signature_tags_as_referrers_not_images() {
+    let rig = Rig::new().await;
+    let job = rig.files.path().join("export.json");
+    std::fs::write(
+        &job,
+        json!({
+            "source": {"registry": rig.src.host, "insecure": true},
+            "destinations": [{"layout": rig.dir.path()}],
+            "repositories": {"include": ["team/app"]},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let job = job.display().to_string();
+    ok(
+        rig.run(&[
+            "sync",
+            "--input",
+            &job,
+            "--insecure-registry",
+            &rig.src.host,
+            "--receipt-key",
+            &rig.key_arn,
+        ]),
+        "export job",
+    );
+    let statement: Value = serde_json::from_slice(
+        &std::fs::read(rig.dir.path().join(crate::transfer::STATEMENT)).unwrap(),
+    )
+    .unwrap();
+    let stated: Vec<&str> = statement["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ref"].as_str().unwrap())
+        .collect();
+    assert_eq!(stated, ["team/app:unsigned", "team/app:v1"], "{statement}");
+    let sig = format!("team/app:{}.sig", fallback(&rig.image.digest));
+    let names: Vec<String> = rig.index()["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(str::to_string)
+        .collect();
+    assert!(names.contains(&sig), "{names:?}");
+}

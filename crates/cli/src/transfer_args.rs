@@ -124,19 +124,14 @@ impl GateArgs {
         let what = format!("--allowlist {}", path.display());
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {what}"))?;
         let allowlist = Allowlist::from_json(&text, &what)?;
-        let (registry, entry, use_) = match side {
-            CopySide::Export(registry) => (registry, allowlist.source(registry), "export"),
-            CopySide::Import(registry) => (registry, allowlist.destination(registry), "import"),
+        // Per side: the registry's entry, the allowlist's name for its list, the use, whether
+        // the layout allows it, and the policy the registry's entry requires (a destination's).
+        let (registry, entry, list, use_) = match side {
+            CopySide::Export(r) => (r, allowlist.source(r), "sources", "export"),
+            CopySide::Import(r) => (r, allowlist.destination(r), "destinations", "import"),
         };
         let Some(entry) = entry else {
-            anyhow::bail!(
-                "{registry} is not one of {what}'s {}: nothing copied",
-                if use_ == "export" {
-                    "sources"
-                } else {
-                    "destinations"
-                }
-            );
+            anyhow::bail!("{registry} is not one of {what}'s {list}: nothing copied");
         };
         let Some(layout_entry) = layouts::find(&allowlist.layouts, layout) else {
             anyhow::bail!(
@@ -144,18 +139,15 @@ impl GateArgs {
                  directory or s3://BUCKET/PREFIX): nothing copied"
             );
         };
-        let allowed = match use_ {
-            "export" => layout_entry.export,
-            _ => layout_entry.import,
+        let (allowed, required_here) = match side {
+            CopySide::Export(_) => (layout_entry.export, None),
+            CopySide::Import(_) => (layout_entry.import, entry.require_signature.clone()),
         };
         if !allowed {
             anyhow::bail!("{what} does not let copies {use_} at {layout}: nothing copied");
         }
         let mut policies: Vec<String> = self.require_signature.iter().cloned().collect();
-        let required = [
-            entry.require_signature.clone().filter(|_| use_ == "import"),
-            layout_entry.require_signature.clone(),
-        ];
+        let required = [required_here, layout_entry.require_signature.clone()];
         for name in required.into_iter().flatten() {
             if !policies.contains(&name) {
                 policies.push(name);

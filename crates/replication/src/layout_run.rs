@@ -307,7 +307,8 @@ async fn export_job(
     if let Some(signer) = conns.receipt_signer().await {
         // Signed again when this run wrote something, or when the layout's statement is not
         // one of this key that names exactly what index.json holds (an earlier signing failed).
-        if output.run.report.copied > 0 || !statement_current(store, signer.as_ref()).await {
+        if output.run.report.copied > 0 || !statement_current(store, &index, signer.as_ref()).await
+        {
             output.statement = Some(write_statement(store, signer.as_ref(), &exported).await?);
         }
     }
@@ -444,8 +445,12 @@ impl ExportRun<'_> {
 }
 
 /// Whether the layout carries a statement `signer`'s key signed that names exactly what its
-/// `index.json` holds.
-async fn statement_current(store: &dyn LayoutStore, signer: &dyn ReceiptSigner) -> bool {
+/// `index.json` (`index`, as the run left it) holds.
+async fn statement_current(
+    store: &dyn LayoutStore,
+    index: &LayoutIndex,
+    signer: &dyn ReceiptSigner,
+) -> bool {
     let Ok(der) = signer.public_key().await else {
         return false;
     };
@@ -456,7 +461,7 @@ async fn statement_current(store: &dyn LayoutStore, signer: &dyn ReceiptSigner) 
         return false;
     };
     let path = format!("{}/index.json", store.location());
-    matches!(LayoutIndex::read(store).await, Ok(Some(index)) if statement.check_index(&index, &path).is_ok())
+    statement.check_index(index, &path).is_ok()
 }
 
 fn layout_error(store: &dyn LayoutStore, source: oci::Error) -> Error {

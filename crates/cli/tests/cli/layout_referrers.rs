@@ -579,24 +579,11 @@ async fn an_export_job_carries_signature_tags_as_referrers_not_images() {
         ]),
         "export job",
     );
-    let statement: Value = serde_json::from_slice(
-        &std::fs::read(rig.dir.path().join(crate::transfer::STATEMENT)).unwrap(),
-    )
-    .unwrap();
-    let stated: Vec<&str> = statement["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["ref"].as_str().unwrap())
-        .collect();
-    assert_eq!(stated, ["team/app:unsigned", "team/app:v1"], "{statement}");
+    assert_eq!(
+        crate::transfer::stated_refs(rig.dir.path()),
+        ["team/app:unsigned", "team/app:v1"]
+    );
     let sig = format!("team/app:{}.sig", fallback(&rig.image.digest));
-    let names: Vec<String> = rig.index()["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
-        .map(str::to_string)
-        .collect();
+    let names = crate::transfer::ref_names(rig.dir.path());
     assert!(names.contains(&sig), "{names:?}");
 }

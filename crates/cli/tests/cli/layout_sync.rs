@@ -4,7 +4,6 @@
 //! destination under their mapped names. Checked with skopeo, the statement itself, and the
 //! destination registry's request log.
 
-use std::path::Path;
 use std::process::Output;
 
 use e2e::image::{multi_arch, Pusher, TestImage};
@@ -13,7 +12,7 @@ use e2e::skopeo;
 use serde_json::{json, Value};
 
 use crate::layout::blob_files;
-use crate::transfer::{cli, pem_file, STATEMENT};
+use crate::transfer::{cli, pem_file, ref_names, stated_refs, STATEMENT};
 
 /// A source registry with four images, a moto KMS key and an empty layout directory.
 struct Rig {
@@ -109,20 +108,6 @@ impl Rig {
     }
 }
 
-fn ref_names(dir: &Path) -> Vec<String> {
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let mut names: Vec<String> = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
-        .map(str::to_string)
-        .collect();
-    names.sort();
-    names
-}
-
 /// GIVEN a source with team/app:v1, team/app:v2-rc, team/lib:v2 and other/tool:v1
 /// WHEN an export job selects `team/**` without release candidates into a directory
 /// THEN the layout names exactly team/app:v1 and team/lib:v2, skopeo reads them byte for byte,
@@ -141,13 +126,7 @@ async fn an_export_job_and_an_import_job_carry_the_selected_images_across() {
     }
     let statement_bytes = std::fs::read(rig.dir.path().join(STATEMENT)).unwrap();
     let statement: Value = serde_json::from_slice(&statement_bytes).unwrap();
-    let stated: Vec<&str> = statement["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["ref"].as_str().unwrap())
-        .collect();
-    assert_eq!(stated, ["team/app:v1", "team/lib:v2"]);
+    assert_eq!(stated_refs(rig.dir.path()), ["team/app:v1", "team/lib:v2"]);
     assert_eq!(
         statement["run"]["image"],
         format!("2 images from {}", rig.src.host)

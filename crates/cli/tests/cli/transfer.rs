@@ -46,6 +46,33 @@ pub(crate) fn succeeded(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The refs the transfer statement in the layout `dir` names, in its order.
+pub(crate) fn stated_refs(dir: &Path) -> Vec<String> {
+    let statement: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(STATEMENT)).unwrap()).unwrap();
+    statement["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ref"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The ref names the layout `dir`'s `index.json` holds, sorted.
+pub(crate) fn ref_names(dir: &Path) -> Vec<String> {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut names: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
 /// A public key (SubjectPublicKeyInfo DER) as a PEM file in `dir`.
 pub(crate) fn pem_file(dir: &Path, name: &str, der: &[u8]) -> PathBuf {
     let body = B64.encode(der);

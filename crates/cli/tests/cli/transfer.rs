@@ -134,9 +134,17 @@ impl Signed {
     }
 
     pub(crate) fn export(&self, name: &str, key_arn: &str, dir: &Path) -> String {
+        succeeded(
+            self.export_output(name, key_arn, dir),
+            &format!("export {name}"),
+        )
+    }
+
+    /// `copy` of the source's `name` into the layout `dir` with `key_arn`, as it ended.
+    fn export_output(&self, name: &str, key_arn: &str, dir: &Path) -> Output {
         let from = format!("{}/{name}", self.src.host);
         let to = format!("oci:{}", dir.display());
-        let out = cli(
+        cli(
             &self.moto,
             &[
                 "copy",
@@ -147,8 +155,21 @@ impl Signed {
                 "--receipt-key",
                 key_arn,
             ],
-        );
-        succeeded(out, &format!("export {name}"))
+        )
+    }
+
+    /// A keyed export of `team/app:v1` into `dir` fails naming each of `why`, and the layout's
+    /// statement is what it was before (or still absent). Returns stderr.
+    pub(crate) fn assert_export_not_signed(&self, dir: &Path, why: &[&str]) -> String {
+        let before = std::fs::read(dir.join(STATEMENT)).ok();
+        let out = self.export_output("team/app:v1", &self.key_arn, dir);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "signed: {stderr}");
+        for part in why {
+            assert!(stderr.contains(part), "{part:?} not in: {stderr}");
+        }
+        assert_eq!(std::fs::read(dir.join(STATEMENT)).ok(), before);
+        stderr
     }
 
     fn import(&self, dst: &TestRegistry, trust: Option<&Path>) -> Output {

@@ -12,7 +12,7 @@ use e2e::registry::TestRegistry;
 use e2e::skopeo;
 use serde_json::Value;
 
-use crate::transfer::{cli, succeeded, Signed, ENVELOPE, STATEMENT};
+use crate::transfer::{succeeded, Signed, ENVELOPE, STATEMENT};
 
 /// Replaces the files of `dir` with those of `from` (what a carrier with an old copy does).
 fn put_back(from: &Path, dir: &Path) {
@@ -130,24 +130,7 @@ async fn an_image_planted_in_the_directory_is_not_signed() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let from = format!("{}/team/app:v1", signed.src.host);
-    let to = format!("oci:{}", dir.path().display());
-    let out = cli(
-        &signed.moto,
-        &[
-            "copy",
-            &from,
-            &to,
-            "--insecure-registry",
-            &signed.src.host,
-            "--receipt-key",
-            &signed.key_arn,
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "signed: {stderr}");
-    assert!(stderr.contains("\"evil:1\""), "{stderr}");
-    assert!(stderr.contains("nothing signed"), "{stderr}");
+    signed.assert_export_not_signed(dir.path(), &["\"evil:1\"", "nothing signed"]);
     assert!(!dir.path().join(STATEMENT).exists());
     assert!(!dir.path().join(ENVELOPE).exists());
 }
@@ -295,32 +278,8 @@ async fn a_referrer_planted_beside_a_signed_image_is_not_signed() {
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
         "size": size, "artifactType": "application/spdx+json"}));
     std::fs::write(&path, serde_json::to_vec(&index).unwrap()).unwrap();
-    let before = std::fs::read(signed.dir.path().join(STATEMENT)).unwrap();
-
-    let from = format!("{}/team/app:v1", signed.src.host);
-    let to = format!("oci:{}", signed.dir.path().display());
-    let out = cli(
-        &signed.moto,
-        &[
-            "copy",
-            &from,
-            &to,
-            "--insecure-registry",
-            &signed.src.host,
-            "--receipt-key",
-            &signed.key_arn,
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "signed: {stderr}");
-    assert!(
-        stderr.contains(&format!("the referrer {digest} of \"team/app:v1\"")),
-        "{stderr}"
-    );
-    assert_eq!(
-        std::fs::read(signed.dir.path().join(STATEMENT)).unwrap(),
-        before
-    );
+    let named = format!("the referrer {digest} of \"team/app:v1\"");
+    signed.assert_export_not_signed(signed.dir.path(), &[&named]);
 }
 
 /// GIVEN a signed layout in which one layer of team/lib:v2 had a byte changed (same size)
@@ -340,28 +299,5 @@ async fn a_damaged_blob_this_run_did_not_write_is_not_signed() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 0xff;
     std::fs::write(&path, bytes).unwrap();
-    let before = std::fs::read(signed.dir.path().join(STATEMENT)).unwrap();
-
-    let from = format!("{}/team/app:v1", signed.src.host);
-    let to = format!("oci:{}", signed.dir.path().display());
-    let out = cli(
-        &signed.moto,
-        &[
-            "copy",
-            &from,
-            &to,
-            "--insecure-registry",
-            &signed.src.host,
-            "--receipt-key",
-            &signed.key_arn,
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "signed: {stderr}");
-    assert!(stderr.contains(&layer[7..]), "{stderr}");
-    assert!(stderr.contains("not signed"), "{stderr}");
-    assert_eq!(
-        std::fs::read(signed.dir.path().join(STATEMENT)).unwrap(),
-        before
-    );
+    signed.assert_export_not_signed(signed.dir.path(), &[&layer[7..], "not signed"]);
 }

@@ -53,6 +53,31 @@ export interface TrustPolicyConfig {
   identities?: { issuer: string; subject?: string; subjectRegExp?: string }[];
 }
 
+/** An OCI image layout in S3 the workflow imports from (the allowlist's `layouts[]` entry). */
+export interface LayoutConfig {
+  /** The bucket (S3 bucket name: 3 to 63 lowercase letters, digits, `.` and `-`). */
+  bucket: string;
+  /** The layout's prefix in the bucket (`/`-separated names; none: the whole bucket). A
+   * trailing `/` is dropped. */
+  prefix?: string;
+  /** Jobs may import from it: must be true (it is what an entry is for). */
+  import: boolean;
+  /** Jobs may export into it: refused at synth, the workflow does not export yet (run
+   * `ecr-replicator sync` with an allowlist for exports). */
+  export?: boolean;
+  /** The account that must own the bucket (S3 `ExpectedBucketOwner`, and the IAM grants'
+   * `s3:ResourceAccount`; default: the workflow's account). */
+  bucketOwner?: string;
+  /** The KMS key the layout's objects are encrypted with (SSE-KMS), a key of the workflow's
+   * region: the functions that read it may `kms:Decrypt` with it, through S3 only. */
+  kmsKeyArn?: string;
+  /** One of `trustPolicies`: every image imported from it must pass it, whatever the job says. */
+  requireSignature?: string;
+  /** The exporting deployment's statement key (PEM, ECDSA P-256): every import verifies the
+   * layout's signed transfer statement with it, and with no other key. */
+  transferKey: string;
+}
+
 export interface UpstreamConfig {
   /** The registry's API host (Docker Hub: `registry-1.docker.io`). */
   registry: string;
@@ -144,6 +169,10 @@ export interface ReplicatorConfig {
   /** Let jobs bring their own keys and identities in `requireSignature` instead of naming one of
    * `trustPolicies` (default false). */
   allowJobTrustPolicies?: boolean;
+  /** OCI image layouts in S3 jobs may import from (`"source": {"layout": "s3://BUCKET/PREFIX"}`),
+   * each with the key its transfer statement must be signed with. The functions that read a
+   * job's source may read exactly these objects (and, with `kmsKeyArn`, decrypt them). */
+  layouts?: LayoutConfig[];
 }
 
 /** The bucket and key of `trustedRoot` (`s3://bucket/key`). */
@@ -270,6 +299,7 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     validateSigningProfiles(d, `destinations[${i}]`, fail);
   });
   validatePushForwarding(config, fail);
+  validateLayouts(config, fail);
   if (config.pushTrigger?.reconcileSchedule !== undefined && typeof config.pushTrigger.reconcileSchedule !== 'boolean') {
     fail('pushTrigger.reconcileSchedule', 'must be true or false');
   }
@@ -288,8 +318,10 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     + (config.trustedRoot?.length ?? 0) + (config.receiptKeyArn?.length ?? 0);
   const size = Buffer.byteLength(JSON.stringify(allowlist(config)));
   if (size + others > LAMBDA_ENVIRONMENT_MAX) {
-    fail('trustPolicies', `and destinations[].repositories make the allowlist (ECR_REPLICATOR_ALLOWED_REGISTRIES) ${size} bytes; `
-      + `with the functions' other variables (${others}) that passes Lambda's ${LAMBDA_ENVIRONMENT_MAX} bytes of environment: fewer keys, identities or globs`);
+    // Named by what fills it: the layouts' transfer keys (about 180 bytes each) when there are some.
+    const [field, rest] = config.layouts?.length ? ['layouts', '(with trustPolicies and destinations[].repositories)'] : ['trustPolicies', 'and destinations[].repositories'];
+    fail(field, `${rest} make the allowlist (ECR_REPLICATOR_ALLOWED_REGISTRIES) ${size} bytes; `
+      + `with the functions' other variables (${others}) that passes Lambda's ${LAMBDA_ENVIRONMENT_MAX} bytes of environment: fewer ${config.layouts?.length ? 'layouts, ' : ''}keys, identities or globs`);
   }
   // coalesce-pushes pins the push job in its environment, beside RUST_LOG and the state machine's ARN.
   if (config.pushTrigger) {
@@ -323,6 +355,12 @@ export const DEFAULT_SETTINGS_MODES = ['copy', 'create', 'none'];
 /** Globs a destination's `repositories` may hold at most. */
 export const MAX_REPOSITORY_GLOBS = 50;
 
+/** What the functions accept as a public key: one ECDSA P-256 key in PEM, surrounding whitespace aside. */
+function isP256PublicKey(key: unknown): boolean {
+  if (typeof key !== 'string' || !PEM_PUBLIC_KEY.test(key.trim() + '\n')) return false;
+  try { return createPublicKey(key.trim()).asymmetricKeyDetails?.namedCurve === 'prime256v1'; } catch { return false; }
+}
+
 /** `trustPolicies`, `allowJobTrustPolicies` and the policies the config's jobs name. */
 function validateTrustPolicies(config: ReplicatorConfig, fail: (field: string, problem: string) => void) {
   const policies = config.trustPolicies;
@@ -340,12 +378,7 @@ function validateTrustPolicies(config: ReplicatorConfig, fail: (field: string, p
     if (keys.length > MAX_POLICY_SIGNERS) fail(`${at}.publicKeys`, `has ${keys.length} keys; at most ${MAX_POLICY_SIGNERS}`);
     if (identities.length > MAX_POLICY_SIGNERS) fail(`${at}.identities`, `has ${identities.length} identities; at most ${MAX_POLICY_SIGNERS}`);
     keys.forEach((k, j) => {
-      // What the functions accept: one P-256 key in PEM, surrounding whitespace aside.
-      let p256 = typeof k === 'string' && PEM_PUBLIC_KEY.test(k.trim() + '\n');
-      if (p256) {
-        try { p256 = createPublicKey(k.trim()).asymmetricKeyDetails?.namedCurve === 'prime256v1'; } catch { p256 = false; }
-      }
-      if (!p256) fail(`${at}.publicKeys[${j}]`, 'must be one ECDSA P-256 public key in PEM: a -----BEGIN PUBLIC KEY----- block, as cosign.pub holds (newlines written \\n in JSON)');
+      if (!isP256PublicKey(k)) fail(`${at}.publicKeys[${j}]`, 'must be one ECDSA P-256 public key in PEM: a -----BEGIN PUBLIC KEY----- block, as cosign.pub holds (newlines written \\n in JSON)');
     });
     identities.forEach((id, j) => {
       const field = `${at}.identities[${j}]`;
@@ -400,6 +433,90 @@ function validateDestinationScope(config: ReplicatorConfig, d: DestinationConfig
     fail(`${at}.requireSignature`, `(${JSON.stringify(d.requireSignature)}) must name one of trustPolicies (${Object.keys(config.trustPolicies ?? {}).join(', ') || 'none defined'})`);
   }
   if (d.prune !== undefined && typeof d.prune !== 'boolean') fail(`${at}.prune`, 'must be true or false');
+}
+
+/** What a `layouts[]` entry may hold. */
+const LAYOUT_FIELDS = ['bucket', 'prefix', 'import', 'export', 'bucketOwner', 'kmsKeyArn', 'requireSignature', 'transferKey'];
+/** An S3 bucket name, as the functions parse a layout location (ecr::S3Location). */
+const BUCKET_NAME = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+/** A layout prefix's bytes at most (ecr::S3Location). */
+export const MAX_LAYOUT_PREFIX_BYTES = 512;
+
+/** A layout's prefix as the functions read it: without the trailing `/` (`''`: the whole bucket). */
+export function layoutPrefix(layout: LayoutConfig): string {
+  const prefix = layout.prefix ?? '';
+  return prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+}
+
+/** A layout's location as jobs and the allowlist name it: `s3://BUCKET/PREFIX` (`s3://BUCKET`). */
+export function layoutLocation(layout: LayoutConfig): string {
+  const prefix = layoutPrefix(layout);
+  return prefix ? `s3://${layout.bucket}/${prefix}` : `s3://${layout.bucket}`;
+}
+
+/** The account that must own a layout's bucket: its `bucketOwner`, else the workflow's. */
+export function layoutBucketOwner(config: ReplicatorConfig, layout: LayoutConfig): string {
+  return layout.bucketOwner ?? workflowAccount(config);
+}
+
+/** `layouts[]`: each an import (exports are refused: the workflow does not export yet) from a
+ * bucket and prefix the functions accept (and IAM reads literally: no `*`, `?` or `$`), with a
+ * P-256 transfer key, an owner, a KMS key of the workflow's region and partition and a trust
+ * policy of `trustPolicies` where given; one entry per place, one owner per bucket. */
+function validateLayouts(config: ReplicatorConfig, fail: (field: string, problem: string) => void) {
+  const layouts = config.layouts;
+  if (layouts === undefined) return;
+  if (!Array.isArray(layouts)) fail('layouts', 'must be a list of {bucket, prefix?, import, transferKey, bucketOwner?, kmsKeyArn?, requireSignature?}');
+  const region = config.workflowRegion ?? config.sourceRegion;
+  const partition = partitionOf(region);
+  const key = new RegExp(`^arn:${partition}:kms:${region}:\\d{12}:key/[A-Za-z0-9-]{1,128}$`);
+  layouts.forEach((l, i) => {
+    const at = `layouts[${i}]`;
+    if (typeof l !== 'object' || l === null || Array.isArray(l)) fail(at, 'must be an object: {bucket, prefix?, import, transferKey, ...}');
+    for (const field of Object.keys(l)) {
+      if (!LAYOUT_FIELDS.includes(field)) fail(`${at}.${field}`, `is not a layout field (${LAYOUT_FIELDS.join(', ')})`);
+    }
+    if (typeof l.bucket !== 'string' || !BUCKET_NAME.test(l.bucket)) {
+      fail(`${at}.bucket`, `(${JSON.stringify(l.bucket)}) must be an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit`);
+    }
+    if (l.prefix !== undefined) {
+      const prefix = typeof l.prefix === 'string' ? layoutPrefix(l) : '';
+      // As the functions parse it (ecr::S3Location); and IAM would read `*` and `?` as wildcards
+      // and `${` as a policy variable in the granted ARN, so those are refused too.
+      const bad = typeof l.prefix !== 'string' || !prefix
+        || prefix.split('/').some((s) => s === '' || s === '.' || s === '..')
+        || /[:*?$\u0000-\u001f\u007f-\u009f]/.test(prefix) || Buffer.byteLength(prefix) > MAX_LAYOUT_PREFIX_BYTES;
+      if (bad) {
+        fail(`${at}.prefix`, `(${JSON.stringify(l.prefix)}) must be '/'-separated names without empty, '.' or '..' segments, ':', '*', '?', '$' or control characters, `
+          + `at most ${MAX_LAYOUT_PREFIX_BYTES} bytes (a trailing '/' is dropped; leave it out for the whole bucket)`);
+      }
+    }
+    if (l.export !== undefined && typeof l.export !== 'boolean') fail(`${at}.export`, 'must be true or false');
+    if (l.export) {
+      fail(`${at}.export`, 'is true, and the workflow does not export to layouts yet: run `ecr-replicator sync` with an allowlist for exports '
+        + '(the functions refuse export jobs, so the deployment grants no write to a layout)');
+    }
+    if (l.import !== true) fail(`${at}.import`, 'must be true: an entry is a layout jobs may import from');
+    if (!isP256PublicKey(l.transferKey)) {
+      fail(`${at}.transferKey`, 'is required: the exporting deployment\'s statement key, one ECDSA P-256 public key in PEM (-----BEGIN PUBLIC KEY-----, newlines written \\n in JSON); '
+        + 'every import verifies the layout\'s signed transfer statement with it, never unverified');
+    }
+    if (l.bucketOwner !== undefined && !ACCOUNT.test(l.bucketOwner)) fail(`${at}.bucketOwner`, 'must be a 12-digit account id');
+    if (l.kmsKeyArn !== undefined && !key.test(l.kmsKeyArn)) {
+      fail(`${at}.kmsKeyArn`, `must be the ARN of a KMS key in ${region} (arn:${partition}:kms:${region}:ACCOUNT:key/ID; not an alias): `
+        + 'the functions read the layout through S3 in the workflow\'s region, and an SSE-KMS key is in its bucket\'s region');
+    }
+    if (l.requireSignature !== undefined && !Object.hasOwn(config.trustPolicies ?? {}, l.requireSignature)) {
+      fail(`${at}.requireSignature`, `(${JSON.stringify(l.requireSignature)}) must name one of trustPolicies (${Object.keys(config.trustPolicies ?? {}).join(', ') || 'none defined'})`);
+    }
+    const first = layouts.findIndex((o) => o.bucket === l.bucket && layoutPrefix(o) === layoutPrefix(l));
+    if (first < i) fail(at, `is the same place as layouts[${first}] (${layoutLocation(l)}): one entry per layout`);
+    // A bucket has one owner: two entries expecting different ones would fail one of them.
+    const sibling = layouts.findIndex((o) => o.bucket === l.bucket);
+    if (sibling < i && layoutBucketOwner(config, layouts[sibling]) !== layoutBucketOwner(config, l)) {
+      fail(`${at}.bucketOwner`, `(${layoutBucketOwner(config, l)}) differs from layouts[${sibling}]'s (${layoutBucketOwner(config, layouts[sibling])}) for the same bucket ${l.bucket}: a bucket has one owner`);
+    }
+  });
 }
 
 /** The copying functions: each reserves the config's `copyConcurrency`. */
@@ -732,9 +849,20 @@ export function allowlist(config: ReplicatorConfig): Record<string, unknown> {
     roleArns: [],
     ...(u.credentialArn ? { credentialArns: [u.credentialArn] } : {}),
   }));
+  // The layouts jobs may import from (exports are refused at synth), each with what the
+  // deployment pins for it; absent optionals left out (the functions' defaults).
+  const layouts = (config.layouts ?? []).map((l) => ({
+    location: layoutLocation(l),
+    import: true,
+    ...(l.bucketOwner !== undefined ? { bucketOwner: l.bucketOwner } : {}),
+    ...(l.kmsKeyArn !== undefined ? { kmsKey: l.kmsKeyArn } : {}),
+    ...(l.requireSignature !== undefined ? { requireSignature: l.requireSignature } : {}),
+    transferKey: l.transferKey,
+  }));
   return {
     sources: [entry(jobSource(config)), ...upstreams],
     destinations,
+    ...(layouts.length ? { layouts } : {}),
     insecure: [],
     ...(config.trustPolicies !== undefined ? { trustPolicies: config.trustPolicies } : {}),
     ...(config.allowJobTrustPolicies !== undefined ? { allowJobTrustPolicies: config.allowJobTrustPolicies } : {}),

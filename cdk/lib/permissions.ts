@@ -112,3 +112,60 @@ export function destinationStatements(grant: DestinationGrant): iam.PolicyStatem
 export function registryTokenStatement(): iam.PolicyStatement {
   return new iam.PolicyStatement({ sid: 'RegistryToken', actions: ['ecr:GetAuthorizationToken'], resources: ['*'] });
 }
+
+/** One layout bucket the functions import from: its prefixes (`''`: the whole bucket), the
+ * account that must own it, and the KMS keys its objects may be encrypted with. */
+export interface LayoutGrant {
+  bucket: string;
+  prefixes: string[];
+  owner: string;
+  kmsKeys: string[];
+}
+
+/** Reading the layouts a deployment imports from, by the functions `functionArns` only (they
+ * share their role with functions that read no layout: `lambda:SourceFunctionArn`, which Lambda
+ * puts in the credentials' context of every call the function's code makes): per bucket,
+ * `s3:GetObject` on exactly its layouts' objects (`BUCKET/PREFIX/*`) and `s3:ListBucket` on the
+ * bucket for those prefixes only (`s3:prefix`; S3 answers a missing key 404, not 403, only to a
+ * caller that may list the bucket), both only in a bucket of the expected account
+ * (`s3:ResourceAccount`); and `kms:Decrypt` with the layouts' keys, only through S3 in the
+ * workflow's region (`s3Service`). */
+export function layoutReadStatements(partition: string, s3Service: string, buckets: LayoutGrant[], functionArns: string[]): iam.PolicyStatement[] {
+  const caller = { 'lambda:SourceFunctionArn': functionArns };
+  const statements = buckets.flatMap((b, i) => {
+    const bucket = `arn:${partition}:s3:::${b.bucket}`;
+    const owner = { 's3:ResourceAccount': b.owner };
+    const whole = b.prefixes.includes('');
+    return [
+      new iam.PolicyStatement({
+        sid: `ReadLayoutObjects${i}`,
+        actions: ['s3:GetObject'],
+        resources: whole ? [`${bucket}/*`] : b.prefixes.map((p) => `${bucket}/${p}/*`),
+        conditions: { ArnEquals: caller, StringEquals: owner },
+      }),
+      new iam.PolicyStatement({
+        sid: `ListLayoutObjects${i}`,
+        actions: ['s3:ListBucket'],
+        resources: [bucket],
+        conditions: {
+          ArnEquals: caller,
+          StringEquals: owner,
+          ...(whole ? {} : { StringLike: { 's3:prefix': b.prefixes.map((p) => `${p}/*`) } }),
+        },
+      }),
+    ];
+  });
+  const keys = [...new Set(buckets.flatMap((b) => b.kmsKeys))];
+  if (keys.length) {
+    // S3 decrypts an SSE-KMS object for the caller that reads it. No lambda:SourceFunctionArn
+    // here: that call is S3's, made on the caller's behalf, and the objects it decrypts are only
+    // those the statements above let the reading functions get.
+    statements.push(new iam.PolicyStatement({
+      sid: 'DecryptLayoutObjects',
+      actions: ['kms:Decrypt'],
+      resources: keys,
+      conditions: { StringEquals: { 'kms:ViaService': s3Service } },
+    }));
+  }
+  return statements;
+}

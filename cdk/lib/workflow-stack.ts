@@ -19,11 +19,11 @@ import * as sfn from 'aws-cdk-lib/aws-stepfunctions';
 import { NagSuppressions } from 'cdk-nag';
 import { Construct } from 'constructs';
 import {
-  allowlist, COPY_FUNCTIONS, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, destinationSigningProfiles, jobDestinations, pushInput, pushJobTemplate, PUSH_JOB_VARIABLE, ReplicatorConfig, repositoryGrant,
+  allowlist, COPY_FUNCTIONS, crossAccountSource, DEFAULT_DEPLOYMENT_NAME, deploymentName, destinationKeys, destinationSigningProfiles, jobDestinations, layoutBucketOwner, layoutPrefix, pushInput, pushJobTemplate, PUSH_JOB_VARIABLE, ReplicatorConfig, repositoryGrant,
   reconcileSchedule, scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, trustedRootObject, workflowAccount,
 } from './config';
 import { checkTriggerInputs } from './inputs';
-import { destinationStatements, readSourceStatements, registryTokenStatement } from './permissions';
+import { destinationStatements, LayoutGrant, layoutReadStatements, readSourceStatements, registryTokenStatement } from './permissions';
 
 /** The function that turns batches of the push queue into runs (not a step of the definition). */
 export const COALESCER = 'coalesce-pushes';
@@ -119,6 +119,27 @@ export const METRICS_NAMESPACE = 'EcrReplicator';
 
 /** The copying functions: their reserved concurrency is the config's `copyConcurrency`. */
 export { COPY_FUNCTIONS } from './config';
+
+/** The functions that read a job's source, and so an imported layout (each opens it through
+ * `Connections::source`, which verifies the layout's statement and serves it): they list it,
+ * select and plan its images, copy their blobs and put their manifests, and ensure-repository
+ * opens it too before creating a repository (to learn the source has no settings, and with
+ * `images` whether the repository is there). Not verify-repository (a layout job cannot verify:
+ * refused as the job is validated) or summarise (it reads no registry). */
+export const LAYOUT_READERS = ['enumerate-repositories', 'enumerate-images', 'ensure-repository', 'plan-image', 'copy-blobs', 'put-manifests'];
+
+/** The deployment's `layouts`, grouped by bucket (in the order first named): the grants
+ * `layoutReadStatements` makes. */
+export function layoutGrants(config: ReplicatorConfig): LayoutGrant[] {
+  const buckets = new Map<string, LayoutGrant>();
+  for (const l of config.layouts ?? []) {
+    const grant = buckets.get(l.bucket) ?? { bucket: l.bucket, prefixes: [], owner: layoutBucketOwner(config, l), kmsKeys: [] };
+    grant.prefixes.push(layoutPrefix(l));
+    if (l.kmsKeyArn) grant.kmsKeys.push(l.kmsKeyArn);
+    buckets.set(l.bucket, grant);
+  }
+  return [...buckets.values()];
+}
 
 /** `secretsmanager:GetSecretValue` on the upstreams' secrets, and `kms:Decrypt` through Secrets
  * Manager on the keys that encrypt them. */
@@ -302,6 +323,23 @@ export class WorkflowStack extends Stack {
             ArnEquals: { 'lambda:SourceFunctionArn': this.functions['put-manifests'].functionArn },
           },
         })],
+      });
+    }
+
+    // Layout imports: the functions that read a job's source may read exactly the configured
+    // layouts (and decrypt them through S3). They share the copier role with functions that read
+    // no layout, so the grant names them (`lambda:SourceFunctionArn`); a policy of its own, as
+    // the functions depend on the role's.
+    const layouts = layoutGrants(config);
+    if (layouts.length) {
+      const readers = LAYOUT_READERS.map((name) => {
+        const fn = this.functions[name];
+        if (!fn) throw new Error(`${id}: the layout grants name ${name}, which the state machine definition has no step for`);
+        return fn.functionArn;
+      });
+      new iam.Policy(this, 'LayoutImports', {
+        roles: [copierRole],
+        statements: layoutReadStatements(this.partition, `s3.${this.region}.${this.urlSuffix}`, layouts, readers),
       });
     }
 
@@ -493,7 +531,7 @@ export class WorkflowStack extends Stack {
     this.dashboard(registries, names);
 
     NagSuppressions.addStackSuppressions(this, [
-      { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance.' },
+      { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance; a configured layout is read as BUCKET/PREFIX/* (its blobs are named by digest), by the source-reading functions only.' },
       { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
       { id: 'AwsSolutions-S1', reason: 'The work bucket holds only short-lived lists of image digests and tags the functions write and read; its API calls are in CloudTrail.' },
     ]);

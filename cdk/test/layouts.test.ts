@@ -1,0 +1,246 @@
+/** The configuration's `layouts` (OCI image layouts in S3 the workflow imports from), asserted on
+ * the allowlist the functions get and the IAM the synthesized templates grant. */
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'crypto';
+import { App, Aspects } from 'aws-cdk-lib';
+import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
+import { AwsSolutionsChecks } from 'cdk-nag';
+import { allowlist, LayoutConfig, loadConfig, ReplicatorConfig, validateConfig } from '../lib/config';
+import { deploymentStacks } from '../lib/deployment';
+import { FUNCTIONS, LAYOUT_READERS } from '../lib/workflow-stack';
+
+const config = loadConfig('config.example.json');
+
+/** A transfer key as `openssl ecparam -name prime256v1 ... | openssl ec -pubout` writes it. */
+const p256 = () => generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({ type: 'spki', format: 'pem' }).toString();
+const KEY_A = p256();
+const KEY_B = p256();
+const LAYOUT_KEY = 'arn:aws:kms:us-east-1:111111111111:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+
+/** A variant of the example configuration, validated as `cdk synth` does. */
+function variant(change: (c: ReplicatorConfig) => void): ReplicatorConfig {
+  const c = JSON.parse(JSON.stringify(config)) as ReplicatorConfig;
+  change(c);
+  return validateConfig(c, 'variant');
+}
+
+/** Every stack of a deployment, synthesized with cdk-nag; any AwsSolutions error fails the test. */
+function deployment(c: ReplicatorConfig): Template[] {
+  const app = new App();
+  const stacks = deploymentStacks(app, c, true);
+  Aspects.of(app).add(new AwsSolutionsChecks());
+  const templates = stacks.map((s) => Template.fromStack(s));
+  for (const stack of stacks) {
+    const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));
+    assert.deepEqual(errors.map((e) => `${stack.stackName} ${e.id}: ${e.entry.data}`), []);
+  }
+  return templates;
+}
+
+/** `arn:${AWS::Partition}:s3:::REST` as CloudFormation gets it. */
+const s3Arn = (rest: string) => ({ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, `:s3:::${rest}`]] });
+
+/** The step each function's logical id runs (`ecr-replicator step NAME`). */
+function stepsByLogicalId(template: Template): Record<string, string> {
+  return Object.fromEntries(Object.entries(template.findResources('AWS::Lambda::Function'))
+    .map(([logical, f]: [string, any]) => [logical, String(f.Properties.Description).replace(/^ecr-replicator step /, '')]));
+}
+
+/** The `lambda:SourceFunctionArn` a statement is limited to, as the steps' names. */
+function callers(template: Template, statement: any): string[] {
+  const steps = stepsByLogicalId(template);
+  return [statement.Condition?.ArnEquals?.['lambda:SourceFunctionArn']].flat()
+    .map((arn: any) => steps[arn?.['Fn::GetAtt']?.[0]] ?? JSON.stringify(arn));
+}
+
+/** Every statement of every IAM policy of a template, with the policy's logical id and roles. */
+function allStatements(template: Template): { policy: string; roles: string; statement: any }[] {
+  return ['AWS::IAM::Policy', 'AWS::IAM::ManagedPolicy'].flatMap((type) => Object.entries(template.findResources(type)))
+    .flatMap(([policy, p]: [string, any]) => p.Properties.PolicyDocument.Statement.map((statement: any) => ({ policy, roles: JSON.stringify(p.Properties.Roles ?? []), statement })));
+}
+
+/** The statements of the `LayoutImports` policy (none: `[]`), and the roles it is on. */
+function layoutPolicy(template: Template): { roles: any[]; statements: any[] } {
+  const policies = Object.values(template.findResources('AWS::IAM::Policy', { Properties: { PolicyName: Match.stringLikeRegexp('^LayoutImports') } })) as any[];
+  assert.ok(policies.length <= 1, 'one layout policy');
+  return { roles: policies[0]?.Properties.Roles ?? [], statements: policies[0]?.Properties.PolicyDocument.Statement ?? [] };
+}
+
+/** What every step function gets as its allowlist (the same for each). */
+function functionAllowlist(template: Template): any {
+  const texts = (Object.values(template.findResources('AWS::Lambda::Function', { Properties: { Description: Match.stringLikeRegexp('^ecr-replicator step ') } })) as any[])
+    .map((f) => f.Properties.Environment.Variables.ECR_REPLICATOR_ALLOWED_REGISTRIES);
+  assert.equal(texts.length, FUNCTIONS.length);
+  assert.equal(new Set(texts).size, 1, 'every function gets the same allowlist');
+  return JSON.parse(texts[0]);
+}
+
+/** Two layouts: a prefix (trailing `/` dropped) in the workflow's account, and a whole bucket of
+ * another account, encrypted, under a required policy. */
+const LAYOUTS: LayoutConfig[] = [
+  { bucket: 'air-gap-in', prefix: 'releases/2026/', import: true, transferKey: KEY_A },
+  { bucket: 'air-gap.whole', import: true, bucketOwner: '555555555555', kmsKeyArn: LAYOUT_KEY, requireSignature: 'release', transferKey: KEY_B },
+];
+
+test('the allowlist names each layout as s3://BUCKET/PREFIX, import only, with the owner, key, policy and transfer key the config pins', () => {
+  const [w] = deployment(variant((c) => { c.layouts = LAYOUTS; }));
+  assert.deepEqual(functionAllowlist(w).layouts, [
+    { location: 's3://air-gap-in/releases/2026', import: true, transferKey: KEY_A },
+    { location: 's3://air-gap.whole', import: true, bucketOwner: '555555555555', kmsKey: LAYOUT_KEY, requireSignature: 'release', transferKey: KEY_B },
+  ]);
+  // The rest of the allowlist is unchanged by them.
+  const plain = allowlist(config) as any;
+  const { layouts: _layouts, ...rest } = functionAllowlist(w);
+  assert.deepEqual(rest, plain);
+  assert.ok(!('layouts' in plain), 'no layouts configured, none allowed');
+});
+
+test('the source-reading functions may get exactly the layouts\' objects and list exactly their prefixes, in the expected account; no other function, and nothing without layouts', () => {
+  assert.deepEqual([...LAYOUT_READERS].sort(), ['copy-blobs', 'ensure-repository', 'enumerate-images', 'enumerate-repositories', 'plan-image', 'put-manifests']);
+  // Every reader is a step; the steps left out are those that never open a layout.
+  assert.deepEqual(FUNCTIONS.map((f) => f.name).filter((n) => !LAYOUT_READERS.includes(n)).sort(), ['summarise', 'verify-repository']);
+  const [w] = deployment(variant((c) => { c.layouts = LAYOUTS; }));
+  const { roles, statements } = layoutPolicy(w);
+  assert.equal(roles.length, 1);
+  assert.match(roles[0].Ref, /^CopierRole/);
+  const readers = LAYOUT_READERS.map((name) => Object.entries(stepsByLogicalId(w)).find(([, step]) => step === name)![0]);
+  const caller = { 'lambda:SourceFunctionArn': readers.map((logical) => ({ 'Fn::GetAtt': [logical, 'Arn'] })) };
+  assert.deepEqual(statements, [
+    {
+      Sid: 'ReadLayoutObjects0', Effect: 'Allow', Action: 's3:GetObject',
+      Resource: s3Arn('air-gap-in/releases/2026/*'),
+      Condition: { ArnEquals: caller, StringEquals: { 's3:ResourceAccount': '111111111111' } },
+    },
+    {
+      Sid: 'ListLayoutObjects0', Effect: 'Allow', Action: 's3:ListBucket',
+      Resource: s3Arn('air-gap-in'),
+      Condition: { ArnEquals: caller, StringEquals: { 's3:ResourceAccount': '111111111111' }, StringLike: { 's3:prefix': ['releases/2026/*'] } },
+    },
+    {
+      Sid: 'ReadLayoutObjects1', Effect: 'Allow', Action: 's3:GetObject',
+      Resource: s3Arn('air-gap.whole/*'),
+      Condition: { ArnEquals: caller, StringEquals: { 's3:ResourceAccount': '555555555555' } },
+    },
+    {
+      Sid: 'ListLayoutObjects1', Effect: 'Allow', Action: 's3:ListBucket',
+      Resource: s3Arn('air-gap.whole'),
+      Condition: { ArnEquals: caller, StringEquals: { 's3:ResourceAccount': '555555555555' } },
+    },
+    {
+      Sid: 'DecryptLayoutObjects', Effect: 'Allow', Action: 'kms:Decrypt',
+      Resource: LAYOUT_KEY,
+      Condition: { StringEquals: { 'kms:ViaService': { 'Fn::Join': ['', ['s3.us-east-1.', { Ref: 'AWS::URLSuffix' }]] } } },
+    },
+  ]);
+  for (const s of statements.filter((s) => s.Action.startsWith('s3:'))) {
+    assert.deepEqual(callers(w, s).sort(), [...LAYOUT_READERS].sort(), s.Sid);
+  }
+  // Nothing else in the deployment names a layout bucket or its key: no other role, no other
+  // statement of the copier role (which ensure-repository and verify-repository share).
+  const others = allStatements(w).filter(({ policy }) => !policy.startsWith('LayoutImports'));
+  assert.equal(allStatements(w).length - others.length, statements.length);
+  assert.deepEqual(others.filter(({ statement }) => /air-gap|0f1e2d3c/.test(JSON.stringify(statement))), []);
+  assert.deepEqual(others.filter(({ statement }) => /s3:ListBucket|kms:Decrypt/.test(JSON.stringify(statement.Action))), []);
+  // Without layouts: no layout policy, no listing, no decrypting through S3.
+  const [plain] = deployment(config);
+  assert.deepEqual(layoutPolicy(plain).statements, []);
+  assert.ok(!allStatements(plain).some(({ statement }) => /s3:ListBucket|kms:Decrypt/.test(JSON.stringify(statement.Action))));
+});
+
+test('layouts sharing a bucket share its two statements: every prefix\'s objects, the listing for those prefixes; a whole-bucket entry lists without a prefix condition', () => {
+  const key = 'arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+  const [w] = deployment(variant((c) => {
+    c.layouts = [
+      { bucket: 'air-gap-in', prefix: 'team-a', import: true, transferKey: KEY_A },
+      { bucket: 'air-gap-in', prefix: 'team-b/drop', import: true, kmsKeyArn: key, transferKey: KEY_B },
+      { bucket: 'air-gap-all', import: true, transferKey: KEY_A },
+      { bucket: 'air-gap-all', prefix: 'nested', import: true, transferKey: KEY_B },
+    ];
+  }));
+  const { statements } = layoutPolicy(w);
+  const by = (sid: string) => statements.find((s) => s.Sid === sid);
+  assert.deepEqual(statements.map((s) => s.Sid), ['ReadLayoutObjects0', 'ListLayoutObjects0', 'ReadLayoutObjects1', 'ListLayoutObjects1', 'DecryptLayoutObjects']);
+  assert.deepEqual(by('ReadLayoutObjects0').Resource, [s3Arn('air-gap-in/team-a/*'), s3Arn('air-gap-in/team-b/drop/*')]);
+  assert.deepEqual(by('ListLayoutObjects0').Condition.StringLike, { 's3:prefix': ['team-a/*', 'team-b/drop/*'] });
+  assert.deepEqual(by('ReadLayoutObjects1').Resource, s3Arn('air-gap-all/*'));
+  assert.equal(by('ListLayoutObjects1').Condition.StringLike, undefined);
+  assert.deepEqual(by('ListLayoutObjects1').Resource, s3Arn('air-gap-all'));
+  assert.equal(by('DecryptLayoutObjects').Resource, key);
+  assert.deepEqual(functionAllowlist(w).layouts.map((l: any) => l.location), ['s3://air-gap-in/team-a', 's3://air-gap-in/team-b/drop', 's3://air-gap-all', 's3://air-gap-all/nested']);
+});
+
+test('the end-to-end IAM check\'s deployment (config.iam.json) imports from s3://ecr-replicator-layouts/air-gap, and China\'s (config.cn.json) grants it in its own partition', () => {
+  const iamConfig = loadConfig('test/config.iam.json');
+  const [w] = deployment(iamConfig);
+  assert.deepEqual(functionAllowlist(w).layouts, [{ location: 's3://ecr-replicator-layouts/air-gap', import: true, transferKey: iamConfig.layouts![0].transferKey }]);
+  const { statements } = layoutPolicy(w);
+  assert.deepEqual(statements.map((s) => [s.Sid, s.Action, s.Resource, s.Condition.StringEquals, s.Condition.StringLike]), [
+    ['ReadLayoutObjects0', 's3:GetObject', s3Arn('ecr-replicator-layouts/air-gap/*'), { 's3:ResourceAccount': '123456789012' }, undefined],
+    ['ListLayoutObjects0', 's3:ListBucket', s3Arn('ecr-replicator-layouts'), { 's3:ResourceAccount': '123456789012' }, { 's3:prefix': ['air-gap/*'] }],
+  ]);
+  for (const s of statements) assert.deepEqual(callers(w, s).sort(), [...LAYOUT_READERS].sort());
+
+  const cn = loadConfig('test/config.cn.json');
+  const [cnWorkflow] = deployment(cn);
+  const decrypt = layoutPolicy(cnWorkflow).statements.find((s) => s.Sid === 'DecryptLayoutObjects');
+  assert.equal(decrypt.Resource, cn.layouts![0].kmsKeyArn);
+  assert.match(decrypt.Resource, /^arn:aws-cn:kms:cn-north-1:/);
+  assert.deepEqual(decrypt.Condition, { StringEquals: { 'kms:ViaService': { 'Fn::Join': ['', ['s3.cn-north-1.', { Ref: 'AWS::URLSuffix' }]] } } });
+  assert.ok(!JSON.stringify(cnWorkflow.toJSON()).includes('arn:aws:'));
+});
+
+test('a layout the workflow cannot use, or a mistaken one, fails synth naming the field', () => {
+  const fails = (layouts: unknown, message: RegExp) => assert.throws(() => variant((c) => { c.layouts = layouts as LayoutConfig[]; }), message);
+  const ok: LayoutConfig = { bucket: 'air-gap-in', prefix: 'releases', import: true, transferKey: KEY_A };
+  const one = (change: Record<string, unknown>) => [{ ...ok, ...change }];
+  // Exports: refused, whether or not imports are allowed too.
+  const exportRefused = /variant: layouts\[0\]\.export is true, and the workflow does not export to layouts yet: run `ecr-replicator sync` with an allowlist for exports/;
+  fails(one({ export: true }), exportRefused);
+  fails(one({ export: true, import: false }), exportRefused);
+  fails(one({ export: 'no' }), /variant: layouts\[0\]\.export must be true or false/);
+  fails(one({ import: false }), /variant: layouts\[0\]\.import must be true: an entry is a layout jobs may import from/);
+  fails([{ bucket: 'air-gap-in', transferKey: KEY_A }], /variant: layouts\[0\]\.import must be true/);
+  // Imports are always verified: no transfer key, no import.
+  const noKey = /variant: layouts\[0\]\.transferKey is required: the exporting deployment's statement key, one ECDSA P-256 public key in PEM/;
+  fails([{ bucket: 'air-gap-in', import: true }], noKey);
+  fails(one({ transferKey: '' }), noKey);
+  fails(one({ transferKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'pem' }).toString() }), noKey);
+  fails(one({ transferKey: KEY_A + KEY_B }), noKey);
+  for (const bucket of ['Air-Gap', 'ab', '-air-gap', 'air-gap-', 'a'.repeat(64), 'air_gap', 'air-gap/in', undefined]) {
+    assert.throws(() => variant((c) => { c.layouts = one({ bucket }) as LayoutConfig[]; }), (e: Error) =>
+      e.message.startsWith(`variant: layouts[0].bucket (${JSON.stringify(bucket)}) must be an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-'`), String(bucket));
+  }
+  for (const prefix of ['..', 'a/../b', 'a/./b', 'a//b', '/a', '/', '', 'a:b', 'team-*', 'a?', '${aws:username}', 'a\nb', 'x'.repeat(513), 7]) {
+    fails(one({ prefix }), /variant: layouts\[0\]\.prefix \(.*\) must be '\/'-separated names without empty, '\.' or '\.\.' segments/s);
+  }
+  fails(one({ bucketOwner: '12345' }), /variant: layouts\[0\]\.bucketOwner must be a 12-digit account id/);
+  for (const kmsKeyArn of ['arn:aws:kms:us-east-1:111111111111:alias/layouts', 'arn:aws:kms:eu-west-1:111111111111:key/0f1e2d3c', 'arn:aws-cn:kms:us-east-1:111111111111:key/0f1e2d3c', '0f1e2d3c']) {
+    fails(one({ kmsKeyArn }), /variant: layouts\[0\]\.kmsKeyArn must be the ARN of a KMS key in us-east-1 \(arn:aws:kms:us-east-1:ACCOUNT:key\/ID; not an alias\)/);
+  }
+  fails(one({ requireSignature: 'nightly' }), /variant: layouts\[0\]\.requireSignature \("nightly"\) must name one of trustPolicies \(release\)/);
+  fails(one({ kmsKey: LAYOUT_KEY }), /variant: layouts\[0\]\.kmsKey is not a layout field \(bucket, prefix, import, export, bucketOwner, kmsKeyArn, requireSignature, transferKey\)/);
+  fails(one({ location: 's3://air-gap-in/releases' }), /variant: layouts\[0\]\.location is not a layout field/);
+  // One entry per place: a trailing '/' is the same place.
+  fails([ok, { ...ok, prefix: 'releases/', transferKey: KEY_B }], /variant: layouts\[1\] is the same place as layouts\[0\] \(s3:\/\/air-gap-in\/releases\): one entry per layout/);
+  fails([{ ...ok, prefix: undefined }, { ...ok, prefix: undefined }], /variant: layouts\[1\] is the same place as layouts\[0\] \(s3:\/\/air-gap-in\): one entry per layout/);
+  fails([ok, { ...ok, prefix: 'other', bucketOwner: '555555555555' }], /variant: layouts\[1\]\.bucketOwner \(555555555555\) differs from layouts\[0\]'s \(111111111111\) for the same bucket air-gap-in: a bucket has one owner/);
+  fails({ bucket: 'air-gap-in' }, /variant: layouts must be a list/);
+  fails(['s3://air-gap-in/releases'], /variant: layouts\[0\] must be an object/);
+  // Lambda's 4 KB of environment: the allowlist with a dozen transfer keys does not fit.
+  fails(Array.from({ length: 12 }, (_, i) => ({ ...ok, prefix: `drop-${i}` })),
+    /variant: layouts \(with trustPolicies and destinations\[\]\.repositories\) make the allowlist \(ECR_REPLICATOR_ALLOWED_REGISTRIES\) \d+ bytes; .* passes Lambda's 4096 bytes of environment: fewer layouts, keys, identities or globs/);
+  // What is right passes: the longest prefix, nested names, a whole bucket, several buckets,
+  // another owner's bucket, a key of the workflow's region.
+  const passed = variant((c) => {
+    c.layouts = [
+      { ...ok, prefix: 'x'.repeat(512) },
+      { ...ok, prefix: 'team-a/drops/2026-12/' },
+      { ...ok, prefix: undefined, bucket: 'air.gap.123' },
+      { ...ok, bucket: 'air-gap-other', bucketOwner: '555555555555', kmsKeyArn: LAYOUT_KEY, requireSignature: 'release', export: false },
+    ];
+  });
+  assert.deepEqual((allowlist(passed) as any).layouts.map((l: any) => l.location), [
+    `s3://air-gap-in/${'x'.repeat(512)}`, 's3://air-gap-in/team-a/drops/2026-12', 's3://air.gap.123', 's3://air-gap-other/releases',
+  ]);
+});

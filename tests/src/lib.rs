@@ -16,6 +16,7 @@ pub mod registry;
 pub mod sfn;
 pub mod sigstore;
 pub mod skopeo;
+pub mod statements;
 pub mod world;
 
 /// Runs the registry client with short backoffs so fault tests stay fast.

@@ -127,6 +127,14 @@ impl EcrWorld {
     /// The data planes, then moto's Step Functions with the real functions under `cargo lambda
     /// watch` (told where the data planes are), and the world on that moto.
     pub async fn with_step_functions() -> (Self, crate::sfn::LocalStepFunctions) {
+        Self::with_step_functions_env(&[]).await
+    }
+
+    /// [`EcrWorld::with_step_functions`] with more function environment (a variable given here
+    /// replaces the rig's: `ECR_REPLICATOR_ALLOWED_REGISTRIES` for another allowlist).
+    pub async fn with_step_functions_env(
+        extra: &[(String, String)],
+    ) -> (Self, crate::sfn::LocalStepFunctions) {
         let data = DataPlanes::start();
         // The rig deployment signs promotion receipts (gated runs only) with its seeded key.
         let env = [
@@ -143,6 +151,7 @@ impl EcrWorld {
                 crate::sfn::RIG_RECEIPT_KEY.to_string(),
             ),
         ];
+        let env: Vec<(String, String)> = env.into_iter().chain(extra.iter().cloned()).collect();
         let sfn = crate::sfn::LocalStepFunctions::start(&env).await;
         let world = Self::assemble(Moto::attach(&sfn.moto_url), data);
         (world, sfn)

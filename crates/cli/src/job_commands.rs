@@ -447,9 +447,9 @@ pub struct StartArgs {
 /// `start`: StartExecution, then (with `--wait`) DescribeExecution until it ends.
 pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let text = args.input.read()?;
-    if let Some(field) = Job::parse(&text)?.job.layout_field() {
+    if let Some(field) = Job::parse(&text)?.job.export_field() {
         bail!(
-            "{field}: the state machine does not export or import layouts yet: run this job \
+            "{field}: the state machine does not export into layouts yet: run this job \
              with `ecr-replicator sync --input FILE`; nothing started"
         );
     }

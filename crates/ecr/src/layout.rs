@@ -283,11 +283,21 @@ impl S3Layout {
 
     /// `GetObject`: `None` when there is no such key, else its length and body.
     async fn get(&self, key: &str) -> oci::Result<Option<(u64, ByteStream)>> {
+        self.get_range(key, None).await
+    }
+
+    /// `GetObject`, of the bytes `range` names (`bytes=START-[END]`) when given.
+    async fn get_range(
+        &self,
+        key: &str,
+        range: Option<String>,
+    ) -> oci::Result<Option<(u64, ByteStream)>> {
         let answer = self
             .client
             .get_object()
             .bucket(&self.location.bucket)
             .key(key)
+            .set_range(range)
             .set_expected_bucket_owner(self.owner())
             .send()
             .await;
@@ -496,9 +506,15 @@ impl S3Layout {
         Ok((etag, answer.checksum_crc32().map(str::to_string)))
     }
 
-    async fn open(&self, digest: &Digest) -> oci::Result<BlobStream> {
+    async fn open(&self, digest: &Digest, start: u64, end: Option<u64>) -> oci::Result<BlobStream> {
         let key = self.blob_key(digest);
-        let Some((_, body)) = self.get(&key).await? else {
+        let range = (start > 0 || end.is_some()).then(|| {
+            format!(
+                "bytes={start}-{}",
+                end.map(|e| e.to_string()).unwrap_or_default()
+            )
+        });
+        let Some((_, body)) = self.get_range(&key, range).await? else {
             return Err(layout_error(
                 self.shown(&key),
                 "no such object: the layout is incomplete, export it again",
@@ -553,7 +569,16 @@ impl LayoutStore for S3Layout {
     }
 
     fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, oci::Result<BlobStream>> {
-        self.open(digest).boxed()
+        self.open(digest, 0, None).boxed()
+    }
+
+    fn read_blob_range<'a>(
+        &'a self,
+        digest: &'a Digest,
+        start: u64,
+        end: Option<u64>,
+    ) -> BoxFuture<'a, oci::Result<BlobStream>> {
+        self.open(digest, start, end).boxed()
     }
 
     fn write_blob<'a>(

@@ -232,6 +232,8 @@ pub struct Connections {
     /// The trusted root's verifier and when it was read.
     bundle_verifier: Mutex<Option<(Arc<BundleVerifier>, std::time::Instant)>>,
     receipt_signer: tokio::sync::OnceCell<Option<Arc<ecr::KmsSigner>>>,
+    /// Source layouts served to the steps as registries on loopback.
+    layouts: crate::connect_layout::ServedLayouts,
 }
 
 impl Connections {
@@ -243,6 +245,7 @@ impl Connections {
             work_bucket: tokio::sync::OnceCell::new(),
             bundle_verifier: Mutex::new(None),
             receipt_signer: tokio::sync::OnceCell::new(),
+            layouts: Default::default(),
         }
     }
 
@@ -391,15 +394,31 @@ impl Connections {
         }
     }
 
-    /// The job's source registry.
+    /// The job's source registry; a source layout (`source.layout`, in S3, allowlisted for
+    /// import with its `transferKey`) verified and served as one on loopback.
     pub async fn source(&self, job: &Job) -> Result<Arc<Connection>> {
         self.admit(job)?;
         let s = &job.source;
-        if s.layout.is_some() {
-            return Err(Error::invalid(
-                "source.layout",
-                "a layout is no registry: its images are read by the layout run",
-            ));
+        if let Some(location) = &s.layout {
+            let entry = self
+                .settings
+                .allowlist
+                .as_ref()
+                .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location));
+            let served = self
+                .layouts
+                .host(&self.settings.aws, location, entry)
+                .await?;
+            return self
+                .connect(Reach {
+                    registry: served.host(),
+                    role: None,
+                    external_id: None,
+                    credential: None,
+                    insecure: true,
+                    counts_pulls: false,
+                })
+                .await;
         }
         self.connect(Reach {
             registry: &s.registry,

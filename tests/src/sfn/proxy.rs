@@ -227,7 +227,9 @@ fn api_call(
         // REST, path-style: the object's ARN; only the object calls the functions make.
         let action = match *method {
             axum::http::Method::PUT => "s3:PutObject",
-            axum::http::Method::GET => "s3:GetObject",
+            // HeadObject is authorized as s3:GetObject ("HeadObject", Amazon S3 API Reference:
+            // "To use HEAD, you must have the s3:GetObject permission").
+            axum::http::Method::GET | axum::http::Method::HEAD => "s3:GetObject",
             _ => return None,
         };
         (
@@ -325,6 +327,8 @@ async fn forward_to(
                 proxy.api_calls.lock().unwrap().push(call);
                 return fault.response();
             }
+            // A HEAD's answer has no body: its Content-Length (S3's object size) is passed on.
+            let head = method == axum::http::Method::HEAD;
             let mut rb = proxy
                 .http
                 .request(method, format!("{}{path}{query}", proxy.moto));
@@ -337,7 +341,7 @@ async fn forward_to(
                 Ok(resp) => {
                     let mut out = Response::builder().status(resp.status().as_u16());
                     for (k, v) in resp.headers() {
-                        if k != "content-length" && k != "transfer-encoding" {
+                        if (head || k != "content-length") && k != "transfer-encoding" {
                             out = out.header(k, v);
                         }
                     }

@@ -108,22 +108,34 @@ impl DirLayout {
         result
     }
 
-    async fn open(&self, digest: &Digest) -> Result<BlobStream> {
+    async fn open(&self, digest: &Digest, start: u64, end: Option<u64>) -> Result<BlobStream> {
         let path = self.blob_path(digest);
-        let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        let shown = || path.display().to_string();
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
             layout_error(
-                path.display().to_string(),
+                shown(),
                 format!("cannot open the blob: {e}; the layout is incomplete, export it again"),
             )
         })?;
-        let stream = futures::stream::try_unfold(file, |mut file| async move {
-            let mut buf = vec![0u8; READ_CHUNK];
+        if start > 0 {
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| layout_error(shown(), format!("cannot seek to byte {start}: {e}")))?;
+        }
+        // Bytes left to read: to `end` inclusive, or the whole rest.
+        let left = end.map_or(u64::MAX, |end| (end + 1).saturating_sub(start));
+        let stream = futures::stream::try_unfold((file, left), |(mut file, left)| async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; READ_CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX))];
             let n = file.read(&mut buf).await?;
             if n == 0 {
                 return Ok(None);
             }
             buf.truncate(n);
-            Ok(Some((Bytes::from(buf), file)))
+            Ok(Some((Bytes::from(buf), (file, left - n as u64))))
         });
         Ok(stream.boxed())
     }
@@ -210,7 +222,16 @@ impl LayoutStore for DirLayout {
     }
 
     fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<BlobStream>> {
-        self.open(digest).boxed()
+        self.open(digest, 0, None).boxed()
+    }
+
+    fn read_blob_range<'a>(
+        &'a self,
+        digest: &'a Digest,
+        start: u64,
+        end: Option<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream>> {
+        self.open(digest, start, end).boxed()
     }
 
     fn write_blob<'a>(&'a self, blob: &'a BlobRef, body: BlobStream) -> BoxFuture<'a, Result<()>> {

@@ -46,6 +46,14 @@ pub trait LayoutStore: Send + Sync {
     fn blob_size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>>>;
     /// Opens a stored blob for reading (the bytes are not checked here: see [`verify_blob`]).
     fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<BlobStream>>;
+    /// Opens a stored blob from byte `start` to byte `end` (inclusive; `None`: to its end), as
+    /// an HTTP `Range` asks (unchecked, like [`LayoutStore::read_blob`]).
+    fn read_blob_range<'a>(
+        &'a self,
+        digest: &'a Digest,
+        start: u64,
+        end: Option<u64>,
+    ) -> BoxFuture<'a, Result<BlobStream>>;
     /// Stores a blob from a stream, checking it against `blob` before it becomes visible.
     fn write_blob<'a>(&'a self, blob: &'a BlobRef, body: BlobStream) -> BoxFuture<'a, Result<()>>;
     /// Reads a small top-level file (`index.json`, `oci-layout`), refusing one over `limit`.

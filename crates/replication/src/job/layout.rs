@@ -85,6 +85,22 @@ impl Job {
             .map(LayoutSide::Export)
     }
 
+    /// The field naming the layout a job exports into (`destinations[i].layout`), if any.
+    pub fn export_field(&self) -> Option<String> {
+        self.destinations
+            .iter()
+            .position(|d| d.layout.is_some())
+            .map(|i| format!("destinations[{i}].layout"))
+    }
+
+    /// How reports and receipts name the source: its registry, or `oci:` and its layout.
+    pub fn source_name(&self) -> String {
+        match &self.source.layout {
+            Some(layout) => format!("oci:{layout}"),
+            None => self.source.registry.clone(),
+        }
+    }
+
     /// The field naming the job's layout (`source.layout`, `destinations[i].layout`).
     pub fn layout_field(&self) -> Option<String> {
         if self.source.layout.is_some() {

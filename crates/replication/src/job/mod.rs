@@ -114,7 +114,9 @@ pub struct Job {
 pub struct Source {
     /// ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`) or any OCI registry host.
     /// Empty (left out) when the source is a `layout`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    // Always written: the state machine reads `$.job.source.registry` (a path it lacks fails
+    // the execution), empty for a layout.
+    #[serde(default)]
     pub registry: String,
     /// An OCI image layout to import from instead of a registry (the air-gap transfer's far
     /// side): `s3://BUCKET/PREFIX`, or in the CLI also an absolute directory. Its signed

@@ -154,10 +154,11 @@ pub async fn enumerate_and_settle(
     let started = std::time::Instant::now();
     let mut report = input.report.unwrap_or_default();
     let job = input.job.validate()?;
-    if let Some(field) = job.job.layout_field() {
+    // An import runs as a replication from the layout, served as a registry (`source()`).
+    if let Some(field) = job.job.export_field() {
         return Err(Error::invalid(
             field,
-            "the state machine does not export or import layouts yet: run this job with \
+            "the state machine does not export into layouts yet: run this job with \
              `ecr-replicator sync --input FILE` where the layout and the registry are reachable",
         ));
     }

@@ -138,7 +138,7 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         referrers.push(top);
     }
     if let Some(receipt) =
-        promotion_receipt(conns, &dest.client, &input, &source.registry, &to, &top).await?
+        promotion_receipt(conns, &dest.client, &input, &job.source_name(), &to, &top).await?
     {
         referrers.push(receipt);
     }

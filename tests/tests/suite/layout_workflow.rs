@@ -1,0 +1,290 @@
+//! The workflow imports an OCI layout from S3 (issue 35): the real state machine on moto, the
+//! real functions, moto's S3 as the layout store and ECR's data plane as the destination. The
+//! layout is exported from an ECR source by the library and its transfer statement signed with
+//! the key the deployment's allowlist pins for it; the functions verify the statement before
+//! they read anything else, and the steps read the layout through its loopback registry.
+
+use e2e::iam::{Performed, Policies};
+use e2e::image::{cosign_signature, multi_arch, signing_key, Format, ImageBuilder, TestImage};
+use e2e::statements::{sign_layout, LocalSigner};
+use e2e::world::{moto_token_password, EcrWorld, DEST, DEST_ROLE, SOURCE};
+use ecr::{S3Layout, S3LayoutOptions, S3Location};
+use oci::layout::LayoutStore;
+use replication::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
+use replication::connect::Connections;
+use replication::layout_run::{run_layout_job, ImportTrust};
+use serde_json::{json, Value};
+
+const BUCKET: &str = "ecr-replicator-layouts";
+/// The layout `cdk/test/config.iam.json` lets the functions read (its `layouts[]`).
+const LAYOUT: &str = "s3://ecr-replicator-layouts/air-gap";
+/// moto's account: the bucket's owner.
+const OWNER: &str = "123456789012";
+const MIB: u64 = 1 << 20;
+
+/// The rig's allowlist with the layout allowed for import, its statement key pinned.
+fn allowlist_with_layout(pem: &str) -> Value {
+    let mut allowlist = e2e::sfn::rig_allowlist();
+    allowlist["layouts"] = json!([{
+        "location": LAYOUT, "import": true, "transferKey": pem, "bucketOwner": OWNER
+    }]);
+    allowlist
+}
+
+fn import_job(prefix: &str, extra: Value) -> Value {
+    let mut job = json!({
+        "source": {"layout": LAYOUT},
+        "destinations": [{"registry": DEST, "roleArn": DEST_ROLE, "externalId": "ext-id-42",
+                          "repositoryPrefix": prefix}],
+        "rangeBytes": 5 * MIB,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        job[k] = v.clone();
+    }
+    job
+}
+
+fn creds() -> (String, String) {
+    ("AWS".into(), moto_token_password(DEST))
+}
+
+/// The destination's manifest of `repository:tag` (or `@digest`), as skopeo reads it, if any.
+async fn in_destination(world: &EcrWorld, repository: &str, reference: &str) -> Option<Vec<u8>> {
+    e2e::image::Pusher::new(&world.registry(DEST).host, Some(creds()))
+        .manifest(repository, reference)
+        .await
+        .map(|m| m.to_vec())
+}
+
+/// Every manifest of `image` (its children too) is byte for byte in the destination, read by
+/// skopeo.
+fn assert_arrived(world: &EcrWorld, repository: &str, tag: &str, image: &TestImage) {
+    let host = &world.registry(DEST).host;
+    let top = format!("{host}/{repository}:{tag}");
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&top, Some(&creds())),
+        image.manifest.to_vec(),
+        "{top}"
+    );
+    for child in &image.children {
+        let reference = format!("{host}/{repository}@{}", child.digest);
+        assert_eq!(
+            e2e::skopeo::inspect_raw(&reference, Some(&creds())),
+            child.manifest.to_vec(),
+            "{reference}"
+        );
+    }
+}
+
+/// GIVEN images in an ECR source (one signed by the deployment's trust policy's key, one with
+/// a 12 MiB layer) exported into an S3 layout and signed with the key the allowlist pins WHEN
+/// `index.json` is changed after signing THEN the execution fails naming the statement and
+/// nothing reaches the destination; WHEN it is restored THEN an import copies every image byte
+/// for byte (the large layer in 5 MiB ranges across invocations); WHEN an import requires the
+/// trust policy THEN only the signed image and its signature arrive and the other is named
+/// unsigned. Every S3 call the functions made is under the layout's prefix, and the roles the
+/// CDK app synthesizes allow each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_signing() {
+    let (statement_key, pem) = signing_key(95);
+    let allowlist = allowlist_with_layout(&pem);
+    let (world, sfn) = EcrWorld::with_step_functions_env(&[(
+        ALLOWLIST_VARIABLE.to_string(),
+        allowlist.to_string(),
+    )])
+    .await;
+    e2e::moto::create_bucket_at(&world.moto.url, BUCKET).await;
+
+    // The source: a signed image, an unsigned one, and one with a large layer.
+    let (release_key, _) = signing_key(e2e::sfn::RIG_SIGNING_SEED);
+    let signed = multi_arch(96, 1, 6_000);
+    let unsigned = ImageBuilder::new(Format::Oci).layer(97, 5_000).build();
+    let large = ImageBuilder::new(Format::Oci)
+        .big_layer(98, 12 * MIB)
+        .layer(99, 3_000)
+        .build();
+    let signature = cosign_signature(&signed.digest, &release_key, false, None);
+    let signature_tag = format!("{}.sig", signed.digest.replacen(':', "-", 1));
+    world.seed("team/app", "v1", &signed).await;
+    world.seed("team/app", "v2", &unsigned).await;
+    world.seed("team/app", &signature_tag, &signature).await;
+    world.seed("ml/model", "v3", &large).await;
+
+    // Exported by the library (the CLI's `sync` of an export job), signed with the pinned key.
+    let store = S3Layout::new(
+        &world.moto.aws_settings(),
+        "us-east-1",
+        S3Location::parse(LAYOUT).unwrap(),
+        S3LayoutOptions {
+            expected_owner: Some(OWNER.into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut settings = world.settings();
+    settings.allowlist = Some(
+        Allowlist::from_json(
+            &json!({"sources": [{"registry": SOURCE}],
+                    "layouts": [{"location": LAYOUT, "export": true}]})
+            .to_string(),
+            "test",
+        )
+        .unwrap(),
+    );
+    let export = json!({"source": {"registry": SOURCE}, "destinations": [{"layout": LAYOUT}]});
+    let exported = run_layout_job(
+        &Connections::new(settings),
+        replication::Job::from_json(&export.to_string()).unwrap(),
+        &store,
+        ImportTrust::default(),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap()
+    .run
+    .report;
+    assert_eq!((exported.copied, exported.failed), (3, 0), "{exported:?}");
+    sign_layout(&store, &LocalSigner(statement_key)).await;
+
+    let arn = sfn.create_state_machine("replicate").await;
+
+    // index.json changed after signing: team/app:v1 now names the unsigned image.
+    let index = store
+        .read_file("index.json", 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = String::from_utf8(index.to_vec())
+        .unwrap()
+        .replace(&signed.digest, &unsigned.digest);
+    assert_ne!(changed.as_bytes(), &index[..]);
+    store
+        .write_file("index.json", changed.into())
+        .await
+        .unwrap();
+    let refused = sfn.execute(&arn, &import_job("refused/", json!({}))).await;
+    assert_eq!(refused.status, "FAILED", "{}", refused.history_text(300));
+    assert!(
+        refused.cause.contains("transfer statement") && refused.cause.contains("team/app:v1"),
+        "{}",
+        refused.cause
+    );
+    for (repository, tag) in [("refused/team/app", "v2"), ("refused/ml/model", "v3")] {
+        assert!(in_destination(&world, repository, tag).await.is_none());
+    }
+
+    // Restored: everything arrives byte for byte.
+    store.write_file("index.json", index).await.unwrap();
+    let run = sfn.execute(&arn, &import_job("airgap/", json!({}))).await;
+    assert_eq!(
+        run.status,
+        "SUCCEEDED",
+        "{}\n{}",
+        run.cause,
+        run.history_text(300)
+    );
+    let report = run.output.clone().unwrap();
+    // Three images and the signature's tag, listed as a registry lists it.
+    assert_eq!(
+        (&report["copied"], &report["failed"]),
+        (&json!(4), &json!(0)),
+        "{report}"
+    );
+    assert_arrived(&world, "airgap/team/app", "v1", &signed);
+    assert_arrived(&world, "airgap/team/app", "v2", &unsigned);
+    assert_arrived(&world, "airgap/ml/model", "v3", &large);
+    assert_eq!(
+        in_destination(&world, "airgap/team/app", &signature_tag).await,
+        Some(signature.manifest.to_vec()),
+        "the signature travels with its image"
+    );
+    // The large layer was read in 5 MiB ranges across copy-blobs calls: each call a HEAD for
+    // its size and a ranged GET (both s3:GetObject to IAM); read whole, it would be one of each.
+    let big = large
+        .blobs
+        .iter()
+        .find(|b| b.data.size() == 12 * MIB)
+        .unwrap();
+    let big_key = format!(
+        "air-gap/blobs/sha256/{}",
+        big.digest.trim_start_matches("sha256:")
+    );
+    let ranged_reads = sfn
+        .api_calls()
+        .iter()
+        .filter(|c| {
+            c.function.contains("copy-blobs")
+                && c.action == "s3:GetObject"
+                && c.resources.iter().any(|r| r.ends_with(&big_key))
+        })
+        .count();
+    assert_eq!(ranged_reads, 3 * 2, "reads of {big_key}");
+
+    // Gated: only what the deployment's policy admits.
+    let gated = sfn
+        .execute(
+            &arn,
+            &import_job(
+                "gated/",
+                json!({"requireSignature": {"policy": e2e::sfn::RIG_TRUST_POLICY}}),
+            ),
+        )
+        .await;
+    assert_eq!(gated.status, "SUCCEEDED", "{}", gated.cause);
+    let report = gated.output.unwrap();
+    assert_eq!(
+        (&report["copied"], &report["unsigned"]),
+        (&json!(2), &json!(2)),
+        "{report}"
+    );
+    assert_arrived(&world, "gated/team/app", "v1", &signed);
+    assert_eq!(
+        in_destination(&world, "gated/team/app", &signature_tag).await,
+        Some(signature.manifest.to_vec())
+    );
+    assert!(in_destination(&world, "gated/team/app", "v2")
+        .await
+        .is_none());
+    assert!(in_destination(&world, "gated/ml/model", "v3")
+        .await
+        .is_none());
+
+    // The functions' S3 calls: only the layout's objects (and the work bucket), each allowed by
+    // the synthesized roles.
+    let policies = Policies::load(&e2e::sfn::workspace().join("cdk/cdk.out.iam"), OWNER);
+    let performed: std::collections::BTreeSet<Performed> = sfn
+        .api_calls()
+        .into_iter()
+        .filter(|c| c.action.starts_with("s3:") && c.resources.iter().any(|r| r.contains(BUCKET)))
+        .flat_map(|c| {
+            c.resources.into_iter().map(move |resource| Performed {
+                function: c.function.clone(),
+                assumed_role: c.assumed_role.clone(),
+                action: c.action.clone(),
+                resource,
+            })
+        })
+        .collect();
+    assert!(!performed.is_empty());
+    for call in &performed {
+        assert!(
+            call.resource
+                .starts_with(&format!("arn:aws:s3:::{BUCKET}/air-gap/")),
+            "{call:?}"
+        );
+    }
+    let violations = policies.violations(&performed);
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+    // The check bites: without the layout's grant, those reads are refused.
+    let mut no_layout = policies.clone();
+    for statements in no_layout.by_function.values_mut() {
+        statements.retain(|s| !s.resources.iter().any(|r| r.contains(BUCKET)));
+    }
+    assert!(
+        no_layout
+            .violations(&performed)
+            .iter()
+            .any(|v| v.contains("s3:GetObject") && v.contains("air-gap/blobs/")),
+        "the layout's reads were allowed without its grant"
+    );
+}

@@ -68,7 +68,11 @@ impl ServedLayouts {
         let verified = VerifiedLayout::read(store, &key).await?;
         let registry = match served.remove(location) {
             Some((registry, _)) => {
-                registry.replace(verified);
+                // The same statement covers the same index: the one served keeps what it read
+                // (the referrers), else the newer one is served from now on.
+                if registry.layout().statement.digest != verified.statement.digest {
+                    registry.replace(verified);
+                }
                 registry
             }
             None => Arc::new(LayoutRegistry::serve(verified).await?),

@@ -82,8 +82,9 @@ fn assert_arrived(world: &EcrWorld, repository: &str, tag: &str, image: &TestIma
 /// nothing reaches the destination; WHEN it is restored THEN an import copies every image byte
 /// for byte (the large layer in 5 MiB ranges across invocations); WHEN an import requires the
 /// trust policy THEN only the signed image and its signature arrive and the other is named
-/// unsigned. Every S3 call the functions made is under the layout's prefix, and the roles the
-/// CDK app synthesizes allow each one.
+/// unsigned; WHEN a layer's bytes are changed in the bucket THEN that image fails, named, and is
+/// not tagged, while the others arrive. Every S3 call the functions made is under the layout's
+/// prefix, and the roles the CDK app synthesizes allow each one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_signing() {
     let (statement_key, pem) = signing_key(95);
@@ -248,6 +249,38 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
     assert!(in_destination(&world, "gated/ml/model", "v3")
         .await
         .is_none());
+
+    // A layer changed in the bucket after signing (same size): that image fails, named, and is
+    // not tagged; the others arrive.
+    let layer = unsigned
+        .blobs
+        .iter()
+        .find(|b| b.data.size() == 5_000)
+        .unwrap();
+    let layer_name = format!(
+        "blobs/sha256/{}",
+        layer.digest.trim_start_matches("sha256:")
+    );
+    store
+        .write_file(&layer_name, vec![7u8; 5_000].into())
+        .await
+        .unwrap();
+    let broken = sfn.execute(&arn, &import_job("tampered/", json!({}))).await;
+    assert_eq!(broken.status, "FAILED", "{}", broken.cause);
+    // It alone: the images whose blobs were copied in the same range are put (a range's
+    // copy goes on past a failed blob).
+    assert!(
+        broken.cause.contains("1 of 4 images")
+            && broken.cause.contains("team/app")
+            && broken.cause.contains(&unsigned.digest),
+        "{}",
+        broken.cause
+    );
+    assert!(in_destination(&world, "tampered/team/app", "v2")
+        .await
+        .is_none());
+    assert_arrived(&world, "tampered/team/app", "v1", &signed);
+    assert_arrived(&world, "tampered/ml/model", "v3", &large);
 
     // The functions' S3 calls: only the layout's objects (and the work bucket), each allowed by
     // the synthesized roles.

@@ -1,7 +1,7 @@
 //! `copy-blobs`: copies one range of a page plan: its whole blobs in parallel, or the next
 //! segment of a large blob (the upload session carried between calls).
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use oci::{BlobOutcome, Repository, SegmentProgress, SegmentState};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,10 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
     };
     match &input.range {
         CopyRange::Blobs { blobs } => {
-            let outcomes: Vec<(BlobOutcome, u64)> = futures::stream::iter(blobs)
+            // Every blob of the range is copied, even after one fails: the range's blobs belong
+            // to several images, and `put-manifests` puts each image whose own blobs all arrived
+            // (a bad blob fails its image alone, not the images batched beside it).
+            let results: Vec<oci::Result<(BlobOutcome, u64)>> = futures::stream::iter(blobs)
                 .map(|blob| async {
                     let (source, dest) = (&source.client, &dest.client);
                     if input.image.repository_absent {
@@ -126,10 +129,17 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
                     .map(|o| (o, blob.size))
                 })
                 .buffer_unordered(PARALLEL_BLOBS)
-                .try_collect()
-                .await
-                .map_err(oci_err)?;
-            let tally: BlobTally = outcomes.into_iter().collect();
+                .collect()
+                .await;
+            let (copied, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+            let tally: BlobTally = copied.into_iter().flatten().collect();
+            if let Some(Err(first)) = failed.into_iter().next() {
+                metrics::emit(
+                    &input.image.target_registry,
+                    &[(Metric::BytesCopied, tally.bytes as f64)],
+                );
+                return Err(oci_err(first));
+            }
             // The step reports a mounted blob as copied: it is now in the target.
             output.blobs_copied = tally.copied + tally.mounted;
             output.blobs_skipped = tally.present;

@@ -65,6 +65,28 @@ pub async fn sync(args: RunArgs, job: Job) -> anyhow::Result<ExitCode> {
         true => crate::transfer_args::transfer_key(&args.layout.verify, pinned, &text)?,
         false => None,
     };
+    // The job's own pin (`source.statementDigest`) holds as `--statement-digest` does.
+    let key = match (key, valid.job.source.statement_digest.as_deref()) {
+        (key, None) => key,
+        (None, Some(_)) => anyhow::bail!(
+            "source.statementDigest: pins a statement, but no transfer key verifies it \
+             (--trust-transfer-key, or the allowlist's transferKey); nothing imported"
+        ),
+        (Some(key), Some(digest)) => {
+            let given = args.layout.verify.statement_digest.as_deref();
+            if given.is_some_and(|g| g != digest) {
+                anyhow::bail!(
+                    "source.statementDigest {digest} and --statement-digest {} differ; nothing \
+                     imported",
+                    given.unwrap_or_default()
+                );
+            }
+            Some(
+                key.with_pins(None, Some(digest))
+                    .map_err(|e| anyhow::anyhow!("source.statementDigest: {e}"))?,
+            )
+        }
+    };
     let store = open(&place, &layout_args).await?;
     let trust = ImportTrust {
         key: key.as_ref(),

@@ -10,25 +10,11 @@ use oci::{Digest, Repository};
 
 use crate::connect::Connection;
 use crate::filter::ListedImage;
+pub(crate) use crate::tag_scheme::artifact_subject;
+pub use crate::tag_scheme::{artifact_tags, fallback_tag};
 
 /// Children of a referrers fallback index checked at most.
 const MAX_FALLBACK_CHILDREN: usize = 64;
-
-/// Suffixes cosign puts after the fallback tag.
-const COSIGN_SUFFIXES: [&str; 3] = [".sig", ".att", ".sbom"];
-
-/// The fallback tag of a digest: `sha256:<hex>` becomes `sha256-<hex>`.
-pub fn fallback_tag(digest: &str) -> String {
-    digest.replacen(':', "-", 1)
-}
-
-/// The tags that hold artifacts of `digest` under the tag scheme.
-pub fn artifact_tags(digest: &str) -> Vec<String> {
-    let base = fallback_tag(digest);
-    std::iter::once(base.clone())
-        .chain(COSIGN_SUFFIXES.iter().map(|s| format!("{base}{s}")))
-        .collect()
-}
 
 /// A repository's listing as tag -> digest.
 pub(crate) fn digests_by_tag(images: &[ListedImage]) -> HashMap<&str, &str> {
@@ -36,17 +22,6 @@ pub(crate) fn digests_by_tag(images: &[ListedImage]) -> HashMap<&str, &str> {
         .iter()
         .flat_map(|i| i.tags.iter().map(|t| (t.as_str(), i.digest.as_str())))
         .collect()
-}
-
-/// The subject digest an artifact tag names (`sha256-<hex>`, with an optional cosign suffix),
-/// if it is one.
-pub(crate) fn artifact_subject(tag: &str) -> Option<String> {
-    let rest = tag.strip_prefix("sha256-")?;
-    let hex = COSIGN_SUFFIXES
-        .iter()
-        .find_map(|suffix| rest.strip_suffix(suffix))
-        .unwrap_or(rest);
-    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{hex}"))
 }
 
 pub(crate) fn short_digest(digest: &str) -> String {

@@ -405,11 +405,12 @@ impl Connections {
                 .allowlist
                 .as_ref()
                 .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location));
+            let pin = s.statement_digest.as_deref();
             let served = self
                 .layouts
-                .host(&self.settings.aws, location, entry)
+                .host(&self.settings.aws, location, entry, pin)
                 .await?;
-            return self
+            let conn = self
                 .connect(Reach {
                     registry: served.host(),
                     role: None,
@@ -418,7 +419,10 @@ impl Connections {
                     insecure: true,
                     counts_pulls: false,
                 })
-                .await;
+                .await?;
+            conn.client
+                .set_credential(served.host(), served.credential());
+            return Ok(conn);
         }
         self.connect(Reach {
             registry: &s.registry,
@@ -430,6 +434,26 @@ impl Connections {
                 || canonical_registry(&s.registry) == oci::reference::DOCKER_HUB,
         })
         .await
+    }
+
+    /// Pins a layout source to the statement it verifies now (`source.statementDigest`, when
+    /// the job names none): every later step of the run then reads that statement or fails.
+    pub async fn pin_source_statement(&self, job: &mut Job) -> Result<()> {
+        let (Some(location), None) = (&job.source.layout, &job.source.statement_digest) else {
+            return Ok(());
+        };
+        self.admit(job)?;
+        let entry = self
+            .settings
+            .allowlist
+            .as_ref()
+            .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location));
+        let served = self
+            .layouts
+            .host(&self.settings.aws, location, entry, None)
+            .await?;
+        job.source.statement_digest = Some(served.layout().statement.digest.clone());
+        Ok(())
     }
 
     /// Destination `index` of the job.

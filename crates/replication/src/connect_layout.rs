@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ecr::{S3Layout, S3LayoutOptions};
 use oci::layout::LayoutStore;
@@ -15,26 +14,23 @@ use crate::job::LayoutLocation;
 use crate::layout_registry::{LayoutRegistry, VerifiedLayout};
 use crate::transfer_statement::TrustedTransferKey;
 
-/// How long one verification of a layout serves a warm function: the statement and
-/// `index.json` are read and checked again after this, so a later export is seen by the next
-/// run (two small reads per step invocation at most).
-const VERIFIED_FOR: Duration = Duration::from_secs(60);
-
 /// Layouts served to this process's steps, by location.
 #[derive(Default)]
 pub(crate) struct ServedLayouts {
-    served: tokio::sync::Mutex<HashMap<String, (Arc<LayoutRegistry>, Instant)>>,
+    served: tokio::sync::Mutex<HashMap<String, Arc<LayoutRegistry>>>,
 }
 
 impl ServedLayouts {
-    /// The registry host the layout at `location` is served on, verified within
-    /// [`VERIFIED_FOR`]: opened with `entry` (the allowlist's; its `transferKey` is required:
-    /// the workflow imports only a layout whose statement verifies).
+    /// The registry the layout at `location` is served on: opened with `entry` (the
+    /// allowlist's; its `transferKey` is required: the workflow imports only a layout whose
+    /// statement verifies), verified now, or earlier under the same `pin` (the statement
+    /// digest a run imports).
     pub(crate) async fn host(
         &self,
         aws: &ecr::AwsSettings,
         location: &str,
         entry: Option<&AllowedLayout>,
+        pin: Option<&str>,
     ) -> Result<Arc<LayoutRegistry>> {
         let field = "source.layout";
         let Some(entry) = entry.filter(|e| e.import) else {
@@ -57,19 +53,35 @@ impl ServedLayouts {
             ));
         };
         let key = TrustedTransferKey::from_pem(pem)
+            .and_then(|k| k.with_pins(None, pin))
             .map_err(|e| Error::invalid(field, format!("the transferKey of {location}: {e}")))?;
+        // One server per place, however the job spells it.
+        let place =
+            match LayoutLocation::parse(location) {
+                Ok(LayoutLocation::S3(at)) => at,
+                Ok(LayoutLocation::Dir(_)) => return Err(Error::invalid(
+                    field,
+                    "the workflow reads layouts in S3 (s3://BUCKET/PREFIX); import a directory \
+                     with `ecr-replicator sync`",
+                )),
+                Err(problem) => return Err(Error::invalid(field, problem)),
+            };
+        let name = place.to_string();
         let mut served = self.served.lock().await;
-        if let Some((registry, at)) = served.get(location) {
-            if at.elapsed() < VERIFIED_FOR {
+        if let Some(registry) = served.get(&name) {
+            // A pinned statement is the same layout for good (what it serves is read by
+            // digest): verified once per function instance. Unpinned (a run's first step),
+            // the layout is verified again.
+            if pin.is_some_and(|p| registry.layout().statement.digest == p) {
                 return Ok(registry.clone());
             }
         }
-        let store = open_s3(aws, location, entry).await?;
+        let store = open_s3(aws, place, entry).await?;
         let verified = VerifiedLayout::read(store, &key).await?;
-        let registry = match served.remove(location) {
-            Some((registry, _)) => {
-                // The same statement covers the same index: the one served keeps what it read
-                // (the referrers), else the newer one is served from now on.
+        let registry = match served.remove(&name) {
+            Some(registry) => {
+                // The same statement covers the same index: the one served keeps what it read,
+                // else the newer one is served from now on.
                 if registry.layout().statement.digest != verified.statement.digest {
                     registry.replace(verified);
                 }
@@ -77,7 +89,7 @@ impl ServedLayouts {
             }
             None => Arc::new(LayoutRegistry::serve(verified).await?),
         };
-        served.insert(location.to_string(), (registry.clone(), Instant::now()));
+        served.insert(name, registry.clone());
         Ok(registry)
     }
 }
@@ -86,24 +98,13 @@ impl ServedLayouts {
 /// function's own account).
 async fn open_s3(
     aws: &ecr::AwsSettings,
-    location: &str,
+    at: ecr::S3Location,
     entry: &AllowedLayout,
 ) -> Result<Arc<dyn LayoutStore>> {
-    let at = match LayoutLocation::parse(location) {
-        Ok(LayoutLocation::S3(at)) => at,
-        Ok(LayoutLocation::Dir(_)) => {
-            return Err(Error::invalid(
-                "source.layout",
-                "the workflow reads layouts in S3 (s3://BUCKET/PREFIX); import a directory \
-                 with `ecr-replicator sync`",
-            ))
-        }
-        Err(problem) => return Err(Error::invalid("source.layout", problem)),
-    };
     let owner = match &entry.bucket_owner {
         Some(owner) => owner.clone(),
         None => ecr::own_account(aws).await.map_err(|source| Error::Aws {
-            context: format!("finding the account that must own {location}'s bucket"),
+            context: format!("finding the account that must own {at}'s bucket"),
             source,
         })?,
     };

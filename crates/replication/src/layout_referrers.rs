@@ -17,9 +17,9 @@ use oci::layout::{self, LayoutIndex, LayoutStore};
 use oci::{BlobRef, Digest, Manifest, ManifestContent, Reference, RegistryClient};
 use serde_json::Value;
 
-use crate::artifacts::{artifact_subject, artifact_tags, fallback_tag};
 use crate::copy::{put_manifests_in_order, walk, walk_with, Known, Walked};
 use crate::error::{Error, Result};
+use crate::tag_scheme::{artifact_subject, artifact_tags, fallback_tag};
 
 /// Levels of referrers followed (a signature of an SBOM of an image is two), as the copy does.
 const MAX_LEVELS: usize = 4;
@@ -393,7 +393,7 @@ pub(crate) async fn import_referrers(
     let subjects: Vec<&Digest> = std::iter::once(&top.digest)
         .chain(referrers.iter().map(|(r, _)| &r.manifest.digest))
         .collect();
-    crate::referrers::write_fallback_indexes(target, &to.repository, &by_subject, &subjects)
+    crate::fallback_index::write_fallback_indexes(target, &to.repository, &by_subject, &subjects)
         .await?;
     Ok((outcomes, written))
 }

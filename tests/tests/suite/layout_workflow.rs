@@ -79,8 +79,10 @@ fn assert_arrived(world: &EcrWorld, repository: &str, tag: &str, image: &TestIma
 /// GIVEN images in an ECR source (one signed by the deployment's trust policy's key, one with
 /// a 12 MiB layer) exported into an S3 layout and signed with the key the allowlist pins WHEN
 /// `index.json` is changed after signing THEN the execution fails naming the statement and
-/// nothing reaches the destination; WHEN it is restored THEN an import copies every image byte
-/// for byte (the large layer in 5 MiB ranges across invocations); WHEN an import requires the
+/// nothing reaches the destination; an image named by digest alone is refused; WHEN it is
+/// restored (with a signature entry moved under another repository name) THEN an import pinned
+/// to the statement copies every image byte for byte (the large layer in 5 MiB ranges across
+/// invocations), from the layout only, and nothing under the moved name; WHEN an import requires the
 /// trust policy THEN only the signed image and its signature arrive and the other is named
 /// unsigned; WHEN a layer's bytes are changed in the bucket THEN that image fails, named, and is
 /// not tagged, while the others arrive. Every S3 call the functions made is under the layout's
@@ -145,7 +147,9 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
     .run
     .report;
     assert_eq!((exported.copied, exported.failed), (3, 0), "{exported:?}");
-    sign_layout(&store, &LocalSigner(statement_key)).await;
+    let statement = sign_layout(&store, &LocalSigner(statement_key)).await;
+    // From here on the source registry is not read: every image comes from the layout.
+    let source_requests = world.plane(SOURCE).operations().len();
 
     let arn = sfn.create_state_machine("replicate").await;
 
@@ -174,8 +178,43 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         assert!(in_destination(&world, repository, tag).await.is_none());
     }
 
-    // Restored: everything arrives byte for byte.
-    store.write_file("index.json", index).await.unwrap();
+    // An image named by digest alone is refused before anything is read (a digest could name
+    // any manifest the bucket still holds).
+    let by_digest = sfn
+        .execute(
+            &arn,
+            &import_job(
+                "refused/",
+                json!({"images": [{"repository": "team/app", "digest": unsigned.digest}]}),
+            ),
+        )
+        .await;
+    assert_eq!(by_digest.status, "FAILED");
+    assert!(
+        by_digest.cause.contains("images[0].tag"),
+        "{}",
+        by_digest.cause
+    );
+
+    // Restored, with one more entry the statement does not bind to a repository: the
+    // signature's tag-scheme entry under another repository name. Nothing serves it: the
+    // layout's repositories and tags are the statement's.
+    let mut relocated: Value = serde_json::from_slice(&index).unwrap();
+    let signature_entry = relocated["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["digest"] == json!(signature.digest))
+        .unwrap()
+        .clone();
+    let mut moved = signature_entry.clone();
+    moved["annotations"]["org.opencontainers.image.ref.name"] =
+        json!(format!("evil:{signature_tag}"));
+    relocated["manifests"].as_array_mut().unwrap().push(moved);
+    store
+        .write_file("index.json", relocated.to_string().into())
+        .await
+        .unwrap();
     let run = sfn.execute(&arn, &import_job("airgap/", json!({}))).await;
     assert_eq!(
         run.status,
@@ -185,6 +224,12 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         run.history_text(300)
     );
     let report = run.output.clone().unwrap();
+    // The first step pinned the run to the statement it verified.
+    let pinned = format!("\"statementDigest\":\"{}\"", statement.digest);
+    assert!(run.history_text(usize::MAX).contains(&pinned), "{pinned}");
+    assert!(in_destination(&world, "airgap/evil", &signature_tag)
+        .await
+        .is_none());
     // Three images and the signature's tag, listed as a registry lists it.
     assert_eq!(
         (&report["copied"], &report["failed"]),
@@ -281,6 +326,12 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         .is_none());
     assert_arrived(&world, "tampered/team/app", "v1", &signed);
     assert_arrived(&world, "tampered/ml/model", "v3", &large);
+
+    assert_eq!(
+        world.plane(SOURCE).operations().len(),
+        source_requests,
+        "an import read the source registry"
+    );
 
     // The functions' S3 calls: only the layout's objects (and the work bucket), each allowed by
     // the synthesized roles.

@@ -124,7 +124,7 @@ impl DirLayout {
                 .map_err(|e| layout_error(shown(), format!("cannot seek to byte {start}: {e}")))?;
         }
         // Bytes left to read: to `end` inclusive, or the whole rest.
-        let left = end.map_or(u64::MAX, |end| (end + 1).saturating_sub(start));
+        let left = end.map_or(u64::MAX, |end| end.saturating_add(1).saturating_sub(start));
         let stream = futures::stream::try_unfold((file, left), |(mut file, left)| async move {
             if left == 0 {
                 return Ok(None);

@@ -129,8 +129,19 @@ fn unused(at: &str, fields: &[(&str, bool)], problem: &mut impl FnMut(&str, Stri
 pub(super) fn check_layout_source(job: &Job, problem: &mut impl FnMut(&str, String)) {
     let s = &job.source;
     let Some(layout) = &s.layout else {
+        if s.statement_digest.is_some() {
+            problem(
+                "source.statementDigest",
+                "pins a layout's statement: give it with `layout`".into(),
+            );
+        }
         return;
     };
+    if let Some(digest) = &s.statement_digest {
+        if let Err(e) = oci::Digest::parse(digest) {
+            problem("source.statementDigest", e.to_string());
+        }
+    }
     if let Err(e) = LayoutLocation::parse(layout) {
         problem("source.layout", e);
     }
@@ -273,6 +284,15 @@ pub(super) fn check_layout_job(job: &Job, problem: &mut impl FnMut(&str, String)
         }
     }
     if matches!(side, LayoutSide::Import(_)) {
+        // A layout's images are the ref names its statement signs: one is named by its tag
+        // (a digest alone could name any manifest the bucket still holds).
+        for (i, image) in job.images.iter().enumerate() {
+            refuse(
+                &format!("images[{i}].tag"),
+                image.tag.is_none(),
+                "a layout's images are imported by the tag its statement names: give the tag",
+            );
+        }
         refuse(
             "tags.maxAgeDays",
             job.tags.max_age_days.is_some(),

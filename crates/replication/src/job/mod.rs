@@ -113,7 +113,7 @@ pub struct Job {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Source {
     /// ECR registry host (`<account>.dkr.ecr.<region>.amazonaws.com`) or any OCI registry host.
-    /// Empty (left out) when the source is a `layout`.
+    /// Empty (or left out) when the source is a `layout`.
     // Always written: the state machine reads `$.job.source.registry` (a path it lacks fails
     // the execution), empty for a layout.
     #[serde(default)]
@@ -123,6 +123,11 @@ pub struct Source {
     /// transfer statement is verified first when a trusted transfer key is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// (With `layout`) the digest of the layout's statement file (`sha256:<hex>`, what the export
+    /// printed): any other statement is refused. The state machine's first step sets it to the
+    /// statement it verified, so a whole run imports one statement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement_digest: Option<String>,
     /// Role to assume to read the source (another account), if any.
     #[serde(default)]
     pub role_arn: Option<String>,

@@ -153,7 +153,7 @@ pub async fn enumerate_and_settle(
 ) -> Result<EnumerateRepositoriesOutput> {
     let started = std::time::Instant::now();
     let mut report = input.report.unwrap_or_default();
-    let job = input.job.validate()?;
+    let mut job = input.job.validate()?;
     // An import runs as a replication from the layout, served as a registry (`source()`).
     if let Some(field) = job.job.export_field() {
         return Err(Error::invalid(
@@ -164,6 +164,8 @@ pub async fn enumerate_and_settle(
     }
     // The whole job against the deployment first: nothing is sent for a job it refuses.
     conns.admit(&job.job)?;
+    // A layout's statement verified once for the run: every later step reads that one.
+    conns.pin_source_statement(&mut job.job).await?;
     let limits = conns.settings().limits;
     // Under a pull budget a page holds one repository with work: its child starts knowing
     // what the run spent before it (the parent's report), so the count stays exact.

@@ -78,7 +78,7 @@ impl TrustedTransferKey {
     pub(crate) fn check_pins(&self, actual: &Digest, exported_at: &str) -> Result<(), String> {
         if let Some(pinned) = self.statement_digest.as_ref().filter(|p| *p != actual) {
             return Err(format!(
-                "{STATEMENT_FILE} is {actual}, not {pinned} (--statement-digest): another \
+                "{STATEMENT_FILE} is {actual}, not {pinned} (--statement-digest, source.statementDigest): another \
                  export the key signed, an older one or a newer one; not imported"
             ));
         }

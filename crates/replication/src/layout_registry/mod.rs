@@ -1,0 +1,129 @@
+//! A verified OCI layout served to the workflow's steps as a read-only registry (issue 35: the
+//! state machine imports a layout with the same steps it replicates a registry with).
+//!
+//! The functions reach a source through a [`oci::RegistryClient`]: listing (`_catalog`, tag
+//! lists), manifests, blobs in byte ranges (a large layer split across invocations), the
+//! referrers API for the signature gate. [`LayoutRegistry`] answers exactly those requests on
+//! the function's own loopback interface (`127.0.0.1`, a port the system picks), only to a
+//! client holding the server's credential (made at random for each server, given to the
+//! function's own client), and only with what the layout's verified statement names
+//! ([`VerifiedLayout`]):
+//! - a tag as the statement names it in its repository (an image's, or a tag-scheme artifact's
+//!   of one of its images), at the statement's digest, media type and size;
+//! - a manifest by digest only when the statement names it for that repository (an image or a
+//!   referrer of one) or it is a child of one of those indexes; bounded and checked against
+//!   its digest before it is sent;
+//! - a blob by digest, streamed as stored (in byte ranges when asked): its digest is checked
+//!   where it arrives (the destination registry refuses a blob whose bytes are not its
+//!   digest), and a blob alone makes no image;
+//! - the referrers of a digest: the statement's OCI 1.1 referrers of that repository's images
+//!   with that subject, with the `artifactType` the statement signs.
+//!
+//! Everything else is `404`, a write `405`: the served registry takes no write.
+
+mod http;
+mod served;
+
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+
+use crate::error::{Error, Result};
+
+pub use served::VerifiedLayout;
+
+/// The user name of the served registry's credential.
+const USER: &str = "layout";
+
+/// A layout served as a read-only registry on `127.0.0.1`; stops serving when dropped.
+pub struct LayoutRegistry {
+    host: String,
+    secret: String,
+    served: Arc<RwLock<Arc<VerifiedLayout>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LayoutRegistry {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl std::fmt::Debug for LayoutRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayoutRegistry")
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+impl LayoutRegistry {
+    /// Serves `layout` on a free port of `127.0.0.1`, to clients holding
+    /// [`LayoutRegistry::credential`] only.
+    pub async fn serve(layout: VerifiedLayout) -> Result<Self> {
+        let location = layout.store.location();
+        let refused = |reason: String| Error::Registry {
+            image: format!("oci:{location}"),
+            source: oci::Error::Layout {
+                path: location.clone(),
+                reason,
+            },
+        };
+        let mut random = [0u8; 32];
+        getrandom::fill(&mut random)
+            .map_err(|e| refused(format!("no random credential to serve it with: {e}")))?;
+        let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| refused(format!("no loopback port to serve it to the steps on: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| refused(format!("no loopback port to serve it to the steps on: {e}")))?
+            .port();
+        let served = Arc::new(RwLock::new(Arc::new(layout)));
+        let authorization = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{secret}"))
+        );
+        let app = http::router(served.clone(), authorization);
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(LayoutRegistry {
+            host: format!("127.0.0.1:{port}"),
+            secret,
+            served,
+            server,
+        })
+    }
+
+    /// `127.0.0.1:PORT`: the registry host the steps' client reaches the layout at.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The credential the server answers: the steps' client holds it for [`Self::host`].
+    pub fn credential(&self) -> oci::Credential {
+        oci::Credential::Basic {
+            username: USER.into(),
+            password: self.secret.clone(),
+        }
+    }
+
+    /// The layout served now.
+    pub fn layout(&self) -> Arc<VerifiedLayout> {
+        match self.served.read() {
+            Ok(held) => held.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Serves `layout` from now on (a newer verification of the same place).
+    pub fn replace(&self, layout: VerifiedLayout) {
+        let layout = Arc::new(layout);
+        match self.served.write() {
+            Ok(mut held) => *held = layout,
+            Err(poisoned) => *poisoned.into_inner() = layout,
+        }
+    }
+}

@@ -110,6 +110,8 @@ export function deploymentNames(name: string = DEFAULT_DEPLOYMENT_NAME): Deploym
 
 /** Where `enumerate-images` keeps a repository's selected images between the pages of one run. */
 export const SELECTIONS_PREFIX = 'selections/';
+/** Where enumerate-repositories keeps the newest statement imported from each layout (no expiry). */
+export const NEWEST_STATEMENTS_PREFIX = 'layout-statements/';
 
 /** Days a run's selection is kept; a repository whose pages take longer is listed again. */
 export const SELECTION_DAYS = 7;
@@ -337,9 +339,17 @@ export class WorkflowStack extends Stack {
         if (!fn) throw new Error(`${id}: the layout grants name ${name}, which the state machine definition has no step for`);
         return fn.functionArn;
       });
+      // The newest statement a run imported from each layout, read and recorded by the first
+      // step (enumerate-repositories) so a later run refuses an older one: a rollback.
+      const marks = new iam.PolicyStatement({
+        sid: 'NewestLayoutStatements',
+        actions: ['s3:GetObject', 's3:PutObject'],
+        resources: [workBucket.arnForObjects(`${NEWEST_STATEMENTS_PREFIX}*`)],
+        conditions: { ArnEquals: { 'lambda:SourceFunctionArn': [this.functions['enumerate-repositories'].functionArn] } },
+      });
       new iam.Policy(this, 'LayoutImports', {
         roles: [copierRole],
-        statements: layoutReadStatements(this.partition, `s3.${this.region}.${this.urlSuffix}`, layouts, readers),
+        statements: [...layoutReadStatements(this.partition, `s3.${this.region}.${this.urlSuffix}`, layouts, readers), marks],
       });
     }
 

@@ -101,7 +101,16 @@ test('the source-reading functions may get exactly the layouts\' objects and lis
   // Every reader is a step; the steps left out are those that never open a layout.
   assert.deepEqual(FUNCTIONS.map((f) => f.name).filter((n) => !LAYOUT_READERS.includes(n)).sort(), ['summarise', 'verify-repository']);
   const [w] = deployment(variant((c) => { c.layouts = LAYOUTS; }));
-  const { roles, statements } = layoutPolicy(w);
+  const { roles, statements: all } = layoutPolicy(w);
+  // The first step keeps the newest statement imported from each layout in the work bucket
+  // (a later run refuses an older one): that prefix only, that function only.
+  const marks = all.filter((s) => s.Sid === 'NewestLayoutStatements');
+  const first = Object.entries(stepsByLogicalId(w)).find(([, step]) => step === 'enumerate-repositories')![0];
+  assert.equal(marks.length, 1);
+  assert.deepEqual(marks[0].Action, ['s3:GetObject', 's3:PutObject']);
+  assert.match(JSON.stringify(marks[0].Resource), /WorkBucket.*layout-statements\/\*/);
+  assert.deepEqual(marks[0].Condition, { ArnEquals: { 'lambda:SourceFunctionArn': [{ 'Fn::GetAtt': [first, 'Arn'] }] } });
+  const statements = all.filter((s) => s.Sid !== 'NewestLayoutStatements');
   assert.equal(roles.length, 1);
   assert.match(roles[0].Ref, /^CopierRole/);
   const readers = LAYOUT_READERS.map((name) => Object.entries(stepsByLogicalId(w)).find(([, step]) => step === name)![0]);
@@ -139,7 +148,7 @@ test('the source-reading functions may get exactly the layouts\' objects and lis
   // Nothing else in the deployment names a layout bucket or its key: no other role, no other
   // statement of the copier role (which ensure-repository and verify-repository share).
   const others = allStatements(w).filter(({ policy }) => !policy.startsWith('LayoutImports'));
-  assert.equal(allStatements(w).length - others.length, statements.length);
+  assert.equal(allStatements(w).length - others.length, all.length);
   assert.deepEqual(others.filter(({ statement }) => /air-gap|0f1e2d3c/.test(JSON.stringify(statement))), []);
   assert.deepEqual(others.filter(({ statement }) => /s3:ListBucket|kms:Decrypt/.test(JSON.stringify(statement.Action))), []);
   // Without layouts: no layout policy, no listing, no decrypting through S3.
@@ -158,7 +167,7 @@ test('layouts sharing a bucket share its two statements: every prefix\'s objects
       { bucket: 'air-gap-all', prefix: 'nested', import: true, transferKey: KEY_B },
     ];
   }));
-  const { statements } = layoutPolicy(w);
+  const statements = layoutPolicy(w).statements.filter((s) => s.Sid !== 'NewestLayoutStatements');
   const by = (sid: string) => statements.find((s) => s.Sid === sid);
   assert.deepEqual(statements.map((s) => s.Sid), ['ReadLayoutObjects0', 'ListLayoutObjects0', 'ReadLayoutObjects1', 'ListLayoutObjects1', 'DecryptLayoutObjects']);
   assert.deepEqual(by('ReadLayoutObjects0').Resource, [s3Arn('air-gap-in/team-a/*'), s3Arn('air-gap-in/team-b/drop/*')]);
@@ -174,7 +183,7 @@ test('the end-to-end IAM check\'s deployment (config.iam.json) imports from s3:/
   const iamConfig = loadConfig('test/config.iam.json');
   const [w] = deployment(iamConfig);
   assert.deepEqual(functionAllowlist(w).layouts, [{ location: 's3://ecr-replicator-layouts/air-gap', import: true, transferKey: iamConfig.layouts![0].transferKey }]);
-  const { statements } = layoutPolicy(w);
+  const statements = layoutPolicy(w).statements.filter((s) => s.Sid !== 'NewestLayoutStatements');
   assert.deepEqual(statements.map((s) => [s.Sid, s.Action, s.Resource, s.Condition.StringEquals, s.Condition.StringLike]), [
     ['ReadLayoutObjects0', 's3:GetObject', s3Arn('ecr-replicator-layouts/air-gap/*'), { 's3:ResourceAccount': '123456789012' }, undefined],
     ['ListLayoutObjects0', 's3:ListBucket', s3Arn('ecr-replicator-layouts'), { 's3:ResourceAccount': '123456789012' }, { 's3:prefix': ['air-gap/*'] }],

@@ -438,6 +438,8 @@ impl Connections {
 
     /// Pins a layout source to the statement it verifies now (`source.statementDigest`, when
     /// the job names none): every later step of the run then reads that statement or fails.
+    /// With a work bucket, a statement older than the newest one a run imported from the same
+    /// layout is refused (a rollback), and a newer one recorded.
     pub async fn pin_source_statement(&self, job: &mut Job) -> Result<()> {
         let (Some(location), None) = (&job.source.layout, &job.source.statement_digest) else {
             return Ok(());
@@ -452,7 +454,11 @@ impl Connections {
             .layouts
             .host(&self.settings.aws, location, entry, None)
             .await?;
-        job.source.statement_digest = Some(served.layout().statement.digest.clone());
+        let layout = served.layout();
+        if let Some(bucket) = self.work_bucket().await {
+            crate::connect_layout::refuse_rollback(bucket, location, &layout.statement).await?;
+        }
+        job.source.statement_digest = Some(layout.statement.digest.clone());
         Ok(())
     }
 

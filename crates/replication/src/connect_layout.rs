@@ -117,3 +117,78 @@ async fn open_s3(
         S3Layout::new(aws, &ecr::own_region(), at, options).await,
     ))
 }
+
+/// Where the work bucket keeps the newest statement a run imported from each layout (no
+/// expiry: it is what makes a later run refuse an older one).
+pub const NEWEST_STATEMENTS_PREFIX: &str = "layout-statements/";
+
+/// The newest statement runs of this deployment imported from one layout.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewestStatement {
+    location: String,
+    statement_digest: String,
+    exported_at: String,
+}
+
+/// Refuses a rollback: a statement exported before the newest one a run of this deployment
+/// already imported from `location` (recorded in the work bucket), which the same key also
+/// verifies (a carrier kept an older copy of the layout and put it back). A newer statement is
+/// recorded. A run that pins a statement itself (`source.statementDigest`) imports it
+/// deliberately and is not checked.
+pub(crate) async fn refuse_rollback(
+    bucket: &ecr::WorkBucket,
+    location: &str,
+    statement: &crate::transfer_statement::VerifiedStatement,
+) -> Result<()> {
+    let field = "source.layout";
+    let name = match LayoutLocation::parse(location) {
+        Ok(place) => place.to_string(),
+        Err(problem) => return Err(Error::invalid(field, problem)),
+    };
+    let key = format!(
+        "{NEWEST_STATEMENTS_PREFIX}{}.json",
+        oci::Digest::of(name.as_bytes()).hex()
+    );
+    let aws = |context: &str| {
+        let context = format!("{context} the newest statement imported from {name}");
+        move |source| Error::Aws { context, source }
+    };
+    let exported = |text: &str| text.parse::<jiff::Timestamp>().ok();
+    let this = exported(&statement.run.exported_at);
+    if let Some(bytes) = bucket.get(&key).await.map_err(aws("reading"))? {
+        let newest: NewestStatement = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::invalid(
+                field,
+                format!("{key} in the work bucket is not readable: {e}"),
+            )
+        })?;
+        if newest.statement_digest == statement.digest {
+            return Ok(());
+        }
+        if let (Some(newest_at), Some(this_at)) = (exported(&newest.exported_at), this) {
+            if this_at < newest_at {
+                return Err(Error::TransferStatement {
+                    layout: name.clone(),
+                    reason: format!(
+                        "its statement {} was exported at {}, before {} ({}), which a run \
+                         already imported from here: an older layout the key signed was put \
+                         back; not imported (to import it deliberately, pin it: \
+                         source.statementDigest)",
+                        statement.digest,
+                        statement.run.exported_at,
+                        newest.statement_digest,
+                        newest.exported_at
+                    ),
+                });
+            }
+        }
+    }
+    let newest = NewestStatement {
+        location: name.clone(),
+        statement_digest: statement.digest.clone(),
+        exported_at: statement.run.exported_at.clone(),
+    };
+    let body = serde_json::to_vec(&newest).map_err(|e| Error::Output(e.to_string()))?;
+    bucket.put(&key, body).await.map_err(aws("recording"))
+}

@@ -13,6 +13,7 @@ use oci::layout::LayoutStore;
 use replication::allowlist::{Allowlist, ALLOWLIST_VARIABLE};
 use replication::connect::Connections;
 use replication::layout_run::{run_layout_job, ImportTrust};
+use replication::transfer_statement::{SIGNATURE_FILE, STATEMENT_FILE};
 use serde_json::{json, Value};
 
 const BUCKET: &str = "ecr-replicator-layouts";
@@ -124,8 +125,8 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         },
     )
     .await;
-    let mut settings = world.settings();
-    settings.allowlist = Some(
+    let mut export_settings = world.settings();
+    export_settings.allowlist = Some(
         Allowlist::from_json(
             &json!({"sources": [{"registry": SOURCE}],
                     "layouts": [{"location": LAYOUT, "export": true}]})
@@ -136,7 +137,7 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
     );
     let export = json!({"source": {"registry": SOURCE}, "destinations": [{"layout": LAYOUT}]});
     let exported = run_layout_job(
-        &Connections::new(settings),
+        &Connections::new(export_settings.clone()),
         replication::Job::from_json(&export.to_string()).unwrap(),
         &store,
         ImportTrust::default(),
@@ -326,6 +327,13 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         .is_none());
     assert_arrived(&world, "tampered/team/app", "v1", &signed);
     assert_arrived(&world, "tampered/ml/model", "v3", &large);
+    let e2e::image::BlobData::Bytes(original) = &layer.data else {
+        unreachable!("a small layer is held in memory")
+    };
+    store
+        .write_file(&layer_name, original.clone())
+        .await
+        .unwrap();
 
     assert_eq!(
         world.plane(SOURCE).operations().len(),
@@ -333,13 +341,77 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         "an import read the source registry"
     );
 
+    // A rollback: a newer export is imported, then the older layout (which the same key
+    // signed) is put back: refused, naming both statements; imported when a job pins it.
+    let mut older = Vec::new();
+    for name in [STATEMENT_FILE, SIGNATURE_FILE, "index.json"] {
+        let bytes = store.read_file(name, 8 << 20).await.unwrap().unwrap();
+        older.push((name, bytes));
+    }
+    world
+        .seed(
+            "team/app",
+            "v4",
+            &ImageBuilder::new(Format::Oci).layer(100, 4_000).build(),
+        )
+        .await;
+    let exported = run_layout_job(
+        &Connections::new(export_settings),
+        replication::Job::from_json(&export.to_string()).unwrap(),
+        &store,
+        ImportTrust::default(),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap()
+    .run
+    .report;
+    assert_eq!(exported.copied, 1, "{exported:?}");
+    let (statement_key, _) = signing_key(95);
+    let newer = sign_layout(&store, &LocalSigner(statement_key)).await;
+    assert_ne!(newer.digest, statement.digest);
+    let run = sfn.execute(&arn, &import_job("newer/", json!({}))).await;
+    assert_eq!(run.status, "SUCCEEDED", "{}", run.cause);
+    for (name, bytes) in older {
+        store.write_file(name, bytes).await.unwrap();
+    }
+    let rolled = sfn.execute(&arn, &import_job("rolled/", json!({}))).await;
+    assert_eq!(rolled.status, "FAILED", "{}", rolled.history_text(300));
+    assert!(
+        rolled.cause.contains("before") && rolled.cause.contains(&newer.digest),
+        "{}",
+        rolled.cause
+    );
+    assert!(in_destination(&world, "rolled/team/app", "v1")
+        .await
+        .is_none());
+    let pinned = sfn
+        .execute(
+            &arn,
+            &import_job(
+                "pinned/",
+                json!({"source": {"layout": LAYOUT, "statementDigest": statement.digest}}),
+            ),
+        )
+        .await;
+    assert_eq!(pinned.status, "SUCCEEDED", "{}", pinned.cause);
+    assert_arrived(&world, "pinned/team/app", "v1", &signed);
+    assert!(in_destination(&world, "pinned/team/app", "v4")
+        .await
+        .is_none());
+
     // The functions' S3 calls: only the layout's objects (and the work bucket), each allowed by
     // the synthesized roles.
     let policies = Policies::load(&e2e::sfn::workspace().join("cdk/cdk.out.iam"), OWNER);
     let performed: std::collections::BTreeSet<Performed> = sfn
         .api_calls()
         .into_iter()
-        .filter(|c| c.action.starts_with("s3:") && c.resources.iter().any(|r| r.contains(BUCKET)))
+        .filter(|c| {
+            c.action.starts_with("s3:")
+                && c.resources
+                    .iter()
+                    .any(|r| r.contains(BUCKET) || r.contains("/layout-statements/"))
+        })
         .flat_map(|c| {
             c.resources.into_iter().map(move |resource| Performed {
                 function: c.function.clone(),
@@ -351,12 +423,19 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         .collect();
     assert!(!performed.is_empty());
     for call in &performed {
-        assert!(
-            call.resource
-                .starts_with(&format!("arn:aws:s3:::{BUCKET}/air-gap/")),
-            "{call:?}"
-        );
+        let layout = call
+            .resource
+            .starts_with(&format!("arn:aws:s3:::{BUCKET}/air-gap/"));
+        let newest = call.function.contains("enumerate-repositories")
+            && call.resource.starts_with(&format!(
+                "arn:aws:s3:::{}/layout-statements/",
+                e2e::sfn::WORK_BUCKET
+            ));
+        assert!(layout || newest, "{call:?}");
     }
+    assert!(performed
+        .iter()
+        .any(|c| c.action == "s3:PutObject" && c.resource.contains("/layout-statements/")));
     let violations = policies.violations(&performed);
     assert!(violations.is_empty(), "{}", violations.join("\n"));
     // The check bites: without the layout's grant, those reads are refused.

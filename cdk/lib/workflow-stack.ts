@@ -257,6 +257,16 @@ export class WorkflowStack extends Stack {
       actions: ['s3:PutObject', 's3:GetObject'],
       resources: [workBucket.arnForObjects(`${SELECTIONS_PREFIX}*`)],
     }));
+    // Listing, never used to list: S3 answers a GetObject of a missing key (an expired
+    // selection) 404 only to a caller allowed to list the bucket,
+    // else 403 ("HeadObject"/"GetObject" permissions, Amazon S3 API Reference), which the
+    // functions would take for a failure.
+    copierRole.addToPolicy(new iam.PolicyStatement({
+      sid: 'ListWorkBucket',
+      actions: ['s3:ListBucket'],
+      resources: [workBucket.bucketArn],
+      conditions: { StringLike: { 's3:prefix': [`${SELECTIONS_PREFIX}*`] } },
+    }));
 
     // requireSignature's trusted root: exactly this object, for every function that selects.
     const rootObject = trustedRootObject(config);
@@ -347,9 +357,20 @@ export class WorkflowStack extends Stack {
         resources: [workBucket.arnForObjects(`${NEWEST_STATEMENTS_PREFIX}*`)],
         conditions: { ArnEquals: { 'lambda:SourceFunctionArn': [this.functions['enumerate-repositories'].functionArn] } },
       });
+      // A layout never imported from has no mark: S3 answers 404 (not 403) to a caller that may
+      // list that prefix.
+      const listMarks = new iam.PolicyStatement({
+        sid: 'ListNewestLayoutStatements',
+        actions: ['s3:ListBucket'],
+        resources: [workBucket.bucketArn],
+        conditions: {
+          ArnEquals: { 'lambda:SourceFunctionArn': [this.functions['enumerate-repositories'].functionArn] },
+          StringLike: { 's3:prefix': [`${NEWEST_STATEMENTS_PREFIX}*`] },
+        },
+      });
       new iam.Policy(this, 'LayoutImports', {
         roles: [copierRole],
-        statements: [...layoutReadStatements(this.partition, `s3.${this.region}.${this.urlSuffix}`, layouts, readers), marks],
+        statements: [...layoutReadStatements(this.partition, `s3.${this.region}.${this.urlSuffix}`, layouts, readers), marks, listMarks],
       });
     }
 

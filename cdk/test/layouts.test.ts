@@ -104,13 +104,18 @@ test('the source-reading functions may get exactly the layouts\' objects and lis
   const { roles, statements: all } = layoutPolicy(w);
   // The first step keeps the newest statement imported from each layout in the work bucket
   // (a later run refuses an older one): that prefix only, that function only.
-  const marks = all.filter((s) => s.Sid === 'NewestLayoutStatements');
+  const MARKS = ['NewestLayoutStatements', 'ListNewestLayoutStatements'];
+  const marks = all.filter((s) => MARKS.includes(s.Sid));
   const first = Object.entries(stepsByLogicalId(w)).find(([, step]) => step === 'enumerate-repositories')![0];
-  assert.equal(marks.length, 1);
+  assert.equal(marks.length, 2);
+  const caller1 = { 'lambda:SourceFunctionArn': [{ 'Fn::GetAtt': [first, 'Arn'] }] };
   assert.deepEqual(marks[0].Action, ['s3:GetObject', 's3:PutObject']);
   assert.match(JSON.stringify(marks[0].Resource), /WorkBucket.*layout-statements\/\*/);
-  assert.deepEqual(marks[0].Condition, { ArnEquals: { 'lambda:SourceFunctionArn': [{ 'Fn::GetAtt': [first, 'Arn'] }] } });
-  const statements = all.filter((s) => s.Sid !== 'NewestLayoutStatements');
+  assert.deepEqual(marks[0].Condition, { ArnEquals: caller1 });
+  assert.equal(marks[1].Action, 's3:ListBucket');
+  assert.match(JSON.stringify(marks[1].Resource), /WorkBucket/);
+  assert.deepEqual(marks[1].Condition, { ArnEquals: caller1, StringLike: { 's3:prefix': ['layout-statements/*'] } });
+  const statements = all.filter((s) => !MARKS.includes(s.Sid));
   assert.equal(roles.length, 1);
   assert.match(roles[0].Ref, /^CopierRole/);
   const readers = LAYOUT_READERS.map((name) => Object.entries(stepsByLogicalId(w)).find(([, step]) => step === name)![0]);
@@ -150,11 +155,13 @@ test('the source-reading functions may get exactly the layouts\' objects and lis
   const others = allStatements(w).filter(({ policy }) => !policy.startsWith('LayoutImports'));
   assert.equal(allStatements(w).length - others.length, all.length);
   assert.deepEqual(others.filter(({ statement }) => /air-gap|0f1e2d3c/.test(JSON.stringify(statement))), []);
-  assert.deepEqual(others.filter(({ statement }) => /s3:ListBucket|kms:Decrypt/.test(JSON.stringify(statement.Action))), []);
+  // (The work bucket's own listing, ListWorkBucket, names its selections only.)
+  const listsOrDecrypts = ({ statement }: { statement: any }) => statement.Sid !== 'ListWorkBucket' && /s3:ListBucket|kms:Decrypt/.test(JSON.stringify(statement.Action));
+  assert.deepEqual(others.filter(listsOrDecrypts), []);
   // Without layouts: no layout policy, no listing, no decrypting through S3.
   const [plain] = deployment(config);
   assert.deepEqual(layoutPolicy(plain).statements, []);
-  assert.ok(!allStatements(plain).some(({ statement }) => /s3:ListBucket|kms:Decrypt/.test(JSON.stringify(statement.Action))));
+  assert.ok(!allStatements(plain).some(listsOrDecrypts));
 });
 
 test('layouts sharing a bucket share its two statements: every prefix\'s objects, the listing for those prefixes; a whole-bucket entry lists without a prefix condition', () => {
@@ -167,7 +174,7 @@ test('layouts sharing a bucket share its two statements: every prefix\'s objects
       { bucket: 'air-gap-all', prefix: 'nested', import: true, transferKey: KEY_B },
     ];
   }));
-  const statements = layoutPolicy(w).statements.filter((s) => s.Sid !== 'NewestLayoutStatements');
+  const statements = layoutPolicy(w).statements.filter((s) => !/NewestLayoutStatements$/.test(s.Sid));
   const by = (sid: string) => statements.find((s) => s.Sid === sid);
   assert.deepEqual(statements.map((s) => s.Sid), ['ReadLayoutObjects0', 'ListLayoutObjects0', 'ReadLayoutObjects1', 'ListLayoutObjects1', 'DecryptLayoutObjects']);
   assert.deepEqual(by('ReadLayoutObjects0').Resource, [s3Arn('air-gap-in/team-a/*'), s3Arn('air-gap-in/team-b/drop/*')]);
@@ -183,7 +190,7 @@ test('the end-to-end IAM check\'s deployment (config.iam.json) imports from s3:/
   const iamConfig = loadConfig('test/config.iam.json');
   const [w] = deployment(iamConfig);
   assert.deepEqual(functionAllowlist(w).layouts, [{ location: 's3://ecr-replicator-layouts/air-gap', import: true, transferKey: iamConfig.layouts![0].transferKey }]);
-  const statements = layoutPolicy(w).statements.filter((s) => s.Sid !== 'NewestLayoutStatements');
+  const statements = layoutPolicy(w).statements.filter((s) => !/NewestLayoutStatements$/.test(s.Sid));
   assert.deepEqual(statements.map((s) => [s.Sid, s.Action, s.Resource, s.Condition.StringEquals, s.Condition.StringLike]), [
     ['ReadLayoutObjects0', 's3:GetObject', s3Arn('ecr-replicator-layouts/air-gap/*'), { 's3:ResourceAccount': '123456789012' }, undefined],
     ['ListLayoutObjects0', 's3:ListBucket', s3Arn('ecr-replicator-layouts'), { 's3:ResourceAccount': '123456789012' }, { 's3:prefix': ['air-gap/*'] }],

@@ -444,9 +444,15 @@ test('the work bucket is private, TLS only and expiring; only the enumerating fu
   }
   const all = Object.values(w.findResources('AWS::IAM::Policy')).flatMap((p: any) => p.Properties.PolicyDocument.Statement);
   const s3 = all.filter((s: any) => [s.Action].flat().some((a: string) => a.startsWith('s3:')));
-  assert.equal(s3.length, 1);
+  assert.equal(s3.length, 2);
   assert.deepEqual(s3[0].Action, ['s3:PutObject', 's3:GetObject']);
   assert.deepEqual(s3[0].Resource, { 'Fn::Join': ['', [{ 'Fn::GetAtt': [logical, 'Arn'] }, `/${SELECTIONS_PREFIX}*`]] });
+  // Listing its selections only: a missing (expired) one is then 404, not 403.
+  assert.deepEqual(s3[1], {
+    Sid: 'ListWorkBucket', Effect: 'Allow', Action: 's3:ListBucket',
+    Resource: { 'Fn::GetAtt': [logical, 'Arn'] },
+    Condition: { StringLike: { 's3:prefix': [`${SELECTIONS_PREFIX}*`] } },
+  });
 });
 
 test('events go to the default bus only; every function writes metrics; the dashboard shows them per destination', () => {

@@ -204,6 +204,8 @@ impl Connection {
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
+    /// A layout served on loopback (never shared with a job naming that host as a registry).
+    layout: bool,
     registry: String,
     role: Option<String>,
     external_id: Option<String>,
@@ -214,6 +216,8 @@ struct Key {
 
 /// How a job reaches one registry.
 struct Reach<'a> {
+    /// The registry is a layout served on loopback.
+    layout: bool,
     registry: &'a str,
     role: Option<&'a str>,
     external_id: Option<&'a str>,
@@ -412,6 +416,7 @@ impl Connections {
                 .await?;
             let conn = self
                 .connect(Reach {
+                    layout: true,
                     registry: served.host(),
                     role: None,
                     external_id: None,
@@ -425,6 +430,7 @@ impl Connections {
             return Ok(conn);
         }
         self.connect(Reach {
+            layout: false,
             registry: &s.registry,
             role: s.role_arn.as_deref(),
             external_id: s.external_id.as_deref(),
@@ -437,11 +443,12 @@ impl Connections {
     }
 
     /// Pins a layout source to the statement it verifies now (`source.statementDigest`, when
-    /// the job names none): every later step of the run then reads that statement or fails.
-    /// With a work bucket, a statement older than the newest one a run imported from the same
-    /// layout is refused (a rollback), and a newer one recorded.
+    /// the job names none; a job that names one must find it): every later step of the run
+    /// then reads that statement or fails. With a work bucket, a statement older than the newest
+    /// one a run imported from the same layout is refused (a rollback), pinned or not, and a
+    /// newer one recorded. Every execution, continuations too, starts here.
     pub async fn pin_source_statement(&self, job: &mut Job) -> Result<()> {
-        let (Some(location), None) = (&job.source.layout, &job.source.statement_digest) else {
+        let Some(location) = job.source.layout.clone() else {
             return Ok(());
         };
         self.admit(job)?;
@@ -449,14 +456,21 @@ impl Connections {
             .settings
             .allowlist
             .as_ref()
-            .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location));
+            .and_then(|a| crate::allowlist::layouts::find(&a.layouts, &location));
+        let pin = job.source.statement_digest.as_deref();
         let served = self
             .layouts
-            .host(&self.settings.aws, location, entry, None)
+            .host(&self.settings.aws, &location, entry, pin)
             .await?;
         let layout = served.layout();
-        if let Some(bucket) = self.work_bucket().await {
-            crate::connect_layout::refuse_rollback(bucket, location, &layout.statement).await?;
+        match self.work_bucket().await {
+            Some(bucket) => {
+                crate::connect_layout::refuse_rollback(bucket, &location, &layout.statement).await?
+            }
+            None => tracing::warn!(
+                layout = %location,
+                "no work bucket: an older statement than one imported before is not refused"
+            ),
         }
         job.source.statement_digest = Some(layout.statement.digest.clone());
         Ok(())
@@ -473,6 +487,7 @@ impl Connections {
             ));
         }
         self.connect(Reach {
+            layout: false,
             registry: &d.registry,
             role: d.role_arn.as_deref(),
             external_id: d.external_id.as_deref(),
@@ -485,6 +500,7 @@ impl Connections {
 
     async fn connect(&self, reach: Reach<'_>) -> Result<Arc<Connection>> {
         let Reach {
+            layout,
             registry,
             role,
             external_id,
@@ -493,6 +509,7 @@ impl Connections {
             counts_pulls,
         } = reach;
         let key = Key {
+            layout,
             registry: registry.to_string(),
             role: role.map(str::to_string),
             external_id: external_id.map(str::to_string),

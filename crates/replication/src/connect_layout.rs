@@ -118,6 +118,9 @@ async fn open_s3(
     ))
 }
 
+/// How far ahead of this function's clock a statement's `exportedAt` may be.
+const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
+
 /// Where the work bucket keeps the newest statement a run imported from each layout (no
 /// expiry: it is what makes a later run refuse an older one).
 pub const NEWEST_STATEMENTS_PREFIX: &str = "layout-statements/";
@@ -134,8 +137,7 @@ struct NewestStatement {
 /// Refuses a rollback: a statement exported before the newest one a run of this deployment
 /// already imported from `location` (recorded in the work bucket), which the same key also
 /// verifies (a carrier kept an older copy of the layout and put it back). A newer statement is
-/// recorded. A run that pins a statement itself (`source.statementDigest`) imports it
-/// deliberately and is not checked.
+/// recorded. A statement whose `exportedAt` cannot be read, or is in the future, is refused.
 pub(crate) async fn refuse_rollback(
     bucket: &ecr::WorkBucket,
     location: &str,
@@ -154,8 +156,27 @@ pub(crate) async fn refuse_rollback(
         let context = format!("{context} the newest statement imported from {name}");
         move |source| Error::Aws { context, source }
     };
-    let exported = |text: &str| text.parse::<jiff::Timestamp>().ok();
-    let this = exported(&statement.run.exported_at);
+    let refused = |reason: String| Error::TransferStatement {
+        layout: name.clone(),
+        reason,
+    };
+    let exported_at = |text: &str| text.parse::<jiff::Timestamp>();
+    let this = exported_at(&statement.run.exported_at).map_err(|e| {
+        refused(format!(
+            "its statement's run.exportedAt {:?} is not an RFC 3339 time ({e}): its age cannot \
+             be told, not imported",
+            statement.run.exported_at
+        ))
+    })?;
+    // A statement from the future would hold back every later one: an exporter's clock ahead
+    // by more than a few minutes is refused, and never recorded.
+    if this > jiff::Timestamp::now() + jiff::SignedDuration::from_mins(MAX_CLOCK_SKEW_MINUTES) {
+        return Err(refused(format!(
+            "its statement {} says it was exported at {}, in the future: the exporting \
+             deployment's clock is wrong; not imported",
+            statement.digest, statement.run.exported_at
+        )));
+    }
     if let Some(bytes) = bucket.get(&key).await.map_err(aws("reading"))? {
         let newest: NewestStatement = serde_json::from_slice(&bytes).map_err(|e| {
             Error::invalid(
@@ -166,22 +187,20 @@ pub(crate) async fn refuse_rollback(
         if newest.statement_digest == statement.digest {
             return Ok(());
         }
-        if let (Some(newest_at), Some(this_at)) = (exported(&newest.exported_at), this) {
-            if this_at < newest_at {
-                return Err(Error::TransferStatement {
-                    layout: name.clone(),
-                    reason: format!(
-                        "its statement {} was exported at {}, before {} ({}), which a run \
-                         already imported from here: an older layout the key signed was put \
-                         back; not imported (to import it deliberately, pin it: \
-                         source.statementDigest)",
-                        statement.digest,
-                        statement.run.exported_at,
-                        newest.statement_digest,
-                        newest.exported_at
-                    ),
-                });
-            }
+        let newest_at = exported_at(&newest.exported_at).map_err(|e| {
+            Error::invalid(field, format!("{key} in the work bucket: exportedAt: {e}"))
+        })?;
+        // Not newer than the newest imported (an equal time is not newer either).
+        if this <= newest_at {
+            return Err(refused(format!(
+                "its statement {} was exported at {}, not after {} ({}), which a run already \
+                 imported from here: an older layout the key signed was put back; not imported \
+                 (an operator who means it removes {key} from the work bucket)",
+                statement.digest,
+                statement.run.exported_at,
+                newest.statement_digest,
+                newest.exported_at
+            )));
         }
     }
     let newest = NewestStatement {

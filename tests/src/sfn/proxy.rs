@@ -345,7 +345,30 @@ async fn forward_to(
                             out = out.header(k, v);
                         }
                     }
+                    // S3 answers a missing key 404 only to a caller that may list the bucket
+                    // (403 otherwise: "GetObject"/"HeadObject", Amazon S3 API Reference): the
+                    // IAM check then needs s3:ListBucket on it too.
+                    let missing = resp.status() == reqwest::StatusCode::NOT_FOUND;
+                    let listed = call
+                        .as_ref()
+                        .filter(|c| missing && c.action == "s3:GetObject")
+                        .and_then(|c| {
+                            let bucket = c
+                                .resources
+                                .first()?
+                                .strip_prefix("arn:aws:s3:::")?
+                                .split('/')
+                                .next()?;
+                            Some(ApiCall {
+                                action: "s3:ListBucket".into(),
+                                resources: vec![format!("arn:aws:s3:::{bucket}")],
+                                ..c.clone()
+                            })
+                        });
                     let bytes = resp.bytes().await.unwrap_or_default();
+                    if let Some(listed) = listed {
+                        proxy.api_calls.lock().unwrap().push(listed);
+                    }
                     if let Some(call) = call {
                         if call.action == "sts:AssumeRole" {
                             remember_session(proxy, &call, &bytes);

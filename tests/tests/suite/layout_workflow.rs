@@ -77,6 +77,38 @@ fn assert_arrived(world: &EcrWorld, repository: &str, tag: &str, image: &TestIma
     }
 }
 
+/// Removes the newest statements the workflow recorded (`layout-statements/` in the work
+/// bucket), as an operator would to import an older layout deliberately.
+async fn remove_newest_statements(world: &EcrWorld) {
+    let config = ecr::sdk_config(&world.moto.aws_settings(), "us-east-1", None).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&config)
+            .force_path_style(true)
+            .build(),
+    );
+    let listed = s3
+        .list_objects_v2()
+        .bucket(e2e::sfn::WORK_BUCKET)
+        .prefix("layout-statements/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    assert_eq!(keys.len(), 1, "one layout, one newest statement: {keys:?}");
+    for key in keys {
+        s3.delete_object()
+            .bucket(e2e::sfn::WORK_BUCKET)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 /// GIVEN images in an ECR source (one signed by the deployment's trust policy's key, one with
 /// a 12 MiB layer) exported into an S3 layout and signed with the key the allowlist pins WHEN
 /// `index.json` is changed after signing THEN the execution fails naming the statement and
@@ -378,22 +410,24 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
     let rolled = sfn.execute(&arn, &import_job("rolled/", json!({}))).await;
     assert_eq!(rolled.status, "FAILED", "{}", rolled.history_text(300));
     assert!(
-        rolled.cause.contains("before") && rolled.cause.contains(&newer.digest),
+        rolled.cause.contains("not after") && rolled.cause.contains(&newer.digest),
         "{}",
         rolled.cause
     );
     assert!(in_destination(&world, "rolled/team/app", "v1")
         .await
         .is_none());
-    let pinned = sfn
-        .execute(
-            &arn,
-            &import_job(
-                "pinned/",
-                json!({"source": {"layout": LAYOUT, "statementDigest": statement.digest}}),
-            ),
-        )
-        .await;
+    // A job's own pin does not get past it (job input is not trusted to roll back); an operator
+    // who means it removes the newest statement from the work bucket.
+    let pinned_job = import_job(
+        "pinned/",
+        json!({"source": {"layout": LAYOUT, "statementDigest": statement.digest}}),
+    );
+    let refused = sfn.execute(&arn, &pinned_job).await;
+    assert_eq!(refused.status, "FAILED", "{}", refused.cause);
+    assert!(refused.cause.contains("not after"), "{}", refused.cause);
+    remove_newest_statements(&world).await;
+    let pinned = sfn.execute(&arn, &pinned_job).await;
     assert_eq!(pinned.status, "SUCCEEDED", "{}", pinned.cause);
     assert_arrived(&world, "pinned/team/app", "v1", &signed);
     assert!(in_destination(&world, "pinned/team/app", "v4")
@@ -408,9 +442,10 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         .into_iter()
         .filter(|c| {
             c.action.starts_with("s3:")
-                && c.resources
-                    .iter()
-                    .any(|r| r.contains(BUCKET) || r.contains("/layout-statements/"))
+                && (c.action == "s3:ListBucket"
+                    || c.resources
+                        .iter()
+                        .any(|r| r.contains(BUCKET) || r.contains("/layout-statements/")))
         })
         .flat_map(|c| {
             c.resources.into_iter().map(move |resource| Performed {
@@ -431,8 +466,16 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
                 "arn:aws:s3:::{}/layout-statements/",
                 e2e::sfn::WORK_BUCKET
             ));
-        assert!(layout || newest, "{call:?}");
+        // A missing key answered 404 needs s3:ListBucket (the rig records it): the layout's
+        // bucket, or the work bucket (the first import from a layout finds no mark).
+        let listed = call.action == "s3:ListBucket"
+            && [BUCKET, e2e::sfn::WORK_BUCKET]
+                .iter()
+                .any(|b| call.resource == format!("arn:aws:s3:::{b}"));
+        assert!(layout || newest || listed, "{call:?}");
     }
+    assert!(performed.iter().any(|c| c.action == "s3:ListBucket"
+        && c.resource == format!("arn:aws:s3:::{}", e2e::sfn::WORK_BUCKET)));
     assert!(performed
         .iter()
         .any(|c| c.action == "s3:PutObject" && c.resource.contains("/layout-statements/")));

@@ -125,7 +125,8 @@ pub struct Source {
     pub layout: Option<String>,
     /// (With `layout`) the digest of the layout's statement file (`sha256:<hex>`, what the export
     /// printed): any other statement is refused. The state machine's first step sets it to the
-    /// statement it verified, so a whole run imports one statement.
+    /// statement it verified, so a whole run imports one statement (a pin is still refused when
+    /// older than the newest statement imported from the layout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement_digest: Option<String>,
     /// Role to assume to read the source (another account), if any.

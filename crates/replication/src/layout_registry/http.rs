@@ -45,20 +45,29 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-/// A layout read that failed. Content that is not what the statement says (a digest, a size,
-/// a manifest) is a client error, never retried; a store failure (S3, after its SDK's own
-/// retries) a `502`, which the client retries within its budget, unless access was denied.
+/// A layout read that failed: a `422`, never retried (content that is not what the statement
+/// says, a manifest over its bound, access denied, an object missing), but for S3 throttling
+/// or a timeout after its SDK's own retries: a `502`, which the client retries in its budget.
 fn failed(e: oci::Error) -> Response {
     let status = match &e {
         oci::Error::DigestMismatch { .. }
         | oci::Error::SizeMismatch { .. }
         | oci::Error::InvalidManifest { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        // S3 answered after its SDK's own retries: only a throttle or a timeout is worth more.
         oci::Error::Layout { reason, .. }
-            if reason.contains("AccessDenied") || reason.contains("Forbidden") =>
+            if [
+                "SlowDown",
+                "throttl",
+                "timed out",
+                "timeout",
+                "dispatch failure",
+            ]
+            .iter()
+            .any(|t| reason.contains(t)) =>
         {
-            StatusCode::FORBIDDEN
+            StatusCode::BAD_GATEWAY
         }
-        _ => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     error(status, "UNKNOWN", e.to_string())
 }
@@ -344,7 +353,7 @@ async fn blob(layout: &VerifiedLayout, digest: &str, headers: &HeaderMap, head: 
         Some(Err(())) => {
             let mut response = error(
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                "BLOB_UNKNOWN",
+                "RANGE_INVALID",
                 format!("the range is not within the blob's {size} bytes"),
             );
             if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -145,13 +145,27 @@ impl VerifiedLayout {
 /// `TAG`, is not served).
 fn served(statement: &VerifiedStatement) -> Result<BTreeMap<String, ServedRepository>> {
     let mut repositories: BTreeMap<String, ServedRepository> = BTreeMap::new();
+    let conflict = |what: String| Error::TransferStatement {
+        layout: String::new(),
+        reason: what,
+    };
     for image in statement.images.values() {
         if image.repository.is_empty() {
             continue;
         }
+        // The repository and tag are the ref name's, as `index.json` names the image.
+        let named = layout::split_ref_name(&image.ref_name).ok();
+        if named != Some((Some(image.repository.as_str()), image.tag.as_str())) {
+            return Err(conflict(format!(
+                "it names {} with repository {} and tag {}, which its ref name does not say",
+                layout::quoted(&image.ref_name),
+                layout::quoted(&image.repository),
+                layout::quoted(&image.tag)
+            )));
+        }
         let repository = repositories.entry(image.repository.clone()).or_default();
         let top = Described::new(&image.digest, &image.media_type, image.size)?;
-        repository.tags.insert(image.tag.clone(), top.clone());
+        insert_tag(repository, &image.tag, top.clone(), &image.ref_name)?;
         repository.named.insert(image.digest.clone(), top);
         for referrer in &image.referrers {
             let manifest = Described::new(&referrer.digest, &referrer.media_type, referrer.size)?;
@@ -165,11 +179,37 @@ fn served(statement: &VerifiedStatement) -> Result<BTreeMap<String, ServedReposi
                     artifact_type: referrer.artifact_type.clone(),
                 });
             } else {
-                repository.tags.insert(referrer.tag.clone(), manifest);
+                insert_tag(repository, &referrer.tag, manifest, &image.ref_name)?;
             }
         }
     }
     Ok(repositories)
+}
+
+/// Adds a tag, refusing one the statement gives two different manifests (an image's tag and a
+/// tag-scheme artifact's, or two images of one name).
+fn insert_tag(
+    repository: &mut ServedRepository,
+    tag: &str,
+    manifest: Described,
+    ref_name: &str,
+) -> Result<()> {
+    match repository.tags.get(tag) {
+        Some(held) if *held != manifest => Err(Error::TransferStatement {
+            layout: String::new(),
+            reason: format!(
+                "it gives the tag {} two manifests ({} and {}, at {}): not imported",
+                layout::quoted(tag),
+                held.digest,
+                manifest.digest,
+                layout::quoted(ref_name)
+            ),
+        }),
+        _ => {
+            repository.tags.insert(tag.to_string(), manifest);
+            Ok(())
+        }
+    }
 }
 
 /// The children of the index manifests among `named`, level by level: each index read from
@@ -187,14 +227,20 @@ async fn children_of<'a>(
         if depth >= MAX_INDEX_DEPTH {
             continue;
         }
-        let manifest = layout::read_manifest(store, &index.blob(), Some(&index.media_type)).await?;
+        // An index that cannot be read (missing, changed) names no child: its own image fails
+        // when its top manifest is asked for, the others do not.
         let path = store.blob_location(&index.digest);
-        let ManifestContent::Index { manifests } = manifest.content(&path)? else {
+        let read = layout::read_manifest(store, &index.blob(), Some(&index.media_type)).await;
+        let Ok(ManifestContent::Index { manifests }) = read.and_then(|m| m.content(&path)) else {
+            tracing::warn!(index = %index.digest, "an index of the layout could not be read: its children are not served");
             continue;
         };
         for child in manifests {
+            let Ok(digest) = Digest::parse(child.digest().as_ref()) else {
+                continue;
+            };
             let described = Described {
-                digest: Digest::parse(child.digest().as_ref())?,
+                digest,
                 media_type: child.media_type().to_string(),
                 size: child.size(),
             };

@@ -133,7 +133,10 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
                 .await;
             let (copied, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
             let tally: BlobTally = copied.into_iter().flatten().collect();
-            if let Some(Err(first)) = failed.into_iter().next() {
+            // A transient failure is reported over a lasting one: the step is then retried.
+            let failed: Vec<oci::Error> = failed.into_iter().filter_map(Result::err).collect();
+            let worth_retrying = failed.iter().position(oci::Error::is_retryable);
+            if let Some(first) = failed.into_iter().nth(worth_retrying.unwrap_or(0)) {
                 metrics::emit(
                     &input.image.target_registry,
                     &[(Metric::BytesCopied, tally.bytes as f64)],

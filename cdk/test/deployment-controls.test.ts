@@ -3,35 +3,13 @@
  * filters, and the replication lag dashboard and alarm. */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
-import { App, Aspects } from 'aws-cdk-lib';
-import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
-import { AwsSolutionsChecks } from 'cdk-nag';
-import { jobDestinations, loadConfig, prefixGlobs, RECONCILE_EXPRESSION, ReplicatorConfig, validateConfig } from '../lib/config';
-import { deploymentStacks } from '../lib/deployment';
+import { Template } from 'aws-cdk-lib/assertions';
+import { jobDestinations, prefixGlobs, RECONCILE_EXPRESSION, ReplicatorConfig } from '../lib/config';
+import { config, deployment, variant } from './synth';
 import { jobSchemaProblems } from '../lib/inputs';
 import { COPY_FUNCTIONS, METRICS_NAMESPACE } from '../lib/workflow-stack';
 
-const config = loadConfig('config.example.json');
 
-/** A variant of the example configuration, validated as `cdk synth` does. */
-function variant(change: (c: ReplicatorConfig) => void): ReplicatorConfig {
-  const c = JSON.parse(JSON.stringify(config)) as ReplicatorConfig;
-  change(c);
-  return validateConfig(c, 'variant');
-}
-
-/** Every stack of a deployment, synthesized with cdk-nag; any AwsSolutions error fails the test. */
-function deployment(c: ReplicatorConfig): Template[] {
-  const app = new App();
-  const stacks = deploymentStacks(app, c, true);
-  Aspects.of(app).add(new AwsSolutionsChecks());
-  const templates = stacks.map((s) => Template.fromStack(s));
-  for (const stack of stacks) {
-    const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));
-    assert.deepEqual(errors.map((e) => `${stack.stackName} ${e.id}: ${e.entry.data}`), []);
-  }
-  return templates;
-}
 
 /** The statements of the inline policies on roles whose logical id contains `role`. */
 function policyStatements(template: Template, role: string): any[] {

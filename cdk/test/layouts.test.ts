@@ -3,14 +3,11 @@
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'crypto';
-import { App, Aspects } from 'aws-cdk-lib';
-import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
-import { AwsSolutionsChecks } from 'cdk-nag';
-import { allowlist, LayoutConfig, loadConfig, ReplicatorConfig, validateConfig } from '../lib/config';
-import { deploymentStacks } from '../lib/deployment';
+import { Match, Template } from 'aws-cdk-lib/assertions';
+import { allowlist, LayoutConfig, loadConfig } from '../lib/config';
+import { config, deployment, variant } from './synth';
 import { FUNCTIONS, LAYOUT_READERS } from '../lib/workflow-stack';
 
-const config = loadConfig('config.example.json');
 
 /** A transfer key as `openssl ecparam -name prime256v1 ... | openssl ec -pubout` writes it. */
 const p256 = () => generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publicKey.export({ type: 'spki', format: 'pem' }).toString();
@@ -18,25 +15,6 @@ const KEY_A = p256();
 const KEY_B = p256();
 const LAYOUT_KEY = 'arn:aws:kms:us-east-1:111111111111:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
 
-/** A variant of the example configuration, validated as `cdk synth` does. */
-function variant(change: (c: ReplicatorConfig) => void): ReplicatorConfig {
-  const c = JSON.parse(JSON.stringify(config)) as ReplicatorConfig;
-  change(c);
-  return validateConfig(c, 'variant');
-}
-
-/** Every stack of a deployment, synthesized with cdk-nag; any AwsSolutions error fails the test. */
-function deployment(c: ReplicatorConfig): Template[] {
-  const app = new App();
-  const stacks = deploymentStacks(app, c, true);
-  Aspects.of(app).add(new AwsSolutionsChecks());
-  const templates = stacks.map((s) => Template.fromStack(s));
-  for (const stack of stacks) {
-    const errors = Annotations.fromStack(stack).findError('*', Match.stringLikeRegexp('AwsSolutions-.*'));
-    assert.deepEqual(errors.map((e) => `${stack.stackName} ${e.id}: ${e.entry.data}`), []);
-  }
-  return templates;
-}
 
 /** `arn:${AWS::Partition}:s3:::REST` as CloudFormation gets it. */
 const s3Arn = (rest: string) => ({ 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, `:s3:::${rest}`]] });

@@ -568,10 +568,6 @@ impl LayoutStore for S3Layout {
         async move { self.head(&self.blob_key(digest)).await }.boxed()
     }
 
-    fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, oci::Result<BlobStream>> {
-        self.open(digest, 0, None).boxed()
-    }
-
     fn read_blob_range<'a>(
         &'a self,
         digest: &'a Digest,

@@ -77,6 +77,25 @@ fn assert_arrived(world: &EcrWorld, repository: &str, tag: &str, image: &TestIma
     }
 }
 
+/// Exports every image of the source into the layout, as `sync` of an export job does.
+async fn export_into(
+    store: &S3Layout,
+    settings: replication::connect::Settings,
+) -> replication::report::RunReport {
+    let export = json!({"source": {"registry": SOURCE}, "destinations": [{"layout": LAYOUT}]});
+    run_layout_job(
+        &Connections::new(settings),
+        replication::Job::from_json(&export.to_string()).unwrap(),
+        store,
+        ImportTrust::default(),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap()
+    .run
+    .report
+}
+
 /// Removes the newest statements the workflow recorded (`layout-statements/` in the work
 /// bucket), as an operator would to import an older layout deliberately.
 async fn remove_newest_statements(world: &EcrWorld) {
@@ -167,18 +186,7 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         )
         .unwrap(),
     );
-    let export = json!({"source": {"registry": SOURCE}, "destinations": [{"layout": LAYOUT}]});
-    let exported = run_layout_job(
-        &Connections::new(export_settings.clone()),
-        replication::Job::from_json(&export.to_string()).unwrap(),
-        &store,
-        ImportTrust::default(),
-        &replication::run::Quiet,
-    )
-    .await
-    .unwrap()
-    .run
-    .report;
+    let exported = export_into(&store, export_settings.clone()).await;
     assert_eq!((exported.copied, exported.failed), (3, 0), "{exported:?}");
     let statement = sign_layout(&store, &LocalSigner(statement_key)).await;
     // From here on the source registry is not read: every image comes from the layout.
@@ -387,17 +395,7 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
             &ImageBuilder::new(Format::Oci).layer(100, 4_000).build(),
         )
         .await;
-    let exported = run_layout_job(
-        &Connections::new(export_settings),
-        replication::Job::from_json(&export.to_string()).unwrap(),
-        &store,
-        ImportTrust::default(),
-        &replication::run::Quiet,
-    )
-    .await
-    .unwrap()
-    .run
-    .report;
+    let exported = export_into(&store, export_settings).await;
     assert_eq!(exported.copied, 1, "{exported:?}");
     let (statement_key, _) = signing_key(95);
     let newer = sign_layout(&store, &LocalSigner(statement_key)).await;

@@ -112,7 +112,8 @@ impl Rig {
 /// WHEN an export job selects `team/**` without release candidates into a directory
 /// THEN the layout names exactly team/app:v1 and team/lib:v2, skopeo reads them byte for byte,
 /// and one signed statement covers both; a second export writes nothing and re-signs nothing;
-/// an import job verifying the statement puts both under `mirror/` byte-identical.
+/// an import job pinned to another statement digest is refused; pinned to this one and
+/// verifying the statement, it puts both under `mirror/` byte-identical.
 #[tokio::test]
 async fn an_export_job_and_an_import_job_carry_the_selected_images_across() {
     let rig = Rig::new().await;
@@ -169,11 +170,20 @@ async fn an_export_job_and_an_import_job_carry_the_selected_images_across() {
 
     let dst = TestRegistry::start();
     let pem = rig.public_pem.display().to_string();
-    let out = rig.sync(
-        &rig.import_job(&dst),
-        &[&dst.host],
-        &["--trust-transfer-key", &pem],
+    // The job's own pin (source.statementDigest): another statement is refused, nothing
+    // imported; the one the export wrote is imported.
+    let mut pinned = rig.import_job(&dst);
+    pinned["source"]["statementDigest"] = json!(format!("sha256:{}", "0".repeat(64)));
+    let out = rig.sync(&pinned, &[&dst.host], &["--trust-transfer-key", &pem]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "imported another statement: {stderr}"
     );
+    assert!(stderr.contains("source.statementDigest"), "{stderr}");
+    assert_eq!(dst.count_requests("PUT", "/manifests/", 201), 0);
+    pinned["source"]["statementDigest"] = json!(oci::Digest::of(&statement_bytes).to_string());
+    let out = rig.sync(&pinned, &[&dst.host], &["--trust-transfer-key", &pem]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "import: {stderr}");
     assert!(stderr.contains("verified"), "{stderr}");

@@ -221,10 +221,6 @@ impl LayoutStore for DirLayout {
         .boxed()
     }
 
-    fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<BlobStream>> {
-        self.open(digest, 0, None).boxed()
-    }
-
     fn read_blob_range<'a>(
         &'a self,
         digest: &'a Digest,

@@ -45,7 +45,9 @@ pub trait LayoutStore: Send + Sync {
     /// The size of a stored blob, `None` when the layout lacks it.
     fn blob_size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>>>;
     /// Opens a stored blob for reading (the bytes are not checked here: see [`verify_blob`]).
-    fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<BlobStream>>;
+    fn read_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<BlobStream>> {
+        self.read_blob_range(digest, 0, None)
+    }
     /// Opens a stored blob from byte `start` to byte `end` (inclusive; `None`: to its end), as
     /// an HTTP `Range` asks (unchecked, like [`LayoutStore::read_blob`]).
     fn read_blob_range<'a>(

@@ -11,6 +11,7 @@ mod guide_examples;
 mod hostile;
 mod lambda_limits;
 mod layout_imports;
+mod layout_served;
 mod layout_workflow;
 mod packing;
 mod payload_bounds;

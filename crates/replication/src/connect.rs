@@ -404,15 +404,8 @@ impl Connections {
         self.admit(job)?;
         let s = &job.source;
         if let Some(location) = &s.layout {
-            let entry = self
-                .settings
-                .allowlist
-                .as_ref()
-                .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location));
-            let pin = s.statement_digest.as_deref();
             let served = self
-                .layouts
-                .host(&self.settings.aws, location, entry, pin)
+                .served_layout(location, s.statement_digest.as_deref())
                 .await?;
             let conn = self
                 .connect(Reach {
@@ -452,15 +445,8 @@ impl Connections {
             return Ok(());
         };
         self.admit(job)?;
-        let entry = self
-            .settings
-            .allowlist
-            .as_ref()
-            .and_then(|a| crate::allowlist::layouts::find(&a.layouts, &location));
-        let pin = job.source.statement_digest.as_deref();
         let served = self
-            .layouts
-            .host(&self.settings.aws, &location, entry, pin)
+            .served_layout(&location, job.source.statement_digest.as_deref())
             .await?;
         let layout = served.layout();
         match self.work_bucket().await {
@@ -474,6 +460,23 @@ impl Connections {
         }
         job.source.statement_digest = Some(layout.statement.digest.clone());
         Ok(())
+    }
+
+    /// The layout at `location` served on loopback, opened with the allowlist's entry for it,
+    /// verified now or earlier under the same `pin`.
+    async fn served_layout(
+        &self,
+        location: &str,
+        pin: Option<&str>,
+    ) -> Result<Arc<crate::layout_registry::LayoutRegistry>> {
+        let entry = self
+            .settings
+            .allowlist
+            .as_ref()
+            .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location));
+        self.layouts
+            .host(&self.settings.aws, location, entry, pin)
+            .await
     }
 
     /// Destination `index` of the job.

@@ -78,19 +78,21 @@ impl ServedLayouts {
         }
         let store = open_s3(aws, place, entry).await?;
         let verified = VerifiedLayout::read(store, &key).await?;
-        let registry = match served.remove(&name) {
+        match served.get(&name) {
             Some(registry) => {
-                // The same statement covers the same index: the one served keeps what it read,
-                // else the newer one is served from now on.
+                // The same statement covers the same index: the one served keeps what it read
+                // (its indexes' children), else the newer one is served from now on.
                 if registry.layout().statement.digest != verified.statement.digest {
                     registry.replace(verified);
                 }
-                registry
+                Ok(registry.clone())
             }
-            None => Arc::new(LayoutRegistry::serve(verified).await?),
-        };
-        served.insert(name, registry.clone());
-        Ok(registry)
+            None => {
+                let registry = Arc::new(LayoutRegistry::serve(verified).await?);
+                served.insert(name, registry.clone());
+                Ok(registry)
+            }
+        }
     }
 }
 

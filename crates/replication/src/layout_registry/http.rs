@@ -34,6 +34,14 @@ struct Shared {
 
 pub(super) type Served = Arc<RwLock<Arc<VerifiedLayout>>>;
 
+/// The layout served now (a poisoned lock still holds a whole one: it is only ever swapped).
+pub(super) fn current(served: &Served) -> Arc<VerifiedLayout> {
+    match served.read() {
+        Ok(held) => held.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
 /// An OCI distribution error answer.
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = json!({"errors": [{"code": code, "message": message.into()}]});
@@ -195,7 +203,6 @@ async fn answer(
         );
         return response;
     }
-    let served = shared.served;
     if method != Method::GET && method != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -203,10 +210,7 @@ async fn answer(
             "the layout is served read-only",
         );
     }
-    let layout = match served.read() {
-        Ok(held) => held.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
+    let layout = current(&shared.served);
     let Some(route) = route(uri.path()) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
     };

@@ -39,7 +39,7 @@ const USER: &str = "layout";
 pub struct LayoutRegistry {
     host: String,
     secret: String,
-    served: Arc<RwLock<Arc<VerifiedLayout>>>,
+    served: http::Served,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -112,10 +112,7 @@ impl LayoutRegistry {
 
     /// The layout served now.
     pub fn layout(&self) -> Arc<VerifiedLayout> {
-        match self.served.read() {
-            Ok(held) => held.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        http::current(&self.served)
     }
 
     /// Serves `layout` from now on (a newer verification of the same place).

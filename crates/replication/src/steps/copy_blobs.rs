@@ -104,6 +104,13 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
         image: image.clone(),
         source,
     };
+    // Bytes streamed by this call, as a metric, whether it completes the range or fails.
+    let emit_bytes = |bytes: u64| {
+        metrics::emit(
+            &input.image.target_registry,
+            &[(Metric::BytesCopied, bytes as f64)],
+        )
+    };
     let mut output = CopyBlobsOutput {
         range: input.range.clone(),
         done: true,
@@ -131,16 +138,16 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
                 .buffer_unordered(PARALLEL_BLOBS)
                 .collect()
                 .await;
-            let (copied, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
-            let tally: BlobTally = copied.into_iter().flatten().collect();
-            // A transient failure is reported over a lasting one: the step is then retried.
-            let failed: Vec<oci::Error> = failed.into_iter().filter_map(Result::err).collect();
-            let worth_retrying = failed.iter().position(oci::Error::is_retryable);
-            if let Some(first) = failed.into_iter().nth(worth_retrying.unwrap_or(0)) {
-                metrics::emit(
-                    &input.image.target_registry,
-                    &[(Metric::BytesCopied, tally.bytes as f64)],
-                );
+            let mut failed: Vec<oci::Error> = Vec::new();
+            let tally: BlobTally = results
+                .into_iter()
+                .filter_map(|r| r.map_err(|e| failed.push(e)).ok())
+                .collect();
+            // A transient failure is reported over a lasting one (a stable sort keeps the
+            // first of each): the step is then retried.
+            failed.sort_by_key(|e| !e.is_retryable());
+            if let Some(first) = failed.into_iter().next() {
+                emit_bytes(tally.bytes);
                 return Err(oci_err(first));
             }
             // The step reports a mounted blob as copied: it is now in the target.
@@ -178,9 +185,6 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
         }
     }
     output.range_bytes_copied = input.bytes_before + output.bytes_copied;
-    metrics::emit(
-        &input.image.target_registry,
-        &[(Metric::BytesCopied, output.bytes_copied as f64)],
-    );
+    emit_bytes(output.bytes_copied);
     Ok(output)
 }

@@ -19,6 +19,37 @@ use serde_json::{json, Value};
 
 const SBOM: &str = "application/spdx+json";
 
+/// The served registry, asked with its credential.
+struct WithCredential {
+    http: reqwest::Client,
+    base: String,
+    username: String,
+    password: String,
+}
+
+impl WithCredential {
+    /// `GET /v2/PATH` (with `range`, a `Range` header), accepting indexes and manifests.
+    async fn get(&self, path: &str, range: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .http
+            .get(format!("{}/{path}", self.base))
+            .basic_auth(&self.username, Some(&self.password))
+            .header(
+                "accept",
+                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+            );
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// `GET /v2/PATH`, its JSON body.
+    async fn json(&self, path: &str) -> Value {
+        self.get(path, None).await.json().await.unwrap()
+    }
+}
+
 /// GIVEN a signed layout of `team/app:v1` (an index, with an SBOM referrer) and `team/lib:v2`,
 /// then a manifest no statement names added to its blobs WHEN it is served
 /// THEN a request without the server's credential is refused 401; the catalog and tags are the
@@ -90,13 +121,11 @@ async fn the_served_layout_answers_its_client_only_and_only_with_the_statements_
         unreachable!("the served registry's credential is Basic")
     };
     let http = reqwest::Client::new();
-    let get = |path: String| {
-        http.get(format!("{base}/{path}"))
-            .basic_auth(&username, Some(&password))
-            .header(
-                "accept",
-                "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
-            )
+    let client = WithCredential {
+        http: http.clone(),
+        base: base.clone(),
+        username: username.clone(),
+        password: password.clone(),
     };
 
     // No credential, or another one: 401, whatever the path.
@@ -115,25 +144,13 @@ async fn the_served_layout_answers_its_client_only_and_only_with_the_statements_
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    let catalog: Value = get("_catalog".into())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let catalog = client.json("_catalog").await;
     assert_eq!(catalog["repositories"], json!(["team/app", "team/lib"]));
-    let tags: Value = get("team/app/tags/list".into())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags = client.json("team/app/tags/list").await;
     assert_eq!(tags["tags"], json!(["v1"]));
 
     // Manifests: by tag and by digest as stated, a child of the stated index, not the stray.
-    let by_tag = get("team/app/manifests/v1".into()).send().await.unwrap();
+    let by_tag = client.get("team/app/manifests/v1", None).await;
     assert_eq!(by_tag.status(), 200);
     assert_eq!(
         by_tag.headers()["docker-content-digest"].to_str().unwrap(),
@@ -141,10 +158,9 @@ async fn the_served_layout_answers_its_client_only_and_only_with_the_statements_
     );
     assert_eq!(by_tag.bytes().await.unwrap(), app.manifest);
     let child = &app.children[0];
-    let by_digest = get(format!("team/app/manifests/{}", child.digest))
-        .send()
-        .await
-        .unwrap();
+    let by_digest = client
+        .get(&format!("team/app/manifests/{}", child.digest), None)
+        .await;
     assert_eq!(by_digest.status(), 200);
     assert_eq!(by_digest.bytes().await.unwrap(), child.manifest);
     for path in [
@@ -153,33 +169,25 @@ async fn the_served_layout_answers_its_client_only_and_only_with_the_statements_
         format!("team/app/manifests/{}", lib.digest),
         "other/manifests/v1".to_string(),
     ] {
-        let answer = get(path.clone()).send().await.unwrap();
+        let answer = client.get(&path, None).await;
         assert_eq!(answer.status(), 404, "{path}");
     }
 
     // Referrers: the statement's, with its artifactType; filtered by it.
-    let referrers: Value = get(format!("team/app/referrers/{}", app.digest))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let referrers = client
+        .json(&format!("team/app/referrers/{}", app.digest))
+        .await;
     assert_eq!(
         referrers["manifests"],
         json!([{"mediaType": sbom.media_type, "digest": sbom.digest,
                 "size": sbom.manifest.len(), "artifactType": SBOM}])
     );
-    let none: Value = get(format!(
-        "team/app/referrers/{}?artifactType=application/vnd.dev.sigstore.bundle.v0.3%2Bjson",
-        app.digest
-    ))
-    .send()
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let none = client
+        .json(&format!(
+            "team/app/referrers/{}?artifactType=application/vnd.dev.sigstore.bundle.v0.3%2Bjson",
+            app.digest
+        ))
+        .await;
     assert_eq!(none["manifests"], json!([]));
 
     // Blobs in ranges, as copy-blobs asks for a segment; past the end, 416 with the size.
@@ -189,22 +197,15 @@ async fn the_served_layout_answers_its_client_only_and_only_with_the_statements_
         .find(|b| b.data.size() == 70_000)
         .unwrap()
         .digest;
-    let ranged = get(format!("team/lib/blobs/{layer}"))
-        .header("range", "bytes=65536-")
-        .send()
-        .await
-        .unwrap();
+    let blob = format!("team/lib/blobs/{layer}");
+    let ranged = client.get(&blob, Some("bytes=65536-")).await;
     assert_eq!(ranged.status(), 206);
     assert_eq!(
         ranged.headers()["content-range"].to_str().unwrap(),
         "bytes 65536-69999/70000"
     );
     assert_eq!(ranged.bytes().await.unwrap().len(), 70_000 - 65_536);
-    let past = get(format!("team/lib/blobs/{layer}"))
-        .header("range", "bytes=70000-")
-        .send()
-        .await
-        .unwrap();
+    let past = client.get(&blob, Some("bytes=70000-")).await;
     assert_eq!(past.status(), 416);
     assert_eq!(
         past.headers()["content-range"].to_str().unwrap(),

@@ -129,12 +129,6 @@ fn unused(at: &str, fields: &[(&str, bool)], problem: &mut impl FnMut(&str, Stri
 pub(super) fn check_layout_source(job: &Job, problem: &mut impl FnMut(&str, String)) {
     let s = &job.source;
     let Some(layout) = &s.layout else {
-        if s.statement_digest.is_some() {
-            problem(
-                "source.statementDigest",
-                "pins a layout's statement: give it with `layout`".into(),
-            );
-        }
         return;
     };
     if let Some(digest) = &s.statement_digest {
@@ -375,49 +369,87 @@ mod tests {
         assert_eq!(problems(import), Vec::<String>::new());
     }
 
+    /// Every one of `fields` is named among the problems `job` has.
+    fn assert_named(job: serde_json::Value, fields: &[&str]) {
+        let found = problems(job);
+        for field in fields {
+            assert!(found.iter().any(|f| f == field), "{field} not in {found:?}");
+        }
+    }
+
     #[test]
     fn what_a_layout_job_cannot_use_is_named() {
-        let fields = problems(json!({
-            "source": {"registry": "registry.example.com", "layout": "/srv/in",
-                       "roleArn": "arn:aws:iam::111111111111:role/r"},
-            "destinations": [{"registry": "other.example.com"}],
-            "prune": true,
-            "tags": {"maxAgeDays": 3},
-        }));
-        for field in [
-            "source.registry",
-            "source.roleArn",
-            "prune",
-            "tags.maxAgeDays",
-        ] {
-            assert!(
-                fields.iter().any(|f| f == field),
-                "{field} not in {fields:?}"
-            );
-        }
-        let fields = problems(json!({
-            "source": {"registry": "registry.example.com"},
-            "destinations": [{"layout": "/srv/out", "repositoryPrefix": "x/"},
-                             {"registry": "other.example.com"}],
-            "images": [{"repository": "app", "digest": format!("sha256:{}", "a".repeat(64))}],
-            "referrers": false,
-        }));
-        for field in [
-            "destinations",
-            "destinations[0].repositoryPrefix",
-            "images[0].tag",
-            "images[0].digest",
-            "referrers",
-        ] {
-            assert!(
-                fields.iter().any(|f| f == field),
-                "{field} not in {fields:?}"
-            );
-        }
-        let fields = problems(json!({
-            "source": {"layout": "/srv/in"},
-            "destinations": [{"layout": "/srv/out"}],
-        }));
-        assert!(fields.iter().any(|f| f == "source.layout"), "{fields:?}");
+        assert_named(
+            json!({
+                "source": {"registry": "registry.example.com", "layout": "/srv/in",
+                           "roleArn": "arn:aws:iam::111111111111:role/r"},
+                "destinations": [{"registry": "other.example.com"}],
+                "prune": true,
+                "tags": {"maxAgeDays": 3},
+            }),
+            &[
+                "source.registry",
+                "source.roleArn",
+                "prune",
+                "tags.maxAgeDays",
+            ],
+        );
+        assert_named(
+            json!({
+                "source": {"registry": "registry.example.com"},
+                "destinations": [{"layout": "/srv/out", "repositoryPrefix": "x/"},
+                                 {"registry": "other.example.com"}],
+                "images": [{"repository": "app", "digest": format!("sha256:{}", "a".repeat(64))}],
+                "referrers": false,
+            }),
+            &[
+                "destinations",
+                "destinations[0].repositoryPrefix",
+                "images[0].tag",
+                "images[0].digest",
+                "referrers",
+            ],
+        );
+        assert_named(
+            json!({
+                "source": {"layout": "/srv/in"},
+                "destinations": [{"layout": "/srv/out"}],
+            }),
+            &["source.layout"],
+        );
+    }
+
+    #[test]
+    fn an_import_names_images_by_tag_and_pins_only_a_layouts_statement() {
+        let to = json!([{"registry": "other.example.com"}]);
+        assert_named(
+            json!({
+                "source": {"layout": "/srv/in"},
+                "destinations": to,
+                "images": [{"repository": "app", "digest": format!("sha256:{}", "a".repeat(64))}],
+            }),
+            &["images[0].tag"],
+        );
+        assert_named(
+            json!({
+                "source": {"layout": "/srv/in", "statementDigest": "sha256:short"},
+                "destinations": to,
+            }),
+            &["source.statementDigest"],
+        );
+        assert_named(
+            json!({
+                "source": {"registry": "registry.example.com",
+                           "statementDigest": format!("sha256:{}", "a".repeat(64))},
+                "destinations": to,
+            }),
+            &["source.statementDigest"],
+        );
+        let pinned = json!({
+            "source": {"layout": "/srv/in", "statementDigest": format!("sha256:{}", "a".repeat(64))},
+            "destinations": to,
+            "images": [{"repository": "app", "tag": "v1"}],
+        });
+        assert_eq!(problems(pinned), Vec::<String>::new());
     }
 }

@@ -78,6 +78,12 @@ fn check_source(job: &Job, problem: &mut impl FnMut(&str, String)) {
     if job.source.layout.is_some() {
         return super::layout::check_layout_source(job, problem);
     }
+    if job.source.statement_digest.is_some() {
+        problem(
+            "source.statementDigest",
+            "pins a layout's statement: give it with `layout`".into(),
+        );
+    }
     if let Err(e) = check_registry(&job.source.registry) {
         problem("source.registry", e);
     }

@@ -24,6 +24,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 test: ## fmt, clippy, the CDK checks and every test (real registries, moto, state machine)
 	@mkdir -p target
 	@$(MAKE) --no-print-directory -j2 tools-and-cdk lint-and-build
+	@scripts/check-disk.sh
 	@$(MAKE) --no-print-directory -j2 tests-but-crash crash-test
 	@cat target/tests.log target/crash-test.log >> target/test.log
 	@scripts/summarise-tests.sh target/test.log

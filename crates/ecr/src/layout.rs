@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use oci::digest::Verifier;
-use oci::layout::{BlobStream, LayoutStore};
+use oci::layout::{BlobStream, LayoutStore, PartUpload, PartUploads};
 use oci::{BlobRef, Digest};
 
 use crate::aws::{sdk_config, AwsSettings};
@@ -552,6 +552,346 @@ impl S3Layout {
             }
         }
         Ok(Some(bytes.freeze()))
+    }
+}
+
+/// Largest object one `CopyObject` copies ("Copy an object",
+/// <https://docs.aws.amazon.com/AmazonS3/latest/userguide/copy-object.html>: "you can create a
+/// copy of your object up to 5 GB in a single atomic action ... to copy an object greater than
+/// 5 GB, you must use the multipart upload Upload Part - Copy (UploadPartCopy) API").
+const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1000 * 1000 * 1000;
+/// Part size of a multipart copy (server side: no byte passes through the function).
+const COPY_PART_BYTES: u64 = 1 << 30;
+
+/// `bucket/key` as `x-amz-copy-source` takes it: URL-encoded, `/` kept.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A part S3 holds of an upload, as `CompleteMultipartUpload` names it.
+struct HeldPart {
+    size: u64,
+    completed: CompletedPart,
+}
+
+/// Parts of one resumable upload: the workflow's copy steps send a blob in ranges, one Lambda
+/// invocation each, into a staging object, and move it to `blobs/sha256/<hex>` once its hash
+/// (computed by the caller as the parts went by) matched.
+impl S3Layout {
+    fn staging_key(&self, upload: &PartUpload) -> oci::Result<String> {
+        upload
+            .check()
+            .map_err(|reason| layout_error(self.location.to_string(), reason))?;
+        Ok(self.location.key(&upload.staging))
+    }
+
+    async fn begin(&self, staging: &str) -> oci::Result<String> {
+        let key = self.staging_key(&PartUpload {
+            staging: staging.to_string(),
+            upload_id: "-".into(),
+        })?;
+        let kms = self.options.kms_key.as_ref();
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(&key)
+            .content_type("application/octet-stream")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_expected_bucket_owner(self.owner())
+            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:CreateMultipartUpload", &self.shown(&key), &e))?;
+        created
+            .upload_id()
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                layout_error(
+                    self.shown(&key),
+                    "s3:CreateMultipartUpload answered no UploadId",
+                )
+            })
+    }
+
+    /// Every part S3 holds of an upload, page by page (`ListParts` answers at most 1,000).
+    async fn held_parts(&self, upload: &PartUpload) -> oci::Result<Vec<HeldPart>> {
+        let key = self.staging_key(upload)?;
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_parts()
+                .bucket(&self.location.bucket)
+                .key(&key)
+                .upload_id(&upload.upload_id)
+                .set_part_number_marker(marker.take())
+                .set_expected_bucket_owner(self.owner())
+                .send()
+                .await
+                .map_err(|e| s3_error("s3:ListMultipartUploadParts", &self.shown(&key), &e))?;
+            for part in page.parts() {
+                parts.push(HeldPart {
+                    size: part.size().unwrap_or(0).max(0) as u64,
+                    completed: CompletedPart::builder()
+                        .set_part_number(part.part_number())
+                        .set_e_tag(part.e_tag().map(str::to_string))
+                        .set_checksum_crc32(part.checksum_crc32().map(str::to_string))
+                        .build(),
+                });
+            }
+            match (page.is_truncated(), page.next_part_number_marker()) {
+                (Some(true), Some(next)) if parts.len() <= MAX_PARTS as usize => {
+                    marker = Some(next.to_string())
+                }
+                _ => break,
+            }
+        }
+        parts.sort_by_key(|p| p.completed.part_number());
+        let numbered_in_order = parts
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.completed.part_number() == Some(i as i32 + 1));
+        if !numbered_in_order {
+            return Err(layout_error(
+                self.shown(&key),
+                "the upload's parts are not numbered 1, 2, 3, ... without a gap",
+            ));
+        }
+        Ok(parts)
+    }
+
+    async fn finish(&self, upload: &PartUpload, blob: &BlobRef) -> oci::Result<()> {
+        let staging = self.staging_key(upload)?;
+        let target = self.blob_key(&blob.digest);
+        let parts = self.held_parts(upload).await?;
+        let held: u64 = parts.iter().map(|p| p.size).sum();
+        if held != blob.size {
+            return Err(oci::Error::SizeMismatch {
+                url: self.shown(&staging),
+                expected: blob.size,
+                actual: held,
+            });
+        }
+        if parts.is_empty() {
+            // S3 completes no upload of zero parts: the empty blob is written as it is.
+            self.abort(upload).await?;
+            return self
+                .put(&target, Bytes::new(), "application/octet-stream")
+                .await;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(&staging)
+            .upload_id(&upload.upload_id)
+            .set_expected_bucket_owner(self.owner())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts.into_iter().map(|p| p.completed).collect()))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:CompleteMultipartUpload", &self.shown(&staging), &e))?;
+        let moved = self.copy(&staging, &target, blob.size).await;
+        // The staging object goes whether the move worked or not: the next try uploads again.
+        let removed = self
+            .client
+            .delete_object()
+            .bucket(&self.location.bucket)
+            .key(&staging)
+            .set_expected_bucket_owner(self.owner())
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:DeleteObject", &self.shown(&staging), &e));
+        moved.and(removed.map(|_| ()))
+    }
+
+    /// Copies `from` to `to` inside the bucket, server side: one `CopyObject` up to 5 GB, a
+    /// multipart copy of 1 GiB parts above.
+    async fn copy(&self, from: &str, to: &str, size: u64) -> oci::Result<()> {
+        let kms = self.options.kms_key.as_ref();
+        let source = copy_source(&self.location.bucket, from);
+        let shown = self.shown(to);
+        if size <= MAX_COPY_OBJECT_BYTES {
+            self.client
+                .copy_object()
+                .bucket(&self.location.bucket)
+                .key(to)
+                .copy_source(&source)
+                .content_type("application/octet-stream")
+                .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+                // A full-object CRC32 of the copy, computed by S3 ("CopyObject",
+                // ChecksumAlgorithm: "the algorithm that you want Amazon S3 to use to create the
+                // checksum for the object"), which every later GetObject is checked against;
+                // the staging object's checksum is a composite of its parts'.
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .set_expected_bucket_owner(self.owner())
+                .set_expected_source_bucket_owner(self.owner())
+                .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
+                .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
+                .send()
+                .await
+                .map_err(|e| s3_error("s3:CopyObject", &shown, &e))?;
+            return Ok(());
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(to)
+            .content_type("application/octet-stream")
+            .set_expected_bucket_owner(self.owner())
+            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:CreateMultipartUpload", &shown, &e))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let mut guard = AbortGuard {
+            client: self.client.clone(),
+            bucket: self.location.bucket.clone(),
+            key: to.to_string(),
+            upload_id: upload_id.clone(),
+            owner: self.owner(),
+            armed: true,
+        };
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < size {
+            let end = (start + COPY_PART_BYTES).min(size) - 1;
+            let number = parts.len() as i32 + 1;
+            let copied = self
+                .client
+                .upload_part_copy()
+                .bucket(&self.location.bucket)
+                .key(to)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .copy_source(&source)
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .set_expected_bucket_owner(self.owner())
+                .set_expected_source_bucket_owner(self.owner())
+                .send()
+                .await
+                .map_err(|e| s3_error("s3:UploadPartCopy", &shown, &e));
+            let copied = match copied {
+                Ok(copied) => copied,
+                Err(e) => {
+                    guard.abort().await;
+                    return Err(e);
+                }
+            };
+            let etag = copied.copy_part_result().and_then(|r| r.e_tag());
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(etag.map(str::to_string))
+                    .build(),
+            );
+            start = end + 1;
+        }
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(to)
+            .upload_id(&upload_id)
+            .set_expected_bucket_owner(self.owner())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        match completed {
+            Ok(_) => {
+                guard.armed = false;
+                Ok(())
+            }
+            Err(e) => {
+                guard.abort().await;
+                Err(s3_error("s3:CompleteMultipartUpload", &shown, &e))
+            }
+        }
+    }
+
+    async fn abort(&self, upload: &PartUpload) -> oci::Result<()> {
+        let key = self.staging_key(upload)?;
+        let answer = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(&key)
+            .upload_id(&upload.upload_id)
+            .set_expected_bucket_owner(self.owner())
+            .send()
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => Ok(()),
+            Err(e) => Err(s3_error("s3:AbortMultipartUpload", &self.shown(&key), &e)),
+        }
+    }
+}
+
+impl PartUploads for S3Layout {
+    fn begin_upload<'a>(&'a self, staging: &'a str) -> BoxFuture<'a, oci::Result<String>> {
+        self.begin(staging).boxed()
+    }
+
+    fn put_part<'a>(
+        &'a self,
+        upload: &'a PartUpload,
+        number: u32,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, oci::Result<()>> {
+        async move {
+            let key = self.staging_key(upload)?;
+            if !(1..=MAX_PARTS as u32).contains(&number) {
+                return Err(layout_error(
+                    self.shown(&key),
+                    format!("part {number} is past S3's {MAX_PARTS} parts of one upload"),
+                ));
+            }
+            self.upload_part(&key, &upload.upload_id, number as i32, bytes)
+                .await
+                .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn stored_parts<'a>(&'a self, upload: &'a PartUpload) -> BoxFuture<'a, oci::Result<Vec<u64>>> {
+        async move {
+            let parts = self.held_parts(upload).await?;
+            Ok(parts.iter().map(|p| p.size).collect())
+        }
+        .boxed()
+    }
+
+    fn finish_upload<'a>(
+        &'a self,
+        upload: &'a PartUpload,
+        blob: &'a BlobRef,
+    ) -> BoxFuture<'a, oci::Result<()>> {
+        self.finish(upload, blob).boxed()
+    }
+
+    fn abort_upload<'a>(&'a self, upload: &'a PartUpload) -> BoxFuture<'a, oci::Result<()>> {
+        self.abort(upload).boxed()
     }
 }
 

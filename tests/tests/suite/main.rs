@@ -10,6 +10,7 @@ mod faults;
 mod guide_examples;
 mod hostile;
 mod lambda_limits;
+mod layout_export_uploads;
 mod layout_imports;
 mod layout_served;
 mod layout_workflow;

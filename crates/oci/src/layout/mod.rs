@@ -65,6 +65,64 @@ pub trait LayoutStore: Send + Sync {
     fn write_file<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>>;
 }
 
+/// A blob upload a [`PartUploads`] store holds open: its staging object (`uploads/<32 hex>`,
+/// named by the caller) and the store's own id for it. It travels between processes (the
+/// workflow's copy steps), so a store checks both before it uses them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartUpload {
+    /// The staging object, relative to the layout: `uploads/<32 lowercase hex>`.
+    pub staging: String,
+    /// The store's id of the upload (S3's `UploadId`).
+    pub upload_id: String,
+}
+
+impl PartUpload {
+    /// Refuses a staging name other than `uploads/<32 lowercase hex>` and an upload id that is
+    /// empty, over 1024 bytes or not printable ASCII (S3's ids are URL-safe text).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let hex = self.staging.strip_prefix("uploads/").unwrap_or_default();
+        if hex.len() != 32 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!(
+                "the staging object {} is not uploads/<32 lowercase hex>",
+                quoted(&self.staging)
+            ));
+        }
+        let id = self.upload_id.as_bytes();
+        if id.is_empty() || id.len() > 1024 || !id.iter().all(|b| b.is_ascii_graphic()) {
+            return Err("the upload id is not 1 to 1024 printable ASCII characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// A store that takes a blob in parts, across processes, before it knows the blob's digest
+/// (S3 multipart uploads): what the workflow's copy steps write a layout with, one range per
+/// Lambda invocation. The caller hashes the parts as it sends them; the blob becomes visible at
+/// `blobs/sha256/<hex>` only in [`PartUploads::finish_upload`], after that hash matched.
+pub trait PartUploads: LayoutStore {
+    /// Opens an upload into the staging object `staging`; the store's id for it.
+    fn begin_upload<'a>(&'a self, staging: &'a str) -> BoxFuture<'a, Result<String>>;
+    /// Stores part `number` (1 to 10,000, in order) of an upload.
+    fn put_part<'a>(
+        &'a self,
+        upload: &'a PartUpload,
+        number: u32,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// The sizes of the parts the store holds for an upload, in part order.
+    fn stored_parts<'a>(&'a self, upload: &'a PartUpload) -> BoxFuture<'a, Result<Vec<u64>>>;
+    /// Completes an upload whose bytes the caller checked are `blob` and moves it to the blob's
+    /// place; the staging object is removed.
+    fn finish_upload<'a>(
+        &'a self,
+        upload: &'a PartUpload,
+        blob: &'a BlobRef,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Drops an upload and its parts (one already gone is no error).
+    fn abort_upload<'a>(&'a self, upload: &'a PartUpload) -> BoxFuture<'a, Result<()>>;
+}
+
 fn layout_error(path: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::Layout {
         path: path.into(),

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use oci::layout;
+use oci::layout::{self, LayoutStore, PartUploads};
 use oci::Digest;
 use serde_json::{json, Value};
 
@@ -19,16 +19,24 @@ const MAX_PAGE: usize = 1000;
 const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 
 /// The routes, each answered only with `authorization` (the server's credential).
-pub(super) fn router(served: Served, authorization: String) -> axum::Router {
+pub(super) fn router(mode: Mode, authorization: String) -> axum::Router {
     axum::Router::new().fallback(answer).with_state(Shared {
-        served,
+        mode,
         authorization: Arc::new(authorization),
     })
 }
 
+/// What a server answers from: a verified layout to import (read-only), or a layout store the
+/// workflow exports blobs into.
+#[derive(Clone)]
+pub(super) enum Mode {
+    Import(Served),
+    Export(Arc<dyn PartUploads>),
+}
+
 #[derive(Clone)]
 struct Shared {
-    served: Served,
+    mode: Mode,
     authorization: Arc<String>,
 }
 
@@ -43,7 +51,7 @@ pub(super) fn current(served: &Served) -> Arc<VerifiedLayout> {
 }
 
 /// An OCI distribution error answer.
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+pub(super) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = json!({"errors": [{"code": code, "message": message.into()}]});
     (
         status,
@@ -56,7 +64,7 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 /// A layout read that failed: a `422`, never retried (content that is not what the statement
 /// says, a manifest over its bound, access denied, an object missing), but for S3 throttling
 /// or a timeout after its SDK's own retries: a `502`, which the client retries in its budget.
-fn failed(e: oci::Error) -> Response {
+pub(super) fn failed(e: oci::Error) -> Response {
     let status = match &e {
         oci::Error::DigestMismatch { .. }
         | oci::Error::SizeMismatch { .. }
@@ -190,6 +198,7 @@ async fn answer(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: Body,
 ) -> Response {
     if !authorized(&headers, &shared.authorization) {
         let mut response = error(
@@ -203,6 +212,10 @@ async fn answer(
         );
         return response;
     }
+    let served = match &shared.mode {
+        Mode::Import(served) => served,
+        Mode::Export(store) => return export(store.as_ref(), (method, &uri, &headers, body)).await,
+    };
     if method != Method::GET && method != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -210,7 +223,7 @@ async fn answer(
             "the layout is served read-only",
         );
     }
-    let layout = current(&shared.served);
+    let layout = current(served);
     let Some(route) = route(uri.path()) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource");
     };
@@ -257,7 +270,9 @@ async fn answer(
         (Route::Manifest(name, reference), Some(repository)) => {
             manifest(&layout, (name, repository), reference, head).await
         }
-        (Route::Blob(_, digest), Some(_)) => blob(&layout, digest, &headers, head).await,
+        (Route::Blob(_, digest), Some(_)) => {
+            blob(layout.store.as_ref(), digest, &headers, head).await
+        }
         (Route::Referrers(_, digest), Some(repository)) => referrers(repository, digest, &uri),
         _ => json_page(json!({}), None),
     }
@@ -335,11 +350,11 @@ fn byte_range(headers: &HeaderMap, size: u64) -> Option<std::result::Result<(u64
     Some(parsed.ok_or(()))
 }
 
-async fn blob(layout: &VerifiedLayout, digest: &str, headers: &HeaderMap, head: bool) -> Response {
+async fn blob(store: &dyn LayoutStore, digest: &str, headers: &HeaderMap, head: bool) -> Response {
     let Ok(digest) = Digest::parse(digest) else {
         return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", digest);
     };
-    let size = match layout.store.blob_size(&digest).await {
+    let size = match store.blob_size(&digest).await {
         Ok(Some(size)) => size,
         Ok(None) => {
             return error(
@@ -375,13 +390,8 @@ async fn blob(layout: &VerifiedLayout, digest: &str, headers: &HeaderMap, head: 
         Body::empty()
     } else {
         let stream = match range {
-            Some((start, end)) => {
-                layout
-                    .store
-                    .read_blob_range(&digest, start, Some(end))
-                    .await
-            }
-            None => layout.store.read_blob(&digest).await,
+            Some((start, end)) => store.read_blob_range(&digest, start, Some(end)).await,
+            None => store.read_blob(&digest).await,
         };
         match stream {
             Ok(stream) => Body::from_stream(stream),
@@ -406,6 +416,46 @@ async fn blob(layout: &VerifiedLayout, digest: &str, headers: &HeaderMap, head: 
         set(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"));
     }
     response
+}
+
+/// A request to a layout the workflow exports into: its blobs (`HEAD`, `GET`) and uploads.
+/// Manifests are not taken yet (the export's manifests, `index.json` and statement are written
+/// by the command line's export; issue 35 leaves the workflow's side open).
+async fn export(
+    store: &dyn PartUploads,
+    (method, uri, headers, body): (Method, &Uri, &HeaderMap, Body),
+) -> Response {
+    let path = uri.path();
+    if path == "/v2/" {
+        return json_page(json!({}), None);
+    }
+    let (name, upload) = match path
+        .strip_prefix("/v2/")
+        .and_then(|rest| rest.split_once("/blobs/uploads/"))
+    {
+        Some((name, token)) if !token.contains('/') => (name, Some(token)),
+        _ => match route(path) {
+            Some(Route::Blob(name, _)) => (name, None),
+            _ => return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource"),
+        },
+    };
+    if let Err(problem) = oci::reference::validate_repository_name(name) {
+        return error(StatusCode::NOT_FOUND, "NAME_INVALID", problem);
+    }
+    match (upload, route(path)) {
+        (Some(""), _) if method == Method::POST => super::uploads::start(store, name).await,
+        (Some(token), _) if !token.is_empty() => {
+            super::uploads::session(store, name, token, (method, uri, headers, body)).await
+        }
+        (None, Some(Route::Blob(_, digest))) if method == Method::GET || method == Method::HEAD => {
+            blob(store, digest, headers, method == Method::HEAD).await
+        }
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "an exported layout takes blob uploads only",
+        ),
+    }
 }
 
 fn referrers(repository: &ServedRepository, digest: &str, uri: &Uri) -> Response {

@@ -23,10 +23,13 @@
 
 mod http;
 mod served;
+mod uploads;
 
 use std::sync::{Arc, RwLock};
 
 use base64::Engine;
+
+use oci::layout::PartUploads;
 
 use crate::error::{Error, Result};
 
@@ -35,12 +38,126 @@ pub use served::VerifiedLayout;
 /// The user name of the served registry's credential.
 const USER: &str = "layout";
 
+pub use uploads::PART_BYTES as EXPORT_PART_BYTES;
+
 /// A layout served as a read-only registry on `127.0.0.1`; stops serving when dropped.
 pub struct LayoutRegistry {
     host: String,
     secret: String,
     served: http::Served,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// A layout the workflow exports blobs into, served as a registry that takes blob uploads on
+/// `127.0.0.1` (see `uploads`); stops serving when dropped.
+pub struct LayoutExportRegistry {
+    host: String,
+    secret: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LayoutExportRegistry {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl LayoutExportRegistry {
+    /// Serves `store` for blob uploads on a free port of `127.0.0.1`, to clients holding
+    /// [`LayoutExportRegistry::credential`] only.
+    pub async fn serve(store: Arc<dyn PartUploads>) -> Result<Self> {
+        let location = store.location();
+        let (host, secret, server) = listen(&location, |authorization| {
+            http::router(http::Mode::Export(store), authorization)
+        })
+        .await?;
+        Ok(LayoutExportRegistry {
+            host,
+            secret,
+            server,
+        })
+    }
+
+    /// `127.0.0.1:PORT`: the registry host the steps' client reaches the layout at.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The credential the server answers: the steps' client holds it for [`Self::host`].
+    pub fn credential(&self) -> oci::Credential {
+        credential(&self.secret)
+    }
+}
+
+/// Moves an upload session another invocation's server opened (on another port) to the server
+/// at `host`: the session's state is in its location's path, which any server of the layout
+/// reads.
+pub fn rehome(session: &mut oci::UploadSession, host: &str) -> Result<()> {
+    let refused = |reason: &str| Error::Registry {
+        image: session.repository.clone(),
+        source: oci::Error::Upload {
+            url: "<session>".into(),
+            reason: reason.into(),
+        },
+    };
+    let mut url = url::Url::parse(&session.location)
+        .map_err(|_| refused("the upload session's location is not a URL"))?;
+    let current = url::Url::parse(&format!("http://{host}/"))
+        .map_err(|_| refused("the served layout's host is not a host"))?;
+    if url.scheme() != "http" || !url.path().starts_with("/v2/") {
+        return Err(refused("the upload session is not one of a served layout"));
+    }
+    url.set_host(current.host_str())
+        .and_then(|()| {
+            url.set_port(current.port())
+                .map_err(|()| url::ParseError::InvalidPort)
+        })
+        .map_err(|_| refused("the served layout's host is not a host"))?;
+    session.location = url.to_string();
+    session.registry = host.to_string();
+    Ok(())
+}
+
+fn credential(secret: &str) -> oci::Credential {
+    oci::Credential::Basic {
+        username: USER.into(),
+        password: secret.to_string(),
+    }
+}
+
+/// Listens on a free port of `127.0.0.1` with the app `make` builds for the server's
+/// `Authorization` value: the host, the secret, the serving task.
+async fn listen(
+    location: &str,
+    make: impl FnOnce(String) -> axum::Router,
+) -> Result<(String, String, tokio::task::JoinHandle<()>)> {
+    let refused = |reason: String| Error::Registry {
+        image: format!("oci:{location}"),
+        source: oci::Error::Layout {
+            path: location.to_string(),
+            reason,
+        },
+    };
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random)
+        .map_err(|e| refused(format!("no random credential to serve it with: {e}")))?;
+    let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(|e| refused(format!("no loopback port to serve it to the steps on: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| refused(format!("no loopback port to serve it to the steps on: {e}")))?
+        .port();
+    let authorization = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{secret}"))
+    );
+    let app = make(authorization);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("127.0.0.1:{port}"), secret, server))
 }
 
 impl Drop for LayoutRegistry {
@@ -62,35 +179,13 @@ impl LayoutRegistry {
     /// [`LayoutRegistry::credential`] only.
     pub async fn serve(layout: VerifiedLayout) -> Result<Self> {
         let location = layout.store.location();
-        let refused = |reason: String| Error::Registry {
-            image: format!("oci:{location}"),
-            source: oci::Error::Layout {
-                path: location.clone(),
-                reason,
-            },
-        };
-        let mut random = [0u8; 32];
-        getrandom::fill(&mut random)
-            .map_err(|e| refused(format!("no random credential to serve it with: {e}")))?;
-        let secret: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-            .await
-            .map_err(|e| refused(format!("no loopback port to serve it to the steps on: {e}")))?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| refused(format!("no loopback port to serve it to the steps on: {e}")))?
-            .port();
         let served = Arc::new(RwLock::new(Arc::new(layout)));
-        let authorization = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{secret}"))
-        );
-        let app = http::router(served.clone(), authorization);
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (host, secret, server) = listen(&location, |authorization| {
+            http::router(http::Mode::Import(served.clone()), authorization)
+        })
+        .await?;
         Ok(LayoutRegistry {
-            host: format!("127.0.0.1:{port}"),
+            host,
             secret,
             served,
             server,
@@ -104,10 +199,7 @@ impl LayoutRegistry {
 
     /// The credential the server answers: the steps' client holds it for [`Self::host`].
     pub fn credential(&self) -> oci::Credential {
-        oci::Credential::Basic {
-            username: USER.into(),
-            password: self.secret.clone(),
-        }
+        credential(&self.secret)
     }
 
     /// The layout served now.

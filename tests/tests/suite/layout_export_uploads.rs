@@ -1,0 +1,265 @@
+//! The registry the workflow's copy steps will export a layout into (issue 35): blob uploads
+//! answered from S3 multipart uploads (moto), continued by other servers as another Lambda
+//! invocation continues a range, and a blob visible at `blobs/sha256/<hex>` only once the server
+//! hashed every byte it stored to the completing digest.
+
+use std::sync::Arc;
+
+use e2e::image::{Format, ImageBuilder, Pusher};
+use e2e::moto::{create_bucket_at, Moto};
+use e2e::registry::TestRegistry;
+use ecr::layout::{S3Layout, S3LayoutOptions, S3Location};
+use oci::layout::{self, LayoutStore};
+use oci::{
+    copy_blob_segment, BlobRef, CredentialStore, Digest, RegistryClient, Repository,
+    SegmentProgress,
+};
+use replication::layout_registry::{rehome, LayoutExportRegistry};
+
+const BUCKET: &str = "exports";
+const PREFIX: &str = "air-gap";
+const MIB: u64 = 1 << 20;
+
+struct Rig {
+    _moto: Moto,
+    s3: aws_sdk_s3::Client,
+    store: Arc<S3Layout>,
+}
+
+impl Rig {
+    async fn start() -> Self {
+        let moto = Moto::start();
+        create_bucket_at(&moto.url, BUCKET).await;
+        let settings = moto.aws_settings();
+        let config = ecr::sdk_config(&settings, "us-east-1", None).await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config)
+                .force_path_style(true)
+                .build(),
+        );
+        let location = S3Location::parse(&format!("s3://{BUCKET}/{PREFIX}")).unwrap();
+        let store = S3Layout::new(&settings, "us-east-1", location, S3LayoutOptions::default());
+        Rig {
+            _moto: moto,
+            s3,
+            store: Arc::new(store.await),
+        }
+    }
+
+    /// A new server for the layout (a new invocation: another port, another credential) and a
+    /// client holding its credential.
+    async fn invocation(&self) -> (LayoutExportRegistry, RegistryClient) {
+        let server = LayoutExportRegistry::serve(self.store.clone())
+            .await
+            .unwrap();
+        let mut credentials = CredentialStore::new();
+        credentials.insert(server.host(), server.credential());
+        let client =
+            RegistryClient::new(e2e::fast_retry_config(&[server.host()]), credentials).unwrap();
+        (server, client)
+    }
+
+    /// Every key under the layout's prefix.
+    async fn keys(&self) -> Vec<String> {
+        let listed = self
+            .s3
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix(PREFIX)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .contents()
+            .iter()
+            .map(|o| o.key().unwrap().to_string())
+            .collect()
+    }
+
+    async fn uploads_in_progress(&self) -> usize {
+        let listed = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(BUCKET)
+            .prefix(PREFIX)
+            .send()
+            .await
+            .unwrap();
+        listed.uploads().len()
+    }
+}
+
+fn blob_key(digest: &Digest) -> String {
+    format!("{PREFIX}/blobs/sha256/{}", digest.hex())
+}
+
+/// GIVEN a 12 MiB layer in a registry WHEN it is copied into the S3 layout in 5 MiB segments,
+/// each by a new server and client (as separate invocations are), one segment's answer lost
+/// after S3 stored its part (a crash) THEN the lost answer is refused with 416 and the blob
+/// starts again; it arrives byte for byte at `blobs/sha256/<hex>`, with nothing left in
+/// `uploads/` and no upload in progress (the refused one aborted); a second copy finds it present and sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_is_written_in_ranges_by_separate_servers_and_resumed_after_a_lost_answer() {
+    let rig = Rig::start().await;
+    let src = TestRegistry::start();
+    let size = 12 * MIB + 17;
+    let image = ImageBuilder::new(Format::Oci).big_layer(31, size).build();
+    Pusher::new(&src.host, None)
+        .push("ml/model", "v1", &image)
+        .await;
+    let big = image.blobs.iter().find(|b| b.data.size() == size).unwrap();
+    let blob = BlobRef {
+        digest: Digest::parse(&big.digest).unwrap(),
+        size,
+    };
+    let source =
+        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
+    let from = Repository {
+        registry: src.host.clone(),
+        name: "ml/model".into(),
+    };
+
+    let mut state = None;
+    let mut calls = 0;
+    let mut lost_one = false;
+    let mut sent = 0;
+    let present = loop {
+        calls += 1;
+        assert!(calls < 10, "the blob never completed");
+        let (server, target) = rig.invocation().await;
+        let to = Repository {
+            registry: server.host().to_string(),
+            name: "ml/model".into(),
+        };
+        if let Some(oci::SegmentState { session, .. }) = state.as_mut() {
+            rehome(session, server.host()).unwrap();
+        }
+        let progress =
+            copy_blob_segment(&source, &from, &target, &to, &blob, state.clone(), 5 * MIB)
+                .await
+                .unwrap();
+        match progress {
+            SegmentProgress::InProgress { state: next, bytes } => {
+                sent += bytes;
+                // The second segment's answer is lost: its part is stored, its state is not.
+                if calls == 2 && !lost_one {
+                    lost_one = true;
+                    continue;
+                }
+                state = Some(next);
+            }
+            SegmentProgress::Done { bytes, present } => {
+                sent += bytes;
+                break present;
+            }
+        }
+    };
+    assert!(!present);
+    assert!(lost_one);
+    // 12 MiB in 5 MiB segments is three calls; the lost answer made the blob start again.
+    assert!(
+        sent > size,
+        "the blob was not sent again after the lost answer: {sent}"
+    );
+
+    let stored = layout::verify_blob(rig.store.as_ref(), &blob).await;
+    assert!(stored.is_ok(), "{stored:?}");
+    assert_eq!(
+        rig.keys().await,
+        [blob_key(&blob.digest)],
+        "only the blob, no staging object"
+    );
+    // The refused session was dropped by the client (DELETE: AbortMultipartUpload).
+    assert_eq!(
+        rig.uploads_in_progress().await,
+        0,
+        "an upload left in progress"
+    );
+
+    // Exporting again: the blob is there, nothing is sent.
+    let (server, target) = rig.invocation().await;
+    let to = Repository {
+        registry: server.host().to_string(),
+        name: "other/repo".into(),
+    };
+    let again = copy_blob_segment(&source, &from, &target, &to, &blob, None, 5 * MIB)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        SegmentProgress::Done {
+            bytes: 0,
+            present: true
+        }
+    );
+}
+
+/// GIVEN an upload of 6 MiB of bytes WHEN it is completed as another digest, or a PATCH claims
+/// an offset the store does not hold, or a location names a blob's own key as its staging
+/// object THEN each is refused (400 digest invalid, 416, 404) and no blob appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_completed_as_another_digest_leaves_no_blob() {
+    let rig = Rig::start().await;
+    let (server, target) = rig.invocation().await;
+    let to = Repository {
+        registry: server.host().to_string(),
+        name: "team/app".into(),
+    };
+    let bytes = vec![7u8; 6 * MIB as usize];
+    let claimed = Digest::of(b"something else");
+    let session = target.start_upload(&to).await.unwrap();
+    let session = target
+        .upload_part(session, bytes.clone().into(), bytes.len() as u64)
+        .await
+        .unwrap();
+    let refused = target.complete_upload(session.clone(), &claimed).await;
+    let message = refused.unwrap_err().to_string();
+    assert!(
+        message.contains("400") || message.contains("DIGEST_INVALID"),
+        "{message}"
+    );
+    assert_eq!(rig.store.blob_size(&claimed).await.unwrap(), None);
+    assert_eq!(
+        rig.store.blob_size(&Digest::of(&bytes)).await.unwrap(),
+        None
+    );
+    assert!(rig.keys().await.is_empty(), "{:?}", rig.keys().await);
+
+    // A session whose offset is not what the store holds.
+    let fresh = target.start_upload(&to).await.unwrap();
+    let mut ahead = fresh.clone();
+    ahead.offset = 5;
+    let out_of_step = target.upload_part(ahead, vec![1u8; 10].into(), 10).await;
+    assert!(
+        matches!(
+            out_of_step,
+            Err(oci::Error::UploadSessionBroken { status: 416, .. })
+        ),
+        "{out_of_step:?}"
+    );
+
+    // A location whose staging object is a blob's place is no session of this server.
+    let blob_place = format!("blobs/sha256/{}", Digest::of(b"x").hex());
+    let forged_token = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        serde_json::to_vec(&serde_json::json!({
+            "upload": {"staging": blob_place, "uploadId": "x"},
+            "hash": {"sha256State": "", "seen": 0}
+        }))
+        .unwrap(),
+    );
+    let mut forged = fresh.clone();
+    forged.location = format!(
+        "http://{}/v2/team/app/blobs/uploads/{forged_token}",
+        server.host()
+    );
+    let forged_put = target.upload_part(forged, vec![1u8; 10].into(), 10).await;
+    assert!(
+        matches!(
+            forged_put,
+            Err(oci::Error::UploadSessionBroken { status: 404, .. })
+        ),
+        "{forged_put:?}"
+    );
+    assert!(rig.keys().await.is_empty());
+}

@@ -119,6 +119,7 @@ pub async fn open(place: &Place, args: &LayoutArgs) -> anyhow::Result<Box<dyn La
         expected_owner: Some(owner),
         kms_key,
         part_bytes: None,
+        copy_part_bytes: None,
     };
     Ok(Box::new(
         S3Layout::new(&settings, &ecr::own_region(), at, options).await,

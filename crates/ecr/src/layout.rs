@@ -164,6 +164,10 @@ pub struct S3LayoutOptions {
     pub kms_key: Option<KmsKeyArn>,
     /// Part size of multipart uploads (default [`DEFAULT_PART_BYTES`]).
     pub part_bytes: Option<u64>,
+    /// Largest blob moved from its staging object with one `CopyObject`, and the part size of
+    /// the multipart copy of a larger one (default [`DEFAULT_COPY_PART_BYTES`]; clamped to S3's
+    /// 5 MiB..5 GiB parts).
+    pub copy_part_bytes: Option<u64>,
 }
 
 /// An OCI image layout under an S3 prefix.
@@ -555,13 +559,13 @@ impl S3Layout {
     }
 }
 
-/// Largest object one `CopyObject` copies ("Copy an object",
-/// <https://docs.aws.amazon.com/AmazonS3/latest/userguide/copy-object.html>: "you can create a
-/// copy of your object up to 5 GB in a single atomic action ... to copy an object greater than
-/// 5 GB, you must use the multipart upload Upload Part - Copy (UploadPartCopy) API").
-const MAX_COPY_OBJECT_BYTES: u64 = 5 * 1000 * 1000 * 1000;
-/// Part size of a multipart copy (server side: no byte passes through the function).
-const COPY_PART_BYTES: u64 = 1 << 30;
+/// Largest object one `CopyObject` copies, and the part size of a multipart copy of a larger
+/// one ("Copy an object", <https://docs.aws.amazon.com/AmazonS3/latest/userguide/copy-object.html>:
+/// "you can create a copy of your object up to 5 GB in a single atomic action ... to copy an
+/// object greater than 5 GB, you must use the multipart upload Upload Part - Copy
+/// (UploadPartCopy) API"; a part is at most 5 GiB). Both are server side: no byte passes
+/// through the function.
+pub const DEFAULT_COPY_PART_BYTES: u64 = 5 * 1000 * 1000 * 1000;
 
 /// `bucket/key` as `x-amz-copy-source` takes it: URL-encoded, `/` kept.
 fn copy_source(bucket: &str, key: &str) -> String {
@@ -719,13 +723,18 @@ impl S3Layout {
         moved.and(removed.map(|_| ()))
     }
 
-    /// Copies `from` to `to` inside the bucket, server side: one `CopyObject` up to 5 GB, a
-    /// multipart copy of 1 GiB parts above.
+    /// Copies `from` to `to` inside the bucket, server side: one `CopyObject` up to the copy
+    /// part size (5 GB), a multipart copy in parts of that size above.
     async fn copy(&self, from: &str, to: &str, size: u64) -> oci::Result<()> {
         let kms = self.options.kms_key.as_ref();
         let source = copy_source(&self.location.bucket, from);
         let shown = self.shown(to);
-        if size <= MAX_COPY_OBJECT_BYTES {
+        let copy_part = self
+            .options
+            .copy_part_bytes
+            .unwrap_or(DEFAULT_COPY_PART_BYTES)
+            .clamp(MIN_PART_BYTES, MAX_PART_BYTES);
+        if size <= copy_part {
             self.client
                 .copy_object()
                 .bucket(&self.location.bucket)
@@ -771,7 +780,7 @@ impl S3Layout {
         let mut parts = Vec::new();
         let mut start = 0;
         while start < size {
-            let end = (start + COPY_PART_BYTES).min(size) - 1;
+            let end = (start + copy_part).min(size) - 1;
             let number = parts.len() as i32 + 1;
             let copied = self
                 .client

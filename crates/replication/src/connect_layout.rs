@@ -114,6 +114,7 @@ async fn open_s3(
         expected_owner: Some(owner),
         kms_key: None,
         part_bytes: None,
+        copy_part_bytes: None,
     };
     Ok(Arc::new(
         S3Layout::new(aws, &ecr::own_region(), at, options).await,

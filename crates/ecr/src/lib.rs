@@ -27,5 +27,5 @@ pub use layout::{S3Layout, S3LayoutOptions, S3Location};
 pub use registry::{EcrRegistry, RoleArn};
 pub use secrets::{SecretArn, SecretCredentialSource};
 pub use signing::{KmsKeyArn, KmsSigner};
-pub use store::WorkBucket;
+pub use store::{WorkBucket, WriteIf};
 pub use token::EcrTokenSource;

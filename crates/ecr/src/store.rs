@@ -7,6 +7,15 @@ use aws_sdk_s3::primitives::ByteStream;
 use crate::aws::{sdk_config, AwsSettings};
 use crate::error::{Error, Result};
 
+/// The condition of a [`WorkBucket::put_if`].
+#[derive(Debug, Clone, Copy)]
+pub enum WriteIf<'a> {
+    /// No object has the key (`If-None-Match: *`).
+    Absent,
+    /// The object still has this ETag (`If-Match`).
+    Unchanged(&'a str),
+}
+
 /// An S3 bucket in the workflow's account and region.
 #[derive(Clone)]
 pub struct WorkBucket {
@@ -84,6 +93,57 @@ impl WorkBucket {
             retryable: true,
         })?;
         Ok(Some(bytes.into_bytes().to_vec()))
+    }
+
+    /// `get`, with the object's ETag, for a [`WorkBucket::put_if`] of what was read.
+    pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let answer = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        let object = match answer {
+            Ok(object) => object,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(Error::api("s3:GetObject", self.resource(key), &e)),
+        };
+        let etag = object.e_tag().unwrap_or_default().to_string();
+        let bytes = object.body.collect().await.map_err(|e| Error::Api {
+            code: None,
+            operation: "s3:GetObject",
+            resource: self.resource(key),
+            message: format!("reading the object's body: {e}"),
+            retryable: true,
+        })?;
+        Ok(Some((bytes.into_bytes().to_vec(), etag)))
+    }
+
+    /// Stores `body` under `key` only as `condition` says (S3 conditional writes, "How to
+    /// prevent object overwrites with conditional writes":
+    /// <https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html>):
+    /// `Ok(false)` when S3 refused the condition (412 Precondition Failed, or 409
+    /// ConditionalRequestConflict from a concurrent conditional write), so the caller reads again.
+    pub async fn put_if(&self, key: &str, body: Vec<u8>, condition: WriteIf<'_>) -> Result<bool> {
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let request = match condition {
+            WriteIf::Absent => request.if_none_match("*"),
+            WriteIf::Unchanged(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412 | 409)) => {
+                Ok(false)
+            }
+            Err(e) => Err(Error::api("s3:PutObject", self.resource(key), &e)),
+        }
     }
 
     fn resource(&self, key: &str) -> String {

@@ -121,6 +121,9 @@ async fn open_s3(
     ))
 }
 
+/// Reads and conditional writes of a layout's newest-statement mark before a run gives up.
+const MAX_MARK_ATTEMPTS: usize = 5;
+
 /// How far ahead of this function's clock a statement's `exportedAt` may be.
 const MAX_CLOCK_SKEW_MINUTES: i64 = 5;
 
@@ -180,37 +183,67 @@ pub(crate) async fn refuse_rollback(
             statement.digest, statement.run.exported_at
         )));
     }
-    if let Some(bytes) = bucket.get(&key).await.map_err(aws("reading"))? {
-        let newest: NewestStatement = serde_json::from_slice(&bytes).map_err(|e| {
-            Error::invalid(
-                field,
-                format!("{key} in the work bucket is not readable: {e}"),
-            )
-        })?;
-        if newest.statement_digest == statement.digest {
-            return Ok(());
-        }
-        let newest_at = exported_at(&newest.exported_at).map_err(|e| {
-            Error::invalid(field, format!("{key} in the work bucket: exportedAt: {e}"))
-        })?;
-        // Not newer than the newest imported (an equal time is not newer either).
-        if this <= newest_at {
-            return Err(refused(format!(
-                "its statement {} was exported at {}, not after {} ({}), which a run already \
-                 imported from here: an older layout the key signed was put back; not imported \
-                 (an operator who means it removes {key} from the work bucket)",
-                statement.digest,
-                statement.run.exported_at,
-                newest.statement_digest,
-                newest.exported_at
-            )));
-        }
-    }
     let newest = NewestStatement {
         location: name.clone(),
         statement_digest: statement.digest.clone(),
         exported_at: statement.run.exported_at.clone(),
     };
     let body = serde_json::to_vec(&newest).map_err(|e| Error::Output(e.to_string()))?;
-    bucket.put(&key, body).await.map_err(aws("recording"))
+    // Read, compare, and record only if the mark is still what was read (an S3 conditional
+    // write): two runs importing from the same layout at once never set the mark back.
+    for _ in 0..MAX_MARK_ATTEMPTS {
+        let held = bucket.get_tagged(&key).await.map_err(aws("reading"))?;
+        let condition = match &held {
+            Some((bytes, etag)) => {
+                let newest: NewestStatement = serde_json::from_slice(bytes).map_err(|e| {
+                    Error::invalid(
+                        field,
+                        format!("{key} in the work bucket is not readable: {e}"),
+                    )
+                })?;
+                if newest.statement_digest == statement.digest {
+                    return Ok(());
+                }
+                let newest_at = exported_at(&newest.exported_at).map_err(|e| {
+                    Error::invalid(field, format!("{key} in the work bucket: exportedAt: {e}"))
+                })?;
+                // Not newer than the newest imported (an equal time is not newer either).
+                if this <= newest_at {
+                    return Err(refused(format!(
+                        "its statement {} was exported at {}, not after {} ({}), which a run \
+                         already imported from here: an older layout the key signed was put \
+                         back; not imported (an operator who means it removes {key} from the \
+                         work bucket)",
+                        statement.digest,
+                        statement.run.exported_at,
+                        newest.statement_digest,
+                        newest.exported_at
+                    )));
+                }
+                ecr::WriteIf::Unchanged(etag)
+            }
+            None => ecr::WriteIf::Absent,
+        };
+        if bucket
+            .put_if(&key, body.clone(), condition)
+            .await
+            .map_err(aws("recording"))?
+        {
+            return Ok(());
+        }
+    }
+    Err(Error::Aws {
+        context: format!(
+            "recording the newest statement imported from {name}: {key} in the work bucket \
+             changed under each of {MAX_MARK_ATTEMPTS} attempts (other runs importing from the \
+             same layout); run again"
+        ),
+        source: ecr::Error::Api {
+            code: Some("PreconditionFailed".into()),
+            operation: "s3:PutObject",
+            resource: key.clone(),
+            message: "conditional write refused".into(),
+            retryable: true,
+        },
+    })
 }

@@ -1145,3 +1145,28 @@ async fn a_refused_policy_is_remembered_as_drift_and_the_repository_settles() {
         "{changed:?}"
     );
 }
+
+/// The work bucket's conditional writes, which keep a layout's newest-statement mark from being
+/// set back by two imports at once (`refuse_rollback` reads, compares, and writes only if the
+/// mark is still what it read): a create refused when the key exists, an update refused when
+/// the object changed since it was read, and accepted when it did not.
+#[tokio::test]
+async fn the_work_bucket_writes_only_under_the_condition_it_is_given() {
+    let moto = e2e::moto::Moto::start();
+    e2e::moto::create_bucket_at(&moto.url, "work").await;
+    let bucket = ecr::WorkBucket::new(&moto.aws_settings(), "us-east-1", "work".into()).await;
+    let key = "layout-statements/mark.json";
+    let put = |body: &str, condition| bucket.put_if(key, body.as_bytes().to_vec(), condition);
+
+    assert!(put("first", ecr::WriteIf::Absent).await.unwrap());
+    assert!(!put("second", ecr::WriteIf::Absent).await.unwrap(), "created twice");
+    let (bytes, read) = bucket.get_tagged(key).await.unwrap().unwrap();
+    assert_eq!(bytes, b"first");
+    // Another run writes between this one's read and its write.
+    assert!(put("newer", ecr::WriteIf::Unchanged(&read)).await.unwrap());
+    assert!(
+        !put("older", ecr::WriteIf::Unchanged(&read)).await.unwrap(),
+        "a write under a stale read went through"
+    );
+    assert_eq!(bucket.get(key).await.unwrap().unwrap(), b"newer");
+}

@@ -13,6 +13,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ServerSideEncryption,
 };
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -690,6 +691,13 @@ impl S3Layout {
         }
         if parts.is_empty() {
             // S3 completes no upload of zero parts: the empty blob is written as it is.
+            if blob.digest != Digest::of(b"") {
+                return Err(oci::Error::DigestMismatch {
+                    url: self.shown(&staging),
+                    expected: blob.digest.to_string(),
+                    actual: Digest::of(b"").to_string(),
+                });
+            }
             self.abort(upload).await?;
             return self
                 .put(&target, Bytes::new(), "application/octet-stream")
@@ -709,8 +717,13 @@ impl S3Layout {
             .send()
             .await
             .map_err(|e| s3_error("s3:CompleteMultipartUpload", &self.shown(&staging), &e))?;
-        let moved = self.copy(&staging, &target, blob.size).await;
-        // The staging object goes whether the move worked or not: the next try uploads again.
+        // The staging object's bytes are checked by S3 (or read back) against the digest
+        // before they are copied to the blob's place; it goes either way (the next try uploads
+        // again).
+        let moved = match self.verify_staged(&staging, blob).await {
+            Ok(()) => self.copy(&staging, &target, blob.size).await,
+            Err(e) => Err(e),
+        };
         let removed = self
             .client
             .delete_object()
@@ -723,17 +736,101 @@ impl S3Layout {
         moved.and(removed.map(|_| ()))
     }
 
+    /// Checks a completed staging object is `blob`, whatever the caller's hash said (its state
+    /// travelled through the workflow): up to the copy part size, S3 computes the object's own
+    /// SHA-256 by copying it onto itself (`CopyObject` with `ChecksumAlgorithm: SHA256`, "the
+    /// algorithm that you want Amazon S3 to use to create the checksum for the object"); above
+    /// it, the object is read back and hashed, streamed.
+    async fn verify_staged(&self, staging: &str, blob: &BlobRef) -> oci::Result<()> {
+        let shown = self.shown(staging);
+        if blob.size > self.copy_part_bytes() {
+            let (_, body) = self
+                .get(staging)
+                .await?
+                .ok_or_else(|| layout_error(&shown, "the completed upload is not there"))?;
+            let mut reader = body.into_async_read();
+            let mut verifier = Verifier::new();
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let read = tokio::io::AsyncReadExt::read(&mut reader, &mut buffer)
+                    .await
+                    .map_err(|e| layout_error(&shown, format!("reading it back: {e}")))?;
+                if read == 0 {
+                    break;
+                }
+                verifier.update(&buffer[..read]);
+                if verifier.seen() > blob.size {
+                    break;
+                }
+            }
+            return verifier.check(&blob.digest, blob.size, &shown);
+        }
+        let kms = self.options.kms_key.as_ref();
+        let copied = self
+            .client
+            .copy_object()
+            .bucket(&self.location.bucket)
+            .key(staging)
+            .copy_source(copy_source(&self.location.bucket, staging))
+            .content_type("application/octet-stream")
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .set_expected_bucket_owner(self.owner())
+            .set_expected_source_bucket_owner(self.owner())
+            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:CopyObject", &shown, &e))?;
+        let computed = match copied
+            .copy_object_result()
+            .and_then(|r| r.checksum_sha256())
+        {
+            Some(sum) => Some(sum.to_string()),
+            None => self
+                .client
+                .head_object()
+                .bucket(&self.location.bucket)
+                .key(staging)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .set_expected_bucket_owner(self.owner())
+                .send()
+                .await
+                .map_err(|e| s3_error("s3:HeadObject", &shown, &e))?
+                .checksum_sha256()
+                .map(str::to_string),
+        };
+        let expected = hex::decode(blob.digest.hex())
+            .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+            .unwrap_or_default();
+        match computed {
+            Some(sum) if sum == expected => Ok(()),
+            Some(sum) => Err(oci::Error::DigestMismatch {
+                url: shown,
+                expected: blob.digest.to_string(),
+                actual: format!("an object whose SHA-256 (base64) is {sum}"),
+            }),
+            None => Err(layout_error(
+                &shown,
+                "S3 gave no SHA-256 of the completed upload: it cannot be checked",
+            )),
+        }
+    }
+
+    fn copy_part_bytes(&self) -> u64 {
+        self.options
+            .copy_part_bytes
+            .unwrap_or(DEFAULT_COPY_PART_BYTES)
+            .clamp(MIN_PART_BYTES, MAX_PART_BYTES)
+    }
+
     /// Copies `from` to `to` inside the bucket, server side: one `CopyObject` up to the copy
     /// part size (5 GB), a multipart copy in parts of that size above.
     async fn copy(&self, from: &str, to: &str, size: u64) -> oci::Result<()> {
         let kms = self.options.kms_key.as_ref();
         let source = copy_source(&self.location.bucket, from);
         let shown = self.shown(to);
-        let copy_part = self
-            .options
-            .copy_part_bytes
-            .unwrap_or(DEFAULT_COPY_PART_BYTES)
-            .clamp(MIN_PART_BYTES, MAX_PART_BYTES);
+        let copy_part = self.copy_part_bytes();
         if size <= copy_part {
             self.client
                 .copy_object()
@@ -742,11 +839,10 @@ impl S3Layout {
                 .copy_source(&source)
                 .content_type("application/octet-stream")
                 .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-                // A full-object CRC32 of the copy, computed by S3 ("CopyObject",
-                // ChecksumAlgorithm: "the algorithm that you want Amazon S3 to use to create the
-                // checksum for the object"), which every later GetObject is checked against;
-                // the staging object's checksum is a composite of its parts'.
-                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                // The blob's own SHA-256 as the object's checksum, computed by S3 again
+                // ("CopyObject", ChecksumAlgorithm), which every later GetObject is checked
+                // against (the staging object's first checksum was a composite of its parts').
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .set_expected_bucket_owner(self.owner())
                 .set_expected_source_bucket_owner(self.owner())
                 .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
@@ -762,13 +858,18 @@ impl S3Layout {
             .bucket(&self.location.bucket)
             .key(to)
             .content_type("application/octet-stream")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .set_expected_bucket_owner(self.owner())
             .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
             .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
             .send()
             .await
             .map_err(|e| s3_error("s3:CreateMultipartUpload", &shown, &e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
+        let upload_id = created
+            .upload_id()
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| layout_error(&shown, "s3:CreateMultipartUpload answered no UploadId"))?
+            .to_string();
         let mut guard = AbortGuard {
             client: self.client.clone(),
             bucket: self.location.bucket.clone(),
@@ -803,11 +904,12 @@ impl S3Layout {
                     return Err(e);
                 }
             };
-            let etag = copied.copy_part_result().and_then(|r| r.e_tag());
+            let result = copied.copy_part_result();
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
-                    .set_e_tag(etag.map(str::to_string))
+                    .set_e_tag(result.and_then(|r| r.e_tag()).map(str::to_string))
+                    .set_checksum_crc32(result.and_then(|r| r.checksum_crc32()).map(str::to_string))
                     .build(),
             );
             start = end + 1;

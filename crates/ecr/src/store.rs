@@ -139,7 +139,12 @@ impl WorkBucket {
         };
         match request.send().await {
             Ok(_) => Ok(true),
-            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412 | 409)) => {
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 409)
+                ) =>
+            {
                 Ok(false)
             }
             Err(e) => Err(Error::api("s3:PutObject", self.resource(key), &e)),

@@ -1159,7 +1159,10 @@ async fn the_work_bucket_writes_only_under_the_condition_it_is_given() {
     let put = |body: &str, condition| bucket.put_if(key, body.as_bytes().to_vec(), condition);
 
     assert!(put("first", ecr::WriteIf::Absent).await.unwrap());
-    assert!(!put("second", ecr::WriteIf::Absent).await.unwrap(), "created twice");
+    assert!(
+        !put("second", ecr::WriteIf::Absent).await.unwrap(),
+        "created twice"
+    );
     let (bytes, read) = bucket.get_tagged(key).await.unwrap().unwrap();
     assert_eq!(bytes, b"first");
     // Another run writes between this one's read and its write.

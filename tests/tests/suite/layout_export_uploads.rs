@@ -202,8 +202,10 @@ async fn a_blob_is_written_in_ranges_by_separate_servers_and_resumed_after_a_los
 
 /// GIVEN an upload of 6 MiB of bytes WHEN it is completed as another digest, or a PATCH claims
 /// an offset the store does not hold, or a location names a blob's own key as its staging
-/// object THEN each is refused (400 digest invalid, 416, 404) and no blob appears; an empty
-/// upload and a small one complete as their blobs.
+/// object, or a PATCH follows one under S3's 5 MiB part minimum, or a forged location carries the hash state of other bytes (of an upload holding
+/// bytes, and of an empty one) THEN each is refused (400 digest invalid, 416, 404; the forgery
+/// by S3's own SHA-256 of what it holds) and no blob appears; an empty upload and a small one
+/// complete as their blobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_completed_as_another_digest_leaves_no_blob() {
     let rig = Rig::start().await;
@@ -232,6 +234,55 @@ async fn an_upload_completed_as_another_digest_leaves_no_blob() {
     );
     assert!(rig.keys().await.is_empty(), "{:?}", rig.keys().await);
 
+    // Attack: the session's state travels through the workflow, so a forged one names the
+    // upload above with the hash state of other bytes of the same length; the server's own
+    // check passes, S3's SHA-256 of what it holds does not, and no blob appears under either.
+    // Both ways S3's check is made: a blob over the copy part size read back and hashed, a
+    // smaller one hashed by S3 itself (CopyObject with ChecksumAlgorithm SHA256).
+    for length in [bytes.len(), 1000] {
+        let (mine, other) = (vec![7u8; length], vec![8u8; length]);
+        let session = target.start_upload(&to).await.unwrap();
+        let session = target
+            .upload_part(session, mine.clone().into(), length as u64)
+            .await
+            .unwrap();
+        let mut forged = session.clone();
+        forged.location = forge(&session.location, |token| {
+            let mut hash = oci::digest::Verifier::new();
+            hash.update(&other);
+            token["hash"] = serde_json::to_value(hash.export()).unwrap();
+        });
+        let refused = target.complete_upload(forged, &Digest::of(&other)).await;
+        let message = refused.unwrap_err().to_string();
+        assert!(
+            message.contains("DigestInvalid") && message.contains("/uploads/"),
+            "{length}: {message}"
+        );
+        assert_eq!(
+            rig.store.blob_size(&Digest::of(&other)).await.unwrap(),
+            None
+        );
+        assert_eq!(rig.store.blob_size(&Digest::of(&mine)).await.unwrap(), None);
+    }
+    let other = vec![8u8; 1000];
+    // The same forgery of an empty upload: S3 holds no byte, so only the empty digest is one.
+    let session = target.start_upload(&to).await.unwrap();
+    let mut forged = session.clone();
+    forged.location = forge(&session.location, |token| {
+        let mut hash = oci::digest::Verifier::new();
+        hash.update(&other);
+        let mut state = hash.export();
+        state.seen = 0;
+        token["hash"] = serde_json::to_value(state).unwrap();
+    });
+    let refused = target.complete_upload(forged, &Digest::of(&other)).await;
+    assert!(
+        refused.is_err(),
+        "an empty upload completed as {}",
+        Digest::of(&other)
+    );
+    assert!(rig.keys().await.is_empty(), "{:?}", rig.keys().await);
+
     // An empty blob (no part: S3 completes no upload of none) and a small one (one CopyObject).
     for bytes in [Vec::new(), vec![9u8; 1000]] {
         let blob = BlobRef {
@@ -253,6 +304,17 @@ async fn an_upload_completed_as_another_digest_leaves_no_blob() {
         assert!(stored.is_ok(), "{stored:?}");
     }
     assert_eq!(rig.keys().await.len(), 2, "{:?}", rig.keys().await);
+
+    // A PATCH after one under 5 MiB would leave a part S3 refuses at completion: refused now,
+    // naming the range size.
+    let session = target.start_upload(&to).await.unwrap();
+    let session = target
+        .upload_part(session, vec![1u8; 1000].into(), 1000)
+        .await
+        .unwrap();
+    let small = target.upload_part(session, vec![1u8; 10].into(), 10).await;
+    let message = small.unwrap_err().to_string();
+    assert!(message.contains("rangeBytes"), "{message}");
 
     // A session whose offset is not what the store holds.
     let fresh = target.start_upload(&to).await.unwrap();
@@ -291,4 +353,18 @@ async fn an_upload_completed_as_another_digest_leaves_no_blob() {
         "{forged_put:?}"
     );
     assert_eq!(rig.keys().await.len(), 2, "{:?}", rig.keys().await);
+}
+
+/// A session location whose token (the last path segment, base64url JSON) `change` edits.
+fn forge(location: &str, change: impl FnOnce(&mut serde_json::Value)) -> String {
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (base, token) = location.rsplit_once('/').unwrap();
+    let mut token: serde_json::Value =
+        serde_json::from_slice(&engine.decode(token).unwrap()).unwrap();
+    change(&mut token);
+    format!(
+        "{base}/{}",
+        engine.encode(serde_json::to_vec(&token).unwrap())
+    )
 }

@@ -77,6 +77,8 @@ pub(super) fn failed(e: oci::Error) -> Response {
                 "timed out",
                 "timeout",
                 "dispatch failure",
+                "InternalError",
+                "ServiceUnavailable",
             ]
             .iter()
             .any(|t| reason.contains(t)) =>

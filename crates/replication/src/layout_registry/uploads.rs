@@ -25,6 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{error, failed};
 
+/// S3's most parts of one upload, and its smallest part but the last ("Amazon S3 multipart
+/// upload limits": <https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html>).
+const MAX_PARTS: u64 = 10_000;
+const MIN_PART_BYTES: u64 = 5 << 20;
+
 /// Largest part a PATCH is stored as (each PATCH is split into parts of equal size, so a range
 /// of at least 5 MiB never leaves a part under S3's 5 MiB minimum). With 10,000 parts an upload
 /// holds blobs up to 625 GiB; one part is held in memory at a time per upload.
@@ -80,10 +85,12 @@ fn session_headers(headers: &mut HeaderMap, name: &str, token: &Token) {
     if let Ok(value) = HeaderValue::from_str(&token.location(name)) {
         headers.insert(header::LOCATION, value);
     }
+    // `0-<last byte>`; none while the upload is empty (`0-0` would say one byte).
     let held = token.hash.seen;
-    let range = format!("0-{}", held.saturating_sub(1));
-    if let Ok(value) = HeaderValue::from_str(&range) {
-        headers.insert(header::RANGE, value);
+    if held > 0 {
+        if let Ok(value) = HeaderValue::from_str(&format!("0-{}", held - 1)) {
+            headers.insert(header::RANGE, value);
+        }
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
 }
@@ -185,11 +192,32 @@ async fn append(
     if start.is_some_and(|s| s != offset) {
         return Err(not_at(offset, "the PATCH's Content-Range starts elsewhere"));
     }
-    let held = store.stored_parts(&token.upload).await.map_err(failed)?;
+    if offset.checked_add(length).is_none() || length.div_ceil(PART_BYTES) > MAX_PARTS {
+        return Err(too_large(length));
+    }
+    let held = store
+        .stored_parts(&token.upload)
+        .await
+        .map_err(stored_failed)?;
     if held.iter().sum::<u64>() != offset {
         return Err(not_at(
             offset,
             "the store holds other bytes (a part stored after this session's last answer)",
+        ));
+    }
+    if held.len() as u64 + length.div_ceil(PART_BYTES) > MAX_PARTS {
+        return Err(too_large(length));
+    }
+    // Only the last part may be under S3's 5 MiB: the part stored last stops being last.
+    if held.last().is_some_and(|last| *last < MIN_PART_BYTES) && length > 0 {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "SIZE_INVALID",
+            format!(
+                "the upload's last PATCH was {} bytes, under S3's {MIN_PART_BYTES}-byte smallest \
+                 part but the last: send a blob in ranges of at least 5 MiB (rangeBytes)",
+                held.last().copied().unwrap_or_default()
+            ),
         ));
     }
     let mut verifier = Verifier::import(&token.hash)
@@ -198,6 +226,7 @@ async fn append(
     let mut buffer = BytesMut::new();
     let mut number = held.len() as u32;
     for size in part_sizes(length, PART_BYTES) {
+        buffer.reserve((size as usize).saturating_sub(buffer.len()));
         while (buffer.len() as u64) < size {
             match stream.next().await {
                 Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
@@ -217,7 +246,7 @@ async fn append(
         store
             .put_part(&token.upload, number, part)
             .await
-            .map_err(failed)?;
+            .map_err(stored_failed)?;
     }
     if !buffer.is_empty() || stream.next().await.is_some() {
         return Err(size_invalid(length));
@@ -226,6 +255,28 @@ async fn append(
         upload: token.upload,
         hash: verifier.export(),
     })
+}
+
+/// An S3 failure of an upload: `404 BLOB_UPLOAD_UNKNOWN` when the upload is gone (completed,
+/// aborted, expired: the client starts the blob again), else as any layout failure.
+fn stored_failed(e: oci::Error) -> Response {
+    match &e {
+        oci::Error::Layout { reason, .. } if reason.contains("NoSuchUpload") => {
+            upload_unknown(e.to_string())
+        }
+        _ => failed(e),
+    }
+}
+
+fn too_large(length: u64) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "SIZE_INVALID",
+        format!(
+            "{length} more bytes would take the upload past S3's {MAX_PARTS} parts of at most \
+             {PART_BYTES} bytes"
+        ),
+    )
 }
 
 fn size_invalid(length: u64) -> Response {
@@ -251,13 +302,13 @@ fn not_at(offset: u64, why: &str) -> Response {
 
 /// Sizes of the parts `length` bytes are stored as: as few as fit in `most` bytes each, equal
 /// to within a byte (never a small part after a large one).
-pub(super) fn part_sizes(length: u64, most: u64) -> Vec<u64> {
-    if length == 0 {
-        return Vec::new();
-    }
-    let count = length.div_ceil(most);
-    let (each, extra) = (length / count, length % count);
-    (0..count).map(|i| each + u64::from(i < extra)).collect()
+pub(super) fn part_sizes(length: u64, most: u64) -> impl Iterator<Item = u64> {
+    let count = length.div_ceil(most.max(1));
+    let (each, extra) = (
+        length.checked_div(count).unwrap_or(0),
+        length.checked_rem(count).unwrap_or(0),
+    );
+    (0..count).map(move |i| each + u64::from(i < extra))
 }
 
 /// `PUT ?digest=`: stores the body (if any), then makes the upload the blob `digest` when the
@@ -281,6 +332,13 @@ async fn complete(
         );
     };
     let upload = token.upload.clone();
+    if content_length(headers).is_none() && headers.contains_key(header::TRANSFER_ENCODING) {
+        return error(
+            StatusCode::LENGTH_REQUIRED,
+            "SIZE_INVALID",
+            "a completing PUT with a body states its Content-Length",
+        );
+    }
     let token = if content_length(headers).unwrap_or(0) > 0 {
         match append(store, token, headers, body).await {
             Ok(token) => token,
@@ -309,7 +367,13 @@ async fn complete(
         Err(e) => Err(e),
     };
     if let Err(e) = finished {
-        return failed(e);
+        return match e {
+            // S3's own hash of what it holds is not the digest: refused as a registry would.
+            oci::Error::DigestMismatch { .. } | oci::Error::SizeMismatch { .. } => {
+                error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e.to_string())
+            }
+            e => stored_failed(e),
+        };
     }
     let mut response = StatusCode::CREATED.into_response();
     let out = response.headers_mut();
@@ -338,14 +402,17 @@ mod tests {
     #[test]
     fn a_patch_is_split_into_parts_of_equal_size_within_the_bound() {
         const MIB: u64 = 1 << 20;
-        assert_eq!(part_sizes(0, 64 * MIB), Vec::<u64>::new());
-        assert_eq!(part_sizes(5 * MIB, 64 * MIB), [5 * MIB]);
-        assert_eq!(part_sizes(64 * MIB, 64 * MIB), [64 * MIB]);
+        let sizes = |length, most| part_sizes(length, most).collect::<Vec<u64>>();
+        assert_eq!(sizes(0, 64 * MIB), Vec::<u64>::new());
+        assert_eq!(sizes(5 * MIB, 64 * MIB), [5 * MIB]);
+        assert_eq!(sizes(64 * MIB, 64 * MIB), [64 * MIB]);
         // 65 MiB is two parts of 32.5 MiB, not 64 MiB and a 1 MiB part S3 would refuse.
-        assert_eq!(part_sizes(65 * MIB, 64 * MIB), [65 * MIB / 2; 2]);
-        assert_eq!(part_sizes(7, 3), [3, 2, 2]);
+        assert_eq!(sizes(65 * MIB, 64 * MIB), [65 * MIB / 2; 2]);
+        assert_eq!(sizes(7, 3), [3, 2, 2]);
+        // A length no upload could take makes no list of its parts (it is refused first).
+        assert_eq!(part_sizes(u64::MAX, 64 * MIB).take(2).count(), 2);
         for length in [1, 5 * MIB, 300 * MIB + 7, 800 * MIB] {
-            let sizes = part_sizes(length, 64 * MIB);
+            let sizes = sizes(length, 64 * MIB);
             assert_eq!(sizes.iter().sum::<u64>(), length);
             assert!(sizes.iter().all(|s| *s <= 64 * MIB));
             assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);

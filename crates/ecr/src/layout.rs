@@ -335,6 +335,91 @@ impl S3Layout {
         Ok(())
     }
 
+    /// Opens a multipart upload of `key`: every part's CRC32 (computed by the SDK) is named as
+    /// the upload's kind, so the completion lists each one (S3 refuses parts whose checksum type
+    /// differs from the upload's: "Checksum Type mismatch"); SSE-KMS under the entry's key.
+    async fn create_upload(&self, key: &str) -> oci::Result<String> {
+        let kms = self.options.kms_key.as_ref();
+        let shown = self.shown(key);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .set_expected_bucket_owner(self.owner())
+            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
+            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:CreateMultipartUpload", &shown, &e))?;
+        created
+            .upload_id()
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| layout_error(&shown, "s3:CreateMultipartUpload answered no UploadId"))
+    }
+
+    /// Completes a multipart upload of `key` with `parts`, every part's number and ETag in
+    /// ascending order
+    /// (<https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html>).
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> oci::Result<()> {
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.location.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .set_expected_bucket_owner(self.owner())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| s3_error("s3:CompleteMultipartUpload", &self.shown(key), &e))?;
+        Ok(())
+    }
+
+    /// Completes the upload `guard` holds, or aborts it when completing fails.
+    async fn complete_guarded(
+        &self,
+        mut guard: AbortGuard,
+        parts: Vec<CompletedPart>,
+    ) -> oci::Result<()> {
+        match self
+            .complete_upload(&guard.key, &guard.upload_id, parts)
+            .await
+        {
+            Ok(()) => {
+                guard.armed = false;
+                Ok(())
+            }
+            Err(e) => {
+                guard.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Aborts the upload `upload_id` of `key` when dropped armed.
+    fn guard(&self, key: &str, upload_id: &str) -> AbortGuard {
+        AbortGuard {
+            client: self.client.clone(),
+            bucket: self.location.bucket.clone(),
+            key: key.to_string(),
+            upload_id: upload_id.to_string(),
+            owner: self.owner(),
+            armed: true,
+        }
+    }
+
     async fn store_blob(&self, blob: &BlobRef, mut body: BlobStream) -> oci::Result<()> {
         let key = self.blob_key(&blob.digest);
         let shown = self.shown(&key);
@@ -379,32 +464,8 @@ impl S3Layout {
         part: u64,
     ) -> oci::Result<()> {
         let shown = self.shown(key);
-        let kms = self.options.kms_key.as_ref();
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.location.bucket)
-            .key(key)
-            .content_type("application/octet-stream")
-            // Named here, so every part's CRC32 (computed by the SDK) is the upload's kind and
-            // the completion lists each one: S3 refuses parts whose checksum type differs from
-            // the upload's ("Checksum Type mismatch").
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .set_expected_bucket_owner(self.owner())
-            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
-            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
-            .send()
-            .await
-            .map_err(|e| s3_error("s3:CreateMultipartUpload", &shown, &e))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_string();
-        let mut guard = AbortGuard {
-            client: self.client.clone(),
-            bucket: self.location.bucket.clone(),
-            key: key.to_string(),
-            upload_id: upload_id.clone(),
-            owner: self.owner(),
-            armed: true,
-        };
+        let upload_id = self.create_upload(key).await?;
+        let guard = self.guard(key, &upload_id);
         let mut verifier = Verifier::new();
         let mut buffer = BytesMut::with_capacity(part as usize);
         let mut parts = Vec::new();
@@ -451,32 +512,7 @@ impl S3Layout {
             guard.abort().await;
             return Err(e);
         }
-        // CompleteMultipartUpload takes every part's number and ETag, in ascending order
-        // (<https://docs.aws.amazon.com/AmazonS3/latest/API/API_CompleteMultipartUpload.html>).
-        let completed = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.location.bucket)
-            .key(key)
-            .upload_id(&upload_id)
-            .set_expected_bucket_owner(self.owner())
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await;
-        match completed {
-            Ok(_) => {
-                guard.armed = false;
-                Ok(())
-            }
-            Err(e) => {
-                guard.abort().await;
-                Err(s3_error("s3:CompleteMultipartUpload", &shown, &e))
-            }
-        }
+        self.complete_guarded(guard, parts).await
     }
 
     /// Uploads one part; its ETag and CRC32.
@@ -603,30 +639,7 @@ impl S3Layout {
             staging: staging.to_string(),
             upload_id: "-".into(),
         })?;
-        let kms = self.options.kms_key.as_ref();
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.location.bucket)
-            .key(&key)
-            .content_type("application/octet-stream")
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .set_expected_bucket_owner(self.owner())
-            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
-            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
-            .send()
-            .await
-            .map_err(|e| s3_error("s3:CreateMultipartUpload", &self.shown(&key), &e))?;
-        created
-            .upload_id()
-            .filter(|id| !id.is_empty())
-            .map(str::to_string)
-            .ok_or_else(|| {
-                layout_error(
-                    self.shown(&key),
-                    "s3:CreateMultipartUpload answered no UploadId",
-                )
-            })
+        self.create_upload(&key).await
     }
 
     /// Every part S3 holds of an upload, page by page (`ListParts` answers at most 1,000).
@@ -703,20 +716,9 @@ impl S3Layout {
                 .put(&target, Bytes::new(), "application/octet-stream")
                 .await;
         }
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.location.bucket)
-            .key(&staging)
-            .upload_id(&upload.upload_id)
-            .set_expected_bucket_owner(self.owner())
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts.into_iter().map(|p| p.completed).collect()))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| s3_error("s3:CompleteMultipartUpload", &self.shown(&staging), &e))?;
+        let parts = parts.into_iter().map(|p| p.completed).collect();
+        self.complete_upload(&staging, &upload.upload_id, parts)
+            .await?;
         // The staging object's bytes are checked by S3 (or read back) against the digest
         // before they are copied to the blob's place; it goes either way (the next try uploads
         // again).
@@ -765,28 +767,9 @@ impl S3Layout {
             }
             return verifier.check(&blob.digest, blob.size, &shown);
         }
-        let kms = self.options.kms_key.as_ref();
-        let copied = self
-            .client
-            .copy_object()
-            .bucket(&self.location.bucket)
-            .key(staging)
-            .copy_source(copy_source(&self.location.bucket, staging))
-            .content_type("application/octet-stream")
-            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .set_expected_bucket_owner(self.owner())
-            .set_expected_source_bucket_owner(self.owner())
-            .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
-            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
-            .send()
-            .await
-            .map_err(|e| s3_error("s3:CopyObject", &shown, &e))?;
-        let computed = match copied
-            .copy_object_result()
-            .and_then(|r| r.checksum_sha256())
-        {
-            Some(sum) => Some(sum.to_string()),
+        let copied = self.copy_object(staging, staging).await?;
+        let computed = match copied {
+            Some(sum) => Some(sum),
             None => self
                 .client
                 .head_object()
@@ -824,60 +807,46 @@ impl S3Layout {
             .clamp(MIN_PART_BYTES, MAX_PART_BYTES)
     }
 
-    /// Copies `from` to `to` inside the bucket, server side: one `CopyObject` up to the copy
-    /// part size (5 GB), a multipart copy in parts of that size above.
-    async fn copy(&self, from: &str, to: &str, size: u64) -> oci::Result<()> {
+    /// One `CopyObject` of `from` to `to` (itself, to have S3 hash it): S3 computes the copy's
+    /// SHA-256 as its checksum ("CopyObject", ChecksumAlgorithm: "the algorithm that you want
+    /// Amazon S3 to use to create the checksum for the object"), which every later GetObject is
+    /// checked against (a staging object's first checksum is a composite of its parts'). The
+    /// SHA-256 (base64) when S3's answer names it.
+    async fn copy_object(&self, from: &str, to: &str) -> oci::Result<Option<String>> {
         let kms = self.options.kms_key.as_ref();
-        let source = copy_source(&self.location.bucket, from);
-        let shown = self.shown(to);
-        let copy_part = self.copy_part_bytes();
-        if size <= copy_part {
-            self.client
-                .copy_object()
-                .bucket(&self.location.bucket)
-                .key(to)
-                .copy_source(&source)
-                .content_type("application/octet-stream")
-                .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-                // The blob's own SHA-256 as the object's checksum, computed by S3 again
-                // ("CopyObject", ChecksumAlgorithm), which every later GetObject is checked
-                // against (the staging object's first checksum was a composite of its parts').
-                .checksum_algorithm(ChecksumAlgorithm::Sha256)
-                .set_expected_bucket_owner(self.owner())
-                .set_expected_source_bucket_owner(self.owner())
-                .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
-                .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
-                .send()
-                .await
-                .map_err(|e| s3_error("s3:CopyObject", &shown, &e))?;
-            return Ok(());
-        }
-        let created = self
+        let copied = self
             .client
-            .create_multipart_upload()
+            .copy_object()
             .bucket(&self.location.bucket)
             .key(to)
+            .copy_source(copy_source(&self.location.bucket, from))
             .content_type("application/octet-stream")
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .set_expected_bucket_owner(self.owner())
+            .set_expected_source_bucket_owner(self.owner())
             .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
             .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
             .send()
             .await
-            .map_err(|e| s3_error("s3:CreateMultipartUpload", &shown, &e))?;
-        let upload_id = created
-            .upload_id()
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| layout_error(&shown, "s3:CreateMultipartUpload answered no UploadId"))?
-            .to_string();
-        let mut guard = AbortGuard {
-            client: self.client.clone(),
-            bucket: self.location.bucket.clone(),
-            key: to.to_string(),
-            upload_id: upload_id.clone(),
-            owner: self.owner(),
-            armed: true,
-        };
+            .map_err(|e| s3_error("s3:CopyObject", &self.shown(to), &e))?;
+        Ok(copied
+            .copy_object_result()
+            .and_then(|r| r.checksum_sha256())
+            .map(str::to_string))
+    }
+
+    /// Copies `from` to `to` inside the bucket, server side: one `CopyObject` up to the copy
+    /// part size (5 GB), a multipart copy in parts of that size above.
+    async fn copy(&self, from: &str, to: &str, size: u64) -> oci::Result<()> {
+        let source = copy_source(&self.location.bucket, from);
+        let shown = self.shown(to);
+        let copy_part = self.copy_part_bytes();
+        if size <= copy_part {
+            return self.copy_object(from, to).await.map(|_| ());
+        }
+        let upload_id = self.create_upload(to).await?;
+        let guard = self.guard(to, &upload_id);
         let mut parts = Vec::new();
         let mut start = 0;
         while start < size {
@@ -914,30 +883,7 @@ impl S3Layout {
             );
             start = end + 1;
         }
-        let completed = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.location.bucket)
-            .key(to)
-            .upload_id(&upload_id)
-            .set_expected_bucket_owner(self.owner())
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await;
-        match completed {
-            Ok(_) => {
-                guard.armed = false;
-                Ok(())
-            }
-            Err(e) => {
-                guard.abort().await;
-                Err(s3_error("s3:CompleteMultipartUpload", &shown, &e))
-            }
-        }
+        self.complete_guarded(guard, parts).await
     }
 
     async fn abort(&self, upload: &PartUpload) -> oci::Result<()> {

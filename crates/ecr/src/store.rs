@@ -62,46 +62,30 @@ impl WorkBucket {
 
     /// The object under `key`, or `None` when there is none (never written, or expired).
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.get_object(key, None).await
+        Ok(self.get_object(key, None).await?.map(|(bytes, _)| bytes))
     }
 
     /// `get`, only from a bucket `account` owns (S3's `ExpectedBucketOwner`): a bucket of the
     /// same name in another account (deleted and taken, or never ours) answers `AccessDenied`.
     pub async fn get_owned_by(&self, key: &str, account: &str) -> Result<Option<Vec<u8>>> {
-        self.get_object(key, Some(account)).await
+        Ok(self
+            .get_object(key, Some(account))
+            .await?
+            .map(|(bytes, _)| bytes))
     }
 
-    async fn get_object(&self, key: &str, owner: Option<&str>) -> Result<Option<Vec<u8>>> {
+    /// The object's bytes and ETag.
+    async fn get_object(
+        &self,
+        key: &str,
+        owner: Option<&str>,
+    ) -> Result<Option<(Vec<u8>, String)>> {
         let answer = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .set_expected_bucket_owner(owner.map(str::to_string))
-            .send()
-            .await;
-        let object = match answer {
-            Ok(object) => object,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(Error::api("s3:GetObject", self.resource(key), &e)),
-        };
-        let bytes = object.body.collect().await.map_err(|e| Error::Api {
-            code: None,
-            operation: "s3:GetObject",
-            resource: self.resource(key),
-            message: format!("reading the object's body: {e}"),
-            retryable: true,
-        })?;
-        Ok(Some(bytes.into_bytes().to_vec()))
-    }
-
-    /// `get`, with the object's ETag, for a [`WorkBucket::put_if`] of what was read.
-    pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
-        let answer = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
             .send()
             .await;
         let object = match answer {
@@ -118,6 +102,11 @@ impl WorkBucket {
             retryable: true,
         })?;
         Ok(Some((bytes.into_bytes().to_vec(), etag)))
+    }
+
+    /// `get`, with the object's ETag, for a [`WorkBucket::put_if`] of what was read.
+    pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        self.get_object(key, None).await
     }
 
     /// Stores `body` under `key` only as `condition` says (S3 conditional writes, "How to

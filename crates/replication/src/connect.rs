@@ -469,25 +469,51 @@ impl Connections {
         location: &str,
         pin: Option<&str>,
     ) -> Result<Arc<crate::layout_registry::LayoutRegistry>> {
-        let entry = self
-            .settings
+        self.layouts
+            .host(
+                &self.settings.aws,
+                location,
+                self.allowed_layout(location),
+                pin,
+            )
+            .await
+    }
+
+    /// The deployment's allowlist entry for the layout at `location`, if any.
+    fn allowed_layout(&self, location: &str) -> Option<&crate::allowlist::layouts::AllowedLayout> {
+        self.settings
             .allowlist
             .as_ref()
-            .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location));
-        self.layouts
-            .host(&self.settings.aws, location, entry, pin)
-            .await
+            .and_then(|a| crate::allowlist::layouts::find(&a.layouts, location))
     }
 
     /// Destination `index` of the job.
     pub async fn destination(&self, job: &Job, index: usize) -> Result<Arc<Connection>> {
         self.admit(job)?;
         let d = job.destination(index)?;
-        if d.layout.is_some() {
-            return Err(Error::invalid(
-                format!("destinations[{index}].layout"),
-                "a layout is no registry: images are written there by the layout run",
-            ));
+        if let Some(location) = &d.layout {
+            // An S3 layout the deployment allows exporting into, served on loopback: blobs go
+            // there as uploads (`layout_registry::LayoutExportRegistry`).
+            let field = format!("destinations[{index}].layout");
+            let entry = self.allowed_layout(location);
+            let served = self
+                .layouts
+                .export_host(&self.settings.aws, (location, &field), entry)
+                .await?;
+            let conn = self
+                .connect(Reach {
+                    layout: true,
+                    registry: served.host(),
+                    role: None,
+                    external_id: None,
+                    credential: None,
+                    insecure: true,
+                    counts_pulls: false,
+                })
+                .await?;
+            conn.client
+                .set_credential(served.host(), served.credential());
+            return Ok(conn);
         }
         self.connect(Reach {
             layout: false,

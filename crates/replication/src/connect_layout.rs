@@ -11,13 +11,15 @@ use oci::layout::LayoutStore;
 use crate::allowlist::layouts::AllowedLayout;
 use crate::error::{Error, Result};
 use crate::job::LayoutLocation;
-use crate::layout_registry::{LayoutRegistry, VerifiedLayout};
+use crate::layout_registry::{LayoutExportRegistry, LayoutRegistry, VerifiedLayout};
 use crate::transfer_statement::TrustedTransferKey;
 
-/// Layouts served to this process's steps, by location.
+/// Layouts served to this process's steps, by location: sources to import, destinations to
+/// export blobs into.
 #[derive(Default)]
 pub(crate) struct ServedLayouts {
     served: tokio::sync::Mutex<HashMap<String, Arc<LayoutRegistry>>>,
+    exports: tokio::sync::Mutex<HashMap<String, Arc<LayoutExportRegistry>>>,
 }
 
 impl ServedLayouts {
@@ -76,7 +78,7 @@ impl ServedLayouts {
                 return Ok(registry.clone());
             }
         }
-        let store = open_s3(aws, place, entry).await?;
+        let store: Arc<dyn LayoutStore> = open_s3(aws, place, entry, None).await?;
         let verified = VerifiedLayout::read(store, &key).await?;
         match served.get(&name) {
             Some(registry) => {
@@ -96,13 +98,62 @@ impl ServedLayouts {
     }
 }
 
+impl ServedLayouts {
+    /// The registry the layout at `location` takes blob uploads on, for destination `field`:
+    /// opened with `entry` (the allowlist's, which must allow export; its bucket owner and KMS
+    /// key), one server per place for the life of the process.
+    pub(crate) async fn export_host(
+        &self,
+        aws: &ecr::AwsSettings,
+        (location, field): (&str, &str),
+        entry: Option<&AllowedLayout>,
+    ) -> Result<Arc<LayoutExportRegistry>> {
+        let Some(entry) = entry.filter(|e| e.export) else {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{location} is not one of the deployment's layouts allowed for export \
+                     (layouts[] in its configuration)"
+                ),
+            ));
+        };
+        let place = match LayoutLocation::parse(location) {
+            Ok(LayoutLocation::S3(at)) => at,
+            Ok(LayoutLocation::Dir(_)) => {
+                return Err(Error::invalid(
+                    field,
+                    "the workflow writes layouts in S3 (s3://BUCKET/PREFIX); export into a \
+                     directory with `ecr-replicator sync`",
+                ))
+            }
+            Err(problem) => return Err(Error::invalid(field, problem)),
+        };
+        let name = place.to_string();
+        let mut exports = self.exports.lock().await;
+        if let Some(registry) = exports.get(&name) {
+            return Ok(registry.clone());
+        }
+        let kms_key = match entry.kms_key.as_deref() {
+            Some(arn) => Some(ecr::KmsKeyArn::parse(arn).map_err(|problem| {
+                Error::invalid(field, format!("the kmsKey of {location}: {problem}"))
+            })?),
+            None => None,
+        };
+        let store = open_s3(aws, place, entry, kms_key).await?;
+        let registry = Arc::new(LayoutExportRegistry::serve(store).await?);
+        exports.insert(name, registry.clone());
+        Ok(registry)
+    }
+}
+
 /// The S3 layout at `location`, every call made with the bucket owner the entry names (else the
 /// function's own account).
 async fn open_s3(
     aws: &ecr::AwsSettings,
     at: ecr::S3Location,
     entry: &AllowedLayout,
-) -> Result<Arc<dyn LayoutStore>> {
+    kms_key: Option<ecr::KmsKeyArn>,
+) -> Result<Arc<S3Layout>> {
     let owner = match &entry.bucket_owner {
         Some(owner) => owner.clone(),
         None => ecr::own_account(aws).await.map_err(|source| Error::Aws {
@@ -112,7 +163,7 @@ async fn open_s3(
     };
     let options = S3LayoutOptions {
         expected_owner: Some(owner),
-        kms_key: None,
+        kms_key,
         part_bytes: None,
         copy_part_bytes: None,
     };

@@ -368,3 +368,118 @@ fn forge(location: &str, change: impl FnOnce(&mut serde_json::Value)) -> String 
         engine.encode(serde_json::to_vec(&token).unwrap())
     )
 }
+
+/// GIVEN a deployment that allows exporting into `s3://exports/air-gap` WHEN the `copy-blobs`
+/// step copies a 12 MiB layer into that layout destination in 5 MiB segments, each call with
+/// a fresh connection cache (a new server on a new port) and its state carried as JSON THEN
+/// the layer arrives byte for byte at its key; a deployment that does not allow exporting there
+/// refuses the step naming `destinations[0].layout`, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations() {
+    use replication::connect::{Connections, Settings};
+    use replication::plan::CopyRange;
+    use replication::steps::{CopyBlobs, CopyBlobsInput, ImageTask};
+
+    let rig = Rig::start().await;
+    let src = TestRegistry::start();
+    let size = 12 * MIB + 5;
+    let image = ImageBuilder::new(Format::Oci).big_layer(41, size).build();
+    Pusher::new(&src.host, None)
+        .push("ml/model", "v2", &image)
+        .await;
+    let big = image.blobs.iter().find(|b| b.data.size() == size).unwrap();
+    let blob = BlobRef {
+        digest: Digest::parse(&big.digest).unwrap(),
+        size,
+    };
+    let location = format!("s3://{BUCKET}/{PREFIX}");
+    let allowlist = |export: bool| {
+        serde_json::from_value(serde_json::json!({
+            "sources": [{"registry": src.host}],
+            "insecure": [src.host],
+            "layouts": [{"location": location, "export": export, "import": !export,
+                         "bucketOwner": "123456789012"}]
+        }))
+        .unwrap()
+    };
+    let settings = |export: bool| Settings {
+        registry: e2e::fast_retry_config(&[&src.host]),
+        aws: rig._moto.aws_settings(),
+        allowlist: Some(allowlist(export)),
+        ..Settings::default()
+    };
+    let job = replication::job::Job::from_json(
+        &serde_json::json!({
+            "source": {"registry": src.host, "insecure": true},
+            "destinations": [{"layout": location}],
+            "rangeBytes": 5 * MIB
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let task = ImageTask {
+        repository: "ml/model".into(),
+        digest: Digest::parse(&image.digest).unwrap(),
+        tags: vec!["v2".into()],
+        destination: 0,
+        target_registry: format!("oci:{location}"),
+        target_repository: "ml/model".into(),
+        present: false,
+        referrers: Vec::new(),
+        tags_absent: false,
+        repository_absent: false,
+        pushed_at: None,
+        target_digest: None,
+        signed_by: None,
+    };
+    let input = |state| CopyBlobsInput {
+        job: job.clone(),
+        image: task.clone(),
+        range: CopyRange::Segments {
+            blob: blob.clone(),
+            segments: 3,
+        },
+        state,
+        bytes_before: 0,
+    };
+    let event = |input| lambda_runtime::LambdaEvent::new(input, lambda_runtime::Context::default());
+
+    // Not allowed for export: refused before anything is written.
+    let refused =
+        functions::invoke::<CopyBlobs>(&Connections::new(settings(false)), event(input(None)))
+            .await
+            .unwrap_err();
+    assert_eq!(
+        refused.kind,
+        replication::ErrorKind::InvalidInput,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message.contains("destinations[0].layout"),
+        "{}",
+        refused.message
+    );
+    assert!(rig.keys().await.is_empty());
+
+    let mut state = None;
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        assert!(calls <= 3, "more calls than segments");
+        let conns = Connections::new(settings(true));
+        let carried: CopyBlobsInput =
+            serde_json::from_str(&serde_json::to_string(&input(state)).unwrap()).unwrap();
+        let out = functions::invoke::<CopyBlobs>(&conns, event(carried))
+            .await
+            .unwrap();
+        if out.done {
+            assert_eq!(out.range_bytes_copied, size - 10 * MIB);
+            break;
+        }
+        state = out.state;
+    }
+    assert_eq!(calls, 3);
+    let stored = layout::verify_blob(rig.store.as_ref(), &blob).await;
+    assert!(stored.is_ok(), "{stored:?}");
+    assert_eq!(rig.keys().await, [blob_key(&blob.digest)]);
+}

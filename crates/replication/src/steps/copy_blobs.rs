@@ -91,6 +91,14 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
     let job = input.job.validate()?.job;
     let source = conns.source(&job).await?;
     let dest = conns.destination(&job, input.image.destination).await?;
+    let mut state = input.state.clone();
+    if job.destination(input.image.destination)?.layout.is_some() {
+        // A layout's upload session lives in its location's path: another invocation's server
+        // (another port) opened it, this one's continues it.
+        if let Some(state) = state.as_mut() {
+            crate::layout_registry::rehome(&mut state.session, &dest.registry)?;
+        }
+    }
     let from = Repository {
         registry: source.registry.clone(),
         name: input.image.repository.clone(),
@@ -162,7 +170,7 @@ pub async fn copy_blobs(conns: &Connections, input: CopyBlobsInput) -> Result<Co
                 &dest.client,
                 &to,
                 blob,
-                input.state,
+                state,
                 job.range_bytes,
             )
             .await

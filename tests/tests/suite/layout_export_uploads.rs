@@ -483,3 +483,126 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
     assert!(stored.is_ok(), "{stored:?}");
     assert_eq!(rig.keys().await, [blob_key(&blob.digest)]);
 }
+
+/// GIVEN a multi-arch index and an SBOM referring to it in a registry WHEN both are copied into
+/// the export registry with the library's image copy (blobs, children by digest, the index
+/// under its tag, the SBOM by digest) THEN the layout holds every manifest byte for byte, the
+/// tag and the referrer are recorded for the run's end (`uploads/refs/`), the tag answers with
+/// the index's digest and a second copy finds the image present; a manifest naming a blob the
+/// layout lacks, and one put under a digest it is not, are refused and record nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_end() {
+    use e2e::image::{artifact, multi_arch};
+    use replication::copy::{copy_image, CopyOptions};
+    use replication::layout_registry::{PendingRef, PENDING_REFS};
+
+    let rig = Rig::start().await;
+    let src = TestRegistry::start();
+    let app = multi_arch(51, 1, 2_000);
+    let sbom = artifact(
+        Some(&app),
+        "application/spdx+json",
+        "application/spdx+json",
+        b"{}",
+    );
+    let pusher = Pusher::new(&src.host, None);
+    pusher.push("team/app", "v1", &app).await;
+    pusher.push("team/app", &sbom.digest, &sbom).await;
+    let source =
+        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
+    let (server, target) = rig.invocation().await;
+    let reference = |registry: &str, r: &str| {
+        oci::Reference::parse(&format!("{registry}/team/app{r}")).unwrap()
+    };
+    let options = CopyOptions::default();
+    let tagged = reference(server.host(), ":v1");
+    let copied = copy_image(
+        &source,
+        &reference(&src.host, ":v1"),
+        &target,
+        &tagged,
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!((copied.manifests_put, copied.already_present), (5, false));
+    let by_digest = reference(server.host(), &format!("@{}", sbom.digest));
+    let from = reference(&src.host, &format!("@{}", sbom.digest));
+    copy_image(&source, &from, &target, &by_digest, &options)
+        .await
+        .unwrap();
+
+    // Every manifest is in the layout byte for byte.
+    for manifest in std::iter::once(&app).chain(&app.children).chain([&sbom]) {
+        let blob = BlobRef {
+            digest: Digest::parse(&manifest.digest).unwrap(),
+            size: manifest.manifest.len() as u64,
+        };
+        let stored = layout::read_manifest(rig.store.as_ref(), &blob, None)
+            .await
+            .unwrap();
+        assert_eq!(stored.bytes, manifest.manifest);
+    }
+    // The tag and the referrer, recorded; the children by digest are not names.
+    let mut records: Vec<PendingRef> = Vec::new();
+    for key in rig.keys().await {
+        if let Some(file) = key.strip_prefix(&format!("{PREFIX}/{PENDING_REFS}")) {
+            let bytes = rig
+                .store
+                .read_file(&format!("{PENDING_REFS}{file}"), 16 * 1024)
+                .await
+                .unwrap()
+                .unwrap();
+            records.push(serde_json::from_slice(&bytes).unwrap());
+        }
+    }
+    records.sort_by(|a, b| a.tag.cmp(&b.tag));
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0].digest, sbom.digest);
+    assert_eq!(records[0].subject.as_deref(), Some(app.digest.as_str()));
+    assert_eq!(
+        records[0].artifact_type.as_deref(),
+        Some("application/spdx+json")
+    );
+    assert_eq!(
+        (records[1].tag.as_deref(), records[1].digest.as_str()),
+        (Some("v1"), app.digest.as_str())
+    );
+    let head = target.head_manifest(&tagged).await.unwrap().unwrap();
+    assert_eq!(head.digest.as_str(), app.digest);
+    let again = copy_image(
+        &source,
+        &reference(&src.host, ":v1"),
+        &target,
+        &tagged,
+        &options,
+    )
+    .await
+    .unwrap();
+    assert!(again.already_present, "{again:?}");
+
+    // A manifest naming a blob the layout lacks, and one under another digest: refused.
+    let lacking = ImageBuilder::new(Format::Oci).layer(52, 3_000).build();
+    let manifest = oci::Manifest::from_bytes(lacking.manifest.clone(), None, "test").unwrap();
+    let repo = Repository {
+        registry: server.host().to_string(),
+        name: "team/app".into(),
+    };
+    let refused = target.put_manifest(&repo, "v2", &manifest).await;
+    let message = refused.unwrap_err().to_string();
+    assert!(
+        message.contains("MANIFEST_BLOB_UNKNOWN") || message.contains("does not hold"),
+        "{message}"
+    );
+    let refused = target.put_manifest(&repo, &app.digest, &manifest).await;
+    assert!(refused.is_err());
+    assert_eq!(rig.store.blob_size(&manifest.digest).await.unwrap(), None);
+    assert_eq!(
+        rig.keys()
+            .await
+            .iter()
+            .filter(|k| k.contains("/uploads/refs/"))
+            .count(),
+        2
+    );
+}

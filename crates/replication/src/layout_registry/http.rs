@@ -420,9 +420,9 @@ async fn blob(store: &dyn LayoutStore, digest: &str, headers: &HeaderMap, head: 
     response
 }
 
-/// A request to a layout the workflow exports into: its blobs (`HEAD`, `GET`) and uploads.
-/// Manifests are not taken yet (the export's manifests, `index.json` and statement are written
-/// by the command line's export; issue 35 leaves the workflow's side open).
+/// A request to a layout the workflow exports into: its blobs (`HEAD`, `GET`), uploads and
+/// manifests (`manifests.rs`). Everything else (listings, the referrers API: a client falls back
+/// to the tag scheme) is `404`/`405`.
 async fn export(
     store: &dyn PartUploads,
     (method, uri, headers, body): (Method, &Uri, &HeaderMap, Body),
@@ -437,7 +437,7 @@ async fn export(
     {
         Some((name, token)) if !token.contains('/') => (name, Some(token)),
         _ => match route(path) {
-            Some(Route::Blob(name, _)) => (name, None),
+            Some(Route::Blob(name, _) | Route::Manifest(name, _)) => (name, None),
             _ => return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource"),
         },
     };
@@ -452,10 +452,18 @@ async fn export(
         (None, Some(Route::Blob(_, digest))) if method == Method::GET || method == Method::HEAD => {
             blob(store, digest, headers, method == Method::HEAD).await
         }
+        (None, Some(Route::Manifest(_, reference))) if method == Method::PUT => {
+            super::manifests::put(store, name, reference, headers, body).await
+        }
+        (None, Some(Route::Manifest(_, reference)))
+            if method == Method::GET || method == Method::HEAD =>
+        {
+            super::manifests::get(store, name, reference, method == Method::HEAD).await
+        }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "UNSUPPORTED",
-            "an exported layout takes blob uploads only",
+            "an exported layout takes blob uploads and manifests",
         ),
     }
 }

@@ -22,6 +22,7 @@
 //! Everything else is `404`, a write `405`: the served registry takes no write.
 
 mod http;
+mod manifests;
 mod served;
 mod uploads;
 
@@ -38,6 +39,7 @@ pub use served::VerifiedLayout;
 /// The user name of the served registry's credential.
 const USER: &str = "layout";
 
+pub use manifests::{PendingRef, PENDING_REFS};
 pub use uploads::PART_BYTES as EXPORT_PART_BYTES;
 
 /// A layout served as a read-only registry on `127.0.0.1`; stops serving when dropped.

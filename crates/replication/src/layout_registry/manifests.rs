@@ -1,0 +1,310 @@
+//! The served registry's manifests, for a layout the workflow exports into (issue 35): what
+//! `put-manifests` puts (an image's children by digest, its top manifest under its tags, its
+//! referrers and receipt) is stored as blobs, and each name it gives is recorded as a
+//! [`PendingRef`] under `uploads/refs/`, for the run's end to write into `index.json` and state
+//! in the signed statement. Until then a tag is answered from its record, else from
+//! `index.json` (what earlier exports wrote), so a second export finds its images present.
+//!
+//! A manifest is taken only whole and sound: at most 4 MiB, read strictly, its digest the one
+//! asked for, every blob and child it names already in the layout at its size (a registry's
+//! `MANIFEST_BLOB_UNKNOWN`), so no name ever points at an incomplete image.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use oci::layout::{self, LayoutIndex, LayoutStore};
+use oci::manifest::{is_foreign_layer, MAX_MANIFEST_BYTES};
+use oci::{BlobRef, Digest, Manifest, ManifestContent};
+use serde::{Deserialize, Serialize};
+
+use super::http::{error, failed};
+
+/// Where the names a run gave are recorded until `index.json` holds them.
+pub const PENDING_REFS: &str = "uploads/refs/";
+/// Largest record read.
+const MAX_RECORD_BYTES: usize = 16 * 1024;
+
+/// A name a run gave a manifest of the layout, not yet in `index.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PendingRef {
+    /// The repository it was put in.
+    pub repository: String,
+    /// The tag it was put under; `None` for a referrer put by digest (named by its subject).
+    pub tag: Option<String>,
+    /// The manifest's digest, media type and size.
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The digest its `subject` names (an OCI 1.1 referrer), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Its `artifactType` (else its config's media type), for a referrer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+}
+
+impl PendingRef {
+    /// The record's file in the layout: one per repository and tag (or referrer digest).
+    pub fn file(&self) -> String {
+        let name = format!(
+            "{}\n{}",
+            self.repository,
+            self.tag.as_deref().unwrap_or(&self.digest)
+        );
+        format!("{PENDING_REFS}{}.json", Digest::of(name.as_bytes()).hex())
+    }
+}
+
+/// `PUT /v2/<name>/manifests/<reference>`.
+pub(super) async fn put(
+    store: &dyn LayoutStore,
+    name: &str,
+    reference: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let place = format!("{}/{name}:{reference}", store.location());
+    let bytes = match bounded(body).await {
+        Some(bytes) => bytes,
+        None => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "MANIFEST_INVALID",
+                format!("a manifest is at most {MAX_MANIFEST_BYTES} bytes"),
+            )
+        }
+    };
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let manifest = match Manifest::from_bytes(bytes, content_type, &place) {
+        Ok(manifest) => manifest,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string()),
+    };
+    let tag = if reference.starts_with("sha256:") {
+        if reference != manifest.digest.as_str() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                format!("the body is {}, not {reference}", manifest.digest),
+            );
+        }
+        None
+    } else if let Err(problem) = oci::reference::validate_tag(reference) {
+        return error(StatusCode::BAD_REQUEST, "TAG_INVALID", problem);
+    } else {
+        Some(reference.to_string())
+    };
+    if let Some(response) = missing_content(store, &manifest, &place).await {
+        return response;
+    }
+    if let Err(e) = layout::write_manifest(store, &manifest).await {
+        return failed(e);
+    }
+    let fields: serde_json::Value = serde_json::from_slice(&manifest.bytes).unwrap_or_default();
+    let subject = fields["subject"]["digest"].as_str().map(str::to_string);
+    // A manifest put by digest gets a name only when it refers to another (a referrer).
+    if tag.is_some() || subject.is_some() {
+        let artifact_type = subject.as_ref().and(
+            fields["artifactType"]
+                .as_str()
+                .or(fields["config"]["mediaType"].as_str())
+                .map(str::to_string),
+        );
+        let record = PendingRef {
+            repository: name.to_string(),
+            tag,
+            digest: manifest.digest.to_string(),
+            media_type: manifest.media_type.clone(),
+            size: manifest.bytes.len() as u64,
+            subject,
+            artifact_type,
+        };
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        if let Err(e) = store.write_file(&record.file(), Bytes::from(json)).await {
+            return failed(e);
+        }
+    }
+    let mut response = StatusCode::CREATED.into_response();
+    let out = response.headers_mut();
+    for (key, value) in [
+        (
+            header::LOCATION,
+            format!("/v2/{name}/manifests/{}", manifest.digest),
+        ),
+        (
+            header::HeaderName::from_static("docker-content-digest"),
+            manifest.digest.to_string(),
+        ),
+        (header::CONTENT_LENGTH, "0".to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(key, value);
+        }
+    }
+    response
+}
+
+/// The body, unless it is over the manifest bound (read no further than that).
+async fn bounded(body: Body) -> Option<Bytes> {
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.ok()?);
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return None;
+        }
+    }
+    Some(Bytes::from(bytes))
+}
+
+/// `400 MANIFEST_BLOB_UNKNOWN` naming the first blob or child the manifest names that the
+/// layout does not hold at its size (a foreign layer is not carried, so not asked for).
+async fn missing_content(
+    store: &dyn LayoutStore,
+    manifest: &Manifest,
+    place: &str,
+) -> Option<Response> {
+    let content = match manifest.content(place) {
+        Ok(content) => content,
+        Err(e) => {
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                e.to_string(),
+            ))
+        }
+    };
+    let named = match content {
+        ManifestContent::Image { config, layers } => std::iter::once(*config)
+            .chain(
+                layers
+                    .into_iter()
+                    .filter(|l| !is_foreign_layer(&l.media_type().to_string())),
+            )
+            .collect::<Vec<_>>(),
+        ManifestContent::Index { manifests } => manifests,
+    };
+    for descriptor in named {
+        let Ok(digest) = Digest::parse(descriptor.digest().as_ref()) else {
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                format!("it names {} as a digest", descriptor.digest()),
+            ));
+        };
+        match store.blob_size(&digest).await {
+            Ok(Some(size)) if size == descriptor.size() => {}
+            Ok(_) => {
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    "MANIFEST_BLOB_UNKNOWN",
+                    format!(
+                        "{place} names {digest} ({} bytes), which the layout does not hold",
+                        descriptor.size()
+                    ),
+                ))
+            }
+            Err(e) => return Some(failed(e)),
+        }
+    }
+    None
+}
+
+/// `GET`/`HEAD /v2/<name>/manifests/<reference>`: by digest, a manifest the layout holds; by
+/// tag, the run's record of it, else `index.json`'s.
+pub(super) async fn get(
+    store: &dyn LayoutStore,
+    name: &str,
+    reference: &str,
+    head: bool,
+) -> Response {
+    let unknown = || {
+        error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            format!("the layout has no manifest {name}:{reference}"),
+        )
+    };
+    let blob = if reference.starts_with("sha256:") {
+        let Ok(digest) = Digest::parse(reference) else {
+            return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", reference);
+        };
+        match store.blob_size(&digest).await {
+            Ok(Some(size)) => BlobRef { digest, size },
+            Ok(None) => return unknown(),
+            Err(e) => return failed(e),
+        }
+    } else {
+        match named(store, name, reference).await {
+            Ok(Some(blob)) => blob,
+            Ok(None) => return unknown(),
+            Err(e) => return failed(e),
+        }
+    };
+    if blob.size > MAX_MANIFEST_BYTES as u64 {
+        return unknown();
+    }
+    let manifest = match layout::read_manifest(store, &blob, None).await {
+        Ok(manifest) => manifest,
+        Err(e) => return failed(e),
+    };
+    let mut response = Response::new(if head {
+        Body::empty()
+    } else {
+        Body::from(manifest.bytes.clone())
+    });
+    let out = response.headers_mut();
+    for (key, value) in [
+        (header::CONTENT_TYPE, manifest.media_type.clone()),
+        (header::CONTENT_LENGTH, manifest.bytes.len().to_string()),
+        (
+            header::HeaderName::from_static("docker-content-digest"),
+            manifest.digest.to_string(),
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            out.insert(key, value);
+        }
+    }
+    response
+}
+
+/// The manifest `name:tag` names: the run's record, else `index.json`'s entry.
+async fn named(store: &dyn LayoutStore, name: &str, tag: &str) -> oci::Result<Option<BlobRef>> {
+    if oci::reference::validate_tag(tag).is_err() {
+        return Ok(None);
+    }
+    let probe = PendingRef {
+        repository: name.to_string(),
+        tag: Some(tag.to_string()),
+        digest: String::new(),
+        media_type: String::new(),
+        size: 0,
+        subject: None,
+        artifact_type: None,
+    };
+    if let Some(bytes) = store.read_file(&probe.file(), MAX_RECORD_BYTES).await? {
+        let record: Option<PendingRef> = serde_json::from_slice(&bytes).ok();
+        if let Some(record) = record.filter(|r| r.repository == name && r.tag == probe.tag) {
+            if let Ok(digest) = Digest::parse(&record.digest) {
+                return Ok(Some(BlobRef {
+                    digest,
+                    size: record.size,
+                }));
+            }
+        }
+    }
+    let Some(index) = LayoutIndex::read(store).await? else {
+        return Ok(None);
+    };
+    let path = format!("{}/index.json", store.location());
+    Ok(index
+        .find(&format!("{name}:{tag}"), &path)?
+        .map(|entry| entry.blob))
+}

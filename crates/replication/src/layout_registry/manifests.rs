@@ -185,7 +185,7 @@ async fn missing_content(
             .chain(
                 layers
                     .into_iter()
-                    .filter(|l| !is_foreign_layer(&l.media_type().to_string())),
+                    .filter(|l| !is_foreign_layer(l.media_type().as_ref())),
             )
             .collect::<Vec<_>>(),
         ManifestContent::Index { manifests } => manifests,

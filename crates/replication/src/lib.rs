@@ -20,6 +20,7 @@ pub mod layout_gate;
 pub mod layout_referrers;
 pub mod layout_registry;
 pub mod layout_run;
+pub mod layout_seal;
 pub mod metrics;
 pub mod plan;
 pub mod platforms;

@@ -606,3 +606,139 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
         2
     );
 }
+
+/// GIVEN an index with an SBOM written into the export registry (as the workflow's steps write
+/// them) WHEN the export is sealed with a statement key THEN `index.json` names the image and
+/// lists the referrer, the records are gone, and the layout verifies with that key: served as
+/// an import source, it copies into another registry byte for byte (skopeo); a second seal has
+/// nothing to do; a record planted where its content does not belong refuses the seal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
+    use e2e::image::{artifact, multi_arch, signing_key};
+    use e2e::statements::LocalSigner;
+    use replication::copy::{copy_image, CopyOptions};
+    use replication::layout_registry::{LayoutRegistry, VerifiedLayout, PENDING_REFS};
+    use replication::layout_seal::seal_export;
+    use replication::transfer_statement::TrustedTransferKey;
+    use std::collections::BTreeMap;
+
+    let rig = Rig::start().await;
+    let (src, dst) = (TestRegistry::start(), TestRegistry::start());
+    let app = multi_arch(61, 1, 2_000);
+    let sbom = artifact(
+        Some(&app),
+        "application/spdx+json",
+        "application/spdx+json",
+        b"{}",
+    );
+    let pusher = Pusher::new(&src.host, None);
+    pusher.push("team/app", "v1", &app).await;
+    pusher.push("team/app", &sbom.digest, &sbom).await;
+    let source = RegistryClient::new(
+        e2e::fast_retry_config(&[&src.host, &dst.host]),
+        CredentialStore::new(),
+    )
+    .unwrap();
+    let (server, target) = rig.invocation().await;
+    let at = |registry: &str, r: &str| {
+        oci::Reference::parse(&format!("{registry}/team/app{r}")).unwrap()
+    };
+    let options = CopyOptions::default();
+    copy_image(
+        &source,
+        &at(&src.host, ":v1"),
+        &target,
+        &at(server.host(), ":v1"),
+        &options,
+    )
+    .await
+    .unwrap();
+    let sbom_at = format!("@{}", sbom.digest);
+    copy_image(
+        &source,
+        &at(&src.host, &sbom_at),
+        &target,
+        &at(server.host(), &sbom_at),
+        &options,
+    )
+    .await
+    .unwrap();
+
+    let (key, pem) = signing_key(62);
+    let signer = LocalSigner(key);
+    let sealed = seal_export(
+        rig.store.as_ref(),
+        Some(&signer),
+        &src.host,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sealed.named, 2);
+    let statement = sealed.statement.expect("signed");
+    assert_eq!(statement.images.len(), 1, "{:?}", statement.images);
+    assert!(
+        !rig.keys().await.iter().any(|k| k.contains(PENDING_REFS)),
+        "records left: {:?}",
+        rig.keys().await
+    );
+
+    // The import side: verified with the key, served, copied into another registry.
+    let trusted = TrustedTransferKey::from_pem(&pem).unwrap();
+    let verified = VerifiedLayout::read(rig.store.clone(), &trusted)
+        .await
+        .unwrap();
+    assert_eq!(verified.repositories().collect::<Vec<_>>(), ["team/app"]);
+    let served = LayoutRegistry::serve(verified).await.unwrap();
+    let mut credentials = CredentialStore::new();
+    credentials.insert(served.host(), served.credential());
+    let reader = RegistryClient::new(
+        e2e::fast_retry_config(&[served.host(), &dst.host]),
+        credentials,
+    )
+    .unwrap();
+    copy_image(
+        &reader,
+        &at(served.host(), ":v1"),
+        &reader,
+        &at(&dst.host, ":v1"),
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        e2e::skopeo::inspect_raw(&format!("{}/team/app:v1", dst.host), None),
+        app.manifest.to_vec()
+    );
+
+    let again = seal_export(
+        rig.store.as_ref(),
+        Some(&signer),
+        &src.host,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.named, again.statement.is_some()), (0, false));
+
+    // A record whose content names another place than the one it is at.
+    let planted = format!("{PENDING_REFS}{}.json", "0".repeat(64));
+    let record = serde_json::json!({
+        "repository": "team/app", "tag": "evil", "digest": app.digest,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "size": app.manifest.len()
+    });
+    rig.store
+        .write_file(&planted, serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+    let refused = seal_export(
+        rig.store.as_ref(),
+        Some(&signer),
+        &src.host,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("not written by this export"), "{refused}");
+}

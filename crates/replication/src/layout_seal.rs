@@ -1,0 +1,147 @@
+//! The end of a workflow export into a layout (issue 35): the names the steps gave there
+//! (`layout_registry::PendingRef` records under `uploads/refs/`) are written into `index.json`
+//! at once, then the statement of the whole layout is signed with the deployment's receipt key,
+//! as the command line's export ends.
+//!
+//! Each name is checked before it is written: its manifest read back against its digest (and
+//! with it, when the statement is signed, every blob of every image). A tag of the referrers
+//! fallback (`sha256-<hex>`) is not carried, as the command line's export does not carry it: it
+//! is rewritten wherever the layout is imported. The records are removed once `index.json` and
+//! the statement are written; a seal that fails leaves them for the next.
+
+use std::collections::BTreeMap;
+
+use oci::layout::{self, LayoutIndex, PartUploads};
+use oci::{BlobRef, Digest};
+
+use crate::error::{Error, Result};
+use crate::layout_referrers::layout_referrers;
+use crate::layout_registry::{PendingRef, PENDING_REFS};
+use crate::receipts::ReceiptSigner;
+use crate::tag_scheme::{artifact_subject, fallback_tag};
+use crate::transfer_statement::{write_statement, ExportedImage, VerifiedStatement};
+
+/// Records one seal reads at most (a run's names: its images' tags and referrers).
+pub const MAX_PENDING_REFS: usize = 100_000;
+/// Largest record read.
+const MAX_RECORD_BYTES: usize = 16 * 1024;
+
+/// What a seal did.
+#[derive(Debug, Default)]
+pub struct Sealed {
+    /// Names written into `index.json` (or found there already).
+    pub named: usize,
+    /// The statement signed, when there was a signer and an image to state.
+    pub statement: Option<VerifiedStatement>,
+}
+
+/// Seals the export the steps wrote into `store`: `source` names where its images came from
+/// (`registry`), `admitted` what admitted each image digest (the gate's line, when gated).
+pub async fn seal_export(
+    store: &dyn PartUploads,
+    signer: Option<&dyn ReceiptSigner>,
+    source: &str,
+    admitted: &BTreeMap<String, Vec<String>>,
+) -> Result<Sealed> {
+    let refused = |reason: String| Error::Registry {
+        image: format!("oci:{}", store.location()),
+        source: oci::Error::Layout {
+            path: store.location(),
+            reason,
+        },
+    };
+    let oci_err = |e: oci::Error| Error::Registry {
+        image: format!("oci:{}", store.location()),
+        source: e,
+    };
+    let files = store
+        .list_files(PENDING_REFS, MAX_PENDING_REFS)
+        .await
+        .map_err(oci_err)?;
+    let mut records = Vec::new();
+    for file in &files {
+        let bytes = store
+            .read_file(file, MAX_RECORD_BYTES)
+            .await
+            .map_err(oci_err)?
+            .ok_or_else(|| refused(format!("{file} went away while the export was sealed")))?;
+        let record: PendingRef = serde_json::from_slice(&bytes)
+            .map_err(|e| refused(format!("{file} is not a name record: {e}")))?;
+        if record.file() != *file {
+            return Err(refused(format!(
+                "{file} names {}:{} (its place would be {}): not written by this export",
+                record.repository,
+                record.tag.as_deref().unwrap_or(&record.digest),
+                record.file()
+            )));
+        }
+        records.push(record);
+    }
+    let path = format!("{}/index.json", store.location());
+    let mut index = LayoutIndex::read(store)
+        .await
+        .map_err(oci_err)?
+        .unwrap_or_else(LayoutIndex::empty);
+    let mut changed = false;
+    let mut images = Vec::new();
+    for record in &records {
+        let digest = Digest::parse(&record.digest)
+            .map_err(|e| refused(format!("{} names {:?}: {e}", record.file(), record.digest)))?;
+        let blob = BlobRef {
+            digest,
+            size: record.size,
+        };
+        let manifest = layout::read_manifest(store, &blob, Some(&record.media_type))
+            .await
+            .map_err(oci_err)?;
+        match &record.tag {
+            // The referrers fallback index: not carried.
+            Some(tag) if artifact_subject(tag).is_some_and(|s| *tag == fallback_tag(&s)) => {}
+            Some(tag) => {
+                let ref_name = format!("{}:{tag}", record.repository);
+                layout::split_ref_name(&ref_name)
+                    .map_err(|e| refused(format!("{}: {e}", record.file())))?;
+                changed |= index.set(&ref_name, &manifest);
+                if artifact_subject(tag).is_none() {
+                    images.push((ref_name, blob.digest));
+                }
+            }
+            None => changed |= index.add_unnamed(&manifest, record.artifact_type.as_deref()),
+        }
+    }
+    if changed {
+        index.write(store).await.map_err(oci_err)?;
+    }
+    let mut exported = Vec::new();
+    for (ref_name, digest) in &images {
+        let referrers = layout_referrers(store, &index, ref_name, digest)
+            .await?
+            .iter()
+            .map(|r| r.manifest.digest.to_string())
+            .collect();
+        let (repository, tag) = ref_name.rsplit_once(':').unwrap_or(("", ref_name));
+        exported.push(ExportedImage {
+            ref_name: ref_name.clone(),
+            digest: digest.to_string(),
+            source: format!("{source}/{repository}:{tag}"),
+            admitted_by: admitted.get(digest.as_str()).cloned().unwrap_or_default(),
+            tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
+            referrers,
+            written_blobs: Vec::new(),
+        });
+    }
+    let statement = match signer {
+        Some(signer) if !exported.is_empty() => {
+            Some(write_statement(store, signer, &exported).await?)
+        }
+        _ => None,
+    };
+    for file in &files {
+        store.remove_file(file).await.map_err(oci_err)?;
+    }
+    tracing::info!(layout = %path, named = records.len(), signed = statement.is_some(), "export sealed");
+    Ok(Sealed {
+        named: records.len(),
+        statement,
+    })
+}

@@ -343,6 +343,17 @@ pub async fn copy_blob_segment(
     max_bytes: u64,
 ) -> Result<SegmentProgress> {
     let (mut session, mut verifier) = match state {
+        // A carried session of another registry or repository is not continued: its location
+        // would receive the source's bytes (the state travels outside this process).
+        Some(state)
+            if state.session.registry != to.registry || state.session.repository != to.name =>
+        {
+            tracing::warn!(
+                session = ?state.session,
+                "saved segment state names another repository than the target; restarting the blob"
+            );
+            (target.start_upload(to).await?, Verifier::new())
+        }
         Some(state) => {
             let verifier = Verifier::import(&state.hash)?;
             if verifier.seen() == state.session.offset {

@@ -44,7 +44,7 @@ fn parsed(manifest: &Manifest) -> Value {
 }
 
 /// The referrers API's `artifactType` of a manifest.
-fn artifact_type_of(manifest: &Manifest) -> String {
+pub(crate) fn artifact_type_of(manifest: &Manifest) -> String {
     let v = parsed(manifest);
     v["artifactType"]
         .as_str()

@@ -9,17 +9,17 @@
 //! is rewritten wherever the layout is imported. The records are removed once `index.json` and
 //! the statement are written; a seal that fails leaves them for the next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use oci::layout::{self, LayoutIndex, PartUploads};
 use oci::{BlobRef, Digest};
 
 use crate::error::{Error, Result};
-use crate::layout_referrers::layout_referrers;
+use crate::layout_referrers::{artifact_type_of, layout_referrers};
 use crate::layout_registry::{PendingRef, PENDING_REFS};
 use crate::receipts::ReceiptSigner;
 use crate::tag_scheme::{artifact_subject, fallback_tag};
-use crate::transfer_statement::{write_statement, ExportedImage, VerifiedStatement};
+use crate::transfer_statement::{write_statement_of, ExportedImage, VerifiedStatement};
 
 /// Records one seal reads at most (a run's names: its images' tags and referrers).
 pub const MAX_PENDING_REFS: usize = 100_000;
@@ -59,6 +59,8 @@ pub async fn seal_export(
         .await
         .map_err(oci_err)?;
     let mut records = Vec::new();
+    // An S3 console "folder" is an empty object named like the prefix: not a record.
+    let files: Vec<String> = files.into_iter().filter(|f| f != PENDING_REFS).collect();
     for file in &files {
         let bytes = store
             .read_file(file, MAX_RECORD_BYTES)
@@ -82,8 +84,13 @@ pub async fn seal_export(
         .await
         .map_err(oci_err)?
         .unwrap_or_else(LayoutIndex::empty);
+    // The new index is built in memory; it is written only once the statement of it passed
+    // every check (or, unsigned, at once).
     let mut changed = false;
     let mut images = Vec::new();
+    // What this run recorded besides images: its referrers and tag-scheme artifacts, by digest.
+    let mut recorded = HashSet::new();
+    let mut subjects: Vec<(String, String)> = Vec::new();
     for record in &records {
         let digest = Digest::parse(&record.digest)
             .map_err(|e| refused(format!("{} names {:?}: {e}", record.file(), record.digest)))?;
@@ -102,22 +109,49 @@ pub async fn seal_export(
                 layout::split_ref_name(&ref_name)
                     .map_err(|e| refused(format!("{}: {e}", record.file())))?;
                 changed |= index.set(&ref_name, &manifest);
-                if artifact_subject(tag).is_none() {
-                    images.push((ref_name, blob.digest));
+                match artifact_subject(tag) {
+                    Some(subject) => {
+                        recorded.insert(blob.digest.to_string());
+                        subjects.push((record.repository.clone(), subject));
+                    }
+                    None => images.push((ref_name, blob.digest)),
                 }
             }
-            None => changed |= index.add_unnamed(&manifest, record.artifact_type.as_deref()),
+            None => {
+                // The artifact type is the manifest's own, as the referrers API and the
+                // statement read it (not the record's word).
+                let artifact_type = artifact_type_of(&manifest);
+                changed |= index.add_unnamed(&manifest, Some(&artifact_type));
+                recorded.insert(blob.digest.to_string());
+                if let Some(subject) = &record.subject {
+                    subjects.push((record.repository.clone(), subject.clone()));
+                }
+            }
         }
     }
-    if changed {
-        index.write(store).await.map_err(oci_err)?;
+    // An image given a new referrer by this run is stated again, as this run's, even when its
+    // tag was written by an earlier one.
+    for entry in index.entries(&path).map_err(oci_err)? {
+        let stated = images.iter().any(|(name, _)| *name == entry.ref_name);
+        let referred = subjects.iter().any(|(repository, subject)| {
+            *subject == entry.blob.digest.as_str()
+                && layout::split_ref_name(&entry.ref_name).is_ok_and(|(r, tag)| {
+                    r == Some(repository.as_str()) && artifact_subject(tag).is_none()
+                })
+        });
+        if referred && !stated {
+            images.push((entry.ref_name.clone(), entry.blob.digest.clone()));
+        }
     }
     let mut exported = Vec::new();
     for (ref_name, digest) in &images {
+        // Only the referrers this run recorded: one already in the layout is vouched for by
+        // the earlier statement, or refused.
         let referrers = layout_referrers(store, &index, ref_name, digest)
             .await?
             .iter()
             .map(|r| r.manifest.digest.to_string())
+            .filter(|d| recorded.contains(d))
             .collect();
         let (repository, tag) = ref_name.rsplit_once(':').unwrap_or(("", ref_name));
         exported.push(ExportedImage {
@@ -130,12 +164,29 @@ pub async fn seal_export(
             written_blobs: Vec::new(),
         });
     }
-    let statement = match signer {
-        Some(signer) if !exported.is_empty() => {
-            Some(write_statement(store, signer, &exported).await?)
+    let write_index = async {
+        if changed {
+            index.write(store).await.map_err(oci_err)?;
         }
-        _ => None,
+        Ok(())
     };
+    let statement = match signer {
+        Some(signer) if changed || !exported.is_empty() => Some(
+            write_statement_of(
+                store,
+                signer,
+                &exported,
+                &index,
+                Some(Box::pin(write_index)),
+            )
+            .await?,
+        ),
+        _ => {
+            write_index.await?;
+            None
+        }
+    };
+    // Removed last: a seal that failed leaves them for the next.
     for file in &files {
         store.remove_file(file).await.map_err(oci_err)?;
     }

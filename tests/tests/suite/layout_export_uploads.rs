@@ -611,7 +611,8 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
 /// them) WHEN the export is sealed with a statement key THEN `index.json` names the image and
 /// lists the referrer, the records are gone, and the layout verifies with that key: served as
 /// an import source, it copies into another registry byte for byte (skopeo); a second seal has
-/// nothing to do; a record planted where its content does not belong refuses the seal.
+/// nothing to do; a later run that adds only a referrer states the image again with both; a
+/// record planted where its content does not belong refuses the seal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     use e2e::image::{artifact, multi_arch, signing_key};
@@ -720,6 +721,48 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     .await
     .unwrap();
     assert_eq!((again.named, again.statement.is_some()), (0, false));
+
+    // A later run adds only a referrer (a new SBOM) to the image an earlier one exported: the
+    // image is stated again with it, and the layout still verifies.
+    let later = artifact(
+        Some(&app),
+        "application/vnd.cyclonedx+json",
+        "application/vnd.cyclonedx+json",
+        b"[]",
+    );
+    pusher.push("team/app", &later.digest, &later).await;
+    let later_at = format!("@{}", later.digest);
+    copy_image(
+        &source,
+        &at(&src.host, &later_at),
+        &target,
+        &at(server.host(), &later_at),
+        &options,
+    )
+    .await
+    .unwrap();
+    let restated = seal_export(
+        rig.store.as_ref(),
+        Some(&signer),
+        &src.host,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap()
+    .statement
+    .expect("stated again");
+    let referrers: Vec<&str> = restated
+        .images
+        .values()
+        .flat_map(|i| i.referrers.iter().map(|r| r.digest.as_str()))
+        .collect();
+    assert!(
+        referrers.contains(&later.digest.as_str()) && referrers.contains(&sbom.digest.as_str()),
+        "{referrers:?}"
+    );
+    VerifiedLayout::read(rig.store.clone(), &trusted)
+        .await
+        .unwrap();
 
     // A record whose content names another place than the one it is at.
     let planted = format!("{PENDING_REFS}{}.json", "0".repeat(64));

@@ -185,3 +185,58 @@ async fn copy_blob_skips_a_blob_the_target_has() {
     assert_eq!(copy().await.unwrap(), BlobOutcome::Present);
     assert_eq!(dst.completed_uploads(), 1);
 }
+
+/// Attack: a blob's segment state travels between invocations (in the workflow's state), so a
+/// forged one can name a session on another registry. `copy_blob_segment` must not continue it:
+/// the blob starts again on the target, and the other registry receives no byte of it.
+#[tokio::test]
+async fn a_carried_session_of_another_registry_is_not_continued() {
+    let (src, dst, other) = (
+        TestRegistry::start(),
+        TestRegistry::start(),
+        TestRegistry::start(),
+    );
+    let data = Bytes::from(pseudo_random(12, 6 * 1024 * 1024 + 5));
+    let image = ImageBuilder::new(Format::Oci).layer(12, data.len()).build();
+    Pusher::new(&src.host, None).push("app", "v1", &image).await;
+    let layer = image
+        .blobs
+        .iter()
+        .find(|b| b.data.size() == data.len() as u64)
+        .unwrap();
+    let blob = BlobRef {
+        digest: Digest::parse(&layer.digest).unwrap(),
+        size: layer.data.size(),
+    };
+    let client = e2e::client(&[&src.host, &dst.host, &other.host], &[]);
+    // A session opened on the other registry, with a consistent (empty) hash state.
+    let stolen = client
+        .start_upload(&repo(&other.host, "app"))
+        .await
+        .unwrap();
+    let forged: oci::SegmentState = serde_json::from_value(serde_json::json!({
+        "session": stolen,
+        "hash": oci::digest::Verifier::new().export(),
+    }))
+    .unwrap();
+
+    let progress = oci::copy_blob_segment(
+        &client,
+        &repo(&src.host, "app"),
+        &client,
+        &repo(&dst.host, "app"),
+        &blob,
+        Some(forged.clone()),
+        5 * 1024 * 1024,
+    )
+    .await
+    .unwrap();
+    let oci::SegmentProgress::InProgress { state, .. } = progress else {
+        panic!("one segment of two: {progress:?}");
+    };
+    assert_eq!(state.session.registry, dst.host, "continued elsewhere");
+    // distribution answers an empty session's status `Range: 0-0`, read as one byte: the
+    // segment's 5 MiB did not go there.
+    let held = client.upload_status(&forged.session).await.unwrap();
+    assert!(held <= 1, "{held} bytes reached the other registry");
+}

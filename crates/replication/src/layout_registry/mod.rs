@@ -109,6 +109,9 @@ pub fn rehome(session: &mut oci::UploadSession, host: &str) -> Result<()> {
     if url.scheme() != "http" || !url.path().starts_with("/v2/") {
         return Err(refused("the upload session is not one of a served layout"));
     }
+    // Nothing but the path and the token travel: no user name or password of the old one.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
     url.set_host(current.host_str())
         .and_then(|()| {
             url.set_port(current.port())

@@ -491,6 +491,26 @@ pub async fn write_statement(
     signer: &dyn ReceiptSigner,
     exported: &[ExportedImage],
 ) -> Result<VerifiedStatement> {
+    let index = LayoutIndex::read(store)
+        .await
+        .map_err(|source| Error::Registry {
+            image: store.location(),
+            source,
+        })?
+        .ok_or_else(|| refused(store, "the layout has no index.json to state"))?;
+    write_statement_of(store, signer, exported, &index, None).await
+}
+
+/// [`write_statement`] of `index` as the caller holds it: every check is made against it, and
+/// `before_signing` (when given) runs once they all passed and before the statement is written
+/// (a seal writes `index.json` there, so a refused statement leaves the layout as it was).
+pub async fn write_statement_of(
+    store: &dyn LayoutStore,
+    signer: &dyn ReceiptSigner,
+    exported: &[ExportedImage],
+    index: &LayoutIndex,
+    before_signing: Option<futures::future::BoxFuture<'_, Result<()>>>,
+) -> Result<VerifiedStatement> {
     let written: Vec<String> = exported
         .iter()
         .flat_map(|e| e.written_blobs.iter().cloned())
@@ -504,13 +524,6 @@ pub async fn write_statement(
     })?;
     let earlier = verify_statement(store, &key).await.ok();
     let path = format!("{}/index.json", store.location());
-    let index = LayoutIndex::read(store)
-        .await
-        .map_err(|source| Error::Registry {
-            image: store.location(),
-            source,
-        })?
-        .ok_or_else(|| refused(store, "the layout has no index.json to state"))?;
     let (mut images, mut unvouched) = (Vec::new(), Vec::new());
     for entry in index
         .entries(&path)
@@ -518,7 +531,7 @@ pub async fn write_statement(
         .into_iter()
         .filter(|e| tag_scheme(&e.ref_name).is_none())
     {
-        let mut image = describe(store, &index, &entry, &written).await?;
+        let mut image = describe(store, index, &entry, &written).await?;
         let problems = vouch(&mut image, exported, earlier.as_ref());
         if problems.is_empty() {
             images.push(image);
@@ -561,7 +574,10 @@ pub async fn write_statement(
         ));
     }
     images.sort_by(|a, b| a.ref_name.cmp(&b.ref_name));
-    unstated_referrer(&index, &path, &images).map_err(|r| refused(store, r))?;
+    unstated_referrer(index, &path, &images).map_err(|r| refused(store, r))?;
+    if let Some(step) = before_signing {
+        step.await?;
+    }
     let statement = Statement {
         kind: STATEMENT_TYPE.into(),
         images,

@@ -604,6 +604,13 @@ impl S3Layout {
 /// through the function.
 pub const DEFAULT_COPY_PART_BYTES: u64 = 5 * 1000 * 1000 * 1000;
 
+/// A sha256 digest as S3 writes a SHA-256 checksum: the 32 bytes in base64.
+fn sha256_base64(digest: &Digest) -> String {
+    hex::decode(digest.hex())
+        .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+        .unwrap_or_default()
+}
+
 /// `bucket/key` as `x-amz-copy-source` takes it: URL-encoded, `/` kept.
 fn copy_source(bucket: &str, key: &str) -> String {
     let mut out = format!("{bucket}/");
@@ -783,9 +790,7 @@ impl S3Layout {
                 .checksum_sha256()
                 .map(str::to_string),
         };
-        let expected = hex::decode(blob.digest.hex())
-            .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
-            .unwrap_or_default();
+        let expected = sha256_base64(&blob.digest);
         match computed {
             Some(sum) if sum == expected => Ok(()),
             Some(sum) => Err(oci::Error::DigestMismatch {
@@ -1023,6 +1028,35 @@ impl LayoutStore for S3Layout {
 
     fn blob_size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, oci::Result<Option<u64>>> {
         async move { self.head(&self.blob_key(digest)).await }.boxed()
+    }
+
+    /// The object's full-object SHA-256 checksum is the digest: S3 computed it (the workflow's
+    /// export copies every blob with `ChecksumAlgorithm: SHA256`) or refused an upload whose
+    /// bytes did not match it ("Checking object integrity in Amazon S3",
+    /// <https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html>).
+    /// A composite checksum of parts (`<base64>-<parts>`) vouches for nothing here.
+    fn attests_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, oci::Result<bool>> {
+        async move {
+            let key = self.blob_key(digest);
+            let answer = self
+                .client
+                .head_object()
+                .bucket(&self.location.bucket)
+                .key(&key)
+                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+                .set_expected_bucket_owner(self.owner())
+                .send()
+                .await;
+            let head = match answer {
+                Ok(head) => head,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
+                    return Ok(false)
+                }
+                Err(e) => return Err(s3_error("s3:HeadObject", &self.shown(&key), &e)),
+            };
+            Ok(head.checksum_sha256() == Some(sha256_base64(digest).as_str()))
+        }
+        .boxed()
     }
 
     fn read_blob_range<'a>(

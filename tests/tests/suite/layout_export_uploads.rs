@@ -489,7 +489,8 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
 /// under its tag, the SBOM by digest) THEN the layout holds every manifest byte for byte, the
 /// tag and the referrer are recorded for the run's end (`uploads/refs/`), the tag answers with
 /// the index's digest and a second copy finds the image present; a manifest naming a blob the
-/// layout lacks, and one put under a digest it is not, are refused and record nothing.
+/// layout lacks, an index whose child (uploaded as bytes) names one, and a manifest put under a
+/// digest it is not, are refused and record nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_end() {
     use e2e::image::{artifact, multi_arch};
@@ -594,9 +595,35 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
         message.contains("MANIFEST_BLOB_UNKNOWN") || message.contains("does not hold"),
         "{message}"
     );
+    // An index whose child went in as mere bytes (a blob upload) naming what the layout lacks.
+    let session = target.start_upload(&repo).await.unwrap();
+    let len = manifest.bytes.len() as u64;
+    let session = target
+        .upload_part(session, manifest.bytes.clone().into(), len)
+        .await
+        .unwrap();
+    target
+        .complete_upload(session, &manifest.digest)
+        .await
+        .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": manifest.media_type, "digest": manifest.digest.as_str(), "size": len}]
+    }))
+    .unwrap();
+    let index = oci::Manifest::from_bytes(index.into(), None, "test").unwrap();
+    let refused = target.put_manifest(&repo, "v3", &index).await;
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("does not hold"), "{message}");
+    assert_eq!(rig.store.blob_size(&index.digest).await.unwrap(), None);
     let refused = target.put_manifest(&repo, &app.digest, &manifest).await;
     assert!(refused.is_err());
-    assert_eq!(rig.store.blob_size(&manifest.digest).await.unwrap(), None);
+    assert_eq!(
+        rig.store.blob_size(&manifest.digest).await.unwrap(),
+        Some(len),
+        "only as the bytes uploaded above"
+    );
     assert_eq!(
         rig.keys()
             .await
@@ -763,6 +790,64 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     VerifiedLayout::read(rig.store.clone(), &trusted)
         .await
         .unwrap();
+
+    // The export's blobs carry S3's SHA-256 of their bytes, so a seal does not read them again;
+    // one rewritten behind its back (a plain PutObject) carries none and is hashed, and refused.
+    let layer = Digest::parse(&app.children[0].blobs.last().unwrap().digest).unwrap();
+    assert!(rig.store.attests_blob(&layer).await.unwrap());
+    rig.s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(blob_key(&layer))
+        .body(vec![0u8; app.children[0].blobs.last().unwrap().data.size() as usize].into())
+        .send()
+        .await
+        .unwrap();
+    assert!(!rig.store.attests_blob(&layer).await.unwrap());
+    let extra = artifact(
+        Some(&app),
+        "application/vnd.test+json",
+        "application/vnd.test+json",
+        b"1",
+    );
+    pusher.push("team/app", &extra.digest, &extra).await;
+    let extra_at = format!("@{}", extra.digest);
+    copy_image(
+        &source,
+        &at(&src.host, &extra_at),
+        &target,
+        &at(server.host(), &extra_at),
+        &options,
+    )
+    .await
+    .unwrap();
+    let damaged = seal_export(
+        rig.store.as_ref(),
+        Some(&signer),
+        &src.host,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(damaged.contains("damaged"), "{damaged}");
+    VerifiedLayout::read(rig.store.clone(), &trusted)
+        .await
+        .unwrap();
+    for key in rig
+        .keys()
+        .await
+        .into_iter()
+        .filter(|k| k.contains(PENDING_REFS))
+    {
+        rig.s3
+            .delete_object()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
 
     // A record whose content names another place than the one it is at.
     let planted = format!("{PENDING_REFS}{}.json", "0".repeat(64));

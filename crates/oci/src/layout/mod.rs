@@ -56,6 +56,12 @@ pub trait LayoutStore: Send + Sync {
         start: u64,
         end: Option<u64>,
     ) -> BoxFuture<'a, Result<BlobStream>>;
+    /// Whether the store itself vouches that the blob's bytes are its digest, so it need not be
+    /// read and hashed again (S3: the object's full-object SHA-256 checksum, which S3 computed
+    /// or checked when the object was written, is the digest). Default: no.
+    fn attests_blob<'a>(&'a self, _digest: &'a Digest) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
     /// Stores a blob from a stream, checking it against `blob` before it becomes visible.
     fn write_blob<'a>(&'a self, blob: &'a BlobRef, body: BlobStream) -> BoxFuture<'a, Result<()>>;
     /// Reads a small top-level file (`index.json`, `oci-layout`), refusing one over `limit`.

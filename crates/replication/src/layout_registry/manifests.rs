@@ -163,54 +163,93 @@ async fn bounded(body: Body) -> Option<Bytes> {
     Some(Bytes::from(bytes))
 }
 
+/// Index levels checked below a manifest put (an index of indexes is two).
+const MAX_DEPTH: usize = 4;
+/// Manifests one put checks at most (an index and its children, theirs, ...).
+const MAX_CHECKED: usize = 1_000;
+
 /// `400 MANIFEST_BLOB_UNKNOWN` naming the first blob or child the manifest names that the
-/// layout does not hold at its size (a foreign layer is not carried, so not asked for).
+/// layout does not hold at its size (a foreign layer is not carried, so not asked for); an
+/// index's children are read back and checked the same way, level by level, so a child stored
+/// as mere bytes (a blob upload) that names what the layout lacks does not pass either.
 async fn missing_content(
     store: &dyn LayoutStore,
     manifest: &Manifest,
     place: &str,
 ) -> Option<Response> {
-    let content = match manifest.content(place) {
-        Ok(content) => content,
-        Err(e) => {
+    let mut queue = std::collections::VecDeque::from([(manifest.clone(), 0usize)]);
+    let mut checked = 0;
+    while let Some((manifest, depth)) = queue.pop_front() {
+        checked += 1;
+        if checked > MAX_CHECKED || depth > MAX_DEPTH {
             return Some(error(
                 StatusCode::BAD_REQUEST,
                 "MANIFEST_INVALID",
-                e.to_string(),
-            ))
-        }
-    };
-    let named = match content {
-        ManifestContent::Image { config, layers } => std::iter::once(*config)
-            .chain(
-                layers
-                    .into_iter()
-                    .filter(|l| !is_foreign_layer(l.media_type().as_ref())),
-            )
-            .collect::<Vec<_>>(),
-        ManifestContent::Index { manifests } => manifests,
-    };
-    for descriptor in named {
-        let Ok(digest) = Digest::parse(descriptor.digest().as_ref()) else {
-            return Some(error(
-                StatusCode::BAD_REQUEST,
-                "MANIFEST_INVALID",
-                format!("it names {} as a digest", descriptor.digest()),
+                format!("{place} names over {MAX_CHECKED} manifests or {MAX_DEPTH} index levels"),
             ));
-        };
-        match store.blob_size(&digest).await {
-            Ok(Some(size)) if size == descriptor.size() => {}
-            Ok(_) => {
+        }
+        let content = match manifest.content(place) {
+            Ok(content) => content,
+            Err(e) => {
                 return Some(error(
                     StatusCode::BAD_REQUEST,
-                    "MANIFEST_BLOB_UNKNOWN",
-                    format!(
-                        "{place} names {digest} ({} bytes), which the layout does not hold",
-                        descriptor.size()
-                    ),
+                    "MANIFEST_INVALID",
+                    e.to_string(),
                 ))
             }
-            Err(e) => return Some(failed(e)),
+        };
+        let (named, children) = match content {
+            ManifestContent::Image { config, layers } => (
+                std::iter::once(*config)
+                    .chain(
+                        layers
+                            .into_iter()
+                            .filter(|l| !is_foreign_layer(l.media_type().as_ref())),
+                    )
+                    .collect::<Vec<_>>(),
+                false,
+            ),
+            ManifestContent::Index { manifests } => (manifests, true),
+        };
+        for descriptor in named {
+            let Ok(digest) = Digest::parse(descriptor.digest().as_ref()) else {
+                return Some(error(
+                    StatusCode::BAD_REQUEST,
+                    "MANIFEST_INVALID",
+                    format!("it names {} as a digest", descriptor.digest()),
+                ));
+            };
+            match store.blob_size(&digest).await {
+                Ok(Some(size)) if size == descriptor.size() => {}
+                Ok(_) => {
+                    return Some(error(
+                        StatusCode::BAD_REQUEST,
+                        "MANIFEST_BLOB_UNKNOWN",
+                        format!(
+                            "{place} names {digest} ({} bytes), which the layout does not hold",
+                            descriptor.size()
+                        ),
+                    ))
+                }
+                Err(e) => return Some(failed(e)),
+            }
+            if children {
+                let blob = BlobRef {
+                    digest,
+                    size: descriptor.size(),
+                };
+                let media_type = descriptor.media_type().to_string();
+                match layout::read_manifest(store, &blob, Some(&media_type)).await {
+                    Ok(child) => queue.push_back((child, depth + 1)),
+                    Err(e) => {
+                        return Some(error(
+                            StatusCode::BAD_REQUEST,
+                            "MANIFEST_INVALID",
+                            format!("{place}: a child: {e}"),
+                        ))
+                    }
+                }
+            }
         }
     }
     None

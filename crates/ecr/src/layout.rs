@@ -891,42 +891,6 @@ impl S3Layout {
         self.complete_guarded(guard, parts).await
     }
 
-    /// The layout's files under `prefix`, page by page (`ListObjectsV2` answers at most 1,000).
-    async fn list(&self, prefix: &str, limit: usize) -> oci::Result<Vec<String>> {
-        let under = self.location.key(prefix);
-        let strip = self.location.key("");
-        let mut names = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.location.bucket)
-                .prefix(&under)
-                .set_continuation_token(token.take())
-                .set_expected_bucket_owner(self.owner())
-                .send()
-                .await
-                .map_err(|e| s3_error("s3:ListBucket", &self.shown(&under), &e))?;
-            for object in page.contents() {
-                let key = object.key().unwrap_or_default();
-                names.push(key.strip_prefix(&strip).unwrap_or(key).to_string());
-            }
-            if names.len() > limit {
-                return Err(layout_error(
-                    self.shown(&under),
-                    format!("over {limit} files: more than a run writes"),
-                ));
-            }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
-                _ => break,
-            }
-        }
-        names.sort();
-        Ok(names)
-    }
-
     async fn abort(&self, upload: &PartUpload) -> oci::Result<()> {
         let key = self.staging_key(upload)?;
         let answer = self
@@ -990,30 +954,6 @@ impl PartUploads for S3Layout {
 
     fn abort_upload<'a>(&'a self, upload: &'a PartUpload) -> BoxFuture<'a, oci::Result<()>> {
         self.abort(upload).boxed()
-    }
-
-    fn list_files<'a>(
-        &'a self,
-        prefix: &'a str,
-        limit: usize,
-    ) -> BoxFuture<'a, oci::Result<Vec<String>>> {
-        self.list(prefix, limit).boxed()
-    }
-
-    fn remove_file<'a>(&'a self, name: &'a str) -> BoxFuture<'a, oci::Result<()>> {
-        async move {
-            let key = self.location.key(name);
-            self.client
-                .delete_object()
-                .bucket(&self.location.bucket)
-                .key(&key)
-                .set_expected_bucket_owner(self.owner())
-                .send()
-                .await
-                .map_err(|e| s3_error("s3:DeleteObject", &self.shown(&key), &e))?;
-            Ok(())
-        }
-        .boxed()
     }
 }
 

@@ -104,6 +104,55 @@ impl WorkBucket {
         Ok(Some((bytes.into_bytes().to_vec(), etag)))
     }
 
+    /// The keys under `prefix`, in order, page by page; an error past `limit`.
+    pub async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| Error::api("s3:ListBucket", self.resource(prefix), &e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+            if keys.len() > limit {
+                return Err(Error::Api {
+                    code: None,
+                    operation: "s3:ListBucket",
+                    resource: self.resource(prefix),
+                    message: format!("over {limit} objects under the prefix"),
+                    retryable: false,
+                });
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes `key` (one already gone is no error).
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| Error::api("s3:DeleteObject", self.resource(key), &e))?;
+        Ok(())
+    }
+
     /// `get`, with the object's ETag, for a [`WorkBucket::put_if`] of what was read.
     pub async fn get_tagged(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
         self.get_object(key, None).await

@@ -498,7 +498,12 @@ impl Connections {
             let entry = self.allowed_layout(location);
             let served = self
                 .layouts
-                .export_host(&self.settings.aws, (location, &field), entry)
+                .export_host(
+                    &self.settings.aws,
+                    (location, &field),
+                    entry,
+                    self.work_bucket().await,
+                )
                 .await?;
             let conn = self
                 .connect(Reach {

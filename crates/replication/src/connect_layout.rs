@@ -11,7 +11,7 @@ use oci::layout::LayoutStore;
 use crate::allowlist::layouts::AllowedLayout;
 use crate::error::{Error, Result};
 use crate::job::LayoutLocation;
-use crate::layout_registry::{LayoutExportRegistry, LayoutRegistry, VerifiedLayout};
+use crate::layout_registry::{ExportNames, LayoutExportRegistry, LayoutRegistry, VerifiedLayout};
 use crate::transfer_statement::TrustedTransferKey;
 
 /// Layouts served to this process's steps, by location: sources to import, destinations to
@@ -107,6 +107,7 @@ impl ServedLayouts {
         aws: &ecr::AwsSettings,
         (location, field): (&str, &str),
         entry: Option<&AllowedLayout>,
+        work_bucket: Option<&ecr::WorkBucket>,
     ) -> Result<Arc<LayoutExportRegistry>> {
         let Some(entry) = entry.filter(|e| e.export) else {
             return Err(Error::invalid(
@@ -139,8 +140,17 @@ impl ServedLayouts {
             })?),
             None => None,
         };
+        // The names a run gives wait for the seal in the deployment's own bucket.
+        let Some(work_bucket) = work_bucket else {
+            return Err(Error::invalid(
+                field,
+                "exporting into a layout needs the deployment's work bucket \
+                 (ECR_REPLICATOR_WORK_BUCKET), where the names it gives wait for the seal",
+            ));
+        };
+        let names = ExportNames::new(work_bucket.clone(), &name);
         let store = open_s3(aws, place, entry, kms_key).await?;
-        let registry = Arc::new(LayoutExportRegistry::serve(store).await?);
+        let registry = Arc::new(LayoutExportRegistry::serve(store, names).await?);
         exports.insert(name, registry.clone());
         Ok(registry)
     }

@@ -1,7 +1,7 @@
 //! The end of a workflow export into a layout (issue 35): the names the steps gave there
-//! (`layout_registry::PendingRef` records under `uploads/refs/`) are written into `index.json`
-//! at once, then the statement of the whole layout is signed with the deployment's receipt key,
-//! as the command line's export ends.
+//! (`layout_registry::PendingRef` records, kept in the deployment's work bucket, never in the
+//! layout) are written into `index.json` at once, then the statement of the whole layout is
+//! signed with the deployment's receipt key, as the command line's export ends.
 //!
 //! Each name is checked before it is written: its manifest read back against its digest (and
 //! with it, when the statement is signed, every blob of every image). A tag of the referrers
@@ -11,20 +11,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use oci::layout::{self, LayoutIndex, PartUploads};
+use oci::layout::{self, LayoutIndex, LayoutStore};
 use oci::{BlobRef, Digest};
 
 use crate::error::{Error, Result};
 use crate::layout_referrers::{artifact_type_of, layout_referrers};
-use crate::layout_registry::{PendingRef, PENDING_REFS};
+use crate::layout_registry::ExportNames;
 use crate::receipts::ReceiptSigner;
 use crate::tag_scheme::{artifact_subject, fallback_tag};
 use crate::transfer_statement::{write_statement_of, ExportedImage, VerifiedStatement};
-
-/// Records one seal reads at most (a run's names: its images' tags and referrers).
-pub const MAX_PENDING_REFS: usize = 100_000;
-/// Largest record read.
-const MAX_RECORD_BYTES: usize = 16 * 1024;
 
 /// What a seal did.
 #[derive(Debug, Default)]
@@ -35,10 +30,11 @@ pub struct Sealed {
     pub statement: Option<VerifiedStatement>,
 }
 
-/// Seals the export the steps wrote into `store`: `source` names where its images came from
-/// (`registry`), `admitted` what admitted each image digest (the gate's line, when gated).
+/// Seals the export the steps wrote into `store`, whose names are in `names`: `source` names
+/// where its images came from (`registry`), `admitted` what admitted each image digest (the
+/// gate's line, when gated).
 pub async fn seal_export(
-    store: &dyn PartUploads,
+    (store, names): (&dyn LayoutStore, &ExportNames),
     signer: Option<&dyn ReceiptSigner>,
     source: &str,
     admitted: &BTreeMap<String, Vec<String>>,
@@ -54,21 +50,14 @@ pub async fn seal_export(
         image: format!("oci:{}", store.location()),
         source: e,
     };
-    let files = store
-        .list_files(PENDING_REFS, MAX_PENDING_REFS)
-        .await
-        .map_err(oci_err)?;
+    let files = names.list().await.map_err(oci_err)?;
     let mut records = Vec::new();
-    // An S3 console "folder" is an empty object named like the prefix: not a record.
-    let files: Vec<String> = files.into_iter().filter(|f| f != PENDING_REFS).collect();
     for file in &files {
-        let bytes = store
-            .read_file(file, MAX_RECORD_BYTES)
+        let record = names
+            .get(file)
             .await
             .map_err(oci_err)?
             .ok_or_else(|| refused(format!("{file} went away while the export was sealed")))?;
-        let record: PendingRef = serde_json::from_slice(&bytes)
-            .map_err(|e| refused(format!("{file} is not a name record: {e}")))?;
         if record.file() != *file {
             return Err(refused(format!(
                 "{file} names {}:{} (its place would be {}): not written by this export",
@@ -188,7 +177,7 @@ pub async fn seal_export(
     };
     // Removed last: a seal that failed leaves them for the next.
     for file in &files {
-        store.remove_file(file).await.map_err(oci_err)?;
+        names.remove(file).await.map_err(oci_err)?;
     }
     tracing::info!(layout = %path, named = records.len(), signed = statement.is_some(), "export sealed");
     Ok(Sealed {

@@ -14,9 +14,10 @@ use oci::{
     copy_blob_segment, BlobRef, CredentialStore, Digest, RegistryClient, Repository,
     SegmentProgress,
 };
-use replication::layout_registry::{rehome, LayoutExportRegistry};
+use replication::layout_registry::{rehome, ExportNames, LayoutExportRegistry};
 
 const BUCKET: &str = "exports";
+const WORK_BUCKET: &str = "work";
 const PREFIX: &str = "air-gap";
 const MIB: u64 = 1 << 20;
 
@@ -24,12 +25,15 @@ struct Rig {
     _moto: Moto,
     s3: aws_sdk_s3::Client,
     store: Arc<S3Layout>,
+    /// The names the export gives, in the deployment's work bucket.
+    names: ExportNames,
 }
 
 impl Rig {
     async fn start() -> Self {
         let moto = Moto::start();
         create_bucket_at(&moto.url, BUCKET).await;
+        create_bucket_at(&moto.url, WORK_BUCKET).await;
         let settings = moto.aws_settings();
         let config = ecr::sdk_config(&settings, "us-east-1", None).await;
         let s3 = aws_sdk_s3::Client::from_conf(
@@ -45,17 +49,19 @@ impl Rig {
             ..Default::default()
         };
         let store = S3Layout::new(&settings, "us-east-1", location, options);
+        let work = ecr::WorkBucket::new(&settings, "us-east-1", WORK_BUCKET.into()).await;
         Rig {
             _moto: moto,
             s3,
             store: Arc::new(store.await),
+            names: ExportNames::new(work, &format!("s3://{BUCKET}/{PREFIX}")),
         }
     }
 
     /// A new server for the layout (a new invocation: another port, another credential) and a
     /// client holding its credential.
     async fn invocation(&self) -> (LayoutExportRegistry, RegistryClient) {
-        let server = LayoutExportRegistry::serve(self.store.clone())
+        let server = LayoutExportRegistry::serve(self.store.clone(), self.names.clone())
             .await
             .unwrap();
         let mut credentials = CredentialStore::new();
@@ -406,6 +412,10 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
         registry: e2e::fast_retry_config(&[&src.host]),
         aws: rig._moto.aws_settings(),
         allowlist: Some(allowlist(export)),
+        work_bucket: Some(replication::connect::WorkBucketSettings {
+            bucket: WORK_BUCKET.into(),
+            region: "us-east-1".into(),
+        }),
         ..Settings::default()
     };
     let job = replication::job::Job::from_json(
@@ -495,7 +505,7 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
 async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_end() {
     use e2e::image::{artifact, multi_arch};
     use replication::copy::{copy_image, CopyOptions};
-    use replication::layout_registry::{PendingRef, PENDING_REFS};
+    use replication::layout_registry::PendingRef;
 
     let rig = Rig::start().await;
     let src = TestRegistry::start();
@@ -546,17 +556,15 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
     }
     // The tag and the referrer, recorded; the children by digest are not names.
     let mut records: Vec<PendingRef> = Vec::new();
-    for key in rig.keys().await {
-        if let Some(file) = key.strip_prefix(&format!("{PREFIX}/{PENDING_REFS}")) {
-            let bytes = rig
-                .store
-                .read_file(&format!("{PENDING_REFS}{file}"), 16 * 1024)
-                .await
-                .unwrap()
-                .unwrap();
-            records.push(serde_json::from_slice(&bytes).unwrap());
-        }
+    for file in rig.names.list().await.unwrap() {
+        records.push(rig.names.get(&file).await.unwrap().unwrap());
     }
+    // None of it in the layout, where a writer of the bucket could plant one.
+    assert!(
+        !rig.keys().await.iter().any(|k| k.contains("refs")),
+        "{:?}",
+        rig.keys().await
+    );
     records.sort_by(|a, b| a.tag.cmp(&b.tag));
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0].digest, sbom.digest);
@@ -625,12 +633,9 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
         "only as the bytes uploaded above"
     );
     assert_eq!(
-        rig.keys()
-            .await
-            .iter()
-            .filter(|k| k.contains("/uploads/refs/"))
-            .count(),
-        2
+        rig.names.list().await.unwrap().len(),
+        2,
+        "a refused put recorded a name"
     );
 }
 
@@ -639,13 +644,14 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
 /// lists the referrer, the records are gone, and the layout verifies with that key: served as
 /// an import source, it copies into another registry byte for byte (skopeo); a second seal has
 /// nothing to do; a later run that adds only a referrer states the image again with both; a
-/// record planted where its content does not belong refuses the seal.
+/// record planted in the layout is ignored, and one in the work bucket at a place its content
+/// does not name refuses the seal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     use e2e::image::{artifact, multi_arch, signing_key};
     use e2e::statements::LocalSigner;
     use replication::copy::{copy_image, CopyOptions};
-    use replication::layout_registry::{LayoutRegistry, VerifiedLayout, PENDING_REFS};
+    use replication::layout_registry::{LayoutRegistry, PendingRef, VerifiedLayout};
     use replication::layout_seal::seal_export;
     use replication::transfer_statement::TrustedTransferKey;
     use std::collections::BTreeMap;
@@ -695,7 +701,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     let (key, pem) = signing_key(62);
     let signer = LocalSigner(key);
     let sealed = seal_export(
-        rig.store.as_ref(),
+        (rig.store.as_ref(), &rig.names),
         Some(&signer),
         &src.host,
         &BTreeMap::new(),
@@ -705,11 +711,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     assert_eq!(sealed.named, 2);
     let statement = sealed.statement.expect("signed");
     assert_eq!(statement.images.len(), 1, "{:?}", statement.images);
-    assert!(
-        !rig.keys().await.iter().any(|k| k.contains(PENDING_REFS)),
-        "records left: {:?}",
-        rig.keys().await
-    );
+    assert!(rig.names.list().await.unwrap().is_empty(), "records left");
 
     // The import side: verified with the key, served, copied into another registry.
     let trusted = TrustedTransferKey::from_pem(&pem).unwrap();
@@ -740,7 +742,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     );
 
     let again = seal_export(
-        rig.store.as_ref(),
+        (rig.store.as_ref(), &rig.names),
         Some(&signer),
         &src.host,
         &BTreeMap::new(),
@@ -769,7 +771,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     .await
     .unwrap();
     let restated = seal_export(
-        rig.store.as_ref(),
+        (rig.store.as_ref(), &rig.names),
         Some(&signer),
         &src.host,
         &BTreeMap::new(),
@@ -822,7 +824,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     .await
     .unwrap();
     let damaged = seal_export(
-        rig.store.as_ref(),
+        (rig.store.as_ref(), &rig.names),
         Some(&signer),
         &src.host,
         &BTreeMap::new(),
@@ -834,33 +836,55 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     VerifiedLayout::read(rig.store.clone(), &trusted)
         .await
         .unwrap();
-    for key in rig
-        .keys()
-        .await
-        .into_iter()
-        .filter(|k| k.contains(PENDING_REFS))
-    {
-        rig.s3
-            .delete_object()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
+    for file in rig.names.list().await.unwrap() {
+        rig.names.remove(&file).await.unwrap();
     }
 
-    // A record whose content names another place than the one it is at.
-    let planted = format!("{PENDING_REFS}{}.json", "0".repeat(64));
-    let record = serde_json::json!({
-        "repository": "team/app", "tag": "evil", "digest": app.digest,
-        "mediaType": "application/vnd.oci.image.index.v1+json", "size": app.manifest.len()
-    });
+    // A record planted in the layout is no record: the names are the work bucket's.
+    let record = PendingRef {
+        repository: "team/app".into(),
+        tag: Some("evil".into()),
+        digest: app.digest.clone(),
+        media_type: "application/vnd.oci.image.index.v1+json".into(),
+        size: app.manifest.len() as u64,
+        subject: None,
+        artifact_type: None,
+    };
     rig.store
-        .write_file(&planted, serde_json::to_vec(&record).unwrap().into())
+        .write_file(
+            &format!("uploads/refs/{}", record.file()),
+            serde_json::to_vec(&record).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let ignored = seal_export(
+        (rig.store.as_ref(), &rig.names),
+        Some(&signer),
+        &src.host,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!((ignored.named, ignored.statement.is_some()), (0, false));
+    // One in the work bucket at another place than its content names is refused.
+    let mut moved = record.clone();
+    moved.tag = Some("v1".into());
+    rig.names.put(&moved).await.unwrap();
+    let planted = moved.file();
+    let bytes = serde_json::to_vec(&record).unwrap();
+    rig.s3
+        .put_object()
+        .bucket(WORK_BUCKET)
+        .key(format!(
+            "layout-names/{}/{planted}",
+            oci::Digest::of(format!("s3://{BUCKET}/{PREFIX}").as_bytes()).hex()
+        ))
+        .body(bytes.into())
+        .send()
         .await
         .unwrap();
     let refused = seal_export(
-        rig.store.as_ref(),
+        (rig.store.as_ref(), &rig.names),
         Some(&signer),
         &src.host,
         &BTreeMap::new(),

@@ -127,15 +127,6 @@ pub trait PartUploads: LayoutStore {
     ) -> BoxFuture<'a, Result<()>>;
     /// Drops an upload and its parts (one already gone is no error).
     fn abort_upload<'a>(&'a self, upload: &'a PartUpload) -> BoxFuture<'a, Result<()>>;
-    /// The files under `prefix` (names relative to the layout, as [`LayoutStore::read_file`]
-    /// takes them), in name order; an error past `limit`.
-    fn list_files<'a>(
-        &'a self,
-        prefix: &'a str,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<String>>>;
-    /// Removes a file (one already gone is no error).
-    fn remove_file<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<()>>;
 }
 
 fn layout_error(path: impl Into<String>, reason: impl Into<String>) -> Error {

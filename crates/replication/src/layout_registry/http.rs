@@ -31,7 +31,7 @@ pub(super) fn router(mode: Mode, authorization: String) -> axum::Router {
 #[derive(Clone)]
 pub(super) enum Mode {
     Import(Served),
-    Export(Arc<dyn PartUploads>),
+    Export(Arc<dyn PartUploads>, super::manifests::ExportNames),
 }
 
 #[derive(Clone)]
@@ -216,7 +216,9 @@ async fn answer(
     }
     let served = match &shared.mode {
         Mode::Import(served) => served,
-        Mode::Export(store) => return export(store.as_ref(), (method, &uri, &headers, body)).await,
+        Mode::Export(store, names) => {
+            return export((store.as_ref(), names), (method, &uri, &headers, body)).await
+        }
     };
     if method != Method::GET && method != Method::HEAD {
         return error(
@@ -424,7 +426,7 @@ async fn blob(store: &dyn LayoutStore, digest: &str, headers: &HeaderMap, head: 
 /// manifests (`manifests.rs`). Everything else (listings, the referrers API: a client falls back
 /// to the tag scheme) is `404`/`405`.
 async fn export(
-    store: &dyn PartUploads,
+    (store, names): (&dyn PartUploads, &super::manifests::ExportNames),
     (method, uri, headers, body): (Method, &Uri, &HeaderMap, Body),
 ) -> Response {
     let path = uri.path();
@@ -453,12 +455,12 @@ async fn export(
             blob(store, digest, headers, method == Method::HEAD).await
         }
         (None, Some(Route::Manifest(_, reference))) if method == Method::PUT => {
-            super::manifests::put(store, name, reference, headers, body).await
+            super::manifests::put((store, names), name, reference, headers, body).await
         }
         (None, Some(Route::Manifest(_, reference)))
             if method == Method::GET || method == Method::HEAD =>
         {
-            super::manifests::get(store, name, reference, method == Method::HEAD).await
+            super::manifests::get((store, names), name, reference, method == Method::HEAD).await
         }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,

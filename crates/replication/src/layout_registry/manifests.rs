@@ -1,8 +1,9 @@
 //! The served registry's manifests, for a layout the workflow exports into (issue 35): what
 //! `put-manifests` puts (an image's children by digest, its top manifest under its tags, its
 //! referrers and receipt) is stored as blobs, and each name it gives is recorded as a
-//! [`PendingRef`] under `uploads/refs/`, for the run's end to write into `index.json` and state
-//! in the signed statement. Until then a tag is answered from its record, else from
+//! [`PendingRef`] in the deployment's work bucket ([`ExportNames`]; never in the layout, where
+//! whoever may write its bucket could plant one), for the run's end to write into `index.json`
+//! and state in the signed statement. Until then a tag is answered from its record, else from
 //! `index.json` (what earlier exports wrote), so a second export finds its images present.
 //!
 //! A manifest is taken only whole and sound: at most 4 MiB, read strictly, its digest the one
@@ -21,10 +22,98 @@ use serde::{Deserialize, Serialize};
 
 use super::http::{error, failed};
 
-/// Where the names a run gave are recorded until `index.json` holds them.
-pub const PENDING_REFS: &str = "uploads/refs/";
+/// Where the work bucket keeps the names runs gave in each layout until `index.json` holds them
+/// (`layout-names/<sha256 of the layout's place>/<record>.json`).
+pub const PENDING_REFS: &str = "layout-names/";
 /// Largest record read.
 const MAX_RECORD_BYTES: usize = 16 * 1024;
+/// Records listed at most (a run's names: its images' tags and referrers).
+pub const MAX_PENDING_REFS: usize = 100_000;
+
+/// The names given in one layout, kept in the deployment's work bucket until the seal.
+#[derive(Clone)]
+pub struct ExportNames {
+    bucket: ecr::WorkBucket,
+    prefix: String,
+    layout: String,
+}
+
+impl std::fmt::Debug for ExportNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportNames")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl ExportNames {
+    /// The names of the layout at `location` (`s3://BUCKET/PREFIX`) in `bucket`.
+    pub fn new(bucket: ecr::WorkBucket, location: &str) -> Self {
+        ExportNames {
+            bucket,
+            prefix: format!("{PENDING_REFS}{}/", Digest::of(location.as_bytes()).hex()),
+            layout: location.to_string(),
+        }
+    }
+
+    fn failed(&self, e: ecr::Error) -> oci::Error {
+        oci::Error::Layout {
+            path: self.layout.clone(),
+            reason: format!("the names of the export in the work bucket: {e}"),
+        }
+    }
+
+    /// Records a name (replacing the record of the same repository and tag).
+    pub async fn put(&self, record: &PendingRef) -> oci::Result<()> {
+        let json = serde_json::to_vec(record).unwrap_or_default();
+        let key = format!("{}{}", self.prefix, record.file());
+        self.bucket
+            .put(&key, json)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// The record in `file`, if any (read strictly: an unreadable one is an error).
+    pub async fn get(&self, file: &str) -> oci::Result<Option<PendingRef>> {
+        let key = format!("{}{file}", self.prefix);
+        let Some(bytes) = self.bucket.get(&key).await.map_err(|e| self.failed(e))? else {
+            return Ok(None);
+        };
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(self.failed_reason(format!("{key} is over {MAX_RECORD_BYTES} bytes")));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| self.failed_reason(format!("{key} is not a name record: {e}")))
+    }
+
+    fn failed_reason(&self, reason: String) -> oci::Error {
+        oci::Error::Layout {
+            path: self.layout.clone(),
+            reason,
+        }
+    }
+
+    /// The record files there now, in order.
+    pub async fn list(&self) -> oci::Result<Vec<String>> {
+        let keys = self
+            .bucket
+            .list(&self.prefix, MAX_PENDING_REFS)
+            .await
+            .map_err(|e| self.failed(e))?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
+            .filter(|f| !f.is_empty())
+            .collect())
+    }
+
+    /// Removes a record file.
+    pub async fn remove(&self, file: &str) -> oci::Result<()> {
+        let key = format!("{}{file}", self.prefix);
+        self.bucket.delete(&key).await.map_err(|e| self.failed(e))
+    }
+}
 
 /// A name a run gave a manifest of the layout, not yet in `index.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,20 +138,20 @@ pub struct PendingRef {
 }
 
 impl PendingRef {
-    /// The record's file in the layout: one per repository and tag (or referrer digest).
+    /// The record's file: one per repository and tag (or referrer digest).
     pub fn file(&self) -> String {
         let name = format!(
             "{}\n{}",
             self.repository,
             self.tag.as_deref().unwrap_or(&self.digest)
         );
-        format!("{PENDING_REFS}{}.json", Digest::of(name.as_bytes()).hex())
+        format!("{}.json", Digest::of(name.as_bytes()).hex())
     }
 }
 
 /// `PUT /v2/<name>/manifests/<reference>`.
 pub(super) async fn put(
-    store: &dyn LayoutStore,
+    (store, names): (&dyn LayoutStore, &ExportNames),
     name: &str,
     reference: &str,
     headers: &HeaderMap,
@@ -125,8 +214,7 @@ pub(super) async fn put(
             subject,
             artifact_type,
         };
-        let json = serde_json::to_vec(&record).unwrap_or_default();
-        if let Err(e) = store.write_file(&record.file(), Bytes::from(json)).await {
+        if let Err(e) = names.put(&record).await {
             return failed(e);
         }
     }
@@ -258,7 +346,7 @@ async fn missing_content(
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`: by digest, a manifest the layout holds; by
 /// tag, the run's record of it, else `index.json`'s.
 pub(super) async fn get(
-    store: &dyn LayoutStore,
+    (store, names): (&dyn LayoutStore, &ExportNames),
     name: &str,
     reference: &str,
     head: bool,
@@ -280,7 +368,7 @@ pub(super) async fn get(
             Err(e) => return failed(e),
         }
     } else {
-        match named(store, name, reference).await {
+        match named((store, names), name, reference).await {
             Ok(Some(blob)) => blob,
             Ok(None) => return unknown(),
             Err(e) => return failed(e),
@@ -314,8 +402,13 @@ pub(super) async fn get(
     response
 }
 
-/// The manifest `name:tag` names: the run's record, else `index.json`'s entry.
-async fn named(store: &dyn LayoutStore, name: &str, tag: &str) -> oci::Result<Option<BlobRef>> {
+/// The manifest `name:tag` names: the run's record, else `index.json`'s entry (an unreadable
+/// record is an error, as the seal refuses it).
+async fn named(
+    (store, names): (&dyn LayoutStore, &ExportNames),
+    name: &str,
+    tag: &str,
+) -> oci::Result<Option<BlobRef>> {
     if oci::reference::validate_tag(tag).is_err() {
         return Ok(None);
     }
@@ -328,15 +421,16 @@ async fn named(store: &dyn LayoutStore, name: &str, tag: &str) -> oci::Result<Op
         subject: None,
         artifact_type: None,
     };
-    if let Some(bytes) = store.read_file(&probe.file(), MAX_RECORD_BYTES).await? {
-        let record: Option<PendingRef> = serde_json::from_slice(&bytes).ok();
-        if let Some(record) = record.filter(|r| r.repository == name && r.tag == probe.tag) {
-            if let Ok(digest) = Digest::parse(&record.digest) {
-                return Ok(Some(BlobRef {
-                    digest,
-                    size: record.size,
-                }));
-            }
+    if let Some(record) = names.get(&probe.file()).await? {
+        if record.repository == name && record.tag == probe.tag {
+            let digest = Digest::parse(&record.digest).map_err(|e| oci::Error::Layout {
+                path: store.location(),
+                reason: format!("the record of {name}:{tag} names {:?}: {e}", record.digest),
+            })?;
+            return Ok(Some(BlobRef {
+                digest,
+                size: record.size,
+            }));
         }
     }
     let Some(index) = LayoutIndex::read(store).await? else {

@@ -39,7 +39,7 @@ pub use served::VerifiedLayout;
 /// The user name of the served registry's credential.
 const USER: &str = "layout";
 
-pub use manifests::{PendingRef, PENDING_REFS};
+pub use manifests::{ExportNames, PendingRef, MAX_PENDING_REFS, PENDING_REFS};
 pub use uploads::PART_BYTES as EXPORT_PART_BYTES;
 
 /// A layout served as a read-only registry on `127.0.0.1`; stops serving when dropped.
@@ -65,12 +65,12 @@ impl Drop for LayoutExportRegistry {
 }
 
 impl LayoutExportRegistry {
-    /// Serves `store` for blob uploads on a free port of `127.0.0.1`, to clients holding
-    /// [`LayoutExportRegistry::credential`] only.
-    pub async fn serve(store: Arc<dyn PartUploads>) -> Result<Self> {
+    /// Serves `store` for uploads and manifests on a free port of `127.0.0.1`, to clients
+    /// holding [`LayoutExportRegistry::credential`] only, recording the names given in `names`.
+    pub async fn serve(store: Arc<dyn PartUploads>, names: ExportNames) -> Result<Self> {
         let location = store.location();
         let (host, secret, server) = listen(&location, |authorization| {
-            http::router(http::Mode::Export(store), authorization)
+            http::router(http::Mode::Export(store, names), authorization)
         })
         .await?;
         Ok(LayoutExportRegistry {

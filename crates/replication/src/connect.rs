@@ -407,20 +407,9 @@ impl Connections {
             let served = self
                 .served_layout(location, s.statement_digest.as_deref())
                 .await?;
-            let conn = self
-                .connect(Reach {
-                    layout: true,
-                    registry: served.host(),
-                    role: None,
-                    external_id: None,
-                    credential: None,
-                    insecure: true,
-                    counts_pulls: false,
-                })
-                .await?;
-            conn.client
-                .set_credential(served.host(), served.credential());
-            return Ok(conn);
+            return self
+                .connect_served(served.host(), served.credential())
+                .await;
         }
         self.connect(Reach {
             layout: false,
@@ -505,20 +494,9 @@ impl Connections {
                     self.work_bucket().await,
                 )
                 .await?;
-            let conn = self
-                .connect(Reach {
-                    layout: true,
-                    registry: served.host(),
-                    role: None,
-                    external_id: None,
-                    credential: None,
-                    insecure: true,
-                    counts_pulls: false,
-                })
-                .await?;
-            conn.client
-                .set_credential(served.host(), served.credential());
-            return Ok(conn);
+            return self
+                .connect_served(served.host(), served.credential())
+                .await;
         }
         self.connect(Reach {
             layout: false,
@@ -530,6 +508,27 @@ impl Connections {
             counts_pulls: false,
         })
         .await
+    }
+
+    /// A layout served on loopback at `host`, reached with its server's `credential`.
+    async fn connect_served(
+        &self,
+        host: &str,
+        credential: oci::Credential,
+    ) -> Result<Arc<Connection>> {
+        let conn = self
+            .connect(Reach {
+                layout: true,
+                registry: host,
+                role: None,
+                external_id: None,
+                credential: None,
+                insecure: true,
+                counts_pulls: false,
+            })
+            .await?;
+        conn.client.set_credential(host, credential);
+        Ok(conn)
     }
 
     async fn connect(&self, reach: Reach<'_>) -> Result<Arc<Connection>> {

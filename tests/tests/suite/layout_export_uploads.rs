@@ -101,6 +101,25 @@ impl Rig {
     }
 }
 
+/// `ml/model:<tag>` pushed to `src` with one layer of `size` bytes (from `seed`): the image
+/// and the layer.
+async fn image_with_layer(
+    src: &TestRegistry,
+    tag: &str,
+    (seed, size): (u64, u64),
+) -> (e2e::image::TestImage, BlobRef) {
+    let image = ImageBuilder::new(Format::Oci).big_layer(seed, size).build();
+    Pusher::new(&src.host, None)
+        .push("ml/model", tag, &image)
+        .await;
+    let big = image.blobs.iter().find(|b| b.data.size() == size).unwrap();
+    let blob = BlobRef {
+        digest: Digest::parse(&big.digest).unwrap(),
+        size,
+    };
+    (image, blob)
+}
+
 fn blob_key(digest: &Digest) -> String {
     format!("{PREFIX}/blobs/sha256/{}", digest.hex())
 }
@@ -114,16 +133,8 @@ fn blob_key(digest: &Digest) -> String {
 async fn a_blob_is_written_in_ranges_by_separate_servers_and_resumed_after_a_lost_answer() {
     let rig = Rig::start().await;
     let src = TestRegistry::start();
-    let size = 12 * MIB + 17;
-    let image = ImageBuilder::new(Format::Oci).big_layer(31, size).build();
-    Pusher::new(&src.host, None)
-        .push("ml/model", "v1", &image)
-        .await;
-    let big = image.blobs.iter().find(|b| b.data.size() == size).unwrap();
-    let blob = BlobRef {
-        digest: Digest::parse(&big.digest).unwrap(),
-        size,
-    };
+    let (_, blob) = image_with_layer(&src, "v1", (31, 12 * MIB + 17)).await;
+    let size = blob.size;
     let source =
         RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
     let from = Repository {
@@ -388,16 +399,8 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
 
     let rig = Rig::start().await;
     let src = TestRegistry::start();
-    let size = 12 * MIB + 5;
-    let image = ImageBuilder::new(Format::Oci).big_layer(41, size).build();
-    Pusher::new(&src.host, None)
-        .push("ml/model", "v2", &image)
-        .await;
-    let big = image.blobs.iter().find(|b| b.data.size() == size).unwrap();
-    let blob = BlobRef {
-        digest: Digest::parse(&big.digest).unwrap(),
-        size,
-    };
+    let (image, blob) = image_with_layer(&src, "v2", (41, 12 * MIB + 5)).await;
+    let size = blob.size;
     let location = format!("s3://{BUCKET}/{PREFIX}");
     let allowlist = |export: bool| {
         serde_json::from_value(serde_json::json!({
@@ -753,23 +756,18 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
 
     // A later run adds only a referrer (a new SBOM) to the image an earlier one exported: the
     // image is stated again with it, and the layout still verifies.
-    let later = artifact(
-        Some(&app),
-        "application/vnd.cyclonedx+json",
-        "application/vnd.cyclonedx+json",
-        b"[]",
-    );
-    pusher.push("team/app", &later.digest, &later).await;
-    let later_at = format!("@{}", later.digest);
-    copy_image(
-        &source,
-        &at(&src.host, &later_at),
-        &target,
-        &at(server.host(), &later_at),
-        &options,
-    )
-    .await
-    .unwrap();
+    // A referrer pushed to the source and written into the layout, as a later run would.
+    let export_referrer = async |media_type: &str, payload: &[u8]| {
+        let referrer = artifact(Some(&app), media_type, media_type, payload);
+        pusher.push("team/app", &referrer.digest, &referrer).await;
+        let by_digest = format!("@{}", referrer.digest);
+        let (from, to) = (at(&src.host, &by_digest), at(server.host(), &by_digest));
+        copy_image(&source, &from, &target, &to, &options)
+            .await
+            .unwrap();
+        referrer
+    };
+    let later = export_referrer("application/vnd.cyclonedx+json", b"[]").await;
     let restated = seal_export(
         (rig.store.as_ref(), &rig.names),
         Some(&signer),
@@ -806,23 +804,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
         .await
         .unwrap();
     assert!(!rig.store.attests_blob(&layer).await.unwrap());
-    let extra = artifact(
-        Some(&app),
-        "application/vnd.test+json",
-        "application/vnd.test+json",
-        b"1",
-    );
-    pusher.push("team/app", &extra.digest, &extra).await;
-    let extra_at = format!("@{}", extra.digest);
-    copy_image(
-        &source,
-        &at(&src.host, &extra_at),
-        &target,
-        &at(server.host(), &extra_at),
-        &options,
-    )
-    .await
-    .unwrap();
+    export_referrer("application/vnd.test+json", b"1").await;
     let damaged = seal_export(
         (rig.store.as_ref(), &rig.names),
         Some(&signer),

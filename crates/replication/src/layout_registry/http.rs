@@ -316,6 +316,12 @@ async fn manifest(
         Ok(manifest) => manifest,
         Err(e) => return failed(e),
     };
+    manifest_answer(&manifest, head)
+}
+
+/// A manifest as a registry answers it: its bytes (none for `HEAD`), media type, length and
+/// digest.
+pub(super) fn manifest_answer(manifest: &oci::Manifest, head: bool) -> Response {
     let mut response = Response::new(if head {
         Body::empty()
     } else {

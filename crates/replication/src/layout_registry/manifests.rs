@@ -20,7 +20,7 @@ use oci::manifest::{is_foreign_layer, MAX_MANIFEST_BYTES};
 use oci::{BlobRef, Digest, Manifest, ManifestContent};
 use serde::{Deserialize, Serialize};
 
-use super::http::{error, failed};
+use super::http::{error, failed, manifest_answer};
 
 /// Where the work bucket keeps the names runs gave in each layout until `index.json` holds them
 /// (`layout-names/<sha256 of the layout's place>/<record>.json`).
@@ -381,25 +381,7 @@ pub(super) async fn get(
         Ok(manifest) => manifest,
         Err(e) => return failed(e),
     };
-    let mut response = Response::new(if head {
-        Body::empty()
-    } else {
-        Body::from(manifest.bytes.clone())
-    });
-    let out = response.headers_mut();
-    for (key, value) in [
-        (header::CONTENT_TYPE, manifest.media_type.clone()),
-        (header::CONTENT_LENGTH, manifest.bytes.len().to_string()),
-        (
-            header::HeaderName::from_static("docker-content-digest"),
-            manifest.digest.to_string(),
-        ),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            out.insert(key, value);
-        }
-    }
-    response
+    manifest_answer(&manifest, head)
 }
 
 /// The manifest `name:tag` names: the run's record, else `index.json`'s entry (an unreadable

@@ -184,42 +184,58 @@ async fn append(
         ));
     };
     let offset = token.hash.seen;
-    let start = headers
-        .get("content-range")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once('-'))
-        .and_then(|(start, _)| start.parse::<u64>().ok());
-    if start.is_some_and(|s| s != offset) {
-        return Err(not_at(offset, "the PATCH's Content-Range starts elsewhere"));
-    }
-    if offset.checked_add(length).is_none() || length.div_ceil(PART_BYTES) > MAX_PARTS {
-        return Err(too_large(length));
-    }
-    let held = store
-        .stored_parts(&token.upload)
-        .await
-        .map_err(stored_failed)?;
-    if held.iter().sum::<u64>() != offset {
-        return Err(not_at(
-            offset,
-            "the store holds other bytes (a part stored after this session's last answer)",
-        ));
-    }
-    if held.len() as u64 + length.div_ceil(PART_BYTES) > MAX_PARTS {
-        return Err(too_large(length));
-    }
-    // Only the last part may be under S3's 5 MiB: the part stored last stops being last.
-    if held.last().is_some_and(|last| *last < MIN_PART_BYTES) && length > 0 {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "SIZE_INVALID",
-            format!(
-                "the upload's last PATCH was {} bytes, under S3's {MIN_PART_BYTES}-byte smallest \
-                 part but the last: send a blob in ranges of at least 5 MiB (rangeBytes)",
-                held.last().copied().unwrap_or_default()
-            ),
-        ));
-    }
+    let checked = async {
+        let start = headers
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('-'))
+            .and_then(|(start, _)| start.parse::<u64>().ok());
+        if start.is_some_and(|s| s != offset) {
+            return Err(not_at(offset, "the PATCH's Content-Range starts elsewhere"));
+        }
+        if offset.checked_add(length).is_none() || length.div_ceil(PART_BYTES) > MAX_PARTS {
+            return Err(too_large(length));
+        }
+        let held = store
+            .stored_parts(&token.upload)
+            .await
+            .map_err(stored_failed)?;
+        if held.iter().sum::<u64>() != offset {
+            return Err(not_at(
+                offset,
+                "the store holds other bytes (a part stored after this session's last answer)",
+            ));
+        }
+        if held.len() as u64 + length.div_ceil(PART_BYTES) > MAX_PARTS {
+            return Err(too_large(length));
+        }
+        // Only the last part may be under S3's 5 MiB: the part stored last stops being last.
+        if held.last().is_some_and(|last| *last < MIN_PART_BYTES) && length > 0 {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "SIZE_INVALID",
+                format!(
+                    "the upload's last PATCH was {} bytes, under S3's {MIN_PART_BYTES}-byte smallest \
+                     part but the last: send a blob in ranges of at least 5 MiB (rangeBytes)",
+                    held.last().copied().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(held)
+    };
+    let held = match checked.await {
+        Ok(held) => held,
+        Err(refusal) => {
+            // Read what the client is sending before answering: a refusal sent mid-body cuts
+            // its connection, which it could only take for a broken source (it would not
+            // start the blob again). A length over the bound is not read.
+            if refusal.status() != StatusCode::PAYLOAD_TOO_LARGE {
+                let mut stream = body.into_data_stream();
+                while let Some(Ok(_)) = stream.next().await {}
+            }
+            return Err(refusal);
+        }
+    };
     let mut verifier = Verifier::import(&token.hash)
         .map_err(|e| error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_INVALID", e.to_string()))?;
     let mut stream = body.into_data_stream();

@@ -79,7 +79,18 @@ pub async fn invoke<S: Step>(
         0 => step.await,
         _ => steps::within_deadline(event.context.deadline(), step).await,
     };
-    Ok(output?)
+    match output {
+        Ok(output) => Ok(output),
+        Err(e) => {
+            // A served layout is named as the job names it, not by this process's loopback port.
+            let kind = e.kind();
+            let message = conns.name_served_layouts(&e.to_string()).await;
+            Err(StepError {
+                kind,
+                message: replication::steps::truncate_chars(&message, MAX_ERROR_MESSAGE_CHARS),
+            })
+        }
+    }
 }
 
 /// Serves `coalesce-pushes`: the push queue's event source mapping hands it batches of

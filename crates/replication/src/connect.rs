@@ -305,6 +305,18 @@ impl Connections {
             .as_ref()
     }
 
+    /// `text` with each layout this process serves on loopback named as users know it
+    /// (`127.0.0.1:PORT/team/app` becomes `oci:s3://BUCKET/PREFIX/team/app`).
+    pub async fn name_served_layouts(&self, text: &str) -> String {
+        let mut named = text.to_string();
+        for (host, name) in self.layouts.names().await {
+            for scheme in ["http://", ""] {
+                named = named.replace(&format!("{scheme}{host}"), &name);
+            }
+        }
+        named
+    }
+
     /// The settings in use.
     pub fn settings(&self) -> &Settings {
         &self.settings

@@ -99,6 +99,26 @@ impl ServedLayouts {
 }
 
 impl ServedLayouts {
+    /// Each served layout's loopback host with the name users know it by (`oci:s3://BUCKET/PREFIX`),
+    /// for messages: `127.0.0.1:PORT` is this process's and means nothing to a reader.
+    pub(crate) async fn names(&self) -> Vec<(String, String)> {
+        let mut names: Vec<(String, String)> = self
+            .served
+            .lock()
+            .await
+            .iter()
+            .map(|(place, registry)| (registry.host().to_string(), format!("oci:{place}")))
+            .collect();
+        names.extend(
+            self.exports
+                .lock()
+                .await
+                .iter()
+                .map(|(place, registry)| (registry.host().to_string(), format!("oci:{place}"))),
+        );
+        names
+    }
+
     /// The registry the layout at `location` takes blob uploads on, for destination `field`:
     /// opened with `entry` (the allowlist's, which must allow export; its bucket owner and KMS
     /// key), one server per place for the life of the process.

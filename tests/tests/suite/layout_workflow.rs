@@ -362,6 +362,12 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
         "{}",
         broken.cause
     );
+    // The layout is named as the job names it, not by the function's loopback port.
+    assert!(
+        !broken.cause.contains("127.0.0.1") && broken.cause.contains("oci:s3://"),
+        "{}",
+        broken.cause
+    );
     assert!(in_destination(&world, "tampered/team/app", "v2")
         .await
         .is_none());

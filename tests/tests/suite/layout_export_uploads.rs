@@ -390,7 +390,8 @@ fn forge(location: &str, change: impl FnOnce(&mut serde_json::Value)) -> String 
 /// step copies a 12 MiB layer into that layout destination in 5 MiB segments, each call with
 /// a fresh connection cache (a new server on a new port) and its state carried as JSON THEN
 /// the layer arrives byte for byte at its key; a deployment that does not allow exporting there
-/// refuses the step naming `destinations[0].layout`, and nothing is written.
+/// refuses the step naming `destinations[0].layout`, and nothing is written. With the image's
+/// other blobs copied, the `put-manifests` step puts it into the layout and the seal states it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations() {
     use replication::connect::{Connections, Settings};
@@ -435,7 +436,8 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
         digest: Digest::parse(&image.digest).unwrap(),
         tags: vec!["v2".into()],
         destination: 0,
-        target_registry: format!("oci:{location}"),
+        // What enumerate-images gives a layout destination: it has no registry.
+        target_registry: String::new(),
         target_repository: "ml/model".into(),
         present: false,
         referrers: Vec::new(),
@@ -495,6 +497,56 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
     let stored = layout::verify_blob(rig.store.as_ref(), &blob).await;
     assert!(stored.is_ok(), "{stored:?}");
     assert_eq!(rig.keys().await, [blob_key(&blob.digest)]);
+
+    // The image's other blobs as a range of whole blobs, then put-manifests: the image is in
+    // the layout under its tag, recorded for the seal, and the seal states it.
+    let others: Vec<BlobRef> = image
+        .blobs
+        .iter()
+        .filter(|b| b.digest != blob.digest.as_str())
+        .map(|b| BlobRef {
+            digest: Digest::parse(&b.digest).unwrap(),
+            size: b.data.size(),
+        })
+        .collect();
+    let conns = Connections::new(settings(true));
+    let mut whole = input(None);
+    whole.range = CopyRange::Blobs { blobs: others };
+    functions::invoke::<CopyBlobs>(&conns, event(whole))
+        .await
+        .unwrap();
+    let put = functions::invoke::<replication::steps::PutManifests>(
+        &Connections::new(settings(true)),
+        lambda_runtime::LambdaEvent::new(
+            replication::steps::PutManifestsInput {
+                job: job.clone(),
+                image: task.clone(),
+                copied: Vec::new(),
+                execution: None,
+            },
+            lambda_runtime::Context::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        put.status,
+        replication::report::ImageStatus::Copied,
+        "{put:?}"
+    );
+    let (key, _) = e2e::image::signing_key(43);
+    let sealed = replication::layout_seal::seal_export(
+        (rig.store.as_ref(), &rig.names),
+        Some(&e2e::statements::LocalSigner(key)),
+        &src.host,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let statement = sealed.statement.expect("signed");
+    let stated: Vec<&String> = statement.images.keys().collect();
+    assert_eq!(stated, ["ml/model:v2"], "{stated:?}");
+    assert_eq!(statement.images["ml/model:v2"].digest, image.digest);
 }
 
 /// GIVEN a multi-arch index and an SBOM referring to it in a registry WHEN both are copied into

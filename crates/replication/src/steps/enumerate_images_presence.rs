@@ -59,8 +59,9 @@ pub(super) async fn page_destinations<'a>(
         let dest = conns.destination(&job.job, index).await?;
         let target = spec.checked_target_repository(repository)?;
         conns.check_target_scope(&spec.registry, &target)?;
+        // Asked where the connection goes (a layout's is its served registry on loopback).
         let (listed, repository_absent) =
-            destination_tags(&dest.client, &spec.registry, &target).await;
+            destination_tags(&dest.client, &dest.registry, &target).await;
         destinations.push(Destination {
             index,
             spec,
@@ -248,7 +249,7 @@ async fn image_tasks(
     let mut archived = Vec::new();
     for d in destinations {
         let repo = Repository {
-            registry: d.spec.registry.clone(),
+            registry: d.dest.registry.clone(),
             name: d.target.clone(),
         };
         // A tag the destination does not list means missing, without asking.

@@ -88,9 +88,14 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     // Validated from a copy: the helpers below read the rest of the input.
     let valid = input.job.clone().validate()?;
     let (job, platforms) = (&valid.job, valid.platforms.as_ref());
-    let to = checked_target(conns, job, &input.image)?;
+    let target = checked_target(conns, job, &input.image)?;
     let source = conns.source(job).await?;
     let dest = conns.destination(job, input.image.destination).await?;
+    // Reached where the connection goes (a layout's is its served registry on loopback).
+    let to = Repository {
+        registry: dest.registry.clone(),
+        name: target,
+    };
     // Its reads are counted (pulls, on a rate-limited source); the plan reserved them.
     let meter = Arc::new(PullMeter::counting(&source.registry));
     let client = source.client.metered(meter.clone());
@@ -161,7 +166,7 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
 
 /// The task's target repository, recomputed from the job and checked against the deployment's
 /// scope: whatever reached this step's input, it writes only where the job may.
-fn checked_target(conns: &Connections, job: &Job, task: &ImageTask) -> Result<Repository> {
+fn checked_target(conns: &Connections, job: &Job, task: &ImageTask) -> Result<String> {
     let spec = job.destination(task.destination)?;
     let target = spec.checked_target_repository(&task.repository)?;
     if target != task.target_repository || spec.registry != task.target_registry {
@@ -174,10 +179,7 @@ fn checked_target(conns: &Connections, job: &Job, task: &ImageTask) -> Result<Re
         ));
     }
     conns.check_target_scope(&spec.registry, &target)?;
-    Ok(Repository {
-        registry: spec.registry.clone(),
-        name: target,
-    })
+    Ok(target)
 }
 
 /// An image as `read_source_image` gives it: its reference, top manifest and what it holds.

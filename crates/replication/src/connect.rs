@@ -480,6 +480,42 @@ impl Connections {
             .await
     }
 
+    /// Seals the job's export into a layout, if it has one and is no dry run: the names its
+    /// steps gave written into `index.json`, the statement signed with the receipt key (when
+    /// the deployment has one). The statement's digest.
+    pub async fn seal_layout_export(&self, job: &Job) -> Result<Option<String>> {
+        let Some(index) = job.destinations.iter().position(|d| d.layout.is_some()) else {
+            return Ok(None);
+        };
+        if job.dry_run {
+            return Ok(None);
+        }
+        self.admit(job)?;
+        let location = job.destinations[index].layout.clone().unwrap_or_default();
+        let field = format!("destinations[{index}].layout");
+        let served = self
+            .layouts
+            .export_host(
+                &self.settings.aws,
+                (&location, &field),
+                self.allowed_layout(&location),
+                self.work_bucket().await,
+            )
+            .await?;
+        let signer = self.receipt_signer().await;
+        let signer = signer
+            .as_deref()
+            .map(|s| s as &dyn crate::receipts::ReceiptSigner);
+        let sealed = crate::layout_seal::seal_export(
+            served.export(),
+            signer,
+            &job.source_name(),
+            &Default::default(),
+        )
+        .await?;
+        Ok(sealed.statement.map(|s| s.digest))
+    }
+
     /// The deployment's allowlist entry for the layout at `location`, if any.
     fn allowed_layout(&self, location: &str) -> Option<&crate::allowlist::layouts::AllowedLayout> {
         self.settings

@@ -167,6 +167,9 @@ pub struct RunReport {
     /// A verification's findings (`"mode": "verify"`), absent in a replication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifyReport>,
+    /// An export into a layout: the digest of the transfer statement the run signed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout_statement: Option<String>,
     /// Repositories whose child handed its work back before its history grew too long, with
     /// where to go on: the next `enumerate-repositories` call gives each a new child. (At most
     /// one page's children; empty when the run ends.)

@@ -391,7 +391,9 @@ fn forge(location: &str, change: impl FnOnce(&mut serde_json::Value)) -> String 
 /// a fresh connection cache (a new server on a new port) and its state carried as JSON THEN
 /// the layer arrives byte for byte at its key; a deployment that does not allow exporting there
 /// refuses the step naming `destinations[0].layout`, and nothing is written. With the image's
-/// other blobs copied, the `put-manifests` step puts it into the layout and the seal states it.
+/// other blobs copied, the `put-manifests` step puts it into the layout, and the workflow's last
+/// step (`summarise` with the job) seals it: the statement, signed with the deployment's KMS
+/// receipt key, verifies with that key and states the image; its digest is in the report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations() {
     use replication::connect::{Connections, Settings};
@@ -534,16 +536,33 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
         replication::report::ImageStatus::Copied,
         "{put:?}"
     );
-    let (key, _) = e2e::image::signing_key(43);
-    let sealed = replication::layout_seal::seal_export(
-        (rig.store.as_ref(), &rig.names),
-        Some(&e2e::statements::LocalSigner(key)),
-        &src.host,
-        &Default::default(),
+    // The workflow's last step (`Finish`: summarise with the job) seals the export with the
+    // deployment's receipt key (KMS).
+    let (key_arn, public_der) = rig._moto.signing_key().await;
+    let mut signing = settings(true);
+    signing.receipt_key = Some(ecr::KmsKeyArn::parse(&key_arn).unwrap());
+    let finish = replication::steps::SummariseInput {
+        job: Some(job.clone()),
+        fail_on_failure: true,
+        execution: Some("arn:aws:states:us-east-1:123456789012:execution:replicate:run".into()),
+        ..Default::default()
+    };
+    let report = functions::invoke::<replication::steps::Summarise>(
+        &Connections::new(signing),
+        lambda_runtime::LambdaEvent::new(finish, lambda_runtime::Context::default()),
     )
     .await
     .unwrap();
-    let statement = sealed.statement.expect("signed");
+    let digest = report
+        .layout_statement
+        .expect("the statement's digest in the report");
+    let trusted =
+        replication::transfer_statement::TrustedTransferKey::from_der(&public_der).unwrap();
+    let verified = replication::layout_registry::VerifiedLayout::read(rig.store.clone(), &trusted)
+        .await
+        .unwrap();
+    let statement = verified.statement;
+    assert_eq!(statement.digest, digest);
     let stated: Vec<&String> = statement.images.keys().collect();
     assert_eq!(stated, ["ml/model:v2"], "{stated:?}");
     assert_eq!(statement.images["ml/model:v2"].digest, image.digest);

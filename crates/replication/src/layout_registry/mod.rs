@@ -55,6 +55,8 @@ pub struct LayoutRegistry {
 pub struct LayoutExportRegistry {
     host: String,
     secret: String,
+    store: Arc<dyn PartUploads>,
+    names: ExportNames,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -70,14 +72,24 @@ impl LayoutExportRegistry {
     pub async fn serve(store: Arc<dyn PartUploads>, names: ExportNames) -> Result<Self> {
         let location = store.location();
         let (host, secret, server) = listen(&location, |authorization| {
-            http::router(http::Mode::Export(store, names), authorization)
+            http::router(
+                http::Mode::Export(store.clone(), names.clone()),
+                authorization,
+            )
         })
         .await?;
         Ok(LayoutExportRegistry {
             host,
             secret,
+            store,
+            names,
             server,
         })
+    }
+
+    /// The layout written into, and the names given there, for the seal.
+    pub fn export(&self) -> (&dyn oci::layout::LayoutStore, &ExportNames) {
+        (self.store.as_ref(), &self.names)
     }
 
     /// `127.0.0.1:PORT`: the registry host the steps' client reaches the layout at.

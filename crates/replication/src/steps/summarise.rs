@@ -23,7 +23,14 @@ impl Step for Summarise {
             let model = &conns.settings().cost_model;
             let finish = input.fail_on_failure;
             let execution = input.execution.clone();
+            // Sealed before the report is judged: the images that arrived are named and stated
+            // even when others failed.
+            let statement = match (&input.job, finish) {
+                (Some(job), true) => conns.seal_layout_export(job).await?,
+                _ => None,
+            };
             let mut report = summarise(input, model)?;
+            report.layout_statement = statement;
             report.add_cost(&Cost::this_call(started));
             let report = report.priced(model);
             if finish {
@@ -111,6 +118,10 @@ pub struct SummariseInput {
     /// Fail (naming the failed images) when any image failed: the workflow's last step.
     #[serde(default)]
     pub fail_on_failure: bool,
+    /// At the workflow's last step, the job: an export into a layout is sealed there (the
+    /// names its images were given written into `index.json`, its statement signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<crate::job::Job>,
 }
 
 /// A repository child's output; `nextToken` when it handed the rest of its work back.

@@ -653,6 +653,12 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
     );
     let head = target.head_manifest(&tagged).await.unwrap().unwrap();
     assert_eq!(head.digest.as_str(), app.digest);
+    // The repository's tags, as enumerate-images lists them: the run's records.
+    let repository = Repository {
+        registry: server.host().to_string(),
+        name: "team/app".into(),
+    };
+    assert_eq!(target.list_tags(&repository).await.unwrap(), ["v1"]);
     let again = copy_image(
         &source,
         &reference(&src.host, ":v1"),
@@ -786,6 +792,12 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     let statement = sealed.statement.expect("signed");
     assert_eq!(statement.images.len(), 1, "{:?}", statement.images);
     assert!(rig.names.list().await.unwrap().is_empty(), "records left");
+    // Sealed, the tags are index.json's (the referrers are no tags).
+    let repository = Repository {
+        registry: server.host().to_string(),
+        name: "team/app".into(),
+    };
+    assert_eq!(target.list_tags(&repository).await.unwrap(), ["v1"]);
 
     // The import side: verified with the key, served, copied into another registry.
     let trusted = TrustedTransferKey::from_pem(&pem).unwrap();

@@ -445,7 +445,9 @@ async fn export(
     {
         Some((name, token)) if !token.contains('/') => (name, Some(token)),
         _ => match route(path) {
-            Some(Route::Blob(name, _) | Route::Manifest(name, _)) => (name, None),
+            Some(Route::Blob(name, _) | Route::Manifest(name, _) | Route::Tags(name)) => {
+                (name, None)
+            }
             _ => return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource"),
         },
     };
@@ -459,6 +461,19 @@ async fn export(
         }
         (None, Some(Route::Blob(_, digest))) if method == Method::GET || method == Method::HEAD => {
             blob(store, digest, headers, method == Method::HEAD).await
+        }
+        (None, Some(Route::Tags(_))) if method == Method::GET => {
+            match super::manifests::tags((store, names), name).await {
+                Ok(tags) => {
+                    let (tags, link) = page(
+                        tags.into_iter(),
+                        page_query(uri),
+                        &format!("/v2/{name}/tags/list"),
+                    );
+                    json_page(json!({ "name": name, "tags": tags }), link)
+                }
+                Err(e) => failed(e),
+            }
         }
         (None, Some(Route::Manifest(_, reference))) if method == Method::PUT => {
             super::manifests::put((store, names), name, reference, headers, body).await

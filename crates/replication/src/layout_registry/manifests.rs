@@ -96,9 +96,14 @@ impl ExportNames {
 
     /// The record files there now, in order.
     pub async fn list(&self) -> oci::Result<Vec<String>> {
+        self.list_folder("").await
+    }
+
+    /// The record files under `folder` (one repository's), in order.
+    async fn list_folder(&self, folder: &str) -> oci::Result<Vec<String>> {
         let keys = self
             .bucket
-            .list(&self.prefix, MAX_PENDING_REFS)
+            .list(&format!("{}{folder}", self.prefix), MAX_PENDING_REFS)
             .await
             .map_err(|e| self.failed(e))?;
         Ok(keys
@@ -138,15 +143,52 @@ pub struct PendingRef {
 }
 
 impl PendingRef {
-    /// The record's file: one per repository and tag (or referrer digest).
+    /// The record's file: one per repository and tag (or referrer digest), under its
+    /// repository's folder (a repository's tags are listed without reading the others').
     pub fn file(&self) -> String {
         let name = format!(
             "{}\n{}",
             self.repository,
             self.tag.as_deref().unwrap_or(&self.digest)
         );
-        format!("{}.json", Digest::of(name.as_bytes()).hex())
+        format!(
+            "{}{}.json",
+            repository_folder(&self.repository),
+            Digest::of(name.as_bytes()).hex()
+        )
     }
+}
+
+/// The folder of a repository's records.
+fn repository_folder(repository: &str) -> String {
+    format!("{}/", Digest::of(repository.as_bytes()).hex())
+}
+
+/// `GET /v2/<name>/tags/list`: the repository's tags in `index.json` and in the run's records,
+/// in order, one page of at most `n` after `last`.
+pub(super) async fn tags(
+    (store, names): (&dyn LayoutStore, &ExportNames),
+    name: &str,
+) -> oci::Result<Vec<String>> {
+    let mut tags = std::collections::BTreeSet::new();
+    if let Some(index) = LayoutIndex::read(store).await? {
+        let path = format!("{}/index.json", store.location());
+        for entry in index.entries(&path)? {
+            if let Ok((Some(repository), tag)) = layout::split_ref_name(&entry.ref_name) {
+                if repository == name {
+                    tags.insert(tag.to_string());
+                }
+            }
+        }
+    }
+    for file in names.list_folder(&repository_folder(name)).await? {
+        if let Some(record) = names.get(&file).await? {
+            if record.repository == name {
+                tags.extend(record.tag);
+            }
+        }
+    }
+    Ok(tags.into_iter().collect())
 }
 
 /// `PUT /v2/<name>/manifests/<reference>`.

@@ -438,8 +438,8 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
         digest: Digest::parse(&image.digest).unwrap(),
         tags: vec!["v2".into()],
         destination: 0,
-        // What enumerate-images gives a layout destination: it has no registry.
-        target_registry: String::new(),
+        // How enumerate-images names a layout destination.
+        target_registry: format!("oci:{location}"),
         target_repository: "ml/model".into(),
         present: false,
         referrers: Vec::new(),

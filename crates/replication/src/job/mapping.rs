@@ -98,6 +98,15 @@ impl RepositoryRename {
 }
 
 impl Destination {
+    /// How reports, metrics and each image's task name this destination: its registry, or
+    /// `oci:` and its layout.
+    pub fn target_name(&self) -> String {
+        match &self.layout {
+            Some(layout) => format!("oci:{layout}"),
+            None => self.registry.clone(),
+        }
+    }
+
     /// The repository name in this destination: the source name as the first matching
     /// `repositoryMapping` rule rewrites it (or as it is), after the prefix.
     pub fn target_repository(&self, repository: &str) -> String {

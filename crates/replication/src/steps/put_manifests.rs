@@ -169,12 +169,15 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
 fn checked_target(conns: &Connections, job: &Job, task: &ImageTask) -> Result<String> {
     let spec = job.destination(task.destination)?;
     let target = spec.checked_target_repository(&task.repository)?;
-    if target != task.target_repository || spec.registry != task.target_registry {
+    if target != task.target_repository || spec.target_name() != task.target_registry {
         return Err(Error::invalid(
             "image.targetRepository",
             format!(
                 "{}/{} is not where the job puts {} ({}/{target})",
-                task.target_registry, task.target_repository, task.repository, spec.registry
+                task.target_registry,
+                task.target_repository,
+                task.repository,
+                spec.target_name()
             ),
         ));
     }

@@ -120,6 +120,25 @@ async fn image_with_layer(
     (image, blob)
 }
 
+/// `team/app:v1` (a multi-arch index from `seed`) pushed to `src` with an SBOM referring to
+/// it (pushed by digest).
+async fn app_with_sbom(
+    src: &TestRegistry,
+    seed: u64,
+) -> (e2e::image::TestImage, e2e::image::TestImage) {
+    let app = e2e::image::multi_arch(seed, 1, 2_000);
+    let sbom = e2e::image::artifact(
+        Some(&app),
+        "application/spdx+json",
+        "application/spdx+json",
+        b"{}",
+    );
+    let pusher = Pusher::new(&src.host, None);
+    pusher.push("team/app", "v1", &app).await;
+    pusher.push("team/app", &sbom.digest, &sbom).await;
+    (app, sbom)
+}
+
 fn blob_key(digest: &Digest) -> String {
     format!("{PREFIX}/blobs/sha256/{}", digest.hex())
 }
@@ -577,22 +596,12 @@ async fn copy_blobs_writes_a_layer_into_an_allowed_s3_layout_across_invocations(
 /// digest it is not, are refused and record nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_end() {
-    use e2e::image::{artifact, multi_arch};
     use replication::copy::{copy_image, CopyOptions};
     use replication::layout_registry::PendingRef;
 
     let rig = Rig::start().await;
     let src = TestRegistry::start();
-    let app = multi_arch(51, 1, 2_000);
-    let sbom = artifact(
-        Some(&app),
-        "application/spdx+json",
-        "application/spdx+json",
-        b"{}",
-    );
-    let pusher = Pusher::new(&src.host, None);
-    pusher.push("team/app", "v1", &app).await;
-    pusher.push("team/app", &sbom.digest, &sbom).await;
+    let (app, sbom) = app_with_sbom(&src, 51).await;
     let source =
         RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
     let (server, target) = rig.invocation().await;
@@ -728,7 +737,7 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
 /// does not name refuses the seal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
-    use e2e::image::{artifact, multi_arch, signing_key};
+    use e2e::image::{artifact, signing_key};
     use e2e::statements::LocalSigner;
     use replication::copy::{copy_image, CopyOptions};
     use replication::layout_registry::{LayoutRegistry, PendingRef, VerifiedLayout};
@@ -738,16 +747,8 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
 
     let rig = Rig::start().await;
     let (src, dst) = (TestRegistry::start(), TestRegistry::start());
-    let app = multi_arch(61, 1, 2_000);
-    let sbom = artifact(
-        Some(&app),
-        "application/spdx+json",
-        "application/spdx+json",
-        b"{}",
-    );
+    let (app, sbom) = app_with_sbom(&src, 61).await;
     let pusher = Pusher::new(&src.host, None);
-    pusher.push("team/app", "v1", &app).await;
-    pusher.push("team/app", &sbom.digest, &sbom).await;
     let source = RegistryClient::new(
         e2e::fast_retry_config(&[&src.host, &dst.host]),
         CredentialStore::new(),

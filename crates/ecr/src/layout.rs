@@ -271,16 +271,30 @@ impl S3Layout {
     }
 
     async fn head(&self, key: &str) -> oci::Result<Option<u64>> {
+        Ok(self
+            .head_object(key, false)
+            .await?
+            .map(|head| head.content_length().unwrap_or(0).max(0) as u64))
+    }
+
+    /// `HeadObject`, with the object's checksums when `checksums` (`ChecksumMode`, which for an
+    /// SSE-KMS object also asks `kms:Decrypt`): `None` when there is no such key.
+    async fn head_object(
+        &self,
+        key: &str,
+        checksums: bool,
+    ) -> oci::Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>> {
         let answer = self
             .client
             .head_object()
             .bucket(&self.location.bucket)
             .key(key)
+            .set_checksum_mode(checksums.then_some(aws_sdk_s3::types::ChecksumMode::Enabled))
             .set_expected_bucket_owner(self.owner())
             .send()
             .await;
         match answer {
-            Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+            Ok(head) => Ok(Some(head)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
             Err(e) => Err(s3_error("s3:HeadObject", &self.shown(key), &e)),
         }
@@ -778,17 +792,9 @@ impl S3Layout {
         let computed = match copied {
             Some(sum) => Some(sum),
             None => self
-                .client
-                .head_object()
-                .bucket(&self.location.bucket)
-                .key(staging)
-                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                .set_expected_bucket_owner(self.owner())
-                .send()
-                .await
-                .map_err(|e| s3_error("s3:HeadObject", &shown, &e))?
-                .checksum_sha256()
-                .map(str::to_string),
+                .head_object(staging, true)
+                .await?
+                .and_then(|head| head.checksum_sha256().map(str::to_string)),
         };
         let expected = sha256_base64(&blob.digest);
         match computed {
@@ -977,24 +983,8 @@ impl LayoutStore for S3Layout {
     /// A composite checksum of parts (`<base64>-<parts>`) vouches for nothing here.
     fn attests_blob<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, oci::Result<bool>> {
         async move {
-            let key = self.blob_key(digest);
-            let answer = self
-                .client
-                .head_object()
-                .bucket(&self.location.bucket)
-                .key(&key)
-                .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
-                .set_expected_bucket_owner(self.owner())
-                .send()
-                .await;
-            let head = match answer {
-                Ok(head) => head,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => {
-                    return Ok(false)
-                }
-                Err(e) => return Err(s3_error("s3:HeadObject", &self.shown(&key), &e)),
-            };
-            Ok(head.checksum_sha256() == Some(sha256_base64(digest).as_str()))
+            let head = self.head_object(&self.blob_key(digest), true).await?;
+            Ok(head.is_some_and(|h| h.checksum_sha256() == Some(sha256_base64(digest).as_str())))
         }
         .boxed()
     }

@@ -492,16 +492,7 @@ impl Connections {
         }
         self.admit(job)?;
         let location = job.destinations[index].layout.clone().unwrap_or_default();
-        let field = format!("destinations[{index}].layout");
-        let served = self
-            .layouts
-            .export_host(
-                &self.settings.aws,
-                (&location, &field),
-                self.allowed_layout(&location),
-                self.work_bucket().await,
-            )
-            .await?;
+        let served = self.export_layout(&location, index).await?;
         let signer = self.receipt_signer().await;
         let signer = signer
             .as_deref()
@@ -514,6 +505,24 @@ impl Connections {
         )
         .await?;
         Ok(sealed.statement.map(|s| s.digest))
+    }
+
+    /// The layout at `location` (destination `index`) served on loopback for export, opened
+    /// with the allowlist's entry for it and the work bucket its names wait in.
+    async fn export_layout(
+        &self,
+        location: &str,
+        index: usize,
+    ) -> Result<Arc<crate::layout_registry::LayoutExportRegistry>> {
+        let field = format!("destinations[{index}].layout");
+        self.layouts
+            .export_host(
+                &self.settings.aws,
+                (location, &field),
+                self.allowed_layout(location),
+                self.work_bucket().await,
+            )
+            .await
     }
 
     /// The deployment's allowlist entry for the layout at `location`, if any.
@@ -531,17 +540,7 @@ impl Connections {
         if let Some(location) = &d.layout {
             // An S3 layout the deployment allows exporting into, served on loopback: blobs go
             // there as uploads (`layout_registry::LayoutExportRegistry`).
-            let field = format!("destinations[{index}].layout");
-            let entry = self.allowed_layout(location);
-            let served = self
-                .layouts
-                .export_host(
-                    &self.settings.aws,
-                    (location, &field),
-                    entry,
-                    self.work_bucket().await,
-                )
-                .await?;
+            let served = self.export_layout(location, index).await?;
             return self
                 .connect_served(served.host(), served.credential())
                 .await;

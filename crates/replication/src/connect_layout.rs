@@ -58,16 +58,7 @@ impl ServedLayouts {
             .and_then(|k| k.with_pins(None, pin))
             .map_err(|e| Error::invalid(field, format!("the transferKey of {location}: {e}")))?;
         // One server per place, however the job spells it.
-        let place =
-            match LayoutLocation::parse(location) {
-                Ok(LayoutLocation::S3(at)) => at,
-                Ok(LayoutLocation::Dir(_)) => return Err(Error::invalid(
-                    field,
-                    "the workflow reads layouts in S3 (s3://BUCKET/PREFIX); import a directory \
-                     with `ecr-replicator sync`",
-                )),
-                Err(problem) => return Err(Error::invalid(field, problem)),
-            };
+        let place = in_s3(location, field, ("reads", "import a directory"))?;
         let name = place.to_string();
         let mut served = self.served.lock().await;
         if let Some(registry) = served.get(&name) {
@@ -96,9 +87,7 @@ impl ServedLayouts {
             }
         }
     }
-}
 
-impl ServedLayouts {
     /// Each served layout's loopback host with the name users know it by (`oci:s3://BUCKET/PREFIX`),
     /// for messages: `127.0.0.1:PORT` is this process's and means nothing to a reader.
     pub(crate) async fn names(&self) -> Vec<(String, String)> {
@@ -138,17 +127,7 @@ impl ServedLayouts {
                 ),
             ));
         };
-        let place = match LayoutLocation::parse(location) {
-            Ok(LayoutLocation::S3(at)) => at,
-            Ok(LayoutLocation::Dir(_)) => {
-                return Err(Error::invalid(
-                    field,
-                    "the workflow writes layouts in S3 (s3://BUCKET/PREFIX); export into a \
-                     directory with `ecr-replicator sync`",
-                ))
-            }
-            Err(problem) => return Err(Error::invalid(field, problem)),
-        };
+        let place = in_s3(location, field, ("writes", "export into a directory"))?;
         let name = place.to_string();
         let mut exports = self.exports.lock().await;
         if let Some(registry) = exports.get(&name) {
@@ -173,6 +152,22 @@ impl ServedLayouts {
         let registry = Arc::new(LayoutExportRegistry::serve(store, names).await?);
         exports.insert(name, registry.clone());
         Ok(registry)
+    }
+}
+
+/// The S3 place `location` names for `field`: the workflow (which `does` with layouts) reaches
+/// none but S3; a directory is refused, saying to use `sync` to `instead`.
+fn in_s3(location: &str, field: &str, (does, instead): (&str, &str)) -> Result<ecr::S3Location> {
+    match LayoutLocation::parse(location) {
+        Ok(LayoutLocation::S3(at)) => Ok(at),
+        Ok(LayoutLocation::Dir(_)) => Err(Error::invalid(
+            field,
+            format!(
+                "the workflow {does} layouts in S3 (s3://BUCKET/PREFIX); {instead} with \
+                 `ecr-replicator sync`"
+            ),
+        )),
+        Err(problem) => Err(Error::invalid(field, problem)),
     }
 }
 

@@ -53,7 +53,7 @@ pub(crate) fn artifact_type_of(manifest: &Manifest) -> String {
         .to_string()
 }
 
-fn subject_of(manifest: &Manifest) -> Option<String> {
+pub(crate) fn subject_of(manifest: &Manifest) -> Option<String> {
     parsed(manifest)["subject"]["digest"]
         .as_str()
         .map(str::to_string)

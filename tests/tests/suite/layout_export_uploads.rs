@@ -781,14 +781,17 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
 
     let (key, pem) = signing_key(62);
     let signer = LocalSigner(key);
-    let sealed = seal_export(
-        (rig.store.as_ref(), &rig.names),
-        Some(&signer),
-        &src.host,
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap();
+    // Seals the export as the workflow's last step does (no admissions).
+    let admitted = BTreeMap::new();
+    let seal = || {
+        seal_export(
+            (rig.store.as_ref(), &rig.names),
+            Some(&signer),
+            &src.host,
+            &admitted,
+        )
+    };
+    let sealed = seal().await.unwrap();
     assert_eq!(sealed.named, 2);
     let statement = sealed.statement.expect("signed");
     assert_eq!(statement.images.len(), 1, "{:?}", statement.images);
@@ -828,14 +831,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
         app.manifest.to_vec()
     );
 
-    let again = seal_export(
-        (rig.store.as_ref(), &rig.names),
-        Some(&signer),
-        &src.host,
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap();
+    let again = seal().await.unwrap();
     assert_eq!((again.named, again.statement.is_some()), (0, false));
 
     // A later run adds only a referrer (a new SBOM) to the image an earlier one exported: the
@@ -852,16 +848,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
         referrer
     };
     let later = export_referrer("application/vnd.cyclonedx+json", b"[]").await;
-    let restated = seal_export(
-        (rig.store.as_ref(), &rig.names),
-        Some(&signer),
-        &src.host,
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap()
-    .statement
-    .expect("stated again");
+    let restated = seal().await.unwrap().statement.expect("stated again");
     let referrers: Vec<&str> = restated
         .images
         .values()
@@ -889,15 +876,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
         .unwrap();
     assert!(!rig.store.attests_blob(&layer).await.unwrap());
     export_referrer("application/vnd.test+json", b"1").await;
-    let damaged = seal_export(
-        (rig.store.as_ref(), &rig.names),
-        Some(&signer),
-        &src.host,
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let damaged = seal().await.unwrap_err().to_string();
     assert!(damaged.contains("damaged"), "{damaged}");
     VerifiedLayout::read(rig.store.clone(), &trusted)
         .await
@@ -923,14 +902,7 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
         )
         .await
         .unwrap();
-    let ignored = seal_export(
-        (rig.store.as_ref(), &rig.names),
-        Some(&signer),
-        &src.host,
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap();
+    let ignored = seal().await.unwrap();
     assert_eq!((ignored.named, ignored.statement.is_some()), (0, false));
     // One in the work bucket at another place than its content names is refused.
     let mut moved = record.clone();
@@ -949,14 +921,6 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
         .send()
         .await
         .unwrap();
-    let refused = seal_export(
-        (rig.store.as_ref(), &rig.names),
-        Some(&signer),
-        &src.host,
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let refused = seal().await.unwrap_err().to_string();
     assert!(refused.contains("not written by this export"), "{refused}");
 }

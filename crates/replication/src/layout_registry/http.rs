@@ -319,6 +319,25 @@ async fn manifest(
     manifest_answer(&manifest, head)
 }
 
+/// `201 Created` for what a write stored: its `Location` and `Docker-Content-Digest`.
+pub(super) fn created(location: &str, digest: &Digest) -> Response {
+    let mut response = StatusCode::CREATED.into_response();
+    let out = response.headers_mut();
+    for (key, value) in [
+        (header::LOCATION, location),
+        (
+            header::HeaderName::from_static("docker-content-digest"),
+            digest.as_str(),
+        ),
+        (header::CONTENT_LENGTH, "0"),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            out.insert(key, value);
+        }
+    }
+    response
+}
+
 /// A manifest as a registry answers it: its bytes (none for `HEAD`), media type, length and
 /// digest.
 pub(super) fn manifest_answer(manifest: &oci::Manifest, head: bool) -> Response {

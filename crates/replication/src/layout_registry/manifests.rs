@@ -11,16 +11,15 @@
 //! `MANIFEST_BLOB_UNKNOWN`), so no name ever points at an incomplete image.
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::StreamExt;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
 use oci::layout::{self, LayoutIndex, LayoutStore};
 use oci::manifest::{is_foreign_layer, MAX_MANIFEST_BYTES};
 use oci::{BlobRef, Digest, Manifest, ManifestContent};
 use serde::{Deserialize, Serialize};
 
-use super::http::{error, failed, manifest_answer};
+use super::http::{created, error, failed, manifest_answer};
+use crate::layout_referrers::{artifact_type_of, subject_of};
 
 /// Where the work bucket keeps the names runs gave in each layout until `index.json` holds them
 /// (`layout-names/<sha256 of the layout's place>/<record>.json`).
@@ -57,10 +56,7 @@ impl ExportNames {
     }
 
     fn failed(&self, e: ecr::Error) -> oci::Error {
-        oci::Error::Layout {
-            path: self.layout.clone(),
-            reason: format!("the names of the export in the work bucket: {e}"),
-        }
+        self.failed_reason(format!("the names of the export in the work bucket: {e}"))
     }
 
     /// Records a name (replacing the record of the same repository and tag).
@@ -146,14 +142,19 @@ impl PendingRef {
     /// The record's file: one per repository and tag (or referrer digest), under its
     /// repository's folder (a repository's tags are listed without reading the others').
     pub fn file(&self) -> String {
-        let name = format!(
-            "{}\n{}",
-            self.repository,
-            self.tag.as_deref().unwrap_or(&self.digest)
-        );
+        Self::file_of(
+            &self.repository,
+            self.tag.as_deref().unwrap_or(&self.digest),
+        )
+    }
+
+    /// The file of the record of `repository` and `reference` (its tag, or a referrer's
+    /// digest).
+    fn file_of(repository: &str, reference: &str) -> String {
+        let name = format!("{repository}\n{reference}");
         format!(
             "{}{}.json",
-            repository_folder(&self.repository),
+            repository_folder(repository),
             Digest::of(name.as_bytes()).hex()
         )
     }
@@ -200,9 +201,10 @@ pub(super) async fn put(
     body: Body,
 ) -> Response {
     let place = format!("{}/{name}:{reference}", store.location());
-    let bytes = match bounded(body).await {
-        Some(bytes) => bytes,
-        None => {
+    // At most the bound is read: a longer body is refused.
+    let bytes = match axum::body::to_bytes(body, MAX_MANIFEST_BYTES).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "MANIFEST_INVALID",
@@ -237,16 +239,13 @@ pub(super) async fn put(
     if let Err(e) = layout::write_manifest(store, &manifest).await {
         return failed(e);
     }
-    let fields: serde_json::Value = serde_json::from_slice(&manifest.bytes).unwrap_or_default();
-    let subject = fields["subject"]["digest"].as_str().map(str::to_string);
+    let subject = subject_of(&manifest);
     // A manifest put by digest gets a name only when it refers to another (a referrer).
     if tag.is_some() || subject.is_some() {
-        let artifact_type = subject.as_ref().and(
-            fields["artifactType"]
-                .as_str()
-                .or(fields["config"]["mediaType"].as_str())
-                .map(str::to_string),
-        );
+        let artifact_type = subject
+            .as_ref()
+            .map(|_| artifact_type_of(&manifest))
+            .filter(|t| !t.is_empty());
         let record = PendingRef {
             repository: name.to_string(),
             tag,
@@ -260,37 +259,10 @@ pub(super) async fn put(
             return failed(e);
         }
     }
-    let mut response = StatusCode::CREATED.into_response();
-    let out = response.headers_mut();
-    for (key, value) in [
-        (
-            header::LOCATION,
-            format!("/v2/{name}/manifests/{}", manifest.digest),
-        ),
-        (
-            header::HeaderName::from_static("docker-content-digest"),
-            manifest.digest.to_string(),
-        ),
-        (header::CONTENT_LENGTH, "0".to_string()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            out.insert(key, value);
-        }
-    }
-    response
-}
-
-/// The body, unless it is over the manifest bound (read no further than that).
-async fn bounded(body: Body) -> Option<Bytes> {
-    let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.ok()?);
-        if bytes.len() > MAX_MANIFEST_BYTES {
-            return None;
-        }
-    }
-    Some(Bytes::from(bytes))
+    created(
+        &format!("/v2/{name}/manifests/{}", manifest.digest),
+        &manifest.digest,
+    )
 }
 
 /// Index levels checked below a manifest put (an index of indexes is two).
@@ -436,17 +408,8 @@ async fn named(
     if oci::reference::validate_tag(tag).is_err() {
         return Ok(None);
     }
-    let probe = PendingRef {
-        repository: name.to_string(),
-        tag: Some(tag.to_string()),
-        digest: String::new(),
-        media_type: String::new(),
-        size: 0,
-        subject: None,
-        artifact_type: None,
-    };
-    if let Some(record) = names.get(&probe.file()).await? {
-        if record.repository == name && record.tag == probe.tag {
+    if let Some(record) = names.get(&PendingRef::file_of(name, tag)).await? {
+        if record.repository == name && record.tag.as_deref() == Some(tag) {
             let digest = Digest::parse(&record.digest).map_err(|e| oci::Error::Layout {
                 path: store.location(),
                 reason: format!("the record of {name}:{tag} names {:?}: {e}", record.digest),

@@ -23,7 +23,7 @@ use oci::layout::{PartUpload, PartUploads};
 use oci::{BlobRef, Digest};
 use serde::{Deserialize, Serialize};
 
-use super::http::{error, failed};
+use super::http::{created, error, failed};
 
 /// S3's most parts of one upload, and its smallest part but the last ("Amazon S3 multipart
 /// upload limits": <https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html>).
@@ -391,24 +391,7 @@ async fn complete(
             e => stored_failed(e),
         };
     }
-    let mut response = StatusCode::CREATED.into_response();
-    let out = response.headers_mut();
-    for (key, value) in [
-        (
-            header::LOCATION,
-            format!("/v2/{name}/blobs/{}", blob.digest),
-        ),
-        (
-            header::HeaderName::from_static("docker-content-digest"),
-            blob.digest.to_string(),
-        ),
-        (header::CONTENT_LENGTH, "0".to_string()),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            out.insert(key, value);
-        }
-    }
-    response
+    created(&format!("/v2/{name}/blobs/{}", blob.digest), &blob.digest)
 }
 
 #[cfg(test)]

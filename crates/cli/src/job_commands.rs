@@ -447,12 +447,6 @@ pub struct StartArgs {
 /// `start`: StartExecution, then (with `--wait`) DescribeExecution until it ends.
 pub async fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
     let text = args.input.read()?;
-    if let Some(field) = Job::parse(&text)?.job.export_field() {
-        bail!(
-            "{field}: the state machine does not export into layouts yet: run this job \
-             with `ecr-replicator sync --input FILE`; nothing started"
-        );
-    }
     let region = args
         .state_machine_arn
         .split(':')

@@ -490,6 +490,8 @@ impl Connections {
         if job.dry_run {
             return Ok(None);
         }
+        // Checked as every step checks its copy of the job (this one is Finish's state).
+        let job = &job.clone().validate()?.job;
         self.admit(job)?;
         let location = job.destinations[index].layout.clone().unwrap_or_default();
         let served = self.export_layout(&location, index).await?;
@@ -497,14 +499,50 @@ impl Connections {
         let signer = signer
             .as_deref()
             .map(|s| s as &dyn crate::receipts::ReceiptSigner);
-        let sealed = crate::layout_seal::seal_export(
-            served.export(),
-            signer,
-            &job.source_name(),
-            &Default::default(),
-        )
-        .await?;
+        let sealed =
+            crate::layout_seal::seal_export(served.export(), signer, &job.source_name()).await?;
         Ok(sealed.statement.map(|s| s.digest))
+    }
+
+    /// Records, for the seal's statement, what admitted the image `digest` that destination
+    /// `index` (a layout) is given: the signature gate's line.
+    pub async fn record_export_admission(
+        &self,
+        job: &Job,
+        index: usize,
+        digest: &oci::Digest,
+        line: &str,
+    ) -> Result<()> {
+        let location = job.destination(index)?.layout.clone().unwrap_or_default();
+        let served = self.export_layout(&location, index).await?;
+        let (_, names) = served.export();
+        names
+            .admit(digest, &[line.to_string()])
+            .await
+            .map_err(|source| Error::Registry {
+                image: format!("oci:{location}"),
+                source,
+            })
+    }
+
+    /// An export job's layout checked as its steps will open it, without a call: in S3, allowed
+    /// for export by the deployment, with the work bucket its names wait in. Nothing for a job
+    /// without a destination layout.
+    pub async fn check_layout_export(&self, job: &Job) -> Result<()> {
+        let Some(index) = job.destinations.iter().position(|d| d.layout.is_some()) else {
+            return Ok(());
+        };
+        let location = job.destinations[index]
+            .layout
+            .as_deref()
+            .unwrap_or_default();
+        let field = format!("destinations[{index}].layout");
+        crate::connect_layout::export_place(
+            (location, &field),
+            self.allowed_layout(location),
+            self.work_bucket().await,
+        )
+        .map(|_| ())
     }
 
     /// The layout at `location` (destination `index`) served on loopback for export, opened

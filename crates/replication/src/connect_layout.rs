@@ -118,16 +118,7 @@ impl ServedLayouts {
         entry: Option<&AllowedLayout>,
         work_bucket: Option<&ecr::WorkBucket>,
     ) -> Result<Arc<LayoutExportRegistry>> {
-        let Some(entry) = entry.filter(|e| e.export) else {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "{location} is not one of the deployment's layouts allowed for export \
-                     (layouts[] in its configuration)"
-                ),
-            ));
-        };
-        let place = in_s3(location, field, ("writes", "export into a directory"))?;
+        let (entry, place, work_bucket) = export_place((location, field), entry, work_bucket)?;
         let name = place.to_string();
         let mut exports = self.exports.lock().await;
         if let Some(registry) = exports.get(&name) {
@@ -140,19 +131,40 @@ impl ServedLayouts {
             None => None,
         };
         // The names a run gives wait for the seal in the deployment's own bucket.
-        let Some(work_bucket) = work_bucket else {
-            return Err(Error::invalid(
-                field,
-                "exporting into a layout needs the deployment's work bucket \
-                 (ECR_REPLICATOR_WORK_BUCKET), where the names it gives wait for the seal",
-            ));
-        };
         let names = ExportNames::new(work_bucket.clone(), &name);
         let store = open_s3(aws, place, entry, kms_key).await?;
         let registry = Arc::new(LayoutExportRegistry::serve(store, names).await?);
         exports.insert(name, registry.clone());
         Ok(registry)
     }
+}
+
+/// Where an export into `location` (the job's `field`) may go, checked without a call: a layout
+/// in S3 (a directory is the CLI's), one of the deployment's layouts allowed for export
+/// (`entry`), with the work bucket its names wait in for the seal.
+pub(crate) fn export_place<'a, 'w>(
+    (location, field): (&str, &str),
+    entry: Option<&'a AllowedLayout>,
+    work_bucket: Option<&'w ecr::WorkBucket>,
+) -> Result<(&'a AllowedLayout, ecr::S3Location, &'w ecr::WorkBucket)> {
+    let place = in_s3(location, field, ("writes", "export into a directory"))?;
+    let Some(entry) = entry.filter(|e| e.export) else {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{location} is not one of the deployment's layouts allowed for export \
+                 (layouts[] in its configuration)"
+            ),
+        ));
+    };
+    let Some(work_bucket) = work_bucket else {
+        return Err(Error::invalid(
+            field,
+            "exporting into a layout needs the deployment's work bucket \
+             (ECR_REPLICATOR_WORK_BUCKET), where the names it gives wait for the seal",
+        ));
+    };
+    Ok((entry, place, work_bucket))
 }
 
 /// The S3 place `location` names for `field`: the workflow (which `does` with layouts) reaches

@@ -9,7 +9,7 @@
 //! is rewritten wherever the layout is imported. The records are removed once `index.json` and
 //! the statement are written; a seal that fails leaves them for the next.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use oci::layout::{self, LayoutIndex, LayoutStore};
 use oci::{BlobRef, Digest};
@@ -30,14 +30,13 @@ pub struct Sealed {
     pub statement: Option<VerifiedStatement>,
 }
 
-/// Seals the export the steps wrote into `store`, whose names are in `names`: `source` names
-/// where its images came from (`registry`), `admitted` what admitted each image digest (the
-/// gate's line, when gated).
+/// Seals the export the steps wrote into `store`, whose names (and what admitted each image,
+/// the gate's line when gated) are in `names`: `source` names where its images came from
+/// (`registry`).
 pub async fn seal_export(
     (store, names): (&dyn LayoutStore, &ExportNames),
     signer: Option<&dyn ReceiptSigner>,
     source: &str,
-    admitted: &BTreeMap<String, Vec<String>>,
 ) -> Result<Sealed> {
     let refused = |reason: String| Error::Registry {
         image: format!("oci:{}", store.location()),
@@ -147,7 +146,7 @@ pub async fn seal_export(
             ref_name: ref_name.clone(),
             digest: digest.to_string(),
             source: format!("{source}/{repository}:{tag}"),
-            admitted_by: admitted.get(digest.as_str()).cloned().unwrap_or_default(),
+            admitted_by: names.admitted(digest).await.map_err(oci_err)?,
             tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
             referrers,
             written_blobs: Vec::new(),
@@ -178,6 +177,9 @@ pub async fn seal_export(
     // Removed last: a seal that failed leaves them for the next.
     for file in &files {
         names.remove(file).await.map_err(oci_err)?;
+    }
+    for (_, digest) in &images {
+        names.forget_admission(digest).await.map_err(oci_err)?;
     }
     tracing::info!(layout = %path, named = records.len(), signed = statement.is_some(), "export sealed");
     Ok(Sealed {

@@ -743,8 +743,6 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     use replication::layout_registry::{LayoutRegistry, PendingRef, VerifiedLayout};
     use replication::layout_seal::seal_export;
     use replication::transfer_statement::TrustedTransferKey;
-    use std::collections::BTreeMap;
-
     let rig = Rig::start().await;
     let (src, dst) = (TestRegistry::start(), TestRegistry::start());
     let (app, sbom) = app_with_sbom(&src, 61).await;
@@ -781,20 +779,22 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
 
     let (key, pem) = signing_key(62);
     let signer = LocalSigner(key);
-    // Seals the export as the workflow's last step does (no admissions).
-    let admitted = BTreeMap::new();
-    let seal = || {
-        seal_export(
-            (rig.store.as_ref(), &rig.names),
-            Some(&signer),
-            &src.host,
-            &admitted,
-        )
-    };
+    // What admitted the image, as put-manifests records it under a gate.
+    let app_digest = oci::Digest::parse(&app.digest).unwrap();
+    let line = "trust policy release: cosign key sha256:0f".to_string();
+    rig.names
+        .admit(&app_digest, std::slice::from_ref(&line))
+        .await
+        .unwrap();
+    // Seals the export as the workflow's last step does.
+    let seal = || seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host);
     let sealed = seal().await.unwrap();
     assert_eq!(sealed.named, 2);
     let statement = sealed.statement.expect("signed");
     assert_eq!(statement.images.len(), 1, "{:?}", statement.images);
+    assert_eq!(statement.images["team/app:v1"].admitted_by, [line]);
+    // Stated, the admission is gone: a later seal states only what its run recorded.
+    assert!(rig.names.admitted(&app_digest).await.unwrap().is_empty());
     assert!(rig.names.list().await.unwrap().is_empty(), "records left");
     // Sealed, the tags are index.json's (the referrers are no tags).
     let repository = Repository {

@@ -85,14 +85,6 @@ impl Job {
             .map(LayoutSide::Export)
     }
 
-    /// The field naming the layout a job exports into (`destinations[i].layout`), if any.
-    pub fn export_field(&self) -> Option<String> {
-        self.destinations
-            .iter()
-            .position(|d| d.layout.is_some())
-            .map(|i| format!("destinations[{i}].layout"))
-    }
-
     /// How reports and receipts name the source: its registry, or `oci:` and its layout.
     pub fn source_name(&self) -> String {
         match &self.source.layout {

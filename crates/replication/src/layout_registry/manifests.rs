@@ -24,6 +24,10 @@ use crate::layout_referrers::{artifact_type_of, subject_of};
 /// Where the work bucket keeps the names runs gave in each layout until `index.json` holds them
 /// (`layout-names/<sha256 of the layout's place>/<record>.json`).
 pub const PENDING_REFS: &str = "layout-names/";
+/// Where the work bucket keeps what admitted each image a run exported into a layout (the
+/// signature gate's line), until the seal states it
+/// (`layout-admissions/<sha256 of the layout's place>/<digest hex>.json`).
+pub const EXPORT_ADMISSIONS: &str = "layout-admissions/";
 /// Largest record read.
 const MAX_RECORD_BYTES: usize = 16 * 1024;
 /// Records listed at most (a run's names: its images' tags and referrers).
@@ -34,7 +38,16 @@ pub const MAX_PENDING_REFS: usize = 100_000;
 pub struct ExportNames {
     bucket: ecr::WorkBucket,
     prefix: String,
+    admissions: String,
     layout: String,
+}
+
+/// What admitted one exported image, as `put-manifests` recorded it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Admission {
+    digest: String,
+    admitted_by: Vec<String>,
 }
 
 impl std::fmt::Debug for ExportNames {
@@ -48,11 +61,50 @@ impl std::fmt::Debug for ExportNames {
 impl ExportNames {
     /// The names of the layout at `location` (`s3://BUCKET/PREFIX`) in `bucket`.
     pub fn new(bucket: ecr::WorkBucket, location: &str) -> Self {
+        let place = Digest::of(location.as_bytes());
         ExportNames {
             bucket,
-            prefix: format!("{PENDING_REFS}{}/", Digest::of(location.as_bytes()).hex()),
+            prefix: format!("{PENDING_REFS}{}/", place.hex()),
+            admissions: format!("{EXPORT_ADMISSIONS}{}/", place.hex()),
             layout: location.to_string(),
         }
+    }
+
+    /// Records what admitted the image `digest` (the gate's line), for the seal's statement.
+    pub async fn admit(&self, digest: &Digest, admitted_by: &[String]) -> oci::Result<()> {
+        let admission = Admission {
+            digest: digest.to_string(),
+            admitted_by: admitted_by.to_vec(),
+        };
+        let json = serde_json::to_vec(&admission).unwrap_or_default();
+        let key = format!("{}{}.json", self.admissions, digest.hex());
+        self.bucket
+            .put(&key, json)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// What admitted the image `digest`, as recorded (none: nothing recorded); read strictly,
+    /// and a record of another digest is an error.
+    pub async fn admitted(&self, digest: &Digest) -> oci::Result<Vec<String>> {
+        let key = format!("{}{}.json", self.admissions, digest.hex());
+        let Some(bytes) = self.bucket.get(&key).await.map_err(|e| self.failed(e))? else {
+            return Ok(Vec::new());
+        };
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(self.failed_reason(format!("{key} is over {MAX_RECORD_BYTES} bytes")));
+        }
+        match serde_json::from_slice::<Admission>(&bytes) {
+            Ok(a) if a.digest == digest.as_str() => Ok(a.admitted_by),
+            Ok(a) => Err(self.failed_reason(format!("{key} names {}", a.digest))),
+            Err(e) => Err(self.failed_reason(format!("{key} is not an admission: {e}"))),
+        }
+    }
+
+    /// Removes what was recorded for the image `digest`, once stated.
+    pub async fn forget_admission(&self, digest: &Digest) -> oci::Result<()> {
+        let key = format!("{}{}.json", self.admissions, digest.hex());
+        self.bucket.delete(&key).await.map_err(|e| self.failed(e))
     }
 
     fn failed(&self, e: ecr::Error) -> oci::Error {

@@ -287,7 +287,7 @@ pub(crate) async fn apply_settings(
     target: &str,
 ) -> Result<EnsureRepositoryOutput> {
     let skipped = |why: &str| EnsureRepositoryOutput {
-        registry: dest_spec.registry.clone(),
+        registry: dest_spec.target_name(),
         repository: target.to_string(),
         created: false,
         changes: Vec::new(),
@@ -300,6 +300,12 @@ pub(crate) async fn apply_settings(
     };
     if job.repository_settings == SettingsMode::None {
         return Ok(skipped("repositorySettings is \"none\""));
+    }
+    if dest_spec.layout.is_some() {
+        // Nothing to open: a layout names repositories in its index.json, at the seal.
+        return Ok(skipped(
+            "a layout: its repositories are names in index.json, written when the export is sealed",
+        ));
     }
     let dest = conns.destination(job, index).await?;
     let Some(admin) = &dest.ecr else {

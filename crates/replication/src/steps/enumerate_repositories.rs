@@ -154,16 +154,11 @@ pub async fn enumerate_and_settle(
     let started = std::time::Instant::now();
     let mut report = input.report.unwrap_or_default();
     let mut job = input.job.validate()?;
-    // An import runs as a replication from the layout, served as a registry (`source()`).
-    if let Some(field) = job.job.export_field() {
-        return Err(Error::invalid(
-            field,
-            "the state machine does not export into layouts yet: run this job with \
-             `ecr-replicator sync --input FILE` where the layout and the registry are reachable",
-        ));
-    }
+    // An import runs as a replication from the layout, served as a registry (`source()`); an
+    // export as one into the layout, served as a registry (`destination()`), sealed by Finish.
     // The whole job against the deployment first: nothing is sent for a job it refuses.
     conns.admit(&job.job)?;
+    conns.check_layout_export(&job.job).await?;
     // A layout's statement verified once for the run: every later step reads that one.
     conns.pin_source_statement(&mut job.job).await?;
     let limits = conns.settings().limits;

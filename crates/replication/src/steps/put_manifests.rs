@@ -113,6 +113,15 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         referred.push(read(digest, None).await?);
     }
     check_blobs_there(&dest.client, &to, &input, &image, &referred).await?;
+    if let (Some(_), Some(line)) = (
+        &job.destination(input.image.destination)?.layout,
+        &input.image.signed_by,
+    ) {
+        // Before any name: the seal states what admitted each image it names.
+        conns
+            .record_export_admission(job, input.image.destination, &input.image.digest, line)
+            .await?;
+    }
     let (from, top, walked) = image;
     let known = Known {
         tags_absent: input.image.tags_absent,

@@ -53,29 +53,41 @@ export interface TrustPolicyConfig {
   identities?: { issuer: string; subject?: string; subjectRegExp?: string }[];
 }
 
-/** An OCI image layout in S3 the workflow imports from (the allowlist's `layouts[]` entry). */
+/** An OCI image layout in S3 the workflow imports from, exports into, or both (the allowlist's
+ * `layouts[]` entry). */
 export interface LayoutConfig {
   /** The bucket (S3 bucket name: 3 to 63 lowercase letters, digits, `.` and `-`). */
   bucket: string;
   /** The layout's prefix in the bucket (`/`-separated names; none: the whole bucket). A
    * trailing `/` is dropped. */
   prefix?: string;
-  /** Jobs may import from it: must be true (it is what an entry is for). */
-  import: boolean;
-  /** Jobs may export into it: refused at synth, the workflow does not export yet (run
-   * `ecr-replicator sync` with an allowlist for exports). */
+  /** Jobs may import from it (`"source": {"layout": ...}`; needs `transferKey`). An entry allows
+   * import, export or both. */
+  import?: boolean;
+  /** Jobs may export into it (`"destinations": [{"layout": ...}]`; needs the config's
+   * `receiptKeyArn`, which signs the layout's transfer statement). The functions that open an
+   * export (`LAYOUT_WRITERS`) may get and put the layout's objects, list its prefix, and abort,
+   * list the parts of and delete the uploads they stage under `PREFIX/uploads/`; `summarise`
+   * (which seals the export: `index.json`, the statement) may get and put its objects and list
+   * its prefix. The deployment does not own the bucket, so it sets no lifecycle rule there: its
+   * owner should add one that aborts incomplete multipart uploads (for the whole prefix: a
+   * blob over 5 GB is copied to `blobs/sha256/` in parts too) and expires `PREFIX/uploads/`
+   * after a few days, as an export killed mid-blob leaves its staged upload. */
   export?: boolean;
   /** The account that must own the bucket (S3 `ExpectedBucketOwner`, and the IAM grants'
    * `s3:ResourceAccount`; default: the workflow's account). */
   bucketOwner?: string;
   /** The KMS key the layout's objects are encrypted with (SSE-KMS), a key of the workflow's
-   * region: the functions that read it may `kms:Decrypt` with it, through S3 only. */
+   * region: the functions that read it may `kms:Decrypt` with it, and those that export into it
+   * write every object under it (`kms:GenerateDataKey` and `kms:Decrypt`), through S3 only. */
   kmsKeyArn?: string;
-  /** One of `trustPolicies`: every image imported from it must pass it, whatever the job says. */
+  /** One of `trustPolicies`: every image imported from it or exported into it must pass it,
+   * whatever the job says. */
   requireSignature?: string;
-  /** The exporting deployment's statement key (PEM, ECDSA P-256): every import verifies the
-   * layout's signed transfer statement with it, and with no other key. */
-  transferKey: string;
+  /** (Import) the exporting deployment's statement key (PEM, ECDSA P-256): every import
+   * verifies the layout's signed transfer statement with it, and with no other key. Required
+   * with `import`, refused without it. */
+  transferKey?: string;
 }
 
 export interface UpstreamConfig {
@@ -159,8 +171,10 @@ export interface ReplicatorConfig {
    * refused. */
   trustedRootAllowNoCtLogs?: boolean;
   /** A KMS key (ECC_NIST_P256, SIGN_VERIFY) in the workflow's account and region: every image a
-   * run promotes under `requireSignature` gets a receipt signed with it. put-manifests may
-   * `kms:Sign` with exactly this key and algorithm. */
+   * run promotes under `requireSignature` gets a receipt signed with it, and every export into a
+   * layout (`layouts[]` with `export`, which require it) a transfer statement signed with it.
+   * put-manifests (and, with export layouts, summarise, which seals an export) may `kms:Sign`
+   * with exactly this key and algorithm. */
   receiptKeyArn?: string;
   /** Named signature policies (names: 1 to 32 lowercase letters, digits and dashes, starting with
    * a letter), each at least one key or identity: a destination's `requireSignature` names one,
@@ -170,8 +184,11 @@ export interface ReplicatorConfig {
    * `trustPolicies` (default false). */
   allowJobTrustPolicies?: boolean;
   /** OCI image layouts in S3 jobs may import from (`"source": {"layout": "s3://BUCKET/PREFIX"}`),
-   * each with the key its transfer statement must be signed with. The functions that read a
-   * job's source may read exactly these objects (and, with `kmsKeyArn`, decrypt them). */
+   * each with the key its transfer statement must be signed with, or export into
+   * (`"destinations": [{"layout": "s3://BUCKET/PREFIX"}]`, the statement signed with
+   * `receiptKeyArn`). The functions that read a job's source may read exactly the import
+   * layouts' objects, those that export may write exactly the export layouts' (and, with
+   * `kmsKeyArn`, decrypt or encrypt them). */
   layouts?: LayoutConfig[];
 }
 
@@ -318,7 +335,7 @@ export function validateConfig(config: ReplicatorConfig, file: string): Replicat
     + (config.trustedRoot?.length ?? 0) + (config.receiptKeyArn?.length ?? 0);
   const size = Buffer.byteLength(JSON.stringify(allowlist(config)));
   if (size + others > LAMBDA_ENVIRONMENT_MAX) {
-    // Named by what fills it: the layouts' transfer keys (about 180 bytes each) when there are some.
+    // Named by what fills it: the layouts (an import's transfer key is about 180 bytes) when there are some.
     const [field, rest] = config.layouts?.length ? ['layouts', '(with trustPolicies and destinations[].repositories)'] : ['trustPolicies', 'and destinations[].repositories'];
     fail(field, `${rest} make the allowlist (ECR_REPLICATOR_ALLOWED_REGISTRIES) ${size} bytes; `
       + `with the functions' other variables (${others}) that passes Lambda's ${LAMBDA_ENVIRONMENT_MAX} bytes of environment: fewer ${config.layouts?.length ? 'layouts, ' : ''}keys, identities or globs`);
@@ -459,20 +476,22 @@ export function layoutBucketOwner(config: ReplicatorConfig, layout: LayoutConfig
   return layout.bucketOwner ?? workflowAccount(config);
 }
 
-/** `layouts[]`: each an import (exports are refused: the workflow does not export yet) from a
- * bucket and prefix the functions accept (and IAM reads literally: no `*`, `?` or `$`), with a
- * P-256 transfer key, an owner, a KMS key of the workflow's region and partition and a trust
- * policy of `trustPolicies` where given; one entry per place, one owner per bucket. */
+/** `layouts[]`: each an import, an export or both, in a bucket and prefix the functions accept
+ * (and IAM reads literally: no `*`, `?` or `$`); an import with a P-256 transfer key (an
+ * export-only entry with none: the functions check it on imports only, and refuse it on a layout
+ * that allows none), an export only with the config's `receiptKeyArn` (its statement is signed
+ * with it); an owner, a KMS key of the workflow's region and partition and a trust policy of
+ * `trustPolicies` where given; one entry per place, one owner per bucket. */
 function validateLayouts(config: ReplicatorConfig, fail: (field: string, problem: string) => void) {
   const layouts = config.layouts;
   if (layouts === undefined) return;
-  if (!Array.isArray(layouts)) fail('layouts', 'must be a list of {bucket, prefix?, import, transferKey, bucketOwner?, kmsKeyArn?, requireSignature?}');
+  if (!Array.isArray(layouts)) fail('layouts', 'must be a list of {bucket, prefix?, import?, export?, transferKey?, bucketOwner?, kmsKeyArn?, requireSignature?}');
   const region = config.workflowRegion ?? config.sourceRegion;
   const partition = partitionOf(region);
   const key = new RegExp(`^arn:${partition}:kms:${region}:\\d{12}:key/[A-Za-z0-9-]{1,128}$`);
   layouts.forEach((l, i) => {
     const at = `layouts[${i}]`;
-    if (typeof l !== 'object' || l === null || Array.isArray(l)) fail(at, 'must be an object: {bucket, prefix?, import, transferKey, ...}');
+    if (typeof l !== 'object' || l === null || Array.isArray(l)) fail(at, 'must be an object: {bucket, prefix?, import?, export?, transferKey?, ...}');
     for (const field of Object.keys(l)) {
       if (!LAYOUT_FIELDS.includes(field)) fail(`${at}.${field}`, `is not a layout field (${LAYOUT_FIELDS.join(', ')})`);
     }
@@ -491,15 +510,21 @@ function validateLayouts(config: ReplicatorConfig, fail: (field: string, problem
           + `at most ${MAX_LAYOUT_PREFIX_BYTES} bytes (a trailing '/' is dropped; leave it out for the whole bucket)`);
       }
     }
-    if (l.export !== undefined && typeof l.export !== 'boolean') fail(`${at}.export`, 'must be true or false');
-    if (l.export) {
-      fail(`${at}.export`, 'is true, and the workflow does not export to layouts yet: run `ecr-replicator sync` with an allowlist for exports '
-        + '(the functions refuse export jobs, so the deployment grants no write to a layout)');
+    for (const field of ['import', 'export'] as const) {
+      if (l[field] !== undefined && typeof l[field] !== 'boolean') fail(`${at}.${field}`, 'must be true or false');
     }
-    if (l.import !== true) fail(`${at}.import`, 'must be true: an entry is a layout jobs may import from');
-    if (!isP256PublicKey(l.transferKey)) {
+    if (!l.import && !l.export) {
+      fail(at, 'allows neither import nor export: set "export": true (jobs may export into it), "import": true (jobs may import from it) or both');
+    }
+    if (l.export && config.receiptKeyArn === undefined) {
+      fail(`${at}.export`, 'needs the config\'s receiptKeyArn: the transfer statement of an export is signed with the deployment\'s receipt key (an importing deployment pins its public key as its transferKey)');
+    }
+    if (l.import && !isP256PublicKey(l.transferKey)) {
       fail(`${at}.transferKey`, 'is required: the exporting deployment\'s statement key, one ECDSA P-256 public key in PEM (-----BEGIN PUBLIC KEY-----, newlines written \\n in JSON); '
         + 'every import verifies the layout\'s signed transfer statement with it, never unverified');
+    }
+    if (!l.import && l.transferKey !== undefined) {
+      fail(`${at}.transferKey`, 'is given for a layout jobs may not import from: it checks imports only (the functions refuse it on a layout that allows none); leave it out, or set "import": true');
     }
     if (l.bucketOwner !== undefined && !ACCOUNT.test(l.bucketOwner)) fail(`${at}.bucketOwner`, 'must be a 12-digit account id');
     if (l.kmsKeyArn !== undefined && !key.test(l.kmsKeyArn)) {
@@ -849,15 +874,17 @@ export function allowlist(config: ReplicatorConfig): Record<string, unknown> {
     roleArns: [],
     ...(u.credentialArn ? { credentialArns: [u.credentialArn] } : {}),
   }));
-  // The layouts jobs may import from (exports are refused at synth), each with what the
-  // deployment pins for it; absent optionals left out (the functions' defaults).
+  // The layouts jobs may export into and import from, each with what the deployment pins for
+  // it; what is false or absent left out (the functions' defaults: no export, no import, no
+  // transfer key, which an export-only entry must not have).
   const layouts = (config.layouts ?? []).map((l) => ({
     location: layoutLocation(l),
-    import: true,
+    ...(l.export ? { export: true } : {}),
+    ...(l.import ? { import: true } : {}),
     ...(l.bucketOwner !== undefined ? { bucketOwner: l.bucketOwner } : {}),
     ...(l.kmsKeyArn !== undefined ? { kmsKey: l.kmsKeyArn } : {}),
     ...(l.requireSignature !== undefined ? { requireSignature: l.requireSignature } : {}),
-    transferKey: l.transferKey,
+    ...(l.transferKey !== undefined ? { transferKey: l.transferKey } : {}),
   }));
   return {
     sources: [entry(jobSource(config)), ...upstreams],

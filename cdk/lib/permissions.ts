@@ -113,8 +113,8 @@ export function registryTokenStatement(): iam.PolicyStatement {
   return new iam.PolicyStatement({ sid: 'RegistryToken', actions: ['ecr:GetAuthorizationToken'], resources: ['*'] });
 }
 
-/** One layout bucket the functions import from: its prefixes (`''`: the whole bucket), the
- * account that must own it, and the KMS keys its objects may be encrypted with. */
+/** One layout bucket the functions import from or export into: its prefixes (`''`: the whole
+ * bucket), the account that must own it, and the KMS keys its objects may be encrypted with. */
 export interface LayoutGrant {
   bucket: string;
   prefixes: string[];
@@ -122,50 +122,96 @@ export interface LayoutGrant {
   kmsKeys: string[];
 }
 
-/** Reading the layouts a deployment imports from, by the functions `functionArns` only (they
- * share their role with functions that read no layout: `lambda:SourceFunctionArn`, which Lambda
- * puts in the credentials' context of every call the function's code makes): per bucket,
- * `s3:GetObject` on exactly its layouts' objects (`BUCKET/PREFIX/*`) and `s3:ListBucket` on the
- * bucket for those prefixes only (`s3:prefix`; S3 answers a missing key 404, not 403, only to a
- * caller that may list the bucket), both only in a bucket of the expected account
- * (`s3:ResourceAccount`); and `kms:Decrypt` with the layouts' keys, only through S3 in the
- * workflow's region (`s3Service`). */
-export function layoutReadStatements(partition: string, s3Service: string, buckets: LayoutGrant[], functionArns: string[]): iam.PolicyStatement[] {
+/** What `layoutStatements` grants on the layouts, each statement's Sid stem and actions: on
+ * their objects, on the uploads staged under their `uploads/` (none: no statement), the listing,
+ * and with their KMS keys. */
+interface LayoutAccess {
+  objects: [string, string[]];
+  uploads?: [string, string[]];
+  list: string;
+  keys: [string, string[]];
+}
+
+/** Reading the layouts a deployment imports from. */
+const READ_LAYOUTS: LayoutAccess = {
+  objects: ['ReadLayoutObjects', ['s3:GetObject']],
+  list: 'ListLayoutObjects',
+  keys: ['DecryptLayoutObjects', ['kms:Decrypt']],
+};
+
+/** Exporting into layouts: every object the functions write (a multipart upload, its parts and
+ * its completion, a copy's destination, a manifest, `index.json`, `oci-layout`, the statement
+ * files) is an `s3:PutObject`, every read (a HEAD, a GET, a copy's source) an `s3:GetObject`;
+ * the uploads they stage (`PREFIX/uploads/<32 hex>`, then copied onto themselves and to
+ * `blobs/sha256/<hex>`) are also listed (ListParts), aborted and deleted once copied, there only
+ * (Amazon S3 User Guide, "Multipart upload API and permissions": CreateMultipartUpload,
+ * UploadPart, UploadPartCopy and CompleteMultipartUpload need s3:PutObject, AbortMultipartUpload
+ * s3:AbortMultipartUpload, ListParts s3:ListMultipartUploadParts, and under SSE-KMS the requester
+ * kms:GenerateDataKey and kms:Decrypt on the key; Amazon S3 API Reference, CopyObject:
+ * s3:GetObject on the source, s3:PutObject on the destination). */
+const WRITE_LAYOUTS: LayoutAccess = {
+  objects: ['WriteLayoutObjects', ['s3:GetObject', 's3:PutObject']],
+  uploads: ['StagedLayoutUploads', ['s3:AbortMultipartUpload', 's3:ListMultipartUploadParts', 's3:DeleteObject']],
+  list: 'ListExportLayouts',
+  keys: ['EncryptLayoutObjects', ['kms:GenerateDataKey', 'kms:Decrypt']],
+};
+
+/** Sealing an export (`index.json`, `oci-layout`, the statement files): its objects and listing,
+ * no staged upload. */
+const SEAL_LAYOUTS: LayoutAccess = { ...WRITE_LAYOUTS, uploads: undefined };
+
+/** What `access` grants on the layouts of `buckets`, to the functions `functionArns` only (they
+ * share their role with functions that open no layout: `lambda:SourceFunctionArn`, which Lambda
+ * puts in the credentials' context of every call the function's code makes): per bucket, its
+ * object actions on exactly its layouts' objects (`BUCKET/PREFIX/*`), its upload actions on
+ * exactly their staged uploads (`BUCKET/PREFIX/uploads/*`), and `s3:ListBucket` on the bucket
+ * for those prefixes only (`s3:prefix`; S3 answers a missing key 404, not 403, only to a caller
+ * that may list the bucket: Amazon S3 API Reference, HeadObject and GetObject, Permissions), all
+ * only in a bucket of the expected account (`s3:ResourceAccount`); and its key actions with the
+ * layouts' keys, only through S3 in the workflow's region (`s3Service`). */
+function layoutStatements(access: LayoutAccess, partition: string, s3Service: string, buckets: LayoutGrant[], functionArns: string[]): iam.PolicyStatement[] {
   const caller = { 'lambda:SourceFunctionArn': functionArns };
   const statements = buckets.flatMap((b, i) => {
     const bucket = `arn:${partition}:s3:::${b.bucket}`;
-    const owner = { 's3:ResourceAccount': b.owner };
+    const conditions = { ArnEquals: caller, StringEquals: { 's3:ResourceAccount': b.owner } };
     const whole = b.prefixes.includes('');
+    const under = (p: string) => (p ? `${p}/` : '');
+    const on = ([sid, actions]: [string, string[]], resources: string[]) => new iam.PolicyStatement({ sid: `${sid}${i}`, actions, resources, conditions });
     return [
+      on(access.objects, whole ? [`${bucket}/*`] : b.prefixes.map((p) => `${bucket}/${p}/*`)),
+      ...(access.uploads ? [on(access.uploads, b.prefixes.map((p) => `${bucket}/${under(p)}uploads/*`))] : []),
       new iam.PolicyStatement({
-        sid: `ReadLayoutObjects${i}`,
-        actions: ['s3:GetObject'],
-        resources: whole ? [`${bucket}/*`] : b.prefixes.map((p) => `${bucket}/${p}/*`),
-        conditions: { ArnEquals: caller, StringEquals: owner },
-      }),
-      new iam.PolicyStatement({
-        sid: `ListLayoutObjects${i}`,
+        sid: `${access.list}${i}`,
         actions: ['s3:ListBucket'],
         resources: [bucket],
-        conditions: {
-          ArnEquals: caller,
-          StringEquals: owner,
-          ...(whole ? {} : { StringLike: { 's3:prefix': b.prefixes.map((p) => `${p}/*`) } }),
-        },
+        conditions: { ...conditions, ...(whole ? {} : { StringLike: { 's3:prefix': b.prefixes.map((p) => `${p}/*`) } }) },
       }),
     ];
   });
   const keys = [...new Set(buckets.flatMap((b) => b.kmsKeys))];
   if (keys.length) {
-    // S3 decrypts an SSE-KMS object for the caller that reads it. No lambda:SourceFunctionArn
-    // here: that call is S3's, made on the caller's behalf, and the objects it decrypts are only
-    // those the statements above let the reading functions get.
+    // S3 decrypts (and, writing, asks for a data key) with an SSE-KMS object's key for the
+    // caller. No lambda:SourceFunctionArn here: that call is S3's, made on the caller's behalf,
+    // and the objects it is for are only those the statements above let the functions use.
     statements.push(new iam.PolicyStatement({
-      sid: 'DecryptLayoutObjects',
-      actions: ['kms:Decrypt'],
+      sid: access.keys[0],
+      actions: access.keys[1],
       resources: keys,
       conditions: { StringEquals: { 'kms:ViaService': s3Service } },
     }));
   }
   return statements;
+}
+
+/** Reading the layouts a deployment imports from, by the functions `functionArns` only:
+ * `s3:GetObject` on their objects, `s3:ListBucket` for their prefixes, `kms:Decrypt` with their
+ * keys (`layoutStatements`). */
+export function layoutReadStatements(partition: string, s3Service: string, buckets: LayoutGrant[], functionArns: string[]): iam.PolicyStatement[] {
+  return layoutStatements(READ_LAYOUTS, partition, s3Service, buckets, functionArns);
+}
+
+/** Exporting into the layouts of `buckets`, by the functions `functionArns` only (`WRITE_LAYOUTS`;
+ * `seal`: the function that seals the export, which stages no upload, `SEAL_LAYOUTS`). */
+export function layoutWriteStatements(partition: string, s3Service: string, buckets: LayoutGrant[], functionArns: string[], seal = false): iam.PolicyStatement[] {
+  return layoutStatements(seal ? SEAL_LAYOUTS : WRITE_LAYOUTS, partition, s3Service, buckets, functionArns);
 }

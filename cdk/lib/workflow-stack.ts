@@ -23,7 +23,7 @@ import {
   reconcileSchedule, scheduleInput, sourceRoleArn, targetAccounts, targetRoleArn, trustedRootObject, workflowAccount,
 } from './config';
 import { checkTriggerInputs } from './inputs';
-import { destinationStatements, LayoutGrant, layoutReadStatements, readSourceStatements, registryTokenStatement } from './permissions';
+import { destinationStatements, LayoutGrant, layoutReadStatements, layoutWriteStatements, readSourceStatements, registryTokenStatement } from './permissions';
 
 /** The function that turns batches of the push queue into runs (not a step of the definition). */
 export const COALESCER = 'coalesce-pushes';
@@ -112,6 +112,12 @@ export function deploymentNames(name: string = DEFAULT_DEPLOYMENT_NAME): Deploym
 export const SELECTIONS_PREFIX = 'selections/';
 /** Where enumerate-repositories keeps the newest statement imported from each layout (no expiry). */
 export const NEWEST_STATEMENTS_PREFIX = 'layout-statements/';
+/** Where an export's names (tags, referrers) wait for the seal that writes them into the
+ * layout's `index.json` (`layout-names/<sha256 of the layout's place>/...`; no expiry). */
+export const EXPORT_NAMES_PREFIX = 'layout-names/';
+/** Where what admitted each exported image waits for the seal that states it
+ * (`layout-admissions/<sha256 of the layout's place>/<digest hex>.json`; no expiry). */
+export const EXPORT_ADMISSIONS_PREFIX = 'layout-admissions/';
 
 /** Days a run's selection is kept; a repository whose pages take longer is listed again. */
 export const SELECTION_DAYS = 7;
@@ -130,11 +136,29 @@ export { COPY_FUNCTIONS } from './config';
  * refused as the job is validated) or summarise (it reads no registry). */
 export const LAYOUT_READERS = ['enumerate-repositories', 'enumerate-images', 'ensure-repository', 'plan-image', 'copy-blobs', 'put-manifests'];
 
-/** The deployment's `layouts`, grouped by bucket (in the order first named): the grants
- * `layoutReadStatements` makes. */
-export function layoutGrants(config: ReplicatorConfig): LayoutGrant[] {
+/** The functions that open a job's destination layout, and so an export (each through
+ * `Connections::export_layout`, with the work bucket its names wait in): enumerate-images asks it
+ * for the images already there, plan-image plans their copy, copy-blobs uploads their blobs
+ * (staged under `uploads/`), put-manifests puts their manifests and records their names and
+ * admissions, and summarise seals the export (`index.json`, the signed statement). Not
+ * enumerate-repositories, ensure-repository or verify-repository (a layout destination has no
+ * repository to list, create or verify). summarise runs under the reader role, the rest under
+ * the copier role. */
+export const LAYOUT_WRITERS = ['enumerate-images', 'plan-image', 'copy-blobs', 'put-manifests', 'summarise'];
+
+/** The function of `LAYOUT_WRITERS` that seals an export. */
+export const LAYOUT_SEALER = 'summarise';
+
+/** Whether jobs may export into some layout of the deployment. */
+export function exportsLayouts(config: ReplicatorConfig): boolean {
+  return (config.layouts ?? []).some((l) => l.export);
+}
+
+/** The deployment's `layouts` that allow `use`, grouped by bucket (in the order first named):
+ * the grants `layoutReadStatements` (imports) and `layoutWriteStatements` (exports) make. */
+export function layoutGrants(config: ReplicatorConfig, use: 'import' | 'export'): LayoutGrant[] {
   const buckets = new Map<string, LayoutGrant>();
-  for (const l of config.layouts ?? []) {
+  for (const l of (config.layouts ?? []).filter((l) => l[use])) {
     const grant = buckets.get(l.bucket) ?? { bucket: l.bucket, prefixes: [], owner: layoutBucketOwner(config, l), kmsKeys: [] };
     grant.prefixes.push(layoutPrefix(l));
     if (l.kmsKeyArn) grant.kmsKeys.push(l.kmsKeyArn);
@@ -246,6 +270,11 @@ export class WorkflowStack extends Stack {
 
     // The run's work bucket: enumerate-images lists and resolves a repository once per run and
     // keeps the selection here for the repository's later pages (never public, TLS only, expired).
+    // An export's names and admissions (EXPORT_NAMES_PREFIX, EXPORT_ADMISSIONS_PREFIX) do not
+    // expire: they are kept per layout, not per run, and the seal that states them deletes them;
+    // a run that fails before its seal leaves its names (whose images are already in the layout)
+    // for the next export's seal, which an expiry would lose. Nothing here is a multipart upload
+    // (the functions put whole objects), so no rule aborts one.
     const workBucket = new s3.Bucket(this, 'WorkBucket', {
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
       encryption: s3.BucketEncryption.S3_MANAGED,
@@ -278,6 +307,9 @@ export class WorkflowStack extends Stack {
       }));
     }
 
+    // An export opens the layout with the work bucket its names wait in, and its seal signs the
+    // statement with the receipt key: only for a deployment that exports.
+    const exporting = exportsLayouts(config);
     const missing: string[] = [];
     for (const f of FUNCTIONS) {
       const built = builtCode(root, f.name);
@@ -307,10 +339,10 @@ export class WorkflowStack extends Stack {
           ECR_REPLICATOR_ALLOWED_REGISTRIES: JSON.stringify(allowlist(config)),
           // The copy function's memory is this app's; the rest the config's or the defaults.
           ECR_REPLICATOR_PRICES: JSON.stringify({ copyMemoryMb: copyMemoryMb(), ...config.prices }),
-          ...(f.workBucket ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
+          ...(f.workBucket || (exporting && LAYOUT_WRITERS.includes(f.name)) ? { ECR_REPLICATOR_WORK_BUCKET: workBucket.bucketName } : {}),
           ...(config.trustedRoot ? { ECR_REPLICATOR_TRUSTED_ROOT: config.trustedRoot } : {}),
           ...trustedRootChecks(config),
-          ...(config.receiptKeyArn && f.name === 'put-manifests' ? { ECR_REPLICATOR_RECEIPT_KEY: config.receiptKeyArn } : {}),
+          ...(config.receiptKeyArn && (f.name === 'put-manifests' || (exporting && f.name === LAYOUT_SEALER)) ? { ECR_REPLICATOR_RECEIPT_KEY: config.receiptKeyArn } : {}),
           // The copying functions' reservation: enumerate-repositories cuts a run's maxConcurrency to it.
           ...(config.copyConcurrency !== undefined && f.name === 'enumerate-repositories' ? { ECR_REPLICATOR_COPY_CONCURRENCY: String(config.copyConcurrency) } : {}),
         },
@@ -342,13 +374,15 @@ export class WorkflowStack extends Stack {
     // layouts (and decrypt them through S3). They share the copier role with functions that read
     // no layout, so the grant names them (`lambda:SourceFunctionArn`); a policy of its own, as
     // the functions depend on the role's.
-    const layouts = layoutGrants(config);
+    const s3Service = `s3.${this.region}.${this.urlSuffix}`;
+    const functionArns = (names: string[]) => names.map((name) => {
+      const fn = this.functions[name];
+      if (!fn) throw new Error(`${id}: the layout grants name ${name}, which the state machine definition has no step for`);
+      return fn.functionArn;
+    });
+    const layouts = layoutGrants(config, 'import');
     if (layouts.length) {
-      const readers = LAYOUT_READERS.map((name) => {
-        const fn = this.functions[name];
-        if (!fn) throw new Error(`${id}: the layout grants name ${name}, which the state machine definition has no step for`);
-        return fn.functionArn;
-      });
+      const readers = functionArns(LAYOUT_READERS);
       // The newest statement a run imported from each layout, read and recorded by the first
       // step (enumerate-repositories) so a later run refuses an older one: a rollback.
       const marks = new iam.PolicyStatement({
@@ -370,9 +404,10 @@ export class WorkflowStack extends Stack {
       });
       new iam.Policy(this, 'LayoutImports', {
         roles: [copierRole],
-        statements: [...layoutReadStatements(this.partition, `s3.${this.region}.${this.urlSuffix}`, layouts, readers), marks, listMarks],
+        statements: [...layoutReadStatements(this.partition, s3Service, layouts, readers), marks, listMarks],
       });
     }
+    if (exporting) this.layoutExports(config, workBucket, copierRole, readerRole, s3Service, functionArns);
 
     const definition = readFileSync(DEFINITION_PATH, 'utf8');
     const substitutions: Record<string, string> = {};
@@ -562,10 +597,70 @@ export class WorkflowStack extends Stack {
     this.dashboard(registries, names);
 
     NagSuppressions.addStackSuppressions(this, [
-      { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance; a configured layout is read as BUCKET/PREFIX/* (its blobs are named by digest), by the source-reading functions only.' },
+      { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance; a configured layout is read as BUCKET/PREFIX/* (its blobs are named by digest), by the source-reading functions only; an export layout is read and written as BUCKET/PREFIX/* and its staged uploads (random names) aborted, listed and deleted as BUCKET/PREFIX/uploads/*, by the exporting functions only; an export\'s names and admissions in the work bucket are kept per layout under layout-names/* and layout-admissions/* (keys named by the layout\'s hash, tags and digests).' },
       { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
       { id: 'AwsSolutions-S1', reason: 'The work bucket holds only short-lived lists of image digests and tags the functions write and read; its API calls are in CloudTrail.' },
     ]);
+  }
+
+  /** Layout exports: the functions that open an export (`LAYOUT_WRITERS`) may write exactly the
+   * export layouts (`layoutWriteStatements`) and keep the export's names and admissions in the
+   * work bucket; they share their roles with functions that open no export, so every grant names
+   * them (`lambda:SourceFunctionArn`), in a policy of its own per role (the functions depend on
+   * their role's). The copier role's (`LayoutExports`): enumerate-images, plan-image, copy-blobs
+   * and put-manifests read and write the layouts and stage uploads there; they read the names
+   * (a tag is answered from its record), and put-manifests records them and what admitted each
+   * image. The reader role's (`LayoutExportSeal`): summarise seals (no staged upload): it reads
+   * the names and admissions, writes `index.json` and the statement, deletes what it stated,
+   * and signs the statement with the receipt key (reading its public key first). A missing
+   * record is answered 404 only to a caller that may list its prefix (Amazon S3 API Reference,
+   * GetObject, Permissions). */
+  private layoutExports(config: ReplicatorConfig, workBucket: s3.Bucket, copierRole: iam.Role, readerRole: iam.Role, s3Service: string, functionArns: (names: string[]) => string[]) {
+    const layouts = layoutGrants(config, 'export');
+    const writers = LAYOUT_WRITERS.filter((name) => name !== LAYOUT_SEALER);
+    const names = workBucket.arnForObjects(`${EXPORT_NAMES_PREFIX}*`);
+    const admissions = workBucket.arnForObjects(`${EXPORT_ADMISSIONS_PREFIX}*`);
+    const calledBy = (sid: string, actions: string[], resources: string[], callers: string[]) => new iam.PolicyStatement({
+      sid, actions, resources, conditions: { ArnEquals: { 'lambda:SourceFunctionArn': functionArns(callers) } },
+    });
+    const list = (sid: string, prefixes: string[], callers: string[]) => new iam.PolicyStatement({
+      sid,
+      actions: ['s3:ListBucket'],
+      resources: [workBucket.bucketArn],
+      conditions: { ArnEquals: { 'lambda:SourceFunctionArn': functionArns(callers) }, StringLike: { 's3:prefix': prefixes.map((p) => `${p}*`) } },
+    });
+    new iam.Policy(this, 'LayoutExports', {
+      roles: [copierRole],
+      statements: [
+        ...layoutWriteStatements(this.partition, s3Service, layouts, functionArns(writers)),
+        calledBy('ReadExportNames', ['s3:GetObject'], [names], writers),
+        list('ListExportNames', [EXPORT_NAMES_PREFIX], writers),
+        calledBy('RecordExportNames', ['s3:PutObject'], [names, admissions], ['put-manifests']),
+      ],
+    });
+    new iam.Policy(this, 'LayoutExportSeal', {
+      roles: [readerRole],
+      statements: [
+        ...layoutWriteStatements(this.partition, s3Service, layouts, functionArns([LAYOUT_SEALER]), true),
+        calledBy('SealExportNames', ['s3:GetObject', 's3:DeleteObject'], [names, admissions], [LAYOUT_SEALER]),
+        list('ListSealedExportNames', [EXPORT_NAMES_PREFIX, EXPORT_ADMISSIONS_PREFIX], [LAYOUT_SEALER]),
+        // The statement of an export is signed with the receipt key (validateLayouts requires
+        // it), ECDSA only, as put-manifests signs receipts (ReceiptSigning); the seal first reads
+        // the key's public half (kms:GetPublicKey) to check the key can sign a statement and to
+        // verify the layout's earlier one. Two statements: GetPublicKey has no
+        // kms:SigningAlgorithm, which a StringEquals on it would then refuse.
+        new iam.PolicyStatement({
+          sid: 'SignExportStatements',
+          actions: ['kms:Sign'],
+          resources: [config.receiptKeyArn!],
+          conditions: {
+            StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' },
+            ArnEquals: { 'lambda:SourceFunctionArn': functionArns([LAYOUT_SEALER]) },
+          },
+        }),
+        calledBy('ExportStatementKey', ['kms:GetPublicKey'], [config.receiptKeyArn!], [LAYOUT_SEALER]),
+      ],
+    });
   }
 
   /** The push queue (and its dead-letter queue) and `coalesce-pushes`, which an event source

@@ -1,12 +1,13 @@
-/** The configuration's `layouts` (OCI image layouts in S3 the workflow imports from), asserted on
- * the allowlist the functions get and the IAM the synthesized templates grant. */
+/** The configuration's `layouts` (OCI image layouts in S3 the workflow imports from and exports
+ * into), asserted on the allowlist the functions get, their environment and the IAM the
+ * synthesized templates grant. */
 import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'crypto';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import { allowlist, LayoutConfig, loadConfig } from '../lib/config';
 import { config, deployment, variant } from './synth';
-import { FUNCTIONS, LAYOUT_READERS } from '../lib/workflow-stack';
+import { FUNCTIONS, LAYOUT_READERS, LAYOUT_WRITERS } from '../lib/workflow-stack';
 
 
 /** A transfer key as `openssl ecparam -name prime256v1 ... | openssl ec -pubout` writes it. */
@@ -14,6 +15,8 @@ const p256 = () => generateKeyPairSync('ec', { namedCurve: 'prime256v1' }).publi
 const KEY_A = p256();
 const KEY_B = p256();
 const LAYOUT_KEY = 'arn:aws:kms:us-east-1:111111111111:key/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+/** The deployment's receipt key, which signs an export's statement. */
+const RECEIPT_KEY = 'arn:aws:kms:us-east-1:111111111111:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 
 
 /** `arn:${AWS::Partition}:s3:::REST` as CloudFormation gets it. */
@@ -38,11 +41,35 @@ function allStatements(template: Template): { policy: string; roles: string; sta
     .flatMap(([policy, p]: [string, any]) => p.Properties.PolicyDocument.Statement.map((statement: any) => ({ policy, roles: JSON.stringify(p.Properties.Roles ?? []), statement })));
 }
 
-/** The statements of the `LayoutImports` policy (none: `[]`), and the roles it is on. */
-function layoutPolicy(template: Template): { roles: any[]; statements: any[] } {
-  const policies = Object.values(template.findResources('AWS::IAM::Policy', { Properties: { PolicyName: Match.stringLikeRegexp('^LayoutImports') } })) as any[];
-  assert.ok(policies.length <= 1, 'one layout policy');
+/** The statements of the policy `name` (`LayoutImports`, `LayoutExports`, `LayoutExportSeal`;
+ * none: `[]`), and the roles it is on. */
+function layoutPolicy(template: Template, name = 'LayoutImports'): { roles: any[]; statements: any[] } {
+  const policies = Object.values(template.findResources('AWS::IAM::Policy', { Properties: { PolicyName: Match.stringLikeRegexp(`^${name}`) } })) as any[];
+  assert.ok(policies.length <= 1, `one ${name} policy`);
   return { roles: policies[0]?.Properties.Roles ?? [], statements: policies[0]?.Properties.PolicyDocument.Statement ?? [] };
+}
+
+/** A step's function's ARN as the template names it. */
+function stepArn(template: Template, step: string): any {
+  const logical = Object.entries(stepsByLogicalId(template)).find(([, name]) => name === step)![0];
+  return { 'Fn::GetAtt': [logical, 'Arn'] };
+}
+
+/** The steps whose function gets the environment variable `name`, and its values. */
+function stepsWith(template: Template, name: string): { steps: string[]; values: unknown[] } {
+  const found = (Object.values(template.findResources('AWS::Lambda::Function', { Properties: { Description: Match.stringLikeRegexp('^ecr-replicator step ') } })) as any[])
+    .filter((f) => f.Properties.Environment.Variables[name] !== undefined);
+  return {
+    steps: found.map((f) => String(f.Properties.Description).replace(/^ecr-replicator step /, '')).sort(),
+    values: [...new Set(found.map((f) => JSON.stringify(f.Properties.Environment.Variables[name])))].map((v) => JSON.parse(v)),
+  };
+}
+
+/** The work bucket's ARN (`Fn::GetAtt`), and of its objects under `prefix`. */
+function workBucket(template: Template): { arn: any; objects: (prefix: string) => any } {
+  const [logical] = Object.keys(template.findResources('AWS::S3::Bucket'));
+  const arn = { 'Fn::GetAtt': [logical, 'Arn'] };
+  return { arn, objects: (prefix) => ({ 'Fn::Join': ['', [arn, `/${prefix}*`]] }) };
 }
 
 /** What every step function gets as its allowlist (the same for each). */
@@ -136,6 +163,12 @@ test('the source-reading functions may get exactly the layouts\' objects and lis
   // (The work bucket's own listing, ListWorkBucket, names its selections only.)
   const listsOrDecrypts = ({ statement }: { statement: any }) => statement.Sid !== 'ListWorkBucket' && /s3:ListBucket|kms:Decrypt/.test(JSON.stringify(statement.Action));
   assert.deepEqual(others.filter(listsOrDecrypts), []);
+  // Import-only layouts: no export grant on either role, and no function gets the work bucket
+  // or the receipt key for one.
+  assert.deepEqual(layoutPolicy(w, 'LayoutExports').statements, []);
+  assert.deepEqual(layoutPolicy(w, 'LayoutExportSeal').statements, []);
+  assert.deepEqual(stepsWith(w, 'ECR_REPLICATOR_WORK_BUCKET').steps, ['enumerate-images', 'enumerate-repositories']);
+  assert.deepEqual(stepsWith(w, 'ECR_REPLICATOR_RECEIPT_KEY').steps, []);
   // Without layouts: no layout policy, no listing, no decrypting through S3.
   const [plain] = deployment(config);
   assert.deepEqual(layoutPolicy(plain).statements, []);
@@ -167,7 +200,10 @@ test('layouts sharing a bucket share its two statements: every prefix\'s objects
 test('the end-to-end IAM check\'s deployment (config.iam.json) imports from s3://ecr-replicator-layouts/air-gap, and China\'s (config.cn.json) grants it in its own partition', () => {
   const iamConfig = loadConfig('test/config.iam.json');
   const [w] = deployment(iamConfig);
-  assert.deepEqual(functionAllowlist(w).layouts, [{ location: 's3://ecr-replicator-layouts/air-gap', import: true, transferKey: iamConfig.layouts![0].transferKey }]);
+  assert.deepEqual(functionAllowlist(w).layouts, [
+    { location: 's3://ecr-replicator-layouts/air-gap', import: true, transferKey: iamConfig.layouts![0].transferKey },
+    { location: 's3://ecr-replicator-layouts/export', export: true },
+  ]);
   const statements = layoutPolicy(w).statements.filter((s) => !/NewestLayoutStatements$/.test(s.Sid));
   assert.deepEqual(statements.map((s) => [s.Sid, s.Action, s.Resource, s.Condition.StringEquals, s.Condition.StringLike]), [
     ['ReadLayoutObjects0', 's3:GetObject', s3Arn('ecr-replicator-layouts/air-gap/*'), { 's3:ResourceAccount': '123456789012' }, undefined],
@@ -184,17 +220,209 @@ test('the end-to-end IAM check\'s deployment (config.iam.json) imports from s3:/
   assert.ok(!JSON.stringify(cnWorkflow.toJSON()).includes('arn:aws:'));
 });
 
+test('the end-to-end IAM check\'s deployment (config.iam.json) exports into s3://ecr-replicator-layouts/export: exactly these statements, on the copier role for the exporting steps and on the reader role for summarise', () => {
+  const iamConfig = loadConfig('test/config.iam.json');
+  const [w] = deployment(iamConfig);
+  assert.deepEqual([...LAYOUT_WRITERS].sort(), ['copy-blobs', 'enumerate-images', 'plan-image', 'put-manifests', 'summarise']);
+  // Every writer is a step; the steps left out never open a destination layout.
+  assert.deepEqual(FUNCTIONS.map((f) => f.name).filter((n) => !LAYOUT_WRITERS.includes(n)).sort(), ['ensure-repository', 'enumerate-repositories', 'verify-repository']);
+  const writers = ['enumerate-images', 'plan-image', 'copy-blobs', 'put-manifests'];
+  assert.deepEqual(FUNCTIONS.filter((f) => LAYOUT_WRITERS.includes(f.name) && f.copier).map((f) => f.name).sort(), [...writers].sort());
+  const caller = (steps: string[]) => ({ 'lambda:SourceFunctionArn': steps.map((step) => stepArn(w, step)) });
+  const owner = { 's3:ResourceAccount': '123456789012' };
+  const work = workBucket(w);
+  // The layout's statements for `steps`: its objects, the uploads staged there (not the
+  // seal's), the listing of its prefix; all in the owner's bucket.
+  const layoutFor = (steps: string[], uploads: boolean) => [
+    {
+      Sid: 'WriteLayoutObjects0', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'],
+      Resource: s3Arn('ecr-replicator-layouts/export/*'),
+      Condition: { ArnEquals: caller(steps), StringEquals: owner },
+    },
+    ...(uploads ? [{
+      Sid: 'StagedLayoutUploads0', Effect: 'Allow', Action: ['s3:AbortMultipartUpload', 's3:ListMultipartUploadParts', 's3:DeleteObject'],
+      Resource: s3Arn('ecr-replicator-layouts/export/uploads/*'),
+      Condition: { ArnEquals: caller(steps), StringEquals: owner },
+    }] : []),
+    {
+      Sid: 'ListExportLayouts0', Effect: 'Allow', Action: 's3:ListBucket',
+      Resource: s3Arn('ecr-replicator-layouts'),
+      Condition: { ArnEquals: caller(steps), StringEquals: owner, StringLike: { 's3:prefix': ['export/*'] } },
+    },
+  ];
+
+  const copier = layoutPolicy(w, 'LayoutExports');
+  assert.equal(copier.roles.length, 1);
+  assert.match(copier.roles[0].Ref, /^CopierRole/);
+  assert.deepEqual(copier.statements, [
+    ...layoutFor(writers, true),
+    {
+      Sid: 'ReadExportNames', Effect: 'Allow', Action: 's3:GetObject',
+      Resource: work.objects('layout-names/'),
+      Condition: { ArnEquals: caller(writers) },
+    },
+    {
+      Sid: 'ListExportNames', Effect: 'Allow', Action: 's3:ListBucket',
+      Resource: work.arn,
+      Condition: { ArnEquals: caller(writers), StringLike: { 's3:prefix': ['layout-names/*'] } },
+    },
+    {
+      Sid: 'RecordExportNames', Effect: 'Allow', Action: 's3:PutObject',
+      Resource: [work.objects('layout-names/'), work.objects('layout-admissions/')],
+      Condition: { ArnEquals: caller(['put-manifests']) },
+    },
+  ]);
+
+  const seal = layoutPolicy(w, 'LayoutExportSeal');
+  assert.equal(seal.roles.length, 1);
+  assert.match(seal.roles[0].Ref, /^ReaderRole/);
+  assert.deepEqual(seal.statements, [
+    ...layoutFor(['summarise'], false),
+    {
+      Sid: 'SealExportNames', Effect: 'Allow', Action: ['s3:GetObject', 's3:DeleteObject'],
+      Resource: [work.objects('layout-names/'), work.objects('layout-admissions/')],
+      Condition: { ArnEquals: caller(['summarise']) },
+    },
+    {
+      Sid: 'ListSealedExportNames', Effect: 'Allow', Action: 's3:ListBucket',
+      Resource: work.arn,
+      Condition: { ArnEquals: caller(['summarise']), StringLike: { 's3:prefix': ['layout-names/*', 'layout-admissions/*'] } },
+    },
+    {
+      Sid: 'SignExportStatements', Effect: 'Allow', Action: 'kms:Sign',
+      Resource: iamConfig.receiptKeyArn,
+      Condition: { StringEquals: { 'kms:SigningAlgorithm': 'ECDSA_SHA_256' }, ArnEquals: caller(['summarise']) },
+    },
+    {
+      Sid: 'ExportStatementKey', Effect: 'Allow', Action: 'kms:GetPublicKey',
+      Resource: iamConfig.receiptKeyArn,
+      Condition: { ArnEquals: caller(['summarise']) },
+    },
+  ]);
+
+  // Nothing else names the export layout, its names or admissions, and nothing else may sign
+  // but put-manifests' receipts (ReceiptSigning, as before).
+  const exported = /ecr-replicator-layouts\/export|layout-names|layout-admissions/;
+  assert.deepEqual(allStatements(w).filter(({ policy, statement }) => !/^LayoutExport/.test(policy) && exported.test(JSON.stringify(statement))), []);
+  const signing = allStatements(w).filter(({ statement }) => JSON.stringify(statement.Action).includes('kms:Sign'));
+  assert.deepEqual(signing.map(({ statement }) => [statement.Sid, callers(w, statement)]), [['SignPromotionReceipts', ['put-manifests']], ['SignExportStatements', ['summarise']]]);
+  // No KMS key on the layout: no key grant.
+  assert.ok(!allStatements(w).some(({ statement }) => /kms:(GenerateDataKey|Decrypt)/.test(JSON.stringify(statement.Action))));
+
+  // The exporting steps get the work bucket (enumerate-repositories has it for its selections),
+  // and summarise the receipt key beside put-manifests.
+  const bucket = stepsWith(w, 'ECR_REPLICATOR_WORK_BUCKET');
+  assert.deepEqual(bucket.steps, [...LAYOUT_WRITERS, 'enumerate-repositories'].sort());
+  assert.equal(bucket.values.length, 1);
+  assert.deepEqual(stepsWith(w, 'ECR_REPLICATOR_RECEIPT_KEY'), { steps: ['put-manifests', 'summarise'], values: [iamConfig.receiptKeyArn] });
+});
+
+test('an export layout encrypted with a KMS key, a whole bucket of another account and a layout both imported and exported: each bucket\'s grants, the key\'s through S3, the allowlist\'s entries', () => {
+  const [w] = deployment(variant((c) => {
+    c.receiptKeyArn = RECEIPT_KEY;
+    c.layouts = [
+      { bucket: 'air-gap-out', prefix: 'drop/', export: true, kmsKeyArn: LAYOUT_KEY, requireSignature: 'release' },
+      { bucket: 'air-gap-out', prefix: 'both', import: true, export: true, transferKey: KEY_A },
+      { bucket: 'air-gap.whole', export: true, bucketOwner: '555555555555' },
+      { bucket: 'air-gap-in', prefix: 'in', import: true, transferKey: KEY_B },
+    ];
+  }));
+  assert.deepEqual(functionAllowlist(w).layouts, [
+    { location: 's3://air-gap-out/drop', export: true, kmsKey: LAYOUT_KEY, requireSignature: 'release' },
+    { location: 's3://air-gap-out/both', export: true, import: true, transferKey: KEY_A },
+    { location: 's3://air-gap.whole', export: true, bucketOwner: '555555555555' },
+    { location: 's3://air-gap-in/in', import: true, transferKey: KEY_B },
+  ]);
+  const writers = ['enumerate-images', 'plan-image', 'copy-blobs', 'put-manifests'];
+  const statements = layoutPolicy(w, 'LayoutExports').statements;
+  const by = (sid: string) => statements.find((s) => s.Sid === sid);
+  assert.deepEqual(statements.map((s) => s.Sid), [
+    'WriteLayoutObjects0', 'StagedLayoutUploads0', 'ListExportLayouts0', 'WriteLayoutObjects1', 'StagedLayoutUploads1', 'ListExportLayouts1',
+    'EncryptLayoutObjects', 'ReadExportNames', 'ListExportNames', 'RecordExportNames',
+  ]);
+  assert.deepEqual(by('WriteLayoutObjects0').Resource, [s3Arn('air-gap-out/drop/*'), s3Arn('air-gap-out/both/*')]);
+  assert.deepEqual(by('StagedLayoutUploads0').Resource, [s3Arn('air-gap-out/drop/uploads/*'), s3Arn('air-gap-out/both/uploads/*')]);
+  assert.deepEqual(by('ListExportLayouts0').Condition.StringLike, { 's3:prefix': ['drop/*', 'both/*'] });
+  assert.deepEqual(by('WriteLayoutObjects0').Condition.StringEquals, { 's3:ResourceAccount': '111111111111' });
+  // A whole bucket: its objects, its uploads/ at the top, listed without a prefix condition.
+  assert.deepEqual(by('WriteLayoutObjects1').Resource, s3Arn('air-gap.whole/*'));
+  assert.deepEqual(by('StagedLayoutUploads1').Resource, s3Arn('air-gap.whole/uploads/*'));
+  assert.deepEqual(by('ListExportLayouts1').Resource, s3Arn('air-gap.whole'));
+  assert.equal(by('ListExportLayouts1').Condition.StringLike, undefined);
+  for (const sid of ['WriteLayoutObjects1', 'StagedLayoutUploads1', 'ListExportLayouts1']) {
+    assert.deepEqual(by(sid).Condition.StringEquals, { 's3:ResourceAccount': '555555555555' }, sid);
+  }
+  for (const s of statements.filter((s) => s.Sid !== 'EncryptLayoutObjects' && s.Sid !== 'RecordExportNames')) {
+    assert.deepEqual(callers(w, s), writers, s.Sid);
+  }
+  // The key: a data key for each object written, decrypting what is read, copied or completed;
+  // through S3 in the workflow's region only.
+  const s3Service = { 'Fn::Join': ['', ['s3.us-east-1.', { Ref: 'AWS::URLSuffix' }]] };
+  assert.deepEqual(by('EncryptLayoutObjects'), {
+    Sid: 'EncryptLayoutObjects', Effect: 'Allow', Action: ['kms:GenerateDataKey', 'kms:Decrypt'],
+    Resource: LAYOUT_KEY,
+    Condition: { StringEquals: { 'kms:ViaService': s3Service } },
+  });
+  // The seal: the same objects, listing and key, no staged upload.
+  const seal = layoutPolicy(w, 'LayoutExportSeal').statements;
+  assert.deepEqual(seal.map((s) => s.Sid), [
+    'WriteLayoutObjects0', 'ListExportLayouts0', 'WriteLayoutObjects1', 'ListExportLayouts1', 'EncryptLayoutObjects',
+    'SealExportNames', 'ListSealedExportNames', 'SignExportStatements', 'ExportStatementKey',
+  ]);
+  for (const sid of ['WriteLayoutObjects0', 'ListExportLayouts0', 'WriteLayoutObjects1', 'ListExportLayouts1']) {
+    assert.deepEqual({ ...seal.find((s) => s.Sid === sid), Condition: undefined }, { ...by(sid), Condition: undefined }, sid);
+    assert.deepEqual(callers(w, seal.find((s) => s.Sid === sid)), ['summarise'], sid);
+  }
+  assert.deepEqual(seal.find((s) => s.Sid === 'EncryptLayoutObjects'), by('EncryptLayoutObjects'));
+  assert.ok(!JSON.stringify(seal).includes('uploads/'));
+  // The imports are the import entries' only (the layout both imported and exported among them).
+  const imports = layoutPolicy(w).statements.filter((s) => !/NewestLayoutStatements$/.test(s.Sid));
+  assert.deepEqual(imports.map((s) => [s.Sid, s.Resource]), [
+    ['ReadLayoutObjects0', s3Arn('air-gap-out/both/*')],
+    ['ListLayoutObjects0', s3Arn('air-gap-out')],
+    ['ReadLayoutObjects1', s3Arn('air-gap-in/in/*')],
+    ['ListLayoutObjects1', s3Arn('air-gap-in')],
+  ]);
+});
+
 test('a layout the workflow cannot use, or a mistaken one, fails synth naming the field', () => {
   const fails = (layouts: unknown, message: RegExp) => assert.throws(() => variant((c) => { c.layouts = layouts as LayoutConfig[]; }), message);
   const ok: LayoutConfig = { bucket: 'air-gap-in', prefix: 'releases', import: true, transferKey: KEY_A };
   const one = (change: Record<string, unknown>) => [{ ...ok, ...change }];
-  // Exports: refused, whether or not imports are allowed too.
-  const exportRefused = /variant: layouts\[0\]\.export is true, and the workflow does not export to layouts yet: run `ecr-replicator sync` with an allowlist for exports/;
-  fails(one({ export: true }), exportRefused);
-  fails(one({ export: true, import: false }), exportRefused);
+  // An entry allows import, export or both; not neither.
+  const neither = /variant: layouts\[0\] allows neither import nor export: set "export": true \(jobs may export into it\), "import": true \(jobs may import from it\) or both/;
+  fails(one({ import: false }), neither);
+  fails(one({ import: false, export: false }), neither);
+  fails([{ bucket: 'air-gap-in', transferKey: KEY_A }], neither);
   fails(one({ export: 'no' }), /variant: layouts\[0\]\.export must be true or false/);
-  fails(one({ import: false }), /variant: layouts\[0\]\.import must be true: an entry is a layout jobs may import from/);
-  fails([{ bucket: 'air-gap-in', transferKey: KEY_A }], /variant: layouts\[0\]\.import must be true/);
+  fails(one({ import: 'yes' }), /variant: layouts\[0\]\.import must be true or false/);
+  // An export's statement is signed with the receipt key: none, no export.
+  const noReceiptKey = /variant: layouts\[0\]\.export needs the config's receiptKeyArn: the transfer statement of an export is signed with the deployment's receipt key/;
+  fails(one({ export: true }), noReceiptKey);
+  fails([{ bucket: 'air-gap-in', export: true }], noReceiptKey);
+  // With it: a transfer key only where the entry imports too (the functions refuse one on a
+  // layout that allows no import).
+  const exporting = (layouts: unknown, message: RegExp) => assert.throws(() => variant((c) => { c.receiptKeyArn = RECEIPT_KEY; c.layouts = layouts as LayoutConfig[]; }), message);
+  const notImported = /variant: layouts\[0\]\.transferKey is given for a layout jobs may not import from: it checks imports only/;
+  exporting([{ bucket: 'air-gap-in', export: true, transferKey: KEY_A }], notImported);
+  exporting(one({ import: false, export: true }), notImported);
+  exporting([{ bucket: 'air-gap-in', import: true, export: true }], /variant: layouts\[0\]\.transferKey is required/);
+  exporting([{ bucket: 'air-gap-in', export: true, kmsKeyArn: 'arn:aws:kms:eu-west-1:111111111111:key/0f1e2d3c' }], /variant: layouts\[0\]\.kmsKeyArn must be the ARN of a KMS key in us-east-1/);
+  exporting([{ bucket: 'air-gap-in', export: true }, { bucket: 'air-gap-in', prefix: 'releases/', export: true }, { bucket: 'air-gap-in', export: true, import: true, transferKey: KEY_A }],
+    /variant: layouts\[2\] is the same place as layouts\[0\] \(s3:\/\/air-gap-in\): one entry per layout/);
+  const exported = variant((c) => {
+    c.receiptKeyArn = RECEIPT_KEY;
+    c.layouts = [
+      { bucket: 'air-gap-in', export: true },
+      { bucket: 'air-gap-in', prefix: 'both', export: true, import: true, transferKey: KEY_A, requireSignature: 'release' },
+      { bucket: 'air-gap-out', prefix: 'drop', export: true, import: false, bucketOwner: '555555555555', kmsKeyArn: LAYOUT_KEY, requireSignature: 'release' },
+    ];
+  });
+  assert.deepEqual((allowlist(exported) as any).layouts, [
+    { location: 's3://air-gap-in', export: true },
+    { location: 's3://air-gap-in/both', export: true, import: true, requireSignature: 'release', transferKey: KEY_A },
+    { location: 's3://air-gap-out/drop', export: true, bucketOwner: '555555555555', kmsKey: LAYOUT_KEY, requireSignature: 'release' },
+  ]);
   // Imports are always verified: no transfer key, no import.
   const noKey = /variant: layouts\[0\]\.transferKey is required: the exporting deployment's statement key, one ECDSA P-256 public key in PEM/;
   fails([{ bucket: 'air-gap-in', import: true }], noKey);

@@ -31,7 +31,13 @@ pub struct DeployedFunction {
     pub memory_mb: u32,
     /// `ReservedConcurrentExecutions`, when the deployment sets it (`copyConcurrency`).
     pub reserved_concurrency: Option<u32>,
+    /// Whether its `Environment` names the work bucket ([`WORK_BUCKET_VARIABLE`]): the rig
+    /// gives the variable to exactly these functions.
+    pub work_bucket: bool,
 }
+
+/// The variable the CDK app names the deployment's work bucket in.
+pub const WORK_BUCKET_VARIABLE: &str = "ECR_REPLICATOR_WORK_BUCKET";
 
 /// The synthesized workflow template the rig deployment is read from.
 pub fn template_path() -> PathBuf {
@@ -75,6 +81,9 @@ pub fn functions() -> HashMap<String, DeployedFunction> {
                 timeout: Duration::from_secs(number("Timeout").unwrap_or(3)),
                 memory_mb: number("MemorySize").unwrap_or(128) as u32,
                 reserved_concurrency: number("ReservedConcurrentExecutions").map(|n| n as u32),
+                work_bucket: properties["Environment"]["Variables"]
+                    .get(WORK_BUCKET_VARIABLE)
+                    .is_some(),
             },
         );
     }

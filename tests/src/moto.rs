@@ -172,6 +172,16 @@ impl Moto {
         (arn, public.public_key.unwrap().into_inner())
     }
 
+    /// The public key of this moto's KMS key `arn` (GetPublicKey in its region), as
+    /// SubjectPublicKeyInfo DER.
+    pub async fn public_key(&self, arn: &str) -> Vec<u8> {
+        let region = arn.split(':').nth(3).unwrap_or("us-east-1").to_string();
+        let config = ecr::sdk_config(&self.aws_settings(), &region, None).await;
+        let kms = aws_sdk_kms::Client::new(&config);
+        let public = kms.get_public_key().key_id(arn).send().await.unwrap();
+        public.public_key.unwrap().into_inner()
+    }
+
     /// An ECR client for a registry, as its own account (moto's default account needs no role;
     /// another account is reached by assuming a role in it).
     pub async fn ecr(&self, registry: &str, role: Option<&str>) -> ecr::EcrAdmin {

@@ -143,7 +143,8 @@ impl LocalStepFunctions {
             ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
             ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
             ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
-            // The deployment's work bucket (the CDK app sets it for enumerate-images).
+            // The deployment's work bucket, given to the functions the synthesized template
+            // names it for (`deployed::WORK_BUCKET_VARIABLE`).
             ("AWS_REGION".to_string(), WORK_BUCKET_REGION.to_string()),
             (
                 "ECR_REPLICATOR_WORK_BUCKET".to_string(),

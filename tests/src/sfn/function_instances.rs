@@ -54,7 +54,16 @@ impl FunctionInstances {
                 command
                     .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
                     .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb)
-                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    // The work bucket only where the deployment names it: a function that
+                    // needs it and is not given it fails here as on AWS.
+                    .envs(
+                        env.iter()
+                            .filter(|(k, _)| {
+                                k != crate::deployed::WORK_BUCKET_VARIABLE
+                                    || deployed[*function].work_bucket
+                            })
+                            .map(|(k, v)| (k, v)),
+                    )
                     .env(
                         "AWS_LAMBDA_RUNTIME_API",
                         format!("{runtime_api}/{function}/{slot}"),

@@ -181,7 +181,7 @@ pub(super) async fn forward(
 fn api_call(
     proxy: &Proxy,
     method: &axum::http::Method,
-    path: &str,
+    (path, query): (&str, &str),
     headers: &axum::http::HeaderMap,
     body: &[u8],
 ) -> Option<ApiCall> {
@@ -224,18 +224,14 @@ fn api_call(
         names.extend(json["KeyId"].as_str().map(str::to_string));
         (format!("{service}:{operation}"), names)
     } else if service == "s3" {
-        // REST, path-style: the object's ARN; only the object calls the functions make.
-        let action = match *method {
-            axum::http::Method::PUT => "s3:PutObject",
-            // HeadObject is authorized as s3:GetObject ("HeadObject", Amazon S3 API Reference:
-            // "To use HEAD, you must have the s3:GetObject permission").
-            axum::http::Method::GET | axum::http::Method::HEAD => "s3:GetObject",
-            _ => return None,
+        // REST, path-style: the object's (or bucket's) ARN and the action S3 authorizes it as.
+        let action = s3_action(method, path, query)?;
+        // A bucket's ARN has no trailing `/` (ListObjectsV2 is `GET /BUCKET/?list-type=2`).
+        let resource = match action {
+            "s3:ListBucket" => path.trim_matches('/'),
+            _ => path.trim_start_matches('/'),
         };
-        (
-            action.to_string(),
-            vec![format!("arn:aws:s3:::{}", path.trim_start_matches('/'))],
-        )
+        (action.to_string(), vec![format!("arn:aws:s3:::{resource}")])
     } else {
         let form: std::collections::HashMap<String, String> =
             url::form_urlencoded::parse(body).into_owned().collect();
@@ -252,6 +248,48 @@ fn api_call(
         region,
         assumed_role,
         resources,
+    })
+}
+
+/// The IAM action S3 authorizes a REST request as (path-style: `/BUCKET` or `/BUCKET/KEY`),
+/// `None` for one the functions do not make. Amazon S3 API Reference, each operation's
+/// "Permissions": HeadObject needs s3:GetObject ("To use HEAD, you must have the s3:GetObject
+/// permission"), ListObjectsV2 s3:ListBucket; Amazon S3 User Guide, "Multipart upload API and
+/// permissions": CreateMultipartUpload, UploadPart, UploadPartCopy and CompleteMultipartUpload
+/// need s3:PutObject, ListParts s3:ListMultipartUploadParts, AbortMultipartUpload
+/// s3:AbortMultipartUpload; CopyObject and UploadPartCopy also need s3:GetObject on the source
+/// ([`copy_source_read`]).
+fn s3_action(method: &axum::http::Method, path: &str, query: &str) -> Option<&'static str> {
+    use axum::http::Method;
+    let object = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, key)| !key.is_empty());
+    let upload = query
+        .trim_start_matches('?')
+        .split('&')
+        .any(|p| p.starts_with("uploadId="));
+    Some(match (method, object) {
+        (&Method::GET, false) => "s3:ListBucket",
+        (&Method::GET, true) if upload => "s3:ListMultipartUploadParts",
+        (&Method::GET | &Method::HEAD, true) => "s3:GetObject",
+        (&Method::PUT | &Method::POST, true) => "s3:PutObject",
+        (&Method::DELETE, true) if upload => "s3:AbortMultipartUpload",
+        (&Method::DELETE, true) => "s3:DeleteObject",
+        _ => return None,
+    })
+}
+
+/// The read a copy makes of its source (`x-amz-copy-source`: CopyObject and UploadPartCopy need
+/// s3:GetObject on it, Amazon S3 API Reference, "CopyObject", Permissions).
+fn copy_source_read(call: &ApiCall, headers: &axum::http::HeaderMap) -> Option<ApiCall> {
+    let source = headers.get("x-amz-copy-source")?.to_str().ok()?;
+    let source = source.split('?').next()?.trim_start_matches('/');
+    let source = percent_decode(source);
+    Some(ApiCall {
+        action: "s3:GetObject".into(),
+        resources: vec![format!("arn:aws:s3:::{source}")],
+        ..call.clone()
     })
 }
 
@@ -317,7 +355,10 @@ async fn forward_to(
             }
         }
         None => {
-            let call = api_call(proxy, &method, &path, &headers, &body);
+            let call = api_call(proxy, &method, (&path, &query), &headers, &body);
+            if let Some(read) = call.as_ref().and_then(|c| copy_source_read(c, &headers)) {
+                proxy.api_calls.lock().unwrap().push(read);
+            }
             let fault = call.as_ref().and_then(|call| {
                 let mut faults = proxy.api_faults.lock().unwrap();
                 let queue = faults.get_mut(&call.action)?;

@@ -14,6 +14,7 @@ mod layout_export_uploads;
 mod layout_imports;
 mod layout_served;
 mod layout_workflow;
+mod layout_workflow_export;
 mod packing;
 mod payload_bounds;
 mod platforms;

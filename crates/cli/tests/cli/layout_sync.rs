@@ -247,8 +247,8 @@ async fn an_import_job_refuses_an_unverified_or_tampered_layout() {
 
 /// A layout job's fields are checked like any job's, each named: a relative directory, a
 /// registry beside a layout, a prefix on a layout, a layout the allowlist does not list or lets
-/// only be imported from; and the state machine's first step refuses an export job, saying how
-/// to run it. Nothing is written into the layout.
+/// only be imported from; and the state machine's first step refuses an export into a
+/// directory, saying to run it with `sync`. Nothing is written into the layout.
 #[tokio::test]
 async fn layout_jobs_are_refused_with_the_field_named() {
     let rig = Rig::new().await;

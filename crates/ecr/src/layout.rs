@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use oci::digest::Verifier;
-use oci::layout::{BlobStream, LayoutStore, PartUpload, PartUploads};
+use oci::layout::{BlobStream, FileVersion, LayoutStore, PartUpload, PartUploads};
 use oci::{BlobRef, Digest};
 
 use crate::aws::{sdk_config, AwsSettings};
@@ -332,8 +332,26 @@ impl S3Layout {
 
     /// One `PutObject` of bytes already checked.
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> oci::Result<()> {
+        self.put_if(key, bytes, content_type, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `PutObject`, only if the object is as `condition` says, when given (S3's conditional
+    /// writes, `If-None-Match: *` and `If-Match: ETAG`: "Add preconditions to S3 operations with
+    /// conditional requests", Amazon S3 User Guide: 412 Precondition Failed when it is not, 409
+    /// ConditionalRequestConflict when another conditional write of the key raced it): `false`
+    /// then, nothing written.
+    async fn put_if(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+        condition: Option<crate::store::WriteIf<'_>>,
+    ) -> oci::Result<bool> {
         let kms = self.options.kms_key.as_ref();
-        self.client
+        let request = self
+            .client
             .put_object()
             .bucket(&self.location.bucket)
             .key(key)
@@ -342,11 +360,25 @@ impl S3Layout {
             .body(ByteStream::from(bytes))
             .set_expected_bucket_owner(self.owner())
             .set_server_side_encryption(kms.map(|_| ServerSideEncryption::AwsKms))
-            .set_ssekms_key_id(kms.map(|k| k.arn.clone()))
-            .send()
-            .await
-            .map_err(|e| s3_error("s3:PutObject", &self.shown(key), &e))?;
-        Ok(())
+            .set_ssekms_key_id(kms.map(|k| k.arn.clone()));
+        let request = match condition {
+            None => request,
+            Some(crate::store::WriteIf::Absent) => request.if_none_match("*"),
+            Some(crate::store::WriteIf::Unchanged(etag)) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            // Its condition did not hold (412), or another conditional write raced it (409).
+            Err(e)
+                if matches!(
+                    e.raw_response().map(|r| r.status().as_u16()),
+                    Some(412 | 409)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(s3_error("s3:PutObject", &self.shown(key), &e)),
+        }
     }
 
     /// Opens a multipart upload of `key`: every part's CRC32 (computed by the SDK) is named as
@@ -1016,6 +1048,38 @@ impl LayoutStore for S3Layout {
 
     /// One `PutObject`: S3 replaces an object at once, readers see the old or the new one.
     fn write_file<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, oci::Result<()>> {
+        self.replace_file_if(name, bytes, &FileVersion::Unversioned)
+            .map(|written| written.map(|_| ()))
+            .boxed()
+    }
+
+    /// The object's ETag (`HeadObject`), or absent.
+    fn file_version<'a>(&'a self, name: &'a str) -> BoxFuture<'a, oci::Result<FileVersion>> {
+        async move {
+            let head = self.head_object(&self.location.key(name), false).await?;
+            Ok(match head {
+                None => FileVersion::Absent,
+                Some(head) => match head.e_tag {
+                    Some(etag) => FileVersion::Tagged(etag),
+                    None => {
+                        return Err(layout_error(
+                            &self.shown(&self.location.key(name)),
+                            "S3 answered no ETag: cannot replace it only if unchanged",
+                        ))
+                    }
+                },
+            })
+        }
+        .boxed()
+    }
+
+    /// One `PutObject`, conditional on the version (`If-Match`, `If-None-Match: *`).
+    fn replace_file_if<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: Bytes,
+        version: &'a FileVersion,
+    ) -> BoxFuture<'a, oci::Result<bool>> {
         async move {
             let key = self.location.key(name);
             let content_type = if name.ends_with(".json") || name == "oci-layout" {
@@ -1023,7 +1087,12 @@ impl LayoutStore for S3Layout {
             } else {
                 "application/octet-stream"
             };
-            self.put(&key, bytes, content_type).await
+            let condition = match version {
+                FileVersion::Unversioned => None,
+                FileVersion::Absent => Some(crate::store::WriteIf::Absent),
+                FileVersion::Tagged(etag) => Some(crate::store::WriteIf::Unchanged(etag)),
+            };
+            self.put_if(&key, bytes, content_type, condition).await
         }
         .boxed()
     }

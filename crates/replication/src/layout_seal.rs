@@ -10,13 +10,14 @@
 //! the statement are written; a seal that fails leaves them for the next.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use oci::layout::{self, LayoutIndex, LayoutStore};
 use oci::{BlobRef, Digest};
 
 use crate::error::{Error, Result};
 use crate::layout_referrers::{artifact_type_of, layout_referrers};
-use crate::layout_registry::ExportNames;
+use crate::layout_registry::{ExportNames, PendingRef};
 use crate::receipts::ReceiptSigner;
 use crate::tag_scheme::{artifact_subject, fallback_tag};
 use crate::transfer_statement::{write_statement_of, ExportedImage, VerifiedStatement};
@@ -38,17 +39,7 @@ pub async fn seal_export(
     signer: Option<&dyn ReceiptSigner>,
     source: &str,
 ) -> Result<Sealed> {
-    let refused = |reason: String| Error::Registry {
-        image: format!("oci:{}", store.location()),
-        source: oci::Error::Layout {
-            path: store.location(),
-            reason,
-        },
-    };
-    let oci_err = |e: oci::Error| Error::Registry {
-        image: format!("oci:{}", store.location()),
-        source: e,
-    };
+    let (refused, oci_err) = (|r| refused(store, r), |e| oci_err(store, e));
     let files = names.list().await.map_err(oci_err)?;
     let mut records = Vec::new();
     for file in &files {
@@ -68,6 +59,54 @@ pub async fn seal_export(
         records.push(record);
     }
     let path = format!("{}/index.json", store.location());
+    let mut attempts = 0;
+    let (statement, stated) = loop {
+        attempts += 1;
+        match seal_records((store, names), signer, source, &records).await? {
+            Some(sealed) => break sealed,
+            None if attempts < SEAL_ATTEMPTS => {
+                tracing::warn!(layout = %path, attempts, "index.json changed while sealing: sealing again");
+            }
+            None => {
+                return Err(refused(format!(
+                    "index.json changed under each of {SEAL_ATTEMPTS} seals (other exports of \
+                     this layout are writing it): run again when they are done; the names wait \
+                     in the work bucket"
+                )))
+            }
+        }
+    };
+    // Removed last: a seal that failed leaves them for the next.
+    for file in &files {
+        names.remove(file).await.map_err(oci_err)?;
+    }
+    for digest in &stated {
+        names.forget_admission(digest).await.map_err(oci_err)?;
+    }
+    tracing::info!(layout = %path, named = records.len(), signed = statement.is_some(), "export sealed");
+    Ok(Sealed {
+        named: records.len(),
+        statement,
+    })
+}
+
+/// Seals tried at most when `index.json` changes under each (another export of the layout
+/// wrote it between the seal's read and its write).
+const SEAL_ATTEMPTS: usize = 3;
+
+/// One seal of `records`: the new `index.json` written only if it is still the one read
+/// (`LayoutStore::replace_file_if`), then the statement signed. `None` when it changed
+/// meanwhile (nothing written, nothing signed); else the statement and the images stated.
+async fn seal_records(
+    (store, names): (&dyn LayoutStore, &ExportNames),
+    signer: Option<&dyn ReceiptSigner>,
+    source: &str,
+    records: &[PendingRef],
+) -> Result<Option<(Option<VerifiedStatement>, Vec<Digest>)>> {
+    let (refused, oci_err) = (|r| refused(store, r), |e| oci_err(store, e));
+    let path = format!("{}/index.json", store.location());
+    // Read before the index: a write in between then fails the conditional replace.
+    let version = store.file_version("index.json").await.map_err(oci_err)?;
     let mut index = LayoutIndex::read(store)
         .await
         .map_err(oci_err)?
@@ -79,7 +118,7 @@ pub async fn seal_export(
     // What this run recorded besides images: its referrers and tag-scheme artifacts, by digest.
     let mut recorded = HashSet::new();
     let mut subjects: Vec<(String, String)> = Vec::new();
-    for record in &records {
+    for record in records {
         let digest = Digest::parse(&record.digest)
             .map_err(|e| refused(format!("{} names {:?}: {e}", record.file(), record.digest)))?;
         let blob = BlobRef {
@@ -152,38 +191,57 @@ pub async fn seal_export(
             written_blobs: Vec::new(),
         });
     }
+    let changed_under = AtomicBool::new(false);
     let write_index = async {
-        if changed {
-            index.write(store).await.map_err(oci_err)?;
+        if changed && !index.write_if(store, &version).await.map_err(oci_err)? {
+            changed_under.store(true, Ordering::SeqCst);
+            return Err(refused(
+                "index.json changed while the export was sealed".into(),
+            ));
         }
         Ok(())
     };
     let statement = match signer {
-        Some(signer) if changed || !exported.is_empty() => Some(
-            write_statement_of(
+        Some(signer) if changed || !exported.is_empty() => {
+            let written = write_statement_of(
                 store,
                 signer,
                 &exported,
                 &index,
                 Some(Box::pin(write_index)),
             )
-            .await?,
-        ),
-        _ => {
-            write_index.await?;
-            None
+            .await;
+            match written {
+                Err(_) if changed_under.load(Ordering::SeqCst) => return Ok(None),
+                written => Some(written?),
+            }
         }
+        _ => match write_index.await {
+            Err(_) if changed_under.load(Ordering::SeqCst) => return Ok(None),
+            written => written.map(|()| None)?,
+        },
     };
-    // Removed last: a seal that failed leaves them for the next.
-    for file in &files {
-        names.remove(file).await.map_err(oci_err)?;
-    }
-    for (_, digest) in &images {
-        names.forget_admission(digest).await.map_err(oci_err)?;
-    }
-    tracing::info!(layout = %path, named = records.len(), signed = statement.is_some(), "export sealed");
-    Ok(Sealed {
-        named: records.len(),
+    Ok(Some((
         statement,
-    })
+        images.into_iter().map(|(_, digest)| digest).collect(),
+    )))
+}
+
+/// A layout refused for `reason`, named as the steps name it (`oci:LOCATION`).
+fn refused(store: &dyn LayoutStore, reason: String) -> Error {
+    Error::Registry {
+        image: format!("oci:{}", store.location()),
+        source: oci::Error::Layout {
+            path: store.location(),
+            reason,
+        },
+    }
+}
+
+/// A layout error, named as the steps name the layout.
+fn oci_err(store: &dyn LayoutStore, e: oci::Error) -> Error {
+    Error::Registry {
+        image: format!("oci:{}", store.location()),
+        source: e,
+    }
 }

@@ -924,3 +924,176 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
     let refused = seal().await.unwrap_err().to_string();
     assert!(refused.contains("not written by this export"), "{refused}");
 }
+
+/// A layout store that, the first time `index.json` is about to be replaced conditionally,
+/// plays another export writing it first (the same entries, with one annotation more): the
+/// race a seal's conditional write is for.
+struct RacedStore {
+    inner: Arc<S3Layout>,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+impl oci::layout::LayoutStore for RacedStore {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn blob_location(&self, digest: &Digest) -> String {
+        self.inner.blob_location(digest)
+    }
+    fn blob_size<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> futures::future::BoxFuture<'a, oci::Result<Option<u64>>> {
+        self.inner.blob_size(digest)
+    }
+    fn read_blob_range<'a>(
+        &'a self,
+        digest: &'a Digest,
+        start: u64,
+        end: Option<u64>,
+    ) -> futures::future::BoxFuture<'a, oci::Result<oci::layout::BlobStream>> {
+        self.inner.read_blob_range(digest, start, end)
+    }
+    fn attests_blob<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> futures::future::BoxFuture<'a, oci::Result<bool>> {
+        self.inner.attests_blob(digest)
+    }
+    fn write_blob<'a>(
+        &'a self,
+        blob: &'a BlobRef,
+        body: oci::layout::BlobStream,
+    ) -> futures::future::BoxFuture<'a, oci::Result<()>> {
+        self.inner.write_blob(blob, body)
+    }
+    fn read_file<'a>(
+        &'a self,
+        name: &'a str,
+        limit: usize,
+    ) -> futures::future::BoxFuture<'a, oci::Result<Option<bytes::Bytes>>> {
+        self.inner.read_file(name, limit)
+    }
+    fn write_file<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: bytes::Bytes,
+    ) -> futures::future::BoxFuture<'a, oci::Result<()>> {
+        self.inner.write_file(name, bytes)
+    }
+    fn file_version<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, oci::Result<oci::layout::FileVersion>> {
+        self.inner.file_version(name)
+    }
+    fn replace_file_if<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: bytes::Bytes,
+        version: &'a oci::layout::FileVersion,
+    ) -> futures::future::BoxFuture<'a, oci::Result<bool>> {
+        Box::pin(async move {
+            if name == "index.json" && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let now = self.inner.read_file(name, 1 << 20).await?.unwrap();
+                let mut other: serde_json::Value = serde_json::from_slice(&now).unwrap();
+                other["annotations"] = serde_json::json!({"written.by": "another export"});
+                self.inner
+                    .write_file(name, other.to_string().into())
+                    .await?;
+            }
+            self.inner.replace_file_if(name, bytes, version).await
+        })
+    }
+}
+
+/// GIVEN an export into a layout that already has an `index.json` WHEN another export writes
+/// `index.json` between the seal's read and its write THEN the seal's conditional write is
+/// refused, it seals again from the new `index.json`, and both writers' content is there (the
+/// other's annotation and this run's tag), stated and signed; without the condition the other
+/// export's write would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_nothing() {
+    use e2e::image::signing_key;
+    use e2e::statements::LocalSigner;
+    use replication::copy::{copy_image, CopyOptions};
+    use replication::layout_seal::seal_export;
+
+    let rig = Rig::start().await;
+    let src = TestRegistry::start();
+    let (app, _) = app_with_sbom(&src, 71).await;
+    let source =
+        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
+    let (key, _) = signing_key(72);
+    let signer = LocalSigner(key);
+    // An earlier export: index.json exists (so the race has a version to lose).
+    let (server, target) = rig.invocation().await;
+    let at = |registry: &str, tag: &str| {
+        oci::Reference::parse(&format!("{registry}/team/app:{tag}")).unwrap()
+    };
+    copy_image(
+        &source,
+        &at(&src.host, "v1"),
+        &target,
+        &at(server.host(), "v1"),
+        &CopyOptions::default(),
+    )
+    .await
+    .unwrap();
+    seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host)
+        .await
+        .unwrap();
+    // This run: one more tag, sealed through the racing store.
+    copy_image(
+        &source,
+        &at(&src.host, "v1"),
+        &target,
+        &at(server.host(), "v2"),
+        &CopyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let raced = RacedStore {
+        inner: rig.store.clone(),
+        raced: Default::default(),
+    };
+    let sealed = seal_export((&raced, &rig.names), Some(&signer), &src.host)
+        .await
+        .unwrap();
+    assert!(
+        raced.raced.load(std::sync::atomic::Ordering::SeqCst),
+        "the race was not played"
+    );
+    let statement = sealed.statement.expect("signed");
+    assert!(
+        statement.images.contains_key("team/app:v2"),
+        "{:?}",
+        statement.images.keys()
+    );
+    let index = rig
+        .store
+        .read_file("index.json", 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    assert_eq!(
+        index["annotations"]["written.by"], "another export",
+        "the other writer's index.json was overwritten: {index}"
+    );
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"team/app:v1") && names.contains(&"team/app:v2"),
+        "{names:?}"
+    );
+    assert_eq!(
+        app.manifest.len() as u64,
+        statement.images["team/app:v2"].size
+    );
+    assert!(rig.names.list().await.unwrap().is_empty(), "records left");
+}

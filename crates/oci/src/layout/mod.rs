@@ -69,6 +69,33 @@ pub trait LayoutStore: Send + Sync {
         -> BoxFuture<'a, Result<Option<Bytes>>>;
     /// Replaces a small top-level file at once (readers see the old or the new one).
     fn write_file<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<()>>;
+    /// The version of a small top-level file, for [`LayoutStore::replace_file_if`]. Read it
+    /// before the file's content: a change in between then fails the replace, as it should.
+    /// Default: [`FileVersion::Unversioned`].
+    fn file_version<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<FileVersion>> {
+        Box::pin(async { Ok(FileVersion::Unversioned) })
+    }
+    /// Replaces a small top-level file only if it is still at `version`: `false`, and nothing
+    /// written, when another writer changed it since. Default (no versions): replaced.
+    fn replace_file_if<'a>(
+        &'a self,
+        name: &'a str,
+        bytes: Bytes,
+        _version: &'a FileVersion,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { self.write_file(name, bytes).await.map(|()| true) })
+    }
+}
+
+/// A top-level file's version, as a store that can replace a file conditionally knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileVersion {
+    /// The store keeps no versions: a replace is unconditional.
+    Unversioned,
+    /// There is no such file: a replace must create it.
+    Absent,
+    /// The file as it is now (S3: its ETag): a replace must find it so.
+    Tagged(String),
 }
 
 /// A blob upload a [`PartUploads`] store holds open: its staging object (`uploads/<32 hex>`,
@@ -444,6 +471,15 @@ impl LayoutIndex {
 
     /// Writes `oci-layout` (when missing) and this index.
     pub async fn write(&self, store: &dyn LayoutStore) -> Result<()> {
+        self.write_if(store, &FileVersion::Unversioned)
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `oci-layout` (when missing) and this index, only if `index.json` is still at
+    /// `version` (read before the index was): `false`, and the index not written, when another
+    /// writer changed it since.
+    pub async fn write_if(&self, store: &dyn LayoutStore, version: &FileVersion) -> Result<bool> {
         if store
             .read_file("oci-layout", MAX_LAYOUT_FILE_BYTES)
             .await?
@@ -455,7 +491,9 @@ impl LayoutIndex {
         }
         let bytes = serde_json::to_vec(&self.document)
             .map_err(|e| layout_error(format!("{}/index.json", store.location()), e.to_string()))?;
-        store.write_file("index.json", Bytes::from(bytes)).await
+        store
+            .replace_file_if("index.json", Bytes::from(bytes), version)
+            .await
     }
 }
 

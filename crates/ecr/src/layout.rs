@@ -1063,7 +1063,7 @@ impl LayoutStore for S3Layout {
                     Some(etag) => FileVersion::Tagged(etag),
                     None => {
                         return Err(layout_error(
-                            &self.shown(&self.location.key(name)),
+                            self.shown(&self.location.key(name)),
                             "S3 answered no ETag: cannot replace it only if unchanged",
                         ))
                     }

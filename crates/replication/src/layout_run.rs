@@ -271,6 +271,11 @@ async fn export_job(
     // One export per ref name (a listed image may be named twice).
     let mut seen = std::collections::BTreeSet::new();
     selected.retain(|i| seen.insert((i.repository.clone(), i.tag.clone())));
+    // Read before the index: a write in between then fails the conditional replace below.
+    let version = store
+        .file_version("index.json")
+        .await
+        .map_err(|e| layout_error(store, e))?;
     let held = LayoutIndex::read(store)
         .await
         .map_err(|e| layout_error(store, e))?;
@@ -290,11 +295,22 @@ async fn export_job(
     done.sort_by(|a, b| (&a.0.repository, &a.0.tags).cmp(&(&b.0.repository, &b.0.tags)));
     // The names first: no image is reported copied that index.json does not name.
     let (index, changed) = index.into_inner();
-    if changed {
-        index
-            .write(store)
+    if changed
+        && !index
+            .write_if(store, &version)
             .await
-            .map_err(|e| layout_error(store, e))?;
+            .map_err(|e| layout_error(store, e))?
+    {
+        return Err(layout_error(
+            store,
+            oci::Error::Layout {
+                path: format!("{}/index.json", store.location()),
+                reason: "changed while this export ran (another export of this layout wrote \
+                         it): nothing named; run the export again (the blobs it wrote are \
+                         there and are not sent again)"
+                    .into(),
+            },
+        ));
     }
     let mut exported = Vec::new();
     for (image, stated) in done {

@@ -997,7 +997,13 @@ impl oci::layout::LayoutStore for RacedStore {
             if name == "index.json" && !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 let now = self.inner.read_file(name, 1 << 20).await?.unwrap();
                 let mut other: serde_json::Value = serde_json::from_slice(&now).unwrap();
-                other["annotations"] = serde_json::json!({"written.by": "another export"});
+                // Content of its own each time (an identical body would keep the ETag).
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos();
+                other["annotations"] =
+                    serde_json::json!({"written.by": "another export", "at": nanos.to_string()});
                 self.inner
                     .write_file(name, other.to_string().into())
                     .await?;
@@ -1096,4 +1102,65 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
         statement.images["team/app:v2"].size
     );
     assert!(rig.names.list().await.unwrap().is_empty(), "records left");
+
+    // The command line's export job, raced the same way: refused, naming the cause, and the
+    // other writer's index.json stays; run again, it names its image.
+    use serde_json::json;
+    let before = rig.store.read_file("index.json", 1 << 20).await.unwrap();
+    let export = json!({"source": {"registry": src.host, "insecure": true},
+                        "destinations": [{"layout": format!("s3://{BUCKET}/{PREFIX}")}],
+                        "images": [{"repository": "team/app", "tag": "v1"}]});
+    let job = || replication::Job::from_json(&export.to_string()).unwrap();
+    let settings = replication::connect::Settings {
+        registry: e2e::fast_retry_config(&[&src.host]),
+        ..Default::default()
+    };
+    let conns = replication::connect::Connections::new(settings);
+    // A layout whose index.json does not name team/app:v1 yet.
+    let mut emptied: serde_json::Value = serde_json::from_slice(&before.unwrap()).unwrap();
+    emptied["manifests"] = json!([]);
+    rig.store
+        .write_file("index.json", emptied.to_string().into())
+        .await
+        .unwrap();
+    let raced = RacedStore {
+        inner: rig.store.clone(),
+        raced: Default::default(),
+    };
+    let refused = replication::layout_run::run_layout_job(
+        &conns,
+        job(),
+        &raced,
+        Default::default(),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("changed while this export ran"),
+        "{refused}"
+    );
+    let after = rig
+        .store
+        .read_file("index.json", 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let after: serde_json::Value = serde_json::from_slice(&after).unwrap();
+    assert_eq!(
+        after["annotations"]["written.by"], "another export",
+        "{after}"
+    );
+    assert_eq!(after["manifests"], json!([]), "{after}");
+    let again = replication::layout_run::run_layout_job(
+        &conns,
+        job(),
+        rig.store.as_ref(),
+        Default::default(),
+        &replication::run::Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.run.report.copied, 1, "{:?}", again.run.report);
 }

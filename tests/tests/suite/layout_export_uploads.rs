@@ -927,10 +927,57 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
 
 /// A layout store that, the first time `index.json` is about to be replaced conditionally,
 /// plays another export writing it first (the same entries, with one annotation more): the
-/// race a seal's conditional write is for.
+/// race a seal's conditional write is for. It counts the reads of `index.json`.
 struct RacedStore {
     inner: Arc<S3Layout>,
     raced: std::sync::atomic::AtomicBool,
+    index_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl RacedStore {
+    fn over(inner: &Arc<S3Layout>) -> Self {
+        RacedStore {
+            inner: inner.clone(),
+            raced: Default::default(),
+            index_reads: Default::default(),
+        }
+    }
+}
+
+impl oci::layout::PartUploads for RacedStore {
+    fn begin_upload<'a>(
+        &'a self,
+        staging: &'a str,
+    ) -> futures::future::BoxFuture<'a, oci::Result<String>> {
+        self.inner.begin_upload(staging)
+    }
+    fn put_part<'a>(
+        &'a self,
+        upload: &'a oci::layout::PartUpload,
+        number: u32,
+        bytes: bytes::Bytes,
+    ) -> futures::future::BoxFuture<'a, oci::Result<()>> {
+        self.inner.put_part(upload, number, bytes)
+    }
+    fn stored_parts<'a>(
+        &'a self,
+        upload: &'a oci::layout::PartUpload,
+    ) -> futures::future::BoxFuture<'a, oci::Result<Vec<u64>>> {
+        self.inner.stored_parts(upload)
+    }
+    fn finish_upload<'a>(
+        &'a self,
+        upload: &'a oci::layout::PartUpload,
+        blob: &'a BlobRef,
+    ) -> futures::future::BoxFuture<'a, oci::Result<()>> {
+        self.inner.finish_upload(upload, blob)
+    }
+    fn abort_upload<'a>(
+        &'a self,
+        upload: &'a oci::layout::PartUpload,
+    ) -> futures::future::BoxFuture<'a, oci::Result<()>> {
+        self.inner.abort_upload(upload)
+    }
 }
 
 impl oci::layout::LayoutStore for RacedStore {
@@ -972,6 +1019,10 @@ impl oci::layout::LayoutStore for RacedStore {
         name: &'a str,
         limit: usize,
     ) -> futures::future::BoxFuture<'a, oci::Result<Option<bytes::Bytes>>> {
+        if name == "index.json" {
+            self.index_reads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.inner.read_file(name, limit)
     }
     fn write_file<'a>(
@@ -1059,10 +1110,7 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
     )
     .await
     .unwrap();
-    let raced = RacedStore {
-        inner: rig.store.clone(),
-        raced: Default::default(),
-    };
+    let raced = RacedStore::over(&rig.store);
     let sealed = seal_export((&raced, &rig.names), Some(&signer), &src.host)
         .await
         .unwrap();
@@ -1123,10 +1171,7 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
         .write_file("index.json", emptied.to_string().into())
         .await
         .unwrap();
-    let raced = RacedStore {
-        inner: rig.store.clone(),
-        raced: Default::default(),
-    };
+    let raced = RacedStore::over(&rig.store);
     let refused = replication::layout_run::run_layout_job(
         &conns,
         job(),
@@ -1163,4 +1208,73 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
     .await
     .unwrap();
     assert_eq!(again.run.report.copied, 1, "{:?}", again.run.report);
+}
+
+/// GIVEN a layout whose `index.json` names `team/app:v1` WHEN the export registry is asked for
+/// that tag again and again THEN it reads `index.json` once (a HEAD finds it unchanged each
+/// time), and again only after another writer changed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_registry_reads_index_json_again_only_when_it_changed() {
+    use oci::Repository;
+    use replication::copy::{copy_image, CopyOptions};
+    use replication::layout_seal::seal_export;
+    use std::sync::atomic::Ordering;
+
+    let rig = Rig::start().await;
+    let src = TestRegistry::start();
+    let (app, _) = app_with_sbom(&src, 75).await;
+    let source =
+        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
+    let (server, target) = rig.invocation().await;
+    let at = |registry: &str| oci::Reference::parse(&format!("{registry}/team/app:v1")).unwrap();
+    copy_image(
+        &source,
+        &at(&src.host),
+        &target,
+        &at(server.host()),
+        &CopyOptions::default(),
+    )
+    .await
+    .unwrap();
+    seal_export((rig.store.as_ref(), &rig.names), None, &src.host)
+        .await
+        .unwrap();
+    let watched = Arc::new(RacedStore::over(&rig.store));
+    let served = LayoutExportRegistry::serve(watched.clone(), rig.names.clone())
+        .await
+        .unwrap();
+    let mut credentials = CredentialStore::new();
+    credentials.insert(served.host(), served.credential());
+    let client =
+        RegistryClient::new(e2e::fast_retry_config(&[served.host()]), credentials).unwrap();
+    let repository = Repository {
+        registry: served.host().to_string(),
+        name: "team/app".into(),
+    };
+    for _ in 0..3 {
+        let found = client.head_manifest(&at(served.host())).await.unwrap();
+        assert_eq!(
+            found.map(|m| m.digest.to_string()),
+            Some(app.digest.clone())
+        );
+        assert_eq!(client.list_tags(&repository).await.unwrap(), ["v1"]);
+    }
+    assert_eq!(watched.index_reads.load(Ordering::SeqCst), 1);
+    // Another writer changes it: read again, once.
+    let index = rig
+        .store
+        .read_file("index.json", 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut changed: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    changed["annotations"] = serde_json::json!({"written.by": "another export"});
+    rig.store
+        .write_file("index.json", changed.to_string().into())
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(client.list_tags(&repository).await.unwrap(), ["v1"]);
+    }
+    assert_eq!(watched.index_reads.load(Ordering::SeqCst), 2);
 }

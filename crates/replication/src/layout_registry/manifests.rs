@@ -40,6 +40,42 @@ pub struct ExportNames {
     prefix: String,
     admissions: String,
     layout: String,
+    /// The layout's `index.json` as last read, with its version.
+    index: IndexCache,
+}
+
+/// A layout's `index.json` as last read (up to 8 MiB), kept with its version (S3's ETag): read
+/// again only when a `HEAD` finds another version, so a run that looks up many tags reads it
+/// once per change, not once per tag.
+#[derive(Clone, Default)]
+struct IndexCache(
+    std::sync::Arc<tokio::sync::Mutex<Option<(String, Option<std::sync::Arc<LayoutIndex>>)>>>,
+);
+
+impl IndexCache {
+    /// `index.json` now (`None`: the layout has none yet). The version is read first: a change
+    /// between the two reads leaves the cache older than the file, never newer.
+    async fn read(
+        &self,
+        store: &dyn LayoutStore,
+    ) -> oci::Result<Option<std::sync::Arc<LayoutIndex>>> {
+        let etag = match store.file_version("index.json").await? {
+            layout::FileVersion::Tagged(etag) => etag,
+            layout::FileVersion::Absent => return Ok(None),
+            layout::FileVersion::Unversioned => {
+                return Ok(LayoutIndex::read(store).await?.map(std::sync::Arc::new))
+            }
+        };
+        let mut cached = self.0.lock().await;
+        if let Some((version, index)) = cached.as_ref() {
+            if *version == etag {
+                return Ok(index.clone());
+            }
+        }
+        let index = LayoutIndex::read(store).await?.map(std::sync::Arc::new);
+        *cached = Some((etag, index.clone()));
+        Ok(index)
+    }
 }
 
 /// What admitted one exported image, as `put-manifests` recorded it.
@@ -67,6 +103,7 @@ impl ExportNames {
             prefix: format!("{PENDING_REFS}{}/", place.hex()),
             admissions: format!("{EXPORT_ADMISSIONS}{}/", place.hex()),
             layout: location.to_string(),
+            index: IndexCache::default(),
         }
     }
 
@@ -224,7 +261,7 @@ pub(super) async fn tags(
     name: &str,
 ) -> oci::Result<Vec<String>> {
     let mut tags = std::collections::BTreeSet::new();
-    if let Some(index) = LayoutIndex::read(store).await? {
+    if let Some(index) = names.index.read(store).await? {
         let path = format!("{}/index.json", store.location());
         for entry in index.entries(&path)? {
             if let Ok((Some(repository), tag)) = layout::split_ref_name(&entry.ref_name) {
@@ -472,7 +509,7 @@ async fn named(
             }));
         }
     }
-    let Some(index) = LayoutIndex::read(store).await? else {
+    let Some(index) = names.index.read(store).await? else {
         return Ok(None);
     };
     let path = format!("{}/index.json", store.location());

@@ -48,9 +48,10 @@ pub struct ExportNames {
 /// again only when a `HEAD` finds another version, so a run that looks up many tags reads it
 /// once per change, not once per tag.
 #[derive(Clone, Default)]
-struct IndexCache(
-    std::sync::Arc<tokio::sync::Mutex<Option<(String, Option<std::sync::Arc<LayoutIndex>>)>>>,
-);
+struct IndexCache(std::sync::Arc<tokio::sync::Mutex<Option<IndexAt>>>);
+
+/// `index.json` (none: the layout had none) at a version (its ETag).
+type IndexAt = (String, Option<std::sync::Arc<LayoutIndex>>);
 
 impl IndexCache {
     /// `index.json` now (`None`: the layout has none yet). The version is read first: a change

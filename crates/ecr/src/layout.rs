@@ -368,15 +368,8 @@ impl S3Layout {
         };
         match request.send().await {
             Ok(_) => Ok(true),
-            // Its condition did not hold (412), or another conditional write raced it (409).
-            Err(e)
-                if matches!(
-                    e.raw_response().map(|r| r.status().as_u16()),
-                    Some(412 | 409)
-                ) =>
-            {
-                Ok(false)
-            }
+            // Only a write that sent a condition can fail it.
+            Err(e) if condition.is_some() && crate::store::condition_failed(&e) => Ok(false),
             Err(e) => Err(s3_error("s3:PutObject", &self.shown(key), &e)),
         }
     }

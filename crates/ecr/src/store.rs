@@ -177,14 +177,7 @@ impl WorkBucket {
         };
         match request.send().await {
             Ok(_) => Ok(true),
-            Err(e)
-                if matches!(
-                    e.raw_response().map(|r| r.status().as_u16()),
-                    Some(412 | 409)
-                ) =>
-            {
-                Ok(false)
-            }
+            Err(e) if condition_failed(&e) => Ok(false),
             Err(e) => Err(Error::api("s3:PutObject", self.resource(key), &e)),
         }
     }
@@ -192,4 +185,20 @@ impl WorkBucket {
     fn resource(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
     }
+}
+
+/// Whether S3 refused a conditional `PutObject` for its condition: it did not hold (412
+/// Precondition Failed), or another conditional write of the key raced it (409
+/// ConditionalRequestConflict) ("Add preconditions to S3 operations with conditional requests",
+/// Amazon S3 User Guide).
+pub(crate) fn condition_failed(
+    e: &aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::put_object::PutObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+) -> bool {
+    matches!(
+        e.raw_response().map(|r| r.status().as_u16()),
+        Some(412 | 409)
+    )
 }

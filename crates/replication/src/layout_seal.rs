@@ -20,7 +20,9 @@ use crate::layout_referrers::{artifact_type_of, layout_referrers};
 use crate::layout_registry::{ExportNames, PendingRef};
 use crate::receipts::ReceiptSigner;
 use crate::tag_scheme::{artifact_subject, fallback_tag};
-use crate::transfer_statement::{write_statement_of, ExportedImage, VerifiedStatement};
+use crate::transfer_statement::{
+    verify_statement, write_statement_of, ExportedImage, TrustedTransferKey, VerifiedStatement,
+};
 
 /// What a seal did.
 #[derive(Debug, Default)]
@@ -156,9 +158,24 @@ async fn seal_records(
             }
         }
     }
-    // An image given a new referrer by this run is stated again, as this run's, even when its
-    // tag was written by an earlier one.
+    // An image given a new referrer by this run is stated again, as this run's, when an earlier
+    // statement of the key names it at that digest: an entry someone else put in index.json
+    // (another name for an image this run exported) is not restated, and the statement below
+    // refuses it as unvouched.
+    let earlier = match signer {
+        Some(signer) => earlier_statement(store, signer).await?,
+        None => None,
+    };
     for entry in index.entries(&path).map_err(oci_err)? {
+        let vouched = earlier.as_ref().is_some_and(|statement| {
+            statement
+                .images
+                .get(&entry.ref_name)
+                .is_some_and(|image| image.digest == entry.blob.digest.as_str())
+        });
+        if !vouched {
+            continue;
+        }
         let stated = images.iter().any(|(name, _)| *name == entry.ref_name);
         let referred = subjects.iter().any(|(repository, subject)| {
             *subject == entry.blob.digest.as_str()
@@ -225,6 +242,19 @@ async fn seal_records(
         statement,
         images.into_iter().map(|(_, digest)| digest).collect(),
     )))
+}
+
+/// The layout's statement, if one verifies with `signer`'s key (none, or one of another key:
+/// nothing earlier is vouched for).
+async fn earlier_statement(
+    store: &dyn LayoutStore,
+    signer: &dyn ReceiptSigner,
+) -> Result<Option<VerifiedStatement>> {
+    let der = signer.public_key().await?;
+    let Ok(key) = TrustedTransferKey::from_der(&der) else {
+        return Ok(None);
+    };
+    Ok(verify_statement(store, &key).await.ok())
 }
 
 /// A layout refused for `reason`, named as the steps name it (`oci:LOCATION`).

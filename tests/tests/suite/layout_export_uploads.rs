@@ -120,6 +120,33 @@ async fn image_with_layer(
     (image, blob)
 }
 
+/// A source registry holding `team/app:v1` and its SBOM ([`app_with_sbom`]), a client of it,
+/// and one invocation of the export registry with its client.
+struct AppExport {
+    src: TestRegistry,
+    app: e2e::image::TestImage,
+    sbom: e2e::image::TestImage,
+    source: RegistryClient,
+    server: LayoutExportRegistry,
+    target: RegistryClient,
+}
+
+async fn app_export(rig: &Rig, seed: u64) -> AppExport {
+    let src = TestRegistry::start();
+    let (app, sbom) = app_with_sbom(&src, seed).await;
+    let source =
+        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
+    let (server, target) = rig.invocation().await;
+    AppExport {
+        src,
+        app,
+        sbom,
+        source,
+        server,
+        target,
+    }
+}
+
 /// `team/app:v1` (a multi-arch index from `seed`) pushed to `src` with an SBOM referring to
 /// it (pushed by digest).
 async fn app_with_sbom(
@@ -600,11 +627,14 @@ async fn manifests_are_kept_byte_for_byte_and_their_names_recorded_for_the_runs_
     use replication::layout_registry::PendingRef;
 
     let rig = Rig::start().await;
-    let src = TestRegistry::start();
-    let (app, sbom) = app_with_sbom(&src, 51).await;
-    let source =
-        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
-    let (server, target) = rig.invocation().await;
+    let AppExport {
+        src,
+        app,
+        sbom,
+        source,
+        server,
+        target,
+    } = app_export(&rig, 51).await;
     let reference = |registry: &str, r: &str| {
         oci::Reference::parse(&format!("{registry}/team/app{r}")).unwrap()
     };
@@ -1077,14 +1107,17 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
     use replication::layout_seal::seal_export;
 
     let rig = Rig::start().await;
-    let src = TestRegistry::start();
-    let (app, _) = app_with_sbom(&src, 71).await;
-    let source =
-        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
+    let AppExport {
+        src,
+        app,
+        source,
+        server,
+        target,
+        ..
+    } = app_export(&rig, 71).await;
     let (key, _) = signing_key(72);
     let signer = LocalSigner(key);
     // An earlier export: index.json exists (so the race has a version to lose).
-    let (server, target) = rig.invocation().await;
     let at = |registry: &str, tag: &str| {
         oci::Reference::parse(&format!("{registry}/team/app:{tag}")).unwrap()
     };
@@ -1221,11 +1254,14 @@ async fn the_export_registry_reads_index_json_again_only_when_it_changed() {
     use std::sync::atomic::Ordering;
 
     let rig = Rig::start().await;
-    let src = TestRegistry::start();
-    let (app, _) = app_with_sbom(&src, 75).await;
-    let source =
-        RegistryClient::new(e2e::fast_retry_config(&[&src.host]), CredentialStore::new()).unwrap();
-    let (server, target) = rig.invocation().await;
+    let AppExport {
+        src,
+        app,
+        source,
+        server,
+        target,
+        ..
+    } = app_export(&rig, 75).await;
     let at = |registry: &str| oci::Reference::parse(&format!("{registry}/team/app:v1")).unwrap();
     copy_image(
         &source,
@@ -1277,4 +1313,85 @@ async fn the_export_registry_reads_index_json_again_only_when_it_changed() {
         assert_eq!(client.list_tags(&repository).await.unwrap(), ["v1"]);
     }
     assert_eq!(watched.index_reads.load(Ordering::SeqCst), 2);
+}
+
+/// GIVEN a sealed export of `team/app:v1` WHEN someone who may write the bucket adds another
+/// name for that image to `index.json` (`team/app:stable`) and a later run gives the image a
+/// new referrer THEN the seal does not state the planted name as this run's: it refuses the
+/// layout as holding an entry the key's exports did not write, and the signed statement stays
+/// the earlier one, which names no `stable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_planted_in_index_json_is_not_signed_when_its_image_gains_a_referrer() {
+    use e2e::image::signing_key;
+    use e2e::statements::LocalSigner;
+    use replication::copy::{copy_image, CopyOptions};
+    use replication::layout_seal::seal_export;
+    use replication::transfer_statement::{verify_statement, TrustedTransferKey};
+
+    let rig = Rig::start().await;
+    let AppExport {
+        src,
+        app,
+        sbom,
+        source,
+        server,
+        target,
+    } = app_export(&rig, 77).await;
+    let (key, pem) = signing_key(78);
+    let signer = LocalSigner(key);
+    let at = |registry: &str, r: &str| {
+        oci::Reference::parse(&format!("{registry}/team/app{r}")).unwrap()
+    };
+    copy_image(
+        &source,
+        &at(&src.host, ":v1"),
+        &target,
+        &at(server.host(), ":v1"),
+        &CopyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let first = seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host)
+        .await
+        .unwrap()
+        .statement
+        .expect("signed");
+    // The plant: another name, same digest.
+    let index = rig
+        .store
+        .read_file("index.json", 1 << 20)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut planted: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let mut alias = planted["manifests"][0].clone();
+    alias["annotations"]["org.opencontainers.image.ref.name"] = "team/app:stable".into();
+    planted["manifests"].as_array_mut().unwrap().push(alias);
+    rig.store
+        .write_file("index.json", planted.to_string().into())
+        .await
+        .unwrap();
+    // A later run: only the SBOM, a referrer of the image.
+    let sbom_at = format!("@{}", sbom.digest);
+    copy_image(
+        &source,
+        &at(&src.host, &sbom_at),
+        &target,
+        &at(server.host(), &sbom_at),
+        &CopyOptions::default(),
+    )
+    .await
+    .unwrap();
+    let refused = seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("team/app:stable"), "{refused}");
+    let trusted = TrustedTransferKey::from_pem(&pem).unwrap();
+    let now = verify_statement(rig.store.as_ref(), &trusted)
+        .await
+        .unwrap();
+    assert_eq!(now.digest, first.digest, "a statement was signed");
+    assert!(!now.images.contains_key("team/app:stable"));
+    assert_eq!(now.images["team/app:v1"].digest, app.digest);
 }

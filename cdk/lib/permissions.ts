@@ -122,12 +122,13 @@ export interface LayoutGrant {
   kmsKeys: string[];
 }
 
-/** What `layoutStatements` grants on the layouts, each statement's Sid stem and actions: on
- * their objects, on the uploads staged under their `uploads/` (none: no statement), the listing,
- * and with their KMS keys. */
+/** What `layoutStatements` grants on the layouts, each statement's Sid stem, actions and the
+ * objects under each layout's prefix it holds for (`''`: all of them): reads, writes and the
+ * staged uploads (none: no statement), the listing, and with their KMS keys. */
 interface LayoutAccess {
   objects: [string, string[]];
-  uploads?: [string, string[]];
+  writes?: [string, string[], string[]];
+  uploads?: [string, string[], string[]];
   list: string;
   keys: [string, string[]];
 }
@@ -139,26 +140,36 @@ const READ_LAYOUTS: LayoutAccess = {
   keys: ['DecryptLayoutObjects', ['kms:Decrypt']],
 };
 
-/** Exporting into layouts: every object the functions write (a multipart upload, its parts and
- * its completion, a copy's destination, a manifest, `index.json`, `oci-layout`, the statement
- * files) is an `s3:PutObject`, every read (a HEAD, a GET, a copy's source) an `s3:GetObject`;
- * the uploads they stage (`PREFIX/uploads/<32 hex>`, then copied onto themselves and to
- * `blobs/sha256/<hex>`) are also listed (ListParts), aborted and deleted once copied, there only
- * (Amazon S3 User Guide, "Multipart upload API and permissions": CreateMultipartUpload,
+/** The transfer statement's files at a layout's root (`transfer_statement::STATEMENT_FILE`,
+ * `SIGNATURE_FILE`), beside `index.json` and `oci-layout`: what only the seal writes. */
+export const LAYOUT_ROOT_FILES = ['index.json', 'oci-layout', 'ecr-replicator-transfer.json', 'ecr-replicator-transfer.dsse.json'];
+
+/** Exporting into layouts: every read (a HEAD, a GET, a copy's source) is an `s3:GetObject` on
+ * the layout; the writes go only to `blobs/` (a blob moved from staging, a manifest) and
+ * `uploads/` (a multipart upload, its parts and its completion, a copy's destination: each an
+ * `s3:PutObject`), never to `index.json` or the statement, which only the seal writes; the
+ * uploads they stage (`PREFIX/uploads/<32 hex>`) are also listed (ListParts), aborted and
+ * deleted once copied, and a multipart copy into `blobs/sha256/` (a blob over 5 GB) aborted when
+ * it fails (Amazon S3 User Guide, "Multipart upload API and permissions": CreateMultipartUpload,
  * UploadPart, UploadPartCopy and CompleteMultipartUpload need s3:PutObject, AbortMultipartUpload
  * s3:AbortMultipartUpload, ListParts s3:ListMultipartUploadParts, and under SSE-KMS the requester
  * kms:GenerateDataKey and kms:Decrypt on the key; Amazon S3 API Reference, CopyObject:
  * s3:GetObject on the source, s3:PutObject on the destination). */
 const WRITE_LAYOUTS: LayoutAccess = {
-  objects: ['WriteLayoutObjects', ['s3:GetObject', 's3:PutObject']],
-  uploads: ['StagedLayoutUploads', ['s3:AbortMultipartUpload', 's3:ListMultipartUploadParts', 's3:DeleteObject']],
+  objects: ['ReadExportObjects', ['s3:GetObject']],
+  writes: ['WriteLayoutBlobs', ['s3:PutObject', 's3:AbortMultipartUpload'], ['blobs/*', 'uploads/*']],
+  uploads: ['StagedLayoutUploads', ['s3:ListMultipartUploadParts', 's3:DeleteObject'], ['uploads/*']],
   list: 'ListExportLayouts',
   keys: ['EncryptLayoutObjects', ['kms:GenerateDataKey', 'kms:Decrypt']],
 };
 
-/** Sealing an export (`index.json`, `oci-layout`, the statement files): its objects and listing,
- * no staged upload. */
-const SEAL_LAYOUTS: LayoutAccess = { ...WRITE_LAYOUTS, uploads: undefined };
+/** Sealing an export: it reads the layout (the manifests it names, the earlier statement) and
+ * writes only `index.json`, `oci-layout` and the statement's two files; no staged upload. */
+const SEAL_LAYOUTS: LayoutAccess = {
+  ...WRITE_LAYOUTS,
+  writes: ['WriteLayoutIndex', ['s3:PutObject'], LAYOUT_ROOT_FILES],
+  uploads: undefined,
+};
 
 /** What `access` grants on the layouts of `buckets`, to the functions `functionArns` only (they
  * share their role with functions that open no layout: `lambda:SourceFunctionArn`, which Lambda
@@ -179,7 +190,8 @@ function layoutStatements(access: LayoutAccess, partition: string, s3Service: st
     const on = ([sid, actions]: [string, string[]], resources: string[]) => new iam.PolicyStatement({ sid: `${sid}${i}`, actions, resources, conditions });
     return [
       on(access.objects, whole ? [`${bucket}/*`] : b.prefixes.map((p) => `${bucket}/${p}/*`)),
-      ...(access.uploads ? [on(access.uploads, b.prefixes.map((p) => `${bucket}/${under(p)}uploads/*`))] : []),
+      ...[access.writes, access.uploads].filter((a) => a !== undefined).map(([sid, actions, objects]) => on(
+        [sid, actions], b.prefixes.flatMap((p) => objects.map((o) => `${bucket}/${under(p)}${o}`)))),
       new iam.PolicyStatement({
         sid: `${access.list}${i}`,
         actions: ['s3:ListBucket'],

@@ -116,8 +116,8 @@ export const NEWEST_STATEMENTS_PREFIX = 'layout-statements/';
  * layout's `index.json` (`layout-names/<sha256 of the layout's place>/...`; no expiry). */
 export const EXPORT_NAMES_PREFIX = 'layout-names/';
 /** Where what admitted each exported image waits for the seal that states it
- * (`layout-admissions/<sha256 of the layout's place>/<digest hex>.json`; no expiry). */
-export const EXPORT_ADMISSIONS_PREFIX = 'layout-admissions/';
+ * (`layout-provenance/<sha256 of the layout's place>/<digest hex>.json`; no expiry). */
+export const EXPORT_PROVENANCE_PREFIX = 'layout-provenance/';
 
 /** Days a run's selection is kept; a repository whose pages take longer is listed again. */
 export const SELECTION_DAYS = 7;
@@ -270,7 +270,7 @@ export class WorkflowStack extends Stack {
 
     // The run's work bucket: enumerate-images lists and resolves a repository once per run and
     // keeps the selection here for the repository's later pages (never public, TLS only, expired).
-    // An export's names and admissions (EXPORT_NAMES_PREFIX, EXPORT_ADMISSIONS_PREFIX) do not
+    // An export's names and provenance (EXPORT_NAMES_PREFIX, EXPORT_PROVENANCE_PREFIX) do not
     // expire: they are kept per layout, not per run, and the seal that states them deletes them;
     // a run that fails before its seal leaves its names (whose images are already in the layout)
     // for the next export's seal, which an expiry would lose. Nothing here is a multipart upload
@@ -597,21 +597,21 @@ export class WorkflowStack extends Stack {
     this.dashboard(registries, names);
 
     NagSuppressions.addStackSuppressions(this, [
-      { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance; a configured layout is read as BUCKET/PREFIX/* (its blobs are named by digest), by the source-reading functions only; an export layout is read and written as BUCKET/PREFIX/* and its staged uploads (random names) aborted, listed and deleted as BUCKET/PREFIX/uploads/*, by the exporting functions only; an export\'s names and admissions in the work bucket are kept per layout under layout-names/* and layout-admissions/* (keys named by the layout\'s hash, tags and digests).' },
+      { id: 'AwsSolutions-IAM5', reason: 'ecr:GetAuthorizationToken has no resource scope; reads cover every source repository by design (filters are in the job); log delivery APIs need *; Distributed Map children are executions of this state machine, whose ids are not known in advance; a configured layout is read as BUCKET/PREFIX/* (its blobs are named by digest), by the source-reading functions only; an export layout is read and written as BUCKET/PREFIX/* and its staged uploads (random names) aborted, listed and deleted as BUCKET/PREFIX/uploads/*, by the exporting functions only; an export\'s names and provenance in the work bucket are kept per layout under layout-names/* and layout-provenance/* (keys named by the layout\'s hash, tags and digests).' },
       { id: 'AwsSolutions-L1', reason: 'provided.al2023 is the current OS-only runtime for Rust binaries.' },
       { id: 'AwsSolutions-S1', reason: 'The work bucket holds only short-lived lists of image digests and tags the functions write and read; its API calls are in CloudTrail.' },
     ]);
   }
 
   /** Layout exports: the functions that open an export (`LAYOUT_WRITERS`) may write exactly the
-   * export layouts (`layoutWriteStatements`) and keep the export's names and admissions in the
+   * export layouts (`layoutWriteStatements`) and keep the export's names and provenance in the
    * work bucket; they share their roles with functions that open no export, so every grant names
    * them (`lambda:SourceFunctionArn`), in a policy of its own per role (the functions depend on
    * their role's). The copier role's (`LayoutExports`): enumerate-images, plan-image, copy-blobs
    * and put-manifests read and write the layouts and stage uploads there; they read the names
    * (a tag is answered from its record), and put-manifests records them and what admitted each
    * image. The reader role's (`LayoutExportSeal`): summarise seals (no staged upload): it reads
-   * the names and admissions, writes `index.json` and the statement, deletes what it stated,
+   * the names and provenance, writes `index.json` and the statement, deletes what it stated,
    * and signs the statement with the receipt key (reading its public key first). A missing
    * record is answered 404 only to a caller that may list its prefix (Amazon S3 API Reference,
    * GetObject, Permissions). */
@@ -619,7 +619,7 @@ export class WorkflowStack extends Stack {
     const layouts = layoutGrants(config, 'export');
     const writers = LAYOUT_WRITERS.filter((name) => name !== LAYOUT_SEALER);
     const names = workBucket.arnForObjects(`${EXPORT_NAMES_PREFIX}*`);
-    const admissions = workBucket.arnForObjects(`${EXPORT_ADMISSIONS_PREFIX}*`);
+    const admissions = workBucket.arnForObjects(`${EXPORT_PROVENANCE_PREFIX}*`);
     const calledBy = (sid: string, actions: string[], resources: string[], callers: string[]) => new iam.PolicyStatement({
       sid, actions, resources, conditions: { ArnEquals: { 'lambda:SourceFunctionArn': functionArns(callers) } },
     });
@@ -643,7 +643,7 @@ export class WorkflowStack extends Stack {
       statements: [
         ...layoutWriteStatements(this.partition, s3Service, layouts, functionArns([LAYOUT_SEALER]), true),
         calledBy('SealExportNames', ['s3:GetObject', 's3:DeleteObject'], [names, admissions], [LAYOUT_SEALER]),
-        list('ListSealedExportNames', [EXPORT_NAMES_PREFIX, EXPORT_ADMISSIONS_PREFIX], [LAYOUT_SEALER]),
+        list('ListSealedExportNames', [EXPORT_NAMES_PREFIX, EXPORT_PROVENANCE_PREFIX], [LAYOUT_SEALER]),
         // The statement of an export is signed with the receipt key (validateLayouts requires
         // it), ECDSA only, as put-manifests signs receipts (ReceiptSigning); the seal first reads
         // the key's public half (kms:GetPublicKey) to check the key can sign a statement and to

@@ -8,6 +8,7 @@ import { Match, Template } from 'aws-cdk-lib/assertions';
 import { allowlist, LayoutConfig, loadConfig } from '../lib/config';
 import { config, deployment, variant } from './synth';
 import { FUNCTIONS, LAYOUT_READERS, LAYOUT_WRITERS } from '../lib/workflow-stack';
+import { LAYOUT_ROOT_FILES } from '../lib/permissions';
 
 
 /** A transfer key as `openssl ecparam -name prime256v1 ... | openssl ec -pubout` writes it. */
@@ -231,19 +232,29 @@ test('the end-to-end IAM check\'s deployment (config.iam.json) exports into s3:/
   const caller = (steps: string[]) => ({ 'lambda:SourceFunctionArn': steps.map((step) => stepArn(w, step)) });
   const owner = { 's3:ResourceAccount': '123456789012' };
   const work = workBucket(w);
-  // The layout's statements for `steps`: its objects, the uploads staged there (not the
-  // seal's), the listing of its prefix; all in the owner's bucket.
+  // The layout's statements for `steps`: reading its objects; the writers writing blobs/ and
+  // uploads/ only (and aborting a multipart upload there), the uploads staged there listed and
+  // deleted; the seal writing index.json, oci-layout and the statement only; the listing of
+  // its prefix; all in the owner's bucket.
   const layoutFor = (steps: string[], uploads: boolean) => [
     {
-      Sid: 'WriteLayoutObjects0', Effect: 'Allow', Action: ['s3:GetObject', 's3:PutObject'],
+      Sid: 'ReadExportObjects0', Effect: 'Allow', Action: 's3:GetObject',
       Resource: s3Arn('ecr-replicator-layouts/export/*'),
       Condition: { ArnEquals: caller(steps), StringEquals: owner },
     },
     ...(uploads ? [{
-      Sid: 'StagedLayoutUploads0', Effect: 'Allow', Action: ['s3:AbortMultipartUpload', 's3:ListMultipartUploadParts', 's3:DeleteObject'],
+      Sid: 'WriteLayoutBlobs0', Effect: 'Allow', Action: ['s3:PutObject', 's3:AbortMultipartUpload'],
+      Resource: [s3Arn('ecr-replicator-layouts/export/blobs/*'), s3Arn('ecr-replicator-layouts/export/uploads/*')],
+      Condition: { ArnEquals: caller(steps), StringEquals: owner },
+    }, {
+      Sid: 'StagedLayoutUploads0', Effect: 'Allow', Action: ['s3:ListMultipartUploadParts', 's3:DeleteObject'],
       Resource: s3Arn('ecr-replicator-layouts/export/uploads/*'),
       Condition: { ArnEquals: caller(steps), StringEquals: owner },
-    }] : []),
+    }] : [{
+      Sid: 'WriteLayoutIndex0', Effect: 'Allow', Action: 's3:PutObject',
+      Resource: ['index.json', 'oci-layout', 'ecr-replicator-transfer.json', 'ecr-replicator-transfer.dsse.json'].map((f) => s3Arn(`ecr-replicator-layouts/export/${f}`)),
+      Condition: { ArnEquals: caller(steps), StringEquals: owner },
+    }]),
     {
       Sid: 'ListExportLayouts0', Effect: 'Allow', Action: 's3:ListBucket',
       Resource: s3Arn('ecr-replicator-layouts'),
@@ -268,7 +279,7 @@ test('the end-to-end IAM check\'s deployment (config.iam.json) exports into s3:/
     },
     {
       Sid: 'RecordExportNames', Effect: 'Allow', Action: 's3:PutObject',
-      Resource: [work.objects('layout-names/'), work.objects('layout-admissions/')],
+      Resource: [work.objects('layout-names/'), work.objects('layout-provenance/')],
       Condition: { ArnEquals: caller(['put-manifests']) },
     },
   ]);
@@ -280,13 +291,13 @@ test('the end-to-end IAM check\'s deployment (config.iam.json) exports into s3:/
     ...layoutFor(['summarise'], false),
     {
       Sid: 'SealExportNames', Effect: 'Allow', Action: ['s3:GetObject', 's3:DeleteObject'],
-      Resource: [work.objects('layout-names/'), work.objects('layout-admissions/')],
+      Resource: [work.objects('layout-names/'), work.objects('layout-provenance/')],
       Condition: { ArnEquals: caller(['summarise']) },
     },
     {
       Sid: 'ListSealedExportNames', Effect: 'Allow', Action: 's3:ListBucket',
       Resource: work.arn,
-      Condition: { ArnEquals: caller(['summarise']), StringLike: { 's3:prefix': ['layout-names/*', 'layout-admissions/*'] } },
+      Condition: { ArnEquals: caller(['summarise']), StringLike: { 's3:prefix': ['layout-names/*', 'layout-provenance/*'] } },
     },
     {
       Sid: 'SignExportStatements', Effect: 'Allow', Action: 'kms:Sign',
@@ -302,7 +313,7 @@ test('the end-to-end IAM check\'s deployment (config.iam.json) exports into s3:/
 
   // Nothing else names the export layout, its names or admissions, and nothing else may sign
   // but put-manifests' receipts (ReceiptSigning, as before).
-  const exported = /ecr-replicator-layouts\/export|layout-names|layout-admissions/;
+  const exported = /ecr-replicator-layouts\/export|layout-names|layout-provenance/;
   assert.deepEqual(allStatements(w).filter(({ policy, statement }) => !/^LayoutExport/.test(policy) && exported.test(JSON.stringify(statement))), []);
   const signing = allStatements(w).filter(({ statement }) => JSON.stringify(statement.Action).includes('kms:Sign'));
   assert.deepEqual(signing.map(({ statement }) => [statement.Sid, callers(w, statement)]), [['SignPromotionReceipts', ['put-manifests']], ['SignExportStatements', ['summarise']]]);
@@ -337,19 +348,23 @@ test('an export layout encrypted with a KMS key, a whole bucket of another accou
   const statements = layoutPolicy(w, 'LayoutExports').statements;
   const by = (sid: string) => statements.find((s) => s.Sid === sid);
   assert.deepEqual(statements.map((s) => s.Sid), [
-    'WriteLayoutObjects0', 'StagedLayoutUploads0', 'ListExportLayouts0', 'WriteLayoutObjects1', 'StagedLayoutUploads1', 'ListExportLayouts1',
+    'ReadExportObjects0', 'WriteLayoutBlobs0', 'StagedLayoutUploads0', 'ListExportLayouts0',
+    'ReadExportObjects1', 'WriteLayoutBlobs1', 'StagedLayoutUploads1', 'ListExportLayouts1',
     'EncryptLayoutObjects', 'ReadExportNames', 'ListExportNames', 'RecordExportNames',
   ]);
-  assert.deepEqual(by('WriteLayoutObjects0').Resource, [s3Arn('air-gap-out/drop/*'), s3Arn('air-gap-out/both/*')]);
+  assert.deepEqual(by('ReadExportObjects0').Resource, [s3Arn('air-gap-out/drop/*'), s3Arn('air-gap-out/both/*')]);
+  assert.deepEqual(by('WriteLayoutBlobs0').Resource, ['drop/blobs', 'drop/uploads', 'both/blobs', 'both/uploads'].map((p) => s3Arn(`air-gap-out/${p}/*`)));
   assert.deepEqual(by('StagedLayoutUploads0').Resource, [s3Arn('air-gap-out/drop/uploads/*'), s3Arn('air-gap-out/both/uploads/*')]);
   assert.deepEqual(by('ListExportLayouts0').Condition.StringLike, { 's3:prefix': ['drop/*', 'both/*'] });
-  assert.deepEqual(by('WriteLayoutObjects0').Condition.StringEquals, { 's3:ResourceAccount': '111111111111' });
-  // A whole bucket: its objects, its uploads/ at the top, listed without a prefix condition.
-  assert.deepEqual(by('WriteLayoutObjects1').Resource, s3Arn('air-gap.whole/*'));
+  assert.deepEqual(by('ReadExportObjects0').Condition.StringEquals, { 's3:ResourceAccount': '111111111111' });
+  // A whole bucket: its objects, its blobs/ and uploads/ at the top, listed without a prefix
+  // condition.
+  assert.deepEqual(by('ReadExportObjects1').Resource, s3Arn('air-gap.whole/*'));
+  assert.deepEqual(by('WriteLayoutBlobs1').Resource, [s3Arn('air-gap.whole/blobs/*'), s3Arn('air-gap.whole/uploads/*')]);
   assert.deepEqual(by('StagedLayoutUploads1').Resource, s3Arn('air-gap.whole/uploads/*'));
   assert.deepEqual(by('ListExportLayouts1').Resource, s3Arn('air-gap.whole'));
   assert.equal(by('ListExportLayouts1').Condition.StringLike, undefined);
-  for (const sid of ['WriteLayoutObjects1', 'StagedLayoutUploads1', 'ListExportLayouts1']) {
+  for (const sid of ['ReadExportObjects1', 'WriteLayoutBlobs1', 'StagedLayoutUploads1', 'ListExportLayouts1']) {
     assert.deepEqual(by(sid).Condition.StringEquals, { 's3:ResourceAccount': '555555555555' }, sid);
   }
   for (const s of statements.filter((s) => s.Sid !== 'EncryptLayoutObjects' && s.Sid !== 'RecordExportNames')) {
@@ -363,13 +378,15 @@ test('an export layout encrypted with a KMS key, a whole bucket of another accou
     Resource: LAYOUT_KEY,
     Condition: { StringEquals: { 'kms:ViaService': s3Service } },
   });
-  // The seal: the same objects, listing and key, no staged upload.
+  // The seal: the same reads, listing and key; writes to the layout's root files only, no
+  // staged upload.
   const seal = layoutPolicy(w, 'LayoutExportSeal').statements;
   assert.deepEqual(seal.map((s) => s.Sid), [
-    'WriteLayoutObjects0', 'ListExportLayouts0', 'WriteLayoutObjects1', 'ListExportLayouts1', 'EncryptLayoutObjects',
+    'ReadExportObjects0', 'WriteLayoutIndex0', 'ListExportLayouts0', 'ReadExportObjects1', 'WriteLayoutIndex1', 'ListExportLayouts1', 'EncryptLayoutObjects',
     'SealExportNames', 'ListSealedExportNames', 'SignExportStatements', 'ExportStatementKey',
   ]);
-  for (const sid of ['WriteLayoutObjects0', 'ListExportLayouts0', 'WriteLayoutObjects1', 'ListExportLayouts1']) {
+  assert.deepEqual(seal.find((s) => s.Sid === 'WriteLayoutIndex1').Resource, LAYOUT_ROOT_FILES.map((f) => s3Arn(`air-gap.whole/${f}`)));
+  for (const sid of ['ReadExportObjects0', 'ListExportLayouts0', 'ReadExportObjects1', 'ListExportLayouts1']) {
     assert.deepEqual({ ...seal.find((s) => s.Sid === sid), Condition: undefined }, { ...by(sid), Condition: undefined }, sid);
     assert.deepEqual(callers(w, seal.find((s) => s.Sid === sid)), ['summarise'], sid);
   }

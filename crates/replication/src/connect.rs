@@ -504,20 +504,37 @@ impl Connections {
         Ok(sealed.statement.map(|s| s.digest))
     }
 
-    /// Records, for the seal's statement, what admitted the image `digest` that destination
-    /// `index` (a layout) is given: the signature gate's line.
-    pub async fn record_export_admission(
+    /// Records, for the seal's statement, where the image `repository@digest` (its name in
+    /// the layout) that destination `index` is given came from (the job's source repository
+    /// `from`) and what admitted it: the
+    /// gate's line `signed_by`, only when every policy in it is one of the deployment's own
+    /// (keys a caller wrote in the job, or a line that does not parse, admit nothing here).
+    pub async fn record_export_provenance(
         &self,
         job: &Job,
         index: usize,
-        digest: &oci::Digest,
-        line: &str,
+        (repository, digest): (&str, &oci::Digest),
+        (from, signed_by): (&str, Option<&str>),
     ) -> Result<()> {
+        let certified = signed_by.filter(|line| {
+            self.settings.allowlist.as_ref().is_some_and(|allowlist| {
+                crate::receipts::certified_admissions(line, |name| {
+                    Some(allowlist.trust_policies.get(name)?.canonical_digest())
+                })
+                .is_some()
+            })
+        });
         let location = job.destination(index)?.layout.clone().unwrap_or_default();
         let served = self.export_layout(&location, index).await?;
         let (_, names) = served.export();
+        let provenance = crate::layout_registry::Provenance {
+            repository: repository.to_string(),
+            digest: digest.to_string(),
+            source: format!("{}/{from}", job.source_name()),
+            admitted_by: certified.into_iter().map(str::to_string).collect(),
+        };
         names
-            .admit(digest, &[line.to_string()])
+            .record_provenance(&provenance)
             .await
             .map_err(|source| Error::Registry {
                 image: format!("oci:{location}"),

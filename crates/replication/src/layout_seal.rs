@@ -62,7 +62,7 @@ pub async fn seal_export(
     }
     let path = format!("{}/index.json", store.location());
     let mut attempts = 0;
-    let (statement, stated) = loop {
+    let statement = loop {
         attempts += 1;
         match seal_records((store, names), signer, source, &records).await? {
             Some(sealed) => break sealed,
@@ -82,8 +82,13 @@ pub async fn seal_export(
     for file in &files {
         names.remove(file).await.map_err(oci_err)?;
     }
-    for digest in &stated {
-        names.forget_admission(digest).await.map_err(oci_err)?;
+    // And the provenance of every manifest they named (an image's, or that of a signature's
+    // tag, which put-manifests copied as an image and the statement lists as a referrer).
+    for record in &records {
+        names
+            .forget_provenance(&record.repository, &record.digest)
+            .await
+            .map_err(oci_err)?;
     }
     tracing::info!(layout = %path, named = records.len(), signed = statement.is_some(), "export sealed");
     Ok(Sealed {
@@ -98,13 +103,13 @@ const SEAL_ATTEMPTS: usize = 3;
 
 /// One seal of `records`: the new `index.json` written only if it is still the one read
 /// (`LayoutStore::replace_file_if`), then the statement signed. `None` when it changed
-/// meanwhile (nothing written, nothing signed); else the statement and the images stated.
+/// meanwhile (nothing written, nothing signed); else the statement.
 async fn seal_records(
     (store, names): (&dyn LayoutStore, &ExportNames),
     signer: Option<&dyn ReceiptSigner>,
     source: &str,
     records: &[PendingRef],
-) -> Result<Option<(Option<VerifiedStatement>, Vec<Digest>)>> {
+) -> Result<Option<Option<VerifiedStatement>>> {
     let (refused, oci_err) = (|r| refused(store, r), |e| oci_err(store, e));
     let path = format!("{}/index.json", store.location());
     // Read before the index: a write in between then fails the conditional replace.
@@ -117,6 +122,8 @@ async fn seal_records(
     // every check (or, unsigned, at once).
     let mut changed = false;
     let mut images = Vec::new();
+    // Images stated again for a new referrer: their source and admissions, as stated before.
+    let mut restated = std::collections::HashMap::new();
     // What this run recorded besides images: its referrers and tag-scheme artifacts, by digest.
     let mut recorded = HashSet::new();
     let mut subjects: Vec<(String, String)> = Vec::new();
@@ -185,6 +192,13 @@ async fn seal_records(
         });
         if referred && !stated {
             images.push((entry.ref_name.clone(), entry.blob.digest.clone()));
+            // Where it came from and what admitted it, as that statement says.
+            if let Some(image) = earlier.as_ref().and_then(|e| e.images.get(&entry.ref_name)) {
+                restated.insert(
+                    entry.ref_name.clone(),
+                    (image.source.clone(), image.admitted_by.clone()),
+                );
+            }
         }
     }
     let mut exported = Vec::new();
@@ -198,11 +212,24 @@ async fn seal_records(
             .filter(|d| recorded.contains(d))
             .collect();
         let (repository, tag) = ref_name.rsplit_once(':').unwrap_or(("", ref_name));
+        let (from, admitted_by) = match restated.remove(ref_name) {
+            Some(earlier) => earlier,
+            // As put-manifests recorded it; a name recorded without one (by an older version)
+            // is stated as coming from this run's source, admitted by nothing.
+            None => match names
+                .provenance(repository, digest.as_str())
+                .await
+                .map_err(oci_err)?
+            {
+                Some(recorded) => (format!("{}:{tag}", recorded.source), recorded.admitted_by),
+                None => (format!("{source}/{repository}:{tag}"), Vec::new()),
+            },
+        };
         exported.push(ExportedImage {
             ref_name: ref_name.clone(),
             digest: digest.to_string(),
-            source: format!("{source}/{repository}:{tag}"),
-            admitted_by: names.admitted(digest).await.map_err(oci_err)?,
+            source: from,
+            admitted_by,
             tool: format!("ecr-replicator {}", env!("CARGO_PKG_VERSION")),
             referrers,
             written_blobs: Vec::new(),
@@ -238,10 +265,7 @@ async fn seal_records(
             written => written.map(|()| None)?,
         },
     };
-    Ok(Some((
-        statement,
-        images.into_iter().map(|(_, digest)| digest).collect(),
-    )))
+    Ok(Some(statement))
 }
 
 /// The layout's statement, if one verifies with `signer`'s key (none, or one of another key:

@@ -809,22 +809,30 @@ async fn a_sealed_export_verifies_and_imports_byte_for_byte() {
 
     let (key, pem) = signing_key(62);
     let signer = LocalSigner(key);
-    // What admitted the image, as put-manifests records it under a gate.
-    let app_digest = oci::Digest::parse(&app.digest).unwrap();
+    // Where the image came from and what admitted it, as put-manifests records it under a
+    // gate (the source repository is another name than the layout's).
     let line = "trust policy release: cosign key sha256:0f".to_string();
-    rig.names
-        .admit(&app_digest, std::slice::from_ref(&line))
-        .await
-        .unwrap();
+    let provenance = replication::layout_registry::Provenance {
+        repository: "team/app".into(),
+        digest: app.digest.clone(),
+        source: format!("{}/upstream/app", src.host),
+        admitted_by: vec![line.clone()],
+    };
+    rig.names.record_provenance(&provenance).await.unwrap();
     // Seals the export as the workflow's last step does.
     let seal = || seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host);
     let sealed = seal().await.unwrap();
     assert_eq!(sealed.named, 2);
     let statement = sealed.statement.expect("signed");
     assert_eq!(statement.images.len(), 1, "{:?}", statement.images);
-    assert_eq!(statement.images["team/app:v1"].admitted_by, [line]);
-    // Stated, the admission is gone: a later seal states only what its run recorded.
-    assert!(rig.names.admitted(&app_digest).await.unwrap().is_empty());
+    let stated = &statement.images["team/app:v1"];
+    assert_eq!(stated.admitted_by, [line]);
+    assert_eq!(stated.source, format!("{}/upstream/app:v1", src.host));
+    // Stated, the record is gone: a later seal states only what its run recorded.
+    assert_eq!(
+        rig.names.provenance("team/app", &app.digest).await.unwrap(),
+        None
+    );
     assert!(rig.names.list().await.unwrap().is_empty(), "records left");
     // Sealed, the tags are index.json's (the referrers are no tags).
     let repository = Repository {

@@ -207,9 +207,11 @@ async fn the_workflow_exports_a_sealed_layout_that_another_deployment_imports_by
     assert_eq!(statement.digest, statement_digest);
     let stated: Vec<&String> = statement.images.keys().collect();
     assert_eq!(stated, ["ml/model:v2", "team/app:v1"]);
+    let mut receipts = Vec::new();
     for (name, image) in [("team/app:v1", &app), ("ml/model:v2", &model)] {
         let stated = &statement.images[name];
         assert_eq!(stated.digest, image.digest, "{name}");
+        assert_eq!(stated.source, format!("{SOURCE}/{name}"));
         // What admitted it: the gate's line, naming the deployment's trust policy.
         assert!(
             stated
@@ -219,6 +221,17 @@ async fn the_workflow_exports_a_sealed_layout_that_another_deployment_imports_by
             "{name}: {:?}",
             stated.admitted_by
         );
+        // Its promotion receipt (put-manifests signed it under the deployment's policy) is one
+        // of the referrers the statement binds to it.
+        let receipt = stated
+            .referrers
+            .iter()
+            .find(|r| {
+                r.artifact_type == replication::receipts::DSSE_MEDIA_TYPE
+                    && r.subject == image.digest
+            })
+            .unwrap_or_else(|| panic!("{name}: no receipt among {:?}", stated.referrers));
+        receipts.push((stated.repository.clone(), receipt.digest.clone()));
     }
     // The large layer was written as parts of one upload across copy-blobs calls.
     let calls = near_sfn.api_calls();
@@ -236,7 +249,15 @@ async fn the_workflow_exports_a_sealed_layout_that_another_deployment_imports_by
         keys_under(&s3, BUCKET, "export/uploads/").await,
         Vec::<String>::new()
     );
-    for waiting in ["layout-names/", "layout-admissions/"] {
+    let open = s3
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .prefix("export/")
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "{:?}", open.uploads());
+    for waiting in ["layout-names/", "layout-provenance/"] {
         assert_eq!(
             keys_under(&s3, e2e::sfn::WORK_BUCKET, waiting).await,
             Vec::<String>::new(),
@@ -336,6 +357,14 @@ async fn the_workflow_exports_a_sealed_layout_that_another_deployment_imports_by
     assert_arrived(&far, "team/app", "v1", &app);
     assert_arrived(&far, "ml/model", "v2", &model);
     let creds = ("AWS".to_string(), moto_token_password(DEST));
+    // The receipts crossed with their images, at the digests the statement binds.
+    let far_side = e2e::image::Pusher::new(&far.registry(DEST).host, Some(creds.clone()));
+    for (repository, receipt) in &receipts {
+        assert!(
+            far_side.manifest(repository, receipt).await.is_some(),
+            "{repository}@{receipt}: the receipt did not cross"
+        );
+    }
     for (repository, signature_tag, signature) in &signatures {
         let at = format!("{}/{repository}:{signature_tag}", far.registry(DEST).host);
         assert_eq!(

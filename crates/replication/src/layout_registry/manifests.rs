@@ -24,10 +24,10 @@ use crate::layout_referrers::{artifact_type_of, subject_of};
 /// Where the work bucket keeps the names runs gave in each layout until `index.json` holds them
 /// (`layout-names/<sha256 of the layout's place>/<record>.json`).
 pub const PENDING_REFS: &str = "layout-names/";
-/// Where the work bucket keeps what admitted each image a run exported into a layout (the
-/// signature gate's line), until the seal states it
-/// (`layout-admissions/<sha256 of the layout's place>/<digest hex>.json`).
-pub const EXPORT_ADMISSIONS: &str = "layout-admissions/";
+/// Where the work bucket keeps where each image a run exported into a layout came from and what
+/// admitted it, until the seal states it
+/// (`layout-provenance/<sha256 of the layout's place>/<sha256 of repository and digest>.json`).
+pub const EXPORT_PROVENANCE: &str = "layout-provenance/";
 /// Largest record read.
 const MAX_RECORD_BYTES: usize = 16 * 1024;
 /// Records listed at most (a run's names: its images' tags and referrers).
@@ -38,7 +38,7 @@ pub const MAX_PENDING_REFS: usize = 100_000;
 pub struct ExportNames {
     bucket: ecr::WorkBucket,
     prefix: String,
-    admissions: String,
+    provenance: String,
     layout: String,
     /// The layout's `index.json` as last read, with its version.
     index: IndexCache,
@@ -79,12 +79,20 @@ impl IndexCache {
     }
 }
 
-/// What admitted one exported image, as `put-manifests` recorded it.
-#[derive(Debug, Serialize, Deserialize)]
+/// Where one exported image came from and what admitted it, as `put-manifests` recorded it
+/// before it put the image's manifests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Admission {
-    digest: String,
-    admitted_by: Vec<String>,
+pub struct Provenance {
+    /// The repository it was put in (its name in the layout).
+    pub repository: String,
+    /// The image's digest.
+    pub digest: String,
+    /// The repository it was read from: `REGISTRY/REPOSITORY`.
+    pub source: String,
+    /// What admitted it (the gate's line, when every policy in it is the deployment's own);
+    /// empty when nothing gated it.
+    pub admitted_by: Vec<String>,
 }
 
 impl std::fmt::Debug for ExportNames {
@@ -102,47 +110,56 @@ impl ExportNames {
         ExportNames {
             bucket,
             prefix: format!("{PENDING_REFS}{}/", place.hex()),
-            admissions: format!("{EXPORT_ADMISSIONS}{}/", place.hex()),
+            provenance: format!("{EXPORT_PROVENANCE}{}/", place.hex()),
             layout: location.to_string(),
             index: IndexCache::default(),
         }
     }
 
-    /// Records what admitted the image `digest` (the gate's line), for the seal's statement.
-    pub async fn admit(&self, digest: &Digest, admitted_by: &[String]) -> oci::Result<()> {
-        let admission = Admission {
-            digest: digest.to_string(),
-            admitted_by: admitted_by.to_vec(),
-        };
-        let json = serde_json::to_vec(&admission).unwrap_or_default();
-        let key = format!("{}{}.json", self.admissions, digest.hex());
+    /// Records where an image came from and what admitted it, for the seal's statement.
+    pub async fn record_provenance(&self, provenance: &Provenance) -> oci::Result<()> {
+        let json = serde_json::to_vec(provenance).unwrap_or_default();
+        let key = self.provenance_key(&provenance.repository, &provenance.digest);
         self.bucket
             .put(&key, json)
             .await
             .map_err(|e| self.failed(e))
     }
 
-    /// What admitted the image `digest`, as recorded (none: nothing recorded); read strictly,
-    /// and a record of another digest is an error.
-    pub async fn admitted(&self, digest: &Digest) -> oci::Result<Vec<String>> {
-        let key = format!("{}{}.json", self.admissions, digest.hex());
+    /// The provenance recorded for `repository@digest`, if any; read strictly, and a record of
+    /// another image is an error.
+    pub async fn provenance(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> oci::Result<Option<Provenance>> {
+        let key = self.provenance_key(repository, digest);
         let Some(bytes) = self.bucket.get(&key).await.map_err(|e| self.failed(e))? else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         if bytes.len() > MAX_RECORD_BYTES {
             return Err(self.failed_reason(format!("{key} is over {MAX_RECORD_BYTES} bytes")));
         }
-        match serde_json::from_slice::<Admission>(&bytes) {
-            Ok(a) if a.digest == digest.as_str() => Ok(a.admitted_by),
-            Ok(a) => Err(self.failed_reason(format!("{key} names {}", a.digest))),
-            Err(e) => Err(self.failed_reason(format!("{key} is not an admission: {e}"))),
+        match serde_json::from_slice::<Provenance>(&bytes) {
+            Ok(p) if p.repository == repository && p.digest == digest => Ok(Some(p)),
+            Ok(p) => Err(self.failed_reason(format!("{key} names {}@{}", p.repository, p.digest))),
+            Err(e) => Err(self.failed_reason(format!("{key} is not a provenance record: {e}"))),
         }
     }
 
-    /// Removes what was recorded for the image `digest`, once stated.
-    pub async fn forget_admission(&self, digest: &Digest) -> oci::Result<()> {
-        let key = format!("{}{}.json", self.admissions, digest.hex());
+    /// Removes the provenance of `repository@digest`, once stated.
+    pub async fn forget_provenance(&self, repository: &str, digest: &str) -> oci::Result<()> {
+        let key = self.provenance_key(repository, digest);
         self.bucket.delete(&key).await.map_err(|e| self.failed(e))
+    }
+
+    fn provenance_key(&self, repository: &str, digest: &str) -> String {
+        let image = format!("{repository}\n{digest}");
+        format!(
+            "{}{}.json",
+            self.provenance,
+            Digest::of(image.as_bytes()).hex()
+        )
     }
 
     fn failed(&self, e: ecr::Error) -> oci::Error {

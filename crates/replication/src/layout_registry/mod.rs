@@ -39,7 +39,7 @@ pub use served::VerifiedLayout;
 /// The user name of the served registry's credential.
 const USER: &str = "layout";
 
-pub use manifests::{ExportNames, PendingRef, MAX_PENDING_REFS, PENDING_REFS};
+pub use manifests::{ExportNames, PendingRef, Provenance, MAX_PENDING_REFS, PENDING_REFS};
 pub use uploads::PART_BYTES as EXPORT_PART_BYTES;
 
 /// A layout served as a read-only registry on `127.0.0.1`; stops serving when dropped.

@@ -113,13 +113,17 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
         referred.push(read(digest, None).await?);
     }
     check_blobs_there(&dest.client, &to, &input, &image, &referred).await?;
-    if let (Some(_), Some(line)) = (
-        &job.destination(input.image.destination)?.layout,
-        &input.image.signed_by,
-    ) {
-        // Before any name: the seal states what admitted each image it names.
+    if job.destination(input.image.destination)?.layout.is_some() {
+        // Before any name: the seal states where each image it names came from and what
+        // admitted it.
+        let image = (input.image.target_repository.as_str(), &input.image.digest);
         conns
-            .record_export_admission(job, input.image.destination, &input.image.digest, line)
+            .record_export_provenance(
+                job,
+                input.image.destination,
+                image,
+                (&input.image.repository, input.image.signed_by.as_deref()),
+            )
             .await?;
     }
     let (from, top, walked) = image;

@@ -256,7 +256,8 @@ fn api_call(
 /// "Permissions": HeadObject needs s3:GetObject ("To use HEAD, you must have the s3:GetObject
 /// permission"), ListObjectsV2 s3:ListBucket; Amazon S3 User Guide, "Multipart upload API and
 /// permissions": CreateMultipartUpload, UploadPart, UploadPartCopy and CompleteMultipartUpload
-/// need s3:PutObject, ListParts s3:ListMultipartUploadParts, AbortMultipartUpload
+/// need s3:PutObject, ListParts s3:ListMultipartUploadParts, ListMultipartUploads
+/// s3:ListBucketMultipartUploads, AbortMultipartUpload
 /// s3:AbortMultipartUpload; CopyObject and UploadPartCopy also need s3:GetObject on the source
 /// ([`copy_source_read`]).
 fn s3_action(method: &axum::http::Method, path: &str, query: &str) -> Option<&'static str> {
@@ -265,11 +266,16 @@ fn s3_action(method: &axum::http::Method, path: &str, query: &str) -> Option<&'s
         .trim_start_matches('/')
         .split_once('/')
         .is_some_and(|(_, key)| !key.is_empty());
-    let upload = query
-        .trim_start_matches('?')
-        .split('&')
-        .any(|p| p.starts_with("uploadId="));
+    let has = |name: &str| {
+        query
+            .trim_start_matches('?')
+            .split('&')
+            .any(|p| p == name || p.starts_with(&format!("{name}=")))
+    };
+    let upload = has("uploadId");
     Some(match (method, object) {
+        // ListMultipartUploads: s3:ListBucketMultipartUploads.
+        (&Method::GET, false) if has("uploads") => "s3:ListBucketMultipartUploads",
         (&Method::GET, false) => "s3:ListBucket",
         (&Method::GET, true) if upload => "s3:ListMultipartUploadParts",
         (&Method::GET | &Method::HEAD, true) => "s3:GetObject",

@@ -54,8 +54,9 @@ struct IndexCache(std::sync::Arc<tokio::sync::Mutex<Option<IndexAt>>>);
 type IndexAt = (String, Option<std::sync::Arc<LayoutIndex>>);
 
 impl IndexCache {
-    /// `index.json` now (`None`: the layout has none yet). The version is read first: a change
-    /// between the two reads leaves the cache older than the file, never newer.
+    /// `index.json` now (`None`: the layout has none yet). Its version is read before and after
+    /// the content, and the content kept only when both agree: a change in between is answered
+    /// (it is the file as read) but not kept under a version it is not.
     async fn read(
         &self,
         store: &dyn LayoutStore,
@@ -74,7 +75,11 @@ impl IndexCache {
             }
         }
         let index = LayoutIndex::read(store).await?.map(std::sync::Arc::new);
-        *cached = Some((etag, index.clone()));
+        if store.file_version("index.json").await? == layout::FileVersion::Tagged(etag.clone()) {
+            *cached = Some((etag, index.clone()));
+        } else {
+            *cached = None;
+        }
         Ok(index)
     }
 }

@@ -36,6 +36,23 @@ pub struct Performed {
     pub resource: String,
 }
 
+impl Performed {
+    /// What the AWS API calls `calls` did, one entry per resource each named.
+    pub fn of(calls: impl IntoIterator<Item = crate::sfn::ApiCall>) -> BTreeSet<Performed> {
+        calls
+            .into_iter()
+            .flat_map(|c| {
+                c.resources.into_iter().map(move |resource| Performed {
+                    function: c.function.clone(),
+                    assumed_role: c.assumed_role.clone(),
+                    action: c.action.clone(),
+                    resource,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The statements of every role of a deployment.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {

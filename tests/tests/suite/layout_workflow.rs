@@ -441,25 +441,13 @@ async fn the_workflow_imports_a_signed_s3_layout_and_refuses_one_changed_after_s
     // The functions' S3 calls: only the layout's objects (and the work bucket), each allowed by
     // the synthesized roles.
     let policies = Policies::load(&e2e::sfn::workspace().join("cdk/cdk.out.iam"), OWNER);
-    let performed: std::collections::BTreeSet<Performed> = sfn
-        .api_calls()
-        .into_iter()
-        .filter(|c| {
-            c.action.starts_with("s3:")
-                && (c.action == "s3:ListBucket"
-                    || c.resources
-                        .iter()
-                        .any(|r| r.contains(BUCKET) || r.contains("/layout-statements/")))
-        })
-        .flat_map(|c| {
-            c.resources.into_iter().map(move |resource| Performed {
-                function: c.function.clone(),
-                assumed_role: c.assumed_role.clone(),
-                action: c.action.clone(),
-                resource,
-            })
-        })
-        .collect();
+    let performed = Performed::of(sfn.api_calls().into_iter().filter(|c| {
+        c.action.starts_with("s3:")
+            && (c.action == "s3:ListBucket"
+                || c.resources
+                    .iter()
+                    .any(|r| r.contains(BUCKET) || r.contains("/layout-statements/")))
+    }));
     assert!(!performed.is_empty());
     for call in &performed {
         let layout = call

@@ -90,18 +90,11 @@ async fn carry(from: &EcrWorld, to: &EcrWorld) -> usize {
 
 /// What the functions of `sfn` did in S3 and KMS, as IAM sees it.
 fn performed(sfn: &e2e::sfn::LocalStepFunctions) -> std::collections::BTreeSet<Performed> {
-    sfn.api_calls()
-        .into_iter()
-        .filter(|c| c.action.starts_with("s3:") || c.action.starts_with("kms:"))
-        .flat_map(|c| {
-            c.resources.into_iter().map(move |resource| Performed {
-                function: c.function.clone(),
-                assumed_role: c.assumed_role.clone(),
-                action: c.action.clone(),
-                resource,
-            })
-        })
-        .collect()
+    Performed::of(
+        sfn.api_calls()
+            .into_iter()
+            .filter(|c| c.action.starts_with("s3:") || c.action.starts_with("kms:")),
+    )
 }
 
 /// Every manifest of `image` (its children too) is byte for byte at `repository:tag` of the

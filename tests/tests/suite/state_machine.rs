@@ -392,22 +392,11 @@ async fn a_repository_of_many_pages_is_listed_and_resolved_once_per_run() {
     assert_eq!(read, enumerations, "{selections:?}");
     // IAM: the synthesized deployment grants exactly these calls to the function that made them
     // (`make cdk-test` synthesizes `cdk/cdk.out.iam`), and refuses them without its statement.
-    let performed: std::collections::BTreeSet<Performed> = sfn
-        .api_calls()
-        .into_iter()
-        .filter(|c| c.action.starts_with("s3:"))
-        .flat_map(|c| {
-            c.resources
-                .clone()
-                .into_iter()
-                .map(move |resource| Performed {
-                    function: c.function.clone(),
-                    assumed_role: c.assumed_role.clone(),
-                    action: c.action.clone(),
-                    resource,
-                })
-        })
-        .collect();
+    let performed = Performed::of(
+        sfn.api_calls()
+            .into_iter()
+            .filter(|c| c.action.starts_with("s3:")),
+    );
     let mut policies = Policies::load(
         &e2e::sfn::workspace().join("cdk/cdk.out.iam"),
         "123456789012",

@@ -175,6 +175,17 @@ async fn the_workflow_exports_a_sealed_layout_that_another_deployment_imports_by
         (&json!(4), &json!(0)),
         "{report}"
     );
+    // What the export cost, for the guide's sizes and costs (printed, not asserted).
+    let mut layout_calls = std::collections::BTreeMap::new();
+    for call in near_sfn.api_calls() {
+        if call.resources.iter().any(|r| r.contains(":::ecr-replicator-layouts/export/")) {
+            *layout_calls.entry(call.action).or_insert(0) += 1;
+        }
+    }
+    eprintln!(
+        "export of 2 images (12.6 MB): {} state transitions, cost {}, S3 calls on the layout {layout_calls:?}",
+        run.transitions, report["cost"]
+    );
     let statement_digest = report["layoutStatement"]
         .as_str()
         .unwrap_or_else(|| panic!("no statement in {report}"))

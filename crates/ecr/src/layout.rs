@@ -296,8 +296,15 @@ impl S3Layout {
         match answer {
             Ok(head) => Ok(Some(head)),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) if crate::store::forbidden(&e) && self.denied_but_absent(key).await => Ok(None),
             Err(e) => Err(s3_error("s3:HeadObject", &self.shown(key), &e)),
         }
+    }
+
+    /// A 403 for `key` that meant only that it is missing (`store::denied_but_absent`).
+    async fn denied_but_absent(&self, key: &str) -> bool {
+        crate::store::denied_but_absent(&self.client, &self.location.bucket, key, self.owner())
+            .await
     }
 
     /// `GetObject`: `None` when there is no such key, else its length and body.
@@ -326,6 +333,7 @@ impl S3Layout {
                 object.body,
             ))),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) if crate::store::forbidden(&e) && self.denied_but_absent(key).await => Ok(None),
             Err(e) => Err(s3_error("s3:GetObject", &self.shown(key), &e)),
         }
     }

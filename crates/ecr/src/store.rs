@@ -91,6 +91,18 @@ impl WorkBucket {
         let object = match answer {
             Ok(object) => object,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e)
+                if forbidden(&e)
+                    && denied_but_absent(
+                        &self.client,
+                        &self.bucket,
+                        key,
+                        owner.map(str::to_string),
+                    )
+                    .await =>
+            {
+                return Ok(None)
+            }
             Err(e) => return Err(Error::api("s3:GetObject", self.resource(key), &e)),
         };
         let etag = object.e_tag().unwrap_or_default().to_string();
@@ -201,4 +213,37 @@ pub(crate) fn condition_failed(
         e.raw_response().map(|r| r.status().as_u16()),
         Some(412 | 409)
     )
+}
+
+/// Whether S3 answered a read of an object 403 Forbidden.
+pub(crate) fn forbidden<E>(
+    e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> bool {
+    e.raw_response().map(|r| r.status().as_u16()) == Some(403)
+}
+
+/// Whether a read of `key` answered 403 only because the key is missing. S3 answers a missing
+/// key 404 to a caller that may list the bucket and 403 to one that may not ("HeadObject",
+/// "GetObject", Permissions, Amazon S3 API Reference); whether a `ListBucket` grant limited by
+/// `s3:prefix` (the deployment's) counts there is not written. A listing of exactly that key's
+/// prefix, which such a grant allows, tells: absent when it lists no object of that key. Any
+/// other answer keeps the 403 an error.
+pub(crate) async fn denied_but_absent(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    owner: Option<String>,
+) -> bool {
+    let listed = client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(key)
+        .max_keys(1)
+        .set_expected_bucket_owner(owner)
+        .send()
+        .await;
+    match listed {
+        Ok(listed) => !listed.contents().iter().any(|o| o.key() == Some(key)),
+        Err(_) => false,
+    }
 }

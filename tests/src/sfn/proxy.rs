@@ -392,29 +392,26 @@ async fn forward_to(
                             out = out.header(k, v);
                         }
                     }
-                    // S3 answers a missing key 404 only to a caller that may list the bucket
-                    // (403 otherwise: "GetObject"/"HeadObject", Amazon S3 API Reference): the
-                    // IAM check then needs s3:ListBucket on it too.
                     let missing = resp.status() == reqwest::StatusCode::NOT_FOUND;
-                    let listed = call
-                        .as_ref()
-                        .filter(|c| missing && c.action == "s3:GetObject")
-                        .and_then(|c| {
-                            let bucket = c
-                                .resources
-                                .first()?
-                                .strip_prefix("arn:aws:s3:::")?
-                                .split('/')
-                                .next()?;
-                            Some(ApiCall {
-                                action: "s3:ListBucket".into(),
-                                resources: vec![format!("arn:aws:s3:::{bucket}")],
-                                ..c.clone()
-                            })
-                        });
                     let bytes = resp.bytes().await.unwrap_or_default();
-                    if let Some(listed) = listed {
-                        proxy.api_calls.lock().unwrap().push(listed);
+                    // S3 answers a missing key 404 only to a caller that may list the bucket, 403
+                    // AccessDenied otherwise ("GetObject"/"HeadObject", Amazon S3 API Reference),
+                    // and whether a ListBucket grant limited by `s3:prefix` (the deployment's)
+                    // earns the 404 is not written: the rig takes the stricter reading and
+                    // answers a function's read of a missing key 403. The function then lists
+                    // that key's prefix to tell (`ecr::store::denied_but_absent`), a ListBucket
+                    // the IAM check sees.
+                    if missing && call.as_ref().is_some_and(|c| c.action == "s3:GetObject") {
+                        proxy.api_calls.lock().unwrap().extend(call);
+                        return Response::builder()
+                            .status(403)
+                            .header("content-type", "application/xml")
+                            .body(Body::from(if head {
+                                String::new()
+                            } else {
+                                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>".to_string()
+                            }))
+                            .unwrap();
                     }
                     if let Some(call) = call {
                         if call.action == "sts:AssumeRole" {

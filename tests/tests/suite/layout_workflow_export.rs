@@ -178,7 +178,11 @@ async fn the_workflow_exports_a_sealed_layout_that_another_deployment_imports_by
     // What the export cost, for the guide's sizes and costs (printed, not asserted).
     let mut layout_calls = std::collections::BTreeMap::new();
     for call in near_sfn.api_calls() {
-        if call.resources.iter().any(|r| r.contains(":::ecr-replicator-layouts/export/")) {
+        if call
+            .resources
+            .iter()
+            .any(|r| r.contains(":::ecr-replicator-layouts/export/"))
+        {
             *layout_calls.entry(call.action).or_insert(0) += 1;
         }
     }

@@ -131,6 +131,25 @@ struct AppExport {
     target: RegistryClient,
 }
 
+impl AppExport {
+    /// Copies `team/app<from>` of the source into the export registry as `team/app<to>` (each
+    /// `:TAG` or `@DIGEST`), as put-manifests and copy-blobs would.
+    async fn copy(&self, from: &str, to: &str) {
+        let at = |registry: &str, r: &str| {
+            oci::Reference::parse(&format!("{registry}/team/app{r}")).unwrap()
+        };
+        replication::copy::copy_image(
+            &self.source,
+            &at(&self.src.host, from),
+            &self.target,
+            &at(self.server.host(), to),
+            &replication::copy::CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+}
+
 async fn app_export(rig: &Rig, seed: u64) -> AppExport {
     let src = TestRegistry::start();
     let (app, sbom) = app_with_sbom(&src, seed).await;
@@ -1111,46 +1130,20 @@ impl oci::layout::LayoutStore for RacedStore {
 async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_nothing() {
     use e2e::image::signing_key;
     use e2e::statements::LocalSigner;
-    use replication::copy::{copy_image, CopyOptions};
     use replication::layout_seal::seal_export;
 
     let rig = Rig::start().await;
-    let AppExport {
-        src,
-        app,
-        source,
-        server,
-        target,
-        ..
-    } = app_export(&rig, 71).await;
+    let exported = app_export(&rig, 71).await;
+    let (src, app) = (&exported.src, &exported.app);
     let (key, _) = signing_key(72);
     let signer = LocalSigner(key);
     // An earlier export: index.json exists (so the race has a version to lose).
-    let at = |registry: &str, tag: &str| {
-        oci::Reference::parse(&format!("{registry}/team/app:{tag}")).unwrap()
-    };
-    copy_image(
-        &source,
-        &at(&src.host, "v1"),
-        &target,
-        &at(server.host(), "v1"),
-        &CopyOptions::default(),
-    )
-    .await
-    .unwrap();
+    exported.copy(":v1", ":v1").await;
     seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host)
         .await
         .unwrap();
     // This run: one more tag, sealed through the racing store.
-    copy_image(
-        &source,
-        &at(&src.host, "v1"),
-        &target,
-        &at(server.host(), "v2"),
-        &CopyOptions::default(),
-    )
-    .await
-    .unwrap();
+    exported.copy(":v1", ":v2").await;
     let raced = RacedStore::over(&rig.store);
     let sealed = seal_export((&raced, &rig.names), Some(&signer), &src.host)
         .await
@@ -1257,29 +1250,14 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_export_registry_reads_index_json_again_only_when_it_changed() {
     use oci::Repository;
-    use replication::copy::{copy_image, CopyOptions};
     use replication::layout_seal::seal_export;
     use std::sync::atomic::Ordering;
 
     let rig = Rig::start().await;
-    let AppExport {
-        src,
-        app,
-        source,
-        server,
-        target,
-        ..
-    } = app_export(&rig, 75).await;
+    let exported = app_export(&rig, 75).await;
+    let (src, app) = (&exported.src, &exported.app);
     let at = |registry: &str| oci::Reference::parse(&format!("{registry}/team/app:v1")).unwrap();
-    copy_image(
-        &source,
-        &at(&src.host),
-        &target,
-        &at(server.host()),
-        &CopyOptions::default(),
-    )
-    .await
-    .unwrap();
+    exported.copy(":v1", ":v1").await;
     seal_export((rig.store.as_ref(), &rig.names), None, &src.host)
         .await
         .unwrap();
@@ -1332,33 +1310,15 @@ async fn the_export_registry_reads_index_json_again_only_when_it_changed() {
 async fn a_name_planted_in_index_json_is_not_signed_when_its_image_gains_a_referrer() {
     use e2e::image::signing_key;
     use e2e::statements::LocalSigner;
-    use replication::copy::{copy_image, CopyOptions};
     use replication::layout_seal::seal_export;
     use replication::transfer_statement::{verify_statement, TrustedTransferKey};
 
     let rig = Rig::start().await;
-    let AppExport {
-        src,
-        app,
-        sbom,
-        source,
-        server,
-        target,
-    } = app_export(&rig, 77).await;
+    let exported = app_export(&rig, 77).await;
+    let (src, app, sbom) = (&exported.src, &exported.app, &exported.sbom);
     let (key, pem) = signing_key(78);
     let signer = LocalSigner(key);
-    let at = |registry: &str, r: &str| {
-        oci::Reference::parse(&format!("{registry}/team/app{r}")).unwrap()
-    };
-    copy_image(
-        &source,
-        &at(&src.host, ":v1"),
-        &target,
-        &at(server.host(), ":v1"),
-        &CopyOptions::default(),
-    )
-    .await
-    .unwrap();
+    exported.copy(":v1", ":v1").await;
     let first = seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host)
         .await
         .unwrap()
@@ -1381,15 +1341,7 @@ async fn a_name_planted_in_index_json_is_not_signed_when_its_image_gains_a_refer
         .unwrap();
     // A later run: only the SBOM, a referrer of the image.
     let sbom_at = format!("@{}", sbom.digest);
-    copy_image(
-        &source,
-        &at(&src.host, &sbom_at),
-        &target,
-        &at(server.host(), &sbom_at),
-        &CopyOptions::default(),
-    )
-    .await
-    .unwrap();
+    exported.copy(&sbom_at, &sbom_at).await;
     let refused = seal_export((rig.store.as_ref(), &rig.names), Some(&signer), &src.host)
         .await
         .unwrap_err()

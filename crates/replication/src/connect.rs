@@ -484,17 +484,16 @@ impl Connections {
     /// steps gave written into `index.json`, the statement signed with the receipt key (when
     /// the deployment has one). The statement's digest.
     pub async fn seal_layout_export(&self, job: &Job) -> Result<Option<String>> {
-        let Some(index) = job.destinations.iter().position(|d| d.layout.is_some()) else {
-            return Ok(None);
-        };
-        if job.dry_run {
+        if job.dry_run || job.export_destination().is_none() {
             return Ok(None);
         }
         // Checked as every step checks its copy of the job (this one is Finish's state).
         let job = &job.clone().validate()?.job;
         self.admit(job)?;
-        let location = job.destinations[index].layout.clone().unwrap_or_default();
-        let served = self.export_layout(&location, index).await?;
+        let Some((index, location)) = job.export_destination() else {
+            return Ok(None);
+        };
+        let served = self.export_layout(location, index).await?;
         let signer = self.receipt_signer().await;
         let signer = signer
             .as_deref()
@@ -502,6 +501,16 @@ impl Connections {
         let sealed =
             crate::layout_seal::seal_export(served.export(), signer, &job.source_name()).await?;
         Ok(sealed.statement.map(|s| s.digest))
+    }
+
+    /// The gate's line `signed_by` as the deployment certifies it: every admission in it under
+    /// one of the deployment's own trust policies (`receipts::certified_admissions`), else
+    /// `None` (keys a caller wrote in the job, or a line that does not parse).
+    pub fn certified_admissions(&self, signed_by: &str) -> Option<Vec<crate::receipts::Certified>> {
+        let allowlist = self.settings.allowlist.as_ref()?;
+        crate::receipts::certified_admissions(signed_by, |name| {
+            Some(allowlist.trust_policies.get(name)?.canonical_digest())
+        })
     }
 
     /// Records, for the seal's statement, where the image `repository@digest` (its name in
@@ -516,14 +525,7 @@ impl Connections {
         (repository, digest): (&str, &oci::Digest),
         (from, signed_by): (&str, Option<&str>),
     ) -> Result<()> {
-        let certified = signed_by.filter(|line| {
-            self.settings.allowlist.as_ref().is_some_and(|allowlist| {
-                crate::receipts::certified_admissions(line, |name| {
-                    Some(allowlist.trust_policies.get(name)?.canonical_digest())
-                })
-                .is_some()
-            })
-        });
+        let certified = signed_by.filter(|line| self.certified_admissions(line).is_some());
         let location = job.destination(index)?.layout.clone().unwrap_or_default();
         let served = self.export_layout(&location, index).await?;
         let (_, names) = served.export();
@@ -546,13 +548,9 @@ impl Connections {
     /// for export by the deployment, with the work bucket its names wait in. Nothing for a job
     /// without a destination layout.
     pub async fn check_layout_export(&self, job: &Job) -> Result<()> {
-        let Some(index) = job.destinations.iter().position(|d| d.layout.is_some()) else {
+        let Some((index, location)) = job.export_destination() else {
             return Ok(());
         };
-        let location = job.destinations[index]
-            .layout
-            .as_deref()
-            .unwrap_or_default();
         let field = format!("destinations[{index}].layout");
         crate::connect_layout::export_place(
             (location, &field),

@@ -79,10 +79,16 @@ impl Job {
         if let Some(layout) = &self.source.layout {
             return Some(LayoutSide::Import(layout));
         }
+        self.export_destination()
+            .map(|(_, layout)| LayoutSide::Export(layout))
+    }
+
+    /// The destination that is a layout (an export), with its index, if any.
+    pub fn export_destination(&self) -> Option<(usize, &str)> {
         self.destinations
             .iter()
-            .find_map(|d| d.layout.as_deref())
-            .map(LayoutSide::Export)
+            .enumerate()
+            .find_map(|(i, d)| d.layout.as_deref().map(|layout| (i, layout)))
     }
 
     /// How reports and receipts name the source: its registry, or `oci:` and its layout.
@@ -98,10 +104,8 @@ impl Job {
         if self.source.layout.is_some() {
             return Some("source.layout".into());
         }
-        self.destinations
-            .iter()
-            .position(|d| d.layout.is_some())
-            .map(|i| format!("destinations[{i}].layout"))
+        self.export_destination()
+            .map(|(i, _)| format!("destinations[{i}].layout"))
     }
 }
 

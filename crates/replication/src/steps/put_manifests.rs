@@ -116,7 +116,7 @@ pub async fn put_manifests(conns: &Connections, input: PutManifestsInput) -> Res
     if job.destination(input.image.destination)?.layout.is_some() {
         // Before any name: the seal states where each image it names came from and what
         // admitted it.
-        let image = (input.image.target_repository.as_str(), &input.image.digest);
+        let image = (to.name.as_str(), &input.image.digest);
         conns
             .record_export_provenance(
                 job,
@@ -271,12 +271,11 @@ async fn promotion_receipt(
     to: &Repository,
     top: &oci::Manifest,
 ) -> Result<Option<oci::Manifest>> {
-    let certified = input.image.signed_by.as_deref().and_then(|line| {
-        let allowlist = conns.settings().allowlist.as_ref()?;
-        receipts::certified_admissions(line, |name| {
-            Some(allowlist.trust_policies.get(name)?.canonical_digest())
-        })
-    });
+    let certified = input
+        .image
+        .signed_by
+        .as_deref()
+        .and_then(|line| conns.certified_admissions(line));
     let (Some(admitted_by), Some(signer)) = (&certified, conns.receipt_signer().await) else {
         return Ok(None);
     };

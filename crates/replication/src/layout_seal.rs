@@ -33,9 +33,9 @@ pub struct Sealed {
     pub statement: Option<VerifiedStatement>,
 }
 
-/// Seals the export the steps wrote into `store`, whose names (and what admitted each image,
-/// the gate's line when gated) are in `names`: `source` names where its images came from
-/// (`registry`).
+/// Seals the export the steps wrote into `store`, whose names and each image's provenance
+/// (where it came from, what admitted it) are in `names`: `source` names where an image
+/// recorded without provenance came from (`registry`).
 pub async fn seal_export(
     (store, names): (&dyn LayoutStore, &ExportNames),
     signer: Option<&dyn ReceiptSigner>,

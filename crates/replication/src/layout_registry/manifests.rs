@@ -123,12 +123,32 @@ impl ExportNames {
 
     /// Records where an image came from and what admitted it, for the seal's statement.
     pub async fn record_provenance(&self, provenance: &Provenance) -> oci::Result<()> {
-        let json = serde_json::to_vec(provenance).unwrap_or_default();
         let key = self.provenance_key(&provenance.repository, &provenance.digest);
-        self.bucket
-            .put(&key, json)
-            .await
-            .map_err(|e| self.failed(e))
+        self.write_record(&key, provenance).await
+    }
+
+    /// Writes one record at `key`, as JSON.
+    async fn write_record(&self, key: &str, record: &impl Serialize) -> oci::Result<()> {
+        let json = serde_json::to_vec(record).unwrap_or_default();
+        self.bucket.put(key, json).await.map_err(|e| self.failed(e))
+    }
+
+    /// The record at `key`, if any, read strictly and bounded (`what` names its kind in an
+    /// error).
+    async fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        what: &str,
+    ) -> oci::Result<Option<T>> {
+        let Some(bytes) = self.bucket.get(key).await.map_err(|e| self.failed(e))? else {
+            return Ok(None);
+        };
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(self.failed_reason(format!("{key} is over {MAX_RECORD_BYTES} bytes")));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| self.failed_reason(format!("{key} is not {what}: {e}")))
     }
 
     /// The provenance recorded for `repository@digest`, if any; read strictly, and a record of
@@ -139,16 +159,14 @@ impl ExportNames {
         digest: &str,
     ) -> oci::Result<Option<Provenance>> {
         let key = self.provenance_key(repository, digest);
-        let Some(bytes) = self.bucket.get(&key).await.map_err(|e| self.failed(e))? else {
-            return Ok(None);
-        };
-        if bytes.len() > MAX_RECORD_BYTES {
-            return Err(self.failed_reason(format!("{key} is over {MAX_RECORD_BYTES} bytes")));
-        }
-        match serde_json::from_slice::<Provenance>(&bytes) {
-            Ok(p) if p.repository == repository && p.digest == digest => Ok(Some(p)),
-            Ok(p) => Err(self.failed_reason(format!("{key} names {}@{}", p.repository, p.digest))),
-            Err(e) => Err(self.failed_reason(format!("{key} is not a provenance record: {e}"))),
+        match self
+            .read_record::<Provenance>(&key, "a provenance record")
+            .await?
+        {
+            Some(p) if p.repository != repository || p.digest != digest => {
+                Err(self.failed_reason(format!("{key} names {}@{}", p.repository, p.digest)))
+            }
+            read => Ok(read),
         }
     }
 
@@ -173,26 +191,14 @@ impl ExportNames {
 
     /// Records a name (replacing the record of the same repository and tag).
     pub async fn put(&self, record: &PendingRef) -> oci::Result<()> {
-        let json = serde_json::to_vec(record).unwrap_or_default();
         let key = format!("{}{}", self.prefix, record.file());
-        self.bucket
-            .put(&key, json)
-            .await
-            .map_err(|e| self.failed(e))
+        self.write_record(&key, record).await
     }
 
     /// The record in `file`, if any (read strictly: an unreadable one is an error).
     pub async fn get(&self, file: &str) -> oci::Result<Option<PendingRef>> {
         let key = format!("{}{file}", self.prefix);
-        let Some(bytes) = self.bucket.get(&key).await.map_err(|e| self.failed(e))? else {
-            return Ok(None);
-        };
-        if bytes.len() > MAX_RECORD_BYTES {
-            return Err(self.failed_reason(format!("{key} is over {MAX_RECORD_BYTES} bytes")));
-        }
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| self.failed_reason(format!("{key} is not a name record: {e}")))
+        self.read_record(&key, "a name record").await
     }
 
     fn failed_reason(&self, reason: String) -> oci::Error {

@@ -71,6 +71,17 @@ impl Rig {
         (server, client)
     }
 
+    /// The layout's `index.json`, as JSON.
+    async fn index_json(&self) -> serde_json::Value {
+        let index = self
+            .store
+            .read_file("index.json", 1 << 20)
+            .await
+            .unwrap()
+            .expect("index.json");
+        serde_json::from_slice(&index).unwrap()
+    }
+
     /// Every key under the layout's prefix.
     async fn keys(&self) -> Vec<String> {
         let listed = self
@@ -1158,13 +1169,7 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
         "{:?}",
         statement.images.keys()
     );
-    let index = rig
-        .store
-        .read_file("index.json", 1 << 20)
-        .await
-        .unwrap()
-        .unwrap();
-    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let index = rig.index_json().await;
     assert_eq!(
         index["annotations"]["written.by"], "another export",
         "the other writer's index.json was overwritten: {index}"
@@ -1188,7 +1193,7 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
     // The command line's export job, raced the same way: refused, naming the cause, and the
     // other writer's index.json stays; run again, it names its image.
     use serde_json::json;
-    let before = rig.store.read_file("index.json", 1 << 20).await.unwrap();
+    let mut emptied = rig.index_json().await;
     let export = json!({"source": {"registry": src.host, "insecure": true},
                         "destinations": [{"layout": format!("s3://{BUCKET}/{PREFIX}")}],
                         "images": [{"repository": "team/app", "tag": "v1"}]});
@@ -1199,7 +1204,6 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
     };
     let conns = replication::connect::Connections::new(settings);
     // A layout whose index.json does not name team/app:v1 yet.
-    let mut emptied: serde_json::Value = serde_json::from_slice(&before.unwrap()).unwrap();
     emptied["manifests"] = json!([]);
     rig.store
         .write_file("index.json", emptied.to_string().into())
@@ -1220,13 +1224,7 @@ async fn a_seal_raced_by_another_writer_of_index_json_seals_again_and_loses_noth
         refused.contains("changed while this export ran"),
         "{refused}"
     );
-    let after = rig
-        .store
-        .read_file("index.json", 1 << 20)
-        .await
-        .unwrap()
-        .unwrap();
-    let after: serde_json::Value = serde_json::from_slice(&after).unwrap();
+    let after = rig.index_json().await;
     assert_eq!(
         after["annotations"]["written.by"], "another export",
         "{after}"
@@ -1283,13 +1281,7 @@ async fn the_export_registry_reads_index_json_again_only_when_it_changed() {
     }
     assert_eq!(watched.index_reads.load(Ordering::SeqCst), 1);
     // Another writer changes it: read again, once.
-    let index = rig
-        .store
-        .read_file("index.json", 1 << 20)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut changed: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let mut changed = rig.index_json().await;
     changed["annotations"] = serde_json::json!({"written.by": "another export"});
     rig.store
         .write_file("index.json", changed.to_string().into())
@@ -1325,13 +1317,7 @@ async fn a_name_planted_in_index_json_is_not_signed_when_its_image_gains_a_refer
         .statement
         .expect("signed");
     // The plant: another name, same digest.
-    let index = rig
-        .store
-        .read_file("index.json", 1 << 20)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut planted: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    let mut planted = rig.index_json().await;
     let mut alias = planted["manifests"][0].clone();
     alias["annotations"]["org.opencontainers.image.ref.name"] = "team/app:stable".into();
     planted["manifests"].as_array_mut().unwrap().push(alias);
